@@ -1,0 +1,42 @@
+//! The host CLI's verbs, each a thin layer over the libraries: arguments in, a library call,
+//! human output on stderr and results (or JSON) on stdout.
+
+mod build;
+mod diff;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use xtask::args::{Cli, Command};
+
+/// The workspace: from `cargo xtask` (APERTURE_WORKSPACE), else where this binary was built.
+pub fn workspace() -> PathBuf {
+    std::env::var_os("APERTURE_WORKSPACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cli is one level down").to_path_buf())
+}
+
+/// Run one verb.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build(a) => build::run(&a),
+        Command::Diff(a) => diff::run(&a),
+        Command::Test(_) => bail!("`test` is run by cargo xtask itself: use `cargo xtask test`"),
+        other => bail!("`{}` is not available in this build of Aperture", verb_name(&other)),
+    }
+}
+
+fn verb_name(c: &Command) -> &'static str {
+    match c {
+        Command::Build(_) => "build",
+        Command::Test(_) => "test",
+        Command::Keys(_) => "keys",
+        Command::Verify(_) => "verify",
+        Command::Diff(_) => "diff",
+        Command::Vm(_) => "vm",
+        Command::Bundle(_) => "bundle",
+        Command::Flash(_) => "flash",
+        Command::Audit(_) => "audit",
+        Command::Bench(_) => "bench",
+    }
+}

@@ -1,0 +1,182 @@
+//! The build pipeline: named steps from a recipe to a rootfs commit (and, for full builds, on
+//! to slot images and signed outputs). Each step prints its name and time; a step whose inputs
+//! did not change is reused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::progress::{Reporter, StepRecord};
+use crate::recipe::Recipe;
+use crate::rootfs::{base, generate, layer::Layer, overlay, programs, units};
+use crate::store::{self, Store, TreeView};
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The workspace (for device programs and our base files).
+    pub workspace: PathBuf,
+    /// Recipe file.
+    pub recipe: PathBuf,
+    /// Output folder; default `<workspace>/out/<product>-<board>-<version>`.
+    pub out: Option<PathBuf>,
+    /// Cache folder; default `<out>/../cache`.
+    pub cache: Option<PathBuf>,
+    /// Stop after the rootfs commit.
+    pub rootfs_only: bool,
+}
+
+/// Where a build's pieces live.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paths {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Build store (shared by every build under the same output root).
+    pub repo: PathBuf,
+    /// Caches.
+    pub cache: PathBuf,
+}
+
+/// The result of a rootfs build.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootfsBuild {
+    /// The ostree ref.
+    pub ostree_ref: String,
+    /// The commit checksum.
+    pub commit: String,
+    /// The base commit it sits on.
+    pub base_commit: String,
+    /// Source date used.
+    pub source_date_epoch: u64,
+    /// sha256 of the resolved recipe.
+    pub recipe_sha256: String,
+}
+
+/// Everything a build did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// Product, board, version.
+    pub name: String,
+    /// Folders.
+    pub paths: Paths,
+    /// The rootfs commit.
+    pub rootfs: RootfsBuild,
+    /// Step timings.
+    pub steps: Vec<StepRecord>,
+}
+
+impl BuildOptions {
+    /// Resolve output, store and cache folders for a recipe.
+    pub fn paths(&self, recipe: &Recipe) -> Result<Paths> {
+        let out = match &self.out {
+            Some(o) => o.clone(),
+            None => self.workspace.join("out").join(recipe.build_name()),
+        };
+        let out = absolute(&out)?;
+        let root = out.parent().context("the output folder has no parent")?.to_path_buf();
+        let cache = match &self.cache {
+            Some(c) => absolute(c)?,
+            None => root.join("cache"),
+        };
+        Ok(Paths { repo: root.join("repo"), cache, out })
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` for a build: the recipe's, else the environment's, else the last git
+/// commit's (reproducible-builds.org's definition).
+pub fn source_date(recipe: &Recipe, workspace: &Path) -> Result<u64> {
+    if let Some(s) = recipe.source_date_epoch {
+        return Ok(s);
+    }
+    if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
+        return s.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={s} is not a number of seconds"));
+    }
+    let out = Command::new("git").current_dir(workspace).args(["log", "-1", "--format=%ct"]).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let s = String::from_utf8_lossy(&o.stdout);
+            s.trim().parse().with_context(|| format!("git printed `{}` for the last commit's date", s.trim()))
+        }
+        _ => bail!(
+            "no source date: the recipe has no `source_date_epoch`, SOURCE_DATE_EPOCH is not set, and {} has no git history; set one of them",
+            workspace.display()
+        ),
+    }
+}
+
+/// Build a recipe's rootfs commit.
+pub fn build_rootfs(opts: &BuildOptions, recipe: &Recipe, paths: &Paths, rep: &Reporter) -> Result<RootfsBuild> {
+    let source_date = source_date(recipe, &opts.workspace)?;
+    let recipe_sha256 = recipe.hash();
+    let store = rep.step("store", |s| {
+        let st = Store::open_or_create(&paths.repo)?;
+        s.note(paths.repo.display().to_string());
+        Ok(st)
+    })?;
+    let base_commit = rep.step("base", |s| base::ensure(&store, recipe, &opts.workspace, &paths.cache, s))?;
+    let progs = rep.step("programs", |s| programs::build(recipe, &opts.workspace, s))?;
+
+    let layer_dir = paths.cache.join("tmp").join(format!("layer-{}", recipe.build_name()));
+    let view = TreeView::new(&store, &base_commit)?;
+    rep.step("layer", |s| {
+        let layer = Layer::new(&layer_dir, &view)?;
+        programs::install(&layer, &progs)?;
+        let mut n = 0;
+        for o in &recipe.overlays {
+            n += overlay::apply(o, &layer).with_context(|| format!("applying overlay {}", o.display()))?;
+        }
+        generate::all(&layer, recipe, source_date)?;
+        for u in &recipe.services.enable {
+            units::enable(&layer, u)?;
+        }
+        for u in &recipe.services.mask {
+            units::mask(&layer, u)?;
+        }
+        s.note(format!("{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked", progs.len(), n, recipe.overlays.len(), recipe.services.enable.len(), recipe.services.mask.len()));
+        Ok(())
+    })?;
+
+    let ostree_ref = recipe.ostree_ref();
+    let commit = rep.step("commit", |s| {
+        let mut meta = BTreeMap::new();
+        meta.insert(store::META_RECIPE.to_string(), recipe_sha256.clone());
+        meta.insert(store::META_SOURCE_DATE.to_string(), source_date.to_string());
+        meta.insert(store::META_BASE.to_string(), base_commit.clone());
+        meta.insert("version".to_string(), recipe.version.to_string());
+        let subject = format!("{} {} for {}", recipe.product, recipe.version, recipe.board.name());
+        let c = store.commit_layer(&base_commit, &layer_dir, &ostree_ref, &subject, &meta, source_date)?;
+        s.note(format!("{ostree_ref} = {c}"));
+        Ok(c)
+    })?;
+    let _ = std::fs::remove_dir_all(&layer_dir);
+    Ok(RootfsBuild { ostree_ref, commit, base_commit, source_date_epoch: source_date, recipe_sha256 })
+}
+
+/// Run a whole build.
+pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
+    let recipe = rep.step("recipe", |s| {
+        let r = Recipe::load(&opts.recipe)?;
+        s.note(format!("{} {} for {} ({})", r.product, r.version, r.board.name(), &r.hash()[..12]));
+        Ok(r)
+    })?;
+    let paths = opts.paths(&recipe)?;
+    std::fs::create_dir_all(&paths.out).with_context(|| format!("creating {}", paths.out.display()))?;
+    rep.set_log(&paths.out.join("build.log"))?;
+    let rootfs = build_rootfs(opts, &recipe, &paths, rep)?;
+    let report = BuildReport { name: recipe.build_name(), paths, rootfs, steps: rep.records() };
+    let mut json = serde_json::to_vec_pretty(&report)?;
+    json.push(b'\n');
+    std::fs::write(report.paths.out.join("build-report.json"), json)?;
+    Ok(report)
+}

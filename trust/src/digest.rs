@@ -1,0 +1,361 @@
+//! SHA-256 values and the single-purpose stream pieces built on them: a hashing reader, a
+//! hashing writer, and a reader that fails (instead of truncating) past a byte limit.
+//!
+//! Streams are stacked from these (as in coreos-installer's `src/io/`), one purpose per layer,
+//! so that every byte of an update is hashed while it passes and nothing untrusted is buffered.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::TrustError;
+
+/// A SHA-256 digest written as 64 lowercase hex characters, validated when parsed.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    /// Wraps raw digest bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Sha256Hex(hex::encode(bytes))
+    }
+
+    /// SHA-256 of `data`.
+    pub fn digest(data: &[u8]) -> Self {
+        Self::from_bytes(Sha256::digest(data).into())
+    }
+
+    /// The raw digest bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // Cannot fail: the string was validated as 64 hex characters on construction.
+        let _ = hex::decode_to_slice(&self.0, &mut out);
+        out
+    }
+
+    /// The hex text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Sha256Hex {
+    type Err = TrustError;
+
+    fn from_str(s: &str) -> Result<Self, TrustError> {
+        if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Sha256Hex(s.to_owned()))
+        } else {
+            Err(TrustError::malformed(
+                format!("sha256 {s:?}"),
+                "expected 64 lowercase hex characters",
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for Sha256Hex {
+    type Error = TrustError;
+
+    fn try_from(s: String) -> Result<Self, TrustError> {
+        s.parse()
+    }
+}
+
+impl From<Sha256Hex> for String {
+    fn from(h: Sha256Hex) -> String {
+        h.0
+    }
+}
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Hex({})", self.0)
+    }
+}
+
+/// A reader that computes the SHA-256 and length of everything read through it.
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The digest of the bytes read so far (the reader can go on).
+    pub fn digest(&self) -> Sha256Hex {
+        Sha256Hex::from_bytes(self.hasher.clone().finalize().into())
+    }
+
+    /// The inner reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The inner reader, mutably. Bytes read from it directly are not hashed.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Ends hashing: the inner reader, the digest and the byte count.
+    pub fn finish(self) -> (R, Sha256Hex, u64) {
+        let digest = Sha256Hex::from_bytes(self.hasher.finalize().into());
+        (self.inner, digest, self.bytes)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// A writer that computes the SHA-256 and length of everything written through it.
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The digest of the bytes written so far.
+    pub fn digest(&self) -> Sha256Hex {
+        Sha256Hex::from_bytes(self.hasher.clone().finalize().into())
+    }
+
+    /// The inner writer.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    /// Ends hashing: the inner writer, the digest and the byte count. Does not flush.
+    pub fn finish(self) -> (W, Sha256Hex, u64) {
+        let digest = Sha256Hex::from_bytes(self.hasher.finalize().into());
+        (self.inner, digest, self.bytes)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The error inside the `io::Error` (kind `InvalidData`) that [`LimitedReader`] returns; find it
+/// with `err.get_ref().and_then(|e| e.downcast_ref::<LimitExceeded>())`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("more than {limit} bytes arrived")]
+pub struct LimitExceeded {
+    /// The limit that was passed.
+    pub limit: u64,
+}
+
+/// A reader that passes at most `limit` bytes and returns an error, not a silent end of file,
+/// when the inner reader has more. Use it where extra bytes mean the input is not what it
+/// claims to be.
+#[derive(Debug)]
+pub struct LimitedReader<R> {
+    inner: R,
+    limit: u64,
+    remaining: u64,
+}
+
+impl<R: Read> LimitedReader<R> {
+    /// Wraps `inner`, allowing `limit` bytes.
+    pub fn new(inner: R, limit: u64) -> Self {
+        LimitedReader {
+            inner,
+            limit,
+            remaining: limit,
+        }
+    }
+
+    /// The inner reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The inner reader, mutably.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Returns the inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for LimitedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.remaining == 0 {
+            // Probe for one more byte: end of file is fine, anything else breaks the limit.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    LimitExceeded { limit: self.limit },
+                )),
+            };
+        }
+        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..max])?;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Returns whether `err` came from a [`LimitedReader`] limit, and which limit.
+pub fn limit_exceeded(err: &io::Error) -> Option<LimitExceeded> {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<LimitExceeded>())
+        .copied()
+}
+
+/// SHA-256 and length of a file.
+pub fn sha256_file(path: &Path) -> Result<(Sha256Hex, u64), TrustError> {
+    let file = File::open(path)
+        .map_err(|e| TrustError::io(format!("opening {}", path.display()), e))?;
+    let mut reader = HashingReader::new(file);
+    io::copy(&mut reader, &mut io::sink())
+        .map_err(|e| TrustError::io(format!("reading {}", path.display()), e))?;
+    let (_, digest, len) = reader.finish();
+    Ok((digest, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // sha256("abc"), FIPS 180-2 appendix B.1.
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn sha256hex_validates() {
+        assert!(ABC.parse::<Sha256Hex>().is_ok());
+        assert!(ABC.to_uppercase().parse::<Sha256Hex>().is_err());
+        assert!(ABC[1..].parse::<Sha256Hex>().is_err());
+        assert!(format!("{}g", &ABC[1..]).parse::<Sha256Hex>().is_err());
+        let json = format!("\"{}\"", &ABC[2..]);
+        assert!(serde_json::from_str::<Sha256Hex>(&json).is_err());
+        let h: Sha256Hex = serde_json::from_str(&format!("\"{ABC}\"")).unwrap();
+        assert_eq!(h, Sha256Hex::digest(b"abc"));
+        assert_eq!(Sha256Hex::from_bytes(h.to_bytes()), h);
+    }
+
+    #[test]
+    fn hashing_reader_hashes_and_counts() {
+        let mut r = HashingReader::new(&b"abc"[..]);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abc");
+        assert_eq!(r.bytes(), 3);
+        assert_eq!(r.digest().as_str(), ABC);
+        let (_, d, n) = r.finish();
+        assert_eq!((d.as_str(), n), (ABC, 3));
+    }
+
+    #[test]
+    fn hashing_writer_hashes_and_counts() {
+        let mut w = HashingWriter::new(Vec::new());
+        w.write_all(b"ab").unwrap();
+        w.write_all(b"c").unwrap();
+        let (inner, d, n) = w.finish();
+        assert_eq!(inner, b"abc");
+        assert_eq!((d.as_str(), n), (ABC, 3));
+    }
+
+    #[test]
+    fn limited_reader_passes_exact_size() {
+        let mut r = LimitedReader::new(&b"12345"[..], 5);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"12345");
+    }
+
+    #[test]
+    fn limited_reader_errors_instead_of_truncating() {
+        let mut r = LimitedReader::new(&b"123456"[..], 5);
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(limit_exceeded(&err), Some(LimitExceeded { limit: 5 }));
+        let other = io::Error::new(io::ErrorKind::InvalidData, "x");
+        assert_eq!(limit_exceeded(&other), None);
+    }
+
+    #[test]
+    fn limited_reader_zero_limit() {
+        let mut r = LimitedReader::new(&b""[..], 0);
+        assert_eq!(r.read(&mut [0u8; 4]).unwrap(), 0);
+        let mut r = LimitedReader::new(&b"x"[..], 0);
+        assert!(r.read(&mut [0u8; 4]).is_err());
+    }
+
+    #[test]
+    fn sha256_file_hashes_and_names_path_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        let (d, n) = sha256_file(&path).unwrap();
+        assert_eq!((d.as_str(), n), (ABC, 3));
+        let missing = dir.path().join("missing");
+        let err = sha256_file(&missing).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}
