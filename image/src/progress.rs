@@ -114,7 +114,8 @@ impl Reporter {
                 self.say(&format!("    {how} {name} in {secs:.1}s{extra}"));
                 self.records.lock().expect("lock").push(StepRecord { name: name.into(), seconds: secs, reused, note });
             }
-            Err(e) => self.say(&format!("    FAILED {name} after {secs:.1}s: {e:#}")),
+            // The error itself is printed once, by the program's main.
+            Err(_) => self.say(&format!("    FAILED {name} after {secs:.1}s")),
         }
         result.with_context(|| format!("build step `{name}`"))
     }

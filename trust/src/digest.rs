@@ -104,7 +104,7 @@ impl<R: Read> HashingReader<R> {
     }
 
     /// Bytes read so far.
-    pub fn bytes(&self) -> u64 {
+    pub fn byte_count(&self) -> u64 {
         self.bytes
     }
 
@@ -158,7 +158,7 @@ impl<W: Write> HashingWriter<W> {
     }
 
     /// Bytes written so far.
-    pub fn bytes(&self) -> u64 {
+    pub fn byte_count(&self) -> u64 {
         self.bytes
     }
 
@@ -304,7 +304,7 @@ mod tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abc");
-        assert_eq!(r.bytes(), 3);
+        assert_eq!(r.byte_count(), 3);
         assert_eq!(r.digest().as_str(), ABC);
         let (_, d, n) = r.finish();
         assert_eq!((d.as_str(), n), (ABC, 3));

@@ -21,6 +21,7 @@ use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
 
+pub use crate::keyring::{Keyring, KeyringEntry, SignedKeyring, KEYRING_FORMAT};
 use crate::TrustError;
 
 const SECRET_TYPE: &str = "aperture-ed25519-secret";

@@ -29,6 +29,7 @@ const ARM64: &[&str] = &[
     "libc6-dev-arm64-cross",
     "qemu-user-static",
     "binfmt-support",
+    "arch-test",
 ];
 
 /// Extra packages to boot images under QEMU.

@@ -29,7 +29,7 @@ pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Vec<(
         .env("CARGO_TARGET_DIR", &target)
         // Paths in panic messages name the workspace, not the build host's home.
         .env("RUSTFLAGS", format!("--remap-path-prefix={}=/aperture", workspace.display()))
-        .args(["build", "--release", "--locked", "--target", triple]);
+        .args(["build", "--release", "--target", triple]);
     for p in &recipe.components.device {
         c.args(["--package", p.package(), "--bin", p.binary()]);
     }

@@ -1,0 +1,1 @@
+//! Tier 3: QEMU boots of built images.

@@ -1,0 +1,447 @@
+//! Reading bundles on the appliance, from any `Read` (a file or an HTTPS body), in one pass.
+//!
+//! Each payload is read through a stack of single-purpose readers:
+//!
+//! ```text
+//! tar entry (exact size) -> sha256 of encoded bytes -> zstd decoder (bounded window)
+//!     -> limit to artifact.size -> sha256 of decoded bytes -> the caller
+//! ```
+//!
+//! and checked when it ends, whether the caller read it to the end or not.
+
+use std::io::{self, BufReader, Read};
+
+use super::ustar::{self, Block, BLOCK};
+use super::{MANIFEST_ENTRY, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE, MAX_WINDOW_LOG, SIGNATURE_ENTRY};
+use crate::digest::{limit_exceeded, HashingReader, LimitedReader};
+use crate::keys::PublicKey;
+use crate::manifest::{Artifact, Manifest};
+use crate::signing::{verify_manifest, VerifiedManifest};
+use crate::TrustError;
+
+/// Most zero bytes accepted after the end-of-archive marker (tar pads to 10 KiB records).
+const MAX_TRAILING_ZEROS: u64 = 20 * BLOCK as u64;
+
+/// Reads a bundle: first [`read_header`](Self::read_header), then the caller's policy check,
+/// then [`for_each_payload`](Self::for_each_payload). After any error the reader is spent.
+pub struct BundleReader<R> {
+    inner: R,
+    root: PublicKey,
+    now: u64,
+    stage: Stage,
+}
+
+enum Stage {
+    Start,
+    HeaderRead(Box<Manifest>),
+    Done,
+    Failed,
+}
+
+impl<R: Read> BundleReader<R> {
+    /// A reader of `inner` that trusts the `root` key at time `now` (unix seconds).
+    pub fn new(inner: R, root: &PublicKey, now: u64) -> Self {
+        BundleReader {
+            inner,
+            root: *root,
+            now,
+            stage: Stage::Start,
+        }
+    }
+
+    /// Reads `manifest.json` and `manifest.sig` and verifies them before any payload byte is
+    /// read. Run the update policy on the result before calling
+    /// [`for_each_payload`](Self::for_each_payload).
+    pub fn read_header(&mut self) -> Result<VerifiedManifest, TrustError> {
+        if !matches!(self.stage, Stage::Start) {
+            return Err(misuse("read_header was already called"));
+        }
+        self.stage = Stage::Failed;
+        let manifest_json = self.read_small_entry(MANIFEST_ENTRY, MAX_MANIFEST_SIZE)?;
+        let sig_json = self.read_small_entry(SIGNATURE_ENTRY, MAX_SIGNATURE_SIZE)?;
+        let verified = verify_manifest(&manifest_json, &sig_json, &self.root, self.now)?;
+        self.stage = Stage::HeaderRead(Box::new(verified.manifest().clone()));
+        Ok(verified)
+    }
+
+    /// Hands each payload, in manifest order, to `f` as a reader of the decoded artifact bytes.
+    ///
+    /// The reader fails (an `io::Error` carrying the message) on the read that finds a problem;
+    /// when `f` returns, whatever `f` left unread is drained and checked, and the typed
+    /// [`TrustError`] (HashMismatch, SizeMismatch, Oversized, Truncated, ...) is returned in
+    /// preference to `f`'s own error. So `f` must treat the bytes as unverified until this
+    /// returns `Ok`. After the last payload the archive must end.
+    pub fn for_each_payload<E, F>(&mut self, mut f: F) -> Result<(), E>
+    where
+        E: From<TrustError>,
+        F: FnMut(&Artifact, &mut dyn Read) -> Result<(), E>,
+    {
+        let manifest = match std::mem::replace(&mut self.stage, Stage::Failed) {
+            Stage::HeaderRead(m) => m,
+            _ => return Err(misuse("call read_header first, and for_each_payload once").into()),
+        };
+        let payload_entries: Vec<String> =
+            manifest.payload_artifacts().filter_map(Artifact::payload_entry_name).collect();
+        for (artifact, entry) in manifest.payload_artifacts().zip(&payload_entries) {
+            let size = self.next_entry(entry, &payload_entries)?;
+            let payload = artifact
+                .payload
+                .as_ref()
+                .ok_or_else(|| misuse("payload artifact without payload"))?;
+            if size > payload.size {
+                return Err(TrustError::Oversized {
+                    entry: entry.clone(),
+                    limit: payload.size,
+                }
+                .into());
+            }
+            if size < payload.size {
+                return Err(TrustError::SizeMismatch {
+                    artifact: entry.clone(),
+                    expected: payload.size,
+                    actual: size,
+                }
+                .into());
+            }
+            let mut reader = PayloadReader::new(&mut self.inner, artifact, entry)?;
+            let result = f(artifact, &mut reader);
+            if let Some(failure) = reader.failure.take() {
+                return Err(failure.into());
+            }
+            result?;
+            reader.drain()?;
+            skip(&mut self.inner, ustar::padding(size), entry)?;
+        }
+        self.expect_end()?;
+        self.stage = Stage::Done;
+        Ok(())
+    }
+
+    /// Reads and checks every payload, discarding the bytes: a full offline check of a bundle.
+    pub fn verify_payloads(&mut self) -> Result<(), TrustError> {
+        self.for_each_payload(|_, r: &mut dyn Read| {
+            io::copy(r, &mut io::sink()).map(drop).map_err(|e| TrustError::io("reading payload", e))
+        })
+    }
+
+    /// Reads a header expecting `expected`; returns the entry's (untrusted) size.
+    fn next_entry(&mut self, expected: &str, known: &[String]) -> Result<u64, TrustError> {
+        match self.read_block(expected)? {
+            None => Err(TrustError::Truncated {
+                entry: format!("bundle (before {expected})"),
+            }),
+            Some(Block::End) => Err(TrustError::MissingEntry {
+                name: expected.into(),
+            }),
+            Some(Block::Entry { name, size }) => {
+                if name == expected {
+                    Ok(size)
+                } else if known.contains(&name) || name == MANIFEST_ENTRY || name == SIGNATURE_ENTRY {
+                    Err(TrustError::Reordered {
+                        entry: name,
+                        expected: expected.into(),
+                    })
+                } else {
+                    Err(TrustError::UnexpectedEntry {
+                        expected: expected.into(),
+                        found: name,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Reads a header block; `None` at a clean end of stream.
+    fn read_block(&mut self, context: &str) -> Result<Option<Block>, TrustError> {
+        let mut block = [0u8; BLOCK];
+        let mut filled = 0;
+        while filled < BLOCK {
+            match self.inner.read(&mut block[filled..]) {
+                Ok(0) if filled == 0 => return Ok(None),
+                Ok(0) => {
+                    return Err(TrustError::Truncated {
+                        entry: format!("bundle header (before {context})"),
+                    })
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TrustError::io(format!("reading the bundle (before {context})"), e)),
+            }
+        }
+        ustar::parse(&block).map(Some)
+    }
+
+    /// Reads a small entry whole, refusing sizes above `limit` before reading any of it.
+    fn read_small_entry(&mut self, name: &str, limit: u64) -> Result<Vec<u8>, TrustError> {
+        let size = self.next_entry(name, &[MANIFEST_ENTRY.into(), SIGNATURE_ENTRY.into()])?;
+        if size > limit {
+            return Err(TrustError::Oversized {
+                entry: name.into(),
+                limit,
+            });
+        }
+        let mut data = Vec::new();
+        read_exact_entry(&mut self.inner, size, name, &mut data)?;
+        skip(&mut self.inner, ustar::padding(size), name)?;
+        Ok(data)
+    }
+
+    /// After the last payload: the end marker (two zero blocks), then at most some zero padding.
+    fn expect_end(&mut self) -> Result<(), TrustError> {
+        for _ in 0..2 {
+            match self.read_block("end of bundle")? {
+                Some(Block::End) => {}
+                Some(Block::Entry { name, .. }) => {
+                    return Err(TrustError::UnexpectedEntry {
+                        expected: "end of bundle".into(),
+                        found: name,
+                    })
+                }
+                None => {
+                    return Err(TrustError::Truncated {
+                        entry: "bundle end-of-archive marker".into(),
+                    })
+                }
+            }
+        }
+        let mut rest = Vec::new();
+        (&mut self.inner)
+            .take(MAX_TRAILING_ZEROS + 1)
+            .read_to_end(&mut rest)
+            .map_err(|e| TrustError::io("reading the end of the bundle", e))?;
+        if rest.len() as u64 > MAX_TRAILING_ZEROS || rest.iter().any(|b| *b != 0) {
+            return Err(TrustError::UnexpectedEntry {
+                expected: "end of bundle".into(),
+                found: "data after the end-of-archive marker".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn misuse(reason: &str) -> TrustError {
+    TrustError::malformed("bundle reader use", reason)
+}
+
+fn read_exact_entry(r: &mut impl Read, size: u64, entry: &str, out: &mut Vec<u8>) -> Result<(), TrustError> {
+    let got = r
+        .take(size)
+        .read_to_end(out)
+        .map_err(|e| TrustError::io(format!("reading bundle entry {entry}"), e))?;
+    if (got as u64) < size {
+        return Err(TrustError::Truncated { entry: entry.into() });
+    }
+    Ok(())
+}
+
+fn skip(r: &mut impl Read, n: u64, entry: &str) -> Result<(), TrustError> {
+    let got = io::copy(&mut r.take(n), &mut io::sink())
+        .map_err(|e| TrustError::io(format!("reading bundle entry {entry}"), e))?;
+    if got < n {
+        return Err(TrustError::Truncated { entry: entry.into() });
+    }
+    Ok(())
+}
+
+/// The data of one tar entry: exactly `remaining` bytes, and a note of why it failed, if it did.
+struct EntryData<'r, R> {
+    inner: &'r mut R,
+    remaining: u64,
+    truncated: bool,
+    io_failed: bool,
+}
+
+impl<R: Read> Read for EntryData<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        match self.inner.read(&mut buf[..max]) {
+            Ok(0) => {
+                self.truncated = true;
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "bundle stream ended inside an entry"))
+            }
+            Ok(n) => {
+                self.remaining -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.io_failed = true;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+type Encoded<'r, R> = BufReader<HashingReader<EntryData<'r, R>>>;
+type Stack<'r, R> = HashingReader<LimitedReader<zstd::stream::read::Decoder<'static, Encoded<'r, R>>>>;
+
+/// The reader handed to the payload callback.
+struct PayloadReader<'r, 'm, R> {
+    stack: Stack<'r, R>,
+    artifact: &'m Artifact,
+    entry: &'m str,
+    finished: bool,
+    failure: Option<TrustError>,
+    /// Set once a failure was reported, so later reads keep failing.
+    failed_message: Option<String>,
+}
+
+impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
+    fn new(inner: &'r mut R, artifact: &'m Artifact, entry: &'m str) -> Result<Self, TrustError> {
+        let size = artifact.payload.as_ref().map_or(0, |p| p.size);
+        let data = EntryData {
+            inner,
+            remaining: size,
+            truncated: false,
+            io_failed: false,
+        };
+        let decoder_err = |e| TrustError::io(format!("starting the zstd decoder for {entry}"), e);
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+            64 * 1024,
+            HashingReader::new(data),
+        ))
+        .map_err(decoder_err)?;
+        decoder.window_log_max(MAX_WINDOW_LOG).map_err(decoder_err)?;
+        Ok(PayloadReader {
+            stack: HashingReader::new(LimitedReader::new(decoder, artifact.size)),
+            artifact,
+            entry,
+            finished: false,
+            failure: None,
+            failed_message: None,
+        })
+    }
+
+    fn encoded(&mut self) -> &mut Encoded<'r, R> {
+        self.stack.get_mut().get_mut().get_mut()
+    }
+
+    fn entry_state(&self) -> (bool, bool) {
+        let data = self.stack.get_ref().get_ref().get_ref().get_ref().get_ref();
+        (data.truncated, data.io_failed)
+    }
+
+    /// Reads what the caller left and runs the end checks; the typed error if any.
+    fn drain(&mut self) -> Result<(), TrustError> {
+        if !self.finished && self.failed_message.is_none() {
+            let _ = io::copy(self, &mut io::sink());
+        }
+        match self.failure.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// End checks: encoded size and hash, then decoded size and hash.
+    fn finish(&mut self) -> Result<(), TrustError> {
+        self.check_encoded()?;
+        let (size, digest) = (self.stack.byte_count(), self.stack.digest());
+        if size != self.artifact.size {
+            return Err(TrustError::SizeMismatch {
+                artifact: self.artifact.name.to_string(),
+                expected: self.artifact.size,
+                actual: size,
+            });
+        }
+        if digest != self.artifact.sha256 {
+            return Err(TrustError::HashMismatch {
+                artifact: self.artifact.name.to_string(),
+                expected: self.artifact.sha256.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the rest of the encoded entry and checks its hash against `payload.sha256`.
+    fn check_encoded(&mut self) -> Result<(), TrustError> {
+        let entry = self.entry;
+        if let Err(e) = io::copy(self.encoded(), &mut io::sink()) {
+            return Err(self.classify_entry_error(e).unwrap_or_else(|e| TrustError::io(format!("reading {entry}"), e)));
+        }
+        let hashed = self.encoded().get_ref();
+        let (digest, bytes) = (hashed.digest(), hashed.byte_count());
+        let Some(payload) = self.artifact.payload.as_ref() else {
+            return Ok(());
+        };
+        if bytes != payload.size {
+            return Err(TrustError::Truncated { entry: entry.into() });
+        }
+        if digest != payload.sha256 {
+            return Err(TrustError::HashMismatch {
+                artifact: entry.into(),
+                expected: payload.sha256.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The typed error for a failure of the tar entry layer, or the error back if it was not one.
+    fn classify_entry_error(&self, e: io::Error) -> Result<TrustError, io::Error> {
+        match self.entry_state() {
+            (true, _) => Ok(TrustError::Truncated { entry: self.entry.into() }),
+            (_, true) => Ok(TrustError::io(format!("reading bundle entry {}", self.entry), e)),
+            _ => Err(e),
+        }
+    }
+
+    /// The typed error for any failure that surfaced through the stack.
+    fn classify(&mut self, e: io::Error) -> TrustError {
+        if let Some(limit) = limit_exceeded(&e) {
+            return TrustError::Oversized {
+                entry: self.artifact.name.to_string(),
+                limit: limit.limit,
+            };
+        }
+        match self.classify_entry_error(e) {
+            Ok(typed) => typed,
+            // The decoder refused the data: if the encoded bytes are not the signed ones, say
+            // that (the real cause); otherwise the signed payload itself is not valid zstd.
+            Err(decode_error) => match self.check_encoded() {
+                Err(typed) => typed,
+                Ok(()) => TrustError::malformed(
+                    format!("payload {}", self.entry),
+                    format!("{decode_error}; rebuild it with compress_payload (zstd level 1-19)"),
+                ),
+            },
+        }
+    }
+
+    fn fail(&mut self, error: TrustError) -> io::Error {
+        let message = error.to_string();
+        self.failure = Some(error);
+        self.failed_message = Some(message.clone());
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    }
+}
+
+impl<R: Read> Read for PayloadReader<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(message) = &self.failed_message {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, message.clone()));
+        }
+        if self.finished || buf.is_empty() {
+            return Ok(0);
+        }
+        match self.stack.read(buf) {
+            Ok(0) => match self.finish() {
+                Ok(()) => {
+                    self.finished = true;
+                    Ok(0)
+                }
+                Err(e) => Err(self.fail(e)),
+            },
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let typed = self.classify(e);
+                Err(self.fail(typed))
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Signing and verifying manifests.
+//!
+//! A release is two files: `manifest.json` (pretty JSON, keys sorted, trailing newline; made for
+//! people to read) and `manifest.sig`:
+//!
+//! ```json
+//! {"format":1,"key_id":"<release key id>","signature":"<128 hex>","keyring":{...SignedKeyring}}
+//! ```
+//!
+//! The signature covers `canonicalize_json(manifest.json)`, so reformatting the JSON does not
+//! break it, while any change of meaning does. The appliance verifies, in order: the keyring
+//! against its baked-in root key, that the signing key is in the keyring and not expired, the
+//! signature, and finally parses the manifest strictly FROM THE CANONICAL BYTES it verified, so
+//! what it acts on is exactly what was signed.
+
+use serde::{Deserialize, Serialize};
+use std::ops::Deref;
+
+use crate::canonical::{canonicalize_json, to_pretty_sorted};
+use crate::keys::{KeyId, PublicKey, SignedKeyring, SigningKeyPair};
+use crate::manifest::Manifest;
+use crate::TrustError;
+
+/// The signature file format this crate reads and writes.
+pub const SIGNATURE_FORMAT: u32 = 1;
+
+/// The contents of `manifest.sig`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSignature {
+    /// Format version, 1.
+    pub format: u32,
+    /// The release key that signed.
+    pub key_id: KeyId,
+    /// ed25519 signature over the canonical manifest bytes, 128 hex characters.
+    pub signature: String,
+    /// The root-signed keyring that lists the release key.
+    pub keyring: SignedKeyring,
+}
+
+/// A manifest whose signature chain has been verified. Only [`verify_manifest`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedManifest {
+    manifest: Manifest,
+    key_id: KeyId,
+}
+
+impl VerifiedManifest {
+    /// The release key that signed the manifest.
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Gives up the proof of verification and returns the manifest.
+    pub fn into_manifest(self) -> Manifest {
+        self.manifest
+    }
+}
+
+impl Deref for VerifiedManifest {
+    type Target = Manifest;
+
+    fn deref(&self) -> &Manifest {
+        &self.manifest
+    }
+}
+
+/// Signs `manifest` with `release`, which must be listed in `keyring`.
+///
+/// Returns `(manifest.json, manifest.sig)` bytes. The manifest is validated first, and the
+/// release key must be in the keyring, so a release that the appliance would refuse for
+/// those reasons is never produced.
+pub fn sign_manifest(
+    manifest: &Manifest,
+    release: &SigningKeyPair,
+    keyring: &SignedKeyring,
+) -> Result<(Vec<u8>, Vec<u8>), TrustError> {
+    manifest.validate()?;
+    let key_id = release.key_id();
+    match keyring.keyring.find(&key_id) {
+        Some(entry) if entry.public == release.public() => {}
+        _ => return Err(TrustError::UnknownKey { key_id: key_id.to_string() }),
+    }
+    let manifest_json = to_pretty_sorted(manifest)?;
+    let signature = release.sign(&canonicalize_json(&manifest_json)?);
+    let sig = ManifestSignature {
+        format: SIGNATURE_FORMAT,
+        key_id,
+        signature: hex::encode(signature),
+        keyring: keyring.clone(),
+    };
+    let sig_json = to_pretty_sorted(&sig)?;
+    Ok((manifest_json, sig_json))
+}
+
+/// Verifies `manifest.json` and `manifest.sig` against the trusted `root` key at time `now`
+/// (unix seconds, injected so tests and offline checks control it).
+///
+/// Errors: a keyring signed by another root or a signing key not in the keyring
+/// [`TrustError::UnknownKey`]; a key at or past `not_after` [`TrustError::KeyExpired`]; a
+/// signature that does not verify [`TrustError::BadSignature`]; a document that does not parse
+/// or validate [`TrustError::Malformed`].
+pub fn verify_manifest(
+    manifest_json: &[u8],
+    sig_json: &[u8],
+    root: &PublicKey,
+    now: u64,
+) -> Result<VerifiedManifest, TrustError> {
+    let sig: ManifestSignature = serde_json::from_slice(sig_json)
+        .map_err(|e| TrustError::malformed("manifest.sig", e))?;
+    if sig.format != SIGNATURE_FORMAT {
+        return Err(TrustError::malformed(
+            "manifest.sig",
+            format!(
+                "format {} is not supported (this build reads format {SIGNATURE_FORMAT}); \
+                 update the appliance software first",
+                sig.format
+            ),
+        ));
+    }
+    let keyring = sig.keyring.verify(root)?;
+    let entry = keyring.find(&sig.key_id).ok_or_else(|| TrustError::UnknownKey {
+        key_id: sig.key_id.to_string(),
+    })?;
+    entry.check_not_expired(now)?;
+    let canonical = canonicalize_json(manifest_json)?;
+    entry.public.verify_hex(&canonical, &sig.signature, "manifest")?;
+    let manifest: Manifest = serde_json::from_slice(&canonical)
+        .map_err(|e| TrustError::malformed("manifest.json", e))?;
+    manifest.validate()?;
+    Ok(VerifiedManifest {
+        manifest,
+        key_id: sig.key_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyringEntry;
+    use crate::manifest::tests::sample;
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct Keys {
+        root: SigningKeyPair,
+        release: SigningKeyPair,
+        keyring: SignedKeyring,
+    }
+
+    fn snakeoil_keys(not_after: u64) -> Keys {
+        let root = SigningKeyPair::from_secret_bytes(&[1; 32]);
+        let release = SigningKeyPair::from_secret_bytes(&[2; 32]);
+        let keyring = SignedKeyring::create(
+            &root,
+            vec![KeyringEntry::new(release.public(), "release-snakeoil", not_after)],
+        )
+        .unwrap();
+        Keys { root, release, keyring }
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = snakeoil_keys(NOW + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        assert!(mj.ends_with(b"}\n"));
+        assert!(std::str::from_utf8(&mj).unwrap().contains("\n  \"artifacts\""));
+        let v = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap();
+        assert_eq!(*v, sample());
+        assert_eq!(v.key_id(), &k.release.key_id());
+        assert_eq!(v.version.to_string(), "1.2.3");
+    }
+
+    #[test]
+    fn signing_is_deterministic() {
+        let k = snakeoil_keys(NOW + 1);
+        let a = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let b = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn reformatted_manifest_still_verifies() {
+        let k = snakeoil_keys(NOW + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let compact = canonicalize_json(&mj).unwrap();
+        verify_manifest(&compact, &sj, &k.root.public(), NOW).unwrap();
+    }
+
+    #[test]
+    fn changed_version_is_bad_signature() {
+        let k = snakeoil_keys(NOW + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let tampered = String::from_utf8(mj).unwrap().replace("\"1.2.3\"", "\"9.9.9\"");
+        let err = verify_manifest(tampered.as_bytes(), &sj, &k.root.public(), NOW).unwrap_err();
+        assert!(matches!(err, TrustError::BadSignature { ref what } if what == "manifest"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_key_smuggling_is_refused() {
+        let k = snakeoil_keys(NOW + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let text = String::from_utf8(mj).unwrap();
+        let smuggled = text.replacen("{", "{\"board\": \"other\",", 1);
+        assert!(verify_manifest(smuggled.as_bytes(), &sj, &k.root.public(), NOW).is_err());
+    }
+
+    #[test]
+    fn expired_key() {
+        let k = snakeoil_keys(NOW);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let err = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap_err();
+        assert!(matches!(err, TrustError::KeyExpired { not_after: NOW, .. }), "{err}");
+        verify_manifest(&mj, &sj, &k.root.public(), NOW - 1).unwrap();
+    }
+
+    #[test]
+    fn wrong_root_is_unknown_key() {
+        let k = snakeoil_keys(NOW + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let other_root = SigningKeyPair::from_secret_bytes(&[9; 32]).public();
+        let err = verify_manifest(&mj, &sj, &other_root, NOW).unwrap_err();
+        assert!(matches!(err, TrustError::UnknownKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn key_not_in_keyring_is_unknown() {
+        let k = snakeoil_keys(NOW + 1);
+        let stranger = SigningKeyPair::from_secret_bytes(&[5; 32]);
+        // The signer refuses outright...
+        let err = sign_manifest(&sample(), &stranger, &k.keyring).unwrap_err();
+        assert!(matches!(err, TrustError::UnknownKey { .. }), "{err}");
+        // ...and a hand-made signature file naming the stranger is refused on verify.
+        let (mj, _) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let sig = ManifestSignature {
+            format: 1,
+            key_id: stranger.key_id(),
+            signature: hex::encode(stranger.sign(&canonicalize_json(&mj).unwrap())),
+            keyring: k.keyring.clone(),
+        };
+        let sj = serde_json::to_vec(&sig).unwrap();
+        let err = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap_err();
+        assert!(
+            matches!(err, TrustError::UnknownKey { ref key_id } if *key_id == stranger.key_id().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn signature_by_other_listed_key_is_bad() {
+        // Claiming key A while signing with key B (both listed) fails the signature check.
+        let root = SigningKeyPair::from_secret_bytes(&[1; 32]);
+        let a = SigningKeyPair::from_secret_bytes(&[2; 32]);
+        let b = SigningKeyPair::from_secret_bytes(&[3; 32]);
+        let keyring = SignedKeyring::create(
+            &root,
+            vec![
+                KeyringEntry::new(a.public(), "a", NOW + 1),
+                KeyringEntry::new(b.public(), "b", NOW + 1),
+            ],
+        )
+        .unwrap();
+        let (mj, sj) = sign_manifest(&sample(), &b, &keyring).unwrap();
+        let mut sig: ManifestSignature = serde_json::from_slice(&sj).unwrap();
+        sig.key_id = a.key_id();
+        let sj = serde_json::to_vec(&sig).unwrap();
+        let err = verify_manifest(&mj, &sj, &root.public(), NOW).unwrap_err();
+        assert!(matches!(err, TrustError::BadSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn malformed_inputs() {
+        let k = snakeoil_keys(NOW + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let root = k.root.public();
+        assert!(matches!(
+            verify_manifest(&mj, b"not json", &root, NOW),
+            Err(TrustError::Malformed { .. })
+        ));
+        let mut sig: serde_json::Value = serde_json::from_slice(&sj).unwrap();
+        sig["format"] = 2.into();
+        let bad = serde_json::to_vec(&sig).unwrap();
+        assert!(verify_manifest(&mj, &bad, &root, NOW).unwrap_err().to_string().contains("format 2"));
+        sig["format"] = 1.into();
+        sig["comment"] = "hi".into();
+        let bad = serde_json::to_vec(&sig).unwrap();
+        assert!(matches!(
+            verify_manifest(&mj, &bad, &root, NOW),
+            Err(TrustError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn signed_but_invalid_manifest_is_refused() {
+        // A validly signed document that breaks a manifest rule is still refused.
+        let k = snakeoil_keys(NOW + 1);
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["format"] = 7.into();
+        let mj = serde_json::to_vec(&v).unwrap();
+        let sig = ManifestSignature {
+            format: 1,
+            key_id: k.release.key_id(),
+            signature: hex::encode(k.release.sign(&canonicalize_json(&mj).unwrap())),
+            keyring: k.keyring.clone(),
+        };
+        let sj = serde_json::to_vec(&sig).unwrap();
+        let err = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap_err();
+        assert!(err.to_string().contains("format 7"), "{err}");
+    }
+}

@@ -1,0 +1,656 @@
+//! dm-verity hash trees, byte for byte as `veritysetup format` writes them when the tree is
+//! appended to the data in the same file:
+//!
+//! ```text
+//! veritysetup format FILE FILE --hash-offset=DATA_SIZE --salt=HEX --uuid=UUID
+//! ```
+//!
+//! Only format (hash type) 1 with sha256 and 4096-byte data and hash blocks is supported.
+//!
+//! Layout after the data, at `hash_offset`: one 4096-byte block holding the 512-byte verity
+//! superblock (cryptsetup `lib/verity/verity.c`, `struct verity_sb`, little-endian) and zero
+//! padding; then the hash levels, TOP level first. The kernel (`drivers/md/dm-verity-target.c`,
+//! `hash_level_block[]`) and cryptsetup (`hash_levels()`) place level `levels-1` first and level
+//! 0 (the hashes of the data blocks) last. Each hash is sha256(salt || block); hash blocks are
+//! zero padded; the root hash is sha256(salt || the single top-level block), or, for data of one
+//! block (zero levels), sha256(salt || that data block).
+//!
+//! All functions stream: memory use is one read buffer plus one partial block per level.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+
+use crate::digest::Sha256Hex;
+use crate::TrustError;
+
+/// Data and hash block size, bytes.
+pub const VERITY_BLOCK_SIZE: u32 = 4096;
+/// Longest salt dm-verity's superblock holds, bytes.
+pub const MAX_SALT_LEN: usize = 256;
+
+const BLOCK: usize = VERITY_BLOCK_SIZE as usize;
+const BLOCK_U64: u64 = VERITY_BLOCK_SIZE as u64;
+const DIGEST_LEN: usize = 32;
+/// log2(4096 / 32): hashes per hash block, as cryptsetup's `hash_per_block_bits`.
+const HASH_PER_BLOCK_BITS: u32 = 7;
+const SUPERBLOCK_LEN: usize = 512;
+/// Data read per call: 256 blocks.
+const CHUNK: usize = 256 * BLOCK;
+
+/// The dm-verity parameters of a rootfs image, as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerityInfo {
+    /// Root hash: what the kernel command line pins.
+    pub root_hash: Sha256Hex,
+    /// Salt, lowercase hex (empty for none), at most 256 bytes.
+    pub salt: String,
+    /// Byte offset of the verity superblock; the tree follows one block later.
+    pub hash_offset: u64,
+    /// Number of data blocks covered.
+    pub data_blocks: u64,
+    /// Data block size, 4096.
+    pub data_block_size: u32,
+    /// Hash block size, 4096.
+    pub hash_block_size: u32,
+    /// Hash algorithm, "sha256".
+    pub algorithm: String,
+    /// UUID stored in the superblock, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    pub uuid: String,
+}
+
+impl VerityInfo {
+    /// Size of the protected data in bytes.
+    pub fn data_size(&self) -> u64 {
+        self.data_blocks.saturating_mul(BLOCK_U64)
+    }
+
+    /// The salt bytes.
+    pub fn salt_bytes(&self) -> Result<Vec<u8>, TrustError> {
+        if self.salt.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(TrustError::malformed("verity salt", "must be lowercase hex"));
+        }
+        let salt = hex::decode(&self.salt).map_err(|e| TrustError::malformed("verity salt", e))?;
+        check_salt(&salt)?;
+        Ok(salt)
+    }
+
+    /// The UUID bytes.
+    pub fn uuid_bytes(&self) -> Result<[u8; 16], TrustError> {
+        parse_uuid(&self.uuid)
+    }
+
+    /// Checks that these are parameters this module can produce and verify.
+    pub fn validate(&self) -> Result<(), TrustError> {
+        let bad = |reason: String| Err(TrustError::malformed("verity parameters", reason));
+        if self.algorithm != "sha256" {
+            return bad(format!("algorithm {:?} is not supported; use sha256", self.algorithm));
+        }
+        if self.data_block_size != VERITY_BLOCK_SIZE || self.hash_block_size != VERITY_BLOCK_SIZE {
+            return bad(format!(
+                "block sizes {}/{} are not supported; use 4096",
+                self.data_block_size, self.hash_block_size
+            ));
+        }
+        if self.data_blocks == 0 || self.data_blocks > u64::MAX / BLOCK_U64 / 2 {
+            return bad(format!("{} data blocks is out of range", self.data_blocks));
+        }
+        if self.hash_offset % BLOCK_U64 != 0 || self.hash_offset < self.data_size() {
+            return bad(format!(
+                "hash offset {} must be a multiple of 4096 at or after the data end {}",
+                self.hash_offset,
+                self.data_size()
+            ));
+        }
+        self.salt_bytes()?;
+        self.uuid_bytes()?;
+        Ok(())
+    }
+}
+
+/// Bytes the verity area takes after `data_size` bytes of data (rounded up to whole blocks):
+/// the superblock block plus every hash level.
+pub fn hash_tree_size(data_size: u64) -> u64 {
+    let blocks = data_size.div_ceil(BLOCK_U64);
+    (1 + level_sizes(blocks).iter().sum::<u64>()) * BLOCK_U64
+}
+
+/// Root hash of the first `data_size` bytes of `reader` (a multiple of 4096), streaming.
+pub fn compute_root_hash(
+    reader: impl Read,
+    data_size: u64,
+    salt: &[u8],
+) -> Result<Sha256Hex, TrustError> {
+    let blocks = check_data_size(data_size)?;
+    check_salt(salt)?;
+    let root = build_tree(blocks, salt, &mut HashOnly(reader))?;
+    Ok(Sha256Hex::from_bytes(root))
+}
+
+/// Writes the superblock and hash tree for the first `data_size` bytes of `file` right after
+/// them (`hash_offset = data_size`) and returns the parameters. The file grows as needed;
+/// bytes past the tree are left alone. The caller syncs the file.
+pub fn append_hash_tree(
+    file: &mut File,
+    data_size: u64,
+    salt: &[u8],
+    uuid: [u8; 16],
+) -> Result<VerityInfo, TrustError> {
+    use std::os::unix::fs::FileExt;
+
+    let blocks = check_data_size(data_size)?;
+    check_salt(salt)?;
+    let mut sb_block = vec![0u8; BLOCK];
+    sb_block[..SUPERBLOCK_LEN].copy_from_slice(&superblock(blocks, salt, uuid));
+    file.write_all_at(&sb_block, data_size)
+        .map_err(|e| TrustError::io("writing the verity superblock", e))?;
+    let mut sink = AppendSink {
+        file,
+        pos: 0,
+        layout: Layout::new(blocks, data_size),
+    };
+    let root = build_tree(blocks, salt, &mut sink)?;
+    Ok(VerityInfo {
+        root_hash: Sha256Hex::from_bytes(root),
+        salt: hex::encode(salt),
+        hash_offset: data_size,
+        data_blocks: blocks,
+        data_block_size: VERITY_BLOCK_SIZE,
+        hash_block_size: VERITY_BLOCK_SIZE,
+        algorithm: "sha256".into(),
+        uuid: format_uuid(uuid),
+    })
+}
+
+/// Checks a device or image file against `info`: the stored superblock must match the
+/// parameters, every stored hash block must match the tree recomputed from the data, and the
+/// recomputed root hash must be `info.root_hash`.
+pub fn verify_device<R: Read + Seek>(mut reader: R, info: &VerityInfo) -> Result<(), TrustError> {
+    info.validate()?;
+    let salt = info.salt_bytes()?;
+    reader
+        .seek(SeekFrom::Start(info.hash_offset))
+        .map_err(|e| TrustError::io("seeking to the verity superblock", e))?;
+    let mut stored_sb = [0u8; SUPERBLOCK_LEN];
+    read_exact(&mut reader, &mut stored_sb, "verity superblock")?;
+    if stored_sb != superblock(info.data_blocks, &salt, info.uuid_bytes()?) {
+        return Err(TrustError::malformed(
+            "verity superblock",
+            "it does not match the manifest's verity parameters; the image was not built with \
+             this manifest or its hash area is damaged",
+        ));
+    }
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| TrustError::io("seeking to the start of the verity data", e))?;
+    let mut sink = VerifySink {
+        reader,
+        layout: Layout::new(info.data_blocks, info.hash_offset),
+        stored: vec![0u8; BLOCK],
+    };
+    let root = Sha256Hex::from_bytes(build_tree(info.data_blocks, &salt, &mut sink)?);
+    if root != info.root_hash {
+        return Err(TrustError::HashMismatch {
+            artifact: "verity root hash".into(),
+            expected: info.root_hash.to_string(),
+            actual: root.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The 512-byte superblock (cryptsetup `struct verity_sb`).
+fn superblock(data_blocks: u64, salt: &[u8], uuid: [u8; 16]) -> [u8; SUPERBLOCK_LEN] {
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    sb[0..8].copy_from_slice(b"verity\0\0");
+    sb[8..12].copy_from_slice(&1u32.to_le_bytes()); // superblock version
+    sb[12..16].copy_from_slice(&1u32.to_le_bytes()); // hash type: normal (not Chrome OS)
+    sb[16..32].copy_from_slice(&uuid);
+    sb[32..38].copy_from_slice(b"sha256"); // algorithm[32], zero padded
+    sb[64..68].copy_from_slice(&VERITY_BLOCK_SIZE.to_le_bytes());
+    sb[68..72].copy_from_slice(&VERITY_BLOCK_SIZE.to_le_bytes());
+    sb[72..80].copy_from_slice(&data_blocks.to_le_bytes());
+    // Callers checked salt.len() <= 256.
+    sb[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
+    // 82..88 padding, then salt[256] at 88, then 168 bytes of padding.
+    sb[88..88 + salt.len()].copy_from_slice(salt);
+    sb
+}
+
+/// Number of hash blocks per level, level 0 (hashes of data blocks) first; empty for one block.
+fn level_sizes(data_blocks: u64) -> Vec<u64> {
+    // cryptsetup hash_levels(): levels grow while (blocks - 1) >> (bits * levels) != 0.
+    let mut levels = 0u32;
+    while HASH_PER_BLOCK_BITS * levels < 64
+        && data_blocks.saturating_sub(1) >> (HASH_PER_BLOCK_BITS * levels) != 0
+    {
+        levels += 1;
+    }
+    (0..levels)
+        .map(|i| {
+            let shift = HASH_PER_BLOCK_BITS * (i + 1);
+            if shift >= 64 {
+                1
+            } else {
+                data_blocks.div_ceil(1u64 << shift)
+            }
+        })
+        .collect()
+}
+
+/// Where each level starts on disk.
+struct Layout {
+    /// Byte offset of level i's first block.
+    level_start: Vec<u64>,
+}
+
+impl Layout {
+    fn new(data_blocks: u64, hash_offset: u64) -> Self {
+        let sizes = level_sizes(data_blocks);
+        let mut level_start = vec![0u64; sizes.len()];
+        // Top level first, right after the superblock block.
+        let mut pos = hash_offset + BLOCK_U64;
+        for (i, size) in sizes.iter().enumerate().rev() {
+            level_start[i] = pos;
+            pos += size * BLOCK_U64;
+        }
+        Layout { level_start }
+    }
+
+    fn block_offset(&self, level: usize, index: u64) -> u64 {
+        self.level_start[level] + index * BLOCK_U64
+    }
+}
+
+/// What the tree builder reads data from and hands finished hash blocks to.
+trait TreeSink {
+    /// Fills `buf` with the next data bytes.
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), TrustError>;
+    /// Takes hash block `index` of `level`, complete and zero padded.
+    fn hash_block(&mut self, level: usize, index: u64, block: &[u8]) -> Result<(), TrustError>;
+}
+
+struct HashOnly<R>(R);
+
+impl<R: Read> TreeSink for HashOnly<R> {
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), TrustError> {
+        read_exact(&mut self.0, buf, "verity data")
+    }
+
+    fn hash_block(&mut self, _: usize, _: u64, _: &[u8]) -> Result<(), TrustError> {
+        Ok(())
+    }
+}
+
+struct AppendSink<'f> {
+    file: &'f File,
+    pos: u64,
+    layout: Layout,
+}
+
+impl TreeSink for AppendSink<'_> {
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), TrustError> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, self.pos).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => TrustError::Truncated {
+                entry: "verity data".into(),
+            },
+            _ => TrustError::io("reading verity data", e),
+        })?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    fn hash_block(&mut self, level: usize, index: u64, block: &[u8]) -> Result<(), TrustError> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(block, self.layout.block_offset(level, index))
+            .map_err(|e| TrustError::io("writing the verity hash tree", e))
+    }
+}
+
+struct VerifySink<R> {
+    reader: R,
+    layout: Layout,
+    stored: Vec<u8>,
+}
+
+impl<R: Read + Seek> TreeSink for VerifySink<R> {
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), TrustError> {
+        read_exact(&mut self.reader, buf, "verity data")
+    }
+
+    fn hash_block(&mut self, level: usize, index: u64, block: &[u8]) -> Result<(), TrustError> {
+        let seek_err = |e| TrustError::io("seeking in the verity hash tree", e);
+        let back = self.reader.stream_position().map_err(seek_err)?;
+        self.reader
+            .seek(SeekFrom::Start(self.layout.block_offset(level, index)))
+            .map_err(seek_err)?;
+        read_exact(&mut self.reader, &mut self.stored, "verity hash tree")?;
+        self.reader.seek(SeekFrom::Start(back)).map_err(seek_err)?;
+        if self.stored != block {
+            return Err(TrustError::HashMismatch {
+                artifact: format!("verity hash tree level {level} block {index}"),
+                expected: Sha256Hex::digest(block).to_string(),
+                actual: Sha256Hex::digest(&self.stored).to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One level's block being filled.
+struct Level {
+    block: Vec<u8>,
+    fill: usize,
+    index: u64,
+}
+
+/// Reads `data_blocks` blocks through `sink`, hands it every hash block, returns the root hash.
+fn build_tree(data_blocks: u64, salt: &[u8], sink: &mut impl TreeSink) -> Result<[u8; 32], TrustError> {
+    let mut levels: Vec<Level> = level_sizes(data_blocks)
+        .iter()
+        .map(|_| Level {
+            block: vec![0u8; BLOCK],
+            fill: 0,
+            index: 0,
+        })
+        .collect();
+    let mut root = None;
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = data_blocks;
+    while left > 0 {
+        let n = usize::try_from(left.min((CHUNK / BLOCK) as u64)).unwrap_or(1);
+        let chunk = &mut buf[..n * BLOCK];
+        sink.read_data(chunk)?;
+        for block in chunk.chunks_exact(BLOCK) {
+            let digest = salted_hash(salt, block);
+            if levels.is_empty() {
+                root = Some(digest);
+            } else {
+                push_digest(&mut levels, 0, digest, salt, sink, &mut root)?;
+            }
+        }
+        left -= n as u64;
+    }
+    // Flush partial blocks bottom up; each flush may complete the level above.
+    for level in 0..levels.len() {
+        if levels[level].fill > 0 {
+            let digest = emit(&mut levels[level], level, salt, sink)?;
+            if level + 1 < levels.len() {
+                push_digest(&mut levels, level + 1, digest, salt, sink, &mut root)?;
+            } else {
+                root = Some(digest);
+            }
+        }
+    }
+    root.ok_or_else(|| TrustError::malformed("verity tree", "no root was produced"))
+}
+
+/// Adds `digest` to `level`, cascading full blocks upwards.
+fn push_digest(
+    levels: &mut [Level],
+    mut level: usize,
+    mut digest: [u8; 32],
+    salt: &[u8],
+    sink: &mut impl TreeSink,
+    root: &mut Option<[u8; 32]>,
+) -> Result<(), TrustError> {
+    loop {
+        let l = &mut levels[level];
+        l.block[l.fill..l.fill + DIGEST_LEN].copy_from_slice(&digest);
+        l.fill += DIGEST_LEN;
+        if l.fill < BLOCK {
+            return Ok(());
+        }
+        digest = emit(l, level, salt, sink)?;
+        if level + 1 == levels.len() {
+            *root = Some(digest);
+            return Ok(());
+        }
+        level += 1;
+    }
+}
+
+/// Hands the (zero padded) block of `l` to the sink, resets it, returns its salted hash.
+fn emit(l: &mut Level, level: usize, salt: &[u8], sink: &mut impl TreeSink) -> Result<[u8; 32], TrustError> {
+    sink.hash_block(level, l.index, &l.block)?;
+    let digest = salted_hash(salt, &l.block);
+    l.block.fill(0);
+    l.fill = 0;
+    l.index += 1;
+    Ok(digest)
+}
+
+fn salted_hash(salt: &[u8], block: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(block);
+    h.finalize().into()
+}
+
+fn read_exact(reader: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), TrustError> {
+    reader.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => TrustError::Truncated { entry: what.into() },
+        _ => TrustError::io(format!("reading {what}"), e),
+    })
+}
+
+fn check_data_size(data_size: u64) -> Result<u64, TrustError> {
+    if data_size == 0 || data_size % BLOCK_U64 != 0 {
+        return Err(TrustError::malformed(
+            "verity data",
+            format!("size {data_size} is not a positive multiple of 4096; pad the image"),
+        ));
+    }
+    Ok(data_size / BLOCK_U64)
+}
+
+fn check_salt(salt: &[u8]) -> Result<(), TrustError> {
+    if salt.len() > MAX_SALT_LEN {
+        return Err(TrustError::malformed(
+            "verity salt",
+            format!("{} bytes is more than the 256 dm-verity allows", salt.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Formats 16 bytes as a lowercase 8-4-4-4-12 UUID.
+pub fn format_uuid(uuid: [u8; 16]) -> String {
+    let h = hex::encode(uuid);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Parses an 8-4-4-4-12 UUID (either case).
+pub fn parse_uuid(text: &str) -> Result<[u8; 16], TrustError> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let mut out = [0u8; 16];
+    if lens != [8, 4, 4, 4, 12] || hex::decode_to_slice(groups.concat(), &mut out).is_err() {
+        return Err(TrustError::malformed(
+            format!("uuid {text:?}"),
+            "expected the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Cursor, Write};
+
+    const UUID: [u8; 16] = [0x11; 16];
+
+    /// An image of `blocks` blocks, block i filled with the byte i (the fixture's pattern).
+    fn pattern_image(blocks: u64) -> Vec<u8> {
+        (0..blocks).flat_map(|i| vec![i as u8; BLOCK]).collect()
+    }
+
+    fn image_file(data: &[u8]) -> (tempfile::NamedTempFile, File) {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(data).unwrap();
+        let file = File::options().read(true).write(true).open(tmp.path()).unwrap();
+        (tmp, file)
+    }
+
+    #[test]
+    fn level_geometry_matches_cryptsetup() {
+        assert_eq!(level_sizes(1), Vec::<u64>::new());
+        assert_eq!(level_sizes(2), vec![1]);
+        assert_eq!(level_sizes(128), vec![1]);
+        assert_eq!(level_sizes(129), vec![2, 1]);
+        assert_eq!(level_sizes(16384), vec![128, 1]);
+        assert_eq!(level_sizes(16385), vec![129, 2, 1]);
+        assert_eq!(hash_tree_size(4096), 4096);
+        assert_eq!(hash_tree_size(129 * 4096), 4 * 4096);
+        // Top level first: for 129 blocks, level 1 (1 block) then level 0 (2 blocks).
+        let layout = Layout::new(129, 1 << 20);
+        assert_eq!(layout.level_start, vec![(1 << 20) + 2 * 4096, (1 << 20) + 4096]);
+    }
+
+    #[test]
+    fn one_block_root_is_hash_of_the_block() {
+        let data = pattern_image(1);
+        let root = compute_root_hash(&data[..], 4096, b"salt").unwrap();
+        assert_eq!(root.to_bytes(), salted_hash(b"salt", &data));
+    }
+
+    #[test]
+    fn two_block_root_by_hand() {
+        let data = pattern_image(2);
+        let mut level0 = vec![0u8; BLOCK];
+        level0[..32].copy_from_slice(&salted_hash(b"s", &data[..BLOCK]));
+        level0[32..64].copy_from_slice(&salted_hash(b"s", &data[BLOCK..]));
+        let root = compute_root_hash(&data[..], 8192, b"s").unwrap();
+        assert_eq!(root.to_bytes(), salted_hash(b"s", &level0));
+    }
+
+    #[test]
+    fn superblock_layout() {
+        let sb = superblock(0x0102_0304, &[0xaa, 0xbb], UUID);
+        assert_eq!(&sb[..8], b"verity\0\0");
+        assert_eq!(&sb[8..16], &[1, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(&sb[16..32], &UUID);
+        assert_eq!(&sb[32..39], b"sha256\0");
+        assert_eq!(&sb[64..72], &[0, 0x10, 0, 0, 0, 0x10, 0, 0]);
+        assert_eq!(&sb[72..80], &[4, 3, 2, 1, 0, 0, 0, 0]);
+        assert_eq!(&sb[80..82], &[2, 0]);
+        assert_eq!(&sb[88..90], &[0xaa, 0xbb]);
+        assert!(sb[90..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn fixture_matches_veritysetup_recording() {
+        #[derive(Deserialize)]
+        struct Expected {
+            data_blocks: u64,
+            salt: String,
+            uuid: String,
+            root_hash: Sha256Hex,
+            hash_area_size: u64,
+            hash_area_sha256: Sha256Hex,
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/verity-130-blocks/expected.json");
+        let expected: Expected = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let data = pattern_image(expected.data_blocks);
+        let data_size = data.len() as u64;
+        let (tmp, mut file) = image_file(&data);
+        let salt = hex::decode(&expected.salt).unwrap();
+        let info = append_hash_tree(&mut file, data_size, &salt, parse_uuid(&expected.uuid).unwrap()).unwrap();
+        assert_eq!(info.root_hash, expected.root_hash);
+        assert_eq!(info.uuid, expected.uuid);
+        let all = std::fs::read(tmp.path()).unwrap();
+        assert_eq!(&all[..data.len()], &data[..]);
+        let area = &all[data.len()..];
+        assert_eq!(area.len() as u64, expected.hash_area_size);
+        assert_eq!(hash_tree_size(data_size), expected.hash_area_size);
+        assert_eq!(Sha256Hex::digest(area), expected.hash_area_sha256);
+        assert_eq!(compute_root_hash(&data[..], data_size, &salt).unwrap(), expected.root_hash);
+        verify_device(Cursor::new(all), &info).unwrap();
+    }
+
+    fn appended(blocks: u64) -> (Vec<u8>, VerityInfo) {
+        let data = pattern_image(blocks);
+        let (tmp, mut file) = image_file(&data);
+        let info = append_hash_tree(&mut file, data.len() as u64, b"snakeoil-salt", UUID).unwrap();
+        (std::fs::read(tmp.path()).unwrap(), info)
+    }
+
+    #[test]
+    fn verify_detects_flipped_data_byte() {
+        let (mut img, info) = appended(200);
+        img[150 * BLOCK + 7] ^= 1;
+        let err = verify_device(Cursor::new(img), &info).unwrap_err();
+        assert!(matches!(err, TrustError::HashMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn verify_detects_flipped_tree_byte_in_every_level() {
+        let (img, info) = appended(200);
+        // Superblock block, level 1 (top), level 0 block 0, level 0 block 1.
+        for block in 1..4 {
+            let mut bad = img.clone();
+            bad[200 * BLOCK + block * BLOCK + 5] ^= 0x80;
+            let err = verify_device(Cursor::new(bad), &info).unwrap_err();
+            assert!(err.to_string().contains("verity hash tree level"), "{block}: {err}");
+        }
+    }
+
+    #[test]
+    fn verify_checks_superblock_and_parameters() {
+        let (img, info) = appended(3);
+        let mut bad = img.clone();
+        bad[3 * BLOCK + 16] ^= 1; // uuid byte
+        let err = verify_device(Cursor::new(bad), &info).unwrap_err();
+        assert!(err.to_string().contains("verity superblock"), "{err}");
+        let mut other = info.clone();
+        other.root_hash = Sha256Hex::digest(b"other");
+        let err = verify_device(Cursor::new(img.clone()), &other).unwrap_err();
+        assert!(err.to_string().contains("verity root hash"), "{err}");
+        let mut other = info.clone();
+        other.algorithm = "sha1".into();
+        assert!(verify_device(Cursor::new(img.clone()), &other).is_err());
+        let err = verify_device(Cursor::new(&img[..img.len() - 1]), &info).unwrap_err();
+        assert!(matches!(err, TrustError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn truncated_data_is_reported() {
+        let data = pattern_image(2);
+        let err = compute_root_hash(&data[..4096], 8192, b"").unwrap_err();
+        assert!(matches!(err, TrustError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_sizes_and_salts_are_refused() {
+        assert!(compute_root_hash(&[][..], 0, b"").is_err());
+        assert!(compute_root_hash(&[0u8; 5000][..], 5000, b"").is_err());
+        assert!(compute_root_hash(&[0u8; 4096][..], 4096, &[0u8; 257]).is_err());
+        compute_root_hash(&[0u8; 4096][..], 4096, &[0u8; 256]).unwrap();
+    }
+
+    #[test]
+    fn uuid_round_trip() {
+        let text = "0f8e2b4a-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(format_uuid(parse_uuid(text).unwrap()), text);
+        assert!(parse_uuid("0f8e2b4a3c1d4e5f8a9b0c1d2e3f4a5b").is_err());
+        assert!(parse_uuid("0f8e2b4a-3c1d-4e5f-8a9b-0c1d2e3f4a5g").is_err());
+    }
+
+    #[test]
+    fn info_round_trips_and_refuses_unknown_fields() {
+        let (_, info) = appended(1);
+        info.validate().unwrap();
+        let mut v = serde_json::to_value(&info).unwrap();
+        assert_eq!(serde_json::from_value::<VerityInfo>(v.clone()).unwrap(), info);
+        v["extra"] = serde_json::json!(0);
+        assert!(serde_json::from_value::<VerityInfo>(v).is_err());
+        let mut upper = info;
+        upper.salt = upper.salt.to_uppercase();
+        assert!(upper.validate().is_err());
+    }
+}
