@@ -7,7 +7,11 @@ use xtask::args::DiffArgs;
 
 /// Run `diff`.
 pub fn run(a: &DiffArgs) -> Result<()> {
-    let repo = if a.repo.is_relative() && !a.repo.exists() { crate::workspace().join(&a.repo) } else { a.repo.clone() };
+    let repo = if a.repo.is_relative() && !a.repo.exists() {
+        crate::workspace().join(&a.repo)
+    } else {
+        a.repo.clone()
+    };
     let store = Store::open(&repo)?;
     let from = diff::resolve_build(&store, &a.from)?;
     let to = diff::resolve_build(&store, &a.to)?;

@@ -3,6 +3,9 @@
 
 mod build;
 mod diff;
+mod keys;
+mod verify;
+mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +16,12 @@ use xtask::args::{Cli, Command};
 pub fn workspace() -> PathBuf {
     std::env::var_os("APERTURE_WORKSPACE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cli is one level down").to_path_buf())
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("cli is one level down")
+                .to_path_buf()
+        })
 }
 
 /// Run one verb.
@@ -21,8 +29,14 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(a) => build::run(&a),
         Command::Diff(a) => diff::run(&a),
+        Command::Keys(c) => keys::run(&c),
+        Command::Verify(a) => verify::run(&a),
+        Command::Vm(c) => vm::run(&c),
         Command::Test(_) => bail!("`test` is run by cargo xtask itself: use `cargo xtask test`"),
-        other => bail!("`{}` is not available in this build of Aperture", verb_name(&other)),
+        other => bail!(
+            "`{}` is not available in this build of Aperture",
+            verb_name(&other)
+        ),
     }
 }
 

@@ -22,11 +22,27 @@ impl BoardSpec {
     /// The spec of a board.
     pub fn of(board: Board) -> BoardSpec {
         match board {
-            Board::QemuX86_64 => BoardSpec { board, efi_arch: "x64", console: "ttyS0", kernel_from_rootfs: true, systemd_boot: true },
-            Board::QemuArm64 => BoardSpec { board, efi_arch: "aa64", console: "ttyAMA0", kernel_from_rootfs: true, systemd_boot: true },
-            Board::JetsonOrinAgx | Board::JetsonXavierAgx => {
-                BoardSpec { board, efi_arch: "aa64", console: "ttyTCU0", kernel_from_rootfs: false, systemd_boot: false }
-            }
+            Board::QemuX86_64 => BoardSpec {
+                board,
+                efi_arch: "x64",
+                console: "ttyS0",
+                kernel_from_rootfs: true,
+                systemd_boot: true,
+            },
+            Board::QemuArm64 => BoardSpec {
+                board,
+                efi_arch: "aa64",
+                console: "ttyAMA0",
+                kernel_from_rootfs: true,
+                systemd_boot: true,
+            },
+            Board::JetsonOrinAgx | Board::JetsonXavierAgx => BoardSpec {
+                board,
+                efi_arch: "aa64",
+                console: "ttyTCU0",
+                kernel_from_rootfs: false,
+                systemd_boot: false,
+            },
         }
     }
 
@@ -52,12 +68,18 @@ impl BoardSpec {
     }
 }
 
-/// Kernel arguments that boot a slot through dm-verity: our initramfs script (and systemd's
-/// veritysetup generator, which uses the same names) opens the partition as `aperture-root`.
-pub fn slot_cmdline(board: &BoardSpec, slot: &str, root_hash: &str, hash_offset: u64, extra: &str) -> String {
+/// Kernel arguments that boot a slot through dm-verity: our initramfs script
+/// (`image/base/.../local-top/aperture-verity`) opens the partition as `aperture-root`.
+pub fn slot_cmdline(
+    board: &BoardSpec,
+    slot: &str,
+    root_hash: &str,
+    hash_offset: u64,
+    extra: &str,
+) -> String {
     let mut s = format!(
-        "{} root=/dev/mapper/aperture-root rootfstype=erofs ro roothash={root_hash} \
-         systemd.verity_root_data=PARTLABEL=rootfs_{slot} systemd.verity_root_options=hash-offset={hash_offset} \
+        "{} root=/dev/mapper/aperture-root rootfstype=erofs ro aperture.verity.roothash={root_hash} \
+         aperture.verity.data=PARTLABEL=rootfs_{slot} aperture.verity.hashoffset={hash_offset} \
          aperture.slot={slot}",
         board.base_cmdline()
     );
@@ -76,9 +98,9 @@ mod tests {
     fn slot_cmdline_names_the_slot_partition_and_hash() {
         let b = BoardSpec::of(Board::QemuX86_64);
         let c = slot_cmdline(&b, "b", "ab12", 4096, "quiet");
-        assert!(c.contains("systemd.verity_root_data=PARTLABEL=rootfs_b"));
-        assert!(c.contains("roothash=ab12"));
-        assert!(c.contains("hash-offset=4096"));
+        assert!(c.contains("aperture.verity.data=PARTLABEL=rootfs_b"));
+        assert!(c.contains("aperture.verity.roothash=ab12"));
+        assert!(c.contains("aperture.verity.hashoffset=4096"));
         assert!(c.contains("aperture.slot=b"));
         assert!(c.ends_with(" quiet"));
         assert_eq!(b.fallback_efi(), "EFI/BOOT/BOOTX64.EFI");

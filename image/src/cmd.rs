@@ -20,7 +20,10 @@ pub fn display(cmd: &Command) -> String {
 
 fn quote(a: &OsStr) -> String {
     let a = a.to_string_lossy();
-    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         a.into_owned()
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))
@@ -43,7 +46,11 @@ pub fn output(cmd: &mut Command) -> Result<std::process::Output> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let o = String::from_utf8_lossy(&out.stdout);
-        let detail = if err.trim().is_empty() { tail(&o, 20) } else { tail(&err, 20) };
+        let detail = if err.trim().is_empty() {
+            tail(&o, 20)
+        } else {
+            tail(&err, 20)
+        };
         bail!("`{shown}` failed ({}):\n{detail}", out.status);
     }
     Ok(out)
@@ -83,7 +90,9 @@ pub fn stream(cmd: &mut Command, mut line: impl FnMut(&str)) -> Result<()> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = r.read_until(b'\n', &mut buf).context("reading command output")?;
+        let n = r
+            .read_until(b'\n', &mut buf)
+            .context("reading command output")?;
         if n == 0 {
             break;
         }
@@ -95,7 +104,9 @@ pub fn stream(cmd: &mut Command, mut line: impl FnMut(&str)) -> Result<()> {
             last.remove(0);
         }
     }
-    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status}):\n{}", last.join("\n"));
     }

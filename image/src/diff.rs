@@ -56,16 +56,27 @@ pub fn resolve_build(store: &Store, spec: &str) -> Result<String> {
     match matches.as_slice() {
         [(_, c)] => Ok((*c).clone()),
         [] => {
-            let known: Vec<&str> = refs.keys().filter(|r| !r.starts_with("aperture-base/")).map(String::as_str).collect();
+            let known: Vec<&str> = refs
+                .keys()
+                .filter(|r| !r.starts_with("aperture-base/"))
+                .map(String::as_str)
+                .collect();
             bail!(
                 "no build `{spec}` in the store {}; builds there: {}",
                 store.path().display(),
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             )
         }
         many => bail!(
             "version `{spec}` matches several builds ({}); name the ref instead",
-            many.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|(r, _)| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -73,7 +84,13 @@ pub fn resolve_build(store: &Store, spec: &str) -> Result<String> {
 /// Compare two commits.
 pub fn diff(store: &Store, from: &str, to: &str) -> Result<Vec<Changed>> {
     let mut out = BTreeSet::new();
-    walk(store, Path::new("/"), Some(&store.root(from)?), Some(&store.root(to)?), &mut out)?;
+    walk(
+        store,
+        Path::new("/"),
+        Some(&store.root(from)?),
+        Some(&store.root(to)?),
+        &mut out,
+    )?;
     Ok(out.into_iter().collect())
 }
 
@@ -86,12 +103,30 @@ fn dir_path(p: &Path) -> String {
     }
 }
 
-fn walk(store: &Store, at: &Path, a: Option<&Node>, b: Option<&Node>, out: &mut BTreeSet<Changed>) -> Result<()> {
+fn walk(
+    store: &Store,
+    at: &Path,
+    a: Option<&Node>,
+    b: Option<&Node>,
+    out: &mut BTreeSet<Changed>,
+) -> Result<()> {
     match (a, b) {
         (Some(x), Some(y)) if x == y => Ok(()),
-        (Some(Node::Dir { contents: ca, meta: ma }), Some(Node::Dir { contents: cb, meta: mb })) => {
+        (
+            Some(Node::Dir {
+                contents: ca,
+                meta: ma,
+            }),
+            Some(Node::Dir {
+                contents: cb,
+                meta: mb,
+            }),
+        ) => {
             if ma != mb && at != Path::new("/") {
-                out.insert(Changed { path: dir_path(at), change: Change::Modified });
+                out.insert(Changed {
+                    path: dir_path(at),
+                    change: Change::Modified,
+                });
             }
             if ca == cb {
                 return Ok(());
@@ -105,7 +140,10 @@ fn walk(store: &Store, at: &Path, a: Option<&Node>, b: Option<&Node>, out: &mut 
             Ok(())
         }
         (Some(Node::File(_)), Some(Node::File(_))) => {
-            out.insert(Changed { path: at.to_string_lossy().into_owned(), change: Change::Modified });
+            out.insert(Changed {
+                path: at.to_string_lossy().into_owned(),
+                change: Change::Modified,
+            });
             Ok(())
         }
         (Some(x), Some(y)) => {
@@ -120,13 +158,25 @@ fn walk(store: &Store, at: &Path, a: Option<&Node>, b: Option<&Node>, out: &mut 
 }
 
 /// List a node and, for a directory, everything below it.
-fn everything(store: &Store, at: &Path, node: &Node, change: Change, out: &mut BTreeSet<Changed>) -> Result<()> {
+fn everything(
+    store: &Store,
+    at: &Path,
+    node: &Node,
+    change: Change,
+    out: &mut BTreeSet<Changed>,
+) -> Result<()> {
     match node {
         Node::File(_) => {
-            out.insert(Changed { path: at.to_string_lossy().into_owned(), change });
+            out.insert(Changed {
+                path: at.to_string_lossy().into_owned(),
+                change,
+            });
         }
         Node::Dir { contents, .. } => {
-            out.insert(Changed { path: dir_path(at), change });
+            out.insert(Changed {
+                path: dir_path(at),
+                change,
+            });
             for (n, child) in store.list(contents)? {
                 everything(store, &at.join(n), &child, change, out)?;
             }
@@ -137,5 +187,9 @@ fn everything(store: &Store, at: &Path, node: &Node, change: Change, out: &mut B
 
 /// Paths of the changed files and symlinks (not directories), for tests and summaries.
 pub fn file_paths(changes: &[Changed]) -> BTreeSet<PathBuf> {
-    changes.iter().filter(|c| !c.path.ends_with('/')).map(|c| PathBuf::from(&c.path)).collect()
+    changes
+        .iter()
+        .filter(|c| !c.path.ends_with('/'))
+        .map(|c| PathBuf::from(&c.path))
+        .collect()
 }

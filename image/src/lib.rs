@@ -4,10 +4,19 @@
 //!
 //! The pipeline is a list of named steps ([`pipeline`]); each is a module here.
 
+pub mod board;
 pub mod cmd;
 pub mod diff;
+pub mod disk;
+pub mod esp;
+pub mod keys;
+pub mod outputs;
 pub mod pipeline;
 pub mod progress;
+pub mod qemu;
 pub mod recipe;
 pub mod rootfs;
+pub mod sbom;
+pub mod slot;
 pub mod store;
+pub mod verify;

@@ -27,6 +27,10 @@ pub struct BuildOptions {
     pub cache: Option<PathBuf>,
     /// Stop after the rootfs commit.
     pub rootfs_only: bool,
+    /// A release build: development keys are refused.
+    pub release: bool,
+    /// Let a release build use development keys anyway.
+    pub insecure_dev_keys: bool,
 }
 
 /// Where a build's pieces live.
@@ -64,6 +68,8 @@ pub struct BuildReport {
     pub paths: Paths,
     /// The rootfs commit.
     pub rootfs: RootfsBuild,
+    /// The signed outputs (absent for a rootfs-only build).
+    pub outputs: Option<crate::outputs::OutputsReport>,
     /// Step timings.
     pub steps: Vec<StepRecord>,
 }
@@ -76,12 +82,19 @@ impl BuildOptions {
             None => self.workspace.join("out").join(recipe.build_name()),
         };
         let out = absolute(&out)?;
-        let root = out.parent().context("the output folder has no parent")?.to_path_buf();
+        let root = out
+            .parent()
+            .context("the output folder has no parent")?
+            .to_path_buf();
         let cache = match &self.cache {
             Some(c) => absolute(c)?,
             None => root.join("cache"),
         };
-        Ok(Paths { repo: root.join("repo"), cache, out })
+        Ok(Paths {
+            repo: root.join("repo"),
+            cache,
+            out,
+        })
     }
 }
 
@@ -100,9 +113,15 @@ pub fn source_date(recipe: &Recipe, workspace: &Path) -> Result<u64> {
         return Ok(s);
     }
     if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
-        return s.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={s} is not a number of seconds"));
+        return s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={s} is not a number of seconds"));
     }
-    let out = Command::new("git").current_dir(workspace).args(["log", "-1", "--format=%ct"]).output();
+    let out = Command::new("git")
+        .current_dir(workspace)
+        .args(["log", "-1", "--format=%ct"])
+        .output();
     match out {
         Ok(o) if o.status.success() => {
             let s = String::from_utf8_lossy(&o.stdout);
@@ -116,7 +135,12 @@ pub fn source_date(recipe: &Recipe, workspace: &Path) -> Result<u64> {
 }
 
 /// Build a recipe's rootfs commit.
-pub fn build_rootfs(opts: &BuildOptions, recipe: &Recipe, paths: &Paths, rep: &Reporter) -> Result<RootfsBuild> {
+pub fn build_rootfs(
+    opts: &BuildOptions,
+    recipe: &Recipe,
+    paths: &Paths,
+    rep: &Reporter,
+) -> Result<RootfsBuild> {
     let source_date = source_date(recipe, &opts.workspace)?;
     let recipe_sha256 = recipe.hash();
     let store = rep.step("store", |s| {
@@ -124,17 +148,23 @@ pub fn build_rootfs(opts: &BuildOptions, recipe: &Recipe, paths: &Paths, rep: &R
         s.note(paths.repo.display().to_string());
         Ok(st)
     })?;
-    let base_commit = rep.step("base", |s| base::ensure(&store, recipe, &opts.workspace, &paths.cache, s))?;
+    let base_commit = rep.step("base", |s| {
+        base::ensure(&store, recipe, &opts.workspace, &paths.cache, s)
+    })?;
     let progs = rep.step("programs", |s| programs::build(recipe, &opts.workspace, s))?;
 
-    let layer_dir = paths.cache.join("tmp").join(format!("layer-{}", recipe.build_name()));
+    let layer_dir = paths
+        .cache
+        .join("tmp")
+        .join(format!("layer-{}", recipe.build_name()));
     let view = TreeView::new(&store, &base_commit)?;
     rep.step("layer", |s| {
         let layer = Layer::new(&layer_dir, &view)?;
         programs::install(&layer, &progs)?;
         let mut n = 0;
         for o in &recipe.overlays {
-            n += overlay::apply(o, &layer).with_context(|| format!("applying overlay {}", o.display()))?;
+            n += overlay::apply(o, &layer)
+                .with_context(|| format!("applying overlay {}", o.display()))?;
         }
         generate::all(&layer, recipe, source_date)?;
         for u in &recipe.services.enable {
@@ -143,7 +173,14 @@ pub fn build_rootfs(opts: &BuildOptions, recipe: &Recipe, paths: &Paths, rep: &R
         for u in &recipe.services.mask {
             units::mask(&layer, u)?;
         }
-        s.note(format!("{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked", progs.len(), n, recipe.overlays.len(), recipe.services.enable.len(), recipe.services.mask.len()));
+        s.note(format!(
+            "{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked",
+            progs.len(),
+            n,
+            recipe.overlays.len(),
+            recipe.services.enable.len(),
+            recipe.services.mask.len()
+        ));
         Ok(())
     })?;
 
@@ -154,27 +191,89 @@ pub fn build_rootfs(opts: &BuildOptions, recipe: &Recipe, paths: &Paths, rep: &R
         meta.insert(store::META_SOURCE_DATE.to_string(), source_date.to_string());
         meta.insert(store::META_BASE.to_string(), base_commit.clone());
         meta.insert("version".to_string(), recipe.version.to_string());
-        let subject = format!("{} {} for {}", recipe.product, recipe.version, recipe.board.name());
-        let c = store.commit_layer(&base_commit, &layer_dir, &ostree_ref, &subject, &meta, source_date)?;
+        let subject = format!(
+            "{} {} for {}",
+            recipe.product,
+            recipe.version,
+            recipe.board.name()
+        );
+        let c = store.commit_layer(
+            &base_commit,
+            &layer_dir,
+            &ostree_ref,
+            &subject,
+            &meta,
+            source_date,
+        )?;
         s.note(format!("{ostree_ref} = {c}"));
         Ok(c)
     })?;
     let _ = std::fs::remove_dir_all(&layer_dir);
-    Ok(RootfsBuild { ostree_ref, commit, base_commit, source_date_epoch: source_date, recipe_sha256 })
+    Ok(RootfsBuild {
+        ostree_ref,
+        commit,
+        base_commit,
+        source_date_epoch: source_date,
+        recipe_sha256,
+    })
 }
 
 /// Run a whole build.
 pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
     let recipe = rep.step("recipe", |s| {
         let r = Recipe::load(&opts.recipe)?;
-        s.note(format!("{} {} for {} ({})", r.product, r.version, r.board.name(), &r.hash()[..12]));
+        s.note(format!(
+            "{} {} for {} ({})",
+            r.product,
+            r.version,
+            r.board.name(),
+            &r.hash()[..12]
+        ));
         Ok(r)
     })?;
     let paths = opts.paths(&recipe)?;
-    std::fs::create_dir_all(&paths.out).with_context(|| format!("creating {}", paths.out.display()))?;
+    std::fs::create_dir_all(&paths.out)
+        .with_context(|| format!("creating {}", paths.out.display()))?;
     rep.set_log(&paths.out.join("build.log"))?;
+    // Keys first: a release build with development keys should fail before any work.
+    let keys = if opts.rootfs_only {
+        None
+    } else {
+        Some(rep.step("keys", |s| {
+            let k = crate::keys::for_build(
+                &recipe.keys.dir,
+                recipe.keys.development,
+                opts.release,
+                opts.insecure_dev_keys,
+                rep,
+            )?;
+            s.note(format!(
+                "{} (release key {})",
+                k.dir.display(),
+                k.release.key_id()
+            ));
+            Ok(k)
+        })?)
+    };
     let rootfs = build_rootfs(opts, &recipe, &paths, rep)?;
-    let report = BuildReport { name: recipe.build_name(), paths, rootfs, steps: rep.records() };
+    let outputs = match &keys {
+        Some(k) => Some(crate::outputs::build(
+            &recipe,
+            &paths,
+            &rootfs,
+            k,
+            &opts.workspace,
+            rep,
+        )?),
+        None => None,
+    };
+    let report = BuildReport {
+        name: recipe.build_name(),
+        paths,
+        rootfs,
+        outputs,
+        steps: rep.records(),
+    };
     let mut json = serde_json::to_vec_pretty(&report)?;
     json.push(b'\n');
     std::fs::write(report.paths.out.join("build-report.json"), json)?;

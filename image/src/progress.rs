@@ -46,15 +46,22 @@ impl Reporter {
     /// A reporter that also writes `log` (created or truncated).
     pub fn new(log: Option<&Path>) -> Result<Self> {
         let file = match log {
-            Some(p) => Some(File::create(p).with_context(|| format!("creating build log {}", p.display()))?),
+            Some(p) => Some(
+                File::create(p).with_context(|| format!("creating build log {}", p.display()))?,
+            ),
             None => None,
         };
-        Ok(Reporter { log: Mutex::new(file), tty: std::io::stderr().is_terminal(), records: Mutex::new(Vec::new()) })
+        Ok(Reporter {
+            log: Mutex::new(file),
+            tty: std::io::stderr().is_terminal(),
+            records: Mutex::new(Vec::new()),
+        })
     }
 
     /// Start writing the log to a file (used once the output folder exists).
     pub fn set_log(&self, path: &Path) -> Result<()> {
-        let f = File::create(path).with_context(|| format!("creating build log {}", path.display()))?;
+        let f =
+            File::create(path).with_context(|| format!("creating build log {}", path.display()))?;
         *self.log.lock().expect("log lock") = Some(f);
         Ok(())
     }
@@ -87,7 +94,10 @@ impl Reporter {
         self.say(&format!("==> {name}"));
         let bar = self.tty.then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("    {spinner} {elapsed:>4} {wide_msg}").expect("static template"));
+            b.set_style(
+                ProgressStyle::with_template("    {spinner} {elapsed:>4} {wide_msg}")
+                    .expect("static template"),
+            );
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
@@ -110,9 +120,18 @@ impl Reporter {
         match &result {
             Ok(_) => {
                 let how = if reused { "reused" } else { "done" };
-                let extra = if note.is_empty() { String::new() } else { format!(": {note}") };
+                let extra = if note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {note}")
+                };
                 self.say(&format!("    {how} {name} in {secs:.1}s{extra}"));
-                self.records.lock().expect("lock").push(StepRecord { name: name.into(), seconds: secs, reused, note });
+                self.records.lock().expect("lock").push(StepRecord {
+                    name: name.into(),
+                    seconds: secs,
+                    reused,
+                    note,
+                });
             }
             // The error itself is printed once, by the program's main.
             Err(_) => self.say(&format!("    FAILED {name} after {secs:.1}s")),
@@ -137,7 +156,11 @@ impl Step<'_> {
                 let mut last = self.last_plain.lock().expect("lock");
                 if last.elapsed() >= Duration::from_secs(10) {
                     *last = Instant::now();
-                    eprintln!("    ... {}: {}", self.name, line.chars().take(120).collect::<String>());
+                    eprintln!(
+                        "    ... {}: {}",
+                        self.name,
+                        line.chars().take(120).collect::<String>()
+                    );
                 }
             }
         }

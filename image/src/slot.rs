@@ -70,11 +70,19 @@ pub fn derived_uuid(recipe_sha256: &str, purpose: &str) -> [u8; 16] {
 
 /// A 32-byte salt for `purpose` from the recipe hash.
 pub fn derived_salt(recipe_sha256: &str, purpose: &str) -> String {
-    hex::encode(Sha256::digest(format!("aperture:salt:{purpose}:{recipe_sha256}").as_bytes()))
+    hex::encode(Sha256::digest(
+        format!("aperture:salt:{purpose}:{recipe_sha256}").as_bytes(),
+    ))
 }
 
 /// Build (or reuse) the slot image for `params.commit` and copy it to `dest`.
-pub fn build(store: &Store, params: &SlotParams, cache: &Path, dest: &Path, step: &Step<'_>) -> Result<SlotImage> {
+pub fn build(
+    store: &Store,
+    params: &SlotParams,
+    cache: &Path,
+    dest: &Path,
+    step: &Step<'_>,
+) -> Result<SlotImage> {
     let key = params.key();
     let cached = cache.join("slots").join(format!("{}.img", &key[..32]));
     let cached_meta = cached.with_extension("json");
@@ -100,7 +108,10 @@ pub fn build(store: &Store, params: &SlotParams, cache: &Path, dest: &Path, step
         image.data_size >> 20,
         &image.verity.root_hash.as_str()[..16]
     ));
-    Ok(SlotImage { path: dest.to_path_buf(), ..image })
+    Ok(SlotImage {
+        path: dest.to_path_buf(),
+        ..image
+    })
 }
 
 fn read_cached(img: &Path, meta: &Path) -> Result<Option<SlotImage>> {
@@ -118,8 +129,16 @@ fn read_cached(img: &Path, meta: &Path) -> Result<Option<SlotImage>> {
     Ok(Some(parsed))
 }
 
-fn make(store: &Store, params: &SlotParams, cache: &Path, out: &Path, step: &Step<'_>) -> Result<SlotImage> {
-    let tree = cache.join("tmp").join(format!("checkout-{}", &params.commit[..16]));
+fn make(
+    store: &Store,
+    params: &SlotParams,
+    cache: &Path,
+    out: &Path,
+    step: &Step<'_>,
+) -> Result<SlotImage> {
+    let tree = cache
+        .join("tmp")
+        .join(format!("checkout-{}", &params.commit[..16]));
     if tree.exists() {
         std::fs::remove_dir_all(&tree)?;
     }
@@ -153,15 +172,22 @@ fn make(store: &Store, params: &SlotParams, cache: &Path, out: &Path, step: &Ste
     f.sync_all()?;
     drop(f);
     let size = std::fs::metadata(&tmp)?.len();
-    let sha256 = aperture_trust::digest::sha256_file(&tmp)?.to_string();
+    let sha256 = aperture_trust::digest::sha256_file(&tmp)?.0.to_string();
     std::fs::rename(&tmp, out)?;
-    Ok(SlotImage { path: out.to_path_buf(), data_size, size, sha256, verity: info })
+    Ok(SlotImage {
+        path: out.to_path_buf(),
+        data_size,
+        size,
+        sha256,
+        verity: info,
+    })
 }
 
 /// Copy a file, replacing `dest` atomically.
 pub fn copy_file(src: &Path, dest: &Path) -> Result<()> {
     let tmp = dest.with_extension("tmp-copy");
-    std::fs::copy(src, &tmp).with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+    std::fs::copy(src, &tmp)
+        .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
     std::fs::rename(&tmp, dest)?;
     Ok(())
 }

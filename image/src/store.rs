@@ -66,7 +66,8 @@ impl Store {
                 .map_err(gerr)
                 .with_context(|| format!("opening build store {}", path.display()))?;
         } else {
-            std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("creating {}", path.display()))?;
             repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
                 .map_err(gerr)
                 .with_context(|| format!("creating build store {}", path.display()))?;
@@ -75,12 +76,22 @@ impl Store {
             let config = repo.copy_config();
             config.set_integer("core", "zlib-level", 1);
             // (write_config_and_reload is newer than Debian 12's libostree 2022.7.)
-            repo.write_config(&config).map_err(gerr).context("configuring the build store")?;
+            repo.write_config(&config)
+                .map_err(gerr)
+                .context("configuring the build store")?;
             let repo = ostree::Repo::new_for_path(path);
-            repo.open(gio::Cancellable::NONE).map_err(gerr).with_context(|| format!("opening build store {}", path.display()))?;
-            return Ok(Store { repo, path: path.to_path_buf() });
+            repo.open(gio::Cancellable::NONE)
+                .map_err(gerr)
+                .with_context(|| format!("opening build store {}", path.display()))?;
+            return Ok(Store {
+                repo,
+                path: path.to_path_buf(),
+            });
         }
-        Ok(Store { repo, path: path.to_path_buf() })
+        Ok(Store {
+            repo,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Open an existing store.
@@ -98,13 +109,23 @@ impl Store {
 
     /// The commit a ref points at, if the ref exists.
     pub fn resolve(&self, refspec: &str) -> Result<Option<String>> {
-        Ok(self.repo.resolve_rev(refspec, true).map_err(gerr)?.map(|s| s.to_string()))
+        Ok(self
+            .repo
+            .resolve_rev(refspec, true)
+            .map_err(gerr)?
+            .map(|s| s.to_string()))
     }
 
     /// Every ref, with its commit.
     pub fn refs(&self) -> Result<BTreeMap<String, String>> {
-        let refs = self.repo.list_refs(None, gio::Cancellable::NONE).map_err(gerr)?;
-        Ok(refs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        let refs = self
+            .repo
+            .list_refs(None, gio::Cancellable::NONE)
+            .map_err(gerr)?;
+        Ok(refs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 
     fn metadata_variant(meta: &BTreeMap<String, String>) -> glib::Variant {
@@ -123,7 +144,10 @@ impl Store {
         meta: &BTreeMap<String, String>,
         timestamp: u64,
     ) -> Result<String> {
-        let root = self.repo.write_mtree(mtree, gio::Cancellable::NONE).map_err(gerr)?;
+        let root = self
+            .repo
+            .write_mtree(mtree, gio::Cancellable::NONE)
+            .map_err(gerr)?;
         let root = root
             .downcast::<ostree::RepoFile>()
             .map_err(|_| anyhow!("ostree returned a root that is not a RepoFile"))?;
@@ -131,20 +155,44 @@ impl Store {
         // date, so that rebuilding a version in any store gives the same commit.
         let checksum = self
             .repo
-            .write_commit_with_time(None, Some(subject), None, Some(&Self::metadata_variant(meta)), &root, timestamp, gio::Cancellable::NONE)
+            .write_commit_with_time(
+                None,
+                Some(subject),
+                None,
+                Some(&Self::metadata_variant(meta)),
+                &root,
+                timestamp,
+                gio::Cancellable::NONE,
+            )
             .map_err(gerr)?;
-        self.repo.transaction_set_ref(None, refname, Some(checksum.as_str()));
+        self.repo
+            .transaction_set_ref(None, refname, Some(checksum.as_str()));
         Ok(checksum.to_string())
     }
 
     /// Commit a whole directory tree (a Debian base) under `refname`.
-    pub fn commit_tree(&self, dir: &Path, refname: &str, subject: &str, meta: &BTreeMap<String, String>, timestamp: u64) -> Result<String> {
-        self.repo.prepare_transaction(gio::Cancellable::NONE).map_err(gerr)?;
+    pub fn commit_tree(
+        &self,
+        dir: &Path,
+        refname: &str,
+        subject: &str,
+        meta: &BTreeMap<String, String>,
+        timestamp: u64,
+    ) -> Result<String> {
+        self.repo
+            .prepare_transaction(gio::Cancellable::NONE)
+            .map_err(gerr)?;
         let result = (|| {
             let mtree = ostree::MutableTree::new();
-            let modifier = ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
+            let modifier =
+                ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
             self.repo
-                .write_directory_to_mtree(&gio::File::for_path(dir), &mtree, Some(&modifier), gio::Cancellable::NONE)
+                .write_directory_to_mtree(
+                    &gio::File::for_path(dir),
+                    &mtree,
+                    Some(&modifier),
+                    gio::Cancellable::NONE,
+                )
                 .map_err(gerr)
                 .with_context(|| format!("committing {}", dir.display()))?;
             self.commit_mtree(&mtree, refname, subject, meta, timestamp)
@@ -163,12 +211,22 @@ impl Store {
         meta: &BTreeMap<String, String>,
         timestamp: u64,
     ) -> Result<String> {
-        self.repo.prepare_transaction(gio::Cancellable::NONE).map_err(gerr)?;
+        self.repo
+            .prepare_transaction(gio::Cancellable::NONE)
+            .map_err(gerr)?;
         let result = (|| {
-            let mtree = ostree::MutableTree::from_commit(&self.repo, base).map_err(gerr).context("loading the base tree")?;
-            let modifier = ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
+            let mtree = ostree::MutableTree::from_commit(&self.repo, base)
+                .map_err(gerr)
+                .context("loading the base tree")?;
+            let modifier =
+                ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
             self.repo
-                .write_directory_to_mtree(&gio::File::for_path(layer), &mtree, Some(&modifier), gio::Cancellable::NONE)
+                .write_directory_to_mtree(
+                    &gio::File::for_path(layer),
+                    &mtree,
+                    Some(&modifier),
+                    gio::Cancellable::NONE,
+                )
                 .map_err(gerr)
                 .with_context(|| format!("committing the layer {} onto {base}", layer.display()))?;
             self.commit_mtree(&mtree, refname, subject, meta, timestamp)
@@ -179,7 +237,10 @@ impl Store {
     fn finish(&self, result: Result<String>) -> Result<String> {
         match result {
             Ok(c) => {
-                self.repo.commit_transaction(gio::Cancellable::NONE).map_err(gerr).context("finishing the store transaction")?;
+                self.repo
+                    .commit_transaction(gio::Cancellable::NONE)
+                    .map_err(gerr)
+                    .context("finishing the store transaction")?;
                 Ok(c)
             }
             Err(e) => {
@@ -191,37 +252,62 @@ impl Store {
 
     /// Subject, time and string metadata of a commit.
     pub fn commit_info(&self, checksum: &str) -> Result<CommitInfo> {
-        let (v, _) = self.repo.load_commit(checksum).map_err(gerr).with_context(|| format!("loading commit {checksum}"))?;
+        let (v, _) = self
+            .repo
+            .load_commit(checksum)
+            .map_err(gerr)
+            .with_context(|| format!("loading commit {checksum}"))?;
         let meta_v = v.child_value(0);
         let mut metadata = BTreeMap::new();
         for i in 0..meta_v.n_children() {
             let entry = meta_v.child_value(i);
             let key = entry.child_value(0).str().unwrap_or_default().to_string();
-            let val = entry.child_value(1).as_variant().and_then(|x| x.str().map(str::to_string));
+            let val = entry
+                .child_value(1)
+                .as_variant()
+                .and_then(|x| x.str().map(str::to_string));
             if let Some(val) = val {
                 metadata.insert(key, val);
             }
         }
         let subject = v.child_value(3).str().unwrap_or_default().to_string();
         let timestamp = u64::from_be(v.child_value(5).get::<u64>().unwrap_or(0));
-        Ok(CommitInfo { checksum: checksum.to_string(), subject, timestamp, metadata })
+        Ok(CommitInfo {
+            checksum: checksum.to_string(),
+            subject,
+            timestamp,
+            metadata,
+        })
     }
 
     /// The root directory node of a commit.
     pub fn root(&self, checksum: &str) -> Result<Node> {
-        let (v, _) = self.repo.load_commit(checksum).map_err(gerr).with_context(|| format!("loading commit {checksum}"))?;
-        Ok(Node::Dir { contents: ostree::checksum_from_bytes_v(&v.child_value(6)).to_string(), meta: ostree::checksum_from_bytes_v(&v.child_value(7)).to_string() })
+        let (v, _) = self
+            .repo
+            .load_commit(checksum)
+            .map_err(gerr)
+            .with_context(|| format!("loading commit {checksum}"))?;
+        Ok(Node::Dir {
+            contents: ostree::checksum_from_bytes_v(&v.child_value(6)).to_string(),
+            meta: ostree::checksum_from_bytes_v(&v.child_value(7)).to_string(),
+        })
     }
 
     /// Entries of a directory node: name to node, sorted.
     pub fn list(&self, contents: &str) -> Result<BTreeMap<String, Node>> {
-        let v = self.repo.load_variant(ostree::ObjectType::DirTree, contents).map_err(gerr)?;
+        let v = self
+            .repo
+            .load_variant(ostree::ObjectType::DirTree, contents)
+            .map_err(gerr)?;
         let mut out = BTreeMap::new();
         let files = v.child_value(0);
         for i in 0..files.n_children() {
             let e = files.child_value(i);
             let name = e.child_value(0).str().unwrap_or_default().to_string();
-            out.insert(name, Node::File(ostree::checksum_from_bytes_v(&e.child_value(1)).to_string()));
+            out.insert(
+                name,
+                Node::File(ostree::checksum_from_bytes_v(&e.child_value(1)).to_string()),
+            );
         }
         let dirs = v.child_value(1);
         for i in 0..dirs.n_children() {
@@ -240,21 +326,36 @@ impl Store {
 
     /// uid, gid and mode of a directory from its dirmeta object.
     pub fn dir_meta(&self, meta: &str) -> Result<(u32, u32, u32)> {
-        let v = self.repo.load_variant(ostree::ObjectType::DirMeta, meta).map_err(gerr)?;
+        let v = self
+            .repo
+            .load_variant(ostree::ObjectType::DirMeta, meta)
+            .map_err(gerr)?;
         let g = |i: usize| u32::from_be(v.child_value(i).get::<u32>().unwrap_or(0));
         Ok((g(0), g(1), g(2)))
     }
 
     /// A file object's symlink target, if it is a symlink.
     pub fn symlink_target(&self, checksum: &str) -> Result<Option<String>> {
-        let (_, info, _) = self.repo.load_file(checksum, gio::Cancellable::NONE).map_err(gerr)?;
-        Ok((info.file_type() == gio::FileType::SymbolicLink).then(|| info.symlink_target().map(|p| p.to_string_lossy().into_owned())).flatten())
+        let (_, info, _) = self
+            .repo
+            .load_file(checksum, gio::Cancellable::NONE)
+            .map_err(gerr)?;
+        Ok((info.file_type() == gio::FileType::SymbolicLink)
+            .then(|| {
+                info.symlink_target()
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
+            .flatten())
     }
 
     /// A regular file's bytes (up to `limit`).
     pub fn read_file(&self, checksum: &str, limit: u64) -> Result<Vec<u8>> {
-        let (stream, _, _) = self.repo.load_file(checksum, gio::Cancellable::NONE).map_err(gerr)?;
-        let stream = stream.ok_or_else(|| anyhow!("file object {checksum} has no content (a symlink?)"))?;
+        let (stream, _, _) = self
+            .repo
+            .load_file(checksum, gio::Cancellable::NONE)
+            .map_err(gerr)?;
+        let stream =
+            stream.ok_or_else(|| anyhow!("file object {checksum} has no content (a symlink?)"))?;
         let mut out = Vec::new();
         stream.into_read().take(limit).read_to_end(&mut out)?;
         Ok(out)
@@ -262,11 +363,22 @@ impl Store {
 
     /// Check a commit out to `dest` (which must not exist), keeping owners, modes and xattrs.
     pub fn checkout(&self, checksum: &str, dest: &Path) -> Result<()> {
-        let parent = dest.parent().ok_or_else(|| anyhow!("checkout destination has no parent"))?;
+        let parent = dest
+            .parent()
+            .ok_or_else(|| anyhow!("checkout destination has no parent"))?;
         std::fs::create_dir_all(parent)?;
-        let opts = ostree::RepoCheckoutAtOptions { mode: ostree::RepoCheckoutMode::None, ..Default::default() };
+        let opts = ostree::RepoCheckoutAtOptions {
+            mode: ostree::RepoCheckoutMode::None,
+            ..Default::default()
+        };
         self.repo
-            .checkout_at(Some(&opts), libc_at_fdcwd(), dest, checksum, gio::Cancellable::NONE)
+            .checkout_at(
+                Some(&opts),
+                libc_at_fdcwd(),
+                dest,
+                checksum,
+                gio::Cancellable::NONE,
+            )
             .map_err(gerr)
             .with_context(|| format!("checking out {checksum} to {}", dest.display()))
     }
@@ -298,7 +410,11 @@ pub struct Found {
 impl<'a> TreeView<'a> {
     /// A view of `commit`.
     pub fn new(store: &'a Store, commit: &str) -> Result<Self> {
-        Ok(TreeView { store, root: store.root(commit)?, cache: Default::default() })
+        Ok(TreeView {
+            store,
+            root: store.root(commit)?,
+            cache: Default::default(),
+        })
     }
 
     fn entries(&self, contents: &str) -> Result<BTreeMap<String, Node>> {
@@ -306,7 +422,9 @@ impl<'a> TreeView<'a> {
             return Ok(e.clone());
         }
         let e = self.store.list(contents)?;
-        self.cache.borrow_mut().insert(contents.to_string(), e.clone());
+        self.cache
+            .borrow_mut()
+            .insert(contents.to_string(), e.clone());
         Ok(e)
     }
 
@@ -320,7 +438,9 @@ impl<'a> TreeView<'a> {
         while let Some(name) = pending.pop() {
             if name == ".." {
                 cur.pop();
-                node = self.node_at(&cur)?.ok_or_else(|| anyhow!("lost parent while resolving {}", path.display()))?;
+                node = self
+                    .node_at(&cur)?
+                    .ok_or_else(|| anyhow!("lost parent while resolving {}", path.display()))?;
                 continue;
             }
             let Node::Dir { contents, .. } = &node else {
@@ -342,7 +462,11 @@ impl<'a> TreeView<'a> {
                             cur.clear();
                             node = self.root.clone();
                         }
-                        for c in target.split('/').rev().filter(|c| !c.is_empty() && *c != ".") {
+                        for c in target
+                            .split('/')
+                            .rev()
+                            .filter(|c| !c.is_empty() && *c != ".")
+                        {
                             pending.push(c.to_string());
                         }
                         continue;
@@ -352,13 +476,18 @@ impl<'a> TreeView<'a> {
             cur.push(name);
             node = child;
         }
-        Ok(Some(Found { path: cur.iter().collect(), node }))
+        Ok(Some(Found {
+            path: cur.iter().collect(),
+            node,
+        }))
     }
 
     fn node_at(&self, comps: &[String]) -> Result<Option<Node>> {
         let mut node = self.root.clone();
         for c in comps {
-            let Node::Dir { contents, .. } = &node else { return Ok(None) };
+            let Node::Dir { contents, .. } = &node else {
+                return Ok(None);
+            };
             match self.entries(contents)?.get(c) {
                 Some(n) => node = n.clone(),
                 None => return Ok(None),
@@ -379,7 +508,11 @@ fn normal_components(path: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for c in path.components() {
         match c {
-            Component::Normal(n) => out.push(n.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", path.display()))?.to_string()),
+            Component::Normal(n) => out.push(
+                n.to_str()
+                    .ok_or_else(|| anyhow!("non-UTF-8 path {}", path.display()))?
+                    .to_string(),
+            ),
             Component::ParentDir => out.push("..".into()),
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
         }

@@ -7,13 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aperture_image::pipeline::{self, BuildOptions, BuildReport};
 use aperture_image::progress::Reporter;
+use aperture_image::qemu::{Accel, Vm, VmConfig};
+use aperture_image::recipe::Arch;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is one level down").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is one level down")
+        .to_path_buf()
 }
 
 /// Where the suites put their builds.
@@ -48,6 +53,8 @@ pub fn build(recipe: &Path, out: &Path, rootfs_only: bool) -> Result<(BuildRepor
         out: Some(out.to_path_buf()),
         cache: None,
         rootfs_only,
+        release: false,
+        insecure_dev_keys: false,
     };
     let rep = Reporter::new(None)?;
     let t = Instant::now();
@@ -59,6 +66,70 @@ pub fn build(recipe: &Path, out: &Path, rootfs_only: bool) -> Result<(BuildRepor
 pub fn derived_recipe(dir: &Path, name: &str, base: &str, extra: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
-    std::fs::write(&path, format!("include = \"{}\"\n{extra}", recipe(base).display()))?;
+    std::fs::write(
+        &path,
+        format!("include = \"{}\"\n{extra}", recipe(base).display()),
+    )?;
     Ok(path)
 }
+
+/// The default recipe's full build, shared by the suites (`target/aperture-tests/main/out/default`).
+/// A second call in the same tree is a warm build: every step is reused.
+pub fn default_image() -> Result<BuildReport> {
+    let out = test_root().join("main/out/default");
+    Ok(build(&recipe("qemu-x86_64.toml"), &out, false)?.0)
+}
+
+/// The accelerator for the VM tier: TCG unless `APERTURE_VM_ACCEL=kvm` (KVM on this kind of
+/// machine is a nested software hypervisor that cannot run these guests; see MACHINE-NOTES).
+pub fn accel() -> Accel {
+    match std::env::var("APERTURE_VM_ACCEL").as_deref() {
+        Ok("kvm") => Accel::Kvm,
+        _ => Accel::Tcg,
+    }
+}
+
+/// A scratch folder for one VM scenario, emptied first.
+pub fn scenario_dir(name: &str) -> Result<PathBuf> {
+    let d = test_root().join("vm").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Copy a disk image keeping it sparse.
+pub fn copy_disk(src: &Path, dest: &Path) -> Result<()> {
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src)
+        .arg(dest)
+        .status()
+        .context("running cp")?;
+    anyhow::ensure!(st.success(), "copying {} failed", src.display());
+    Ok(())
+}
+
+/// Boot `disk` (its own UEFI variable store beside it); the console goes to `<dir>/<log>.log`.
+pub fn boot(
+    arch: Arch,
+    disk: &Path,
+    dir: &Path,
+    log: &str,
+    tweak: impl FnOnce(&mut VmConfig),
+) -> Result<Vm> {
+    let mut cfg = VmConfig::new(arch, disk, &dir.join("efivars.fd"));
+    cfg.accel = accel();
+    tweak(&mut cfg);
+    let vm = Vm::start(&cfg, &dir.join(format!("{log}.log")))?;
+    eprintln!(
+        "booting {} ({}), console in {}",
+        disk.display(),
+        cfg.accel.name(),
+        dir.join(format!("{log}.log")).display()
+    );
+    Ok(vm)
+}
+
+/// How long a boot may take to reach userspace under TCG (about 22 s measured; generous for
+/// a loaded CI machine).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);

@@ -31,11 +31,29 @@ fn default_build_twice_reuses_the_base() {
     let out = root.join("out/default");
     let (first, cold) = build(&recipe("qemu-x86_64.toml"), &out, true).unwrap();
     let (second, warm) = build(&recipe("qemu-x86_64.toml"), &out, true).unwrap();
-    eprintln!("TIMING cold build {:.1}s, warm build {:.1}s, ratio {:.1}x", cold.as_secs_f64(), warm.as_secs_f64(), cold.as_secs_f64() / warm.as_secs_f64());
-    assert_eq!(first.rootfs.commit, second.rootfs.commit, "an unchanged recipe must give the same commit");
-    let base_step = second.steps.iter().find(|s| s.name == "base").expect("a base step");
-    assert!(base_step.reused, "the second build must reuse the cached base");
-    assert!(cold.as_secs_f64() >= 5.0 * warm.as_secs_f64(), "warm build {warm:?} is not 5x faster than cold {cold:?}");
+    eprintln!(
+        "TIMING cold build {:.1}s, warm build {:.1}s, ratio {:.1}x",
+        cold.as_secs_f64(),
+        warm.as_secs_f64(),
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+    assert_eq!(
+        first.rootfs.commit, second.rootfs.commit,
+        "an unchanged recipe must give the same commit"
+    );
+    let base_step = second
+        .steps
+        .iter()
+        .find(|s| s.name == "base")
+        .expect("a base step");
+    assert!(
+        base_step.reused,
+        "the second build must reuse the cached base"
+    );
+    assert!(
+        cold.as_secs_f64() >= 5.0 * warm.as_secs_f64(),
+        "warm build {warm:?} is not 5x faster than cold {cold:?}"
+    );
 }
 
 #[test]
@@ -52,8 +70,14 @@ fn two_clean_builds_give_the_same_commit() {
     }
     let (ra, _) = build(&recipe("qemu-x86_64.toml"), &a.join("out/x"), true).unwrap();
     let (rb, _) = build(&recipe("qemu-x86_64.toml"), &b.join("out/x"), true).unwrap();
-    assert_eq!(ra.rootfs.base_commit, rb.rootfs.base_commit, "the Debian base must be reproducible");
-    assert_eq!(ra.rootfs.commit, rb.rootfs.commit, "the rootfs commit must be reproducible");
+    assert_eq!(
+        ra.rootfs.base_commit, rb.rootfs.base_commit,
+        "the Debian base must be reproducible"
+    );
+    assert_eq!(
+        ra.rootfs.commit, rb.rootfs.commit,
+        "the rootfs commit must be reproducible"
+    );
     for d in [&a, &b] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -71,7 +95,13 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
     let overlay = recipes.join("extra-overlay/etc/aperture");
     std::fs::create_dir_all(&overlay).unwrap();
     std::fs::write(overlay.join("motd"), "version two\n").unwrap();
-    let v1 = derived_recipe(&recipes, "v1.toml", "qemu-x86_64.toml", "version = \"1.0.0\"\n").unwrap();
+    let v1 = derived_recipe(
+        &recipes,
+        "v1.toml",
+        "qemu-x86_64.toml",
+        "version = \"1.0.0\"\n",
+    )
+    .unwrap();
     let v2 = derived_recipe(
         &recipes,
         "v2.toml",
@@ -87,7 +117,12 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
     let files = diff::file_paths(&changes);
 
     // What the package owns, from dpkg's own list in the new image.
-    let list = String::from_utf8(read_from_commit(&store, &b2.rootfs.commit, "var/lib/dpkg/info/tree.list")).unwrap();
+    let list = String::from_utf8(read_from_commit(
+        &store,
+        &b2.rootfs.commit,
+        "var/lib/dpkg/info/tree.list",
+    ))
+    .unwrap();
     let view = TreeView::new(&store, &b2.rootfs.commit).unwrap();
     let mut package_files = BTreeSet::new();
     for p in list.lines().filter(|l| !l.is_empty() && *l != "/.") {
@@ -97,7 +132,10 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
             }
         }
     }
-    assert!(package_files.contains(Path::new("/usr/bin/tree")), "dpkg list: {package_files:?}");
+    assert!(
+        package_files.contains(Path::new("/usr/bin/tree")),
+        "dpkg list: {package_files:?}"
+    );
     // dpkg and apt bookkeeping that records the installed package, and our version files.
     let bookkeeping: BTreeSet<PathBuf> = [
         "/var/lib/dpkg/status",
@@ -118,22 +156,45 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
     .iter()
     .map(PathBuf::from)
     .collect();
-    let version_files: BTreeSet<PathBuf> = ["/usr/lib/os-release", "/etc/aperture/build.json"].iter().map(PathBuf::from).collect();
+    let version_files: BTreeSet<PathBuf> = ["/usr/lib/os-release", "/etc/aperture/build.json"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
     let overlay_file = PathBuf::from("/etc/aperture/motd");
 
     for c in &changes {
         println!("{} {}", c.change.letter(), c.path);
     }
-    assert!(files.contains(&overlay_file), "the overlay file is missing from the diff");
+    assert!(
+        files.contains(&overlay_file),
+        "the overlay file is missing from the diff"
+    );
     for p in &package_files {
-        assert!(files.contains(p), "package file {} is missing from the diff", p.display());
+        assert!(
+            files.contains(p),
+            "package file {} is missing from the diff",
+            p.display()
+        );
     }
     let unexplained: Vec<&PathBuf> = files
         .iter()
-        .filter(|p| !package_files.contains(*p) && !bookkeeping.contains(*p) && !version_files.contains(*p) && **p != overlay_file)
+        .filter(|p| {
+            !package_files.contains(*p)
+                && !bookkeeping.contains(*p)
+                && !version_files.contains(*p)
+                && **p != overlay_file
+        })
         .collect();
-    assert!(unexplained.is_empty(), "the diff lists paths neither the package nor the overlay explains: {unexplained:?}");
-    assert!(changes.iter().all(|c| c.change != diff::Change::Removed || c.path.ends_with('/')), "nothing should be removed");
+    assert!(
+        unexplained.is_empty(),
+        "the diff lists paths neither the package nor the overlay explains: {unexplained:?}"
+    );
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.change != diff::Change::Removed || c.path.ends_with('/')),
+        "nothing should be removed"
+    );
 }
 
 #[test]
@@ -152,9 +213,22 @@ fn jetson_orin_rootfs_has_an_aarch64_agent() {
     let machine = u16::from_le_bytes([elf[18], elf[19]]);
     assert_eq!(machine, 0xB7, "e_machine {machine:#x} is not EM_AARCH64");
     // The base is arm64 too: dpkg says so.
-    let arch = String::from_utf8(read_from_commit(&store, &report.rootfs.commit, "var/lib/dpkg/arch")).unwrap_or_default();
-    let status = String::from_utf8(read_from_commit(&store, &report.rootfs.commit, "var/lib/dpkg/status")).unwrap();
-    assert!(status.contains("Architecture: arm64"), "dpkg status has no arm64 packages (arch file: {arch:?})");
+    let arch = String::from_utf8(read_from_commit(
+        &store,
+        &report.rootfs.commit,
+        "var/lib/dpkg/arch",
+    ))
+    .unwrap_or_default();
+    let status = String::from_utf8(read_from_commit(
+        &store,
+        &report.rootfs.commit,
+        "var/lib/dpkg/status",
+    ))
+    .unwrap();
+    assert!(
+        status.contains("Architecture: arm64"),
+        "dpkg status has no arm64 packages (arch file: {arch:?})"
+    );
 }
 
 #[test]
@@ -166,14 +240,33 @@ fn overlay_that_escapes_the_root_is_refused() {
     let root = test_root().join("escape");
     let _ = std::fs::remove_dir_all(root.join("recipes"));
     let recipes = root.join("recipes");
-    for (name, target) in [("relative", "../../../../etc/shadow"), ("absolute", "/etc/shadow")] {
+    for (name, target) in [
+        ("relative", "../../../../etc/shadow"),
+        ("absolute", "/etc/shadow"),
+    ] {
         let ov = recipes.join(format!("ov-{name}/etc"));
         std::fs::create_dir_all(&ov).unwrap();
         std::os::unix::fs::symlink(target, ov.join("evil")).unwrap();
-        let r = derived_recipe(&recipes, &format!("{name}.toml"), "qemu-x86_64.toml", &format!("overlays = [\"ov-{name}\"]\n")).unwrap();
+        let r = derived_recipe(
+            &recipes,
+            &format!("{name}.toml"),
+            "qemu-x86_64.toml",
+            &format!("overlays = [\"ov-{name}\"]\n"),
+        )
+        .unwrap();
         let err = build(&r, &root.join("out").join(name), true).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("/etc/evil") && msg.contains(target), "{name}: {msg}");
-        assert!(msg.contains(if name == "absolute" { "absolute target" } else { "escapes the image root" }), "{msg}");
+        assert!(
+            msg.contains("/etc/evil") && msg.contains(target),
+            "{name}: {msg}"
+        );
+        assert!(
+            msg.contains(if name == "absolute" {
+                "absolute target"
+            } else {
+                "escapes the image root"
+            }),
+            "{msg}"
+        );
     }
 }

@@ -19,8 +19,8 @@ use crate::TrustError;
 /// Fails with [`TrustError::Malformed`] when the value contains a float or does not serialize
 /// to JSON (a map with non-string keys, for example).
 pub fn to_canonical_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, TrustError> {
-    let value = serde_json::to_value(value)
-        .map_err(|e| TrustError::malformed("document to sign", e))?;
+    let value =
+        serde_json::to_value(value).map_err(|e| TrustError::malformed("document to sign", e))?;
     value_to_canonical(&value)
 }
 
@@ -46,8 +46,7 @@ pub(crate) fn parse_strict(bytes: &[u8]) -> Result<Value, TrustError> {
 /// Pretty JSON with sorted keys and a trailing newline: the human-readable file form of a
 /// document whose canonical form is signed.
 pub(crate) fn to_pretty_sorted<T: Serialize>(value: &T) -> Result<Vec<u8>, TrustError> {
-    let value =
-        serde_json::to_value(value).map_err(|e| TrustError::malformed("document", e))?;
+    let value = serde_json::to_value(value).map_err(|e| TrustError::malformed("document", e))?;
     check_integers(&value)?;
     let mut out =
         serde_json::to_vec_pretty(&value).map_err(|e| TrustError::malformed("document", e))?;
@@ -202,7 +201,10 @@ mod tests {
         let c1 = canonicalize_json(pretty).unwrap();
         let c2 = canonicalize_json(compact).unwrap();
         assert_eq!(c1, c2);
-        assert_eq!(c1, "{\"a\":{\"x\":true,\"y\":\"é\"},\"b\":[1,2,3]}".as_bytes());
+        assert_eq!(
+            c1,
+            "{\"a\":{\"x\":true,\"y\":\"é\"},\"b\":[1,2,3]}".as_bytes()
+        );
     }
 
     #[test]
@@ -213,7 +215,12 @@ mod tests {
 
     #[test]
     fn floats_are_refused() {
-        for bad in [&b"{\"a\":1.0}"[..], b"[1e3]", b"0.5", b"{\"a\":[{\"b\":-0.0}]}"] {
+        for bad in [
+            &b"{\"a\":1.0}"[..],
+            b"[1e3]",
+            b"0.5",
+            b"{\"a\":[{\"b\":-0.0}]}",
+        ] {
             let err = canonicalize_json(bad).unwrap_err();
             assert!(matches!(err, TrustError::Malformed { .. }), "{err}");
         }

@@ -253,7 +253,9 @@ impl<R: Read> Read for LimitedReader<R> {
                 )),
             };
         }
-        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let max = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = self.inner.read(&mut buf[..max])?;
         self.remaining -= n as u64;
         Ok(n)
@@ -269,8 +271,8 @@ pub fn limit_exceeded(err: &io::Error) -> Option<LimitExceeded> {
 
 /// SHA-256 and length of a file.
 pub fn sha256_file(path: &Path) -> Result<(Sha256Hex, u64), TrustError> {
-    let file = File::open(path)
-        .map_err(|e| TrustError::io(format!("opening {}", path.display()), e))?;
+    let file =
+        File::open(path).map_err(|e| TrustError::io(format!("opening {}", path.display()), e))?;
     let mut reader = HashingReader::new(file);
     io::copy(&mut reader, &mut io::sink())
         .map_err(|e| TrustError::io(format!("reading {}", path.display()), e))?;

@@ -87,7 +87,9 @@ pub enum TrustError {
         offered: semver::Version,
     },
     /// The offered version is the installed one (a replayed or already installed bundle).
-    #[error("version {version} is already installed: nothing to do (bump the version to ship a change)")]
+    #[error(
+        "version {version} is already installed: nothing to do (bump the version to ship a change)"
+    )]
     NotNewer {
         /// The version both sides have.
         version: semver::Version,
@@ -146,7 +148,9 @@ pub enum TrustError {
         expected: String,
     },
     /// An entry the manifest requires is absent.
-    #[error("bundle entry {name:?} is missing: the bundle is incomplete; rebuild or download it again")]
+    #[error(
+        "bundle entry {name:?} is missing: the bundle is incomplete; rebuild or download it again"
+    )]
     MissingEntry {
         /// The missing entry.
         name: String,
@@ -163,7 +167,9 @@ pub enum TrustError {
         limit: u64,
     },
     /// The input ended early.
-    #[error("{entry} ends early: the download was cut short or the file is truncated; fetch it again")]
+    #[error(
+        "{entry} ends early: the download was cut short or the file is truncated; fetch it again"
+    )]
     Truncated {
         /// What was being read.
         entry: String,
@@ -259,9 +265,15 @@ mod tests {
     #[test]
     fn unix_time_formats_known_dates() {
         assert_eq!(UnixTime(0).to_string(), "1970-01-01 00:00:00 UTC");
-        assert_eq!(UnixTime(1_767_225_600).to_string(), "2026-01-01 00:00:00 UTC");
+        assert_eq!(
+            UnixTime(1_767_225_600).to_string(),
+            "2026-01-01 00:00:00 UTC"
+        );
         assert_eq!(UnixTime(951_782_400).to_string(), "2000-02-29 00:00:00 UTC");
-        assert_eq!(UnixTime(4_107_542_399).to_string(), "2100-02-28 23:59:59 UTC");
+        assert_eq!(
+            UnixTime(4_107_542_399).to_string(),
+            "2100-02-28 23:59:59 UTC"
+        );
     }
 
     #[test]

@@ -167,7 +167,11 @@ mod tests {
         let release = snakeoil(2);
         let signed = SignedKeyring::create(
             &root,
-            vec![KeyringEntry::new(release.public(), "release-snakeoil", 2_000_000_000)],
+            vec![KeyringEntry::new(
+                release.public(),
+                "release-snakeoil",
+                2_000_000_000,
+            )],
         )
         .unwrap();
         (root, release, signed)
@@ -203,12 +207,16 @@ mod tests {
     #[test]
     fn added_key_breaks_signature() {
         let (root, _, mut signed) = keyring();
-        signed
-            .keyring
-            .keys
-            .push(KeyringEntry::new(snakeoil(3).public(), "attacker", u64::MAX));
+        signed.keyring.keys.push(KeyringEntry::new(
+            snakeoil(3).public(),
+            "attacker",
+            u64::MAX,
+        ));
         let err = signed.verify(&root.public()).unwrap_err();
-        assert!(matches!(err, TrustError::BadSignature { ref what } if what == "keyring"), "{err}");
+        assert!(
+            matches!(err, TrustError::BadSignature { ref what } if what == "keyring"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -103,7 +103,10 @@ impl PublicKey {
     pub fn from_hex(text: &str) -> Result<Self, TrustError> {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(text, &mut bytes).map_err(|e| {
-            TrustError::malformed("ed25519 public key", format!("{e}: expected 64 hex characters"))
+            TrustError::malformed(
+                "ed25519 public key",
+                format!("{e}: expected 64 hex characters"),
+            )
         })?;
         Self::from_bytes(&bytes)
     }
@@ -125,7 +128,12 @@ impl PublicKey {
 
     /// Checks `signature` over `message`, strictly (no malleable or small-order forms).
     /// `what` names the signed object in the error.
-    pub fn verify(&self, message: &[u8], signature: &[u8; 64], what: &str) -> Result<(), TrustError> {
+    pub fn verify(
+        &self,
+        message: &[u8],
+        signature: &[u8; 64],
+        what: &str,
+    ) -> Result<(), TrustError> {
         let sig = ed25519_dalek::Signature::from_bytes(signature);
         self.0
             .verify_strict(message, &sig)
@@ -133,7 +141,12 @@ impl PublicKey {
     }
 
     /// Checks a signature given as 128 hex characters; malformed hex is a bad signature.
-    pub(crate) fn verify_hex(&self, message: &[u8], signature: &str, what: &str) -> Result<(), TrustError> {
+    pub(crate) fn verify_hex(
+        &self,
+        message: &[u8],
+        signature: &str,
+        what: &str,
+    ) -> Result<(), TrustError> {
         let sig = decode_signature(signature, what)?;
         self.verify(message, &sig, what)
     }
@@ -165,7 +178,10 @@ impl PublicKey {
             .map_err(|e| TrustError::io(format!("creating {}", tmp.display()), e))?;
         write_json(&mut out, &file, &tmp)?;
         fs::rename(&tmp, path).map_err(|e| {
-            TrustError::io(format!("renaming {} to {}", tmp.display(), path.display()), e)
+            TrustError::io(
+                format!("renaming {} to {}", tmp.display(), path.display()),
+                e,
+            )
         })
     }
 }
@@ -272,7 +288,10 @@ impl SigningKeyPair {
         }
         let mut out = options.open(path).map_err(|e| {
             TrustError::io(
-                format!("creating secret key {} (remove it first to replace it)", path.display()),
+                format!(
+                    "creating secret key {} (remove it first to replace it)",
+                    path.display()
+                ),
                 e,
             )
         })?;
@@ -293,7 +312,8 @@ impl fmt::Debug for SigningKeyPair {
 /// Decodes a 128-hex-character signature; anything else is a bad signature on `what`.
 pub(crate) fn decode_signature(text: &str, what: &str) -> Result<[u8; 64], TrustError> {
     let mut sig = [0u8; 64];
-    hex::decode_to_slice(text, &mut sig).map_err(|_| TrustError::BadSignature { what: what.into() })?;
+    hex::decode_to_slice(text, &mut sig)
+        .map_err(|_| TrustError::BadSignature { what: what.into() })?;
     Ok(sig)
 }
 
@@ -316,7 +336,8 @@ struct PublicKeyFile {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrustError> {
-    let bytes = fs::read(path).map_err(|e| TrustError::io(format!("reading key {}", path.display()), e))?;
+    let bytes =
+        fs::read(path).map_err(|e| TrustError::io(format!("reading key {}", path.display()), e))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| TrustError::malformed(format!("key file {}", path.display()), e))
 }
@@ -333,7 +354,9 @@ fn write_json<T: Serialize>(out: &mut File, value: &T, path: &Path) -> Result<()
 fn wrong_type(path: &Path, found: &str, expected: &str) -> TrustError {
     TrustError::malformed(
         format!("key file {}", path.display()),
-        format!("type is {found:?} but {expected:?} is needed here; pass the other file of the pair"),
+        format!(
+            "type is {found:?} but {expected:?} is needed here; pass the other file of the pair"
+        ),
     )
 }
 
@@ -354,7 +377,8 @@ fn check_key_id(path: &Path, stated: &KeyId, actual: &KeyId) -> Result<(), Trust
 #[cfg(unix)]
 fn check_private_mode(path: &Path) -> Result<(), TrustError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = fs::metadata(path).map_err(|e| TrustError::io(format!("reading key {}", path.display()), e))?;
+    let meta = fs::metadata(path)
+        .map_err(|e| TrustError::io(format!("reading key {}", path.display()), e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(TrustError::InsecurePermissions {
@@ -390,9 +414,18 @@ mod tests {
     #[test]
     fn key_id_parse_validates() {
         assert!("0123456789abcdef".parse::<KeyId>().is_ok());
-        for bad in ["0123456789ABCDEF", "0123456789abcde", "0123456789abcdef0", "0123456789abcdeg", ""] {
+        for bad in [
+            "0123456789ABCDEF",
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "0123456789abcdeg",
+            "",
+        ] {
             assert!(bad.parse::<KeyId>().is_err(), "{bad}");
-            assert!(serde_json::from_str::<KeyId>(&format!("\"{bad}\"")).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<KeyId>(&format!("\"{bad}\"")).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -406,7 +439,9 @@ mod tests {
         let other = SigningKeyPair::generate().unwrap();
         assert!(other.public().verify(b"hello", &sig, "test").is_err());
         assert!(key.public().verify_hex(b"hello", "zz", "test").is_err());
-        key.public().verify_hex(b"hello", &hex::encode(sig), "test").unwrap();
+        key.public()
+            .verify_hex(b"hello", &hex::encode(sig), "test")
+            .unwrap();
     }
 
     #[test]
@@ -493,7 +528,10 @@ mod tests {
         snakeoil().save(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = SigningKeyPair::load(&path).unwrap_err();
-        assert!(matches!(err, TrustError::InsecurePermissions { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, TrustError::InsecurePermissions { mode: 0o644, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

@@ -163,8 +163,8 @@ impl Manifest {
     /// Parses and validates a manifest WITHOUT checking any signature. For build-host tools
     /// handling a manifest they just made; an appliance uses [`crate::signing::verify_manifest`].
     pub fn from_json_unverified(bytes: &[u8]) -> Result<Self, TrustError> {
-        let manifest: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| TrustError::malformed("manifest", e))?;
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| TrustError::malformed("manifest", e))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -213,9 +213,9 @@ impl Manifest {
                         a.name, a.role
                     ));
                 }
-                verity
-                    .validate()
-                    .map_err(|e| TrustError::malformed(format!("manifest artifact {}", a.name), e))?;
+                verity.validate().map_err(|e| {
+                    TrustError::malformed(format!("manifest artifact {}", a.name), e)
+                })?;
                 let end = verity.hash_offset + crate::verity::hash_tree_size(verity.data_size());
                 if end > a.size {
                     return bad(format!(
@@ -317,10 +317,16 @@ pub(crate) mod tests {
 
     #[test]
     fn roles_serialize_kebab_case() {
-        assert_eq!(serde_json::to_string(&Role::DiskZst).unwrap(), "\"disk-zst\"");
+        assert_eq!(
+            serde_json::to_string(&Role::DiskZst).unwrap(),
+            "\"disk-zst\""
+        );
         assert_eq!(serde_json::to_string(&Role::Rootfs).unwrap(), "\"rootfs\"");
         assert!(serde_json::from_str::<Role>("\"Rootfs\"").is_err());
-        assert_eq!(serde_json::to_string(&PayloadEncoding::Zstd).unwrap(), "\"zstd\"");
+        assert_eq!(
+            serde_json::to_string(&PayloadEncoding::Zstd).unwrap(),
+            "\"zstd\""
+        );
         assert!(serde_json::from_str::<PayloadEncoding>("\"delta\"").is_err());
     }
 
@@ -331,7 +337,10 @@ pub(crate) mod tests {
         assert!(m.artifact("nope").is_none());
         let names: Vec<_> = m.payload_artifacts().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["rootfs.img", "vmlinuz"]);
-        assert_eq!(m.artifacts[0].payload_entry_name().unwrap(), "rootfs.img.zst");
+        assert_eq!(
+            m.artifacts[0].payload_entry_name().unwrap(),
+            "rootfs.img.zst"
+        );
         assert_eq!(m.artifacts[2].payload_entry_name(), None);
     }
 
@@ -374,7 +383,11 @@ pub(crate) mod tests {
     fn duplicate_names_are_refused() {
         let mut m = sample();
         m.artifacts[1].name = m.artifacts[0].name.clone();
-        assert!(m.validate().unwrap_err().to_string().contains("listed twice"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
     }
 
     #[test]
@@ -382,7 +395,10 @@ pub(crate) mod tests {
         let mut m = sample();
         m.artifacts[2].payload = m.artifacts[1].payload.clone();
         let err = m.validate().unwrap_err().to_string();
-        assert!(err.contains("disk.img") && err.contains("slot contents"), "{err}");
+        assert!(
+            err.contains("disk.img") && err.contains("slot contents"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -397,7 +413,11 @@ pub(crate) mod tests {
     fn verity_tree_must_fit_in_artifact() {
         let mut m = sample();
         m.artifacts[0].size = 4096;
-        assert!(m.validate().unwrap_err().to_string().contains("verity tree ends"));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("verity tree ends"));
     }
 
     #[test]

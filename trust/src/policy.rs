@@ -104,7 +104,9 @@ mod tests {
                 if expected == "jetson-orin-agx" && found == "qemu-x86_64"),
             "{err}"
         );
-        assert!(err.to_string().contains("use the bundle built for jetson-orin-agx"));
+        assert!(err
+            .to_string()
+            .contains("use the bundle built for jetson-orin-agx"));
     }
 
     #[test]
@@ -120,7 +122,8 @@ mod tests {
         let err = check_update(&offered("1.2.3", 4), &device("1.2.3", 4)).unwrap_err();
         assert!(matches!(err, TrustError::NotNewer { .. }), "{err}");
         // Build metadata does not make a release newer.
-        let err = check_update(&offered("1.2.3+build.2", 4), &device("1.2.3+build.1", 4)).unwrap_err();
+        let err =
+            check_update(&offered("1.2.3+build.2", 4), &device("1.2.3+build.1", 4)).unwrap_err();
         assert!(matches!(err, TrustError::NotNewer { .. }), "{err}");
     }
 
@@ -128,7 +131,13 @@ mod tests {
     fn security_version_below_floor() {
         let err = check_update(&offered("3.0.0", 3), &device("1.0.0", 4)).unwrap_err();
         assert!(
-            matches!(err, TrustError::SecurityVersionTooLow { floor: 4, offered: 3 }),
+            matches!(
+                err,
+                TrustError::SecurityVersionTooLow {
+                    floor: 4,
+                    offered: 3
+                }
+            ),
             "{err}"
         );
     }

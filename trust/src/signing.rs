@@ -84,7 +84,11 @@ pub fn sign_manifest(
     let key_id = release.key_id();
     match keyring.keyring.find(&key_id) {
         Some(entry) if entry.public == release.public() => {}
-        _ => return Err(TrustError::UnknownKey { key_id: key_id.to_string() }),
+        _ => {
+            return Err(TrustError::UnknownKey {
+                key_id: key_id.to_string(),
+            })
+        }
     }
     let manifest_json = to_pretty_sorted(manifest)?;
     let signature = release.sign(&canonicalize_json(&manifest_json)?);
@@ -111,8 +115,8 @@ pub fn verify_manifest(
     root: &PublicKey,
     now: u64,
 ) -> Result<VerifiedManifest, TrustError> {
-    let sig: ManifestSignature = serde_json::from_slice(sig_json)
-        .map_err(|e| TrustError::malformed("manifest.sig", e))?;
+    let sig: ManifestSignature =
+        serde_json::from_slice(sig_json).map_err(|e| TrustError::malformed("manifest.sig", e))?;
     if sig.format != SIGNATURE_FORMAT {
         return Err(TrustError::malformed(
             "manifest.sig",
@@ -124,12 +128,16 @@ pub fn verify_manifest(
         ));
     }
     let keyring = sig.keyring.verify(root)?;
-    let entry = keyring.find(&sig.key_id).ok_or_else(|| TrustError::UnknownKey {
-        key_id: sig.key_id.to_string(),
-    })?;
+    let entry = keyring
+        .find(&sig.key_id)
+        .ok_or_else(|| TrustError::UnknownKey {
+            key_id: sig.key_id.to_string(),
+        })?;
     entry.check_not_expired(now)?;
     let canonical = canonicalize_json(manifest_json)?;
-    entry.public.verify_hex(&canonical, &sig.signature, "manifest")?;
+    entry
+        .public
+        .verify_hex(&canonical, &sig.signature, "manifest")?;
     let manifest: Manifest = serde_json::from_slice(&canonical)
         .map_err(|e| TrustError::malformed("manifest.json", e))?;
     manifest.validate()?;
@@ -158,10 +166,18 @@ mod tests {
         let release = SigningKeyPair::from_secret_bytes(&[2; 32]);
         let keyring = SignedKeyring::create(
             &root,
-            vec![KeyringEntry::new(release.public(), "release-snakeoil", not_after)],
+            vec![KeyringEntry::new(
+                release.public(),
+                "release-snakeoil",
+                not_after,
+            )],
         )
         .unwrap();
-        Keys { root, release, keyring }
+        Keys {
+            root,
+            release,
+            keyring,
+        }
     }
 
     #[test]
@@ -169,7 +185,9 @@ mod tests {
         let k = snakeoil_keys(NOW + 1);
         let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
         assert!(mj.ends_with(b"}\n"));
-        assert!(std::str::from_utf8(&mj).unwrap().contains("\n  \"artifacts\""));
+        assert!(std::str::from_utf8(&mj)
+            .unwrap()
+            .contains("\n  \"artifacts\""));
         let v = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap();
         assert_eq!(*v, sample());
         assert_eq!(v.key_id(), &k.release.key_id());
@@ -196,9 +214,14 @@ mod tests {
     fn changed_version_is_bad_signature() {
         let k = snakeoil_keys(NOW + 1);
         let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
-        let tampered = String::from_utf8(mj).unwrap().replace("\"1.2.3\"", "\"9.9.9\"");
+        let tampered = String::from_utf8(mj)
+            .unwrap()
+            .replace("\"1.2.3\"", "\"9.9.9\"");
         let err = verify_manifest(tampered.as_bytes(), &sj, &k.root.public(), NOW).unwrap_err();
-        assert!(matches!(err, TrustError::BadSignature { ref what } if what == "manifest"), "{err}");
+        assert!(
+            matches!(err, TrustError::BadSignature { ref what } if what == "manifest"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -215,7 +238,10 @@ mod tests {
         let k = snakeoil_keys(NOW);
         let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
         let err = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap_err();
-        assert!(matches!(err, TrustError::KeyExpired { not_after: NOW, .. }), "{err}");
+        assert!(
+            matches!(err, TrustError::KeyExpired { not_after: NOW, .. }),
+            "{err}"
+        );
         verify_manifest(&mj, &sj, &k.root.public(), NOW - 1).unwrap();
     }
 
@@ -285,7 +311,10 @@ mod tests {
         let mut sig: serde_json::Value = serde_json::from_slice(&sj).unwrap();
         sig["format"] = 2.into();
         let bad = serde_json::to_vec(&sig).unwrap();
-        assert!(verify_manifest(&mj, &bad, &root, NOW).unwrap_err().to_string().contains("format 2"));
+        assert!(verify_manifest(&mj, &bad, &root, NOW)
+            .unwrap_err()
+            .to_string()
+            .contains("format 2"));
         sig["format"] = 1.into();
         sig["comment"] = "hi".into();
         let bad = serde_json::to_vec(&sig).unwrap();

@@ -70,7 +70,10 @@ impl VerityInfo {
     /// The salt bytes.
     pub fn salt_bytes(&self) -> Result<Vec<u8>, TrustError> {
         if self.salt.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(TrustError::malformed("verity salt", "must be lowercase hex"));
+            return Err(TrustError::malformed(
+                "verity salt",
+                "must be lowercase hex",
+            ));
         }
         let salt = hex::decode(&self.salt).map_err(|e| TrustError::malformed("verity salt", e))?;
         check_salt(&salt)?;
@@ -86,7 +89,10 @@ impl VerityInfo {
     pub fn validate(&self) -> Result<(), TrustError> {
         let bad = |reason: String| Err(TrustError::malformed("verity parameters", reason));
         if self.algorithm != "sha256" {
-            return bad(format!("algorithm {:?} is not supported; use sha256", self.algorithm));
+            return bad(format!(
+                "algorithm {:?} is not supported; use sha256",
+                self.algorithm
+            ));
         }
         if self.data_block_size != VERITY_BLOCK_SIZE || self.hash_block_size != VERITY_BLOCK_SIZE {
             return bad(format!(
@@ -293,12 +299,14 @@ struct AppendSink<'f> {
 impl TreeSink for AppendSink<'_> {
     fn read_data(&mut self, buf: &mut [u8]) -> Result<(), TrustError> {
         use std::os::unix::fs::FileExt;
-        self.file.read_exact_at(buf, self.pos).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => TrustError::Truncated {
-                entry: "verity data".into(),
-            },
-            _ => TrustError::io("reading verity data", e),
-        })?;
+        self.file
+            .read_exact_at(buf, self.pos)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => TrustError::Truncated {
+                    entry: "verity data".into(),
+                },
+                _ => TrustError::io("reading verity data", e),
+            })?;
         self.pos += buf.len() as u64;
         Ok(())
     }
@@ -349,7 +357,11 @@ struct Level {
 }
 
 /// Reads `data_blocks` blocks through `sink`, hands it every hash block, returns the root hash.
-fn build_tree(data_blocks: u64, salt: &[u8], sink: &mut impl TreeSink) -> Result<[u8; 32], TrustError> {
+fn build_tree(
+    data_blocks: u64,
+    salt: &[u8],
+    sink: &mut impl TreeSink,
+) -> Result<[u8; 32], TrustError> {
     let mut levels: Vec<Level> = level_sizes(data_blocks)
         .iter()
         .map(|_| Level {
@@ -415,7 +427,12 @@ fn push_digest(
 }
 
 /// Hands the (zero padded) block of `l` to the sink, resets it, returns its salted hash.
-fn emit(l: &mut Level, level: usize, salt: &[u8], sink: &mut impl TreeSink) -> Result<[u8; 32], TrustError> {
+fn emit(
+    l: &mut Level,
+    level: usize,
+    salt: &[u8],
+    sink: &mut impl TreeSink,
+) -> Result<[u8; 32], TrustError> {
     sink.hash_block(level, l.index, &l.block)?;
     let digest = salted_hash(salt, &l.block);
     l.block.fill(0);
@@ -461,7 +478,14 @@ fn check_salt(salt: &[u8]) -> Result<(), TrustError> {
 /// Formats 16 bytes as a lowercase 8-4-4-4-12 UUID.
 pub fn format_uuid(uuid: [u8; 16]) -> String {
     let h = hex::encode(uuid);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Parses an 8-4-4-4-12 UUID (either case).
@@ -493,7 +517,11 @@ mod tests {
     fn image_file(data: &[u8]) -> (tempfile::NamedTempFile, File) {
         let mut tmp = tempfile::NamedTempFile::new().unwrap();
         tmp.write_all(data).unwrap();
-        let file = File::options().read(true).write(true).open(tmp.path()).unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(tmp.path())
+            .unwrap();
         (tmp, file)
     }
 
@@ -509,7 +537,10 @@ mod tests {
         assert_eq!(hash_tree_size(129 * 4096), 4 * 4096);
         // Top level first: for 129 blocks, level 1 (1 block) then level 0 (2 blocks).
         let layout = Layout::new(129, 1 << 20);
-        assert_eq!(layout.level_start, vec![(1 << 20) + 2 * 4096, (1 << 20) + 4096]);
+        assert_eq!(
+            layout.level_start,
+            vec![(1 << 20) + 2 * 4096, (1 << 20) + 4096]
+        );
     }
 
     #[test]
@@ -554,13 +585,22 @@ mod tests {
             hash_area_size: u64,
             hash_area_sha256: Sha256Hex,
         }
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/verity-130-blocks/expected.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/verity-130-blocks/expected.json"
+        );
         let expected: Expected = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let data = pattern_image(expected.data_blocks);
         let data_size = data.len() as u64;
         let (tmp, mut file) = image_file(&data);
         let salt = hex::decode(&expected.salt).unwrap();
-        let info = append_hash_tree(&mut file, data_size, &salt, parse_uuid(&expected.uuid).unwrap()).unwrap();
+        let info = append_hash_tree(
+            &mut file,
+            data_size,
+            &salt,
+            parse_uuid(&expected.uuid).unwrap(),
+        )
+        .unwrap();
         assert_eq!(info.root_hash, expected.root_hash);
         assert_eq!(info.uuid, expected.uuid);
         let all = std::fs::read(tmp.path()).unwrap();
@@ -569,7 +609,10 @@ mod tests {
         assert_eq!(area.len() as u64, expected.hash_area_size);
         assert_eq!(hash_tree_size(data_size), expected.hash_area_size);
         assert_eq!(Sha256Hex::digest(area), expected.hash_area_sha256);
-        assert_eq!(compute_root_hash(&data[..], data_size, &salt).unwrap(), expected.root_hash);
+        assert_eq!(
+            compute_root_hash(&data[..], data_size, &salt).unwrap(),
+            expected.root_hash
+        );
         verify_device(Cursor::new(all), &info).unwrap();
     }
 
@@ -591,12 +634,15 @@ mod tests {
     #[test]
     fn verify_detects_flipped_tree_byte_in_every_level() {
         let (img, info) = appended(200);
-        // Superblock block, level 1 (top), level 0 block 0, level 0 block 1.
+        // The blocks after the superblock: level 1 (top), level 0 block 0, level 0 block 1.
         for block in 1..4 {
             let mut bad = img.clone();
             bad[200 * BLOCK + block * BLOCK + 5] ^= 0x80;
             let err = verify_device(Cursor::new(bad), &info).unwrap_err();
-            assert!(err.to_string().contains("verity hash tree level"), "{block}: {err}");
+            assert!(
+                err.to_string().contains("verity hash tree level"),
+                "{block}: {err}"
+            );
         }
     }
 
@@ -646,7 +692,10 @@ mod tests {
         let (_, info) = appended(1);
         info.validate().unwrap();
         let mut v = serde_json::to_value(&info).unwrap();
-        assert_eq!(serde_json::from_value::<VerityInfo>(v.clone()).unwrap(), info);
+        assert_eq!(
+            serde_json::from_value::<VerityInfo>(v.clone()).unwrap(),
+            info
+        );
         v["extra"] = serde_json::json!(0);
         assert!(serde_json::from_value::<VerityInfo>(v).is_err());
         let mut upper = info;

@@ -4,7 +4,9 @@
 //! the tests print SKIPPED; the committed fixture in fixtures/verity-130-blocks still covers
 //! compatibility in tier 1.
 
-use aperture_trust::verity::{append_hash_tree, compute_root_hash, format_uuid, hash_tree_size, verify_device};
+use aperture_trust::verity::{
+    append_hash_tree, compute_root_hash, format_uuid, hash_tree_size, verify_device,
+};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,10 +17,14 @@ const UUID: [u8; 16] = [
 ];
 
 fn veritysetup() -> Option<PathBuf> {
-    ["/usr/sbin/veritysetup", "/sbin/veritysetup", "/usr/bin/veritysetup"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/veritysetup",
+        "/sbin/veritysetup",
+        "/usr/bin/veritysetup",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Deterministic, non-repeating data (xorshift64), so every block hashes differently.
@@ -61,7 +67,11 @@ fn compare(blocks: u64, salt: &[u8]) {
     std::fs::write(&theirs, &bytes).unwrap();
     std::fs::write(&ours, &bytes).unwrap();
     let data_size = blocks * 4096;
-    let salt_arg = if salt.is_empty() { "-".to_string() } else { hex::encode(salt) };
+    let salt_arg = if salt.is_empty() {
+        "-".to_string()
+    } else {
+        hex::encode(salt)
+    };
     let t = theirs.display().to_string();
     let stdout = run(
         &tool,
@@ -85,14 +95,31 @@ fn compare(blocks: u64, salt: &[u8]) {
     file.flush().unwrap();
     drop(file);
 
-    assert_eq!(info.root_hash.as_str(), their_root, "root hash, {blocks} blocks");
+    assert_eq!(
+        info.root_hash.as_str(),
+        their_root,
+        "root hash, {blocks} blocks"
+    );
     let their_bytes = std::fs::read(&theirs).unwrap();
     let our_bytes = std::fs::read(&ours).unwrap();
-    assert_eq!(their_bytes.len(), our_bytes.len(), "file length, {blocks} blocks");
-    assert_eq!(our_bytes.len() as u64, data_size + hash_tree_size(data_size));
-    assert!(their_bytes[data_size as usize..] == our_bytes[data_size as usize..], "hash area, {blocks} blocks");
+    assert_eq!(
+        their_bytes.len(),
+        our_bytes.len(),
+        "file length, {blocks} blocks"
+    );
+    assert_eq!(
+        our_bytes.len() as u64,
+        data_size + hash_tree_size(data_size)
+    );
+    assert!(
+        their_bytes[data_size as usize..] == our_bytes[data_size as usize..],
+        "hash area, {blocks} blocks"
+    );
 
-    assert_eq!(compute_root_hash(&bytes[..], data_size, salt).unwrap(), info.root_hash);
+    assert_eq!(
+        compute_root_hash(&bytes[..], data_size, salt).unwrap(),
+        info.root_hash
+    );
     verify_device(File::open(&ours).unwrap(), &info).unwrap();
     verify_device(File::open(&theirs).unwrap(), &info).unwrap();
 
@@ -100,7 +127,13 @@ fn compare(blocks: u64, salt: &[u8]) {
     let o = ours.display().to_string();
     run(
         &tool,
-        &["verify".into(), o.clone(), o, info.root_hash.to_string(), format!("--hash-offset={data_size}")],
+        &[
+            "verify".into(),
+            o.clone(),
+            o,
+            info.root_hash.to_string(),
+            format!("--hash-offset={data_size}"),
+        ],
     );
 }
 

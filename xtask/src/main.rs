@@ -38,7 +38,11 @@ fn run(cli: Cli) -> Result<()> {
             n
         }
         Verb::Bench(_) => preflight::Needs::bench(),
-        Verb::Flash(_) | Verb::Keys(_) | Verb::Verify(_) | Verb::Diff(_) | Verb::Bundle(_)
+        Verb::Flash(_)
+        | Verb::Keys(_)
+        | Verb::Verify(_)
+        | Verb::Diff(_)
+        | Verb::Bundle(_)
         | Verb::Audit(_) => preflight::Needs::host_cli(),
     };
     preflight::ensure(&needs)?;
@@ -51,11 +55,14 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Compile the host CLI (it links libostree, now present) and return a command that runs it.
 pub(crate) fn host_cli(root: &Path) -> Result<Command> {
-    cmd::run(
-        Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args(["build", "--quiet", "--package", "aperture-cli", "--bin", "aperture"]),
-    )
+    cmd::run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--quiet",
+        "--package",
+        "aperture-cli",
+        "--bin",
+        "aperture",
+    ]))
     .context("building the host CLI")?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -148,7 +148,11 @@ fn rust_target_missing(target: &str) -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| !String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == target))
+        .map(|o| {
+            !String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == target)
+        })
         .unwrap_or(true)
 }
 
@@ -171,8 +175,7 @@ pub fn ensure(needs: &Needs) -> Result<()> {
         );
         if root {
             eprintln!("preflight: installing host packages: {}", missing.join(" "));
-            cmd::run(Command::new("apt-get").args(["update", "-qq"]))
-                .context("apt-get update")?;
+            cmd::run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
             cmd::run(
                 Command::new("apt-get")
                     .env("DEBIAN_FRONTEND", "noninteractive")

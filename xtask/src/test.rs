@@ -49,7 +49,11 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     }
 
     for (tier, suite, what) in [
-        (2u8, "privileged", "loop devices, mkfs tools, mmdebstrap with the network"),
+        (
+            2u8,
+            "privileged",
+            "loop devices, mkfs tools, mmdebstrap with the network",
+        ),
         (3u8, "vm", "QEMU boots of built images"),
     ] {
         if !tiers.contains(&tier) {
@@ -78,7 +82,10 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
             c.arg(f);
         }
         cmd::run(&mut c)?;
-        ran.push(format!("tier {tier} ({suite}): passed in {:.0?}", t.elapsed()));
+        ran.push(format!(
+            "tier {tier} ({suite}): passed in {:.0?}",
+            t.elapsed()
+        ));
     }
 
     eprintln!("\n== cargo xtask test summary ==");

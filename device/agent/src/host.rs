@@ -12,7 +12,9 @@ pub struct Host {
 
 impl Default for Host {
     fn default() -> Self {
-        Host { root: PathBuf::from("/") }
+        Host {
+            root: PathBuf::from("/"),
+        }
     }
 }
 

@@ -23,17 +23,22 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Status { json } => status::gather(&Host::default()).map_err(anyhow::Error::from).and_then(|s| {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                println!("{s}");
-            }
-            Ok(())
-        }),
+        Command::Status { json } => status::gather(&Host::default())
+            .map_err(anyhow::Error::from)
+            .and_then(|s| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    println!("{s}");
+                }
+                Ok(())
+            }),
     };
     if let Err(e) = result {
         eprintln!("aperture-agent: error: {e:#}");

@@ -92,8 +92,14 @@ pub fn slot_from_cmdline(cmdline: &str) -> Option<String> {
 /// Read the image's facts.
 pub fn read_facts(host: &Host) -> Result<BuildFacts, StatusError> {
     let path = host.build_facts();
-    let text = std::fs::read_to_string(&path).map_err(|source| StatusError::Facts { path: path.display().to_string(), source })?;
-    serde_json::from_str(&text).map_err(|source| StatusError::Malformed { path: path.display().to_string(), source })
+    let text = std::fs::read_to_string(&path).map_err(|source| StatusError::Facts {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| StatusError::Malformed {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The mount of `/` from a mountinfo table (proc(5)): the last entry for `/` wins, as the
@@ -101,7 +107,9 @@ pub fn read_facts(host: &Host) -> Result<BuildFacts, StatusError> {
 pub fn root_mount(mountinfo: &str, host: &Host) -> Option<RootMount> {
     let mut found = None;
     for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let l: Vec<&str> = left.split_whitespace().collect();
         let r: Vec<&str> = right.split_whitespace().collect();
         if l.len() < 6 || r.len() < 2 || l[4] != "/" {
@@ -109,14 +117,20 @@ pub fn root_mount(mountinfo: &str, host: &Host) -> Option<RootMount> {
         }
         let read_only = l[5].split(',').any(|o| o == "ro");
         let majmin = l[2];
-        found = Some(RootMount { device: r[1].to_string(), fstype: r[0].to_string(), read_only, verity: is_verity(host, majmin, r[1]) });
+        found = Some(RootMount {
+            device: r[1].to_string(),
+            fstype: r[0].to_string(),
+            read_only,
+            verity: is_verity(host, majmin, r[1]),
+        });
     }
     found
 }
 
 /// A device-mapper device made by veritysetup has a DM uuid starting `CRYPT-VERITY-`.
 fn is_verity(host: &Host, majmin: &str, device: &str) -> bool {
-    let uuid = std::fs::read_to_string(host.path(format!("sys/dev/block/{majmin}/dm/uuid"))).unwrap_or_default();
+    let uuid = std::fs::read_to_string(host.path(format!("sys/dev/block/{majmin}/dm/uuid")))
+        .unwrap_or_default();
     let _ = device;
     uuid.starts_with("CRYPT-VERITY-")
 }
@@ -184,19 +198,29 @@ mod tests {
         d
     }
 
-    const MOUNTINFO: &str = "22 1 254:0 / / ro,relatime shared:1 - erofs /dev/mapper/aperture-root ro,user_xattr\n\
+    const MOUNTINFO: &str =
+        "22 1 254:0 / / ro,relatime shared:1 - erofs /dev/mapper/aperture-root ro,user_xattr\n\
                              23 22 0:21 / /proc rw,nosuid shared:2 - proc proc rw\n";
 
     #[test]
     fn reports_slot_version_and_verity_root() {
-        let d = fake_host("BOOT_IMAGE=/x root=/dev/mapper/aperture-root aperture.slot=b ro", MOUNTINFO, Some("CRYPT-VERITY-0123-aperture-root"));
+        let d = fake_host(
+            "BOOT_IMAGE=/x root=/dev/mapper/aperture-root aperture.slot=b ro",
+            MOUNTINFO,
+            Some("CRYPT-VERITY-0123-aperture-root"),
+        );
         let s = gather(&Host::at(d.path())).unwrap();
         assert_eq!(s.slot.as_deref(), Some("b"));
         assert_eq!(s.version, "1.2.3");
         let root = s.root.clone().unwrap();
         assert!(root.read_only && root.verity && root.fstype == "erofs");
         let line = s.to_string();
-        assert!(line.contains("slot=b") && line.contains("version=1.2.3") && line.contains("verity=yes"), "{line}");
+        assert!(
+            line.contains("slot=b")
+                && line.contains("version=1.2.3")
+                && line.contains("verity=yes"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -212,7 +236,10 @@ mod tests {
     #[test]
     fn slot_parsing_rejects_junk() {
         assert_eq!(slot_from_cmdline("aperture.slot=c"), None);
-        assert_eq!(slot_from_cmdline("aperture.slot=a aperture.slot=b"), Some("b".into()));
+        assert_eq!(
+            slot_from_cmdline("aperture.slot=a aperture.slot=b"),
+            Some("b".into())
+        );
         assert_eq!(slot_from_cmdline("xaperture.slot=a"), None);
     }
 

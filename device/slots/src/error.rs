@@ -89,7 +89,9 @@ pub enum SlotsError {
     },
 
     /// A step needs a boot entry for the slot but the ESP has none.
-    #[error("slot {slot} has no boot entry in {dir}; install and arm slot {slot} before selecting it")]
+    #[error(
+        "slot {slot} has no boot entry in {dir}; install and arm slot {slot} before selecting it"
+    )]
     MissingEntry {
         /// The slot.
         slot: Slot,
@@ -126,7 +128,10 @@ pub enum SlotsError {
 
 impl SlotsError {
     /// An [`SlotsError::Io`] for `op` on `path`.
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> SlotsError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> SlotsError {
         let path = path.into();
         move |source| SlotsError::Io { op, path, source }
     }

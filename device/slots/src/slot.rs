@@ -71,7 +71,9 @@ impl FromStr for Slot {
         match s {
             "a" | "A" => Ok(Slot::A),
             "b" | "B" => Ok(Slot::B),
-            _ => Err(SlotsError::InvalidSlotName { value: s.to_string() }),
+            _ => Err(SlotsError::InvalidSlotName {
+                value: s.to_string(),
+            }),
         }
     }
 }
@@ -97,7 +99,10 @@ impl SlotBoot {
     /// `options` followed by `aperture.slot=<slot>` unless it already names a slot.
     pub fn for_slot(slot: Slot, title: impl Into<String>, options: &str) -> SlotBoot {
         let options = options.trim();
-        let options = if options.split_whitespace().any(|w| w.starts_with("aperture.slot=")) {
+        let options = if options
+            .split_whitespace()
+            .any(|w| w.starts_with("aperture.slot="))
+        {
             options.to_string()
         } else if options.is_empty() {
             format!("{CMDLINE_KEY}={slot}")
@@ -133,12 +138,22 @@ impl SlotBoot {
         }
         let foreign = format!("/aperture/{}/", slot.other());
         for (name, value) in [("linux", &self.linux), ("initrd", &self.initrd)] {
+            if !value.starts_with('/') || value.split(['/', '\\']).any(|c| c == "..") {
+                return invalid(format!(
+                    "{name} {value} must be an absolute path on the ESP without `..`"
+                ));
+            }
             if value.starts_with(&foreign) {
-                return invalid(format!("{name} {value} is in the other slot's folder {foreign}"));
+                return invalid(format!(
+                    "{name} {value} is in the other slot's folder {foreign}"
+                ));
             }
         }
         if Slot::from_cmdline(&self.options) != Some(slot) {
-            return invalid(format!("options must end up naming {CMDLINE_KEY}={slot}, got {:?}", self.options));
+            return invalid(format!(
+                "options must end up naming {CMDLINE_KEY}={slot}, got {:?}",
+                self.options
+            ));
         }
         Ok(())
     }
@@ -154,7 +169,12 @@ mod tests {
         assert_eq!(Slot::B.to_string(), "b");
         assert_eq!(Slot::A.other(), Slot::B);
         assert_eq!(Slot::B.other(), Slot::A);
-        for (s, want) in [("a", Slot::A), ("A", Slot::A), ("b", Slot::B), ("B", Slot::B)] {
+        for (s, want) in [
+            ("a", Slot::A),
+            ("A", Slot::A),
+            ("b", Slot::B),
+            ("B", Slot::B),
+        ] {
             assert_eq!(s.parse::<Slot>().unwrap(), want);
         }
         for bad in ["", "c", "ab", " a", "slot-a"] {
@@ -172,7 +192,10 @@ mod tests {
     #[test]
     fn cmdline() {
         let cases = [
-            ("BOOT_IMAGE=/x root=PARTLABEL=rootfs_b aperture.slot=b ro", Some(Slot::B)),
+            (
+                "BOOT_IMAGE=/x root=PARTLABEL=rootfs_b aperture.slot=b ro",
+                Some(Slot::B),
+            ),
             ("aperture.slot=a", Some(Slot::A)),
             ("aperture.slot=a aperture.slot=b", Some(Slot::B)),
             ("aperture.slot=b aperture.slot=c", None),
@@ -196,23 +219,59 @@ mod tests {
         assert_eq!(b.initrd, "/aperture/b/initrd.img");
         assert_eq!(b.options, "root=PARTLABEL=rootfs_b ro aperture.slot=b");
         b.validate(Slot::B).unwrap();
-        assert!(b.validate(Slot::A).is_err(), "entry for b is not valid for a");
+        assert!(
+            b.validate(Slot::A).is_err(),
+            "entry for b is not valid for a"
+        );
 
         let kept = SlotBoot::for_slot(Slot::A, "t", "aperture.slot=a quiet");
         assert_eq!(kept.options, "aperture.slot=a quiet");
-        assert_eq!(SlotBoot::for_slot(Slot::A, "t", "").options, "aperture.slot=a");
+        assert_eq!(
+            SlotBoot::for_slot(Slot::A, "t", "").options,
+            "aperture.slot=a"
+        );
 
         let mut bad = b.clone();
         bad.title = "two\nlines".into();
-        assert!(bad.validate(Slot::B).unwrap_err().to_string().contains("title"));
+        assert!(bad
+            .validate(Slot::B)
+            .unwrap_err()
+            .to_string()
+            .contains("title"));
         let mut bad = b.clone();
         bad.linux = "/aperture/a/vmlinuz".into();
-        assert!(bad.validate(Slot::B).unwrap_err().to_string().contains("other slot"));
+        assert!(bad
+            .validate(Slot::B)
+            .unwrap_err()
+            .to_string()
+            .contains("other slot"));
         let mut bad = b.clone();
         bad.options = "root=PARTLABEL=rootfs_b".into();
-        assert!(bad.validate(Slot::B).unwrap_err().to_string().contains("aperture.slot=b"));
+        assert!(bad
+            .validate(Slot::B)
+            .unwrap_err()
+            .to_string()
+            .contains("aperture.slot=b"));
+        let mut bad = b.clone();
+        bad.linux = "aperture/b/vmlinuz".into();
+        assert!(bad
+            .validate(Slot::B)
+            .unwrap_err()
+            .to_string()
+            .contains("absolute path"));
+        let mut bad = b.clone();
+        bad.initrd = "/aperture/b/../a/initrd.img".into();
+        assert!(bad
+            .validate(Slot::B)
+            .unwrap_err()
+            .to_string()
+            .contains("without `..`"));
         let mut bad = b;
         bad.initrd = " ".into();
-        assert!(bad.validate(Slot::B).unwrap_err().to_string().contains("initrd is empty"));
+        assert!(bad
+            .validate(Slot::B)
+            .unwrap_err()
+            .to_string()
+            .contains("initrd is empty"));
     }
 }

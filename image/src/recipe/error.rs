@@ -25,7 +25,14 @@ impl fmt::Display for RecipeError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)?;
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )?;
         }
         if let Some(h) = &self.hint {
             write!(f, "\n  hint: {h}")?;
@@ -39,25 +46,52 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
 impl RecipeError {
     /// An error at a byte offset of a file.
-    pub fn at(file: &Path, text: &str, offset: usize, message: impl Into<String>, hint: Option<&str>) -> Self {
+    pub fn at(
+        file: &Path,
+        text: &str,
+        offset: usize,
+        message: impl Into<String>,
+        hint: Option<&str>,
+    ) -> Self {
         let (line, col) = line_col(text, offset);
-        RecipeError { file: file.to_path_buf(), line, col, message: message.into(), hint: hint.map(str::to_string) }
+        RecipeError {
+            file: file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        }
     }
 
     /// An error about the whole file.
     pub fn whole(file: &Path, message: impl Into<String>, hint: Option<&str>) -> Self {
-        RecipeError { file: file.to_path_buf(), line: 0, col: 0, message: message.into(), hint: hint.map(str::to_string) }
+        RecipeError {
+            file: file.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        }
     }
 
     /// A required key that no file in the chain sets.
     pub fn missing(file: &Path, key: &str, example: &str) -> Self {
-        Self::whole(file, format!("missing required key `{key}`"), Some(&format!("add `{example}`")))
+        Self::whole(
+            file,
+            format!("missing required key `{key}`"),
+            Some(&format!("add `{example}`")),
+        )
     }
 
     /// Translate a TOML or serde error (syntax, unknown key, wrong type) with its position.
@@ -76,14 +110,19 @@ fn hint_for(message: &str) -> Option<String> {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (bad, rest) = rest.split_once('`')?;
         let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-        let best = known.iter().min_by_key(|k| edit_distance(bad, k)).filter(|k| edit_distance(bad, k) <= 3);
+        let best = known
+            .iter()
+            .min_by_key(|k| edit_distance(bad, k))
+            .filter(|k| edit_distance(bad, k) <= 3);
         return Some(match best {
             Some(k) => format!("did you mean `{k}`? (keys here: {})", known.join(", ")),
             None => format!("keys allowed here: {}", known.join(", ")),
         });
     }
     if message.starts_with("invalid type") {
-        return Some("check the value's type: strings are quoted, numbers are not, lists use [ ]".into());
+        return Some(
+            "check the value's type: strings are quoted, numbers are not, lists use [ ]".into(),
+        );
     }
     if message.starts_with("unknown variant") {
         return Some("use one of the values listed".into());

@@ -151,7 +151,12 @@ pub struct Located<T> {
 impl<T> Located<T> {
     fn new(s: Spanned<T>, file: &Arc<PathBuf>, text: &Arc<String>) -> Self {
         let span = s.span();
-        Located { value: s.into_inner(), file: file.clone(), text: text.clone(), span }
+        Located {
+            value: s.into_inner(),
+            file: file.clone(),
+            text: text.clone(),
+            span,
+        }
     }
 
     /// An error at this value's position.
@@ -192,13 +197,19 @@ pub fn load_chain(path: &Path) -> Result<Vec<(PathBuf, String, RecipeFile)>, Rec
     let mut next = Some(path.to_path_buf());
     let mut from: Option<(PathBuf, String, usize)> = None;
     while let Some(p) = next.take() {
-        if chain.iter().any(|(q, _, _): &(PathBuf, String, RecipeFile)| same_file(q, &p)) {
+        if chain
+            .iter()
+            .any(|(q, _, _): &(PathBuf, String, RecipeFile)| same_file(q, &p))
+        {
             let (f, text, at) = from.expect("a cycle needs an include");
             return Err(RecipeError::at(
                 &f,
                 &text,
                 at,
-                format!("include cycle: `{}` is already part of this recipe", p.display()),
+                format!(
+                    "include cycle: `{}` is already part of this recipe",
+                    p.display()
+                ),
                 Some("remove the include that points back"),
             ));
         }
@@ -210,9 +221,14 @@ pub fn load_chain(path: &Path) -> Result<Vec<(PathBuf, String, RecipeFile)>, Rec
                 format!("cannot read included recipe `{}`: {e}", p.display()),
                 Some("include paths are relative to the including recipe"),
             ),
-            None => RecipeError::whole(&p, format!("cannot read recipe: {e}"), Some("check the --recipe path")),
+            None => RecipeError::whole(
+                &p,
+                format!("cannot read recipe: {e}"),
+                Some("check the --recipe path"),
+            ),
         })?;
-        let parsed: RecipeFile = toml::from_str(&text).map_err(|e| RecipeError::from_toml(&p, &text, &e))?;
+        let parsed: RecipeFile =
+            toml::from_str(&text).map_err(|e| RecipeError::from_toml(&p, &text, &e))?;
         if let Some(inc) = &parsed.include {
             let base = p.parent().unwrap_or(Path::new("."));
             next = Some(base.join(inc.get_ref()));
@@ -220,7 +236,11 @@ pub fn load_chain(path: &Path) -> Result<Vec<(PathBuf, String, RecipeFile)>, Rec
         }
         chain.push((p, text, parsed));
         if chain.len() > 8 {
-            return Err(RecipeError::whole(path, "includes nest more than 8 deep", Some("flatten the include chain")));
+            return Err(RecipeError::whole(
+                path,
+                "includes nest more than 8 deep",
+                Some("flatten the include chain"),
+            ));
         }
     }
     chain.reverse();
@@ -352,7 +372,10 @@ impl Merged {
                 net.interfaces.clear();
             }
             extend(&mut net.interfaces, n.interfaces, &f, &t);
-            for (list, rules) in [(&mut net.outbound, n.outbound), (&mut net.inbound, n.inbound)] {
+            for (list, rules) in [
+                (&mut net.outbound, n.outbound),
+                (&mut net.inbound, n.inbound),
+            ] {
                 for r in rules.into_iter().flatten() {
                     let span = r.span();
                     let r = r.into_inner();
@@ -364,7 +387,12 @@ impl Merged {
                         port: Located::new(r.port, &f, &t),
                         to,
                     };
-                    list.push(Located { value: located, file: f.clone(), text: t.clone(), span });
+                    list.push(Located {
+                        value: located,
+                        file: f.clone(),
+                        text: t.clone(),
+                        span,
+                    });
                 }
             }
         }
@@ -388,9 +416,15 @@ impl Merged {
 
 /// systemd unit names: a name, a dot, a known unit type; nothing that could be a path.
 fn validate_unit(u: &Located<String>) -> Result<(), RecipeError> {
-    const TYPES: [&str; 7] = [".service", ".socket", ".timer", ".target", ".mount", ".path", ".slice"];
-    let ok = TYPES.iter().any(|t| u.value.ends_with(t) && u.value.len() > t.len())
-        && u.value.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c));
+    const TYPES: [&str; 7] = [
+        ".service", ".socket", ".timer", ".target", ".mount", ".path", ".slice",
+    ];
+    let ok = TYPES
+        .iter()
+        .any(|t| u.value.ends_with(t) && u.value.len() > t.len())
+        && u.value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c));
     if ok {
         Ok(())
     } else {
@@ -415,11 +449,18 @@ impl MergedServices {
                 ));
             }
             if self.mask.iter().any(|m| m.value == r.value) {
-                return Err(r.error(format!("required unit `{}` is also masked", r.value), "remove it from services.mask"));
+                return Err(r.error(
+                    format!("required unit `{}` is also masked", r.value),
+                    "remove it from services.mask",
+                ));
             }
         }
         let v = |l: &Vec<Located<String>>| l.iter().map(|x| x.value.clone()).collect();
-        Ok(Services { enable: v(&self.enable), mask: v(&self.mask), required: v(&self.required) })
+        Ok(Services {
+            enable: v(&self.enable),
+            mask: v(&self.mask),
+            required: v(&self.required),
+        })
     }
 }
 
@@ -434,19 +475,28 @@ fn validate_destination(d: &Located<String>) -> Result<(), RecipeError> {
         return match prefix.map(|p| p.parse::<u8>()) {
             None => Ok(()),
             Some(Ok(p)) if p <= max => Ok(()),
-            _ => Err(d.error(format!("`{v}` has an invalid prefix length"), &format!("use 0..={max}, e.g. 10.0.0.0/24"))),
+            _ => Err(d.error(
+                format!("`{v}` has an invalid prefix length"),
+                &format!("use 0..={max}, e.g. 10.0.0.0/24"),
+            )),
         };
     }
     let host_ok = prefix.is_none()
         && !v.is_empty()
         && v.len() <= 253
         && v.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if host_ok {
         Ok(())
     } else {
-        Err(d.error(format!("`{v}` is not an address, subnet or host name"), "e.g. \"192.168.1.0/24\" or \"fleet.example.com\""))
+        Err(d.error(
+            format!("`{v}` is not an address, subnet or host name"),
+            "e.g. \"192.168.1.0/24\" or \"fleet.example.com\"",
+        ))
     }
 }
 
@@ -457,19 +507,37 @@ fn rules(list: &[Located<RuleLocated>]) -> Result<Vec<Rule>, RecipeError> {
         let proto = match x.proto.value.as_str() {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
-            other => return Err(x.proto.error(format!("unknown protocol `{other}`"), "use \"tcp\" or \"udp\"")),
+            other => {
+                return Err(x.proto.error(
+                    format!("unknown protocol `{other}`"),
+                    "use \"tcp\" or \"udp\"",
+                ))
+            }
         };
         let port = u16::try_from(x.port.value)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| x.port.error(format!("port {} is out of range", x.port.value), "ports are 1..=65535"))?;
+            .ok_or_else(|| {
+                x.port.error(
+                    format!("port {} is out of range", x.port.value),
+                    "ports are 1..=65535",
+                )
+            })?;
         for d in &x.to {
             validate_destination(d)?;
         }
         if out.iter().any(|o| o.name == x.name.value) {
-            return Err(x.name.error(format!("rule `{}` is defined twice", x.name.value), "give each rule its own name"));
+            return Err(x.name.error(
+                format!("rule `{}` is defined twice", x.name.value),
+                "give each rule its own name",
+            ));
         }
-        out.push(Rule { name: x.name.value.clone(), proto, port, to: x.to.iter().map(|d| d.value.clone()).collect() });
+        out.push(Rule {
+            name: x.name.value.clone(),
+            proto,
+            port,
+            to: x.to.iter().map(|d| d.value.clone()).collect(),
+        });
     }
     Ok(out)
 }
@@ -482,11 +550,17 @@ impl MergedNetwork {
             Some("static") => {
                 let mode = self.mode.as_ref().expect("matched Some");
                 let address = self.address.as_ref().ok_or_else(|| {
-                    mode.error("static addressing needs `address`", "address = \"10.0.0.5/24\"")
+                    mode.error(
+                        "static addressing needs `address`",
+                        "address = \"10.0.0.5/24\"",
+                    )
                 })?;
                 validate_destination(address)?;
                 let gateway = self.gateway.as_ref().ok_or_else(|| {
-                    mode.error("static addressing needs `gateway`", "gateway = \"10.0.0.1\"")
+                    mode.error(
+                        "static addressing needs `gateway`",
+                        "gateway = \"10.0.0.1\"",
+                    )
                 })?;
                 validate_destination(gateway)?;
                 Addressing::Static {
@@ -497,7 +571,10 @@ impl MergedNetwork {
             }
             Some(other) => {
                 let m = self.mode.as_ref().expect("matched Some");
-                return Err(m.error(format!("unknown network mode `{other}`"), "use \"dhcp\" or \"static\""));
+                return Err(m.error(
+                    format!("unknown network mode `{other}`"),
+                    "use \"dhcp\" or \"static\"",
+                ));
             }
         };
         if self.interfaces.len() > 2 {
@@ -522,7 +599,13 @@ impl MergedPartitions {
     /// Validate sizes: present, whole MiB, large enough, and fitting on the disk.
     pub fn validate(&self, top: &Path, board: Board) -> Result<Partitions, RecipeError> {
         let need = |v: &Option<Located<SizeValue>>, name: &str, example: &str| {
-            v.clone().ok_or_else(|| RecipeError::missing(top, &format!("partitions.{name}"), &format!("[partitions] {name} = \"{example}\"")))
+            v.clone().ok_or_else(|| {
+                RecipeError::missing(
+                    top,
+                    &format!("partitions.{name}"),
+                    &format!("[partitions] {name} = \"{example}\""),
+                )
+            })
         };
         let disk = need(&self.disk, "disk", "4GiB")?;
         let esp = need(&self.esp, "esp", "256MiB")?;
@@ -530,9 +613,17 @@ impl MergedPartitions {
         let config = need(&self.config, "config", "64MiB")?;
         let data = need(&self.data, "data", "512MiB")?;
         let check = |v: &Located<SizeValue>, name: &str, min: u64| -> Result<Size, RecipeError> {
-            let s = v.value.parse().map_err(|e| v.error(format!("partitions.{name}: {e}"), "write sizes like \"256MiB\" or \"2GiB\""))?;
+            let s = v.value.parse().map_err(|e| {
+                v.error(
+                    format!("partitions.{name}: {e}"),
+                    "write sizes like \"256MiB\" or \"2GiB\"",
+                )
+            })?;
             if s.bytes() % MIB != 0 {
-                return Err(v.error(format!("partitions.{name} = {s} is not a whole number of MiB"), "partitions are 1 MiB aligned"));
+                return Err(v.error(
+                    format!("partitions.{name} = {s} is not a whole number of MiB"),
+                    "partitions are 1 MiB aligned",
+                ));
             }
             if s.bytes() < min {
                 return Err(v.error(
@@ -573,6 +664,13 @@ impl MergedPartitions {
                 "make `disk` larger or the partitions smaller (rootfs counts twice: slots A and B)",
             ));
         }
-        Ok(Partitions { disk: disk_s, esp: esp_s, rootfs: rootfs_s, factory: factory_s, config: config_s, data: data_s })
+        Ok(Partitions {
+            disk: disk_s,
+            esp: esp_s,
+            rootfs: rootfs_s,
+            factory: factory_s,
+            config: config_s,
+            data: data_s,
+        })
     }
 }

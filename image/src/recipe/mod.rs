@@ -277,16 +277,29 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
     }
     let required = |what: &str, hint: &str| RecipeError::missing(top, what, hint);
 
-    let product = m.product.ok_or_else(|| required("product", "product = \"aperture-vision\""))?;
+    let product = m
+        .product
+        .ok_or_else(|| required("product", "product = \"aperture-vision\""))?;
     validate_product(&product)?;
-    let version = m.version.ok_or_else(|| required("version", "version = \"1.0.0\""))?;
-    let version = semver::Version::parse(&version.value)
-        .map_err(|e| version.error(format!("`{}` is not a semantic version: {e}", version.value), "use MAJOR.MINOR.PATCH, e.g. \"1.2.0\""))?;
-    let security_version =
-        m.security_version.ok_or_else(|| required("security_version", "security_version = 1"))?;
-    let board = m.board.ok_or_else(|| required("board", "board = \"qemu-x86_64\""))?;
+    let version = m
+        .version
+        .ok_or_else(|| required("version", "version = \"1.0.0\""))?;
+    let version = semver::Version::parse(&version.value).map_err(|e| {
+        version.error(
+            format!("`{}` is not a semantic version: {e}", version.value),
+            "use MAJOR.MINOR.PATCH, e.g. \"1.2.0\"",
+        )
+    })?;
+    let security_version = m
+        .security_version
+        .ok_or_else(|| required("security_version", "security_version = 1"))?;
+    let board = m
+        .board
+        .ok_or_else(|| required("board", "board = \"qemu-x86_64\""))?;
 
-    let arch_l = m.architecture.ok_or_else(|| required("base.architecture", "[base] architecture = \"amd64\""))?;
+    let arch_l = m
+        .architecture
+        .ok_or_else(|| required("base.architecture", "[base] architecture = \"amd64\""))?;
     let architecture = match arch_l.value.as_str() {
         "amd64" => Arch::Amd64,
         "arm64" => Arch::Arm64,
@@ -331,7 +344,10 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
             )
         })?;
         if device.contains(&prog) {
-            return Err(d.error(format!("device program `{}` is listed twice", d.value), "remove one"));
+            return Err(d.error(
+                format!("device program `{}` is listed twice", d.value),
+                "remove one",
+            ));
         }
         device.push(prog);
     }
@@ -341,12 +357,19 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         let dir = o.relative_path();
         if !dir.is_dir() {
             return Err(o.error(
-                format!("overlay folder `{}` does not exist ({})", o.value, dir.display()),
+                format!(
+                    "overlay folder `{}` does not exist ({})",
+                    o.value,
+                    dir.display()
+                ),
                 "overlay paths are relative to the recipe file that lists them",
             ));
         }
         if overlays.contains(&dir) {
-            return Err(o.error(format!("overlay `{}` is listed twice", o.value), "remove one"));
+            return Err(o.error(
+                format!("overlay `{}` is listed twice", o.value),
+                "remove one",
+            ));
         }
         overlays.push(dir);
     }
@@ -354,12 +377,27 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
     let services = m.services.validate()?;
     let network = m.network.validate(top)?;
     let partitions = m.partitions.validate(top, board.value)?;
-    let keys = m.keys_dir.map(|k| Keys { dir: k.relative_path(), development: m.keys_development.unwrap_or(false) })
+    let keys = m
+        .keys_dir
+        .map(|k| Keys {
+            dir: k.relative_path(),
+            development: m.keys_development.unwrap_or(false),
+        })
         .ok_or_else(|| required("keys.dir", "[keys] dir = \"../keys/dev\""))?;
-    let suite = m.suite.ok_or_else(|| required("base.suite", "[base] suite = \"bookworm\""))?;
-    let mirror = m.mirror.ok_or_else(|| required("base.mirror", "[base] mirror = \"http://deb.debian.org/debian\""))?;
+    let suite = m
+        .suite
+        .ok_or_else(|| required("base.suite", "[base] suite = \"bookworm\""))?;
+    let mirror = m.mirror.ok_or_else(|| {
+        required(
+            "base.mirror",
+            "[base] mirror = \"http://deb.debian.org/debian\"",
+        )
+    })?;
     if !(mirror.value.starts_with("http://") || mirror.value.starts_with("https://")) {
-        return Err(mirror.error(format!("mirror `{}` is not an http(s) URL", mirror.value), "e.g. mirror = \"http://deb.debian.org/debian\""));
+        return Err(mirror.error(
+            format!("mirror `{}` is not an http(s) URL", mirror.value),
+            "e.g. mirror = \"http://deb.debian.org/debian\"",
+        ));
     }
 
     Ok(Recipe {
@@ -392,7 +430,9 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
 fn validate_product(p: &Located<String>) -> Result<(), RecipeError> {
     let ok = !p.value.is_empty()
         && p.value.len() <= 64
-        && p.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && p.value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !p.value.starts_with('-');
     if ok {
         Ok(())
@@ -409,8 +449,11 @@ fn validate_product(p: &Located<String>) -> Result<(), RecipeError> {
 fn validate_package(p: &Located<String>) -> Result<(), RecipeError> {
     let v = &p.value;
     let ok = v.len() >= 2
-        && v.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        && v.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
     if ok {
         Ok(())
     } else {

@@ -56,16 +56,24 @@ fn parse_text(t: &str) -> Result<Size, String> {
     let t = t.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{t}` does not start with a number"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{t}` does not start with a number"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" => 1 << 10,
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
         "T" | "TiB" => 1 << 40,
-        other => return Err(format!("unknown unit `{other}` in `{t}` (use KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{t}` (use KiB, MiB, GiB)"
+            ))
+        }
     };
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("`{t}` is too large"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("`{t}` is too large"))?;
     if bytes == 0 {
         return Err(format!("`{t}` is zero"));
     }

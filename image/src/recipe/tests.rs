@@ -76,7 +76,10 @@ fn broken(from: &str, to: &str) -> RecipeError {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
 }
 
 fn assert_mentions(e: &RecipeError, words: &[&str]) {
@@ -104,7 +107,11 @@ fn shipped_recipes_validate() {
     for (name, board, arch) in [
         ("qemu-x86_64.toml", Board::QemuX86_64, Arch::Amd64),
         ("jetson-orin-agx.toml", Board::JetsonOrinAgx, Arch::Arm64),
-        ("jetson-xavier-agx.toml", Board::JetsonXavierAgx, Arch::Arm64),
+        (
+            "jetson-xavier-agx.toml",
+            Board::JetsonXavierAgx,
+            Arch::Arm64,
+        ),
     ] {
         let r = Recipe::load(&recipes.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(r.board, board);
@@ -138,7 +145,10 @@ fn wrong_type() {
 #[test]
 fn missing_required_key() {
     let e = broken("version = \"1.0.0\"\n", "");
-    assert_mentions(&e, &["missing required key `version`", "version = \"1.0.0\""]);
+    assert_mentions(
+        &e,
+        &["missing required key `version`", "version = \"1.0.0\""],
+    );
 }
 
 #[test]
@@ -158,20 +168,35 @@ fn unknown_board() {
 #[test]
 fn architecture_must_match_board() {
     let e = broken("architecture = \"amd64\"", "architecture = \"arm64\"");
-    assert_mentions(&e, &["does not match board `qemu-x86_64`", "architecture = \"amd64\""]);
+    assert_mentions(
+        &e,
+        &[
+            "does not match board `qemu-x86_64`",
+            "architecture = \"amd64\"",
+        ],
+    );
 }
 
 #[test]
 fn missing_overlay_folder() {
     let e = broken("overlays = [\"ov\"]", "overlays = [\"ov\", \"nope\"]");
-    assert_mentions(&e, &["overlay folder `nope` does not exist", "relative to the recipe"]);
+    assert_mentions(
+        &e,
+        &[
+            "overlay folder `nope` does not exist",
+            "relative to the recipe",
+        ],
+    );
     assert_eq!(e.line, 5);
 }
 
 #[test]
 fn package_listed_twice_in_one_file() {
     let e = broken("\"systemd\", ", "\"systemd\", \"systemd\", ");
-    assert_mentions(&e, &["package `systemd` is listed twice", "first listed at"]);
+    assert_mentions(
+        &e,
+        &["package `systemd` is listed twice", "first listed at"],
+    );
 }
 
 #[test]
@@ -192,7 +217,10 @@ fn include_merges_lists_and_overrides_scalars() {
     let f = Fixture::new(&[("base.toml", &base), ("top.toml", top)]);
     let r = f.load("top.toml").unwrap();
     assert_eq!(r.version.to_string(), "2.0.0");
-    assert_eq!(r.base.packages, vec!["systemd", "linux-image-cloud-amd64", "curl"]);
+    assert_eq!(
+        r.base.packages,
+        vec!["systemd", "linux-image-cloud-amd64", "curl"]
+    );
 }
 
 #[test]
@@ -204,14 +232,24 @@ fn invalid_package_name() {
 #[test]
 fn partitions_larger_than_the_disk() {
     let e = broken("disk = \"3GiB\"", "disk = \"2GiB\"");
-    assert_mentions(&e, &["the partitions need", "but the disk is 2GiB", "rootfs counts twice"]);
+    assert_mentions(
+        &e,
+        &[
+            "the partitions need",
+            "but the disk is 2GiB",
+            "rootfs counts twice",
+        ],
+    );
     assert_eq!(e.line, line_of(GOOD, "disk = "));
 }
 
 #[test]
 fn partition_too_small() {
     let e = broken("esp = \"256MiB\"", "esp = \"8MiB\"");
-    assert_mentions(&e, &["partitions.esp = 8MiB is too small", "at least 64MiB"]);
+    assert_mentions(
+        &e,
+        &["partitions.esp = 8MiB is too small", "at least 64MiB"],
+    );
 }
 
 #[test]
@@ -228,7 +266,10 @@ fn size_not_whole_mib() {
 
 #[test]
 fn include_cycle() {
-    let f = Fixture::new(&[("a.toml", "include = \"b.toml\"\n"), ("b.toml", "include = \"a.toml\"\n")]);
+    let f = Fixture::new(&[
+        ("a.toml", "include = \"b.toml\"\n"),
+        ("b.toml", "include = \"a.toml\"\n"),
+    ]);
     let e = f.load("a.toml").unwrap_err();
     assert_mentions(&e, &["include cycle"]);
 }
@@ -261,25 +302,43 @@ fn bad_destination() {
 
 #[test]
 fn unknown_device_program() {
-    let e = broken("device = [\"aperture-agent\"]", "device = [\"aperture-agent\", \"aperture-cam\"]");
-    assert_mentions(&e, &["unknown device program `aperture-cam`", "aperture-update"]);
+    let e = broken(
+        "device = [\"aperture-agent\"]",
+        "device = [\"aperture-agent\", \"aperture-cam\"]",
+    );
+    assert_mentions(
+        &e,
+        &["unknown device program `aperture-cam`", "aperture-update"],
+    );
 }
 
 #[test]
 fn required_unit_must_be_enabled() {
     let e = broken("required = [\"a.service\"]", "required = [\"b.service\"]");
-    assert_mentions(&e, &["required unit `b.service` is not enabled", "services.enable"]);
+    assert_mentions(
+        &e,
+        &[
+            "required unit `b.service` is not enabled",
+            "services.enable",
+        ],
+    );
 }
 
 #[test]
 fn unit_names_are_checked() {
-    let e = broken("enable = [\"a.service\"]", "enable = [\"a.service\", \"../../etc/passwd\"]");
+    let e = broken(
+        "enable = [\"a.service\"]",
+        "enable = [\"a.service\", \"../../etc/passwd\"]",
+    );
     assert_mentions(&e, &["is not a systemd unit name"]);
 }
 
 #[test]
 fn mirror_must_be_a_url() {
-    let e = broken("mirror = \"http://deb.debian.org/debian\"", "mirror = \"deb.debian.org\"");
+    let e = broken(
+        "mirror = \"http://deb.debian.org/debian\"",
+        "mirror = \"deb.debian.org\"",
+    );
     assert_mentions(&e, &["is not an http(s) URL"]);
 }
 
@@ -291,7 +350,13 @@ fn product_names_become_paths_so_are_checked() {
 
 #[test]
 fn the_recipe_hash_is_stable_and_sensitive() {
-    let f = Fixture::new(&[("r.toml", GOOD), ("s.toml", &GOOD.replace("security_version = 3", "security_version = 4"))]);
+    let f = Fixture::new(&[
+        ("r.toml", GOOD),
+        (
+            "s.toml",
+            &GOOD.replace("security_version = 3", "security_version = 4"),
+        ),
+    ]);
     let a = f.load("r.toml").unwrap().hash();
     assert_eq!(a, f.load("r.toml").unwrap().hash());
     assert_ne!(a, f.load("s.toml").unwrap().hash());

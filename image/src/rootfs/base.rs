@@ -46,7 +46,10 @@ fn base_files(workspace: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
             if e.file_type()?.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(&root).expect("walked from root").to_path_buf();
+                let rel = p
+                    .strip_prefix(&root)
+                    .expect("walked from root")
+                    .to_path_buf();
                 out.push((p, rel));
             }
         }
@@ -56,7 +59,9 @@ fn base_files(workspace: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
 }
 
 fn mmdebstrap_version() -> Result<String> {
-    Ok(cmd::stdout(Command::new("mmdebstrap").arg("--version"))?.trim().to_string())
+    Ok(cmd::stdout(Command::new("mmdebstrap").arg("--version"))?
+        .trim()
+        .to_string())
 }
 
 /// The cache key of a recipe's base: suite, mirror, architecture, package list, tool version,
@@ -67,7 +72,10 @@ pub fn base_key(recipe: &Recipe, workspace: &Path) -> Result<String> {
     let mut file_hashes = BTreeMap::new();
     for (abs, rel) in &files {
         let data = std::fs::read(abs)?;
-        file_hashes.insert(rel.to_string_lossy().into_owned(), hex::encode(Sha256::digest(&data)));
+        file_hashes.insert(
+            rel.to_string_lossy().into_owned(),
+            hex::encode(Sha256::digest(&data)),
+        );
     }
     let doc = serde_json::json!({
         "format": BASE_FORMAT,
@@ -86,11 +94,21 @@ pub fn base_key(recipe: &Recipe, workspace: &Path) -> Result<String> {
 
 /// The ref a base lives under.
 pub fn base_ref(recipe: &Recipe, key: &str) -> String {
-    format!("aperture-base/{}/{}", recipe.base.architecture.debian(), &key[..16])
+    format!(
+        "aperture-base/{}/{}",
+        recipe.base.architecture.debian(),
+        &key[..16]
+    )
 }
 
 /// Make sure the recipe's base is in the store; returns its commit.
-pub fn ensure(store: &Store, recipe: &Recipe, workspace: &Path, cache: &Path, step: &Step<'_>) -> Result<String> {
+pub fn ensure(
+    store: &Store,
+    recipe: &Recipe,
+    workspace: &Path,
+    cache: &Path,
+    step: &Step<'_>,
+) -> Result<String> {
     let key = base_key(recipe, workspace)?;
     let refname = base_ref(recipe, &key);
     if let Some(commit) = store.resolve(&refname)? {
@@ -101,7 +119,8 @@ pub fn ensure(store: &Store, recipe: &Recipe, workspace: &Path, cache: &Path, st
     let tmp = cache.join("tmp").join(format!("base-{}", &key[..16]));
     if tmp.exists() {
         // Left over from an interrupted build: never trust a partial tree.
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("removing stale {}", tmp.display()))?;
     }
     std::fs::create_dir_all(tmp.parent().expect("has parent"))?;
     let debs = cache.join("debs").join(recipe.base.architecture.debian());
@@ -112,8 +131,15 @@ pub fn ensure(store: &Store, recipe: &Recipe, workspace: &Path, cache: &Path, st
         clean(&tmp)?;
         let mut meta = BTreeMap::new();
         meta.insert("aperture.base-key".to_string(), key.clone());
-        meta.insert("aperture.packages".to_string(), recipe.all_packages().join(" "));
-        let subject = format!("Debian {} {} base", recipe.base.suite, recipe.base.architecture.debian());
+        meta.insert(
+            "aperture.packages".to_string(),
+            recipe.all_packages().join(" "),
+        );
+        let subject = format!(
+            "Debian {} {} base",
+            recipe.base.suite,
+            recipe.base.architecture.debian()
+        );
         step.line("committing the base tree to the build store");
         store.commit_tree(&tmp, &refname, &subject, &meta, BASE_SOURCE_DATE)
     })();
@@ -123,34 +149,56 @@ pub fn ensure(store: &Store, recipe: &Recipe, workspace: &Path, cache: &Path, st
     Ok(commit)
 }
 
-fn mmdebstrap(recipe: &Recipe, workspace: &Path, target: &Path, debs: &Path, step: &Step<'_>) -> Result<()> {
+fn mmdebstrap(
+    recipe: &Recipe,
+    workspace: &Path,
+    target: &Path,
+    debs: &Path,
+    step: &Step<'_>,
+) -> Result<()> {
     let mut c = Command::new("mmdebstrap");
     c.env("SOURCE_DATE_EPOCH", BASE_SOURCE_DATE.to_string())
         .env("LC_ALL", "C.UTF-8")
         .arg("--mode=root")
         .arg("--variant=minbase")
         .arg("--format=directory")
-        .arg(format!("--architectures={}", recipe.base.architecture.debian()))
+        .arg(format!(
+            "--architectures={}",
+            recipe.base.architecture.debian()
+        ))
         .arg(format!("--include={}", recipe.all_packages().join(",")));
     for f in DPKG_FILTERS {
         c.arg(format!("--dpkgopt={f}"));
     }
     // Keep downloaded packages between builds (mmdebstrap's documented cache recipe).
-    c.arg("--skip=download/empty").arg("--skip=essential/unlink");
+    c.arg("--skip=download/empty")
+        .arg("--skip=essential/unlink");
     c.arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/");
-    c.arg(format!("--setup-hook=sync-in '{}' /var/cache/apt/archives/", debs.display()));
+    c.arg(format!(
+        "--setup-hook=sync-in '{}' /var/cache/apt/archives/",
+        debs.display()
+    ));
     // Our initramfs integration goes in before packages configure, so the kernel's own
     // initramfs trigger already includes it.
     for (abs, rel) in base_files(workspace)? {
         let dest = Path::new("/").join(&rel);
         let dir = dest.parent().expect("file has a parent");
         c.arg(format!("--setup-hook=mkdir -p \"$1\"{}", dir.display()));
-        c.arg(format!("--setup-hook=upload '{}' '{}'", abs.display(), dest.display()));
-        if rel.starts_with("etc/initramfs-tools/hooks") || rel.starts_with("etc/initramfs-tools/scripts") {
+        c.arg(format!(
+            "--setup-hook=upload '{}' '{}'",
+            abs.display(),
+            dest.display()
+        ));
+        if rel.starts_with("etc/initramfs-tools/hooks")
+            || rel.starts_with("etc/initramfs-tools/scripts")
+        {
             c.arg(format!("--setup-hook=chmod 0755 \"$1\"{}", dest.display()));
         }
     }
-    c.arg(format!("--customize-hook=sync-out /var/cache/apt/archives '{}'", debs.display()));
+    c.arg(format!(
+        "--customize-hook=sync-out /var/cache/apt/archives '{}'",
+        debs.display()
+    ));
     c.arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb");
     // If the kernel's initramfs was generated before veritysetup was unpacked, generate it again.
     c.arg(
@@ -158,15 +206,30 @@ fn mmdebstrap(recipe: &Recipe, workspace: &Path, target: &Path, debs: &Path, ste
          if ! chroot \"$1\" lsinitramfs \"${i#$1}\" | grep -q 'sbin/veritysetup$'; then \
          chroot \"$1\" update-initramfs -u -k all; fi; done",
     );
-    c.arg(&recipe.base.suite).arg(target).arg(&recipe.base.mirror);
-    step.line(&format!("mmdebstrap {} {} ({} packages)", recipe.base.suite, recipe.base.architecture.debian(), recipe.all_packages().len()));
+    c.arg(&recipe.base.suite)
+        .arg(target)
+        .arg(&recipe.base.mirror);
+    step.line(&format!(
+        "mmdebstrap {} {} ({} packages)",
+        recipe.base.suite,
+        recipe.base.architecture.debian(),
+        recipe.all_packages().len()
+    ));
     cmd::stream(&mut c, |l| step.line(l)).context("building the Debian base with mmdebstrap")
 }
 
 /// Remove what must not be in a commit: device nodes (the running system has devtmpfs), and
 /// the contents of runtime-only folders.
 fn clean(root: &Path) -> Result<()> {
-    for d in ["dev", "proc", "sys", "run", "tmp", "var/tmp", "var/cache/apt/archives/partial"] {
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "var/tmp",
+        "var/cache/apt/archives/partial",
+    ] {
         let p = root.join(d);
         if !p.is_dir() {
             continue;
@@ -181,7 +244,11 @@ fn clean(root: &Path) -> Result<()> {
             }
         }
     }
-    for f in ["var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin", "var/cache/ldconfig/aux-cache"] {
+    for f in [
+        "var/cache/apt/pkgcache.bin",
+        "var/cache/apt/srcpkgcache.bin",
+        "var/cache/ldconfig/aux-cache",
+    ] {
         let _ = std::fs::remove_file(root.join(f));
     }
     Ok(())

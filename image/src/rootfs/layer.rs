@@ -27,7 +27,10 @@ impl<'a> Layer<'a> {
             std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let layer = Layer { dir: dir.to_path_buf(), view };
+        let layer = Layer {
+            dir: dir.to_path_buf(),
+            view,
+        };
         layer.copy_dir_meta(Path::new(""), dir)?;
         Ok(layer)
     }
@@ -54,14 +57,24 @@ impl<'a> Layer<'a> {
         for c in rest.by_ref() {
             let next = cur.join(c);
             // A directory we already made in the layer wins (it may be new in this build).
-            if self.dir.join(&next).symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            if self
+                .dir
+                .join(&next)
+                .symlink_metadata()
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
                 cur = next;
                 continue;
             }
             match self.view.lookup(&next, true)? {
                 Some(found) => match found.node {
                     Node::Dir { .. } => cur = found.path,
-                    Node::File(_) => bail!("`{}` is a file in the base image, so `{}` cannot be created under it", next.display(), rel.display()),
+                    Node::File(_) => bail!(
+                        "`{}` is a file in the base image, so `{}` cannot be created under it",
+                        next.display(),
+                        rel.display()
+                    ),
                 },
                 None => {
                     cur = next;
@@ -79,7 +92,10 @@ impl<'a> Layer<'a> {
     /// does not change existing directories), or 0755 root for new ones.
     fn copy_dir_meta(&self, image_path: &Path, host: &Path) -> Result<()> {
         let meta = match self.view.lookup(image_path, false)? {
-            Some(Found { node: Node::Dir { meta, .. }, .. }) => Some(self.view.store().dir_meta(&meta)?),
+            Some(Found {
+                node: Node::Dir { meta, .. },
+                ..
+            }) => Some(self.view.store().dir_meta(&meta)?),
             _ => None,
         };
         let (uid, gid, mode) = meta.unwrap_or((0, 0, 0o40755));
@@ -101,11 +117,20 @@ impl<'a> Layer<'a> {
                 Err(_) => {}
             }
             std::fs::create_dir(&host).with_context(|| format!("creating {}", host.display()))?;
-            let in_base = matches!(self.view.lookup(&cur, false)?, Some(Found { node: Node::Dir { .. }, .. }));
+            let in_base = matches!(
+                self.view.lookup(&cur, false)?,
+                Some(Found {
+                    node: Node::Dir { .. },
+                    ..
+                })
+            );
             match (in_base, fallback) {
                 (false, Some((uid, gid, mode))) if cur == image_dir => {
                     lchown(&host, Some(uid), Some(gid))?;
-                    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode & 0o7777))?;
+                    std::fs::set_permissions(
+                        &host,
+                        std::fs::Permissions::from_mode(mode & 0o7777),
+                    )?;
                 }
                 _ => self.copy_dir_meta(&cur, &host)?,
             }
@@ -120,12 +145,22 @@ impl<'a> Layer<'a> {
         let host = self.dir.join(&path);
         if let Ok(m) = host.symlink_metadata() {
             if m.is_dir() {
-                bail!("`/{}` is already a directory in this build's layer", path.display());
+                bail!(
+                    "`/{}` is already a directory in this build's layer",
+                    path.display()
+                );
             }
             std::fs::remove_file(&host)?;
         }
-        if let Some(Found { node: Node::Dir { .. }, .. }) = self.view.lookup(&path, false)? {
-            bail!("`/{}` is a directory in the base image and cannot be replaced by a file", path.display());
+        if let Some(Found {
+            node: Node::Dir { .. },
+            ..
+        }) = self.view.lookup(&path, false)?
+        {
+            bail!(
+                "`/{}` is a directory in the base image and cannot be replaced by a file",
+                path.display()
+            );
         }
         Ok(host)
     }
@@ -136,7 +171,14 @@ impl<'a> Layer<'a> {
     }
 
     /// Write a file with an owner.
-    pub fn write_owned(&self, rel: &Path, data: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
+    pub fn write_owned(
+        &self,
+        rel: &Path,
+        data: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
         let host = self.prepare(rel)?;
         std::fs::write(&host, data).with_context(|| format!("writing {}", host.display()))?;
         lchown(&host, Some(uid), Some(gid))?;
@@ -147,7 +189,8 @@ impl<'a> Layer<'a> {
     /// Copy a host file into the image with the given mode and owner.
     pub fn copy_file(&self, rel: &Path, src: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
         let host = self.prepare(rel)?;
-        std::fs::copy(src, &host).with_context(|| format!("copying {} to {}", src.display(), host.display()))?;
+        std::fs::copy(src, &host)
+            .with_context(|| format!("copying {} to {}", src.display(), host.display()))?;
         lchown(&host, Some(uid), Some(gid))?;
         std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))?;
         Ok(())
@@ -185,7 +228,10 @@ impl<'a> Layer<'a> {
             return Ok(Some(std::fs::read(&host)?));
         }
         match self.view.lookup(&path, true)? {
-            Some(Found { node: Node::File(ck), .. }) => Ok(Some(self.view.store().read_file(&ck, 1 << 20)?)),
+            Some(Found {
+                node: Node::File(ck),
+                ..
+            }) => Ok(Some(self.view.store().read_file(&ck, 1 << 20)?)),
             _ => Ok(None),
         }
     }
@@ -198,10 +244,16 @@ fn plain_components(p: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for c in p.components() {
         match c {
-            Component::Normal(n) => out.push(n.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))?.to_string()),
+            Component::Normal(n) => out.push(
+                n.to_str()
+                    .ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))?
+                    .to_string(),
+            ),
             Component::CurDir => {}
             Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => bail!("path `{}` climbs out of the image root", p.display()),
+            Component::ParentDir | Component::Prefix(_) => {
+                bail!("path `{}` climbs out of the image root", p.display())
+            }
         }
     }
     Ok(out)

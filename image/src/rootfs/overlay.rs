@@ -53,7 +53,10 @@ pub enum OverlayError {
 /// Whether a relative symlink target, placed at `entry` (relative to the image root), stays
 /// inside the root.
 pub fn target_stays_inside(entry: &Path, target: &Path) -> bool {
-    let mut depth: i64 = entry.parent().map(|p| p.components().count() as i64).unwrap_or(0);
+    let mut depth: i64 = entry
+        .parent()
+        .map(|p| p.components().count() as i64)
+        .unwrap_or(0);
     for c in target.components() {
         match c {
             Component::ParentDir => {
@@ -85,7 +88,9 @@ pub fn apply(overlay: &Path, layer: &Layer<'_>) -> Result<usize> {
     let mut n = 0;
     for rel in entries {
         let src = overlay.join(&rel);
-        let meta = src.symlink_metadata().with_context(|| format!("reading {}", src.display()))?;
+        let meta = src
+            .symlink_metadata()
+            .with_context(|| format!("reading {}", src.display()))?;
         let ft = meta.file_type();
         let entry = format!("/{}", rel.display());
         if ft.is_dir() {
@@ -94,14 +99,31 @@ pub fn apply(overlay: &Path, layer: &Layer<'_>) -> Result<usize> {
             let target = std::fs::read_link(&src)?;
             let t = target.to_string_lossy().into_owned();
             if target.is_absolute() {
-                return Err(OverlayError::AbsoluteSymlink { overlay: name, entry, suggest: relative_suggestion(&rel, &t), target: t }.into());
+                return Err(OverlayError::AbsoluteSymlink {
+                    overlay: name,
+                    entry,
+                    suggest: relative_suggestion(&rel, &t),
+                    target: t,
+                }
+                .into());
             }
             if !target_stays_inside(&rel, &target) {
-                return Err(OverlayError::EscapingSymlink { overlay: name, entry, target: t }.into());
+                return Err(OverlayError::EscapingSymlink {
+                    overlay: name,
+                    entry,
+                    target: t,
+                }
+                .into());
             }
             layer.symlink(&rel, &t)?;
         } else if ft.is_file() {
-            layer.copy_file(&rel, &src, meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())?;
+            layer.copy_file(
+                &rel,
+                &src,
+                meta.permissions().mode() & 0o7777,
+                meta.uid(),
+                meta.gid(),
+            )?;
         } else {
             use std::os::unix::fs::FileTypeExt;
             let kind = if ft.is_block_device() || ft.is_char_device() {
@@ -111,7 +133,12 @@ pub fn apply(overlay: &Path, layer: &Layer<'_>) -> Result<usize> {
             } else {
                 "socket"
             };
-            return Err(OverlayError::SpecialFile { overlay: name, entry, kind }.into());
+            return Err(OverlayError::SpecialFile {
+                overlay: name,
+                entry,
+                kind,
+            }
+            .into());
         }
         n += 1;
     }
@@ -146,16 +173,31 @@ mod tests {
 
     #[test]
     fn symlink_targets_inside_and_outside() {
-        assert!(target_stays_inside(Path::new("etc/a"), Path::new("../usr/lib/x")));
+        assert!(target_stays_inside(
+            Path::new("etc/a"),
+            Path::new("../usr/lib/x")
+        ));
         assert!(target_stays_inside(Path::new("a"), Path::new("b/c")));
-        assert!(!target_stays_inside(Path::new("etc/a"), Path::new("../../etc/shadow")));
+        assert!(!target_stays_inside(
+            Path::new("etc/a"),
+            Path::new("../../etc/shadow")
+        ));
         assert!(!target_stays_inside(Path::new("a"), Path::new("..")));
-        assert!(target_stays_inside(Path::new("x/y/z"), Path::new("../../q")));
-        assert!(!target_stays_inside(Path::new("x/y/z"), Path::new("a/../../../../q")));
+        assert!(target_stays_inside(
+            Path::new("x/y/z"),
+            Path::new("../../q")
+        ));
+        assert!(!target_stays_inside(
+            Path::new("x/y/z"),
+            Path::new("a/../../../../q")
+        ));
     }
 
     #[test]
     fn suggestion_is_relative() {
-        assert_eq!(relative_suggestion(Path::new("etc/resolv.conf"), "/run/x"), "../run/x");
+        assert_eq!(
+            relative_suggestion(Path::new("etc/resolv.conf"), "/run/x"),
+            "../run/x"
+        );
     }
 }

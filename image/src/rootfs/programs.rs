@@ -18,7 +18,11 @@ pub fn target_dir(workspace: &Path) -> PathBuf {
 }
 
 /// Build the recipe's programs in release mode for the board; returns (program, binary path).
-pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Vec<(DeviceProgram, PathBuf)>> {
+pub fn build(
+    recipe: &Recipe,
+    workspace: &Path,
+    step: &Step<'_>,
+) -> Result<Vec<(DeviceProgram, PathBuf)>> {
     if recipe.components.device.is_empty() {
         return Ok(Vec::new());
     }
@@ -28,12 +32,16 @@ pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Vec<(
     c.current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target)
         // Paths in panic messages name the workspace, not the build host's home.
-        .env("RUSTFLAGS", format!("--remap-path-prefix={}=/aperture", workspace.display()))
+        .env(
+            "RUSTFLAGS",
+            format!("--remap-path-prefix={}=/aperture", workspace.display()),
+        )
         .args(["build", "--release", "--target", triple]);
     for p in &recipe.components.device {
         c.args(["--package", p.package(), "--bin", p.binary()]);
     }
-    cmd::stream(&mut c, |l| step.line(l)).with_context(|| format!("building device programs for {triple}"))?;
+    cmd::stream(&mut c, |l| step.line(l))
+        .with_context(|| format!("building device programs for {triple}"))?;
     let mut out = Vec::new();
     for p in &recipe.components.device {
         let bin = target.join(triple).join("release").join(p.binary());
@@ -42,7 +50,16 @@ pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Vec<(
         }
         out.push((*p, bin));
     }
-    step.note(format!("{} for {triple}", recipe.components.device.iter().map(|p| p.binary()).collect::<Vec<_>>().join(", ")));
+    step.note(format!(
+        "{} for {triple}",
+        recipe
+            .components
+            .device
+            .iter()
+            .map(|p| p.binary())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     Ok(out)
 }
 

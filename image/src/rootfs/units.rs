@@ -12,7 +12,11 @@ use anyhow::{bail, Result};
 use super::layer::Layer;
 
 /// Folders searched for unit files, in systemd's order of precedence.
-const UNIT_DIRS: [&str; 3] = ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"];
+const UNIT_DIRS: [&str; 3] = [
+    "etc/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+];
 
 /// The [Install] section of a unit.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -42,7 +46,9 @@ pub fn parse_install(text: &str) -> Install {
         if !in_install || l.starts_with('#') || l.starts_with(';') {
             continue;
         }
-        let Some((k, v)) = l.split_once('=') else { continue };
+        let Some((k, v)) = l.split_once('=') else {
+            continue;
+        };
         let vals = v.split_whitespace().map(str::to_string);
         match k.trim() {
             "WantedBy" => inst.wanted_by.extend(vals),
@@ -68,7 +74,10 @@ fn find_unit(layer: &Layer<'_>, unit: &str) -> Result<Option<(PathBuf, String)>>
     for d in UNIT_DIRS {
         let p = Path::new(d).join(&file);
         if let Some(data) = layer.read(&p)? {
-            return Ok(Some((Path::new("/").join(layer.canonical(&p)?), String::from_utf8_lossy(&data).into_owned())));
+            return Ok(Some((
+                Path::new("/").join(layer.canonical(&p)?),
+                String::from_utf8_lossy(&data).into_owned(),
+            )));
         }
     }
     Ok(None)
@@ -87,7 +96,11 @@ fn enable_inner(layer: &Layer<'_>, unit: &str, depth: u32) -> Result<()> {
         bail!("cannot enable `{unit}`: no unit file in /etc/systemd/system or /usr/lib/systemd/system; add it with an overlay or install the package that ships it");
     };
     let inst = parse_install(&text);
-    if inst.wanted_by.is_empty() && inst.required_by.is_empty() && inst.alias.is_empty() && inst.also.is_empty() {
+    if inst.wanted_by.is_empty()
+        && inst.required_by.is_empty()
+        && inst.alias.is_empty()
+        && inst.also.is_empty()
+    {
         bail!("cannot enable `{unit}`: its [Install] section is empty ({}), so systemd would not start it; add WantedBy= to it", path.display());
     }
     let target = path.to_string_lossy().into_owned();
@@ -113,7 +126,10 @@ fn enable_inner(layer: &Layer<'_>, unit: &str, depth: u32) -> Result<()> {
 
 /// Mask a unit: a `/dev/null` symlink in /etc/systemd/system.
 pub fn mask(layer: &Layer<'_>, unit: &str) -> Result<()> {
-    layer.symlink(&PathBuf::from(format!("etc/systemd/system/{unit}")), "/dev/null")
+    layer.symlink(
+        &PathBuf::from(format!("etc/systemd/system/{unit}")),
+        "/dev/null",
+    )
 }
 
 #[cfg(test)]

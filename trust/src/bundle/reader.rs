@@ -12,7 +12,9 @@
 use std::io::{self, BufReader, Read};
 
 use super::ustar::{self, Block, BLOCK};
-use super::{MANIFEST_ENTRY, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE, MAX_WINDOW_LOG, SIGNATURE_ENTRY};
+use super::{
+    MANIFEST_ENTRY, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE, MAX_WINDOW_LOG, SIGNATURE_ENTRY,
+};
 use crate::digest::{limit_exceeded, HashingReader, LimitedReader};
 use crate::keys::PublicKey;
 use crate::manifest::{Artifact, Manifest};
@@ -80,8 +82,10 @@ impl<R: Read> BundleReader<R> {
             Stage::HeaderRead(m) => m,
             _ => return Err(misuse("call read_header first, and for_each_payload once").into()),
         };
-        let payload_entries: Vec<String> =
-            manifest.payload_artifacts().filter_map(Artifact::payload_entry_name).collect();
+        let payload_entries: Vec<String> = manifest
+            .payload_artifacts()
+            .filter_map(Artifact::payload_entry_name)
+            .collect();
         for (artifact, entry) in manifest.payload_artifacts().zip(&payload_entries) {
             let size = self.next_entry(entry, &payload_entries)?;
             let payload = artifact
@@ -120,7 +124,9 @@ impl<R: Read> BundleReader<R> {
     /// Reads and checks every payload, discarding the bytes: a full offline check of a bundle.
     pub fn verify_payloads(&mut self) -> Result<(), TrustError> {
         self.for_each_payload(|_, r: &mut dyn Read| {
-            io::copy(r, &mut io::sink()).map(drop).map_err(|e| TrustError::io("reading payload", e))
+            io::copy(r, &mut io::sink())
+                .map(drop)
+                .map_err(|e| TrustError::io("reading payload", e))
         })
     }
 
@@ -136,7 +142,8 @@ impl<R: Read> BundleReader<R> {
             Some(Block::Entry { name, size }) => {
                 if name == expected {
                     Ok(size)
-                } else if known.contains(&name) || name == MANIFEST_ENTRY || name == SIGNATURE_ENTRY {
+                } else if known.contains(&name) || name == MANIFEST_ENTRY || name == SIGNATURE_ENTRY
+                {
                     Err(TrustError::Reordered {
                         entry: name,
                         expected: expected.into(),
@@ -165,7 +172,12 @@ impl<R: Read> BundleReader<R> {
                 }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(TrustError::io(format!("reading the bundle (before {context})"), e)),
+                Err(e) => {
+                    return Err(TrustError::io(
+                        format!("reading the bundle (before {context})"),
+                        e,
+                    ))
+                }
             }
         }
         ustar::parse(&block).map(Some)
@@ -223,13 +235,20 @@ fn misuse(reason: &str) -> TrustError {
     TrustError::malformed("bundle reader use", reason)
 }
 
-fn read_exact_entry(r: &mut impl Read, size: u64, entry: &str, out: &mut Vec<u8>) -> Result<(), TrustError> {
+fn read_exact_entry(
+    r: &mut impl Read,
+    size: u64,
+    entry: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), TrustError> {
     let got = r
         .take(size)
         .read_to_end(out)
         .map_err(|e| TrustError::io(format!("reading bundle entry {entry}"), e))?;
     if (got as u64) < size {
-        return Err(TrustError::Truncated { entry: entry.into() });
+        return Err(TrustError::Truncated {
+            entry: entry.into(),
+        });
     }
     Ok(())
 }
@@ -238,7 +257,9 @@ fn skip(r: &mut impl Read, n: u64, entry: &str) -> Result<(), TrustError> {
     let got = io::copy(&mut r.take(n), &mut io::sink())
         .map_err(|e| TrustError::io(format!("reading bundle entry {entry}"), e))?;
     if got < n {
-        return Err(TrustError::Truncated { entry: entry.into() });
+        return Err(TrustError::Truncated {
+            entry: entry.into(),
+        });
     }
     Ok(())
 }
@@ -256,11 +277,16 @@ impl<R: Read> Read for EntryData<'_, R> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+        let max = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         match self.inner.read(&mut buf[..max]) {
             Ok(0) => {
                 self.truncated = true;
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "bundle stream ended inside an entry"))
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "bundle stream ended inside an entry",
+                ))
             }
             Ok(n) => {
                 self.remaining -= n as u64;
@@ -277,7 +303,8 @@ impl<R: Read> Read for EntryData<'_, R> {
 }
 
 type Encoded<'r, R> = BufReader<HashingReader<EntryData<'r, R>>>;
-type Stack<'r, R> = HashingReader<LimitedReader<zstd::stream::read::Decoder<'static, Encoded<'r, R>>>>;
+type Stack<'r, R> =
+    HashingReader<LimitedReader<zstd::stream::read::Decoder<'static, Encoded<'r, R>>>>;
 
 /// The reader handed to the payload callback.
 struct PayloadReader<'r, 'm, R> {
@@ -305,7 +332,9 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
             HashingReader::new(data),
         ))
         .map_err(decoder_err)?;
-        decoder.window_log_max(MAX_WINDOW_LOG).map_err(decoder_err)?;
+        decoder
+            .window_log_max(MAX_WINDOW_LOG)
+            .map_err(decoder_err)?;
         Ok(PayloadReader {
             stack: HashingReader::new(LimitedReader::new(decoder, artifact.size)),
             artifact,
@@ -361,7 +390,9 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
     fn check_encoded(&mut self) -> Result<(), TrustError> {
         let entry = self.entry;
         if let Err(e) = io::copy(self.encoded(), &mut io::sink()) {
-            return Err(self.classify_entry_error(e).unwrap_or_else(|e| TrustError::io(format!("reading {entry}"), e)));
+            return Err(self
+                .classify_entry_error(e)
+                .unwrap_or_else(|e| TrustError::io(format!("reading {entry}"), e)));
         }
         let hashed = self.encoded().get_ref();
         let (digest, bytes) = (hashed.digest(), hashed.byte_count());
@@ -369,7 +400,9 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
             return Ok(());
         };
         if bytes != payload.size {
-            return Err(TrustError::Truncated { entry: entry.into() });
+            return Err(TrustError::Truncated {
+                entry: entry.into(),
+            });
         }
         if digest != payload.sha256 {
             return Err(TrustError::HashMismatch {
@@ -384,8 +417,13 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
     /// The typed error for a failure of the tar entry layer, or the error back if it was not one.
     fn classify_entry_error(&self, e: io::Error) -> Result<TrustError, io::Error> {
         match self.entry_state() {
-            (true, _) => Ok(TrustError::Truncated { entry: self.entry.into() }),
-            (_, true) => Ok(TrustError::io(format!("reading bundle entry {}", self.entry), e)),
+            (true, _) => Ok(TrustError::Truncated {
+                entry: self.entry.into(),
+            }),
+            (_, true) => Ok(TrustError::io(
+                format!("reading bundle entry {}", self.entry),
+                e,
+            )),
             _ => Err(e),
         }
     }

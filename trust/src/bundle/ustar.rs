@@ -31,11 +31,18 @@ pub(crate) fn parse(block: &[u8; BLOCK]) -> Result<Block, TrustError> {
     if block.iter().all(|b| *b == 0) {
         return Ok(Block::End);
     }
-    let stored = parse_octal(&block[148..156]).ok_or_else(|| bad_header("checksum field is not a number"))?;
+    let stored = parse_octal(&block[148..156])
+        .ok_or_else(|| bad_header("checksum field is not a number"))?;
     let computed: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(*b)
+            }
+        })
         .sum();
     if stored != computed {
         return Err(bad_header(
@@ -43,7 +50,9 @@ pub(crate) fn parse(block: &[u8; BLOCK]) -> Result<Block, TrustError> {
         ));
     }
     if &block[257..263] != b"ustar\0" || &block[263..265] != b"00" {
-        return Err(bad_header("not a POSIX ustar header; bundles use ustar only"));
+        return Err(bad_header(
+            "not a POSIX ustar header; bundles use ustar only",
+        ));
     }
     let name = full_name(block);
     check_plain_name(&name)?;
@@ -57,7 +66,8 @@ pub(crate) fn parse(block: &[u8; BLOCK]) -> Result<Block, TrustError> {
             kind: kind_name(typeflag),
         });
     }
-    let size = parse_size(&block[124..136]).ok_or_else(|| bad_header("size field is not a number"))?;
+    let size =
+        parse_size(&block[124..136]).ok_or_else(|| bad_header("size field is not a number"))?;
     Ok(Block::Entry { name, size })
 }
 
@@ -139,7 +149,10 @@ fn kind_name(typeflag: u8) -> String {
 /// Octal number, optionally surrounded by spaces and NULs (as tar writers pad).
 fn parse_octal(field: &[u8]) -> Option<u64> {
     let text = until_nul(field);
-    let digits = text.iter().skip_while(|b| **b == b' ').take_while(|b| **b != b' ');
+    let digits = text
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| **b != b' ');
     let mut value: u64 = 0;
     let mut any = false;
     for d in digits {
@@ -176,7 +189,9 @@ mod tests {
     fn build_then_parse() {
         let h = build("rootfs.img.zst", 12345, 1_700_000_000).unwrap();
         match parse(&h).unwrap() {
-            Block::Entry { name, size } => assert_eq!((name.as_str(), size), ("rootfs.img.zst", 12345)),
+            Block::Entry { name, size } => {
+                assert_eq!((name.as_str(), size), ("rootfs.img.zst", 12345))
+            }
             Block::End => panic!("not an entry"),
         }
         assert!(matches!(parse(&[0u8; BLOCK]).unwrap(), Block::End));

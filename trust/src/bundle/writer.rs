@@ -54,14 +54,22 @@ pub fn write_bundle<'a, W: Write>(
             (Some(entry), Some(payload)) => (entry, payload),
             _ => continue,
         };
-        let source = sources.next().ok_or_else(|| TrustError::MissingEntry { name: entry.clone() })?;
+        let source = sources.next().ok_or_else(|| TrustError::MissingEntry {
+            name: entry.clone(),
+        })?;
         if source.name != artifact.name {
             let known = manifest.payload_artifacts().any(|a| a.name == source.name);
             let found = format!("{}{}", source.name, payload.encoding.suffix());
             return Err(if known {
-                TrustError::Reordered { entry: found, expected: entry }
+                TrustError::Reordered {
+                    entry: found,
+                    expected: entry,
+                }
             } else {
-                TrustError::UnexpectedEntry { expected: entry, found }
+                TrustError::UnexpectedEntry {
+                    expected: entry,
+                    found,
+                }
             });
         }
         if source.size != payload.size {
@@ -89,7 +97,12 @@ pub fn write_bundle<'a, W: Write>(
 }
 
 /// Copies exactly `payload.size` bytes and checks their sha256.
-fn copy_payload(reader: Box<dyn Read + '_>, out: &mut impl Write, entry: &str, payload: &Payload) -> Result<(), TrustError> {
+fn copy_payload(
+    reader: Box<dyn Read + '_>,
+    out: &mut impl Write,
+    entry: &str,
+    payload: &Payload,
+) -> Result<(), TrustError> {
     let mut reader = HashingReader::new(LimitedReader::new(reader, payload.size));
     let copied = io::copy(&mut reader, out).map_err(|e| match limit_exceeded(&e) {
         Some(l) => TrustError::Oversized {
@@ -99,7 +112,9 @@ fn copy_payload(reader: Box<dyn Read + '_>, out: &mut impl Write, entry: &str, p
         None => TrustError::io(format!("copying payload {entry} into the bundle"), e),
     })?;
     if copied != payload.size {
-        return Err(TrustError::Truncated { entry: entry.into() });
+        return Err(TrustError::Truncated {
+            entry: entry.into(),
+        });
     }
     let (_, digest, _) = reader.finish();
     if digest != payload.sha256 {
@@ -137,16 +152,24 @@ pub fn compress_payload(src: &Path, dst: &Path, level: i32) -> Result<Payload, T
             "use a level from 1 to 19; higher levels need windows larger than appliances decode",
         ));
     }
-    let input = File::open(src).map_err(|e| TrustError::io(format!("opening {}", src.display()), e))?;
+    let input =
+        File::open(src).map_err(|e| TrustError::io(format!("opening {}", src.display()), e))?;
     let len = input
         .metadata()
         .map_err(|e| TrustError::io(format!("reading {}", src.display()), e))?
         .len();
-    let output = File::create(dst).map_err(|e| TrustError::io(format!("creating {}", dst.display()), e))?;
-    let write_err = |e| TrustError::io(format!("compressing {} into {}", src.display(), dst.display()), e);
+    let output =
+        File::create(dst).map_err(|e| TrustError::io(format!("creating {}", dst.display()), e))?;
+    let write_err = |e| {
+        TrustError::io(
+            format!("compressing {} into {}", src.display(), dst.display()),
+            e,
+        )
+    };
 
     let mut encoder =
-        zstd::stream::write::Encoder::new(HashingWriter::new(BufWriter::new(output)), level).map_err(write_err)?;
+        zstd::stream::write::Encoder::new(HashingWriter::new(BufWriter::new(output)), level)
+            .map_err(write_err)?;
     encoder.include_checksum(true).map_err(write_err)?;
     encoder.set_pledged_src_size(Some(len)).map_err(write_err)?;
     let copied = io::copy(&mut input.take(len), &mut encoder).map_err(write_err)?;
@@ -157,7 +180,9 @@ pub fn compress_payload(src: &Path, dst: &Path, level: i32) -> Result<Payload, T
     }
     let hashing = encoder.finish().map_err(write_err)?;
     let (buffered, sha256, size) = hashing.finish();
-    let file = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?;
     file.sync_all().map_err(write_err)?;
     Ok(Payload {
         encoding: PayloadEncoding::Zstd,
@@ -180,7 +205,10 @@ mod tests {
         let a = compress_payload(&src, &dir.path().join("a.zst"), 3).unwrap();
         let b = compress_payload(&src, &dir.path().join("b.zst"), 3).unwrap();
         assert_eq!(a, b);
-        assert_eq!(sha256_file(&dir.path().join("a.zst")).unwrap(), (a.sha256.clone(), a.size));
+        assert_eq!(
+            sha256_file(&dir.path().join("a.zst")).unwrap(),
+            (a.sha256.clone(), a.size)
+        );
         let back = zstd::stream::decode_all(File::open(dir.path().join("a.zst")).unwrap()).unwrap();
         assert_eq!(back, data);
     }
@@ -190,7 +218,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = compress_payload(&dir.path().join("x"), &dir.path().join("y"), 22).unwrap_err();
         assert!(err.to_string().contains("level 22"), "{err}");
-        let err = compress_payload(&dir.path().join("missing"), &dir.path().join("y"), 3).unwrap_err();
+        let err =
+            compress_payload(&dir.path().join("missing"), &dir.path().join("y"), 3).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
 }

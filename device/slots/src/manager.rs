@@ -1,0 +1,197 @@
+//! The backend trait [`BootControl`] and the facade [`SlotManager`], which reads the state, asks
+//! the pure machine for a plan and persists its steps in order. The running slot is injected
+//! (from `aperture.slot=` on `/proc/cmdline` in the binaries), never discovered here.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{plan, BootState, Event, SlotStatus, Step};
+use crate::{Slot, SlotBoot, SlotsError};
+
+/// A boot-control backend: where the A/B state lives and how each step is made durable.
+pub trait BootControl {
+    /// Short backend name for status output (`systemd-boot`, `tegra`, `fake`).
+    fn name(&self) -> &'static str;
+
+    /// Read the current, normalized boot state.
+    fn read(&self) -> Result<BootState, SlotsError>;
+
+    /// Make one step durable. Each call is atomic with respect to a power cut, or at least
+    /// leaves a state equal to the one before or after the step as far as booting goes.
+    fn persist(&mut self, step: &Step) -> Result<(), SlotsError>;
+
+    /// SIMULATION ONLY: act as the firmware or boot loader does at power-on (choose a slot,
+    /// count a try, fall back) on the backend's files, and return the slot booted. Tests use it
+    /// to reboot without a machine; on a device the real loader does this and nothing should
+    /// call it.
+    fn loader_boot(&mut self) -> Result<Slot, SlotsError>;
+}
+
+impl<T: BootControl + ?Sized> BootControl for Box<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn read(&self) -> Result<BootState, SlotsError> {
+        (**self).read()
+    }
+    fn persist(&mut self, step: &Step) -> Result<(), SlotsError> {
+        (**self).persist(step)
+    }
+    fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
+        (**self).loader_boot()
+    }
+}
+
+/// Slot operations for the running system: a backend plus the slot it runs from.
+#[derive(Debug)]
+pub struct SlotManager<B: BootControl> {
+    backend: B,
+    booted: Slot,
+}
+
+impl<B: BootControl> SlotManager<B> {
+    /// A manager for a system running from `booted`.
+    pub fn new(backend: B, booted: Slot) -> Self {
+        SlotManager { backend, booted }
+    }
+
+    /// The running slot.
+    pub fn booted(&self) -> Slot {
+        self.booted
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably (tests use it to simulate reboots).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Give the backend back.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// The current boot state.
+    pub fn state(&self) -> Result<BootState, SlotsError> {
+        self.backend.read()
+    }
+
+    /// Start an install into `target`: it becomes unbootable (and stops being the next boot)
+    /// before anything is written to it.
+    pub fn begin_install(&mut self, target: Slot) -> Result<BootState, SlotsError> {
+        self.apply(Event::BeginInstall { target })
+    }
+
+    /// `target` was written and verified: boot it next, on trial, at most `tries` times.
+    pub fn arm(
+        &mut self,
+        target: Slot,
+        tries: u32,
+        boot: &SlotBoot,
+    ) -> Result<BootState, SlotsError> {
+        self.apply(Event::Arm {
+            target,
+            tries,
+            boot: boot.clone(),
+        })
+    }
+
+    /// The running slot passed its health gate: commit it and keep booting it. Nothing to do
+    /// (and nothing written) if it is already good.
+    pub fn mark_good(&mut self) -> Result<BootState, SlotsError> {
+        self.apply(Event::MarkGood { slot: self.booted })
+    }
+
+    /// Boot the other slot next; it must be good.
+    pub fn rollback(&mut self) -> Result<BootState, SlotsError> {
+        self.apply(Event::Rollback)
+    }
+
+    /// Everything `status --json` shows.
+    pub fn status_report(&self) -> Result<StatusReport, SlotsError> {
+        let state = self.backend.read()?;
+        let slots = Slot::ALL
+            .into_iter()
+            .map(|slot| SlotReport {
+                slot,
+                status: state.status(slot),
+                label: state.slot(slot).label.clone(),
+                booted: slot == self.booted,
+                next: slot == state.next,
+            })
+            .collect();
+        Ok(StatusReport {
+            backend: self.backend.name().to_string(),
+            booted: self.booted,
+            next: state.next,
+            slots,
+        })
+    }
+
+    /// Plan `event` against the state on disk and persist every step in order. On an error
+    /// the steps already persisted stay: by construction that is a safe state.
+    fn apply(&mut self, event: Event) -> Result<BootState, SlotsError> {
+        let state = self.backend.read()?;
+        let (after, steps) = plan(&state, self.booted, event)?;
+        for step in &steps {
+            self.backend.persist(step)?;
+        }
+        Ok(after)
+    }
+}
+
+/// One slot in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotReport {
+    /// Which slot.
+    pub slot: Slot,
+    /// Its boot status.
+    pub status: SlotStatus,
+    /// Its image version, if known.
+    pub label: Option<String>,
+    /// The system runs from it.
+    pub booted: bool,
+    /// The loader boots it next.
+    pub next: bool,
+}
+
+/// The boot state as shown by `aperture-update status` (serializable for `--json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Backend name.
+    pub backend: String,
+    /// The running slot.
+    pub booted: Slot,
+    /// The slot booted next.
+    pub next: Slot,
+    /// Both slots, A first.
+    pub slots: Vec<SlotReport>,
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "boot control: {}", self.backend)?;
+        for s in &self.slots {
+            let mut marks = Vec::new();
+            if s.booted {
+                marks.push("running");
+            }
+            if s.next {
+                marks.push("next boot");
+            }
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", marks.join(", "))
+            };
+            let label = s.label.as_deref().unwrap_or("-");
+            writeln!(f, "slot {}: {} ({label}){marks}", s.slot, s.status)?;
+        }
+        Ok(())
+    }
+}

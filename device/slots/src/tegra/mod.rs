@@ -1,0 +1,319 @@
+//! [`Tegra`]: boot control for Jetson (Orin AGX, Xavier AGX) through NVIDIA's UEFI variables of
+//! vendor GUID [`efivar::NVIDIA_GUID`] in efivarfs, plus one small state file of our own.
+//!
+//! Variables (each `u32`, see [`efivar`] for the file format):
+//! * `RootfsStatusSlotA`, `RootfsStatusSlotB`: 0 = normal, 0xFF = unbootable. The firmware sets
+//!   0xFF when a slot uses up its tries; nothing but the updater clears it, which it does when
+//!   arming the slot it installed.
+//! * `RootfsRetryCountMax`: boot tries of a slot (3 if absent).
+//! * `BootChainFwNext`: 0 = A, 1 = B, the slot the firmware boots next (A if absent).
+//!
+//! The variables cannot say whether a slot is committed or on trial, nor hold a label, so the
+//! state file `tegra-slots.json` in the state folder given to [`Tegra::new`] records, per slot,
+//! `committed`, `installing` or `trying` (with `tries_done`) and the label. On a device that
+//! folder must be on a partition both slots share (e.g. `/var/lib/aperture/slots` on the data
+//! partition), written temp + rename + fsync folder. The variables stay authoritative for what
+//! the firmware boots: a status of 0xFF is never read as bootable whatever the file says.
+//!
+//! On real hardware the firmware counts tries in a scratch register we cannot read; only the
+//! simulation ([`BootControl::loader_boot`]) updates `tries_done`, so on a device a slot on trial
+//! shows the tries it was armed with until it is marked good or the firmware gives up on it.
+
+pub mod efivar;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{create_dir_all, read_optional, write_atomic};
+use crate::manager::BootControl;
+use crate::state::{BootState, SlotState, SlotStatus, Step};
+use crate::{Slot, SlotsError};
+use efivar::EfiVars;
+
+/// `RootfsStatusSlotA`.
+pub const VAR_STATUS_A: &str = "RootfsStatusSlotA";
+/// `RootfsStatusSlotB`.
+pub const VAR_STATUS_B: &str = "RootfsStatusSlotB";
+/// `RootfsRetryCountMax`.
+pub const VAR_RETRY_COUNT_MAX: &str = "RootfsRetryCountMax";
+/// `BootChainFwNext`.
+pub const VAR_FW_NEXT: &str = "BootChainFwNext";
+/// Slot status value: bootable.
+pub const STATUS_NORMAL: u32 = 0;
+/// Slot status value: unbootable.
+pub const STATUS_UNBOOTABLE: u32 = 0xFF;
+/// Tries assumed when `RootfsRetryCountMax` is absent (the L4T default).
+pub const DEFAULT_RETRY_COUNT_MAX: u32 = 3;
+/// File name of the state file in the state folder.
+pub const STATE_FILE: &str = "tegra-slots.json";
+
+/// What the variables cannot tell about a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+enum Phase {
+    /// Good (also what a slot without a record is: flashed at the factory).
+    #[default]
+    Committed,
+    /// Invalidated for an install.
+    Installing,
+    /// Armed; `tries_done` is counted by the simulated firmware only.
+    Trying { tries_done: u32 },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    phase: Phase,
+    label: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Ledger {
+    a: Record,
+    b: Record,
+}
+
+impl Ledger {
+    fn get(&self, slot: Slot) -> &Record {
+        match slot {
+            Slot::A => &self.a,
+            Slot::B => &self.b,
+        }
+    }
+    fn get_mut(&mut self, slot: Slot) -> &mut Record {
+        match slot {
+            Slot::A => &mut self.a,
+            Slot::B => &mut self.b,
+        }
+    }
+}
+
+fn status_var(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => VAR_STATUS_A,
+        Slot::B => VAR_STATUS_B,
+    }
+}
+
+/// Jetson boot control: NVIDIA UEFI variables plus a state file.
+#[derive(Debug, Clone)]
+pub struct Tegra {
+    vars: EfiVars,
+    state_dir: PathBuf,
+}
+
+impl Tegra {
+    /// efivarfs on a device.
+    pub const DEVICE_EFIVARS: &'static str = "/sys/firmware/efi/efivars";
+
+    /// Variables in `efivars_dir` (on a device [`Tegra::DEVICE_EFIVARS`]; in tests a folder laid
+    /// out the same way) and the state file in `state_dir` (created when first written).
+    pub fn new(efivars_dir: PathBuf, state_dir: PathBuf) -> Tegra {
+        Tegra {
+            vars: EfiVars::new(efivars_dir),
+            state_dir,
+        }
+    }
+
+    /// The efivarfs folder.
+    pub fn efivars_dir(&self) -> &Path {
+        self.vars.dir()
+    }
+
+    /// The state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join(STATE_FILE)
+    }
+
+    /// The file of NVIDIA variable `name` (`Name-781e084c-...`).
+    pub fn variable_path(&self, name: &str) -> PathBuf {
+        self.vars.path(name)
+    }
+
+    fn ledger(&self) -> Result<Ledger, SlotsError> {
+        let path = self.state_file();
+        match read_optional(&path)? {
+            None => Ok(Ledger::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| SlotsError::Malformed {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn save(&self, ledger: &Ledger) -> Result<(), SlotsError> {
+        let path = self.state_file();
+        let mut text = serde_json::to_string_pretty(ledger).map_err(|e| SlotsError::Malformed {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        text.push('\n');
+        create_dir_all(&self.state_dir)?;
+        write_atomic(&path, text.as_bytes())
+    }
+
+    fn slot_var(&self, slot: Slot) -> Result<u32, SlotsError> {
+        Ok(self
+            .vars
+            .read_u32(status_var(slot))?
+            .unwrap_or(STATUS_NORMAL))
+    }
+
+    fn retry_max(&self) -> Result<u32, SlotsError> {
+        Ok(self
+            .vars
+            .read_u32(VAR_RETRY_COUNT_MAX)?
+            .unwrap_or(DEFAULT_RETRY_COUNT_MAX))
+    }
+
+    fn fw_next(&self) -> Result<Slot, SlotsError> {
+        match self.vars.read_u32(VAR_FW_NEXT)? {
+            None | Some(0) => Ok(Slot::A),
+            Some(1) => Ok(Slot::B),
+            Some(other) => Err(SlotsError::Malformed {
+                path: self.vars.path(VAR_FW_NEXT),
+                reason: format!("value {other}, expected 0 (slot a) or 1 (slot b)"),
+            }),
+        }
+    }
+
+    fn set_fw_next(&self, slot: Slot) -> Result<(), SlotsError> {
+        self.vars
+            .write_u32(VAR_FW_NEXT, if slot == Slot::A { 0 } else { 1 })
+    }
+
+    /// The status of a slot from its variable, its record and the retry maximum.
+    fn derive(var: u32, phase: Phase, max: u32) -> SlotStatus {
+        match (var, phase) {
+            (STATUS_NORMAL, Phase::Committed) => SlotStatus::Good,
+            (STATUS_NORMAL, Phase::Trying { tries_done }) => match max.saturating_sub(tries_done) {
+                0 => SlotStatus::Bad,
+                tries_left => SlotStatus::Trying {
+                    tries_left,
+                    tries_done,
+                },
+            },
+            // Marked unbootable by the firmware after its tries.
+            (_, Phase::Trying { tries_done }) if tries_done >= max => SlotStatus::Bad,
+            // 0xFF with an unfinished trial record: an arm cut short before its last write,
+            // or an install in progress, or a slot invalidated before we kept records.
+            // 0 with an `installing` record: nothing of ours writes that; trust the file.
+            _ => SlotStatus::Unbootable,
+        }
+    }
+}
+
+impl BootControl for Tegra {
+    fn name(&self) -> &'static str {
+        "tegra"
+    }
+
+    fn read(&self) -> Result<BootState, SlotsError> {
+        let ledger = self.ledger()?;
+        let max = self.retry_max()?;
+        let mut state = BootState::fresh();
+        for slot in Slot::ALL {
+            let record = ledger.get(slot);
+            let status = Self::derive(self.slot_var(slot)?, record.phase, max);
+            let label = if status == SlotStatus::Unbootable {
+                None
+            } else {
+                record.label.clone()
+            };
+            *state.slot_mut(slot) = SlotState { status, label };
+        }
+        state.next = self.fw_next()?;
+        Ok(state.normalized())
+    }
+
+    fn persist(&mut self, step: &Step) -> Result<(), SlotsError> {
+        let mut ledger = self.ledger()?;
+        match step {
+            Step::Invalidate { slot } => {
+                // The variable first: from here on the firmware will not boot the slot.
+                self.vars.write_u32(status_var(*slot), STATUS_UNBOOTABLE)?;
+                *ledger.get_mut(*slot) = Record {
+                    phase: Phase::Installing,
+                    label: None,
+                };
+                self.save(&ledger)?;
+            }
+            Step::Arm { slot, tries, boot } => {
+                let current = Self::derive(
+                    self.slot_var(*slot)?,
+                    ledger.get(*slot).phase,
+                    self.retry_max()?,
+                );
+                if current != SlotStatus::Unbootable {
+                    return Err(SlotsError::InvalidTransition {
+                        event: "arm",
+                        slot: *slot,
+                        from: current,
+                        fix: "begin the install (which marks it unbootable) before arming it",
+                    });
+                }
+                // Record the trial, set the tries, and only then clear 0xFF: until that last
+                // write the slot reads (and boots) as unbootable.
+                *ledger.get_mut(*slot) = Record {
+                    phase: Phase::Trying { tries_done: 0 },
+                    label: Some(boot.title.clone()),
+                };
+                self.save(&ledger)?;
+                self.vars.write_u32(VAR_RETRY_COUNT_MAX, *tries)?;
+                self.vars.write_u32(status_var(*slot), STATUS_NORMAL)?;
+            }
+            Step::Bless { slot } => {
+                let record = ledger.get(*slot);
+                if record.phase == Phase::Installing {
+                    return Err(SlotsError::InvalidTransition {
+                        event: "mark good",
+                        slot: *slot,
+                        from: SlotStatus::Unbootable,
+                        fix: "an interrupted install left it unbootable; install into it again",
+                    });
+                }
+                if self.slot_var(*slot)? != STATUS_NORMAL {
+                    self.vars.write_u32(status_var(*slot), STATUS_NORMAL)?;
+                }
+                ledger.get_mut(*slot).phase = Phase::Committed;
+                self.save(&ledger)?;
+            }
+            Step::SetNext { slot } => self.set_fw_next(*slot)?,
+        }
+        Ok(())
+    }
+
+    /// SIMULATION of the Jetson UEFI firmware at power-on: boot `BootChainFwNext` if its status
+    /// is normal and it has tries left, counting a try for a slot on trial; a slot with no tries
+    /// left is marked 0xFF and the other slot chosen; a 0xFF slot is skipped likewise.
+    fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
+        let mut ledger = self.ledger()?;
+        let max = self.retry_max()?;
+        let mut slot = self.fw_next()?;
+        for _ in 0..2 {
+            if self.slot_var(slot)? == STATUS_NORMAL {
+                match ledger.get(slot).phase {
+                    Phase::Trying { tries_done } if tries_done < max => {
+                        ledger.get_mut(slot).phase = Phase::Trying {
+                            tries_done: tries_done + 1,
+                        };
+                        self.save(&ledger)?;
+                        return Ok(slot);
+                    }
+                    Phase::Trying { .. } => {
+                        self.vars.write_u32(status_var(slot), STATUS_UNBOOTABLE)?
+                    }
+                    Phase::Committed | Phase::Installing => return Ok(slot),
+                }
+            }
+            slot = slot.other();
+            self.set_fw_next(slot)?;
+        }
+        let state = self.read()?;
+        Err(SlotsError::NoBootableSlot {
+            a: state.a.status,
+            b: state.b.status,
+        })
+    }
+}

@@ -1,0 +1,330 @@
+//! The Tegra backend on temporary efivars folders: variable layout, full update cycles with the
+//! simulated firmware, the updater clearing a 0xFF status, and immutable variable files.
+
+mod common;
+
+use std::fs::File;
+
+use aperture_slots::tegra::{
+    STATE_FILE, VAR_FW_NEXT, VAR_RETRY_COUNT_MAX, VAR_STATUS_A, VAR_STATUS_B,
+};
+use aperture_slots::{
+    BootControl, BootState, Slot, SlotManager, SlotStatus, SlotsError, Step, Tegra,
+};
+use common::{boot, fresh_tegra, get_var, put_var};
+use rustix::fs::IFlags;
+
+fn var(t: &Tegra, name: &str) -> Option<u32> {
+    get_var(t.efivars_dir(), name)
+}
+
+fn ledger(t: &Tegra) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(t.state_file()).unwrap()).unwrap()
+}
+
+#[test]
+fn fresh_device_reads_both_good() {
+    let (dir, tegra) = fresh_tegra();
+    assert_eq!(tegra.read().unwrap(), BootState::fresh());
+    assert!(!tegra.state_file().exists(), "reading writes nothing");
+    assert_eq!(
+        tegra.state_file(),
+        dir.path().join("state").join(STATE_FILE)
+    );
+    assert_eq!(
+        tegra.variable_path("BootChainFwNext"),
+        tegra
+            .efivars_dir()
+            .join("BootChainFwNext-781e084c-a330-417c-b678-38e696380cb9")
+    );
+    // Absent variables take the firmware defaults.
+    let empty = tempfile::tempdir().unwrap();
+    let bare = Tegra::new(empty.path().to_path_buf(), empty.path().join("state"));
+    assert_eq!(bare.read().unwrap(), BootState::fresh());
+}
+
+#[test]
+fn install_arm_boot_mark_good() {
+    let (_dir, tegra) = fresh_tegra();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    assert_eq!(var(on_a.backend(), VAR_STATUS_B), Some(0xFF));
+    assert_eq!(ledger(on_a.backend())["b"]["phase"], "installing");
+    assert_eq!(on_a.state().unwrap().b.status, SlotStatus::Unbootable);
+
+    let planned = on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
+    let t = on_a.backend();
+    assert_eq!(
+        (
+            var(t, VAR_STATUS_B),
+            var(t, VAR_RETRY_COUNT_MAX),
+            var(t, VAR_FW_NEXT)
+        ),
+        (Some(0), Some(3), Some(1))
+    );
+    assert_eq!(
+        ledger(t)["b"],
+        serde_json::json!({"phase": "trying", "tries_done": 0, "label": "Aperture 1.1.0"})
+    );
+    assert_eq!(on_a.state().unwrap(), planned);
+
+    assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::B);
+    let mut on_b = SlotManager::new(on_a.into_backend(), Slot::B);
+    assert_eq!(
+        on_b.state().unwrap().b.status,
+        SlotStatus::Trying {
+            tries_left: 2,
+            tries_done: 1
+        }
+    );
+    let after = on_b.mark_good().unwrap();
+    assert_eq!(on_b.state().unwrap(), after);
+    assert_eq!((after.b.status, after.next), (SlotStatus::Good, Slot::B));
+    assert_eq!(ledger(on_b.backend())["b"]["phase"], "committed");
+    for _ in 0..4 {
+        assert_eq!(
+            on_b.backend_mut().loader_boot().unwrap(),
+            Slot::B,
+            "committed slots are not counted"
+        );
+    }
+    let report = on_b.status_report().unwrap();
+    assert_eq!(report.backend, "tegra");
+    assert_eq!(report.slots[1].label.as_deref(), Some("Aperture 1.1.0"));
+}
+
+#[test]
+fn three_failed_boots_mark_unbootable_and_switch() {
+    let (_dir, tegra) = fresh_tegra();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(on_a.backend_mut().loader_boot().unwrap());
+    }
+    assert_eq!(seen, [Slot::B, Slot::B, Slot::B, Slot::A, Slot::A]);
+    let t = on_a.backend();
+    assert_eq!(
+        (var(t, VAR_STATUS_B), var(t, VAR_FW_NEXT)),
+        (Some(0xFF), Some(0)),
+        "firmware gave up on B"
+    );
+    let state = on_a.state().unwrap();
+    assert_eq!((state.b.status, state.next), (SlotStatus::Bad, Slot::A));
+
+    let err = on_a.rollback().unwrap_err();
+    assert!(
+        matches!(err, SlotsError::NoGoodSlot { slot: Slot::B, .. }),
+        "{err}"
+    );
+
+    // A fixed image: the updater's arm clears the 0xFF the firmware set.
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 2, &boot(Slot::B, "1.1.1")).unwrap();
+    assert_eq!(var(on_a.backend(), VAR_STATUS_B), Some(0));
+    assert_eq!(var(on_a.backend(), VAR_RETRY_COUNT_MAX), Some(2));
+    assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::B);
+}
+
+#[test]
+fn install_into_a_slot_that_was_already_unbootable() {
+    let (_dir, tegra) = fresh_tegra();
+    put_var(tegra.efivars_dir(), VAR_STATUS_B, 0xFF);
+    assert_eq!(tegra.read().unwrap().b.status, SlotStatus::Unbootable);
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
+    assert_eq!(
+        var(on_a.backend(), VAR_STATUS_B),
+        Some(0),
+        "arm must clear 0xFF"
+    );
+    assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::B);
+    let mut on_b = SlotManager::new(on_a.into_backend(), Slot::B);
+    on_b.mark_good().unwrap();
+    assert_eq!(on_b.state().unwrap().b.status, SlotStatus::Good);
+}
+
+#[test]
+fn rollback_switches_boot_chain() {
+    let (_dir, tegra) = fresh_tegra();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
+    let booted = on_a.backend_mut().loader_boot().unwrap();
+    let mut on_b = SlotManager::new(on_a.into_backend(), booted);
+    on_b.mark_good().unwrap();
+    let after = on_b.rollback().unwrap();
+    assert_eq!(after.next, Slot::A);
+    assert_eq!(var(on_b.backend(), VAR_FW_NEXT), Some(0));
+    assert_eq!(on_b.state().unwrap(), after);
+    assert_eq!(on_b.backend_mut().loader_boot().unwrap(), Slot::A);
+}
+
+#[test]
+fn success_on_the_last_try_is_kept() {
+    let (_dir, tegra) = fresh_tegra();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 1, &boot(Slot::B, "1.1.0")).unwrap();
+    assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::B);
+    let state = on_a.state().unwrap();
+    assert_eq!(
+        (state.b.status, state.next),
+        (SlotStatus::Bad, Slot::A),
+        "no tries left: A would boot next"
+    );
+    let mut on_b = SlotManager::new(on_a.into_backend(), Slot::B);
+    let after = on_b.mark_good().unwrap();
+    assert_eq!(on_b.state().unwrap(), after);
+    assert_eq!(after.next, Slot::B);
+    assert_eq!(on_b.backend_mut().loader_boot().unwrap(), Slot::B);
+}
+
+#[test]
+fn refusals_and_malformed_variables() {
+    let (_dir, mut tegra) = fresh_tegra();
+    let err = tegra
+        .persist(&Step::Arm {
+            slot: Slot::B,
+            tries: 3,
+            boot: boot(Slot::B, "x"),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SlotsError::InvalidTransition {
+                event: "arm",
+                slot: Slot::B,
+                from: SlotStatus::Good,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(var(&tegra, VAR_STATUS_B), Some(0), "nothing written");
+
+    tegra.persist(&Step::Invalidate { slot: Slot::B }).unwrap();
+    let err = tegra.persist(&Step::Bless { slot: Slot::B }).unwrap_err();
+    assert!(err.to_string().contains("install into it again"), "{err}");
+
+    put_var(tegra.efivars_dir(), VAR_FW_NEXT, 5);
+    let err = tegra.read().unwrap_err();
+    assert!(matches!(err, SlotsError::Malformed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("BootChainFwNext") && err.to_string().contains("expected 0"),
+        "{err}"
+    );
+
+    put_var(tegra.efivars_dir(), VAR_FW_NEXT, 0);
+    std::fs::write(tegra.state_file(), "{not json").unwrap();
+    let err = tegra.read().unwrap_err();
+    assert!(err.to_string().contains(STATE_FILE), "{err}");
+}
+
+/// A power cut inside a step (between its variable and file writes) reads as the state before
+/// or after the step, never as a bootable half-written slot. Failures are provoked by putting a
+/// folder where a file must be written.
+#[test]
+fn crash_inside_a_step_never_exposes_a_half_written_slot() {
+    let (dir, tegra) = fresh_tegra();
+    let blocker = dir.path().join("state").join(format!("{STATE_FILE}.tmp"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    // Invalidate: the variable is written, the state file is not.
+    assert!(matches!(
+        on_a.begin_install(Slot::B),
+        Err(SlotsError::Io { .. })
+    ));
+    let state = on_a.state().unwrap();
+    assert_eq!(
+        (state.b.status, state.next),
+        (SlotStatus::Unbootable, Slot::A)
+    );
+    assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::A);
+    std::fs::remove_dir(&blocker).unwrap();
+    on_a.begin_install(Slot::B).unwrap();
+
+    // Arm: state file and retry count written, the status variable not cleared.
+    let status_b = on_a.backend().variable_path(VAR_STATUS_B);
+    std::fs::remove_file(&status_b).unwrap();
+    std::fs::create_dir(&status_b).unwrap();
+    assert!(on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).is_err());
+    std::fs::remove_dir(&status_b).unwrap();
+    put_var(on_a.backend().efivars_dir(), VAR_STATUS_B, 0xFF); // as it was before the cut
+    let state = on_a.state().unwrap();
+    assert_eq!(
+        (state.b.status, state.next),
+        (SlotStatus::Unbootable, Slot::A)
+    );
+    assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::A);
+
+    // The interrupted arm is simply repeated.
+    on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
+    assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::B);
+}
+
+#[test]
+fn no_bootable_slot_in_the_firmware_simulation() {
+    let (_dir, mut tegra) = fresh_tegra();
+    put_var(tegra.efivars_dir(), VAR_STATUS_A, 0xFF);
+    put_var(tegra.efivars_dir(), VAR_STATUS_B, 0xFF);
+    assert!(matches!(
+        tegra.loader_boot(),
+        Err(SlotsError::NoBootableSlot { .. })
+    ));
+}
+
+/// On a file system with inode flags and with CAP_LINUX_IMMUTABLE (root here), variable files
+/// made immutable like efivarfs does are still written, and stay immutable.
+#[test]
+fn immutable_variable_files_are_written_and_stay_immutable() {
+    let (_dir, tegra) = fresh_tegra();
+    let files: Vec<_> = [VAR_STATUS_B, VAR_FW_NEXT, VAR_RETRY_COUNT_MAX]
+        .iter()
+        .map(|n| tegra.variable_path(n))
+        .collect();
+    for f in &files {
+        let file = File::open(f).unwrap();
+        let flags = match rustix::fs::ioctl_getflags(&file) {
+            Ok(flags) => flags,
+            Err(e) => {
+                eprintln!("SKIPPED: no inode flags on {}: {e}", f.display());
+                return;
+            }
+        };
+        if let Err(e) = rustix::fs::ioctl_setflags(&file, flags | IFlags::IMMUTABLE) {
+            eprintln!(
+                "SKIPPED: cannot make {} immutable (needs CAP_LINUX_IMMUTABLE): {e}",
+                f.display()
+            );
+            return;
+        }
+    }
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
+    assert_eq!(
+        (
+            var(on_a.backend(), VAR_STATUS_B),
+            var(on_a.backend(), VAR_FW_NEXT)
+        ),
+        (Some(0), Some(1))
+    );
+    for f in &files {
+        let file = File::open(f).unwrap();
+        let flags = rustix::fs::ioctl_getflags(&file).unwrap();
+        assert!(
+            flags.contains(IFlags::IMMUTABLE),
+            "{} lost its immutable flag",
+            f.display()
+        );
+        rustix::fs::ioctl_setflags(
+            &file,
+            IFlags::from_bits_retain(flags.bits() & !IFlags::IMMUTABLE.bits()),
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,408 @@
+//! Running built images under QEMU with UEFI firmware: for `vm run` (console on the terminal) and
+//! for the VM test tier (console captured, scanned for markers, one QEMU process per boot).
+//!
+//! KVM is used only when it demonstrably works: `/dev/kvm` can exist on a nested hypervisor where
+//! OVMF crashes (MACHINE-NOTES), so [`probe_kvm`] boots the firmware under KVM and waits for it
+//! to speak before trusting it. Otherwise TCG.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::recipe::Arch;
+
+/// Accelerator actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl Accel {
+    /// QEMU's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// UEFI firmware files of an architecture (Debian's ovmf and qemu-efi-aarch64 packages).
+pub fn firmware(arch: Arch) -> (PathBuf, PathBuf) {
+    match arch {
+        Arch::Amd64 => (
+            PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        ),
+        Arch::Arm64 => (
+            PathBuf::from("/usr/share/AAVMF/AAVMF_CODE.fd"),
+            PathBuf::from("/usr/share/AAVMF/AAVMF_VARS.fd"),
+        ),
+    }
+}
+
+fn qemu_binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    }
+}
+
+/// A virtual machine to start.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest architecture.
+    pub arch: Arch,
+    /// The boot disk (raw).
+    pub disk: PathBuf,
+    /// Writable copy of the UEFI variable store (made from the template if missing).
+    pub vars: PathBuf,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Discard disk writes when QEMU exits.
+    pub snapshot: bool,
+    /// Host-to-guest TCP forwards (host port on 127.0.0.1, guest port).
+    pub forwards: Vec<(u16, u16)>,
+    /// Files offered to the guest through fw_cfg (`opt/aperture/<name>`).
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// swtpm control socket for a TPM 2.0 device.
+    pub tpm_socket: Option<PathBuf>,
+    /// Exit QEMU when the guest reboots (one process per boot, as the VM tier wants).
+    pub no_reboot: bool,
+    /// Extra QEMU arguments.
+    pub extra: Vec<String>,
+}
+
+impl VmConfig {
+    /// A config with the defaults of the VM tier.
+    pub fn new(arch: Arch, disk: &Path, vars: &Path) -> Self {
+        VmConfig {
+            arch,
+            disk: disk.to_path_buf(),
+            vars: vars.to_path_buf(),
+            memory_mib: 1024,
+            accel: Accel::Tcg,
+            snapshot: false,
+            forwards: Vec::new(),
+            fw_cfg: Vec::new(),
+            tpm_socket: None,
+            no_reboot: true,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The QEMU command line. The guest's console is its first serial port on stdio; a guest
+    /// reboot ends QEMU (`-no-reboot`), so each boot is its own process.
+    pub fn command(&self) -> Result<Command> {
+        let (code, vars_template) = firmware(self.arch);
+        if !code.exists() {
+            bail!(
+                "UEFI firmware {} is missing: install {}",
+                code.display(),
+                if self.arch == Arch::Amd64 {
+                    "ovmf"
+                } else {
+                    "qemu-efi-aarch64"
+                }
+            );
+        }
+        if !self.vars.exists() {
+            std::fs::copy(&vars_template, &self.vars).with_context(|| {
+                format!(
+                    "copying the UEFI variable store {}",
+                    vars_template.display()
+                )
+            })?;
+        }
+        let mut c = Command::new(qemu_binary(self.arch));
+        match self.arch {
+            Arch::Amd64 => c.args(["-machine", &format!("q35,accel={}", self.accel.name())]),
+            Arch::Arm64 => c.args(["-machine", &format!("virt,accel={}", self.accel.name())]),
+        };
+        // TCG mis-emulates AVX2 gathers (numpy segfaults in vpgatherdd): keep them off.
+        c.args([
+            "-cpu",
+            if self.accel == Accel::Kvm {
+                "host"
+            } else {
+                "max,avx2=off"
+            },
+        ]);
+        c.args(["-smp", "2", "-m", &self.memory_mib.to_string()]);
+        c.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ));
+        c.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            self.vars.display()
+        ));
+        let snap = if self.snapshot { ",snapshot=on" } else { "" };
+        c.arg("-drive").arg(format!(
+            "if=none,id=disk0,format=raw,cache=unsafe,file={}{snap}",
+            self.disk.display()
+        ));
+        // A serial number is a -device property on QEMU 7.2 (MACHINE-NOTES).
+        c.args([
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=0,serial=aperture-disk0",
+        ]);
+        let mut net = "user,id=net0".to_string();
+        for (h, g) in &self.forwards {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
+        c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
+        c.args(["-device", "virtio-rng-pci"]);
+        for (name, file) in &self.fw_cfg {
+            c.arg("-fw_cfg")
+                .arg(format!("name=opt/aperture/{name},file={}", file.display()));
+        }
+        if let Some(sock) = &self.tpm_socket {
+            c.arg("-chardev")
+                .arg(format!("socket,id=chrtpm,path={}", sock.display()));
+            c.args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"]);
+            c.args([
+                "-device",
+                if self.arch == Arch::Amd64 {
+                    "tpm-tis,tpmdev=tpm0"
+                } else {
+                    "tpm-tis-device,tpmdev=tpm0"
+                },
+            ]);
+        }
+        c.args(["-display", "none", "-serial", "stdio", "-monitor", "none"]);
+        if self.no_reboot {
+            c.arg("-no-reboot");
+        }
+        c.args(&self.extra);
+        Ok(c)
+    }
+}
+
+/// A running machine whose console is captured.
+pub struct Vm {
+    child: Child,
+    console: Arc<(Mutex<Console>, Condvar)>,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Console {
+    text: String,
+    closed: bool,
+}
+
+impl Vm {
+    /// Start QEMU; the console goes to `log` and to memory for [`Vm::wait_for`].
+    pub fn start(cfg: &VmConfig, log: &Path) -> Result<Vm> {
+        let mut c = cfg.command()?;
+        let shown = crate::cmd::display(&c);
+        let mut logf =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        writeln!(logf, "$ {shown}")?;
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting `{shown}` (is QEMU installed?)"))?;
+        let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let console = console.clone();
+            let mut logf = logf.try_clone()?;
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let _ = logf.write_all(&buf);
+                            let (m, cv) = &*console;
+                            m.lock()
+                                .expect("console lock")
+                                .text
+                                .push_str(&String::from_utf8_lossy(&buf));
+                            cv.notify_all();
+                        }
+                    }
+                }
+                let (m, cv) = &*console;
+                m.lock().expect("console lock").closed = true;
+                cv.notify_all();
+            });
+        }
+        Ok(Vm {
+            child,
+            console,
+            started: Instant::now(),
+        })
+    }
+
+    /// Wait until the console shows `needle`; returns the whole line it is on.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.console;
+        let mut c = m.lock().expect("console lock");
+        loop {
+            if let Some(pos) = c.text.find(needle) {
+                let start = c.text[..pos].rfind('\n').map(|i| i + 1).unwrap_or(0);
+                let end = c.text[pos..]
+                    .find('\n')
+                    .map(|i| pos + i)
+                    .unwrap_or(c.text.len());
+                return Ok(c.text[start..end].trim_end_matches('\r').to_string());
+            }
+            let now = Instant::now();
+            if now >= deadline || c.closed {
+                let tail: String = c
+                    .text
+                    .lines()
+                    .rev()
+                    .take(25)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                bail!(
+                    "{} waiting {:.0?} for `{needle}` on the console; last lines:\n{tail}",
+                    if c.closed {
+                        "QEMU exited while"
+                    } else {
+                        "timed out"
+                    },
+                    self.started.elapsed()
+                );
+            }
+            c = cv.wait_timeout(c, deadline - now).expect("console lock").0;
+        }
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.console.0.lock().expect("console lock").text.clone()
+    }
+
+    /// Wait for QEMU to exit (the guest powered off or rebooted).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                bail!("the guest did not power off within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stop QEMU now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// Whether KVM runs UEFI guests here: boot the firmware under KVM without a disk and wait for it
+/// to print on the serial console. The answer is cached in `cache` (per host kernel).
+pub fn probe_kvm(arch: Arch, cache: &Path) -> Accel {
+    if arch != Arch::Amd64 || !Path::new("/dev/kvm").exists() {
+        return Accel::Tcg;
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let marker = cache.join(format!("kvm-probe-{}", kernel.trim()));
+    if let Ok(s) = std::fs::read_to_string(&marker) {
+        return if s.trim() == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
+    }
+    let result = (|| -> Result<Accel> {
+        let tmp = tempfile::tempdir()?;
+        let (code, vars) = firmware(arch);
+        let v = tmp.path().join("vars.fd");
+        std::fs::copy(&vars, &v)?;
+        let mut c = Command::new(qemu_binary(arch));
+        c.args([
+            "-machine",
+            "q35,accel=kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ]);
+        c.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ));
+        c.arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", v.display()));
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                // OVMF's boot manager speaks once the firmware has run its whole DXE phase.
+                if line.contains("BdsDxe") || line.contains("Shell>") || line.contains("UEFI") {
+                    let _ = tx.send(());
+                    return;
+                }
+                line.clear();
+            }
+        });
+        let ok = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(if ok { Accel::Kvm } else { Accel::Tcg })
+    })();
+    let accel = result.unwrap_or(Accel::Tcg);
+    let _ = std::fs::create_dir_all(cache);
+    let _ = std::fs::write(&marker, accel.name());
+    accel
+}

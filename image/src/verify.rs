@@ -1,0 +1,262 @@
+//! `verify`: check a build folder the way an appliance or a release engineer would. The
+//! signature and key chain first, then every artifact's size and hash in manifest order, the
+//! verity tree of the rootfs image and of both slot partitions inside `disk.img`, and the update
+//! bundle read end to end. The first failure is named.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aperture_trust::bundle::BundleReader;
+use aperture_trust::keys::PublicKey;
+use aperture_trust::manifest::{Artifact, Role};
+use aperture_trust::{signing, verity};
+use serde::Serialize;
+
+use crate::outputs::names;
+
+/// One check and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked (an artifact, or `signature`).
+    pub what: String,
+    /// Passed.
+    pub ok: bool,
+    /// Details.
+    pub detail: String,
+}
+
+/// The result of verifying a build folder.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Root key id trusted.
+    pub root_key_id: String,
+    /// Where the root key came from.
+    pub root_key_path: PathBuf,
+    /// Release key id that signed.
+    pub signed_by: Option<String>,
+    /// Checks in order; verification stops at the first failure.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+    /// The first failed check.
+    pub fn first_failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| !c.ok)
+    }
+}
+
+/// A window of a file, for checking a partition in place.
+pub struct Window {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Window {
+    /// `len` bytes of `file` from `start`.
+    pub fn new(file: File, start: u64, len: u64) -> Self {
+        Window {
+            file,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Window {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        if left == 0 {
+            return Ok(0);
+        }
+        let n = buf.len().min(left as usize);
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let got = self.file.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Seek for Window {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(p) => p as i64,
+            SeekFrom::Current(d) => self.pos as i64 + d,
+            SeekFrom::End(d) => self.len as i64 + d,
+        };
+        if new < 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the partition",
+            ));
+        }
+        self.pos = new as u64;
+        Ok(self.pos)
+    }
+}
+
+fn check_artifact(dir: &Path, a: &Artifact) -> Result<String> {
+    let path = dir.join(a.name.as_str());
+    let (sha, size) = aperture_trust::digest::sha256_file(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if size != a.size {
+        bail!("size is {size} bytes, the manifest says {}", a.size);
+    }
+    if sha != a.sha256 {
+        bail!("sha256 is {sha}, the manifest says {}", a.sha256);
+    }
+    Ok(format!("{size} bytes, sha256 {}", &a.sha256.as_str()[..16]))
+}
+
+fn check_slot_partitions(disk: &Path, rootfs: &Artifact) -> Result<String> {
+    let info = rootfs
+        .verity
+        .as_ref()
+        .context("the rootfs artifact has no verity parameters")?;
+    let mut f = File::open(disk)?;
+    let size = aperture_gpt::disk_size_of(&mut f)?;
+    let gpt = aperture_gpt::read_gpt(&mut f, size)
+        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    let mut done = Vec::new();
+    for name in [crate::disk::names::ROOTFS_A, crate::disk::names::ROOTFS_B] {
+        let Some(p) = gpt.find(name) else { continue };
+        let w = Window::new(File::open(disk)?, p.offset(), p.size());
+        verity::verify_device(w, info).with_context(|| {
+            format!(
+                "partition {name} does not match the rootfs verity root hash {}",
+                info.root_hash
+            )
+        })?;
+        done.push(name);
+    }
+    if done.is_empty() {
+        bail!("has no rootfs partitions");
+    }
+    Ok(format!(
+        "{} verified against root hash {}",
+        done.join(" and "),
+        &info.root_hash.as_str()[..16]
+    ))
+}
+
+/// Verify a build folder against `root_key` (default: the folder's `root.pub`) at time `now`.
+pub fn verify(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<Report> {
+    let key_path = root_key
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(names::ROOT_PUB));
+    let root = PublicKey::load(&key_path)
+        .with_context(|| format!("loading the root key {}", key_path.display()))?;
+    let mut report = Report {
+        dir: dir.to_path_buf(),
+        root_key_id: root.key_id().to_string(),
+        root_key_path: key_path,
+        signed_by: None,
+        checks: Vec::new(),
+    };
+    let manifest_json = std::fs::read(dir.join(names::MANIFEST))
+        .with_context(|| format!("reading {}", dir.join(names::MANIFEST).display()))?;
+    let sig_json = std::fs::read(dir.join(names::SIGNATURE))
+        .with_context(|| format!("reading {}", dir.join(names::SIGNATURE).display()))?;
+    let verified = match signing::verify_manifest(&manifest_json, &sig_json, &root, now) {
+        Ok(v) => v,
+        Err(e) => {
+            report.checks.push(Check {
+                what: names::SIGNATURE.into(),
+                ok: false,
+                detail: e.to_string(),
+            });
+            return Ok(report);
+        }
+    };
+    report.signed_by = Some(verified.key_id().to_string());
+    report.checks.push(Check {
+        what: names::SIGNATURE.into(),
+        ok: true,
+        detail: format!(
+            "{} {} for {}, signed by release key {} certified by root {}",
+            verified.product,
+            verified.version,
+            verified.board,
+            verified.key_id(),
+            report.root_key_id
+        ),
+    });
+    let rootfs = verified
+        .artifacts
+        .iter()
+        .find(|a| a.role == Role::Rootfs)
+        .cloned();
+    for a in &verified.artifacts {
+        let result = (|| -> Result<String> {
+            let mut notes = Vec::new();
+            if a.role == Role::Disk {
+                if let Some(r) = &rootfs {
+                    notes.push(check_slot_partitions(&dir.join(a.name.as_str()), r)?);
+                }
+            }
+            notes.push(check_artifact(dir, a)?);
+            if let Some(info) = &a.verity {
+                let f = File::open(dir.join(a.name.as_str()))?;
+                verity::verify_device(f, info)
+                    .context("the verity tree does not match the manifest's root hash")?;
+                notes.push(format!("verity root {}", &info.root_hash.as_str()[..16]));
+            }
+            Ok(notes.join("; "))
+        })();
+        let failed = result.is_err();
+        report.checks.push(match result {
+            Ok(d) => Check {
+                what: a.name.to_string(),
+                ok: true,
+                detail: d,
+            },
+            Err(e) => Check {
+                what: a.name.to_string(),
+                ok: false,
+                detail: format!("{e:#}"),
+            },
+        });
+        if failed {
+            return Ok(report);
+        }
+    }
+    let bundle = dir.join(names::BUNDLE);
+    if bundle.exists() {
+        let result = (|| -> Result<String> {
+            let mut r =
+                BundleReader::new(std::io::BufReader::new(File::open(&bundle)?), &root, now);
+            let m = r.read_header()?;
+            if m.manifest() != verified.manifest() {
+                bail!("its manifest differs from {}", names::MANIFEST);
+            }
+            r.verify_payloads()?;
+            Ok(format!(
+                "{} payloads verified",
+                m.payload_artifacts().count()
+            ))
+        })();
+        report.checks.push(match result {
+            Ok(d) => Check {
+                what: names::BUNDLE.into(),
+                ok: true,
+                detail: d,
+            },
+            Err(e) => Check {
+                what: names::BUNDLE.into(),
+                ok: false,
+                detail: format!("{e:#}"),
+            },
+        });
+    }
+    Ok(report)
+}
