@@ -68,41 +68,16 @@ impl BoardSpec {
     }
 }
 
-/// Kernel arguments that boot a slot through dm-verity: our initramfs script
-/// (`image/base/.../local-top/aperture-verity`) opens the partition as `aperture-root`.
-pub fn slot_cmdline(
-    board: &BoardSpec,
-    slot: &str,
-    root_hash: &str,
-    hash_offset: u64,
-    extra: &str,
-) -> String {
-    let mut s = format!(
-        "{} root=/dev/mapper/aperture-root rootfstype=erofs ro aperture.verity.roothash={root_hash} \
-         aperture.verity.data=PARTLABEL=rootfs_{slot} aperture.verity.hashoffset={hash_offset} \
-         aperture.slot={slot}",
-        board.base_cmdline()
-    );
-    if !extra.trim().is_empty() {
-        s.push(' ');
-        s.push_str(extra.trim());
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn slot_cmdline_names_the_slot_partition_and_hash() {
+    fn boot_paths_follow_the_efi_architecture() {
         let b = BoardSpec::of(Board::QemuX86_64);
-        let c = slot_cmdline(&b, "b", "ab12", 4096, "quiet");
-        assert!(c.contains("aperture.verity.data=PARTLABEL=rootfs_b"));
-        assert!(c.contains("aperture.verity.roothash=ab12"));
-        assert!(c.contains("aperture.verity.hashoffset=4096"));
-        assert!(c.contains("aperture.slot=b"));
-        assert!(c.ends_with(" quiet"));
         assert_eq!(b.fallback_efi(), "EFI/BOOT/BOOTX64.EFI");
+        assert_eq!(b.systemd_boot_efi(), "usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+        assert!(b.base_cmdline().contains("console=ttyS0"));
+        assert_eq!(BoardSpec::of(Board::QemuArm64).fallback_efi(), "EFI/BOOT/BOOTAA64.EFI");
     }
 }

@@ -112,6 +112,7 @@ pub fn for_build(
     insecure_dev_keys: bool,
     rep: &Reporter,
 ) -> Result<BuildKeys> {
+    let mut fresh = false;
     if !dir.join(RELEASE_SECRET).exists() {
         if !development {
             bail!(
@@ -126,6 +127,7 @@ pub fn for_build(
             &format!("New signing keys were created in {}.", dir.display()),
             "Images signed with them are for development only: a --release build refuses them.",
         ]);
+        fresh = true;
     }
     let keys = load(dir)?;
     if keys.development {
@@ -135,10 +137,12 @@ pub fn for_build(
                 dir.display()
             );
         }
-        rep.warn_loud(&[&format!(
-            "Signing with DEVELOPMENT keys from {}: do not ship this image.",
-            dir.display()
-        )]);
+        if !fresh {
+            rep.warn_loud(&[&format!(
+                "Signing with DEVELOPMENT keys from {}: do not ship this image.",
+                dir.display()
+            )]);
+        }
     }
     Ok(keys)
 }

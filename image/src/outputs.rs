@@ -15,7 +15,7 @@ use aperture_trust::manifest::{
 use aperture_trust::signing;
 use serde::Serialize;
 
-use crate::board::{self, BoardSpec};
+use crate::board::BoardSpec;
 use crate::esp::{self, EspFile};
 use crate::keys::BuildKeys;
 use crate::pipeline::{Paths, RootfsBuild};
@@ -86,9 +86,9 @@ fn read_commit_file(view: &TreeView<'_>, path: &str, dest: &Path) -> Result<()> 
         None => bail!("the rootfs has no /{path}: add the package that provides it to the recipe"),
     }
 }
-
-/// The options every slot's boot entry carries besides the verity root, from the manifest.
-pub fn slot_boot(spec: &BoardSpec, manifest: &Manifest, slot: Slot) -> Result<SlotBoot> {
+/// A slot's boot entry for a manifest: the manifest's kernel arguments plus the verity root.
+/// The updater builds the same entry from the same manifest on the appliance.
+pub fn slot_boot(manifest: &Manifest, slot: Slot) -> Result<SlotBoot> {
     let rootfs = manifest
         .artifacts
         .iter()
@@ -98,28 +98,20 @@ pub fn slot_boot(spec: &BoardSpec, manifest: &Manifest, slot: Slot) -> Result<Sl
         .verity
         .as_ref()
         .context("the rootfs artifact has no verity parameters")?;
-    let extra = manifest
-        .boot
-        .as_ref()
-        .map(|b| b.cmdline.as_str())
-        .unwrap_or("");
-    let options = board::slot_cmdline(
-        spec,
-        slot.letter(),
+    let base = manifest.boot.as_ref().map(|b| b.cmdline.as_str()).unwrap_or("");
+    let options = aperture_slots::cmdline::verity_cmdline(
+        base,
+        slot,
         verity.root_hash.as_str(),
         verity.hash_offset,
-        extra,
     );
-    Ok(SlotBoot::for_slot(
-        slot,
-        format!(
-            "{} {} (slot {})",
-            manifest.product,
-            manifest.version,
-            slot.letter().to_uppercase()
-        ),
-        &options,
-    ))
+    let title = format!(
+        "{} {} (slot {})",
+        manifest.product,
+        manifest.version,
+        slot.letter().to_uppercase()
+    );
+    Ok(SlotBoot::for_slot(slot, title, &options))
 }
 
 /// Run the outputs stage.
@@ -197,7 +189,6 @@ pub fn build(
         Ok(v)
     })?;
 
-    let boot_cmdline = spec.base_cmdline();
     let draft = Manifest {
         format: 1,
         product: recipe.product.clone(),
@@ -215,8 +206,6 @@ pub fn build(
         }),
         artifacts: artifacts.clone(),
     };
-    // The slot command line (minus the verity root and slot) is what the manifest records.
-    let _ = boot_cmdline;
 
     let esp_img = paths
         .cache
@@ -229,8 +218,8 @@ pub fn build(
             .join(format!("{}-esp-stage", recipe.build_name()));
         let _ = std::fs::remove_dir_all(&stage);
         std::fs::create_dir_all(&stage)?;
-        let a = slot_boot(&spec, &draft, Slot::A)?;
-        let b = slot_boot(&spec, &draft, Slot::B)?;
+        let a = slot_boot(&draft, Slot::A)?;
+        let b = slot_boot(&draft, Slot::B)?;
         systemd_boot::write_initial_esp(&stage, &a, &b)?;
         let mut files = Vec::new();
         collect_files(&stage, &stage, &mut files)?;
@@ -244,7 +233,10 @@ pub fn build(
             format!("EFI/systemd/systemd-boot{}.efi", spec.efi_arch),
             &sdboot,
         ));
+        // What each slot holds, for re-verification by reset and for status.
+        let record = aperture_trust::record::SlotRecord::from_manifest(&draft)?.to_json();
         for slot in ["a", "b"] {
+            files.push(EspFile::bytes(format!("aperture/{slot}/slot.json"), record.clone()));
             files.push(EspFile::file(
                 format!("aperture/{slot}/vmlinuz"),
                 out.join(names::KERNEL),

@@ -139,6 +139,7 @@ pub fn build_rootfs(
     opts: &BuildOptions,
     recipe: &Recipe,
     paths: &Paths,
+    root_key: &Path,
     rep: &Reporter,
 ) -> Result<RootfsBuild> {
     let source_date = source_date(recipe, &opts.workspace)?;
@@ -167,6 +168,8 @@ pub fn build_rootfs(
                 .with_context(|| format!("applying overlay {}", o.display()))?;
         }
         generate::all(&layer, recipe, source_date)?;
+        // The root of trust every update is checked against.
+        layer.copy_file(Path::new("etc/aperture/root.pub"), root_key, 0o644, 0, 0)?;
         for u in &recipe.services.enable {
             units::enable(&layer, u)?;
         }
@@ -235,37 +238,25 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
     std::fs::create_dir_all(&paths.out)
         .with_context(|| format!("creating {}", paths.out.display()))?;
     rep.set_log(&paths.out.join("build.log"))?;
-    // Keys first: a release build with development keys should fail before any work.
-    let keys = if opts.rootfs_only {
+    // Keys first: a release build with development keys should fail before any work, and the
+    // root public key is baked into the rootfs.
+    let keys = rep.step("keys", |s| {
+        let k = crate::keys::for_build(
+            &recipe.keys.dir,
+            recipe.keys.development,
+            opts.release,
+            opts.insecure_dev_keys,
+            rep,
+        )?;
+        s.note(format!("{} (release key {})", k.dir.display(), k.release.key_id()));
+        Ok(k)
+    })?;
+    let root_key = keys.dir.join(crate::keys::ROOT_PUBLIC);
+    let rootfs = build_rootfs(opts, &recipe, &paths, &root_key, rep)?;
+    let outputs = if opts.rootfs_only {
         None
     } else {
-        Some(rep.step("keys", |s| {
-            let k = crate::keys::for_build(
-                &recipe.keys.dir,
-                recipe.keys.development,
-                opts.release,
-                opts.insecure_dev_keys,
-                rep,
-            )?;
-            s.note(format!(
-                "{} (release key {})",
-                k.dir.display(),
-                k.release.key_id()
-            ));
-            Ok(k)
-        })?)
-    };
-    let rootfs = build_rootfs(opts, &recipe, &paths, rep)?;
-    let outputs = match &keys {
-        Some(k) => Some(crate::outputs::build(
-            &recipe,
-            &paths,
-            &rootfs,
-            k,
-            &opts.workspace,
-            rep,
-        )?),
-        None => None,
+        Some(crate::outputs::build(&recipe, &paths, &rootfs, &keys, &opts.workspace, rep)?)
     };
     let report = BuildReport {
         name: recipe.build_name(),

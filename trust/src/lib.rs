@@ -42,6 +42,7 @@ pub mod keys;
 pub mod manifest;
 mod names;
 pub mod policy;
+pub mod record;
 pub mod signing;
 pub mod verity;
 

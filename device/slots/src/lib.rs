@@ -48,6 +48,7 @@
 //! # Ok::<(), aperture_slots::SlotsError>(())
 //! ```
 
+pub mod cmdline;
 mod error;
 mod fake;
 mod fsutil;

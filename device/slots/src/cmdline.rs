@@ -1,0 +1,40 @@
+//! The kernel command line of a slot. The image builder writes the first entries with it and the
+//! updater writes every later one, so both call this one function.
+
+use crate::{Slot, CMDLINE_KEY};
+
+/// Kernel arguments that boot `slot` through dm-verity, after the board's `base` arguments.
+///
+/// The initramfs script `aperture-verity` (image/base/etc/initramfs-tools/scripts/local-top)
+/// reads `aperture.verity.*`, opens the slot's partition as `/dev/mapper/aperture-root` and the
+/// kernel mounts it read-only. systemd's own names (`roothash=`, `systemd.verity_root_*`) are
+/// avoided on purpose: the real root's systemd-veritysetup-generator would act on them a second
+/// time and wait 90 s for a hash partition that does not exist.
+pub fn verity_cmdline(base: &str, slot: Slot, root_hash: &str, hash_offset: u64) -> String {
+    let mut s = String::new();
+    if !base.trim().is_empty() {
+        s.push_str(base.trim());
+        s.push(' ');
+    }
+    s.push_str(&format!(
+        "root=/dev/mapper/aperture-root rootfstype=erofs ro aperture.verity.roothash={root_hash} \
+         aperture.verity.data=PARTLABEL=rootfs_{slot} aperture.verity.hashoffset={hash_offset} {CMDLINE_KEY}={slot}"
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_slot_partition_hash_and_slot() {
+        let c = verity_cmdline("console=ttyS0 panic=10", Slot::B, "ab12", 4096);
+        assert!(c.starts_with("console=ttyS0 panic=10 root=/dev/mapper/aperture-root"));
+        assert!(c.contains("aperture.verity.data=PARTLABEL=rootfs_b"));
+        assert!(c.contains("aperture.verity.roothash=ab12"));
+        assert!(c.contains("aperture.verity.hashoffset=4096"));
+        assert_eq!(Slot::from_cmdline(&c), Some(Slot::B));
+        assert!(!verity_cmdline("", Slot::A, "x", 0).starts_with(' '));
+    }
+}
