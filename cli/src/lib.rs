@@ -1,6 +1,7 @@
 //! The host CLI's verbs, each a thin layer over the libraries: arguments in, a library call,
 //! human output on stderr and results (or JSON) on stdout.
 
+mod bench;
 mod build;
 mod diff;
 mod keys;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(a) => build::run(&a),
         Command::Diff(a) => diff::run(&a),
         Command::Keys(c) => keys::run(&c),
+        Command::Bench(a) => bench::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Vm(c) => vm::run(&c),
         Command::Test(_) => bail!("`test` is run by cargo xtask itself: use `cargo xtask test`"),

@@ -99,19 +99,14 @@ pub fn slot_boot(manifest: &Manifest, slot: Slot) -> Result<SlotBoot> {
         .as_ref()
         .context("the rootfs artifact has no verity parameters")?;
     let base = manifest.boot.as_ref().map(|b| b.cmdline.as_str()).unwrap_or("");
-    let options = aperture_slots::cmdline::verity_cmdline(
+    Ok(aperture_slots::cmdline::slot_boot(
+        &manifest.product,
+        &manifest.version.to_string(),
         base,
         slot,
         verity.root_hash.as_str(),
         verity.hash_offset,
-    );
-    let title = format!(
-        "{} {} (slot {})",
-        manifest.product,
-        manifest.version,
-        slot.letter().to_uppercase()
-    );
-    Ok(SlotBoot::for_slot(slot, title, &options))
+    ))
 }
 
 /// Run the outputs stage.
@@ -129,6 +124,24 @@ pub fn build(
     let view = TreeView::new(&store, &rootfs.commit)?;
     let h = &rootfs.recipe_sha256;
     let sd = rootfs.source_date_epoch;
+
+    // Every output follows from these inputs; when they match the last build's and its files
+    // are all there, the outputs are reused (`verify` re-hashes them if in doubt).
+    let fingerprint = fingerprint(rootfs, build_keys)?;
+    let reuse = rep.step("reuse check", |s| {
+        let r = reusable(out, &fingerprint)?;
+        if r.is_some() {
+            s.reused();
+            s.note("inputs unchanged: slot image, ESP, disk, bmap, zst, SBOM, manifest and bundle reused");
+        } else {
+            s.note("inputs changed or outputs missing: making them");
+        }
+        Ok(r)
+    })?;
+    if let Some(report) = reuse {
+        return Ok(report);
+    }
+    let _ = std::fs::remove_file(out.join(FINGERPRINT));
 
     let slot_img = rep.step("slot image", |s| {
         let params = SlotParams {
@@ -402,10 +415,67 @@ pub fn build(
         Ok(())
     })?;
 
+    std::fs::write(out.join(FINGERPRINT), &fingerprint)?;
     Ok(OutputsReport {
         slot: slot_img,
         artifacts,
     })
+}
+
+/// Where the inputs' fingerprint of the last complete outputs stage is kept.
+const FINGERPRINT: &str = ".outputs-fingerprint";
+
+/// Bump when the outputs stage changes what it makes from the same inputs.
+const OUTPUTS_FORMAT: u32 = 1;
+
+fn fingerprint(rootfs: &RootfsBuild, keys: &BuildKeys) -> Result<String> {
+    use sha2::Digest;
+    let keyring = serde_json::to_vec(&keys.keyring)?;
+    let doc = serde_json::json!({
+        "format": OUTPUTS_FORMAT,
+        "aperture": env!("CARGO_PKG_VERSION"),
+        "commit": rootfs.commit,
+        "recipe": rootfs.recipe_sha256,
+        "source_date": rootfs.source_date_epoch,
+        "root": keys.root.key_id().to_string(),
+        "release": keys.release.key_id().to_string(),
+        "keyring": hex::encode(sha2::Sha256::digest(&keyring)),
+    });
+    Ok(hex::encode(sha2::Sha256::digest(doc.to_string().as_bytes())))
+}
+
+fn reusable(out: &Path, fingerprint: &str) -> Result<Option<OutputsReport>> {
+    let Ok(last) = std::fs::read_to_string(out.join(FINGERPRINT)) else {
+        return Ok(None);
+    };
+    if last.trim() != fingerprint {
+        return Ok(None);
+    }
+    let Ok(json) = std::fs::read(out.join(names::MANIFEST)) else {
+        return Ok(None);
+    };
+    let m = Manifest::from_json_unverified(&json)?;
+    for a in &m.artifacts {
+        match std::fs::metadata(out.join(a.name.as_str())) {
+            Ok(md) if md.len() == a.size => {}
+            _ => return Ok(None),
+        }
+    }
+    for f in [names::SIGNATURE, names::BUNDLE, names::ROOT_PUB] {
+        if !out.join(f).exists() {
+            return Ok(None);
+        }
+    }
+    let rootfs = m.artifacts.iter().find(|a| a.role == Role::Rootfs).context("manifest without rootfs")?;
+    let verity = rootfs.verity.clone().context("rootfs without verity")?;
+    let slot = SlotImage {
+        path: out.join(names::ROOTFS),
+        data_size: verity.hash_offset,
+        size: rootfs.size,
+        sha256: rootfs.sha256.to_string(),
+        verity,
+    };
+    Ok(Some(OutputsReport { slot, artifacts: m.artifacts.clone() }))
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<EspFile>) -> Result<()> {

@@ -73,11 +73,31 @@ pub fn derived_recipe(dir: &Path, name: &str, base: &str, extra: &str) -> Result
     Ok(path)
 }
 
-/// The default recipe's full build, shared by the suites (`target/aperture-tests/main/out/default`).
-/// A second call in the same tree is a warm build: every step is reused.
+/// The root of the shared build store (`target/aperture-tests/main/out`): the default image
+/// and every variant that shares its Debian base build here.
+pub fn main_out() -> PathBuf {
+    test_root().join("main/out")
+}
+
+/// The default recipe's full build (`target/aperture-tests/main/out/default`), shared by the
+/// suites. A call after the first in a tree is a warm build: every step is reused.
 pub fn default_image() -> Result<BuildReport> {
-    let out = test_root().join("main/out/default");
-    Ok(build(&recipe("qemu-x86_64.toml"), &out, false)?.0)
+    Ok(build(&recipe("qemu-x86_64.toml"), &main_out().join("default"), false)?.0)
+}
+
+static FRESH: std::sync::Mutex<Option<(BuildReport, Duration)>> = std::sync::Mutex::new(None);
+
+/// The default image built from nothing (store and caches removed) once per test process,
+/// with the time it took: the privileged suite measures cold builds and reproducibility on it.
+pub fn default_image_fresh() -> Result<(BuildReport, Duration)> {
+    let mut g = FRESH.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = g.as_ref() {
+        return Ok(r.clone());
+    }
+    let _ = std::fs::remove_dir_all(test_root().join("main"));
+    let r = build(&recipe("qemu-x86_64.toml"), &main_out().join("default"), false)?;
+    *g = Some(r.clone());
+    Ok(r)
 }
 
 /// The accelerator for the VM tier: TCG unless `APERTURE_VM_ACCEL=kvm` (KVM on this kind of

@@ -1,12 +1,15 @@
 //! Tier 2: real builds as root, with mmdebstrap and the network: base reuse, reproducibility,
+//! signed outputs checked by the tools of the field (sgdisk, bmaptool, veritysetup), verify,
 //! diffs between versions, the arm64 Jetson rootfs, and overlay safety.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use aperture_image::diff;
+use aperture_image::outputs::names;
 use aperture_image::store::{Node, Store, TreeView};
-use aperture_tests::{build, derived_recipe, recipe, require_root, test_root};
+use aperture_tests::{build, default_image, default_image_fresh, derived_recipe, main_out, recipe, require_root, test_root};
 
 /// Read a file's bytes from a commit.
 fn read_from_commit(store: &Store, commit: &str, path: &str) -> Vec<u8> {
@@ -20,67 +23,180 @@ fn read_from_commit(store: &Store, commit: &str, path: &str) -> Vec<u8> {
     }
 }
 
+fn tool(name: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false);
+    if !found {
+        eprintln!("SKIPPED part of this test: `{name}` is not installed (cargo xtask test installs it as root)");
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    Command::new("cmp").arg("--silent").arg(a).arg(b).status().map(|s| s.success()).unwrap_or(false)
+}
+
 #[test]
 #[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
 fn default_build_twice_reuses_the_base() {
     if !require_root("default_build_twice_reuses_the_base") {
         return;
     }
-    let root = test_root().join("reuse");
-    let _ = std::fs::remove_dir_all(&root);
-    let out = root.join("out/default");
-    let (first, cold) = build(&recipe("qemu-x86_64.toml"), &out, true).unwrap();
-    let (second, warm) = build(&recipe("qemu-x86_64.toml"), &out, true).unwrap();
+    let (first, cold) = default_image_fresh().unwrap();
+    let (second, warm) = build(&recipe("qemu-x86_64.toml"), &main_out().join("default"), false).unwrap();
     eprintln!(
         "TIMING cold build {:.1}s, warm build {:.1}s, ratio {:.1}x",
         cold.as_secs_f64(),
         warm.as_secs_f64(),
         cold.as_secs_f64() / warm.as_secs_f64()
     );
-    assert_eq!(
-        first.rootfs.commit, second.rootfs.commit,
-        "an unchanged recipe must give the same commit"
-    );
-    let base_step = second
-        .steps
-        .iter()
-        .find(|s| s.name == "base")
-        .expect("a base step");
-    assert!(
-        base_step.reused,
-        "the second build must reuse the cached base"
-    );
-    assert!(
-        cold.as_secs_f64() >= 5.0 * warm.as_secs_f64(),
-        "warm build {warm:?} is not 5x faster than cold {cold:?}"
-    );
+    assert_eq!(first.rootfs.commit, second.rootfs.commit, "an unchanged recipe must give the same commit");
+    let base_step = second.steps.iter().find(|s| s.name == "base").expect("a base step");
+    assert!(base_step.reused, "the second build must reuse the cached base");
+    assert!(cold.as_secs_f64() >= 5.0 * warm.as_secs_f64(), "warm build {warm:?} is not 5x faster than cold {cold:?}");
 }
 
 #[test]
 #[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
-fn two_clean_builds_give_the_same_commit() {
-    if !require_root("two_clean_builds_give_the_same_commit") {
+fn default_build_makes_every_output() {
+    if !require_root("default_build_makes_every_output") {
         return;
     }
-    // Two output roots: two stores, two caches, two mmdebstrap runs.
-    let a = test_root().join("repro-a");
-    let b = test_root().join("repro-b");
-    for d in [&a, &b] {
-        let _ = std::fs::remove_dir_all(d);
+    let (report, _) = default_image_fresh().unwrap();
+    let out = &report.paths.out;
+    for f in [
+        names::DISK,
+        names::BMAP,
+        names::DISK_ZST,
+        names::MANIFEST,
+        names::SIGNATURE,
+        names::BUNDLE,
+        names::SBOM,
+        names::ROOTFS,
+        names::KERNEL,
+        names::INITRD,
+        "build.log",
+    ] {
+        let md = std::fs::metadata(out.join(f)).unwrap_or_else(|_| panic!("{f} is missing from {}", out.display()));
+        assert!(md.len() > 0, "{f} is empty");
     }
-    let (ra, _) = build(&recipe("qemu-x86_64.toml"), &a.join("out/x"), true).unwrap();
-    let (rb, _) = build(&recipe("qemu-x86_64.toml"), &b.join("out/x"), true).unwrap();
-    assert_eq!(
-        ra.rootfs.base_commit, rb.rootfs.base_commit,
-        "the Debian base must be reproducible"
-    );
-    assert_eq!(
-        ra.rootfs.commit, rb.rootfs.commit,
-        "the rootfs commit must be reproducible"
-    );
-    for d in [&a, &b] {
-        let _ = std::fs::remove_dir_all(d);
+    // disk.img is sparse: far fewer blocks allocated than its size.
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(out.join(names::DISK)).unwrap();
+    assert!(md.blocks() * 512 < md.len() / 2, "disk.img is not sparse");
+    // SPDX 2.3 with Debian packages and our crates.
+    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(names::SBOM)).unwrap()).unwrap();
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    let pkgs = sbom["packages"].as_array().unwrap();
+    assert!(pkgs.iter().any(|p| p["name"] == "systemd" && p["licenseDeclared"] != "NOASSERTION"), "systemd with its license");
+    assert!(pkgs.iter().any(|p| p["name"] == "aperture-agent"), "our agent crate");
+    // The rootfs holds the root of trust.
+    let store = Store::open(&report.paths.repo).unwrap();
+    let key = read_from_commit(&store, &report.rootfs.commit, "etc/aperture/root.pub");
+    assert!(String::from_utf8_lossy(&key).contains("aperture-ed25519-public"));
+}
+
+#[test]
+#[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
+fn disk_image_passes_sgdisk_and_bmaptool_copy() {
+    if !require_root("disk_image_passes_sgdisk_and_bmaptool_copy") {
+        return;
     }
+    let (report, _) = default_image_fresh().unwrap();
+    let out = &report.paths.out;
+    if tool("sgdisk") {
+        let text = run(Command::new("sgdisk").arg("-v").arg(out.join(names::DISK)));
+        assert!(text.contains("No problems found"), "sgdisk -v:\n{text}");
+    }
+    if tool("bmaptool") {
+        let dir = tempfile::tempdir_in(test_root()).unwrap();
+        let target = dir.path().join("target.img");
+        run(Command::new("bmaptool").arg("copy").arg("--bmap").arg(out.join(names::BMAP)).arg(out.join(names::DISK_ZST)).arg(&target));
+        assert!(same_bytes(&target, &out.join(names::DISK)), "bmaptool copy did not reproduce disk.img");
+    }
+}
+
+#[test]
+#[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
+fn verify_passes_then_names_a_flipped_rootfs_byte() {
+    if !require_root("verify_passes_then_names_a_flipped_rootfs_byte") {
+        return;
+    }
+    let (report, _) = default_image_fresh().unwrap();
+    let out = &report.paths.out;
+    let now = aperture_trust::now_unix();
+    let good = aperture_image::verify::verify(out, None, now).unwrap();
+    assert!(good.ok(), "fresh build fails verification: {:?}", good.first_failure());
+
+    // veritysetup agrees with the manifest's root hash.
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(names::MANIFEST)).unwrap()).unwrap();
+    let rootfs = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["role"] == "rootfs").unwrap().clone();
+    let root_hash = rootfs["verity"]["root_hash"].as_str().unwrap().to_string();
+    let offset = rootfs["verity"]["hash_offset"].as_u64().unwrap();
+    if tool("veritysetup") {
+        run(Command::new("veritysetup")
+            .arg("verify")
+            .arg(out.join(names::ROOTFS))
+            .arg(out.join(names::ROOTFS))
+            .arg(&root_hash)
+            .arg(format!("--hash-offset={offset}")));
+    }
+
+    // A copy of the build with one byte of slot A's rootfs partition flipped.
+    let dir = tempfile::tempdir_in(test_root()).unwrap();
+    let copy = dir.path().join("build");
+    run(Command::new("cp").arg("-a").arg("--sparse=always").arg(out).arg(&copy));
+    let disk = copy.join(names::DISK);
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let size = aperture_gpt::disk_size_of(&mut f).unwrap();
+    let part = aperture_gpt::read_gpt(&mut f, size).unwrap().find("rootfs_a").unwrap().clone();
+    use std::os::unix::fs::FileExt;
+    let at = part.offset() + 1024 * 1024 + 17;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    drop(f);
+    let bad = aperture_image::verify::verify(&copy, None, now).unwrap();
+    let failure = bad.first_failure().expect("a flipped rootfs byte must fail verification");
+    assert_eq!(failure.what, names::DISK, "{failure:?}");
+    assert!(failure.detail.contains("rootfs_a"), "the failure should name the partition: {failure:?}");
+
+    // The same flip in rootfs.img: veritysetup also refuses it.
+    if tool("veritysetup") {
+        let img = copy.join(names::ROOTFS);
+        let f = std::fs::OpenOptions::new().write(true).read(true).open(&img).unwrap();
+        f.read_exact_at(&mut b, 4096 * 3 + 5).unwrap();
+        f.write_all_at(&[b[0] ^ 1], 4096 * 3 + 5).unwrap();
+        let st = Command::new("veritysetup").arg("verify").arg(&img).arg(&img).arg(&root_hash).arg(format!("--hash-offset={offset}")).output().unwrap();
+        assert!(!st.status.success(), "veritysetup accepted a tampered rootfs image");
+        let bad = aperture_image::verify::verify(&copy, None, now).unwrap();
+        assert_eq!(bad.first_failure().unwrap().what, names::ROOTFS);
+    }
+}
+
+#[test]
+#[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
+fn two_clean_builds_are_byte_identical() {
+    if !require_root("two_clean_builds_are_byte_identical") {
+        return;
+    }
+    let (a, _) = default_image_fresh().unwrap();
+    // A second output root: its own store and caches, so a second mmdebstrap run.
+    let root = test_root().join("repro");
+    let _ = std::fs::remove_dir_all(&root);
+    let (b, _) = build(&recipe("qemu-x86_64.toml"), &root.join("out/default"), false).unwrap();
+    assert_eq!(a.rootfs.base_commit, b.rootfs.base_commit, "the Debian base must be reproducible");
+    assert_eq!(a.rootfs.commit, b.rootfs.commit, "the rootfs commit must be reproducible");
+    for f in [names::DISK, names::MANIFEST, names::BUNDLE, names::ROOTFS, names::DISK_ZST, names::SBOM] {
+        assert!(same_bytes(&a.paths.out.join(f), &b.paths.out.join(f)), "{f} differs between two clean builds");
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -89,9 +205,11 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
     if !require_root("diff_between_versions_lists_the_package_and_the_overlay_file") {
         return;
     }
-    let root = test_root().join("diff");
-    let _ = std::fs::remove_dir_all(&root);
-    let recipes = root.join("recipes");
+    // v1 is the default recipe (its base is the shared one); v2 adds a package and a file.
+    default_image().unwrap();
+    let root = test_root().join("main");
+    let recipes = root.join("recipes-diff");
+    let _ = std::fs::remove_dir_all(&recipes);
     let overlay = recipes.join("extra-overlay/etc/aperture");
     std::fs::create_dir_all(&overlay).unwrap();
     std::fs::write(overlay.join("motd"), "version two\n").unwrap();
@@ -109,9 +227,9 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
         "version = \"1.1.0\"\noverlays = [\"extra-overlay\"]\n[base]\npackages = [\"tree\"]\n",
     )
     .unwrap();
-    let out = root.join("out");
-    let (b1, _) = build(&v1, &out.join("v1"), true).unwrap();
-    let (b2, _) = build(&v2, &out.join("v2"), true).unwrap();
+    let out = main_out();
+    let (b1, _) = build(&v1, &out.join("diff-v1"), true).unwrap();
+    let (b2, _) = build(&v2, &out.join("diff-v2"), true).unwrap();
     let store = Store::open(&out.join("repo")).unwrap();
     let changes = diff::diff(&store, &b1.rootfs.commit, &b2.rootfs.commit).unwrap();
     let files = diff::file_paths(&changes);
@@ -203,7 +321,7 @@ fn jetson_orin_rootfs_has_an_aarch64_agent() {
     if !require_root("jetson_orin_rootfs_has_an_aarch64_agent") {
         return;
     }
-    let root = test_root().join("jetson");
+    let root = test_root().join("arm64");
     let out = root.join("out/orin");
     let (report, _) = build(&recipe("jetson-orin-agx.toml"), &out, true).unwrap();
     let store = Store::open(&root.join("out/repo")).unwrap();
