@@ -2,8 +2,10 @@
 //! human output on stderr and results (or JSON) on stdout.
 
 mod bench;
+pub mod bench_flash;
 mod build;
 mod diff;
+mod flash;
 mod keys;
 mod verify;
 mod vm;
@@ -32,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diff(a) => diff::run(&a),
         Command::Keys(c) => keys::run(&c),
         Command::Bench(a) => bench::run(&a),
+        Command::Flash(a) => flash::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Vm(c) => vm::run(&c),
         Command::Test(_) => bail!("`test` is run by cargo xtask itself: use `cargo xtask test`"),

@@ -1,13 +1,15 @@
 //! `FlashError`: the one typed error of this crate.
 //!
-//! So far it covers bmap files; the block-device targets and the writer add their variants
-//! here. Messages name the file or range that is wrong and what fixes it.
+//! Messages name the file, device or range that is wrong and what fixes it. A refusal to touch
+//! a device ([`FlashError::Refused`]) always names the device and the reason, and is raised
+//! before anything is written; a failure after writing began ([`FlashError::Failed`]) says
+//! whether the partition table was wiped.
 
 use std::io;
 use std::path::PathBuf;
 
-/// Everything that can go wrong creating, reading or checking bmap files (and, later,
-/// writing images). New variants may be added, so match with a wildcard arm.
+/// Everything that can go wrong reading bmap files, checking an image and its targets, and
+/// writing. New variants may be added, so match with a wildcard arm.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum FlashError {
@@ -64,6 +66,108 @@ pub enum FlashError {
         /// The checksum of the file as read.
         actual: String,
     },
+    /// A target the safety checks refuse; nothing was written to it.
+    #[error("refusing to flash {device}: {reason}")]
+    Refused {
+        /// The device or file, as named on the command line or resolved (`/dev/sdb`).
+        device: String,
+        /// Why, and what to do about it.
+        reason: String,
+    },
+    /// An external command failed or could not be started.
+    #[error("`{command}` failed ({status}){}", stderr_note(.stderr))]
+    Command {
+        /// The command line, quoted as a shell would show it.
+        command: String,
+        /// Its exit status, or why it did not start.
+        status: String,
+        /// The last lines of its standard error.
+        stderr: String,
+    },
+    /// Output of a tool or a kernel file that does not parse.
+    #[error("cannot parse {what}: {reason}")]
+    Parse {
+        /// What was parsed: "`lsblk -J ...` output", "/proc/self/mountinfo line 3".
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The build folder's signature chain does not verify: nothing may be written from it.
+    #[error("{dir}: the signed manifest does not verify against root key {root_key}: {source}")]
+    Untrusted {
+        /// The build folder.
+        dir: PathBuf,
+        /// The root key id and where it came from.
+        root_key: String,
+        /// Why verification failed.
+        #[source]
+        source: Box<aperture_trust::TrustError>,
+    },
+    /// The build folder is incomplete or its files do not match the verified manifest.
+    #[error("{dir} cannot be flashed: {reason}")]
+    Image {
+        /// The build folder.
+        dir: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// What was read back from a target differs from what the image holds.
+    #[error("read-back of {target} does not match the image at bytes {offset}..{end} ({what}): the device lost or corrupted data; try another cable, port or device")]
+    ReadBack {
+        /// The target.
+        target: String,
+        /// First byte of the range that differs.
+        offset: u64,
+        /// End (exclusive) of that range.
+        end: u64,
+        /// Which check failed, with the expected and actual values.
+        what: String,
+    },
+    /// Writing or wiping a partition table failed.
+    #[error("{action}: {source}")]
+    Gpt {
+        /// What was being done, naming the target.
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: aperture_gpt::GptError,
+    },
+    /// Work stopped for a reason outside the image and the target: a thread panicked, or a
+    /// helper thread gave up because its partner failed (whose error is reported instead).
+    #[error("{0}")]
+    Stopped(String),
+    /// A Jetson or a disk named by USB serial was not found, or not uniquely.
+    #[error("{0}")]
+    Discovery(String),
+    /// Writing a target failed after it had begun; `error` says why. The partition table was
+    /// wiped unless `wipe_error` says otherwise.
+    #[error("flashing {target} failed: {error}; {}", wipe_note(.wipe_error))]
+    Failed {
+        /// The target.
+        target: String,
+        /// What went wrong.
+        error: Box<FlashError>,
+        /// Why wiping the partition table afterwards failed too, if it did.
+        wipe_error: Option<String>,
+    },
+}
+
+fn stderr_note(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {}", stderr.trim())
+    }
+}
+
+fn wipe_note(wipe_error: &Option<String>) -> String {
+    match wipe_error {
+        None => "its partition table was wiped, so the half-written disk cannot boot".to_string(),
+        Some(e) => format!(
+            "wiping its partition table ALSO failed ({e}): do not boot this device, wipe it \
+             with `wipefs -a` or flash it again"
+        ),
+    }
 }
 
 impl FlashError {
@@ -80,6 +184,38 @@ impl FlashError {
         FlashError::BmapInvalid {
             reason: reason.into(),
         }
+    }
+
+    /// A [`FlashError::Refused`].
+    pub(crate) fn refused(device: impl Into<String>, reason: impl Into<String>) -> FlashError {
+        FlashError::Refused {
+            device: device.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`FlashError::Parse`].
+    pub(crate) fn parse(what: impl Into<String>, reason: impl Into<String>) -> FlashError {
+        FlashError::Parse {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The error a [`FlashError::Failed`] wraps, or this error itself.
+    pub fn root_cause(&self) -> &FlashError {
+        match self {
+            FlashError::Failed { error, .. } => error.root_cause(),
+            other => other,
+        }
+    }
+
+    /// Whether this error is a refusal raised before anything was written.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            FlashError::Refused { .. } | FlashError::Untrusted { .. } | FlashError::Image { .. }
+        )
     }
 }
 

@@ -1,11 +1,39 @@
-//! Aperture's flasher library: writing signed disk images to appliances.
+//! Aperture's flasher: writing signed disk images to appliances over USB, verified, sparse,
+//! read back, many at once. Host side only.
 //!
-//! Host side only. So far it holds [`bmap`]: reading and writing bmaptool's block maps, so a
-//! flasher writes only the blocks of a disk image that hold data and checks each range as it
-//! goes. Block-device targets with their safety checks, USB discovery of Jetsons in recovery
-//! mode and the parallel verified writer join it here.
+//! The flow, in the order that keeps it safe:
+//!
+//! 1. [`image::VerifiedImage::open`]: `manifest.sig` and its key chain verify against the
+//!    trusted root key, and `disk.img.zst` and `disk.img.bmap` are the files the manifest
+//!    signed. A tampered build folder stops here, before any target is touched.
+//! 2. [`safety::check_disk`] on facts gathered by [`host::HostFacts::gather`] (`lsblk`,
+//!    mountinfo, swaps, sysfs holders): a block device must be a whole disk that holds
+//!    neither the running root nor a mount, swap or dm/md device, be removable (or forced)
+//!    and big enough. [`target::BlockTarget::open`] then opens it `O_EXCL`.
+//! 3. [`writer::flash`] (one target) or [`parallel::flash_all`] (several, one thread each):
+//!    invalidate, write the mapped ranges with the partition table held back, read back and
+//!    verify, then write the partition table; on failure, wipe it.
+//!
+//! Targets sit behind the [`target::Target`] trait, so tests flash files and inject faults.
+//! [`jetson::scan`] finds Jetsons in recovery mode and the disks their flashing initrds
+//! expose, so a target can be named by USB serial. [`bmap`] reads and writes bmaptool's
+//! block maps.
 
 pub mod bmap;
+pub mod cmd;
 pub mod error;
+pub mod host;
+pub mod image;
+pub mod jetson;
+pub mod loopdev;
+pub mod lsblk;
+pub mod parallel;
+pub mod safety;
+pub mod target;
+pub mod writer;
 
-pub use error::FlashError;
+pub use error::{FlashError, Result};
+pub use image::VerifiedImage;
+pub use parallel::{flash_all, Job, Outcome};
+pub use target::{BlockTarget, FileTarget, Target};
+pub use writer::{flash, FlashReport, NoProgress, Progress, Stage, Unmapped};

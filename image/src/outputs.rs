@@ -214,8 +214,9 @@ pub fn build(
             ostree_commit: Some(rootfs.commit.clone()),
             ostree_ref: Some(rootfs.ostree_ref.clone()),
         },
+        // The board's kernel arguments; each slot entry adds its verity root and slot name.
         boot: Some(BootInfo {
-            cmdline: String::new(),
+            cmdline: spec.base_cmdline(),
         }),
         artifacts: artifacts.clone(),
     };
@@ -426,7 +427,7 @@ pub fn build(
 const FINGERPRINT: &str = ".outputs-fingerprint";
 
 /// Bump when the outputs stage changes what it makes from the same inputs.
-const OUTPUTS_FORMAT: u32 = 1;
+const OUTPUTS_FORMAT: u32 = 2;
 
 fn fingerprint(rootfs: &RootfsBuild, keys: &BuildKeys) -> Result<String> {
     use sha2::Digest;

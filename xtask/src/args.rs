@@ -196,7 +196,12 @@ pub struct FlashArgs {
     /// List Jetsons in recovery mode and the disks flashing initrds expose, then exit.
     #[arg(long)]
     pub list: bool,
-    /// Allow a non-removable disk as a target.
+    /// Root public key to trust [default: the build folder's root.pub, the key the build was
+    /// made for].
+    #[arg(long)]
+    pub root_key: Option<PathBuf>,
+    /// Allow a non-removable disk as a target (a disk that holds the running system, a mount,
+    /// swap or a dm device is refused even so).
     #[arg(long)]
     pub force: bool,
     /// Print results as JSON.

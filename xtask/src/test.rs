@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use xtask::args::TestArgs;
 
 use crate::{cmd, preflight};
@@ -48,44 +48,33 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
         ran.push(format!("tier 1 (unit): passed in {:.0?}", t.elapsed()));
     }
 
-    for (tier, suite, what) in [
-        (
-            2u8,
-            "privileged",
-            "loop devices, mkfs tools, mmdebstrap with the network",
-        ),
-        (3u8, "vm", "QEMU boots of built images"),
+    // Tier 3 is the `vm*` test targets of tests/Cargo.toml; tier 2 is every other one.
+    let suites = test_targets(root)?;
+    for (tier, what) in [
+        (2u8, "loop devices, mkfs tools, mmdebstrap with the network"),
+        (3u8, "QEMU boots of built images"),
     ] {
         if !tiers.contains(&tier) {
             continue;
         }
+        let names: Vec<&String> = suites.iter().filter(|s| (tier == 3) == s.starts_with("vm")).collect();
         if !root_user {
             skipped.push(format!(
-                "tier {tier} ({suite}): SKIPPED, needs root for {what}; run `sudo cargo xtask test`"
+                "tier {tier} ({}): SKIPPED, needs root for {what}; run `sudo cargo xtask test`",
+                names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             ));
             continue;
         }
-        let t = Instant::now();
-        let mut c = cargo(root);
-        c.args([
-            "test",
-            "--package",
-            "aperture-tests",
-            "--test",
-            suite,
-            "--",
-            "--ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ]);
-        if let Some(f) = &args.filter {
-            c.arg(f);
+        for suite in names {
+            let t = Instant::now();
+            let mut c = cargo(root);
+            c.args(["test", "--package", "aperture-tests", "--test", suite, "--", "--ignored", "--test-threads=1", "--nocapture"]);
+            if let Some(f) = &args.filter {
+                c.arg(f);
+            }
+            cmd::run(&mut c)?;
+            ran.push(format!("tier {tier} ({suite}): passed in {:.0?}", t.elapsed()));
         }
-        cmd::run(&mut c)?;
-        ran.push(format!(
-            "tier {tier} ({suite}): passed in {:.0?}",
-            t.elapsed()
-        ));
     }
 
     eprintln!("\n== cargo xtask test summary ==");
@@ -99,4 +88,19 @@ fn cargo(root: &Path) -> Command {
     let mut c = Command::new(env!("CARGO"));
     c.current_dir(root);
     c
+}
+
+/// The `[[test]]` targets of the tests crate.
+fn test_targets(root: &Path) -> Result<Vec<String>> {
+    let path = root.join("tests/Cargo.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    let mut names: Vec<String> = table
+        .get("test")
+        .and_then(|t| t.as_array())
+        .map(|a| a.iter().filter_map(|t| t.get("name").and_then(|n| n.as_str()).map(str::to_string)).collect())
+        .unwrap_or_default();
+    // The privileged suite first: it makes the builds the others reuse.
+    names.sort_by_key(|n| (n != "privileged", n.clone()));
+    Ok(names)
 }

@@ -1,1 +1,171 @@
-//! Placeholder.
+//! `aperture-update`: verified A/B installs of signed bundles on an Aperture appliance, and the
+//! commit ("mark good") and rollback that follow.
+//!
+//! The work is done by [`Updater`], built from injected seams so tier-1 tests run on files:
+//!
+//! | seam | on the appliance | in tests |
+//! |---|---|---|
+//! | [`Paths`] | `/efi`, `/etc/aperture/...`, `/proc/cmdline` | [`Paths::rooted`] on a temp folder |
+//! | [`disk::Disk`] | [`disk::PartlabelDisk`] | [`disk::FileDisk`] (a GPT image file) |
+//! | boot control | [`aperture_slots::SystemdBoot`] on the ESP | `SystemdBoot` on a temp ESP, or `FakeBootControl` |
+//! | [`io::Io`] | [`io::RealIo`] | [`io::FaultIo`]: power cut at operation N |
+//! | clock | system time | a fixed time ([`Updater::with_clock`]) |
+//!
+//! Operations:
+//! * [`Updater::install`] ([`install`] documents the order, which is the safety);
+//! * [`Updater::status`] ([`status::UpdateStatus`], also embedded in the agent's status);
+//! * [`Updater::commit`]: mark the running slot good and raise the anti-rollback floor to the
+//!   running image's `security_version` (the ONLY place the floor rises);
+//! * [`Updater::rollback`]: boot the other (good) slot next;
+//! * [`Updater::interrupted`]: the journal of an install that was cut off (see [`lifecycle`]).
+
+pub mod disk;
+mod error;
+pub mod facts;
+pub mod install;
+pub mod io;
+pub mod paths;
+pub mod lifecycle;
+pub mod source;
+pub mod state;
+pub mod status;
+
+use std::sync::Arc;
+
+use aperture_slots::{BootControl, BootState, Slot, SlotManager, SlotsError, Step, SystemdBoot};
+
+pub use error::UpdateError;
+pub use facts::BuildFacts;
+pub use install::{InstallOptions, Installed};
+pub use paths::Paths;
+
+/// The updater for a system running from one slot.
+pub struct Updater {
+    paths: Paths,
+    disk: Box<dyn disk::Disk>,
+    boot: Box<dyn BootControl>,
+    io: Arc<dyn io::Io>,
+    clock: Box<dyn Fn() -> u64>,
+    booted: Slot,
+}
+
+impl std::fmt::Debug for Updater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("paths", &self.paths)
+            .field("disk", &self.disk.describe())
+            .field("boot", &self.boot.name())
+            .field("booted", &self.booted)
+            .finish()
+    }
+}
+
+impl Updater {
+    /// An updater on `disk` and `boot` for a system running from `booted`, with real I/O and
+    /// the system clock.
+    pub fn new(paths: Paths, disk: Box<dyn disk::Disk>, boot: Box<dyn BootControl>, booted: Slot) -> Updater {
+        Updater {
+            paths,
+            disk,
+            boot,
+            io: Arc::new(io::RealIo),
+            clock: Box::new(aperture_trust::now_unix),
+            booted,
+        }
+    }
+
+    /// The appliance: the running slot from the kernel command line, partitions by label, and
+    /// the board's boot control ([`boot_control_for`]).
+    pub fn on_device(paths: Paths) -> Result<Updater, UpdateError> {
+        let booted = facts::booted_slot(&paths.cmdline)?;
+        let facts = BuildFacts::load(&paths.build_facts)?;
+        let boot = boot_control_for(&facts.board, &paths)?;
+        let disk = Box::new(disk::PartlabelDisk::new(&paths.partlabel_dir));
+        Ok(Updater::new(paths, disk, boot, booted))
+    }
+
+    /// Route every write, fsync, rename and boot-control step through `io` (fault injection).
+    pub fn with_io(mut self, io: Arc<dyn io::Io>) -> Updater {
+        self.io = io;
+        self
+    }
+
+    /// Use `clock` (unix seconds) for key expiry and journal times.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + 'static) -> Updater {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    /// The paths in use.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// The running slot.
+    pub fn booted(&self) -> Slot {
+        self.booted
+    }
+
+    /// The boot state as the backend reads it.
+    pub fn boot_state(&self) -> Result<BootState, UpdateError> {
+        Ok(self.boot.read()?)
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The slot manager over the backend, with every persisted step announced to the [`io::Io`].
+    fn slots(&mut self) -> SlotManager<Gated<'_>> {
+        SlotManager::new(
+            Gated {
+                inner: &mut *self.boot,
+                io: &*self.io,
+            },
+            self.booted,
+        )
+    }
+}
+
+/// The boot control for a board: systemd-boot on the ESP for the qemu boards.
+pub fn boot_control_for(board: &str, paths: &Paths) -> Result<Box<dyn BootControl>, UpdateError> {
+    if board.starts_with("qemu-") {
+        return Ok(Box::new(SystemdBoot::new(paths.esp.clone())));
+    }
+    Err(UpdateError::UnsupportedBoard {
+        board: board.into(),
+        reason: "only the qemu boards (systemd-boot on the ESP) are wired into the updater; Jetson \
+                 slots (APP/APP_b and the Tegra UEFI variables) come later"
+            .into(),
+    })
+}
+
+/// A backend whose persisted steps first pass through the [`io::Io`], so a test can cut the
+/// power before any of them.
+struct Gated<'a> {
+    inner: &'a mut dyn BootControl,
+    io: &'a dyn io::Io,
+}
+
+impl BootControl for Gated<'_> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn read(&self) -> Result<BootState, SlotsError> {
+        self.inner.read()
+    }
+
+    fn persist(&mut self, step: &Step) -> Result<(), SlotsError> {
+        self.io.step(&step.to_string()).map_err(|source| SlotsError::Io {
+            op: "persisting boot step",
+            path: self.inner.name().into(),
+            source,
+        })?;
+        self.inner.persist(step)
+    }
+
+    fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
+        self.inner.loader_boot()
+    }
+}

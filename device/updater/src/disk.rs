@@ -1,0 +1,306 @@
+//! Where slots live: a [`Disk`] opens a partition by its GPT label and hands out a
+//! [`PartitionHandle`] that reads, writes and syncs at offsets inside the partition, never
+//! outside it.
+//!
+//! * [`PartlabelDisk`]: the appliance, `/dev/disk/by-partlabel/<label>`, opened with `O_EXCL`
+//!   so that a partition in use (mounted, or held by dm-verity as the running root is) cannot
+//!   be opened for writing at all: a second guard, under the slot logic, against writing the
+//!   active slot.
+//! * [`FileDisk`]: a disk image file whose GPT is read with `aperture-gpt` (tier-1 tests, and
+//!   the benchmark's file-backed slots).
+//!
+//! Writes go through [`crate::io::Io`], not through these handles directly, so that tests can
+//! cut the power at any of them.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::UpdateError;
+
+/// An open partition: positional I/O bounded to the partition.
+pub trait PartitionHandle {
+    /// The partition's GPT label (`rootfs_b`).
+    fn label(&self) -> &str;
+    /// Human name for messages (`/dev/disk/by-partlabel/rootfs_b`, `disk.img:rootfs_b`).
+    fn describe(&self) -> String;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Fill `buf` from `offset`; an error if that passes the end of the partition.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`; an error if that passes the end of the partition.
+    /// Call through [`crate::io::Io::write_at`], never directly, in install code.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every write so far durable (fdatasync). Call through [`crate::io::Io::sync`].
+    fn sync(&mut self) -> io::Result<()>;
+    /// Drop cached pages of the partition so a read-back comes from the medium, not from the
+    /// page cache that the writes just filled. Best effort; the default does nothing.
+    fn drop_cache(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A disk with GPT-labelled partitions.
+pub trait Disk {
+    /// Human name for messages.
+    fn describe(&self) -> String;
+    /// Open the partition labelled `label` for reading and writing.
+    fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError>;
+}
+
+/// A partition that is a byte range of an open file (a whole block device is the range
+/// starting at 0).
+#[derive(Debug)]
+pub struct FilePartition {
+    file: File,
+    base: u64,
+    size: u64,
+    label: String,
+    describe: String,
+}
+
+impl FilePartition {
+    fn check(&self, len: usize, offset: u64) -> io::Result<u64> {
+        let end = offset.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.size => Ok(self.base + offset),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes at offset {offset} pass the end of the {}-byte partition",
+                    len, self.size
+                ),
+            )),
+        }
+    }
+}
+
+impl PartitionHandle for FilePartition {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = self.check(buf.len(), offset)?;
+        self.file.read_exact_at(buf, at)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let at = self.check(buf.len(), offset)?;
+        self.file.write_all_at(buf, at)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        rustix::fs::fadvise(&self.file, self.base, self.size, rustix::fs::Advice::DontNeed)
+            .map_err(io::Error::from)
+    }
+}
+
+/// Partitions by label under `/dev/disk/by-partlabel` (the appliance).
+#[derive(Debug, Clone)]
+pub struct PartlabelDisk {
+    dir: PathBuf,
+}
+
+impl PartlabelDisk {
+    /// Partitions under `dir` (normally `/dev/disk/by-partlabel`).
+    pub fn new(dir: impl Into<PathBuf>) -> PartlabelDisk {
+        PartlabelDisk { dir: dir.into() }
+    }
+}
+
+impl Disk for PartlabelDisk {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        let path = self.dir.join(label);
+        if !path.exists() {
+            return Err(UpdateError::NoPartition {
+                name: label.into(),
+                disk: self.describe(),
+            });
+        }
+        // O_EXCL on a block device without O_CREAT: exclusive open, EBUSY if it is mounted or
+        // held by device-mapper (open(2)).
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+            .open(&path)
+            .map_err(UpdateError::file("opening (exclusively) partition", &path))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(UpdateError::file("finding the size of", &path))?;
+        Ok(Box::new(FilePartition {
+            file,
+            base: 0,
+            size,
+            label: label.into(),
+            describe: path.display().to_string(),
+        }))
+    }
+}
+
+/// Partitions inside a disk image file with a GPT (tests and file-backed benchmarks).
+#[derive(Debug, Clone)]
+pub struct FileDisk {
+    path: PathBuf,
+}
+
+impl FileDisk {
+    /// The disk image at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> FileDisk {
+        FileDisk { path: path.into() }
+    }
+
+    /// The image file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Disk for FileDisk {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        let path = &self.path;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(UpdateError::file("opening disk image", path))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(UpdateError::file("finding the size of", path))?;
+        let gpt = aperture_gpt::read_gpt(&mut file, size).map_err(|e| UpdateError::Malformed {
+            path: path.clone(),
+            reason: format!("no readable GPT: {e}"),
+        })?;
+        let part = gpt.find(label).ok_or_else(|| UpdateError::NoPartition {
+            name: label.into(),
+            disk: self.describe(),
+        })?;
+        Ok(Box::new(FilePartition {
+            file,
+            base: part.offset(),
+            size: part.size(),
+            label: label.into(),
+            describe: format!("{}:{label}", path.display()),
+        }))
+    }
+}
+
+/// A `Read + Seek` view of the first `len` bytes of a partition, reading with `pread`. Used to
+/// read slots back for verification.
+pub struct PartitionReader<'p> {
+    part: &'p dyn PartitionHandle,
+    pos: u64,
+    len: u64,
+}
+
+impl<'p> PartitionReader<'p> {
+    /// A reader of `part`'s first `len` bytes.
+    pub fn new(part: &'p dyn PartitionHandle, len: u64) -> Self {
+        PartitionReader { part, pos: 0, len }
+    }
+}
+
+impl io::Read for PartitionReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        self.part.read_exact_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Seek for PartitionReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn image() -> (tempfile::TempDir, FileDisk) {
+        use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("disk.img");
+        let size = 8u64 << 20;
+        let mut f = File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        let layout = Layout::new(
+            Guid::derive("t", "disk"),
+            vec![
+                PartitionSpec::new("rootfs_a", Guid::LINUX_FILESYSTEM, Guid::derive("t", "a"), 2 << 20),
+                PartitionSpec::new("rootfs_b", Guid::LINUX_FILESYSTEM, Guid::derive("t", "b"), 2 << 20),
+            ],
+        );
+        write_gpt(&mut f, size, &layout).unwrap();
+        f.flush().unwrap();
+        (d, FileDisk::new(path))
+    }
+
+    #[test]
+    fn file_partitions_are_bounded_and_separate() {
+        let (_d, disk) = image();
+        let mut a = disk.open("rootfs_a").unwrap();
+        let mut b = disk.open("rootfs_b").unwrap();
+        assert_eq!(a.size(), 2 << 20);
+        a.write_all_at(b"hello", 0).unwrap();
+        b.write_all_at(b"world", 0).unwrap();
+        a.sync().unwrap();
+        let mut buf = [0u8; 5];
+        a.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"hello");
+        let err = a.write_all_at(b"xx", (2 << 20) - 1).unwrap_err();
+        assert!(err.to_string().contains("pass the end"), "{err}");
+        assert!(a.describe().ends_with("disk.img:rootfs_a"));
+        let mut r = PartitionReader::new(&*b, 5);
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"world");
+        a.drop_cache().unwrap();
+    }
+
+    #[test]
+    fn missing_partition_is_named() {
+        let (_d, disk) = image();
+        let err = disk.open("rootfs_c").err().unwrap().to_string();
+        assert!(err.contains("rootfs_c"), "{err}");
+        let err = PartlabelDisk::new("/nonexistent").open("rootfs_b").err().unwrap();
+        assert!(matches!(err, UpdateError::NoPartition { .. }));
+    }
+}

@@ -1,0 +1,587 @@
+//! `install`: one bundle into the inactive slot, in the order that is the safety
+//! (ARCHITECTURE.md, "Update rules"):
+//!
+//! 1. read the header and verify the signature and key chain against the root key;
+//! 2. policy: product, board, newer version, `security_version` at or above the floor; the
+//!    payloads are ones this updater can place; the rootfs fits the target partition;
+//!    **nothing is written before this point**;
+//! 3. journal the install in `state.json`;
+//! 4. invalidate the target slot ([`aperture_slots::SlotManager::begin_install`]) and forget its
+//!    old record;
+//! 5. stream the rootfs payload into the target partition (1 MiB writes; the bundle reader
+//!    hashes encoded and decoded bytes as they pass), then fsync; kernel and initrd to
+//!    `<name>.tmp` beside their place on the ESP, fsynced;
+//! 6. once every payload hash matched: rename the boot files into place, fsync the folder;
+//! 7. READ BACK: the partition's cached pages are dropped, then one sequential pass computes
+//!    the rootfs sha256 while `verity::verify_device` checks every hash block and the root
+//!    hash; kernel and initrd are re-read and hashed;
+//! 8. write `slot.json`, `manifest.json`, `manifest.sig`;
+//! 9. arm the slot with N tries as the next boot, with the entry
+//!    [`aperture_slots::cmdline::slot_boot`] makes;
+//! 10. clear the journal.
+//!
+//! Every write, fsync and rename goes through [`crate::io::Io`].
+
+use std::cell::RefCell;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
+
+use aperture_slots::{plan, Event, Slot};
+use aperture_trust::bundle::BundleReader;
+use aperture_trust::keys::PublicKey;
+use aperture_trust::manifest::{Artifact, Manifest, Role, Sha256Hex};
+use aperture_trust::policy::{check_update, DeviceFacts};
+use aperture_trust::record::SlotRecord;
+use aperture_trust::TrustError;
+
+use crate::disk::{PartitionHandle, PartitionReader};
+use crate::facts::BuildFacts;
+use crate::io::{stage_file, tmp_path, Io};
+use crate::paths::{
+    rootfs_partition, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, SLOT_RECORD,
+};
+use crate::state::{DeviceState, Journal};
+use crate::{UpdateError, Updater};
+
+/// Size of every write to a partition and of every read-back read.
+pub const CHUNK: usize = 1 << 20;
+
+/// Default boot tries of a freshly installed slot.
+pub const DEFAULT_TRIES: u32 = 3;
+
+/// Options of one install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallOptions {
+    /// Boot tries the new slot gets before the loader falls back (1 to 7).
+    pub tries: u32,
+    /// Where the bundle came from, recorded in the journal (file path or redacted URL).
+    pub source: Option<String>,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            tries: DEFAULT_TRIES,
+            source: None,
+        }
+    }
+}
+
+/// What an install did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Installed {
+    /// The slot written and armed.
+    pub target: Slot,
+    /// The version installed.
+    pub version: String,
+    /// Its security version (the floor is NOT raised until the slot is committed).
+    pub security_version: u64,
+    /// sha256 of the installed `manifest.json`.
+    pub manifest_sha256: String,
+    /// Rootfs bytes written to the partition.
+    pub rootfs_bytes: u64,
+    /// The earlier, interrupted install this one replaced, if there was one.
+    pub restarted: Option<Journal>,
+}
+
+/// The artifacts a bundle places, by role.
+struct Placement<'m> {
+    rootfs: &'m Artifact,
+    boot_files: Vec<(&'m Artifact, &'static str)>,
+}
+
+impl<'m> Placement<'m> {
+    /// Refuse manifests this updater cannot place before anything is written.
+    fn of(m: &'m Manifest) -> Result<Placement<'m>, UpdateError> {
+        let unsupported = |reason: String| UpdateError::Unsupported { reason };
+        let mut rootfs = None;
+        let mut boot_files = Vec::new();
+        for a in m.payload_artifacts() {
+            match a.role {
+                Role::Rootfs if rootfs.is_none() => rootfs = Some(a),
+                Role::Kernel | Role::Initrd
+                    if !boot_files.iter().any(|(b, _): &(&Artifact, _)| b.role == a.role) =>
+                {
+                    let file = if a.role == Role::Kernel { KERNEL_FILE } else { INITRD_FILE };
+                    boot_files.push((a, file));
+                }
+                role => {
+                    return Err(unsupported(format!(
+                        "payload {} has role {role:?}, which this updater does not place (or \
+                         which appears twice); bundles for this board carry one rootfs, one \
+                         kernel and one initrd",
+                        a.name
+                    )))
+                }
+            }
+        }
+        let rootfs = rootfs.ok_or_else(|| unsupported("the bundle carries no rootfs payload".into()))?;
+        if rootfs.verity.is_none() {
+            return Err(unsupported(format!("rootfs {} has no verity parameters", rootfs.name)));
+        }
+        for role in [Role::Kernel, Role::Initrd] {
+            if !boot_files.iter().any(|(a, _)| a.role == role) {
+                return Err(unsupported(format!(
+                    "the bundle carries no {role:?} payload; this board boots each slot's own \
+                     kernel and initrd from the ESP"
+                )));
+            }
+        }
+        Ok(Placement { rootfs, boot_files })
+    }
+}
+
+impl Updater {
+    /// Install the bundle read from `bundle` into the slot that is not running. See the module
+    /// documentation for the order. On a refusal (trust, policy, unsupported content) nothing
+    /// was written; on a later error the target is left unbootable and the journal says so.
+    pub fn install(&mut self, bundle: &mut dyn Read, opts: &InstallOptions) -> Result<Installed, UpdateError> {
+        let facts = BuildFacts::load(&self.paths.build_facts)?;
+        let running = facts.semver(&self.paths.build_facts)?;
+        let root = PublicKey::load(&self.paths.root_key).map_err(|e| UpdateError::Malformed {
+            path: self.paths.root_key.clone(),
+            reason: format!("{e}; the root key is baked into the image, rebuild it"),
+        })?;
+        let state_path = self.paths.state_file();
+        let mut state = DeviceState::load(&state_path)?;
+        let target = self.booted.other();
+
+        // 1. Header: signature and key chain, before any payload byte is used.
+        let captured = Rc::new(RefCell::new(Some(Vec::new())));
+        let mut capture = Capture {
+            inner: bundle,
+            buf: Rc::clone(&captured),
+        };
+        let mut reader = BundleReader::new(&mut capture, &root, self.now());
+        let verified = reader.read_header()?;
+        let header = captured.borrow_mut().take().unwrap_or_default();
+        let (manifest_json, sig_json) = split_header(&header)?;
+        let manifest_sha256 = Sha256Hex::digest(&manifest_json).to_string();
+
+        // 2. Policy, then what this updater can place, then the disk: reads only.
+        if verified.product != facts.product {
+            return Err(UpdateError::Unsupported {
+                reason: format!(
+                    "the bundle is for product {:?} but this appliance runs {:?}; use the bundle \
+                     built from this product's recipe",
+                    verified.product, facts.product
+                ),
+            });
+        }
+        let device = DeviceFacts {
+            board: facts.board.clone(),
+            version: running,
+            security_floor: state.security_floor,
+        };
+        match check_update(&verified, &device) {
+            Err(TrustError::NotNewer { version }) => {
+                return Err(UpdateError::AlreadyInstalled {
+                    version: version.to_string(),
+                    slot: self.booted,
+                })
+            }
+            other => other?,
+        }
+        let place = Placement::of(&verified)?;
+        let rootfs = place.rootfs;
+        let verity = rootfs.verity.clone().ok_or_else(|| UpdateError::Unsupported {
+            reason: "the rootfs has no verity parameters".into(),
+        })?;
+        let mut part = self.disk.open(&rootfs_partition(target))?;
+        if rootfs.size > part.size() {
+            return Err(UpdateError::TooLarge {
+                slot: target,
+                size: rootfs.size,
+                capacity: part.size(),
+            });
+        }
+        plan(&self.boot.read()?, self.booted, Event::BeginInstall { target })?;
+        let record = SlotRecord::from_manifest(&verified)?;
+        let base = verified.boot.as_ref().map_or("", |b| b.cmdline.as_str());
+        let boot = aperture_slots::cmdline::slot_boot(
+            &verified.product,
+            &verified.version.to_string(),
+            base,
+            target,
+            verity.root_hash.as_str(),
+            verity.hash_offset,
+        );
+
+        // 3. Journal: the first write of the install.
+        let restarted = state.journal.take();
+        if let Some(old) = &restarted {
+            tracing::warn!("an earlier install was cut off ({}); starting over", old.summary());
+        }
+        let journal = Journal {
+            target,
+            from: self.booted,
+            product: verified.product.clone(),
+            version: verified.version.to_string(),
+            security_version: verified.security_version,
+            manifest_sha256: manifest_sha256.clone(),
+            source: opts.source.clone(),
+            tries: opts.tries,
+            started: self.now(),
+        };
+        tracing::info!("{}", journal.summary());
+        state.journal = Some(journal);
+        state.store(&*self.io, &state_path)?;
+
+        // 4. The target becomes unbootable before a byte of it is written.
+        self.slots().begin_install(target)?;
+        let slot_dir = self.paths.slot_dir(target);
+        self.forget_record(&slot_dir)?;
+
+        // 5. Stream.
+        let io = &*self.io;
+        let mut staged: Vec<(PathBuf, PathBuf, Artifact)> = Vec::new();
+        reader.for_each_payload(|artifact: &Artifact, payload: &mut dyn Read| {
+            if artifact.role == Role::Rootfs {
+                write_partition(io, &mut *part, payload, target)?;
+                return Ok(());
+            }
+            let file = place
+                .boot_files
+                .iter()
+                .find(|(a, _)| a.name == artifact.name)
+                .map(|(_, f)| *f)
+                .ok_or_else(|| UpdateError::Unsupported {
+                    reason: format!("unexpected payload {}", artifact.name),
+                })?;
+            let dest = slot_dir.join(file);
+            let tmp = tmp_path(&dest);
+            write_file(io, &tmp, payload)?;
+            staged.push((tmp, dest, artifact.clone()));
+            Ok::<(), UpdateError>(())
+        })?;
+
+        // 6. Every payload hash matched: the boot files go into place.
+        for (tmp, dest, _) in &staged {
+            io.rename(tmp, dest).map_err(UpdateError::file("renaming into place", dest))?;
+        }
+        io.sync_dir(&slot_dir).map_err(UpdateError::file("syncing folder", &slot_dir))?;
+
+        // 7. Read back.
+        if let Err(e) = part.drop_cache() {
+            tracing::debug!("could not drop cached pages of {}: {e}", part.describe());
+        }
+        verify_rootfs(&*part, rootfs, target)?;
+        for (_, dest, artifact) in &staged {
+            verify_file(dest, artifact, target)?;
+        }
+        drop(part);
+
+        // 8. Records of what the slot now holds.
+        for (name, bytes) in [
+            (SLOT_RECORD, record.to_json()),
+            (MANIFEST_FILE, manifest_json),
+            (SIGNATURE_FILE, sig_json),
+        ] {
+            stage_file(io, &slot_dir.join(name), &bytes)?;
+        }
+        io.sync_dir(&slot_dir).map_err(UpdateError::file("syncing folder", &slot_dir))?;
+
+        // 9. Arm, 10. clear the journal.
+        self.slots().arm(target, opts.tries, &boot)?;
+        state.journal = None;
+        state.store(&*self.io, &state_path)?;
+        tracing::info!(
+            "slot {target} holds {} {} and boots next ({} tries); run `aperture-update mark-good` \
+             (the health gate does) after booting it",
+            verified.product,
+            verified.version,
+            opts.tries
+        );
+        Ok(Installed {
+            target,
+            version: verified.version.to_string(),
+            security_version: verified.security_version,
+            manifest_sha256,
+            rootfs_bytes: rootfs.size,
+            restarted,
+        })
+    }
+
+    /// Remove the target's old record and manifest: while it is being written, the slot holds
+    /// nothing that a record could describe.
+    fn forget_record(&self, slot_dir: &Path) -> Result<(), UpdateError> {
+        let io = &*self.io;
+        if !slot_dir.is_dir() {
+            io.create_dir_all(slot_dir)
+                .map_err(UpdateError::file("creating folder", slot_dir))?;
+        }
+        let mut removed = false;
+        for name in [SLOT_RECORD, MANIFEST_FILE, SIGNATURE_FILE] {
+            let path = slot_dir.join(name);
+            if path.exists() {
+                io.remove(&path).map_err(UpdateError::file("removing", &path))?;
+                removed = true;
+            }
+        }
+        if removed {
+            io.sync_dir(slot_dir).map_err(UpdateError::file("syncing folder", slot_dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Captures what the bundle reader consumes until the buffer is taken (the header entries).
+struct Capture<'r> {
+    inner: &'r mut dyn Read,
+    buf: Rc<RefCell<Option<Vec<u8>>>>,
+}
+
+impl Read for Capture<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        if let Some(buf) = self.buf.borrow_mut().as_mut() {
+            buf.extend_from_slice(&out[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// The data of the first two ustar entries (`manifest.json`, `manifest.sig`), which the bundle
+/// reader has already checked and verified.
+fn split_header(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), UpdateError> {
+    let bad = |reason: &str| UpdateError::Malformed {
+        path: PathBuf::from("bundle header"),
+        reason: reason.into(),
+    };
+    let mut at = 0usize;
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let header = bytes.get(at..at + 512).ok_or_else(|| bad("shorter than two entries"))?;
+        let field = &header[124..136];
+        let text: String = field
+            .iter()
+            .map(|b| *b as char)
+            .filter(|c| c.is_digit(8))
+            .collect();
+        let size = usize::from_str_radix(&text, 8).map_err(|_| bad("entry size is not octal"))?;
+        let data = bytes
+            .get(at + 512..at + 512 + size)
+            .ok_or_else(|| bad("entry data is cut short"))?;
+        out.push(data.to_vec());
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    let sig = out.pop().unwrap_or_default();
+    let manifest = out.pop().unwrap_or_default();
+    Ok((manifest, sig))
+}
+
+/// Fill `buf` from `r` as far as it goes; the count (less than `buf.len()` only at the end).
+fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn payload_error(e: io::Error) -> UpdateError {
+    UpdateError::File {
+        op: "reading payload from",
+        path: PathBuf::from("the bundle"),
+        source: e,
+    }
+}
+
+/// Stream the rootfs into the partition in 1 MiB writes, then fsync.
+fn write_partition(
+    io: &dyn Io,
+    part: &mut dyn PartitionHandle,
+    payload: &mut dyn Read,
+    slot: Slot,
+) -> Result<u64, UpdateError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    let fail = |op, part: &dyn PartitionHandle| {
+        let device = part.describe();
+        move |source| UpdateError::Partition {
+            op,
+            slot,
+            device,
+            source,
+        }
+    };
+    loop {
+        let n = fill(payload, &mut buf).map_err(payload_error)?;
+        if n == 0 {
+            break;
+        }
+        io.write_at(part, &buf[..n], offset).map_err(fail("writing", part))?;
+        offset += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    io.sync(part).map_err(fail("syncing", part))?;
+    Ok(offset)
+}
+
+/// Stream a boot file into `path` (a `.tmp` name), then fsync it.
+fn write_file(io: &dyn Io, path: &Path, payload: &mut dyn Read) -> Result<(), UpdateError> {
+    let mut f = io.create(path).map_err(UpdateError::file("creating", path))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = fill(payload, &mut buf).map_err(payload_error)?;
+        if n == 0 {
+            break;
+        }
+        io.write(&mut f, path, &buf[..n]).map_err(UpdateError::file("writing", path))?;
+        if n < buf.len() {
+            break;
+        }
+    }
+    io.sync_file(&f, path).map_err(UpdateError::file("syncing", path))
+}
+
+/// Read the rootfs back once: sha256 of the whole artifact and the full dm-verity check.
+pub fn verify_rootfs(part: &dyn PartitionHandle, rootfs: &Artifact, slot: Slot) -> Result<(), UpdateError> {
+    let fail = |reason: String| UpdateError::Verify {
+        slot,
+        what: format!("rootfs {} on {}", rootfs.name, part.describe()),
+        reason,
+    };
+    let verity = rootfs
+        .verity
+        .as_ref()
+        .ok_or_else(|| fail("the manifest gives no verity parameters".into()))?;
+    let mut reader = SequentialHasher::new(PartitionReader::new(part, rootfs.size));
+    aperture_trust::verity::verify_device(&mut reader, verity).map_err(|e| fail(e.to_string()))?;
+    let digest = reader.finish(rootfs.size).map_err(|e| fail(format!("reading: {e}")))?;
+    if digest != rootfs.sha256 {
+        return Err(fail(format!("sha256 is {digest}, the manifest says {}", rootfs.sha256)));
+    }
+    Ok(())
+}
+
+/// Re-read a boot file and check its size and sha256.
+fn verify_file(path: &Path, artifact: &Artifact, slot: Slot) -> Result<(), UpdateError> {
+    let fail = |reason: String| UpdateError::Verify {
+        slot,
+        what: path.display().to_string(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = fill(&mut f, &mut buf).map_err(|e| fail(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    let digest = Sha256Hex::from_bytes(h.finalize().into());
+    if len != artifact.size || digest != artifact.sha256 {
+        return Err(fail(format!(
+            "{len} bytes with sha256 {digest}; the manifest says {} bytes with {}",
+            artifact.size, artifact.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Hashes the bytes of a `Read + Seek` in order of position while someone else (the verity
+/// check) reads it: a read that continues exactly where hashing stopped is hashed, any other
+/// (the hash-tree lookups) is not. [`SequentialHasher::finish`] hashes what was not reached.
+struct SequentialHasher<R> {
+    inner: R,
+    pos: u64,
+    hashed: u64,
+    hasher: Sha256,
+}
+
+impl<R: Read + Seek> SequentialHasher<R> {
+    fn new(inner: R) -> Self {
+        SequentialHasher {
+            inner,
+            pos: 0,
+            hashed: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Hash the rest up to `len` and return the digest of bytes `0..len`.
+    fn finish(mut self, len: u64) -> io::Result<Sha256Hex> {
+        self.seek(SeekFrom::Start(self.hashed))?;
+        let mut buf = vec![0u8; CHUNK];
+        while self.hashed < len {
+            let want = usize::try_from(len - self.hashed).unwrap_or(CHUNK).min(CHUNK);
+            let n = self.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the partition ends early"));
+            }
+        }
+        Ok(Sha256Hex::from_bytes(self.hasher.finalize().into()))
+    }
+}
+
+impl<R: Read + Seek> Read for SequentialHasher<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let end = self.pos + n as u64;
+        if self.pos <= self.hashed && self.hashed < end {
+            let skip = (self.hashed - self.pos) as usize;
+            self.hasher.update(&buf[skip..n]);
+            self.hashed = end;
+        }
+        self.pos = end;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek> Seek for SequentialHasher<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.pos = self.inner.seek(to)?;
+        Ok(self.pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn sequential_hasher_hashes_each_byte_once_in_order() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let mut h = SequentialHasher::new(Cursor::new(data.clone()));
+        let mut buf = [0u8; 3000];
+        h.read_exact(&mut buf).unwrap();
+        h.seek(SeekFrom::Start(9000)).unwrap(); // a lookup elsewhere: not hashed
+        h.read_exact(&mut buf[..100]).unwrap();
+        h.seek(SeekFrom::Start(1000)).unwrap(); // overlapping re-read: only the new part
+        h.read_exact(&mut buf).unwrap();
+        assert_eq!(h.finish(10_000).unwrap(), Sha256Hex::digest(&data));
+    }
+
+    #[test]
+    fn split_header_reads_two_entries() {
+        let mut tar = Vec::new();
+        for (name, data) in [("manifest.json", &b"{}"[..]), ("manifest.sig", &[7u8; 600][..])] {
+            let mut h = [0u8; 512];
+            h[..name.len()].copy_from_slice(name.as_bytes());
+            h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+            tar.extend_from_slice(&h);
+            tar.extend_from_slice(data);
+            tar.resize(tar.len().div_ceil(512) * 512, 0);
+        }
+        let (m, s) = split_header(&tar).unwrap();
+        assert_eq!(m, b"{}");
+        assert_eq!(s, vec![7u8; 600]);
+        assert!(split_header(&tar[..600]).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! After an install: commit (mark good and raise the anti-rollback floor), roll back, and deal
+//! with an install that a power cut interrupted.
+//!
+//! ## Commit
+//! [`Updater::commit`] marks the running slot good (systemd-boot: the entry loses its boot
+//! counter) and then raises the floor in `state.json` to the RUNNING image's
+//! `security_version`, read from its verity-protected `/etc/aperture/build.json` (not from the
+//! unsigned `slot.json` on the ESP). It is idempotent, so the health gate runs it on every
+//! boot: a power cut between the two steps is repaired by the next boot's gate. Installing
+//! never raises the floor: a new image that fails its health check must leave the old one
+//! installable.
+//!
+//! ## Interrupted installs: restart, not resume
+//! The journal in `state.json` is written after the bundle passed every check and before the
+//! target is invalidated, and cleared after the target is armed. When it is found later:
+//! * its target is the running slot: the install had armed it and the loader booted it, so it
+//!   completed; [`Updater::commit`] (and the next install) drop the stale journal;
+//! * otherwise the install was cut off. The target is unbootable (or untouched, or armed but
+//!   not yet made the next boot: all safe, the running slot boots). The next
+//!   `aperture-update install` of any valid bundle RESTARTS from the first byte: it writes a
+//!   new journal, invalidates the target again (`begin_install` always persists the
+//!   invalidation) and rewrites everything. `aperture-update resume` reports what was
+//!   interrupted and, with `--restart`, installs again from the journal's recorded source.
+//!
+//! Why restart rather than continue at the last good offset: the bundle is a stream whose
+//! payload hashes are only known at the end of each payload, so continuing would need
+//! checkpointed hash states and a trusted record of what reached the disk, and a slot is
+//! rewritten in seconds to minutes. Restarting keeps one code path and one order of checks.
+//! Within one run, a dropped HTTPS connection is resumed with a Range request instead
+//! ([`crate::source`]).
+
+use serde::Serialize;
+
+use aperture_slots::{BootState, Slot, SlotStatus};
+
+use crate::facts::BuildFacts;
+use crate::state::{DeviceState, Journal};
+use crate::{UpdateError, Updater};
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Commit {
+    /// The slot committed (the running one).
+    pub slot: Slot,
+    /// Its image version.
+    pub version: String,
+    /// Its status before the commit.
+    pub was: SlotStatus,
+    /// The anti-rollback floor now.
+    pub security_floor: u64,
+    /// Whether this commit raised the floor.
+    pub floor_raised: bool,
+}
+
+impl std::fmt::Display for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.was == SlotStatus::Good {
+            "was already good"
+        } else {
+            "marked good"
+        };
+        write!(
+            f,
+            "slot {} ({}) {what}; anti-rollback floor {}{}",
+            self.slot,
+            self.version,
+            self.security_floor,
+            if self.floor_raised { " (raised)" } else { "" }
+        )
+    }
+}
+
+impl Updater {
+    /// Mark the running slot good and raise the anti-rollback floor to its security version.
+    pub fn commit(&mut self) -> Result<Commit, UpdateError> {
+        let facts = BuildFacts::load(&self.paths.build_facts)?;
+        let was = self.boot.read()?.status(self.booted);
+        self.slots().mark_good()?;
+        let state_path = self.paths.state_file();
+        let mut state = DeviceState::load(&state_path)?;
+        let before = state.clone();
+        let floor_raised = state.raise_floor(facts.security_version);
+        state.committed = Some(self.booted);
+        if state.journal.as_ref().is_some_and(|j| j.target == self.booted) {
+            // The journaled install armed this slot and it booted: it completed.
+            state.journal = None;
+        }
+        if state != before {
+            state.store(&*self.io, &state_path)?;
+        }
+        Ok(Commit {
+            slot: self.booted,
+            version: facts.version,
+            was,
+            security_floor: state.security_floor,
+            floor_raised,
+        })
+    }
+
+    /// Boot the other slot next (it must be good); takes effect at the next reboot.
+    pub fn rollback(&mut self) -> Result<BootState, UpdateError> {
+        Ok(self.slots().rollback()?)
+    }
+
+    /// The journal of an install that was cut off, if there is one (a journal whose target is
+    /// the running slot belongs to an install that completed and is not reported).
+    pub fn interrupted(&self) -> Result<Option<Journal>, UpdateError> {
+        let state = DeviceState::load(&self.paths.state_file())?;
+        Ok(state.journal.filter(|j| j.target != self.booted))
+    }
+}
+
+/// A human description of an interrupted install and of what to do.
+pub fn describe_interrupted(j: &Journal, target_status: SlotStatus) -> String {
+    let source = j
+        .source
+        .as_deref()
+        .map_or(String::from("the bundle"), |s| s.to_string());
+    format!(
+        "an install was interrupted: {} (from slot {}, {} tries); slot {} is now {target_status} \
+         and the running slot {} is unaffected. Run `aperture-update install {source}` again (or \
+         `aperture-update resume --restart`): the install starts over from the first byte.",
+        j.summary(),
+        j.from,
+        j.tries,
+        j.target,
+        j.from
+    )
+}

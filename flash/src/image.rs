@@ -1,0 +1,228 @@
+//! A build folder checked for flashing: [`VerifiedImage::open`] verifies `manifest.sig` and
+//! the key chain against the trusted root key, then that the compressed image and its bmap
+//! are byte for byte the files the manifest signed, before anything is written anywhere.
+//!
+//! The compressed image is hashed again while it streams to each target (see
+//! [`crate::writer`]), so a file swapped between this check and the write is caught too.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use aperture_trust::digest::HashingReader;
+use aperture_trust::keys::PublicKey;
+use aperture_trust::manifest::{Artifact, Manifest, Role, Sha256Hex};
+use aperture_trust::signing::{verify_manifest, VerifiedManifest};
+
+use crate::bmap::Bmap;
+use crate::error::{FlashError, Result};
+
+/// File names in a build folder.
+pub mod names {
+    /// The manifest.
+    pub const MANIFEST: &str = "manifest.json";
+    /// Its detached signature and keyring.
+    pub const SIGNATURE: &str = "manifest.sig";
+    /// The root public key the build was made for: trusted by default.
+    pub const ROOT_PUB: &str = "root.pub";
+}
+
+/// Largest manifest, signature or bmap read into memory.
+const MAX_SMALL_FILE: u64 = 64 << 20;
+
+/// A build folder whose signature, key chain, compressed image and bmap have been verified.
+#[derive(Debug, Clone)]
+pub struct VerifiedImage {
+    dir: PathBuf,
+    manifest: VerifiedManifest,
+    root_key_id: String,
+    bmap: Bmap,
+    zst_path: PathBuf,
+    zst_sha256: Sha256Hex,
+    zst_size: u64,
+}
+
+impl VerifiedImage {
+    /// Verifies the build folder `dir` against the root key in `root_key` (default: the
+    /// folder's own `root.pub`, the key the build was made for) at time `now` (unix seconds).
+    pub fn open(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<VerifiedImage> {
+        let key_path = root_key
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.join(names::ROOT_PUB));
+        let root = PublicKey::load(&key_path).map_err(|source| FlashError::Untrusted {
+            dir: dir.to_path_buf(),
+            root_key: key_path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        Self::open_with_key(dir, &root, &key_path.display().to_string(), now)
+    }
+
+    /// Verifies `dir` against `root`; `root_shown` says where the key came from, for messages.
+    pub fn open_with_key(
+        dir: &Path,
+        root: &PublicKey,
+        root_shown: &str,
+        now: u64,
+    ) -> Result<VerifiedImage> {
+        let bad = |reason: String| FlashError::Image {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let manifest_json = read_small(&dir.join(names::MANIFEST))?;
+        let sig_json = read_small(&dir.join(names::SIGNATURE))?;
+        let root_key_id = root.key_id().to_string();
+        let manifest = verify_manifest(&manifest_json, &sig_json, root, now).map_err(|source| {
+            FlashError::Untrusted {
+                dir: dir.to_path_buf(),
+                root_key: format!("{root_key_id} ({root_shown})"),
+                source: Box::new(source),
+            }
+        })?;
+
+        let zst = one_artifact(&manifest, Role::DiskZst).map_err(&bad)?;
+        let bmap_artifact = one_artifact(&manifest, Role::Bmap).map_err(&bad)?;
+
+        let bmap_path = dir.join(bmap_artifact.name.as_str());
+        let bmap_bytes = read_small(&bmap_path)?;
+        check_bytes(&bmap_artifact, &bmap_bytes).map_err(&bad)?;
+        let text = String::from_utf8(bmap_bytes)
+            .map_err(|_| bad(format!("{} is not UTF-8 text", bmap_artifact.name)))?;
+        let bmap = Bmap::parse(&text)?;
+        if let Some(disk) = manifest.artifacts.iter().find(|a| a.role == Role::Disk) {
+            if disk.size != bmap.image_size {
+                return Err(bad(format!(
+                    "the bmap maps an image of {} bytes but the manifest's {} is {} bytes",
+                    bmap.image_size, disk.name, disk.size
+                )));
+            }
+        }
+        if bmap.ranges.is_empty() {
+            return Err(bad("the bmap maps no data at all".into()));
+        }
+
+        let zst_path = dir.join(zst.name.as_str());
+        let file = File::open(&zst_path)
+            .map_err(|e| FlashError::io(format!("opening {}", zst_path.display()), e))?;
+        let mut reader = HashingReader::new(file);
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(|e| FlashError::io(format!("reading {}", zst_path.display()), e))?;
+        let (_, digest, size) = reader.finish();
+        if size != zst.size || digest != zst.sha256 {
+            return Err(bad(format!(
+                "{} does not match the signed manifest (sha256 {digest}, {size} bytes; the \
+                 manifest says {}, {} bytes): it was changed or damaged after signing; copy \
+                 the build folder again or rebuild",
+                zst.name, zst.sha256, zst.size
+            )));
+        }
+        Ok(VerifiedImage {
+            dir: dir.to_path_buf(),
+            root_key_id,
+            bmap,
+            zst_path,
+            zst_sha256: zst.sha256.clone(),
+            zst_size: zst.size,
+            manifest,
+        })
+    }
+
+    /// The build folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        self.manifest.manifest()
+    }
+
+    /// The id of the root key the manifest verified against.
+    pub fn root_key_id(&self) -> &str {
+        &self.root_key_id
+    }
+
+    /// The id of the release key that signed the manifest.
+    pub fn signing_key_id(&self) -> String {
+        self.manifest.key_id().to_string()
+    }
+
+    /// The block map.
+    pub fn bmap(&self) -> &Bmap {
+        &self.bmap
+    }
+
+    /// Size of the uncompressed disk image: what a target must hold.
+    pub fn image_size(&self) -> u64 {
+        self.bmap.image_size
+    }
+
+    /// Bytes the bmap maps: what is written.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.bmap.mapped_bytes()
+    }
+
+    /// The compressed image.
+    pub fn zst_path(&self) -> &Path {
+        &self.zst_path
+    }
+
+    /// Its signed sha256 and size.
+    pub fn zst_signed(&self) -> (&Sha256Hex, u64) {
+        (&self.zst_sha256, self.zst_size)
+    }
+}
+
+/// The one artifact with `role`.
+fn one_artifact(manifest: &Manifest, role: Role) -> std::result::Result<Artifact, String> {
+    let mut found = manifest.artifacts.iter().filter(|a| a.role == role);
+    match (found.next(), found.next()) {
+        (Some(a), None) => Ok(a.clone()),
+        (None, _) => Err(format!(
+            "the manifest lists no {} artifact; build with an image builder that makes one",
+            role_name(role)
+        )),
+        (Some(_), Some(_)) => Err(format!(
+            "the manifest lists more than one {} artifact",
+            role_name(role)
+        )),
+    }
+}
+
+fn role_name(role: Role) -> String {
+    serde_json::to_string(&role)
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_else(|_| format!("{role:?}"))
+}
+
+fn check_bytes(artifact: &Artifact, bytes: &[u8]) -> std::result::Result<(), String> {
+    let digest = Sha256Hex::digest(bytes);
+    if bytes.len() as u64 != artifact.size || digest != artifact.sha256 {
+        return Err(format!(
+            "{} does not match the signed manifest (sha256 {digest}, {} bytes; the manifest \
+             says {}, {} bytes): it was changed after signing; copy the build folder again or \
+             rebuild",
+            artifact.name,
+            bytes.len(),
+            artifact.sha256,
+            artifact.size
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a small file whole, refusing one larger than [`MAX_SMALL_FILE`].
+fn read_small(path: &Path) -> Result<Vec<u8>> {
+    let file =
+        File::open(path).map_err(|e| FlashError::io(format!("opening {}", path.display()), e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SMALL_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FlashError::io(format!("reading {}", path.display()), e))?;
+    if bytes.len() as u64 > MAX_SMALL_FILE {
+        return Err(FlashError::io(
+            format!("reading {}", path.display()),
+            io::Error::other(format!("it is larger than {MAX_SMALL_FILE} bytes")),
+        ));
+    }
+    Ok(bytes)
+}

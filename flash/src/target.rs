@@ -1,0 +1,418 @@
+//! Where an image is written: the [`Target`] trait, with [`FileTarget`] (a disk image file)
+//! and [`BlockTarget`] (a block device opened with `O_EXCL`).
+//!
+//! Reads through the page cache would only show what was just written to memory, so a
+//! read-back must reach the medium: [`BlockTarget`] reads through a second descriptor opened
+//! with `O_DIRECT` (aligned buffers, no page cache), and [`FileTarget::sync`] drops the file's
+//! cached pages (`posix_fadvise(DONTNEED)`) after `fsync`, so later reads come from the disk
+//! under the file system (on tmpfs there is nothing under it; the read is from memory).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Advice, FallocateFlags, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{FlashError, Result};
+
+/// Alignment of `O_DIRECT` buffers and offsets: a page, which is a multiple of every logical
+/// sector size in use (512 and 4096).
+const DIRECT_ALIGN: usize = 4096;
+/// Largest single `O_DIRECT` read.
+const DIRECT_CHUNK: usize = 8 << 20;
+
+/// Something an image can be written to. Offsets are bytes from the start of the target.
+///
+/// Implementations report errors naming the target; wrappers (fault injection in tests,
+/// throttling) delegate to an inner target.
+pub trait Target: Send {
+    /// The target's name for messages: its path.
+    fn name(&self) -> &str;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Writes all of `data` at `offset`.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+    /// Fills all of `buf` from `offset`, from the medium rather than a cache where the target
+    /// can tell the difference.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Makes everything written so far durable.
+    fn sync(&mut self) -> Result<()>;
+    /// Makes `offset..offset + len` read as zeros if that is cheap (a hole punched in a file,
+    /// a discard that zeroes on a device); `Ok(false)` when the target cannot, in which case
+    /// nothing was changed.
+    fn zero_cheaply(&mut self, offset: u64, len: u64) -> Result<bool>;
+
+    /// Wipes the partition table of a target about to hold (or that held) an image of
+    /// `image_size` bytes: the protective MBR and both GPT copies, at the end of the target
+    /// and, when the image is smaller, at the end of the image (where its backup GPT went).
+    fn wipe_partition_table(&mut self, image_size: u64) -> Result<()> {
+        let size = self.size();
+        let name = self.name().to_string();
+        let mut io = TargetIo {
+            target: self,
+            position: 0,
+        };
+        for disk_size in [size, image_size.min(size)] {
+            aperture_gpt::wipe_gpt(&mut io, disk_size).map_err(|source| FlashError::Gpt {
+                action: format!("wiping the partition table of {name}"),
+                source,
+            })?;
+            if image_size >= size {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `Write + Seek` view of a [`Target`], for `aperture_gpt::wipe_gpt`.
+struct TargetIo<'a, T: Target + ?Sized> {
+    target: &'a mut T,
+    position: u64,
+}
+
+impl<T: Target + ?Sized> Write for TargetIo<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.target
+            .write_at(self.position, buf)
+            .map_err(io::Error::other)?;
+        self.position += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: Target + ?Sized> Seek for TargetIo<'_, T> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let size = self.target.size();
+        let new = match pos {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.position.checked_add_signed(d),
+        };
+        self.position = new.ok_or_else(|| io::Error::other("seek before the start"))?;
+        Ok(self.position)
+    }
+}
+
+/// A regular file as a target: a disk image for a VM, or a test.
+#[derive(Debug)]
+pub struct FileTarget {
+    name: String,
+    file: File,
+    size: u64,
+}
+
+impl FileTarget {
+    /// Opens `path` for writing, creating it if needed, and grows it (sparsely) to at least
+    /// `min_size` bytes. The file is locked (`flock`) so two flashers cannot write it at once.
+    /// A path under `/dev` is never created: a missing device node is a typo, not a file.
+    pub fn open(path: &Path, min_size: u64) -> Result<FileTarget> {
+        let name = path.display().to_string();
+        if !path.exists() && path.starts_with("/dev") {
+            return Err(FlashError::refused(
+                name,
+                "there is no such device (a file is not created under /dev); check the name \
+                 with `lsblk` or `cargo xtask flash --list`",
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| FlashError::io(format!("opening {name} for writing"), e))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| FlashError::io(format!("reading metadata of {name}"), e))?;
+        if !metadata.is_file() {
+            return Err(FlashError::refused(
+                name,
+                "it is neither a regular file nor a block device",
+            ));
+        }
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                FlashError::refused(
+                    name.clone(),
+                    format!("another process holds a lock on it ({e}); is it being flashed?"),
+                )
+            },
+        )?;
+        let mut size = metadata.len();
+        if size < min_size {
+            file.set_len(min_size)
+                .map_err(|e| FlashError::io(format!("growing {name} to {min_size} bytes"), e))?;
+            size = min_size;
+        }
+        Ok(FileTarget { name, file, size })
+    }
+}
+
+impl Target for FileTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, offset).map_err(|e| {
+            FlashError::io(format!("writing {} at byte {offset}", self.name), e)
+        })
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            FlashError::io(format!("reading back {} at byte {offset}", self.name), e)
+        })
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| FlashError::io(format!("syncing {}", self.name), e))?;
+        // Best effort: a file system that ignores the advice just serves reads from memory.
+        let _ = rustix::fs::fadvise(&self.file, 0, 0, Advice::DontNeed);
+        Ok(())
+    }
+
+    fn zero_cheaply(&mut self, offset: u64, len: u64) -> Result<bool> {
+        punch_hole(&self.file, &self.name, offset, len)
+    }
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: a hole in a file; on a block device, a zeroing discard
+/// the kernel issues only if the device supports one (it never falls back to writing zeros).
+fn punch_hole(file: &File, name: &str, offset: u64, len: u64) -> Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    match rustix::fs::fallocate(file, mode, offset, len) {
+        Ok(()) => Ok(true),
+        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL | Errno::NODEV) => Ok(false),
+        Err(e) => Err(FlashError::io(
+            format!("zeroing {name} bytes {offset}..{}", offset + len),
+            e.into(),
+        )),
+    }
+}
+
+/// A block device as a target, opened `O_EXCL` (the kernel then refuses to mount it or
+/// let another exclusive opener in while we write) and written with plain `pwrite`s through
+/// the page cache; read back through a second, `O_DIRECT` descriptor.
+#[derive(Debug)]
+pub struct BlockTarget {
+    name: String,
+    file: File,
+    direct: File,
+    size: u64,
+    logical_sector: u64,
+    scratch: Vec<u8>,
+}
+
+impl BlockTarget {
+    /// Opens the block device at `path` exclusively. Run the safety checks
+    /// ([`crate::safety::check_disk`]) first; this refuses only what it cannot open.
+    pub fn open(path: &Path) -> Result<BlockTarget> {
+        let name = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags((OFlags::EXCL | OFlags::CLOEXEC).bits() as i32)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(Errno::BUSY.raw_os_error()) {
+                    FlashError::refused(
+                        name.clone(),
+                        "it is busy: the kernel refused an exclusive open, so something (a \
+                         mount, a dm device, another flasher) is using it",
+                    )
+                } else {
+                    FlashError::io(format!("opening {name} exclusively for writing"), e)
+                }
+            })?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| FlashError::io(format!("reading metadata of {name}"), e))?;
+        if !metadata.file_type().is_block_device() {
+            return Err(FlashError::refused(name, "it is not a block device"));
+        }
+        let size = aperture_gpt::disk_size_of(&mut &file).map_err(|source| FlashError::Gpt {
+            action: format!("finding the size of {name}"),
+            source,
+        })?;
+        let logical_sector = rustix::fs::ioctl_blksszget(&file)
+            .map(u64::from)
+            .unwrap_or(512);
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlags::DIRECT | OFlags::CLOEXEC).bits() as i32)
+            .open(path)
+            .map_err(|e| FlashError::io(format!("opening {name} with O_DIRECT to read back"), e))?;
+        Ok(BlockTarget {
+            name,
+            file,
+            direct,
+            size,
+            logical_sector,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The device path.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(&self.name)
+    }
+}
+
+/// A zeroed buffer of `len` bytes whose start is aligned for `O_DIRECT`: the range
+/// `start..start + len` of the returned vector.
+pub(crate) fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
+    let buf = vec![0u8; len + DIRECT_ALIGN];
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    (buf, start)
+}
+
+impl Target for BlockTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, offset).map_err(|e| {
+            FlashError::io(format!("writing {} at byte {offset}", self.name), e)
+        })
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let align = self.logical_sector.max(512);
+        if self.scratch.is_empty() {
+            let (scratch, _) = aligned_buffer(DIRECT_CHUNK);
+            self.scratch = scratch;
+        }
+        let start = self.scratch.as_ptr().align_offset(DIRECT_ALIGN);
+        let mut done = 0usize;
+        while done < buf.len() {
+            let want_start = offset + done as u64;
+            let aligned = want_start / align * align;
+            let skip = (want_start - aligned) as usize;
+            let remaining = buf.len() - done;
+            let span = (skip + remaining).min(DIRECT_CHUNK);
+            let span = (span as u64).div_ceil(align) * align;
+            let span = span.min(self.size.saturating_sub(aligned)) as usize;
+            let window = &mut self.scratch[start..start + span];
+            let got = read_full_at(&self.direct, window, aligned).map_err(|e| {
+                FlashError::io(
+                    format!("reading back {} at byte {aligned} (O_DIRECT)", self.name),
+                    e,
+                )
+            })?;
+            if got <= skip {
+                return Err(FlashError::io(
+                    format!("reading back {} at byte {want_start}", self.name),
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            let n = (got - skip).min(remaining);
+            buf[done..done + n].copy_from_slice(&window[skip..skip + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| FlashError::io(format!("syncing {}", self.name), e))
+    }
+
+    fn zero_cheaply(&mut self, offset: u64, len: u64) -> Result<bool> {
+        punch_hole(&self.file, &self.name, offset, len)
+    }
+}
+
+/// `pread` until `buf` is full or the end of the device; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_target_grows_locks_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let mut t = FileTarget::open(&path, 1 << 20).unwrap();
+        assert_eq!(t.size(), 1 << 20);
+        assert!(FileTarget::open(&path, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("lock"));
+        t.write_at(4096, b"hello").unwrap();
+        t.sync().unwrap();
+        let mut back = [0u8; 5];
+        t.read_at(4096, &mut back).unwrap();
+        assert_eq!(&back, b"hello");
+        assert!(t.zero_cheaply(0, 1 << 20).unwrap());
+        t.read_at(4096, &mut back).unwrap();
+        assert_eq!(back, [0; 5]);
+        drop(t);
+        // Reopening keeps a larger file's size.
+        assert_eq!(FileTarget::open(&path, 4096).unwrap().size(), 1 << 20);
+    }
+
+    #[test]
+    fn no_files_are_made_under_dev() {
+        let err = FileTarget::open(Path::new("/dev/aperture-no-such-disk"), 1).unwrap_err();
+        assert!(err.is_refusal(), "{err}");
+        assert!(err.to_string().contains("no such device"), "{err}");
+    }
+
+    #[test]
+    fn wipe_covers_both_ends_of_target_and_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = FileTarget::open(&dir.path().join("d"), 4 << 20).unwrap();
+        t.write_at(0, &vec![0xA5; 4 << 20]).unwrap();
+        t.wipe_partition_table(2 << 20).unwrap();
+        let mut all = vec![0u8; 4 << 20];
+        t.read_at(0, &mut all).unwrap();
+        let zero = |r: std::ops::Range<usize>| all[r].iter().all(|&b| b == 0);
+        assert!(zero(0..34 * 512));
+        assert!(zero((2 << 20) - 33 * 512..2 << 20));
+        assert!(zero((4 << 20) - 33 * 512..4 << 20));
+        assert_eq!(all[34 * 512], 0xA5);
+        assert_eq!(all[(2 << 20) - 33 * 512 - 1], 0xA5);
+    }
+
+    #[test]
+    fn aligned_buffers_are_aligned() {
+        let (buf, start) = aligned_buffer(10_000);
+        assert_eq!(buf[start..].as_ptr() as usize % DIRECT_ALIGN, 0);
+        assert!(buf.len() - start >= 10_000);
+    }
+}
