@@ -76,6 +76,8 @@ fn aperture_build(ws: &Path, out: &Path, rootfs_only: bool) -> Result<Duration> 
         rootfs_only,
         release: false,
         insecure_dev_keys: false,
+        insecure_skip_audit: false,
+        bsp: None,
     };
     let rep = Reporter::new(None)?;
     let t = Instant::now();

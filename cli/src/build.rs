@@ -21,6 +21,8 @@ pub fn run(a: &BuildArgs) -> Result<()> {
         rootfs_only: a.rootfs_only,
         release: a.release,
         insecure_dev_keys: a.insecure_dev_keys,
+        insecure_skip_audit: a.insecure_skip_audit,
+        bsp: a.bsp.clone(),
     };
     let rep = Reporter::new(None)?;
     let started = std::time::Instant::now();

@@ -67,7 +67,11 @@ pub fn run(a: &FlashArgs) -> Result<()> {
         .map(|(o, named)| Row::from_outcome(o, named))
         .collect();
     rows.append(&mut refused);
-    rows.sort_by_key(|r| a.to.iter().position(|t| *t == r.named).unwrap_or(usize::MAX));
+    rows.sort_by_key(|r| {
+        a.to.iter()
+            .position(|t| *t == r.named)
+            .unwrap_or(usize::MAX)
+    });
     for row in rows.iter().filter(|r| !r.ok) {
         eprintln!("error: {}", row.detail);
     }
@@ -84,17 +88,20 @@ pub fn run(a: &FlashArgs) -> Result<()> {
     Ok(())
 }
 
+/// A target opened, with the name `--to` gave it.
+type Named = (String, Box<dyn Target>);
+
 /// Resolves and opens every target. Refusals become summary rows; anything else that goes
 /// wrong before writing (lsblk missing, sysfs unreadable) stops everything.
 fn open_targets(
     names: &[String],
     image: &VerifiedImage,
     force: bool,
-) -> Result<(Vec<(String, Box<dyn Target>)>, Vec<Row>)> {
+) -> Result<(Vec<Named>, Vec<Row>)> {
     let mut discovery: Option<Discovery> = None;
     let mut facts: Option<HostFacts> = None;
     let mut seen: Vec<PathBuf> = Vec::new();
-    let mut targets: Vec<(String, Box<dyn Target>)> = Vec::new();
+    let mut targets: Vec<Named> = Vec::new();
     let mut refused = Vec::new();
     let policy = Policy {
         image_size: image.image_size(),
@@ -127,7 +134,12 @@ fn open_targets(
                 }
                 let host = facts.as_ref().context("no host facts")?;
                 let disk = check_disk(host, &path, policy)?;
-                eprintln!("{named}: {} {}, {:?}", disk.path, disk.description, disk.removable);
+                eprintln!(
+                    "{named}: {} {} ({})",
+                    disk.path,
+                    disk.description,
+                    disk.removable.describe()
+                );
                 Ok(Box::new(BlockTarget::open(&path)?))
             } else {
                 Ok(Box::new(FileTarget::open(&path, image.image_size())?))
@@ -199,17 +211,16 @@ impl Progress for BarProgress {
         if self.plain {
             match stage {
                 Stage::Done => eprintln!("{}: done, verified", self.name),
-                _ if total > 0 => eprintln!("{}: {} {:.1} MiB", self.name, stage.name(), mib(total)),
+                _ if total > 0 => eprintln!("{}: {} {}", self.name, stage.name(), human(total)),
                 _ => eprintln!("{}: {}", self.name, stage.name()),
             }
+        } else if stage == Stage::Done {
+            self.bar.finish_with_message("done, verified");
         } else {
-            self.bar.set_length(total);
+            self.bar.set_message(stage.name());
+            self.bar.set_length(total.max(1));
             self.bar.set_position(0);
             self.bar.reset_eta();
-            self.bar.set_message(stage.name());
-            if stage == Stage::Done {
-                self.bar.finish_with_message("done, verified");
-            }
         }
     }
 
@@ -287,7 +298,11 @@ impl Row {
             result: "refused".into(),
             written: None,
             elapsed: None,
-            note: why.split_once(": ").map(|(_, r)| r).unwrap_or(&why).to_string(),
+            note: why
+                .split_once(": ")
+                .map(|(_, r)| r)
+                .unwrap_or(&why)
+                .to_string(),
             detail: why,
         }
     }
@@ -310,7 +325,9 @@ fn short(e: &FlashError) -> String {
     let text = e.root_cause().to_string();
     let first = text.split("; ").next().unwrap_or(&text);
     match e {
-        FlashError::Failed { wipe_error: None, .. } => format!("{first} (table wiped)"),
+        FlashError::Failed {
+            wipe_error: None, ..
+        } => format!("{first} (table wiped)"),
         FlashError::Failed { .. } => format!("{first} (WIPE FAILED)"),
         _ => first.to_string(),
     }
@@ -325,7 +342,9 @@ fn print_summary(rows: &[Row]) {
             [
                 r.shown.clone(),
                 r.result.clone(),
-                r.written.map(|b| format!("{:.1}", mib(b))).unwrap_or("-".into()),
+                r.written
+                    .map(|b| format!("{:.1}", mib(b)))
+                    .unwrap_or("-".into()),
                 secs.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
                 match (r.written, secs) {
                     (Some(b), Some(s)) if s > 0.0 => format!("{:.0}", b as f64 / 1e6 / s),
@@ -359,7 +378,11 @@ fn print_summary(rows: &[Row]) {
     line(&header.map(String::from));
     println!(
         "|{}|",
-        widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|")
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
     );
     for row in &cells {
         line(row);
@@ -401,6 +424,15 @@ fn list(json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// 512 KiB, 493.5 MiB.
+fn human(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", mib(bytes))
+    }
 }
 
 fn mib(bytes: u64) -> f64 {

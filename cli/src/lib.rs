@@ -1,6 +1,7 @@
 //! The host CLI's verbs, each a thin layer over the libraries: arguments in, a library call,
 //! human output on stderr and results (or JSON) on stdout.
 
+mod audit;
 mod bench;
 pub mod bench_flash;
 mod build;
@@ -30,6 +31,7 @@ pub fn workspace() -> PathBuf {
 /// Run one verb.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Audit(a) => audit::run(&a),
         Command::Build(a) => build::run(&a),
         Command::Diff(a) => diff::run(&a),
         Command::Keys(c) => keys::run(&c),

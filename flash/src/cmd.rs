@@ -98,12 +98,18 @@ mod tests {
     #[test]
     fn failure_names_the_command_and_keeps_the_stderr_tail() {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "for i in $(seq 1 30); do echo line$i >&2; done; exit 3"]);
+        cmd.args([
+            "-c",
+            "for i in $(seq 1 30); do echo line$i >&2; done; exit 3",
+        ]);
         let err = run(&mut cmd).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("`sh -c "), "{text}");
         assert!(text.contains("exit status: 3"), "{text}");
-        assert!(text.contains("line30") && !text.contains("line18\n"), "{text}");
+        assert!(
+            text.contains("line30") && !text.contains("line18\n"),
+            "{text}"
+        );
     }
 
     #[test]

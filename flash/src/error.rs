@@ -112,7 +112,7 @@ pub enum FlashError {
         reason: String,
     },
     /// What was read back from a target differs from what the image holds.
-    #[error("read-back of {target} does not match the image at bytes {offset}..{end} ({what}): the device lost or corrupted data; try another cable, port or device")]
+    #[error("read-back of {target} does not match the image at bytes {offset}..{end} ({what}): the device lost or corrupted data (or the compressed image changed while it was written); try another cable, port or device")]
     ReadBack {
         /// The target.
         target: String,

@@ -173,7 +173,8 @@ impl HostFacts {
         };
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| FlashError::io(format!("listing {}", dir.display()), e))?;
+            let entry =
+                entry.map_err(|e| FlashError::io(format!("listing {}", dir.display()), e))?;
             names.push(entry.file_name().to_string_lossy().into_owned());
         }
         names.sort();
@@ -205,12 +206,16 @@ mod tests {
             .iter()
             .find(|m| m.mount_point == "/tmp/flashrec/mnt")
             .unwrap();
-        assert_eq!((stick.dev, stick.source.as_str()), ((259, 0), "/dev/loop0p1"));
+        assert_eq!(
+            (stick.dev, stick.source.as_str()),
+            ((259, 0), "/dev/loop0p1")
+        );
     }
 
     #[test]
     fn escapes_and_optional_fields() {
-        let text = "36 35 98:0 / /media/my\\040stick rw,noatime master:1 shared:7 - vfat /dev/sdb1 rw\n";
+        let text =
+            "36 35 98:0 / /media/my\\040stick rw,noatime master:1 shared:7 - vfat /dev/sdb1 rw\n";
         let m = &parse_mountinfo(text).unwrap()[0];
         assert_eq!(m.mount_point, "/media/my stick");
         assert_eq!(m.source, "/dev/sdb1");
@@ -236,8 +241,9 @@ mod tests {
             swaps: Path::new(FIXTURE).join("swaps"),
             sysfs: PathBuf::from("fixtures/sysfs/does-not-exist"),
         };
-        let lsblk = Lsblk::parse(&fs::read_to_string(Path::new(FIXTURE).join("lsblk.json")).unwrap())
-            .unwrap();
+        let lsblk =
+            Lsblk::parse(&fs::read_to_string(Path::new(FIXTURE).join("lsblk.json")).unwrap())
+                .unwrap();
         let facts = HostFacts::from_lsblk(lsblk, &paths).unwrap();
         assert_eq!(facts.root_mount().unwrap().source, "/dev/vda");
         assert!(facts.holders("sda").unwrap().is_empty());

@@ -127,7 +127,11 @@ impl Discovery {
                 Err(FlashError::Discovery(format!(
                     "no disk exposed by a Jetson with USB serial {serial:?} (found: {}); is its \
                      flashing initrd running? `cargo xtask flash --list` shows what is attached",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 )))
             }
             many => Err(FlashError::Discovery(format!(
@@ -190,7 +194,9 @@ pub fn scan(sysfs: &Path) -> Result<Discovery> {
             usb,
         });
     }
-    discovery.recovery.sort_by(|a, b| a.usb.port.cmp(&b.usb.port));
+    discovery
+        .recovery
+        .sort_by(|a, b| a.usb.port.cmp(&b.usb.port));
     discovery.disks.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(discovery)
 }
@@ -204,9 +210,7 @@ fn usb_ancestor(device: &Path, root: &Path) -> Result<Option<(UsbDevice, Option<
             break;
         }
         if lun.is_none() {
-            lun = dir
-                .file_name()
-                .and_then(|n| scsi_lun(&n.to_string_lossy()));
+            lun = dir.file_name().and_then(|n| scsi_lun(&n.to_string_lossy()));
         }
         if let Some(usb) = read_usb(dir)? {
             return Ok(Some((usb, lun)));

@@ -29,6 +29,7 @@ pub mod loopdev;
 pub mod lsblk;
 pub mod parallel;
 pub mod safety;
+mod stream;
 pub mod target;
 pub mod writer;
 

@@ -14,7 +14,8 @@ use crate::cmd;
 use crate::error::{FlashError, Result};
 
 /// The columns asked of lsblk (`MAJ:MIN` to match mountinfo entries that name no device).
-pub const LSBLK_COLUMNS: &str = "NAME,PATH,MAJ:MIN,MOUNTPOINTS,TYPE,RM,HOTPLUG,SIZE,TRAN,SERIAL,MODEL,PKNAME";
+pub const LSBLK_COLUMNS: &str =
+    "NAME,PATH,MAJ:MIN,MOUNTPOINTS,TYPE,RM,HOTPLUG,SIZE,TRAN,SERIAL,MODEL,PKNAME";
 
 /// The whole output: `{"blockdevices": [...]}`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

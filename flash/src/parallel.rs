@@ -41,11 +41,11 @@ pub fn flash_all(image: &VerifiedImage, jobs: Vec<Job>) -> Vec<Outcome> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .into_iter()
-            .map(|mut job| {
+            .map(|job| {
                 let name = job.target.name().to_string();
                 let handle = scope.spawn(move || {
                     let started = Instant::now();
-                    let result = flash(image, job.target.as_mut(), job.progress.as_ref());
+                    let result = flash(image, job.target.as_ref(), job.progress.as_ref());
                     (result, started.elapsed())
                 });
                 (name, handle)
@@ -58,7 +58,9 @@ pub fn flash_all(image: &VerifiedImage, jobs: Vec<Job>) -> Vec<Outcome> {
                     (
                         Err(FlashError::Failed {
                             target: target.clone(),
-                            error: Box::new(FlashError::Stopped("the writer thread panicked".into())),
+                            error: Box::new(FlashError::Stopped(
+                                "the writer thread panicked".into(),
+                            )),
                             wipe_error: Some(
                                 "not attempted after the panic; wipe it by hand".into(),
                             ),

@@ -37,6 +37,19 @@ pub enum Removable {
     Forced,
 }
 
+impl Removable {
+    /// Why writing is allowed, in words.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Removable::Removable => "removable medium",
+            Removable::Hotplug => "hot-pluggable",
+            Removable::Usb => "on USB",
+            Removable::Loop => "a loop device",
+            Removable::Forced => "not removable, allowed by --force",
+        }
+    }
+}
+
 /// A device that passed every check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedDisk {

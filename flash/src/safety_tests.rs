@@ -64,7 +64,10 @@ fn system_disk_is_refused_even_with_force() {
 
     let f = facts("loop-partition-mounted-and-swap");
     let text = refusal(&f, "/dev/vda", forced);
-    assert!(text.contains("root file system (/dev/vda is mounted on /)"), "{text}");
+    assert!(
+        text.contains("root file system (/dev/vda is mounted on /)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -172,7 +175,10 @@ fn too_small_is_refused() {
 fn partitions_and_unknown_devices_are_refused() {
     let f = facts("workstation");
     let text = refusal(&f, "/dev/sda1", policy());
-    assert!(text.contains("partition") && text.contains("use /dev/sda"), "{text}");
+    assert!(
+        text.contains("partition") && text.contains("use /dev/sda"),
+        "{text}"
+    );
     let text = refusal(&f, "/dev/mapper/luks-3f2a", policy());
     assert!(text.contains("crypt device, not a disk"), "{text}");
     let text = refusal(&f, "/dev/sdz", policy());

@@ -26,28 +26,30 @@ const DIRECT_CHUNK: usize = 8 << 20;
 /// Something an image can be written to. Offsets are bytes from the start of the target.
 ///
 /// Implementations report errors naming the target; wrappers (fault injection in tests,
-/// throttling) delegate to an inner target.
-pub trait Target: Send {
+/// throttling) delegate to an inner target. Methods take `&self` because the writer writes
+/// while a second thread reads back what it wrote; positioned I/O (`pwrite`/`pread`) needs
+/// no shared cursor.
+pub trait Target: Send + Sync {
     /// The target's name for messages: its path.
     fn name(&self) -> &str;
     /// Size in bytes.
     fn size(&self) -> u64;
     /// Writes all of `data` at `offset`.
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()>;
     /// Fills all of `buf` from `offset`, from the medium rather than a cache where the target
     /// can tell the difference.
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Makes everything written so far durable.
-    fn sync(&mut self) -> Result<()>;
+    fn sync(&self) -> Result<()>;
     /// Makes `offset..offset + len` read as zeros if that is cheap (a hole punched in a file,
     /// a discard that zeroes on a device); `Ok(false)` when the target cannot, in which case
     /// nothing was changed.
-    fn zero_cheaply(&mut self, offset: u64, len: u64) -> Result<bool>;
+    fn zero_cheaply(&self, offset: u64, len: u64) -> Result<bool>;
 
     /// Wipes the partition table of a target about to hold (or that held) an image of
     /// `image_size` bytes: the protective MBR and both GPT copies, at the end of the target
     /// and, when the image is smaller, at the end of the image (where its backup GPT went).
-    fn wipe_partition_table(&mut self, image_size: u64) -> Result<()> {
+    fn wipe_partition_table(&self, image_size: u64) -> Result<()> {
         let size = self.size();
         let name = self.name().to_string();
         let mut io = TargetIo {
@@ -69,7 +71,7 @@ pub trait Target: Send {
 
 /// A `Write + Seek` view of a [`Target`], for `aperture_gpt::wipe_gpt`.
 struct TargetIo<'a, T: Target + ?Sized> {
-    target: &'a mut T,
+    target: &'a T,
     position: u64,
 }
 
@@ -164,19 +166,19 @@ impl Target for FileTarget {
         self.size
     }
 
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file.write_all_at(data, offset).map_err(|e| {
-            FlashError::io(format!("writing {} at byte {offset}", self.name), e)
-        })
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| FlashError::io(format!("writing {} at byte {offset}", self.name), e))
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
-            FlashError::io(format!("reading back {} at byte {offset}", self.name), e)
-        })
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| FlashError::io(format!("reading back {} at byte {offset}", self.name), e))
     }
 
-    fn sync(&mut self) -> Result<()> {
+    fn sync(&self) -> Result<()> {
         self.file
             .sync_all()
             .map_err(|e| FlashError::io(format!("syncing {}", self.name), e))?;
@@ -185,7 +187,7 @@ impl Target for FileTarget {
         Ok(())
     }
 
-    fn zero_cheaply(&mut self, offset: u64, len: u64) -> Result<bool> {
+    fn zero_cheaply(&self, offset: u64, len: u64) -> Result<bool> {
         punch_hole(&self.file, &self.name, offset, len)
     }
 }
@@ -217,7 +219,6 @@ pub struct BlockTarget {
     direct: File,
     size: u64,
     logical_sector: u64,
-    scratch: Vec<u8>,
 }
 
 impl BlockTarget {
@@ -265,7 +266,6 @@ impl BlockTarget {
             direct,
             size,
             logical_sector,
-            scratch: Vec::new(),
         })
     }
 
@@ -275,9 +275,10 @@ impl BlockTarget {
     }
 }
 
-/// A zeroed buffer of `len` bytes whose start is aligned for `O_DIRECT`: the range
-/// `start..start + len` of the returned vector.
-pub(crate) fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
+/// A zeroed buffer of `len` bytes whose start is aligned for `O_DIRECT` (4096 bytes): the
+/// range `start..start + len` of the returned vector. Safe code cannot ask the allocator for
+/// alignment, so this over-allocates by one alignment unit.
+pub fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
     let buf = vec![0u8; len + DIRECT_ALIGN];
     let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
     (buf, start)
@@ -292,40 +293,49 @@ impl Target for BlockTarget {
         self.size
     }
 
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file.write_all_at(data, offset).map_err(|e| {
-            FlashError::io(format!("writing {} at byte {offset}", self.name), e)
-        })
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| FlashError::io(format!("writing {} at byte {offset}", self.name), e))
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Reads with `O_DIRECT`: straight into `buf` when it, `offset` and its length are
+    /// aligned (the writer's read-back buffers are), else through an aligned bounce buffer.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let align = self.logical_sector.max(512);
-        if self.scratch.is_empty() {
-            let (scratch, _) = aligned_buffer(DIRECT_CHUNK);
-            self.scratch = scratch;
+        let failed = |at: u64, e: io::Error| {
+            FlashError::io(
+                format!("reading back {} at byte {at} (O_DIRECT)", self.name),
+                e,
+            )
+        };
+        let aligned = offset % align == 0
+            && buf.len() as u64 % align == 0
+            && buf.as_ptr().align_offset(DIRECT_ALIGN) == 0;
+        if aligned {
+            let got = read_full_at(&self.direct, buf, offset).map_err(|e| failed(offset, e))?;
+            if got < buf.len() {
+                return Err(failed(offset, io::ErrorKind::UnexpectedEof.into()));
+            }
+            return Ok(());
         }
-        let start = self.scratch.as_ptr().align_offset(DIRECT_ALIGN);
+        let bounce_len = ((buf.len() as u64 + 2 * align).div_ceil(align) * align)
+            .min(DIRECT_CHUNK as u64) as usize;
+        let (mut bounce, start) = aligned_buffer(bounce_len);
         let mut done = 0usize;
         while done < buf.len() {
             let want_start = offset + done as u64;
-            let aligned = want_start / align * align;
-            let skip = (want_start - aligned) as usize;
+            let window_start = want_start / align * align;
+            let skip = (want_start - window_start) as usize;
             let remaining = buf.len() - done;
-            let span = (skip + remaining).min(DIRECT_CHUNK);
-            let span = (span as u64).div_ceil(align) * align;
-            let span = span.min(self.size.saturating_sub(aligned)) as usize;
-            let window = &mut self.scratch[start..start + span];
-            let got = read_full_at(&self.direct, window, aligned).map_err(|e| {
-                FlashError::io(
-                    format!("reading back {} at byte {aligned} (O_DIRECT)", self.name),
-                    e,
-                )
-            })?;
+            let span = ((skip + remaining) as u64).div_ceil(align) * align;
+            let span = span.min(bounce_len as u64 / align * align);
+            let span = span.min(self.size.saturating_sub(window_start)) as usize;
+            let window = &mut bounce[start..start + span];
+            let got = read_full_at(&self.direct, window, window_start)
+                .map_err(|e| failed(window_start, e))?;
             if got <= skip {
-                return Err(FlashError::io(
-                    format!("reading back {} at byte {want_start}", self.name),
-                    io::ErrorKind::UnexpectedEof.into(),
-                ));
+                return Err(failed(want_start, io::ErrorKind::UnexpectedEof.into()));
             }
             let n = (got - skip).min(remaining);
             buf[done..done + n].copy_from_slice(&window[skip..skip + n]);
@@ -334,13 +344,13 @@ impl Target for BlockTarget {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<()> {
+    fn sync(&self) -> Result<()> {
         self.file
             .sync_all()
             .map_err(|e| FlashError::io(format!("syncing {}", self.name), e))
     }
 
-    fn zero_cheaply(&mut self, offset: u64, len: u64) -> Result<bool> {
+    fn zero_cheaply(&self, offset: u64, len: u64) -> Result<bool> {
         punch_hole(&self.file, &self.name, offset, len)
     }
 }
@@ -367,7 +377,7 @@ mod tests {
     fn file_target_grows_locks_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        let mut t = FileTarget::open(&path, 1 << 20).unwrap();
+        let t = FileTarget::open(&path, 1 << 20).unwrap();
         assert_eq!(t.size(), 1 << 20);
         assert!(FileTarget::open(&path, 0)
             .unwrap_err()
@@ -396,7 +406,7 @@ mod tests {
     #[test]
     fn wipe_covers_both_ends_of_target_and_image() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = FileTarget::open(&dir.path().join("d"), 4 << 20).unwrap();
+        let t = FileTarget::open(&dir.path().join("d"), 4 << 20).unwrap();
         t.write_at(0, &vec![0xA5; 4 << 20]).unwrap();
         t.wipe_partition_table(2 << 20).unwrap();
         let mut all = vec![0u8; 4 << 20];

@@ -56,7 +56,10 @@ fn disks_exposed_by_flashing_initrds_are_listed_by_serial() {
     );
     assert_eq!(found.disks[0].dev_path, Path::new("/dev/sdb"));
     assert_eq!(found.disks[0].usb.port, "1-2");
-    assert_eq!(found.disks[0].usb.product.as_deref(), Some("Linux for Tegra"));
+    assert_eq!(
+        found.disks[0].usb.product.as_deref(),
+        Some("Linux for Tegra")
+    );
 }
 
 #[test]
@@ -74,7 +77,10 @@ fn serial_resolves_to_one_disk_or_says_why_not() {
         "{text}"
     );
     let text = found.disk_by_serial("nope").unwrap_err().to_string();
-    assert!(text.contains("no disk exposed by a Jetson with USB serial \"nope\""), "{text}");
+    assert!(
+        text.contains("no disk exposed by a Jetson with USB serial \"nope\""),
+        "{text}"
+    );
     assert!(text.contains("1421622057371"), "{text}");
     // A recovery-mode Jetson has no disk yet.
     assert!(found.disk_by_serial("1424321098765").is_err());

@@ -6,6 +6,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use aperture_flash::bmap::Bmap;
@@ -42,19 +43,29 @@ fn assert_flashed(target: &Path, image_dir: &Path, unmapped: Unmapped) {
 /// zeros, so they pass untouched), or fails every write after `fail_after` writes.
 struct Faulty {
     inner: FileTarget,
-    flip_at: Option<u64>,
+    flip_at: Mutex<Option<u64>>,
     fail_after: Option<usize>,
-    writes: usize,
+    writes: AtomicUsize,
 }
 
 impl Faulty {
     fn new(path: &Path) -> Faulty {
         Faulty {
             inner: FileTarget::open(path, IMAGE_SIZE).unwrap(),
-            flip_at: None,
+            flip_at: Mutex::new(None),
             fail_after: None,
-            writes: 0,
+            writes: AtomicUsize::new(0),
         }
+    }
+
+    fn flipping(path: &Path, at: u64) -> Faulty {
+        let f = Faulty::new(path);
+        *f.flip_at.lock().unwrap() = Some(at);
+        f
+    }
+
+    fn flipped(&self) -> bool {
+        self.flip_at.lock().unwrap().is_none()
     }
 }
 
@@ -65,34 +76,35 @@ impl Target for Faulty {
     fn size(&self) -> u64 {
         self.inner.size()
     }
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> aperture_flash::Result<()> {
-        self.writes += 1;
-        if self.fail_after.is_some_and(|n| self.writes > n) {
+    fn write_at(&self, offset: u64, data: &[u8]) -> aperture_flash::Result<()> {
+        let writes = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_after.is_some_and(|n| writes > n) {
             return Err(FlashError::Io {
                 action: format!("writing {} at byte {offset}", self.name()),
                 source: std::io::Error::other("device unplugged"),
             });
         }
-        if let Some(at) = self.flip_at {
+        let mut flip_at = self.flip_at.lock().unwrap();
+        if let Some(at) = *flip_at {
             if (offset..offset + data.len() as u64).contains(&at) {
                 let i = (at - offset) as usize;
                 if data[i] != 0 {
                     let mut bad = data.to_vec();
                     bad[i] ^= 0x10;
-                    self.flip_at = None;
+                    *flip_at = None;
                     return self.inner.write_at(offset, &bad);
                 }
             }
         }
         self.inner.write_at(offset, data)
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> aperture_flash::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> aperture_flash::Result<()> {
         self.inner.read_at(offset, buf)
     }
-    fn sync(&mut self) -> aperture_flash::Result<()> {
+    fn sync(&self) -> aperture_flash::Result<()> {
         self.inner.sync()
     }
-    fn zero_cheaply(&mut self, offset: u64, len: u64) -> aperture_flash::Result<bool> {
+    fn zero_cheaply(&self, offset: u64, len: u64) -> aperture_flash::Result<bool> {
         self.inner.zero_cheaply(offset, len)
     }
 }
@@ -119,9 +131,9 @@ fn flash_to_a_new_file_equals_the_image() {
     let image = open(&image_dir);
     assert!(image.mapped_bytes() < IMAGE_SIZE / 2);
     let out = dir.path().join("target.img");
-    let mut target = FileTarget::open(&out, image.image_size()).unwrap();
+    let target = FileTarget::open(&out, image.image_size()).unwrap();
     let progress = Recorder::default();
-    let report = flash(&image, &mut target, &progress).unwrap();
+    let report = flash(&image, &target, &progress).unwrap();
     assert_eq!(report.bytes_written, image.mapped_bytes());
     assert_eq!(report.ranges_verified, image.bmap().ranges.len());
     assert_eq!(report.unmapped, Unmapped::Zeroed);
@@ -134,12 +146,11 @@ fn flash_to_a_new_file_equals_the_image() {
         [
             Stage::Preparing,
             Stage::Writing,
-            Stage::Verifying,
             Stage::PartitionTable,
             Stage::Done
         ]
     );
-    for (stage, total, done) in &stages[1..4] {
+    for (stage, total, done) in &stages[1..3] {
         assert_eq!(total, done, "{stage:?} reported {done} of {total} bytes");
     }
 }
@@ -152,15 +163,17 @@ fn flash_over_old_contents_zeroes_what_the_bmap_does_not_map() {
     let out = dir.path().join("used.img");
     let old = vec![0xA5u8; (IMAGE_SIZE + 4 * MIB) as usize];
     fs::write(&out, &old).unwrap();
-    let mut target = FileTarget::open(&out, image.image_size()).unwrap();
+    let target = FileTarget::open(&out, image.image_size()).unwrap();
     assert_eq!(target.size(), IMAGE_SIZE + 4 * MIB);
-    flash(&image, &mut target, &NoProgress).unwrap();
+    flash(&image, &target, &NoProgress).unwrap();
     assert_flashed(&out, &image_dir, Unmapped::Zeroed);
     let after = fs::read(&out).unwrap();
     // Past the image only the old backup GPT at the end of the target was wiped.
     let end = after.len();
     assert!(after[end - 33 * 512..].iter().all(|&b| b == 0));
-    assert!(after[IMAGE_SIZE as usize..end - 33 * 512].iter().all(|&b| b == 0xA5));
+    assert!(after[IMAGE_SIZE as usize..end - 33 * 512]
+        .iter()
+        .all(|&b| b == 0xA5));
 }
 
 #[test]
@@ -168,7 +181,9 @@ fn four_files_in_parallel_each_verified() {
     let dir = tempfile::tempdir().unwrap();
     let image_dir = make_build_folder(&dir.path().join("build"), BmapKind::Ours);
     let image = open(&image_dir);
-    let paths: Vec<_> = (0..4).map(|i| dir.path().join(format!("t{i}.img"))).collect();
+    let paths: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("t{i}.img")))
+        .collect();
     let jobs = paths
         .iter()
         .map(|p| Job {
@@ -224,7 +239,8 @@ fn tampered_folders_are_refused_before_any_write() {
         }
         d
     };
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Tamper = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Tamper, &str)> = vec![
         (
             "flipped-zst-byte",
             Box::new(|d| flip_byte(&d.join("disk.img.zst"), 1000)),
@@ -270,7 +286,10 @@ fn tampered_folders_are_refused_before_any_write() {
         let err = VerifiedImage::open(&d, None, NOW).unwrap_err();
         assert!(err.to_string().contains(expected), "{name}: {err}");
         // The flow stops here: no VerifiedImage, no flash. The target is as it was.
-        assert!(fs::read(&target).unwrap().iter().all(|&b| b == 0x5A), "{name}");
+        assert!(
+            fs::read(&target).unwrap().iter().all(|&b| b == 0x5A),
+            "{name}"
+        );
     }
     // An expired release key is refused too.
     let err = VerifiedImage::open(&pristine, None, NOW + 2_000_000).unwrap_err();
@@ -281,17 +300,37 @@ fn tampered_folders_are_refused_before_any_write() {
 #[test]
 fn zst_changed_after_verification_is_caught_and_the_table_wiped() {
     let dir = tempfile::tempdir().unwrap();
+    // With range checksums in the signed bmap, a different image swapped in after the check
+    // fails the read-back of the range it changes.
     let image_dir = make_build_folder(&dir.path().join("build"), BmapKind::Ours);
     let image = open(&image_dir);
-    // Swap in a different but valid stream of the same image after the check.
-    let disk = File::open(image_dir.join("disk.img")).unwrap();
+    let disk = image_dir.join("disk.img");
+    flip_byte(&disk, 2000 * 4096 + 9);
     let zst = File::create(image_dir.join("disk.img.zst")).unwrap();
-    zstd::stream::copy_encode(disk, zst, 1).unwrap();
+    zstd::stream::copy_encode(File::open(&disk).unwrap(), zst, 3).unwrap();
     let out = dir.path().join("t.img");
-    let mut target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
-    let err = flash(&image, &mut target, &NoProgress).unwrap_err();
+    let target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
+    let err = flash(&image, &target, &NoProgress).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("changed while it was being written"), "{text}");
+    assert!(text.contains("read-back of"), "{text}");
+    assert!(text.contains("partition table was wiped"), "{text}");
+    let mut file = File::open(&out).unwrap();
+    assert!(aperture_gpt::read_gpt(&mut file, IMAGE_SIZE).is_err());
+
+    // Without range checksums the stream itself is hashed again: even the same image
+    // compressed differently is refused.
+    let image_dir = make_build_folder(&dir.path().join("plain"), BmapKind::NoChecksums);
+    let image = open(&image_dir);
+    let zst = File::create(image_dir.join("disk.img.zst")).unwrap();
+    zstd::stream::copy_encode(File::open(image_dir.join("disk.img")).unwrap(), zst, 1).unwrap();
+    let out = dir.path().join("t2.img");
+    let target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
+    let err = flash(&image, &target, &NoProgress).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("changed while it was being written"),
+        "{text}"
+    );
     assert!(text.contains("partition table was wiped"), "{text}");
     let mut file = File::open(&out).unwrap();
     assert!(aperture_gpt::read_gpt(&mut file, IMAGE_SIZE).is_err());
@@ -303,12 +342,14 @@ fn corrupted_write_is_caught_by_read_back_and_the_table_wiped() {
     let image_dir = make_build_folder(&dir.path().join("build"), BmapKind::Ours);
     let image = open(&image_dir);
     // A byte in rootfs_a's data, then a byte of the primary GPT header (written last).
-    for (at, what) in [(1600 * 4096 + 77, "sha256"), (512 + 1, "partition table region")] {
+    for (at, what) in [
+        (1600 * 4096 + 77, "sha256"),
+        (512 + 1, "partition table region"),
+    ] {
         let out = dir.path().join(format!("t{at}.img"));
-        let mut target = Faulty::new(&out);
-        target.flip_at = Some(at);
-        let err = flash(&image, &mut target, &NoProgress).unwrap_err();
-        assert!(target.flip_at.is_none(), "the fault at {at} was never injected");
+        let target = Faulty::flipping(&out, at);
+        let err = flash(&image, &target, &NoProgress).unwrap_err();
+        assert!(target.flipped(), "the fault at {at} was never injected");
         let FlashError::Failed {
             error, wipe_error, ..
         } = &err
@@ -334,9 +375,12 @@ fn failing_device_is_reported_and_wiped() {
     let out = dir.path().join("t.img");
     let mut target = Faulty::new(&out);
     target.fail_after = Some(5);
-    let err = flash(&image, &mut target, &NoProgress).unwrap_err();
+    let err = flash(&image, &target, &NoProgress).unwrap_err();
     let text = err.to_string();
-    assert!(text.starts_with(&format!("flashing {} failed", out.display())), "{text}");
+    assert!(
+        text.starts_with(&format!("flashing {} failed", out.display())),
+        "{text}"
+    );
     // The device is gone, so the wipe fails too, and the message says so loudly.
     assert!(text.contains("ALSO failed"), "{text}");
     assert!(!err.is_refusal());
@@ -355,21 +399,21 @@ fn too_small_target_is_refused_untouched() {
         fn size(&self) -> u64 {
             IMAGE_SIZE - 4096
         }
-        fn write_at(&mut self, _: u64, _: &[u8]) -> aperture_flash::Result<()> {
+        fn write_at(&self, _: u64, _: &[u8]) -> aperture_flash::Result<()> {
             panic!("written")
         }
-        fn read_at(&mut self, o: u64, b: &mut [u8]) -> aperture_flash::Result<()> {
+        fn read_at(&self, o: u64, b: &mut [u8]) -> aperture_flash::Result<()> {
             self.0.read_at(o, b)
         }
-        fn sync(&mut self) -> aperture_flash::Result<()> {
+        fn sync(&self) -> aperture_flash::Result<()> {
             panic!("synced")
         }
-        fn zero_cheaply(&mut self, _: u64, _: u64) -> aperture_flash::Result<bool> {
+        fn zero_cheaply(&self, _: u64, _: u64) -> aperture_flash::Result<bool> {
             panic!("zeroed")
         }
     }
-    let mut target = Small(FileTarget::open(&dir.path().join("s"), 4096).unwrap());
-    let err = flash(&image, &mut target, &NoProgress).unwrap_err();
+    let target = Small(FileTarget::open(&dir.path().join("s"), 4096).unwrap());
+    let err = flash(&image, &target, &NoProgress).unwrap_err();
     assert!(err.is_refusal(), "{err}");
     assert!(
         err.to_string()
@@ -385,14 +429,16 @@ fn bmap_without_checksums_is_verified_with_our_own_hashes() {
     let image = open(&image_dir);
     assert_eq!(image.bmap().checksum_type, None);
     let out = dir.path().join("ok.img");
-    let mut target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
-    flash(&image, &mut target, &NoProgress).unwrap();
-    assert_eq!(head(&out, IMAGE_SIZE), fs::read(image_dir.join("disk.img")).unwrap());
+    let target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
+    flash(&image, &target, &NoProgress).unwrap();
+    assert_eq!(
+        head(&out, IMAGE_SIZE),
+        fs::read(image_dir.join("disk.img")).unwrap()
+    );
 
     let bad = dir.path().join("bad.img");
-    let mut target = Faulty::new(&bad);
-    target.flip_at = Some(2000 * 4096 + 5);
-    let err = flash(&image, &mut target, &NoProgress).unwrap_err();
+    let target = Faulty::flipping(&bad, 2000 * 4096 + 5);
+    let err = flash(&image, &target, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("read-back of"), "{err}");
 }
 
@@ -412,8 +458,8 @@ fn bmap_written_by_bmaptool_is_accepted() {
     assert!(text.contains("<bmap version=\"2.0\">"), "{text}");
     let image = open(&image_dir);
     let out = dir.path().join("t.img");
-    let mut target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
-    flash(&image, &mut target, &NoProgress).unwrap();
+    let target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
+    flash(&image, &target, &NoProgress).unwrap();
     assert_flashed(&out, &image_dir, Unmapped::Zeroed);
 }
 

@@ -4,11 +4,13 @@
 //!
 //! The pipeline is a list of named steps ([`pipeline`]); each is a module here.
 
+pub mod audit;
 pub mod board;
 pub mod cmd;
 pub mod diff;
 pub mod disk;
 pub mod esp;
+pub mod jetson;
 pub mod keys;
 pub mod outputs;
 pub mod pipeline;
@@ -17,6 +19,7 @@ pub mod qemu;
 pub mod recipe;
 pub mod rootfs;
 pub mod sbom;
+pub mod security;
 pub mod slot;
 pub mod store;
 pub mod verify;

@@ -31,6 +31,13 @@ pub struct BuildOptions {
     pub release: bool,
     /// Let a release build use development keys anyway.
     pub insecure_dev_keys: bool,
+    /// Skip the final security audit (`--insecure-skip-audit`): for testing the audit itself
+    /// on images that violate the policy; never for images that ship.
+    pub insecure_skip_audit: bool,
+    /// Jetson Linux (L4T) BSP folder (`--bsp`): kernel, device tree and boot firmware of the
+    /// Jetson boards. Without it a Jetson build stops after the slot image and says what to
+    /// download.
+    pub bsp: Option<PathBuf>,
 }
 
 /// Where a build's pieces live.
@@ -176,13 +183,17 @@ pub fn build_rootfs(
         for u in &recipe.services.mask {
             units::mask(&layer, u)?;
         }
+        // The security baseline last: its files win over overlays, and its setuid scan sees
+        // everything this layer adds.
+        let security = crate::security::apply(&layer, recipe)?;
         s.note(format!(
-            "{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked",
+            "{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked; {}",
             progs.len(),
             n,
             recipe.overlays.len(),
             recipe.services.enable.len(),
-            recipe.services.mask.len()
+            recipe.services.mask.len(),
+            security.note()
         ));
         Ok(())
     })?;
@@ -258,15 +269,41 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
     } else {
         Some(crate::outputs::build(&recipe, &paths, &rootfs, &keys, &opts.workspace, rep)?)
     };
-    let report = BuildReport {
+    let mut report = BuildReport {
         name: recipe.build_name(),
         paths,
         rootfs,
         outputs,
         steps: rep.records(),
     };
-    let mut json = serde_json::to_vec_pretty(&report)?;
-    json.push(b'\n');
-    std::fs::write(report.paths.out.join("build-report.json"), json)?;
+    let write_report = |report: &BuildReport| -> Result<()> {
+        let mut json = serde_json::to_vec_pretty(report)?;
+        json.push(b'\n');
+        std::fs::write(report.paths.out.join("build-report.json"), json)?;
+        Ok(())
+    };
+    write_report(&report)?;
+    // Last: the offline audit of what was just built (the same as `cargo xtask audit DIR`,
+    // which reads build-report.json), failing the build on any violation of the policy.
+    rep.step("audit", |s| {
+        if opts.insecure_skip_audit {
+            s.reporter().warn_loud(&[
+                "--insecure-skip-audit: this image was NOT checked against its security policy.",
+                "Do not ship it. `cargo xtask audit DIR` audits it later.",
+            ]);
+            s.note("SKIPPED by --insecure-skip-audit");
+            return Ok(());
+        }
+        let policy = crate::security::Policy::from_recipe(&recipe);
+        let audit = crate::audit::audit_build(&report.paths.out, Some(&policy))?;
+        audit.write_json(&report.paths.out)?;
+        for l in audit.to_text().lines() {
+            s.line(l);
+        }
+        s.note(audit.summary());
+        audit.into_result()
+    })?;
+    report.steps = rep.records();
+    write_report(&report)?;
     Ok(report)
 }

@@ -53,6 +53,21 @@ pub enum Node {
     File(String),
 }
 
+/// Owner and mode of a file object ([`Store::file_meta`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// `st_mode`: file type and permission bits (setuid 0o4000, setgid 0o2000).
+    pub mode: u32,
+    /// Size in bytes (0 for symlinks).
+    pub size: u64,
+    /// The target, if the object is a symlink.
+    pub symlink: Option<String>,
+}
+
 fn gerr(e: glib::Error) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -346,6 +361,29 @@ impl Store {
                     .map(|p| p.to_string_lossy().into_owned())
             })
             .flatten())
+    }
+
+    /// Owner, mode and symlink target of a file object (for the security baseline and audit,
+    /// which look at every file's setuid and write bits).
+    pub fn file_meta(&self, checksum: &str) -> Result<FileMeta> {
+        let (_, info, _) = self
+            .repo
+            .load_file(checksum, gio::Cancellable::NONE)
+            .map_err(gerr)
+            .with_context(|| format!("loading file object {checksum}"))?;
+        let symlink = (info.file_type() == gio::FileType::SymbolicLink)
+            .then(|| {
+                info.symlink_target()
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
+            .flatten();
+        Ok(FileMeta {
+            uid: info.attribute_uint32("unix::uid"),
+            gid: info.attribute_uint32("unix::gid"),
+            mode: info.attribute_uint32("unix::mode"),
+            size: u64::try_from(info.size()).unwrap_or(0),
+            symlink,
+        })
     }
 
     /// A regular file's bytes (up to `limit`).

@@ -4,6 +4,8 @@
 //! lists them as ignored; `cargo xtask test` runs them as root with `--ignored`. Builds go to
 //! `target/aperture-tests/`, shared by both suites so the VM tier boots what tier 2 built.
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,8 @@ pub fn build(recipe: &Path, out: &Path, rootfs_only: bool) -> Result<(BuildRepor
         rootfs_only,
         release: false,
         insecure_dev_keys: false,
+        insecure_skip_audit: false,
+        bsp: None,
     };
     let rep = Reporter::new(None)?;
     let t = Instant::now();
@@ -153,3 +157,18 @@ pub fn boot(
 /// How long a boot may take to reach userspace under TCG (about 22 s measured; generous for
 /// a loaded CI machine).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Write a boot script for the VM test hook (fw_cfg `opt/aperture/script`) into `dir`.
+pub fn hook_script(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
+    let p = dir.join(format!("{name}.sh"));
+    std::fs::write(&p, format!("set -u\n{body}\n"))?;
+    Ok(p)
+}
+
+/// The JSON object printed on one console line after `marker` (the line may carry a prefix).
+pub fn json_on_line(line: &str) -> Result<serde_json::Value> {
+    let start = line.find('{').context("no JSON object on the line")?;
+    let end = line.rfind('}').context("no end of the JSON object")?;
+    serde_json::from_str(&line[start..=end])
+        .with_context(|| format!("parsing JSON from console line: {line}"))
+}

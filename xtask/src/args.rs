@@ -69,6 +69,10 @@ pub struct BuildArgs {
     /// Let a release build use development keys anyway (never for shipping).
     #[arg(long)]
     pub insecure_dev_keys: bool,
+    /// Skip the final security audit (to test the audit on images that break the policy;
+    /// never for shipping). `cargo xtask audit DIR` audits the result later.
+    #[arg(long)]
+    pub insecure_skip_audit: bool,
     /// Print machine-readable results as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -1,8 +1,12 @@
 //! `aperture-agent`: parse arguments, set up logging, run the library, print errors once.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
+use aperture_agent::health::{self, GateOptions, Systemctl};
 use aperture_agent::{host::Host, status};
+use aperture_updater::{Paths, Updater};
 
 /// The Aperture device agent.
 #[derive(Debug, Parser)]
@@ -20,6 +24,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Health gate: wait for the required services, then commit the running slot (mark it
+    /// good, raise the anti-rollback floor); exit non-zero if they fail on a slot on trial.
+    Health {
+        /// Seconds to wait for the required services.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Seconds between checks.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+    },
+}
+
+fn health(timeout: u64, interval: u64) -> anyhow::Result<()> {
+    let host = Host::default();
+    let mut updater = Updater::on_device(Paths::rooted(&host.root))?;
+    let opts = GateOptions {
+        timeout: Duration::from_secs(timeout),
+        interval: Duration::from_secs(interval),
+    };
+    let report = health::run_gate(
+        &host,
+        &mut updater,
+        &mut Systemctl,
+        &opts,
+        &mut std::thread::sleep,
+    )?;
+    println!("{report}");
+    Ok(())
 }
 
 fn main() {
@@ -39,6 +71,7 @@ fn main() {
                 }
                 Ok(())
             }),
+        Command::Health { timeout, interval } => health(timeout, interval),
     };
     if let Err(e) = result {
         eprintln!("aperture-agent: error: {e:#}");

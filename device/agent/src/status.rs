@@ -1,31 +1,22 @@
 //! `aperture-agent status`: product, version, board, the booted slot, and whether the root is
-//! mounted read-only through dm-verity, as a line of text or as JSON.
+//! mounted read-only through dm-verity, as a line of text or as JSON; with the A/B state from
+//! `aperture-update` (both slots, the anti-rollback floor) and a rollback notice when this boot
+//! came back from a slot that failed its health check.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use aperture_updater::status::{Rollback, UpdateStatus};
+use aperture_updater::{Paths, Updater};
+
 use crate::host::Host;
 
 /// What the image says about itself (`/etc/aperture/build.json`, written by the image builder).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BuildFacts {
-    /// Product.
-    pub product: String,
-    /// Image version.
-    pub version: String,
-    /// Anti-rollback counter of this image.
-    pub security_version: u64,
-    /// Board.
-    pub board: String,
-    /// sha256 of the resolved recipe.
-    pub recipe_sha256: String,
-    /// Source date of the build.
-    pub source_date_epoch: u64,
-    /// Units the health gate requires.
-    #[serde(default)]
-    pub required_services: Vec<String>,
-}
+///
+/// Defined in `aperture-updater` (which reads it to check updates and to commit, and which
+/// this crate calls for the health gate) and re-exported here under the name DEVICE.md uses.
+pub use aperture_updater::facts::BuildFacts;
 
 /// How the root file system is mounted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,6 +46,15 @@ pub struct Status {
     pub security_version: u64,
     /// Root mount.
     pub root: Option<RootMount>,
+    /// A/B state from the updater (absent when the ESP or boot control cannot be read).
+    #[serde(default)]
+    pub update: Option<UpdateStatus>,
+    /// Why `update` is absent, if it is.
+    #[serde(default)]
+    pub update_unavailable: Option<String>,
+    /// The slot that failed its health check, when this boot is a rollback from it.
+    #[serde(default)]
+    pub rollback: Option<Rollback>,
 }
 
 /// Why status could not be read.
@@ -140,6 +140,11 @@ pub fn gather(host: &Host) -> Result<Status, StatusError> {
     let facts = read_facts(host)?;
     let cmdline = std::fs::read_to_string(host.cmdline()).unwrap_or_default();
     let mountinfo = std::fs::read_to_string(host.mountinfo()).unwrap_or_default();
+    let (update, update_unavailable) = match update_status(host) {
+        Ok(u) => (Some(u), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let rollback = update.as_ref().and_then(|u| u.rollback.clone());
     Ok(Status {
         product: facts.product,
         version: facts.version,
@@ -147,7 +152,15 @@ pub fn gather(host: &Host) -> Result<Status, StatusError> {
         slot: slot_from_cmdline(&cmdline),
         security_version: facts.security_version,
         root: root_mount(&mountinfo, host),
+        update,
+        update_unavailable,
+        rollback,
     })
+}
+
+/// The updater's view of the device rooted at `host`.
+pub fn update_status(host: &Host) -> Result<UpdateStatus, aperture_updater::UpdateError> {
+    Updater::on_device(Paths::rooted(&host.root))?.status()
 }
 
 impl fmt::Display for Status {
@@ -171,7 +184,14 @@ impl fmt::Display for Status {
                 if r.verity { "yes" } else { "no" }
             ),
             None => write!(f, " root=unknown"),
+        }?;
+        if let Some(u) = &self.update {
+            write!(f, " next={} floor={}", u.next, u.security_floor)?;
         }
+        if let Some(rb) = &self.rollback {
+            write!(f, "\n{rb}")?;
+        }
+        Ok(())
     }
 }
 

@@ -1,1 +1,44 @@
-//! Placeholder.
+//! `aperture-reset`: the three reset levels of an Aperture appliance, journaled so that a
+//! power cut at any point is finished at the next boot (ARCHITECTURE.md, "Reset rules").
+//!
+//! 1. **Level 1** (short press): re-verify the known-good slot (dm-verity of its partition,
+//!    sha256 of its kernel and initrd) and boot it ([`Reset::level1`]).
+//! 2. **Level 2** (long press): reinstall the signed factory image from the `factory`
+//!    partition into both slots: the inactive slot first, reboot into it, then the other
+//!    ([`Reset::start`], [`Reset::resume`]).
+//! 3. **Level 3** (very long press, or before an appliance changes hands): level 2 plus a
+//!    secure wipe of `config` and `data`: crypto-erase (keyslots, then the whole LUKS
+//!    metadata area), discard or overwrite, sealed keys forgotten. The next boot formats the
+//!    partitions afresh.
+//!
+//! Modules:
+//! * [`journal`]: the plan and `/efi/aperture/reset.json`; [`engine`]: running and resuming it.
+//! * [`wipe`]: crypto-erase, scrub, and the `--verify` read-back; [`factory`]: the bundle in
+//!   the factory partition; [`slot_writer`]: installing a bundle into a slot
+//!   ([`SlotWriter`]); [`slot_check`]: re-verifying a slot for level 1.
+//! * [`input`]: the reset key held at boot; [`seams`]: clock, reboot, discard, fault
+//!   injection; [`io`]: partition I/O helpers; [`paths`]: where everything is; [`app`]: the
+//!   command line.
+//!
+//! Partitions, LUKS and keys come from `aperture-storage` (its [`aperture_storage::Disk`],
+//! [`aperture_storage::Crypt`] and [`aperture_storage::KeySource`] traits), slots from
+//! `aperture-slots`, bundles and verity from `aperture-trust`.
+
+pub mod app;
+pub mod engine;
+mod error;
+pub mod factory;
+pub mod input;
+pub mod io;
+pub mod journal;
+pub mod paths;
+pub mod seams;
+pub mod slot_check;
+pub mod slot_writer;
+pub mod wipe;
+
+pub use engine::{Level1Report, Outcome, Reset};
+pub use error::ResetError;
+pub use journal::{Journal, Level, Step};
+pub use paths::Paths;
+pub use slot_writer::{BundleSlotWriter, SlotWriter, Slots};

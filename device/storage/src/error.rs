@@ -105,12 +105,9 @@ pub enum StorageError {
 
 impl StorageError {
     /// A closure that wraps an `io::Error` for `path`, for `map_err`.
-    pub fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
-        move |source| StorageError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+    pub fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
+        let path = path.to_path_buf();
+        move |source| StorageError::Io { op, path, source }
     }
 
     /// A malformed-input error.

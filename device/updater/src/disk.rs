@@ -104,8 +104,13 @@ impl PartitionHandle for FilePartition {
     }
 
     fn drop_cache(&self) -> io::Result<()> {
-        rustix::fs::fadvise(&self.file, self.base, self.size, rustix::fs::Advice::DontNeed)
-            .map_err(io::Error::from)
+        rustix::fs::fadvise(
+            &self.file,
+            self.base,
+            self.size,
+            rustix::fs::Advice::DontNeed,
+        )
+        .map_err(io::Error::from)
     }
 }
 
@@ -242,9 +247,8 @@ impl io::Seek for PartitionReader<'_> {
             SeekFrom::End(d) => self.len.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
-        })?;
+        self.pos = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         Ok(self.pos)
     }
 }
@@ -264,8 +268,18 @@ mod tests {
         let layout = Layout::new(
             Guid::derive("t", "disk"),
             vec![
-                PartitionSpec::new("rootfs_a", Guid::LINUX_FILESYSTEM, Guid::derive("t", "a"), 2 << 20),
-                PartitionSpec::new("rootfs_b", Guid::LINUX_FILESYSTEM, Guid::derive("t", "b"), 2 << 20),
+                PartitionSpec::new(
+                    "rootfs_a",
+                    Guid::LINUX_FILESYSTEM,
+                    Guid::derive("t", "a"),
+                    2 << 20,
+                ),
+                PartitionSpec::new(
+                    "rootfs_b",
+                    Guid::LINUX_FILESYSTEM,
+                    Guid::derive("t", "b"),
+                    2 << 20,
+                ),
             ],
         );
         write_gpt(&mut f, size, &layout).unwrap();
@@ -300,7 +314,10 @@ mod tests {
         let (_d, disk) = image();
         let err = disk.open("rootfs_c").err().unwrap().to_string();
         assert!(err.contains("rootfs_c"), "{err}");
-        let err = PartlabelDisk::new("/nonexistent").open("rootfs_b").err().unwrap();
+        let err = PartlabelDisk::new("/nonexistent")
+            .open("rootfs_b")
+            .err()
+            .unwrap();
         assert!(matches!(err, UpdateError::NoPartition { .. }));
     }
 }

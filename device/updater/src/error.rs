@@ -165,7 +165,9 @@ impl UpdateError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            UpdateError::Trust(_) | UpdateError::Unsupported { .. } | UpdateError::AlreadyInstalled { .. }
+            UpdateError::Trust(_)
+                | UpdateError::Unsupported { .. }
+                | UpdateError::AlreadyInstalled { .. }
         )
     }
 }

@@ -85,6 +85,9 @@ mod tests {
         std::fs::write(&p, "root=x aperture.slot=b ro\n").unwrap();
         assert_eq!(booted_slot(&p).unwrap(), Slot::B);
         std::fs::write(&p, "root=x").unwrap();
-        assert!(matches!(booted_slot(&p), Err(UpdateError::UnknownBootedSlot { .. })));
+        assert!(matches!(
+            booted_slot(&p),
+            Err(UpdateError::UnknownBootedSlot { .. })
+        ));
     }
 }

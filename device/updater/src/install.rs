@@ -103,9 +103,15 @@ impl<'m> Placement<'m> {
             match a.role {
                 Role::Rootfs if rootfs.is_none() => rootfs = Some(a),
                 Role::Kernel | Role::Initrd
-                    if !boot_files.iter().any(|(b, _): &(&Artifact, _)| b.role == a.role) =>
+                    if !boot_files
+                        .iter()
+                        .any(|(b, _): &(&Artifact, _)| b.role == a.role) =>
                 {
-                    let file = if a.role == Role::Kernel { KERNEL_FILE } else { INITRD_FILE };
+                    let file = if a.role == Role::Kernel {
+                        KERNEL_FILE
+                    } else {
+                        INITRD_FILE
+                    };
                     boot_files.push((a, file));
                 }
                 role => {
@@ -118,9 +124,13 @@ impl<'m> Placement<'m> {
                 }
             }
         }
-        let rootfs = rootfs.ok_or_else(|| unsupported("the bundle carries no rootfs payload".into()))?;
+        let rootfs =
+            rootfs.ok_or_else(|| unsupported("the bundle carries no rootfs payload".into()))?;
         if rootfs.verity.is_none() {
-            return Err(unsupported(format!("rootfs {} has no verity parameters", rootfs.name)));
+            return Err(unsupported(format!(
+                "rootfs {} has no verity parameters",
+                rootfs.name
+            )));
         }
         for role in [Role::Kernel, Role::Initrd] {
             if !boot_files.iter().any(|(a, _)| a.role == role) {
@@ -138,7 +148,11 @@ impl Updater {
     /// Install the bundle read from `bundle` into the slot that is not running. See the module
     /// documentation for the order. On a refusal (trust, policy, unsupported content) nothing
     /// was written; on a later error the target is left unbootable and the journal says so.
-    pub fn install(&mut self, bundle: &mut dyn Read, opts: &InstallOptions) -> Result<Installed, UpdateError> {
+    pub fn install(
+        &mut self,
+        bundle: &mut dyn Read,
+        opts: &InstallOptions,
+    ) -> Result<Installed, UpdateError> {
         let facts = BuildFacts::load(&self.paths.build_facts)?;
         let running = facts.semver(&self.paths.build_facts)?;
         let root = PublicKey::load(&self.paths.root_key).map_err(|e| UpdateError::Malformed {
@@ -187,9 +201,12 @@ impl Updater {
         }
         let place = Placement::of(&verified)?;
         let rootfs = place.rootfs;
-        let verity = rootfs.verity.clone().ok_or_else(|| UpdateError::Unsupported {
-            reason: "the rootfs has no verity parameters".into(),
-        })?;
+        let verity = rootfs
+            .verity
+            .clone()
+            .ok_or_else(|| UpdateError::Unsupported {
+                reason: "the rootfs has no verity parameters".into(),
+            })?;
         let mut part = self.disk.open(&rootfs_partition(target))?;
         if rootfs.size > part.size() {
             return Err(UpdateError::TooLarge {
@@ -198,7 +215,11 @@ impl Updater {
                 capacity: part.size(),
             });
         }
-        plan(&self.boot.read()?, self.booted, Event::BeginInstall { target })?;
+        plan(
+            &self.boot.read()?,
+            self.booted,
+            Event::BeginInstall { target },
+        )?;
         let record = SlotRecord::from_manifest(&verified)?;
         let base = verified.boot.as_ref().map_or("", |b| b.cmdline.as_str());
         let boot = aperture_slots::cmdline::slot_boot(
@@ -213,7 +234,10 @@ impl Updater {
         // 3. Journal: the first write of the install.
         let restarted = state.journal.take();
         if let Some(old) = &restarted {
-            tracing::warn!("an earlier install was cut off ({}); starting over", old.summary());
+            tracing::warn!(
+                "an earlier install was cut off ({}); starting over",
+                old.summary()
+            );
         }
         let journal = Journal {
             target,
@@ -260,9 +284,11 @@ impl Updater {
 
         // 6. Every payload hash matched: the boot files go into place.
         for (tmp, dest, _) in &staged {
-            io.rename(tmp, dest).map_err(UpdateError::file("renaming into place", dest))?;
+            io.rename(tmp, dest)
+                .map_err(UpdateError::file("renaming into place", dest))?;
         }
-        io.sync_dir(&slot_dir).map_err(UpdateError::file("syncing folder", &slot_dir))?;
+        io.sync_dir(&slot_dir)
+            .map_err(UpdateError::file("syncing folder", &slot_dir))?;
 
         // 7. Read back.
         if let Err(e) = part.drop_cache() {
@@ -282,7 +308,8 @@ impl Updater {
         ] {
             stage_file(io, &slot_dir.join(name), &bytes)?;
         }
-        io.sync_dir(&slot_dir).map_err(UpdateError::file("syncing folder", &slot_dir))?;
+        io.sync_dir(&slot_dir)
+            .map_err(UpdateError::file("syncing folder", &slot_dir))?;
 
         // 9. Arm, 10. clear the journal.
         self.slots().arm(target, opts.tries, &boot)?;
@@ -317,12 +344,14 @@ impl Updater {
         for name in [SLOT_RECORD, MANIFEST_FILE, SIGNATURE_FILE] {
             let path = slot_dir.join(name);
             if path.exists() {
-                io.remove(&path).map_err(UpdateError::file("removing", &path))?;
+                io.remove(&path)
+                    .map_err(UpdateError::file("removing", &path))?;
                 removed = true;
             }
         }
         if removed {
-            io.sync_dir(slot_dir).map_err(UpdateError::file("syncing folder", slot_dir))?;
+            io.sync_dir(slot_dir)
+                .map_err(UpdateError::file("syncing folder", slot_dir))?;
         }
         Ok(())
     }
@@ -354,7 +383,9 @@ fn split_header(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), UpdateError> {
     let mut at = 0usize;
     let mut out = Vec::new();
     for _ in 0..2 {
-        let header = bytes.get(at..at + 512).ok_or_else(|| bad("shorter than two entries"))?;
+        let header = bytes
+            .get(at..at + 512)
+            .ok_or_else(|| bad("shorter than two entries"))?;
         let field = &header[124..136];
         let text: String = field
             .iter()
@@ -418,7 +449,8 @@ fn write_partition(
         if n == 0 {
             break;
         }
-        io.write_at(part, &buf[..n], offset).map_err(fail("writing", part))?;
+        io.write_at(part, &buf[..n], offset)
+            .map_err(fail("writing", part))?;
         offset += n as u64;
         if n < buf.len() {
             break;
@@ -430,23 +462,31 @@ fn write_partition(
 
 /// Stream a boot file into `path` (a `.tmp` name), then fsync it.
 fn write_file(io: &dyn Io, path: &Path, payload: &mut dyn Read) -> Result<(), UpdateError> {
-    let mut f = io.create(path).map_err(UpdateError::file("creating", path))?;
+    let mut f = io
+        .create(path)
+        .map_err(UpdateError::file("creating", path))?;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = fill(payload, &mut buf).map_err(payload_error)?;
         if n == 0 {
             break;
         }
-        io.write(&mut f, path, &buf[..n]).map_err(UpdateError::file("writing", path))?;
+        io.write(&mut f, path, &buf[..n])
+            .map_err(UpdateError::file("writing", path))?;
         if n < buf.len() {
             break;
         }
     }
-    io.sync_file(&f, path).map_err(UpdateError::file("syncing", path))
+    io.sync_file(&f, path)
+        .map_err(UpdateError::file("syncing", path))
 }
 
 /// Read the rootfs back once: sha256 of the whole artifact and the full dm-verity check.
-pub fn verify_rootfs(part: &dyn PartitionHandle, rootfs: &Artifact, slot: Slot) -> Result<(), UpdateError> {
+pub fn verify_rootfs(
+    part: &dyn PartitionHandle,
+    rootfs: &Artifact,
+    slot: Slot,
+) -> Result<(), UpdateError> {
     let fail = |reason: String| UpdateError::Verify {
         slot,
         what: format!("rootfs {} on {}", rootfs.name, part.describe()),
@@ -456,11 +496,41 @@ pub fn verify_rootfs(part: &dyn PartitionHandle, rootfs: &Artifact, slot: Slot) 
         .verity
         .as_ref()
         .ok_or_else(|| fail("the manifest gives no verity parameters".into()))?;
-    let mut reader = SequentialHasher::new(PartitionReader::new(part, rootfs.size));
-    aperture_trust::verity::verify_device(&mut reader, verity).map_err(|e| fail(e.to_string()))?;
-    let digest = reader.finish(rootfs.size).map_err(|e| fail(format!("reading: {e}")))?;
+    // One pass over the partition: the verity check reads it, and the bytes it reads in order
+    // are handed to a second thread for the whole-image sha256, so the two hashes run on two
+    // cores.
+    let digest = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let hashing = scope.spawn(move || {
+            let mut h = Sha256::new();
+            for chunk in rx {
+                h.update(&chunk);
+            }
+            Sha256Hex::from_bytes(h.finalize().into())
+        });
+        let feed = move |bytes: &[u8]| {
+            // A send fails only if the hashing thread is gone; join() reports that below.
+            let _ = tx.send(bytes.to_vec());
+        };
+        let mut reader = SequentialHasher::new(PartitionReader::new(part, rootfs.size), feed);
+        let checked = aperture_trust::verity::verify_device(&mut reader, verity)
+            .map_err(|e| fail(e.to_string()))
+            .and_then(|()| {
+                reader
+                    .finish(rootfs.size)
+                    .map_err(|e| fail(format!("reading: {e}")))
+            });
+        drop(reader);
+        let digest = hashing
+            .join()
+            .map_err(|_| fail("the hashing thread failed".into()));
+        checked.and(digest)
+    })?;
     if digest != rootfs.sha256 {
-        return Err(fail(format!("sha256 is {digest}, the manifest says {}", rootfs.sha256)));
+        return Err(fail(format!(
+            "sha256 is {digest}, the manifest says {}",
+            rootfs.sha256
+        )));
     }
     Ok(())
 }
@@ -494,48 +564,54 @@ fn verify_file(path: &Path, artifact: &Artifact, slot: Slot) -> Result<(), Updat
     Ok(())
 }
 
-/// Hashes the bytes of a `Read + Seek` in order of position while someone else (the verity
-/// check) reads it: a read that continues exactly where hashing stopped is hashed, any other
-/// (the hash-tree lookups) is not. [`SequentialHasher::finish`] hashes what was not reached.
-struct SequentialHasher<R> {
+/// Feeds the bytes of a `Read + Seek`, in order of position, to a hasher while someone else
+/// (the verity check) reads it: a read that continues exactly where feeding stopped is fed,
+/// any other (the hash-tree lookups) is not. [`SequentialHasher::finish`] feeds the rest.
+struct SequentialHasher<R, F> {
     inner: R,
     pos: u64,
     hashed: u64,
-    hasher: Sha256,
+    feed: F,
 }
 
-impl<R: Read + Seek> SequentialHasher<R> {
-    fn new(inner: R) -> Self {
+impl<R: Read + Seek, F: FnMut(&[u8])> SequentialHasher<R, F> {
+    /// Hands bytes `0..` of `inner`, in order and each once, to `feed`.
+    fn new(inner: R, feed: F) -> Self {
         SequentialHasher {
             inner,
             pos: 0,
             hashed: 0,
-            hasher: Sha256::new(),
+            feed,
         }
     }
 
-    /// Hash the rest up to `len` and return the digest of bytes `0..len`.
-    fn finish(mut self, len: u64) -> io::Result<Sha256Hex> {
+    /// Feed the rest up to `len`, so `feed` has seen exactly bytes `0..len`.
+    fn finish(&mut self, len: u64) -> io::Result<()> {
         self.seek(SeekFrom::Start(self.hashed))?;
         let mut buf = vec![0u8; CHUNK];
         while self.hashed < len {
-            let want = usize::try_from(len - self.hashed).unwrap_or(CHUNK).min(CHUNK);
+            let want = usize::try_from(len - self.hashed)
+                .unwrap_or(CHUNK)
+                .min(CHUNK);
             let n = self.read(&mut buf[..want])?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the partition ends early"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the partition ends early",
+                ));
             }
         }
-        Ok(Sha256Hex::from_bytes(self.hasher.finalize().into()))
+        Ok(())
     }
 }
 
-impl<R: Read + Seek> Read for SequentialHasher<R> {
+impl<R: Read + Seek, F: FnMut(&[u8])> Read for SequentialHasher<R, F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let end = self.pos + n as u64;
         if self.pos <= self.hashed && self.hashed < end {
             let skip = (self.hashed - self.pos) as usize;
-            self.hasher.update(&buf[skip..n]);
+            (self.feed)(&buf[skip..n]);
             self.hashed = end;
         }
         self.pos = end;
@@ -543,7 +619,7 @@ impl<R: Read + Seek> Read for SequentialHasher<R> {
     }
 }
 
-impl<R: Read + Seek> Seek for SequentialHasher<R> {
+impl<R: Read + Seek, F: FnMut(&[u8])> Seek for SequentialHasher<R, F> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         self.pos = self.inner.seek(to)?;
         Ok(self.pos)
@@ -558,20 +634,29 @@ mod tests {
     #[test]
     fn sequential_hasher_hashes_each_byte_once_in_order() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let mut h = SequentialHasher::new(Cursor::new(data.clone()));
+        let mut hasher = Sha256::new();
+        let mut h = SequentialHasher::new(Cursor::new(data.clone()), |b: &[u8]| hasher.update(b));
         let mut buf = [0u8; 3000];
         h.read_exact(&mut buf).unwrap();
         h.seek(SeekFrom::Start(9000)).unwrap(); // a lookup elsewhere: not hashed
         h.read_exact(&mut buf[..100]).unwrap();
         h.seek(SeekFrom::Start(1000)).unwrap(); // overlapping re-read: only the new part
         h.read_exact(&mut buf).unwrap();
-        assert_eq!(h.finish(10_000).unwrap(), Sha256Hex::digest(&data));
+        h.finish(10_000).unwrap();
+        drop(h);
+        assert_eq!(
+            Sha256Hex::from_bytes(hasher.finalize().into()),
+            Sha256Hex::digest(&data)
+        );
     }
 
     #[test]
     fn split_header_reads_two_entries() {
         let mut tar = Vec::new();
-        for (name, data) in [("manifest.json", &b"{}"[..]), ("manifest.sig", &[7u8; 600][..])] {
+        for (name, data) in [
+            ("manifest.json", &b"{}"[..]),
+            ("manifest.sig", &[7u8; 600][..]),
+        ] {
             let mut h = [0u8; 512];
             h[..name.len()].copy_from_slice(name.as_bytes());
             h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());

@@ -31,7 +31,11 @@ pub trait Io {
     }
     /// Create (or truncate) a file for writing.
     fn create(&self, path: &Path) -> io::Result<File> {
-        OpenOptions::new().write(true).create(true).truncate(true).open(path)
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
     }
     /// Append `buf` to a file made by [`Io::create`].
     fn write(&self, file: &mut File, _path: &Path, buf: &[u8]) -> io::Result<()> {
@@ -74,23 +78,32 @@ impl Io for RealIo {}
 pub fn replace_file(io: &dyn Io, path: &Path, contents: &[u8]) -> Result<(), UpdateError> {
     stage_file(io, path, contents)?;
     let dir = parent(path);
-    io.sync_dir(&dir).map_err(UpdateError::file("syncing folder", &dir))
+    io.sync_dir(&dir)
+        .map_err(UpdateError::file("syncing folder", &dir))
 }
 
 /// Like [`replace_file`] without the final folder fsync, for several files in one folder
 /// followed by one [`Io::sync_dir`].
 pub fn stage_file(io: &dyn Io, path: &Path, contents: &[u8]) -> Result<(), UpdateError> {
     let tmp = tmp_path(path);
-    let mut f = io.create(&tmp).map_err(UpdateError::file("creating", &tmp))?;
-    io.write(&mut f, &tmp, contents).map_err(UpdateError::file("writing", &tmp))?;
-    io.sync_file(&f, &tmp).map_err(UpdateError::file("syncing", &tmp))?;
+    let mut f = io
+        .create(&tmp)
+        .map_err(UpdateError::file("creating", &tmp))?;
+    io.write(&mut f, &tmp, contents)
+        .map_err(UpdateError::file("writing", &tmp))?;
+    io.sync_file(&f, &tmp)
+        .map_err(UpdateError::file("syncing", &tmp))?;
     drop(f);
-    io.rename(&tmp, path).map_err(UpdateError::file("renaming into place", path))
+    io.rename(&tmp, path)
+        .map_err(UpdateError::file("renaming into place", path))
 }
 
 /// `<name>.tmp` beside `path`.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     parent(path).join(name)
 }
@@ -122,11 +135,27 @@ struct FaultState {
 /// Something done but not yet durable, with what it takes to undo it.
 #[derive(Debug)]
 enum Pending {
-    Block { label: String, offset: u64, old: Vec<u8> },
-    Data { path: PathBuf },
-    Created { path: PathBuf, old: Option<Vec<u8>> },
-    Renamed { from: PathBuf, to: PathBuf, old_to: Option<Vec<u8>> },
-    Removed { path: PathBuf, old: Vec<u8> },
+    Block {
+        label: String,
+        offset: u64,
+        old: Vec<u8>,
+    },
+    Data {
+        path: PathBuf,
+    },
+    Created {
+        path: PathBuf,
+        old: Option<Vec<u8>>,
+    },
+    Renamed {
+        from: PathBuf,
+        to: PathBuf,
+        old_to: Option<Vec<u8>>,
+    },
+    Removed {
+        path: PathBuf,
+        old: Vec<u8>,
+    },
 }
 
 impl FaultIo {
@@ -221,7 +250,9 @@ impl FaultIo {
         s.log.push(line.clone());
         if s.crash_at == Some(s.ops) {
             s.crashed = Some(line.clone());
-            return Err(io::Error::other(format!("injected power cut at operation {line}")));
+            return Err(io::Error::other(format!(
+                "injected power cut at operation {line}"
+            )));
         }
         Ok(())
     }

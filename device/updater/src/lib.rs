@@ -24,8 +24,8 @@ mod error;
 pub mod facts;
 pub mod install;
 pub mod io;
-pub mod paths;
 pub mod lifecycle;
+pub mod paths;
 pub mod source;
 pub mod state;
 pub mod status;
@@ -63,7 +63,12 @@ impl std::fmt::Debug for Updater {
 impl Updater {
     /// An updater on `disk` and `boot` for a system running from `booted`, with real I/O and
     /// the system clock.
-    pub fn new(paths: Paths, disk: Box<dyn disk::Disk>, boot: Box<dyn BootControl>, booted: Slot) -> Updater {
+    pub fn new(
+        paths: Paths,
+        disk: Box<dyn disk::Disk>,
+        boot: Box<dyn BootControl>,
+        booted: Slot,
+    ) -> Updater {
         Updater {
             paths,
             disk,
@@ -134,9 +139,10 @@ pub fn boot_control_for(board: &str, paths: &Paths) -> Result<Box<dyn BootContro
     }
     Err(UpdateError::UnsupportedBoard {
         board: board.into(),
-        reason: "only the qemu boards (systemd-boot on the ESP) are wired into the updater; Jetson \
+        reason:
+            "only the qemu boards (systemd-boot on the ESP) are wired into the updater; Jetson \
                  slots (APP/APP_b and the Tegra UEFI variables) come later"
-            .into(),
+                .into(),
     })
 }
 
@@ -157,11 +163,13 @@ impl BootControl for Gated<'_> {
     }
 
     fn persist(&mut self, step: &Step) -> Result<(), SlotsError> {
-        self.io.step(&step.to_string()).map_err(|source| SlotsError::Io {
-            op: "persisting boot step",
-            path: self.inner.name().into(),
-            source,
-        })?;
+        self.io
+            .step(&step.to_string())
+            .map_err(|source| SlotsError::Io {
+                op: "persisting boot step",
+                path: self.inner.name().into(),
+                source,
+            })?;
         self.inner.persist(step)
     }
 

@@ -81,7 +81,11 @@ impl Updater {
         let before = state.clone();
         let floor_raised = state.raise_floor(facts.security_version);
         state.committed = Some(self.booted);
-        if state.journal.as_ref().is_some_and(|j| j.target == self.booted) {
+        if state
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.target == self.booted)
+        {
             // The journaled install armed this slot and it booted: it completed.
             state.journal = None;
         }

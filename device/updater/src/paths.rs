@@ -89,7 +89,10 @@ mod tests {
         let p = Paths::default();
         assert_eq!(p.esp, Path::new("/efi"));
         assert_eq!(p.state_file(), Path::new("/efi/aperture/state.json"));
-        assert_eq!(p.slot_record(Slot::B), Path::new("/efi/aperture/b/slot.json"));
+        assert_eq!(
+            p.slot_record(Slot::B),
+            Path::new("/efi/aperture/b/slot.json")
+        );
         assert_eq!(p.build_facts, Path::new("/etc/aperture/build.json"));
         assert_eq!(p.root_key, Path::new("/etc/aperture/root.pub"));
         assert_eq!(p.partlabel_dir, Path::new("/dev/disk/by-partlabel"));
@@ -99,7 +102,13 @@ mod tests {
     #[test]
     fn rooted_stays_inside_the_root() {
         let p = Paths::rooted(Path::new("/tmp/x"));
-        for path in [&p.esp, &p.build_facts, &p.root_key, &p.cmdline, &p.ca_bundle] {
+        for path in [
+            &p.esp,
+            &p.build_facts,
+            &p.root_key,
+            &p.cmdline,
+            &p.ca_bundle,
+        ] {
             assert!(path.starts_with("/tmp/x"), "{}", path.display());
         }
     }

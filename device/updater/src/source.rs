@@ -57,8 +57,12 @@ impl FetchOptions {
 
 /// Whether `spec` is a URL (has a scheme) rather than a file path.
 pub fn is_url(spec: &str) -> bool {
-    spec.split_once("://")
-        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'))
+    spec.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    })
 }
 
 /// Open a bundle: a file path, an `https://` URL, or (only with `insecure_http`) `http://`.
@@ -161,14 +165,20 @@ fn agent(opts: &FetchOptions, https: bool) -> Result<ureq::Agent, UpdateError> {
 pub fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority).to_string()
+    authority
+        .rsplit('@')
+        .next()
+        .unwrap_or(authority)
+        .to_string()
 }
 
 /// The URL without user information (what the journal keeps).
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
-            let (authority, path) = rest.find(['/', '?', '#']).map_or((rest, ""), |i| rest.split_at(i));
+            let (authority, path) = rest
+                .find(['/', '?', '#'])
+                .map_or((rest, ""), |i| rest.split_at(i));
             let host = authority.rsplit('@').next().unwrap_or(authority);
             format!("{scheme}://{host}{path}")
         }
@@ -192,7 +202,9 @@ pub struct HttpBody {
 impl HttpBody {
     fn start(agent: ureq::Agent, url: &str, opts: &FetchOptions) -> Result<HttpBody, UpdateError> {
         let resp = agent.get(url).call().map_err(|e| download_error(url, e))?;
-        let len = resp.header("content-length").and_then(|v| v.trim().parse().ok());
+        let len = resp
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok());
         let validator = resp
             .header("etag")
             .filter(|e| !e.starts_with("W/"))
@@ -233,7 +245,10 @@ impl HttpBody {
         );
         std::thread::sleep(self.delay);
         self.delay = self.delay.saturating_mul(2);
-        let mut req = self.agent.get(&self.url).set("Range", &format!("bytes={}-", self.pos));
+        let mut req = self
+            .agent
+            .get(&self.url)
+            .set("Range", &format!("bytes={}-", self.pos));
         if let Some(v) = &self.validator {
             req = req.set("If-Range", v);
         }
@@ -344,22 +359,33 @@ mod tests {
         assert!(is_url("https://x/y"));
         assert!(!is_url("/tmp/bundle.tar"));
         assert!(!is_url("bundle://"[..0].as_ref()));
-        assert_eq!(host_of("https://user:pw@example.invalid:8443/a?b"), "example.invalid:8443");
+        assert_eq!(
+            host_of("https://user:pw@example.invalid:8443/a?b"),
+            "example.invalid:8443"
+        );
         assert_eq!(redact("https://user:pw@h/p/b.tar"), "https://h/p/b.tar");
     }
 
     #[test]
     fn plain_http_and_other_schemes_are_refused() {
         let opts = FetchOptions::new("/nonexistent");
-        let err = open("http://127.0.0.1:1/b.tar", &opts).err().unwrap().to_string();
-        assert!(err.contains("--insecure-http") && err.contains("http://127.0.0.1:1"), "{err}");
+        let err = open("http://127.0.0.1:1/b.tar", &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--insecure-http") && err.contains("http://127.0.0.1:1"),
+            "{err}"
+        );
         let err = open("ftp://h/b.tar", &opts).err().unwrap().to_string();
         assert!(err.contains("https://"), "{err}");
     }
 
     #[test]
     fn missing_ca_bundle_is_named() {
-        let err = tls_config(&FetchOptions::new("/nonexistent/ca.crt")).unwrap_err().to_string();
+        let err = tls_config(&FetchOptions::new("/nonexistent/ca.crt"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/ca.crt"), "{err}");
     }
 }

@@ -93,13 +93,14 @@ impl DeviceState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DeviceState::default()),
             Err(e) => return Err(UpdateError::file("reading", path)(e)),
         };
-        let state: DeviceState = serde_json::from_slice(&bytes).map_err(|e| UpdateError::Malformed {
-            path: path.to_path_buf(),
-            reason: format!(
+        let state: DeviceState =
+            serde_json::from_slice(&bytes).map_err(|e| UpdateError::Malformed {
+                path: path.to_path_buf(),
+                reason: format!(
                 "{e}; it is written only by aperture-update: restore it from a backup or remove \
                  it (which resets the anti-rollback floor to 0 until the next commit)"
             ),
-        })?;
+            })?;
         if state.format != STATE_FORMAT {
             return Err(UpdateError::Malformed {
                 path: path.to_path_buf(),
@@ -159,7 +160,10 @@ mod tests {
         assert_eq!(DeviceState::load(&p).unwrap().security_floor, 7);
         std::fs::write(&p, "garbage").unwrap();
         let e = DeviceState::load(&p).unwrap_err().to_string();
-        assert!(e.contains("state.json") && e.contains("anti-rollback"), "{e}");
+        assert!(
+            e.contains("state.json") && e.contains("anti-rollback"),
+            "{e}"
+        );
         std::fs::write(&p, r#"{"format":2,"security_floor":7}"#).unwrap();
         assert!(DeviceState::load(&p).is_err());
     }

@@ -192,7 +192,10 @@ impl fmt::Display for UpdateStatus {
                 marks.push("next boot");
             }
             let held = s.record.as_ref().map_or("no record".to_string(), |r| {
-                format!("holds {} (security version {})", r.version, r.security_version)
+                format!(
+                    "holds {} (security version {})",
+                    r.version, r.security_version
+                )
             });
             let marks = if marks.is_empty() {
                 String::new()

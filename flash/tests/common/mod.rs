@@ -30,7 +30,9 @@ fn snakeoil_release() -> SigningKeyPair {
 
 /// Bytes of data block `b`: never all zero, different per block.
 pub fn block_bytes(b: u64) -> Vec<u8> {
-    (0..4096u64).map(|j| ((b * 131 + j * 7) % 251 + 1) as u8).collect()
+    (0..4096u64)
+        .map(|j| ((b * 131 + j * 7) % 251 + 1) as u8)
+        .collect()
 }
 
 /// Writes the disk image: GPT (esp 4 MiB, rootfs_a/b 6 MiB, data rest), and runs of data
@@ -41,8 +43,18 @@ pub fn make_disk(path: &Path) {
         Guid::derive(ns, "disk"),
         vec![
             PartitionSpec::new("esp", Guid::EFI_SYSTEM, Guid::derive(ns, "esp"), 4 * MIB),
-            PartitionSpec::new("rootfs_a", Guid::LINUX_FILESYSTEM, Guid::derive(ns, "a"), 6 * MIB),
-            PartitionSpec::new("rootfs_b", Guid::LINUX_FILESYSTEM, Guid::derive(ns, "b"), 6 * MIB),
+            PartitionSpec::new(
+                "rootfs_a",
+                Guid::LINUX_FILESYSTEM,
+                Guid::derive(ns, "a"),
+                6 * MIB,
+            ),
+            PartitionSpec::new(
+                "rootfs_b",
+                Guid::LINUX_FILESYSTEM,
+                Guid::derive(ns, "b"),
+                6 * MIB,
+            ),
             PartitionSpec::new("data", Guid::LINUX_FILESYSTEM, Guid::derive(ns, "data"), 0),
         ],
     );
@@ -52,7 +64,13 @@ pub fn make_disk(path: &Path) {
     // Blocks (4 KiB) with data: one run straddling the end of the first MiB (the held-back
     // partition-table region), one across the esp/rootfs_a boundary, a 5 MiB run, and one in
     // the last MiB beside the backup GPT (the other held-back region).
-    let runs: &[(u64, u64)] = &[(250, 300), (1279, 1282), (1500, 2800), (3000, 3001), (6000, 6010)];
+    let runs: &[(u64, u64)] = &[
+        (250, 300),
+        (1279, 1282),
+        (1500, 2800),
+        (3000, 3001),
+        (6000, 6010),
+    ];
     for &(first, last) in runs {
         for b in first..=last {
             file.write_all_at(&block_bytes(b), b * 4096).unwrap();
@@ -90,7 +108,10 @@ pub fn make_build_folder(dir: &Path, kind: BmapKind) -> PathBuf {
                 bmap.image_size, bmap.block_size, bmap.blocks_count
             );
             for r in &bmap.ranges {
-                xml.push_str(&format!("        <Range> {}-{} </Range>\n", r.first, r.last));
+                xml.push_str(&format!(
+                    "        <Range> {}-{} </Range>\n",
+                    r.first, r.last
+                ));
             }
             xml.push_str(&format!(
                 "    </BlockMap>\n    <MappedBlocksCount> {} </MappedBlocksCount>\n</bmap>\n",
@@ -104,14 +125,17 @@ pub fn make_build_folder(dir: &Path, kind: BmapKind) -> PathBuf {
                 .arg(&disk)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8(out.stdout).unwrap()
         }
     };
     fs::write(dir.join("disk.img.bmap"), &bmap_text).unwrap();
     let zst = dir.join("disk.img.zst");
-    zstd::stream::copy_encode(File::open(&disk).unwrap(), File::create(&zst).unwrap(), 3)
-        .unwrap();
+    zstd::stream::copy_encode(File::open(&disk).unwrap(), File::create(&zst).unwrap(), 3).unwrap();
     sign_folder(dir);
     dir.to_path_buf()
 }
@@ -152,7 +176,11 @@ pub fn sign_folder(dir: &Path) {
     let release = snakeoil_release();
     let keyring = SignedKeyring::create(
         &root,
-        vec![KeyringEntry::new(release.public(), "release-snakeoil", NOW + 1_000_000)],
+        vec![KeyringEntry::new(
+            release.public(),
+            "release-snakeoil",
+            NOW + 1_000_000,
+        )],
     )
     .unwrap();
     let (manifest_json, sig_json) = sign_manifest(&manifest, &release, &keyring).unwrap();
@@ -163,7 +191,11 @@ pub fn sign_folder(dir: &Path) {
 
 /// Flips one byte of a file.
 pub fn flip_byte(path: &Path, offset: u64) {
-    let file = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     file.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 0x01;

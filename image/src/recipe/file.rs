@@ -65,6 +65,7 @@ pub struct RecipeFile {
     board: S<Board>,
     source_date_epoch: S<u64>,
     debug: S<bool>,
+    ssh: S<SshFile>,
     overlays: L,
     setuid_allowlist: L,
     base: Option<BaseFile>,
@@ -73,6 +74,13 @@ pub struct RecipeFile {
     network: Option<NetworkFile>,
     partitions: Option<PartitionsFile>,
     keys: Option<KeysFile>,
+}
+
+/// `ssh = { authorized_keys = [...] }`: an SSH server with key logins, debug images only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshFile {
+    authorized_keys: L,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +272,7 @@ pub struct Merged {
     pub board: Option<Located<Board>>,
     pub source_date_epoch: Option<Located<u64>>,
     pub debug: Option<Located<bool>>,
+    pub ssh: Option<MergedSsh>,
     pub overlays: Vec<Located<String>>,
     pub setuid_allowlist: Vec<Located<String>>,
     pub suite: Option<Located<String>>,
@@ -277,6 +286,15 @@ pub struct Merged {
     pub partitions: MergedPartitions,
     pub keys_dir: Option<Located<String>>,
     pub keys_development: Option<bool>,
+}
+
+/// The `ssh` table, merged: where it was (last) set, and every key of every file.
+#[derive(Debug)]
+pub struct MergedSsh {
+    /// The table's position (for errors about the table as a whole).
+    pub at: Located<()>,
+    /// `authorized_keys`, concatenated.
+    pub authorized_keys: Vec<Located<String>>,
 }
 
 /// Services, merged.
@@ -302,10 +320,10 @@ pub struct MergedNetwork {
 /// A rule with each field located.
 #[derive(Debug, Clone)]
 pub struct RuleLocated {
-    name: Located<String>,
-    proto: Located<String>,
-    port: Located<i64>,
-    to: Vec<Located<String>>,
+    pub(super) name: Located<String>,
+    pub(super) proto: Located<String>,
+    pub(super) port: Located<i64>,
+    pub(super) to: Vec<Located<String>>,
 }
 
 /// Partitions, merged.
@@ -342,6 +360,25 @@ impl Merged {
         set(&mut self.board, file.board, &f, &t);
         set(&mut self.source_date_epoch, file.source_date_epoch, &f, &t);
         set(&mut self.debug, file.debug, &f, &t);
+        if let Some(ssh) = file.ssh {
+            let span = ssh.span();
+            let ssh = ssh.into_inner();
+            let mut keys = self
+                .ssh
+                .take()
+                .map(|m| m.authorized_keys)
+                .unwrap_or_default();
+            extend(&mut keys, ssh.authorized_keys, &f, &t);
+            self.ssh = Some(MergedSsh {
+                at: Located {
+                    value: (),
+                    file: f.clone(),
+                    text: t.clone(),
+                    span,
+                },
+                authorized_keys: keys,
+            });
+        }
         extend(&mut self.overlays, file.overlays, &f, &t);
         extend(&mut self.setuid_allowlist, file.setuid_allowlist, &f, &t);
         if let Some(b) = file.base {
@@ -500,10 +537,19 @@ fn validate_destination(d: &Located<String>) -> Result<(), RecipeError> {
     }
 }
 
-fn rules(list: &[Located<RuleLocated>]) -> Result<Vec<Rule>, RecipeError> {
+fn rules(list: &[Located<RuleLocated>], inbound: bool) -> Result<Vec<Rule>, RecipeError> {
     let mut out: Vec<Rule> = Vec::new();
     for r in list {
         let x = &r.value;
+        super::policy::validate_rule_name(&x.name)?;
+        if inbound {
+            if let Some(d) = x.to.first() {
+                return Err(d.error(
+                    format!("inbound rule `{}` has `to`", x.name.value),
+                    "an inbound rule opens a local port to the one network; `to` names destinations of outbound rules only",
+                ));
+            }
+        }
         let proto = match x.proto.value.as_str() {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
@@ -555,14 +601,17 @@ impl MergedNetwork {
                         "address = \"10.0.0.5/24\"",
                     )
                 })?;
-                validate_destination(address)?;
+                super::policy::validate_ip(address, true)?;
                 let gateway = self.gateway.as_ref().ok_or_else(|| {
                     mode.error(
                         "static addressing needs `gateway`",
                         "gateway = \"10.0.0.1\"",
                     )
                 })?;
-                validate_destination(gateway)?;
+                super::policy::validate_ip(gateway, false)?;
+                for d in &self.dns {
+                    super::policy::validate_ip(d, false)?;
+                }
                 Addressing::Static {
                     address: address.value.clone(),
                     gateway: gateway.value.clone(),
@@ -583,12 +632,16 @@ impl MergedNetwork {
                 "the appliance joins one network: one port, or two bonded active-backup",
             ));
         }
+        super::policy::validate_interfaces(&self.interfaces)?;
         let _ = top;
+        let outbound = rules(&self.outbound, false)?;
+        let inbound = rules(&self.inbound, true)?;
+        super::policy::validate_flows(&self.outbound, &self.inbound, &outbound)?;
         Ok(Network {
             addressing,
             interfaces: self.interfaces.iter().map(|i| i.value.clone()).collect(),
-            outbound: rules(&self.outbound)?,
-            inbound: rules(&self.inbound)?,
+            outbound,
+            inbound,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 mod error;
 mod file;
+mod policy;
 mod size;
 #[cfg(test)]
 mod tests;
@@ -13,11 +14,12 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use error::RecipeError;
 pub use file::Board;
+pub use policy::{is_host_name, BOND, DHCP_RULE, SSH_PACKAGE, SSH_RULE};
 pub use size::Size;
 
 use file::{Located, RecipeFile};
@@ -121,7 +123,7 @@ pub struct Services {
 }
 
 /// Transport protocol of a firewall rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     /// TCP.
@@ -173,6 +175,13 @@ pub struct Network {
     pub inbound: Vec<Rule>,
 }
 
+/// An SSH server for a debug image: key logins only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ssh {
+    /// Public keys allowed to log in as root, one `authorized_keys` line each.
+    pub authorized_keys: Vec<String>,
+}
+
 /// Partition sizes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Partitions {
@@ -214,6 +223,8 @@ pub struct Recipe {
     pub source_date_epoch: Option<u64>,
     /// Debug image (serial getty, optional SSH).
     pub debug: bool,
+    /// SSH server with key logins (debug images only).
+    pub ssh: Option<Ssh>,
     /// Debian base.
     pub base: Base,
     /// Our programs and the runtime.
@@ -374,6 +385,9 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         overlays.push(dir);
     }
 
+    let debug = m.debug.as_ref().map(|d| d.value).unwrap_or(false);
+    let ssh = policy::validate_ssh(m.ssh.as_ref(), debug, &m.packages)?;
+    let setuid_allowlist = policy::validate_allowlist(&m.setuid_allowlist)?;
     let services = m.services.validate()?;
     let network = m.network.validate(top)?;
     let partitions = m.partitions.validate(top, board.value)?;
@@ -406,7 +420,8 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         security_version: security_version.value,
         board: board.value,
         source_date_epoch: m.source_date_epoch.map(|s| s.value),
-        debug: m.debug.map(|d| d.value).unwrap_or(false),
+        debug,
+        ssh,
         base: Base {
             suite: suite.value,
             mirror: mirror.value,
@@ -422,7 +437,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         network,
         partitions,
         keys,
-        setuid_allowlist: m.setuid_allowlist.into_iter().map(|s| s.value).collect(),
+        setuid_allowlist,
         files,
     })
 }

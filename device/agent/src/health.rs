@@ -1,0 +1,245 @@
+//! `aperture-agent health`: the health gate that decides whether a freshly installed slot is
+//! kept.
+//!
+//! It waits until every unit in build.json's `required_services` is `active`, then commits the
+//! running slot through the updater library ([`aperture_updater::Updater::commit`]: mark good,
+//! raise the anti-rollback floor). A `Type=notify` service such as the reference runtime is
+//! `active` only once it sent `READY=1` (sd_notify(3)), so "active" is also the runtime's
+//! readiness report.
+//!
+//! It runs as `aperture-health.service`, ordered before `boot-complete.target` (systemd's
+//! Automatic Boot Assessment: `systemd-bless-boot` marks the boot entry good once that target
+//! is reached, so a failed gate also keeps the entry counting). On failure:
+//! * the running slot is on trial: exit non-zero; the unit's `FailureAction=reboot` reboots,
+//!   the loader counts the try, and when the tries are used up it boots the previous slot,
+//!   where [`crate::status`] reports the rollback;
+//! * the running slot is already committed (good): report and exit 0. Rebooting would boot the
+//!   same slot again, so it could only loop.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use aperture_slots::SlotStatus;
+use aperture_updater::lifecycle::Commit;
+use aperture_updater::{UpdateError, Updater};
+
+use crate::command::{run, CommandError};
+use crate::host::Host;
+use crate::status::{read_facts, StatusError};
+
+/// Asks the service manager about units (a trait so tests fake it).
+pub trait UnitProbe {
+    /// The unit's active state (`active`, `activating`, `failed`, `inactive`, ...).
+    fn active_state(&mut self, unit: &str) -> Result<String, HealthError>;
+}
+
+/// `systemctl is-active UNIT`: prints the state, exits non-zero unless it is active.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Systemctl;
+
+impl UnitProbe for Systemctl {
+    fn active_state(&mut self, unit: &str) -> Result<String, HealthError> {
+        let out = run("systemctl", &["is-active", unit])?;
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(if state.is_empty() {
+            "unknown".into()
+        } else {
+            state
+        })
+    }
+}
+
+/// How long to wait.
+#[derive(Debug, Clone, Copy)]
+pub struct GateOptions {
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Ask again after this long.
+    pub interval: Duration,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        GateOptions {
+            timeout: Duration::from_secs(120),
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The gate's result when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum GateReport {
+    /// Every required unit is active; the running slot is committed.
+    Passed {
+        /// The required units.
+        units: Vec<String>,
+        /// What the commit did.
+        commit: Commit,
+    },
+    /// Required units are not active, but the running slot is already committed, so there
+    /// is nothing to roll back to by rebooting.
+    UnhealthyCommitted {
+        /// Units not active and their states.
+        not_active: Vec<(String, String)>,
+    },
+}
+
+impl fmt::Display for GateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GateReport::Passed { units, commit } => write!(
+                f,
+                "health gate passed ({} required units active): {commit}",
+                units.len()
+            ),
+            GateReport::UnhealthyCommitted { not_active } => write!(
+                f,
+                "health gate: {} are not active, but this slot is already committed; not \
+                 rebooting (it would boot the same slot)",
+                list(not_active)
+            ),
+        }
+    }
+}
+
+/// Why the gate failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthError {
+    /// Required units did not become active in time on a slot that is on trial.
+    #[error("health check failed: {} after {timeout:?}; this slot stays on trial (the loader falls back to the previous slot when its tries run out)", list(.not_active))]
+    Unhealthy {
+        /// Units not active and their last states.
+        not_active: Vec<(String, String)>,
+        /// How long the gate waited.
+        timeout: Duration,
+    },
+    /// The image's facts could not be read.
+    #[error(transparent)]
+    Facts(#[from] StatusError),
+    /// The updater failed to read the slot state or to commit.
+    #[error("committing the running slot: {0}")]
+    Update(#[from] UpdateError),
+    /// The service manager could not be asked.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+fn list(units: &[(String, String)]) -> String {
+    units
+        .iter()
+        .map(|(u, s)| format!("{u} ({s})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Ask about every unit until all are active or the polls run out; the units not active at the
+/// last poll (empty when healthy).
+pub fn wait_active(
+    probe: &mut dyn UnitProbe,
+    units: &[String],
+    opts: &GateOptions,
+    sleep: &mut dyn FnMut(Duration),
+) -> Result<Vec<(String, String)>, HealthError> {
+    let interval = opts.interval.max(Duration::from_millis(1));
+    let polls = (opts.timeout.as_millis() / interval.as_millis()).max(1);
+    let mut not_active = Vec::new();
+    for poll in 0..polls {
+        not_active.clear();
+        for unit in units {
+            let state = probe.active_state(unit)?;
+            if state != "active" {
+                not_active.push((unit.clone(), state));
+            }
+        }
+        if not_active.is_empty() {
+            return Ok(not_active);
+        }
+        // `failed` is final: while systemd still retries a unit (Restart=) it reports
+        // `activating`. Waiting out the timeout would only delay the reboot that moves the
+        // loader on to the next try.
+        if not_active.iter().any(|(_, state)| state == "failed") {
+            return Ok(not_active);
+        }
+        if poll + 1 < polls {
+            tracing::debug!("waiting for {}", list(&not_active));
+            sleep(interval);
+        }
+    }
+    Ok(not_active)
+}
+
+/// Run the gate on the system at `host` with `updater` for it.
+pub fn run_gate(
+    host: &Host,
+    updater: &mut Updater,
+    probe: &mut dyn UnitProbe,
+    opts: &GateOptions,
+    sleep: &mut dyn FnMut(Duration),
+) -> Result<GateReport, HealthError> {
+    let facts = read_facts(host)?;
+    let units = facts.required_services;
+    tracing::info!(
+        "health gate: waiting up to {:?} for {} required units",
+        opts.timeout,
+        units.len()
+    );
+    let not_active = wait_active(probe, &units, opts, sleep)?;
+    if not_active.is_empty() {
+        let commit = updater.commit()?;
+        return Ok(GateReport::Passed { units, commit });
+    }
+    let status = updater.boot_state()?.status(updater.booted());
+    if status == SlotStatus::Good {
+        return Ok(GateReport::UnhealthyCommitted { not_active });
+    }
+    Err(HealthError::Unhealthy {
+        not_active,
+        timeout: opts.timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counting {
+        state: &'static str,
+        asked: u32,
+    }
+
+    impl UnitProbe for Counting {
+        fn active_state(&mut self, _unit: &str) -> Result<String, HealthError> {
+            self.asked += 1;
+            Ok(self.state.to_string())
+        }
+    }
+
+    fn opts() -> GateOptions {
+        GateOptions { timeout: Duration::from_secs(120), interval: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn a_failed_unit_ends_the_wait_at_once() {
+        let mut p = Counting { state: "failed", asked: 0 };
+        let units = vec!["aperture-runtime.service".to_string()];
+        let mut slept = 0;
+        let left = wait_active(&mut p, &units, &opts(), &mut |_| slept += 1).unwrap();
+        assert_eq!(left, vec![("aperture-runtime.service".to_string(), "failed".to_string())]);
+        assert_eq!((p.asked, slept), (1, 0), "a failed unit must not be polled until the timeout");
+    }
+
+    #[test]
+    fn an_activating_unit_is_waited_for() {
+        let mut p = Counting { state: "activating", asked: 0 };
+        let units = vec!["aperture-runtime.service".to_string()];
+        let mut slept = 0;
+        let left = wait_active(&mut p, &units, &opts(), &mut |_| slept += 1).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(p.asked, 120, "polled every second for the whole timeout");
+        assert_eq!(slept, 119);
+    }
+}

@@ -1,0 +1,204 @@
+//! The factory image: a signed update bundle stored raw at the start of the `factory`
+//! partition, followed by whatever the rest of the partition holds.
+//!
+//! A bundle is a plain ustar stream; it ends with the two zero blocks of the tar end marker.
+//! [`bundle_len`] walks the tar headers (without trusting them: the bundle reader checks every
+//! entry again) to find where that marker ends, so the reader sees exactly the bundle and not
+//! the partition's tail. [`verify`] reads the whole bundle once: signature chain, board
+//! ([`aperture_trust::policy::check_factory`]), and every payload's size and hash, before
+//! anything is written.
+
+use std::io::Read;
+
+use aperture_storage::Partition;
+use aperture_trust::bundle::BundleReader;
+use aperture_trust::keys::PublicKey;
+use aperture_trust::manifest::Manifest;
+use aperture_trust::policy::check_factory;
+
+use crate::io::{part_err, PartReader};
+use crate::ResetError;
+
+const BLOCK: u64 = 512;
+/// A bundle has the manifest, the signature and one entry per slot artifact: far fewer.
+const MAX_ENTRIES: usize = 64;
+
+/// Length in bytes of the tar stream at the start of `part`, through its end marker.
+pub fn bundle_len(part: &dyn Partition) -> Result<u64, ResetError> {
+    let mut header = [0u8; BLOCK as usize];
+    let mut at = 0u64;
+    for entry in 0..=MAX_ENTRIES {
+        if at + 2 * BLOCK > part.size() {
+            break;
+        }
+        part.read_exact_at(&mut header, at)
+            .map_err(part_err("reading the factory image in", part))?;
+        if header.iter().all(|b| *b == 0) {
+            if entry == 0 {
+                return Err(ResetError::FactoryEmpty {
+                    reason: "it starts with zeros".into(),
+                });
+            }
+            part.read_exact_at(&mut header, at + BLOCK)
+                .map_err(part_err("reading the factory image in", part))?;
+            if header.iter().all(|b| *b == 0) {
+                return Ok(at + 2 * BLOCK);
+            }
+            return Err(ResetError::FactoryEmpty {
+                reason: format!("a lone zero block at byte {at}"),
+            });
+        }
+        if &header[257..262] != b"ustar" {
+            return Err(ResetError::FactoryEmpty {
+                reason: format!("no ustar header at byte {at}"),
+            });
+        }
+        let size = octal(&header[124..136]).ok_or_else(|| ResetError::FactoryEmpty {
+            reason: format!("entry size at byte {at} is not octal"),
+        })?;
+        at = at
+            .checked_add(BLOCK + size.div_ceil(BLOCK) * BLOCK)
+            .ok_or_else(|| ResetError::FactoryEmpty {
+                reason: "entry sizes overflow".into(),
+            })?;
+    }
+    Err(ResetError::FactoryEmpty {
+        reason: "no tar end marker inside the partition".into(),
+    })
+}
+
+fn octal(field: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// A reader of exactly the bundle in `part`.
+pub fn reader(part: &dyn Partition) -> Result<PartReader<'_>, ResetError> {
+    let len = bundle_len(part)?;
+    Ok(PartReader::new(part, len))
+}
+
+/// Reads and checks the whole factory bundle: signature chain against `root` at `now`, board,
+/// every payload. Returns the verified manifest. Nothing is written.
+pub fn verify(
+    part: &dyn Partition,
+    root: &PublicKey,
+    now: u64,
+    board: &str,
+) -> Result<Manifest, ResetError> {
+    let mut bundle = BundleReader::new(reader(part)?, root, now);
+    let manifest = bundle.read_header()?.into_manifest();
+    check_factory(&manifest, board)?;
+    bundle.verify_payloads()?;
+    Ok(manifest)
+}
+
+/// The raw bytes of the first two entries (`manifest.json`, `manifest.sig`) of a bundle
+/// stream, from a prefix of it captured while the bundle reader read the header.
+pub fn header_entries(prefix: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResetError> {
+    let mut at = 0usize;
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let header = prefix.get(at..at + BLOCK as usize).ok_or_else(|| {
+            ResetError::malformed("factory bundle header", "shorter than two entries")
+        })?;
+        let size = octal(&header[124..136])
+            .ok_or_else(|| ResetError::malformed("factory bundle header", "bad size"))?;
+        let start = at + BLOCK as usize;
+        let end = start + size as usize;
+        let data = prefix
+            .get(start..end)
+            .ok_or_else(|| ResetError::malformed("factory bundle header", "entry cut short"))?;
+        out.push(data.to_vec());
+        at = start + (size.div_ceil(BLOCK) * BLOCK) as usize;
+    }
+    let sig = out.pop().unwrap_or_default();
+    let json = out.pop().unwrap_or_default();
+    Ok((json, sig))
+}
+
+/// A reader that keeps a copy of the first `limit` bytes read through it.
+pub struct Capture<R> {
+    inner: R,
+    limit: usize,
+    /// The bytes kept.
+    pub kept: Vec<u8>,
+}
+
+impl<R: Read> Capture<R> {
+    /// Keep up to `limit` bytes of `inner`.
+    pub fn new(inner: R, limit: usize) -> Capture<R> {
+        Capture {
+            inner,
+            limit,
+            kept: Vec::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for Capture<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = self.limit.saturating_sub(self.kept.len()).min(n);
+        self.kept.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aperture_storage::MemPartition;
+
+    fn entry(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        let mut v = h;
+        v.extend_from_slice(data);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    #[test]
+    fn length_stops_at_the_end_marker_whatever_follows() {
+        let mut img = entry("manifest.json", b"{}");
+        img.extend(entry("manifest.sig", &[7u8; 600]));
+        img.extend(entry("rootfs.img.zst", &[0u8; 2048]));
+        let len = img.len() as u64 + 1024;
+        img.extend([0u8; 1024]);
+        img.extend([0xffu8; 5000]);
+        let part = MemPartition::new("factory", img.clone());
+        assert_eq!(bundle_len(&part).unwrap(), len);
+        let (json, sig) = header_entries(&img).unwrap();
+        assert_eq!(json, b"{}");
+        assert_eq!(sig, vec![7u8; 600]);
+    }
+
+    #[test]
+    fn empty_or_garbage_partitions_are_refused() {
+        let part = MemPartition::new("factory", vec![0u8; 8192]);
+        assert!(matches!(bundle_len(&part), Err(ResetError::FactoryEmpty { .. })));
+        let part = MemPartition::new("factory", vec![0x41u8; 8192]);
+        let err = bundle_len(&part).unwrap_err();
+        assert!(err.to_string().contains("no ustar header"), "{err}");
+        let mut img = entry("manifest.json", b"{}");
+        img.resize(4096, 0x41);
+        let part = MemPartition::new("factory", img);
+        assert!(bundle_len(&part).is_err());
+    }
+
+    #[test]
+    fn capture_keeps_a_prefix() {
+        let mut c = Capture::new(&b"hello world"[..], 5);
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"hello world");
+        assert_eq!(c.kept, b"hello");
+    }
+}

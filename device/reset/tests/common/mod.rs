@@ -1,0 +1,580 @@
+//! The tier-1 rig: a file-backed disk image with the qemu board's GPT (small partitions), an
+//! ESP and root folder in a temporary directory, two signed snakeoil releases (the installed
+//! one in both slots, the factory one in the factory partition), storage provisioned with the
+//! fake LUKS seam, canaries planted through it, and helpers to "boot", reset, resume and scan.
+
+#![allow(dead_code)]
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use aperture_gpt::{read_gpt, write_gpt, Guid, Layout, PartitionSpec};
+use aperture_reset::io::GuardedDisk;
+use aperture_reset::seams::{FakeClock, FakeDiscard, FakeDiscardMode, FakeReboot, Faults};
+use aperture_reset::{BundleSlotWriter, Outcome, Paths, Reset, ResetError};
+use aperture_slots::{BootControl, BootState, FakeBootControl, Slot, SlotManager, SystemdBoot};
+use aperture_storage::{
+    FakeCrypt, FakeMounts, FileDisk, Key, KeySource, Storage, UnsafeEspKeyFile, Volume,
+};
+use aperture_trust::bundle::{compress_payload, write_bundle, PayloadSource};
+use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
+use aperture_trust::manifest::{
+    Artifact, ArtifactName, BootInfo, BuildInfo, Manifest, Role, Sha256Hex,
+};
+use aperture_trust::record::SlotRecord;
+use aperture_trust::signing::sign_manifest;
+use aperture_trust::verity::append_hash_tree;
+
+pub const NOW: u64 = 1_800_000_000;
+pub const MIB: u64 = 1 << 20;
+pub const BOARD: &str = "qemu-x86_64";
+/// Disk size as built, and as flashed onto a larger disk (data grows into the rest).
+pub const IMAGE_SIZE: u64 = 8 * MIB;
+pub const DISK_SIZE: u64 = 12 * MIB;
+
+pub fn snakeoil(seed: u8) -> SigningKeyPair {
+    SigningKeyPair::from_secret_bytes(&[seed; 32])
+}
+
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+/// The installed release (2.0.0) and the factory release (1.0.0), built once per test binary.
+pub fn releases() -> &'static (Release, Release) {
+    static RELEASES: std::sync::OnceLock<(Release, Release)> = std::sync::OnceLock::new();
+    RELEASES.get_or_init(|| (release("2.0.0", 7, BOARD), release("1.0.0", 100, BOARD)))
+}
+
+/// A signed release: rootfs (erofs stand-in with a verity tree), kernel, initrd.
+#[derive(Clone)]
+pub struct Release {
+    pub manifest: Manifest,
+    pub manifest_json: Vec<u8>,
+    pub sig_json: Vec<u8>,
+    pub bundle: Vec<u8>,
+    pub rootfs: Vec<u8>,
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+}
+
+pub fn release(version: &str, seed: u64, board: &str) -> Release {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_blocks = 24u64;
+    let rootfs_path = tmp.path().join("rootfs.img");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&rootfs_path)
+        .unwrap();
+    f.write_all(&pseudo_random((data_blocks * 4096) as usize, seed)).unwrap();
+    let verity = append_hash_tree(&mut f, data_blocks * 4096, b"snakeoil-salt", [seed as u8; 16]).unwrap();
+    drop(f);
+    let rootfs = std::fs::read(&rootfs_path).unwrap();
+    let kernel = pseudo_random(20_000, seed + 1);
+    let initrd = pseudo_random(30_000, seed + 2);
+    std::fs::write(tmp.path().join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(tmp.path().join("initrd.img"), &initrd).unwrap();
+    let mut artifacts = Vec::new();
+    let mut zst = Vec::new();
+    for (name, role, data) in [
+        ("rootfs.img", Role::Rootfs, &rootfs),
+        ("vmlinuz", Role::Kernel, &kernel),
+        ("initrd.img", Role::Initrd, &initrd),
+    ] {
+        let z = tmp.path().join(format!("{name}.zst"));
+        let payload = compress_payload(&tmp.path().join(name), &z, 3).unwrap();
+        zst.push((name, std::fs::read(&z).unwrap()));
+        artifacts.push(Artifact {
+            name: ArtifactName::new(name).unwrap(),
+            role,
+            size: data.len() as u64,
+            sha256: Sha256Hex::digest(data),
+            verity: (role == Role::Rootfs).then(|| verity.clone()),
+            payload: Some(payload),
+        });
+    }
+    let manifest = Manifest {
+        format: 1,
+        product: "aperture-vision".into(),
+        board: board.into(),
+        version: version.parse().unwrap(),
+        security_version: 1,
+        build: BuildInfo {
+            source_date_epoch: 1_700_000_000,
+            recipe_sha256: Sha256Hex::digest(b"recipe"),
+            ostree_commit: None,
+            ostree_ref: None,
+        },
+        boot: Some(BootInfo {
+            cmdline: "console=ttyS0 panic=10".into(),
+        }),
+        artifacts,
+    };
+    let root = snakeoil(1);
+    let release_key = snakeoil(2);
+    let keyring = SignedKeyring::create(
+        &root,
+        vec![KeyringEntry::new(release_key.public(), "release-snakeoil", NOW + 10_000_000)],
+    )
+    .unwrap();
+    let (manifest_json, sig_json) = sign_manifest(&manifest, &release_key, &keyring).unwrap();
+    let sources: Vec<PayloadSource<'_>> = zst
+        .iter()
+        .map(|(name, bytes)| PayloadSource {
+            name: ArtifactName::new(*name).unwrap(),
+            size: bytes.len() as u64,
+            reader: Box::new(&bytes[..]),
+        })
+        .collect();
+    let bundle = write_bundle(Vec::new(), &manifest_json, &sig_json, sources).unwrap();
+    Release {
+        manifest,
+        manifest_json,
+        sig_json,
+        bundle,
+        rootfs,
+        kernel,
+        initrd,
+    }
+}
+
+/// Which boot-control backend the rig uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Fake,
+    SystemdBoot,
+}
+
+/// Canaries planted in the customer partitions (through the encryption) and raw.
+pub const CANARIES: [&[u8]; 4] = [
+    b"CANARY-config-identity-7f3a9c2e-device-serial",
+    b"CANARY-data-video-frame-0b1d5e77-customer",
+    b"CANARY-data-log-line-51c0ffee-in-var-log",
+    b"CANARY-data-raw-plaintext-from-before-luks",
+];
+
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub image: PathBuf,
+    pub paths: Paths,
+    pub backend: Backend,
+    pub current: Release,
+    pub factory: Release,
+    /// Keys captured at provisioning (the scan decrypts with them, as a thief with the key).
+    pub keys: Vec<Vec<u8>>,
+}
+
+pub fn partition(image: &Path, label: &str) -> (u64, u64) {
+    let mut f = std::fs::File::open(image).unwrap();
+    let size = f.metadata().unwrap().len();
+    let gpt = read_gpt(&mut f, size).unwrap();
+    let p = gpt.find(label).unwrap();
+    (p.offset(), p.size())
+}
+
+impl Rig {
+    pub fn new(backend: Backend) -> Rig {
+        Rig::with_factory(backend, releases().1.clone())
+    }
+
+    pub fn with_factory(backend: Backend, factory: Release) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        let ns = "reset-test";
+        let part = |name: &str, t: Guid, size: u64| {
+            PartitionSpec::new(name, t, Guid::derive(ns, name), size)
+        };
+        let layout = Layout::new(
+            Guid::derive(ns, "disk"),
+            vec![
+                part("esp", Guid::EFI_SYSTEM, MIB),
+                part("rootfs_a", Guid::LINUX_ROOT_X86_64, MIB),
+                part("rootfs_b", Guid::LINUX_ROOT_X86_64, MIB),
+                part("factory", Guid::LINUX_FILESYSTEM, MIB),
+                part("config", Guid::LINUX_LUKS, MIB),
+                part("data", Guid::LINUX_LUKS, MIB),
+            ],
+        );
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&image)
+            .unwrap();
+        f.set_len(IMAGE_SIZE).unwrap();
+        write_gpt(&mut f, IMAGE_SIZE, &layout).unwrap();
+        f.set_len(DISK_SIZE).unwrap();
+        drop(f);
+
+        let paths = Paths::rooted(dir.path());
+        let current = releases().0.clone();
+        let rig = Rig {
+            dir,
+            image,
+            paths,
+            backend,
+            current,
+            factory,
+            keys: Vec::new(),
+        };
+        for slot in Slot::ALL {
+            rig.install_current(slot);
+        }
+        rig.write_partition("factory", 0, &rig.factory.bundle);
+        // What the factory partition holds after the bundle: not zeros.
+        let (_, size) = partition(&rig.image, "factory");
+        let tail = rig.factory.bundle.len() as u64;
+        if tail < size {
+            rig.write_partition("factory", tail, &vec![0x5a; (size - tail).min(8192) as usize]);
+        }
+        std::fs::create_dir_all(rig.paths.root_key.parent().unwrap()).unwrap();
+        snakeoil(1).public().save(&rig.paths.root_key).unwrap();
+        std::fs::write(
+            &rig.paths.build_facts,
+            format!(r#"{{"product":"aperture-vision","version":"2.0.0","board":"{BOARD}","security_version":1}}"#),
+        )
+        .unwrap();
+        std::fs::create_dir_all(rig.paths.cmdline.parent().unwrap()).unwrap();
+        rig.set_booted(Slot::A);
+        match backend {
+            Backend::Fake => {
+                FakeBootControl::create(rig.boot_file(), BootState::fresh()).unwrap();
+            }
+            Backend::SystemdBoot => {
+                let boot = |slot| {
+                    let m = &rig.current.manifest;
+                    let v = m.artifacts[0].verity.as_ref().unwrap();
+                    aperture_slots::cmdline::slot_boot(
+                        &m.product,
+                        &m.version.to_string(),
+                        "console=ttyS0",
+                        slot,
+                        v.root_hash.as_str(),
+                        v.hash_offset,
+                    )
+                };
+                aperture_slots::write_initial_esp(&rig.paths.storage.esp, &boot(Slot::A), &boot(Slot::B))
+                    .unwrap();
+            }
+        }
+        rig
+    }
+
+    pub fn boot_file(&self) -> PathBuf {
+        self.dir.path().join("bootstate.json")
+    }
+
+    pub fn backend(&self) -> Box<dyn BootControl> {
+        match self.backend {
+            Backend::Fake => Box::new(FakeBootControl::open(self.boot_file()).unwrap()),
+            Backend::SystemdBoot => Box::new(SystemdBoot::new(self.paths.storage.esp.clone())),
+        }
+    }
+
+    pub fn state(&self) -> BootState {
+        self.backend().read().unwrap()
+    }
+
+    pub fn set_booted(&self, slot: Slot) {
+        std::fs::write(&self.paths.cmdline, format!("root=x aperture.slot={slot}\n")).unwrap();
+    }
+
+    pub fn booted(&self) -> Slot {
+        self.paths.booted_slot().unwrap()
+    }
+
+    /// A power-on: the (simulated) loader picks a slot.
+    pub fn power_on(&self) -> Slot {
+        let slot = self.backend().loader_boot().unwrap();
+        self.set_booted(slot);
+        slot
+    }
+
+    pub fn write_partition(&self, label: &str, offset: u64, data: &[u8]) {
+        let (start, size) = partition(&self.image, label);
+        assert!(offset + data.len() as u64 <= size, "{label}");
+        let f = OpenOptions::new().write(true).open(&self.image).unwrap();
+        f.write_all_at(data, start + offset).unwrap();
+    }
+
+    pub fn read_partition(&self, label: &str) -> Vec<u8> {
+        let (start, size) = partition(&self.image, label);
+        let f = std::fs::File::open(&self.image).unwrap();
+        let mut buf = vec![0u8; size as usize];
+        f.read_exact_at(&mut buf, start).unwrap();
+        buf
+    }
+
+    /// The current release in `slot`, as the image builder lays it out.
+    fn install_current(&self, slot: Slot) {
+        self.write_partition(&format!("rootfs_{slot}"), 0, &self.current.rootfs);
+        let dir = self.paths.slot_dir(slot);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vmlinuz"), &self.current.kernel).unwrap();
+        std::fs::write(dir.join("initrd.img"), &self.current.initrd).unwrap();
+        let record = SlotRecord::from_manifest(&self.current.manifest).unwrap();
+        std::fs::write(dir.join("slot.json"), record.to_json()).unwrap();
+    }
+
+    pub fn key_source(&self) -> UnsafeEspKeyFile {
+        UnsafeEspKeyFile::new(self.paths.storage.key_dir.clone())
+    }
+
+    /// First boot of aperture-storage, then canaries written through the "file system" and
+    /// one plaintext canary left in the data area from before the volume existed.
+    pub fn provision(&mut self) -> FakeCrypt {
+        let crypt = FakeCrypt::new(self.paths.storage.mapper_dir.clone());
+        let disk = FileDisk::new(&self.image);
+        // Plaintext written before luksFormat, deep in the data area: luksFormat leaves it.
+        self.write_partition("data", MIB / 2 + 77, CANARIES[3]);
+        let keys = self.key_source();
+        let mounts = FakeMounts::new();
+        let storage = Storage {
+            paths: &self.paths.storage,
+            disk: &disk,
+            crypt: &crypt,
+            keys: &keys,
+            mounts: &mounts,
+        };
+        let done = storage.setup().unwrap();
+        assert!(done.iter().all(|v| v.formatted));
+        let config_key = keys.unseal("config").unwrap();
+        let data_key = keys.unseal("data").unwrap();
+        let open = |label: &str| aperture_storage::Disk::open(&disk, label, aperture_storage::Access::Shared).unwrap();
+        FakeCrypt::write_plain(open("config").as_ref(), &config_key, 4096, CANARIES[0]).unwrap();
+        FakeCrypt::write_plain(open("data").as_ref(), &data_key, 8192, CANARIES[1]).unwrap();
+        FakeCrypt::write_plain(open("data").as_ref(), &data_key, 3 * MIB + 123, CANARIES[2]).unwrap();
+        self.keys = vec![config_key.as_bytes().to_vec(), data_key.as_bytes().to_vec()];
+        // Every canary is findable before the reset: the scan works.
+        let found = self.scan();
+        for c in CANARIES {
+            assert!(
+                found.iter().any(|(name, _)| name.as_bytes() == c),
+                "{} not found before the reset",
+                String::from_utf8_lossy(c)
+            );
+        }
+        crypt
+    }
+
+    /// Runs `f` on a reset engine for the running slot.
+    pub fn with_reset<T>(
+        &self,
+        crypt: &FakeCrypt,
+        faults: Rc<Faults>,
+        discard: FakeDiscardMode,
+        reboot: &FakeReboot,
+        f: impl FnOnce(&mut Reset<'_>) -> Result<T, ResetError>,
+    ) -> Result<T, ResetError> {
+        let file_disk = FileDisk::new(&self.image);
+        let disk = GuardedDisk::new(&file_disk, faults.clone());
+        let keys = self.key_source();
+        let clock = FakeClock::new(NOW);
+        let discard = FakeDiscard::new(discard);
+        let root = snakeoil(1).public();
+        let writer = BundleSlotWriter {
+            disk: &disk,
+            paths: &self.paths,
+            root,
+            now: NOW,
+        };
+        let mut reset = Reset {
+            paths: &self.paths,
+            disk: &disk,
+            crypt,
+            keys: &keys,
+            discard: &discard,
+            writer: &writer,
+            clock: &clock,
+            reboot,
+            slots: SlotManager::new(self.backend(), self.booted()),
+            root,
+            board: BOARD.into(),
+            faults: &faults,
+        };
+        f(&mut reset)
+    }
+
+    /// A fresh boot's crypt (no mappings).
+    pub fn fresh_crypt(&self) -> FakeCrypt {
+        FakeCrypt::new(self.paths.storage.mapper_dir.clone())
+    }
+
+    /// Runs a whole reset from `start` through every reboot until done; returns the reboots.
+    pub fn run_to_completion(
+        &self,
+        first: impl FnOnce(&mut Reset<'_>) -> Result<Outcome, ResetError>,
+        crypt: &FakeCrypt,
+    ) -> u32 {
+        let reboot = FakeReboot::default();
+        let mut outcome = self
+            .with_reset(crypt, Rc::new(Faults::none()), FakeDiscardMode::Zeroes, &reboot, first)
+            .unwrap();
+        let mut boots = 0;
+        while matches!(outcome, Outcome::Rebooting { .. }) {
+            boots += 1;
+            assert!(boots < 10, "reset does not finish");
+            self.power_on();
+            outcome = self
+                .with_reset(
+                    &self.fresh_crypt(),
+                    Rc::new(Faults::none()),
+                    FakeDiscardMode::Zeroes,
+                    &reboot,
+                    |r| r.resume(),
+                )
+                .unwrap();
+        }
+        assert!(matches!(outcome, Outcome::Done { .. }), "{outcome:?}");
+        boots
+    }
+
+    /// Canaries found on the disk image outside the rootfs and factory partitions: plaintext,
+    /// or readable with a key captured at provisioning. (label, absolute offset).
+    pub fn scan(&self) -> Vec<(String, u64)> {
+        let mut disk = std::fs::read(&self.image).unwrap();
+        for label in ["rootfs_a", "rootfs_b", "factory"] {
+            let (start, size) = partition(&self.image, label);
+            disk[start as usize..(start + size) as usize].fill(0);
+        }
+        let mut views = vec![disk.clone()];
+        for key in &self.keys {
+            // The fake cipher's key stream is aligned to 64 bytes of the disk (partitions
+            // start on MiB boundaries, the data segment at 64 KiB).
+            views.push(xor_stream(&disk, key));
+        }
+        let mut found = Vec::new();
+        for view in &views {
+            for at in memchr::memmem::find_iter(view, b"CANARY-") {
+                for c in CANARIES {
+                    if view[at..].starts_with(c) {
+                        found.push((String::from_utf8_lossy(c).into_owned(), at as u64));
+                    }
+                }
+            }
+        }
+        for key in &self.keys {
+            let wrapped = FakeCrypt::wrapped(key);
+            for needle in [&key[..], &wrapped[..]] {
+                if let Some(at) = find(&disk, needle) {
+                    found.push(("a volume key".into(), at as u64));
+                }
+            }
+        }
+        found
+    }
+
+    /// Files under the ESP that hold a key or a canary; and the key folder's content.
+    pub fn esp_leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.paths.storage.esp.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let bytes = std::fs::read(&p).unwrap();
+                let hit = self.keys.iter().any(|k| find(&bytes, k).is_some())
+                    || CANARIES.iter().any(|c| find(&bytes, c).is_some());
+                if hit {
+                    out.push(p.display().to_string());
+                }
+            }
+        }
+        if let Ok(d) = std::fs::read_dir(&self.paths.storage.key_dir) {
+            for e in d {
+                out.push(format!("key folder holds {}", e.unwrap().path().display()));
+            }
+        }
+        out
+    }
+
+    /// Both slots hold the factory release, verified, and both are good.
+    pub fn assert_factory_everywhere(&self) {
+        let disk = FileDisk::new(&self.image);
+        for slot in Slot::ALL {
+            let record = aperture_reset::slot_check::verify_slot(&disk, &self.paths, slot)
+                .unwrap_or_else(|e| panic!("slot {slot}: {e}"));
+            assert_eq!(record.version, self.factory.manifest.version, "slot {slot}");
+            assert_eq!(
+                self.state().status(slot),
+                aperture_slots::SlotStatus::Good,
+                "slot {slot} in {:?}",
+                self.state()
+            );
+        }
+        assert!(!self.paths.journal().exists(), "the journal is removed");
+    }
+
+    /// The next boot of aperture-storage formats both volumes afresh.
+    pub fn assert_storage_starts_new(&self) {
+        let crypt = self.fresh_crypt();
+        let disk = FileDisk::new(&self.image);
+        let keys = self.key_source();
+        let mounts = FakeMounts::new();
+        let storage = Storage {
+            paths: &self.paths.storage,
+            disk: &disk,
+            crypt: &crypt,
+            keys: &keys,
+            mounts: &mounts,
+        };
+        let done = storage.setup().unwrap();
+        assert!(done.iter().all(|v| v.formatted), "{done:?}");
+        for v in Volume::ALL {
+            let new = keys.unseal(v.label()).unwrap();
+            assert!(self.keys.iter().all(|old| old != new.as_bytes()));
+        }
+    }
+}
+
+/// `data` XOR the 64-byte `key` repeated from offset 0, a word at a time.
+pub fn xor_stream(data: &[u8], key: &[u8]) -> Vec<u8> {
+    let words: Vec<u64> = key
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut out = Vec::with_capacity(data.len());
+    for block in data.chunks(64) {
+        if block.len() == 64 {
+            for (w, k) in block.chunks_exact(8).zip(&words) {
+                let v = u64::from_ne_bytes(w.try_into().unwrap()) ^ k;
+                out.extend_from_slice(&v.to_ne_bytes());
+            }
+        } else {
+            out.extend(block.iter().zip(key).map(|(b, k)| b ^ k));
+        }
+    }
+    out
+}
+
+/// First offset of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+pub fn unused_key() -> Key {
+    Key::random().unwrap()
+}
+
+pub fn keys_gone(rig: &Rig) -> bool {
+    let src = rig.key_source();
+    Volume::ALL.iter().all(|v| src.unseal(v.label()).is_err())
+}

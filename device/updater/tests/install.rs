@@ -1,0 +1,339 @@
+//! Installs that succeed, on a file-backed disk with systemd-boot on a temp ESP (and once with
+//! the fake boot control): the new slot boots next, the health-gate commit raises the floor
+//! (install never does), a slot that never commits rolls back by itself and status says so,
+//! and status --json has the shape the agent and scripts read.
+
+mod common;
+
+use std::fs;
+
+use aperture_slots::{FakeBootControl, Slot, SlotStatus};
+use aperture_trust::manifest::Sha256Hex;
+use aperture_updater::state::DeviceState;
+use aperture_updater::{InstallOptions, UpdateError, Updater};
+use common::*;
+
+#[test]
+fn install_boot_commit_then_install_back_into_a() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let v3 = image("3.0.0", 3, 3);
+    let dev = Device::new(&v1);
+    let mut u = dev.updater(Slot::A);
+
+    let done = u
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(done.target, Slot::B);
+    assert_eq!(done.version, "2.0.0");
+    assert_eq!(
+        done.manifest_sha256,
+        Sha256Hex::digest(&v2.manifest_json).to_string()
+    );
+    assert!(done.restarted.is_none());
+    // Slot B holds exactly v2, with its record and the signed manifest beside it.
+    assert_eq!(dev.slot_bytes(Slot::B, v2.rootfs.len()), v2.rootfs);
+    assert_eq!(
+        dev.slot_bytes(Slot::A, v1.rootfs.len()),
+        v1.rootfs,
+        "the active slot is never written"
+    );
+    let rec = dev.assert_slot_verifies(Slot::B);
+    assert_eq!(rec.version.to_string(), "2.0.0");
+    let slot_dir = dev.paths.slot_dir(Slot::B);
+    assert_eq!(
+        fs::read(slot_dir.join("manifest.json")).unwrap(),
+        v2.manifest_json
+    );
+    assert_eq!(
+        fs::read(slot_dir.join("manifest.sig")).unwrap(),
+        v2.sig_json
+    );
+    let state = DeviceState::load(&dev.paths.state_file()).unwrap();
+    assert!(state.journal.is_none());
+    assert_eq!(state.security_floor, 0, "install must not raise the floor");
+    // The entry is the one slot_boot makes, armed with 3 tries.
+    let entry = fs::read_to_string(dev.paths.esp.join("loader/entries/slot-b+3.conf")).unwrap();
+    assert!(
+        entry.contains(&format!("title {}", slot_boot(&v2, Slot::B).title)),
+        "{entry}"
+    );
+    assert!(entry.contains(&v2.verity.root_hash.to_string()), "{entry}");
+
+    // Reboot into B, the health gate commits it.
+    assert_eq!(dev.boot(), Slot::B);
+    dev.set_running(Slot::B, &v2);
+    let mut u = dev.updater(Slot::B);
+    assert_eq!(
+        u.boot_state().unwrap().status(Slot::B),
+        SlotStatus::Trying {
+            tries_left: 2,
+            tries_done: 1
+        }
+    );
+    let c = u.commit().unwrap();
+    assert!(c.floor_raised && c.security_floor == 2, "{c}");
+    assert_eq!(u.boot_state().unwrap().status(Slot::B), SlotStatus::Good);
+    assert!(!u.commit().unwrap().floor_raised, "commit is idempotent");
+
+    // And the next install goes into A.
+    let done = u
+        .install(
+            &mut &v3.bundle[..],
+            &InstallOptions {
+                tries: 1,
+                source: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(done.target, Slot::A);
+    assert_eq!(dev.boot(), Slot::A);
+    assert_eq!(
+        dev.assert_slot_verifies(Slot::A).version.to_string(),
+        "3.0.0"
+    );
+}
+
+#[test]
+fn floor_rises_only_at_commit() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 5, 2);
+    let dev = Device::new(&v1);
+    dev.updater(Slot::A).commit().unwrap();
+    assert_eq!(
+        DeviceState::load(&dev.paths.state_file())
+            .unwrap()
+            .security_floor,
+        1
+    );
+    dev.updater(Slot::A)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(
+        DeviceState::load(&dev.paths.state_file())
+            .unwrap()
+            .security_floor,
+        1
+    );
+    // B never passes its health gate: after its tries the loader returns to A, floor unchanged,
+    // so v1-era security versions (and a fixed v2) remain installable.
+    for _ in 0..3 {
+        assert_eq!(dev.boot(), Slot::B);
+    }
+    assert_eq!(dev.boot(), Slot::A);
+    let st = dev.updater(Slot::A).status().unwrap();
+    assert_eq!(st.security_floor, 1);
+    let rb = st.rollback.clone().expect("a rollback is reported");
+    assert_eq!(
+        rb.to_string(),
+        "rollback: slot b (version 2.0.0) failed its health check; running slot a"
+    );
+    assert!(
+        st.to_string().contains("rollback: slot b (version 2.0.0)"),
+        "{st}"
+    );
+    // Committing B later (after a successful boot) is what raises the floor.
+    let v2b = image("2.0.1", 5, 4);
+    dev.updater(Slot::A)
+        .install(&mut &v2b.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.set_running(Slot::B, &v2b);
+    dev.updater(Slot::B).commit().unwrap();
+    assert_eq!(
+        DeviceState::load(&dev.paths.state_file())
+            .unwrap()
+            .security_floor,
+        5
+    );
+}
+
+#[test]
+fn rollback_command_boots_the_other_good_slot() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    dev.updater(Slot::A)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.set_running(Slot::B, &v2);
+    let mut u = dev.updater(Slot::B);
+    u.commit().unwrap();
+    let state = u.rollback().unwrap();
+    assert_eq!(state.next, Slot::A);
+    assert_eq!(dev.boot(), Slot::A);
+    // Rolling back from A to B works too (B is good), but not to an unbootable slot.
+    dev.set_running(Slot::A, &v1);
+    let err = {
+        let v3 = image("3.0.0", 3, 3);
+        let mut u = dev.updater(Slot::A);
+        // An install cut off after the target was invalidated: B is unbootable.
+        let mut cut = &v3.bundle[..v3.bundle.len() / 2];
+        assert!(u.install(&mut cut, &InstallOptions::default()).is_err());
+        u.rollback().unwrap_err()
+    };
+    assert!(matches!(err, UpdateError::Slots(_)), "{err}");
+    assert!(err.to_string().contains("slot b"), "{err}");
+}
+
+#[test]
+fn works_with_the_fake_boot_control_too() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let fake_path = dev.dir.path().join("fake-boot.json");
+    let fake = FakeBootControl::open(&fake_path).unwrap();
+    let mut u = Updater::new(
+        dev.paths.clone(),
+        Box::new(dev.disk()),
+        Box::new(fake),
+        Slot::A,
+    )
+    .with_clock(|| NOW);
+    u.install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    let mut fake = FakeBootControl::open(&fake_path).unwrap();
+    assert_eq!(
+        aperture_slots::BootControl::loader_boot(&mut fake).unwrap(),
+        Slot::B
+    );
+    assert_eq!(
+        fake.persisted().len(),
+        0,
+        "a reopened fake starts a fresh log"
+    );
+    dev.assert_slot_verifies(Slot::B);
+}
+
+#[test]
+fn status_json_shape() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let mut u = dev.updater(Slot::A);
+    u.install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    let v = serde_json::to_value(u.status().unwrap()).unwrap();
+    assert_eq!(v["backend"], "systemd-boot");
+    assert_eq!(v["booted"], "a");
+    assert_eq!(v["next"], "b");
+    assert_eq!(v["running"]["version"], "1.0.0");
+    assert_eq!(v["running"]["board"], BOARD);
+    assert_eq!(v["security_floor"], 0);
+    assert_eq!(v["committed"], serde_json::Value::Null);
+    assert_eq!(v["interrupted"], serde_json::Value::Null);
+    assert_eq!(v["rollback"], serde_json::Value::Null);
+    let slots = v["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 2);
+    assert_eq!(slots[0]["slot"], "a");
+    assert_eq!(slots[0]["status"]["state"], "good");
+    assert_eq!(slots[0]["booted"], true);
+    assert_eq!(slots[1]["status"]["state"], "trying");
+    assert_eq!(slots[1]["status"]["tries_left"], 3);
+    assert_eq!(slots[1]["next"], true);
+    assert_eq!(slots[1]["record"]["version"], "2.0.0");
+    assert_eq!(
+        slots[1]["record"]["root_hash"],
+        v2.verity.root_hash.to_string()
+    );
+    assert_eq!(slots[1]["record"]["security_version"], 2);
+    let text = u.status().unwrap().to_string();
+    assert!(
+        text.contains("slot b: on trial (3 tries left, 0 done), holds 2.0.0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn interrupted_install_is_reported_and_restarted() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let mut u = dev.updater(Slot::A);
+    // The stream ends in the middle of the rootfs payload (a download cut short).
+    let mut cut = &v2.bundle[..data_offset(&v2.bundle, "rootfs.img.zst") + 5000];
+    let opts = InstallOptions {
+        tries: 2,
+        source: Some("/data/v2.bundle".into()),
+    };
+    u.install(&mut cut, &opts).unwrap_err();
+    let j = u.interrupted().unwrap().expect("the journal remains");
+    assert_eq!((j.target, j.from, j.tries), (Slot::B, Slot::A, 2));
+    assert_eq!(j.source.as_deref(), Some("/data/v2.bundle"));
+    assert_eq!(
+        j.manifest_sha256,
+        Sha256Hex::digest(&v2.manifest_json).to_string()
+    );
+    let st = u.status().unwrap();
+    assert_eq!(st.interrupted.as_ref(), Some(&j));
+    let text = st.to_string();
+    assert!(
+        text.contains("an install was interrupted: installing target b, bundle 2.0.0/"),
+        "{text}"
+    );
+    assert!(text.contains("slot b is now unbootable"), "{text}");
+    assert_eq!(dev.boot(), Slot::A, "the running slot boots meanwhile");
+    // Given the bundle again, the install starts over and completes.
+    let done = u
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(
+        done.restarted.as_ref().map(|j| j.version.as_str()),
+        Some("2.0.0")
+    );
+    assert!(u.interrupted().unwrap().is_none());
+    assert_eq!(dev.boot(), Slot::B);
+    dev.assert_slot_verifies(Slot::B);
+}
+
+#[test]
+fn a_partition_too_small_is_refused_before_writing() {
+    let v1 = image("1.0.0", 1, 1);
+    let dev = Device::new(&v1);
+    // A release whose rootfs claims more than the partition holds.
+    let big = image_with("2.0.0", 2, 2, &keys(), |m| {
+        m.artifacts[0].size = 2 * SLOT_SIZE;
+    });
+    let before = dev.snapshot();
+    let err = dev
+        .updater(Slot::A)
+        .install(&mut &big.bundle[..], &InstallOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, UpdateError::TooLarge { slot: Slot::B, .. }),
+        "{err}"
+    );
+    assert_eq!(dev.snapshot(), before);
+}
+
+/// Rough throughput of an install (stream, write, fsync, read back, verify) of a 256 MiB
+/// rootfs from a bundle in memory. Ignored by default; run with
+/// `cargo test -p aperture-updater --test install -- --ignored throughput --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let size = 256 << 20;
+    let keys = keys();
+    let v1 = image_sized("1.0.0", 1, 1, &keys, 4 << 20, |_| {});
+    let v2 = image_sized("2.0.0", 2, 2, &keys, size, |_| {});
+    let dev = Device::sized(&v1, size as u64 + (8 << 20));
+    let start = std::time::Instant::now();
+    dev.updater(Slot::A)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "installed {} MiB (bundle {} MiB) in {secs:.2} s: {:.0} MiB/s",
+        v2.rootfs.len() >> 20,
+        v2.bundle.len() >> 20,
+        v2.rootfs.len() as f64 / secs / (1 << 20) as f64
+    );
+    let part = aperture_updater::disk::Disk::open(&dev.disk(), "rootfs_b").unwrap();
+    let start = std::time::Instant::now();
+    aperture_updater::install::verify_rootfs(&*part, &v2.manifest.artifacts[0], Slot::B).unwrap();
+    eprintln!(
+        "of which reading back and verifying: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+}

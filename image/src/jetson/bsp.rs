@@ -1,0 +1,116 @@
+//! The Jetson Linux (L4T) BSP a build takes its kernel, device tree and boot firmware from:
+//! found, checked for every file the board needs (all missing files named at once), and
+//! fingerprinted so that a changed BSP is a changed input.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::board::JetsonBoard;
+use super::error::JetsonError;
+use super::nvidia::files;
+
+/// The marker the synthetic test BSP carries at its root (see
+/// `image/fixtures/make-synthetic-bsp.sh`). A build from such a tree says so loudly.
+pub const SYNTHETIC_MARKER: &str = "SYNTHETIC-BSP.txt";
+
+/// Where NVIDIA's trees keep their partition layout files.
+pub const LAYOUT_DIR: &str = "bootloader/t186ref/cfg";
+
+/// A checked BSP for one board.
+#[derive(Debug, Clone)]
+pub struct Bsp {
+    /// The `Linux_for_Tegra/` folder.
+    pub root: PathBuf,
+    /// The board it is used for.
+    pub board: &'static JetsonBoard,
+    /// The boot-firmware capsule, when the tree has one.
+    pub capsule: Option<PathBuf>,
+    /// The tree's own release string (`nv_tegra/bsp_version`), when it has one.
+    pub release: Option<String>,
+    /// Whether this is the synthetic test tree rather than NVIDIA's.
+    pub synthetic: bool,
+}
+
+impl Bsp {
+    /// Find the L4T tree in `dir` (the folder that contains `Linux_for_Tegra/`, or that folder
+    /// itself) and check that it has every file `board` needs.
+    pub fn open(dir: &Path, board: &'static JetsonBoard) -> Result<Bsp, JetsonError> {
+        let root = if dir.join("Linux_for_Tegra").is_dir() {
+            dir.join("Linux_for_Tegra")
+        } else if dir.join("kernel").is_dir() && dir.join("bootloader").is_dir() {
+            dir.to_path_buf()
+        } else {
+            return Err(JetsonError::NotABsp { dir: dir.to_path_buf() });
+        };
+        let missing: Vec<String> = board
+            .required_files()
+            .into_iter()
+            .filter(|f| !root.join(f).is_file())
+            .map(str::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return Err(JetsonError::MissingFiles {
+                dir: root,
+                board: board.board.name(),
+                release: board.l4t_release,
+                missing,
+            });
+        }
+        let capsule = Some(root.join(files::CAPSULE)).filter(|p| p.is_file());
+        let release = std::fs::read_to_string(root.join("nv_tegra/bsp_version"))
+            .ok()
+            .map(|s| s.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "))
+            .filter(|s| !s.is_empty());
+        let synthetic = root.join(SYNTHETIC_MARKER).is_file();
+        Ok(Bsp { root, board, capsule, release, synthetic })
+    }
+
+    /// A file of the tree.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// The kernel image.
+    pub fn kernel(&self) -> PathBuf {
+        self.path(files::KERNEL)
+    }
+
+    /// The board's kernel device tree.
+    pub fn dtb(&self) -> PathBuf {
+        self.path(self.board.kernel_dtb)
+    }
+
+    /// L4TLauncher, for the ESP.
+    pub fn l4t_launcher(&self) -> PathBuf {
+        self.path(files::L4T_LAUNCHER)
+    }
+
+    /// The boot-firmware files: (path in the tree, file on disk).
+    pub fn firmware(&self) -> Vec<(&'static str, PathBuf)> {
+        self.board.firmware_files().into_iter().map(|f| (f, self.path(f))).collect()
+    }
+
+    /// NVIDIA's rootfs A/B layout file of this board in the tree, when it has one.
+    pub fn nvidia_layout(&self) -> Option<PathBuf> {
+        Some(self.path(&format!("{LAYOUT_DIR}/{}", self.board.nvidia_layout))).filter(|p| p.is_file())
+    }
+
+    /// sha256 over the path and bytes of every file the build takes from the tree: two trees
+    /// with the same fingerprint give the same outputs.
+    pub fn fingerprint(&self) -> std::io::Result<String> {
+        let mut h = Sha256::new();
+        let mut files: Vec<String> = self.board.required_files().into_iter().map(str::to_string).collect();
+        if self.capsule.is_some() {
+            files.push(files::CAPSULE.to_string());
+        }
+        for f in files {
+            h.update(f.as_bytes());
+            h.update([0]);
+            let (sha, _) = aperture_trust::digest::sha256_file(&self.path(&f))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            h.update(sha.as_str().as_bytes());
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}

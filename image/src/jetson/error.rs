@@ -1,0 +1,106 @@
+//! Errors of the Jetson board support: each names the object and says how to fix it.
+
+use std::path::PathBuf;
+
+use crate::recipe::Board;
+
+/// A Jetson build problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JetsonError {
+    /// The recipe's board is not a Jetson.
+    #[error("board {board} is not a Jetson board; Jetson outputs are made for jetson-orin-agx and jetson-xavier-agx only")]
+    NotJetson {
+        /// The board.
+        board: &'static str,
+    },
+    /// No BSP was given: the build stops after the slot image.
+    #[error("{}", missing_bsp_message(*board, out))]
+    MissingBsp {
+        /// The board.
+        board: Board,
+        /// Where the rootfs commit and slot image are.
+        out: PathBuf,
+    },
+    /// The `--bsp` folder is not a Jetson Linux tree.
+    #[error("{dir} is not a Jetson Linux (L4T) BSP: it has neither Linux_for_Tegra/ nor kernel/ and bootloader/ folders; point --bsp at the folder extracted from Jetson_Linux_R<version>_aarch64.tbz2 (the one that contains Linux_for_Tegra/)")]
+    NotABsp {
+        /// The folder given.
+        dir: PathBuf,
+    },
+    /// The BSP lacks files the board needs.
+    #[error("the Jetson Linux BSP {dir} lacks {} file(s) that {board} needs:\n  {}\nthis build expects the L4T {release} tree for the board (as extracted from NVIDIA's Jetson Linux download); a BSP of another release names some firmware differently", missing.len(), missing.join("\n  "))]
+    MissingFiles {
+        /// The BSP root (`Linux_for_Tegra/`).
+        dir: PathBuf,
+        /// The board.
+        board: &'static str,
+        /// The L4T release line expected.
+        release: &'static str,
+        /// Missing paths, relative to the BSP root.
+        missing: Vec<String>,
+    },
+    /// A partition's content is larger than the partition.
+    #[error("{what} is {size} bytes but partition {partition} holds {capacity} bytes; {hint}")]
+    TooBig {
+        /// The content.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The partition.
+        partition: &'static str,
+        /// The partition size.
+        capacity: u64,
+        /// How to fix it.
+        hint: &'static str,
+    },
+    /// A boot image field overflowed.
+    #[error("the boot image {field} is {len} bytes but the Android boot image header holds at most {max}")]
+    BootImageField {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A layout file could not be read.
+    #[error("layout file {what} line {line}: {reason}")]
+    LayoutXml {
+        /// The file.
+        what: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The message a Jetson build prints when it has no BSP: what to download, where from, and
+/// what to pass.
+pub fn missing_bsp_message(board: Board, out: &std::path::Path) -> String {
+    let (module, release, tarball) = match board {
+        Board::JetsonXavierAgx => (
+            "Jetson AGX Xavier",
+            "R35.x (JetPack 5; R35 is the last line that supports Xavier, e.g. R35.6.1)",
+            "Jetson_Linux_R35.6.1_aarch64.tbz2",
+        ),
+        _ => (
+            "Jetson AGX Orin",
+            "R36.x (JetPack 6, e.g. R36.4.3)",
+            "Jetson_Linux_R36.4.3_aarch64.tbz2",
+        ),
+    };
+    format!(
+        "{board} needs a Jetson Linux BSP for its kernel, device tree and boot firmware, and this build has none (no --bsp).\n\
+         The rootfs commit and the slot image are ready in {out}.\n\
+         To finish the build:\n\
+         \x20 1. Download the Jetson Linux {release} \"Driver Package (BSP)\" for the {module} from NVIDIA's developer site,\n\
+         \x20    https://developer.nvidia.com/embedded/jetson-linux (older releases: https://developer.nvidia.com/embedded/jetson-linux-archive);\n\
+         \x20    the file is named like {tarball}.\n\
+         \x20 2. Extract it: tar xf {tarball}   (this makes Linux_for_Tegra/)\n\
+         \x20 3. Build again with --bsp <that folder>/Linux_for_Tegra",
+        board = board.name(),
+        out = out.display(),
+    )
+}

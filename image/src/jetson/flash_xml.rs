@@ -1,0 +1,356 @@
+//! The partition-layout file for NVIDIA's flashing tools (`flash_layout.xml`): NVIDIA's
+//! `partition_layout` format with the board's boot-chain device and rootfs device, every
+//! partition named, typed and sized as in NVIDIA's own file, and `<filename>` naming the
+//! files of our output folder (or of the BSP's firmware, copied there).
+//!
+//! Also a small reader for the same format, used to check our file and to compare a BSP's own
+//! layout with our table. It understands elements, attributes, text and comments: what these
+//! files contain, and no more.
+
+use std::fmt::Write as _;
+
+use super::board::{Device, JetsonBoard};
+use super::error::JetsonError;
+use super::nvidia::{Fill, NvPart};
+use crate::recipe::Recipe;
+
+/// Names of the files in the output folder that fill the rootfs device.
+#[derive(Debug, Clone)]
+pub struct LayoutFiles {
+    /// The slot image (`APP`, `APP_b`).
+    pub rootfs: String,
+    /// Boot images of slots A and B.
+    pub boot: [String; 2],
+    /// The kernel device tree.
+    pub dtb: String,
+    /// The ESP image.
+    pub esp: String,
+}
+
+/// The output-folder name of a BSP file: its base name.
+pub fn output_name(bsp_path: &str) -> &str {
+    bsp_path.rsplit('/').next().unwrap_or(bsp_path)
+}
+
+/// Render the layout file for `board` and `recipe`.
+pub fn render(board: &JetsonBoard, recipe: &Recipe, files: &LayoutFiles) -> String {
+    let mut x = String::new();
+    x.push_str("<?xml version=\"1.0\"?>\n");
+    let _ = writeln!(
+        x,
+        "<!-- Written by Aperture for {} {} on {}: {}.\n     Names, order and types follow NVIDIA's {} (Jetson Linux {}); sizes of APP, APP_b,\n     esp, esp_alt and UDA come from the recipe, `config` is Aperture's and comes last.\n     <filename> names files in this folder. Firmware files are the BSP's unsigned images:\n     NVIDIA's tools sign and pack them while flashing, and make the partitions that name no\n     file here (BCTs, BPMP device tree, VER) themselves. -->",
+        esc(&recipe.product),
+        recipe.version,
+        recipe.board.name(),
+        board.module,
+        board.nvidia_layout,
+        board.l4t_release
+    );
+    x.push_str("<partition_layout version=\"01.00.0000\">\n");
+    device(&mut x, &board.boot_device, board.boot_device_sectors, |_, p| part_boot(p));
+    let h = recipe.hash();
+    let rootfs = Device { parts: &[], ..board.rootfs_device };
+    let parts = board.rootfs_parts();
+    let sectors = recipe.partitions.disk.bytes() / 512;
+    open_device(&mut x, &rootfs, sectors);
+    x.push_str(&pseudo("master_boot_record", "protective_master_boot_record", "512"));
+    x.push_str(&pseudo("primary_gpt", "primary_gpt", "19968"));
+    for (i, p) in parts.iter().enumerate() {
+        let file = match p.fill {
+            Fill::Rootfs => Some(files.rootfs.clone()),
+            Fill::BootImage => Some(files.boot[usize::from(p.chain == super::nvidia::Chain::B)].clone()),
+            Fill::KernelDtb => Some(files.dtb.clone()),
+            Fill::Esp => Some(files.esp.clone()),
+            Fill::Firmware(f) => Some(output_name(f).to_string()),
+            Fill::Empty => None,
+        };
+        let guid = aperture_gpt::Guid::derive(&format!("aperture-partition:{h}"), p.name);
+        let type_guid = match p.name {
+            "esp" => Some(aperture_gpt::Guid::EFI_SYSTEM),
+            "config" => Some(aperture_gpt::Guid::LINUX_LUKS),
+            _ => None,
+        };
+        let _ = writeln!(x, "        <partition name=\"{}\" id=\"{}\" type=\"{}\">", esc(p.name), i + 1, esc(p.nv_type));
+        common(&mut x, JetsonBoard::size_of(p, recipe));
+        // Every partition on a 1 MiB boundary, as in disk.img, so both place them alike.
+        let _ = writeln!(x, "            <align_boundary> 1048576 </align_boundary>");
+        let _ = writeln!(x, "            <unique_guid> {} </unique_guid>", guid.to_string().to_uppercase());
+        if let Some(t) = type_guid {
+            let _ = writeln!(x, "            <partition_type_guid> {} </partition_type_guid>", t.to_string().to_uppercase());
+        }
+        if let Some(f) = file {
+            let _ = writeln!(x, "            <filename> {} </filename>", esc(&f));
+        }
+        x.push_str("        </partition>\n");
+    }
+    x.push_str(&pseudo("secondary_gpt", "secondary_gpt", "0xFFFFFFFFFFFFFFFF"));
+    x.push_str("    </device>\n</partition_layout>\n");
+    x
+}
+
+fn open_device(x: &mut String, d: &Device, sectors: u64) {
+    let _ = writeln!(
+        x,
+        "    <device type=\"{}\" instance=\"{}\" sector_size=\"512\" num_sectors=\"{sectors}\">",
+        d.kind, d.instance
+    );
+}
+
+fn device(x: &mut String, d: &Device, sectors: u64, part: impl Fn(usize, &NvPart) -> String) {
+    open_device(x, d, sectors);
+    for (i, p) in d.parts.iter().enumerate() {
+        x.push_str(&part(i, p));
+    }
+    x.push_str(&pseudo("secondary_gpt", "secondary_gpt", "0xFFFFFFFFFFFFFFFF"));
+    x.push_str("    </device>\n");
+}
+
+fn part_boot(p: &NvPart) -> String {
+    let mut x = String::new();
+    let _ = writeln!(x, "        <partition name=\"{}\" type=\"{}\">", esc(p.name), esc(p.nv_type));
+    let size = match p.size {
+        super::nvidia::PartSize::Bytes(b) => b,
+        _ => 0,
+    };
+    common(&mut x, size);
+    if let Some(s) = p.start {
+        let _ = writeln!(x, "            <start_location> {s:#X} </start_location>");
+    }
+    if let Some(a) = p.align {
+        let _ = writeln!(x, "            <align_boundary> {a} </align_boundary>");
+    }
+    if let Fill::Firmware(f) = p.fill {
+        let _ = writeln!(x, "            <filename> {} </filename>", esc(output_name(f)));
+    }
+    x.push_str("        </partition>\n");
+    x
+}
+
+fn common(x: &mut String, size: u64) {
+    let _ = write!(
+        x,
+        "            <allocation_policy> sequential </allocation_policy>\n            <filesystem_type> basic </filesystem_type>\n            <size> {size} </size>\n            <file_system_attribute> 0 </file_system_attribute>\n            <allocation_attribute> 0x8 </allocation_attribute>\n            <percent_reserved> 0 </percent_reserved>\n"
+    );
+}
+
+fn pseudo(name: &str, kind: &str, size: &str) -> String {
+    let mut x = format!("        <partition name=\"{name}\" type=\"{kind}\">\n");
+    x.push_str(&format!(
+        "            <allocation_policy> sequential </allocation_policy>\n            <filesystem_type> basic </filesystem_type>\n            <size> {size} </size>\n            <file_system_attribute> 0 </file_system_attribute>\n            <allocation_attribute> 8 </allocation_attribute>\n            <percent_reserved> 0 </percent_reserved>\n"
+    ));
+    x.push_str("        </partition>\n");
+    x
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// One device of a layout file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutDevice {
+    /// `type=`.
+    pub kind: String,
+    /// `num_sectors=`, when given.
+    pub sectors: Option<u64>,
+    /// Partitions in file order, the GPT's own bookkeeping ones included.
+    pub partitions: Vec<LayoutPartition>,
+}
+
+/// One partition of a layout file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutPartition {
+    /// Name, with NVIDIA's placeholders for the recovery partitions resolved the way
+    /// `flash.sh` does (`RECNAME` is `recovery`, `RECDTB-NAME` is `recovery-dtb`).
+    pub name: String,
+    /// `id=`, when given.
+    pub id: Option<u32>,
+    /// `type=`.
+    pub kind: String,
+    /// `<size>` as written.
+    pub size: String,
+    /// `<filename>`, when given.
+    pub filename: Option<String>,
+}
+
+impl LayoutDevice {
+    /// The partitions that become GPT entries (not the MBR or GPT bookkeeping).
+    pub fn gpt_partitions(&self) -> impl Iterator<Item = &LayoutPartition> {
+        self.partitions.iter().filter(|p| {
+            !matches!(p.kind.as_str(), "protective_master_boot_record" | "primary_gpt" | "secondary_gpt")
+        })
+    }
+}
+
+/// Read a layout file (ours or NVIDIA's).
+pub fn parse(what: &str, text: &str) -> Result<Vec<LayoutDevice>, JetsonError> {
+    let root = xml::parse(what, text)?;
+    let err = |line: usize, reason: String| JetsonError::LayoutXml { what: what.to_string(), line, reason };
+    if root.name != "partition_layout" {
+        return Err(err(root.line, format!("the root element is <{}>, not <partition_layout>", root.name)));
+    }
+    let mut devices = Vec::new();
+    for d in root.children.iter().filter(|c| c.name == "device") {
+        let kind = d.attr("type").ok_or_else(|| err(d.line, "a <device> has no type".into()))?.to_string();
+        let sectors = d.attr("num_sectors").and_then(|s| s.trim().parse().ok());
+        let mut partitions = Vec::new();
+        for p in d.children.iter().filter(|c| c.name == "partition") {
+            let name = p.attr("name").ok_or_else(|| err(p.line, "a <partition> has no name".into()))?;
+            let child = |n: &str| p.children.iter().find(|c| c.name == n).map(|c| c.text.trim().to_string());
+            partitions.push(LayoutPartition {
+                name: resolve_placeholder(name),
+                id: p.attr("id").and_then(|i| i.trim().parse().ok()),
+                kind: p.attr("type").unwrap_or("").to_string(),
+                size: child("size").unwrap_or_default(),
+                filename: child("filename").filter(|f| !f.is_empty()),
+            });
+        }
+        devices.push(LayoutDevice { kind, sectors, partitions });
+    }
+    Ok(devices)
+}
+
+fn resolve_placeholder(name: &str) -> String {
+    match name {
+        "RECNAME" => "recovery".into(),
+        "RECDTB-NAME" => "recovery-dtb".into(),
+        "RECNAME_alt" => "recovery_alt".into(),
+        "RECDTB-NAME_alt" => "recovery-dtb_alt".into(),
+        other => other.to_string(),
+    }
+}
+
+/// How a BSP's own layout differs from our table, by partition name (rootfs device only).
+pub fn compare_with_table(board: &JetsonBoard, nvidia: &[LayoutDevice]) -> Vec<String> {
+    let ours: Vec<&str> = board.rootfs_device.parts.iter().map(|p| p.name).collect();
+    let Some(dev) = nvidia.iter().find(|d| d.kind == board.rootfs_device.kind) else {
+        return vec![format!("it has no {} device", board.rootfs_device.kind)];
+    };
+    let theirs: Vec<String> = dev.gpt_partitions().map(|p| p.name.clone()).collect();
+    let mut notes = Vec::new();
+    for n in &ours {
+        if !theirs.iter().any(|t| t == n) {
+            notes.push(format!("it has no `{n}`"));
+        }
+    }
+    for t in &theirs {
+        if !ours.contains(&t.as_str()) {
+            notes.push(format!("it has `{t}`, which our table does not"));
+        }
+    }
+    notes
+}
+
+mod xml {
+    //! Just enough XML for layout files: elements, double- or single-quoted attributes, text,
+    //! comments and the declaration. Entities are the five predefined ones.
+
+    use super::JetsonError;
+
+    #[derive(Debug, Default)]
+    pub struct Element {
+        pub name: String,
+        pub attrs: Vec<(String, String)>,
+        pub children: Vec<Element>,
+        pub text: String,
+        pub line: usize,
+    }
+
+    impl Element {
+        pub fn attr(&self, key: &str) -> Option<&str> {
+            self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        }
+    }
+
+    pub fn parse(what: &str, text: &str) -> Result<Element, JetsonError> {
+        let b = text.as_bytes();
+        let mut i = 0;
+        let mut stack: Vec<Element> = vec![Element::default()];
+        let line_at = |i: usize| text[..i].matches('\n').count() + 1;
+        let err = |i: usize, reason: &str| JetsonError::LayoutXml { what: what.to_string(), line: line_at(i), reason: reason.to_string() };
+        while i < b.len() {
+            if b[i] != b'<' {
+                let end = text[i..].find('<').map(|n| i + n).unwrap_or(b.len());
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&unescape(&text[i..end]));
+                }
+                i = end;
+                continue;
+            }
+            if text[i..].starts_with("<!--") {
+                i = text[i..].find("-->").map(|n| i + n + 3).ok_or_else(|| err(i, "unterminated comment"))?;
+            } else if text[i..].starts_with("<?") {
+                i = text[i..].find("?>").map(|n| i + n + 2).ok_or_else(|| err(i, "unterminated declaration"))?;
+            } else if text[i..].starts_with("</") {
+                let end = text[i..].find('>').map(|n| i + n).ok_or_else(|| err(i, "unterminated end tag"))?;
+                let name = text[i + 2..end].trim();
+                let el = stack.pop().filter(|e| e.name == name && !stack.is_empty());
+                let el = el.ok_or_else(|| err(i, &format!("</{name}> does not close the open element")))?;
+                if let Some(parent) = stack.last_mut() {
+                    parent.children.push(el);
+                }
+                i = end + 1;
+            } else {
+                let end = find_tag_end(b, i).ok_or_else(|| err(i, "unterminated tag"))?;
+                let self_closing = b[end - 1] == b'/';
+                let inner = &text[i + 1..if self_closing { end - 1 } else { end }];
+                let mut el = start_tag(inner).ok_or_else(|| err(i, "malformed tag"))?;
+                el.line = line_at(i);
+                if self_closing {
+                    if let Some(parent) = stack.last_mut() {
+                        parent.children.push(el);
+                    }
+                } else {
+                    stack.push(el);
+                }
+                i = end + 1;
+            }
+        }
+        if stack.len() != 1 {
+            return Err(err(b.len(), "an element is not closed"));
+        }
+        let mut doc = stack.pop().unwrap_or_default();
+        match doc.children.len() {
+            1 => Ok(doc.children.remove(0)),
+            _ => Err(err(0, "a document has exactly one root element")),
+        }
+    }
+
+    fn find_tag_end(b: &[u8], start: usize) -> Option<usize> {
+        let mut quote = None;
+        for (k, &c) in b.iter().enumerate().skip(start) {
+            match (quote, c) {
+                (None, b'"' | b'\'') => quote = Some(c),
+                (Some(q), _) if c == q => quote = None,
+                (None, b'>') => return Some(k),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn start_tag(inner: &str) -> Option<Element> {
+        let inner = inner.trim();
+        let name_end = inner.find(|c: char| c.is_whitespace()).unwrap_or(inner.len());
+        let name = &inner[..name_end];
+        if name.is_empty() {
+            return None;
+        }
+        let mut attrs = Vec::new();
+        let mut rest = inner[name_end..].trim_start();
+        while !rest.is_empty() {
+            let eq = rest.find('=')?;
+            let key = rest[..eq].trim().to_string();
+            let after = rest[eq + 1..].trim_start();
+            let q = after.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+            let close = after[1..].find(q)? + 1;
+            attrs.push((key, unescape(&after[1..close])));
+            rest = after[close + 1..].trim_start();
+        }
+        Some(Element { name: name.to_string(), attrs, ..Element::default() })
+    }
+
+    fn unescape(s: &str) -> String {
+        s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+    }
+}

@@ -1,0 +1,268 @@
+//! Logins, consoles, SSH, update timers and the firewall's units, set in the build's layer
+//! from the recipe.
+//!
+//! - **Accounts**: every account's shell becomes `/usr/sbin/nologin`; root keeps its shell only
+//!   in a debug image (for the serial console). Debian's base already locks every password
+//!   (`*` or `!` in /etc/shadow) and the build keeps it so; a password an overlay brings is
+//!   left for the audit to name, because only the author knows whether it was deliberate.
+//! - **Consoles**: no getty at all (templates and instances masked, so neither
+//!   systemd-getty-generator nor logind's autovt can start one), except a debug image's
+//!   serial console, which logs root in without a password (root has none to give).
+//! - **SSH**: only for a debug recipe with `ssh`: keys only, host keys made on the appliance
+//!   at first start (never baked into the image); otherwise the server's units are masked.
+//! - **Updates**: apt's and dpkg's timers are masked; aperture-update is the only updater.
+//! - **Firewall**: nftables.service enabled; the host-name resolver enabled when needed.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::{firewall, in_layer, Policy, SecurityError};
+use crate::recipe::Recipe;
+use crate::rootfs::layer::Layer;
+use crate::rootfs::units;
+
+/// The shell of every account but a debug image's root.
+pub const NOLOGIN: &str = "/usr/sbin/nologin";
+
+/// Getty units masked in every image but a debug image's serial console. Templates as well as
+/// the instances Debian enables, so no instance can start (systemd.unit(5): an instance
+/// without its own file uses the template's, and a masked template masks them all).
+pub const GETTY_UNITS: [&str; 7] = [
+    "getty@.service",
+    "getty@tty1.service",
+    "serial-getty@.service",
+    "autovt@.service",
+    "console-getty.service",
+    "container-getty@.service",
+    "getty-static.service",
+];
+
+/// apt's and dpkg's timers and their services: the appliance is updated by aperture-update.
+pub const APT_UNITS: [&str; 6] = [
+    "apt-daily.timer",
+    "apt-daily.service",
+    "apt-daily-upgrade.timer",
+    "apt-daily-upgrade.service",
+    "dpkg-db-backup.timer",
+    "dpkg-db-backup.service",
+];
+
+/// The SSH server's units (Debian's openssh-server).
+pub const SSH_UNITS: [&str; 3] = ["ssh.service", "ssh.socket", "sshd.service"];
+
+/// The firewall resolver's units (overlays/hardening).
+pub const RESOLVE_UNITS: [&str; 2] = [
+    "aperture-firewall-resolve.service",
+    "aperture-firewall-resolve.timer",
+];
+
+/// Where a debug image's authorized keys go (`AuthorizedKeysFile .../%u`): read-only, owned
+/// by root, outside any home directory.
+pub const AUTHORIZED_KEYS_DIR: &str = "etc/ssh/aperture_authorized_keys";
+
+/// Apply logins, consoles, SSH, timers and firewall units.
+pub fn apply(layer: &Layer<'_>, recipe: &Recipe, policy: &Policy) -> Result<()> {
+    accounts(layer, policy)?;
+    consoles(layer, policy)?;
+    ssh(layer, recipe, policy)?;
+    for u in APT_UNITS {
+        if unit_exists(layer, u)? {
+            units::mask(layer, u)?;
+        }
+    }
+    units::enable(layer, "nftables.service")?;
+    if firewall::has_host_names(policy) {
+        for u in RESOLVE_UNITS {
+            units::enable(layer, u)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a unit file (or a template for an instance) exists in the image.
+fn unit_exists(layer: &Layer<'_>, unit: &str) -> Result<bool> {
+    for d in ["etc/systemd/system", "usr/lib/systemd/system"] {
+        if layer.exists(&Path::new(d).join(unit))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `/etc/passwd` with every shell set to nologin, except root's in a debug image.
+pub fn lock_shells(passwd: &str, debug: bool) -> String {
+    let mut out = String::new();
+    for line in passwd.lines() {
+        let mut f: Vec<&str> = line.split(':').collect();
+        if f.len() == 7 && !(debug && f[0] == "root") {
+            f[6] = NOLOGIN;
+        }
+        out.push_str(&f.join(":"));
+        out.push('\n');
+    }
+    out
+}
+
+fn accounts(layer: &Layer<'_>, policy: &Policy) -> Result<()> {
+    let path = Path::new("etc/passwd");
+    // An overlay's own passwd is its author's statement: the audit judges it.
+    if in_layer(layer, path)? {
+        return Ok(());
+    }
+    let Some(base) = layer.read(path)? else {
+        anyhow::bail!("the base image has no /etc/passwd");
+    };
+    let base = String::from_utf8_lossy(&base).into_owned();
+    let locked = lock_shells(&base, policy.debug);
+    if locked != base {
+        layer.write(path, locked.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
+/// The serial console getty of a debug image, and its autologin drop-in.
+pub fn console_getty(console: &str) -> (String, String) {
+    (
+        format!("serial-getty@{console}.service"),
+        // Debian's ExecStart with --autologin (agetty(8)); `-` keeps a failed login from
+        // failing the unit.
+        "# Generated by Aperture for a debug image: root on the serial console, no password.\n\
+         [Service]\nExecStart=\n\
+         ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 - $TERM\n"
+            .to_string(),
+    )
+}
+
+fn consoles(layer: &Layer<'_>, policy: &Policy) -> Result<()> {
+    if !policy.debug {
+        for u in GETTY_UNITS {
+            units::mask(layer, u)?;
+        }
+        return Ok(());
+    }
+    let (unit, dropin) = console_getty(&policy.console);
+    let masked = Path::new("etc/systemd/system").join(&unit);
+    if in_layer(layer, &masked)? {
+        return Err(SecurityError::ConsoleMasked { unit }.into());
+    }
+    units::enable(layer, &unit)?;
+    layer.write(
+        &Path::new("etc/systemd/system")
+            .join(format!("{unit}.d"))
+            .join("aperture-autologin.conf"),
+        dropin.as_bytes(),
+        0o644,
+    )?;
+    // Other consoles stay closed in a debug image too.
+    for u in ["getty@.service", "getty@tty1.service", "autovt@.service", "getty-static.service"] {
+        units::mask(layer, u)?;
+    }
+    Ok(())
+}
+
+/// sshd settings of a debug image with `ssh` (sshd_config(5); Debian's sshd_config includes
+/// sshd_config.d first, and the first value of a keyword wins).
+pub fn sshd_config() -> String {
+    format!(
+        "# Generated by Aperture for a debug image: key logins only.\n\
+         PubkeyAuthentication yes\n\
+         AuthenticationMethods publickey\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         PermitEmptyPasswords no\n\
+         PermitRootLogin prohibit-password\n\
+         AuthorizedKeysFile /{AUTHORIZED_KEYS_DIR}/%u\n\
+         # Host keys are made on the appliance (ssh.service drop-in), never baked into the image.\n\
+         HostKey /var/lib/aperture/ssh/etc/ssh/ssh_host_ed25519_key\n\
+         HostKey /var/lib/aperture/ssh/etc/ssh/ssh_host_ecdsa_key\n\
+         X11Forwarding no\n\
+         AllowAgentForwarding no\n\
+         AllowTcpForwarding no\n\
+         PermitTunnel no\n"
+    )
+}
+
+/// ssh.service drop-in: make this appliance's host keys before the config test.
+pub const SSH_DROPIN: &str = "# Generated by Aperture: host keys belong to the appliance.\n\
+[Service]\n\
+ExecStartPre=\n\
+ExecStartPre=/usr/bin/mkdir -p /var/lib/aperture/ssh/etc/ssh\n\
+ExecStartPre=/usr/bin/ssh-keygen -A -f /var/lib/aperture/ssh\n\
+ExecStartPre=/usr/sbin/sshd -t\n";
+
+fn ssh(layer: &Layer<'_>, recipe: &Recipe, policy: &Policy) -> Result<()> {
+    let Some(ssh) = recipe.ssh.as_ref().filter(|_| policy.ssh) else {
+        for u in SSH_UNITS {
+            if unit_exists(layer, u)? {
+                units::mask(layer, u)?;
+            }
+        }
+        return Ok(());
+    };
+    layer.write(
+        Path::new("etc/ssh/sshd_config.d/50-aperture.conf"),
+        sshd_config().as_bytes(),
+        0o644,
+    )?;
+    layer.mkdir(Path::new(AUTHORIZED_KEYS_DIR), 0o755, 0, 0)?;
+    let mut keys = ssh.authorized_keys.join("\n");
+    keys.push('\n');
+    layer.write(
+        &Path::new(AUTHORIZED_KEYS_DIR).join("root"),
+        keys.as_bytes(),
+        0o644,
+    )?;
+    layer.write(
+        Path::new("etc/systemd/system/ssh.service.d/aperture.conf"),
+        SSH_DROPIN.as_bytes(),
+        0o644,
+    )?;
+    units::enable(layer, "ssh.service")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+                          daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+                          sync:x:4:65534:sync:/bin:/bin/sync\n";
+
+    #[test]
+    fn production_accounts_have_no_shell() {
+        let p = lock_shells(PASSWD, false);
+        assert!(p.lines().all(|l| l.ends_with(":/usr/sbin/nologin")), "{p}");
+        assert!(p.starts_with("root:x:0:0:root:/root:/usr/sbin/nologin\n"));
+    }
+
+    #[test]
+    fn debug_root_keeps_its_shell() {
+        let p = lock_shells(PASSWD, true);
+        assert!(p.starts_with("root:x:0:0:root:/root:/bin/bash\n"));
+        assert!(p.contains("sync:x:4:65534:sync:/bin:/usr/sbin/nologin\n"));
+    }
+
+    #[test]
+    fn console_getty_logs_root_in() {
+        let (unit, dropin) = console_getty("ttyS0");
+        assert_eq!(unit, "serial-getty@ttyS0.service");
+        assert!(dropin.contains("ExecStart=\n"));
+        assert!(dropin.contains("--autologin root"));
+    }
+
+    #[test]
+    fn sshd_takes_keys_only() {
+        let c = sshd_config();
+        for want in [
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "AuthenticationMethods publickey",
+            "AuthorizedKeysFile /etc/ssh/aperture_authorized_keys/%u",
+        ] {
+            assert!(c.contains(want), "{want} missing from:\n{c}");
+        }
+        assert!(SSH_DROPIN.contains("ssh-keygen -A"));
+    }
+}
