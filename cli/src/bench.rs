@@ -15,7 +15,8 @@ use xtask::args::{BenchArgs, BenchKind, DEFAULT_RECIPE};
 pub fn run(a: &BenchArgs) -> Result<()> {
     match a.kind {
         BenchKind::Build => build(a.runs),
-        other => bail!("`bench {}` is not available in this build of Aperture", format!("{other:?}").to_lowercase()),
+        BenchKind::Flash => crate::bench_flash::run(a.runs),
+        BenchKind::Reset => crate::bench_reset::run(a.runs),
     }
 }
 

@@ -16,8 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use aperture_flash::loopdev::LoopDevice;
-use aperture_flash::{flash, BlockTarget, NoProgress, VerifiedImage};
+use aperture_flash::{flash, BlockTarget, LoopDevice, NoProgress, VerifiedImage};
 use aperture_image::recipe::Recipe;
 use xtask::args::DEFAULT_RECIPE;
 
@@ -270,6 +269,12 @@ mod tmp_bench {
     #[test]
     #[ignore]
     fn tmp_run_bench() {
-        super::run(std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1)).unwrap();
+        super::run(
+            std::env::var("RUNS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1),
+        )
+        .unwrap();
     }
 }

@@ -4,7 +4,9 @@
 mod audit;
 mod bench;
 pub mod bench_flash;
+mod bench_reset;
 mod build;
+mod bundle;
 mod diff;
 mod flash;
 mod keys;
@@ -33,6 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Audit(a) => audit::run(&a),
         Command::Build(a) => build::run(&a),
+        Command::Bundle(a) => bundle::run(&a),
         Command::Diff(a) => diff::run(&a),
         Command::Keys(c) => keys::run(&c),
         Command::Bench(a) => bench::run(&a),
@@ -40,24 +43,5 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(a) => verify::run(&a),
         Command::Vm(c) => vm::run(&c),
         Command::Test(_) => bail!("`test` is run by cargo xtask itself: use `cargo xtask test`"),
-        other => bail!(
-            "`{}` is not available in this build of Aperture",
-            verb_name(&other)
-        ),
-    }
-}
-
-fn verb_name(c: &Command) -> &'static str {
-    match c {
-        Command::Build(_) => "build",
-        Command::Test(_) => "test",
-        Command::Keys(_) => "keys",
-        Command::Verify(_) => "verify",
-        Command::Diff(_) => "diff",
-        Command::Vm(_) => "vm",
-        Command::Bundle(_) => "bundle",
-        Command::Flash(_) => "flash",
-        Command::Audit(_) => "audit",
-        Command::Bench(_) => "bench",
     }
 }

@@ -10,7 +10,7 @@
 //!    mountinfo, swaps, sysfs holders): a block device must be a whole disk that holds
 //!    neither the running root nor a mount, swap or dm/md device, be removable (or forced)
 //!    and big enough. [`target::BlockTarget::open`] then opens it `O_EXCL`.
-//! 3. [`writer::flash`] (one target) or [`parallel::flash_all`] (several, one thread each):
+//! 3. [`writer::flash`] (one target) or [`writer::flash_all`] (several, one thread each):
 //!    invalidate, write the mapped ranges with the partition table held back, read back and
 //!    verify, then write the partition table; on failure, wipe it.
 //!
@@ -25,9 +25,7 @@ pub mod error;
 pub mod host;
 pub mod image;
 pub mod jetson;
-pub mod loopdev;
 pub mod lsblk;
-pub mod parallel;
 pub mod safety;
 mod stream;
 pub mod target;
@@ -35,6 +33,7 @@ pub mod writer;
 
 pub use error::{FlashError, Result};
 pub use image::VerifiedImage;
-pub use parallel::{flash_all, Job, Outcome};
-pub use target::{BlockTarget, FileTarget, Target};
-pub use writer::{flash, FlashReport, NoProgress, Progress, Stage, Unmapped};
+pub use target::{BlockTarget, FileTarget, LoopDevice, Target};
+pub use writer::{
+    flash, flash_all, FlashReport, Job, NoProgress, Outcome, Progress, Stage, Unmapped,
+};

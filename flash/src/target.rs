@@ -1,5 +1,6 @@
 //! Where an image is written: the [`Target`] trait, with [`FileTarget`] (a disk image file)
-//! and [`BlockTarget`] (a block device opened with `O_EXCL`).
+//! and [`BlockTarget`] (a block device opened with `O_EXCL`); and [`LoopDevice`], a handle on
+//! a loop device for privileged tests and benchmarks.
 //!
 //! Reads through the page cache would only show what was just written to memory, so a
 //! read-back must reach the medium: [`BlockTarget`] reads through a second descriptor opened
@@ -12,9 +13,12 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::process::Command;
+
 use rustix::fs::{Advice, FallocateFlags, OFlags};
 use rustix::io::Errno;
 
+use crate::cmd;
 use crate::error::{FlashError, Result};
 
 /// Alignment of `O_DIRECT` buffers and offsets: a page, which is a multiple of every logical
@@ -367,6 +371,47 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(done)
+}
+
+/// A loop device this process attached to a file, as a handle: [`LoopDevice::close`]
+/// detaches it and reports failure; dropping the handle detaches it on a best-effort basis,
+/// so a failing test or benchmark does not leak loop devices. Only the device this handle
+/// attached is touched. Needs root (`losetup`).
+#[derive(Debug)]
+pub struct LoopDevice {
+    path: PathBuf,
+    attached: bool,
+}
+
+impl LoopDevice {
+    /// Attaches `file` to the first free loop device (`losetup -f --show FILE`).
+    pub fn attach(file: &Path) -> Result<LoopDevice> {
+        let path = cmd::run_text(Command::new("losetup").arg("-f").arg("--show").arg(file))?;
+        Ok(LoopDevice {
+            path: PathBuf::from(path),
+            attached: true,
+        })
+    }
+
+    /// The device node, `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Detaches the device (`losetup -d`).
+    pub fn close(mut self) -> Result<()> {
+        self.attached = false;
+        cmd::run(Command::new("losetup").arg("-d").arg(&self.path)).map(|_| ())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if self.attached {
+            // Best effort: there is no one to report to; `close()` is the checked path.
+            let _ = cmd::run(Command::new("losetup").arg("-d").arg(&self.path));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ fn tmp_profile() {
             .unwrap()
             .set_len(image.image_size())
             .unwrap();
-        let dev = aperture_flash::loopdev::LoopDevice::attach(backing).unwrap();
+        let dev = aperture_flash::LoopDevice::attach(backing).unwrap();
         let t = Instant::now();
         let target = aperture_flash::BlockTarget::open(dev.path()).unwrap();
         let r = aperture_flash::flash(&image, &target, &aperture_flash::NoProgress).unwrap();

@@ -9,6 +9,7 @@
 //! files the signed manifest does not cover. Each problem is a [`Finding`]: a violation
 //! (the audit fails) or a note, always with the fix.
 
+mod firewall;
 pub mod nft;
 mod outputs;
 pub mod parse;
@@ -57,7 +58,13 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(severity: Severity, check: &str, subject: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    fn new(
+        severity: Severity,
+        check: &str,
+        subject: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Finding {
             severity,
             check: check.into(),
@@ -67,11 +74,21 @@ impl Finding {
         }
     }
     /// A violation.
-    pub fn violation(check: &str, subject: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn violation(
+        check: &str,
+        subject: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Violation, check, subject, problem, fix)
     }
     /// A note.
-    pub fn note(check: &str, subject: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn note(
+        check: &str,
+        subject: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Note, check, subject, problem, fix)
     }
     /// `VIOLATION [check] subject: problem` and the fix on the next line.
@@ -122,7 +139,7 @@ pub struct AuditReport {
     /// Where the policy came from (`recipe` or the image's `/etc/aperture/security.json`).
     pub policy_source: String,
     /// The firewall as read back from `/etc/nftables.conf`.
-    pub firewall: Option<nft::Summary>,
+    pub firewall: Option<firewall::Summary>,
     /// Network listeners declared by socket units, and server programs present.
     pub listeners: Vec<Listener>,
     /// setuid and setgid files.
@@ -156,13 +173,19 @@ pub enum AuditError {
 }
 
 fn list(f: &[Finding]) -> String {
-    f.iter().map(|x| format!("  {}", x.to_text())).collect::<Vec<_>>().join("\n")
+    f.iter()
+        .map(|x| format!("  {}", x.to_text()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl AuditReport {
     /// The violations.
     pub fn violations(&self) -> Vec<&Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Violation).collect()
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Violation)
+            .collect()
     }
 
     /// Whether the image passes.
@@ -188,7 +211,15 @@ impl AuditReport {
         let _ = writeln!(s, "policy: {}", self.policy_source);
         if let Some(fw) = &self.firewall {
             let _ = writeln!(s, "firewall: {}", fw.policies.join(", "));
-            let _ = writeln!(s, "  inbound allowed: {}", if fw.inbound.is_empty() { "nothing".into() } else { fw.inbound.join(", ") });
+            let _ = writeln!(
+                s,
+                "  inbound allowed: {}",
+                if fw.inbound.is_empty() {
+                    "nothing".into()
+                } else {
+                    fw.inbound.join(", ")
+                }
+            );
             for o in &fw.outbound {
                 let _ = writeln!(s, "  outbound allowed: {o}");
             }
@@ -200,19 +231,65 @@ impl AuditReport {
         }
         let _ = writeln!(s, "setuid/setgid files:");
         for f in &self.setid_files {
-            let _ = writeln!(s, "  {:04o} {}:{} {}{}", f.mode, f.uid, f.gid, f.path, if f.allowed { " (allowlisted)" } else { "" });
+            let _ = writeln!(
+                s,
+                "  {:04o} {}:{} {}{}",
+                f.mode,
+                f.uid,
+                f.gid,
+                f.path,
+                if f.allowed { " (allowlisted)" } else { "" }
+            );
         }
-        let _ = writeln!(s, "world-writable: {}", self.world_writable.iter().map(|f| format!("{} {:04o}", f.path, f.mode)).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            s,
+            "world-writable: {}",
+            self.world_writable
+                .iter()
+                .map(|f| format!("{} {:04o}", f.path, f.mode))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let _ = writeln!(s, "accounts with a password or a login shell: {}", {
-            let v: Vec<String> = self.accounts.iter().filter(|a| a.password != parse::Password::Locked || a.login_shell).map(|a| format!("{} ({:?}, {})", a.name, a.password, a.shell)).collect();
-            if v.is_empty() { "none".to_string() } else { v.join(", ") }
+            let v: Vec<String> = self
+                .accounts
+                .iter()
+                .filter(|a| a.password != parse::Password::Locked || a.login_shell)
+                .map(|a| format!("{} ({:?}, {})", a.name, a.password, a.shell))
+                .collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
         });
-        let _ = writeln!(s, "debug tools and package managers: {}", if self.debug_tools.is_empty() { "none".into() } else { self.debug_tools.join(", ") });
+        let _ = writeln!(
+            s,
+            "debug tools and package managers: {}",
+            if self.debug_tools.is_empty() {
+                "none".into()
+            } else {
+                self.debug_tools.join(", ")
+            }
+        );
         for e in &self.boot_entries {
-            let _ = writeln!(s, "boot entry {}: verity root {}", e.file, e.verity_root.as_deref().unwrap_or("MISSING"));
+            let _ = writeln!(
+                s,
+                "boot entry {}: verity root {}",
+                e.file,
+                e.verity_root.as_deref().unwrap_or("MISSING")
+            );
         }
         if !self.outputs.is_empty() {
-            let _ = writeln!(s, "outputs: {}", self.outputs.iter().map(|o| format!("{} ({})", o.name, o.status)).collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                s,
+                "outputs: {}",
+                self.outputs
+                    .iter()
+                    .map(|o| format!("{} ({})", o.name, o.status))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         for f in &self.findings {
             let _ = writeln!(s, "{}", f.to_text());
@@ -262,7 +339,11 @@ pub fn audit_commit(store: &Store, commit: &str, policy: Option<&Policy>) -> Res
 pub fn audit_build(dir: &Path, policy: Option<&Policy>) -> Result<AuditReport> {
     let report_path = dir.join("build-report.json");
     let text = std::fs::read(&report_path).with_context(|| {
-        format!("reading {}: is {} a build output folder?", report_path.display(), dir.display())
+        format!(
+            "reading {}: is {} a build output folder?",
+            report_path.display(),
+            dir.display()
+        )
     })?;
     let v: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("parsing {}", report_path.display()))?;
@@ -279,16 +360,17 @@ pub fn audit_build(dir: &Path, policy: Option<&Policy>) -> Result<AuditReport> {
     if let Some(parent) = dir.parent() {
         candidates.push(parent.join("repo"));
     }
-    let repo = candidates
-        .iter()
-        .find(|p| p.join("config").exists())
-        .with_context(|| {
-            format!(
+    let repo =
+        candidates
+            .iter()
+            .find(|p| p.join("config").exists())
+            .with_context(|| {
+                format!(
                 "the build store of {} is not at {}; audit needs the store the build committed to",
                 dir.display(),
                 candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
             )
-        })?;
+            })?;
     let store = Store::open(repo)?;
     let mut r = rootfs::audit(&store, &commit, policy)?;
     r.dir = Some(dir.to_path_buf());

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod board;
+pub mod bundle;
 pub mod cmd;
 pub mod diff;
 pub mod disk;

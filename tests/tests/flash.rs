@@ -14,9 +14,8 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use aperture_flash::bmap::Bmap;
 use aperture_flash::host::{HostFacts, HostPaths};
-use aperture_flash::loopdev::LoopDevice;
 use aperture_flash::safety::{check_disk, Policy, Removable};
-use aperture_flash::{flash, BlockTarget, NoProgress, Target, Unmapped, VerifiedImage};
+use aperture_flash::{flash, BlockTarget, LoopDevice, NoProgress, Target, Unmapped, VerifiedImage};
 use aperture_tests::{default_image, require_root, test_root};
 
 const MIB: u64 = 1 << 20;

@@ -185,6 +185,9 @@ pub struct BundleArgs {
     /// Where to write the bundle [default: <image>/update.bundle].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Root public key to trust [default: the build folder's root.pub].
+    #[arg(long)]
+    pub root_key: Option<PathBuf>,
 }
 
 /// `cargo xtask flash`.
@@ -230,8 +233,6 @@ pub enum BenchKind {
     Build,
     /// Writing an image to a loop device, beside bmaptool and dd.
     Flash,
-    /// Installing a 1 GiB rootfs update, beside RAUC.
-    Update,
     /// Wiping data partitions by discard and by overwrite.
     Reset,
 }

@@ -21,7 +21,12 @@ use crate::wipe::{self, VerifyReport};
 /// Reset an Aperture appliance: 1 boots the known-good slot again, 2 reinstalls the factory
 /// image, 3 also wipes all customer data.
 #[derive(Debug, Parser)]
-#[command(name = "aperture-reset", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "aperture-reset",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -116,7 +121,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                         j.next + 1,
                         j.steps.len(),
                         j.current().map(|s| format!(" ({s})")).unwrap_or_default(),
-                        j.failed.map(|f| format!("; FAILED: {f}")).unwrap_or_default()
+                        j.failed
+                            .map(|f| format!("; FAILED: {f}"))
+                            .unwrap_or_default()
                     ),
                 }
             }
@@ -179,7 +186,10 @@ fn confirm(level: Level, yes: bool) -> Result<()> {
     if !stdin.is_terminal() {
         bail!("reset level {level} needs confirmation: run it on a terminal or pass --yes");
     }
-    eprint!("Reset level {level}: {}.\nType 'yes' to continue: ", describe(level));
+    eprint!(
+        "Reset level {level}: {}.\nType 'yes' to continue: ",
+        describe(level)
+    );
     std::io::stderr().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
@@ -195,7 +205,9 @@ fn report(outcome: &Outcome) {
         Outcome::Rebooting { step } => eprintln!("aperture-reset: rebooting ({step})"),
         Outcome::Done { level } => eprintln!("aperture-reset: reset level {level} complete"),
         Outcome::Level1(r) => eprintln!("aperture-reset: rebooting into slot {}", r.chosen),
-        Outcome::Failed { reason } => eprintln!("aperture-reset: an earlier reset failed: {reason}"),
+        Outcome::Failed { reason } => {
+            eprintln!("aperture-reset: an earlier reset failed: {reason}")
+        }
     }
 }
 
@@ -240,7 +252,8 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
-        let c = Cli::try_parse_from(["aperture-reset", "--level", "3", "--yes", "--verify"]).unwrap();
+        let c =
+            Cli::try_parse_from(["aperture-reset", "--level", "3", "--yes", "--verify"]).unwrap();
         assert_eq!(c.run.level, Some(3));
         assert!(Cli::try_parse_from(["aperture-reset", "--level", "4"]).is_err());
         assert!(Cli::try_parse_from(["aperture-reset", "resume"]).is_ok());

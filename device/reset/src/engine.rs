@@ -137,7 +137,11 @@ impl Reset<'_> {
             }
             match verify_slot(self.disk, self.paths, slot) {
                 Ok(record) => {
-                    tracing::info!("slot {slot} verifies ({} {})", record.product, record.version);
+                    tracing::info!(
+                        "slot {slot} verifies ({} {})",
+                        record.product,
+                        record.version
+                    );
                     chosen = Some(slot);
                     break;
                 }
@@ -177,7 +181,12 @@ impl Reset<'_> {
         }
         // The whole factory bundle is checked before anything is written.
         let part = self.disk.open(FACTORY_PARTITION, Access::Shared)?;
-        let manifest = factory::verify(part.as_ref(), &self.root, self.clock.now_unix(), &self.board)?;
+        let manifest = factory::verify(
+            part.as_ref(),
+            &self.root,
+            self.clock.now_unix(),
+            &self.board,
+        )?;
         tracing::info!(
             "factory image {} {} for {} verifies",
             manifest.product,
@@ -301,7 +310,12 @@ impl Reset<'_> {
             };
             let k = j.next;
             self.faults.check(FaultPoint::BeforeStep(k))?;
-            tracing::info!("reset level {}: step {}/{}: {step}", j.level, k + 1, j.steps.len());
+            tracing::info!(
+                "reset level {}: step {}/{}: {step}",
+                j.level,
+                k + 1,
+                j.steps.len()
+            );
             let flow = self.step(j, step)?;
             self.faults.check(FaultPoint::AfterStep(k))?;
             match flow {
@@ -355,7 +369,10 @@ impl Reset<'_> {
                     });
                 }
                 if self.disk.has(volume.label())? {
-                    let part = self.disk.open(volume.label(), Access::Exclusive)?;
+                    // Shared, not O_EXCL: blkdiscard opens the device exclusively itself (and
+                    // so refuses a mounted or mapped partition), which our own exclusive
+                    // handle would block.
+                    let part = self.disk.open(volume.label(), Access::Shared)?;
                     let method = wipe::scrub(part.as_ref(), self.discard)?;
                     tracing::info!(
                         "{volume}: {}",

@@ -134,7 +134,10 @@ pub enum ResetError {
 
 impl ResetError {
     /// A closure wrapping an `io::Error` for `path`.
-    pub fn io(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ResetError {
+    pub fn io(
+        op: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> ResetError {
         let path = path.to_path_buf();
         move |source| ResetError::Io { op, path, source }
     }

@@ -183,7 +183,10 @@ mod tests {
     #[test]
     fn empty_or_garbage_partitions_are_refused() {
         let part = MemPartition::new("factory", vec![0u8; 8192]);
-        assert!(matches!(bundle_len(&part), Err(ResetError::FactoryEmpty { .. })));
+        assert!(matches!(
+            bundle_len(&part),
+            Err(ResetError::FactoryEmpty { .. })
+        ));
         let part = MemPartition::new("factory", vec![0x41u8; 8192]);
         let err = bundle_len(&part).unwrap_err();
         assert!(err.to_string().contains("no ustar header"), "{err}");

@@ -122,7 +122,10 @@ impl Seek for PartReader<'_> {
                 self.pos = t;
                 Ok(t)
             }
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start",
+            )),
         }
     }
 }

@@ -239,7 +239,12 @@ impl Journal {
         if j.format != JOURNAL_FORMAT || j.next > j.steps.len() {
             return Err(ResetError::malformed(
                 path.display().to_string(),
-                format!("format {} with step {} of {}", j.format, j.next, j.steps.len()),
+                format!(
+                    "format {} with step {} of {}",
+                    j.format,
+                    j.next,
+                    j.steps.len()
+                ),
             ));
         }
         Ok(Some(j))
@@ -282,7 +287,12 @@ mod tests {
         );
         let three = plan(Level::Three, Slot::B, false);
         assert_eq!(three.len(), 12);
-        assert_eq!(three[0], Step::EraseKeyslots { volume: Volume::Config });
+        assert_eq!(
+            three[0],
+            Step::EraseKeyslots {
+                volume: Volume::Config
+            }
+        );
         assert_eq!(three[7], Step::WriteSlot { slot: Slot::A });
         assert_eq!(plan(Level::Three, Slot::B, true).len(), 13);
         assert!(plan(Level::Three, Slot::B, true).contains(&Step::RebootToWipe));
@@ -313,7 +323,10 @@ mod tests {
         assert_eq!(Journal::load(&path).unwrap(), Some(j.clone()));
         assert!(aperture_storage::reset_wipe_pending(&path).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"level\": 3") && text.contains("\"step\": \"erase_keyslots\""), "{text}");
+        assert!(
+            text.contains("\"level\": 3") && text.contains("\"step\": \"erase_keyslots\""),
+            "{text}"
+        );
         Journal::remove(&path).unwrap();
         assert!(!aperture_storage::reset_wipe_pending(&path).unwrap());
         std::fs::write(&path, b"{\"format\":1}").unwrap();

@@ -114,7 +114,10 @@ mod tests {
     fn defaults_are_the_device_layout() {
         let p = Paths::default();
         assert_eq!(p.journal(), Path::new("/efi/aperture/reset.json"));
-        assert_eq!(p.slot_record(Slot::B), Path::new("/efi/aperture/b/slot.json"));
+        assert_eq!(
+            p.slot_record(Slot::B),
+            Path::new("/efi/aperture/b/slot.json")
+        );
         assert_eq!(p.root_key, Path::new("/etc/aperture/root.pub"));
         assert_eq!(rootfs_partition(Slot::A), "rootfs_a");
     }
@@ -128,13 +131,19 @@ mod tests {
         std::fs::write(&p.cmdline, "root=x aperture.slot=b quiet\n").unwrap();
         assert_eq!(p.booted_slot().unwrap(), Slot::B);
         std::fs::write(&p.cmdline, "root=x\n").unwrap();
-        assert!(matches!(p.booted_slot(), Err(ResetError::UnknownSlot { .. })));
+        assert!(matches!(
+            p.booted_slot(),
+            Err(ResetError::UnknownSlot { .. })
+        ));
         std::fs::create_dir_all(dir.path().join("etc/aperture")).unwrap();
         std::fs::write(
             &p.build_facts,
             br#"{"product":"p","version":"1.0.0","board":"qemu-x86_64","security_version":1}"#,
         )
         .unwrap();
-        assert_eq!(DeviceFacts::load(&p.build_facts).unwrap().board, "qemu-x86_64");
+        assert_eq!(
+            DeviceFacts::load(&p.build_facts).unwrap().board,
+            "qemu-x86_64"
+        );
     }
 }

@@ -151,7 +151,9 @@ impl Discard for BlkDiscard {
             _ if out.stderr.contains("not supported") => {
                 Err(DiscardError::Unsupported(out.stderr.trim().to_string()))
             }
-            _ => Err(DiscardError::Failed(aperture_storage::cmd::tail(&out.stderr))),
+            _ => Err(DiscardError::Failed(aperture_storage::cmd::tail(
+                &out.stderr,
+            ))),
         }
     }
 }
@@ -193,9 +195,9 @@ impl Discard for FakeDiscard {
     fn discard(&self, part: &dyn Partition) -> Result<(), DiscardError> {
         self.calls.set(self.calls.get() + 1);
         match self.mode {
-            FakeDiscardMode::Unsupported => {
-                Err(DiscardError::Unsupported("fake device without discard".into()))
-            }
+            FakeDiscardMode::Unsupported => Err(DiscardError::Unsupported(
+                "fake device without discard".into(),
+            )),
             FakeDiscardMode::LeavesData => Ok(()),
             FakeDiscardMode::Zeroes => {
                 let chunk = vec![0u8; 1 << 20];
@@ -310,13 +312,17 @@ mod tests {
     #[test]
     fn fake_discard_modes() {
         let part = MemPartition::new("data", vec![7u8; 3 << 20]);
-        FakeDiscard::new(FakeDiscardMode::LeavesData).discard(&part).unwrap();
+        FakeDiscard::new(FakeDiscardMode::LeavesData)
+            .discard(&part)
+            .unwrap();
         assert!(part.bytes().iter().all(|b| *b == 7));
         assert!(matches!(
             FakeDiscard::new(FakeDiscardMode::Unsupported).discard(&part),
             Err(DiscardError::Unsupported(_))
         ));
-        FakeDiscard::new(FakeDiscardMode::Zeroes).discard(&part).unwrap();
+        FakeDiscard::new(FakeDiscardMode::Zeroes)
+            .discard(&part)
+            .unwrap();
         assert!(part.bytes().iter().all(|b| *b == 0));
         assert!(matches!(
             BlkDiscard.discard(&part),
@@ -330,7 +336,10 @@ mod tests {
         f.on_write("a").unwrap();
         assert!(f.on_write("b").is_err());
         assert!(f.fired());
-        assert!(f.check(FaultPoint::BeforeStep(9)).is_err(), "after a power cut nothing runs");
+        assert!(
+            f.check(FaultPoint::BeforeStep(9)).is_err(),
+            "after a power cut nothing runs"
+        );
         let f = Faults::at(FaultPoint::AfterStep(1));
         f.check(FaultPoint::AfterStep(0)).unwrap();
         assert!(f.check(FaultPoint::AfterStep(1)).unwrap_err().is_injected());

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aperture_slots::cmdline::slot_boot;
 use aperture_slots::{BootControl, Slot, SlotBoot, SlotManager};
@@ -182,7 +182,11 @@ impl SlotWriter for BundleSlotWriter<'_> {
         verify_manifest(&json, &sig, &self.root, self.now)?;
         write_atomic(&dir.join(MANIFEST_FILE), &json, 0o600)?;
         write_atomic(&dir.join(SIGNATURE_FILE), &sig, 0o600)?;
-        write_atomic(&dir.join(crate::paths::SLOT_RECORD), &record.to_json(), 0o600)?;
+        write_atomic(
+            &dir.join(crate::paths::SLOT_RECORD),
+            &record.to_json(),
+            0o600,
+        )?;
         Ok(manifest)
     }
 
@@ -265,7 +269,7 @@ fn check_partition_hash(
     Ok(())
 }
 
-fn check_file(path: &PathBuf, artifact: &Artifact, slot: Slot) -> Result<(), ResetError> {
+fn check_file(path: &Path, artifact: &Artifact, slot: Slot) -> Result<(), ResetError> {
     let (digest, len) = sha256_file(path)?;
     if len != artifact.size || digest != artifact.sha256 {
         return Err(ResetError::SlotVerify {

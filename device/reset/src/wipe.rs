@@ -182,7 +182,11 @@ pub fn check(part: &dyn Partition) -> Result<VolumeCheck, ResetError> {
         luks_magic,
         bytes: at,
         zero_bytes: zeros,
-        zero_fraction: if at == 0 { 1.0 } else { zeros as f64 / at as f64 },
+        zero_fraction: if at == 0 {
+            1.0
+        } else {
+            zeros as f64 / at as f64
+        },
     })
 }
 
@@ -264,7 +268,11 @@ mod tests {
             assert_eq!(area, FakeCrypt::DATA_OFFSET);
             zero_header(&part, area).unwrap();
             assert!(!luks::find_magic(&part).unwrap().any());
-            assert_eq!(scrub(&part, &FakeDiscard::new(mode)).unwrap(), method, "{mode:?}");
+            assert_eq!(
+                scrub(&part, &FakeDiscard::new(mode)).unwrap(),
+                method,
+                "{mode:?}"
+            );
             let after = VerifyReport::new(vec![check(&part).unwrap()]);
             assert!(after.ok);
             assert_eq!(after.volumes[0].zero_fraction, 1.0);
@@ -278,7 +286,10 @@ mod tests {
         let report = VerifyReport::new(vec![check(&part).unwrap()]);
         assert!(!report.ok);
         let text = report.to_string();
-        assert!(text.contains("LUKS HEADER PRESENT (primary at 0, secondary at 16384)"), "{text}");
+        assert!(
+            text.contains("LUKS HEADER PRESENT (primary at 0, secondary at 16384)"),
+            "{text}"
+        );
         assert!(text.ends_with("a LUKS header survived"), "{text}");
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["volumes"][0]["luks_magic"]["primary"], true);

@@ -32,7 +32,11 @@ fn level3_leaves_no_canary_at_boot_time() {
     assert_eq!(boots, 1, "one reboot, into the factory slot");
     assert_wiped(&rig);
     rig.assert_factory_everywhere();
-    assert_eq!(rig.state().next, Slot::B, "the factory slot that booted stays next");
+    assert_eq!(
+        rig.state().next,
+        Slot::B,
+        "the factory slot that booted stays next"
+    );
     rig.assert_storage_starts_new();
 }
 
@@ -42,11 +46,20 @@ fn level3_from_a_running_system_reboots_before_scrubbing() {
     let unlocked = rig.provision();
     let reboot = FakeReboot::default();
     let outcome = rig
-        .with_reset(&unlocked, Rc::new(Faults::none()), FakeDiscardMode::Zeroes, &reboot, |r| {
-            r.start(Level::Three)
-        })
+        .with_reset(
+            &unlocked,
+            Rc::new(Faults::none()),
+            FakeDiscardMode::Zeroes,
+            &reboot,
+            |r| r.start(Level::Three),
+        )
         .unwrap();
-    assert_eq!(outcome, Outcome::Rebooting { step: Step::RebootToWipe });
+    assert_eq!(
+        outcome,
+        Outcome::Rebooting {
+            step: Step::RebootToWipe
+        }
+    );
     // Crypto-erased already: no header, no key; the ciphertext waits for the scrub.
     assert!(keys_gone(&rig));
     let journal = Journal::load(rig.paths.journal()).unwrap().unwrap();
@@ -67,9 +80,16 @@ fn every_discard_behaviour_ends_wiped() {
         let reboot = FakeReboot::default();
         let crypt = rig.fresh_crypt();
         let out = rig
-            .with_reset(&crypt, Rc::new(Faults::none()), mode, &reboot, |r| r.start(Level::Three))
+            .with_reset(&crypt, Rc::new(Faults::none()), mode, &reboot, |r| {
+                r.start(Level::Three)
+            })
             .unwrap();
-        assert_eq!(out, Outcome::Rebooting { step: Step::RebootToFactory });
+        assert_eq!(
+            out,
+            Outcome::Rebooting {
+                step: Step::RebootToFactory
+            }
+        );
         assert!(rig.scan().is_empty(), "{mode:?}: {:?}", rig.scan());
     }
 }
@@ -99,9 +119,13 @@ fn cut_and_recover(point: FaultPoint, busy: bool) -> bool {
     let reboot = FakeReboot::default();
     let mut faults = Rc::new(Faults::at(point));
     let crypt = if busy { unlocked } else { rig.fresh_crypt() };
-    let mut result = rig.with_reset(&crypt, faults.clone(), FakeDiscardMode::Zeroes, &reboot, |r| {
-        r.start(Level::Three)
-    });
+    let mut result = rig.with_reset(
+        &crypt,
+        faults.clone(),
+        FakeDiscardMode::Zeroes,
+        &reboot,
+        |r| r.start(Level::Three),
+    );
     let mut cut = false;
     for boot in 0..12 {
         match result {
@@ -143,16 +167,24 @@ fn writes_of_a_whole_run(busy: bool) -> u64 {
     let faults = Rc::new(Faults::none());
     let crypt = if busy { unlocked } else { rig.fresh_crypt() };
     let mut out = rig
-        .with_reset(&crypt, faults.clone(), FakeDiscardMode::Zeroes, &reboot, |r| {
-            r.start(Level::Three)
-        })
+        .with_reset(
+            &crypt,
+            faults.clone(),
+            FakeDiscardMode::Zeroes,
+            &reboot,
+            |r| r.start(Level::Three),
+        )
         .unwrap();
     while matches!(out, Outcome::Rebooting { .. }) {
         rig.power_on();
         out = rig
-            .with_reset(&rig.fresh_crypt(), faults.clone(), FakeDiscardMode::Zeroes, &reboot, |r| {
-                r.resume()
-            })
+            .with_reset(
+                &rig.fresh_crypt(),
+                faults.clone(),
+                FakeDiscardMode::Zeroes,
+                &reboot,
+                |r| r.resume(),
+            )
             .unwrap();
     }
     faults.writes()
@@ -163,9 +195,17 @@ fn crash_everywhere(busy: bool) {
     let writes = writes_of_a_whole_run(busy);
     eprintln!(
         "level 3 ({}): {} steps: {}",
-        if busy { "started on a running system" } else { "started at boot" },
+        if busy {
+            "started on a running system"
+        } else {
+            "started at boot"
+        },
         steps.len(),
-        steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; ")
+        steps
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     let mut points: Vec<FaultPoint> = Vec::new();
     for k in 0..steps.len() {
@@ -205,20 +245,35 @@ fn a_second_reset_is_refused_while_one_is_pending() {
     let mut rig = Rig::new(Backend::Fake);
     let unlocked = rig.provision();
     let reboot = FakeReboot::default();
-    rig.with_reset(&unlocked, Rc::new(Faults::none()), FakeDiscardMode::Zeroes, &reboot, |r| {
-        r.start(Level::Three)
-    })
+    rig.with_reset(
+        &unlocked,
+        Rc::new(Faults::none()),
+        FakeDiscardMode::Zeroes,
+        &reboot,
+        |r| r.start(Level::Three),
+    )
     .unwrap();
     let err = rig
-        .with_reset(&rig.fresh_crypt(), Rc::new(Faults::none()), FakeDiscardMode::Zeroes, &reboot, |r| {
-            r.start(Level::Two)
-        })
+        .with_reset(
+            &rig.fresh_crypt(),
+            Rc::new(Faults::none()),
+            FakeDiscardMode::Zeroes,
+            &reboot,
+            |r| r.start(Level::Two),
+        )
         .unwrap_err();
-    assert!(matches!(err, ResetError::InProgress { level: 3, .. }), "{err}");
+    assert!(
+        matches!(err, ResetError::InProgress { level: 3, .. }),
+        "{err}"
+    );
     let err = rig
-        .with_reset(&rig.fresh_crypt(), Rc::new(Faults::none()), FakeDiscardMode::Zeroes, &reboot, |r| {
-            r.level1()
-        })
+        .with_reset(
+            &rig.fresh_crypt(),
+            Rc::new(Faults::none()),
+            FakeDiscardMode::Zeroes,
+            &reboot,
+            |r| r.level1(),
+        )
         .unwrap_err();
     assert!(matches!(err, ResetError::InProgress { .. }), "{err}");
 }

@@ -133,11 +133,13 @@ impl Cmd {
             secret.fill(0);
             drop(pipe);
         }
-        let out = child.wait_with_output().map_err(|e| StorageError::Command {
-            command: display.clone(),
-            status: format!("could not wait for it: {e}"),
-            stderr: String::new(),
-        })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| StorageError::Command {
+                command: display.clone(),
+                status: format!("could not wait for it: {e}"),
+                stderr: String::new(),
+            })?;
         Ok(Output {
             code: out.status.code(),
             stdout: out.stdout,
@@ -223,7 +225,10 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("`sh -c "), "{text}");
         assert!(text.contains("exit code 3"), "{text}");
-        assert!(text.contains("line30") && !text.contains("line18 "), "{text}");
+        assert!(
+            text.contains("line30") && !text.contains("line18 "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -245,7 +245,10 @@ impl Crypt for FakeCrypt {
             .and_then(|h| h.keyslot_areas.first().copied())
             .filter(|_| luks::is_luks(part).unwrap_or(false));
         let Some((offset, _)) = area else {
-            return Err(StorageError::malformed(part.describe(), "no LUKS2 header to open"));
+            return Err(StorageError::malformed(
+                part.describe(),
+                "no LUKS2 header to open",
+            ));
         };
         let mut stored = vec![0u8; KEY_LEN];
         part.read_exact_at(&mut stored, offset)
@@ -298,14 +301,20 @@ mod tests {
         let key = Key::random().unwrap();
         crypt.format(&part, &key, LABEL_FORMATTING).unwrap();
         assert!(luks::is_luks(&part).unwrap());
-        assert_eq!(crypt.label(&part).unwrap().as_deref(), Some(LABEL_FORMATTING));
+        assert_eq!(
+            crypt.label(&part).unwrap().as_deref(),
+            Some(LABEL_FORMATTING)
+        );
         crypt.set_label(&part, "data").unwrap();
         assert_eq!(crypt.label(&part).unwrap().as_deref(), Some("data"));
         let mapped = crypt.open(&part, "aperture-data", &key).unwrap();
         assert_eq!(mapped, Path::new("/dev/mapper/aperture-data"));
         assert_eq!(crypt.mapped("aperture-data").unwrap(), Some(mapped));
         FakeCrypt::write_plain(&part, &key, 10, b"canary").unwrap();
-        assert_eq!(FakeCrypt::read_plain(&part, &key, 10, 6).unwrap(), b"canary");
+        assert_eq!(
+            FakeCrypt::read_plain(&part, &key, 10, 6).unwrap(),
+            b"canary"
+        );
         let raw = part.bytes();
         let at = (FakeCrypt::DATA_OFFSET + 10) as usize;
         assert_ne!(&raw[at..at + 6], b"canary", "ciphertext must differ");
@@ -315,6 +324,9 @@ mod tests {
         crypt.erase(&part).unwrap();
         let err = crypt.open(&part, "aperture-data", &key).unwrap_err();
         assert!(err.to_string().contains("No key available"), "{err}");
-        assert!(luks::is_luks(&part).unwrap(), "erase keeps the header, as cryptsetup does");
+        assert!(
+            luks::is_luks(&part).unwrap(),
+            "erase keeps the header, as cryptsetup does"
+        );
     }
 }

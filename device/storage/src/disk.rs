@@ -233,10 +233,12 @@ impl Disk for FileDisk {
 
     fn open(&self, label: &str, _access: Access) -> Result<Box<dyn Partition>, StorageError> {
         let (file, gpt) = self.gpt()?;
-        let p = gpt.find(label).ok_or_else(|| StorageError::NoSuchPartition {
-            label: label.into(),
-            disk: self.describe(),
-        })?;
+        let p = gpt
+            .find(label)
+            .ok_or_else(|| StorageError::NoSuchPartition {
+                label: label.into(),
+                disk: self.describe(),
+            })?;
         Ok(Box::new(FilePartition {
             file,
             base: p.offset(),
@@ -372,13 +374,23 @@ pub fn grow_last_partition(
             disk: describe.into(),
         })?
         .clone();
-    if gpt.partitions.iter().any(|p| p.first_lba > target.first_lba) {
+    if gpt
+        .partitions
+        .iter()
+        .any(|p| p.first_lba > target.first_lba)
+    {
         return Err(refuse("it is not the last partition on the disk".into()));
     }
     let mut parts = gpt.partitions.clone();
     parts.sort_by_key(|p| p.index);
-    if parts.iter().enumerate().any(|(i, p)| p.index as usize != i + 1) {
-        return Err(refuse("the table has unused entries between partitions".into()));
+    if parts
+        .iter()
+        .enumerate()
+        .any(|(i, p)| p.index as usize != i + 1)
+    {
+        return Err(refuse(
+            "the table has unused entries between partitions".into(),
+        ));
     }
     let specs = parts
         .iter()
@@ -468,7 +480,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = image(dir.path(), 8 << 20, 2 << 20);
         // The image was written to a larger disk.
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(32 << 20).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
         let disk = FileDisk::new(&path);
         let before = disk.open("config", Access::Shared).unwrap();
         before.write_all_at(b"keep", 100).unwrap();
@@ -477,7 +494,10 @@ mod tests {
         assert_eq!(disk.open("data", Access::Shared).unwrap().size(), grown);
         assert_eq!(disk.grow_to_end("data").unwrap(), None);
         let mut buf = [0u8; 4];
-        disk.open("config", Access::Shared).unwrap().read_exact_at(&mut buf, 100).unwrap();
+        disk.open("config", Access::Shared)
+            .unwrap()
+            .read_exact_at(&mut buf, 100)
+            .unwrap();
         assert_eq!(&buf, b"keep");
         // Both copies are valid: read the backup alone.
         let mut f = File::open(&path).unwrap();

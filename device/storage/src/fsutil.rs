@@ -76,7 +76,9 @@ pub fn remove_durable(path: &Path) -> Result<bool, StorageError> {
 pub fn shred_and_remove(path: &Path) -> Result<bool, StorageError> {
     match fs::metadata(path) {
         Ok(meta) => {
-            let len = usize::try_from(meta.len()).unwrap_or(usize::MAX).min(1 << 20);
+            let len = usize::try_from(meta.len())
+                .unwrap_or(usize::MAX)
+                .min(1 << 20);
             OpenOptions::new()
                 .write(true)
                 .open(path)
@@ -131,7 +133,10 @@ mod tests {
         write_atomic(&path, b"one", 0o600).unwrap();
         write_atomic(&path, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(!tmp_path(&path).exists());
     }
 

@@ -372,7 +372,10 @@ mod tests {
         src.seal("data", &key).unwrap();
         assert_eq!(src.unseal("data").unwrap().as_bytes(), key.as_bytes());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(src.path("data")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(src.path("data"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o400);
         src.forget("data").unwrap();
         assert!(!src.path("data").exists());

@@ -168,7 +168,10 @@ fn parse_at(part: &dyn Partition, offset: u64) -> Result<LuksHeader, StorageErro
     let what = || format!("LUKS header of {} at byte {offset}", part.describe());
     let mut bin = [0u8; 512];
     if offset + 512 > part.size() {
-        return Err(StorageError::malformed(what(), "it passes the end of the partition"));
+        return Err(StorageError::malformed(
+            what(),
+            "it passes the end of the partition",
+        ));
     }
     part.read_exact_at(&mut bin, offset)
         .map_err(|e| io_err(part, e))?;
@@ -197,7 +200,10 @@ fn parse_at(part: &dyn Partition, offset: u64) -> Result<LuksHeader, StorageErro
             }
             let json_len = hdr_size - LUKS2_BINARY_HEADER;
             if offset + hdr_size > part.size() {
-                return Err(StorageError::malformed(what(), "its JSON area passes the end"));
+                return Err(StorageError::malformed(
+                    what(),
+                    "its JSON area passes the end",
+                ));
             }
             let mut json = vec![0u8; json_len as usize];
             part.read_exact_at(&mut json, offset + LUKS2_BINARY_HEADER)
@@ -207,7 +213,10 @@ fn parse_at(part: &dyn Partition, offset: u64) -> Result<LuksHeader, StorageErro
                 .map_err(|e| StorageError::malformed(what(), e))?;
             Ok(meta.into_header(hdr_size))
         }
-        v => Err(StorageError::malformed(what(), format!("version {v} is not 1 or 2"))),
+        v => Err(StorageError::malformed(
+            what(),
+            format!("version {v} is not 1 or 2"),
+        )),
     }
 }
 
@@ -255,11 +264,7 @@ impl Luks2Json {
                 .filter_map(|k| k.area.as_ref())
                 .filter_map(|a| Some((num(&a.offset)?, num(&a.size)?)))
                 .collect(),
-            data_offset: self
-                .segments
-                .values()
-                .filter_map(|s| num(&s.offset))
-                .min(),
+            data_offset: self.segments.values().filter_map(|s| num(&s.offset)).min(),
         }
     }
 }
@@ -319,7 +324,13 @@ mod tests {
         let part = MemPartition::new("data", img.clone());
         assert!(is_luks(&part).unwrap());
         let found = find_magic(&part).unwrap();
-        assert_eq!(found, MagicFound { primary: true, secondary: Some(16384) });
+        assert_eq!(
+            found,
+            MagicFound {
+                primary: true,
+                secondary: Some(16384)
+            }
+        );
         let h = read_header(&part).unwrap().unwrap();
         assert_eq!(h.version, 2);
         assert_eq!(h.hdr_size, 16384);

@@ -29,8 +29,7 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -54,13 +53,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Setup => {
-            for v in storage.setup().context("setting up the encrypted partitions")? {
+            for v in storage
+                .setup()
+                .context("setting up the encrypted partitions")?
+            {
                 tracing::info!(
                     "{}: {} mounted at {}{}",
                     v.volume,
                     v.mapped.display(),
                     v.mounted.display(),
-                    if v.formatted { " (formatted on this boot)" } else { "" }
+                    if v.formatted {
+                        " (formatted on this boot)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

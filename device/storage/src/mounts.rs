@@ -254,9 +254,16 @@ mod tests {
     fn system_mounts_reads_a_mountinfo_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("mountinfo");
-        std::fs::write(&file, "31 22 254:2 / /data rw - ext4 /dev/mapper/aperture-data rw\n").unwrap();
+        std::fs::write(
+            &file,
+            "31 22 254:2 / /data rw - ext4 /dev/mapper/aperture-data rw\n",
+        )
+        .unwrap();
         let m = SystemMounts::new(file);
-        assert_eq!(m.mounted_at(Path::new("/data")).unwrap().as_deref(), Some("/dev/mapper/aperture-data"));
+        assert_eq!(
+            m.mounted_at(Path::new("/data")).unwrap().as_deref(),
+            Some("/dev/mapper/aperture-data")
+        );
         assert_eq!(m.mounted_at(Path::new("/config")).unwrap(), None);
     }
 

@@ -267,7 +267,10 @@ impl Storage<'_> {
                     part = self.disk.open(volume.label(), Access::Shared)?;
                 }
             }
-            tracing::info!("first boot of {volume}: formatting {} as LUKS2", part.describe());
+            tracing::info!(
+                "first boot of {volume}: formatting {} as LUKS2",
+                part.describe()
+            );
             let key = Key::random()?;
             // Sealed before the header exists: a power cut between the two then only means
             // formatting again at the next boot, never a header whose key is lost.
@@ -279,9 +282,7 @@ impl Storage<'_> {
         };
         let mapped = match self.crypt.mapped(volume.mapper_name())? {
             Some(path) => path,
-            None => self
-                .crypt
-                .open(part.as_ref(), volume.mapper_name(), &key)?,
+            None => self.crypt.open(part.as_ref(), volume.mapper_name(), &key)?,
         };
         drop(key);
         let unfinished = self.crypt.label(part.as_ref())?.as_deref() == Some(LABEL_FORMATTING);

@@ -88,7 +88,10 @@ fn first_boot_formats_grows_and_seals_then_later_boots_unlock() {
     for v in Volume::ALL {
         let part = boot.disk.open(v.label(), Access::Shared).unwrap();
         assert!(luks::is_luks(part.as_ref()).unwrap());
-        assert_eq!(boot.crypt.label(part.as_ref()).unwrap().as_deref(), Some(v.label()));
+        assert_eq!(
+            boot.crypt.label(part.as_ref()).unwrap().as_deref(),
+            Some(v.label())
+        );
         assert!(boot.keys.path(v.label()).exists());
     }
     let config_key = boot.keys.unseal("config").unwrap();
@@ -102,18 +105,24 @@ fn first_boot_formats_grows_and_seals_then_later_boots_unlock() {
     // Next boot: unlock with the sealed key, no format, no mkfs, no growth.
     let next = Boot::new(dir.path(), &image);
     for v in Volume::ALL {
-        let label = if v == Volume::Config { "config" } else { "data" };
         let mapped = next.paths.mapper_dir.join(v.mapper_name());
         next.mounts.add_filesystem(&mapped);
-        let _ = label;
     }
     let done = next.storage().setup().unwrap();
-    assert!(done.iter().all(|v| !v.formatted && !v.made_filesystem && v.grown_to.is_none()));
+    assert!(done
+        .iter()
+        .all(|v| !v.formatted && !v.made_filesystem && v.grown_to.is_none()));
     assert_eq!(next.mounts.mkfs_calls(), 0);
-    assert_eq!(next.keys.unseal("data").unwrap().as_bytes(), data_key.as_bytes());
+    assert_eq!(
+        next.keys.unseal("data").unwrap().as_bytes(),
+        data_key.as_bytes()
+    );
     let status = next.storage().status().unwrap();
     assert_eq!(status.key_source, KeySourceKind::UnsafeEspFile);
-    assert!(status.volumes.iter().all(|v| v.luks && v.mapped.is_some() && v.mounted.is_some()));
+    assert!(status
+        .volumes
+        .iter()
+        .all(|v| v.luks && v.mapped.is_some() && v.mounted.is_some()));
     let text = status.to_string();
     assert!(text.contains("NOT protected"), "{text}");
     let json = serde_json::to_value(&status).unwrap();
@@ -130,7 +139,9 @@ fn power_cut_after_format_before_mkfs_is_finished_next_boot() {
     let key = Key::random().unwrap();
     boot.keys.seal("data", &key).unwrap();
     let part = boot.disk.open("data", Access::Shared).unwrap();
-    boot.crypt.format(part.as_ref(), &key, LABEL_FORMATTING).unwrap();
+    boot.crypt
+        .format(part.as_ref(), &key, LABEL_FORMATTING)
+        .unwrap();
     drop(boot);
 
     let next = Boot::new(dir.path(), &image);
@@ -140,7 +151,10 @@ fn power_cut_after_format_before_mkfs_is_finished_next_boot() {
     assert!(data.made_filesystem, "the unfinished mkfs is done now");
     assert_eq!(next.keys.unseal("data").unwrap().as_bytes(), key.as_bytes());
     let part = next.disk.open("data", Access::Shared).unwrap();
-    assert_eq!(next.crypt.label(part.as_ref()).unwrap().as_deref(), Some("data"));
+    assert_eq!(
+        next.crypt.label(part.as_ref()).unwrap().as_deref(),
+        Some("data")
+    );
 }
 
 #[test]
@@ -152,7 +166,10 @@ fn power_cut_after_seal_before_format_formats_with_a_new_key() {
     boot.keys.seal("config", &stale).unwrap();
     let done = boot.storage().setup().unwrap();
     assert!(done[0].formatted);
-    assert_ne!(boot.keys.unseal("config").unwrap().as_bytes(), stale.as_bytes());
+    assert_ne!(
+        boot.keys.unseal("config").unwrap().as_bytes(),
+        stale.as_bytes()
+    );
 }
 
 #[test]
@@ -164,7 +181,10 @@ fn a_missing_key_is_an_error_that_names_the_fix() {
     next.keys.forget("config").unwrap();
     let err = next.storage().setup().unwrap_err();
     assert!(matches!(err, StorageError::KeyMissing { .. }), "{err}");
-    assert!(err.to_string().contains("aperture-reset --level 3"), "{err}");
+    assert!(
+        err.to_string().contains("aperture-reset --level 3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,14 +193,24 @@ fn nothing_is_unlocked_while_a_reset_wipe_is_pending() {
     let image = disk_image(dir.path(), 16 * MIB);
     let boot = Boot::new(dir.path(), &image);
     std::fs::create_dir_all(boot.paths.reset_journal.parent().unwrap()).unwrap();
-    std::fs::write(&boot.paths.reset_journal, br#"{"wipe_pending":true,"other":1}"#).unwrap();
+    std::fs::write(
+        &boot.paths.reset_journal,
+        br#"{"wipe_pending":true,"other":1}"#,
+    )
+    .unwrap();
     let err = boot.storage().setup().unwrap_err();
     assert!(matches!(err, StorageError::ResetPending { .. }), "{err}");
     assert!(boot.storage().status().unwrap().wipe_pending);
     let part = boot.disk.open("data", Access::Shared).unwrap();
-    assert!(!luks::is_luks(part.as_ref()).unwrap(), "nothing was formatted");
+    assert!(
+        !luks::is_luks(part.as_ref()).unwrap(),
+        "nothing was formatted"
+    );
     std::fs::write(&boot.paths.reset_journal, b"not json").unwrap();
-    assert!(boot.storage().setup().is_err(), "an unreadable journal counts as pending");
+    assert!(
+        boot.storage().setup().is_err(),
+        "an unreadable journal counts as pending"
+    );
     std::fs::write(&boot.paths.reset_journal, br#"{"wipe_pending":false}"#).unwrap();
     boot.storage().setup().unwrap();
 }

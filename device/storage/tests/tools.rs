@@ -28,19 +28,29 @@ fn cryptsetup_formats_labels_and_erases_a_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("volume.img");
-    std::fs::File::create(&file).unwrap().set_len(32 << 20).unwrap();
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     let part = FilePartition::whole(&file, "data", Access::Shared).unwrap();
     let crypt = CryptSetup::new(dir.path().join("mapper"));
     let key = Key::random().unwrap();
     crypt.format(&part, &key, "aperture-formatting").unwrap();
     assert!(luks::is_luks(&part).unwrap());
-    assert_eq!(crypt.label(&part).unwrap().as_deref(), Some("aperture-formatting"));
+    assert_eq!(
+        crypt.label(&part).unwrap().as_deref(),
+        Some("aperture-formatting")
+    );
     crypt.set_label(&part, "data").unwrap();
     assert_eq!(crypt.label(&part).unwrap().as_deref(), Some("data"));
     let header = luks::read_header(&part).unwrap().unwrap();
     assert_eq!(header.version, 2);
     assert_eq!(header.hdr_size, 16384);
-    assert_eq!(header.metadata_end(), 16 << 20, "cryptsetup's default 16 MiB area");
+    assert_eq!(
+        header.metadata_end(),
+        16 << 20,
+        "cryptsetup's default 16 MiB area"
+    );
     assert_eq!(header.keyslot_areas.len(), 1);
     assert_eq!(crypt.mapped("aperture-data").unwrap(), None);
     use aperture_storage::Partition;
@@ -48,13 +58,27 @@ fn cryptsetup_formats_labels_and_erases_a_file() {
     let mut before = vec![0u8; size as usize];
     part.read_exact_at(&mut before, offset).unwrap();
     crypt.erase(&part).unwrap();
-    assert!(luks::read_header(&part).unwrap().unwrap().keyslot_areas.is_empty());
+    assert!(luks::read_header(&part)
+        .unwrap()
+        .unwrap()
+        .keyslot_areas
+        .is_empty());
     // cryptsetup 2.6 overwrites the keyslot area with random bytes: no block of it is left.
     let mut after = vec![0u8; size as usize];
     part.read_exact_at(&mut after, offset).unwrap();
-    let kept = before.chunks(512).zip(after.chunks(512)).filter(|(a, b)| a == b).count();
-    assert_eq!(kept, 0, "sectors of the keyslot area survived cryptsetup erase");
-    assert!(luks::is_luks(&part).unwrap(), "erase keeps the header; reset zeroes it after");
+    let kept = before
+        .chunks(512)
+        .zip(after.chunks(512))
+        .filter(|(a, b)| a == b)
+        .count();
+    assert_eq!(
+        kept, 0,
+        "sectors of the keyslot area survived cryptsetup erase"
+    );
+    assert!(
+        luks::is_luks(&part).unwrap(),
+        "erase keeps the header; reset zeroes it after"
+    );
     crypt.erase(&part).unwrap();
 }
 
@@ -95,7 +119,11 @@ impl Swtpm {
             assert!(t.elapsed() < Duration::from_secs(10), "swtpm did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Swtpm { child, port, _state: state }
+        Swtpm {
+            child,
+            port,
+            _state: state,
+        }
     }
 }
 
@@ -123,10 +151,18 @@ fn tpm2_seals_unseals_and_forgets_with_swtpm() {
     // The blobs do not contain the key.
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
-        assert!(!bytes.windows(16).any(|w| w == &key.as_bytes()[..16]), "{}", f.display());
+        assert!(
+            !bytes.windows(16).any(|w| w == &key.as_bytes()[..16]),
+            "{}",
+            f.display()
+        );
     }
     assert_eq!(source.unseal("data").unwrap().as_bytes(), key.as_bytes());
-    assert_eq!(source.unseal("data").unwrap().as_bytes(), key.as_bytes(), "twice");
+    assert_eq!(
+        source.unseal("data").unwrap().as_bytes(),
+        key.as_bytes(),
+        "twice"
+    );
     source.forget("data").unwrap();
     assert!(files.iter().all(|f| !f.exists()));
     assert!(source.unseal("data").is_err());
@@ -134,7 +170,10 @@ fn tpm2_seals_unseals_and_forgets_with_swtpm() {
 }
 
 fn no_scratch_left(run: &Path) -> bool {
-    std::fs::read_dir(run)
-        .unwrap()
-        .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("aperture-storage-tpm2"))
+    std::fs::read_dir(run).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("aperture-storage-tpm2")
+    })
 }

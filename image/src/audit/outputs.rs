@@ -15,8 +15,14 @@ const KNOWN_UNSIGNED: [(&str, &str); 7] = [
     (names::MANIFEST, "manifest"),
     (names::SIGNATURE, "manifest"),
     // Manifest and signature first, then payloads each hashed against the manifest.
-    (names::BUNDLE, "known unsigned: verified entry by entry against the manifest"),
-    (names::ROOT_PUB, "known unsigned: the trust anchor, compared by key id"),
+    (
+        names::BUNDLE,
+        "known unsigned: verified entry by entry against the manifest",
+    ),
+    (
+        names::ROOT_PUB,
+        "known unsigned: the trust anchor, compared by key id",
+    ),
     ("build.log", "known unsigned: a log"),
     ("build-report.json", "known unsigned: a log"),
     (super::REPORT, "known unsigned: this audit's report"),
@@ -27,27 +33,68 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
     let f = &mut r.findings;
     let mpath = dir.join(names::MANIFEST);
     let Ok(json) = std::fs::read(&mpath) else {
-        f.push(Finding::violation("artifacts", names::MANIFEST, "is missing: nothing in this folder is signed", "rebuild; the build signs a manifest of every artifact"));
+        f.push(Finding::violation(
+            "artifacts",
+            names::MANIFEST,
+            "is missing: nothing in this folder is signed",
+            "rebuild; the build signs a manifest of every artifact",
+        ));
         return Ok(());
     };
     let manifest = match Manifest::from_json_unverified(&json) {
         Ok(m) => m,
         Err(e) => {
-            f.push(Finding::violation("artifacts", names::MANIFEST, format!("does not parse: {e}"), "rebuild"));
+            f.push(Finding::violation(
+                "artifacts",
+                names::MANIFEST,
+                format!("does not parse: {e}"),
+                "rebuild",
+            ));
             return Ok(());
         }
     };
-    match (std::fs::read(dir.join(names::SIGNATURE)), aperture_trust::keys::PublicKey::load(&dir.join(names::ROOT_PUB))) {
+    match (
+        std::fs::read(dir.join(names::SIGNATURE)),
+        aperture_trust::keys::PublicKey::load(&dir.join(names::ROOT_PUB)),
+    ) {
         (Ok(sig), Ok(root)) => {
-            if let Err(e) = aperture_trust::signing::verify_manifest(&json, &sig, &root, aperture_trust::now_unix()) {
-                f.push(Finding::violation("artifacts", names::SIGNATURE, format!("does not verify against {}: {e}", names::ROOT_PUB), "rebuild, or run `cargo xtask verify DIR` for the details"));
+            if let Err(e) = aperture_trust::signing::verify_manifest(
+                &json,
+                &sig,
+                &root,
+                aperture_trust::now_unix(),
+            ) {
+                f.push(Finding::violation(
+                    "artifacts",
+                    names::SIGNATURE,
+                    format!("does not verify against {}: {e}", names::ROOT_PUB),
+                    "rebuild, or run `cargo xtask verify DIR` for the details",
+                ));
             }
         }
-        (Err(_), _) => f.push(Finding::violation("artifacts", names::SIGNATURE, "is missing: the manifest is unsigned", "rebuild; the build signs the manifest with the release key")),
-        (_, Err(e)) => f.push(Finding::note("artifacts", names::ROOT_PUB, format!("cannot be read ({e}), so the signature was not checked here"), "run `cargo xtask verify DIR --root-key FILE`")),
+        (Err(_), _) => f.push(Finding::violation(
+            "artifacts",
+            names::SIGNATURE,
+            "is missing: the manifest is unsigned",
+            "rebuild; the build signs the manifest with the release key",
+        )),
+        (_, Err(e)) => f.push(Finding::note(
+            "artifacts",
+            names::ROOT_PUB,
+            format!("cannot be read ({e}), so the signature was not checked here"),
+            "run `cargo xtask verify DIR --root-key FILE`",
+        )),
     }
     if manifest.build.ostree_commit.as_deref() != Some(commit) {
-        f.push(Finding::violation("artifacts", names::MANIFEST, format!("names the commit {}, not the audited {commit}", manifest.build.ostree_commit.as_deref().unwrap_or("(none)")), "audit the folder the build wrote, or rebuild"));
+        f.push(Finding::violation(
+            "artifacts",
+            names::MANIFEST,
+            format!(
+                "names the commit {}, not the audited {commit}",
+                manifest.build.ostree_commit.as_deref().unwrap_or("(none)")
+            ),
+            "audit the folder the build wrote, or rebuild",
+        ));
     }
 
     let mut names_here: Vec<String> = std::fs::read_dir(dir)
@@ -57,9 +104,16 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
     names_here.sort();
     for name in &names_here {
         let status = if let Some(a) = manifest.artifacts.iter().find(|a| a.name.as_str() == name) {
-            let size = std::fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(dir.join(name))
+                .map(|m| m.len())
+                .unwrap_or(0);
             if size != a.size {
-                f.push(Finding::violation("artifacts", name, format!("is {size} bytes; the signed manifest says {}", a.size), "rebuild; `cargo xtask verify DIR` checks every hash"));
+                f.push(Finding::violation(
+                    "artifacts",
+                    name,
+                    format!("is {size} bytes; the signed manifest says {}", a.size),
+                    "rebuild; `cargo xtask verify DIR` checks every hash",
+                ));
             }
             "signed".to_string()
         } else if let Some((_, why)) = KNOWN_UNSIGNED.iter().find(|(n, _)| n == name) {
@@ -70,17 +124,30 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
             f.push(Finding::violation("artifacts", name, "is in the output folder but not in the signed manifest", "delete it, or make the build add it to the manifest; anything shipped must be signed"));
             "unsigned".to_string()
         };
-        r.outputs.push(OutputFile { name: name.clone(), status });
+        r.outputs.push(OutputFile {
+            name: name.clone(),
+            status,
+        });
     }
     for a in &manifest.artifacts {
         if !names_here.iter().any(|n| n == a.name.as_str()) {
-            f.push(Finding::violation("artifacts", a.name.as_str(), "is in the signed manifest but missing from the folder", "rebuild"));
+            f.push(Finding::violation(
+                "artifacts",
+                a.name.as_str(),
+                "is in the signed manifest but missing from the folder",
+                "rebuild",
+            ));
         }
     }
 
     let disk = dir.join(names::DISK);
     if !disk.exists() {
-        f.push(Finding::note("boot", names::DISK, "no disk image (a board whose boot files come from a BSP): boot entries not checked", "audit the flashed image's boot configuration separately"));
+        f.push(Finding::note(
+            "boot",
+            names::DISK,
+            "no disk image (a board whose boot files come from a BSP): boot entries not checked",
+            "audit the flashed image's boot configuration separately",
+        ));
         return Ok(());
     }
     let root_hash = manifest
@@ -91,7 +158,12 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
         .map(|v| v.root_hash.to_string());
     let entries = boot_entries(&disk)?;
     if entries.is_empty() {
-        f.push(Finding::violation("boot", names::DISK, "the ESP has no boot entries", "rebuild"));
+        f.push(Finding::violation(
+            "boot",
+            names::DISK,
+            "the ESP has no boot entries",
+            "rebuild",
+        ));
     }
     for (e, editor) in entries {
         let subject = format!("{} {}", names::DISK, e.file);
@@ -100,15 +172,35 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
             (Some(got), Some(want)) if got != want => f.push(Finding::violation("boot", &subject, format!("pins the verity root {got}, not the signed rootfs's {want}"), "rebuild")),
             _ => {}
         }
-        if parse::cmdline_value(&e.options, "root") != Some("/dev/mapper/aperture-root") || !e.options.split_whitespace().any(|w| w == "ro") {
-            f.push(Finding::violation("boot", &subject, "does not mount the verified root read-only (root=/dev/mapper/aperture-root ro)", "rebuild"));
+        if parse::cmdline_value(&e.options, "root") != Some("/dev/mapper/aperture-root")
+            || !e.options.split_whitespace().any(|w| w == "ro")
+        {
+            f.push(Finding::violation(
+                "boot",
+                &subject,
+                "does not mount the verified root read-only (root=/dev/mapper/aperture-root ro)",
+                "rebuild",
+            ));
         }
         let bad = parse::insecure_args(&e.options);
         if !bad.is_empty() {
-            f.push(Finding::violation("boot", &subject, format!("has kernel arguments that bypass the normal boot: {}", bad.join(" ")), "remove them from the manifest's boot command line"));
+            f.push(Finding::violation(
+                "boot",
+                &subject,
+                format!(
+                    "has kernel arguments that bypass the normal boot: {}",
+                    bad.join(" ")
+                ),
+                "remove them from the manifest's boot command line",
+            ));
         }
         if editor.as_deref() != Some("no") && editor.is_some() {
-            f.push(Finding::violation("boot", "loader/loader.conf", "lets the boot menu edit the kernel command line (editor is not `no`)", "rebuild; aperture-slots writes `editor no`"));
+            f.push(Finding::violation(
+                "boot",
+                "loader/loader.conf",
+                "lets the boot menu edit the kernel command line (editor is not `no`)",
+                "rebuild; aperture-slots writes `editor no`",
+            ));
         }
         r.boot_entries.push(e);
     }
@@ -118,24 +210,35 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
 /// The boot entries on the ESP of a disk image, with loader.conf's `editor` (systemd-boot
 /// allows editing unless it says `no`).
 fn boot_entries(disk: &Path) -> Result<Vec<(BootEntry, Option<String>)>> {
-    let mut file = std::fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
+    let mut file =
+        std::fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
     let size = aperture_gpt::disk_size_of(&mut file)?;
-    let gpt = aperture_gpt::read_gpt(&mut file, size).with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    let gpt = aperture_gpt::read_gpt(&mut file, size)
+        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
     let esp = gpt
         .find(crate::disk::names::ESP)
         .with_context(|| format!("{} has no `esp` partition", disk.display()))?;
     let offset = esp.offset();
     let files = crate::esp::list(disk, offset)?;
-    let loader = String::from_utf8_lossy(&crate::esp::read(disk, offset, "loader/loader.conf").unwrap_or_default()).into_owned();
-    let editor = Some(parse::loader_conf_value(&loader, "editor").unwrap_or_else(|| "yes (the default)".into()));
+    let loader = String::from_utf8_lossy(
+        &crate::esp::read(disk, offset, "loader/loader.conf").unwrap_or_default(),
+    )
+    .into_owned();
+    let editor = Some(
+        parse::loader_conf_value(&loader, "editor").unwrap_or_else(|| "yes (the default)".into()),
+    );
     let mut out = Vec::new();
-    for p in files.iter().filter(|p| p.starts_with("loader/entries/") && p.ends_with(".conf")) {
+    for p in files
+        .iter()
+        .filter(|p| p.starts_with("loader/entries/") && p.ends_with(".conf"))
+    {
         let text = String::from_utf8_lossy(&crate::esp::read(disk, offset, p)?).into_owned();
         let options = parse::entry_options(&text).unwrap_or_default();
         out.push((
             BootEntry {
                 file: p.clone(),
-                verity_root: parse::cmdline_value(&options, "aperture.verity.roothash").map(str::to_string),
+                verity_root: parse::cmdline_value(&options, "aperture.verity.roothash")
+                    .map(str::to_string),
                 options,
             },
             editor.clone(),

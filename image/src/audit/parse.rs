@@ -267,7 +267,9 @@ mod tests {
         assert!(bad.is_empty());
         assert_eq!(entries[0].name, "root");
         assert_eq!(entries[0].uid, 0);
-        assert!(entries.iter().all(|e| NOLOGIN_SHELLS.contains(&e.shell.as_str())));
+        assert!(entries
+            .iter()
+            .all(|e| NOLOGIN_SHELLS.contains(&e.shell.as_str())));
     }
 
     #[test]
@@ -324,22 +326,46 @@ mod tests {
             )
             .unwrap(),
         ]);
-        assert_eq!(sysctl_value(&a, "net.ipv4.ip_forward").as_deref(), Some("0"));
-        assert_eq!(sysctl_value(&a, "net.ipv4.conf.all.rp_filter").as_deref(), Some("1"));
-        assert_eq!(sysctl_value(&a, "net.ipv4.conf.eth0.rp_filter").as_deref(), Some("2"));
-        assert_eq!(sysctl_value(&a, "kernel.kptr_restrict").as_deref(), Some("2"));
+        assert_eq!(
+            sysctl_value(&a, "net.ipv4.ip_forward").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            sysctl_value(&a, "net.ipv4.conf.all.rp_filter").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            sysctl_value(&a, "net.ipv4.conf.eth0.rp_filter").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            sysctl_value(&a, "kernel.kptr_restrict").as_deref(),
+            Some("2")
+        );
         let b = sysctl(&["kernel/yama/ptrace_scope=1"]);
-        assert_eq!(sysctl_value(&b, "kernel.yama.ptrace_scope").as_deref(), Some("1"));
+        assert_eq!(
+            sysctl_value(&b, "kernel.yama.ptrace_scope").as_deref(),
+            Some("1")
+        );
     }
 
     #[test]
     fn loader_entries() {
         let e = fixture("slot-a.conf");
         let o = entry_options(&e).unwrap();
-        assert_eq!(cmdline_value(&o, "aperture.verity.roothash"), Some("deb070abdf0e888b7ab349b1dd914d194481a4f4c301e74fdeaaf92432c9d5a3"));
+        assert_eq!(
+            cmdline_value(&o, "aperture.verity.roothash"),
+            Some("deb070abdf0e888b7ab349b1dd914d194481a4f4c301e74fdeaaf92432c9d5a3")
+        );
         assert_eq!(cmdline_value(&o, "root"), Some("/dev/mapper/aperture-root"));
         assert!(insecure_args(&o).is_empty());
-        assert_eq!(insecure_args("ro init=/bin/sh quiet single"), vec!["init=/bin/sh", "single"]);
-        assert_eq!(loader_conf_value("timeout 0\neditor no\n", "editor").as_deref(), Some("no"));
+        assert_eq!(
+            insecure_args("ro init=/bin/sh quiet single"),
+            vec!["init=/bin/sh", "single"]
+        );
+        assert_eq!(
+            loader_conf_value("timeout 0\neditor no\n", "editor").as_deref(),
+            Some("no")
+        );
     }
 }

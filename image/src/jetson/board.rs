@@ -66,9 +66,17 @@ pub static ORIN: JetsonBoard = JetsonBoard {
     l4t_release: "R36.x (JetPack 6)",
     nvidia_layout: "flash_t234_qspi_sdmmc_rootfs_ab.xml",
     kernel_dtb: files::t234::DTB,
-    boot_device: Device { kind: "spi", instance: 0, parts: nvidia::T234_QSPI },
+    boot_device: Device {
+        kind: "spi",
+        instance: 0,
+        parts: nvidia::T234_QSPI,
+    },
     boot_device_sectors: nvidia::T234_QSPI_SECTORS,
-    rootfs_device: Device { kind: "sdmmc_user", instance: 3, parts: nvidia::T234_ROOTFS_DEVICE },
+    rootfs_device: Device {
+        kind: "sdmmc_user",
+        instance: 3,
+        parts: nvidia::T234_ROOTFS_DEVICE,
+    },
     flashing_files: &[files::L4T_LAUNCHER],
 };
 
@@ -80,9 +88,17 @@ pub static XAVIER: JetsonBoard = JetsonBoard {
     l4t_release: "R35.x (JetPack 5)",
     nvidia_layout: "flash_t194_sdmmc_rootfs_ab.xml",
     kernel_dtb: files::t194::DTB,
-    boot_device: Device { kind: "sdmmc_boot", instance: 3, parts: nvidia::T194_BOOT_DEVICE },
+    boot_device: Device {
+        kind: "sdmmc_boot",
+        instance: 3,
+        parts: nvidia::T194_BOOT_DEVICE,
+    },
     boot_device_sectors: nvidia::T194_BOOT_SECTORS,
-    rootfs_device: Device { kind: "sdmmc_user", instance: 3, parts: nvidia::T194_ROOTFS_DEVICE },
+    rootfs_device: Device {
+        kind: "sdmmc_user",
+        instance: 3,
+        parts: nvidia::T194_ROOTFS_DEVICE,
+    },
     flashing_files: &[
         files::L4T_LAUNCHER,
         files::t194::NVTBOOT_CPU,
@@ -98,7 +114,9 @@ impl JetsonBoard {
         match board {
             Board::JetsonOrinAgx => Ok(&ORIN),
             Board::JetsonXavierAgx => Ok(&XAVIER),
-            other => Err(JetsonError::NotJetson { board: other.name() }),
+            other => Err(JetsonError::NotJetson {
+                board: other.name(),
+            }),
         }
     }
 
@@ -179,7 +197,11 @@ impl JetsonBoard {
     /// then the ones needed for flashing only. The kernel device tree is not among them.
     pub fn firmware_files(&self) -> Vec<&'static str> {
         let mut v: Vec<&'static str> = Vec::new();
-        let parts = self.boot_device.parts.iter().chain(self.rootfs_device.parts);
+        let parts = self
+            .boot_device
+            .parts
+            .iter()
+            .chain(self.rootfs_device.parts);
         for p in parts {
             if let Fill::Firmware(f) = p.fill {
                 if f != self.kernel_dtb && !v.contains(&f) {
@@ -205,8 +227,8 @@ impl JetsonBoard {
     /// Bytes of disk the rootfs-device layout needs for `recipe`: every partition rounded up
     /// to the 1 MiB alignment, plus the GPT at both ends. Recipe validation reserves a flat
     /// 512 MiB for Jetson boot partitions, which is less than NVIDIA's layouts take (about
-    /// 1.1 GiB on Orin and 0.7 GiB on Xavier, plus a second ESP); a disk between the two fails
-    /// here, naming the partition that does not fit.
+    /// 0.95 GiB on Orin and 0.75 GiB on Xavier, plus a second ESP); a disk between the two
+    /// fails here, naming the partition that does not fit.
     pub fn required_disk_bytes(&self, recipe: &Recipe) -> u64 {
         const MIB: u64 = 1 << 20;
         let parts: u64 = self

@@ -54,7 +54,11 @@ impl Header {
 pub fn header(kernel_size: u32, ramdisk_size: u32, cmdline: &str) -> Result<Vec<u8>, JetsonError> {
     let max = CMDLINE_LEN - 1 + EXTRA_CMDLINE_LEN - 1;
     if cmdline.len() > max || cmdline.contains('\0') {
-        return Err(JetsonError::BootImageField { field: "command line", len: cmdline.len(), max });
+        return Err(JetsonError::BootImageField {
+            field: "command line",
+            len: cmdline.len(),
+            max,
+        });
     }
     let mut h = Vec::with_capacity(PAGE_SIZE as usize);
     h.extend_from_slice(MAGIC);
@@ -92,7 +96,14 @@ pub fn parse_header(bytes: &[u8]) -> Option<Header> {
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return None;
     }
-    let word = |i: usize| u32::from_le_bytes([bytes[8 + 4 * i], bytes[9 + 4 * i], bytes[10 + 4 * i], bytes[11 + 4 * i]]);
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            bytes[8 + 4 * i],
+            bytes[9 + 4 * i],
+            bytes[10 + 4 * i],
+            bytes[11 + 4 * i],
+        ])
+    };
     let text = |b: &[u8]| {
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         String::from_utf8_lossy(&b[..end]).into_owned()
@@ -113,12 +124,20 @@ pub fn parse_header(bytes: &[u8]) -> Option<Header> {
 /// Write a boot image of `kernel`, `ramdisk` and `cmdline` to `dest`; returns its size.
 pub fn write(dest: &Path, kernel: &Path, ramdisk: &Path, cmdline: &str) -> Result<u64> {
     let size = |p: &Path| -> Result<u32> {
-        let n = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len();
-        u32::try_from(n).with_context(|| format!("{} is larger than a boot image can hold (4 GiB)", p.display()))
+        let n = std::fs::metadata(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .len();
+        u32::try_from(n).with_context(|| {
+            format!(
+                "{} is larger than a boot image can hold (4 GiB)",
+                p.display()
+            )
+        })
     };
     let (ks, rs) = (size(kernel)?, size(ramdisk)?);
     let tmp = dest.with_extension("img.tmp");
-    let mut w = BufWriter::new(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut w =
+        BufWriter::new(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
     w.write_all(&header(ks, rs, cmdline)?)?;
     let mut total = u64::from(PAGE_SIZE);
     for (src, n) in [(kernel, ks), (ramdisk, rs)] {
@@ -144,7 +163,10 @@ mod tests {
         assert_eq!(h.len(), PAGE_SIZE as usize);
         let parsed = parse_header(&h).unwrap();
         assert_eq!(parsed.cmdline, long);
-        assert_eq!((parsed.kernel_size, parsed.ramdisk_size, parsed.page_size), (5000, 3, 2048));
+        assert_eq!(
+            (parsed.kernel_size, parsed.ramdisk_size, parsed.page_size),
+            (5000, 3, 2048)
+        );
         assert_eq!(parsed.image_size(), 2048 + 6144 + 2048);
         // cmdline field: 511 bytes and a NUL; the rest in extra_cmdline.
         assert_eq!(h[64 + 510], b'x');
@@ -156,7 +178,11 @@ mod tests {
     #[test]
     fn image_holds_kernel_then_ramdisk_on_page_boundaries() {
         let d = tempfile::tempdir().unwrap();
-        let (k, r, out) = (d.path().join("Image"), d.path().join("initrd"), d.path().join("boot.img"));
+        let (k, r, out) = (
+            d.path().join("Image"),
+            d.path().join("initrd"),
+            d.path().join("boot.img"),
+        );
         std::fs::write(&k, vec![0xAB; 3000]).unwrap();
         std::fs::write(&r, vec![0xCD; 10]).unwrap();
         let n = write(&out, &k, &r, "console=ttyTCU0 aperture.slot=b").unwrap();

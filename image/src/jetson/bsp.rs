@@ -41,7 +41,9 @@ impl Bsp {
         } else if dir.join("kernel").is_dir() && dir.join("bootloader").is_dir() {
             dir.to_path_buf()
         } else {
-            return Err(JetsonError::NotABsp { dir: dir.to_path_buf() });
+            return Err(JetsonError::NotABsp {
+                dir: dir.to_path_buf(),
+            });
         };
         let missing: Vec<String> = board
             .required_files()
@@ -60,10 +62,21 @@ impl Bsp {
         let capsule = Some(root.join(files::CAPSULE)).filter(|p| p.is_file());
         let release = std::fs::read_to_string(root.join("nv_tegra/bsp_version"))
             .ok()
-            .map(|s| s.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "))
+            .map(|s| {
+                s.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .filter(|s| !s.is_empty());
         let synthetic = root.join(SYNTHETIC_MARKER).is_file();
-        Ok(Bsp { root, board, capsule, release, synthetic })
+        Ok(Bsp {
+            root,
+            board,
+            capsule,
+            release,
+            synthetic,
+        })
     }
 
     /// A file of the tree.
@@ -88,19 +101,29 @@ impl Bsp {
 
     /// The boot-firmware files: (path in the tree, file on disk).
     pub fn firmware(&self) -> Vec<(&'static str, PathBuf)> {
-        self.board.firmware_files().into_iter().map(|f| (f, self.path(f))).collect()
+        self.board
+            .firmware_files()
+            .into_iter()
+            .map(|f| (f, self.path(f)))
+            .collect()
     }
 
     /// NVIDIA's rootfs A/B layout file of this board in the tree, when it has one.
     pub fn nvidia_layout(&self) -> Option<PathBuf> {
-        Some(self.path(&format!("{LAYOUT_DIR}/{}", self.board.nvidia_layout))).filter(|p| p.is_file())
+        Some(self.path(&format!("{LAYOUT_DIR}/{}", self.board.nvidia_layout)))
+            .filter(|p| p.is_file())
     }
 
     /// sha256 over the path and bytes of every file the build takes from the tree: two trees
     /// with the same fingerprint give the same outputs.
     pub fn fingerprint(&self) -> std::io::Result<String> {
         let mut h = Sha256::new();
-        let mut files: Vec<String> = self.board.required_files().into_iter().map(str::to_string).collect();
+        let mut files: Vec<String> = self
+            .board
+            .required_files()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         if self.capsule.is_some() {
             files.push(files::CAPSULE.to_string());
         }

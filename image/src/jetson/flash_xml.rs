@@ -47,18 +47,28 @@ pub fn render(board: &JetsonBoard, recipe: &Recipe, files: &LayoutFiles) -> Stri
         board.l4t_release
     );
     x.push_str("<partition_layout version=\"01.00.0000\">\n");
-    device(&mut x, &board.boot_device, board.boot_device_sectors, |_, p| part_boot(p));
+    device(
+        &mut x,
+        &board.boot_device,
+        board.boot_device_sectors,
+        |_, p| part_boot(p),
+    );
     let h = recipe.hash();
-    let rootfs = Device { parts: &[], ..board.rootfs_device };
     let parts = board.rootfs_parts();
     let sectors = recipe.partitions.disk.bytes() / 512;
-    open_device(&mut x, &rootfs, sectors);
-    x.push_str(&pseudo("master_boot_record", "protective_master_boot_record", "512"));
+    open_device(&mut x, &board.rootfs_device, sectors);
+    x.push_str(&pseudo(
+        "master_boot_record",
+        "protective_master_boot_record",
+        "512",
+    ));
     x.push_str(&pseudo("primary_gpt", "primary_gpt", "19968"));
     for (i, p) in parts.iter().enumerate() {
         let file = match p.fill {
             Fill::Rootfs => Some(files.rootfs.clone()),
-            Fill::BootImage => Some(files.boot[usize::from(p.chain == super::nvidia::Chain::B)].clone()),
+            Fill::BootImage => {
+                Some(files.boot[usize::from(p.chain == super::nvidia::Chain::B)].clone())
+            }
             Fill::KernelDtb => Some(files.dtb.clone()),
             Fill::Esp => Some(files.esp.clone()),
             Fill::Firmware(f) => Some(output_name(f).to_string()),
@@ -70,20 +80,38 @@ pub fn render(board: &JetsonBoard, recipe: &Recipe, files: &LayoutFiles) -> Stri
             "config" => Some(aperture_gpt::Guid::LINUX_LUKS),
             _ => None,
         };
-        let _ = writeln!(x, "        <partition name=\"{}\" id=\"{}\" type=\"{}\">", esc(p.name), i + 1, esc(p.nv_type));
+        let _ = writeln!(
+            x,
+            "        <partition name=\"{}\" id=\"{}\" type=\"{}\">",
+            esc(p.name),
+            i + 1,
+            esc(p.nv_type)
+        );
         common(&mut x, JetsonBoard::size_of(p, recipe));
         // Every partition on a 1 MiB boundary, as in disk.img, so both place them alike.
         let _ = writeln!(x, "            <align_boundary> 1048576 </align_boundary>");
-        let _ = writeln!(x, "            <unique_guid> {} </unique_guid>", guid.to_string().to_uppercase());
+        let _ = writeln!(
+            x,
+            "            <unique_guid> {} </unique_guid>",
+            guid.to_string().to_uppercase()
+        );
         if let Some(t) = type_guid {
-            let _ = writeln!(x, "            <partition_type_guid> {} </partition_type_guid>", t.to_string().to_uppercase());
+            let _ = writeln!(
+                x,
+                "            <partition_type_guid> {} </partition_type_guid>",
+                t.to_string().to_uppercase()
+            );
         }
         if let Some(f) = file {
             let _ = writeln!(x, "            <filename> {} </filename>", esc(&f));
         }
         x.push_str("        </partition>\n");
     }
-    x.push_str(&pseudo("secondary_gpt", "secondary_gpt", "0xFFFFFFFFFFFFFFFF"));
+    x.push_str(&pseudo(
+        "secondary_gpt",
+        "secondary_gpt",
+        "0xFFFFFFFFFFFFFFFF",
+    ));
     x.push_str("    </device>\n</partition_layout>\n");
     x
 }
@@ -101,13 +129,22 @@ fn device(x: &mut String, d: &Device, sectors: u64, part: impl Fn(usize, &NvPart
     for (i, p) in d.parts.iter().enumerate() {
         x.push_str(&part(i, p));
     }
-    x.push_str(&pseudo("secondary_gpt", "secondary_gpt", "0xFFFFFFFFFFFFFFFF"));
+    x.push_str(&pseudo(
+        "secondary_gpt",
+        "secondary_gpt",
+        "0xFFFFFFFFFFFFFFFF",
+    ));
     x.push_str("    </device>\n");
 }
 
 fn part_boot(p: &NvPart) -> String {
     let mut x = String::new();
-    let _ = writeln!(x, "        <partition name=\"{}\" type=\"{}\">", esc(p.name), esc(p.nv_type));
+    let _ = writeln!(
+        x,
+        "        <partition name=\"{}\" type=\"{}\">",
+        esc(p.name),
+        esc(p.nv_type)
+    );
     let size = match p.size {
         super::nvidia::PartSize::Bytes(b) => b,
         _ => 0,
@@ -120,7 +157,11 @@ fn part_boot(p: &NvPart) -> String {
         let _ = writeln!(x, "            <align_boundary> {a} </align_boundary>");
     }
     if let Fill::Firmware(f) = p.fill {
-        let _ = writeln!(x, "            <filename> {} </filename>", esc(output_name(f)));
+        let _ = writeln!(
+            x,
+            "            <filename> {} </filename>",
+            esc(output_name(f))
+        );
     }
     x.push_str("        </partition>\n");
     x
@@ -143,7 +184,10 @@ fn pseudo(name: &str, kind: &str, size: &str) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// One device of a layout file.
@@ -177,7 +221,10 @@ impl LayoutDevice {
     /// The partitions that become GPT entries (not the MBR or GPT bookkeeping).
     pub fn gpt_partitions(&self) -> impl Iterator<Item = &LayoutPartition> {
         self.partitions.iter().filter(|p| {
-            !matches!(p.kind.as_str(), "protective_master_boot_record" | "primary_gpt" | "secondary_gpt")
+            !matches!(
+                p.kind.as_str(),
+                "protective_master_boot_record" | "primary_gpt" | "secondary_gpt"
+            )
         })
     }
 }
@@ -185,18 +232,38 @@ impl LayoutDevice {
 /// Read a layout file (ours or NVIDIA's).
 pub fn parse(what: &str, text: &str) -> Result<Vec<LayoutDevice>, JetsonError> {
     let root = xml::parse(what, text)?;
-    let err = |line: usize, reason: String| JetsonError::LayoutXml { what: what.to_string(), line, reason };
+    let err = |line: usize, reason: String| JetsonError::LayoutXml {
+        what: what.to_string(),
+        line,
+        reason,
+    };
     if root.name != "partition_layout" {
-        return Err(err(root.line, format!("the root element is <{}>, not <partition_layout>", root.name)));
+        return Err(err(
+            root.line,
+            format!(
+                "the root element is <{}>, not <partition_layout>",
+                root.name
+            ),
+        ));
     }
     let mut devices = Vec::new();
     for d in root.children.iter().filter(|c| c.name == "device") {
-        let kind = d.attr("type").ok_or_else(|| err(d.line, "a <device> has no type".into()))?.to_string();
+        let kind = d
+            .attr("type")
+            .ok_or_else(|| err(d.line, "a <device> has no type".into()))?
+            .to_string();
         let sectors = d.attr("num_sectors").and_then(|s| s.trim().parse().ok());
         let mut partitions = Vec::new();
         for p in d.children.iter().filter(|c| c.name == "partition") {
-            let name = p.attr("name").ok_or_else(|| err(p.line, "a <partition> has no name".into()))?;
-            let child = |n: &str| p.children.iter().find(|c| c.name == n).map(|c| c.text.trim().to_string());
+            let name = p
+                .attr("name")
+                .ok_or_else(|| err(p.line, "a <partition> has no name".into()))?;
+            let child = |n: &str| {
+                p.children
+                    .iter()
+                    .find(|c| c.name == n)
+                    .map(|c| c.text.trim().to_string())
+            };
             partitions.push(LayoutPartition {
                 name: resolve_placeholder(name),
                 id: p.attr("id").and_then(|i| i.trim().parse().ok()),
@@ -205,7 +272,11 @@ pub fn parse(what: &str, text: &str) -> Result<Vec<LayoutDevice>, JetsonError> {
                 filename: child("filename").filter(|f| !f.is_empty()),
             });
         }
-        devices.push(LayoutDevice { kind, sectors, partitions });
+        devices.push(LayoutDevice {
+            kind,
+            sectors,
+            partitions,
+        });
     }
     Ok(devices)
 }
@@ -258,7 +329,10 @@ mod xml {
 
     impl Element {
         pub fn attr(&self, key: &str) -> Option<&str> {
-            self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+            self.attrs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
         }
     }
 
@@ -267,7 +341,11 @@ mod xml {
         let mut i = 0;
         let mut stack: Vec<Element> = vec![Element::default()];
         let line_at = |i: usize| text[..i].matches('\n').count() + 1;
-        let err = |i: usize, reason: &str| JetsonError::LayoutXml { what: what.to_string(), line: line_at(i), reason: reason.to_string() };
+        let err = |i: usize, reason: &str| JetsonError::LayoutXml {
+            what: what.to_string(),
+            line: line_at(i),
+            reason: reason.to_string(),
+        };
         while i < b.len() {
             if b[i] != b'<' {
                 let end = text[i..].find('<').map(|n| i + n).unwrap_or(b.len());
@@ -278,14 +356,24 @@ mod xml {
                 continue;
             }
             if text[i..].starts_with("<!--") {
-                i = text[i..].find("-->").map(|n| i + n + 3).ok_or_else(|| err(i, "unterminated comment"))?;
+                i = text[i..]
+                    .find("-->")
+                    .map(|n| i + n + 3)
+                    .ok_or_else(|| err(i, "unterminated comment"))?;
             } else if text[i..].starts_with("<?") {
-                i = text[i..].find("?>").map(|n| i + n + 2).ok_or_else(|| err(i, "unterminated declaration"))?;
+                i = text[i..]
+                    .find("?>")
+                    .map(|n| i + n + 2)
+                    .ok_or_else(|| err(i, "unterminated declaration"))?;
             } else if text[i..].starts_with("</") {
-                let end = text[i..].find('>').map(|n| i + n).ok_or_else(|| err(i, "unterminated end tag"))?;
+                let end = text[i..]
+                    .find('>')
+                    .map(|n| i + n)
+                    .ok_or_else(|| err(i, "unterminated end tag"))?;
                 let name = text[i + 2..end].trim();
                 let el = stack.pop().filter(|e| e.name == name && !stack.is_empty());
-                let el = el.ok_or_else(|| err(i, &format!("</{name}> does not close the open element")))?;
+                let el = el
+                    .ok_or_else(|| err(i, &format!("</{name}> does not close the open element")))?;
                 if let Some(parent) = stack.last_mut() {
                     parent.children.push(el);
                 }
@@ -331,7 +419,9 @@ mod xml {
 
     fn start_tag(inner: &str) -> Option<Element> {
         let inner = inner.trim();
-        let name_end = inner.find(|c: char| c.is_whitespace()).unwrap_or(inner.len());
+        let name_end = inner
+            .find(|c: char| c.is_whitespace())
+            .unwrap_or(inner.len());
         let name = &inner[..name_end];
         if name.is_empty() {
             return None;
@@ -347,10 +437,18 @@ mod xml {
             attrs.push((key, unescape(&after[1..close])));
             rest = after[close + 1..].trim_start();
         }
-        Some(Element { name: name.to_string(), attrs, ..Element::default() })
+        Some(Element {
+            name: name.to_string(),
+            attrs,
+            ..Element::default()
+        })
     }
 
     fn unescape(s: &str) -> String {
-        s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&")
     }
 }

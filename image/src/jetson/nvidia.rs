@@ -132,8 +132,22 @@ pub struct NvPart {
     pub align: Option<u64>,
 }
 
-const fn p(name: &'static str, nv_type: &'static str, size: PartSize, chain: Chain, fill: Fill) -> NvPart {
-    NvPart { name, nv_type, size, chain, fill, start: None, align: None }
+const fn p(
+    name: &'static str,
+    nv_type: &'static str,
+    size: PartSize,
+    chain: Chain,
+    fill: Fill,
+) -> NvPart {
+    NvPart {
+        name,
+        nv_type,
+        size,
+        chain,
+        fill,
+        start: None,
+        align: None,
+    }
 }
 
 const fn aligned(mut part: NvPart, align: u64) -> NvPart {
@@ -253,16 +267,34 @@ pub const T234_ROOTFS_DEVICE: &[NvPart] = &[
     aligned(p("APP", "data", PartSize::Rootfs, A, Fill::Rootfs), 16384),
     aligned(p("APP_b", "data", PartSize::Rootfs, B, Fill::Rootfs), 16384),
     p("A_kernel", "kernel", Bytes(134_217_728), A, Fill::BootImage),
-    p("A_kernel-dtb", "kernel_dtb", Bytes(786_432), A, Fill::KernelDtb),
+    p(
+        "A_kernel-dtb",
+        "kernel_dtb",
+        Bytes(786_432),
+        A,
+        Fill::KernelDtb,
+    ),
     p("A_reserved_on_user", "data", Bytes(33_161_216), A, Empty),
     p("B_kernel", "kernel", Bytes(134_217_728), B, Fill::BootImage),
-    p("B_kernel-dtb", "kernel_dtb", Bytes(786_432), B, Fill::KernelDtb),
+    p(
+        "B_kernel-dtb",
+        "kernel_dtb",
+        Bytes(786_432),
+        B,
+        Fill::KernelDtb,
+    ),
     p("B_reserved_on_user", "data", Bytes(33_161_216), B, Empty),
     p("recovery", "kernel", Bytes(RECOVERY), Shared, Empty),
     p("recovery-dtb", "kernel_dtb", Bytes(DTB_512K), Shared, Empty),
     p("esp", "data", PartSize::Esp, Shared, Fill::Esp),
     p("recovery_alt", "kernel", Bytes(RECOVERY), Shared, Empty),
-    p("recovery-dtb_alt", "kernel_dtb", Bytes(DTB_512K), Shared, Empty),
+    p(
+        "recovery-dtb_alt",
+        "kernel_dtb",
+        Bytes(DTB_512K),
+        Shared,
+        Empty,
+    ),
     p("esp_alt", "data", PartSize::Esp, Shared, Empty),
     aligned(p("UDA", "data", PartSize::Data, Shared, Empty), 16384),
     p("reserved", "data", Bytes(502_792_192), Shared, Empty),
@@ -316,7 +348,12 @@ pub const T234_QSPI: &[NvPart] = t234_qspi![
     ("sc7", "WB0", 196_608, Firmware(t234::SC7)),
     ("pscrf", "psc_rf", 196_608, Firmware(t234::PSC_RF)),
     ("mb2rf", "mb2rf", 131_072, Firmware(t234::MB2_RF)),
-    ("cpu-bootloader", "bootloader_stage2", 3_670_016, Firmware(UEFI)),
+    (
+        "cpu-bootloader",
+        "bootloader_stage2",
+        3_670_016,
+        Firmware(UEFI)
+    ),
     ("secure-os", "tos", 4_194_304, Firmware(t234::TOS)),
     ("smm-fw", "data", 2_097_152, Empty),
     ("eks", "eks", 262_144, Firmware(t234::EKS)),
@@ -361,7 +398,12 @@ macro_rules! t194_user {
 pub const T194_ROOTFS_DEVICE: &[NvPart] = t194_user![
     ("mts-mce", "mts_mce", 163_840, Firmware(t194::MCE)),
     ("mts-proper", "mts_proper", 4_194_304, Firmware(t194::MTS)),
-    ("cpu-bootloader", "bootloader_stage2", 4_194_304, Firmware(UEFI)),
+    (
+        "cpu-bootloader",
+        "bootloader_stage2",
+        4_194_304,
+        Firmware(UEFI)
+    ),
     ("bootloader-dtb", "bl_dtb", DTB_512K, Firmware(t194::DTB)),
     ("secure-os", "tos", 2_621_440, Firmware(t194::TOS)),
     ("eks", "eks", 65_536, Firmware(t194::EKS)),
@@ -378,26 +420,98 @@ pub const T194_ROOTFS_DEVICE: &[NvPart] = t194_user![
 
 /// The AGX Xavier eMMC boot partitions (`sdmmc_boot`, 8 MiB) ([L4T-AB-t194]).
 pub const T194_BOOT_DEVICE: &[NvPart] = &[
-        p("BCT", "boot_config_table", Bytes(32_768), Shared, Empty),
-        p("mb1", "mb1_bootloader", Bytes(262_144), A, Firmware(t194::MB1)),
-        p("mb1_b", "mb1_bootloader", Bytes(262_144), B, Firmware(t194::MB1)),
-        p("MB1_BCT", "mb1_boot_config_table", Bytes(65_536), A, Empty),
-        p("MEM_BCT", "mem_boot_config_table", Bytes(229_376), A, Empty),
-        p("spe-fw", "spe_fw", Bytes(262_144), A, Firmware(t194::SPE)),
-        p("mb2", "mb2_bootloader", Bytes(229_376), A, Firmware(t194::NVTBOOT)),
-        p("mts-preboot", "mts_preboot", Bytes(32_768), A, Firmware(t194::PREBOOT)),
-        p("reserved_for_chain_A_boot", "data", Bytes(2_097_152), A, Empty),
-        pinned(p("MB1_BCT_b", "mb1_boot_config_table", Bytes(65_536), B, Empty), 0x35_0000),
-        p("MEM_BCT_b", "mem_boot_config_table", Bytes(229_376), B, Empty),
-        p("spe-fw_b", "spe_fw", Bytes(262_144), B, Firmware(t194::SPE)),
-        p("mb2_b", "mb2_bootloader", Bytes(229_376), B, Firmware(t194::NVTBOOT)),
-        p("mts-preboot_b", "mts_preboot", Bytes(32_768), B, Firmware(t194::PREBOOT)),
-        p("reserved_for_chain_B_boot", "data", Bytes(2_097_152), B, Empty),
-        pinned(p("BCT-boot-chain_backup", "data", Bytes(65_536), Shared, Empty), 0x7A_0000),
-        p("reserved_partition", "data", Bytes(65_536), Shared, Empty),
-        p("secondary_gpt_backup", "data", Bytes(65_536), Shared, Empty),
-        pinned(p("VER_b", "data", Bytes(65_536), B, Empty), 0x7D_0000),
-        p("VER", "data", Bytes(65_536), A, Empty),
+    p("BCT", "boot_config_table", Bytes(32_768), Shared, Empty),
+    p(
+        "mb1",
+        "mb1_bootloader",
+        Bytes(262_144),
+        A,
+        Firmware(t194::MB1),
+    ),
+    p(
+        "mb1_b",
+        "mb1_bootloader",
+        Bytes(262_144),
+        B,
+        Firmware(t194::MB1),
+    ),
+    p("MB1_BCT", "mb1_boot_config_table", Bytes(65_536), A, Empty),
+    p("MEM_BCT", "mem_boot_config_table", Bytes(229_376), A, Empty),
+    p("spe-fw", "spe_fw", Bytes(262_144), A, Firmware(t194::SPE)),
+    p(
+        "mb2",
+        "mb2_bootloader",
+        Bytes(229_376),
+        A,
+        Firmware(t194::NVTBOOT),
+    ),
+    p(
+        "mts-preboot",
+        "mts_preboot",
+        Bytes(32_768),
+        A,
+        Firmware(t194::PREBOOT),
+    ),
+    p(
+        "reserved_for_chain_A_boot",
+        "data",
+        Bytes(2_097_152),
+        A,
+        Empty,
+    ),
+    pinned(
+        p(
+            "MB1_BCT_b",
+            "mb1_boot_config_table",
+            Bytes(65_536),
+            B,
+            Empty,
+        ),
+        0x35_0000,
+    ),
+    p(
+        "MEM_BCT_b",
+        "mem_boot_config_table",
+        Bytes(229_376),
+        B,
+        Empty,
+    ),
+    p("spe-fw_b", "spe_fw", Bytes(262_144), B, Firmware(t194::SPE)),
+    p(
+        "mb2_b",
+        "mb2_bootloader",
+        Bytes(229_376),
+        B,
+        Firmware(t194::NVTBOOT),
+    ),
+    p(
+        "mts-preboot_b",
+        "mts_preboot",
+        Bytes(32_768),
+        B,
+        Firmware(t194::PREBOOT),
+    ),
+    p(
+        "reserved_for_chain_B_boot",
+        "data",
+        Bytes(2_097_152),
+        B,
+        Empty,
+    ),
+    pinned(
+        p(
+            "BCT-boot-chain_backup",
+            "data",
+            Bytes(65_536),
+            Shared,
+            Empty,
+        ),
+        0x7A_0000,
+    ),
+    p("reserved_partition", "data", Bytes(65_536), Shared, Empty),
+    p("secondary_gpt_backup", "data", Bytes(65_536), Shared, Empty),
+    pinned(p("VER_b", "data", Bytes(65_536), B, Empty), 0x7D_0000),
+    p("VER", "data", Bytes(65_536), A, Empty),
 ];
 
 /// Sectors of the AGX Xavier eMMC boot partitions (8 MiB).

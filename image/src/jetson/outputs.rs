@@ -67,7 +67,12 @@ pub struct PartitionFiles {
 
 /// The slot image step, exactly as `crate::outputs` runs it for every board (same derived
 /// UUIDs, salt and compressor, so both share the cached image).
-pub fn slot_image(recipe: &Recipe, paths: &Paths, rootfs: &RootfsBuild, rep: &Reporter) -> Result<SlotImage> {
+pub fn slot_image(
+    recipe: &Recipe,
+    paths: &Paths,
+    rootfs: &RootfsBuild,
+    rep: &Reporter,
+) -> Result<SlotImage> {
     let h = &rootfs.recipe_sha256;
     let store = Store::open(&paths.repo)?;
     rep.step("slot image", |s| {
@@ -79,7 +84,13 @@ pub fn slot_image(recipe: &Recipe, paths: &Paths, rootfs: &RootfsBuild, rep: &Re
             source_date: rootfs.source_date_epoch,
             compressor: "lz4".into(),
         };
-        let img = slot::build(&store, &params, &paths.cache, &paths.out.join(common::ROOTFS), s)?;
+        let img = slot::build(
+            &store,
+            &params,
+            &paths.cache,
+            &paths.out.join(common::ROOTFS),
+            s,
+        )?;
         slot::check_fits(&img, recipe.partitions.rootfs.bytes(), "APP")?;
         Ok(img)
     })
@@ -87,12 +98,27 @@ pub fn slot_image(recipe: &Recipe, paths: &Paths, rootfs: &RootfsBuild, rep: &Re
 
 /// Make the Jetson outputs in `inputs.paths.out` from the slot image. Without a BSP this stops
 /// with [`JetsonError::MissingBsp`], which says what to download and where to point `--bsp`.
-pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -> Result<OutputsReport> {
-    let Inputs { recipe, paths, rootfs, keys: build_keys, workspace, bsp } = *inputs;
+pub fn build_outputs(
+    inputs: &Inputs<'_>,
+    slot_img: SlotImage,
+    rep: &Reporter,
+) -> Result<OutputsReport> {
+    let Inputs {
+        recipe,
+        paths,
+        rootfs,
+        keys: build_keys,
+        workspace,
+        bsp,
+    } = *inputs;
     let board = JetsonBoard::of(recipe.board)?;
     let out = &paths.out;
     let Some(bsp_dir) = bsp else {
-        return Err(JetsonError::MissingBsp { board: recipe.board, out: out.clone() }.into());
+        return Err(JetsonError::MissingBsp {
+            board: recipe.board,
+            out: out.clone(),
+        }
+        .into());
     };
     let spec = BoardSpec::of(recipe.board);
     let sd = rootfs.source_date_epoch;
@@ -106,18 +132,31 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
             b.root.display(),
             b.release.as_deref().unwrap_or("release unknown"),
             b.firmware().len(),
-            if b.capsule.is_some() { ", boot-firmware capsule" } else { "" }
+            if b.capsule.is_some() {
+                ", boot-firmware capsule"
+            } else {
+                ""
+            }
         );
         if let Some(layout) = b.nvidia_layout() {
             let text = std::fs::read_to_string(&layout)?;
-            let diffs = flash_xml::compare_with_table(board, &flash_xml::parse(&layout.display().to_string(), &text)?);
+            let diffs = flash_xml::compare_with_table(
+                board,
+                &flash_xml::parse(&layout.display().to_string(), &text)?,
+            );
             if diffs.is_empty() {
                 note.push_str(&format!("; its {} matches our table", board.nvidia_layout));
             } else {
                 rep.warn_loud(&[
-                    &format!("the BSP's {} differs from the layout this build writes:", board.nvidia_layout),
+                    &format!(
+                        "the BSP's {} differs from the layout this build writes:",
+                        board.nvidia_layout
+                    ),
                     &diffs.join("; "),
-                    &format!("this build follows Jetson Linux {}; check the BSP release", board.l4t_release),
+                    &format!(
+                        "this build follows Jetson Linux {}; check the BSP release",
+                        board.l4t_release
+                    ),
                 ]);
             }
         }
@@ -126,7 +165,10 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
     })?;
     if bsp.synthetic {
         rep.warn_loud(&[
-            &format!("SYNTHETIC BSP: {} was made by image/fixtures/make-synthetic-bsp.sh.", bsp.root.display()),
+            &format!(
+                "SYNTHETIC BSP: {} was made by image/fixtures/make-synthetic-bsp.sh.",
+                bsp.root.display()
+            ),
             "Its kernel, device tree and firmware are generated placeholders, not NVIDIA software:",
             "the outputs test the build and the layout, and will not boot a Jetson.",
         ]);
@@ -147,7 +189,10 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
         }
         // The initrd opens the verity root; the rootfs's own is the one that knows how.
         read_commit_file(&view, "initrd.img", &out.join(names::INITRD))?;
-        s.note(format!("kernel, {dtb_name}, {} firmware files from the BSP; initrd from the rootfs", bsp.firmware().len()));
+        s.note(format!(
+            "kernel, {dtb_name}, {} firmware files from the BSP; initrd from the rootfs",
+            bsp.firmware().len()
+        ));
         Ok(())
     })?;
 
@@ -167,13 +212,24 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
             if *role == Role::Rootfs {
                 a.verity = Some(slot_img.verity.clone());
             }
-            a.payload = Some(bundle::compress_payload(&out.join(name), &payload_path(paths, recipe, name), 3)?);
+            a.payload = Some(bundle::compress_payload(
+                &out.join(name),
+                &payload_path(paths, recipe, name),
+                3,
+            )?);
             v.push(a);
         }
         for (rel, _) in bsp.firmware() {
             v.push(artifact(out, flash_xml::output_name(rel), Role::Firmware)?);
         }
-        s.note(format!("{} compressed for the bundle", slot_files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")));
+        s.note(format!(
+            "{} compressed for the bundle",
+            slot_files
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         Ok(v)
     })?;
 
@@ -189,7 +245,9 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
             ostree_commit: Some(rootfs.commit.clone()),
             ostree_ref: Some(rootfs.ostree_ref.clone()),
         },
-        boot: Some(BootInfo { cmdline: spec.base_cmdline() }),
+        boot: Some(BootInfo {
+            cmdline: spec.base_cmdline(),
+        }),
         artifacts: artifacts.clone(),
     };
 
@@ -197,8 +255,18 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
     rep.step("boot images", |s| {
         for (slot, dest) in Slot::ALL.into_iter().zip(&boot_imgs) {
             let entry = crate::outputs::slot_boot(&draft, slot)?;
-            bootimg::write(dest, &out.join(names::KERNEL), &out.join(names::INITRD), &entry.options)
-                .with_context(|| format!("making the boot image of slot {}", slot.letter().to_uppercase()))?;
+            bootimg::write(
+                dest,
+                &out.join(names::KERNEL),
+                &out.join(names::INITRD),
+                &entry.options,
+            )
+            .with_context(|| {
+                format!(
+                    "making the boot image of slot {}",
+                    slot.letter().to_uppercase()
+                )
+            })?;
         }
         s.note(format!(
             "{} for {}, {} for {}",
@@ -215,16 +283,35 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
         let record = aperture_trust::record::SlotRecord::from_manifest(&draft)?.to_json();
         let mut files = vec![EspFile::file(spec.fallback_efi(), bsp.l4t_launcher())];
         for slot in Slot::ALL {
-            files.push(EspFile::bytes(format!("aperture/{}/slot.json", slot.letter()), record.clone()));
+            files.push(EspFile::bytes(
+                format!("aperture/{}/slot.json", slot.letter()),
+                record.clone(),
+            ));
         }
-        let volume = u32::from_be_bytes(slot::derived_uuid(&rootfs.recipe_sha256, "esp")[..4].try_into().unwrap_or([0; 4]));
-        esp::make(&esp_img, recipe.partitions.esp.bytes(), volume, &files, sd, &tmp.join(format!("{}-esp-scratch", recipe.build_name())))?;
+        let volume = u32::from_be_bytes(
+            slot::derived_uuid(&rootfs.recipe_sha256, "esp")[..4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
+        esp::make(
+            &esp_img,
+            recipe.partitions.esp.bytes(),
+            volume,
+            &files,
+            sd,
+            &tmp.join(format!("{}-esp-scratch", recipe.build_name())),
+        )?;
         s.note("L4TLauncher as EFI/BOOT/BOOTAA64.EFI, slot records for A and B");
         Ok(())
     })?;
 
     rep.step("disk", |s| {
-        let files = PartitionFiles { rootfs: slot_img.path.clone(), boot: boot_imgs.clone(), dtb: out.join(&dtb_name), esp: esp_img.clone() };
+        let files = PartitionFiles {
+            rootfs: slot_img.path.clone(),
+            boot: boot_imgs.clone(),
+            dtb: out.join(&dtb_name),
+            esp: esp_img.clone(),
+        };
         let placed = write_disk(board, recipe, &files, &out.join(common::DISK))?;
         s.note(format!(
             "{} partitions in NVIDIA's {} order; {} and {} hold {}",
@@ -246,19 +333,30 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
         };
         let xml = flash_xml::render(board, recipe, &files);
         std::fs::write(out.join(names::FLASH_LAYOUT), &xml)?;
-        s.note(format!("{} for NVIDIA's flashing tools ({})", names::FLASH_LAYOUT, board.l4t_release));
+        s.note(format!(
+            "{} for NVIDIA's flashing tools ({})",
+            names::FLASH_LAYOUT,
+            board.l4t_release
+        ));
         Ok(())
     })?;
 
     rep.step("bmap", |s| {
-        let bmap = aperture_flash::bmap::Bmap::from_sparse_file(&out.join(common::DISK), 4096)?;
+        let bmap = aperture_flash::bmap::Bmap::from_sparse_file(out.join(common::DISK), 4096)?;
         std::fs::write(out.join(common::BMAP), bmap.to_xml())?;
-        s.note(format!("{} MiB mapped of {} MiB", (bmap.mapped_blocks_count * u64::from(bmap.block_size)) >> 20, bmap.image_size >> 20));
+        s.note(format!(
+            "{} MiB mapped of {} MiB",
+            (bmap.mapped_blocks_count * u64::from(bmap.block_size)) >> 20,
+            bmap.image_size >> 20
+        ));
         Ok(())
     })?;
     rep.step("compress", |s| {
         compress(&out.join(common::DISK), &out.join(common::DISK_ZST))?;
-        s.note(format!("{} MiB", std::fs::metadata(out.join(common::DISK_ZST))?.len() >> 20));
+        s.note(format!(
+            "{} MiB",
+            std::fs::metadata(out.join(common::DISK_ZST))?.len() >> 20
+        ));
         Ok(())
     })?;
     rep.step("sbom", |s| {
@@ -280,37 +378,59 @@ pub fn build_outputs(inputs: &Inputs<'_>, slot_img: SlotImage, rep: &Reporter) -
         ] {
             artifacts.push(artifact(out, name, role)?);
         }
-        let m = Manifest { artifacts: artifacts.clone(), ..draft.clone() };
+        let m = Manifest {
+            artifacts: artifacts.clone(),
+            ..draft.clone()
+        };
         let (json, sig) = signing::sign_manifest(&m, &build_keys.release, &build_keys.keyring)?;
         std::fs::write(out.join(common::MANIFEST), &json)?;
         std::fs::write(out.join(common::SIGNATURE), &sig)?;
-        std::fs::copy(build_keys.dir.join(keys::ROOT_PUBLIC), out.join(common::ROOT_PUB))?;
-        s.note(format!("{} artifacts, signed by release key {}", m.artifacts.len(), build_keys.release.key_id()));
+        std::fs::copy(
+            build_keys.dir.join(keys::ROOT_PUBLIC),
+            out.join(common::ROOT_PUB),
+        )?;
+        s.note(format!(
+            "{} artifacts, signed by release key {}",
+            m.artifacts.len(),
+            build_keys.release.key_id()
+        ));
         Ok((json, sig))
     })?;
 
     rep.step("bundle", |s| {
         write_bundle(paths, recipe, &json, &sig)?;
-        s.note(format!("{} MiB", std::fs::metadata(out.join(common::BUNDLE))?.len() >> 20));
+        s.note(format!(
+            "{} MiB",
+            std::fs::metadata(out.join(common::BUNDLE))?.len() >> 20
+        ));
         Ok(())
     })?;
 
-    Ok(OutputsReport { slot: slot_img, artifacts })
+    Ok(OutputsReport {
+        slot: slot_img,
+        artifacts,
+    })
 }
 
 /// Write `disk.img`: the board's rootfs-device GPT for `recipe`, the slot image in both rootfs
 /// partitions, each slot's boot image and the device tree in its kernel partitions, the ESP;
 /// everything else left as holes. Returns where each partition landed.
-pub fn write_disk(board: &JetsonBoard, recipe: &Recipe, files: &PartitionFiles, dest: &Path) -> Result<Vec<Placed>> {
+pub fn write_disk(
+    board: &JetsonBoard,
+    recipe: &Recipe,
+    files: &PartitionFiles,
+    dest: &Path,
+) -> Result<Vec<Placed>> {
     let layout = board.layout(recipe);
-    let (f, placed) = disk::create(dest, recipe.partitions.disk.bytes(), &layout).with_context(|| {
-        format!(
-            "the {} layout needs {} MiB of disk (partitions.disk is {} MiB)",
-            recipe.board.name(),
-            board.required_disk_bytes(recipe) >> 20,
-            recipe.partitions.disk.bytes() >> 20
-        )
-    })?;
+    let (f, placed) =
+        disk::create(dest, recipe.partitions.disk.bytes(), &layout).with_context(|| {
+            format!(
+                "the {} layout needs {} MiB of disk (partitions.disk is {} MiB)",
+                recipe.board.name(),
+                board.required_disk_bytes(recipe) >> 20,
+                recipe.partitions.disk.bytes() >> 20
+            )
+        })?;
     for part in board.rootfs_parts() {
         let src = match (part.fill, part.chain) {
             (Fill::Rootfs, _) => &files.rootfs,
@@ -321,7 +441,9 @@ pub fn write_disk(board: &JetsonBoard, recipe: &Recipe, files: &PartitionFiles, 
             (Fill::Firmware(_) | Fill::Empty, _) => continue,
         };
         let p = disk::find(&placed, part.name)?;
-        let size = std::fs::metadata(src).with_context(|| format!("reading {}", src.display()))?.len();
+        let size = std::fs::metadata(src)
+            .with_context(|| format!("reading {}", src.display()))?
+            .len();
         if size > p.size() {
             return Err(JetsonError::TooBig {
                 what: src.display().to_string(),
@@ -343,13 +465,24 @@ pub fn write_disk(board: &JetsonBoard, recipe: &Recipe, files: &PartitionFiles, 
 }
 
 fn payload_path(paths: &Paths, recipe: &Recipe, name: &str) -> PathBuf {
-    paths.cache.join("tmp").join(format!("{}-{name}.zst", recipe.build_name()))
+    paths
+        .cache
+        .join("tmp")
+        .join(format!("{}-{name}.zst", recipe.build_name()))
 }
 
 fn artifact(dir: &Path, name: &str, role: Role) -> Result<Artifact> {
     let path = dir.join(name);
-    let (sha256, size) = aperture_trust::digest::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;
-    Ok(Artifact { name: ArtifactName::new(name)?, role, size, sha256, verity: None, payload: None })
+    let (sha256, size) = aperture_trust::digest::sha256_file(&path)
+        .with_context(|| format!("hashing {}", path.display()))?;
+    Ok(Artifact {
+        name: ArtifactName::new(name)?,
+        role,
+        size,
+        sha256,
+        verity: None,
+        payload: None,
+    })
 }
 
 fn read_commit_file(view: &TreeView<'_>, path: &str, dest: &Path) -> Result<()> {
@@ -372,7 +505,10 @@ fn compress(src: &Path, dest: &Path) -> Result<()> {
     // A fixed worker count keeps the output identical on machines with more cores.
     enc.multithread(2)?;
     std::io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut enc)?;
-    enc.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    enc.finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
     std::fs::rename(&tmp, dest)?;
     Ok(())
 }
@@ -385,7 +521,11 @@ fn write_bundle(paths: &Paths, recipe: &Recipe, json: &[u8], sig: &[u8]) -> Resu
         let p = payload_path(paths, recipe, a.name.as_str());
         let f = File::open(&p).with_context(|| format!("opening payload {}", p.display()))?;
         let size = f.metadata()?.len();
-        sources.push(PayloadSource { name: a.name.clone(), size, reader: Box::new(BufReader::new(f)) });
+        sources.push(PayloadSource {
+            name: a.name.clone(),
+            size,
+            reader: Box::new(BufReader::new(f)),
+        });
     }
     let tmp = out.join(format!("{}.tmp", common::BUNDLE));
     let mut w = bundle::write_bundle(BufWriter::new(File::create(&tmp)?), json, sig, sources)?;

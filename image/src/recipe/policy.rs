@@ -136,9 +136,9 @@ pub(super) fn validate_flows(
             ));
         }
     }
-    let dns = outbound.iter().any(|r| {
-        r.port == 53 || (r.port == 853 && r.proto == super::Proto::Tcp)
-    });
+    let dns = outbound
+        .iter()
+        .any(|r| r.port == 53 || (r.port == 853 && r.proto == super::Proto::Tcp));
     if !dns {
         for r in outbound_l {
             if let Some(h) = r.value.to.iter().find(|d| is_host_name(&d.value)) {

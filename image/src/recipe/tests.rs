@@ -389,20 +389,32 @@ fn with_ssh(debug: bool, package: bool, keys: &str) -> Result<Recipe, RecipeErro
 fn ssh_in_a_debug_recipe_loads() {
     let r = with_ssh(true, true, &format!("\"{SNAKEOIL_KEY}\"")).unwrap();
     assert!(r.debug);
-    assert_eq!(r.ssh.unwrap().authorized_keys, vec![SNAKEOIL_KEY.to_string()]);
+    assert_eq!(
+        r.ssh.unwrap().authorized_keys,
+        vec![SNAKEOIL_KEY.to_string()]
+    );
 }
 
 #[test]
 fn ssh_needs_a_debug_recipe() {
     let e = with_ssh(false, true, &format!("\"{SNAKEOIL_KEY}\"")).unwrap_err();
-    assert_mentions(&e, &["`ssh` is set but the recipe is not a debug recipe", "debug = true"]);
+    assert_mentions(
+        &e,
+        &[
+            "`ssh` is set but the recipe is not a debug recipe",
+            "debug = true",
+        ],
+    );
     assert_eq!(e.line, 7);
 }
 
 #[test]
 fn ssh_needs_the_server_package() {
     let e = with_ssh(true, false, &format!("\"{SNAKEOIL_KEY}\"")).unwrap_err();
-    assert_mentions(&e, &["needs the `openssh-server` package", "[base] packages"]);
+    assert_mentions(
+        &e,
+        &["needs the `openssh-server` package", "[base] packages"],
+    );
     assert_eq!(e.line, 7);
 }
 
@@ -413,55 +425,136 @@ fn ssh_keys_are_checked() {
     let e = with_ssh(true, true, "\"ssh-dss AAAAB3NzaC1kc3MAAACBAP snakeoil\"").unwrap_err();
     assert_mentions(&e, &["key type `ssh-dss` is not accepted"]);
     assert_eq!(e.line, 7);
-    let e = with_ssh(true, true, "\"ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAAACQAAAAAAAAAAAA== wrongtype\"").unwrap_err();
+    let e = with_ssh(
+        true,
+        true,
+        "\"ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAAACQAAAAAAAAAAAA== wrongtype\"",
+    )
+    .unwrap_err();
     assert_mentions(&e, &["is not a `ssh-ed25519` key"]);
-    let e = with_ssh(true, true, &format!("\"command=\\\"/bin/sh\\\" {SNAKEOIL_KEY}\"")).unwrap_err();
+    let e = with_ssh(
+        true,
+        true,
+        &format!("\"command=\\\"/bin/sh\\\" {SNAKEOIL_KEY}\""),
+    )
+    .unwrap_err();
     assert_mentions(&e, &["options such as command= are not accepted"]);
-    let e = with_ssh(true, true, &format!("\"{SNAKEOIL_KEY}\", \"{SNAKEOIL_KEY}\"")).unwrap_err();
+    let e = with_ssh(
+        true,
+        true,
+        &format!("\"{SNAKEOIL_KEY}\", \"{SNAKEOIL_KEY}\""),
+    )
+    .unwrap_err();
     assert_mentions(&e, &["this key is listed twice", "first listed at"]);
 }
 
 #[test]
 fn unknown_ssh_key_is_an_error() {
-    let e = with_ssh(true, true, &format!("\"{SNAKEOIL_KEY}\"], passwords = [\"x\"")).unwrap_err();
+    let e = with_ssh(
+        true,
+        true,
+        &format!("\"{SNAKEOIL_KEY}\"], passwords = [\"x\""),
+    )
+    .unwrap_err();
     assert_mentions(&e, &["unknown field `passwords`", "authorized_keys"]);
 }
 
 #[test]
 fn setuid_allowlist_paths_are_checked() {
-    let ok = Fixture::new(&[("r.toml", &GOOD.replacen("overlays = [\"ov\"]\n", "overlays = [\"ov\"]\nsetuid_allowlist = [\"/usr/bin/ping\"]\n", 1))]);
-    assert_eq!(ok.load("r.toml").unwrap().setuid_allowlist, vec!["/usr/bin/ping"]);
-    let e = broken("overlays = [\"ov\"]\n", "overlays = [\"ov\"]\nsetuid_allowlist = [\"usr/bin/su\"]\n");
-    assert_mentions(&e, &["`usr/bin/su` is not an absolute, normalised path", "/usr/bin/ping"]);
+    let ok = Fixture::new(&[(
+        "r.toml",
+        &GOOD.replacen(
+            "overlays = [\"ov\"]\n",
+            "overlays = [\"ov\"]\nsetuid_allowlist = [\"/usr/bin/ping\"]\n",
+            1,
+        ),
+    )]);
+    assert_eq!(
+        ok.load("r.toml").unwrap().setuid_allowlist,
+        vec!["/usr/bin/ping"]
+    );
+    let e = broken(
+        "overlays = [\"ov\"]\n",
+        "overlays = [\"ov\"]\nsetuid_allowlist = [\"usr/bin/su\"]\n",
+    );
+    assert_mentions(
+        &e,
+        &[
+            "`usr/bin/su` is not an absolute, normalised path",
+            "/usr/bin/ping",
+        ],
+    );
     assert_eq!(e.line, 6);
-    let e = broken("overlays = [\"ov\"]\n", "overlays = [\"ov\"]\nsetuid_allowlist = [\"/usr/bin/../bin/su\"]\n");
+    let e = broken(
+        "overlays = [\"ov\"]\n",
+        "overlays = [\"ov\"]\nsetuid_allowlist = [\"/usr/bin/../bin/su\"]\n",
+    );
     assert_mentions(&e, &["not an absolute, normalised path"]);
-    let e = broken("overlays = [\"ov\"]\n", "overlays = [\"ov\"]\nsetuid_allowlist = [\"/usr/bin/su\", \"/usr/bin/su\"]\n");
+    let e = broken(
+        "overlays = [\"ov\"]\n",
+        "overlays = [\"ov\"]\nsetuid_allowlist = [\"/usr/bin/su\", \"/usr/bin/su\"]\n",
+    );
     assert_mentions(&e, &["lists `/usr/bin/su` twice", "first listed at"]);
 }
 
 #[test]
 fn interfaces_are_checked() {
-    let ok = Fixture::new(&[("r.toml", &GOOD.replacen("[[network.outbound]]", "[network]\ninterfaces = [\"eth0\", \"enp1s0\"]\n\n[[network.outbound]]", 1))]);
-    assert_eq!(ok.load("r.toml").unwrap().network.interfaces, vec!["eth0", "enp1s0"]);
-    let e = broken("[[network.outbound]]", "[network]\ninterfaces = [\"eth0\", \"eth0\"]\n\n[[network.outbound]]");
+    let ok = Fixture::new(&[(
+        "r.toml",
+        &GOOD.replacen(
+            "[[network.outbound]]",
+            "[network]\ninterfaces = [\"eth0\", \"enp1s0\"]\n\n[[network.outbound]]",
+            1,
+        ),
+    )]);
+    assert_eq!(
+        ok.load("r.toml").unwrap().network.interfaces,
+        vec!["eth0", "enp1s0"]
+    );
+    let e = broken(
+        "[[network.outbound]]",
+        "[network]\ninterfaces = [\"eth0\", \"eth0\"]\n\n[[network.outbound]]",
+    );
     assert_mentions(&e, &["interface `eth0` is listed twice"]);
     assert_eq!(e.line, line_of(GOOD, "[[network.outbound]]") + 1);
-    let e = broken("[[network.outbound]]", "[network]\ninterfaces = [\"eth0/../x\"]\n\n[[network.outbound]]");
+    let e = broken(
+        "[[network.outbound]]",
+        "[network]\ninterfaces = [\"eth0/../x\"]\n\n[[network.outbound]]",
+    );
     assert_mentions(&e, &["is not a network interface name"]);
-    let e = broken("[[network.outbound]]", "[network]\ninterfaces = [\"bond0\"]\n\n[[network.outbound]]");
+    let e = broken(
+        "[[network.outbound]]",
+        "[network]\ninterfaces = [\"bond0\"]\n\n[[network.outbound]]",
+    );
     assert_mentions(&e, &["`bond0` is the bond the image creates"]);
-    let e = broken("[[network.outbound]]", "[network]\ninterfaces = [\"a\", \"b\", \"c\"]\n\n[[network.outbound]]");
+    let e = broken(
+        "[[network.outbound]]",
+        "[network]\ninterfaces = [\"a\", \"b\", \"c\"]\n\n[[network.outbound]]",
+    );
     assert_mentions(&e, &["more than two interfaces", "active-backup"]);
 }
 
 #[test]
 fn static_addresses_are_ip_addresses() {
-    let net = |body: &str| broken("[[network.outbound]]", &format!("[network]\nmode = \"static\"\n{body}\n\n[[network.outbound]]"));
+    let net = |body: &str| {
+        broken(
+            "[[network.outbound]]",
+            &format!("[network]\nmode = \"static\"\n{body}\n\n[[network.outbound]]"),
+        )
+    };
     let e = net("address = \"appliance.example.com\"\ngateway = \"10.0.0.1\"");
-    assert_mentions(&e, &["`appliance.example.com` is not an address with a prefix length"]);
+    assert_mentions(
+        &e,
+        &["`appliance.example.com` is not an address with a prefix length"],
+    );
     let e = net("address = \"10.0.0.5\"\ngateway = \"10.0.0.1\"");
-    assert_mentions(&e, &["`10.0.0.5` is not an address with a prefix length", "10.0.0.5/24"]);
+    assert_mentions(
+        &e,
+        &[
+            "`10.0.0.5` is not an address with a prefix length",
+            "10.0.0.5/24",
+        ],
+    );
     let e = net("address = \"10.0.0.5/24\"\ngateway = \"gw.example.com\"");
     assert_mentions(&e, &["`gw.example.com` is not an IP address"]);
     let e = net("address = \"10.0.0.5/24\"\ngateway = \"10.0.0.1\"\ndns = [\"10.0.0.1\", \"dns.example.com\"]");
@@ -472,7 +565,10 @@ fn static_addresses_are_ip_addresses() {
 #[test]
 fn flow_names_are_checked() {
     let e = broken("name = \"fleet\"", "name = \"Fleet Servers\"");
-    assert_mentions(&e, &["flow name `Fleet Servers` is not allowed", "lowercase"]);
+    assert_mentions(
+        &e,
+        &["flow name `Fleet Servers` is not allowed", "lowercase"],
+    );
     assert_eq!(e.line, line_of(GOOD, "name = \"fleet\""));
     let e = broken("name = \"fleet\"", "name = \"dhcp-client\"");
     assert_mentions(&e, &["flow name `dhcp-client` is reserved"]);
@@ -481,22 +577,40 @@ fn flow_names_are_checked() {
 #[test]
 fn inbound_flows_take_no_destinations() {
     let e = broken("[partitions]", "[[network.inbound]]\nname = \"metrics\"\nproto = \"tcp\"\nport = 9100\nto = [\"10.0.0.0/8\"]\n\n[partitions]");
-    assert_mentions(&e, &["inbound rule `metrics` has `to`", "outbound rules only"]);
+    assert_mentions(
+        &e,
+        &["inbound rule `metrics` has `to`", "outbound rules only"],
+    );
     assert_eq!(e.line, line_of(GOOD, "[partitions]") + 4);
-    let ok = Fixture::new(&[("r.toml", &GOOD.replacen("[partitions]", "[[network.inbound]]\nname = \"metrics\"\nproto = \"tcp\"\nport = 9100\n\n[partitions]", 1))]);
+    let ok = Fixture::new(&[(
+        "r.toml",
+        &GOOD.replacen(
+            "[partitions]",
+            "[[network.inbound]]\nname = \"metrics\"\nproto = \"tcp\"\nport = 9100\n\n[partitions]",
+            1,
+        ),
+    )]);
     assert_eq!(ok.load("r.toml").unwrap().network.inbound[0].port, 9100);
 }
 
 #[test]
 fn host_names_need_a_dns_flow() {
     let e = broken("port = 53", "port = 5353");
-    assert_mentions(&e, &["names the host `fleet.example.com`, but no outbound flow allows DNS", "port = 53"]);
+    assert_mentions(
+        &e,
+        &[
+            "names the host `fleet.example.com`, but no outbound flow allows DNS",
+            "port = 53",
+        ],
+    );
     assert_eq!(e.line, line_of(GOOD, "fleet.example.com"));
 }
 
 #[test]
 fn the_default_recipe_is_production() {
-    let r = Recipe::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/qemu-x86_64.toml")).unwrap();
+    let r =
+        Recipe::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/qemu-x86_64.toml"))
+            .unwrap();
     assert!(!r.debug);
     assert!(r.ssh.is_none());
     assert!(r.setuid_allowlist.is_empty());

@@ -151,7 +151,9 @@ pub fn ruleset(policy: &Policy) -> String {
         for (name, family, elems) in flow_sets(f) {
             let _ = writeln!(s, "\n\tset {name} {{\n\t\ttype {}", family.set_type());
             if elems.is_empty() {
-                s.push_str("\t\tcomment \"resolved from host names by aperture-firewall-resolve\"\n");
+                s.push_str(
+                    "\t\tcomment \"resolved from host names by aperture-firewall-resolve\"\n",
+                );
             } else {
                 s.push_str("\t\tflags interval\n\t\tauto-merge\n");
                 let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));

@@ -155,7 +155,12 @@ fn consoles(layer: &Layer<'_>, policy: &Policy) -> Result<()> {
         0o644,
     )?;
     // Other consoles stay closed in a debug image too.
-    for u in ["getty@.service", "getty@tty1.service", "autovt@.service", "getty-static.service"] {
+    for u in [
+        "getty@.service",
+        "getty@tty1.service",
+        "autovt@.service",
+        "getty-static.service",
+    ] {
         units::mask(layer, u)?;
     }
     Ok(())

@@ -114,7 +114,12 @@ pub struct Policy {
 impl Policy {
     /// The effective policy of a recipe.
     pub fn from_recipe(recipe: &Recipe) -> Policy {
-        let mut outbound: Vec<Flow> = recipe.network.outbound.iter().map(Flow::from_rule).collect();
+        let mut outbound: Vec<Flow> = recipe
+            .network
+            .outbound
+            .iter()
+            .map(Flow::from_rule)
+            .collect();
         if recipe.network.addressing == Addressing::Dhcp {
             outbound.push(Flow {
                 name: DHCP_RULE.into(),
@@ -196,7 +201,11 @@ pub fn apply(layer: &Layer<'_>, recipe: &Recipe) -> Result<Summary> {
     let mut generated: Vec<(String, &'static str, &'static str)> = vec![
         (firewall::CONF.into(), "the firewall", FLOWS),
         (firewall::HOSTS.into(), "the firewall's host names", FLOWS),
-        (POLICY.into(), "the security policy", "set the policy in the recipe"),
+        (
+            POLICY.into(),
+            "the security policy",
+            "set the policy in the recipe",
+        ),
     ];
     for f in &net {
         generated.push((

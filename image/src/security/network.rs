@@ -65,8 +65,11 @@ pub fn files(net: &Network) -> Vec<NetFile> {
         }
     }
     // No forwarding, no link-local or router-advertised IPv6 addresses: the appliance has
-    // exactly the addresses the recipe gives it.
-    s.push_str("IPForward=no\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n");
+    // exactly the addresses the recipe gives it. No multicast name service answering on the
+    // network either (resolved.conf.d in overlays/hardening turns them off globally too).
+    s.push_str(
+        "IPForward=no\nLinkLocalAddressing=no\nIPv6AcceptRA=no\nLLMNR=no\nMulticastDNS=no\n",
+    );
     if net.addressing == Addressing::Dhcp {
         // The machine-id is transient on a read-only root, and networkd's default client id
         // (a DUID) derives from it: identify by MAC so the lease survives reboots.
@@ -100,6 +103,7 @@ mod tests {
         assert!(f[0].text.contains("[Match]\nType=ether\n"));
         assert!(f[0].text.contains("DHCP=ipv4\n"));
         assert!(f[0].text.contains("IPForward=no\n"));
+        assert!(f[0].text.contains("LLMNR=no\nMulticastDNS=no\n"));
         assert!(f[0].text.contains("ClientIdentifier=mac\n"));
     }
 

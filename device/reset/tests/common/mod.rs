@@ -80,8 +80,15 @@ pub fn release(version: &str, seed: u64, board: &str) -> Release {
         .write(true)
         .open(&rootfs_path)
         .unwrap();
-    f.write_all(&pseudo_random((data_blocks * 4096) as usize, seed)).unwrap();
-    let verity = append_hash_tree(&mut f, data_blocks * 4096, b"snakeoil-salt", [seed as u8; 16]).unwrap();
+    f.write_all(&pseudo_random((data_blocks * 4096) as usize, seed))
+        .unwrap();
+    let verity = append_hash_tree(
+        &mut f,
+        data_blocks * 4096,
+        b"snakeoil-salt",
+        [seed as u8; 16],
+    )
+    .unwrap();
     drop(f);
     let rootfs = std::fs::read(&rootfs_path).unwrap();
     let kernel = pseudo_random(20_000, seed + 1);
@@ -128,7 +135,11 @@ pub fn release(version: &str, seed: u64, board: &str) -> Release {
     let release_key = snakeoil(2);
     let keyring = SignedKeyring::create(
         &root,
-        vec![KeyringEntry::new(release_key.public(), "release-snakeoil", NOW + 10_000_000)],
+        vec![KeyringEntry::new(
+            release_key.public(),
+            "release-snakeoil",
+            NOW + 10_000_000,
+        )],
     )
     .unwrap();
     let (manifest_json, sig_json) = sign_manifest(&manifest, &release_key, &keyring).unwrap();
@@ -240,7 +251,11 @@ impl Rig {
         let (_, size) = partition(&rig.image, "factory");
         let tail = rig.factory.bundle.len() as u64;
         if tail < size {
-            rig.write_partition("factory", tail, &vec![0x5a; (size - tail).min(8192) as usize]);
+            rig.write_partition(
+                "factory",
+                tail,
+                &vec![0x5a; (size - tail).min(8192) as usize],
+            );
         }
         std::fs::create_dir_all(rig.paths.root_key.parent().unwrap()).unwrap();
         snakeoil(1).public().save(&rig.paths.root_key).unwrap();
@@ -268,8 +283,12 @@ impl Rig {
                         v.hash_offset,
                     )
                 };
-                aperture_slots::write_initial_esp(&rig.paths.storage.esp, &boot(Slot::A), &boot(Slot::B))
-                    .unwrap();
+                aperture_slots::write_initial_esp(
+                    &rig.paths.storage.esp,
+                    &boot(Slot::A),
+                    &boot(Slot::B),
+                )
+                .unwrap();
             }
         }
         rig
@@ -291,7 +310,11 @@ impl Rig {
     }
 
     pub fn set_booted(&self, slot: Slot) {
-        std::fs::write(&self.paths.cmdline, format!("root=x aperture.slot={slot}\n")).unwrap();
+        std::fs::write(
+            &self.paths.cmdline,
+            format!("root=x aperture.slot={slot}\n"),
+        )
+        .unwrap();
     }
 
     pub fn booted(&self) -> Slot {
@@ -355,10 +378,13 @@ impl Rig {
         assert!(done.iter().all(|v| v.formatted));
         let config_key = keys.unseal("config").unwrap();
         let data_key = keys.unseal("data").unwrap();
-        let open = |label: &str| aperture_storage::Disk::open(&disk, label, aperture_storage::Access::Shared).unwrap();
+        let open = |label: &str| {
+            aperture_storage::Disk::open(&disk, label, aperture_storage::Access::Shared).unwrap()
+        };
         FakeCrypt::write_plain(open("config").as_ref(), &config_key, 4096, CANARIES[0]).unwrap();
         FakeCrypt::write_plain(open("data").as_ref(), &data_key, 8192, CANARIES[1]).unwrap();
-        FakeCrypt::write_plain(open("data").as_ref(), &data_key, 3 * MIB + 123, CANARIES[2]).unwrap();
+        FakeCrypt::write_plain(open("data").as_ref(), &data_key, 3 * MIB + 123, CANARIES[2])
+            .unwrap();
         self.keys = vec![config_key.as_bytes().to_vec(), data_key.as_bytes().to_vec()];
         // Every canary is findable before the reset: the scan works.
         let found = self.scan();
@@ -423,7 +449,13 @@ impl Rig {
     ) -> u32 {
         let reboot = FakeReboot::default();
         let mut outcome = self
-            .with_reset(crypt, Rc::new(Faults::none()), FakeDiscardMode::Zeroes, &reboot, first)
+            .with_reset(
+                crypt,
+                Rc::new(Faults::none()),
+                FakeDiscardMode::Zeroes,
+                &reboot,
+                first,
+            )
             .unwrap();
         let mut boots = 0;
         while matches!(outcome, Outcome::Rebooting { .. }) {

@@ -1,0 +1,113 @@
+//! Re-making `update.bundle` from a build folder (`cargo xtask bundle`): the folder is verified
+//! first, each slot artifact is compressed again, and every payload must hash to what the signed
+//! manifest records, so the bundle is the one the build would have written.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aperture_trust::bundle::{self, BundleReader, PayloadSource};
+use aperture_trust::keys::PublicKey;
+use aperture_trust::manifest::Manifest;
+
+use crate::outputs::names;
+use crate::verify;
+
+/// What `bundle` wrote.
+#[derive(Debug)]
+pub struct BundleReport {
+    /// The bundle file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Payloads in it.
+    pub payloads: usize,
+}
+
+/// Verify the build folder `dir` against `root_key` (default: its `root.pub`) and write its
+/// update bundle to `out` (default: `dir/update.bundle`), atomically.
+pub fn make_bundle(dir: &Path, out: Option<&Path>, root_key: Option<&Path>) -> Result<BundleReport> {
+    let now = aperture_trust::now_unix();
+    let report = verify::verify(dir, root_key, now)?;
+    if let Some(f) = report.first_failure() {
+        bail!(
+            "{} does not verify ({}: {}); rebuild it with `cargo xtask build` before bundling",
+            dir.display(),
+            f.what,
+            f.detail
+        );
+    }
+    let manifest_json = std::fs::read(dir.join(names::MANIFEST))
+        .with_context(|| format!("reading {}", dir.join(names::MANIFEST).display()))?;
+    let sig_json = std::fs::read(dir.join(names::SIGNATURE))
+        .with_context(|| format!("reading {}", dir.join(names::SIGNATURE).display()))?;
+    let manifest = Manifest::from_json_unverified(&manifest_json)?;
+
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(names::BUNDLE));
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let work = tempfile::Builder::new()
+        .prefix(".aperture-bundle-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("making a work folder in {}", parent.display()))?;
+
+    let mut sources = Vec::new();
+    for a in manifest.payload_artifacts() {
+        let want = a.payload.as_ref().expect("payload_artifacts have payloads");
+        let src = dir.join(a.name.as_str());
+        let zst = work.path().join(format!("{}.zst", a.name.as_str()));
+        let got = bundle::compress_payload(&src, &zst, 3)?;
+        if got.sha256 != want.sha256 || got.size != want.size {
+            bail!(
+                "payload {} compresses to {} bytes (sha256 {}), but the manifest records {} bytes \
+                 (sha256 {}): this zstd differs from the build's; rebuild the folder with \
+                 `cargo xtask build` to get its bundle",
+                a.name.as_str(),
+                got.size,
+                got.sha256,
+                want.size,
+                want.sha256
+            );
+        }
+        let f = File::open(&zst)?;
+        sources.push(PayloadSource {
+            name: a.name.clone(),
+            size: got.size,
+            reader: Box::new(BufReader::new(f)),
+        });
+    }
+    let payloads = sources.len();
+
+    let tmp = work.path().join(names::BUNDLE);
+    let mut w = bundle::write_bundle(
+        BufWriter::new(File::create(&tmp)?),
+        &manifest_json,
+        &sig_json,
+        sources,
+    )?;
+    w.flush()?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+
+    // Read it back as an appliance would before it replaces anything.
+    let root = PublicKey::load(&report.root_key_path)?;
+    let mut reader = BundleReader::new(BufReader::new(File::open(&tmp)?), &root, now);
+    reader.read_header()?;
+    reader
+        .verify_payloads()
+        .with_context(|| format!("reading back the new bundle {}", tmp.display()))?;
+
+    std::fs::rename(&tmp, &out)
+        .with_context(|| format!("moving the bundle to {}", out.display()))?;
+    let size = std::fs::metadata(&out)?.len();
+    Ok(BundleReport {
+        path: out,
+        size,
+        payloads,
+    })
+}

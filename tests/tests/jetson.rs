@@ -1,0 +1,327 @@
+//! Privileged tier: full Jetson builds (AGX Orin and AGX Xavier) from the arm64 Debian base,
+//! with the SYNTHETIC L4T BSP of `image/fixtures/synthetic-bsp` (files named as in NVIDIA's
+//! Jetson Linux trees, contents generated placeholders, not NVIDIA software). They check the
+//! disk's partition table against NVIDIA's layout, the manifest's hashes against the BSP files,
+//! the layout file for NVIDIA's tools, and the message of a build without a BSP.
+//!
+//! Builds share `target/aperture-tests/arm64/out/` (store and the cached arm64 base) with the
+//! arm64 tests of the other suites: the first run spends ~3-4 minutes on the base under
+//! emulation, later ones reuse it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use aperture_image::jetson::{self, flash_xml, Inputs, JetsonError};
+use aperture_image::pipeline::BuildReport;
+use aperture_image::progress::Reporter;
+use aperture_image::recipe::Recipe;
+use aperture_tests::{build, recipe, require_root, test_root, workspace};
+use aperture_trust::manifest::{Manifest, Role};
+
+/// NVIDIA's rootfs-device partition table with rootfs A/B, by GPT entry number, from Jetson
+/// Linux R35.5.0 `bootloader/t186ref/cfg/flash_t234_qspi_sdmmc_rootfs_ab.xml` (AGX Orin:
+/// `APP` id 1, `APP_b` id 2, `A_kernel` id 3, then file order, `RECNAME`/`RECDTB-NAME` as
+/// `flash.sh` resolves them) and the Developer Guide R36 "Root File System Redundancy".
+/// Aperture's `config` follows NVIDIA's partitions.
+const ORIN: &[&str] = &[
+    "APP",
+    "APP_b",
+    "A_kernel",
+    "A_kernel-dtb",
+    "A_reserved_on_user",
+    "B_kernel",
+    "B_kernel-dtb",
+    "B_reserved_on_user",
+    "recovery",
+    "recovery-dtb",
+    "esp",
+    "recovery_alt",
+    "recovery-dtb_alt",
+    "esp_alt",
+    "UDA",
+    "reserved",
+    "config",
+];
+
+/// AGX Xavier, from Jetson Linux R35.6.1 `bootloader/t186ref/cfg/flash_t194_sdmmc_rootfs_ab.xml`
+/// (`sdmmc_user` device, entry order = file order; `_b` suffixes for chain B).
+const XAVIER: &[&str] = &[
+    "APP",
+    "APP_b",
+    "mts-mce",
+    "mts-proper",
+    "cpu-bootloader",
+    "bootloader-dtb",
+    "secure-os",
+    "eks",
+    "bpmp-fw",
+    "bpmp-fw-dtb",
+    "xusb-fw",
+    "rce-fw",
+    "adsp-fw",
+    "sce-fw",
+    "sc7",
+    "kernel",
+    "kernel-dtb",
+    "reserved_for_chain_A_user",
+    "mts-mce_b",
+    "mts-proper_b",
+    "cpu-bootloader_b",
+    "bootloader-dtb_b",
+    "secure-os_b",
+    "eks_b",
+    "bpmp-fw_b",
+    "bpmp-fw-dtb_b",
+    "xusb-fw_b",
+    "rce-fw_b",
+    "adsp-fw_b",
+    "sce-fw_b",
+    "sc7_b",
+    "kernel_b",
+    "kernel-dtb_b",
+    "reserved_for_chain_B_user",
+    "recovery",
+    "recovery-dtb",
+    "RP1",
+    "RP2",
+    "RECROOTFS",
+    "uefi_variables",
+    "esp",
+    "recovery_alt",
+    "recovery-dtb_alt",
+    "esp_alt",
+    "UDA",
+    "config",
+];
+
+fn synthetic_bsp() -> PathBuf {
+    let p = workspace().join("image/fixtures/synthetic-bsp");
+    eprintln!(
+        "building with the SYNTHETIC L4T BSP {} (generated placeholders, not NVIDIA software)",
+        p.display()
+    );
+    p
+}
+
+/// The rootfs commit (shared arm64 store), then the slot image and the Jetson outputs, the
+/// way the outputs stage runs them.
+fn jetson_build(
+    recipe_file: &str,
+    name: &str,
+    bsp: Option<&Path>,
+) -> (
+    Recipe,
+    BuildReport,
+    anyhow::Result<aperture_image::outputs::OutputsReport>,
+) {
+    let out = test_root().join("arm64/out").join(name);
+    let (report, _) = build(&recipe(recipe_file), &out, true).unwrap();
+    let r = Recipe::load(&recipe(recipe_file)).unwrap();
+    let rep = Reporter::new(None).unwrap();
+    let keys = aperture_image::keys::for_build(&r.keys.dir, r.keys.development, false, false, &rep)
+        .unwrap();
+    let slot = jetson::slot_image(&r, &report.paths, &report.rootfs, &rep).unwrap();
+    let ws = workspace();
+    let inputs = Inputs {
+        recipe: &r,
+        paths: &report.paths,
+        rootfs: &report.rootfs,
+        keys: &keys,
+        workspace: &ws,
+        bsp,
+    };
+    let outputs = jetson::build_outputs(&inputs, slot, &rep);
+    (r, report, outputs)
+}
+
+fn sha(path: &Path) -> String {
+    aperture_trust::digest::sha256_file(path)
+        .unwrap()
+        .0
+        .to_string()
+}
+
+fn check_board(recipe_file: &str, name: &str, expected: &[&str], dtb: &str) {
+    let bsp = synthetic_bsp();
+    let (r, report, outputs) = jetson_build(recipe_file, name, Some(&bsp));
+    outputs.unwrap();
+    let out = &report.paths.out;
+    let l4t = bsp.join("Linux_for_Tegra");
+
+    // The partition table: NVIDIA's names in NVIDIA's order, pairs of equal size.
+    let mut f = File::open(out.join("disk.img")).unwrap();
+    let size = aperture_gpt::disk_size_of(&mut f).unwrap();
+    let gpt = aperture_gpt::read_gpt(&mut f, size).unwrap();
+    let names: Vec<&str> = gpt.partitions.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, expected, "{name}: partition table");
+    for (i, p) in gpt.partitions.iter().enumerate() {
+        assert_eq!(p.index as usize, i + 1);
+        let twin = p
+            .name
+            .strip_prefix("A_")
+            .map(|n| format!("B_{n}"))
+            .or_else(|| {
+                (expected.contains(&format!("{}_b", p.name).as_str()))
+                    .then(|| format!("{}_b", p.name))
+            });
+        if let Some(t) = twin {
+            assert_eq!(gpt.find(&t).unwrap().size(), p.size(), "{} and {t}", p.name);
+        }
+    }
+    assert_eq!(gpt.find("APP").unwrap().size(), r.partitions.rootfs.bytes());
+
+    // Both rootfs partitions hold the slot image: its verity tree checks out in place.
+    let m =
+        Manifest::from_json_unverified(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let rootfs = m.artifacts.iter().find(|a| a.role == Role::Rootfs).unwrap();
+    for part in jetson::ROOTFS_PARTITIONS {
+        let p = gpt.find(part).unwrap();
+        let w = aperture_image::verify::Window::new(
+            File::open(out.join("disk.img")).unwrap(),
+            p.offset(),
+            p.size(),
+        );
+        aperture_trust::verity::verify_device(w, rootfs.verity.as_ref().unwrap()).unwrap();
+    }
+
+    // The manifest hashes the BSP's own files: kernel, device tree, firmware, capsule.
+    let by_role = |role: Role| {
+        m.artifacts
+            .iter()
+            .filter(|a| a.role == role)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by_role(Role::Kernel)[0].sha256.to_string(),
+        sha(&l4t.join("kernel/Image"))
+    );
+    assert_eq!(
+        by_role(Role::Dtb)[0].sha256.to_string(),
+        sha(&l4t.join("kernel/dtb").join(dtb))
+    );
+    assert_eq!(
+        by_role(Role::Capsule)[0].sha256.to_string(),
+        sha(&l4t.join("bootloader/TEGRA_BL.Cap"))
+    );
+    let firmware = by_role(Role::Firmware);
+    assert!(
+        firmware.len() > 10,
+        "{name}: {} firmware artifacts",
+        firmware.len()
+    );
+    for a in &firmware {
+        assert_eq!(
+            a.sha256.to_string(),
+            sha(&l4t.join("bootloader").join(a.name.as_str())),
+            "{}",
+            a.name
+        );
+        assert!(
+            a.payload.is_none(),
+            "firmware travels as the capsule, not raw"
+        );
+    }
+    // The bundle carries the slot: rootfs, kernel, initrd, device tree, capsule.
+    let mut payloads: Vec<Role> = m.payload_artifacts().map(|a| a.role).collect();
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        [
+            Role::Rootfs,
+            Role::Kernel,
+            Role::Initrd,
+            Role::Dtb,
+            Role::Capsule
+        ]
+    );
+    assert!(
+        out.join("update.bundle").is_file()
+            && out.join("disk.img.bmap").is_file()
+            && out.join("disk.img.zst").is_file()
+    );
+
+    // The layout file for NVIDIA's tools parses and names files of the output folder.
+    let xml = std::fs::read_to_string(out.join("flash_layout.xml")).unwrap();
+    let devices = flash_xml::parse("flash_layout.xml", &xml).unwrap();
+    let user = devices.iter().find(|d| d.kind == "sdmmc_user").unwrap();
+    assert_eq!(
+        user.gpt_partitions()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        expected
+    );
+    let mut named = 0;
+    for p in devices.iter().flat_map(|d| &d.partitions) {
+        if let Some(file) = &p.filename {
+            assert!(
+                out.join(file).is_file(),
+                "{name}: {} names {file}, missing from {}",
+                p.name,
+                out.display()
+            );
+            named += 1;
+        }
+    }
+    eprintln!(
+        "{name}: {} partitions, {} firmware files, layout names {named} files (SYNTHETIC BSP)",
+        gpt.partitions.len(),
+        firmware.len()
+    );
+}
+
+#[test]
+#[ignore = "privileged tier: needs root, mmdebstrap and the network (run by `cargo xtask test` as root)"]
+fn orin_build_with_synthetic_bsp_has_nvidia_layout_and_bsp_hashes() {
+    if !require_root("orin_build_with_synthetic_bsp_has_nvidia_layout_and_bsp_hashes") {
+        return;
+    }
+    check_board(
+        "jetson-orin-agx.toml",
+        "jetson-orin",
+        ORIN,
+        "tegra234-p3701-0000-p3737-0000.dtb",
+    );
+}
+
+#[test]
+#[ignore = "privileged tier: needs root, mmdebstrap and the network (run by `cargo xtask test` as root)"]
+fn xavier_build_with_synthetic_bsp_has_nvidia_layout_and_bsp_hashes() {
+    if !require_root("xavier_build_with_synthetic_bsp_has_nvidia_layout_and_bsp_hashes") {
+        return;
+    }
+    check_board(
+        "jetson-xavier-agx.toml",
+        "jetson-xavier",
+        XAVIER,
+        "tegra194-p2888-0001-p2822-0000.dtb",
+    );
+}
+
+#[test]
+#[ignore = "privileged tier: needs root, mmdebstrap and the network (run by `cargo xtask test` as root)"]
+fn build_without_bsp_makes_the_slot_image_and_says_what_to_download() {
+    if !require_root("build_without_bsp_makes_the_slot_image_and_says_what_to_download") {
+        return;
+    }
+    let (_, report, outputs) = jetson_build("jetson-orin-agx.toml", "jetson-orin-nobsp", None);
+    let err = outputs.unwrap_err();
+    let text = format!("{err:#}");
+    eprintln!("{text}");
+    assert!(matches!(
+        err.downcast_ref::<JetsonError>(),
+        Some(JetsonError::MissingBsp { .. })
+    ));
+    for want in [
+        "R36",
+        "developer.nvidia.com/embedded/jetson-linux",
+        "--bsp",
+        "Linux_for_Tegra",
+    ] {
+        assert!(text.contains(want), "missing {want:?}");
+    }
+    assert!(
+        report.paths.out.join("rootfs.img").is_file(),
+        "the slot image is made before stopping"
+    );
+    assert!(!report.paths.out.join("disk.img").exists());
+}
