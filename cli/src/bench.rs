@@ -42,12 +42,25 @@ pub fn print_table(title: &str, header: &[&str], rows: &[Row]) {
         let parts: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == 0 { format!("{c:<w$}", w = widths[0]) } else { format!("{c:>w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[0])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
             .collect();
         println!("| {} |", parts.join(" | "));
     };
     line(header.to_vec());
-    println!("|{}|", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
+    println!(
+        "|{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
     for r in rows {
         let mut cells = vec![r.name.as_str()];
         cells.extend(r.cells.iter().map(String::as_str));
@@ -101,11 +114,18 @@ fn mkosi_conf(recipe: &Recipe) -> String {
 
 fn mkosi_build(dir: &Path) -> Result<Duration> {
     let t = Instant::now();
-    let out = Command::new("mkosi").current_dir(dir).args(["--force", "build"]).output().context("running mkosi")?;
+    let out = Command::new("mkosi")
+        .current_dir(dir)
+        .args(["--force", "build"])
+        .output()
+        .context("running mkosi")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(8).collect();
-        bail!("mkosi failed: {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "mkosi failed: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok(t.elapsed())
 }
@@ -131,25 +151,40 @@ fn build(runs: u32) -> Result<()> {
     let rcold = aperture_build(&ws, &rootfs_out, true)?;
     let mut rwarm = Vec::new();
     for i in 0..runs {
-        eprintln!("bench build: Aperture rootfs stage only, warm, run {}/{runs}", i + 1);
+        eprintln!(
+            "bench build: Aperture rootfs stage only, warm, run {}/{runs}",
+            i + 1
+        );
         rwarm.push(aperture_build(&ws, &rootfs_out, true)?);
     }
 
     let mut rows = vec![
         Row {
             name: "aperture (signed disk image, bundle)".into(),
-            cells: vec![format!("{:.1}", cold.as_secs_f64()), format!("{:.1}", median(warm.clone()).as_secs_f64()), "1.00".into()],
+            cells: vec![
+                format!("{:.1}", cold.as_secs_f64()),
+                format!("{:.1}", median(warm.clone()).as_secs_f64()),
+                "1.00".into(),
+            ],
         },
         Row {
             name: "aperture (rootfs commit only)".into(),
-            cells: vec![format!("{:.1}", rcold.as_secs_f64()), format!("{:.1}", median(rwarm.clone()).as_secs_f64()), "-".into()],
+            cells: vec![
+                format!("{:.1}", rcold.as_secs_f64()),
+                format!("{:.1}", median(rwarm.clone()).as_secs_f64()),
+                "-".into(),
+            ],
         },
     ];
 
     let mkosi_dir = root.join("mkosi");
     std::fs::create_dir_all(&mkosi_dir)?;
     std::fs::write(mkosi_dir.join("mkosi.conf"), mkosi_conf(&recipe))?;
-    let have_mkosi = Command::new("mkosi").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let have_mkosi = Command::new("mkosi")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     let mut mkosi_sizes: Vec<(String, u64)> = Vec::new();
     if have_mkosi {
         eprintln!("bench build: mkosi cold (empty cache)");
@@ -157,7 +192,10 @@ fn build(runs: u32) -> Result<()> {
             Ok(mcold) => {
                 let mut mwarm = Vec::new();
                 for i in 0..runs {
-                    eprintln!("bench build: mkosi warm (incremental cache), run {}/{runs}", i + 1);
+                    eprintln!(
+                        "bench build: mkosi warm (incremental cache), run {}/{runs}",
+                        i + 1
+                    );
                     mwarm.push(mkosi_build(&mkosi_dir)?);
                 }
                 let mw = median(mwarm);
@@ -166,7 +204,10 @@ fn build(runs: u32) -> Result<()> {
                     cells: vec![
                         format!("{:.1}", mcold.as_secs_f64()),
                         format!("{:.1}", mw.as_secs_f64()),
-                        format!("{:.2}", mw.as_secs_f64() / median(warm.clone()).as_secs_f64()),
+                        format!(
+                            "{:.2}",
+                            mw.as_secs_f64() / median(warm.clone()).as_secs_f64()
+                        ),
                     ],
                 });
                 mkosi_sizes.push(("image.tar".into(), size_of(&mkosi_dir.join("image.tar"))));
@@ -174,7 +215,9 @@ fn build(runs: u32) -> Result<()> {
             Err(e) => eprintln!("mkosi does not run here: {e:#}"),
         }
     } else {
-        eprintln!("mkosi is not installed (cargo xtask bench installs it as root); its row is left out");
+        eprintln!(
+            "mkosi is not installed (cargo xtask bench installs it as root); its row is left out"
+        );
     }
     print_table(
         "Build times (seconds; warm = median of runs; ratio = peer warm / aperture warm)",
@@ -183,17 +226,36 @@ fn build(runs: u32) -> Result<()> {
     );
 
     let mut size_rows: Vec<Row> = Vec::new();
-    for f in ["disk.img", "disk.img.zst", "disk.img.bmap", "rootfs.img", "update.bundle", "manifest.json", "manifest.sig", "sbom.spdx.json"] {
+    for f in [
+        "disk.img",
+        "disk.img.zst",
+        "disk.img.bmap",
+        "rootfs.img",
+        "update.bundle",
+        "manifest.json",
+        "manifest.sig",
+        "sbom.spdx.json",
+    ] {
         let p: PathBuf = out.join(f);
         let allocated = {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(&p).map(|m| m.blocks() * 512).unwrap_or(0)
         };
-        size_rows.push(Row { name: format!("aperture {f}"), cells: vec![mib(size_of(&p)), mib(allocated)] });
+        size_rows.push(Row {
+            name: format!("aperture {f}"),
+            cells: vec![mib(size_of(&p)), mib(allocated)],
+        });
     }
     for (n, s) in mkosi_sizes {
-        size_rows.push(Row { name: format!("mkosi {n}"), cells: vec![mib(s), mib(s)] });
+        size_rows.push(Row {
+            name: format!("mkosi {n}"),
+            cells: vec![mib(s), mib(s)],
+        });
     }
-    print_table("Output sizes (MiB)", &["output", "size", "allocated"], &size_rows);
+    print_table(
+        "Output sizes (MiB)",
+        &["output", "size", "allocated"],
+        &size_rows,
+    );
     Ok(())
 }

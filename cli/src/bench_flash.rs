@@ -263,18 +263,3 @@ fn effective_uid() -> Option<u32> {
     let out = Command::new("id").arg("-u").output().ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
-
-#[cfg(test)]
-mod tmp_bench {
-    #[test]
-    #[ignore]
-    fn tmp_run_bench() {
-        super::run(
-            std::env::var("RUNS")
-                .ok()
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(1),
-        )
-        .unwrap();
-    }
-}

@@ -50,7 +50,9 @@ fn fill(dev: &Path, size: u64) -> Result<()> {
         .write(true)
         .open(dev)
         .with_context(|| format!("opening {}", dev.display()))?;
-    let chunk: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1).collect();
+    let chunk: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+        .collect();
     let mut at = 0;
     while at < size {
         let n = (size - at).min(chunk.len() as u64) as usize;
@@ -133,11 +135,19 @@ pub fn run(runs: u32) -> Result<()> {
     for size in [GIB, 4 * GIB] {
         for (name, discard, expect) in [
             ("discard", &blkdiscard as &dyn Discard, ScrubMethod::Discard),
-            ("overwrite", &no_discard as &dyn Discard, ScrubMethod::Overwrite),
+            (
+                "overwrite",
+                &no_discard as &dyn Discard,
+                ScrubMethod::Overwrite,
+            ),
         ] {
             let mut times = Vec::new();
             for i in 0..runs {
-                eprintln!("bench reset: {} GiB by {name}, run {}/{runs}", size / GIB, i + 1);
+                eprintln!(
+                    "bench reset: {} GiB by {name}, run {}/{runs}",
+                    size / GIB,
+                    i + 1
+                );
                 let (took, method) = wipe_once(&dir, size, discard)?;
                 if method != expect {
                     bail!("{name}: the wipe fell back to {method:?}");

@@ -9,7 +9,7 @@
 //! files the signed manifest does not cover. Each problem is a [`Finding`]: a violation
 //! (the audit fails) or a note, always with the fix.
 
-mod firewall;
+pub mod firewall;
 pub mod nft;
 mod outputs;
 pub mod parse;

@@ -76,8 +76,14 @@ mod tests {
     fn boot_paths_follow_the_efi_architecture() {
         let b = BoardSpec::of(Board::QemuX86_64);
         assert_eq!(b.fallback_efi(), "EFI/BOOT/BOOTX64.EFI");
-        assert_eq!(b.systemd_boot_efi(), "usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+        assert_eq!(
+            b.systemd_boot_efi(),
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+        );
         assert!(b.base_cmdline().contains("console=ttyS0"));
-        assert_eq!(BoardSpec::of(Board::QemuArm64).fallback_efi(), "EFI/BOOT/BOOTAA64.EFI");
+        assert_eq!(
+            BoardSpec::of(Board::QemuArm64).fallback_efi(),
+            "EFI/BOOT/BOOTAA64.EFI"
+        );
     }
 }

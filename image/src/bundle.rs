@@ -27,7 +27,11 @@ pub struct BundleReport {
 
 /// Verify the build folder `dir` against `root_key` (default: its `root.pub`) and write its
 /// update bundle to `out` (default: `dir/update.bundle`), atomically.
-pub fn make_bundle(dir: &Path, out: Option<&Path>, root_key: Option<&Path>) -> Result<BundleReport> {
+pub fn make_bundle(
+    dir: &Path,
+    out: Option<&Path>,
+    root_key: Option<&Path>,
+) -> Result<BundleReport> {
     let now = aperture_trust::now_unix();
     let report = verify::verify(dir, root_key, now)?;
     if let Some(f) = report.first_failure() {

@@ -98,7 +98,11 @@ pub fn slot_boot(manifest: &Manifest, slot: Slot) -> Result<SlotBoot> {
         .verity
         .as_ref()
         .context("the rootfs artifact has no verity parameters")?;
-    let base = manifest.boot.as_ref().map(|b| b.cmdline.as_str()).unwrap_or("");
+    let base = manifest
+        .boot
+        .as_ref()
+        .map(|b| b.cmdline.as_str())
+        .unwrap_or("");
     Ok(aperture_slots::cmdline::slot_boot(
         &manifest.product,
         &manifest.version.to_string(),
@@ -250,7 +254,10 @@ pub fn build(
         // What each slot holds, for re-verification by reset and for status.
         let record = aperture_trust::record::SlotRecord::from_manifest(&draft)?.to_json();
         for slot in ["a", "b"] {
-            files.push(EspFile::bytes(format!("aperture/{slot}/slot.json"), record.clone()));
+            files.push(EspFile::bytes(
+                format!("aperture/{slot}/slot.json"),
+                record.clone(),
+            ));
             files.push(EspFile::file(
                 format!("aperture/{slot}/vmlinuz"),
                 out.join(names::KERNEL),
@@ -442,7 +449,9 @@ fn fingerprint(rootfs: &RootfsBuild, keys: &BuildKeys) -> Result<String> {
         "release": keys.release.key_id().to_string(),
         "keyring": hex::encode(sha2::Sha256::digest(&keyring)),
     });
-    Ok(hex::encode(sha2::Sha256::digest(doc.to_string().as_bytes())))
+    Ok(hex::encode(sha2::Sha256::digest(
+        doc.to_string().as_bytes(),
+    )))
 }
 
 fn reusable(out: &Path, fingerprint: &str) -> Result<Option<OutputsReport>> {
@@ -467,7 +476,11 @@ fn reusable(out: &Path, fingerprint: &str) -> Result<Option<OutputsReport>> {
             return Ok(None);
         }
     }
-    let rootfs = m.artifacts.iter().find(|a| a.role == Role::Rootfs).context("manifest without rootfs")?;
+    let rootfs = m
+        .artifacts
+        .iter()
+        .find(|a| a.role == Role::Rootfs)
+        .context("manifest without rootfs")?;
     let verity = rootfs.verity.clone().context("rootfs without verity")?;
     let slot = SlotImage {
         path: out.join(names::ROOTFS),
@@ -476,7 +489,10 @@ fn reusable(out: &Path, fingerprint: &str) -> Result<Option<OutputsReport>> {
         sha256: rootfs.sha256.to_string(),
         verity,
     };
-    Ok(Some(OutputsReport { slot, artifacts: m.artifacts.clone() }))
+    Ok(Some(OutputsReport {
+        slot,
+        artifacts: m.artifacts.clone(),
+    }))
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<EspFile>) -> Result<()> {

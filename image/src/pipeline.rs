@@ -259,7 +259,11 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
             opts.insecure_dev_keys,
             rep,
         )?;
-        s.note(format!("{} (release key {})", k.dir.display(), k.release.key_id()));
+        s.note(format!(
+            "{} (release key {})",
+            k.dir.display(),
+            k.release.key_id()
+        ));
         Ok(k)
     })?;
     let root_key = keys.dir.join(crate::keys::ROOT_PUBLIC);
@@ -267,7 +271,14 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
     let outputs = if opts.rootfs_only {
         None
     } else {
-        Some(crate::outputs::build(&recipe, &paths, &rootfs, &keys, &opts.workspace, rep)?)
+        Some(crate::outputs::build(
+            &recipe,
+            &paths,
+            &rootfs,
+            &keys,
+            &opts.workspace,
+            rep,
+        )?)
     };
     let mut report = BuildReport {
         name: recipe.build_name(),

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The host port the VM tier's test images may reach (their recipe opens it to 10.0.2.2 only).
+pub const GUEST_SERVER_PORT: u16 = 18080;
+
 /// A running server; stops when dropped.
 pub struct FileServer {
     port: u16,
@@ -18,7 +21,17 @@ pub struct FileServer {
 impl FileServer {
     /// Serve the files of `root` (no subfolders, no `..`) on an ephemeral port.
     pub fn start(root: &Path) -> std::io::Result<FileServer> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on(root, 0)
+    }
+
+    /// Serve on [`GUEST_SERVER_PORT`], the one port the VM tier's test images let their
+    /// firewall reach on the host (tests/recipes/vm-hooks.toml).
+    pub fn start_for_guests(root: &Path) -> std::io::Result<FileServer> {
+        Self::start_on(root, GUEST_SERVER_PORT)
+    }
+
+    fn start_on(root: &Path, port: u16) -> std::io::Result<FileServer> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));

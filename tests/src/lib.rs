@@ -86,7 +86,12 @@ pub fn main_out() -> PathBuf {
 /// The default recipe's full build (`target/aperture-tests/main/out/default`), shared by the
 /// suites. A call after the first in a tree is a warm build: every step is reused.
 pub fn default_image() -> Result<BuildReport> {
-    Ok(build(&recipe("qemu-x86_64.toml"), &main_out().join("default"), false)?.0)
+    Ok(build(
+        &recipe("qemu-x86_64.toml"),
+        &main_out().join("default"),
+        false,
+    )?
+    .0)
 }
 
 static FRESH: std::sync::Mutex<Option<(BuildReport, Duration)>> = std::sync::Mutex::new(None);
@@ -99,7 +104,11 @@ pub fn default_image_fresh() -> Result<(BuildReport, Duration)> {
         return Ok(r.clone());
     }
     let _ = std::fs::remove_dir_all(test_root().join("main"));
-    let r = build(&recipe("qemu-x86_64.toml"), &main_out().join("default"), false)?;
+    let r = build(
+        &recipe("qemu-x86_64.toml"),
+        &main_out().join("default"),
+        false,
+    )?;
     *g = Some(r.clone());
     Ok(r)
 }

@@ -9,7 +9,10 @@ use std::process::Command;
 use aperture_image::diff;
 use aperture_image::outputs::names;
 use aperture_image::store::{Node, Store, TreeView};
-use aperture_tests::{build, default_image, default_image_fresh, derived_recipe, main_out, recipe, require_root, test_root};
+use aperture_tests::{
+    build, default_image, default_image_fresh, derived_recipe, main_out, recipe, require_root,
+    test_root,
+};
 
 /// Read a file's bytes from a commit.
 fn read_from_commit(store: &Store, commit: &str, path: &str) -> Vec<u8> {
@@ -24,7 +27,12 @@ fn read_from_commit(store: &Store, commit: &str, path: &str) -> Vec<u8> {
 }
 
 fn tool(name: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !found {
         eprintln!("SKIPPED part of this test: `{name}` is not installed (cargo xtask test installs it as root)");
     }
@@ -33,13 +41,23 @@ fn tool(name: &str) -> bool {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
-    Command::new("cmp").arg("--silent").arg(a).arg(b).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("cmp")
+        .arg("--silent")
+        .arg(a)
+        .arg(b)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 #[test]
@@ -49,17 +67,35 @@ fn default_build_twice_reuses_the_base() {
         return;
     }
     let (first, cold) = default_image_fresh().unwrap();
-    let (second, warm) = build(&recipe("qemu-x86_64.toml"), &main_out().join("default"), false).unwrap();
+    let (second, warm) = build(
+        &recipe("qemu-x86_64.toml"),
+        &main_out().join("default"),
+        false,
+    )
+    .unwrap();
     eprintln!(
         "TIMING cold build {:.1}s, warm build {:.1}s, ratio {:.1}x",
         cold.as_secs_f64(),
         warm.as_secs_f64(),
         cold.as_secs_f64() / warm.as_secs_f64()
     );
-    assert_eq!(first.rootfs.commit, second.rootfs.commit, "an unchanged recipe must give the same commit");
-    let base_step = second.steps.iter().find(|s| s.name == "base").expect("a base step");
-    assert!(base_step.reused, "the second build must reuse the cached base");
-    assert!(cold.as_secs_f64() >= 5.0 * warm.as_secs_f64(), "warm build {warm:?} is not 5x faster than cold {cold:?}");
+    assert_eq!(
+        first.rootfs.commit, second.rootfs.commit,
+        "an unchanged recipe must give the same commit"
+    );
+    let base_step = second
+        .steps
+        .iter()
+        .find(|s| s.name == "base")
+        .expect("a base step");
+    assert!(
+        base_step.reused,
+        "the second build must reuse the cached base"
+    );
+    assert!(
+        cold.as_secs_f64() >= 5.0 * warm.as_secs_f64(),
+        "warm build {warm:?} is not 5x faster than cold {cold:?}"
+    );
 }
 
 #[test]
@@ -83,7 +119,8 @@ fn default_build_makes_every_output() {
         names::INITRD,
         "build.log",
     ] {
-        let md = std::fs::metadata(out.join(f)).unwrap_or_else(|_| panic!("{f} is missing from {}", out.display()));
+        let md = std::fs::metadata(out.join(f))
+            .unwrap_or_else(|_| panic!("{f} is missing from {}", out.display()));
         assert!(md.len() > 0, "{f} is empty");
     }
     // disk.img is sparse: far fewer blocks allocated than its size.
@@ -91,11 +128,19 @@ fn default_build_makes_every_output() {
     let md = std::fs::metadata(out.join(names::DISK)).unwrap();
     assert!(md.blocks() * 512 < md.len() / 2, "disk.img is not sparse");
     // SPDX 2.3 with Debian packages and our crates.
-    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(names::SBOM)).unwrap()).unwrap();
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(names::SBOM)).unwrap()).unwrap();
     assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
     let pkgs = sbom["packages"].as_array().unwrap();
-    assert!(pkgs.iter().any(|p| p["name"] == "systemd" && p["licenseDeclared"] != "NOASSERTION"), "systemd with its license");
-    assert!(pkgs.iter().any(|p| p["name"] == "aperture-agent"), "our agent crate");
+    assert!(
+        pkgs.iter()
+            .any(|p| p["name"] == "systemd" && p["licenseDeclared"] != "NOASSERTION"),
+        "systemd with its license"
+    );
+    assert!(
+        pkgs.iter().any(|p| p["name"] == "aperture-agent"),
+        "our agent crate"
+    );
     // The rootfs holds the root of trust.
     let store = Store::open(&report.paths.repo).unwrap();
     let key = read_from_commit(&store, &report.rootfs.commit, "etc/aperture/root.pub");
@@ -117,8 +162,16 @@ fn disk_image_passes_sgdisk_and_bmaptool_copy() {
     if tool("bmaptool") {
         let dir = tempfile::tempdir_in(test_root()).unwrap();
         let target = dir.path().join("target.img");
-        run(Command::new("bmaptool").arg("copy").arg("--bmap").arg(out.join(names::BMAP)).arg(out.join(names::DISK_ZST)).arg(&target));
-        assert!(same_bytes(&target, &out.join(names::DISK)), "bmaptool copy did not reproduce disk.img");
+        run(Command::new("bmaptool")
+            .arg("copy")
+            .arg("--bmap")
+            .arg(out.join(names::BMAP))
+            .arg(out.join(names::DISK_ZST))
+            .arg(&target));
+        assert!(
+            same_bytes(&target, &out.join(names::DISK)),
+            "bmaptool copy did not reproduce disk.img"
+        );
     }
 }
 
@@ -132,11 +185,22 @@ fn verify_passes_then_names_a_flipped_rootfs_byte() {
     let out = &report.paths.out;
     let now = aperture_trust::now_unix();
     let good = aperture_image::verify::verify(out, None, now).unwrap();
-    assert!(good.ok(), "fresh build fails verification: {:?}", good.first_failure());
+    assert!(
+        good.ok(),
+        "fresh build fails verification: {:?}",
+        good.first_failure()
+    );
 
     // veritysetup agrees with the manifest's root hash.
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(names::MANIFEST)).unwrap()).unwrap();
-    let rootfs = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["role"] == "rootfs").unwrap().clone();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(names::MANIFEST)).unwrap()).unwrap();
+    let rootfs = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["role"] == "rootfs")
+        .unwrap()
+        .clone();
     let root_hash = rootfs["verity"]["root_hash"].as_str().unwrap().to_string();
     let offset = rootfs["verity"]["hash_offset"].as_u64().unwrap();
     if tool("veritysetup") {
@@ -151,11 +215,23 @@ fn verify_passes_then_names_a_flipped_rootfs_byte() {
     // A copy of the build with one byte of slot A's rootfs partition flipped.
     let dir = tempfile::tempdir_in(test_root()).unwrap();
     let copy = dir.path().join("build");
-    run(Command::new("cp").arg("-a").arg("--sparse=always").arg(out).arg(&copy));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("--sparse=always")
+        .arg(out)
+        .arg(&copy));
     let disk = copy.join(names::DISK);
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
     let size = aperture_gpt::disk_size_of(&mut f).unwrap();
-    let part = aperture_gpt::read_gpt(&mut f, size).unwrap().find("rootfs_a").unwrap().clone();
+    let part = aperture_gpt::read_gpt(&mut f, size)
+        .unwrap()
+        .find("rootfs_a")
+        .unwrap()
+        .clone();
     use std::os::unix::fs::FileExt;
     let at = part.offset() + 1024 * 1024 + 17;
     let mut b = [0u8; 1];
@@ -163,18 +239,37 @@ fn verify_passes_then_names_a_flipped_rootfs_byte() {
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
     drop(f);
     let bad = aperture_image::verify::verify(&copy, None, now).unwrap();
-    let failure = bad.first_failure().expect("a flipped rootfs byte must fail verification");
+    let failure = bad
+        .first_failure()
+        .expect("a flipped rootfs byte must fail verification");
     assert_eq!(failure.what, names::DISK, "{failure:?}");
-    assert!(failure.detail.contains("rootfs_a"), "the failure should name the partition: {failure:?}");
+    assert!(
+        failure.detail.contains("rootfs_a"),
+        "the failure should name the partition: {failure:?}"
+    );
 
     // The same flip in rootfs.img: veritysetup also refuses it.
     if tool("veritysetup") {
         let img = copy.join(names::ROOTFS);
-        let f = std::fs::OpenOptions::new().write(true).read(true).open(&img).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&img)
+            .unwrap();
         f.read_exact_at(&mut b, 4096 * 3 + 5).unwrap();
         f.write_all_at(&[b[0] ^ 1], 4096 * 3 + 5).unwrap();
-        let st = Command::new("veritysetup").arg("verify").arg(&img).arg(&img).arg(&root_hash).arg(format!("--hash-offset={offset}")).output().unwrap();
-        assert!(!st.status.success(), "veritysetup accepted a tampered rootfs image");
+        let st = Command::new("veritysetup")
+            .arg("verify")
+            .arg(&img)
+            .arg(&img)
+            .arg(&root_hash)
+            .arg(format!("--hash-offset={offset}"))
+            .output()
+            .unwrap();
+        assert!(
+            !st.status.success(),
+            "veritysetup accepted a tampered rootfs image"
+        );
         let bad = aperture_image::verify::verify(&copy, None, now).unwrap();
         assert_eq!(bad.first_failure().unwrap().what, names::ROOTFS);
     }
@@ -190,11 +285,32 @@ fn two_clean_builds_are_byte_identical() {
     // A second output root: its own store and caches, so a second mmdebstrap run.
     let root = test_root().join("repro");
     let _ = std::fs::remove_dir_all(&root);
-    let (b, _) = build(&recipe("qemu-x86_64.toml"), &root.join("out/default"), false).unwrap();
-    assert_eq!(a.rootfs.base_commit, b.rootfs.base_commit, "the Debian base must be reproducible");
-    assert_eq!(a.rootfs.commit, b.rootfs.commit, "the rootfs commit must be reproducible");
-    for f in [names::DISK, names::MANIFEST, names::BUNDLE, names::ROOTFS, names::DISK_ZST, names::SBOM] {
-        assert!(same_bytes(&a.paths.out.join(f), &b.paths.out.join(f)), "{f} differs between two clean builds");
+    let (b, _) = build(
+        &recipe("qemu-x86_64.toml"),
+        &root.join("out/default"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        a.rootfs.base_commit, b.rootfs.base_commit,
+        "the Debian base must be reproducible"
+    );
+    assert_eq!(
+        a.rootfs.commit, b.rootfs.commit,
+        "the rootfs commit must be reproducible"
+    );
+    for f in [
+        names::DISK,
+        names::MANIFEST,
+        names::BUNDLE,
+        names::ROOTFS,
+        names::DISK_ZST,
+        names::SBOM,
+    ] {
+        assert!(
+            same_bytes(&a.paths.out.join(f), &b.paths.out.join(f)),
+            "{f} differs between two clean builds"
+        );
     }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -11,7 +11,9 @@ use std::process::Command;
 use aperture_reset::seams::{BlkDiscard, FakeDiscard, FakeDiscardMode};
 use aperture_reset::wipe::{self, ScrubMethod};
 use aperture_storage::luks;
-use aperture_storage::{Access, Crypt, CryptSetup, FilePartition, Key, KeySource, UnsafeEspKeyFile};
+use aperture_storage::{
+    Access, Crypt, CryptSetup, FilePartition, Key, KeySource, UnsafeEspKeyFile,
+};
 use aperture_tests::{require_root, workspace};
 
 const MIB: u64 = 1 << 20;
@@ -37,8 +39,16 @@ struct Loop {
 impl Loop {
     fn new(file: &Path, size: u64) -> Loop {
         std::fs::File::create(file).unwrap().set_len(size).unwrap();
-        let out = Command::new("losetup").args(["--find", "--show"]).arg(file).output().unwrap();
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Loop {
             dev: PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()),
         }
@@ -46,7 +56,10 @@ impl Loop {
 
     fn write(&self, offset: u64, data: &[u8]) {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&self.dev).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.dev)
+            .unwrap();
         f.write_all_at(data, offset).unwrap();
         f.sync_all().unwrap();
     }
@@ -70,12 +83,23 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn aperture_reset(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO"))
         .current_dir(workspace())
-        .args(["run", "-q", "-p", "aperture-reset", "--bin", "aperture-reset", "--"])
+        .args([
+            "run",
+            "-q",
+            "-p",
+            "aperture-reset",
+            "--bin",
+            "aperture-reset",
+            "--",
+        ])
         .args(args)
         .output()
         .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -106,15 +130,25 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
         let key = Key::random().unwrap();
         keys.seal(label, &key).unwrap();
         crypt.format(&part, &key, label).unwrap();
-        let dump = Command::new("cryptsetup").arg("luksDump").arg(&dev.dev).output().unwrap();
+        let dump = Command::new("cryptsetup")
+            .arg("luksDump")
+            .arg(&dev.dev)
+            .output()
+            .unwrap();
         assert!(dump.status.success(), "luksDump after our format");
         let text = String::from_utf8_lossy(&dump.stdout).into_owned();
-        let dumped = text.lines().find_map(|l| l.strip_prefix("Label:")).map(str::trim);
+        let dumped = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Label:"))
+            .map(str::trim);
         assert_eq!(dumped, Some(label), "{text}");
         assert!(luks::find_magic(&part).unwrap().any());
     }
     for (dev, _, canary) in canaries {
-        assert!(contains(&dev.read_all(), canary), "the canary must survive luksFormat");
+        assert!(
+            contains(&dev.read_all(), canary),
+            "the canary must survive luksFormat"
+        );
     }
 
     // The level 3 wipe, step by step as the engine runs it. config is scrubbed through
@@ -127,11 +161,22 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
         .into_iter()
         .map(|(l, d)| (l, FilePartition::whole(&d.dev, l, Access::Shared).unwrap()))
         .collect();
-    let areas: Vec<u64> = parts.iter().map(|(_, p)| wipe::header_area(p).unwrap()).collect();
-    assert_eq!(areas, [16 * MIB, 16 * MIB], "cryptsetup's LUKS2 metadata + keyslots area");
+    let areas: Vec<u64> = parts
+        .iter()
+        .map(|(_, p)| wipe::header_area(p).unwrap())
+        .collect();
+    assert_eq!(
+        areas,
+        [16 * MIB, 16 * MIB],
+        "cryptsetup's LUKS2 metadata + keyslots area"
+    );
     for ((_, part), area) in parts.iter().zip(&areas) {
         wipe::erase_keyslots(&crypt, part).unwrap();
-        assert!(luks::read_header(part).unwrap().unwrap().keyslot_areas.is_empty());
+        assert!(luks::read_header(part)
+            .unwrap()
+            .unwrap()
+            .keyslot_areas
+            .is_empty());
         wipe::zero_header(part, *area).unwrap();
         assert!(!luks::find_magic(part).unwrap().any());
     }
@@ -139,8 +184,11 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
         keys.forget(label).unwrap();
     }
     for (label, part) in &parts {
-        let discard: &dyn aperture_reset::seams::Discard =
-            if *label == "config" { &blkdiscard } else { &no_discard };
+        let discard: &dyn aperture_reset::seams::Discard = if *label == "config" {
+            &blkdiscard
+        } else {
+            &no_discard
+        };
         methods.push(wipe::scrub(part, discard).unwrap());
     }
     assert_eq!(methods, [ScrubMethod::Discard, ScrubMethod::Overwrite]);
@@ -151,13 +199,29 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
         for (_, _, canary) in canaries {
             assert!(!contains(&bytes, canary), "{name}: a canary survived");
         }
-        assert!(!contains(&bytes, b"LUKS\xba\xbe"), "{name}: LUKS magic survived");
-        assert!(!contains(&bytes, b"SKUL\xba\xbe"), "{name}: secondary LUKS magic survived");
+        assert!(
+            !contains(&bytes, b"LUKS\xba\xbe"),
+            "{name}: LUKS magic survived"
+        );
+        assert!(
+            !contains(&bytes, b"SKUL\xba\xbe"),
+            "{name}: secondary LUKS magic survived"
+        );
         assert!(bytes.iter().all(|b| *b == 0), "{name}: not all zeros");
-        let dump = Command::new("cryptsetup").arg("luksDump").arg(&dev.dev).output().unwrap();
-        assert!(!dump.status.success(), "{name}: cryptsetup still finds a header");
+        let dump = Command::new("cryptsetup")
+            .arg("luksDump")
+            .arg(&dev.dev)
+            .output()
+            .unwrap();
+        assert!(
+            !dump.status.success(),
+            "{name}: cryptsetup still finds a header"
+        );
     }
-    assert!(std::fs::read_dir(dir.path().join("efi/aperture/keys")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(dir.path().join("efi/aperture/keys"))
+        .unwrap()
+        .next()
+        .is_none());
 
     // `aperture-reset --verify` on the same devices, found by partition label.
     let root = dir.path().join("root");
@@ -176,11 +240,16 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
     }
     let (code, text) = aperture_reset(&["--root", &root_arg, "--verify"]);
     assert_eq!(code, 0);
-    assert!(text.contains("config (") && text.contains("no LUKS header; 100.00% zero bytes"), "{text}");
+    assert!(
+        text.contains("config (") && text.contains("no LUKS header; 100.00% zero bytes"),
+        "{text}"
+    );
 
     // And it notices a header that survived.
     let part = FilePartition::whole(&data.dev, "data", Access::Shared).unwrap();
-    crypt.format(&part, &Key::random().unwrap(), "data").unwrap();
+    crypt
+        .format(&part, &Key::random().unwrap(), "data")
+        .unwrap();
     let (code, text) = aperture_reset(&["--root", &root_arg, "--verify"]);
     assert_eq!(code, 2, "a surviving header fails --verify");
     assert!(text.contains("LUKS HEADER PRESENT"), "{text}");

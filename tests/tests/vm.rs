@@ -40,6 +40,34 @@ fn default_image_boots_slot_a_with_a_verity_root() {
 
 #[test]
 #[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
+fn default_image_flashed_to_a_file_boots() {
+    use aperture_flash::{flash, FileTarget, NoProgress, VerifiedImage};
+    if !require_root("default_image_flashed_to_a_file_boots") {
+        return;
+    }
+    let image = default_image().unwrap();
+    let dir = scenario_dir("boot-flashed").unwrap();
+    let disk = dir.join("flashed.img");
+    let _ = std::fs::remove_file(&disk);
+    // The flash tool writes from disk.img.zst and the bmap, verified, read back.
+    let verified = VerifiedImage::open(&image.paths.out, None, aperture_trust::now_unix()).unwrap();
+    let target = FileTarget::open(&disk, verified.image_size()).unwrap();
+    let report = flash(&verified, &target, &NoProgress).unwrap();
+    assert_eq!(report.bytes_written, verified.mapped_bytes());
+    drop(target);
+    let vm = boot(Arch::Amd64, &disk, &dir, "boot", |_| {}).unwrap();
+    let line = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("status line: {line}");
+    assert!(
+        line.contains("slot=a") && line.contains("verity=yes"),
+        "{line}"
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
 fn qemu_arm64_image_boots_the_arm64_userland() {
     if !require_root("qemu_arm64_image_boots_the_arm64_userland") {
         return;
@@ -104,7 +132,7 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
     std::fs::create_dir_all(&served).unwrap();
     std::fs::copy(v2.paths.out.join("update.bundle"), served.join("v2.bundle")).unwrap();
     std::fs::copy(v3.paths.out.join("update.bundle"), served.join("v3.bundle")).unwrap();
-    let server = FileServer::start(&served).unwrap();
+    let server = FileServer::start_for_guests(&served).unwrap();
     let disk = dir.join("disk.img");
     copy_disk(&v1.paths.out.join("disk.img"), &disk).unwrap();
     let status = "echo \"APERTURE-STATUS $(aperture-update status --json | tr -d '\\n')\"";
@@ -193,4 +221,246 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
     assert_eq!(failing, 3, "v3 should have been tried exactly 3 times");
     assert!(server.requests() >= 2);
     let _ = v1;
+}
+
+/// Guest ports the firewall test listens on and probes: every privileged port and the usual
+/// service ports above them.
+fn probed_ports() -> Vec<u16> {
+    let mut v: Vec<u16> = (1..=1024).collect();
+    v.extend([
+        1883, 2375, 3000, 5000, 5353, 5355, 8000, 8080, 8443, 8554, 9000, 9090, 9100,
+    ]);
+    v
+}
+
+/// Connect to 127.0.0.1:`port` (a QEMU forward) and report whether the guest's listener
+/// answered with its banner within `wait`.
+fn banner(port: u16, wait: std::time::Duration) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(wait));
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.windows(4).any(|w| w == b"OPEN") {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
+fn firewall_in_the_guest_matches_the_policy_and_closes_every_port() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use aperture_image::audit::{firewall, nft, Severity};
+    use aperture_image::recipe::Recipe;
+    use aperture_image::security::Policy;
+
+    if !require_root("firewall_in_the_guest_matches_the_policy_and_closes_every_port") {
+        return;
+    }
+    let image = hooked_image("vm-v1", "1.0.0", "");
+    let dir = scenario_dir("firewall").unwrap();
+    let disk = dir.join("disk.img");
+    copy_disk(&image.paths.out.join("disk.img"), &disk).unwrap();
+
+    // Outbound targets on the host, reached by the guest at 10.0.2.2: RTSP (554, allowed to the
+    // camera subnet 10.0.0.0/8) and an ephemeral port no flow allows.
+    let allowed = TcpListener::bind("127.0.0.1:554").expect("binding 127.0.0.1:554 (root)");
+    let denied = TcpListener::bind("127.0.0.1:0").unwrap();
+    let denied_port = denied.local_addr().unwrap().port();
+    let accepted = |l: TcpListener| {
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let end = std::time::Instant::now() + Duration::from_secs(1800);
+            while std::time::Instant::now() < end {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut s = String::new();
+                        let _ = c.read_to_string(&mut s);
+                        got.push(s);
+                        if got.iter().any(|s| s.contains("DONE")) {
+                            break;
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+            got
+        })
+    };
+    let allowed = accepted(allowed);
+    let _denied_thread = accepted(denied);
+
+    // The go-ahead for the second phase is a file on the test server.
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let _ = std::fs::remove_file(www.join("control"));
+    let server = FileServer::start_for_guests(&www).unwrap();
+
+    let ports = probed_ports();
+    let list = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let script = format!(
+        r#"echo APERTURE-NFT-BEGIN
+nft list ruleset
+echo APERTURE-NFT-END
+ss -Htln | while read -r _ _ _ local _; do echo "APERTURE-LISTEN $local"; done
+cat > /run/listen.py <<'PY'
+import resource, selectors, socket
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+sel = selectors.DefaultSelector()
+n = 0
+for p in [{list}]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("0.0.0.0", p))
+    except OSError:
+        continue
+    s.listen(8)
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+    n += 1
+print("APERTURE-LISTENERS", n, flush=True)
+while True:
+    for key, _ in sel.select():
+        try:
+            c, _ = key.fileobj.accept()
+            c.sendall(b"OPEN\n")
+            c.close()
+        except OSError:
+            pass
+PY
+python3 /run/listen.py &
+sleep 3
+echo APERTURE-READY
+out() {{ timeout 10 bash -c "exec 3<>/dev/tcp/10.0.2.2/$1 && echo 'guest to $1 DONE' >&3" && echo "APERTURE-OUT $1 ok" || echo "APERTURE-OUT $1 blocked"; }}
+out 554
+out {denied_port}
+until python3 -c "import urllib.request; urllib.request.urlopen('http://10.0.2.2:{srv}/control', timeout=5)" 2>/dev/null; do sleep 1; done
+nft insert rule inet aperture input tcp dport 8080 accept
+echo APERTURE-CONTROL-OPEN
+sleep 600
+"#,
+        srv = aperture_tests::http::GUEST_SERVER_PORT,
+    );
+    let s = hook_script(&dir, "firewall", &script).unwrap();
+    let base = 30000u16;
+    let vm = boot(Arch::Amd64, &disk, &dir, "firewall", |c| {
+        c.fw_cfg.push(("script".into(), s));
+        c.forwards = ports.iter().map(|p| (base + p, *p)).collect();
+    })
+    .unwrap();
+    vm.wait_for("APERTURE-READY", BOOT_TIMEOUT).unwrap();
+    let console = vm.console();
+
+    // 1. The ruleset the kernel holds matches the image's policy, judged as the audit judges
+    //    the image's file.
+    let begin = console.find("APERTURE-NFT-BEGIN").unwrap();
+    let end = console.find("APERTURE-NFT-END").unwrap();
+    let live = &console[begin + "APERTURE-NFT-BEGIN".len()..end];
+    let recipe = Recipe::load(&test_root().join("main/recipes-vm/vm-v1.toml")).unwrap();
+    let policy = Policy::from_recipe(&recipe);
+    let (summary, findings) = firewall::judge(&nft::parse(live), &policy);
+    let violations: Vec<_> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Violation)
+        .collect();
+    assert!(
+        violations.is_empty(),
+        "live ruleset: {violations:#?}\n{live}"
+    );
+    assert!(
+        summary.inbound.is_empty(),
+        "no inbound flow by default: {summary:?}"
+    );
+    assert!(
+        summary.outbound.iter().any(|o| o.contains("tcp/554")),
+        "{summary:?}"
+    );
+    eprintln!("live ruleset: {summary:?}");
+
+    // 2. Every listening socket outside loopback is on a probed port, and each probed port
+    //    has a listener in the guest; none of them answers through the forwards.
+    for line in console.lines().filter(|l| l.contains("APERTURE-LISTEN ")) {
+        let local = line.rsplit(' ').next().unwrap_or_default();
+        if local.starts_with("127.") || local.starts_with("[::1]") {
+            continue;
+        }
+        let port: u16 = local.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(ports.contains(&port), "guest listens on unprobed {local}");
+    }
+    let n: usize = console
+        .lines()
+        .find_map(|l| l.split("APERTURE-LISTENERS ").nth(1))
+        .expect("listener count")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n + 8 >= ports.len(), "only {n} guest listeners");
+    let open: Vec<u16> = std::thread::scope(|sc| {
+        let handles: Vec<_> = ports
+            .chunks(ports.len().div_ceil(64))
+            .map(|chunk| {
+                sc.spawn(move || {
+                    chunk
+                        .iter()
+                        .copied()
+                        .filter(|p| banner(base + p, Duration::from_secs(3)))
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(
+        open.is_empty(),
+        "guest ports answered through the firewall: {open:?}"
+    );
+    eprintln!("{} guest ports probed, all closed", ports.len());
+
+    // 3. Outbound: the allowed flow reached the host, the other did not.
+    let out = vm
+        .wait_for(&format!("APERTURE-OUT {denied_port}"), BOOT_TIMEOUT)
+        .unwrap();
+    assert!(out.contains("blocked"), "{out}");
+    let out = vm.wait_for("APERTURE-OUT 554", BOOT_TIMEOUT).unwrap();
+    assert!(out.contains(" ok"), "{out}");
+    let got = allowed.join().unwrap();
+    assert!(got.iter().any(|s| s.contains("guest to 554")), "{got:?}");
+
+    // 4. The probe can see an open port: with an accept rule added for 8080, it answers.
+    std::fs::write(www.join("control"), "go").unwrap();
+    vm.wait_for("APERTURE-CONTROL-OPEN", BOOT_TIMEOUT).unwrap();
+    let seen = (0..20).any(|_| {
+        banner(base + 8080, Duration::from_secs(3)) || {
+            std::thread::sleep(Duration::from_secs(1));
+            false
+        }
+    });
+    assert!(
+        seen,
+        "the control port 8080 never answered: the probe cannot see open ports"
+    );
+    assert!(server.requests() >= 1);
 }

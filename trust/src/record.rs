@@ -56,11 +56,17 @@ impl SlotRecord {
             .iter()
             .find(|a| a.role == Role::Rootfs)
             .ok_or_else(|| TrustError::malformed("manifest.json", "it lists no rootfs artifact"))?;
-        let verity = rootfs
-            .verity
-            .clone()
-            .ok_or_else(|| TrustError::malformed("manifest.json", "the rootfs artifact has no verity parameters"))?;
-        let file = |a: &crate::manifest::Artifact| FileRecord { name: a.name.to_string(), size: a.size, sha256: a.sha256.clone() };
+        let verity = rootfs.verity.clone().ok_or_else(|| {
+            TrustError::malformed(
+                "manifest.json",
+                "the rootfs artifact has no verity parameters",
+            )
+        })?;
+        let file = |a: &crate::manifest::Artifact| FileRecord {
+            name: a.name.to_string(),
+            size: a.size,
+            sha256: a.sha256.clone(),
+        };
         let boot_files = m
             .artifacts
             .iter()
@@ -81,7 +87,10 @@ impl SlotRecord {
 
     /// The boot file of a role, if the slot has one.
     pub fn boot_file(&self, role: Role) -> Option<&FileRecord> {
-        self.boot_files.iter().find(|(r, _)| *r == role).map(|(_, f)| f)
+        self.boot_files
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, f)| f)
     }
 
     /// Pretty JSON with a trailing newline.
@@ -93,9 +102,13 @@ impl SlotRecord {
 
     /// Parse a record.
     pub fn from_json(bytes: &[u8]) -> Result<SlotRecord, TrustError> {
-        let r: SlotRecord = serde_json::from_slice(bytes).map_err(|e| TrustError::malformed("slot.json", e))?;
+        let r: SlotRecord =
+            serde_json::from_slice(bytes).map_err(|e| TrustError::malformed("slot.json", e))?;
         if r.format != 1 {
-            return Err(TrustError::malformed("slot.json", format!("format {} is not 1", r.format)));
+            return Err(TrustError::malformed(
+                "slot.json",
+                format!("format {} is not 1", r.format),
+            ));
         }
         Ok(r)
     }

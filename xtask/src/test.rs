@@ -57,23 +57,43 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
         if !tiers.contains(&tier) {
             continue;
         }
-        let names: Vec<&String> = suites.iter().filter(|s| (tier == 3) == s.starts_with("vm")).collect();
+        let names: Vec<&String> = suites
+            .iter()
+            .filter(|s| (tier == 3) == s.starts_with("vm"))
+            .collect();
         if !root_user {
             skipped.push(format!(
                 "tier {tier} ({}): SKIPPED, needs root for {what}; run `sudo cargo xtask test`",
-                names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
             continue;
         }
         for suite in names {
             let t = Instant::now();
             let mut c = cargo(root);
-            c.args(["test", "--package", "aperture-tests", "--test", suite, "--", "--ignored", "--test-threads=1", "--nocapture"]);
+            c.args([
+                "test",
+                "--package",
+                "aperture-tests",
+                "--test",
+                suite,
+                "--",
+                "--ignored",
+                "--test-threads=1",
+                "--nocapture",
+            ]);
             if let Some(f) = &args.filter {
                 c.arg(f);
             }
             cmd::run(&mut c)?;
-            ran.push(format!("tier {tier} ({suite}): passed in {:.0?}", t.elapsed()));
+            ran.push(format!(
+                "tier {tier} ({suite}): passed in {:.0?}",
+                t.elapsed()
+            ));
         }
     }
 
@@ -93,12 +113,19 @@ fn cargo(root: &Path) -> Command {
 /// The `[[test]]` targets of the tests crate.
 fn test_targets(root: &Path) -> Result<Vec<String>> {
     let path = root.join("tests/Cargo.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
     let mut names: Vec<String> = table
         .get("test")
         .and_then(|t| t.as_array())
-        .map(|a| a.iter().filter_map(|t| t.get("name").and_then(|n| n.as_str()).map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     // The privileged suite first: it makes the builds the others reuse.
     names.sort_by_key(|n| (n != "privileged", n.clone()));

@@ -219,22 +219,38 @@ mod tests {
     }
 
     fn opts() -> GateOptions {
-        GateOptions { timeout: Duration::from_secs(120), interval: Duration::from_secs(1) }
+        GateOptions {
+            timeout: Duration::from_secs(120),
+            interval: Duration::from_secs(1),
+        }
     }
 
     #[test]
     fn a_failed_unit_ends_the_wait_at_once() {
-        let mut p = Counting { state: "failed", asked: 0 };
+        let mut p = Counting {
+            state: "failed",
+            asked: 0,
+        };
         let units = vec!["aperture-runtime.service".to_string()];
         let mut slept = 0;
         let left = wait_active(&mut p, &units, &opts(), &mut |_| slept += 1).unwrap();
-        assert_eq!(left, vec![("aperture-runtime.service".to_string(), "failed".to_string())]);
-        assert_eq!((p.asked, slept), (1, 0), "a failed unit must not be polled until the timeout");
+        assert_eq!(
+            left,
+            vec![("aperture-runtime.service".to_string(), "failed".to_string())]
+        );
+        assert_eq!(
+            (p.asked, slept),
+            (1, 0),
+            "a failed unit must not be polled until the timeout"
+        );
     }
 
     #[test]
     fn an_activating_unit_is_waited_for() {
-        let mut p = Counting { state: "activating", asked: 0 };
+        let mut p = Counting {
+            state: "activating",
+            asked: 0,
+        };
         let units = vec!["aperture-runtime.service".to_string()];
         let mut slept = 0;
         let left = wait_active(&mut p, &units, &opts(), &mut |_| slept += 1).unwrap();

@@ -41,11 +41,18 @@ fn reset_then_button_then_storage_then_var() {
     let button = parse("aperture-reset-button.service");
     let storage = parse("aperture-storage.service");
     let var = parse("var.mount");
-    for (name, u) in [("resume", &resume), ("button", &button), ("storage", &storage)] {
+    for (name, u) in [
+        ("resume", &resume),
+        ("button", &button),
+        ("storage", &storage),
+    ] {
         assert!(has(u, "DefaultDependencies", "no"), "{name}");
         assert!(has(u, "RequiresMountsFor", "/efi"), "{name}: the ESP first");
         assert!(has(u, "Before", "local-fs.target"), "{name}");
-        assert!(has(u, "Type", "oneshot") && has(u, "RemainAfterExit", "yes"), "{name}");
+        assert!(
+            has(u, "Type", "oneshot") && has(u, "RemainAfterExit", "yes"),
+            "{name}"
+        );
         assert!(has(u, "WantedBy", "local-fs.target"), "{name}");
     }
     assert!(has(&var, "DefaultDependencies", "no"));
@@ -66,7 +73,11 @@ fn reset_then_button_then_storage_then_var() {
     assert_eq!(button["ExecStart"], ["/usr/bin/aperture-reset button"]);
     assert_eq!(storage["ExecStart"], ["/usr/bin/aperture-storage setup"]);
     // The partitions by label, escaped as systemd names device units.
-    assert!(has(&storage, "After", r"dev-disk-by\x2dpartlabel-data.device"));
+    assert!(has(
+        &storage,
+        "After",
+        r"dev-disk-by\x2dpartlabel-data.device"
+    ));
 }
 
 #[test]
@@ -91,7 +102,10 @@ fn systemd_analyze_accepts_the_units() {
         std::fs::copy(unit_dir().join(name), dir.path().join(name)).unwrap();
         args.push(dir.path().join(name).display().to_string());
     }
-    let out = std::process::Command::new("systemd-analyze").args(&args).output().unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(&args)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     // The programs are not installed on the build host; everything else must be clean.
     let problems: Vec<&str> = text

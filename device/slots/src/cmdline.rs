@@ -42,7 +42,21 @@ mod tests {
 /// The boot entry of `slot` for an image: its title names product and version, its command line
 /// is the image's `base` arguments plus the verity root. The image builder makes a fresh disk's
 /// entries with this and the updater makes every later one, so the two never differ.
-pub fn slot_boot(product: &str, version: &str, base: &str, slot: Slot, root_hash: &str, hash_offset: u64) -> crate::SlotBoot {
-    let title = format!("{product} {version} (slot {})", slot.letter().to_uppercase());
-    crate::SlotBoot::for_slot(slot, title, &verity_cmdline(base, slot, root_hash, hash_offset))
+pub fn slot_boot(
+    product: &str,
+    version: &str,
+    base: &str,
+    slot: Slot,
+    root_hash: &str,
+    hash_offset: u64,
+) -> crate::SlotBoot {
+    let title = format!(
+        "{product} {version} (slot {})",
+        slot.letter().to_uppercase()
+    );
+    crate::SlotBoot::for_slot(
+        slot,
+        title,
+        &verity_cmdline(base, slot, root_hash, hash_offset),
+    )
 }

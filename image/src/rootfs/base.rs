@@ -118,7 +118,10 @@ pub fn ensure(
     }
     let tmp = cache.join("tmp").join(format!("base-{}", &key[..16]));
     if tmp.exists() {
-        // Left over from an interrupted build: never trust a partial tree.
+        // Left over from an interrupted build: never trust a partial tree. An interrupted
+        // mmdebstrap can leave /proc, /sys and /dev mounts inside it: unmount those first, so
+        // the removal never descends into them.
+        unmount_below(&tmp)?;
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("removing stale {}", tmp.display()))?;
     }
@@ -143,7 +146,9 @@ pub fn ensure(
         step.line("committing the base tree to the build store");
         store.commit_tree(&tmp, &refname, &subject, &meta, BASE_SOURCE_DATE)
     })();
-    let _ = std::fs::remove_dir_all(&tmp);
+    if unmount_below(&tmp).is_ok() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     let commit = result?;
     step.note(format!("{refname} ({})", &commit[..12]));
     Ok(commit)
@@ -220,6 +225,65 @@ fn mmdebstrap(
 
 /// Remove what must not be in a commit: device nodes (the running system has devtmpfs), and
 /// the contents of runtime-only folders.
+/// Mount points strictly below `dir`, deepest first, from a mountinfo table.
+fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mount(m)))
+        .filter(|m| m.starts_with(dir) && m != dir)
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmount (lazily) everything mounted below `dir`.
+fn unmount_below(dir: &Path) -> Result<()> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Ok(());
+    };
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    for m in mounts_below(&info, &dir) {
+        let st = Command::new("umount")
+            .arg("--lazy")
+            .arg(&m)
+            .status()
+            .with_context(|| format!("running umount for {}", m.display()))?;
+        if !st.success() {
+            anyhow::bail!(
+                "{} is still mounted inside the stale build tree {}; unmount it (umount -l) and \
+                 build again",
+                m.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn clean(root: &Path) -> Result<()> {
     for d in [
         "dev",
@@ -252,4 +316,31 @@ fn clean(root: &Path) -> Result<()> {
         let _ = std::fs::remove_file(root.join(f));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_below_a_stale_tree_come_deepest_first() {
+        let info = "\
+22 1 8:1 / / rw - ext4 /dev/sda1 rw
+30 22 0:5 / /work/t/base-1/proc ro - proc proc ro
+31 22 0:6 / /work/t/base-1/dev/pts rw - devpts none rw
+32 22 0:7 / /work/t/base-1/dev rw - tmpfs none rw
+33 22 0:8 / /work/t/base-10/proc rw - proc proc rw
+34 22 0:9 / /work/t/base-1/with\\040space rw - tmpfs none rw
+";
+        let got = mounts_below(info, Path::new("/work/t/base-1"));
+        assert_eq!(
+            got,
+            [
+                PathBuf::from("/work/t/base-1/dev/pts"),
+                PathBuf::from("/work/t/base-1/proc"),
+                PathBuf::from("/work/t/base-1/dev"),
+                PathBuf::from("/work/t/base-1/with space"),
+            ]
+        );
+    }
 }
