@@ -17,6 +17,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchKind::Build => build(a.runs),
         BenchKind::Flash => crate::bench_flash::run(a.runs),
         BenchKind::Reset => crate::bench_reset::run(a.runs),
+        BenchKind::Update => crate::bench_update::run(a.runs),
     }
 }
 

@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 pub mod bench_flash;
 mod bench_reset;
+mod bench_update;
 mod build;
 mod bundle;
 mod diff;

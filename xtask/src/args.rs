@@ -235,6 +235,8 @@ pub enum BenchKind {
     Flash,
     /// Wiping data partitions by discard and by overwrite.
     Reset,
+    /// Installing a 1 GiB rootfs update, beside RAUC.
+    Update,
 }
 
 /// `cargo xtask bench`.

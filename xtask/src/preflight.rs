@@ -52,7 +52,15 @@ const TEST: &[&str] = &[
 ];
 
 /// Peers the benchmarks run beside Aperture.
-const BENCH: &[&str] = &["bmap-tools", "rauc", "casync", "mkosi", "squashfs-tools"];
+const BENCH: &[&str] = &[
+    "bmap-tools",
+    "rauc",
+    "casync",
+    "mkosi",
+    "squashfs-tools",
+    "openssl",
+    "dbus-daemon",
+];
 
 /// What a verb needs from the host.
 #[derive(Debug, Default)]
