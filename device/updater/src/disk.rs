@@ -39,6 +39,14 @@ pub trait PartitionHandle {
     fn drop_cache(&self) -> io::Result<()> {
         Ok(())
     }
+    /// Start writing `len` bytes from `offset` to the medium now, without waiting and without
+    /// any durability promise (only [`PartitionHandle::sync`] makes writes durable): a long
+    /// stream then overlaps its writeback with decompression instead of leaving it all to the
+    /// final sync. Best effort; the default does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 /// A disk with GPT-labelled partitions.
@@ -101,6 +109,14 @@ impl PartitionHandle for FilePartition {
 
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        // Linux's POSIX_FADV_DONTNEED starts asynchronous writeback of the range's dirty pages
+        // (and drops the clean ones, which also keeps a 1 GiB stream from filling the cache).
+        let at = self.check(usize::try_from(len).unwrap_or(usize::MAX), offset)?;
+        rustix::fs::fadvise(&self.file, at, len, rustix::fs::Advice::DontNeed)
+            .map_err(io::Error::from)
     }
 
     fn drop_cache(&self) -> io::Result<()> {

@@ -426,7 +426,11 @@ fn payload_error(e: io::Error) -> UpdateError {
     }
 }
 
-/// Stream the rootfs into the partition in 1 MiB writes, then fsync.
+/// How much a rootfs stream writes before it asks the kernel to start writing it back.
+const WRITEBACK_WINDOW: u64 = 32 << 20;
+
+/// Stream the rootfs into the partition in 1 MiB writes, starting writeback every
+/// [`WRITEBACK_WINDOW`], then fsync.
 fn write_partition(
     io: &dyn Io,
     part: &mut dyn PartitionHandle,
@@ -444,6 +448,7 @@ fn write_partition(
             source,
         }
     };
+    let mut flushed = 0u64;
     loop {
         let n = fill(payload, &mut buf).map_err(payload_error)?;
         if n == 0 {
@@ -452,6 +457,11 @@ fn write_partition(
         io.write_at(part, &buf[..n], offset)
             .map_err(fail("writing", part))?;
         offset += n as u64;
+        if offset - flushed >= WRITEBACK_WINDOW {
+            // Best effort: a failure here changes nothing; the sync below is what counts.
+            let _ = part.start_writeback(flushed, offset - flushed);
+            flushed = offset;
+        }
         if n < buf.len() {
             break;
         }
