@@ -313,8 +313,8 @@ impl Target for BlockTarget {
                 e,
             )
         };
-        let aligned = offset % align == 0
-            && buf.len() as u64 % align == 0
+        let aligned = offset.is_multiple_of(align)
+            && (buf.len() as u64).is_multiple_of(align)
             && buf.as_ptr().align_offset(DIRECT_ALIGN) == 0;
         if aligned {
             let got = read_full_at(&self.direct, buf, offset).map_err(|e| failed(offset, e))?;

@@ -34,7 +34,7 @@ pub(crate) struct Geometry {
 impl Geometry {
     /// Geometry for writing: the disk must be whole sectors and big enough for both tables.
     pub fn new(disk_size: u64, sector_size: u64) -> Result<Geometry> {
-        if disk_size % sector_size != 0 {
+        if !disk_size.is_multiple_of(sector_size) {
             return Err(GptError::BadGeometry {
                 reason: format!(
                     "disk size {disk_size} is not a multiple of the sector size {sector_size}"
@@ -199,7 +199,7 @@ impl Header {
                 header.first_usable_lba, header.last_usable_lba
             )));
         }
-        if header.entry_size < 128 || header.entry_size % 8 != 0 {
+        if header.entry_size < 128 || !header.entry_size.is_multiple_of(8) {
             return Err(bad(format!(
                 "entry size {} is not a multiple of 8 of at least 128",
                 header.entry_size

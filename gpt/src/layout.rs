@@ -170,7 +170,7 @@ impl Layout {
                 reason: format!("sector size {} (use 512 or 4096)", self.sector_size),
             });
         }
-        if self.alignment == 0 || self.alignment % self.sector_size != 0 {
+        if self.alignment == 0 || !self.alignment.is_multiple_of(self.sector_size) {
             return Err(GptError::BadGeometry {
                 reason: format!(
                     "alignment {} is not a positive multiple of the sector size {}",

@@ -323,7 +323,7 @@ impl AuditReport {
     }
 
     fn sort(&mut self) {
-        self.findings.sort_by(|a, b| a.severity.cmp(&b.severity));
+        self.findings.sort_by_key(|f| f.severity);
     }
 }
 

@@ -103,7 +103,7 @@ impl VerityInfo {
         if self.data_blocks == 0 || self.data_blocks > u64::MAX / BLOCK_U64 / 2 {
             return bad(format!("{} data blocks is out of range", self.data_blocks));
         }
-        if self.hash_offset % BLOCK_U64 != 0 || self.hash_offset < self.data_size() {
+        if !self.hash_offset.is_multiple_of(BLOCK_U64) || self.hash_offset < self.data_size() {
             return bad(format!(
                 "hash offset {} must be a multiple of 4096 at or after the data end {}",
                 self.hash_offset,
@@ -456,7 +456,7 @@ fn read_exact(reader: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), 
 }
 
 fn check_data_size(data_size: u64) -> Result<u64, TrustError> {
-    if data_size == 0 || data_size % BLOCK_U64 != 0 {
+    if data_size == 0 || !data_size.is_multiple_of(BLOCK_U64) {
         return Err(TrustError::malformed(
             "verity data",
             format!("size {data_size} is not a positive multiple of 4096; pad the image"),

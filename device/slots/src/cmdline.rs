@@ -23,22 +23,6 @@ pub fn verity_cmdline(base: &str, slot: Slot, root_hash: &str, hash_offset: u64)
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_the_slot_partition_hash_and_slot() {
-        let c = verity_cmdline("console=ttyS0 panic=10", Slot::B, "ab12", 4096);
-        assert!(c.starts_with("console=ttyS0 panic=10 root=/dev/mapper/aperture-root"));
-        assert!(c.contains("aperture.verity.data=PARTLABEL=rootfs_b"));
-        assert!(c.contains("aperture.verity.roothash=ab12"));
-        assert!(c.contains("aperture.verity.hashoffset=4096"));
-        assert_eq!(Slot::from_cmdline(&c), Some(Slot::B));
-        assert!(!verity_cmdline("", Slot::A, "x", 0).starts_with(' '));
-    }
-}
-
 /// The boot entry of `slot` for an image: its title names product and version, its command line
 /// is the image's `base` arguments plus the verity root. The image builder makes a fresh disk's
 /// entries with this and the updater makes every later one, so the two never differ.
@@ -59,4 +43,20 @@ pub fn slot_boot(
         title,
         &verity_cmdline(base, slot, root_hash, hash_offset),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_slot_partition_hash_and_slot() {
+        let c = verity_cmdline("console=ttyS0 panic=10", Slot::B, "ab12", 4096);
+        assert!(c.starts_with("console=ttyS0 panic=10 root=/dev/mapper/aperture-root"));
+        assert!(c.contains("aperture.verity.data=PARTLABEL=rootfs_b"));
+        assert!(c.contains("aperture.verity.roothash=ab12"));
+        assert!(c.contains("aperture.verity.hashoffset=4096"));
+        assert_eq!(Slot::from_cmdline(&c), Some(Slot::B));
+        assert!(!verity_cmdline("", Slot::A, "x", 0).starts_with(' '));
+    }
 }
