@@ -337,6 +337,17 @@ pub fn audit_commit(store: &Store, commit: &str, policy: Option<&Policy>) -> Res
 
 /// Audit a build output folder: `build-report.json` there names the commit and the store.
 pub fn audit_build(dir: &Path, policy: Option<&Policy>) -> Result<AuditReport> {
+    audit_folder(dir, policy, false)
+}
+
+/// The audit a rootfs-only build runs on itself: the rootfs commit only. Outputs an earlier
+/// build left in the folder belong to another commit and are not judged (`audit DIR` still
+/// names them).
+pub fn audit_rootfs_build(dir: &Path, policy: Option<&Policy>) -> Result<AuditReport> {
+    audit_folder(dir, policy, true)
+}
+
+fn audit_folder(dir: &Path, policy: Option<&Policy>, rootfs_only: bool) -> Result<AuditReport> {
     let report_path = dir.join("build-report.json");
     let text = std::fs::read(&report_path).with_context(|| {
         format!(
@@ -374,7 +385,9 @@ pub fn audit_build(dir: &Path, policy: Option<&Policy>) -> Result<AuditReport> {
     let store = Store::open(repo)?;
     let mut r = rootfs::audit(&store, &commit, policy)?;
     r.dir = Some(dir.to_path_buf());
-    if !v["outputs"].is_null() || dir.join(crate::outputs::names::MANIFEST).exists() {
+    if !rootfs_only
+        && (!v["outputs"].is_null() || dir.join(crate::outputs::names::MANIFEST).exists())
+    {
         outputs::audit(dir, &commit, &mut r)?;
     } else {
         r.findings.push(Finding::note(

@@ -306,7 +306,11 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
             return Ok(());
         }
         let policy = crate::security::Policy::from_recipe(&recipe);
-        let audit = crate::audit::audit_build(&report.paths.out, Some(&policy))?;
+        let audit = if opts.rootfs_only {
+            crate::audit::audit_rootfs_build(&report.paths.out, Some(&policy))?
+        } else {
+            crate::audit::audit_build(&report.paths.out, Some(&policy))?
+        };
         audit.write_json(&report.paths.out)?;
         for l in audit.to_text().lines() {
             s.line(l);
