@@ -128,13 +128,13 @@ impl VmConfig {
             Arch::Amd64 => c.args(["-machine", &format!("q35,accel={}", self.accel.name())]),
             Arch::Arm64 => c.args(["-machine", &format!("virt,accel={}", self.accel.name())]),
         };
-        // TCG mis-emulates AVX2 gathers (numpy segfaults in vpgatherdd): keep them off.
+        // TCG mis-emulates x86 AVX2 gathers (numpy segfaults in vpgatherdd): keep them off.
         c.args([
             "-cpu",
-            if self.accel == Accel::Kvm {
-                "host"
-            } else {
-                "max,avx2=off"
+            match (self.accel, self.arch) {
+                (Accel::Kvm, _) => "host",
+                (_, Arch::Amd64) => "max,avx2=off",
+                (_, Arch::Arm64) => "max",
             },
         ]);
         c.args(["-smp", "2", "-m", &self.memory_mib.to_string()]);

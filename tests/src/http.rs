@@ -27,7 +27,15 @@ impl FileServer {
     /// Serve on [`GUEST_SERVER_PORT`], the one port the VM tier's test images let their
     /// firewall reach on the host (tests/recipes/vm-hooks.toml).
     pub fn start_for_guests(root: &Path) -> std::io::Result<FileServer> {
-        Self::start_on(root, GUEST_SERVER_PORT)
+        Self::start_on(root, GUEST_SERVER_PORT).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "serving on 127.0.0.1:{GUEST_SERVER_PORT}, the port test images may reach: \
+                     {e} (is another VM-tier test run going on?)"
+                ),
+            )
+        })
     }
 
     fn start_on(root: &Path, port: u16) -> std::io::Result<FileServer> {

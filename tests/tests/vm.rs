@@ -279,14 +279,23 @@ fn firewall_in_the_guest_matches_the_policy_and_closes_every_port() {
     let allowed = TcpListener::bind("127.0.0.1:554").expect("binding 127.0.0.1:554 (root)");
     let denied = TcpListener::bind("127.0.0.1:0").unwrap();
     let denied_port = denied.local_addr().unwrap().port();
+    // The listener threads end with the test (a guard raises the flag even on a panic).
+    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let stop = Stop(Default::default());
     let accepted = |l: TcpListener| {
         l.set_nonblocking(true).unwrap();
+        let stop = stop.0.clone();
         std::thread::spawn(move || {
             let mut got = Vec::new();
-            let end = std::time::Instant::now() + Duration::from_secs(1800);
-            while std::time::Instant::now() < end {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match l.accept() {
                     Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
                         let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                         let mut s = String::new();
                         let _ = c.read_to_string(&mut s);
@@ -302,7 +311,7 @@ fn firewall_in_the_guest_matches_the_policy_and_closes_every_port() {
         })
     };
     let allowed = accepted(allowed);
-    let _denied_thread = accepted(denied);
+    let denied = accepted(denied);
 
     // The go-ahead for the second phase is a file on the test server.
     let www = dir.join("www");
@@ -448,6 +457,9 @@ sleep 600
     assert!(out.contains(" ok"), "{out}");
     let got = allowed.join().unwrap();
     assert!(got.iter().any(|s| s.contains("guest to 554")), "{got:?}");
+    stop.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got = denied.join().unwrap();
+    assert!(got.is_empty(), "the blocked flow reached the host: {got:?}");
 
     // 4. The probe can see an open port: with an accept rule added for 8080, it answers.
     std::fs::write(www.join("control"), "go").unwrap();
