@@ -110,7 +110,7 @@ impl fmt::Display for GateReport {
 #[non_exhaustive]
 pub enum HealthError {
     /// Required units did not become active in time on a slot that is on trial.
-    #[error("health check failed: {} after {timeout:?}; this slot stays on trial (the loader falls back to the previous slot when its tries run out)", list(.not_active))]
+    #[error("health check failed: {} (the gate waits up to {timeout:?} and stops at a failed unit); this slot stays on trial (the loader falls back to the previous slot when its tries run out)", list(.not_active))]
     Unhealthy {
         /// Units not active and their last states.
         not_active: Vec<(String, String)>,

@@ -56,6 +56,7 @@ fn health(timeout: u64, interval: u64) -> anyhow::Result<()> {
 
 fn main() {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
