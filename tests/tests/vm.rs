@@ -326,8 +326,7 @@ fn firewall_in_the_guest_matches_the_policy_and_closes_every_port() {
         .collect::<Vec<_>>()
         .join(",");
     let script = format!(
-        r#"echo APERTURE-NFT-BEGIN
-nft list ruleset
+        r#"nft list ruleset | awk '{{print "APERTURE" "-NFT| " $0}}'
 echo APERTURE-NFT-END
 ss -Htln | while read -r _ _ _ local _; do echo "APERTURE-LISTEN $local"; done
 cat > /run/listen.py <<'PY'
@@ -382,9 +381,13 @@ sleep 600
 
     // 1. The ruleset the kernel holds matches the image's policy, judged as the audit judges
     //    the image's file.
-    let begin = console.find("APERTURE-NFT-BEGIN").unwrap();
-    let end = console.find("APERTURE-NFT-END").unwrap();
-    let live = &console[begin + "APERTURE-NFT-BEGIN".len()..end];
+    vm.wait_for("APERTURE-NFT-END", BOOT_TIMEOUT).unwrap();
+    let live: String = console
+        .lines()
+        .filter_map(|l| l.split_once("APERTURE-NFT| ").map(|(_, rule)| format!("{rule}\n")))
+        .collect();
+    let live = live.as_str();
+    assert!(live.contains("table inet aperture"), "no ruleset on the console");
     let recipe = Recipe::load(&test_root().join("main/recipes-vm/vm-v1.toml")).unwrap();
     let policy = Policy::from_recipe(&recipe);
     let (summary, findings) = firewall::judge(&nft::parse(live), &policy);
