@@ -379,7 +379,7 @@ pub fn build(
     let _ = std::fs::remove_file(&factory_bundle);
 
     rep.step("bmap", |s| {
-        let bmap = aperture_flash::bmap::Bmap::from_sparse_file(&out.join(names::DISK), 4096)?;
+        let bmap = aperture_flash::bmap::Bmap::from_sparse_file(out.join(names::DISK), 4096)?;
         std::fs::write(out.join(names::BMAP), bmap.to_xml())?;
         s.note(format!(
             "{} MiB mapped of {} MiB",

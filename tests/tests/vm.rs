@@ -658,7 +658,7 @@ echo "APERTURE-MOUNTS $(findmnt -n -o SOURCE,TARGET /data | tr '\n' ' ') $(findm
     vm.wait_exit(std::time::Duration::from_secs(900)).unwrap();
     let console = vm.console();
     assert!(
-        console.contains("aperture-reset: rebooting (reboot to wipe the locked partitions)"),
+        console.contains("reboot to wipe the locked partitions"),
         "aperture-reset --level 3 did not reboot to wipe:\n{}",
         console
             .lines()
@@ -859,7 +859,7 @@ fn reset_level1_and_level2_in_the_vm() {
     vm.wait_exit(Duration::from_secs(900)).unwrap();
     let console = vm.console();
     assert!(
-        console.contains("aperture-reset: rebooting ("),
+        console.contains("reboot into the factory image"),
         "aperture-reset --level 2 did not reboot into the factory slot:\n{}",
         console
             .lines()
