@@ -72,6 +72,23 @@ fn run_vm(a: &VmRunArgs) -> Result<()> {
         "UEFI variables: {} (delete it to start from fresh firmware settings)",
         cfg.vars.display()
     );
+    // A TPM 2.0 for the appliance's sealed storage keys; its state beside the disk, so the
+    // keys sealed on the first boot unseal on every later one (delete both together).
+    let _tpm = if qemu::swtpm_available() {
+        let tpm = qemu::Swtpm::start(&dir.join("tpm"))?;
+        eprintln!(
+            "TPM 2.0: swtpm with its state in {} (delete it together with disk.img)",
+            dir.join("tpm").display()
+        );
+        cfg.tpm_socket = Some(tpm.socket().to_path_buf());
+        Some(tpm)
+    } else {
+        eprintln!(
+            "swtpm is not installed: the appliance has no TPM and stores its storage keys \
+             unprotected on the ESP (apt-get install swtpm)"
+        );
+        None
+    };
     let status = cfg
         .command()?
         .stdin(Stdio::inherit())

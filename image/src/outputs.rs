@@ -288,6 +288,59 @@ pub fn build(
         Ok(())
     })?;
 
+    // The factory (golden) image for reset level 2, when the board's layout has the partition:
+    // an update bundle of the slot artifacts alone, signed like the release's. It cannot be
+    // the release's update.bundle: that one's manifest covers disk.img, which holds this.
+    let factory_bundle = paths
+        .cache
+        .join("tmp")
+        .join(format!("{}-factory.bundle", recipe.build_name()));
+    let _ = std::fs::remove_file(&factory_bundle);
+    if let Some(size) = recipe.partitions.factory {
+        rep.step("factory image", |s| {
+            let (json, sig) =
+                signing::sign_manifest(&draft, &build_keys.release, &build_keys.keyring)?;
+            let mut sources = Vec::new();
+            for a in draft.payload_artifacts() {
+                let p = paths
+                    .cache
+                    .join("tmp")
+                    .join(format!("{}-{}.zst", recipe.build_name(), a.name));
+                let f =
+                    File::open(&p).with_context(|| format!("opening payload {}", p.display()))?;
+                let size = f.metadata()?.len();
+                sources.push(PayloadSource {
+                    name: a.name.clone(),
+                    size,
+                    reader: Box::new(BufReader::new(f)),
+                });
+            }
+            let mut w = bundle::write_bundle(
+                BufWriter::new(File::create(&factory_bundle)?),
+                &json,
+                &sig,
+                sources,
+            )?;
+            w.flush()?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let len = std::fs::metadata(&factory_bundle)?.len();
+            if len > size.bytes() {
+                bail!(
+                    "the factory image is {} MiB but the recipe's factory partition holds {} MiB: raise [partitions] factory",
+                    len >> 20,
+                    size.bytes() >> 20
+                );
+            }
+            s.note(format!(
+                "{} MiB: the slot artifacts of {} {}, signed",
+                len >> 20,
+                draft.product,
+                draft.version
+            ));
+            Ok(())
+        })?;
+    }
+
     rep.step("disk", |s| {
         let layout = disk::qemu_layout(
             recipe,
@@ -307,6 +360,13 @@ pub fn build(
         for p in [disk::names::ROOTFS_A, disk::names::ROOTFS_B] {
             disk::write_at(&f, disk::find(&placed, p)?.offset(), &slot_img.path)?;
         }
+        if recipe.partitions.factory.is_some() {
+            disk::write_at(
+                &f,
+                disk::find(&placed, disk::names::FACTORY)?.offset(),
+                &factory_bundle,
+            )?;
+        }
         f.sync_all()?;
         s.note(format!(
             "{} partitions, both slots hold {}",
@@ -316,6 +376,7 @@ pub fn build(
         Ok(())
     })?;
     let _ = std::fs::remove_file(&esp_img);
+    let _ = std::fs::remove_file(&factory_bundle);
 
     rep.step("bmap", |s| {
         let bmap = aperture_flash::bmap::Bmap::from_sparse_file(out.join(names::DISK), 4096)?;
@@ -434,7 +495,7 @@ pub fn build(
 const FINGERPRINT: &str = ".outputs-fingerprint";
 
 /// Bump when the outputs stage changes what it makes from the same inputs.
-const OUTPUTS_FORMAT: u32 = 2;
+const OUTPUTS_FORMAT: u32 = 3;
 
 fn fingerprint(rootfs: &RootfsBuild, keys: &BuildKeys) -> Result<String> {
     use sha2::Digest;

@@ -193,6 +193,7 @@ pub struct Vm {
     child: Child,
     console: Arc<(Mutex<Console>, Condvar)>,
     started: Instant,
+    tpm: Option<Swtpm>,
 }
 
 #[derive(Default)]
@@ -258,7 +259,13 @@ impl Vm {
             child,
             console,
             started: Instant::now(),
+            tpm: None,
         })
+    }
+
+    /// Keep `tpm` (the swtpm serving this machine's TPM) running as long as this machine.
+    pub fn keep_tpm(&mut self, tpm: Swtpm) {
+        self.tpm = Some(tpm);
     }
 
     /// Wait until the console shows `needle`; returns the whole line it is on.
@@ -333,6 +340,90 @@ impl Drop for Vm {
         if let Ok(None) = self.child.try_wait() {
             self.kill();
         }
+        // QEMU is gone: its TPM goes with it (dropped after the child is reaped).
+        self.tpm.take();
+    }
+}
+
+/// Whether swtpm (Debian's swtpm package) is installed.
+pub fn swtpm_available() -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("swtpm").is_file()))
+        .unwrap_or(false)
+}
+
+/// A software TPM 2.0 (swtpm) for one QEMU process: its state folder keeps the TPM's seeds
+/// and NV memory across boots, so keys sealed on one boot unseal on the next when the same
+/// folder is used again. Stopped when dropped (QEMU also ends it when it exits).
+pub struct Swtpm {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Swtpm {
+    /// Start `swtpm socket --tpm2` with its state in `state` (created if missing) and its
+    /// control socket inside it; returns once the socket exists.
+    pub fn start(state: &Path) -> Result<Swtpm> {
+        std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+        let socket = state.join("swtpm-sock");
+        let _ = std::fs::remove_file(&socket);
+        let log = state.join("swtpm.log");
+        let mut c = Command::new("swtpm");
+        c.arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--log")
+            .arg(format!("file={},level=1", log.display()))
+            // Ends when QEMU disconnects, so a crashed test leaves nothing behind.
+            .arg("--terminate");
+        let shown = crate::cmd::display(&c);
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting `{shown}` (is swtpm installed?)"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Some(st) = child.try_wait()? {
+                bail!("`{shown}` exited with {st} before making its socket");
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("`{shown}` made no socket within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Swtpm { child, socket })
+    }
+
+    /// The control socket to give QEMU ([`VmConfig::tpm_socket`]).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Wait briefly for swtpm to end by itself (it writes its state when QEMU shuts it down),
+    /// then stop it.
+    pub fn stop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

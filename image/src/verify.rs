@@ -149,6 +149,80 @@ fn check_slot_partitions(disk: &Path, rootfs: &Artifact) -> Result<String> {
     ))
 }
 
+/// Length of the tar stream (through its end marker) at the start of `r`, walking the ustar
+/// headers; the bundle reader checks every entry again.
+fn tar_len(r: &mut impl Read, limit: u64) -> Result<u64> {
+    let mut header = [0u8; 512];
+    let mut at = 0u64;
+    while at + 1024 <= limit {
+        r.read_exact(&mut header)?;
+        if header.iter().all(|b| *b == 0) {
+            r.read_exact(&mut header)?;
+            if header.iter().all(|b| *b == 0) {
+                return Ok(at + 1024);
+            }
+            bail!("a lone zero block at byte {at}");
+        }
+        if &header[257..262] != b"ustar" {
+            bail!("no ustar header at byte {at}");
+        }
+        let field =
+            std::str::from_utf8(&header[124..136])?.trim_matches(|c: char| c == '\0' || c == ' ');
+        let size = if field.is_empty() {
+            0
+        } else {
+            u64::from_str_radix(field, 8).with_context(|| format!("entry size at byte {at}"))?
+        };
+        let skip = size.div_ceil(512) * 512;
+        std::io::copy(&mut r.by_ref().take(skip), &mut std::io::sink())?;
+        at += 512 + skip;
+    }
+    bail!("no tar end marker inside the partition")
+}
+
+/// The factory image in `disk`'s `factory` partition, if it has one: a bundle signed under
+/// `root` whose slot artifacts are the release's (`artifacts`), every payload verified.
+fn check_factory_partition(
+    disk: &Path,
+    artifacts: &[Artifact],
+    root: &PublicKey,
+    now: u64,
+) -> Result<Option<String>> {
+    let mut f = File::open(disk)?;
+    let size = aperture_gpt::disk_size_of(&mut f)?;
+    let gpt = aperture_gpt::read_gpt(&mut f, size)
+        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    let Some(p) = gpt.find(crate::disk::names::FACTORY) else {
+        return Ok(None);
+    };
+    let len = tar_len(
+        &mut std::io::BufReader::new(Window::new(File::open(disk)?, p.offset(), p.size())),
+        p.size(),
+    )
+    .context("the factory partition holds no bundle")?;
+    let w = Window::new(File::open(disk)?, p.offset(), len);
+    let mut r = BundleReader::new(std::io::BufReader::new(w), root, now);
+    let m = r.read_header().context("the factory image")?;
+    for a in m.payload_artifacts() {
+        let Some(release) = artifacts.iter().find(|r| r.name == a.name) else {
+            bail!(
+                "the factory image holds {}, which the release does not",
+                a.name
+            );
+        };
+        if release.sha256 != a.sha256 || release.size != a.size {
+            bail!("the factory image's {} is not the release's", a.name);
+        }
+    }
+    r.verify_payloads().context("the factory image")?;
+    Ok(Some(format!(
+        "factory image {} {} ({} MiB) verified",
+        m.product,
+        m.version,
+        len >> 20
+    )))
+}
+
 /// Verify a build folder against `root_key` (default: the folder's `root.pub`) at time `now`.
 pub fn verify(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<Report> {
     let key_path = root_key
@@ -202,6 +276,14 @@ pub fn verify(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<Report> {
             if a.role == Role::Disk {
                 if let Some(r) = &rootfs {
                     notes.push(check_slot_partitions(&dir.join(a.name.as_str()), r)?);
+                }
+                if let Some(n) = check_factory_partition(
+                    &dir.join(a.name.as_str()),
+                    &verified.artifacts,
+                    &root,
+                    now,
+                )? {
+                    notes.push(n);
                 }
             }
             notes.push(check_artifact(dir, a)?);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aperture_image::pipeline::{self, BuildOptions, BuildReport};
 use aperture_image::progress::Reporter;
-use aperture_image::qemu::{Accel, Vm, VmConfig};
+use aperture_image::qemu::{swtpm_available, Accel, Swtpm, Vm, VmConfig};
 use aperture_image::recipe::Arch;
 
 /// The workspace root.
@@ -143,6 +143,8 @@ pub fn copy_disk(src: &Path, dest: &Path) -> Result<()> {
 }
 
 /// Boot `disk` (its own UEFI variable store beside it); the console goes to `<dir>/<log>.log`.
+/// When swtpm is installed the guest gets a TPM 2.0 whose state lives in `<dir>/tpm`, so every
+/// boot of one scenario sees the same TPM (keys sealed on one boot unseal on the next).
 pub fn boot(
     arch: Arch,
     disk: &Path,
@@ -152,12 +154,28 @@ pub fn boot(
 ) -> Result<Vm> {
     let mut cfg = VmConfig::new(arch, disk, &dir.join("efivars.fd"));
     cfg.accel = accel();
+    let tpm = if swtpm_available() {
+        let tpm = Swtpm::start(&dir.join("tpm"))?;
+        cfg.tpm_socket = Some(tpm.socket().to_path_buf());
+        Some(tpm)
+    } else {
+        eprintln!("swtpm is not installed: the guest has no TPM (install swtpm)");
+        None
+    };
     tweak(&mut cfg);
-    let vm = Vm::start(&cfg, &dir.join(format!("{log}.log")))?;
+    let mut vm = Vm::start(&cfg, &dir.join(format!("{log}.log")))?;
+    if let Some(tpm) = tpm {
+        vm.keep_tpm(tpm);
+    }
     eprintln!(
-        "booting {} ({}), console in {}",
+        "booting {} ({}{}), console in {}",
         disk.display(),
         cfg.accel.name(),
+        if cfg.tpm_socket.is_some() {
+            ", swtpm"
+        } else {
+            ""
+        },
         dir.join(format!("{log}.log")).display()
     );
     Ok(vm)

@@ -479,3 +479,444 @@ sleep 600
     );
     assert!(server.requests() >= 1);
 }
+
+/// A random hex string of `bytes` random bytes (the host's /dev/urandom).
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut b = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether `needle` occurs anywhere in the raw bytes of `file` (grep reads holes as zeros).
+fn file_contains(file: &std::path::Path, needle: &str) -> bool {
+    let st = std::process::Command::new("grep")
+        .args(["-q", "-a", "-F", "--", needle])
+        .arg(file)
+        .status()
+        .expect("running grep");
+    match st.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("grep failed on {}: {st}", file.display()),
+    }
+}
+
+/// The text after `marker` on the first console line holding it.
+fn after(line: &str, marker: &str) -> String {
+    line.split(marker)
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Boot `disk` again and again (a reset reboots on its own, ending QEMU) until the console
+/// shows `done`; at most `max` boots. Returns the console of the last boot and the boot count.
+fn boot_until(
+    disk: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    script: &std::path::Path,
+    done: &str,
+    max: usize,
+) -> (String, usize) {
+    use std::time::Duration;
+    for n in 1..=max {
+        let t = std::time::Instant::now();
+        let vm = boot(Arch::Amd64, disk, dir, &format!("{name}-{n}"), |c| {
+            c.fw_cfg.push(("script".into(), script.to_path_buf()))
+        })
+        .unwrap();
+        // A reset boot scrubs partitions and writes a slot under emulation: minutes.
+        match vm.wait_for(done, Duration::from_secs(1200)) {
+            Ok(_) => {
+                eprintln!("{name} boot {n}: `{done}` after {:.0?}", t.elapsed());
+                let mut vm = vm;
+                let _ = vm.wait_exit(BOOT_TIMEOUT);
+                return (vm.console(), n);
+            }
+            Err(e) => {
+                let console = vm.console();
+                assert!(
+                    !console.contains("Kernel panic"),
+                    "{name} boot {n} panicked: {e:#}"
+                );
+                eprintln!(
+                    "{name} boot {n} ended after {:.0?} without `{done}` (a reset reboot)",
+                    t.elapsed()
+                );
+            }
+        }
+    }
+    panic!("{name}: `{done}` never appeared in {max} boots");
+}
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU, swtpm and a built image (run by `cargo xtask test` as root)"]
+fn encrypted_partitions_survive_reboot_and_level3_wipes_them() {
+    use std::time::Instant;
+    if !require_root("encrypted_partitions_survive_reboot_and_level3_wipes_them") {
+        return;
+    }
+    let image = hooked_image("vm-v1", "1.0.0", "");
+    let dir = scenario_dir("storage-reset3").unwrap();
+    let disk = dir.join("disk.img");
+    copy_disk(&image.paths.out.join("disk.img"), &disk).unwrap();
+    // Made here, written only inside the guest onto the encrypted data volume.
+    let canary = format!("aperture-canary-{}", random_hex(24));
+    assert!(!file_contains(&disk, &canary));
+    let show = r#"for v in config data; do echo "APERTURE-CRYPT-$v $(cryptsetup status aperture-$v | tr -s ' \n' ' ')"; done
+echo "APERTURE-UUID $(cryptsetup luksUUID /dev/disk/by-partlabel/data)"
+echo "APERTURE-KEYS $(aperture-storage status | grep 'key source')"
+echo "APERTURE-MOUNTS $(findmnt -n -o SOURCE,TARGET /data | tr '\n' ' ') $(findmnt -n -o SOURCE,TARGET /config | tr '\n' ' ')""#;
+
+    // Boot 1: the first boot formats and seals both volumes; the canary goes onto /data.
+    let s = hook_script(
+        &dir,
+        "boot1",
+        &format!(
+            "{show}\nc='{canary}'\nprintf '%s\\n' \"$c\" > /data/canary.txt && sync && echo APERTURE-WROTE\nsystemctl poweroff"
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut vm = boot(Arch::Amd64, &disk, &dir, "boot1", |c| {
+        c.fw_cfg.push(("script".into(), s))
+    })
+    .unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("boot 1 status line after {:.0?}: {status}", t.elapsed());
+    assert!(
+        status.contains("slot=a") && status.contains("verity=yes"),
+        "{status}"
+    );
+    let mut uuids = Vec::new();
+    for v in ["config", "data"] {
+        let line = vm
+            .wait_for(&format!("APERTURE-CRYPT-{v} "), BOOT_TIMEOUT)
+            .unwrap();
+        eprintln!("{line}");
+        assert!(
+            line.contains(&format!("/dev/mapper/aperture-{v} is active"))
+                && line.contains("type: LUKS2"),
+            "{line}"
+        );
+    }
+    let uuid1 = after(
+        &vm.wait_for("APERTURE-UUID ", BOOT_TIMEOUT).unwrap(),
+        "APERTURE-UUID ",
+    );
+    uuids.push(uuid1.clone());
+    let keys = vm.wait_for("APERTURE-KEYS ", BOOT_TIMEOUT).unwrap();
+    eprintln!("{keys}");
+    assert!(
+        keys.contains("key source: tpm2"),
+        "the keys must be sealed by the TPM: {keys}"
+    );
+    let mounts = vm.wait_for("APERTURE-MOUNTS ", BOOT_TIMEOUT).unwrap();
+    assert!(
+        mounts.contains("/dev/mapper/aperture-data /data")
+            && mounts.contains("/dev/mapper/aperture-config /config"),
+        "{mounts}"
+    );
+    vm.wait_for("APERTURE-WROTE", BOOT_TIMEOUT).unwrap();
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+    let console = vm.console();
+    if let Some(l) = console
+        .lines()
+        .find(|l| l.contains("Finished") && l.contains("encrypted config and data"))
+    {
+        eprintln!("boot 1: {l}");
+    }
+    eprintln!("boot 1 (first boot, formatting) took {:.0?}", t.elapsed());
+    assert!(
+        !file_contains(&disk, &canary),
+        "the canary is in the clear on the disk: /data is not encrypted"
+    );
+
+    // Boot 2: same disk, same TPM: the keys unseal and the canary is still there; then a
+    // level 3 reset.
+    let s = hook_script(
+        &dir,
+        "boot2",
+        &format!(
+            "{show}\nc='{canary}'\nif [ \"$(cat /data/canary.txt 2>/dev/null)\" = \"$c\" ]; then echo APERTURE-CANARY-KEPT; else echo APERTURE-CANARY-LOST; fi\naperture-reset --level 3 --yes\necho \"APERTURE-RESET-EXIT $?\"\nsleep 600"
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut vm = boot(Arch::Amd64, &disk, &dir, "boot2", |c| {
+        c.fw_cfg.push(("script".into(), s))
+    })
+    .unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("boot 2 status line after {:.0?}: {status}", t.elapsed());
+    let uuid2 = after(
+        &vm.wait_for("APERTURE-UUID ", BOOT_TIMEOUT).unwrap(),
+        "APERTURE-UUID ",
+    );
+    assert_eq!(
+        uuid1, uuid2,
+        "the data volume must be the same after a reboot"
+    );
+    let kept = vm.wait_for("APERTURE-CANARY-", BOOT_TIMEOUT).unwrap();
+    assert!(kept.contains("APERTURE-CANARY-KEPT"), "{kept}");
+    // The reset reboots the guest, which ends QEMU.
+    vm.wait_exit(std::time::Duration::from_secs(900)).unwrap();
+    let console = vm.console();
+    assert!(
+        console.contains("reboot to wipe the locked partitions"),
+        "aperture-reset --level 3 did not reboot to wipe:\n{}",
+        console
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!("boot 2 (reset level 3 started) took {:.0?}", t.elapsed());
+
+    // Boots 3..: the reset resumes (scrub, factory image into both slots) and the storage is
+    // made new.
+    let s = hook_script(
+        &dir,
+        "after",
+        &format!(
+            // Not the canary itself: this boot's journal (on the new /data) records the script.
+            "if [ -e /efi/aperture/reset.json ]; then aperture-reset status; echo APERTURE-RESET-PENDING; sleep 900; fi\n{show}\nif [ -e /data/canary.txt ]; then echo APERTURE-CANARY-FOUND; else echo APERTURE-CANARY-GONE; fi\necho \"APERTURE-DATA-FILES $(ls -A /data | tr '\\n' ' ')\"\necho APERTURE-FINAL\nsystemctl poweroff"
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let (console, boots) = boot_until(&disk, &dir, "after", &s, "APERTURE-FINAL", 5);
+    eprintln!(
+        "reset level 3 finished after {boots} more boots in {:.0?}",
+        t.elapsed()
+    );
+    let line = |m: &str| {
+        console
+            .lines()
+            .find(|l| l.contains(m))
+            .unwrap_or_else(|| panic!("no `{m}` on the console"))
+            .to_string()
+    };
+    assert!(line("APERTURE-CANARY-").contains("APERTURE-CANARY-GONE"));
+    let uuid3 = after(&line("APERTURE-UUID "), "APERTURE-UUID ");
+    assert!(!uuid3.is_empty());
+    assert_ne!(uuid3, uuid1, "the data volume must be a new LUKS volume");
+    for v in ["config", "data"] {
+        let l = line(&format!("APERTURE-CRYPT-{v} "));
+        assert!(l.contains("is active") && l.contains("type: LUKS2"), "{l}");
+    }
+    let status = line("aperture-agent: product=");
+    assert!(status.contains("verity=yes"), "{status}");
+    eprintln!("after the reset: {status}");
+    assert!(
+        !file_contains(&disk, &canary),
+        "the canary survived the reset somewhere on the disk"
+    );
+}
+
+/// The offset and size of partition `name` in the disk image `disk`.
+fn partition(disk: &std::path::Path, name: &str) -> (u64, u64) {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let size = f.metadata().unwrap().len();
+    let gpt = aperture_gpt::read_gpt(&mut f, size).unwrap();
+    let p = gpt
+        .find(name)
+        .unwrap_or_else(|| panic!("no partition {name} in {}", disk.display()));
+    (p.offset(), p.size())
+}
+
+/// Whether partition `name` of `disk` starts with exactly the bytes of `image`.
+fn partition_holds(disk: &std::path::Path, name: &str, image: &std::path::Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let (offset, _) = partition(disk, name);
+    let mut d = std::fs::File::open(disk).unwrap();
+    d.seek(SeekFrom::Start(offset)).unwrap();
+    let mut i = std::fs::File::open(image).unwrap();
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = i.read(&mut a).unwrap();
+        if n == 0 {
+            return true;
+        }
+        d.read_exact(&mut b[..n]).unwrap();
+        if a[..n] != b[..n] {
+            return false;
+        }
+    }
+}
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU, swtpm and a built image (run by `cargo xtask test` as root)"]
+fn reset_level1_and_level2_in_the_vm() {
+    use std::os::unix::fs::FileExt;
+    use std::time::{Duration, Instant};
+    if !require_root("reset_level1_and_level2_in_the_vm") {
+        return;
+    }
+    let image = hooked_image("vm-v1", "1.0.0", "");
+    let rootfs = image.paths.out.join("rootfs.img");
+    let dir = scenario_dir("reset-levels").unwrap();
+    let disk = dir.join("disk.img");
+    copy_disk(&image.paths.out.join("disk.img"), &disk).unwrap();
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let server = FileServer::start_for_guests(&www).unwrap();
+    let level1 = "aperture-reset --level 1 --yes\necho \"APERTURE-RESET-EXIT $?\"\nsleep 600";
+
+    // Boot 1 (slot A): level 1 re-verifies slot A, the running known-good slot, and boots it.
+    let s = hook_script(&dir, "boot1", level1).unwrap();
+    let t = Instant::now();
+    let mut vm = boot(Arch::Amd64, &disk, &dir, "boot1", |c| {
+        c.fw_cfg.push(("script".into(), s))
+    })
+    .unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("boot 1 status line after {:.0?}: {status}", t.elapsed());
+    assert!(status.contains("slot=a"), "{status}");
+    let chose = vm
+        .wait_for("aperture-reset: rebooting into slot", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(chose.ends_with("slot a"), "{chose}");
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+    eprintln!("boot 1 with level 1 took {:.0?}", t.elapsed());
+
+    // Boot 2 (slot A again): slot A's rootfs is corrupted on the host while it runs (in the
+    // middle of its data, which booting does not read); level 1 now refuses A and boots B.
+    let s = hook_script(
+        &dir,
+        "boot2",
+        &format!(
+            "echo APERTURE-WAITING\nuntil python3 -c \"import urllib.request; urllib.request.urlopen('http://10.0.2.2:{}/control', timeout=5)\" 2>/dev/null; do sleep 1; done\n{level1}",
+            aperture_tests::http::GUEST_SERVER_PORT
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut vm = boot(Arch::Amd64, &disk, &dir, "boot2", |c| {
+        c.fw_cfg.push(("script".into(), s))
+    })
+    .unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        status.contains("slot=a"),
+        "level 1 must have booted slot A: {status}"
+    );
+    vm.wait_for("APERTURE-WAITING", BOOT_TIMEOUT).unwrap();
+    let (offset, _) = partition(&disk, "rootfs_a");
+    let len = std::fs::metadata(&rootfs).unwrap().len();
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&disk)
+            .unwrap();
+        for k in 3..=5u64 {
+            let at = offset + (len * k / 10) / 4096 * 4096 + 1000;
+            let mut b = [0u8; 16];
+            f.read_exact_at(&mut b, at).unwrap();
+            for x in &mut b {
+                *x ^= 0xa5;
+            }
+            f.write_all_at(&b, at).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    assert!(!partition_holds(&disk, "rootfs_a", &rootfs));
+    std::fs::write(www.join("control"), "go").unwrap();
+    let chose = vm
+        .wait_for("aperture-reset: rebooting into slot", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        chose.ends_with("slot b"),
+        "a corrupted slot A must be refused: {chose}"
+    );
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+    eprintln!(
+        "boot 2 with level 1 refusing slot A took {:.0?}",
+        t.elapsed()
+    );
+
+    // Boot 3 (slot B): level 2 writes the factory image into slot A, arms it and reboots.
+    let s = hook_script(
+        &dir,
+        "boot3",
+        "aperture-reset --level 2 --yes\necho \"APERTURE-RESET-EXIT $?\"\nsleep 600",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut vm = boot(Arch::Amd64, &disk, &dir, "boot3", |c| {
+        c.fw_cfg.push(("script".into(), s))
+    })
+    .unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("boot 3 status line: {status}");
+    assert!(
+        status.contains("slot=b") && status.contains("verity=yes"),
+        "{status}"
+    );
+    vm.wait_exit(Duration::from_secs(900)).unwrap();
+    let console = vm.console();
+    assert!(
+        console.contains("reboot into the factory image"),
+        "aperture-reset --level 2 did not reboot into the factory slot:\n{}",
+        console
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "boot 3 with level 2 (factory image into slot A) took {:.0?}",
+        t.elapsed()
+    );
+
+    // Boots 4..: the factory image boots from slot A; the reset writes it into slot B too.
+    let s = hook_script(
+        &dir,
+        "after",
+        "if [ -e /efi/aperture/reset.json ]; then aperture-reset status; echo APERTURE-RESET-PENDING; sleep 900; fi\necho APERTURE-FINAL\nsystemctl poweroff",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let (console, boots) = boot_until(&disk, &dir, "after", &s, "APERTURE-FINAL", 4);
+    eprintln!(
+        "level 2 finished after {boots} more boots in {:.0?}",
+        t.elapsed()
+    );
+    let status = console
+        .lines()
+        .find(|l| l.contains("aperture-agent: product="))
+        .unwrap()
+        .to_string();
+    eprintln!("after level 2: {status}");
+    assert!(status.contains("verity=yes"), "{status}");
+    assert!(
+        console.contains("reset level 2 complete"),
+        "the reset must have finished on this boot"
+    );
+    for slot in ["rootfs_a", "rootfs_b"] {
+        assert!(
+            partition_holds(&disk, slot, &rootfs),
+            "{slot} does not hold the factory rootfs image"
+        );
+    }
+    assert!(server.requests() >= 1);
+}

@@ -32,8 +32,9 @@ const ARM64: &[&str] = &[
     "arch-test",
 ];
 
-/// Extra packages to boot images under QEMU.
-const VM: &[&str] = &["qemu-system-x86", "ovmf", "qemu-utils"];
+/// Extra packages to boot images under QEMU (swtpm: the guest's TPM 2.0, which seals the keys
+/// of its encrypted partitions).
+const VM: &[&str] = &["qemu-system-x86", "ovmf", "qemu-utils", "swtpm"];
 
 /// Extra packages to boot arm64 images under QEMU.
 const VM_ARM64: &[&str] = &["qemu-system-arm", "qemu-efi-aarch64"];

@@ -76,17 +76,21 @@ pub enum DeviceProgram {
     /// The reset tool.
     #[serde(rename = "aperture-reset")]
     Reset,
+    /// The encrypted config and data partitions.
+    #[serde(rename = "aperture-storage")]
+    Storage,
 }
 
 impl DeviceProgram {
     /// All programs.
-    pub const ALL: [DeviceProgram; 3] = [Self::Agent, Self::Update, Self::Reset];
+    pub const ALL: [DeviceProgram; 4] = [Self::Agent, Self::Update, Self::Reset, Self::Storage];
     /// Binary name.
     pub fn binary(self) -> &'static str {
         match self {
             Self::Agent => "aperture-agent",
             Self::Update => "aperture-update",
             Self::Reset => "aperture-reset",
+            Self::Storage => "aperture-storage",
         }
     }
     /// Cargo package that builds the binary.
@@ -95,6 +99,7 @@ impl DeviceProgram {
             Self::Agent => "aperture-agent",
             Self::Update => "aperture-updater",
             Self::Reset => "aperture-reset",
+            Self::Storage => "aperture-storage",
         }
     }
     fn parse(s: &str) -> Option<Self> {
