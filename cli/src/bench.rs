@@ -106,7 +106,7 @@ fn aperture_build(ws: &Path, out: &Path, rootfs_only: bool) -> Result<Duration> 
 /// commit, and the table says so.
 fn mkosi_conf(recipe: &Recipe) -> String {
     format!(
-        "[Distribution]\nDistribution=debian\nRelease={}\nMirror={}\n\n[Output]\nFormat=tar\nBootable=no\nOutput=image.tar\nIncremental=yes\nCacheDirectory=mkosi.cache\n\n[Content]\nWithDocs=yes\nPackages={}\n",
+        "[Distribution]\nDistribution=debian\nRelease={}\nMirror={}\n\n[Output]\nFormat=tar\nBootable=no\nOutput=image.tar\nIncremental=yes\nCache=mkosi.cache\n\n[Content]\nWithDocs=yes\nPackages={}\n",
         recipe.base.suite,
         recipe.base.mirror,
         recipe.all_packages().join(",")
