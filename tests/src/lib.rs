@@ -28,6 +28,23 @@ pub fn test_root() -> PathBuf {
     workspace().join("target").join("aperture-tests")
 }
 
+/// True when `name` is on PATH; otherwise print that `skipped` is skipped and why (the
+/// preflight of `cargo xtask test` installs every tool the tiers use when run as root).
+pub fn have_tool(name: &str, skipped: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!(
+            "SKIPPED {skipped}: `{name}` is not installed (cargo xtask test installs it as root)"
+        );
+    }
+    found
+}
+
 /// True when running as root; otherwise print why the test is skipped.
 pub fn require_root(test: &str) -> bool {
     let root = std::process::Command::new("id")

@@ -27,16 +27,7 @@ fn read_from_commit(store: &Store, commit: &str, path: &str) -> Vec<u8> {
 }
 
 fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("SKIPPED part of this test: `{name}` is not installed (cargo xtask test installs it as root)");
-    }
-    found
+    aperture_tests::have_tool(name, "part of this test")
 }
 
 fn run(cmd: &mut Command) -> String {

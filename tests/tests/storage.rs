@@ -19,16 +19,7 @@ use aperture_tests::{require_root, workspace};
 const MIB: u64 = 1 << 20;
 
 fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("SKIPPED: `{name}` is not installed (apt-get install cryptsetup-bin util-linux)");
-    }
-    found
+    aperture_tests::have_tool(name, "this test")
 }
 
 /// A loop device over a sparse file, detached on drop.

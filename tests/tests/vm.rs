@@ -384,10 +384,16 @@ sleep 600
     vm.wait_for("APERTURE-NFT-END", BOOT_TIMEOUT).unwrap();
     let live: String = console
         .lines()
-        .filter_map(|l| l.split_once("APERTURE-NFT| ").map(|(_, rule)| format!("{rule}\n")))
+        .filter_map(|l| {
+            l.split_once("APERTURE-NFT| ")
+                .map(|(_, rule)| format!("{rule}\n"))
+        })
         .collect();
     let live = live.as_str();
-    assert!(live.contains("table inet aperture"), "no ruleset on the console");
+    assert!(
+        live.contains("table inet aperture"),
+        "no ruleset on the console"
+    );
     let recipe = Recipe::load(&test_root().join("main/recipes-vm/vm-v1.toml")).unwrap();
     let policy = Policy::from_recipe(&recipe);
     let (summary, findings) = firewall::judge(&nft::parse(live), &policy);
