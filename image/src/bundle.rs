@@ -36,7 +36,7 @@ pub fn make_bundle(
     let report = verify::verify(dir, root_key, now)?;
     if let Some(f) = report.first_failure() {
         bail!(
-            "{} does not verify ({}: {}); rebuild it with `cargo xtask build` before bundling",
+            "{} does not verify ({}: {}); pass the root key it was signed for with --root-key, or rebuild it with `cargo xtask build`",
             dir.display(),
             f.what,
             f.detail

@@ -495,3 +495,35 @@ fn overlay_that_escapes_the_root_is_refused() {
         );
     }
 }
+
+#[test]
+#[ignore = "privileged tier: needs root, mmdebstrap and the network (run by `cargo xtask test` as root)"]
+fn bundle_verb_remakes_the_builds_bundle_byte_for_byte() {
+    if !require_root("bundle_verb_remakes_the_builds_bundle_byte_for_byte") {
+        return;
+    }
+    let image = default_image().unwrap();
+    let dir = test_root().join("bundle-verb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("again.bundle");
+    let _ = std::fs::remove_file(&out);
+    let r = aperture_image::bundle::make_bundle(&image.paths.out, Some(&out), None).unwrap();
+    assert_eq!(r.payloads, 3, "rootfs, kernel and initrd");
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(image.paths.out.join(names::BUNDLE)).unwrap(),
+        "the re-made bundle differs from the build's update.bundle"
+    );
+    std::fs::remove_file(&out).unwrap();
+
+    // A root key the build was not signed for: refused, nothing written.
+    let other = dir.join("other-root.pub");
+    aperture_trust::keys::SigningKeyPair::generate()
+        .unwrap()
+        .public()
+        .save(&other)
+        .unwrap();
+    let err = aperture_image::bundle::make_bundle(&image.paths.out, Some(&out), Some(&other))
+        .unwrap_err();
+    eprintln!("refused: {err:#}");
+    assert!(!out.exists(), "a refused bundle must not be written");
+}
