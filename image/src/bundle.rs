@@ -14,6 +14,34 @@ use aperture_trust::manifest::Manifest;
 use crate::outputs::names;
 use crate::verify;
 
+/// Write the bundle of `manifest_json` and `sig_json` to `dest` and sync it; each payload
+/// artifact's encoded bytes are read from `payload(name)`. Callers that replace a file write
+/// to a temporary name and rename.
+pub(crate) fn write_bundle_file(
+    dest: &Path,
+    manifest_json: &[u8],
+    sig_json: &[u8],
+    payload: impl Fn(&str) -> PathBuf,
+) -> Result<()> {
+    let manifest = Manifest::from_json_unverified(manifest_json)?;
+    let mut sources = Vec::new();
+    for a in manifest.payload_artifacts() {
+        let p = payload(a.name.as_str());
+        let f = File::open(&p).with_context(|| format!("opening payload {}", p.display()))?;
+        let size = f.metadata()?.len();
+        sources.push(PayloadSource {
+            name: a.name.clone(),
+            size,
+            reader: Box::new(BufReader::new(f)),
+        });
+    }
+    let file = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let mut w = bundle::write_bundle(BufWriter::new(file), manifest_json, sig_json, sources)?;
+    w.flush()?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
 /// What `bundle` wrote.
 #[derive(Debug)]
 pub struct BundleReport {
@@ -61,7 +89,7 @@ pub fn make_bundle(
         .tempdir_in(&parent)
         .with_context(|| format!("making a work folder in {}", parent.display()))?;
 
-    let mut sources = Vec::new();
+    let mut payloads = 0;
     for a in manifest.payload_artifacts() {
         let want = a.payload.as_ref().expect("payload_artifacts have payloads");
         let src = dir.join(a.name.as_str());
@@ -79,24 +107,13 @@ pub fn make_bundle(
                 want.sha256
             );
         }
-        let f = File::open(&zst)?;
-        sources.push(PayloadSource {
-            name: a.name.clone(),
-            size: got.size,
-            reader: Box::new(BufReader::new(f)),
-        });
+        payloads += 1;
     }
-    let payloads = sources.len();
 
     let tmp = work.path().join(names::BUNDLE);
-    let mut w = bundle::write_bundle(
-        BufWriter::new(File::create(&tmp)?),
-        &manifest_json,
-        &sig_json,
-        sources,
-    )?;
-    w.flush()?;
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    write_bundle_file(&tmp, &manifest_json, &sig_json, |name| {
+        work.path().join(format!("{name}.zst"))
+    })?;
 
     // Read it back as an appliance would before it replaces anything.
     let root = PublicKey::load(&report.root_key_path)?;

@@ -3,12 +3,12 @@
 //! `manifest.sig` and `update.bundle`. Output names are fixed: later tools rely on them.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aperture_slots::{systemd_boot, Slot, SlotBoot};
-use aperture_trust::bundle::{self, PayloadSource};
+use aperture_trust::bundle;
 use aperture_trust::manifest::{
     Artifact, ArtifactName, BootInfo, BuildInfo, Manifest, Payload, Role,
 };
@@ -60,7 +60,50 @@ pub struct OutputsReport {
     pub artifacts: Vec<Artifact>,
 }
 
-fn artifact(dir: &Path, name: &str, role: Role) -> Result<Artifact> {
+/// Where a build keeps a slot artifact's compressed payload until the bundles are written.
+pub(crate) fn payload_path(paths: &Paths, recipe: &Recipe, name: &str) -> PathBuf {
+    paths
+        .cache
+        .join("tmp")
+        .join(format!("{}-{name}.zst", recipe.build_name()))
+}
+
+/// Sign `m` with the build's release key, write `manifest.json`, `manifest.sig` and `root.pub`
+/// into `out`, and return the manifest and signature bytes.
+pub(crate) fn sign_outputs(
+    out: &Path,
+    m: &Manifest,
+    build_keys: &BuildKeys,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (json, sig) = signing::sign_manifest(m, &build_keys.release, &build_keys.keyring)?;
+    std::fs::write(out.join(names::MANIFEST), &json)?;
+    std::fs::write(out.join(names::SIGNATURE), &sig)?;
+    std::fs::copy(
+        build_keys.dir.join(keys::ROOT_PUBLIC),
+        out.join(names::ROOT_PUB),
+    )?;
+    Ok((json, sig))
+}
+
+/// The update bundle of a signed manifest from the build's payloads, written under a
+/// temporary name and renamed into `out`; the payloads are removed afterwards.
+pub(crate) fn write_release_bundle(
+    paths: &Paths,
+    recipe: &Recipe,
+    json: &[u8],
+    sig: &[u8],
+) -> Result<u64> {
+    let out = &paths.out;
+    let tmp = out.join(format!("{}.tmp", names::BUNDLE));
+    crate::bundle::write_bundle_file(&tmp, json, sig, |name| payload_path(paths, recipe, name))?;
+    std::fs::rename(&tmp, out.join(names::BUNDLE))?;
+    for a in Manifest::from_json_unverified(json)?.payload_artifacts() {
+        let _ = std::fs::remove_file(payload_path(paths, recipe, a.name.as_str()));
+    }
+    Ok(std::fs::metadata(out.join(names::BUNDLE))?.len())
+}
+
+pub(crate) fn artifact(dir: &Path, name: &str, role: Role) -> Result<Artifact> {
     let path = dir.join(name);
     let (sha256, size) = aperture_trust::digest::sha256_file(&path)
         .with_context(|| format!("hashing {}", path.display()))?;
@@ -74,7 +117,7 @@ fn artifact(dir: &Path, name: &str, role: Role) -> Result<Artifact> {
     })
 }
 
-fn read_commit_file(view: &TreeView<'_>, path: &str, dest: &Path) -> Result<()> {
+pub(crate) fn read_commit_file(view: &TreeView<'_>, path: &str, dest: &Path) -> Result<()> {
     match view.lookup(Path::new(path), true)? {
         Some(f) => match f.node {
             Node::File(ck) => {
@@ -193,10 +236,7 @@ pub fn build(
             if role == Role::Rootfs {
                 a.verity = Some(slot_img.verity.clone());
             }
-            let payload_path = paths
-                .cache
-                .join("tmp")
-                .join(format!("{}-{name}.zst", recipe.build_name()));
+            let payload_path = payload_path(paths, recipe, name);
             std::fs::create_dir_all(payload_path.parent().expect("has parent"))?;
             let p: Payload = bundle::compress_payload(&out.join(name), &payload_path, 3)?;
             a.payload = Some(p);
@@ -300,29 +340,9 @@ pub fn build(
         rep.step("factory image", |s| {
             let (json, sig) =
                 signing::sign_manifest(&draft, &build_keys.release, &build_keys.keyring)?;
-            let mut sources = Vec::new();
-            for a in draft.payload_artifacts() {
-                let p = paths
-                    .cache
-                    .join("tmp")
-                    .join(format!("{}-{}.zst", recipe.build_name(), a.name));
-                let f =
-                    File::open(&p).with_context(|| format!("opening payload {}", p.display()))?;
-                let size = f.metadata()?.len();
-                sources.push(PayloadSource {
-                    name: a.name.clone(),
-                    size,
-                    reader: Box::new(BufReader::new(f)),
-                });
-            }
-            let mut w = bundle::write_bundle(
-                BufWriter::new(File::create(&factory_bundle)?),
-                &json,
-                &sig,
-                sources,
-            )?;
-            w.flush()?;
-            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            crate::bundle::write_bundle_file(&factory_bundle, &json, &sig, |name| {
+                payload_path(paths, recipe, name)
+            })?;
             let len = std::fs::metadata(&factory_bundle)?.len();
             if len > size.bytes() {
                 bail!(
@@ -428,13 +448,7 @@ pub fn build(
             artifacts: artifacts.clone(),
             ..draft.clone()
         };
-        let (json, sig) = signing::sign_manifest(&m, &build_keys.release, &build_keys.keyring)?;
-        std::fs::write(out.join(names::MANIFEST), &json)?;
-        std::fs::write(out.join(names::SIGNATURE), &sig)?;
-        std::fs::copy(
-            build_keys.dir.join(keys::ROOT_PUBLIC),
-            out.join(names::ROOT_PUB),
-        )?;
+        let (json, sig) = sign_outputs(out, &m, build_keys)?;
         s.note(format!(
             "{} artifacts, signed by release key {}",
             m.artifacts.len(),
@@ -444,43 +458,8 @@ pub fn build(
     })?;
 
     rep.step("bundle", |s| {
-        let m = Manifest::from_json_unverified(&manifest.0)?;
-        let mut sources = Vec::new();
-        for a in m.payload_artifacts() {
-            let p = paths
-                .cache
-                .join("tmp")
-                .join(format!("{}-{}.zst", recipe.build_name(), a.name));
-            let f = File::open(&p).with_context(|| format!("opening payload {}", p.display()))?;
-            let size = f.metadata()?.len();
-            sources.push(PayloadSource {
-                name: a.name.clone(),
-                size,
-                reader: Box::new(BufReader::new(f)),
-            });
-        }
-        let tmp = out.join(format!("{}.tmp", names::BUNDLE));
-        let w = bundle::write_bundle(
-            BufWriter::new(File::create(&tmp)?),
-            &manifest.0,
-            &manifest.1,
-            sources,
-        )?;
-        let mut w = w;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, out.join(names::BUNDLE))?;
-        for a in m.payload_artifacts() {
-            let _ = std::fs::remove_file(paths.cache.join("tmp").join(format!(
-                "{}-{}.zst",
-                recipe.build_name(),
-                a.name
-            )));
-        }
-        s.note(format!(
-            "{} MiB",
-            std::fs::metadata(out.join(names::BUNDLE))?.len() >> 20
-        ));
+        let size = write_release_bundle(paths, recipe, &manifest.0, &manifest.1)?;
+        s.note(format!("{} MiB", size >> 20));
         Ok(())
     })?;
 

@@ -8,15 +8,14 @@
 //! signing, bundle writing) are small functions here until that module exposes its own.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aperture_gpt::Placed;
 use aperture_slots::Slot;
-use aperture_trust::bundle::{self, PayloadSource};
-use aperture_trust::manifest::{Artifact, ArtifactName, BootInfo, BuildInfo, Manifest, Role};
-use aperture_trust::signing;
+use aperture_trust::bundle::{self};
+use aperture_trust::manifest::{BootInfo, BuildInfo, Manifest, Role};
 
 use super::board::JetsonBoard;
 use super::bsp::Bsp;
@@ -26,13 +25,13 @@ use super::nvidia::{Chain, Fill};
 use super::{bootimg, names};
 use crate::board::BoardSpec;
 use crate::esp::{self, EspFile};
-use crate::keys::{self, BuildKeys};
-use crate::outputs::{names as common, OutputsReport};
+use crate::keys::BuildKeys;
+use crate::outputs::{artifact, names as common, payload_path, read_commit_file, OutputsReport};
 use crate::pipeline::{Paths, RootfsBuild};
 use crate::progress::Reporter;
 use crate::recipe::Recipe;
 use crate::slot::{self, SlotImage, SlotParams};
-use crate::store::{Node, Store, TreeView};
+use crate::store::{Store, TreeView};
 use crate::{disk, sbom};
 
 /// What the outputs stage of a Jetson build starts from.
@@ -382,13 +381,7 @@ pub fn build_outputs(
             artifacts: artifacts.clone(),
             ..draft.clone()
         };
-        let (json, sig) = signing::sign_manifest(&m, &build_keys.release, &build_keys.keyring)?;
-        std::fs::write(out.join(common::MANIFEST), &json)?;
-        std::fs::write(out.join(common::SIGNATURE), &sig)?;
-        std::fs::copy(
-            build_keys.dir.join(keys::ROOT_PUBLIC),
-            out.join(common::ROOT_PUB),
-        )?;
+        let (json, sig) = crate::outputs::sign_outputs(out, &m, build_keys)?;
         s.note(format!(
             "{} artifacts, signed by release key {}",
             m.artifacts.len(),
@@ -398,7 +391,7 @@ pub fn build_outputs(
     })?;
 
     rep.step("bundle", |s| {
-        write_bundle(paths, recipe, &json, &sig)?;
+        crate::outputs::write_release_bundle(paths, recipe, &json, &sig)?;
         s.note(format!(
             "{} MiB",
             std::fs::metadata(out.join(common::BUNDLE))?.len() >> 20
@@ -464,40 +457,6 @@ pub fn write_disk(
     Ok(placed)
 }
 
-fn payload_path(paths: &Paths, recipe: &Recipe, name: &str) -> PathBuf {
-    paths
-        .cache
-        .join("tmp")
-        .join(format!("{}-{name}.zst", recipe.build_name()))
-}
-
-fn artifact(dir: &Path, name: &str, role: Role) -> Result<Artifact> {
-    let path = dir.join(name);
-    let (sha256, size) = aperture_trust::digest::sha256_file(&path)
-        .with_context(|| format!("hashing {}", path.display()))?;
-    Ok(Artifact {
-        name: ArtifactName::new(name)?,
-        role,
-        size,
-        sha256,
-        verity: None,
-        payload: None,
-    })
-}
-
-fn read_commit_file(view: &TreeView<'_>, path: &str, dest: &Path) -> Result<()> {
-    match view.lookup(Path::new(path), true)? {
-        Some(f) => match f.node {
-            Node::File(ck) => {
-                let data = view.store().read_file(&ck, 1 << 30)?;
-                std::fs::write(dest, data).with_context(|| format!("writing {}", dest.display()))
-            }
-            Node::Dir { .. } => bail!("/{path} is a directory in the rootfs"),
-        },
-        None => bail!("the rootfs has no /{path}: add the package that provides it to the recipe"),
-    }
-}
-
 fn compress(src: &Path, dest: &Path) -> Result<()> {
     let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let tmp = dest.with_extension("zst.tmp");
@@ -510,30 +469,5 @@ fn compress(src: &Path, dest: &Path) -> Result<()> {
         .map_err(|e| e.into_error())?
         .sync_all()?;
     std::fs::rename(&tmp, dest)?;
-    Ok(())
-}
-
-fn write_bundle(paths: &Paths, recipe: &Recipe, json: &[u8], sig: &[u8]) -> Result<()> {
-    let out = &paths.out;
-    let m = Manifest::from_json_unverified(json)?;
-    let mut sources = Vec::new();
-    for a in m.payload_artifacts() {
-        let p = payload_path(paths, recipe, a.name.as_str());
-        let f = File::open(&p).with_context(|| format!("opening payload {}", p.display()))?;
-        let size = f.metadata()?.len();
-        sources.push(PayloadSource {
-            name: a.name.clone(),
-            size,
-            reader: Box::new(BufReader::new(f)),
-        });
-    }
-    let tmp = out.join(format!("{}.tmp", common::BUNDLE));
-    let mut w = bundle::write_bundle(BufWriter::new(File::create(&tmp)?), json, sig, sources)?;
-    w.flush()?;
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, out.join(common::BUNDLE))?;
-    for a in m.payload_artifacts() {
-        let _ = std::fs::remove_file(payload_path(paths, recipe, a.name.as_str()));
-    }
     Ok(())
 }
