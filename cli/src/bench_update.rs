@@ -453,6 +453,7 @@ impl ApertureSide {
                 PRODUCT,
                 "1.0.0",
                 "console=ttyS0",
+                aperture_slots::SlotLayout::Esp,
                 slot,
                 inputs.verity.root_hash.as_str(),
                 inputs.verity.hash_offset,

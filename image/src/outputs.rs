@@ -146,10 +146,13 @@ pub fn slot_boot(manifest: &Manifest, slot: Slot) -> Result<SlotBoot> {
         .as_ref()
         .map(|b| b.cmdline.as_str())
         .unwrap_or("");
+    let layout = aperture_slots::SlotLayout::for_board(&manifest.board)
+        .with_context(|| format!("board {:?} has no known slot layout", manifest.board))?;
     Ok(aperture_slots::cmdline::slot_boot(
         &manifest.product,
         &manifest.version.to_string(),
         base,
+        layout,
         slot,
         verity.root_hash.as_str(),
         verity.hash_offset,

@@ -4,7 +4,7 @@ use aperture_image::recipe::Arch;
 use aperture_tests::http::FileServer;
 use aperture_tests::{
     boot, build, copy_disk, default_image, derived_recipe, hook_script, json_on_line, main_out,
-    recipe, require_root, scenario_dir, test_root, BOOT_TIMEOUT,
+    require_root, scenario_dir, test_root, BOOT_TIMEOUT,
 };
 
 #[test]
@@ -68,31 +68,92 @@ fn default_image_flashed_to_a_file_boots() {
 
 #[test]
 #[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
-fn qemu_arm64_image_boots_the_arm64_userland() {
-    if !require_root("qemu_arm64_image_boots_the_arm64_userland") {
+fn qemu_arm64_boots_the_arm64_userland_then_updates_v1_to_v2_into_slot_b() {
+    if !require_root("qemu_arm64_boots_the_arm64_userland_then_updates_v1_to_v2_into_slot_b") {
         return;
     }
-    // The arm64 store is shared with the Jetson rootfs test of the privileged tier.
-    let (image, _) = build(
-        &recipe("qemu-arm64.toml"),
-        &test_root().join("arm64/out/qemu-arm64"),
-        false,
-    )
-    .unwrap();
-    let dir = scenario_dir("boot-arm64").unwrap();
-    let disk = dir.join("disk.img");
-    copy_disk(&image.paths.out.join("disk.img"), &disk).unwrap();
-    let vm = boot(Arch::Arm64, &disk, &dir, "boot", |_| {}).unwrap();
-    // arm64 under TCG is several times slower than x86-64.
-    let line = vm
-        .wait_for("aperture-agent: product=", 3 * BOOT_TIMEOUT)
+    // The arm64 store is shared with the Jetson rootfs test of the privileged tier; both
+    // versions reuse its Debian base.
+    let arm64 = |name: &str, version: &str| {
+        let r = derived_recipe(
+            &test_root().join("arm64/recipes-vm"),
+            &format!("{name}.toml"),
+            "../tests/recipes/vm-hooks-arm64.toml",
+            &format!("version = \"{version}\"\n"),
+        )
         .unwrap();
+        build(&r, &test_root().join("arm64/out").join(name), false)
+            .unwrap()
+            .0
+    };
+    let v1 = arm64("vm-arm64-v1", "1.0.0");
+    let v2 = arm64("vm-arm64-v2", "1.1.0");
+
+    let dir = scenario_dir("update-arm64").unwrap();
+    let served = dir.join("www");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::copy(v2.paths.out.join("update.bundle"), served.join("v2.bundle")).unwrap();
+    let server = FileServer::start_for_guests(&served).unwrap();
+    let disk = dir.join("disk.img");
+    copy_disk(&v1.paths.out.join("disk.img"), &disk).unwrap();
+    let status = "echo \"APERTURE-STATUS $(aperture-update status --json | tr -d '\\n')\"";
+    // arm64 under TCG is several times slower than x86-64.
+    let timeout = 3 * BOOT_TIMEOUT;
+
+    // Boot 1: v1 on slot A, the aarch64 userland; it installs v2 over HTTP and reboots.
+    let s = hook_script(&dir, "boot1", &format!(
+        "echo \"APERTURE-ARCH $(uname -m) e_machine=$(od -An -tx1 -j18 -N2 /usr/bin/aperture-update | tr -d ' ')\"\n\
+         {status}\n\
+         aperture-update install --insecure-http {} && echo APERTURE-INSTALLED\n\
+         systemctl reboot",
+        server.guest_url("v2.bundle")
+    ))
+    .unwrap();
+    let mut vm = boot(Arch::Arm64, &disk, &dir, "boot1", |c| {
+        c.fw_cfg.push(("script".into(), s))
+    })
+    .unwrap();
+    let line = vm.wait_for("aperture-agent: product=", timeout).unwrap();
     eprintln!("status line: {line}");
     assert!(
         line.contains("board=qemu-arm64") && line.contains("slot=a"),
         "{line}"
     );
+    assert!(line.contains("version=1.0.0"), "{line}");
     assert!(line.contains("fstype=erofs ro verity=yes"), "{line}");
+    let arch = vm.wait_for("APERTURE-ARCH", timeout).unwrap();
+    // e_machine 0xb7 (EM_AARCH64), little-endian: the updater itself is an arm64 program.
+    assert!(
+        arch.contains("aarch64") && arch.contains("e_machine=b700"),
+        "the guest and its updater must be aarch64: {arch}"
+    );
+    let st = json_on_line(&vm.wait_for("APERTURE-STATUS", timeout).unwrap()).unwrap();
+    assert_eq!(st["booted"], "a", "{st}");
+    vm.wait_for("APERTURE-INSTALLED", timeout).unwrap();
+    vm.wait_exit(timeout).unwrap();
+
+    // Boot 2: the loader picks slot B (armed, on trial); the health gate commits it.
+    let s = hook_script(&dir, "boot2", &status).unwrap();
+    let mut vm = boot(Arch::Arm64, &disk, &dir, "boot2", |c| {
+        c.fw_cfg.push(("script".into(), s))
+    })
+    .unwrap();
+    let line = vm.wait_for("aperture-agent: product=", timeout).unwrap();
+    eprintln!("status line: {line}");
+    assert!(
+        line.contains("board=qemu-arm64")
+            && line.contains("slot=b")
+            && line.contains("version=1.1.0"),
+        "v2 must boot from slot B: {line}"
+    );
+    let st = json_on_line(&vm.wait_for("APERTURE-STATUS", timeout).unwrap()).unwrap();
+    assert_eq!(st["booted"], "b", "{st}");
+    assert_eq!(
+        st["committed"], "b",
+        "the health gate must have committed slot B: {st}"
+    );
+    vm.kill();
+    assert!(server.requests() >= 1);
 }
 
 /// A test image: the default recipe plus the VM test hook, at a version, with extra TOML.

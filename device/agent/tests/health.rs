@@ -84,7 +84,15 @@ fn device(tries: u32) -> (tempfile::TempDir, Paths) {
         fs::write(dir.join("initrd.img"), b"initrd").unwrap();
     }
     let boot = |slot, version: &str| {
-        aperture_slots::cmdline::slot_boot("aperture-edge", version, "", slot, "00", 4096)
+        aperture_slots::cmdline::slot_boot(
+            "aperture-edge",
+            version,
+            "",
+            aperture_slots::SlotLayout::Esp,
+            slot,
+            "00",
+            4096,
+        )
     };
     aperture_slots::write_initial_esp(&paths.esp, &boot(Slot::A, "1.0.0"), &boot(Slot::B, "1.0.0"))
         .unwrap();

@@ -52,6 +52,7 @@ pub mod cmdline;
 mod error;
 mod fake;
 mod fsutil;
+pub mod layout;
 mod manager;
 mod slot;
 pub mod state;
@@ -60,6 +61,7 @@ pub mod tegra;
 
 pub use error::SlotsError;
 pub use fake::FakeBootControl;
+pub use layout::{ChainNaming, SlotLayout};
 pub use manager::{BootControl, SlotManager, SlotReport, StatusReport};
 pub use slot::{Slot, SlotBoot, CMDLINE_KEY};
 pub use state::{

@@ -101,6 +101,33 @@ impl<B: BootControl> SlotManager<B> {
         })
     }
 
+    /// Arm `target` like [`SlotManager::arm`] but leave the next boot where it is: for an install
+    /// that also delivers a boot-firmware capsule on Jetson, whose firmware switches the boot
+    /// chain itself after applying it (see [`crate::tegra::capsule`]); switching as well would
+    /// cancel that out. Until the firmware switches, the running slot stays the next boot.
+    pub fn arm_leaving_next(
+        &mut self,
+        target: Slot,
+        tries: u32,
+        boot: &SlotBoot,
+    ) -> Result<BootState, SlotsError> {
+        let state = self.backend.read()?;
+        let (mut after, steps) = plan(
+            &state,
+            self.booted,
+            Event::Arm {
+                target,
+                tries,
+                boot: boot.clone(),
+            },
+        )?;
+        for step in steps.iter().filter(|s| !matches!(s, Step::SetNext { .. })) {
+            self.backend.persist(step)?;
+        }
+        after.next = state.normalized().next;
+        Ok(after)
+    }
+
     /// The running slot passed its health gate: commit it and keep booting it. Nothing to do
     /// (and nothing written) if it is already good.
     pub fn mark_good(&mut self) -> Result<BootState, SlotsError> {

@@ -56,11 +56,16 @@ pub enum UpdateError {
         disk: String,
     },
 
-    /// The rootfs image does not fit the slot's partition.
-    #[error("the rootfs image is {size} bytes but slot {slot}'s partition holds {capacity}; build the image with a smaller rootfs or reflash with a larger layout")]
+    /// A payload (the rootfs image, a Jetson boot image or device tree) does not fit the
+    /// slot's partition.
+    #[error("the {what} is {size} bytes but slot {slot}'s partition {partition} holds {capacity}; build the image smaller or reflash with a larger layout")]
     TooLarge {
         /// Slot.
         slot: Slot,
+        /// What does not fit (`rootfs image`, `boot image`, `device tree`).
+        what: &'static str,
+        /// The partition's GPT name.
+        partition: String,
         /// Image bytes.
         size: u64,
         /// Partition bytes.
@@ -145,7 +150,7 @@ pub enum UpdateError {
     },
 
     /// The board has no boot-control backend in this updater.
-    #[error("board {board} is not supported by this updater yet: {reason}")]
+    #[error("board {board} is not supported by this updater: {reason}")]
     UnsupportedBoard {
         /// Board name from build.json.
         board: String,

@@ -29,7 +29,9 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use aperture_slots::{plan, Event, Slot};
+use aperture_slots::tegra::bootimg;
+use aperture_slots::tegra::capsule::CapsuleDelivery;
+use aperture_slots::{plan, Event, Slot, SlotLayout};
 use aperture_trust::bundle::BundleReader;
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::{Artifact, Manifest, Role, Sha256Hex};
@@ -40,9 +42,7 @@ use aperture_trust::TrustError;
 use crate::disk::{PartitionHandle, PartitionReader};
 use crate::facts::BuildFacts;
 use crate::io::{stage_file, tmp_path, Io};
-use crate::paths::{
-    rootfs_partition, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, SLOT_RECORD,
-};
+use crate::paths::{INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, SLOT_RECORD};
 use crate::state::{DeviceState, Journal};
 use crate::{UpdateError, Updater};
 
@@ -87,61 +87,123 @@ pub struct Installed {
     pub restarted: Option<Journal>,
 }
 
-/// The artifacts a bundle places, by role.
+/// Where one payload goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// The slot's rootfs partition (`rootfs_b`, `APP_b`), from its start.
+    Rootfs,
+    /// A file in the slot's folder on the ESP (qemu boards: `vmlinuz`, `initrd.img`).
+    EspFile(&'static str),
+    /// A range of the slot's kernel partition (Jetson): the kernel or the initrd of its
+    /// Android boot image, at this offset; the header is written once both are verified.
+    BootImage(u64),
+    /// The slot's kernel-dtb partition (Jetson), from its start.
+    Dtb,
+    /// A boot-firmware UEFI capsule (Jetson), staged beside the slot's record and delivered
+    /// on the ESP when the slot is armed.
+    Capsule,
+}
+
+/// Where a bundle's payloads go on this board.
 struct Placement<'m> {
+    layout: SlotLayout,
     rootfs: &'m Artifact,
-    boot_files: Vec<(&'m Artifact, &'static str)>,
+    dests: Vec<(&'m Artifact, Dest)>,
+    /// Jetson: where kernel and initrd sit in the boot image.
+    boot_image: Option<bootimg::Layout>,
 }
 
 impl<'m> Placement<'m> {
-    /// Refuse manifests this updater cannot place before anything is written.
-    fn of(m: &'m Manifest) -> Result<Placement<'m>, UpdateError> {
+    /// Refuse manifests this updater cannot place on `layout` before anything is written.
+    fn of(m: &'m Manifest, layout: SlotLayout) -> Result<Placement<'m>, UpdateError> {
         let unsupported = |reason: String| UpdateError::Unsupported { reason };
-        let mut rootfs = None;
-        let mut boot_files = Vec::new();
+        let (required, optional, carries): (&[Role], &[Role], &str) = match layout {
+            SlotLayout::Esp => (
+                &[Role::Rootfs, Role::Kernel, Role::Initrd],
+                &[],
+                "one rootfs, one kernel and one initrd, which this board boots from the ESP",
+            ),
+            SlotLayout::Tegra(_) => (
+                &[Role::Rootfs, Role::Kernel, Role::Initrd, Role::Dtb],
+                &[Role::Capsule],
+                "one rootfs, kernel, initrd and device tree, and at most one boot-firmware \
+                 capsule",
+            ),
+        };
+        let mut found: Vec<&'m Artifact> = Vec::new();
         for a in m.payload_artifacts() {
-            match a.role {
-                Role::Rootfs if rootfs.is_none() => rootfs = Some(a),
-                Role::Kernel | Role::Initrd
-                    if !boot_files
-                        .iter()
-                        .any(|(b, _): &(&Artifact, _)| b.role == a.role) =>
-                {
-                    let file = if a.role == Role::Kernel {
-                        KERNEL_FILE
-                    } else {
-                        INITRD_FILE
-                    };
-                    boot_files.push((a, file));
-                }
-                role => {
-                    return Err(unsupported(format!(
-                        "payload {} has role {role:?}, which this updater does not place (or \
-                         which appears twice); bundles for this board carry one rootfs, one \
-                         kernel and one initrd",
-                        a.name
-                    )))
-                }
+            if !(required.contains(&a.role) || optional.contains(&a.role))
+                || found.iter().any(|b| b.role == a.role)
+            {
+                return Err(unsupported(format!(
+                    "payload {} has role {:?}, which this updater does not place on this board \
+                     (or which appears twice); bundles for this board carry {carries}",
+                    a.name, a.role
+                )));
+            }
+            found.push(a);
+        }
+        let get = |role: Role| found.iter().copied().find(|a| a.role == role);
+        for role in required {
+            if get(*role).is_none() {
+                return Err(unsupported(format!(
+                    "the bundle carries no {role:?} payload; bundles for this board carry \
+                     {carries}"
+                )));
             }
         }
-        let rootfs =
-            rootfs.ok_or_else(|| unsupported("the bundle carries no rootfs payload".into()))?;
+        let rootfs = get(Role::Rootfs).ok_or_else(|| unsupported("no rootfs".into()))?;
         if rootfs.verity.is_none() {
             return Err(unsupported(format!(
                 "rootfs {} has no verity parameters",
                 rootfs.name
             )));
         }
-        for role in [Role::Kernel, Role::Initrd] {
-            if !boot_files.iter().any(|(a, _)| a.role == role) {
-                return Err(unsupported(format!(
-                    "the bundle carries no {role:?} payload; this board boots each slot's own \
-                     kernel and initrd from the ESP"
-                )));
+        let boot_image = match layout {
+            SlotLayout::Esp => None,
+            SlotLayout::Tegra(_) => {
+                let size = |role| get(role).map_or(0, |a| a.size);
+                Some(
+                    bootimg::Layout::new(size(Role::Kernel), size(Role::Initrd)).ok_or_else(
+                        || unsupported("kernel or initrd is larger than a boot image holds".into()),
+                    )?,
+                )
             }
-        }
-        Ok(Placement { rootfs, boot_files })
+        };
+        let dests = found
+            .iter()
+            .map(|a| {
+                let dest = match (a.role, boot_image) {
+                    (Role::Rootfs, _) => Dest::Rootfs,
+                    (Role::Kernel, None) => Dest::EspFile(KERNEL_FILE),
+                    (Role::Initrd, None) => Dest::EspFile(INITRD_FILE),
+                    (Role::Kernel, Some(l)) => Dest::BootImage(l.kernel_offset()),
+                    (Role::Initrd, Some(l)) => Dest::BootImage(l.ramdisk_offset()),
+                    (Role::Dtb, _) => Dest::Dtb,
+                    _ => Dest::Capsule,
+                };
+                (*a, dest)
+            })
+            .collect();
+        Ok(Placement {
+            layout,
+            rootfs,
+            dests,
+            boot_image,
+        })
     }
+
+    fn artifact(&self, role: Role) -> Option<&'m Artifact> {
+        self.dests.iter().map(|(a, _)| *a).find(|a| a.role == role)
+    }
+}
+
+/// A Jetson slot's kernel and kernel-dtb partitions, and the boot image header to write last.
+struct TegraSlot {
+    kernel: Box<dyn PartitionHandle>,
+    dtb: Box<dyn PartitionHandle>,
+    image: bootimg::Layout,
+    header: Vec<u8>,
 }
 
 impl Updater {
@@ -199,7 +261,12 @@ impl Updater {
             }
             other => other?,
         }
-        let place = Placement::of(&verified)?;
+        let layout =
+            SlotLayout::for_board(&facts.board).ok_or_else(|| UpdateError::UnsupportedBoard {
+                board: facts.board.clone(),
+                reason: "no slot layout is known for it".into(),
+            })?;
+        let place = Placement::of(&verified, layout)?;
         let rootfs = place.rootfs;
         let verity = rootfs
             .verity
@@ -207,14 +274,8 @@ impl Updater {
             .ok_or_else(|| UpdateError::Unsupported {
                 reason: "the rootfs has no verity parameters".into(),
             })?;
-        let mut part = self.disk.open(&rootfs_partition(target))?;
-        if rootfs.size > part.size() {
-            return Err(UpdateError::TooLarge {
-                slot: target,
-                size: rootfs.size,
-                capacity: part.size(),
-            });
-        }
+        let mut part = self.disk.open(&layout.rootfs(target))?;
+        fits(target, "rootfs image", rootfs.size, &*part)?;
         plan(
             &self.boot.read()?,
             self.booted,
@@ -226,10 +287,24 @@ impl Updater {
             &verified.product,
             &verified.version.to_string(),
             base,
+            layout,
             target,
             verity.root_hash.as_str(),
             verity.hash_offset,
         );
+        // Jetson: the boot chain's kernel and kernel-dtb partitions, and the boot image header
+        // (a command line it cannot hold is refused here, before anything is written).
+        let mut tegra = match place.boot_image {
+            None => None,
+            Some(image) => Some(self.open_tegra_slot(&place, target, image, &boot.options)?),
+        };
+        let delivery = match layout {
+            SlotLayout::Tegra(_) => Some(CapsuleDelivery::new(
+                self.paths.esp.clone(),
+                self.paths.efivars.clone(),
+            )),
+            SlotLayout::Esp => None,
+        };
 
         // 3. Journal: the first write of the install.
         let restarted = state.journal.take();
@@ -254,41 +329,79 @@ impl Updater {
         state.journal = Some(journal);
         state.store(&*self.io, &state_path)?;
 
+        // Jetson: a capsule an earlier install delivered must not reach the firmware now that
+        // its slot is rewritten (the delivery bit goes first).
+        if let Some(d) = &delivery {
+            self.io
+                .step("cancel pending capsule delivery")
+                .map_err(UpdateError::file("cancelling", d.dir()))?;
+            d.cancel()?;
+        }
+
         // 4. The target becomes unbootable before a byte of it is written.
         self.slots().begin_install(target)?;
         let slot_dir = self.paths.slot_dir(target);
         self.forget_record(&slot_dir)?;
+        let io = &*self.io;
+        if let Some(t) = &mut tegra {
+            // The old boot image's header must never describe the new, half-written kernel.
+            let blank = vec![0u8; bootimg::PAGE_SIZE as usize];
+            write_partition(io, &mut *t.kernel, &mut &blank[..], target, 0)?;
+        }
 
         // 5. Stream.
-        let io = &*self.io;
         let mut staged: Vec<(PathBuf, PathBuf, Artifact)> = Vec::new();
+        let mut capsule: Option<(PathBuf, Artifact)> = None;
         reader.for_each_payload(|artifact: &Artifact, payload: &mut dyn Read| {
-            if artifact.role == Role::Rootfs {
-                write_partition(io, &mut *part, payload, target)?;
-                return Ok(());
-            }
-            let file = place
-                .boot_files
+            let dest = place
+                .dests
                 .iter()
                 .find(|(a, _)| a.name == artifact.name)
-                .map(|(_, f)| *f)
+                .map(|(_, d)| *d)
                 .ok_or_else(|| UpdateError::Unsupported {
                     reason: format!("unexpected payload {}", artifact.name),
                 })?;
-            let dest = slot_dir.join(file);
-            let tmp = tmp_path(&dest);
-            write_file(io, &tmp, payload)?;
-            staged.push((tmp, dest, artifact.clone()));
+            match (dest, &mut tegra) {
+                (Dest::Rootfs, _) => {
+                    write_partition(io, &mut *part, payload, target, 0)?;
+                }
+                (Dest::EspFile(file), _) => {
+                    let dest = slot_dir.join(file);
+                    let tmp = tmp_path(&dest);
+                    write_file(io, &tmp, payload)?;
+                    staged.push((tmp, dest, artifact.clone()));
+                }
+                (Dest::BootImage(offset), Some(t)) => {
+                    write_partition(io, &mut *t.kernel, payload, target, offset)?;
+                }
+                (Dest::Dtb, Some(t)) => {
+                    write_partition(io, &mut *t.dtb, payload, target, 0)?;
+                }
+                (Dest::Capsule, _) => {
+                    let tmp = tmp_path(&slot_dir.join(artifact.name.as_str()));
+                    write_file(io, &tmp, payload)?;
+                    capsule = Some((tmp, artifact.clone()));
+                }
+                (Dest::BootImage(_) | Dest::Dtb, None) => {
+                    return Err(UpdateError::Unsupported {
+                        reason: format!("payload {} has no partition here", artifact.name),
+                    })
+                }
+            }
             Ok::<(), UpdateError>(())
         })?;
 
-        // 6. Every payload hash matched: the boot files go into place.
+        // 6. Every payload hash matched: the boot files go into place; on Jetson the boot
+        // image gets its header.
         for (tmp, dest, _) in &staged {
             io.rename(tmp, dest)
                 .map_err(UpdateError::file("renaming into place", dest))?;
         }
         io.sync_dir(&slot_dir)
             .map_err(UpdateError::file("syncing folder", &slot_dir))?;
+        if let Some(t) = &mut tegra {
+            write_partition(io, &mut *t.kernel, &mut &t.header[..], target, 0)?;
+        }
 
         // 7. Read back.
         if let Err(e) = part.drop_cache() {
@@ -298,7 +411,14 @@ impl Updater {
         for (_, dest, artifact) in &staged {
             verify_file(dest, artifact, target)?;
         }
+        if let Some(t) = &tegra {
+            t.verify(&place, target)?;
+        }
+        if let Some((tmp, artifact)) = &capsule {
+            verify_file(tmp, artifact, target)?;
+        }
         drop(part);
+        drop(tegra);
 
         // 8. Records of what the slot now holds.
         for (name, bytes) in [
@@ -311,8 +431,37 @@ impl Updater {
         io.sync_dir(&slot_dir)
             .map_err(UpdateError::file("syncing folder", &slot_dir))?;
 
-        // 9. Arm, 10. clear the journal.
-        self.slots().arm(target, opts.tries, &boot)?;
+        // 9. Arm, 10. clear the journal. With a capsule (Jetson), the firmware switches the
+        // boot chain once it has applied it, so the slot is armed without the switch, and the
+        // capsule is delivered last: until its delivery bit is set, the running slot boots.
+        match (&capsule, &delivery) {
+            (Some((tmp, artifact)), Some(d)) => {
+                self.slots().arm_leaving_next(target, opts.tries, &boot)?;
+                let dir = d.dir();
+                let io = &*self.io;
+                if !dir.is_dir() {
+                    io.create_dir_all(&dir)
+                        .map_err(UpdateError::file("creating folder", &dir))?;
+                }
+                let dest = dir.join(artifact.name.as_str());
+                io.rename(tmp, &dest)
+                    .map_err(UpdateError::file("renaming into place", &dest))?;
+                io.sync_dir(&dir)
+                    .map_err(UpdateError::file("syncing folder", &dir))?;
+                io.step("request capsule delivery")
+                    .map_err(UpdateError::file("writing", d.variable_path()))?;
+                d.request()?;
+                tracing::info!(
+                    "boot-firmware capsule {} delivered in {}; the firmware applies it to the \
+                     other boot chain at the next boot and then boots slot {target}",
+                    artifact.name,
+                    dir.display()
+                );
+            }
+            _ => {
+                self.slots().arm(target, opts.tries, &boot)?;
+            }
+        }
         state.journal = None;
         state.store(&*self.io, &state_path)?;
         tracing::info!(
@@ -329,6 +478,38 @@ impl Updater {
             manifest_sha256,
             rootfs_bytes: rootfs.size,
             restarted,
+        })
+    }
+
+    /// Open a Jetson slot's kernel and kernel-dtb partitions and check that the boot image
+    /// and the device tree fit; the boot image header is made here, from `cmdline`.
+    fn open_tegra_slot(
+        &self,
+        place: &Placement<'_>,
+        target: Slot,
+        image: bootimg::Layout,
+        cmdline: &str,
+    ) -> Result<TegraSlot, UpdateError> {
+        let name = |p: Option<String>| {
+            p.ok_or_else(|| UpdateError::Unsupported {
+                reason: "this board has no kernel partitions".into(),
+            })
+        };
+        let kernel = self.disk.open(&name(place.layout.kernel(target))?)?;
+        let dtb = self.disk.open(&name(place.layout.kernel_dtb(target))?)?;
+        fits(target, "boot image", image.image_size(), &*kernel)?;
+        let dtb_size = place.artifact(Role::Dtb).map_or(0, |a| a.size);
+        fits(target, "device tree", dtb_size, &*dtb)?;
+        let header = bootimg::header(image.kernel_size, image.ramdisk_size, cmdline).map_err(
+            |e| UpdateError::Unsupported {
+                reason: format!("slot {target}'s boot image: {e}"),
+            },
+        )?;
+        Ok(TegraSlot {
+            kernel,
+            dtb,
+            image,
+            header,
         })
     }
 
@@ -355,6 +536,93 @@ impl Updater {
         }
         Ok(())
     }
+}
+
+/// Refuse a payload of `size` bytes that `part` cannot hold.
+fn fits(
+    slot: Slot,
+    what: &'static str,
+    size: u64,
+    part: &dyn PartitionHandle,
+) -> Result<(), UpdateError> {
+    if size > part.size() {
+        return Err(UpdateError::TooLarge {
+            slot,
+            what,
+            partition: part.label().to_string(),
+            size,
+            capacity: part.size(),
+        });
+    }
+    Ok(())
+}
+
+impl TegraSlot {
+    /// Read back the boot image (header, kernel, initrd) and the device tree.
+    fn verify(&self, place: &Placement<'_>, slot: Slot) -> Result<(), UpdateError> {
+        for part in [&self.kernel, &self.dtb] {
+            if let Err(e) = part.drop_cache() {
+                tracing::debug!("could not drop cached pages of {}: {e}", part.describe());
+            }
+        }
+        let mut first = vec![0u8; bootimg::PAGE_SIZE as usize];
+        self.kernel
+            .read_exact_at(&mut first, 0)
+            .map_err(|e| UpdateError::Verify {
+                slot,
+                what: format!("boot image on {}", self.kernel.describe()),
+                reason: format!("reading: {e}"),
+            })?;
+        if first != self.header {
+            return Err(UpdateError::Verify {
+                slot,
+                what: format!("boot image on {}", self.kernel.describe()),
+                reason: "the header does not read back as written".into(),
+            });
+        }
+        for (role, part, offset) in [
+            (Role::Kernel, &self.kernel, self.image.kernel_offset()),
+            (Role::Initrd, &self.kernel, self.image.ramdisk_offset()),
+            (Role::Dtb, &self.dtb, 0),
+        ] {
+            if let Some(artifact) = place.artifact(role) {
+                verify_range(&**part, offset, artifact, slot)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Re-read `artifact.size` bytes of `part` from `offset` and check their sha256.
+fn verify_range(
+    part: &dyn PartitionHandle,
+    offset: u64,
+    artifact: &Artifact,
+    slot: Slot,
+) -> Result<(), UpdateError> {
+    let fail = |reason: String| UpdateError::Verify {
+        slot,
+        what: format!("{} at offset {offset} of {}", artifact.name, part.describe()),
+        reason,
+    };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    while done < artifact.size {
+        let n = usize::try_from((artifact.size - done).min(CHUNK as u64)).unwrap_or(CHUNK);
+        part.read_exact_at(&mut buf[..n], offset + done)
+            .map_err(|e| fail(format!("reading: {e}")))?;
+        h.update(&buf[..n]);
+        done += n as u64;
+    }
+    let digest = Sha256Hex::from_bytes(h.finalize().into());
+    if digest != artifact.sha256 {
+        return Err(fail(format!(
+            "sha256 is {digest}, the manifest says {}",
+            artifact.sha256
+        )));
+    }
+    Ok(())
 }
 
 /// Captures what the bundle reader consumes until the buffer is taken (the header entries).
@@ -436,9 +704,10 @@ fn write_partition(
     part: &mut dyn PartitionHandle,
     payload: &mut dyn Read,
     slot: Slot,
+    start: u64,
 ) -> Result<u64, UpdateError> {
     let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
+    let mut offset = start;
     let fail = |op, part: &dyn PartitionHandle| {
         let device = part.describe();
         move |source| UpdateError::Partition {
@@ -448,7 +717,7 @@ fn write_partition(
             source,
         }
     };
-    let mut flushed = 0u64;
+    let mut flushed = start;
     loop {
         let n = fill(payload, &mut buf).map_err(payload_error)?;
         if n == 0 {
@@ -467,7 +736,7 @@ fn write_partition(
         }
     }
     io.sync(part).map_err(fail("syncing", part))?;
-    Ok(offset)
+    Ok(offset - start)
 }
 
 /// Stream a boot file into `path` (a `.tmp` name), then fsync it.

@@ -32,7 +32,9 @@ pub mod status;
 
 use std::sync::Arc;
 
-use aperture_slots::{BootControl, BootState, Slot, SlotManager, SlotsError, Step, SystemdBoot};
+use aperture_slots::{
+    BootControl, BootState, Slot, SlotLayout, SlotManager, SlotsError, Step, SystemdBoot, Tegra,
+};
 
 pub use error::UpdateError;
 pub use facts::BuildFacts;
@@ -132,18 +134,22 @@ impl Updater {
     }
 }
 
-/// The boot control for a board: systemd-boot on the ESP for the qemu boards.
+/// The boot control for a board: systemd-boot on the ESP for the qemu boards; NVIDIA's UEFI
+/// variables for Jetson, with the slot ledger in `/efi/aperture` (the ESP, which both slots
+/// share).
 pub fn boot_control_for(board: &str, paths: &Paths) -> Result<Box<dyn BootControl>, UpdateError> {
-    if board.starts_with("qemu-") {
-        return Ok(Box::new(SystemdBoot::new(paths.esp.clone())));
-    }
-    Err(UpdateError::UnsupportedBoard {
-        board: board.into(),
-        reason:
-            "only the qemu boards (systemd-boot on the ESP) are wired into the updater; Jetson \
-                 slots (APP/APP_b and the Tegra UEFI variables) come later"
+    match SlotLayout::for_board(board) {
+        Some(SlotLayout::Esp) => Ok(Box::new(SystemdBoot::new(paths.esp.clone()))),
+        Some(SlotLayout::Tegra(_)) => Ok(Box::new(
+            Tegra::new(paths.efivars.clone(), paths.aperture_dir()).with_capsules(paths.esp.clone()),
+        )),
+        None => Err(UpdateError::UnsupportedBoard {
+            board: board.into(),
+            reason: "the updater knows the qemu boards (systemd-boot) and the Jetson AGX Orin \
+                     and Xavier boards (NVIDIA UEFI variables); rebuild the image for one of them"
                 .into(),
-    })
+        }),
+    }
 }
 
 /// A backend whose persisted steps first pass through the [`io::Io`], so a test can cut the

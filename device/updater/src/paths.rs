@@ -21,6 +21,8 @@ pub struct Paths {
     pub ca_bundle: PathBuf,
     /// Where partitions appear by GPT label (`/dev/disk/by-partlabel`).
     pub partlabel_dir: PathBuf,
+    /// efivarfs (`/sys/firmware/efi/efivars`): Jetson slot variables and `OsIndications`.
+    pub efivars: PathBuf,
 }
 
 impl Default for Paths {
@@ -40,6 +42,7 @@ impl Paths {
             cmdline: at("proc/cmdline"),
             ca_bundle: at("etc/ssl/certs/ca-certificates.crt"),
             partlabel_dir: at("dev/disk/by-partlabel"),
+            efivars: at("sys/firmware/efi/efivars"),
         }
     }
 
@@ -75,10 +78,6 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the installed bundle's signature, kept beside the record.
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 
-/// The GPT label of a slot's rootfs partition (`rootfs_a`, `rootfs_b`).
-pub fn rootfs_partition(slot: Slot) -> String {
-    format!("rootfs_{slot}")
-}
 
 #[cfg(test)]
 mod tests {
@@ -96,7 +95,7 @@ mod tests {
         assert_eq!(p.build_facts, Path::new("/etc/aperture/build.json"));
         assert_eq!(p.root_key, Path::new("/etc/aperture/root.pub"));
         assert_eq!(p.partlabel_dir, Path::new("/dev/disk/by-partlabel"));
-        assert_eq!(rootfs_partition(Slot::A), "rootfs_a");
+        assert_eq!(p.efivars, Path::new("/sys/firmware/efi/efivars"));
     }
 
     #[test]
@@ -108,6 +107,7 @@ mod tests {
             &p.root_key,
             &p.cmdline,
             &p.ca_bundle,
+            &p.efivars,
         ] {
             assert!(path.starts_with("/tmp/x"), "{}", path.display());
         }

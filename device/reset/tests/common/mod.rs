@@ -278,6 +278,7 @@ impl Rig {
                         &m.product,
                         &m.version.to_string(),
                         "console=ttyS0",
+                        aperture_slots::SlotLayout::Esp,
                         slot,
                         v.root_hash.as_str(),
                         v.hash_offset,

@@ -16,6 +16,9 @@ use crate::SlotsError;
 /// Vendor GUID of NVIDIA's boot-chain variables.
 pub const NVIDIA_GUID: &str = "781e084c-a330-417c-b678-38e696380cb9";
 
+/// `EFI_GLOBAL_VARIABLE`, the GUID of the UEFI specification's own variables (`OsIndications`).
+pub const EFI_GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
 /// Attributes written with every variable: non-volatile, boot-service and runtime access.
 pub const ATTRIBUTES: u32 = 0x7;
 
@@ -57,13 +60,27 @@ fn flags_unsupported(e: &io::Error) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct EfiVars<F: FlagOps = Ioctl> {
     dir: PathBuf,
+    guid: &'static str,
     flags: F,
 }
 
 impl EfiVars<Ioctl> {
     /// NVIDIA's variables under `dir` (on a device `/sys/firmware/efi/efivars`).
     pub(crate) fn new(dir: PathBuf) -> Self {
-        EfiVars { dir, flags: Ioctl }
+        EfiVars {
+            dir,
+            guid: NVIDIA_GUID,
+            flags: Ioctl,
+        }
+    }
+
+    /// The UEFI specification's global variables under `dir`.
+    pub(crate) fn global(dir: PathBuf) -> Self {
+        EfiVars {
+            dir,
+            guid: EFI_GLOBAL_GUID,
+            flags: Ioctl,
+        }
     }
 }
 
@@ -75,34 +92,71 @@ impl<F: FlagOps> EfiVars<F> {
 
     /// The file of variable `name`.
     pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}-{NVIDIA_GUID}"))
+        self.dir.join(format!("{name}-{}", self.guid))
+    }
+
+    /// The file content of a variable (attributes, then value); `None` if absent.
+    fn read_raw(&self, name: &str) -> Result<Option<Vec<u8>>, SlotsError> {
+        let path = self.path(name);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SlotsError::Io {
+                op: "reading UEFI variable",
+                path,
+                source: e,
+            }),
+        }
     }
 
     /// Read a variable holding an integer of 1 to 4 bytes (little-endian); `None` if absent.
     pub(crate) fn read_u32(&self, name: &str) -> Result<Option<u32>, SlotsError> {
-        let path = self.path(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(SlotsError::Io {
-                    op: "reading UEFI variable",
-                    path,
-                    source: e,
-                })
-            }
+        let Some(bytes) = self.read_raw(name)? else {
+            return Ok(None);
         };
         decode_u32(&bytes)
             .map(Some)
-            .map_err(|reason| SlotsError::Malformed { path, reason })
+            .map_err(|reason| SlotsError::Malformed {
+                path: self.path(name),
+                reason,
+            })
+    }
+
+    /// Read a variable holding an integer of 1 to 8 bytes (little-endian); `None` if absent.
+    pub(crate) fn read_u64(&self, name: &str) -> Result<Option<u64>, SlotsError> {
+        let Some(bytes) = self.read_raw(name)? else {
+            return Ok(None);
+        };
+        if bytes.len() < 5 || bytes.len() > 12 {
+            return Err(SlotsError::Malformed {
+                path: self.path(name),
+                reason: format!(
+                    "{} bytes; expected 4 bytes of attributes and a 1- to 8-byte little-endian \
+                     value",
+                    bytes.len()
+                ),
+            });
+        }
+        let mut value = [0u8; 8];
+        value[..bytes.len() - 4].copy_from_slice(&bytes[4..]);
+        Ok(Some(u64::from_le_bytes(value)))
     }
 
     /// Write a variable as attributes [`ATTRIBUTES`] and `value` as u32 little-endian.
     pub(crate) fn write_u32(&self, name: &str, value: u32) -> Result<(), SlotsError> {
+        self.write_value(name, &value.to_le_bytes())
+    }
+
+    /// Write a variable as attributes [`ATTRIBUTES`] and `value` as u64 little-endian.
+    pub(crate) fn write_u64(&self, name: &str, value: u64) -> Result<(), SlotsError> {
+        self.write_value(name, &value.to_le_bytes())
+    }
+
+    fn write_value(&self, name: &str, value: &[u8]) -> Result<(), SlotsError> {
         let path = self.path(name);
-        let mut buf = Vec::with_capacity(8);
+        let mut buf = Vec::with_capacity(4 + value.len());
         buf.extend_from_slice(&ATTRIBUTES.to_le_bytes());
-        buf.extend_from_slice(&value.to_le_bytes());
+        buf.extend_from_slice(value);
 
         let restore = self.drop_immutable(&path)?;
         let written = write_once(&path, &buf);
@@ -256,6 +310,7 @@ mod tests {
     fn vars<F: FlagOps>(dir: &Path, flags: F) -> EfiVars<F> {
         EfiVars {
             dir: dir.to_path_buf(),
+            guid: NVIDIA_GUID,
             flags,
         }
     }

@@ -19,6 +19,8 @@
 //! simulation ([`BootControl::loader_boot`]) updates `tries_done`, so on a device a slot on trial
 //! shows the tries it was armed with until it is marked good or the firmware gives up on it.
 
+pub mod bootimg;
+pub mod capsule;
 pub mod efivar;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ use crate::fsutil::{create_dir_all, read_optional, write_atomic};
 use crate::manager::BootControl;
 use crate::state::{BootState, SlotState, SlotStatus, Step};
 use crate::{Slot, SlotsError};
+use capsule::CapsuleDelivery;
 use efivar::EfiVars;
 
 /// `RootfsStatusSlotA`.
@@ -101,6 +104,7 @@ fn status_var(slot: Slot) -> &'static str {
 pub struct Tegra {
     vars: EfiVars,
     state_dir: PathBuf,
+    capsules: Option<CapsuleDelivery>,
 }
 
 impl Tegra {
@@ -113,7 +117,16 @@ impl Tegra {
         Tegra {
             vars: EfiVars::new(efivars_dir),
             state_dir,
+            capsules: None,
         }
+    }
+
+    /// Let the firmware simulation ([`BootControl::loader_boot`]) also process boot-firmware
+    /// capsules delivered on the ESP at `esp` (see [`capsule`]): a delivered capsule switches
+    /// the boot chain, as NVIDIA's firmware does after a capsule update.
+    pub fn with_capsules(mut self, esp: PathBuf) -> Tegra {
+        self.capsules = Some(CapsuleDelivery::new(esp, self.vars.dir().to_path_buf()));
+        self
     }
 
     /// The efivarfs folder.
@@ -284,10 +297,18 @@ impl BootControl for Tegra {
         Ok(())
     }
 
-    /// SIMULATION of the Jetson UEFI firmware at power-on: boot `BootChainFwNext` if its status
-    /// is normal and it has tries left, counting a try for a slot on trial; a slot with no tries
-    /// left is marked 0xFF and the other slot chosen; a 0xFF slot is skipped likewise.
+    /// SIMULATION of the Jetson UEFI firmware at power-on: first, with [`Tegra::with_capsules`],
+    /// a delivered capsule is applied to the boot chain that is not next and the firmware
+    /// switches to that chain; then it boots `BootChainFwNext` if its status is normal and it has
+    /// tries left, counting a try for a slot on trial; a slot with no tries left is marked 0xFF
+    /// and the other slot chosen; a 0xFF slot is skipped likewise.
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
+        if let Some(capsules) = &self.capsules {
+            if !capsules.simulate_firmware()?.is_empty() {
+                let updated = self.fw_next()?.other();
+                self.set_fw_next(updated)?;
+            }
+        }
         let mut ledger = self.ledger()?;
         let max = self.retry_max()?;
         let mut slot = self.fw_next()?;

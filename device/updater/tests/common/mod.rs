@@ -425,6 +425,7 @@ pub fn slot_boot(image: &Image, slot: Slot) -> aperture_slots::SlotBoot {
         PRODUCT,
         &image.version,
         "console=ttyS0",
+        aperture_slots::SlotLayout::for_board(&image.manifest.board).unwrap(),
         slot,
         image.verity.root_hash.as_str(),
         image.verity.hash_offset,
