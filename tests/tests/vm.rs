@@ -133,7 +133,7 @@ fn qemu_arm64_boots_the_arm64_userland_then_updates_v1_to_v2_into_slot_b() {
     vm.wait_exit(timeout).unwrap();
 
     // Boot 2: the loader picks slot B (armed, on trial); the health gate commits it.
-    let s = hook_script(&dir, "boot2", &status).unwrap();
+    let s = hook_script(&dir, "boot2", status).unwrap();
     let mut vm = boot(Arch::Arm64, &disk, &dir, "boot2", |c| {
         c.fw_cfg.push(("script".into(), s))
     })

@@ -60,7 +60,13 @@ mod tests {
 
     #[test]
     fn names_the_slot_partition_hash_and_slot() {
-        let c = verity_cmdline("console=ttyS0 panic=10", SlotLayout::Esp, Slot::B, "ab12", 4096);
+        let c = verity_cmdline(
+            "console=ttyS0 panic=10",
+            SlotLayout::Esp,
+            Slot::B,
+            "ab12",
+            4096,
+        );
         assert!(c.starts_with("console=ttyS0 panic=10 root=/dev/mapper/aperture-root"));
         assert!(c.contains("aperture.verity.data=PARTLABEL=rootfs_b"));
         assert!(c.contains("aperture.verity.roothash=ab12"));
@@ -68,6 +74,7 @@ mod tests {
         assert_eq!(Slot::from_cmdline(&c), Some(Slot::B));
         assert!(!verity_cmdline("", SlotLayout::Esp, Slot::A, "x", 0).starts_with(' '));
         let orin = SlotLayout::for_board("jetson-orin-agx").unwrap();
-        assert!(verity_cmdline("", orin, Slot::B, "x", 0).contains("aperture.verity.data=PARTLABEL=APP_b "));
+        assert!(verity_cmdline("", orin, Slot::B, "x", 0)
+            .contains("aperture.verity.data=PARTLABEL=APP_b "));
     }
 }

@@ -20,6 +20,17 @@
 //!    [`aperture_slots::cmdline::slot_boot`] makes;
 //! 10. clear the journal.
 //!
+//! On Jetson boards ([`aperture_slots::SlotLayout::Tegra`]) the same order holds with NVIDIA's
+//! partitions: the rootfs goes to `APP_b` (or `APP`); kernel and initrd stream into the boot
+//! chain's kernel partition at their places in an Android boot image, whose header page is
+//! blanked at step 4 and written only at step 6; the device tree goes to the kernel-dtb
+//! partition; all of it is read back at step 7. The slot is armed through NVIDIA's UEFI
+//! variables. A bundle with a boot-firmware capsule first cancels any capsule an earlier install
+//! left pending (before step 4), stages it beside the slot's record, and at step 9 arms the slot
+//! WITHOUT making it the next boot, moves the capsule into `\EFI\UpdateCapsule` and sets the
+//! `OsIndications` delivery bit last: the firmware applies the capsule to the other boot chain
+//! and switches to it itself (see [`aperture_slots::tegra::capsule`]).
+//!
 //! Every write, fsync and rename goes through [`crate::io::Io`].
 
 use std::cell::RefCell;
@@ -500,11 +511,12 @@ impl Updater {
         fits(target, "boot image", image.image_size(), &*kernel)?;
         let dtb_size = place.artifact(Role::Dtb).map_or(0, |a| a.size);
         fits(target, "device tree", dtb_size, &*dtb)?;
-        let header = bootimg::header(image.kernel_size, image.ramdisk_size, cmdline).map_err(
-            |e| UpdateError::Unsupported {
-                reason: format!("slot {target}'s boot image: {e}"),
-            },
-        )?;
+        let header =
+            bootimg::header(image.kernel_size, image.ramdisk_size, cmdline).map_err(|e| {
+                UpdateError::Unsupported {
+                    reason: format!("slot {target}'s boot image: {e}"),
+                }
+            })?;
         Ok(TegraSlot {
             kernel,
             dtb,
@@ -602,7 +614,11 @@ fn verify_range(
 ) -> Result<(), UpdateError> {
     let fail = |reason: String| UpdateError::Verify {
         slot,
-        what: format!("{} at offset {offset} of {}", artifact.name, part.describe()),
+        what: format!(
+            "{} at offset {offset} of {}",
+            artifact.name,
+            part.describe()
+        ),
         reason,
     };
     let mut h = Sha256::new();

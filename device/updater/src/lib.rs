@@ -141,7 +141,8 @@ pub fn boot_control_for(board: &str, paths: &Paths) -> Result<Box<dyn BootContro
     match SlotLayout::for_board(board) {
         Some(SlotLayout::Esp) => Ok(Box::new(SystemdBoot::new(paths.esp.clone()))),
         Some(SlotLayout::Tegra(_)) => Ok(Box::new(
-            Tegra::new(paths.efivars.clone(), paths.aperture_dir()).with_capsules(paths.esp.clone()),
+            Tegra::new(paths.efivars.clone(), paths.aperture_dir())
+                .with_capsules(paths.esp.clone()),
         )),
         None => Err(UpdateError::UnsupportedBoard {
             board: board.into(),

@@ -78,7 +78,6 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the installed bundle's signature, kept beside the record.
 pub const SIGNATURE_FILE: &str = "manifest.sig";
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,11 +30,13 @@ pub fn write(dest: &Path, kernel: &Path, ramdisk: &Path, cmdline: &str) -> Resul
     let tmp = dest.with_extension("img.tmp");
     let mut w =
         BufWriter::new(File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
-    w.write_all(&header(ks, rs, cmdline).map_err(|e| JetsonError::BootImageField {
-        field: "command line",
-        len: e.len,
-        max: e.max,
-    })?)?;
+    w.write_all(
+        &header(ks, rs, cmdline).map_err(|e| JetsonError::BootImageField {
+            field: "command line",
+            len: e.len,
+            max: e.max,
+        })?,
+    )?;
     let mut total = u64::from(PAGE_SIZE);
     for (src, n) in [(kernel, ks), (ramdisk, rs)] {
         let mut f = File::open(src).with_context(|| format!("opening {}", src.display()))?;

@@ -624,3 +624,24 @@ fn list(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
         }
     }
 }
+
+#[test]
+fn the_updater_writes_the_partitions_the_board_definitions_lay_out() {
+    // The updater finds a slot's partitions through `aperture_slots::SlotLayout`; the disks are
+    // laid out from NVIDIA's table here. Both must name the same partitions.
+    for board in JetsonBoard::all() {
+        let layout = aperture_slots::SlotLayout::for_board(board.board.name())
+            .unwrap_or_else(|| panic!("no slot layout for {}", board.board.name()));
+        for slot in Slot::ALL {
+            assert_eq!(layout.rootfs(slot), board.rootfs_partition(slot));
+            assert_eq!(
+                layout.kernel(slot).as_deref(),
+                Some(board.kernel_partition(slot))
+            );
+            assert_eq!(
+                layout.kernel_dtb(slot).as_deref(),
+                Some(board.dtb_partition(slot))
+            );
+        }
+    }
+}

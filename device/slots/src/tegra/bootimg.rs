@@ -10,7 +10,6 @@
 //! only on the sizes and the command line: the updater can stream kernel and initrd into place
 //! ([`Layout`]) and write the header last.
 
-
 /// The header magic.
 pub const MAGIC: &[u8; 8] = b"ANDROID!";
 /// Page size (mkbootimg's default).
@@ -93,7 +92,9 @@ impl Layout {
 
 /// Why a header cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the kernel command line is {len} bytes (or holds a NUL); a boot image holds at most {max}")]
+#[error(
+    "the kernel command line is {len} bytes (or holds a NUL); a boot image holds at most {max}"
+)]
 pub struct CmdlineTooLong {
     /// Its length.
     pub len: usize,
@@ -102,7 +103,11 @@ pub struct CmdlineTooLong {
 }
 
 /// Encode a v0 header for a kernel and initrd of the given sizes.
-pub fn header(kernel_size: u32, ramdisk_size: u32, cmdline: &str) -> Result<Vec<u8>, CmdlineTooLong> {
+pub fn header(
+    kernel_size: u32,
+    ramdisk_size: u32,
+    cmdline: &str,
+) -> Result<Vec<u8>, CmdlineTooLong> {
     let max = CMDLINE_LEN - 1 + EXTRA_CMDLINE_LEN - 1;
     if cmdline.len() > max || cmdline.contains('\0') {
         return Err(CmdlineTooLong {

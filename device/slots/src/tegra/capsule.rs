@@ -89,7 +89,9 @@ impl CapsuleDelivery {
         };
         let mut files = Vec::new();
         for entry in entries {
-            let path = entry.map_err(SlotsError::io("reading folder", &dir))?.path();
+            let path = entry
+                .map_err(SlotsError::io("reading folder", &dir))?
+                .path();
             if path.is_file() {
                 files.push(path);
             }

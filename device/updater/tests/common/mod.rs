@@ -84,6 +84,7 @@ pub fn keys_with(root: SigningKeyPair, not_after: u64) -> Keys {
 /// One release: its slot contents, manifest, signature and bundle.
 #[derive(Clone)]
 pub struct Image {
+    pub board: String,
     pub version: String,
     pub security_version: u64,
     /// The rootfs artifact: data plus verity tree.
@@ -124,6 +125,31 @@ pub fn image_sized(
     data_size: usize,
     edit: impl FnOnce(&mut Manifest),
 ) -> Image {
+    image_for(
+        BOARD,
+        version,
+        security_version,
+        seed,
+        keys,
+        data_size,
+        &[],
+        edit,
+    )
+}
+
+/// An image for `board` whose bundle also carries `extra` payloads (name, role, content) after
+/// rootfs, kernel and initrd: a Jetson's device tree and capsule.
+#[allow(clippy::too_many_arguments)]
+pub fn image_for(
+    board: &str,
+    version: &str,
+    security_version: u64,
+    seed: u64,
+    keys: &Keys,
+    data_size: usize,
+    extra: &[(&str, Role, Vec<u8>)],
+    edit: impl FnOnce(&mut Manifest),
+) -> Image {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rootfs.img");
     let mut f = fs::File::options()
@@ -147,11 +173,12 @@ pub fn image_sized(
     let kernel = random(100_000, seed + 100);
     let initrd = random(250_000, seed + 200);
     let zst = |d: &[u8]| zstd::encode_all(d, 1).unwrap();
-    let payloads = vec![
+    let mut payloads = vec![
         ("rootfs.img".to_string(), zst(&rootfs)),
         ("vmlinuz".to_string(), zst(&kernel)),
         ("initrd.img".to_string(), zst(&initrd)),
     ];
+    payloads.extend(extra.iter().map(|(n, _, d)| (n.to_string(), zst(d))));
     let art = |name: &str, role, data: &[u8], z: &[u8]| Artifact {
         name: ArtifactName::new(name).unwrap(),
         role,
@@ -169,7 +196,7 @@ pub fn image_sized(
     let mut manifest = Manifest {
         format: 1,
         product: PRODUCT.into(),
-        board: BOARD.into(),
+        board: board.into(),
         version: version.parse().unwrap(),
         security_version,
         build: BuildInfo {
@@ -187,6 +214,11 @@ pub fn image_sized(
             art("initrd.img", Role::Initrd, &initrd, &payloads[2].1),
         ],
     };
+    for (i, (name, role, data)) in extra.iter().enumerate() {
+        manifest
+            .artifacts
+            .push(art(name, *role, data, &payloads[3 + i].1));
+    }
     edit(&mut manifest);
     let payloads: Vec<_> = payloads
         .into_iter()
@@ -198,6 +230,7 @@ pub fn image_sized(
         .collect();
     let (manifest_json, sig_json) = sign_manifest(&manifest, &keys.release, &keys.keyring).unwrap();
     let mut img = Image {
+        board: board.into(),
         version: version.into(),
         security_version,
         rootfs,
@@ -233,7 +266,7 @@ impl Image {
             product: PRODUCT.into(),
             version: self.version.clone(),
             security_version: self.security_version,
-            board: BOARD.into(),
+            board: self.board.clone(),
             recipe_sha256: "ab".into(),
             source_date_epoch: 1,
             required_services: vec!["aperture-runtime.service".into()],
