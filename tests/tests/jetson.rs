@@ -16,6 +16,7 @@ use aperture_image::pipeline::BuildReport;
 use aperture_image::progress::Reporter;
 use aperture_image::recipe::Recipe;
 use aperture_tests::{build, recipe, require_root, test_root, workspace};
+use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::{Manifest, Role};
 
 /// NVIDIA's rootfs-device partition table with rootfs A/B, by GPT entry number, from Jetson
@@ -113,6 +114,7 @@ fn jetson_build(
     Recipe,
     BuildReport,
     anyhow::Result<aperture_image::outputs::OutputsReport>,
+    PublicKey,
 ) {
     let out = test_root().join("arm64/out").join(name);
     let (report, _) = build(&recipe(recipe_file), &out, true).unwrap();
@@ -131,7 +133,8 @@ fn jetson_build(
         bsp,
     };
     let outputs = jetson::build_outputs(&inputs, slot, &rep);
-    (r, report, outputs)
+    let root = keys.root.clone();
+    (r, report, outputs, root)
 }
 
 fn sha(path: &Path) -> String {
@@ -143,7 +146,7 @@ fn sha(path: &Path) -> String {
 
 fn check_board(recipe_file: &str, name: &str, expected: &[&str], dtb: &str) {
     let bsp = synthetic_bsp();
-    let (r, report, outputs) = jetson_build(recipe_file, name, Some(&bsp));
+    let (r, report, outputs, root) = jetson_build(recipe_file, name, Some(&bsp));
     outputs.unwrap();
     let out = &report.paths.out;
     let l4t = bsp.join("Linux_for_Tegra");
@@ -267,6 +270,101 @@ fn check_board(recipe_file: &str, name: &str, expected: &[&str], dtb: &str) {
         gpt.partitions.len(),
         firmware.len()
     );
+
+    install_bundle_on_the_disk(&r, out, &m, &root, name);
+}
+
+/// The board's own `update.bundle`, installed by the device updater into slot B of a copy of
+/// its own `disk.img` (as a file disk, with a folder for efivarfs and one for the ESP), the
+/// device believing it runs an older version from slot A. Then the simulated firmware applies
+/// the capsule, switches to chain B and boots it.
+fn install_bundle_on_the_disk(r: &Recipe, out: &Path, m: &Manifest, root: &PublicKey, name: &str) {
+    use aperture_slots::tegra::{bootimg, capsule::CapsuleDelivery};
+    use aperture_slots::{BootControl, Slot, SlotLayout, Tegra};
+    use aperture_updater::disk::{Disk, FileDisk};
+
+    let dir = test_root().join("jetson-update").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    aperture_tests::copy_disk(&out.join("disk.img"), &disk).unwrap();
+    let paths = aperture_updater::Paths::rooted(&dir.join("root"));
+    for d in [&paths.efivars, &paths.esp] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::create_dir_all(paths.build_facts.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(paths.cmdline.parent().unwrap()).unwrap();
+    root.save(&paths.root_key).unwrap();
+    std::fs::write(&paths.cmdline, "console=ttyTCU0 aperture.slot=a\n").unwrap();
+    let facts = aperture_updater::BuildFacts {
+        product: m.product.clone(),
+        version: "0.0.1".into(),
+        security_version: 0,
+        board: m.board.clone(),
+        recipe_sha256: m.build.recipe_sha256.to_string(),
+        source_date_epoch: 1,
+        required_services: Vec::new(),
+    };
+    std::fs::write(&paths.build_facts, serde_json::to_vec(&facts).unwrap()).unwrap();
+
+    let layout = SlotLayout::for_board(r.board.name()).unwrap();
+    let file_disk = FileDisk::new(&disk);
+    let read_first = |part: &str| {
+        let p = file_disk.open(part).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        p.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    };
+    let a_before = [
+        read_first(&layout.rootfs(Slot::A)),
+        read_first(&layout.kernel(Slot::A).unwrap()),
+    ];
+    let tegra =
+        || Tegra::new(paths.efivars.clone(), paths.aperture_dir()).with_capsules(paths.esp.clone());
+    let mut updater = aperture_updater::Updater::new(
+        paths.clone(),
+        Box::new(FileDisk::new(&disk)),
+        Box::new(tegra()),
+        Slot::A,
+    );
+    let t = std::time::Instant::now();
+    let done = updater
+        .install(
+            &mut File::open(out.join("update.bundle")).unwrap(),
+            &aperture_updater::InstallOptions::default(),
+        )
+        .unwrap();
+    eprintln!(
+        "{name}: the updater installed the build's bundle into slot B in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(done.target, Slot::B);
+    let kernel_b = layout.kernel(Slot::B).unwrap();
+    let header = bootimg::parse_header(&read_first(&kernel_b)).unwrap();
+    assert!(
+        header
+            .cmdline
+            .contains("aperture.verity.data=PARTLABEL=APP_b ")
+            && header.cmdline.contains("aperture.slot=b"),
+        "{kernel_b}: {}",
+        header.cmdline
+    );
+    assert_eq!(
+        [
+            read_first(&layout.rootfs(Slot::A)),
+            read_first(&layout.kernel(Slot::A).unwrap())
+        ],
+        a_before,
+        "{name}: slot A is never written"
+    );
+    let delivery = CapsuleDelivery::new(paths.esp.clone(), paths.efivars.clone());
+    assert!(delivery.requested().unwrap());
+    assert_eq!(delivery.pending().unwrap().len(), 1);
+    assert!(
+        !tegra().variable_path("BootChainFwNext").exists(),
+        "with a capsule the firmware switches the chain, not the updater"
+    );
+    assert_eq!(tegra().loader_boot().unwrap(), Slot::B);
 }
 
 #[test]
@@ -303,7 +401,7 @@ fn build_without_bsp_makes_the_slot_image_and_says_what_to_download() {
     if !require_root("build_without_bsp_makes_the_slot_image_and_says_what_to_download") {
         return;
     }
-    let (_, report, outputs) = jetson_build("jetson-orin-agx.toml", "jetson-orin-nobsp", None);
+    let (_, report, outputs, _) = jetson_build("jetson-orin-agx.toml", "jetson-orin-nobsp", None);
     let err = outputs.unwrap_err();
     let text = format!("{err:#}");
     eprintln!("{text}");

@@ -19,7 +19,10 @@
 //!   is there before `systemd-bless-boot` runs). The updater writes `aperture/<slot>/vmlinuz`
 //!   and `initrd.img` before arming; arming refuses an entry whose files are missing.
 //! * Jetson: `Tegra::new(Tegra::DEVICE_EFIVARS.into(), state_dir)` with `state_dir` on a
-//!   partition both slots share.
+//!   partition both slots share (the updater uses `/efi/aperture` on the ESP); the slot's
+//!   partitions come from [`SlotLayout`], its boot image format from [`tegra::bootimg`], and a
+//!   boot-firmware capsule goes through [`tegra::capsule`] with
+//!   [`SlotManager::arm_leaving_next`].
 //! * The image builder calls [`write_initial_esp`] on the folder it copies onto the ESP.
 //!
 //! ## Crash safety

@@ -120,6 +120,12 @@ impl DeviceState {
             reason: e.to_string(),
         })?;
         bytes.push(b'\n');
+        if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {
+            // A freshly flashed ESP may not have the folder yet (the image builder puts the
+            // slot records there, but nothing requires them).
+            io.create_dir_all(dir)
+                .map_err(UpdateError::file("creating folder", dir))?;
+        }
         replace_file(io, path, &bytes)
     }
 

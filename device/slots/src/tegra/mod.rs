@@ -11,8 +11,8 @@
 //! The variables cannot say whether a slot is committed or on trial, nor hold a label, so the
 //! state file `tegra-slots.json` in the state folder given to [`Tegra::new`] records, per slot,
 //! `committed`, `installing` or `trying` (with `tries_done`) and the label. On a device that
-//! folder must be on a partition both slots share (e.g. `/var/lib/aperture/slots` on the data
-//! partition), written temp + rename + fsync folder. The variables stay authoritative for what
+//! folder must be on a partition both slots share (the updater uses `/efi/aperture` on the
+//! ESP), written temp + rename + fsync folder. The variables stay authoritative for what
 //! the firmware boots: a status of 0xFF is never read as bootable whatever the file says.
 //!
 //! On real hardware the firmware counts tries in a scratch register we cannot read; only the
