@@ -133,7 +133,7 @@ fn jetson_build(
         bsp,
     };
     let outputs = jetson::build_outputs(&inputs, slot, &rep);
-    let root = keys.root.clone();
+    let root = keys.root;
     (r, report, outputs, root)
 }
 
