@@ -379,15 +379,22 @@ pub fn build(
             &f,
             disk::find(&placed, disk::names::ESP)?.offset(),
             &esp_img,
+            disk::Zeros::FollowSource,
         )?;
         for p in [disk::names::ROOTFS_A, disk::names::ROOTFS_B] {
-            disk::write_at(&f, disk::find(&placed, p)?.offset(), &slot_img.path)?;
+            disk::write_at(
+                &f,
+                disk::find(&placed, p)?.offset(),
+                &slot_img.path,
+                disk::Zeros::Write,
+            )?;
         }
         if recipe.partitions.factory.is_some() {
             disk::write_at(
                 &f,
                 disk::find(&placed, disk::names::FACTORY)?.offset(),
                 &factory_bundle,
+                disk::Zeros::Write,
             )?;
         }
         f.sync_all()?;

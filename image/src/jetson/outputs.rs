@@ -451,7 +451,11 @@ pub fn write_disk(
             }
             .into());
         }
-        disk::write_at(&f, p.offset(), src)?;
+        let zeros = match part.fill {
+            Fill::Esp => disk::Zeros::FollowSource,
+            _ => disk::Zeros::Write,
+        };
+        disk::write_at(&f, p.offset(), src, zeros)?;
     }
     f.sync_all()?;
     Ok(placed)
