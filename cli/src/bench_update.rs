@@ -128,7 +128,8 @@ pub fn run(runs: u32) -> Result<()> {
         eprintln!("bench update: run {run}/{runs}: aperture-update install");
         aperture.fresh_device(&inputs)?;
         sync()?;
-        let t = aperture.install(&updater)?;
+        let (t, phases) = aperture.install(&updater)?;
+        eprintln!("bench update:   aperture-update {phases}");
         check_slot(aperture.slot_b_sha256(inputs.rootfs_size)?, &inputs)
             .context("aperture-update wrote a wrong slot")?;
         times[0].push(t);
@@ -501,8 +502,8 @@ impl ApertureSide {
         Ok(())
     }
 
-    /// One timed `aperture-update install`.
-    fn install(&self, updater: &Path) -> Result<Duration> {
+    /// One timed `aperture-update install`, and the phase times it logged (stream, read-back).
+    fn install(&self, updater: &Path) -> Result<(Duration, String)> {
         let mut cmd = Command::new(updater);
         cmd.arg("--root")
             .arg(self.root())
@@ -510,8 +511,18 @@ impl ApertureSide {
             .arg(self.disk())
             .arg("install")
             .arg(&self.bundle)
-            .env("RUST_LOG", "warn");
-        timed(cmd, "aperture-update install")
+            .env("RUST_LOG", "info");
+        let (took, log) = timed_with_log(cmd, "aperture-update install")?;
+        let phases = log
+            .lines()
+            .filter(|l| l.contains("streamed ") || l.contains(" back: "))
+            .map(|l| {
+                l.trim_start_matches(|c: char| !c.is_ascii_lowercase())
+                    .trim()
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok((took, phases))
     }
 
     /// sha256 of the first `len` bytes of `rootfs_b`.
@@ -868,7 +879,12 @@ impl Drop for Service {
 }
 
 /// Run `cmd` to completion, timing it; its output is kept for the error message only.
-fn timed(mut cmd: Command, what: &str) -> Result<Duration> {
+fn timed(cmd: Command, what: &str) -> Result<Duration> {
+    Ok(timed_with_log(cmd, what)?.0)
+}
+
+/// [`timed`], also returning what the command wrote to stderr.
+fn timed_with_log(mut cmd: Command, what: &str) -> Result<(Duration, String)> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -883,7 +899,7 @@ fn timed(mut cmd: Command, what: &str) -> Result<Duration> {
             tail(&String::from_utf8_lossy(&out.stderr), 12)
         );
     }
-    Ok(took)
+    Ok((took, String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 fn run_quiet(cmd: &mut Command, what: &str) -> Result<()> {

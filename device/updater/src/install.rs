@@ -361,6 +361,7 @@ impl Updater {
         }
 
         // 5. Stream.
+        let streaming = std::time::Instant::now();
         let mut staged: Vec<(PathBuf, PathBuf, Artifact)> = Vec::new();
         let mut capsule: Option<(PathBuf, Artifact)> = None;
         reader.for_each_payload(|artifact: &Artifact, payload: &mut dyn Read| {
@@ -414,7 +415,15 @@ impl Updater {
             write_partition(io, &mut *t.kernel, &mut &t.header[..], target, 0)?;
         }
 
+        tracing::info!(
+            "streamed {:.0} MiB into {} in {:.2} s",
+            rootfs.size as f64 / (1 << 20) as f64,
+            part.describe(),
+            streaming.elapsed().as_secs_f64()
+        );
+
         // 7. Read back.
+        let reading = std::time::Instant::now();
         if let Err(e) = part.drop_cache() {
             tracing::debug!("could not drop cached pages of {}: {e}", part.describe());
         }
@@ -428,6 +437,10 @@ impl Updater {
         if let Some((tmp, artifact)) = &capsule {
             verify_file(tmp, artifact, target)?;
         }
+        tracing::info!(
+            "read slot {target} back: sha256 and dm-verity match the manifest ({:.2} s)",
+            reading.elapsed().as_secs_f64()
+        );
         drop(part);
         drop(tegra);
 
