@@ -213,7 +213,7 @@ mod tests {
             covers(32 << 20, (32 << 20) + (64 << 10)),
             "written zeros kept: {ranges:?}"
         );
-        assert!(covers((35 << 20), (35 << 20) + 4096), "{ranges:?}");
+        assert!(covers(35 << 20, (35 << 20) + 4096), "{ranges:?}");
         assert!(
             !ranges
                 .iter()
