@@ -96,7 +96,7 @@ const XAVIER: &[&str] = &[
 ];
 
 fn synthetic_bsp() -> PathBuf {
-    let p = workspace().join("image/fixtures/synthetic-bsp");
+    let p = workspace().join("host/image/fixtures/synthetic-bsp");
     eprintln!(
         "building with the SYNTHETIC L4T BSP {} (generated placeholders, not NVIDIA software)",
         p.display()
@@ -280,7 +280,7 @@ fn check_board(recipe_file: &str, name: &str, expected: &[&str], dtb: &str) {
 /// the capsule, switches to chain B and boots it.
 fn install_bundle_on_the_disk(r: &Recipe, out: &Path, m: &Manifest, root: &PublicKey, name: &str) {
     use aperture_slots::tegra::{bootimg, capsule::CapsuleDelivery};
-    use aperture_slots::{BootControl, Slot, SlotLayout, Tegra};
+    use aperture_slots::{BootControl, Slot, Tegra};
     use aperture_updater::disk::{Disk, FileDisk};
 
     let dir = test_root().join("jetson-update").join(name);
@@ -300,14 +300,16 @@ fn install_bundle_on_the_disk(r: &Recipe, out: &Path, m: &Manifest, root: &Publi
         product: m.product.clone(),
         version: "0.0.1".into(),
         security_version: 0,
-        board: m.board.clone(),
+        board: r.board,
         recipe_sha256: m.build.recipe_sha256.to_string(),
         source_date_epoch: 1,
         required_services: Vec::new(),
+        tpm: true,
+        reset_button: None,
     };
     std::fs::write(&paths.build_facts, serde_json::to_vec(&facts).unwrap()).unwrap();
 
-    let layout = SlotLayout::for_board(r.board.name()).unwrap();
+    let layout = r.board.slot_layout();
     let file_disk = FileDisk::new(&disk);
     let read_first = |part: &str| {
         let p = file_disk.open(part).unwrap();

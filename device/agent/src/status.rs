@@ -148,7 +148,7 @@ pub fn gather(host: &Host) -> Result<Status, StatusError> {
     Ok(Status {
         product: facts.product,
         version: facts.version,
-        board: facts.board,
+        board: facts.board.to_string(),
         slot: slot_from_cmdline(&cmdline),
         security_version: facts.security_version,
         root: root_mount(&mountinfo, host),

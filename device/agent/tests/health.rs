@@ -38,10 +38,12 @@ fn facts(version: &str, security_version: u64) -> BuildFacts {
         product: "aperture-edge".into(),
         version: version.into(),
         security_version,
-        board: "qemu-x86_64".into(),
+        board: aperture_appliance::Board::QemuX86_64,
         recipe_sha256: "ab".into(),
         source_date_epoch: 1,
         required_services: UNITS.iter().map(|u| u.to_string()).collect(),
+        tpm: true,
+        reset_button: None,
     }
 }
 

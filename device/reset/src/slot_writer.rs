@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use aperture_slots::cmdline::slot_boot;
-use aperture_slots::{BootControl, Slot, SlotBoot, SlotLayout, SlotManager};
+use aperture_slots::{BootControl, Slot, SlotBoot, SlotManager};
 use aperture_storage::fsutil::{create_dir_all, remove_durable, sync_dir, tmp_path, write_atomic};
 use aperture_storage::{Access, Disk, Partition};
 use aperture_trust::bundle::{BundleReader, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE};
@@ -61,12 +61,11 @@ pub trait SlotWriter {
             ResetError::malformed("manifest", "the rootfs artifact has no verity parameters")
         })?;
         let cmdline = manifest.boot.as_ref().map_or("", |b| b.cmdline.as_str());
-        let layout = SlotLayout::for_board(&manifest.board).ok_or_else(|| {
-            ResetError::malformed(
-                "manifest",
-                format!("board {:?} has no known slot layout", manifest.board),
-            )
-        })?;
+        let layout = manifest
+            .board
+            .parse::<aperture_appliance::Board>()
+            .map_err(|e| ResetError::malformed("manifest", e.to_string()))?
+            .slot_layout();
         Ok(slot_boot(
             &manifest.product,
             &manifest.version.to_string(),

@@ -90,6 +90,10 @@ pub enum UpdateError {
         reason: String,
     },
 
+    /// The running image's facts could not be read.
+    #[error(transparent)]
+    Facts(#[from] aperture_appliance::facts::FactsError),
+
     /// A device file (build facts, state, slot record) is not what this program writes.
     #[error("{path} is malformed: {reason}")]
     Malformed {

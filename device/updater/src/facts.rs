@@ -1,56 +1,28 @@
 //! What the running image says about itself (`/etc/aperture/build.json`), and which slot is
 //! running (`aperture.slot=` on `/proc/cmdline`).
 //!
-//! [`BuildFacts`] lives here, in the lowest device crate that reads it, because the agent's
-//! health gate calls this library to commit: `aperture-agent` depends on `aperture-updater`,
-//! so the type cannot live in the agent too. The agent re-exports it as
-//! `aperture_agent::status::BuildFacts`, the name DEVICE.md and the image builder use.
+//! [`BuildFacts`] is the appliance contract's (`aperture_appliance::facts`); this module adds
+//! what the updater needs on top: the version as semver, and errors in the updater's terms.
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use aperture_slots::Slot;
+
+pub use aperture_appliance::BuildFacts;
 
 use crate::UpdateError;
 
-/// The image's facts file, written by the image builder.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BuildFacts {
-    /// Product.
-    pub product: String,
-    /// Image version (semver).
-    pub version: String,
-    /// Anti-rollback counter of this image.
-    pub security_version: u64,
-    /// Board.
-    pub board: String,
-    /// sha256 of the resolved recipe.
-    pub recipe_sha256: String,
-    /// Source date of the build.
-    pub source_date_epoch: u64,
-    /// Units the health gate requires.
-    #[serde(default)]
-    pub required_services: Vec<String>,
+/// Read the running image's facts.
+pub fn load(path: &Path) -> Result<BuildFacts, UpdateError> {
+    Ok(BuildFacts::load(path)?)
 }
 
-impl BuildFacts {
-    /// Read and parse the facts file.
-    pub fn load(path: &Path) -> Result<BuildFacts, UpdateError> {
-        let bytes = std::fs::read(path).map_err(UpdateError::file("reading", path))?;
-        serde_json::from_slice(&bytes).map_err(|e| UpdateError::Malformed {
-            path: path.to_path_buf(),
-            reason: format!("{e}; it is written by the image builder, rebuild the image"),
-        })
-    }
-
-    /// The version as semver.
-    pub fn semver(&self, path: &Path) -> Result<semver::Version, UpdateError> {
-        self.version.parse().map_err(|e| UpdateError::Malformed {
-            path: path.to_path_buf(),
-            reason: format!("version {:?} is not semver: {e}", self.version),
-        })
-    }
+/// The running image's version as semver.
+pub fn semver(facts: &BuildFacts, path: &Path) -> Result<semver::Version, UpdateError> {
+    facts.version.parse().map_err(|e| UpdateError::Malformed {
+        path: path.to_path_buf(),
+        reason: format!("version {:?} is not semver: {e}", facts.version),
+    })
 }
 
 /// The running slot from the kernel command line at `path`.
@@ -70,11 +42,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("build.json");
         std::fs::write(&p, r#"{"product":"p","version":"1.2.3","security_version":4,"board":"qemu-x86_64","recipe_sha256":"ab","source_date_epoch":1}"#).unwrap();
-        let f = BuildFacts::load(&p).unwrap();
-        assert_eq!(f.semver(&p).unwrap(), semver::Version::new(1, 2, 3));
+        let f = load(&p).unwrap();
+        assert_eq!(semver(&f, &p).unwrap(), semver::Version::new(1, 2, 3));
         assert!(f.required_services.is_empty());
         std::fs::write(&p, "{}").unwrap();
-        let e = BuildFacts::load(&p).unwrap_err().to_string();
+        let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("build.json"), "{e}");
     }
 

@@ -51,7 +51,6 @@ use aperture_trust::record::SlotRecord;
 use aperture_trust::TrustError;
 
 use crate::disk::{PartitionHandle, PartitionReader};
-use crate::facts::BuildFacts;
 use crate::io::{stage_file, tmp_path, Io};
 use crate::paths::{INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, SLOT_RECORD};
 use crate::state::{DeviceState, Journal};
@@ -226,8 +225,8 @@ impl Updater {
         bundle: &mut dyn Read,
         opts: &InstallOptions,
     ) -> Result<Installed, UpdateError> {
-        let facts = BuildFacts::load(&self.paths.build_facts)?;
-        let running = facts.semver(&self.paths.build_facts)?;
+        let facts = crate::facts::load(&self.paths.build_facts)?;
+        let running = crate::facts::semver(&facts, &self.paths.build_facts)?;
         let root = PublicKey::load(&self.paths.root_key).map_err(|e| UpdateError::Malformed {
             path: self.paths.root_key.clone(),
             reason: format!("{e}; the root key is baked into the image, rebuild it"),
@@ -259,7 +258,7 @@ impl Updater {
             });
         }
         let device = DeviceFacts {
-            board: facts.board.clone(),
+            board: facts.board.to_string(),
             version: running,
             security_floor: state.security_floor,
         };
@@ -272,11 +271,7 @@ impl Updater {
             }
             other => other?,
         }
-        let layout =
-            SlotLayout::for_board(&facts.board).ok_or_else(|| UpdateError::UnsupportedBoard {
-                board: facts.board.clone(),
-                reason: "no slot layout is known for it".into(),
-            })?;
+        let layout = facts.board.slot_layout();
         let place = Placement::of(&verified, layout)?;
         let rootfs = place.rootfs;
         let verity = rootfs

@@ -32,8 +32,9 @@ pub mod status;
 
 use std::sync::Arc;
 
+use aperture_appliance::{Board, BootControlKind};
 use aperture_slots::{
-    BootControl, BootState, Slot, SlotLayout, SlotManager, SlotsError, Step, SystemdBoot, Tegra,
+    BootControl, BootState, Slot, SlotManager, SlotsError, Step, SystemdBoot, Tegra,
 };
 
 pub use error::UpdateError;
@@ -85,8 +86,8 @@ impl Updater {
     /// the board's boot control ([`boot_control_for`]).
     pub fn on_device(paths: Paths) -> Result<Updater, UpdateError> {
         let booted = facts::booted_slot(&paths.cmdline)?;
-        let facts = BuildFacts::load(&paths.build_facts)?;
-        let boot = boot_control_for(&facts.board, &paths)?;
+        let facts = facts::load(&paths.build_facts)?;
+        let boot = boot_control_for(facts.board, &paths)?;
         let disk = Box::new(disk::PartlabelDisk::new(&paths.partlabel_dir));
         Ok(Updater::new(paths, disk, boot, booted))
     }
@@ -137,20 +138,14 @@ impl Updater {
 /// The boot control for a board: systemd-boot on the ESP for the qemu boards; NVIDIA's UEFI
 /// variables for Jetson, with the slot ledger in `/efi/aperture` (the ESP, which both slots
 /// share).
-pub fn boot_control_for(board: &str, paths: &Paths) -> Result<Box<dyn BootControl>, UpdateError> {
-    match SlotLayout::for_board(board) {
-        Some(SlotLayout::Esp) => Ok(Box::new(SystemdBoot::new(paths.esp.clone()))),
-        Some(SlotLayout::Tegra(_)) => Ok(Box::new(
+pub fn boot_control_for(board: Board, paths: &Paths) -> Result<Box<dyn BootControl>, UpdateError> {
+    Ok(match board.boot_control() {
+        BootControlKind::SystemdBoot => Box::new(SystemdBoot::new(paths.esp.clone())),
+        BootControlKind::Tegra => Box::new(
             Tegra::new(paths.efivars.clone(), paths.aperture_dir())
                 .with_capsules(paths.esp.clone()),
-        )),
-        None => Err(UpdateError::UnsupportedBoard {
-            board: board.into(),
-            reason: "the updater knows the qemu boards (systemd-boot) and the Jetson AGX Orin \
-                     and Xavier boards (NVIDIA UEFI variables); rebuild the image for one of them"
-                .into(),
-        }),
-    }
+        ),
+    })
 }
 
 /// A backend whose persisted steps first pass through the [`io::Io`], so a test can cut the

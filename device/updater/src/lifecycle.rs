@@ -33,7 +33,6 @@ use serde::Serialize;
 
 use aperture_slots::{BootState, Slot, SlotStatus};
 
-use crate::facts::BuildFacts;
 use crate::state::{DeviceState, Journal};
 use crate::{UpdateError, Updater};
 
@@ -73,7 +72,7 @@ impl std::fmt::Display for Commit {
 impl Updater {
     /// Mark the running slot good and raise the anti-rollback floor to its security version.
     pub fn commit(&mut self) -> Result<Commit, UpdateError> {
-        let facts = BuildFacts::load(&self.paths.build_facts)?;
+        let facts = crate::facts::load(&self.paths.build_facts)?;
         let was = self.boot.read()?.status(self.booted);
         self.slots().mark_good()?;
         let state_path = self.paths.state_file();

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use aperture_slots::{Slot, SlotStatus};
 use aperture_trust::record::SlotRecord;
 
-use crate::facts::BuildFacts;
 use crate::state::{DeviceState, Journal};
 use crate::{UpdateError, Updater};
 
@@ -117,7 +116,7 @@ pub fn read_record(path: &std::path::Path) -> Option<SlotRecord> {
 impl Updater {
     /// Gather the status. Reads only.
     pub fn status(&self) -> Result<UpdateStatus, UpdateError> {
-        let facts = BuildFacts::load(&self.paths.build_facts)?;
+        let facts = crate::facts::load(&self.paths.build_facts)?;
         let state = DeviceState::load(&self.paths.state_file())?;
         let boot = self.boot.read()?;
         let slots: Vec<SlotInfo> = Slot::ALL
@@ -157,7 +156,7 @@ impl Updater {
                 product: facts.product,
                 version: facts.version,
                 security_version: facts.security_version,
-                board: facts.board,
+                board: facts.board.to_string(),
             },
             security_floor: state.security_floor,
             committed: state.committed,

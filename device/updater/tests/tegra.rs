@@ -77,7 +77,10 @@ impl Jetson {
     }
 
     fn with_kernel_partition(board: &str, factory: &Image, kernel_part: u64) -> Jetson {
-        let layout = SlotLayout::for_board(board).unwrap();
+        let layout = board
+            .parse::<aperture_appliance::Board>()
+            .unwrap()
+            .slot_layout();
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::rooted(dir.path());
         let disk_path = dir.path().join("disk.img");
@@ -256,7 +259,11 @@ impl Jetson {
 
 /// The kernel command line of `slot` for `image`, as the image builder makes it.
 fn cmdline(image: &Image, slot: Slot) -> String {
-    let layout = SlotLayout::for_board(&image.board).unwrap();
+    let layout = image
+        .board
+        .parse::<aperture_appliance::Board>()
+        .unwrap()
+        .slot_layout();
     aperture_slots::cmdline::slot_boot(
         PRODUCT,
         &image.version,

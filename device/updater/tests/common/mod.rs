@@ -266,10 +266,12 @@ impl Image {
             product: PRODUCT.into(),
             version: self.version.clone(),
             security_version: self.security_version,
-            board: self.board.clone(),
+            board: self.board.parse().unwrap(),
             recipe_sha256: "ab".into(),
             source_date_epoch: 1,
             required_services: vec!["aperture-runtime.service".into()],
+            tpm: true,
+            reset_button: None,
         }
     }
 }
@@ -458,7 +460,12 @@ pub fn slot_boot(image: &Image, slot: Slot) -> aperture_slots::SlotBoot {
         PRODUCT,
         &image.version,
         "console=ttyS0",
-        aperture_slots::SlotLayout::for_board(&image.manifest.board).unwrap(),
+        image
+            .manifest
+            .board
+            .parse::<aperture_appliance::Board>()
+            .unwrap()
+            .slot_layout(),
         slot,
         image.verity.root_hash.as_str(),
         image.verity.hash_offset,

@@ -1,0 +1,181 @@
+//! Where things are on a running appliance: [`Files`], rooted at `/` on a device and at a
+//! temporary folder in tests, and the same locations relative to an image's root ([`rel`]) for
+//! the image builder. Device programs never spell these paths themselves.
+//!
+//! | what | where |
+//! |---|---|
+//! | the image's facts ([`crate::facts::BuildFacts`]) | `/etc/aperture/build.json` (verity-protected rootfs) |
+//! | the trusted root public key | `/etc/aperture/root.pub` |
+//! | the ESP | `/efi` (vfat: boot loader, and on qemu boards each slot's kernel and initrd) |
+//! | a slot's kernel and initrd (qemu boards) | `/efi/aperture/<slot>/vmlinuz`, `initrd.img` |
+//! | partitions | `/dev/disk/by-partlabel/<label>` ([`crate::board::Board::partition`]) |
+//! | device state (floor, journals, slot records, key records) | the raw `aperture_state` partition ([`crate::store`]) |
+//! | the lock every slot-changing program takes | `/run/aperture/slots.lock` ([`crate::lock`]) |
+
+use std::path::{Path, PathBuf};
+
+use crate::slot::Slot;
+
+/// Paths inside an image's root file system, for the image builder (no leading `/`).
+pub mod rel {
+    /// The image's facts.
+    pub const BUILD_FACTS: &str = "etc/aperture/build.json";
+    /// The trusted root public key.
+    pub const ROOT_KEY: &str = "etc/aperture/root.pub";
+    /// The folder on the ESP holding one folder per slot.
+    pub const ESP_SLOTS: &str = "aperture";
+    /// File name of a slot's kernel in its ESP folder.
+    pub const KERNEL_FILE: &str = "vmlinuz";
+    /// File name of a slot's initrd in its ESP folder.
+    pub const INITRD_FILE: &str = "initrd.img";
+}
+
+/// The appliance's file locations under a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    root: PathBuf,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files::at("/")
+    }
+}
+
+impl Files {
+    /// The appliance's layout under `root` (`/` on a device, a temporary folder in tests).
+    pub fn at(root: impl Into<PathBuf>) -> Files {
+        Files { root: root.into() }
+    }
+
+    /// The root everything is under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A path under the root (`p` may start with `/`).
+    pub fn path(&self, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
+        self.root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// `/etc/aperture/build.json`.
+    pub fn build_facts(&self) -> PathBuf {
+        self.path(rel::BUILD_FACTS)
+    }
+
+    /// `/etc/aperture/root.pub`.
+    pub fn root_key(&self) -> PathBuf {
+        self.path(rel::ROOT_KEY)
+    }
+
+    /// `/proc/cmdline`, which names the running slot.
+    pub fn cmdline(&self) -> PathBuf {
+        self.path("proc/cmdline")
+    }
+
+    /// `/proc/self/mountinfo`.
+    pub fn mountinfo(&self) -> PathBuf {
+        self.path("proc/self/mountinfo")
+    }
+
+    /// `/etc/ssl/certs/ca-certificates.crt`, the system CA bundle for HTTPS.
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.path("etc/ssl/certs/ca-certificates.crt")
+    }
+
+    /// `/efi`, the ESP's mount point.
+    pub fn esp(&self) -> PathBuf {
+        self.path("efi")
+    }
+
+    /// `/efi/aperture/<slot>`: a qemu-board slot's boot files.
+    pub fn esp_slot_dir(&self, slot: Slot) -> PathBuf {
+        self.esp().join(rel::ESP_SLOTS).join(slot.letter())
+    }
+
+    /// `/efi/aperture/<slot>/vmlinuz`.
+    pub fn kernel(&self, slot: Slot) -> PathBuf {
+        self.esp_slot_dir(slot).join(rel::KERNEL_FILE)
+    }
+
+    /// `/efi/aperture/<slot>/initrd.img`.
+    pub fn initrd(&self, slot: Slot) -> PathBuf {
+        self.esp_slot_dir(slot).join(rel::INITRD_FILE)
+    }
+
+    /// `/dev/disk/by-partlabel`.
+    pub fn partlabel_dir(&self) -> PathBuf {
+        self.path("dev/disk/by-partlabel")
+    }
+
+    /// `/dev/disk/by-partlabel/<label>`.
+    pub fn partition(&self, label: &str) -> PathBuf {
+        self.partlabel_dir().join(label)
+    }
+
+    /// `/sys/firmware/efi/efivars`.
+    pub fn efivars(&self) -> PathBuf {
+        self.path("sys/firmware/efi/efivars")
+    }
+
+    /// `/dev/tpmrm0`, the TPM resource manager.
+    pub fn tpm_device(&self) -> PathBuf {
+        self.path("dev/tpmrm0")
+    }
+
+    /// `/dev`.
+    pub fn dev_dir(&self) -> PathBuf {
+        self.path("dev")
+    }
+
+    /// `/dev/mapper`, where dm-crypt and dm-verity mappings appear.
+    pub fn mapper_dir(&self) -> PathBuf {
+        self.path("dev/mapper")
+    }
+
+    /// `/dev/input`, evdev devices.
+    pub fn input_dir(&self) -> PathBuf {
+        self.path("dev/input")
+    }
+
+    /// `/sys/class/block`.
+    pub fn sys_class_block(&self) -> PathBuf {
+        self.path("sys/class/block")
+    }
+
+    /// `/run`, a tmpfs.
+    pub fn run_dir(&self) -> PathBuf {
+        self.path("run")
+    }
+
+    /// `/run/aperture`, transient files of our programs.
+    pub fn run_aperture(&self) -> PathBuf {
+        self.path("run/aperture")
+    }
+
+    /// `/run/aperture/slots.lock`: held by whoever changes slots or boot state.
+    pub fn slots_lock(&self) -> PathBuf {
+        self.run_aperture().join("slots.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_device_layout_and_rooted_stays_inside() {
+        let f = Files::default();
+        assert_eq!(f.build_facts(), Path::new("/etc/aperture/build.json"));
+        assert_eq!(f.kernel(Slot::B), Path::new("/efi/aperture/b/vmlinuz"));
+        assert_eq!(
+            f.partition("aperture_state"),
+            Path::new("/dev/disk/by-partlabel/aperture_state")
+        );
+        let t = Files::at("/tmp/x");
+        for p in [t.esp(), t.cmdline(), t.path("/etc/x"), t.slots_lock()] {
+            assert!(p.starts_with("/tmp/x"), "{}", p.display());
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Small system helpers every Aperture program shares, each written once:
+//!
+//! * [`cmd`]: the one runner of external commands ([`cmd::Cmd`]);
+//! * [`fs`]: durable file writes and removals (safe on vfat too);
+//! * [`mountinfo`]: the mount table parser;
+//! * [`log`]: logging setup.
+
+pub mod cmd;
+pub mod fs;
+pub mod log;
+pub mod mountinfo;
+
+pub use cmd::{Cmd, CmdError};
+pub use fs::FsError;

@@ -1,0 +1,989 @@
+//! `bench update`: installing the same 1 GiB rootfs image with `aperture-update` and with
+//! `rauc install` (Debian's RAUC 1.8), side by side in one run, `runs` times each, with a table
+//! of median seconds, MB/s of rootfs image and each tool's time over Aperture's.
+//!
+//! Both tools get the same inputs, made fresh for the run under `target/bench/update`:
+//!
+//! * one raw rootfs image of exactly 1 GiB or just under: deterministic data (in every 8 KiB,
+//!   4 KiB of xorshift noise then 4 KiB of zeros, so it compresses about 2:1, as a rootfs does)
+//!   with its dm-verity hash tree appended, plus a small kernel and initrd (an Aperture bundle
+//!   carries each slot's boot files; RAUC gets the same files for child slots);
+//! * an Aperture bundle (zstd level 3, ed25519 manifest signed by a release key in a keyring
+//!   certified by a freshly generated root key) and a RAUC bundle (`format=plain`, a squashfs
+//!   compressed with zstd level 3, CMS-signed by a certificate of a freshly made openssl CA).
+//!
+//! Aperture runs the release-built `aperture-update` binary (as shipped in images) with
+//! `--root` (a file-backed appliance: build facts, root key, `/proc/cmdline`, and an ESP folder
+//! with systemd-boot entries) and `--disk-image` (a sparse GPT disk image whose `rootfs_b`
+//! partition is the inactive slot). The timed `install` verifies the signature, streams and
+//! decompresses the payload into the slot, fsyncs, drops the slot's cached pages, reads it back
+//! (sha256 and the full dm-verity check) and arms the slot.
+//!
+//! RAUC runs as it does on a device: `rauc service` (on a private D-Bus system bus, so that the
+//! host's own bus is left alone; `--override-boot-slot` says slot A is booted), started once
+//! and outside the timing, with a `system.conf` of file-backed raw slots and `bootloader=noop`.
+//! The timed `rauc install` verifies the CMS signature over the whole bundle, loop-mounts the
+//! squashfs, copies each image into its slot and fsyncs. It does not read the slot back. The
+//! bundle is `plain` because `verity` and `crypt` bundles need device-mapper, which this kind of
+//! host kernel lacks.
+//!
+//! Fair by construction: each run writes into fresh sparse slot files, both bundles are read
+//! once beforehand so both tools start from a warm page cache, dirty pages are synced before
+//! each timed install, and after each run (outside the timing) the slot is hashed and compared
+//! with the image. Needs root (RAUC loop-mounts its bundle) and the packages rauc,
+//! squashfs-tools, openssl and dbus-daemon.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
+use aperture_slots::Slot;
+use aperture_trust::bundle::{compress_payload, write_bundle, PayloadSource};
+use aperture_trust::digest::{sha256_file, HashingReader};
+use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
+use aperture_trust::manifest::{
+    Artifact, ArtifactName, BootInfo, BuildInfo, Manifest, Role, Sha256Hex,
+};
+use aperture_trust::signing::sign_manifest;
+use aperture_trust::verity::{append_hash_tree, hash_tree_size, VerityInfo};
+use aperture_updater::disk::{Disk, FileDisk, PartitionReader};
+use aperture_updater::BuildFacts;
+
+use crate::bench::{print_table, Row};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Size of each slot: the rootfs partitions in the disk image and RAUC's slot files.
+const SLOT_SIZE: u64 = GIB;
+/// Size of each boot-file slot of RAUC's.
+const BOOT_SLOT_SIZE: u64 = MIB;
+const KERNEL_SIZE: usize = 100_000;
+const INITRD_SIZE: usize = 250_000;
+const ZSTD_LEVEL: i32 = 3;
+const PRODUCT: &str = "aperture-bench";
+const BOARD: &str = "qemu-x86_64";
+const RAUC_COMPATIBLE: &str = "aperture-bench";
+const DEBIAN_PACKAGES: &str = "rauc squashfs-tools openssl dbus-daemon";
+
+/// The images both tools install.
+struct Inputs {
+    rootfs: PathBuf,
+    rootfs_size: u64,
+    rootfs_sha256: Sha256Hex,
+    verity: VerityInfo,
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+/// Run `bench update` with `runs` runs per tool.
+pub fn run(runs: u32) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`bench update` needs root: RAUC loop-mounts its bundle and its service owns a bus \
+             name; run `sudo cargo xtask bench update`"
+        );
+    }
+    let missing: Vec<&str> = ["rauc", "mksquashfs", "openssl", "dbus-daemon"]
+        .into_iter()
+        .filter(|t| !on_path(t))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} not found: install them with `apt-get install {DEBIAN_PACKAGES}` (`cargo xtask \
+             bench update` run as root installs them itself)",
+            missing.join(", ")
+        );
+    }
+    let ws = crate::workspace();
+    let work = ws.join("target/bench/update");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    // Everything the run makes lives in `work`, removed on the way out, error or not.
+    let _cleanup = RemoveOnDrop(work.clone());
+
+    eprintln!("bench update: building aperture-update with the release profile (as in images)");
+    let updater = build_updater(&ws)?;
+
+    eprintln!("bench update: making the rootfs image, kernel and initrd");
+    let inputs = make_inputs(&work.join("input"))?;
+    eprintln!("bench update: making the Aperture bundle (zstd {ZSTD_LEVEL}, ed25519)");
+    let aperture = ApertureSide::new(&work.join("aperture"), &inputs)?;
+    eprintln!("bench update: making the RAUC bundle (plain, squashfs zstd {ZSTD_LEVEL}, CMS)");
+    let rauc = RaucSide::new(&work.join("rauc"), &inputs)?;
+
+    eprintln!("bench update: warming the page cache with both bundles");
+    for p in [&aperture.bundle, &rauc.bundle] {
+        io::copy(&mut File::open(p)?, &mut io::sink())?;
+    }
+    eprintln!("bench update: starting a private D-Bus system bus and `rauc service`");
+    let service = rauc.start_service()?;
+
+    let runs = runs.max(1);
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for run in 1..=runs {
+        eprintln!("bench update: run {run}/{runs}: aperture-update install");
+        aperture.fresh_device(&inputs)?;
+        sync()?;
+        let (t, phases) = aperture.install(&updater)?;
+        eprintln!("bench update:   aperture-update {phases}");
+        check_slot(aperture.slot_b_sha256(inputs.rootfs_size)?, &inputs)
+            .context("aperture-update wrote a wrong slot")?;
+        times[0].push(t);
+
+        eprintln!("bench update: run {run}/{runs}: rauc install");
+        rauc.fresh_slots()?;
+        sync()?;
+        let t = rauc.install(&service)?;
+        let got = hash_first(File::open(&rauc.slot_b)?.take(inputs.rootfs_size))?;
+        check_slot(got, &inputs).context("rauc install wrote a wrong slot")?;
+        times[1].push(t);
+    }
+    drop(service);
+
+    let aperture_median = median(&times[0]);
+    let mb = inputs.rootfs_size as f64 / 1e6;
+    let rows: Vec<Row> = [
+        (
+            "aperture-update install",
+            &times[0],
+            "yes: sha256 + dm-verity",
+        ),
+        ("rauc install (RAUC 1.8, plain)", &times[1], "no"),
+    ]
+    .into_iter()
+    .map(|(name, t, readback)| {
+        let m = median(t);
+        Row {
+            name: name.into(),
+            cells: vec![
+                format!("{:.2}", m.as_secs_f64()),
+                format!("{:.0}", mb / m.as_secs_f64()),
+                format!("{:.2}", m.as_secs_f64() / aperture_median.as_secs_f64()),
+                readback.into(),
+            ],
+        }
+    })
+    .collect();
+    print_table(
+        &format!(
+            "Installing a {:.1} MiB rootfs image into the inactive file-backed slot, median of \
+             {runs} runs; MB/s of rootfs image; ratio = tool time / aperture time (above 1: \
+             aperture is faster)",
+            inputs.rootfs_size as f64 / MIB as f64
+        ),
+        &["tool", "seconds", "MB/s", "ratio", "read-back"],
+        &rows,
+    );
+    let size_mib = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.len() as f64 / MIB as f64)
+            .unwrap_or(0.0)
+    };
+    println!(
+        "\nBoth install the same raw image ({} bytes: {} bytes of data, 4 KiB noise and 4 KiB \
+         zeros in every 8 KiB, plus its dm-verity tree) and the same {} KB kernel and {} KB \
+         initrd, from a warm page cache into fresh sparse slot files, fsynced by both.",
+        inputs.rootfs_size,
+        inputs.verity.data_size(),
+        KERNEL_SIZE / 1000,
+        INITRD_SIZE / 1000
+    );
+    println!(
+        "aperture-update ({}): release build, one process per install, `--root` file-backed \
+         appliance and `--disk-image` GPT disk; verifies the ed25519 manifest and key chain, \
+         streams the zstd payload ({:.1} MiB bundle) into rootfs_b with 1 MiB writes, fsyncs, \
+         drops the slot's cached pages and reads it back (sha256 + full dm-verity check), \
+         writes the boot files and arms systemd-boot entries on the ESP folder.",
+        updater.display(),
+        size_mib(&aperture.bundle)
+    );
+    println!(
+        "rauc install: client call to a `rauc service` already running (started once, outside \
+         the timing) on a private D-Bus system bus, bootloader=noop, raw file-backed slots; \
+         verifies the CMS signature over the whole {:.1} MiB bundle, loop-mounts the squashfs \
+         (zstd {ZSTD_LEVEL}), copies each image to its slot and fsyncs; no read-back. Bundle \
+         format plain: verity bundles need device-mapper, which this host kernel lacks.",
+        size_mib(&rauc.bundle)
+    );
+    println!(
+        "Per run: {}. Inputs and slots were removed afterwards ({}).",
+        times
+            .iter()
+            .zip(["aperture", "rauc"])
+            .map(|(t, n)| format!(
+                "{n} {}",
+                t.iter()
+                    .map(|d| format!("{:.2}s", d.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+            .collect::<Vec<_>>()
+            .join("; "),
+        work.display()
+    );
+    Ok(())
+}
+
+/// Build `aperture-update` with the release profile (what images ship) and return its path.
+fn build_updater(ws: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(ws)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "aperture-updater",
+            "--bin",
+            "aperture-update",
+        ])
+        .status()
+        .context("starting cargo to build aperture-update")?;
+    if !status.success() {
+        bail!("building aperture-update failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    let bin = target.join("release").join("aperture-update");
+    if !bin.is_file() {
+        bail!(
+            "cargo built aperture-update but {} does not exist",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Deterministic noise (xorshift64), as the updater's tests make it.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for word in buf.chunks_mut(8) {
+            let mut s = self.0;
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            self.0 = s;
+            let bytes = s.to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+    }
+}
+
+/// The largest data size (whole 4 KiB blocks) whose image with the verity tree fits `total`.
+fn data_size_for(total: u64) -> u64 {
+    let mut data = total / 4096 * 4096;
+    while data + hash_tree_size(data) > total {
+        data -= 4096;
+    }
+    data
+}
+
+fn make_inputs(dir: &Path) -> Result<Inputs> {
+    fs::create_dir_all(dir)?;
+    let rootfs = dir.join("rootfs.img");
+    let data_size = data_size_for(SLOT_SIZE);
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&rootfs)?;
+    {
+        let mut w = BufWriter::with_capacity(8 * MIB as usize, &mut f);
+        let mut block = vec![0u8; 8192];
+        let mut written = 0;
+        while written < data_size {
+            noise.fill(&mut block[..4096]);
+            w.write_all(&block)?;
+            written += block.len() as u64;
+        }
+        w.flush()?;
+    }
+    // A data size that is not a multiple of 8 KiB ends halfway through a block.
+    f.set_len(data_size)?;
+    let verity = append_hash_tree(&mut f, data_size, b"aperture-bench-salt", [7u8; 16])?;
+    f.sync_all()?;
+    drop(f);
+    let (rootfs_sha256, rootfs_size) = sha256_file(&rootfs)?;
+
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd.img");
+    for (path, len) in [(&kernel, KERNEL_SIZE), (&initrd, INITRD_SIZE)] {
+        let mut buf = vec![0u8; len];
+        noise.fill(&mut buf);
+        fs::write(path, &buf)?;
+    }
+    Ok(Inputs {
+        rootfs,
+        rootfs_size,
+        rootfs_sha256,
+        verity,
+        kernel,
+        initrd,
+    })
+}
+
+/// The file-backed appliance and the Aperture bundle.
+struct ApertureSide {
+    dir: PathBuf,
+    bundle: PathBuf,
+    root_key: aperture_trust::keys::PublicKey,
+}
+
+impl ApertureSide {
+    fn new(dir: &Path, inputs: &Inputs) -> Result<ApertureSide> {
+        fs::create_dir_all(dir)?;
+        let now = aperture_trust::now_unix();
+        let root = SigningKeyPair::generate()?;
+        let release = SigningKeyPair::generate()?;
+        let keyring = SignedKeyring::create(
+            &root,
+            vec![KeyringEntry::new(
+                release.public(),
+                "bench-release",
+                now + 86_400,
+            )],
+        )?;
+
+        let mut artifacts = Vec::new();
+        let mut sources = Vec::new();
+        for (path, name, role) in [
+            (&inputs.rootfs, "rootfs.img", Role::Rootfs),
+            (&inputs.kernel, "vmlinuz", Role::Kernel),
+            (&inputs.initrd, "initrd.img", Role::Initrd),
+        ] {
+            let zst = dir.join(format!("{name}.zst"));
+            let payload = compress_payload(path, &zst, ZSTD_LEVEL)?;
+            let (sha256, size) = sha256_file(path)?;
+            sources.push((ArtifactName::new(name)?, zst, payload.size));
+            artifacts.push(Artifact {
+                name: ArtifactName::new(name)?,
+                role,
+                size,
+                sha256,
+                verity: (role == Role::Rootfs).then(|| inputs.verity.clone()),
+                payload: Some(payload),
+            });
+        }
+        let manifest = Manifest {
+            format: 1,
+            product: PRODUCT.into(),
+            board: BOARD.into(),
+            version: "2.0.0".parse()?,
+            security_version: 1,
+            build: BuildInfo {
+                source_date_epoch: 1_700_000_000,
+                recipe_sha256: Sha256Hex::digest(b"bench update"),
+                ostree_commit: None,
+                ostree_ref: None,
+            },
+            boot: Some(BootInfo {
+                cmdline: "console=ttyS0".into(),
+            }),
+            artifacts,
+        };
+        let (manifest_json, sig_json) = sign_manifest(&manifest, &release, &keyring)?;
+        let mut readers = Vec::new();
+        for (name, zst, size) in sources {
+            readers.push(PayloadSource {
+                name,
+                size,
+                reader: Box::new(io::BufReader::new(File::open(&zst)?)),
+            });
+        }
+        let bundle = dir.join("update.bundle");
+        let mut w = write_bundle(
+            BufWriter::new(File::create(&bundle)?),
+            &manifest_json,
+            &sig_json,
+            readers,
+        )?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        for name in ["rootfs.img", "vmlinuz", "initrd.img"] {
+            fs::remove_file(dir.join(format!("{name}.zst")))?;
+        }
+        Ok(ApertureSide {
+            dir: dir.to_path_buf(),
+            bundle,
+            root_key: root.public(),
+        })
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.dir.join("disk.img")
+    }
+
+    /// A freshly flashed appliance running version 1.0.0 from slot A: build facts, root key,
+    /// kernel command line, an ESP folder with both slots' entries, and an empty sparse GPT
+    /// disk with `rootfs_a` and `rootfs_b`.
+    fn fresh_device(&self, inputs: &Inputs) -> Result<()> {
+        let root = self.root();
+        let _ = fs::remove_dir_all(&root);
+        let _ = fs::remove_file(self.disk());
+        let paths = aperture_updater::Paths::rooted(&root);
+        for p in [&paths.build_facts, &paths.cmdline] {
+            fs::create_dir_all(p.parent().context("rooted paths have parents")?)?;
+        }
+        let facts = BuildFacts {
+            product: PRODUCT.into(),
+            version: "1.0.0".into(),
+            security_version: 1,
+            board: BOARD.parse()?,
+            recipe_sha256: Sha256Hex::digest(b"bench update").to_string(),
+            source_date_epoch: 1_700_000_000,
+            required_services: Vec::new(),
+            tpm: false,
+            reset_button: None,
+        };
+        fs::write(&paths.build_facts, serde_json::to_vec_pretty(&facts)?)?;
+        fs::write(&paths.cmdline, "console=ttyS0 aperture.slot=a\n")?;
+        self.root_key.save(&paths.root_key)?;
+        let boot = |slot| {
+            aperture_slots::cmdline::slot_boot(
+                PRODUCT,
+                "1.0.0",
+                "console=ttyS0",
+                aperture_slots::SlotLayout::Esp,
+                slot,
+                inputs.verity.root_hash.as_str(),
+                inputs.verity.hash_offset,
+            )
+        };
+        aperture_slots::write_initial_esp(&paths.esp, &boot(Slot::A), &boot(Slot::B))?;
+        // As flashed: each slot's folder on the ESP holds its kernel and initrd.
+        for slot in Slot::ALL {
+            let dir = paths.slot_dir(slot);
+            fs::create_dir_all(&dir)?;
+            fs::copy(
+                &inputs.kernel,
+                dir.join(aperture_updater::paths::KERNEL_FILE),
+            )?;
+            fs::copy(
+                &inputs.initrd,
+                dir.join(aperture_updater::paths::INITRD_FILE),
+            )?;
+        }
+
+        let size = 2 * SLOT_SIZE + 4 * MIB;
+        let mut f = File::create(self.disk())?;
+        f.set_len(size)?;
+        let ns = "aperture-bench";
+        let layout = Layout::new(
+            Guid::derive(ns, "disk"),
+            vec![
+                PartitionSpec::new("esp", Guid::EFI_SYSTEM, Guid::derive(ns, "esp"), MIB),
+                PartitionSpec::new(
+                    "rootfs_a",
+                    Guid::LINUX_FILESYSTEM,
+                    Guid::derive(ns, "a"),
+                    SLOT_SIZE,
+                ),
+                PartitionSpec::new(
+                    "rootfs_b",
+                    Guid::LINUX_FILESYSTEM,
+                    Guid::derive(ns, "b"),
+                    SLOT_SIZE,
+                ),
+            ],
+        );
+        write_gpt(&mut f, size, &layout)?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// One timed `aperture-update install`, and the phase times it logged (stream, read-back).
+    fn install(&self, updater: &Path) -> Result<(Duration, String)> {
+        let mut cmd = Command::new(updater);
+        cmd.arg("--root")
+            .arg(self.root())
+            .arg("--disk-image")
+            .arg(self.disk())
+            .arg("install")
+            .arg(&self.bundle)
+            .env("RUST_LOG", "info");
+        let (took, log) = timed_with_log(cmd, "aperture-update install")?;
+        let phases = log
+            .lines()
+            .filter(|l| l.contains("streamed ") || l.contains(" back: "))
+            .map(|l| {
+                l.trim_start_matches(|c: char| !c.is_ascii_lowercase())
+                    .trim()
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok((took, phases))
+    }
+
+    /// sha256 of the first `len` bytes of `rootfs_b`.
+    fn slot_b_sha256(&self, len: u64) -> Result<Sha256Hex> {
+        let part = FileDisk::new(self.disk()).open("rootfs_b")?;
+        hash_first(PartitionReader::new(&*part, len))
+    }
+}
+
+/// sha256 of everything `r` yields.
+fn hash_first(r: impl Read) -> Result<Sha256Hex> {
+    let mut r = HashingReader::new(r);
+    io::copy(&mut r, &mut io::sink())?;
+    Ok(r.digest())
+}
+
+/// The slot holds exactly the rootfs image (hashed outside the timing).
+fn check_slot(got: Sha256Hex, inputs: &Inputs) -> Result<()> {
+    if got != inputs.rootfs_sha256 {
+        bail!(
+            "the slot's first {} bytes hash to {got}, the image to {}",
+            inputs.rootfs_size,
+            inputs.rootfs_sha256
+        );
+    }
+    Ok(())
+}
+
+/// RAUC's keys, bundle, system.conf and file-backed slots.
+struct RaucSide {
+    dir: PathBuf,
+    bundle: PathBuf,
+    conf: PathBuf,
+    slot_b: PathBuf,
+}
+
+/// A background process, killed and reaped on drop.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Fails if the process has already exited.
+    fn check_running(&mut self, log: &Path) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}): {}",
+                self.name,
+                tail(&fs::read_to_string(log).unwrap_or_default(), 12)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The running bus and service (the service is dropped, so stopped, first).
+struct Service {
+    rauc: Daemon,
+    _bus: Daemon,
+    bus_address: String,
+    log: PathBuf,
+    /// Where the service mounts bundles (unmounted on drop in case it was killed mid-install).
+    bundle_mount: PathBuf,
+}
+
+impl RaucSide {
+    fn new(dir: &Path, inputs: &Inputs) -> Result<RaucSide> {
+        fs::create_dir_all(dir)?;
+        let keys = dir.join("keys");
+        fs::create_dir_all(&keys)?;
+        let k = |n: &str| keys.join(n);
+        // A CA, and a signing certificate issued by it (no extended key usage: RAUC 1.8 checks
+        // the S/MIME purpose, which a codeSigning-only certificate fails).
+        run_quiet(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "365",
+                    "-subj",
+                    "/CN=aperture bench RAUC CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:true",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                    "-keyout",
+                ])
+                .arg(k("ca.key.pem"))
+                .arg("-out")
+                .arg(k("ca.pem")),
+            "openssl req (CA)",
+        )?;
+        run_quiet(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=aperture bench RAUC signer",
+                    "-keyout",
+                ])
+                .arg(k("signer.key.pem"))
+                .arg("-out")
+                .arg(k("signer.csr")),
+            "openssl req (signer)",
+        )?;
+        fs::write(
+            k("signer.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+        )?;
+        run_quiet(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "365", "-set_serial", "1", "-in"])
+                .arg(k("signer.csr"))
+                .arg("-CA")
+                .arg(k("ca.pem"))
+                .arg("-CAkey")
+                .arg(k("ca.key.pem"))
+                .arg("-extfile")
+                .arg(k("signer.ext"))
+                .arg("-out")
+                .arg(k("signer.pem")),
+            "openssl x509 (signer)",
+        )?;
+
+        let content = dir.join("content");
+        fs::create_dir_all(&content)?;
+        // RAUC writes a raw slot only from a `*.img` file, so the kernel is `vmlinuz.img` here.
+        for (src, name) in [
+            (&inputs.rootfs, "rootfs.img"),
+            (&inputs.kernel, "vmlinuz.img"),
+            (&inputs.initrd, "initrd.img"),
+        ] {
+            fs::hard_link(src, content.join(name))
+                .or_else(|_| fs::copy(src, content.join(name)).map(|_| ()))?;
+        }
+        fs::write(
+            content.join("manifest.raucm"),
+            format!(
+                "[update]\ncompatible={RAUC_COMPATIBLE}\nversion=2.0.0\n\n[bundle]\nformat=plain\n\n\
+                 [image.rootfs]\nfilename=rootfs.img\n\n[image.kernel]\nfilename=vmlinuz.img\n\n\
+                 [image.initrd]\nfilename=initrd.img\n"
+            ),
+        )?;
+        let bundle = dir.join("update.raucb");
+        run_quiet(
+            Command::new("rauc")
+                .arg("bundle")
+                .arg(format!("--cert={}", k("signer.pem").display()))
+                .arg(format!("--key={}", k("signer.key.pem").display()))
+                .arg(format!("--keyring={}", k("ca.pem").display()))
+                .arg(format!(
+                    "--mksquashfs-args=-comp zstd -Xcompression-level {ZSTD_LEVEL}"
+                ))
+                .arg(&content)
+                .arg(&bundle),
+            "rauc bundle",
+        )?;
+        fs::remove_dir_all(&content)?;
+
+        for d in ["mnt", "data", "slots"] {
+            fs::create_dir_all(dir.join(d))?;
+        }
+        let slots = dir.join("slots");
+        let mut conf = format!(
+            "[system]\ncompatible={RAUC_COMPATIBLE}\nbootloader=noop\nmountprefix={}\n\
+             data-directory={}\n\n[keyring]\npath={}\n",
+            dir.join("mnt").display(),
+            dir.join("data").display(),
+            k("ca.pem").display()
+        );
+        for (i, letter) in ["a", "b"].into_iter().enumerate() {
+            conf += &format!(
+                "\n[slot.rootfs.{i}]\ndevice={}\ntype=raw\nbootname={}\n",
+                slots.join(format!("rootfs-{letter}.img")).display(),
+                letter.to_uppercase()
+            );
+            for child in ["kernel", "initrd"] {
+                conf += &format!(
+                    "\n[slot.{child}.{i}]\ndevice={}\ntype=raw\nparent=rootfs.{i}\n",
+                    slots.join(format!("{child}-{letter}.img")).display()
+                );
+            }
+        }
+        let conf_path = dir.join("system.conf");
+        fs::write(&conf_path, conf)?;
+        let side = RaucSide {
+            dir: dir.to_path_buf(),
+            bundle,
+            conf: conf_path,
+            slot_b: slots.join("rootfs-b.img"),
+        };
+        // Slot A is "booted"; its files only have to exist.
+        for name in ["rootfs-a.img", "kernel-a.img", "initrd-a.img"] {
+            sparse(
+                &slots.join(name),
+                if name.starts_with("rootfs") {
+                    SLOT_SIZE
+                } else {
+                    BOOT_SLOT_SIZE
+                },
+            )?;
+        }
+        side.fresh_slots()?;
+        Ok(side)
+    }
+
+    /// Fresh sparse files for the target slot group B.
+    fn fresh_slots(&self) -> Result<()> {
+        let slots = self.dir.join("slots");
+        for name in ["rootfs-b.img", "kernel-b.img", "initrd-b.img"] {
+            let p = slots.join(name);
+            let _ = fs::remove_file(&p);
+            sparse(
+                &p,
+                if name.starts_with("rootfs") {
+                    SLOT_SIZE
+                } else {
+                    BOOT_SLOT_SIZE
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A private system bus (so the host's bus and its policy are left alone) and `rauc
+    /// service` on it, booted from slot A; waits until the service answers.
+    fn start_service(&self) -> Result<Service> {
+        let socket = self.dir.join("bus.sock");
+        let bus_conf = self.dir.join("bus.conf");
+        fs::write(
+            &bus_conf,
+            format!(
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n \
+                 \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig>\n  \
+                 <type>system</type>\n  <listen>unix:path={}</listen>\n  <auth>EXTERNAL</auth>\n  \
+                 <policy context=\"default\">\n    <allow user=\"root\"/>\n    <allow own=\"*\"/>\n    \
+                 <allow send_destination=\"*\"/>\n    <allow receive_sender=\"*\"/>\n  </policy>\n</busconfig>\n",
+                socket.display()
+            ),
+        )?;
+        let bus_log = self.dir.join("bus.log");
+        let bus_out = File::create(&bus_log)?;
+        let mut bus = Daemon {
+            name: "dbus-daemon",
+            child: Command::new("dbus-daemon")
+                .arg(format!("--config-file={}", bus_conf.display()))
+                .arg("--nofork")
+                .stdin(Stdio::null())
+                .stdout(bus_out.try_clone()?)
+                .stderr(bus_out)
+                .spawn()
+                .context("starting dbus-daemon")?,
+        };
+        let started = Instant::now();
+        while !socket.exists() {
+            bus.check_running(&bus_log)?;
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "dbus-daemon did not create {} within 10 s",
+                    socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let bus_address = format!("unix:path={}", socket.display());
+        let log = self.dir.join("rauc-service.log");
+        let out = File::create(&log)?;
+        let mut rauc = Daemon {
+            name: "rauc service",
+            child: Command::new("rauc")
+                .arg("service")
+                .arg(format!("--conf={}", self.conf.display()))
+                .arg("--override-boot-slot=A")
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &bus_address)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+                .context("starting rauc service")?,
+        };
+        let started = Instant::now();
+        loop {
+            rauc.check_running(&log)?;
+            let status = Command::new("rauc")
+                .arg("status")
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &bus_address)
+                .stdin(Stdio::null())
+                .output()
+                .context("running rauc status")?;
+            if status.status.success() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "rauc service did not answer `rauc status` within 15 s: {}\nservice log: {}",
+                    String::from_utf8_lossy(&status.stderr).trim(),
+                    tail(&fs::read_to_string(&log).unwrap_or_default(), 12)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Service {
+            rauc,
+            _bus: bus,
+            bus_address,
+            log,
+            bundle_mount: self.dir.join("mnt").join("bundle"),
+        })
+    }
+
+    /// One timed `rauc install` through the running service.
+    fn install(&self, service: &Service) -> Result<Duration> {
+        let mut cmd = Command::new("rauc");
+        cmd.arg("install")
+            .arg(&self.bundle)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &service.bus_address);
+        timed(cmd, "rauc install").map_err(|e| {
+            e.context(format!(
+                "rauc service log: {}",
+                tail(&fs::read_to_string(&service.log).unwrap_or_default(), 12)
+            ))
+        })
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // Stop the service before its bus (field order would do the same; this says so).
+        let _ = self.rauc.child.kill();
+        let _ = self.rauc.child.wait();
+        // Only ever mounted if the service was killed during an install (after an error).
+        let mounted = fs::read_to_string("/proc/self/mounts")
+            .map(|m| m.contains(&*self.bundle_mount.to_string_lossy()))
+            .unwrap_or(false);
+        if mounted {
+            let _ = Command::new("umount").arg(&self.bundle_mount).status();
+        }
+    }
+}
+
+/// Run `cmd` to completion, timing it; its output is kept for the error message only.
+fn timed(cmd: Command, what: &str) -> Result<Duration> {
+    Ok(timed_with_log(cmd, what)?.0)
+}
+
+/// [`timed`], also returning what the command wrote to stderr.
+fn timed_with_log(mut cmd: Command, what: &str) -> Result<(Duration, String)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stdout), 8),
+            tail(&String::from_utf8_lossy(&out.stderr), 12)
+        );
+    }
+    Ok((took, String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+fn run_quiet(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 12)
+        );
+    }
+    Ok(())
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn sparse(path: &Path, size: u64) -> Result<()> {
+    File::create(path)?.set_len(size)?;
+    Ok(())
+}
+
+/// Write back every dirty page, so no earlier step's writeback lands inside a timed install.
+fn sync() -> Result<()> {
+    let status = Command::new("sync").status().context("running sync")?;
+    if !status.success() {
+        bail!("sync failed ({status})");
+    }
+    Ok(())
+}
+
+fn median(times: &[Duration]) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Removes a folder when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!("bench update: could not remove {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_size_leaves_room_for_the_verity_tree() {
+        let d = data_size_for(GIB);
+        assert_eq!(d % 4096, 0);
+        assert!(d + hash_tree_size(d) <= GIB);
+        assert!(d + 4096 + hash_tree_size(d + 4096) > GIB);
+    }
+}

@@ -1,0 +1,49 @@
+//! The host CLI's verbs, each a thin layer over the libraries: arguments in, a library call,
+//! human output on stderr and results (or JSON) on stdout.
+
+mod audit;
+mod bench;
+pub mod bench_flash;
+mod bench_reset;
+mod bench_update;
+mod build;
+mod bundle;
+mod diff;
+mod flash;
+mod keys;
+mod verify;
+mod vm;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use xtask::args::{Cli, Command};
+
+/// The workspace: from `cargo xtask` (APERTURE_WORKSPACE), else where this binary was built.
+pub fn workspace() -> PathBuf {
+    std::env::var_os("APERTURE_WORKSPACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .nth(2)
+                .expect("the CLI lives two levels below the workspace root (host/cli)")
+                .to_path_buf()
+        })
+}
+
+/// Run one verb.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Audit(a) => audit::run(&a),
+        Command::Build(a) => build::run(&a),
+        Command::Bundle(a) => bundle::run(&a),
+        Command::Diff(a) => diff::run(&a),
+        Command::Keys(c) => keys::run(&c),
+        Command::Bench(a) => bench::run(&a),
+        Command::Flash(a) => flash::run(&a),
+        Command::Verify(a) => verify::run(&a),
+        Command::Vm(c) => vm::run(&c),
+        Command::Test(_) => bail!("`test` is run by cargo xtask itself: use `cargo xtask test`"),
+    }
+}

@@ -1,0 +1,460 @@
+//! Recipes: the TOML description of an appliance, loaded, merged with its `include`, and
+//! validated into a [`Recipe`] that the pipeline can trust.
+//!
+//! Every problem is reported once, with file, line, column and a hint: unknown keys, wrong
+//! types, missing overlay folders, packages listed twice, impossible sizes, unknown boards.
+
+mod error;
+mod file;
+mod policy;
+mod size;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use error::RecipeError;
+pub use file::Board;
+pub use policy::{is_host_name, BOND, DHCP_RULE, SSH_PACKAGE, SSH_RULE};
+pub use size::Size;
+
+use file::{Located, RecipeFile};
+
+pub use aperture_appliance::Arch;
+
+/// The Debian base of the rootfs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Base {
+    /// Debian suite, e.g. `bookworm`.
+    pub suite: String,
+    /// Mirror URL.
+    pub mirror: String,
+    /// Architecture; must be the board's.
+    pub architecture: Arch,
+    /// Every package, in recipe order (include first), each listed once.
+    pub packages: Vec<String>,
+}
+
+/// One of our device programs, built from this workspace for the board's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum DeviceProgram {
+    /// The device agent (status, health gate).
+    #[serde(rename = "aperture-agent")]
+    Agent,
+    /// The A/B updater.
+    #[serde(rename = "aperture-update")]
+    Update,
+    /// The reset tool.
+    #[serde(rename = "aperture-reset")]
+    Reset,
+    /// The encrypted config and data partitions.
+    #[serde(rename = "aperture-storage")]
+    Storage,
+}
+
+impl DeviceProgram {
+    /// All programs.
+    pub const ALL: [DeviceProgram; 4] = [Self::Agent, Self::Update, Self::Reset, Self::Storage];
+    /// Binary name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Agent => "aperture-agent",
+            Self::Update => "aperture-update",
+            Self::Reset => "aperture-reset",
+            Self::Storage => "aperture-storage",
+        }
+    }
+    /// Cargo package that builds the binary.
+    pub fn package(self) -> &'static str {
+        match self {
+            Self::Agent => "aperture-agent",
+            Self::Update => "aperture-updater",
+            Self::Reset => "aperture-reset",
+            Self::Storage => "aperture-storage",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.binary() == s)
+    }
+}
+
+/// What the appliance runs besides Debian.
+#[derive(Debug, Clone, Serialize)]
+pub struct Components {
+    /// Our programs.
+    pub device: Vec<DeviceProgram>,
+    /// The inference runtime's Debian packages (installed with the base).
+    pub runtime: Vec<String>,
+}
+
+/// systemd units.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Services {
+    /// Units enabled in the image.
+    pub enable: Vec<String>,
+    /// Units masked in the image.
+    pub mask: Vec<String>,
+    /// Units the health gate requires to be active before a slot is marked good.
+    pub required: Vec<String>,
+}
+
+/// Transport protocol of a firewall rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// One allowed flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// What the rule is for (shown in the ruleset and the audit).
+    pub name: String,
+    /// Protocol.
+    pub proto: Proto,
+    /// Destination (outbound) or local (inbound) port.
+    pub port: u16,
+    /// Outbound destinations: addresses, subnets or host names; empty means any.
+    pub to: Vec<String>,
+}
+
+/// How the appliance joins its one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Addressing {
+    /// DHCP.
+    Dhcp,
+    /// A fixed address.
+    Static {
+        /// Address with prefix, e.g. `10.0.0.5/24`.
+        address: String,
+        /// Default gateway.
+        gateway: String,
+        /// DNS servers.
+        dns: Vec<String>,
+    },
+}
+
+/// The network policy: one network, and only the flows it needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    /// Addressing of the one network.
+    pub addressing: Addressing,
+    /// Ethernet ports; with two, they form an active-backup bond on the same network.
+    pub interfaces: Vec<String>,
+    /// Allowed outbound flows.
+    pub outbound: Vec<Rule>,
+    /// Allowed inbound flows (none by default).
+    pub inbound: Vec<Rule>,
+}
+
+/// An SSH server for a debug image: key logins only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ssh {
+    /// Public keys allowed to log in as root, one `authorized_keys` line each.
+    pub authorized_keys: Vec<String>,
+}
+
+/// Partition sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Partitions {
+    /// Whole disk image.
+    pub disk: Size,
+    /// EFI system partition.
+    pub esp: Size,
+    /// Each rootfs slot.
+    pub rootfs: Size,
+    /// Optional factory (golden image) partition.
+    pub factory: Option<Size>,
+    /// Encrypted config partition.
+    pub config: Size,
+    /// Encrypted data partition (grown on first boot).
+    pub data: Size,
+}
+
+/// Signing keys the build uses.
+#[derive(Debug, Clone, Serialize)]
+pub struct Keys {
+    /// Folder with `root.pub`, `release.key` and `keyring.json`.
+    pub dir: PathBuf,
+    /// Whether the folder holds development keys, created on first use.
+    pub development: bool,
+}
+
+/// A validated recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recipe {
+    /// Product name (lowercase letters, digits and dashes).
+    pub product: String,
+    /// Image version.
+    pub version: semver::Version,
+    /// Monotonic anti-rollback counter.
+    pub security_version: u64,
+    /// Board.
+    pub board: Board,
+    /// Fixed source date, else the last git commit's.
+    pub source_date_epoch: Option<u64>,
+    /// Debug image (serial getty, optional SSH).
+    pub debug: bool,
+    /// SSH server with key logins (debug images only).
+    pub ssh: Option<Ssh>,
+    /// Debian base.
+    pub base: Base,
+    /// Our programs and the runtime.
+    pub components: Components,
+    /// Overlay folders, applied in this order.
+    pub overlays: Vec<PathBuf>,
+    /// systemd units.
+    pub services: Services,
+    /// Network policy.
+    pub network: Network,
+    /// Partition sizes.
+    pub partitions: Partitions,
+    /// Keys.
+    pub keys: Keys,
+    /// Setuid files allowed in the image.
+    pub setuid_allowlist: Vec<String>,
+    /// Files the recipe was read from, outermost first.
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
+}
+
+impl Recipe {
+    /// Load, merge and validate a recipe file.
+    pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+        let chain = file::load_chain(path)?;
+        resolve(chain)
+    }
+
+    /// Every package to install: base packages, then the runtime's.
+    pub fn all_packages(&self) -> Vec<String> {
+        let mut v = self.base.packages.clone();
+        v.extend(self.components.runtime.iter().cloned());
+        v
+    }
+
+    /// sha256 of the canonical JSON of the resolved recipe (paths relative to the recipe).
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_value(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json.to_string().as_bytes()))
+    }
+
+    /// `<product>-<board>-<version>`: the output folder's default name.
+    pub fn build_name(&self) -> String {
+        format!("{}-{}-{}", self.product, self.board.name(), self.version)
+    }
+
+    /// `<product>/<board>/<version>`: the build store ref.
+    pub fn ostree_ref(&self) -> String {
+        format!("{}/{}/{}", self.product, self.board.name(), self.version)
+    }
+}
+
+/// Merge a chain of recipe files (the included base first) and validate the result.
+fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeError> {
+    let files: Vec<PathBuf> = chain.iter().rev().map(|(p, _, _)| p.clone()).collect();
+    let top = &files[0];
+    // Scalars: the last file that sets them wins. Lists: concatenated, include first.
+    let mut m = file::Merged::default();
+    for (path, text, f) in chain {
+        m.absorb(&path, &text, f);
+    }
+    let required = |what: &str, hint: &str| RecipeError::missing(top, what, hint);
+
+    let product = m
+        .product
+        .ok_or_else(|| required("product", "product = \"aperture-vision\""))?;
+    validate_product(&product)?;
+    let version = m
+        .version
+        .ok_or_else(|| required("version", "version = \"1.0.0\""))?;
+    let version = semver::Version::parse(&version.value).map_err(|e| {
+        version.error(
+            format!("`{}` is not a semantic version: {e}", version.value),
+            "use MAJOR.MINOR.PATCH, e.g. \"1.2.0\"",
+        )
+    })?;
+    let security_version = m
+        .security_version
+        .ok_or_else(|| required("security_version", "security_version = 1"))?;
+    let board = m
+        .board
+        .ok_or_else(|| required("board", "board = \"qemu-x86_64\""))?;
+
+    let arch_l = m
+        .architecture
+        .ok_or_else(|| required("base.architecture", "[base] architecture = \"amd64\""))?;
+    let architecture = match arch_l.value.as_str() {
+        "amd64" => Arch::Amd64,
+        "arm64" => Arch::Arm64,
+        other => {
+            return Err(arch_l.error(
+                format!("unknown architecture `{other}`"),
+                "use \"amd64\" or \"arm64\"",
+            ))
+        }
+    };
+    if architecture != board.value.arch() {
+        return Err(arch_l.error(
+            format!(
+                "architecture `{}` does not match board `{}`, which is {}",
+                architecture.debian(),
+                board.value.name(),
+                board.value.arch().debian()
+            ),
+            &format!("set architecture = \"{}\"", board.value.arch().debian()),
+        ));
+    }
+
+    // Packages: each once, across the whole chain and the runtime list.
+    let mut seen: BTreeMap<String, Located<String>> = BTreeMap::new();
+    for p in m.packages.iter().chain(m.runtime.iter()) {
+        validate_package(p)?;
+        if let Some(first) = seen.get(&p.value) {
+            return Err(p.error(
+                format!("package `{}` is listed twice", p.value),
+                &format!("remove one; it is first listed at {}", first.location()),
+            ));
+        }
+        seen.insert(p.value.clone(), p.clone());
+    }
+
+    let mut device = Vec::new();
+    for d in &m.device {
+        let prog = DeviceProgram::parse(&d.value).ok_or_else(|| {
+            d.error(
+                format!("unknown device program `{}`", d.value),
+                "known programs: aperture-agent, aperture-update, aperture-reset",
+            )
+        })?;
+        if device.contains(&prog) {
+            return Err(d.error(
+                format!("device program `{}` is listed twice", d.value),
+                "remove one",
+            ));
+        }
+        device.push(prog);
+    }
+
+    let mut overlays = Vec::new();
+    for o in &m.overlays {
+        let dir = o.relative_path();
+        if !dir.is_dir() {
+            return Err(o.error(
+                format!(
+                    "overlay folder `{}` does not exist ({})",
+                    o.value,
+                    dir.display()
+                ),
+                "overlay paths are relative to the recipe file that lists them",
+            ));
+        }
+        if overlays.contains(&dir) {
+            return Err(o.error(
+                format!("overlay `{}` is listed twice", o.value),
+                "remove one",
+            ));
+        }
+        overlays.push(dir);
+    }
+
+    let debug = m.debug.as_ref().map(|d| d.value).unwrap_or(false);
+    let ssh = policy::validate_ssh(m.ssh.as_ref(), debug, &m.packages)?;
+    let setuid_allowlist = policy::validate_allowlist(&m.setuid_allowlist)?;
+    let services = m.services.validate()?;
+    let network = m.network.validate(top)?;
+    let partitions = m.partitions.validate(top, board.value)?;
+    let keys = m
+        .keys_dir
+        .map(|k| Keys {
+            dir: k.relative_path(),
+            development: m.keys_development.unwrap_or(false),
+        })
+        .ok_or_else(|| required("keys.dir", "[keys] dir = \"../keys/dev\""))?;
+    let suite = m
+        .suite
+        .ok_or_else(|| required("base.suite", "[base] suite = \"bookworm\""))?;
+    let mirror = m.mirror.ok_or_else(|| {
+        required(
+            "base.mirror",
+            "[base] mirror = \"http://deb.debian.org/debian\"",
+        )
+    })?;
+    if !(mirror.value.starts_with("http://") || mirror.value.starts_with("https://")) {
+        return Err(mirror.error(
+            format!("mirror `{}` is not an http(s) URL", mirror.value),
+            "e.g. mirror = \"http://deb.debian.org/debian\"",
+        ));
+    }
+
+    Ok(Recipe {
+        product: product.value,
+        version,
+        security_version: security_version.value,
+        board: board.value,
+        source_date_epoch: m.source_date_epoch.map(|s| s.value),
+        debug,
+        ssh,
+        base: Base {
+            suite: suite.value,
+            mirror: mirror.value,
+            architecture,
+            packages: m.packages.into_iter().map(|p| p.value).collect(),
+        },
+        components: Components {
+            device,
+            runtime: m.runtime.into_iter().map(|p| p.value).collect(),
+        },
+        overlays,
+        services,
+        network,
+        partitions,
+        keys,
+        setuid_allowlist,
+        files,
+    })
+}
+
+fn validate_product(p: &Located<String>) -> Result<(), RecipeError> {
+    let ok = !p.value.is_empty()
+        && p.value.len() <= 64
+        && p.value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !p.value.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(p.error(
+            format!("product name `{}` is not allowed", p.value),
+            "use lowercase letters, digits and dashes (it names output folders and ostree refs)",
+        ))
+    }
+}
+
+/// Debian policy 5.6.1: lowercase letters, digits, `+ - .`, at least two characters, starting
+/// with an alphanumeric. Anything else would reach apt as an option or a pattern.
+fn validate_package(p: &Located<String>) -> Result<(), RecipeError> {
+    let v = &p.value;
+    let ok = v.len() >= 2
+        && v.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(p.error(
+            format!("`{v}` is not a valid Debian package name"),
+            "package names are lowercase letters, digits, '+', '-' and '.' (Debian policy 5.6.1)",
+        ))
+    }
+}
