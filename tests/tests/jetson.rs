@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aperture_image::jetson::{self, flash_xml, Inputs, JetsonError};
+use aperture_image::jetson::{self, flash_xml, JetsonError};
 use aperture_image::pipeline::BuildReport;
 use aperture_image::progress::Reporter;
 use aperture_image::recipe::Recipe;
@@ -41,6 +41,7 @@ const ORIN: &[&str] = &[
     "esp_alt",
     "UDA",
     "reserved",
+    "aperture_state",
     "config",
 ];
 
@@ -92,6 +93,7 @@ const XAVIER: &[&str] = &[
     "recovery-dtb_alt",
     "esp_alt",
     "UDA",
+    "aperture_state",
     "config",
 ];
 
@@ -122,17 +124,18 @@ fn jetson_build(
     let rep = Reporter::new(None).unwrap();
     let keys = aperture_image::keys::for_build(&r.keys.dir, r.keys.development, false, false, &rep)
         .unwrap();
-    let slot = jetson::slot_image(&r, &report.paths, &report.rootfs, &rep).unwrap();
     let ws = workspace();
-    let inputs = Inputs {
+    let ctx = aperture_image::outputs::Ctx {
         recipe: &r,
         paths: &report.paths,
         rootfs: &report.rootfs,
         keys: &keys,
         workspace: &ws,
         bsp,
+        rep: &rep,
     };
-    let outputs = jetson::build_outputs(&inputs, slot, &rep);
+    let slot = aperture_image::outputs::slot_image(&ctx).unwrap();
+    let outputs = jetson::build_outputs(&ctx, slot);
     let root = keys.root;
     (r, report, outputs, root)
 }

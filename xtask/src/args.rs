@@ -165,9 +165,12 @@ pub struct VmRunArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     pub accel: Accel,
-    /// Boot a throw-away copy of the disk instead of the disk itself.
+    /// Discard this run's writes when QEMU exits (the kept overlay stays as it was).
     #[arg(long)]
     pub snapshot: bool,
+    /// Start from the build's disk again: a new overlay, UEFI variables and TPM.
+    #[arg(long)]
+    pub fresh: bool,
     /// Memory in MiB.
     #[arg(long, default_value_t = 1024)]
     pub memory: u32,

@@ -16,26 +16,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aperture_gpt::{Guid, Layout, PartitionSpec, Placed};
 
+use aperture_appliance::{Role, Slot};
+
 use crate::recipe::Recipe;
 
-/// Partition names of the qemu boards, which `PARTLABEL=` on kernel command lines, fstab and
-/// the device programs rely on.
-pub mod names {
-    /// EFI system partition.
-    pub const ESP: &str = "esp";
-    /// Slot A rootfs.
-    pub const ROOTFS_A: &str = "rootfs_a";
-    /// Slot B rootfs.
-    pub const ROOTFS_B: &str = "rootfs_b";
-    /// Factory (golden) image.
-    pub const FACTORY: &str = "factory";
-    /// Encrypted config.
-    pub const CONFIG: &str = "config";
-    /// Encrypted data, grown on first boot.
-    pub const DATA: &str = "data";
-}
-
-/// The GPT layout of a qemu board.
+/// The GPT layout of a qemu board, labels from the appliance contract
+/// (`aperture_appliance::Board::partition` and its slot layout): `esp`, `aperture_state`,
+/// `rootfs_a`, `rootfs_b`, optional `factory`, `config`, `data`.
 pub fn qemu_layout(recipe: &Recipe, root_type: Guid) -> Layout {
     let h = recipe.hash();
     let uid = |what: &str| Guid::derive(&format!("aperture-partition:{h}"), what);
@@ -47,16 +34,35 @@ pub fn qemu_layout(recipe: &Recipe, root_type: Guid) -> Layout {
         attributes: 0,
     };
     let p = &recipe.partitions;
+    let b = recipe.board;
+    let slots = b.slot_layout();
     let mut parts = vec![
-        part(names::ESP, Guid::EFI_SYSTEM, p.esp.bytes()),
-        part(names::ROOTFS_A, root_type, p.rootfs.bytes()),
-        part(names::ROOTFS_B, root_type, p.rootfs.bytes()),
+        part(b.partition(Role::Esp), Guid::EFI_SYSTEM, p.esp.bytes()),
+        part(
+            b.partition(Role::State),
+            Guid::LINUX_FILESYSTEM,
+            aperture_appliance::store::PARTITION_BYTES,
+        ),
+        part(&slots.rootfs(Slot::A), root_type, p.rootfs.bytes()),
+        part(&slots.rootfs(Slot::B), root_type, p.rootfs.bytes()),
     ];
     if let Some(f) = p.factory {
-        parts.push(part(names::FACTORY, Guid::LINUX_FILESYSTEM, f.bytes()));
+        parts.push(part(
+            b.partition(Role::Factory),
+            Guid::LINUX_FILESYSTEM,
+            f.bytes(),
+        ));
     }
-    parts.push(part(names::CONFIG, Guid::LINUX_LUKS, p.config.bytes()));
-    parts.push(part(names::DATA, Guid::LINUX_LUKS, p.data.bytes()));
+    parts.push(part(
+        b.partition(Role::Config),
+        Guid::LINUX_LUKS,
+        p.config.bytes(),
+    ));
+    parts.push(part(
+        b.partition(Role::Data),
+        Guid::LINUX_LUKS,
+        p.data.bytes(),
+    ));
     Layout::new(Guid::derive(&format!("aperture-disk:{h}"), "disk"), parts)
 }
 

@@ -271,14 +271,15 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
     let outputs = if opts.rootfs_only {
         None
     } else {
-        Some(crate::outputs::build(
-            &recipe,
-            &paths,
-            &rootfs,
-            &keys,
-            &opts.workspace,
+        Some(crate::outputs::build(&crate::outputs::Ctx {
+            recipe: &recipe,
+            paths: &paths,
+            rootfs: &rootfs,
+            keys: &keys,
+            workspace: &opts.workspace,
+            bsp: opts.bsp.as_deref(),
             rep,
-        )?)
+        })?)
     };
     let mut report = BuildReport {
         name: recipe.build_name(),

@@ -55,12 +55,36 @@ fn qemu_binary(arch: Arch) -> &'static str {
     }
 }
 
+/// Make `overlay` a qcow2 copy-on-write layer over the raw image `base`: the guest's writes
+/// land in the overlay, and `base` (a signed output) is only ever read.
+pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
+    let base = base
+        .canonicalize()
+        .with_context(|| format!("resolving {}", base.display()))?;
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(overlay)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running qemu-img (package qemu-utils)")?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img create of {} over {} failed: {}",
+            overlay.display(),
+            base.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// A virtual machine to start.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Guest architecture.
     pub arch: Arch,
-    /// The boot disk (raw).
+    /// The boot disk: raw, or a qcow2 overlay when its name ends in `.qcow2`.
     pub disk: PathBuf,
     /// Writable copy of the UEFI variable store (made from the template if missing).
     pub vars: PathBuf,
@@ -147,8 +171,13 @@ impl VmConfig {
             self.vars.display()
         ));
         let snap = if self.snapshot { ",snapshot=on" } else { "" };
+        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
         c.arg("-drive").arg(format!(
-            "if=none,id=disk0,format=raw,cache=unsafe,file={}{snap}",
+            "if=none,id=disk0,format={format},cache=unsafe,file={}{snap}",
             self.disk.display()
         ));
         // A serial number is a -device property on QEMU 7.2 (MACHINE-NOTES).

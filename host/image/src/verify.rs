@@ -14,6 +14,10 @@ use aperture_trust::manifest::{Artifact, Role};
 use aperture_trust::{signing, verity};
 use serde::Serialize;
 
+use aperture_appliance::store::{Area, StateStore};
+use aperture_appliance::{Board, Role as PartRole, Slot};
+use aperture_trust::record::{InstalledSlot, SlotRecord};
+
 use crate::outputs::names;
 
 /// One check and its outcome.
@@ -118,18 +122,23 @@ fn check_artifact(dir: &Path, a: &Artifact) -> Result<String> {
     Ok(format!("{size} bytes, sha256 {}", &a.sha256.as_str()[..16]))
 }
 
-fn check_slot_partitions(disk: &Path, rootfs: &Artifact) -> Result<String> {
+fn read_gpt(disk: &Path) -> Result<aperture_gpt::Gpt> {
+    let mut f = File::open(disk)?;
+    let size = aperture_gpt::disk_size_of(&mut f)?;
+    aperture_gpt::read_gpt(&mut f, size)
+        .with_context(|| format!("reading the partition table of {}", disk.display()))
+}
+
+fn check_slot_partitions(disk: &Path, board: Board, rootfs: &Artifact) -> Result<String> {
     let info = rootfs
         .verity
         .as_ref()
         .context("the rootfs artifact has no verity parameters")?;
-    let mut f = File::open(disk)?;
-    let size = aperture_gpt::disk_size_of(&mut f)?;
-    let gpt = aperture_gpt::read_gpt(&mut f, size)
-        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    let gpt = read_gpt(disk)?;
     let mut done = Vec::new();
-    for name in [crate::disk::names::ROOTFS_A, crate::disk::names::ROOTFS_B] {
-        let Some(p) = gpt.find(name) else { continue };
+    for slot in Slot::ALL {
+        let name = board.slot_layout().rootfs(slot);
+        let Some(p) = gpt.find(&name) else { continue };
         let w = Window::new(File::open(disk)?, p.offset(), p.size());
         verity::verify_device(w, info).with_context(|| {
             format!(
@@ -184,15 +193,13 @@ fn tar_len(r: &mut impl Read, limit: u64) -> Result<u64> {
 /// `root` whose slot artifacts are the release's (`artifacts`), every payload verified.
 fn check_factory_partition(
     disk: &Path,
+    board: Board,
     artifacts: &[Artifact],
     root: &PublicKey,
     now: u64,
 ) -> Result<Option<String>> {
-    let mut f = File::open(disk)?;
-    let size = aperture_gpt::disk_size_of(&mut f)?;
-    let gpt = aperture_gpt::read_gpt(&mut f, size)
-        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
-    let Some(p) = gpt.find(crate::disk::names::FACTORY) else {
+    let gpt = read_gpt(disk)?;
+    let Some(p) = gpt.find(board.partition(PartRole::Factory)) else {
         return Ok(None);
     };
     let len = tar_len(
@@ -221,6 +228,60 @@ fn check_factory_partition(
         m.version,
         len >> 20
     )))
+}
+
+/// The device state partition of `disk`: each slot's record holds a manifest signed under
+/// `root` whose slot artifacts are the release's, and agrees with it.
+fn check_state_partition(
+    disk: &Path,
+    board: Board,
+    artifacts: &[Artifact],
+    root: &PublicKey,
+    now: u64,
+) -> Result<String> {
+    let gpt = read_gpt(disk)?;
+    let label = board.partition(PartRole::State);
+    let p = gpt
+        .find(label)
+        .with_context(|| format!("{} has no {label} partition", disk.display()))?;
+    let mut bytes = vec![0u8; usize::try_from(p.size())?];
+    std::io::Read::read_exact(
+        &mut Window::new(File::open(disk)?, p.offset(), p.size()),
+        &mut bytes,
+    )?;
+    let store = StateStore::new(
+        aperture_appliance::store::mem::MemMedium::from_bytes(bytes),
+        format!("{} partition {label}", disk.display()),
+    )?;
+    for slot in Slot::ALL {
+        let installed: InstalledSlot = store
+            .read_json(Area::slot(slot))?
+            .with_context(|| format!("the state partition has no record of slot {slot}"))?;
+        let m = signing::verify_manifest(
+            installed.manifest.as_bytes(),
+            installed.signature.as_bytes(),
+            root,
+            now,
+        )
+        .with_context(|| format!("the record of slot {slot} in the state partition"))?;
+        if SlotRecord::from_manifest(&m)? != installed.record {
+            bail!("the record of slot {slot} disagrees with its signed manifest");
+        }
+        for a in m.payload_artifacts() {
+            if !artifacts
+                .iter()
+                .any(|r| r.name == a.name && r.sha256 == a.sha256 && r.size == a.size)
+            {
+                bail!(
+                    "slot {slot}'s record names {}, which is not the release's",
+                    a.name
+                );
+            }
+        }
+    }
+    Ok(format!(
+        "{label}: both slots' records signed and the release's"
+    ))
 }
 
 /// Verify a build folder against `root_key` (default: the folder's `root.pub`) at time `now`.
@@ -274,15 +335,21 @@ pub fn verify(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<Report> {
         let result = (|| -> Result<String> {
             let mut notes = Vec::new();
             if a.role == Role::Disk {
+                let disk = dir.join(a.name.as_str());
+                let board: Board = verified.board.parse()?;
                 if let Some(r) = &rootfs {
-                    notes.push(check_slot_partitions(&dir.join(a.name.as_str()), r)?);
+                    notes.push(check_slot_partitions(&disk, board, r)?);
                 }
-                if let Some(n) = check_factory_partition(
-                    &dir.join(a.name.as_str()),
+                notes.push(check_state_partition(
+                    &disk,
+                    board,
                     &verified.artifacts,
                     &root,
                     now,
-                )? {
+                )?);
+                if let Some(n) =
+                    check_factory_partition(&disk, board, &verified.artifacts, &root, now)?
+                {
                     notes.push(n);
                 }
             }

@@ -45,6 +45,16 @@ impl MemMedium {
         }
     }
 
+    /// A medium holding `bytes` (a partition read from a disk image).
+    pub fn from_bytes(bytes: Vec<u8>) -> MemMedium {
+        MemMedium {
+            state: Arc::new(Mutex::new(State {
+                durable: bytes,
+                ..State::default()
+            })),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -216,7 +216,7 @@ fn boot_entries(disk: &Path) -> Result<Vec<(BootEntry, Option<String>)>> {
     let gpt = aperture_gpt::read_gpt(&mut file, size)
         .with_context(|| format!("reading the partition table of {}", disk.display()))?;
     let esp = gpt
-        .find(crate::disk::names::ESP)
+        .find(aperture_appliance::Board::QemuX86_64.partition(aperture_appliance::Role::Esp))
         .with_context(|| format!("{} has no `esp` partition", disk.display()))?;
     let offset = esp.offset();
     let files = crate::esp::list(disk, offset)?;

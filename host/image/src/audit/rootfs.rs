@@ -273,6 +273,7 @@ pub(super) fn audit(store: &Store, commit: &str, given: Option<&Policy>) -> Resu
     tools(&img, &policy, &mut r, &mut f);
     services(&img, &policy, &mut f);
     system(&img, &policy, &mut f)?;
+    disk_keys(&img, &mut f)?;
     r.findings = f;
     Ok(r)
 }
@@ -645,6 +646,40 @@ fn services(img: &Image<'_>, policy: &Policy, f: &mut Vec<Finding>) {
             ));
         }
     }
+}
+
+/// How the disk keys are protected, from the image's own facts: sealed to a TPM, or (where the
+/// recipe says the board has none) stored unsealed, which the audit reports.
+fn disk_keys(img: &Image<'_>, f: &mut Vec<Finding>) -> Result<()> {
+    let path = aperture_appliance::files::rel::BUILD_FACTS;
+    let Some(text) = img.read(path)? else {
+        f.push(Finding::violation(
+            "keys",
+            format!("/{path}"),
+            "the image has no build facts, so its programs cannot tell their board",
+            "rebuild the image with this version of Aperture",
+        ));
+        return Ok(());
+    };
+    match aperture_appliance::BuildFacts::parse(text.as_bytes()) {
+        Ok(facts) if !facts.tpm => f.push(Finding::note(
+            "keys",
+            format!("/{path}"),
+            format!(
+                "the recipe says {} has no TPM ([hardware] tpm = false): the disk keys of config and data are stored unsealed and do not protect them if the device is stolen",
+                facts.board
+            ),
+            "give the board a TPM 2.0 (a discrete TPM, or the Orin's firmware TPM) and set [hardware] tpm = true",
+        )),
+        Ok(_) => {}
+        Err(e) => f.push(Finding::violation(
+            "keys",
+            format!("/{path}"),
+            format!("does not parse: {e}"),
+            "rebuild the image; the build writes this file from the recipe",
+        )),
+    }
+    Ok(())
 }
 
 fn system(img: &Image<'_>, policy: &Policy, f: &mut Vec<Finding>) -> Result<()> {

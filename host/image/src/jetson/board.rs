@@ -48,15 +48,26 @@ pub struct JetsonBoard {
 /// Our partitions on the rootfs device, after all of NVIDIA's: every NVIDIA partition keeps
 /// its NVIDIA entry number (`APP` stays `p1`, `APP_b` `p2`), and nothing NVIDIA's firmware or
 /// tools look up by name changes. `config` is LUKS2 (device identity, network settings).
-pub const APERTURE_PARTS: &[NvPart] = &[NvPart {
-    name: "config",
-    nv_type: "data",
-    size: PartSize::Config,
-    chain: Chain::Shared,
-    fill: Fill::Empty,
-    start: None,
-    align: None,
-}];
+pub const APERTURE_PARTS: &[NvPart] = &[
+    NvPart {
+        name: "aperture_state",
+        nv_type: "data",
+        size: PartSize::State,
+        chain: Chain::Shared,
+        fill: Fill::State,
+        start: None,
+        align: None,
+    },
+    NvPart {
+        name: "config",
+        nv_type: "data",
+        size: PartSize::Config,
+        chain: Chain::Shared,
+        fill: Fill::Empty,
+        start: None,
+        align: None,
+    },
+];
 
 /// AGX Orin.
 pub static ORIN: JetsonBoard = JetsonBoard {
@@ -166,6 +177,7 @@ impl JetsonBoard {
             PartSize::Esp => p.esp.bytes(),
             PartSize::Data => p.data.bytes(),
             PartSize::Config => p.config.bytes(),
+            PartSize::State => aperture_appliance::store::PARTITION_BYTES,
         }
     }
 

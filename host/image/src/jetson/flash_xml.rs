@@ -25,6 +25,8 @@ pub struct LayoutFiles {
     pub dtb: String,
     /// The ESP image.
     pub esp: String,
+    /// The initial device state.
+    pub state: String,
 }
 
 /// The output-folder name of a BSP file: its base name.
@@ -71,6 +73,7 @@ pub fn render(board: &JetsonBoard, recipe: &Recipe, files: &LayoutFiles) -> Stri
             }
             Fill::KernelDtb => Some(files.dtb.clone()),
             Fill::Esp => Some(files.esp.clone()),
+            Fill::State => Some(files.state.clone()),
             Fill::Firmware(f) => Some(output_name(f).to_string()),
             Fill::Empty => None,
         };

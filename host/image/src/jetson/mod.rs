@@ -26,7 +26,7 @@ mod tests;
 pub use board::JetsonBoard;
 pub use bsp::Bsp;
 pub use error::{missing_bsp_message, JetsonError};
-pub use outputs::{build_outputs, slot_image, write_disk, Inputs, PartitionFiles};
+pub use outputs::{build_outputs, write_disk, PartitionFiles};
 
 /// Fixed names of the Jetson-only files in the output folder (the rest are
 /// [`crate::outputs::names`]).
@@ -41,6 +41,8 @@ pub mod names {
     pub const BOOT_B: &str = "boot_b.img";
     /// The ESP image.
     pub const ESP: &str = "esp.img";
+    /// The initial device state partition (`aperture_state`).
+    pub const STATE: &str = "aperture_state.img";
     /// The BSP's boot-firmware UEFI capsule, when it has one.
     pub const CAPSULE: &str = "TEGRA_BL.Cap";
     /// The layout file for NVIDIA's flashing tools.

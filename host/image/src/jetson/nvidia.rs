@@ -93,6 +93,8 @@ pub enum PartSize {
     Data,
     /// The recipe's `partitions.config` (ours, not NVIDIA's).
     Config,
+    /// The device state partition (ours; `aperture_appliance::store::PARTITION_BYTES`).
+    State,
 }
 
 /// What a partition holds when we write it.
@@ -106,6 +108,8 @@ pub enum Fill {
     KernelDtb,
     /// Our ESP image.
     Esp,
+    /// The initial device state (`aperture_appliance::store`).
+    State,
     /// A boot-firmware file of the BSP (path relative to `Linux_for_Tegra/`). Not written into
     /// `disk.img`: NVIDIA's flashing tools sign and pack it; the layout file names it.
     Firmware(&'static str),

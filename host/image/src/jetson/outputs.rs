@@ -4,18 +4,16 @@
 //! `flash_layout.xml` for NVIDIA's flashing tools, the SBOM, the signed manifest and the
 //! update bundle (rootfs, kernel, initrd, device tree and, when the BSP has one, the capsule).
 //!
-//! The steps mirror `crate::outputs` for the qemu boards; the shared pieces (bmap, zstd,
-//! signing, bundle writing) are small functions here until that module exposes its own.
+//! The slot image before and the tail from the bmap on are the steps every board shares
+//! (`crate::outputs`).
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use aperture_gpt::Placed;
 use aperture_slots::Slot;
-use aperture_trust::bundle::{self};
-use aperture_trust::manifest::{BootInfo, BuildInfo, Manifest, Role};
+use aperture_trust::manifest::{Manifest, Role};
+use aperture_trust::signing;
 
 use super::board::JetsonBoard;
 use super::bsp::Bsp;
@@ -24,32 +22,14 @@ use super::flash_xml::{self, LayoutFiles};
 use super::nvidia::{Chain, Fill};
 use super::{bootimg, names};
 use crate::board::BoardSpec;
+use crate::disk;
 use crate::esp::{self, EspFile};
-use crate::keys::BuildKeys;
-use crate::outputs::{artifact, names as common, payload_path, read_commit_file, OutputsReport};
-use crate::pipeline::{Paths, RootfsBuild};
-use crate::progress::Reporter;
+use crate::outputs::{
+    artifact, finish, names as common, read_commit_file, slot_payloads, Ctx, OutputsReport,
+};
 use crate::recipe::Recipe;
-use crate::slot::{self, SlotImage, SlotParams};
+use crate::slot::{self, SlotImage};
 use crate::store::{Store, TreeView};
-use crate::{disk, sbom};
-
-/// What the outputs stage of a Jetson build starts from.
-#[derive(Clone, Copy)]
-pub struct Inputs<'a> {
-    /// The recipe.
-    pub recipe: &'a Recipe,
-    /// Output, store and cache folders.
-    pub paths: &'a Paths,
-    /// The rootfs commit.
-    pub rootfs: &'a RootfsBuild,
-    /// Signing keys.
-    pub keys: &'a BuildKeys,
-    /// The workspace (for the SBOM's list of our crates).
-    pub workspace: &'a Path,
-    /// The Jetson Linux BSP (`--bsp`), if one was given.
-    pub bsp: Option<&'a Path>,
-}
 
 /// Files that fill the rootfs device of `disk.img`.
 #[derive(Debug, Clone)]
@@ -62,54 +42,14 @@ pub struct PartitionFiles {
     pub dtb: PathBuf,
     /// The ESP image.
     pub esp: PathBuf,
+    /// The device state partition image.
+    pub state: PathBuf,
 }
 
-/// The slot image step, exactly as `crate::outputs` runs it for every board (same derived
-/// UUIDs, salt and compressor, so both share the cached image).
-pub fn slot_image(
-    recipe: &Recipe,
-    paths: &Paths,
-    rootfs: &RootfsBuild,
-    rep: &Reporter,
-) -> Result<SlotImage> {
-    let h = &rootfs.recipe_sha256;
-    let store = Store::open(&paths.repo)?;
-    rep.step("slot image", |s| {
-        let params = SlotParams {
-            commit: rootfs.commit.clone(),
-            fs_uuid: aperture_trust::verity::format_uuid(slot::derived_uuid(h, "erofs")),
-            salt: slot::derived_salt(h, "verity"),
-            verity_uuid: slot::derived_uuid(h, "verity"),
-            source_date: rootfs.source_date_epoch,
-            compressor: "lz4".into(),
-        };
-        let img = slot::build(
-            &store,
-            &params,
-            &paths.cache,
-            &paths.out.join(common::ROOTFS),
-            s,
-        )?;
-        slot::check_fits(&img, recipe.partitions.rootfs.bytes(), "APP")?;
-        Ok(img)
-    })
-}
-
-/// Make the Jetson outputs in `inputs.paths.out` from the slot image. Without a BSP this stops
+/// Make the Jetson outputs in the output folder from the slot image. Without a BSP this stops
 /// with [`JetsonError::MissingBsp`], which says what to download and where to point `--bsp`.
-pub fn build_outputs(
-    inputs: &Inputs<'_>,
-    slot_img: SlotImage,
-    rep: &Reporter,
-) -> Result<OutputsReport> {
-    let Inputs {
-        recipe,
-        paths,
-        rootfs,
-        keys: build_keys,
-        workspace,
-        bsp,
-    } = *inputs;
+pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport> {
+    let (recipe, paths, rootfs, bsp, rep) = (ctx.recipe, ctx.paths, ctx.rootfs, ctx.bsp, ctx.rep);
     let board = JetsonBoard::of(recipe.board)?;
     let out = &paths.out;
     let Some(bsp_dir) = bsp else {
@@ -195,60 +135,32 @@ pub fn build_outputs(
         Ok(())
     })?;
 
-    let mut artifacts = rep.step("payloads", |s| {
-        let mut v = Vec::new();
-        let mut slot_files = vec![
-            (common::ROOTFS.to_string(), Role::Rootfs),
-            (names::KERNEL.to_string(), Role::Kernel),
-            (names::INITRD.to_string(), Role::Initrd),
-            (dtb_name.clone(), Role::Dtb),
-        ];
-        if let Some(c) = &capsule_name {
-            slot_files.push((c.clone(), Role::Capsule));
-        }
-        for (name, role) in &slot_files {
-            let mut a = artifact(out, name, *role)?;
-            if *role == Role::Rootfs {
-                a.verity = Some(slot_img.verity.clone());
-            }
-            a.payload = Some(bundle::compress_payload(
-                &out.join(name),
-                &payload_path(paths, recipe, name),
-                3,
-            )?);
-            v.push(a);
-        }
-        for (rel, _) in bsp.firmware() {
-            v.push(artifact(out, flash_xml::output_name(rel), Role::Firmware)?);
-        }
-        s.note(format!(
-            "{} compressed for the bundle",
-            slot_files
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        Ok(v)
-    })?;
-
-    let draft = Manifest {
-        format: 1,
-        product: recipe.product.clone(),
-        board: recipe.board.name().to_string(),
-        version: recipe.version.clone(),
-        security_version: recipe.security_version,
-        build: BuildInfo {
-            source_date_epoch: sd,
-            recipe_sha256: rootfs.recipe_sha256.parse()?,
-            ostree_commit: Some(rootfs.commit.clone()),
-            ostree_ref: Some(rootfs.ostree_ref.clone()),
-        },
-        boot: Some(BootInfo {
-            cmdline: spec.base_cmdline(),
-        }),
-        artifacts: artifacts.clone(),
+    let mut slot_files = vec![
+        (common::ROOTFS.to_string(), Role::Rootfs),
+        (names::KERNEL.to_string(), Role::Kernel),
+        (names::INITRD.to_string(), Role::Initrd),
+        (dtb_name.clone(), Role::Dtb),
+    ];
+    if let Some(c) = &capsule_name {
+        slot_files.push((c.clone(), Role::Capsule));
+    }
+    let mut artifacts = slot_payloads(ctx, &slot_img, &slot_files)?;
+    for (rel, _) in bsp.firmware() {
+        artifacts.push(artifact(out, flash_xml::output_name(rel), Role::Firmware)?);
+    }
+    let draft = ctx.draft(&artifacts)?;
+    // The slot artifacts' manifest, signed: what both slots' records in the state partition
+    // hold. (The release's manifest cannot be: it covers disk.img.)
+    let slot_only = Manifest {
+        artifacts: artifacts
+            .iter()
+            .filter(|a| a.role.is_slot_content())
+            .cloned()
+            .collect(),
+        ..draft.clone()
     };
+    let (slot_json, slot_sig) =
+        signing::sign_manifest(&slot_only, &ctx.keys.release, &ctx.keys.keyring)?;
 
     let boot_imgs = [out.join(names::BOOT_A), out.join(names::BOOT_B)];
     rep.step("boot images", |s| {
@@ -279,14 +191,7 @@ pub fn build_outputs(
 
     let esp_img = out.join(names::ESP);
     rep.step("esp", |s| {
-        let record = aperture_trust::record::SlotRecord::from_manifest(&draft)?.to_json();
-        let mut files = vec![EspFile::file(spec.fallback_efi(), bsp.l4t_launcher())];
-        for slot in Slot::ALL {
-            files.push(EspFile::bytes(
-                format!("aperture/{}/slot.json", slot.letter()),
-                record.clone(),
-            ));
-        }
+        let files = vec![EspFile::file(spec.fallback_efi(), bsp.l4t_launcher())];
         let volume = u32::from_be_bytes(
             slot::derived_uuid(&rootfs.recipe_sha256, "esp")[..4]
                 .try_into()
@@ -300,7 +205,14 @@ pub fn build_outputs(
             sd,
             &tmp.join(format!("{}-esp-scratch", recipe.build_name())),
         )?;
-        s.note("L4TLauncher as EFI/BOOT/BOOTAA64.EFI, slot records for A and B");
+        s.note("L4TLauncher as EFI/BOOT/BOOTAA64.EFI");
+        Ok(())
+    })?;
+
+    let state_img = out.join(names::STATE);
+    rep.step("device state", |s| {
+        crate::outputs::state::write_initial(&state_img, &slot_json, &slot_sig)?;
+        s.note("both slots' records, nothing else: a fresh appliance");
         Ok(())
     })?;
 
@@ -310,6 +222,7 @@ pub fn build_outputs(
             boot: boot_imgs.clone(),
             dtb: out.join(&dtb_name),
             esp: esp_img.clone(),
+            state: state_img.clone(),
         };
         let placed = write_disk(board, recipe, &files, &out.join(common::DISK))?;
         s.note(format!(
@@ -329,6 +242,7 @@ pub fn build_outputs(
             boot: [names::BOOT_A.into(), names::BOOT_B.into()],
             dtb: dtb_name.clone(),
             esp: names::ESP.into(),
+            state: names::STATE.into(),
         };
         let xml = flash_xml::render(board, recipe, &files);
         std::fs::write(out.join(names::FLASH_LAYOUT), &xml)?;
@@ -340,65 +254,17 @@ pub fn build_outputs(
         Ok(())
     })?;
 
-    rep.step("bmap", |s| {
-        let bmap = aperture_flash::bmap::Bmap::from_sparse_file(out.join(common::DISK), 4096)?;
-        std::fs::write(out.join(common::BMAP), bmap.to_xml())?;
-        s.note(format!(
-            "{} MiB mapped of {} MiB",
-            (bmap.mapped_blocks_count * u64::from(bmap.block_size)) >> 20,
-            bmap.image_size >> 20
-        ));
-        Ok(())
-    })?;
-    rep.step("compress", |s| {
-        compress(&out.join(common::DISK), &out.join(common::DISK_ZST))?;
-        s.note(format!(
-            "{} MiB",
-            std::fs::metadata(out.join(common::DISK_ZST))?.len() >> 20
-        ));
-        Ok(())
-    })?;
-    rep.step("sbom", |s| {
-        let n = sbom::generate(&view, recipe, workspace, sd, &out.join(common::SBOM))?;
-        s.note(format!("{n} packages"));
-        Ok(())
-    })?;
-
-    let (json, sig) = rep.step("manifest", |s| {
-        for (name, role) in [
+    let artifacts = finish(
+        ctx,
+        &draft,
+        &[
             (names::BOOT_A, Role::Other),
             (names::BOOT_B, Role::Other),
             (names::ESP, Role::Other),
+            (names::STATE, Role::Other),
             (names::FLASH_LAYOUT, Role::Other),
-            (common::DISK, Role::Disk),
-            (common::BMAP, Role::Bmap),
-            (common::DISK_ZST, Role::DiskZst),
-            (common::SBOM, Role::Sbom),
-        ] {
-            artifacts.push(artifact(out, name, role)?);
-        }
-        let m = Manifest {
-            artifacts: artifacts.clone(),
-            ..draft.clone()
-        };
-        let (json, sig) = crate::outputs::sign_outputs(out, &m, build_keys)?;
-        s.note(format!(
-            "{} artifacts, signed by release key {}",
-            m.artifacts.len(),
-            build_keys.release.key_id()
-        ));
-        Ok((json, sig))
-    })?;
-
-    rep.step("bundle", |s| {
-        crate::outputs::write_release_bundle(paths, recipe, &json, &sig)?;
-        s.note(format!(
-            "{} MiB",
-            std::fs::metadata(out.join(common::BUNDLE))?.len() >> 20
-        ));
-        Ok(())
-    })?;
-
+        ],
+    )?;
     Ok(OutputsReport {
         slot: slot_img,
         artifacts,
@@ -431,6 +297,7 @@ pub fn write_disk(
             (Fill::BootImage, _) => &files.boot[0],
             (Fill::KernelDtb, _) => &files.dtb,
             (Fill::Esp, _) => &files.esp,
+            (Fill::State, _) => &files.state,
             (Fill::Firmware(_) | Fill::Empty, _) => continue,
         };
         let p = disk::find(&placed, part.name)?;
@@ -459,19 +326,4 @@ pub fn write_disk(
     }
     f.sync_all()?;
     Ok(placed)
-}
-
-fn compress(src: &Path, dest: &Path) -> Result<()> {
-    let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    let tmp = dest.with_extension("zst.tmp");
-    let mut enc = zstd::stream::Encoder::new(BufWriter::new(File::create(&tmp)?), 3)?;
-    // A fixed worker count keeps the output identical on machines with more cores.
-    enc.multithread(2)?;
-    std::io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut enc)?;
-    enc.finish()?
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
-    std::fs::rename(&tmp, dest)?;
-    Ok(())
 }

@@ -40,7 +40,8 @@ const ORIN_EXPECTED: &[(u32, &str)] = &[
     (14, "esp_alt"),
     (15, "UDA"),
     (16, "reserved"),
-    (17, "config"),
+    (17, "aperture_state"),
+    (18, "config"),
 ];
 
 /// The A/B pairs of the Orin rootfs device (same sources): prefix `A_`/`B_`, and `APP`/`APP_b`.
@@ -90,6 +91,7 @@ fn xavier_expected() -> Vec<String> {
         "recovery-dtb_alt",
         "esp_alt",
         "UDA",
+        "aperture_state",
         "config",
     ] {
         v.push(s.into());
@@ -151,11 +153,14 @@ fn partition_files(board: &'static JetsonBoard, dir: &Path) -> PartitionFiles {
     }
     let esp = dir.join("esp.img");
     std::fs::write(&esp, b"SYNTHETIC ESP").unwrap();
+    let state = dir.join("state.img");
+    std::fs::write(&state, vec![0u8; 4096]).unwrap();
     PartitionFiles {
         rootfs,
         boot,
         dtb: bsp.dtb(),
         esp,
+        state,
     }
 }
 
@@ -433,16 +438,17 @@ fn build_outputs_without_bsp_stops_with_the_download_message() {
             uuid: "00000000-0000-4000-8000-000000000000".into(),
         },
     };
-    let inputs = super::Inputs {
+    let rep = crate::progress::Reporter::new(None).unwrap();
+    let ctx = crate::outputs::Ctx {
         recipe: &r,
         paths: &paths,
         rootfs: &rootfs,
         keys: &keys,
         workspace: &workspace(),
         bsp: None,
+        rep: &rep,
     };
-    let rep = crate::progress::Reporter::new(None).unwrap();
-    let err = super::build_outputs(&inputs, slot, &rep).unwrap_err();
+    let err = super::build_outputs(&ctx, slot).unwrap_err();
     let text = format!("{err:#}");
     assert!(
         text.contains("R35")
@@ -467,6 +473,7 @@ fn output_folder(board: &'static JetsonBoard, dir: &Path) -> LayoutFiles {
         boot: [names::BOOT_A.into(), names::BOOT_B.into()],
         dtb: flash_xml::output_name(board.kernel_dtb).into(),
         esp: names::ESP.into(),
+        state: names::STATE.into(),
     };
     for f in [
         &files.rootfs,
@@ -474,6 +481,7 @@ fn output_folder(board: &'static JetsonBoard, dir: &Path) -> LayoutFiles {
         &files.boot[1],
         &files.dtb,
         &files.esp,
+        &files.state,
     ] {
         std::fs::write(dir.join(f), b"x").unwrap();
     }

@@ -36,6 +36,7 @@ pub struct RecipeFile {
     network: Option<NetworkFile>,
     partitions: Option<PartitionsFile>,
     keys: Option<KeysFile>,
+    hardware: Option<HardwareFile>,
 }
 
 /// `ssh = { authorized_keys = [...] }`: an SSH server with key logins, debug images only.
@@ -106,6 +107,14 @@ struct PartitionsFile {
 struct KeysFile {
     dir: S<String>,
     development: S<bool>,
+}
+
+/// `[hardware]`: what the board has that the device programs rely on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HardwareFile {
+    tpm: S<bool>,
+    reset_button: S<String>,
 }
 
 /// A value with the file and position it came from, for errors.
@@ -248,6 +257,8 @@ pub struct Merged {
     pub partitions: MergedPartitions,
     pub keys_dir: Option<Located<String>>,
     pub keys_development: Option<bool>,
+    pub tpm: Option<Located<bool>>,
+    pub reset_button: Option<Located<String>>,
 }
 
 /// The `ssh` table, merged: where it was (last) set, and every key of every file.
@@ -409,6 +420,10 @@ impl Merged {
             if let Some(d) = k.development {
                 self.keys_development = Some(d.into_inner());
             }
+        }
+        if let Some(h) = file.hardware {
+            set(&mut self.tpm, h.tpm, &f, &t);
+            set(&mut self.reset_button, h.reset_button, &f, &t);
         }
     }
 }

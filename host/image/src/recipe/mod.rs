@@ -26,6 +26,18 @@ use file::{Located, RecipeFile};
 
 pub use aperture_appliance::Arch;
 
+/// `[hardware]`: what the board has that the device programs rely on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hardware {
+    /// The board has a TPM 2.0 that seals the disk keys (default true). `false` is the
+    /// explicit statement that it has none: the disk keys are then stored unsealed, which the
+    /// audit reports and the appliance logs at every boot.
+    pub tpm: bool,
+    /// The evdev device name of the board's reset button; no other input device can start a
+    /// factory reset. None: the board has no reset button.
+    pub reset_button: Option<String>,
+}
+
 /// The Debian base of the rootfs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Base {
@@ -221,6 +233,8 @@ pub struct Recipe {
     pub keys: Keys,
     /// Setuid files allowed in the image.
     pub setuid_allowlist: Vec<String>,
+    /// What the board has that the device programs rely on.
+    pub hardware: Hardware,
     /// Files the recipe was read from, outermost first.
     #[serde(skip)]
     pub files: Vec<PathBuf>,
@@ -378,6 +392,19 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
             development: m.keys_development.unwrap_or(false),
         })
         .ok_or_else(|| required("keys.dir", "[keys] dir = \"../keys/dev\""))?;
+    let hardware = Hardware {
+        tpm: m.tpm.as_ref().map(|t| t.value).unwrap_or(true),
+        reset_button: match m.reset_button {
+            Some(b) if b.value.trim().is_empty() || b.value.chars().any(char::is_control) => {
+                return Err(b.error(
+                    "reset_button must be the evdev name of the button's input device",
+                    "e.g. reset_button = \"gpio-keys\" (see /sys/class/input/*/name on the board)",
+                ))
+            }
+            Some(b) => Some(b.value),
+            None => None,
+        },
+    };
     let suite = m
         .suite
         .ok_or_else(|| required("base.suite", "[base] suite = \"bookworm\""))?;
@@ -418,6 +445,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         partitions,
         keys,
         setuid_allowlist,
+        hardware,
         files,
     })
 }

@@ -1,0 +1,171 @@
+//! Reusing the outputs of the last build: only when its inputs are the same (the fingerprint)
+//! AND every output is still what that build recorded. `cargo xtask vm run`, a test or a person
+//! may have written into `disk.img` since; such a folder would no longer pass `verify`, so it
+//! is rebuilt, never reported as done (STYLE.md rule 22).
+//!
+//! The record (`.outputs-fingerprint`, JSON) holds the fingerprint and, for every output file,
+//! its size, sha256 and the (inode, mtime) it had when recorded. A file whose size, inode and
+//! mtime are unchanged is taken as unchanged; otherwise it is hashed again.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aperture_trust::digest::{sha256_file, Sha256Hex};
+use aperture_trust::manifest::{Manifest, Role};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::{names, OutputsReport};
+use crate::keys::BuildKeys;
+use crate::pipeline::RootfsBuild;
+use crate::slot::SlotImage;
+
+/// Where the record of the last complete outputs stage is kept.
+const RECORD: &str = ".outputs-fingerprint";
+
+/// Bump when the outputs stage changes what it makes from the same inputs.
+const OUTPUTS_FORMAT: u32 = 4;
+
+/// Whether the last outputs can be reused.
+pub enum Reuse {
+    /// Yes: what they are.
+    Yes(OutputsReport),
+    /// No, and why (for the build log).
+    No(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    fingerprint: String,
+    files: Vec<FileRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileRecord {
+    name: String,
+    size: u64,
+    sha256: Sha256Hex,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+/// The fingerprint of everything the outputs follow from.
+pub fn fingerprint(rootfs: &RootfsBuild, keys: &BuildKeys, bsp: Option<&Path>) -> Result<String> {
+    let keyring = serde_json::to_vec(&keys.keyring)?;
+    let doc = serde_json::json!({
+        "format": OUTPUTS_FORMAT,
+        "aperture": env!("CARGO_PKG_VERSION"),
+        "commit": rootfs.commit,
+        "recipe": rootfs.recipe_sha256,
+        "source_date": rootfs.source_date_epoch,
+        "root": keys.root.key_id().to_string(),
+        "release": keys.release.key_id().to_string(),
+        "keyring": hex::encode(sha2::Sha256::digest(&keyring)),
+        "bsp": bsp.map(|p| p.display().to_string()),
+    });
+    Ok(hex::encode(sha2::Sha256::digest(
+        doc.to_string().as_bytes(),
+    )))
+}
+
+/// Forget the record before outputs are remade (a half-made folder is never reused).
+pub fn forget(out: &Path) {
+    let _ = std::fs::remove_file(out.join(RECORD));
+}
+
+/// Every output a build leaves: the manifest's artifacts and the signed files beside them.
+fn output_names(m: &Manifest) -> Vec<String> {
+    let mut v: Vec<String> = m.artifacts.iter().map(|a| a.name.to_string()).collect();
+    for n in [
+        names::MANIFEST,
+        names::SIGNATURE,
+        names::BUNDLE,
+        names::ROOT_PUB,
+    ] {
+        v.push(n.to_string());
+    }
+    v
+}
+
+fn stat(path: &Path) -> Result<(u64, u64, i128)> {
+    let md = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mtime = i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec());
+    Ok((md.len(), md.ino(), mtime))
+}
+
+/// Record the outputs just made under `fingerprint`.
+pub fn record(out: &Path, fingerprint: &str) -> Result<()> {
+    let json = std::fs::read(out.join(names::MANIFEST))?;
+    let m = Manifest::from_json_unverified(&json)?;
+    let mut files = Vec::new();
+    for name in output_names(&m) {
+        let path = out.join(&name);
+        let (size, ino, mtime_ns) = stat(&path)?;
+        let sha256 = match m.artifacts.iter().find(|a| a.name.as_str() == name) {
+            Some(a) if a.size == size => a.sha256.clone(),
+            _ => sha256_file(&path)?.0,
+        };
+        files.push(FileRecord {
+            name,
+            size,
+            sha256,
+            ino,
+            mtime_ns,
+        });
+    }
+    let record = Record {
+        fingerprint: fingerprint.to_string(),
+        files,
+    };
+    std::fs::write(out.join(RECORD), serde_json::to_vec_pretty(&record)?)?;
+    Ok(())
+}
+
+/// Whether the outputs in `out` were made from `fingerprint` and are still as recorded.
+pub fn reusable(out: &Path, fingerprint: &str) -> Result<Reuse> {
+    let no = |why: &str| Ok(Reuse::No(why.to_string()));
+    let Ok(text) = std::fs::read(out.join(RECORD)) else {
+        return no("no complete earlier outputs");
+    };
+    let Ok(record) = serde_json::from_slice::<Record>(&text) else {
+        return no("the record of the earlier outputs is from another version");
+    };
+    if record.fingerprint != fingerprint {
+        return no("inputs changed");
+    }
+    for f in &record.files {
+        let path = out.join(&f.name);
+        let Ok((size, ino, mtime)) = stat(&path) else {
+            return Ok(Reuse::No(format!("{} is missing", f.name)));
+        };
+        if (size, ino, mtime) == (f.size, f.ino, f.mtime_ns) {
+            continue;
+        }
+        if size != f.size || sha256_file(&path)?.0 != f.sha256 {
+            return Ok(Reuse::No(format!(
+                "{} changed since it was built (something wrote into it)",
+                f.name
+            )));
+        }
+    }
+    let json = std::fs::read(out.join(names::MANIFEST))?;
+    let m = Manifest::from_json_unverified(&json)?;
+    let rootfs = m
+        .artifacts
+        .iter()
+        .find(|a| a.role == Role::Rootfs)
+        .context("manifest without rootfs")?;
+    let verity = rootfs.verity.clone().context("rootfs without verity")?;
+    let slot = SlotImage {
+        path: out.join(names::ROOTFS),
+        data_size: verity.hash_offset,
+        size: rootfs.size,
+        sha256: rootfs.sha256.to_string(),
+        verity,
+    };
+    Ok(Reuse::Yes(OutputsReport {
+        slot,
+        artifacts: m.artifacts.clone(),
+    }))
+}
