@@ -1,7 +1,5 @@
-//! `cargo xtask`: the build engineers' command line.
-//!
-//! This library holds only the argument definitions, so that the heavy host CLI (`aperture`,
-//! which links libostree) parses exactly the same arguments. The binary runs the preflight, then
-//! hands the same arguments to `aperture`.
+//! `cargo xtask`: the build engineers' entry point. This library holds its own arguments
+//! ([`args`]); the binary runs the preflight, the test tiers, and hands every other verb to
+//! `aperture` or `aperture-bench`.
 
 pub mod args;

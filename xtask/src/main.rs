@@ -1,15 +1,18 @@
-//! `cargo xtask`: parse arguments, run the preflight, then run the host CLI or the test tiers.
+//! `cargo xtask`: parse the verb, run the preflight, then run the test tiers or the host
+//! program that does the verb (`aperture`, or `aperture-bench` for `bench`).
 
 mod cmd;
 mod preflight;
 mod test;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use xtask::args::{Cli, Command as Verb, DEFAULT_RECIPE};
+use xtask::args::{recipe_arg, Cli, Command as Verb, DEFAULT_RECIPE};
 
 fn main() {
     let cli = Cli::parse();
@@ -29,45 +32,83 @@ fn workspace_root() -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     let root = workspace_root();
-    let needs = match &cli.command {
-        Verb::Test(args) => return test::run(&root, args),
-        Verb::Build(b) => preflight::Needs::build(recipe_is_arm64(&root, &b.recipe)?),
-        Verb::Vm(_) => {
+    let args = match cli.command {
+        Verb::Test(args) => return test::run(&root, &args),
+        Verb::Other(args) => args,
+    };
+    let verb = args
+        .first()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rest = &args[1..];
+    let help = rest.iter().any(|a| a == "--help" || a == "-h");
+    let (needs, program) = match verb.as_str() {
+        "build" if !help => {
+            let recipe = recipe_arg(rest).unwrap_or_else(|| PathBuf::from(DEFAULT_RECIPE));
+            (
+                preflight::Needs::build(recipe_is_arm64(&root, &recipe)?),
+                Program::Aperture,
+            )
+        }
+        "vm" if !help => {
             let mut n = preflight::Needs::vm(false);
             n.packages.extend(preflight::Needs::host_cli().packages);
-            n
+            (n, Program::Aperture)
         }
-        Verb::Bench(_) => preflight::Needs::bench(),
-        Verb::Flash(_)
-        | Verb::Keys(_)
-        | Verb::Verify(_)
-        | Verb::Diff(_)
-        | Verb::Bundle(_)
-        | Verb::Audit(_) => preflight::Needs::host_cli(),
+        "bench" => (preflight::Needs::bench(), Program::Bench),
+        _ => (preflight::Needs::host_cli(), Program::Aperture),
     };
     preflight::ensure(&needs)?;
-    let status = host_cli(&root)?
-        .args(std::env::args_os().skip(1))
-        .status()
-        .context("starting the host CLI")?;
+    let mut c = host_program(&root, program)?;
+    // `bench` is the benchmark program's name, not one of its arguments.
+    let pass: &[OsString] = if program == Program::Bench {
+        rest
+    } else {
+        &args
+    };
+    let status = c.args(pass).status().context("starting the host program")?;
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// Compile the host CLI (it links libostree, now present) and return a command that runs it.
-pub(crate) fn host_cli(root: &Path) -> Result<Command> {
-    cmd::run(Command::new(env!("CARGO")).current_dir(root).args([
-        "build",
-        "--quiet",
-        "--package",
-        "aperture-cli",
-        "--bin",
-        "aperture",
-    ]))
-    .context("building the host CLI")?;
+/// A program of the host crates that `cargo xtask` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Program {
+    /// `aperture` (host/cli).
+    Aperture,
+    /// `aperture-bench` (host/bench).
+    Bench,
+}
+
+/// Compile a host program (it links libostree, present after the preflight) and return a
+/// command that runs it. The first compile on a new machine takes minutes, so say so.
+pub(crate) fn host_program(root: &Path, program: Program) -> Result<Command> {
+    let (package, bin) = match program {
+        Program::Aperture => ("aperture-cli", "aperture"),
+        Program::Bench => ("aperture-bench", "aperture-bench"),
+    };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let mut c = Command::new(target.join("debug").join("aperture"));
+    let exe = target.join("debug").join(bin);
+    if !exe.exists() {
+        eprintln!(
+            "xtask: compiling `{bin}` and its dependencies (libostree bindings, zstd, TLS, ...): \
+             about 5-10 minutes on a 2-core machine the first time, seconds afterwards"
+        );
+    }
+    let t = Instant::now();
+    cmd::run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--package",
+        package,
+        "--bin",
+        bin,
+    ]))
+    .with_context(|| format!("building {bin}"))?;
+    if t.elapsed().as_secs() > 20 {
+        eprintln!("xtask: {bin} compiled in {:.0?}", t.elapsed());
+    }
+    let mut c = Command::new(exe);
     c.env("APERTURE_WORKSPACE", root);
     Ok(c)
 }
@@ -75,10 +116,10 @@ pub(crate) fn host_cli(root: &Path) -> Result<Command> {
 /// Whether a recipe (following `include`) names an arm64 board, so the preflight adds cross
 /// tools. The full validation happens later, in the host CLI.
 fn recipe_is_arm64(root: &Path, recipe: &Path) -> Result<bool> {
-    let mut path = if recipe.exists() || recipe != Path::new(DEFAULT_RECIPE) {
+    let mut path = if recipe.is_absolute() || recipe.exists() {
         recipe.to_path_buf()
     } else {
-        root.join(DEFAULT_RECIPE)
+        root.join(recipe)
     };
     for _ in 0..8 {
         let text = std::fs::read_to_string(&path)
@@ -95,7 +136,10 @@ fn recipe_is_arm64(root: &Path, recipe: &Path) -> Result<bool> {
             return Ok(arch == "arm64");
         }
         if let Some(board) = table.get("board").and_then(|b| b.as_str()) {
-            return Ok(board.contains("arm64") || board.starts_with("jetson"));
+            // An unknown board is reported by the host CLI with the list of known ones.
+            return Ok(board
+                .parse::<aperture_appliance::Board>()
+                .is_ok_and(|b| b.arch() == aperture_appliance::Arch::Arm64));
         }
         match table.get("include").and_then(|i| i.as_str()) {
             Some(inc) => path = path.parent().unwrap_or(Path::new(".")).join(inc),

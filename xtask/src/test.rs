@@ -1,19 +1,31 @@
-//! `cargo xtask test`: every test tier this machine can run, and a plain statement of what was
-//! skipped and why.
+//! `cargo xtask test`: every test tier this machine can run, a table of where the time went,
+//! and a plain statement of what was skipped and why.
 //!
-//! Tier 1 is `cargo test --workspace` (no root, no network). Tiers 2 (privileged: loop devices,
-//! mkfs tools, mmdebstrap with the network) and 3 (QEMU boots) live in the `aperture-tests` crate
-//! as `#[ignore]`d tests with the reason in the attribute, so a plain `cargo test` lists them as
-//! ignored rather than passing them silently; this command runs them with `--ignored` as root.
+//! * Tier 1 is `cargo test --workspace` (no root, no network), timed as its build and its run.
+//! * Tiers 2 (privileged: loop devices, mkfs tools, mmdebstrap with the network) and 3 (QEMU
+//!   boots) are the `[[test]]` targets of the `aperture-tests` crate, `#[ignore]`d with the
+//!   reason in the attribute; here they run with `--ignored` as root, one suite at a time.
+//!   Suites named `vm*` are tier 3; `full-*` suites (long VM scenarios) run only with `--full`.
+//!
+//! As root the preflight installs every tool the tiers use first, so `APERTURE_REQUIRE_TOOLS=1`
+//! is set: a test that finds its tool missing fails instead of skipping.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xtask::args::TestArgs;
 
 use crate::{cmd, preflight};
+
+/// One line of the time table.
+struct Row {
+    tier: u8,
+    suite: String,
+    outcome: String,
+    took: Option<Duration>,
+}
 
 /// Run the requested tiers (all by default).
 pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
@@ -25,92 +37,181 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     if let Some(bad) = tiers.iter().find(|t| !(1..=3).contains(*t)) {
         bail!("there is no test tier {bad}: tiers are 1 (unit), 2 (privileged) and 3 (VM)");
     }
+    let start = Instant::now();
     let root_user = preflight::is_root();
-    let mut skipped: Vec<String> = Vec::new();
-    let mut ran: Vec<String> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
 
-    // The workspace links libostree, so even tier 1 needs the host packages a build needs.
-    let needs = if root_user && tiers.iter().any(|t| *t >= 2) {
+    // The workspace links libostree, so even tier 1 needs the host packages a build needs; as
+    // root, every tool any tier uses is installed, and a test missing one then fails.
+    let t = Instant::now();
+    let needs = if root_user {
         preflight::Needs::test()
     } else {
         preflight::Needs::host_cli()
     };
     preflight::ensure(&needs)?;
+    rows.push(Row {
+        tier: 0,
+        suite: "preflight (host packages)".into(),
+        outcome: "done".into(),
+        took: Some(t.elapsed()),
+    });
+    let require_tools = root_user;
 
+    let result = run_tiers(root, args, &tiers, root_user, require_tools, &mut rows);
+    print_table(&rows, start.elapsed());
+    if !root_user {
+        eprintln!(
+            "  tools missing on this machine make their tier-1 tests print SKIPPED; as root \
+             `cargo xtask test` installs them and runs every tier"
+        );
+    }
+    result
+}
+
+fn run_tiers(
+    root: &Path,
+    args: &TestArgs,
+    tiers: &[u8],
+    root_user: bool,
+    require_tools: bool,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     if tiers.contains(&1) {
         let t = Instant::now();
-        let mut c = cargo(root);
+        let mut c = cargo(root, require_tools);
+        c.args(["test", "--workspace", "--no-run"]);
+        cmd::run(&mut c).inspect_err(|_| {
+            rows.push(failed(1, "unit: build", t.elapsed()));
+        })?;
+        rows.push(Row {
+            tier: 1,
+            suite: "unit: build".into(),
+            outcome: "built".into(),
+            took: Some(t.elapsed()),
+        });
+        let t = Instant::now();
+        let mut c = cargo(root, require_tools);
         c.args(["test", "--workspace"]);
         if let Some(f) = &args.filter {
             c.args(["--", f]);
         }
-        cmd::run(&mut c)?;
-        ran.push(format!("tier 1 (unit): passed in {:.0?}", t.elapsed()));
+        cmd::run(&mut c).inspect_err(|_| rows.push(failed(1, "unit: run", t.elapsed())))?;
+        rows.push(Row {
+            tier: 1,
+            suite: "unit: run".into(),
+            outcome: "passed".into(),
+            took: Some(t.elapsed()),
+        });
     }
 
-    // Tier 3 is the `vm*` test targets of tests/Cargo.toml; tier 2 is every other one.
     let suites = test_targets(root)?;
-    for (tier, what) in [
-        (2u8, "loop devices, mkfs tools, mmdebstrap with the network"),
-        (3u8, "QEMU boots of built images"),
-    ] {
+    for name in &suites {
+        let tier = if name.starts_with("vm") || name.starts_with("full") {
+            3
+        } else {
+            2
+        };
         if !tiers.contains(&tier) {
             continue;
         }
-        let names: Vec<&String> = suites
-            .iter()
-            .filter(|s| (tier == 3) == s.starts_with("vm"))
-            .collect();
+        if !args.suites.is_empty() && !args.suites.contains(name) {
+            continue;
+        }
+        let skip = |why: &str| Row {
+            tier,
+            suite: name.clone(),
+            outcome: format!("SKIPPED: {why}"),
+            took: None,
+        };
         if !root_user {
-            skipped.push(format!(
-                "tier {tier} ({}): SKIPPED, needs root for {what}; run `sudo cargo xtask test`",
-                names
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            rows.push(skip(
+                "needs root (loop devices, mmdebstrap, QEMU); run `sudo cargo xtask test`",
             ));
             continue;
         }
-        for suite in names {
-            let t = Instant::now();
-            let mut c = cargo(root);
-            c.args([
-                "test",
-                "--package",
-                "aperture-tests",
-                "--test",
-                suite,
-                "--",
-                "--ignored",
-                "--test-threads=1",
-                "--nocapture",
-            ]);
-            if let Some(f) = &args.filter {
-                c.arg(f);
-            }
-            cmd::run(&mut c)?;
-            ran.push(format!(
-                "tier {tier} ({suite}): passed in {:.0?}",
-                t.elapsed()
-            ));
+        if name.starts_with("full") && !args.full {
+            rows.push(skip("a long scenario: `cargo xtask test --full` runs it"));
+            continue;
         }
-    }
-
-    eprintln!("\n== cargo xtask test summary ==");
-    for line in ran.iter().chain(skipped.iter()) {
-        eprintln!("  {line}");
+        let t = Instant::now();
+        let mut c = cargo(root, require_tools);
+        c.args([
+            "test",
+            "--package",
+            "aperture-tests",
+            "--test",
+            name,
+            "--",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ]);
+        if let Some(f) = &args.filter {
+            c.arg(f);
+        }
+        cmd::run(&mut c).inspect_err(|_| rows.push(failed(tier, name, t.elapsed())))?;
+        rows.push(Row {
+            tier,
+            suite: name.clone(),
+            outcome: "passed".into(),
+            took: Some(t.elapsed()),
+        });
     }
     Ok(())
 }
 
-fn cargo(root: &Path) -> Command {
+fn failed(tier: u8, suite: &str, took: Duration) -> Row {
+    Row {
+        tier,
+        suite: suite.into(),
+        outcome: "FAILED".into(),
+        took: Some(took),
+    }
+}
+
+fn print_table(rows: &[Row], total: Duration) {
+    let mmss = |d: Duration| format!("{}:{:02}", d.as_secs() / 60, d.as_secs() % 60);
+    let width = rows.iter().map(|r| r.suite.len()).max().unwrap_or(5).max(5);
+    eprintln!("\n== cargo xtask test: where the time went ==");
+    eprintln!("| tier | {:<width$} | time  | outcome", "suite");
+    eprintln!("|------|-{}-|-------|--------", "-".repeat(width));
+    let mut per_tier = [Duration::ZERO; 4];
+    for r in rows {
+        if let Some(t) = r.took {
+            per_tier[usize::from(r.tier)] += t;
+        }
+        eprintln!(
+            "| {:>4} | {:<width$} | {:>5} | {}",
+            if r.tier == 0 {
+                "-".to_string()
+            } else {
+                r.tier.to_string()
+            },
+            r.suite,
+            r.took.map(mmss).unwrap_or_else(|| "-".into()),
+            r.outcome
+        );
+    }
+    for (tier, t) in per_tier.iter().enumerate().skip(1) {
+        if !t.is_zero() {
+            eprintln!("  tier {tier}: {}", mmss(*t));
+        }
+    }
+    eprintln!("  total: {}", mmss(total));
+}
+
+fn cargo(root: &Path, require_tools: bool) -> Command {
     let mut c = Command::new(env!("CARGO"));
     c.current_dir(root);
+    if require_tools {
+        c.env("APERTURE_REQUIRE_TOOLS", "1");
+    }
     c
 }
 
-/// The `[[test]]` targets of the tests crate.
+/// The `[[test]]` targets of the tests crate: the privileged suite first (it makes the builds
+/// the others reuse), then the other tier-2 suites, then the VM suites.
 fn test_targets(root: &Path) -> Result<Vec<String>> {
     let path = root.join("tests/Cargo.toml");
     let text =
@@ -127,7 +228,13 @@ fn test_targets(root: &Path) -> Result<Vec<String>> {
                 .collect()
         })
         .unwrap_or_default();
-    // The privileged suite first: it makes the builds the others reuse.
-    names.sort_by_key(|n| (n != "privileged", n.clone()));
+    names.sort_by_key(|n| {
+        (
+            n != "privileged",
+            n.starts_with("vm") || n.starts_with("full"),
+            n.starts_with("full"),
+            n.clone(),
+        )
+    });
     Ok(names)
 }

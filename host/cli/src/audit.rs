@@ -1,9 +1,9 @@
 //! `audit`: a build folder's image judged offline against its security policy; the report on
 //! stdout (text, or JSON with `--json`), exit status 1 naming every violation and its fix.
 
+use crate::args::AuditArgs;
 use anyhow::Result;
 use aperture_image::audit;
-use xtask::args::AuditArgs;
 
 /// Run `audit`.
 pub fn run(a: &AuditArgs) -> Result<()> {

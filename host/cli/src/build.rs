@@ -1,9 +1,9 @@
 //! `build`: a recipe in; a rootfs commit (and the signed outputs) out.
 
+use crate::args::BuildArgs;
 use anyhow::Result;
 use aperture_image::pipeline::{self, BuildOptions};
 use aperture_image::progress::Reporter;
-use xtask::args::BuildArgs;
 
 /// Run `build`.
 pub fn run(a: &BuildArgs) -> Result<()> {

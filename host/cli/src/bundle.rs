@@ -1,8 +1,8 @@
 //! `bundle`: re-make a build folder's update bundle, verified, with the build's own payloads.
 
+use crate::args::BundleArgs;
 use anyhow::Result;
 use aperture_image::bundle;
-use xtask::args::BundleArgs;
 
 /// Run `bundle`.
 pub fn run(a: &BundleArgs) -> Result<()> {

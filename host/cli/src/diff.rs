@@ -1,9 +1,9 @@
 //! `diff`: the paths an update between two builds changes.
 
+use crate::args::DiffArgs;
 use anyhow::Result;
 use aperture_image::diff;
 use aperture_image::store::Store;
-use xtask::args::DiffArgs;
 
 /// Run `diff`.
 pub fn run(a: &DiffArgs) -> Result<()> {

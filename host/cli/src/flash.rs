@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::args::FlashArgs;
 use anyhow::{bail, Context, Result};
 use aperture_flash::host::{HostFacts, HostPaths};
 use aperture_flash::jetson::{self, Discovery};
@@ -21,7 +22,6 @@ use aperture_flash::{
     Unmapped, VerifiedImage,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use xtask::args::FlashArgs;
 
 /// Run `flash`.
 pub fn run(a: &FlashArgs) -> Result<()> {

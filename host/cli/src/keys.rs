@@ -1,8 +1,8 @@
 //! `keys generate`: a root key, a release key, and the keyring in which the root certifies it.
 
+use crate::args::{KeysCommand, KeysGenerateArgs};
 use anyhow::Result;
 use aperture_image::keys;
-use xtask::args::{KeysCommand, KeysGenerateArgs};
 
 /// Run `keys ...`.
 pub fn run(c: &KeysCommand) -> Result<()> {

@@ -1,11 +1,8 @@
 //! The host CLI's verbs, each a thin layer over the libraries: arguments in, a library call,
 //! human output on stderr and results (or JSON) on stdout.
 
+pub mod args;
 mod audit;
-mod bench;
-pub mod bench_flash;
-mod bench_reset;
-mod bench_update;
 mod build;
 mod bundle;
 mod diff;
@@ -16,8 +13,8 @@ mod vm;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use xtask::args::{Cli, Command};
+use anyhow::Result;
+use args::{Cli, Command};
 
 /// The workspace: from `cargo xtask` (APERTURE_WORKSPACE), else where this binary was built.
 pub fn workspace() -> PathBuf {
@@ -40,10 +37,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bundle(a) => bundle::run(&a),
         Command::Diff(a) => diff::run(&a),
         Command::Keys(c) => keys::run(&c),
-        Command::Bench(a) => bench::run(&a),
         Command::Flash(a) => flash::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Vm(c) => vm::run(&c),
-        Command::Test(_) => bail!("`test` is run by cargo xtask itself: use `cargo xtask test`"),
     }
 }

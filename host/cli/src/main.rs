@@ -1,17 +1,11 @@
-//! `aperture`: the host CLI behind `cargo xtask`. Parses the shared arguments, sets up logging,
-//! runs the library, prints the error chain once.
+//! `aperture`: the build engineers' command line behind `cargo xtask <verb>`. Parses its
+//! arguments, sets up logging, runs the library, prints the error chain once.
 
+use aperture_cli::args::Cli;
 use clap::Parser;
-use xtask::args::Cli;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    aperture_sys::log::init("warn");
     let cli = Cli::parse();
     if let Err(e) = aperture_cli::run(cli) {
         eprintln!("error: {e:#}");

@@ -1,8 +1,8 @@
 //! `verify`: a build folder's signature, key chain, artifacts and verity roots.
 
+use crate::args::VerifyArgs;
 use anyhow::{bail, Result};
 use aperture_image::verify;
-use xtask::args::VerifyArgs;
 
 /// Run `verify`.
 pub fn run(a: &VerifyArgs) -> Result<()> {

@@ -9,10 +9,10 @@
 use std::path::Path;
 use std::process::Stdio;
 
+use crate::args::{Accel as AccelArg, VmCommand, VmRunArgs, DEFAULT_RECIPE};
 use anyhow::{bail, Context, Result};
 use aperture_image::qemu::{self, Accel, VmConfig};
 use aperture_image::recipe::{Arch, Recipe};
-use xtask::args::{Accel as AccelArg, VmCommand, VmRunArgs, DEFAULT_RECIPE};
 
 /// Run `vm ...`.
 pub fn run(c: &VmCommand) -> Result<()> {

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::DEFAULT_RECIPE;
 use anyhow::{bail, Context, Result};
 use aperture_flash::{flash, BlockTarget, LoopDevice, NoProgress, VerifiedImage};
 use aperture_image::recipe::Recipe;
-use xtask::args::DEFAULT_RECIPE;
 
-use crate::bench::{print_table, Row};
+use crate::table::{print_table, Row};
 
 /// One way of writing the image.
 struct Tool {

@@ -53,7 +53,7 @@ use aperture_trust::verity::{append_hash_tree, hash_tree_size, VerityInfo};
 use aperture_updater::disk::{Disk, FileDisk, PartitionReader};
 use aperture_updater::BuildFacts;
 
-use crate::bench::{print_table, Row};
+use crate::table::{print_table, Row};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -21,7 +21,7 @@ use aperture_reset::wipe::{self, ScrubMethod};
 use aperture_storage::cmd::Cmd;
 use aperture_storage::{Access, Crypt, CryptSetup, FilePartition, Key};
 
-use crate::bench::{print_table, Row};
+use crate::table::{print_table, Row};
 
 const GIB: u64 = 1 << 30;
 

@@ -1,72 +1,20 @@
-//! `bench`: Aperture beside its peers in one run, with a table of ratios. `bench build` times
-//! cold and warm builds of the default recipe against mkosi building the same Debian packages.
+//! `bench build`: cold and warm builds of the default recipe against mkosi building the same
+//! Debian packages.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::table::{print_table, Row};
+use crate::DEFAULT_RECIPE;
 use anyhow::{bail, Context, Result};
 use aperture_image::pipeline::{self, BuildOptions};
 use aperture_image::progress::Reporter;
 use aperture_image::recipe::Recipe;
-use xtask::args::{BenchArgs, BenchKind, DEFAULT_RECIPE};
 
-/// Run `bench`.
-pub fn run(a: &BenchArgs) -> Result<()> {
-    match a.kind {
-        BenchKind::Build => build(a.runs),
-        BenchKind::Flash => crate::bench_flash::run(a.runs),
-        BenchKind::Reset => crate::bench_reset::run(a.runs),
-        BenchKind::Update => crate::bench_update::run(a.runs),
-    }
-}
-
-/// One row of a results table.
-pub struct Row {
-    /// Tool and mode.
-    pub name: String,
-    /// Values, in the table's column order.
-    pub cells: Vec<String>,
-}
-
-/// Print a plain table with a header.
-pub fn print_table(title: &str, header: &[&str], rows: &[Row]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    widths[0] = widths[0].max(rows.iter().map(|r| r.name.len()).max().unwrap_or(0));
-    for r in rows {
-        for (i, c) in r.cells.iter().enumerate() {
-            widths[i + 1] = widths[i + 1].max(c.len());
-        }
-    }
-    println!("\n{title}");
-    let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == 0 {
-                    format!("{c:<w$}", w = widths[0])
-                } else {
-                    format!("{c:>w$}", w = widths[i])
-                }
-            })
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(header.to_vec());
-    println!(
-        "|{}|",
-        widths
-            .iter()
-            .map(|w| "-".repeat(w + 2))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for r in rows {
-        let mut cells = vec![r.name.as_str()];
-        cells.extend(r.cells.iter().map(String::as_str));
-        line(cells);
-    }
+/// Run `bench build`.
+pub fn run(runs: u32) -> Result<()> {
+    build(runs)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -1,0 +1,237 @@
+//! The arguments of `aperture`, the build engineers' command line (what `cargo xtask <verb>`
+//! runs after its preflight). `cargo xtask` itself parses only its own verbs (`test`, `fuzz`)
+//! and the verb's name; everything else is parsed here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The default recipe: fully buildable, bootable and testable on a development machine.
+pub const DEFAULT_RECIPE: &str = "recipes/qemu-x86_64.toml";
+
+/// Aperture: build, flash and update secure A/B edge appliances.
+#[derive(Debug, Parser)]
+#[command(name = "aperture", bin_name = "cargo xtask", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every verb; nouns first where there is a noun (`keys generate`, `vm run`).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a recipe into a rootfs commit, slot images, a signed disk image and an update bundle.
+    Build(BuildArgs),
+    /// Signing keys: a root key and a release key certified by it.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check a build's signature, key chain, every artifact's size and hash, and verity roots.
+    Verify(VerifyArgs),
+    /// List the paths an update between two builds changes (added, removed, modified).
+    Diff(DiffArgs),
+    /// Run a built image under QEMU.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Make an update bundle from a build.
+    Bundle(BundleArgs),
+    /// Write images to appliances (block devices or files), verified; or list attached Jetsons.
+    Flash(FlashArgs),
+    /// Inspect a built image offline against its recipe's security policy.
+    Audit(AuditArgs),
+}
+
+/// `cargo xtask build`.
+#[derive(Debug, Args, Clone)]
+pub struct BuildArgs {
+    /// Recipe to build.
+    #[arg(long, default_value = DEFAULT_RECIPE)]
+    pub recipe: PathBuf,
+    /// Output folder [default: out/<product>-<board>-<version>]. Its parent holds the shared
+    /// ostree build store (`repo/`) and caches (`cache/`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Folder of caches (Debian base trees, packages) [default: the output folder's parent/cache].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Jetson Linux (L4T) BSP folder: kernel, device trees and boot firmware for Jetson boards.
+    #[arg(long)]
+    pub bsp: Option<PathBuf>,
+    /// Stop after the rootfs commit (no slot or disk images).
+    #[arg(long)]
+    pub rootfs_only: bool,
+    /// Build a release: refuses development keys.
+    #[arg(long)]
+    pub release: bool,
+    /// Let a release build use development keys anyway (never for shipping).
+    #[arg(long)]
+    pub insecure_dev_keys: bool,
+    /// Skip the final security audit (to test the audit on images that break the policy;
+    /// never for shipping). `cargo xtask audit DIR` audits the result later.
+    #[arg(long)]
+    pub insecure_skip_audit: bool,
+    /// Print machine-readable results as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cargo xtask keys ...`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum KeysCommand {
+    /// Make a root key, a release key, and the keyring in which the root key certifies it.
+    Generate(KeysGenerateArgs),
+}
+
+/// `cargo xtask keys generate`.
+#[derive(Debug, Args, Clone)]
+pub struct KeysGenerateArgs {
+    /// Folder for the keys (secret keys are written mode 0600).
+    #[arg(long, default_value = "keys/release")]
+    pub out: PathBuf,
+    /// Days until the release key expires.
+    #[arg(long, default_value_t = 365)]
+    pub valid_days: u64,
+    /// Replace keys that already exist in the folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `cargo xtask verify`.
+#[derive(Debug, Args, Clone)]
+pub struct VerifyArgs {
+    /// Build output folder (holds manifest.json, manifest.sig and the artifacts).
+    pub dir: PathBuf,
+    /// Root public key to trust [default: the one the recipe named at build time, recorded in
+    /// the output folder as root.pub].
+    #[arg(long)]
+    pub root_key: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cargo xtask diff`.
+#[derive(Debug, Args, Clone)]
+pub struct DiffArgs {
+    /// Older build: an ostree ref (`product/board/version`), a version, or a commit checksum.
+    pub from: String,
+    /// Newer build, in the same forms.
+    pub to: String,
+    /// The build store [default: out/repo].
+    #[arg(long, default_value = "out/repo")]
+    pub repo: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cargo xtask vm ...`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum VmCommand {
+    /// Boot a build's disk.img under QEMU with UEFI; the serial console is on stdout.
+    Run(VmRunArgs),
+}
+
+/// How QEMU should execute the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    /// KVM when it works here, else TCG.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// `cargo xtask vm run`.
+#[derive(Debug, Args, Clone)]
+pub struct VmRunArgs {
+    /// Build output folder [default: the default recipe's output folder].
+    pub dir: Option<PathBuf>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Discard this run's writes when QEMU exits (the kept overlay stays as it was).
+    #[arg(long)]
+    pub snapshot: bool,
+    /// Start from the build's disk again: a new overlay, UEFI variables and TPM.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    /// Forward a host TCP port to a guest port (HOST:GUEST); may be repeated.
+    #[arg(long = "forward")]
+    pub forwards: Vec<String>,
+}
+
+/// `cargo xtask bundle`.
+#[derive(Debug, Args, Clone)]
+pub struct BundleArgs {
+    /// Build output folder to bundle.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Where to write the bundle [default: <image>/update.bundle].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Root public key to trust [default: the build folder's root.pub].
+    #[arg(long)]
+    pub root_key: Option<PathBuf>,
+}
+
+/// `cargo xtask flash`.
+#[derive(Debug, Args, Clone)]
+pub struct FlashArgs {
+    /// Build output folder with manifest.json, manifest.sig, disk.img.zst and disk.img.bmap.
+    #[arg(long, required_unless_present = "list")]
+    pub image: Option<PathBuf>,
+    /// Target: a block device, a file, or `serial:SERIAL` of a Jetson's exposed disk. Repeat to
+    /// flash several targets in parallel.
+    #[arg(long = "to", required_unless_present = "list")]
+    pub to: Vec<String>,
+    /// List Jetsons in recovery mode and the disks flashing initrds expose, then exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Root public key to trust [default: the build folder's root.pub, the key the build was
+    /// made for].
+    #[arg(long)]
+    pub root_key: Option<PathBuf>,
+    /// Allow a non-removable disk as a target (a disk that holds the running system, a mount,
+    /// swap or a dm device is refused even so).
+    #[arg(long)]
+    pub force: bool,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cargo xtask audit`.
+#[derive(Debug, Args, Clone)]
+pub struct AuditArgs {
+    /// Build output folder.
+    pub dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn build_defaults_to_the_qemu_recipe() {
+        let cli = Cli::parse_from(["cargo xtask", "build"]);
+        match cli.command {
+            Command::Build(b) => assert_eq!(b.recipe, PathBuf::from(DEFAULT_RECIPE)),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+}
