@@ -39,6 +39,9 @@ pub enum Command {
     Flash(FlashArgs),
     /// Inspect a built image offline against its recipe's security policy.
     Audit(AuditArgs),
+    /// The build cache every output folder and the tests share: show it, prune it.
+    #[command(subcommand)]
+    Cache(CacheCommand),
 }
 
 /// `cargo xtask build`.
@@ -47,12 +50,13 @@ pub struct BuildArgs {
     /// Recipe to build.
     #[arg(long, default_value = DEFAULT_RECIPE)]
     pub recipe: PathBuf,
-    /// Output folder [default: out/<product>-<board>-<version>]. Its parent holds the shared
-    /// ostree build store (`repo/`) and caches (`cache/`).
+    /// Output folder [default: out/<product>-<board>-<version>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Folder of caches (Debian base trees, packages) [default: the output folder's parent/cache].
-    #[arg(long)]
+    /// The build cache: the ostree build store and the caches of Debian base trees and
+    /// packages, shared by every output folder [default: $APERTURE_CACHE, else
+    /// ~/.cache/aperture]. `cargo xtask cache` shows and prunes it.
+    #[arg(long, env = "APERTURE_CACHE")]
     pub cache: Option<PathBuf>,
     /// Jetson Linux (L4T) BSP folder: kernel, device trees and boot firmware for Jetson boards.
     #[arg(long)]
@@ -213,6 +217,41 @@ pub struct AuditArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `cargo xtask cache ...`.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// What the cache holds: the build store's refs and each folder's size.
+    Show(CacheShowArgs),
+    /// Free what no build needs again (scratch files, old slot images, superseded Debian
+    /// base trees, unreachable store objects); `--all` empties it.
+    Prune(CachePruneArgs),
+}
+
+/// `cache show`.
+#[derive(Debug, Args, Clone)]
+pub struct CacheShowArgs {
+    /// The cache [default: $APERTURE_CACHE, else ~/.cache/aperture].
+    #[arg(long, env = "APERTURE_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cache prune`.
+#[derive(Debug, Args, Clone)]
+pub struct CachePruneArgs {
+    /// The cache [default: $APERTURE_CACHE, else ~/.cache/aperture].
+    #[arg(long, env = "APERTURE_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Keep cached slot images used in the last DAYS days.
+    #[arg(long, default_value_t = 14)]
+    pub days: u64,
+    /// Remove everything: the next build starts cold.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[cfg(test)]

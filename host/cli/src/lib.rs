@@ -5,6 +5,7 @@ pub mod args;
 mod audit;
 mod build;
 mod bundle;
+mod cache;
 mod diff;
 mod flash;
 mod keys;
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Audit(a) => audit::run(&a),
         Command::Build(a) => build::run(&a),
+        Command::Cache(c) => cache::run(&c),
         Command::Bundle(a) => bundle::run(&a),
         Command::Diff(a) => diff::run(&a),
         Command::Keys(c) => keys::run(&c),

@@ -368,6 +368,9 @@ fn audit_folder(dir: &Path, policy: Option<&Policy>, rootfs_only: bool) -> Resul
     if let Some(r) = v["paths"]["repo"].as_str() {
         candidates.push(PathBuf::from(r));
     }
+    if let Ok(cache) = crate::pipeline::default_cache() {
+        candidates.push(cache.join("repo"));
+    }
     if let Some(parent) = dir.parent() {
         candidates.push(parent.join("repo"));
     }

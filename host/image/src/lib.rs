@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod board;
 pub mod bundle;
+pub mod cache;
 pub mod cmd;
 pub mod diff;
 pub mod disk;

@@ -23,7 +23,9 @@ pub struct BuildOptions {
     pub recipe: PathBuf,
     /// Output folder; default `<workspace>/out/<product>-<board>-<version>`.
     pub out: Option<PathBuf>,
-    /// Cache folder; default `<out>/../cache`.
+    /// The build cache: the ostree build store (`repo/`) and the caches of Debian base trees,
+    /// packages and scratch files (`cache/`), shared by every output folder; default
+    /// [`default_cache`].
     pub cache: Option<PathBuf>,
     /// Stop after the rootfs commit.
     pub rootfs_only: bool,
@@ -45,10 +47,31 @@ pub struct BuildOptions {
 pub struct Paths {
     /// Output folder.
     pub out: PathBuf,
-    /// Build store (shared by every build under the same output root).
+    /// Build store (shared by every build that uses the same build cache).
     pub repo: PathBuf,
-    /// Caches.
+    /// Caches (Debian base trees, packages, scratch files).
     pub cache: PathBuf,
+}
+
+/// The build cache used when none is given: `$APERTURE_CACHE`, else `$XDG_CACHE_HOME/aperture`,
+/// else `~/.cache/aperture`. One per user, shared by every output folder and by the test
+/// suites, so a new output folder does not start from a cold Debian base.
+pub fn default_cache() -> Result<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(p) = env("APERTURE_CACHE") {
+        return absolute(&p);
+    }
+    if let Some(p) = env("XDG_CACHE_HOME") {
+        return absolute(&p.join("aperture"));
+    }
+    let home = env("HOME").context(
+        "no build cache folder: set APERTURE_CACHE (or HOME, for ~/.cache/aperture), or pass --cache",
+    )?;
+    Ok(home.join(".cache").join("aperture"))
 }
 
 /// The result of a rootfs build.
@@ -89,17 +112,13 @@ impl BuildOptions {
             None => self.workspace.join("out").join(recipe.build_name()),
         };
         let out = absolute(&out)?;
-        let root = out
-            .parent()
-            .context("the output folder has no parent")?
-            .to_path_buf();
-        let cache = match &self.cache {
+        let root = match &self.cache {
             Some(c) => absolute(c)?,
-            None => root.join("cache"),
+            None => default_cache()?,
         };
         Ok(Paths {
             repo: root.join("repo"),
-            cache,
+            cache: root.join("cache"),
             out,
         })
     }

@@ -131,6 +131,33 @@ impl Store {
             .map(|s| s.to_string()))
     }
 
+    /// Delete a ref (its commits stay until [`Store::prune`]).
+    pub fn delete_ref(&self, refname: &str) -> Result<()> {
+        self.repo
+            .set_ref_immediate(None, refname, None, gio::Cancellable::NONE)
+            .map_err(gerr)
+            .with_context(|| format!("deleting ref {refname}"))
+    }
+
+    /// Delete every object no ref reaches; returns the bytes freed.
+    pub fn prune(&self) -> Result<u64> {
+        let (_, _, freed) = self
+            .repo
+            .prune(ostree::RepoPruneFlags::REFS_ONLY, 0, gio::Cancellable::NONE)
+            .map_err(gerr)
+            .context("pruning the build store")?;
+        Ok(freed)
+    }
+
+    /// When a ref was last moved (its file's time in the repository), unix seconds.
+    pub fn ref_time(&self, refname: &str) -> Option<u64> {
+        let p = self.path.join("refs/heads").join(refname);
+        let m = std::fs::metadata(p).ok()?.modified().ok()?;
+        m.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
+    }
+
     /// Every ref, with its commit.
     pub fn refs(&self) -> Result<BTreeMap<String, String>> {
         let refs = self
