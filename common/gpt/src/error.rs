@@ -30,7 +30,7 @@ impl fmt::Display for HeaderCopy {
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
     /// Reading, writing or seeking the disk failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Io {
         /// What was being done, with the byte offset: "writing primary GPT header at 512".
         action: String,

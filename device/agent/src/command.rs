@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 #[non_exhaustive]
 pub enum CommandError {
     /// It could not be started (missing program, permissions).
-    #[error("running `{cmdline}`: {source}")]
+    #[error("running `{cmdline}`")]
     Spawn {
         /// The quoted command line.
         cmdline: String,

@@ -285,7 +285,7 @@ impl Row {
                 written: None,
                 elapsed: Some(o.elapsed),
                 note: short(e),
-                detail: e.to_string(),
+                detail: aperture_flash::error::chain(e),
             },
         }
     }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum FlashError {
     /// Reading or writing a file failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Io {
         /// What was being done, naming the file: "reading /tmp/disk.img at byte 4096".
         action: String,
@@ -93,7 +93,7 @@ pub enum FlashError {
         reason: String,
     },
     /// The build folder's signature chain does not verify: nothing may be written from it.
-    #[error("{dir}: the signed manifest does not verify against root key {root_key}: {source}")]
+    #[error("{dir}: the signed manifest does not verify against root key {root_key}")]
     Untrusted {
         /// The build folder.
         dir: PathBuf,
@@ -124,7 +124,7 @@ pub enum FlashError {
         what: String,
     },
     /// Writing or wiping a partition table failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Gpt {
         /// What was being done, naming the target.
         action: String,
@@ -141,11 +141,12 @@ pub enum FlashError {
     Discovery(String),
     /// Writing a target failed after it had begun; `error` says why. The partition table was
     /// wiped unless `wipe_error` says otherwise.
-    #[error("flashing {target} failed: {error}; {}", wipe_note(.wipe_error))]
+    #[error("flashing {target} failed ({})", wipe_note(.wipe_error))]
     Failed {
         /// The target.
         target: String,
         /// What went wrong.
+        #[source]
         error: Box<FlashError>,
         /// Why wiping the partition table afterwards failed too, if it did.
         wipe_error: Option<String>,
@@ -221,3 +222,14 @@ impl FlashError {
 
 /// `Result` with [`FlashError`].
 pub type Result<T, E = FlashError> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, each once (`{:#}` of anyhow, for library code).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    parts.join(": ")
+}

@@ -148,7 +148,7 @@ pub fn flash(
             Err(FlashError::Failed {
                 target: target.name().to_string(),
                 error: Box::new(error),
-                wipe_error: wipe.err().map(|e| e.to_string()),
+                wipe_error: wipe.err().map(|e| crate::error::chain(&e)),
             })
         }
     }

@@ -221,7 +221,7 @@ fn one_failing_target_does_not_fail_the_others() {
     ];
     let outcomes = flash_all(&image, jobs);
     assert!(outcomes[0].ok(), "{:?}", outcomes[0].result);
-    let err = outcomes[1].result.as_ref().unwrap_err().to_string();
+    let err = chain(outcomes[1].result.as_ref().unwrap_err());
     assert!(err.contains("device unplugged"), "{err}");
     assert_flashed(&good, &image_dir, Unmapped::Zeroed);
 }
@@ -283,8 +283,8 @@ fn tampered_folders_are_refused_before_any_write() {
         tamper(&d);
         let target = dir.path().join(format!("{name}.img"));
         fs::write(&target, vec![0x5Au8; IMAGE_SIZE as usize]).unwrap();
-        let err = VerifiedImage::open(&d, None, NOW).unwrap_err();
-        assert!(err.to_string().contains(expected), "{name}: {err}");
+        let err = chain(&VerifiedImage::open(&d, None, NOW).unwrap_err());
+        assert!(err.contains(expected), "{name}: {err}");
         // The flow stops here: no VerifiedImage, no flash. The target is as it was.
         assert!(
             fs::read(&target).unwrap().iter().all(|&b| b == 0x5A),
@@ -294,7 +294,7 @@ fn tampered_folders_are_refused_before_any_write() {
     // An expired release key is refused too.
     let err = VerifiedImage::open(&pristine, None, NOW + 2_000_000).unwrap_err();
     assert!(matches!(err, FlashError::Untrusted { .. }), "{err}");
-    assert!(err.to_string().contains("expired"), "{err}");
+    assert!(chain(&err).contains("expired"), "{err}");
 }
 
 #[test]
@@ -311,7 +311,7 @@ fn zst_changed_after_verification_is_caught_and_the_table_wiped() {
     let out = dir.path().join("t.img");
     let target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
     let err = flash(&image, &target, &NoProgress).unwrap_err();
-    let text = err.to_string();
+    let text = chain(&err);
     assert!(text.contains("read-back of"), "{text}");
     assert!(text.contains("partition table was wiped"), "{text}");
     let mut file = File::open(&out).unwrap();
@@ -326,7 +326,7 @@ fn zst_changed_after_verification_is_caught_and_the_table_wiped() {
     let out = dir.path().join("t2.img");
     let target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
     let err = flash(&image, &target, &NoProgress).unwrap_err();
-    let text = err.to_string();
+    let text = chain(&err);
     assert!(
         text.contains("changed while it was being written"),
         "{text}"
@@ -358,7 +358,7 @@ fn corrupted_write_is_caught_by_read_back_and_the_table_wiped() {
         };
         assert!(wipe_error.is_none(), "{err}");
         assert!(matches!(**error, FlashError::ReadBack { .. }), "{err}");
-        let text = err.to_string();
+        let text = chain(&err);
         assert!(text.contains("read-back of"), "{text}");
         assert!(text.contains(what), "{text}");
         let mut file = File::open(&out).unwrap();
@@ -439,7 +439,7 @@ fn bmap_without_checksums_is_verified_with_our_own_hashes() {
     let bad = dir.path().join("bad.img");
     let target = Faulty::flipping(&bad, 2000 * 4096 + 5);
     let err = flash(&image, &target, &NoProgress).unwrap_err();
-    assert!(err.to_string().contains("read-back of"), "{err}");
+    assert!(chain(&err).contains("read-back of"), "{err}");
 }
 
 #[test]
@@ -473,3 +473,5 @@ fn resigned_folder_verifies_again() {
     sign_folder(&image_dir);
     VerifiedImage::open(&image_dir, None, NOW).unwrap();
 }
+
+use aperture_flash::error::chain;
