@@ -1,6 +1,7 @@
 //! Cross-checks against the partitioning tools every field engineer trusts: `sgdisk -v` finds
 //! no problem in what we write, `sfdisk -J` reads the same names, GUIDs and offsets we wrote,
-//! and we read what `sgdisk` writes. Each test prints `SKIPPED: ...` if its tool is missing.
+//! and we read what `sgdisk` writes. A missing tool skips a test,
+//! or fails it under `cargo xtask test` (`aperture_sys::tool`).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -13,12 +14,8 @@ const MIB: u64 = 1 << 20;
 const DISK: u64 = 64 * MIB;
 
 /// The tool's path, looked up in PATH and the sbin folders (not always in a user's PATH).
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+fn tool(name: &str, package: &str, test: &str) -> Option<PathBuf> {
+    aperture_sys::tool::for_test(name, package, test)
 }
 
 /// Runs a tool with stdin null; panics with the command line and stderr if it fails.
@@ -78,8 +75,7 @@ fn written_image(dir: &Path) -> (PathBuf, Gpt) {
 
 #[test]
 fn sgdisk_verifies_what_we_write() {
-    let Some(sgdisk) = tool("sgdisk") else {
-        eprintln!("SKIPPED: sgdisk (package gdisk) is not installed");
+    let Some(sgdisk) = tool("sgdisk", "gdisk", "sgdisk_verifies_what_we_write") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -95,8 +91,7 @@ fn sgdisk_verifies_what_we_write() {
 
 #[test]
 fn sfdisk_reads_what_we_write() {
-    let Some(sfdisk) = tool("sfdisk") else {
-        eprintln!("SKIPPED: sfdisk (package fdisk / util-linux) is not installed");
+    let Some(sfdisk) = tool("sfdisk", "fdisk", "sfdisk_reads_what_we_write") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -129,8 +124,10 @@ fn sfdisk_reads_what_we_write() {
 
 #[test]
 fn we_read_what_sgdisk_writes() {
-    let (Some(sgdisk), Some(sfdisk)) = (tool("sgdisk"), tool("sfdisk")) else {
-        eprintln!("SKIPPED: sgdisk or sfdisk is not installed");
+    let test = "we_read_what_sgdisk_writes";
+    let (Some(sgdisk), Some(sfdisk)) =
+        (tool("sgdisk", "gdisk", test), tool("sfdisk", "fdisk", test))
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

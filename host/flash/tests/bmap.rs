@@ -1,7 +1,7 @@
 //! bmap files against real sparse images and against bmaptool itself: what `bmaptool create`
 //! writes we write byte for byte, what we write `bmaptool copy` accepts and copies exactly,
-//! and tampering is caught on both sides. Tests needing bmaptool print `SKIPPED: ...` without
-//! it; the recorded fixture keeps the format checked anyway.
+//! and tampering is caught on both sides. Tests needing bmaptool skip without it (or fail
+//! under `cargo xtask test`); the recorded fixture keeps the format checked anyway.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -42,11 +42,8 @@ fn sparse_image(path: &Path, size: u64, ranges: &[(u64, u64)], zero_blocks: &[u6
     file.sync_all().unwrap();
 }
 
-fn bmaptool() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("bmaptool"))
-        .find(|p| p.is_file())
+fn bmaptool(test: &str) -> Option<PathBuf> {
+    aperture_sys::tool::for_test("bmaptool", "bmap-tools", test)
 }
 
 fn run(tool: &Path, args: &[&Path]) -> Output {
@@ -102,8 +99,7 @@ fn explicit_zero_blocks_are_not_mapped() {
 
     // bmaptool maps what is allocated, zeros included: every range of ours is inside one of
     // its ranges, and it never maps less.
-    let Some(tool) = bmaptool() else {
-        eprintln!("SKIPPED: comparison with bmaptool's map (bmap-tools not installed)");
+    let Some(tool) = bmaptool(module_path!()) else {
         return;
     };
     let theirs_path = dir.path().join("zeros.bmap");
@@ -133,8 +129,7 @@ fn explicit_zero_blocks_are_not_mapped() {
 
 #[test]
 fn bmaptool_create_writes_the_same_bytes_as_we_do() {
-    let Some(tool) = bmaptool() else {
-        eprintln!("SKIPPED: bmaptool (bmap-tools) is not installed");
+    let Some(tool) = bmaptool(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -160,8 +155,7 @@ fn bmaptool_create_writes_the_same_bytes_as_we_do() {
 
 #[test]
 fn bmaptool_copy_with_our_bmap_reproduces_the_image() {
-    let Some(tool) = bmaptool() else {
-        eprintln!("SKIPPED: bmaptool (bmap-tools) is not installed");
+    let Some(tool) = bmaptool(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -223,8 +217,7 @@ fn tampered_range_checksum_parses_but_is_reported() {
     );
 
     // bmaptool checks our range checksums too.
-    let Some(tool) = bmaptool() else {
-        eprintln!("SKIPPED: bmaptool copy with a tampered range (bmap-tools not installed)");
+    let Some(tool) = bmaptool(module_path!()) else {
         return;
     };
     let bmap_path = dir.path().join("tampered-range.bmap");
@@ -268,8 +261,7 @@ fn tampered_bmap_file_checksum_is_an_error() {
     assert!(matches!(err, FlashError::BmapFileChecksum { .. }), "{err}");
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 
-    let Some(tool) = bmaptool() else {
-        eprintln!("SKIPPED: bmaptool copy with a tampered bmap (bmap-tools not installed)");
+    let Some(tool) = bmaptool(module_path!()) else {
         return;
     };
     let bmap_path = dir.path().join("tampered.bmap");

@@ -144,10 +144,17 @@ fn inbound_rule_opens_one_port() {
 }
 
 fn nft() -> Option<PathBuf> {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    aperture_sys::tool::for_test("nft", "nftables", "firewall tests")
+}
+
+/// A check that cannot run here: skipped, or a failure under `cargo xtask test` (as root,
+/// with every tool installed, it can always run).
+fn skip(why: &str) {
+    assert!(
+        !aperture_sys::tool::required(),
+        "APERTURE_REQUIRE_TOOLS=1 but {why}"
+    );
+    eprintln!("SKIPPED {why}");
 }
 
 /// `nft -c -f FILE` (as root, or in a user namespace); `None` when it cannot run here.
@@ -196,9 +203,7 @@ fn nft_accepts_every_generated_ruleset() {
         std::fs::write(&file, ruleset(&p)).unwrap();
         match nft_check(&file) {
             None => {
-                eprintln!(
-                    "SKIPPED nft -c: nft is not installed or cannot check without privileges here"
-                );
+                skip("nft -c: nft is not installed or cannot check without privileges here");
                 return;
             }
             Some(r) => r.unwrap_or_else(|e| panic!("nft -c rejects the {name} ruleset:\n{e}")),
@@ -216,9 +221,7 @@ fn nft_rejects_a_broken_ruleset() {
     )
     .unwrap();
     match nft_check(&file) {
-        None => eprintln!(
-            "SKIPPED nft -c: nft is not installed or cannot check without privileges here"
-        ),
+        None => skip("nft -c: nft is not installed or cannot check without privileges here"),
         Some(r) => assert!(r.is_err(), "nft -c accepted `policy drip`"),
     }
 }
@@ -230,7 +233,6 @@ fn nft_rejects_a_broken_ruleset() {
 #[test]
 fn resolver_script_fills_host_sets() {
     let Some(nft) = nft() else {
-        eprintln!("SKIPPED resolver: nft is not installed");
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
