@@ -5,6 +5,7 @@
 //! `target/aperture-tests/`, shared by both suites so the VM tier boots what tier 2 built.
 
 pub mod http;
+pub mod scenario;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -91,6 +92,26 @@ pub fn derived_recipe(dir: &Path, name: &str, base: &str, extra: &str) -> Result
 /// and every variant that shares its Debian base build here.
 pub fn main_out() -> PathBuf {
     test_root().join("main/out")
+}
+
+/// A VM test image: the default recipe plus the VM test hook (tests/recipes/vm-hooks.toml), at
+/// `version`, with `extra` recipe lines; built into the main output root and reused.
+pub fn vm_image(name: &str, version: &str, extra: &str) -> Result<BuildReport> {
+    let dir = test_root().join("main/recipes-vm");
+    let r = derived_recipe(
+        &dir,
+        &format!("{name}.toml"),
+        "../tests/recipes/vm-hooks.toml",
+        &format!("version = \"{version}\"\n{extra}"),
+    )?;
+    Ok(build(&r, &main_out().join(name), false)?.0)
+}
+
+/// The recipe file [`vm_image`] wrote for `name`.
+pub fn vm_recipe(name: &str) -> PathBuf {
+    test_root()
+        .join("main/recipes-vm")
+        .join(format!("{name}.toml"))
 }
 
 /// The default recipe's full build (`target/aperture-tests/main/out/default`), shared by the

@@ -1,0 +1,2 @@
+echo APERTURE-FINAL
+systemctl poweroff

@@ -1,0 +1,3 @@
+aperture-reset --level @LEVEL@ --yes
+echo "APERTURE-RESET-EXIT $?"
+sleep 600

@@ -1,0 +1,287 @@
+//! Tier 3, data at rest and factory reset, on one appliance through its life: the first boot
+//! formats and seals config and data; a boot without its TPM opens nothing and touches
+//! nothing; level 1 re-verifies the running slot, then refuses a corrupted one; level 2 puts
+//! the factory image back into both slots and keeps the data; level 3 leaves no trace of the
+//! customer's data anywhere on the disk.
+
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use aperture_image::recipe::Arch;
+use aperture_tests::http::{FileServer, GUEST_SERVER_PORT};
+use aperture_tests::scenario::{after, file_contains, line_of, random_hex, Scenario, Script};
+use aperture_tests::{require_root, vm_image, BOOT_TIMEOUT};
+
+/// The offset and size of partition `name` in the disk image `disk`.
+fn partition(disk: &std::path::Path, name: &str) -> (u64, u64) {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let size = f.metadata().unwrap().len();
+    let gpt = aperture_gpt::read_gpt(&mut f, size).unwrap();
+    let p = gpt
+        .find(name)
+        .unwrap_or_else(|| panic!("no partition {name} in {}", disk.display()));
+    (p.offset(), p.size())
+}
+
+/// Whether partition `name` of `disk` starts with exactly the bytes of `image`.
+fn partition_holds(disk: &std::path::Path, name: &str, image: &std::path::Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let (offset, _) = partition(disk, name);
+    let mut d = std::fs::File::open(disk).unwrap();
+    d.seek(SeekFrom::Start(offset)).unwrap();
+    let mut i = std::fs::File::open(image).unwrap();
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = i.read(&mut a).unwrap();
+        if n == 0 {
+            return true;
+        }
+        d.read_exact(&mut b[..n]).unwrap();
+        if a[..n] != b[..n] {
+            return false;
+        }
+    }
+}
+
+/// Flip bytes in the middle of slot A's data (which booting does not read) on the host.
+fn corrupt_slot_a(disk: &std::path::Path, rootfs: &std::path::Path) {
+    let (offset, _) = partition(disk, "rootfs_a");
+    let len = std::fs::metadata(rootfs).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(disk)
+        .unwrap();
+    for k in 3..=5u64 {
+        let at = offset + (len * k / 10) / 4096 * 4096 + 1000;
+        let mut b = [0u8; 16];
+        f.read_exact_at(&mut b, at).unwrap();
+        for x in &mut b {
+            *x ^= 0xa5;
+        }
+        f.write_all_at(&b, at).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU, swtpm and a built image (run by `cargo xtask test` as root)"]
+fn storage_and_reset_through_an_appliances_life() {
+    require_root("storage_and_reset_through_an_appliances_life");
+    let image = vm_image("vm-v1", "1.0.0", "").unwrap();
+    let rootfs = image.paths.out.join("rootfs.img");
+    let mut sc = Scenario::new(
+        "storage-reset",
+        &image.paths.out.join("disk.img"),
+        Arch::Amd64,
+    )
+    .unwrap();
+    let www = sc.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let server = FileServer::start_for_guests(&www).unwrap();
+    let port = GUEST_SERVER_PORT.to_string();
+    // Made here, written only inside the guest onto the encrypted data volume.
+    let canary = format!("aperture-canary-{}", random_hex(24));
+    assert!(!file_contains(&sc.disk, &canary).unwrap());
+    let show = || Script::new().piece("storage-show", &[]).unwrap();
+
+    // Boot 1: the first boot formats and seals both volumes; the canary goes onto /data; then
+    // level 1 re-verifies slot A, the running known-good slot, and boots it again.
+    let s = show()
+        .piece("canary-write", &[("CANARY", &canary)])
+        .and_then(|s| s.piece("reset", &[("LEVEL", "1")]))
+        .unwrap();
+    let t = Instant::now();
+    let mut vm = sc.boot("first", Some(&s)).unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("first boot status line after {:.0?}: {status}", t.elapsed());
+    assert!(
+        status.contains("slot=a") && status.contains("verity=yes"),
+        "{status}"
+    );
+    for v in ["config", "data"] {
+        let line = vm
+            .wait_for(&format!("APERTURE-CRYPT-{v} "), BOOT_TIMEOUT)
+            .unwrap();
+        assert!(
+            line.contains(&format!("/dev/mapper/aperture-{v} is active"))
+                && line.contains("type: LUKS2"),
+            "{line}"
+        );
+    }
+    let uuid1 = after(
+        &vm.wait_for("APERTURE-UUID ", BOOT_TIMEOUT).unwrap(),
+        "APERTURE-UUID ",
+    );
+    let keys = vm.wait_for("APERTURE-KEYS ", BOOT_TIMEOUT).unwrap();
+    assert!(
+        keys.contains("tpm2"),
+        "the keys must be sealed by the TPM: {keys}"
+    );
+    let mounts = vm.wait_for("APERTURE-MOUNTS ", BOOT_TIMEOUT).unwrap();
+    assert!(
+        mounts.contains("/dev/mapper/aperture-data /data")
+            && mounts.contains("/dev/mapper/aperture-config /config"),
+        "{mounts}"
+    );
+    vm.wait_for("APERTURE-WROTE", BOOT_TIMEOUT).unwrap();
+    let chose = vm
+        .wait_for("aperture-reset: rebooting into slot", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(chose.ends_with("slot a"), "{chose}");
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+    eprintln!("first boot with level 1 took {:.0?}", t.elapsed());
+    assert!(
+        !file_contains(&sc.disk, &canary).unwrap(),
+        "the canary is in the clear on the disk: /data is not encrypted"
+    );
+
+    // Boot 2, without the TPM the keys were sealed to: nothing opens, nothing is formatted,
+    // and the console says why.
+    let t = Instant::now();
+    let mut vm = sc
+        .boot_with("no-tpm", None, |c| c.tpm_socket = None)
+        .unwrap();
+    let why = vm
+        .wait_for("aperture-storage", Duration::from_secs(400))
+        .and_then(|_| vm.wait_for("TPM", Duration::from_secs(400)))
+        .unwrap();
+    eprintln!("without its TPM after {:.0?}: {why}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(5));
+    vm.kill();
+    let console = vm.console();
+    assert!(
+        !console.contains("aperture-agent: product=") || !console.contains("/data mounted"),
+        "the data volume must not open without the TPM"
+    );
+
+    // Boot 3 (the TPM back, slot A): the keys unseal, the canary is there; slot A is corrupted
+    // on the host while it runs, and level 1 now refuses A and boots B.
+    let s = show()
+        .piece("canary-check", &[("CANARY", &canary)])
+        .and_then(|s| s.piece("wait-control", &[("SERVER_PORT", &port)]))
+        .and_then(|s| s.piece("reset", &[("LEVEL", "1")]))
+        .unwrap();
+    let mut vm = sc.boot("corrupt-a", Some(&s)).unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        status.contains("slot=a"),
+        "level 1 must have booted slot A: {status}"
+    );
+    let uuid2 = after(
+        &vm.wait_for("APERTURE-UUID ", BOOT_TIMEOUT).unwrap(),
+        "APERTURE-UUID ",
+    );
+    assert_eq!(
+        uuid1, uuid2,
+        "the data volume must be the same after a reboot"
+    );
+    let kept = vm.wait_for("APERTURE-CANARY-", BOOT_TIMEOUT).unwrap();
+    assert!(kept.contains("APERTURE-CANARY-KEPT"), "{kept}");
+    vm.wait_for("APERTURE-WAITING", BOOT_TIMEOUT).unwrap();
+    corrupt_slot_a(&sc.disk, &rootfs);
+    assert!(!partition_holds(&sc.disk, "rootfs_a", &rootfs));
+    std::fs::write(www.join("control"), "go").unwrap();
+    let chose = vm
+        .wait_for("aperture-reset: rebooting into slot", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        chose.ends_with("slot b"),
+        "a corrupted slot A must be refused: {chose}"
+    );
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+
+    // Boot 4 (slot B): level 2 writes the factory image into slot A, arms it and reboots;
+    // boots 5..: the factory image boots from slot A and the reset writes slot B too.
+    let s = Script::new().piece("reset", &[("LEVEL", "2")]).unwrap();
+    let mut vm = sc.boot("level2", Some(&s)).unwrap();
+    let status = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        status.contains("slot=b") && status.contains("verity=yes"),
+        "{status}"
+    );
+    vm.wait_exit(Duration::from_secs(900)).unwrap();
+    line_of(&vm.console(), "reboot into the factory image").unwrap();
+    let s = Script::new()
+        .piece("reset-wait", &[])
+        .and_then(|s| s.piece("canary-check", &[("CANARY", &canary)]))
+        .and_then(|s| s.piece("reset", &[("LEVEL", "3")]))
+        .unwrap();
+    let t = Instant::now();
+    let (console, boots) = sc
+        .boot_until(
+            "level2-done",
+            &s,
+            "reboot to wipe the locked partitions",
+            4,
+            Duration::from_secs(1200),
+        )
+        .unwrap();
+    eprintln!(
+        "level 2 finished after {boots} more boots in {:.0?}",
+        t.elapsed()
+    );
+    line_of(&console, "reset level 2 complete").unwrap();
+    assert!(
+        line_of(&console, "APERTURE-CANARY-")
+            .unwrap()
+            .contains("KEPT"),
+        "level 2 keeps the data"
+    );
+    for slot in ["rootfs_a", "rootfs_b"] {
+        assert!(
+            partition_holds(&sc.disk, slot, &rootfs),
+            "{slot} does not hold the factory rootfs image"
+        );
+    }
+
+    // Boots ..: level 3 resumes (scrub, factory image into both slots), and the storage is made
+    // new: a new LUKS volume, an empty /data, no canary anywhere on the disk.
+    let s = Script::new()
+        .piece("reset-wait", &[])
+        .and_then(|s| s.piece("storage-show", &[]))
+        .and_then(|s| s.piece("canary-gone", &[]))
+        .and_then(|s| s.piece("final", &[]))
+        .unwrap();
+    let t = Instant::now();
+    let (console, boots) = sc
+        .boot_until(
+            "level3-done",
+            &s,
+            "APERTURE-FINAL",
+            5,
+            Duration::from_secs(1200),
+        )
+        .unwrap();
+    eprintln!(
+        "reset level 3 finished after {boots} more boots in {:.0?}",
+        t.elapsed()
+    );
+    assert!(line_of(&console, "APERTURE-CANARY-")
+        .unwrap()
+        .contains("APERTURE-CANARY-GONE"));
+    let uuid3 = after(
+        &line_of(&console, "APERTURE-UUID ").unwrap(),
+        "APERTURE-UUID ",
+    );
+    assert!(!uuid3.is_empty());
+    assert_ne!(uuid3, uuid1, "the data volume must be a new LUKS volume");
+    for v in ["config", "data"] {
+        let l = line_of(&console, &format!("APERTURE-CRYPT-{v} ")).unwrap();
+        assert!(l.contains("is active") && l.contains("type: LUKS2"), "{l}");
+    }
+    assert!(line_of(&console, "aperture-agent: product=")
+        .unwrap()
+        .contains("verity=yes"));
+    assert!(
+        !file_contains(&sc.disk, &canary).unwrap(),
+        "the canary survived the reset somewhere on the disk"
+    );
+    assert!(server.requests() >= 1);
+}

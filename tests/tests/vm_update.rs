@@ -1,0 +1,187 @@
+//! Tier 3, updates: v1 on slot A installs v2 over HTTP, reboots into slot B and the health
+//! gate commits it; v2 installs a v3 whose runtime fails, which the loader tries N times and
+//! then rolls back from; and the same update on the arm64 userland (qemu-arm64).
+
+use aperture_image::recipe::Arch;
+use aperture_tests::http::FileServer;
+use aperture_tests::scenario::{Scenario, Script};
+use aperture_tests::{
+    build, derived_recipe, json_on_line, require_root, test_root, vm_image, BOOT_TIMEOUT,
+};
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
+fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
+    require_root("update_over_http_commits_v2_then_a_failing_v3_rolls_back");
+    let v1 = vm_image("vm-v1", "1.0.0", "").unwrap();
+    let v2 = vm_image("vm-v2", "1.1.0", "").unwrap();
+    // v3's runtime cannot start, so its health check fails.
+    let broken = test_root()
+        .join("main/recipes-vm/broken-runtime/usr/lib/systemd/system/aperture-runtime.service.d");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("broken.conf"),
+        "[Service]\nExecStart=\nExecStart=/bin/false\nRestart=no\n",
+    )
+    .unwrap();
+    let v3 = vm_image("vm-v3", "1.2.0", "overlays = [\"broken-runtime\"]\n").unwrap();
+
+    let mut sc = Scenario::new("update", &v1.paths.out.join("disk.img"), Arch::Amd64).unwrap();
+    let www = sc.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy(v2.paths.out.join("update.bundle"), www.join("v2.bundle")).unwrap();
+    std::fs::copy(v3.paths.out.join("update.bundle"), www.join("v3.bundle")).unwrap();
+    let server = FileServer::start_for_guests(&www).unwrap();
+    let install = |bundle: &str| {
+        Script::new()
+            .piece("status", &[])
+            .unwrap()
+            .piece("install", &[("URL", &server.guest_url(bundle))])
+            .unwrap()
+            .piece("reboot", &[])
+            .unwrap()
+    };
+
+    // Boot 1: v1 on slot A installs v2 over HTTP into slot B and reboots.
+    let mut vm = sc
+        .boot("v1-installs-v2", Some(&install("v2.bundle")))
+        .unwrap();
+    let line = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        line.contains("slot=a") && line.contains("version=1.0.0"),
+        "{line}"
+    );
+    vm.wait_for("APERTURE-INSTALLED", BOOT_TIMEOUT).unwrap();
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+
+    // Boot 2: the loader picks slot B (armed, on trial); the health gate passes and commits it;
+    // then v2 installs v3 into slot A.
+    let mut vm = sc
+        .boot("v2-installs-v3", Some(&install("v3.bundle")))
+        .unwrap();
+    let line = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        line.contains("slot=b") && line.contains("version=1.1.0"),
+        "v2 must boot from slot B: {line}"
+    );
+    let st = json_on_line(&vm.wait_for("APERTURE-STATUS", BOOT_TIMEOUT).unwrap()).unwrap();
+    assert_eq!(st["booted"], "b", "{st}");
+    assert_eq!(
+        st["committed"], "b",
+        "the health gate must have committed slot B: {st}"
+    );
+    vm.wait_for("APERTURE-INSTALLED", BOOT_TIMEOUT).unwrap();
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+
+    // Boots 3..: v3 on slot A fails its health check; each failure reboots; when its tries are
+    // spent the loader boots slot B again.
+    let mut failing = 0;
+    loop {
+        let mut vm = sc.boot("after-v3", None).unwrap();
+        let line = vm
+            .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+            .unwrap();
+        if line.contains("version=1.2.0") {
+            assert!(line.contains("slot=a"), "{line}");
+            failing += 1;
+            assert!(failing <= 3, "v3 booted more times than it had tries");
+            vm.wait_exit(BOOT_TIMEOUT)
+                .expect("a failed health check must reboot");
+            continue;
+        }
+        assert!(
+            line.contains("slot=b") && line.contains("version=1.1.0"),
+            "after v3's tries, v2 must boot again: {line}"
+        );
+        let rollback = vm.wait_for("rollback:", BOOT_TIMEOUT).unwrap();
+        assert!(
+            rollback.contains("slot a") && rollback.contains("1.2.0"),
+            "{rollback}"
+        );
+        vm.kill();
+        break;
+    }
+    assert_eq!(failing, 3, "v3 should have been tried exactly 3 times");
+    assert!(server.requests() >= 2);
+}
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
+fn qemu_arm64_boots_the_arm64_userland_then_updates_v1_to_v2_into_slot_b() {
+    require_root("qemu_arm64_boots_the_arm64_userland_then_updates_v1_to_v2_into_slot_b");
+    // Both versions share the arm64 Debian base with the Jetson builds of the privileged tier.
+    let arm64 = |name: &str, version: &str| {
+        let r = derived_recipe(
+            &test_root().join("arm64/recipes-vm"),
+            &format!("{name}.toml"),
+            "../tests/recipes/vm-hooks-arm64.toml",
+            &format!("version = \"{version}\"\n"),
+        )
+        .unwrap();
+        build(&r, &test_root().join("arm64/out").join(name), false)
+            .unwrap()
+            .0
+    };
+    let v1 = arm64("vm-arm64-v1", "1.0.0");
+    let v2 = arm64("vm-arm64-v2", "1.1.0");
+
+    let mut sc =
+        Scenario::new("update-arm64", &v1.paths.out.join("disk.img"), Arch::Arm64).unwrap();
+    let www = sc.dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::copy(v2.paths.out.join("update.bundle"), www.join("v2.bundle")).unwrap();
+    let server = FileServer::start_for_guests(&www).unwrap();
+    // arm64 under TCG is several times slower than x86-64.
+    let timeout = 3 * BOOT_TIMEOUT;
+
+    // Boot 1: v1 on slot A, the aarch64 userland; it installs v2 over HTTP and reboots.
+    let s = Script::new()
+        .piece("arch", &[])
+        .and_then(|s| s.piece("status", &[]))
+        .and_then(|s| s.piece("install", &[("URL", &server.guest_url("v2.bundle"))]))
+        .and_then(|s| s.piece("reboot", &[]))
+        .unwrap();
+    let mut vm = sc.boot("v1", Some(&s)).unwrap();
+    let line = vm.wait_for("aperture-agent: product=", timeout).unwrap();
+    eprintln!("status line: {line}");
+    assert!(
+        line.contains("board=qemu-arm64") && line.contains("slot=a"),
+        "{line}"
+    );
+    assert!(line.contains("version=1.0.0"), "{line}");
+    assert!(line.contains("fstype=erofs ro verity=yes"), "{line}");
+    let arch = vm.wait_for("APERTURE-ARCH", timeout).unwrap();
+    // e_machine 0xb7 (EM_AARCH64), little-endian: the updater itself is an arm64 program.
+    assert!(
+        arch.contains("aarch64") && arch.contains("e_machine=b700"),
+        "the guest and its updater must be aarch64: {arch}"
+    );
+    let st = json_on_line(&vm.wait_for("APERTURE-STATUS", timeout).unwrap()).unwrap();
+    assert_eq!(st["booted"], "a", "{st}");
+    vm.wait_for("APERTURE-INSTALLED", timeout).unwrap();
+    vm.wait_exit(timeout).unwrap();
+
+    // Boot 2: the loader picks slot B (armed, on trial); the health gate commits it.
+    let s = Script::new().piece("status", &[]).unwrap();
+    let mut vm = sc.boot("v2", Some(&s)).unwrap();
+    let line = vm.wait_for("aperture-agent: product=", timeout).unwrap();
+    eprintln!("status line: {line}");
+    assert!(
+        line.contains("board=qemu-arm64")
+            && line.contains("slot=b")
+            && line.contains("version=1.1.0"),
+        "v2 must boot from slot B: {line}"
+    );
+    let st = json_on_line(&vm.wait_for("APERTURE-STATUS", timeout).unwrap()).unwrap();
+    assert_eq!(st["booted"], "b", "{st}");
+    assert_eq!(
+        st["committed"], "b",
+        "the health gate must have committed slot B: {st}"
+    );
+    vm.kill();
+    assert!(server.requests() >= 1);
+}
