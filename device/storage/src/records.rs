@@ -26,13 +26,17 @@
 //!
 //! Either copy unseals the key (the token first); a missing or damaged one is written again
 //! from the other.
+//!
+//! Volumes formatted by an older Aperture have neither: their sealed key is in files on the
+//! ESP ([`legacy_esp_key`]). Such a key is moved once into both places, then its files are
+//! removed.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aperture_appliance::store::{Medium, StateStore};
-use aperture_appliance::Area;
+use aperture_appliance::{Area, Files};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeySourceKind, SealedKey};
@@ -130,6 +134,34 @@ pub fn find_token(copy: &HeaderCopy) -> Option<FoundToken> {
             sealed: serde_json::from_value(fields).map_err(|e| e.to_string()),
         })
     })
+}
+
+/// The sealed key an older Aperture kept for `volume` in files on the ESP
+/// (`/efi/aperture/keys/<volume>.tpm2.pub` and `.priv`, or `<volume>.key` unsealed), and those
+/// files; `None` if there are none, or they cannot be read (FAT may have lost them).
+pub fn legacy_esp_key(files: &Files, volume: Volume) -> Option<(SealedKey, Vec<PathBuf>)> {
+    let dir = files.esp().join("aperture").join("keys");
+    let read = |p: &Path| match aperture_sys::fs::read_optional(p) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!("{volume}: an older key file cannot be read: {e}");
+            None
+        }
+    };
+    let (public, private) = (
+        dir.join(format!("{volume}.tpm2.pub")),
+        dir.join(format!("{volume}.tpm2.priv")),
+    );
+    if let (Some(tpm2_public), Some(tpm2_private)) = (read(&public), read(&private)) {
+        let sealed = SealedKey::Tpm2 {
+            tpm2_public,
+            tpm2_private,
+        };
+        return Some((sealed, vec![public, private]));
+    }
+    let plain = dir.join(format!("{volume}.key"));
+    let key = read(&plain)?;
+    Some((SealedKey::UnsafePlain { key }, vec![plain]))
 }
 
 /// Storage's part of the device state store: its own `storage` area, which it reads and

@@ -37,7 +37,7 @@ use crate::luks::{self, HeaderCopy, Probe};
 use crate::mounts::{mount_options, Mounter};
 use crate::policy::{self, SourcePlan};
 use crate::records::{
-    find_token, token_json, StorageRecord, StorageState, VolumeRecord, VolumeState,
+    find_token, legacy_esp_key, token_json, StorageRecord, StorageState, VolumeRecord, VolumeState,
 };
 use crate::volume::{reset_journal, reset_wipe_pending, var_dir, Volume};
 use crate::StorageError;
@@ -52,6 +52,8 @@ pub enum Repair {
     Token,
     /// The device state record, from the token.
     Record,
+    /// Both, from the key files an older Aperture kept on the ESP (then removed).
+    FromEsp,
 }
 
 /// What setting up one volume did.
@@ -176,7 +178,9 @@ impl Storage<'_> {
     ) -> Vec<(Volume, SourcePlan)> {
         let recorded = |v: Volume, probe: &Probe| {
             let token = probe.current().and_then(find_token).map(|t| t.kind);
-            token.or_else(|| record.volumes.get(&v).map(|r| r.sealed.kind()))
+            token
+                .or_else(|| record.volumes.get(&v).map(|r| r.sealed.kind()))
+                .or_else(|| legacy_esp_key(self.files, v).map(|(s, _)| s.kind()))
         };
         let device = record
             .source
@@ -351,6 +355,7 @@ impl Storage<'_> {
             .cloned();
         let mut reasons = Vec::new();
         let mut chosen = known;
+        let legacy = legacy_esp_key(self.files, v);
         if chosen.is_none() {
             let mut candidates = Vec::new();
             match &token {
@@ -364,6 +369,15 @@ impl Storage<'_> {
                 Some(e) => candidates.push(("the device state", e.sealed.clone())),
                 None => reasons.push("the device state has no record of it".to_string()),
             }
+            if let Some((sealed, _)) = legacy
+                .as_ref()
+                .filter(|_| token.is_none() && entry.is_none())
+            {
+                candidates.push((
+                    "the key file an older Aperture left on the ESP",
+                    sealed.clone(),
+                ));
+            }
             for (from, sealed) in candidates {
                 match self.source(sealed.kind()).unseal(v.label(), &sealed) {
                     Ok(key) if self.crypt.check_key(part, &key)? => {
@@ -376,7 +390,7 @@ impl Storage<'_> {
             }
         }
         let Some((key, sealed)) = chosen else {
-            if token.is_none() && entry.is_none() {
+            if token.is_none() && entry.is_none() && legacy.is_none() {
                 return Err(StorageError::KeyMissing {
                     volume: v.to_string(),
                     partition: part.describe(),
@@ -421,6 +435,20 @@ impl Storage<'_> {
             record.volumes.insert(v, want);
             record.source.get_or_insert(sealed.kind());
             self.state.save(record)?;
+        }
+        if let Some((old, paths)) = legacy {
+            // Both copies are durable now: the files on the ESP go (also when a power cut
+            // stopped an earlier boot right after it had moved them).
+            for p in &paths {
+                aperture_sys::fs::shred_and_remove(p)?;
+            }
+            if old == sealed {
+                tracing::warn!(
+                    "{v}: moved its sealed key off the ESP into its LUKS2 header and the \
+                     device state"
+                );
+                out.repaired = vec![Repair::FromEsp];
+            }
         }
         Ok(key)
     }

@@ -385,3 +385,55 @@ fn after_reset_forgets_and_wipes_the_next_boot_starts_afresh() {
     let new: Vec<_> = Volume::ALL.map(|v| world.uuid(v)).into();
     assert!(old.iter().zip(&new).all(|(a, b)| a != b));
 }
+
+#[test]
+fn keys_an_older_aperture_kept_on_the_esp_are_moved_off_it_once() {
+    use aperture_storage::{Crypt, KeySource};
+    let world = World::new(Board::QemuX86_64, true);
+    let keys_dir = world.files.esp().join("aperture/keys");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    let boot = world.boot(PowerCut::never());
+    let mut old_keys = Vec::new();
+    for v in Volume::ALL {
+        // What the older aperture-storage left: a header labelled with the volume's name and
+        // its key sealed into files on the ESP.
+        let key = aperture_storage::Key::random().unwrap();
+        boot.crypt
+            .format_as(world.part(v).as_ref(), &key, v.label(), &format!("{v}-old"))
+            .unwrap();
+        let sealed = world.tpm.seal(v.label(), &key).unwrap();
+        let aperture_storage::SealedKey::Tpm2 {
+            tpm2_public,
+            tpm2_private,
+        } = &sealed
+        else {
+            unreachable!()
+        };
+        std::fs::write(keys_dir.join(format!("{v}.tpm2.pub")), tpm2_public).unwrap();
+        std::fs::write(keys_dir.join(format!("{v}.tpm2.priv")), tpm2_private).unwrap();
+        world
+            .filesystems
+            .add_filesystem(&world.files.mapper_dir().join(v.mapper_name()));
+        aperture_storage::FakeCrypt::write_plain(world.part(v).as_ref(), &key, 4096, b"old-canary")
+            .unwrap();
+        old_keys.push(key);
+    }
+    drop(boot);
+    let boot = world.boot(PowerCut::never());
+    let done = boot.storage().setup().unwrap();
+    assert!(done
+        .iter()
+        .all(|v| v.repaired == [Repair::FromEsp] && !v.formatted && !v.made_filesystem));
+    assert_eq!(
+        std::fs::read_dir(&keys_dir).unwrap().count(),
+        0,
+        "the ESP holds no key"
+    );
+    for (v, key) in Volume::ALL.into_iter().zip(&old_keys) {
+        assert_eq!(token_kind(&world, v), Some(KeySourceKind::Tpm2));
+        assert_eq!(world.recorded_key(v).unwrap().as_bytes(), key.as_bytes());
+        assert!(world.has(v, b"old-canary"));
+    }
+    let next = world.boot(PowerCut::never()).storage().setup().unwrap();
+    assert!(next.iter().all(|v| v.repaired.is_empty()));
+}
