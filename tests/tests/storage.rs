@@ -8,11 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use aperture_appliance::store::{Medium, StateStore, PARTITION_BYTES};
 use aperture_reset::seams::{BlkDiscard, FakeDiscard, FakeDiscardMode};
 use aperture_reset::wipe::{self, ScrubMethod};
 use aperture_storage::luks;
+use aperture_storage::records::{token_json, StorageRecord, VolumeRecord, VolumeState};
 use aperture_storage::{
-    Access, Crypt, CryptSetup, FilePartition, Key, KeySource, UnsafeEspKeyFile,
+    Access, Crypt, CryptSetup, FilePartition, Key, KeySource, StorageState, UnsafePlainKey, Volume,
 };
 use aperture_tests::{require_root, workspace};
 
@@ -114,13 +116,34 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
     for (dev, offset, canary) in canaries {
         dev.write(offset, canary);
     }
-    let keys = UnsafeEspKeyFile::new(dir.path().join("efi/aperture/keys"));
+    // The sealed keys as aperture-storage keeps them: a token in the header and a record in
+    // the device state (here a file).
+    let state_file = dir.path().join("aperture_state.img");
+    std::fs::File::create(&state_file)
+        .unwrap()
+        .set_len(PARTITION_BYTES)
+        .unwrap();
+    let state = StorageState::open(&state_file).unwrap();
+    let mut record = StorageRecord::default();
     let crypt = CryptSetup::new("/dev/mapper".into());
-    for (label, dev) in [("config", &config), ("data", &data)] {
+    for (volume, dev) in [(Volume::Config, &config), (Volume::Data, &data)] {
+        let label = volume.label();
         let part = FilePartition::whole(&dev.dev, label, Access::Shared).unwrap();
         let key = Key::random().unwrap();
-        keys.seal(label, &key).unwrap();
+        let sealed = UnsafePlainKey.seal(label, &key).unwrap();
         crypt.format(&part, &key, label).unwrap();
+        crypt
+            .import_token(&part, &token_json(volume, "0", &sealed), None)
+            .unwrap();
+        let uuid = luks::probe(&part).unwrap().current().unwrap().uuid.clone();
+        record.volumes.insert(
+            volume,
+            VolumeRecord {
+                state: VolumeState::Ready,
+                uuid,
+                sealed,
+            },
+        );
         let dump = Command::new("cryptsetup")
             .arg("luksDump")
             .arg(&dev.dev)
@@ -171,8 +194,9 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
         wipe::zero_header(part, *area).unwrap();
         assert!(!luks::find_magic(part).unwrap().any());
     }
-    for label in ["config", "data"] {
-        keys.forget(label).unwrap();
+    state.save(&record).unwrap();
+    for volume in Volume::ALL {
+        state.forget(volume).unwrap();
     }
     for (label, part) in &parts {
         let discard: &dyn aperture_reset::seams::Discard = if *label == "config" {
@@ -209,9 +233,12 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
             "{name}: cryptsetup still finds a header"
         );
     }
-    assert!(std::fs::read_dir(dir.path().join("efi/aperture/keys"))
+    assert_eq!(state.load().unwrap(), StorageRecord::default());
+    let medium: Box<dyn Medium> = Box::new(std::fs::File::open(&state_file).unwrap());
+    let raw = StateStore::new(medium, "state").unwrap();
+    assert!(raw
+        .read(aperture_appliance::Area::Storage)
         .unwrap()
-        .next()
         .is_none());
 
     // `aperture-reset --verify` on the same devices, found by partition label.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use aperture_slots::{BootControl, SlotManager, SystemdBoot};
-use aperture_storage::{system_parts, Access, Disk, Volume};
+use aperture_storage::{Access, DeviceDisk, Disk, SystemParts, Volume};
 use aperture_trust::keys::PublicKey;
 use clap::{Args, Parser, Subcommand};
 
@@ -141,7 +141,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 report(&outcome);
             }
             if args.verify {
-                let (disk, ..) = system_parts(&paths.storage);
+                let disk = DeviceDisk::on(&paths.files);
                 let report = verify(&disk)?;
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -213,15 +213,16 @@ fn report(outcome: &Outcome) {
 
 /// Builds the real parts and runs `f` on them.
 fn with_reset<T>(paths: &Paths, f: impl FnOnce(&mut Reset<'_>) -> Result<T>) -> Result<T> {
-    let (disk, crypt, keys, _mounts) = system_parts(&paths.storage);
+    let parts = SystemParts::open(paths.files.clone())?;
+    let (disk, crypt, keys) = (&parts.disk, &parts.crypt, &parts.state);
     let facts = DeviceFacts::load(&paths.build_facts)?;
     let root = PublicKey::load(&paths.root_key)
         .with_context(|| format!("loading the root key {}", paths.root_key.display()))?;
     let booted = paths.booted_slot()?;
     let clock = SystemClock::default();
-    let backend: Box<dyn BootControl> = Box::new(SystemdBoot::new(paths.storage.esp.clone()));
+    let backend: Box<dyn BootControl> = Box::new(SystemdBoot::new(paths.files.esp()));
     let writer = BundleSlotWriter {
-        disk: &disk,
+        disk,
         paths,
         root,
         now: clock.now_unix(),
@@ -229,9 +230,9 @@ fn with_reset<T>(paths: &Paths, f: impl FnOnce(&mut Reset<'_>) -> Result<T>) -> 
     let faults = Faults::none();
     let mut reset = Reset {
         paths,
-        disk: &disk,
-        crypt: &crypt,
-        keys: keys.as_ref(),
+        disk,
+        crypt,
+        keys,
         discard: &BlkDiscard,
         writer: &writer,
         clock: &clock,

@@ -16,7 +16,7 @@
 
 use aperture_slots::state::Step as BootStep;
 use aperture_slots::{BootControl, Slot, SlotStatus};
-use aperture_storage::{Access, Crypt, Disk, KeySource, Volume};
+use aperture_storage::{Access, Crypt, Disk, StorageState, Volume};
 use aperture_trust::keys::PublicKey;
 use aperture_trust::policy::check_factory;
 use serde::Serialize;
@@ -85,8 +85,9 @@ pub struct Reset<'a> {
     pub disk: &'a dyn Disk,
     /// LUKS.
     pub crypt: &'a dyn Crypt,
-    /// Sealed keys.
-    pub keys: &'a dyn KeySource,
+    /// The device state's record of the sealed keys (the other copy is in the LUKS2 header
+    /// the wipe destroys).
+    pub keys: &'a StorageState,
     /// Discard.
     pub discard: &'a dyn Discard,
     /// Installs the factory image into a slot.
@@ -357,7 +358,7 @@ impl Reset<'_> {
             }
             Step::ForgetKeys => {
                 for v in Volume::ALL {
-                    self.keys.forget(v.label())?;
+                    self.keys.forget(v)?;
                 }
             }
             Step::RebootToWipe => return Ok(Flow::AdvanceAndReboot),

@@ -5,7 +5,20 @@ use std::path::PathBuf;
 
 use aperture_slots::{Slot, SlotsError};
 use aperture_storage::StorageError;
+use aperture_sys::{CmdError, FsError};
 use aperture_trust::TrustError;
+
+impl From<CmdError> for ResetError {
+    fn from(e: CmdError) -> ResetError {
+        ResetError::Storage(e.into())
+    }
+}
+
+impl From<FsError> for ResetError {
+    fn from(e: FsError) -> ResetError {
+        ResetError::Storage(e.into())
+    }
+}
 
 /// Errors of aperture-reset.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +165,13 @@ impl ResetError {
 
     /// Whether this is an injected power cut (tests), somewhere in the chain.
     pub fn is_injected(&self) -> bool {
-        let text = self.to_string();
+        // The cause may be anywhere in the chain (an I/O error under a storage error).
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
         matches!(self, ResetError::InjectedFault { .. }) || text.contains("injected power cut")
     }
 }

@@ -12,8 +12,8 @@ use std::fmt;
 use std::path::Path;
 
 use aperture_slots::Slot;
-use aperture_storage::fsutil::{read_optional, remove_durable, write_atomic};
 use aperture_storage::Volume;
+use aperture_sys::fs::{read_optional, remove_durable, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::ResetError;

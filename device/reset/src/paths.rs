@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aperture_appliance::Files;
 use aperture_slots::Slot;
 use serde::Deserialize;
 
@@ -30,8 +31,10 @@ pub fn rootfs_partition(slot: Slot) -> String {
 /// Where aperture-reset finds the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
-    /// The storage paths: ESP, key folder, reset journal, partitions, mappings.
-    pub storage: aperture_storage::Paths,
+    /// The appliance's files: ESP, partitions, mappings, TPM.
+    pub files: Files,
+    /// The reset journal (`/efi/aperture/reset.json`).
+    pub journal: PathBuf,
     /// The trusted root key (`/etc/aperture/root.pub`).
     pub root_key: PathBuf,
     /// The image's facts (`/etc/aperture/build.json`).
@@ -52,7 +55,8 @@ impl Paths {
     /// The appliance's layout under `root`.
     pub fn rooted(root: &Path) -> Paths {
         Paths {
-            storage: aperture_storage::Paths::rooted(root),
+            files: Files::at(root),
+            journal: aperture_storage::volume::reset_journal(&Files::at(root)),
             root_key: root.join("etc/aperture/root.pub"),
             build_facts: root.join("etc/aperture/build.json"),
             cmdline: root.join("proc/cmdline"),
@@ -62,12 +66,12 @@ impl Paths {
 
     /// The reset journal (`/efi/aperture/reset.json`).
     pub fn journal(&self) -> &Path {
-        &self.storage.reset_journal
+        &self.journal
     }
 
     /// `/efi/aperture/<slot>`.
     pub fn slot_dir(&self, slot: Slot) -> PathBuf {
-        self.storage.esp.join("aperture").join(slot.letter())
+        self.files.esp().join("aperture").join(slot.letter())
     }
 
     /// `/efi/aperture/<slot>/slot.json`.

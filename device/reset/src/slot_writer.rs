@@ -15,8 +15,8 @@ use std::path::Path;
 
 use aperture_slots::cmdline::slot_boot;
 use aperture_slots::{BootControl, Slot, SlotBoot, SlotManager};
-use aperture_storage::fsutil::{create_dir_all, remove_durable, sync_dir, tmp_path, write_atomic};
 use aperture_storage::{Access, Disk, Partition};
+use aperture_sys::fs::{create_dir_all, remove_durable, sync_dir, tmp_path, write_atomic};
 use aperture_trust::bundle::{BundleReader, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE};
 use aperture_trust::digest::{sha256_file, HashingReader};
 use aperture_trust::keys::PublicKey;

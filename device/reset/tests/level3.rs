@@ -1,6 +1,6 @@
 //! Level 3 on a file-backed disk: canaries planted in config and data (through the fake
 //! encryption, and one in plaintext from before the volume existed) are gone from the whole
-//! disk afterwards, the sealed keys are gone from the ESP, both slots hold the factory image
+//! disk afterwards, the sealed keys are gone from the device state, both slots hold the factory image
 //! and the next boot formats storage afresh; and the same holds after a power cut at every
 //! step and every partition write of the reset.
 
@@ -12,7 +12,7 @@ use aperture_reset::journal::plan;
 use aperture_reset::seams::{FakeDiscardMode, FakeReboot, FaultPoint, Faults};
 use aperture_reset::{Journal, Level, Outcome, ResetError, Step};
 use aperture_slots::Slot;
-use aperture_storage::{FakeMounts, FileDisk, Storage, StorageError};
+use aperture_storage::StorageError;
 use common::*;
 
 fn assert_wiped(rig: &Rig) {
@@ -96,18 +96,7 @@ fn every_discard_behaviour_ends_wiped() {
 
 /// Storage must refuse to unlock while the journal says a wipe is pending.
 fn assert_storage_refuses(rig: &Rig) {
-    let crypt = rig.fresh_crypt();
-    let disk = FileDisk::new(&rig.image);
-    let keys = rig.key_source();
-    let mounts = FakeMounts::new();
-    let storage = Storage {
-        paths: &rig.paths.storage,
-        disk: &disk,
-        crypt: &crypt,
-        keys: &keys,
-        mounts: &mounts,
-    };
-    let err = storage.setup().unwrap_err();
+    let err = rig.storage_setup(&rig.fresh_crypt()).unwrap_err();
     assert!(matches!(err, StorageError::ResetPending { .. }), "{err}");
 }
 

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use aperture_gpt::{read_gpt, write_gpt, Layout, PartitionSpec, DEFAULT_ALIGNMENT};
 
-use crate::cmd::Cmd;
 use crate::StorageError;
+use aperture_appliance::Files;
+use aperture_sys::Cmd;
 
 /// An open partition: positional I/O that never leaves it.
 pub trait Partition {
@@ -52,6 +53,10 @@ pub enum Access {
 pub trait Disk {
     /// Human name for messages.
     fn describe(&self) -> String;
+    /// Human name of partition `label` for messages, without opening it.
+    fn describe_partition(&self, label: &str) -> String {
+        format!("{}:{label}", self.describe())
+    }
     /// Whether a partition labelled `label` exists.
     fn has(&self, label: &str) -> Result<bool, StorageError>;
     /// Open the partition labelled `label` for reading and writing.
@@ -90,7 +95,7 @@ impl FilePartition {
         let size = aperture_gpt::disk_size_of(&mut &file).map_err(|e| StorageError::Io {
             op: "measuring",
             path: path.to_path_buf(),
-            source: io::Error::other(e.to_string()),
+            err: io::Error::other(e.to_string()),
         })?;
         Ok(FilePartition {
             file,
@@ -279,6 +284,15 @@ impl DeviceDisk {
         }
     }
 
+    /// The appliance's disk as `files` lays it out.
+    pub fn on(files: &Files) -> DeviceDisk {
+        DeviceDisk::new(
+            files.partlabel_dir(),
+            files.sys_class_block(),
+            files.dev_dir(),
+        )
+    }
+
     /// The path of partition `label`.
     pub fn path(&self, label: &str) -> PathBuf {
         self.partlabel_dir.join(label)
@@ -311,6 +325,10 @@ impl DeviceDisk {
 impl Disk for DeviceDisk {
     fn describe(&self) -> String {
         self.partlabel_dir.display().to_string()
+    }
+
+    fn describe_partition(&self, label: &str) -> String {
+        self.path(label).display().to_string()
     }
 
     fn has(&self, label: &str) -> Result<bool, StorageError> {

@@ -1,28 +1,32 @@
-//! Volume keys and where they are sealed.
+//! Volume keys and how they are sealed.
 //!
-//! A [`Key`] is 64 random bytes (aes-xts-plain64 with a 512-bit key), made once per volume on
-//! first boot. A [`KeySource`] seals it to the device, unseals it at every boot and forgets it
-//! for a factory reset:
+//! A [`Key`] is 64 random bytes, the passphrase of the volume's only LUKS2 keyslot, made once
+//! per volume on first boot. A [`KeySource`] turns it into a [`SealedKey`] and back; where the
+//! sealed key is kept is not its business (two copies: a LUKS2 token in the volume's own header
+//! and the `storage` record of the device state, see [`crate::records`]).
 //!
-//! * [`Tpm2`]: tpm2-tools, a sealed data object under the owner hierarchy's primary key, its
-//!   public and private blobs under `/efi/aperture/keys/`. The blobs are useless without this
-//!   TPM (the primary key is derived from the TPM's owner seed), so a stolen disk reveals
-//!   nothing. Chosen when `/dev/tpmrm0` exists.
-//! * [`UnsafeEspKeyFile`]: the key itself in a root-only file on the ESP. This protects nothing
-//!   against disk theft and says so in the log at every boot; it exists so that boards without
-//!   a TPM work until they provide their own source (Jetson: the OP-TEE key service).
+//! * [`Tpm2`]: tpm2-tools, a sealed data object under the owner hierarchy's primary key. The
+//!   blobs are useless without this TPM (the primary key is derived from its owner seed), so a
+//!   stolen disk reveals nothing.
+//! * [`UnsafePlainKey`]: the key itself, unsealed. This protects nothing against disk theft;
+//!   it is used only when the image says the board has no TPM (`BuildFacts::tpm` false), and
+//!   `aperture-storage` says so in the log at every boot.
+//! * [`FakeTpm`]: a test double that seals with a secret of its own, so that blobs from another
+//!   "TPM", or damaged blobs, fail to unseal as tpm2_load would.
 //!
 //! Keys are not bound to PCRs: a measured-boot policy would have to be re-sealed on every
 //! update and needs a recovery path (systemd-cryptenroll's signed PCR policies are the model);
 //! that is future work.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use aperture_sys::Cmd;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::cmd::Cmd;
-use crate::fsutil::{create_dir_all, read_optional, shred_and_remove, sync_dir, write_atomic};
 use crate::StorageError;
 
 /// Bytes in a volume key.
@@ -36,9 +40,7 @@ impl Key {
     /// A fresh key from the system random number generator.
     pub fn random() -> Result<Key, StorageError> {
         let mut bytes = Box::new([0u8; KEY_LEN]);
-        getrandom::getrandom(&mut bytes[..]).map_err(|e| StorageError::Random {
-            reason: e.to_string(),
-        })?;
+        random_bytes(&mut bytes[..])?;
         Ok(Key(bytes))
     }
 
@@ -74,26 +76,117 @@ impl fmt::Debug for Key {
     }
 }
 
-/// Which kind of key source protects the volumes (for status output).
+/// Fill `buf` from the system random number generator.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), StorageError> {
+    getrandom::getrandom(buf).map_err(|e| StorageError::Random {
+        reason: e.to_string(),
+    })
+}
+
+/// What protects a volume's key. Chosen at the first boot, recorded (token type and device
+/// state) and never changed afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum KeySourceKind {
     /// Sealed by the TPM 2.0.
     Tpm2,
-    /// Stored in the clear on the ESP: no protection against disk theft.
-    UnsafeEspFile,
-    /// A board's own key service.
-    Board,
+    /// Stored unsealed: no protection against disk theft (boards without a TPM only).
+    UnsafePlain,
+}
+
+impl KeySourceKind {
+    /// The LUKS2 token type of a key sealed this way.
+    pub fn token_type(self) -> &'static str {
+        match self {
+            KeySourceKind::Tpm2 => "aperture-tpm2",
+            KeySourceKind::UnsafePlain => "aperture-unsafe-plain",
+        }
+    }
 }
 
 impl fmt::Display for KeySourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             KeySourceKind::Tpm2 => "tpm2",
-            KeySourceKind::UnsafeEspFile => "unsafe-esp-file (NOT protected against disk theft)",
-            KeySourceKind::Board => "board key service",
+            KeySourceKind::UnsafePlain => "unsafe-plain (NOT protected against disk theft)",
         })
+    }
+}
+
+/// Base64 (RFC 4648, with padding) for the byte fields of tokens and records.
+mod b64 {
+    use super::{Engine, B64};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        B64.decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A sealed volume key as it is kept in a LUKS2 token and in the device state: the JSON object
+/// `{"type":"aperture-tpm2","tpm2_public":"<base64>","tpm2_private":"<base64>"}` or
+/// `{"type":"aperture-unsafe-plain","key":"<base64>"}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum SealedKey {
+    /// A TPM 2.0 sealed data object (`tpm2_create -u`, `-r`).
+    #[serde(rename = "aperture-tpm2")]
+    Tpm2 {
+        /// The object's TPM2B_PUBLIC.
+        #[serde(with = "b64")]
+        tpm2_public: Vec<u8>,
+        /// The object's TPM2B_PRIVATE (encrypted by the TPM's storage key).
+        #[serde(with = "b64")]
+        tpm2_private: Vec<u8>,
+    },
+    /// The key itself.
+    #[serde(rename = "aperture-unsafe-plain")]
+    UnsafePlain {
+        /// The key.
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+    },
+}
+
+impl SealedKey {
+    /// Which source sealed it.
+    pub fn kind(&self) -> KeySourceKind {
+        match self {
+            SealedKey::Tpm2 { .. } => KeySourceKind::Tpm2,
+            SealedKey::UnsafePlain { .. } => KeySourceKind::UnsafePlain,
+        }
+    }
+}
+
+impl fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SealedKey::Tpm2 {
+                tpm2_public,
+                tpm2_private,
+            } => write!(
+                f,
+                "SealedKey::Tpm2({} + {} bytes)",
+                tpm2_public.len(),
+                tpm2_private.len()
+            ),
+            SealedKey::UnsafePlain { .. } => f.write_str("SealedKey::UnsafePlain(<secret>)"),
+        }
+    }
+}
+
+impl Drop for SealedKey {
+    fn drop(&mut self) {
+        if let SealedKey::UnsafePlain { key } = self {
+            key.fill(0);
+        }
     }
 }
 
@@ -101,113 +194,58 @@ impl fmt::Display for KeySourceKind {
 pub trait KeySource {
     /// What kind of protection this is.
     fn kind(&self) -> KeySourceKind;
-    /// Seal `key` for `volume`, replacing any earlier one, durably.
-    fn seal(&self, volume: &str, key: &Key) -> Result<(), StorageError>;
-    /// The key sealed for `volume`; [`StorageError::KeyMissing`] if there is none.
-    fn unseal(&self, volume: &str) -> Result<Key, StorageError>;
-    /// Destroy the sealed key of `volume` (nothing to do if there is none). After this the
-    /// volume's data cannot be decrypted by anyone.
-    fn forget(&self, volume: &str) -> Result<(), StorageError>;
-    /// The files this source keeps for `volume` (for reports and for reset's checks).
-    fn files(&self, volume: &str) -> Vec<PathBuf>;
+    /// Seal `key` of `volume`.
+    fn seal(&self, volume: &str, key: &Key) -> Result<SealedKey, StorageError>;
+    /// The key of `volume` from `sealed`.
+    fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError>;
 }
 
-impl<T: KeySource + ?Sized> KeySource for Box<T> {
+fn wrong_kind(volume: &str, want: KeySourceKind, sealed: &SealedKey) -> StorageError {
+    StorageError::malformed(
+        format!("the sealed key of {volume}"),
+        format!(
+            "it is sealed by {}, not {want}: the key source recorded at first boot never changes",
+            sealed.kind()
+        ),
+    )
+}
+
+/// THE INSECURE SOURCE: the key is "sealed" as itself. Anyone holding the disk can read it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnsafePlainKey;
+
+impl KeySource for UnsafePlainKey {
     fn kind(&self) -> KeySourceKind {
-        (**self).kind()
-    }
-    fn seal(&self, volume: &str, key: &Key) -> Result<(), StorageError> {
-        (**self).seal(volume, key)
-    }
-    fn unseal(&self, volume: &str) -> Result<Key, StorageError> {
-        (**self).unseal(volume)
-    }
-    fn forget(&self, volume: &str) -> Result<(), StorageError> {
-        (**self).forget(volume)
-    }
-    fn files(&self, volume: &str) -> Vec<PathBuf> {
-        (**self).files(volume)
-    }
-}
-
-/// The key source for this device: [`Tpm2`] when `tpm_device` exists, otherwise the loud
-/// [`UnsafeEspKeyFile`] fallback.
-pub fn detect(tpm_device: &Path, key_dir: &Path, run_dir: &Path) -> Box<dyn KeySource> {
-    if tpm_device.exists() {
-        Box::new(Tpm2::new(key_dir.to_path_buf(), run_dir.to_path_buf()))
-    } else {
-        Box::new(UnsafeEspKeyFile::new(key_dir.to_path_buf()))
-    }
-}
-
-/// THE INSECURE FALLBACK: keys in the clear in root-only files on the ESP
-/// (`/efi/aperture/keys/<volume>.key`). Anyone holding the disk can read them.
-#[derive(Debug, Clone)]
-pub struct UnsafeEspKeyFile {
-    dir: PathBuf,
-}
-
-impl UnsafeEspKeyFile {
-    /// Keys kept in `dir`.
-    pub fn new(dir: PathBuf) -> UnsafeEspKeyFile {
-        UnsafeEspKeyFile { dir }
+        KeySourceKind::UnsafePlain
     }
 
-    /// The file holding `volume`'s key.
-    pub fn path(&self, volume: &str) -> PathBuf {
-        self.dir.join(format!("{volume}.key"))
-    }
-}
-
-impl KeySource for UnsafeEspKeyFile {
-    fn kind(&self) -> KeySourceKind {
-        KeySourceKind::UnsafeEspFile
+    fn seal(&self, _volume: &str, key: &Key) -> Result<SealedKey, StorageError> {
+        Ok(SealedKey::UnsafePlain {
+            key: key.as_bytes().to_vec(),
+        })
     }
 
-    fn seal(&self, volume: &str, key: &Key) -> Result<(), StorageError> {
-        create_dir_all(&self.dir, 0o700)?;
-        write_atomic(&self.path(volume), key.as_bytes(), 0o400)
-    }
-
-    fn unseal(&self, volume: &str) -> Result<Key, StorageError> {
-        match read_optional(&self.path(volume))? {
-            Some(mut bytes) => {
-                let key = Key::from_bytes(volume, &bytes);
-                bytes.fill(0);
-                key
-            }
-            None => Err(StorageError::KeyMissing {
-                volume: volume.into(),
-                dir: self.dir.clone(),
-            }),
+    fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
+        match sealed {
+            SealedKey::UnsafePlain { key } => Key::from_bytes(volume, key),
+            other => Err(wrong_kind(volume, self.kind(), other)),
         }
     }
-
-    fn forget(&self, volume: &str) -> Result<(), StorageError> {
-        shred_and_remove(&self.path(volume)).map(drop)
-    }
-
-    fn files(&self, volume: &str) -> Vec<PathBuf> {
-        vec![self.path(volume)]
-    }
 }
 
-/// Keys sealed by a TPM 2.0 through tpm2-tools. Each volume has `<volume>.tpm2.pub` and
-/// `<volume>.tpm2.priv` in the key folder: a sealed data object under the primary storage key
-/// that `tpm2_createprimary -C o` derives again at every boot from the owner seed.
+/// Keys sealed by a TPM 2.0 through tpm2-tools: a sealed data object under the primary storage
+/// key that `tpm2_createprimary -C o` derives again at every boot from the owner seed. Context
+/// and blob files exist only in a private scratch folder on `/run` (a tmpfs).
 #[derive(Debug, Clone)]
 pub struct Tpm2 {
-    dir: PathBuf,
     run_dir: PathBuf,
     tcti: Option<String>,
 }
 
 impl Tpm2 {
-    /// Blobs kept in `dir`; transient context files in a private folder under `run_dir`
-    /// (a tmpfs, `/run`).
-    pub fn new(dir: PathBuf, run_dir: PathBuf) -> Tpm2 {
+    /// Scratch files in a private folder under `run_dir` (`/run`).
+    pub fn new(run_dir: PathBuf) -> Tpm2 {
         Tpm2 {
-            dir,
             run_dir,
             tcti: None,
         }
@@ -218,10 +256,6 @@ impl Tpm2 {
     pub fn with_tcti(mut self, tcti: impl Into<String>) -> Tpm2 {
         self.tcti = Some(tcti.into());
         self
-    }
-
-    fn blob(&self, volume: &str, ext: &str) -> PathBuf {
-        self.dir.join(format!("{volume}.tpm2.{ext}"))
     }
 
     fn tool(&self, program: &str) -> Cmd {
@@ -235,7 +269,8 @@ impl Tpm2 {
     /// Flush transient objects. The kernel resource manager does this by itself; a raw TPM
     /// (swtpm over a socket) runs out of object slots without it.
     fn flush(&self) -> Result<(), StorageError> {
-        self.tool("tpm2_flushcontext").arg("-t").run().map(drop)
+        self.tool("tpm2_flushcontext").arg("-t").run()?;
+        Ok(())
     }
 
     /// A private scratch folder for context files, removed when dropped.
@@ -244,7 +279,7 @@ impl Tpm2 {
             .run_dir
             .join(format!("aperture-storage-tpm2.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        create_dir_all(&dir, 0o700)?;
+        aperture_sys::fs::create_dir_all(&dir, 0o700)?;
         Ok(Scratch(dir))
     }
 
@@ -265,43 +300,39 @@ impl KeySource for Tpm2 {
         KeySourceKind::Tpm2
     }
 
-    fn seal(&self, volume: &str, key: &Key) -> Result<(), StorageError> {
-        create_dir_all(&self.dir, 0o700)?;
+    fn seal(&self, _volume: &str, key: &Key) -> Result<SealedKey, StorageError> {
         let scratch = self.scratch()?;
         let primary = self.primary(&scratch)?;
-        let (public, private) = (self.blob(volume, "pub"), self.blob(volume, "priv"));
-        let (public_tmp, private_tmp) = (
-            crate::fsutil::tmp_path(&public),
-            crate::fsutil::tmp_path(&private),
-        );
+        let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
         self.tool("tpm2_create")
             .args(["-Q", "-C"])
             .arg(&primary)
             .args(["-i", "-", "-u"])
-            .arg(&public_tmp)
+            .arg(&public)
             .arg("-r")
-            .arg(&private_tmp)
+            .arg(&private)
             .stdin_secret(key.as_bytes())
             .run()?;
         self.flush()?;
-        for (tmp, path) in [(&public_tmp, &public), (&private_tmp, &private)] {
-            std::fs::File::open(tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(StorageError::io("syncing", tmp))?;
-            std::fs::rename(tmp, path).map_err(StorageError::io("renaming into place", path))?;
-        }
-        sync_dir(&self.dir)
+        let read = |p: &PathBuf| std::fs::read(p).map_err(StorageError::io("reading", p));
+        Ok(SealedKey::Tpm2 {
+            tpm2_public: read(&public)?,
+            tpm2_private: read(&private)?,
+        })
     }
 
-    fn unseal(&self, volume: &str) -> Result<Key, StorageError> {
-        let (public, private) = (self.blob(volume, "pub"), self.blob(volume, "priv"));
-        if !public.exists() || !private.exists() {
-            return Err(StorageError::KeyMissing {
-                volume: volume.into(),
-                dir: self.dir.clone(),
-            });
-        }
+    fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
+        let SealedKey::Tpm2 {
+            tpm2_public,
+            tpm2_private,
+        } = sealed
+        else {
+            return Err(wrong_kind(volume, self.kind(), sealed));
+        };
         let scratch = self.scratch()?;
+        let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
+        std::fs::write(&public, tpm2_public).map_err(StorageError::io("writing", &public))?;
+        std::fs::write(&private, tpm2_private).map_err(StorageError::io("writing", &private))?;
         let primary = self.primary(&scratch)?;
         let object = scratch.0.join("key.ctx");
         self.tool("tpm2_load")
@@ -322,16 +353,6 @@ impl KeySource for Tpm2 {
         flushed?;
         key
     }
-
-    fn forget(&self, volume: &str) -> Result<(), StorageError> {
-        shred_and_remove(&self.blob(volume, "priv"))?;
-        shred_and_remove(&self.blob(volume, "pub"))?;
-        Ok(())
-    }
-
-    fn files(&self, volume: &str) -> Vec<PathBuf> {
-        vec![self.blob(volume, "pub"), self.blob(volume, "priv")]
-    }
 }
 
 /// A scratch folder removed on drop.
@@ -340,6 +361,99 @@ struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Test double of a TPM: seals with a random seed of its own (the "owner seed"), so that only
+/// the same instance unseals, and a damaged or foreign blob is refused as `tpm2_load` refuses
+/// it. Blob layout: public = 16-byte nonce + 16-byte tag (SHA-256 of seed, nonce and key);
+/// private = key XOR a SHA-256 keystream of seed and nonce.
+#[derive(Debug, Clone)]
+pub struct FakeTpm {
+    seed: [u8; 32],
+}
+
+impl FakeTpm {
+    /// A TPM with a fresh seed.
+    pub fn new() -> Result<FakeTpm, StorageError> {
+        let mut seed = [0u8; 32];
+        random_bytes(&mut seed)?;
+        Ok(FakeTpm { seed })
+    }
+
+    fn stream(&self, nonce: &[u8], len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 32);
+        let mut block = 0u32;
+        while out.len() < len {
+            let mut h = Sha256::new();
+            h.update(self.seed);
+            h.update(nonce);
+            h.update(block.to_le_bytes());
+            out.extend_from_slice(&h.finalize());
+            block += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn tag(&self, nonce: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(self.seed);
+        h.update(nonce);
+        h.update(key);
+        h.finalize()[..16].to_vec()
+    }
+}
+
+impl KeySource for FakeTpm {
+    fn kind(&self) -> KeySourceKind {
+        KeySourceKind::Tpm2
+    }
+
+    fn seal(&self, _volume: &str, key: &Key) -> Result<SealedKey, StorageError> {
+        let mut nonce = [0u8; 16];
+        random_bytes(&mut nonce)?;
+        let stream = self.stream(&nonce, KEY_LEN);
+        let private = key.as_bytes().iter().zip(&stream).map(|(a, b)| a ^ b);
+        let mut public = nonce.to_vec();
+        public.extend(self.tag(&nonce, key.as_bytes()));
+        Ok(SealedKey::Tpm2 {
+            tpm2_public: public,
+            tpm2_private: private.collect(),
+        })
+    }
+
+    fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
+        let SealedKey::Tpm2 {
+            tpm2_public,
+            tpm2_private,
+        } = sealed
+        else {
+            return Err(wrong_kind(volume, self.kind(), sealed));
+        };
+        let refuse = || {
+            StorageError::malformed(
+                format!("the sealed key of {volume}"),
+                "fake tpm2_load: the blob was not sealed by this TPM or is damaged",
+            )
+        };
+        if tpm2_public.len() != 32 || tpm2_private.len() != KEY_LEN {
+            return Err(refuse());
+        }
+        let (nonce, tag) = tpm2_public.split_at(16);
+        let stream = self.stream(nonce, KEY_LEN);
+        let mut plain: Vec<u8> = tpm2_private
+            .iter()
+            .zip(&stream)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        let ok = self.tag(nonce, &plain) == tag;
+        let key = Key::from_bytes(volume, &plain);
+        plain.fill(0);
+        if !ok {
+            return Err(refuse());
+        }
+        key
     }
 }
 
@@ -354,6 +468,8 @@ mod tests {
         assert_ne!(a.as_bytes(), b.as_bytes());
         assert_eq!(a.as_bytes().len(), KEY_LEN);
         assert_eq!(format!("{a:?}"), "Key(<secret>)");
+        let sealed = UnsafePlainKey.seal("data", &a).unwrap();
+        assert_eq!(format!("{sealed:?}"), "SealedKey::UnsafePlain(<secret>)");
     }
 
     #[test]
@@ -363,35 +479,56 @@ mod tests {
     }
 
     #[test]
-    fn esp_file_seal_unseal_forget() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = UnsafeEspKeyFile::new(dir.path().join("keys"));
-        let err = src.unseal("data").unwrap_err();
-        assert!(matches!(err, StorageError::KeyMissing { .. }), "{err}");
-        let key = Key::random().unwrap();
-        src.seal("data", &key).unwrap();
-        assert_eq!(src.unseal("data").unwrap().as_bytes(), key.as_bytes());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(src.path("data"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o400);
-        src.forget("data").unwrap();
-        assert!(!src.path("data").exists());
-        src.forget("data").unwrap();
-        assert_eq!(src.kind(), KeySourceKind::UnsafeEspFile);
-        assert!(src.kind().to_string().contains("NOT protected"));
+    fn sealed_keys_serialize_as_the_documented_json() {
+        let key = Key::from_bytes("data", &[7u8; KEY_LEN]).unwrap();
+        let plain = UnsafePlainKey.seal("data", &key).unwrap();
+        let json = serde_json::to_value(&plain).unwrap();
+        assert_eq!(json["type"], "aperture-unsafe-plain");
+        assert_eq!(json["key"], B64.encode([7u8; KEY_LEN]));
+        let tpm = SealedKey::Tpm2 {
+            tpm2_public: vec![1, 2, 3],
+            tpm2_private: vec![4, 5],
+        };
+        assert_eq!(
+            serde_json::to_string(&tpm).unwrap(),
+            r#"{"type":"aperture-tpm2","tpm2_public":"AQID","tpm2_private":"BAU="}"#
+        );
+        let back: SealedKey = serde_json::from_value(serde_json::to_value(&tpm).unwrap()).unwrap();
+        assert_eq!(back, tpm);
+        assert!(serde_json::from_str::<SealedKey>(
+            r#"{"type":"aperture-tpm2","tpm2_public":"!!","tpm2_private":""}"#
+        )
+        .is_err());
     }
 
     #[test]
-    fn detect_falls_back_without_a_tpm() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = detect(&dir.path().join("tpmrm0"), dir.path(), dir.path());
-        assert_eq!(src.kind(), KeySourceKind::UnsafeEspFile);
-        std::fs::write(dir.path().join("tpmrm0"), b"").unwrap();
-        let src = detect(&dir.path().join("tpmrm0"), dir.path(), dir.path());
-        assert_eq!(src.kind(), KeySourceKind::Tpm2);
-        assert_eq!(src.files("config").len(), 2);
+    fn fake_tpm_unseals_only_its_own_intact_blobs() {
+        let tpm = FakeTpm::new().unwrap();
+        let key = Key::random().unwrap();
+        let sealed = tpm.seal("data", &key).unwrap();
+        assert_eq!(
+            tpm.unseal("data", &sealed).unwrap().as_bytes(),
+            key.as_bytes()
+        );
+        let other = FakeTpm::new().unwrap();
+        assert!(other.unseal("data", &sealed).is_err(), "another TPM");
+        let SealedKey::Tpm2 {
+            tpm2_public,
+            tpm2_private,
+        } = &sealed
+        else {
+            unreachable!()
+        };
+        let mut tpm2_private = tpm2_private.clone();
+        tpm2_private[3] ^= 1;
+        let damaged = SealedKey::Tpm2 {
+            tpm2_public: tpm2_public.clone(),
+            tpm2_private,
+        };
+        assert!(tpm.unseal("data", &damaged).is_err(), "a damaged blob");
+        let plain = UnsafePlainKey.seal("data", &key).unwrap();
+        let err = tpm.unseal("data", &plain).unwrap_err().to_string();
+        assert!(err.contains("never changes"), "{err}");
+        assert!(UnsafePlainKey.unseal("data", &sealed).is_err());
     }
 }

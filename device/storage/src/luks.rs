@@ -1,18 +1,26 @@
-//! Reading LUKS headers straight from a partition: is there one (primary or secondary), and how
-//! many bytes at the start of the partition hold metadata and keyslots. Reset zeroes exactly
-//! that area after `cryptsetup erase`; `--verify` looks for the magic afterwards.
+//! Reading LUKS headers straight from a partition: is there one (either copy), is each copy
+//! intact, what its UUID, label and tokens are, and how many bytes at the start of the
+//! partition hold metadata and keyslots (reset zeroes exactly that area after `cryptsetup
+//! erase`).
 //!
 //! LUKS2 on-disk format (cryptsetup `docs/on-disk-format-luks2.pdf`, section 2): two copies of
 //! a 4096-byte binary header each followed by a JSON area, `hdr_size` bytes per copy; the
 //! primary at offset 0 with magic `LUKS\xba\xbe`, the secondary at `hdr_size` with magic
-//! `SKUL\xba\xbe` (one of the fixed offsets in [`SECONDARY_OFFSETS`]); then the keyslots area
-//! (`config.keyslots_size`), then the data segment. All integers big-endian; JSON numbers of
-//! 64-bit values are strings. LUKS1 (`docs/on-disk-format.pdf`): one 592-byte header, key
-//! material up to `payload_offset` sectors.
+//! `SKUL\xba\xbe` (one of the fixed offsets in [`SECONDARY_OFFSETS`]); then the keyslots area,
+//! then the data segment. All integers big-endian; JSON numbers of 64-bit values are strings.
+//! Each copy carries a checksum (`csum_alg`, normally sha256) over its `hdr_size` bytes with
+//! the checksum field zeroed, and a sequence number `seqid` that every update increments.
+//! LUKS1 (`docs/on-disk-format.pdf`): one 592-byte header, key material up to `payload_offset`
+//! sectors.
+//!
+//! A volume whose primary copy is zeroed or torn is still a LUKS2 volume ([`is_luks`] looks at
+//! both copies): `cryptsetup repair` restores the primary from the secondary, and nothing may
+//! ever format it (issue 12.3).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::disk::Partition;
 use crate::StorageError;
@@ -21,7 +29,8 @@ use crate::StorageError;
 pub const LUKS_MAGIC: [u8; 6] = *b"LUKS\xba\xbe";
 /// Magic of a LUKS2 secondary header.
 pub const LUKS2_SECONDARY_MAGIC: [u8; 6] = *b"SKUL\xba\xbe";
-/// Where a LUKS2 secondary header may start (the primary's `hdr_size`), from the spec.
+/// Where a LUKS2 secondary header may start (the primary's `hdr_size`), from the spec:
+/// 16 KiB to 4 MiB in powers of two.
 pub const SECONDARY_OFFSETS: [u64; 9] = [
     0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000,
 ];
@@ -33,6 +42,8 @@ pub const DEFAULT_METADATA_AREA: u64 = 16 << 20;
 pub const LUKS2_BINARY_HEADER: u64 = 4096;
 /// Largest `hdr_size` the spec allows (4 MiB).
 const MAX_HDR_SIZE: u64 = 0x400000;
+/// Offset and length of the checksum field in a LUKS2 binary header.
+const CSUM: std::ops::Range<usize> = 448..512;
 
 /// What a LUKS header says about its own extent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +114,11 @@ pub fn find_magic(part: &dyn Partition) -> Result<MagicFound, StorageError> {
     Ok(found)
 }
 
-/// Whether the partition starts with a LUKS header (primary magic).
+/// Whether the partition holds a LUKS header in either copy (the primary magic at 0, or a
+/// LUKS2 secondary at one of [`SECONDARY_OFFSETS`]). A partition for which this is true is
+/// never formatted.
 pub fn is_luks(part: &dyn Partition) -> Result<bool, StorageError> {
-    Ok(read_magic(part, 0)? == Some(LUKS_MAGIC))
+    Ok(find_magic(part)?.any())
 }
 
 fn read_magic(part: &dyn Partition, offset: u64) -> Result<Option<[u8; 6]>, StorageError> {
@@ -118,16 +131,222 @@ fn read_magic(part: &dyn Partition, offset: u64) -> Result<Option<[u8; 6]>, Stor
     Ok(Some(magic))
 }
 
-fn io_err(part: &dyn Partition, e: std::io::Error) -> StorageError {
+fn io_err(part: &dyn Partition, err: std::io::Error) -> StorageError {
     StorageError::Io {
         op: "reading the LUKS header of",
         path: part.describe().into(),
-        source: e,
+        err,
     }
 }
 
+/// One intact LUKS2 header copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderCopy {
+    /// Where it starts.
+    pub offset: u64,
+    /// Its update counter.
+    pub seqid: u64,
+    /// The volume's UUID.
+    pub uuid: String,
+    /// Its label, if set.
+    pub label: Option<String>,
+    /// Extent of the metadata.
+    pub header: LuksHeader,
+    /// Keyslot ids (`"0"`).
+    pub keyslots: Vec<String>,
+    /// Tokens by id, as JSON objects.
+    pub tokens: BTreeMap<String, serde_json::Value>,
+}
+
+/// The state of one header copy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CopyState {
+    /// No magic where the copy belongs.
+    Missing,
+    /// Magic, but the copy does not check out (torn, overwritten).
+    Damaged(String),
+    /// Intact.
+    Valid(Box<HeaderCopy>),
+}
+
+impl CopyState {
+    /// The copy if it is intact.
+    pub fn valid(&self) -> Option<&HeaderCopy> {
+        match self {
+            CopyState::Valid(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Both header copies of a LUKS2 partition, each checked (magic, version, size, checksum,
+/// JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// The copy at offset 0.
+    pub primary: CopyState,
+    /// The copy at the primary's `hdr_size` (or, with the primary gone, wherever the secondary
+    /// magic is).
+    pub secondary: CopyState,
+}
+
+impl Probe {
+    /// Whether any LUKS magic is on the partition (so that it must never be formatted).
+    pub fn any_magic(&self) -> bool {
+        !matches!(
+            (&self.primary, &self.secondary),
+            (CopyState::Missing, CopyState::Missing)
+        )
+    }
+
+    /// The intact copy with the highest `seqid` (what cryptsetup itself would use).
+    pub fn current(&self) -> Option<&HeaderCopy> {
+        match (self.primary.valid(), self.secondary.valid()) {
+            (Some(p), Some(s)) => Some(if s.seqid > p.seqid { s } else { p }),
+            (p, s) => p.or(s),
+        }
+    }
+
+    /// Whether one copy is intact and the other is not, or they disagree: `cryptsetup repair`
+    /// makes them one again.
+    pub fn needs_repair(&self) -> bool {
+        match (self.primary.valid(), self.secondary.valid()) {
+            (Some(p), Some(s)) => p.seqid != s.seqid,
+            (None, None) => false,
+            _ => true,
+        }
+    }
+
+    /// One line for logs and errors.
+    pub fn describe(&self) -> String {
+        let one = |c: &CopyState| match c {
+            CopyState::Missing => "missing".to_string(),
+            CopyState::Damaged(why) => format!("damaged ({why})"),
+            CopyState::Valid(h) => format!("intact (seqid {}, UUID {})", h.seqid, h.uuid),
+        };
+        format!(
+            "primary header {}, secondary header {}",
+            one(&self.primary),
+            one(&self.secondary)
+        )
+    }
+}
+
+/// Check both header copies of `part`.
+pub fn probe(part: &dyn Partition) -> Result<Probe, StorageError> {
+    let primary = if read_magic(part, 0)? == Some(LUKS_MAGIC) {
+        check_copy(part, 0)?
+    } else {
+        CopyState::Missing
+    };
+    let secondary_at = match primary.valid() {
+        Some(p) if p.header.version == 2 => Some(p.header.hdr_size),
+        Some(_) => None,
+        None => find_magic(part)?.secondary,
+    };
+    let secondary = match secondary_at {
+        Some(at) if read_magic(part, at)? == Some(LUKS2_SECONDARY_MAGIC) => check_copy(part, at)?,
+        _ => CopyState::Missing,
+    };
+    Ok(Probe { primary, secondary })
+}
+
+fn check_copy(part: &dyn Partition, offset: u64) -> Result<CopyState, StorageError> {
+    let mut bin = [0u8; LUKS2_BINARY_HEADER as usize];
+    if offset + LUKS2_BINARY_HEADER > part.size() {
+        return Ok(CopyState::Damaged(
+            "it passes the end of the partition".into(),
+        ));
+    }
+    part.read_exact_at(&mut bin, offset)
+        .map_err(|e| io_err(part, e))?;
+    let version = u16::from_be_bytes([bin[6], bin[7]]);
+    if version == 1 && offset == 0 {
+        return Ok(match parse_at(part, 0) {
+            Ok(header) => CopyState::Valid(Box::new(HeaderCopy {
+                offset,
+                seqid: 0,
+                uuid: cstr(&bin[168..208]),
+                label: None,
+                header,
+                keyslots: Vec::new(),
+                tokens: BTreeMap::new(),
+            })),
+            Err(e) => CopyState::Damaged(e.to_string()),
+        });
+    }
+    if version != 2 {
+        return Ok(CopyState::Damaged(format!("version {version}")));
+    }
+    let hdr_size = u64::from_be_bytes(bin[8..16].try_into().unwrap_or_default());
+    if !(LUKS2_BINARY_HEADER * 2..=MAX_HDR_SIZE).contains(&hdr_size)
+        || !hdr_size.is_power_of_two()
+        || offset + hdr_size > part.size()
+    {
+        return Ok(CopyState::Damaged(format!("hdr_size {hdr_size}")));
+    }
+    let hdr_offset = u64::from_be_bytes(bin[256..264].try_into().unwrap_or_default());
+    if hdr_offset != offset {
+        return Ok(CopyState::Damaged(format!(
+            "it says it is at byte {hdr_offset}, not {offset}"
+        )));
+    }
+    let mut whole = vec![0u8; hdr_size as usize];
+    part.read_exact_at(&mut whole, offset)
+        .map_err(|e| io_err(part, e))?;
+    if !checksum_ok(&whole) {
+        return Ok(CopyState::Damaged("checksum mismatch".into()));
+    }
+    let json = &whole[LUKS2_BINARY_HEADER as usize..];
+    let end = json.iter().position(|b| *b == 0).unwrap_or(json.len());
+    let meta: Luks2Json = match serde_json::from_slice(&json[..end]) {
+        Ok(m) => m,
+        Err(e) => return Ok(CopyState::Damaged(format!("JSON: {e}"))),
+    };
+    let label = cstr(&bin[24..72]);
+    Ok(CopyState::Valid(Box::new(HeaderCopy {
+        offset,
+        seqid: u64::from_be_bytes(bin[16..24].try_into().unwrap_or_default()),
+        uuid: cstr(&bin[168..208]),
+        label: (!label.is_empty()).then_some(label),
+        keyslots: meta.keyslots.keys().cloned().collect(),
+        tokens: meta.tokens.clone(),
+        header: meta.into_header(hdr_size),
+    })))
+}
+
+/// A NUL-terminated string field.
+fn cstr(field: &[u8]) -> String {
+    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// Whether a whole header copy (`hdr_size` bytes) carries its own checksum. Only sha256 is
+/// checked (what cryptsetup writes); another algorithm is taken on trust.
+pub fn checksum_ok(copy: &[u8]) -> bool {
+    if copy.len() < LUKS2_BINARY_HEADER as usize {
+        return false;
+    }
+    if cstr(&copy[72..104]) != "sha256" {
+        return true;
+    }
+    let mut zeroed = copy.to_vec();
+    zeroed[CSUM].fill(0);
+    Sha256::digest(&zeroed)[..] == copy[CSUM.start..CSUM.start + 32]
+}
+
+/// Write the sha256 checksum into a whole header copy (test doubles).
+pub fn write_checksum(copy: &mut [u8]) {
+    copy[72..104].fill(0);
+    copy[72..78].copy_from_slice(b"sha256");
+    copy[CSUM].fill(0);
+    let digest = Sha256::digest(&*copy);
+    copy[CSUM.start..CSUM.start + 32].copy_from_slice(&digest);
+}
+
 /// The header of the partition, from the primary copy or, if that is gone, the secondary;
-/// `Ok(None)` if neither is there or neither parses.
+/// `Ok(None)` if neither is there or neither parses. Lenient on purpose (no checksum): reset
+/// uses it to size the area it zeroes, where a torn header still tells the truth.
 pub fn read_header(part: &dyn Partition) -> Result<Option<LuksHeader>, StorageError> {
     let magic = find_magic(part)?;
     if magic.primary {
@@ -143,25 +362,10 @@ pub fn read_header(part: &dyn Partition) -> Result<Option<LuksHeader>, StorageEr
     Ok(None)
 }
 
-/// The LUKS2 label (binary header bytes 24..72) of the primary header, or of the secondary
-/// if the primary is gone; `None` without a LUKS2 header or with an empty label.
+/// The LUKS2 label of the current intact header copy; `None` without one or with an empty
+/// label.
 pub fn read_label(part: &dyn Partition) -> Result<Option<String>, StorageError> {
-    let magic = find_magic(part)?;
-    let at = match (magic.primary, magic.secondary) {
-        (true, _) => 0,
-        (false, Some(offset)) => offset,
-        (false, None) => return Ok(None),
-    };
-    let mut bin = [0u8; 72];
-    part.read_exact_at(&mut bin, at)
-        .map_err(|e| io_err(part, e))?;
-    if u16::from_be_bytes([bin[6], bin[7]]) != 2 {
-        return Ok(None);
-    }
-    let field = &bin[24..72];
-    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
-    let label = String::from_utf8_lossy(&field[..end]).into_owned();
-    Ok((!label.is_empty()).then_some(label))
+    Ok(probe(part)?.current().and_then(|c| c.label.clone()))
 }
 
 fn parse_at(part: &dyn Partition, offset: u64) -> Result<LuksHeader, StorageError> {
@@ -220,13 +424,15 @@ fn parse_at(part: &dyn Partition, offset: u64) -> Result<LuksHeader, StorageErro
     }
 }
 
-/// The parts of the LUKS2 JSON metadata that give sizes. Numbers are decimal strings.
+/// The parts of the LUKS2 JSON metadata read here. Numbers are decimal strings.
 #[derive(Debug, Deserialize)]
 struct Luks2Json {
     #[serde(default)]
     keyslots: BTreeMap<String, Luks2Keyslot>,
     #[serde(default)]
     segments: BTreeMap<String, Luks2Segment>,
+    #[serde(default)]
+    tokens: BTreeMap<String, serde_json::Value>,
     config: Luks2Config,
 }
 
@@ -278,95 +484,87 @@ pub fn metadata_area(header: Option<&LuksHeader>, partition_size: u64) -> u64 {
         .min(partition_size)
 }
 
-/// Writes a plausible LUKS2 header pair and keyslot for tests: binary headers with both
-/// magics, version 2 and `hdr_size`, a JSON area naming one keyslot area and the data
-/// segment at `data_offset`. Returns the bytes written at offset 0 (through `data_offset`,
-/// keyslot area filled with `keyslot`).
-pub fn fake_luks2_image(hdr_size: u64, data_offset: u64, keyslot: &[u8]) -> Vec<u8> {
-    let keyslots_size = data_offset - 2 * hdr_size;
-    let json = format!(
-        "{{\"keyslots\":{{\"0\":{{\"type\":\"luks2\",\"key_size\":64,\"area\":{{\"type\":\"raw\",\
-         \"offset\":\"{}\",\"size\":\"{}\",\"encryption\":\"aes-xts-plain64\",\"key_size\":64}}}}}},\
-         \"tokens\":{{}},\"segments\":{{\"0\":{{\"type\":\"crypt\",\"offset\":\"{data_offset}\",\
-         \"size\":\"dynamic\",\"iv_tweak\":\"0\",\"encryption\":\"aes-xts-plain64\",\
-         \"sector_size\":4096}}}},\"digests\":{{}},\"config\":{{\"json_size\":\"{}\",\
-         \"keyslots_size\":\"{keyslots_size}\"}}}}",
-        2 * hdr_size,
-        keyslot.len(),
-        hdr_size - LUKS2_BINARY_HEADER
-    );
-    let mut image = vec![0u8; data_offset as usize];
-    for (copy, magic) in [(0u64, LUKS_MAGIC), (1, LUKS2_SECONDARY_MAGIC)] {
-        let at = (copy * hdr_size) as usize;
-        image[at..at + 6].copy_from_slice(&magic);
-        image[at + 6..at + 8].copy_from_slice(&2u16.to_be_bytes());
-        image[at + 8..at + 16].copy_from_slice(&hdr_size.to_be_bytes());
-        image[at + 16..at + 24].copy_from_slice(&1u64.to_be_bytes());
-        image[at + 72..at + 78].copy_from_slice(b"sha256");
-        image[at + 168..at + 204].copy_from_slice(b"00000000-0000-4000-8000-a9e27ce00001");
-        image[at + 256..at + 264].copy_from_slice(&(copy * hdr_size).to_be_bytes());
-        let j = at + LUKS2_BINARY_HEADER as usize;
-        image[j..j + json.len()].copy_from_slice(json.as_bytes());
+/// What a test double writes as one LUKS2 header copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeHeader {
+    /// Bytes of one copy.
+    pub hdr_size: u64,
+    /// Where the data segment starts.
+    pub data_offset: u64,
+    /// Bytes of the one keyslot area (at `2 * hdr_size`).
+    pub keyslot_len: u64,
+    /// Update counter.
+    pub seqid: u64,
+    /// UUID.
+    pub uuid: String,
+    /// Label.
+    pub label: String,
+    /// Tokens by id.
+    pub tokens: BTreeMap<String, serde_json::Value>,
+}
+
+impl FakeHeader {
+    /// One copy (`secondary` picks the magic and offset), checksum included.
+    pub fn copy(&self, secondary: bool) -> Vec<u8> {
+        let keyslots_size = self.data_offset - 2 * self.hdr_size;
+        let json = serde_json::json!({
+            "keyslots": {"0": {"type": "luks2", "key_size": 64, "area": {"type": "raw",
+                "offset": (2 * self.hdr_size).to_string(), "size": self.keyslot_len.to_string(),
+                "encryption": "aes-xts-plain64", "key_size": 64}}},
+            "tokens": self.tokens,
+            "segments": {"0": {"type": "crypt", "offset": self.data_offset.to_string(),
+                "size": "dynamic", "iv_tweak": "0", "encryption": "aes-xts-plain64",
+                "sector_size": 4096}},
+            "digests": {},
+            "config": {"json_size": (self.hdr_size - LUKS2_BINARY_HEADER).to_string(),
+                "keyslots_size": keyslots_size.to_string()},
+        })
+        .to_string();
+        let mut copy = vec![0u8; self.hdr_size as usize];
+        let (magic, at) = if secondary {
+            (LUKS2_SECONDARY_MAGIC, self.hdr_size)
+        } else {
+            (LUKS_MAGIC, 0)
+        };
+        copy[..6].copy_from_slice(&magic);
+        copy[6..8].copy_from_slice(&2u16.to_be_bytes());
+        copy[8..16].copy_from_slice(&self.hdr_size.to_be_bytes());
+        copy[16..24].copy_from_slice(&self.seqid.to_be_bytes());
+        let label = self.label.as_bytes();
+        let n = label.len().min(47);
+        copy[24..24 + n].copy_from_slice(&label[..n]);
+        let uuid = self.uuid.as_bytes();
+        let n = uuid.len().min(39);
+        copy[168..168 + n].copy_from_slice(&uuid[..n]);
+        copy[256..264].copy_from_slice(&at.to_be_bytes());
+        let j = LUKS2_BINARY_HEADER as usize;
+        let n = json.len().min(copy.len() - j - 1);
+        copy[j..j + n].copy_from_slice(&json.as_bytes()[..n]);
+        write_checksum(&mut copy);
+        copy
     }
-    let k = 2 * hdr_size as usize;
-    image[k..k + keyslot.len()].copy_from_slice(keyslot);
+}
+
+/// Writes a plausible LUKS2 header pair and keyslot for tests: both copies (valid checksums),
+/// one keyslot area holding `keyslot`, the data segment at `data_offset`. Returns the bytes
+/// from offset 0 through `data_offset`.
+pub fn fake_luks2_image(hdr_size: u64, data_offset: u64, keyslot: &[u8]) -> Vec<u8> {
+    let header = FakeHeader {
+        hdr_size,
+        data_offset,
+        keyslot_len: keyslot.len() as u64,
+        seqid: 1,
+        uuid: "00000000-0000-4000-8000-a9e27ce00001".into(),
+        label: String::new(),
+        tokens: BTreeMap::new(),
+    };
+    let mut image = vec![0u8; data_offset as usize];
+    let h = hdr_size as usize;
+    image[..h].copy_from_slice(&header.copy(false));
+    image[h..2 * h].copy_from_slice(&header.copy(true));
+    image[2 * h..2 * h + keyslot.len()].copy_from_slice(keyslot);
     image
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::disk::MemPartition;
-
-    #[test]
-    fn fake_header_parses_back() {
-        let img = fake_luks2_image(16384, 1 << 20, &[7u8; 4096]);
-        let part = MemPartition::new("data", img.clone());
-        assert!(is_luks(&part).unwrap());
-        let found = find_magic(&part).unwrap();
-        assert_eq!(
-            found,
-            MagicFound {
-                primary: true,
-                secondary: Some(16384)
-            }
-        );
-        let h = read_header(&part).unwrap().unwrap();
-        assert_eq!(h.version, 2);
-        assert_eq!(h.hdr_size, 16384);
-        assert_eq!(h.keyslots_size, Some((1 << 20) - 32768));
-        assert_eq!(h.keyslot_areas, vec![(32768, 4096)]);
-        assert_eq!(h.data_offset, Some(1 << 20));
-        assert_eq!(h.metadata_end(), 1 << 20);
-    }
-
-    #[test]
-    fn secondary_alone_is_found_and_read() {
-        let mut img = fake_luks2_image(16384, 1 << 20, &[7u8; 16]);
-        img[..4096].fill(0);
-        let part = MemPartition::new("data", img);
-        assert!(!is_luks(&part).unwrap());
-        let found = find_magic(&part).unwrap();
-        assert!(found.any() && !found.primary);
-        assert_eq!(read_header(&part).unwrap().unwrap().metadata_end(), 1 << 20);
-    }
-
-    #[test]
-    fn no_header_means_default_area() {
-        let part = MemPartition::new("data", vec![0u8; 64 << 10]);
-        assert!(!find_magic(&part).unwrap().any());
-        assert_eq!(read_header(&part).unwrap(), None);
-        assert_eq!(metadata_area(None, 64 << 10), 64 << 10);
-        assert_eq!(metadata_area(None, 1 << 30), DEFAULT_METADATA_AREA);
-    }
-
-    #[test]
-    fn recorded_cryptsetup_header_parses() {
-        // The JSON of `cryptsetup luksFormat --type luks2` 2.6.1 on a 32 MiB file (abridged
-        // to the fields read here, as luksDump --dump-json-metadata printed them).
-        let json = br#"{"keyslots":{"0":{"type":"luks2","key_size":64,"area":{"type":"raw","offset":"32768","size":"258048","encryption":"aes-xts-plain64","key_size":64}}},"tokens":{},"segments":{"0":{"type":"crypt","offset":"16777216","size":"dynamic"}},"digests":{},"config":{"json_size":"12288","keyslots_size":"16744448"}}"#;
-        let meta: Luks2Json = serde_json::from_slice(json).unwrap();
-        let h = meta.into_header(16384);
-        assert_eq!(h.metadata_end(), 16 << 20);
-    }
-}
+mod tests;

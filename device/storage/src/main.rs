@@ -1,8 +1,13 @@
 //! `aperture-storage`: unlock (and on first boot create) the encrypted config and data
 //! partitions, or show their state. Thin: arguments, logging, one library call.
 
+use std::io::ErrorKind;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::Context;
-use aperture_storage::{system_parts, Paths, Storage};
+use aperture_appliance::Files;
+use aperture_storage::SystemParts;
 use clap::{Parser, Subcommand};
 
 /// Encrypted config and data partitions of an Aperture appliance.
@@ -11,13 +16,20 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Treat DIR as the root of the appliance (tests only).
+    #[arg(long, global = true, hide = true, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Format (first boot) or unlock, then mount /config and /data. Run at every boot by
     /// aperture-storage.service, before local-fs.target.
-    Setup,
+    Setup {
+        /// Seconds to wait for the TPM device when the keys are (to be) sealed to it.
+        #[arg(long, value_name = "SECONDS", default_value_t = aperture_storage::policy::DEFAULT_TPM_WAIT.as_secs())]
+        tpm_timeout: u64,
+    },
     /// Show which volumes are formatted, unlocked and mounted, and what protects their keys.
     Status {
         /// Print JSON instead of text.
@@ -27,15 +39,7 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+    aperture_sys::log::init("info");
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -43,40 +47,43 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let paths = Paths::default();
-    let (disk, crypt, keys, mounts) = system_parts(&paths);
-    let storage = Storage {
-        paths: &paths,
-        disk: &disk,
-        crypt: &crypt,
-        keys: keys.as_ref(),
-        mounts: &mounts,
-    };
+    let files = cli.root.map_or_else(Files::default, Files::at);
+    let parts = SystemParts::open(files).context("finding the appliance's parts")?;
     match cli.command {
-        Command::Setup => {
+        Command::Setup { tpm_timeout } => {
+            let storage = parts.storage(Duration::from_secs(tpm_timeout));
             for v in storage
                 .setup()
                 .context("setting up the encrypted partitions")?
             {
                 tracing::info!(
-                    "{}: {} mounted at {}{}",
+                    "{}: {} mounted at {}, key: {}{}{}",
                     v.volume,
                     v.mapped.display(),
                     v.mounted.display(),
+                    v.key_source,
                     if v.formatted {
                         " (formatted on this boot)"
                     } else {
                         ""
+                    },
+                    if v.repaired.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (repaired: {:?})", v.repaired)
                     }
                 );
             }
         }
         Command::Status { json } => {
-            let report = storage.status().context("reading the storage status")?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
+            let report = parts
+                .storage(Duration::ZERO)
+                .status()
+                .context("reading the storage status")?;
+            match report.write_to(&mut std::io::stdout().lock(), json) {
+                // The reader stopped reading (`status | head -1`): not our failure.
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => {}
+                r => r.context("writing the status")?,
             }
         }
     }
@@ -91,5 +98,9 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["aperture-storage", "setup", "--tpm-timeout", "5"]).unwrap();
+        assert!(matches!(c.command, Command::Setup { tpm_timeout: 5 }));
+        let c = Cli::try_parse_from(["aperture-storage", "setup"]).unwrap();
+        assert!(matches!(c.command, Command::Setup { tpm_timeout: 90 }));
     }
 }

@@ -1,148 +1,59 @@
-//! What `aperture-storage` does at every boot, and what `status` shows.
+//! What `aperture-storage setup` does at every boot.
 //!
-//! For each [`Volume`] (`config`, then `data`):
+//! First, before anything is written: refuse while a factory reset is half done, read the
+//! `storage` record and both header copies of each volume, decide each volume's key source
+//! ([`crate::policy`]) and, where that is the TPM, wait for it.
 //!
-//! * **First boot** (no LUKS header on the partition): grow `data` to the end of the disk,
-//!   make a random key and seal it, `luksFormat` with the label [`LABEL_FORMATTING`], open,
-//!   `mkfs.ext4`, set the label to the volume's name, mount, and for `data` create
-//!   `/data/var/{upper,work}` for `/var`'s persistent overlay.
-//! * **Every later boot**: unseal the key, open, mount.
+//! Then for each [`Volume`] (`config`, then `data`):
 //!
-//! The order makes every power cut recoverable at the next boot: the key is sealed before the
-//! header exists (a cut before the format formats again with a new key), and the label says
-//! whether `mkfs` finished (a cut before that makes the file system again; nothing was stored
-//! on the volume yet). A volume whose label is the volume's name is never formatted again.
+//! 1. **Header.** If one copy is intact and the other missing, torn or older, `cryptsetup
+//!    repair` makes them one again (issue 12.3). A partition holding any LUKS2 magic is never
+//!    formatted, with one exception: the torn header of our own interrupted first format.
+//! 2. **First boot** (no header): make a key, seal it, journal `formatting` with the header
+//!    UUID and the sealed key in the `storage` record, grow `data` to the end of the disk, then
+//!    `luksFormat --uuid` labelled [`LABEL_FORMATTING`]. A journal found at boot with no header
+//!    (or our own torn one) is finished with the journaled UUID and key: never a new key for a
+//!    header that may already exist.
+//! 3. **Keys.** Unseal from the LUKS2 token, else from the record; the key must open the
+//!    volume (`cryptsetup open --test-passphrase`). The token or record that is missing,
+//!    damaged or stale is written again from the one that worked.
+//! 4. **File system.** Open; if the LUKS2 label is still [`LABEL_FORMATTING`] and the record
+//!    not `ready`, `mkfs.ext4` (nothing was ever stored); mount; for `data` create
+//!    `/data/var/{upper,work}`; set the label to the volume's name; record `ready`.
 //!
-//! Nothing is unlocked while the reset journal says a wipe is pending
-//! ([`reset_wipe_pending`]): `aperture-reset resume` runs first and must finish it.
+//! So a power cut at any instant of a first boot is finished by the next boot without losing
+//! anything and without asking anyone (issue 12.0); tier-1 tests cut at every operation.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use aperture_appliance::{BuildFacts, Files};
+use serde::Serialize;
 
-use crate::crypt::{Crypt, LABEL_FORMATTING};
-use crate::disk::{Access, Disk};
-use crate::fsutil::{create_dir_all, read_optional};
-use crate::keys::{Key, KeySource, KeySourceKind};
-use crate::luks;
+use crate::crypt::{random_uuid, Crypt, LABEL_FORMATTING};
+use crate::disk::{Access, Disk, Partition};
+use crate::keys::{Key, KeySource, KeySourceKind, SealedKey, UnsafePlainKey};
+use crate::luks::{self, HeaderCopy, Probe};
 use crate::mounts::{mount_options, Mounter};
+use crate::policy::{self, SourcePlan};
+use crate::records::{
+    find_token, legacy_esp_key, token_json, StorageRecord, StorageState, VolumeRecord, VolumeState,
+};
+use crate::volume::{reset_journal, reset_wipe_pending, var_dir, Volume};
 use crate::StorageError;
 
-/// Every path `aperture-storage` uses, with the appliance's defaults (DEVICE.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
-    /// Root under which `/config` and `/data` are mounted (`/`).
-    pub root: PathBuf,
-    /// The ESP (`/efi`).
-    pub esp: PathBuf,
-    /// Sealed keys (`/efi/aperture/keys`).
-    pub key_dir: PathBuf,
-    /// The reset journal (`/efi/aperture/reset.json`), owned by aperture-reset.
-    pub reset_journal: PathBuf,
-    /// The TPM resource manager (`/dev/tpmrm0`).
-    pub tpm_device: PathBuf,
-    /// A tmpfs for transient files (`/run`).
-    pub run_dir: PathBuf,
-    /// Where dm-crypt mappings appear (`/dev/mapper`).
-    pub mapper_dir: PathBuf,
-    /// Partitions by GPT label (`/dev/disk/by-partlabel`).
-    pub partlabel_dir: PathBuf,
-    /// Block devices in sysfs (`/sys/class/block`).
-    pub sys_class_block: PathBuf,
-    /// Device nodes (`/dev`).
-    pub dev_dir: PathBuf,
-    /// Mount table (`/proc/self/mountinfo`).
-    pub mountinfo: PathBuf,
-}
-
-impl Default for Paths {
-    fn default() -> Self {
-        Paths::rooted(Path::new("/"))
-    }
-}
-
-impl Paths {
-    /// The appliance's layout under `root` (`/` on a device, a temporary folder in tests).
-    pub fn rooted(root: &Path) -> Paths {
-        let at = |p: &str| root.join(p);
-        Paths {
-            root: root.to_path_buf(),
-            esp: at("efi"),
-            key_dir: at("efi/aperture/keys"),
-            reset_journal: at("efi/aperture/reset.json"),
-            tpm_device: at("dev/tpmrm0"),
-            run_dir: at("run"),
-            mapper_dir: at("dev/mapper"),
-            partlabel_dir: at("dev/disk/by-partlabel"),
-            sys_class_block: at("sys/class/block"),
-            dev_dir: at("dev"),
-            mountinfo: at("proc/self/mountinfo"),
-        }
-    }
-
-    /// Where `volume` is mounted (`/config`, `/data`).
-    pub fn mount_point(&self, volume: Volume) -> PathBuf {
-        self.root.join(volume.label())
-    }
-
-    /// `/data/var`: `/var`'s persistent overlay (`upper` and `work` inside).
-    pub fn var_dir(&self) -> PathBuf {
-        self.mount_point(Volume::Data).join("var")
-    }
-}
-
-/// One encrypted volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// What was written again from its other copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Volume {
-    /// `config`: device identity and network configuration.
-    Config,
-    /// `data`: applications, models, logs; the last partition, grown on first boot.
-    Data,
-}
-
-impl Volume {
-    /// Both, in the order they are set up (and wiped).
-    pub const ALL: [Volume; 2] = [Volume::Config, Volume::Data];
-
-    /// GPT label, key name, mount folder name and ext4 label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Volume::Config => "config",
-            Volume::Data => "data",
-        }
-    }
-
-    /// The dm-crypt mapping name.
-    pub fn mapper_name(self) -> &'static str {
-        match self {
-            Volume::Config => "aperture-config",
-            Volume::Data => "aperture-data",
-        }
-    }
-}
-
-impl std::fmt::Display for Volume {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.label())
-    }
-}
-
-/// Whether the reset journal at `path` says a wipe is pending. The journal belongs to
-/// aperture-reset; the contract is one boolean field, `wipe_pending`. A journal that cannot be
-/// parsed counts as pending: unlocking data that a reset meant to destroy is the worse error.
-pub fn reset_wipe_pending(path: &Path) -> Result<bool, StorageError> {
-    #[derive(Deserialize)]
-    struct Marker {
-        #[serde(default)]
-        wipe_pending: bool,
-    }
-    match read_optional(path)? {
-        None => Ok(false),
-        Some(bytes) => Ok(serde_json::from_slice::<Marker>(&bytes)
-            .map(|m| m.wipe_pending)
-            .unwrap_or(true)),
-    }
+pub enum Repair {
+    /// A LUKS2 header copy (`cryptsetup repair`).
+    Header,
+    /// The LUKS2 token, from the device state.
+    Token,
+    /// The device state record, from the token.
+    Record,
+    /// Both, from the key files an older Aperture kept on the ESP (then removed).
+    FromEsp,
 }
 
 /// What setting up one volume did.
@@ -150,201 +61,482 @@ pub fn reset_wipe_pending(path: &Path) -> Result<bool, StorageError> {
 pub struct VolumeSetup {
     /// The volume.
     pub volume: Volume,
+    /// Its partition.
+    pub partition: String,
+    /// What protects its key.
+    pub key_source: KeySourceKind,
     /// It was formatted this boot.
     pub formatted: bool,
     /// Its new size, if the partition was grown.
     pub grown_to: Option<u64>,
     /// A file system was made this boot.
     pub made_filesystem: bool,
+    /// What was repaired.
+    pub repaired: Vec<Repair>,
     /// The plaintext device.
     pub mapped: PathBuf,
     /// Where it is mounted.
     pub mounted: PathBuf,
 }
 
-/// The state of one volume, for `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VolumeStatus {
-    /// The volume.
-    pub volume: Volume,
-    /// The partition, as found.
-    pub partition: String,
-    /// A LUKS header is on it.
-    pub luks: bool,
-    /// Its LUKS2 label (`data` once set up, [`LABEL_FORMATTING`] mid first boot).
-    pub label: Option<String>,
-    /// Its plaintext device, if unlocked.
-    pub mapped: Option<PathBuf>,
-    /// Its mount point, if mounted.
-    pub mounted: Option<PathBuf>,
-}
-
-/// Everything `status` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StatusReport {
-    /// What protects the keys.
-    pub key_source: KeySourceKind,
-    /// A factory reset wipe is pending.
-    pub wipe_pending: bool,
-    /// Both volumes.
-    pub volumes: Vec<VolumeStatus>,
-}
-
-impl std::fmt::Display for StatusReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "key source: {}", self.key_source)?;
-        if self.wipe_pending {
-            writeln!(f, "a factory reset wipe is pending (aperture-reset resume)")?;
-        }
-        for v in &self.volumes {
-            let show = |p: &Option<PathBuf>| {
-                p.as_ref()
-                    .map_or_else(|| "no".to_string(), |p| p.display().to_string())
-            };
-            writeln!(
-                f,
-                "{}: {} luks={} label={} mapped={} mounted={}",
-                v.volume,
-                v.partition,
-                if v.luks { "yes" } else { "no" },
-                v.label.as_deref().unwrap_or("-"),
-                show(&v.mapped),
-                show(&v.mounted)
-            )?;
-        }
-        Ok(())
-    }
-}
-
 /// The storage program over injected parts.
 pub struct Storage<'a> {
-    /// Paths.
-    pub paths: &'a Paths,
+    /// The appliance's files.
+    pub files: &'a Files,
+    /// The image's facts: the board (partition labels) and whether it has a TPM.
+    pub facts: &'a BuildFacts,
     /// The disk with `config` and `data`.
     pub disk: &'a dyn Disk,
     /// LUKS operations.
     pub crypt: &'a dyn Crypt,
-    /// Where keys are sealed.
-    pub keys: &'a dyn KeySource,
+    /// The TPM (tpm2-tools, or a fake).
+    pub tpm: &'a dyn KeySource,
+    /// The device state (records of the keys; the reset guard).
+    pub state: &'a StorageState,
     /// File systems and mounts.
     pub mounts: &'a dyn Mounter,
+    /// How long to wait for the TPM device.
+    pub tpm_wait: Duration,
+}
+
+/// Make both header copies of `v` whole again with `cryptsetup repair` (one copy intact, the
+/// other missing, torn or older); the header afterwards. If that fails, or leaves no intact
+/// pair, the error names the partition and the recovery: such a volume is never formatted.
+pub fn repair_header(
+    crypt: &dyn Crypt,
+    v: Volume,
+    part: &dyn Partition,
+    probe: &Probe,
+) -> Result<Probe, StorageError> {
+    let damaged = |reason: String| StorageError::HeaderDamaged {
+        volume: v.to_string(),
+        partition: part.describe(),
+        reason,
+    };
+    tracing::warn!(
+        "{v} ({}): {}; running cryptsetup repair",
+        part.describe(),
+        probe.describe()
+    );
+    if let Err(e) = crypt.repair(part) {
+        return Err(damaged(format!(
+            "{}; cryptsetup repair: {e}",
+            probe.describe()
+        )));
+    }
+    let after = luks::probe(part)?;
+    if after.needs_repair() || after.current().is_none() {
+        return Err(damaged(format!(
+            "after cryptsetup repair, {}",
+            after.describe()
+        )));
+    }
+    tracing::info!("{v}: header repaired: {}", after.describe());
+    Ok(after)
+}
+
+/// What to do with a volume's header.
+enum Action {
+    Open(Box<HeaderCopy>),
+    Format(Option<VolumeRecord>),
 }
 
 impl Storage<'_> {
-    /// Set up both volumes (see the module documentation). Already mounted volumes are left
-    /// as they are, so running it twice is harmless.
-    pub fn setup(&self) -> Result<Vec<VolumeSetup>, StorageError> {
-        if reset_wipe_pending(&self.paths.reset_journal)? {
+    fn source(&self, kind: KeySourceKind) -> &dyn KeySource {
+        match kind {
+            KeySourceKind::Tpm2 => self.tpm,
+            _ => &UnsafePlainKey,
+        }
+    }
+
+    fn partition(&self, volume: Volume) -> &'static str {
+        volume.partition(self.facts.board)
+    }
+
+    /// Refuse while aperture-reset says a wipe is pending (its journal on the ESP, or the
+    /// `reset` area of the device state).
+    pub fn refuse_if_reset_pending(&self) -> Result<(), StorageError> {
+        let journal = reset_journal(self.files);
+        if reset_wipe_pending(&journal)? {
             return Err(StorageError::ResetPending {
-                journal: self.paths.reset_journal.clone(),
+                journal: journal.display().to_string(),
             });
         }
-        if self.keys.kind() == KeySourceKind::UnsafeEspFile {
-            tracing::warn!(
-                "DATA AT REST IS NOT PROTECTED AGAINST DISK THEFT: no TPM ({}) was found, so the \
-                 keys of config and data are stored in the clear in {}; a board must provide a \
-                 key source (TPM 2.0, OP-TEE) before shipping",
-                self.paths.tpm_device.display(),
-                self.paths.key_dir.display()
-            );
+        if self.state.reset_wipe_pending()? {
+            return Err(StorageError::ResetPending {
+                journal: format!("the reset area of the device state ({})", self.state.name()),
+            });
         }
-        Volume::ALL
-            .into_iter()
-            .map(|v| self.setup_volume(v))
+        Ok(())
+    }
+
+    /// The key source of each volume, from what is recorded and what the image says.
+    pub fn plans(
+        &self,
+        record: &StorageRecord,
+        probes: &[(Volume, Probe)],
+    ) -> Vec<(Volume, SourcePlan)> {
+        let recorded = |v: Volume, probe: &Probe| {
+            let token = probe.current().and_then(find_token).map(|t| t.kind);
+            token
+                .or_else(|| record.volumes.get(&v).map(|r| r.sealed.kind()))
+                .or_else(|| legacy_esp_key(self.files, v).map(|(s, _)| s.kind()))
+        };
+        let device = record
+            .source
+            .or_else(|| probes.iter().find_map(|(v, probe)| recorded(*v, probe)));
+        probes
+            .iter()
+            .map(|(v, probe)| {
+                (
+                    *v,
+                    policy::plan(self.facts.tpm, device, recorded(*v, probe)),
+                )
+            })
             .collect()
     }
 
-    fn setup_volume(&self, volume: Volume) -> Result<VolumeSetup, StorageError> {
-        let target = self.paths.mount_point(volume);
-        let mut part = self.disk.open(volume.label(), Access::Shared)?;
-        let formatted = !luks::is_luks(part.as_ref())?;
-        let mut grown_to = None;
-        let key = if formatted {
-            if volume == Volume::Data {
-                grown_to = self.disk.grow_to_end(volume.label())?;
-                if let Some(size) = grown_to {
-                    tracing::info!("grew partition data to the end of the disk: {size} bytes");
-                    part = self.disk.open(volume.label(), Access::Shared)?;
+    /// Set up both volumes (see the module documentation). Already mounted volumes are left
+    /// as they are, so running it twice is harmless.
+    pub fn setup(&self) -> Result<Vec<VolumeSetup>, StorageError> {
+        self.refuse_if_reset_pending()?;
+        let mut record = self.state.load()?;
+        let mut parts = Vec::new();
+        for v in Volume::ALL {
+            let part = self.disk.open(self.partition(v), Access::Shared)?;
+            let probe = luks::probe(part.as_ref())?;
+            parts.push((v, part, probe));
+        }
+        let probes: Vec<(Volume, Probe)> = parts.iter().map(|(v, _, p)| (*v, p.clone())).collect();
+        let plans = self.plans(&record, &probes);
+        if let Some((v, plan)) = plans.iter().find(|(_, p)| p.kind == KeySourceKind::Tpm2) {
+            let device = self.files.tpm_device();
+            let poll = Duration::from_millis(250).min(self.tpm_wait);
+            if let Err(waited) = policy::wait_for(&device, &plan.why, self.tpm_wait, poll) {
+                return Err(StorageError::TpmMissing {
+                    volume: v.to_string(),
+                    partition: self.disk.describe_partition(self.partition(*v)),
+                    why: plan.why.clone(),
+                    device,
+                    waited_secs: waited.as_secs(),
+                });
+            }
+        }
+        for w in policy::warnings(self.facts.tpm, &plans) {
+            tracing::warn!("{w}");
+        }
+        let mut done = Vec::new();
+        for ((v, part, probe), (_, plan)) in parts.into_iter().zip(plans) {
+            done.push(self.setup_volume(v, part, probe, plan.kind, &mut record)?);
+        }
+        Ok(done)
+    }
+
+    /// Step 1: what to do with the header; repairs it when one copy is intact.
+    fn header_action(
+        &self,
+        v: Volume,
+        part: &dyn Partition,
+        mut probe: Probe,
+        entry: Option<&VolumeRecord>,
+        out: &mut VolumeSetup,
+    ) -> Result<Action, StorageError> {
+        let formatting = entry.filter(|e| e.state == VolumeState::Formatting);
+        let ours_torn = probe.current().is_none() && probe.any_magic() && formatting.is_some();
+        if probe.needs_repair() || (probe.current().is_none() && probe.any_magic() && !ours_torn) {
+            probe = repair_header(self.crypt, v, part, &probe)?;
+            out.repaired.push(Repair::Header);
+        }
+        match probe.current() {
+            Some(copy) => {
+                if let Some(e) = formatting {
+                    if e.uuid != copy.uuid {
+                        return Err(StorageError::ForeignHeader {
+                            volume: v.to_string(),
+                            partition: part.describe(),
+                            found: copy.uuid.clone(),
+                            expected: e.uuid.clone(),
+                        });
+                    }
+                }
+                Ok(Action::Open(Box::new(copy.clone())))
+            }
+            None if ours_torn => {
+                tracing::warn!(
+                    "{v} ({}): the first format was cut by a power loss ({}); formatting again \
+                     with the journaled UUID and key (nothing was ever stored on it)",
+                    part.describe(),
+                    probe.describe()
+                );
+                Ok(Action::Format(formatting.cloned()))
+            }
+            None => match entry {
+                Some(e) if e.state == VolumeState::Ready => Err(StorageError::HeaderLost {
+                    volume: v.to_string(),
+                    partition: part.describe(),
+                    uuid: e.uuid.clone(),
+                }),
+                e => Ok(Action::Format(e.cloned())),
+            },
+        }
+    }
+
+    /// Step 2: the first format, journaled before `luksFormat` (or finished from the journal).
+    fn format(
+        &self,
+        v: Volume,
+        mut part: Box<dyn Partition>,
+        journal: Option<VolumeRecord>,
+        kind: KeySourceKind,
+        record: &mut StorageRecord,
+        out: &mut VolumeSetup,
+    ) -> Result<(Box<dyn Partition>, Key, SealedKey), StorageError> {
+        let (key, sealed, uuid) = match journal {
+            Some(j) => {
+                tracing::info!(
+                    "{v}: finishing the interrupted first boot (LUKS2 {})",
+                    j.uuid
+                );
+                let key = self.source(j.sealed.kind()).unseal(v.label(), &j.sealed)?;
+                (key, j.sealed, j.uuid)
+            }
+            None => {
+                tracing::info!(
+                    "first boot of {v}: formatting {} as LUKS2, key sealed by {kind}",
+                    part.describe()
+                );
+                let key = Key::random()?;
+                let sealed = self.source(kind).seal(v.label(), &key)?;
+                let uuid = random_uuid()?;
+                record.source.get_or_insert(kind);
+                record.volumes.insert(
+                    v,
+                    VolumeRecord {
+                        state: VolumeState::Formatting,
+                        uuid: uuid.clone(),
+                        sealed: sealed.clone(),
+                    },
+                );
+                self.state.save(record)?;
+                (key, sealed, uuid)
+            }
+        };
+        if v == Volume::Data {
+            out.grown_to = self.disk.grow_to_end(self.partition(v))?;
+            if let Some(size) = out.grown_to {
+                tracing::info!(
+                    "grew partition {} to the end of the disk: {size} bytes",
+                    self.partition(v)
+                );
+                part = self.disk.open(self.partition(v), Access::Shared)?;
+            }
+        }
+        self.crypt
+            .format_as(part.as_ref(), &key, LABEL_FORMATTING, &uuid)?;
+        out.formatted = true;
+        Ok((part, key, sealed))
+    }
+
+    /// Step 3: the key from the token or the record; the other copy written again.
+    fn unlock(
+        &self,
+        v: Volume,
+        part: &dyn Partition,
+        copy: &HeaderCopy,
+        known: Option<(Key, SealedKey)>,
+        record: &mut StorageRecord,
+        out: &mut VolumeSetup,
+    ) -> Result<Key, StorageError> {
+        let token = find_token(copy);
+        let entry = record
+            .volumes
+            .get(&v)
+            .filter(|e| e.uuid == copy.uuid)
+            .cloned();
+        let mut reasons = Vec::new();
+        let mut chosen = known;
+        let legacy = legacy_esp_key(self.files, v);
+        if chosen.is_none() {
+            let mut candidates = Vec::new();
+            match &token {
+                Some(t) => match &t.sealed {
+                    Ok(s) => candidates.push(("the LUKS2 token", s.clone())),
+                    Err(e) => reasons.push(format!("the LUKS2 token {} is damaged: {e}", t.id)),
+                },
+                None => reasons.push("the LUKS2 header has no aperture token".to_string()),
+            }
+            match &entry {
+                Some(e) => candidates.push(("the device state", e.sealed.clone())),
+                None => reasons.push("the device state has no record of it".to_string()),
+            }
+            if let Some((sealed, _)) = legacy
+                .as_ref()
+                .filter(|_| token.is_none() && entry.is_none())
+            {
+                candidates.push((
+                    "the key file an older Aperture left on the ESP",
+                    sealed.clone(),
+                ));
+            }
+            for (from, sealed) in candidates {
+                match self.source(sealed.kind()).unseal(v.label(), &sealed) {
+                    Ok(key) if self.crypt.check_key(part, &key)? => {
+                        chosen = Some((key, sealed));
+                        break;
+                    }
+                    Ok(_) => reasons.push(format!("{from}: its key does not open the volume")),
+                    Err(e) => reasons.push(format!("{from}: {e}")),
                 }
             }
-            tracing::info!(
-                "first boot of {volume}: formatting {} as LUKS2",
-                part.describe()
-            );
-            let key = Key::random()?;
-            // Sealed before the header exists: a power cut between the two then only means
-            // formatting again at the next boot, never a header whose key is lost.
-            self.keys.seal(volume.label(), &key)?;
-            self.crypt.format(part.as_ref(), &key, LABEL_FORMATTING)?;
-            key
-        } else {
-            self.keys.unseal(volume.label())?
+        }
+        let Some((key, sealed)) = chosen else {
+            if token.is_none() && entry.is_none() && legacy.is_none() {
+                return Err(StorageError::KeyMissing {
+                    volume: v.to_string(),
+                    partition: part.describe(),
+                    store: self.state.name(),
+                });
+            }
+            return Err(StorageError::Unseal {
+                volume: v.to_string(),
+                partition: part.describe(),
+                reasons: reasons.join("; "),
+            });
         };
-        let mapped = match self.crypt.mapped(volume.mapper_name())? {
+        out.key_source = sealed.kind();
+        if !reasons.is_empty() && (token.is_some() || entry.is_some()) {
+            tracing::warn!("{v}: {}", reasons.join("; "));
+        }
+        if token.as_ref().and_then(|t| t.sealed.as_ref().ok()) != Some(&sealed) {
+            let keyslot = copy.keyslots.first().map_or("0", String::as_str);
+            let replace = token.as_ref().map(|t| t.id.as_str());
+            self.crypt
+                .import_token(part, &token_json(v, keyslot, &sealed), replace)?;
+            if !out.formatted {
+                tracing::warn!("{v}: wrote its LUKS2 token again from the device state");
+                out.repaired.push(Repair::Token);
+            }
+        }
+        let state = match &entry {
+            Some(e) => e.state,
+            None if copy.label.as_deref() == Some(v.label()) => VolumeState::Ready,
+            None => VolumeState::Formatting,
+        };
+        let want = VolumeRecord {
+            state,
+            uuid: copy.uuid.clone(),
+            sealed: sealed.clone(),
+        };
+        if record.volumes.get(&v) != Some(&want) || record.source.is_none() {
+            if entry.as_ref() != Some(&want) {
+                tracing::warn!("{v}: wrote its device state record again from the LUKS2 token");
+                out.repaired.push(Repair::Record);
+            }
+            record.volumes.insert(v, want);
+            record.source.get_or_insert(sealed.kind());
+            self.state.save(record)?;
+        }
+        if let Some((old, paths)) = legacy {
+            // Both copies are durable now: the files on the ESP go (also when a power cut
+            // stopped an earlier boot right after it had moved them).
+            for p in &paths {
+                aperture_sys::fs::shred_and_remove(p)?;
+            }
+            if old == sealed {
+                tracing::warn!(
+                    "{v}: moved its sealed key off the ESP into its LUKS2 header and the \
+                     device state"
+                );
+                out.repaired = vec![Repair::FromEsp];
+            }
+        }
+        Ok(key)
+    }
+
+    fn setup_volume(
+        &self,
+        v: Volume,
+        part: Box<dyn Partition>,
+        probe: Probe,
+        kind: KeySourceKind,
+        record: &mut StorageRecord,
+    ) -> Result<VolumeSetup, StorageError> {
+        let target = v.mount_point(self.files);
+        let mut out = VolumeSetup {
+            volume: v,
+            partition: part.describe(),
+            key_source: kind,
+            formatted: false,
+            grown_to: None,
+            made_filesystem: false,
+            repaired: Vec::new(),
+            mapped: PathBuf::new(),
+            mounted: target.clone(),
+        };
+        let entry = record.volumes.get(&v).cloned();
+        let (part, copy, known) =
+            match self.header_action(v, part.as_ref(), probe, entry.as_ref(), &mut out)? {
+                Action::Open(copy) => (part, copy, None),
+                Action::Format(journal) => {
+                    let (part, key, sealed) =
+                        self.format(v, part, journal, kind, record, &mut out)?;
+                    let probe = luks::probe(part.as_ref())?;
+                    let Some(copy) = probe.current().cloned() else {
+                        return Err(StorageError::HeaderDamaged {
+                            volume: v.to_string(),
+                            partition: part.describe(),
+                            reason: format!("right after luksFormat, {}", probe.describe()),
+                        });
+                    };
+                    (part, Box::new(copy), Some((key, sealed)))
+                }
+            };
+        let key = self.unlock(v, part.as_ref(), &copy, known, record, &mut out)?;
+        out.mapped = match self.crypt.mapped(v.mapper_name())? {
             Some(path) => path,
-            None => self.crypt.open(part.as_ref(), volume.mapper_name(), &key)?,
+            None => self.crypt.open(part.as_ref(), v.mapper_name(), &key)?,
         };
         drop(key);
-        let unfinished = self.crypt.label(part.as_ref())?.as_deref() == Some(LABEL_FORMATTING);
-        let made_filesystem = formatted || unfinished;
-        if made_filesystem {
+        let ready = record
+            .volumes
+            .get(&v)
+            .is_some_and(|r| r.state == VolumeState::Ready);
+        let label = self.crypt.label(part.as_ref())?;
+        let unfinished = label.as_deref() == Some(LABEL_FORMATTING);
+        if unfinished && ready {
+            tracing::warn!(
+                "{v}: its LUKS2 label says the first boot did not finish, but the device state \
+                 says it did: keeping its file system"
+            );
+        }
+        if unfinished && !ready {
             if self.mounts.mounted_at(&target)?.is_some() {
                 return Err(StorageError::malformed(
                     target.display().to_string(),
                     "something is mounted there while the volume has no file system yet",
                 ));
             }
-            self.mounts.mkfs(&mapped, volume.label())?;
+            self.mounts.mkfs(&out.mapped, v.label())?;
+            out.made_filesystem = true;
         }
         if self.mounts.mounted_at(&target)?.is_none() {
             self.mounts
-                .mount(&mapped, &target, mount_options(volume == Volume::Config))?;
+                .mount(&out.mapped, &target, mount_options(v == Volume::Config))?;
         }
-        if volume == Volume::Data {
+        if v == Volume::Data {
             for sub in ["upper", "work"] {
-                create_dir_all(&self.paths.var_dir().join(sub), 0o755)?;
+                aperture_sys::fs::create_dir_all(&var_dir(self.files).join(sub), 0o755)?;
             }
         }
-        if made_filesystem {
-            self.crypt.set_label(part.as_ref(), volume.label())?;
+        if label.as_deref() != Some(v.label()) {
+            self.crypt.set_label(part.as_ref(), v.label())?;
         }
-        Ok(VolumeSetup {
-            volume,
-            formatted,
-            grown_to,
-            made_filesystem,
-            mapped,
-            mounted: target,
-        })
-    }
-
-    /// Which volumes are formatted, unlocked and mounted.
-    pub fn status(&self) -> Result<StatusReport, StorageError> {
-        let mut volumes = Vec::new();
-        for volume in Volume::ALL {
-            let (partition, luks, label) = match self.disk.open(volume.label(), Access::Shared) {
-                Ok(part) => (
-                    part.describe(),
-                    luks::is_luks(part.as_ref())?,
-                    self.crypt.label(part.as_ref())?,
-                ),
-                Err(StorageError::NoSuchPartition { .. }) => ("missing".into(), false, None),
-                Err(e) => return Err(e),
-            };
-            let target = self.paths.mount_point(volume);
-            volumes.push(VolumeStatus {
-                volume,
-                partition,
-                luks,
-                label,
-                mapped: self.crypt.mapped(volume.mapper_name())?,
-                mounted: self.mounts.mounted_at(&target)?.map(|_| target),
-            });
+        if !ready {
+            if let Some(r) = record.volumes.get_mut(&v) {
+                r.state = VolumeState::Ready;
+            }
+            self.state.save(record)?;
         }
-        Ok(StatusReport {
-            key_source: self.keys.kind(),
-            wipe_pending: reset_wipe_pending(&self.paths.reset_journal)?,
-            volumes,
-        })
+        Ok(out)
     }
 }

@@ -1,13 +1,19 @@
 //! The real implementations against the real tools, where they work without root and without
-//! device-mapper: cryptsetup on a plain file (format, label, erase; `open` needs dm and is left
-//! to the VM tier) and tpm2-tools against swtpm over a socket.
+//! device-mapper: cryptsetup on a plain file (format, label, tokens, repair, key check, erase;
+//! `open` needs dm and is left to the VM tier) and tpm2-tools against swtpm over a socket.
+//! A missing tool skips the test, or fails it when `APERTURE_REQUIRE_TOOLS=1`.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use aperture_storage::{luks, Access, Crypt, CryptSetup, FilePartition, Key, KeySource, Tpm2};
+use aperture_storage::records::{find_token, token_json};
+use aperture_storage::setup::repair_header;
+use aperture_storage::{
+    luks, Access, Crypt, CryptSetup, FilePartition, Key, KeySource, Partition, StorageError, Tpm2,
+    Volume,
+};
 
 fn have(tool: &str) -> bool {
     let found = Command::new("sh")
@@ -16,33 +22,91 @@ fn have(tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !found {
+        if std::env::var("APERTURE_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("`{tool}` is not installed and APERTURE_REQUIRE_TOOLS=1");
+        }
         eprintln!("SKIPPED: `{tool}` is not installed");
     }
     found
 }
 
-#[test]
-fn cryptsetup_formats_labels_and_erases_a_file() {
-    if !have("cryptsetup") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("volume.img");
+const UUID: &str = "0f1e2d3c-4b5a-4697-8877-665544332211";
+
+/// A 32 MiB LUKS2 volume in a file, formatted by our CryptSetup with `UUID`.
+fn volume(dir: &Path) -> (FilePartition, CryptSetup, Key) {
+    let file = dir.join("volume.img");
     std::fs::File::create(&file)
         .unwrap()
         .set_len(32 << 20)
         .unwrap();
     let part = FilePartition::whole(&file, "data", Access::Shared).unwrap();
-    let crypt = CryptSetup::new(dir.path().join("mapper"));
+    let crypt = CryptSetup::new(dir.join("mapper"));
     let key = Key::random().unwrap();
-    crypt.format(&part, &key, "aperture-formatting").unwrap();
-    assert!(luks::is_luks(&part).unwrap());
+    crypt
+        .format_as(&part, &key, "aperture-formatting", UUID)
+        .unwrap();
+    (part, crypt, key)
+}
+
+fn luks_dump(file: &Path) -> (bool, String) {
+    let out = Command::new("cryptsetup")
+        .arg("luksDump")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn cryptsetup_formats_labels_keeps_tokens_and_erases_a_file() {
+    if !have("cryptsetup") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (part, crypt, key) = volume(dir.path());
+    // Our reader agrees with cryptsetup's header: both copies, checksums, UUID, label.
+    let probe = luks::probe(&part).unwrap();
+    assert!(!probe.needs_repair(), "{}", probe.describe());
+    let current = probe.current().unwrap();
+    assert_eq!(current.uuid, UUID);
+    assert_eq!(current.keyslots, ["0"]);
     assert_eq!(
         crypt.label(&part).unwrap().as_deref(),
         Some("aperture-formatting")
     );
     crypt.set_label(&part, "data").unwrap();
     assert_eq!(crypt.label(&part).unwrap().as_deref(), Some("data"));
+    assert!(crypt.check_key(&part, &key).unwrap());
+    assert!(!crypt.check_key(&part, &Key::random().unwrap()).unwrap());
+
+    // Tokens: ours, the key in it never on a command line; replaced in place.
+    let plain = aperture_storage::UnsafePlainKey.seal("data", &key).unwrap();
+    crypt
+        .import_token(&part, &token_json(Volume::Data, "0", &plain), None)
+        .unwrap();
+    let probe = luks::probe(&part).unwrap();
+    let token = find_token(probe.current().unwrap()).unwrap();
+    assert_eq!(token.sealed.unwrap(), plain);
+    let other = Key::random().unwrap();
+    let replaced = aperture_storage::UnsafePlainKey
+        .seal("data", &other)
+        .unwrap();
+    crypt
+        .import_token(
+            &part,
+            &token_json(Volume::Data, "0", &replaced),
+            Some(&token.id),
+        )
+        .unwrap();
+    let probe = luks::probe(&part).unwrap();
+    assert!(!probe.needs_repair());
+    let current = probe.current().unwrap();
+    assert_eq!(current.tokens.len(), 1);
+    assert_eq!(find_token(current).unwrap().sealed.unwrap(), replaced);
+
     let header = luks::read_header(&part).unwrap().unwrap();
     assert_eq!(header.version, 2);
     assert_eq!(header.hdr_size, 16384);
@@ -53,7 +117,6 @@ fn cryptsetup_formats_labels_and_erases_a_file() {
     );
     assert_eq!(header.keyslot_areas.len(), 1);
     assert_eq!(crypt.mapped("aperture-data").unwrap(), None);
-    use aperture_storage::Partition;
     let (offset, size) = header.keyslot_areas[0];
     let mut before = vec![0u8; size as usize];
     part.read_exact_at(&mut before, offset).unwrap();
@@ -80,6 +143,65 @@ fn cryptsetup_formats_labels_and_erases_a_file() {
         "erase keeps the header; reset zeroes it after"
     );
     crypt.erase(&part).unwrap();
+}
+
+#[test]
+fn a_real_volume_with_its_first_4k_zeroed_is_repaired_with_its_uuid_keyslot_and_key() {
+    // Issue 12.3 on cryptsetup's own header.
+    if !have("cryptsetup") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (part, crypt, key) = volume(dir.path());
+    let file = dir.path().join("volume.img");
+    crypt.set_label(&part, "data").unwrap();
+    let (ok, before) = luks_dump(&file);
+    assert!(ok, "{before}");
+    part.write_all_at(&[0u8; 4096], 0).unwrap();
+    part.sync().unwrap();
+    assert!(luks::is_luks(&part).unwrap(), "the secondary header counts");
+    let probe = luks::probe(&part).unwrap();
+    assert_eq!(probe.primary, luks::CopyState::Missing);
+    assert!(probe.needs_repair());
+    assert_eq!(probe.current().unwrap().uuid, UUID);
+
+    let after = repair_header(&crypt, Volume::Data, &part, &probe).unwrap();
+    assert_eq!(after.primary.valid().unwrap().uuid, UUID);
+    assert!(!after.needs_repair());
+    let (ok, dump) = luks_dump(&file);
+    assert!(ok, "{dump}");
+    assert!(dump.contains(&format!("UUID:          \t{UUID}")), "{dump}");
+    assert!(dump.contains("Keyslots:\n  0: luks2"), "{dump}");
+    assert!(dump.contains("Label:         \tdata"), "{dump}");
+    // The secret still opens it, checked by cryptsetup itself.
+    assert!(crypt.check_key(&part, &key).unwrap());
+    let mut test = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file=-"])
+        .arg(&file)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    test.stdin
+        .take()
+        .unwrap()
+        .write_all(key.as_bytes())
+        .unwrap();
+    assert!(test.wait().unwrap().success());
+
+    // Both copies torn: repair fails, and the error names the volume and the way out.
+    for at in [600u64, 16384 + 600] {
+        part.write_all_at(&[0xffu8; 64], at).unwrap();
+    }
+    let probe = luks::probe(&part).unwrap();
+    assert!(probe.any_magic() && probe.current().is_none());
+    let err = repair_header(&crypt, Volume::Data, &part, &probe).unwrap_err();
+    assert!(matches!(err, StorageError::HeaderDamaged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("volume.img") && text.contains("wipes this volume"),
+        "{text}"
+    );
 }
 
 /// A swtpm on free local ports, killed on drop.
@@ -135,45 +257,49 @@ impl Drop for Swtpm {
 }
 
 #[test]
-fn tpm2_seals_unseals_and_forgets_with_swtpm() {
+fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
     if !have("swtpm") || !have("tpm2_createprimary") {
         return;
     }
     let tpm = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
-    let keys_dir = dir.path().join("keys");
-    let source = Tpm2::new(keys_dir.clone(), dir.path().to_path_buf())
+    let source = Tpm2::new(dir.path().to_path_buf())
         .with_tcti(format!("swtpm:host=127.0.0.1,port={}", tpm.port));
     let key = Key::random().unwrap();
-    source.seal("data", &key).unwrap();
-    let files = source.files("data");
-    assert!(files.iter().all(|f| f.exists()));
-    // The blobs do not contain the key.
-    for f in &files {
-        let bytes = std::fs::read(f).unwrap();
+    let sealed = source.seal("data", &key).unwrap();
+    let aperture_storage::SealedKey::Tpm2 {
+        tpm2_public,
+        tpm2_private,
+    } = &sealed
+    else {
+        panic!("{sealed:?}")
+    };
+    for blob in [tpm2_public, tpm2_private] {
         assert!(
-            !bytes.windows(16).any(|w| w == &key.as_bytes()[..16]),
-            "{}",
-            f.display()
+            !blob.windows(16).any(|w| w == &key.as_bytes()[..16]),
+            "the blob holds the key"
         );
     }
-    assert_eq!(source.unseal("data").unwrap().as_bytes(), key.as_bytes());
     assert_eq!(
-        source.unseal("data").unwrap().as_bytes(),
-        key.as_bytes(),
-        "twice"
+        source.unseal("data", &sealed).unwrap().as_bytes(),
+        key.as_bytes()
     );
-    source.forget("data").unwrap();
-    assert!(files.iter().all(|f| !f.exists()));
-    assert!(source.unseal("data").is_err());
-    assert!(no_scratch_left(dir.path()));
-}
-
-fn no_scratch_left(run: &Path) -> bool {
-    std::fs::read_dir(run).unwrap().all(|e| {
-        !e.unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with("aperture-storage-tpm2")
-    })
+    // Through its JSON form, as the token and the device state keep it.
+    let json = serde_json::to_vec(&sealed).unwrap();
+    let back: aperture_storage::SealedKey = serde_json::from_slice(&json).unwrap();
+    assert_eq!(
+        source.unseal("data", &back).unwrap().as_bytes(),
+        key.as_bytes()
+    );
+    let mut damaged = tpm2_public.clone();
+    damaged.truncate(10);
+    let bad = aperture_storage::SealedKey::Tpm2 {
+        tpm2_public: damaged,
+        tpm2_private: tpm2_private.clone(),
+    };
+    assert!(source.unseal("data", &bad).is_err());
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "no scratch left"
+    );
 }

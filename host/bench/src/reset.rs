@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use aperture_reset::seams::{BlkDiscard, Discard, FakeDiscard, FakeDiscardMode};
 use aperture_reset::wipe::{self, ScrubMethod};
-use aperture_storage::cmd::Cmd;
 use aperture_storage::{Access, Crypt, CryptSetup, FilePartition, Key};
+use aperture_sys::Cmd;
 
 use crate::table::{print_table, Row};
 

@@ -11,13 +11,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use aperture_appliance::store::PARTITION_BYTES;
+use aperture_appliance::{Board, BuildFacts};
 use aperture_gpt::{read_gpt, write_gpt, Guid, Layout, PartitionSpec};
 use aperture_reset::io::GuardedDisk;
 use aperture_reset::seams::{FakeClock, FakeDiscard, FakeDiscardMode, FakeReboot, Faults};
 use aperture_reset::{BundleSlotWriter, Outcome, Paths, Reset, ResetError};
 use aperture_slots::{BootControl, BootState, FakeBootControl, Slot, SlotManager, SystemdBoot};
 use aperture_storage::{
-    FakeCrypt, FakeMounts, FileDisk, Key, KeySource, Storage, UnsafeEspKeyFile, Volume,
+    FakeCrypt, FakeMounts, FakeTpm, FileDisk, Key, KeySource, Storage, StorageError, StorageState,
+    Volume, VolumeSetup,
 };
 use aperture_trust::bundle::{compress_payload, write_bundle, PayloadSource};
 use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
@@ -187,6 +190,10 @@ pub struct Rig {
     pub factory: Release,
     /// Keys captured at provisioning (the scan decrypts with them, as a thief with the key).
     pub keys: Vec<Vec<u8>>,
+    /// The appliance's TPM.
+    pub tpm: FakeTpm,
+    /// The device state partition (a file).
+    pub state_file: PathBuf,
 }
 
 pub fn partition(image: &Path, label: &str) -> (u64, u64) {
@@ -233,6 +240,14 @@ impl Rig {
         drop(f);
 
         let paths = Paths::rooted(dir.path());
+        let state_file = dir.path().join("aperture_state.img");
+        std::fs::File::create(&state_file)
+            .unwrap()
+            .set_len(PARTITION_BYTES)
+            .unwrap();
+        let tpm_device = paths.files.tpm_device();
+        std::fs::create_dir_all(tpm_device.parent().unwrap()).unwrap();
+        std::fs::write(&tpm_device, b"").unwrap();
         let current = releases().0.clone();
         let rig = Rig {
             dir,
@@ -242,6 +257,8 @@ impl Rig {
             current,
             factory,
             keys: Vec::new(),
+            tpm: FakeTpm::new().unwrap(),
+            state_file,
         };
         for slot in Slot::ALL {
             rig.install_current(slot);
@@ -285,7 +302,7 @@ impl Rig {
                     )
                 };
                 aperture_slots::write_initial_esp(
-                    &rig.paths.storage.esp,
+                    &rig.paths.files.esp(),
                     &boot(Slot::A),
                     &boot(Slot::B),
                 )
@@ -302,7 +319,7 @@ impl Rig {
     pub fn backend(&self) -> Box<dyn BootControl> {
         match self.backend {
             Backend::Fake => Box::new(FakeBootControl::open(self.boot_file()).unwrap()),
-            Backend::SystemdBoot => Box::new(SystemdBoot::new(self.paths.storage.esp.clone())),
+            Backend::SystemdBoot => Box::new(SystemdBoot::new(self.paths.files.esp())),
         }
     }
 
@@ -355,30 +372,58 @@ impl Rig {
         std::fs::write(dir.join("slot.json"), record.to_json()).unwrap();
     }
 
-    pub fn key_source(&self) -> UnsafeEspKeyFile {
-        UnsafeEspKeyFile::new(self.paths.storage.key_dir.clone())
+    /// The device state, as a boot opens it.
+    pub fn storage_state(&self) -> StorageState {
+        StorageState::open(&self.state_file).unwrap()
+    }
+
+    /// The key the device state records for `v`, unsealed by the rig's TPM.
+    pub fn recorded_key(&self, v: Volume) -> Option<Key> {
+        let record = self.storage_state().load().unwrap();
+        let sealed = &record.volumes.get(&v)?.sealed;
+        self.tpm.unseal(v.label(), sealed).ok()
+    }
+
+    /// One run of `aperture-storage setup` with `crypt` (this boot's mappings).
+    pub fn storage_setup(&self, crypt: &FakeCrypt) -> Result<Vec<VolumeSetup>, StorageError> {
+        let disk = FileDisk::new(&self.image);
+        let mounts = FakeMounts::new();
+        let state = self.storage_state();
+        let facts = BuildFacts {
+            product: "aperture-vision".into(),
+            version: "2.0.0".into(),
+            security_version: 1,
+            board: Board::QemuX86_64,
+            recipe_sha256: "00".into(),
+            source_date_epoch: 1,
+            required_services: Vec::new(),
+            tpm: true,
+            reset_button: None,
+        };
+        let storage = Storage {
+            files: &self.paths.files,
+            facts: &facts,
+            disk: &disk,
+            crypt,
+            tpm: &self.tpm,
+            state: &state,
+            mounts: &mounts,
+            tpm_wait: std::time::Duration::from_secs(1),
+        };
+        storage.setup()
     }
 
     /// First boot of aperture-storage, then canaries written through the "file system" and
     /// one plaintext canary left in the data area from before the volume existed.
     pub fn provision(&mut self) -> FakeCrypt {
-        let crypt = FakeCrypt::new(self.paths.storage.mapper_dir.clone());
+        let crypt = FakeCrypt::new(self.paths.files.mapper_dir());
         let disk = FileDisk::new(&self.image);
         // Plaintext written before luksFormat, deep in the data area: luksFormat leaves it.
         self.write_partition("data", MIB / 2 + 77, CANARIES[3]);
-        let keys = self.key_source();
-        let mounts = FakeMounts::new();
-        let storage = Storage {
-            paths: &self.paths.storage,
-            disk: &disk,
-            crypt: &crypt,
-            keys: &keys,
-            mounts: &mounts,
-        };
-        let done = storage.setup().unwrap();
+        let done = self.storage_setup(&crypt).unwrap();
         assert!(done.iter().all(|v| v.formatted));
-        let config_key = keys.unseal("config").unwrap();
-        let data_key = keys.unseal("data").unwrap();
+        let config_key = self.recorded_key(Volume::Config).unwrap();
+        let data_key = self.recorded_key(Volume::Data).unwrap();
         let open = |label: &str| {
             aperture_storage::Disk::open(&disk, label, aperture_storage::Access::Shared).unwrap()
         };
@@ -410,7 +455,7 @@ impl Rig {
     ) -> Result<T, ResetError> {
         let file_disk = FileDisk::new(&self.image);
         let disk = GuardedDisk::new(&file_disk, faults.clone());
-        let keys = self.key_source();
+        let keys = self.storage_state();
         let clock = FakeClock::new(NOW);
         let discard = FakeDiscard::new(discard);
         let root = snakeoil(1).public();
@@ -439,7 +484,7 @@ impl Rig {
 
     /// A fresh boot's crypt (no mappings).
     pub fn fresh_crypt(&self) -> FakeCrypt {
-        FakeCrypt::new(self.paths.storage.mapper_dir.clone())
+        FakeCrypt::new(self.paths.files.mapper_dir())
     }
 
     /// Runs a whole reset from `start` through every reboot until done; returns the reboots.
@@ -515,7 +560,7 @@ impl Rig {
     /// Files under the ESP that hold a key or a canary; and the key folder's content.
     pub fn esp_leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let mut stack = vec![self.paths.storage.esp.clone()];
+        let mut stack = vec![self.paths.files.esp()];
         while let Some(dir) = stack.pop() {
             for e in std::fs::read_dir(&dir).unwrap() {
                 let p = e.unwrap().path();
@@ -529,11 +574,6 @@ impl Rig {
                 if hit {
                     out.push(p.display().to_string());
                 }
-            }
-        }
-        if let Ok(d) = std::fs::read_dir(&self.paths.storage.key_dir) {
-            for e in d {
-                out.push(format!("key folder holds {}", e.unwrap().path().display()));
             }
         }
         out
@@ -558,21 +598,10 @@ impl Rig {
 
     /// The next boot of aperture-storage formats both volumes afresh.
     pub fn assert_storage_starts_new(&self) {
-        let crypt = self.fresh_crypt();
-        let disk = FileDisk::new(&self.image);
-        let keys = self.key_source();
-        let mounts = FakeMounts::new();
-        let storage = Storage {
-            paths: &self.paths.storage,
-            disk: &disk,
-            crypt: &crypt,
-            keys: &keys,
-            mounts: &mounts,
-        };
-        let done = storage.setup().unwrap();
+        let done = self.storage_setup(&self.fresh_crypt()).unwrap();
         assert!(done.iter().all(|v| v.formatted), "{done:?}");
         for v in Volume::ALL {
-            let new = keys.unseal(v.label()).unwrap();
+            let new = self.recorded_key(v).unwrap();
             assert!(self.keys.iter().all(|old| old != new.as_bytes()));
         }
     }
@@ -607,7 +636,9 @@ pub fn unused_key() -> Key {
     Key::random().unwrap()
 }
 
+/// The device state holds no sealed key any more (the other copy, the LUKS2 token, went with
+/// the header).
 pub fn keys_gone(rig: &Rig) -> bool {
-    let src = rig.key_source();
-    Volume::ALL.iter().all(|v| src.unseal(v.label()).is_err())
+    let record = rig.storage_state().load().unwrap();
+    record.volumes.is_empty() && Volume::ALL.iter().all(|v| rig.recorded_key(*v).is_none())
 }
