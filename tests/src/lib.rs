@@ -57,14 +57,24 @@ pub fn recipe(name: &str) -> PathBuf {
     workspace().join("recipes").join(name)
 }
 
-/// Build `recipe` into `out` (whose parent holds the store and caches); returns the report and
-/// the wall time.
+/// Build `recipe` into `out` with the build cache every output folder shares (the user's:
+/// `APERTURE_CACHE` or `~/.cache/aperture`); returns the report and the wall time.
 pub fn build(recipe: &Path, out: &Path, rootfs_only: bool) -> Result<(BuildReport, Duration)> {
+    build_in(recipe, out, None, rootfs_only)
+}
+
+/// [`build`] with its own build cache (`cache`), for builds that must start cold.
+pub fn build_in(
+    recipe: &Path,
+    out: &Path,
+    cache: Option<&Path>,
+    rootfs_only: bool,
+) -> Result<(BuildReport, Duration)> {
     let opts = BuildOptions {
         workspace: workspace(),
         recipe: recipe.to_path_buf(),
         out: Some(out.to_path_buf()),
-        cache: None,
+        cache: cache.map(Path::to_path_buf),
         rootfs_only,
         release: false,
         insecure_dev_keys: false,
@@ -127,17 +137,25 @@ pub fn default_image() -> Result<BuildReport> {
 
 static FRESH: std::sync::Mutex<Option<(BuildReport, Duration)>> = std::sync::Mutex::new(None);
 
-/// The default image built from nothing (store and caches removed) once per test process,
-/// with the time it took: the privileged suite measures cold builds and reproducibility on it.
+/// Where [`default_image_fresh`] builds: its own output folder and build cache.
+pub fn fresh_root() -> PathBuf {
+    test_root().join("fresh")
+}
+
+/// The default image built from nothing (its own empty build cache, so a second mmdebstrap
+/// run and package download) once per test process, with the time it took: the privileged
+/// suite measures cold builds on it, and reproducibility against [`default_image`].
 pub fn default_image_fresh() -> Result<(BuildReport, Duration)> {
     let mut g = FRESH.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = g.as_ref() {
         return Ok(r.clone());
     }
-    let _ = std::fs::remove_dir_all(test_root().join("main"));
-    let r = build(
+    let root = fresh_root();
+    let _ = std::fs::remove_dir_all(&root);
+    let r = build_in(
         &recipe("qemu-x86_64.toml"),
-        &main_out().join("default"),
+        &root.join("out/default"),
+        Some(&root.join("cache")),
         false,
     )?;
     *g = Some(r.clone());

@@ -10,8 +10,8 @@ use aperture_image::diff;
 use aperture_image::outputs::names;
 use aperture_image::store::{Node, Store, TreeView};
 use aperture_tests::{
-    build, default_image, default_image_fresh, derived_recipe, main_out, recipe, require_root,
-    test_root,
+    build, build_in, default_image, default_image_fresh, derived_recipe, fresh_root, main_out,
+    recipe, require_root, test_root,
 };
 
 /// Read a file's bytes from a commit.
@@ -58,9 +58,10 @@ fn default_build_twice_reuses_the_base() {
         return;
     }
     let (first, cold) = default_image_fresh().unwrap();
-    let (second, warm) = build(
+    let (second, warm) = build_in(
         &recipe("qemu-x86_64.toml"),
-        &main_out().join("default"),
+        &first.paths.out,
+        Some(&fresh_root().join("cache")),
         false,
     )
     .unwrap();
@@ -95,7 +96,7 @@ fn default_build_makes_every_output() {
     if !require_root("default_build_makes_every_output") {
         return;
     }
-    let (report, _) = default_image_fresh().unwrap();
+    let report = default_image().unwrap();
     let out = &report.paths.out;
     for f in [
         names::DISK,
@@ -272,19 +273,14 @@ fn two_clean_builds_are_byte_identical() {
     if !require_root("two_clean_builds_are_byte_identical") {
         return;
     }
-    let (a, _) = default_image_fresh().unwrap();
-    // A second output root: its own store and caches, so a second mmdebstrap run.
-    let root = test_root().join("repro");
-    let _ = std::fs::remove_dir_all(&root);
-    let (b, _) = build(
-        &recipe("qemu-x86_64.toml"),
-        &root.join("out/default"),
-        false,
-    )
-    .unwrap();
+    // Two builds that share nothing but the source: the one in the shared build cache, and
+    // the one from an empty cache (its own mmdebstrap run and package download).
+    let a = default_image().unwrap();
+    let (b, _) = default_image_fresh().unwrap();
     assert_eq!(
         a.rootfs.base_commit, b.rootfs.base_commit,
-        "the Debian base must be reproducible"
+        "the Debian base must be reproducible (a shared build cache whose base was built \
+         before the mirror's last package update differs: `cargo xtask cache prune --all`)"
     );
     assert_eq!(
         a.rootfs.commit, b.rootfs.commit,
@@ -303,7 +299,6 @@ fn two_clean_builds_are_byte_identical() {
             "{f} differs between two clean builds"
         );
     }
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -337,7 +332,7 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
     let out = main_out();
     let (b1, _) = build(&v1, &out.join("diff-v1"), true).unwrap();
     let (b2, _) = build(&v2, &out.join("diff-v2"), true).unwrap();
-    let store = Store::open(&out.join("repo")).unwrap();
+    let store = Store::open(&b2.paths.repo).unwrap();
     let changes = diff::diff(&store, &b1.rootfs.commit, &b2.rootfs.commit).unwrap();
     let files = diff::file_paths(&changes);
 
@@ -431,7 +426,7 @@ fn jetson_orin_rootfs_has_an_aarch64_agent() {
     let root = test_root().join("arm64");
     let out = root.join("out/orin");
     let (report, _) = build(&recipe("jetson-orin-agx.toml"), &out, true).unwrap();
-    let store = Store::open(&root.join("out/repo")).unwrap();
+    let store = Store::open(&report.paths.repo).unwrap();
     let elf = read_from_commit(&store, &report.rootfs.commit, "usr/bin/aperture-agent");
     assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
     assert_eq!(elf[4], 2, "not a 64-bit ELF");
@@ -453,6 +448,23 @@ fn jetson_orin_rootfs_has_an_aarch64_agent() {
     assert!(
         status.contains("Architecture: arm64"),
         "dpkg status has no arm64 packages (arch file: {arch:?})"
+    );
+    // Storage and reset wait for NVIDIA's data partition, UDA, and for the TPM.
+    let parts = String::from_utf8(read_from_commit(
+        &store,
+        &report.rootfs.commit,
+        "usr/lib/systemd/system/aperture-storage.service.d/board-partitions.conf",
+    ))
+    .unwrap();
+    assert!(
+        parts.contains(r"dev-disk-by\x2dpartlabel-UDA.device")
+            && parts.contains(r"dev-disk-by\x2dpartlabel-aperture_state.device"),
+        "{parts}"
+    );
+    read_from_commit(
+        &store,
+        &report.rootfs.commit,
+        "usr/lib/systemd/system/aperture-storage.service.d/tpm.conf",
     );
 }
 

@@ -72,12 +72,6 @@ fn reset_then_button_then_storage_then_var() {
     assert_eq!(resume["ExecStart"], ["/usr/bin/aperture-reset resume"]);
     assert_eq!(button["ExecStart"], ["/usr/bin/aperture-reset button"]);
     assert_eq!(storage["ExecStart"], ["/usr/bin/aperture-storage setup"]);
-    // The partitions by label, escaped as systemd names device units.
-    assert!(has(
-        &storage,
-        "After",
-        r"dev-disk-by\x2dpartlabel-data.device"
-    ));
 }
 
 #[test]
