@@ -3,20 +3,29 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aperture_slots::{BootControl, SlotManager, SystemdBoot};
+use aperture_appliance::{BootControlKind, BuildFacts, Files, SlotsLock};
+use aperture_slots::{BootControl, Slot, SlotManager, SystemdBoot};
 use aperture_storage::{system_parts, Access, Disk, Volume};
 use aperture_trust::keys::PublicKey;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{Outcome, Reset};
 use crate::input::{level_for_hold, measure_hold, Evtest, DEFAULT_KEY};
+use crate::io::open_store;
 use crate::journal::{Journal, Level};
-use crate::paths::{DeviceFacts, Paths};
-use crate::seams::{BlkDiscard, Clock, Faults, SystemClock, SystemReboot};
+use crate::seams::{BlkDiscard, Faults, SystemClock, SystemReboot};
 use crate::slot_writer::BundleSlotWriter;
 use crate::wipe::{self, VerifyReport};
+use crate::ResetError;
+
+/// How long a reset started at boot (`resume`, `button`) waits for the slots lock: nothing
+/// else should hold it that early, but an install being resumed may.
+pub const BOOT_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long a reset started by hand waits for the slots lock before saying who holds it.
+pub const MANUAL_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Reset an Aperture appliance: 1 boots the known-good slot again, 2 reinstalls the factory
 /// image, 3 also wipes all customer data.
@@ -78,19 +87,21 @@ enum Command {
 
 /// Runs the command line; the exit code on success (non-zero when `--verify` failed).
 pub fn run(cli: Cli) -> Result<i32> {
-    let paths = match &cli.root {
-        Some(r) => Paths::rooted(r),
-        None => Paths::default(),
+    let files = match &cli.root {
+        Some(r) => Files::at(r),
+        None => Files::default(),
     };
     match cli.command {
         Some(Command::Resume) => {
-            let outcome = with_reset(&paths, |r| Ok(r.resume()?))?;
+            let outcome = with_reset(&files, "aperture-reset resume", BOOT_LOCK_WAIT, |r| {
+                Ok(r.resume()?)
+            })?;
             report(&outcome);
             Ok(0)
         }
         Some(Command::Button { key, devices }) => {
             let devices = if devices.is_empty() {
-                Evtest::devices_in(&paths.input_dir)
+                Evtest::devices_in(&files.input_dir())
             } else {
                 devices
             };
@@ -103,12 +114,16 @@ pub fn run(cli: Cli) -> Result<i32> {
                 return Ok(0);
             };
             eprintln!("aperture-reset: reset level {level} requested by the reset key");
-            let outcome = with_reset(&paths, |r| Ok(r.start(level)?))?;
+            let outcome = with_reset(&files, "aperture-reset button", BOOT_LOCK_WAIT, |r| {
+                Ok(r.start(level)?)
+            })?;
             report(&outcome);
             Ok(0)
         }
         Some(Command::Status { json }) => {
-            let journal = Journal::load(paths.journal())?;
+            let facts = BuildFacts::load(&files.build_facts())?;
+            let (disk, ..) = system_parts(&storage_paths(&files));
+            let journal = Journal::load(&open_store(&disk, facts.board)?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&journal)?);
             } else {
@@ -119,7 +134,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                         j.level,
                         j.started_from,
                         j.next + 1,
-                        j.steps.len(),
+                        j.steps().len(),
                         j.current().map(|s| format!(" ({s})")).unwrap_or_default(),
                         j.failed
                             .map(|f| format!("; FAILED: {f}"))
@@ -137,11 +152,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             if let Some(n) = args.level {
                 let level = Level::try_from(n).map_err(anyhow::Error::msg)?;
                 confirm(level, args.yes)?;
-                let outcome = with_reset(&paths, |r| Ok(r.start(level)?))?;
+                let holder = format!("aperture-reset --level {level}");
+                let outcome =
+                    with_reset(&files, &holder, MANUAL_LOCK_WAIT, |r| Ok(r.start(level)?))?;
                 report(&outcome);
             }
             if args.verify {
-                let (disk, ..) = system_parts(&paths.storage);
+                let (disk, ..) = system_parts(&storage_paths(&files));
                 let report = verify(&disk)?;
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -203,6 +220,10 @@ fn report(outcome: &Outcome) {
     match outcome {
         Outcome::Nothing => tracing::debug!("no reset in progress"),
         Outcome::Rebooting { step } => eprintln!("aperture-reset: rebooting ({step})"),
+        Outcome::AwaitingHealthGate { slot } => eprintln!(
+            "aperture-reset: the factory image runs on trial in slot {slot}; the reset goes on \
+             once the health gate committed it"
+        ),
         Outcome::Done { level } => eprintln!("aperture-reset: reset level {level} complete"),
         Outcome::Level1(r) => eprintln!("aperture-reset: rebooting into slot {}", r.chosen),
         Outcome::Failed { reason } => {
@@ -211,24 +232,52 @@ fn report(outcome: &Outcome) {
     }
 }
 
-/// Builds the real parts and runs `f` on them.
-fn with_reset<T>(paths: &Paths, f: impl FnOnce(&mut Reset<'_>) -> Result<T>) -> Result<T> {
-    let (disk, crypt, keys, _mounts) = system_parts(&paths.storage);
-    let facts = DeviceFacts::load(&paths.build_facts)?;
-    let root = PublicKey::load(&paths.root_key)
-        .with_context(|| format!("loading the root key {}", paths.root_key.display()))?;
-    let booted = paths.booted_slot()?;
-    let clock = SystemClock::default();
-    let backend: Box<dyn BootControl> = Box::new(SystemdBoot::new(paths.storage.esp.clone()));
+/// The running slot, from `aperture.slot=` on the kernel command line.
+pub fn booted_slot(files: &Files) -> Result<Slot, ResetError> {
+    let path = files.cmdline();
+    let text = std::fs::read_to_string(&path).map_err(ResetError::io("reading", &path))?;
+    Slot::from_cmdline(&text).ok_or(ResetError::UnknownSlot { path })
+}
+
+/// aperture-storage's paths under the same root.
+fn storage_paths(files: &Files) -> aperture_storage::Paths {
+    aperture_storage::Paths::rooted(files.root())
+}
+
+/// Builds the real parts, takes the slots lock as `holder` (waiting at most `wait`) and runs
+/// `f` on them.
+fn with_reset<T>(
+    files: &Files,
+    holder: &str,
+    wait: Duration,
+    f: impl FnOnce(&mut Reset<'_>) -> Result<T>,
+) -> Result<T> {
+    let storage = storage_paths(files);
+    let (disk, crypt, keys, _mounts) = system_parts(&storage);
+    let facts = BuildFacts::load(&files.build_facts())?;
+    let root = PublicKey::load(&files.root_key())
+        .with_context(|| format!("loading the root key {}", files.root_key().display()))?;
+    let booted = booted_slot(files)?;
+    let backend: Box<dyn BootControl> = match facts.board.boot_control() {
+        BootControlKind::SystemdBoot => Box::new(SystemdBoot::new(files.esp())),
+        BootControlKind::Tegra => bail!(
+            "aperture-reset drives the slots of the qemu boards (systemd-boot) only; on {} \
+             reflash the appliance with the flasher",
+            facts.board
+        ),
+    };
+    let _lock = SlotsLock::acquire(&files.slots_lock(), holder, wait)?;
+    let store = open_store(&disk, facts.board)?;
     let writer = BundleSlotWriter {
         disk: &disk,
-        paths,
+        files,
+        board: facts.board,
         root,
-        now: clock.now_unix(),
     };
+    let clock = SystemClock::default();
     let faults = Faults::none();
     let mut reset = Reset {
-        paths,
+        files,
         disk: &disk,
         crypt: &crypt,
         keys: keys.as_ref(),
@@ -237,6 +286,7 @@ fn with_reset<T>(paths: &Paths, f: impl FnOnce(&mut Reset<'_>) -> Result<T>) -> 
         clock: &clock,
         reboot: &SystemReboot,
         slots: SlotManager::new(backend, booted),
+        store,
         root,
         board: facts.board,
         faults: &faults,

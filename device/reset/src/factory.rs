@@ -19,6 +19,19 @@ use aperture_trust::policy::check_factory;
 use crate::io::{part_err, PartReader};
 use crate::ResetError;
 
+/// The time at which reset checks signatures of what was verified with the clock when it was
+/// written: an installed slot (verified at install) and, from task 12.1 on, the factory image
+/// (verified at manufacture).
+///
+/// Key expiry decides what may be NEWLY published and installed. A release key expiring later
+/// does not make an image that was verified while the key was valid less trustworthy, and a
+/// reset that refused it would leave an appliance a year after manufacture with no reset at
+/// all (and a reset journal that retries for ever). Trust's verifiers take the time as an
+/// argument and refuse a key when `now >= not_after`; the Unix epoch is before every key's
+/// `not_after`, so at this time they check the whole signature chain (root, keyring, release
+/// key, manifest) and the payload hashes, and not expiry.
+pub const VERIFIED_WHEN_WRITTEN: u64 = 0;
+
 const BLOCK: u64 = 512;
 /// A bundle has the manifest, the signature and one entry per slot artifact: far fewer.
 const MAX_ENTRIES: usize = 64;
@@ -95,6 +108,13 @@ pub fn verify(
     check_factory(&manifest, board)?;
     bundle.verify_payloads()?;
     Ok(manifest)
+}
+
+/// The factory image's manifest with its signature chain verified against `root` (without
+/// expiry: [`VERIFIED_WHEN_WRITTEN`]); no payload is read.
+pub fn manifest(part: &dyn Partition, root: &PublicKey) -> Result<Manifest, ResetError> {
+    let mut bundle = BundleReader::new(reader(part)?, root, VERIFIED_WHEN_WRITTEN);
+    Ok(bundle.read_header()?.into_manifest())
 }
 
 /// The raw bytes of the first two entries (`manifest.json`, `manifest.sig`) of a bundle

@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aperture_storage::cmd::Cmd;
+use aperture_sys::Cmd;
 
 use crate::journal::Level;
 use crate::seams::Clock;

@@ -12,17 +12,21 @@
 //!    partitions afresh.
 //!
 //! Modules:
-//! * [`journal`]: the plan and `/efi/aperture/reset.json`; [`engine`]: running and resuming it.
+//! * [`journal`]: the plan, and the reset area of the device state store (journal and
+//!   consumed reset-key press); [`engine`]: running and resuming it.
 //! * [`wipe`]: crypto-erase, scrub, and the `--verify` read-back; [`factory`]: the bundle in
 //!   the factory partition; [`slot_writer`]: installing a bundle into a slot
 //!   ([`SlotWriter`]); [`slot_check`]: re-verifying a slot for level 1.
 //! * [`input`]: the reset key held at boot; [`seams`]: clock, reboot, discard, fault
-//!   injection; [`io`]: partition I/O helpers; [`paths`]: where everything is; [`app`]: the
-//!   command line.
+//!   injection; [`io`]: partition I/O helpers and the store; [`app`]: the command line.
 //!
-//! Partitions, LUKS and keys come from `aperture-storage` (its [`aperture_storage::Disk`],
+//! Where things are ([`aperture_appliance::Files`]), the board and its partitions
+//! ([`aperture_appliance::Board`]), the image's facts ([`aperture_appliance::BuildFacts`]),
+//! the device state store and the slots lock come from `aperture-appliance`; partitions, LUKS
+//! and keys from `aperture-storage` (its [`aperture_storage::Disk`],
 //! [`aperture_storage::Crypt`] and [`aperture_storage::KeySource`] traits), slots from
-//! `aperture-slots`, bundles and verity from `aperture-trust`.
+//! `aperture-slots`, bundles and verity from `aperture-trust`. Nothing reset keeps is on the
+//! FAT ESP: the journal and the slot records are in the store.
 
 pub mod app;
 pub mod engine;
@@ -31,7 +35,6 @@ pub mod factory;
 pub mod input;
 pub mod io;
 pub mod journal;
-pub mod paths;
 pub mod seams;
 pub mod slot_check;
 pub mod slot_writer;
@@ -39,6 +42,5 @@ pub mod wipe;
 
 pub use engine::{Level1Report, Outcome, Reset};
 pub use error::ResetError;
-pub use journal::{Journal, Level, Step};
-pub use paths::Paths;
+pub use journal::{Journal, Level, ResetRecord, Step};
 pub use slot_writer::{BundleSlotWriter, SlotWriter, Slots};

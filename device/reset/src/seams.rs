@@ -5,8 +5,8 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use aperture_storage::cmd::Cmd;
 use aperture_storage::Partition;
+use aperture_sys::Cmd;
 
 use crate::ResetError;
 
@@ -151,9 +151,7 @@ impl Discard for BlkDiscard {
             _ if out.stderr.contains("not supported") => {
                 Err(DiscardError::Unsupported(out.stderr.trim().to_string()))
             }
-            _ => Err(DiscardError::Failed(aperture_storage::cmd::tail(
-                &out.stderr,
-            ))),
+            _ => Err(DiscardError::Failed(aperture_sys::cmd::tail(&out.stderr))),
         }
     }
 }

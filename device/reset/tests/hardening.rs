@@ -1,0 +1,177 @@
+//! The defects of issue 12 found by reading aperture-reset as an attacker would, one test (or
+//! a few) each, on the file-backed rig:
+//!
+//! * 12.6: the journal's steps are not trusted (a planted journal with a bare Finish blesses
+//!   nothing), and reset never commits a slot on trial (the factory slot waits for its health
+//!   gate).
+//! * 12.1: key expiry decides what may be newly installed, not whether the factory image or
+//!   an installed slot may be used: two years after the build every level completes.
+//! * 12.2: a factory image below the anti-rollback floor is installed only by level 3.
+
+mod common;
+
+use std::rc::Rc;
+
+use aperture_reset::seams::{FakeDiscardMode, FakeReboot, Faults};
+use aperture_reset::{Journal, Level, Outcome, ResetError, Step};
+use aperture_slots::{BootState, FakeBootControl, Slot, SlotStatus};
+use common::*;
+
+fn run(
+    rig: &Rig,
+    f: impl FnOnce(&mut aperture_reset::Reset<'_>) -> Result<Outcome, ResetError>,
+) -> Result<Outcome, ResetError> {
+    rig.with_reset(
+        &rig.fresh_crypt(),
+        Rc::new(Faults::none()),
+        FakeDiscardMode::Zeroes,
+        &FakeReboot::default(),
+        f,
+    )
+}
+
+fn resume(rig: &Rig) -> Result<Outcome, ResetError> {
+    run(rig, |r| r.resume())
+}
+
+fn set_status(rig: &Rig, slot: Slot, status: SlotStatus) -> BootState {
+    let mut state = rig.state();
+    state.slot_mut(slot).status = status;
+    FakeBootControl::create(rig.boot_file(), state.clone()).unwrap();
+    rig.state()
+}
+
+/// Plants a level 2 journal started on `started_from`, positioned at its Finish step.
+fn plant_bare_finish(rig: &Rig, started_from: Slot) {
+    let mut j = Journal::new(Level::Two, started_from, false);
+    j.next = j.index_of(Step::Finish).unwrap();
+    j.save(&mut rig.store()).unwrap();
+}
+
+/// Round 1 kept the steps in the journal and ran whatever it found: a journal holding only
+/// `finish` blessed the other slot, whatever it was. Now the steps are rebuilt from the level
+/// and the start slot, and Finish marks good only the factory image the reset itself wrote.
+#[test]
+fn a_planted_journal_with_a_bare_finish_blesses_nothing() {
+    let update = release("3.0.0", 55, BOARD);
+    for failed in [
+        // An update that used up its tries.
+        SlotStatus::Bad,
+        // An update on trial that already booted once and has not passed its gate.
+        SlotStatus::Trying {
+            tries_left: 1,
+            tries_done: 2,
+        },
+        // An update armed and not yet booted.
+        SlotStatus::Trying {
+            tries_left: 3,
+            tries_done: 0,
+        },
+    ] {
+        let rig = Rig::new(Backend::Fake);
+        rig.install(Slot::B, &update);
+        let before = set_status(&rig, Slot::B, failed);
+        // Started "on B", so Finish on A would bless B.
+        plant_bare_finish(&rig, Slot::B);
+        let err = resume(&rig).unwrap_err();
+        assert!(
+            matches!(err, ResetError::JournalContradicted { .. }),
+            "{failed}: {err}"
+        );
+        assert!(err.to_string().contains("nothing was marked good"), "{err}");
+        assert_eq!(rig.state(), before, "{failed}: boot state changed");
+        assert_eq!(rig.recorded_version(Slot::B), "3.0.0");
+        // The reset gave up: later boots go on and report it; a real reset may start again.
+        assert!(matches!(resume(&rig).unwrap(), Outcome::Failed { .. }));
+        assert_eq!(rig.state(), before);
+    }
+}
+
+/// A planted Finish while the running slot is on trial does not commit it either: that is the
+/// health gate's call.
+#[test]
+fn a_planted_finish_never_commits_a_running_slot_on_trial() {
+    let rig = Rig::new(Backend::Fake);
+    set_status(
+        &rig,
+        Slot::B,
+        SlotStatus::Trying {
+            tries_left: 3,
+            tries_done: 0,
+        },
+    );
+    let mut state = rig.state();
+    state.next = Slot::B;
+    FakeBootControl::create(rig.boot_file(), state).unwrap();
+    assert_eq!(rig.power_on(), Slot::B);
+    let on_trial = rig.state();
+    // The journal says B is the factory slot (started on A): wait for the gate.
+    plant_bare_finish(&rig, Slot::A);
+    assert_eq!(
+        resume(&rig).unwrap(),
+        Outcome::AwaitingHealthGate { slot: Slot::B }
+    );
+    assert_eq!(rig.state(), on_trial);
+    // The journal says the reset started on B: B should be good by now; it is not.
+    plant_bare_finish(&rig, Slot::B);
+    let err = resume(&rig).unwrap_err();
+    assert!(
+        matches!(err, ResetError::JournalContradicted { .. }),
+        "{err}"
+    );
+    assert_eq!(rig.state(), on_trial, "nothing was committed");
+}
+
+/// Round 1 committed the factory slot as soon as it booted, before the health gate ran, and
+/// then overwrote the old slot: a factory image that boots but fails its gate left no
+/// fallback. Now the factory slot stays on trial until the gate commits it, the old slot is
+/// untouched until then, and a factory slot whose tries run out is written again.
+#[test]
+fn a_factory_slot_that_never_passed_the_gate_stays_on_trial() {
+    for backend in [Backend::Fake, Backend::SystemdBoot] {
+        let rig = Rig::new(backend);
+        let original_a = rig.read_partition("rootfs_a");
+        assert_eq!(
+            run(&rig, |r| r.start(Level::Two)).unwrap(),
+            Outcome::Rebooting {
+                step: Step::RebootToFactory
+            }
+        );
+        // The gate fails on every boot of the factory image.
+        for _ in 0..aperture_reset::engine::FACTORY_TRIES {
+            assert_eq!(rig.power_on(), Slot::B, "{backend:?}");
+            assert_eq!(
+                resume(&rig).unwrap(),
+                Outcome::AwaitingHealthGate { slot: Slot::B }
+            );
+            let status = rig.state().status(Slot::B);
+            assert!(
+                matches!(status, SlotStatus::Trying { .. } | SlotStatus::Bad),
+                "{backend:?}: reset committed the factory slot: {status}"
+            );
+            assert_eq!(rig.read_partition("rootfs_a"), original_a);
+            assert_eq!(rig.recorded_version(Slot::A), "2.0.0");
+        }
+        // Its tries are used up: the old slot boots, and the factory image is written again.
+        assert_eq!(rig.power_on(), Slot::A, "{backend:?}");
+        assert_eq!(
+            resume(&rig).unwrap(),
+            Outcome::Rebooting {
+                step: Step::RebootToFactory
+            }
+        );
+        assert!(matches!(
+            rig.state().status(Slot::B),
+            SlotStatus::Trying { tries_done: 0, .. }
+        ));
+        // This time the gate passes: the reset completes.
+        assert_eq!(rig.power_on(), Slot::B);
+        assert_eq!(
+            resume(&rig).unwrap(),
+            Outcome::AwaitingHealthGate { slot: Slot::B }
+        );
+        rig.health_gate_passes();
+        assert_eq!(resume(&rig).unwrap(), Outcome::Done { level: Level::Two });
+        rig.assert_factory_everywhere();
+    }
+}
