@@ -234,12 +234,7 @@ impl Reset<'_> {
         }
         // The whole factory bundle is checked before anything is written.
         let part = self.disk.open(self.factory_partition(), Access::Shared)?;
-        let manifest = factory::verify(
-            part.as_ref(),
-            &self.root,
-            self.clock.now_unix(),
-            self.board.name(),
-        )?;
+        let manifest = factory::verify(part.as_ref(), &self.root, self.board.name())?;
         factory_policy(self.board, &manifest)?;
         self.writer.preflight(&manifest)?;
         tracing::info!(

@@ -6,7 +6,8 @@
 //! entry again) to find where that marker ends, so the reader sees exactly the bundle and not
 //! the partition's tail. [`verify`] reads the whole bundle once: signature chain, board
 //! ([`aperture_trust::policy::check_factory`]), and every payload's size and hash, before
-//! anything is written.
+//! anything is written. Key expiry is not checked ([`VERIFIED_WHEN_WRITTEN`]): the factory
+//! image was verified when the appliance was flashed, and a reset must still work years later.
 
 use std::io::Read;
 
@@ -20,8 +21,8 @@ use crate::io::{part_err, PartReader};
 use crate::ResetError;
 
 /// The time at which reset checks signatures of what was verified with the clock when it was
-/// written: an installed slot (verified at install) and, from task 12.1 on, the factory image
-/// (verified at manufacture).
+/// written: an installed slot (verified at install) and the factory image (verified when the
+/// appliance was flashed).
 ///
 /// Key expiry decides what may be NEWLY published and installed. A release key expiring later
 /// does not make an image that was verified while the key was valid less trustworthy, and a
@@ -95,15 +96,11 @@ pub fn reader(part: &dyn Partition) -> Result<PartReader<'_>, ResetError> {
     Ok(PartReader::new(part, len))
 }
 
-/// Reads and checks the whole factory bundle: signature chain against `root` at `now`, board,
-/// every payload. Returns the verified manifest. Nothing is written.
-pub fn verify(
-    part: &dyn Partition,
-    root: &PublicKey,
-    now: u64,
-    board: &str,
-) -> Result<Manifest, ResetError> {
-    let mut bundle = BundleReader::new(reader(part)?, root, now);
+/// Reads and checks the whole factory bundle: signature chain against `root` (without key
+/// expiry: [`VERIFIED_WHEN_WRITTEN`]), board, every payload's size and hash. Returns the
+/// verified manifest. Nothing is written.
+pub fn verify(part: &dyn Partition, root: &PublicKey, board: &str) -> Result<Manifest, ResetError> {
+    let mut bundle = BundleReader::new(reader(part)?, root, VERIFIED_WHEN_WRITTEN);
     let manifest = bundle.read_header()?.into_manifest();
     check_factory(&manifest, board)?;
     bundle.verify_payloads()?;

@@ -175,3 +175,78 @@ fn a_factory_slot_that_never_passed_the_gate_stays_on_trial() {
         rig.assert_factory_everywhere();
     }
 }
+
+/// Two years after the rig's appliance was built and flashed (at [`NOW`], when its release
+/// key was valid), past the key's expiry.
+const TWO_YEARS_LATER: u64 = NOW + 2 * 365 * 86_400;
+
+/// Round 1 checked the factory image's and the installed slots' signatures against the clock:
+/// once the release key expired (a year after manufacture, say) levels 2 and 3 refused, so a
+/// level 3 "before transfer" wiped nothing; a key expiring mid-reset made the journal retry
+/// for ever. Expiry now decides only what may be newly installed.
+#[test]
+fn levels_1_2_3_complete_two_years_after_the_build() {
+    assert!(TWO_YEARS_LATER > KEY_NOT_AFTER);
+    // Level 1 re-verifies the installed slots' signed manifests.
+    let mut rig = Rig::new(Backend::SystemdBoot);
+    rig.now = TWO_YEARS_LATER;
+    let report = run(&rig, |r| r.level1().map(Outcome::Level1)).unwrap();
+    assert!(
+        matches!(&report, Outcome::Level1(l) if l.chosen == Slot::A && l.refused.is_empty()),
+        "{report:?}"
+    );
+    // Level 2.
+    let mut rig = Rig::new(Backend::SystemdBoot);
+    rig.now = TWO_YEARS_LATER;
+    rig.run_to_completion(|r| r.start(Level::Two), &rig.fresh_crypt());
+    rig.assert_factory_everywhere();
+    // Level 3 leaves no canary.
+    let mut rig = Rig::new(Backend::Fake);
+    rig.provision();
+    rig.now = TWO_YEARS_LATER;
+    rig.run_to_completion(|r| r.start(Level::Three), &rig.fresh_crypt());
+    let found = rig.scan();
+    assert!(found.is_empty(), "left on the disk: {found:?}");
+    assert!(keys_gone(&rig));
+    rig.assert_factory_everywhere();
+}
+
+#[test]
+fn a_key_expiring_mid_reset_does_not_stall_the_journal() {
+    let mut rig = Rig::new(Backend::Fake);
+    rig.provision();
+    assert!(matches!(
+        run(&rig, |r| r.start(Level::Three)).unwrap(),
+        Outcome::Rebooting { .. }
+    ));
+    rig.now = TWO_YEARS_LATER;
+    rig.run_to_completion(|r| r.resume(), &rig.fresh_crypt());
+    assert!(rig.scan().is_empty());
+    rig.assert_factory_everywhere();
+}
+
+/// Without expiry the signatures are still checked: a changed manifest byte in the factory
+/// image is refused two years later, before anything is written.
+#[test]
+fn without_expiry_a_tampered_factory_image_is_still_refused() {
+    let mut factory = releases().1.clone();
+    let m = find(&factory.bundle, b"\"1.0.0\"").unwrap();
+    factory.bundle[m + 1] = b'9';
+    let mut rig = Rig::with_factory(Backend::Fake, factory);
+    rig.provision();
+    rig.now = TWO_YEARS_LATER;
+    let before = rig.read_partition("data");
+    let err = run(&rig, |r| r.start(Level::Three)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ResetError::Trust(
+                aperture_trust::TrustError::BadSignature { .. }
+                    | aperture_trust::TrustError::Malformed { .. }
+            )
+        ),
+        "{err}"
+    );
+    assert_eq!(rig.read_partition("data"), before);
+    assert_eq!(rig.journal(), None);
+}
