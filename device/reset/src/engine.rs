@@ -5,8 +5,10 @@
 //!   is good ("boot it again"), then the other good slot; slots on trial or bad are never
 //!   known-good.
 //! * [`Reset::start`] with level 2 or 3: the running slot must be committed (good); the whole
-//!   factory bundle is verified before anything is written; then the journal is written and
-//!   run ([`crate::journal::plan`]).
+//!   factory bundle is verified before anything is written, and for level 2 its security
+//!   version must be at or above the anti-rollback floor (below it only level 3 may install
+//!   it, [`crate::factory::check_floor`]); then the journal is written and run
+//!   ([`crate::journal::plan`]).
 //! * [`Reset::resume`], at every boot before aperture-storage and again after the health gate:
 //!   continue the journal. Which slot booted tells how far a level 2 got: the factory slot
 //!   means the first half is done; the original slot with the factory slot still armed means
@@ -214,6 +216,15 @@ impl Reset<'_> {
         factory::manifest(part.as_ref(), &self.root)
     }
 
+    /// The anti-rollback floor a reset of `level` must respect: level 2 keeps the data, so
+    /// the factory image must be at or above it; level 3 destroys the data first.
+    fn floor_for(&self, level: Level) -> Result<Option<u64>, ResetError> {
+        match level {
+            Level::Two => Ok(Some(factory::security_floor(&self.store)?)),
+            Level::One | Level::Three => Ok(None),
+        }
+    }
+
     /// Start a level 2 or 3 reset (level 1 is [`Reset::level1`]).
     pub fn start(&mut self, level: Level) -> Result<Outcome, ResetError> {
         if level == Level::One {
@@ -235,7 +246,8 @@ impl Reset<'_> {
         // The whole factory bundle is checked before anything is written.
         let part = self.disk.open(self.factory_partition(), Access::Shared)?;
         let manifest = factory::verify(part.as_ref(), &self.root, self.board.name())?;
-        factory_policy(self.board, &manifest)?;
+        let floor = self.floor_for(level)?;
+        factory_policy(self.board, floor, &manifest)?;
         self.writer.preflight(&manifest)?;
         tracing::info!(
             "factory image {} {} for {} verifies",
@@ -486,12 +498,21 @@ impl Reset<'_> {
         let part = self.disk.open(self.factory_partition(), Access::Shared)?;
         let mut bundle = factory::reader(part.as_ref())?;
         let board = self.board;
-        let policy = move |m: &Manifest| factory_policy(board, m);
+        let floor = self.floor_for(j.level)?;
+        let policy = move |m: &Manifest| factory_policy(board, floor, m);
         let written =
             self.writer
-                .write_slot(&mut self.slots, &mut self.store, slot, &mut bundle, &policy)?;
-        tracing::info!("slot {slot} holds the factory image {}", written.version);
-        Ok(Flow::Next)
+                .write_slot(&mut self.slots, &mut self.store, slot, &mut bundle, &policy);
+        match written {
+            Ok(manifest) => {
+                tracing::info!("slot {slot} holds the factory image {}", manifest.version);
+                Ok(Flow::Next)
+            }
+            // Refused before anything was written; only a planted journal gets here (start
+            // checks the floor), and it would be refused at every boot: give up.
+            Err(e @ ResetError::FactoryBelowFloor { .. }) => Err(self.give_up(j, e)),
+            Err(e) => Err(e),
+        }
     }
 
     /// The second half wrote the other slot: mark it good if it is what the reset wrote (see
@@ -565,8 +586,12 @@ impl Reset<'_> {
     }
 }
 
-/// What a factory manifest must pass before a reset writes it into a slot.
-fn factory_policy(board: Board, manifest: &Manifest) -> Result<(), ResetError> {
+/// What a factory manifest must pass before a reset writes it into a slot: the board, and for
+/// a level 2 the anti-rollback `floor`.
+fn factory_policy(board: Board, floor: Option<u64>, manifest: &Manifest) -> Result<(), ResetError> {
     check_factory(manifest, board.name())?;
+    if let Some(floor) = floor {
+        factory::check_floor(manifest, floor)?;
+    }
     Ok(())
 }

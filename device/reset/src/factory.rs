@@ -11,13 +11,14 @@
 
 use std::io::Read;
 
+use aperture_appliance::Area;
 use aperture_storage::Partition;
 use aperture_trust::bundle::BundleReader;
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::Manifest;
 use aperture_trust::policy::check_factory;
 
-use crate::io::{part_err, PartReader};
+use crate::io::{part_err, PartReader, Store};
 use crate::ResetError;
 
 /// The time at which reset checks signatures of what was verified with the clock when it was
@@ -105,6 +106,34 @@ pub fn verify(part: &dyn Partition, root: &PublicKey, board: &str) -> Result<Man
     check_factory(&manifest, board)?;
     bundle.verify_payloads()?;
     Ok(manifest)
+}
+
+/// The anti-rollback floor, read the way aperture-update keeps it: the JSON record in area
+/// `update` of the device state store, of which only `security_floor` is read here (the rest
+/// is the updater's); no record means no floor (0). A record without the field is refused,
+/// so that a record this program does not understand never lowers the floor.
+pub fn security_floor(store: &Store) -> Result<u64, ResetError> {
+    #[derive(serde::Deserialize)]
+    struct UpdateRecord {
+        security_floor: u64,
+    }
+    Ok(store
+        .read_json::<UpdateRecord>(Area::Update)?
+        .map_or(0, |r| r.security_floor))
+}
+
+/// A level 2 keeps config and data, so it may install the factory image only at or above the
+/// anti-rollback `floor`: data written by a newer image must never meet an image the floor
+/// retired (a known vulnerability could read it). Level 3 destroys the data first and may.
+pub fn check_floor(manifest: &Manifest, floor: u64) -> Result<(), ResetError> {
+    if manifest.security_version < floor {
+        return Err(ResetError::FactoryBelowFloor {
+            version: manifest.version.clone(),
+            security_version: manifest.security_version,
+            floor,
+        });
+    }
+    Ok(())
 }
 
 /// The factory image's manifest with its signature chain verified against `root` (without
@@ -211,6 +240,24 @@ mod tests {
         img.resize(4096, 0x41);
         let part = MemPartition::new("factory", img);
         assert!(bundle_len(&part).is_err());
+    }
+
+    #[test]
+    fn the_floor_is_the_updaters_field_and_no_record_is_zero() {
+        let mut store = crate::io::tests::mem_store();
+        assert_eq!(security_floor(&store).unwrap(), 0);
+        store
+            .write(
+                Area::Update,
+                br#"{"format":1,"security_floor":4,"committed":"a","journal":null,"later":[1]}"#,
+            )
+            .unwrap();
+        assert_eq!(security_floor(&store).unwrap(), 4);
+        store.write(Area::Update, br#"{"format":1}"#).unwrap();
+        assert!(
+            security_floor(&store).is_err(),
+            "a floor that is not there is not 0"
+        );
     }
 
     #[test]

@@ -199,8 +199,15 @@ pub fn count_zeros(buf: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A store in memory.
+    pub(crate) fn mem_store() -> Store {
+        use aperture_appliance::store::{mem::MemMedium, PARTITION_BYTES};
+        let m: Box<dyn Medium> = Box::new(MemMedium::zeroed(PARTITION_BYTES));
+        StateStore::new(m, "mem").unwrap()
+    }
     use aperture_storage::MemPartition;
 
     #[test]

@@ -339,14 +339,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aperture_appliance::store::mem::MemMedium;
-    use aperture_appliance::store::{Medium, PARTITION_BYTES};
-    use aperture_appliance::StateStore;
-
-    pub(crate) fn mem_store() -> Store {
-        let m: Box<dyn Medium> = Box::new(MemMedium::zeroed(PARTITION_BYTES));
-        StateStore::new(m, "mem").unwrap()
-    }
+    use crate::io::tests::mem_store;
 
     #[test]
     fn plans() {

@@ -250,3 +250,77 @@ fn without_expiry_a_tampered_factory_image_is_still_refused() {
     assert_eq!(rig.read_partition("data"), before);
     assert_eq!(rig.journal(), None);
 }
+
+/// Round 1's level 2 installed a factory image whatever the anti-rollback floor, beside the
+/// data a newer image wrote. Now level 2 refuses before anything is written and names level 3,
+/// which destroys the data first and may install it.
+#[test]
+fn a_factory_image_below_the_floor_is_installed_only_by_level_3() {
+    let mut rig = Rig::with_factory(Backend::Fake, factory_with_security_version(1));
+    // The updater's record, with its other fields.
+    rig.store()
+        .write(
+            aperture_appliance::Area::Update,
+            br#"{"format":1,"security_floor":3,"committed":"a","journal":null}"#,
+        )
+        .unwrap();
+    rig.provision();
+    let before_b = rig.read_partition("rootfs_b");
+    let before_data = rig.read_partition("data");
+    let before_state = rig.state();
+    let err = run(&rig, |r| r.start(Level::Two)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ResetError::FactoryBelowFloor {
+                security_version: 1,
+                floor: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("level 3"), "{err}");
+    assert_eq!(rig.read_partition("rootfs_b"), before_b);
+    assert_eq!(rig.read_partition("data"), before_data);
+    assert_eq!(rig.state(), before_state);
+    assert_eq!(rig.journal(), None);
+
+    rig.run_to_completion(|r| r.start(Level::Three), &rig.fresh_crypt());
+    assert!(rig.scan().is_empty());
+    rig.assert_factory_everywhere();
+
+    // At the floor, level 2 is fine.
+    let rig = Rig::with_factory(Backend::Fake, factory_with_security_version(3));
+    rig.store()
+        .write(
+            aperture_appliance::Area::Update,
+            br#"{"format":1,"security_floor":3}"#,
+        )
+        .unwrap();
+    rig.run_to_completion(|r| r.start(Level::Two), &rig.fresh_crypt());
+    rig.assert_factory_everywhere();
+}
+
+/// A planted level 2 journal cannot get a factory image below the floor written either: the
+/// floor is checked again before the slot is written, and the reset gives up.
+#[test]
+fn a_planted_level_2_journal_respects_the_floor() {
+    let rig = Rig::with_factory(Backend::Fake, factory_with_security_version(1));
+    rig.store()
+        .write(
+            aperture_appliance::Area::Update,
+            br#"{"format":1,"security_floor":3}"#,
+        )
+        .unwrap();
+    Journal::new(Level::Two, Slot::A, false)
+        .save(&mut rig.store())
+        .unwrap();
+    let before_b = rig.read_partition("rootfs_b");
+    let before_state = rig.state();
+    let err = resume(&rig).unwrap_err();
+    assert!(matches!(err, ResetError::FactoryBelowFloor { .. }), "{err}");
+    assert_eq!(rig.read_partition("rootfs_b"), before_b);
+    assert_eq!(rig.state(), before_state);
+    assert!(matches!(resume(&rig).unwrap(), Outcome::Failed { .. }));
+}
