@@ -13,7 +13,7 @@ use aperture_trust::keys::PublicKey;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{Outcome, Reset};
-use crate::input::{level_for_hold, measure_hold, Evtest, DEFAULT_KEY};
+use crate::input::{read_press, Press, SysEvdev, DEFAULT_KEY};
 use crate::io::open_store;
 use crate::journal::{Journal, Level};
 use crate::seams::{BlkDiscard, Faults, SystemClock, SystemReboot};
@@ -68,14 +68,12 @@ struct RunArgs {
 enum Command {
     /// Finish an interrupted reset (run at every boot before aperture-storage).
     Resume,
-    /// Read the reset key held during boot and run the level it asks for.
+    /// Read the board's reset button (named in build.json) held during boot and run the
+    /// level it asks for.
     Button {
-        /// The evdev key (KEY_... name or code).
+        /// The evdev key the button reports (KEY_... name or code).
         #[arg(long, env = "APERTURE_RESET_KEY", default_value = DEFAULT_KEY)]
         key: String,
-        /// Input devices to ask (default: every /dev/input/event*).
-        #[arg(long = "device")]
-        devices: Vec<PathBuf>,
     },
     /// Show the reset journal, if a reset is in progress.
     Status {
@@ -99,25 +97,35 @@ pub fn run(cli: Cli) -> Result<i32> {
             report(&outcome);
             Ok(0)
         }
-        Some(Command::Button { key, devices }) => {
-            let devices = if devices.is_empty() {
-                Evtest::devices_in(&files.input_dir())
-            } else {
-                devices
-            };
-            let mut input = Evtest::new(devices, &key)?;
-            let clock = SystemClock::default();
-            let held = measure_hold(&mut input, &clock, &mut |l| {
-                eprintln!("aperture-reset: reset key held: level {l} if released now");
-            })?;
-            let Some(level) = level_for_hold(held) else {
+        Some(Command::Button { key }) => {
+            let facts = BuildFacts::load(&files.build_facts())?;
+            let Some(button) = facts.reset_button else {
+                tracing::info!("this board has no reset button (reset_button in build.json)");
                 return Ok(0);
             };
-            eprintln!("aperture-reset: reset level {level} requested by the reset key");
+            let boot_id = std::fs::read_to_string(files.path("proc/sys/kernel/random/boot_id"))
+                .map(|b| b.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into());
             let outcome = with_reset(&files, "aperture-reset button", BOOT_LOCK_WAIT, |r| {
-                Ok(r.start(level)?)
+                let mut evdev = SysEvdev::new(files.clone());
+                let press = read_press(
+                    &mut evdev,
+                    Some(&button),
+                    &key,
+                    r.clock,
+                    &mut r.store,
+                    &boot_id,
+                    &mut |l| eprintln!("aperture-reset: reset key held: level {l} if released now"),
+                )?;
+                let Press::Level(level) = press else {
+                    return Ok(None);
+                };
+                eprintln!("aperture-reset: reset level {level} requested by the reset key");
+                Ok(Some(r.start(level)?))
             })?;
-            report(&outcome);
+            if let Some(outcome) = outcome {
+                report(&outcome);
+            }
             Ok(0)
         }
         Some(Command::Status { json }) => {
@@ -308,5 +316,10 @@ mod tests {
         assert!(Cli::try_parse_from(["aperture-reset", "--level", "4"]).is_err());
         assert!(Cli::try_parse_from(["aperture-reset", "resume"]).is_ok());
         assert!(Cli::try_parse_from(["aperture-reset", "button", "--key", "KEY_F12"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["aperture-reset", "button", "--device", "/dev/input/event0"])
+                .is_err(),
+            "the button is named by build.json, not on the command line"
+        );
     }
 }
