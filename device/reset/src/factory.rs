@@ -145,6 +145,11 @@ pub fn manifest(part: &dyn Partition, root: &PublicKey) -> Result<Manifest, Rese
 
 /// The raw bytes of the first two entries (`manifest.json`, `manifest.sig`) of a bundle
 /// stream, from a prefix of it captured while the bundle reader read the header.
+///
+/// A slot's record keeps these exact bytes. Trust's `BundleReader::read_header` hands back the
+/// verified manifest but not the bytes it verified, so they are recovered here from the
+/// captured prefix (and verified again before they are kept); this parser and [`Capture`] go
+/// once trust's reader returns the verified bytes itself.
 pub fn header_entries(prefix: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResetError> {
     let mut at = 0usize;
     let mut out = Vec::new();
