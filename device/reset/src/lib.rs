@@ -1,15 +1,19 @@
 //! `aperture-reset`: the three reset levels of an Aperture appliance, journaled so that a
 //! power cut at any point is finished at the next boot (ARCHITECTURE.md, "Reset rules").
 //!
-//! 1. **Level 1** (short press): re-verify the known-good slot (dm-verity of its partition,
-//!    sha256 of its kernel and initrd) and boot it ([`Reset::level1`]).
+//! 1. **Level 1** (short press): re-verify the known-good slot (its signed record, dm-verity
+//!    of its partition, sha256 of its kernel and initrd) and boot it ([`Reset::level1`]).
 //! 2. **Level 2** (long press): reinstall the signed factory image from the `factory`
-//!    partition into both slots: the inactive slot first, reboot into it, then the other
-//!    ([`Reset::start`], [`Reset::resume`]).
+//!    partition into both slots: the inactive slot first, reboot into it on trial, and once
+//!    the health gate committed it, the other ([`Reset::start`], [`Reset::resume`]). A factory
+//!    image below the anti-rollback floor is refused: only level 3 may install it.
 //! 3. **Level 3** (very long press, or before an appliance changes hands): level 2 plus a
 //!    secure wipe of `config` and `data`: crypto-erase (keyslots, then the whole LUKS
 //!    metadata area), discard or overwrite, sealed keys forgotten. The next boot formats the
 //!    partitions afresh.
+//!
+//! The factory image and installed slots are verified without key expiry: they were verified
+//! with the clock when written ([`factory::VERIFIED_WHEN_WRITTEN`]).
 //!
 //! Modules:
 //! * [`journal`]: the plan, and the reset area of the device state store (journal and
