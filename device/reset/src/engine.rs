@@ -547,17 +547,19 @@ impl Reset<'_> {
             return Err(self.give_up(j, err));
         }
         let factory = self.factory_manifest()?;
-        let holds_factory = installed(&self.store, &self.root, other)
-            .map_err(|e| e.to_string())
-            .and_then(|(_, m)| {
-                if m == factory {
-                    Ok(())
-                } else {
-                    Err(format!("it holds {} {}", m.product, m.version))
-                }
-            })
-            .and_then(|()| self.verify(other).map(drop).map_err(|e| e.to_string()));
-        if let Err(why) = holds_factory {
+        // What the slot holds, or why it is not the factory image; I/O errors are not a
+        // verdict (the step is tried again at the next boot).
+        let mismatch = match installed(&self.store, &self.root, other) {
+            Ok((_, m)) if m != factory => Some(format!("it holds {} {}", m.product, m.version)),
+            Ok(_) => match self.verify(other) {
+                Ok(_) => None,
+                Err(ResetError::SlotVerify { reason, .. }) => Some(reason),
+                Err(e) => return Err(e),
+            },
+            Err(ResetError::SlotVerify { reason, .. }) => Some(reason),
+            Err(e) => return Err(e),
+        };
+        if let Some(why) = mismatch {
             let err = contradicted(format!(
                 "slot {other} does not hold the verified factory image {}: {why}",
                 factory.version

@@ -87,6 +87,32 @@ fn a_planted_journal_with_a_bare_finish_blesses_nothing() {
     }
 }
 
+/// Finish blesses the slot it rewrote only if it re-verifies block for block: the factory
+/// image's record over a partition that does not match it is not blessed.
+#[test]
+fn finish_blesses_no_factory_record_whose_slot_does_not_verify() {
+    let rig = Rig::new(Backend::Fake);
+    rig.install(Slot::B, &releases().1);
+    let mut byte = rig.read_partition("rootfs_b")[50_000..50_001].to_vec();
+    byte[0] ^= 0x40;
+    rig.write_partition("rootfs_b", 50_000, &byte);
+    let before = set_status(&rig, Slot::B, SlotStatus::Unbootable);
+    plant_bare_finish(&rig, Slot::B);
+    let err = resume(&rig).unwrap_err();
+    assert!(
+        matches!(err, ResetError::JournalContradicted { .. })
+            && err.to_string().contains("rootfs_b"),
+        "{err}"
+    );
+    assert_eq!(rig.state(), before);
+    // The same slot intact is what a reset that got this far leaves: it is blessed.
+    rig.install(Slot::B, &releases().1);
+    set_status(&rig, Slot::B, SlotStatus::Unbootable);
+    plant_bare_finish(&rig, Slot::B);
+    assert_eq!(resume(&rig).unwrap(), Outcome::Done { level: Level::Two });
+    assert_eq!(rig.state().status(Slot::B), SlotStatus::Good);
+}
+
 /// A planted Finish while the running slot is on trial does not commit it either: that is the
 /// health gate's call.
 #[test]
