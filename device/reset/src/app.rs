@@ -3,20 +3,29 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aperture_slots::{BootControl, SlotManager, SystemdBoot};
+use aperture_appliance::{BootControlKind, BuildFacts, Files, SlotsLock};
+use aperture_slots::{BootControl, Slot, SlotManager, SystemdBoot};
 use aperture_storage::{Access, DeviceDisk, Disk, SystemParts, Volume};
 use aperture_trust::keys::PublicKey;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{Outcome, Reset};
-use crate::input::{level_for_hold, measure_hold, Evtest, DEFAULT_KEY};
+use crate::input::{read_press, Press, SysEvdev, DEFAULT_KEY};
+use crate::io::open_store;
 use crate::journal::{Journal, Level};
-use crate::paths::{DeviceFacts, Paths};
-use crate::seams::{BlkDiscard, Clock, Faults, SystemClock, SystemReboot};
+use crate::seams::{BlkDiscard, Faults, SystemClock, SystemReboot};
 use crate::slot_writer::BundleSlotWriter;
 use crate::wipe::{self, VerifyReport};
+use crate::ResetError;
+
+/// How long a reset started at boot (`resume`, `button`) waits for the slots lock: nothing
+/// else should hold it that early, but an install being resumed may.
+pub const BOOT_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long a reset started by hand waits for the slots lock before saying who holds it.
+pub const MANUAL_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Reset an Aperture appliance: 1 boots the known-good slot again, 2 reinstalls the factory
 /// image, 3 also wipes all customer data.
@@ -59,14 +68,12 @@ struct RunArgs {
 enum Command {
     /// Finish an interrupted reset (run at every boot before aperture-storage).
     Resume,
-    /// Read the reset key held during boot and run the level it asks for.
+    /// Read the board's reset button (named in build.json) held during boot and run the
+    /// level it asks for.
     Button {
-        /// The evdev key (KEY_... name or code).
+        /// The evdev key the button reports (KEY_... name or code).
         #[arg(long, env = "APERTURE_RESET_KEY", default_value = DEFAULT_KEY)]
         key: String,
-        /// Input devices to ask (default: every /dev/input/event*).
-        #[arg(long = "device")]
-        devices: Vec<PathBuf>,
     },
     /// Show the reset journal, if a reset is in progress.
     Status {
@@ -78,37 +85,53 @@ enum Command {
 
 /// Runs the command line; the exit code on success (non-zero when `--verify` failed).
 pub fn run(cli: Cli) -> Result<i32> {
-    let paths = match &cli.root {
-        Some(r) => Paths::rooted(r),
-        None => Paths::default(),
+    let files = match &cli.root {
+        Some(r) => Files::at(r),
+        None => Files::default(),
     };
     match cli.command {
         Some(Command::Resume) => {
-            let outcome = with_reset(&paths, |r| Ok(r.resume()?))?;
+            let outcome = with_reset(&files, "aperture-reset resume", BOOT_LOCK_WAIT, |r| {
+                Ok(r.resume()?)
+            })?;
             report(&outcome);
             Ok(0)
         }
-        Some(Command::Button { key, devices }) => {
-            let devices = if devices.is_empty() {
-                Evtest::devices_in(&paths.input_dir)
-            } else {
-                devices
-            };
-            let mut input = Evtest::new(devices, &key)?;
-            let clock = SystemClock::default();
-            let held = measure_hold(&mut input, &clock, &mut |l| {
-                eprintln!("aperture-reset: reset key held: level {l} if released now");
-            })?;
-            let Some(level) = level_for_hold(held) else {
+        Some(Command::Button { key }) => {
+            let facts = BuildFacts::load(&files.build_facts())?;
+            let Some(button) = facts.reset_button else {
+                tracing::info!("this board has no reset button (reset_button in build.json)");
                 return Ok(0);
             };
-            eprintln!("aperture-reset: reset level {level} requested by the reset key");
-            let outcome = with_reset(&paths, |r| Ok(r.start(level)?))?;
-            report(&outcome);
+            let boot_id = std::fs::read_to_string(files.path("proc/sys/kernel/random/boot_id"))
+                .map(|b| b.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into());
+            let outcome = with_reset(&files, "aperture-reset button", BOOT_LOCK_WAIT, |r| {
+                let mut evdev = SysEvdev::new(files.clone());
+                let press = read_press(
+                    &mut evdev,
+                    Some(&button),
+                    &key,
+                    r.clock,
+                    &mut r.store,
+                    &boot_id,
+                    &mut |l| eprintln!("aperture-reset: reset key held: level {l} if released now"),
+                )?;
+                let Press::Level(level) = press else {
+                    return Ok(None);
+                };
+                eprintln!("aperture-reset: reset level {level} requested by the reset key");
+                Ok(Some(r.start(level)?))
+            })?;
+            if let Some(outcome) = outcome {
+                report(&outcome);
+            }
             Ok(0)
         }
         Some(Command::Status { json }) => {
-            let journal = Journal::load(paths.journal())?;
+            let facts = BuildFacts::load(&files.build_facts())?;
+            let disk = DeviceDisk::on(&files);
+            let journal = Journal::load(&open_store(&disk, facts.board)?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&journal)?);
             } else {
@@ -119,7 +142,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                         j.level,
                         j.started_from,
                         j.next + 1,
-                        j.steps.len(),
+                        j.steps().len(),
                         j.current().map(|s| format!(" ({s})")).unwrap_or_default(),
                         j.failed
                             .map(|f| format!("; FAILED: {f}"))
@@ -137,11 +160,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             if let Some(n) = args.level {
                 let level = Level::try_from(n).map_err(anyhow::Error::msg)?;
                 confirm(level, args.yes)?;
-                let outcome = with_reset(&paths, |r| Ok(r.start(level)?))?;
+                let holder = format!("aperture-reset --level {level}");
+                let outcome =
+                    with_reset(&files, &holder, MANUAL_LOCK_WAIT, |r| Ok(r.start(level)?))?;
                 report(&outcome);
             }
             if args.verify {
-                let disk = DeviceDisk::on(&paths.files);
+                let disk = DeviceDisk::on(&files);
                 let report = verify(&disk)?;
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -203,6 +228,10 @@ fn report(outcome: &Outcome) {
     match outcome {
         Outcome::Nothing => tracing::debug!("no reset in progress"),
         Outcome::Rebooting { step } => eprintln!("aperture-reset: rebooting ({step})"),
+        Outcome::AwaitingHealthGate { slot } => eprintln!(
+            "aperture-reset: the factory image runs on trial in slot {slot}; the reset goes on \
+             once the health gate committed it"
+        ),
         Outcome::Done { level } => eprintln!("aperture-reset: reset level {level} complete"),
         Outcome::Level1(r) => eprintln!("aperture-reset: rebooting into slot {}", r.chosen),
         Outcome::Failed { reason } => {
@@ -211,25 +240,47 @@ fn report(outcome: &Outcome) {
     }
 }
 
-/// Builds the real parts and runs `f` on them.
-fn with_reset<T>(paths: &Paths, f: impl FnOnce(&mut Reset<'_>) -> Result<T>) -> Result<T> {
-    let parts = SystemParts::open(paths.files.clone())?;
+/// The running slot, from `aperture.slot=` on the kernel command line.
+pub fn booted_slot(files: &Files) -> Result<Slot, ResetError> {
+    let path = files.cmdline();
+    let text = std::fs::read_to_string(&path).map_err(ResetError::io("reading", &path))?;
+    Slot::from_cmdline(&text).ok_or(ResetError::UnknownSlot { path })
+}
+
+/// Builds the real parts, takes the slots lock as `holder` (waiting at most `wait`) and runs
+/// `f` on them.
+fn with_reset<T>(
+    files: &Files,
+    holder: &str,
+    wait: Duration,
+    f: impl FnOnce(&mut Reset<'_>) -> Result<T>,
+) -> Result<T> {
+    let parts = SystemParts::open(files.clone())?;
     let (disk, crypt, keys) = (&parts.disk, &parts.crypt, &parts.state);
-    let facts = DeviceFacts::load(&paths.build_facts)?;
-    let root = PublicKey::load(&paths.root_key)
-        .with_context(|| format!("loading the root key {}", paths.root_key.display()))?;
-    let booted = paths.booted_slot()?;
-    let clock = SystemClock::default();
-    let backend: Box<dyn BootControl> = Box::new(SystemdBoot::new(paths.files.esp()));
+    let facts = &parts.facts;
+    let root = PublicKey::load(&files.root_key())
+        .with_context(|| format!("loading the root key {}", files.root_key().display()))?;
+    let booted = booted_slot(files)?;
+    let backend: Box<dyn BootControl> = match facts.board.boot_control() {
+        BootControlKind::SystemdBoot => Box::new(SystemdBoot::new(files.esp())),
+        BootControlKind::Tegra => bail!(
+            "aperture-reset drives the slots of the qemu boards (systemd-boot) only; on {} \
+             reflash the appliance with the flasher",
+            facts.board
+        ),
+    };
+    let _lock = SlotsLock::acquire(&files.slots_lock(), holder, wait)?;
+    let store = open_store(disk, facts.board)?;
     let writer = BundleSlotWriter {
         disk,
-        paths,
+        files,
+        board: facts.board,
         root,
-        now: clock.now_unix(),
     };
+    let clock = SystemClock::default();
     let faults = Faults::none();
     let mut reset = Reset {
-        paths,
+        files,
         disk,
         crypt,
         keys,
@@ -238,6 +289,7 @@ fn with_reset<T>(paths: &Paths, f: impl FnOnce(&mut Reset<'_>) -> Result<T>) -> 
         clock: &clock,
         reboot: &SystemReboot,
         slots: SlotManager::new(backend, booted),
+        store,
         root,
         board: facts.board,
         faults: &faults,
@@ -259,5 +311,10 @@ mod tests {
         assert!(Cli::try_parse_from(["aperture-reset", "--level", "4"]).is_err());
         assert!(Cli::try_parse_from(["aperture-reset", "resume"]).is_ok());
         assert!(Cli::try_parse_from(["aperture-reset", "button", "--key", "KEY_F12"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["aperture-reset", "button", "--device", "/dev/input/event0"])
+                .is_err(),
+            "the button is named by build.json, not on the command line"
+        );
     }
 }

@@ -4,27 +4,43 @@
 //!   first that verifies the next boot, then reboot. The running slot is tried first when it
 //!   is good ("boot it again"), then the other good slot; slots on trial or bad are never
 //!   known-good.
-//! * [`Reset::start`] with level 2 or 3: verify the whole factory bundle before anything is
-//!   written, write the plan to the journal, run it ([`crate::journal::plan`]).
-//! * [`Reset::resume`], at every boot before aperture-storage: continue the journal. Which
-//!   slot booted tells how far a level 2 got: the factory slot means the first half is done;
-//!   the original slot with the factory slot still armed means the reboot has not happened
-//!   yet; the original slot otherwise means the factory slot failed to boot, and it is written
-//!   again, until [`MAX_FACTORY_BOOT_FAILURES`] failures.
+//! * [`Reset::start`] with level 2 or 3: the running slot must be committed (good); the whole
+//!   factory bundle is verified before anything is written, and for level 2 its security
+//!   version must be at or above the anti-rollback floor (below it only level 3 may install
+//!   it, [`crate::factory::check_floor`]); then the journal is written and run
+//!   ([`crate::journal::plan`]).
+//! * [`Reset::resume`], at every boot before aperture-storage and again after the health gate:
+//!   continue the journal. Which slot booted tells how far a level 2 got: the factory slot
+//!   means the first half is done; the original slot with the factory slot still armed means
+//!   the reboot has not happened yet; the original slot otherwise means the factory slot
+//!   failed to boot or failed its health gate, and it is written again, until
+//!   [`MAX_FACTORY_BOOT_FAILURES`] failures.
+//!
+//! ## What marks a slot good
+//! Reset never commits a slot on trial: the factory slot is committed by the health gate
+//! (`aperture-agent health`, which marks the running slot good in boot control), and the
+//! second half (overwriting the original slot) waits for that ([`Outcome::AwaitingHealthGate`]).
+//! [`Step::Finish`] then marks good only the slot the second half wrote, and only when it is
+//! unbootable or armed-but-never-tried (as the second half left it), holds exactly the
+//! factory image's signed manifest, and re-verifies block for block. Anything else means the
+//! journal was not written by a reset that got this far ([`ResetError::JournalContradicted`]):
+//! the reset gives up and marks nothing good.
 //!
 //! Every step is idempotent, so a power cut anywhere repeats at most the step it hit.
 
+use aperture_appliance::{Board, Files, Role};
 use aperture_slots::state::Step as BootStep;
-use aperture_slots::{BootControl, Slot, SlotStatus};
+use aperture_slots::{Slot, SlotStatus};
 use aperture_storage::{Access, Crypt, Disk, StorageState, Volume};
 use aperture_trust::keys::PublicKey;
+use aperture_trust::manifest::Manifest;
 use aperture_trust::policy::check_factory;
 use serde::Serialize;
 
-use crate::journal::{plan, Journal, Level, Step};
-use crate::paths::{Paths, FACTORY_PARTITION};
+use crate::io::Store;
+use crate::journal::{Journal, Level, Step};
 use crate::seams::{Clock, Discard, FaultPoint, Faults, Reboot};
-use crate::slot_check::verify_slot;
+use crate::slot_check::{installed, verify_slot};
 use crate::slot_writer::{SlotWriter, Slots};
 use crate::wipe::{self, ScrubMethod};
 use crate::{factory, ResetError};
@@ -45,6 +61,12 @@ pub enum Outcome {
     Rebooting {
         /// The step that asked for it.
         step: Step,
+    },
+    /// The factory image runs on trial in `slot`: the reset goes on once the health gate
+    /// committed it (`aperture-reset resume` after `aperture-health.service`).
+    AwaitingHealthGate {
+        /// The running factory slot.
+        slot: Slot,
     },
     /// The reset is complete and its journal removed.
     Done {
@@ -75,12 +97,14 @@ enum Flow {
     AdvanceAndReboot,
     /// Reboot without advancing (resume decides by the booted slot).
     Reboot,
+    /// Stop without advancing until the health gate committed the running slot.
+    AwaitGate,
 }
 
 /// The reset program over injected parts.
 pub struct Reset<'a> {
-    /// Paths.
-    pub paths: &'a Paths,
+    /// The appliance's files (the ESP's slot folders).
+    pub files: &'a Files,
     /// The disk (tests pass an [`crate::io::GuardedDisk`]).
     pub disk: &'a dyn Disk,
     /// LUKS.
@@ -98,10 +122,12 @@ pub struct Reset<'a> {
     pub reboot: &'a dyn Reboot,
     /// Boot control, for the running slot.
     pub slots: Slots,
+    /// The device state store: the journal, the slot records, the anti-rollback floor.
+    pub store: Store,
     /// The trusted root key.
     pub root: PublicKey,
     /// This appliance's board.
-    pub board: String,
+    pub board: Board,
     /// Power-cut injection (empty outside tests).
     pub faults: &'a Faults,
 }
@@ -111,16 +137,30 @@ impl Reset<'_> {
         self.slots.booted()
     }
 
+    fn factory_partition(&self) -> &'static str {
+        self.board.partition(Role::Factory)
+    }
+
     fn refuse_if_in_progress(&self) -> Result<(), ResetError> {
-        if let Some(j) = Journal::load(self.paths.journal())? {
+        if let Some(j) = Journal::load(&self.store)? {
             if j.failed.is_none() {
                 return Err(ResetError::InProgress {
                     level: j.level.into(),
-                    journal: self.paths.journal().to_path_buf(),
                 });
             }
         }
         Ok(())
+    }
+
+    fn verify(&self, slot: Slot) -> Result<aperture_trust::record::SlotRecord, ResetError> {
+        verify_slot(
+            self.disk,
+            self.files,
+            &self.store,
+            &self.root,
+            self.board.slot_layout(),
+            slot,
+        )
     }
 
     /// Level 1: boot a known-good slot again after re-verifying it.
@@ -136,7 +176,7 @@ impl Reset<'_> {
                 refused.push((slot, format!("it is {status}, not known-good")));
                 continue;
             }
-            match verify_slot(self.disk, self.paths, slot) {
+            match self.verify(slot) {
                 Ok(record) => {
                     tracing::info!(
                         "slot {slot} verifies ({} {})",
@@ -171,23 +211,45 @@ impl Reset<'_> {
         Ok(Level1Report { chosen, refused })
     }
 
+    /// The factory image's manifest, signature chain verified (no payloads read).
+    fn factory_manifest(&self) -> Result<Manifest, ResetError> {
+        let part = self.disk.open(self.factory_partition(), Access::Shared)?;
+        factory::manifest(part.as_ref(), &self.root)
+    }
+
+    /// The anti-rollback floor a reset of `level` must respect: level 2 keeps the data, so
+    /// the factory image must be at or above it; level 3 destroys the data first.
+    fn floor_for(&self, level: Level) -> Result<Option<u64>, ResetError> {
+        match level {
+            Level::Two => Ok(Some(factory::security_floor(&self.store)?)),
+            Level::One | Level::Three => Ok(None),
+        }
+    }
+
     /// Start a level 2 or 3 reset (level 1 is [`Reset::level1`]).
     pub fn start(&mut self, level: Level) -> Result<Outcome, ResetError> {
         if level == Level::One {
             return Ok(Outcome::Level1(self.level1()?));
         }
         self.refuse_if_in_progress()?;
-        if !self.disk.has(FACTORY_PARTITION)? {
+        let booted = self.booted();
+        let status = self.slots.state()?.status(booted);
+        if status != SlotStatus::Good {
+            return Err(ResetError::RunningSlotNotGood {
+                slot: booted,
+                status,
+                other: booted.other(),
+            });
+        }
+        if !self.disk.has(self.factory_partition())? {
             return Err(ResetError::NoFactory);
         }
         // The whole factory bundle is checked before anything is written.
-        let part = self.disk.open(FACTORY_PARTITION, Access::Shared)?;
-        let manifest = factory::verify(
-            part.as_ref(),
-            &self.root,
-            self.clock.now_unix(),
-            &self.board,
-        )?;
+        let part = self.disk.open(self.factory_partition(), Access::Shared)?;
+        let manifest = factory::verify(part.as_ref(), &self.root, self.board.name())?;
+        let floor = self.floor_for(level)?;
+        factory_policy(self.board, floor, &manifest)?;
+        self.writer.preflight(&manifest)?;
         tracing::info!(
             "factory image {} {} for {} verifies",
             manifest.product,
@@ -198,7 +260,7 @@ impl Reset<'_> {
         for v in Volume::ALL {
             busy |= self.crypt.mapped(v.mapper_name())?.is_some();
         }
-        let mut journal = Journal::new(level, self.booted(), plan(level, self.booted(), busy));
+        let mut journal = Journal::new(level, booted, busy);
         if level == Level::Three {
             for v in Volume::ALL {
                 if self.disk.has(v.label())? {
@@ -209,18 +271,18 @@ impl Reset<'_> {
                 }
             }
         }
-        journal.save(self.paths.journal())?;
+        journal.save(&mut self.store)?;
         tracing::info!(
-            "reset level {level}: {} steps journaled in {}",
-            journal.steps.len(),
-            self.paths.journal().display()
+            "reset level {level}: {} steps journaled in {} (area reset)",
+            journal.steps().len(),
+            self.store.name()
         );
         self.run(&mut journal)
     }
 
-    /// Continue a journaled reset at boot; [`Outcome::Nothing`] if there is none.
+    /// Continue a journaled reset; [`Outcome::Nothing`] if there is none.
     pub fn resume(&mut self) -> Result<Outcome, ResetError> {
-        let Some(mut journal) = Journal::load(self.paths.journal())? else {
+        let Some(mut journal) = Journal::load(&self.store)? else {
             return Ok(Outcome::Nothing);
         };
         if let Some(reason) = &journal.failed {
@@ -233,7 +295,7 @@ impl Reset<'_> {
             "resuming reset level {} at step {} of {} on slot {}",
             journal.level,
             journal.next + 1,
-            journal.steps.len(),
+            journal.steps().len(),
             self.booted()
         );
         self.reconcile(&mut journal)?;
@@ -252,7 +314,7 @@ impl Reset<'_> {
             Some(Step::ArmSlot { .. } | Step::RebootToFactory) if booted == factory_slot => {
                 if let Some(i) = second_half {
                     j.next = i;
-                    j.save(self.paths.journal())?;
+                    j.save(&mut self.store)?;
                 }
             }
             Some(Step::ArmSlot { slot }) if booted == original => {
@@ -284,28 +346,36 @@ impl Reset<'_> {
             let err = ResetError::FactoryDidNotBoot {
                 attempts: j.factory_boot_failures,
             };
-            j.failed = Some(err.to_string());
-            j.save(self.paths.journal())?;
-            return Err(err);
+            return Err(self.give_up(j, err));
         }
         tracing::warn!(
-            "the factory image in slot {} did not boot; writing it again",
+            "the factory image in slot {} did not boot or did not pass its health gate; writing \
+             it again",
             j.factory_slot()
         );
         if let Some(i) = j.index_of(Step::WriteSlot {
             slot: j.factory_slot(),
         }) {
             j.next = i;
-            j.save(self.paths.journal())?;
+            j.save(&mut self.store)?;
         }
         Ok(())
     }
 
+    /// Record in the journal that the reset gave up because of `err`, and return `err`.
+    fn give_up(&mut self, j: &mut Journal, err: ResetError) -> ResetError {
+        j.failed = Some(err.to_string());
+        match j.save(&mut self.store) {
+            Ok(()) => err,
+            Err(save) => save,
+        }
+    }
+
     fn run(&mut self, j: &mut Journal) -> Result<Outcome, ResetError> {
-        let path = self.paths.journal().to_path_buf();
+        let steps = j.steps();
         loop {
-            let Some(step) = j.current() else {
-                Journal::remove(&path)?;
+            let Some(step) = steps.get(j.next).copied() else {
+                Journal::remove(&mut self.store)?;
                 tracing::info!("reset level {} complete", j.level);
                 return Ok(Outcome::Done { level: j.level });
             };
@@ -315,24 +385,33 @@ impl Reset<'_> {
                 "reset level {}: step {}/{}: {step}",
                 j.level,
                 k + 1,
-                j.steps.len()
+                steps.len()
             );
             let flow = self.step(j, step)?;
             self.faults.check(FaultPoint::AfterStep(k))?;
             match flow {
                 Flow::Next => {
                     j.next += 1;
-                    j.save(&path)?;
+                    j.save(&mut self.store)?;
                 }
                 Flow::AdvanceAndReboot => {
                     j.next += 1;
-                    j.save(&path)?;
+                    j.save(&mut self.store)?;
                     self.reboot.reboot()?;
                     return Ok(Outcome::Rebooting { step });
                 }
                 Flow::Reboot => {
                     self.reboot.reboot()?;
                     return Ok(Outcome::Rebooting { step });
+                }
+                Flow::AwaitGate => {
+                    let slot = self.booted();
+                    tracing::info!(
+                        "reset level {}: the factory image runs on trial in slot {slot}; the \
+                         reset goes on once the health gate committed it",
+                        j.level
+                    );
+                    return Ok(Outcome::AwaitingHealthGate { slot });
                 }
             }
         }
@@ -384,62 +463,138 @@ impl Reset<'_> {
                     );
                 }
             }
-            Step::WriteSlot { slot } => {
-                // The running slot must be good to install beside it: the reset commits it
-                // (it runs; on the second half it is the factory image that just booted).
-                if self.slots.state()?.status(self.booted()) != SlotStatus::Good {
-                    self.slots.mark_good()?;
-                }
-                let part = self.disk.open(FACTORY_PARTITION, Access::Shared)?;
-                let mut bundle = factory::reader(part.as_ref())?;
-                let board = self.board.clone();
-                let policy = move |m: &aperture_trust::manifest::Manifest| check_factory(m, &board);
-                let manifest =
-                    self.writer
-                        .write_slot(&mut self.slots, slot, &mut bundle, &policy)?;
-                tracing::info!("slot {slot} holds the factory image {}", manifest.version);
-            }
+            Step::WriteSlot { slot } => return self.write_slot(j, step, slot),
             Step::ArmSlot { slot } => {
-                self.writer.arm_slot(&mut self.slots, slot, FACTORY_TRIES)?;
+                self.writer
+                    .arm_slot(&mut self.slots, &self.store, slot, FACTORY_TRIES)?;
             }
             Step::RebootToFactory => return Ok(Flow::Reboot),
-            Step::Finish => self.finish()?,
+            Step::Finish => return self.finish(j, step),
         }
         Ok(Flow::Next)
     }
 
-    /// Both slots hold the factory image: both good, the running one next.
-    fn finish(&mut self) -> Result<(), ResetError> {
+    /// Installs the factory image into `slot`, beside a running slot that is committed. On
+    /// the factory slot's first boots that is the health gate's call, not reset's: wait.
+    fn write_slot(&mut self, j: &mut Journal, step: Step, slot: Slot) -> Result<Flow, ResetError> {
+        let booted = self.booted();
+        if slot == booted {
+            let err = ResetError::JournalContradicted {
+                step: step.to_string(),
+                reason: format!("slot {slot} is the running slot"),
+            };
+            return Err(self.give_up(j, err));
+        }
+        let status = self.slots.state()?.status(booted);
+        if status != SlotStatus::Good {
+            if booted == j.factory_slot() {
+                return Ok(Flow::AwaitGate);
+            }
+            return Err(ResetError::RunningSlotNotGood {
+                slot: booted,
+                status,
+                other: slot,
+            });
+        }
+        let part = self.disk.open(self.factory_partition(), Access::Shared)?;
+        let mut bundle = factory::reader(part.as_ref())?;
+        let board = self.board;
+        let floor = self.floor_for(j.level)?;
+        let policy = move |m: &Manifest| factory_policy(board, floor, m);
+        let written =
+            self.writer
+                .write_slot(&mut self.slots, &mut self.store, slot, &mut bundle, &policy);
+        match written {
+            Ok(manifest) => {
+                tracing::info!("slot {slot} holds the factory image {}", manifest.version);
+                Ok(Flow::Next)
+            }
+            // Refused before anything was written; only a planted journal gets here (start
+            // checks the floor), and it would be refused at every boot: give up.
+            Err(e @ ResetError::FactoryBelowFloor { .. }) => Err(self.give_up(j, e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The second half wrote the other slot: mark it good if it is what the reset wrote (see
+    /// the module documentation), boot the running slot next.
+    fn finish(&mut self, j: &mut Journal, step: Step) -> Result<Flow, ResetError> {
         let booted = self.booted();
         let other = booted.other();
-        if self.slots.state()?.status(booted) != SlotStatus::Good {
-            self.slots.mark_good()?;
-        }
-        match self.slots.state()?.status(other) {
-            SlotStatus::Unbootable => {
-                let manifest = self.writer.installed(other)?;
-                let boot = self.writer.boot_entry(other, &manifest)?;
-                let backend = self.slots.backend_mut();
-                // Arm does not change the next boot; the bless right after makes it good.
-                backend.persist(&BootStep::Arm {
-                    slot: other,
-                    tries: 1,
-                    boot,
-                })?;
-                backend.persist(&BootStep::Bless { slot: other })?;
-            }
-            SlotStatus::Trying { .. } | SlotStatus::Bad => {
-                self.slots
-                    .backend_mut()
-                    .persist(&BootStep::Bless { slot: other })?;
-            }
+        let state = self.slots.state()?;
+        let contradicted = |reason: String| ResetError::JournalContradicted {
+            step: step.to_string(),
+            reason,
+        };
+        match state.status(booted) {
             SlotStatus::Good => {}
+            _ if booted == j.factory_slot() => return Ok(Flow::AwaitGate),
+            status => {
+                let err = contradicted(format!("the running slot {booted} is {status}"));
+                return Err(self.give_up(j, err));
+            }
+        }
+        let other_status = state.status(other);
+        let rewritten = match other_status {
+            SlotStatus::Good | SlotStatus::Unbootable => true,
+            // Armed by this step before a power cut, and never booted.
+            SlotStatus::Trying { tries_done: 0, .. } => true,
+            SlotStatus::Trying { .. } | SlotStatus::Bad => false,
+        };
+        if !rewritten {
+            let err = contradicted(format!(
+                "slot {other} is {other_status}: it was armed and booted since it was written"
+            ));
+            return Err(self.give_up(j, err));
+        }
+        let factory = self.factory_manifest()?;
+        // What the slot holds, or why it is not the factory image; I/O errors are not a
+        // verdict (the step is tried again at the next boot).
+        let mismatch = match installed(&self.store, &self.root, other) {
+            Ok((_, m)) if m != factory => Some(format!("it holds {} {}", m.product, m.version)),
+            Ok(_) => match self.verify(other) {
+                Ok(_) => None,
+                Err(ResetError::SlotVerify { reason, .. }) => Some(reason),
+                Err(e) => return Err(e),
+            },
+            Err(ResetError::SlotVerify { reason, .. }) => Some(reason),
+            Err(e) => return Err(e),
+        };
+        if let Some(why) = mismatch {
+            let err = contradicted(format!(
+                "slot {other} does not hold the verified factory image {}: {why}",
+                factory.version
+            ));
+            return Err(self.give_up(j, err));
+        }
+        let backend = self.slots.backend_mut();
+        if other_status == SlotStatus::Unbootable {
+            let boot = self.writer.boot_entry(other, &factory)?;
+            // Arm does not change the next boot; the bless right after makes it good.
+            backend.persist(&BootStep::Arm {
+                slot: other,
+                tries: 1,
+                boot,
+            })?;
+        }
+        if other_status != SlotStatus::Good {
+            backend.persist(&BootStep::Bless { slot: other })?;
         }
         if self.slots.state()?.next != booted {
             self.slots
                 .backend_mut()
                 .persist(&BootStep::SetNext { slot: booted })?;
         }
-        Ok(())
+        Ok(Flow::Next)
     }
+}
+
+/// What a factory manifest must pass before a reset writes it into a slot: the board, and for
+/// a level 2 the anti-rollback `floor`.
+fn factory_policy(board: Board, floor: Option<u64>, manifest: &Manifest) -> Result<(), ResetError> {
+    check_factory(manifest, board.name())?;
+    if let Some(floor) = floor {
+        factory::check_floor(manifest, floor)?;
+    }
+    Ok(())
 }

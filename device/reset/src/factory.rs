@@ -6,18 +6,33 @@
 //! entry again) to find where that marker ends, so the reader sees exactly the bundle and not
 //! the partition's tail. [`verify`] reads the whole bundle once: signature chain, board
 //! ([`aperture_trust::policy::check_factory`]), and every payload's size and hash, before
-//! anything is written.
+//! anything is written. Key expiry is not checked ([`VERIFIED_WHEN_WRITTEN`]): the factory
+//! image was verified when the appliance was flashed, and a reset must still work years later.
 
 use std::io::Read;
 
+use aperture_appliance::Area;
 use aperture_storage::Partition;
 use aperture_trust::bundle::BundleReader;
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::Manifest;
 use aperture_trust::policy::check_factory;
 
-use crate::io::{part_err, PartReader};
+use crate::io::{part_err, PartReader, Store};
 use crate::ResetError;
+
+/// The time at which reset checks signatures of what was verified with the clock when it was
+/// written: an installed slot (verified at install) and the factory image (verified when the
+/// appliance was flashed).
+///
+/// Key expiry decides what may be NEWLY published and installed. A release key expiring later
+/// does not make an image that was verified while the key was valid less trustworthy, and a
+/// reset that refused it would leave an appliance a year after manufacture with no reset at
+/// all (and a reset journal that retries for ever). Trust's verifiers take the time as an
+/// argument and refuse a key when `now >= not_after`; the Unix epoch is before every key's
+/// `not_after`, so at this time they check the whole signature chain (root, keyring, release
+/// key, manifest) and the payload hashes, and not expiry.
+pub const VERIFIED_WHEN_WRITTEN: u64 = 0;
 
 const BLOCK: u64 = 512;
 /// A bundle has the manifest, the signature and one entry per slot artifact: far fewer.
@@ -82,23 +97,59 @@ pub fn reader(part: &dyn Partition) -> Result<PartReader<'_>, ResetError> {
     Ok(PartReader::new(part, len))
 }
 
-/// Reads and checks the whole factory bundle: signature chain against `root` at `now`, board,
-/// every payload. Returns the verified manifest. Nothing is written.
-pub fn verify(
-    part: &dyn Partition,
-    root: &PublicKey,
-    now: u64,
-    board: &str,
-) -> Result<Manifest, ResetError> {
-    let mut bundle = BundleReader::new(reader(part)?, root, now);
+/// Reads and checks the whole factory bundle: signature chain against `root` (without key
+/// expiry: [`VERIFIED_WHEN_WRITTEN`]), board, every payload's size and hash. Returns the
+/// verified manifest. Nothing is written.
+pub fn verify(part: &dyn Partition, root: &PublicKey, board: &str) -> Result<Manifest, ResetError> {
+    let mut bundle = BundleReader::new(reader(part)?, root, VERIFIED_WHEN_WRITTEN);
     let manifest = bundle.read_header()?.into_manifest();
     check_factory(&manifest, board)?;
     bundle.verify_payloads()?;
     Ok(manifest)
 }
 
+/// The anti-rollback floor, read the way aperture-update keeps it: the JSON record in area
+/// `update` of the device state store, of which only `security_floor` is read here (the rest
+/// is the updater's); no record means no floor (0). A record without the field is refused,
+/// so that a record this program does not understand never lowers the floor.
+pub fn security_floor(store: &Store) -> Result<u64, ResetError> {
+    #[derive(serde::Deserialize)]
+    struct UpdateRecord {
+        security_floor: u64,
+    }
+    Ok(store
+        .read_json::<UpdateRecord>(Area::Update)?
+        .map_or(0, |r| r.security_floor))
+}
+
+/// A level 2 keeps config and data, so it may install the factory image only at or above the
+/// anti-rollback `floor`: data written by a newer image must never meet an image the floor
+/// retired (a known vulnerability could read it). Level 3 destroys the data first and may.
+pub fn check_floor(manifest: &Manifest, floor: u64) -> Result<(), ResetError> {
+    if manifest.security_version < floor {
+        return Err(ResetError::FactoryBelowFloor {
+            version: manifest.version.clone(),
+            security_version: manifest.security_version,
+            floor,
+        });
+    }
+    Ok(())
+}
+
+/// The factory image's manifest with its signature chain verified against `root` (without
+/// expiry: [`VERIFIED_WHEN_WRITTEN`]); no payload is read.
+pub fn manifest(part: &dyn Partition, root: &PublicKey) -> Result<Manifest, ResetError> {
+    let mut bundle = BundleReader::new(reader(part)?, root, VERIFIED_WHEN_WRITTEN);
+    Ok(bundle.read_header()?.into_manifest())
+}
+
 /// The raw bytes of the first two entries (`manifest.json`, `manifest.sig`) of a bundle
 /// stream, from a prefix of it captured while the bundle reader read the header.
+///
+/// A slot's record keeps these exact bytes. Trust's `BundleReader::read_header` hands back the
+/// verified manifest but not the bytes it verified, so they are recovered here from the
+/// captured prefix (and verified again before they are kept); this parser and [`Capture`] go
+/// once trust's reader returns the verified bytes itself.
 pub fn header_entries(prefix: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResetError> {
     let mut at = 0usize;
     let mut out = Vec::new();
@@ -194,6 +245,24 @@ mod tests {
         img.resize(4096, 0x41);
         let part = MemPartition::new("factory", img);
         assert!(bundle_len(&part).is_err());
+    }
+
+    #[test]
+    fn the_floor_is_the_updaters_field_and_no_record_is_zero() {
+        let mut store = crate::io::tests::mem_store();
+        assert_eq!(security_floor(&store).unwrap(), 0);
+        store
+            .write(
+                Area::Update,
+                br#"{"format":1,"security_floor":4,"committed":"a","journal":null,"later":[1]}"#,
+            )
+            .unwrap();
+        assert_eq!(security_floor(&store).unwrap(), 4);
+        store.write(Area::Update, br#"{"format":1}"#).unwrap();
+        assert!(
+            security_floor(&store).is_err(),
+            "a floor that is not there is not 0"
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Partition I/O for the reset logic: a [`Disk`] wrapper whose partitions pass every write
 //! through [`Faults`] (so tests can cut the power at any write), a `Read + Seek` view of a
-//! partition range ([`PartReader`]) for the bundle and verity readers, and chunked zeroing.
+//! partition range ([`PartReader`]) for the bundle and verity readers, chunked zeroing, and
+//! the device state store opened on its partition ([`open_store`]).
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::rc::Rc;
 
+use aperture_appliance::store::Medium;
+use aperture_appliance::{Board, Role, StateStore};
 use aperture_storage::{Access, Disk, Partition, StorageError};
 
 use crate::seams::Faults;
@@ -133,11 +136,38 @@ impl Seek for PartReader<'_> {
 /// Maps a partition I/O error to [`ResetError::Partition`].
 pub fn part_err(op: &'static str, part: &dyn Partition) -> impl FnOnce(io::Error) -> ResetError {
     let partition = part.describe();
-    move |source| ResetError::Partition {
-        op,
-        partition,
-        source,
+    move |err| ResetError::Partition { op, partition, err }
+}
+
+/// The device state store as reset uses it: on any medium (its partition on a device, a
+/// guarded partition of a disk image in tests).
+pub type Store = StateStore<Box<dyn Medium>>;
+
+/// A partition as a store medium. Opened through a [`GuardedDisk`], every store write is a
+/// partition write the tests can cut.
+pub struct PartitionMedium(pub Box<dyn Partition>);
+
+impl Medium for PartitionMedium {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.size())
     }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync()
+    }
+}
+
+/// The device state store on `board`'s state partition (`aperture_state`) of `disk`.
+pub fn open_store(disk: &dyn Disk, board: Board) -> Result<Store, ResetError> {
+    let part = disk.open(board.partition(Role::State), Access::Shared)?;
+    let name = part.describe();
+    let medium: Box<dyn Medium> = Box::new(PartitionMedium(part));
+    Ok(StateStore::new(medium, name)?)
 }
 
 /// Write zeros over `range` of `part` in [`CHUNK`]s, then sync.
@@ -169,8 +199,15 @@ pub fn count_zeros(buf: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A store in memory.
+    pub(crate) fn mem_store() -> Store {
+        use aperture_appliance::store::{mem::MemMedium, PARTITION_BYTES};
+        let m: Box<dyn Medium> = Box::new(MemMedium::zeroed(PARTITION_BYTES));
+        StateStore::new(m, "mem").unwrap()
+    }
     use aperture_storage::MemPartition;
 
     #[test]

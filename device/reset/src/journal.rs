@@ -1,26 +1,33 @@
-//! The reset journal, `/efi/aperture/reset.json`: the plan of a level 2 or 3 reset, the step to
-//! do next, and what must be remembered across reboots. It lives on the ESP, outside the
-//! partitions a level 3 wipes, and is written durably (temp file, fsync, rename, fsync folder)
-//! before the first step and after every step.
+//! The reset area of the device state store ([`Area::Reset`] of the raw `aperture_state`
+//! partition, two CRC'd copies: a torn write is never fatal): the journal of a level 2 or 3
+//! reset, and the reset-key press already consumed ([`ResetRecord`]). It lives outside the
+//! partitions a level 3 wipes and off the FAT ESP, and is written before the first step and
+//! after every step.
 //!
-//! `wipe_pending` is the one field aperture-storage reads
-//! ([`aperture_storage::reset_wipe_pending`]): while it is true, nothing unlocks `config` or
-//! `data`.
+//! The journal is NOT trusted as read: whoever can write the state partition could plant one.
+//! It keeps only the level, the slot the reset started on, whether the wipe reboots before
+//! scrubbing, a progress counter and the few facts a resumed step needs; the steps themselves
+//! are rebuilt by [`plan`] every time ([`Journal::steps`]), and the engine checks the slots
+//! before any step that marks a slot good (see `engine`), so a planted journal can at most
+//! ask for a reset that the appliance's own plan defines.
+//!
+//! `wipe_pending` at the top of the record is the one field aperture-storage reads: while it
+//! is true, nothing unlocks `config` or `data`. It is recomputed from the plan and the progress
+//! counter whenever the record is written.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
+use aperture_appliance::Area;
 use aperture_slots::Slot;
 use aperture_storage::Volume;
-use aperture_sys::fs::{read_optional, remove_durable, write_atomic};
 use serde::{Deserialize, Serialize};
 
+use crate::io::Store;
 use crate::ResetError;
 
-/// Journal format.
-pub const JOURNAL_FORMAT: u32 = 1;
-
+/// Format of the reset area's record.
+pub const RECORD_FORMAT: u32 = 1;
 /// A reset level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "u8", try_from = "u8")]
@@ -95,10 +102,11 @@ pub enum Step {
         /// The slot.
         slot: Slot,
     },
-    /// Reboot into the factory slot; the second slot is pending.
+    /// Reboot into the factory slot; the second slot is pending until the factory image
+    /// passed its health gate there.
     RebootToFactory,
-    /// Both slots hold the factory image: mark both good, boot the running one next, remove
-    /// the journal.
+    /// Both slots hold the factory image: mark the one written last good (it verifies and was
+    /// never booted), boot the running one next, remove the journal.
     Finish,
 }
 
@@ -127,13 +135,16 @@ impl fmt::Display for Step {
             Step::WriteSlot { slot } => write!(f, "write the factory image into slot {slot}"),
             Step::ArmSlot { slot } => write!(f, "boot slot {slot} next"),
             Step::RebootToFactory => f.write_str("reboot into the factory image"),
-            Step::Finish => f.write_str("mark both slots good"),
+            Step::Finish => f.write_str("mark the rewritten slot good"),
         }
     }
 }
 
 /// The steps of a reset of `level` started on `booted`; `busy` when config or data are
 /// unlocked (the wipe then reboots before scrubbing). Level 1 has no journal.
+///
+/// The factory image goes into the other slot first, which then boots on trial; the slot the
+/// reset started on is overwritten only once the factory image passed its health gate there.
 pub fn plan(level: Level, booted: Slot, busy: bool) -> Vec<Step> {
     let mut steps = Vec::new();
     if level == Level::Three {
@@ -160,57 +171,139 @@ pub fn plan(level: Level, booted: Slot, busy: bool) -> Vec<Step> {
     steps
 }
 
-/// The journal file's content.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the reset area holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Journal {
-    /// Format, 1.
+pub struct ResetRecord {
+    /// Format, [`RECORD_FORMAT`].
     pub format: u32,
-    /// The level.
-    pub level: Level,
     /// Whether a wipe step is not done yet (read by aperture-storage).
     pub wipe_pending: bool,
+    /// The reset in progress (or given up), if any.
+    pub journal: Option<Journal>,
+    /// The reset-key press whose level already ran; a key still down at a later boot is this
+    /// same press and starts nothing ([`crate::input`]).
+    pub button: Option<ButtonPress>,
+}
+
+impl Default for ResetRecord {
+    fn default() -> Self {
+        ResetRecord {
+            format: RECORD_FORMAT,
+            wipe_pending: false,
+            journal: None,
+            button: None,
+        }
+    }
+}
+
+impl ResetRecord {
+    /// The record in `store`; the default (nothing in progress) if there is none.
+    pub fn load(store: &Store) -> Result<ResetRecord, ResetError> {
+        let what = || format!("the reset record in {} (area reset)", store.name());
+        let Some(record) = store.read_json::<ResetRecord>(Area::Reset)? else {
+            return Ok(ResetRecord::default());
+        };
+        if record.format != RECORD_FORMAT {
+            return Err(ResetError::malformed(
+                what(),
+                format!(
+                    "format {} (this aperture-reset reads {RECORD_FORMAT})",
+                    record.format
+                ),
+            ));
+        }
+        if let Some(j) = &record.journal {
+            j.validate()
+                .map_err(|reason| ResetError::malformed(what(), reason))?;
+        }
+        Ok(record)
+    }
+
+    /// Writes the record, `wipe_pending` recomputed; an empty record clears the area.
+    pub fn save(&mut self, store: &mut Store) -> Result<(), ResetError> {
+        self.format = RECORD_FORMAT;
+        self.wipe_pending = self.journal.as_ref().is_some_and(Journal::wipe_pending);
+        if self.journal.is_none() && self.button.is_none() {
+            store.clear(Area::Reset)?;
+        } else {
+            store.write_json(Area::Reset, self)?;
+        }
+        Ok(())
+    }
+}
+
+/// A reset-key press that started a level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ButtonPress {
+    /// The level it asked for.
+    pub level: Level,
+    /// The boot it was seen in (`/proc/sys/kernel/random/boot_id`), for the record.
+    pub boot_id: String,
+}
+
+/// A level 2 or 3 reset in progress: what is kept between boots. The steps are not kept; they
+/// are rebuilt from `level`, `started_from` and `reboot_to_wipe` ([`Journal::steps`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    /// The level (2 or 3).
+    pub level: Level,
     /// The slot the reset started on; the factory image goes to the other one first.
     pub started_from: Slot,
-    /// The plan.
-    pub steps: Vec<Step>,
-    /// Index of the step to do next (`steps.len()` when done).
+    /// Whether config or data were unlocked when the reset began, so the wipe reboots before
+    /// it scrubs them.
+    pub reboot_to_wipe: bool,
+    /// Index of the step to do next (the number of steps when done).
     pub next: usize,
     /// Bytes of LUKS metadata to zero per volume, read from the headers when the reset began
     /// (a resumed wipe may find the header already half zeroed).
     pub header_bytes: BTreeMap<Volume, u64>,
-    /// How often the factory slot failed its first boot.
+    /// How often the factory slot failed its first boot or its health gate.
     pub factory_boot_failures: u32,
     /// Set when the reset gave up; the reason.
     pub failed: Option<String>,
 }
 
 impl Journal {
-    /// A new journal for `steps`.
-    pub fn new(level: Level, started_from: Slot, steps: Vec<Step>) -> Journal {
-        let mut j = Journal {
-            format: JOURNAL_FORMAT,
+    /// A new journal, at its first step.
+    pub fn new(level: Level, started_from: Slot, reboot_to_wipe: bool) -> Journal {
+        Journal {
             level,
-            wipe_pending: false,
             started_from,
-            steps,
+            reboot_to_wipe,
             next: 0,
             header_bytes: BTreeMap::new(),
             factory_boot_failures: 0,
             failed: None,
-        };
-        j.refresh();
-        j
+        }
+    }
+
+    /// The plan, rebuilt from what the journal keeps.
+    pub fn steps(&self) -> Vec<Step> {
+        plan(self.level, self.started_from, self.reboot_to_wipe)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.level == Level::One {
+            return Err("a level 1 reset has no journal".into());
+        }
+        let n = self.steps().len();
+        if self.next > n {
+            return Err(format!("it is at step {} of {n}", self.next + 1));
+        }
+        Ok(())
     }
 
     /// The step to do next, if any.
     pub fn current(&self) -> Option<Step> {
-        self.steps.get(self.next).copied()
+        self.steps().get(self.next).copied()
     }
 
     /// Index of the first occurrence of `step`.
     pub fn index_of(&self, step: Step) -> Option<usize> {
-        self.steps.iter().position(|s| *s == step)
+        self.steps().iter().position(|s| *s == step)
     }
 
     /// The slot that receives the factory image first.
@@ -218,58 +311,35 @@ impl Journal {
         self.started_from.other()
     }
 
-    /// Recompute `wipe_pending` from the plan and `next`.
-    pub fn refresh(&mut self) {
-        self.wipe_pending = self.steps[self.next.min(self.steps.len())..]
-            .iter()
-            .any(Step::is_wipe);
+    /// Whether a wipe step is still to do.
+    pub fn wipe_pending(&self) -> bool {
+        self.steps().iter().skip(self.next).any(Step::is_wipe)
     }
 
-    /// Reads the journal; `Ok(None)` if there is none.
-    pub fn load(path: &Path) -> Result<Option<Journal>, ResetError> {
-        let Some(bytes) = read_optional(path)? else {
-            return Ok(None);
-        };
-        let j: Journal = serde_json::from_slice(&bytes).map_err(|e| {
-            ResetError::malformed(
-                path.display().to_string(),
-                format!("{e}; it was not written by this aperture-reset"),
-            )
-        })?;
-        if j.format != JOURNAL_FORMAT || j.next > j.steps.len() {
-            return Err(ResetError::malformed(
-                path.display().to_string(),
-                format!(
-                    "format {} with step {} of {}",
-                    j.format,
-                    j.next,
-                    j.steps.len()
-                ),
-            ));
-        }
-        Ok(Some(j))
+    /// The journal in `store`, if a reset is in progress (or was given up).
+    pub fn load(store: &Store) -> Result<Option<Journal>, ResetError> {
+        Ok(ResetRecord::load(store)?.journal)
     }
 
-    /// Writes the journal durably.
-    pub fn save(&mut self, path: &Path) -> Result<(), ResetError> {
-        self.refresh();
-        let mut text = serde_json::to_vec_pretty(self)
-            .map_err(|e| ResetError::malformed("reset journal", e))?;
-        text.push(b'\n');
-        write_atomic(path, &text, 0o600)?;
-        Ok(())
+    /// Writes the journal into `store`, keeping the rest of the reset record.
+    pub fn save(&self, store: &mut Store) -> Result<(), ResetError> {
+        let mut record = ResetRecord::load(store)?;
+        record.journal = Some(self.clone());
+        record.save(store)
     }
 
-    /// Removes the journal durably.
-    pub fn remove(path: &Path) -> Result<(), ResetError> {
-        remove_durable(path)?;
-        Ok(())
+    /// Removes the journal from `store`: no reset in progress.
+    pub fn remove(store: &mut Store) -> Result<(), ResetError> {
+        let mut record = ResetRecord::load(store)?;
+        record.journal = None;
+        record.save(store)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::tests::mem_store;
 
     #[test]
     fn plans() {
@@ -300,36 +370,83 @@ mod tests {
 
     #[test]
     fn wipe_pending_follows_the_plan() {
-        let mut j = Journal::new(Level::Three, Slot::A, plan(Level::Three, Slot::A, false));
-        assert!(j.wipe_pending);
+        let mut j = Journal::new(Level::Three, Slot::A, false);
+        assert!(j.wipe_pending());
         j.next = 6;
-        j.refresh();
-        assert!(j.wipe_pending, "scrub of data still to do");
+        assert!(j.wipe_pending(), "scrub of data still to do");
         j.next = 7;
-        j.refresh();
-        assert!(!j.wipe_pending);
-        let j2 = Journal::new(Level::Two, Slot::A, plan(Level::Two, Slot::A, false));
-        assert!(!j2.wipe_pending);
+        assert!(!j.wipe_pending());
+        assert!(!Journal::new(Level::Two, Slot::A, false).wipe_pending());
+    }
+
+    /// The storage contract: one boolean at the top of the record, as aperture-storage reads it.
+    fn storage_sees_wipe_pending(store: &Store) -> bool {
+        #[derive(Deserialize)]
+        struct Marker {
+            #[serde(default)]
+            wipe_pending: bool,
+        }
+        store
+            .read(Area::Reset)
+            .unwrap()
+            .is_some_and(|b| serde_json::from_slice::<Marker>(&b).unwrap().wipe_pending)
     }
 
     #[test]
-    fn round_trip_and_storage_reads_the_flag() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("reset.json");
-        assert_eq!(Journal::load(&path).unwrap(), None);
-        let mut j = Journal::new(Level::Three, Slot::A, plan(Level::Three, Slot::A, false));
+    fn round_trip_keeps_the_press_and_storage_reads_the_flag() {
+        let mut store = mem_store();
+        assert_eq!(Journal::load(&store).unwrap(), None);
+        let mut j = Journal::new(Level::Three, Slot::A, false);
         j.header_bytes.insert(Volume::Data, 16 << 20);
-        j.save(&path).unwrap();
-        assert_eq!(Journal::load(&path).unwrap(), Some(j.clone()));
-        assert!(aperture_storage::reset_wipe_pending(&path).unwrap());
-        let text = std::fs::read_to_string(&path).unwrap();
+        j.save(&mut store).unwrap();
+        assert_eq!(Journal::load(&store).unwrap(), Some(j.clone()));
+        assert!(storage_sees_wipe_pending(&store));
+        let text = String::from_utf8(store.read(Area::Reset).unwrap().unwrap()).unwrap();
         assert!(
-            text.contains("\"level\": 3") && text.contains("\"step\": \"erase_keyslots\""),
-            "{text}"
+            text.contains("\"level\":3") && !text.contains("steps"),
+            "the steps are not stored: {text}"
         );
-        Journal::remove(&path).unwrap();
-        assert!(!aperture_storage::reset_wipe_pending(&path).unwrap());
-        std::fs::write(&path, b"{\"format\":1}").unwrap();
-        assert!(Journal::load(&path).is_err());
+        let mut record = ResetRecord::load(&store).unwrap();
+        record.button = Some(ButtonPress {
+            level: Level::Three,
+            boot_id: "b".into(),
+        });
+        record.save(&mut store).unwrap();
+        Journal::remove(&mut store).unwrap();
+        assert!(!storage_sees_wipe_pending(&store));
+        assert!(ResetRecord::load(&store).unwrap().button.is_some());
+        let mut record = ResetRecord::load(&store).unwrap();
+        record.button = None;
+        record.save(&mut store).unwrap();
+        assert_eq!(
+            store.read(Area::Reset).unwrap(),
+            None,
+            "an empty record clears the area"
+        );
+    }
+
+    #[test]
+    fn planted_steps_and_impossible_positions_are_refused() {
+        let mut store = mem_store();
+        // A journal as an older aperture-reset wrote it, with its own step list.
+        store
+            .write(
+                Area::Reset,
+                br#"{"format":1,"wipe_pending":false,"journal":{"level":2,"started_from":"a","reboot_to_wipe":false,"next":0,"header_bytes":{},"factory_boot_failures":0,"failed":null,"steps":[{"step":"finish"}]},"button":null}"#,
+            )
+            .unwrap();
+        let e = Journal::load(&store).unwrap_err();
+        let cause = std::error::Error::source(&e).map(|c| c.to_string());
+        assert!(
+            e.to_string().contains("reset record") && cause.is_some_and(|c| c.contains("steps")),
+            "{e}"
+        );
+        for (level, next) in [(1, 0), (2, 6)] {
+            let text = format!(
+                r#"{{"format":1,"wipe_pending":false,"journal":{{"level":{level},"started_from":"a","reboot_to_wipe":false,"next":{next},"header_bytes":{{}},"factory_boot_failures":0,"failed":null}},"button":null}}"#
+            );
+            store.write(Area::Reset, text.as_bytes()).unwrap();
+            assert!(Journal::load(&store).is_err(), "{text}");
+        }
     }
 }

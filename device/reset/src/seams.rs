@@ -12,7 +12,8 @@ use crate::ResetError;
 
 /// Wall-clock and monotonic time.
 pub trait Clock {
-    /// Seconds since the Unix epoch (for signature expiry).
+    /// Seconds since the Unix epoch. Reset judges no key expiry by it: what it verifies
+    /// (the factory image, installed slots) was verified when it was written.
     fn now_unix(&self) -> u64;
     /// Time since this clock was made (for measuring a held input).
     fn elapsed(&self) -> Duration;

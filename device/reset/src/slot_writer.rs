@@ -1,58 +1,68 @@
 //! Installing a signed bundle into a named slot, behind the small [`SlotWriter`] trait, with
 //! one implementation ([`BundleSlotWriter`]) that streams the payloads with trust's
-//! `BundleReader`. Kept free of reset logic so it can move to the updater.
+//! `BundleReader`. Kept free of reset logic so it can give way to the updater's installer.
 //!
 //! Order (ARCHITECTURE.md, update rules): signature and the caller's policy check before
-//! anything is written; the slot made unbootable (and its old record removed) before its
-//! partition is touched; payloads streamed into the partition and into temporary files on the
-//! ESP, each hashed while it streams; the partition read back against the verity tree and the
-//! rootfs sha256, the files against their sha256; only then the files renamed into place and
-//! `manifest.json`, `manifest.sig` and `slot.json` written. Arming is a separate call.
+//! anything is written; the slot made unbootable and its record in the device state store
+//! removed before its partition is touched; payloads streamed into the partition and into
+//! temporary files on the ESP, each hashed while it streams; the partition read back against
+//! the verity tree and the rootfs sha256, the files against their sha256; only then the files
+//! renamed into place and the slot's [`InstalledSlot`] (record, signed manifest and signature,
+//! byte for byte) written to its area of the store. Arming is a separate call.
+//!
+//! What is installed was verified when it was written, so reading it back
+//! ([`SlotWriter::installed`]) checks the signature chain without key expiry
+//! ([`crate::factory::VERIFIED_WHEN_WRITTEN`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+use aperture_appliance::{Area, Board, Files, SlotLayout};
 use aperture_slots::cmdline::slot_boot;
 use aperture_slots::{BootControl, Slot, SlotBoot, SlotManager};
 use aperture_storage::{Access, Disk, Partition};
-use aperture_sys::fs::{create_dir_all, remove_durable, sync_dir, tmp_path, write_atomic};
+use aperture_sys::fs::{create_dir_all, sync_dir, tmp_path};
 use aperture_trust::bundle::{BundleReader, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE};
 use aperture_trust::digest::{sha256_file, HashingReader};
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::{Artifact, Manifest, Role};
-use aperture_trust::record::SlotRecord;
+use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::signing::verify_manifest;
-use aperture_trust::{verity, TrustError};
+use aperture_trust::verity;
 
-use crate::factory::{header_entries, Capture};
-use crate::io::{part_err, PartReader, CHUNK};
-use crate::paths::{
-    rootfs_partition, Paths, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, SIGNATURE_FILE,
-};
+use crate::factory::{header_entries, Capture, VERIFIED_WHEN_WRITTEN};
+use crate::io::{part_err, PartReader, Store, CHUNK};
+use crate::slot_check;
 use crate::ResetError;
 
 /// The slot manager every reset operation uses: any boot-control backend.
 pub type Slots = SlotManager<Box<dyn BootControl>>;
 
 /// A policy check on a verified manifest, run before anything is written
-/// (`check_factory` for reset, `check_update` for the updater).
-pub type Policy<'p> = &'p dyn Fn(&Manifest) -> Result<(), TrustError>;
+/// (`check_factory` and the anti-rollback floor for reset).
+pub type Policy<'p> = &'p dyn Fn(&Manifest) -> Result<(), ResetError>;
 
 /// Installs bundles into slots.
 pub trait SlotWriter {
+    /// Whether this writer can install `manifest` on this board at all; called before a
+    /// reset changes anything, so that a reset that would fail half-way never starts.
+    fn preflight(&self, manifest: &Manifest) -> Result<(), ResetError>;
+
     /// Write the bundle read from `bundle` into `slot` (never the running one) and verify
-    /// what was written. The slot is unbootable from before the first write until armed.
+    /// what was written; record it in `store`. The slot is unbootable from before the first
+    /// write until armed.
     fn write_slot(
         &self,
         slots: &mut Slots,
+        store: &mut Store,
         slot: Slot,
         bundle: &mut dyn Read,
         policy: Policy<'_>,
     ) -> Result<Manifest, ResetError>;
 
-    /// The verified manifest of what `slot` holds (from its folder on the ESP).
-    fn installed(&self, slot: Slot) -> Result<Manifest, ResetError>;
+    /// The verified manifest of what `slot` holds, from its record in `store`.
+    fn installed(&self, store: &Store, slot: Slot) -> Result<Manifest, ResetError>;
 
     /// The boot entry of `slot` for `manifest`.
     fn boot_entry(&self, slot: Slot, manifest: &Manifest) -> Result<SlotBoot, ResetError> {
@@ -63,7 +73,7 @@ pub trait SlotWriter {
         let cmdline = manifest.boot.as_ref().map_or("", |b| b.cmdline.as_str());
         let layout = manifest
             .board
-            .parse::<aperture_appliance::Board>()
+            .parse::<Board>()
             .map_err(|e| ResetError::malformed("manifest", e.to_string()))?
             .slot_layout();
         Ok(slot_boot(
@@ -78,8 +88,14 @@ pub trait SlotWriter {
     }
 
     /// Make the written `slot` the next boot, on trial with `tries` tries.
-    fn arm_slot(&self, slots: &mut Slots, slot: Slot, tries: u32) -> Result<(), ResetError> {
-        let manifest = self.installed(slot)?;
+    fn arm_slot(
+        &self,
+        slots: &mut Slots,
+        store: &Store,
+        slot: Slot,
+        tries: u32,
+    ) -> Result<(), ResetError> {
+        let manifest = self.installed(store, slot)?;
         let boot = self.boot_entry(slot, &manifest)?;
         slots.arm(slot, tries, &boot)?;
         Ok(())
@@ -94,59 +110,81 @@ fn rootfs_of(manifest: &Manifest) -> Result<&Artifact, ResetError> {
         .ok_or_else(|| ResetError::malformed("manifest", "it carries no rootfs payload"))
 }
 
-/// [`SlotWriter`] for the qemu board's layout: rootfs into `rootfs_<slot>`, kernel and initrd
-/// to `/efi/aperture/<slot>/`.
+/// [`SlotWriter`] for the qemu boards' layout ([`SlotLayout::Esp`]): rootfs into
+/// `rootfs_<slot>`, kernel and initrd to `/efi/aperture/<slot>/`.
 pub struct BundleSlotWriter<'a> {
     /// Where the slot partitions are.
     pub disk: &'a dyn Disk,
     /// Where the ESP is.
-    pub paths: &'a Paths,
+    pub files: &'a Files,
+    /// The board, whose layout names the slot partitions.
+    pub board: Board,
     /// The trusted root key.
     pub root: PublicKey,
-    /// Time for signature expiry, unix seconds.
-    pub now: u64,
 }
 
 impl BundleSlotWriter<'_> {
-    fn file_for(role: Role) -> Option<&'static str> {
+    fn file_for(&self, role: Role, slot: Slot) -> Option<std::path::PathBuf> {
         match role {
-            Role::Kernel => Some(KERNEL_FILE),
-            Role::Initrd => Some(INITRD_FILE),
+            Role::Kernel => Some(self.files.kernel(slot)),
+            Role::Initrd => Some(self.files.initrd(slot)),
             _ => None,
         }
     }
 }
 
 impl SlotWriter for BundleSlotWriter<'_> {
+    fn preflight(&self, manifest: &Manifest) -> Result<(), ResetError> {
+        if self.board.slot_layout() != SlotLayout::Esp {
+            return Err(ResetError::Unsupported {
+                reason: format!(
+                    "{} keeps its kernels in boot partitions, which reset's slot writer does not \
+                     write yet (it will install through the updater's installer); reflash with \
+                     the flasher",
+                    self.board
+                ),
+            });
+        }
+        rootfs_of(manifest)?;
+        for a in manifest.payload_artifacts() {
+            if !matches!(a.role, Role::Rootfs | Role::Kernel | Role::Initrd) {
+                return Err(ResetError::Unsupported {
+                    reason: format!(
+                        "artifact {} has role {:?}, which this board's slots do not hold",
+                        a.name, a.role
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn write_slot(
         &self,
         slots: &mut Slots,
+        store: &mut Store,
         slot: Slot,
         bundle: &mut dyn Read,
         policy: Policy<'_>,
     ) -> Result<Manifest, ResetError> {
         let limit = (MAX_MANIFEST_SIZE + MAX_SIGNATURE_SIZE) as usize + 4 * 512;
         let mut capture = Capture::new(bundle, limit);
-        let mut reader = BundleReader::new(&mut capture, &self.root, self.now);
+        let mut reader = BundleReader::new(&mut capture, &self.root, VERIFIED_WHEN_WRITTEN);
         let manifest = reader.read_header()?.into_manifest();
         policy(&manifest)?;
+        self.preflight(&manifest)?;
         let record = SlotRecord::from_manifest(&manifest)?;
         let rootfs = rootfs_of(&manifest)?.clone();
-        for a in manifest.payload_artifacts() {
-            if a.role != Role::Rootfs && Self::file_for(a.role).is_none() {
-                return Err(ResetError::malformed(
-                    format!("artifact {}", a.name),
-                    format!("role {:?} cannot be installed on this board", a.role),
-                ));
-            }
-        }
 
-        // Nothing was written so far. From here the slot is unbootable until armed.
+        // Nothing was written so far. From here the slot is unbootable until armed, and no
+        // record describes it until it verifies.
         slots.begin_install(slot)?;
-        let dir = self.paths.slot_dir(slot);
+        store.clear(Area::slot(slot))?;
+        let dir = self.files.esp_slot_dir(slot);
         create_dir_all(&dir, 0o700)?;
-        remove_durable(&dir.join(crate::paths::SLOT_RECORD))?;
-        let part = self.disk.open(&rootfs_partition(slot), Access::Exclusive)?;
+        let part = self
+            .disk
+            .open(&self.board.slot_layout().rootfs(slot), Access::Exclusive)?;
         if rootfs.size > part.size() {
             return Err(ResetError::malformed(
                 format!("artifact {}", rootfs.name),
@@ -159,9 +197,9 @@ impl SlotWriter for BundleSlotWriter<'_> {
             ));
         }
         reader.for_each_payload(|artifact, data: &mut dyn Read| -> Result<(), ResetError> {
-            match Self::file_for(artifact.role) {
+            match self.file_for(artifact.role, slot) {
                 None => stream_to_partition(data, part.as_ref()),
-                Some(name) => stream_to_file(data, &tmp_path(&dir.join(name))),
+                Some(path) => stream_to_file(data, &tmp_path(&path)),
             }
         })?;
         drop(reader);
@@ -175,40 +213,31 @@ impl SlotWriter for BundleSlotWriter<'_> {
             })?;
         check_partition_hash(part.as_ref(), &rootfs, slot)?;
         for a in manifest.payload_artifacts() {
-            if let Some(name) = Self::file_for(a.role) {
-                let tmp = tmp_path(&dir.join(name));
+            if let Some(path) = self.file_for(a.role, slot) {
+                let tmp = tmp_path(&path);
                 check_file(&tmp, a, slot)?;
-                std::fs::rename(&tmp, dir.join(name))
-                    .map_err(ResetError::io("renaming into place", &dir.join(name)))?;
+                std::fs::rename(&tmp, &path)
+                    .map_err(ResetError::io("renaming into place", &path))?;
             }
         }
         sync_dir(&dir)?;
         let (json, sig) = header_entries(&capture.kept)?;
         // The same bytes the reader verified; checked again because they are kept.
-        verify_manifest(&json, &sig, &self.root, self.now)?;
-        write_atomic(&dir.join(MANIFEST_FILE), &json, 0o600)?;
-        write_atomic(&dir.join(SIGNATURE_FILE), &sig, 0o600)?;
-        write_atomic(
-            &dir.join(crate::paths::SLOT_RECORD),
-            &record.to_json(),
-            0o600,
-        )?;
+        verify_manifest(&json, &sig, &self.root, VERIFIED_WHEN_WRITTEN)?;
+        let text = |what: &str, bytes: Vec<u8>| {
+            String::from_utf8(bytes).map_err(|e| ResetError::malformed(what, e))
+        };
+        let installed = InstalledSlot {
+            record,
+            manifest: text("manifest.json", json)?,
+            signature: text("manifest.sig", sig)?,
+        };
+        store.write_json(Area::slot(slot), &installed)?;
         Ok(manifest)
     }
 
-    fn installed(&self, slot: Slot) -> Result<Manifest, ResetError> {
-        let dir = self.paths.slot_dir(slot);
-        let read = |name: &str| -> Result<Vec<u8>, ResetError> {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(ResetError::io("reading", &path))
-        };
-        let verified = verify_manifest(
-            &read(MANIFEST_FILE)?,
-            &read(SIGNATURE_FILE)?,
-            &self.root,
-            self.now,
-        )?;
-        Ok(verified.into_manifest())
+    fn installed(&self, store: &Store, slot: Slot) -> Result<Manifest, ResetError> {
+        Ok(slot_check::installed(store, &self.root, slot)?.1)
     }
 }
 
@@ -216,11 +245,7 @@ fn stream_to_partition(data: &mut dyn Read, part: &dyn Partition) -> Result<(), 
     let mut buf = vec![0u8; CHUNK];
     let mut at = 0u64;
     loop {
-        let n = read_full(data, &mut buf).map_err(|e| ResetError::Partition {
-            op: "streaming the rootfs into",
-            partition: part.describe(),
-            source: e,
-        })?;
+        let n = read_full(data, &mut buf).map_err(part_err("streaming the rootfs into", part))?;
         if n == 0 {
             return Ok(());
         }

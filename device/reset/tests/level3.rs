@@ -1,6 +1,6 @@
 //! Level 3 on a file-backed disk: canaries planted in config and data (through the fake
 //! encryption, and one in plaintext from before the volume existed) are gone from the whole
-//! disk afterwards, the sealed keys are gone from the device state, both slots hold the factory image
+//! disk afterwards, the sealed keys are gone from the ESP, both slots hold the factory image
 //! and the next boot formats storage afresh; and the same holds after a power cut at every
 //! step and every partition write of the reset.
 
@@ -10,9 +10,8 @@ use std::rc::Rc;
 
 use aperture_reset::journal::plan;
 use aperture_reset::seams::{FakeDiscardMode, FakeReboot, FaultPoint, Faults};
-use aperture_reset::{Journal, Level, Outcome, ResetError, Step};
+use aperture_reset::{Level, Outcome, ResetError, Step};
 use aperture_slots::Slot;
-use aperture_storage::StorageError;
 use common::*;
 
 fn assert_wiped(rig: &Rig) {
@@ -62,9 +61,9 @@ fn level3_from_a_running_system_reboots_before_scrubbing() {
     );
     // Crypto-erased already: no header, no key; the ciphertext waits for the scrub.
     assert!(keys_gone(&rig));
-    let journal = Journal::load(rig.paths.journal()).unwrap().unwrap();
-    assert!(journal.wipe_pending);
-    assert_eq!(journal.steps.len(), 13);
+    let journal = rig.journal().unwrap();
+    assert!(journal.wipe_pending() && rig.storage_sees_wipe_pending());
+    assert_eq!(journal.steps().len(), 13);
     let boots = rig.run_to_completion(|r| r.resume(), &rig.fresh_crypt()) + 1;
     assert_eq!(boots, 2);
     assert_wiped(&rig);
@@ -94,14 +93,15 @@ fn every_discard_behaviour_ends_wiped() {
     }
 }
 
-/// Storage must refuse to unlock while the journal says a wipe is pending.
+/// While a wipe step is still to do, the reset area says so to aperture-storage, which then
+/// refuses to unlock anything.
 fn assert_storage_refuses(rig: &Rig) {
-    let err = rig.storage_setup(&rig.fresh_crypt()).unwrap_err();
-    assert!(matches!(err, StorageError::ResetPending { .. }), "{err}");
+    assert!(rig.storage_sees_wipe_pending(), "{:?}", rig.journal());
 }
 
 /// Runs level 3 with a power cut at `point`, then boots until it is done. Returns whether
-/// the cut happened.
+/// the cut happened. A cut before the journal's first write leaves no reset at all: nothing
+/// was destroyed, and the operator starts it again.
 fn cut_and_recover(point: FaultPoint, busy: bool) -> bool {
     let mut rig = Rig::new(Backend::Fake);
     let unlocked = rig.provision();
@@ -117,29 +117,50 @@ fn cut_and_recover(point: FaultPoint, busy: bool) -> bool {
     );
     let mut cut = false;
     for boot in 0..12 {
+        let mut again = false;
         match result {
             Ok(Outcome::Done { .. }) => break,
-            Ok(Outcome::Rebooting { .. }) => {}
+            Ok(Outcome::Nothing) if cut => {
+                let found = rig.scan();
+                assert!(
+                    CANARIES
+                        .iter()
+                        .all(|c| found.iter().any(|(n, _)| n.as_bytes() == *c)),
+                    "{point}: data destroyed by a reset that was never journaled: {found:?}"
+                );
+                again = true;
+                rig.booted()
+            }
+            Ok(Outcome::Rebooting { .. }) => rig.power_on(),
+            Ok(Outcome::AwaitingHealthGate { slot }) => {
+                assert_eq!(slot, rig.booted());
+                rig.health_gate_passes();
+                slot
+            }
             Ok(other) => panic!("{point}: unexpected {other:?}"),
             Err(e) if e.is_injected() => {
                 cut = true;
                 faults = Rc::new(Faults::none());
-                if let Some(j) = Journal::load(rig.paths.journal()).unwrap() {
-                    if j.wipe_pending {
-                        assert_storage_refuses(&rig);
-                    }
+                if rig.journal().is_some_and(|j| j.wipe_pending()) {
+                    assert_storage_refuses(&rig);
                 }
+                rig.power_on()
             }
             Err(e) => panic!("{point}: {e}"),
-        }
+        };
         assert!(boot < 11, "{point}: the reset never finishes");
-        rig.power_on();
         result = rig.with_reset(
             &rig.fresh_crypt(),
             faults.clone(),
             FakeDiscardMode::Zeroes,
             &reboot,
-            |r| r.resume(),
+            |r| {
+                if again {
+                    r.start(Level::Three)
+                } else {
+                    r.resume()
+                }
+            },
         );
     }
     assert_wiped(&rig);
@@ -164,8 +185,15 @@ fn writes_of_a_whole_run(busy: bool) -> u64 {
             |r| r.start(Level::Three),
         )
         .unwrap();
-    while matches!(out, Outcome::Rebooting { .. }) {
-        rig.power_on();
+    loop {
+        match out {
+            Outcome::Rebooting { .. } => rig.power_on(),
+            Outcome::AwaitingHealthGate { slot } => {
+                rig.health_gate_passes();
+                slot
+            }
+            _ => break,
+        };
         out = rig
             .with_reset(
                 &rig.fresh_crypt(),
@@ -251,10 +279,7 @@ fn a_second_reset_is_refused_while_one_is_pending() {
             |r| r.start(Level::Two),
         )
         .unwrap_err();
-    assert!(
-        matches!(err, ResetError::InProgress { level: 3, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ResetError::InProgress { level: 3 }), "{err}");
     let err = rig
         .with_reset(
             &rig.fresh_crypt(),

@@ -8,7 +8,7 @@ mod common;
 use std::rc::Rc;
 
 use aperture_reset::seams::{FakeDiscardMode, FakeReboot, Faults};
-use aperture_reset::{Journal, Level, Outcome, ResetError, Step};
+use aperture_reset::{Level, Outcome, ResetError, Step};
 use aperture_slots::{Slot, SlotStatus};
 use aperture_trust::TrustError;
 use common::*;
@@ -81,7 +81,7 @@ fn level1_refuses_a_slot_whose_verity_does_not_match_and_picks_the_other() {
 #[test]
 fn level1_checks_kernel_and_initrd_and_only_good_slots() {
     let rig = Rig::new(Backend::Fake);
-    std::fs::write(rig.paths.slot_dir(Slot::B).join("initrd.img"), b"tampered").unwrap();
+    std::fs::write(rig.files.initrd(Slot::B), b"tampered").unwrap();
     let mut block = rig.read_partition("rootfs_a")[..1].to_vec();
     block[0] ^= 0xff;
     rig.write_partition("rootfs_a", 0, &block);
@@ -124,18 +124,30 @@ fn level2_reinstalls_both_slots_across_one_reboot() {
                 step: Step::RebootToFactory
             }
         );
-        let j = Journal::load(rig.paths.journal()).unwrap().unwrap();
+        let j = rig.journal().unwrap();
         assert_eq!(
             j.current(),
             Some(Step::RebootToFactory),
             "level 2, second slot pending"
         );
-        assert!(!j.wipe_pending);
+        assert!(!j.wipe_pending() && !rig.storage_sees_wipe_pending());
         assert_eq!(
             rig.power_on(),
             Slot::B,
             "{backend:?}: the armed factory slot boots"
         );
+        // Early in boot the factory image is on trial: slot A, the fallback, is untouched.
+        let before_a = rig.read_partition("rootfs_a");
+        assert_eq!(
+            resume(&rig).unwrap(),
+            Outcome::AwaitingHealthGate { slot: Slot::B }
+        );
+        assert!(matches!(
+            rig.state().status(Slot::B),
+            SlotStatus::Trying { .. }
+        ));
+        assert_eq!(rig.read_partition("rootfs_a"), before_a);
+        rig.health_gate_passes();
         assert_eq!(resume(&rig).unwrap(), Outcome::Done { level: Level::Two });
         rig.assert_factory_everywhere();
         assert_eq!(rig.state().next, Slot::B);
@@ -159,12 +171,11 @@ fn assert_nothing_written(rig: &Rig, before_b: &[u8]) {
         before_b,
         "slot B was written"
     );
-    assert!(!rig.paths.journal().exists());
+    assert_eq!(rig.journal(), None);
     let state = rig.state();
     assert_eq!(state.status(Slot::B), SlotStatus::Good);
     assert_eq!(state.next, Slot::A);
-    let record = std::fs::read(rig.paths.slot_record(Slot::B)).unwrap();
-    assert!(String::from_utf8_lossy(&record).contains("2.0.0"));
+    assert_eq!(rig.recorded_version(Slot::B), "2.0.0");
 }
 
 #[test]
@@ -278,17 +289,30 @@ fn a_factory_slot_that_does_not_boot_is_written_again_then_given_up() {
     );
 }
 
+/// The running slot on trial has not passed its health gate, and the other slot is the last
+/// known-good one: levels 2 and 3 refuse before anything is written (round 1 committed the
+/// trial slot itself).
 #[test]
-fn level2_commits_a_running_slot_that_is_on_trial() {
-    let rig = Rig::new(Backend::Fake);
-    let mut state = rig.state();
-    state.a.status = SlotStatus::Trying {
-        tries_left: 2,
-        tries_done: 1,
-    };
-    aperture_slots::FakeBootControl::create(rig.boot_file(), state).unwrap();
-    rig.run_to_completion(|r| r.start(Level::Two), &rig.fresh_crypt());
-    rig.assert_factory_everywhere();
+fn level2_and_3_refuse_while_the_running_slot_is_on_trial() {
+    for level in [Level::Two, Level::Three] {
+        let rig = Rig::new(Backend::Fake);
+        let mut state = rig.state();
+        state.a.status = SlotStatus::Trying {
+            tries_left: 2,
+            tries_done: 1,
+        };
+        aperture_slots::FakeBootControl::create(rig.boot_file(), state.clone()).unwrap();
+        let before_b = rig.read_partition("rootfs_b");
+        let err = start(&rig, level).unwrap_err();
+        assert!(
+            matches!(err, ResetError::RunningSlotNotGood { slot: Slot::A, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("level 1"), "{err}");
+        assert_eq!(rig.state(), state, "boot state untouched");
+        assert_eq!(rig.read_partition("rootfs_b"), before_b);
+        assert_eq!(rig.journal(), None);
+    }
 }
 
 #[test]

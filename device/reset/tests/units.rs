@@ -1,14 +1,19 @@
 //! The boot ordering in overlays/storage, checked on the unit files: the reset journal is
 //! finished before anything unlocks config and data, storage is unlocked before local-fs and
 //! /var, every unit runs early (DefaultDependencies=no) with the ESP mounted, and /var's
-//! upper layer is on the data partition. If `systemd-analyze` is installed, it must accept
-//! the files too.
+//! upper layer is on the data partition; the second half of a level 2 runs only after the
+//! health gate. If `systemd-analyze` is installed, it must accept the files too.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn unit_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../overlays/storage/usr/lib/systemd/system")
+}
+
+fn health_unit() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../overlays/units/usr/lib/systemd/system/aperture-health.service")
 }
 
 /// key -> every value (space-separated lists split), over all sections.
@@ -72,6 +77,28 @@ fn reset_then_button_then_storage_then_var() {
     assert_eq!(resume["ExecStart"], ["/usr/bin/aperture-reset resume"]);
     assert_eq!(button["ExecStart"], ["/usr/bin/aperture-reset button"]);
     assert_eq!(storage["ExecStart"], ["/usr/bin/aperture-storage setup"]);
+    // The journal is in the state store, not a file on the ESP. (The partitions these units
+    // wait for, the state partition among them, are the board's: the image builder writes
+    // them as drop-ins.)
+    assert!(!resume.contains_key("ConditionPathExists"), "{resume:?}");
+}
+
+#[test]
+fn the_second_half_of_a_reset_waits_for_the_health_gate() {
+    let after = parse("aperture-reset-after-health.service");
+    assert!(has(&after, "Requires", "aperture-health.service"));
+    assert!(has(&after, "After", "aperture-health.service"));
+    assert_eq!(after["ExecStart"], ["/usr/bin/aperture-reset resume"]);
+    assert!(has(&after, "WantedBy", "multi-user.target"));
+    assert!(!has(&after, "DefaultDependencies", "no"), "it runs late");
+    let recipe = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/common.toml"),
+    )
+    .unwrap();
+    assert!(
+        recipe.contains("\"aperture-reset-after-health.service\""),
+        "enabled in recipes/common.toml"
+    );
 }
 
 #[test]
@@ -90,12 +117,14 @@ fn systemd_analyze_accepts_the_units() {
     for name in [
         "aperture-reset-resume.service",
         "aperture-reset-button.service",
+        "aperture-reset-after-health.service",
         "aperture-storage.service",
         "var.mount",
     ] {
         std::fs::copy(unit_dir().join(name), dir.path().join(name)).unwrap();
         args.push(dir.path().join(name).display().to_string());
     }
+    std::fs::copy(health_unit(), dir.path().join("aperture-health.service")).unwrap();
     let out = std::process::Command::new("systemd-analyze")
         .args(&args)
         .output()

@@ -1,7 +1,9 @@
-//! The tier-1 rig: a file-backed disk image with the qemu board's GPT (small partitions), an
-//! ESP and root folder in a temporary directory, two signed snakeoil releases (the installed
-//! one in both slots, the factory one in the factory partition), storage provisioned with the
-//! fake LUKS seam, canaries planted through it, and helpers to "boot", reset, resume and scan.
+//! The tier-1 rig: a file-backed disk image with the qemu board's GPT (small partitions, the
+//! device state store among them), an ESP and root folder in a temporary directory, two signed
+//! snakeoil releases (the installed one in both slots, recorded in the store as the image
+//! builder does; the factory one in the factory partition), storage provisioned with the fake
+//! LUKS seam, canaries planted through it, and helpers to "boot", pass the health gate, reset,
+//! resume and scan.
 
 #![allow(dead_code)]
 
@@ -11,12 +13,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use aperture_appliance::store::PARTITION_BYTES;
-use aperture_appliance::{Board, BuildFacts};
+use aperture_appliance::{Area, Board, BuildFacts, Files};
 use aperture_gpt::{read_gpt, write_gpt, Guid, Layout, PartitionSpec};
-use aperture_reset::io::GuardedDisk;
+use aperture_reset::io::{open_store, GuardedDisk, Store};
 use aperture_reset::seams::{FakeClock, FakeDiscard, FakeDiscardMode, FakeReboot, Faults};
-use aperture_reset::{BundleSlotWriter, Outcome, Paths, Reset, ResetError};
+use aperture_reset::{BundleSlotWriter, Journal, Outcome, Reset, ResetError};
 use aperture_slots::{BootControl, BootState, FakeBootControl, Slot, SlotManager, SystemdBoot};
 use aperture_storage::{
     FakeCrypt, FakeMounts, FakeTpm, FileDisk, Key, KeySource, Storage, StorageError, StorageState,
@@ -27,16 +28,18 @@ use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
 use aperture_trust::manifest::{
     Artifact, ArtifactName, BootInfo, BuildInfo, Manifest, Role, Sha256Hex,
 };
-use aperture_trust::record::SlotRecord;
+use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::signing::sign_manifest;
 use aperture_trust::verity::append_hash_tree;
 
 pub const NOW: u64 = 1_800_000_000;
+/// The snakeoil release key's expiry (about four months after [`NOW`]).
+pub const KEY_NOT_AFTER: u64 = NOW + 10_000_000;
 pub const MIB: u64 = 1 << 20;
 pub const BOARD: &str = "qemu-x86_64";
 /// Disk size as built, and as flashed onto a larger disk (data grows into the rest).
-pub const IMAGE_SIZE: u64 = 8 * MIB;
-pub const DISK_SIZE: u64 = 12 * MIB;
+pub const IMAGE_SIZE: u64 = 12 * MIB;
+pub const DISK_SIZE: u64 = 16 * MIB;
 
 pub fn snakeoil(seed: u8) -> SigningKeyPair {
     SigningKeyPair::from_secret_bytes(&[seed; 32])
@@ -60,6 +63,33 @@ pub fn releases() -> &'static (Release, Release) {
     RELEASES.get_or_init(|| (release("2.0.0", 7, BOARD), release("1.0.0", 100, BOARD)))
 }
 
+/// The factory release (1.0.0) with another security version.
+pub fn factory_with_security_version(security_version: u64) -> Release {
+    release_with(ReleaseSpec {
+        security_version,
+        ..ReleaseSpec::new("1.0.0", 100, BOARD)
+    })
+}
+
+/// What a test release is made of.
+pub struct ReleaseSpec<'a> {
+    pub version: &'a str,
+    pub seed: u64,
+    pub board: &'a str,
+    pub security_version: u64,
+}
+
+impl<'a> ReleaseSpec<'a> {
+    pub fn new(version: &'a str, seed: u64, board: &'a str) -> ReleaseSpec<'a> {
+        ReleaseSpec {
+            version,
+            seed,
+            board,
+            security_version: 1,
+        }
+    }
+}
+
 /// A signed release: rootfs (erofs stand-in with a verity tree), kernel, initrd.
 #[derive(Clone)]
 pub struct Release {
@@ -73,6 +103,16 @@ pub struct Release {
 }
 
 pub fn release(version: &str, seed: u64, board: &str) -> Release {
+    release_with(ReleaseSpec::new(version, seed, board))
+}
+
+pub fn release_with(spec: ReleaseSpec<'_>) -> Release {
+    let ReleaseSpec {
+        version,
+        seed,
+        board,
+        security_version,
+    } = spec;
     let tmp = tempfile::tempdir().unwrap();
     let data_blocks = 24u64;
     let rootfs_path = tmp.path().join("rootfs.img");
@@ -122,7 +162,7 @@ pub fn release(version: &str, seed: u64, board: &str) -> Release {
         product: "aperture-vision".into(),
         board: board.into(),
         version: version.parse().unwrap(),
-        security_version: 1,
+        security_version,
         build: BuildInfo {
             source_date_epoch: 1_700_000_000,
             recipe_sha256: Sha256Hex::digest(b"recipe"),
@@ -141,7 +181,7 @@ pub fn release(version: &str, seed: u64, board: &str) -> Release {
         vec![KeyringEntry::new(
             release_key.public(),
             "release-snakeoil",
-            NOW + 10_000_000,
+            KEY_NOT_AFTER,
         )],
     )
     .unwrap();
@@ -184,16 +224,16 @@ pub const CANARIES: [&[u8]; 4] = [
 pub struct Rig {
     pub dir: tempfile::TempDir,
     pub image: PathBuf,
-    pub paths: Paths,
+    pub files: Files,
+    /// The appliance's TPM.
+    pub tpm: FakeTpm,
     pub backend: Backend,
+    /// What the reset's clock says (unix seconds).
+    pub now: u64,
     pub current: Release,
     pub factory: Release,
     /// Keys captured at provisioning (the scan decrypts with them, as a thief with the key).
     pub keys: Vec<Vec<u8>>,
-    /// The appliance's TPM.
-    pub tpm: FakeTpm,
-    /// The device state partition (a file).
-    pub state_file: PathBuf,
 }
 
 pub fn partition(image: &Path, label: &str) -> (u64, u64) {
@@ -223,6 +263,11 @@ impl Rig {
                 part("rootfs_a", Guid::LINUX_ROOT_X86_64, MIB),
                 part("rootfs_b", Guid::LINUX_ROOT_X86_64, MIB),
                 part("factory", Guid::LINUX_FILESYSTEM, MIB),
+                part(
+                    "aperture_state",
+                    Guid::LINUX_FILESYSTEM,
+                    aperture_appliance::store::PARTITION_BYTES,
+                ),
                 part("config", Guid::LINUX_LUKS, MIB),
                 part("data", Guid::LINUX_LUKS, MIB),
             ],
@@ -239,26 +284,21 @@ impl Rig {
         f.set_len(DISK_SIZE).unwrap();
         drop(f);
 
-        let paths = Paths::rooted(dir.path());
-        let state_file = dir.path().join("aperture_state.img");
-        std::fs::File::create(&state_file)
-            .unwrap()
-            .set_len(PARTITION_BYTES)
-            .unwrap();
-        let tpm_device = paths.files.tpm_device();
+        let files = Files::at(dir.path());
+        let tpm_device = files.tpm_device();
         std::fs::create_dir_all(tpm_device.parent().unwrap()).unwrap();
         std::fs::write(&tpm_device, b"").unwrap();
         let current = releases().0.clone();
         let rig = Rig {
             dir,
             image,
-            paths,
+            files,
+            tpm: FakeTpm::new().unwrap(),
             backend,
+            now: NOW,
             current,
             factory,
             keys: Vec::new(),
-            tpm: FakeTpm::new().unwrap(),
-            state_file,
         };
         for slot in Slot::ALL {
             rig.install_current(slot);
@@ -274,14 +314,21 @@ impl Rig {
                 &vec![0x5a; (size - tail).min(8192) as usize],
             );
         }
-        std::fs::create_dir_all(rig.paths.root_key.parent().unwrap()).unwrap();
-        snakeoil(1).public().save(&rig.paths.root_key).unwrap();
-        std::fs::write(
-            &rig.paths.build_facts,
-            format!(r#"{{"product":"aperture-vision","version":"2.0.0","board":"{BOARD}","security_version":1}}"#),
-        )
-        .unwrap();
-        std::fs::create_dir_all(rig.paths.cmdline.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(rig.files.root_key().parent().unwrap()).unwrap();
+        snakeoil(1).public().save(&rig.files.root_key()).unwrap();
+        let facts = BuildFacts {
+            product: "aperture-vision".into(),
+            version: "2.0.0".into(),
+            security_version: 1,
+            board: Board::QemuX86_64,
+            recipe_sha256: "00".into(),
+            source_date_epoch: 1_700_000_000,
+            required_services: vec![],
+            tpm: false,
+            reset_button: Some("gpio-keys".into()),
+        };
+        std::fs::write(rig.files.build_facts(), facts.to_bytes()).unwrap();
+        std::fs::create_dir_all(rig.files.cmdline().parent().unwrap()).unwrap();
         rig.set_booted(Slot::A);
         match backend {
             Backend::Fake => {
@@ -301,12 +348,8 @@ impl Rig {
                         v.hash_offset,
                     )
                 };
-                aperture_slots::write_initial_esp(
-                    &rig.paths.files.esp(),
-                    &boot(Slot::A),
-                    &boot(Slot::B),
-                )
-                .unwrap();
+                aperture_slots::write_initial_esp(&rig.files.esp(), &boot(Slot::A), &boot(Slot::B))
+                    .unwrap();
             }
         }
         rig
@@ -319,7 +362,7 @@ impl Rig {
     pub fn backend(&self) -> Box<dyn BootControl> {
         match self.backend {
             Backend::Fake => Box::new(FakeBootControl::open(self.boot_file()).unwrap()),
-            Backend::SystemdBoot => Box::new(SystemdBoot::new(self.paths.files.esp())),
+            Backend::SystemdBoot => Box::new(SystemdBoot::new(self.files.esp())),
         }
     }
 
@@ -329,14 +372,47 @@ impl Rig {
 
     pub fn set_booted(&self, slot: Slot) {
         std::fs::write(
-            &self.paths.cmdline,
+            self.files.cmdline(),
             format!("root=x aperture.slot={slot}\n"),
         )
         .unwrap();
     }
 
     pub fn booted(&self) -> Slot {
-        self.paths.booted_slot().unwrap()
+        aperture_reset::app::booted_slot(&self.files).unwrap()
+    }
+
+    /// The health gate passes on the running slot: it commits it, as `aperture-agent health`
+    /// does through the updater library.
+    pub fn health_gate_passes(&self) {
+        SlotManager::new(self.backend(), self.booted())
+            .mark_good()
+            .unwrap();
+    }
+
+    /// The device state store on the disk image.
+    pub fn store(&self) -> Store {
+        open_store(&FileDisk::new(&self.image), Board::QemuX86_64).unwrap()
+    }
+
+    /// The reset journal in the store.
+    pub fn journal(&self) -> Option<Journal> {
+        Journal::load(&self.store()).unwrap()
+    }
+
+    /// What aperture-storage reads before it unlocks anything: the top-level `wipe_pending`
+    /// of the reset area (its contract with aperture-reset; a record that does not parse
+    /// counts as pending).
+    pub fn storage_sees_wipe_pending(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Marker {
+            #[serde(default)]
+            wipe_pending: bool,
+        }
+        self.store()
+            .read(Area::Reset)
+            .unwrap()
+            .is_some_and(|b| serde_json::from_slice::<Marker>(&b).map_or(true, |m| m.wipe_pending))
     }
 
     /// A power-on: the (simulated) loader picks a slot.
@@ -363,18 +439,35 @@ impl Rig {
 
     /// The current release in `slot`, as the image builder lays it out.
     fn install_current(&self, slot: Slot) {
-        self.write_partition(&format!("rootfs_{slot}"), 0, &self.current.rootfs);
-        let dir = self.paths.slot_dir(slot);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("vmlinuz"), &self.current.kernel).unwrap();
-        std::fs::write(dir.join("initrd.img"), &self.current.initrd).unwrap();
-        let record = SlotRecord::from_manifest(&self.current.manifest).unwrap();
-        std::fs::write(dir.join("slot.json"), record.to_json()).unwrap();
+        let release = self.current.clone();
+        self.install(slot, &release);
     }
 
-    /// The device state, as a boot opens it.
+    /// `release` in `slot`, recorded in the store as the image builder and the updater do.
+    pub fn install(&self, slot: Slot, release: &Release) {
+        self.write_partition(&format!("rootfs_{slot}"), 0, &release.rootfs);
+        std::fs::create_dir_all(self.files.esp_slot_dir(slot)).unwrap();
+        std::fs::write(self.files.kernel(slot), &release.kernel).unwrap();
+        std::fs::write(self.files.initrd(slot), &release.initrd).unwrap();
+        let installed = InstalledSlot {
+            record: SlotRecord::from_manifest(&release.manifest).unwrap(),
+            manifest: String::from_utf8(release.manifest_json.clone()).unwrap(),
+            signature: String::from_utf8(release.sig_json.clone()).unwrap(),
+        };
+        self.store()
+            .write_json(Area::slot(slot), &installed)
+            .unwrap();
+    }
+
+    /// The version the store records for `slot`.
+    pub fn recorded_version(&self, slot: Slot) -> String {
+        let installed: InstalledSlot = self.store().read_json(Area::slot(slot)).unwrap().unwrap();
+        installed.record.version.to_string()
+    }
+
+    /// aperture-storage's record in the device state, as a boot opens it.
     pub fn storage_state(&self) -> StorageState {
-        StorageState::open(&self.state_file).unwrap()
+        StorageState::new(self.store())
     }
 
     /// The key the device state records for `v`, unsealed by the rig's TPM.
@@ -389,7 +482,7 @@ impl Rig {
         let disk = FileDisk::new(&self.image);
         let mounts = FakeMounts::new();
         let state = self.storage_state();
-        let facts = BuildFacts {
+        let facts = aperture_appliance::BuildFacts {
             product: "aperture-vision".into(),
             version: "2.0.0".into(),
             security_version: 1,
@@ -401,7 +494,7 @@ impl Rig {
             reset_button: None,
         };
         let storage = Storage {
-            files: &self.paths.files,
+            files: &self.files,
             facts: &facts,
             disk: &disk,
             crypt,
@@ -416,7 +509,7 @@ impl Rig {
     /// First boot of aperture-storage, then canaries written through the "file system" and
     /// one plaintext canary left in the data area from before the volume existed.
     pub fn provision(&mut self) -> FakeCrypt {
-        let crypt = FakeCrypt::new(self.paths.files.mapper_dir());
+        let crypt = FakeCrypt::new(self.files.mapper_dir());
         let disk = FileDisk::new(&self.image);
         // Plaintext written before luksFormat, deep in the data area: luksFormat leaves it.
         self.write_partition("data", MIB / 2 + 77, CANARIES[3]);
@@ -456,17 +549,19 @@ impl Rig {
         let file_disk = FileDisk::new(&self.image);
         let disk = GuardedDisk::new(&file_disk, faults.clone());
         let keys = self.storage_state();
-        let clock = FakeClock::new(NOW);
+        let clock = FakeClock::new(self.now);
         let discard = FakeDiscard::new(discard);
         let root = snakeoil(1).public();
+        let board = Board::QemuX86_64;
         let writer = BundleSlotWriter {
             disk: &disk,
-            paths: &self.paths,
+            files: &self.files,
+            board,
             root,
-            now: NOW,
         };
+        let store = open_store(&disk, board)?;
         let mut reset = Reset {
-            paths: &self.paths,
+            files: &self.files,
             disk: &disk,
             crypt,
             keys: &keys,
@@ -475,8 +570,9 @@ impl Rig {
             clock: &clock,
             reboot,
             slots: SlotManager::new(self.backend(), self.booted()),
+            store,
             root,
-            board: BOARD.into(),
+            board,
             faults: &faults,
         };
         f(&mut reset)
@@ -484,10 +580,11 @@ impl Rig {
 
     /// A fresh boot's crypt (no mappings).
     pub fn fresh_crypt(&self) -> FakeCrypt {
-        FakeCrypt::new(self.paths.files.mapper_dir())
+        FakeCrypt::new(self.files.mapper_dir())
     }
 
-    /// Runs a whole reset from `start` through every reboot until done; returns the reboots.
+    /// Runs a whole reset from `start` through every reboot until done, the health gate
+    /// passing on every boot that waits for it; returns the reboots.
     pub fn run_to_completion(
         &self,
         first: impl FnOnce(&mut Reset<'_>) -> Result<Outcome, ResetError>,
@@ -504,10 +601,19 @@ impl Rig {
             )
             .unwrap();
         let mut boots = 0;
-        while matches!(outcome, Outcome::Rebooting { .. }) {
-            boots += 1;
-            assert!(boots < 10, "reset does not finish");
-            self.power_on();
+        loop {
+            match outcome {
+                Outcome::Rebooting { .. } => {
+                    boots += 1;
+                    assert!(boots < 10, "reset does not finish");
+                    self.power_on();
+                }
+                Outcome::AwaitingHealthGate { slot } => {
+                    assert_eq!(slot, self.booted());
+                    self.health_gate_passes();
+                }
+                _ => break,
+            }
             outcome = self
                 .with_reset(
                     &self.fresh_crypt(),
@@ -530,18 +636,32 @@ impl Rig {
             let (start, size) = partition(&self.image, label);
             disk[start as usize..(start + size) as usize].fill(0);
         }
-        let mut views = vec![disk.clone()];
-        for key in &self.keys {
-            // The fake cipher's key stream is aligned to 64 bytes of the disk (partitions
-            // start on MiB boundaries, the data segment at 64 KiB).
-            views.push(xor_stream(&disk, key));
-        }
         let mut found = Vec::new();
-        for view in &views {
-            for at in memchr::memmem::find_iter(view, b"CANARY-") {
-                for c in CANARIES {
-                    if view[at..].starts_with(c) {
-                        found.push((String::from_utf8_lossy(c).into_owned(), at as u64));
+        let mut check = |at: usize, read: &dyn Fn(usize) -> u8| {
+            for c in CANARIES {
+                if at + c.len() <= disk.len()
+                    && c.iter().enumerate().all(|(i, b)| read(at + i) == *b)
+                {
+                    found.push((String::from_utf8_lossy(c).into_owned(), at as u64));
+                }
+            }
+        };
+        for at in memchr::memmem::find_iter(&disk, b"CANARY-") {
+            check(at, &|i| disk[i]);
+        }
+        for key in &self.keys {
+            // Readable with the key: the fake cipher's key stream is `key` repeated from byte 0
+            // of the disk (partitions start on MiB boundaries, the data segment at 64 KiB), so
+            // "CANARY-" encrypted at an offset `a` modulo 64 is one needle per `a`.
+            for a in 0..key.len() {
+                let needle: Vec<u8> = b"CANARY-"
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[(a + i) % key.len()])
+                    .collect();
+                for at in memchr::memmem::find_iter(&disk, &needle) {
+                    if at % key.len() == a {
+                        check(at, &|i| disk[i] ^ key[i % key.len()]);
                     }
                 }
             }
@@ -560,7 +680,7 @@ impl Rig {
     /// Files under the ESP that hold a key or a canary; and the key folder's content.
     pub fn esp_leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let mut stack = vec![self.paths.files.esp()];
+        let mut stack = vec![self.files.esp()];
         while let Some(dir) = stack.pop() {
             for e in std::fs::read_dir(&dir).unwrap() {
                 let p = e.unwrap().path();
@@ -582,9 +702,17 @@ impl Rig {
     /// Both slots hold the factory release, verified, and both are good.
     pub fn assert_factory_everywhere(&self) {
         let disk = FileDisk::new(&self.image);
+        let store = self.store();
         for slot in Slot::ALL {
-            let record = aperture_reset::slot_check::verify_slot(&disk, &self.paths, slot)
-                .unwrap_or_else(|e| panic!("slot {slot}: {e}"));
+            let record = aperture_reset::slot_check::verify_slot(
+                &disk,
+                &self.files,
+                &store,
+                &snakeoil(1).public(),
+                Board::QemuX86_64.slot_layout(),
+                slot,
+            )
+            .unwrap_or_else(|e| panic!("slot {slot}: {e}"));
             assert_eq!(record.version, self.factory.manifest.version, "slot {slot}");
             assert_eq!(
                 self.state().status(slot),
@@ -593,7 +721,8 @@ impl Rig {
                 self.state()
             );
         }
-        assert!(!self.paths.journal().exists(), "the journal is removed");
+        assert_eq!(self.journal(), None, "the journal is removed");
+        assert!(!self.storage_sees_wipe_pending());
     }
 
     /// The next boot of aperture-storage formats both volumes afresh.
@@ -605,26 +734,6 @@ impl Rig {
             assert!(self.keys.iter().all(|old| old != new.as_bytes()));
         }
     }
-}
-
-/// `data` XOR the 64-byte `key` repeated from offset 0, a word at a time.
-pub fn xor_stream(data: &[u8], key: &[u8]) -> Vec<u8> {
-    let words: Vec<u64> = key
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-        .collect();
-    let mut out = Vec::with_capacity(data.len());
-    for block in data.chunks(64) {
-        if block.len() == 64 {
-            for (w, k) in block.chunks_exact(8).zip(&words) {
-                let v = u64::from_ne_bytes(w.try_into().unwrap()) ^ k;
-                out.extend_from_slice(&v.to_ne_bytes());
-            }
-        } else {
-            out.extend(block.iter().zip(key).map(|(b, k)| b ^ k));
-        }
-    }
-    out
 }
 
 /// First offset of `needle` in `hay`.
