@@ -5,6 +5,7 @@
 //! `target/aperture-tests/`, shared by both suites so the VM tier boots what tier 2 built.
 
 pub mod http;
+pub mod powercut;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};

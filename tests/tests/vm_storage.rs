@@ -1,15 +1,19 @@
 //! Tier 3, data at rest and factory reset, on one appliance through its life: the first boot
-//! formats and seals config and data; a boot without its TPM opens nothing and touches
-//! nothing; level 1 re-verifies the running slot, then refuses a corrupted one; level 2 puts
-//! the factory image back into both slots and keeps the data; level 3 leaves no trace of the
-//! customer's data anywhere on the disk.
+//! formats and seals config and data (after a power cut in the middle of it); a boot without
+//! its TPM opens nothing and touches nothing; level 1 re-verifies the running slot, then
+//! refuses a corrupted one; level 2 (cut in the middle too) puts the factory image back into
+//! both slots and keeps the data; level 3 leaves no trace of the customer's data anywhere on
+//! the disk.
 
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use aperture_image::recipe::Arch;
 use aperture_tests::http::{FileServer, GUEST_SERVER_PORT};
-use aperture_tests::scenario::{after, file_contains, line_of, random_hex, Scenario, Script};
+use aperture_tests::powercut::markers;
+use aperture_tests::scenario::{
+    after, cut_after, file_contains, line_of, random_hex, Scenario, Script,
+};
 use aperture_tests::{require_root, vm_image, BOOT_TIMEOUT};
 
 /// The offset and size of partition `name` in the disk image `disk`.
@@ -41,6 +45,17 @@ fn partition_holds(disk: &std::path::Path, name: &str, image: &std::path::Path) 
             return false;
         }
     }
+}
+
+/// sha256 of partition `name` of `disk`.
+fn partition_sha256(disk: &std::path::Path, name: &str) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let (offset, size) = partition(disk, name);
+    let mut f = std::fs::File::open(disk).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut r = aperture_trust::digest::HashingReader::new(f.take(size));
+    std::io::copy(&mut r, &mut std::io::sink()).expect("hashing a partition");
+    r.digest().to_string()
 }
 
 /// Flip bytes in the middle of slot A's data (which booting does not read) on the host.
@@ -85,14 +100,26 @@ fn storage_and_reset_through_an_appliances_life() {
     assert!(!file_contains(&sc.disk, &canary).unwrap());
     let show = || Script::new().piece("storage-show", &[]).unwrap();
 
-    // Boot 1: the first boot formats and seals both volumes; the canary goes onto /data; then
-    // level 1 re-verifies slot A, the running known-good slot, and boots it again.
+    // Boot 1: the first boot starts formatting and sealing both volumes, and the power is cut
+    // two seconds into formatting data.
+    let mut vm = sc.boot("first-cut", None).unwrap();
+    cut_after(
+        &mut vm,
+        markers::FORMAT_DATA,
+        Duration::from_secs(2),
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    eprintln!("POWER CUT 2 s into formatting data on the first boot");
+
+    // Boot 2: the first boot's formatting is finished from its journal; the canary goes onto
+    // /data; then level 1 re-verifies slot A, the running known-good slot, and boots it again.
     let s = show()
         .piece("canary-write", &[("CANARY", &canary)])
         .and_then(|s| s.piece("reset", &[("LEVEL", "1")]))
         .unwrap();
     let t = Instant::now();
-    let mut vm = sc.boot("first", Some(&s)).unwrap();
+    let mut vm = sc.boot("first-finished", Some(&s)).unwrap();
     let status = vm
         .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
         .unwrap();
@@ -138,26 +165,40 @@ fn storage_and_reset_through_an_appliances_life() {
         "the canary is in the clear on the disk: /data is not encrypted"
     );
 
-    // Boot 2, without the TPM the keys were sealed to: nothing opens, nothing is formatted,
-    // and the console says why.
+    // Boot 3, without the TPM the keys were sealed to: aperture-storage waits for it, then
+    // stops with the reason on the console; nothing opens and nothing is written (the disk's
+    // partitions hash the same before and after).
+    let before = [
+        partition_sha256(&sc.disk, "config"),
+        partition_sha256(&sc.disk, "data"),
+        partition_sha256(&sc.disk, "aperture_state"),
+    ];
     let t = Instant::now();
     let mut vm = sc
         .boot_with("no-tpm", None, |c| c.tpm_socket = None)
         .unwrap();
     let why = vm
-        .wait_for("aperture-storage", Duration::from_secs(400))
-        .and_then(|_| vm.wait_for("TPM", Duration::from_secs(400)))
+        .wait_for("no TPM appeared at", Duration::from_secs(600))
         .unwrap();
     eprintln!("without its TPM after {:.0?}: {why}", t.elapsed());
-    std::thread::sleep(Duration::from_secs(5));
+    assert!(why.contains("nothing was changed"), "{why}");
+    std::thread::sleep(Duration::from_secs(3));
     vm.kill();
-    let console = vm.console();
     assert!(
-        !console.contains("aperture-agent: product=") || !console.contains("/data mounted"),
-        "the data volume must not open without the TPM"
+        !vm.console().contains("APERTURE-CRYPT-"),
+        "the hook must not have run with storage down"
+    );
+    let after_boot = [
+        partition_sha256(&sc.disk, "config"),
+        partition_sha256(&sc.disk, "data"),
+        partition_sha256(&sc.disk, "aperture_state"),
+    ];
+    assert_eq!(
+        before, after_boot,
+        "a boot without the TPM changed the encrypted partitions or the device state"
     );
 
-    // Boot 3 (the TPM back, slot A): the keys unseal, the canary is there; slot A is corrupted
+    // Boot 4 (the TPM back, slot A): the keys unseal, the canary is there; slot A is corrupted
     // on the host while it runs, and level 1 now refuses A and boots B.
     let s = show()
         .piece("canary-check", &[("CANARY", &canary)])
@@ -195,10 +236,11 @@ fn storage_and_reset_through_an_appliances_life() {
     );
     vm.wait_exit(BOOT_TIMEOUT).unwrap();
 
-    // Boot 4 (slot B): level 2 writes the factory image into slot A, arms it and reboots;
-    // boots 5..: the factory image boots from slot A and the reset writes slot B too.
+    // Boot 5 (slot B): level 2 starts writing the factory image into slot A, and the power is
+    // cut ten seconds into it; boots 6..: the reset resumes, the factory image boots from slot
+    // A, passes its health gate, and the reset writes slot B too.
     let s = Script::new().piece("reset", &[("LEVEL", "2")]).unwrap();
-    let mut vm = sc.boot("level2", Some(&s)).unwrap();
+    let mut vm = sc.boot("level2-cut", Some(&s)).unwrap();
     let status = vm
         .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
         .unwrap();
@@ -206,8 +248,14 @@ fn storage_and_reset_through_an_appliances_life() {
         status.contains("slot=b") && status.contains("verity=yes"),
         "{status}"
     );
-    vm.wait_exit(Duration::from_secs(900)).unwrap();
-    line_of(&vm.console(), "reboot into the factory image").unwrap();
+    cut_after(
+        &mut vm,
+        markers::RESET2,
+        Duration::from_secs(10),
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    eprintln!("POWER CUT 10 s into reset level 2");
     let s = Script::new()
         .piece("reset-wait", &[])
         .and_then(|s| s.piece("canary-check", &[("CANARY", &canary)]))

@@ -1,10 +1,14 @@
-//! Tier 3, updates: v1 on slot A installs v2 over HTTP, reboots into slot B and the health
-//! gate commits it; v2 installs a v3 whose runtime fails, which the loader tries N times and
-//! then rolls back from; and the same update on the arm64 userland (qemu-arm64).
+//! Tier 3, updates: v1 on slot A installs v2 over HTTP, the power is cut in the middle, the
+//! next boot finishes the install, slot B boots and the health gate commits it; v2 installs a
+//! v3 whose runtime fails, which the loader tries N times and then rolls back from; and the
+//! same update on the arm64 userland (qemu-arm64).
 
 use aperture_image::recipe::Arch;
 use aperture_tests::http::FileServer;
-use aperture_tests::scenario::{Scenario, Script};
+use std::time::Duration;
+
+use aperture_tests::powercut::markers;
+use aperture_tests::scenario::{cut_after, Scenario, Script};
 use aperture_tests::{
     build, derived_recipe, json_on_line, require_root, test_root, vm_image, BOOT_TIMEOUT,
 };
@@ -42,7 +46,8 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
             .unwrap()
     };
 
-    // Boot 1: v1 on slot A installs v2 over HTTP into slot B and reboots.
+    // Boot 1: v1 on slot A starts installing v2 over HTTP into slot B, and the power is cut
+    // five seconds into writing it.
     let mut vm = sc
         .boot("v1-installs-v2", Some(&install("v2.bundle")))
         .unwrap();
@@ -53,7 +58,39 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
         line.contains("slot=a") && line.contains("version=1.0.0"),
         "{line}"
     );
-    vm.wait_for("APERTURE-INSTALLED", BOOT_TIMEOUT).unwrap();
+    cut_after(
+        &mut vm,
+        markers::INSTALLING,
+        Duration::from_secs(5),
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    eprintln!("POWER CUT 5 s into the install of v2");
+
+    // Boot 2: slot A boots (B was never armed); aperture-update-resume.service installs v2
+    // again from the journal's source, and arms B.
+    let s = Script::new()
+        .piece("resume", &[])
+        .and_then(|s| s.piece("status", &[]))
+        .and_then(|s| s.piece("reboot", &[]))
+        .unwrap();
+    let mut vm = sc.boot("after-cut", Some(&s)).unwrap();
+    let line = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        line.contains("slot=a") && line.contains("version=1.0.0") && line.contains("verity=yes"),
+        "after the cut, v1 must boot from slot A: {line}"
+    );
+    let resumed = vm
+        .wait_for("APERTURE-RESUMED", Duration::from_secs(900))
+        .unwrap();
+    assert!(resumed.ends_with(" 0"), "{resumed}");
+    let st = json_on_line(&vm.wait_for("APERTURE-STATUS", BOOT_TIMEOUT).unwrap()).unwrap();
+    assert_eq!(
+        st["next"], "b",
+        "the finished install must arm slot B: {st}"
+    );
     vm.wait_exit(BOOT_TIMEOUT).unwrap();
 
     // Boot 2: the loader picks slot B (armed, on trial); the health gate passes and commits it;
