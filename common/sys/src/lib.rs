@@ -3,10 +3,11 @@
 //! * [`cmd`]: the one runner of external commands ([`cmd::Cmd`]);
 //! * [`fs`]: durable file writes and removals (safe on vfat too);
 //! * [`mountinfo`]: the mount table parser;
-//! * [`log`]: logging setup.
+//! * `log`: logging setup (feature `log`, on by default).
 
 pub mod cmd;
 pub mod fs;
+#[cfg(feature = "log")]
 pub mod log;
 pub mod mountinfo;
 

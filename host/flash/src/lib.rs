@@ -20,7 +20,6 @@
 //! block maps.
 
 pub mod bmap;
-pub mod cmd;
 pub mod error;
 pub mod host;
 pub mod image;

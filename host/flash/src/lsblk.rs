@@ -6,11 +6,10 @@
 //! `"0"`/`"1"` and strings, and `MOUNTPOINT` instead of `MOUNTPOINTS`. Both are accepted.
 
 use std::path::Path;
-use std::process::Command;
 
+use aperture_sys::Cmd;
 use serde::{Deserialize, Deserializer};
 
-use crate::cmd;
 use crate::error::{FlashError, Result};
 
 /// The columns asked of lsblk (`MAJ:MIN` to match mountinfo entries that name no device).
@@ -131,7 +130,9 @@ impl Lsblk {
 
     /// Runs `lsblk -J -b -o` [`LSBLK_COLUMNS`] on this host.
     pub fn run() -> Result<Lsblk> {
-        cmd::run_json(Command::new("lsblk").args(["-J", "-b", "-o", LSBLK_COLUMNS]))
+        Ok(Cmd::new("lsblk")
+            .args(["-J", "-b", "-o", LSBLK_COLUMNS])
+            .json()?)
     }
 
     /// The device (at any depth) whose node is `path`.
