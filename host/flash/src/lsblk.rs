@@ -141,11 +141,6 @@ impl Lsblk {
         self.all().into_iter().find(|d| d.dev_path() == wanted)
     }
 
-    /// The device (at any depth) with kernel name `name`.
-    pub fn find_name(&self, name: &str) -> Option<&BlockDevice> {
-        self.all().into_iter().find(|d| d.name == name)
-    }
-
     /// Every device at every depth.
     pub fn all(&self) -> Vec<&BlockDevice> {
         self.blockdevices
@@ -214,7 +209,8 @@ mod tests {
         let vda = l.find_path(Path::new("/dev/vda")).unwrap();
         assert_eq!(vda.mountpoints, ["/"]);
         assert!(!vda.rm && !vda.hotplug);
-        assert_eq!(l.find_name("loop0p2").unwrap().dev_path(), "/dev/loop0p2");
+        let part = l.find_path(Path::new("/dev/loop0p2")).unwrap();
+        assert_eq!(part.name, "loop0p2", "children are searched too");
         assert_eq!(l.all().len(), 5);
     }
 
