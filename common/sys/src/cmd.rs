@@ -174,14 +174,7 @@ impl Cmd {
         let display = self.display();
         let mut child = self.spawn(Stdio::inherit(), Stdio::inherit())?;
         let status = child.wait().map_err(|e| not_waited(&display, e))?;
-        match status.code() {
-            Some(0) => Ok(()),
-            code => Err(CmdError {
-                command: display,
-                status: ended(code),
-                stderr: String::new(),
-            }),
-        }
+        exited(display, status.code(), "")
     }
 
     /// Run a long command, passing each line it prints (standard output and error merged, in
@@ -222,14 +215,7 @@ impl Cmd {
             last.push(text.to_string());
         }
         let status = child.wait().map_err(|e| not_waited(&display, e))?;
-        match status.code() {
-            Some(0) => Ok(()),
-            code => Err(CmdError {
-                command: display,
-                status: ended(code),
-                stderr: tail(&last.join("\n")),
-            }),
-        }
+        exited(display, status.code(), &last.join("\n"))
     }
 
     /// Start the command with standard input null (or the secret piped in) and the given
@@ -274,6 +260,18 @@ fn ended(code: Option<i32>) -> String {
         Some(c) => format!("exit code {c}"),
         None => "killed by a signal".into(),
     }
+}
+
+/// `Ok` for exit code 0; otherwise the error naming how it ended and the tail of `printed`.
+fn exited(command: String, code: Option<i32>, printed: &str) -> Result<(), CmdError> {
+    if code == Some(0) {
+        return Ok(());
+    }
+    Err(CmdError {
+        command,
+        status: ended(code),
+        stderr: tail(printed),
+    })
 }
 
 fn not_started(command: &str, e: std::io::Error) -> CmdError {
