@@ -3,7 +3,7 @@
 //! * [`cmd`]: the one runner of external commands ([`cmd::Cmd`]);
 //! * [`fs`]: durable file writes and removals (safe on vfat too);
 //! * [`mountinfo`]: the mount table parser;
-//! * `log`: logging setup (feature `log`, on by default).
+//! * [`log`]: logging setup.
 
 pub mod cmd;
 pub mod fs;
