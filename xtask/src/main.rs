@@ -1,7 +1,6 @@
 //! `cargo xtask`: parse the verb, run the preflight, then run the test tiers or the host
 //! program that does the verb (`aperture`, or `aperture-bench` for `bench`).
 
-mod cmd;
 mod preflight;
 mod test;
 
@@ -11,6 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use aperture_sys::Cmd;
 use clap::Parser;
 use xtask::args::{recipe_arg, Cli, Command as Verb, DEFAULT_RECIPE};
 
@@ -97,14 +97,11 @@ pub(crate) fn host_program(root: &Path, program: Program) -> Result<Command> {
         );
     }
     let t = Instant::now();
-    cmd::run(Command::new(env!("CARGO")).current_dir(root).args([
-        "build",
-        "--package",
-        package,
-        "--bin",
-        bin,
-    ]))
-    .with_context(|| format!("building {bin}"))?;
+    Cmd::new(env!("CARGO"))
+        .current_dir(root)
+        .args(["build", "--package", package, "--bin", bin])
+        .run_inherited()
+        .with_context(|| format!("building {bin}"))?;
     if t.elapsed().as_secs() > 20 {
         eprintln!("xtask: {bin} compiled in {:.0?}", t.elapsed());
     }

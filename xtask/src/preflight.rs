@@ -5,11 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-
-use crate::cmd;
+use aperture_sys::Cmd;
 
 /// Packages every build needs: Debian tree assembly, the ostree store, filesystems, the ESP.
 const BUILD: &[&str] = &[
@@ -122,21 +120,21 @@ impl Needs {
 /// True when running as root.
 pub fn is_root() -> bool {
     // `id -u` rather than libc: xtask stays dependency-light and free of unsafe code.
-    Command::new("id")
+    Cmd::new("id")
         .arg("-u")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .map(|o| o.stdout_text().trim() == "0")
         .unwrap_or(false)
 }
 
 /// Packages of `wanted` that dpkg does not report as installed.
 fn missing_packages(wanted: &BTreeSet<&'static str>) -> Result<Vec<&'static str>> {
-    let out = Command::new("dpkg-query")
+    let out = Cmd::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
         .args(wanted.iter())
         .output()
         .context("running dpkg-query (is this a Debian host?)")?;
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = out.stdout_text();
     let installed: BTreeSet<&str> = listed
         .lines()
         .filter_map(|l| {
@@ -154,14 +152,10 @@ fn missing_packages(wanted: &BTreeSet<&'static str>) -> Result<Vec<&'static str>
 }
 
 fn rust_target_missing(target: &str) -> bool {
-    Command::new("rustup")
+    Cmd::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| {
-            !String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == target)
-        })
+        .map(|o| !o.stdout_text().lines().any(|l| l.trim() == target))
         .unwrap_or(true)
 }
 
@@ -184,14 +178,16 @@ pub fn ensure(needs: &Needs) -> Result<()> {
         );
         if root {
             eprintln!("preflight: installing host packages: {}", missing.join(" "));
-            cmd::run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
-            cmd::run(
-                Command::new("apt-get")
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .args(["install", "-y", "-qq", "--no-install-recommends"])
-                    .args(&missing),
-            )
-            .with_context(|| format!("installing host packages ({line})"))?;
+            Cmd::new("apt-get")
+                .args(["update", "-qq"])
+                .run_inherited()
+                .context("apt-get update")?;
+            Cmd::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .run_inherited()
+                .with_context(|| format!("installing host packages ({line})"))?;
         } else {
             fixes.push(format!("sudo {line}"));
         }
@@ -202,7 +198,9 @@ pub fn ensure(needs: &Needs) -> Result<()> {
         if rust_target_missing(target) {
             if root || Path::new("/root/.rustup").exists() {
                 eprintln!("preflight: adding Rust target {target}");
-                cmd::run(Command::new("rustup").args(["target", "add", target]))?;
+                Cmd::new("rustup")
+                    .args(["target", "add", target])
+                    .run_inherited()?;
             } else {
                 fixes.push(format!("rustup target add {target}"));
             }
@@ -211,14 +209,18 @@ pub fn ensure(needs: &Needs) -> Result<()> {
             if root {
                 eprintln!("preflight: enabling qemu-aarch64 binfmt emulation");
                 if !Path::new("/proc/sys/fs/binfmt_misc/register").exists() {
-                    cmd::run(Command::new("mount").args([
-                        "-t",
-                        "binfmt_misc",
-                        "binfmt_misc",
-                        "/proc/sys/fs/binfmt_misc",
-                    ]))?;
+                    Cmd::new("mount")
+                        .args([
+                            "-t",
+                            "binfmt_misc",
+                            "binfmt_misc",
+                            "/proc/sys/fs/binfmt_misc",
+                        ])
+                        .run_inherited()?;
                 }
-                cmd::run(Command::new("update-binfmts").args(["--enable", "qemu-aarch64"]))?;
+                Cmd::new("update-binfmts")
+                    .args(["--enable", "qemu-aarch64"])
+                    .run_inherited()?;
                 if !binfmt_aarch64_enabled() {
                     bail!(
                         "qemu-aarch64 binfmt emulation is still disabled after update-binfmts; \

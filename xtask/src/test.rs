@@ -11,13 +11,13 @@
 //! is set: a test that finds its tool missing fails instead of skipping.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use aperture_sys::Cmd;
 use xtask::args::TestArgs;
 
-use crate::{cmd, preflight};
+use crate::preflight;
 
 /// One line of the time table.
 struct Row {
@@ -79,9 +79,8 @@ fn run_tiers(
 ) -> Result<()> {
     if tiers.contains(&1) {
         let t = Instant::now();
-        let mut c = cargo(root, require_tools);
-        c.args(["test", "--workspace", "--no-run"]);
-        cmd::run(&mut c).inspect_err(|_| {
+        let c = cargo(root, require_tools).args(["test", "--workspace", "--no-run"]);
+        c.run_inherited().inspect_err(|_| {
             rows.push(failed(1, "unit: build", t.elapsed()));
         })?;
         rows.push(Row {
@@ -91,12 +90,12 @@ fn run_tiers(
             took: Some(t.elapsed()),
         });
         let t = Instant::now();
-        let mut c = cargo(root, require_tools);
-        c.args(["test", "--workspace"]);
+        let mut c = cargo(root, require_tools).args(["test", "--workspace"]);
         if let Some(f) = &args.filter {
-            c.args(["--", f]);
+            c = c.args(["--", f]);
         }
-        cmd::run(&mut c).inspect_err(|_| rows.push(failed(1, "unit: run", t.elapsed())))?;
+        c.run_inherited()
+            .inspect_err(|_| rows.push(failed(1, "unit: run", t.elapsed())))?;
         rows.push(Row {
             tier: 1,
             suite: "unit: run".into(),
@@ -135,8 +134,7 @@ fn run_tiers(
             continue;
         }
         let t = Instant::now();
-        let mut c = cargo(root, require_tools);
-        c.args([
+        let mut c = cargo(root, require_tools).args([
             "test",
             "--package",
             "aperture-tests",
@@ -148,9 +146,10 @@ fn run_tiers(
             "--nocapture",
         ]);
         if let Some(f) = &args.filter {
-            c.arg(f);
+            c = c.arg(f);
         }
-        cmd::run(&mut c).inspect_err(|_| rows.push(failed(tier, name, t.elapsed())))?;
+        c.run_inherited()
+            .inspect_err(|_| rows.push(failed(tier, name, t.elapsed())))?;
         rows.push(Row {
             tier,
             suite: name.clone(),
@@ -201,13 +200,13 @@ fn print_table(rows: &[Row], total: Duration) {
     eprintln!("  total: {}", mmss(total));
 }
 
-fn cargo(root: &Path, require_tools: bool) -> Command {
-    let mut c = Command::new(env!("CARGO"));
-    c.current_dir(root);
+fn cargo(root: &Path, require_tools: bool) -> Cmd {
+    let c = Cmd::new(env!("CARGO")).current_dir(root);
     if require_tools {
-        c.env("APERTURE_REQUIRE_TOOLS", "1");
+        c.env("APERTURE_REQUIRE_TOOLS", "1")
+    } else {
+        c
     }
-    c
 }
 
 /// The `[[test]]` targets of the tests crate: the privileged suite first (it makes the builds

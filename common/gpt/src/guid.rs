@@ -53,7 +53,7 @@ impl Guid {
 
     /// Whether this is the nil GUID.
     pub fn is_nil(&self) -> bool {
-        self.0 == [0; 16]
+        *self == Guid::NIL
     }
 
     /// The 16 bytes as GPT stores them: first three fields little-endian, the rest as is.

@@ -22,23 +22,15 @@ pub const MAX_PARTITIONS: usize = 128;
 /// Longest partition name: 72 bytes of UTF-16LE.
 pub const MAX_NAME_UNITS: usize = 36;
 
-/// Partition attribute bits (UEFI 2.10 table 5.8, and the Discoverable Partitions
-/// Specification for bits 60-63).
+/// The partition attribute bits layouts set (UEFI 2.10 table 5.8; bit 60 from the
+/// Discoverable Partitions Specification). Add others here when a layout needs them.
 pub mod attr {
     /// Required for the platform to function; partitioning tools must not delete it.
     pub const REQUIRED: u64 = 1 << 0;
-    /// Firmware must not produce a block I/O protocol for it.
-    pub const NO_BLOCK_IO: u64 = 1 << 1;
     /// Legacy BIOS bootable.
     pub const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
     /// Mount read-only (systemd-gpt-auto-generator).
     pub const READ_ONLY: u64 = 1 << 60;
-    /// Do not grow the file system (systemd-growfs).
-    pub const NO_GROW: u64 = 1 << 59;
-    /// Hidden.
-    pub const HIDDEN: u64 = 1 << 62;
-    /// Do not mount automatically.
-    pub const NO_AUTO: u64 = 1 << 63;
 }
 
 /// One partition as a layout asks for it.

@@ -1,11 +1,21 @@
 //! The one helper that runs external commands (cryptsetup, mkfs, mount, tpm2-tools, mmdebstrap,
-//! lsblk, ...): standard input is null or a piped secret, standard output is captured for typed
-//! parsing (`lsblk -J`), and a failure carries the quoted command line and the tail of standard
-//! error. Secrets never appear on a command line (they would be visible in `/proc/*/cmdline`).
+//! lsblk, cargo, apt-get, ...): standard input is null or a piped secret, and a failure carries
+//! the quoted command line, how it ended and the tail of what it printed. Secrets never appear
+//! on a command line (they would be visible in `/proc/*/cmdline`).
+//!
+//! One builder, several ways to run it:
+//! * [`Cmd::run`] / [`Cmd::output`]: capture both outputs;
+//! * [`Cmd::text`] / [`Cmd::json`]: standard output as text, or parsed into a typed struct
+//!   (`lsblk -J`, `sfdisk -J`);
+//! * [`Cmd::stream`]: each line as it arrives, for long commands with progress (mmdebstrap);
+//! * [`Cmd::run_inherited`]: the output goes straight to the terminal (cargo, apt-get).
 
 use std::ffi::{OsStr, OsString};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde::de::DeserializeOwned;
 
 /// A command that could not be run or did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -15,7 +25,8 @@ pub struct CmdError {
     pub command: String,
     /// How it ended (`exit code 3`, `could not start: ...`).
     pub status: String,
-    /// The tail of its standard error, on one line.
+    /// The tail of its standard error (or of its standard output when it printed no error), on
+    /// one line.
     pub stderr: String,
 }
 
@@ -45,6 +56,7 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    dir: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
 }
 
@@ -61,6 +73,7 @@ impl Cmd {
             program: program.as_ref().to_os_string(),
             args: Vec::new(),
             env: Vec::new(),
+            dir: None,
             stdin: None,
         }
     }
@@ -89,6 +102,12 @@ impl Cmd {
         self
     }
 
+    /// Run the command in `dir` instead of the current folder.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Cmd {
+        self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
     /// Pipe `secret` into standard input (a key); it is overwritten in memory after use.
     pub fn stdin_secret(mut self, secret: &[u8]) -> Cmd {
         self.stdin = Some(secret.to_vec());
@@ -97,11 +116,7 @@ impl Cmd {
 
     /// The command line, each word shell-quoted where needed.
     pub fn display(&self) -> String {
-        std::iter::once(&self.program)
-            .chain(&self.args)
-            .map(|w| quote(&w.to_string_lossy()))
-            .collect::<Vec<_>>()
-            .join(" ")
+        words(std::iter::once(self.program.as_os_str()).chain(self.args.iter().map(|a| &**a)))
     }
 
     /// Run it; a non-zero exit is an error.
@@ -117,8 +132,98 @@ impl Cmd {
 
     /// Run it and return whatever it exited with; only a failure to start is an error. For
     /// commands whose exit code is an answer (`evtest --query`).
-    pub fn output(mut self) -> Result<Output, CmdError> {
+    pub fn output(self) -> Result<Output, CmdError> {
         let display = self.display();
+        let child = self.spawn(Stdio::piped(), Stdio::piped())?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| not_waited(&display, e))?;
+        Ok(Output {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Run it and return its standard output as text; output that is not UTF-8 is an error.
+    pub fn text(self) -> Result<String, CmdError> {
+        let display = self.display();
+        let out = self.run()?;
+        String::from_utf8(out.stdout).map_err(|_| CmdError {
+            command: display,
+            status: "its output is not UTF-8 text".into(),
+            stderr: String::new(),
+        })
+    }
+
+    /// Run it and parse its standard output as JSON into `T` (`lsblk -J`, `sfdisk -J`).
+    pub fn json<T: DeserializeOwned>(self) -> Result<T, CmdError> {
+        let display = self.display();
+        let out = self.run()?;
+        serde_json::from_slice(&out.stdout).map_err(|e| CmdError {
+            command: display,
+            status: format!("its output is not the JSON expected: {e}"),
+            stderr: String::new(),
+        })
+    }
+
+    /// Run it with standard output and error going where ours go (the terminal), for commands
+    /// whose progress the user watches (`cargo`, `apt-get`). A failure names the command and
+    /// how it ended; what it printed is already on screen.
+    pub fn run_inherited(self) -> Result<(), CmdError> {
+        let display = self.display();
+        let mut child = self.spawn(Stdio::inherit(), Stdio::inherit())?;
+        let status = child.wait().map_err(|e| not_waited(&display, e))?;
+        exited(display, status.code(), "")
+    }
+
+    /// Run a long command, passing each line it prints (standard output and error merged, in
+    /// the order written) to `line` as it arrives: for a build log and progress. A failure
+    /// carries the last lines printed.
+    pub fn stream(self, mut line: impl FnMut(&str)) -> Result<(), CmdError> {
+        let display = self.display();
+        let (reader, writer) = std::io::pipe().map_err(|e| not_started(&display, e))?;
+        let writer2 = writer.try_clone().map_err(|e| not_started(&display, e))?;
+        // `spawn` drops its `Command`, and with it our copies of the write ends, so the reader
+        // sees end-of-file when the child (and anything it left running) exits.
+        let mut child = self.spawn(writer.into(), writer2.into())?;
+        let mut last: Vec<String> = Vec::new();
+        let mut reader = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(CmdError {
+                        command: display,
+                        status: format!("could not read its output: {e}"),
+                        stderr: tail(&last.join("\n")),
+                    });
+                }
+            }
+            let text = String::from_utf8_lossy(&buf);
+            let text = text.trim_end();
+            line(text);
+            // Twice the tail, as blank lines are dropped from it.
+            if last.len() == 2 * STDERR_TAIL_LINES {
+                last.remove(0);
+            }
+            last.push(text.to_string());
+        }
+        let status = child.wait().map_err(|e| not_waited(&display, e))?;
+        exited(display, status.code(), &last.join("\n"))
+    }
+
+    /// Start the command with standard input null (or the secret piped in) and the given
+    /// standard output and error.
+    fn spawn(mut self, stdout: Stdio, stderr: Stdio) -> Result<Child, CmdError> {
+        let shown = self.display();
+        #[cfg(feature = "log")]
+        tracing::debug!("running {shown}");
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
@@ -128,43 +233,75 @@ impl Cmd {
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdout(stdout)
+            .stderr(stderr);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
         let mut child = command.spawn().map_err(|e| CmdError {
-            command: display.clone(),
+            command: shown,
             status: format!("could not start: {e}; is the package providing it installed?"),
             stderr: String::new(),
         })?;
         if let (Some(mut secret), Some(mut pipe)) = (self.stdin.take(), child.stdin.take()) {
             // Secrets are small (a 64-byte key), far below the pipe buffer, so writing before
             // reading the output cannot deadlock. A write error shows up as the command's
-            // own failure (it read a short key), reported below with its stderr.
+            // own failure (it read a short key), reported with its stderr.
             let _ = pipe.write_all(&secret);
             secret.fill(0);
-            drop(pipe);
         }
-        let out = child.wait_with_output().map_err(|e| CmdError {
-            command: display.clone(),
-            status: format!("could not wait for it: {e}"),
-            stderr: String::new(),
-        })?;
-        Ok(Output {
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(child)
     }
 }
 
-/// The error for a command that exited with failure.
+/// How a command ended, for [`CmdError::status`].
+fn ended(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit code {c}"),
+        None => "killed by a signal".into(),
+    }
+}
+
+/// `Ok` for exit code 0; otherwise the error naming how it ended and the tail of `printed`.
+fn exited(command: String, code: Option<i32>, printed: &str) -> Result<(), CmdError> {
+    if code == Some(0) {
+        return Ok(());
+    }
+    Err(CmdError {
+        command,
+        status: ended(code),
+        stderr: tail(printed),
+    })
+}
+
+fn not_started(command: &str, e: std::io::Error) -> CmdError {
+    CmdError {
+        command: command.to_string(),
+        status: format!("could not start: {e}"),
+        stderr: String::new(),
+    }
+}
+
+fn not_waited(command: &str, e: std::io::Error) -> CmdError {
+    CmdError {
+        command: command.to_string(),
+        status: format!("could not wait for it: {e}"),
+        stderr: String::new(),
+    }
+}
+
+/// The error for a command that exited with failure: the tail of its standard error, or of its
+/// standard output when it printed no error (some tools report failures there).
 pub fn failure(command: String, out: &Output) -> CmdError {
+    let printed = if out.stderr.trim().is_empty() {
+        out.stdout_text()
+    } else {
+        out.stderr.clone()
+    };
     CmdError {
         command,
-        status: match out.code {
-            Some(c) => format!("exit code {c}"),
-            None => "killed by a signal".into(),
-        },
-        stderr: tail(&out.stderr),
+        status: ended(out.code),
+        stderr: tail(&printed),
     }
 }
 
@@ -177,6 +314,20 @@ pub fn tail(stderr: &str) -> String {
         .collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
     lines[start..].join(" | ")
+}
+
+/// The command line of a [`std::process::Command`], quoted like [`Cmd::display`]: for the
+/// long-running children whose pipes the caller manages itself (QEMU, swtpm).
+pub fn command_line(command: &Command) -> String {
+    words(std::iter::once(command.get_program()).chain(command.get_args()))
+}
+
+/// Words joined by spaces, each quoted where a shell needs it.
+fn words<'a>(words: impl Iterator<Item = &'a OsStr>) -> String {
+    words
+        .map(|w| quote(&w.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Quote a word for display the way a POSIX shell would need it.
@@ -249,5 +400,113 @@ mod tests {
     fn output_returns_the_exit_code() {
         let out = Cmd::new("sh").args(["-c", "exit 10"]).output().unwrap();
         assert_eq!(out.code, Some(10));
+    }
+
+    #[test]
+    fn failure_without_stderr_shows_the_stdout_tail() {
+        let err = Cmd::new("sh")
+            .args(["-c", "echo 'Disk full' ; exit 1"])
+            .run()
+            .unwrap_err();
+        assert_eq!(err.stderr, "Disk full");
+    }
+
+    #[test]
+    fn current_dir_and_env_reach_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = Cmd::new("sh")
+            .args(["-c", "pwd; echo $APERTURE_X"])
+            .current_dir(dir.path())
+            .env("APERTURE_X", "y")
+            .text()
+            .unwrap();
+        let want = format!("{}\ny\n", dir.path().canonicalize().unwrap().display());
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn text_refuses_output_that_is_not_utf8() {
+        let err = Cmd::new("printf").arg(r"\377").text().unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        assert!(err.command.starts_with("printf "), "{err}");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Disk {
+        name: String,
+        size: u64,
+    }
+
+    #[test]
+    fn json_parses_into_a_typed_struct_or_names_the_command() {
+        let disk: Disk = Cmd::new("echo")
+            .arg(r#"{"name": "vda", "size": 4096}"#)
+            .json()
+            .unwrap();
+        assert_eq!((disk.name.as_str(), disk.size), ("vda", 4096));
+        let err = Cmd::new("echo")
+            .arg(r#"{"name": "vda"}"#)
+            .json::<Disk>()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("`echo "), "{text}");
+        assert!(text.contains("missing field `size`"), "{text}");
+        // A failed command is reported as such, not as bad JSON.
+        let err = Cmd::new("false").json::<Disk>().unwrap_err();
+        assert_eq!(err.status, "exit code 1");
+    }
+
+    #[test]
+    fn run_inherited_reports_the_exit_code() {
+        Cmd::new("true").run_inherited().unwrap();
+        let err = Cmd::new("sh")
+            .args(["-c", "exit 4"])
+            .run_inherited()
+            .unwrap_err();
+        assert_eq!(err.to_string(), "`sh -c 'exit 4'` failed (exit code 4)");
+        let err = Cmd::new("aperture-no-such-tool")
+            .run_inherited()
+            .unwrap_err();
+        assert!(err.status.starts_with("could not start"), "{err}");
+    }
+
+    #[test]
+    fn stream_passes_merged_lines_in_order() {
+        let mut seen = Vec::new();
+        Cmd::new("sh")
+            .args(["-c", "echo one; echo two >&2; printf three"])
+            .stream(|l| seen.push(l.to_string()))
+            .unwrap();
+        assert_eq!(seen, ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn stream_failure_keeps_the_last_lines() {
+        let script = "for i in $(seq 1 40); do echo out$i; echo >&2; done; exit 7";
+        let mut count = 0;
+        let err = Cmd::new("sh")
+            .args(["-c", script])
+            .stream(|_| count += 1)
+            .unwrap_err();
+        assert_eq!(count, 80);
+        assert_eq!(err.status, "exit code 7");
+        assert!(err.stderr.ends_with("out39 | out40"), "{err}");
+        assert!(err.stderr.starts_with("out29 |"), "{err}");
+    }
+
+    #[test]
+    fn stream_ends_when_the_command_exits() {
+        // The write ends must not stay open in this process, or reading would never end.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(Cmd::new("true").stream(|_| {})));
+        let result = finished.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+    }
+
+    #[test]
+    fn command_line_quotes_a_std_command_like_cmd() {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-drive", "file=a b.img"]);
+        assert_eq!(command_line(&c), "qemu-system-x86_64 -drive 'file=a b.img'");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod cmd;
 pub mod fs;
+#[cfg(feature = "log")]
 pub mod log;
 pub mod mountinfo;
 pub mod tool;

@@ -1,5 +1,6 @@
 //! Logging setup for every Aperture program: `tracing` to standard error, plain (no colours,
 //! no timestamps: journald adds its own), at `default` unless `RUST_LOG` says otherwise.
+//! Behind the crate's `log` feature (on by default; xtask turns it off to build quickly).
 
 /// Install the subscriber; `default` is a filter such as `info` or `warn`.
 pub fn init(default: &str) {

@@ -19,7 +19,6 @@
 //!   file checksum and optional `sha1` on ranges; 1.4 is 2.0 by mistake.
 
 mod create;
-mod xml;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -28,6 +27,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::error::{FlashError, Result};
+use crate::xml::{self, Node};
 
 /// The block size bmaptool uses on every common file system, and ours by default.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
@@ -269,15 +269,19 @@ impl Bmap {
     /// counts, and its own checksum when it has one (`BmapFileChecksum`, `BmapFileSHA1`).
     /// Range checksums are kept for [`Bmap::verify_ranges`] and the writer.
     pub fn parse(text: &str) -> Result<Bmap> {
-        let root = xml::parse_document(text)?;
-        if root.name != "bmap" {
+        let doc = xml::parse(text).map_err(|e| FlashError::BmapXml {
+            line: e.line,
+            reason: e.reason,
+        })?;
+        let root = doc.root_element();
+        if !root.has_tag_name("bmap") {
             return Err(FlashError::invalid(format!(
                 "the root element is <{}>, not <bmap>",
-                root.name
+                root.tag_name().name()
             )));
         }
         let version = root
-            .attr("version")
+            .attribute("version")
             .ok_or_else(|| FlashError::invalid("<bmap> has no version attribute"))?;
         let bad_version = || FlashError::BmapVersion {
             version: version.to_string(),
@@ -290,14 +294,14 @@ impl Bmap {
         }
 
         let number = |name: &str| -> Result<u64> {
-            let element = root
-                .child(name)
+            let element = xml::child(root, name)
                 .ok_or_else(|| FlashError::invalid(format!("<{name}> is missing")))?;
-            element.text.trim().parse().map_err(|_| {
+            let text = xml::text(element);
+            text.trim().parse().map_err(|_| {
                 FlashError::invalid(format!(
                     "<{name}> on line {} is {:?}, not a number",
-                    element.line,
-                    element.text.trim()
+                    xml::line(element),
+                    text.trim()
                 ))
             })
         };
@@ -317,10 +321,10 @@ impl Bmap {
 
         // Formats 2.x and the mistaken 1.4 name their checksum; 1.x before that use SHA-1.
         let (cs_type, range_attr, file_element) = if major >= 2 || minor >= 4 {
-            let element = root
-                .child("ChecksumType")
+            let element = xml::child(root, "ChecksumType")
                 .ok_or_else(|| FlashError::invalid("<ChecksumType> is missing"))?;
-            let name = element.text.trim();
+            let text = xml::text(element);
+            let name = text.trim();
             let cs = ChecksumType::from_name(name).ok_or_else(|| FlashError::BmapChecksumType {
                 name: name.to_string(),
             })?;
@@ -329,18 +333,20 @@ impl Bmap {
             (ChecksumType::Sha1, "sha1", "BmapFileSHA1")
         };
 
-        let block_map = root
-            .child("BlockMap")
+        let block_map = xml::child(root, "BlockMap")
             .ok_or_else(|| FlashError::invalid("<BlockMap> is missing"))?;
         let mut ranges: Vec<BmapRange> = Vec::new();
-        for element in block_map.children.iter().filter(|c| c.name == "Range") {
+        for element in block_map.children().filter(|c| c.has_tag_name("Range")) {
             let range = parse_range(element, range_attr, cs_type, blocks_count)?;
             if let Some(previous) = ranges.last() {
                 if range.first <= previous.last {
                     return Err(FlashError::invalid(format!(
                         "<Range> on line {} (blocks {}-{}) is not after the previous range \
                          (ending at {})",
-                        element.line, range.first, range.last, previous.last
+                        xml::line(element),
+                        range.first,
+                        range.last,
+                        previous.last
                     )));
                 }
             }
@@ -353,9 +359,9 @@ impl Bmap {
             )));
         }
 
-        let file_checksum = root.child(file_element);
+        let file_checksum = xml::child(root, file_element);
         if let Some(element) = file_checksum {
-            verify_file_checksum(text, element.text.trim(), cs_type)?;
+            verify_file_checksum(text, xml::text(element).trim(), cs_type)?;
         }
         let has_checksums = file_checksum.is_some() || ranges.iter().any(|r| r.checksum.is_some());
         let checksum_type = if major >= 2 || minor >= 4 || has_checksums {
@@ -422,14 +428,18 @@ impl Bmap {
 }
 
 fn parse_range(
-    element: &xml::Element,
+    element: Node<'_, '_>,
     attr: &str,
     cs: ChecksumType,
     blocks_count: u64,
 ) -> Result<BmapRange> {
-    let text = element.text.trim();
+    let text = xml::text(element);
+    let text = text.trim();
     let bad = |why: &str| {
-        FlashError::invalid(format!("<Range> on line {} ({text:?}) {why}", element.line))
+        FlashError::invalid(format!(
+            "<Range> on line {} ({text:?}) {why}",
+            xml::line(element)
+        ))
     };
     let number = |s: &str| s.trim().parse::<u64>().map_err(|_| bad("is not N or N-M"));
     let (first, last) = match text.split_once('-') {
@@ -448,7 +458,7 @@ fn parse_range(
             blocks_count.saturating_sub(1)
         )));
     }
-    let checksum = match element.attr(attr) {
+    let checksum = match element.attribute(attr) {
         Some(sum) if is_hex(sum, cs) => Some(sum.to_ascii_lowercase()),
         Some(_) => {
             return Err(bad(&format!(

@@ -74,16 +74,10 @@ pub enum FlashError {
         /// Why, and what to do about it.
         reason: String,
     },
-    /// An external command failed or could not be started.
-    #[error("`{command}` failed ({status}){}", stderr_note(.stderr))]
-    Command {
-        /// The command line, quoted as a shell would show it.
-        command: String,
-        /// Its exit status, or why it did not start.
-        status: String,
-        /// The last lines of its standard error.
-        stderr: String,
-    },
+    /// An external command failed, could not be started, or printed output that does not
+    /// parse; the error names the command line, how it ended and the tail of its stderr.
+    #[error(transparent)]
+    Command(#[from] aperture_sys::CmdError),
     /// Output of a tool or a kernel file that does not parse.
     #[error("cannot parse {what}: {reason}")]
     Parse {
@@ -151,14 +145,6 @@ pub enum FlashError {
         /// Why wiping the partition table afterwards failed too, if it did.
         wipe_error: Option<String>,
     },
-}
-
-fn stderr_note(stderr: &str) -> String {
-    if stderr.trim().is_empty() {
-        String::new()
-    } else {
-        format!(": {}", stderr.trim())
-    }
 }
 
 fn wipe_note(wipe_error: &Option<String>) -> String {

@@ -17,10 +17,9 @@
 //! Targets sit behind the [`target::Target`] trait, so tests flash files and inject faults.
 //! [`jetson::scan`] finds Jetsons in recovery mode and the disks their flashing initrds
 //! expose, so a target can be named by USB serial. [`bmap`] reads and writes bmaptool's
-//! block maps.
+//! block maps; [`xml`] reads them and NVIDIA's flash layouts.
 
 pub mod bmap;
-pub mod cmd;
 pub mod error;
 pub mod host;
 pub mod image;
@@ -30,6 +29,7 @@ pub mod safety;
 mod stream;
 pub mod target;
 pub mod writer;
+pub mod xml;
 
 pub use error::{FlashError, Result};
 pub use image::VerifiedImage;

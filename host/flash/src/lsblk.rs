@@ -6,11 +6,10 @@
 //! `"0"`/`"1"` and strings, and `MOUNTPOINT` instead of `MOUNTPOINTS`. Both are accepted.
 
 use std::path::Path;
-use std::process::Command;
 
+use aperture_sys::Cmd;
 use serde::{Deserialize, Deserializer};
 
-use crate::cmd;
 use crate::error::{FlashError, Result};
 
 /// The columns asked of lsblk (`MAJ:MIN` to match mountinfo entries that name no device).
@@ -131,18 +130,15 @@ impl Lsblk {
 
     /// Runs `lsblk -J -b -o` [`LSBLK_COLUMNS`] on this host.
     pub fn run() -> Result<Lsblk> {
-        cmd::run_json(Command::new("lsblk").args(["-J", "-b", "-o", LSBLK_COLUMNS]))
+        Ok(Cmd::new("lsblk")
+            .args(["-J", "-b", "-o", LSBLK_COLUMNS])
+            .json()?)
     }
 
     /// The device (at any depth) whose node is `path`.
     pub fn find_path(&self, path: &Path) -> Option<&BlockDevice> {
         let wanted = path.to_string_lossy();
         self.all().into_iter().find(|d| d.dev_path() == wanted)
-    }
-
-    /// The device (at any depth) with kernel name `name`.
-    pub fn find_name(&self, name: &str) -> Option<&BlockDevice> {
-        self.all().into_iter().find(|d| d.name == name)
     }
 
     /// Every device at every depth.
@@ -213,7 +209,8 @@ mod tests {
         let vda = l.find_path(Path::new("/dev/vda")).unwrap();
         assert_eq!(vda.mountpoints, ["/"]);
         assert!(!vda.rm && !vda.hotplug);
-        assert_eq!(l.find_name("loop0p2").unwrap().dev_path(), "/dev/loop0p2");
+        let part = l.find_path(Path::new("/dev/loop0p2")).unwrap();
+        assert_eq!(part.name, "loop0p2", "children are searched too");
         assert_eq!(l.all().len(), 5);
     }
 

@@ -13,12 +13,10 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use std::process::Command;
-
+use aperture_sys::Cmd;
 use rustix::fs::{Advice, FallocateFlags, OFlags};
 use rustix::io::Errno;
 
-use crate::cmd;
 use crate::error::{FlashError, Result};
 
 /// Alignment of `O_DIRECT` buffers and offsets: a page, which is a multiple of every logical
@@ -386,9 +384,12 @@ pub struct LoopDevice {
 impl LoopDevice {
     /// Attaches `file` to the first free loop device (`losetup -f --show FILE`).
     pub fn attach(file: &Path) -> Result<LoopDevice> {
-        let path = cmd::run_text(Command::new("losetup").arg("-f").arg("--show").arg(file))?;
+        let path = Cmd::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .text()?;
         Ok(LoopDevice {
-            path: PathBuf::from(path),
+            path: PathBuf::from(path.trim()),
             attached: true,
         })
     }
@@ -401,7 +402,8 @@ impl LoopDevice {
     /// Detaches the device (`losetup -d`).
     pub fn close(mut self) -> Result<()> {
         self.attached = false;
-        cmd::run(Command::new("losetup").arg("-d").arg(&self.path)).map(|_| ())
+        Cmd::new("losetup").arg("-d").arg(&self.path).run()?;
+        Ok(())
     }
 }
 
@@ -409,7 +411,7 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         if self.attached {
             // Best effort: there is no one to report to; `close()` is the checked path.
-            let _ = cmd::run(Command::new("losetup").arg("-d").arg(&self.path));
+            let _ = Cmd::new("losetup").arg("-d").arg(&self.path).run();
         }
     }
 }

@@ -6,11 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-
-use crate::cmd;
+use aperture_sys::Cmd;
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone)]
@@ -47,12 +45,11 @@ impl EspFile {
     }
 }
 
-fn mtools(program: &str, source_date: u64) -> Command {
-    let mut c = Command::new(program);
-    c.env("MTOOLS_SKIP_CHECK", "1")
+fn mtools(program: &str, source_date: u64) -> Cmd {
+    Cmd::new(program)
+        .env("MTOOLS_SKIP_CHECK", "1")
         .env("SOURCE_DATE_EPOCH", source_date.to_string())
-        .env("LC_ALL", "C");
-    c
+        .env("LC_ALL", "C")
 }
 
 /// Make a FAT32 image of `size` bytes at `out` holding `files`. `volume_id` becomes the
@@ -78,13 +75,12 @@ pub fn make(
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     file.set_len(size)?;
     drop(file);
-    cmd::output(
-        Command::new("mkfs.vfat")
-            .args(["-F", "32", "-n", "ESP", "--invariant", "-i"])
-            .arg(format!("{volume_id:08x}"))
-            .arg(out),
-    )
-    .context("formatting the ESP")?;
+    Cmd::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "ESP", "--invariant", "-i"])
+        .arg(format!("{volume_id:08x}"))
+        .arg(out)
+        .run()
+        .context("formatting the ESP")?;
 
     // Folders first, parents before children.
     let mut dirs = BTreeSet::new();
@@ -102,12 +98,12 @@ pub fn make(
     let mut ordered: Vec<&String> = dirs.iter().collect();
     ordered.sort_by_key(|d| (d.matches('/').count(), (*d).clone()));
     if !ordered.is_empty() {
-        let mut c = mtools("mmd", source_date);
-        c.arg("-i").arg(out);
-        for d in &ordered {
-            c.arg(format!("::/{d}"));
-        }
-        cmd::output(&mut c).context("creating ESP folders")?;
+        mtools("mmd", source_date)
+            .arg("-i")
+            .arg(out)
+            .args(ordered.iter().map(|d| format!("::/{d}")))
+            .run()
+            .context("creating ESP folders")?;
     }
 
     std::fs::create_dir_all(scratch)?;
@@ -122,15 +118,14 @@ pub fn make(
                 p
             }
         };
-        cmd::output(
-            mtools("mcopy", source_date)
-                .arg("-o")
-                .arg("-i")
-                .arg(out)
-                .arg(&src)
-                .arg(format!("::/{}", f.path)),
-        )
-        .with_context(|| format!("copying {} onto the ESP", f.path))?;
+        mtools("mcopy", source_date)
+            .arg("-o")
+            .arg("-i")
+            .arg(out)
+            .arg(&src)
+            .arg(format!("::/{}", f.path))
+            .run()
+            .with_context(|| format!("copying {} onto the ESP", f.path))?;
     }
     let _ = std::fs::remove_dir_all(scratch);
     Ok(())
@@ -138,23 +133,21 @@ pub fn make(
 
 /// Read a file back from an ESP image (for checks and tests).
 pub fn read(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>> {
-    let out = cmd::output(
-        mtools("mtype", 0)
-            .arg("-i")
-            .arg(format!("{}@@{offset}", image.display()))
-            .arg(format!("::/{path}")),
-    )?;
+    let out = mtools("mtype", 0)
+        .arg("-i")
+        .arg(format!("{}@@{offset}", image.display()))
+        .arg(format!("::/{path}"))
+        .run()?;
     Ok(out.stdout)
 }
 
 /// List files on an ESP image, recursively.
 pub fn list(image: &Path, offset: u64) -> Result<Vec<String>> {
-    let text = cmd::stdout(
-        mtools("mdir", 0)
-            .args(["-/", "-b", "-i"])
-            .arg(format!("{}@@{offset}", image.display()))
-            .arg("::/"),
-    )?;
+    let text = mtools("mdir", 0)
+        .args(["-/", "-b", "-i"])
+        .arg(format!("{}@@{offset}", image.display()))
+        .arg("::/")
+        .text()?;
     Ok(text
         .lines()
         .map(|l| l.trim_start_matches("::/").to_string())

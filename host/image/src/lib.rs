@@ -8,7 +8,6 @@ pub mod audit;
 pub mod board;
 pub mod bundle;
 pub mod cache;
-pub mod cmd;
 pub mod diff;
 pub mod disk;
 pub mod esp;

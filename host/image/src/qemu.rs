@@ -235,7 +235,7 @@ impl Vm {
     /// Start QEMU; the console goes to `log` and to memory for [`Vm::wait_for`].
     pub fn start(cfg: &VmConfig, log: &Path) -> Result<Vm> {
         let mut c = cfg.command()?;
-        let shown = crate::cmd::display(&c);
+        let shown = aperture_sys::cmd::command_line(&c);
         let mut logf =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         writeln!(logf, "$ {shown}")?;
@@ -408,7 +408,7 @@ impl Swtpm {
             .arg(format!("file={},level=1", log.display()))
             // Ends when QEMU disconnects, so a crashed test leaves nothing behind.
             .arg("--terminate");
-        let shown = crate::cmd::display(&c);
+        let shown = aperture_sys::cmd::command_line(&c);
         let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())

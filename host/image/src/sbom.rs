@@ -7,12 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
+use aperture_sys::Cmd;
 use serde_json::{json, Value};
 
-use crate::cmd;
 use crate::recipe::Recipe;
 use crate::store::{Node, TreeView};
 
@@ -133,26 +132,25 @@ fn rust_crates(
     package: &str,
     triple: &str,
 ) -> Result<BTreeSet<(String, String)>> {
-    let text = cmd::stdout(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(workspace)
-            .env(
-                "CARGO_TARGET_DIR",
-                crate::rootfs::programs::target_dir(workspace),
-            )
-            .args([
-                "tree",
-                "--offline",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-                "--target",
-                triple,
-                "-p",
-                package,
-            ]),
-    )?;
+    let text = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace)
+        .env(
+            "CARGO_TARGET_DIR",
+            crate::rootfs::programs::target_dir(workspace),
+        )
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--target",
+            triple,
+            "-p",
+            package,
+        ])
+        .text()?;
     let mut out = BTreeSet::new();
     for line in text.lines() {
         let mut it = line.split_whitespace();

@@ -5,14 +5,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use aperture_sys::Cmd;
 use aperture_trust::verity::{self, VerityInfo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cmd;
 use crate::progress::Step;
 use crate::store::Store;
 
@@ -147,16 +146,14 @@ fn make(
     let tmp = out.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
     step.line("mkfs.erofs");
-    let result = cmd::stream(
-        Command::new("mkfs.erofs")
-            .arg(format!("-z{}", params.compressor))
-            .arg(format!("-T{}", params.source_date))
-            .arg(format!("-U{}", params.fs_uuid))
-            .arg("--quiet")
-            .arg(&tmp)
-            .arg(&tree),
-        |l| step.line(l),
-    );
+    let result = Cmd::new("mkfs.erofs")
+        .arg(format!("-z{}", params.compressor))
+        .arg(format!("-T{}", params.source_date))
+        .arg(format!("-U{}", params.fs_uuid))
+        .arg("--quiet")
+        .arg(&tmp)
+        .arg(&tree)
+        .stream(|l| step.line(l));
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     result.context("packing the rootfs with mkfs.erofs")?;
 

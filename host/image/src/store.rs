@@ -26,19 +26,6 @@ pub struct Store {
     path: PathBuf,
 }
 
-/// Facts a commit carries.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CommitInfo {
-    /// Commit checksum.
-    pub checksum: String,
-    /// Subject line.
-    pub subject: String,
-    /// Commit time (the source date).
-    pub timestamp: u64,
-    /// String metadata.
-    pub metadata: BTreeMap<String, String>,
-}
-
 /// What a path is in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
@@ -290,36 +277,6 @@ impl Store {
                 Err(e)
             }
         }
-    }
-
-    /// Subject, time and string metadata of a commit.
-    pub fn commit_info(&self, checksum: &str) -> Result<CommitInfo> {
-        let (v, _) = self
-            .repo
-            .load_commit(checksum)
-            .map_err(gerr)
-            .with_context(|| format!("loading commit {checksum}"))?;
-        let meta_v = v.child_value(0);
-        let mut metadata = BTreeMap::new();
-        for i in 0..meta_v.n_children() {
-            let entry = meta_v.child_value(i);
-            let key = entry.child_value(0).str().unwrap_or_default().to_string();
-            let val = entry
-                .child_value(1)
-                .as_variant()
-                .and_then(|x| x.str().map(str::to_string));
-            if let Some(val) = val {
-                metadata.insert(key, val);
-            }
-        }
-        let subject = v.child_value(3).str().unwrap_or_default().to_string();
-        let timestamp = u64::from_be(v.child_value(5).get::<u64>().unwrap_or(0));
-        Ok(CommitInfo {
-            checksum: checksum.to_string(),
-            subject,
-            timestamp,
-            metadata,
-        })
     }
 
     /// The root directory node of a commit.

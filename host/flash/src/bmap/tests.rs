@@ -247,3 +247,30 @@ fn file_checksum_is_optional_but_range_checksums_must_be_hex() {
     let err = Bmap::parse(&bad_range).unwrap_err();
     assert!(err.to_string().contains("not a sha256 in hex"), "{err}");
 }
+
+#[test]
+fn a_bmap_declaring_entities_is_refused_before_any_is_expanded() {
+    // An entity standing in for the image size: a reader that expanded it would accept the file.
+    let good = sample().to_xml();
+    let with_dtd = good
+        .replacen(
+            "<bmap version",
+            "<!DOCTYPE bmap [<!ENTITY size \"41060\">]>\n<bmap version",
+            1,
+        )
+        .replace(
+            "<ImageSize> 41060 </ImageSize>",
+            "<ImageSize> &size; </ImageSize>",
+        );
+    assert_ne!(with_dtd, good);
+    let dtd_line = 1 + good[..good.find("<bmap version").unwrap()]
+        .matches('\n')
+        .count();
+    match Bmap::parse(&with_dtd) {
+        Err(FlashError::BmapXml { line, reason }) => {
+            assert_eq!(line, dtd_line, "{reason}");
+            assert!(reason.contains("DTDs"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -419,7 +419,8 @@ fn values(w: &[String], i: &mut usize) -> Vec<String> {
 }
 
 /// Parse one rule's tokens.
-pub fn parse_rule_text(text: &str) -> Rule {
+#[cfg(test)]
+pub(crate) fn parse_rule_text(text: &str) -> Rule {
     let toks: Vec<Tok> = tokenize(text)
         .into_iter()
         .filter(|t| *t != Tok::End)

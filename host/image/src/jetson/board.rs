@@ -164,7 +164,8 @@ impl JetsonBoard {
     }
 
     /// The partition holding `slot`'s kernel device tree.
-    pub fn dtb_partition(&self, slot: Slot) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn dtb_partition(&self, slot: Slot) -> &'static str {
         self.find(Fill::KernelDtb, slot)
     }
 

@@ -3,11 +3,12 @@
 //! partition named, typed and sized as in NVIDIA's own file, and `<filename>` naming the
 //! files of our output folder (or of the BSP's firmware, copied there).
 //!
-//! Also a small reader for the same format, used to check our file and to compare a BSP's own
-//! layout with our table. It understands elements, attributes, text and comments: what these
-//! files contain, and no more.
+//! Also a reader for the same format (on [`aperture_flash::xml`]: roxmltree, no DTDs), used to
+//! check our file and to compare a BSP's own layout with our table.
 
 use std::fmt::Write as _;
+
+use aperture_flash::xml;
 
 use super::board::{Device, JetsonBoard};
 use super::error::JetsonError;
@@ -234,43 +235,41 @@ impl LayoutDevice {
 
 /// Read a layout file (ours or NVIDIA's).
 pub fn parse(what: &str, text: &str) -> Result<Vec<LayoutDevice>, JetsonError> {
-    let root = xml::parse(what, text)?;
     let err = |line: usize, reason: String| JetsonError::LayoutXml {
         what: what.to_string(),
         line,
         reason,
     };
-    if root.name != "partition_layout" {
+    let doc = xml::parse(text).map_err(|e| err(e.line, e.reason))?;
+    let root = doc.root_element();
+    if !root.has_tag_name("partition_layout") {
         return Err(err(
-            root.line,
+            xml::line(root),
             format!(
                 "the root element is <{}>, not <partition_layout>",
-                root.name
+                root.tag_name().name()
             ),
         ));
     }
     let mut devices = Vec::new();
-    for d in root.children.iter().filter(|c| c.name == "device") {
+    for d in root.children().filter(|c| c.has_tag_name("device")) {
         let kind = d
-            .attr("type")
-            .ok_or_else(|| err(d.line, "a <device> has no type".into()))?
+            .attribute("type")
+            .ok_or_else(|| err(xml::line(d), "a <device> has no type".into()))?
             .to_string();
-        let sectors = d.attr("num_sectors").and_then(|s| s.trim().parse().ok());
+        let sectors = d
+            .attribute("num_sectors")
+            .and_then(|s| s.trim().parse().ok());
         let mut partitions = Vec::new();
-        for p in d.children.iter().filter(|c| c.name == "partition") {
+        for p in d.children().filter(|c| c.has_tag_name("partition")) {
             let name = p
-                .attr("name")
-                .ok_or_else(|| err(p.line, "a <partition> has no name".into()))?;
-            let child = |n: &str| {
-                p.children
-                    .iter()
-                    .find(|c| c.name == n)
-                    .map(|c| c.text.trim().to_string())
-            };
+                .attribute("name")
+                .ok_or_else(|| err(xml::line(p), "a <partition> has no name".into()))?;
+            let child = |n: &str| xml::child(p, n).map(|c| xml::text(c).trim().to_string());
             partitions.push(LayoutPartition {
                 name: resolve_placeholder(name),
-                id: p.attr("id").and_then(|i| i.trim().parse().ok()),
-                kind: p.attr("type").unwrap_or("").to_string(),
+                id: p.attribute("id").and_then(|i| i.trim().parse().ok()),
+                kind: p.attribute("type").unwrap_or("").to_string(),
                 size: child("size").unwrap_or_default(),
                 filename: child("filename").filter(|f| !f.is_empty()),
             });
@@ -313,145 +312,4 @@ pub fn compare_with_table(board: &JetsonBoard, nvidia: &[LayoutDevice]) -> Vec<S
         }
     }
     notes
-}
-
-mod xml {
-    //! Just enough XML for layout files: elements, double- or single-quoted attributes, text,
-    //! comments and the declaration. Entities are the five predefined ones.
-
-    use super::JetsonError;
-
-    #[derive(Debug, Default)]
-    pub struct Element {
-        pub name: String,
-        pub attrs: Vec<(String, String)>,
-        pub children: Vec<Element>,
-        pub text: String,
-        pub line: usize,
-    }
-
-    impl Element {
-        pub fn attr(&self, key: &str) -> Option<&str> {
-            self.attrs
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        }
-    }
-
-    pub fn parse(what: &str, text: &str) -> Result<Element, JetsonError> {
-        let b = text.as_bytes();
-        let mut i = 0;
-        let mut stack: Vec<Element> = vec![Element::default()];
-        let line_at = |i: usize| text[..i].matches('\n').count() + 1;
-        let err = |i: usize, reason: &str| JetsonError::LayoutXml {
-            what: what.to_string(),
-            line: line_at(i),
-            reason: reason.to_string(),
-        };
-        while i < b.len() {
-            if b[i] != b'<' {
-                let end = text[i..].find('<').map(|n| i + n).unwrap_or(b.len());
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&unescape(&text[i..end]));
-                }
-                i = end;
-                continue;
-            }
-            if text[i..].starts_with("<!--") {
-                i = text[i..]
-                    .find("-->")
-                    .map(|n| i + n + 3)
-                    .ok_or_else(|| err(i, "unterminated comment"))?;
-            } else if text[i..].starts_with("<?") {
-                i = text[i..]
-                    .find("?>")
-                    .map(|n| i + n + 2)
-                    .ok_or_else(|| err(i, "unterminated declaration"))?;
-            } else if text[i..].starts_with("</") {
-                let end = text[i..]
-                    .find('>')
-                    .map(|n| i + n)
-                    .ok_or_else(|| err(i, "unterminated end tag"))?;
-                let name = text[i + 2..end].trim();
-                let el = stack.pop().filter(|e| e.name == name && !stack.is_empty());
-                let el = el
-                    .ok_or_else(|| err(i, &format!("</{name}> does not close the open element")))?;
-                if let Some(parent) = stack.last_mut() {
-                    parent.children.push(el);
-                }
-                i = end + 1;
-            } else {
-                let end = find_tag_end(b, i).ok_or_else(|| err(i, "unterminated tag"))?;
-                let self_closing = b[end - 1] == b'/';
-                let inner = &text[i + 1..if self_closing { end - 1 } else { end }];
-                let mut el = start_tag(inner).ok_or_else(|| err(i, "malformed tag"))?;
-                el.line = line_at(i);
-                if self_closing {
-                    if let Some(parent) = stack.last_mut() {
-                        parent.children.push(el);
-                    }
-                } else {
-                    stack.push(el);
-                }
-                i = end + 1;
-            }
-        }
-        if stack.len() != 1 {
-            return Err(err(b.len(), "an element is not closed"));
-        }
-        let mut doc = stack.pop().unwrap_or_default();
-        match doc.children.len() {
-            1 => Ok(doc.children.remove(0)),
-            _ => Err(err(0, "a document has exactly one root element")),
-        }
-    }
-
-    fn find_tag_end(b: &[u8], start: usize) -> Option<usize> {
-        let mut quote = None;
-        for (k, &c) in b.iter().enumerate().skip(start) {
-            match (quote, c) {
-                (None, b'"' | b'\'') => quote = Some(c),
-                (Some(q), _) if c == q => quote = None,
-                (None, b'>') => return Some(k),
-                _ => {}
-            }
-        }
-        None
-    }
-
-    fn start_tag(inner: &str) -> Option<Element> {
-        let inner = inner.trim();
-        let name_end = inner
-            .find(|c: char| c.is_whitespace())
-            .unwrap_or(inner.len());
-        let name = &inner[..name_end];
-        if name.is_empty() {
-            return None;
-        }
-        let mut attrs = Vec::new();
-        let mut rest = inner[name_end..].trim_start();
-        while !rest.is_empty() {
-            let eq = rest.find('=')?;
-            let key = rest[..eq].trim().to_string();
-            let after = rest[eq + 1..].trim_start();
-            let q = after.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-            let close = after[1..].find(q)? + 1;
-            attrs.push((key, unescape(&after[1..close])));
-            rest = after[close + 1..].trim_start();
-        }
-        Some(Element {
-            name: name.to_string(),
-            attrs,
-            ..Element::default()
-        })
-    }
-
-    fn unescape(s: &str) -> String {
-        s.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&")
-    }
 }

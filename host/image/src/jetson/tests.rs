@@ -547,6 +547,34 @@ fn flash_layout_parses_and_names_files_that_exist() {
 }
 
 #[test]
+fn layout_files_that_are_not_xml_or_declare_entities_are_refused_with_the_line() {
+    let entities = "<?xml version=\"1.0\"?>\n<!DOCTYPE partition_layout [\n\
+                    <!ENTITY app SYSTEM \"file:///etc/passwd\">\n]>\n\
+                    <partition_layout><device type=\"sdmmc_user\">\
+                    <partition name=\"APP\" type=\"data\"><filename>&app;</filename>\
+                    </partition></device></partition_layout>\n";
+    let unclosed = "<partition_layout>\n  <device type=\"spi\">\n  </partition_layout>\n";
+    let not_a_layout = "<?xml version=\"1.0\"?>\n<bmap version=\"2.0\"/>\n";
+    for (text, line, needle) in [
+        (entities, 2, "DTDs"),
+        (unclosed, 3, "'device'"),
+        (not_a_layout, 2, "<bmap>, not <partition_layout>"),
+    ] {
+        match flash_xml::parse("layout.xml", text) {
+            Err(JetsonError::LayoutXml {
+                what,
+                line: got,
+                reason,
+            }) => {
+                assert_eq!((what.as_str(), got), ("layout.xml", line), "{reason}");
+                assert!(reason.contains(needle), "{reason}");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn flash_layout_is_well_formed_for_another_parser() {
     if aperture_sys::tool::for_test("python3", "python3", "flash_layout_is_well_formed").is_none() {
         return;
@@ -637,8 +665,7 @@ fn the_updater_writes_the_partitions_the_board_definitions_lay_out() {
     // The updater finds a slot's partitions through `aperture_slots::SlotLayout`; the disks are
     // laid out from NVIDIA's table here. Both must name the same partitions.
     for board in JetsonBoard::all() {
-        let layout = Some(board.board.slot_layout())
-            .unwrap_or_else(|| panic!("no slot layout for {}", board.board.name()));
+        let layout = board.board.slot_layout();
         for slot in Slot::ALL {
             assert_eq!(layout.rootfs(slot), board.rootfs_partition(slot));
             assert_eq!(

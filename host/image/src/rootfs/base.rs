@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use aperture_sys::Cmd;
 use sha2::{Digest, Sha256};
 
-use crate::cmd;
 use crate::progress::Step;
 use crate::recipe::Recipe;
 use crate::store::Store;
@@ -59,7 +59,9 @@ fn base_files(workspace: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
 }
 
 fn mmdebstrap_version() -> Result<String> {
-    Ok(cmd::stdout(Command::new("mmdebstrap").arg("--version"))?
+    Ok(Cmd::new("mmdebstrap")
+        .arg("--version")
+        .text()?
         .trim()
         .to_string())
 }
@@ -161,8 +163,8 @@ fn mmdebstrap(
     debs: &Path,
     step: &Step<'_>,
 ) -> Result<()> {
-    let mut c = Command::new("mmdebstrap");
-    c.env("SOURCE_DATE_EPOCH", BASE_SOURCE_DATE.to_string())
+    let mut c = Cmd::new("mmdebstrap")
+        .env("SOURCE_DATE_EPOCH", BASE_SOURCE_DATE.to_string())
         .env("LC_ALL", "C.UTF-8")
         .arg("--mode=root")
         .arg("--variant=minbase")
@@ -172,46 +174,47 @@ fn mmdebstrap(
             recipe.base.architecture.debian()
         ))
         .arg(format!("--include={}", recipe.all_packages().join(",")));
-    for f in DPKG_FILTERS {
-        c.arg(format!("--dpkgopt={f}"));
-    }
+    c = c.args(DPKG_FILTERS.iter().map(|f| format!("--dpkgopt={f}")));
     // Keep downloaded packages between builds (mmdebstrap's documented cache recipe).
-    c.arg("--skip=download/empty")
-        .arg("--skip=essential/unlink");
-    c.arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/");
-    c.arg(format!(
-        "--setup-hook=sync-in '{}' /var/cache/apt/archives/",
-        debs.display()
-    ));
+    c = c
+        .arg("--skip=download/empty")
+        .arg("--skip=essential/unlink")
+        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
+        .arg(format!(
+            "--setup-hook=sync-in '{}' /var/cache/apt/archives/",
+            debs.display()
+        ));
     // Our initramfs integration goes in before packages configure, so the kernel's own
     // initramfs trigger already includes it.
     for (abs, rel) in base_files(workspace)? {
         let dest = Path::new("/").join(&rel);
         let dir = dest.parent().expect("file has a parent");
-        c.arg(format!("--setup-hook=mkdir -p \"$1\"{}", dir.display()));
-        c.arg(format!(
-            "--setup-hook=upload '{}' '{}'",
-            abs.display(),
-            dest.display()
-        ));
+        c = c
+            .arg(format!("--setup-hook=mkdir -p \"$1\"{}", dir.display()))
+            .arg(format!(
+                "--setup-hook=upload '{}' '{}'",
+                abs.display(),
+                dest.display()
+            ));
         if rel.starts_with("etc/initramfs-tools/hooks")
             || rel.starts_with("etc/initramfs-tools/scripts")
         {
-            c.arg(format!("--setup-hook=chmod 0755 \"$1\"{}", dest.display()));
+            c = c.arg(format!("--setup-hook=chmod 0755 \"$1\"{}", dest.display()));
         }
     }
-    c.arg(format!(
+    c = c.arg(format!(
         "--customize-hook=sync-out /var/cache/apt/archives '{}'",
         debs.display()
     ));
-    c.arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb");
+    c = c.arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb");
     // If the kernel's initramfs was generated before veritysetup was unpacked, generate it again.
-    c.arg(
+    c = c.arg(
         "--customize-hook=for i in \"$1\"/boot/initrd.img-*; do [ -e \"$i\" ] || continue; \
          if ! chroot \"$1\" lsinitramfs \"${i#$1}\" | grep -q 'sbin/veritysetup$'; then \
          chroot \"$1\" update-initramfs -u -k all; fi; done",
     );
-    c.arg(&recipe.base.suite)
+    c = c
+        .arg(&recipe.base.suite)
         .arg(target)
         .arg(&recipe.base.mirror);
     step.line(&format!(
@@ -220,7 +223,8 @@ fn mmdebstrap(
         recipe.base.architecture.debian(),
         recipe.all_packages().len()
     ));
-    cmd::stream(&mut c, |l| step.line(l)).context("building the Debian base with mmdebstrap")
+    c.stream(|l| step.line(l))
+        .context("building the Debian base with mmdebstrap")
 }
 
 /// Remove what must not be in a commit: device nodes (the running system has devtmpfs), and

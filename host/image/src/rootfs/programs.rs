@@ -2,12 +2,11 @@
 //! into the image.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use aperture_sys::Cmd;
 
 use super::layer::Layer;
-use crate::cmd;
 use crate::progress::Step;
 use crate::recipe::{DeviceProgram, Recipe};
 
@@ -28,8 +27,8 @@ pub fn build(
     }
     let triple = recipe.base.architecture.rust_target();
     let target = target_dir(workspace);
-    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(workspace)
+    let mut c = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target)
         // Paths in panic messages name the workspace, not the build host's home.
         .env(
@@ -38,9 +37,9 @@ pub fn build(
         )
         .args(["build", "--release", "--target", triple]);
     for p in &recipe.components.device {
-        c.args(["--package", p.package(), "--bin", p.binary()]);
+        c = c.args(["--package", p.package(), "--bin", p.binary()]);
     }
-    cmd::stream(&mut c, |l| step.line(l))
+    c.stream(|l| step.line(l))
         .with_context(|| format!("building device programs for {triple}"))?;
     let mut out = Vec::new();
     for p in &recipe.components.device {
