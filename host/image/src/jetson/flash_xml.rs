@@ -41,8 +41,9 @@ pub fn render(board: &JetsonBoard, recipe: &Recipe, files: &LayoutFiles) -> Stri
     x.push_str("<?xml version=\"1.0\"?>\n");
     let _ = writeln!(
         x,
-        "<!-- Written by Aperture for {} {} on {}: {}.\n     Names, order and types follow NVIDIA's {} (Jetson Linux {}); sizes of APP, APP_b,\n     esp, esp_alt and UDA come from the recipe, `config` is Aperture's and comes last.\n     <filename> names files in this folder. Firmware files are the BSP's unsigned images:\n     NVIDIA's tools sign and pack them while flashing, and make the partitions that name no\n     file here (BCTs, BPMP device tree, VER) themselves. -->",
-        esc(&recipe.product),
+        "<!-- Written by Aperture for {} {} on {}: {}.\n     Names, order and types follow NVIDIA's {} (Jetson Linux {}); sizes of APP, APP_b,\n     esp, esp_alt and UDA come from the recipe; `aperture_state` and `config` are Aperture's\n     and come last.\n     <filename> names files in this folder. Firmware files are the BSP's unsigned images:\n     NVIDIA's tools sign and pack them while flashing, and make the partitions that name no\n     file here (BCTs, BPMP device tree, VER) themselves. -->",
+        // `--` may not appear inside an XML comment, and a product name may hold it.
+        esc(&recipe.product).replace("--", "- -"),
         recipe.version,
         recipe.board.name(),
         board.module,

@@ -679,3 +679,14 @@ fn the_updater_writes_the_partitions_the_board_definitions_lay_out() {
         }
     }
 }
+
+#[test]
+fn flash_layout_of_a_product_with_a_double_dash_is_well_formed() {
+    let board = JetsonBoard::all()[0];
+    let mut r = recipe(board.board);
+    r.product = "edge--box".into();
+    let d = tempfile::tempdir().unwrap();
+    let files = output_folder(board, d.path());
+    let xml = flash_xml::render(board, &r, &files);
+    flash_xml::parse(names::FLASH_LAYOUT, &xml).expect("a comment may not hold `--`");
+}
