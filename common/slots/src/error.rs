@@ -79,8 +79,8 @@ pub enum SlotsError {
         reason: String,
     },
 
-    /// A state file, boot entry or variable could not be understood.
-    #[error("{path} is malformed: {reason}; repair or remove it (status shows what the backend expects)")]
+    /// A ledger, boot entry or variable could not be understood.
+    #[error("{path} is malformed: {reason}")]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -110,6 +110,10 @@ pub enum SlotsError {
         #[source]
         source: io::Error,
     },
+
+    /// The device state store (the Tegra ledger's home) failed.
+    #[error(transparent)]
+    Store(#[from] aperture_appliance::store::StoreError),
 
     /// A slot name other than `a` or `b`.
     #[error(transparent)]

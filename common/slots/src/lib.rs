@@ -18,8 +18,8 @@
 //! * qemu-x86_64: `SystemdBoot::new(esp)` with the ESP mounted read-write (no `nofail`, so it
 //!   is there before `systemd-bless-boot` runs). The updater writes `aperture/<slot>/vmlinuz`
 //!   and `initrd.img` before arming; arming refuses an entry whose files are missing.
-//! * Jetson: `Tegra::new(Tegra::DEVICE_EFIVARS.into(), state_dir)` with `state_dir` on a
-//!   partition both slots share (the updater uses `/efi/aperture` on the ESP); the slot's
+//! * Jetson: `Tegra::new(Tegra::DEVICE_EFIVARS.into(), ledger)` with the ledger in the device
+//!   state store (`aperture_appliance::StateStore` implements [`tegra::Ledger`]); the slot's
 //!   partitions come from [`SlotLayout`], its boot image format from [`tegra::bootimg`], and a
 //!   boot-firmware capsule goes through [`tegra::capsule`] with
 //!   [`SlotManager::arm_leaving_next`].

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use aperture_updater::disk::FileDisk;
 use aperture_updater::lifecycle::describe_interrupted;
 use aperture_updater::source::{self, FetchOptions};
-use aperture_updater::{boot_control_for, facts, InstallOptions, Paths, UpdateError, Updater};
+use aperture_updater::{InstallOptions, Paths, UpdateError, Updater};
 
 /// Exit code for "the bundle's version is already installed".
 pub const EXIT_NOTHING_TO_DO: i32 = 3;
@@ -89,12 +89,7 @@ fn updater(cli: &Cli) -> Result<Updater> {
     let paths = Paths::rooted(&cli.root);
     let u = match &cli.disk_image {
         None => Updater::on_device(paths)?,
-        Some(image) => {
-            let booted = facts::booted_slot(&paths.cmdline)?;
-            let facts = facts::load(&paths.build_facts)?;
-            let boot = boot_control_for(facts.board, &paths)?;
-            Updater::new(paths, Box::new(FileDisk::new(image)), boot, booted)
-        }
+        Some(image) => Updater::on_disk(paths, Box::new(FileDisk::new(image)))?,
     };
     Ok(u)
 }

@@ -94,7 +94,11 @@ pub enum UpdateError {
     #[error(transparent)]
     Facts(#[from] aperture_appliance::facts::FactsError),
 
-    /// A device file (build facts, state, slot record) is not what this program writes.
+    /// The device state store (floor, journal, slot records) could not be read or written.
+    #[error(transparent)]
+    Store(#[from] aperture_appliance::store::StoreError),
+
+    /// A device file (build facts, root key, the bundle's header) is not what it must be.
     #[error("{path} is malformed: {reason}")]
     Malformed {
         /// The file.

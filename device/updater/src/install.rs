@@ -5,9 +5,9 @@
 //! 2. policy: product, board, newer version, `security_version` at or above the floor; the
 //!    payloads are ones this updater can place; the rootfs fits the target partition;
 //!    **nothing is written before this point**;
-//! 3. journal the install in `state.json`;
+//! 3. journal the install in the device state store ([`crate::state`]);
 //! 4. invalidate the target slot ([`aperture_slots::SlotManager::begin_install`]) and forget its
-//!    old record;
+//!    old record (its area of the store);
 //! 5. stream the rootfs payload into the target partition (1 MiB writes; the bundle reader
 //!    hashes encoded and decoded bytes as they pass), then fsync; kernel and initrd to
 //!    `<name>.tmp` beside their place on the ESP, fsynced;
@@ -15,7 +15,8 @@
 //! 7. READ BACK: the partition's cached pages are dropped, then one sequential pass computes
 //!    the rootfs sha256 while `verity::verify_device` checks every hash block and the root
 //!    hash; kernel and initrd are re-read and hashed;
-//! 8. write `slot.json`, `manifest.json`, `manifest.sig`;
+//! 8. record what the slot now holds ([`aperture_trust::record::InstalledSlot`]: the record and
+//!    the exact manifest and signature verified) in the slot's area of the store;
 //! 9. arm the slot with N tries as the next boot, with the entry
 //!    [`aperture_slots::cmdline::slot_boot`] makes;
 //! 10. clear the journal.
@@ -26,12 +27,13 @@
 //! blanked at step 4 and written only at step 6; the device tree goes to the kernel-dtb
 //! partition; all of it is read back at step 7. The slot is armed through NVIDIA's UEFI
 //! variables. A bundle with a boot-firmware capsule first cancels any capsule an earlier install
-//! left pending (before step 4), stages it beside the slot's record, and at step 9 arms the slot
+//! left pending (before step 4), stages it in the slot's folder on the ESP, and at step 9 arms the slot
 //! WITHOUT making it the next boot, moves the capsule into `\EFI\UpdateCapsule` and sets the
 //! `OsIndications` delivery bit last: the firmware applies the capsule to the other boot chain
 //! and switches to it itself (see [`aperture_slots::tegra::capsule`]).
 //!
-//! Every write, fsync and rename goes through [`crate::io::Io`].
+//! Every write, fsync and rename, of partitions, of the ESP and of the state store, goes through
+//! [`crate::io::Io`].
 
 use std::cell::RefCell;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -44,15 +46,14 @@ use aperture_slots::tegra::bootimg;
 use aperture_slots::tegra::capsule::CapsuleDelivery;
 use aperture_slots::{plan, Event, Slot, SlotLayout};
 use aperture_trust::bundle::BundleReader;
-use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::{Artifact, Manifest, Role, Sha256Hex};
 use aperture_trust::policy::{check_update, DeviceFacts};
-use aperture_trust::record::SlotRecord;
+use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::TrustError;
 
 use crate::disk::{PartitionHandle, PartitionReader};
-use crate::io::{stage_file, tmp_path, Io};
-use crate::paths::{INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, SLOT_RECORD};
+use crate::io::{tmp_path, Io};
+use crate::paths::{INITRD_FILE, KERNEL_FILE};
 use crate::state::{DeviceState, Journal};
 use crate::{UpdateError, Updater};
 
@@ -227,12 +228,9 @@ impl Updater {
     ) -> Result<Installed, UpdateError> {
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let running = crate::facts::semver(&facts, &self.paths.build_facts)?;
-        let root = PublicKey::load(&self.paths.root_key).map_err(|e| UpdateError::Malformed {
-            path: self.paths.root_key.clone(),
-            reason: format!("{e}; the root key is baked into the image, rebuild it"),
-        })?;
-        let state_path = self.paths.state_file();
-        let mut state = DeviceState::load(&state_path)?;
+        let root = self.root_key()?;
+        let mut store = self.store(facts.board)?;
+        let mut state = DeviceState::load(&store)?;
         let target = self.booted.other();
 
         // 1. Header: signature and key chain, before any payload byte is used.
@@ -333,7 +331,7 @@ impl Updater {
         };
         tracing::info!("{}", journal.summary());
         state.journal = Some(journal);
-        state.store(&*self.io, &state_path)?;
+        state.save(&mut store)?;
 
         // Jetson: a capsule an earlier install delivered must not reach the firmware now that
         // its slot is rewritten (the delivery bit goes first).
@@ -346,8 +344,9 @@ impl Updater {
 
         // 4. The target becomes unbootable before a byte of it is written.
         self.slots().begin_install(target)?;
+        crate::store::clear_slot(&mut store, target)?;
         let slot_dir = self.paths.slot_dir(target);
-        self.forget_record(&slot_dir)?;
+        self.prepare_slot_dir(&slot_dir)?;
         let io = &*self.io;
         if let Some(t) = &mut tegra {
             // The old boot image's header must never describe the new, half-written kernel.
@@ -439,16 +438,13 @@ impl Updater {
         drop(part);
         drop(tegra);
 
-        // 8. Records of what the slot now holds.
-        for (name, bytes) in [
-            (SLOT_RECORD, record.to_json()),
-            (MANIFEST_FILE, manifest_json),
-            (SIGNATURE_FILE, sig_json),
-        ] {
-            stage_file(io, &slot_dir.join(name), &bytes)?;
-        }
-        io.sync_dir(&slot_dir)
-            .map_err(UpdateError::file("syncing folder", &slot_dir))?;
+        // 8. The record of what the slot now holds, with the signed manifest it came from.
+        let installed = InstalledSlot {
+            record,
+            manifest: text(manifest_json, "manifest.json")?,
+            signature: text(sig_json, "manifest.sig")?,
+        };
+        crate::store::write_slot(&mut store, target, &installed)?;
 
         // 9. Arm, 10. clear the journal. With a capsule (Jetson), the firmware switches the
         // boot chain once it has applied it, so the slot is armed without the switch, and the
@@ -482,7 +478,7 @@ impl Updater {
             }
         }
         state.journal = None;
-        state.store(&*self.io, &state_path)?;
+        state.save(&mut store)?;
         tracing::info!(
             "slot {target} holds {} {} and boots next ({} tries); run `aperture-update mark-good` \
              (the health gate does) after booting it",
@@ -533,26 +529,12 @@ impl Updater {
         })
     }
 
-    /// Remove the target's old record and manifest: while it is being written, the slot holds
-    /// nothing that a record could describe.
-    fn forget_record(&self, slot_dir: &Path) -> Result<(), UpdateError> {
-        let io = &*self.io;
+    /// The target's folder on the ESP, where its boot files are staged: made if missing.
+    fn prepare_slot_dir(&self, slot_dir: &Path) -> Result<(), UpdateError> {
         if !slot_dir.is_dir() {
-            io.create_dir_all(slot_dir)
+            self.io
+                .create_dir_all(slot_dir)
                 .map_err(UpdateError::file("creating folder", slot_dir))?;
-        }
-        let mut removed = false;
-        for name in [SLOT_RECORD, MANIFEST_FILE, SIGNATURE_FILE] {
-            let path = slot_dir.join(name);
-            if path.exists() {
-                io.remove(&path)
-                    .map_err(UpdateError::file("removing", &path))?;
-                removed = true;
-            }
-        }
-        if removed {
-            io.sync_dir(slot_dir)
-                .map_err(UpdateError::file("syncing folder", slot_dir))?;
         }
         Ok(())
     }
@@ -694,6 +676,14 @@ fn split_header(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), UpdateError> {
     let sig = out.pop().unwrap_or_default();
     let manifest = out.pop().unwrap_or_default();
     Ok((manifest, sig))
+}
+
+/// A verified header document as text (JSON is UTF-8, so a verified one always is).
+fn text(bytes: Vec<u8>, what: &str) -> Result<String, UpdateError> {
+    String::from_utf8(bytes).map_err(|e| UpdateError::Malformed {
+        path: PathBuf::from(what),
+        reason: format!("{e}: not UTF-8"),
+    })
 }
 
 /// Fill `buf` from `r` as far as it goes; the count (less than `buf.len()` only at the end).

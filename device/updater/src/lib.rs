@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`Paths`] | `/efi`, `/etc/aperture/...`, `/proc/cmdline` | [`Paths::rooted`] on a temp folder |
 //! | [`disk::Disk`] | [`disk::PartlabelDisk`] | [`disk::FileDisk`] (a GPT image file) |
+//! | device state | [`store`] on the `aperture_state` partition of the disk | the same, on the file disk |
 //! | boot control | [`aperture_slots::SystemdBoot`] on the ESP | `SystemdBoot` on a temp ESP, or `FakeBootControl` |
 //! | [`io::Io`] | [`io::RealIo`] | [`io::FaultIo`]: power cut at operation N |
 //! | clock | system time | a fixed time ([`Updater::with_clock`]) |
@@ -29,6 +30,7 @@ pub mod paths;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -36,6 +38,7 @@ use aperture_appliance::{Board, BootControlKind};
 use aperture_slots::{
     BootControl, BootState, Slot, SlotManager, SlotsError, Step, SystemdBoot, Tegra,
 };
+use aperture_trust::keys::PublicKey;
 
 pub use error::UpdateError;
 pub use facts::BuildFacts;
@@ -85,10 +88,16 @@ impl Updater {
     /// The appliance: the running slot from the kernel command line, partitions by label, and
     /// the board's boot control ([`boot_control_for`]).
     pub fn on_device(paths: Paths) -> Result<Updater, UpdateError> {
+        let disk = Box::new(disk::PartlabelDisk::new(&paths.partlabel_dir));
+        Updater::on_disk(paths, disk)
+    }
+
+    /// Like [`Updater::on_device`] with the partitions of `disk` (a disk image file in
+    /// benchmarks and tests).
+    pub fn on_disk(paths: Paths, disk: Box<dyn disk::Disk>) -> Result<Updater, UpdateError> {
         let booted = facts::booted_slot(&paths.cmdline)?;
         let facts = facts::load(&paths.build_facts)?;
-        let boot = boot_control_for(facts.board, &paths)?;
-        let disk = Box::new(disk::PartlabelDisk::new(&paths.partlabel_dir));
+        let boot = boot_control_for(facts.board, &paths, &*disk, Arc::new(io::RealIo))?;
         Ok(Updater::new(paths, disk, boot, booted))
     }
 
@@ -123,6 +132,19 @@ impl Updater {
         (self.clock)()
     }
 
+    /// The device state store on `board`'s state partition, written through the [`io::Io`].
+    fn store(&self, board: Board) -> Result<store::Store, UpdateError> {
+        store::open(&*self.disk, board, Arc::clone(&self.io))
+    }
+
+    /// The trusted root public key baked into the image.
+    fn root_key(&self) -> Result<PublicKey, UpdateError> {
+        PublicKey::load(&self.paths.root_key).map_err(|e| UpdateError::Malformed {
+            path: self.paths.root_key.clone(),
+            reason: format!("{e}; the root key is baked into the image, rebuild it"),
+        })
+    }
+
     /// The slot manager over the backend, with every persisted step announced to the [`io::Io`].
     fn slots(&mut self) -> SlotManager<Gated<'_>> {
         SlotManager::new(
@@ -136,15 +158,23 @@ impl Updater {
 }
 
 /// The boot control for a board: systemd-boot on the ESP for the qemu boards; NVIDIA's UEFI
-/// variables for Jetson, with the slot ledger in `/efi/aperture` (the ESP, which both slots
-/// share).
-pub fn boot_control_for(board: Board, paths: &Paths) -> Result<Box<dyn BootControl>, UpdateError> {
+/// variables for Jetson, with the slot ledger in area `boot` of the device state store on
+/// `disk`. Its writes go through `io`.
+pub fn boot_control_for(
+    board: Board,
+    paths: &Paths,
+    disk: &dyn disk::Disk,
+    io: Arc<dyn io::Io>,
+) -> Result<Box<dyn BootControl>, UpdateError> {
     Ok(match board.boot_control() {
         BootControlKind::SystemdBoot => Box::new(SystemdBoot::new(paths.esp.clone())),
-        BootControlKind::Tegra => Box::new(
-            Tegra::new(paths.efivars.clone(), paths.aperture_dir())
-                .with_capsules(paths.esp.clone()),
-        ),
+        BootControlKind::Tegra => {
+            let ledger = store::open(disk, board, io)?;
+            Box::new(
+                Tegra::new(paths.efivars.clone(), Box::new(ledger))
+                    .with_capsules(paths.esp.clone()),
+            )
+        }
     })
 }
 

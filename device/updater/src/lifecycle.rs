@@ -3,15 +3,15 @@
 //!
 //! ## Commit
 //! [`Updater::commit`] marks the running slot good (systemd-boot: the entry loses its boot
-//! counter) and then raises the floor in `state.json` to the RUNNING image's
+//! counter) and then raises the floor in the device state store to the RUNNING image's
 //! `security_version`, read from its verity-protected `/etc/aperture/build.json` (not from the
-//! unsigned `slot.json` on the ESP). It is idempotent, so the health gate runs it on every
+//! unsigned slot record). It is idempotent, so the health gate runs it on every
 //! boot: a power cut between the two steps is repaired by the next boot's gate. Installing
 //! never raises the floor: a new image that fails its health check must leave the old one
 //! installable.
 //!
 //! ## Interrupted installs: restart, not resume
-//! The journal in `state.json` is written after the bundle passed every check and before the
+//! The journal in the device state is written after the bundle passed every check and before the
 //! target is invalidated, and cleared after the target is armed. When it is found later:
 //! * its target is the running slot: the install had armed it and the loader booted it, so it
 //!   completed; [`Updater::commit`] (and the next install) drop the stale journal;
@@ -75,8 +75,8 @@ impl Updater {
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let was = self.boot.read()?.status(self.booted);
         self.slots().mark_good()?;
-        let state_path = self.paths.state_file();
-        let mut state = DeviceState::load(&state_path)?;
+        let mut store = self.store(facts.board)?;
+        let mut state = DeviceState::load(&store)?;
         let before = state.clone();
         let floor_raised = state.raise_floor(facts.security_version);
         state.committed = Some(self.booted);
@@ -89,7 +89,7 @@ impl Updater {
             state.journal = None;
         }
         if state != before {
-            state.store(&*self.io, &state_path)?;
+            state.save(&mut store)?;
         }
         Ok(Commit {
             slot: self.booted,
@@ -108,7 +108,8 @@ impl Updater {
     /// The journal of an install that was cut off, if there is one (a journal whose target is
     /// the running slot belongs to an install that completed and is not reported).
     pub fn interrupted(&self) -> Result<Option<Journal>, UpdateError> {
-        let state = DeviceState::load(&self.paths.state_file())?;
+        let facts = crate::facts::load(&self.paths.build_facts)?;
+        let state = DeviceState::load(&self.store(facts.board)?)?;
         Ok(state.journal.filter(|j| j.target != self.booted))
     }
 }

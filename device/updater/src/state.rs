@@ -1,5 +1,6 @@
-//! Device state owned by `aperture-update`: `/efi/aperture/state.json`, holding the
-//! anti-rollback floor, the committed slot and the install journal.
+//! Device state owned by `aperture-update`: the record of area [`Area::Update`] of the device
+//! state store ([`crate::store`]), holding the anti-rollback floor, the committed slot and the
+//! install journal, as JSON:
 //!
 //! ```json
 //! {"format":1,"security_floor":4,"committed":"a","journal":null}
@@ -14,31 +15,36 @@
 //! target slot is invalidated; cleared after the slot is armed. Its presence at a later run
 //! means an install was cut off; see [`crate::lifecycle`] for what happens then.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
+use aperture_appliance::Area;
 use aperture_slots::Slot;
 
-use crate::io::{replace_file, Io};
+use crate::store::Store;
 use crate::UpdateError;
 
-/// The state file format this build writes.
+/// The record format this build writes.
 pub const STATE_FORMAT: u32 = 1;
 
-/// `state.json`.
+/// The record of [`Area::Update`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceState {
     /// Format version, 1.
+    #[serde(default = "format_one")]
     pub format: u32,
     /// The lowest `security_version` an update may have.
+    #[serde(default)]
     pub security_floor: u64,
-    /// The slot last committed by `mark-good` (the health gate), if any.
+    /// The slot last committed by `commit` (the health gate), if any.
     #[serde(default)]
     pub committed: Option<Slot>,
     /// The install in progress, if one was started and not finished.
     #[serde(default)]
     pub journal: Option<Journal>,
+}
+
+fn format_one() -> u32 {
+    STATE_FORMAT
 }
 
 /// What an install in progress writes, so a later run knows what was cut off.
@@ -86,47 +92,17 @@ impl Default for DeviceState {
 }
 
 impl DeviceState {
-    /// Read `path`; a missing file is a fresh device (floor 0, nothing committed).
-    pub fn load(path: &Path) -> Result<DeviceState, UpdateError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DeviceState::default()),
-            Err(e) => return Err(UpdateError::file("reading", path)(e)),
-        };
-        let state: DeviceState =
-            serde_json::from_slice(&bytes).map_err(|e| UpdateError::Malformed {
-                path: path.to_path_buf(),
-                reason: format!(
-                "{e}; it is written only by aperture-update: restore it from a backup or remove \
-                 it (which resets the anti-rollback floor to 0 until the next commit)"
-            ),
-            })?;
-        if state.format != STATE_FORMAT {
-            return Err(UpdateError::Malformed {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "format {} is not {STATE_FORMAT}; a newer aperture-update wrote it",
-                    state.format
-                ),
-            });
-        }
-        Ok(state)
+    /// Read the record; none is a fresh device (floor 0, nothing committed).
+    pub fn load(store: &Store) -> Result<DeviceState, UpdateError> {
+        Ok(store.read_json(Area::Update)?.unwrap_or_default())
     }
 
-    /// Write durably through `io` (temp, fsync, rename, fsync folder).
-    pub fn store(&self, io: &dyn Io, path: &Path) -> Result<(), UpdateError> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| UpdateError::Malformed {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        bytes.push(b'\n');
-        if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {
-            // A freshly flashed ESP may not have the folder yet (the image builder puts the
-            // slot records there, but nothing requires them).
-            io.create_dir_all(dir)
-                .map_err(UpdateError::file("creating folder", dir))?;
-        }
-        replace_file(io, path, &bytes)
+    /// Write the record durably (one store write: the other copy, synced, read back).
+    pub fn save(&self, store: &mut Store) -> Result<(), UpdateError> {
+        let mut record = self.clone();
+        record.format = STATE_FORMAT;
+        store.write_json(Area::Update, &record)?;
+        Ok(())
     }
 
     /// Raise the floor to `security_version` if that is higher; returns whether it changed.
@@ -143,34 +119,21 @@ impl DeviceState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::RealIo;
 
     #[test]
-    fn missing_is_fresh_and_round_trips() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state.json");
-        let mut s = DeviceState::load(&p).unwrap();
-        assert_eq!(s, DeviceState::default());
+    fn raising_the_floor_only_goes_up() {
+        let mut s = DeviceState::default();
         assert!(s.raise_floor(3));
         assert!(!s.raise_floor(2));
         assert_eq!(s.security_floor, 3);
-        s.store(&RealIo, &p).unwrap();
-        assert_eq!(DeviceState::load(&p).unwrap(), s);
     }
 
     #[test]
-    fn unknown_fields_are_kept_readable_and_bad_files_named() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state.json");
-        std::fs::write(&p, r#"{"format":1,"security_floor":7,"future":true}"#).unwrap();
-        assert_eq!(DeviceState::load(&p).unwrap().security_floor, 7);
-        std::fs::write(&p, "garbage").unwrap();
-        let e = DeviceState::load(&p).unwrap_err().to_string();
-        assert!(
-            e.contains("state.json") && e.contains("anti-rollback"),
-            "{e}"
-        );
-        std::fs::write(&p, r#"{"format":2,"security_floor":7}"#).unwrap();
-        assert!(DeviceState::load(&p).is_err());
+    fn unknown_fields_are_ignored_and_missing_ones_default() {
+        let s: DeviceState =
+            serde_json::from_str(r#"{"format":1,"security_floor":7,"future":true}"#).unwrap();
+        assert_eq!(s.security_floor, 7);
+        let s: DeviceState = serde_json::from_str("{}").unwrap();
+        assert_eq!(s, DeviceState::default());
     }
 }

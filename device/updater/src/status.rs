@@ -66,7 +66,7 @@ pub struct SlotInfo {
     pub booted: bool,
     /// Booted next.
     pub next: bool,
-    /// What its `slot.json` says it holds (absent while it is being written).
+    /// What its record in the device state says it holds (absent while it is being written).
     pub record: Option<RecordSummary>,
 }
 
@@ -106,35 +106,25 @@ impl fmt::Display for Rollback {
     }
 }
 
-/// Read a slot's record, `None` if it has none or it does not parse (status must not fail for
-/// that; install rewrites it).
-pub fn read_record(path: &std::path::Path) -> Option<SlotRecord> {
-    let bytes = std::fs::read(path).ok()?;
-    SlotRecord::from_json(&bytes).ok()
-}
-
 impl Updater {
     /// Gather the status. Reads only.
     pub fn status(&self) -> Result<UpdateStatus, UpdateError> {
         let facts = crate::facts::load(&self.paths.build_facts)?;
-        let state = DeviceState::load(&self.paths.state_file())?;
+        let store = self.store(facts.board)?;
+        let state = DeviceState::load(&store)?;
         let boot = self.boot.read()?;
-        let slots: Vec<SlotInfo> = Slot::ALL
-            .into_iter()
-            .map(|slot| SlotInfo {
+        let mut slots = Vec::new();
+        for slot in Slot::ALL {
+            let record = crate::store::read_slot(&store, slot)?.map(|s| summary(&s.record));
+            slots.push(SlotInfo {
                 slot,
                 status: boot.status(slot),
                 label: boot.slot(slot).label.clone(),
                 booted: slot == self.booted,
                 next: slot == boot.next,
-                record: read_record(&self.paths.slot_record(slot)).map(|r| RecordSummary {
-                    version: r.version.to_string(),
-                    security_version: r.security_version,
-                    rootfs_sha256: r.rootfs.sha256.to_string(),
-                    root_hash: r.verity.root_hash.to_string(),
-                }),
-            })
-            .collect();
+                record,
+            });
+        }
         let other = self.booted.other();
         let rollback = (boot.status(other) == SlotStatus::Bad).then(|| {
             let info = &slots[usize::from(other == Slot::B)];
@@ -164,6 +154,15 @@ impl Updater {
             interrupted: state.journal.filter(|j| j.target != self.booted),
             rollback,
         })
+    }
+}
+
+fn summary(r: &SlotRecord) -> RecordSummary {
+    RecordSummary {
+        version: r.version.to_string(),
+        security_version: r.security_version,
+        rootfs_sha256: r.rootfs.sha256.to_string(),
+        root_hash: r.verity.root_hash.to_string(),
     }
 }
 

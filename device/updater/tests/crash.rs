@@ -12,6 +12,7 @@ mod common;
 
 use std::sync::Arc;
 
+use aperture_appliance::Area;
 use aperture_slots::Slot;
 use aperture_updater::io::FaultIo;
 use aperture_updater::{InstallOptions, UpdateError};
@@ -111,24 +112,36 @@ fn counting_io_sees_the_documented_order() {
             .position(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("no {needle:?} in {log:#?}"))
     };
-    let journal = pos("state.json.tmp");
+    let at = |area: Area| [0, 1].map(|copy| format!("at {} of aperture_state", area.offset(copy)));
+    let store_write = |area: Area, from: usize| {
+        let [c0, c1] = at(area);
+        log.iter()
+            .skip(from)
+            .position(|l| l.contains(&c0) || l.contains(&c1))
+            .map(|p| p + from)
+            .unwrap_or_else(|| panic!("no write of area {} in {log:#?}", area.name()))
+    };
+    let journal = store_write(Area::Update, 0);
     let invalidate = pos("mark slot b unbootable");
+    let forget = store_write(Area::SlotB, 0);
     let first_write = pos("of rootfs_b");
     let sync = pos("fsync rootfs_b");
     let kernel = pos("vmlinuz.tmp ->");
-    let record = pos("slot.json.tmp ->");
+    let record = store_write(Area::SlotB, forget + 1);
     let arm = pos("arm slot b");
     let next = pos("boot slot b next");
+    let clear_journal = store_write(Area::Update, journal + 1);
     let last = log.len() - 1;
-    assert!(journal < invalidate, "{log:#?}");
+    assert!(journal < invalidate && invalidate < forget, "{log:#?}");
     assert!(
-        invalidate < first_write && first_write < sync && sync < kernel,
+        forget < first_write && first_write < sync && sync < kernel,
         "{log:#?}"
     );
     assert!(kernel < record && record < arm && arm < next, "{log:#?}");
+    assert!(next < clear_journal, "{log:#?}");
     assert!(
-        log[last].contains("fsync folder") && log[last - 1].contains("state.json"),
-        "{log:#?}"
+        log[last].contains("fsync aperture_state") && last == clear_journal + 1,
+        "the journal is cleared last: {log:#?}"
     );
     assert!(
         !log.iter().any(|l| l.contains("rootfs_a")),
