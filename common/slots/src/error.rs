@@ -127,6 +127,16 @@ pub enum SlotsError {
     },
 }
 
+impl From<aperture_sys::FsError> for SlotsError {
+    fn from(e: aperture_sys::FsError) -> SlotsError {
+        SlotsError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.err,
+        }
+    }
+}
+
 impl SlotsError {
     /// An [`SlotsError::Io`] for `op` on `path`.
     pub(crate) fn io(

@@ -53,8 +53,8 @@
 
 pub mod cmdline;
 mod error;
+pub mod esp;
 mod fake;
-mod fsutil;
 mod manager;
 mod slot;
 pub mod state;
@@ -63,6 +63,7 @@ pub mod tegra;
 
 pub use aperture_appliance::{ChainNaming, SlotLayout};
 pub use error::SlotsError;
+pub use esp::{EspOps, RealEsp};
 pub use fake::FakeBootControl;
 pub use manager::{BootControl, SlotManager, SlotReport, StatusReport};
 pub use slot::{Slot, SlotBoot, CMDLINE_KEY};

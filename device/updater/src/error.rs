@@ -72,6 +72,19 @@ pub enum UpdateError {
         capacity: u64,
     },
 
+    /// The ESP has no room for the slot's boot files (found before anything was written).
+    #[error("the ESP ({}) has {free} bytes free but slot {slot}'s boot files need {needed}; nothing was written: build smaller boot files, or reflash with a larger ESP", path.display())]
+    EspFull {
+        /// The ESP's mount point.
+        path: PathBuf,
+        /// The slot being installed.
+        slot: Slot,
+        /// Bytes the boot files take.
+        needed: u64,
+        /// Bytes free (temporary files an earlier install left counted as free).
+        free: u64,
+    },
+
     /// The manifest cannot be installed by this updater on this board.
     #[error("manifest cannot be installed here: {reason}")]
     Unsupported {
@@ -174,13 +187,15 @@ impl UpdateError {
         move |source| UpdateError::File { op, path, source }
     }
 
-    /// Whether the bundle was refused by a trust or policy check (not an I/O failure).
+    /// Whether the bundle was refused before anything was written: a trust or policy check,
+    /// content this updater cannot place, or no room on the ESP (not an I/O failure).
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             UpdateError::Trust(_)
                 | UpdateError::Unsupported { .. }
                 | UpdateError::AlreadyInstalled { .. }
+                | UpdateError::EspFull { .. }
         )
     }
 }

@@ -52,7 +52,9 @@ use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::TrustError;
 
 use crate::disk::{PartitionHandle, PartitionReader};
-use crate::io::{tmp_path, Io};
+use aperture_sys::fs::tmp_path;
+
+use crate::io::{rename_synced, Io};
 use crate::paths::{INITRD_FILE, KERNEL_FILE};
 use crate::state::{DeviceState, Journal};
 use crate::{UpdateError, Updater};
@@ -280,6 +282,7 @@ impl Updater {
             })?;
         let mut part = self.disk.open(&layout.rootfs(target))?;
         fits(target, "rootfs image", rootfs.size, &*part)?;
+        self.check_esp_space(&place, target)?;
         plan(
             &self.boot.read()?,
             self.booted,
@@ -400,8 +403,7 @@ impl Updater {
         // 6. Every payload hash matched: the boot files go into place; on Jetson the boot
         // image gets its header.
         for (tmp, dest, _) in &staged {
-            io.rename(tmp, dest)
-                .map_err(UpdateError::file("renaming into place", dest))?;
+            rename_synced(io, tmp, dest)?;
         }
         io.sync_dir(&slot_dir)
             .map_err(UpdateError::file("syncing folder", &slot_dir))?;
@@ -459,10 +461,11 @@ impl Updater {
                         .map_err(UpdateError::file("creating folder", &dir))?;
                 }
                 let dest = dir.join(artifact.name.as_str());
-                io.rename(tmp, &dest)
-                    .map_err(UpdateError::file("renaming into place", &dest))?;
-                io.sync_dir(&dir)
-                    .map_err(UpdateError::file("syncing folder", &dir))?;
+                rename_synced(io, tmp, &dest)?;
+                for d in [&dir, &slot_dir] {
+                    io.sync_dir(d)
+                        .map_err(UpdateError::file("syncing folder", d))?;
+                }
                 io.step("request capsule delivery")
                     .map_err(UpdateError::file("writing", d.variable_path()))?;
                 d.request()?;
@@ -529,15 +532,75 @@ impl Updater {
         })
     }
 
-    /// The target's folder on the ESP, where its boot files are staged: made if missing.
+    /// The target's folder on the ESP, where its boot files are staged: made if missing, and
+    /// rid of the temporary files an earlier install cut off left.
     fn prepare_slot_dir(&self, slot_dir: &Path) -> Result<(), UpdateError> {
+        let io = &*self.io;
         if !slot_dir.is_dir() {
-            self.io
-                .create_dir_all(slot_dir)
+            io.create_dir_all(slot_dir)
                 .map_err(UpdateError::file("creating folder", slot_dir))?;
+        }
+        let leftovers = leftover_tmp(slot_dir);
+        for (path, _) in &leftovers {
+            tracing::info!("removing {}, left by an install cut off", path.display());
+            io.remove(path)
+                .map_err(UpdateError::file("removing", path))?;
+        }
+        if !leftovers.is_empty() {
+            io.sync_dir(slot_dir)
+                .map_err(UpdateError::file("syncing folder", slot_dir))?;
         }
         Ok(())
     }
+
+    /// Refuse, before anything is written, boot files the ESP has no room for: the files
+    /// staged on it (kernel and initrd, or a capsule) while the old ones are still in place.
+    /// Temporary files an earlier install left count as free: they go first.
+    fn check_esp_space(&self, place: &Placement<'_>, target: Slot) -> Result<(), UpdateError> {
+        let sizes: Vec<u64> = place
+            .dests
+            .iter()
+            .filter(|(_, d)| matches!(d, Dest::EspFile(_) | Dest::Capsule))
+            .map(|(a, _)| a.size)
+            .collect();
+        if sizes.is_empty() {
+            return Ok(());
+        }
+        let esp = &self.paths.esp;
+        let space = self
+            .io
+            .space(esp)
+            .map_err(UpdateError::file("finding the free space of", esp))?;
+        let needed: u64 = sizes.iter().map(|s| space.allocation(*s)).sum();
+        let reclaimable: u64 = leftover_tmp(&self.paths.slot_dir(target))
+            .iter()
+            .map(|(_, len)| space.allocation(*len))
+            .sum();
+        let free = space.free.saturating_add(reclaimable);
+        if needed > free {
+            return Err(UpdateError::EspFull {
+                path: esp.clone(),
+                slot: target,
+                needed,
+                free,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The `*.tmp` files in `dir` and their sizes (none if `dir` is missing).
+fn leftover_tmp(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, u64)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok().filter(|m| m.is_file())?.len())))
+        .collect();
+    found.sort();
+    found
 }
 
 /// Refuse a payload of `size` bytes that `part` cannot hold.

@@ -157,9 +157,9 @@ impl Updater {
     }
 }
 
-/// The boot control for a board: systemd-boot on the ESP for the qemu boards; NVIDIA's UEFI
-/// variables for Jetson, with the slot ledger in area `boot` of the device state store on
-/// `disk`. Its writes go through `io`.
+/// The boot control for a board: systemd-boot on the ESP for the qemu boards, its entry files
+/// written through `io`; NVIDIA's UEFI variables for Jetson, with the slot ledger in area `boot`
+/// of the device state store on `disk`, written through `io`.
 pub fn boot_control_for(
     board: Board,
     paths: &Paths,
@@ -167,7 +167,9 @@ pub fn boot_control_for(
     io: Arc<dyn io::Io>,
 ) -> Result<Box<dyn BootControl>, UpdateError> {
     Ok(match board.boot_control() {
-        BootControlKind::SystemdBoot => Box::new(SystemdBoot::new(paths.esp.clone())),
+        BootControlKind::SystemdBoot => {
+            Box::new(SystemdBoot::new(paths.esp.clone()).with_ops(Arc::new(io::EspThroughIo(io))))
+        }
         BootControlKind::Tegra => {
             let ledger = store::open(disk, board, io)?;
             Box::new(
@@ -203,6 +205,17 @@ impl BootControl for Gated<'_> {
                 source,
             })?;
         self.inner.persist(step)
+    }
+
+    fn tidy(&mut self) -> Result<Vec<String>, SlotsError> {
+        let removed = self.inner.tidy()?;
+        if !removed.is_empty() {
+            tracing::info!(
+                "removed what a cut write left among the boot entries: {}",
+                removed.join(", ")
+            );
+        }
+        Ok(removed)
     }
 
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {

@@ -6,9 +6,11 @@
 mod common;
 
 use std::fs;
+use std::sync::Arc;
 
 use aperture_slots::{FakeBootControl, Slot, SlotStatus};
 use aperture_trust::manifest::Sha256Hex;
+use aperture_updater::io::FaultIo;
 use aperture_updater::{InstallOptions, UpdateError, Updater};
 use common::*;
 
@@ -378,4 +380,64 @@ fn device_state_lives_in_the_store_and_the_esp_holds_only_boot_files() {
             "loader/loader.conf",
         ]
     );
+}
+
+/// Kernel (100 000 bytes) and initrd (250 000 bytes) in 512-byte blocks.
+const BOOT_FILES_ON_THE_ESP: u64 = 100_352 + 250_368;
+
+#[test]
+fn a_full_esp_is_refused_before_anything_is_written() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let before = dev.snapshot();
+    let io = FaultIo::counting().with_free_space(BOOT_FILES_ON_THE_ESP - 1);
+    let err = dev
+        .updater_with_io(Slot::A, Arc::new(io.clone()))
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpdateError::EspFull {
+                slot: Slot::B,
+                needed: BOOT_FILES_ON_THE_ESP,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&dev.paths.esp.display().to_string())
+            && text.contains(&format!("{} bytes free", BOOT_FILES_ON_THE_ESP - 1))
+            && text.contains(&format!("need {BOOT_FILES_ON_THE_ESP}")),
+        "{text}"
+    );
+    assert!(err.is_refusal());
+    assert_eq!(io.ops(), 0, "nothing was written: {:?}", io.log());
+    assert_eq!(dev.snapshot(), before);
+}
+
+#[test]
+fn leftover_temporary_files_are_removed_and_count_as_free_space() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let dir = dev.paths.slot_dir(Slot::B);
+    // What an install cut off while streaming left, and a stray file of the same kind.
+    fs::write(dir.join("vmlinuz.tmp"), vec![7u8; 1000]).unwrap();
+    fs::write(dir.join("other.tmp"), b"x").unwrap();
+    let io = FaultIo::counting().with_free_space(BOOT_FILES_ON_THE_ESP - 1);
+    dev.updater_with_io(Slot::A, Arc::new(io))
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    let mut left: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["initrd.img", "vmlinuz"]);
+    assert_eq!(dev.boot(), Slot::B);
+    dev.assert_slot_verifies(Slot::B);
 }

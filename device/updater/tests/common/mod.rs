@@ -26,7 +26,7 @@ use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::signing::sign_manifest;
 use aperture_trust::verity::{append_hash_tree, verify_device, VerityInfo};
 use aperture_updater::disk::{Disk, FileDisk, PartitionReader};
-use aperture_updater::io::{Io, RealIo};
+use aperture_updater::io::{EspThroughIo, Io, RealIo};
 use aperture_updater::state::DeviceState;
 use aperture_updater::store::Store;
 use aperture_updater::{BuildFacts, Paths, Updater};
@@ -413,8 +413,19 @@ impl Device {
         .with_clock(|| NOW)
     }
 
+    /// An updater whose every write, the boot entries' included, goes through `io`.
     pub fn updater_with_io(&self, booted: Slot, io: Arc<dyn Io>) -> Updater {
-        self.updater(booted).with_io(io)
+        let boot = self
+            .backend()
+            .with_ops(Arc::new(EspThroughIo(Arc::clone(&io))));
+        Updater::new(
+            self.paths.clone(),
+            Box::new(self.disk()),
+            Box::new(boot),
+            booted,
+        )
+        .with_clock(|| NOW)
+        .with_io(io)
     }
 
     /// Power on: the simulated loader picks a slot (and counts a try).
