@@ -1,8 +1,13 @@
 //! The command line of `aperture-update` (clap derive) and the dispatch to the library.
 //!
 //! Exit codes: 0 done, 1 failed, 3 nothing to do (the bundle's version is already running).
+//!
+//! `install`, `commit`, `rollback` and `resume --restart` hold the slots lock
+//! (`/run/aperture/slots.lock`): `install` and `rollback` fail at once naming its holder,
+//! `commit` and `resume` wait up to 60 s.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -14,6 +19,10 @@ use aperture_updater::{InstallOptions, Paths, UpdateError, Updater};
 
 /// Exit code for "the bundle's version is already installed".
 pub const EXIT_NOTHING_TO_DO: i32 = 3;
+
+/// How long `resume --restart` waits for the slots lock: it runs unattended at boot, beside
+/// the health gate's commit.
+const RESUME_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Verified A/B updates of an Aperture appliance.
 #[derive(Debug, Parser)]
@@ -52,8 +61,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Mark the running slot good and raise the anti-rollback floor (the health gate does this).
-    MarkGood,
+    /// Mark the running slot good and raise the anti-rollback floor (the health gate does this;
+    /// waits up to 60 s for the slots lock).
+    #[command(visible_alias = "mark-good")]
+    Commit,
     /// Boot the other slot next (it must be good).
     Rollback,
     /// Report an install that a power cut interrupted; with --restart, install it again.
@@ -94,7 +105,14 @@ fn updater(cli: &Cli) -> Result<Updater> {
     Ok(u)
 }
 
-fn install(u: &mut Updater, spec: &str, fetch: &FetchArgs, tries: u32, json: bool) -> Result<i32> {
+fn install(
+    u: &mut Updater,
+    spec: &str,
+    fetch: &FetchArgs,
+    tries: u32,
+    json: bool,
+    lock_wait: Duration,
+) -> Result<i32> {
     let opts = fetch.options(u.paths());
     let mut input = source::open(spec, &opts)?;
     let source = if source::is_url(spec) {
@@ -105,6 +123,7 @@ fn install(u: &mut Updater, spec: &str, fetch: &FetchArgs, tries: u32, json: boo
     let install_opts = InstallOptions {
         tries,
         source: Some(source),
+        lock_wait,
     };
     match u.install(&mut input, &install_opts) {
         Ok(done) => {
@@ -136,7 +155,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             fetch,
             tries,
             json,
-        } => install(&mut u, source, fetch, *tries, *json),
+        } => install(&mut u, source, fetch, *tries, *json, Duration::ZERO),
         Command::Status { json } => {
             let s = u.status()?;
             if *json {
@@ -146,7 +165,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::MarkGood => {
+        Command::Commit => {
             let c = u.commit().context("marking the running slot good")?;
             println!("{c}");
             Ok(0)
@@ -169,7 +188,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let source = j.source.clone().ok_or_else(|| UpdateError::NothingToResume {
                 reason: "the journal does not record where the bundle came from; run install with it".into(),
             })?;
-            install(&mut u, &source, fetch, j.tries, false)
+            install(&mut u, &source, fetch, j.tries, false, RESUME_LOCK_WAIT)
         }
     }
 }

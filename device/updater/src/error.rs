@@ -103,6 +103,10 @@ pub enum UpdateError {
         reason: String,
     },
 
+    /// Another program holds the slots lock (or it could not be taken).
+    #[error(transparent)]
+    Lock(#[from] aperture_appliance::lock::LockError),
+
     /// The running image's facts could not be read.
     #[error(transparent)]
     Facts(#[from] aperture_appliance::facts::FactsError),

@@ -33,7 +33,8 @@
 //! and switches to it itself (see [`aperture_slots::tegra::capsule`]).
 //!
 //! Every write, fsync and rename, of partitions, of the ESP and of the state store, goes through
-//! [`crate::io::Io`].
+//! [`crate::io::Io`]. The whole install holds the slots lock
+//! ([`aperture_appliance::SlotsLock`]), so no reset, commit or other install runs meanwhile.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -72,6 +73,9 @@ pub struct InstallOptions {
     pub tries: u32,
     /// Where the bundle came from, recorded in the journal (file path or redacted URL).
     pub source: Option<String>,
+    /// How long to wait for the slots lock if another program holds it (0: fail at once,
+    /// naming the holder, as a person running `install` wants).
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for InstallOptions {
@@ -79,6 +83,7 @@ impl Default for InstallOptions {
         InstallOptions {
             tries: DEFAULT_TRIES,
             source: None,
+            lock_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -228,6 +233,7 @@ impl Updater {
         bundle: &mut dyn Read,
         opts: &InstallOptions,
     ) -> Result<Installed, UpdateError> {
+        let _lock = self.lock("install", opts.lock_wait)?;
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let running = crate::facts::semver(&facts, &self.paths.build_facts)?;
         let root = self.root_key()?;

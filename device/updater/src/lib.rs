@@ -18,6 +18,10 @@
 //! * [`Updater::commit`]: mark the running slot good and raise the anti-rollback floor to the
 //!   running image's `security_version` (the ONLY place the floor rises);
 //! * [`Updater::rollback`]: boot the other (good) slot next;
+//!
+//! Install, commit and rollback hold the slots lock (`/run/aperture/slots.lock`,
+//! [`aperture_appliance::SlotsLock`]) while they run: install and rollback fail at once naming
+//! the holder, a commit waits up to [`lifecycle::COMMIT_LOCK_WAIT`].
 //! * [`Updater::interrupted`]: the journal of an install that was cut off (see [`lifecycle`]).
 
 pub mod disk;
@@ -34,7 +38,7 @@ pub mod store;
 
 use std::sync::Arc;
 
-use aperture_appliance::{Board, BootControlKind};
+use aperture_appliance::{Board, BootControlKind, SlotsLock};
 use aperture_slots::{
     BootControl, BootState, Slot, SlotManager, SlotsError, Step, SystemdBoot, Tegra,
 };
@@ -135,6 +139,15 @@ impl Updater {
     /// The device state store on `board`'s state partition, written through the [`io::Io`].
     fn store(&self, board: Board) -> Result<store::Store, UpdateError> {
         store::open(&*self.disk, board, Arc::clone(&self.io))
+    }
+
+    /// Take the slots lock for `aperture-update <verb>`, waiting at most `wait` for its holder.
+    fn lock(&self, verb: &str, wait: std::time::Duration) -> Result<SlotsLock, UpdateError> {
+        Ok(SlotsLock::acquire(
+            &self.paths.slots_lock,
+            &format!("aperture-update {verb}"),
+            wait,
+        )?)
     }
 
     /// The trusted root public key baked into the image.

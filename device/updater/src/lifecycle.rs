@@ -36,6 +36,10 @@ use aperture_slots::{BootState, Slot, SlotStatus};
 use crate::state::{DeviceState, Journal};
 use crate::{UpdateError, Updater};
 
+/// How long a commit waits for the slots lock: the health gate's commit must not fail because
+/// a short operation (another commit, a status-changing command) holds it.
+pub const COMMIT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Commit {
@@ -72,6 +76,7 @@ impl std::fmt::Display for Commit {
 impl Updater {
     /// Mark the running slot good and raise the anti-rollback floor to its security version.
     pub fn commit(&mut self) -> Result<Commit, UpdateError> {
+        let _lock = self.lock("commit", COMMIT_LOCK_WAIT)?;
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let was = self.boot.read()?.status(self.booted);
         self.slots().mark_good()?;
@@ -102,6 +107,7 @@ impl Updater {
 
     /// Boot the other slot next (it must be good); takes effect at the next reboot.
     pub fn rollback(&mut self) -> Result<BootState, UpdateError> {
+        let _lock = self.lock("rollback", std::time::Duration::ZERO)?;
         Ok(self.slots().rollback()?)
     }
 

@@ -94,6 +94,7 @@ fn install_boot_commit_then_install_back_into_a() {
             &InstallOptions {
                 tries: 1,
                 source: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -252,6 +253,7 @@ fn interrupted_install_is_reported_and_restarted() {
     let opts = InstallOptions {
         tries: 2,
         source: Some("/data/v2.bundle".into()),
+        ..Default::default()
     };
     u.install(&mut cut, &opts).unwrap_err();
     let j = u.interrupted().unwrap().expect("the journal remains");

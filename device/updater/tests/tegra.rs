@@ -393,6 +393,7 @@ fn failed_boots_leave_b_unbootable_a_boots_and_a_reinstall_clears_0xff() {
     let opts = InstallOptions {
         tries: 2,
         source: None,
+        ..Default::default()
     };
     dev.updater(Slot::A)
         .install(&mut &v2.bundle[..], &opts)
