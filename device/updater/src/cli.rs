@@ -69,9 +69,13 @@ enum Command {
     Rollback,
     /// Report an install that a power cut interrupted; with --restart, install it again.
     Resume {
-        /// Install again from the source the interrupted install recorded.
+        /// Install again from the source the interrupted install recorded (with the CA and
+        /// --insecure-http it was given).
         #[arg(long)]
         restart: bool,
+        /// Say nothing and succeed when no install was interrupted (for a unit run at boot).
+        #[arg(long)]
+        if_interrupted: bool,
         #[command(flatten)]
         fetch: FetchArgs,
     },
@@ -123,6 +127,8 @@ fn install(
     let install_opts = InstallOptions {
         tries,
         source: Some(source),
+        ca: fetch.ca.clone(),
+        insecure_http: fetch.insecure_http,
         lock_wait,
     };
     match u.install(&mut input, &install_opts) {
@@ -175,20 +181,40 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("slot {} boots next; reboot to switch", state.next);
             Ok(0)
         }
-        Command::Resume { restart, fetch } => {
+        Command::Resume {
+            restart,
+            if_interrupted,
+            fetch,
+        } => {
             let Some(j) = u.interrupted()? else {
-                println!("no interrupted install");
+                if !if_interrupted {
+                    println!("no interrupted install");
+                }
                 return Ok(0);
             };
             let status = u.boot_state()?.status(j.target);
-            println!("{}", describe_interrupted(&j, status));
+            eprintln!("aperture-update: {}", describe_interrupted(&j, status));
             if !restart {
                 return Ok(0);
             }
-            let source = j.source.clone().ok_or_else(|| UpdateError::NothingToResume {
-                reason: "the journal does not record where the bundle came from; run install with it".into(),
-            })?;
-            install(&mut u, &source, fetch, j.tries, false, RESUME_LOCK_WAIT)
+            let Some(source) = j.source.clone() else {
+                let e = UpdateError::NothingToResume {
+                    reason: "the journal does not record where the bundle came from (it was \
+                             streamed by a program that did not say); the running slot is \
+                             unaffected and the next install starts over"
+                        .into(),
+                };
+                if *if_interrupted {
+                    eprintln!("aperture-update: {e}");
+                    return Ok(0);
+                }
+                return Err(e.into());
+            };
+            let fetch = FetchArgs {
+                ca: fetch.ca.clone().or_else(|| j.ca.clone()),
+                insecure_http: fetch.insecure_http || j.insecure_http,
+            };
+            install(&mut u, &source, &fetch, j.tries, false, RESUME_LOCK_WAIT)
         }
     }
 }

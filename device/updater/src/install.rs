@@ -57,7 +57,7 @@ use aperture_sys::fs::tmp_path;
 
 use crate::io::{rename_synced, Io};
 use crate::paths::{INITRD_FILE, KERNEL_FILE};
-use crate::state::{DeviceState, Journal};
+use crate::state::Journal;
 use crate::{UpdateError, Updater};
 
 /// Size of every write to a partition and of every read-back read.
@@ -73,6 +73,10 @@ pub struct InstallOptions {
     pub tries: u32,
     /// Where the bundle came from, recorded in the journal (file path or redacted URL).
     pub source: Option<String>,
+    /// The extra CA the download trusted, recorded in the journal for a restart.
+    pub ca: Option<PathBuf>,
+    /// Whether plain http:// was allowed, recorded in the journal for a restart.
+    pub insecure_http: bool,
     /// How long to wait for the slots lock if another program holds it (0: fail at once,
     /// naming the holder, as a person running `install` wants).
     pub lock_wait: std::time::Duration,
@@ -83,6 +87,8 @@ impl Default for InstallOptions {
         InstallOptions {
             tries: DEFAULT_TRIES,
             source: None,
+            ca: None,
+            insecure_http: false,
             lock_wait: std::time::Duration::ZERO,
         }
     }
@@ -238,7 +244,7 @@ impl Updater {
         let running = crate::facts::semver(&facts, &self.paths.build_facts)?;
         let root = self.root_key()?;
         let mut store = self.store(facts.board)?;
-        let mut state = DeviceState::load(&store)?;
+        let mut state = self.device_state(&store)?;
         let target = self.booted.other();
 
         // 1. Header: signature and key chain, before any payload byte is used.
@@ -335,6 +341,8 @@ impl Updater {
             security_version: verified.security_version,
             manifest_sha256: manifest_sha256.clone(),
             source: opts.source.clone(),
+            ca: opts.ca.clone(),
+            insecure_http: opts.insecure_http,
             tries: opts.tries,
             started: self.now(),
         };

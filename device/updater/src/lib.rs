@@ -141,6 +141,25 @@ impl Updater {
         store::open(&*self.disk, board, Arc::clone(&self.io))
     }
 
+    /// The updater's record. A lost record (only tampering or a failing medium loses both
+    /// copies) reads as floor 0, nothing committed, no journal, and is reported loudly; the
+    /// floor is then the highest other trusted floor.
+    fn device_state(&self, store: &store::Store) -> Result<state::DeviceState, UpdateError> {
+        let (state, origin) = state::DeviceState::load_with_origin(store)?;
+        match origin {
+            state::Origin::Record => {}
+            state::Origin::Blank => {
+                tracing::debug!("no update record yet (a freshly flashed device)")
+            }
+            state::Origin::Lost { reason } => tracing::error!(
+                "THE ANTI-ROLLBACK RECORD IS GONE: {reason}. Only tampering or a failing disk \
+                 does this. The floor falls back to the highest other trusted floor and the \
+                 install journal is lost; the next commit writes a new record."
+            ),
+        }
+        Ok(state)
+    }
+
     /// Take the slots lock for `aperture-update <verb>`, waiting at most `wait` for its holder.
     fn lock(&self, verb: &str, wait: std::time::Duration) -> Result<SlotsLock, UpdateError> {
         Ok(SlotsLock::acquire(

@@ -20,7 +20,9 @@
 //!   `aperture-update install` of any valid bundle RESTARTS from the first byte: it writes a
 //!   new journal, invalidates the target again (`begin_install` always persists the
 //!   invalidation) and rewrites everything. `aperture-update resume` reports what was
-//!   interrupted and, with `--restart`, installs again from the journal's recorded source.
+//!   interrupted and, with `--restart`, installs again from the journal's recorded source (and
+//!   the CA and `--insecure-http` it was given); `--if-interrupted` makes it quiet and
+//!   successful when nothing was interrupted, for a unit that runs it at every boot.
 //!
 //! Why restart rather than continue at the last good offset: the bundle is a stream whose
 //! payload hashes are only known at the end of each payload, so continuing would need
@@ -33,7 +35,7 @@ use serde::Serialize;
 
 use aperture_slots::{BootState, Slot, SlotStatus};
 
-use crate::state::{DeviceState, Journal};
+use crate::state::Journal;
 use crate::{UpdateError, Updater};
 
 /// How long a commit waits for the slots lock: the health gate's commit must not fail because
@@ -81,7 +83,7 @@ impl Updater {
         let was = self.boot.read()?.status(self.booted);
         self.slots().mark_good()?;
         let mut store = self.store(facts.board)?;
-        let mut state = DeviceState::load(&store)?;
+        let mut state = self.device_state(&store)?;
         let before = state.clone();
         let floor_raised = state.raise_floor(facts.security_version);
         state.committed = Some(self.booted);
@@ -115,7 +117,7 @@ impl Updater {
     /// the running slot belongs to an install that completed and is not reported).
     pub fn interrupted(&self) -> Result<Option<Journal>, UpdateError> {
         let facts = crate::facts::load(&self.paths.build_facts)?;
-        let state = DeviceState::load(&self.store(facts.board)?)?;
+        let state = self.device_state(&self.store(facts.board)?)?;
         Ok(state.journal.filter(|j| j.target != self.booted))
     }
 }
@@ -128,8 +130,9 @@ pub fn describe_interrupted(j: &Journal, target_status: SlotStatus) -> String {
         .map_or(String::from("the bundle"), |s| s.to_string());
     format!(
         "an install was interrupted: {} (from slot {}, {} tries); slot {} is now {target_status} \
-         and the running slot {} is unaffected. Run `aperture-update install {source}` again (or \
-         `aperture-update resume --restart`): the install starts over from the first byte.",
+         and the running slot {} is unaffected. The next boot restarts it (`aperture-update \
+         resume --restart --if-interrupted`), as does `aperture-update install {source}`: the \
+         install starts over from the first byte.",
         j.summary(),
         j.from,
         j.tries,

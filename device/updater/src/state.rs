@@ -17,11 +17,27 @@
 
 use serde::{Deserialize, Serialize};
 
+use aperture_appliance::store::{Medium, StoreError, HEADER_BYTES};
 use aperture_appliance::Area;
 use aperture_slots::Slot;
 
 use crate::store::Store;
 use crate::UpdateError;
+
+/// Where a loaded [`DeviceState`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The record in the store.
+    Record,
+    /// Nothing was ever written to the area: a freshly flashed device.
+    Blank,
+    /// The area holds bytes but no valid record: only tampering (or a failing medium) does
+    /// that, since a power cut leaves one copy intact. The floor and the journal are lost.
+    Lost {
+        /// What was found.
+        reason: String,
+    },
+}
 
 /// The record format this build writes.
 pub const STATE_FORMAT: u32 = 1;
@@ -64,6 +80,12 @@ pub struct Journal {
     pub manifest_sha256: String,
     /// Where the bundle came from (file path or URL), so `resume --restart` can fetch it again.
     pub source: Option<String>,
+    /// The extra CA certificate the download trusted, for the restart.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Whether plain http:// was allowed, for the restart.
+    #[serde(default)]
+    pub insecure_http: bool,
     /// Boot tries the slot gets when armed.
     pub tries: u32,
     /// When the install started, unix seconds.
@@ -94,7 +116,37 @@ impl Default for DeviceState {
 impl DeviceState {
     /// Read the record; none is a fresh device (floor 0, nothing committed).
     pub fn load(store: &Store) -> Result<DeviceState, UpdateError> {
-        Ok(store.read_json(Area::Update)?.unwrap_or_default())
+        Ok(DeviceState::load_with_origin(store)?.0)
+    }
+
+    /// Read the record and say where it came from. An area with no valid record reads as the
+    /// defaults ([`Origin::Blank`] or [`Origin::Lost`]); the caller decides how loud to be.
+    pub fn load_with_origin(store: &Store) -> Result<(DeviceState, Origin), UpdateError> {
+        match store.read_json::<DeviceState>(Area::Update) {
+            Ok(Some(state)) => Ok((state, Origin::Record)),
+            Ok(None) if written(store)? => Ok((
+                DeviceState::default(),
+                Origin::Lost {
+                    reason: format!(
+                        "neither copy of area {} of {} is a valid record",
+                        Area::Update.name(),
+                        store.name()
+                    ),
+                },
+            )),
+            Ok(None) => Ok((DeviceState::default(), Origin::Blank)),
+            Err(StoreError::Json { err, .. }) => Ok((
+                DeviceState::default(),
+                Origin::Lost {
+                    reason: format!(
+                        "the {} record of {} is not this program's format: {err}",
+                        Area::Update.name(),
+                        store.name()
+                    ),
+                },
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Write the record durably (one store write: the other copy, synced, read back).
@@ -114,6 +166,26 @@ impl DeviceState {
             false
         }
     }
+}
+
+/// Whether either copy of the area was ever written (its header is not all zeros).
+fn written(store: &Store) -> Result<bool, UpdateError> {
+    for copy in [0, 1] {
+        let mut header = [0u8; HEADER_BYTES];
+        store
+            .medium()
+            .read_at(&mut header, Area::Update.offset(copy))
+            .map_err(|err| StoreError::Io {
+                what: "reading",
+                area: Area::Update.name(),
+                medium: store.name().to_string(),
+                err,
+            })?;
+        if header.iter().any(|b| *b != 0) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use aperture_slots::{Slot, SlotStatus};
 use aperture_trust::record::SlotRecord;
 
-use crate::state::{DeviceState, Journal};
+use crate::state::Journal;
 use crate::{UpdateError, Updater};
 
 /// The whole status (serialized for `--json`).
@@ -111,7 +111,7 @@ impl Updater {
     pub fn status(&self) -> Result<UpdateStatus, UpdateError> {
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let store = self.store(facts.board)?;
-        let state = DeviceState::load(&store)?;
+        let state = self.device_state(&store)?;
         let boot = self.boot.read()?;
         let mut slots = Vec::new();
         for slot in Slot::ALL {

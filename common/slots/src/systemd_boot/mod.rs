@@ -322,7 +322,7 @@ impl BootControl for SystemdBoot {
                         event: "arm",
                         slot: *slot,
                         from: e.name.status(),
-                        fix: "its entry must be removed (begin the install) before it is armed",
+                        fix: "begin the install (which invalidates it) before arming it",
                     });
                 }
                 self.require_boot_files(*slot, boot)?;
