@@ -36,10 +36,8 @@
 //! [`crate::io::Io`]. The whole install holds the slots lock
 //! ([`aperture_appliance::SlotsLock`]), so no reset, commit or other install runs meanwhile.
 
-use std::cell::RefCell;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
@@ -248,16 +246,15 @@ impl Updater {
         let target = self.booted.other();
 
         // 1. Header: signature and key chain, before any payload byte is used.
-        let captured = Rc::new(RefCell::new(Some(Vec::new())));
-        let mut capture = Capture {
-            inner: bundle,
-            buf: Rc::clone(&captured),
-        };
-        let mut reader = BundleReader::new(&mut capture, &root, self.now());
+        let mut reader = BundleReader::new(bundle, &root, self.now());
         let verified = reader.read_header()?;
-        let header = captured.borrow_mut().take().unwrap_or_default();
-        let (manifest_json, sig_json) = split_header(&header)?;
-        let manifest_sha256 = Sha256Hex::digest(&manifest_json).to_string();
+        let header = reader
+            .header_bytes()
+            .cloned()
+            .ok_or_else(|| UpdateError::Unsupported {
+                reason: "the bundle reader kept no header bytes".into(),
+            })?;
+        let manifest_sha256 = Sha256Hex::digest(&header.manifest_json).to_string();
 
         // 2. Policy, then what this updater can place, then the disk: reads only.
         if verified.product != facts.product {
@@ -457,8 +454,8 @@ impl Updater {
         // 8. The record of what the slot now holds, with the signed manifest it came from.
         let installed = InstalledSlot {
             record,
-            manifest: text(manifest_json, "manifest.json")?,
-            signature: text(sig_json, "manifest.sig")?,
+            manifest: text(header.manifest_json, "manifest.json")?,
+            signature: text(header.sig_json, "manifest.sig")?,
         };
         crate::store::write_slot(&mut store, target, &installed)?;
 
@@ -706,53 +703,6 @@ fn verify_range(
         )));
     }
     Ok(())
-}
-
-/// Captures what the bundle reader consumes until the buffer is taken (the header entries).
-struct Capture<'r> {
-    inner: &'r mut dyn Read,
-    buf: Rc<RefCell<Option<Vec<u8>>>>,
-}
-
-impl Read for Capture<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(out)?;
-        if let Some(buf) = self.buf.borrow_mut().as_mut() {
-            buf.extend_from_slice(&out[..n]);
-        }
-        Ok(n)
-    }
-}
-
-/// The data of the first two ustar entries (`manifest.json`, `manifest.sig`), which the bundle
-/// reader has already checked and verified.
-fn split_header(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), UpdateError> {
-    let bad = |reason: &str| UpdateError::Malformed {
-        path: PathBuf::from("bundle header"),
-        reason: reason.into(),
-    };
-    let mut at = 0usize;
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        let header = bytes
-            .get(at..at + 512)
-            .ok_or_else(|| bad("shorter than two entries"))?;
-        let field = &header[124..136];
-        let text: String = field
-            .iter()
-            .map(|b| *b as char)
-            .filter(|c| c.is_digit(8))
-            .collect();
-        let size = usize::from_str_radix(&text, 8).map_err(|_| bad("entry size is not octal"))?;
-        let data = bytes
-            .get(at + 512..at + 512 + size)
-            .ok_or_else(|| bad("entry data is cut short"))?;
-        out.push(data.to_vec());
-        at += 512 + size.div_ceil(512) * 512;
-    }
-    let sig = out.pop().unwrap_or_default();
-    let manifest = out.pop().unwrap_or_default();
-    Ok((manifest, sig))
 }
 
 /// A verified header document as text (JSON is UTF-8, so a verified one always is).
@@ -1018,25 +968,5 @@ mod tests {
             Sha256Hex::from_bytes(hasher.finalize().into()),
             Sha256Hex::digest(&data)
         );
-    }
-
-    #[test]
-    fn split_header_reads_two_entries() {
-        let mut tar = Vec::new();
-        for (name, data) in [
-            ("manifest.json", &b"{}"[..]),
-            ("manifest.sig", &[7u8; 600][..]),
-        ] {
-            let mut h = [0u8; 512];
-            h[..name.len()].copy_from_slice(name.as_bytes());
-            h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-            tar.extend_from_slice(&h);
-            tar.extend_from_slice(data);
-            tar.resize(tar.len().div_ceil(512) * 512, 0);
-        }
-        let (m, s) = split_header(&tar).unwrap();
-        assert_eq!(m, b"{}");
-        assert_eq!(s, vec![7u8; 600]);
-        assert!(split_header(&tar[..600]).is_err());
     }
 }
