@@ -140,6 +140,18 @@ pub enum UpdateError {
         reason: String,
     },
 
+    /// A redirect was refused: it leaves https (for a download that started on https), or
+    /// goes to a scheme that is not http(s).
+    #[error("refusing the redirect from {from} to {to}: {reason}")]
+    InsecureRedirect {
+        /// The URL that answered with the redirect.
+        from: String,
+        /// Where it redirected to.
+        to: String,
+        /// Why, with the fix.
+        reason: String,
+    },
+
     /// Downloading the bundle failed.
     #[error("downloading {url} from {host}: {reason}")]
     Download {
