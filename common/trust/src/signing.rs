@@ -43,12 +43,18 @@ pub struct ManifestSignature {
 pub struct VerifiedManifest {
     manifest: Manifest,
     key_id: KeyId,
+    keyring_sequence: u64,
 }
 
 impl VerifiedManifest {
     /// The release key that signed the manifest.
     pub fn key_id(&self) -> &KeyId {
         &self.key_id
+    }
+
+    /// The sequence of the root-signed keyring that lists the signing key.
+    pub fn keyring_sequence(&self) -> u64 {
+        self.keyring_sequence
     }
 
     /// The manifest.
@@ -128,6 +134,7 @@ pub fn verify_manifest(
         ));
     }
     let keyring = sig.keyring.verify(root)?;
+    let keyring_sequence = keyring.sequence;
     let entry = keyring
         .find(&sig.key_id)
         .ok_or_else(|| TrustError::UnknownKey {
@@ -144,7 +151,17 @@ pub fn verify_manifest(
     Ok(VerifiedManifest {
         manifest,
         key_id: sig.key_id,
+        keyring_sequence,
     })
+}
+
+/// The sequence of the keyring in `manifest.sig`, once that keyring is verified against
+/// `root` (the signature over the manifest and key expiry are not checked: this is for a
+/// manifest that was verified when it was installed).
+pub fn keyring_sequence(sig_json: &[u8], root: &PublicKey) -> Result<u64, TrustError> {
+    let sig: ManifestSignature =
+        serde_json::from_slice(sig_json).map_err(|e| TrustError::malformed("manifest.sig", e))?;
+    Ok(sig.keyring.verify(root)?.sequence)
 }
 
 #[cfg(test)]
@@ -192,6 +209,37 @@ mod tests {
         assert_eq!(*v, sample());
         assert_eq!(v.key_id(), &k.release.key_id());
         assert_eq!(v.version.to_string(), "1.2.3");
+    }
+
+    #[test]
+    fn the_keyring_sequence_is_verified_and_checked_against_the_accepted_one() {
+        let k = snakeoil_keys(NOW + 1);
+        let ring = SignedKeyring::create_with_sequence(&k.root, 3, k.keyring.keyring.keys.clone())
+            .unwrap();
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &ring).unwrap();
+        let v = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap();
+        assert_eq!(v.keyring_sequence(), 3);
+        assert_eq!(keyring_sequence(&sj, &k.root.public()).unwrap(), 3);
+        crate::policy::check_keyring(&v, 3).unwrap();
+        let err = crate::policy::check_keyring(&v, 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TrustError::KeyringTooOld {
+                    offered: 3,
+                    accepted: 4
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("keyring 3") && text.contains("keyring 4"),
+            "{text}"
+        );
+        assert!(text.contains("current keyring"), "{text}");
+        let other = SigningKeyPair::from_secret_bytes(&[9; 32]).public();
+        assert!(keyring_sequence(&sj, &other).is_err());
     }
 
     #[test]

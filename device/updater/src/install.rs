@@ -2,8 +2,9 @@
 //! (ARCHITECTURE.md, "Update rules"):
 //!
 //! 1. read the header and verify the signature and key chain against the root key;
-//! 2. policy: product, board, newer version, `security_version` at or above the floor; the
-//!    payloads are ones this updater can place; the rootfs fits the target partition;
+//! 2. policy: product, board, newer version, `security_version` at or above the floor, a
+//!    keyring at least as new as the newest committed one; the payloads are ones this updater
+//!    can place; the rootfs fits the target partition and the boot files fit the ESP;
 //!    **nothing is written before this point**;
 //! 3. journal the install in the device state store ([`crate::state`]);
 //! 4. invalidate the target slot ([`aperture_slots::SlotManager::begin_install`]) and forget its
@@ -46,7 +47,7 @@ use aperture_slots::tegra::capsule::CapsuleDelivery;
 use aperture_slots::{plan, Event, Slot, SlotLayout};
 use aperture_trust::bundle::BundleReader;
 use aperture_trust::manifest::{Artifact, Manifest, Role, Sha256Hex};
-use aperture_trust::policy::{check_update, DeviceFacts};
+use aperture_trust::policy::{check_keyring, check_update, DeviceFacts};
 use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::TrustError;
 
@@ -280,6 +281,7 @@ impl Updater {
             }
             other => other?,
         }
+        check_keyring(&verified, state.keyring_sequence)?;
         let layout = facts.board.slot_layout();
         let place = Placement::of(&verified, layout)?;
         let rootfs = place.rootfs;

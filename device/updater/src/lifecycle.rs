@@ -5,7 +5,9 @@
 //! [`Updater::commit`] marks the running slot good (systemd-boot: the entry loses its boot
 //! counter) and then raises the floor in the device state store to the RUNNING image's
 //! `security_version`, read from its verity-protected `/etc/aperture/build.json` (not from the
-//! unsigned slot record). It is idempotent, so the health gate runs it on every
+//! unsigned slot record), and the accepted keyring sequence to that of the keyring the running
+//! slot was installed under (from the signature kept in its record, verified again against the
+//! root key): from then on a release key left out of that keyring is revoked. It is idempotent, so the health gate runs it on every
 //! boot: a power cut between the two steps is repaired by the next boot's gate. Installing
 //! never raises the floor: a new image that fails its health check must leave the old one
 //! installable.
@@ -55,6 +57,8 @@ pub struct Commit {
     pub security_floor: u64,
     /// Whether this commit raised the floor.
     pub floor_raised: bool,
+    /// The highest keyring sequence committed now.
+    pub keyring_sequence: u64,
 }
 
 impl std::fmt::Display for Commit {
@@ -86,6 +90,14 @@ impl Updater {
         let mut state = self.device_state(&store)?;
         let before = state.clone();
         let floor_raised = state.raise_floor(facts.security_version);
+        if let Some(sequence) = self.running_keyring_sequence(&store, &facts)? {
+            if state.raise_keyring_sequence(sequence) {
+                tracing::info!(
+                    "keyring {sequence} committed: bundles signed under older keyrings are \
+                     refused from now on"
+                );
+            }
+        }
         state.committed = Some(self.booted);
         if state
             .journal
@@ -104,7 +116,45 @@ impl Updater {
             was,
             security_floor: state.security_floor,
             floor_raised,
+            keyring_sequence: state.keyring_sequence,
         })
+    }
+
+    /// The sequence of the keyring the running slot was installed under: from its record's
+    /// signature, whose keyring is verified again against the root key. `None` (and a
+    /// warning) when the record is missing or is not of the running image.
+    fn running_keyring_sequence(
+        &self,
+        store: &crate::store::Store,
+        facts: &crate::BuildFacts,
+    ) -> Result<Option<u64>, UpdateError> {
+        let Some(installed) = crate::store::read_slot(store, self.booted)? else {
+            tracing::warn!(
+                "slot {} has no record; its keyring is not committed",
+                self.booted
+            );
+            return Ok(None);
+        };
+        if installed.record.version.to_string() != facts.version {
+            tracing::warn!(
+                "the record of slot {} says {} but {} runs; its keyring is not committed",
+                self.booted,
+                installed.record.version,
+                facts.version
+            );
+            return Ok(None);
+        }
+        let root = self.root_key()?;
+        match aperture_trust::signing::keyring_sequence(installed.signature.as_bytes(), &root) {
+            Ok(sequence) => Ok(Some(sequence)),
+            Err(e) => {
+                tracing::warn!(
+                    "the keyring in slot {}'s record does not verify ({e}); it is not committed",
+                    self.booted
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// Boot the other slot next (it must be good); takes effect at the next reboot.

@@ -3,12 +3,13 @@
 //! install journal, as JSON:
 //!
 //! ```json
-//! {"format":1,"security_floor":4,"committed":"a","journal":null}
+//! {"format":1,"security_floor":4,"keyring_sequence":1,"committed":"a","journal":null}
 //! ```
 //!
 //! Unknown fields are ignored on purpose (unlike signed documents): after a rollback an OLDER
-//! updater reads the state a newer one wrote, and it must still find the floor. The floor is
-//! only ever raised ([`DeviceState::raise_floor`]), and only when a slot is committed.
+//! updater reads the state a newer one wrote, and it must still find the floor. The floor and
+//! the keyring sequence are only ever raised ([`DeviceState::raise_floor`],
+//! [`DeviceState::raise_keyring_sequence`]), and only when a slot is committed.
 //!
 //! ## The journal
 //! Written (durably) after the bundle passed every header and policy check and BEFORE the
@@ -51,6 +52,10 @@ pub struct DeviceState {
     /// The lowest `security_version` an update may have.
     #[serde(default)]
     pub security_floor: u64,
+    /// The highest keyring sequence committed: bundles signed under an older keyring are
+    /// refused (a release key missing from a newer keyring is revoked).
+    #[serde(default)]
+    pub keyring_sequence: u64,
     /// The slot last committed by `commit` (the health gate), if any.
     #[serde(default)]
     pub committed: Option<Slot>,
@@ -107,6 +112,7 @@ impl Default for DeviceState {
         DeviceState {
             format: STATE_FORMAT,
             security_floor: 0,
+            keyring_sequence: 0,
             committed: None,
             journal: None,
         }
@@ -155,6 +161,17 @@ impl DeviceState {
         record.format = STATE_FORMAT;
         store.write_json(Area::Update, &record)?;
         Ok(())
+    }
+
+    /// Raise the accepted keyring sequence to `sequence` if that is higher; returns whether it
+    /// changed.
+    pub fn raise_keyring_sequence(&mut self, sequence: u64) -> bool {
+        if sequence > self.keyring_sequence {
+            self.keyring_sequence = sequence;
+            true
+        } else {
+            false
+        }
     }
 
     /// Raise the floor to `security_version` if that is higher; returns whether it changed.

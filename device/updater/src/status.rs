@@ -30,6 +30,8 @@ pub struct UpdateStatus {
     pub running: RunningImage,
     /// The anti-rollback floor.
     pub security_floor: u64,
+    /// The newest keyring committed (bundles under older keyrings are refused).
+    pub keyring_sequence: u64,
     /// The slot last committed.
     pub committed: Option<Slot>,
     /// Both slots, A first.
@@ -149,6 +151,7 @@ impl Updater {
                 board: facts.board.to_string(),
             },
             security_floor: state.security_floor,
+            keyring_sequence: state.keyring_sequence,
             committed: state.committed,
             slots,
             interrupted: state.journal.filter(|j| j.target != self.booted),
@@ -176,8 +179,9 @@ impl fmt::Display for UpdateStatus {
         )?;
         writeln!(
             f,
-            "anti-rollback floor: {}; committed slot: {}; boot control: {}",
+            "anti-rollback floor: {}; keyring: {}; committed slot: {}; boot control: {}",
             self.security_floor,
+            self.keyring_sequence,
             self.committed.map_or("none".to_string(), |s| s.to_string()),
             self.backend
         )?;
