@@ -348,7 +348,7 @@ mod tests {
         let ring = next.verify(&root.public()).unwrap();
         assert_eq!(ring.sequence, 1);
         assert!(ring.find(&release.key_id()).is_none());
-        assert_eq!(ring.keys, [spare.clone()]);
+        assert_eq!(ring.keys, std::slice::from_ref(&spare));
         // The sequence is signed: lowering it breaks the signature.
         let mut forged = next.clone();
         forged.keyring.sequence = 0;

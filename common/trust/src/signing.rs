@@ -109,7 +109,9 @@ pub fn sign_manifest(
 }
 
 /// Verifies `manifest.json` and `manifest.sig` against the trusted `root` key at time `now`
-/// (unix seconds, injected so tests and offline checks control it).
+/// (unix seconds, injected so tests and offline checks control it). The release key must be
+/// unexpired at `now` and at the manifest's own signed time (`build.source_date_epoch`), so a
+/// verifier whose clock is behind still refuses a build made after the key expired.
 ///
 /// Errors: a keyring signed by another root or a signing key not in the keyring
 /// [`TrustError::UnknownKey`]; a key at or past `not_after` [`TrustError::KeyExpired`]; a
@@ -148,6 +150,9 @@ pub fn verify_manifest(
     let manifest: Manifest = serde_json::from_slice(&canonical)
         .map_err(|e| TrustError::malformed("manifest.json", e))?;
     manifest.validate()?;
+    // The manifest's own signed time: a key cannot sign a build made after it expired, whatever
+    // the verifier's clock says.
+    entry.check_not_expired(manifest.build.source_date_epoch)?;
     Ok(VerifiedManifest {
         manifest,
         key_id: sig.key_id,
@@ -240,6 +245,18 @@ mod tests {
         assert!(text.contains("current keyring"), "{text}");
         let other = SigningKeyPair::from_secret_bytes(&[9; 32]).public();
         assert!(keyring_sequence(&sj, &other).is_err());
+    }
+
+    #[test]
+    fn a_manifest_built_after_its_key_expired_is_refused_whatever_the_clock() {
+        let built = sample().build.source_date_epoch;
+        let k = snakeoil_keys(built);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let err = verify_manifest(&mj, &sj, &k.root.public(), 0).unwrap_err();
+        assert!(matches!(err, TrustError::KeyExpired { .. }), "{err}");
+        let k = snakeoil_keys(built + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        verify_manifest(&mj, &sj, &k.root.public(), 0).unwrap();
     }
 
     #[test]

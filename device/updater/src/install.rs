@@ -1,7 +1,9 @@
 //! `install`: one bundle into the inactive slot, in the order that is the safety
 //! (ARCHITECTURE.md, "Update rules"):
 //!
-//! 1. read the header and verify the signature and key chain against the root key;
+//! 1. read the header and verify the signature and key chain against the root key, key expiry
+//!    judged against the latest of the clock, the running image's build time and the newest
+//!    signed time the device has seen (recorded with the journal: the bundle's build time);
 //! 2. policy: product, board, newer version, `security_version` at or above the floor, a
 //!    keyring at least as new as the newest committed one; the payloads are ones this updater
 //!    can place; the rootfs fits the target partition and the boot files fit the ESP;
@@ -247,7 +249,8 @@ impl Updater {
         let target = self.booted.other();
 
         // 1. Header: signature and key chain, before any payload byte is used.
-        let mut reader = BundleReader::new(bundle, &root, self.now());
+        let now = self.trusted_now(&facts, &state);
+        let mut reader = BundleReader::new(bundle, &root, now);
         let verified = reader.read_header()?;
         let header = reader
             .header_bytes()
@@ -347,6 +350,7 @@ impl Updater {
         };
         tracing::info!("{}", journal.summary());
         state.journal = Some(journal);
+        state.saw_signed_time(verified.build.source_date_epoch);
         state.save(&mut store)?;
 
         // Jetson: a capsule an earlier install delivered must not reach the firmware now that

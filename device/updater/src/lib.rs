@@ -111,7 +111,8 @@ impl Updater {
         self
     }
 
-    /// Use `clock` (unix seconds) for key expiry and journal times.
+    /// Use `clock` (unix seconds) for key expiry (never trusted below the signed times the
+    /// device knows) and journal times.
     pub fn with_clock(mut self, clock: impl Fn() -> u64 + 'static) -> Updater {
         self.clock = Box::new(clock);
         self
@@ -134,6 +135,15 @@ impl Updater {
 
     fn now(&self) -> u64 {
         (self.clock)()
+    }
+
+    /// The time key expiry is judged against: the latest of the clock, the running image's
+    /// build time and the newest signed time the device has seen, so a clock that is behind
+    /// (a flat RTC battery, a forged NTP answer) cannot make an expired key valid again.
+    fn trusted_now(&self, facts: &BuildFacts, state: &state::DeviceState) -> u64 {
+        self.now()
+            .max(facts.source_date_epoch)
+            .max(state.trusted_time)
     }
 
     /// The device state store on `board`'s state partition, written through the [`io::Io`].

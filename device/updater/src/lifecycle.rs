@@ -90,6 +90,7 @@ impl Updater {
         let mut state = self.device_state(&store)?;
         let before = state.clone();
         let floor_raised = state.raise_floor(facts.security_version);
+        state.saw_signed_time(facts.source_date_epoch);
         if let Some(sequence) = self.running_keyring_sequence(&store, &facts)? {
             if state.raise_keyring_sequence(sequence) {
                 tracing::info!(

@@ -56,6 +56,11 @@ pub struct DeviceState {
     /// refused (a release key missing from a newer keyring is revoked).
     #[serde(default)]
     pub keyring_sequence: u64,
+    /// The newest signed time this device has seen (unix seconds): the signed build time of
+    /// every bundle that passed its checks, and of every image committed. Key expiry is judged
+    /// against the latest of this, the clock and the running image's build time.
+    #[serde(default)]
+    pub trusted_time: u64,
     /// The slot last committed by `commit` (the health gate), if any.
     #[serde(default)]
     pub committed: Option<Slot>,
@@ -113,6 +118,7 @@ impl Default for DeviceState {
             format: STATE_FORMAT,
             security_floor: 0,
             keyring_sequence: 0,
+            trusted_time: 0,
             committed: None,
             journal: None,
         }
@@ -172,6 +178,11 @@ impl DeviceState {
         } else {
             false
         }
+    }
+
+    /// Remember `signed` as a signed time seen, if it is the newest.
+    pub fn saw_signed_time(&mut self, signed: u64) {
+        self.trusted_time = self.trusted_time.max(signed);
     }
 
     /// Raise the floor to `security_version` if that is higher; returns whether it changed.

@@ -32,6 +32,8 @@ pub struct UpdateStatus {
     pub security_floor: u64,
     /// The newest keyring committed (bundles under older keyrings are refused).
     pub keyring_sequence: u64,
+    /// The newest signed time seen (unix seconds): key expiry is never judged before it.
+    pub trusted_time: u64,
     /// The slot last committed.
     pub committed: Option<Slot>,
     /// Both slots, A first.
@@ -152,6 +154,7 @@ impl Updater {
             },
             security_floor: state.security_floor,
             keyring_sequence: state.keyring_sequence,
+            trusted_time: state.trusted_time.max(facts.source_date_epoch),
             committed: state.committed,
             slots,
             interrupted: state.journal.filter(|j| j.target != self.booted),
