@@ -123,7 +123,8 @@ impl Updater {
 
     /// The sequence of the keyring the running slot was installed under: from its record's
     /// signature, whose keyring is verified again against the root key. `None` (and a
-    /// warning) when the record is missing or is not of the running image.
+    /// warning) when the record is missing, is not of the running image, or does not verify:
+    /// a commit (the health gate's) never fails for it.
     fn running_keyring_sequence(
         &self,
         store: &crate::store::Store,
@@ -145,7 +146,13 @@ impl Updater {
             );
             return Ok(None);
         }
-        let root = self.root_key()?;
+        let root = match self.root_key() {
+            Ok(root) => root,
+            Err(e) => {
+                tracing::warn!("{e}; the running slot's keyring is not committed");
+                return Ok(None);
+            }
+        };
         match aperture_trust::signing::keyring_sequence(installed.signature.as_bytes(), &root) {
             Ok(sequence) => Ok(Some(sequence)),
             Err(e) => {
