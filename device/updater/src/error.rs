@@ -103,6 +103,20 @@ pub enum UpdateError {
         reason: String,
     },
 
+    /// The TPM's anti-rollback counters could not be read or raised.
+    #[error("{op} the TPM counter of the {counter} (NV index {index:#x})")]
+    Tpm {
+        /// What was being done.
+        op: &'static str,
+        /// Which counter.
+        counter: &'static str,
+        /// Its NV index.
+        index: u32,
+        /// The tpm2-tools command that failed.
+        #[source]
+        err: aperture_sys::CmdError,
+    },
+
     /// Another program holds the slots lock (or it could not be taken).
     #[error(transparent)]
     Lock(#[from] aperture_appliance::lock::LockError),

@@ -270,10 +270,11 @@ impl Updater {
                 ),
             });
         }
+        let (floor, accepted_keyring) = self.floors(&state)?;
         let device = DeviceFacts {
             board: facts.board.to_string(),
             version: running,
-            security_floor: state.security_floor,
+            security_floor: floor,
         };
         match check_update(&verified, &device) {
             Err(TrustError::NotNewer { version }) => {
@@ -284,7 +285,7 @@ impl Updater {
             }
             other => other?,
         }
-        check_keyring(&verified, state.keyring_sequence)?;
+        check_keyring(&verified, accepted_keyring)?;
         let layout = facts.board.slot_layout();
         let place = Placement::of(&verified, layout)?;
         let rootfs = place.rootfs;

@@ -10,13 +10,16 @@
 //! | device state | [`store`] on the `aperture_state` partition of the disk | the same, on the file disk |
 //! | boot control | [`aperture_slots::SystemdBoot`] on the ESP | `SystemdBoot` on a temp ESP, or `FakeBootControl` |
 //! | [`io::Io`] | [`io::RealIo`] | [`io::FaultIo`]: power cut at operation N |
+//! | [`tpm::Counters`] | [`tpm::Tpm2Tools`] where the board has a TPM, else [`tpm::NoTpm`] | [`tpm::FakeCounters`] |
 //! | clock | system time | a fixed time ([`Updater::with_clock`]) |
 //!
 //! Operations:
 //! * [`Updater::install`] ([`install`] documents the order, which is the safety);
 //! * [`Updater::status`] ([`status::UpdateStatus`], also embedded in the agent's status);
-//! * [`Updater::commit`]: mark the running slot good and raise the anti-rollback floor to the
-//!   running image's `security_version` (the ONLY place the floor rises);
+//! * [`Updater::commit`]: mark the running slot good, raise the anti-rollback floor to the
+//!   running image's `security_version` and the accepted keyring sequence to its keyring's (the
+//!   ONLY place they rise), in the state store and, where the board has a TPM, in its NV
+//!   counters ([`tpm`]; the effective values are the higher of the two);
 //! * [`Updater::rollback`]: boot the other (good) slot next;
 //!
 //! Install, commit and rollback hold the slots lock (`/run/aperture/slots.lock`,
@@ -35,6 +38,7 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod tpm;
 
 use std::sync::Arc;
 
@@ -55,6 +59,7 @@ pub struct Updater {
     disk: Box<dyn disk::Disk>,
     boot: Box<dyn BootControl>,
     io: Arc<dyn io::Io>,
+    counters: Arc<dyn tpm::Counters>,
     clock: Box<dyn Fn() -> u64>,
     booted: Slot,
 }
@@ -84,6 +89,7 @@ impl Updater {
             disk,
             boot,
             io: Arc::new(io::RealIo),
+            counters: Arc::new(tpm::NoTpm),
             clock: Box::new(aperture_trust::now_unix),
             booted,
         }
@@ -102,7 +108,18 @@ impl Updater {
         let booted = facts::booted_slot(&paths.cmdline)?;
         let facts = facts::load(&paths.build_facts)?;
         let boot = boot_control_for(facts.board, &paths, &*disk, Arc::new(io::RealIo))?;
-        Ok(Updater::new(paths, disk, boot, booted))
+        let counters: Arc<dyn tpm::Counters> = if facts.tpm {
+            Arc::new(tpm::Tpm2Tools::device(&paths.tpm_device))
+        } else {
+            Arc::new(tpm::NoTpm)
+        };
+        Ok(Updater::new(paths, disk, boot, booted).with_counters(counters))
+    }
+
+    /// Keep the floor and the keyring sequence in `counters` too (the TPM; a fake in tests).
+    pub fn with_counters(mut self, counters: Arc<dyn tpm::Counters>) -> Updater {
+        self.counters = counters;
+        self
     }
 
     /// Route every write, fsync, rename and boot-control step through `io` (fault injection).
@@ -170,6 +187,27 @@ impl Updater {
         Ok(state)
     }
 
+    /// The effective anti-rollback floor and accepted keyring sequence: the higher of the
+    /// store's and the TPM counters'. A TPM that cannot be read is an error: nothing is
+    /// installed without knowing the floor.
+    fn floors(&self, state: &state::DeviceState) -> Result<(u64, u64), UpdateError> {
+        let floor = self.counters.read(tpm::Counter::SecurityFloor)?;
+        let keyring = self.counters.read(tpm::Counter::KeyringSequence)?;
+        Ok((
+            state.security_floor.max(floor),
+            state.keyring_sequence.max(keyring),
+        ))
+    }
+
+    /// [`Updater::floors`] for reports and commits, which must not fail for the TPM: on an
+    /// error, the store's values (and the error, logged).
+    fn floors_or_store(&self, state: &state::DeviceState) -> (u64, u64) {
+        self.floors(state).unwrap_or_else(|e| {
+            tracing::error!("{}; using the state store's floor alone", error_chain(&e));
+            (state.security_floor, state.keyring_sequence)
+        })
+    }
+
     /// Take the slots lock for `aperture-update <verb>`, waiting at most `wait` for its holder.
     fn lock(&self, verb: &str, wait: std::time::Duration) -> Result<SlotsLock, UpdateError> {
         Ok(SlotsLock::acquire(
@@ -197,6 +235,18 @@ impl Updater {
             self.booted,
         )
     }
+}
+
+/// An error and its causes, on one line (for logs).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The boot control for a board: systemd-boot on the ESP for the qemu boards, its entry files

@@ -38,6 +38,7 @@ use serde::Serialize;
 use aperture_slots::{BootState, Slot, SlotStatus};
 
 use crate::state::Journal;
+use crate::tpm::Counter;
 use crate::{UpdateError, Updater};
 
 /// How long a commit waits for the slots lock: the health gate's commit must not fail because
@@ -89,6 +90,10 @@ impl Updater {
         let mut store = self.store(facts.board)?;
         let mut state = self.device_state(&store)?;
         let before = state.clone();
+        // What the TPM holds counts too (it survives a lost or lowered record).
+        let (tpm_floor, tpm_keyring) = self.floors_or_store(&state);
+        state.raise_floor(tpm_floor);
+        state.raise_keyring_sequence(tpm_keyring);
         let floor_raised = state.raise_floor(facts.security_version);
         state.saw_signed_time(facts.source_date_epoch);
         if let Some(sequence) = self.running_keyring_sequence(&store, &facts)? {
@@ -111,6 +116,7 @@ impl Updater {
         if state != before {
             state.save(&mut store)?;
         }
+        self.raise_counters(&state);
         Ok(Commit {
             slot: self.booted,
             version: facts.version,
@@ -161,6 +167,23 @@ impl Updater {
                     self.booted
                 );
                 Ok(None)
+            }
+        }
+    }
+
+    /// Raise the TPM counters to the committed values. A failure is logged, never fatal: the
+    /// health gate commits on every boot, so the next boot tries again.
+    fn raise_counters(&self, state: &crate::state::DeviceState) {
+        for (counter, value) in [
+            (Counter::SecurityFloor, state.security_floor),
+            (Counter::KeyringSequence, state.keyring_sequence),
+        ] {
+            if let Err(e) = self.counters.raise(counter, value) {
+                tracing::error!(
+                    "{}; the state store keeps the {} ({value}) alone until the next commit",
+                    crate::error_chain(&e),
+                    counter.name()
+                );
             }
         }
     }

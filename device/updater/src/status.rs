@@ -116,6 +116,7 @@ impl Updater {
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let store = self.store(facts.board)?;
         let state = self.device_state(&store)?;
+        let (floor, keyring) = self.floors_or_store(&state);
         let boot = self.boot.read()?;
         let mut slots = Vec::new();
         for slot in Slot::ALL {
@@ -152,8 +153,8 @@ impl Updater {
                 security_version: facts.security_version,
                 board: facts.board.to_string(),
             },
-            security_floor: state.security_floor,
-            keyring_sequence: state.keyring_sequence,
+            security_floor: floor,
+            keyring_sequence: keyring,
             trusted_time: state.trusted_time.max(facts.source_date_epoch),
             committed: state.committed,
             slots,
