@@ -34,6 +34,7 @@ pub mod install;
 pub mod io;
 pub mod lifecycle;
 pub mod paths;
+mod readback;
 pub mod source;
 pub mod state;
 pub mod status;
