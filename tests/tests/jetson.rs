@@ -324,8 +324,15 @@ fn install_bundle_on_the_disk(r: &Recipe, out: &Path, m: &Manifest, root: &Publi
         read_first(&layout.rootfs(Slot::A)),
         read_first(&layout.kernel(Slot::A).unwrap()),
     ];
-    let tegra =
-        || Tegra::new(paths.efivars.clone(), paths.aperture_dir()).with_capsules(paths.esp.clone());
+    let tegra = || {
+        let ledger = aperture_updater::store::open(
+            &FileDisk::new(&disk),
+            r.board,
+            std::sync::Arc::new(aperture_updater::io::RealIo),
+        )
+        .unwrap();
+        Tegra::new(paths.efivars.clone(), Box::new(ledger)).with_capsules(paths.esp.clone())
+    };
     let mut updater = aperture_updater::Updater::new(
         paths.clone(),
         Box::new(FileDisk::new(&disk)),

@@ -79,8 +79,8 @@ pub enum SlotsError {
         reason: String,
     },
 
-    /// A state file, boot entry or variable could not be understood.
-    #[error("{path} is malformed: {reason}; repair or remove it (status shows what the backend expects)")]
+    /// A ledger, boot entry or variable could not be understood.
+    #[error("{path} is malformed: {reason}")]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -111,6 +111,10 @@ pub enum SlotsError {
         source: io::Error,
     },
 
+    /// The device state store (the Tegra ledger's home) failed.
+    #[error(transparent)]
+    Store(#[from] aperture_appliance::store::StoreError),
+
     /// A slot name other than `a` or `b`.
     #[error(transparent)]
     InvalidSlotName(#[from] aperture_appliance::slot::InvalidSlot),
@@ -121,6 +125,16 @@ pub enum SlotsError {
         /// The 1-based number of the persist call that failed.
         call: usize,
     },
+}
+
+impl From<aperture_sys::FsError> for SlotsError {
+    fn from(e: aperture_sys::FsError) -> SlotsError {
+        SlotsError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.err,
+        }
+    }
 }
 
 impl SlotsError {

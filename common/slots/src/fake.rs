@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{read_optional, write_atomic};
 use crate::manager::BootControl;
 use crate::state::{apply_step, simulate_boot, BootState, Step};
 use crate::{Slot, SlotsError};
+use aperture_sys::fs::{read_optional, write_atomic};
 
 /// Boot control held in memory or in one JSON file, for tests.
 ///
@@ -45,7 +45,7 @@ impl FakeBootControl {
     pub fn open(path: impl Into<PathBuf>) -> Result<FakeBootControl, SlotsError> {
         let path = path.into();
         let state = match read_optional(&path)? {
-            Some(text) => parse(&path, &text)?,
+            Some(bytes) => parse(&path, &bytes)?,
             None => {
                 let state = BootState::fresh();
                 store(&path, &state)?;
@@ -102,7 +102,7 @@ impl FakeBootControl {
         match &self.file {
             None => Ok(self.state.clone()),
             Some(path) => match read_optional(path)? {
-                Some(text) => parse(path, &text),
+                Some(bytes) => parse(path, &bytes),
                 None => Err(SlotsError::Malformed {
                     path: path.clone(),
                     reason: "the state file disappeared".into(),
@@ -148,8 +148,8 @@ impl BootControl for FakeBootControl {
     }
 }
 
-fn parse(path: &Path, text: &str) -> Result<BootState, SlotsError> {
-    serde_json::from_str::<BootState>(text)
+fn parse(path: &Path, bytes: &[u8]) -> Result<BootState, SlotsError> {
+    serde_json::from_slice::<BootState>(bytes)
         .map(BootState::normalized)
         .map_err(|e| SlotsError::Malformed {
             path: path.to_path_buf(),
@@ -163,5 +163,5 @@ fn store(path: &Path, state: &BootState) -> Result<(), SlotsError> {
         reason: e.to_string(),
     })?;
     text.push('\n');
-    write_atomic(path, text.as_bytes())
+    Ok(write_atomic(path, text.as_bytes(), 0o644)?)
 }

@@ -18,8 +18,8 @@
 //! * qemu-x86_64: `SystemdBoot::new(esp)` with the ESP mounted read-write (no `nofail`, so it
 //!   is there before `systemd-bless-boot` runs). The updater writes `aperture/<slot>/vmlinuz`
 //!   and `initrd.img` before arming; arming refuses an entry whose files are missing.
-//! * Jetson: `Tegra::new(Tegra::DEVICE_EFIVARS.into(), state_dir)` with `state_dir` on a
-//!   partition both slots share (the updater uses `/efi/aperture` on the ESP); the slot's
+//! * Jetson: `Tegra::new(Tegra::DEVICE_EFIVARS.into(), ledger)` with the ledger in the device
+//!   state store (`aperture_appliance::StateStore` implements [`tegra::Ledger`]); the slot's
 //!   partitions come from [`SlotLayout`], its boot image format from [`tegra::bootimg`], and a
 //!   boot-firmware capsule goes through [`tegra::capsule`] with
 //!   [`SlotManager::arm_leaving_next`].
@@ -53,8 +53,8 @@
 
 pub mod cmdline;
 mod error;
+pub mod esp;
 mod fake;
-mod fsutil;
 mod manager;
 mod slot;
 pub mod state;
@@ -63,6 +63,7 @@ pub mod tegra;
 
 pub use aperture_appliance::{ChainNaming, SlotLayout};
 pub use error::SlotsError;
+pub use esp::{EspOps, RealEsp};
 pub use fake::FakeBootControl;
 pub use manager::{BootControl, SlotManager, SlotReport, StatusReport};
 pub use slot::{Slot, SlotBoot, CMDLINE_KEY};

@@ -21,6 +21,13 @@ pub trait BootControl {
     /// leaves a state equal to the one before or after the step as far as booting goes.
     fn persist(&mut self, step: &Step) -> Result<(), SlotsError>;
 
+    /// Remove what a power cut in the middle of a write or rename left behind (a backend that
+    /// can be left so says how it reads such a state); returns what was removed. Run before
+    /// every change of the boot state; the default has nothing to do.
+    fn tidy(&mut self) -> Result<Vec<String>, SlotsError> {
+        Ok(Vec::new())
+    }
+
     /// SIMULATION ONLY: act as the firmware or boot loader does at power-on (choose a slot,
     /// count a try, fall back) on the backend's files, and return the slot booted. Tests use it
     /// to reboot without a machine; on a device the real loader does this and nothing should
@@ -37,6 +44,9 @@ impl<T: BootControl + ?Sized> BootControl for Box<T> {
     }
     fn persist(&mut self, step: &Step) -> Result<(), SlotsError> {
         (**self).persist(step)
+    }
+    fn tidy(&mut self) -> Result<Vec<String>, SlotsError> {
+        (**self).tidy()
     }
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
         (**self).loader_boot()
@@ -111,6 +121,7 @@ impl<B: BootControl> SlotManager<B> {
         tries: u32,
         boot: &SlotBoot,
     ) -> Result<BootState, SlotsError> {
+        self.backend.tidy()?;
         let state = self.backend.read()?;
         let (mut after, steps) = plan(
             &state,
@@ -160,9 +171,11 @@ impl<B: BootControl> SlotManager<B> {
         })
     }
 
-    /// Plan `event` against the state on disk and persist every step in order. On an error
-    /// the steps already persisted stay: by construction that is a safe state.
+    /// Tidy the backend, plan `event` against the state on disk and persist every step in
+    /// order. On an error the steps already persisted stay: by construction that is a safe
+    /// state.
     fn apply(&mut self, event: Event) -> Result<BootState, SlotsError> {
+        self.backend.tidy()?;
         let state = self.backend.read()?;
         let (after, steps) = plan(&state, self.booted, event)?;
         for step in &steps {

@@ -9,9 +9,9 @@ use std::path::Path;
 
 use aperture_slots::{
     apply_step, plan, simulate_boot, write_initial_esp, BootControl, BootState, Event,
-    FakeBootControl, Slot, SlotManager, SlotStatus, SystemdBoot, Tegra,
+    FakeBootControl, Slot, SlotManager, SlotStatus, SystemdBoot,
 };
-use common::{boot, copy_tree, put_boot_files, put_var};
+use common::{boot, copy_tree, put_boot_files, put_var, tegra_at};
 
 /// How to lay out a fresh backend in a folder and open it again there.
 struct Rig {
@@ -48,7 +48,7 @@ const RIGS: [Rig; 3] = [
                 put_var(&efivars, name, value);
             }
         },
-        open: |root| Box::new(Tegra::new(root.join("efivars"), root.join("state"))),
+        open: |root| Box::new(tegra_at(&root.join("efivars"), &root.join("ledger.json"))),
     },
 ];
 

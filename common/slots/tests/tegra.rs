@@ -5,13 +5,11 @@ mod common;
 
 use std::fs::File;
 
-use aperture_slots::tegra::{
-    STATE_FILE, VAR_FW_NEXT, VAR_RETRY_COUNT_MAX, VAR_STATUS_A, VAR_STATUS_B,
-};
+use aperture_slots::tegra::{VAR_FW_NEXT, VAR_RETRY_COUNT_MAX, VAR_STATUS_A, VAR_STATUS_B};
 use aperture_slots::{
     BootControl, BootState, Slot, SlotManager, SlotStatus, SlotsError, Step, Tegra,
 };
-use common::{boot, fresh_tegra, get_var, put_var};
+use common::{boot, fresh_tegra, get_var, ledger_json, put_var, tegra_at};
 use rustix::fs::IFlags;
 
 fn var(t: &Tegra, name: &str) -> Option<u32> {
@@ -19,17 +17,16 @@ fn var(t: &Tegra, name: &str) -> Option<u32> {
 }
 
 fn ledger(t: &Tegra) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(t.state_file()).unwrap()).unwrap()
+    ledger_json(std::path::Path::new(&t.ledger_store().describe())).unwrap()
 }
 
 #[test]
 fn fresh_device_reads_both_good() {
     let (dir, tegra) = fresh_tegra();
     assert_eq!(tegra.read().unwrap(), BootState::fresh());
-    assert!(!tegra.state_file().exists(), "reading writes nothing");
-    assert_eq!(
-        tegra.state_file(),
-        dir.path().join("state").join(STATE_FILE)
+    assert!(
+        !dir.path().join("ledger.json").exists(),
+        "reading writes nothing"
     );
     assert_eq!(
         tegra.variable_path("BootChainFwNext"),
@@ -39,7 +36,7 @@ fn fresh_device_reads_both_good() {
     );
     // Absent variables take the firmware defaults.
     let empty = tempfile::tempdir().unwrap();
-    let bare = Tegra::new(empty.path().to_path_buf(), empty.path().join("state"));
+    let bare = tegra_at(empty.path(), &empty.path().join("ledger.json"));
     assert_eq!(bare.read().unwrap(), BootState::fresh());
 }
 
@@ -219,19 +216,20 @@ fn refusals_and_malformed_variables() {
     );
 
     put_var(tegra.efivars_dir(), VAR_FW_NEXT, 0);
-    std::fs::write(tegra.state_file(), "{not json").unwrap();
+    std::fs::write(tegra.ledger_store().describe(), "{not json").unwrap();
     let err = tegra.read().unwrap_err();
-    assert!(err.to_string().contains(STATE_FILE), "{err}");
+    assert!(err.to_string().contains("ledger.json"), "{err}");
+    assert!(!err.to_string().contains("remove"), "{err}");
 }
 
-/// A power cut inside a step (between its variable and file writes) reads as the state before
-/// or after the step, never as a bootable half-written slot. Failures are provoked by putting a
-/// folder where a file must be written.
+/// A power cut inside a step (between its variable and ledger writes) reads as the state before
+/// or after the step, never as a bootable half-written slot. Failures are provoked by blocking
+/// the ledger's writes, or by putting a folder where a variable must be written.
 #[test]
 fn crash_inside_a_step_never_exposes_a_half_written_slot() {
     let (dir, tegra) = fresh_tegra();
-    let blocker = dir.path().join("state").join(format!("{STATE_FILE}.tmp"));
-    std::fs::create_dir_all(&blocker).unwrap();
+    let blocker = dir.path().join("ledger.block");
+    std::fs::write(&blocker, "").unwrap();
     let mut on_a = SlotManager::new(tegra, Slot::A);
     // Invalidate: the variable is written, the state file is not.
     assert!(matches!(
@@ -244,7 +242,7 @@ fn crash_inside_a_step_never_exposes_a_half_written_slot() {
         (SlotStatus::Unbootable, Slot::A)
     );
     assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::A);
-    std::fs::remove_dir(&blocker).unwrap();
+    std::fs::remove_file(&blocker).unwrap();
     on_a.begin_install(Slot::B).unwrap();
 
     // Arm: state file and retry count written, the status variable not cleared.

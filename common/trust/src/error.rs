@@ -41,6 +41,18 @@ pub enum TrustError {
         /// Unix seconds after which the key is no longer accepted.
         not_after: u64,
     },
+    /// The bundle is signed under a keyring older than the newest one the appliance accepted.
+    #[error(
+        "the bundle is signed under keyring {offered}, older than keyring {accepted} that this \
+         appliance has accepted (a release key left out of a newer keyring is revoked): sign \
+         the bundle under the current keyring (sequence {accepted} or later)"
+    )]
+    KeyringTooOld {
+        /// The sequence of the bundle's keyring.
+        offered: u64,
+        /// The highest sequence the appliance has accepted.
+        accepted: u64,
+    },
     /// Content does not hash to what the signed manifest says.
     #[error(
         "{artifact}: sha256 is {actual} but the signed manifest says {expected}; the file was \

@@ -11,6 +11,14 @@
 //! ```
 //!
 //! The signature is the root's ed25519 signature over the canonical bytes of `keyring`.
+//!
+//! ## Revocation
+//! A keyring carries a `sequence` (absent means 0, the first keyring), signed with it. A newer
+//! keyring, made by [`SignedKeyring::revoke`] with a leaked release key left out, has a higher
+//! sequence. An appliance remembers the highest sequence it has committed to and refuses bundles
+//! signed under an older keyring ([`crate::policy::check_keyring`]), so once a keyring without
+//! the leaked key is committed, the leaked key stops working, even inside an older,
+//! validly root-signed keyring.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -32,6 +40,15 @@ pub struct Keyring {
     pub root_key_id: KeyId,
     /// The release keys.
     pub keys: Vec<KeyringEntry>,
+    /// Monotonic number of this keyring: each revocation signs a keyring with a higher one.
+    /// 0 (the first keyring) is left out of the JSON, so keyrings from before sequences keep
+    /// their signatures.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sequence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One release key in a [`Keyring`].
@@ -124,16 +141,61 @@ pub struct SignedKeyring {
 }
 
 impl SignedKeyring {
-    /// Builds and signs a keyring listing `keys` with `root`.
+    /// Builds and signs the first keyring (sequence 0) listing `keys` with `root`.
     pub fn create(root: &SigningKeyPair, keys: Vec<KeyringEntry>) -> Result<Self, TrustError> {
+        SignedKeyring::create_with_sequence(root, 0, keys)
+    }
+
+    /// Builds and signs a keyring with `sequence` listing `keys` with `root`.
+    pub fn create_with_sequence(
+        root: &SigningKeyPair,
+        sequence: u64,
+        keys: Vec<KeyringEntry>,
+    ) -> Result<Self, TrustError> {
         let keyring = Keyring {
             format: KEYRING_FORMAT,
             root_key_id: root.key_id(),
             keys,
+            sequence,
         };
         keyring.validate()?;
         let signature = hex::encode(root.sign(&to_canonical_bytes(&keyring)?));
         Ok(SignedKeyring { keyring, signature })
+    }
+
+    /// The next keyring: this one without release key `key_id` (and with `replacement`
+    /// added, if given), sequence + 1, signed by `root`, which must be the root that signed
+    /// this one. Refused if `key_id` is not listed, or if no release key would be left (then
+    /// nothing could sign an update).
+    pub fn revoke(
+        &self,
+        root: &SigningKeyPair,
+        key_id: &KeyId,
+        replacement: Option<KeyringEntry>,
+    ) -> Result<SignedKeyring, TrustError> {
+        let current = self.verify(&root.public())?;
+        if current.find(key_id).is_none() {
+            return Err(TrustError::UnknownKey {
+                key_id: key_id.to_string(),
+            });
+        }
+        let mut keys: Vec<KeyringEntry> = current
+            .keys
+            .iter()
+            .filter(|k| &k.key_id != key_id)
+            .cloned()
+            .collect();
+        keys.extend(replacement);
+        if keys.is_empty() {
+            return Err(TrustError::malformed(
+                "the revoked keyring",
+                format!(
+                    "revoking {key_id} leaves no release key, so nothing could sign an update; \
+                     revoke it with a replacement key"
+                ),
+            ));
+        }
+        SignedKeyring::create_with_sequence(root, current.sequence + 1, keys)
     }
 
     /// Verifies the keyring against the trusted `root` key and returns it.
@@ -265,6 +327,42 @@ mod tests {
         let mut value = serde_json::to_value(&signed).unwrap();
         value["keyring"]["extra"] = serde_json::json!(1);
         assert!(serde_json::from_value::<SignedKeyring>(value).is_err());
+    }
+
+    #[test]
+    fn keyrings_without_a_sequence_keep_their_signature_and_read_as_sequence_0() {
+        let (root, _, signed) = keyring();
+        let json = serde_json::to_value(&signed).unwrap();
+        assert!(json["keyring"].get("sequence").is_none(), "{json}");
+        let back: SignedKeyring = serde_json::from_value(json).unwrap();
+        assert_eq!(back.verify(&root.public()).unwrap().sequence, 0);
+    }
+
+    #[test]
+    fn revoking_drops_the_key_raises_the_sequence_and_is_signed_by_the_root() {
+        let (root, release, signed) = keyring();
+        let spare = KeyringEntry::new(snakeoil(5).public(), "release-spare", 2_000_000_000);
+        let next = signed
+            .revoke(&root, &release.key_id(), Some(spare.clone()))
+            .unwrap();
+        let ring = next.verify(&root.public()).unwrap();
+        assert_eq!(ring.sequence, 1);
+        assert!(ring.find(&release.key_id()).is_none());
+        assert_eq!(ring.keys, std::slice::from_ref(&spare));
+        // The sequence is signed: lowering it breaks the signature.
+        let mut forged = next.clone();
+        forged.keyring.sequence = 0;
+        assert!(matches!(
+            forged.verify(&root.public()),
+            Err(TrustError::BadSignature { .. })
+        ));
+        // Not listed, the last key, or another root: refused.
+        let err = next.revoke(&root, &release.key_id(), None).unwrap_err();
+        assert!(matches!(err, TrustError::UnknownKey { .. }), "{err}");
+        let err = next.revoke(&root, &spare.key_id, None).unwrap_err();
+        assert!(err.to_string().contains("leaves no release key"), "{err}");
+        let err = next.revoke(&snakeoil(9), &spare.key_id, None).unwrap_err();
+        assert!(matches!(err, TrustError::UnknownKey { .. }), "{err}");
     }
 
     #[test]

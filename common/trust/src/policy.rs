@@ -5,6 +5,7 @@
 //! [`crate::bundle::BundleReader::read_header`]) and before writing anything.
 
 use crate::manifest::Manifest;
+use crate::signing::VerifiedManifest;
 use crate::TrustError;
 
 /// What the appliance knows about itself.
@@ -46,6 +47,20 @@ pub fn check_update(manifest: &Manifest, device: &DeviceFacts) -> Result<(), Tru
         return Err(TrustError::SecurityVersionTooLow {
             floor: device.security_floor,
             offered: manifest.security_version,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `verified` was signed under a keyring at least as new as the newest one the
+/// appliance has accepted (`accepted`, its committed keyring sequence): an older keyring may
+/// still list a release key that was revoked since, so it is refused with
+/// [`TrustError::KeyringTooOld`].
+pub fn check_keyring(verified: &VerifiedManifest, accepted: u64) -> Result<(), TrustError> {
+    if verified.keyring_sequence() < accepted {
+        return Err(TrustError::KeyringTooOld {
+            offered: verified.keyring_sequence(),
+            accepted,
         });
     }
     Ok(())

@@ -105,10 +105,10 @@ impl SlotRecord {
     /// Parse a record.
     pub fn from_json(bytes: &[u8]) -> Result<SlotRecord, TrustError> {
         let r: SlotRecord =
-            serde_json::from_slice(bytes).map_err(|e| TrustError::malformed("slot.json", e))?;
+            serde_json::from_slice(bytes).map_err(|e| TrustError::malformed("slot record", e))?;
         if r.format != 1 {
             return Err(TrustError::malformed(
-                "slot.json",
+                "slot record",
                 format!("format {} is not 1", r.format),
             ));
         }

@@ -43,12 +43,18 @@ pub struct ManifestSignature {
 pub struct VerifiedManifest {
     manifest: Manifest,
     key_id: KeyId,
+    keyring_sequence: u64,
 }
 
 impl VerifiedManifest {
     /// The release key that signed the manifest.
     pub fn key_id(&self) -> &KeyId {
         &self.key_id
+    }
+
+    /// The sequence of the root-signed keyring that lists the signing key.
+    pub fn keyring_sequence(&self) -> u64 {
+        self.keyring_sequence
     }
 
     /// The manifest.
@@ -103,7 +109,9 @@ pub fn sign_manifest(
 }
 
 /// Verifies `manifest.json` and `manifest.sig` against the trusted `root` key at time `now`
-/// (unix seconds, injected so tests and offline checks control it).
+/// (unix seconds, injected so tests and offline checks control it). The release key must be
+/// unexpired at `now` and at the manifest's own signed time (`build.source_date_epoch`), so a
+/// verifier whose clock is behind still refuses a build made after the key expired.
 ///
 /// Errors: a keyring signed by another root or a signing key not in the keyring
 /// [`TrustError::UnknownKey`]; a key at or past `not_after` [`TrustError::KeyExpired`]; a
@@ -128,6 +136,7 @@ pub fn verify_manifest(
         ));
     }
     let keyring = sig.keyring.verify(root)?;
+    let keyring_sequence = keyring.sequence;
     let entry = keyring
         .find(&sig.key_id)
         .ok_or_else(|| TrustError::UnknownKey {
@@ -141,10 +150,23 @@ pub fn verify_manifest(
     let manifest: Manifest = serde_json::from_slice(&canonical)
         .map_err(|e| TrustError::malformed("manifest.json", e))?;
     manifest.validate()?;
+    // The manifest's own signed time: a key cannot sign a build made after it expired, whatever
+    // the verifier's clock says.
+    entry.check_not_expired(manifest.build.source_date_epoch)?;
     Ok(VerifiedManifest {
         manifest,
         key_id: sig.key_id,
+        keyring_sequence,
     })
+}
+
+/// The sequence of the keyring in `manifest.sig`, once that keyring is verified against
+/// `root` (the signature over the manifest and key expiry are not checked: this is for a
+/// manifest that was verified when it was installed).
+pub fn keyring_sequence(sig_json: &[u8], root: &PublicKey) -> Result<u64, TrustError> {
+    let sig: ManifestSignature =
+        serde_json::from_slice(sig_json).map_err(|e| TrustError::malformed("manifest.sig", e))?;
+    Ok(sig.keyring.verify(root)?.sequence)
 }
 
 #[cfg(test)]
@@ -192,6 +214,49 @@ mod tests {
         assert_eq!(*v, sample());
         assert_eq!(v.key_id(), &k.release.key_id());
         assert_eq!(v.version.to_string(), "1.2.3");
+    }
+
+    #[test]
+    fn the_keyring_sequence_is_verified_and_checked_against_the_accepted_one() {
+        let k = snakeoil_keys(NOW + 1);
+        let ring = SignedKeyring::create_with_sequence(&k.root, 3, k.keyring.keyring.keys.clone())
+            .unwrap();
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &ring).unwrap();
+        let v = verify_manifest(&mj, &sj, &k.root.public(), NOW).unwrap();
+        assert_eq!(v.keyring_sequence(), 3);
+        assert_eq!(keyring_sequence(&sj, &k.root.public()).unwrap(), 3);
+        crate::policy::check_keyring(&v, 3).unwrap();
+        let err = crate::policy::check_keyring(&v, 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TrustError::KeyringTooOld {
+                    offered: 3,
+                    accepted: 4
+                }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("keyring 3") && text.contains("keyring 4"),
+            "{text}"
+        );
+        assert!(text.contains("current keyring"), "{text}");
+        let other = SigningKeyPair::from_secret_bytes(&[9; 32]).public();
+        assert!(keyring_sequence(&sj, &other).is_err());
+    }
+
+    #[test]
+    fn a_manifest_built_after_its_key_expired_is_refused_whatever_the_clock() {
+        let built = sample().build.source_date_epoch;
+        let k = snakeoil_keys(built);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let err = verify_manifest(&mj, &sj, &k.root.public(), 0).unwrap_err();
+        assert!(matches!(err, TrustError::KeyExpired { .. }), "{err}");
+        let k = snakeoil_keys(built + 1);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        verify_manifest(&mj, &sj, &k.root.public(), 0).unwrap();
     }
 
     #[test]

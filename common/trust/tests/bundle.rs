@@ -30,6 +30,26 @@ fn good_bundle_round_trip() {
     reader.verify_payloads().unwrap();
 }
 
+/// The reader hands back the exact manifest and signature bytes it verified (so the updater
+/// records them without a tar parser of its own), and nothing before or without verification.
+#[test]
+fn the_reader_hands_back_the_header_bytes_it_verified() {
+    let f = fixture();
+    let bundle = f.bundle();
+    let mut reader = BundleReader::new(&bundle[..], &f.root.public(), NOW);
+    assert!(reader.header_bytes().is_none());
+    reader.read_header().unwrap();
+    let h = reader.header_bytes().unwrap().clone();
+    assert_eq!(h.manifest_json, f.manifest_json);
+    assert_eq!(h.sig_json, f.sig_json);
+    reader.verify_payloads().unwrap();
+    assert_eq!(reader.header_bytes(), Some(&h), "kept after the payloads");
+    // A header that does not verify hands back nothing.
+    let mut reader = BundleReader::new(&bundle[..], &snakeoil(9).public(), NOW);
+    assert!(reader.read_header().is_err());
+    assert!(reader.header_bytes().is_none());
+}
+
 #[test]
 fn good_bundle_is_a_standard_deterministic_tar() {
     let f = fixture();

@@ -10,11 +10,16 @@ use std::time::Duration;
 use aperture_agent::health::{run_gate, GateOptions, GateReport, HealthError, UnitProbe};
 use aperture_agent::host::Host;
 use aperture_agent::status::{gather, BuildFacts};
+use aperture_appliance::store::PARTITION_BYTES;
+use aperture_appliance::{Area, Board};
 use aperture_slots::{BootControl, Slot, SlotManager, SlotStatus, SystemdBoot};
 use aperture_trust::manifest::Sha256Hex;
-use aperture_trust::record::{FileRecord, SlotRecord};
+use aperture_trust::record::{FileRecord, InstalledSlot, SlotRecord};
 use aperture_trust::verity::VerityInfo;
+use aperture_updater::disk::PartlabelDisk;
+use aperture_updater::io::RealIo;
 use aperture_updater::state::DeviceState;
+use aperture_updater::store::Store;
 use aperture_updater::{Paths, Updater};
 
 const UNITS: [&str; 2] = ["aperture-runtime.service", "ssh.service"];
@@ -74,6 +79,35 @@ fn record(version: &str, security_version: u64) -> SlotRecord {
     }
 }
 
+/// The device state store: a file standing in for the `aperture_state` partition.
+fn store(paths: &Paths) -> Store {
+    let part = paths.partlabel_dir.join("aperture_state");
+    if !part.exists() {
+        fs::create_dir_all(&paths.partlabel_dir).unwrap();
+        fs::File::create(&part)
+            .unwrap()
+            .set_len(PARTITION_BYTES)
+            .unwrap();
+    }
+    let disk = PartlabelDisk::new(&paths.partlabel_dir);
+    aperture_updater::store::open(&disk, Board::QemuX86_64, std::sync::Arc::new(RealIo)).unwrap()
+}
+
+/// Record what `slot` holds (its signed manifest does not matter to the agent).
+fn put_record(paths: &Paths, slot: Slot, record: SlotRecord) {
+    let installed = InstalledSlot {
+        record,
+        manifest: "{}".into(),
+        signature: "{}".into(),
+    };
+    aperture_updater::store::write_slot(&mut store(paths), slot, &installed).unwrap();
+}
+
+/// The updater's record, if one was written.
+fn update_record(paths: &Paths) -> Option<DeviceState> {
+    store(paths).read_json(Area::Update).unwrap()
+}
+
 /// A device flashed with 1.0.0 (security version 1), running slot A, with 2.0.0 (security
 /// version 3) installed into slot B and armed with `tries`.
 fn device(tries: u32) -> (tempfile::TempDir, Paths) {
@@ -98,10 +132,10 @@ fn device(tries: u32) -> (tempfile::TempDir, Paths) {
     };
     aperture_slots::write_initial_esp(&paths.esp, &boot(Slot::A, "1.0.0"), &boot(Slot::B, "1.0.0"))
         .unwrap();
-    fs::write(paths.slot_record(Slot::A), record("1.0.0", 1).to_json()).unwrap();
+    put_record(&paths, Slot::A, record("1.0.0", 1));
     let mut m = SlotManager::new(SystemdBoot::new(paths.esp.clone()), Slot::A);
     m.begin_install(Slot::B).unwrap();
-    fs::write(paths.slot_record(Slot::B), record("2.0.0", 3).to_json()).unwrap();
+    put_record(&paths, Slot::B, record("2.0.0", 3));
     m.arm(Slot::B, tries, &boot(Slot::B, "2.0.0")).unwrap();
     fs::create_dir_all(d.path().join("etc/aperture")).unwrap();
     fs::create_dir_all(d.path().join("proc/self")).unwrap();
@@ -159,12 +193,7 @@ fn gate_passes_commits_and_raises_the_floor() {
     );
     let state = SystemdBoot::new(paths.esp.clone()).read().unwrap();
     assert_eq!(state.status(Slot::B), SlotStatus::Good);
-    assert_eq!(
-        DeviceState::load(&paths.state_file())
-            .unwrap()
-            .security_floor,
-        3
-    );
+    assert_eq!(update_record(&paths).unwrap().security_floor, 3);
     assert_eq!(power_on(&paths), Slot::B, "committed: B keeps booting");
 }
 
@@ -186,7 +215,7 @@ fn gate_fails_on_a_slot_on_trial_and_tries_run_out_into_a_rollback() {
             "{text}"
         );
         assert!(
-            !paths.state_file().exists(),
+            update_record(&paths).is_none(),
             "nothing committed, floor not raised"
         );
     }

@@ -1,8 +1,13 @@
 //! The command line of `aperture-update` (clap derive) and the dispatch to the library.
 //!
 //! Exit codes: 0 done, 1 failed, 3 nothing to do (the bundle's version is already running).
+//!
+//! `install`, `commit`, `rollback` and `resume --restart` hold the slots lock
+//! (`/run/aperture/slots.lock`): `install` and `rollback` fail at once naming its holder,
+//! `commit` and `resume` wait up to 60 s.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -10,10 +15,14 @@ use clap::{Parser, Subcommand};
 use aperture_updater::disk::FileDisk;
 use aperture_updater::lifecycle::describe_interrupted;
 use aperture_updater::source::{self, FetchOptions};
-use aperture_updater::{boot_control_for, facts, InstallOptions, Paths, UpdateError, Updater};
+use aperture_updater::{InstallOptions, Paths, UpdateError, Updater};
 
 /// Exit code for "the bundle's version is already installed".
 pub const EXIT_NOTHING_TO_DO: i32 = 3;
+
+/// How long `resume --restart` waits for the slots lock: it runs unattended at boot, beside
+/// the health gate's commit.
+const RESUME_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Verified A/B updates of an Aperture appliance.
 #[derive(Debug, Parser)]
@@ -52,15 +61,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Mark the running slot good and raise the anti-rollback floor (the health gate does this).
-    MarkGood,
+    /// Mark the running slot good and raise the anti-rollback floor (the health gate does this;
+    /// waits up to 60 s for the slots lock).
+    #[command(visible_alias = "mark-good")]
+    Commit,
     /// Boot the other slot next (it must be good).
     Rollback,
     /// Report an install that a power cut interrupted; with --restart, install it again.
     Resume {
-        /// Install again from the source the interrupted install recorded.
+        /// Install again from the source the interrupted install recorded (with the CA and
+        /// --insecure-http it was given).
         #[arg(long)]
         restart: bool,
+        /// Say nothing and succeed when no install was interrupted (for a unit run at boot).
+        #[arg(long)]
+        if_interrupted: bool,
         #[command(flatten)]
         fetch: FetchArgs,
     },
@@ -89,17 +104,19 @@ fn updater(cli: &Cli) -> Result<Updater> {
     let paths = Paths::rooted(&cli.root);
     let u = match &cli.disk_image {
         None => Updater::on_device(paths)?,
-        Some(image) => {
-            let booted = facts::booted_slot(&paths.cmdline)?;
-            let facts = facts::load(&paths.build_facts)?;
-            let boot = boot_control_for(facts.board, &paths)?;
-            Updater::new(paths, Box::new(FileDisk::new(image)), boot, booted)
-        }
+        Some(image) => Updater::on_disk(paths, Box::new(FileDisk::new(image)))?,
     };
     Ok(u)
 }
 
-fn install(u: &mut Updater, spec: &str, fetch: &FetchArgs, tries: u32, json: bool) -> Result<i32> {
+fn install(
+    u: &mut Updater,
+    spec: &str,
+    fetch: &FetchArgs,
+    tries: u32,
+    json: bool,
+    lock_wait: Duration,
+) -> Result<i32> {
     let opts = fetch.options(u.paths());
     let mut input = source::open(spec, &opts)?;
     let source = if source::is_url(spec) {
@@ -110,6 +127,9 @@ fn install(u: &mut Updater, spec: &str, fetch: &FetchArgs, tries: u32, json: boo
     let install_opts = InstallOptions {
         tries,
         source: Some(source),
+        ca: fetch.ca.clone(),
+        insecure_http: fetch.insecure_http,
+        lock_wait,
     };
     match u.install(&mut input, &install_opts) {
         Ok(done) => {
@@ -141,7 +161,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             fetch,
             tries,
             json,
-        } => install(&mut u, source, fetch, *tries, *json),
+        } => install(&mut u, source, fetch, *tries, *json, Duration::ZERO),
         Command::Status { json } => {
             let s = u.status()?;
             if *json {
@@ -151,7 +171,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::MarkGood => {
+        Command::Commit => {
             let c = u.commit().context("marking the running slot good")?;
             println!("{c}");
             Ok(0)
@@ -161,20 +181,40 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("slot {} boots next; reboot to switch", state.next);
             Ok(0)
         }
-        Command::Resume { restart, fetch } => {
+        Command::Resume {
+            restart,
+            if_interrupted,
+            fetch,
+        } => {
             let Some(j) = u.interrupted()? else {
-                println!("no interrupted install");
+                if !if_interrupted {
+                    println!("no interrupted install");
+                }
                 return Ok(0);
             };
             let status = u.boot_state()?.status(j.target);
-            println!("{}", describe_interrupted(&j, status));
+            eprintln!("aperture-update: {}", describe_interrupted(&j, status));
             if !restart {
                 return Ok(0);
             }
-            let source = j.source.clone().ok_or_else(|| UpdateError::NothingToResume {
-                reason: "the journal does not record where the bundle came from; run install with it".into(),
-            })?;
-            install(&mut u, &source, fetch, j.tries, false)
+            let Some(source) = j.source.clone() else {
+                let e = UpdateError::NothingToResume {
+                    reason: "the journal does not record where the bundle came from (it was \
+                             streamed by a program that did not say); the running slot is \
+                             unaffected and the next install starts over"
+                        .into(),
+                };
+                if *if_interrupted {
+                    eprintln!("aperture-update: {e}");
+                    return Ok(0);
+                }
+                return Err(e.into());
+            };
+            let fetch = FetchArgs {
+                ca: fetch.ca.clone().or_else(|| j.ca.clone()),
+                insecure_http: fetch.insecure_http || j.insecure_http,
+            };
+            install(&mut u, &source, &fetch, j.tries, false, RESUME_LOCK_WAIT)
         }
     }
 }

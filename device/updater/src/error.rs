@@ -72,6 +72,19 @@ pub enum UpdateError {
         capacity: u64,
     },
 
+    /// The ESP has no room for the slot's boot files (found before anything was written).
+    #[error("the ESP ({}) has {free} bytes free but slot {slot}'s boot files need {needed}; nothing was written: build smaller boot files, or reflash with a larger ESP", path.display())]
+    EspFull {
+        /// The ESP's mount point.
+        path: PathBuf,
+        /// The slot being installed.
+        slot: Slot,
+        /// Bytes the boot files take.
+        needed: u64,
+        /// Bytes free (temporary files an earlier install left counted as free).
+        free: u64,
+    },
+
     /// The manifest cannot be installed by this updater on this board.
     #[error("manifest cannot be installed here: {reason}")]
     Unsupported {
@@ -90,11 +103,33 @@ pub enum UpdateError {
         reason: String,
     },
 
+    /// The TPM's anti-rollback counters could not be read or raised.
+    #[error("{op} the TPM counter of the {counter} (NV index {index:#x})")]
+    Tpm {
+        /// What was being done.
+        op: &'static str,
+        /// Which counter.
+        counter: &'static str,
+        /// Its NV index.
+        index: u32,
+        /// The tpm2-tools command that failed.
+        #[source]
+        err: aperture_sys::CmdError,
+    },
+
+    /// Another program holds the slots lock (or it could not be taken).
+    #[error(transparent)]
+    Lock(#[from] aperture_appliance::lock::LockError),
+
     /// The running image's facts could not be read.
     #[error(transparent)]
     Facts(#[from] aperture_appliance::facts::FactsError),
 
-    /// A device file (build facts, state, slot record) is not what this program writes.
+    /// The device state store (floor, journal, slot records) could not be read or written.
+    #[error(transparent)]
+    Store(#[from] aperture_appliance::store::StoreError),
+
+    /// A device file (build facts, root key, the bundle's header) is not what it must be.
     #[error("{path} is malformed: {reason}")]
     Malformed {
         /// The file.
@@ -116,6 +151,18 @@ pub enum UpdateError {
         /// The URL given.
         url: String,
         /// Why, with the flag that overrides it if there is one.
+        reason: String,
+    },
+
+    /// A redirect was refused: it leaves https (for a download that started on https), or
+    /// goes to a scheme that is not http(s).
+    #[error("refusing the redirect from {from} to {to}: {reason}")]
+    InsecureRedirect {
+        /// The URL that answered with the redirect.
+        from: String,
+        /// Where it redirected to.
+        to: String,
+        /// Why, with the fix.
         reason: String,
     },
 
@@ -170,13 +217,15 @@ impl UpdateError {
         move |source| UpdateError::File { op, path, source }
     }
 
-    /// Whether the bundle was refused by a trust or policy check (not an I/O failure).
+    /// Whether the bundle was refused before anything was written: a trust or policy check,
+    /// content this updater cannot place, or no room on the ESP (not an I/O failure).
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             UpdateError::Trust(_)
                 | UpdateError::Unsupported { .. }
                 | UpdateError::AlreadyInstalled { .. }
+                | UpdateError::EspFull { .. }
         )
     }
 }

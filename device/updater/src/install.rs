@@ -1,13 +1,16 @@
 //! `install`: one bundle into the inactive slot, in the order that is the safety
 //! (ARCHITECTURE.md, "Update rules"):
 //!
-//! 1. read the header and verify the signature and key chain against the root key;
-//! 2. policy: product, board, newer version, `security_version` at or above the floor; the
-//!    payloads are ones this updater can place; the rootfs fits the target partition;
+//! 1. read the header and verify the signature and key chain against the root key, key expiry
+//!    judged against the latest of the clock, the running image's build time and the newest
+//!    signed time the device has seen (recorded with the journal: the bundle's build time);
+//! 2. policy: product, board, newer version, `security_version` at or above the floor, a
+//!    keyring at least as new as the newest committed one; the payloads are ones this updater
+//!    can place; the rootfs fits the target partition and the boot files fit the ESP;
 //!    **nothing is written before this point**;
-//! 3. journal the install in `state.json`;
+//! 3. journal the install in the device state store ([`crate::state`]);
 //! 4. invalidate the target slot ([`aperture_slots::SlotManager::begin_install`]) and forget its
-//!    old record;
+//!    old record (its area of the store);
 //! 5. stream the rootfs payload into the target partition (1 MiB writes; the bundle reader
 //!    hashes encoded and decoded bytes as they pass), then fsync; kernel and initrd to
 //!    `<name>.tmp` beside their place on the ESP, fsynced;
@@ -15,7 +18,8 @@
 //! 7. READ BACK: the partition's cached pages are dropped, then one sequential pass computes
 //!    the rootfs sha256 while `verity::verify_device` checks every hash block and the root
 //!    hash; kernel and initrd are re-read and hashed;
-//! 8. write `slot.json`, `manifest.json`, `manifest.sig`;
+//! 8. record what the slot now holds ([`aperture_trust::record::InstalledSlot`]: the record and
+//!    the exact manifest and signature verified) in the slot's area of the store;
 //! 9. arm the slot with N tries as the next boot, with the entry
 //!    [`aperture_slots::cmdline::slot_boot`] makes;
 //! 10. clear the journal.
@@ -26,34 +30,35 @@
 //! blanked at step 4 and written only at step 6; the device tree goes to the kernel-dtb
 //! partition; all of it is read back at step 7. The slot is armed through NVIDIA's UEFI
 //! variables. A bundle with a boot-firmware capsule first cancels any capsule an earlier install
-//! left pending (before step 4), stages it beside the slot's record, and at step 9 arms the slot
+//! left pending (before step 4), stages it in the slot's folder on the ESP, and at step 9 arms the slot
 //! WITHOUT making it the next boot, moves the capsule into `\EFI\UpdateCapsule` and sets the
 //! `OsIndications` delivery bit last: the firmware applies the capsule to the other boot chain
 //! and switches to it itself (see [`aperture_slots::tegra::capsule`]).
 //!
-//! Every write, fsync and rename goes through [`crate::io::Io`].
+//! Every write, fsync and rename, of partitions, of the ESP and of the state store, goes through
+//! [`crate::io::Io`]. The whole install holds the slots lock
+//! ([`aperture_appliance::SlotsLock`]), so no reset, commit or other install runs meanwhile.
 
-use std::cell::RefCell;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-
-use sha2::{Digest, Sha256};
 
 use aperture_slots::tegra::bootimg;
 use aperture_slots::tegra::capsule::CapsuleDelivery;
 use aperture_slots::{plan, Event, Slot, SlotLayout};
 use aperture_trust::bundle::BundleReader;
-use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::{Artifact, Manifest, Role, Sha256Hex};
-use aperture_trust::policy::{check_update, DeviceFacts};
-use aperture_trust::record::SlotRecord;
+use aperture_trust::policy::{check_keyring, check_update, DeviceFacts};
+use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::TrustError;
 
-use crate::disk::{PartitionHandle, PartitionReader};
-use crate::io::{stage_file, tmp_path, Io};
-use crate::paths::{INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, SLOT_RECORD};
-use crate::state::{DeviceState, Journal};
+use crate::disk::PartitionHandle;
+use aperture_sys::fs::tmp_path;
+
+use crate::io::{rename_synced, Io};
+use crate::paths::{INITRD_FILE, KERNEL_FILE};
+pub use crate::readback::verify_rootfs;
+use crate::readback::{verify_file, verify_range};
+use crate::state::Journal;
 use crate::{UpdateError, Updater};
 
 /// Size of every write to a partition and of every read-back read.
@@ -69,6 +74,13 @@ pub struct InstallOptions {
     pub tries: u32,
     /// Where the bundle came from, recorded in the journal (file path or redacted URL).
     pub source: Option<String>,
+    /// The extra CA the download trusted, recorded in the journal for a restart.
+    pub ca: Option<PathBuf>,
+    /// Whether plain http:// was allowed, recorded in the journal for a restart.
+    pub insecure_http: bool,
+    /// How long to wait for the slots lock if another program holds it (0: fail at once,
+    /// naming the holder, as a person running `install` wants).
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for InstallOptions {
@@ -76,6 +88,9 @@ impl Default for InstallOptions {
         InstallOptions {
             tries: DEFAULT_TRIES,
             source: None,
+            ca: None,
+            insecure_http: false,
+            lock_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -225,27 +240,25 @@ impl Updater {
         bundle: &mut dyn Read,
         opts: &InstallOptions,
     ) -> Result<Installed, UpdateError> {
+        let _lock = self.lock("install", opts.lock_wait)?;
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let running = crate::facts::semver(&facts, &self.paths.build_facts)?;
-        let root = PublicKey::load(&self.paths.root_key).map_err(|e| UpdateError::Malformed {
-            path: self.paths.root_key.clone(),
-            reason: format!("{e}; the root key is baked into the image, rebuild it"),
-        })?;
-        let state_path = self.paths.state_file();
-        let mut state = DeviceState::load(&state_path)?;
+        let root = self.root_key()?;
+        let mut store = self.store(facts.board)?;
+        let mut state = self.device_state(&store)?;
         let target = self.booted.other();
 
         // 1. Header: signature and key chain, before any payload byte is used.
-        let captured = Rc::new(RefCell::new(Some(Vec::new())));
-        let mut capture = Capture {
-            inner: bundle,
-            buf: Rc::clone(&captured),
-        };
-        let mut reader = BundleReader::new(&mut capture, &root, self.now());
+        let now = self.trusted_now(&facts, &state);
+        let mut reader = BundleReader::new(bundle, &root, now);
         let verified = reader.read_header()?;
-        let header = captured.borrow_mut().take().unwrap_or_default();
-        let (manifest_json, sig_json) = split_header(&header)?;
-        let manifest_sha256 = Sha256Hex::digest(&manifest_json).to_string();
+        let header = reader
+            .header_bytes()
+            .cloned()
+            .ok_or_else(|| UpdateError::Unsupported {
+                reason: "the bundle reader kept no header bytes".into(),
+            })?;
+        let manifest_sha256 = Sha256Hex::digest(&header.manifest_json).to_string();
 
         // 2. Policy, then what this updater can place, then the disk: reads only.
         if verified.product != facts.product {
@@ -257,10 +270,11 @@ impl Updater {
                 ),
             });
         }
+        let (floor, accepted_keyring) = self.floors(&state)?;
         let device = DeviceFacts {
             board: facts.board.to_string(),
             version: running,
-            security_floor: state.security_floor,
+            security_floor: floor,
         };
         match check_update(&verified, &device) {
             Err(TrustError::NotNewer { version }) => {
@@ -271,6 +285,7 @@ impl Updater {
             }
             other => other?,
         }
+        check_keyring(&verified, accepted_keyring)?;
         let layout = facts.board.slot_layout();
         let place = Placement::of(&verified, layout)?;
         let rootfs = place.rootfs;
@@ -282,6 +297,7 @@ impl Updater {
             })?;
         let mut part = self.disk.open(&layout.rootfs(target))?;
         fits(target, "rootfs image", rootfs.size, &*part)?;
+        self.check_esp_space(&place, target)?;
         plan(
             &self.boot.read()?,
             self.booted,
@@ -328,12 +344,15 @@ impl Updater {
             security_version: verified.security_version,
             manifest_sha256: manifest_sha256.clone(),
             source: opts.source.clone(),
+            ca: opts.ca.clone(),
+            insecure_http: opts.insecure_http,
             tries: opts.tries,
             started: self.now(),
         };
         tracing::info!("{}", journal.summary());
         state.journal = Some(journal);
-        state.store(&*self.io, &state_path)?;
+        state.saw_signed_time(verified.build.source_date_epoch);
+        state.save(&mut store)?;
 
         // Jetson: a capsule an earlier install delivered must not reach the firmware now that
         // its slot is rewritten (the delivery bit goes first).
@@ -346,8 +365,9 @@ impl Updater {
 
         // 4. The target becomes unbootable before a byte of it is written.
         self.slots().begin_install(target)?;
+        crate::store::clear_slot(&mut store, target)?;
         let slot_dir = self.paths.slot_dir(target);
-        self.forget_record(&slot_dir)?;
+        self.prepare_slot_dir(&slot_dir)?;
         let io = &*self.io;
         if let Some(t) = &mut tegra {
             // The old boot image's header must never describe the new, half-written kernel.
@@ -401,8 +421,7 @@ impl Updater {
         // 6. Every payload hash matched: the boot files go into place; on Jetson the boot
         // image gets its header.
         for (tmp, dest, _) in &staged {
-            io.rename(tmp, dest)
-                .map_err(UpdateError::file("renaming into place", dest))?;
+            rename_synced(io, tmp, dest)?;
         }
         io.sync_dir(&slot_dir)
             .map_err(UpdateError::file("syncing folder", &slot_dir))?;
@@ -439,16 +458,13 @@ impl Updater {
         drop(part);
         drop(tegra);
 
-        // 8. Records of what the slot now holds.
-        for (name, bytes) in [
-            (SLOT_RECORD, record.to_json()),
-            (MANIFEST_FILE, manifest_json),
-            (SIGNATURE_FILE, sig_json),
-        ] {
-            stage_file(io, &slot_dir.join(name), &bytes)?;
-        }
-        io.sync_dir(&slot_dir)
-            .map_err(UpdateError::file("syncing folder", &slot_dir))?;
+        // 8. The record of what the slot now holds, with the signed manifest it came from.
+        let installed = InstalledSlot {
+            record,
+            manifest: text(header.manifest_json, "manifest.json")?,
+            signature: text(header.sig_json, "manifest.sig")?,
+        };
+        crate::store::write_slot(&mut store, target, &installed)?;
 
         // 9. Arm, 10. clear the journal. With a capsule (Jetson), the firmware switches the
         // boot chain once it has applied it, so the slot is armed without the switch, and the
@@ -463,10 +479,11 @@ impl Updater {
                         .map_err(UpdateError::file("creating folder", &dir))?;
                 }
                 let dest = dir.join(artifact.name.as_str());
-                io.rename(tmp, &dest)
-                    .map_err(UpdateError::file("renaming into place", &dest))?;
-                io.sync_dir(&dir)
-                    .map_err(UpdateError::file("syncing folder", &dir))?;
+                rename_synced(io, tmp, &dest)?;
+                for d in [&dir, &slot_dir] {
+                    io.sync_dir(d)
+                        .map_err(UpdateError::file("syncing folder", d))?;
+                }
                 io.step("request capsule delivery")
                     .map_err(UpdateError::file("writing", d.variable_path()))?;
                 d.request()?;
@@ -482,7 +499,7 @@ impl Updater {
             }
         }
         state.journal = None;
-        state.store(&*self.io, &state_path)?;
+        state.save(&mut store)?;
         tracing::info!(
             "slot {target} holds {} {} and boots next ({} tries); run `aperture-update mark-good` \
              (the health gate does) after booting it",
@@ -533,29 +550,75 @@ impl Updater {
         })
     }
 
-    /// Remove the target's old record and manifest: while it is being written, the slot holds
-    /// nothing that a record could describe.
-    fn forget_record(&self, slot_dir: &Path) -> Result<(), UpdateError> {
+    /// The target's folder on the ESP, where its boot files are staged: made if missing, and
+    /// rid of the temporary files an earlier install cut off left.
+    fn prepare_slot_dir(&self, slot_dir: &Path) -> Result<(), UpdateError> {
         let io = &*self.io;
         if !slot_dir.is_dir() {
             io.create_dir_all(slot_dir)
                 .map_err(UpdateError::file("creating folder", slot_dir))?;
         }
-        let mut removed = false;
-        for name in [SLOT_RECORD, MANIFEST_FILE, SIGNATURE_FILE] {
-            let path = slot_dir.join(name);
-            if path.exists() {
-                io.remove(&path)
-                    .map_err(UpdateError::file("removing", &path))?;
-                removed = true;
-            }
+        let leftovers = leftover_tmp(slot_dir);
+        for (path, _) in &leftovers {
+            tracing::info!("removing {}, left by an install cut off", path.display());
+            io.remove(path)
+                .map_err(UpdateError::file("removing", path))?;
         }
-        if removed {
+        if !leftovers.is_empty() {
             io.sync_dir(slot_dir)
                 .map_err(UpdateError::file("syncing folder", slot_dir))?;
         }
         Ok(())
     }
+
+    /// Refuse, before anything is written, boot files the ESP has no room for: the files
+    /// staged on it (kernel and initrd, or a capsule) while the old ones are still in place.
+    /// Temporary files an earlier install left count as free: they go first.
+    fn check_esp_space(&self, place: &Placement<'_>, target: Slot) -> Result<(), UpdateError> {
+        let sizes: Vec<u64> = place
+            .dests
+            .iter()
+            .filter(|(_, d)| matches!(d, Dest::EspFile(_) | Dest::Capsule))
+            .map(|(a, _)| a.size)
+            .collect();
+        if sizes.is_empty() {
+            return Ok(());
+        }
+        let esp = &self.paths.esp;
+        let space = self
+            .io
+            .space(esp)
+            .map_err(UpdateError::file("finding the free space of", esp))?;
+        let needed: u64 = sizes.iter().map(|s| space.allocation(*s)).sum();
+        let reclaimable: u64 = leftover_tmp(&self.paths.slot_dir(target))
+            .iter()
+            .map(|(_, len)| space.allocation(*len))
+            .sum();
+        let free = space.free.saturating_add(reclaimable);
+        if needed > free {
+            return Err(UpdateError::EspFull {
+                path: esp.clone(),
+                slot: target,
+                needed,
+                free,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The `*.tmp` files in `dir` and their sizes (none if `dir` is missing).
+fn leftover_tmp(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, u64)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok().filter(|m| m.is_file())?.len())))
+        .collect();
+    found.sort();
+    found
 }
 
 /// Refuse a payload of `size` bytes that `part` cannot hold.
@@ -613,91 +676,16 @@ impl TegraSlot {
     }
 }
 
-/// Re-read `artifact.size` bytes of `part` from `offset` and check their sha256.
-fn verify_range(
-    part: &dyn PartitionHandle,
-    offset: u64,
-    artifact: &Artifact,
-    slot: Slot,
-) -> Result<(), UpdateError> {
-    let fail = |reason: String| UpdateError::Verify {
-        slot,
-        what: format!(
-            "{} at offset {offset} of {}",
-            artifact.name,
-            part.describe()
-        ),
-        reason,
-    };
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0u64;
-    while done < artifact.size {
-        let n = usize::try_from((artifact.size - done).min(CHUNK as u64)).unwrap_or(CHUNK);
-        part.read_exact_at(&mut buf[..n], offset + done)
-            .map_err(|e| fail(format!("reading: {e}")))?;
-        h.update(&buf[..n]);
-        done += n as u64;
-    }
-    let digest = Sha256Hex::from_bytes(h.finalize().into());
-    if digest != artifact.sha256 {
-        return Err(fail(format!(
-            "sha256 is {digest}, the manifest says {}",
-            artifact.sha256
-        )));
-    }
-    Ok(())
-}
-
-/// Captures what the bundle reader consumes until the buffer is taken (the header entries).
-struct Capture<'r> {
-    inner: &'r mut dyn Read,
-    buf: Rc<RefCell<Option<Vec<u8>>>>,
-}
-
-impl Read for Capture<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(out)?;
-        if let Some(buf) = self.buf.borrow_mut().as_mut() {
-            buf.extend_from_slice(&out[..n]);
-        }
-        Ok(n)
-    }
-}
-
-/// The data of the first two ustar entries (`manifest.json`, `manifest.sig`), which the bundle
-/// reader has already checked and verified.
-fn split_header(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), UpdateError> {
-    let bad = |reason: &str| UpdateError::Malformed {
-        path: PathBuf::from("bundle header"),
-        reason: reason.into(),
-    };
-    let mut at = 0usize;
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        let header = bytes
-            .get(at..at + 512)
-            .ok_or_else(|| bad("shorter than two entries"))?;
-        let field = &header[124..136];
-        let text: String = field
-            .iter()
-            .map(|b| *b as char)
-            .filter(|c| c.is_digit(8))
-            .collect();
-        let size = usize::from_str_radix(&text, 8).map_err(|_| bad("entry size is not octal"))?;
-        let data = bytes
-            .get(at + 512..at + 512 + size)
-            .ok_or_else(|| bad("entry data is cut short"))?;
-        out.push(data.to_vec());
-        at += 512 + size.div_ceil(512) * 512;
-    }
-    let sig = out.pop().unwrap_or_default();
-    let manifest = out.pop().unwrap_or_default();
-    Ok((manifest, sig))
+/// A verified header document as text (JSON is UTF-8, so a verified one always is).
+fn text(bytes: Vec<u8>, what: &str) -> Result<String, UpdateError> {
+    String::from_utf8(bytes).map_err(|e| UpdateError::Malformed {
+        path: PathBuf::from(what),
+        reason: format!("{e}: not UTF-8"),
+    })
 }
 
 /// Fill `buf` from `r` as far as it goes; the count (less than `buf.len()` only at the end).
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -782,194 +770,4 @@ fn write_file(io: &dyn Io, path: &Path, payload: &mut dyn Read) -> Result<(), Up
     }
     io.sync_file(&f, path)
         .map_err(UpdateError::file("syncing", path))
-}
-
-/// Read the rootfs back once: sha256 of the whole artifact and the full dm-verity check.
-pub fn verify_rootfs(
-    part: &dyn PartitionHandle,
-    rootfs: &Artifact,
-    slot: Slot,
-) -> Result<(), UpdateError> {
-    let fail = |reason: String| UpdateError::Verify {
-        slot,
-        what: format!("rootfs {} on {}", rootfs.name, part.describe()),
-        reason,
-    };
-    let verity = rootfs
-        .verity
-        .as_ref()
-        .ok_or_else(|| fail("the manifest gives no verity parameters".into()))?;
-    // One pass over the partition: the verity check reads it, and the bytes it reads in order
-    // are handed to a second thread for the whole-image sha256, so the two hashes run on two
-    // cores.
-    let digest = std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let hashing = scope.spawn(move || {
-            let mut h = Sha256::new();
-            for chunk in rx {
-                h.update(&chunk);
-            }
-            Sha256Hex::from_bytes(h.finalize().into())
-        });
-        let feed = move |bytes: &[u8]| {
-            // A send fails only if the hashing thread is gone; join() reports that below.
-            let _ = tx.send(bytes.to_vec());
-        };
-        let mut reader = SequentialHasher::new(PartitionReader::new(part, rootfs.size), feed);
-        let checked = aperture_trust::verity::verify_device(&mut reader, verity)
-            .map_err(|e| fail(e.to_string()))
-            .and_then(|()| {
-                reader
-                    .finish(rootfs.size)
-                    .map_err(|e| fail(format!("reading: {e}")))
-            });
-        drop(reader);
-        let digest = hashing
-            .join()
-            .map_err(|_| fail("the hashing thread failed".into()));
-        checked.and(digest)
-    })?;
-    if digest != rootfs.sha256 {
-        return Err(fail(format!(
-            "sha256 is {digest}, the manifest says {}",
-            rootfs.sha256
-        )));
-    }
-    Ok(())
-}
-
-/// Re-read a boot file and check its size and sha256.
-fn verify_file(path: &Path, artifact: &Artifact, slot: Slot) -> Result<(), UpdateError> {
-    let fail = |reason: String| UpdateError::Verify {
-        slot,
-        what: path.display().to_string(),
-        reason,
-    };
-    let mut f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut len = 0u64;
-    loop {
-        let n = fill(&mut f, &mut buf).map_err(|e| fail(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-    let digest = Sha256Hex::from_bytes(h.finalize().into());
-    if len != artifact.size || digest != artifact.sha256 {
-        return Err(fail(format!(
-            "{len} bytes with sha256 {digest}; the manifest says {} bytes with {}",
-            artifact.size, artifact.sha256
-        )));
-    }
-    Ok(())
-}
-
-/// Feeds the bytes of a `Read + Seek`, in order of position, to a hasher while someone else
-/// (the verity check) reads it: a read that continues exactly where feeding stopped is fed,
-/// any other (the hash-tree lookups) is not. [`SequentialHasher::finish`] feeds the rest.
-struct SequentialHasher<R, F> {
-    inner: R,
-    pos: u64,
-    hashed: u64,
-    feed: F,
-}
-
-impl<R: Read + Seek, F: FnMut(&[u8])> SequentialHasher<R, F> {
-    /// Hands bytes `0..` of `inner`, in order and each once, to `feed`.
-    fn new(inner: R, feed: F) -> Self {
-        SequentialHasher {
-            inner,
-            pos: 0,
-            hashed: 0,
-            feed,
-        }
-    }
-
-    /// Feed the rest up to `len`, so `feed` has seen exactly bytes `0..len`.
-    fn finish(&mut self, len: u64) -> io::Result<()> {
-        self.seek(SeekFrom::Start(self.hashed))?;
-        let mut buf = vec![0u8; CHUNK];
-        while self.hashed < len {
-            let want = usize::try_from(len - self.hashed)
-                .unwrap_or(CHUNK)
-                .min(CHUNK);
-            let n = self.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the partition ends early",
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read + Seek, F: FnMut(&[u8])> Read for SequentialHasher<R, F> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let end = self.pos + n as u64;
-        if self.pos <= self.hashed && self.hashed < end {
-            let skip = (self.hashed - self.pos) as usize;
-            (self.feed)(&buf[skip..n]);
-            self.hashed = end;
-        }
-        self.pos = end;
-        Ok(n)
-    }
-}
-
-impl<R: Read + Seek, F: FnMut(&[u8])> Seek for SequentialHasher<R, F> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = self.inner.seek(to)?;
-        Ok(self.pos)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Cursor;
-
-    #[test]
-    fn sequential_hasher_hashes_each_byte_once_in_order() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let mut hasher = Sha256::new();
-        let mut h = SequentialHasher::new(Cursor::new(data.clone()), |b: &[u8]| hasher.update(b));
-        let mut buf = [0u8; 3000];
-        h.read_exact(&mut buf).unwrap();
-        h.seek(SeekFrom::Start(9000)).unwrap(); // a lookup elsewhere: not hashed
-        h.read_exact(&mut buf[..100]).unwrap();
-        h.seek(SeekFrom::Start(1000)).unwrap(); // overlapping re-read: only the new part
-        h.read_exact(&mut buf).unwrap();
-        h.finish(10_000).unwrap();
-        drop(h);
-        assert_eq!(
-            Sha256Hex::from_bytes(hasher.finalize().into()),
-            Sha256Hex::digest(&data)
-        );
-    }
-
-    #[test]
-    fn split_header_reads_two_entries() {
-        let mut tar = Vec::new();
-        for (name, data) in [
-            ("manifest.json", &b"{}"[..]),
-            ("manifest.sig", &[7u8; 600][..]),
-        ] {
-            let mut h = [0u8; 512];
-            h[..name.len()].copy_from_slice(name.as_bytes());
-            h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-            tar.extend_from_slice(&h);
-            tar.extend_from_slice(data);
-            tar.resize(tar.len().div_ceil(512) * 512, 0);
-        }
-        let (m, s) = split_header(&tar).unwrap();
-        assert_eq!(m, b"{}");
-        assert_eq!(s, vec![7u8; 600]);
-        assert!(split_header(&tar[..600]).is_err());
-    }
 }

@@ -3,15 +3,17 @@
 //!
 //! ## Commit
 //! [`Updater::commit`] marks the running slot good (systemd-boot: the entry loses its boot
-//! counter) and then raises the floor in `state.json` to the RUNNING image's
+//! counter) and then raises the floor in the device state store to the RUNNING image's
 //! `security_version`, read from its verity-protected `/etc/aperture/build.json` (not from the
-//! unsigned `slot.json` on the ESP). It is idempotent, so the health gate runs it on every
+//! unsigned slot record), and the accepted keyring sequence to that of the keyring the running
+//! slot was installed under (from the signature kept in its record, verified again against the
+//! root key): from then on a release key left out of that keyring is revoked. It is idempotent, so the health gate runs it on every
 //! boot: a power cut between the two steps is repaired by the next boot's gate. Installing
 //! never raises the floor: a new image that fails its health check must leave the old one
 //! installable.
 //!
 //! ## Interrupted installs: restart, not resume
-//! The journal in `state.json` is written after the bundle passed every check and before the
+//! The journal in the device state is written after the bundle passed every check and before the
 //! target is invalidated, and cleared after the target is armed. When it is found later:
 //! * its target is the running slot: the install had armed it and the loader booted it, so it
 //!   completed; [`Updater::commit`] (and the next install) drop the stale journal;
@@ -20,7 +22,9 @@
 //!   `aperture-update install` of any valid bundle RESTARTS from the first byte: it writes a
 //!   new journal, invalidates the target again (`begin_install` always persists the
 //!   invalidation) and rewrites everything. `aperture-update resume` reports what was
-//!   interrupted and, with `--restart`, installs again from the journal's recorded source.
+//!   interrupted and, with `--restart`, installs again from the journal's recorded source (and
+//!   the CA and `--insecure-http` it was given); `--if-interrupted` makes it quiet and
+//!   successful when nothing was interrupted, for a unit that runs it at every boot.
 //!
 //! Why restart rather than continue at the last good offset: the bundle is a stream whose
 //! payload hashes are only known at the end of each payload, so continuing would need
@@ -33,8 +37,13 @@ use serde::Serialize;
 
 use aperture_slots::{BootState, Slot, SlotStatus};
 
-use crate::state::{DeviceState, Journal};
+use crate::state::Journal;
+use crate::tpm::Counter;
 use crate::{UpdateError, Updater};
+
+/// How long a commit waits for the slots lock: the health gate's commit must not fail because
+/// a short operation (another commit, a status-changing command) holds it.
+pub const COMMIT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,6 +58,8 @@ pub struct Commit {
     pub security_floor: u64,
     /// Whether this commit raised the floor.
     pub floor_raised: bool,
+    /// The highest keyring sequence committed now.
+    pub keyring_sequence: u64,
 }
 
 impl std::fmt::Display for Commit {
@@ -72,13 +83,27 @@ impl std::fmt::Display for Commit {
 impl Updater {
     /// Mark the running slot good and raise the anti-rollback floor to its security version.
     pub fn commit(&mut self) -> Result<Commit, UpdateError> {
+        let _lock = self.lock("commit", COMMIT_LOCK_WAIT)?;
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let was = self.boot.read()?.status(self.booted);
         self.slots().mark_good()?;
-        let state_path = self.paths.state_file();
-        let mut state = DeviceState::load(&state_path)?;
+        let mut store = self.store(facts.board)?;
+        let mut state = self.device_state(&store)?;
         let before = state.clone();
+        // What the TPM holds counts too (it survives a lost or lowered record).
+        let (tpm_floor, tpm_keyring) = self.floors_or_store(&state);
+        state.raise_floor(tpm_floor);
+        state.raise_keyring_sequence(tpm_keyring);
         let floor_raised = state.raise_floor(facts.security_version);
+        state.saw_signed_time(facts.source_date_epoch);
+        if let Some(sequence) = self.running_keyring_sequence(&store, &facts)? {
+            if state.raise_keyring_sequence(sequence) {
+                tracing::info!(
+                    "keyring {sequence} committed: bundles signed under older keyrings are \
+                     refused from now on"
+                );
+            }
+        }
         state.committed = Some(self.booted);
         if state
             .journal
@@ -89,26 +114,91 @@ impl Updater {
             state.journal = None;
         }
         if state != before {
-            state.store(&*self.io, &state_path)?;
+            state.save(&mut store)?;
         }
+        self.raise_counters(&state);
         Ok(Commit {
             slot: self.booted,
             version: facts.version,
             was,
             security_floor: state.security_floor,
             floor_raised,
+            keyring_sequence: state.keyring_sequence,
         })
+    }
+
+    /// The sequence of the keyring the running slot was installed under: from its record's
+    /// signature, whose keyring is verified again against the root key. `None` (and a
+    /// warning) when the record is missing, is not of the running image, or does not verify:
+    /// a commit (the health gate's) never fails for it.
+    fn running_keyring_sequence(
+        &self,
+        store: &crate::store::Store,
+        facts: &crate::BuildFacts,
+    ) -> Result<Option<u64>, UpdateError> {
+        let Some(installed) = crate::store::read_slot(store, self.booted)? else {
+            tracing::warn!(
+                "slot {} has no record; its keyring is not committed",
+                self.booted
+            );
+            return Ok(None);
+        };
+        if installed.record.version.to_string() != facts.version {
+            tracing::warn!(
+                "the record of slot {} says {} but {} runs; its keyring is not committed",
+                self.booted,
+                installed.record.version,
+                facts.version
+            );
+            return Ok(None);
+        }
+        let root = match self.root_key() {
+            Ok(root) => root,
+            Err(e) => {
+                tracing::warn!("{e}; the running slot's keyring is not committed");
+                return Ok(None);
+            }
+        };
+        match aperture_trust::signing::keyring_sequence(installed.signature.as_bytes(), &root) {
+            Ok(sequence) => Ok(Some(sequence)),
+            Err(e) => {
+                tracing::warn!(
+                    "the keyring in slot {}'s record does not verify ({e}); it is not committed",
+                    self.booted
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Raise the TPM counters to the committed values. A failure is logged, never fatal: the
+    /// health gate commits on every boot, so the next boot tries again.
+    fn raise_counters(&self, state: &crate::state::DeviceState) {
+        for (counter, value) in [
+            (Counter::SecurityFloor, state.security_floor),
+            (Counter::KeyringSequence, state.keyring_sequence),
+        ] {
+            if let Err(e) = self.counters.raise(counter, value) {
+                tracing::error!(
+                    "{}; the state store keeps the {} ({value}) alone until the next commit",
+                    crate::error_chain(&e),
+                    counter.name()
+                );
+            }
+        }
     }
 
     /// Boot the other slot next (it must be good); takes effect at the next reboot.
     pub fn rollback(&mut self) -> Result<BootState, UpdateError> {
+        let _lock = self.lock("rollback", std::time::Duration::ZERO)?;
         Ok(self.slots().rollback()?)
     }
 
     /// The journal of an install that was cut off, if there is one (a journal whose target is
     /// the running slot belongs to an install that completed and is not reported).
     pub fn interrupted(&self) -> Result<Option<Journal>, UpdateError> {
-        let state = DeviceState::load(&self.paths.state_file())?;
+        let facts = crate::facts::load(&self.paths.build_facts)?;
+        let state = self.device_state(&self.store(facts.board)?)?;
         Ok(state.journal.filter(|j| j.target != self.booted))
     }
 }
@@ -121,8 +211,9 @@ pub fn describe_interrupted(j: &Journal, target_status: SlotStatus) -> String {
         .map_or(String::from("the bundle"), |s| s.to_string());
     format!(
         "an install was interrupted: {} (from slot {}, {} tries); slot {} is now {target_status} \
-         and the running slot {} is unaffected. Run `aperture-update install {source}` again (or \
-         `aperture-update resume --restart`): the install starts over from the first byte.",
+         and the running slot {} is unaffected. The next boot restarts it (`aperture-update \
+         resume --restart --if-interrupted`), as does `aperture-update install {source}`: the \
+         install starts over from the first byte.",
         j.summary(),
         j.from,
         j.tries,

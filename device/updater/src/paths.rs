@@ -1,9 +1,17 @@
-//! [`Paths`]: every file and folder the updater touches, with the appliance's real locations
-//! as defaults (DEVICE.md) and a constructor rooted in a temporary folder for tests. Logic never
-//! names a path itself; it asks this struct.
+//! [`Paths`]: every file and folder the updater touches, taken from the appliance contract
+//! ([`aperture_appliance::Files`]), with the appliance's real locations as defaults and a
+//! constructor rooted in a temporary folder for tests. Logic never names a path itself; it asks
+//! this struct.
+//!
+//! The updater keeps no state in files: its records live in the device state store on the raw
+//! partition `aperture_state` ([`crate::store`]). On the ESP it writes only boot files: on the
+//! qemu boards each slot's kernel and initrd, and the systemd-boot entries (through the slots
+//! crate); on Jetson a boot-firmware capsule.
 
 use std::path::{Path, PathBuf};
 
+use aperture_appliance::files::rel;
+use aperture_appliance::Files;
 use aperture_slots::Slot;
 
 /// Where the updater finds the system.
@@ -23,6 +31,11 @@ pub struct Paths {
     pub partlabel_dir: PathBuf,
     /// efivarfs (`/sys/firmware/efi/efivars`): Jetson slot variables and `OsIndications`.
     pub efivars: PathBuf,
+    /// The lock every program that changes slots takes (`/run/aperture/slots.lock`).
+    pub slots_lock: PathBuf,
+    /// The TPM resource manager (`/dev/tpmrm0`).
+    pub tpm_device: PathBuf,
+    files: Files,
 }
 
 impl Default for Paths {
@@ -34,49 +47,50 @@ impl Default for Paths {
 impl Paths {
     /// The appliance's layout under `root` (`/` on a device, a temporary folder in tests).
     pub fn rooted(root: &Path) -> Paths {
-        let at = |p: &str| root.join(p);
+        Paths::from_files(&Files::at(root))
+    }
+
+    /// The layout `files` describes.
+    pub fn from_files(files: &Files) -> Paths {
         Paths {
-            esp: at("efi"),
-            build_facts: at("etc/aperture/build.json"),
-            root_key: at("etc/aperture/root.pub"),
-            cmdline: at("proc/cmdline"),
-            ca_bundle: at("etc/ssl/certs/ca-certificates.crt"),
-            partlabel_dir: at("dev/disk/by-partlabel"),
-            efivars: at("sys/firmware/efi/efivars"),
+            esp: files.esp(),
+            build_facts: files.build_facts(),
+            root_key: files.root_key(),
+            cmdline: files.cmdline(),
+            ca_bundle: files.ca_bundle(),
+            partlabel_dir: files.partlabel_dir(),
+            efivars: files.efivars(),
+            slots_lock: files.slots_lock(),
+            tpm_device: files.tpm_device(),
+            files: files.clone(),
         }
     }
 
-    /// `/efi/aperture`: per-slot folders and device state.
-    pub fn aperture_dir(&self) -> PathBuf {
-        self.esp.join("aperture")
+    /// The appliance contract's layout these paths come from.
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
-    /// `/efi/aperture/state.json`: floor, committed slot, install journal.
-    pub fn state_file(&self) -> PathBuf {
-        self.aperture_dir().join("state.json")
-    }
-
-    /// `/efi/aperture/<slot>`: the slot's kernel, initrd, record and manifest.
+    /// `/efi/aperture/<slot>`: a qemu-board slot's kernel and initrd.
     pub fn slot_dir(&self, slot: Slot) -> PathBuf {
-        self.aperture_dir().join(slot.letter())
+        self.files.esp_slot_dir(slot)
     }
 
-    /// `/efi/aperture/<slot>/slot.json`.
-    pub fn slot_record(&self, slot: Slot) -> PathBuf {
-        self.slot_dir(slot).join(SLOT_RECORD)
+    /// `/efi/aperture/<slot>/vmlinuz`.
+    pub fn kernel(&self, slot: Slot) -> PathBuf {
+        self.files.kernel(slot)
+    }
+
+    /// `/efi/aperture/<slot>/initrd.img`.
+    pub fn initrd(&self, slot: Slot) -> PathBuf {
+        self.files.initrd(slot)
     }
 }
 
-/// File name of a slot's record.
-pub const SLOT_RECORD: &str = "slot.json";
 /// File name of a slot's kernel (what `SlotBoot::for_slot` points at).
-pub const KERNEL_FILE: &str = "vmlinuz";
+pub const KERNEL_FILE: &str = rel::KERNEL_FILE;
 /// File name of a slot's initrd (what `SlotBoot::for_slot` points at).
-pub const INITRD_FILE: &str = "initrd.img";
-/// File name of the installed bundle's manifest, kept beside the record.
-pub const MANIFEST_FILE: &str = "manifest.json";
-/// File name of the installed bundle's signature, kept beside the record.
-pub const SIGNATURE_FILE: &str = "manifest.sig";
+pub const INITRD_FILE: &str = rel::INITRD_FILE;
 
 #[cfg(test)]
 mod tests {
@@ -86,15 +100,14 @@ mod tests {
     fn defaults_are_the_device_layout() {
         let p = Paths::default();
         assert_eq!(p.esp, Path::new("/efi"));
-        assert_eq!(p.state_file(), Path::new("/efi/aperture/state.json"));
-        assert_eq!(
-            p.slot_record(Slot::B),
-            Path::new("/efi/aperture/b/slot.json")
-        );
+        assert_eq!(p.kernel(Slot::B), Path::new("/efi/aperture/b/vmlinuz"));
+        assert_eq!(p.kernel(Slot::A), Files::default().kernel(Slot::A));
+        assert_eq!(p.initrd(Slot::A), Files::default().initrd(Slot::A));
         assert_eq!(p.build_facts, Path::new("/etc/aperture/build.json"));
         assert_eq!(p.root_key, Path::new("/etc/aperture/root.pub"));
         assert_eq!(p.partlabel_dir, Path::new("/dev/disk/by-partlabel"));
         assert_eq!(p.efivars, Path::new("/sys/firmware/efi/efivars"));
+        assert_eq!(p.slots_lock, Path::new("/run/aperture/slots.lock"));
     }
 
     #[test]
@@ -107,6 +120,8 @@ mod tests {
             &p.cmdline,
             &p.ca_bundle,
             &p.efivars,
+            &p.slots_lock,
+            &p.tpm_device,
         ] {
             assert!(path.starts_with("/tmp/x"), "{}", path.display());
         }

@@ -5,6 +5,11 @@
 //! `--insecure-http`): the bundle's signature still protects what is installed, but anyone on
 //! the path could read the bundle, and replay or withhold updates unnoticed.
 //!
+//! Redirects are followed here, not by the HTTP client, so that each hop is checked: a download
+//! that started on `https://` never follows a redirect that leaves https (to `http://` or any
+//! other scheme), whatever `--insecure-http` says ([`UpdateError::InsecureRedirect`]), and at
+//! most [`MAX_REDIRECTS`] are followed.
+//!
 //! ## Resuming a download
 //! A dropped connection does not restart the install: [`HttpBody`] reconnects with
 //! `Range: bytes=<offset>-` and `If-Range: <ETag or Last-Modified>`, and insists on a
@@ -23,6 +28,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::UpdateError;
+
+/// The most redirects one request follows.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// How to fetch a bundle.
 #[derive(Debug, Clone)]
@@ -154,6 +162,7 @@ fn agent(opts: &FetchOptions, https: bool) -> Result<ureq::Agent, UpdateError> {
     let mut builder = ureq::AgentBuilder::new()
         .timeout_connect(opts.timeout)
         .timeout_read(opts.timeout)
+        .redirects(0)
         .user_agent(concat!("aperture-update/", env!("CARGO_PKG_VERSION")));
     if https {
         builder = builder.tls_config(Arc::new(tls_config(opts)?));
@@ -186,6 +195,67 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// GET `url` with `headers`, following redirects one by one: a hop that leaves https when the
+/// download started on https, or that is not http(s) at all, is refused before it is
+/// requested. Returns the response and the URL that gave it.
+fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(ureq::Response, String), UpdateError> {
+    let https = url.to_ascii_lowercase().starts_with("https://");
+    let mut current = url.to_string();
+    for hop in 0..=MAX_REDIRECTS {
+        let mut req = agent.get(&current);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let target = req.request_url().map_err(|e| download_error(&current, e))?;
+        let resp = req.call().map_err(|e| download_error(&current, e))?;
+        let location = match resp.header("location") {
+            Some(l) if (300..400).contains(&resp.status()) => l.to_string(),
+            _ => return Ok((resp, current)),
+        };
+        if hop == MAX_REDIRECTS {
+            break;
+        }
+        let next = target
+            .as_url()
+            .join(&location)
+            .map_err(|e| UpdateError::Download {
+                url: redact(&current),
+                host: host_of(&current),
+                reason: format!("the server redirects to {location:?}, which is not a URL: {e}"),
+            })?;
+        let scheme = next.scheme().to_ascii_lowercase();
+        let refuse = |reason: &str| UpdateError::InsecureRedirect {
+            from: redact(&current),
+            to: redact(next.as_str()),
+            reason: reason.into(),
+        };
+        if https && scheme != "https" {
+            return Err(refuse(
+                "it leaves https, so anyone on the network could read, withhold or replay the \
+                 update; have the server redirect to an https:// URL",
+            ));
+        }
+        if scheme != "http" && scheme != "https" {
+            return Err(refuse("only http(s) redirects are followed"));
+        }
+        tracing::debug!(
+            "{} redirects to {}",
+            redact(&current),
+            redact(next.as_str())
+        );
+        current = next.to_string();
+    }
+    Err(UpdateError::Download {
+        url: redact(url),
+        host: host_of(url),
+        reason: format!("more than {MAX_REDIRECTS} redirects; fix the server's redirects"),
+    })
+}
+
 /// The body of an HTTP(S) download that reconnects with a Range request when the connection
 /// drops (see the module documentation).
 pub struct HttpBody {
@@ -201,7 +271,7 @@ pub struct HttpBody {
 
 impl HttpBody {
     fn start(agent: ureq::Agent, url: &str, opts: &FetchOptions) -> Result<HttpBody, UpdateError> {
-        let resp = agent.get(url).call().map_err(|e| download_error(url, e))?;
+        let (resp, _) = get(&agent, url, &[])?;
         let len = resp
             .header("content-length")
             .and_then(|v| v.trim().parse().ok());
@@ -245,16 +315,14 @@ impl HttpBody {
         );
         std::thread::sleep(self.delay);
         self.delay = self.delay.saturating_mul(2);
-        let mut req = self
-            .agent
-            .get(&self.url)
-            .set("Range", &format!("bytes={}-", self.pos));
+        let range = format!("bytes={}-", self.pos);
+        let mut headers = vec![("Range", range.as_str())];
         if let Some(v) = &self.validator {
-            req = req.set("If-Range", v);
+            headers.push(("If-Range", v.as_str()));
         }
-        let resp = req
-            .call()
-            .map_err(|e| io::Error::other(download_error(&self.url, e).to_string()))?;
+        // From the URL given, redirects checked again: a signed CDN link may have expired.
+        let (resp, _) =
+            get(&self.agent, &self.url, &headers).map_err(|e| io::Error::other(e.to_string()))?;
         let range = resp.header("content-range").unwrap_or("").to_string();
         let starts_here = range
             .strip_prefix("bytes ")

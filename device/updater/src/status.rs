@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use aperture_slots::{Slot, SlotStatus};
 use aperture_trust::record::SlotRecord;
 
-use crate::state::{DeviceState, Journal};
+use crate::state::Journal;
 use crate::{UpdateError, Updater};
 
 /// The whole status (serialized for `--json`).
@@ -30,6 +30,10 @@ pub struct UpdateStatus {
     pub running: RunningImage,
     /// The anti-rollback floor.
     pub security_floor: u64,
+    /// The newest keyring committed (bundles under older keyrings are refused).
+    pub keyring_sequence: u64,
+    /// The newest signed time seen (unix seconds): key expiry is never judged before it.
+    pub trusted_time: u64,
     /// The slot last committed.
     pub committed: Option<Slot>,
     /// Both slots, A first.
@@ -66,7 +70,7 @@ pub struct SlotInfo {
     pub booted: bool,
     /// Booted next.
     pub next: bool,
-    /// What its `slot.json` says it holds (absent while it is being written).
+    /// What its record in the device state says it holds (absent while it is being written).
     pub record: Option<RecordSummary>,
 }
 
@@ -106,35 +110,26 @@ impl fmt::Display for Rollback {
     }
 }
 
-/// Read a slot's record, `None` if it has none or it does not parse (status must not fail for
-/// that; install rewrites it).
-pub fn read_record(path: &std::path::Path) -> Option<SlotRecord> {
-    let bytes = std::fs::read(path).ok()?;
-    SlotRecord::from_json(&bytes).ok()
-}
-
 impl Updater {
     /// Gather the status. Reads only.
     pub fn status(&self) -> Result<UpdateStatus, UpdateError> {
         let facts = crate::facts::load(&self.paths.build_facts)?;
-        let state = DeviceState::load(&self.paths.state_file())?;
+        let store = self.store(facts.board)?;
+        let state = self.device_state(&store)?;
+        let (floor, keyring) = self.floors_or_store(&state);
         let boot = self.boot.read()?;
-        let slots: Vec<SlotInfo> = Slot::ALL
-            .into_iter()
-            .map(|slot| SlotInfo {
+        let mut slots = Vec::new();
+        for slot in Slot::ALL {
+            let record = crate::store::read_slot(&store, slot)?.map(|s| summary(&s.record));
+            slots.push(SlotInfo {
                 slot,
                 status: boot.status(slot),
                 label: boot.slot(slot).label.clone(),
                 booted: slot == self.booted,
                 next: slot == boot.next,
-                record: read_record(&self.paths.slot_record(slot)).map(|r| RecordSummary {
-                    version: r.version.to_string(),
-                    security_version: r.security_version,
-                    rootfs_sha256: r.rootfs.sha256.to_string(),
-                    root_hash: r.verity.root_hash.to_string(),
-                }),
-            })
-            .collect();
+                record,
+            });
+        }
         let other = self.booted.other();
         let rollback = (boot.status(other) == SlotStatus::Bad).then(|| {
             let info = &slots[usize::from(other == Slot::B)];
@@ -158,12 +153,23 @@ impl Updater {
                 security_version: facts.security_version,
                 board: facts.board.to_string(),
             },
-            security_floor: state.security_floor,
+            security_floor: floor,
+            keyring_sequence: keyring,
+            trusted_time: state.trusted_time.max(facts.source_date_epoch),
             committed: state.committed,
             slots,
             interrupted: state.journal.filter(|j| j.target != self.booted),
             rollback,
         })
+    }
+}
+
+fn summary(r: &SlotRecord) -> RecordSummary {
+    RecordSummary {
+        version: r.version.to_string(),
+        security_version: r.security_version,
+        rootfs_sha256: r.rootfs.sha256.to_string(),
+        root_hash: r.verity.root_hash.to_string(),
     }
 }
 
@@ -177,8 +183,9 @@ impl fmt::Display for UpdateStatus {
         )?;
         writeln!(
             f,
-            "anti-rollback floor: {}; committed slot: {}; boot control: {}",
+            "anti-rollback floor: {}; keyring: {}; committed slot: {}; boot control: {}",
             self.security_floor,
+            self.keyring_sequence,
             self.committed.map_or("none".to_string(), |s| s.to_string()),
             self.backend
         )?;

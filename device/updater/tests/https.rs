@@ -51,12 +51,14 @@ fn pki_named(ca_name: &str) -> Pki {
 }
 
 /// How the test server behaves.
-#[derive(Clone, Copy)]
+#[derive(Clone, Default)]
 struct Behaviour {
     /// Close the first connection after this many body bytes.
     cut_first_at: Option<usize>,
     /// Connections to serve before stopping.
     connections: usize,
+    /// Answer requests for paths under `/moved/` with `302 Found` and this `Location`.
+    redirect: Option<String>,
 }
 
 /// Serve `body` at any path, with Range support, on 127.0.0.1; TLS when `tls` is given.
@@ -96,18 +98,19 @@ fn serve(
             tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let n = served.fetch_add(1, Ordering::SeqCst);
             let cut = if n == 0 { how.cut_first_at } else { None };
+            let redirect = how.redirect.as_deref();
             match &config {
                 Some(cfg) => {
                     let conn = rustls::ServerConnection::new(Arc::clone(cfg)).unwrap();
                     let mut s = rustls::StreamOwned::new(conn, tcp);
-                    if respond(&mut s, &body, cut).is_ok() && cut.is_none() {
+                    if respond(&mut s, &body, cut, redirect).is_ok() && cut.is_none() {
                         s.conn.send_close_notify();
                         let _ = s.flush();
                     }
                 }
                 None => {
                     let mut s: TcpStream = tcp;
-                    let _ = respond(&mut s, &body, cut);
+                    let _ = respond(&mut s, &body, cut, redirect);
                 }
             }
         }
@@ -115,8 +118,13 @@ fn serve(
     (port, count, handle)
 }
 
-/// Read one request and answer it (206 for `Range: bytes=N-`).
-fn respond(s: &mut impl ReadWrite, body: &[u8], cut: Option<usize>) -> std::io::Result<()> {
+/// Read one request and answer it (206 for `Range: bytes=N-`, 302 under `/moved/` if asked).
+fn respond(
+    s: &mut impl ReadWrite,
+    body: &[u8],
+    cut: Option<usize>,
+    redirect: Option<&str>,
+) -> std::io::Result<()> {
     let mut req = Vec::new();
     let mut byte = [0u8; 1];
     while !req.ends_with(b"\r\n\r\n") {
@@ -126,6 +134,13 @@ fn respond(s: &mut impl ReadWrite, body: &[u8], cut: Option<usize>) -> std::io::
         req.push(byte[0]);
     }
     let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+    if let Some(location) = redirect.filter(|_| text.starts_with("get /moved/")) {
+        let head = format!(
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes())?;
+        return s.flush();
+    }
     let start: usize = text
         .lines()
         .find_map(|l| l.strip_prefix("range: bytes="))
@@ -184,8 +199,9 @@ fn https_with_the_ca_installs_and_resumes_a_dropped_download() {
     let how = Behaviour {
         cut_first_at: Some(cut),
         connections: 2,
+        ..Behaviour::default()
     };
-    let (port, count, server) = serve(v2.bundle.clone(), Some(&pki), how);
+    let (port, count, server) = serve(v2.bundle.clone(), Some(&pki), how.clone());
     let url = format!("https://127.0.0.1:{port}/bundles/v2.bundle");
     let mut body = source::open(&url, &options(&dev, Some(&ca))).unwrap();
     let done = dev
@@ -208,6 +224,7 @@ fn untrusted_certificate_is_refused_naming_host_and_problem() {
     let how = Behaviour {
         cut_first_at: None,
         connections: 1,
+        ..Behaviour::default()
     };
     let (port, _, server) = serve(b"never sent".to_vec(), Some(&pki), how);
     let url = format!("https://127.0.0.1:{port}/v2.bundle");
@@ -244,6 +261,7 @@ fn plain_http_needs_the_loud_flag() {
     let how = Behaviour {
         cut_first_at: None,
         connections: 1,
+        ..Behaviour::default()
     };
     let (port, _, server) = serve(v2.bundle.clone(), None, how);
     let mut opts = options(&dev, None);
@@ -269,6 +287,7 @@ fn the_binary_installs_over_https_and_reports_status() {
     let how = Behaviour {
         cut_first_at: None,
         connections: 1,
+        ..Behaviour::default()
     };
     let (port, _, server) = serve(v2.bundle.clone(), Some(&pki), how);
     let run = |args: &[&str]| {
@@ -326,4 +345,64 @@ fn the_binary_installs_over_https_and_reports_status() {
     let out = run(&["install", "http://127.0.0.1:9/x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-http"));
+}
+
+/// Issue 12.11: an https download is never redirected to plain http (or anything but https):
+/// refused naming both URLs, before the http server is contacted. A redirect that stays on
+/// https is followed.
+#[test]
+fn a_redirect_that_leaves_https_is_refused_naming_both_urls() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    unrelated_system_store(&dev);
+    let pki = pki();
+    let ca = dev.dir.path().join("fleet-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    // A plain-http server with the bundle, which must never be asked.
+    let plain = Behaviour {
+        connections: 1,
+        ..Behaviour::default()
+    };
+    let (http_port, http_count, _http) = serve(v2.bundle.clone(), None, plain);
+    let http_url = format!("http://127.0.0.1:{http_port}/v2.bundle");
+    let how = Behaviour {
+        connections: 2,
+        redirect: Some(http_url.clone()),
+        ..Behaviour::default()
+    };
+    let (port, _, server) = serve(v2.bundle.clone(), Some(&pki), how);
+    let url = format!("https://127.0.0.1:{port}/moved/v2.bundle");
+    // Refused, and also with --insecure-http: that allows http:// given, not a downgrade.
+    for insecure_http in [false, true] {
+        let mut opts = options(&dev, Some(&ca));
+        opts.insecure_http = insecure_http;
+        let err = source::open(&url, &opts).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, UpdateError::InsecureRedirect { .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains(&url) && text.contains(&http_url) && text.contains("leaves https"),
+            "{text}"
+        );
+    }
+    server.join().unwrap();
+    assert_eq!(http_count.load(Ordering::SeqCst), 0, "http was never asked");
+
+    // https -> https (a relative Location on the same server) is followed.
+    let how = Behaviour {
+        connections: 2,
+        redirect: Some("/bundles/v2.bundle".into()),
+        ..Behaviour::default()
+    };
+    let (port, count, server) = serve(v2.bundle.clone(), Some(&pki), how);
+    let url = format!("https://127.0.0.1:{port}/moved/v2.bundle");
+    let mut body = source::open(&url, &options(&dev, Some(&ca))).unwrap();
+    dev.updater(Slot::A)
+        .install(&mut body, &InstallOptions::default())
+        .unwrap();
+    server.join().unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 2);
 }

@@ -6,10 +6,11 @@
 mod common;
 
 use std::fs;
+use std::sync::Arc;
 
 use aperture_slots::{FakeBootControl, Slot, SlotStatus};
 use aperture_trust::manifest::Sha256Hex;
-use aperture_updater::state::DeviceState;
+use aperture_updater::io::FaultIo;
 use aperture_updater::{InstallOptions, UpdateError, Updater};
 use common::*;
 
@@ -31,7 +32,7 @@ fn install_boot_commit_then_install_back_into_a() {
         Sha256Hex::digest(&v2.manifest_json).to_string()
     );
     assert!(done.restarted.is_none());
-    // Slot B holds exactly v2, with its record and the signed manifest beside it.
+    // Slot B holds exactly v2, and the store records it with the exact signed manifest.
     assert_eq!(dev.slot_bytes(Slot::B, v2.rootfs.len()), v2.rootfs);
     assert_eq!(
         dev.slot_bytes(Slot::A, v1.rootfs.len()),
@@ -40,16 +41,26 @@ fn install_boot_commit_then_install_back_into_a() {
     );
     let rec = dev.assert_slot_verifies(Slot::B);
     assert_eq!(rec.version.to_string(), "2.0.0");
+    let installed = dev.installed(Slot::B).unwrap();
+    assert_eq!(installed.manifest.as_bytes(), v2.manifest_json);
+    assert_eq!(installed.signature.as_bytes(), v2.sig_json);
+    assert_eq!(
+        dev.installed(Slot::A).unwrap(),
+        v1.installed(),
+        "A's record is untouched"
+    );
     let slot_dir = dev.paths.slot_dir(Slot::B);
+    let mut esp_files: Vec<String> = fs::read_dir(&slot_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    esp_files.sort();
     assert_eq!(
-        fs::read(slot_dir.join("manifest.json")).unwrap(),
-        v2.manifest_json
+        esp_files,
+        ["initrd.img", "vmlinuz"],
+        "only boot files on the ESP"
     );
-    assert_eq!(
-        fs::read(slot_dir.join("manifest.sig")).unwrap(),
-        v2.sig_json
-    );
-    let state = DeviceState::load(&dev.paths.state_file()).unwrap();
+    let state = dev.state().unwrap();
     assert!(state.journal.is_none());
     assert_eq!(state.security_floor, 0, "install must not raise the floor");
     // The entry is the one slot_boot makes, armed with 3 tries.
@@ -83,6 +94,7 @@ fn install_boot_commit_then_install_back_into_a() {
             &InstallOptions {
                 tries: 1,
                 source: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -100,21 +112,11 @@ fn floor_rises_only_at_commit() {
     let v2 = image("2.0.0", 5, 2);
     let dev = Device::new(&v1);
     dev.updater(Slot::A).commit().unwrap();
-    assert_eq!(
-        DeviceState::load(&dev.paths.state_file())
-            .unwrap()
-            .security_floor,
-        1
-    );
+    assert_eq!(dev.state().unwrap().security_floor, 1);
     dev.updater(Slot::A)
         .install(&mut &v2.bundle[..], &InstallOptions::default())
         .unwrap();
-    assert_eq!(
-        DeviceState::load(&dev.paths.state_file())
-            .unwrap()
-            .security_floor,
-        1
-    );
+    assert_eq!(dev.state().unwrap().security_floor, 1);
     // B never passes its health gate: after its tries the loader returns to A, floor unchanged,
     // so v1-era security versions (and a fixed v2) remain installable.
     for _ in 0..3 {
@@ -140,12 +142,7 @@ fn floor_rises_only_at_commit() {
     assert_eq!(dev.boot(), Slot::B);
     dev.set_running(Slot::B, &v2b);
     dev.updater(Slot::B).commit().unwrap();
-    assert_eq!(
-        DeviceState::load(&dev.paths.state_file())
-            .unwrap()
-            .security_floor,
-        5
-    );
+    assert_eq!(dev.state().unwrap().security_floor, 5);
 }
 
 #[test]
@@ -256,6 +253,7 @@ fn interrupted_install_is_reported_and_restarted() {
     let opts = InstallOptions {
         tries: 2,
         source: Some("/data/v2.bundle".into()),
+        ..Default::default()
     };
     u.install(&mut cut, &opts).unwrap_err();
     let j = u.interrupted().unwrap().expect("the journal remains");
@@ -336,4 +334,112 @@ fn throughput() {
         "of which reading back and verifying: {:.2} s",
         start.elapsed().as_secs_f64()
     );
+}
+
+/// Issue 12: device state is off the ESP. What a power cut left of the old `state.json` (0
+/// bytes) does not matter any more; install, commit and status keep floor, journal and slot
+/// records in the state store, and the ESP holds only boot files.
+#[test]
+fn device_state_lives_in_the_store_and_the_esp_holds_only_boot_files() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let old_state = dev.paths.esp.join("aperture/state.json");
+    fs::write(&old_state, b"").unwrap();
+    assert_eq!(dev.updater(Slot::A).status().unwrap().security_floor, 0);
+    dev.updater(Slot::A)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.set_running(Slot::B, &v2);
+    dev.updater(Slot::B).commit().unwrap();
+    let state = dev.state().expect("the floor is in the store");
+    assert_eq!((state.security_floor, state.committed), (2, Some(Slot::B)));
+    assert_eq!(dev.record(Slot::B).unwrap().version.to_string(), "2.0.0");
+    fs::remove_file(&old_state).unwrap();
+    let mut files: Vec<String> = dev
+        .snapshot()
+        .files
+        .into_iter()
+        .map(|(p, _)| {
+            p.strip_prefix(&dev.paths.esp)
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "aperture/a/initrd.img",
+            "aperture/a/vmlinuz",
+            "aperture/b/initrd.img",
+            "aperture/b/vmlinuz",
+            "loader/entries/slot-a.conf",
+            "loader/entries/slot-b.conf",
+            "loader/entries/slot-b.conf.off",
+            "loader/loader.conf",
+        ]
+    );
+}
+
+/// Kernel (100 000 bytes) and initrd (250 000 bytes) in 512-byte blocks.
+const BOOT_FILES_ON_THE_ESP: u64 = 100_352 + 250_368;
+
+#[test]
+fn a_full_esp_is_refused_before_anything_is_written() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let before = dev.snapshot();
+    let io = FaultIo::counting().with_free_space(BOOT_FILES_ON_THE_ESP - 1);
+    let err = dev
+        .updater_with_io(Slot::A, Arc::new(io.clone()))
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpdateError::EspFull {
+                slot: Slot::B,
+                needed: BOOT_FILES_ON_THE_ESP,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&dev.paths.esp.display().to_string())
+            && text.contains(&format!("{} bytes free", BOOT_FILES_ON_THE_ESP - 1))
+            && text.contains(&format!("need {BOOT_FILES_ON_THE_ESP}")),
+        "{text}"
+    );
+    assert!(err.is_refusal());
+    assert_eq!(io.ops(), 0, "nothing was written: {:?}", io.log());
+    assert_eq!(dev.snapshot(), before);
+}
+
+#[test]
+fn leftover_temporary_files_are_removed_and_count_as_free_space() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    let dir = dev.paths.slot_dir(Slot::B);
+    // What an install cut off while streaming left, and a stray file of the same kind.
+    fs::write(dir.join("vmlinuz.tmp"), vec![7u8; 1000]).unwrap();
+    fs::write(dir.join("other.tmp"), b"x").unwrap();
+    let io = FaultIo::counting().with_free_space(BOOT_FILES_ON_THE_ESP - 1);
+    dev.updater_with_io(Slot::A, Arc::new(io))
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    let mut left: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["initrd.img", "vmlinuz"]);
+    assert_eq!(dev.boot(), Slot::B);
+    dev.assert_slot_verifies(Slot::B);
 }

@@ -1,7 +1,8 @@
 //! Bundles the updater must refuse, each in its own test.
 //!
 //! Header-level refusals (signature, key chain, policy) happen before anything is written: the
-//! partitions, the ESP (boot entries, records, state) are byte for byte unchanged. Payload-level
+//! partitions, the ESP (boot entries, boot files) and the device state store are byte for byte
+//! unchanged. Payload-level
 //! refusals (a flipped payload byte, a bad tar entry where a payload belongs) are found while
 //! streaming, after the target was invalidated: the target is then never ARMED, the running
 //! slot still boots and verifies, and where the bad entry comes first not a byte of the target
@@ -33,10 +34,7 @@ fn refused_untouched(dev: &Device, bundle: &[u8]) -> UpdateError {
     let before = dev.snapshot();
     let err = install(dev, bundle);
     assert_eq!(dev.snapshot(), before, "{err}: something was written");
-    assert!(
-        !dev.paths.state_file().exists(),
-        "{err}: state.json was written"
-    );
+    assert!(dev.state().is_none(), "{err}: the device state was written");
     err
 }
 
@@ -145,8 +143,12 @@ fn lower_version() {
 fn security_version_below_the_floor() {
     let (_, _, dev) = setup();
     // The floor is 4 (a committed image had security version 4); 2.0.0 offers 3.
-    std::fs::create_dir_all(dev.paths.aperture_dir()).unwrap();
-    std::fs::write(dev.paths.state_file(), r#"{"format":1,"security_floor":4}"#).unwrap();
+    dev.store()
+        .write(
+            aperture_appliance::Area::Update,
+            br#"{"format":1,"security_floor":4}"#,
+        )
+        .unwrap();
     let low = image("2.0.0", 3, 3);
     let before = dev.snapshot();
     let err = trust(install(&dev, &low.bundle));

@@ -17,7 +17,6 @@ use aperture_slots::tegra::bootimg;
 use aperture_slots::tegra::capsule::{CapsuleDelivery, CAPSULE_DIR};
 use aperture_slots::{BootControl, Slot, SlotLayout, Tegra};
 use aperture_trust::manifest::{Role, Sha256Hex};
-use aperture_trust::record::SlotRecord;
 use aperture_trust::verity::verify_device;
 use aperture_updater::disk::{Disk, FileDisk, PartitionReader};
 use aperture_updater::io::{FaultIo, Io};
@@ -104,7 +103,11 @@ impl Jetson {
             add(layout.kernel_dtb(slot).unwrap(), DTB_PART);
         }
         add("esp".into(), 1 << 20);
-        let size = 2 * SLOT_SIZE + 2 * (kernel_part + DTB_PART) + (4 << 20);
+        parts.push(state_partition(ns));
+        let size = 2 * SLOT_SIZE
+            + 2 * (kernel_part + DTB_PART)
+            + aperture_appliance::store::PARTITION_BYTES
+            + (4 << 20);
         let mut f = fs::File::create(&disk_path).unwrap();
         f.set_len(size).unwrap();
         write_gpt(&mut f, size, &Layout::new(Guid::derive(ns, "disk"), parts)).unwrap();
@@ -151,10 +154,17 @@ impl Jetson {
             write(kernel, &boot);
         }
         write(self.layout.kernel_dtb(slot).unwrap(), &dtb(image));
-        let sd = self.paths.slot_dir(slot);
-        fs::create_dir_all(&sd).unwrap();
-        let record = SlotRecord::from_manifest(&image.manifest).unwrap();
-        fs::write(sd.join("slot.json"), record.to_json()).unwrap();
+        let mut store = open_store(&disk, self.board());
+        aperture_updater::store::write_slot(&mut store, slot, &image.installed()).unwrap();
+    }
+
+    fn board(&self) -> aperture_appliance::Board {
+        match self.layout {
+            SlotLayout::Tegra(aperture_appliance::ChainNaming::Prefix) => {
+                aperture_appliance::Board::JetsonOrinAgx
+            }
+            _ => aperture_appliance::Board::JetsonXavierAgx,
+        }
     }
 
     fn disk(&self) -> FileDisk {
@@ -168,7 +178,8 @@ impl Jetson {
     }
 
     fn backend(&self) -> Tegra {
-        Tegra::new(self.paths.efivars.clone(), self.paths.aperture_dir())
+        let ledger = open_store(&self.disk(), self.board());
+        Tegra::new(self.paths.efivars.clone(), Box::new(ledger))
             .with_capsules(self.paths.esp.clone())
     }
 
@@ -304,6 +315,13 @@ fn orin_install_writes_app_b_its_boot_image_and_device_tree_then_commits() {
     assert_eq!(dev.var("RootfsRetryCountMax"), Some(3));
     assert_eq!(dev.var("BootChainFwNext"), Some(1));
     assert!(!dev.delivery().requested().unwrap());
+    // The boot ledger is in the state store, not on the ESP.
+    let ledger: serde_json::Value = open_store(&dev.disk(), dev.board())
+        .read_json(aperture_appliance::Area::Boot)
+        .unwrap()
+        .expect("the Tegra ledger is in the store");
+    assert_eq!(ledger["b"]["phase"], "trying", "{ledger}");
+    assert!(!dev.paths.esp.join("aperture/tegra-slots.json").exists());
 
     assert_eq!(dev.boot(), Slot::B);
     dev.set_running(Slot::B, &v2);
@@ -375,6 +393,7 @@ fn failed_boots_leave_b_unbootable_a_boots_and_a_reinstall_clears_0xff() {
     let opts = InstallOptions {
         tries: 2,
         source: None,
+        ..Default::default()
     };
     dev.updater(Slot::A)
         .install(&mut &v2.bundle[..], &opts)

@@ -84,6 +84,28 @@ pub struct BuildArgs {
 pub enum KeysCommand {
     /// Make a root key, a release key, and the keyring in which the root key certifies it.
     Generate(KeysGenerateArgs),
+    /// Revoke a release key: write a new keyring without it, its sequence one higher, signed
+    /// by the root key. Appliances refuse bundles under older keyrings once they commit an
+    /// image installed from a bundle under the new one.
+    Revoke(KeysRevokeArgs),
+}
+
+/// `cargo xtask keys revoke`.
+#[derive(Debug, Args, Clone)]
+pub struct KeysRevokeArgs {
+    /// Key id of the release key to revoke (16 hex characters, as `keys generate` prints).
+    #[arg(long, value_name = "ID")]
+    pub key_id: String,
+    /// Keys folder holding root.key (the root's secret key) and keyring.json.
+    #[arg(long, default_value = "keys/release")]
+    pub dir: PathBuf,
+    /// Also make a new release key (the folder's release.key; the old file is kept as
+    /// release.key.<its id>.old) and list it in the new keyring.
+    #[arg(long)]
+    pub replace: bool,
+    /// Days until the new release key expires (with --replace).
+    #[arg(long, default_value_t = 365)]
+    pub valid_days: u64,
 }
 
 /// `cargo xtask keys generate`.

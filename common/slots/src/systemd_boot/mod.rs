@@ -17,13 +17,30 @@
 //! generation plus one, so one file write decides the next boot. An armed entry is written with
 //! generation 0 and only becomes preferred with the following [`Step::SetNext`]. The human image
 //! version is in `title`. No EFI variable is used (`bootctl set-default` would override all this).
+//!
+//! ## What a power cut on vfat can leave, and how it is read
+//! Every write goes through [`EspOps`] (vfat-safe: the renamed file is fsynced again under its
+//! new name, then the folder). But a vfat rename of a long name is two directory operations,
+//! create the new entry then delete the old one, in Linux and in the firmware's FAT driver
+//! alike, so a cut between them leaves two live entries of one slot: `slot-b+3.conf` and
+//! `slot-b+2-1.conf` (the loader counting a try), `slot-b+2-1.conf` and `slot-b.conf` (a bless),
+//! or a temporary `*.conf.tmp` beside its target. Such a slot is read as its LEAST bootable
+//! entry (bad before on trial before good; fewer tries left first), so a leftover entry can never
+//! make a failed slot good or bootable again; an entry the loader ignores (no `linux` or `efi`
+//! line, such as an empty file) is ignored here too. The next change of the boot state
+//! ([`BootControl::tidy`], run by [`crate::SlotManager`] before every event, and by each
+//! [`BootControl::persist`]) removes the other entries and the temporary files, so the disk
+//! then says exactly what was read.
 
 pub mod entry;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::fsutil::{create_dir_all, read_optional, rename_durable, write_atomic};
+use aperture_sys::fs::{create_dir_all, read_optional};
+
+use crate::esp::{EspOps, RealEsp};
 use crate::manager::BootControl;
 use crate::state::{BootState, SlotState, SlotStatus, Step};
 use crate::{Slot, SlotBoot, SlotsError};
@@ -49,32 +66,69 @@ pub fn write_initial_esp(esp_root: &Path, a: &SlotBoot, b: &SlotBoot) -> Result<
     b.validate(Slot::B)?;
     let esp = SystemdBoot::new(esp_root.to_path_buf());
     let dir = esp.entries_dir();
-    create_dir_all(&dir)?;
-    write_atomic(&esp.loader_conf_path(), loader_conf().as_bytes())?;
-    for (name, _) in esp.live_entries()? {
-        let path = dir.join(name);
-        fs::remove_file(&path).map_err(SlotsError::io("removing old entry", &path))?;
+    create_dir_all(&dir, 0o755)?;
+    esp.ops
+        .write_atomic(&esp.loader_conf_path(), loader_conf().as_bytes())?;
+    for name in esp.listing()?.live.into_keys() {
+        esp.ops.remove_durable(&dir.join(name))?;
     }
     for (slot, boot, generation) in [
         (Slot::A, a, INITIAL_GENERATION),
         (Slot::B, b, INITIAL_GENERATION - 1),
     ] {
         let path = dir.join(EntryName::plain(slot).file_name());
-        write_atomic(&path, render_entry(slot, generation, boot).as_bytes())?;
+        esp.ops
+            .write_atomic(&path, render_entry(slot, generation, boot).as_bytes())?;
     }
     Ok(())
+}
+
+/// The entries folder as listed: our live entry names and the temporary files.
+struct Listing {
+    /// File name to parsed name, sorted by file name.
+    live: std::collections::BTreeMap<String, EntryName>,
+    /// `*.tmp` files a cut write left behind.
+    tmp: Vec<String>,
+}
+
+/// The entries as read: per slot the one entry that counts, and the files to remove.
+struct View {
+    /// The counted entry of each slot that has one, in the loader's order.
+    chosen: Vec<LoaderEntry>,
+    /// Other live entries of a slot, entries the loader ignores, and temporary files.
+    stale: Vec<String>,
+}
+
+/// How bootable an entry is, least first: bad, then on trial with fewer tries left and more
+/// done, then good.
+fn bootability(name: &EntryName) -> (u8, u32, std::cmp::Reverse<u32>) {
+    match name.counter {
+        None => (2, 0, std::cmp::Reverse(0)),
+        Some(c) if c.tries_left == 0 => (0, 0, std::cmp::Reverse(c.tries_done)),
+        Some(c) => (1, c.tries_left, std::cmp::Reverse(c.tries_done)),
+    }
 }
 
 /// systemd-boot backend on an ESP mounted at a folder.
 #[derive(Debug, Clone)]
 pub struct SystemdBoot {
     esp_root: PathBuf,
+    ops: Arc<dyn EspOps>,
 }
 
 impl SystemdBoot {
     /// Work on the ESP mounted (or staged) at `esp_root`.
     pub fn new(esp_root: PathBuf) -> SystemdBoot {
-        SystemdBoot { esp_root }
+        SystemdBoot {
+            esp_root,
+            ops: Arc::new(RealEsp),
+        }
+    }
+
+    /// Do every file operation through `ops` (the updater's fault-injection seam).
+    pub fn with_ops(mut self, ops: Arc<dyn EspOps>) -> SystemdBoot {
+        self.ops = ops;
+        self
     }
 
     /// The ESP root.
@@ -92,10 +146,11 @@ impl SystemdBoot {
         self.esp_root.join("loader").join("loader.conf")
     }
 
-    /// File names of our live entries, parsed. Temporary and `.off` files are skipped.
-    fn live_entries(&self) -> Result<Vec<(String, EntryName)>, SlotsError> {
+    /// Our live entry names and the temporary files in the entries folder.
+    fn listing(&self) -> Result<Listing, SlotsError> {
         let dir = self.entries_dir();
-        let mut found = Vec::new();
+        let mut live = std::collections::BTreeMap::new();
+        let mut tmp = Vec::new();
         let listing =
             fs::read_dir(&dir).map_err(SlotsError::io("listing boot entries in", &dir))?;
         for item in listing {
@@ -104,59 +159,77 @@ impl SystemdBoot {
                 continue;
             };
             if let Some(parsed) = EntryName::parse(&name) {
-                found.push((name, parsed));
+                live.insert(name, parsed);
+            } else if name.to_ascii_lowercase().ends_with(".tmp") {
+                tmp.push(name);
             }
         }
-        found.sort_by(|x, y| x.0.cmp(&y.0));
-        Ok(found)
+        Ok(Listing { live, tmp })
     }
 
-    /// Our live entries as the loader sees them, in the loader's order (first boots).
-    fn loader_entries(&self) -> Result<Vec<LoaderEntry>, SlotsError> {
+    /// Every live entry the loader would consider, in the loader's order (first boots). An
+    /// entry without a `linux` or `efi` line is skipped, as the loader skips it.
+    fn loader_entries(&self) -> Result<(Vec<LoaderEntry>, Listing), SlotsError> {
         let dir = self.entries_dir();
+        let listing = self.listing()?;
         let mut entries = Vec::new();
-        for (file, name) in self.live_entries()? {
-            let path = dir.join(&file);
-            let text = read_optional(&path)?.ok_or_else(|| SlotsError::Malformed {
-                path: path.clone(),
-                reason: "the entry vanished while being read".into(),
-            })?;
-            let fields = EntryFields::parse(&text);
+        for (file, name) in &listing.live {
+            let path = dir.join(file);
+            let Some(text) = read_optional(&path)? else {
+                continue;
+            };
+            let fields = EntryFields::parse(&String::from_utf8_lossy(&text));
             if fields.linux.is_none() && fields.efi.is_none() {
-                return Err(SlotsError::Malformed {
-                    path,
-                    reason: "no `linux` or `efi` line, so systemd-boot ignores it".into(),
-                });
+                continue;
             }
             entries.push(LoaderEntry {
                 id: file.to_ascii_lowercase(),
-                file,
-                name,
+                file: file.clone(),
+                name: *name,
                 fields,
             });
         }
         entries.sort_by(compare);
-        Ok(entries)
+        Ok((entries, listing))
     }
 
-    /// The one live entry of `slot`, if any; two are an error (which one would boot?).
-    fn slot_entry<'e>(
-        &self,
-        entries: &'e [LoaderEntry],
-        slot: Slot,
-    ) -> Result<Option<&'e LoaderEntry>, SlotsError> {
-        let mut mine = entries.iter().filter(|e| e.name.slot == slot);
-        let first = mine.next();
-        if let (Some(a), Some(b)) = (first, mine.next()) {
-            return Err(SlotsError::Malformed {
-                path: self.entries_dir(),
-                reason: format!(
-                    "slot {slot} has two live entries, {} and {}; remove the stale one",
-                    a.file, b.file
-                ),
-            });
+    /// The entries as read (see the module documentation): per slot its least bootable
+    /// entry, and what the next change removes.
+    fn view(&self) -> Result<View, SlotsError> {
+        let (entries, listing) = self.loader_entries()?;
+        let mut chosen: Vec<LoaderEntry> = Vec::new();
+        for slot in Slot::ALL {
+            if let Some(e) = entries
+                .iter()
+                .filter(|e| e.name.slot == slot)
+                .min_by_key(|e| bootability(&e.name))
+            {
+                chosen.push(e.clone());
+            }
         }
-        Ok(first)
+        chosen.sort_by(compare);
+        let mut stale: Vec<String> = listing
+            .live
+            .into_keys()
+            .filter(|f| !chosen.iter().any(|c| &c.file == f))
+            .collect();
+        stale.extend(listing.tmp);
+        Ok(View { chosen, stale })
+    }
+
+    /// Remove what a cut write or rename left: extra entries of a slot (keeping the one that
+    /// is read), entries the loader ignores, and temporary files. Returns the names removed.
+    fn clean(&self, view: &View) -> Result<Vec<String>, SlotsError> {
+        let dir = self.entries_dir();
+        for name in &view.stale {
+            self.ops.remove_durable(&dir.join(name))?;
+        }
+        Ok(view.stale.clone())
+    }
+
+    /// The counted entry of `slot`, if any.
+    fn slot_entry(entries: &[LoaderEntry], slot: Slot) -> Option<&LoaderEntry> {
+        entries.iter().find(|e| e.name.slot == slot)
     }
 
     fn generation(&self, e: &LoaderEntry) -> Result<u64, SlotsError> {
@@ -174,11 +247,10 @@ impl SystemdBoot {
         entries: &'e [LoaderEntry],
         slot: Slot,
     ) -> Result<&'e LoaderEntry, SlotsError> {
-        self.slot_entry(entries, slot)?
-            .ok_or_else(|| SlotsError::MissingEntry {
-                slot,
-                dir: self.entries_dir(),
-            })
+        Self::slot_entry(entries, slot).ok_or_else(|| SlotsError::MissingEntry {
+            slot,
+            dir: self.entries_dir(),
+        })
     }
 
     /// Arming an entry whose kernel or initrd is missing would only waste the slot's tries:
@@ -207,10 +279,10 @@ impl BootControl for SystemdBoot {
     }
 
     fn read(&self) -> Result<BootState, SlotsError> {
-        let entries = self.loader_entries()?;
+        let entries = self.view()?.chosen;
         let mut state = BootState::fresh();
         for slot in Slot::ALL {
-            *state.slot_mut(slot) = match self.slot_entry(&entries, slot)? {
+            *state.slot_mut(slot) = match Self::slot_entry(&entries, slot) {
                 Some(e) => SlotState {
                     status: e.name.status(),
                     label: e.fields.title.clone(),
@@ -226,36 +298,44 @@ impl BootControl for SystemdBoot {
         Ok(state.normalized())
     }
 
+    fn tidy(&mut self) -> Result<Vec<String>, SlotsError> {
+        let view = self.view()?;
+        self.clean(&view)
+    }
+
     fn persist(&mut self, step: &Step) -> Result<(), SlotsError> {
-        let entries = self.loader_entries()?;
+        let view = self.view()?;
+        self.clean(&view)?;
+        let entries = view.chosen;
         let dir = self.entries_dir();
         match step {
             Step::Invalidate { slot } => {
-                // Every live entry of the slot goes, even stray duplicates.
-                for e in entries.iter().filter(|e| e.name.slot == *slot) {
+                if let Some(e) = Self::slot_entry(&entries, *slot) {
                     let off = dir.join(format!("{}.off", EntryName::plain(*slot).file_name()));
-                    rename_durable(&self.path_of(e), &off)?;
+                    self.ops.rename_durable(&self.path_of(e), &off)?;
                 }
             }
             Step::Arm { slot, tries, boot } => {
                 boot.validate(*slot)?;
-                if let Some(e) = self.slot_entry(&entries, *slot)? {
+                if let Some(e) = Self::slot_entry(&entries, *slot) {
                     return Err(SlotsError::InvalidTransition {
                         event: "arm",
                         slot: *slot,
                         from: e.name.status(),
-                        fix: "its entry must be removed (begin the install) before it is armed",
+                        fix: "begin the install (which invalidates it) before arming it",
                     });
                 }
                 self.require_boot_files(*slot, boot)?;
                 let path = dir.join(EntryName::armed(*slot, *tries).file_name());
-                write_atomic(&path, render_entry(*slot, 0, boot).as_bytes())?;
+                self.ops
+                    .write_atomic(&path, render_entry(*slot, 0, boot).as_bytes())?;
             }
             Step::Bless { slot } => {
                 let e = self.require_entry(&entries, *slot)?;
                 let plain = EntryName::plain(*slot);
                 if e.name != plain {
-                    rename_durable(&self.path_of(e), &dir.join(plain.file_name()))?;
+                    self.ops
+                        .rename_durable(&self.path_of(e), &dir.join(plain.file_name()))?;
                 }
             }
             Step::SetNext { slot } => {
@@ -266,7 +346,8 @@ impl BootControl for SystemdBoot {
                 }
                 let path = self.path_of(e);
                 let text = read_optional(&path)?.unwrap_or_default();
-                write_atomic(&path, set_version(&text, top + 1).as_bytes())?;
+                let text = set_version(&String::from_utf8_lossy(&text), top + 1);
+                self.ops.write_atomic(&path, text.as_bytes())?;
             }
         }
         Ok(())
@@ -276,7 +357,7 @@ impl BootControl for SystemdBoot {
     /// a counted entry as the loader does (`+3` → `+2-1`). An entry with no tries left still
     /// boots if it is the only choice, as in the real loader.
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
-        let entries = self.loader_entries()?;
+        let (entries, _) = self.loader_entries()?;
         let Some(first) = entries.first() else {
             return Err(SlotsError::NoBootableSlot {
                 a: SlotStatus::Unbootable,
@@ -285,7 +366,7 @@ impl BootControl for SystemdBoot {
         };
         let after = first.name.after_boot();
         if after != first.name {
-            rename_durable(
+            self.ops.rename_durable(
                 &self.path_of(first),
                 &self.entries_dir().join(after.file_name()),
             )?;

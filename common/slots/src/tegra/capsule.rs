@@ -74,7 +74,7 @@ impl CapsuleDelivery {
             }
         }
         for file in self.pending()? {
-            std::fs::remove_file(&file).map_err(SlotsError::io("removing capsule", &file))?;
+            aperture_sys::fs::remove_durable(&file)?;
         }
         Ok(())
     }
@@ -116,7 +116,7 @@ impl CapsuleDelivery {
         self.vars
             .write_u64(OS_INDICATIONS, old & !FILE_CAPSULE_DELIVERY)?;
         for file in &files {
-            std::fs::remove_file(file).map_err(SlotsError::io("removing capsule", file))?;
+            aperture_sys::fs::remove_durable(file)?;
         }
         Ok(names)
     }

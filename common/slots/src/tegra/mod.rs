@@ -1,5 +1,5 @@
 //! [`Tegra`]: boot control for Jetson (Orin AGX, Xavier AGX) through NVIDIA's UEFI variables of
-//! vendor GUID [`efivar::NVIDIA_GUID`] in efivarfs, plus one small state file of our own.
+//! vendor GUID [`efivar::NVIDIA_GUID`] in efivarfs, plus one small ledger of our own.
 //!
 //! Variables (each `u32`, see [`efivar`] for the file format):
 //! * `RootfsStatusSlotA`, `RootfsStatusSlotB`: 0 = normal, 0xFF = unbootable. The firmware sets
@@ -8,12 +8,19 @@
 //! * `RootfsRetryCountMax`: boot tries of a slot (3 if absent).
 //! * `BootChainFwNext`: 0 = A, 1 = B, the slot the firmware boots next (A if absent).
 //!
-//! The variables cannot say whether a slot is committed or on trial, nor hold a label, so the
-//! state file `tegra-slots.json` in the state folder given to [`Tegra::new`] records, per slot,
-//! `committed`, `installing` or `trying` (with `tries_done`) and the label. On a device that
-//! folder must be on a partition both slots share (the updater uses `/efi/aperture` on the
-//! ESP), written temp + rename + fsync folder. The variables stay authoritative for what
-//! the firmware boots: a status of 0xFF is never read as bootable whatever the file says.
+//! The variables cannot say whether a slot is committed or on trial, nor hold a label, so a
+//! ledger records, per slot, `committed`, `installing` or `trying` (with `tries_done`) and the
+//! label, as JSON:
+//!
+//! ```json
+//! {"a":{"phase":"committed","label":"Aperture 1.0.0"},"b":{"phase":"trying","tries_done":0,"label":"Aperture 2.0.0"}}
+//! ```
+//!
+//! Where the ledger lives is a [`Ledger`]: on a device the record area
+//! [`Area::Boot`] of the redundant device state store on the raw partition `aperture_state`
+//! ([`aperture_appliance::store`]), never a file on the FAT ESP, where one power cut can leave
+//! a renamed file empty. The variables stay authoritative for what the firmware boots: a status
+//! of 0xFF is never read as bootable whatever the ledger says.
 //!
 //! On real hardware the firmware counts tries in a scratch register we cannot read; only the
 //! simulation ([`BootControl::loader_boot`]) updates `tries_done`, so on a device a slot on trial
@@ -23,11 +30,13 @@ pub mod bootimg;
 pub mod capsule;
 pub mod efivar;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
+use aperture_appliance::store::{Medium, StateStore};
+use aperture_appliance::Area;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{create_dir_all, read_optional, write_atomic};
 use crate::manager::BootControl;
 use crate::state::{BootState, SlotState, SlotStatus, Step};
 use crate::{Slot, SlotsError};
@@ -48,8 +57,36 @@ pub const STATUS_NORMAL: u32 = 0;
 pub const STATUS_UNBOOTABLE: u32 = 0xFF;
 /// Tries assumed when `RootfsRetryCountMax` is absent (the L4T default).
 pub const DEFAULT_RETRY_COUNT_MAX: u32 = 3;
-/// File name of the state file in the state folder.
-pub const STATE_FILE: &str = "tegra-slots.json";
+
+/// Where [`Tegra`] keeps its ledger (see the module documentation).
+pub trait Ledger: fmt::Debug {
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+    /// The ledger's bytes; `None` when none was ever written (a freshly flashed device).
+    fn load(&self) -> Result<Option<Vec<u8>>, SlotsError>;
+    /// Replace the ledger with `bytes`, durably and atomically with respect to a power cut.
+    fn save(&mut self, bytes: &[u8]) -> Result<(), SlotsError>;
+}
+
+/// The device's ledger: record area [`Area::Boot`] of the device state store.
+impl<M: Medium + fmt::Debug> Ledger for StateStore<M> {
+    fn describe(&self) -> String {
+        format!(
+            "the {} record of the device state ({})",
+            Area::Boot.name(),
+            self.name()
+        )
+    }
+
+    fn load(&self) -> Result<Option<Vec<u8>>, SlotsError> {
+        Ok(self.read(Area::Boot)?)
+    }
+
+    fn save(&mut self, bytes: &[u8]) -> Result<(), SlotsError> {
+        self.write(Area::Boot, bytes)?;
+        Ok(())
+    }
+}
 
 /// What the variables cannot tell about a slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,13 +108,14 @@ struct Record {
     label: Option<String>,
 }
 
+/// The ledger's content: a record per slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Ledger {
+struct Slots {
     a: Record,
     b: Record,
 }
 
-impl Ledger {
+impl Slots {
     fn get(&self, slot: Slot) -> &Record {
         match slot {
             Slot::A => &self.a,
@@ -99,11 +137,11 @@ fn status_var(slot: Slot) -> &'static str {
     }
 }
 
-/// Jetson boot control: NVIDIA UEFI variables plus a state file.
-#[derive(Debug, Clone)]
+/// Jetson boot control: NVIDIA UEFI variables plus a [`Ledger`].
+#[derive(Debug)]
 pub struct Tegra {
     vars: EfiVars,
-    state_dir: PathBuf,
+    ledger: Box<dyn Ledger>,
     capsules: Option<CapsuleDelivery>,
 }
 
@@ -112,11 +150,12 @@ impl Tegra {
     pub const DEVICE_EFIVARS: &'static str = "/sys/firmware/efi/efivars";
 
     /// Variables in `efivars_dir` (on a device [`Tegra::DEVICE_EFIVARS`]; in tests a folder laid
-    /// out the same way) and the state file in `state_dir` (created when first written).
-    pub fn new(efivars_dir: PathBuf, state_dir: PathBuf) -> Tegra {
+    /// out the same way) and the ledger in `ledger` (on a device the state store's
+    /// [`Area::Boot`]).
+    pub fn new(efivars_dir: PathBuf, ledger: Box<dyn Ledger>) -> Tegra {
         Tegra {
             vars: EfiVars::new(efivars_dir),
-            state_dir,
+            ledger,
             capsules: None,
         }
     }
@@ -134,9 +173,9 @@ impl Tegra {
         self.vars.dir()
     }
 
-    /// The state file.
-    pub fn state_file(&self) -> PathBuf {
-        self.state_dir.join(STATE_FILE)
+    /// The ledger.
+    pub fn ledger_store(&self) -> &dyn Ledger {
+        &*self.ledger
     }
 
     /// The file of NVIDIA variable `name` (`Name-781e084c-...`).
@@ -144,26 +183,25 @@ impl Tegra {
         self.vars.path(name)
     }
 
-    fn ledger(&self) -> Result<Ledger, SlotsError> {
-        let path = self.state_file();
-        match read_optional(&path)? {
-            None => Ok(Ledger::default()),
-            Some(text) => serde_json::from_str(&text).map_err(|e| SlotsError::Malformed {
-                path,
-                reason: e.to_string(),
+    fn ledger(&self) -> Result<Slots, SlotsError> {
+        match self.ledger.load()? {
+            None => Ok(Slots::default()),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SlotsError::Malformed {
+                path: PathBuf::from(self.ledger.describe()),
+                reason: format!(
+                    "{e}; it is written only by aperture-slots (a newer or a tampered program \
+                     wrote it)"
+                ),
             }),
         }
     }
 
-    fn save(&self, ledger: &Ledger) -> Result<(), SlotsError> {
-        let path = self.state_file();
-        let mut text = serde_json::to_string_pretty(ledger).map_err(|e| SlotsError::Malformed {
-            path: path.clone(),
+    fn save(&mut self, slots: &Slots) -> Result<(), SlotsError> {
+        let bytes = serde_json::to_vec(slots).map_err(|e| SlotsError::Malformed {
+            path: PathBuf::from(self.ledger.describe()),
             reason: e.to_string(),
         })?;
-        text.push('\n');
-        create_dir_all(&self.state_dir)?;
-        write_atomic(&path, text.as_bytes())
+        self.ledger.save(&bytes)
     }
 
     fn slot_var(&self, slot: Slot) -> Result<u32, SlotsError> {

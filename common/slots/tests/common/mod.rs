@@ -2,10 +2,62 @@
 //! device, directory listings, and boot descriptions.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use aperture_slots::{write_initial_esp, Slot, SlotBoot, SystemdBoot, Tegra};
+use aperture_slots::tegra::Ledger;
+use aperture_slots::{write_initial_esp, Slot, SlotBoot, SlotsError, SystemdBoot, Tegra};
 use tempfile::TempDir;
+
+/// A Tegra ledger in one small file, so that crash scenarios can copy a whole folder cheaply
+/// (the device keeps its ledger in the state store, whose own tests cover power cuts).
+#[derive(Debug, Clone)]
+pub struct FileLedger(pub PathBuf);
+
+impl Ledger for FileLedger {
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+    fn load(&self) -> Result<Option<Vec<u8>>, SlotsError> {
+        match std::fs::read(&self.0) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SlotsError::Io {
+                op: "reading",
+                path: self.0.clone(),
+                source: e,
+            }),
+        }
+    }
+    /// Fails while a file `<ledger>.block` exists (a test's way to cut a step short).
+    fn save(&mut self, bytes: &[u8]) -> Result<(), SlotsError> {
+        if self.0.with_extension("block").exists() {
+            return Err(SlotsError::Io {
+                op: "writing",
+                path: self.0.clone(),
+                source: std::io::Error::other("blocked by the test"),
+            });
+        }
+        std::fs::write(&self.0, bytes).map_err(|e| SlotsError::Io {
+            op: "writing",
+            path: self.0.clone(),
+            source: e,
+        })
+    }
+}
+
+/// The Tegra backend on `efivars` with its ledger in the file `ledger`.
+pub fn tegra_at(efivars: &Path, ledger: &Path) -> Tegra {
+    Tegra::new(
+        efivars.to_path_buf(),
+        Box::new(FileLedger(ledger.to_path_buf())),
+    )
+}
+
+/// The ledger's JSON, if written.
+pub fn ledger_json(path: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
 
 /// The entry for `slot` running image `version`.
 pub fn boot(slot: Slot, version: &str) -> SlotBoot {
@@ -65,7 +117,7 @@ pub fn get_var(efivars: &Path, name: &str) -> Option<u32> {
     Some(u32::from_le_bytes(bytes[4..8].try_into().unwrap()))
 }
 
-/// A flashed Jetson: both slots normal, retry count 3, A next; state folder empty.
+/// A flashed Jetson: both slots normal, retry count 3, A next; no ledger yet (`ledger.json`).
 pub fn fresh_tegra() -> (TempDir, Tegra) {
     let dir = tempfile::tempdir().unwrap();
     let efivars = dir.path().join("efivars");
@@ -78,7 +130,7 @@ pub fn fresh_tegra() -> (TempDir, Tegra) {
     ] {
         put_var(&efivars, name, value);
     }
-    let tegra = Tegra::new(efivars, dir.path().join("state"));
+    let tegra = tegra_at(&efivars, &dir.path().join("ledger.json"));
     (dir, tegra)
 }
 

@@ -24,7 +24,7 @@ mod reader;
 mod ustar;
 mod writer;
 
-pub use reader::BundleReader;
+pub use reader::{BundleReader, HeaderBytes};
 pub use writer::{compress_payload, write_bundle, PayloadSource};
 
 /// Name of the first entry.

@@ -31,6 +31,18 @@ pub struct BundleReader<R> {
     root: PublicKey,
     now: u64,
     stage: Stage,
+    header: Option<HeaderBytes>,
+}
+
+/// The exact bytes of a bundle's `manifest.json` and `manifest.sig` that
+/// [`BundleReader::read_header`] verified, for a record of what was installed (kept byte for
+/// byte so that the signature can be checked again later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderBytes {
+    /// `manifest.json` as read.
+    pub manifest_json: Vec<u8>,
+    /// `manifest.sig` as read.
+    pub sig_json: Vec<u8>,
 }
 
 enum Stage {
@@ -48,7 +60,14 @@ impl<R: Read> BundleReader<R> {
             root: *root,
             now,
             stage: Stage::Start,
+            header: None,
         }
+    }
+
+    /// The manifest and signature bytes [`read_header`](Self::read_header) verified; `None`
+    /// before it succeeded.
+    pub fn header_bytes(&self) -> Option<&HeaderBytes> {
+        self.header.as_ref()
     }
 
     /// Reads `manifest.json` and `manifest.sig` and verifies them before any payload byte is
@@ -63,6 +82,10 @@ impl<R: Read> BundleReader<R> {
         let sig_json = self.read_small_entry(SIGNATURE_ENTRY, MAX_SIGNATURE_SIZE)?;
         let verified = verify_manifest(&manifest_json, &sig_json, &self.root, self.now)?;
         self.stage = Stage::HeaderRead(Box::new(verified.manifest().clone()));
+        self.header = Some(HeaderBytes {
+            manifest_json,
+            sig_json,
+        });
         Ok(verified)
     }
 

@@ -1,6 +1,8 @@
 //! Shared fixtures for the updater's tier-1 tests: signed snakeoil images and bundles made in
 //! the test (random "erofs" data plus a real verity tree), a file-backed disk with a GPT made
-//! with aperture-gpt, a temp ESP with systemd-boot entries, and `RawTar` for malicious bundles.
+//! with aperture-gpt (with the `aperture_state` partition holding both slots' records, as the
+//! image builder lays it out), a temp ESP with systemd-boot entries, and `RawTar` for malicious
+//! bundles.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -10,6 +12,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aperture_appliance::store::PARTITION_BYTES;
+use aperture_appliance::{Area, Board};
 use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
 use aperture_slots::{BootControl, Slot, SystemdBoot};
 use aperture_trust::bundle::{write_bundle, PayloadSource};
@@ -18,11 +22,13 @@ use aperture_trust::manifest::{
     Artifact, ArtifactName, BootInfo, BuildInfo, Manifest, Payload, PayloadEncoding, Role,
     Sha256Hex,
 };
-use aperture_trust::record::SlotRecord;
+use aperture_trust::record::{InstalledSlot, SlotRecord};
 use aperture_trust::signing::sign_manifest;
 use aperture_trust::verity::{append_hash_tree, verify_device, VerityInfo};
 use aperture_updater::disk::{Disk, FileDisk, PartitionReader};
-use aperture_updater::io::Io;
+use aperture_updater::io::{EspThroughIo, Io, RealIo};
+use aperture_updater::state::DeviceState;
+use aperture_updater::store::Store;
 use aperture_updater::{BuildFacts, Paths, Updater};
 
 pub const NOW: u64 = 1_800_000_000;
@@ -270,9 +276,42 @@ impl Image {
             recipe_sha256: "ab".into(),
             source_date_epoch: 1,
             required_services: vec!["aperture-runtime.service".into()],
-            tpm: true,
+            // The binary would use the host's TPM; the TPM tests give the library a fake or swtpm.
+            tpm: false,
             reset_button: None,
         }
+    }
+
+    /// What the image builder records for a slot flashed with this image.
+    pub fn installed(&self) -> InstalledSlot {
+        InstalledSlot {
+            record: SlotRecord::from_manifest(&self.manifest).unwrap(),
+            manifest: String::from_utf8(self.manifest_json.clone()).unwrap(),
+            signature: String::from_utf8(self.sig_json.clone()).unwrap(),
+        }
+    }
+}
+
+/// The `aperture_state` partition spec of a test disk.
+pub fn state_partition(ns: &str) -> PartitionSpec {
+    PartitionSpec::new(
+        "aperture_state",
+        Guid::LINUX_FILESYSTEM,
+        Guid::derive(ns, "aperture_state"),
+        PARTITION_BYTES,
+    )
+}
+
+/// The device state store of a test disk, written directly.
+pub fn open_store(disk: &dyn Disk, board: Board) -> Store {
+    aperture_updater::store::open(disk, board, Arc::new(RealIo)).unwrap()
+}
+
+/// Record `image` as flashed into both slots, as the image builder does.
+pub fn record_flashed(disk: &dyn Disk, board: Board, image: &Image) {
+    let mut store = open_store(disk, board);
+    for slot in Slot::ALL {
+        aperture_updater::store::write_slot(&mut store, slot, &image.installed()).unwrap();
     }
 }
 
@@ -294,7 +333,7 @@ impl Device {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::rooted(dir.path());
         let disk_path = dir.path().join("disk.img");
-        let size = 2 * slot_size + (4 << 20);
+        let size = 2 * slot_size + PARTITION_BYTES + (4 << 20);
         let mut f = fs::File::create(&disk_path).unwrap();
         f.set_len(size).unwrap();
         let ns = "snakeoil";
@@ -302,6 +341,7 @@ impl Device {
             Guid::derive(ns, "disk"),
             vec![
                 PartitionSpec::new("esp", Guid::EFI_SYSTEM, Guid::derive(ns, "esp"), 1 << 20),
+                state_partition(ns),
                 PartitionSpec::new(
                     "rootfs_a",
                     Guid::LINUX_FILESYSTEM,
@@ -336,9 +376,8 @@ impl Device {
             fs::create_dir_all(&sd).unwrap();
             fs::write(sd.join("vmlinuz"), &factory.kernel).unwrap();
             fs::write(sd.join("initrd.img"), &factory.initrd).unwrap();
-            let record = SlotRecord::from_manifest(&factory.manifest).unwrap();
-            fs::write(sd.join("slot.json"), record.to_json()).unwrap();
         }
+        record_flashed(&disk, BOARD.parse().unwrap(), factory);
         let boot = |slot| slot_boot(factory, slot);
         aperture_slots::write_initial_esp(&dev.paths.esp, &boot(Slot::A), &boot(Slot::B)).unwrap();
         dev.set_running(Slot::A, factory);
@@ -375,8 +414,19 @@ impl Device {
         .with_clock(|| NOW)
     }
 
+    /// An updater whose every write, the boot entries' included, goes through `io`.
     pub fn updater_with_io(&self, booted: Slot, io: Arc<dyn Io>) -> Updater {
-        self.updater(booted).with_io(io)
+        let boot = self
+            .backend()
+            .with_ops(Arc::new(EspThroughIo(Arc::clone(&io))));
+        Updater::new(
+            self.paths.clone(),
+            Box::new(self.disk()),
+            Box::new(boot),
+            booted,
+        )
+        .with_clock(|| NOW)
+        .with_io(io)
     }
 
     /// Power on: the simulated loader picks a slot (and counts a try).
@@ -392,17 +442,32 @@ impl Device {
         buf
     }
 
-    pub fn record(&self, slot: Slot) -> Option<SlotRecord> {
-        let bytes = fs::read(self.paths.slot_record(slot)).ok()?;
-        Some(SlotRecord::from_json(&bytes).unwrap())
+    /// The device state store.
+    pub fn store(&self) -> Store {
+        open_store(&self.disk(), BOARD.parse().unwrap())
     }
 
-    /// Assert that `slot` holds what its slot.json says: verity over the partition, kernel and
+    /// What the store records for `slot`.
+    pub fn installed(&self, slot: Slot) -> Option<InstalledSlot> {
+        aperture_updater::store::read_slot(&self.store(), slot).unwrap()
+    }
+
+    /// The record of what `slot` holds.
+    pub fn record(&self, slot: Slot) -> Option<SlotRecord> {
+        self.installed(slot).map(|i| i.record)
+    }
+
+    /// The updater's record (`None`: never written).
+    pub fn state(&self) -> Option<DeviceState> {
+        self.store().read_json(Area::Update).unwrap()
+    }
+
+    /// Assert that `slot` holds what its record says: verity over the partition, kernel and
     /// initrd hashes. Returns the record.
     pub fn assert_slot_verifies(&self, slot: Slot) -> SlotRecord {
         let record = self
             .record(slot)
-            .unwrap_or_else(|| panic!("slot {slot} has no slot.json"));
+            .unwrap_or_else(|| panic!("slot {slot} has no record"));
         let part = self.disk().open(&format!("rootfs_{slot}")).unwrap();
         let reader = PartitionReader::new(&*part, record.rootfs.size);
         verify_device(reader, &record.verity)
@@ -423,9 +488,13 @@ impl Device {
     pub fn snapshot(&self) -> Snapshot {
         let mut files = Vec::new();
         collect(&self.paths.esp, &mut files);
+        let state = self.disk().open("aperture_state").unwrap();
+        let mut bytes = vec![0u8; state.size() as usize];
+        state.read_exact_at(&mut bytes, 0).unwrap();
         Snapshot {
             a: Sha256Hex::digest(&self.slot_bytes(Slot::A, self.slot_size as usize)),
             b: Sha256Hex::digest(&self.slot_bytes(Slot::B, self.slot_size as usize)),
+            state: Sha256Hex::digest(&bytes),
             files,
         }
     }
@@ -436,6 +505,8 @@ impl Device {
 pub struct Snapshot {
     pub a: Sha256Hex,
     pub b: Sha256Hex,
+    /// The device state partition.
+    pub state: Sha256Hex,
     pub files: Vec<(PathBuf, Vec<u8>)>,
 }
 
