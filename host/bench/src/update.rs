@@ -477,7 +477,8 @@ impl ApertureSide {
             )?;
         }
 
-        let size = 2 * SLOT_SIZE + 4 * MIB;
+        let state = aperture_appliance::store::PARTITION_BYTES;
+        let size = 2 * SLOT_SIZE + state + 4 * MIB;
         let mut f = File::create(self.disk())?;
         f.set_len(size)?;
         let ns = "aperture-bench";
@@ -485,6 +486,13 @@ impl ApertureSide {
             Guid::derive(ns, "disk"),
             vec![
                 PartitionSpec::new("esp", Guid::EFI_SYSTEM, Guid::derive(ns, "esp"), MIB),
+                // The device state (blank: a fresh appliance).
+                PartitionSpec::new(
+                    "aperture_state",
+                    Guid::LINUX_FILESYSTEM,
+                    Guid::derive(ns, "state"),
+                    state,
+                ),
                 PartitionSpec::new(
                     "rootfs_a",
                     Guid::LINUX_FILESYSTEM,

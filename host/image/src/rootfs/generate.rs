@@ -82,6 +82,7 @@ fn unit_drop_ins(layer: &Layer<'_>, recipe: &Recipe) -> Result<()> {
         "aperture-storage.service",
         "aperture-reset-resume.service",
         "aperture-reset-button.service",
+        "aperture-update-resume.service",
     ] {
         layer.write(
             &Path::new("usr/lib/systemd/system")
