@@ -42,6 +42,7 @@ const ORIN: &[&str] = &[
     "UDA",
     "reserved",
     "aperture_state",
+    "factory",
     "config",
 ];
 
@@ -94,6 +95,7 @@ const XAVIER: &[&str] = &[
     "esp_alt",
     "UDA",
     "aperture_state",
+    "factory",
     "config",
 ];
 

@@ -59,6 +59,15 @@ pub const APERTURE_PARTS: &[NvPart] = &[
         align: None,
     },
     NvPart {
+        name: "factory",
+        nv_type: "data",
+        size: PartSize::Factory,
+        chain: Chain::Shared,
+        fill: Fill::Factory,
+        start: None,
+        align: None,
+    },
+    NvPart {
         name: "config",
         nv_type: "data",
         size: PartSize::Config,
@@ -136,10 +145,15 @@ impl JetsonBoard {
         [&ORIN, &XAVIER]
     }
 
-    /// The rootfs device's partitions in GPT entry order: NVIDIA's, then [`APERTURE_PARTS`].
-    pub fn rootfs_parts(&self) -> Vec<NvPart> {
+    /// The rootfs device's partitions for `recipe` in GPT entry order: NVIDIA's, then
+    /// [`APERTURE_PARTS`] (`factory` only when the recipe sizes it).
+    pub fn rootfs_parts(&self, recipe: &Recipe) -> Vec<NvPart> {
         let mut v = self.rootfs_device.parts.to_vec();
-        v.extend_from_slice(APERTURE_PARTS);
+        v.extend(
+            APERTURE_PARTS
+                .iter()
+                .filter(|p| p.fill != Fill::Factory || recipe.partitions.factory.is_some()),
+        );
         v
     }
 
@@ -179,6 +193,7 @@ impl JetsonBoard {
             PartSize::Data => p.data.bytes(),
             PartSize::Config => p.config.bytes(),
             PartSize::State => aperture_appliance::store::PARTITION_BYTES,
+            PartSize::Factory => p.factory.map(|f| f.bytes()).unwrap_or(0),
         }
     }
 
@@ -193,7 +208,7 @@ impl JetsonBoard {
     pub fn layout(&self, recipe: &Recipe) -> Layout {
         let h = recipe.hash();
         let parts = self
-            .rootfs_parts()
+            .rootfs_parts(recipe)
             .iter()
             .map(|p| PartitionSpec {
                 name: p.name.to_string(),
@@ -245,7 +260,7 @@ impl JetsonBoard {
     pub fn required_disk_bytes(&self, recipe: &Recipe) -> u64 {
         const MIB: u64 = 1 << 20;
         let parts: u64 = self
-            .rootfs_parts()
+            .rootfs_parts(recipe)
             .iter()
             .map(|p| Self::size_of(p, recipe).div_ceil(MIB) * MIB)
             .sum();

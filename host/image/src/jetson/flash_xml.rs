@@ -28,6 +28,8 @@ pub struct LayoutFiles {
     pub esp: String,
     /// The initial device state.
     pub state: String,
+    /// The factory image, when the recipe sizes its partition.
+    pub factory: Option<String>,
 }
 
 /// The output-folder name of a BSP file: its base name.
@@ -58,7 +60,7 @@ pub fn render(board: &JetsonBoard, recipe: &Recipe, files: &LayoutFiles) -> Stri
         |_, p| part_boot(p),
     );
     let h = recipe.hash();
-    let parts = board.rootfs_parts();
+    let parts = board.rootfs_parts(recipe);
     let sectors = recipe.partitions.disk.bytes() / 512;
     open_device(&mut x, &board.rootfs_device, sectors);
     x.push_str(&pseudo(
@@ -76,6 +78,7 @@ pub fn render(board: &JetsonBoard, recipe: &Recipe, files: &LayoutFiles) -> Stri
             Fill::KernelDtb => Some(files.dtb.clone()),
             Fill::Esp => Some(files.esp.clone()),
             Fill::State => Some(files.state.clone()),
+            Fill::Factory => files.factory.clone(),
             Fill::Firmware(f) => Some(output_name(f).to_string()),
             Fill::Empty => None,
         };

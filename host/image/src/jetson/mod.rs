@@ -43,6 +43,8 @@ pub mod names {
     pub const ESP: &str = "esp.img";
     /// The initial device state partition (`aperture_state`).
     pub const STATE: &str = "aperture_state.img";
+    /// The factory image partition (`factory`): a signed bundle of the slot artifacts.
+    pub const FACTORY: &str = "factory.bundle";
     /// The BSP's boot-firmware UEFI capsule, when it has one.
     pub const CAPSULE: &str = "TEGRA_BL.Cap";
     /// The layout file for NVIDIA's flashing tools.

@@ -95,6 +95,8 @@ pub enum PartSize {
     Config,
     /// The device state partition (ours; `aperture_appliance::store::PARTITION_BYTES`).
     State,
+    /// The recipe's `partitions.factory` (ours; only when the recipe sizes it).
+    Factory,
 }
 
 /// What a partition holds when we write it.
@@ -110,6 +112,8 @@ pub enum Fill {
     Esp,
     /// The initial device state (`aperture_appliance::store`).
     State,
+    /// The factory image for reset level 2 (a signed bundle of the slot artifacts).
+    Factory,
     /// A boot-firmware file of the BSP (path relative to `Linux_for_Tegra/`). Not written into
     /// `disk.img`: NVIDIA's flashing tools sign and pack it; the layout file names it.
     Firmware(&'static str),

@@ -44,6 +44,8 @@ pub struct PartitionFiles {
     pub esp: PathBuf,
     /// The device state partition image.
     pub state: PathBuf,
+    /// The factory image (when the recipe sizes its partition).
+    pub factory: Option<PathBuf>,
 }
 
 /// Make the Jetson outputs in the output folder from the slot image. Without a BSP this stops
@@ -216,6 +218,28 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
         Ok(())
     })?;
 
+    // The factory image for reset level 2, when the recipe sizes its partition: an update
+    // bundle of the slot artifacts alone, as on the qemu boards (NVIDIA's tools flash it from
+    // this file; `disk.img` holds it too).
+    let factory_img = recipe.partitions.factory.map(|_| out.join(names::FACTORY));
+    if let (Some(size), Some(path)) = (recipe.partitions.factory, &factory_img) {
+        rep.step("factory image", |s| {
+            crate::bundle::write_bundle_file(path, &slot_json, &slot_sig, |name| {
+                crate::outputs::payload_path(paths, recipe, name)
+            })?;
+            let len = std::fs::metadata(path)?.len();
+            if len > size.bytes() {
+                anyhow::bail!(
+                    "the factory image is {} MiB but the recipe's factory partition holds {} MiB: raise [partitions] factory",
+                    len >> 20,
+                    size.bytes() >> 20
+                );
+            }
+            s.note(format!("{} MiB: the slot artifacts, signed", len >> 20));
+            Ok(())
+        })?;
+    }
+
     rep.step("disk", |s| {
         let files = PartitionFiles {
             rootfs: slot_img.path.clone(),
@@ -223,6 +247,7 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
             dtb: out.join(&dtb_name),
             esp: esp_img.clone(),
             state: state_img.clone(),
+            factory: factory_img.clone(),
         };
         let placed = write_disk(board, recipe, &files, &out.join(common::DISK))?;
         s.note(format!(
@@ -243,6 +268,7 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
             dtb: dtb_name.clone(),
             esp: names::ESP.into(),
             state: names::STATE.into(),
+            factory: factory_img.as_ref().map(|_| names::FACTORY.to_string()),
         };
         let xml = flash_xml::render(board, recipe, &files);
         std::fs::write(out.join(names::FLASH_LAYOUT), &xml)?;
@@ -254,17 +280,17 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
         Ok(())
     })?;
 
-    let artifacts = finish(
-        ctx,
-        &draft,
-        &[
-            (names::BOOT_A, Role::Other),
-            (names::BOOT_B, Role::Other),
-            (names::ESP, Role::Other),
-            (names::STATE, Role::Other),
-            (names::FLASH_LAYOUT, Role::Other),
-        ],
-    )?;
+    let mut extra = vec![
+        (names::BOOT_A, Role::Other),
+        (names::BOOT_B, Role::Other),
+        (names::ESP, Role::Other),
+        (names::STATE, Role::Other),
+        (names::FLASH_LAYOUT, Role::Other),
+    ];
+    if factory_img.is_some() {
+        extra.push((names::FACTORY, Role::Other));
+    }
+    let artifacts = finish(ctx, &draft, &extra)?;
     Ok(OutputsReport {
         slot: slot_img,
         artifacts,
@@ -290,7 +316,7 @@ pub fn write_disk(
                 recipe.partitions.disk.bytes() >> 20
             )
         })?;
-    for part in board.rootfs_parts() {
+    for part in board.rootfs_parts(recipe) {
         let src = match (part.fill, part.chain) {
             (Fill::Rootfs, _) => &files.rootfs,
             (Fill::BootImage, Chain::B) => &files.boot[1],
@@ -298,6 +324,10 @@ pub fn write_disk(
             (Fill::KernelDtb, _) => &files.dtb,
             (Fill::Esp, _) => &files.esp,
             (Fill::State, _) => &files.state,
+            (Fill::Factory, _) => match &files.factory {
+                Some(f) => f,
+                None => continue,
+            },
             (Fill::Firmware(_) | Fill::Empty, _) => continue,
         };
         let p = disk::find(&placed, part.name)?;
@@ -313,6 +343,7 @@ pub fn write_disk(
                 hint: match part.fill {
                     Fill::Rootfs => "raise partitions.rootfs in the recipe",
                     Fill::Esp => "raise partitions.esp in the recipe",
+                    Fill::Factory => "raise partitions.factory in the recipe",
                     _ => "NVIDIA fixes this partition's size; use a smaller kernel or initrd",
                 },
             }

@@ -22,7 +22,7 @@ use crate::recipe::{Board, Recipe};
 /// Jetson Linux R35.5.0 `bootloader/t186ref/cfg/flash_t234_qspi_sdmmc_rootfs_ab.xml` (`id="1"`
 /// for `APP`, `id="2"` for `APP_b`, `id="3"` for `A_kernel`, the rest in file order; the
 /// `RECNAME`/`RECDTB-NAME` placeholders as `flash.sh` resolves them) and the Jetson Linux
-/// Developer Guide R36, "Root File System Redundancy". Entry 17 is ours, after NVIDIA's.
+/// Developer Guide R36, "Root File System Redundancy". Entries 17-19 are ours, after NVIDIA's.
 const ORIN_EXPECTED: &[(u32, &str)] = &[
     (1, "APP"),
     (2, "APP_b"),
@@ -41,7 +41,8 @@ const ORIN_EXPECTED: &[(u32, &str)] = &[
     (15, "UDA"),
     (16, "reserved"),
     (17, "aperture_state"),
-    (18, "config"),
+    (18, "factory"),
+    (19, "config"),
 ];
 
 /// The A/B pairs of the Orin rootfs device (same sources): prefix `A_`/`B_`, and `APP`/`APP_b`.
@@ -72,7 +73,8 @@ const XAVIER_CHAIN: &[&str] = &[
     "kernel-dtb",
 ];
 
-/// The whole Xavier rootfs device in entry (and physical) order, same source; `config` is ours.
+/// The whole Xavier rootfs device in entry (and physical) order, same source; `aperture_state`,
+/// `factory` and `config` are ours.
 fn xavier_expected() -> Vec<String> {
     let mut v = vec!["APP".to_string(), "APP_b".to_string()];
     v.extend(XAVIER_CHAIN.iter().map(|s| s.to_string()));
@@ -92,6 +94,7 @@ fn xavier_expected() -> Vec<String> {
         "esp_alt",
         "UDA",
         "aperture_state",
+        "factory",
         "config",
     ] {
         v.push(s.into());
@@ -161,6 +164,7 @@ fn partition_files(board: &'static JetsonBoard, dir: &Path) -> PartitionFiles {
         dtb: bsp.dtb(),
         esp,
         state,
+        factory: None,
     }
 }
 
@@ -474,6 +478,7 @@ fn output_folder(board: &'static JetsonBoard, dir: &Path) -> LayoutFiles {
         dtb: flash_xml::output_name(board.kernel_dtb).into(),
         esp: names::ESP.into(),
         state: names::STATE.into(),
+        factory: None,
     };
     for f in [
         &files.rootfs,
@@ -507,7 +512,7 @@ fn flash_layout_parses_and_names_files_that_exist() {
         let names: Vec<String> = user.gpt_partitions().map(|p| p.name.clone()).collect();
         let ids: Vec<u32> = user.gpt_partitions().map(|p| p.id.unwrap()).collect();
         let want: Vec<String> = board
-            .rootfs_parts()
+            .rootfs_parts(&r)
             .iter()
             .map(|p| p.name.to_string())
             .collect();
