@@ -19,6 +19,8 @@ const BUILD: &[&str] = &[
     "mtools",
     "zstd",
     "cryptsetup-bin",
+    // Jetson Linux BSPs come as .tbz2.
+    "bzip2",
 ];
 
 /// Extra packages for arm64 boards: cross linker, libc, and user-mode emulation for the rootfs.

@@ -58,7 +58,9 @@ pub struct BuildArgs {
     /// ~/.cache/aperture]. `cargo xtask cache` shows and prunes it.
     #[arg(long, env = "APERTURE_CACHE")]
     pub cache: Option<PathBuf>,
-    /// Jetson Linux (L4T) BSP folder: kernel, device trees and boot firmware for Jetson boards.
+    /// Jetson Linux (L4T) BSP for Jetson boards (kernel, device trees, boot firmware): the
+    /// `.tbz2` NVIDIA publishes (checked against the recipe's `[bsp] sha256`, unpacked into the
+    /// build cache once), or an unpacked `Linux_for_Tegra` folder (not checked).
     #[arg(long)]
     pub bsp: Option<PathBuf>,
     /// Stop after the rootfs commit (no slot or disk images).

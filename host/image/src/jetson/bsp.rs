@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use sha2::{Digest, Sha256};
+
+use crate::recipe::BspPin;
 
 use super::board::JetsonBoard;
 use super::error::JetsonError;
@@ -30,6 +33,79 @@ pub struct Bsp {
     pub release: Option<String>,
     /// Whether this is the synthetic test tree rather than NVIDIA's.
     pub synthetic: bool,
+}
+
+/// The BSP tree a `--bsp` argument names: a folder is taken as it is (it cannot be checked
+/// against the recipe's pinned checksum, which the returned note says); a `.tbz2` file must
+/// hash to the recipe's `[bsp] sha256` and is unpacked once into `cache/bsp/<sha256>/`.
+/// Returns the folder and a note for the build log.
+pub fn unpack(
+    given: &Path,
+    pin: Option<&BspPin>,
+    cache: &Path,
+) -> anyhow::Result<(PathBuf, String)> {
+    if given.is_dir() {
+        let note = match pin {
+            Some(p) => format!(
+                "{} is a folder: taken as Jetson Linux {} without checking it (pass the {} itself to check its sha256)",
+                given.display(),
+                p.release,
+                p.file
+            ),
+            None => format!("{} (a folder)", given.display()),
+        };
+        return Ok((given.to_path_buf(), note));
+    }
+    let (actual, _) = aperture_trust::digest::sha256_file(given)
+        .with_context(|| format!("reading the BSP {}", given.display()))?;
+    let actual = actual.to_string();
+    if let Some(p) = pin {
+        if actual != p.sha256 {
+            return Err(JetsonError::BspChecksum {
+                file: given.to_path_buf(),
+                actual,
+                expected: p.sha256.clone(),
+                release: p.release.clone(),
+                url: p.url.clone(),
+            }
+            .into());
+        }
+    }
+    let dest = cache.join("bsp").join(&actual);
+    if dest.join(".complete").exists() {
+        return Ok((
+            dest,
+            format!(
+                "{} (sha256 {}, unpacked before)",
+                given.display(),
+                &actual[..16]
+            ),
+        ));
+    }
+    let tmp = cache.join("bsp").join(format!("{actual}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Owners and modes as NVIDIA's tools expect them (its flashing scripts run as root).
+    aperture_sys::Cmd::new("tar")
+        .arg("-xpf")
+        .arg(given)
+        .arg("-C")
+        .arg(&tmp)
+        .run()
+        .with_context(|| format!("unpacking the BSP {}", given.display()))?;
+    std::fs::write(tmp.join(".complete"), &actual)?;
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest)?;
+    Ok((
+        dest,
+        format!(
+            "{} checked (sha256 {}{}) and unpacked into the build cache",
+            given.display(),
+            &actual[..16],
+            pin.map(|p| format!(", Jetson Linux {}", p.release))
+                .unwrap_or_default()
+        ),
+    ))
 }
 
 impl Bsp {

@@ -15,12 +15,28 @@ pub enum JetsonError {
         board: &'static str,
     },
     /// No BSP was given: the build stops after the slot image.
-    #[error("{}", missing_bsp_message(*board, out))]
+    #[error("{}", missing_bsp_message(*board, pin.as_ref(), out))]
     MissingBsp {
         /// The board.
         board: Board,
+        /// What the recipe pins (`[bsp]`).
+        pin: Option<crate::recipe::BspPin>,
         /// Where the rootfs commit and slot image are.
         out: PathBuf,
+    },
+    /// A `--bsp` tarball is not the file the recipe pins.
+    #[error("{file} has sha256 {actual}, but the recipe pins {release} as {expected} ([bsp] sha256): download {url} again (a partial or different download), or point --bsp at the matching file")]
+    BspChecksum {
+        /// The tarball given.
+        file: PathBuf,
+        /// Its sha256.
+        actual: String,
+        /// The recipe's.
+        expected: String,
+        /// The pinned release.
+        release: String,
+        /// Where to get it.
+        url: String,
     },
     /// The `--bsp` folder is not a Jetson Linux tree.
     #[error("{dir} is not a Jetson Linux (L4T) BSP: it has neither Linux_for_Tegra/ nor kernel/ and bootloader/ folders; point --bsp at the folder extracted from Jetson_Linux_R<version>_aarch64.tbz2 (the one that contains Linux_for_Tegra/)")]
@@ -76,30 +92,39 @@ pub enum JetsonError {
     },
 }
 
-/// The message a Jetson build prints when it has no BSP: what to download, where from, and
-/// what to pass.
-pub fn missing_bsp_message(board: Board, out: &std::path::Path) -> String {
-    let (module, release, tarball) = match board {
-        Board::JetsonXavierAgx => (
-            "Jetson AGX Xavier",
-            "R35.x (JetPack 5; R35 is the last line that supports Xavier, e.g. R35.6.1)",
-            "Jetson_Linux_R35.6.1_aarch64.tbz2",
+/// The message a Jetson build prints when it has no BSP: which release and file to download,
+/// from where, its checksum, and what to pass.
+pub fn missing_bsp_message(
+    board: Board,
+    pin: Option<&crate::recipe::BspPin>,
+    out: &std::path::Path,
+) -> String {
+    let module = match board {
+        Board::JetsonXavierAgx => "Jetson AGX Xavier",
+        _ => "Jetson AGX Orin",
+    };
+    let get = match pin {
+        Some(p) => format!(
+            "\x20 1. Download Jetson Linux {release}, the \"Driver Package (BSP)\" for the {module}:\n\
+             \x20    {url}\n\
+             \x20    (file {file}, sha256 {sha256}; the recipe's [bsp] pins it)\n\
+             \x20 2. Build again with --bsp <path to {file}>: the build checks its sha256 and unpacks it\n\
+             \x20    into the build cache (or pass --bsp <an unpacked Linux_for_Tegra folder>, which is not checked).",
+            release = p.release,
+            url = p.url,
+            file = p.file,
+            sha256 = p.sha256,
         ),
-        _ => (
-            "Jetson AGX Orin",
-            "R36.x (JetPack 6, e.g. R36.4.3)",
-            "Jetson_Linux_R36.4.3_aarch64.tbz2",
+        None => format!(
+            "\x20 1. Download the Jetson Linux \"Driver Package (BSP)\" for the {module} from\n\
+             \x20    https://developer.nvidia.com/embedded/jetson-linux (the recipe pins no release: add [bsp]).\n\
+             \x20 2. Build again with --bsp <that .tbz2, or its unpacked Linux_for_Tegra folder>."
         ),
     };
     format!(
         "{board} needs a Jetson Linux BSP for its kernel, device tree and boot firmware, and this build has none (no --bsp).\n\
          The rootfs commit and the slot image are ready in {out}.\n\
-         To finish the build:\n\
-         \x20 1. Download the Jetson Linux {release} \"Driver Package (BSP)\" for the {module} from NVIDIA's developer site,\n\
-         \x20    https://developer.nvidia.com/embedded/jetson-linux (older releases: https://developer.nvidia.com/embedded/jetson-linux-archive);\n\
-         \x20    the file is named like {tarball}.\n\
-         \x20 2. Extract it: tar xf {tarball}   (this makes Linux_for_Tegra/)\n\
-         \x20 3. Build again with --bsp <that folder>/Linux_for_Tegra",
+         To finish the build:\n{get}",
         board = board.name(),
         out = out.display(),
     )

@@ -54,13 +54,19 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
     let (recipe, paths, rootfs, bsp, rep) = (ctx.recipe, ctx.paths, ctx.rootfs, ctx.bsp, ctx.rep);
     let board = JetsonBoard::of(recipe.board)?;
     let out = &paths.out;
-    let Some(bsp_dir) = bsp else {
+    let Some(bsp_given) = bsp else {
         return Err(JetsonError::MissingBsp {
             board: recipe.board,
+            pin: recipe.bsp.clone(),
             out: out.clone(),
         }
         .into());
     };
+    let bsp_dir = &rep.step("bsp unpack", |s| {
+        let (dir, note) = super::bsp::unpack(bsp_given, recipe.bsp.as_ref(), &paths.cache)?;
+        s.note(note);
+        Ok(dir)
+    })?;
     let spec = BoardSpec::of(recipe.board);
     let sd = rootfs.source_date_epoch;
     let tmp = paths.cache.join("tmp");

@@ -383,13 +383,15 @@ fn copy_tree(src: &Path, dest: &Path) {
 }
 
 #[test]
-fn missing_bsp_message_names_what_to_download() {
-    for (board, release) in [
-        (Board::JetsonOrinAgx, "R36"),
-        (Board::JetsonXavierAgx, "R35"),
+fn missing_bsp_message_names_the_release_file_url_checksum_and_flag() {
+    for (board, release, sha) in [
+        (Board::JetsonOrinAgx, "R36.4.3", "949a44049c4c"),
+        (Board::JetsonXavierAgx, "R35.6.1", "9ea28477747b"),
     ] {
+        let pin = recipe(board).bsp.expect("Jetson recipes pin their BSP");
         let e = JetsonError::MissingBsp {
             board,
+            pin: Some(pin),
             out: PathBuf::from("/out/x"),
         };
         let m = e.to_string();
@@ -397,8 +399,9 @@ fn missing_bsp_message_names_what_to_download() {
         for want in [
             "Jetson Linux",
             release,
-            "developer.nvidia.com/embedded/jetson-linux",
-            "Jetson_Linux_R",
+            "https://developer.download.nvidia.com/embedded/L4T/",
+            &format!("Jetson_Linux_{release}_aarch64.tbz2"),
+            sha,
             "--bsp",
             "Linux_for_Tegra",
             "/out/x",
@@ -406,6 +409,53 @@ fn missing_bsp_message_names_what_to_download() {
             assert!(m.contains(want), "{board:?}: missing {want:?} in\n{m}");
         }
     }
+}
+
+#[test]
+fn a_bsp_tarball_is_checked_against_the_pin_then_unpacked_once() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree/Linux_for_Tegra/kernel");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("Image"), b"kernel").unwrap();
+    let tarball = d.path().join("Jetson_Linux_R36.4.3_aarch64.tbz2");
+    let st = std::process::Command::new("tar")
+        .arg("-cjf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(d.path().join("tree"))
+        .arg("Linux_for_Tegra")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (sha, _) = aperture_trust::digest::sha256_file(&tarball).unwrap();
+    let mut pin = recipe(Board::JetsonOrinAgx).bsp.unwrap();
+    // Not the pinned file: refused, naming the file, both checksums and the download.
+    let cache = d.path().join("cache");
+    let e = super::bsp::unpack(&tarball, Some(&pin), &cache).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains(&sha.to_string()) && text.contains(&pin.sha256) && text.contains(&pin.url),
+        "{text}"
+    );
+    assert!(
+        !cache.join("bsp").exists(),
+        "nothing is unpacked from a wrong file"
+    );
+    // The pinned file: unpacked, and the second time reused.
+    pin.sha256 = sha.to_string();
+    let (dir, note) = super::bsp::unpack(&tarball, Some(&pin), &cache).unwrap();
+    assert!(note.contains("checked"), "{note}");
+    assert_eq!(
+        std::fs::read(dir.join("Linux_for_Tegra/kernel/Image")).unwrap(),
+        b"kernel"
+    );
+    let (again, note) = super::bsp::unpack(&tarball, Some(&pin), &cache).unwrap();
+    assert_eq!(again, dir);
+    assert!(note.contains("unpacked before"), "{note}");
+    // A folder is taken as it is, and the note says it was not checked.
+    let (same, note) = super::bsp::unpack(&d.path().join("tree"), Some(&pin), &cache).unwrap();
+    assert_eq!(same, d.path().join("tree"));
+    assert!(note.contains("without checking"), "{note}");
 }
 
 #[test]
@@ -455,7 +505,7 @@ fn build_outputs_without_bsp_stops_with_the_download_message() {
     let err = super::build_outputs(&ctx, slot).unwrap_err();
     let text = format!("{err:#}");
     assert!(
-        text.contains("R35")
+        text.contains("R35.6.1")
             && text.contains("--bsp")
             && text.contains(&paths.out.display().to_string()),
         "{text}"

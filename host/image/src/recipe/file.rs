@@ -37,6 +37,7 @@ pub struct RecipeFile {
     partitions: Option<PartitionsFile>,
     keys: Option<KeysFile>,
     hardware: Option<HardwareFile>,
+    bsp: Option<BspFile>,
 }
 
 /// `ssh = { authorized_keys = [...] }`: an SSH server with key logins, debug images only.
@@ -107,6 +108,16 @@ struct PartitionsFile {
 struct KeysFile {
     dir: S<String>,
     development: S<bool>,
+}
+
+/// `[bsp]`: the Jetson Linux release a board's recipe is written for, pinned.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BspFile {
+    release: S<String>,
+    file: S<String>,
+    url: S<String>,
+    sha256: S<String>,
 }
 
 /// `[hardware]`: what the board has that the device programs rely on.
@@ -259,6 +270,10 @@ pub struct Merged {
     pub keys_development: Option<bool>,
     pub tpm: Option<Located<bool>>,
     pub reset_button: Option<Located<String>>,
+    pub bsp_release: Option<Located<String>>,
+    pub bsp_file: Option<Located<String>>,
+    pub bsp_url: Option<Located<String>>,
+    pub bsp_sha256: Option<Located<String>>,
 }
 
 /// The `ssh` table, merged: where it was (last) set, and every key of every file.
@@ -420,6 +435,12 @@ impl Merged {
             if let Some(d) = k.development {
                 self.keys_development = Some(d.into_inner());
             }
+        }
+        if let Some(b) = file.bsp {
+            set(&mut self.bsp_release, b.release, &f, &t);
+            set(&mut self.bsp_file, b.file, &f, &t);
+            set(&mut self.bsp_url, b.url, &f, &t);
+            set(&mut self.bsp_sha256, b.sha256, &f, &t);
         }
         if let Some(h) = file.hardware {
             set(&mut self.tpm, h.tpm, &f, &t);

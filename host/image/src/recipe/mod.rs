@@ -26,6 +26,20 @@ use file::{Located, RecipeFile};
 
 pub use aperture_appliance::Arch;
 
+/// `[bsp]`: the Jetson Linux release a Jetson recipe is written for, and the exact file: a
+/// `--bsp` tarball must hash to `sha256`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BspPin {
+    /// NVIDIA's release name (`R36.4.3`).
+    pub release: String,
+    /// The "Driver Package (BSP)" file name (`Jetson_Linux_R36.4.3_aarch64.tbz2`).
+    pub file: String,
+    /// Where NVIDIA publishes it.
+    pub url: String,
+    /// Its sha256, lowercase hex.
+    pub sha256: String,
+}
+
 /// `[hardware]`: what the board has that the device programs rely on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hardware {
@@ -235,6 +249,8 @@ pub struct Recipe {
     pub setuid_allowlist: Vec<String>,
     /// What the board has that the device programs rely on.
     pub hardware: Hardware,
+    /// The Jetson Linux BSP the recipe is written for (Jetson boards).
+    pub bsp: Option<BspPin>,
     /// Files the recipe was read from, outermost first.
     #[serde(skip)]
     pub files: Vec<PathBuf>,
@@ -405,6 +421,37 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
             None => None,
         },
     };
+    let bsp = match (m.bsp_release, m.bsp_file, m.bsp_url, m.bsp_sha256) {
+        (None, None, None, None) => None,
+        (Some(release), Some(file), Some(url), Some(sha256)) => {
+            if sha256.value.len() != 64
+                || !sha256.value.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                return Err(sha256.error(
+                    "sha256 must be 64 lowercase hex digits",
+                    "copy it from the release's checksum file (sha256sum of the .tbz2)",
+                ));
+            }
+            if file.value.contains('/') || !file.value.ends_with(".tbz2") {
+                return Err(file.error(
+                    "file must be the BSP tarball's name, ending in .tbz2",
+                    "e.g. file = \"Jetson_Linux_R36.4.3_aarch64.tbz2\"",
+                ));
+            }
+            Some(BspPin {
+                release: release.value,
+                file: file.value,
+                url: url.value,
+                sha256: sha256.value,
+            })
+        }
+        _ => {
+            return Err(required(
+                "bsp.release, bsp.file, bsp.url and bsp.sha256",
+                "[bsp] release = \"R36.4.3\", file = \"Jetson_Linux_R36.4.3_aarch64.tbz2\", url = \"https://...\", sha256 = \"...\"",
+            ))
+        }
+    };
     let suite = m
         .suite
         .ok_or_else(|| required("base.suite", "[base] suite = \"bookworm\""))?;
@@ -446,6 +493,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         keys,
         setuid_allowlist,
         hardware,
+        bsp,
         files,
     })
 }
