@@ -145,9 +145,10 @@ pub struct DiffArgs {
     pub from: String,
     /// Newer build, in the same forms.
     pub to: String,
-    /// The build store [default: out/repo].
-    #[arg(long, default_value = "out/repo")]
-    pub repo: PathBuf,
+    /// The build store [default: the build cache's, $APERTURE_CACHE/repo or
+    /// ~/.cache/aperture/repo].
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

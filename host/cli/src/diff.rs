@@ -7,10 +7,9 @@ use aperture_image::store::Store;
 
 /// Run `diff`.
 pub fn run(a: &DiffArgs) -> Result<()> {
-    let repo = if a.repo.is_relative() && !a.repo.exists() {
-        crate::workspace().join(&a.repo)
-    } else {
-        a.repo.clone()
+    let repo = match &a.repo {
+        Some(r) => r.clone(),
+        None => aperture_image::pipeline::default_cache()?.join("repo"),
     };
     let store = Store::open(&repo)?;
     let from = diff::resolve_build(&store, &a.from)?;
