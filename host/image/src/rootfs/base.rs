@@ -19,7 +19,7 @@ use crate::store::Store;
 pub const BASE_SOURCE_DATE: u64 = 1_704_067_200; // 2024-01-01T00:00:00Z
 
 /// Version of the way we assemble a base; bump it to invalidate every cached base.
-const BASE_FORMAT: u32 = 1;
+const BASE_FORMAT: u32 = 2;
 
 /// Documentation, manuals and translations are not shipped on an appliance (copyright files
 /// are: the SBOM reads licenses from them). These become dpkg path filters inside mmdebstrap.
@@ -318,6 +318,19 @@ fn clean(root: &Path) -> Result<()> {
         "var/cache/ldconfig/aux-cache",
     ] {
         let _ = std::fs::remove_file(root.join(f));
+    }
+    // apt hands its `partial` folders to the `_apt` user only when it downloaded something
+    // in the run, so with a warm package cache they stay root's: the same packages gave two
+    // different bases. The appliance never runs apt (its root is read-only); one owner for all.
+    for d in [
+        "var/cache/apt/archives/partial",
+        "var/lib/apt/lists/partial",
+    ] {
+        let p = root.join(d);
+        if p.is_dir() {
+            std::os::unix::fs::chown(&p, Some(0), Some(0))
+                .with_context(|| format!("chown {}", p.display()))?;
+        }
     }
     Ok(())
 }
