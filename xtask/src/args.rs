@@ -57,7 +57,11 @@ pub struct TestArgs {
     /// cuts, ten warm reboots, ...).
     #[arg(long)]
     pub full: bool,
-    /// Only these suites of tiers 2 and 3 (for example `vm-update`); default all.
+    /// Run every suite even after one failed (the table shows each outcome); by default the
+    /// run stops at the first failing suite.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Only these suites of tiers 2 and 3 (for example `vm_update`); default all.
     #[arg(long = "suite")]
     pub suites: Vec<String>,
     /// Only run tests whose name contains this.

@@ -105,6 +105,7 @@ fn run_tiers(
     }
 
     let suites = test_targets(root)?;
+    let mut failures: Vec<String> = Vec::new();
     for name in &suites {
         let tier = if name.starts_with("vm") || name.starts_with("full") {
             3
@@ -148,14 +149,24 @@ fn run_tiers(
         if let Some(f) = &args.filter {
             c = c.arg(f);
         }
-        c.run_inherited()
-            .inspect_err(|_| rows.push(failed(tier, name, t.elapsed())))?;
-        rows.push(Row {
-            tier,
-            suite: name.clone(),
-            outcome: "passed".into(),
-            took: Some(t.elapsed()),
-        });
+        match c.run_inherited() {
+            Ok(_) => rows.push(Row {
+                tier,
+                suite: name.clone(),
+                outcome: "passed".into(),
+                took: Some(t.elapsed()),
+            }),
+            Err(e) => {
+                rows.push(failed(tier, name, t.elapsed()));
+                if !args.keep_going {
+                    return Err(e.into());
+                }
+                failures.push(name.clone());
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("suites failed: {}", failures.join(", "));
     }
     Ok(())
 }
