@@ -212,12 +212,34 @@ fn print_table(rows: &[Row], total: Duration) {
 }
 
 fn cargo(root: &Path, require_tools: bool) -> Cmd {
-    let c = Cmd::new(env!("CARGO")).current_dir(root);
+    let mut c = Cmd::new(env!("CARGO")).current_dir(root);
+    // One source date for every build of the run (the last commit's when it started), so a
+    // commit made while the tiers run cannot make two builds of one test differ.
+    if let Some(date) = frozen_source_date(root) {
+        c = c.env("SOURCE_DATE_EPOCH", date);
+    }
     if require_tools {
         c.env("APERTURE_REQUIRE_TOOLS", "1")
     } else {
         c
     }
+}
+
+/// `SOURCE_DATE_EPOCH` as given, else the last commit's time, read once per run.
+fn frozen_source_date(root: &Path) -> Option<String> {
+    static DATE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DATE.get_or_init(|| {
+        std::env::var("SOURCE_DATE_EPOCH").ok().or_else(|| {
+            Cmd::new("git")
+                .args(["log", "-1", "--format=%ct"])
+                .current_dir(root)
+                .text()
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        })
+    })
+    .clone()
 }
 
 /// The `[[test]]` targets of the tests crate: the privileged suite first (it makes the builds
