@@ -214,8 +214,12 @@ pub struct FlashArgs {
     /// Build output folder with manifest.json, manifest.sig, disk.img.zst and disk.img.bmap.
     #[arg(long, required_unless_present = "list")]
     pub image: Option<PathBuf>,
-    /// Target: a block device, a file, or `serial:SERIAL` of a Jetson's exposed disk. Repeat to
-    /// flash several targets in parallel.
+    /// Target: a block device, a file, `serial:SERIAL` (the disk a Jetson's flashing initrd
+    /// exposes), `jetson:all` (every Jetson in recovery mode) or `jetson:usb:<bus-port>` (the
+    /// one at that USB port, as `--list` shows it). Repeat to flash several in parallel.
+    /// Jetsons named with `jetson:` are flashed end to end: NVIDIA's tools boot each into its
+    /// flashing initrd, disk.img is written and read back, NVIDIA's tools write the boot
+    /// firmware (QSPI); they cannot be mixed with other targets in one run.
     #[arg(long = "to", required_unless_present = "list")]
     pub to: Vec<String>,
     /// List Jetsons in recovery mode and the disks flashing initrds expose, then exit.
@@ -232,6 +236,55 @@ pub struct FlashArgs {
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// What only `jetson:` targets use.
+    #[command(flatten)]
+    pub jetson: Box<FlashJetsonArgs>,
+}
+
+/// The options of `cargo xtask flash` that only `jetson:` targets use.
+#[derive(Debug, Args, Clone)]
+pub struct FlashJetsonArgs {
+    /// With `jetson:` targets: the Jetson Linux tree whose tools to run, the unpacked
+    /// `Linux_for_Tegra` folder the build used or the `.tbz2` it took (its unpacked copy in
+    /// the build cache) [default: the tree the build recorded in build-report.json]. Its boot
+    /// firmware must be the build's, byte for byte.
+    #[arg(long, value_name = "PATH")]
+    pub bsp: Option<PathBuf>,
+    /// With `jetson:` targets: NVIDIA's board configuration (`<NAME>.conf` in the BSP)
+    /// instead of the board's developer kit, for a custom carrier.
+    #[arg(long, value_name = "NAME")]
+    pub board_config: Option<String>,
+    /// With several Jetsons in recovery mode: the modules' board id for NVIDIA's offline
+    /// mode (BOARDID; the values are in the BSP's tools/kernel_flash/README_initrd_flash.txt).
+    #[arg(long, env = "BOARDID", value_name = "ID")]
+    pub board_id: Option<String>,
+    /// With several Jetsons in recovery mode: the modules' FAB (NVIDIA's offline mode).
+    #[arg(long, env = "FAB")]
+    pub fab: Option<String>,
+    /// With several Jetsons in recovery mode: the modules' BOARDSKU (NVIDIA's offline mode).
+    #[arg(long, env = "BOARDSKU", value_name = "SKU")]
+    pub board_sku: Option<String>,
+    /// With several Jetsons in recovery mode: the modules' BOARDREV (NVIDIA's offline mode).
+    #[arg(long, env = "BOARDREV", value_name = "REV")]
+    pub board_rev: Option<String>,
+    /// With `jetson:` targets: seconds a booted flashing initrd may take to expose its eMMC.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub initrd_timeout: u64,
+    /// With `jetson:` targets: folder for the logs of NVIDIA's tools, one per module
+    /// [default: flash-logs/<unix time> in the current folder].
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<PathBuf>,
+    /// Testing only: the sysfs root to find Jetsons in (a fixture tree) [default: /sys].
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub sysfs: Option<PathBuf>,
+    /// Testing only: where exposed disks' device nodes are (a fixture tree, whose regular
+    /// files stand in for disks) [default: /dev].
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub dev_dir: Option<PathBuf>,
+    /// Testing only: the sshpass to reach flashing initrds with (the synthetic BSP's fake)
+    /// [default: sshpass on PATH].
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub sshpass: Option<PathBuf>,
 }
 
 /// `cargo xtask audit`.
@@ -288,6 +341,35 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flash_takes_jetson_targets_and_their_options() {
+        let cli = Cli::parse_from([
+            "cargo xtask",
+            "flash",
+            "--image",
+            "out/x",
+            "--to",
+            "jetson:usb:1-2",
+            "--to",
+            "jetson:usb:1-4",
+            "--bsp",
+            "/bsp",
+            "--board-id",
+            "3701",
+            "--initrd-timeout",
+            "60",
+        ]);
+        let Command::Flash(f) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(f.to, ["jetson:usb:1-2", "jetson:usb:1-4"]);
+        assert_eq!(f.jetson.bsp, Some(PathBuf::from("/bsp")));
+        assert_eq!(f.jetson.board_id.as_deref(), Some("3701"));
+        assert_eq!(f.jetson.initrd_timeout, 60);
+        assert!(Cli::try_parse_from(["cargo xtask", "flash", "--to", "jetson:all"]).is_err());
+        assert!(Cli::try_parse_from(["cargo xtask", "flash", "--list"]).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `flash`: write a verified build to block devices or files, several in parallel, with one
 //! progress bar per target (plain lines when stderr is not a terminal) and a summary table;
-//! or, with `--list`, show the Jetsons on USB.
+//! flash Jetsons in recovery mode end to end (`--to jetson:all`, `--to jetson:usb:1-2`,
+//! through `aperture_flash::jetson_flash`); or, with `--list`, show the Jetsons on USB.
 //!
 //! The order: verify the build folder, resolve every `--to` (`serial:` through sysfs), run
 //! the safety checks on block devices and open them exclusively, then write. A target refused
@@ -16,6 +17,8 @@ use crate::args::FlashArgs;
 use anyhow::{bail, Context, Result};
 use aperture_flash::host::{HostFacts, HostPaths};
 use aperture_flash::jetson::{self, Discovery};
+use aperture_flash::jetson_flash::{self, JetsonHost, JetsonTarget, ModuleOutcome, Plan};
+use aperture_flash::l4t::L4t;
 use aperture_flash::safety::{check_disk, Policy};
 use aperture_flash::{
     flash_all, BlockTarget, FileTarget, FlashError, Job, Outcome, Progress, Stage, Target,
@@ -26,7 +29,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// Run `flash`.
 pub fn run(a: &FlashArgs) -> Result<()> {
     if a.list {
-        return list(a.json);
+        return list(
+            a.jetson.sysfs.as_deref().unwrap_or(Path::new("/sys")),
+            a.json,
+        );
     }
     let Some(dir) = &a.image else {
         bail!("--image DIR is required (or --list)");
@@ -46,6 +52,25 @@ pub fn run(a: &FlashArgs) -> Result<()> {
         mib(image.image_size())
     );
 
+    let jetsons: Vec<&String> =
+        a.to.iter()
+            .filter(|t| t.starts_with(JetsonTarget::PREFIX))
+            .collect();
+    if !jetsons.is_empty() {
+        if jetsons.len() != a.to.len() {
+            bail!(
+                "{} cannot be flashed in the same run as other targets: flash the Jetsons \
+                 (jetson:...) and the disks or files in two runs",
+                jetsons
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return flash_jetsons(a, &image);
+    }
+
     let (targets, mut refused) = open_targets(&a.to, &image, a.force)?;
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let plain = !std::io::stderr().is_terminal();
@@ -54,7 +79,7 @@ pub fn run(a: &FlashArgs) -> Result<()> {
         .into_iter()
         .map(|(name, target)| {
             named.push(name);
-            let progress = Box::new(BarProgress::new(&multi, target.name(), plain));
+            let progress = Box::new(BarProgress::new(&multi, target.name(), plain, true));
             Job { target, progress }
         })
         .collect();
@@ -86,6 +111,167 @@ pub fn run(a: &FlashArgs) -> Result<()> {
         bail!("{failed} of {} targets failed", rows.len());
     }
     Ok(())
+}
+
+/// `--to jetson:...`: every module flashed end to end by the library, one bar each, then a
+/// row per module.
+fn flash_jetsons(all: &FlashArgs, image: &VerifiedImage) -> Result<()> {
+    let a = &all.jetson;
+    let targets = all
+        .to
+        .iter()
+        .filter_map(|t| JetsonTarget::parse(t))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let board_env: Vec<(String, String)> = [
+        ("BOARDID", &a.board_id),
+        ("FAB", &a.fab),
+        ("BOARDSKU", &a.board_sku),
+        ("BOARDREV", &a.board_rev),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
+    .collect();
+    let plan = Plan {
+        targets,
+        bsp: a.bsp.clone(),
+        board_config: a.board_config.clone(),
+        board_env,
+        initrd_timeout: Duration::from_secs(a.initrd_timeout),
+        work: std::path::absolute(match &a.logs {
+            Some(dir) => dir.clone(),
+            None => jetson_flash::default_work(Path::new("."), aperture_trust::now_unix()),
+        })?,
+        force: all.force,
+    };
+    if let Ok(tree) = L4t::resolve(plan.bsp.as_deref(), image.dir()) {
+        eprintln!("NVIDIA's tools from {}", tree.root().display());
+        if tree.is_synthetic() {
+            eprintln!(
+                "warning: {} is the SYNTHETIC test BSP: its flashing tools are fakes that flash \
+                 nothing",
+                tree.root().display()
+            );
+        }
+    }
+    eprintln!("logs of NVIDIA's tools: {}", plan.work.display());
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let plain = !std::io::stderr().is_terminal();
+    let factory = |j: &jetson::RecoveryJetson| -> Box<dyn Progress> {
+        let name = format!("{} usb {}", j.module.name(), j.usb.port);
+        Box::new(BarProgress::new(&multi, &name, plain, false))
+    };
+    let defaults = JetsonHost::default();
+    let host = JetsonHost {
+        sysfs: a.sysfs.clone().unwrap_or(defaults.sysfs),
+        dev: a.dev_dir.clone().unwrap_or(defaults.dev),
+        sshpass: a.sshpass.clone().unwrap_or(defaults.sshpass),
+    };
+    let outcomes = jetson_flash::flash_jetsons(image, &plan, &host, &factory)?;
+    let _ = multi.clear();
+    for o in &outcomes {
+        match &o.result {
+            Err(f) => eprintln!("error: {}: {f}", o.label()),
+            Ok(r) => {
+                if let Some(why) = &r.reboot_error {
+                    eprintln!(
+                        "warning: {}: flashed, but it could not be told to reboot ({why}); \
+                         power-cycle it",
+                        o.label()
+                    );
+                }
+            }
+        }
+    }
+    if all.json {
+        let list: Vec<serde_json::Value> = outcomes.iter().map(module_json).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        print_table(&module_rows(&outcomes), &[4, 5]);
+    }
+    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    if failed > 0 {
+        bail!("{failed} of {} Jetsons failed", outcomes.len());
+    }
+    Ok(())
+}
+
+/// The summary rows: header first.
+fn module_rows(outcomes: &[ModuleOutcome]) -> Vec<Vec<String>> {
+    let mut rows = vec![[
+        "module",
+        "usb",
+        "serial",
+        "result",
+        "MiB written",
+        "seconds",
+        "read-back",
+        "note",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for o in outcomes {
+        let (result, written, readback, note) = match &o.result {
+            Ok(r) => (
+                "ok".to_string(),
+                format!("{:.1}", mib(r.write.bytes_written)),
+                format!("{} ranges verified", r.write.ranges_verified),
+                format!("{}; QSPI: {} files", r.disk, r.firmware.len()),
+            ),
+            Err(f) => (
+                if f.step == jetson_flash::Step::Check {
+                    "refused".into()
+                } else {
+                    "FAILED".into()
+                },
+                "-".into(),
+                "-".into(),
+                format!("at {}", f.step.name()),
+            ),
+        };
+        rows.push(vec![
+            o.module.name().to_string(),
+            o.port.clone(),
+            o.serial.clone().unwrap_or_else(|| "-".into()),
+            result,
+            written,
+            format!("{:.1}", o.elapsed.as_secs_f64()),
+            readback,
+            note,
+        ]);
+    }
+    rows
+}
+
+fn module_json(o: &ModuleOutcome) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "module": o.module.name(),
+        "usb": o.port,
+        "serial": o.serial,
+        "instance": o.instance,
+        "ok": o.ok(),
+        "seconds": o.elapsed.as_secs_f64(),
+    });
+    let more = match &o.result {
+        Ok(r) => serde_json::json!({
+            "disk": r.disk,
+            "initrd_serial": r.initrd_serial,
+            "bytes_written": r.write.bytes_written,
+            "ranges_verified": r.write.ranges_verified,
+            "read_back": "verified",
+            "boot_firmware": r.firmware,
+            "reboot_error": r.reboot_error,
+        }),
+        Err(f) => serde_json::json!({
+            "step": f.step.name(),
+            "error": aperture_flash::error::chain(&f.error),
+            "fix": f.fix,
+            "log": f.log,
+        }),
+    };
+    if let (Some(map), serde_json::Value::Object(extra)) = (v.as_object_mut(), more) {
+        map.extend(extra);
+    }
+    v
 }
 
 /// A target opened, with the name `--to` gave it.
@@ -170,13 +356,15 @@ struct BarProgress {
     bar: ProgressBar,
     name: String,
     plain: bool,
+    /// Whether the write finishing finishes the bar (not for a Jetson, whose QSPI follows).
+    finish_on_done: bool,
     stage: Mutex<(Stage, u64)>,
     done: AtomicU64,
     quarter: AtomicU64,
 }
 
 impl BarProgress {
-    fn new(multi: &MultiProgress, name: &str, plain: bool) -> BarProgress {
+    fn new(multi: &MultiProgress, name: &str, plain: bool, finish_on_done: bool) -> BarProgress {
         let bar = multi.add(ProgressBar::new(0));
         let style = ProgressStyle::with_template(
             "{prefix:>12} {msg:<15} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12}",
@@ -194,6 +382,7 @@ impl BarProgress {
             bar,
             name: name.to_string(),
             plain,
+            finish_on_done,
             stage: Mutex::new((Stage::Preparing, 0)),
             done: AtomicU64::new(0),
             quarter: AtomicU64::new(0),
@@ -214,13 +403,23 @@ impl Progress for BarProgress {
                 _ if total > 0 => eprintln!("{}: {} {}", self.name, stage.name(), human(total)),
                 _ => eprintln!("{}: {}", self.name, stage.name()),
             }
-        } else if stage == Stage::Done {
+        } else if stage == Stage::Done && self.finish_on_done {
             self.bar.finish_with_message("done, verified");
+        } else if stage == Stage::Done {
+            self.bar.set_message("written, verified");
         } else {
             self.bar.set_message(stage.name());
             self.bar.set_length(total.max(1));
             self.bar.set_position(0);
             self.bar.reset_eta();
+        }
+    }
+
+    fn note(&self, what: &str) {
+        if self.plain {
+            eprintln!("{}: {what}", self.name);
+        } else {
+            self.bar.set_message(what.to_string());
         }
     }
 
@@ -334,28 +533,35 @@ fn short(e: &FlashError) -> String {
 }
 
 fn print_summary(rows: &[Row]) {
-    let header = ["target", "result", "MiB written", "seconds", "MB/s", "note"];
-    let cells: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            let secs = r.elapsed.map(|d| d.as_secs_f64());
-            [
-                r.shown.clone(),
-                r.result.clone(),
-                r.written
-                    .map(|b| format!("{:.1}", mib(b)))
-                    .unwrap_or("-".into()),
-                secs.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
-                match (r.written, secs) {
-                    (Some(b), Some(s)) if s > 0.0 => format!("{:.0}", b as f64 / 1e6 / s),
-                    _ => "-".into(),
-                },
-                r.note.clone(),
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &cells {
+    let mut table = vec![
+        ["target", "result", "MiB written", "seconds", "MB/s", "note"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for r in rows {
+        let secs = r.elapsed.map(|d| d.as_secs_f64());
+        table.push(vec![
+            r.shown.clone(),
+            r.result.clone(),
+            r.written
+                .map(|b| format!("{:.1}", mib(b)))
+                .unwrap_or("-".into()),
+            secs.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
+            match (r.written, secs) {
+                (Some(b), Some(s)) if s > 0.0 => format!("{:.0}", b as f64 / 1e6 / s),
+                _ => "-".into(),
+            },
+            r.note.clone(),
+        ]);
+    }
+    print_table(&table, &[2, 3, 4]);
+}
+
+/// A markdown table on stdout, header first; the columns in `right` right-aligned.
+fn print_table(rows: &[Vec<String>], right: &[usize]) {
+    let columns = rows.first().map(Vec::len).unwrap_or(0);
+    let mut widths = vec![0; columns];
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.len());
         }
@@ -366,7 +572,7 @@ fn print_summary(rows: &[Row]) {
             .zip(&widths)
             .enumerate()
             .map(|(i, (c, w))| {
-                if (2..5).contains(&i) {
+                if right.contains(&i) {
                     format!("{c:>w$}")
                 } else {
                     format!("{c:<w$}")
@@ -375,23 +581,24 @@ fn print_summary(rows: &[Row]) {
             .collect();
         println!("| {} |", parts.join(" | "));
     };
-    line(&header.map(String::from));
-    println!(
-        "|{}|",
-        widths
-            .iter()
-            .map(|w| "-".repeat(w + 2))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
-    for row in &cells {
+    for (i, row) in rows.iter().enumerate() {
         line(row);
+        if i == 0 {
+            println!(
+                "|{}|",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(w + 2))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            );
+        }
     }
 }
 
 /// `--list`: Jetsons in recovery mode and the disks flashing initrds expose.
-fn list(json: bool) -> Result<()> {
-    let found = jetson::scan(Path::new("/sys"))?;
+fn list(sysfs: &Path, json: bool) -> Result<()> {
+    let found = jetson::scan(sysfs)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
         return Ok(());
@@ -415,12 +622,19 @@ fn list(json: bool) -> Result<()> {
     }
     for d in &found.disks {
         println!(
-            "disk      usb {:<8} {:<10} {:>8.1} GB  lun {}  --to serial:{}",
+            "disk      usb {:<8} {:<10} {:>8.1} GB  lun {} {:<6}  --to serial:{}",
             d.usb.port,
             d.dev_path.display(),
             d.size as f64 / 1e9,
             d.lun.map(|l| l.to_string()).unwrap_or("-".into()),
+            d.vendor.as_deref().unwrap_or(""),
             d.usb.serial.as_deref().unwrap_or("-")
+        );
+    }
+    if !found.recovery.is_empty() {
+        eprintln!(
+            "flash modules in recovery mode end to end with --to jetson:all or --to \
+             jetson:usb:<port>"
         );
     }
     Ok(())
@@ -437,4 +651,81 @@ fn human(bytes: u64) -> String {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aperture_flash::jetson::JetsonModule;
+    use aperture_flash::jetson_flash::{ModuleFailure, ModuleOutcome, ModuleReport, Step};
+    use aperture_flash::{FlashError, FlashReport, Unmapped};
+
+    use super::*;
+
+    fn outcomes() -> Vec<ModuleOutcome> {
+        let ok = ModuleReport {
+            disk: "/dev/sdc".into(),
+            initrd_serial: Some("1424321000001".into()),
+            write: FlashReport {
+                target: "/dev/sdc".into(),
+                image_size: 24 << 20,
+                bytes_written: 5 << 20,
+                ranges_verified: 8,
+                unmapped: Unmapped::LeftAsIs,
+                elapsed: Duration::from_secs(3),
+            },
+            firmware: vec!["mb1_t234_prod.bin".into(), "uefi_jetson.bin".into()],
+            reboot_error: None,
+        };
+        let failed = ModuleFailure {
+            step: Step::WaitDisk,
+            error: Box::new(FlashError::Discovery("did not expose its eMMC".into())),
+            fix: "run again".into(),
+            log: Some(PathBuf::from("/logs/1-4.log")),
+        };
+        let outcome = |port: &str, result| ModuleOutcome {
+            module: JetsonModule::AgxOrin,
+            port: port.into(),
+            serial: Some(format!("serial-{port}")),
+            instance: Some(0),
+            result,
+            elapsed: Duration::from_secs(40),
+        };
+        vec![outcome("1-2", Ok(ok)), outcome("1-4", Err(failed))]
+    }
+
+    #[test]
+    fn every_module_gets_a_row_naming_usb_serial_bytes_read_back_and_time() {
+        let rows = module_rows(&outcomes());
+        assert_eq!(rows[0][..4], ["module", "usb", "serial", "result"]);
+        assert_eq!(
+            rows[1],
+            [
+                "Jetson AGX Orin",
+                "1-2",
+                "serial-1-2",
+                "ok",
+                "5.0",
+                "40.0",
+                "8 ranges verified",
+                "/dev/sdc; QSPI: 2 files"
+            ]
+        );
+        assert_eq!(rows[2][3], "FAILED");
+        assert_eq!(rows[2][7], "at wait for the eMMC");
+    }
+
+    #[test]
+    fn json_says_the_step_error_fix_and_log_of_a_failure() {
+        let list: Vec<serde_json::Value> = outcomes().iter().map(module_json).collect();
+        assert_eq!(list[0]["read_back"], "verified");
+        assert_eq!(list[0]["bytes_written"], 5 << 20);
+        assert_eq!(list[0]["boot_firmware"][1], "uefi_jetson.bin");
+        assert_eq!(list[1]["ok"], false);
+        assert_eq!(list[1]["step"], "wait for the eMMC");
+        assert_eq!(list[1]["error"], "did not expose its eMMC");
+        assert_eq!(list[1]["fix"], "run again");
+        assert_eq!(list[1]["log"], "/logs/1-4.log");
+    }
 }

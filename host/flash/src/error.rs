@@ -133,6 +133,17 @@ pub enum FlashError {
     /// A Jetson or a disk named by USB serial was not found, or not uniquely.
     #[error("{0}")]
     Discovery(String),
+    /// The Jetson Linux (L4T) tree to drive NVIDIA's tools from is missing, or is not the one
+    /// the build used; the message says which tree to pass.
+    #[error("{0}")]
+    Bsp(String),
+    /// Flashing Jetsons cannot start: every missing tool, input or setting, each with its
+    /// fix. Nothing was run and nothing written.
+    #[error("cannot flash the Jetsons, nothing was run:{}", problem_list(.problems))]
+    Preflight {
+        /// What is missing or wrong, and how to fix it, one entry each.
+        problems: Vec<String>,
+    },
     /// Writing a target failed after it had begun; `error` says why. The partition table was
     /// wiped unless `wipe_error` says otherwise.
     #[error("flashing {target} failed ({})", wipe_note(.wipe_error))]
@@ -145,6 +156,10 @@ pub enum FlashError {
         /// Why wiping the partition table afterwards failed too, if it did.
         wipe_error: Option<String>,
     },
+}
+
+fn problem_list(problems: &[String]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
 }
 
 fn wipe_note(wipe_error: &Option<String>) -> String {
@@ -201,7 +216,10 @@ impl FlashError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            FlashError::Refused { .. } | FlashError::Untrusted { .. } | FlashError::Image { .. }
+            FlashError::Refused { .. }
+                | FlashError::Untrusted { .. }
+                | FlashError::Image { .. }
+                | FlashError::Preflight { .. }
         )
     }
 }

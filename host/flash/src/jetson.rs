@@ -1,7 +1,18 @@
 //! Finding Jetsons on USB, from sysfs alone: modules waiting in recovery mode (USB vendor
 //! 0955 with a recovery product id), and the disks a Jetson exposes once NVIDIA's flashing
 //! initrd runs (block devices whose USB ancestor has vendor 0955), named by USB serial so a
-//! target can be `serial:SERIAL` instead of a `/dev/sdX` that changes with every plug.
+//! target can be `serial:SERIAL` instead of a `/dev/sdX` that changes with every plug; and
+//! the network links (RNDIS) the same initrd brings up, through which NVIDIA's tools reach it.
+//!
+//! What the initrd exposes is NVIDIA's: `tools/kernel_flash/initrd_flash/nv_enable_remote.sh`
+//! (Jetson Linux R35.3.1, as mirrored in `Seeed-Studio/Linux_for_Tegra`) makes a USB gadget
+//! 0955:7035 "Linux for Tegra" whose serial is the module's device-tree serial number, with
+//! one mass-storage LUN per storage device, each with an 8-character SCSI vendor naming it
+//! (`mmc0` the eMMC user area, `mmc0b0`/`mmc0b1` its boot partitions, `ext0` an external
+//! disk) and a 16-character model holding the *device instance* the host gave that initrd,
+//! plus an RNDIS link. NVIDIA's own host script finds a module's disks by that vendor and
+//! instance (`l4t_initrd_flash_internal.sh`, `wait_for_booting`); so does
+//! [`Discovery::flashing_disk`].
 //!
 //! The sysfs root is a parameter: tests read a recorded tree (`fixtures/sysfs/`), whose
 //! symlinks are laid out as in the real `/sys` (`bus/usb/devices/*` and `class/block/*`
@@ -16,6 +27,13 @@ use crate::error::{FlashError, Result};
 
 /// NVIDIA's USB vendor id.
 pub const NVIDIA_VENDOR: u16 = 0x0955;
+
+/// The USB product id of NVIDIA's flashing initrd gadget (`nv_enable_remote.sh`).
+pub const FLASHING_INITRD_PRODUCT: u16 = 0x7035;
+
+/// The SCSI vendor of the LUN that exposes a module's eMMC user area, where the rootfs
+/// device's GPT lives (`mmc0` in `nv_enable_remote.sh`).
+pub const EMMC_LUN_VENDOR: &str = "mmc0";
 
 /// A Jetson module family, from its recovery-mode USB product id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -94,6 +112,31 @@ pub struct ExposedDisk {
     pub size: u64,
     /// SCSI logical unit, when the Jetson exposes several (eMMC and NVMe, say).
     pub lun: Option<u32>,
+    /// The LUN's SCSI vendor, trimmed: which storage it is (`mmc0`, `mmc0b0`, `ext0`).
+    pub vendor: Option<String>,
+    /// The LUN's SCSI model, trimmed: NVIDIA's initrd puts the device instance there.
+    pub model: Option<String>,
+    /// The Jetson's USB device.
+    pub usb: UsbDevice,
+}
+
+impl ExposedDisk {
+    /// The device instance NVIDIA's flashing initrd was booted with, from the SCSI model.
+    pub fn instance(&self) -> Option<u32> {
+        self.model.as_deref().and_then(|m| m.trim().parse().ok())
+    }
+
+    /// Whether this LUN is the eMMC user area.
+    pub fn is_emmc(&self) -> bool {
+        self.vendor.as_deref() == Some(EMMC_LUN_VENDOR)
+    }
+}
+
+/// A network interface on an NVIDIA USB device: the link to a flashing initrd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsbLink {
+    /// Interface name: `usb0`, `enx0a1b2c3d4e5f`.
+    pub name: String,
     /// The Jetson's USB device.
     pub usb: UsbDevice,
 }
@@ -105,6 +148,8 @@ pub struct Discovery {
     pub recovery: Vec<RecoveryJetson>,
     /// Disks exposed by flashing initrds, by name.
     pub disks: Vec<ExposedDisk>,
+    /// Network links of flashing initrds, by name.
+    pub links: Vec<UsbLink>,
 }
 
 impl Discovery {
@@ -116,6 +161,14 @@ impl Discovery {
             .iter()
             .filter(|d| d.usb.serial.as_deref() == Some(serial))
             .collect();
+        let emmc: Vec<&ExposedDisk> = found.iter().copied().filter(|d| d.is_emmc()).collect();
+        let found = if found.len() > 1 && emmc.len() == 1 {
+            // NVIDIA's initrd exposes the eMMC boot partitions too; the image goes to the
+            // user area.
+            emmc
+        } else {
+            found
+        };
         match found.as_slice() {
             [one] => Ok(one),
             [] => {
@@ -144,6 +197,39 @@ impl Discovery {
                     .join(", ")
             ))),
         }
+    }
+
+    /// The eMMC LUN of the flashing initrd booted as device instance `instance`: vendor
+    /// `mmc0`, model `instance`, on a 0955:7035 gadget (as `wait_for_booting` in NVIDIA's
+    /// `l4t_initrd_flash_internal.sh` finds it).
+    pub fn flashing_disk(&self, instance: u32) -> Option<&ExposedDisk> {
+        self.disks.iter().find(|d| {
+            d.usb.product_id == FLASHING_INITRD_PRODUCT
+                && d.is_emmc()
+                && d.instance() == Some(instance)
+        })
+    }
+
+    /// The network link on the USB device at `port`.
+    pub fn link_on(&self, port: &str) -> Option<&UsbLink> {
+        self.links.iter().find(|l| l.usb.port == port)
+    }
+
+    /// Device instances of flashing initrds already running (their disks are exposed).
+    pub fn instances_in_use(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .disks
+            .iter()
+            .filter_map(ExposedDisk::instance)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The recovery-mode Jetson at USB port `port`.
+    pub fn recovery_at(&self, port: &str) -> Option<&RecoveryJetson> {
+        self.recovery.iter().find(|r| r.usb.port == port)
     }
 }
 
@@ -175,12 +261,16 @@ pub fn scan(sysfs: &Path) -> Result<Discovery> {
         let Some(name) = entry.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
         };
-        let real = fs::canonicalize(&entry)
-            .map_err(|e| FlashError::io(format!("resolving {}", entry.display()), e))?;
-        let Some((usb, lun)) = usb_ancestor(&real, &root)? else {
+        let real = match fs::canonicalize(&entry) {
+            Ok(real) => real,
+            // A disk that went away while we looked (its Jetson rebooted).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(FlashError::io(format!("resolving {}", entry.display()), e)),
+        };
+        let Some(found) = usb_ancestor(&real, &root)? else {
             continue;
         };
-        if usb.vendor_id != NVIDIA_VENDOR {
+        if found.usb.vendor_id != NVIDIA_VENDOR {
             continue;
         }
         let sectors: u64 = read_attr(&entry, "size")?
@@ -190,30 +280,66 @@ pub fn scan(sysfs: &Path) -> Result<Discovery> {
             dev_path: PathBuf::from("/dev").join(&name),
             name,
             size: sectors * 512,
-            lun,
-            usb,
+            lun: found.lun,
+            vendor: found.vendor,
+            model: found.model,
+            usb: found.usb,
         });
+    }
+    for entry in list(&sysfs.join("class/net"))? {
+        let Some(name) = entry.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let Ok(real) = fs::canonicalize(&entry) else {
+            continue; // a link that vanished while we looked (the module rebooted)
+        };
+        if let Some(found) = usb_ancestor(&real, &root)? {
+            if found.usb.vendor_id == NVIDIA_VENDOR {
+                discovery.links.push(UsbLink {
+                    name,
+                    usb: found.usb,
+                });
+            }
+        }
     }
     discovery
         .recovery
         .sort_by(|a, b| a.usb.port.cmp(&b.usb.port));
     discovery.disks.sort_by(|a, b| a.name.cmp(&b.name));
+    discovery.links.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(discovery)
 }
 
+/// What lies between a block device and its USB device.
+struct Ancestry {
+    usb: UsbDevice,
+    lun: Option<u32>,
+    vendor: Option<String>,
+    model: Option<String>,
+}
+
 /// The nearest ancestor of `device` (a canonical sysfs path) that is a USB device, and the
-/// SCSI LUN on the way (`6:0:0:1` gives 1).
-fn usb_ancestor(device: &Path, root: &Path) -> Result<Option<(UsbDevice, Option<u32>)>> {
-    let mut lun = None;
+/// SCSI LUN on the way (`6:0:0:1` gives 1) with its `vendor` and `model`.
+fn usb_ancestor(device: &Path, root: &Path) -> Result<Option<Ancestry>> {
+    let (mut lun, mut vendor, mut model) = (None, None, None);
     for dir in device.ancestors().skip(1) {
         if !dir.starts_with(root) || dir == root {
             break;
         }
         if lun.is_none() {
             lun = dir.file_name().and_then(|n| scsi_lun(&n.to_string_lossy()));
+            if lun.is_some() {
+                vendor = read_attr(dir, "vendor")?;
+                model = read_attr(dir, "model")?;
+            }
         }
         if let Some(usb) = read_usb(dir)? {
-            return Ok(Some((usb, lun)));
+            return Ok(Some(Ancestry {
+                usb,
+                lun,
+                vendor,
+                model,
+            }));
         }
     }
     Ok(None)

@@ -16,14 +16,19 @@
 //!
 //! Targets sit behind the [`target::Target`] trait, so tests flash files and inject faults.
 //! [`jetson::scan`] finds Jetsons in recovery mode and the disks their flashing initrds
-//! expose, so a target can be named by USB serial. [`bmap`] reads and writes bmaptool's
-//! block maps; [`xml`] reads them and NVIDIA's flash layouts.
+//! expose, so a target can be named by USB serial. [`jetson_flash::flash_jetsons`] flashes
+//! Jetsons in recovery mode end to end, driving NVIDIA's tools ([`l4t`]) to boot their
+//! flashing initrds and write their boot firmware around the same verified writer.
+//! [`bmap`] reads and writes bmaptool's block maps; [`xml`] reads them and NVIDIA's flash
+//! layouts.
 
 pub mod bmap;
 pub mod error;
 pub mod host;
 pub mod image;
 pub mod jetson;
+pub mod jetson_flash;
+pub mod l4t;
 pub mod lsblk;
 pub mod safety;
 mod stream;

@@ -79,6 +79,9 @@ pub trait Progress: Send + Sync {
     fn stage(&self, stage: Stage, total: u64);
     /// `bytes` more of the current stage are done.
     fn advance(&self, bytes: u64);
+    /// What the target is doing besides writing (booting a Jetson's flashing initrd, writing
+    /// its boot firmware), in a few words.
+    fn note(&self, _what: &str) {}
 }
 
 /// A [`Progress`] that shows nothing.

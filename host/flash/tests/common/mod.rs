@@ -142,6 +142,12 @@ pub fn make_build_folder(dir: &Path, kind: BmapKind) -> PathBuf {
 
 /// (Re)writes manifest.json, manifest.sig and root.pub for the folder's current files.
 pub fn sign_folder(dir: &Path) {
+    sign_folder_as(dir, "qemu-x86_64", &[]);
+}
+
+/// (Re)writes manifest.json, manifest.sig and root.pub for a build for `board`, signing the
+/// disk files and `extra` (name, role).
+pub fn sign_folder_as(dir: &Path, board: &str, extra: &[(&str, Role)]) {
     let artifact = |name: &str, role: Role| {
         let bytes = fs::read(dir.join(name)).unwrap();
         Artifact {
@@ -156,7 +162,7 @@ pub fn sign_folder(dir: &Path) {
     let manifest = Manifest {
         format: 1,
         product: "aperture-test".into(),
-        board: "qemu-x86_64".into(),
+        board: board.into(),
         version: "1.0.0".parse().unwrap(),
         security_version: 1,
         build: BuildInfo {
@@ -166,11 +172,15 @@ pub fn sign_folder(dir: &Path) {
             ostree_ref: None,
         },
         boot: None,
-        artifacts: vec![
-            artifact("disk.img", Role::Disk),
-            artifact("disk.img.bmap", Role::Bmap),
-            artifact("disk.img.zst", Role::DiskZst),
-        ],
+        artifacts: [
+            ("disk.img", Role::Disk),
+            ("disk.img.bmap", Role::Bmap),
+            ("disk.img.zst", Role::DiskZst),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|&(name, role)| artifact(name, role))
+        .collect(),
     };
     let root = snakeoil_root();
     let release = snakeoil_release();
@@ -208,4 +218,90 @@ pub fn head(path: &Path, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len as usize];
     file.read_exact_at(&mut buf, 0).unwrap();
     buf
+}
+
+/// The synthetic BSP (host/image/fixtures/synthetic-bsp), whose NVIDIA flashing tools are
+/// fakes.
+pub fn synthetic_bsp() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/fixtures/synthetic-bsp/Linux_for_Tegra")
+}
+
+/// A copy of the synthetic BSP's `Linux_for_Tegra` in `dest` (its fake tools write into the
+/// tree, as NVIDIA's write into a real one). Returns the copy.
+pub fn copy_synthetic_bsp(dest: &Path) -> PathBuf {
+    let to = dest.join("Linux_for_Tegra");
+    copy_tree(&synthetic_bsp(), &to);
+    to
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            // fs::copy keeps the mode: the fake tools stay executable.
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The QSPI partitions of the Jetson test layout and the firmware each holds, in order.
+pub const QSPI_PARTITIONS: &[(&str, Option<&str>)] = &[
+    ("A_mb1", Some("mb1_t234_prod.bin")),
+    ("A_MB1_BCT", None),
+    ("A_mb2", Some("mb2_t234.bin")),
+    ("A_cpu-bootloader", Some("uefi_jetson.bin")),
+    ("B_mb1", Some("mb1_t234_prod.bin")),
+];
+
+/// The firmware files of the Jetson test layout, each once.
+pub const FIRMWARE: &[&str] = &["mb1_t234_prod.bin", "mb2_t234.bin", "uefi_jetson.bin"];
+
+/// A Jetson AGX Orin build folder in `dir`, made with the BSP tree `l4t`: the disk files,
+/// the firmware copied from the tree, a flash_layout.xml (a QSPI device naming them, and the
+/// eMMC), all signed; and a build-report.json whose `bsp` step records `l4t`, as the image
+/// build's does.
+pub fn make_jetson_folder(dir: &Path, l4t: &Path) -> PathBuf {
+    make_build_folder(dir, BmapKind::Ours);
+    for f in FIRMWARE {
+        fs::copy(l4t.join("bootloader").join(f), dir.join(f)).unwrap();
+    }
+    let mut xml = String::from(
+        "<?xml version=\"1.0\"?>\n<!-- test layout -->\n<partition_layout version=\"01.00.0000\">\n    \
+         <device type=\"spi\" instance=\"0\" sector_size=\"512\" num_sectors=\"131072\">\n",
+    );
+    for (name, file) in QSPI_PARTITIONS {
+        xml.push_str(&format!(
+            "        <partition name=\"{name}\" type=\"data\">\n            <size> 65536 </size>\n"
+        ));
+        if let Some(f) = file {
+            xml.push_str(&format!("            <filename> {f} </filename>\n"));
+        }
+        xml.push_str("        </partition>\n");
+    }
+    xml.push_str(
+        "    </device>\n    <device type=\"sdmmc_user\" instance=\"3\" sector_size=\"512\" \
+         num_sectors=\"49152\">\n        <partition name=\"APP\" id=\"1\" type=\"data\">\n            \
+         <size> 6291456 </size>\n            <filename> rootfs.img </filename>\n        \
+         </partition>\n    </device>\n</partition_layout>\n",
+    );
+    fs::write(dir.join("flash_layout.xml"), xml).unwrap();
+    let mut extra: Vec<(&str, Role)> = FIRMWARE.iter().map(|f| (*f, Role::Firmware)).collect();
+    extra.push(("flash_layout.xml", Role::Other));
+    sign_folder_as(dir, "jetson-orin-agx", &extra);
+    let report = serde_json::json!({
+        "name": "aperture-test-jetson-orin-agx-1.0.0",
+        "paths": {"out": dir, "repo": "/nowhere/repo", "cache": "/nowhere/cache"},
+        "steps": [
+            {"name": "bsp unpack", "seconds": 0.0, "reused": false,
+             "note": format!("{} (a folder)", l4t.display())},
+            {"name": "bsp", "seconds": 0.0, "reused": false,
+             "note": format!("{} (SYNTHETIC BSP), 3 firmware files", l4t.display())}
+        ]
+    });
+    fs::write(dir.join("build-report.json"), report.to_string()).unwrap();
+    dir.to_path_buf()
 }
