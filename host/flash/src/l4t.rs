@@ -213,17 +213,11 @@ fn read_build_report(image_dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&text).ok()
 }
 
-/// The tree the build's `bsp` step recorded: its note starts with the tree's path, then
-/// ` (` and the release (host/image `jetson::outputs`).
+/// The tree the build recorded (`outputs.bsp.tree` of `build-report.json`, written by host/image
+/// `jetson::outputs`).
 fn recorded_bsp(report: &serde_json::Value) -> Option<PathBuf> {
-    let steps = report.get("steps")?.as_array()?;
-    let note = steps
-        .iter()
-        .find(|s| s.get("name").and_then(|n| n.as_str()) == Some("bsp"))?
-        .get("note")?
-        .as_str()?;
-    let path = note.split(" (").next()?;
-    Some(PathBuf::from(path)).filter(|p| p.is_absolute() && p.is_dir())
+    let tree = report.get("outputs")?.get("bsp")?.get("tree")?.as_str()?;
+    Some(PathBuf::from(tree)).filter(|p| p.is_absolute() && p.is_dir())
 }
 
 /// The boot-device part of a build's `flash_layout.xml`.
@@ -449,8 +443,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let report = serde_json::json!({
             "paths": {"cache": "/nowhere"},
-            "steps": [{"name": "bsp unpack", "note": "x"},
-                      {"name": "bsp", "note": format!("{} (R36.4.3), 20 firmware files", dir.path().display())}]
+            "outputs": {"bsp": {"tree": dir.path(), "given": "/x.tbz2", "release": "R36.4.3", "sha256": null}}
         });
         assert_eq!(recorded_bsp(&report).as_deref(), Some(dir.path()));
         assert_eq!(recorded_bsp(&serde_json::json!({"steps": []})), None);

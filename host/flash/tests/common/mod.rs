@@ -262,7 +262,7 @@ pub const FIRMWARE: &[&str] = &["mb1_t234_prod.bin", "mb2_t234.bin", "uefi_jetso
 
 /// A Jetson AGX Orin build folder in `dir`, made with the BSP tree `l4t`: the disk files,
 /// the firmware copied from the tree, a flash_layout.xml (a QSPI device naming them, and the
-/// eMMC), all signed; and a build-report.json whose `bsp` step records `l4t`, as the image
+/// eMMC), all signed; and a build-report.json whose `outputs.bsp` records `l4t`, as the image
 /// build's does.
 pub fn make_jetson_folder(dir: &Path, l4t: &Path) -> PathBuf {
     make_build_folder(dir, BmapKind::Ours);
@@ -295,12 +295,8 @@ pub fn make_jetson_folder(dir: &Path, l4t: &Path) -> PathBuf {
     let report = serde_json::json!({
         "name": "aperture-test-jetson-orin-agx-1.0.0",
         "paths": {"out": dir, "repo": "/nowhere/repo", "cache": "/nowhere/cache"},
-        "steps": [
-            {"name": "bsp unpack", "seconds": 0.0, "reused": false,
-             "note": format!("{} (a folder)", l4t.display())},
-            {"name": "bsp", "seconds": 0.0, "reused": false,
-             "note": format!("{} (SYNTHETIC BSP), 3 firmware files", l4t.display())}
-        ]
+        "outputs": {"bsp": {"tree": l4t, "given": l4t, "release": null, "sha256": null}},
+        "steps": []
     });
     fs::write(dir.join("build-report.json"), report.to_string()).unwrap();
     dir.to_path_buf()

@@ -38,12 +38,12 @@ pub struct Bsp {
 /// The BSP tree a `--bsp` argument names: a folder is taken as it is (it cannot be checked
 /// against the recipe's pinned checksum, which the returned note says); a `.tbz2` file must
 /// hash to the recipe's `[bsp] sha256` and is unpacked once into `cache/bsp/<sha256>/`.
-/// Returns the folder and a note for the build log.
+/// Returns the folder, a note for the build log, and the tarball's sha256 (none for a folder).
 pub fn unpack(
     given: &Path,
     pin: Option<&BspPin>,
     cache: &Path,
-) -> anyhow::Result<(PathBuf, String)> {
+) -> anyhow::Result<(PathBuf, String, Option<String>)> {
     if given.is_dir() {
         let note = match pin {
             Some(p) => format!(
@@ -54,7 +54,7 @@ pub fn unpack(
             ),
             None => format!("{} (a folder)", given.display()),
         };
-        return Ok((given.to_path_buf(), note));
+        return Ok((given.to_path_buf(), note, None));
     }
     let (actual, _) = aperture_trust::digest::sha256_file(given)
         .with_context(|| format!("reading the BSP {}", given.display()))?;
@@ -73,14 +73,12 @@ pub fn unpack(
     }
     let dest = cache.join("bsp").join(&actual);
     if dest.join(".complete").exists() {
-        return Ok((
-            dest,
-            format!(
-                "{} (sha256 {}, unpacked before)",
-                given.display(),
-                &actual[..16]
-            ),
-        ));
+        let note = format!(
+            "{} (sha256 {}, unpacked before)",
+            given.display(),
+            &actual[..16]
+        );
+        return Ok((dest, note, Some(actual)));
     }
     let tmp = cache.join("bsp").join(format!("{actual}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -96,16 +94,14 @@ pub fn unpack(
     std::fs::write(tmp.join(".complete"), &actual)?;
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&tmp, &dest)?;
-    Ok((
-        dest,
-        format!(
-            "{} checked (sha256 {}{}) and unpacked into the build cache",
-            given.display(),
-            &actual[..16],
-            pin.map(|p| format!(", Jetson Linux {}", p.release))
-                .unwrap_or_default()
-        ),
-    ))
+    let note = format!(
+        "{} checked (sha256 {}{}) and unpacked into the build cache",
+        given.display(),
+        &actual[..16],
+        pin.map(|p| format!(", Jetson Linux {}", p.release))
+            .unwrap_or_default()
+    );
+    Ok((dest, note, Some(actual)))
 }
 
 impl Bsp {

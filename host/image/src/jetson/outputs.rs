@@ -62,11 +62,12 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
         }
         .into());
     };
-    let bsp_dir = &rep.step("bsp unpack", |s| {
-        let (dir, note) = super::bsp::unpack(bsp_given, recipe.bsp.as_ref(), &paths.cache)?;
+    let (bsp_dir, bsp_sha256) = rep.step("bsp unpack", |s| {
+        let (dir, note, sha256) = super::bsp::unpack(bsp_given, recipe.bsp.as_ref(), &paths.cache)?;
         s.note(note);
-        Ok(dir)
+        Ok((dir, sha256))
     })?;
+    let bsp_dir = &bsp_dir;
     let spec = BoardSpec::of(recipe.board);
     let sd = rootfs.source_date_epoch;
     let tmp = paths.cache.join("tmp");
@@ -300,6 +301,12 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
     Ok(OutputsReport {
         slot: slot_img,
         artifacts,
+        bsp: Some(crate::outputs::BspUsed {
+            tree: bsp.root.clone(),
+            given: bsp_given.to_path_buf(),
+            release: bsp.release.clone(),
+            sha256: bsp_sha256,
+        }),
     })
 }
 

@@ -443,17 +443,19 @@ fn a_bsp_tarball_is_checked_against_the_pin_then_unpacked_once() {
     );
     // The pinned file: unpacked, and the second time reused.
     pin.sha256 = sha.to_string();
-    let (dir, note) = super::bsp::unpack(&tarball, Some(&pin), &cache).unwrap();
+    let (dir, note, sha) = super::bsp::unpack(&tarball, Some(&pin), &cache).unwrap();
+    assert_eq!(sha.as_deref(), Some(pin.sha256.as_str()));
     assert!(note.contains("checked"), "{note}");
     assert_eq!(
         std::fs::read(dir.join("Linux_for_Tegra/kernel/Image")).unwrap(),
         b"kernel"
     );
-    let (again, note) = super::bsp::unpack(&tarball, Some(&pin), &cache).unwrap();
+    let (again, note, _) = super::bsp::unpack(&tarball, Some(&pin), &cache).unwrap();
     assert_eq!(again, dir);
     assert!(note.contains("unpacked before"), "{note}");
     // A folder is taken as it is, and the note says it was not checked.
-    let (same, note) = super::bsp::unpack(&d.path().join("tree"), Some(&pin), &cache).unwrap();
+    let (same, note, sha) = super::bsp::unpack(&d.path().join("tree"), Some(&pin), &cache).unwrap();
+    assert_eq!(sha, None);
     assert_eq!(same, d.path().join("tree"));
     assert!(note.contains("without checking"), "{note}");
 }

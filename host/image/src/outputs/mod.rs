@@ -64,6 +64,22 @@ pub struct OutputsReport {
     pub slot: SlotImage,
     /// Every file of the output folder, in manifest order.
     pub artifacts: Vec<Artifact>,
+    /// The Jetson Linux BSP the outputs were made from (Jetson boards).
+    pub bsp: Option<BspUsed>,
+}
+
+/// The Jetson Linux BSP a build used, for the tools that need the same tree later (`flash
+/// --to jetson:...` drives its flashing scripts).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct BspUsed {
+    /// The `Linux_for_Tegra/` tree (in the build cache when `--bsp` was a tarball).
+    pub tree: std::path::PathBuf,
+    /// What `--bsp` named.
+    pub given: std::path::PathBuf,
+    /// The tree's own release string, when it has one.
+    pub release: Option<String>,
+    /// The tarball's sha256, when `--bsp` was one (checked against the recipe's pin).
+    pub sha256: Option<String>,
 }
 
 /// What every outputs step works from.
@@ -146,7 +162,7 @@ pub fn build(ctx: &Ctx<'_>) -> Result<OutputsReport> {
     } else {
         qemu::build(ctx, slot_img)?
     };
-    reuse::record(ctx.out(), &fingerprint)?;
+    reuse::record(ctx.out(), &fingerprint, report.bsp.as_ref())?;
     Ok(report)
 }
 

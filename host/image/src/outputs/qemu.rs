@@ -191,6 +191,7 @@ pub fn build(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport> {
     Ok(OutputsReport {
         slot: slot_img,
         artifacts,
+        bsp: None,
     })
 }
 

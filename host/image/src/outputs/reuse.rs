@@ -39,6 +39,8 @@ pub enum Reuse {
 struct Record {
     fingerprint: String,
     files: Vec<FileRecord>,
+    #[serde(default)]
+    bsp: Option<super::BspUsed>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,8 +96,8 @@ fn stat(path: &Path) -> Result<(u64, u64, i128)> {
     Ok((md.len(), md.ino(), mtime))
 }
 
-/// Record the outputs just made under `fingerprint`.
-pub fn record(out: &Path, fingerprint: &str) -> Result<()> {
+/// Record the outputs just made under `fingerprint` (and the BSP they were made from).
+pub fn record(out: &Path, fingerprint: &str, bsp: Option<&super::BspUsed>) -> Result<()> {
     let json = std::fs::read(out.join(names::MANIFEST))?;
     let m = Manifest::from_json_unverified(&json)?;
     let mut files = Vec::new();
@@ -117,6 +119,7 @@ pub fn record(out: &Path, fingerprint: &str) -> Result<()> {
     let record = Record {
         fingerprint: fingerprint.to_string(),
         files,
+        bsp: bsp.cloned(),
     };
     std::fs::write(out.join(RECORD), serde_json::to_vec_pretty(&record)?)?;
     Ok(())
@@ -167,5 +170,6 @@ pub fn reusable(out: &Path, fingerprint: &str) -> Result<Reuse> {
     Ok(Reuse::Yes(OutputsReport {
         slot,
         artifacts: m.artifacts.clone(),
+        bsp: record.bsp,
     }))
 }
