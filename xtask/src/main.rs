@@ -56,6 +56,12 @@ fn run(cli: Cli) -> Result<()> {
             (n, Program::Aperture)
         }
         "bench" => (preflight::Needs::bench(), Program::Bench),
+        // Flashing Jetsons in recovery mode runs NVIDIA's QSPI writer over ssh in its initrd.
+        "flash" if rest.iter().any(|a| a.to_string_lossy().contains("jetson:")) => {
+            let mut n = preflight::Needs::host_cli();
+            n.packages.insert("sshpass");
+            (n, Program::Aperture)
+        }
         _ => (preflight::Needs::host_cli(), Program::Aperture),
     };
     preflight::ensure(&needs)?;
