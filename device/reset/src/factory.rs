@@ -6,7 +6,8 @@
 //! entry again) to find where that marker ends, so the reader sees exactly the bundle and not
 //! the partition's tail. [`verify`] reads the whole bundle once: signature chain, board
 //! ([`aperture_trust::policy::check_factory`]), and every payload's size and hash, before
-//! anything is written. Key expiry is not checked ([`VERIFIED_WHEN_WRITTEN`]): the factory
+//! anything is written. Key expiry is not checked ([`VERIFIED_WHEN_WRITTEN`], trust's time for
+//! what was verified when it was written): the factory
 //! image was verified when the appliance was flashed, and a reset must still work years later.
 
 use std::io::Read;
@@ -17,22 +18,10 @@ use aperture_trust::bundle::BundleReader;
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::Manifest;
 use aperture_trust::policy::check_factory;
+use aperture_trust::signing::VERIFIED_WHEN_WRITTEN;
 
 use crate::io::{part_err, PartReader, Store};
 use crate::ResetError;
-
-/// The time at which reset checks signatures of what was verified with the clock when it was
-/// written: an installed slot (verified at install) and the factory image (verified when the
-/// appliance was flashed).
-///
-/// Key expiry decides what may be NEWLY published and installed. A release key expiring later
-/// does not make an image that was verified while the key was valid less trustworthy, and a
-/// reset that refused it would leave an appliance a year after manufacture with no reset at
-/// all (and a reset journal that retries for ever). Trust's verifiers take the time as an
-/// argument and refuse a key when `now >= not_after`; the Unix epoch is before every key's
-/// `not_after`, so at this time they check the whole signature chain (root, keyring, release
-/// key, manifest) and the payload hashes, and not expiry.
-pub const VERIFIED_WHEN_WRITTEN: u64 = 0;
 
 const BLOCK: u64 = 512;
 /// A bundle has the manifest, the signature and one entry per slot artifact: far fewer.

@@ -13,7 +13,8 @@
 //!    partitions afresh.
 //!
 //! The factory image and installed slots are verified without key expiry: they were verified
-//! with the clock when written ([`factory::VERIFIED_WHEN_WRITTEN`]).
+//! with the clock when written
+//! ([`aperture_trust::signing::VERIFIED_WHEN_WRITTEN`]).
 //!
 //! Modules:
 //! * [`journal`]: the plan, and the reset area of the device state store (journal and

@@ -5,7 +5,8 @@
 //! Level 1 boots a slot only after this passes, and level 2 blesses a slot it wrote only after
 //! this passes.
 //!
-//! The signature is checked without key expiry ([`VERIFIED_WHEN_WRITTEN`]): the slot was
+//! The signature is checked without key expiry
+//! ([`aperture_trust::signing::VERIFIED_WHEN_WRITTEN`]): the slot was
 //! verified with the clock when it was installed, and a release key that expired since does
 //! not make the installed slot less trustworthy (expiry decides what may be newly installed).
 
@@ -16,10 +17,9 @@ use aperture_trust::digest::sha256_file;
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::{Manifest, Role};
 use aperture_trust::record::{InstalledSlot, SlotRecord};
-use aperture_trust::signing::verify_manifest;
+use aperture_trust::signing::verify_written;
 use aperture_trust::verity;
 
-use crate::factory::VERIFIED_WHEN_WRITTEN;
 use crate::io::{PartReader, Store};
 use crate::ResetError;
 
@@ -39,11 +39,10 @@ pub fn installed(
             area.name()
         ))
     })?;
-    let manifest = verify_manifest(
+    let manifest = verify_written(
         installed.manifest.as_bytes(),
         installed.signature.as_bytes(),
         root,
-        VERIFIED_WHEN_WRITTEN,
     )
     .map_err(|e| fail(format!("its signed manifest: {e}")))?
     .into_manifest();

@@ -12,7 +12,7 @@
 //!
 //! What is installed was verified when it was written, so reading it back
 //! ([`SlotWriter::installed`]) checks the signature chain without key expiry
-//! ([`crate::factory::VERIFIED_WHEN_WRITTEN`]).
+//! ([`VERIFIED_WHEN_WRITTEN`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -28,10 +28,10 @@ use aperture_trust::digest::{sha256_file, HashingReader};
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::{Artifact, Manifest, Role};
 use aperture_trust::record::{InstalledSlot, SlotRecord};
-use aperture_trust::signing::verify_manifest;
+use aperture_trust::signing::{verify_manifest, VERIFIED_WHEN_WRITTEN};
 use aperture_trust::verity;
 
-use crate::factory::{header_entries, Capture, VERIFIED_WHEN_WRITTEN};
+use crate::factory::{header_entries, Capture};
 use crate::io::{part_err, PartReader, Store, CHUNK};
 use crate::slot_check;
 use crate::ResetError;

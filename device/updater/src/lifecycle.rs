@@ -7,7 +7,9 @@
 //! `security_version`, read from its verity-protected `/etc/aperture/build.json` (not from the
 //! unsigned slot record), and the accepted keyring sequence to that of the keyring the running
 //! slot was installed under (from the signature kept in its record, verified again against the
-//! root key): from then on a release key left out of that keyring is revoked. It is idempotent, so the health gate runs it on every
+//! root key, with the signed manifest kept in its record
+//! ([`aperture_trust::signing::verify_written`])): from then on a release key left out of that
+//! keyring is revoked. It is idempotent, so the health gate runs it on every
 //! boot: a power cut between the two steps is repaired by the next boot's gate. Installing
 //! never raises the floor: a new image that fails its health check must leave the old one
 //! installable.
@@ -159,8 +161,14 @@ impl Updater {
                 return Ok(None);
             }
         };
-        match aperture_trust::signing::keyring_sequence(installed.signature.as_bytes(), &root) {
-            Ok(sequence) => Ok(Some(sequence)),
+        // The whole signed manifest kept in the record is verified again, as it was when the
+        // slot was written (not against the clock), not only its keyring.
+        match aperture_trust::signing::verify_written(
+            installed.manifest.as_bytes(),
+            installed.signature.as_bytes(),
+            &root,
+        ) {
+            Ok(verified) => Ok(Some(verified.keyring_sequence())),
             Err(e) => {
                 tracing::warn!(
                     "the keyring in slot {}'s record does not verify ({e}); it is not committed",
