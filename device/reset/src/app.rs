@@ -10,6 +10,7 @@ use aperture_appliance::{BootControlKind, BuildFacts, Files, SlotsLock};
 use aperture_slots::{BootControl, Slot, SlotManager, SystemdBoot};
 use aperture_storage::{Access, DeviceDisk, Disk, SystemParts, Volume};
 use aperture_trust::keys::PublicKey;
+use aperture_updater::{Paths, Updater};
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{Outcome, Reset};
@@ -17,7 +18,6 @@ use crate::input::{read_press, Press, SysEvdev, DEFAULT_KEY};
 use crate::io::open_store;
 use crate::journal::{Journal, Level};
 use crate::seams::{BlkDiscard, Faults, SystemClock, SystemReboot};
-use crate::slot_writer::BundleSlotWriter;
 use crate::wipe::{self, VerifyReport};
 use crate::ResetError;
 
@@ -269,14 +269,9 @@ fn with_reset<T>(
             facts.board
         ),
     };
-    let _lock = SlotsLock::acquire(&files.slots_lock(), holder, wait)?;
+    let lock = SlotsLock::acquire(&files.slots_lock(), holder, wait)?;
     let store = open_store(disk, facts.board)?;
-    let writer = BundleSlotWriter {
-        disk,
-        files,
-        board: facts.board,
-        root,
-    };
+    let mut installer = Updater::on_device(Paths::from_files(files))?;
     let clock = SystemClock::default();
     let faults = Faults::none();
     let mut reset = Reset {
@@ -285,7 +280,8 @@ fn with_reset<T>(
         crypt,
         keys,
         discard: &BlkDiscard,
-        writer: &writer,
+        installer: &mut installer,
+        lock: &lock,
         clock: &clock,
         reboot: &SystemReboot,
         slots: SlotManager::new(backend, booted),

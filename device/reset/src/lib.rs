@@ -12,18 +12,21 @@
 //!    metadata area), discard or overwrite, sealed keys forgotten. The next boot formats the
 //!    partitions afresh.
 //!
-//! The factory image and installed slots are verified without key expiry: they were verified
-//! with the clock when written
+//! Every slot is written by the updater's installer ([`aperture_updater::Updater::install_locked`],
+//! with the reset's policy) and re-verified by the updater
+//! ([`aperture_updater::Updater::verify_slot`]), whatever the board's boot control: one code
+//! path writes a slot. The factory image and installed slots are verified without key expiry:
+//! they were verified with the clock when written
 //! ([`aperture_trust::signing::VERIFIED_WHEN_WRITTEN`]).
 //!
 //! Modules:
 //! * [`journal`]: the plan, and the reset area of the device state store (journal and
 //!   consumed reset-key press); [`engine`]: running and resuming it.
 //! * [`wipe`]: crypto-erase, scrub, and the `--verify` read-back; [`factory`]: the bundle in
-//!   the factory partition; [`slot_writer`]: installing a bundle into a slot
-//!   ([`SlotWriter`]); [`slot_check`]: re-verifying a slot for level 1.
+//!   the factory partition.
 //! * [`input`]: the reset key held at boot; [`seams`]: clock, reboot, discard, fault
-//!   injection; [`io`]: partition I/O helpers and the store; [`app`]: the command line.
+//!   injection (also of the installer's writes, [`seams::FaultsIo`]); [`io`]: partition I/O
+//!   helpers and the store; [`app`]: the command line.
 //!
 //! Where things are ([`aperture_appliance::Files`]), the board and its partitions
 //! ([`aperture_appliance::Board`]), the image's facts ([`aperture_appliance::BuildFacts`]),
@@ -41,11 +44,8 @@ pub mod input;
 pub mod io;
 pub mod journal;
 pub mod seams;
-pub mod slot_check;
-pub mod slot_writer;
 pub mod wipe;
 
-pub use engine::{Level1Report, Outcome, Reset};
+pub use engine::{Level1Report, Outcome, Reset, Slots};
 pub use error::ResetError;
 pub use journal::{Journal, Level, ResetRecord, Step};
-pub use slot_writer::{BundleSlotWriter, SlotWriter, Slots};

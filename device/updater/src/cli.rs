@@ -125,11 +125,11 @@ fn install(
         std::fs::canonicalize(spec).map_or(spec.to_string(), |p| p.display().to_string())
     };
     let install_opts = InstallOptions {
-        tries,
         source: Some(source),
         ca: fetch.ca.clone(),
         insecure_http: fetch.insecure_http,
         lock_wait,
+        ..InstallOptions::update(tries)
     };
     match u.install(&mut input, &install_opts) {
         Ok(done) => {

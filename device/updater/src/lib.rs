@@ -14,7 +14,13 @@
 //! | clock | system time | a fixed time ([`Updater::with_clock`]) |
 //!
 //! Operations:
-//! * [`Updater::install`] ([`install`] documents the order, which is the safety);
+//! * [`Updater::install`] ([`install`] documents the order, which is the safety): the one slot
+//!   installer. aperture-reset installs the factory image through it too
+//!   ([`Updater::install_locked`] under the slots lock it holds, with [`Policy::Reset`] and
+//!   [`Arm::Next`] or [`Arm::RecordOnly`]), after [`Updater::preflight`] (the same checks,
+//!   nothing written);
+//! * [`Updater::installed`] and [`Updater::verify_slot`] ([`verify`]): what a slot holds, and
+//!   reading it back block for block against its record;
 //! * [`Updater::status`] ([`status::UpdateStatus`], also embedded in the agent's status);
 //! * [`Updater::commit`]: mark the running slot good, raise the anti-rollback floor to the
 //!   running image's `security_version` and the accepted keyring sequence to its keyring's (the
@@ -34,12 +40,15 @@ pub mod install;
 pub mod io;
 pub mod lifecycle;
 pub mod paths;
+pub mod place;
 mod readback;
 pub mod source;
 pub mod state;
 pub mod status;
 pub mod store;
 pub mod tpm;
+pub mod verify;
+mod write;
 
 use std::sync::Arc;
 
@@ -51,7 +60,7 @@ use aperture_trust::keys::PublicKey;
 
 pub use error::UpdateError;
 pub use facts::BuildFacts;
-pub use install::{InstallOptions, Installed};
+pub use install::{Arm, InstallOptions, Installed, Policy, ResetFloor};
 pub use paths::Paths;
 
 /// The updater for a system running from one slot.

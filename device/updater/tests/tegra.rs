@@ -391,9 +391,8 @@ fn failed_boots_leave_b_unbootable_a_boots_and_a_reinstall_clears_0xff() {
     let v2 = jetson(ORIN, "2.0.0", 2, 2, false);
     let dev = Jetson::new(ORIN, &v1);
     let opts = InstallOptions {
-        tries: 2,
         source: None,
-        ..Default::default()
+        ..InstallOptions::update(2)
     };
     dev.updater(Slot::A)
         .install(&mut &v2.bundle[..], &opts)
