@@ -41,6 +41,12 @@
 //! the reset gives up and marks nothing good.
 //!
 //! Every step is idempotent, so a power cut anywhere repeats at most the step it hit.
+//!
+//! ## The board
+//! Partitions come from the board ([`aperture_appliance::Board`]): the volumes' by
+//! [`Volume::partition`] (`config`, and `data` or, on Jetson, NVIDIA's `UDA`), the factory image's
+//! by `Board::partition(Role::Factory)`, the slots' by the board's slot layout (in the
+//! installer); boot control is the board's ([`aperture_updater::boot_control_for`]).
 
 use aperture_appliance::{Board, Files, Role, SlotsLock};
 use aperture_slots::state::Step as BootStep;
@@ -297,8 +303,8 @@ impl Reset<'_> {
         let mut journal = Journal::new(level, booted, busy);
         if level == Level::Three {
             for v in Volume::ALL {
-                if self.disk.has(v.label())? {
-                    let part = self.disk.open(v.label(), Access::Shared)?;
+                if self.disk.has(v.partition(self.board))? {
+                    let part = self.disk.open(v.partition(self.board), Access::Shared)?;
                     journal
                         .header_bytes
                         .insert(v, wipe::header_area(part.as_ref())?);
@@ -464,14 +470,18 @@ impl Reset<'_> {
     fn step(&mut self, j: &mut Journal, step: Step) -> Result<Flow, ResetError> {
         match step {
             Step::EraseKeyslots { volume } => {
-                if self.disk.has(volume.label())? {
-                    let part = self.disk.open(volume.label(), Access::Shared)?;
+                if self.disk.has(volume.partition(self.board))? {
+                    let part = self
+                        .disk
+                        .open(volume.partition(self.board), Access::Shared)?;
                     wipe::erase_keyslots(self.crypt, part.as_ref())?;
                 }
             }
             Step::ZeroHeader { volume } => {
-                if self.disk.has(volume.label())? {
-                    let part = self.disk.open(volume.label(), Access::Shared)?;
+                if self.disk.has(volume.partition(self.board))? {
+                    let part = self
+                        .disk
+                        .open(volume.partition(self.board), Access::Shared)?;
                     let bytes = match j.header_bytes.get(&volume) {
                         Some(b) => *b,
                         None => wipe::header_area(part.as_ref())?,
@@ -492,11 +502,13 @@ impl Reset<'_> {
                         mapped: mapped.display().to_string(),
                     });
                 }
-                if self.disk.has(volume.label())? {
+                if self.disk.has(volume.partition(self.board))? {
                     // Shared, not O_EXCL: blkdiscard opens the device exclusively itself (and
                     // so refuses a mounted or mapped partition), which our own exclusive
                     // handle would block.
-                    let part = self.disk.open(volume.label(), Access::Shared)?;
+                    let part = self
+                        .disk
+                        .open(volume.partition(self.board), Access::Shared)?;
                     let method = wipe::scrub(part.as_ref(), self.discard)?;
                     tracing::info!(
                         "{volume}: {}",

@@ -2,15 +2,20 @@
 //! power cut at any point is finished at the next boot (ARCHITECTURE.md, "Reset rules").
 //!
 //! 1. **Level 1** (short press): re-verify the known-good slot (its signed record, dm-verity
-//!    of its partition, sha256 of its kernel and initrd) and boot it ([`Reset::level1`]).
+//!    of its partition, sha256 of its kernel and initrd, on Jetson of its boot image and device
+//!    tree) and boot it ([`Reset::level1`]).
 //! 2. **Level 2** (long press): reinstall the signed factory image from the `factory`
-//!    partition into both slots: the inactive slot first, reboot into it on trial, and once
-//!    the health gate committed it, the other ([`Reset::start`], [`Reset::resume`]). A factory
-//!    image below the anti-rollback floor is refused: only level 3 may install it.
+//!    partition (`Board::partition(Role::Factory)`) into both slots: the inactive slot first,
+//!    reboot into it on trial, and once the health gate committed it, the other
+//!    ([`Reset::start`], [`Reset::resume`]). A factory image below the anti-rollback floor is
+//!    refused: only level 3 may install it.
 //! 3. **Level 3** (very long press, or before an appliance changes hands): level 2 plus a
-//!    secure wipe of `config` and `data`: crypto-erase (keyslots, then the whole LUKS
-//!    metadata area), discard or overwrite, sealed keys forgotten. The next boot formats the
-//!    partitions afresh.
+//!    secure wipe of `config` and `data` (`UDA` on Jetson): crypto-erase (keyslots, then the
+//!    whole LUKS metadata area), discard or overwrite, sealed keys forgotten. The next boot
+//!    formats the partitions afresh.
+//!
+//! Every board resets the same way: partitions, factory image and boot control come from the
+//! board in the image's facts ([`app::boot_control`]).
 //!
 //! Every slot is written by the updater's installer ([`aperture_updater::Updater::install_locked`],
 //! with the reset's policy) and re-verified by the updater

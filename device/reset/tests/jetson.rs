@@ -218,3 +218,33 @@ fn a_power_cut_at_every_step_and_write_of_a_level2_on_orin_is_recovered() {
     );
     assert_eq!(cuts, points.len(), "every crash point is reached");
 }
+
+/// Level 3 on Jetson wipes `UDA` (NVIDIA's name for the data partition) and `config` as it
+/// wipes `data` and `config` on the qemu board: no canary, plaintext or readable with the old
+/// keys, is left anywhere on the disk, both slots hold the factory image, and the next boot
+/// formats storage afresh. `--verify` reads `UDA` back.
+#[test]
+fn level3_on_jetson_leaves_no_canary_in_uda_or_config() {
+    for board in JETSONS {
+        let mut rig = Rig::jetson(board);
+        rig.provision();
+        let disk = aperture_storage::FileDisk::new(&rig.image);
+        let before = aperture_reset::app::verify(&disk, board).unwrap();
+        assert!(!before.ok, "{board}: {before}");
+        let boots = rig.run_to_completion(|r| r.start(Level::Three), &rig.fresh_crypt());
+        assert_eq!(boots, 1, "{board}: one reboot, into the factory slot");
+        let found = rig.scan();
+        assert!(found.is_empty(), "{board}: left on the disk: {found:?}");
+        assert!(rig.esp_leftovers().is_empty(), "{board}");
+        assert!(keys_gone(&rig), "{board}");
+        rig.assert_factory_everywhere();
+        let after = aperture_reset::app::verify(&disk, board).unwrap();
+        assert!(after.ok, "{board}: {after}");
+        let labels: Vec<&str> = after.volumes.iter().map(|v| v.label.as_str()).collect();
+        assert_eq!(labels, ["config", "UDA"], "{board}");
+        for v in &after.volumes {
+            assert_eq!(v.zero_fraction, 1.0, "{board}: {}", v.label);
+        }
+        rig.assert_storage_starts_new();
+    }
+}

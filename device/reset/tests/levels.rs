@@ -320,14 +320,14 @@ fn verify_reports_what_the_partitions_hold() {
     let mut rig = Rig::new(Backend::Fake);
     rig.provision();
     let disk = aperture_storage::FileDisk::new(&rig.image);
-    let before = aperture_reset::app::verify(&disk).unwrap();
+    let before = aperture_reset::app::verify(&disk, rig.board).unwrap();
     assert!(!before.ok);
     assert!(
         before.to_string().contains("LUKS HEADER PRESENT"),
         "{before}"
     );
     rig.run_to_completion(|r| r.start(Level::Three), &rig.fresh_crypt());
-    let after = aperture_reset::app::verify(&disk).unwrap();
+    let after = aperture_reset::app::verify(&disk, rig.board).unwrap();
     assert!(after.ok, "{after}");
     for v in &after.volumes {
         assert!(!v.luks_magic.any());
