@@ -529,13 +529,15 @@ impl Updater {
     }
 
     /// Refuse, before anything is written, a try count the boot control would refuse when
-    /// the slot is armed.
+    /// the slot is armed (1 to 7; 1 to 3 on Jetson, whose firmware keeps 2 bits).
     fn check_tries(&self, arm: &Arm, target: Slot) -> Result<(), UpdateError> {
         if let Arm::Next { tries } = *arm {
-            if !(1..=aperture_slots::MAX_TRIES).contains(&tries) {
+            let max = self.boot.max_tries();
+            if !(1..=max).contains(&tries) {
                 return Err(aperture_slots::SlotsError::InvalidTries {
                     slot: target,
                     tries,
+                    max,
                 }
                 .into());
             }

@@ -261,7 +261,9 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The boot control for a board: systemd-boot on the ESP for the qemu boards, its entry files
 /// written through `io`; NVIDIA's UEFI variables for Jetson, with the slot ledger in area `boot`
-/// of the device state store on `disk`, written through `io`.
+/// of the device state store on `disk`, written through `io`, and the firmware's retry count
+/// reset after every good boot by NVIDIA's `nvbootctrl verify` (`/usr/sbin/nvbootctrl` under
+/// the root of `paths`; [`aperture_slots::tegra::retry`]).
 pub fn boot_control_for(
     board: Board,
     paths: &Paths,
@@ -274,9 +276,13 @@ pub fn boot_control_for(
         }
         BootControlKind::Tegra => {
             let ledger = store::open(disk, board, io)?;
+            let nvbootctrl = paths.files().path(aperture_slots::tegra::retry::NVBOOTCTRL);
             Box::new(
                 Tegra::new(paths.efivars.clone(), Box::new(ledger))
-                    .with_capsules(paths.esp.clone()),
+                    .with_capsules(paths.esp.clone())
+                    .with_retry_reset(Box::new(aperture_slots::tegra::retry::NvBootCtrl::new(
+                        nvbootctrl,
+                    ))),
             )
         }
     })
@@ -318,6 +324,23 @@ impl BootControl for Gated<'_> {
             );
         }
         Ok(removed)
+    }
+
+    fn max_tries(&self) -> u32 {
+        self.inner.max_tries()
+    }
+
+    fn boot_succeeded(&mut self, slot: Slot) -> Result<(), SlotsError> {
+        self.io
+            .step(&format!(
+                "reset the boot tries after slot {slot}'s good boot"
+            ))
+            .map_err(|source| SlotsError::Io {
+                op: "resetting the boot tries",
+                path: self.inner.name().into(),
+                source,
+            })?;
+        self.inner.boot_succeeded(slot)
     }
 
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {

@@ -3,7 +3,9 @@
 //!
 //! ## Commit
 //! [`Updater::commit`] marks the running slot good (systemd-boot: the entry loses its boot
-//! counter) and then raises the floor in the device state store to the RUNNING image's
+//! counter; Jetson: the ledger says committed, and on every good boot the firmware's retry
+//! count is reset, [`aperture_slots::tegra::retry`], failing which the commit reports it and
+//! goes on) and then raises the floor in the device state store to the RUNNING image's
 //! `security_version`, read from its verity-protected `/etc/aperture/build.json` (not from the
 //! unsigned slot record), and the accepted keyring sequence to that of the keyring the running
 //! slot was installed under (from the signature kept in its record, verified again against the
@@ -37,7 +39,7 @@
 
 use serde::Serialize;
 
-use aperture_slots::{BootState, Slot, SlotStatus};
+use aperture_slots::{BootState, Slot, SlotStatus, SlotsError};
 
 use crate::state::Journal;
 use crate::tpm::Counter;
@@ -62,6 +64,12 @@ pub struct Commit {
     pub floor_raised: bool,
     /// The highest keyring sequence committed now.
     pub keyring_sequence: u64,
+    /// Why the firmware's boot tries could not be reset after this good boot (Jetson), if
+    /// they could not: the firmware then gives up on this slot after `RootfsRetryCountMax`
+    /// warm reboots. Reported, never fatal: failing the health gate would reboot, which only
+    /// uses the tries up faster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries_not_reset: Option<String>,
 }
 
 impl std::fmt::Display for Commit {
@@ -78,7 +86,11 @@ impl std::fmt::Display for Commit {
             self.version,
             self.security_floor,
             if self.floor_raised { " (raised)" } else { "" }
-        )
+        )?;
+        if let Some(why) = &self.tries_not_reset {
+            write!(f, "; THE FIRMWARE'S BOOT TRIES WERE NOT RESET: {why}")?;
+        }
+        Ok(())
     }
 }
 
@@ -88,7 +100,15 @@ impl Updater {
         let _lock = self.lock("commit", COMMIT_LOCK_WAIT)?;
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let was = self.boot.read()?.status(self.booted);
-        self.slots().mark_good()?;
+        let tries_not_reset = match self.slots().mark_good() {
+            Ok(_) => None,
+            Err(e @ SlotsError::RetryReset { .. }) => {
+                let why = crate::error_chain(&e);
+                tracing::error!("{why}");
+                Some(why)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut store = self.store(facts.board)?;
         let mut state = self.device_state(&store)?;
         let before = state.clone();
@@ -126,6 +146,7 @@ impl Updater {
             security_floor: state.security_floor,
             floor_raised,
             keyring_sequence: state.keyring_sequence,
+            tries_not_reset,
         })
     }
 

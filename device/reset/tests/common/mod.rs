@@ -263,7 +263,8 @@ impl Rig {
                 let ledger = aperture_updater::store::open(&disk, self.board, io).unwrap();
                 Box::new(
                     Tegra::new(self.files.efivars(), Box::new(ledger))
-                        .with_capsules(self.files.esp()),
+                        .with_capsules(self.files.esp())
+                        .with_simulated_retry_reset(),
                 )
             }
         }
@@ -340,10 +341,16 @@ impl Rig {
             .is_some_and(|b| serde_json::from_slice::<Marker>(&b).map_or(true, |m| m.wipe_pending))
     }
 
-    /// A power-on: the (simulated) loader picks a slot.
+    /// A (warm) reboot: the (simulated) loader picks a slot; on a committed slot the health
+    /// gate's commit follows, as `aperture-health.service` does on every boot (on Jetson it
+    /// resets the firmware's retry count, which counts committed slots too). A slot on trial is
+    /// left to the test.
     pub fn power_on(&self) -> Slot {
         let slot = self.backend().loader_boot().unwrap();
         self.set_booted(slot);
+        if self.state().status(slot) == aperture_slots::SlotStatus::Good {
+            self.health_gate_passes();
+        }
         slot
     }
 
