@@ -247,8 +247,8 @@ impl Updater {
     }
 }
 
-/// An error and its causes, on one line (for logs).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, on one line (for logs and reports).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
