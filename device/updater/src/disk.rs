@@ -61,6 +61,14 @@ pub trait Disk {
     fn open_shared(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
         self.open(label)
     }
+    /// Open the partition labelled `label` for reading and writing without claiming it: the
+    /// device state store, which several handles share at once (the Tegra ledger of the boot
+    /// control, the updater's records, aperture-reset's journal), and two exclusive opens of
+    /// one block device refuse each other (EBUSY). Never a slot. The default is
+    /// [`Disk::open`].
+    fn open_unclaimed(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        self.open(label)
+    }
 }
 
 /// A partition that is a byte range of an open file (a whole block device is the range
@@ -197,6 +205,12 @@ impl Disk for PartlabelDisk {
         let mut options = OpenOptions::new();
         options.read(true);
         self.open_with(label, &options, "opening partition for reading")
+    }
+
+    fn open_unclaimed(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        self.open_with(label, &options, "opening partition")
     }
 }
 
