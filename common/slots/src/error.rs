@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::state::{SlotStatus, MAX_TRIES};
+use crate::state::SlotStatus;
 use crate::Slot;
 
 /// Errors of slot control.
@@ -61,13 +61,26 @@ pub enum SlotsError {
         b: SlotStatus,
     },
 
-    /// A try count outside `1..=MAX_TRIES`.
-    #[error("cannot arm slot {slot} with {tries} boot tries: use 1 to {MAX_TRIES}")]
+    /// A try count outside `1..=max` (at most [`crate::MAX_TRIES`]; the boot control may take
+    /// fewer: 3 on Jetson, whose firmware keeps 2 bits).
+    #[error("cannot arm slot {slot} with {tries} boot tries: this boot control takes 1 to {max}")]
     InvalidTries {
         /// The slot being armed.
         slot: Slot,
         /// The count given.
         tries: u32,
+        /// The most the boot control takes.
+        max: u32,
+    },
+
+    /// The firmware's boot retry count could not be reset after a good boot (Jetson).
+    #[error("cannot reset the firmware's boot tries after this good boot (`{by}`): without the reset the firmware gives up on the running slot after RootfsRetryCountMax warm reboots and boots the other one; the image needs NVIDIA's nvbootctrl (nvidia-l4t-tools) and a kernel without CONFIG_IO_STRICT_DEVMEM")]
+    RetryReset {
+        /// What was run.
+        by: String,
+        /// Why it failed.
+        #[source]
+        err: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The boot description for a slot cannot be written safely.

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{plan, BootState, Event, SlotStatus, Step};
+use crate::state::{plan, BootState, Event, SlotStatus, Step, MAX_TRIES};
 use crate::{Slot, SlotBoot, SlotsError};
 
 /// A boot-control backend: where the A/B state lives and how each step is made durable.
@@ -28,6 +28,21 @@ pub trait BootControl {
         Ok(Vec::new())
     }
 
+    /// The most boot tries a slot can be armed with (at most [`MAX_TRIES`]; 3 on Jetson).
+    fn max_tries(&self) -> u32 {
+        MAX_TRIES
+    }
+
+    /// What the platform needs after the running `slot` passed its health gate and was
+    /// committed, on EVERY good boot (not only the first): on Jetson, reset the firmware's
+    /// retry count, which counts committed slots too ([`crate::tegra::retry`]). systemd-boot
+    /// counts only entries with a counter, which the commit removed: nothing to do (the
+    /// default).
+    fn boot_succeeded(&mut self, slot: Slot) -> Result<(), SlotsError> {
+        let _ = slot;
+        Ok(())
+    }
+
     /// SIMULATION ONLY: act as the firmware or boot loader does at power-on (choose a slot,
     /// count a try, fall back) on the backend's files, and return the slot booted. Tests use it
     /// to reboot without a machine; on a device the real loader does this and nothing should
@@ -47,6 +62,12 @@ impl<T: BootControl + ?Sized> BootControl for Box<T> {
     }
     fn tidy(&mut self) -> Result<Vec<String>, SlotsError> {
         (**self).tidy()
+    }
+    fn max_tries(&self) -> u32 {
+        (**self).max_tries()
+    }
+    fn boot_succeeded(&mut self, slot: Slot) -> Result<(), SlotsError> {
+        (**self).boot_succeeded(slot)
     }
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
         (**self).loader_boot()
@@ -104,6 +125,7 @@ impl<B: BootControl> SlotManager<B> {
         tries: u32,
         boot: &SlotBoot,
     ) -> Result<BootState, SlotsError> {
+        self.check_tries(target, tries)?;
         self.apply(Event::Arm {
             target,
             tries,
@@ -121,6 +143,7 @@ impl<B: BootControl> SlotManager<B> {
         tries: u32,
         boot: &SlotBoot,
     ) -> Result<BootState, SlotsError> {
+        self.check_tries(target, tries)?;
         self.backend.tidy()?;
         let state = self.backend.read()?;
         let (mut after, steps) = plan(
@@ -139,10 +162,27 @@ impl<B: BootControl> SlotManager<B> {
         Ok(after)
     }
 
-    /// The running slot passed its health gate: commit it and keep booting it. Nothing to do
-    /// (and nothing written) if it is already good.
+    /// The running slot passed its health gate: commit it and keep booting it. Nothing is
+    /// written if it is already good, but what the platform needs after every good boot is
+    /// done each time ([`BootControl::boot_succeeded`]: on Jetson the firmware's retry count is
+    /// reset), so the health gate calls this on every boot.
     pub fn mark_good(&mut self) -> Result<BootState, SlotsError> {
-        self.apply(Event::MarkGood { slot: self.booted })
+        let after = self.apply(Event::MarkGood { slot: self.booted })?;
+        self.backend.boot_succeeded(self.booted)?;
+        Ok(after)
+    }
+
+    /// Refuse a try count the backend cannot keep, before anything is persisted.
+    fn check_tries(&self, target: Slot, tries: u32) -> Result<(), SlotsError> {
+        let max = self.backend.max_tries();
+        if !(1..=max).contains(&tries) {
+            return Err(SlotsError::InvalidTries {
+                slot: target,
+                tries,
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Boot the other slot next; it must be good.

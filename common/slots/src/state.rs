@@ -352,6 +352,7 @@ pub fn plan(
                 return Err(SlotsError::InvalidTries {
                     slot: target,
                     tries,
+                    max: MAX_TRIES,
                 });
             }
             let from = state.status(target);

@@ -1,5 +1,6 @@
 //! Every backend against the pure model: long pseudo-random sequences of installs, arms,
-//! reboots, mark-goods and rollbacks must leave each backend reading exactly what the model
+//! reboots (each followed by the health gate's commit when the booted slot is committed, as on
+//! a device), mark-goods and rollbacks must leave each backend reading exactly what the model
 //! says, and a crash after any prefix of any step list (simulated on a copy of the backend's
 //! files) must read as the model's prefix state and boot the same, good or armed, slot.
 
@@ -121,6 +122,17 @@ fn walk(rig: &Rig, seed: u64, ops: usize) {
             booted = got;
             slots = SlotManager::new(slots.into_backend(), booted);
             model = after;
+            // The health gate runs on every boot and commits a committed slot again: no step
+            // in the model, but on Jetson the reset of the firmware's retry count, without
+            // which the firmware gives up on a committed slot after its tries.
+            if model.status(booted) == SlotStatus::Good {
+                assert_eq!(
+                    slots.mark_good().unwrap(),
+                    model,
+                    "{}: gate: {ctx}",
+                    rig.name
+                );
+            }
             counts[5] += 1;
         } else {
             let target = if rng.below(8) == 0 {

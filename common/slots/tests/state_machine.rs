@@ -145,7 +145,7 @@ fn arm_refusals() {
     for tries in [0, aperture_slots::MAX_TRIES + 1] {
         let err = plan(&half, Slot::A, arm(Slot::B, tries)).unwrap_err();
         assert!(matches!(err, SlotsError::InvalidTries { .. }), "{err}");
-        assert!(err.to_string().contains("use 1 to"), "{err}");
+        assert!(err.to_string().contains("takes 1 to 7"), "{err}");
     }
     for from in [Good, trying(1, 0), Bad] {
         let err = plan(&state(Good, from, Slot::A), Slot::A, arm(Slot::B, 3)).unwrap_err();

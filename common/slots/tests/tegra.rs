@@ -79,11 +79,10 @@ fn install_arm_boot_mark_good() {
     assert_eq!((after.b.status, after.next), (SlotStatus::Good, Slot::B));
     assert_eq!(ledger(on_b.backend())["b"]["phase"], "committed");
     for _ in 0..4 {
-        assert_eq!(
-            on_b.backend_mut().loader_boot().unwrap(),
-            Slot::B,
-            "committed slots are not counted"
-        );
+        // The firmware counts committed slots too; the health gate's commit of each boot
+        // resets the count.
+        assert_eq!(on_b.backend_mut().loader_boot().unwrap(), Slot::B);
+        on_b.mark_good().unwrap();
     }
     let report = on_b.status_report().unwrap();
     assert_eq!(report.backend, "tegra");
@@ -116,6 +115,8 @@ fn three_failed_boots_mark_unbootable_and_switch() {
         "{err}"
     );
 
+    // A boots and passes its health gate: committed again, the firmware's count reset.
+    on_a.mark_good().unwrap();
     // A fixed image: the updater's arm clears the 0xFF the firmware set.
     on_a.begin_install(Slot::B).unwrap();
     on_a.arm(Slot::B, 2, &boot(Slot::B, "1.1.1")).unwrap();
@@ -259,7 +260,9 @@ fn crash_inside_a_step_never_exposes_a_half_written_slot() {
     );
     assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::A);
 
-    // The interrupted arm is simply repeated.
+    // The health gate commits A at that boot (the firmware's count is reset); the interrupted
+    // arm is simply repeated.
+    on_a.mark_good().unwrap();
     on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
     assert_eq!(on_a.backend_mut().loader_boot().unwrap(), Slot::B);
 }
@@ -325,4 +328,138 @@ fn immutable_variable_files_are_written_and_stay_immutable() {
         )
         .unwrap();
     }
+}
+
+/// Ten warm reboots of a committed slot, each followed by the health gate's commit, keep
+/// booting it: L4TLauncher counts every boot (the count of slot A reads 2 after each), and the
+/// commit's reset (`nvbootctrl verify` on a device) gives it its tries back.
+#[test]
+fn ten_warm_reboots_of_a_committed_slot_each_followed_by_its_commit_keep_booting_it() {
+    let (_dir, tegra) = fresh_tegra();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    for reboot in 1..=10 {
+        assert_eq!(
+            on_a.backend_mut().loader_boot().unwrap(),
+            Slot::A,
+            "reboot {reboot}"
+        );
+        let register = on_a.backend().simulated_register().get().unwrap();
+        assert_eq!(register.count(Slot::A), 2, "reboot {reboot}: one try used");
+        on_a.mark_good().unwrap();
+        assert!(
+            !on_a.backend().simulated_register().get().unwrap().valid(),
+            "reboot {reboot}: the commit resets the count"
+        );
+    }
+    assert_eq!(var(on_a.backend(), VAR_STATUS_A), Some(0));
+    assert_eq!(on_a.state().unwrap(), BootState::fresh());
+}
+
+/// What the reset prevents: without it the firmware gives up on a committed slot after
+/// RootfsRetryCountMax warm reboots (marks it 0xFF) and boots the other one. A power loss
+/// clears the count (the register does not survive it), as a cold boot does.
+#[test]
+fn without_the_reset_a_committed_slot_is_given_up_after_retry_count_max_warm_reboots() {
+    let (_dir, mut tegra) = fresh_tegra();
+    for _ in 0..2 {
+        assert_eq!(tegra.loader_boot().unwrap(), Slot::A);
+    }
+    tegra.simulate_power_loss().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(tegra.loader_boot().unwrap());
+    }
+    assert_eq!(seen, [Slot::A, Slot::A, Slot::A, Slot::B, Slot::B]);
+    assert_eq!(var(&tegra, VAR_STATUS_A), Some(0xFF));
+    assert_eq!(var(&tegra, VAR_FW_NEXT), Some(1));
+    let state = tegra.read().unwrap();
+    assert_eq!(
+        (state.a.status, state.next),
+        (SlotStatus::Unbootable, Slot::B)
+    );
+}
+
+/// A slot on trial whose health gate never passes is marked unbootable after
+/// RootfsRetryCountMax tries and the other slot boots, and keeps booting: its gate passes on
+/// every boot.
+#[test]
+fn a_trial_slot_whose_gate_never_passes_is_given_up_after_its_tries_and_the_other_boots() {
+    let (_dir, tegra) = fresh_tegra();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.mark_good().unwrap();
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 3, &boot(Slot::B, "1.1.0")).unwrap();
+    let mut backend = on_a.into_backend();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let booted = backend.loader_boot().unwrap();
+        seen.push(booted);
+        let mut slots = SlotManager::new(backend, booted);
+        // The gate passes on the committed slot only.
+        if slots.state().unwrap().status(booted) == SlotStatus::Good {
+            slots.mark_good().unwrap();
+        }
+        backend = slots.into_backend();
+    }
+    let mut want = vec![Slot::B; 3];
+    want.extend([Slot::A; 7]);
+    assert_eq!(seen, want);
+    assert_eq!(var(&backend, VAR_STATUS_B), Some(0xFF));
+    let state = backend.read().unwrap();
+    assert_eq!((state.b.status, state.next), (SlotStatus::Bad, Slot::A));
+    assert_eq!(state.a.status, SlotStatus::Good);
+}
+
+/// The firmware keeps 2 bits per count: more than 3 tries would read as 0 and the slot would
+/// never boot, so Tegra refuses them before anything is written.
+#[test]
+fn more_than_three_tries_are_refused_on_tegra_before_anything_is_written() {
+    let (_dir, tegra) = fresh_tegra();
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    let err = on_a.arm(Slot::B, 4, &boot(Slot::B, "1.1.0")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SlotsError::InvalidTries {
+                tries: 4,
+                max: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(var(on_a.backend(), VAR_RETRY_COUNT_MAX), Some(3));
+    assert_eq!(var(on_a.backend(), VAR_STATUS_B), Some(0xFF));
+    assert_eq!(on_a.backend().max_tries(), 3);
+    // The step itself refuses too.
+    let err = on_a
+        .backend_mut()
+        .persist(&Step::Arm {
+            slot: Slot::B,
+            tries: 5,
+            boot: boot(Slot::B, "x"),
+        })
+        .unwrap_err();
+    assert!(matches!(err, SlotsError::InvalidTries { .. }), "{err}");
+}
+
+/// On a device the reset is NVIDIA's `nvbootctrl verify`; when it cannot run, the commit has
+/// been persisted and the failure names the tool and what it risks.
+#[test]
+fn a_reset_that_cannot_run_is_an_error_after_the_commit() {
+    let (dir, tegra) = fresh_tegra();
+    let tegra = tegra.with_retry_reset(Box::new(aperture_slots::tegra::retry::NvBootCtrl::new(
+        dir.path().join("usr/sbin/nvbootctrl"),
+    )));
+    let mut on_a = SlotManager::new(tegra, Slot::A);
+    on_a.begin_install(Slot::B).unwrap();
+    on_a.arm(Slot::B, 2, &boot(Slot::B, "1.1.0")).unwrap();
+    let mut backend = on_a.into_backend();
+    assert_eq!(backend.loader_boot().unwrap(), Slot::B);
+    let mut on_b = SlotManager::new(backend, Slot::B);
+    let err = on_b.mark_good().unwrap_err();
+    assert!(matches!(err, SlotsError::RetryReset { .. }), "{err}");
+    assert!(err.to_string().contains("nvbootctrl verify"), "{err}");
+    assert_eq!(on_b.state().unwrap().b.status, SlotStatus::Good);
 }

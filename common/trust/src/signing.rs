@@ -160,6 +160,34 @@ pub fn verify_manifest(
     })
 }
 
+/// The `now` at which to verify again what was verified with the clock when it was written: an
+/// installed slot's record (verified when the slot was installed) and the factory image
+/// (verified when the appliance was flashed). Give it to [`verify_manifest`] or
+/// [`crate::bundle::BundleReader::new`]; [`verify_written`] does so.
+///
+/// At this time a verifier checks the whole signature chain (root key, keyring, release key,
+/// the signature over the manifest), every payload hash a bundle reader reads, and that the
+/// release key was valid at the manifest's own signed build time (`build.source_date_epoch`;
+/// [`verify_manifest`] always checks that), but NOT the key's expiry against the clock.
+///
+/// Why: key expiry decides what may be NEWLY published and installed. A release key expiring
+/// later does not make an image that was verified while the key was valid less trustworthy,
+/// and a device that refused it would, a year after manufacture, have no factory reset and no
+/// way to re-verify its own slots. The Unix epoch is before every key's `not_after` (a
+/// verifier refuses a key when `now >= not_after`), so at this time only the build time
+/// decides.
+pub const VERIFIED_WHEN_WRITTEN: u64 = 0;
+
+/// [`verify_manifest`] at [`VERIFIED_WHEN_WRITTEN`]: for a manifest and signature kept since
+/// they were verified with the clock (a slot's record in the device state store).
+pub fn verify_written(
+    manifest_json: &[u8],
+    sig_json: &[u8],
+    root: &PublicKey,
+) -> Result<VerifiedManifest, TrustError> {
+    verify_manifest(manifest_json, sig_json, root, VERIFIED_WHEN_WRITTEN)
+}
+
 /// The sequence of the keyring in `manifest.sig`, once that keyring is verified against
 /// `root` (the signature over the manifest and key expiry are not checked: this is for a
 /// manifest that was verified when it was installed).
@@ -245,6 +273,37 @@ mod tests {
         assert!(text.contains("current keyring"), "{text}");
         let other = SigningKeyPair::from_secret_bytes(&[9; 32]).public();
         assert!(keyring_sequence(&sj, &other).is_err());
+    }
+
+    /// What was verified when it was written verifies again after its key expired (the clock
+    /// no longer matters), but not when the key had expired before the build, nor when a byte
+    /// of the manifest changed, nor under another root.
+    #[test]
+    fn verify_written_ignores_the_clock_but_not_the_build_time_or_the_chain() {
+        let built = sample().build.source_date_epoch;
+        let k = snakeoil_keys(built + 10);
+        let (mj, sj) = sign_manifest(&sample(), &k.release, &k.keyring).unwrap();
+        let late = built + 10 * 365 * 86_400;
+        let err = verify_manifest(&mj, &sj, &k.root.public(), late).unwrap_err();
+        assert!(matches!(err, TrustError::KeyExpired { .. }), "{err}");
+        let v = verify_written(&mj, &sj, &k.root.public()).unwrap();
+        assert_eq!(*v, sample());
+        let expired_at_build = snakeoil_keys(built);
+        let (mj2, sj2) = sign_manifest(
+            &sample(),
+            &expired_at_build.release,
+            &expired_at_build.keyring,
+        )
+        .unwrap();
+        let err = verify_written(&mj2, &sj2, &expired_at_build.root.public()).unwrap_err();
+        assert!(matches!(err, TrustError::KeyExpired { .. }), "{err}");
+        let text = String::from_utf8(mj.clone())
+            .unwrap()
+            .replace("1.2.3", "1.2.4");
+        let err = verify_written(text.as_bytes(), &sj, &k.root.public()).unwrap_err();
+        assert!(matches!(err, TrustError::BadSignature { .. }), "{err}");
+        let other = SigningKeyPair::from_secret_bytes(&[9; 32]).public();
+        assert!(verify_written(&mj, &sj, &other).is_err());
     }
 
     #[test]

@@ -15,19 +15,24 @@
 //!   where [`crate::status`] reports the rollback;
 //! * the running slot is already committed (good): report and exit 0. Rebooting would boot the
 //!   same slot again, so it could only loop.
+//!
+//! The commit runs on every boot whose gate passes, also of a slot committed long ago: on
+//! Jetson it resets the firmware's boot retry count, which counts every boot, committed or
+//! not (`aperture_slots::tegra::retry`); without it the firmware would give up on the running
+//! slot after `RootfsRetryCountMax` warm reboots.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use aperture_appliance::{BuildFacts, Files};
 use aperture_slots::SlotStatus;
+use aperture_sys::{Cmd, CmdError};
 use aperture_updater::lifecycle::Commit;
 use aperture_updater::{UpdateError, Updater};
 
-use crate::command::{run, CommandError};
-use crate::host::Host;
-use crate::status::{read_facts, StatusError};
+use crate::status::StatusError;
 
 /// Asks the service manager about units (a trait so tests fake it).
 pub trait UnitProbe {
@@ -35,14 +40,15 @@ pub trait UnitProbe {
     fn active_state(&mut self, unit: &str) -> Result<String, HealthError>;
 }
 
-/// `systemctl is-active UNIT`: prints the state, exits non-zero unless it is active.
+/// `systemctl is-active UNIT`: prints the state, exits non-zero unless it is active (the exit
+/// code is an answer, not a failure).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Systemctl;
 
 impl UnitProbe for Systemctl {
     fn active_state(&mut self, unit: &str) -> Result<String, HealthError> {
-        let out = run("systemctl", &["is-active", unit])?;
-        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let out = Cmd::new("systemctl").args(["is-active", unit]).output()?;
+        let state = out.stdout_text().trim().to_string();
         Ok(if state.is_empty() {
             "unknown".into()
         } else {
@@ -125,7 +131,7 @@ pub enum HealthError {
     Update(#[from] UpdateError),
     /// The service manager could not be asked.
     #[error(transparent)]
-    Command(#[from] CommandError),
+    Command(#[from] CmdError),
 }
 
 fn list(units: &[(String, String)]) -> String {
@@ -172,15 +178,15 @@ pub fn wait_active(
     Ok(not_active)
 }
 
-/// Run the gate on the system at `host` with `updater` for it.
+/// Run the gate on the appliance laid out as `files` with `updater` for it.
 pub fn run_gate(
-    host: &Host,
+    files: &Files,
     updater: &mut Updater,
     probe: &mut dyn UnitProbe,
     opts: &GateOptions,
     sleep: &mut dyn FnMut(Duration),
 ) -> Result<GateReport, HealthError> {
-    let facts = read_facts(host)?;
+    let facts = BuildFacts::load(&files.build_facts()).map_err(StatusError::from)?;
     let units = facts.required_services;
     tracing::info!(
         "health gate: waiting up to {:?} for {} required units",

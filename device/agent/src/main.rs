@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use aperture_agent::health::{self, GateOptions, Systemctl};
-use aperture_agent::{host::Host, status};
+use aperture_agent::status;
+use aperture_appliance::Files;
 use aperture_updater::{Paths, Updater};
 
 /// The Aperture device agent.
@@ -37,14 +38,14 @@ enum Command {
 }
 
 fn health(timeout: u64, interval: u64) -> anyhow::Result<()> {
-    let host = Host::default();
-    let mut updater = Updater::on_device(Paths::rooted(&host.root))?;
+    let files = Files::default();
+    let mut updater = Updater::on_device(Paths::from_files(&files))?;
     let opts = GateOptions {
         timeout: Duration::from_secs(timeout),
         interval: Duration::from_secs(interval),
     };
     let report = health::run_gate(
-        &host,
+        &files,
         &mut updater,
         &mut Systemctl,
         &opts,
@@ -55,14 +56,10 @@ fn health(timeout: u64, interval: u64) -> anyhow::Result<()> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    aperture_sys::log::init("info");
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Status { json } => status::gather(&Host::default())
+        Command::Status { json } => status::gather(&Files::default())
             .map_err(anyhow::Error::from)
             .and_then(|s| {
                 if json {

@@ -1,22 +1,24 @@
 //! `aperture-agent status`: product, version, board, the booted slot, and whether the root is
-//! mounted read-only through dm-verity, as a line of text or as JSON; with the A/B state from
-//! `aperture-update` (both slots, the anti-rollback floor) and a rollback notice when this boot
-//! came back from a slot that failed its health check.
+//! mounted read-only through dm-verity, as a line of text or as JSON; the board's slot
+//! partitions and boot control; with the A/B state from `aperture-update` (both slots, the
+//! anti-rollback floor) and a rollback notice when this boot came back from a slot that failed
+//! its health check.
+//!
+//! Every path comes from the appliance contract ([`Files`]) and the board from the image's
+//! facts ([`BuildFacts`]), as for every device program.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use aperture_appliance::facts::FactsError;
+use aperture_appliance::{Board, BootControlKind, Files, Slot};
 use aperture_updater::status::{Rollback, UpdateStatus};
 use aperture_updater::{Paths, Updater};
 
-use crate::host::Host;
-
-/// What the image says about itself (`/etc/aperture/build.json`, written by the image builder).
-///
-/// Defined in `aperture-updater` (which reads it to check updates and to commit, and which
-/// this crate calls for the health gate) and re-exported here under the name DEVICE.md uses.
-pub use aperture_updater::facts::BuildFacts;
+/// What the image says about itself (`/etc/aperture/build.json`, written by the image builder):
+/// the appliance contract's, re-exported under the name DEVICE.md uses.
+pub use aperture_appliance::BuildFacts;
 
 /// How the root file system is mounted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -46,6 +48,11 @@ pub struct Status {
     pub security_version: u64,
     /// Root mount.
     pub root: Option<RootMount>,
+    /// How the board boots its slots: `systemd-boot` (qemu boards) or `tegra` (NVIDIA's UEFI
+    /// variables, Jetson).
+    pub boot_control: String,
+    /// The board's partitions of each slot.
+    pub slots: Vec<SlotPartitions>,
     /// A/B state from the updater (absent when the ESP or boot control cannot be read).
     #[serde(default)]
     pub update: Option<UpdateStatus>,
@@ -57,110 +64,106 @@ pub struct Status {
     pub rollback: Option<Rollback>,
 }
 
+/// The partitions of one slot on the board.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotPartitions {
+    /// Which slot.
+    pub slot: Slot,
+    /// Its root file system (`rootfs_a`, `APP`).
+    pub rootfs: String,
+    /// Its boot image's partition (Jetson: `A_kernel`, `kernel_b`); the qemu boards keep
+    /// kernel and initrd on the ESP.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Its device tree's partition (Jetson).
+    #[serde(default)]
+    pub kernel_dtb: Option<String>,
+}
+
 /// Why status could not be read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StatusError {
-    /// The facts file is missing or unreadable.
-    #[error("cannot read {path}: {source} (is this an Aperture image?)")]
-    Facts {
-        /// Path.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The facts file is not what the builder writes.
-    #[error("{path} is malformed: {source}")]
-    Malformed {
-        /// Path.
-        path: String,
-        /// Cause.
-        source: serde_json::Error,
-    },
+    /// The image's facts are missing or malformed.
+    #[error(transparent)]
+    Facts(#[from] FactsError),
 }
 
-/// The booted slot named by `aperture.slot=` on a kernel command line.
-pub fn slot_from_cmdline(cmdline: &str) -> Option<String> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("aperture.slot="))
-        .next_back()
-        .filter(|s| *s == "a" || *s == "b")
-        .map(str::to_string)
+/// The name of a board's boot control, as the status shows it.
+pub fn boot_control_name(board: Board) -> &'static str {
+    match board.boot_control() {
+        BootControlKind::SystemdBoot => "systemd-boot",
+        BootControlKind::Tegra => "tegra",
+    }
 }
 
-/// Read the image's facts.
-pub fn read_facts(host: &Host) -> Result<BuildFacts, StatusError> {
-    let path = host.build_facts();
-    let text = std::fs::read_to_string(&path).map_err(|source| StatusError::Facts {
-        path: path.display().to_string(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| StatusError::Malformed {
-        path: path.display().to_string(),
-        source,
+/// The partitions of both slots on `board`, A first.
+pub fn slot_partitions(board: Board) -> Vec<SlotPartitions> {
+    let layout = board.slot_layout();
+    Slot::ALL
+        .into_iter()
+        .map(|slot| SlotPartitions {
+            slot,
+            rootfs: layout.rootfs(slot),
+            kernel: layout.kernel(slot),
+            kernel_dtb: layout.kernel_dtb(slot),
+        })
+        .collect()
+}
+
+/// The mount of `/` from a mountinfo table (proc(5), read with `aperture_sys::mountinfo`): the
+/// last entry for `/` wins, as the kernel stacks mounts. `None` when there is none, or when the
+/// table is not what the kernel writes.
+pub fn root_mount(mountinfo: &str, files: &Files) -> Option<RootMount> {
+    let table = aperture_sys::mountinfo::parse(mountinfo)
+        .map_err(|e| tracing::warn!("{e}"))
+        .ok()?;
+    let root = table
+        .into_iter()
+        .rfind(|m| m.mount_point == std::path::Path::new("/"))?;
+    Some(RootMount {
+        verity: is_verity(files, &root.majmin),
+        read_only: root.read_only(),
+        device: root.source,
+        fstype: root.fstype,
     })
 }
 
-/// The mount of `/` from a mountinfo table (proc(5)): the last entry for `/` wins, as the
-/// kernel stacks mounts.
-pub fn root_mount(mountinfo: &str, host: &Host) -> Option<RootMount> {
-    let mut found = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let l: Vec<&str> = left.split_whitespace().collect();
-        let r: Vec<&str> = right.split_whitespace().collect();
-        if l.len() < 6 || r.len() < 2 || l[4] != "/" {
-            continue;
-        }
-        let read_only = l[5].split(',').any(|o| o == "ro");
-        let majmin = l[2];
-        found = Some(RootMount {
-            device: r[1].to_string(),
-            fstype: r[0].to_string(),
-            read_only,
-            verity: is_verity(host, majmin, r[1]),
-        });
-    }
-    found
-}
-
 /// A device-mapper device made by veritysetup has a DM uuid starting `CRYPT-VERITY-`.
-fn is_verity(host: &Host, majmin: &str, device: &str) -> bool {
-    let uuid = std::fs::read_to_string(host.path(format!("sys/dev/block/{majmin}/dm/uuid")))
+fn is_verity(files: &Files, majmin: &str) -> bool {
+    let uuid = std::fs::read_to_string(files.path(format!("sys/dev/block/{majmin}/dm/uuid")))
         .unwrap_or_default();
-    let _ = device;
     uuid.starts_with("CRYPT-VERITY-")
 }
 
-/// Gather the status.
-pub fn gather(host: &Host) -> Result<Status, StatusError> {
-    let facts = read_facts(host)?;
-    let cmdline = std::fs::read_to_string(host.cmdline()).unwrap_or_default();
-    let mountinfo = std::fs::read_to_string(host.mountinfo()).unwrap_or_default();
-    let (update, update_unavailable) = match update_status(host) {
+/// Gather the status of the appliance laid out as `files`.
+pub fn gather(files: &Files) -> Result<Status, StatusError> {
+    let facts = BuildFacts::load(&files.build_facts())?;
+    let cmdline = std::fs::read_to_string(files.cmdline()).unwrap_or_default();
+    let mountinfo = std::fs::read_to_string(files.mountinfo()).unwrap_or_default();
+    let (update, update_unavailable) = match update_status(files) {
         Ok(u) => (Some(u), None),
-        Err(e) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(aperture_updater::error_chain(&e))),
     };
     let rollback = update.as_ref().and_then(|u| u.rollback.clone());
     Ok(Status {
         product: facts.product,
         version: facts.version,
         board: facts.board.to_string(),
-        slot: slot_from_cmdline(&cmdline),
+        slot: Slot::from_cmdline(&cmdline).map(|s| s.to_string()),
         security_version: facts.security_version,
-        root: root_mount(&mountinfo, host),
+        root: root_mount(&mountinfo, files),
+        boot_control: boot_control_name(facts.board).into(),
+        slots: slot_partitions(facts.board),
         update,
         update_unavailable,
         rollback,
     })
 }
 
-/// The updater's view of the device rooted at `host`.
-pub fn update_status(host: &Host) -> Result<UpdateStatus, aperture_updater::UpdateError> {
-    Updater::on_device(Paths::rooted(&host.root))?.status()
+/// The updater's view of the appliance laid out as `files`.
+pub fn update_status(files: &Files) -> Result<UpdateStatus, aperture_updater::UpdateError> {
+    Updater::on_device(Paths::from_files(files))?.status()
 }
 
 impl fmt::Display for Status {
@@ -185,6 +188,22 @@ impl fmt::Display for Status {
             ),
             None => write!(f, " root=unknown"),
         }?;
+        let parts: Vec<String> = self
+            .slots
+            .iter()
+            .map(|p| {
+                let mut names = vec![p.rootfs.clone()];
+                names.extend(p.kernel.clone());
+                names.extend(p.kernel_dtb.clone());
+                format!("{}:{}", p.slot, names.join(","))
+            })
+            .collect();
+        write!(
+            f,
+            " boot_control={} slots={}",
+            self.boot_control,
+            parts.join(" ")
+        )?;
         if let Some(u) = &self.update {
             write!(f, " next={} floor={}", u.next, u.security_floor)?;
         }
@@ -199,21 +218,27 @@ impl fmt::Display for Status {
 mod tests {
     use super::*;
 
-    fn fake_host(cmdline: &str, mountinfo: &str, dm_uuid: Option<&str>) -> tempfile::TempDir {
+    fn fake_root(
+        board: &str,
+        cmdline: &str,
+        mountinfo: &str,
+        dm_uuid: Option<&str>,
+    ) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path();
-        std::fs::create_dir_all(p.join("etc/aperture")).unwrap();
-        std::fs::create_dir_all(p.join("proc/self")).unwrap();
+        let files = Files::at(d.path());
+        std::fs::create_dir_all(files.build_facts().parent().unwrap()).unwrap();
+        std::fs::create_dir_all(files.mountinfo().parent().unwrap()).unwrap();
         std::fs::write(
-            p.join("etc/aperture/build.json"),
-            r#"{"product":"aperture-vision","version":"1.2.3","security_version":4,"board":"qemu-x86_64","recipe_sha256":"ab","source_date_epoch":1,"required_services":["a.service"]}"#,
+            files.build_facts(),
+            format!(r#"{{"product":"aperture-vision","version":"1.2.3","security_version":4,"board":"{board}","recipe_sha256":"ab","source_date_epoch":1,"required_services":["a.service"]}}"#),
         )
         .unwrap();
-        std::fs::write(p.join("proc/cmdline"), cmdline).unwrap();
-        std::fs::write(p.join("proc/self/mountinfo"), mountinfo).unwrap();
+        std::fs::write(files.cmdline(), cmdline).unwrap();
+        std::fs::write(files.mountinfo(), mountinfo).unwrap();
         if let Some(u) = dm_uuid {
-            std::fs::create_dir_all(p.join("sys/dev/block/254:0/dm")).unwrap();
-            std::fs::write(p.join("sys/dev/block/254:0/dm/uuid"), u).unwrap();
+            let dm = files.path("sys/dev/block/254:0/dm");
+            std::fs::create_dir_all(&dm).unwrap();
+            std::fs::write(dm.join("uuid"), u).unwrap();
         }
         d
     }
@@ -224,12 +249,13 @@ mod tests {
 
     #[test]
     fn reports_slot_version_and_verity_root() {
-        let d = fake_host(
+        let d = fake_root(
+            "qemu-x86_64",
             "BOOT_IMAGE=/x root=/dev/mapper/aperture-root aperture.slot=b ro",
             MOUNTINFO,
             Some("CRYPT-VERITY-0123-aperture-root"),
         );
-        let s = gather(&Host::at(d.path())).unwrap();
+        let s = gather(&Files::at(d.path())).unwrap();
         assert_eq!(s.slot.as_deref(), Some("b"));
         assert_eq!(s.version, "1.2.3");
         let root = s.root.clone().unwrap();
@@ -246,27 +272,46 @@ mod tests {
     #[test]
     fn plain_root_is_not_verity() {
         let mi = "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n";
-        let d = fake_host("quiet", mi, None);
-        let s = gather(&Host::at(d.path())).unwrap();
+        let d = fake_root("qemu-x86_64", "quiet", mi, None);
+        let s = gather(&Files::at(d.path())).unwrap();
         assert_eq!(s.slot, None);
         let root = s.root.unwrap();
         assert!(!root.read_only && !root.verity);
     }
 
+    /// Round 2's status named no partitions and no boot control: the board decides both.
     #[test]
-    fn slot_parsing_rejects_junk() {
-        assert_eq!(slot_from_cmdline("aperture.slot=c"), None);
+    fn shows_the_board_s_slot_partitions_and_boot_control() {
+        let d = fake_root("qemu-x86_64", "aperture.slot=a", MOUNTINFO, None);
+        let s = gather(&Files::at(d.path())).unwrap();
+        assert_eq!(s.boot_control, "systemd-boot");
         assert_eq!(
-            slot_from_cmdline("aperture.slot=a aperture.slot=b"),
-            Some("b".into())
+            (s.slots[0].rootfs.as_str(), s.slots[1].rootfs.as_str()),
+            ("rootfs_a", "rootfs_b")
         );
-        assert_eq!(slot_from_cmdline("xaperture.slot=a"), None);
+        assert!(s.slots[0].kernel.is_none());
+        assert!(s
+            .to_string()
+            .contains("boot_control=systemd-boot slots=a:rootfs_a b:rootfs_b"));
+        let d = fake_root("jetson-xavier-agx", "aperture.slot=b", MOUNTINFO, None);
+        let s = gather(&Files::at(d.path())).unwrap();
+        assert_eq!(
+            (s.board.as_str(), s.boot_control.as_str()),
+            ("jetson-xavier-agx", "tegra")
+        );
+        let line = s.to_string();
+        assert!(
+            line.contains("slots=a:APP,kernel,kernel-dtb b:APP_b,kernel_b,kernel-dtb_b"),
+            "{line}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["slots"][1]["kernel_dtb"], "kernel-dtb_b");
     }
 
     #[test]
     fn missing_facts_names_the_file() {
         let d = tempfile::tempdir().unwrap();
-        let e = gather(&Host::at(d.path())).unwrap_err().to_string();
+        let e = gather(&Files::at(d.path())).unwrap_err().to_string();
         assert!(e.contains("etc/aperture/build.json"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
-//! The health gate and the rollback report, on a folder laid out like the appliance: a temp
-//! ESP with systemd-boot entries (slot B armed by the same slot manager the updater uses), the
-//! image's build.json and kernel command line, and a fake service manager.
+//! The health gate and the rollback report, on a folder laid out like the appliance
+//! ([`Files`] rooted in a temporary folder): the image's build.json and kernel command line, a
+//! fake service manager, and either a temp ESP with systemd-boot entries (the qemu board) or
+//! NVIDIA's variables in an efivars folder with the firmware simulated (a Jetson), slot B armed
+//! by the same slot manager the updater uses.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -8,10 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use aperture_agent::health::{run_gate, GateOptions, GateReport, HealthError, UnitProbe};
-use aperture_agent::host::Host;
 use aperture_agent::status::{gather, BuildFacts};
 use aperture_appliance::store::PARTITION_BYTES;
-use aperture_appliance::{Area, Board};
+use aperture_appliance::{Area, Board, Files};
 use aperture_slots::{BootControl, Slot, SlotManager, SlotStatus, SystemdBoot};
 use aperture_trust::manifest::Sha256Hex;
 use aperture_trust::record::{FileRecord, InstalledSlot, SlotRecord};
@@ -155,15 +156,17 @@ fn power_on(paths: &Paths) -> Slot {
 }
 
 fn gate(root: &Path, script: &[&'static str]) -> (Result<GateReport, HealthError>, usize) {
-    let host = Host::at(root);
-    let mut updater = Updater::on_device(Paths::rooted(root)).unwrap();
+    let files = Files::at(root);
+    let mut updater = Updater::on_device(Paths::from_files(&files)).unwrap();
     let opts = GateOptions {
         timeout: Duration::from_secs(5),
         interval: Duration::from_secs(1),
     };
     let mut sleeps = 0;
     let mut probe = Script(script.iter().copied().collect());
-    let r = run_gate(&host, &mut updater, &mut probe, &opts, &mut |_| sleeps += 1);
+    let r = run_gate(&files, &mut updater, &mut probe, &opts, &mut |_| {
+        sleeps += 1
+    });
     (r, sleeps)
 }
 
@@ -222,7 +225,7 @@ fn gate_fails_on_a_slot_on_trial_and_tries_run_out_into_a_rollback() {
     // Tries used up: the loader falls back to A, and the agent says so.
     assert_eq!(power_on(&paths), Slot::A);
     run_on(&paths, Slot::A, &facts("1.0.0", 1));
-    let s = gather(&Host::at(d.path())).unwrap();
+    let s = gather(&Files::at(d.path())).unwrap();
     let rb = s.rollback.clone().expect("rollback reported");
     assert_eq!((rb.failed_slot, rb.running_slot), (Slot::B, Slot::A));
     assert_eq!(rb.failed_version.as_deref(), Some("2.0.0"));
@@ -268,7 +271,7 @@ fn status_without_an_esp_still_reports_the_image() {
         serde_json::to_vec(&facts("1.0.0", 1)).unwrap(),
     )
     .unwrap();
-    let s = gather(&Host::at(d.path())).unwrap();
+    let s = gather(&Files::at(d.path())).unwrap();
     assert!(s.update.is_none() && s.rollback.is_none());
     assert!(s.update_unavailable.is_some());
     assert_eq!(s.version, "1.0.0");

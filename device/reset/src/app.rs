@@ -3,13 +3,17 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aperture_appliance::{BootControlKind, BuildFacts, Files, SlotsLock};
-use aperture_slots::{BootControl, Slot, SlotManager, SystemdBoot};
+use aperture_appliance::{Board, BuildFacts, Files, SlotsLock};
+use aperture_slots::{BootControl, Slot, SlotManager};
 use aperture_storage::{Access, DeviceDisk, Disk, SystemParts, Volume};
 use aperture_trust::keys::PublicKey;
+use aperture_updater::disk::PartlabelDisk;
+use aperture_updater::io::RealIo;
+use aperture_updater::{Paths, Updater};
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{Outcome, Reset};
@@ -17,7 +21,6 @@ use crate::input::{read_press, Press, SysEvdev, DEFAULT_KEY};
 use crate::io::open_store;
 use crate::journal::{Journal, Level};
 use crate::seams::{BlkDiscard, Faults, SystemClock, SystemReboot};
-use crate::slot_writer::BundleSlotWriter;
 use crate::wipe::{self, VerifyReport};
 use crate::ResetError;
 
@@ -166,8 +169,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                 report(&outcome);
             }
             if args.verify {
+                let facts = BuildFacts::load(&files.build_facts())?;
                 let disk = DeviceDisk::on(&files);
-                let report = verify(&disk)?;
+                let report = verify(&disk, facts.board)?;
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
@@ -180,13 +184,13 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// `--verify`: read config and data back.
-pub fn verify(disk: &dyn Disk) -> Result<VerifyReport> {
+/// `--verify`: read config and data back (`UDA` on Jetson: the board names the partitions).
+pub fn verify(disk: &dyn Disk, board: Board) -> Result<VerifyReport> {
     let mut volumes = Vec::new();
     for v in Volume::ALL {
         let part = disk
-            .open(v.label(), Access::Shared)
-            .with_context(|| format!("opening {v}"))?;
+            .open(v.partition(board), Access::Shared)
+            .with_context(|| format!("opening {v} ({})", v.partition(board)))?;
         volumes.push(wipe::check(part.as_ref()).with_context(|| format!("reading {v} back"))?);
     }
     Ok(VerifyReport::new(volumes))
@@ -247,6 +251,20 @@ pub fn booted_slot(files: &Files) -> Result<Slot, ResetError> {
     Slot::from_cmdline(&text).ok_or(ResetError::UnknownSlot { path })
 }
 
+/// The board's boot control on the appliance laid out as `files`: systemd-boot entries on the
+/// ESP, or NVIDIA's UEFI variables (Jetson), as the updater drives them
+/// ([`aperture_updater::boot_control_for`]).
+pub fn boot_control(files: &Files, board: Board) -> Result<Box<dyn BootControl>, ResetError> {
+    let paths = Paths::from_files(files);
+    let disk = PartlabelDisk::new(files.partlabel_dir());
+    Ok(aperture_updater::boot_control_for(
+        board,
+        &paths,
+        &disk,
+        Arc::new(RealIo),
+    )?)
+}
+
 /// Builds the real parts, takes the slots lock as `holder` (waiting at most `wait`) and runs
 /// `f` on them.
 fn with_reset<T>(
@@ -261,22 +279,10 @@ fn with_reset<T>(
     let root = PublicKey::load(&files.root_key())
         .with_context(|| format!("loading the root key {}", files.root_key().display()))?;
     let booted = booted_slot(files)?;
-    let backend: Box<dyn BootControl> = match facts.board.boot_control() {
-        BootControlKind::SystemdBoot => Box::new(SystemdBoot::new(files.esp())),
-        BootControlKind::Tegra => bail!(
-            "aperture-reset drives the slots of the qemu boards (systemd-boot) only; on {} \
-             reflash the appliance with the flasher",
-            facts.board
-        ),
-    };
-    let _lock = SlotsLock::acquire(&files.slots_lock(), holder, wait)?;
+    let backend = boot_control(files, facts.board)?;
+    let lock = SlotsLock::acquire(&files.slots_lock(), holder, wait)?;
     let store = open_store(disk, facts.board)?;
-    let writer = BundleSlotWriter {
-        disk,
-        files,
-        board: facts.board,
-        root,
-    };
+    let mut installer = Updater::on_device(Paths::from_files(files))?;
     let clock = SystemClock::default();
     let faults = Faults::none();
     let mut reset = Reset {
@@ -285,7 +291,8 @@ fn with_reset<T>(
         crypt,
         keys,
         discard: &BlkDiscard,
-        writer: &writer,
+        installer: &mut installer,
+        lock: &lock,
         clock: &clock,
         reboot: &SystemReboot,
         slots: SlotManager::new(backend, booted),
@@ -316,5 +323,28 @@ mod tests {
                 .is_err(),
             "the button is named by build.json, not on the command line"
         );
+    }
+
+    /// Round 2 refused to reset a board that is not on systemd-boot; now every board's own
+    /// boot control drives the reset, as it drives the updater.
+    #[test]
+    fn every_board_resets_with_its_own_boot_control() {
+        let d = tempfile::tempdir().unwrap();
+        let files = Files::at(d.path());
+        std::fs::create_dir_all(files.partlabel_dir()).unwrap();
+        let state =
+            files.partition(Board::JetsonOrinAgx.partition(aperture_appliance::Role::State));
+        std::fs::File::create(&state)
+            .unwrap()
+            .set_len(aperture_appliance::store::PARTITION_BYTES)
+            .unwrap();
+        for board in Board::ALL {
+            let backend = boot_control(&files, board).unwrap();
+            let want = match board.boot_control() {
+                aperture_appliance::BootControlKind::SystemdBoot => "systemd-boot",
+                aperture_appliance::BootControlKind::Tegra => "tegra",
+            };
+            assert_eq!(backend.name(), want, "{board}");
+        }
     }
 }

@@ -1,17 +1,31 @@
 //! The three reset levels over injected parts, and `resume`.
 //!
-//! * [`Reset::level1`]: re-verify the known-good slot(s) ([`crate::slot_check`]) and make the
+//! * [`Reset::level1`]: re-verify the known-good slot(s) (the updater's
+//!   [`aperture_updater::Updater::verify_slot`]) and make the
 //!   first that verifies the next boot, then reboot. The running slot is tried first when it
 //!   is good ("boot it again"), then the other good slot; slots on trial or bad are never
 //!   known-good.
 //! * [`Reset::start`] with level 2 or 3: the running slot must be committed (good); the whole
 //!   factory bundle is verified before anything is written, and for level 2 its security
 //!   version must be at or above the anti-rollback floor (below it only level 3 may install
-//!   it, [`crate::factory::check_floor`]); then the journal is written and run
+//!   it, [`crate::factory::check_floor`]); the updater's installer must be able to place it
+//!   ([`aperture_updater::Updater::preflight`]); then the journal is written and run
 //!   ([`crate::journal::plan`]).
+//!
+//! ## Writing slots
+//! Every slot write goes through the updater's installer
+//! ([`aperture_updater::Updater::install_locked`]), whatever the board's boot control: one
+//! code path, the same order (journal, invalidate, stream, read back, record, arm), the same
+//! crash safety as an update. The factory slot is installed armed as the next boot with
+//! [`FACTORY_TRIES`] ([`Arm::Next`]); the slot the reset started on is installed recorded only
+//! ([`Arm::RecordOnly`]) and blessed by [`Step::Finish`] without being booted. The policy is
+//! the reset's ([`Policy::Reset`]): the running product and board, and for level 2 the floor;
+//! level 3 installs only after its wipe, and waives the floor ([`ResetFloor::WaivedAfterWipe`]).
+//! Slots are re-verified by the updater too ([`aperture_updater::Updater::verify_slot`]).
 //! * [`Reset::resume`], at every boot before aperture-storage and again after the health gate:
 //!   continue the journal. Which slot booted tells how far a level 2 got: the factory slot
-//!   means the first half is done; the original slot with the factory slot still armed means
+//!   means the first half is done (the installer arms it only once it is written, read back
+//!   and recorded); the original slot with the factory slot still armed means
 //!   the reboot has not happened yet; the original slot otherwise means the factory slot
 //!   failed to boot or failed its health gate, and it is written again, until
 //!   [`MAX_FACTORY_BOOT_FAILURES`] failures.
@@ -27,23 +41,32 @@
 //! the reset gives up and marks nothing good.
 //!
 //! Every step is idempotent, so a power cut anywhere repeats at most the step it hit.
+//!
+//! ## The board
+//! Partitions come from the board ([`aperture_appliance::Board`]): the volumes' by
+//! [`Volume::partition`] (`config`, and `data` or, on Jetson, NVIDIA's `UDA`), the factory image's
+//! by `Board::partition(Role::Factory)`, the slots' by the board's slot layout (in the
+//! installer); boot control is the board's ([`aperture_updater::boot_control_for`]).
 
-use aperture_appliance::{Board, Files, Role};
+use aperture_appliance::{Board, Files, Role, SlotsLock};
 use aperture_slots::state::Step as BootStep;
-use aperture_slots::{Slot, SlotStatus};
+use aperture_slots::{BootControl, Slot, SlotManager, SlotStatus};
 use aperture_storage::{Access, Crypt, Disk, StorageState, Volume};
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::Manifest;
 use aperture_trust::policy::check_factory;
+use aperture_updater::place::slot_boot;
+use aperture_updater::{Arm, InstallOptions, Policy, ResetFloor, UpdateError, Updater};
 use serde::Serialize;
 
 use crate::io::Store;
 use crate::journal::{Journal, Level, Step};
 use crate::seams::{Clock, Discard, FaultPoint, Faults, Reboot};
-use crate::slot_check::{installed, verify_slot};
-use crate::slot_writer::{SlotWriter, Slots};
 use crate::wipe::{self, ScrubMethod};
 use crate::{factory, ResetError};
+
+/// The slot manager every reset operation uses: any boot-control backend.
+pub type Slots = SlotManager<Box<dyn BootControl>>;
 
 /// Boot tries the factory slot gets for its first boot.
 pub const FACTORY_TRIES: u32 = 3;
@@ -114,8 +137,11 @@ pub struct Reset<'a> {
     pub keys: &'a StorageState,
     /// Discard.
     pub discard: &'a dyn Discard,
-    /// Installs the factory image into a slot.
-    pub writer: &'a dyn SlotWriter,
+    /// The updater on this appliance: its installer writes every slot, and it re-verifies
+    /// them.
+    pub installer: &'a mut Updater,
+    /// The slots lock, held for the whole reset (the installer does not take it again).
+    pub lock: &'a SlotsLock,
     /// Time.
     pub clock: &'a dyn Clock,
     /// Reboot.
@@ -152,15 +178,23 @@ impl Reset<'_> {
         Ok(())
     }
 
+    /// Re-verify `slot` block for block against its record.
     fn verify(&self, slot: Slot) -> Result<aperture_trust::record::SlotRecord, ResetError> {
-        verify_slot(
-            self.disk,
-            self.files,
-            &self.store,
-            &self.root,
-            self.board.slot_layout(),
-            slot,
-        )
+        self.installer
+            .verify_slot(slot)
+            .map(|(installed, _)| installed.record)
+            .map_err(slot_error)
+    }
+
+    /// What `slot` holds according to its record (signed manifest verified, record agreeing).
+    fn installed(&self, slot: Slot) -> Result<Manifest, ResetError> {
+        match self.installer.installed(slot).map_err(slot_error)? {
+            Some((_, manifest)) => Ok(manifest),
+            None => Err(ResetError::SlotVerify {
+                slot,
+                reason: "the device state has no record of what it holds".into(),
+            }),
+        }
     }
 
     /// Level 1: boot a known-good slot again after re-verifying it.
@@ -221,7 +255,7 @@ impl Reset<'_> {
     /// the factory image must be at or above it; level 3 destroys the data first.
     fn floor_for(&self, level: Level) -> Result<Option<u64>, ResetError> {
         match level {
-            Level::Two => Ok(Some(factory::security_floor(&self.store)?)),
+            Level::Two => Ok(Some(self.installer.security_floor()?)),
             Level::One | Level::Three => Ok(None),
         }
     }
@@ -249,7 +283,13 @@ impl Reset<'_> {
         let manifest = factory::verify(part.as_ref(), &self.root, self.board.name())?;
         let floor = self.floor_for(level)?;
         factory_policy(self.board, floor, &manifest)?;
-        self.writer.preflight(&manifest)?;
+        self.installer.preflight(
+            &manifest,
+            &install_policy(level),
+            &Arm::Next {
+                tries: FACTORY_TRIES,
+            },
+        )?;
         tracing::info!(
             "factory image {} {} for {} verifies",
             manifest.product,
@@ -263,8 +303,8 @@ impl Reset<'_> {
         let mut journal = Journal::new(level, booted, busy);
         if level == Level::Three {
             for v in Volume::ALL {
-                if self.disk.has(v.label())? {
-                    let part = self.disk.open(v.label(), Access::Shared)?;
+                if self.disk.has(v.partition(self.board))? {
+                    let part = self.disk.open(v.partition(self.board), Access::Shared)?;
                     journal
                         .header_bytes
                         .insert(v, wipe::header_area(part.as_ref())?);
@@ -311,7 +351,17 @@ impl Reset<'_> {
             && matches!(state.status(factory_slot), SlotStatus::Trying { tries_left, .. } if tries_left > 0);
         let second_half = j.index_of(Step::WriteSlot { slot: original });
         match j.current() {
-            Some(Step::ArmSlot { .. } | Step::RebootToFactory) if booted == factory_slot => {
+            // The installer arms the factory slot as the last step of writing it, so booting
+            // it means the write completed even if the journal was not advanced past it.
+            Some(Step::WriteSlot { slot } | Step::ArmSlot { slot })
+                if slot == factory_slot && booted == factory_slot =>
+            {
+                if let Some(i) = second_half {
+                    j.next = i;
+                    j.save(&mut self.store)?;
+                }
+            }
+            Some(Step::RebootToFactory) if booted == factory_slot => {
                 if let Some(i) = second_half {
                     j.next = i;
                     j.save(&mut self.store)?;
@@ -420,14 +470,18 @@ impl Reset<'_> {
     fn step(&mut self, j: &mut Journal, step: Step) -> Result<Flow, ResetError> {
         match step {
             Step::EraseKeyslots { volume } => {
-                if self.disk.has(volume.label())? {
-                    let part = self.disk.open(volume.label(), Access::Shared)?;
+                if self.disk.has(volume.partition(self.board))? {
+                    let part = self
+                        .disk
+                        .open(volume.partition(self.board), Access::Shared)?;
                     wipe::erase_keyslots(self.crypt, part.as_ref())?;
                 }
             }
             Step::ZeroHeader { volume } => {
-                if self.disk.has(volume.label())? {
-                    let part = self.disk.open(volume.label(), Access::Shared)?;
+                if self.disk.has(volume.partition(self.board))? {
+                    let part = self
+                        .disk
+                        .open(volume.partition(self.board), Access::Shared)?;
                     let bytes = match j.header_bytes.get(&volume) {
                         Some(b) => *b,
                         None => wipe::header_area(part.as_ref())?,
@@ -448,11 +502,13 @@ impl Reset<'_> {
                         mapped: mapped.display().to_string(),
                     });
                 }
-                if self.disk.has(volume.label())? {
+                if self.disk.has(volume.partition(self.board))? {
                     // Shared, not O_EXCL: blkdiscard opens the device exclusively itself (and
                     // so refuses a mounted or mapped partition), which our own exclusive
                     // handle would block.
-                    let part = self.disk.open(volume.label(), Access::Shared)?;
+                    let part = self
+                        .disk
+                        .open(volume.partition(self.board), Access::Shared)?;
                     let method = wipe::scrub(part.as_ref(), self.discard)?;
                     tracing::info!(
                         "{volume}: {}",
@@ -465,8 +521,13 @@ impl Reset<'_> {
             }
             Step::WriteSlot { slot } => return self.write_slot(j, step, slot),
             Step::ArmSlot { slot } => {
-                self.writer
-                    .arm_slot(&mut self.slots, &self.store, slot, FACTORY_TRIES)?;
+                // The installer armed the factory slot as it wrote it (WriteSlot). A slot still
+                // unbootable here was written by an aperture-reset that armed in this step.
+                if self.slots.state()?.status(slot) == SlotStatus::Unbootable {
+                    let manifest = self.installed(slot)?;
+                    let boot = slot_boot(&manifest, self.board.slot_layout(), slot)?;
+                    self.slots.arm(slot, FACTORY_TRIES, &boot)?;
+                }
             }
             Step::RebootToFactory => return Ok(Flow::Reboot),
             Step::Finish => return self.finish(j, step),
@@ -496,24 +557,41 @@ impl Reset<'_> {
                 other: slot,
             });
         }
+        // The floor first (a planted journal must not get a factory image below it written),
+        // with the error that names level 3; the installer checks the same policy again.
+        let floor = self.floor_for(j.level)?;
+        if let Err(e) = factory_policy(self.board, floor, &self.factory_manifest()?) {
+            return Err(match e {
+                e @ ResetError::FactoryBelowFloor { .. } => self.give_up(j, e),
+                e => e,
+            });
+        }
         let part = self.disk.open(self.factory_partition(), Access::Shared)?;
         let mut bundle = factory::reader(part.as_ref())?;
-        let board = self.board;
-        let floor = self.floor_for(j.level)?;
-        let policy = move |m: &Manifest| factory_policy(board, floor, m);
-        let written =
-            self.writer
-                .write_slot(&mut self.slots, &mut self.store, slot, &mut bundle, &policy);
-        match written {
-            Ok(manifest) => {
-                tracing::info!("slot {slot} holds the factory image {}", manifest.version);
-                Ok(Flow::Next)
+        let opts = InstallOptions {
+            policy: install_policy(j.level),
+            arm: if slot == j.factory_slot() {
+                Arm::Next {
+                    tries: FACTORY_TRIES,
+                }
+            } else {
+                Arm::RecordOnly
+            },
+            ..InstallOptions::default()
+        };
+        let installed = self
+            .installer
+            .install_locked(&mut bundle, &opts, self.lock)?;
+        tracing::info!(
+            "slot {slot} holds the factory image {}{}",
+            installed.version,
+            if installed.armed {
+                ", armed to boot next"
+            } else {
+                ""
             }
-            // Refused before anything was written; only a planted journal gets here (start
-            // checks the floor), and it would be refused at every boot: give up.
-            Err(e @ ResetError::FactoryBelowFloor { .. }) => Err(self.give_up(j, e)),
-            Err(e) => Err(e),
-        }
+        );
+        Ok(Flow::Next)
     }
 
     /// The second half wrote the other slot: mark it good if it is what the reset wrote (see
@@ -550,8 +628,8 @@ impl Reset<'_> {
         let factory = self.factory_manifest()?;
         // What the slot holds, or why it is not the factory image; I/O errors are not a
         // verdict (the step is tried again at the next boot).
-        let mismatch = match installed(&self.store, &self.root, other) {
-            Ok((_, m)) if m != factory => Some(format!("it holds {} {}", m.product, m.version)),
+        let mismatch = match self.installed(other) {
+            Ok(m) if m != factory => Some(format!("it holds {} {}", m.product, m.version)),
             Ok(_) => match self.verify(other) {
                 Ok(_) => None,
                 Err(ResetError::SlotVerify { reason, .. }) => Some(reason),
@@ -569,11 +647,13 @@ impl Reset<'_> {
         }
         let backend = self.slots.backend_mut();
         if other_status == SlotStatus::Unbootable {
-            let boot = self.writer.boot_entry(other, &factory)?;
-            // Arm does not change the next boot; the bless right after makes it good.
+            let boot = slot_boot(&factory, self.board.slot_layout(), other)?;
+            // Arm does not change the next boot; the bless right after makes it good. The
+            // tries are the factory slot's (on Jetson the count is one variable for both
+            // slots, RootfsRetryCountMax, which a smaller count here would lower).
             backend.persist(&BootStep::Arm {
                 slot: other,
-                tries: 1,
+                tries: FACTORY_TRIES,
                 boot,
             })?;
         }
@@ -586,6 +666,28 @@ impl Reset<'_> {
                 .persist(&BootStep::SetNext { slot: booted })?;
         }
         Ok(Flow::Next)
+    }
+}
+
+/// The installer's policy for a reset of `level`: level 3 installs only after its wipe.
+fn install_policy(level: Level) -> Policy {
+    Policy::Reset {
+        floor: match level {
+            Level::Three => ResetFloor::WaivedAfterWipe,
+            Level::One | Level::Two => ResetFloor::Enforced,
+        },
+    }
+}
+
+/// A re-verification's verdict in reset's terms: what does not match is
+/// [`ResetError::SlotVerify`]; anything else (I/O) is not a verdict.
+fn slot_error(e: UpdateError) -> ResetError {
+    match e {
+        UpdateError::Verify { slot, what, reason } => ResetError::SlotVerify {
+            slot,
+            reason: format!("{what}: {reason}"),
+        },
+        e => e.into(),
     }
 }
 

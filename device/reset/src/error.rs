@@ -40,6 +40,9 @@ pub enum ResetError {
     /// A durable file operation on the ESP.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The updater's installer (writing a slot) or its re-verification of a slot.
+    #[error(transparent)]
+    Update(#[from] aperture_updater::UpdateError),
 
     /// A file operation failed.
     #[error("{op} {}", path.display())]
@@ -95,13 +98,6 @@ pub enum ResetError {
         security_version: u64,
         /// The floor.
         floor: u64,
-    },
-
-    /// The slot writer cannot install on this board.
-    #[error("reset cannot install the factory image on this board: {reason}; nothing was changed")]
-    Unsupported {
-        /// Why.
-        reason: String,
     },
 
     /// No slot passed re-verification, so level 1 has nothing to boot.

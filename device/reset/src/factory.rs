@@ -6,33 +6,19 @@
 //! entry again) to find where that marker ends, so the reader sees exactly the bundle and not
 //! the partition's tail. [`verify`] reads the whole bundle once: signature chain, board
 //! ([`aperture_trust::policy::check_factory`]), and every payload's size and hash, before
-//! anything is written. Key expiry is not checked ([`VERIFIED_WHEN_WRITTEN`]): the factory
+//! anything is written. Key expiry is not checked ([`VERIFIED_WHEN_WRITTEN`], trust's time for
+//! what was verified when it was written): the factory
 //! image was verified when the appliance was flashed, and a reset must still work years later.
 
-use std::io::Read;
-
-use aperture_appliance::Area;
 use aperture_storage::Partition;
 use aperture_trust::bundle::BundleReader;
 use aperture_trust::keys::PublicKey;
 use aperture_trust::manifest::Manifest;
 use aperture_trust::policy::check_factory;
+use aperture_trust::signing::{VerifiedManifest, VERIFIED_WHEN_WRITTEN};
 
-use crate::io::{part_err, PartReader, Store};
+use crate::io::{part_err, PartReader};
 use crate::ResetError;
-
-/// The time at which reset checks signatures of what was verified with the clock when it was
-/// written: an installed slot (verified at install) and the factory image (verified when the
-/// appliance was flashed).
-///
-/// Key expiry decides what may be NEWLY published and installed. A release key expiring later
-/// does not make an image that was verified while the key was valid less trustworthy, and a
-/// reset that refused it would leave an appliance a year after manufacture with no reset at
-/// all (and a reset journal that retries for ever). Trust's verifiers take the time as an
-/// argument and refuse a key when `now >= not_after`; the Unix epoch is before every key's
-/// `not_after`, so at this time they check the whole signature chain (root, keyring, release
-/// key, manifest) and the payload hashes, and not expiry.
-pub const VERIFIED_WHEN_WRITTEN: u64 = 0;
 
 const BLOCK: u64 = 512;
 /// A bundle has the manifest, the signature and one entry per slot artifact: far fewer.
@@ -100,26 +86,16 @@ pub fn reader(part: &dyn Partition) -> Result<PartReader<'_>, ResetError> {
 /// Reads and checks the whole factory bundle: signature chain against `root` (without key
 /// expiry: [`VERIFIED_WHEN_WRITTEN`]), board, every payload's size and hash. Returns the
 /// verified manifest. Nothing is written.
-pub fn verify(part: &dyn Partition, root: &PublicKey, board: &str) -> Result<Manifest, ResetError> {
+pub fn verify(
+    part: &dyn Partition,
+    root: &PublicKey,
+    board: &str,
+) -> Result<VerifiedManifest, ResetError> {
     let mut bundle = BundleReader::new(reader(part)?, root, VERIFIED_WHEN_WRITTEN);
-    let manifest = bundle.read_header()?.into_manifest();
+    let manifest = bundle.read_header()?;
     check_factory(&manifest, board)?;
     bundle.verify_payloads()?;
     Ok(manifest)
-}
-
-/// The anti-rollback floor, read the way aperture-update keeps it: the JSON record in area
-/// `update` of the device state store, of which only `security_floor` is read here (the rest
-/// is the updater's); no record means no floor (0). A record without the field is refused,
-/// so that a record this program does not understand never lowers the floor.
-pub fn security_floor(store: &Store) -> Result<u64, ResetError> {
-    #[derive(serde::Deserialize)]
-    struct UpdateRecord {
-        security_floor: u64,
-    }
-    Ok(store
-        .read_json::<UpdateRecord>(Area::Update)?
-        .map_or(0, |r| r.security_floor))
 }
 
 /// A level 2 keeps config and data, so it may install the factory image only at or above the
@@ -141,63 +117,6 @@ pub fn check_floor(manifest: &Manifest, floor: u64) -> Result<(), ResetError> {
 pub fn manifest(part: &dyn Partition, root: &PublicKey) -> Result<Manifest, ResetError> {
     let mut bundle = BundleReader::new(reader(part)?, root, VERIFIED_WHEN_WRITTEN);
     Ok(bundle.read_header()?.into_manifest())
-}
-
-/// The raw bytes of the first two entries (`manifest.json`, `manifest.sig`) of a bundle
-/// stream, from a prefix of it captured while the bundle reader read the header.
-///
-/// A slot's record keeps these exact bytes. Trust's `BundleReader::read_header` hands back the
-/// verified manifest but not the bytes it verified, so they are recovered here from the
-/// captured prefix (and verified again before they are kept); this parser and [`Capture`] go
-/// once trust's reader returns the verified bytes itself.
-pub fn header_entries(prefix: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResetError> {
-    let mut at = 0usize;
-    let mut out = Vec::new();
-    for _ in 0..2 {
-        let header = prefix.get(at..at + BLOCK as usize).ok_or_else(|| {
-            ResetError::malformed("factory bundle header", "shorter than two entries")
-        })?;
-        let size = octal(&header[124..136])
-            .ok_or_else(|| ResetError::malformed("factory bundle header", "bad size"))?;
-        let start = at + BLOCK as usize;
-        let end = start + size as usize;
-        let data = prefix
-            .get(start..end)
-            .ok_or_else(|| ResetError::malformed("factory bundle header", "entry cut short"))?;
-        out.push(data.to_vec());
-        at = start + (size.div_ceil(BLOCK) * BLOCK) as usize;
-    }
-    let sig = out.pop().unwrap_or_default();
-    let json = out.pop().unwrap_or_default();
-    Ok((json, sig))
-}
-
-/// A reader that keeps a copy of the first `limit` bytes read through it.
-pub struct Capture<R> {
-    inner: R,
-    limit: usize,
-    /// The bytes kept.
-    pub kept: Vec<u8>,
-}
-
-impl<R: Read> Capture<R> {
-    /// Keep up to `limit` bytes of `inner`.
-    pub fn new(inner: R, limit: usize) -> Capture<R> {
-        Capture {
-            inner,
-            limit,
-            kept: Vec::new(),
-        }
-    }
-}
-
-impl<R: Read> Read for Capture<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let room = self.limit.saturating_sub(self.kept.len()).min(n);
-        self.kept.extend_from_slice(&buf[..room]);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -226,9 +145,6 @@ mod tests {
         img.extend([0xffu8; 5000]);
         let part = MemPartition::new("factory", img.clone());
         assert_eq!(bundle_len(&part).unwrap(), len);
-        let (json, sig) = header_entries(&img).unwrap();
-        assert_eq!(json, b"{}");
-        assert_eq!(sig, vec![7u8; 600]);
     }
 
     #[test]
@@ -245,32 +161,5 @@ mod tests {
         img.resize(4096, 0x41);
         let part = MemPartition::new("factory", img);
         assert!(bundle_len(&part).is_err());
-    }
-
-    #[test]
-    fn the_floor_is_the_updaters_field_and_no_record_is_zero() {
-        let mut store = crate::io::tests::mem_store();
-        assert_eq!(security_floor(&store).unwrap(), 0);
-        store
-            .write(
-                Area::Update,
-                br#"{"format":1,"security_floor":4,"committed":"a","journal":null,"later":[1]}"#,
-            )
-            .unwrap();
-        assert_eq!(security_floor(&store).unwrap(), 4);
-        store.write(Area::Update, br#"{"format":1}"#).unwrap();
-        assert!(
-            security_floor(&store).is_err(),
-            "a floor that is not there is not 0"
-        );
-    }
-
-    #[test]
-    fn capture_keeps_a_prefix() {
-        let mut c = Capture::new(&b"hello world"[..], 5);
-        let mut all = Vec::new();
-        c.read_to_end(&mut all).unwrap();
-        assert_eq!(all, b"hello world");
-        assert_eq!(c.kept, b"hello");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use aperture_appliance::store::Medium;
 use aperture_appliance::{Board, Role, StateStore};
@@ -20,12 +20,12 @@ pub const CHUNK: usize = 1 << 20;
 /// A disk whose partitions report every write to [`Faults`] first.
 pub struct GuardedDisk<'a> {
     inner: &'a dyn Disk,
-    faults: Rc<Faults>,
+    faults: Arc<Faults>,
 }
 
 impl<'a> GuardedDisk<'a> {
     /// Wrap `inner`.
-    pub fn new(inner: &'a dyn Disk, faults: Rc<Faults>) -> GuardedDisk<'a> {
+    pub fn new(inner: &'a dyn Disk, faults: Arc<Faults>) -> GuardedDisk<'a> {
         GuardedDisk { inner, faults }
     }
 }
@@ -51,7 +51,7 @@ impl Disk for GuardedDisk<'_> {
 /// A partition whose writes may be cut by [`Faults`].
 pub struct GuardedPartition {
     inner: Box<dyn Partition>,
-    faults: Rc<Faults>,
+    faults: Arc<Faults>,
 }
 
 impl Partition for GuardedPartition {
@@ -234,7 +234,7 @@ pub(crate) mod tests {
 
     #[test]
     fn guarded_writes_can_be_cut() {
-        let faults = Rc::new(Faults::at(crate::seams::FaultPoint::Write(1)));
+        let faults = Arc::new(Faults::at(crate::seams::FaultPoint::Write(1)));
         let part = GuardedPartition {
             inner: Box::new(MemPartition::new("x", vec![1u8; 16])),
             faults,

@@ -1,9 +1,17 @@
 //! The small traits that keep hardware and time out of the reset logic, each with the real
 //! implementation and a test double: [`Clock`], [`Reboot`], [`Discard`]; and [`Faults`], the
-//! power-cut injector that tests set and the real program leaves empty.
+//! power-cut injector that tests set and the real program leaves empty, with [`FaultsIo`], which
+//! puts the updater's installer (every slot write of a reset) under the same injector.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use aperture_updater::disk::PartitionHandle;
+use aperture_updater::io::{Io, RealIo};
 
 use aperture_storage::Partition;
 use aperture_sys::Cmd;
@@ -236,12 +244,14 @@ impl std::fmt::Display for FaultPoint {
 
 /// Power-cut injection. Empty in the real program; tests arm one point. Once it fired,
 /// everything fails, as after a real power cut, until the test "reboots" with a new one.
+/// Shared (an `Arc`) between the reset's partitions ([`crate::io::GuardedDisk`]) and the
+/// updater's installer ([`FaultsIo`]), so one count covers every write of a reset.
 #[derive(Debug, Default)]
 pub struct Faults {
     point: Option<FaultPoint>,
-    writes: Cell<u64>,
-    fired: Cell<bool>,
-    log: RefCell<Vec<String>>,
+    writes: AtomicU64,
+    fired: AtomicBool,
+    log: Mutex<Vec<String>>,
 }
 
 impl Faults {
@@ -258,23 +268,30 @@ impl Faults {
         }
     }
 
-    /// Partition writes seen so far.
+    /// Writes seen so far (partition writes, and the installer's writes, renames, removals
+    /// and boot-control steps).
     pub fn writes(&self) -> u64 {
-        self.writes.get()
+        self.writes.load(Ordering::SeqCst)
     }
 
     /// Whether the power cut happened.
     pub fn fired(&self) -> bool {
-        self.fired.get()
+        self.fired.load(Ordering::SeqCst)
     }
 
-    /// Called before every partition write: fails at the chosen write.
+    /// What was cut, in order.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Called before every write: fails at the chosen write, and at every one after a cut.
     pub fn on_write(&self, what: &str) -> std::io::Result<()> {
-        let n = self.writes.get() + 1;
-        self.writes.set(n);
-        if self.fired.get() || self.point == Some(FaultPoint::Write(n)) {
-            self.fired.set(true);
-            self.log.borrow_mut().push(format!("write {n}: {what}"));
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fired() || self.point == Some(FaultPoint::Write(n)) {
+            self.fired.store(true, Ordering::SeqCst);
+            if let Ok(mut log) = self.log.lock() {
+                log.push(format!("write {n}: {what}"));
+            }
             return Err(std::io::Error::other(format!(
                 "injected power cut at partition write {n}"
             )));
@@ -282,15 +299,99 @@ impl Faults {
         Ok(())
     }
 
+    /// Called before what is not counted as a write (an fsync): fails once the power is off.
+    pub fn alive(&self) -> std::io::Result<()> {
+        if self.fired() {
+            return Err(std::io::Error::other(
+                "injected power cut earlier: the power is off",
+            ));
+        }
+        Ok(())
+    }
+
     /// Called at step boundaries: fails at the chosen one.
     pub fn check(&self, point: FaultPoint) -> Result<(), ResetError> {
-        if self.fired.get() || self.point == Some(point) {
-            self.fired.set(true);
+        if self.fired() || self.point == Some(point) {
+            self.fired.store(true, Ordering::SeqCst);
             return Err(ResetError::InjectedFault {
                 point: point.to_string(),
             });
         }
         Ok(())
+    }
+}
+
+/// The updater's [`aperture_updater::io::Io`] seam under [`Faults`]: every partition write,
+/// file write, rename, removal and boot-control step of the installer counts as a write and
+/// can be cut; fsyncs fail once the power is off. What was written stays (a cut keeps the
+/// writes that happened, the reset's model of a power cut).
+#[derive(Debug, Clone)]
+pub struct FaultsIo(pub Arc<Faults>);
+
+impl Io for FaultsIo {
+    fn write_at(
+        &self,
+        part: &mut dyn PartitionHandle,
+        buf: &[u8],
+        offset: u64,
+    ) -> std::io::Result<()> {
+        self.0.on_write(&format!(
+            "{} bytes at {offset} of {}",
+            buf.len(),
+            part.describe()
+        ))?;
+        part.write_all_at(buf, offset)
+    }
+
+    fn sync(&self, part: &mut dyn PartitionHandle) -> std::io::Result<()> {
+        self.0.alive()?;
+        part.sync()
+    }
+
+    fn create(&self, path: &Path) -> std::io::Result<File> {
+        self.0.alive()?;
+        RealIo.create(path)
+    }
+
+    fn write(&self, file: &mut File, path: &Path, buf: &[u8]) -> std::io::Result<()> {
+        self.0
+            .on_write(&format!("{} bytes to {}", buf.len(), path.display()))?;
+        std::io::Write::write_all(file, buf)
+    }
+
+    fn sync_file(&self, file: &File, _path: &Path) -> std::io::Result<()> {
+        self.0.alive()?;
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.0
+            .on_write(&format!("rename {} -> {}", from.display(), to.display()))?;
+        std::fs::rename(from, to)
+    }
+
+    fn sync_path(&self, path: &Path) -> std::io::Result<()> {
+        self.0.alive()?;
+        File::open(path)?.sync_all()
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.0.on_write(&format!("remove {}", path.display()))?;
+        std::fs::remove_file(path)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.0.alive()?;
+        std::fs::create_dir_all(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.0.alive()?;
+        File::open(dir)?.sync_all()
+    }
+
+    fn step(&self, what: &str) -> std::io::Result<()> {
+        self.0.on_write(&format!("boot control: {what}"))
     }
 }
 

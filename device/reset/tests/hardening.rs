@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use aperture_reset::seams::{FakeDiscardMode, FakeReboot, Faults};
 use aperture_reset::{Journal, Level, Outcome, ResetError, Step};
@@ -23,7 +23,7 @@ fn run(
 ) -> Result<Outcome, ResetError> {
     rig.with_reset(
         &rig.fresh_crypt(),
-        Rc::new(Faults::none()),
+        Arc::new(Faults::none()),
         FakeDiscardMode::Zeroes,
         &FakeReboot::default(),
         f,

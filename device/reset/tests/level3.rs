@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use aperture_reset::journal::plan;
 use aperture_reset::seams::{FakeDiscardMode, FakeReboot, FaultPoint, Faults};
@@ -47,7 +47,7 @@ fn level3_from_a_running_system_reboots_before_scrubbing() {
     let outcome = rig
         .with_reset(
             &unlocked,
-            Rc::new(Faults::none()),
+            Arc::new(Faults::none()),
             FakeDiscardMode::Zeroes,
             &reboot,
             |r| r.start(Level::Three),
@@ -79,7 +79,7 @@ fn every_discard_behaviour_ends_wiped() {
         let reboot = FakeReboot::default();
         let crypt = rig.fresh_crypt();
         let out = rig
-            .with_reset(&crypt, Rc::new(Faults::none()), mode, &reboot, |r| {
+            .with_reset(&crypt, Arc::new(Faults::none()), mode, &reboot, |r| {
                 r.start(Level::Three)
             })
             .unwrap();
@@ -106,7 +106,7 @@ fn cut_and_recover(point: FaultPoint, busy: bool) -> bool {
     let mut rig = Rig::new(Backend::Fake);
     let unlocked = rig.provision();
     let reboot = FakeReboot::default();
-    let mut faults = Rc::new(Faults::at(point));
+    let mut faults = Arc::new(Faults::at(point));
     let crypt = if busy { unlocked } else { rig.fresh_crypt() };
     let mut result = rig.with_reset(
         &crypt,
@@ -140,7 +140,7 @@ fn cut_and_recover(point: FaultPoint, busy: bool) -> bool {
             Ok(other) => panic!("{point}: unexpected {other:?}"),
             Err(e) if e.is_injected() => {
                 cut = true;
-                faults = Rc::new(Faults::none());
+                faults = Arc::new(Faults::none());
                 if rig.journal().is_some_and(|j| j.wipe_pending()) {
                     assert_storage_refuses(&rig);
                 }
@@ -174,7 +174,7 @@ fn writes_of_a_whole_run(busy: bool) -> u64 {
     let mut rig = Rig::new(Backend::Fake);
     let unlocked = rig.provision();
     let reboot = FakeReboot::default();
-    let faults = Rc::new(Faults::none());
+    let faults = Arc::new(Faults::none());
     let crypt = if busy { unlocked } else { rig.fresh_crypt() };
     let mut out = rig
         .with_reset(
@@ -237,7 +237,7 @@ fn crash_everywhere(busy: bool) {
         }
     }
     eprintln!(
-        "level 3 ({}): {} crash points ({} step boundaries, {} partition writes), {} cut the power, all recovered",
+        "level 3 ({}): {} crash points ({} step boundaries, {} writes: partitions, the installer's files and boot-control steps), {} cut the power, all recovered",
         if busy { "running" } else { "boot" },
         points.len(),
         2 * steps.len(),
@@ -264,7 +264,7 @@ fn a_second_reset_is_refused_while_one_is_pending() {
     let reboot = FakeReboot::default();
     rig.with_reset(
         &unlocked,
-        Rc::new(Faults::none()),
+        Arc::new(Faults::none()),
         FakeDiscardMode::Zeroes,
         &reboot,
         |r| r.start(Level::Three),
@@ -273,7 +273,7 @@ fn a_second_reset_is_refused_while_one_is_pending() {
     let err = rig
         .with_reset(
             &rig.fresh_crypt(),
-            Rc::new(Faults::none()),
+            Arc::new(Faults::none()),
             FakeDiscardMode::Zeroes,
             &reboot,
             |r| r.start(Level::Two),
@@ -283,7 +283,7 @@ fn a_second_reset_is_refused_while_one_is_pending() {
     let err = rig
         .with_reset(
             &rig.fresh_crypt(),
-            Rc::new(Faults::none()),
+            Arc::new(Faults::none()),
             FakeDiscardMode::Zeroes,
             &reboot,
             |r| r.level1(),

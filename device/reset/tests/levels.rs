@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use aperture_reset::seams::{FakeDiscardMode, FakeReboot, Faults};
 use aperture_reset::{Level, Outcome, ResetError, Step};
@@ -16,7 +16,7 @@ use common::*;
 fn level1(rig: &Rig, reboot: &FakeReboot) -> Result<aperture_reset::Level1Report, ResetError> {
     rig.with_reset(
         &rig.fresh_crypt(),
-        Rc::new(Faults::none()),
+        Arc::new(Faults::none()),
         FakeDiscardMode::Zeroes,
         reboot,
         |r| r.level1(),
@@ -26,7 +26,7 @@ fn level1(rig: &Rig, reboot: &FakeReboot) -> Result<aperture_reset::Level1Report
 fn start(rig: &Rig, level: Level) -> Result<Outcome, ResetError> {
     rig.with_reset(
         &rig.fresh_crypt(),
-        Rc::new(Faults::none()),
+        Arc::new(Faults::none()),
         FakeDiscardMode::Zeroes,
         &FakeReboot::default(),
         |r| r.start(level),
@@ -36,7 +36,7 @@ fn start(rig: &Rig, level: Level) -> Result<Outcome, ResetError> {
 fn resume(rig: &Rig) -> Result<Outcome, ResetError> {
     rig.with_reset(
         &rig.fresh_crypt(),
-        Rc::new(Faults::none()),
+        Arc::new(Faults::none()),
         FakeDiscardMode::Zeroes,
         &FakeReboot::default(),
         |r| r.resume(),
@@ -320,14 +320,14 @@ fn verify_reports_what_the_partitions_hold() {
     let mut rig = Rig::new(Backend::Fake);
     rig.provision();
     let disk = aperture_storage::FileDisk::new(&rig.image);
-    let before = aperture_reset::app::verify(&disk).unwrap();
+    let before = aperture_reset::app::verify(&disk, rig.board).unwrap();
     assert!(!before.ok);
     assert!(
         before.to_string().contains("LUKS HEADER PRESENT"),
         "{before}"
     );
     rig.run_to_completion(|r| r.start(Level::Three), &rig.fresh_crypt());
-    let after = aperture_reset::app::verify(&disk).unwrap();
+    let after = aperture_reset::app::verify(&disk, rig.board).unwrap();
     assert!(after.ok, "{after}");
     for v in &after.volumes {
         assert!(!v.luks_magic.any());

@@ -48,7 +48,8 @@ enum Command {
         source: String,
         #[command(flatten)]
         fetch: FetchArgs,
-        /// Boot tries the new slot gets before the loader falls back (1 to 7).
+        /// Boot tries the new slot gets before the loader falls back (1 to 7; 1 to 3 on Jetson,
+        /// whose firmware keeps 2 bits).
         #[arg(long, default_value_t = aperture_updater::install::DEFAULT_TRIES)]
         tries: u32,
         /// Print the result as JSON.
@@ -125,11 +126,11 @@ fn install(
         std::fs::canonicalize(spec).map_or(spec.to_string(), |p| p.display().to_string())
     };
     let install_opts = InstallOptions {
-        tries,
         source: Some(source),
         ca: fetch.ca.clone(),
         insecure_http: fetch.insecure_http,
         lock_wait,
+        ..InstallOptions::update(tries)
     };
     match u.install(&mut input, &install_opts) {
         Ok(done) => {

@@ -55,6 +55,20 @@ pub trait Disk {
     fn describe(&self) -> String;
     /// Open the partition labelled `label` for reading and writing.
     fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError>;
+    /// Open the partition labelled `label` to read it back while others may hold it (the
+    /// running slot is held by dm-verity, which an exclusive open refuses). The default is
+    /// [`Disk::open`].
+    fn open_shared(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        self.open(label)
+    }
+    /// Open the partition labelled `label` for reading and writing without claiming it: the
+    /// device state store, which several handles share at once (the Tegra ledger of the boot
+    /// control, the updater's records, aperture-reset's journal), and two exclusive opens of
+    /// one block device refuse each other (EBUSY). Never a slot. The default is
+    /// [`Disk::open`].
+    fn open_unclaimed(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        self.open(label)
+    }
 }
 
 /// A partition that is a byte range of an open file (a whole block device is the range
@@ -143,12 +157,13 @@ impl PartlabelDisk {
     }
 }
 
-impl Disk for PartlabelDisk {
-    fn describe(&self) -> String {
-        self.dir.display().to_string()
-    }
-
-    fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+impl PartlabelDisk {
+    fn open_with(
+        &self,
+        label: &str,
+        options: &OpenOptions,
+        op: &'static str,
+    ) -> Result<Box<dyn PartitionHandle>, UpdateError> {
         let path = self.dir.join(label);
         if !path.exists() {
             return Err(UpdateError::NoPartition {
@@ -156,14 +171,7 @@ impl Disk for PartlabelDisk {
                 disk: self.describe(),
             });
         }
-        // O_EXCL on a block device without O_CREAT: exclusive open, EBUSY if it is mounted or
-        // held by device-mapper (open(2)).
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
-            .open(&path)
-            .map_err(UpdateError::file("opening (exclusively) partition", &path))?;
+        let mut file = options.open(&path).map_err(UpdateError::file(op, &path))?;
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(UpdateError::file("finding the size of", &path))?;
@@ -174,6 +182,35 @@ impl Disk for PartlabelDisk {
             label: label.into(),
             describe: path.display().to_string(),
         }))
+    }
+}
+
+impl Disk for PartlabelDisk {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        // O_EXCL on a block device without O_CREAT: exclusive open, EBUSY if it is mounted or
+        // held by device-mapper (open(2)).
+        let mut options = OpenOptions::new();
+        options
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        self.open_with(label, &options, "opening (exclusively) partition")
+    }
+
+    fn open_shared(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        self.open_with(label, &options, "opening partition for reading")
+    }
+
+    fn open_unclaimed(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        self.open_with(label, &options, "opening partition")
     }
 }
 

@@ -1,13 +1,22 @@
-//! `install`: one bundle into the inactive slot, in the order that is the safety
-//! (ARCHITECTURE.md, "Update rules"):
+//! The slot installer: one verified bundle into the inactive slot, in the order that is the
+//! safety (ARCHITECTURE.md, "Update rules"). `aperture-update install` and `aperture-reset`
+//! (levels 2 and 3) both install through it; they differ only in the [`Policy`] the bundle must
+//! pass and in what happens to the slot once it is written ([`Arm`]):
 //!
-//! 1. read the header and verify the signature and key chain against the root key, key expiry
-//!    judged against the latest of the clock, the running image's build time and the newest
-//!    signed time the device has seen (recorded with the journal: the bundle's build time);
-//! 2. policy: product, board, newer version, `security_version` at or above the floor, a
-//!    keyring at least as new as the newest committed one; the payloads are ones this updater
-//!    can place; the rootfs fits the target partition and the boot files fit the ESP;
-//!    **nothing is written before this point**;
+//! 1. read the header and verify the signature and key chain against the root key; for an
+//!    update ([`Policy::Update`]) key expiry is judged against the latest of the clock, the
+//!    running image's build time and the newest signed time the device has seen (recorded with
+//!    the journal: the bundle's build time); for a reset ([`Policy::Reset`]) the factory image
+//!    was verified when it was written, and keys are checked at its build time only
+//!    ([`aperture_trust::signing::VERIFIED_WHEN_WRITTEN`]);
+//! 2. policy: the running product; an update needs the board, a newer version, a
+//!    `security_version` at or above the floor and a keyring at least as new as the newest
+//!    committed one; a reset needs the board and, unless the data was destroyed first
+//!    ([`ResetFloor::WaivedAfterWipe`]), a `security_version` at or above the floor; then the
+//!    payloads are ones this installer can place; the rootfs fits the target partition and the
+//!    boot files fit the ESP; the try count is one the boot control takes;
+//!    **nothing is written before this point** ([`Updater::preflight`] runs exactly these
+//!    checks for a caller that must know before it changes anything else);
 //! 3. journal the install in the device state store ([`crate::state`]);
 //! 4. invalidate the target slot ([`aperture_slots::SlotManager::begin_install`]) and forget its
 //!    old record (its area of the store);
@@ -20,8 +29,9 @@
 //!    hash; kernel and initrd are re-read and hashed;
 //! 8. record what the slot now holds ([`aperture_trust::record::InstalledSlot`]: the record and
 //!    the exact manifest and signature verified) in the slot's area of the store;
-//! 9. arm the slot with N tries as the next boot, with the entry
-//!    [`aperture_slots::cmdline::slot_boot`] makes;
+//! 9. with [`Arm::Next`], arm the slot with N tries as the next boot, with the entry
+//!    [`crate::place::slot_boot`] makes; with [`Arm::RecordOnly`] it stays unbootable (reset's
+//!    second half blesses it later without booting it);
 //! 10. clear the journal.
 //!
 //! On Jetson boards ([`aperture_slots::SlotLayout::Tegra`]) the same order holds with NVIDIA's
@@ -30,63 +40,115 @@
 //! blanked at step 4 and written only at step 6; the device tree goes to the kernel-dtb
 //! partition; all of it is read back at step 7. The slot is armed through NVIDIA's UEFI
 //! variables. A bundle with a boot-firmware capsule first cancels any capsule an earlier install
-//! left pending (before step 4), stages it in the slot's folder on the ESP, and at step 9 arms the slot
-//! WITHOUT making it the next boot, moves the capsule into `\EFI\UpdateCapsule` and sets the
-//! `OsIndications` delivery bit last: the firmware applies the capsule to the other boot chain
-//! and switches to it itself (see [`aperture_slots::tegra::capsule`]).
+//! left pending (before step 4), stages it in the slot's folder on the ESP, and at step 9 arms
+//! the slot WITHOUT making it the next boot, moves the capsule into `\EFI\UpdateCapsule` and
+//! sets the `OsIndications` delivery bit last: the firmware applies the capsule to the other
+//! boot chain and switches to it itself (see [`aperture_slots::tegra::capsule`]). A slot
+//! recorded without arming gets no capsule: the staged one is removed.
 //!
 //! Every write, fsync and rename, of partitions, of the ESP and of the state store, goes through
 //! [`crate::io::Io`]. The whole install holds the slots lock
-//! ([`aperture_appliance::SlotsLock`]), so no reset, commit or other install runs meanwhile.
+//! ([`aperture_appliance::SlotsLock`]), so no reset, commit or other install runs meanwhile:
+//! [`Updater::install`] takes it, [`Updater::install_locked`] is for a caller that holds it.
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use aperture_appliance::SlotsLock;
 use aperture_slots::tegra::bootimg;
 use aperture_slots::tegra::capsule::CapsuleDelivery;
-use aperture_slots::{plan, Event, Slot, SlotLayout};
+use aperture_slots::{plan, Event, Slot, SlotBoot, SlotLayout};
 use aperture_trust::bundle::BundleReader;
 use aperture_trust::manifest::{Artifact, Manifest, Role, Sha256Hex};
-use aperture_trust::policy::{check_keyring, check_update, DeviceFacts};
+use aperture_trust::policy::{check_factory, check_keyring, check_update, DeviceFacts};
 use aperture_trust::record::{InstalledSlot, SlotRecord};
+use aperture_trust::signing::{VerifiedManifest, VERIFIED_WHEN_WRITTEN};
 use aperture_trust::TrustError;
 
 use crate::disk::PartitionHandle;
-use aperture_sys::fs::tmp_path;
-
-use crate::io::{rename_synced, Io};
-use crate::paths::{INITRD_FILE, KERNEL_FILE};
+use crate::facts::BuildFacts;
+use crate::io::rename_synced;
+use crate::place::{fits, slot_boot, Dest, Open, Placement, TegraSlot};
+use crate::readback::verify_file;
 pub use crate::readback::verify_rootfs;
-use crate::readback::{verify_file, verify_range};
-use crate::state::Journal;
+use crate::state::{DeviceState, Journal};
+pub use crate::write::CHUNK;
+use crate::write::{text, write_file, write_partition};
 use crate::{UpdateError, Updater};
-
-/// Size of every write to a partition and of every read-back read.
-pub const CHUNK: usize = 1 << 20;
+use aperture_sys::fs::tmp_path;
 
 /// Default boot tries of a freshly installed slot.
 pub const DEFAULT_TRIES: u32 = 3;
 
+/// What a bundle must pass before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// An update: the running product and board, a version newer than the running one, a
+    /// `security_version` at or above the anti-rollback floor, a keyring at least as new as the
+    /// newest committed one; key expiry judged against the trusted time.
+    Update,
+    /// A factory reset from the factory partition: the running product and board; the floor
+    /// as `floor` says. Going back to an older version is the point. The factory image was
+    /// verified when it was written, so keys are checked at its build time, not against the
+    /// clock, and its keyring may be older than the committed one.
+    Reset {
+        /// Whether the anti-rollback floor holds.
+        floor: ResetFloor,
+    },
+}
+
+/// The anti-rollback floor of a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetFloor {
+    /// Reset level 2 keeps config and data: the factory image's `security_version` must be at
+    /// or above the floor, so data a newer image wrote never meets an image the floor retired.
+    Enforced,
+    /// Reset level 3 destroyed config and data before it installs: the floor is not enforced.
+    /// Use this only once the wipe is done.
+    WaivedAfterWipe,
+}
+
+/// What the installer does with the slot once it is written, read back and recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// Boot it next, on trial, with this many tries (an update; the first half of a reset).
+    Next {
+        /// Boot tries before the loader falls back.
+        tries: u32,
+    },
+    /// Leave it unbootable with its record written: the caller blesses it later without
+    /// booting it (the second half of a reset, once the same image passed its health gate in
+    /// the other slot).
+    RecordOnly,
+}
+
 /// Options of one install.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallOptions {
-    /// Boot tries the new slot gets before the loader falls back (1 to 7).
-    pub tries: u32,
-    /// Where the bundle came from, recorded in the journal (file path or redacted URL).
+    /// What the bundle must pass.
+    pub policy: Policy,
+    /// What happens to the slot once written.
+    pub arm: Arm,
+    /// Where the bundle came from, recorded in the journal (file path or redacted URL); `None`
+    /// when nobody but the caller can fetch it again (the factory partition: aperture-reset
+    /// restarts its own installs from its journal).
     pub source: Option<String>,
     /// The extra CA the download trusted, recorded in the journal for a restart.
     pub ca: Option<PathBuf>,
     /// Whether plain http:// was allowed, recorded in the journal for a restart.
     pub insecure_http: bool,
-    /// How long to wait for the slots lock if another program holds it (0: fail at once,
-    /// naming the holder, as a person running `install` wants).
+    /// How long [`Updater::install`] waits for the slots lock if another program holds it (0:
+    /// fail at once, naming the holder, as a person running `install` wants).
     pub lock_wait: std::time::Duration,
 }
 
 impl Default for InstallOptions {
     fn default() -> Self {
         InstallOptions {
-            tries: DEFAULT_TRIES,
+            policy: Policy::Update,
+            arm: Arm::Next {
+                tries: DEFAULT_TRIES,
+            },
             source: None,
             ca: None,
             insecure_http: false,
@@ -95,11 +157,32 @@ impl Default for InstallOptions {
     }
 }
 
+impl InstallOptions {
+    /// An update armed with `tries` tries.
+    pub fn update(tries: u32) -> InstallOptions {
+        InstallOptions {
+            arm: Arm::Next { tries },
+            ..InstallOptions::default()
+        }
+    }
+
+    /// The tries the slot is armed with (0 when it is only recorded).
+    pub fn tries(&self) -> u32 {
+        match self.arm {
+            Arm::Next { tries } => tries,
+            Arm::RecordOnly => 0,
+        }
+    }
+}
+
 /// What an install did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Installed {
-    /// The slot written and armed.
+    /// The slot written.
     pub target: Slot,
+    /// Whether it was armed (it boots next, or after a capsule's boot chain switch) or only
+    /// recorded ([`Arm::RecordOnly`]).
+    pub armed: bool,
     /// The version installed.
     pub version: String,
     /// Its security version (the floor is NOT raised until the slot is committed).
@@ -112,144 +195,46 @@ pub struct Installed {
     pub restarted: Option<Journal>,
 }
 
-/// Where one payload goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    /// The slot's rootfs partition (`rootfs_b`, `APP_b`), from its start.
-    Rootfs,
-    /// A file in the slot's folder on the ESP (qemu boards: `vmlinuz`, `initrd.img`).
-    EspFile(&'static str),
-    /// A range of the slot's kernel partition (Jetson): the kernel or the initrd of its
-    /// Android boot image, at this offset; the header is written once both are verified.
-    BootImage(u64),
-    /// The slot's kernel-dtb partition (Jetson), from its start.
-    Dtb,
-    /// A boot-firmware UEFI capsule (Jetson), staged beside the slot's record and delivered
-    /// on the ESP when the slot is armed.
-    Capsule,
-}
-
-/// Where a bundle's payloads go on this board.
-struct Placement<'m> {
-    layout: SlotLayout,
-    rootfs: &'m Artifact,
-    dests: Vec<(&'m Artifact, Dest)>,
-    /// Jetson: where kernel and initrd sit in the boot image.
-    boot_image: Option<bootimg::Layout>,
-}
-
-impl<'m> Placement<'m> {
-    /// Refuse manifests this updater cannot place on `layout` before anything is written.
-    fn of(m: &'m Manifest, layout: SlotLayout) -> Result<Placement<'m>, UpdateError> {
-        let unsupported = |reason: String| UpdateError::Unsupported { reason };
-        let (required, optional, carries): (&[Role], &[Role], &str) = match layout {
-            SlotLayout::Esp => (
-                &[Role::Rootfs, Role::Kernel, Role::Initrd],
-                &[],
-                "one rootfs, one kernel and one initrd, which this board boots from the ESP",
-            ),
-            SlotLayout::Tegra(_) => (
-                &[Role::Rootfs, Role::Kernel, Role::Initrd, Role::Dtb],
-                &[Role::Capsule],
-                "one rootfs, kernel, initrd and device tree, and at most one boot-firmware \
-                 capsule",
-            ),
-        };
-        let mut found: Vec<&'m Artifact> = Vec::new();
-        for a in m.payload_artifacts() {
-            if !(required.contains(&a.role) || optional.contains(&a.role))
-                || found.iter().any(|b| b.role == a.role)
-            {
-                return Err(unsupported(format!(
-                    "payload {} has role {:?}, which this updater does not place on this board \
-                     (or which appears twice); bundles for this board carry {carries}",
-                    a.name, a.role
-                )));
-            }
-            found.push(a);
-        }
-        let get = |role: Role| found.iter().copied().find(|a| a.role == role);
-        for role in required {
-            if get(*role).is_none() {
-                return Err(unsupported(format!(
-                    "the bundle carries no {role:?} payload; bundles for this board carry \
-                     {carries}"
-                )));
-            }
-        }
-        let rootfs = get(Role::Rootfs).ok_or_else(|| unsupported("no rootfs".into()))?;
-        if rootfs.verity.is_none() {
-            return Err(unsupported(format!(
-                "rootfs {} has no verity parameters",
-                rootfs.name
-            )));
-        }
-        let boot_image = match layout {
-            SlotLayout::Esp => None,
-            SlotLayout::Tegra(_) => {
-                let size = |role| get(role).map_or(0, |a| a.size);
-                Some(
-                    bootimg::Layout::new(size(Role::Kernel), size(Role::Initrd)).ok_or_else(
-                        || unsupported("kernel or initrd is larger than a boot image holds".into()),
-                    )?,
-                )
-            }
-        };
-        let dests = found
-            .iter()
-            .map(|a| {
-                let dest = match (a.role, boot_image) {
-                    (Role::Rootfs, _) => Dest::Rootfs,
-                    (Role::Kernel, None) => Dest::EspFile(KERNEL_FILE),
-                    (Role::Initrd, None) => Dest::EspFile(INITRD_FILE),
-                    (Role::Kernel, Some(l)) => Dest::BootImage(l.kernel_offset()),
-                    (Role::Initrd, Some(l)) => Dest::BootImage(l.ramdisk_offset()),
-                    (Role::Dtb, _) => Dest::Dtb,
-                    _ => Dest::Capsule,
-                };
-                (*a, dest)
-            })
-            .collect();
-        Ok(Placement {
-            layout,
-            rootfs,
-            dests,
-            boot_image,
-        })
-    }
-
-    fn artifact(&self, role: Role) -> Option<&'m Artifact> {
-        self.dests.iter().map(|(a, _)| *a).find(|a| a.role == role)
-    }
-}
-
-/// A Jetson slot's kernel and kernel-dtb partitions, and the boot image header to write last.
-struct TegraSlot {
-    kernel: Box<dyn PartitionHandle>,
-    dtb: Box<dyn PartitionHandle>,
-    image: bootimg::Layout,
-    header: Vec<u8>,
+/// Everything an install needs once its checks passed; nothing is written yet.
+struct Prepared<'m> {
+    place: Placement<'m>,
+    part: Box<dyn PartitionHandle>,
+    tegra: Option<TegraSlot>,
+    boot: SlotBoot,
 }
 
 impl Updater {
-    /// Install the bundle read from `bundle` into the slot that is not running. See the module
-    /// documentation for the order. On a refusal (trust, policy, unsupported content) nothing
-    /// was written; on a later error the target is left unbootable and the journal says so.
+    /// Install the bundle read from `bundle` into the slot that is not running, taking the
+    /// slots lock for it. See the module documentation for the order. On a refusal (trust,
+    /// policy, unsupported content) nothing was written; on a later error the target is left
+    /// unbootable and the journal says so.
     pub fn install(
         &mut self,
         bundle: &mut dyn Read,
         opts: &InstallOptions,
     ) -> Result<Installed, UpdateError> {
-        let _lock = self.lock("install", opts.lock_wait)?;
+        let lock = self.lock("install", opts.lock_wait)?;
+        self.install_locked(bundle, opts, &lock)
+    }
+
+    /// [`Updater::install`] for a caller that already holds the slots lock (`held`, whose
+    /// holder it names: aperture-reset holds it for the whole reset, and a second `flock` on
+    /// the same file from the same program would wait for itself).
+    pub fn install_locked(
+        &mut self,
+        bundle: &mut dyn Read,
+        opts: &InstallOptions,
+        held: &SlotsLock,
+    ) -> Result<Installed, UpdateError> {
+        let _ = held;
         let facts = crate::facts::load(&self.paths.build_facts)?;
-        let running = crate::facts::semver(&facts, &self.paths.build_facts)?;
         let root = self.root_key()?;
         let mut store = self.store(facts.board)?;
         let mut state = self.device_state(&store)?;
         let target = self.booted.other();
 
         // 1. Header: signature and key chain, before any payload byte is used.
-        let now = self.trusted_now(&facts, &state);
+        let now = self.key_time(&opts.policy, &facts, &state);
         let mut reader = BundleReader::new(bundle, &root, now);
         let verified = reader.read_header()?;
         let header = reader
@@ -260,66 +245,18 @@ impl Updater {
             })?;
         let manifest_sha256 = Sha256Hex::digest(&header.manifest_json).to_string();
 
-        // 2. Policy, then what this updater can place, then the disk: reads only.
-        if verified.product != facts.product {
-            return Err(UpdateError::Unsupported {
-                reason: format!(
-                    "the bundle is for product {:?} but this appliance runs {:?}; use the bundle \
-                     built from this product's recipe",
-                    verified.product, facts.product
-                ),
-            });
-        }
-        let (floor, accepted_keyring) = self.floors(&state)?;
-        let device = DeviceFacts {
-            board: facts.board.to_string(),
-            version: running,
-            security_floor: floor,
-        };
-        match check_update(&verified, &device) {
-            Err(TrustError::NotNewer { version }) => {
-                return Err(UpdateError::AlreadyInstalled {
-                    version: version.to_string(),
-                    slot: self.booted,
-                })
-            }
-            other => other?,
-        }
-        check_keyring(&verified, accepted_keyring)?;
+        // 2. Policy, then what this installer can place, then the disk: reads only.
+        self.admit(&verified, &opts.policy, &facts, &state)?;
+        self.check_tries(&opts.arm, target)?;
         let layout = facts.board.slot_layout();
-        let place = Placement::of(&verified, layout)?;
+        let Prepared {
+            place,
+            mut part,
+            mut tegra,
+            boot,
+        } = self.prepare(&verified, layout, target)?;
         let rootfs = place.rootfs;
-        let verity = rootfs
-            .verity
-            .clone()
-            .ok_or_else(|| UpdateError::Unsupported {
-                reason: "the rootfs has no verity parameters".into(),
-            })?;
-        let mut part = self.disk.open(&layout.rootfs(target))?;
-        fits(target, "rootfs image", rootfs.size, &*part)?;
-        self.check_esp_space(&place, target)?;
-        plan(
-            &self.boot.read()?,
-            self.booted,
-            Event::BeginInstall { target },
-        )?;
         let record = SlotRecord::from_manifest(&verified)?;
-        let base = verified.boot.as_ref().map_or("", |b| b.cmdline.as_str());
-        let boot = aperture_slots::cmdline::slot_boot(
-            &verified.product,
-            &verified.version.to_string(),
-            base,
-            layout,
-            target,
-            verity.root_hash.as_str(),
-            verity.hash_offset,
-        );
-        // Jetson: the boot chain's kernel and kernel-dtb partitions, and the boot image header
-        // (a command line it cannot hold is refused here, before anything is written).
-        let mut tegra = match place.boot_image {
-            None => None,
-            Some(image) => Some(self.open_tegra_slot(&place, target, image, &boot.options)?),
-        };
         let delivery = match layout {
             SlotLayout::Tegra(_) => Some(CapsuleDelivery::new(
                 self.paths.esp.clone(),
@@ -346,7 +283,7 @@ impl Updater {
             source: opts.source.clone(),
             ca: opts.ca.clone(),
             insecure_http: opts.insecure_http,
-            tries: opts.tries,
+            tries: opts.tries(),
             started: self.now(),
         };
         tracing::info!("{}", journal.summary());
@@ -446,7 +383,7 @@ impl Updater {
             verify_file(dest, artifact, target)?;
         }
         if let Some(t) = &tegra {
-            t.verify(&place, target)?;
+            t.verify(|role| place.artifact(role), target)?;
         }
         if let Some((tmp, artifact)) = &capsule {
             verify_file(tmp, artifact, target)?;
@@ -466,12 +403,229 @@ impl Updater {
         };
         crate::store::write_slot(&mut store, target, &installed)?;
 
-        // 9. Arm, 10. clear the journal. With a capsule (Jetson), the firmware switches the
-        // boot chain once it has applied it, so the slot is armed without the switch, and the
-        // capsule is delivered last: until its delivery bit is set, the running slot boots.
-        match (&capsule, &delivery) {
-            (Some((tmp, artifact)), Some(d)) => {
-                self.slots().arm_leaving_next(target, opts.tries, &boot)?;
+        // 9. Arm, 10. clear the journal.
+        let armed = self.arm_written(
+            &opts.arm,
+            target,
+            &boot,
+            capsule,
+            delivery.as_ref(),
+            &slot_dir,
+        )?;
+        state.journal = None;
+        state.save(&mut store)?;
+        if armed {
+            tracing::info!(
+                "slot {target} holds {} {} and boots next ({} tries); run `aperture-update \
+                 mark-good` (the health gate does) after booting it",
+                verified.product,
+                verified.version,
+                opts.tries()
+            );
+        } else {
+            tracing::info!(
+                "slot {target} holds {} {}, recorded and left unbootable until it is blessed",
+                verified.product,
+                verified.version
+            );
+        }
+        Ok(Installed {
+            target,
+            armed,
+            version: verified.version.to_string(),
+            security_version: verified.security_version,
+            manifest_sha256,
+            rootfs_bytes: rootfs.size,
+            restarted,
+        })
+    }
+
+    /// Steps 1 and 2 of an install of `verified` under `policy`, without a byte read from a
+    /// payload or written anywhere: whether the running product, the board, the floor (as the
+    /// policy says), this installer and the inactive slot's partitions and the ESP take it.
+    /// aperture-reset runs this before its first step, so that a reset that would fail to
+    /// install never starts (a level 3 destroys the data before it installs). The signature
+    /// was checked by whoever made `verified`.
+    pub fn preflight(
+        &self,
+        verified: &VerifiedManifest,
+        policy: &Policy,
+        arm: &Arm,
+    ) -> Result<(), UpdateError> {
+        let facts = crate::facts::load(&self.paths.build_facts)?;
+        let state = self.device_state(&self.store(facts.board)?)?;
+        let target = self.booted.other();
+        self.admit(verified, policy, &facts, &state)?;
+        self.check_tries(arm, target)?;
+        self.prepare(verified, facts.board.slot_layout(), target)?;
+        Ok(())
+    }
+
+    /// The anti-rollback floor in force: the higher of the device state store's and, where
+    /// the board has one, the TPM's.
+    pub fn security_floor(&self) -> Result<u64, UpdateError> {
+        let facts = crate::facts::load(&self.paths.build_facts)?;
+        let state = self.device_state(&self.store(facts.board)?)?;
+        Ok(self.floors(&state)?.0)
+    }
+
+    /// The time key expiry is judged at for `policy`.
+    fn key_time(&self, policy: &Policy, facts: &BuildFacts, state: &DeviceState) -> u64 {
+        match policy {
+            Policy::Update => self.trusted_now(facts, state),
+            Policy::Reset { .. } => VERIFIED_WHEN_WRITTEN,
+        }
+    }
+
+    /// Step 2's policy: may `verified` be installed on this appliance under `policy`?
+    fn admit(
+        &self,
+        verified: &VerifiedManifest,
+        policy: &Policy,
+        facts: &BuildFacts,
+        state: &DeviceState,
+    ) -> Result<(), UpdateError> {
+        if verified.product != facts.product {
+            return Err(UpdateError::Unsupported {
+                reason: format!(
+                    "the bundle is for product {:?} but this appliance runs {:?}; use the bundle \
+                     built from this product's recipe",
+                    verified.product, facts.product
+                ),
+            });
+        }
+        let (floor, accepted_keyring) = self.floors(state)?;
+        match policy {
+            Policy::Update => {
+                let running = crate::facts::semver(facts, &self.paths.build_facts)?;
+                let device = DeviceFacts {
+                    board: facts.board.to_string(),
+                    version: running,
+                    security_floor: floor,
+                };
+                match check_update(verified, &device) {
+                    Err(TrustError::NotNewer { version }) => {
+                        return Err(UpdateError::AlreadyInstalled {
+                            version: version.to_string(),
+                            slot: self.booted,
+                        })
+                    }
+                    other => other?,
+                }
+                check_keyring(verified, accepted_keyring)?;
+            }
+            Policy::Reset { floor: rule } => {
+                check_factory(verified, facts.board.name())?;
+                if *rule == ResetFloor::Enforced && verified.security_version < floor {
+                    return Err(TrustError::SecurityVersionTooLow {
+                        floor,
+                        offered: verified.security_version,
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuse, before anything is written, a try count the boot control would refuse when
+    /// the slot is armed (1 to 7; 1 to 3 on Jetson, whose firmware keeps 2 bits).
+    fn check_tries(&self, arm: &Arm, target: Slot) -> Result<(), UpdateError> {
+        if let Arm::Next { tries } = *arm {
+            let max = self.boot.max_tries();
+            if !(1..=max).contains(&tries) {
+                return Err(aperture_slots::SlotsError::InvalidTries {
+                    slot: target,
+                    tries,
+                    max,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// What this installer places where on `layout`, the target's partitions opened and
+    /// checked for room, the ESP's room checked, the boot entry and (Jetson) the boot image
+    /// header made: reads only.
+    fn prepare<'m>(
+        &self,
+        m: &'m Manifest,
+        layout: SlotLayout,
+        target: Slot,
+    ) -> Result<Prepared<'m>, UpdateError> {
+        let place = Placement::of(m, layout)?;
+        let part = self.disk.open(&layout.rootfs(target))?;
+        fits(target, "rootfs image", place.rootfs.size, &*part)?;
+        self.check_esp_space(&place, target)?;
+        plan(
+            &self.boot.read()?,
+            self.booted,
+            Event::BeginInstall { target },
+        )?;
+        let boot = slot_boot(m, layout, target)?;
+        // Jetson: the boot chain's kernel and kernel-dtb partitions, and the boot image header
+        // (a command line it cannot hold is refused here, before anything is written).
+        let tegra = match place.boot_image {
+            None => None,
+            Some(image) => {
+                let dtb_size = place.artifact(Role::Dtb).map_or(0, |a| a.size);
+                Some(TegraSlot::open(
+                    &*self.disk,
+                    layout,
+                    target,
+                    image,
+                    dtb_size,
+                    &boot.options,
+                    Open::Write,
+                )?)
+            }
+        };
+        Ok(Prepared {
+            place,
+            part,
+            tegra,
+            boot,
+        })
+    }
+
+    /// Step 9: arm the written `target` as `arm` says; whether it was armed. With a capsule
+    /// (Jetson), the firmware switches the boot chain once it has applied it, so the slot is
+    /// armed without the switch, and the capsule is delivered last: until its delivery bit is
+    /// set, the running slot boots. A slot only recorded gets no capsule.
+    fn arm_written(
+        &mut self,
+        arm: &Arm,
+        target: Slot,
+        boot: &SlotBoot,
+        capsule: Option<(PathBuf, Artifact)>,
+        delivery: Option<&CapsuleDelivery>,
+        slot_dir: &Path,
+    ) -> Result<bool, UpdateError> {
+        let tries = match (*arm, capsule) {
+            (Arm::RecordOnly, staged) => {
+                if let Some((tmp, artifact)) = staged {
+                    tracing::info!(
+                        "slot {target} is only recorded: its boot-firmware capsule {} is not \
+                         delivered",
+                        artifact.name
+                    );
+                    let io = &*self.io;
+                    io.remove(&tmp)
+                        .map_err(UpdateError::file("removing", &tmp))?;
+                    io.sync_dir(slot_dir)
+                        .map_err(UpdateError::file("syncing folder", slot_dir))?;
+                }
+                return Ok(false);
+            }
+            (Arm::Next { tries }, None) => tries,
+            (Arm::Next { tries }, Some((tmp, artifact))) => {
+                let Some(d) = delivery else {
+                    return Err(UpdateError::Unsupported {
+                        reason: "a boot-firmware capsule on a board without UEFI capsules".into(),
+                    });
+                };
+                self.slots().arm_leaving_next(target, tries, boot)?;
                 let dir = d.dir();
                 let io = &*self.io;
                 if !dir.is_dir() {
@@ -479,8 +633,8 @@ impl Updater {
                         .map_err(UpdateError::file("creating folder", &dir))?;
                 }
                 let dest = dir.join(artifact.name.as_str());
-                rename_synced(io, tmp, &dest)?;
-                for d in [&dir, &slot_dir] {
+                rename_synced(io, &tmp, &dest)?;
+                for d in [&dir, slot_dir] {
                     io.sync_dir(d)
                         .map_err(UpdateError::file("syncing folder", d))?;
                 }
@@ -493,281 +647,10 @@ impl Updater {
                     artifact.name,
                     dir.display()
                 );
+                return Ok(true);
             }
-            _ => {
-                self.slots().arm(target, opts.tries, &boot)?;
-            }
-        }
-        state.journal = None;
-        state.save(&mut store)?;
-        tracing::info!(
-            "slot {target} holds {} {} and boots next ({} tries); run `aperture-update mark-good` \
-             (the health gate does) after booting it",
-            verified.product,
-            verified.version,
-            opts.tries
-        );
-        Ok(Installed {
-            target,
-            version: verified.version.to_string(),
-            security_version: verified.security_version,
-            manifest_sha256,
-            rootfs_bytes: rootfs.size,
-            restarted,
-        })
-    }
-
-    /// Open a Jetson slot's kernel and kernel-dtb partitions and check that the boot image
-    /// and the device tree fit; the boot image header is made here, from `cmdline`.
-    fn open_tegra_slot(
-        &self,
-        place: &Placement<'_>,
-        target: Slot,
-        image: bootimg::Layout,
-        cmdline: &str,
-    ) -> Result<TegraSlot, UpdateError> {
-        let name = |p: Option<String>| {
-            p.ok_or_else(|| UpdateError::Unsupported {
-                reason: "this board has no kernel partitions".into(),
-            })
         };
-        let kernel = self.disk.open(&name(place.layout.kernel(target))?)?;
-        let dtb = self.disk.open(&name(place.layout.kernel_dtb(target))?)?;
-        fits(target, "boot image", image.image_size(), &*kernel)?;
-        let dtb_size = place.artifact(Role::Dtb).map_or(0, |a| a.size);
-        fits(target, "device tree", dtb_size, &*dtb)?;
-        let header =
-            bootimg::header(image.kernel_size, image.ramdisk_size, cmdline).map_err(|e| {
-                UpdateError::Unsupported {
-                    reason: format!("slot {target}'s boot image: {e}"),
-                }
-            })?;
-        Ok(TegraSlot {
-            kernel,
-            dtb,
-            image,
-            header,
-        })
+        self.slots().arm(target, tries, boot)?;
+        Ok(true)
     }
-
-    /// The target's folder on the ESP, where its boot files are staged: made if missing, and
-    /// rid of the temporary files an earlier install cut off left.
-    fn prepare_slot_dir(&self, slot_dir: &Path) -> Result<(), UpdateError> {
-        let io = &*self.io;
-        if !slot_dir.is_dir() {
-            io.create_dir_all(slot_dir)
-                .map_err(UpdateError::file("creating folder", slot_dir))?;
-        }
-        let leftovers = leftover_tmp(slot_dir);
-        for (path, _) in &leftovers {
-            tracing::info!("removing {}, left by an install cut off", path.display());
-            io.remove(path)
-                .map_err(UpdateError::file("removing", path))?;
-        }
-        if !leftovers.is_empty() {
-            io.sync_dir(slot_dir)
-                .map_err(UpdateError::file("syncing folder", slot_dir))?;
-        }
-        Ok(())
-    }
-
-    /// Refuse, before anything is written, boot files the ESP has no room for: the files
-    /// staged on it (kernel and initrd, or a capsule) while the old ones are still in place.
-    /// Temporary files an earlier install left count as free: they go first.
-    fn check_esp_space(&self, place: &Placement<'_>, target: Slot) -> Result<(), UpdateError> {
-        let sizes: Vec<u64> = place
-            .dests
-            .iter()
-            .filter(|(_, d)| matches!(d, Dest::EspFile(_) | Dest::Capsule))
-            .map(|(a, _)| a.size)
-            .collect();
-        if sizes.is_empty() {
-            return Ok(());
-        }
-        let esp = &self.paths.esp;
-        let space = self
-            .io
-            .space(esp)
-            .map_err(UpdateError::file("finding the free space of", esp))?;
-        let needed: u64 = sizes.iter().map(|s| space.allocation(*s)).sum();
-        let reclaimable: u64 = leftover_tmp(&self.paths.slot_dir(target))
-            .iter()
-            .map(|(_, len)| space.allocation(*len))
-            .sum();
-        let free = space.free.saturating_add(reclaimable);
-        if needed > free {
-            return Err(UpdateError::EspFull {
-                path: esp.clone(),
-                slot: target,
-                needed,
-                free,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// The `*.tmp` files in `dir` and their sizes (none if `dir` is missing).
-fn leftover_tmp(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut found: Vec<(PathBuf, u64)> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .filter_map(|e| Some((e.path(), e.metadata().ok().filter(|m| m.is_file())?.len())))
-        .collect();
-    found.sort();
-    found
-}
-
-/// Refuse a payload of `size` bytes that `part` cannot hold.
-fn fits(
-    slot: Slot,
-    what: &'static str,
-    size: u64,
-    part: &dyn PartitionHandle,
-) -> Result<(), UpdateError> {
-    if size > part.size() {
-        return Err(UpdateError::TooLarge {
-            slot,
-            what,
-            partition: part.label().to_string(),
-            size,
-            capacity: part.size(),
-        });
-    }
-    Ok(())
-}
-
-impl TegraSlot {
-    /// Read back the boot image (header, kernel, initrd) and the device tree.
-    fn verify(&self, place: &Placement<'_>, slot: Slot) -> Result<(), UpdateError> {
-        for part in [&self.kernel, &self.dtb] {
-            if let Err(e) = part.drop_cache() {
-                tracing::debug!("could not drop cached pages of {}: {e}", part.describe());
-            }
-        }
-        let mut first = vec![0u8; bootimg::PAGE_SIZE as usize];
-        self.kernel
-            .read_exact_at(&mut first, 0)
-            .map_err(|e| UpdateError::Verify {
-                slot,
-                what: format!("boot image on {}", self.kernel.describe()),
-                reason: format!("reading: {e}"),
-            })?;
-        if first != self.header {
-            return Err(UpdateError::Verify {
-                slot,
-                what: format!("boot image on {}", self.kernel.describe()),
-                reason: "the header does not read back as written".into(),
-            });
-        }
-        for (role, part, offset) in [
-            (Role::Kernel, &self.kernel, self.image.kernel_offset()),
-            (Role::Initrd, &self.kernel, self.image.ramdisk_offset()),
-            (Role::Dtb, &self.dtb, 0),
-        ] {
-            if let Some(artifact) = place.artifact(role) {
-                verify_range(&**part, offset, artifact, slot)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A verified header document as text (JSON is UTF-8, so a verified one always is).
-fn text(bytes: Vec<u8>, what: &str) -> Result<String, UpdateError> {
-    String::from_utf8(bytes).map_err(|e| UpdateError::Malformed {
-        path: PathBuf::from(what),
-        reason: format!("{e}: not UTF-8"),
-    })
-}
-
-/// Fill `buf` from `r` as far as it goes; the count (less than `buf.len()` only at the end).
-pub(crate) fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn payload_error(e: io::Error) -> UpdateError {
-    UpdateError::File {
-        op: "reading payload from",
-        path: PathBuf::from("the bundle"),
-        source: e,
-    }
-}
-
-/// How much a rootfs stream writes before it asks the kernel to start writing it back.
-const WRITEBACK_WINDOW: u64 = 32 << 20;
-
-/// Stream the rootfs into the partition in 1 MiB writes, starting writeback every
-/// [`WRITEBACK_WINDOW`], then fsync.
-fn write_partition(
-    io: &dyn Io,
-    part: &mut dyn PartitionHandle,
-    payload: &mut dyn Read,
-    slot: Slot,
-    start: u64,
-) -> Result<u64, UpdateError> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut offset = start;
-    let fail = |op, part: &dyn PartitionHandle| {
-        let device = part.describe();
-        move |source| UpdateError::Partition {
-            op,
-            slot,
-            device,
-            source,
-        }
-    };
-    let mut flushed = start;
-    loop {
-        let n = fill(payload, &mut buf).map_err(payload_error)?;
-        if n == 0 {
-            break;
-        }
-        io.write_at(part, &buf[..n], offset)
-            .map_err(fail("writing", part))?;
-        offset += n as u64;
-        if offset - flushed >= WRITEBACK_WINDOW {
-            // Best effort: a failure here changes nothing; the sync below is what counts.
-            let _ = part.start_writeback(flushed, offset - flushed);
-            flushed = offset;
-        }
-        if n < buf.len() {
-            break;
-        }
-    }
-    io.sync(part).map_err(fail("syncing", part))?;
-    Ok(offset - start)
-}
-
-/// Stream a boot file into `path` (a `.tmp` name), then fsync it.
-fn write_file(io: &dyn Io, path: &Path, payload: &mut dyn Read) -> Result<(), UpdateError> {
-    let mut f = io
-        .create(path)
-        .map_err(UpdateError::file("creating", path))?;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = fill(payload, &mut buf).map_err(payload_error)?;
-        if n == 0 {
-            break;
-        }
-        io.write(&mut f, path, &buf[..n])
-            .map_err(UpdateError::file("writing", path))?;
-        if n < buf.len() {
-            break;
-        }
-    }
-    io.sync_file(&f, path)
-        .map_err(UpdateError::file("syncing", path))
 }

@@ -14,7 +14,13 @@
 //! | clock | system time | a fixed time ([`Updater::with_clock`]) |
 //!
 //! Operations:
-//! * [`Updater::install`] ([`install`] documents the order, which is the safety);
+//! * [`Updater::install`] ([`install`] documents the order, which is the safety): the one slot
+//!   installer. aperture-reset installs the factory image through it too
+//!   ([`Updater::install_locked`] under the slots lock it holds, with [`Policy::Reset`] and
+//!   [`Arm::Next`] or [`Arm::RecordOnly`]), after [`Updater::preflight`] (the same checks,
+//!   nothing written);
+//! * [`Updater::installed`] and [`Updater::verify_slot`] ([`verify`]): what a slot holds, and
+//!   reading it back block for block against its record;
 //! * [`Updater::status`] ([`status::UpdateStatus`], also embedded in the agent's status);
 //! * [`Updater::commit`]: mark the running slot good, raise the anti-rollback floor to the
 //!   running image's `security_version` and the accepted keyring sequence to its keyring's (the
@@ -34,12 +40,15 @@ pub mod install;
 pub mod io;
 pub mod lifecycle;
 pub mod paths;
+pub mod place;
 mod readback;
 pub mod source;
 pub mod state;
 pub mod status;
 pub mod store;
 pub mod tpm;
+pub mod verify;
+mod write;
 
 use std::sync::Arc;
 
@@ -51,7 +60,7 @@ use aperture_trust::keys::PublicKey;
 
 pub use error::UpdateError;
 pub use facts::BuildFacts;
-pub use install::{InstallOptions, Installed};
+pub use install::{Arm, InstallOptions, Installed, Policy, ResetFloor};
 pub use paths::Paths;
 
 /// The updater for a system running from one slot.
@@ -238,8 +247,8 @@ impl Updater {
     }
 }
 
-/// An error and its causes, on one line (for logs).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, on one line (for logs and reports).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -252,7 +261,9 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The boot control for a board: systemd-boot on the ESP for the qemu boards, its entry files
 /// written through `io`; NVIDIA's UEFI variables for Jetson, with the slot ledger in area `boot`
-/// of the device state store on `disk`, written through `io`.
+/// of the device state store on `disk`, written through `io`, and the firmware's retry count
+/// reset after every good boot by NVIDIA's `nvbootctrl verify` (`/usr/sbin/nvbootctrl` under
+/// the root of `paths`; [`aperture_slots::tegra::retry`]).
 pub fn boot_control_for(
     board: Board,
     paths: &Paths,
@@ -265,9 +276,13 @@ pub fn boot_control_for(
         }
         BootControlKind::Tegra => {
             let ledger = store::open(disk, board, io)?;
+            let nvbootctrl = paths.files().path(aperture_slots::tegra::retry::NVBOOTCTRL);
             Box::new(
                 Tegra::new(paths.efivars.clone(), Box::new(ledger))
-                    .with_capsules(paths.esp.clone()),
+                    .with_capsules(paths.esp.clone())
+                    .with_retry_reset(Box::new(aperture_slots::tegra::retry::NvBootCtrl::new(
+                        nvbootctrl,
+                    ))),
             )
         }
     })
@@ -309,6 +324,23 @@ impl BootControl for Gated<'_> {
             );
         }
         Ok(removed)
+    }
+
+    fn max_tries(&self) -> u32 {
+        self.inner.max_tries()
+    }
+
+    fn boot_succeeded(&mut self, slot: Slot) -> Result<(), SlotsError> {
+        self.io
+            .step(&format!(
+                "reset the boot tries after slot {slot}'s good boot"
+            ))
+            .map_err(|source| SlotsError::Io {
+                op: "resetting the boot tries",
+                path: self.inner.name().into(),
+                source,
+            })?;
+        self.inner.boot_succeeded(slot)
     }
 
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {

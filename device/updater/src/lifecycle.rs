@@ -3,11 +3,15 @@
 //!
 //! ## Commit
 //! [`Updater::commit`] marks the running slot good (systemd-boot: the entry loses its boot
-//! counter) and then raises the floor in the device state store to the RUNNING image's
+//! counter; Jetson: the ledger says committed, and on every good boot the firmware's retry
+//! count is reset, [`aperture_slots::tegra::retry`], failing which the commit reports it and
+//! goes on) and then raises the floor in the device state store to the RUNNING image's
 //! `security_version`, read from its verity-protected `/etc/aperture/build.json` (not from the
 //! unsigned slot record), and the accepted keyring sequence to that of the keyring the running
 //! slot was installed under (from the signature kept in its record, verified again against the
-//! root key): from then on a release key left out of that keyring is revoked. It is idempotent, so the health gate runs it on every
+//! root key, with the signed manifest kept in its record
+//! ([`aperture_trust::signing::verify_written`])): from then on a release key left out of that
+//! keyring is revoked. It is idempotent, so the health gate runs it on every
 //! boot: a power cut between the two steps is repaired by the next boot's gate. Installing
 //! never raises the floor: a new image that fails its health check must leave the old one
 //! installable.
@@ -35,7 +39,7 @@
 
 use serde::Serialize;
 
-use aperture_slots::{BootState, Slot, SlotStatus};
+use aperture_slots::{BootState, Slot, SlotStatus, SlotsError};
 
 use crate::state::Journal;
 use crate::tpm::Counter;
@@ -60,6 +64,12 @@ pub struct Commit {
     pub floor_raised: bool,
     /// The highest keyring sequence committed now.
     pub keyring_sequence: u64,
+    /// Why the firmware's boot tries could not be reset after this good boot (Jetson), if
+    /// they could not: the firmware then gives up on this slot after `RootfsRetryCountMax`
+    /// warm reboots. Reported, never fatal: failing the health gate would reboot, which only
+    /// uses the tries up faster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries_not_reset: Option<String>,
 }
 
 impl std::fmt::Display for Commit {
@@ -76,7 +86,11 @@ impl std::fmt::Display for Commit {
             self.version,
             self.security_floor,
             if self.floor_raised { " (raised)" } else { "" }
-        )
+        )?;
+        if let Some(why) = &self.tries_not_reset {
+            write!(f, "; THE FIRMWARE'S BOOT TRIES WERE NOT RESET: {why}")?;
+        }
+        Ok(())
     }
 }
 
@@ -86,7 +100,15 @@ impl Updater {
         let _lock = self.lock("commit", COMMIT_LOCK_WAIT)?;
         let facts = crate::facts::load(&self.paths.build_facts)?;
         let was = self.boot.read()?.status(self.booted);
-        self.slots().mark_good()?;
+        let tries_not_reset = match self.slots().mark_good() {
+            Ok(_) => None,
+            Err(e @ SlotsError::RetryReset { .. }) => {
+                let why = crate::error_chain(&e);
+                tracing::error!("{why}");
+                Some(why)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut store = self.store(facts.board)?;
         let mut state = self.device_state(&store)?;
         let before = state.clone();
@@ -124,6 +146,7 @@ impl Updater {
             security_floor: state.security_floor,
             floor_raised,
             keyring_sequence: state.keyring_sequence,
+            tries_not_reset,
         })
     }
 
@@ -159,8 +182,14 @@ impl Updater {
                 return Ok(None);
             }
         };
-        match aperture_trust::signing::keyring_sequence(installed.signature.as_bytes(), &root) {
-            Ok(sequence) => Ok(Some(sequence)),
+        // The whole signed manifest kept in the record is verified again, as it was when the
+        // slot was written (not against the clock), not only its keyring.
+        match aperture_trust::signing::verify_written(
+            installed.manifest.as_bytes(),
+            installed.signature.as_bytes(),
+            &root,
+        ) {
+            Ok(verified) => Ok(Some(verified.keyring_sequence())),
             Err(e) => {
                 tracing::warn!(
                     "the keyring in slot {}'s record does not verify ({e}); it is not committed",

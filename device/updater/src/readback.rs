@@ -13,7 +13,7 @@ use aperture_slots::Slot;
 use aperture_trust::manifest::{Artifact, Sha256Hex};
 
 use crate::disk::{PartitionHandle, PartitionReader};
-use crate::install::{fill, CHUNK};
+use crate::write::{fill, CHUNK};
 use crate::UpdateError;
 
 /// Re-read `artifact.size` bytes of `part` from `offset` and check their sha256.

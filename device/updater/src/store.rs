@@ -74,9 +74,11 @@ impl Medium for IoMedium {
     }
 }
 
-/// Open the store on `board`'s state partition of `disk`, writing through `io`.
+/// Open the store on `board`'s state partition of `disk`, writing through `io`. The partition
+/// is not claimed exclusively ([`Disk::open_unclaimed`]): the boot control's ledger, the
+/// updater and aperture-reset each hold a store on it at once.
 pub fn open(disk: &dyn Disk, board: Board, io: Arc<dyn Io>) -> Result<Store, UpdateError> {
-    let part = disk.open(board.partition(Role::State))?;
+    let part = disk.open_unclaimed(board.partition(Role::State))?;
     let name = part.describe();
     Ok(StateStore::new(IoMedium::new(part, io), name)?)
 }
@@ -149,6 +151,36 @@ mod tests {
         fn sync(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A disk whose exclusive opens fail as a second `O_EXCL` open of a block device does.
+    struct Claimed;
+
+    impl Disk for Claimed {
+        fn describe(&self) -> String {
+            "claimed".into()
+        }
+        fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+            Err(UpdateError::File {
+                op: "opening (exclusively) partition",
+                path: label.into(),
+                source: io::Error::from_raw_os_error(16),
+            })
+        }
+        fn open_unclaimed(&self, _label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+            Ok(Box::new(MemPart(vec![0; PARTITION_BYTES as usize])))
+        }
+    }
+
+    /// Round 2 opened the store exclusively: on a Jetson the Tegra ledger's store then kept
+    /// every other store (the updater's own) from opening (EBUSY).
+    #[test]
+    fn the_store_does_not_claim_its_partition() {
+        let io: Arc<dyn Io> = Arc::new(crate::io::RealIo);
+        let mut first = open(&Claimed, Board::JetsonOrinAgx, io.clone()).unwrap();
+        let second = open(&Claimed, Board::JetsonOrinAgx, io).unwrap();
+        first.write(Area::Boot, b"{}").unwrap();
+        assert!(second.read(Area::Update).unwrap().is_none());
     }
 
     #[test]

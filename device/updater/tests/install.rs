@@ -92,9 +92,8 @@ fn install_boot_commit_then_install_back_into_a() {
         .install(
             &mut &v3.bundle[..],
             &InstallOptions {
-                tries: 1,
                 source: None,
-                ..Default::default()
+                ..InstallOptions::update(1)
             },
         )
         .unwrap();
@@ -251,9 +250,8 @@ fn interrupted_install_is_reported_and_restarted() {
     // The stream ends in the middle of the rootfs payload (a download cut short).
     let mut cut = &v2.bundle[..data_offset(&v2.bundle, "rootfs.img.zst") + 5000];
     let opts = InstallOptions {
-        tries: 2,
         source: Some("/data/v2.bundle".into()),
-        ..Default::default()
+        ..InstallOptions::update(2)
     };
     u.install(&mut cut, &opts).unwrap_err();
     let j = u.interrupted().unwrap().expect("the journal remains");

@@ -60,8 +60,7 @@ fn resume_if_interrupted_is_quiet_without_a_journal_and_restarts_one() {
     let mut cut = &v2.bundle[..data_offset(&v2.bundle, "rootfs.img.zst") + 5000];
     let opts = InstallOptions {
         source: Some(file.display().to_string()),
-        tries: 2,
-        ..Default::default()
+        ..InstallOptions::update(2)
     };
     dev.updater(Slot::A)
         .with_clock(aperture_trust::now_unix)

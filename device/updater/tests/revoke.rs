@@ -104,3 +104,35 @@ fn a_rollback_to_an_older_image_does_not_lower_the_committed_keyring() {
     let c = dev.updater(Slot::A).commit().unwrap();
     assert_eq!(c.keyring_sequence, 1);
 }
+
+/// The keyring committed is that of a signed manifest verified again as it was when the slot
+/// was written: a record whose manifest was altered since (its keyring left intact) commits no
+/// keyring (round 2 verified the keyring alone and committed it).
+#[test]
+fn a_record_whose_signed_manifest_no_longer_verifies_commits_no_keyring() {
+    let (leaked, current) = keyrings();
+    let v1 = image_with("1.0.0", 1, 1, &leaked, |_| {});
+    let v2 = image_with("2.0.0", 2, 2, &current, |_| {});
+    let dev = Device::new(&v1);
+    dev.updater(Slot::A)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.set_running(Slot::B, &v2);
+    let mut record = dev.installed(Slot::B).unwrap();
+    record.manifest = record
+        .manifest
+        .replace("\"security_version\": 2", "\"security_version\": 7");
+    assert_ne!(
+        record,
+        dev.installed(Slot::B).unwrap(),
+        "the manifest was altered"
+    );
+    aperture_updater::store::write_slot(&mut dev.store(), Slot::B, &record).unwrap();
+    let c = dev.updater(Slot::B).commit().unwrap();
+    assert_eq!(c.keyring_sequence, 0, "{c}");
+    assert_eq!(
+        c.security_floor, 2,
+        "the floor comes from the running image's facts"
+    );
+}

@@ -181,6 +181,7 @@ impl Jetson {
         let ledger = open_store(&self.disk(), self.board());
         Tegra::new(self.paths.efivars.clone(), Box::new(ledger))
             .with_capsules(self.paths.esp.clone())
+            .with_simulated_retry_reset()
     }
 
     fn updater(&self, booted: Slot) -> Updater {
@@ -391,9 +392,8 @@ fn failed_boots_leave_b_unbootable_a_boots_and_a_reinstall_clears_0xff() {
     let v2 = jetson(ORIN, "2.0.0", 2, 2, false);
     let dev = Jetson::new(ORIN, &v1);
     let opts = InstallOptions {
-        tries: 2,
         source: None,
-        ..Default::default()
+        ..InstallOptions::update(2)
     };
     dev.updater(Slot::A)
         .install(&mut &v2.bundle[..], &opts)
@@ -407,6 +407,8 @@ fn failed_boots_leave_b_unbootable_a_boots_and_a_reinstall_clears_0xff() {
     dev.set_running(Slot::A, &v1);
     let status = serde_json::to_value(dev.updater(Slot::A).status().unwrap()).unwrap();
     assert!(status.to_string().contains("2.0.0"), "{status}");
+    // A's health gate passes: committed again, the firmware's count reset.
+    dev.updater(Slot::A).commit().unwrap();
 
     // Nothing but the updater clears 0xFF: a fixed v3 installs into B and boots.
     let v3 = jetson(ORIN, "3.0.0", 2, 3, false);
@@ -521,6 +523,9 @@ fn power_cut_at_every_operation_of_a_capsule_install() {
             };
             dev.set_running(booted, running);
             if booted == Slot::A {
+                // The health gate of that boot: A is committed again (the firmware's count
+                // reset), then the install is restarted.
+                dev.updater(Slot::A).commit().unwrap();
                 dev.updater(Slot::A)
                     .install(&mut &v2.bundle[..], &InstallOptions::default())
                     .unwrap_or_else(|e| panic!("{case}: the second install failed: {e}"));
@@ -538,4 +543,93 @@ fn power_cut_at_every_operation_of_a_capsule_install() {
     }
     // Only a cut after the delivery bit was set boots the new slot.
     assert!(new_running_after_cut > 0 && new_running_after_cut < 2 * n);
+}
+
+/// The health gate's commit resets the firmware's retry count on every good boot: ten warm
+/// reboots of the committed new slot, each followed by `Updater::commit`, keep booting it, on
+/// Orin and Xavier; without the commits the firmware gives up on it after its tries and boots
+/// the old slot.
+#[test]
+fn ten_warm_reboots_each_followed_by_the_commit_keep_booting_the_committed_slot() {
+    for board in [ORIN, XAVIER] {
+        let v1 = jetson(board, "1.0.0", 1, 1, false);
+        let v2 = jetson(board, "2.0.0", 2, 2, false);
+        let dev = Jetson::new(board, &v1);
+        dev.updater(Slot::A)
+            .install(&mut &v2.bundle[..], &InstallOptions::default())
+            .unwrap();
+        dev.set_running(Slot::B, &v2);
+        for reboot in 1..=10 {
+            assert_eq!(dev.boot(), Slot::B, "{board}: reboot {reboot}");
+            let c = dev.updater(Slot::B).commit().unwrap();
+            assert_eq!(c.tries_not_reset, None, "{c}");
+        }
+        assert_eq!(dev.var("RootfsStatusSlotB"), Some(0));
+        // No commit any more: three more boots, then the firmware gives up on B.
+        let seen: Vec<Slot> = (0..4).map(|_| dev.boot()).collect();
+        assert_eq!(seen, [Slot::B, Slot::B, Slot::B, Slot::A], "{board}");
+        assert_eq!(dev.var("RootfsStatusSlotB"), Some(0xFF));
+    }
+}
+
+/// On the appliance the reset is NVIDIA's `nvbootctrl verify` (under the root the updater is
+/// given); when it cannot run, the commit still commits and raises the floor, and says loudly
+/// that the tries were not reset.
+#[test]
+fn the_device_commit_runs_nvbootctrl_verify_and_reports_when_it_cannot() {
+    let v1 = jetson(ORIN, "1.0.0", 1, 1, false);
+    let v2 = jetson(ORIN, "2.0.0", 2, 2, false);
+    let dev = Jetson::new(ORIN, &v1);
+    dev.updater(Slot::A)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.set_running(Slot::B, &v2);
+    // No nvbootctrl in the image.
+    let mut u = Updater::on_disk(dev.paths.clone(), Box::new(dev.disk()))
+        .unwrap()
+        .with_clock(|| NOW);
+    let c = u.commit().unwrap();
+    let why = c.tries_not_reset.clone().expect("reported");
+    assert!(why.contains("usr/sbin/nvbootctrl verify"), "{why}");
+    assert!(c.to_string().contains("NOT RESET"), "{c}");
+    assert_eq!(
+        (c.security_floor, c.was),
+        (
+            2,
+            aperture_slots::SlotStatus::Trying {
+                tries_left: 2,
+                tries_done: 1
+            }
+        )
+    );
+    // NVIDIA's tool, as a stand-in that clears the simulated register as `verify` does.
+    let tool = dev
+        .paths
+        .files()
+        .path(aperture_slots::tegra::retry::NVBOOTCTRL);
+    fs::create_dir_all(tool.parent().unwrap()).unwrap();
+    let register = dev.backend().simulated_register();
+    let log = dev.paths.files().path("nvbootctrl.log");
+    fs::write(
+        &tool,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\n[ \"$1\" = verify ] && rm -f {}\n",
+            log.display(),
+            register.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    for _ in 0..5 {
+        assert_eq!(dev.boot(), Slot::B);
+        let c = Updater::on_disk(dev.paths.clone(), Box::new(dev.disk()))
+            .unwrap()
+            .with_clock(|| NOW)
+            .commit()
+            .unwrap();
+        assert_eq!(c.tries_not_reset, None, "{c}");
+    }
+    assert_eq!(fs::read_to_string(&log).unwrap(), "verify\n".repeat(5));
 }

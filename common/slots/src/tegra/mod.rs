@@ -22,13 +22,18 @@
 //! a renamed file empty. The variables stay authoritative for what the firmware boots: a status
 //! of 0xFF is never read as bootable whatever the ledger says.
 //!
-//! On real hardware the firmware counts tries in a scratch register we cannot read; only the
-//! simulation ([`BootControl::loader_boot`]) updates `tries_done`, so on a device a slot on trial
-//! shows the tries it was armed with until it is marked good or the firmware gives up on it.
+//! The firmware counts tries in a scratch register (SR_RF), for every boot of a slot, committed
+//! or not, and only a reset after each good boot keeps a committed slot booting: the health
+//! gate's commit does it ([`BootControl::boot_succeeded`], `nvbootctrl verify` as NVIDIA's
+//! image runs it); [`retry`] has the rules and their sources. We cannot read the register, so
+//! the ledger's `tries_done` is kept by the simulation only ([`BootControl::loader_boot`], which
+//! follows those rules on a simulated register); on a device a slot on trial shows the tries
+//! it was armed with until it is marked good or the firmware gives up on it.
 
 pub mod bootimg;
 pub mod capsule;
 pub mod efivar;
+pub mod retry;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,6 +47,7 @@ use crate::state::{BootState, SlotState, SlotStatus, Step};
 use crate::{Slot, SlotsError};
 use capsule::CapsuleDelivery;
 use efivar::EfiVars;
+use retry::{NvBootCtrl, Register, RetryReset, SimulatedRegister};
 
 /// `RootfsStatusSlotA`.
 pub const VAR_STATUS_A: &str = "RootfsStatusSlotA";
@@ -143,6 +149,7 @@ pub struct Tegra {
     vars: EfiVars,
     ledger: Box<dyn Ledger>,
     capsules: Option<CapsuleDelivery>,
+    retry: Box<dyn RetryReset>,
 }
 
 impl Tegra {
@@ -151,13 +158,41 @@ impl Tegra {
 
     /// Variables in `efivars_dir` (on a device [`Tegra::DEVICE_EFIVARS`]; in tests a folder laid
     /// out the same way) and the ledger in `ledger` (on a device the state store's
-    /// [`Area::Boot`]).
+    /// [`Area::Boot`]); the retry count is reset by the device's `nvbootctrl`
+    /// ([`retry::NVBOOTCTRL`]) unless [`Tegra::with_retry_reset`] says otherwise.
     pub fn new(efivars_dir: PathBuf, ledger: Box<dyn Ledger>) -> Tegra {
         Tegra {
             vars: EfiVars::new(efivars_dir),
             ledger,
             capsules: None,
+            retry: Box::new(NvBootCtrl::default()),
         }
+    }
+
+    /// Reset the firmware's retry count after a good boot with `retry`: an `nvbootctrl` at
+    /// another place, or the simulation's register in tests
+    /// ([`Tegra::with_simulated_retry_reset`]).
+    pub fn with_retry_reset(mut self, retry: Box<dyn RetryReset>) -> Tegra {
+        self.retry = retry;
+        self
+    }
+
+    /// SIMULATION: reset the retry count as `nvbootctrl verify` would, on the register the
+    /// firmware simulation ([`BootControl::loader_boot`]) uses.
+    pub fn with_simulated_retry_reset(self) -> Tegra {
+        let register = self.simulated_register();
+        self.with_retry_reset(Box::new(register))
+    }
+
+    /// SIMULATION: the scratch register the firmware simulation counts tries in.
+    pub fn simulated_register(&self) -> SimulatedRegister {
+        SimulatedRegister::in_folder(self.vars.dir())
+    }
+
+    /// SIMULATION: the power goes off; the scratch register is lost, so the next boot counts
+    /// from `RootfsRetryCountMax` again (a cold boot).
+    pub fn simulate_power_loss(&self) -> Result<(), SlotsError> {
+        self.simulated_register().power_loss()
     }
 
     /// Let the firmware simulation ([`BootControl::loader_boot`]) also process boot-firmware
@@ -291,6 +326,13 @@ impl BootControl for Tegra {
                 self.save(&ledger)?;
             }
             Step::Arm { slot, tries, boot } => {
+                if !(1..=retry::MAX_TRIES).contains(tries) {
+                    return Err(SlotsError::InvalidTries {
+                        slot: *slot,
+                        tries: *tries,
+                        max: retry::MAX_TRIES,
+                    });
+                }
                 let current = Self::derive(
                     self.slot_var(*slot)?,
                     ledger.get(*slot).phase,
@@ -335,11 +377,30 @@ impl BootControl for Tegra {
         Ok(())
     }
 
-    /// SIMULATION of the Jetson UEFI firmware at power-on: first, with [`Tegra::with_capsules`],
-    /// a delivered capsule is applied to the boot chain that is not next and the firmware
-    /// switches to that chain; then it boots `BootChainFwNext` if its status is normal and it has
-    /// tries left, counting a try for a slot on trial; a slot with no tries left is marked 0xFF
-    /// and the other slot chosen; a 0xFF slot is skipped likewise.
+    fn max_tries(&self) -> u32 {
+        retry::MAX_TRIES
+    }
+
+    /// Reset the firmware's retry count (rule 6 of [`retry`]): without it the firmware gives up
+    /// on the running slot, committed or not, after `RootfsRetryCountMax` warm reboots.
+    fn boot_succeeded(&mut self, slot: Slot) -> Result<(), SlotsError> {
+        let _ = slot;
+        self.retry.reset()
+    }
+
+    /// SIMULATION of the Jetson UEFI firmware at a (warm) reboot, following the rules of
+    /// [`retry`] on [`Tegra::simulated_register`]. First, with [`Tegra::with_capsules`], a
+    /// delivered capsule is applied to the boot chain that is not next and the firmware
+    /// switches to that chain. Then L4TLauncher, on the chain `BootChainFwNext` names:
+    ///
+    /// 1. no valid register (a cold boot, [`Tegra::simulate_power_loss`], or cleared by
+    ///    `nvbootctrl verify`): each slot's count is `RootfsRetryCountMax` (2 bits, 3 if the
+    ///    variable is absent), 0 for a slot whose status is 0xFF;
+    /// 2. the slot's count is above 0: decrement it and boot the slot (a slot on trial also
+    ///    counts a try in the ledger, for status reports);
+    /// 3. its count is 0: its status becomes 0xFF; if the other slot's count is above 0,
+    ///    `BootChainFwNext` becomes the other slot, the register is cleared and the firmware
+    ///    resets, then boots it as in 1 and 2; otherwise no slot boots (the recovery kernel).
     fn loader_boot(&mut self) -> Result<Slot, SlotsError> {
         if let Some(capsules) = &self.capsules {
             if !capsules.simulate_firmware()?.is_empty() {
@@ -347,27 +408,42 @@ impl BootControl for Tegra {
                 self.set_fw_next(updated)?;
             }
         }
-        let mut ledger = self.ledger()?;
-        let max = self.retry_max()?;
-        let mut slot = self.fw_next()?;
+        let register = self.simulated_register();
+        // At most one switch of the boot chain (and the reset after it).
         for _ in 0..2 {
-            if self.slot_var(slot)? == STATUS_NORMAL {
-                match ledger.get(slot).phase {
-                    Phase::Trying { tries_done } if tries_done < max => {
-                        ledger.get_mut(slot).phase = Phase::Trying {
-                            tries_done: tries_done + 1,
-                        };
-                        self.save(&ledger)?;
-                        return Ok(slot);
-                    }
-                    Phase::Trying { .. } => {
-                        self.vars.write_u32(status_var(slot), STATUS_UNBOOTABLE)?
-                    }
-                    Phase::Committed | Phase::Installing => return Ok(slot),
-                }
+            let slot = self.fw_next()?;
+            let mut sr = register.get()?;
+            if !sr.valid() {
+                let max = self.retry_max()?;
+                let count = |s| -> Result<u32, SlotsError> {
+                    Ok(if self.slot_var(s)? == STATUS_UNBOOTABLE {
+                        0
+                    } else {
+                        max
+                    })
+                };
+                sr = Register::init(slot, count(Slot::A)?, count(Slot::B)?);
             }
-            slot = slot.other();
-            self.set_fw_next(slot)?;
+            sr = sr.with_current(slot);
+            let left = sr.count(slot);
+            if left > 0 {
+                register.write(sr.with_count(slot, left - 1).0)?;
+                let mut ledger = self.ledger()?;
+                if let Phase::Trying { tries_done } = ledger.get(slot).phase {
+                    ledger.get_mut(slot).phase = Phase::Trying {
+                        tries_done: tries_done + 1,
+                    };
+                    self.save(&ledger)?;
+                }
+                return Ok(slot);
+            }
+            self.vars.write_u32(status_var(slot), STATUS_UNBOOTABLE)?;
+            if sr.count(slot.other()) == 0 {
+                register.write(0)?;
+                break;
+            }
+            self.set_fw_next(slot.other())?;
+            register.write(0)?;
         }
         let state = self.read()?;
         Err(SlotsError::NoBootableSlot {

@@ -45,12 +45,14 @@ impl Ledger for FileLedger {
     }
 }
 
-/// The Tegra backend on `efivars` with its ledger in the file `ledger`.
+/// The Tegra backend on `efivars` with its ledger in the file `ledger`, the retry count kept in
+/// the simulated firmware's register and reset there after a good boot.
 pub fn tegra_at(efivars: &Path, ledger: &Path) -> Tegra {
     Tegra::new(
         efivars.to_path_buf(),
         Box::new(FileLedger(ledger.to_path_buf())),
     )
+    .with_simulated_retry_reset()
 }
 
 /// The ledger's JSON, if written.

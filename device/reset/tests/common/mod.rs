@@ -1,216 +1,54 @@
-//! The tier-1 rig: a file-backed disk image with the qemu board's GPT (small partitions, the
-//! device state store among them), an ESP and root folder in a temporary directory, two signed
-//! snakeoil releases (the installed one in both slots, recorded in the store as the image
-//! builder does; the factory one in the factory partition), storage provisioned with the fake
-//! LUKS seam, canaries planted through it, and helpers to "boot", pass the health gate, reset,
-//! resume and scan.
+//! The tier-1 rig: a file-backed disk image with a board's GPT (small partitions, the device
+//! state store among them: the qemu board's `rootfs_a`/`rootfs_b`, or NVIDIA's `APP`/`APP_b`
+//! with each boot chain's kernel and kernel-dtb partitions and `UDA` on Jetson), an ESP,
+//! efivars folder and root folder in a temporary directory, two signed snakeoil releases (the
+//! installed one in both slots, recorded in the store as the image builder does; the factory
+//! one in the factory partition), storage provisioned with the fake LUKS seam, canaries planted
+//! through it, and helpers to "boot", pass the health gate, reset, resume and scan. The reset
+//! engine gets the updater's installer over the same disk, its writes under the rig's faults.
 
 #![allow(dead_code)]
 
+mod release;
+
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
-use aperture_appliance::{Area, Board, BuildFacts, Files};
+use aperture_appliance::{Area, Board, BuildFacts, Files, SlotsLock};
 use aperture_gpt::{read_gpt, write_gpt, Guid, Layout, PartitionSpec};
 use aperture_reset::io::{open_store, GuardedDisk, Store};
-use aperture_reset::seams::{FakeClock, FakeDiscard, FakeDiscardMode, FakeReboot, Faults};
-use aperture_reset::{BundleSlotWriter, Journal, Outcome, Reset, ResetError};
-use aperture_slots::{BootControl, BootState, FakeBootControl, Slot, SlotManager, SystemdBoot};
+use aperture_reset::seams::{
+    FakeClock, FakeDiscard, FakeDiscardMode, FakeReboot, Faults, FaultsIo,
+};
+use aperture_reset::{Journal, Outcome, Reset, ResetError};
+use aperture_slots::tegra::bootimg;
+use aperture_slots::{
+    BootControl, BootState, FakeBootControl, Slot, SlotLayout, SlotManager, SystemdBoot, Tegra,
+};
 use aperture_storage::{
     FakeCrypt, FakeMounts, FakeTpm, FileDisk, Key, KeySource, Storage, StorageError, StorageState,
     Volume, VolumeSetup,
 };
-use aperture_trust::bundle::{compress_payload, write_bundle, PayloadSource};
-use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
-use aperture_trust::manifest::{
-    Artifact, ArtifactName, BootInfo, BuildInfo, Manifest, Role, Sha256Hex,
-};
 use aperture_trust::record::{InstalledSlot, SlotRecord};
-use aperture_trust::signing::sign_manifest;
-use aperture_trust::verity::append_hash_tree;
+use aperture_updater::io::{EspThroughIo, Io, RealIo};
+use aperture_updater::{Paths, Updater};
 
-pub const NOW: u64 = 1_800_000_000;
-/// The snakeoil release key's expiry (about four months after [`NOW`]).
-pub const KEY_NOT_AFTER: u64 = NOW + 10_000_000;
+pub use release::*;
+
 pub const MIB: u64 = 1 << 20;
-pub const BOARD: &str = "qemu-x86_64";
-/// Disk size as built, and as flashed onto a larger disk (data grows into the rest).
-pub const IMAGE_SIZE: u64 = 12 * MIB;
-pub const DISK_SIZE: u64 = 16 * MIB;
-
-pub fn snakeoil(seed: u8) -> SigningKeyPair {
-    SigningKeyPair::from_secret_bytes(&[seed; 32])
-}
-
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
-
-/// The installed release (2.0.0) and the factory release (1.0.0), built once per test binary.
-pub fn releases() -> &'static (Release, Release) {
-    static RELEASES: std::sync::OnceLock<(Release, Release)> = std::sync::OnceLock::new();
-    RELEASES.get_or_init(|| (release("2.0.0", 7, BOARD), release("1.0.0", 100, BOARD)))
-}
-
-/// The factory release (1.0.0) with another security version.
-pub fn factory_with_security_version(security_version: u64) -> Release {
-    release_with(ReleaseSpec {
-        security_version,
-        ..ReleaseSpec::new("1.0.0", 100, BOARD)
-    })
-}
-
-/// What a test release is made of.
-pub struct ReleaseSpec<'a> {
-    pub version: &'a str,
-    pub seed: u64,
-    pub board: &'a str,
-    pub security_version: u64,
-}
-
-impl<'a> ReleaseSpec<'a> {
-    pub fn new(version: &'a str, seed: u64, board: &'a str) -> ReleaseSpec<'a> {
-        ReleaseSpec {
-            version,
-            seed,
-            board,
-            security_version: 1,
-        }
-    }
-}
-
-/// A signed release: rootfs (erofs stand-in with a verity tree), kernel, initrd.
-#[derive(Clone)]
-pub struct Release {
-    pub manifest: Manifest,
-    pub manifest_json: Vec<u8>,
-    pub sig_json: Vec<u8>,
-    pub bundle: Vec<u8>,
-    pub rootfs: Vec<u8>,
-    pub kernel: Vec<u8>,
-    pub initrd: Vec<u8>,
-}
-
-pub fn release(version: &str, seed: u64, board: &str) -> Release {
-    release_with(ReleaseSpec::new(version, seed, board))
-}
-
-pub fn release_with(spec: ReleaseSpec<'_>) -> Release {
-    let ReleaseSpec {
-        version,
-        seed,
-        board,
-        security_version,
-    } = spec;
-    let tmp = tempfile::tempdir().unwrap();
-    let data_blocks = 24u64;
-    let rootfs_path = tmp.path().join("rootfs.img");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&rootfs_path)
-        .unwrap();
-    f.write_all(&pseudo_random((data_blocks * 4096) as usize, seed))
-        .unwrap();
-    let verity = append_hash_tree(
-        &mut f,
-        data_blocks * 4096,
-        b"snakeoil-salt",
-        [seed as u8; 16],
-    )
-    .unwrap();
-    drop(f);
-    let rootfs = std::fs::read(&rootfs_path).unwrap();
-    let kernel = pseudo_random(20_000, seed + 1);
-    let initrd = pseudo_random(30_000, seed + 2);
-    std::fs::write(tmp.path().join("vmlinuz"), &kernel).unwrap();
-    std::fs::write(tmp.path().join("initrd.img"), &initrd).unwrap();
-    let mut artifacts = Vec::new();
-    let mut zst = Vec::new();
-    for (name, role, data) in [
-        ("rootfs.img", Role::Rootfs, &rootfs),
-        ("vmlinuz", Role::Kernel, &kernel),
-        ("initrd.img", Role::Initrd, &initrd),
-    ] {
-        let z = tmp.path().join(format!("{name}.zst"));
-        let payload = compress_payload(&tmp.path().join(name), &z, 3).unwrap();
-        zst.push((name, std::fs::read(&z).unwrap()));
-        artifacts.push(Artifact {
-            name: ArtifactName::new(name).unwrap(),
-            role,
-            size: data.len() as u64,
-            sha256: Sha256Hex::digest(data),
-            verity: (role == Role::Rootfs).then(|| verity.clone()),
-            payload: Some(payload),
-        });
-    }
-    let manifest = Manifest {
-        format: 1,
-        product: "aperture-vision".into(),
-        board: board.into(),
-        version: version.parse().unwrap(),
-        security_version,
-        build: BuildInfo {
-            source_date_epoch: 1_700_000_000,
-            recipe_sha256: Sha256Hex::digest(b"recipe"),
-            ostree_commit: None,
-            ostree_ref: None,
-        },
-        boot: Some(BootInfo {
-            cmdline: "console=ttyS0 panic=10".into(),
-        }),
-        artifacts,
-    };
-    let root = snakeoil(1);
-    let release_key = snakeoil(2);
-    let keyring = SignedKeyring::create(
-        &root,
-        vec![KeyringEntry::new(
-            release_key.public(),
-            "release-snakeoil",
-            KEY_NOT_AFTER,
-        )],
-    )
-    .unwrap();
-    let (manifest_json, sig_json) = sign_manifest(&manifest, &release_key, &keyring).unwrap();
-    let sources: Vec<PayloadSource<'_>> = zst
-        .iter()
-        .map(|(name, bytes)| PayloadSource {
-            name: ArtifactName::new(*name).unwrap(),
-            size: bytes.len() as u64,
-            reader: Box::new(&bytes[..]),
-        })
-        .collect();
-    let bundle = write_bundle(Vec::new(), &manifest_json, &sig_json, sources).unwrap();
-    Release {
-        manifest,
-        manifest_json,
-        sig_json,
-        bundle,
-        rootfs,
-        kernel,
-        initrd,
-    }
-}
+/// What the disk image grows by when flashed (data grows into the rest).
+pub const GROWTH: u64 = 4 * MIB;
 
 /// Which boot-control backend the rig uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Fake,
     SystemdBoot,
+    /// NVIDIA's UEFI variables in a folder, the ledger in the state store, the firmware
+    /// simulated by `Tegra::loader_boot` (Jetson boards).
+    Tegra,
 }
 
 /// Canaries planted in the customer partitions (through the encryption) and raw.
@@ -228,6 +66,7 @@ pub struct Rig {
     /// The appliance's TPM.
     pub tpm: FakeTpm,
     pub backend: Backend,
+    pub board: Board,
     /// What the reset's clock says (unix seconds).
     pub now: u64,
     pub current: Release,
@@ -244,34 +83,74 @@ pub fn partition(image: &Path, label: &str) -> (u64, u64) {
     (p.offset(), p.size())
 }
 
+/// Every partition of `board`'s disk, with its type and size: the slots as its layout names
+/// them (on Jetson each boot chain's kernel and kernel-dtb partitions too), then the shared
+/// ones; data last, so it grows.
+fn layout(board: Board) -> Vec<(String, Guid, u64)> {
+    let slots = board.slot_layout();
+    let mut parts = vec![(
+        board.partition(aperture_appliance::Role::Esp).to_string(),
+        Guid::EFI_SYSTEM,
+        MIB,
+    )];
+    for slot in Slot::ALL {
+        parts.push((slots.rootfs(slot), Guid::LINUX_FILESYSTEM, MIB));
+    }
+    for slot in Slot::ALL {
+        for name in [slots.kernel(slot), slots.kernel_dtb(slot)]
+            .into_iter()
+            .flatten()
+        {
+            parts.push((name, Guid::LINUX_FILESYSTEM, 256 << 10));
+        }
+    }
+    use aperture_appliance::Role;
+    parts.push((
+        board.partition(Role::Factory).into(),
+        Guid::LINUX_FILESYSTEM,
+        MIB,
+    ));
+    parts.push((
+        board.partition(Role::State).into(),
+        Guid::LINUX_FILESYSTEM,
+        aperture_appliance::store::PARTITION_BYTES,
+    ));
+    parts.push((board.partition(Role::Config).into(), Guid::LINUX_LUKS, MIB));
+    parts.push((board.partition(Role::Data).into(), Guid::LINUX_LUKS, MIB));
+    parts
+}
+
 impl Rig {
     pub fn new(backend: Backend) -> Rig {
         Rig::with_factory(backend, releases().1.clone())
     }
 
     pub fn with_factory(backend: Backend, factory: Release) -> Rig {
+        Rig::build(Board::QemuX86_64, backend, releases().0.clone(), factory)
+    }
+
+    /// A Jetson: NVIDIA's partitions, the Tegra boot control.
+    pub fn jetson(board: Board) -> Rig {
+        let (current, factory) = releases_for(board);
+        Rig::build(board, Backend::Tegra, current, factory)
+    }
+
+    pub fn build(board: Board, backend: Backend, current: Release, factory: Release) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("disk.img");
         let ns = "reset-test";
-        let part = |name: &str, t: Guid, size: u64| {
-            PartitionSpec::new(name, t, Guid::derive(ns, name), size)
-        };
-        let layout = Layout::new(
-            Guid::derive(ns, "disk"),
-            vec![
-                part("esp", Guid::EFI_SYSTEM, MIB),
-                part("rootfs_a", Guid::LINUX_ROOT_X86_64, MIB),
-                part("rootfs_b", Guid::LINUX_ROOT_X86_64, MIB),
-                part("factory", Guid::LINUX_FILESYSTEM, MIB),
-                part(
-                    "aperture_state",
-                    Guid::LINUX_FILESYSTEM,
-                    aperture_appliance::store::PARTITION_BYTES,
-                ),
-                part("config", Guid::LINUX_LUKS, MIB),
-                part("data", Guid::LINUX_LUKS, MIB),
-            ],
-        );
+        let parts = layout(board);
+        // Partitions start on MiB boundaries: each takes at least one MiB.
+        let image_size: u64 = parts
+            .iter()
+            .map(|(_, _, size)| size.div_ceil(MIB) * MIB)
+            .sum::<u64>()
+            + 2 * MIB;
+        let specs = parts
+            .iter()
+            .map(|(name, t, size)| PartitionSpec::new(name, *t, Guid::derive(ns, name), *size))
+            .collect();
+        let gpt = Layout::new(Guid::derive(ns, "disk"), specs);
         let mut f = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -279,22 +158,24 @@ impl Rig {
             .write(true)
             .open(&image)
             .unwrap();
-        f.set_len(IMAGE_SIZE).unwrap();
-        write_gpt(&mut f, IMAGE_SIZE, &layout).unwrap();
-        f.set_len(DISK_SIZE).unwrap();
+        f.set_len(image_size).unwrap();
+        write_gpt(&mut f, image_size, &gpt).unwrap();
+        f.set_len(image_size + GROWTH).unwrap();
         drop(f);
 
         let files = Files::at(dir.path());
         let tpm_device = files.tpm_device();
         std::fs::create_dir_all(tpm_device.parent().unwrap()).unwrap();
         std::fs::write(&tpm_device, b"").unwrap();
-        let current = releases().0.clone();
+        std::fs::create_dir_all(files.efivars()).unwrap();
+        std::fs::create_dir_all(files.esp()).unwrap();
         let rig = Rig {
             dir,
             image,
             files,
             tpm: FakeTpm::new().unwrap(),
             backend,
+            board,
             now: NOW,
             current,
             factory,
@@ -303,31 +184,21 @@ impl Rig {
         for slot in Slot::ALL {
             rig.install_current(slot);
         }
-        rig.write_partition("factory", 0, &rig.factory.bundle);
+        let factory_label = board.partition(aperture_appliance::Role::Factory);
+        rig.write_partition(factory_label, 0, &rig.factory.bundle);
         // What the factory partition holds after the bundle: not zeros.
-        let (_, size) = partition(&rig.image, "factory");
+        let (_, size) = partition(&rig.image, factory_label);
         let tail = rig.factory.bundle.len() as u64;
         if tail < size {
             rig.write_partition(
-                "factory",
+                factory_label,
                 tail,
                 &vec![0x5a; (size - tail).min(8192) as usize],
             );
         }
         std::fs::create_dir_all(rig.files.root_key().parent().unwrap()).unwrap();
         snakeoil(1).public().save(&rig.files.root_key()).unwrap();
-        let facts = BuildFacts {
-            product: "aperture-vision".into(),
-            version: "2.0.0".into(),
-            security_version: 1,
-            board: Board::QemuX86_64,
-            recipe_sha256: "00".into(),
-            source_date_epoch: 1_700_000_000,
-            required_services: vec![],
-            tpm: false,
-            reset_button: Some("gpio-keys".into()),
-        };
-        std::fs::write(rig.files.build_facts(), facts.to_bytes()).unwrap();
+        std::fs::write(rig.files.build_facts(), rig.facts(false).to_bytes()).unwrap();
         std::fs::create_dir_all(rig.files.cmdline().parent().unwrap()).unwrap();
         rig.set_booted(Slot::A);
         match backend {
@@ -335,35 +206,90 @@ impl Rig {
                 FakeBootControl::create(rig.boot_file(), BootState::fresh()).unwrap();
             }
             Backend::SystemdBoot => {
-                let boot = |slot| {
-                    let m = &rig.current.manifest;
-                    let v = m.artifacts[0].verity.as_ref().unwrap();
-                    aperture_slots::cmdline::slot_boot(
-                        &m.product,
-                        &m.version.to_string(),
-                        "console=ttyS0",
-                        aperture_slots::SlotLayout::Esp,
-                        slot,
-                        v.root_hash.as_str(),
-                        v.hash_offset,
-                    )
-                };
+                let boot = |slot| rig.slot_boot(&rig.current, slot);
                 aperture_slots::write_initial_esp(&rig.files.esp(), &boot(Slot::A), &boot(Slot::B))
                     .unwrap();
             }
+            // A freshly flashed Jetson: no variables, no ledger (both slots good, A first).
+            Backend::Tegra => {}
         }
         rig
+    }
+
+    /// The image's facts (the running image's; `tpm` as storage sees it).
+    pub fn facts(&self, tpm: bool) -> BuildFacts {
+        BuildFacts {
+            product: "aperture-vision".into(),
+            version: "2.0.0".into(),
+            security_version: 1,
+            board: self.board,
+            recipe_sha256: "00".into(),
+            source_date_epoch: 1_700_000_000,
+            required_services: vec![],
+            tpm,
+            reset_button: Some("gpio-keys".into()),
+        }
+    }
+
+    /// The boot entry of `slot` for `release`, as the image builder and the updater make it.
+    pub fn slot_boot(&self, release: &Release, slot: Slot) -> aperture_slots::SlotBoot {
+        aperture_updater::place::slot_boot(&release.manifest, self.board.slot_layout(), slot)
+            .unwrap()
+    }
+
+    /// A GPT label of this board's disk.
+    pub fn label(&self, role: aperture_appliance::Role) -> &'static str {
+        self.board.partition(role)
+    }
+
+    /// The partition holding `slot`'s rootfs.
+    pub fn rootfs(&self, slot: Slot) -> String {
+        self.board.slot_layout().rootfs(slot)
     }
 
     pub fn boot_file(&self) -> PathBuf {
         self.dir.path().join("bootstate.json")
     }
 
-    pub fn backend(&self) -> Box<dyn BootControl> {
+    /// The boot control, its steps written through `io` where the backend writes files.
+    pub fn backend_with_io(&self, io: Arc<dyn Io>) -> Box<dyn BootControl> {
         match self.backend {
             Backend::Fake => Box::new(FakeBootControl::open(self.boot_file()).unwrap()),
-            Backend::SystemdBoot => Box::new(SystemdBoot::new(self.files.esp())),
+            Backend::SystemdBoot => {
+                Box::new(SystemdBoot::new(self.files.esp()).with_ops(Arc::new(EspThroughIo(io))))
+            }
+            Backend::Tegra => {
+                let disk = aperture_updater::disk::FileDisk::new(&self.image);
+                let ledger = aperture_updater::store::open(&disk, self.board, io).unwrap();
+                Box::new(
+                    Tegra::new(self.files.efivars(), Box::new(ledger))
+                        .with_capsules(self.files.esp())
+                        .with_simulated_retry_reset(),
+                )
+            }
         }
+    }
+
+    pub fn backend(&self) -> Box<dyn BootControl> {
+        self.backend_with_io(Arc::new(RealIo))
+    }
+
+    /// The updater on the rig's appliance, running the booted slot, writing through `io`.
+    pub fn updater_with_io(&self, io: Arc<dyn Io>) -> Updater {
+        let disk = aperture_updater::disk::FileDisk::new(&self.image);
+        let now = self.now;
+        Updater::new(
+            Paths::from_files(&self.files),
+            Box::new(disk),
+            self.backend_with_io(io.clone()),
+            self.booted(),
+        )
+        .with_io(io)
+        .with_clock(move || now)
+    }
+
+    pub fn updater(&self) -> Updater {
+        self.updater_with_io(Arc::new(RealIo))
     }
 
     pub fn state(&self) -> BootState {
@@ -392,7 +318,7 @@ impl Rig {
 
     /// The device state store on the disk image.
     pub fn store(&self) -> Store {
-        open_store(&FileDisk::new(&self.image), Board::QemuX86_64).unwrap()
+        open_store(&FileDisk::new(&self.image), self.board).unwrap()
     }
 
     /// The reset journal in the store.
@@ -415,10 +341,16 @@ impl Rig {
             .is_some_and(|b| serde_json::from_slice::<Marker>(&b).map_or(true, |m| m.wipe_pending))
     }
 
-    /// A power-on: the (simulated) loader picks a slot.
+    /// A (warm) reboot: the (simulated) loader picks a slot; on a committed slot the health
+    /// gate's commit follows, as `aperture-health.service` does on every boot (on Jetson it
+    /// resets the firmware's retry count, which counts committed slots too). A slot on trial is
+    /// left to the test.
     pub fn power_on(&self) -> Slot {
         let slot = self.backend().loader_boot().unwrap();
         self.set_booted(slot);
+        if self.state().status(slot) == aperture_slots::SlotStatus::Good {
+            self.health_gate_passes();
+        }
         slot
     }
 
@@ -443,12 +375,34 @@ impl Rig {
         self.install(slot, &release);
     }
 
-    /// `release` in `slot`, recorded in the store as the image builder and the updater do.
+    /// `release` in `slot`, laid out and recorded in the store as the image builder and the
+    /// updater do: on the qemu board kernel and initrd on the ESP, on Jetson an Android boot
+    /// image in the chain's kernel partition and the device tree in its kernel-dtb partition.
     pub fn install(&self, slot: Slot, release: &Release) {
-        self.write_partition(&format!("rootfs_{slot}"), 0, &release.rootfs);
-        std::fs::create_dir_all(self.files.esp_slot_dir(slot)).unwrap();
-        std::fs::write(self.files.kernel(slot), &release.kernel).unwrap();
-        std::fs::write(self.files.initrd(slot), &release.initrd).unwrap();
+        let layout = self.board.slot_layout();
+        self.write_partition(&layout.rootfs(slot), 0, &release.rootfs);
+        match layout {
+            SlotLayout::Esp => {
+                std::fs::create_dir_all(self.files.esp_slot_dir(slot)).unwrap();
+                std::fs::write(self.files.kernel(slot), &release.kernel).unwrap();
+                std::fs::write(self.files.initrd(slot), &release.initrd).unwrap();
+            }
+            SlotLayout::Tegra(_) => {
+                let l =
+                    bootimg::Layout::new(release.kernel.len() as u64, release.initrd.len() as u64)
+                        .unwrap();
+                let options = self.slot_boot(release, slot).options;
+                let mut boot = vec![0u8; l.image_size() as usize];
+                let h = bootimg::header(l.kernel_size, l.ramdisk_size, &options).unwrap();
+                boot[..h.len()].copy_from_slice(&h);
+                let k = l.kernel_offset() as usize;
+                boot[k..k + release.kernel.len()].copy_from_slice(&release.kernel);
+                let r = l.ramdisk_offset() as usize;
+                boot[r..r + release.initrd.len()].copy_from_slice(&release.initrd);
+                self.write_partition(&layout.kernel(slot).unwrap(), 0, &boot);
+                self.write_partition(&layout.kernel_dtb(slot).unwrap(), 0, &release.dtb);
+            }
+        }
         let installed = InstalledSlot {
             record: SlotRecord::from_manifest(&release.manifest).unwrap(),
             manifest: String::from_utf8(release.manifest_json.clone()).unwrap(),
@@ -482,17 +436,7 @@ impl Rig {
         let disk = FileDisk::new(&self.image);
         let mounts = FakeMounts::new();
         let state = self.storage_state();
-        let facts = aperture_appliance::BuildFacts {
-            product: "aperture-vision".into(),
-            version: "2.0.0".into(),
-            security_version: 1,
-            board: Board::QemuX86_64,
-            recipe_sha256: "00".into(),
-            source_date_epoch: 1,
-            required_services: Vec::new(),
-            tpm: true,
-            reset_button: None,
-        };
+        let facts = self.facts(true);
         let storage = Storage {
             files: &self.files,
             facts: &facts,
@@ -512,7 +456,7 @@ impl Rig {
         let crypt = FakeCrypt::new(self.files.mapper_dir());
         let disk = FileDisk::new(&self.image);
         // Plaintext written before luksFormat, deep in the data area: luksFormat leaves it.
-        self.write_partition("data", MIB / 2 + 77, CANARIES[3]);
+        self.write_partition(self.data_label(), MIB / 2 + 77, CANARIES[3]);
         let done = self.storage_setup(&crypt).unwrap();
         assert!(done.iter().all(|v| v.formatted));
         let config_key = self.recorded_key(Volume::Config).unwrap();
@@ -520,10 +464,27 @@ impl Rig {
         let open = |label: &str| {
             aperture_storage::Disk::open(&disk, label, aperture_storage::Access::Shared).unwrap()
         };
-        FakeCrypt::write_plain(open("config").as_ref(), &config_key, 4096, CANARIES[0]).unwrap();
-        FakeCrypt::write_plain(open("data").as_ref(), &data_key, 8192, CANARIES[1]).unwrap();
-        FakeCrypt::write_plain(open("data").as_ref(), &data_key, 3 * MIB + 123, CANARIES[2])
-            .unwrap();
+        FakeCrypt::write_plain(
+            open(self.config_label()).as_ref(),
+            &config_key,
+            4096,
+            CANARIES[0],
+        )
+        .unwrap();
+        FakeCrypt::write_plain(
+            open(self.data_label()).as_ref(),
+            &data_key,
+            8192,
+            CANARIES[1],
+        )
+        .unwrap();
+        FakeCrypt::write_plain(
+            open(self.data_label()).as_ref(),
+            &data_key,
+            3 * MIB + 123,
+            CANARIES[2],
+        )
+        .unwrap();
         self.keys = vec![config_key.as_bytes().to_vec(), data_key.as_bytes().to_vec()];
         // Every canary is findable before the reset: the scan works.
         let found = self.scan();
@@ -537,11 +498,22 @@ impl Rig {
         crypt
     }
 
-    /// Runs `f` on a reset engine for the running slot.
+    /// The data partition's label on this board (`UDA` on Jetson).
+    pub fn data_label(&self) -> &'static str {
+        Volume::Data.partition(self.board)
+    }
+
+    /// The config partition's label.
+    pub fn config_label(&self) -> &'static str {
+        Volume::Config.partition(self.board)
+    }
+
+    /// Runs `f` on a reset engine for the running slot, its partitions and the updater's
+    /// installer under `faults`, holding the slots lock as aperture-reset does.
     pub fn with_reset<T>(
         &self,
         crypt: &FakeCrypt,
-        faults: Rc<Faults>,
+        faults: Arc<Faults>,
         discard: FakeDiscardMode,
         reboot: &FakeReboot,
         f: impl FnOnce(&mut Reset<'_>) -> Result<T, ResetError>,
@@ -552,27 +524,27 @@ impl Rig {
         let clock = FakeClock::new(self.now);
         let discard = FakeDiscard::new(discard);
         let root = snakeoil(1).public();
-        let board = Board::QemuX86_64;
-        let writer = BundleSlotWriter {
-            disk: &disk,
-            files: &self.files,
-            board,
-            root,
-        };
-        let store = open_store(&disk, board)?;
+        let lock = SlotsLock::acquire(
+            &self.files.slots_lock(),
+            "aperture-reset (test)",
+            std::time::Duration::ZERO,
+        )?;
+        let mut installer = self.updater_with_io(Arc::new(FaultsIo(faults.clone())));
+        let store = open_store(&disk, self.board)?;
         let mut reset = Reset {
             files: &self.files,
             disk: &disk,
             crypt,
             keys: &keys,
             discard: &discard,
-            writer: &writer,
+            installer: &mut installer,
+            lock: &lock,
             clock: &clock,
             reboot,
             slots: SlotManager::new(self.backend(), self.booted()),
             store,
             root,
-            board,
+            board: self.board,
             faults: &faults,
         };
         f(&mut reset)
@@ -594,7 +566,7 @@ impl Rig {
         let mut outcome = self
             .with_reset(
                 crypt,
-                Rc::new(Faults::none()),
+                Arc::new(Faults::none()),
                 FakeDiscardMode::Zeroes,
                 &reboot,
                 first,
@@ -617,7 +589,7 @@ impl Rig {
             outcome = self
                 .with_reset(
                     &self.fresh_crypt(),
-                    Rc::new(Faults::none()),
+                    Arc::new(Faults::none()),
                     FakeDiscardMode::Zeroes,
                     &reboot,
                     |r| r.resume(),
@@ -628,11 +600,18 @@ impl Rig {
         boots
     }
 
-    /// Canaries found on the disk image outside the rootfs and factory partitions: plaintext,
+    /// Canaries found on the disk image outside the slot and factory partitions: plaintext,
     /// or readable with a key captured at provisioning. (label, absolute offset).
     pub fn scan(&self) -> Vec<(String, u64)> {
         let mut disk = std::fs::read(&self.image).unwrap();
-        for label in ["rootfs_a", "rootfs_b", "factory"] {
+        let slots = self.board.slot_layout();
+        let mut skip: Vec<String> = vec![self.label(aperture_appliance::Role::Factory).into()];
+        for slot in Slot::ALL {
+            skip.push(slots.rootfs(slot));
+            skip.extend(slots.kernel(slot));
+            skip.extend(slots.kernel_dtb(slot));
+        }
+        for label in &skip {
             let (start, size) = partition(&self.image, label);
             disk[start as usize..(start + size) as usize].fill(0);
         }
@@ -699,21 +678,18 @@ impl Rig {
         out
     }
 
-    /// Both slots hold the factory release, verified, and both are good.
+    /// Both slots hold the factory release, verified block for block by the updater, and both
+    /// are good.
     pub fn assert_factory_everywhere(&self) {
-        let disk = FileDisk::new(&self.image);
-        let store = self.store();
+        let updater = self.updater();
         for slot in Slot::ALL {
-            let record = aperture_reset::slot_check::verify_slot(
-                &disk,
-                &self.files,
-                &store,
-                &snakeoil(1).public(),
-                Board::QemuX86_64.slot_layout(),
-                slot,
-            )
-            .unwrap_or_else(|e| panic!("slot {slot}: {e}"));
-            assert_eq!(record.version, self.factory.manifest.version, "slot {slot}");
+            let (installed, _) = updater
+                .verify_slot(slot)
+                .unwrap_or_else(|e| panic!("slot {slot}: {e}"));
+            assert_eq!(
+                installed.record.version, self.factory.manifest.version,
+                "slot {slot}"
+            );
             assert_eq!(
                 self.state().status(slot),
                 aperture_slots::SlotStatus::Good,

@@ -1,0 +1,193 @@
+//! The writes of an install ([`crate::install`] documents their order): the slot's staging
+//! folder on the ESP, the free-space check made before anything is written, streaming a payload
+//! into a partition or a file, and the small helpers around them. Every write, fsync, rename and
+//! removal goes through [`crate::io::Io`].
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use aperture_slots::Slot;
+
+use crate::disk::PartitionHandle;
+use crate::io::Io;
+use crate::place::{Dest, Placement};
+use crate::{UpdateError, Updater};
+
+/// Size of every write to a partition and of every read-back read.
+pub const CHUNK: usize = 1 << 20;
+
+impl Updater {
+    /// The target's folder on the ESP, where its boot files are staged: made if missing, and
+    /// rid of the temporary files an earlier install cut off left.
+    pub(crate) fn prepare_slot_dir(&self, slot_dir: &Path) -> Result<(), UpdateError> {
+        let io = &*self.io;
+        if !slot_dir.is_dir() {
+            io.create_dir_all(slot_dir)
+                .map_err(UpdateError::file("creating folder", slot_dir))?;
+        }
+        let leftovers = leftover_tmp(slot_dir);
+        for (path, _) in &leftovers {
+            tracing::info!("removing {}, left by an install cut off", path.display());
+            io.remove(path)
+                .map_err(UpdateError::file("removing", path))?;
+        }
+        if !leftovers.is_empty() {
+            io.sync_dir(slot_dir)
+                .map_err(UpdateError::file("syncing folder", slot_dir))?;
+        }
+        Ok(())
+    }
+
+    /// Refuse, before anything is written, boot files the ESP has no room for: the files
+    /// staged on it (kernel and initrd, or a capsule) while the old ones are still in place.
+    /// Temporary files an earlier install left count as free: they go first.
+    pub(crate) fn check_esp_space(
+        &self,
+        place: &Placement<'_>,
+        target: Slot,
+    ) -> Result<(), UpdateError> {
+        let sizes: Vec<u64> = place
+            .dests
+            .iter()
+            .filter(|(_, d)| matches!(d, Dest::EspFile(_) | Dest::Capsule))
+            .map(|(a, _)| a.size)
+            .collect();
+        if sizes.is_empty() {
+            return Ok(());
+        }
+        let esp = &self.paths.esp;
+        let space = self
+            .io
+            .space(esp)
+            .map_err(UpdateError::file("finding the free space of", esp))?;
+        let needed: u64 = sizes.iter().map(|s| space.allocation(*s)).sum();
+        let reclaimable: u64 = leftover_tmp(&self.paths.slot_dir(target))
+            .iter()
+            .map(|(_, len)| space.allocation(*len))
+            .sum();
+        let free = space.free.saturating_add(reclaimable);
+        if needed > free {
+            return Err(UpdateError::EspFull {
+                path: esp.clone(),
+                slot: target,
+                needed,
+                free,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The `*.tmp` files in `dir` and their sizes (none if `dir` is missing).
+fn leftover_tmp(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, u64)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok().filter(|m| m.is_file())?.len())))
+        .collect();
+    found.sort();
+    found
+}
+
+/// A verified header document as text (JSON is UTF-8, so a verified one always is).
+pub(crate) fn text(bytes: Vec<u8>, what: &str) -> Result<String, UpdateError> {
+    String::from_utf8(bytes).map_err(|e| UpdateError::Malformed {
+        path: PathBuf::from(what),
+        reason: format!("{e}: not UTF-8"),
+    })
+}
+
+/// Fill `buf` from `r` as far as it goes; the count (less than `buf.len()` only at the end).
+pub(crate) fn fill(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn payload_error(e: io::Error) -> UpdateError {
+    UpdateError::File {
+        op: "reading payload from",
+        path: PathBuf::from("the bundle"),
+        source: e,
+    }
+}
+
+/// How much a rootfs stream writes before it asks the kernel to start writing it back.
+const WRITEBACK_WINDOW: u64 = 32 << 20;
+
+/// Stream the rootfs into the partition in 1 MiB writes, starting writeback every
+/// [`WRITEBACK_WINDOW`], then fsync.
+pub(crate) fn write_partition(
+    io: &dyn Io,
+    part: &mut dyn PartitionHandle,
+    payload: &mut dyn Read,
+    slot: Slot,
+    start: u64,
+) -> Result<u64, UpdateError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = start;
+    let fail = |op, part: &dyn PartitionHandle| {
+        let device = part.describe();
+        move |source| UpdateError::Partition {
+            op,
+            slot,
+            device,
+            source,
+        }
+    };
+    let mut flushed = start;
+    loop {
+        let n = fill(payload, &mut buf).map_err(payload_error)?;
+        if n == 0 {
+            break;
+        }
+        io.write_at(part, &buf[..n], offset)
+            .map_err(fail("writing", part))?;
+        offset += n as u64;
+        if offset - flushed >= WRITEBACK_WINDOW {
+            // Best effort: a failure here changes nothing; the sync below is what counts.
+            let _ = part.start_writeback(flushed, offset - flushed);
+            flushed = offset;
+        }
+        if n < buf.len() {
+            break;
+        }
+    }
+    io.sync(part).map_err(fail("syncing", part))?;
+    Ok(offset - start)
+}
+
+/// Stream a boot file into `path` (a `.tmp` name), then fsync it.
+pub(crate) fn write_file(
+    io: &dyn Io,
+    path: &Path,
+    payload: &mut dyn Read,
+) -> Result<(), UpdateError> {
+    let mut f = io
+        .create(path)
+        .map_err(UpdateError::file("creating", path))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = fill(payload, &mut buf).map_err(payload_error)?;
+        if n == 0 {
+            break;
+        }
+        io.write(&mut f, path, &buf[..n])
+            .map_err(UpdateError::file("writing", path))?;
+        if n < buf.len() {
+            break;
+        }
+    }
+    io.sync_file(&f, path)
+        .map_err(UpdateError::file("syncing", path))
+}
