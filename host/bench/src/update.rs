@@ -40,6 +40,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use aperture_appliance::{BuildFacts, Files};
 use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
 use aperture_slots::Slot;
 use aperture_trust::bundle::{compress_payload, write_bundle, PayloadSource};
@@ -50,8 +51,6 @@ use aperture_trust::manifest::{
 };
 use aperture_trust::signing::sign_manifest;
 use aperture_trust::verity::{append_hash_tree, hash_tree_size, VerityInfo};
-use aperture_updater::disk::{Disk, FileDisk, PartitionReader};
-use aperture_updater::BuildFacts;
 
 use crate::table::{print_table, Row};
 
@@ -433,8 +432,8 @@ impl ApertureSide {
         let root = self.root();
         let _ = fs::remove_dir_all(&root);
         let _ = fs::remove_file(self.disk());
-        let paths = aperture_updater::Paths::rooted(&root);
-        for p in [&paths.build_facts, &paths.cmdline] {
+        let files = Files::at(&root);
+        for p in [files.build_facts(), files.cmdline()] {
             fs::create_dir_all(p.parent().context("rooted paths have parents")?)?;
         }
         let facts = BuildFacts {
@@ -448,9 +447,9 @@ impl ApertureSide {
             tpm: false,
             reset_button: None,
         };
-        fs::write(&paths.build_facts, serde_json::to_vec_pretty(&facts)?)?;
-        fs::write(&paths.cmdline, "console=ttyS0 aperture.slot=a\n")?;
-        self.root_key.save(&paths.root_key)?;
+        fs::write(files.build_facts(), facts.to_bytes())?;
+        fs::write(files.cmdline(), "console=ttyS0 aperture.slot=a\n")?;
+        self.root_key.save(&files.root_key())?;
         let boot = |slot| {
             aperture_slots::cmdline::slot_boot(
                 PRODUCT,
@@ -462,19 +461,12 @@ impl ApertureSide {
                 inputs.verity.hash_offset,
             )
         };
-        aperture_slots::write_initial_esp(&paths.esp, &boot(Slot::A), &boot(Slot::B))?;
+        aperture_slots::write_initial_esp(&files.esp(), &boot(Slot::A), &boot(Slot::B))?;
         // As flashed: each slot's folder on the ESP holds its kernel and initrd.
         for slot in Slot::ALL {
-            let dir = paths.slot_dir(slot);
-            fs::create_dir_all(&dir)?;
-            fs::copy(
-                &inputs.kernel,
-                dir.join(aperture_updater::paths::KERNEL_FILE),
-            )?;
-            fs::copy(
-                &inputs.initrd,
-                dir.join(aperture_updater::paths::INITRD_FILE),
-            )?;
+            fs::create_dir_all(files.esp_slot_dir(slot))?;
+            fs::copy(&inputs.kernel, files.kernel(slot))?;
+            fs::copy(&inputs.initrd, files.initrd(slot))?;
         }
 
         let state = aperture_appliance::store::PARTITION_BYTES;
@@ -537,8 +529,14 @@ impl ApertureSide {
 
     /// sha256 of the first `len` bytes of `rootfs_b`.
     fn slot_b_sha256(&self, len: u64) -> Result<Sha256Hex> {
-        let part = FileDisk::new(self.disk()).open("rootfs_b")?;
-        hash_first(PartitionReader::new(&*part, len))
+        let mut f = File::open(self.disk())?;
+        let size = f.metadata()?.len();
+        let gpt = aperture_gpt::read_gpt(&mut f, size)?;
+        let part = gpt
+            .find("rootfs_b")
+            .context("the bench disk has no rootfs_b")?;
+        io::Seek::seek(&mut f, io::SeekFrom::Start(part.offset()))?;
+        hash_first(f.take(len.min(part.size())))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::recipe::Recipe;
 
 /// The facts an image carries about itself (`/etc/aperture/build.json`): the agent and the
 /// updater read them, so the type is theirs.
-pub use aperture_agent::status::BuildFacts;
+pub use aperture_appliance::BuildFacts;
 
 /// Facts of a recipe built at `source_date`.
 pub fn facts(recipe: &Recipe, source_date: u64) -> BuildFacts {
