@@ -2,6 +2,7 @@
 //! program that does the verb (`aperture`, or `aperture-bench` for `bench`).
 
 mod cmd;
+mod fuzz;
 mod preflight;
 mod test;
 
@@ -34,6 +35,7 @@ fn run(cli: Cli) -> Result<()> {
     let root = workspace_root();
     let args = match cli.command {
         Verb::Test(args) => return test::run(&root, &args),
+        Verb::Fuzz(args) => return fuzz::run(&root, &args),
         Verb::Other(args) => args,
     };
     let verb = args
