@@ -189,6 +189,9 @@ fn bmaps(repo: &Path) -> Seeds {
     .into_iter()
     .map(|name| (name, fs::read(dir.join(name)).expect("bmap fixture")))
     .collect();
+    let boundary = "image-size-u64-max.bmap";
+    let fixture = repo.join("host/flash/fixtures/fuzz").join(boundary);
+    seeds.push((boundary, fs::read(fixture).expect("bmap regression fixture")));
     let text = String::from_utf8(seeds[3].1.clone()).expect("UTF-8");
     let rewritten = Bmap::parse(&text).expect("fixture parses").to_xml();
     seeds.push(("v1.3-rewritten-as-2.0.bmap", rewritten.into_bytes()));
@@ -226,10 +229,13 @@ fn gpts() -> Seeds {
     let small = disk(512, 80);
     let mut backup_only = small.clone();
     backup_only[512..1024].fill(0);
+    // The first byte is the target's flag: 1 = fix the CRCs before reading.
+    let flagged = |flag: u8, image: Vec<u8>| [vec![flag], image].concat();
     vec![
-        ("512-byte-sectors.img", small),
-        ("4096-byte-sectors.img", disk(4096, 24)),
-        ("primary-header-zeroed.img", backup_only),
+        ("512-byte-sectors.img", flagged(0, small.clone())),
+        ("512-byte-sectors-fix-crcs.img", flagged(1, small)),
+        ("4096-byte-sectors-fix-crcs.img", flagged(1, disk(4096, 24))),
+        ("primary-header-zeroed.img", flagged(0, backup_only)),
     ]
 }
 
@@ -378,7 +384,15 @@ fn state_stores() -> Seeds {
         .collect();
     let mut files: Vec<Option<&[u8]>> = copies.iter().map(|c| Some(c.as_slice())).collect();
     files.push(Some(br#"{"written":"by the fuzz target"}"#));
-    vec![("update-storage-reset", encode_parts(&files))]
+    // The first byte is the target's flag: 1 = fix the length and CRC fields first.
+    let framed = encode_parts(&files);
+    vec![
+        ("update-storage-reset", [&[0u8][..], &framed].concat()),
+        (
+            "update-storage-reset-fix-crcs",
+            [&[1u8][..], &framed].concat(),
+        ),
+    ]
 }
 
 fn sealed_tpm2() -> SealedKey {
