@@ -191,7 +191,10 @@ fn bmaps(repo: &Path) -> Seeds {
     .collect();
     let boundary = "image-size-u64-max.bmap";
     let fixture = repo.join("host/flash/fixtures/fuzz").join(boundary);
-    seeds.push((boundary, fs::read(fixture).expect("bmap regression fixture")));
+    seeds.push((
+        boundary,
+        fs::read(fixture).expect("bmap regression fixture"),
+    ));
     let text = String::from_utf8(seeds[3].1.clone()).expect("UTF-8");
     let rewritten = Bmap::parse(&text).expect("fixture parses").to_xml();
     seeds.push(("v1.3-rewritten-as-2.0.bmap", rewritten.into_bytes()));
@@ -302,6 +305,10 @@ fn boot_entries() -> Seeds {
                 Some(b"252.4-1~rc2"),
                 Some(b"slot-a.conf"),
             ]),
+        ),
+        (
+            "counter-at-its-maximum",
+            encode_parts(&[Some(b"slot-a+1-2147483647.conf"), Some(b"version 3\n")]),
         ),
         (
             "plain-entry",

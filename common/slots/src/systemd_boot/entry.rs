@@ -114,7 +114,9 @@ impl EntryName {
     pub fn after_boot(&self) -> EntryName {
         let counter = self.counter.map(|c| Counter {
             tries_left: c.tries_left.saturating_sub(1),
-            tries_done: c.tries_done.saturating_add(1),
+            // systemd-boot stops counting at its maximum too; past ours the name would no
+            // longer parse as a counter (fuzz target `boot_entry`).
+            tries_done: c.tries_done.saturating_add(1).min(MAX_COUNTER),
         });
         EntryName {
             slot: self.slot,
@@ -122,6 +124,9 @@ impl EntryName {
         }
     }
 }
+
+/// The largest tries-left or tries-done count in a name (systemd's `INT_MAX`).
+const MAX_COUNTER: u32 = i32::MAX as u32;
 
 /// `LEFT` or `LEFT-DONE`, decimal digits only (systemd limits each to `INT_MAX`; we to `u32`).
 fn parse_counter(text: &str) -> Option<Counter> {
@@ -133,7 +138,7 @@ fn parse_counter(text: &str) -> Option<Counter> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        s.parse::<u32>().ok().filter(|n| *n <= i32::MAX as u32)
+        s.parse::<u32>().ok().filter(|n| *n <= MAX_COUNTER)
     };
     Some(Counter {
         tries_left: number(left)?,
