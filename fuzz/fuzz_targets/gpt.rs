@@ -1,6 +1,6 @@
 //! The GPT reader on a disk made of the input after its first byte (512- or 4096-byte sectors,
 //! primary or backup copy): never panics; every partition it returns lies inside the disk and
-//! the usable area, and none overlap; reading is deterministic. An odd first byte makes the
+//! the usable area, covers neither header, and none overlap; reading is deterministic. An odd first byte makes the
 //! CRCs of every header found (and of its entry array) right first (UEFI 2.10 table 5.5), so
 //! mutations reach the header fields and the entries.
 #![no_main]
@@ -32,6 +32,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             p.offset() + p.size() <= size,
             "partition {} ends past the disk",
             p.index
+        );
+        let last_lba = size / gpt.sector_size - 1;
+        assert!(
+            p.first_lba >= 2 && p.last_lba < last_lba,
+            "a partition covers a GPT header"
         );
     }
     assert!(
