@@ -73,8 +73,9 @@ pub struct FuzzArgs {
     /// Seconds to run each target.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// `none`: quick builds, Rust's own checks (the parsers are safe Rust); `address`: also
-    /// AddressSanitizer, for the C code underneath (zstd), for long campaigns.
+    /// `none`: quick builds, Rust's own checks (the parsers are safe Rust); `address`:
+    /// AddressSanitizer too (heap misuse through the allocator and libc, zstd's C code's
+    /// included), for long campaigns.
     #[arg(long, default_value = "none", value_parser = ["none", "address"])]
     pub sanitizer: String,
     /// Build for CI: a build about a third quicker (opt-level 1, sixteen codegen units, the

@@ -9,8 +9,10 @@
 //! * `--sanitizer none` (the default) keeps builds quick: the parsers are safe Rust, whose
 //!   bounds, overflow and debug-assertion checks stay on; the fuzz crate's allocator turns an
 //!   allocation sized by an untrusted length into a crash. `--sanitizer address` adds
-//!   AddressSanitizer for the C code underneath (zstd), for long campaigns. Each sanitizer
-//!   builds into its own folder (`fuzz/target/<sanitizer>`), so switching rebuilds nothing.
+//!   AddressSanitizer, for long campaigns: the Rust code is instrumented; zstd's C code (built
+//!   by its build script, not instrumented) is watched through the allocator and libc. Each
+//!   sanitizer builds into its own folder (`fuzz/target/<sanitizer>`, `ci-<sanitizer>`), so
+//!   switching rebuilds nothing.
 //! * The working corpus grows in `fuzz/corpus/<target>` and crashes land in
 //!   `fuzz/artifacts/<target>/`; both are ignored by git. Each run's libFuzzer output is kept in
 //!   `fuzz/target/logs/<target>.log`.
