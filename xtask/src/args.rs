@@ -41,6 +41,9 @@ pub enum Command {
     /// Run every test tier this machine can run (unit; privileged and VM as root), with a
     /// table of how long each suite took.
     Test(TestArgs),
+    /// Fuzz every parser of untrusted bytes (cargo-fuzz, nightly) for a while each, seeded from
+    /// `fuzz/seeds`, with a table of what each run did; any crash fails it.
+    Fuzz(FuzzArgs),
     /// Any other verb, for `aperture` or `aperture-bench`.
     #[command(external_subcommand)]
     Other(Vec<OsString>),
@@ -66,6 +69,28 @@ pub struct TestArgs {
     pub suites: Vec<String>,
     /// Only run tests whose name contains this.
     pub filter: Option<String>,
+}
+
+/// `cargo xtask fuzz`.
+#[derive(Debug, Args, Clone)]
+pub struct FuzzArgs {
+    /// Seconds to run each target.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// `none`: quick builds, Rust's own checks (the parsers are safe Rust); `address`:
+    /// AddressSanitizer too (heap misuse through the allocator and libc, zstd's C code's
+    /// included), for long campaigns.
+    #[arg(long, default_value = "none", value_parser = ["none", "address"])]
+    pub sanitizer: String,
+    /// Build for CI: a build about a third quicker (opt-level 1, sixteen codegen units, the
+    /// system's libzstd) for targets somewhat slower, and one target per core at once.
+    #[arg(long)]
+    pub ci: bool,
+    /// Targets run at once, each one process on one core (default 1; with `--ci`, every core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Only these targets (default: every target of `fuzz/Cargo.toml`).
+    pub targets: Vec<String>,
 }
 
 /// The value of `--recipe` among a `build`'s arguments, if given.
@@ -95,6 +120,14 @@ mod tests {
         let cli = Cli::parse_from(["cargo xtask", "test", "--tier", "2,3", "--full"]);
         match cli.command {
             Command::Test(t) => assert!(t.full && t.tier == [2, 3]),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from(["cargo xtask", "fuzz", "--seconds", "5", "gpt", "bmap"]);
+        match cli.command {
+            Command::Fuzz(f) => {
+                assert_eq!((f.seconds, f.sanitizer.as_str(), f.ci), (5, "none", false));
+                assert_eq!(f.targets, ["gpt", "bmap"]);
+            }
             other => panic!("{other:?}"),
         }
         let cli = Cli::parse_from(["cargo xtask", "build", "--recipe", "r.toml", "--json"]);

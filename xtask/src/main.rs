@@ -1,6 +1,7 @@
 //! `cargo xtask`: parse the verb, run the preflight, then run the test tiers or the host
 //! program that does the verb (`aperture`, or `aperture-bench` for `bench`).
 
+mod fuzz;
 mod preflight;
 mod test;
 
@@ -34,6 +35,7 @@ fn run(cli: Cli) -> Result<()> {
     let root = workspace_root();
     let args = match cli.command {
         Verb::Test(args) => return test::run(&root, &args),
+        Verb::Fuzz(args) => return fuzz::run(&root, &args),
         Verb::Other(args) => args,
     };
     let verb = args

@@ -199,6 +199,17 @@ impl Header {
                 header.first_usable_lba, header.last_usable_lba
             )));
         }
+        // The MBR and primary header come first and the backup header is the last sector
+        // (UEFI 2.10 5.3.2): a usable area that takes any of them is a table for a bigger disk
+        // (an image cut short, or written to a smaller disk), whose partitions would overwrite
+        // a header (found by fuzz target `gpt`).
+        if header.first_usable_lba < 2 || header.last_usable_lba >= total_sectors - 1 {
+            return Err(bad(format!(
+                "usable area LBA {}..={} takes the MBR or a GPT header of a disk of \
+                 {total_sectors} sectors (was the disk image cut short?)",
+                header.first_usable_lba, header.last_usable_lba
+            )));
+        }
         if header.entry_size < 128 || !header.entry_size.is_multiple_of(8) {
             return Err(bad(format!(
                 "entry size {} is not a multiple of 8 of at least 128",

@@ -318,6 +318,14 @@ impl Bmap {
                  of {block_size} bytes"
             )));
         }
+        // The last block's end must be a byte offset: with an image size within a block of
+        // 2^64, `byte_span` of the last range would overflow (found by fuzz target `bmap`).
+        if blocks_count.checked_mul(u64::from(block_size)).is_none() {
+            return Err(FlashError::invalid(format!(
+                "<ImageSize> {image_size} in blocks of {block_size} bytes ends past the largest \
+                 byte offset (2^64 - 1)"
+            )));
+        }
 
         // Formats 2.x and the mistaken 1.4 name their checksum; 1.x before that use SHA-1.
         let (cs_type, range_attr, file_element) = if major >= 2 || minor >= 4 {

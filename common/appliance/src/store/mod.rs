@@ -21,7 +21,8 @@
 //! | 24..28 | payload length, u32 LE |
 //! | 28..32 | CRC-32 of bytes 0..28 and the payload |
 //!
-//! Reading takes the valid copy with the highest sequence number; a copy whose magic, area,
+//! Reading takes the valid copy with the newest sequence number (compared as serial numbers,
+//! which may wrap); a copy whose magic, area,
 //! length or CRC is wrong (never written, torn by a power cut, or zeroed) is ignored. Writing
 //! puts sequence + 1 into the OTHER copy, syncs, and reads it back, so at every instant one
 //! copy holds either the old or the new record. An empty payload means "no record"
@@ -359,7 +360,7 @@ impl<M: Medium> StateStore<M> {
         let a = self.copy(area, 0)?;
         let b = self.copy(area, 1)?;
         Ok(match (a, b) {
-            (Some(a), Some(b)) => Some(if b.seq > a.seq { b } else { a }),
+            (Some(a), Some(b)) => Some(if newer(b.seq, a.seq) { b } else { a }),
             (a, b) => a.or(b),
         })
     }
@@ -384,7 +385,7 @@ impl<M: Medium> StateStore<M> {
             });
         }
         let (index, seq) = match self.newest(area)? {
-            Some(c) => (1 - c.index, c.seq + 1),
+            Some(c) => (1 - c.index, c.seq.wrapping_add(1)),
             None => (0, 1),
         };
         let mut buf = Vec::with_capacity(HEADER_BYTES + payload.len());
@@ -442,6 +443,15 @@ impl<M: Medium> StateStore<M> {
         })?;
         self.write(area, &bytes)
     }
+}
+
+/// Whether sequence number `a` follows `b`, in serial-number arithmetic (RFC 1982, as U-Boot's
+/// redundant environment compares its flags): the numbers may wrap. A copy holding `u64::MAX`
+/// (never reached by writes, but a corrupt or planted copy can say so) made the next write
+/// overflow, or, wrapped to 0, lose to the copy it replaced (found by fuzz target
+/// `state_store`).
+fn newer(a: u64, b: u64) -> bool {
+    (a.wrapping_sub(b) as i64) > 0
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

@@ -116,6 +116,30 @@ fn a_damaged_copy_is_ignored_and_the_next_write_replaces_it() {
     assert_eq!(s.read(Area::Update).unwrap().unwrap(), b"again");
 }
 
+/// Fuzz target `state_store`: a valid copy whose sequence number is `u64::MAX` made the next
+/// write overflow (a panic in debug builds; in release the new copy got 0 and lost to the old
+/// one, so the write was silently never read). Sequence numbers now wrap.
+#[test]
+fn a_copy_at_the_largest_sequence_number_is_followed_by_the_next_write() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/fuzz/update-copy-sequence-u64-max.bin"
+    );
+    let copy = std::fs::read(fixture).unwrap();
+    let (mut s, m) = store();
+    m.damage(Area::Update.offset(0), &copy);
+    assert_eq!(s.newest(Area::Update).unwrap().unwrap().seq, u64::MAX);
+    assert_eq!(
+        s.read(Area::Update).unwrap().unwrap(),
+        br#"{"floor":6,"committed":"a"}"#
+    );
+    assert_eq!(s.write(Area::Update, b"next").unwrap(), 0);
+    assert_eq!(s.read(Area::Update).unwrap().unwrap(), b"next");
+    assert_eq!(s.write(Area::Update, b"after").unwrap(), 1);
+    assert_eq!(s.read(Area::Update).unwrap().unwrap(), b"after");
+    assert_eq!(s.copy(Area::Update, 0).unwrap().unwrap().seq, 1);
+}
+
 #[test]
 fn a_record_cannot_be_moved_to_another_area() {
     let (mut s, m) = store();

@@ -114,7 +114,9 @@ impl EntryName {
     pub fn after_boot(&self) -> EntryName {
         let counter = self.counter.map(|c| Counter {
             tries_left: c.tries_left.saturating_sub(1),
-            tries_done: c.tries_done.saturating_add(1),
+            // systemd-boot stops counting at its maximum too; past ours the name would no
+            // longer parse as a counter (fuzz target `boot_entry`).
+            tries_done: c.tries_done.saturating_add(1).min(MAX_COUNTER),
         });
         EntryName {
             slot: self.slot,
@@ -122,6 +124,9 @@ impl EntryName {
         }
     }
 }
+
+/// The largest tries-left or tries-done count in a name (systemd's `INT_MAX`).
+const MAX_COUNTER: u32 = i32::MAX as u32;
 
 /// `LEFT` or `LEFT-DONE`, decimal digits only (systemd limits each to `INT_MAX`; we to `u32`).
 fn parse_counter(text: &str) -> Option<Counter> {
@@ -133,7 +138,7 @@ fn parse_counter(text: &str) -> Option<Counter> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        s.parse::<u32>().ok().filter(|n| *n <= i32::MAX as u32)
+        s.parse::<u32>().ok().filter(|n| *n <= MAX_COUNTER)
     };
     Some(Counter {
         tries_left: number(left)?,
@@ -162,18 +167,11 @@ pub struct EntryFields {
 }
 
 impl EntryFields {
-    /// Parse `key value` lines; `#` starts a comment line; for repeated keys the last wins.
+    /// Parse `key value` lines the way systemd-boot does (see `key_value`); for repeated keys the
+    /// last wins.
     pub fn parse(text: &str) -> EntryFields {
         let mut fields = EntryFields::default();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (key, value) = match line.split_once([' ', '\t']) {
-                Some((k, v)) => (k, v.trim().to_string()),
-                None => (line, String::new()),
-            };
+        for (key, value) in text.lines().filter_map(key_value) {
             let slot = match key {
                 "title" => &mut fields.title,
                 "version" => &mut fields.version,
@@ -183,7 +181,7 @@ impl EntryFields {
                 "efi" => &mut fields.efi,
                 _ => continue,
             };
-            *slot = Some(value);
+            *slot = Some(value.to_string());
         }
         fields
     }
@@ -211,9 +209,7 @@ pub fn set_version(text: &str, generation: u64) -> String {
     let mut out = Vec::new();
     let mut done = false;
     for line in text.lines() {
-        let trimmed = line.trim_start();
-        let key = trimmed.split([' ', '\t']).next().unwrap_or_default();
-        if key == "version" && !trimmed.starts_with('#') {
+        if key_value(line).is_some_and(|(key, _)| key == "version") {
             if !done {
                 out.push(format!("version {generation}"));
                 done = true;
@@ -225,13 +221,29 @@ pub fn set_version(text: &str, generation: u64) -> String {
     if !done {
         let at = out
             .iter()
-            .position(|l| l.trim_start().starts_with("title"))
+            .position(|l| key_value(l).is_some_and(|(key, _)| key == "title"))
             .map_or(0, |i| i + 1);
         out.insert(at, format!("version {generation}"));
     }
     let mut text = out.join("\n");
     text.push('\n');
     text
+}
+
+/// A line's key and value as systemd-boot's `line_get_key_value()` reads them: blanks are
+/// spaces and tabs only (and a trailing `\r`), `#` starts a comment, a key without a value is
+/// no key at all. One reader for [`EntryFields::parse`] and [`set_version`], so the version
+/// this writes is the one read back, whatever other whitespace a line holds (fuzz target
+/// `boot_entry` found them disagreeing about `version\u{b}`).
+fn key_value(line: &str) -> Option<(&str, &str)> {
+    let line = line
+        .trim_start_matches([' ', '\t'])
+        .trim_end_matches([' ', '\t', '\r']);
+    if line.starts_with('#') {
+        return None;
+    }
+    let (key, value) = line.split_once([' ', '\t'])?;
+    Some((key, value.trim_start_matches([' ', '\t'])))
 }
 
 /// An entry as the loader sees it, for ordering.
