@@ -237,7 +237,7 @@ impl VarStore {
     /// boot: the volume erased (0xFF), its header and an empty authenticated store; the rest of
     /// the image untouched.
     pub fn format(mut bytes: Vec<u8>) -> Result<VarStore, VarStoreError> {
-        if (bytes.len() as u64) < FV_LENGTH || bytes.len() as u64 % BLOCK != 0 {
+        if (bytes.len() as u64) < FV_LENGTH || !(bytes.len() as u64).is_multiple_of(BLOCK) {
             return Err(not_a_store(format!(
                 "{} bytes cannot hold AAVMF's {FV_LENGTH:#x}-byte variable volume",
                 bytes.len()
@@ -290,7 +290,10 @@ impl VarStore {
         }
         let header_len = usize::from(u16_at(&bytes, 48));
         let fv_len = u64::from_le_bytes(bytes[32..40].try_into().unwrap_or([0; 8]));
-        if header_len < 56 || header_len % 2 != 0 || header_len + STORE_HEADER_LEN > bytes.len() {
+        if header_len < 56
+            || !header_len.is_multiple_of(2)
+            || header_len + STORE_HEADER_LEN > bytes.len()
+        {
             return Err(not_a_store(format!("header length {header_len}")));
         }
         if fv_len > bytes.len() as u64 {
@@ -359,7 +362,7 @@ impl VarStore {
                     self.end
                 )));
             }
-            if name_size < 2 || name_size % 2 != 0 {
+            if name_size < 2 || !name_size.is_multiple_of(2) {
                 return Err(corrupt(format!("name size {name_size}")));
             }
             let units: Vec<u16> = b[name_at..data_at]
