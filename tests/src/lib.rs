@@ -7,6 +7,7 @@
 pub mod http;
 pub mod powercut;
 pub mod scenario;
+pub mod twin;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

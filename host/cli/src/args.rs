@@ -186,13 +186,26 @@ pub struct VmRunArgs {
     /// Start from the build's disk again: a new overlay, UEFI variables and TPM.
     #[arg(long)]
     pub fresh: bool,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub memory: u32,
+    /// Memory in MiB [default: 1024; 2048 for the twin].
+    #[arg(long)]
+    pub memory: Option<u32>,
     /// Forward a host TCP port to a guest port (HOST:GUEST); may be repeated.
     #[arg(long = "forward")]
     pub forwards: Vec<String>,
+    /// Boot a Jetson build as the Jetson twin: QEMU arm64 with the board's disk as built, each
+    /// boot chosen by L4TLauncher's A/B rules applied to the twin's UEFI variables between boots
+    /// (a guest reboot ends QEMU and the next boot starts). Without DIR, the twin build of
+    /// --twin-recipe is made (or reused) in out/<product>-<board>-<version>-twin first.
+    #[arg(long, conflicts_with = "snapshot")]
+    pub twin: bool,
+    /// The Jetson recipe the twin build is made from when no DIR is given
+    /// [default: recipes/jetson-orin-agx.toml].
+    #[arg(long, requires = "twin")]
+    pub twin_recipe: Option<PathBuf>,
 }
+
+/// The recipe `vm run --twin` builds when no folder is given.
+pub const TWIN_RECIPE: &str = "recipes/jetson-orin-agx.toml";
 
 /// `cargo xtask bundle`.
 #[derive(Debug, Args, Clone)]
@@ -378,6 +391,39 @@ mod tests {
         match cli.command {
             Command::Build(b) => assert_eq!(b.recipe, PathBuf::from(DEFAULT_RECIPE)),
             other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vm_run_twin_takes_a_folder_or_a_recipe_and_no_snapshot() {
+        let cli = Cli::parse_from(["cargo xtask", "vm", "run", "--twin"]);
+        match cli.command {
+            Command::Vm(VmCommand::Run(r)) => {
+                assert!(r.twin && r.dir.is_none() && r.twin_recipe.is_none());
+                assert_eq!(r.memory, None);
+            }
+            other => panic!("parsed {other:?}"),
+        }
+        let cli = Cli::parse_from([
+            "cargo xtask",
+            "vm",
+            "run",
+            "--twin",
+            "--twin-recipe",
+            "recipes/jetson-orin-agx.toml",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Command::Vm(VmCommand::Run(VmRunArgs {
+                twin_recipe: Some(_),
+                ..
+            }))
+        ));
+        for bad in [
+            vec!["cargo xtask", "vm", "run", "--twin", "--snapshot"],
+            vec!["cargo xtask", "vm", "run", "--twin-recipe", "x.toml"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -1,4 +1,7 @@
 //! `vm run`: boot a build's disk under QEMU with UEFI, the console on this terminal.
+//! `vm run --twin`: boot a Jetson build as the Jetson twin (`aperture_image::twin`), one QEMU
+//! process per boot with L4TLauncher's rules applied between boots; its state (disk copy,
+//! variable store, TPM) lives in `DIR/vm-twin/`.
 //!
 //! The build's `disk.img` is a signed output and is never written: the guest boots a qcow2
 //! copy-on-write overlay in `DIR/vm/` (with the UEFI variables and the TPM state beside it), so
@@ -9,10 +12,13 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::args::{Accel as AccelArg, VmCommand, VmRunArgs, DEFAULT_RECIPE};
+use crate::args::{Accel as AccelArg, VmCommand, VmRunArgs, DEFAULT_RECIPE, TWIN_RECIPE};
 use anyhow::{bail, Context, Result};
+use aperture_image::pipeline::BuildOptions;
+use aperture_image::progress::Reporter;
 use aperture_image::qemu::{self, Accel, VmConfig};
 use aperture_image::recipe::{Arch, Recipe};
+use aperture_image::twin::{self, Twin};
 
 /// Run `vm ...`.
 pub fn run(c: &VmCommand) -> Result<()> {
@@ -49,7 +55,93 @@ fn prepare(dir: &Path, disk_sha256: &str, fresh: bool) -> Result<(std::path::Pat
     Ok((overlay, false))
 }
 
+/// `HOST:GUEST` port forwards.
+fn forwards(a: &VmRunArgs) -> Result<Vec<(u16, u16)>> {
+    a.forwards
+        .iter()
+        .map(|f| {
+            let (h, g) = f.split_once(':').context("--forward takes HOST:GUEST")?;
+            Ok((
+                h.parse().context("host port")?,
+                g.parse().context("guest port")?,
+            ))
+        })
+        .collect()
+}
+
+/// The twin: build (or reuse) the twin build when no folder is given, make (or keep) the
+/// twin's state beside it, then boot it until its guest powers off.
+fn run_twin(a: &VmRunArgs) -> Result<()> {
+    let ws = crate::workspace();
+    let build = match &a.dir {
+        Some(d) => d.clone(),
+        None => {
+            let recipe = match &a.twin_recipe {
+                Some(r) if r.is_relative() && !r.exists() => ws.join(r),
+                Some(r) => r.clone(),
+                None => ws.join(TWIN_RECIPE),
+            };
+            let out = ws
+                .join("out")
+                .join(format!("{}-twin", Recipe::load(&recipe)?.build_name()));
+            eprintln!(
+                "making the twin build of {} in {} (the synthetic BSP with the rootfs's Debian \
+                 kernel; steps whose inputs did not change are reused)",
+                recipe.display(),
+                out.display()
+            );
+            let opts = BuildOptions {
+                workspace: ws.clone(),
+                recipe,
+                out: Some(out),
+                cache: None,
+                rootfs_only: false,
+                release: false,
+                insecure_dev_keys: false,
+                insecure_skip_audit: false,
+                bsp: None,
+            };
+            twin::bsp::build(&opts, &Reporter::new(None)?)?.paths.out
+        }
+    };
+    let state = build.join("vm-twin");
+    let mut t = if !a.fresh && Twin::is_current(&state, &build) {
+        eprintln!(
+            "keeping the twin in {} (`--fresh` starts over)",
+            state.display()
+        );
+        Twin::open(&state)?
+    } else {
+        eprintln!(
+            "a new twin in {} from {} (which stays as built)",
+            state.display(),
+            build.join("disk.img").display()
+        );
+        Twin::create(&build, &state)?
+    };
+    let accel = match a.accel {
+        AccelArg::Kvm => Accel::Kvm,
+        AccelArg::Auto | AccelArg::Tcg => Accel::Tcg,
+    };
+    let fwd = forwards(a)?;
+    let memory = a.memory.unwrap_or(twin::MEMORY_MIB);
+    eprintln!(
+        "each boot: the firmware's A/B rules on {}, then QEMU ({}); a guest reboot starts the \
+         next boot, a power-off ends the run",
+        t.vars().display(),
+        accel.name().to_uppercase()
+    );
+    twin::run_interactive(&mut t, |cfg| {
+        cfg.accel = accel;
+        cfg.memory_mib = memory;
+        cfg.forwards = fwd.clone();
+    })
+}
+
 fn run_vm(a: &VmRunArgs) -> Result<()> {
+    if a.twin {
+        return run_twin(a);
+    }
     let ws = crate::workspace();
     let dir = match &a.dir {
         Some(d) => d.clone(),
@@ -71,7 +163,9 @@ fn run_vm(a: &VmRunArgs) -> Result<()> {
         Some("qemu-arm64") => Arch::Arm64,
         Some("qemu-x86_64") => Arch::Amd64,
         other => bail!(
-            "{} is for board {other:?}, which does not run under QEMU",
+            "{} is for board {other:?}, which does not run under QEMU (a Jetson build boots \
+             as the Jetson twin: `vm run --twin {}`)",
+            dir.display(),
             dir.display()
         ),
     };
@@ -103,16 +197,10 @@ fn run_vm(a: &VmRunArgs) -> Result<()> {
     let mut cfg = VmConfig::new(arch, &overlay, &vm.join("efivars.fd"));
     cfg.accel = accel;
     cfg.snapshot = a.snapshot;
-    cfg.memory_mib = a.memory;
+    cfg.memory_mib = a.memory.unwrap_or(1024);
     // Interactive: let the guest reboot in place (A/B switches happen across reboots).
     cfg.no_reboot = false;
-    for f in &a.forwards {
-        let (h, g) = f.split_once(':').context("--forward takes HOST:GUEST")?;
-        cfg.forwards.push((
-            h.parse().context("host port")?,
-            g.parse().context("guest port")?,
-        ));
-    }
+    cfg.forwards = forwards(a)?;
     // A TPM 2.0 for the appliance's sealed storage keys; its state beside the overlay, so the
     // keys sealed on the first boot unseal on every later one.
     let _tpm = if qemu::swtpm_available() {

@@ -23,4 +23,5 @@ pub mod sbom;
 pub mod security;
 pub mod slot;
 pub mod store;
+pub mod twin;
 pub mod verify;

@@ -104,6 +104,22 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// Extra QEMU arguments.
     pub extra: Vec<String>,
+    /// A kernel, initrd and command line for the firmware to start instead of a boot loader
+    /// from the disk (the Jetson twin: what L4TLauncher would take from a kernel partition).
+    pub direct: Option<DirectBoot>,
+}
+
+/// Files QEMU hands the UEFI firmware through fw_cfg (`-kernel`, `-initrd`, `-append`); AAVMF
+/// starts that kernel as an EFI application before any boot option, with its initrd and command
+/// line, so the guest runs with UEFI runtime services.
+#[derive(Debug, Clone)]
+pub struct DirectBoot {
+    /// The kernel (an EFI-stub `Image`).
+    pub kernel: PathBuf,
+    /// The initrd.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub cmdline: String,
 }
 
 impl VmConfig {
@@ -121,6 +137,7 @@ impl VmConfig {
             tpm_socket: None,
             no_reboot: true,
             extra: Vec::new(),
+            direct: None,
         }
     }
 
@@ -211,6 +228,11 @@ impl VmConfig {
         c.args(["-display", "none", "-serial", "stdio", "-monitor", "none"]);
         if self.no_reboot {
             c.arg("-no-reboot");
+        }
+        if let Some(d) = &self.direct {
+            c.arg("-kernel").arg(&d.kernel);
+            c.arg("-initrd").arg(&d.initrd);
+            c.arg("-append").arg(&d.cmdline);
         }
         c.args(&self.extra);
         Ok(c)

@@ -156,12 +156,26 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
         .find(|a| a.role == Role::Rootfs)
         .and_then(|a| a.verity.as_ref())
         .map(|v| v.root_hash.to_string());
-    let entries = boot_entries(&disk)?;
+    // Jetson boards boot the Android boot image in each chain's kernel partition, not entries
+    // on the ESP; its command line is held to the same rules.
+    let layout = manifest
+        .board
+        .parse::<aperture_appliance::Board>()
+        .map(|b| b.slot_layout())
+        .ok();
+    let entries = match layout {
+        Some(l @ aperture_appliance::SlotLayout::Tegra(_)) => kernel_partitions(&disk, l)?,
+        _ => boot_entries(&disk)?,
+    };
     if entries.is_empty() {
         f.push(Finding::violation(
             "boot",
             names::DISK,
-            "the ESP has no boot entries",
+            if layout.is_some_and(|l| l.kernel(aperture_appliance::Slot::A).is_some()) {
+                "the kernel partitions hold no boot image"
+            } else {
+                "the ESP has no boot entries"
+            },
             "rebuild",
         ));
     }
@@ -207,6 +221,44 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
     Ok(())
 }
 
+/// The boot images in the kernel partitions of a Jetson disk image (`A_kernel`, `kernel_b`,
+/// ...), as entries: their header's command line. No boot menu edits them (no `editor`).
+fn kernel_partitions(
+    disk: &Path,
+    layout: aperture_appliance::SlotLayout,
+) -> Result<Vec<(BootEntry, Option<String>)>> {
+    use std::os::unix::fs::FileExt;
+    let mut file =
+        std::fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
+    let size = aperture_gpt::disk_size_of(&mut file)?;
+    let gpt = aperture_gpt::read_gpt(&mut file, size)
+        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    let mut out = Vec::new();
+    for slot in aperture_appliance::Slot::ALL {
+        let Some(name) = layout.kernel(slot) else {
+            continue;
+        };
+        let Some(p) = gpt.find(&name) else {
+            continue;
+        };
+        let mut head = vec![0u8; aperture_slots::tegra::bootimg::PAGE_SIZE as usize];
+        file.read_exact_at(&mut head, p.offset())
+            .with_context(|| format!("reading {name} of {}", disk.display()))?;
+        if let Some(h) = aperture_slots::tegra::bootimg::parse_header(&head) {
+            out.push((
+                BootEntry {
+                    file: format!("{name} (boot image)"),
+                    verity_root: parse::cmdline_value(&h.cmdline, "aperture.verity.roothash")
+                        .map(str::to_string),
+                    options: h.cmdline,
+                },
+                None,
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The boot entries on the ESP of a disk image, with loader.conf's `editor` (systemd-boot
 /// allows editing unless it says `no`).
 fn boot_entries(disk: &Path) -> Result<Vec<(BootEntry, Option<String>)>> {
@@ -245,4 +297,52 @@ fn boot_entries(disk: &Path) -> Result<Vec<(BootEntry, Option<String>)>> {
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aperture_gpt::{Guid, Layout, PartitionSpec};
+
+    /// A Jetson-named disk whose kernel partitions hold boot images with these command lines.
+    fn disk(dir: &Path, cmdlines: [&str; 2]) -> std::path::PathBuf {
+        let parts = ["A_kernel", "B_kernel"]
+            .iter()
+            .map(|n| {
+                PartitionSpec::new(n, Guid::MICROSOFT_BASIC_DATA, Guid::derive("t", n), 1 << 20)
+            })
+            .collect();
+        let path = dir.join("disk.img");
+        let (f, placed) =
+            crate::disk::create(&path, 8 << 20, &Layout::new(Guid::derive("t", "d"), parts))
+                .unwrap();
+        let k = dir.join("k");
+        std::fs::write(&k, b"kernel").unwrap();
+        for (name, cmdline) in ["A_kernel", "B_kernel"].iter().zip(cmdlines) {
+            let img = dir.join(format!("{name}.img"));
+            crate::jetson::bootimg::write(&img, &k, &k, cmdline).unwrap();
+            let p = crate::disk::find(&placed, name).unwrap();
+            crate::disk::write_at(&f, p.offset(), &img, crate::disk::Zeros::Write).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn jetson_boot_images_are_read_from_the_kernel_partitions() {
+        let d = tempfile::tempdir().unwrap();
+        let path = disk(
+            d.path(),
+            [
+                "root=/dev/mapper/aperture-root ro aperture.verity.roothash=ab aperture.slot=a",
+                "root=/dev/sda1 aperture.slot=b",
+            ],
+        );
+        let layout = aperture_appliance::Board::JetsonOrinAgx.slot_layout();
+        let entries = kernel_partitions(&path, layout).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0.file, "A_kernel (boot image)");
+        assert_eq!(entries[0].0.verity_root.as_deref(), Some("ab"));
+        assert_eq!(entries[1].0.verity_root, None, "B pins no verity root");
+        assert!(entries.iter().all(|(_, editor)| editor.is_none()));
+    }
 }
