@@ -136,6 +136,7 @@ fn twin_update_commits_b_then_a_failing_v3_is_rolled_back_by_the_retry_rules() {
         );
         let mut vm = boot.vm;
         vm.kill();
+        sc.twin.power_cut().unwrap();
         break;
     }
     assert_eq!(

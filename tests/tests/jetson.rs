@@ -424,8 +424,9 @@ fn build_without_bsp_makes_the_slot_image_and_says_what_to_download() {
         Some(JetsonError::MissingBsp { .. })
     ));
     for want in [
-        "R36",
-        "developer.nvidia.com/embedded/jetson-linux",
+        "R36.4.3",
+        "developer.download.nvidia.com/embedded/L4T/r36_Release_v4.3/release/Jetson_Linux_R36.4.3_aarch64.tbz2",
+        "949a44049c4ce6a8efdf572ea0820c874f6ee5d41ca3e4935b9f0e38d11873d2",
         "--bsp",
         "Linux_for_Tegra",
     ] {

@@ -199,13 +199,13 @@ pub struct VmRunArgs {
     #[arg(long, conflicts_with = "snapshot")]
     pub twin: bool,
     /// The Jetson recipe the twin build is made from when no DIR is given
-    /// [default: recipes/jetson-orin-agx.toml].
+    /// [default: recipes/jetson-orin-agx-twin.toml].
     #[arg(long, requires = "twin")]
     pub twin_recipe: Option<PathBuf>,
 }
 
 /// The recipe `vm run --twin` builds when no folder is given.
-pub const TWIN_RECIPE: &str = "recipes/jetson-orin-agx.toml";
+pub const TWIN_RECIPE: &str = "recipes/jetson-orin-agx-twin.toml";
 
 /// `cargo xtask bundle`.
 #[derive(Debug, Args, Clone)]

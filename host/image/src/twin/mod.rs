@@ -29,8 +29,11 @@
 //!   `A_kernel-dtb` are not read. A delivered capsule is consumed (deleted, `OsIndications`
 //!   cleared) and switches the chain, but nothing is flashed.
 //! - L4TLauncher does not run: its rules are applied here, between boots, by the same
-//!   simulation the unit tests use; the retry count lives in the slot ledger, not in a
-//!   scratch register.
+//!   simulation the unit tests use. The retry counts live in a file standing for the SR_RF
+//!   scratch register (`sr-rf` in the twin's folder): it survives a warm reboot and is lost at
+//!   a power cut ([`Twin::power_cut`]). The guest has no register to clear, so the twin image's
+//!   stand-in `nvbootctrl verify` (overlays/jetson-twin) writes [`VERIFY_VAR`], and the next
+//!   power-on clears the register for it.
 //! - QEMU's `virt` machine with its own device tree and ACPI tables, not the Orin's; a virtio
 //!   disk (partitions by name, as on the eMMC); the console on `ttyAMA0` (added to the boot
 //!   image's command line, which names the Orin's `ttyTCU0`).
@@ -211,6 +214,12 @@ pub const DISK: &str = "disk.img";
 pub const VARS: &str = "vars.fd";
 /// The twin's TPM state folder.
 pub const TPM: &str = "tpm";
+/// The simulated SR_RF scratch register between two warm boots (absent after a power cut).
+const SR_RF: &str = "sr-rf";
+/// The variable (NVIDIA's GUID) the twin image's stand-in `nvbootctrl verify` writes
+/// (overlays/jetson-twin): at the next power-on the harness clears SR_RF, as NVIDIA's tool does
+/// on the running boot, and deletes the variable.
+pub const VERIFY_VAR: &str = "ApertureTwinNvbootctrlVerify";
 
 pub(crate) fn io<'p>(
     op: &'static str,
@@ -356,10 +365,30 @@ impl Twin {
         let ledger = StateStore::new(disk.medium(state_part)?, state_part)?;
         let mut tegra = Tegra::new(exported.dir().to_path_buf(), Box::new(ledger))
             .with_capsules(work.join("esp"));
+        // SR_RF survives a warm reboot: the register of the last boot goes in, cleared if
+        // the guest's `nvbootctrl verify` asked for it, and comes out again after the rules.
+        let register = tegra.simulated_register();
+        let kept = self.dir.join(SR_RF);
+        if kept.exists() {
+            std::fs::copy(&kept, register.path()).map_err(io("copying", &kept))?;
+        }
+        let verify = exported
+            .dir()
+            .join(efivarfs::file_name(VERIFY_VAR, nvidia_guid()));
+        let verified = verify.exists();
+        if verified {
+            register.write(0)?;
+            std::fs::remove_file(&verify).map_err(io("removing", &verify))?;
+        }
         let before = tegra.read().map_err(|e| e.to_string());
         let slot = Twin::choose(&mut tegra)?;
         let after = tegra.read().map_err(|e| e.to_string());
         drop(tegra);
+        if register.path().exists() {
+            std::fs::copy(register.path(), &kept).map_err(io("copying", register.path()))?;
+            // The exported folder is not the store: the register is no variable.
+            std::fs::remove_file(register.path()).map_err(io("removing", register.path()))?;
+        }
 
         let changes = exported.import(&mut store)?;
         if blank || !changes.is_empty() {
@@ -397,6 +426,17 @@ impl Twin {
                 cmdline: format!("{} {TWIN_CMDLINE}", image.cmdline.trim()),
             },
         })
+    }
+
+    /// The power goes off (QEMU killed, the guest powered off, a run stopped): SR_RF, the
+    /// scratch register the firmware counts warm-reboot tries in, is lost, so the next
+    /// power-on is a cold boot that counts from `RootfsRetryCountMax` again.
+    pub fn power_cut(&self) -> Result<(), TwinError> {
+        let kept = self.dir.join(SR_RF);
+        match std::fs::remove_file(&kept) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &kept)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// THE one place the firmware's slot choice is made: the Tegra backend's simulation of

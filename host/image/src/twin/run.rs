@@ -92,7 +92,12 @@ pub fn run_interactive(twin: &mut Twin, tweak: impl Fn(&mut VmConfig)) -> Result
         }
         let status = child.wait().context("waiting for QEMU")?;
         drop(tpm);
-        match classify(&String::from_utf8_lossy(&tail), Some(status)) {
+        let ending = classify(&String::from_utf8_lossy(&tail), Some(status));
+        if ending != Ending::Rebooted {
+            // Off until the next run: the next power-on is a cold boot.
+            twin.power_cut()?;
+        }
+        match ending {
             Ending::Rebooted => eprintln!("\nthe twin rebooted: powering it on again"),
             Ending::PoweredOff => {
                 eprintln!(

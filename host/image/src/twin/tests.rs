@@ -100,6 +100,14 @@ fn guest(t: &Twin, f: impl FnOnce(&mut Tegra)) {
     store.save(&t.vars()).unwrap();
 }
 
+/// A good boot's `nvbootctrl verify`, as the twin image's stand-in does it: the variable the
+/// harness clears SR_RF for at the next power-on.
+fn verify(t: &Twin) {
+    let mut store = varstore::VarStore::open(&t.vars()).unwrap();
+    store.set(VERIFY_VAR, nvidia_guid(), 7, &[1]).unwrap();
+    store.save(&t.vars()).unwrap();
+}
+
 fn arm(tegra: &mut Tegra, slot: Slot, switch: bool) {
     tegra.persist(&Step::Invalidate { slot }).unwrap();
     let boot = SlotBoot::for_slot(slot, "v2", &format!("aperture.slot={slot}"));
@@ -187,13 +195,16 @@ fn an_armed_chain_is_tried_until_its_retries_run_out_then_the_other_boots() {
     );
     assert_eq!(t.power_on().unwrap().slot, Slot::A);
 
-    // A good boot commits the slot: it then boots every time.
+    // A good boot of A (its `nvbootctrl verify` resets the tries) arms B again; B's good boot
+    // commits it, and with the reset on every good boot it then boots every time.
+    verify(&t);
     guest(&t, |tegra| arm(tegra, Slot::B, true));
     assert_eq!(t.power_on().unwrap().slot, Slot::B);
     guest(&t, |tegra| {
         tegra.persist(&Step::Bless { slot: Slot::B }).unwrap()
     });
     for _ in 0..5 {
+        verify(&t);
         let p = t.power_on().unwrap();
         assert_eq!(p.slot, Slot::B, "{p}");
         assert_eq!(
@@ -295,4 +306,46 @@ fn a_kernel_partition_without_a_bootable_image_is_named() {
     let e = t.power_on().unwrap_err();
     assert!(matches!(e, TwinError::NotAKernel { .. }), "{e}");
     assert!(e.to_string().contains("twin"), "{e}");
+}
+
+#[test]
+fn sr_rf_survives_warm_reboots_until_nvbootctrl_verify_or_a_power_cut() {
+    if !tools("sr_rf_survives_warm_reboots_until_nvbootctrl_verify_or_a_power_cut") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut t = twin(d.path());
+    // Without the reset, warm reboots of the committed slot A use up its tries; the fourth
+    // power-on marks A unbootable and boots B (the bug NVIDIA's service exists for).
+    for n in 1..=3 {
+        assert_eq!(t.power_on().unwrap().slot, Slot::A, "boot {n}");
+    }
+    let p = t.power_on().unwrap();
+    assert_eq!(p.slot, Slot::B, "{p}");
+    assert!(
+        p.changed.contains(&"RootfsStatusSlotA=0xff".to_string()),
+        "{p}"
+    );
+
+    // The same with a verify on every good boot: A boots ten times, and the variable the
+    // stand-in writes is gone after each power-on.
+    let d = tempfile::tempdir().unwrap();
+    let mut t = twin(d.path());
+    for n in 1..=10 {
+        let p = t.power_on().unwrap();
+        assert_eq!(p.slot, Slot::A, "boot {n}: {p}");
+        assert!(t.nvidia_variable(VERIFY_VAR).unwrap().is_none());
+        verify(&t);
+    }
+
+    // A power cut loses the register: three more warm boots of A without any verify.
+    t.power_cut().unwrap();
+    for n in 1..=3 {
+        assert_eq!(
+            t.power_on().unwrap().slot,
+            Slot::A,
+            "after the cut, boot {n}"
+        );
+    }
+    assert_eq!(t.power_on().unwrap().slot, Slot::B);
 }
