@@ -87,6 +87,16 @@ pub struct Scenario {
     boots: usize,
 }
 
+/// A scenario that passed leaves its logs and scripts but not its disk copy (up to a few GiB
+/// each; a CI machine's disk is not large): a failing one keeps everything to look at.
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.disk);
+        }
+    }
+}
+
 impl Scenario {
     /// A new scenario `name` on a copy of `disk_img`.
     pub fn new(name: &str, disk_img: &Path, arch: Arch) -> Result<Scenario> {

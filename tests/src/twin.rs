@@ -107,6 +107,15 @@ pub struct TwinScenario {
     pub times: Vec<BootTime>,
 }
 
+/// As a [`crate::scenario::Scenario`]: a passing scenario leaves its logs, not its disk.
+impl Drop for TwinScenario {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(self.twin.disk());
+        }
+    }
+}
+
 impl TwinScenario {
     /// A new twin `name` from the twin build in `build`.
     pub fn new(name: &str, build: &Path) -> Result<TwinScenario> {

@@ -13,7 +13,7 @@ use aperture_image::audit::{self, Severity};
 use aperture_image::pipeline::{self, BuildOptions, BuildReport};
 use aperture_image::progress::Reporter;
 use aperture_image::store::{Node, Store, TreeView};
-use aperture_tests::{default_image, derived_recipe, main_out, require_root, test_root, workspace};
+use aperture_tests::{default_image, derived_recipe, require_root, test_root, workspace};
 
 /// Where this suite's recipes and overlays go.
 fn recipes() -> PathBuf {
@@ -21,11 +21,17 @@ fn recipes() -> PathBuf {
 }
 
 /// A build with the audit on or skipped (`--insecure-skip-audit`).
+/// Where this suite's builds go: scratch of this suite (`cargo xtask test` removes it after),
+/// not the shared store the VM tier boots from.
+fn audit_out() -> PathBuf {
+    test_root().join("audit/out")
+}
+
 fn build(recipe: &Path, name: &str, rootfs_only: bool, skip_audit: bool) -> Result<BuildReport> {
     let opts = BuildOptions {
         workspace: workspace(),
         recipe: recipe.to_path_buf(),
-        out: Some(main_out().join(name)),
+        out: Some(audit_out().join(name)),
         cache: None,
         rootfs_only,
         release: false,
@@ -247,7 +253,7 @@ fn a_socket_on_a_port_the_policy_does_not_open_fails_the_build() {
 
     // The folder is complete (the audit is the last step), so `cargo xtask audit` names the
     // same single finding; the firewall itself still opens nothing.
-    let a = audit::audit_build(&main_out().join("audit-open-port"), None).unwrap();
+    let a = audit::audit_build(&audit_out().join("audit-open-port"), None).unwrap();
     let v = violations(&a);
     assert_eq!(v.len(), 1, "{}", a.to_text());
     assert!(a

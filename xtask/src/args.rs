@@ -53,7 +53,8 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct TestArgs {
     /// Which tiers to run: 1 = unit (no root), 2 = privileged (root, network, mkfs tools),
-    /// 3 = VM (QEMU). Default: every tier this machine can run.
+    /// 3 = VM (QEMU), 4 = fuzz smoke (every fuzz target 20 s). Default: every tier this
+    /// machine can run.
     #[arg(long, value_delimiter = ',')]
     pub tier: Vec<u8>,
     /// Also run the long VM scenarios that do not fit a CI run (the `full-*` suites: many power

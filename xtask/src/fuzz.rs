@@ -452,6 +452,20 @@ fn print_table(rows: &[(String, Stats)], build: Duration) {
     }
 }
 
+/// Run a command with inherited output (cargo's progress shows); fail naming the command and
+/// its exit status.
+fn run_command(cmd: &mut Command) -> Result<()> {
+    let shown = command_line(cmd);
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("starting `{shown}`"))?;
+    if !status.success() {
+        anyhow::bail!("`{shown}` failed: {status}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,18 +535,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Run a command with inherited output (cargo's progress shows); fail naming the command and
-/// its exit status.
-fn run_command(cmd: &mut Command) -> Result<()> {
-    let shown = command_line(cmd);
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("starting `{shown}`"))?;
-    if !status.success() {
-        anyhow::bail!("`{shown}` failed: {status}");
-    }
-    Ok(())
 }

@@ -7,6 +7,13 @@
 //!   reason in the attribute; here they run with `--ignored` as root, one suite at a time.
 //!   Suites named `vm*` are tier 3; `full-*` suites (long VM scenarios) run only with `--full`.
 //!
+//! * Tier 4 is the fuzz smoke run: every fuzz target for 20 s (`cargo xtask fuzz --ci`).
+//!
+//! Disk: the suites share the builds under `target/aperture-tests/main` and `.../arm64` (the VM
+//! tier boots what tier 2 built); every other folder there is one suite's scratch, removed
+//! after that suite passes, so a run needs room for the shared builds and one suite's scratch.
+//! The free space is printed before and after.
+//!
 //! As root the preflight installs every tool the tiers use first, so `APERTURE_REQUIRE_TOOLS=1`
 //! is set: a test that finds its tool missing fails instead of skipping.
 
@@ -30,12 +37,27 @@ struct Row {
 /// Run the requested tiers (all by default).
 pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     let tiers: Vec<u8> = if args.tier.is_empty() {
-        vec![1, 2, 3]
+        vec![1, 2, 3, 4]
     } else {
         args.tier.clone()
     };
-    if let Some(bad) = tiers.iter().find(|t| !(1..=3).contains(*t)) {
-        bail!("there is no test tier {bad}: tiers are 1 (unit), 2 (privileged) and 3 (VM)");
+    if let Some(bad) = tiers.iter().find(|t| !(1..=4).contains(*t)) {
+        bail!(
+            "there is no test tier {bad}: tiers are 1 (unit), 2 (privileged), 3 (VM) and 4 \
+             (fuzz smoke)"
+        );
+    }
+    let free_before = free_space(root);
+    if let Some(free) = free_before {
+        eprintln!("xtask test: {} free for target/", gib(free));
+        if free < LOW_DISK && preflight::is_root() {
+            eprintln!(
+                "xtask test: WARNING: less than {} free; the privileged and VM tiers keep \
+                 about that much of builds and disk copies at their peak (`cargo xtask cache \
+                 prune` and removing target/aperture-tests free some)",
+                gib(LOW_DISK)
+            );
+        }
     }
     let start = Instant::now();
     let root_user = preflight::is_root();
@@ -60,6 +82,9 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
 
     let result = run_tiers(root, args, &tiers, root_user, require_tools, &mut rows);
     print_table(&rows, start.elapsed());
+    if let (Some(before), Some(after)) = (free_before, free_space(root)) {
+        eprintln!("  disk: {} free before, {} after", gib(before), gib(after));
+    }
     if !root_user {
         eprintln!(
             "  tools missing on this machine make their tier-1 tests print SKIPPED; as root \
@@ -134,6 +159,7 @@ fn run_tiers(
             rows.push(skip("a long scenario: `cargo xtask test --full` runs it"));
             continue;
         }
+        prune_scratch(root);
         let t = Instant::now();
         let mut c = cargo(root, require_tools).args([
             "test",
@@ -150,12 +176,15 @@ fn run_tiers(
             c = c.arg(f);
         }
         match c.run_inherited() {
-            Ok(_) => rows.push(Row {
-                tier,
-                suite: name.clone(),
-                outcome: "passed".into(),
-                took: Some(t.elapsed()),
-            }),
+            Ok(_) => {
+                rows.push(Row {
+                    tier,
+                    suite: name.clone(),
+                    outcome: "passed".into(),
+                    took: Some(t.elapsed()),
+                });
+                prune_scratch(root);
+            }
             Err(e) => {
                 rows.push(failed(tier, name, t.elapsed()));
                 if !args.keep_going {
@@ -165,10 +194,90 @@ fn run_tiers(
             }
         }
     }
+    if tiers.contains(&4) {
+        let t = Instant::now();
+        let fuzz = xtask::args::FuzzArgs {
+            seconds: FUZZ_SMOKE_SECONDS,
+            sanitizer: "none".into(),
+            ci: true,
+            jobs: None,
+            targets: Vec::new(),
+        };
+        match crate::fuzz::run(root, &fuzz) {
+            Ok(()) => rows.push(Row {
+                tier: 4,
+                suite: format!("fuzz: every target {FUZZ_SMOKE_SECONDS} s"),
+                outcome: "passed".into(),
+                took: Some(t.elapsed()),
+            }),
+            Err(e) => {
+                rows.push(failed(4, "fuzz", t.elapsed()));
+                if !args.keep_going {
+                    return Err(e);
+                }
+                failures.push("fuzz".into());
+            }
+        }
+    }
     if !failures.is_empty() {
         bail!("suites failed: {}", failures.join(", "));
     }
     Ok(())
+}
+
+/// Seconds each fuzz target runs in tier 4.
+const FUZZ_SMOKE_SECONDS: u64 = 20;
+
+/// Below this much free space the tiers may not fit: measured peak of a full run, rounded up.
+const LOW_DISK: u64 = 30 << 30;
+
+/// The shared build stores under `target/aperture-tests` (see the module doc).
+const SHARED: [&str; 2] = ["main", "arm64"];
+
+/// Remove every suite's scratch under `target/aperture-tests` (all but [`SHARED`]).
+fn prune_scratch(root: &Path) {
+    let dir = root.join("target/aperture-tests");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if SHARED.iter().any(|s| name == *s) {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(err) = removed {
+            eprintln!(
+                "xtask test: could not remove the scratch {}: {err}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Free bytes on the file system that holds `target/`.
+fn free_space(root: &Path) -> Option<u64> {
+    let target = root.join("target");
+    let at = if target.exists() {
+        target
+    } else {
+        root.to_path_buf()
+    };
+    let out = Cmd::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&at)
+        .text()
+        .ok()?;
+    out.lines().nth(1)?.trim().parse().ok()
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 fn failed(tier: u8, suite: &str, took: Duration) -> Row {
@@ -186,7 +295,7 @@ fn print_table(rows: &[Row], total: Duration) {
     eprintln!("\n== cargo xtask test: where the time went ==");
     eprintln!("| tier | {:<width$} | time  | outcome", "suite");
     eprintln!("|------|-{}-|-------|--------", "-".repeat(width));
-    let mut per_tier = [Duration::ZERO; 4];
+    let mut per_tier = [Duration::ZERO; 5];
     for r in rows {
         if let Some(t) = r.took {
             per_tier[usize::from(r.tier)] += t;

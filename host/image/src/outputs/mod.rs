@@ -153,7 +153,7 @@ pub fn build(ctx: &Ctx<'_>) -> Result<OutputsReport> {
         Ok(r)
     })?;
     if let reuse::Reuse::Yes(report) = reused {
-        return Ok(report);
+        return Ok(*report);
     }
     reuse::forget(ctx.out());
     let slot_img = slot_image(ctx)?;

@@ -30,7 +30,7 @@ const OUTPUTS_FORMAT: u32 = 4;
 /// Whether the last outputs can be reused.
 pub enum Reuse {
     /// Yes: what they are.
-    Yes(OutputsReport),
+    Yes(Box<OutputsReport>),
     /// No, and why (for the build log).
     No(String),
 }
@@ -167,9 +167,9 @@ pub fn reusable(out: &Path, fingerprint: &str) -> Result<Reuse> {
         sha256: rootfs.sha256.to_string(),
         verity,
     };
-    Ok(Reuse::Yes(OutputsReport {
+    Ok(Reuse::Yes(Box::new(OutputsReport {
         slot,
         artifacts: m.artifacts.clone(),
         bsp: record.bsp,
-    }))
+    })))
 }
