@@ -127,7 +127,7 @@ pub enum HealthError {
     #[error(transparent)]
     Facts(#[from] StatusError),
     /// The updater failed to read the slot state or to commit.
-    #[error("committing the running slot: {0}")]
+    #[error("committing the running slot")]
     Update(#[from] UpdateError),
     /// The service manager could not be asked.
     #[error(transparent)]
@@ -210,6 +210,19 @@ pub fn run_gate(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_commit_prints_each_cause_once() {
+        let e = HealthError::Update(aperture_updater::UpdateError::File {
+            op: "reading",
+            path: "/efi/aperture/state".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        });
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(e)),
+            "committing the running slot: reading /efi/aperture/state: gone"
+        );
+    }
+
     use super::*;
 
     struct Counting {

@@ -14,15 +14,15 @@ use aperture_trust::TrustError;
 pub enum UpdateError {
     /// The bundle failed a trust check: signature, key chain, expiry, board, version, security
     /// floor, tar structure, size or hash. The typed cause is the source.
-    #[error("bundle refused: {0}")]
+    #[error("bundle refused")]
     Trust(#[from] TrustError),
 
     /// The boot-control backend refused or failed a step.
-    #[error("boot control: {0}")]
+    #[error("boot control")]
     Slots(#[from] SlotsError),
 
     /// A file this program reads or writes failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     File {
         /// What was being done (`reading`, `writing`, `renaming into place`, ...).
         op: &'static str,
@@ -34,7 +34,7 @@ pub enum UpdateError {
     },
 
     /// Reading or writing a slot's partition failed.
-    #[error("{op} slot {slot} ({device}): {source}")]
+    #[error("{op} slot {slot} ({device})")]
     Partition {
         /// What was being done.
         op: &'static str,
@@ -227,5 +227,52 @@ impl UpdateError {
                 | UpdateError::AlreadyInstalled { .. }
                 | UpdateError::EspFull { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `aperture-update` prints for an error (`{:#}`): each cause once.
+    fn printed(e: UpdateError) -> String {
+        format!(
+            "{:#}",
+            anyhow::Error::from(e).context("installing x.bundle")
+        )
+    }
+
+    #[test]
+    fn every_cause_is_printed_once() {
+        let gone = || io::Error::new(io::ErrorKind::NotFound, "gone");
+        let cases = [
+            (
+                UpdateError::Trust(TrustError::Io {
+                    context: "reading the bundle".into(),
+                    source: gone(),
+                }),
+                "installing x.bundle: bundle refused: reading the bundle: gone",
+            ),
+            (
+                UpdateError::File {
+                    op: "reading",
+                    path: "/efi/x".into(),
+                    source: gone(),
+                },
+                "installing x.bundle: reading /efi/x: gone",
+            ),
+            (
+                UpdateError::Partition {
+                    op: "writing",
+                    slot: Slot::B,
+                    device: "rootfs_b".into(),
+                    source: gone(),
+                },
+                "installing x.bundle: writing slot b (rootfs_b): gone",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(printed(e), want);
+        }
     }
 }

@@ -85,7 +85,7 @@ pub fn verify_rootfs(
         };
         let mut reader = SequentialHasher::new(PartitionReader::new(part, rootfs.size), feed);
         let checked = aperture_trust::verity::verify_device(&mut reader, verity)
-            .map_err(|e| fail(e.to_string()))
+            .map_err(|e| fail(crate::error_chain(&e)))
             .and_then(|()| {
                 reader
                     .finish(rootfs.size)

@@ -42,7 +42,7 @@ impl Updater {
             installed.signature.as_bytes(),
             &root,
         )
-        .map_err(|e| fail("its signed manifest", e.to_string()))?
+        .map_err(|e| fail("its signed manifest", crate::error_chain(&e)))?
         .into_manifest();
         let expected = SlotRecord::from_manifest(&manifest)?;
         if expected != installed.record {
