@@ -178,6 +178,21 @@ fn check_board(recipe_file: &str, name: &str, expected: &[&str], dtb: &str) {
     }
     assert_eq!(gpt.find("APP").unwrap().size(), r.partitions.rootfs.bytes());
 
+    // A board without a TPM ([hardware] tpm = false: the Xavier) gets unsealed disk keys, and
+    // the audit says so in a note; a board with one gets no such note.
+    let store = aperture_image::store::Store::open(&report.paths.repo).unwrap();
+    let audit = aperture_image::audit::audit_commit(&store, &report.rootfs.commit, None).unwrap();
+    let no_tpm = audit
+        .findings
+        .iter()
+        .find(|f| f.check == "keys" && f.problem.contains("has no TPM"));
+    assert_eq!(
+        no_tpm.is_some(),
+        !r.hardware.tpm,
+        "{name}: the audit's note on unsealed disk keys: {:?}",
+        audit.findings
+    );
+
     // Both rootfs partitions hold the slot image: its verity tree checks out in place.
     let m =
         Manifest::from_json_unverified(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();

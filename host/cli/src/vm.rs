@@ -228,3 +228,47 @@ fn run_vm(a: &VmRunArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12.13: `vm run` once booted the signed `disk.img` itself. The guest's writes go to
+    /// the overlay in `DIR/vm/`; the build's disk stays as built.
+    #[test]
+    fn the_guest_writes_into_the_overlay_and_never_into_disk_img() {
+        let test = "the_guest_writes_into_the_overlay_and_never_into_disk_img";
+        let Some(_) = aperture_sys::tool::for_test("qemu-img", "qemu-utils", test) else {
+            return;
+        };
+        let Some(qemu_io) = aperture_sys::tool::for_test("qemu-io", "qemu-utils", test) else {
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.img");
+        std::fs::write(&disk, vec![0xAAu8; 1 << 20]).unwrap();
+        let before = std::fs::read(&disk).unwrap();
+
+        let (overlay, new) = prepare(d.path(), "sha-1", false).unwrap();
+        assert!(new && overlay.starts_with(d.path().join(VM_DIR)));
+        // What QEMU does with the guest's writes: a write through the qcow2 layer.
+        let out = std::process::Command::new(qemu_io)
+            .args(["-f", "qcow2", "-c", "write -P 0x55 0 64k"])
+            .arg(&overlay)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read(&disk).unwrap(),
+            before,
+            "disk.img was written"
+        );
+
+        // The same build: the overlay (and what the guest wrote) is kept.
+        let (_, new) = prepare(d.path(), "sha-1", false).unwrap();
+        assert!(!new);
+        // A rebuilt disk, or --fresh: a new overlay over it.
+        assert!(prepare(d.path(), "sha-2", false).unwrap().1);
+        assert!(prepare(d.path(), "sha-2", true).unwrap().1);
+    }
+}

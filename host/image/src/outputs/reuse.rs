@@ -173,3 +173,82 @@ pub fn reusable(out: &Path, fingerprint: &str) -> Result<Reuse> {
         bsp: record.bsp,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output folder as a build leaves it: a rootfs image named by the manifest, the signed
+    /// files beside it; recorded under fingerprint `f`.
+    fn outputs(dir: &Path) {
+        let rootfs = vec![7u8; 8192];
+        std::fs::write(dir.join(names::ROOTFS), &rootfs).unwrap();
+        let h = |b: &[u8]| Sha256Hex::digest(b).to_string();
+        let manifest = serde_json::json!({
+            "format": 1, "product": "p", "board": "qemu-x86_64", "version": "1.2.3",
+            "security_version": 1,
+            "build": {"source_date_epoch": 1, "recipe_sha256": h(b"r")},
+            "artifacts": [{
+                "name": names::ROOTFS, "role": "rootfs", "size": 8192, "sha256": h(&rootfs),
+                "verity": {"root_hash": h(b"root"), "salt": "00ff", "hash_offset": 4096,
+                    "data_blocks": 1, "data_block_size": 4096, "hash_block_size": 4096,
+                    "algorithm": "sha256", "uuid": "12345678-1234-1234-1234-123456789abc"}
+            }]
+        });
+        std::fs::write(
+            dir.join(names::MANIFEST),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        for n in [names::SIGNATURE, names::BUNDLE, names::ROOT_PUB] {
+            std::fs::write(dir.join(n), n.as_bytes()).unwrap();
+        }
+        record(dir, "f", None).unwrap();
+    }
+
+    fn why_not(dir: &Path) -> Option<String> {
+        match reusable(dir, "f").unwrap() {
+            Reuse::Yes(_) => None,
+            Reuse::No(why) => Some(why),
+        }
+    }
+
+    #[test]
+    fn unchanged_outputs_are_reused_and_other_inputs_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        outputs(d.path());
+        assert_eq!(why_not(d.path()), None);
+        assert!(matches!(reusable(d.path(), "g").unwrap(), Reuse::No(w) if w == "inputs changed"));
+    }
+
+    /// Issue 12.13: something wrote into a signed output (as `vm run` once did into
+    /// `disk.img`): same size, new contents. The build must make the outputs again.
+    #[test]
+    fn an_output_written_into_after_the_build_is_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        outputs(d.path());
+        let path = d.path().join(names::ROOTFS);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, &bytes).unwrap();
+        let why = why_not(d.path()).expect("a changed output must not be reused");
+        assert!(
+            why.contains("rootfs.img changed since it was built"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_regrown_output_is_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        outputs(d.path());
+        std::fs::write(d.path().join(names::BUNDLE), b"longer than before").unwrap();
+        assert!(why_not(d.path()).unwrap().contains("update.bundle changed"));
+        outputs(d.path());
+        std::fs::remove_file(d.path().join(names::SIGNATURE)).unwrap();
+        assert!(why_not(d.path())
+            .unwrap()
+            .contains("manifest.sig is missing"));
+    }
+}

@@ -158,6 +158,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_esp_is_checked_before_it_mounts_and_written_through() {
+        let line = fstab()
+            .lines()
+            .find(|l| l.starts_with("PARTLABEL=esp"))
+            .map(str::to_string)
+            .unwrap();
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields[1], "/efi");
+        let opts: Vec<&str> = fields[3].split(',').collect();
+        for want in ["dirsync", "flush", "umask=0077"] {
+            assert!(opts.contains(&want), "{want}: {line}");
+        }
+        assert!(!opts.contains(&"nofail"), "{line}");
+        // fsck pass 2: systemd-fsck repairs a FAT a cut left dirty before it mounts.
+        assert_eq!(fields[5], "2", "{line}");
+    }
+
+    #[test]
     fn partlabel_device_units_are_escaped_as_systemd_does() {
         assert_eq!(
             partlabel_device("aperture_state"),
