@@ -8,7 +8,7 @@ use aperture_tests::http::FileServer;
 use std::time::Duration;
 
 use aperture_tests::powercut::markers;
-use aperture_tests::scenario::{cut_after, Scenario, Script};
+use aperture_tests::scenario::{after, cut_after, Scenario, Script};
 use aperture_tests::{
     build, derived_recipe, json_on_line, require_root, test_root, vm_image, BOOT_TIMEOUT,
 };
@@ -39,6 +39,8 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
     let install = |bundle: &str| {
         Script::new()
             .piece("status", &[])
+            .unwrap()
+            .piece("tpm-counters", &[])
             .unwrap()
             .piece("install", &[("URL", &server.guest_url(bundle))])
             .unwrap()
@@ -111,6 +113,26 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
         st["committed"], "b",
         "the health gate must have committed slot B: {st}"
     );
+    // Issue 12.9: the floor and the keyring sequence are in the (sw)TPM's NV counters too,
+    // as high as the store says, so a lower floor written into the store changes nothing.
+    for (index, field) in [
+        ("0x01500A70", "security_floor"),
+        ("0x01500A71", "keyring_sequence"),
+    ] {
+        let line = vm
+            .wait_for(&format!("APERTURE-NV {index} "), BOOT_TIMEOUT)
+            .unwrap();
+        let hex = after(&line, &format!("APERTURE-NV {index} "));
+        let counter = match hex.trim() {
+            "none" => 0,
+            h => u64::from_str_radix(h, 16).unwrap_or_else(|_| panic!("{line}")),
+        };
+        let store = st[field].as_u64().unwrap_or(0);
+        assert!(
+            counter >= store && (field != "security_floor" || counter >= 1),
+            "NV counter {index} = {counter}, the store's {field} = {store}: {st}"
+        );
+    }
     vm.wait_for("APERTURE-INSTALLED", BOOT_TIMEOUT).unwrap();
     vm.wait_exit(BOOT_TIMEOUT).unwrap();
 
