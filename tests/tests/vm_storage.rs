@@ -198,8 +198,22 @@ fn storage_and_reset_through_an_appliances_life() {
         "a boot without the TPM changed the encrypted partitions or the device state"
     );
 
-    // Boot 4 (the TPM back, slot A): the keys unseal, the canary is there; slot A is corrupted
-    // on the host while it runs, and level 1 now refuses A and boots B.
+    // Issue 12.3: the data volume's primary LUKS2 header is damaged (its first 4 KiB zeroed on
+    // the host, as a bad sector or a torn write would). It must be repaired from the secondary
+    // copy, never formatted again: boot 4 opens it with the same UUID and the canary in it.
+    {
+        let (offset, _) = partition(&sc.disk, "data");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sc.disk)
+            .unwrap();
+        f.write_all_at(&[0u8; 4096], offset).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    // Boot 4 (the TPM back, slot A): the data header is repaired, the keys unseal, the canary
+    // is there; slot A is corrupted on the host while it runs, and level 1 now refuses A and
+    // boots B.
     let s = show()
         .piece("canary-check", &[("CANARY", &canary)])
         .and_then(|s| s.piece("wait-control", &[("SERVER_PORT", &port)]))
@@ -223,6 +237,15 @@ fn storage_and_reset_through_an_appliances_life() {
     );
     let kept = vm.wait_for("APERTURE-CANARY-", BOOT_TIMEOUT).unwrap();
     assert!(kept.contains("APERTURE-CANARY-KEPT"), "{kept}");
+    let console = vm.console();
+    assert!(
+        console.contains("data: header repaired"),
+        "the zeroed primary header must have been repaired"
+    );
+    assert!(
+        !console.contains(markers::FORMAT_DATA),
+        "a damaged header must never be formatted again"
+    );
     vm.wait_for("APERTURE-WAITING", BOOT_TIMEOUT).unwrap();
     corrupt_slot_a(&sc.disk, &rootfs);
     assert!(!partition_holds(&sc.disk, "rootfs_a", &rootfs));
