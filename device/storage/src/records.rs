@@ -230,16 +230,14 @@ impl StorageState {
     /// volume left the key source is forgotten too: the next first boot chooses again.
     pub fn forget(&self, volume: Volume) -> Result<(), StorageError> {
         let mut record = self.load()?;
-        if record.volumes.remove(&volume).is_none() && !record.volumes.is_empty() {
-            return Ok(());
+        let removed = record.volumes.remove(&volume).is_some();
+        // With the last volume gone the key source goes too: the next first boot chooses again.
+        let cleared = record.volumes.is_empty() && record.source.take().is_some();
+        if removed || cleared {
+            self.save(&record)
+        } else {
+            Ok(())
         }
-        if record.volumes.is_empty() {
-            if record.source.is_none() {
-                return Ok(());
-            }
-            record.source = None;
-        }
-        self.save(&record)
     }
 
     /// Whether the `reset` area says a wipe is pending (same contract as the reset journal
@@ -323,6 +321,28 @@ mod tests {
         assert_eq!(after.source, Some(KeySourceKind::Tpm2));
         s.forget(Volume::Data).unwrap();
         s.forget(Volume::Data).unwrap();
+        assert_eq!(s.load().unwrap(), StorageRecord::default());
+    }
+
+    /// A record without a key source (an older one, or a first boot cut before the source
+    /// was chosen): forgetting the last volume must still be written (level 3 relies on it;
+    /// the privileged storage suite found it kept).
+    #[test]
+    fn forgetting_the_last_volume_is_saved_without_a_source() {
+        let (s, _) = state();
+        let mut r = StorageRecord::default();
+        for v in Volume::ALL {
+            let rec = VolumeRecord {
+                state: VolumeState::Ready,
+                uuid: v.label().into(),
+                sealed: sealed(),
+            };
+            r.volumes.insert(v, rec);
+        }
+        s.save(&r).unwrap();
+        for v in Volume::ALL {
+            s.forget(v).unwrap();
+        }
         assert_eq!(s.load().unwrap(), StorageRecord::default());
     }
 
