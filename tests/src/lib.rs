@@ -54,6 +54,21 @@ pub fn require_root(test: &str) -> bool {
     root
 }
 
+/// Whether this run is `cargo xtask test --full` (`APERTURE_FULL=1`): the long VM stories
+/// then go on past the part CI runs. Without it they say where they stop.
+pub fn full() -> bool {
+    std::env::var("APERTURE_FULL").as_deref() == Ok("1")
+}
+
+/// Stop a story here unless this is a `--full` run, saying what is left for it.
+pub fn stop_unless_full(rest: &str) -> bool {
+    if full() {
+        return false;
+    }
+    eprintln!("NOT RUN HERE (cargo xtask test --full runs it): {rest}");
+    true
+}
+
 /// A recipe path in the workspace.
 pub fn recipe(name: &str) -> PathBuf {
     workspace().join("recipes").join(name)

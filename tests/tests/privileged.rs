@@ -53,8 +53,8 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 
 #[test]
 #[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
-fn default_build_twice_reuses_the_base() {
-    if !require_root("default_build_twice_reuses_the_base") {
+fn full_default_build_twice_reuses_the_base() {
+    if !require_root("full_default_build_twice_reuses_the_base") {
         return;
     }
     let (first, cold) = default_image_fresh().unwrap();
@@ -145,7 +145,7 @@ fn disk_image_passes_sgdisk_and_bmaptool_copy() {
     if !require_root("disk_image_passes_sgdisk_and_bmaptool_copy") {
         return;
     }
-    let (report, _) = default_image_fresh().unwrap();
+    let report = default_image().unwrap();
     let out = &report.paths.out;
     if tool("sgdisk") {
         let text = run(Command::new("sgdisk").arg("-v").arg(out.join(names::DISK)));
@@ -173,7 +173,7 @@ fn verify_passes_then_names_a_flipped_rootfs_byte() {
     if !require_root("verify_passes_then_names_a_flipped_rootfs_byte") {
         return;
     }
-    let (report, _) = default_image_fresh().unwrap();
+    let report = default_image().unwrap();
     let out = &report.paths.out;
     let now = aperture_trust::now_unix();
     let good = aperture_image::verify::verify(out, None, now).unwrap();
@@ -269,8 +269,8 @@ fn verify_passes_then_names_a_flipped_rootfs_byte() {
 
 #[test]
 #[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
-fn two_clean_builds_are_byte_identical() {
-    if !require_root("two_clean_builds_are_byte_identical") {
+fn full_two_clean_builds_are_byte_identical() {
+    if !require_root("full_two_clean_builds_are_byte_identical") {
         return;
     }
     // Two builds that share nothing but the source: the one in the shared build cache, and
@@ -303,8 +303,8 @@ fn two_clean_builds_are_byte_identical() {
 
 #[test]
 #[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
-fn diff_between_versions_lists_the_package_and_the_overlay_file() {
-    if !require_root("diff_between_versions_lists_the_package_and_the_overlay_file") {
+fn full_diff_between_versions_lists_the_package_and_the_overlay_file() {
+    if !require_root("full_diff_between_versions_lists_the_package_and_the_overlay_file") {
         return;
     }
     // v1 is the default recipe (its base is the shared one); v2 adds a package and a file.
@@ -419,8 +419,8 @@ fn diff_between_versions_lists_the_package_and_the_overlay_file() {
 
 #[test]
 #[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
-fn jetson_orin_rootfs_has_an_aarch64_agent() {
-    if !require_root("jetson_orin_rootfs_has_an_aarch64_agent") {
+fn full_jetson_orin_rootfs_has_an_aarch64_agent() {
+    if !require_root("full_jetson_orin_rootfs_has_an_aarch64_agent") {
         return;
     }
     let root = test_root().join("arm64");
@@ -515,8 +515,7 @@ fn bundle_verb_remakes_the_builds_bundle_byte_for_byte() {
     if !require_root("bundle_verb_remakes_the_builds_bundle_byte_for_byte") {
         return;
     }
-    // The suite's one clean build of the default image (the first test to run makes it).
-    let (image, _) = default_image_fresh().unwrap();
+    let image = default_image().unwrap();
     let dir = test_root().join("bundle-verb");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("again.bundle");

@@ -1,4 +1,5 @@
-//! Privileged tier: full Jetson builds (AGX Orin and AGX Xavier) from the arm64 Debian base,
+//! Privileged tier, run with `--full` (the arm64 Debian base takes about 12 minutes of CI's 30
+//! under emulation): full Jetson builds (AGX Orin and AGX Xavier) from the arm64 Debian base,
 //! with the SYNTHETIC L4T BSP of `image/fixtures/synthetic-bsp` (files named as in NVIDIA's
 //! Jetson Linux trees, contents generated placeholders, not NVIDIA software). They check the
 //! disk's partition table against NVIDIA's layout, the manifest's hashes against the BSP files,

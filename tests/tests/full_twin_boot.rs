@@ -1,4 +1,4 @@
-//! Tier 3, the Jetson twin (the part CI runs): an AGX Orin build with its disk exactly as built
+//! Tier 3, `--full` (it needs the arm64 base, which CI cannot afford), the Jetson twin's boots: an AGX Orin build with its disk exactly as built
 //! for a real Orin boots under QEMU arm64 (TCG), each boot chosen by L4TLauncher's A/B rules
 //! applied to its UEFI variables between boots (`aperture_image::twin`). The first boot formats
 //! UDA and config as LUKS2 sealed to the (sw)TPM and prints the status line; three warm reboots
@@ -7,6 +7,7 @@
 //! and one the guest writes through efivarfs is in the store after it.
 //!
 //! The longer twin scenarios (update and rollback, ten reboots, resets) are in `full_twin.rs`.
+//! Not in CI: the arm64 Debian base alone takes 12 minutes there (emulated dpkg).
 
 use aperture_image::twin::{nvidia_guid, varstore::VarStore};
 use aperture_slots::Slot;
