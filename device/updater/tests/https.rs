@@ -255,7 +255,10 @@ fn plain_http_needs_the_loud_flag() {
     let url = "http://127.0.0.1:9/v2.bundle";
     let err = source::open(url, &options(&dev, None)).err().unwrap();
     assert!(matches!(err, UpdateError::InsecureSource { .. }), "{err}");
-    assert!(err.to_string().contains("--insecure-http"), "{err}");
+    assert!(
+        aperture_updater::error_chain(&err).contains("--insecure-http"),
+        "{err}"
+    );
     assert_eq!(dev.snapshot(), before);
     // With the flag, plain HTTP works (the VM test serves bundles this way).
     let how = Behaviour {

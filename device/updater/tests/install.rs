@@ -170,7 +170,8 @@ fn rollback_command_boots_the_other_good_slot() {
         u.rollback().unwrap_err()
     };
     assert!(matches!(err, UpdateError::Slots(_)), "{err}");
-    assert!(err.to_string().contains("slot b"), "{err}");
+    let text = aperture_updater::error_chain(&err);
+    assert!(text.contains("slot b"), "{text}");
 }
 
 #[test]

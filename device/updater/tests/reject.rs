@@ -174,7 +174,10 @@ fn replayed_old_bundle() {
         matches!(err, UpdateError::AlreadyInstalled { slot: Slot::A, .. }),
         "{err}"
     );
-    assert!(err.to_string().contains("1.0.0"), "{err}");
+    assert!(
+        aperture_updater::error_chain(&err).contains("1.0.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -336,7 +339,10 @@ fn other_product() {
     });
     let err = refused_untouched(&dev, &other.bundle);
     assert!(matches!(err, UpdateError::Unsupported { .. }), "{err}");
-    assert!(err.to_string().contains("someone-else"), "{err}");
+    assert!(
+        aperture_updater::error_chain(&err).contains("someone-else"),
+        "{err}"
+    );
 }
 
 #[test]

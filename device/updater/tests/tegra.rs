@@ -432,7 +432,8 @@ fn jetson_bundles_missing_a_device_tree_or_too_large_are_refused_before_any_writ
         .install(&mut &no_dtb.bundle[..], &InstallOptions::default())
         .unwrap_err();
     assert!(
-        matches!(err, UpdateError::Unsupported { .. }) && err.to_string().contains("Dtb"),
+        matches!(err, UpdateError::Unsupported { .. })
+            && aperture_updater::error_chain(&err).contains("Dtb"),
         "{err}"
     );
     assert_eq!([dev.slot_hashes(Slot::A), dev.slot_hashes(Slot::B)], before);

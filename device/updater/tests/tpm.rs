@@ -120,7 +120,10 @@ fn a_tpm_that_cannot_be_read_stops_installs_but_never_a_commit() {
         .install(&mut &v2.bundle[..], &InstallOptions::default())
         .unwrap_err();
     assert!(matches!(err, UpdateError::Tpm { .. }), "{err}");
-    assert!(err.to_string().contains("anti-rollback floor"), "{err}");
+    assert!(
+        aperture_updater::error_chain(&err).contains("anti-rollback floor"),
+        "{err}"
+    );
     let c = dev
         .updater(Slot::A)
         .with_counters(Arc::new(tpm.clone()))
