@@ -299,11 +299,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn forget_drops_the_volume_then_the_source() {
-        let (s, _) = state();
+    /// A record with both volumes ready, keys from `source`.
+    fn both_ready(source: Option<KeySourceKind>) -> StorageRecord {
         let mut r = StorageRecord {
-            source: Some(KeySourceKind::Tpm2),
+            source,
             ..StorageRecord::default()
         };
         for v in Volume::ALL {
@@ -314,7 +313,13 @@ mod tests {
             };
             r.volumes.insert(v, rec);
         }
-        s.save(&r).unwrap();
+        r
+    }
+
+    #[test]
+    fn forget_drops_the_volume_then_the_source() {
+        let (s, _) = state();
+        s.save(&both_ready(Some(KeySourceKind::Tpm2))).unwrap();
         s.forget(Volume::Config).unwrap();
         let after = s.load().unwrap();
         assert_eq!(after.volumes.keys().collect::<Vec<_>>(), [&Volume::Data]);
@@ -330,16 +335,7 @@ mod tests {
     #[test]
     fn forgetting_the_last_volume_is_saved_without_a_source() {
         let (s, _) = state();
-        let mut r = StorageRecord::default();
-        for v in Volume::ALL {
-            let rec = VolumeRecord {
-                state: VolumeState::Ready,
-                uuid: v.label().into(),
-                sealed: sealed(),
-            };
-            r.volumes.insert(v, rec);
-        }
-        s.save(&r).unwrap();
+        s.save(&both_ready(None)).unwrap();
         for v in Volume::ALL {
             s.forget(v).unwrap();
         }
