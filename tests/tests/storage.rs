@@ -247,6 +247,20 @@ fn level3_wipe_on_loop_devices_leaves_no_canary_and_no_luks_header() {
     std::fs::create_dir_all(&by_label).unwrap();
     std::os::unix::fs::symlink(&config.dev, by_label.join("config")).unwrap();
     std::os::unix::fs::symlink(&data.dev, by_label.join("data")).unwrap();
+    // The image's facts: which board, so which partitions hold config and data.
+    let facts = aperture_appliance::BuildFacts {
+        product: "aperture-vision".into(),
+        version: "1.0.0".into(),
+        security_version: 1,
+        board: aperture_appliance::Board::QemuX86_64,
+        recipe_sha256: "0".repeat(64),
+        source_date_epoch: 1,
+        required_services: Vec::new(),
+        tpm: true,
+        reset_button: None,
+    };
+    std::fs::create_dir_all(root.join("etc/aperture")).unwrap();
+    std::fs::write(root.join("etc/aperture/build.json"), facts.to_bytes()).unwrap();
     let root_arg = root.display().to_string();
     let (code, json) = aperture_reset(&["--root", &root_arg, "--verify", "--json"]);
     assert_eq!(code, 0, "{json}");

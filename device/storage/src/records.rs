@@ -233,11 +233,17 @@ impl StorageState {
         let removed = record.volumes.remove(&volume).is_some();
         // With the last volume gone the key source goes too: the next first boot chooses again.
         let cleared = record.volumes.is_empty() && record.source.take().is_some();
-        if removed || cleared {
-            self.save(&record)
-        } else {
-            Ok(())
+        if !removed && !cleared {
+            return Ok(());
         }
+        if record.volumes.is_empty() {
+            // Nothing left: empty both copies of the area, so that neither keeps a sealed key.
+            let mut store = self.store.borrow_mut();
+            store.write(Area::Storage, &[])?;
+            store.write(Area::Storage, &[])?;
+            return Ok(());
+        }
+        self.save(&record)
     }
 
     /// Whether the `reset` area says a wipe is pending (same contract as the reset journal
@@ -340,6 +346,12 @@ mod tests {
             s.forget(v).unwrap();
         }
         assert_eq!(s.load().unwrap(), StorageRecord::default());
+        // No copy of the area keeps a sealed key.
+        let store = s.store.borrow();
+        for copy in 0..2 {
+            let c = store.copy(Area::Storage, copy).unwrap();
+            assert!(c.is_none_or(|c| c.payload.is_empty()), "copy {copy}");
+        }
     }
 
     #[test]
