@@ -41,7 +41,7 @@ pub enum Command {
     /// Run every test tier this machine can run (unit; privileged and VM as root), with a
     /// table of how long each suite took.
     Test(TestArgs),
-    /// Fuzz every parser of untrusted bytes (cargo-fuzz, nightly) for a while each, seeded from
+    /// Fuzz every parser of untrusted bytes (libFuzzer, nightly) for a while each, seeded from
     /// `fuzz/seeds`, with a table of what each run did; any crash fails it.
     Fuzz(FuzzArgs),
     /// Any other verb, for `aperture` or `aperture-bench`.

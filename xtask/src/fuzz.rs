@@ -1,8 +1,12 @@
-//! `cargo xtask fuzz`: build the fuzz targets in `fuzz/` (cargo-fuzz, libFuzzer) and run each
-//! for a fixed time, seeded from `fuzz/seeds/<target>`, then print a table of what each run did.
-//! A crash fails the command, naming the saved input and the command that reproduces it.
+//! `cargo xtask fuzz`: build the fuzz targets in `fuzz/` (libFuzzer through `libfuzzer-sys`) and
+//! run each for a fixed time, seeded from `fuzz/seeds/<target>`, then print a table of what each
+//! run did. A crash fails the command, naming the saved input and the command that reproduces it.
 //!
-//! * cargo-fuzz is installed when missing (`cargo install cargo-fuzz --locked`, once).
+//! * The build is cargo-fuzz's, without cargo-fuzz: `cargo build --release` of the fuzz crate
+//!   with the same coverage instrumentation flags (`sancov-module`, inline 8-bit counters,
+//!   PC table, compare tracing, stack depth, `--cfg fuzzing`), see [`rustflags`]. Installing
+//!   cargo-fuzz cost a fresh CI machine about three minutes for no other gain; the layout of
+//!   `fuzz/` stays cargo-fuzz's, so `cargo fuzz run` works as well for those who have it.
 //! * The targets build with the nightly toolchain through rustup. Without one, the stable
 //!   compiler is used with `RUSTC_BOOTSTRAP=1`, said loudly: fine for a fuzz build, never for
 //!   anything shipped.
@@ -48,8 +52,17 @@ pub struct Stats {
     pub reason: Option<String>,
 }
 
-/// Build and run the fuzz targets; fail if any crashed.
-pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
+/// The chosen targets and how to build them.
+struct Plan {
+    chosen: Vec<String>,
+    toolchain: Toolchain,
+    target_dir: PathBuf,
+    bin_dir: PathBuf,
+    build: Command,
+}
+
+/// Check the targets named, install the packages the build needs, and prepare its command.
+fn plan(root: &Path, args: &FuzzArgs) -> Result<Plan> {
     let fuzz_dir = root.join("fuzz");
     let known = targets(&fuzz_dir)?;
     let chosen: Vec<String> = if args.targets.is_empty() {
@@ -73,7 +86,6 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
     }
     preflight::ensure(&needs)?;
     let toolchain = Toolchain::find();
-    ensure_cargo_fuzz()?;
 
     let sanitizer = args.sanitizer.as_str();
     let flavour = if args.ci {
@@ -84,22 +96,88 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
     let target_dir = fuzz_dir.join("target").join(&flavour);
     let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     let mut build = toolchain.cargo();
-    build
-        .current_dir(&fuzz_dir)
-        .args(["fuzz", "build", "--fuzz-dir", "."]);
-    build.args(["--sanitizer", sanitizer, "--target", &triple]);
+    build.current_dir(&fuzz_dir).args([
+        "build",
+        "--manifest-path",
+        "Cargo.toml",
+        "--release",
+        // As cargo-fuzz: line tables, so a crash's backtrace names lines.
+        "--config",
+        "profile.release.debug=\"line-tables-only\"",
+        // `--target` keeps RUSTFLAGS away from build scripts and proc macros.
+        "--target",
+        &triple,
+    ]);
     build.arg("--target-dir").arg(&target_dir);
+    build.env("RUSTFLAGS", rustflags(&args.sanitizer, args.ci));
     if args.ci {
         // Measured on 2 cores: a cold build of 3.7 minutes instead of 5.3. The bundled zstd is
         // the longest C compile (about a minute); Debian's libzstd serves as well here.
-        build.args(["--codegen-units", "16"]);
         build.env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1");
         build.env("ZSTD_SYS_USE_PKG_CONFIG", "1");
     }
-    if let [only] = chosen.as_slice() {
-        build.arg(only);
-    }
+    match chosen.as_slice() {
+        [only] => build.args(["--bin", only]),
+        _ => build.arg("--bins"),
+    };
     let bin_dir = target_dir.join(&triple).join("release");
+    Ok(Plan {
+        chosen,
+        toolchain,
+        target_dir,
+        bin_dir,
+        build,
+    })
+}
+
+/// Start building the fuzz targets in the background at the lowest CPU priority (`nice 19`),
+/// its output in `fuzz/target/logs/prebuild.log`: `cargo xtask test` starts it while the VM
+/// tier runs, so that the fuzz tier finds its build mostly done, using only cycles the VM
+/// guests leave idle. [`run`] then builds again, which finishes what is left (and shows any
+/// error in full).
+pub fn start_prebuild(root: &Path, args: &FuzzArgs) -> Result<Child> {
+    let plan = plan(root, args)?;
+    let logs = root.join("fuzz/target/logs");
+    fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log_path = logs.join("prebuild.log");
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut c = Command::new("nice");
+    c.args(["-n", "19"])
+        .arg(plan.build.get_program())
+        .args(plan.build.get_args());
+    if let Some(dir) = plan.build.get_current_dir() {
+        c.current_dir(dir);
+    }
+    for (k, v) in plan.build.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.stdin(Stdio::null())
+        .stdout(log.try_clone().context("log file")?)
+        .stderr(log);
+    let shown = command_line(&c);
+    eprintln!(
+        "xtask fuzz: building the fuzz targets in the background ({}), output in {}",
+        plan.toolchain.describe(),
+        log_path.display()
+    );
+    c.spawn().with_context(|| format!("starting `{shown}`"))
+}
+
+/// Build and run the fuzz targets; fail if any crashed.
+pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
+    let fuzz_dir = root.join("fuzz");
+    let sanitizer = args.sanitizer.as_str();
+    let Plan {
+        chosen,
+        toolchain,
+        target_dir,
+        bin_dir,
+        mut build,
+    } = plan(root, args)?;
     if !bin_dir.join(&chosen[0]).exists() {
         eprintln!(
             "xtask fuzz: compiling the fuzz targets and their ~200 crates with coverage \
@@ -126,10 +204,9 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
         .filter_map(|(name, s)| {
             let artifact = s.artifact.as_ref()?;
             Some(format!(
-                "{name}: {}\n    input: {artifact}\n    reproduce: {} fuzz run --fuzz-dir fuzz \
-                 --sanitizer {sanitizer} --target-dir fuzz/target/{sanitizer} {name} {artifact}",
+                "{name}: {}\n    input: {artifact}\n    reproduce: {}/{name} fuzz/{artifact}",
                 s.reason.as_deref().unwrap_or("crashed"),
-                toolchain.command_prefix(),
+                relative(root, &bin_dir),
             ))
         })
         .collect();
@@ -182,6 +259,10 @@ impl Toolchain {
         if has_nightly(&listed) {
             return Toolchain::Nightly;
         }
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Toolchain::StableBootstrap;
+        }
         eprintln!(
             "\nxtask fuzz: WARNING: NO NIGHTLY TOOLCHAIN (`rustup toolchain install nightly` \
              adds one).\nxtask fuzz: WARNING: BUILDING WITH THE STABLE COMPILER AND \
@@ -208,13 +289,42 @@ impl Toolchain {
             Toolchain::StableBootstrap => "STABLE compiler with RUSTC_BOOTSTRAP=1",
         }
     }
+}
 
-    fn command_prefix(self) -> &'static str {
-        match self {
-            Toolchain::Nightly => "cargo +nightly",
-            Toolchain::StableBootstrap => "RUSTC_BOOTSTRAP=1 cargo",
-        }
+/// The compiler flags of cargo-fuzz's default build (`cargo fuzz build`, 0.13): coverage
+/// instrumentation for libFuzzer, `--cfg fuzzing`, one codegen unit (sixteen for `--ci`, a
+/// quicker build), plus the sanitizer and debug assertions (with overflow checks), which keep
+/// a safe-Rust parser's silent wrap-arounds from passing as fine.
+pub fn rustflags(sanitizer: &str, ci: bool) -> String {
+    let mut flags = vec![
+        "-Cpasses=sancov-module",
+        "-Cllvm-args=-sanitizer-coverage-level=4",
+        "-Cllvm-args=-sanitizer-coverage-inline-8bit-counters",
+        "-Cllvm-args=-sanitizer-coverage-pc-table",
+        "-Cllvm-args=-sanitizer-coverage-trace-compares",
+        "-Cllvm-args=-simplifycfg-branch-fold-threshold=0",
+        "--cfg",
+        "fuzzing",
+        "-Cdebug-assertions",
+        "-Coverflow-checks",
+    ];
+    if cfg!(target_os = "linux") {
+        flags.push("-Cllvm-args=-sanitizer-coverage-stack-depth");
     }
+    if sanitizer == "address" {
+        flags.push("-Zsanitizer=address");
+    }
+    flags.push(if ci {
+        "-Ccodegen-units=16"
+    } else {
+        "-Ccodegen-units=1"
+    });
+    let mut out = flags.join(" ");
+    if let Ok(extra) = std::env::var("RUSTFLAGS") {
+        out.push(' ');
+        out.push_str(&extra);
+    }
+    out
 }
 
 /// Whether `rustup toolchain list` output names a nightly toolchain.
@@ -222,25 +332,6 @@ fn has_nightly(listed: &str) -> bool {
     listed
         .lines()
         .any(|l| l.trim_start().starts_with("nightly"))
-}
-
-fn ensure_cargo_fuzz() -> Result<()> {
-    let present = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if present {
-        return Ok(());
-    }
-    eprintln!(
-        "xtask fuzz: installing cargo-fuzz (`cargo install cargo-fuzz --locked`): a few minutes, \
-         once"
-    );
-    run_command(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
-        .context("installing cargo-fuzz")
 }
 
 /// A target's libFuzzer process.
@@ -281,6 +372,9 @@ fn start_target(
         ))
         .arg(relative(fuzz_dir, &corpus))
         .arg(relative(fuzz_dir, &fuzz_dir.join("seeds").join(name)))
+        // As `cargo fuzz run` (read by AddressSanitizer builds only): the Rust standard library
+        // and the instrumented crates may define one global twice, which is no bug of ours.
+        .env("ASAN_OPTIONS", asan_options())
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("log file")?)
         .stderr(log);
@@ -294,6 +388,14 @@ fn start_target(
         log: log_path,
         shown,
     })
+}
+
+/// `ASAN_OPTIONS` for a target: the caller's, plus `detect_odr_violation=0`.
+fn asan_options() -> String {
+    match std::env::var("ASAN_OPTIONS") {
+        Ok(o) if !o.is_empty() => format!("{o}:detect_odr_violation=0"),
+        _ => "detect_odr_violation=0".to_string(),
+    }
 }
 
 /// Run `names` at most `jobs` at a time; their stats in the order of `names`.
@@ -508,6 +610,26 @@ mod tests {
             Duration::ZERO,
         );
         assert!(oom.reason.unwrap_or_default().contains("out-of-memory"));
+    }
+
+    #[test]
+    fn the_build_instruments_as_cargo_fuzz_does() {
+        let plain = rustflags("none", false);
+        for flag in [
+            "-Cpasses=sancov-module",
+            "-sanitizer-coverage-inline-8bit-counters",
+            "-sanitizer-coverage-pc-table",
+            "-sanitizer-coverage-trace-compares",
+            "--cfg fuzzing",
+            "-Cdebug-assertions",
+            "-Ccodegen-units=1",
+        ] {
+            assert!(plain.contains(flag), "{flag} missing from {plain}");
+        }
+        assert!(!plain.contains("sanitizer=address"), "{plain}");
+        let asan = rustflags("address", true);
+        assert!(asan.contains("-Zsanitizer=address"), "{asan}");
+        assert!(asan.contains("-Ccodegen-units=16"), "{asan}");
     }
 
     #[test]

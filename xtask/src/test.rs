@@ -131,6 +131,30 @@ fn run_tiers(
         });
     }
 
+    let fuzz = xtask::args::FuzzArgs {
+        seconds: FUZZ_SMOKE_SECONDS,
+        sanitizer: "none".into(),
+        ci: true,
+        jobs: None,
+        targets: Vec::new(),
+    };
+    // The fuzz build (several minutes of compiling) runs beside tiers 2 and 3 at the lowest
+    // priority, on the cycles their guests and tools leave idle; tier 4 waits for it.
+    let mut prebuild = if tiers.contains(&4)
+        && root_user
+        && (tiers.contains(&2) || tiers.contains(&3))
+    {
+        match crate::fuzz::start_prebuild(root, &fuzz) {
+            Ok(child) => Some(Background(child)),
+            Err(e) => {
+                eprintln!("xtask test: the fuzz build does not start in the background ({e:#}); tier 4 builds it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let suites = test_targets(root)?;
     let mut failures: Vec<String> = Vec::new();
     for name in &suites {
@@ -209,13 +233,11 @@ fn run_tiers(
     }
     if tiers.contains(&4) {
         let t = Instant::now();
-        let fuzz = xtask::args::FuzzArgs {
-            seconds: FUZZ_SMOKE_SECONDS,
-            sanitizer: "none".into(),
-            ci: true,
-            jobs: None,
-            targets: Vec::new(),
-        };
+        if let Some(Background(child)) = prebuild.as_mut() {
+            eprintln!("xtask test: waiting for the fuzz build started in the background");
+            // Its outcome does not matter here: `fuzz::run` builds again and reports errors.
+            let _ = child.wait();
+        }
         match crate::fuzz::run(root, &fuzz) {
             Ok(()) => rows.push(Row {
                 tier: 4,
@@ -236,6 +258,18 @@ fn run_tiers(
         bail!("suites failed: {}", failures.join(", "));
     }
     Ok(())
+}
+
+/// A process started beside the tiers, killed if the run stops before it is waited for.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Set for the test processes of `--full`: [`aperture_tests::full`] reads it.
