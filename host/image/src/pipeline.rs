@@ -175,10 +175,20 @@ pub fn build_rootfs(
         s.note(paths.repo.display().to_string());
         Ok(st)
     })?;
-    let base_commit = rep.step("base", |s| {
-        base::ensure(&store, recipe, &opts.workspace, &paths.cache, s)
-    })?;
-    let progs = rep.step("programs", |s| programs::build(recipe, &opts.workspace, s))?;
+    // The Debian base (mostly downloading and unpacking, one core) and the device programs
+    // (compiling, every core) do not depend on each other: on a cold cache they overlap.
+    let (base_commit, progs) = std::thread::scope(|scope| {
+        let progs =
+            scope.spawn(|| rep.step("programs", |s| programs::build(recipe, &opts.workspace, s)));
+        let base = rep.step("base", |s| {
+            base::ensure(&store, recipe, &opts.workspace, &paths.cache, s)
+        });
+        let progs = progs
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (base, progs)
+    });
+    let (base_commit, progs) = (base_commit?, progs?);
 
     let layer_dir = paths
         .cache

@@ -1,6 +1,7 @@
 //! Named, timed build steps: each prints its name when it starts and its time when it ends, long
 //! ones show their latest output line on a terminal (a heartbeat line otherwise), and everything
-//! goes to the build log.
+//! goes to the build log. Two steps may run at once (the Debian base and the device programs):
+//! on a terminal each has its own line.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -9,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 /// How a step ended.
@@ -28,7 +29,8 @@ pub struct StepRecord {
 /// Reports steps on stderr and in the build log.
 pub struct Reporter {
     log: Mutex<Option<File>>,
-    tty: bool,
+    /// On a terminal: the running steps' lines, printed under what is said.
+    bars: Option<MultiProgress>,
     records: Mutex<Vec<StepRecord>>,
 }
 
@@ -53,7 +55,7 @@ impl Reporter {
         };
         Ok(Reporter {
             log: Mutex::new(file),
-            tty: std::io::stderr().is_terminal(),
+            bars: std::io::stderr().is_terminal().then(MultiProgress::new),
             records: Mutex::new(Vec::new()),
         })
     }
@@ -75,7 +77,14 @@ impl Reporter {
 
     /// Print a line on stderr and in the log.
     pub fn say(&self, line: &str) {
-        eprintln!("{line}");
+        match &self.bars {
+            Some(m) => {
+                if m.println(line).is_err() {
+                    eprintln!("{line}");
+                }
+            }
+            None => eprintln!("{line}"),
+        }
         self.log(line);
     }
 
@@ -92,8 +101,8 @@ impl Reporter {
     /// Run a named step.
     pub fn step<T>(&self, name: &str, f: impl FnOnce(&Step<'_>) -> Result<T>) -> Result<T> {
         self.say(&format!("==> {name}"));
-        let bar = self.tty.then(|| {
-            let b = ProgressBar::new_spinner();
+        let bar = self.bars.as_ref().map(|m| {
+            let b = m.add(ProgressBar::new_spinner());
             b.set_style(
                 ProgressStyle::with_template("    {spinner} {elapsed:>4} {wide_msg}")
                     .expect("static template"),
@@ -111,8 +120,9 @@ impl Reporter {
         };
         let start = Instant::now();
         let result = f(&step);
-        if let Some(b) = &step.bar {
+        if let (Some(b), Some(m)) = (&step.bar, &self.bars) {
             b.finish_and_clear();
+            m.remove(b);
         }
         let secs = start.elapsed().as_secs_f64();
         let reused = *step.reused.lock().expect("lock");
