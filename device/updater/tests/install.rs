@@ -442,3 +442,45 @@ fn leftover_temporary_files_are_removed_and_count_as_free_space() {
     assert_eq!(dev.boot(), Slot::B);
     dev.assert_slot_verifies(Slot::B);
 }
+
+/// Issue 12.10: what the device records for an installed slot is the manifest the trust crate
+/// verified, read once. The bundle's first header (`manifest.json`) gets the size field
+/// `"<size> 7"`: tar readers, ours included, read the number up to the first space. The updater
+/// once read the header a second time with a laxer parser of its own (`split_header`, removed),
+/// which kept every octal digit of the field: it read `<size>7`, eight times too long, so it
+/// recorded bytes nobody had verified (or refused a bundle that verified). Now there is one
+/// parser, and the record holds exactly the signed bytes.
+#[test]
+fn the_manifest_recorded_is_the_one_verified_whatever_else_its_tar_header_holds() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let mut bundle = v2.bundle.clone();
+    assert_eq!(
+        &bundle[..14],
+        b"manifest.json\0",
+        "manifest.json comes first"
+    );
+    let field = format!("{:o} 7", v2.manifest_json.len());
+    assert!(field.len() < 12);
+    bundle[124..136].fill(0);
+    bundle[124..124 + field.len()].copy_from_slice(field.as_bytes());
+    // The header checksum: every byte summed with the checksum field read as spaces.
+    bundle[148..156].fill(b' ');
+    let sum: u32 = bundle[..512].iter().map(|b| u32::from(*b)).sum();
+    bundle[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+
+    let dev = Device::new(&v1);
+    let mut u = dev.updater(Slot::A);
+    let done = u
+        .install(&mut &bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(done.version, "2.0.0");
+    let installed = dev.installed(Slot::B).unwrap();
+    assert_eq!(installed.manifest.as_bytes(), v2.manifest_json);
+    assert_eq!(installed.signature.as_bytes(), v2.sig_json);
+    assert_eq!(
+        done.manifest_sha256,
+        Sha256Hex::digest(&v2.manifest_json).to_string()
+    );
+    dev.assert_slot_verifies(Slot::B);
+}
