@@ -173,6 +173,14 @@ impl Crypt for CryptSetup {
     }
 
     fn check_key(&self, part: &dyn Partition, key: &Key) -> Result<bool, StorageError> {
+        // A header without a keyslot (a luksFormat cut before it added one) opens with no
+        // key; cryptsetup says so with the generic exit status 1 ("No usable keyslot").
+        if crate::luks::probe(part)?
+            .current()
+            .is_some_and(|c| c.keyslots.is_empty())
+        {
+            return Ok(false);
+        }
         let cmd = Cmd::new("cryptsetup")
             .args([
                 "open",

@@ -271,7 +271,7 @@ impl FakeCrypt {
         let mut header = FakeHeader {
             hdr_size: current.header.hdr_size,
             data_offset: current.header.data_offset.unwrap_or(Self::DATA_OFFSET),
-            keyslot_len: Self::KEYSLOT_LEN,
+            keyslot_len: Self::keyslot_len_of(current),
             seqid: current.seqid + 1,
             uuid: current.uuid.clone(),
             label: current.label.clone().unwrap_or_default(),
@@ -286,17 +286,27 @@ impl FakeCrypt {
         part.sync().map_err(|e| Self::io(part, "syncing", e))
     }
 
+    /// The keyslot area size a rewrite of `current` keeps (0: it has no keyslot).
+    fn keyslot_len_of(current: &luks::HeaderCopy) -> u64 {
+        if current.keyslots.is_empty() {
+            0
+        } else {
+            Self::KEYSLOT_LEN
+        }
+    }
+
     fn keyslot_matches(part: &dyn Partition, key: &Key) -> Result<bool, StorageError> {
         let probe = luks::probe(part)?;
-        let Some(area) = probe
-            .current()
-            .and_then(|c| c.header.keyslot_areas.first().copied())
-        else {
+        let Some(current) = probe.current() else {
             return Err(Self::failed(
                 "open",
                 part,
                 "Device is not a valid LUKS device.",
             ));
+        };
+        // A header without a keyslot opens with no key (cryptsetup: "No key available").
+        let Some(area) = current.header.keyslot_areas.first().copied() else {
+            return Ok(false);
         };
         let mut stored = vec![0u8; KEY_LEN];
         part.read_exact_at(&mut stored, area.0)
@@ -313,28 +323,41 @@ impl Crypt for FakeCrypt {
         label: &str,
         uuid: &str,
     ) -> Result<(), StorageError> {
+        // As cryptsetup's luksFormat: `crypt_format` wipes the header area and writes both
+        // copies with no keyslot; then `crypt_keyslot_add_by_volume_key` runs the PBKDF
+        // (seconds), writes the keyslot area and both copies again, now naming the keyslot.
+        // A power cut in those seconds leaves a valid header that no key opens.
         let tick = self.cut.tick("luksFormat")?;
-        let header = FakeHeader {
+        let mut header = FakeHeader {
             hdr_size: Self::HDR_SIZE,
             data_offset: Self::DATA_OFFSET,
-            keyslot_len: Self::KEYSLOT_LEN,
+            keyslot_len: 0,
             seqid: 1,
             uuid: uuid.into(),
             label: label.into(),
             tokens: BTreeMap::new(),
         };
-        // As cryptsetup: wipe the header area, write the keyslot, then primary, secondary.
         let h = Self::HDR_SIZE as usize;
         Self::write(part, &vec![0u8; 2 * h], 0)?;
-        let mut keyslot = Self::wrapped(key.as_bytes());
-        keyslot.resize(Self::KEYSLOT_LEN as usize, 0xa5);
-        Self::write(part, &keyslot, 2 * Self::HDR_SIZE)?;
         let primary = header.copy(false);
         if tick == Tick::Torn {
             Self::write(part, &primary[..TORN], 0)?;
             return Err(PowerCut::error("luksFormat"));
         }
         Self::write(part, &primary, 0)?;
+        Self::write(part, &header.copy(true), Self::HDR_SIZE)?;
+        part.sync().map_err(|e| Self::io(part, "syncing", e))?;
+
+        let tick = self.cut.tick("luksFormat: adding the keyslot")?;
+        let mut keyslot = Self::wrapped(key.as_bytes());
+        keyslot.resize(Self::KEYSLOT_LEN as usize, 0xa5);
+        Self::write(part, &keyslot, 2 * Self::HDR_SIZE)?;
+        header.keyslot_len = Self::KEYSLOT_LEN;
+        header.seqid += 1;
+        Self::write(part, &header.copy(false), 0)?;
+        if tick == Tick::Torn {
+            return Err(PowerCut::error("luksFormat: adding the keyslot"));
+        }
         Self::write(part, &header.copy(true), Self::HDR_SIZE)?;
         part.sync().map_err(|e| Self::io(part, "syncing", e))
     }
@@ -384,7 +407,7 @@ impl Crypt for FakeCrypt {
         let header = FakeHeader {
             hdr_size: current.header.hdr_size,
             data_offset: current.header.data_offset.unwrap_or(Self::DATA_OFFSET),
-            keyslot_len: Self::KEYSLOT_LEN,
+            keyslot_len: Self::keyslot_len_of(current),
             seqid: current.seqid,
             uuid: current.uuid.clone(),
             label: current.label.clone().unwrap_or_default(),

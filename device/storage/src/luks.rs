@@ -491,7 +491,8 @@ pub struct FakeHeader {
     pub hdr_size: u64,
     /// Where the data segment starts.
     pub data_offset: u64,
-    /// Bytes of the one keyslot area (at `2 * hdr_size`).
+    /// Bytes of the one keyslot area (at `2 * hdr_size`); 0 for a header without a keyslot
+    /// (what `luksFormat` has written before it adds the keyslot).
     pub keyslot_len: u64,
     /// Update counter.
     pub seqid: u64,
@@ -507,10 +508,15 @@ impl FakeHeader {
     /// One copy (`secondary` picks the magic and offset), checksum included.
     pub fn copy(&self, secondary: bool) -> Vec<u8> {
         let keyslots_size = self.data_offset - 2 * self.hdr_size;
-        let json = serde_json::json!({
-            "keyslots": {"0": {"type": "luks2", "key_size": 64, "area": {"type": "raw",
+        let keyslots = if self.keyslot_len == 0 {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({"0": {"type": "luks2", "key_size": 64, "area": {"type": "raw",
                 "offset": (2 * self.hdr_size).to_string(), "size": self.keyslot_len.to_string(),
-                "encryption": "aes-xts-plain64", "key_size": 64}}},
+                "encryption": "aes-xts-plain64", "key_size": 64}}})
+        };
+        let json = serde_json::json!({
+            "keyslots": keyslots,
             "tokens": self.tokens,
             "segments": {"0": {"type": "crypt", "offset": self.data_offset.to_string(),
                 "size": "dynamic", "iv_tweak": "0", "encryption": "aes-xts-plain64",

@@ -8,7 +8,8 @@
 //!
 //! 1. **Header.** If one copy is intact and the other missing, torn or older, `cryptsetup
 //!    repair` makes them one again (issue 12.3). A partition holding any LUKS2 magic is never
-//!    formatted, with one exception: the torn header of our own interrupted first format.
+//!    formatted, with one exception: the header of our own interrupted first format (torn, or
+//!    whole but without the keyslot that `luksFormat` adds last).
 //! 2. **First boot** (no header): make a key, seal it, journal `formatting` with the header
 //!    UUID and the sealed key in the `storage` record, grow `data` to the end of the disk, then
 //!    `luksFormat --uuid` labelled [`LABEL_FORMATTING`]. A journal found at boot with no header
@@ -257,6 +258,19 @@ impl Storage<'_> {
                             found: copy.uuid.clone(),
                             expected: e.uuid.clone(),
                         });
+                    }
+                    if copy.keyslots.is_empty() {
+                        // luksFormat writes the header first and adds the keyslot seconds
+                        // later, after its key derivation: a cut in between leaves our own
+                        // header (journaled UUID) that no key opens, so nothing was ever
+                        // stored behind it.
+                        tracing::warn!(
+                            "{v} ({}): the first format was cut by a power loss before its \
+                             keyslot was written; formatting again with the journaled UUID and \
+                             key (nothing was ever stored on it)",
+                            part.describe()
+                        );
+                        return Ok(Action::Format(Some(e.clone())));
                     }
                 }
                 Ok(Action::Open(Box::new(copy.clone())))

@@ -145,6 +145,33 @@ fn cryptsetup_formats_labels_keeps_tokens_and_erases_a_file() {
     crypt.erase(&part).unwrap();
 }
 
+/// What a power cut leaves when it falls while `luksFormat` derives the keyslot's key (seconds,
+/// after it has written both header copies and before the keyslot): made here by removing the
+/// only keyslot of a real volume. Storage's first-boot recovery relies on reading it as "our
+/// header, no keyslot, no key opens it" (found by the VM tier: a cut 2 s into formatting data).
+#[test]
+fn a_real_header_without_a_keyslot_reads_as_such_and_no_key_opens_it() {
+    if !have("cryptsetup") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (part, crypt, key) = volume(dir.path());
+    let out = Command::new("cryptsetup")
+        .args(["luksKillSlot", "--batch-mode"])
+        .arg(dir.path().join("volume.img"))
+        .arg("0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let probe = luks::probe(&part).unwrap();
+    assert!(!probe.needs_repair(), "{}", probe.describe());
+    let current = probe.current().unwrap();
+    assert_eq!(current.uuid, UUID);
+    assert_eq!(current.label.as_deref(), Some("aperture-formatting"));
+    assert!(current.keyslots.is_empty(), "{:?}", current.keyslots);
+    assert!(!crypt.check_key(&part, &key).unwrap());
+}
+
 #[test]
 fn a_real_volume_with_its_first_4k_zeroed_is_repaired_with_its_uuid_keyslot_and_key() {
     // Issue 12.3 on cryptsetup's own header.

@@ -41,8 +41,8 @@ fn fake_round_trip_tokens_and_erase() {
     let probe = luks::probe(&part).unwrap();
     let current = probe.current().unwrap();
     assert_eq!(
-        current.seqid, 6,
-        "format, label, three imports, one replace"
+        current.seqid, 7,
+        "format (header, then keyslot), label, three imports, one replace"
     );
     assert_eq!(current.tokens.len(), 3);
     assert_eq!(find_token(current).unwrap().id, "0");
@@ -122,8 +122,26 @@ fn cuts_inside_writes_leave_what_cryptsetup_would() {
     assert!(!luks::is_luks(&part).unwrap());
     assert!(cut.fired());
     assert!(crypt.set_label(&part, "x").is_err(), "the power stays off");
+    // A cut while luksFormat derives the keyslot's key: both header copies valid, with the
+    // journaled UUID and label and no keyslot, so no key opens it.
+    let part = MemPartition::new("data", vec![0u8; 1 << 20]);
+    let crypt = FakeCrypt::with_power_cut("/m".into(), PowerCut::at(2, false));
+    assert!(crypt
+        .format_as(&part, &key, LABEL_FORMATTING, UUID)
+        .is_err());
+    let probe = luks::probe(&part).unwrap();
+    let current = probe.current().unwrap();
+    assert!(!probe.needs_repair(), "{}", probe.describe());
+    assert_eq!(
+        (current.uuid.as_str(), current.label.as_deref()),
+        (UUID, Some(LABEL_FORMATTING))
+    );
+    assert!(current.keyslots.is_empty(), "{:?}", current.keyslots);
+    let crypt = FakeCrypt::new("/m".into());
+    assert!(!crypt.check_key(&part, &key).unwrap());
     // A torn label update: the primary is newer, the secondary old.
-    let crypt = FakeCrypt::with_power_cut("/m".into(), PowerCut::at(2, true));
+    let part = MemPartition::new("data", vec![0u8; 1 << 20]);
+    let crypt = FakeCrypt::with_power_cut("/m".into(), PowerCut::at(3, true));
     crypt
         .format_as(&part, &key, LABEL_FORMATTING, UUID)
         .unwrap();
