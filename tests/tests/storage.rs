@@ -74,7 +74,15 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Runs the aperture-reset binary (built by cargo) with `args`; (exit code, stdout).
 fn aperture_reset(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // Without this test's package variables, which would make the next `cargo test` rebuild
+    // ring and everything above it (see `aperture_sys::cmd::Cmd::cargo`).
+    for (key, _) in std::env::vars_os() {
+        if aperture_sys::cmd::is_package_env(&key) {
+            cargo.env_remove(key);
+        }
+    }
+    let out = cargo
         .current_dir(workspace())
         .args([
             "run",

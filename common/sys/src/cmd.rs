@@ -56,6 +56,7 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    env_removed: Vec<OsString>,
     dir: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
 }
@@ -73,6 +74,7 @@ impl Cmd {
             program: program.as_ref().to_os_string(),
             args: Vec::new(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             dir: None,
             stdin: None,
         }
@@ -100,6 +102,27 @@ impl Cmd {
         self.env
             .push((key.as_ref().to_os_string(), value.as_ref().to_os_string()));
         self
+    }
+
+    /// Remove an environment variable the command would inherit.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Cmd {
+        self.env_removed.push(key.as_ref().to_os_string());
+        self
+    }
+
+    /// Cargo (`$CARGO`, else `cargo` on the PATH) for a build started from inside another
+    /// cargo run (a test, `cargo run`): without the variables cargo sets for the running
+    /// package. Build scripts (ring's, through `cc`) rerun when those change, and a nested
+    /// build that saw them would make the outer cargo rebuild ring and all that depends on it
+    /// the next time, and the other way round: every test suite recompiling half the tree.
+    pub fn cargo() -> Cmd {
+        let mut c = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        for (key, _) in std::env::vars_os() {
+            if is_package_env(&key) {
+                c = c.env_remove(key);
+            }
+        }
+        c
     }
 
     /// Run the command in `dir` instead of the current folder.
@@ -225,6 +248,9 @@ impl Cmd {
         #[cfg(feature = "log")]
         tracing::debug!("running {shown}");
         let mut command = Command::new(&self.program);
+        for key in &self.env_removed {
+            command.env_remove(key);
+        }
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -288,6 +314,26 @@ fn not_waited(command: &str, e: std::io::Error) -> CmdError {
         status: format!("could not wait for it: {e}"),
         stderr: String::new(),
     }
+}
+
+/// Whether `key` is one of the variables cargo sets for the package it builds or runs
+/// (cargo(1) "Environment variables Cargo sets for crates" and for build scripts).
+pub fn is_package_env(key: &OsStr) -> bool {
+    let Some(k) = key.to_str() else {
+        return false;
+    };
+    k.starts_with("CARGO_PKG_")
+        || k.starts_with("CARGO_MANIFEST_")
+        || k.starts_with("CARGO_BIN_")
+        || k.starts_with("CARGO_CFG_")
+        || [
+            "CARGO_CRATE_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ]
+        .contains(&k)
 }
 
 /// The error for a command that exited with failure: the tail of its standard error, or of its
@@ -359,6 +405,34 @@ mod tests {
             r"cryptsetup open /dev/disk/by-partlabel/data 'two words' 'it'\''s'"
         );
         assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn a_nested_cargo_does_not_inherit_the_running_packages_variables() {
+        // `cargo test` runs this test with the variables of the aperture-sys package set.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let mut c = Cmd::cargo();
+        c.program = "sh".into();
+        let out = c
+            .args([
+                "-c",
+                "echo \"${CARGO_MANIFEST_DIR-unset} ${CARGO_PKG_NAME-unset} ${PATH:+path}\"",
+            ])
+            .text()
+            .unwrap();
+        assert_eq!(out.trim(), "unset unset path");
+        for kept in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "PATH",
+        ] {
+            assert!(!is_package_env(OsStr::new(kept)), "{kept}");
+        }
+        for removed in ["CARGO_PKG_VERSION_MAJOR", "CARGO_MANIFEST_LINKS", "OUT_DIR"] {
+            assert!(is_package_env(OsStr::new(removed)), "{removed}");
+        }
     }
 
     #[test]

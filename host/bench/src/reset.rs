@@ -25,7 +25,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Build the timer (release, like the programs in an image) and return its path.
 fn timer() -> Result<PathBuf> {
     let ws = crate::workspace();
-    Cmd::new(env!("CARGO"))
+    Cmd::cargo()
         .current_dir(&ws)
         .args([
             "build",

@@ -230,7 +230,14 @@ pub fn run(runs: u32) -> Result<()> {
 /// Build `aperture-update` with the release profile (what images ship) and return its path.
 fn build_updater(ws: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // Not the running package's variables (see `Cmd::cargo`).
+    for (key, _) in std::env::vars_os() {
+        if aperture_sys::cmd::is_package_env(&key) {
+            command.env_remove(key);
+        }
+    }
+    let status = command
         .current_dir(ws)
         .args([
             "build",

@@ -132,7 +132,7 @@ fn rust_crates(
     package: &str,
     triple: &str,
 ) -> Result<BTreeSet<(String, String)>> {
-    let text = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let text = Cmd::cargo()
         .current_dir(workspace)
         .env(
             "CARGO_TARGET_DIR",

@@ -27,7 +27,7 @@ pub fn build(
     }
     let triple = recipe.base.architecture.rust_target();
     let target = target_dir(workspace);
-    let mut c = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut c = Cmd::cargo()
         .current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target)
         // Paths in panic messages name the workspace, not the build host's home.
