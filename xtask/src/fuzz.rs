@@ -276,6 +276,11 @@ impl Toolchain {
     /// stable toolchain), with the toolchain chosen.
     fn cargo(self) -> Command {
         let mut c = Command::new("cargo");
+        for (key, _) in std::env::vars_os() {
+            if aperture_sys::cmd::is_package_env(&key) {
+                c.env_remove(key);
+            }
+        }
         match self {
             Toolchain::Nightly => c.env("RUSTUP_TOOLCHAIN", "nightly"),
             Toolchain::StableBootstrap => c.env("RUSTC_BOOTSTRAP", "1"),

@@ -105,7 +105,7 @@ pub(crate) fn host_program(root: &Path, program: Program) -> Result<Command> {
         );
     }
     let t = Instant::now();
-    Cmd::new(env!("CARGO"))
+    Cmd::cargo()
         .current_dir(root)
         .args(["build", "--package", package, "--bin", bin])
         .run_inherited()

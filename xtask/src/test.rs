@@ -371,7 +371,10 @@ fn print_table(rows: &[Row], total: Duration) {
 }
 
 fn cargo(root: &Path, require_tools: bool) -> Cmd {
-    let mut c = Cmd::new(env!("CARGO")).current_dir(root);
+    // Without xtask's own package variables, as every nested cargo (`Cmd::cargo`): the runs
+    // of one target folder must all see the same environment, or ring's build script reruns
+    // and everything above it is compiled again.
+    let mut c = Cmd::cargo().current_dir(root);
     // One source date for every build of the run (the last commit's when it started), so a
     // commit made while the tiers run cannot make two builds of one test differ.
     if let Some(date) = frozen_source_date(root) {
