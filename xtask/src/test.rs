@@ -186,6 +186,7 @@ fn run_tiers(
             continue;
         }
         prune_scratch(root);
+        let _ = std::fs::remove_dir_all(root.join("target/aperture-tests").join(FAILED).join(name));
         let t = Instant::now();
         let mut c = cargo(root, require_tools).args([
             "test",
@@ -224,6 +225,7 @@ fn run_tiers(
             }
             Err(e) => {
                 rows.push(failed(tier, name, t.elapsed()));
+                keep_failure_logs(root, name);
                 if !args.keep_going {
                     return Err(e.into());
                 }
@@ -282,9 +284,57 @@ const FUZZ_SMOKE_SECONDS: u64 = 20;
 const LOW_DISK: u64 = 30 << 30;
 
 /// The shared build stores under `target/aperture-tests` (see the module doc).
-const SHARED: [&str; 2] = ["main", "arm64"];
+const SHARED: [&str; 3] = ["main", "arm64", FAILED];
 
-/// Remove every suite's scratch under `target/aperture-tests` (all but [`SHARED`]).
+/// Where a failing suite's logs are kept (`target/aperture-tests/failed/<suite>/`): the next
+/// suite removes the scratch with its disk copies, and with them the consoles that say why.
+const FAILED: &str = "failed";
+
+/// Copy every `*.log` of the scratch folders (the guests' consoles, build logs) into
+/// `failed/<suite>/`, keeping their relative paths; say where.
+fn keep_failure_logs(root: &Path, suite: &str) {
+    let dir = root.join("target/aperture-tests");
+    let keep = dir.join(FAILED).join(suite);
+    let mut kept = 0usize;
+    let mut stack: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != FAILED)
+        .map(|e| e.path())
+        .collect();
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else if path.extension().is_some_and(|x| x == "log") {
+            let Ok(rel) = path.strip_prefix(&dir) else {
+                continue;
+            };
+            let to = keep.join(rel);
+            if let Some(parent) = to.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            if std::fs::copy(&path, &to).is_ok() {
+                kept += 1;
+            }
+        }
+    }
+    if kept > 0 {
+        eprintln!(
+            "xtask test: {suite} failed; its {kept} log files are kept in {}",
+            keep.display()
+        );
+    }
+}
+
+/// Remove every suite's scratch under `target/aperture-tests` (all but [`SHARED`], which
+/// includes the kept logs of failed suites).
 fn prune_scratch(root: &Path) {
     let dir = root.join("target/aperture-tests");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -431,4 +481,29 @@ fn test_targets(root: &Path) -> Result<Vec<String>> {
         )
     });
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_suites_logs_outlive_the_next_suites_pruning() {
+        let root = tempfile::tempdir().unwrap();
+        let scratch = root.path().join("target/aperture-tests");
+        let vm = scratch.join("vm/storage-reset");
+        std::fs::create_dir_all(&vm).unwrap();
+        std::fs::write(vm.join("boot2-first-finished.log"), "console").unwrap();
+        std::fs::write(vm.join("disk.img"), "big").unwrap();
+        std::fs::create_dir_all(scratch.join("main")).unwrap();
+        keep_failure_logs(root.path(), "vm_storage");
+        prune_scratch(root.path());
+        let kept = scratch.join("failed/vm_storage/vm/storage-reset/boot2-first-finished.log");
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), "console");
+        assert!(!scratch
+            .join("failed/vm_storage/vm/storage-reset/disk.img")
+            .exists());
+        assert!(!scratch.join("vm").exists(), "the scratch itself is pruned");
+        assert!(scratch.join("main").exists());
+    }
 }
