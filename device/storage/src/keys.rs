@@ -131,7 +131,7 @@ mod b64 {
 }
 
 /// A sealed volume key as it is kept in a LUKS2 token and in the device state: the JSON object
-/// `{"type":"aperture-tpm2","tpm2_public":"<base64>","tpm2_private":"<base64>"}` or
+/// `{"type":"aperture-tpm2","tpm2_public":"<base64>","tpm2_private":"<base64>","noda":true}` or
 /// `{"type":"aperture-unsafe-plain","key":"<base64>"}`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -145,6 +145,10 @@ pub enum SealedKey {
         /// The object's TPM2B_PRIVATE (encrypted by the TPM's storage key).
         #[serde(with = "b64")]
         tpm2_private: Vec<u8>,
+        /// Sealed under the primary key with `noda`, itself `noda` ([`Tpm2`]): usable while
+        /// the TPM's dictionary-attack lockout is on. Absent (false) in keys sealed before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        noda: bool,
     },
     /// The key itself.
     #[serde(rename = "aperture-unsafe-plain")]
@@ -171,6 +175,7 @@ impl fmt::Debug for SealedKey {
             SealedKey::Tpm2 {
                 tpm2_public,
                 tpm2_private,
+                ..
             } => write!(
                 f,
                 "SealedKey::Tpm2({} + {} bytes)",
@@ -236,6 +241,14 @@ impl KeySource for UnsafePlainKey {
 /// Keys sealed by a TPM 2.0 through tpm2-tools: a sealed data object under the primary storage
 /// key that `tpm2_createprimary -C o` derives again at every boot from the owner seed. Context
 /// and blob files exist only in a private scratch folder on `/run` (a tmpfs).
+///
+/// Both the primary key and the sealed object carry `noda`: they have no secret to guess (an
+/// empty authorization), so the TPM's dictionary-attack protection guards nothing there, and
+/// it would lock the keys away: a TPM counts every power loss without an orderly shutdown as a
+/// failed try, so a few cuts put it in lockout (`TPM_RC_LOCKOUT`, 0x921) for up to hours, and
+/// the appliance could not open its data (found by the VM tier's fourth power cut, swtpm's
+/// default being three tries). Keys sealed before `noda` are still unsealed with the old
+/// templates.
 #[derive(Debug, Clone)]
 pub struct Tpm2 {
     run_dir: PathBuf,
@@ -283,13 +296,21 @@ impl Tpm2 {
         Ok(Scratch(dir))
     }
 
-    /// Create the primary key into `scratch/primary.ctx`.
-    fn primary(&self, scratch: &Scratch) -> Result<PathBuf, StorageError> {
+    /// Create the primary key into `scratch/primary.ctx`: tpm2-tools' default storage key
+    /// template, with `noda` unless `legacy`.
+    fn primary(&self, scratch: &Scratch, noda: bool) -> Result<PathBuf, StorageError> {
         let ctx = scratch.0.join("primary.ctx");
-        self.tool("tpm2_createprimary")
+        let mut cmd = self
+            .tool("tpm2_createprimary")
             .args(["-Q", "-C", "o", "-c"])
-            .arg(&ctx)
-            .run()?;
+            .arg(&ctx);
+        if noda {
+            cmd = cmd.args([
+                "-a",
+                "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda",
+            ]);
+        }
+        cmd.run()?;
         self.flush()?;
         Ok(ctx)
     }
@@ -302,11 +323,13 @@ impl KeySource for Tpm2 {
 
     fn seal(&self, _volume: &str, key: &Key) -> Result<SealedKey, StorageError> {
         let scratch = self.scratch()?;
-        let primary = self.primary(&scratch)?;
+        let primary = self.primary(&scratch, true)?;
         let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
         self.tool("tpm2_create")
             .args(["-Q", "-C"])
             .arg(&primary)
+            // tpm2-tools' attributes for a sealed data object, and `noda`.
+            .args(["-a", "fixedtpm|fixedparent|userwithauth|noda"])
             .args(["-i", "-", "-u"])
             .arg(&public)
             .arg("-r")
@@ -318,6 +341,7 @@ impl KeySource for Tpm2 {
         Ok(SealedKey::Tpm2 {
             tpm2_public: read(&public)?,
             tpm2_private: read(&private)?,
+            noda: true,
         })
     }
 
@@ -325,6 +349,7 @@ impl KeySource for Tpm2 {
         let SealedKey::Tpm2 {
             tpm2_public,
             tpm2_private,
+            noda,
         } = sealed
         else {
             return Err(wrong_kind(volume, self.kind(), sealed));
@@ -333,7 +358,7 @@ impl KeySource for Tpm2 {
         let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
         std::fs::write(&public, tpm2_public).map_err(StorageError::io("writing", &public))?;
         std::fs::write(&private, tpm2_private).map_err(StorageError::io("writing", &private))?;
-        let primary = self.primary(&scratch)?;
+        let primary = self.primary(&scratch, *noda)?;
         let object = scratch.0.join("key.ctx");
         self.tool("tpm2_load")
             .args(["-Q", "-C"])
@@ -420,6 +445,7 @@ impl KeySource for FakeTpm {
         Ok(SealedKey::Tpm2 {
             tpm2_public: public,
             tpm2_private: private.collect(),
+            noda: true,
         })
     }
 
@@ -427,6 +453,7 @@ impl KeySource for FakeTpm {
         let SealedKey::Tpm2 {
             tpm2_public,
             tpm2_private,
+            ..
         } = sealed
         else {
             return Err(wrong_kind(volume, self.kind(), sealed));
@@ -488,13 +515,20 @@ mod tests {
         let tpm = SealedKey::Tpm2 {
             tpm2_public: vec![1, 2, 3],
             tpm2_private: vec![4, 5],
+            noda: true,
         };
         assert_eq!(
             serde_json::to_string(&tpm).unwrap(),
-            r#"{"type":"aperture-tpm2","tpm2_public":"AQID","tpm2_private":"BAU="}"#
+            r#"{"type":"aperture-tpm2","tpm2_public":"AQID","tpm2_private":"BAU=","noda":true}"#
         );
         let back: SealedKey = serde_json::from_value(serde_json::to_value(&tpm).unwrap()).unwrap();
         assert_eq!(back, tpm);
+        // A key sealed before `noda` reads as sealed with the old templates.
+        let old: SealedKey = serde_json::from_str(
+            r#"{"type":"aperture-tpm2","tpm2_public":"AQID","tpm2_private":"BAU="}"#,
+        )
+        .unwrap();
+        assert!(matches!(old, SealedKey::Tpm2 { noda: false, .. }));
         assert!(serde_json::from_str::<SealedKey>(
             r#"{"type":"aperture-tpm2","tpm2_public":"!!","tpm2_private":""}"#
         )
@@ -515,6 +549,7 @@ mod tests {
         let SealedKey::Tpm2 {
             tpm2_public,
             tpm2_private,
+            ..
         } = &sealed
         else {
             unreachable!()
@@ -524,6 +559,7 @@ mod tests {
         let damaged = SealedKey::Tpm2 {
             tpm2_public: tpm2_public.clone(),
             tpm2_private,
+            noda: true,
         };
         assert!(tpm.unseal("data", &damaged).is_err(), "a damaged blob");
         let plain = UnsafePlainKey.seal("data", &key).unwrap();

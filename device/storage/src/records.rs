@@ -153,9 +153,11 @@ pub fn legacy_esp_key(files: &Files, volume: Volume) -> Option<(SealedKey, Vec<P
         dir.join(format!("{volume}.tpm2.priv")),
     );
     if let (Some(tpm2_public), Some(tpm2_private)) = (read(&public), read(&private)) {
+        // Sealed by an older Aperture: the templates without `noda`.
         let sealed = SealedKey::Tpm2 {
             tpm2_public,
             tpm2_private,
+            noda: false,
         };
         return Some((sealed, vec![public, private]));
     }
@@ -278,6 +280,7 @@ mod tests {
         SealedKey::Tpm2 {
             tpm2_public: vec![1, 2],
             tpm2_private: vec![3],
+            noda: true,
         }
     }
 
@@ -301,7 +304,7 @@ mod tests {
         assert_eq!(s.load().unwrap(), r);
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"format":1,"source":"tpm2","volumes":{"data":{"state":"formatting","uuid":"u","sealed":{"type":"aperture-tpm2","tpm2_public":"AQI=","tpm2_private":"Aw=="}}}}"#
+            r#"{"format":1,"source":"tpm2","volumes":{"data":{"state":"formatting","uuid":"u","sealed":{"type":"aperture-tpm2","tpm2_public":"AQI=","tpm2_private":"Aw==","noda":true}}}}"#
         );
     }
 
@@ -360,7 +363,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&token).unwrap();
         assert_eq!(
             value.to_string(),
-            r#"{"aperture_format":1,"aperture_volume":"data","keyslots":["0"],"tpm2_private":"Aw==","tpm2_public":"AQI=","type":"aperture-tpm2"}"#
+            r#"{"aperture_format":1,"aperture_volume":"data","keyslots":["0"],"noda":true,"tpm2_private":"Aw==","tpm2_public":"AQI=","type":"aperture-tpm2"}"#
         );
         let mut copy = HeaderCopy {
             offset: 0,

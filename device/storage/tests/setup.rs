@@ -405,6 +405,7 @@ fn keys_an_older_aperture_kept_on_the_esp_are_moved_off_it_once() {
         let aperture_storage::SealedKey::Tpm2 {
             tpm2_public,
             tpm2_private,
+            ..
         } = &sealed
         else {
             unreachable!()

@@ -297,6 +297,7 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
     let aperture_storage::SealedKey::Tpm2 {
         tpm2_public,
         tpm2_private,
+        noda,
     } = &sealed
     else {
         panic!("{sealed:?}")
@@ -323,10 +324,149 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
     let bad = aperture_storage::SealedKey::Tpm2 {
         tpm2_public: damaged,
         tpm2_private: tpm2_private.clone(),
+        noda: *noda,
     };
     assert!(source.unseal("data", &bad).is_err());
     assert!(
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "no scratch left"
+    );
+    assert!(*noda);
+
+    // A TPM in dictionary-attack lockout, as a few power cuts leave one (a TPM counts each
+    // shutdown that was not orderly as a failed try): with maxTries 0 every object subject to
+    // DA protection is refused (TPM_RC_LOCKOUT). The key still unseals, because neither the
+    // primary key nor the sealed object is subject to it; one sealed with the old templates
+    // (no `noda`) is refused, which is how the VM tier's fourth power cut lost the data.
+    let tpm2 = |program: &str| {
+        let mut c = Command::new(program);
+        c.env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={}", tpm.port),
+        );
+        c
+    };
+    let legacy_dir = tempfile::tempdir().unwrap();
+    let (legacy_pub, legacy_priv) = (
+        legacy_dir.path().join("k.pub"),
+        legacy_dir.path().join("k.priv"),
+    );
+    let primary = legacy_dir.path().join("p.ctx");
+    assert!(tpm2("tpm2_createprimary")
+        .args(["-Q", "-C", "o", "-c"])
+        .arg(&primary)
+        .status()
+        .unwrap()
+        .success());
+    assert!(tpm2("tpm2_flushcontext")
+        .arg("-t")
+        .status()
+        .unwrap()
+        .success());
+    let mut create = tpm2("tpm2_create")
+        .args(["-Q", "-C"])
+        .arg(&primary)
+        .args(["-i", "-", "-u"])
+        .arg(&legacy_pub)
+        .arg("-r")
+        .arg(&legacy_priv)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(create.stdin.as_mut().unwrap(), key.as_bytes()).unwrap();
+    drop(create.stdin.take());
+    assert!(create.wait().unwrap().success());
+    assert!(tpm2("tpm2_flushcontext")
+        .arg("-t")
+        .status()
+        .unwrap()
+        .success());
+    let legacy = aperture_storage::SealedKey::Tpm2 {
+        tpm2_public: std::fs::read(&legacy_pub).unwrap(),
+        tpm2_private: std::fs::read(&legacy_priv).unwrap(),
+        noda: false,
+    };
+    assert_eq!(
+        source.unseal("data", &legacy).unwrap().as_bytes(),
+        key.as_bytes(),
+        "a key sealed with the old templates still unseals outside lockout"
+    );
+    // One failed try allowed, then one: a password-protected object opened with a wrong one.
+    let lockout = tpm2("tpm2_dictionarylockout")
+        .args(["-s", "-n", "1", "-t", "1000", "-l", "1000"])
+        .output()
+        .unwrap();
+    assert!(lockout.status.success(), "{lockout:?}");
+    let (w_pub, w_priv, w_ctx) = (
+        legacy_dir.path().join("w.pub"),
+        legacy_dir.path().join("w.priv"),
+        legacy_dir.path().join("w.ctx"),
+    );
+    let mut create = tpm2("tpm2_create")
+        .args(["-Q", "-C"])
+        .arg(&primary)
+        .args(["-p", "secret", "-i", "-", "-u"])
+        .arg(&w_pub)
+        .arg("-r")
+        .arg(&w_priv)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(create.stdin.as_mut().unwrap(), b"guarded").unwrap();
+    drop(create.stdin.take());
+    assert!(create.wait().unwrap().success());
+    assert!(tpm2("tpm2_flushcontext")
+        .arg("-t")
+        .status()
+        .unwrap()
+        .success());
+    assert!(tpm2("tpm2_load")
+        .args(["-Q", "-C"])
+        .arg(&primary)
+        .arg("-u")
+        .arg(&w_pub)
+        .arg("-r")
+        .arg(&w_priv)
+        .arg("-c")
+        .arg(&w_ctx)
+        .status()
+        .unwrap()
+        .success());
+    assert!(tpm2("tpm2_flushcontext")
+        .arg("-t")
+        .status()
+        .unwrap()
+        .success());
+    let wrong = tpm2("tpm2_unseal")
+        .arg("-c")
+        .arg(&w_ctx)
+        .args(["-p", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let cap = tpm2("tpm2_getcap")
+        .arg("properties-variable")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&cap.stdout).contains("inLockout:                 1"),
+        "the TPM is not in lockout: {}",
+        String::from_utf8_lossy(&cap.stdout)
+    );
+    assert_eq!(
+        source.unseal("data", &sealed).unwrap().as_bytes(),
+        key.as_bytes(),
+        "in lockout"
+    );
+    let refused = source.unseal("data", &legacy).unwrap_err().to_string();
+    assert!(
+        refused.contains("0x921") || refused.to_lowercase().contains("lockout"),
+        "{refused}"
+    );
+    let resealed = source.seal("config", &key).unwrap();
+    assert_eq!(
+        source.unseal("config", &resealed).unwrap().as_bytes(),
+        key.as_bytes(),
+        "sealing works in lockout too"
     );
 }
