@@ -406,6 +406,7 @@ fn sealed_tpm2() -> SealedKey {
     SealedKey::Tpm2 {
         tpm2_public: b"TPM2B_PUBLIC snakeoil".to_vec(),
         tpm2_private: b"TPM2B_PRIVATE snakeoil".to_vec(),
+        noda: true,
     }
 }
 
