@@ -363,19 +363,14 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
         .status()
         .unwrap()
         .success());
-    let mut create = tpm2("tpm2_create")
-        .args(["-Q", "-C"])
-        .arg(&primary)
-        .args(["-i", "-", "-u"])
-        .arg(&legacy_pub)
-        .arg("-r")
-        .arg(&legacy_priv)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(create.stdin.as_mut().unwrap(), key.as_bytes()).unwrap();
-    drop(create.stdin.take());
-    assert!(create.wait().unwrap().success());
+    seal_with_tools(
+        tpm2("tpm2_create"),
+        &primary,
+        &legacy_pub,
+        &legacy_priv,
+        None,
+        key.as_bytes(),
+    );
     assert!(tpm2("tpm2_flushcontext")
         .arg("-t")
         .status()
@@ -402,19 +397,14 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
         legacy_dir.path().join("w.priv"),
         legacy_dir.path().join("w.ctx"),
     );
-    let mut create = tpm2("tpm2_create")
-        .args(["-Q", "-C"])
-        .arg(&primary)
-        .args(["-p", "secret", "-i", "-", "-u"])
-        .arg(&w_pub)
-        .arg("-r")
-        .arg(&w_priv)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(create.stdin.as_mut().unwrap(), b"guarded").unwrap();
-    drop(create.stdin.take());
-    assert!(create.wait().unwrap().success());
+    seal_with_tools(
+        tpm2("tpm2_create"),
+        &primary,
+        &w_pub,
+        &w_priv,
+        Some("secret"),
+        b"guarded",
+    );
     assert!(tpm2("tpm2_flushcontext")
         .arg("-t")
         .status()
@@ -469,4 +459,31 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
         key.as_bytes(),
         "sealing works in lockout too"
     );
+}
+
+/// `tpm2_create` of a sealed data object holding `data` under `primary`, with tpm2-tools'
+/// default attributes (no `noda`), guarded by `auth` if given; the blobs to `public`, `private`.
+fn seal_with_tools(
+    mut create: Command,
+    primary: &Path,
+    public: &Path,
+    private: &Path,
+    auth: Option<&str>,
+    data: &[u8],
+) {
+    create.args(["-Q", "-C"]).arg(primary);
+    if let Some(auth) = auth {
+        create.args(["-p", auth]);
+    }
+    let mut child = create
+        .args(["-i", "-", "-u"])
+        .arg(public)
+        .arg("-r")
+        .arg(private)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), data).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
 }
