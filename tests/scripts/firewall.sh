@@ -1,7 +1,8 @@
 # The firewall as the kernel holds it, the sockets listening, then a listener on every probed
 # port (the host probes them through QEMU forwards), then two outbound connections: one a flow
 # allows (tcp/554 to the camera subnet) and one none does. When the host puts `control` on its
-# server, an accept rule for 8080 proves the probe can see an open port.
+# server, an accept rule for 8080 proves the probe can see an open port; when it puts
+# `control-done` there, the listeners stop, the rule goes and the script's next piece runs.
 nft list ruleset | awk '{print "APERTURE" "-NFT| " $0}'
 echo APERTURE-NFT-END
 ss -Htln | while read -r _ _ _ local _; do echo "APERTURE-LISTEN $local"; done
@@ -33,6 +34,7 @@ while True:
             pass
 PY
 python3 /run/listen.py &
+listen_pid=$!
 sleep 3
 echo APERTURE-READY
 out() { timeout 10 bash -c "exec 3<>/dev/tcp/10.0.2.2/$1 && echo 'guest to $1 DONE' >&3" && echo "APERTURE-OUT $1 ok" || echo "APERTURE-OUT $1 blocked"; }
@@ -41,4 +43,8 @@ out @DENIED_PORT@
 until python3 -c "import urllib.request; urllib.request.urlopen('http://10.0.2.2:@SERVER_PORT@/control', timeout=5)" 2>/dev/null; do sleep 1; done
 nft insert rule inet aperture input tcp dport 8080 accept
 echo APERTURE-CONTROL-OPEN
-sleep 600
+until python3 -c "import urllib.request; urllib.request.urlopen('http://10.0.2.2:@SERVER_PORT@/control-done', timeout=5)" 2>/dev/null; do sleep 1; done
+kill "$listen_pid"
+handle=$(nft -a list chain inet aperture input | awk '/tcp dport 8080 accept/ {print $NF; exit}')
+nft delete rule inet aperture input handle "$handle"
+echo APERTURE-FIREWALL-DONE

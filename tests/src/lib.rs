@@ -4,6 +4,7 @@
 //! lists them as ignored; `cargo xtask test` runs them as root with `--ignored`. Builds go to
 //! `target/aperture-tests/`, shared by both suites so the VM tier boots what tier 2 built.
 
+pub mod firewall;
 pub mod http;
 pub mod powercut;
 pub mod scenario;

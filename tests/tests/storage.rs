@@ -72,27 +72,48 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Runs the aperture-reset binary (built by cargo) with `args`; (exit code, stdout).
+/// The aperture-reset binary, built by cargo as `cargo test --workspace` builds it: with the
+/// workspace's features, so tier 1's build is reused. (`cargo run -p aperture-reset` resolves
+/// features for that package alone, a different build of zstd, rustls and the crates above
+/// them: a minute of compiling in this suite.)
+fn aperture_reset_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut cargo = Command::new(env!("CARGO"));
+            // Without this test's package variables, which would make the next `cargo test`
+            // rebuild ring and everything above it (see `aperture_sys::cmd::Cmd::cargo`).
+            for (key, _) in std::env::vars_os() {
+                if aperture_sys::cmd::is_package_env(&key) {
+                    cargo.env_remove(key);
+                }
+            }
+            let out = cargo
+                .current_dir(workspace())
+                .args([
+                    "build",
+                    "--workspace",
+                    "--bin",
+                    "aperture-reset",
+                    "--message-format=json-render-diagnostics",
+                ])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "building aperture-reset failed");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|m| m["target"]["name"] == "aperture-reset")
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .expect("cargo named no aperture-reset executable")
+        })
+        .clone()
+}
+
+/// Runs the aperture-reset binary with `args`; (exit code, stdout).
 fn aperture_reset(args: &[&str]) -> (i32, String) {
-    let mut cargo = Command::new(env!("CARGO"));
-    // Without this test's package variables, which would make the next `cargo test` rebuild
-    // ring and everything above it (see `aperture_sys::cmd::Cmd::cargo`).
-    for (key, _) in std::env::vars_os() {
-        if aperture_sys::cmd::is_package_env(&key) {
-            cargo.env_remove(key);
-        }
-    }
-    let out = cargo
-        .current_dir(workspace())
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "aperture-reset",
-            "--bin",
-            "aperture-reset",
-            "--",
-        ])
+    let out = Command::new(aperture_reset_binary())
         .args(args)
         .output()
         .unwrap();

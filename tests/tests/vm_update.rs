@@ -5,6 +5,7 @@
 //! userland (qemu-arm64).
 
 use aperture_image::recipe::Arch;
+use aperture_tests::firewall::Firewall;
 use aperture_tests::http::FileServer;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use aperture_tests::powercut::markers;
 use aperture_tests::scenario::{after, cut_after, Scenario, Script};
 use aperture_tests::{
     build, derived_recipe, json_on_line, require_root, stop_unless_full, test_root, vm_image,
-    BOOT_TIMEOUT,
+    vm_recipe, BOOT_TIMEOUT,
 };
 
 #[test]
@@ -103,17 +104,23 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
     vm.wait_exit(BOOT_TIMEOUT).unwrap();
 
     // Boot 3: the loader picks slot B (armed, on trial); the health gate passes and commits it;
-    // then (with --full) v2 installs v3 into slot A.
-    let script = if v3.is_some() {
-        install("v3.bundle")
-    } else {
-        Script::new()
-            .piece("status", &[])
-            .and_then(|s| s.piece("tpm-counters", &[]))
-            .and_then(|s| s.piece("poweroff", &[]))
-            .unwrap()
-    };
-    let mut vm = sc.boot("v2-commits", Some(&script)).unwrap();
+    // the firewall of the updated system is checked; then (with --full) v2 installs v3 into
+    // slot A.
+    let firewall = Firewall::prepare(&www).unwrap();
+    let script = Script::new()
+        .piece("status", &[])
+        .and_then(|s| s.piece("tpm-counters", &[]))
+        .and_then(|s| firewall.script(s))
+        .and_then(|s| match v3 {
+            Some(_) => s
+                .piece("install", &[("URL", &server.guest_url("v3.bundle"))])
+                .and_then(|s| s.piece("reboot", &[])),
+            None => s.piece("poweroff", &[]),
+        })
+        .unwrap();
+    let mut vm = sc
+        .boot_with("v2-commits", Some(&script), |c| firewall.forward(c))
+        .unwrap();
     let line = vm
         .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
         .unwrap();
@@ -147,6 +154,9 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
             "NV counter {index} = {counter}, the store's {field} = {store}: {st}"
         );
     }
+    // The firewall as the guest's kernel holds it, every probed port closed, outbound flows
+    // as the policy says (what `vm_boot` checked in a boot of its own until this boot took it).
+    firewall.check(&vm, &vm_recipe("vm-v2"));
     if stop_unless_full(
         "v2 installs v3, whose runtime fails its health check three times; the retry rules \
          then boot v2 again and report the rollback",
