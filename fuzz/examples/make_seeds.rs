@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aperture_appliance::store::{mem::MemMedium, Medium, StateStore, PARTITION_BYTES};
 use aperture_appliance::Area;
@@ -323,9 +323,12 @@ fn boot_entries() -> Seeds {
 
 /// Variable files and the ledger as the Tegra backend leaves them mid-update, made by it.
 fn efivars(scratch: &Path) -> Seeds {
-    let (vars, state) = (scratch.join("efivars"), scratch.join("state"));
+    let vars = scratch.join("efivars");
     fs::create_dir_all(&vars).expect("scratch");
-    let mut manager = SlotManager::new(Tegra::new(vars.clone(), state.clone()), Slot::A);
+    // The ledger in a device state store's `boot` area, as on a device (here in memory).
+    let store =
+        StateStore::new(MemMedium::zeroed(PARTITION_BYTES), "seed").expect("an empty store");
+    let mut manager = SlotManager::new(Tegra::new(vars, Box::new(store)), Slot::A);
     let fresh = tegra_files(manager.backend());
     let boot = SlotBoot::for_slot(Slot::B, "Aperture 1.2.3", "quiet");
     manager.begin_install(Slot::B).expect("begin install");
@@ -338,12 +341,12 @@ fn efivars(scratch: &Path) -> Seeds {
 
 /// The variable files and the ledger of `t`, framed as the efivar target reads them.
 fn tegra_files(t: &Tegra) -> Vec<u8> {
-    let paths: Vec<PathBuf> = [VAR_STATUS_A, VAR_STATUS_B, VAR_RETRY_COUNT_MAX, VAR_FW_NEXT]
-        .into_iter()
-        .map(|v| t.variable_path(v))
-        .chain([t.state_file()])
-        .collect();
-    let files: Vec<Option<Vec<u8>>> = paths.iter().map(|p| fs::read(p).ok()).collect();
+    let files: Vec<Option<Vec<u8>>> =
+        [VAR_STATUS_A, VAR_STATUS_B, VAR_RETRY_COUNT_MAX, VAR_FW_NEXT]
+            .into_iter()
+            .map(|v| fs::read(t.variable_path(v)).ok())
+            .chain([t.ledger_store().load().expect("the ledger reads")])
+            .collect();
     // Absent files can only trail: an absent variable before a present file becomes an empty
     // file (a malformed variable, an input as good as any).
     let last = files.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
