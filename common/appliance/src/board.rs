@@ -78,7 +78,8 @@ pub enum Role {
     Factory,
     /// Encrypted device configuration (LUKS2).
     Config,
-    /// Encrypted customer data (LUKS2), grown to fill the disk on first boot.
+    /// Encrypted customer data (LUKS2); on boards where it is the last partition
+    /// ([`Board::data_fills_disk`]) it is grown to fill the disk on first boot.
     Data,
 }
 
@@ -140,6 +141,14 @@ impl Board {
             SlotLayout::Esp => BootControlKind::SystemdBoot,
             SlotLayout::Tegra(_) => BootControlKind::Tegra,
         }
+    }
+
+    /// Whether the data partition is the last on the disk and grows to fill it on first boot
+    /// (the qemu boards). On a Jetson it keeps the size the recipe gave it in the flash XML:
+    /// NVIDIA's partitions keep their entry numbers and ours follow them (`aperture_state`,
+    /// `factory`, `config`), and on Orin NVIDIA's `reserved` comes after `UDA` anyway.
+    pub fn data_fills_disk(self) -> bool {
+        !self.is_jetson()
     }
 
     /// The GPT label of a shared partition on this board. NVIDIA's layouts call the data
@@ -272,6 +281,8 @@ mod tests {
     #[test]
     fn shared_partitions_use_nvidia_names_on_jetson() {
         assert_eq!(Board::QemuX86_64.partition(Role::Data), "data");
+        assert!(Board::QemuX86_64.data_fills_disk() && Board::QemuArm64.data_fills_disk());
+        assert!(!Board::JetsonOrinAgx.data_fills_disk() && !Board::JetsonXavierAgx.data_fills_disk());
         assert_eq!(Board::JetsonOrinAgx.partition(Role::Data), "UDA");
         assert_eq!(Board::JetsonXavierAgx.partition(Role::Config), "config");
         assert_eq!(Board::JetsonOrinAgx.boot_control(), BootControlKind::Tegra);

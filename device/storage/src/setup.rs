@@ -335,7 +335,15 @@ impl Storage<'_> {
                 (key, sealed, uuid)
             }
         };
-        if v == Volume::Data {
+        if v == Volume::Data && !self.facts.board.data_fills_disk() {
+            tracing::info!(
+                "{} keeps the size the image gave it ({} bytes): on {} it is not the last \
+                 partition on the disk",
+                part.describe(),
+                part.size(),
+                self.facts.board
+            );
+        } else if v == Volume::Data {
             out.grown_to = self.disk.grow_to_end(self.partition(v))?;
             if let Some(size) = out.grown_to {
                 tracing::info!(

@@ -85,12 +85,19 @@ fn first_boot_formats_grows_and_seals_then_later_boots_unlock() {
 }
 
 #[test]
-fn jetson_data_is_the_uda_partition() {
-    let world = World::new(Board::JetsonOrinAgx, true);
-    let done = world.boot(PowerCut::never()).storage().setup().unwrap();
-    assert_eq!(done[1].grown_to, Some(28 * MIB));
-    assert!(done[1].partition.ends_with(":UDA"), "{}", done[1].partition);
-    assert_eq!(done[1].mounted, world.files.path("data"));
+fn jetson_data_is_the_uda_partition_at_the_size_the_image_gave_it() {
+    // On both Jetsons `config` follows `UDA` (ours come after NVIDIA's partitions), so UDA
+    // cannot grow: the first boot formats it as flashed. (It used to stop: "not the last
+    // partition on the disk", leaving data closed, as the Jetson twin's first boot showed.)
+    for board in [Board::JetsonOrinAgx, Board::JetsonXavierAgx] {
+        let world = World::new(board, true);
+        let done = world.boot(PowerCut::never()).storage().setup().unwrap();
+        assert_eq!(done[1].grown_to, None, "{board}");
+        assert!(done[1].partition.ends_with(":UDA"), "{}", done[1].partition);
+        assert_eq!(done[1].mounted, world.files.path("data"));
+        assert_eq!(world.part(Volume::Data).size(), 2 * MIB, "{board}");
+        assert!(world.uuid(Volume::Data).is_some(), "{board}: UDA not formatted");
+    }
 }
 
 #[test]

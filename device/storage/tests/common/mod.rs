@@ -38,24 +38,27 @@ pub fn facts(board: Board, tpm: bool) -> BuildFacts {
 pub fn disk_image(dir: &Path, board: Board, disk: u64) -> PathBuf {
     let path = dir.join("disk.img");
     let ns = "storage-test";
-    let layout = Layout::new(
-        Guid::derive(ns, "disk"),
-        vec![
-            PartitionSpec::new("esp", Guid::EFI_SYSTEM, Guid::derive(ns, "esp"), MIB),
-            PartitionSpec::new(
-                Volume::Config.partition(board),
-                Guid::LINUX_LUKS,
-                Guid::derive(ns, "c"),
-                MIB,
-            ),
-            PartitionSpec::new(
-                Volume::Data.partition(board),
-                Guid::LINUX_LUKS,
-                Guid::derive(ns, "d"),
-                2 * MIB,
-            ),
-        ],
+    let config = PartitionSpec::new(
+        Volume::Config.partition(board),
+        Guid::LINUX_LUKS,
+        Guid::derive(ns, "c"),
+        MIB,
     );
+    let data = PartitionSpec::new(
+        Volume::Data.partition(board),
+        Guid::LINUX_LUKS,
+        Guid::derive(ns, "d"),
+        2 * MIB,
+    );
+    let esp = PartitionSpec::new("esp", Guid::EFI_SYSTEM, Guid::derive(ns, "esp"), MIB);
+    // As the builds order them: on the qemu boards data is last; on a Jetson our partitions
+    // follow all of NVIDIA's, so `config` comes after `UDA`.
+    let parts = if board.data_fills_disk() {
+        vec![esp, config, data]
+    } else {
+        vec![esp, data, config]
+    };
+    let layout = Layout::new(Guid::derive(ns, "disk"), parts);
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
