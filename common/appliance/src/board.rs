@@ -282,7 +282,9 @@ mod tests {
     fn shared_partitions_use_nvidia_names_on_jetson() {
         assert_eq!(Board::QemuX86_64.partition(Role::Data), "data");
         assert!(Board::QemuX86_64.data_fills_disk() && Board::QemuArm64.data_fills_disk());
-        assert!(!Board::JetsonOrinAgx.data_fills_disk() && !Board::JetsonXavierAgx.data_fills_disk());
+        assert!(
+            !Board::JetsonOrinAgx.data_fills_disk() && !Board::JetsonXavierAgx.data_fills_disk()
+        );
         assert_eq!(Board::JetsonOrinAgx.partition(Role::Data), "UDA");
         assert_eq!(Board::JetsonXavierAgx.partition(Role::Config), "config");
         assert_eq!(Board::JetsonOrinAgx.boot_control(), BootControlKind::Tegra);

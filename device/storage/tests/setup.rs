@@ -96,7 +96,10 @@ fn jetson_data_is_the_uda_partition_at_the_size_the_image_gave_it() {
         assert!(done[1].partition.ends_with(":UDA"), "{}", done[1].partition);
         assert_eq!(done[1].mounted, world.files.path("data"));
         assert_eq!(world.part(Volume::Data).size(), 2 * MIB, "{board}");
-        assert!(world.uuid(Volume::Data).is_some(), "{board}: UDA not formatted");
+        assert!(
+            world.uuid(Volume::Data).is_some(),
+            "{board}: UDA not formatted"
+        );
     }
 }
 
