@@ -85,7 +85,9 @@ pub fn partition(image: &Path, label: &str) -> (u64, u64) {
 
 /// Every partition of `board`'s disk, with its type and size: the slots as its layout names
 /// them (on Jetson each boot chain's kernel and kernel-dtb partitions too), then the shared
-/// ones; data last, so it grows.
+/// ones. On the qemu boards data is last and grows by [`GROWTH`] at the first boot; on a
+/// Jetson, as the build lays it out, `UDA` comes among NVIDIA's partitions with the recipe's
+/// size (here the same as grown) and ours follow it.
 fn layout(board: Board) -> Vec<(String, Guid, u64)> {
     let slots = board.slot_layout();
     let mut parts = vec![(
@@ -105,6 +107,10 @@ fn layout(board: Board) -> Vec<(String, Guid, u64)> {
         }
     }
     use aperture_appliance::Role;
+    let data: (String, Guid, u64) = (board.partition(Role::Data).into(), Guid::LINUX_LUKS, MIB);
+    if !board.data_fills_disk() {
+        parts.push((data.0.clone(), data.1, MIB + GROWTH));
+    }
     parts.push((
         board.partition(Role::Factory).into(),
         Guid::LINUX_FILESYSTEM,
@@ -116,7 +122,9 @@ fn layout(board: Board) -> Vec<(String, Guid, u64)> {
         aperture_appliance::store::PARTITION_BYTES,
     ));
     parts.push((board.partition(Role::Config).into(), Guid::LINUX_LUKS, MIB));
-    parts.push((board.partition(Role::Data).into(), Guid::LINUX_LUKS, MIB));
+    if board.data_fills_disk() {
+        parts.push(data);
+    }
     parts
 }
 
