@@ -198,14 +198,16 @@ pub struct VmRunArgs {
     /// --twin-recipe is made (or reused) in out/<product>-<board>-<version>-twin first.
     #[arg(long, conflicts_with = "snapshot")]
     pub twin: bool,
-    /// The Jetson recipe the twin build is made from when no DIR is given
-    /// [default: recipes/jetson-orin-agx-twin.toml].
+    /// The Jetson recipe the twin build is made from when no DIR is given (with the twin BSP,
+    /// whose nvidia-l4t-tools deb holds the twin's stand-in nvbootctrl)
+    /// [default: recipes/jetson-orin-agx.toml].
     #[arg(long, requires = "twin")]
     pub twin_recipe: Option<PathBuf>,
 }
 
-/// The recipe `vm run --twin` builds when no folder is given.
-pub const TWIN_RECIPE: &str = "recipes/jetson-orin-agx-twin.toml";
+/// The recipe `vm run --twin` builds when no folder is given: the AGX Orin recipe as it is; the
+/// twin BSP (`aperture_image::twin::bsp`) brings the twin's stand-in `nvbootctrl`.
+pub const TWIN_RECIPE: &str = "recipes/jetson-orin-agx.toml";
 
 /// `cargo xtask bundle`.
 #[derive(Debug, Args, Clone)]

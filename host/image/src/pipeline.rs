@@ -36,9 +36,10 @@ pub struct BuildOptions {
     /// Skip the final security audit (`--insecure-skip-audit`): for testing the audit itself
     /// on images that violate the policy; never for images that ship.
     pub insecure_skip_audit: bool,
-    /// Jetson Linux (L4T) BSP folder (`--bsp`): kernel, device tree and boot firmware of the
-    /// Jetson boards. Without it a Jetson build stops after the slot image and says what to
-    /// download.
+    /// Jetson Linux (L4T) BSP folder or tarball (`--bsp`): kernel, device tree and boot
+    /// firmware of the Jetson boards, and the rootfs's `nvbootctrl` (from its
+    /// `nvidia-l4t-tools` deb, [`crate::jetson::tools`]). Without it a Jetson build stops after
+    /// the slot image and says what to download.
     pub bsp: Option<PathBuf>,
 }
 
@@ -175,6 +176,34 @@ pub fn build_rootfs(
         s.note(paths.repo.display().to_string());
         Ok(st)
     })?;
+    // A Jetson image takes NVIDIA's nvbootctrl from the BSP's nvidia-l4t-tools deb; read and
+    // checked here, before the long steps, so a BSP without it fails at once. The outputs
+    // step resolves the same BSP again for the kernel and firmware (a tarball is unpacked
+    // into the build cache once).
+    let bsp_tools = match (&opts.bsp, recipe.board.is_jetson()) {
+        (Some(given), true) => Some(rep.step("bsp tools", |s| {
+            let (dir, note, _) =
+                crate::jetson::bsp::unpack(given, recipe.bsp.as_ref(), &paths.cache)?;
+            s.line(&note);
+            let bsp =
+                crate::jetson::Bsp::open(&dir, crate::jetson::JetsonBoard::of(recipe.board)?)?;
+            let tool = crate::jetson::tools::read(&bsp)?;
+            if tool.is_stand_in() {
+                rep.warn_loud(&[
+                    &format!(
+                        "SYNTHETIC BSP: {} in {} is the Jetson twin's stand-in script,",
+                        aperture_slots::tegra::retry::NVBOOTCTRL,
+                        tool.deb.display()
+                    ),
+                    "not NVIDIA's program: this image resets no boot retry count on a Jetson.",
+                    "It is for the twin and the tests only.",
+                ]);
+            }
+            s.note(tool.note(&bsp));
+            Ok((bsp, tool))
+        })?),
+        _ => None,
+    };
     // The Debian base (mostly downloading and unpacking, one core) and the device programs
     // (compiling, every core) do not depend on each other: on a cold cache they overlap.
     let (base_commit, progs) = std::thread::scope(|scope| {
@@ -204,6 +233,31 @@ pub fn build_rootfs(
                 .with_context(|| format!("applying overlay {}", o.display()))?;
         }
         generate::all(&layer, recipe, source_date)?;
+        // After the overlays, so that its checks see everything else the image holds.
+        let tools = match &bsp_tools {
+            Some((bsp, tool)) => {
+                let files = crate::jetson::tools::install(bsp, tool, &layer)?;
+                for f in &files {
+                    s.line(&format!(
+                        "/{} (mode {:o}) from {}:{}",
+                        f.path,
+                        f.mode,
+                        f.deb.display(),
+                        f.member
+                    ));
+                }
+                format!(
+                    "; from the BSP ({}): {}",
+                    bsp.release.as_deref().unwrap_or("release unknown"),
+                    crate::jetson::tools::installed_note(&files)
+                )
+            }
+            None if recipe.board.is_jetson() => format!(
+                "; no --bsp, so no {} (it comes from the BSP's nvidia-l4t-tools deb)",
+                aperture_slots::tegra::retry::NVBOOTCTRL
+            ),
+            None => String::new(),
+        };
         // The root of trust every update is checked against.
         layer.copy_file(Path::new("etc/aperture/root.pub"), root_key, 0o644, 0, 0)?;
         for u in &recipe.services.enable {
@@ -216,7 +270,7 @@ pub fn build_rootfs(
         // everything this layer adds.
         let security = crate::security::apply(&layer, recipe)?;
         s.note(format!(
-            "{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked; {}",
+            "{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked; {}{tools}",
             progs.len(),
             n,
             recipe.overlays.len(),

@@ -1,6 +1,7 @@
-//! The Jetson Linux (L4T) BSP a build takes its kernel, device tree and boot firmware from:
-//! found, checked for every file the board needs (all missing files named at once), and
-//! fingerprinted so that a changed BSP is a changed input.
+//! The Jetson Linux (L4T) BSP a build takes its kernel, device tree and boot firmware from (and
+//! the rootfs its `nvbootctrl`, [`super::tools`]): found, checked for every file the board
+//! needs (all missing files named at once), and fingerprinted so that a changed BSP is a
+//! changed input.
 
 use std::path::{Path, PathBuf};
 
@@ -186,8 +187,35 @@ impl Bsp {
             .filter(|p| p.is_file())
     }
 
-    /// sha256 over the path and bytes of every file the build takes from the tree: two trees
-    /// with the same fingerprint give the same outputs.
+    /// The folder of the tree's Debian packages (`nv_tegra/l4t_deb_packages`).
+    pub fn debs_dir(&self) -> PathBuf {
+        self.path(files::L4T_DEBS)
+    }
+
+    /// The tree's Debian packages (`nv_tegra/l4t_deb_packages/*.deb`), sorted by name; none
+    /// when the tree has no such folder. The rootfs takes `nvbootctrl` (and any library it
+    /// needs that Debian lacks) from them ([`super::tools`]).
+    pub fn debs(&self) -> std::io::Result<Vec<PathBuf>> {
+        let dir = self.debs_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut debs = Vec::new();
+        for e in entries {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "deb") && path.is_file() {
+                debs.push(path);
+            }
+        }
+        debs.sort();
+        Ok(debs)
+    }
+
+    /// sha256 over the path and bytes of every file the build takes from the tree (the kernel,
+    /// device tree and firmware for the outputs, every deb for the rootfs's `nvbootctrl` and
+    /// the libraries it may need): two trees with the same fingerprint give the same outputs.
     pub fn fingerprint(&self) -> std::io::Result<String> {
         let mut h = Sha256::new();
         let mut files: Vec<String> = self
@@ -198,6 +226,11 @@ impl Bsp {
             .collect();
         if self.capsule.is_some() {
             files.push(files::CAPSULE.to_string());
+        }
+        for deb in self.debs()? {
+            if let Ok(rel) = deb.strip_prefix(&self.root) {
+                files.push(rel.to_string_lossy().into_owned());
+            }
         }
         for f in files {
             h.update(f.as_bytes());

@@ -90,6 +90,114 @@ pub enum JetsonError {
         /// What is wrong.
         reason: String,
     },
+    /// The BSP has no `nvidia-l4t-tools` deb, which the image takes `nvbootctrl` from.
+    #[error("the Jetson Linux BSP has no nvidia-l4t-tools_<version>_arm64.deb in {}: the image takes /usr/sbin/nvbootctrl from it (the health gate's commit runs `nvbootctrl verify` to reset the firmware's boot retry count); point --bsp at a complete Jetson Linux {release} tree (NVIDIA's Jetson_Linux_R<version>_aarch64.tbz2 ships nv_tegra/l4t_deb_packages/)", dir.display())]
+    NoToolsDeb {
+        /// The BSP's deb folder.
+        dir: PathBuf,
+        /// The L4T release line expected.
+        release: &'static str,
+    },
+    /// The BSP has more than one `nvidia-l4t-tools` deb.
+    #[error("{} holds {} nvidia-l4t-tools debs ({}); a Jetson Linux tree ships one: remove all but the one of the BSP's own release", dir.display(), found.len(), found.join(", "))]
+    SeveralToolsDebs {
+        /// The BSP's deb folder.
+        dir: PathBuf,
+        /// Their file names.
+        found: Vec<String>,
+    },
+    /// A deb lacks the file the image takes from it.
+    #[error("{} has no {member}: this build takes nvbootctrl from nvidia-l4t-tools as Jetson Linux R35/R36 ship it (from R38 on NVIDIA ships it in nvidia-l4t-bootloader-utils); use the BSP release the recipe names", deb.display())]
+    ToolNotInDeb {
+        /// The deb.
+        deb: PathBuf,
+        /// The path it lacks.
+        member: String,
+    },
+    /// A program or library from the BSP is not built for the appliance.
+    #[error("{what} in {} is an ELF for {found}, not for 64-bit little-endian aarch64 (e_machine 183) as the appliance runs: use NVIDIA's BSP for Jetson (Jetson_Linux_R<version>_aarch64.tbz2)", deb.display())]
+    WrongArch {
+        /// The file, as the image names it.
+        what: String,
+        /// The deb it came from.
+        deb: PathBuf,
+        /// What it is built for.
+        found: String,
+    },
+    /// A file from the BSP that should be an ELF object cannot be read as one.
+    #[error("{what} in {} is not a usable ELF file ({reason}): the deb is damaged or not NVIDIA's; unpack the BSP again", deb.display())]
+    BadElf {
+        /// The file, as the image names it.
+        what: String,
+        /// The deb it came from.
+        deb: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tool from the BSP is neither an ELF program nor a script.
+    #[error("{what} in {} is neither an ELF program nor a `#!` script: the deb is damaged or not NVIDIA's; unpack the BSP again", deb.display())]
+    NotAProgram {
+        /// The file, as the image names it.
+        what: String,
+        /// The deb it came from.
+        deb: PathBuf,
+    },
+    /// A tool is a script, and the BSP is not the synthetic test tree.
+    #[error("{what} in {} is a `#!{interpreter}` script, not NVIDIA's aarch64 program: only the synthetic test BSP (host/image/fixtures/make-synthetic-bsp.sh) may carry a stand-in; point --bsp at NVIDIA's Jetson Linux tree", deb.display())]
+    ScriptTool {
+        /// The file, as the image names it.
+        what: String,
+        /// The deb it came from.
+        deb: PathBuf,
+        /// Its `#!` line.
+        interpreter: String,
+    },
+    /// A tool's interpreter (`#!` line or ELF `PT_INTERP`) is not in the rootfs.
+    #[error("{what} from {} runs under {interpreter}, which the rootfs does not have: add the Debian package that ships it to the recipe's packages", deb.display())]
+    MissingInterpreter {
+        /// The file, as the image names it.
+        what: String,
+        /// The deb it came from.
+        deb: PathBuf,
+        /// The interpreter.
+        interpreter: String,
+    },
+    /// A shared library a BSP tool needs is nowhere to be found.
+    #[error("{tool} needs the shared library {soname} (DT_NEEDED of {needed_by}), but neither the rootfs (lib/aarch64-linux-gnu, usr/lib/aarch64-linux-gnu, lib, usr/lib) nor any deb of the Jetson Linux BSP {} (nv_tegra/l4t_deb_packages) has it: add the Debian package that ships {soname} to the recipe's packages, or use the BSP release this build expects", bsp.display())]
+    UnresolvedLibrary {
+        /// The library's soname.
+        soname: String,
+        /// The file whose dynamic section names it (the tool, or a library it needs).
+        needed_by: String,
+        /// The tool, as the image names it.
+        tool: String,
+        /// The BSP root (`Linux_for_Tegra/`).
+        bsp: PathBuf,
+    },
+    /// Something other than the BSP already puts a BSP tool into the image.
+    #[error("the layer already holds /{path} (from an overlay?), but on a Jetson it comes from the BSP's nvidia-l4t-tools deb: remove it from the overlay (the synthetic test BSP carries the Jetson twin's stand-in)")]
+    ToolShadowed {
+        /// The image path.
+        path: String,
+    },
+    /// `dpkg-deb` could not read a deb of the BSP.
+    #[error("reading {} with dpkg-deb (a damaged deb: unpack the BSP again)", deb.display())]
+    DebRead {
+        /// The deb.
+        deb: PathBuf,
+        /// The command's failure.
+        #[source]
+        err: aperture_sys::CmdError,
+    },
+    /// A deb's file archive could not be read.
+    #[error("reading the files of {} (a damaged deb: unpack the BSP again)", deb.display())]
+    DebArchive {
+        /// The deb.
+        deb: PathBuf,
+        /// The cause.
+        #[source]
+        err: std::io::Error,
+    },
 }
 
 /// The message a Jetson build prints when it has no BSP: which release and file to download,

@@ -7,11 +7,13 @@
 //! - [`bsp`]: the Jetson Linux (L4T) tree given with `--bsp`, checked for every file needed.
 //! - [`bootimg`]: the Android boot image L4TLauncher loads from a kernel partition.
 //! - [`flash_xml`]: `flash_layout.xml` for NVIDIA's flashing tools, and a reader for it.
+//! - [`tools`]: NVIDIA's `nvbootctrl`, taken from the BSP's `nvidia-l4t-tools` deb into the
+//!   rootfs and checked (aarch64, every shared library it needs present).
 //! - [`outputs`]: the build steps after the slot image ([`build_outputs`]).
 //!
-//! Without `--bsp` a Jetson build makes the rootfs commit and the slot image and then stops
-//! with [`JetsonError::MissingBsp`], whose message says what to download and where to point
-//! `--bsp`.
+//! Without `--bsp` a Jetson build makes the rootfs commit (without `nvbootctrl`) and the slot
+//! image and then stops with [`JetsonError::MissingBsp`], whose message says what to download
+//! and where to point `--bsp`.
 
 pub mod board;
 pub mod bootimg;
@@ -22,6 +24,9 @@ pub mod nvidia;
 pub mod outputs;
 #[cfg(test)]
 mod tests;
+pub mod tools;
+#[cfg(test)]
+mod tools_tests;
 
 pub use board::JetsonBoard;
 pub use bsp::Bsp;

@@ -183,6 +183,12 @@ pub mod files {
     pub const UEFI: &str = "bootloader/uefi_jetson.bin";
     /// ADSP firmware, both SoCs.
     pub const ADSP: &str = "bootloader/adsp-fw.bin";
+    /// NVIDIA's Debian packages of the Jetson userspace, R35/R36 trees (`apply_binaries.sh`
+    /// installs them into NVIDIA's sample rootfs). The image takes `nvbootctrl` from one of
+    /// them (`jetson::tools`); their names carry a build stamp
+    /// (`nvidia-l4t-tools_36.4.3-20250107174145_arm64.deb`), so they are found by pattern, not
+    /// listed among the required files.
+    pub const L4T_DEBS: &str = "nv_tegra/l4t_deb_packages";
 
     /// AGX Orin (t234) boot firmware.
     pub mod t234 {

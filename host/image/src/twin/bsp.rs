@@ -6,8 +6,10 @@
 //! machine, in exactly the layout a real BSP's would.
 //!
 //! So a twin build is two builds of one recipe into one output folder: the rootfs commit
-//! first (`rootfs_only`), then, with the twin BSP made from that commit, the full build, whose
-//! rootfs steps are all reused.
+//! first (`rootfs_only`, with the synthetic BSP), then, with the twin BSP made from that commit,
+//! the full build, whose rootfs is the same commit. Both BSPs carry the same
+//! `nvidia-l4t-tools` deb, whose `nvbootctrl` is the twin's stand-in script
+//! (`crate::jetson::tools` installs it as it installs NVIDIA's on a real build).
 
 use std::path::{Path, PathBuf};
 
@@ -111,9 +113,11 @@ pub fn twin_bsp(
 pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
     let recipe = Recipe::load(&opts.recipe)?;
     let board = JetsonBoard::of(recipe.board)?;
+    // The synthetic BSP already, for its nvidia-l4t-tools deb (the twin BSP's is the same
+    // file): the full build's rootfs then comes out as this very commit.
     let first = BuildOptions {
         rootfs_only: true,
-        bsp: None,
+        bsp: Some(synthetic_bsp(&opts.workspace)),
         ..opts.clone()
     };
     let rootfs = pipeline::build(&first, rep)?;

@@ -32,8 +32,11 @@
 //!   simulation the unit tests use. The retry counts live in a file standing for the SR_RF
 //!   scratch register (`sr-rf` in the twin's folder): it survives a warm reboot and is lost at
 //!   a power cut ([`Twin::power_cut`]). The guest has no register to clear, so the twin image's
-//!   stand-in `nvbootctrl verify` (overlays/jetson-twin) writes [`VERIFY_VAR`], and the next
-//!   power-on clears the register for it.
+//!   stand-in `nvbootctrl verify` writes [`VERIFY_VAR`], and the next power-on clears the
+//!   register for it. The stand-in reaches the image the way NVIDIA's program reaches a real
+//!   one (`crate::jetson::tools`): as `usr/sbin/nvbootctrl` of the synthetic BSP's
+//!   `nvidia-l4t-tools` deb (`host/image/fixtures/make-synthetic-bsp.sh`), so the twin boots
+//!   the unchanged `recipes/jetson-orin-agx.toml`.
 //! - QEMU's `virt` machine with its own device tree and ACPI tables, not the Orin's; a virtio
 //!   disk (partitions by name, as on the eMMC); the console on `ttyAMA0` (added to the boot
 //!   image's command line, which names the Orin's `ttyTCU0`).
@@ -216,9 +219,10 @@ pub const VARS: &str = "vars.fd";
 pub const TPM: &str = "tpm";
 /// The simulated SR_RF scratch register between two warm boots (absent after a power cut).
 const SR_RF: &str = "sr-rf";
-/// The variable (NVIDIA's GUID) the twin image's stand-in `nvbootctrl verify` writes
-/// (overlays/jetson-twin): at the next power-on the harness clears SR_RF, as NVIDIA's tool does
-/// on the running boot, and deletes the variable.
+/// The variable (NVIDIA's GUID) the twin image's stand-in `nvbootctrl verify` writes (the
+/// synthetic BSP's `nvidia-l4t-tools` deb, `host/image/fixtures/make-synthetic-bsp.sh`): at the
+/// next power-on the harness clears SR_RF, as NVIDIA's tool does on the running boot, and
+/// deletes the variable.
 pub const VERIFY_VAR: &str = "ApertureTwinNvbootctrlVerify";
 
 pub(crate) fn io<'p>(
