@@ -54,6 +54,7 @@ struct BaseFile {
     mirror: S<String>,
     architecture: S<String>,
     packages: L,
+    initramfs_modules: L,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +262,7 @@ pub struct Merged {
     pub mirror: Option<Located<String>>,
     pub architecture: Option<Located<String>>,
     pub packages: Vec<Located<String>>,
+    pub initramfs_modules: Vec<Located<String>>,
     pub device: Vec<Located<String>>,
     pub runtime: Vec<Located<String>>,
     pub services: MergedServices,
@@ -374,6 +376,7 @@ impl Merged {
             set(&mut self.mirror, b.mirror, &f, &t);
             set(&mut self.architecture, b.architecture, &f, &t);
             extend(&mut self.packages, b.packages, &f, &t);
+            extend(&mut self.initramfs_modules, b.initramfs_modules, &f, &t);
         }
         if let Some(c) = file.components {
             extend(&mut self.device, c.device, &f, &t);

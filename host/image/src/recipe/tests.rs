@@ -617,3 +617,68 @@ fn the_default_recipe_is_production() {
     assert!(r.network.inbound.is_empty());
     assert!(r.overlays.iter().any(|o| o.ends_with("overlays/hardening")));
 }
+
+#[test]
+fn initramfs_modules_are_kernel_module_names_listed_once() {
+    let good = GOOD.replacen(
+        "packages = [\"systemd\", \"linux-image-cloud-amd64\"]",
+        "packages = [\"systemd\", \"linux-image-cloud-amd64\"]\ninitramfs_modules = [\"virtio_blk\", \"dm-verity\"]",
+        1,
+    );
+    let f = Fixture::new(&[("r.toml", &good)]);
+    assert_eq!(
+        f.load("r.toml").unwrap().base.initramfs_modules,
+        vec!["virtio_blk", "dm-verity"]
+    );
+    // Absent: initramfs-tools' default (MODULES=most).
+    let f = Fixture::new(&[("r.toml", GOOD)]);
+    assert!(f.load("r.toml").unwrap().base.initramfs_modules.is_empty());
+
+    for (bad, words) in [
+        (
+            "[\"virtio_blk; rm -rf /\"]",
+            &[
+                "`virtio_blk; rm -rf /` is not a kernel module name",
+                "modprobe",
+            ][..],
+        ),
+        ("[\"\"]", &["is not a kernel module name"][..]),
+        (
+            "[\"virtio_blk\", \"virtio_blk\"]",
+            &[
+                "`virtio_blk` is listed twice in initramfs_modules",
+                "remove one",
+            ][..],
+        ),
+    ] {
+        let text = GOOD.replacen(
+            "packages = [\"systemd\", \"linux-image-cloud-amd64\"]",
+            &format!(
+                "packages = [\"systemd\", \"linux-image-cloud-amd64\"]\ninitramfs_modules = {bad}"
+            ),
+            1,
+        );
+        let f = Fixture::new(&[("r.toml", &text)]);
+        let e = f.load("r.toml").expect_err(bad);
+        assert_mentions(&e, words);
+        assert_eq!(e.line, line_of(&text, "initramfs_modules"), "{e}");
+    }
+}
+
+#[test]
+fn the_arm64_boards_list_their_initramfs_modules_and_x86_keeps_the_default() {
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+    for name in [
+        "qemu-arm64.toml",
+        "jetson-orin-agx.toml",
+        "jetson-xavier-agx.toml",
+    ] {
+        let r = Recipe::load(&recipes.join(name)).unwrap();
+        assert!(
+            r.base.initramfs_modules.contains(&"virtio_blk".to_string()),
+            "{name}: the twin and qemu-arm64 boot from a virtio disk"
+        );
+    }
+    let r = Recipe::load(&recipes.join("qemu-x86_64.toml")).unwrap();
+    assert!(r.base.initramfs_modules.is_empty());
+}

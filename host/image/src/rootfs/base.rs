@@ -19,7 +19,7 @@ use crate::store::Store;
 pub const BASE_SOURCE_DATE: u64 = 1_704_067_200; // 2024-01-01T00:00:00Z
 
 /// Version of the way we assemble a base; bump it to invalidate every cached base.
-const BASE_FORMAT: u32 = 2;
+const BASE_FORMAT: u32 = 3;
 
 /// Documentation, manuals and translations are not shipped on an appliance (copyright files
 /// are: the SBOM reads licenses from them). These become dpkg path filters inside mmdebstrap.
@@ -85,6 +85,7 @@ pub fn base_key(recipe: &Recipe, workspace: &Path) -> Result<String> {
         "mirror": recipe.base.mirror,
         "architecture": recipe.base.architecture.debian(),
         "packages": recipe.all_packages(),
+        "initramfs_modules": recipe.base.initramfs_modules,
         "mmdebstrap": mmdebstrap_version()?,
         "dpkg_filters": DPKG_FILTERS,
         "files": file_hashes,
@@ -169,6 +170,10 @@ fn mmdebstrap(
         .arg("--mode=root")
         .arg("--variant=minbase")
         .arg("--format=directory")
+        // /usr merged by mmdebstrap's own hook before anything is unpacked, as debootstrap
+        // does, rather than by the usrmerge package converting the tree afterwards: usrmerge
+        // pulls perl into the image and its conversion runs for a while under emulation.
+        .arg(format!("--hook-dir={MERGED_USR_HOOKS}"))
         .arg(format!(
             "--architectures={}",
             recipe.base.architecture.debian()
@@ -202,16 +207,23 @@ fn mmdebstrap(
             c = c.arg(format!("--setup-hook=chmod 0755 \"$1\"{}", dest.display()));
         }
     }
+    for hook in initramfs_list_hooks(&recipe.base.initramfs_modules) {
+        c = c.arg(format!("--setup-hook={hook}"));
+    }
+    // Regenerating commands run once, at the end, rather than by every package that asks.
+    c = c.arg(format!("--essential-hook={}", defer_hook()));
     c = c.arg(format!(
         "--customize-hook=sync-out /var/cache/apt/archives '{}'",
         debs.display()
     ));
     c = c.arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb");
-    // If the kernel's initramfs was generated before veritysetup was unpacked, generate it again.
+    c = c.arg(format!("--customize-hook={}", run_deferred_hook()));
+    // The initramfs must open the verity root: fail the base, not the first boot.
     c = c.arg(
         "--customize-hook=for i in \"$1\"/boot/initrd.img-*; do [ -e \"$i\" ] || continue; \
          if ! chroot \"$1\" lsinitramfs \"${i#$1}\" | grep -q 'sbin/veritysetup$'; then \
-         chroot \"$1\" update-initramfs -u -k all; fi; done",
+         echo \"${i#$1} has no veritysetup: the aperture-verity initramfs hook did not run\" >&2; \
+         exit 1; fi; done",
     );
     c = c
         .arg(&recipe.base.suite)
@@ -225,6 +237,82 @@ fn mmdebstrap(
     ));
     c.stream(|l| step.line(l))
         .context("building the Debian base with mmdebstrap")
+}
+
+/// mmdebstrap's hook that merges /usr before the essential packages are unpacked.
+const MERGED_USR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
+
+/// Commands that regenerate a whole output from what is installed, which packages run again
+/// and again while they install (the kernel's postinst and the initramfs trigger each build the
+/// initramfs, ca-certificates' postinst and its trigger each rebuild /etc/ssl/certs). Under
+/// arm64 emulation one initramfs takes minutes. While packages install each is diverted to a
+/// stub (`dpkg-divert`, as live-build does), and [`run_deferred_hook`] runs each once at the end.
+const DEFERRED: &[&str] = &[
+    "/usr/sbin/update-initramfs",
+    "/usr/sbin/update-ca-certificates",
+];
+
+/// Suffix of a deferred command's real program while it is diverted.
+const DEFERRED_SUFFIX: &str = ".aperture-deferred";
+
+/// The essential hook (dpkg works, nothing but the essential set is installed): divert each
+/// deferred command to a stub that says so.
+fn defer_hook() -> String {
+    DEFERRED
+        .iter()
+        .map(|f| {
+            format!(
+                "chroot \"$1\" dpkg-divert --quiet --local --rename --divert {f}{DEFERRED_SUFFIX} --add {f} && \
+                 printf '#!/bin/sh\\necho \"{f} $*: deferred to the end of the base build\"\\n' > \"$1\"{f} && \
+                 chmod 0755 \"$1\"{f}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// The customize hook (every package installed): put each deferred command back and run it
+/// once, `update-ca-certificates --fresh` and one initramfs per installed kernel.
+fn run_deferred_hook() -> String {
+    let restore = DEFERRED
+        .iter()
+        .map(|f| {
+            format!(
+                "rm -f \"$1\"{f} && chroot \"$1\" dpkg-divert --quiet --local --rename --remove {f}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" && ");
+    format!(
+        "{restore} && \
+         if [ -x \"$1\"/usr/sbin/update-ca-certificates ]; then chroot \"$1\" update-ca-certificates --fresh; fi && \
+         for k in \"$1\"/usr/lib/modules/*; do [ -d \"$k\" ] || continue; \
+         chroot \"$1\" update-initramfs -c -k \"${{k##*/}}\" || exit 1; done"
+    )
+}
+
+/// Setup hooks for a recipe's `initramfs_modules`: `MODULES=list` and a hook that adds exactly
+/// those modules (initramfs-tools' own list, `/etc/initramfs-tools/modules`, is a conffile of
+/// its package, so it is left alone). None for an empty list: initramfs-tools' `MODULES=most`.
+/// The names are checked by the recipe (letters, digits, `_`, `-`), so they need no quoting.
+fn initramfs_list_hooks(modules: &[String]) -> Vec<String> {
+    if modules.is_empty() {
+        return Vec::new();
+    }
+    let conf = "/etc/initramfs-tools/conf.d/aperture-modules";
+    let hook = "/etc/initramfs-tools/hooks/aperture-modules";
+    vec![
+        "mkdir -p \"$1\"/etc/initramfs-tools/conf.d \"$1\"/etc/initramfs-tools/hooks".to_string(),
+        format!(
+            "printf '# Aperture: the recipe lists the modules ([base] initramfs_modules)\\nMODULES=list\\n' > \"$1\"{conf}"
+        ),
+        format!(
+            "printf '#!/bin/sh\\n# Aperture: the kernel modules the recipe lists ([base] initramfs_modules).\\n\
+             case \"$1\" in prereqs) echo; exit 0 ;; esac\\n\
+             . /usr/share/initramfs-tools/hook-functions\\nmanual_add_modules {}\\n' > \"$1\"{hook} && chmod 0755 \"$1\"{hook}",
+            modules.join(" ")
+        ),
+    ]
 }
 
 /// Remove what must not be in a commit: device nodes (the running system has devtmpfs), and
@@ -358,6 +446,139 @@ mod tests {
                 PathBuf::from("/work/t/base-1/dev"),
                 PathBuf::from("/work/t/base-1/with space"),
             ]
+        );
+    }
+
+    /// Run a hook as mmdebstrap does (`sh -c HOOK exec TARGET`), with a fake `chroot` first on
+    /// PATH that records its arguments instead of running anything in TARGET.
+    fn run_hook(hook: &str, target: &Path, bin: &Path) -> std::process::Output {
+        Command::new("sh")
+            .arg("-c")
+            .arg(hook)
+            .arg("exec")
+            .arg(target)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap()
+    }
+
+    fn fake_chroot(dir: &Path) -> PathBuf {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.join("chroot.log");
+        // Records every call; for `dpkg-divert --rename --remove FILE` it also puts the real
+        // program back, as dpkg-divert does.
+        let script = format!(
+            "#!/bin/sh\necho \"$@\" >> {}\n\
+             root=$1; shift\n\
+             if [ \"$1\" = dpkg-divert ] && [ \"$5\" = --remove ]; then\n\
+             \x20 for f; do :; done\n\
+             \x20 mv \"$root$f{DEFERRED_SUFFIX}\" \"$root$f\"\n\
+             fi\n",
+            log.display()
+        );
+        let p = bin.join("chroot");
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        log
+    }
+
+    #[test]
+    fn deferred_commands_become_stubs_then_run_once_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        std::fs::create_dir_all(target.join("usr/sbin")).unwrap();
+        std::fs::create_dir_all(target.join("usr/lib/modules/6.1.0-50-cloud-arm64")).unwrap();
+        let log = fake_chroot(dir.path());
+        let bin = dir.path().join("bin");
+
+        let out = run_hook(&defer_hook(), &target, &bin);
+        assert!(out.status.success(), "{out:?}");
+        for f in DEFERRED {
+            let stub = target.join(f.trim_start_matches('/'));
+            let text = std::fs::read_to_string(&stub).unwrap();
+            assert!(text.starts_with("#!/bin/sh\n"), "{text}");
+            assert!(
+                text.contains("deferred to the end of the base build"),
+                "{text}"
+            );
+            let said = Command::new("sh").arg(&stub).arg("-u").output().unwrap();
+            assert!(said.status.success());
+            assert!(String::from_utf8_lossy(&said.stdout).contains(&format!("{f} -u: deferred")));
+        }
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.contains(
+            "dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.aperture-deferred --add /usr/sbin/update-initramfs"
+        ), "{calls}");
+
+        std::fs::write(&log, "").unwrap();
+        // The packages' real programs, where dpkg put them while they were diverted.
+        for f in DEFERRED {
+            let real = target.join(format!("{}{DEFERRED_SUFFIX}", f.trim_start_matches('/')));
+            std::fs::write(&real, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let out = run_hook(&run_deferred_hook(), &target, &bin);
+        assert!(out.status.success(), "{out:?}");
+        let calls = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = calls.lines().collect();
+        let t = target.display();
+        assert_eq!(
+            lines,
+            [
+                format!("{t} dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs"),
+                format!("{t} dpkg-divert --quiet --local --rename --remove /usr/sbin/update-ca-certificates"),
+                format!("{t} update-ca-certificates --fresh"),
+                format!("{t} update-initramfs -c -k 6.1.0-50-cloud-arm64"),
+            ]
+        );
+        for f in DEFERRED {
+            let text = std::fs::read_to_string(target.join(f.trim_start_matches('/'))).unwrap();
+            assert!(
+                !text.contains("deferred"),
+                "{f} must be the real program again"
+            );
+        }
+    }
+
+    #[test]
+    fn an_initramfs_module_list_becomes_modules_list_and_a_hook() {
+        assert!(initramfs_list_hooks(&[]).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        std::fs::create_dir_all(&target).unwrap();
+        let bin = dir.path().join("bin");
+        fake_chroot(dir.path());
+        let modules = ["virtio_pci".to_string(), "virtio_blk".to_string()];
+        for hook in initramfs_list_hooks(&modules) {
+            let out = run_hook(&hook, &target, &bin);
+            assert!(out.status.success(), "{hook}: {out:?}");
+        }
+        let conf =
+            std::fs::read_to_string(target.join("etc/initramfs-tools/conf.d/aperture-modules"))
+                .unwrap();
+        assert!(conf.lines().any(|l| l == "MODULES=list"), "{conf}");
+        let hook_file = target.join("etc/initramfs-tools/hooks/aperture-modules");
+        let hook = std::fs::read_to_string(&hook_file).unwrap();
+        assert!(hook.starts_with("#!/bin/sh\n"), "{hook}");
+        assert!(
+            hook.lines()
+                .any(|l| l == "manual_add_modules virtio_pci virtio_blk"),
+            "{hook}"
+        );
+        // initramfs-tools asks every hook for its prerequisites first.
+        let out = Command::new("sh")
+            .arg(&hook_file)
+            .arg("prereqs")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+        let mode = std::fs::metadata(&hook_file).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111,
+            0o111
         );
     }
 }
