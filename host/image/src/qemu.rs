@@ -170,12 +170,16 @@ impl VmConfig {
             Arch::Arm64 => c.args(["-machine", &format!("virt,accel={}", self.accel.name())]),
         };
         // TCG mis-emulates x86 AVX2 gathers (numpy segfaults in vpgatherdd): keep them off.
+        // On arm64, `max` has pointer authentication, which Debian's kernel and its userland
+        // (built with branch protection) use on every call; TCG computes the architected QARMA5
+        // cipher in software, slowly. `pauth-impdef` keeps the feature with QEMU's own cheap
+        // algorithm, which QEMU's documentation recommends for TCG.
         c.args([
             "-cpu",
             match (self.accel, self.arch) {
                 (Accel::Kvm, _) => "host",
                 (_, Arch::Amd64) => "max,avx2=off",
-                (_, Arch::Arm64) => "max",
+                (_, Arch::Arm64) => "max,pauth-impdef=on",
             },
         ]);
         c.args(["-smp", "2", "-m", &self.memory_mib.to_string()]);
