@@ -15,7 +15,7 @@ use aperture_tests::http::FileServer;
 use aperture_tests::scenario::{file_contains, line_of, random_hex, Script};
 use aperture_tests::twin::{
     broken_runtime, canary_write, range_contains, storage_show, twin_image, TwinScenario,
-    TWIN_TIMEOUT,
+    FIRST_BUILD, TWIN_TIMEOUT,
 };
 use aperture_tests::{json_on_line, require_root};
 
@@ -39,7 +39,7 @@ fn install(server: &FileServer, bundle: &str) -> Script {
 #[ignore = "VM tier (long): needs root, QEMU (arm64), swtpm and twin builds (run by `cargo xtask test --full` as root)"]
 fn twin_update_commits_b_then_a_failing_v3_is_rolled_back_by_the_retry_rules() {
     require_root("twin_update_commits_b_then_a_failing_v3_is_rolled_back_by_the_retry_rules");
-    let v1 = twin_image("twin-v1", "1.0.0", "").unwrap();
+    let v1 = twin_image(FIRST_BUILD.0, FIRST_BUILD.1, "").unwrap();
     let v2 = twin_image("twin-v2", "1.1.0", "").unwrap();
     let v3 = twin_image("twin-v3", "1.2.0", &broken_runtime().unwrap()).unwrap();
     let mut sc = TwinScenario::new("twin-update", &v1.paths.out).unwrap();
@@ -185,7 +185,7 @@ fn partition_holds(disk: &std::path::Path, name: &str, image: &std::path::Path) 
 #[ignore = "VM tier (long): needs root, QEMU (arm64), swtpm and twin builds (run by `cargo xtask test --full` as root)"]
 fn twin_reset_level_2_restores_the_other_slot_and_level_3_leaves_no_canary() {
     require_root("twin_reset_level_2_restores_the_other_slot_and_level_3_leaves_no_canary");
-    let v1 = twin_image("twin-v1", "1.0.0", "").unwrap();
+    let v1 = twin_image(FIRST_BUILD.0, FIRST_BUILD.1, "").unwrap();
     let v2 = twin_image("twin-v2", "1.1.0", "").unwrap();
     let factory_rootfs = v1.paths.out.join("rootfs.img");
     let mut sc = TwinScenario::new("twin-reset", &v1.paths.out).unwrap();

@@ -156,6 +156,21 @@ fn run_tiers(
     };
 
     let suites = test_targets(root)?;
+    let wanted = |name: &str| args.suites.is_empty() || args.suites.iter().any(|s| s == name);
+    // The Jetson twin's build (the arm64 Debian base under emulation and the aarch64 device
+    // programs: the longest build of the run) goes on beside the other suites; its suite runs
+    // last of the VM tier and waits for it.
+    let mut twin_prebuild = if tiers.contains(&3) && root_user && wanted(TWIN_SUITE) {
+        match start_twin_prebuild(root) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                eprintln!("xtask test: the twin build does not start in the background ({e:#}); {TWIN_SUITE} builds it");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut failures: Vec<String> = Vec::new();
     for name in &suites {
         let tier = if name.starts_with("vm") || name.starts_with("full") {
@@ -166,7 +181,7 @@ fn run_tiers(
         if !tiers.contains(&tier) {
             continue;
         }
-        if !args.suites.is_empty() && !args.suites.contains(name) {
+        if !wanted(name) {
             continue;
         }
         let skip = |why: &str| Row {
@@ -184,6 +199,11 @@ fn run_tiers(
         if name.starts_with("full") && !args.full {
             rows.push(skip("a long scenario: `cargo xtask test --full` runs it"));
             continue;
+        }
+        if name == TWIN_SUITE {
+            if let Some(job) = twin_prebuild.take() {
+                rows.push(job.wait());
+            }
         }
         prune_scratch(root);
         let _ = std::fs::remove_dir_all(root.join("target/aperture-tests").join(FAILED).join(name));
@@ -272,6 +292,96 @@ impl Drop for Background {
             let _ = self.0.wait();
         }
     }
+}
+
+/// The VM suite that boots the Jetson twin, whose build starts in the background.
+const TWIN_SUITE: &str = "vm_twin";
+
+/// The tests crate's program that makes the twin suite's build (`tests/examples/`).
+const TWIN_PREBUILD: &str = "twin_prebuild";
+
+/// The twin's build running beside the other suites.
+struct TwinPrebuild {
+    child: Background,
+    log: std::path::PathBuf,
+    started: Instant,
+}
+
+impl TwinPrebuild {
+    /// Wait for it; its row in the time table. A failure is reported and left to the twin
+    /// suite, which builds again and fails on the build's own error.
+    fn wait(mut self) -> Row {
+        eprintln!("xtask test: waiting for the twin build started in the background");
+        let status = self.child.0.wait();
+        let took = self.started.elapsed();
+        let outcome = match status {
+            Ok(s) if s.success() => "built beside the suites above".to_string(),
+            other => {
+                let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(30).collect();
+                eprintln!(
+                    "xtask test: the twin build in the background failed ({other:?}); its log is {}, ending:",
+                    self.log.display()
+                );
+                for l in tail.iter().rev() {
+                    eprintln!("    {l}");
+                }
+                format!("FAILED ({}); {TWIN_SUITE} builds again", self.log.display())
+            }
+        };
+        Row {
+            tier: 3,
+            suite: format!("{TWIN_SUITE}: its build, in the background"),
+            outcome,
+            took: Some(took),
+        }
+    }
+}
+
+/// Start `tests/examples/twin_prebuild.rs` (built by tier 1's `cargo test --no-run`, else
+/// here) with its output in `target/aperture-tests/arm64/twin-prebuild.log`.
+fn start_twin_prebuild(root: &Path) -> Result<TwinPrebuild> {
+    cargo(root, false)
+        .args([
+            "build",
+            "--package",
+            "aperture-tests",
+            "--example",
+            TWIN_PREBUILD,
+        ])
+        .run()
+        .context("building the twin's prebuild program")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let exe = target.join("debug/examples").join(TWIN_PREBUILD);
+    let dir = root.join("target/aperture-tests/arm64");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join("twin-prebuild.log");
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut c = std::process::Command::new(&exe);
+    // The same source date as the suites' (`cargo`), so that the twin suite's build of the
+    // same recipe is this one, reused.
+    if let Some(date) = frozen_source_date(root) {
+        c.env("SOURCE_DATE_EPOCH", date);
+    }
+    let child = c
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().context("log file")?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    eprintln!(
+        "xtask test: building the Jetson twin's image in the background for {TWIN_SUITE}, output in {}",
+        log.display()
+    );
+    Ok(TwinPrebuild {
+        child: Background(child),
+        log,
+        started: Instant::now(),
+    })
 }
 
 /// Set for the test processes of `--full`: [`aperture_tests::full`] reads it.
@@ -472,11 +582,13 @@ fn test_targets(root: &Path) -> Result<Vec<String>> {
                 .collect()
         })
         .unwrap_or_default();
+    // The twin suite last of the VM tier: its build runs in the background until then.
     names.sort_by_key(|n| {
         (
             n != "privileged",
             n.starts_with("vm") || n.starts_with("full"),
             n.starts_with("full"),
+            n == TWIN_SUITE,
             n.clone(),
         )
     });
@@ -486,6 +598,42 @@ fn test_targets(root: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_twin_suite_runs_last_of_the_vm_tier_and_the_full_suites_after_it() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("tests")).unwrap();
+        let names = [
+            "vm_boot",
+            "full_twin",
+            "storage",
+            "vm_twin",
+            "privileged",
+            "vm_update",
+            "audit",
+            "full_powercut",
+            "vm_storage",
+        ];
+        let toml: String = names
+            .iter()
+            .map(|n| format!("[[test]]\nname = \"{n}\"\npath = \"tests/{n}.rs\"\n\n"))
+            .collect();
+        std::fs::write(root.path().join("tests/Cargo.toml"), toml).unwrap();
+        assert_eq!(
+            test_targets(root.path()).unwrap(),
+            [
+                "privileged",
+                "audit",
+                "storage",
+                "vm_boot",
+                "vm_storage",
+                "vm_update",
+                "vm_twin",
+                "full_powercut",
+                "full_twin",
+            ]
+        );
+    }
 
     #[test]
     fn a_failed_suites_logs_outlive_the_next_suites_pruning() {

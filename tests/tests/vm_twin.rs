@@ -1,4 +1,4 @@
-//! Tier 3, `--full` (it needs the arm64 base, which CI cannot afford), the Jetson twin's boots: an AGX Orin build with its disk exactly as built
+//! Tier 3, in CI: the Jetson twin's boots. An AGX Orin build with its disk exactly as built
 //! for a real Orin boots under QEMU arm64 (TCG), each boot chosen by L4TLauncher's A/B rules
 //! applied to its UEFI variables between boots (`aperture_image::twin`). The first boot formats
 //! UDA and config as LUKS2 sealed to the (sw)TPM and prints the status line; three warm reboots
@@ -6,14 +6,16 @@
 //! firmware both ways: one the harness puts in the store is read by the guest through efivarfs,
 //! and one the guest writes through efivarfs is in the store after it.
 //!
-//! The longer twin scenarios (update and rollback, ten reboots, resets) are in `full_twin.rs`.
-//! Not in CI: the arm64 Debian base alone takes 12 minutes there (emulated dpkg).
+//! Its build (the arm64 Debian base under emulation, the aarch64 programs) is made beside the
+//! other suites by `examples/twin_prebuild.rs`, which `cargo xtask test` starts; this suite runs
+//! last of the VM tier and reuses it. The longer twin scenarios (update and rollback, ten warm
+//! reboots, resets) are in `full_twin.rs` (`--full`).
 
 use aperture_image::twin::{nvidia_guid, varstore::VarStore};
 use aperture_slots::Slot;
 use aperture_tests::powercut::markers;
 use aperture_tests::scenario::{after, Script};
-use aperture_tests::twin::{storage_show, twin_image, TwinScenario, TWIN_TIMEOUT};
+use aperture_tests::twin::{storage_show, twin_image, TwinScenario, FIRST_BUILD, TWIN_TIMEOUT};
 use aperture_tests::{json_on_line, require_root};
 
 /// What the harness writes into the store and the guest must read through efivarfs.
@@ -25,7 +27,7 @@ const GUEST: &str = "ApertureTwinGuest";
 #[ignore = "VM tier: needs root, QEMU (arm64), swtpm and a twin build (run by `cargo xtask test` as root)"]
 fn twin_first_boot_seals_storage_then_three_warm_reboots_boot_the_committed_slot() {
     require_root("twin_first_boot_seals_storage_then_three_warm_reboots_boot_the_committed_slot");
-    let v1 = twin_image("twin-v1", "1.0.0", "").unwrap();
+    let v1 = twin_image(FIRST_BUILD.0, FIRST_BUILD.1, "").unwrap();
     let mut sc = TwinScenario::new("twin-first-boot", &v1.paths.out).unwrap();
 
     // A variable put in the store before the firmware ever ran: the firmware must take our
