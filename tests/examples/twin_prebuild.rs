@@ -1,4 +1,4 @@
-//! Make the Jetson twin's build that `vm_twin` boots, before its turn: `cargo xtask test`
+//! Make the Jetson twin's build that `full_twin_boot` boots, before its turn: `cargo xtask test --full`
 //! starts this beside the other suites, because the twin's build (the arm64 Debian base, whose
 //! packages install under emulation, and the aarch64 device programs) is the longest of the
 //! run. The suite then finds the same build and reuses it; had this failed, the suite builds

@@ -27,7 +27,7 @@ pub const TWIN_TIMEOUT: Duration = Duration::from_secs(3 * BOOT_TIMEOUT.as_secs(
 pub const STATUS: &str = "aperture-agent: product=";
 
 /// The twin build every twin scenario starts from: (name, version) for [`twin_image`].
-/// `cargo xtask test` makes it in the background before `vm_twin` (`examples/twin_prebuild.rs`).
+/// `cargo xtask test --full` makes it in the background before `full_twin_boot` (`examples/twin_prebuild.rs`).
 pub const FIRST_BUILD: (&str, &str) = ("twin-v1", "1.0.0");
 
 /// A twin build of `tests/recipes/twin-orin.toml` at `version` with `extra` recipe lines, in

@@ -140,7 +140,8 @@ impl Ctx<'_> {
 pub fn build(ctx: &Ctx<'_>) -> Result<OutputsReport> {
     // Every output follows from these inputs; when they match the last build's and every
     // output still hashes to what that build recorded, the outputs are reused.
-    let fingerprint = reuse::fingerprint(ctx.rootfs, ctx.keys, ctx.bsp)?;
+    let bsp_contents = reuse::bsp_contents(ctx.bsp, ctx.recipe, &ctx.paths.cache)?;
+    let fingerprint = reuse::fingerprint(ctx.rootfs, ctx.keys, ctx.bsp, bsp_contents.as_deref())?;
     let reused = ctx.rep.step("reuse check", |s| {
         let r = reuse::reusable(ctx.out(), &fingerprint)?;
         match &r {

@@ -52,8 +52,15 @@ struct FileRecord {
     mtime_ns: i128,
 }
 
-/// The fingerprint of everything the outputs follow from.
-pub fn fingerprint(rootfs: &RootfsBuild, keys: &BuildKeys, bsp: Option<&Path>) -> Result<String> {
+/// The fingerprint of everything the outputs follow from. `bsp_contents` is what
+/// [`bsp_contents`] says of the BSP: its path alone would let a folder changed in place, or
+/// another tarball copied over the same name, reuse outputs made from the old one.
+pub fn fingerprint(
+    rootfs: &RootfsBuild,
+    keys: &BuildKeys,
+    bsp: Option<&Path>,
+    bsp_contents: Option<&str>,
+) -> Result<String> {
     let keyring = serde_json::to_vec(&keys.keyring)?;
     let doc = serde_json::json!({
         "format": OUTPUTS_FORMAT,
@@ -65,10 +72,31 @@ pub fn fingerprint(rootfs: &RootfsBuild, keys: &BuildKeys, bsp: Option<&Path>) -
         "release": keys.release.key_id().to_string(),
         "keyring": hex::encode(sha2::Sha256::digest(&keyring)),
         "bsp": bsp.map(|p| p.display().to_string()),
+        "bsp_contents": bsp_contents,
     });
     Ok(hex::encode(sha2::Sha256::digest(
         doc.to_string().as_bytes(),
     )))
+}
+
+/// The BSP a Jetson build was given, by content: a tarball's sha256 (it is unpacked, once, by
+/// that sha256), or for a folder the fingerprint of every file the build takes from it
+/// ([`crate::jetson::Bsp::fingerprint`]). None for a board that takes nothing from a BSP.
+pub fn bsp_contents(
+    given: Option<&Path>,
+    recipe: &crate::recipe::Recipe,
+    cache: &Path,
+) -> Result<Option<String>> {
+    let (Some(given), Ok(board)) = (given, crate::jetson::JetsonBoard::of(recipe.board)) else {
+        return Ok(None);
+    };
+    let (dir, _, sha256) = crate::jetson::bsp::unpack(given, recipe.bsp.as_ref(), cache)?;
+    Ok(Some(match sha256 {
+        Some(sha256) => sha256,
+        None => crate::jetson::Bsp::open(&dir, board)?
+            .fingerprint()
+            .with_context(|| format!("reading the BSP {}", dir.display()))?,
+    }))
 }
 
 /// Forget the record before outputs are remade (a half-made folder is never reused).
@@ -219,6 +247,42 @@ mod tests {
         outputs(d.path());
         assert_eq!(why_not(d.path()), None);
         assert!(matches!(reusable(d.path(), "g").unwrap(), Reuse::No(w) if w == "inputs changed"));
+    }
+
+    /// A `--bsp` folder whose kernel is replaced in place (or a tarball copied over the same
+    /// name) must not reuse outputs made from the old one: the fingerprint follows contents.
+    #[test]
+    fn a_bsp_folder_changed_in_place_changes_the_fingerprint() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let recipe =
+            crate::recipe::Recipe::load(&workspace.join("recipes/jetson-orin-agx.toml")).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let bsp = d.path().join("bsp");
+        let copied = aperture_sys::Cmd::new("cp")
+            .arg("-a")
+            .arg(workspace.join("host/image/fixtures/synthetic-bsp"))
+            .arg(&bsp)
+            .run();
+        copied.unwrap();
+        let cache = d.path().join("cache");
+        let before = bsp_contents(Some(&bsp), &recipe, &cache).unwrap().unwrap();
+        assert_eq!(
+            bsp_contents(Some(&bsp), &recipe, &cache).unwrap().unwrap(),
+            before,
+            "the same folder, the same fingerprint"
+        );
+        let kernel = bsp.join("Linux_for_Tegra/kernel/Image");
+        let mut bytes = std::fs::read(&kernel).unwrap();
+        bytes[200] ^= 1;
+        std::fs::write(&kernel, bytes).unwrap();
+        let after = bsp_contents(Some(&bsp), &recipe, &cache).unwrap().unwrap();
+        assert_ne!(after, before);
+
+        // The fingerprint of the outputs follows, with the same path.
+        let qemu =
+            crate::recipe::Recipe::load(&workspace.join("recipes/qemu-x86_64.toml")).unwrap();
+        assert_eq!(bsp_contents(Some(&bsp), &qemu, &cache).unwrap(), None);
+        assert_eq!(bsp_contents(None, &recipe, &cache).unwrap(), None);
     }
 
     /// Issue 12.13: something wrote into a signed output (as `vm run` once did into

@@ -1,4 +1,4 @@
-//! Tier 3, in CI: the Jetson twin's boots. An AGX Orin build with its disk exactly as built
+//! Tier 3, `--full`: the Jetson twin's boots. An AGX Orin build with its disk exactly as built
 //! for a real Orin boots under QEMU arm64 (TCG), each boot chosen by L4TLauncher's A/B rules
 //! applied to its UEFI variables between boots (`aperture_image::twin`). The first boot formats
 //! UDA and config as LUKS2 sealed to the (sw)TPM and prints the status line; three warm reboots
@@ -7,8 +7,9 @@
 //! and one the guest writes through efivarfs is in the store after it.
 //!
 //! Its build (the arm64 Debian base under emulation, the aarch64 programs) is made beside the
-//! other suites by `examples/twin_prebuild.rs`, which `cargo xtask test` starts; this suite runs
-//! last of the VM tier and reuses it. The longer twin scenarios (update and rollback, ten warm
+//! other suites by `examples/twin_prebuild.rs`, which `cargo xtask test --full` starts; this suite
+//! runs last and reuses it. Not in CI: with that build beside them the other suites took 49:40
+//! in all on a fresh clone. The longer twin scenarios (update and rollback, ten warm
 //! reboots, resets) are in `full_twin.rs` (`--full`).
 
 use aperture_image::twin::{nvidia_guid, varstore::VarStore};
