@@ -24,6 +24,7 @@ for p in [@PORTS@]:
     sel.register(s, selectors.EVENT_READ)
     n += 1
 print("APERTURE-LISTENERS", n, flush=True)
+open("/run/listen.ready", "w").close()
 while True:
     for key, _ in sel.select():
         try:
@@ -33,9 +34,11 @@ while True:
         except OSError:
             pass
 PY
+rm -f /run/listen.ready
 python3 /run/listen.py &
 listen_pid=$!
-sleep 3
+# Binding every probed port takes seconds under TCG: READY only once they are all bound.
+for _ in $(seq 600); do [ -e /run/listen.ready ] && break; sleep 0.5; done
 echo APERTURE-READY
 out() { timeout 10 bash -c "exec 3<>/dev/tcp/10.0.2.2/$1 && echo 'guest to $1 DONE' >&3" && echo "APERTURE-OUT $1 ok" || echo "APERTURE-OUT $1 blocked"; }
 out 554

@@ -162,6 +162,7 @@ impl Firewall {
     /// let its script go on. Panics (a test's assertion) on the first thing that is wrong.
     pub fn check(mut self, vm: &Vm, recipe: &Path) {
         vm.wait_for("APERTURE-READY", BOOT_TIMEOUT).unwrap();
+        vm.wait_for("APERTURE-LISTENERS ", BOOT_TIMEOUT).unwrap();
 
         // 1. The ruleset the kernel holds matches the image's policy, judged as the audit
         //    judges the image's file.
