@@ -540,3 +540,83 @@ fn bundle_verb_remakes_the_builds_bundle_byte_for_byte() {
     eprintln!("refused: {err:#}");
     assert!(!out.exists(), "a refused bundle must not be written");
 }
+
+#[test]
+#[ignore = "privileged tier: needs root, mmdebstrap and the network (run by `cargo xtask test` as root)"]
+fn release_publish_puts_the_verified_build_in_a_tuf_repository_once() {
+    if !require_root("release_publish_puts_the_verified_build_in_a_tuf_repository_once") {
+        return;
+    }
+    let image = default_image().unwrap();
+    let dir = test_root().join("release-publish");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = jiff::Timestamp::now();
+    let mut repo = aperture_repo::Repo::init(&dir.join("repo"), false, now).unwrap();
+    let waves: aperture_release::Waves = "10%@0h,100%@4h".parse().unwrap();
+    let meta = aperture_image::verify::verified_release(
+        &image.paths.out,
+        "stable",
+        waves.clone(),
+        aperture_trust::now_unix(),
+    )
+    .unwrap();
+    let manifest: aperture_trust::manifest::Manifest =
+        serde_json::from_slice(&std::fs::read(image.paths.out.join(names::MANIFEST)).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            &meta.product,
+            &meta.board,
+            &meta.version,
+            meta.security_version
+        ),
+        (
+            &manifest.product,
+            &manifest.board,
+            &manifest.version,
+            manifest.security_version
+        )
+    );
+    let bundle = image.paths.out.join(names::BUNDLE);
+    let first = repo.publish(&bundle, meta.clone(), now, false).unwrap();
+    assert!(
+        matches!(first, aperture_repo::Published::Added { .. }),
+        "{first:?}"
+    );
+    let again = repo.publish(&bundle, meta, now, false).unwrap();
+    assert!(
+        matches!(again, aperture_repo::Published::AlreadyThere { .. }),
+        "{again:?}"
+    );
+    // Served as a folder; the stored target is the build's bundle, byte for byte.
+    let www = dir.join("www");
+    aperture_repo::sync::to_dir(&dir.join("repo"), &www).unwrap();
+    let st = repo.status(now);
+    let t = &st.targets[0];
+    assert_eq!(t.release.as_ref().unwrap().waves, waves);
+    let stored = www.join("targets").join(format!("{}.{}", t.sha256, t.name));
+    assert!(
+        same_bytes(&stored, &bundle),
+        "{} differs from the bundle",
+        stored.display()
+    );
+
+    // A build folder with a flipped byte in its bundle is refused before anything is published.
+    let bad = dir.join("tampered");
+    run(Command::new("cp").arg("-a").arg(&image.paths.out).arg(&bad));
+    let b = bad.join(names::BUNDLE);
+    let mut bytes = std::fs::read(&b).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 1;
+    std::fs::write(&b, bytes).unwrap();
+    let e = aperture_image::verify::verified_release(
+        &bad,
+        "stable",
+        aperture_release::Waves::all_at_once(),
+        aperture_trust::now_unix(),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("nothing was published"), "{e:#}");
+    std::fs::remove_dir_all(&bad).unwrap();
+}

@@ -42,6 +42,132 @@ pub enum Command {
     /// The build cache every output folder and the tests share: show it, prune it.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// The fleet's TUF release repository: init, status, refresh, sync, keygen.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Releases in the repository: publish a build, halt or resume its rollout.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+/// `cargo xtask repo ...`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum RepoCommand {
+    /// Make a TUF repository (root, targets, snapshot, timestamp; consistent snapshots) with the
+    /// settings of REPO/repo.toml (written with defaults if absent); missing keys are made as
+    /// development keys, loudly.
+    Init(RepoInitArgs),
+    /// Each role's version and expiry, and the releases per channel.
+    Status(RepoStatusArgs),
+    /// Re-sign the roles with less than half their validity left (what a cron job runs).
+    Refresh(RepoRefreshArgs),
+    /// Copy the repository to the folder a web server serves: targets first, timestamp last.
+    Sync(RepoSyncArgs),
+    /// Make a release signing key (Ed25519, PKCS#8 DER) to list in repo.toml; keep it offline.
+    Keygen(RepoKeygenArgs),
+}
+
+/// `repo init`.
+#[derive(Debug, Args, Clone)]
+pub struct RepoInitArgs {
+    /// The repository folder to make.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A repository for a real fleet: never make development keys, refuse any.
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// `repo status`.
+#[derive(Debug, Args, Clone)]
+pub struct RepoStatusArgs {
+    /// The repository folder.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Print JSON on stdout instead of the tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `repo refresh`.
+#[derive(Debug, Args, Clone)]
+pub struct RepoRefreshArgs {
+    /// The repository folder.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Re-sign every role, due or not.
+    #[arg(long)]
+    pub force: bool,
+    /// Refuse development keys.
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// `repo sync`.
+#[derive(Debug, Args, Clone)]
+pub struct RepoSyncArgs {
+    /// The repository folder.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Where it is served: a folder (S3 is not supported yet).
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+/// `repo keygen`.
+#[derive(Debug, Args, Clone)]
+pub struct RepoKeygenArgs {
+    /// Where to write the key (never over an existing file).
+    pub path: PathBuf,
+}
+
+/// `cargo xtask release ...`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum ReleaseCommand {
+    /// Verify a build folder, then publish its update bundle to a channel with a wave schedule.
+    Publish(ReleasePublishArgs),
+    /// Halt a release's rollout: devices that have not started installing it do not.
+    Halt(ReleaseHaltArgs),
+    /// Resume a halted rollout.
+    Resume(ReleaseHaltArgs),
+}
+
+/// `release publish`.
+#[derive(Debug, Args, Clone)]
+pub struct ReleasePublishArgs {
+    /// The build output folder (verified first).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The repository folder.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The channel (lower-case letters, digits, `-`, `_`).
+    #[arg(long)]
+    pub channel: String,
+    /// The staged rollout: cumulative share of the fleet @ time after publication, for example
+    /// `1%@0h,10%@4h,50%@24h,100%@48h` [default: all devices at once].
+    #[arg(long, default_value = "all")]
+    pub waves: String,
+    /// Refuse development keys.
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// `release halt` and `release resume`.
+#[derive(Debug, Args, Clone)]
+pub struct ReleaseHaltArgs {
+    /// The repository folder.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The release's version.
+    #[arg(long)]
+    pub version: String,
+    /// Its channel.
+    #[arg(long)]
+    pub channel: String,
+    /// Refuse development keys.
+    #[arg(long)]
+    pub release: bool,
 }
 
 /// `cargo xtask build`.

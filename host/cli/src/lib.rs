@@ -9,6 +9,7 @@ mod cache;
 mod diff;
 mod flash;
 mod keys;
+mod repo;
 mod verify;
 mod vm;
 
@@ -42,5 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Flash(a) => flash::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Vm(c) => vm::run(&c),
+        Command::Repo(c) => repo::run_repo(&c),
+        Command::Release(c) => repo::run_release(&c),
     }
 }

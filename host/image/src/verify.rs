@@ -409,3 +409,37 @@ pub fn verify(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<Report> {
     }
     Ok(report)
 }
+
+/// Verify the build folder `dir` (as `verify` does, trusting the root key recorded in it) and
+/// describe it as a release for `channel` with the rollout `waves`: what `release publish`
+/// puts in the TUF repository. Nothing is read from an unverified manifest.
+pub fn verified_release(
+    dir: &Path,
+    channel: &str,
+    waves: aperture_release::Waves,
+    now: u64,
+) -> Result<aperture_release::ReleaseMeta> {
+    let report = verify(dir, None, now)?;
+    if let Some(f) = report.first_failure() {
+        anyhow::bail!(
+            "{} failed verification at {}: {}; nothing was published",
+            dir.display(),
+            f.what,
+            f.detail
+        );
+    }
+    let path = dir.join(crate::outputs::names::MANIFEST);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: aperture_trust::manifest::Manifest =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(aperture_release::ReleaseMeta {
+        product: m.product,
+        board: m.board,
+        version: m.version,
+        security_version: m.security_version,
+        channel: channel.to_string(),
+        published_at: 0,
+        waves,
+        halted: false,
+    })
+}

@@ -1,0 +1,20 @@
+//! Releases as a fleet sees them, shared by the repository tools on the build host
+//! (`aperture repo`, `aperture release`) and the appliance's update loop.
+//!
+//! * [`meta`]: [`ReleaseMeta`], the custom metadata of a release's TUF target (product, board,
+//!   version, security version, channel, publication time, wave schedule, halt). It is signed
+//!   by the targets role, so a device can trust every field of it.
+//! * [`waves`]: [`Waves`], a staged rollout schedule (`1%@0h,10%@4h,50%@24h,100%@48h`), and the
+//!   time at which a device with a given seed becomes eligible.
+//! * [`select`]: [`select()`](select::select), the pure choice of what a device installs and
+//!   when, with a reason for every target it passes over (the journal's one line).
+//!
+//! No I/O and no clock here: the caller passes the time, so every rule is unit-tested.
+
+pub mod meta;
+pub mod select;
+pub mod waves;
+
+pub use meta::{ReleaseMeta, CUSTOM_KEY};
+pub use select::{select, Candidate, Decision, Device, Skip};
+pub use waves::{Wave, Waves, WavesError, SEED_RANGE};

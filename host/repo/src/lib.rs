@@ -1,0 +1,18 @@
+//! The fleet's release repository on the build host. Releases are published as a TUF
+//! repository (spec 1.0, consistent snapshots) that any web server, object store or CDN can
+//! serve as static files: each release's update bundle is a target whose signed custom metadata
+//! ([`aperture_release::ReleaseMeta`]) tells appliances what it is and when they may take it.
+//! tough (awslabs) signs and checks the metadata; Aperture does not implement TUF itself.
+//!
+//! * [`config`]: `repo.toml`, each role's keys, threshold and validity.
+//! * [`keys`]: Ed25519 keys, development keys made loudly and refused for a release.
+//! * [`repo`]: [`Repo`]: init, publish, halt and resume, refresh, status.
+//! * [`sync`]: copy a repository to where it is served, targets first and the timestamp last.
+
+pub mod config;
+pub mod keys;
+pub mod repo;
+pub mod sync;
+
+pub use config::{RepoConfig, Role};
+pub use repo::{Published, Repo, Status};
