@@ -5,6 +5,7 @@
 //! `target/aperture-tests/`, shared by both suites so the VM tier boots what tier 2 built.
 
 pub mod firewall;
+pub mod fleet;
 pub mod http;
 pub mod powercut;
 pub mod scenario;
@@ -123,14 +124,17 @@ pub fn main_out() -> PathBuf {
 }
 
 /// A VM test image: the default recipe plus the VM test hook (tests/recipes/vm-hooks.toml), at
-/// `version`, with `extra` recipe lines; built into the main output root and reused.
+/// `version`, with `extra` recipe lines, and an update loop that polls the test fleet's
+/// repository on the host ([`fleet::recipe_lines`]: nothing listens there unless a test serves
+/// it, which the loop reports and retries without disturbing anything); built into the main
+/// output root and reused.
 pub fn vm_image(name: &str, version: &str, extra: &str) -> Result<BuildReport> {
     let dir = test_root().join("main/recipes-vm");
     let r = derived_recipe(
         &dir,
         &format!("{name}.toml"),
         "../tests/recipes/vm-hooks.toml",
-        &format!("version = \"{version}\"\n{extra}"),
+        &format!("version = \"{version}\"\n{extra}{}", fleet::recipe_lines()?),
     )?;
     Ok(build(&r, &main_out().join(name), false)?.0)
 }

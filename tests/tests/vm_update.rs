@@ -1,11 +1,16 @@
-//! Tier 3, updates: v1 on slot A installs v2 over HTTP, the power is cut in the middle, the
-//! next boot finishes the install, slot B boots and the health gate commits it (the floor in
-//! the TPM's NV counters too). With `--full`: v2 then installs a v3 whose runtime fails, which
-//! the loader tries N times and then rolls back from; and the same update on the arm64
-//! userland (qemu-arm64).
+//! Tier 3, updates from the fleet's repository: v2 is published as release 1.1.0 to a TUF
+//! repository that nginx serves over HTTPS on the host (a test CA the images trust); v1 on
+//! slot A finds it by itself (its update loop, no command from the test), streams it into
+//! slot B, and the power is cut in the middle; the next boot finishes the install, slot B boots
+//! and the health gate commits it (the floor in the TPM's NV counters too). Then release 1.2.0
+//! is published and halted: v2's loop sees it and does not install it. With `--full`: v2 then
+//! installs a v3 whose runtime fails, which the loader tries N times and then rolls back from;
+//! and the same update on the arm64 userland (qemu-arm64).
 
 use aperture_image::recipe::Arch;
+use aperture_release::{ReleaseMeta, Waves};
 use aperture_tests::firewall::Firewall;
+use aperture_tests::fleet::{self, Nginx};
 use aperture_tests::http::FileServer;
 use std::time::Duration;
 
@@ -18,8 +23,10 @@ use aperture_tests::{
 
 #[test]
 #[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
-fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
-    require_root("update_over_http_commits_v2_then_a_failing_v3_rolls_back");
+fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is_left_alone() {
+    require_root(
+        "the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is_left_alone",
+    );
     let v1 = vm_image("vm-v1", "1.0.0", "").unwrap();
     let v2 = vm_image("vm-v2", "1.1.0", "").unwrap();
     // v3's runtime cannot start, so its health check fails (the second half, --full only).
@@ -39,28 +46,40 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
     let mut sc = Scenario::new("update", &v1.paths.out.join("disk.img"), Arch::Amd64).unwrap();
     let www = sc.dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    std::fs::copy(v2.paths.out.join("update.bundle"), www.join("v2.bundle")).unwrap();
     if let Some(v3) = &v3 {
         std::fs::copy(v3.paths.out.join("update.bundle"), www.join("v3.bundle")).unwrap();
     }
     let server = FileServer::start_for_guests(&www).unwrap();
-    let install = |bundle: &str| {
-        Script::new()
-            .piece("status", &[])
-            .unwrap()
-            .piece("tpm-counters", &[])
-            .unwrap()
-            .piece("install", &[("URL", &server.guest_url(bundle))])
-            .unwrap()
-            .piece("reboot", &[])
-            .unwrap()
-    };
 
-    // Boot 1: v1 on slot A starts installing v2 over HTTP into slot B, and the power is cut
-    // five seconds into writing it.
-    let mut vm = sc
-        .boot("v1-installs-v2", Some(&install("v2.bundle")))
+    // The fleet's repository: v2's verified build published as 1.1.0 on `stable`, synced to
+    // the folder nginx serves on the port the images' update loop polls.
+    let repo_dir = sc.dir.join("repo");
+    let mut repo = fleet::fresh_repo(&repo_dir).unwrap();
+    let unix = |t: jiff::Timestamp| t.as_second() as u64;
+    let now = jiff::Timestamp::now();
+    let meta = aperture_image::verify::verified_release(
+        &v2.paths.out,
+        "stable",
+        Waves::default(),
+        unix(now),
+    )
+    .unwrap();
+    assert_eq!(meta.version.to_string(), "1.1.0");
+    repo.publish(&v2.paths.out.join("update.bundle"), meta, now, false)
         .unwrap();
+    let served = sc.dir.join("served");
+    aperture_repo::sync::to_dir(&repo_dir, &served).unwrap();
+    let nginx = Nginx::start(&served, fleet::GUEST_PORT, &sc.dir.join("nginx")).unwrap();
+
+    // Boot 1: v1 on slot A; its update loop finds 1.1.0 and streams it into slot B, and the
+    // power is cut five seconds into writing it. The script only reports and waits.
+    let wait = Script::new()
+        .piece("status", &[])
+        .unwrap()
+        .piece("tpm-counters", &[])
+        .unwrap()
+        .line("sleep 3600");
+    let mut vm = sc.boot("v1-finds-v2", Some(&wait)).unwrap();
     let line = vm
         .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
         .unwrap();
@@ -68,6 +87,10 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
         line.contains("slot=a") && line.contains("version=1.0.0"),
         "{line}"
     );
+    let found = vm
+        .wait_for("update check: installing 1.1.0", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("{found}");
     cut_after(
         &mut vm,
         markers::INSTALLING,
@@ -75,7 +98,14 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
         BOOT_TIMEOUT,
     )
     .unwrap();
-    eprintln!("POWER CUT 5 s into the install of v2");
+    eprintln!("POWER CUT 5 s into the update loop's install of v2");
+    let fetched: Vec<_> = nginx.requests();
+    assert!(
+        fetched
+            .iter()
+            .any(|r| r.path.starts_with("/targets/") && r.path.ends_with(".stable.bundle")),
+        "the bundle was fetched from nginx: {fetched:?}"
+    );
 
     // Boot 2: slot A boots (B was never armed); aperture-update-resume.service installs v2
     // again from the journal's source, and arms B.
@@ -106,6 +136,28 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
     // Boot 3: the loader picks slot B (armed, on trial); the health gate passes and commits it;
     // the firewall of the updated system is checked; then (with --full) v2 installs v3 into
     // slot A.
+    // Before it, release 1.2.0 is published and halted at once (in CI a stand-in bundle: the
+    // appliance must not fetch it at all; with --full, v3's build).
+    let now = jiff::Timestamp::now();
+    let v12 = ReleaseMeta {
+        version: "1.2.0".parse().unwrap(),
+        published_at: 0,
+        ..aperture_image::verify::verified_release(
+            &v1.paths.out,
+            "stable",
+            Waves::default(),
+            unix(now),
+        )
+        .unwrap()
+    };
+    let v12_bundle = match &v3 {
+        Some(v3) => v3.paths.out.join("update.bundle"),
+        None => v1.paths.out.join("update.bundle"),
+    };
+    repo.publish(&v12_bundle, v12.clone(), now, false).unwrap();
+    repo.set_halted(&v12.version, "stable", true, now, false)
+        .unwrap();
+    aperture_repo::sync::to_dir(&repo_dir, &served).unwrap();
     let firewall = Firewall::prepare(&www).unwrap();
     let script = Script::new()
         .piece("status", &[])
@@ -157,6 +209,22 @@ fn update_over_http_commits_v2_then_a_failing_v3_rolls_back() {
     // The firewall as the guest's kernel holds it, every probed port closed, outbound flows
     // as the policy says (what `vm_boot` checked in a boot of its own until this boot took it).
     firewall.check(&vm, &vm_recipe("vm-v2"));
+    // v2's update loop sees 1.2.0, halted, and leaves it alone.
+    let halted = vm
+        .wait_for("update check: nothing to install over 1.1.0", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        halted.contains("1.2.0.stable.bundle: rollout halted"),
+        "{halted}"
+    );
+    eprintln!("{halted}");
+    assert!(
+        !nginx
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("1.2.0.stable.bundle")),
+        "the halted release was fetched"
+    );
     if stop_unless_full(
         "v2 installs v3, whose runtime fails its health check three times; the retry rules \
          then boot v2 again and report the rollback",

@@ -24,9 +24,10 @@ const VERBS: &str =
   flash     write a verified build to disks, many at once; list Jetsons in recovery mode
   audit     a built image judged offline against its security policy
   cache     the shared build store and caches: show, prune
-  repo      the fleet's TUF release repository: init, status, refresh, sync, keygen
+  repo      the fleet's TUF release repository: init, status, refresh, rotate-root,
+            sync (to a folder or S3), keygen
   release   publish a build to a channel with waves; halt or resume its rollout
-  bench     Aperture beside its peers (build, flash, update, reset), a table of ratios";
+  bench     Aperture beside its peers (build, flash, update, reset, fleet-repo), a table of ratios";
 
 /// Aperture: build, flash and update secure A/B edge appliances.
 #[derive(Debug, Parser)]

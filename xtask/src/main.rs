@@ -115,6 +115,7 @@ pub(crate) fn host_program(root: &Path, program: Program) -> Result<Command> {
     }
     let mut c = Command::new(exe);
     c.env("APERTURE_WORKSPACE", root);
+    c.env("APERTURE_PYTHON_TOOLS", preflight::PYTHON_TOOLS);
     Ok(c)
 }
 

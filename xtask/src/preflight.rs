@@ -1,5 +1,6 @@
-//! Preflight: find every host package, toolchain target and kernel facility a verb needs, install
-//! what is missing when running as root, or print the one command that fixes it and stop.
+//! Preflight: find every host package, PyPI tool, toolchain target and kernel facility a verb
+//! needs, install what is missing when running as root, or print the one command that fixes it
+//! and stop.
 //!
 //! It runs before the heavy host CLI is compiled, because that links libostree.
 
@@ -52,7 +53,32 @@ const TEST: &[&str] = &[
     // The storage crate's swtpm test seals and unseals with the same tools the image runs.
     "tpm2-tools",
     "nftables",
+    // The release repository served over HTTPS (tests/src/fleet.rs): the fleet suite, vm_update
+    // and `bench fleet-repo`.
+    "nginx-light",
+    // Python tools from PyPI (below) get a virtual environment each.
+    "python3-venv",
 ];
+
+/// Tools from PyPI the tests run, as (program, requirement): each is installed into its own
+/// virtual environment under [`PYTHON_TOOLS`] with its program linked into /usr/local/bin.
+/// moto's server is the S3-compatible server `repo sync --to s3://` is tested against
+/// (host/repo/tests/s3.rs).
+const TEST_PYTHON: &[(&str, &str)] = &[("moto_server", "moto[server]==5.2.1")];
+
+/// Where the PyPI tools' virtual environments live (passed to the host programs as
+/// `APERTURE_PYTHON_TOOLS`).
+pub(crate) const PYTHON_TOOLS: &str = "/opt/aperture-tools";
+
+/// Python libraries from PyPI the benchmarks import, as (virtual environment, requirements):
+/// each set is installed into `PYTHON_TOOLS/<environment>` with nothing linked, and the
+/// benchmark runs that environment's python. `bench fleet-repo` runs python-tuf's ngclient,
+/// the reference TUF client, beside Aperture's (the environment's name is
+/// `aperture_bench::fleet_repo::PYTHON_TUF_VENV`), with pyca/cryptography: without it
+/// securesystemslib verifies ed25519 in pure Python, about 30 ms a signature.
+type PythonLibs = &'static [&'static str];
+const BENCH_PYTHON_LIBS: &[(&str, PythonLibs)] =
+    &[("python-tuf", &["tuf==7.0.1", "cryptography==50.0.2"])];
 
 /// Peers the benchmarks run beside Aperture.
 const BENCH: &[&str] = &[
@@ -63,6 +89,9 @@ const BENCH: &[&str] = &[
     "squashfs-tools",
     "openssl",
     "dbus-daemon",
+    // `bench fleet-repo`: the repository served over HTTPS, and python-tuf's environment.
+    "nginx-light",
+    "python3-venv",
 ];
 
 /// What a verb needs from the host.
@@ -72,6 +101,10 @@ pub struct Needs {
     pub packages: BTreeSet<&'static str>,
     /// The aarch64 Rust target and binfmt emulation.
     pub arm64: bool,
+    /// Programs from PyPI, as (program, requirement).
+    pub python: BTreeSet<(&'static str, &'static str)>,
+    /// Libraries from PyPI, as (virtual environment, requirements).
+    pub python_libs: BTreeSet<(&'static str, PythonLibs)>,
 }
 
 impl Needs {
@@ -92,6 +125,7 @@ impl Needs {
         n.packages.extend(VM);
         n.packages.extend(VM_ARM64);
         n.packages.extend(TEST);
+        n.python.extend(TEST_PYTHON);
         n
     }
 
@@ -110,6 +144,7 @@ impl Needs {
         let mut n = Needs::build(false);
         n.packages.extend(VM);
         n.packages.extend(BENCH);
+        n.python_libs.extend(BENCH_PYTHON_LIBS);
         n
     }
 
@@ -155,6 +190,29 @@ fn missing_packages(wanted: &BTreeSet<&'static str>) -> Result<Vec<&'static str>
         .collect())
 }
 
+/// Make the virtual environment `venv` and pip-install `requirements` into it (`line`: the
+/// same as one shell command, for the error).
+fn make_venv(venv: &Path, requirements: &[&str], line: &str) -> Result<()> {
+    let requirement = requirements.join(" ");
+    eprintln!(
+        "preflight: installing {requirement} from PyPI into {}",
+        venv.display()
+    );
+    // Debian's python3, not whatever python3 comes first on PATH: its venv module is the
+    // python3-venv package installed above.
+    Cmd::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .run_inherited()
+        .with_context(|| format!("making the virtual environment {}", venv.display()))?;
+    Cmd::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(requirements)
+        .run_inherited()
+        .with_context(|| format!("installing {requirement} ({line})"))?;
+    Ok(())
+}
+
 fn rust_target_missing(target: &str) -> bool {
     Cmd::new("rustup")
         .args(["target", "list", "--installed"])
@@ -195,6 +253,54 @@ pub fn ensure(needs: &Needs) -> Result<()> {
         } else {
             fixes.push(format!("sudo {line}"));
         }
+    }
+
+    for (program, requirement) in &needs.python {
+        if aperture_sys::tool::find(program).is_some() {
+            continue;
+        }
+        let name = requirement
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .next()
+            .unwrap_or(program);
+        let venv = Path::new(PYTHON_TOOLS).join(name);
+        let line = format!(
+            "python3 -m venv {v} && {v}/bin/pip install '{requirement}' && ln -sf \
+             {v}/bin/{program} /usr/local/bin/{program}",
+            v = venv.display()
+        );
+        if !root {
+            fixes.push(format!("sudo sh -c \"{line}\""));
+            continue;
+        }
+        make_venv(&venv, &[requirement], &line)?;
+        let link = Path::new("/usr/local/bin").join(program);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(venv.join("bin").join(program), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+
+    for (name, requirements) in &needs.python_libs {
+        let venv = Path::new(PYTHON_TOOLS).join(name);
+        // What the environment holds, written once pip has installed it.
+        let stamp = venv.join(".requirements");
+        let wanted = requirements.join(" ");
+        let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted);
+        if current && venv.join("bin/python").exists() {
+            continue;
+        }
+        let line = format!(
+            "python3 -m venv {v} && {v}/bin/pip install {wanted} && echo '{wanted}' > \
+             {v}/.requirements",
+            v = venv.display()
+        );
+        if !root {
+            fixes.push(format!("sudo sh -c \"{line}\""));
+            continue;
+        }
+        make_venv(&venv, requirements, &line)?;
+        std::fs::write(&stamp, format!("{wanted}\n"))
+            .with_context(|| format!("writing {}", stamp.display()))?;
     }
 
     if needs.arm64 {

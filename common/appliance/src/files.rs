@@ -11,6 +11,8 @@
 //! | partitions | `/dev/disk/by-partlabel/<label>` ([`crate::board::Board::partition`]) |
 //! | device state (floor, journals, slot records, key records) | the raw `aperture_state` partition ([`crate::store`]) |
 //! | the lock every slot-changing program takes | `/run/aperture/slots.lock` ([`crate::lock`]) |
+//! | the update loop's settings, trusted TUF root and fleet CA (from the recipe's `[update]`) | `/etc/aperture/update.toml`, `update-root.json`, `update-ca.pem` |
+//! | the update loop's state: wave seed, TUF datastore, last check | `/var/lib/aperture/agent/` (`/var` lives on the encrypted data partition) |
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,12 @@ pub mod rel {
     pub const KERNEL_FILE: &str = "vmlinuz";
     /// File name of a slot's initrd in its ESP folder.
     pub const INITRD_FILE: &str = "initrd.img";
+    /// The update loop's settings (`aperture_release::Settings`, TOML).
+    pub const UPDATE_SETTINGS: &str = "etc/aperture/update.toml";
+    /// The release repository's trusted TUF root, shipped with the image.
+    pub const UPDATE_ROOT: &str = "etc/aperture/update-root.json";
+    /// The CA of the release repository's server, when it is not a public one.
+    pub const UPDATE_CA: &str = "etc/aperture/update-ca.pem";
 }
 
 /// The appliance's file locations under a root.
@@ -152,6 +160,26 @@ impl Files {
     /// `/run/aperture`, transient files of our programs.
     pub fn run_aperture(&self) -> PathBuf {
         self.path("run/aperture")
+    }
+
+    /// `/etc/aperture/update.toml`: the update loop's settings.
+    pub fn update_settings(&self) -> PathBuf {
+        self.path(rel::UPDATE_SETTINGS)
+    }
+
+    /// `/etc/aperture/update-root.json`: the repository's TUF root shipped with the image.
+    pub fn update_root(&self) -> PathBuf {
+        self.path(rel::UPDATE_ROOT)
+    }
+
+    /// `/etc/aperture/update-ca.pem`: the repository server's CA, if the image has one.
+    pub fn update_ca(&self) -> PathBuf {
+        self.path(rel::UPDATE_CA)
+    }
+
+    /// `/var/lib/aperture/agent`: the update loop's state (on the encrypted data partition).
+    pub fn agent_state(&self) -> PathBuf {
+        self.path("var/lib/aperture/agent")
     }
 
     /// `/run/aperture/slots.lock`: held by whoever changes slots or boot state.

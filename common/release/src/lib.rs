@@ -9,12 +9,17 @@
 //! * [`select`]: [`select()`](select::select), the pure choice of what a device installs and
 //!   when, with a reason for every target it passes over (the journal's one line).
 //!
+//! * [`settings`]: [`Settings`], the update loop's settings as the image ships them, the
+//!   maintenance [`Window`], and the poll timing (jitter from the seed, backoff).
+//!
 //! No I/O and no clock here: the caller passes the time, so every rule is unit-tested.
 
 pub mod meta;
 pub mod select;
+pub mod settings;
 pub mod waves;
 
 pub use meta::{ReleaseMeta, CUSTOM_KEY};
 pub use select::{select, Candidate, Decision, Device, Skip};
+pub use settings::{Settings, Window};
 pub use waves::{Wave, Waves, WavesError, SEED_RANGE};

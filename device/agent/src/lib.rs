@@ -10,8 +10,9 @@
 //! Where things are comes from the appliance contract ([`aperture_appliance::Files`]), the
 //! board from the image's facts ([`aperture_appliance::BuildFacts`]), commands run through
 //! `aperture_sys::Cmd`.
-//!
-//! It grows into the fleet client.
+//! * [`update`]: the update loop (`update-loop`) and one check by hand (`check-update`),
+//!   through [`aperture_client`].
 
 pub mod health;
 pub mod status;
+pub mod update;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use aperture_agent::health::{self, GateOptions, Systemctl};
-use aperture_agent::status;
+use aperture_agent::{status, update};
 use aperture_appliance::Files;
 use aperture_updater::{Paths, Updater};
 
@@ -34,6 +34,19 @@ enum Command {
         /// Seconds between checks.
         #[arg(long, default_value_t = 1)]
         interval: u64,
+    },
+    /// Poll the release repository for ever (the image's `[update]` settings): install what
+    /// this appliance's wave allows, reboot in the maintenance window.
+    UpdateLoop,
+    /// Check the release repository once now, installing what is found (no reboot unless
+    /// `--reboot`).
+    CheckUpdate {
+        /// Print the loop's status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Reboot into an installed release (inside the maintenance window, if any).
+        #[arg(long)]
+        reboot: bool,
     },
 }
 
@@ -70,6 +83,10 @@ fn main() {
                 Ok(())
             }),
         Command::Health { timeout, interval } => health(timeout, interval),
+        Command::UpdateLoop => update::run_loop(&Files::default()),
+        Command::CheckUpdate { json, reboot } => {
+            update::check_once(&Files::default(), json, reboot)
+        }
     };
     if let Err(e) = result {
         eprintln!("aperture-agent: error: {e:#}");

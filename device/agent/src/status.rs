@@ -62,6 +62,12 @@ pub struct Status {
     /// The slot that failed its health check, when this boot is a rollback from it.
     #[serde(default)]
     pub rollback: Option<Rollback>,
+    /// The update loop's last check (`/var/lib/aperture/agent/update.json`): repository,
+    /// channel, seed, result and its journal line, the roles' versions and expiries, the next
+    /// eligible time and the next check. Absent when the image has no `[update]` settings or
+    /// no check ran yet.
+    #[serde(default)]
+    pub update_loop: Option<aperture_client::LoopStatus>,
 }
 
 /// The partitions of one slot on the board.
@@ -158,6 +164,9 @@ pub fn gather(files: &Files) -> Result<Status, StatusError> {
         update,
         update_unavailable,
         rollback,
+        update_loop: aperture_client::check::load_status(
+            &aperture_client::StateDir(files.agent_state()).status(),
+        ),
     })
 }
 

@@ -158,7 +158,9 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpdateError> 
         })
 }
 
-fn agent(opts: &FetchOptions, https: bool) -> Result<ureq::Agent, UpdateError> {
+/// The HTTP client for `opts`: TLS 1.3 through [`tls_config`] when `https`, no automatic
+/// redirects (see [`request`]).
+pub fn agent(opts: &FetchOptions, https: bool) -> Result<ureq::Agent, UpdateError> {
     let mut builder = ureq::AgentBuilder::new()
         .timeout_connect(opts.timeout)
         .timeout_read(opts.timeout)
@@ -203,6 +205,29 @@ fn get(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<(ureq::Response, String), UpdateError> {
+    request(agent, url, headers).map_err(|f| f.error)
+}
+
+/// A failed [`request`]: the HTTP status when the server answered one, and the error.
+#[derive(Debug)]
+pub struct Failed {
+    /// The status of the last hop, when the server answered with an error status.
+    pub status: Option<u16>,
+    /// What went wrong, naming the URL and host.
+    pub error: UpdateError,
+}
+
+/// [`get`] for callers that need the status of a refusal (a TUF client tells "not found"
+/// from other failures): redirects checked hop by hop, as for a bundle.
+pub fn request(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(ureq::Response, String), Failed> {
+    let plain = |error: UpdateError| Failed {
+        status: None,
+        error,
+    };
     let https = url.to_ascii_lowercase().starts_with("https://");
     let mut current = url.to_string();
     for hop in 0..=MAX_REDIRECTS {
@@ -210,8 +235,16 @@ fn get(
         for (k, v) in headers {
             req = req.set(k, v);
         }
-        let target = req.request_url().map_err(|e| download_error(&current, e))?;
-        let resp = req.call().map_err(|e| download_error(&current, e))?;
+        let target = req
+            .request_url()
+            .map_err(|e| plain(download_error(&current, e)))?;
+        let resp = req.call().map_err(|e| Failed {
+            status: match &e {
+                ureq::Error::Status(code, _) => Some(*code),
+                ureq::Error::Transport(_) => None,
+            },
+            error: download_error(&current, e),
+        })?;
         let location = match resp.header("location") {
             Some(l) if (300..400).contains(&resp.status()) => l.to_string(),
             _ => return Ok((resp, current)),
@@ -219,19 +252,20 @@ fn get(
         if hop == MAX_REDIRECTS {
             break;
         }
-        let next = target
-            .as_url()
-            .join(&location)
-            .map_err(|e| UpdateError::Download {
+        let next = target.as_url().join(&location).map_err(|e| {
+            plain(UpdateError::Download {
                 url: redact(&current),
                 host: host_of(&current),
                 reason: format!("the server redirects to {location:?}, which is not a URL: {e}"),
-            })?;
+            })
+        })?;
         let scheme = next.scheme().to_ascii_lowercase();
-        let refuse = |reason: &str| UpdateError::InsecureRedirect {
-            from: redact(&current),
-            to: redact(next.as_str()),
-            reason: reason.into(),
+        let refuse = |reason: &str| {
+            plain(UpdateError::InsecureRedirect {
+                from: redact(&current),
+                to: redact(next.as_str()),
+                reason: reason.into(),
+            })
         };
         if https && scheme != "https" {
             return Err(refuse(
@@ -249,11 +283,11 @@ fn get(
         );
         current = next.to_string();
     }
-    Err(UpdateError::Download {
+    Err(plain(UpdateError::Download {
         url: redact(url),
         host: host_of(url),
         reason: format!("more than {MAX_REDIRECTS} redirects; fix the server's redirects"),
-    })
+    }))
 }
 
 /// The body of an HTTP(S) download that reconnects with a Range request when the connection

@@ -5,10 +5,13 @@
 //! * [`build`]: cold and warm builds beside mkosi;
 //! * [`flash`]: an image to a loop device beside `bmaptool copy` and `dd`;
 //! * [`update`]: a 1 GiB slot installed by `aperture-update` beside RAUC;
-//! * [`reset`]: wiping a data partition by discard and by overwrite.
+//! * [`reset`]: wiping a data partition by discard and by overwrite;
+//! * [`fleet_repo`]: simulated appliances polling the nginx-served release repository, beside
+//!   stock tough and python-tuf.
 
 pub mod build;
 pub mod flash;
+pub mod fleet_repo;
 pub mod reset;
 pub mod table;
 pub mod update;
@@ -44,6 +47,9 @@ pub enum BenchKind {
     Reset,
     /// Installing a 1 GiB rootfs update, beside RAUC.
     Update,
+    /// Requests and metadata bytes per poll of the release repository, beside stock tough and
+    /// python-tuf.
+    FleetRepo,
 }
 
 /// `cargo xtask bench`: time Aperture against its peers side by side and print ratios.
@@ -58,9 +64,23 @@ pub struct BenchArgs {
     /// The comparison to run.
     #[arg(value_enum)]
     pub kind: BenchKind,
-    /// Runs per tool (the table shows the median).
+    /// Runs per tool (the table shows the median; not fleet-repo).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
+    /// fleet-repo: simulated devices polling with Aperture's client.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub devices: usize,
+    /// fleet-repo: simulated devices polling with stock tough (at most --devices; what a poll
+    /// fetches does not depend on the count, and fewer keep the run within minutes).
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    pub peer_devices: usize,
+    /// fleet-repo: simulated devices polling with python-tuf (at most --devices).
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    pub python_devices: usize,
+    /// fleet-repo: seconds of polling allowed in all; a phase that reaches its share stops
+    /// early and says so.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub time_limit: u64,
 }
 
 /// Run one benchmark.
@@ -70,6 +90,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         BenchKind::Flash => flash::run(a.runs),
         BenchKind::Reset => reset::run(a.runs),
         BenchKind::Update => update::run(a.runs),
+        BenchKind::FleetRepo => fleet_repo::run(&fleet_repo::Options {
+            devices: a.devices,
+            peer_devices: a.peer_devices,
+            python_devices: a.python_devices,
+            time_limit: std::time::Duration::from_secs(a.time_limit),
+            // Pollers wait on the network and nginx half of the time.
+            workers: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }),
     }
 }
 
@@ -84,5 +112,7 @@ mod tests {
         BenchArgs::command().debug_assert();
         let a = BenchArgs::parse_from(["x", "update", "--runs", "5"]);
         assert_eq!((a.kind, a.runs), (BenchKind::Update, 5));
+        let a = BenchArgs::parse_from(["x", "fleet-repo", "--devices", "200"]);
+        assert_eq!((a.kind, a.devices), (BenchKind::FleetRepo, 200));
     }
 }

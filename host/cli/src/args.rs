@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use aperture_repo::Role;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The default recipe: fully buildable, bootable and testable on a development machine.
@@ -42,7 +43,7 @@ pub enum Command {
     /// The build cache every output folder and the tests share: show it, prune it.
     #[command(subcommand)]
     Cache(CacheCommand),
-    /// The fleet's TUF release repository: init, status, refresh, sync, keygen.
+    /// The fleet's TUF release repository: init, status, refresh, rotate-root, sync, keygen.
     #[command(subcommand)]
     Repo(RepoCommand),
     /// Releases in the repository: publish a build, halt or resume its rollout.
@@ -61,7 +62,11 @@ pub enum RepoCommand {
     Status(RepoStatusArgs),
     /// Re-sign the roles with less than half their validity left (what a cron job runs).
     Refresh(RepoRefreshArgs),
-    /// Copy the repository to the folder a web server serves: targets first, timestamp last.
+    /// Give roles new keys through a new root version signed by the old and the new root keys
+    /// (TUF 5.3.4); roles whose keys changed are re-signed with them.
+    RotateRoot(RepoRotateRootArgs),
+    /// Copy the repository to a folder a web server serves, or to an S3 bucket: targets first,
+    /// timestamp last.
     Sync(RepoSyncArgs),
     /// Make a release signing key (Ed25519, PKCS#8 DER) to list in repo.toml; keep it offline.
     Keygen(RepoKeygenArgs),
@@ -103,15 +108,50 @@ pub struct RepoRefreshArgs {
     pub release: bool,
 }
 
+/// `repo rotate-root`.
+#[derive(Debug, Args, Clone)]
+pub struct RepoRotateRootArgs {
+    /// The repository folder.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// The roles given new keys, comma-separated: root, targets, snapshot, timestamp.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "root",
+        value_name = "ROLES"
+    )]
+    pub rotate: Vec<Role>,
+    /// A new key of a rotated role, ROLE=FILE (made with `repo keygen` and kept offline);
+    /// repeat it for a role with several keys. A rotated role without one gets new development
+    /// keys in REPO/keys, made loudly.
+    #[arg(long = "key", value_name = "ROLE=FILE", value_parser = parse_role_key)]
+    pub keys: Vec<(Role, PathBuf)>,
+    /// Refuse development keys, old or new, and never make any.
+    #[arg(long)]
+    pub release: bool,
+}
+
+fn parse_role_key(s: &str) -> Result<(Role, PathBuf), String> {
+    let (role, file) = s.split_once('=').ok_or_else(|| {
+        format!("`{s}`: give a new key as ROLE=FILE, e.g. root=/media/keys/root-2.pk8")
+    })?;
+    Ok((role.parse()?, PathBuf::from(file)))
+}
+
 /// `repo sync`.
 #[derive(Debug, Args, Clone)]
 pub struct RepoSyncArgs {
     /// The repository folder.
     #[arg(long)]
     pub repo: PathBuf,
-    /// Where it is served: a folder (S3 is not supported yet).
-    #[arg(long)]
-    pub to: PathBuf,
+    /// Where it is served: a folder, or s3://BUCKET/PREFIX. For S3, credentials and region come
+    /// from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and AWS_REGION.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub to: String,
+    /// An S3-compatible server to sync to instead of AWS (overrides AWS_ENDPOINT_URL).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
 }
 
 /// `repo keygen`.
@@ -511,6 +551,71 @@ mod tests {
         assert_eq!(f.jetson.initrd_timeout, 60);
         assert!(Cli::try_parse_from(["cargo xtask", "flash", "--to", "jetson:all"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "flash", "--list"]).is_ok());
+    }
+
+    #[test]
+    fn repo_rotate_root_takes_roles_and_keys_and_sync_takes_s3() {
+        let cli = Cli::parse_from(["cargo xtask", "repo", "rotate-root", "--repo", "r"]);
+        let Command::Repo(RepoCommand::RotateRoot(r)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(r.rotate, [Role::Root]);
+        assert!(r.keys.is_empty() && !r.release);
+        let cli = Cli::parse_from([
+            "cargo xtask",
+            "repo",
+            "rotate-root",
+            "--repo",
+            "r",
+            "--rotate",
+            "root,timestamp",
+            "--key",
+            "root=/media/root-2.pk8",
+            "--release",
+        ]);
+        let Command::Repo(RepoCommand::RotateRoot(r)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(r.rotate, [Role::Root, Role::Timestamp]);
+        assert_eq!(r.keys, [(Role::Root, PathBuf::from("/media/root-2.pk8"))]);
+        for bad in [
+            vec![
+                "cargo xtask",
+                "repo",
+                "rotate-root",
+                "--repo",
+                "r",
+                "--rotate",
+                "mirrors",
+            ],
+            vec![
+                "cargo xtask",
+                "repo",
+                "rotate-root",
+                "--repo",
+                "r",
+                "--key",
+                "root",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::parse_from([
+            "cargo xtask",
+            "repo",
+            "sync",
+            "--repo",
+            "r",
+            "--to",
+            "s3://fleet/prod",
+            "--endpoint",
+            "http://127.0.0.1:9000",
+        ]);
+        let Command::Repo(RepoCommand::Sync(s)) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(s.to, "s3://fleet/prod");
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
     }
 
     #[test]

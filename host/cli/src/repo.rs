@@ -1,12 +1,19 @@
 //! `repo` and `release`: the fleet's TUF release repository (aperture-repo) from the command
 //! line. Human output on stderr, `--json` on stdout.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
 use anyhow::{bail, Context, Result};
 use aperture_image::outputs::names;
 use aperture_release::Waves;
-use aperture_repo::{sync, Published, Repo};
+use aperture_repo::s3::{S3Settings, S3Url};
+use aperture_repo::{s3, sync, Published, Repo, Role};
 
-use crate::args::{ReleaseCommand, ReleaseHaltArgs, ReleasePublishArgs, RepoCommand};
+use crate::args::{
+    ReleaseCommand, ReleaseHaltArgs, ReleasePublishArgs, RepoCommand, RepoRotateRootArgs,
+    RepoSyncArgs,
+};
 
 /// Run `repo ...`.
 pub fn run_repo(c: &RepoCommand) -> Result<()> {
@@ -32,24 +39,8 @@ pub fn run_repo(c: &RepoCommand) -> Result<()> {
             }
             Ok(())
         }
-        RepoCommand::Sync(a) => {
-            let to = a.to.to_string_lossy();
-            if to.contains("://") {
-                bail!("{to}: only a folder is supported as a sync destination so far (serve it with any web server)");
-            }
-            let done = sync::to_dir(&a.repo, &a.to)?;
-            for f in &done.copied {
-                eprintln!("  copied {f}");
-            }
-            eprintln!(
-                "synced {} to {}: {} files copied, {} already there; the timestamp last",
-                a.repo.display(),
-                a.to.display(),
-                done.copied.len(),
-                done.kept
-            );
-            Ok(())
-        }
+        RepoCommand::RotateRoot(a) => rotate_root(a, now),
+        RepoCommand::Sync(a) => sync_repo(a),
         RepoCommand::Keygen(a) => {
             aperture_repo::keys::generate(&a.path, false)?;
             eprintln!(
@@ -59,6 +50,119 @@ pub fn run_repo(c: &RepoCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn sync_repo(a: &RepoSyncArgs) -> Result<()> {
+    if !a.to.starts_with("s3://") {
+        if a.to.contains("://") {
+            bail!(
+                "{}: a sync destination is a folder (that a web server serves) or \
+                 s3://BUCKET/PREFIX",
+                a.to
+            );
+        }
+        if a.endpoint.is_some() {
+            bail!("--endpoint names an S3 server: use it with --to s3://BUCKET/PREFIX");
+        }
+        let done = sync::to_dir(&a.repo, Path::new(&a.to))?;
+        for f in &done.copied {
+            eprintln!("  copied {f}");
+        }
+        eprintln!(
+            "synced {} to {}: {} files copied, {} already there; the timestamp last",
+            a.repo.display(),
+            a.to,
+            done.copied.len(),
+            done.kept
+        );
+        return Ok(());
+    }
+    let dest: S3Url = a.to.parse()?;
+    let settings = S3Settings::from_env(a.endpoint.as_deref())?;
+    if settings.plain_http_remote() {
+        eprintln!(
+            "WARNING: {} is plain HTTP to another machine: the repository travels unencrypted \
+             (TUF's signatures still protect devices, but not the bucket)",
+            settings.endpoint_name()
+        );
+    }
+    eprintln!(
+        "syncing {} to {dest} at {}",
+        a.repo.display(),
+        settings.endpoint_name()
+    );
+    let done = s3::to_s3(&a.repo, &dest, &settings, &mut |p| {
+        if p.sent == p.total {
+            eprintln!("  uploaded {} ({})", p.path, size(p.total));
+        } else {
+            eprintln!(
+                "  {}: {} of {} ({}%)",
+                p.path,
+                size(p.sent),
+                size(p.total),
+                p.sent * 100 / p.total.max(1)
+            );
+        }
+    })?;
+    eprintln!(
+        "synced {} to {dest}: {} objects uploaded, {} already there; timestamp.json last",
+        a.repo.display(),
+        done.copied.len(),
+        done.kept
+    );
+    Ok(())
+}
+
+fn size(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    }
+}
+
+fn rotate_root(a: &RepoRotateRootArgs, now: jiff::Timestamp) -> Result<()> {
+    let mut new_keys: HashMap<Role, Vec<PathBuf>> = HashMap::new();
+    for (role, file) in &a.keys {
+        // repo.toml names keys relative to the repository; a key given here is named as a
+        // whole path.
+        let path = std::fs::canonicalize(file).with_context(|| {
+            format!(
+                "--key {}={}: make the key first (`aperture repo keygen {}`)",
+                role.name(),
+                file.display(),
+                file.display()
+            )
+        })?;
+        new_keys.entry(*role).or_default().push(path);
+    }
+    let mut repo = Repo::open(&a.repo)?;
+    let done = repo.rotate_root(&a.rotate, &new_keys, now, a.release)?;
+    eprintln!(
+        "{}: root version {}, signed by the old and the new root keys",
+        a.repo.display(),
+        done.root_version
+    );
+    let list = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for ((role, new), (_, old)) in done.new_keys.iter().zip(&done.retired) {
+        eprintln!("  {} keys: {} (were {})", role.name(), list(new), list(old));
+    }
+    if !done.resigned.is_empty() {
+        let names: Vec<&str> = done.resigned.iter().map(|r| r.name()).collect();
+        eprintln!("  re-signed {} with the new keys", names.join(", "));
+    }
+    eprintln!(
+        "  repo.toml names the new keys; the retired key files are left where they were: keep \
+         them offline or destroy them. `aperture repo sync` publishes the new root, and devices \
+         follow it on their next poll"
+    );
+    Ok(())
 }
 
 /// Run `release ...`.

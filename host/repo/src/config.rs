@@ -52,6 +52,17 @@ impl Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        ROLES
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("`{s}` is not a role: root, targets, snapshot or timestamp"))
+    }
+}
+
 /// One role's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +139,10 @@ impl RepoConfig {
              # this folder unless absolute: keep root and targets keys offline.\n{}",
             toml::to_string_pretty(self)?
         );
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+        // Through a rename: `rotate-root` rewrites it, and a half-written key list would
+        // leave the repository unsignable.
+        crate::repo::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// The settings of `role`.

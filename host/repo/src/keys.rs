@@ -79,17 +79,23 @@ pub fn ensure(repo: &Path, config: &RepoConfig, release: bool) -> Result<Vec<Pat
             made.push(path);
         }
     }
-    if !made.is_empty() {
-        eprintln!("WARNING: generated DEVELOPMENT signing keys for this TUF repository:");
-        for p in &made {
-            eprintln!("WARNING:   {}", p.display());
-        }
-        eprintln!(
-            "WARNING: metadata signed with them is for development only; every repository command \
-             run with --release refuses them."
-        );
-    }
+    warn_development(&made);
     Ok(made)
+}
+
+/// The loud warning, on stderr, that development keys were just made (nothing if none).
+pub fn warn_development(made: &[PathBuf]) {
+    if made.is_empty() {
+        return;
+    }
+    eprintln!("WARNING: generated DEVELOPMENT signing keys for this TUF repository:");
+    for p in made {
+        eprintln!("WARNING:   {}", p.display());
+    }
+    eprintln!(
+        "WARNING: metadata signed with them is for development only; every repository command \
+         run with --release refuses them."
+    );
 }
 
 /// The key sources of `roles` (tough picks, for each role it signs, the keys the root lists

@@ -39,20 +39,20 @@ pub const TARGETS: &str = "targets";
 pub const SPEC_VERSION: &str = "1.0.0";
 
 /// A tokio runtime for tough's async API (one thread: signing and hashing are quick).
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .context("starting the async runtime tough needs")
 }
 
-fn expiry(now: jiff::Timestamp, days: u32) -> Result<jiff::Timestamp> {
+pub(crate) fn expiry(now: jiff::Timestamp, days: u32) -> Result<jiff::Timestamp> {
     // Whole seconds: TUF writes expiries as YYYY-MM-DDTHH:MM:SSZ.
     let now = jiff::Timestamp::from_second(now.as_second()).context("time out of range")?;
     now.checked_add(jiff::SignedDuration::from_hours(i64::from(days) * 24))
         .context("expiry out of range")
 }
 
-fn next(v: NonZeroU64) -> NonZeroU64 {
+pub(crate) fn next(v: NonZeroU64) -> NonZeroU64 {
     v.checked_add(1).expect("metadata version below u64::MAX")
 }
 
@@ -109,12 +109,12 @@ pub enum Published {
 
 /// A repository opened for reading and changing.
 pub struct Repo {
-    dir: PathBuf,
-    config: RepoConfig,
-    root: Signed<Root>,
-    targets: Signed<Targets>,
-    snapshot: Signed<Snapshot>,
-    timestamp: Signed<Timestamp>,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: RepoConfig,
+    pub(crate) root: Signed<Root>,
+    pub(crate) targets: Signed<Targets>,
+    pub(crate) snapshot: Signed<Snapshot>,
+    pub(crate) timestamp: Signed<Timestamp>,
 }
 
 /// One role as `repo status` shows it.
@@ -322,8 +322,9 @@ impl Repo {
     }
 
     /// Sign and write new targets (if given), then a snapshot and a timestamp with the given
-    /// versions; the timestamp last.
-    fn commit(
+    /// versions; the timestamp last. Without new targets and with the snapshot's current
+    /// version, the snapshot is kept as it is and only the timestamp is signed.
+    pub(crate) fn commit(
         &mut self,
         targets: Option<Targets>,
         snapshot_version: NonZeroU64,
@@ -334,6 +335,7 @@ impl Repo {
         let rt = runtime()?;
         let metadata = self.dir.join(METADATA);
         let root = self.root.signed.clone();
+        let new_targets = targets.is_some();
         let (targets_version, targets_meta) = match targets {
             Some(t) => {
                 let keys = keys::sources(&self.dir, &self.config, &[Role::Targets], release)?;
@@ -358,37 +360,60 @@ impl Repo {
             }
         };
         debug_assert_eq!(targets_meta.version, targets_version);
-        let mut snapshot = Snapshot::new(
-            SPEC_VERSION.into(),
-            snapshot_version,
-            expiry(now, self.config.snapshot.expires_days)?,
-        );
-        snapshot.meta.insert("targets.json".into(), targets_meta);
-        let keys = keys::sources(&self.dir, &self.config, &[Role::Snapshot], release)?;
-        let signed_snapshot = sign(&rt, snapshot, &root, &keys)?;
-        write_atomic(
-            &metadata.join(signed_snapshot.signed().signed.filename(true)),
-            signed_snapshot.buffer(),
-        )?;
+        let keep_snapshot = !new_targets && snapshot_version == self.snapshot.signed.version;
+        let snapshot_meta = if keep_snapshot {
+            // Only the timestamp is re-signed: the snapshot stays byte for byte what it was. A
+            // consistent-snapshot name never changes contents, and `repo sync` skips a
+            // versioned file the destination already has with the same size.
+            let path = metadata.join(format!("{snapshot_version}.snapshot.json"));
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+            Metafile {
+                length: Some(bytes.len() as u64),
+                hashes: Some(Hashes {
+                    sha256: Decoded::<Hex>::from(sha256.as_ref().to_vec()),
+                    _extra: HashMap::new(),
+                }),
+                version: snapshot_version,
+                _extra: HashMap::new(),
+            }
+        } else {
+            let mut snapshot = Snapshot::new(
+                SPEC_VERSION.into(),
+                snapshot_version,
+                expiry(now, self.config.snapshot.expires_days)?,
+            );
+            snapshot.meta.insert("targets.json".into(), targets_meta);
+            let keys = keys::sources(&self.dir, &self.config, &[Role::Snapshot], release)?;
+            let signed_snapshot = sign(&rt, snapshot, &root, &keys)?;
+            write_atomic(
+                &metadata.join(signed_snapshot.signed().signed.filename(true)),
+                signed_snapshot.buffer(),
+            )?;
+            self.snapshot = signed_snapshot.signed().clone();
+            metafile(&signed_snapshot)
+        };
         let mut timestamp = Timestamp::new(
             SPEC_VERSION.into(),
             timestamp_version,
             expiry(now, self.config.timestamp.expires_days)?,
         );
-        timestamp
-            .meta
-            .insert("snapshot.json".into(), metafile(&signed_snapshot));
+        timestamp.meta.insert("snapshot.json".into(), snapshot_meta);
         let keys = keys::sources(&self.dir, &self.config, &[Role::Timestamp], release)?;
         let signed_timestamp = sign(&rt, timestamp, &root, &keys)?;
         write_atomic(&metadata.join("timestamp.json"), signed_timestamp.buffer())?;
-        self.snapshot = signed_snapshot.signed().clone();
         self.timestamp = signed_timestamp.signed().clone();
         self.check_loads(&rt, now)
     }
 
     /// Load the repository back through tough's client, trusting its first root, as a new
     /// device would: every signature, version and hash chain is checked.
-    fn check_loads(&self, rt: &tokio::runtime::Runtime, now: jiff::Timestamp) -> Result<()> {
+    pub(crate) fn check_loads(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        now: jiff::Timestamp,
+    ) -> Result<()> {
         let _ = now;
         let root1 = std::fs::read(self.dir.join(METADATA).join("1.root.json"))?;
         let base = |sub: &str| -> Result<url::Url> {
@@ -523,7 +548,7 @@ impl Repo {
         Ok(changed)
     }
 
-    fn resign_targets(
+    pub(crate) fn resign_targets(
         &mut self,
         mut targets: Targets,
         now: jiff::Timestamp,
@@ -662,7 +687,7 @@ impl Repo {
     }
 }
 
-fn sign<T: tough::schema::Role + Serialize>(
+pub(crate) fn sign<T: tough::schema::Role + Serialize>(
     rt: &tokio::runtime::Runtime,
     role: T,
     root: &Root,

@@ -1,63 +1,11 @@
 //! A release repository made, published to, halted, refreshed and synced, each step checked
 //! by loading it through tough's client from its first root, as a device does.
 
-use std::path::Path;
+mod common;
 
-use aperture_release::{ReleaseMeta, Waves};
+use aperture_release::ReleaseMeta;
 use aperture_repo::{keys, Published, Repo, Role};
-
-fn t(secs: i64) -> jiff::Timestamp {
-    jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap()
-}
-
-fn meta(version: &str, channel: &str) -> ReleaseMeta {
-    ReleaseMeta {
-        product: "aperture-edge".into(),
-        board: "qemu-x86_64".into(),
-        version: version.parse().unwrap(),
-        security_version: 1,
-        channel: channel.into(),
-        published_at: 0,
-        waves: "1%@0h,100%@1d".parse::<Waves>().unwrap(),
-        halted: false,
-    }
-}
-
-fn bundle(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
-/// Load `served` (a repository folder) through tough as a device would, trusting `root1`,
-/// at the real time or ignoring expiry.
-fn load(served: &Path, root1: &[u8], enforce: bool) -> Result<tough::Repository, String> {
-    let url = |sub: &str| url::Url::from_directory_path(served.join(sub)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let mut loader = tough::RepositoryLoader::new(&root1, url("metadata"), url("targets"));
-    if !enforce {
-        loader = loader.expiration_enforcement(tough::ExpirationEnforcement::Unsafe);
-    }
-    rt.block_on(loader.load()).map_err(|e| format!("{e}"))
-}
-
-fn read_target(repo: &tough::Repository, name: &str) -> Result<Vec<u8>, String> {
-    use tough::IntoVec;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let name = tough::TargetName::new(name).unwrap();
-    rt.block_on(async {
-        let stream = repo
-            .read_target(&name)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no such target")?;
-        stream.into_vec().await.map_err(|e| e.to_string())
-    })
-}
+use common::{bundle, load, meta, read_target, t};
 
 #[test]
 fn init_publish_halt_refresh_and_a_client_sees_each_step() {
@@ -304,4 +252,39 @@ fn sync_copies_targets_then_metadata_and_the_timestamp_last() {
         ]
     );
     assert!(second.kept > 0);
+}
+
+#[test]
+fn a_timestamp_only_refresh_keeps_the_snapshot_so_a_synced_copy_stays_whole() {
+    // A consistent-snapshot file never changes contents under its name: sync keeps a
+    // versioned file the destination already has, so a timestamp that named a re-signed
+    // snapshot of the same version would point devices at bytes that are not served.
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let mut repo = Repo::init(&repo_dir, false, t(0)).unwrap();
+    repo.publish(
+        &bundle(dir.path(), "u.bundle", b"bundle"),
+        meta("1.1.0", "stable"),
+        t(1),
+        false,
+    )
+    .unwrap();
+    let served = dir.path().join("www");
+    aperture_repo::sync::to_dir(&repo_dir, &served).unwrap();
+    let snapshot = repo_dir.join("metadata/2.snapshot.json");
+    let before = std::fs::read(&snapshot).unwrap();
+    assert_eq!(
+        repo.refresh(t(4 * 86_400), false, false).unwrap(),
+        vec![Role::Timestamp]
+    );
+    let second = aperture_repo::sync::to_dir(&repo_dir, &served).unwrap();
+    assert_eq!(
+        second.copied,
+        vec!["metadata/root.json", "metadata/timestamp.json"]
+    );
+    let root1 = std::fs::read(repo_dir.join("metadata/1.root.json")).unwrap();
+    let client = load(&served, &root1, false).unwrap();
+    assert_eq!(client.timestamp().signed.version.get(), 3);
+    assert_eq!(client.all_targets().count(), 1);
+    assert_eq!(std::fs::read(&snapshot).unwrap(), before);
 }

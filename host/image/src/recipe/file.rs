@@ -38,6 +38,7 @@ pub struct RecipeFile {
     keys: Option<KeysFile>,
     hardware: Option<HardwareFile>,
     bsp: Option<BspFile>,
+    update: Option<UpdateFile>,
 }
 
 /// `ssh = { authorized_keys = [...] }`: an SSH server with key logins, debug images only.
@@ -127,6 +128,19 @@ struct BspFile {
 struct HardwareFile {
     tpm: S<bool>,
     reset_button: S<String>,
+}
+
+/// `[update]`: the appliance's update loop and the release repository it polls.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateFile {
+    repository: S<String>,
+    channel: S<String>,
+    root: S<String>,
+    ca: S<String>,
+    poll_interval: S<String>,
+    maintenance_window: S<String>,
+    insecure_http: S<bool>,
 }
 
 /// A value with the file and position it came from, for errors.
@@ -276,6 +290,19 @@ pub struct Merged {
     pub bsp_file: Option<Located<String>>,
     pub bsp_url: Option<Located<String>>,
     pub bsp_sha256: Option<Located<String>>,
+    pub update: MergedUpdate,
+}
+
+/// `[update]`, merged.
+#[derive(Debug, Default)]
+pub struct MergedUpdate {
+    pub repository: Option<Located<String>>,
+    pub channel: Option<Located<String>>,
+    pub root: Option<Located<String>>,
+    pub ca: Option<Located<String>>,
+    pub poll_interval: Option<Located<String>>,
+    pub maintenance_window: Option<Located<String>>,
+    pub insecure_http: Option<Located<bool>>,
 }
 
 /// The `ssh` table, merged: where it was (last) set, and every key of every file.
@@ -444,6 +471,16 @@ impl Merged {
             set(&mut self.bsp_file, b.file, &f, &t);
             set(&mut self.bsp_url, b.url, &f, &t);
             set(&mut self.bsp_sha256, b.sha256, &f, &t);
+        }
+        if let Some(u) = file.update {
+            let m = &mut self.update;
+            set(&mut m.repository, u.repository, &f, &t);
+            set(&mut m.channel, u.channel, &f, &t);
+            set(&mut m.root, u.root, &f, &t);
+            set(&mut m.ca, u.ca, &f, &t);
+            set(&mut m.poll_interval, u.poll_interval, &f, &t);
+            set(&mut m.maintenance_window, u.maintenance_window, &f, &t);
+            set(&mut m.insecure_http, u.insecure_http, &f, &t);
         }
         if let Some(h) = file.hardware {
             set(&mut self.tpm, h.tpm, &f, &t);

@@ -10,6 +10,7 @@ mod policy;
 mod size;
 #[cfg(test)]
 mod tests;
+mod update;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use error::RecipeError;
 pub use file::Board;
 pub use policy::{is_host_name, BOND, DHCP_RULE, SSH_PACKAGE, SSH_RULE};
 pub use size::Size;
+pub use update::Update;
 
 use file::{Located, RecipeFile};
 
@@ -255,6 +257,9 @@ pub struct Recipe {
     pub hardware: Hardware,
     /// The Jetson Linux BSP the recipe is written for (Jetson boards).
     pub bsp: Option<BspPin>,
+    /// The update loop and the release repository it polls (`[update]`); none: the
+    /// appliance is updated by hand only.
+    pub update: Option<Update>,
     /// Files the recipe was read from, outermost first.
     #[serde(skip)]
     pub files: Vec<PathBuf>,
@@ -427,6 +432,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
     let setuid_allowlist = policy::validate_allowlist(&m.setuid_allowlist)?;
     let services = m.services.validate()?;
     let network = m.network.validate(top)?;
+    let update = update::validate(m.update, &network, &required)?;
     let partitions = m.partitions.validate(top, board.value)?;
     let keys = m
         .keys_dir
@@ -522,6 +528,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         setuid_allowlist,
         hardware,
         bsp,
+        update,
         files,
     })
 }

@@ -682,3 +682,71 @@ fn the_arm64_boards_list_their_initramfs_modules_and_x86_keeps_the_default() {
     let r = Recipe::load(&recipes.join("qemu-x86_64.toml")).unwrap();
     assert!(r.base.initramfs_modules.is_empty());
 }
+
+#[test]
+fn an_update_section_ships_its_settings_root_and_ca_and_each_mistake_is_named() {
+    let root = r#"{"signed":{"_type":"root","version":1},"signatures":[]}"#;
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let section = "\n[update]\nrepository = \"https://updates.example.com/fleet/\"\n\
+                   channel = \"stable\"\nroot = \"root.json\"\nca = \"ca.pem\"\n\
+                   poll_interval = \"5m\"\nmaintenance_window = \"02:00-04:00\"\n";
+    let load = |text: &str| {
+        let f = Fixture::new(&[
+            ("r.toml", &format!("{GOOD}{text}")),
+            ("root.json", root),
+            ("ca.pem", ca),
+            ("not-root.json", "{\"signed\":{\"_type\":\"targets\"}}"),
+        ]);
+        f.load("r.toml")
+    };
+    let r = load(section).unwrap();
+    let u = r.update.as_ref().unwrap();
+    assert_eq!(u.settings.poll_interval_secs, 300);
+    assert_eq!(u.settings.channel, "stable");
+    assert_eq!(
+        u.settings.maintenance_window.unwrap().to_string(),
+        "02:00-04:00"
+    );
+    assert_eq!(u.root_json, root);
+    assert_eq!(u.ca_pem.as_deref(), Some(ca));
+    assert!(load("").unwrap().update.is_none());
+
+    for (from, to, words) in [
+        (
+            "root = \"root.json\"\n",
+            "",
+            &["update.root", "1.root.json"][..],
+        ),
+        (
+            "root.json\"",
+            "missing.json\"",
+            &["cannot read the trusted root"][..],
+        ),
+        (
+            "root.json\"",
+            "not-root.json\"",
+            &["is not TUF root metadata"][..],
+        ),
+        ("\"5m\"", "\"5 minutes\"", &["not a duration"][..]),
+        ("\"02:00-04:00\"", "\"2-4\"", &["HH:MM-HH:MM"][..]),
+        (
+            "https://updates.example.com/fleet/",
+            "http://updates.example.com/fleet/",
+            &["insecure_http"][..],
+        ),
+        (
+            "https://updates.example.com/fleet/",
+            "https://updates.example.com:8443/fleet/",
+            &["no TCP connection out to port 8443", "[[network.outbound]]"][..],
+        ),
+        (
+            "channel = \"stable\"",
+            "channel = \"Stable\"",
+            &["channel `Stable`"][..],
+        ),
+    ] {
+        assert!(section.contains(from), "{from}");
+        let e = load(&section.replacen(from, to, 1)).unwrap_err();
+        assert_mentions(&e, words);
+    }
+}
