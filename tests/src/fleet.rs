@@ -177,6 +177,7 @@ impl Nginx {
                scgi_temp_path {d}/tmp/scgi;\n\
                types {{ application/json json; application/octet-stream bundle; }}\n\
                default_type application/octet-stream;\n  keepalive_requests 100000;\n\
+               send_timeout 20s;\n\
                server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n\
                  ssl_certificate_key {key};\n    ssl_protocols TLSv1.3;\n    root {root};\n\
                  location / {{ autoindex off; }}\n  }}\n}}\n",
@@ -242,6 +243,25 @@ impl Nginx {
                 })
             })
             .collect()
+    }
+
+    /// Every request logged so far, once one of them matches `wanted` or `timeout` has passed.
+    /// nginx logs a request only as it ends, and an aborted one (a client whose VM was just
+    /// killed) only once its worker has seen the reset, so a caller that has just cut a
+    /// download waits here rather than reading the log at once.
+    pub fn requests_once(
+        &self,
+        wanted: impl Fn(&Request) -> bool,
+        timeout: Duration,
+    ) -> Vec<Request> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.requests();
+            if seen.iter().any(&wanted) || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use aperture_image::recipe::Arch;
 use aperture_release::{ReleaseMeta, Waves};
 use aperture_tests::firewall::Firewall;
-use aperture_tests::fleet::{self, Nginx};
+use aperture_tests::fleet::{self, Nginx, Request};
 use aperture_tests::http::FileServer;
 use std::time::Duration;
 
@@ -99,12 +99,12 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
     )
     .unwrap();
     eprintln!("POWER CUT 5 s into the update loop's install of v2");
-    let fetched: Vec<_> = nginx.requests();
+    let bundle =
+        |r: &Request| r.path.starts_with("/targets/") && r.path.ends_with(".stable.bundle");
+    let fetched = nginx.requests_once(bundle, Duration::from_secs(60));
     assert!(
-        fetched
-            .iter()
-            .any(|r| r.path.starts_with("/targets/") && r.path.ends_with(".stable.bundle")),
-        "the bundle was fetched from nginx: {fetched:?}"
+        fetched.iter().any(bundle),
+        "the bundle was fetched from nginx (its cut request logged within 60 s): {fetched:?}"
     );
 
     // Boot 2: slot A boots (B was never armed); aperture-update-resume.service installs v2

@@ -401,11 +401,7 @@ impl Guarded {
 impl tough::Transport for Guarded {
     async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
         use futures::StreamExt;
-        let name = url
-            .path_segments()
-            .and_then(|mut s| s.next_back())
-            .unwrap_or("")
-            .to_string();
+        let name = crate::transport::file_name(&url);
         let stream = if self.timestamp_url.as_ref() == Some(&url) {
             self.timestamp(url).await?
         } else {
@@ -473,17 +469,7 @@ fn served_too_much_or_wrong(e: &tough::TransportError) -> bool {
 
 /// An error and its causes on one line.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
+    aperture_updater::source::error_chain(e)
 }
 
 /// The datastore's file for `role`, for tests and the conformance client.

@@ -286,14 +286,18 @@ fn cached_role(name: &str) -> Option<&str> {
     }
 }
 
+/// The last segment of a URL's path: the metadata or target file it names.
+pub(crate) fn file_name(url: &Url) -> String {
+    url.path_segments()
+        .and_then(|mut s| s.next_back())
+        .unwrap_or("")
+        .to_string()
+}
+
 #[async_trait::async_trait]
 impl tough::Transport for Transport {
     async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
-        let name = url
-            .path_segments()
-            .and_then(|mut s| s.next_back())
-            .unwrap_or("")
-            .to_string();
+        let name = file_name(&url);
         if cached_role(&name).is_some() {
             if let Some(bytes) = self.read_cached(&name) {
                 return Ok(Box::pin(futures::stream::iter([Ok(Bytes::from(bytes))])));

@@ -400,6 +400,22 @@ impl Read for HttpBody {
 }
 
 /// A download error that names the host and, for TLS failures, the certificate problem.
+/// An error and its causes on one line, each cause once (a cause whose text its parent already
+/// quotes is left out).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn download_error(url: &str, e: ureq::Error) -> UpdateError {
     let host = host_of(url);
     let reason = match e {
@@ -411,19 +427,7 @@ fn download_error(url: &str, e: ureq::Error) -> UpdateError {
                 "TLS handshake failed: {tls}; the server's certificate is not trusted for {host}: \
                  pass --ca FILE with the CA that signed it, or fix the server's certificate"
             ),
-            None => {
-                let mut text = t.to_string();
-                let mut source = std::error::Error::source(&t);
-                while let Some(s) = source {
-                    let s_text = s.to_string();
-                    if !text.contains(&s_text) {
-                        text.push_str(": ");
-                        text.push_str(&s_text);
-                    }
-                    source = s.source();
-                }
-                text
-            }
+            None => error_chain(&t),
         },
     };
     UpdateError::Download {
