@@ -18,6 +18,7 @@ use common::{report, Fleet};
 both!(
     enrollment_then_reports_reach_the_admins,
     a_reused_enrollment_token_is_refused,
+    one_token_raced_through_two_servers_enrolls_once,
     an_expired_enrollment_token_is_refused,
     a_garbled_csr_is_refused_and_keeps_the_token,
     a_device_route_needs_a_client_certificate,
@@ -70,6 +71,34 @@ fn a_reused_enrollment_token_is_refused(f: Fleet) {
         .err()
         .expect("refused");
     assert_eq!(again.status(), Some(403), "{again}");
+    assert_eq!(f.admin().devices().unwrap().len(), 1);
+}
+
+fn one_token_raced_through_two_servers_enrolls_once(f: Fleet) {
+    let second = f.second_server();
+    let token = f.enrollment_tokens(1, 3600).remove(0);
+    let outcomes: Vec<Option<u16>> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let server = if i % 2 == 0 { &f.server } else { &second };
+                let token = &token;
+                let f = &f;
+                s.spawn(
+                    move || match f.try_enroll(server, token, &format!("SN-{i}")) {
+                        Ok(_) => None,
+                        Err(e) => Some(e.status().unwrap_or(0)),
+                    },
+                )
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_none()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes.iter().flatten().all(|s| *s == 403), "{outcomes:?}");
     assert_eq!(f.admin().devices().unwrap().len(), 1);
 }
 
@@ -159,7 +188,10 @@ fn a_device_may_not_report_for_another(f: Fleet) {
 
 /// The error status of a call (`None`: it succeeded).
 fn status<T>(r: Result<T, aperture_fleet::client::Error>) -> Option<u16> {
-    r.err().and_then(|e| e.status())
+    match r {
+        Ok(_) => None,
+        Err(e) => Some(e.status().unwrap_or_else(|| panic!("no answer: {e:#}"))),
+    }
 }
 
 fn each_role_stops_at_its_boundary(f: Fleet) {

@@ -31,6 +31,10 @@ use crate::pki::{self, FleetCa, Identity};
 
 /// How long a client has for its TLS handshake, and for the header of each request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest body of any request (each route has its own, smaller limit).
+const MAX_BODY: usize = 64 * 1024;
+/// How long a client has to send a body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What can go wrong starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +179,46 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: axum:
     }
 }
 
+/// Read the whole body (up to [`MAX_BODY`]) before the routes see the request, so a route that
+/// refuses without reading it (a wrong token, another device's report) never leaves unread
+/// bytes behind: closing a socket with unread data sends a reset, which can destroy the answer
+/// before the client reads it. Only a body over the limit is answered unread (413, and the
+/// connection closed).
+async fn buffered(
+    req: Request<Incoming>,
+    mut router: axum::Router,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    use axum::response::IntoResponse;
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    let (parts, body) = req.into_parts();
+    let refuse = |status: hyper::StatusCode, message: String| {
+        let mut r = (status, axum::Json(crate::api::ErrorBody { error: message })).into_response();
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        Ok(r)
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => {
+            let req = Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()));
+            router.call(req).await
+        }
+        Ok(Err(e)) if e.is::<LengthLimitError>() => refuse(
+            hyper::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY} bytes"),
+        ),
+        Ok(Err(e)) => refuse(
+            hyper::StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+        ),
+        Err(_) => refuse(
+            hyper::StatusCode::REQUEST_TIMEOUT,
+            "the body took too long".into(),
+        ),
+    }
+}
+
 async fn connection(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
@@ -201,8 +245,8 @@ async fn connection(
     );
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
-        let mut router = router.clone();
-        async move { router.call(req).await }
+        let router = router.clone();
+        buffered(req, router)
     });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())

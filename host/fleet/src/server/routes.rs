@@ -2,9 +2,10 @@
 //!
 //! Devices are recognised by the fingerprint of the certificate their TLS handshake verified,
 //! looked up in the database on every request (so a revocation holds at once, on every
-//! server); administrators by a bearer API token whose role must reach the route's. Bodies are
-//! read only after the caller is known, up to a limit (413), and parsed into types that refuse
-//! unknown fields; a parse error names the field (400).
+//! server); administrators by a bearer API token whose role must reach the route's. Bodies
+//! (already buffered by the connection, at most 64 KiB) are held to each route's limit (413)
+//! only after the caller is known, and parsed into types that refuse unknown fields; a parse
+//! error names the field (400).
 
 use std::sync::Arc;
 use std::time::Duration;
