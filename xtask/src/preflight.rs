@@ -56,6 +56,9 @@ const TEST: &[&str] = &[
     // The release repository served over HTTPS (tests/src/fleet.rs): the fleet suite, vm_update
     // and `bench fleet-repo`.
     "nginx-light",
+    // The fleet server's tests run each case on PostgreSQL too, in a server of their own
+    // (initdb and postgres from /usr/lib/postgresql/*/bin; host/fleet/tests/common).
+    "postgresql",
     // Python tools from PyPI (below) get a virtual environment each.
     "python3-venv",
 ];

@@ -1,0 +1,495 @@
+//! Fixtures of the fleet server's tests: a database of either kind (a SQLite file, or a
+//! PostgreSQL server of the test's own in a temporary folder), the real server on 127.0.0.1
+//! with real TLS, and enrolled devices.
+//!
+//! PostgreSQL comes from Debian's `postgresql` package (`/usr/lib/postgresql/*/bin`). initdb
+//! refuses to run as root, so as root it and the server run as `nobody` (setpriv) in a folder
+//! that user owns. Without the package a test says why it skipped, and fails under
+//! `APERTURE_REQUIRE_TOOLS=1` (`cargo xtask test` installs it first).
+
+#![allow(dead_code, missing_docs)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aperture_fleet::api::{EnrollRequest, HealthResult, Report, SlotState, UpdateResult};
+use aperture_fleet::client::{Client, DeviceIdentity};
+use aperture_fleet::db::{self, Actor, Db};
+use aperture_fleet::pki::{FleetCa, Identity};
+use aperture_fleet::server::{self, Server};
+use aperture_fleet::token::Role;
+use tempfile::TempDir;
+
+/// Reports per device per minute on the test servers.
+pub const REPORTS_PER_MINUTE: i64 = 5;
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A PostgreSQL server of the test's own; stopped when dropped.
+pub struct Postgres {
+    child: Child,
+    pub url: String,
+    _dir: TempDir,
+}
+
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file() && bin.join("postgres").is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `program` with `args`, as `nobody` when we are root (initdb and postgres refuse root).
+fn as_postgres_user(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+impl Postgres {
+    /// Start one, or `None` (SKIPPED, or a panic under `APERTURE_REQUIRE_TOOLS=1`) when the
+    /// package is missing.
+    pub fn start(test: &str) -> Option<Self> {
+        let Some(bin) = postgres_bin() else {
+            let why = format!(
+                "{test}: PostgreSQL (Debian package postgresql: /usr/lib/postgresql/*/bin/initdb) \
+                 is not installed; `cargo xtask test` installs it as root"
+            );
+            if aperture_sys::tool::required() {
+                panic!("APERTURE_REQUIRE_TOOLS=1 and a tool is missing: {why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            return None;
+        };
+        // In /tmp, which nobody can traverse (the target folder may not be).
+        let dir = tempfile::Builder::new()
+            .prefix("aperture-fleet-pg")
+            .tempdir_in("/tmp")
+            .expect("a temporary folder");
+        if is_root() {
+            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534))
+                .expect("giving the folder to nobody");
+        }
+        let data = dir.path().join("data");
+        let out = as_postgres_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "fleet", "--no-sync", "-E", "UTF8"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = as_postgres_user(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.path().join("postgres.log"))
+                    .map_or(Stdio::null(), Stdio::from),
+            )
+            .spawn()
+            .expect("starting postgres");
+        let pg = Postgres {
+            child,
+            url: format!("postgres://fleet@127.0.0.1:{port}/postgres"),
+            _dir: dir,
+        };
+        pg.wait_ready();
+        Some(pg)
+    }
+
+    fn wait_ready(&self) {
+        let rt = runtime();
+        let start = Instant::now();
+        loop {
+            let ready = rt.block_on(async {
+                use sqlx::Connection;
+                sqlx::any::install_default_drivers();
+                sqlx::AnyConnection::connect(&self.url).await.is_ok()
+            });
+            if ready {
+                return;
+            }
+            let log =
+                std::fs::read_to_string(self._dir.path().join("postgres.log")).unwrap_or_default();
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "postgres did not start: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Fast shutdown (SIGINT), then wait; SIGKILL if it hangs.
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::Int);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A database for one test: its URL, and what keeps it alive.
+pub struct DbFixture {
+    pub kind: Kind,
+    pub url: String,
+    _dir: TempDir,
+    _pg: Option<Postgres>,
+}
+
+impl DbFixture {
+    /// A fresh database, or `None` when the test skips.
+    pub fn new(kind: Kind, test: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        Some(match kind {
+            Kind::Sqlite => DbFixture {
+                kind,
+                url: format!("sqlite://{}", dir.path().join("fleet.db").display()),
+                _dir: dir,
+                _pg: None,
+            },
+            Kind::Postgres => {
+                let pg = Postgres::start(test)?;
+                DbFixture {
+                    kind,
+                    url: pg.url.clone(),
+                    _dir: dir,
+                    _pg: Some(pg),
+                }
+            }
+        })
+    }
+}
+
+/// A multi-threaded runtime for a test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A real server on 127.0.0.1 (a port of its own), with its own runtime and pool; stops when
+/// dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub db: Db,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub fn start(db_url: &str, identity: &Identity) -> Self {
+        let rt = runtime();
+        let db = rt
+            .block_on(Db::connect(db_url))
+            .expect("connecting to the database");
+        let config = server::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity: identity.clone(),
+            reports_per_minute: REPORTS_PER_MINUTE,
+        };
+        let server = rt
+            .block_on(Server::bind(config, db.clone()))
+            .expect("starting the server");
+        let addr = server.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            url: format!("https://{addr}"),
+            db,
+            rt,
+            stop: Some(stop),
+        }
+    }
+
+    /// Run a future on the server's runtime (direct database calls).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.rt.block_on(self.db.close());
+    }
+}
+
+/// A device the fleet enrolled: its id, identity and a client that reports with it.
+pub struct Device {
+    pub id: String,
+    pub identity: DeviceIdentity,
+    pub client: Client,
+}
+
+/// A whole fleet for one test: a database, an identity folder, a server, the first admin token.
+pub struct Fleet {
+    pub db: DbFixture,
+    pub dir: TempDir,
+    pub identity: Identity,
+    pub server: TestServer,
+    pub admin_token: String,
+}
+
+impl Fleet {
+    pub fn start(kind: Kind, test: &str) -> Option<Self> {
+        let db = DbFixture::new(kind, test)?;
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let (identity, _) = Identity::init(dir.path(), &["127.0.0.1".to_string()])
+            .expect("making the fleet identity");
+        let server = TestServer::start(&db.url, &identity);
+        let admin_token = server
+            .block_on(server.db.bootstrap_admin(db::now()))
+            .expect("the first admin token")
+            .expect("a new database has no admin token")
+            .token;
+        Some(Fleet {
+            db,
+            dir,
+            identity,
+            server,
+            admin_token,
+        })
+    }
+
+    /// Another server on the same database (another port, pool and runtime).
+    pub fn second_server(&self) -> TestServer {
+        TestServer::start(&self.db.url, &self.identity)
+    }
+
+    /// A client of `server` with `token`.
+    pub fn client_of(&self, server: &TestServer, token: Option<&str>) -> Client {
+        Client::new(
+            &server.url,
+            &self.identity.ca_pem,
+            token.map(str::to_string),
+            None,
+        )
+        .expect("a client")
+    }
+
+    /// The first admin's client.
+    pub fn admin(&self) -> Client {
+        self.client_of(&self.server, Some(&self.admin_token))
+    }
+
+    /// A client without credentials.
+    pub fn anonymous(&self) -> Client {
+        self.client_of(&self.server, None)
+    }
+
+    /// A client with a new token of `role`.
+    pub fn with_role(&self, role: Role) -> Client {
+        let made = self
+            .admin()
+            .create_token(&format!("test-{role}"), role)
+            .expect("making a token");
+        self.client_of(&self.server, Some(&made.token))
+    }
+
+    /// `count` enrollment tokens valid for `ttl` seconds, made in the database directly.
+    pub fn enrollment_tokens(&self, count: u32, ttl: u64) -> Vec<String> {
+        self.server
+            .block_on(self.server.db.create_enrollment_tokens(
+                &Actor("test".into()),
+                count,
+                ttl,
+                db::now(),
+            ))
+            .expect("making enrollment tokens")
+            .tokens
+    }
+
+    /// Enroll through `server` with `token`: the device's key, CSR and the answer.
+    pub fn try_enroll(
+        &self,
+        server: &TestServer,
+        token: &str,
+        serial: &str,
+    ) -> Result<Device, aperture_fleet::client::Error> {
+        let key = rcgen::KeyPair::generate().expect("a device key");
+        let csr = rcgen::CertificateParams::new(vec![])
+            .expect("CSR parameters")
+            .serialize_request(&key)
+            .expect("a CSR")
+            .pem()
+            .expect("PEM");
+        let answer = self.client_of(server, None).enroll(&EnrollRequest {
+            token: token.to_string(),
+            serial: serial.to_string(),
+            csr,
+        })?;
+        assert_eq!(answer.ca, self.identity.ca_pem);
+        let identity = DeviceIdentity {
+            cert_pem: answer.certificate,
+            key_pem: key.serialize_pem(),
+        };
+        let client =
+            Client::new(&server.url, &answer.ca, None, Some(&identity)).expect("a device client");
+        Ok(Device {
+            id: answer.device_id,
+            identity,
+            client,
+        })
+    }
+
+    /// A newly enrolled device (through the first server).
+    pub fn enroll(&self, serial: &str) -> Device {
+        let token = self.enrollment_tokens(1, 3600).remove(0);
+        self.try_enroll(&self.server, &token, serial)
+            .expect("enrolling")
+    }
+
+    /// A client with a certificate of another CA (same shape as a device's).
+    pub fn stranger(&self) -> Client {
+        let other = FleetCa::generate().expect("another CA");
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let csr = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let (cert_pem, _) = other.sign_device(&csr, "dev-stranger").expect("signing");
+        let identity = DeviceIdentity {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        };
+        Client::new(
+            &self.server.url,
+            &self.identity.ca_pem,
+            None,
+            Some(&identity),
+        )
+        .expect("a client")
+    }
+}
+
+/// A plausible report.
+pub fn report(version: &str) -> Report {
+    Report {
+        version: version.into(),
+        slot: "b".into(),
+        slots: vec![
+            SlotState {
+                slot: "a".into(),
+                state: "good".into(),
+                version: Some("1.0.0".into()),
+            },
+            SlotState {
+                slot: "b".into(),
+                state: "good".into(),
+                version: Some(version.into()),
+            },
+        ],
+        floor: 2,
+        last_update: Some(UpdateResult {
+            result: "committed".into(),
+            version: Some(version.into()),
+            journal: format!("installed {version} into b, health gate passed, committed"),
+        }),
+        health: Some(HealthResult {
+            passed: true,
+            detail: String::new(),
+        }),
+        runtime_alive: true,
+    }
+}
+
+/// The same test on SQLite and on PostgreSQL: `both!(name, ...)` makes `sqlite::name` and
+/// `postgres::name`, each calling `name(fleet)` with a fresh [`Fleet`] (or skipping).
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(f) = $crate::common::Fleet::start(
+                        $crate::common::Kind::Sqlite,
+                        concat!("sqlite::", stringify!($name)),
+                    ) {
+                        super::$name(f);
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(f) = $crate::common::Fleet::start(
+                        $crate::common::Kind::Postgres,
+                        concat!("postgres::", stringify!($name)),
+                    ) {
+                        super::$name(f);
+                    }
+                }
+            )*
+        }
+    };
+}
