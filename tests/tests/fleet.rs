@@ -28,6 +28,7 @@ fn release(version: &str) -> ReleaseMeta {
         published_at: 0,
         waves: Waves::default(),
         halted: false,
+        gate: Default::default(),
     }
 }
 

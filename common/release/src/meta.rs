@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::Gate;
 use crate::waves::Waves;
 
 /// The key of [`ReleaseMeta`] inside a target's `custom` object.
@@ -34,6 +35,9 @@ pub struct ReleaseMeta {
     /// A halted rollout: no device that has not started installing it starts.
     #[serde(default)]
     pub halted: bool,
+    /// Whether only a fleet rollout installs it ([`Gate::Rollout`]); left out when not.
+    #[serde(default, skip_serializing_if = "Gate::is_none")]
+    pub gate: Gate,
 }
 
 impl ReleaseMeta {
@@ -93,6 +97,7 @@ mod tests {
             published_at: 1_800_000_000,
             waves: "1%@0h,100%@1d".parse().unwrap(),
             halted: false,
+            gate: Gate::None,
         }
     }
 
@@ -122,6 +127,21 @@ mod tests {
         custom.insert(CUSTOM_KEY.into(), v);
         let e = ReleaseMeta::from_custom(&custom).unwrap().unwrap_err();
         assert!(e.contains("20%"), "{e}");
+    }
+
+    #[test]
+    fn a_gate_is_written_only_when_there_is_one() {
+        let plain = meta().to_value();
+        assert!(plain.get("gate").is_none(), "{plain}");
+        let gated = ReleaseMeta {
+            gate: Gate::Rollout,
+            ..meta()
+        };
+        let v = gated.to_value();
+        assert_eq!(v["gate"], "rollout");
+        let mut custom = std::collections::HashMap::new();
+        custom.insert(CUSTOM_KEY.into(), v);
+        assert_eq!(ReleaseMeta::from_custom(&custom).unwrap().unwrap(), gated);
     }
 
     #[test]

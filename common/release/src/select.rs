@@ -1,12 +1,17 @@
 //! What an appliance installs, and when: the pure rules of the update loop. Given the
 //! releases a verified TUF refresh found, the device's own facts and the time, pick the newest
 //! release that is for this product, board and channel, newer than the running version, not
-//! below the anti-rollback floor, not halted, and whose wave has reached this device's seed.
-//! Every release passed over gets a [`Skip`] reason, for the journal's one line.
+//! below the anti-rollback floor, not halted, and whose wave has reached this device's seed;
+//! then, where the fleet server signed a rollout of that release, only if the rollout is
+//! active, names the device, does not pin it, and its own wave has reached it too (a rollout
+//! narrows what the release allows, never widens it: see [`crate::rollout`]). A release gated
+//! on a rollout is installed through one only. Every release passed over gets a [`Skip`]
+//! reason, for the journal's one line.
 
 use std::fmt;
 
 use crate::meta::ReleaseMeta;
+use crate::rollout::{Gate, Rollout, RolloutMeta, State};
 
 /// The device's facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +28,9 @@ pub struct Device {
     pub floor: u64,
     /// The per-device wave seed, in `0..SEED_RANGE`.
     pub seed: u32,
+    /// The device's fleet id, once it has enrolled with a fleet server (rollouts name
+    /// devices by it).
+    pub fleet_id: Option<String>,
 }
 
 /// A release the repository lists: its target name and its signed metadata (or why the
@@ -65,6 +73,17 @@ pub enum Skip {
     },
     /// A newer eligible release was chosen.
     Superseded,
+    /// Gated on a rollout, and the fleet has signed none for it.
+    NoRollout,
+    /// Its rollout is not active.
+    RolloutStopped(State),
+    /// Its rollout does not name this device.
+    NotInRollout,
+    /// Its rollout pins this device where it is.
+    Pinned,
+    /// Its rollout's metadata is malformed (the release is then not installed: a rollout can
+    /// only hold a release back, so an unreadable one holds it back).
+    RolloutMalformed(String),
 }
 
 impl fmt::Display for Skip {
@@ -82,6 +101,11 @@ impl fmt::Display for Skip {
             Skip::NoWave => f.write_str("no wave reaches this device"),
             Skip::WaveLater { at } => write!(f, "its wave reaches this device at {at}"),
             Skip::Superseded => f.write_str("a newer release is eligible"),
+            Skip::NoRollout => f.write_str("waiting for the fleet to start its rollout"),
+            Skip::RolloutStopped(state) => write!(f, "its fleet rollout is {state}"),
+            Skip::NotInRollout => f.write_str("its fleet rollout does not include this device"),
+            Skip::Pinned => f.write_str("this device is pinned by its fleet rollout"),
+            Skip::RolloutMalformed(e) => write!(f, "malformed rollout metadata ({e})"),
         }
     }
 }
@@ -132,8 +156,32 @@ impl Decision {
     }
 }
 
-/// Choose what `device` installs at time `now` among `candidates`.
-pub fn select(candidates: &[Candidate], device: &Device, now: u64) -> Decision {
+/// The rollout the fleet signed for `release`, by its target name: `None` when there is none,
+/// an error when one is there but unreadable or names another release than its name says.
+fn rollout_of<'a>(
+    rollouts: &'a [Rollout],
+    release: &ReleaseMeta,
+) -> Option<Result<&'a RolloutMeta, String>> {
+    let name = RolloutMeta::target_name_for(&release.channel, &release.version);
+    let r = rollouts.iter().find(|r| r.name == name)?;
+    Some(match &r.meta {
+        Err(e) => Err(e.clone()),
+        Ok(m) if m.target_name() != name => Err(format!(
+            "target {name} holds the rollout of {} on {}",
+            m.version, m.channel
+        )),
+        Ok(m) => Ok(m),
+    })
+}
+
+/// Choose what `device` installs at time `now` among `candidates`, under the fleet's
+/// `rollouts` (empty when the repository has no rollouts role).
+pub fn select(
+    candidates: &[Candidate],
+    rollouts: &[Rollout],
+    device: &Device,
+    now: u64,
+) -> Decision {
     let mut skipped = Vec::new();
     let mut eligible: Vec<(String, ReleaseMeta)> = Vec::new();
     let mut waiting: Vec<(semver::Version, u64)> = Vec::new();
@@ -160,17 +208,13 @@ pub fn select(candidates: &[Candidate], device: &Device, now: u64) -> Decision {
         } else if m.halted {
             Some(Skip::Halted)
         } else {
-            match m.waves.offset_for_seed(device.seed) {
-                None => Some(Skip::NoWave),
-                Some(offset) => {
-                    let at = m.published_at.saturating_add(offset);
-                    if at > now {
-                        waiting.push((m.version.clone(), at));
-                        Some(Skip::WaveLater { at })
-                    } else {
-                        None
-                    }
+            match wave_time(m, rollout_of(rollouts, m), device) {
+                Err(skip) => Some(skip),
+                Ok(at) if at > now => {
+                    waiting.push((m.version.clone(), at));
+                    Some(Skip::WaveLater { at })
                 }
+                Ok(_) => None,
             }
         };
         match skip {
@@ -199,9 +243,46 @@ pub fn select(candidates: &[Candidate], device: &Device, now: u64) -> Decision {
     }
 }
 
+/// When `device` may install release `m` under its rollout (if any): the later of the
+/// release's wave and the rollout's, or why never.
+fn wave_time(
+    m: &ReleaseMeta,
+    rollout: Option<Result<&RolloutMeta, String>>,
+    device: &Device,
+) -> Result<u64, Skip> {
+    let release_at = m
+        .waves
+        .offset_for_seed(device.seed)
+        .map(|offset| m.published_at.saturating_add(offset))
+        .ok_or(Skip::NoWave)?;
+    let r = match rollout {
+        None if m.gate == Gate::Rollout => return Err(Skip::NoRollout),
+        None => return Ok(release_at),
+        Some(Err(e)) => return Err(Skip::RolloutMalformed(e)),
+        Some(Ok(r)) => r,
+    };
+    let id = device.fleet_id.as_deref();
+    if r.state != State::Active {
+        return Err(Skip::RolloutStopped(r.state));
+    }
+    if r.pins(id) {
+        return Err(Skip::Pinned);
+    }
+    if !r.names(id) {
+        return Err(Skip::NotInRollout);
+    }
+    let rollout_at = r
+        .waves
+        .offset_for_seed(device.seed)
+        .map(|offset| r.started_at.saturating_add(offset))
+        .ok_or(Skip::NoWave)?;
+    Ok(release_at.max(rollout_at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::Selection;
     use crate::waves::Waves;
 
     const T0: u64 = 1_800_000_000;
@@ -214,6 +295,7 @@ mod tests {
             version: "1.0.0".parse().unwrap(),
             floor: 1,
             seed,
+            fleet_id: Some(format!("dev-{seed}")),
         }
     }
 
@@ -227,6 +309,7 @@ mod tests {
             published_at: T0,
             waves: waves.parse::<Waves>().unwrap(),
             halted: false,
+            gate: Gate::None,
         }
     }
 
@@ -250,7 +333,7 @@ mod tests {
             release("1.2.0", "all"),
             release("0.9.0", "all"),
         ]);
-        let d = select(&c, &device(5), T0);
+        let d = select(&c, &[], &device(5), T0);
         assert_eq!(installed(&d).as_deref(), Some("1.2.0"));
         assert!(d.skipped.contains(&(c[0].name.clone(), Skip::Superseded)));
         assert!(d.skipped.contains(&(c[2].name.clone(), Skip::NotNewer)));
@@ -262,19 +345,21 @@ mod tests {
     fn a_device_becomes_eligible_exactly_when_its_wave_starts() {
         let c = cands(vec![release("1.1.0", "1%@0h,10%@4h,50%@24h,100%@48h")]);
         // Seed 100 is in the second wave (21..205): eligible at T0 + 4 h, not a second before.
-        let before = select(&c, &device(100), T0 + 4 * 3600 - 1);
+        let before = select(&c, &[], &device(100), T0 + 4 * 3600 - 1);
         assert_eq!(installed(&before), None);
         assert_eq!(before.next_eligible, Some(T0 + 4 * 3600));
         assert_eq!(before.skipped[0].1, Skip::WaveLater { at: T0 + 4 * 3600 });
-        let at = select(&c, &device(100), T0 + 4 * 3600);
+        let at = select(&c, &[], &device(100), T0 + 4 * 3600);
         assert_eq!(installed(&at).as_deref(), Some("1.1.0"));
         assert_eq!(at.next_eligible, None);
         // Seed 20 in the first wave at once; seed 2047 only after 48 h.
-        assert!(select(&c, &device(20), T0).install.is_some());
-        assert!(select(&c, &device(2047), T0 + 48 * 3600 - 1)
+        assert!(select(&c, &[], &device(20), T0).install.is_some());
+        assert!(select(&c, &[], &device(2047), T0 + 48 * 3600 - 1)
             .install
             .is_none());
-        assert!(select(&c, &device(2047), T0 + 48 * 3600).install.is_some());
+        assert!(select(&c, &[], &device(2047), T0 + 48 * 3600)
+            .install
+            .is_some());
     }
 
     #[test]
@@ -282,7 +367,7 @@ mod tests {
         let mut newer = release("1.2.0", "100%@1d");
         newer.published_at = T0 + 10;
         let c = cands(vec![release("1.1.0", "all"), newer]);
-        let d = select(&c, &device(7), T0 + 100);
+        let d = select(&c, &[], &device(7), T0 + 100);
         assert_eq!(installed(&d).as_deref(), Some("1.1.0"));
         assert_eq!(d.next_eligible, Some(T0 + 10 + 86_400));
     }
@@ -300,7 +385,7 @@ mod tests {
         let mut old_security = release("1.1.0", "all");
         old_security.security_version = 0;
         let c = cands(vec![halted, beta, xavier, other, old_security]);
-        let d = select(&c, &device(0), T0 + 1_000_000);
+        let d = select(&c, &[], &device(0), T0 + 1_000_000);
         assert_eq!(d.install, None);
         let reasons: Vec<&Skip> = d.skipped.iter().map(|(_, s)| s).collect();
         assert_eq!(
@@ -333,19 +418,160 @@ mod tests {
             name: "stable/broken.bundle".into(),
             meta: Err("missing field `board`".into()),
         });
-        let d = select(&c, &device(1500), T0 + 1_000_000);
+        let d = select(&c, &[], &device(1500), T0 + 1_000_000);
         assert_eq!(d.install, None);
         assert_eq!(d.skipped[0].1, Skip::NoWave);
         assert!(matches!(d.skipped[1].1, Skip::Malformed(_)));
         // A device in the 10 % gets it.
-        assert!(select(&c, &device(10), T0).install.is_some());
+        assert!(select(&c, &[], &device(10), T0).install.is_some());
     }
 
     #[test]
     fn the_same_version_is_not_reinstalled_and_a_prerelease_is_older_than_its_release() {
         let c = cands(vec![release("1.0.0", "all"), release("1.0.0-rc.1", "all")]);
-        let d = select(&c, &device(0), T0);
+        let d = select(&c, &[], &device(0), T0);
         assert_eq!(d.install, None);
         assert!(d.skipped.iter().all(|(_, s)| *s == Skip::NotNewer));
+    }
+
+    fn rollout(version: &str, state: State, devices: Selection, waves: &str) -> Rollout {
+        let meta = RolloutMeta {
+            id: 1,
+            channel: "stable".into(),
+            version: version.parse().unwrap(),
+            state,
+            started_at: T0 + 100,
+            waves: waves.parse().unwrap(),
+            devices,
+            pinned: vec!["dev-9".into()],
+        };
+        Rollout {
+            name: meta.target_name(),
+            meta: Ok(meta),
+        }
+    }
+
+    fn gated(version: &str) -> ReleaseMeta {
+        ReleaseMeta {
+            gate: Gate::Rollout,
+            ..release(version, "all")
+        }
+    }
+
+    fn ids(list: &[&str]) -> Selection {
+        Selection::Devices(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn why(d: &Decision) -> Skip {
+        assert_eq!(d.install, None, "{d:?}");
+        d.skipped[0].1.clone()
+    }
+
+    #[test]
+    fn a_gated_release_is_installed_only_through_an_active_rollout_naming_the_device() {
+        let c = cands(vec![gated("1.1.0")]);
+        let late = T0 + 1_000_000;
+        assert_eq!(why(&select(&c, &[], &device(1), late)), Skip::NoRollout);
+        let named = [rollout(
+            "1.1.0",
+            State::Active,
+            ids(&["dev-1", "dev-9"]),
+            "all",
+        )];
+        assert!(select(&c, &named, &device(1), late).install.is_some());
+        assert_eq!(
+            why(&select(&c, &named, &device(2), late)),
+            Skip::NotInRollout
+        );
+        // Pinned wins over being named; an unenrolled device is named by no list.
+        assert_eq!(why(&select(&c, &named, &device(9), late)), Skip::Pinned);
+        let mut unenrolled = device(1);
+        unenrolled.fleet_id = None;
+        assert_eq!(
+            why(&select(&c, &named, &unenrolled, late)),
+            Skip::NotInRollout
+        );
+        let everyone = [rollout("1.1.0", State::Active, Selection::All, "all")];
+        assert!(select(&c, &everyone, &unenrolled, late).install.is_some());
+        for state in [State::Paused, State::Halted, State::Cancelled] {
+            let stopped = [rollout("1.1.0", state, Selection::All, "all")];
+            let d = select(&c, &stopped, &device(1), late);
+            assert_eq!(why(&d), Skip::RolloutStopped(state));
+            assert!(d
+                .summary(&device(1))
+                .contains(&format!("rollout is {state}")));
+        }
+        // A rollout of another version does not open this one.
+        let other = [rollout("1.2.0", State::Active, Selection::All, "all")];
+        assert_eq!(why(&select(&c, &other, &device(1), late)), Skip::NoRollout);
+    }
+
+    #[test]
+    fn a_rollout_only_narrows_what_the_release_allows() {
+        // It halts or pauses an ungated release too.
+        let c = cands(vec![release("1.1.0", "all")]);
+        let halted = [rollout("1.1.0", State::Halted, Selection::All, "all")];
+        assert_eq!(
+            why(&select(&c, &halted, &device(1), T0 + 1000)),
+            Skip::RolloutStopped(State::Halted)
+        );
+        // It cannot resume a release the offline key halted.
+        let mut offline_halted = gated("1.1.0");
+        offline_halted.halted = true;
+        let c = cands(vec![offline_halted]);
+        let active = [rollout("1.1.0", State::Active, Selection::All, "all")];
+        assert_eq!(
+            why(&select(&c, &active, &device(1), T0 + 1000)),
+            Skip::Halted
+        );
+        // Nor bring a release below the floor or of another channel to a device.
+        let mut low = gated("1.1.0");
+        low.security_version = 0;
+        let c = cands(vec![low]);
+        assert!(matches!(
+            why(&select(&c, &active, &device(1), T0 + 1000)),
+            Skip::BelowFloor { .. }
+        ));
+        // Its waves count after the release's: the later of the two.
+        let c = cands(vec![release("1.1.0", "100%@1h")]);
+        let slow = [rollout("1.1.0", State::Active, Selection::All, "100%@2h")];
+        let d = select(&c, &slow, &device(1), T0 + 3600);
+        assert_eq!(
+            why(&d),
+            Skip::WaveLater {
+                at: T0 + 100 + 7200
+            }
+        );
+        assert_eq!(d.next_eligible, Some(T0 + 100 + 7200));
+        let fast = [rollout("1.1.0", State::Active, Selection::All, "all")];
+        let d = select(&c, &fast, &device(1), T0 + 200);
+        assert_eq!(why(&d), Skip::WaveLater { at: T0 + 3600 });
+        assert!(select(&c, &fast, &device(1), T0 + 3600).install.is_some());
+        // A rollout whose last wave leaves this seed out.
+        let part = [rollout("1.1.0", State::Active, Selection::All, "1%@0h")];
+        assert_eq!(
+            why(&select(&c, &part, &device(2000), T0 + 9999)),
+            Skip::NoWave
+        );
+    }
+
+    #[test]
+    fn an_unreadable_rollout_holds_its_release_back() {
+        let c = cands(vec![release("1.1.0", "all")]);
+        let broken = [Rollout {
+            name: RolloutMeta::target_name_for("stable", &"1.1.0".parse().unwrap()),
+            meta: Err("unknown field `surprise`".into()),
+        }];
+        assert!(matches!(
+            why(&select(&c, &broken, &device(1), T0)),
+            Skip::RolloutMalformed(_)
+        ));
+        // A rollout stored under this release's name but naming another release.
+        let mut wrong = rollout("1.2.0", State::Active, Selection::All, "all");
+        wrong.name = RolloutMeta::target_name_for("stable", &"1.1.0".parse().unwrap());
+        match why(&select(&c, &[wrong], &device(1), T0)) {
+            Skip::RolloutMalformed(e) => assert!(e.contains("1.2.0"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

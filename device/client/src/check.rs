@@ -136,6 +136,27 @@ impl StateDir {
     pub fn status(&self) -> PathBuf {
         self.0.join("update.json")
     }
+    /// The device's fleet id, written when it enrolls with a fleet server.
+    pub fn fleet_id(&self) -> PathBuf {
+        self.0.join("fleet-id")
+    }
+}
+
+/// The device's fleet id from `path`: `None` before it enrolled, or when the file does not
+/// hold an id (letters, digits and `-`, at most 64), which a rollout could not name anyway.
+pub fn fleet_id(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let id = text.trim();
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid {
+        tracing::warn!(
+            "{} does not hold a fleet id; fleet rollouts that name devices will pass this one over",
+            path.display()
+        );
+    }
+    valid.then(|| id.to_string())
 }
 
 /// This device's wave seed: drawn once in `0..SEED_RANGE`, kept in `path`.
@@ -324,8 +345,9 @@ impl<I: Installer> UpdateLoop<I> {
             version: self.running.version.clone(),
             floor,
             seed: self.status.seed,
+            fleet_id: fleet_id(&self.state.fleet_id()),
         };
-        let decision = select(&found.candidates, &device, now);
+        let decision = select(&found.candidates, &found.rollouts, &device, now);
         let summary = decision.summary(&device);
         let Some((name, meta)) = &decision.install else {
             return (Outcome::UpToDate, summary, decision.next_eligible);

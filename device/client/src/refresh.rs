@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use aperture_release::{Candidate, ReleaseMeta};
+use aperture_release::{Candidate, ReleaseMeta, Rollout, RolloutMeta};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tough::schema::{Root, Signed, Timestamp};
@@ -114,7 +114,12 @@ pub struct Refreshed {
     /// The roles' versions and expiries.
     pub roles: Vec<RoleState>,
     /// The releases (targets with our custom metadata), for [`aperture_release::select`].
+    /// Only the top-level targets role's: a delegated role never names a release.
     pub candidates: Vec<Candidate>,
+    /// The fleet's rollouts: the targets of the delegated role
+    /// [`aperture_release::rollout::ROLE`] under its path prefix (tough has checked its
+    /// signatures and that each name is inside the delegation's paths).
+    pub rollouts: Vec<Rollout>,
     /// Every target, by name.
     pub targets: Vec<TargetFile>,
 }
@@ -245,7 +250,7 @@ pub fn refresh(
 ) -> Result<Refreshed, RefreshError> {
     let repo = load(rt, source, transport).0?;
     let ts = |t: jiff::Timestamp| t.as_second();
-    let roles = vec![
+    let mut roles = vec![
         RoleState {
             role: "root".into(),
             version: repo.root().signed.version.get(),
@@ -267,6 +272,16 @@ pub fn refresh(
             expires: ts(repo.targets().signed.expires),
         },
     ];
+    if let Some(signed) = repo
+        .delegated_role(aperture_release::rollout::ROLE)
+        .and_then(|role| role.targets.as_ref())
+    {
+        roles.push(RoleState {
+            role: aperture_release::rollout::ROLE.into(),
+            version: signed.signed.version.get(),
+            expires: ts(signed.signed.expires),
+        });
+    }
     let consistent = repo.root().signed.consistent_snapshot;
     let mut candidates = Vec::new();
     let mut targets = Vec::new();
@@ -286,10 +301,32 @@ pub fn refresh(
         }
         targets.push(file);
     }
+    let rollouts = repo
+        .delegated_role(aperture_release::rollout::ROLE)
+        .and_then(|role| role.targets.as_ref())
+        .map(|signed| {
+            signed
+                .signed
+                .targets
+                .iter()
+                .filter(|(name, _)| {
+                    name.raw()
+                        .starts_with(aperture_release::rollout::PATH_PREFIX)
+                })
+                .filter_map(|(name, target)| {
+                    RolloutMeta::from_custom(&target.custom).map(|meta| Rollout {
+                        name: name.raw().to_string(),
+                        meta,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Refreshed {
         roles,
         candidates,
         targets,
+        rollouts,
     })
 }
 

@@ -114,6 +114,7 @@ fn release(version: &str) -> ReleaseMeta {
         published_at: 0,
         waves: "".parse::<Waves>().unwrap(),
         halted: false,
+        gate: Default::default(),
     }
 }
 

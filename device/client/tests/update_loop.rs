@@ -127,6 +127,7 @@ fn release(version: &str, waves: &str) -> ReleaseMeta {
         published_at: 0,
         waves: waves.parse::<Waves>().unwrap(),
         halted: false,
+        gate: Default::default(),
     }
 }
 
@@ -298,6 +299,125 @@ fn a_halted_release_is_not_installed_until_it_is_resumed() {
         on11.status().message.contains("installed 1.2.0"),
         "{}",
         on11.status().message
+    );
+}
+
+#[test]
+fn a_gated_release_moves_only_with_its_fleet_rollout_and_stops_when_the_fleet_halts_it() {
+    use aperture_release::rollout::{Selection, State};
+    use aperture_release::{Gate, RolloutMeta};
+    let mut f = Fixture::new();
+    let t = now();
+    f.publish(
+        ReleaseMeta {
+            gate: Gate::Rollout,
+            ..release("1.1.0", "")
+        },
+        t,
+    );
+    // Published, gated, no rollouts role yet: nobody moves.
+    let mut named = f.device("named", "1.0.0", 5);
+    std::fs::write(f.dir.path().join("named/fleet-id"), "dev-named\n").unwrap();
+    refused(
+        &mut named,
+        t,
+        Outcome::UpToDate,
+        &["waiting for the fleet to start its rollout"],
+    );
+    // The targets key delegates `rollouts` once; the server's key then starts the rollout of
+    // 1.1.0 to one device, and pins none.
+    assert!(f.repo.delegate_rollouts(ts(t), false).unwrap());
+    assert!(!f.repo.delegate_rollouts(ts(t), false).unwrap());
+    let mut rollout = RolloutMeta {
+        id: 1,
+        channel: "stable".into(),
+        version: "1.1.0".parse().unwrap(),
+        state: State::Halted,
+        started_at: t,
+        waves: Waves::default(),
+        devices: Selection::Devices(vec!["dev-named".into()]),
+        pinned: Vec::new(),
+    };
+    // Halted from the start: the named device waits, and says why.
+    assert!(f.repo.set_rollout(&rollout, ts(t), false).unwrap());
+    refused(
+        &mut named,
+        t + 1,
+        Outcome::UpToDate,
+        &["its fleet rollout is halted"],
+    );
+    // Resumed: the named device installs; one the rollout does not name, or not enrolled, does not.
+    rollout.state = State::Active;
+    assert!(f.repo.set_rollout(&rollout, ts(t), false).unwrap());
+    assert!(!f.repo.set_rollout(&rollout, ts(t), false).unwrap());
+    let mut other = f.device("other", "1.0.0", 5);
+    std::fs::write(f.dir.path().join("other/fleet-id"), "dev-other\n").unwrap();
+    refused(
+        &mut other,
+        t + 2,
+        Outcome::UpToDate,
+        &["does not include this device"],
+    );
+    let mut unenrolled = f.device("unenrolled", "1.0.0", 5);
+    refused(
+        &mut unenrolled,
+        t + 2,
+        Outcome::UpToDate,
+        &["does not include this device"],
+    );
+    named.check(t + 2);
+    assert!(
+        named.status().message.contains("installed 1.1.0"),
+        "{}",
+        named.status().message
+    );
+    assert!(named
+        .status()
+        .roles
+        .iter()
+        .any(|r| r.role == "rollouts" && r.version == 3));
+    // The fleet halts it again: a device it names that has not started stays where it is.
+    let mut late = f.device("late", "1.0.0", 5);
+    std::fs::write(f.dir.path().join("late/fleet-id"), "dev-named\n").unwrap();
+    rollout.state = State::Halted;
+    f.repo.set_rollout(&rollout, ts(t), false).unwrap();
+    refused(&mut late, t + 3, Outcome::UpToDate, &["rollout is halted"]);
+}
+
+#[test]
+fn a_rollouts_key_the_delegation_does_not_list_cannot_halt_a_release() {
+    use aperture_release::rollout::{Selection, State};
+    use aperture_release::RolloutMeta;
+    let mut f = Fixture::new();
+    let t = now();
+    f.publish(release("1.1.0", ""), t);
+    f.repo.delegate_rollouts(ts(t), false).unwrap();
+    // Someone replaces the rollouts key file with a key of their own: a halt signed with it
+    // is refused (no key the targets role's delegation lists), and devices still install.
+    let key = f.repo_dir().join("keys/rollouts.pk8");
+    std::fs::remove_file(&key).unwrap();
+    aperture_repo::keys::generate(&key, true).unwrap();
+    let rollout = RolloutMeta {
+        id: 1,
+        channel: "stable".into(),
+        version: "1.1.0".parse().unwrap(),
+        state: State::Halted,
+        started_at: t,
+        waves: Waves::default(),
+        devices: Selection::All,
+        pinned: Vec::new(),
+    };
+    let e = f.repo.set_rollout(&rollout, ts(t), false).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("signing rollouts metadata"),
+        "{e:#}"
+    );
+    let mut dev = f.device("d", "1.0.0", 5);
+    dev.check(t);
+    assert!(
+        dev.status().message.contains("installed 1.1.0"),
+        "{}",
+        dev.status().message
     );
 }
 

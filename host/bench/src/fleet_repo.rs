@@ -319,6 +319,7 @@ impl Fleet {
             published_at: 0,
             waves: Waves::default(),
             halted: false,
+            gate: Default::default(),
         };
         self.repo
             .publish(&bundle, meta, jiff::Timestamp::now(), false)

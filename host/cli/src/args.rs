@@ -70,6 +70,21 @@ pub enum RepoCommand {
     Sync(RepoSyncArgs),
     /// Make a release signing key (Ed25519, PKCS#8 DER) to list in repo.toml; keep it offline.
     Keygen(RepoKeygenArgs),
+    /// Delegate the `rollouts` role (target names `rollouts/*/*`) to the fleet server's online
+    /// key (`[rollouts]` in repo.toml; a development key is made, loudly, if missing). Signed
+    /// with the targets key, once.
+    DelegateRollouts(RepoAtArgs),
+}
+
+/// A repository command that takes only the folder and `--release`.
+#[derive(Debug, Args, Clone)]
+pub struct RepoAtArgs {
+    /// The repository folder.
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// Refuse development keys (and never make one).
+    #[arg(long)]
+    pub release: bool,
 }
 
 /// `repo init`.
@@ -188,6 +203,10 @@ pub struct ReleasePublishArgs {
     /// `1%@0h,10%@4h,50%@24h,100%@48h` [default: all devices at once].
     #[arg(long, default_value = "all")]
     pub waves: String,
+    /// Devices install it only through an active fleet rollout that names them (the
+    /// repository's `rollouts` role: `repo delegate-rollouts`); older devices never install it.
+    #[arg(long)]
+    pub gate_on_rollout: bool,
     /// Refuse development keys.
     #[arg(long)]
     pub release: bool,

@@ -27,15 +27,40 @@ pub fn run_repo(c: &RepoCommand) -> Result<()> {
         RepoCommand::Status(a) => print_status(&Repo::open(&a.repo)?, now, a.json),
         RepoCommand::Refresh(a) => {
             let mut repo = Repo::open(&a.repo)?;
-            let done = repo.refresh(now, a.force, a.release)?;
+            let mut done: Vec<&str> = repo
+                .refresh(now, a.force, a.release)?
+                .iter()
+                .map(|r| r.name())
+                .collect();
+            if repo.refresh_rollouts(now, a.force, a.release)? {
+                done.push("rollouts");
+                for role in ["snapshot", "timestamp"] {
+                    if !done.contains(&role) {
+                        done.push(role);
+                    }
+                }
+            }
             if done.is_empty() {
                 eprintln!(
                     "{}: no role is due (each has more than half its validity left)",
                     a.repo.display()
                 );
             } else {
-                let names: Vec<&str> = done.iter().map(|r| r.name()).collect();
-                eprintln!("{}: re-signed {}", a.repo.display(), names.join(", "));
+                eprintln!("{}: re-signed {}", a.repo.display(), done.join(", "));
+            }
+            Ok(())
+        }
+        RepoCommand::DelegateRollouts(a) => {
+            let mut repo = Repo::open(&a.repo)?;
+            if repo.delegate_rollouts(now, a.release)? {
+                eprintln!(
+                    "{}: the targets role delegates `rollouts` (target names rollouts/*/*) to the \
+                     key(s) in repo.toml's [rollouts]; give them to the fleet server, which signs \
+                     rollout states with them",
+                    a.repo.display()
+                );
+            } else {
+                eprintln!("{}: `rollouts` is delegated already", a.repo.display());
             }
             Ok(())
         }
@@ -180,13 +205,24 @@ fn publish(a: &ReleasePublishArgs, now: jiff::Timestamp) -> Result<()> {
         .waves
         .parse()
         .with_context(|| format!("--waves {}", a.waves))?;
-    let meta = aperture_image::verify::verified_release(
+    let mut meta = aperture_image::verify::verified_release(
         &a.image,
         &a.channel,
         waves,
         aperture_trust::now_unix(),
     )?;
     let mut repo = Repo::open(&a.repo)?;
+    if a.gate_on_rollout {
+        if !repo.rollouts_delegated() {
+            bail!(
+                "--gate-on-rollout: {} has no rollouts role, so no device could ever install \
+                 this release; delegate it first (`aperture repo delegate-rollouts --repo {}`)",
+                a.repo.display(),
+                a.repo.display()
+            );
+        }
+        meta.gate = aperture_release::Gate::Rollout;
+    }
     match repo.publish(&a.image.join(names::BUNDLE), meta, now, a.release)? {
         Published::Added {
             name,

@@ -441,5 +441,6 @@ pub fn verified_release(
         published_at: 0,
         waves,
         halted: false,
+        gate: Default::default(),
     })
 }

@@ -93,6 +93,10 @@ pub struct RepoConfig {
     pub snapshot: RoleConfig,
     /// The timestamp role.
     pub timestamp: RoleConfig,
+    /// The delegated rollouts role, once `repo delegate-rollouts` made it: the fleet server's
+    /// online key(s) (`aperture_release::rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollouts: Option<RoleConfig>,
 }
 
 impl Default for RepoConfig {
@@ -107,6 +111,7 @@ impl Default for RepoConfig {
             targets: role(14, "targets"),
             snapshot: role(14, "snapshot"),
             timestamp: role(7, "timestamp"),
+            rollouts: None,
         }
     }
 }
@@ -160,22 +165,43 @@ impl RepoConfig {
         self.role(role).keys.iter().map(|k| repo.join(k)).collect()
     }
 
+    /// The settings the rollouts role gets when it is delegated: one key, re-signed weekly
+    /// (online, like the timestamp).
+    pub fn default_rollouts() -> RoleConfig {
+        RoleConfig {
+            expires_days: 7,
+            threshold: 1,
+            keys: vec![PathBuf::from("keys/rollouts.pk8")],
+        }
+    }
+
+    /// The rollouts role's key paths, resolved (none before it is delegated).
+    pub fn rollouts_key_paths(&self, repo: &Path) -> Vec<PathBuf> {
+        self.rollouts
+            .iter()
+            .flat_map(|r| r.keys.iter().map(|k| repo.join(k)))
+            .collect()
+    }
+
     fn check(&self) -> Result<()> {
-        for role in ROLES {
-            let c = self.role(role);
+        let named = ROLES
+            .iter()
+            .map(|r| (r.name(), self.role(*r)))
+            .chain(self.rollouts.as_ref().map(|c| ("rollouts", c)));
+        for (name, c) in named {
             if c.threshold == 0 {
-                bail!("[{}] threshold must be at least 1", role.name());
+                bail!("[{}] threshold must be at least 1", name);
             }
             if (c.keys.len() as u64) < c.threshold {
                 bail!(
                     "[{}] lists {} keys for a threshold of {}: list at least as many keys as the threshold",
-                    role.name(),
+                    name,
                     c.keys.len(),
                     c.threshold
                 );
             }
             if c.expires_days == 0 || c.expires_days > 3650 {
-                bail!("[{}] expires_days must be 1 to 3650", role.name());
+                bail!("[{}] expires_days must be 1 to 3650", name);
             }
         }
         Ok(())

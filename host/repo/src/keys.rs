@@ -108,28 +108,43 @@ pub fn sources(
 ) -> Result<Vec<Box<dyn KeySource>>> {
     let mut out: Vec<Box<dyn KeySource>> = Vec::new();
     for role in roles {
-        for path in config.key_paths(repo, *role) {
-            if !path.exists() {
-                bail!(
-                    "the {} key {} is missing: signing {} metadata needs it (connect the offline \
-                     media it is kept on, or fix the path in {})",
-                    role.name(),
-                    path.display(),
-                    role.name(),
-                    repo.join(crate::config::CONFIG_FILE).display()
-                );
-            }
-            if release && marker(&path).exists() {
-                bail!(
-                    "refusing to sign a release with the development {} key {}: use a release key \
-                     (`aperture repo keygen`, kept offline), or leave out --release for a \
-                     repository that will never serve a real fleet",
-                    role.name(),
-                    path.display()
-                );
-            }
-            out.push(Box::new(LocalKeySource { path }));
+        out.extend(sources_for(
+            repo,
+            role.name(),
+            &config.key_paths(repo, *role),
+            release,
+        )?);
+    }
+    Ok(out)
+}
+
+/// The key sources at `paths`, for the role named `role` (in errors). With `release`, a
+/// development key is refused.
+pub fn sources_for(
+    repo: &Path,
+    role: &str,
+    paths: &[PathBuf],
+    release: bool,
+) -> Result<Vec<Box<dyn KeySource>>> {
+    let mut out: Vec<Box<dyn KeySource>> = Vec::new();
+    for path in paths {
+        if !path.exists() {
+            bail!(
+                "the {role} key {} is missing: signing {role} metadata needs it (connect the offline \
+                 media it is kept on, or fix the path in {})",
+                path.display(),
+                repo.join(crate::config::CONFIG_FILE).display()
+            );
         }
+        if release && marker(path).exists() {
+            bail!(
+                "refusing to sign a release with the development {role} key {}: use a release key \
+                 (`aperture repo keygen`, kept offline), or leave out --release for a \
+                 repository that will never serve a real fleet",
+                path.display()
+            );
+        }
+        out.push(Box::new(LocalKeySource { path: path.clone() }));
     }
     Ok(out)
 }
@@ -139,5 +154,6 @@ pub fn any_development(repo: &Path, config: &RepoConfig) -> bool {
     ROLES
         .iter()
         .flat_map(|r| config.key_paths(repo, *r))
+        .chain(config.rollouts_key_paths(repo))
         .any(|p| marker(&p).exists())
 }

@@ -7,6 +7,8 @@
 //! * [`config`]: `repo.toml`, each role's keys, threshold and validity.
 //! * [`keys`]: Ed25519 keys, development keys made loudly and refused for a release.
 //! * [`repo`]: [`Repo`]: init, publish, halt and resume, refresh, status.
+//! * [`rollouts`]: the fleet server's delegated role, which records each rollout's state
+//!   with an online key and can only hold releases back.
 //! * [`rotate`]: `repo rotate-root`, a new root with new keys, signed by the old and the new.
 //! * [`sync`]: copy a repository to where it is served, targets first and the timestamp last.
 //! * [`s3`]: the same, into an S3 bucket.
@@ -14,6 +16,7 @@
 pub mod config;
 pub mod keys;
 pub mod repo;
+pub mod rollouts;
 pub mod rotate;
 pub mod s3;
 pub mod sync;

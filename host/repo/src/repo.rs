@@ -115,6 +115,9 @@ pub struct Repo {
     pub(crate) targets: Signed<Targets>,
     pub(crate) snapshot: Signed<Snapshot>,
     pub(crate) timestamp: Signed<Timestamp>,
+    /// The delegated rollouts role's current metadata, once delegated
+    /// ([`crate::rollouts`]).
+    pub(crate) rollouts: Option<Signed<Targets>>,
 }
 
 /// One role as `repo status` shows it.
@@ -250,6 +253,7 @@ impl Repo {
                 signed: Timestamp::new(SPEC_VERSION.into(), NonZeroU64::MIN, now),
                 signatures: vec![],
             },
+            rollouts: None,
         };
         repo.commit(
             Some(targets),
@@ -285,6 +289,14 @@ impl Repo {
             .version;
         let targets: Signed<Targets> =
             read_json(&metadata.join(format!("{targets_version}.targets.json")))?;
+        let rollouts = match snapshot.signed.meta.get(crate::rollouts::FILE) {
+            Some(m) => Some(read_json(&metadata.join(format!(
+                "{}.{}",
+                m.version,
+                crate::rollouts::FILE
+            )))?),
+            None => None,
+        };
         Ok(Repo {
             dir: dir.to_path_buf(),
             config,
@@ -292,6 +304,7 @@ impl Repo {
             targets,
             snapshot,
             timestamp,
+            rollouts,
         })
     }
 
@@ -365,19 +378,10 @@ impl Repo {
             // Only the timestamp is re-signed: the snapshot stays byte for byte what it was. A
             // consistent-snapshot name never changes contents, and `repo sync` skips a
             // versioned file the destination already has with the same size.
-            let path = metadata.join(format!("{snapshot_version}.snapshot.json"));
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-            Metafile {
-                length: Some(bytes.len() as u64),
-                hashes: Some(Hashes {
-                    sha256: Decoded::<Hex>::from(sha256.as_ref().to_vec()),
-                    _extra: HashMap::new(),
-                }),
-                version: snapshot_version,
-                _extra: HashMap::new(),
-            }
+            file_metafile(
+                &metadata.join(format!("{snapshot_version}.snapshot.json")),
+                snapshot_version,
+            )?
         } else {
             let mut snapshot = Snapshot::new(
                 SPEC_VERSION.into(),
@@ -385,6 +389,15 @@ impl Repo {
                 expiry(now, self.config.snapshot.expires_days)?,
             );
             snapshot.meta.insert("targets.json".into(), targets_meta);
+            // The rollouts role, as last written (the fleet server's changes re-sign it
+            // before they come here).
+            if let Some(r) = &self.rollouts {
+                let v = r.signed.version;
+                snapshot.meta.insert(
+                    crate::rollouts::FILE.into(),
+                    file_metafile(&metadata.join(format!("{v}.{}", crate::rollouts::FILE)), v)?,
+                );
+            }
             let keys = keys::sources(&self.dir, &self.config, &[Role::Snapshot], release)?;
             let signed_snapshot = sign(&rt, snapshot, &root, &keys)?;
             write_atomic(
@@ -665,6 +678,23 @@ impl Repo {
                 self.timestamp.signed.expires,
             ),
         ];
+        let mut roles = roles;
+        if let (Some(r), Some(d)) = (&self.rollouts, &self.targets.signed.delegations) {
+            let delegated = d
+                .roles
+                .iter()
+                .find(|x| x.name == aperture_release::rollout::ROLE);
+            roles.push(RoleStatus {
+                role: aperture_release::rollout::ROLE,
+                version: r.signed.version.get(),
+                expires: r.signed.expires.to_string(),
+                expires_in_secs: r.signed.expires.as_second() - now.as_second(),
+                threshold: delegated.map(|x| x.threshold.get()).unwrap_or(0),
+                keys: delegated
+                    .map(|x| x.keyids.iter().map(|id| hex::encode(id.as_ref())).collect())
+                    .unwrap_or_default(),
+            });
+        }
         let mut targets: Vec<TargetStatus> = self
             .targets
             .signed
@@ -714,6 +744,22 @@ fn metafile<T: tough::schema::Role>(signed: &SignedRole<T>) -> Metafile {
         version: signed.signed().signed.version(),
         _extra: HashMap::new(),
     }
+}
+
+/// The snapshot's or timestamp's entry for the metadata file at `path`, of `version`: its
+/// length and sha256 as stored.
+fn file_metafile(path: &Path, version: NonZeroU64) -> Result<Metafile> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    Ok(Metafile {
+        length: Some(bytes.len() as u64),
+        hashes: Some(Hashes {
+            sha256: Decoded::<Hex>::from(sha256.as_ref().to_vec()),
+            _extra: HashMap::new(),
+        }),
+        version,
+        _extra: HashMap::new(),
+    })
 }
 
 /// Copy a target into the repository (through a temporary file), unless already there.

@@ -24,6 +24,7 @@ pub fn meta(version: &str, channel: &str) -> ReleaseMeta {
         published_at: 0,
         waves: "1%@0h,100%@1d".parse::<Waves>().unwrap(),
         halted: false,
+        gate: Default::default(),
     }
 }
 
