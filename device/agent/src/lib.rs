@@ -13,6 +13,7 @@
 //! * [`update`]: the update loop (`update-loop`) and one check by hand (`check-update`),
 //!   through [`aperture_client`].
 
+pub mod cli;
 pub mod health;
 pub mod status;
 pub mod update;

@@ -86,6 +86,19 @@ enum Command {
     },
 }
 
+/// `aperture-reset`'s entry point: `args` as the process got them (the program's name
+/// first); returns the exit code.
+pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
+    aperture_sys::log::init("info");
+    match run(<Cli as clap::Parser>::parse_from(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
 /// Runs the command line; the exit code on success (non-zero when `--verify` failed).
 pub fn run(cli: Cli) -> Result<i32> {
     let files = match &cli.root {

@@ -1,14 +1,6 @@
-//! `aperture-reset`: parse the arguments, set up logging, run, print the error chain once.
-
-use clap::Parser;
+//! `aperture-reset` on its own (development and tests; images ship it inside
+//! `aperture-device`).
 
 fn main() {
-    aperture_sys::log::init("info");
-    match aperture_reset::app::run(aperture_reset::app::Cli::parse()) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    std::process::exit(aperture_reset::app::main(std::env::args_os().collect()));
 }

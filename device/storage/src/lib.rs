@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use aperture_appliance::{BuildFacts, Files, Role};
 
+pub mod cli;
 pub mod crypt;
 pub mod disk;
 mod error;

@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use aperture_updater::disk::FileDisk;
-use aperture_updater::lifecycle::describe_interrupted;
-use aperture_updater::source::{self, FetchOptions};
-use aperture_updater::{InstallOptions, Paths, UpdateError, Updater};
+use crate::disk::FileDisk;
+use crate::lifecycle::describe_interrupted;
+use crate::source::{self, FetchOptions};
+use crate::{InstallOptions, Paths, UpdateError, Updater};
 
 /// Exit code for "the bundle's version is already installed".
 pub const EXIT_NOTHING_TO_DO: i32 = 3;
@@ -50,7 +50,7 @@ enum Command {
         fetch: FetchArgs,
         /// Boot tries the new slot gets before the loader falls back (1 to 7; 1 to 3 on Jetson,
         /// whose firmware keeps 2 bits).
-        #[arg(long, default_value_t = aperture_updater::install::DEFAULT_TRIES)]
+        #[arg(long, default_value_t = crate::install::DEFAULT_TRIES)]
         tries: u32,
         /// Print the result as JSON.
         #[arg(long)]
@@ -154,6 +154,28 @@ fn install(
 }
 
 /// Run one command; the process exit code on success.
+/// `aperture-update`'s entry point: `args` as the process got them (the program's name
+/// first); returns the exit code.
+pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse_from(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("aperture-update: error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Run a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     let mut u = updater(&cli)?;
     match &cli.command {

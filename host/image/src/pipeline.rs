@@ -226,7 +226,7 @@ pub fn build_rootfs(
     let view = TreeView::new(&store, &base_commit)?;
     rep.step("layer", |s| {
         let layer = Layer::new(&layer_dir, &view)?;
-        programs::install(&layer, &progs)?;
+        programs::install(&layer, recipe, progs.as_deref())?;
         let mut n = 0;
         for o in &recipe.overlays {
             n += overlay::apply(o, &layer)
@@ -271,7 +271,7 @@ pub fn build_rootfs(
         let security = crate::security::apply(&layer, recipe)?;
         s.note(format!(
             "{} programs, {} overlay entries from {} overlays, {} units enabled, {} masked; {}{tools}",
-            progs.len(),
+            progs.as_ref().map_or(0, |_| recipe.components.device.len()),
             n,
             recipe.overlays.len(),
             recipe.services.enable.len(),

@@ -126,10 +126,11 @@ pub fn spdx_id(debian: &str) -> String {
     format!("LicenseRef-Debian-{clean}")
 }
 
-/// The Rust crates a device program links for a target, from `cargo tree`.
+/// The Rust crates the device binary links for a target with these features (the recipe's
+/// programs), from `cargo tree`.
 fn rust_crates(
     workspace: &Path,
-    package: &str,
+    features: &str,
     triple: &str,
 ) -> Result<BTreeSet<(String, String)>> {
     let text = Cmd::cargo()
@@ -148,7 +149,10 @@ fn rust_crates(
             "--target",
             triple,
             "-p",
-            package,
+            crate::rootfs::programs::MULTICALL,
+            "--no-default-features",
+            "--features",
+            features,
         ])
         .text()?;
     let mut out = BTreeSet::new();
@@ -221,11 +225,19 @@ pub fn generate(
     }
     let triple = recipe.base.architecture.rust_target();
     let mut crates = BTreeSet::new();
-    for p in &recipe.components.device {
-        crates.extend(
-            rust_crates(workspace, p.package(), triple)
-                .with_context(|| format!("listing the crates of {}", p.package()))?,
-        );
+    if !recipe.components.device.is_empty() {
+        let features: Vec<&str> = recipe
+            .components
+            .device
+            .iter()
+            .map(|p| p.feature())
+            .collect();
+        crates = rust_crates(workspace, &features.join(","), triple).with_context(|| {
+            format!(
+                "listing the crates of {}",
+                crate::rootfs::programs::MULTICALL
+            )
+        })?;
     }
     for (name, version) in &crates {
         let ours = name.starts_with("aperture-");

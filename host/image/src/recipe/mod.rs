@@ -100,6 +100,15 @@ impl DeviceProgram {
             Self::Storage => "aperture-storage",
         }
     }
+    /// The cargo feature of `aperture-device` (the one binary images ship) that builds it in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Update => "update",
+            Self::Reset => "reset",
+            Self::Storage => "storage",
+        }
+    }
     /// Cargo package that builds the binary.
     pub fn package(self) -> &'static str {
         match self {

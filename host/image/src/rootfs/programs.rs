@@ -8,7 +8,7 @@ use aperture_sys::Cmd;
 
 use super::layer::Layer;
 use crate::progress::Step;
-use crate::recipe::{DeviceProgram, Recipe};
+use crate::recipe::Recipe;
 
 /// The cargo target folder for device builds. It is separate from the workspace's own so a
 /// build started from inside `cargo test` (which holds that folder's lock) does not deadlock.
@@ -16,18 +16,24 @@ pub fn target_dir(workspace: &Path) -> PathBuf {
     workspace.join("target").join("device")
 }
 
-/// Build the recipe's programs in release mode for the board; returns (program, binary path).
-pub fn build(
-    recipe: &Recipe,
-    workspace: &Path,
-    step: &Step<'_>,
-) -> Result<Vec<(DeviceProgram, PathBuf)>> {
+/// The package and binary that holds every device program (`device/multicall`).
+pub const MULTICALL: &str = "aperture-device";
+
+/// Build the recipe's programs in release mode for the board, as one binary holding exactly
+/// them (`aperture-device` with one cargo feature per program); returns its path.
+pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Option<PathBuf>> {
     if recipe.components.device.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let triple = recipe.base.architecture.rust_target();
     let target = target_dir(workspace);
-    let mut c = Cmd::cargo()
+    let features: Vec<&str> = recipe
+        .components
+        .device
+        .iter()
+        .map(|p| p.feature())
+        .collect();
+    Cmd::cargo()
         .current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target)
         // Paths in panic messages name the workspace, not the build host's home.
@@ -35,37 +41,39 @@ pub fn build(
             "RUSTFLAGS",
             format!("--remap-path-prefix={}=/aperture", workspace.display()),
         )
-        .args(["build", "--release", "--target", triple]);
-    for p in &recipe.components.device {
-        c = c.args(["--package", p.package(), "--bin", p.binary()]);
-    }
-    c.stream(|l| step.line(l))
+        .args(["build", "--release", "--target", triple])
+        .args(["--package", MULTICALL, "--bin", MULTICALL])
+        .args(["--no-default-features", "--features", &features.join(",")])
+        .stream(|l| step.line(l))
         .with_context(|| format!("building device programs for {triple}"))?;
-    let mut out = Vec::new();
-    for p in &recipe.components.device {
-        let bin = target.join(triple).join("release").join(p.binary());
-        if !bin.is_file() {
-            bail!("cargo reported success but {} is missing", bin.display());
-        }
-        out.push((*p, bin));
+    let bin = target.join(triple).join("release").join(MULTICALL);
+    if !bin.is_file() {
+        bail!("cargo reported success but {} is missing", bin.display());
     }
     step.note(format!(
-        "{} for {triple}",
+        "{} for {triple}, in one binary ({MULTICALL}, {:.1} MiB)",
         recipe
             .components
             .device
             .iter()
             .map(|p| p.binary())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        std::fs::metadata(&bin).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0)
     ));
-    Ok(out)
+    Ok(Some(bin))
 }
 
-/// Install built programs into `/usr/bin`.
-pub fn install(layer: &Layer<'_>, programs: &[(DeviceProgram, PathBuf)]) -> Result<()> {
-    for (p, bin) in programs {
-        layer.copy_file(&Path::new("usr/bin").join(p.binary()), bin, 0o755, 0, 0)?;
+/// Install the built binary as `/usr/bin/aperture-device` with a link named after each of
+/// the recipe's programs.
+pub fn install(layer: &Layer<'_>, recipe: &Recipe, bin: Option<&Path>) -> Result<()> {
+    let Some(bin) = bin else {
+        return Ok(());
+    };
+    let usr_bin = Path::new("usr/bin");
+    layer.copy_file(&usr_bin.join(MULTICALL), bin, 0o755, 0, 0)?;
+    for p in &recipe.components.device {
+        layer.symlink(&usr_bin.join(p.binary()), MULTICALL)?;
     }
     Ok(())
 }
