@@ -170,7 +170,7 @@ impl StateChange {
         }
     }
 
-    fn from_states(self) -> &'static [State] {
+    fn allowed_from(self) -> &'static [State] {
         match self {
             StateChange::Pause => &[State::Active],
             StateChange::Halt => &[State::Active, State::Paused],
@@ -477,8 +477,12 @@ impl Db {
                 row.version, row.channel
             )));
         }
-        if !change.from_states().contains(&row.state) {
-            let allowed: Vec<&str> = change.from_states().iter().map(|s| state_str(*s)).collect();
+        if !change.allowed_from().contains(&row.state) {
+            let allowed: Vec<&str> = change
+                .allowed_from()
+                .iter()
+                .map(|s| state_str(*s))
+                .collect();
             return Err(Error::Conflict(format!(
                 "rollout {id} is {}: {} needs it {}",
                 row.state,
