@@ -407,6 +407,9 @@ impl FromStr for DeviceSelector {
 /// when more than `max_failures` devices failed, or when more than `max_failure_percent` of
 /// those that tried failed, the latter only once `min_tried` devices tried (so that the first
 /// failure of a large fleet is not 100 %). At least one of the two limits is required.
+/// Resuming a halted rollout keeps its counts: the next device that newly fails halts it
+/// again while the policy is still exceeded (devices that failed before do not, however often
+/// they report it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailurePolicy {

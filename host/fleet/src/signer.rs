@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aperture_release::rollout::RolloutMeta;
-use aperture_repo::Repo;
+use aperture_release::rollout::{RolloutMeta, ROLE};
+use aperture_repo::{keys, Repo, RepoConfig, Role};
 
 use crate::db::{self, Db};
 
@@ -119,9 +119,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Signer {
-    /// A signer of the repository in `dir`, which must open and have its rollouts role
-    /// delegated. With `release`, development keys are refused (as `aperture repo ... --release`
-    /// refuses them).
+    /// A signer of the repository in `dir`, which must open, have its rollouts role delegated
+    /// and hold the rollouts, snapshot and timestamp keys its `repo.toml` names. With
+    /// `release`, development keys are refused (as `aperture repo ... --release` refuses
+    /// them).
     pub async fn open(dir: &Path, release: bool, db: Db) -> Result<Self, Error> {
         let d = dir.to_path_buf();
         blocking(dir, move || {
@@ -137,6 +138,14 @@ impl Signer {
                     ),
                 ));
             }
+            // The keys it signs with, now rather than at the first change: missing ones, or
+            // development ones under `release`, stop the start with the repository's message.
+            let config = RepoConfig::load(&d).map_err(|e| repo_error(&d, e))?;
+            keys::sources_for(&d, ROLE, &config.rollouts_key_paths(&d), release)
+                .and_then(|_| {
+                    keys::sources(&d, &config, &[Role::Snapshot, Role::Timestamp], release)
+                })
+                .map_err(|e| repo_error(&d, e))?;
             Ok(())
         })
         .await?;

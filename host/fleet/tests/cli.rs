@@ -178,6 +178,17 @@ fn the_rollout_commands_sign_what_they_do(kind: Kind, test: &str) {
         .trim()
         .to_string();
     let repo_dir = repo.dir.to_str().unwrap();
+    // --release refuses the repository's development keys before it listens.
+    let refused = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(d)
+        .args(["--database", &db.url, "--repo", repo_dir, "--release"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("development"), "{err}");
     let (serve, url) = serve(d, &db.url, &["--repo", repo_dir, "--reconcile-every", "1h"]);
     let rollout = |args: &[&str]| {
         let mut all = vec!["rollout"];
