@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use crate::api::{
     AuditEntry, ChannelRequest, CreateTokenRequest, CreatedToken, DeviceDetail, DeviceInfo,
-    EnrollRequest, EnrollResponse, EnrollmentTokens, EnrollmentTokensRequest, ErrorBody, Report,
-    TagsRequest, TokenInfo,
+    EnrollRequest, EnrollResponse, EnrollmentTokens, EnrollmentTokensRequest, ErrorBody,
+    PinRequest, Report, RolloutAction, RolloutDetail, RolloutInfo, StartRollout, TagsRequest,
+    TokenInfo,
 };
 use crate::token::Role;
 
@@ -319,5 +320,46 @@ impl Client {
     /// The newest `limit` lines of the audit log.
     pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, Error> {
         self.call("GET", &format!("/v1/audit?limit={limit}"), None::<&()>)
+    }
+
+    /// Start a rollout.
+    pub fn start_rollout(&self, req: &StartRollout) -> Result<RolloutInfo, Error> {
+        self.call("POST", "/v1/rollouts", Some(req))
+    }
+
+    /// Every rollout, newest first.
+    pub fn rollouts(&self) -> Result<Vec<RolloutInfo>, Error> {
+        self.call("GET", "/v1/rollouts", None::<&()>)
+    }
+
+    /// One rollout with its devices' outcomes.
+    pub fn rollout(&self, id: u64) -> Result<RolloutDetail, Error> {
+        self.call("GET", &format!("/v1/rollouts/{id}"), None::<&()>)
+    }
+
+    /// Change a rollout's state: `verb` is pause, halt, resume or cancel.
+    pub fn rollout_state(
+        &self,
+        id: u64,
+        verb: &str,
+        reason: Option<String>,
+    ) -> Result<RolloutInfo, Error> {
+        self.call(
+            "POST",
+            &format!("/v1/rollouts/{id}/{verb}"),
+            Some(&RolloutAction { reason }),
+        )
+    }
+
+    /// Pin a device where it is (`pin`), or unpin it.
+    pub fn pin(&self, id: u64, device: &str, pin: bool) -> Result<RolloutInfo, Error> {
+        let verb = if pin { "pin" } else { "unpin" };
+        self.call(
+            "POST",
+            &format!("/v1/rollouts/{id}/{verb}"),
+            Some(&PinRequest {
+                device: device.to_string(),
+            }),
+        )
     }
 }

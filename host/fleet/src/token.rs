@@ -53,7 +53,8 @@ pub enum Role {
     Viewer,
     /// Also manages devices (revoke, tag) and makes enrollment tokens.
     Operator,
-    /// Also decides what devices install (their channel; rollouts later).
+    /// Also decides what devices install: their channel, starting, resuming and cancelling
+    /// rollouts. (Operators pause, halt and pin.)
     ReleaseManager,
     /// Also manages API tokens and reads the audit log.
     Admin,

@@ -1,7 +1,8 @@
 //! The `aperture-fleet` binary end to end, on SQLite and PostgreSQL: `init` makes the identity
 //! and prints the first admin token once; `serve` (a process of its own) answers the admin
 //! commands (`tokens create|list|revoke|enroll`, `devices`, `device`, `audit`), as tables and
-//! as JSON, with the connection given by flags or by environment variables.
+//! as JSON, with the connection given by flags or by environment variables; `serve --repo`
+//! signs what `rollout start|list|status|pause|resume|halt|cancel` do.
 
 mod common;
 
@@ -39,38 +40,24 @@ fn run(dir: &Path, url: &str, token: &str, args: &[&str]) -> (bool, String, Stri
     )
 }
 
-fn the_binary_inits_serves_and_administers(kind: Kind, test: &str) {
-    let Some(db) = DbFixture::new(kind, test) else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let init = |db_url: &str| {
-        Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(d)
-            .args(["--database", db_url])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let first = init(&db.url);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let token = String::from_utf8_lossy(&first.stdout).trim().to_string();
-    assert!(token.starts_with("apf-admin-"), "{token}");
-    // Again: the identity is kept and no second token is printed.
-    let second = init(&db.url);
-    assert!(second.status.success());
-    assert!(second.stdout.is_empty());
+/// `init` in `dir`: the first admin token.
+fn init(dir: &Path, db_url: &str) -> std::process::Output {
+    Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir)
+        .args(["--database", db_url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
 
+/// `serve` with `extra` arguments, and its URL once it listens.
+fn serve(dir: &Path, db_url: &str, extra: &[&str]) -> (Serve, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(d)
-        .args(["--database", &db.url])
+        .arg(dir)
+        .args(["--database", db_url])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -90,6 +77,29 @@ fn the_binary_inits_serves_and_administers(kind: Kind, test: &str) {
     };
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
+    (serve, url)
+}
+
+fn the_binary_inits_serves_and_administers(kind: Kind, test: &str) {
+    let Some(db) = DbFixture::new(kind, test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let first = init(d, &db.url);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let token = String::from_utf8_lossy(&first.stdout).trim().to_string();
+    assert!(token.starts_with("apf-admin-"), "{token}");
+    // Again: the identity is kept and no second token is printed.
+    let second = init(d, &db.url);
+    assert!(second.status.success());
+    assert!(second.stdout.is_empty());
+
+    let (serve, url) = serve(d, &db.url, &[]);
 
     let (ok, out, err) = run(
         d,
@@ -155,6 +165,114 @@ fn the_binary_inits_serves_and_administers(kind: Kind, test: &str) {
     assert!(!ok);
     assert!(err.contains("404"), "{err}");
     drop(serve);
+}
+
+fn the_rollout_commands_sign_what_they_do(kind: Kind, test: &str) {
+    let Some(db) = DbFixture::new(kind, test) else {
+        return;
+    };
+    let repo = common::repo::TestRepo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = String::from_utf8_lossy(&init(d, &db.url).stdout)
+        .trim()
+        .to_string();
+    let repo_dir = repo.dir.to_str().unwrap();
+    // --release refuses the repository's development keys before it listens.
+    let refused = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(d)
+        .args(["--database", &db.url, "--repo", repo_dir, "--release"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("development"), "{err}");
+    let (serve, url) = serve(d, &db.url, &["--repo", repo_dir, "--reconcile-every", "1h"]);
+    let rollout = |args: &[&str]| {
+        let mut all = vec!["rollout"];
+        all.extend_from_slice(args);
+        run(d, &url, &token, &all)
+    };
+
+    let (ok, _, err) = rollout(&[
+        "start",
+        "--channel",
+        "stable",
+        "--version",
+        "1.1.0",
+        "--devices",
+        "all",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("400") && err.contains("policy"), "{err}");
+    let (ok, out, err) = rollout(&[
+        "start",
+        "--channel",
+        "stable",
+        "--version",
+        "1.1.0",
+        "--devices",
+        "all",
+        "--waves",
+        "50%@0h,100%@1h",
+        "--max-failures",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(started["state"], "active");
+    assert_eq!(started["signed_state"], "active");
+    let id = started["id"].as_u64().unwrap();
+    let id_text = id.to_string();
+
+    let (ok, out, err) = rollout(&["list"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ID"), "{out}");
+    assert!(
+        out.contains("stable 1.1.0") && out.contains("active"),
+        "{out}"
+    );
+    let (ok, out, err) = rollout(&["pause", &id_text]);
+    assert!(ok, "{err}");
+    assert!(out.contains("paused"), "{out}");
+    let (ok, out, err) = rollout(&["halt", &id_text, "--reason", "site 7 reboots"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("halted"), "{out}");
+    let (ok, out, err) = rollout(&["status", &id_text]);
+    assert!(ok, "{err}");
+    assert!(out.contains("halted: site 7 reboots"), "{out}");
+    assert!(out.contains("wave 50% open"), "{out}");
+    let (ok, out, err) = rollout(&["resume", &id_text, "--json"]);
+    assert!(ok, "{err}");
+    let resumed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(resumed["state"], "active");
+    let (ok, _, err) = rollout(&["cancel", &id_text]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = rollout(&["resume", &id_text]);
+    assert!(!ok);
+    assert!(err.contains("409") && err.contains("final"), "{err}");
+    let (ok, out, err) = rollout(&["status", &id_text, "--json"]);
+    assert!(ok, "{err}");
+    let detail: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(detail["rollout"]["state"], "cancelled");
+    assert_eq!(
+        repo.record(id).unwrap().state,
+        aperture_release::rollout::State::Cancelled
+    );
+    drop(serve);
+}
+
+#[test]
+fn sqlite_the_rollout_commands_sign_what_they_do() {
+    the_rollout_commands_sign_what_they_do(Kind::Sqlite, "sqlite cli rollout");
+}
+
+#[test]
+fn postgres_the_rollout_commands_sign_what_they_do() {
+    the_rollout_commands_sign_what_they_do(Kind::Postgres, "postgres cli rollout");
 }
 
 #[test]

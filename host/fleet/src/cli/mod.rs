@@ -1,11 +1,13 @@
 //! The `aperture-fleet` command line: `init` and `serve` run on the server's machine; the rest
-//! (`devices`, `device`, `tokens`, `audit`) are clients of the HTTP API, printing a table or,
-//! with `--json`, the API's JSON.
+//! (`devices`, `device`, `tokens`, `audit`, `rollout`) are clients of the HTTP API, printing a
+//! table or, with `--json`, the API's JSON.
 
+mod rollout;
 mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +43,8 @@ pub enum Command {
     Tokens(TokensArgs),
     /// The audit log, newest first.
     Audit(AuditArgs),
+    /// Rollouts of releases: start, list, status, pause, resume, halt, cancel, pin, unpin.
+    Rollout(rollout::RolloutArgs),
 }
 
 /// Where the server keeps its identity and data.
@@ -83,6 +87,18 @@ pub struct ServeArgs {
     /// Reports a device may send per minute; more are refused with 429.
     #[arg(long, default_value_t = 6)]
     reports_per_minute: i64,
+    /// The TUF repository folder the devices' metadata is served from: the server signs its
+    /// rollouts role with the online keys its repo.toml names (rollouts, snapshot, timestamp).
+    /// Without it, rollouts can be read here but not changed.
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// Refuse development keys in the repository (as `aperture repo ... --release` does).
+    #[arg(long, requires = "repo")]
+    release: bool,
+    /// How often to re-sign what the repository holds differently from the database (and the
+    /// rollouts role before it expires): N followed by s, m, h or d.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    reconcile_every: u64,
 }
 
 /// How the admin commands reach the server.
@@ -268,6 +284,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let lines = a.conn.client()?.audit(a.limit)?;
             table::print_or_json(a.conn.json, &lines, |l| table::audit(l))
         }
+        Command::Rollout(a) => rollout::run(&a),
     }
 }
 
@@ -324,8 +341,16 @@ fn serve(a: &ServeArgs) -> Result<()> {
             listen: a.listen,
             identity,
             reports_per_minute: a.reports_per_minute,
+            repo: a.repo.as_ref().map(|dir| server::RepoSettings {
+                dir: dir.clone(),
+                release: a.release,
+                reconcile_every: Duration::from_secs(a.reconcile_every),
+            }),
         };
         let server = Server::bind(config, db).await?;
+        if let Some(s) = server.signer() {
+            eprintln!("signing rollouts into {}", s.dir().display());
+        }
         // One line scripts and tests can wait for (the port, when bound to port 0).
         eprintln!("listening on https://{}", server.local_addr());
         server

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::api::{AuditEntry, DeviceDetail, DeviceInfo, TokenInfo};
+use crate::api::{AuditEntry, DeviceDetail, DeviceInfo, RolloutDetail, RolloutInfo, TokenInfo};
 use crate::db;
 
 /// Print `value` as pretty JSON, or as the table `render` makes of it.
@@ -181,6 +181,123 @@ pub fn audit(lines: &[AuditEntry]) -> String {
         })
         .collect();
     render(&["#", "WHEN", "WHO", "WHAT", "ON", "DETAIL"], &rows)
+}
+
+fn policy(r: &RolloutInfo) -> String {
+    let p = &r.policy;
+    let mut parts = Vec::new();
+    if let Some(m) = p.max_failures {
+        parts.push(format!(">{m} failed"));
+    }
+    if let Some(pct) = p.max_failure_percent {
+        parts.push(format!(">{pct}% of {}+", p.min_tried));
+    }
+    parts.join(" or ")
+}
+
+/// The rollouts.
+pub fn rollouts(all: &[RolloutInfo]) -> String {
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|r| {
+            let p = &r.progress;
+            vec![
+                r.id.to_string(),
+                format!("{} {}", r.channel, r.version),
+                match r.signed_state {
+                    Some(s) if s != r.state => format!("{} (signed: {s})", r.state),
+                    _ => r.state.to_string(),
+                },
+                r.selection.to_string(),
+                r.waves.clone(),
+                format!("{}/{}", p.named - p.pending.min(p.named), p.named),
+                p.installed.to_string(),
+                (p.failed_install + p.failed_health).to_string(),
+                format!("{:.1}%", p.failure_percent),
+                policy(r),
+                ago(Some(r.updated_at)),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "ID",
+            "RELEASE",
+            "STATE",
+            "DEVICES",
+            "WAVES",
+            "TRIED",
+            "INSTALLED",
+            "FAILED",
+            "FAIL%",
+            "HALTS AT",
+            "UPDATED",
+        ],
+        &rows,
+    )
+}
+
+/// One rollout: its row, its details, and each device's outcome.
+pub fn rollout(d: &RolloutDetail) -> String {
+    let r = &d.rollout;
+    let p = &r.progress;
+    let mut out = rollouts(std::slice::from_ref(r));
+    out.push('\n');
+    out.push_str(&format!(
+        "started {} by {}\n",
+        ago(Some(r.started_at)),
+        r.created_by
+    ));
+    if let Some(ids) = &r.devices {
+        out.push_str(&format!("devices {}\n", ids.join(",")));
+    }
+    if !r.pinned.is_empty() {
+        out.push_str(&format!("pinned {}\n", r.pinned.join(",")));
+    }
+    for w in &r.wave_times {
+        let when = (w.opens_at - db::now()).max(0);
+        out.push_str(&format!(
+            "wave {}% {}\n",
+            w.percent,
+            if when == 0 {
+                "open".to_string()
+            } else {
+                format!("opens in {}m", (when + 59) / 60)
+            }
+        ));
+    }
+    if let Some(reason) = &r.halt_reason {
+        out.push_str(&format!("halted: {reason}\n"));
+    }
+    out.push_str(&format!(
+        "named {}, pending {}, started {}, installed {}, failed-install {}, failed-health {}, \
+         failure rate {:.1}%\n\n",
+        p.named,
+        p.pending,
+        p.started,
+        p.installed,
+        p.failed_install,
+        p.failed_health,
+        p.failure_percent
+    ));
+    let rows: Vec<Vec<String>> = d
+        .outcomes
+        .iter()
+        .map(|o| {
+            vec![
+                o.device.clone(),
+                o.outcome.as_str().to_string(),
+                ago(Some(o.first_at)),
+                ago(Some(o.at)),
+                o.detail.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&render(
+        &["DEVICE", "OUTCOME", "FIRST", "CHANGED", "DETAIL"],
+        &rows,
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::outcomes::Halted;
 use super::{audit, Actor, Db, Error, Result};
 use crate::api::{DeviceDetail, DeviceInfo, Report, ReportRecord};
 use crate::token;
@@ -148,16 +149,28 @@ impl Db {
         })
     }
 
-    /// Store a report: the device's latest, and its history trimmed to [`Db::history`].
-    pub async fn store_report(&self, device_id: &str, report: &Report, now: i64) -> Result<()> {
+    /// Store a report: the device's latest, and its history trimmed to [`Db::history`]; in
+    /// the same transaction, its outcome in the rollouts of the release it reports about and
+    /// their failure policies ([`super::outcomes`]). Returns the rollouts the policy halted.
+    pub async fn store_report(
+        &self,
+        device_id: &str,
+        report: &Report,
+        now: i64,
+    ) -> Result<Vec<Halted>> {
         let text = serde_json::to_string(report).map_err(Error::Corrupt)?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE devices SET last_report = $1, last_seen_at = $2 WHERE id = $3")
-            .bind(&text)
-            .bind(now)
-            .bind(device_id)
-            .execute(&mut *tx)
-            .await?;
+        let channel: String = sqlx::query(
+            "UPDATE devices SET last_report = $1, last_seen_at = $2 WHERE id = $3 \
+             RETURNING channel",
+        )
+        .bind(&text)
+        .bind(now)
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NoDevice(device_id.to_string()))?
+        .try_get("channel")?;
         sqlx::query(
             "INSERT INTO device_reports (device_id, received_at, report) VALUES ($1, $2, $3)",
         )
@@ -175,8 +188,11 @@ impl Db {
         .bind(self.history)
         .execute(&mut *tx)
         .await?;
+        let halted =
+            super::outcomes::record(&mut tx, self.backend, device_id, &channel, report, now)
+                .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(halted)
     }
 
     /// Every device, by id.

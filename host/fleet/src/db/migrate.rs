@@ -1,11 +1,11 @@
 //! The schema's migrations: the same versions, in the same order, on SQLite and PostgreSQL.
 //!
-//! Most of the schema is one file for both (`migrations/0001_schema.sql`), with `{{id}}` for the
-//! one word the dialects spell differently (an auto-increment key). What cannot be shared, the
-//! append-only triggers of the audit log (SQLite's `RAISE(ABORT)` against PostgreSQL's
-//! PL/pgSQL function), is one file per dialect under the same version. sqlx records each
-//! applied version with a checksum in `_sqlx_migrations` and refuses a database whose applied
-//! migrations were since changed.
+//! Most of the schema is one file for both (`migrations/0001_schema.sql`, `0003_rollouts.sql`),
+//! with `{{id}}` for the one word the dialects spell differently (an auto-increment key). What
+//! cannot be shared, the append-only triggers of the audit log (SQLite's `RAISE(ABORT)` against
+//! PostgreSQL's PL/pgSQL function), is one file per dialect under the same version. sqlx
+//! records each applied version with a checksum in `_sqlx_migrations` and refuses a database
+//! whose applied migrations were since changed.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -25,6 +25,7 @@ struct Step {
 }
 
 const SCHEMA: &str = include_str!("../../migrations/0001_schema.sql");
+const ROLLOUTS: &str = include_str!("../../migrations/0003_rollouts.sql");
 
 /// Every migration, oldest first.
 const STEPS: &[Step] = &[
@@ -39,6 +40,12 @@ const STEPS: &[Step] = &[
         description: "audit append only",
         sqlite: include_str!("../../migrations/0002_audit_append_only.sqlite.sql"),
         postgres: include_str!("../../migrations/0002_audit_append_only.postgres.sql"),
+    },
+    Step {
+        version: 3,
+        description: "rollouts",
+        sqlite: ROLLOUTS,
+        postgres: ROLLOUTS,
     },
 ];
 

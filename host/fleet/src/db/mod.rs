@@ -10,10 +10,20 @@
 //! * [`migrate`]: the migrations, the same versions on both databases.
 //! * [`devices`]: enrollment, reports, device administration.
 //! * [`admin`]: API tokens, enrollment tokens, the audit log.
+//! * [`rollouts`]: rollouts and their changes, progress, and what the repository should sign.
+//! * [`outcomes`]: each device's outcome in a rollout, from its reports, and the failure
+//!   policy applied in the report's transaction.
+//!
+//! SQLite in WAL mode refuses (`SQLITE_BUSY_SNAPSHOT`, which the busy timeout does not retry)
+//! a transaction that read and then writes after another connection wrote: so every
+//! read-modify-write transaction here starts with a write, which takes SQLite's write lock
+//! (and PostgreSQL's row lock) before it reads.
 
 pub mod admin;
 pub mod devices;
 pub mod migrate;
+pub mod outcomes;
+pub mod rollouts;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,6 +56,15 @@ pub enum Error {
     /// A stored JSON value does not parse (the database was changed behind our back).
     #[error("a stored value does not parse")]
     Corrupt(#[source] serde_json::Error),
+    /// No such rollout.
+    #[error("no rollout {0}")]
+    NoRollout(u64),
+    /// The change conflicts with the rollout's state or another rollout.
+    #[error("{0}")]
+    Conflict(String),
+    /// A field of the request names something the database does not have.
+    #[error(transparent)]
+    Invalid(#[from] crate::api::FieldError),
 }
 
 /// A result of this module.

@@ -7,10 +7,12 @@
 //! presenting a certificate from another CA fails the handshake; one presenting none gets
 //! through to the admin and enrollment routes, which take bearer tokens instead.
 
+mod rollouts;
 pub mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use tower_service::Service;
 
 use crate::db::Db;
 use crate::pki::{self, FleetCa, Identity};
+use crate::signer::{self, Signer};
 
 /// How long a client has for its TLS handshake, and for the header of each request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +61,9 @@ pub enum Error {
     /// The fleet CA does not load.
     #[error("loading the fleet CA")]
     Ca(#[from] pki::Error),
+    /// The repository given with `--repo` cannot be signed.
+    #[error("opening the rollouts' repository")]
+    Repo(#[from] signer::Error),
     /// The address could not be bound.
     #[error("listening on {addr}")]
     Bind {
@@ -78,6 +84,20 @@ pub struct Config {
     pub identity: Identity,
     /// How many reports a device may send per minute (more get 429).
     pub reports_per_minute: i64,
+    /// The repository the server signs rollouts into (`--repo`); without it, rollouts are
+    /// read-only here.
+    pub repo: Option<RepoSettings>,
+}
+
+/// The repository the server signs rollouts into.
+#[derive(Debug, Clone)]
+pub struct RepoSettings {
+    /// The repository folder (its `repo.toml` names the online keys).
+    pub dir: PathBuf,
+    /// Refuse development keys (`--release`).
+    pub release: bool,
+    /// How often to reconcile the repository's records with the database.
+    pub reconcile_every: Duration,
 }
 
 /// The fingerprint (SHA-256, hex) of the client certificate a connection's handshake verified,
@@ -123,6 +143,7 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: axum::Router,
+    signer: Option<(Signer, Duration)>,
 }
 
 impl Server {
@@ -137,16 +158,32 @@ impl Server {
                 addr: config.listen,
                 err,
             })?;
+        let signer = match &config.repo {
+            Some(r) => {
+                let signer = Signer::open(&r.dir, r.release, db.clone()).await?;
+                // A change committed but never signed (a crash between the two) heals here.
+                signer.reconcile_logged(true).await;
+                Some((signer, r.reconcile_every))
+            }
+            None => None,
+        };
         let state = routes::State {
             db,
             ca: Arc::new(ca),
             reports_per_minute: config.reports_per_minute,
+            signer: signer.as_ref().map(|(s, _)| s.clone()),
         };
         Ok(Server {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             router: routes::router(state),
+            signer,
         })
+    }
+
+    /// The repository's signer, when the server has `--repo`.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_ref().map(|(s, _)| s)
     }
 
     /// The address it listens on (the port, when bound to port 0).
@@ -159,8 +196,14 @@ impl Server {
     /// Serve until `shutdown` completes. Connections in progress are dropped with the runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let accepting = tokio::spawn(accept_loop(self.listener, self.acceptor, self.router));
+        let reconciling = self
+            .signer
+            .map(|(signer, every)| tokio::spawn(signer.run_every(every)));
         shutdown.await;
         accepting.abort();
+        if let Some(r) = reconciling {
+            r.abort();
+        }
     }
 }
 

@@ -20,17 +20,18 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::PeerCert;
+use super::{rollouts, PeerCert};
 use crate::api::{
     self, ChannelRequest, CreateTokenRequest, EnrollRequest, EnrollResponse,
     EnrollmentTokensRequest, ErrorBody, Report, TagsRequest,
 };
 use crate::db::{self, devices::RateDecision, Actor, Db};
 use crate::pki::{self, FleetCa};
+use crate::signer::Signer;
 use crate::token::{self, Role};
 
 /// Largest admin request body (bytes).
-const MAX_ADMIN_BYTES: usize = 64 * 1024;
+pub(super) const MAX_ADMIN_BYTES: usize = 64 * 1024;
 /// How long a client may take to send a body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest enrollment token lifetime an operator may ask for (a year).
@@ -45,6 +46,8 @@ pub struct State {
     pub ca: Arc<FleetCa>,
     /// Reports per device per minute.
     pub reports_per_minute: i64,
+    /// The repository's signer (`serve --repo`); without it rollouts cannot change.
+    pub signer: Option<Signer>,
 }
 
 /// An error answer: a status and a message ([`ErrorBody`]).
@@ -55,7 +58,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -92,9 +95,11 @@ impl IntoResponse for ApiError {
 impl From<db::Error> for ApiError {
     fn from(e: db::Error) -> Self {
         match e {
-            db::Error::NoDevice(_) | db::Error::NoToken(_) => {
+            db::Error::NoDevice(_) | db::Error::NoToken(_) | db::Error::NoRollout(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, e.to_string())
             }
+            db::Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            db::Error::Invalid(f) => bad_field(f),
             db::Error::TokenRefused => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
             e => {
                 // The cause stays in the server's log; the client learns only that it failed.
@@ -105,7 +110,7 @@ impl From<db::Error> for ApiError {
     }
 }
 
-type Answer<T> = Result<T, ApiError>;
+pub(super) type Answer<T> = Result<T, ApiError>;
 
 /// The routes.
 pub fn router(state: State) -> Router {
@@ -122,11 +127,14 @@ pub fn router(state: State) -> Router {
         .route("/v1/tokens", get(tokens).post(create_token))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/audit", get(audit))
+        .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
+        .route("/v1/rollouts/{id}", get(rollouts::detail))
+        .route("/v1/rollouts/{id}/{verb}", post(rollouts::change))
         .layer(Extension(state))
 }
 
 /// Read a body of at most `limit` bytes (413 beyond).
-async fn read_body(body: Body, limit: usize) -> Answer<Vec<u8>> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Answer<Vec<u8>> {
     let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect())
         .await
         .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "the body took too long"))?;
@@ -144,7 +152,7 @@ async fn read_body(body: Body, limit: usize) -> Answer<Vec<u8>> {
 }
 
 /// Parse JSON; the error names the field that is wrong.
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Answer<T> {
+pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Answer<T> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let message = if e.inner().is_syntax() || e.inner().is_eof() {
@@ -165,12 +173,12 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Answer<T> {
     Ok(value)
 }
 
-fn bad_field(e: api::FieldError) -> ApiError {
+pub(super) fn bad_field(e: api::FieldError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
 }
 
 /// The administrator behind the request's bearer token, if their role reaches `need`.
-async fn admin(state: &State, headers: &HeaderMap, need: Role) -> Answer<Actor> {
+pub(super) async fn admin(state: &State, headers: &HeaderMap, need: Role) -> Answer<Actor> {
     let secret = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -257,7 +265,21 @@ async fn report(
     }
     let report: Report = parse(&read_body(body, api::MAX_REPORT_BYTES).await?)?;
     report.validate().map_err(bad_field)?;
-    state.db.store_report(&device, &report, now).await?;
+    let halted = state.db.store_report(&device, &report, now).await?;
+    if !halted.is_empty() {
+        // Signed before the answer, so a halt is in the repository as soon as its report is
+        // acknowledged; if signing fails, the periodic reconcile signs it.
+        match &state.signer {
+            Some(signer) => {
+                signer.reconcile_logged(false).await;
+            }
+            None => tracing::warn!(
+                "rollouts {:?} halted by their policy; this server has no --repo, so a server \
+                 with one signs the halt at its next reconcile",
+                halted.iter().map(|h| h.id).collect::<Vec<_>>()
+            ),
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,6 +9,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod repo;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +20,7 @@ use aperture_fleet::api::{EnrollRequest, HealthResult, Report, SlotState, Update
 use aperture_fleet::client::{Client, DeviceIdentity};
 use aperture_fleet::db::{self, Actor, Db};
 use aperture_fleet::pki::{FleetCa, Identity};
-use aperture_fleet::server::{self, Server};
+use aperture_fleet::server::{self, RepoSettings, Server};
 use aperture_fleet::token::Role;
 use tempfile::TempDir;
 
@@ -238,6 +240,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(db_url: &str, identity: &Identity) -> Self {
+        Self::start_with(db_url, identity, None)
+    }
+
+    /// A server that signs rollouts into a repository.
+    pub fn start_with(db_url: &str, identity: &Identity, repo: Option<RepoSettings>) -> Self {
         let rt = runtime();
         let db = rt
             .block_on(Db::connect(db_url))
@@ -246,6 +253,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             identity: identity.clone(),
             reports_per_minute: REPORTS_PER_MINUTE,
+            repo,
         };
         let server = rt
             .block_on(Server::bind(config, db.clone()))
@@ -286,22 +294,59 @@ pub struct Device {
     pub client: Client,
 }
 
-/// A whole fleet for one test: a database, an identity folder, a server, the first admin token.
+/// A whole fleet for one test: a database, an identity folder, a server, the first admin token,
+/// and with [`Fleet::start_with_repo`] the repository the server signs rollouts into.
 pub struct Fleet {
     pub db: DbFixture,
     pub dir: TempDir,
     pub identity: Identity,
     pub server: TestServer,
     pub admin_token: String,
+    pub repo: Option<repo::TestRepo>,
 }
+
+/// How often the tests' servers reconcile on their own (never, within a test, unless a test
+/// asks for a server of its own).
+pub const NO_PERIODIC_RECONCILE: Duration = Duration::from_secs(3600);
 
 impl Fleet {
     pub fn start(kind: Kind, test: &str) -> Option<Self> {
+        Self::start_inner(kind, test, None)
+    }
+
+    /// A fleet whose server signs rollouts into a repository of its own
+    /// ([`repo::TestRepo::new`]).
+    pub fn start_with_repo(kind: Kind, test: &str) -> Option<Self> {
+        Self::start_inner(kind, test, Some(repo::TestRepo::new()))
+    }
+
+    /// The repository settings of a server signing into this fleet's repository.
+    pub fn repo_settings(&self, reconcile_every: Duration) -> Option<RepoSettings> {
+        self.repo.as_ref().map(|r| RepoSettings {
+            dir: r.dir.clone(),
+            release: false,
+            reconcile_every,
+        })
+    }
+
+    /// The fleet's repository.
+    pub fn repo(&self) -> &repo::TestRepo {
+        self.repo
+            .as_ref()
+            .expect("a fleet started with a repository")
+    }
+
+    fn start_inner(kind: Kind, test: &str, repo: Option<repo::TestRepo>) -> Option<Self> {
         let db = DbFixture::new(kind, test)?;
         let dir = tempfile::tempdir().expect("a temporary folder");
         let (identity, _) = Identity::init(dir.path(), &["127.0.0.1".to_string()])
             .expect("making the fleet identity");
-        let server = TestServer::start(&db.url, &identity);
+        let settings = repo.as_ref().map(|r| RepoSettings {
+            dir: r.dir.clone(),
+            release: false,
+            reconcile_every: NO_PERIODIC_RECONCILE,
+        });
+        let server = TestServer::start_with(&db.url, &identity, settings);
         let admin_token = server
             .block_on(server.db.bootstrap_admin(db::now()))
             .expect("the first admin token")
@@ -313,12 +358,19 @@ impl Fleet {
             identity,
             server,
             admin_token,
+            repo,
         })
     }
 
-    /// Another server on the same database (another port, pool and runtime).
+    /// Another server on the same database (another port, pool and runtime), signing into
+    /// the same repository if the fleet has one.
     pub fn second_server(&self) -> TestServer {
-        TestServer::start(&self.db.url, &self.identity)
+        self.second_server_reconciling(NO_PERIODIC_RECONCILE)
+    }
+
+    /// Another server that also reconciles every `every`.
+    pub fn second_server_reconciling(&self, every: Duration) -> TestServer {
+        TestServer::start_with(&self.db.url, &self.identity, self.repo_settings(every))
     }
 
     /// A client of `server` with `token`.
@@ -429,6 +481,32 @@ impl Fleet {
     }
 }
 
+/// A report of a device still on `runs` whose install of `tried` failed.
+pub fn failed_install(runs: &str, tried: &str) -> Report {
+    let mut r = report(runs);
+    r.last_update = Some(UpdateResult {
+        result: "failed".into(),
+        version: Some(tried.into()),
+        journal: format!("installing {tried}: the bundle's signature does not verify"),
+    });
+    r
+}
+
+/// A report of a device running `version` whose health gate failed.
+pub fn failed_health(version: &str) -> Report {
+    let mut r = report(version);
+    r.last_update = Some(UpdateResult {
+        result: "installed".into(),
+        version: Some(version.into()),
+        journal: format!("installed {version} into b, on trial"),
+    });
+    r.health = Some(HealthResult {
+        passed: false,
+        detail: "aperture-runtime.service failed".into(),
+    });
+    r
+}
+
 /// A plausible report.
 pub fn report(version: &str) -> Report {
     Report {
@@ -462,14 +540,15 @@ pub fn report(version: &str) -> Report {
 
 /// The same test on SQLite and on PostgreSQL: `both!(name, ...)` makes `sqlite::name` and
 /// `postgres::name`, each calling `name(fleet)` with a fresh [`Fleet`] (or skipping).
+/// `both!(with start_with_repo; name, ...)` starts each fleet with that constructor instead.
 #[macro_export]
 macro_rules! both {
-    ($($name:ident),* $(,)?) => {
+    (with $start:ident; $($name:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[test]
                 fn $name() {
-                    if let Some(f) = $crate::common::Fleet::start(
+                    if let Some(f) = $crate::common::Fleet::$start(
                         $crate::common::Kind::Sqlite,
                         concat!("sqlite::", stringify!($name)),
                     ) {
@@ -482,7 +561,7 @@ macro_rules! both {
             $(
                 #[test]
                 fn $name() {
-                    if let Some(f) = $crate::common::Fleet::start(
+                    if let Some(f) = $crate::common::Fleet::$start(
                         $crate::common::Kind::Postgres,
                         concat!("postgres::", stringify!($name)),
                     ) {
@@ -491,5 +570,8 @@ macro_rules! both {
                 }
             )*
         }
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::both!(with start; $($name),*);
     };
 }

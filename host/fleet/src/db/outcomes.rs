@@ -1,0 +1,162 @@
+//! Each device's outcome in a rollout, recorded from its reports in the report's own
+//! transaction, and the failure policy applied there: a rollout that fails too often halts in
+//! the transaction of the report that tipped it, with an audit line by the actor `policy`.
+//!
+//! Exactly once, whatever the number of servers: the report's transaction locks the rows of
+//! the rollouts it is about (`FOR UPDATE` on PostgreSQL; SQLite's write lock is already held
+//! by the report's first statement), so reports about one rollout are counted one after the
+//! other and each sees the ones before it; the halt is `UPDATE ... WHERE state = 'active'`.
+//! A device has one row per rollout, moved only forward (a failure is final), so repeating a
+//! report, or sending another failure, never counts it twice; and only a change of a row to a
+//! failure evaluates the policy at all. Devices the rollout does not name (another channel,
+//! not in its list, pinned) are not recorded.
+
+use serde_json::json;
+use sqlx::{Any, Row, Transaction};
+
+use super::rollouts::{row_from, target, RolloutRow};
+use super::{audit, Actor, Backend, Result};
+use crate::api::Report;
+use crate::rollout::{classify, verdict, version_key};
+
+/// The outcomes' order (an outcome moves only to a higher rank), in SQL.
+fn rank(column: &str) -> String {
+    format!("(CASE {column} WHEN 'started' THEN 0 WHEN 'installed' THEN 1 ELSE 2 END)")
+}
+
+/// A rollout the policy halted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Halted {
+    /// The rollout.
+    pub id: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Record what `report` of `device` (on `channel`) says about the rollouts of the release it
+/// runs or last tried, and apply their failure policies; inside the report's transaction.
+/// Returns the rollouts it halted (the caller has the repository re-sign them).
+pub(crate) async fn record(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    device: &str,
+    channel: &str,
+    report: &Report,
+    now: i64,
+) -> Result<Vec<Halted>> {
+    let running = version_key(&report.version);
+    let tried = report
+        .last_update
+        .as_ref()
+        .and_then(|u| u.version.as_deref())
+        .map(version_key)
+        .unwrap_or_else(|| running.clone());
+    let lock = match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT id, channel, version, state, started_at, waves, selection, devices, pinned, \
+         max_failures, max_failure_percent, min_tried, created_by, updated_at, halt_reason \
+         FROM rollouts WHERE channel = $1 AND state <> 'cancelled' \
+         AND (version = $2 OR version = $3) ORDER BY id{lock}"
+    ))
+    .bind(channel)
+    .bind(&running)
+    .bind(&tried)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut halted = Vec::new();
+    for r in &rows {
+        let rollout = row_from(r)?;
+        if !rollout.counts(device, channel) {
+            continue;
+        }
+        let Some((outcome, detail)) = classify(report, &rollout.version) else {
+            continue;
+        };
+        let changed = sqlx::query(&format!(
+            "INSERT INTO rollout_devices (rollout_id, device_id, outcome, first_at, at, detail) \
+             VALUES ($1, $2, $3, $4, $4, $5) \
+             ON CONFLICT (rollout_id, device_id) DO UPDATE \
+             SET outcome = excluded.outcome, at = excluded.at, detail = excluded.detail \
+             WHERE {} > {} RETURNING outcome",
+            rank("excluded.outcome"),
+            rank("rollout_devices.outcome"),
+        ))
+        .bind(rollout.id as i64)
+        .bind(device)
+        .bind(outcome.as_str())
+        .bind(now)
+        .bind(&detail)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if changed.is_none() || !outcome.is_failure() {
+            continue;
+        }
+        if let Some(h) = apply_policy(tx, &rollout, device, now).await? {
+            halted.push(h);
+        }
+    }
+    Ok(halted)
+}
+
+/// Count the rollout's tries and failures and halt it if its policy says so.
+async fn apply_policy(
+    tx: &mut Transaction<'static, Any>,
+    rollout: &RolloutRow,
+    device: &str,
+    now: i64,
+) -> Result<Option<Halted>> {
+    if rollout.state != aperture_release::rollout::State::Active {
+        return Ok(None);
+    }
+    let counts = sqlx::query(
+        "SELECT COUNT(*) AS tried, \
+         COUNT(CASE WHEN outcome IN ('failed-install', 'failed-health') THEN 1 END) AS failed \
+         FROM rollout_devices WHERE rollout_id = $1",
+    )
+    .bind(rollout.id as i64)
+    .fetch_one(&mut **tx)
+    .await?;
+    let tried: i64 = counts.try_get("tried")?;
+    let failed: i64 = counts.try_get("failed")?;
+    let (tried, failed) = (tried.max(0) as u64, failed.max(0) as u64);
+    let Some(reason) = verdict(&rollout.policy, tried, failed) else {
+        return Ok(None);
+    };
+    let done = sqlx::query(
+        "UPDATE rollouts SET state = 'halted', halt_reason = $1, updated_at = $2 \
+         WHERE id = $3 AND state = 'active' RETURNING id",
+    )
+    .bind(&reason)
+    .bind(now)
+    .bind(rollout.id as i64)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if done.is_none() {
+        return Ok(None);
+    }
+    audit(
+        tx,
+        now,
+        &Actor("policy".into()),
+        "rollout.halt",
+        &target(rollout.id),
+        json!({
+            "from": rollout.state,
+            "to": "halted",
+            "reason": reason,
+            "tried": tried,
+            "failed": failed,
+            "device": device,
+            "policy": rollout.policy,
+        }),
+    )
+    .await?;
+    tracing::warn!("rollout {} halted by its policy: {reason}", rollout.id);
+    Ok(Some(Halted {
+        id: rollout.id,
+        reason,
+    }))
+}
