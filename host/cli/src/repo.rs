@@ -26,7 +26,7 @@ pub fn run_repo(c: &RepoCommand) -> Result<()> {
         }
         RepoCommand::Status(a) => print_status(&Repo::open(&a.repo)?, now, a.json),
         RepoCommand::Refresh(a) => {
-            let mut repo = Repo::open(&a.repo)?;
+            let mut repo = Repo::open_to_change(&a.repo)?;
             let mut done: Vec<&str> = repo
                 .refresh(now, a.force, a.release)?
                 .iter()
@@ -51,7 +51,7 @@ pub fn run_repo(c: &RepoCommand) -> Result<()> {
             Ok(())
         }
         RepoCommand::DelegateRollouts(a) => {
-            let mut repo = Repo::open(&a.repo)?;
+            let mut repo = Repo::open_to_change(&a.repo)?;
             if repo.delegate_rollouts(now, a.release)? {
                 eprintln!(
                     "{}: the targets role delegates `rollouts` (target names rollouts/*/*) to the \
@@ -161,7 +161,7 @@ fn rotate_root(a: &RepoRotateRootArgs, now: jiff::Timestamp) -> Result<()> {
         })?;
         new_keys.entry(*role).or_default().push(path);
     }
-    let mut repo = Repo::open(&a.repo)?;
+    let mut repo = Repo::open_to_change(&a.repo)?;
     let done = repo.rotate_root(&a.rotate, &new_keys, now, a.release)?;
     eprintln!(
         "{}: root version {}, signed by the old and the new root keys",
@@ -211,7 +211,7 @@ fn publish(a: &ReleasePublishArgs, now: jiff::Timestamp) -> Result<()> {
         waves,
         aperture_trust::now_unix(),
     )?;
-    let mut repo = Repo::open(&a.repo)?;
+    let mut repo = Repo::open_to_change(&a.repo)?;
     if a.gate_on_rollout {
         if !repo.rollouts_delegated() {
             bail!(
@@ -243,7 +243,7 @@ fn halt(a: &ReleaseHaltArgs, halted: bool, now: jiff::Timestamp) -> Result<()> {
         .version
         .parse()
         .with_context(|| format!("--version {}", a.version))?;
-    let mut repo = Repo::open(&a.repo)?;
+    let mut repo = Repo::open_to_change(&a.repo)?;
     let changed = repo.set_halted(&version, &a.channel, halted, now, a.release)?;
     let what = if halted { "halted" } else { "resumed" };
     if changed.is_empty() {

@@ -19,7 +19,6 @@
 //! so the last signer always signs the newest state.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,26 +83,6 @@ fn repo_error(dir: &Path, err: impl Into<Box<dyn std::error::Error + Send + Sync
     Error::Repo {
         dir: dir.to_path_buf(),
         err: err.into(),
-    }
-}
-
-/// An exclusive flock on the repository folder, released when dropped (the descriptor
-/// closes).
-struct FolderLock(#[allow(dead_code)] OwnedFd);
-
-impl FolderLock {
-    /// Wait for the lock (blocking: call from a blocking thread).
-    fn take(dir: &Path) -> Result<Self, Error> {
-        use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
-        let fd = open(
-            dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| repo_error(dir, std::io::Error::from(e)))?;
-        flock(&fd, FlockOperation::LockExclusive)
-            .map_err(|e| repo_error(dir, std::io::Error::from(e)))?;
-        Ok(FolderLock(fd))
     }
 }
 
@@ -172,7 +151,7 @@ impl Signer {
         let dir = self.inner.dir.clone();
         let folder = blocking(&dir, {
             let dir = dir.clone();
-            move || FolderLock::take(&dir)
+            move || aperture_repo::RepoLock::take(&dir).map_err(|e| repo_error(&dir, e))
         })
         .await?;
         let desired = lock.desired().await?;

@@ -22,4 +22,4 @@ pub mod s3;
 pub mod sync;
 
 pub use config::{RepoConfig, Role};
-pub use repo::{Published, Repo, Status};
+pub use repo::{Published, Repo, RepoLock, Status};

@@ -107,8 +107,40 @@ pub enum Published {
     },
 }
 
+/// An exclusive lock on a repository folder (`flock` on the folder itself), held from before
+/// a change reads the metadata until after it wrote the new one, so two writers on this
+/// machine (the `aperture repo` and `release` commands, the fleet server's signer) never sign
+/// from the same old state. Released when dropped.
+#[derive(Debug)]
+pub struct RepoLock(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+impl RepoLock {
+    /// Wait for the lock on `dir` (blocking).
+    pub fn take(dir: &Path) -> Result<RepoLock> {
+        use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
+        let fd = open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening the repository folder {}", dir.display()))?;
+        if flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
+            eprintln!(
+                "{}: another command or the fleet server is changing this repository; waiting \
+                 for it",
+                dir.display()
+            );
+            flock(&fd, FlockOperation::LockExclusive)
+                .with_context(|| format!("locking the repository folder {}", dir.display()))?;
+        }
+        Ok(RepoLock(fd))
+    }
+}
+
 /// A repository opened for reading and changing.
 pub struct Repo {
+    /// Held by a repository opened with [`Repo::open_to_change`].
+    _lock: Option<RepoLock>,
     pub(crate) dir: PathBuf,
     pub(crate) config: RepoConfig,
     pub(crate) root: Signed<Root>,
@@ -237,6 +269,7 @@ impl Repo {
             expiry(now, config.targets.expires_days)?,
         );
         let mut repo = Repo {
+            _lock: None,
             dir: dir.to_path_buf(),
             config,
             root: signed_root.signed().clone(),
@@ -298,6 +331,7 @@ impl Repo {
             None => None,
         };
         Ok(Repo {
+            _lock: None,
             dir: dir.to_path_buf(),
             config,
             root,
@@ -306,6 +340,17 @@ impl Repo {
             timestamp,
             rollouts,
         })
+    }
+
+    /// [`Repo::open`] under the folder's [`RepoLock`], held until the `Repo` is dropped: what
+    /// every command that changes a repository uses. (A process that already holds the lock,
+    /// as the fleet server's signer does, opens with [`Repo::open`]: a second `flock` of the
+    /// same folder in one process would wait for itself.)
+    pub fn open_to_change(dir: &Path) -> Result<Repo> {
+        let lock = RepoLock::take(dir)?;
+        let mut repo = Repo::open(dir)?;
+        repo._lock = Some(lock);
+        Ok(repo)
     }
 
     /// The repository folder.

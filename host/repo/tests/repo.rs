@@ -288,3 +288,34 @@ fn a_timestamp_only_refresh_keeps_the_snapshot_so_a_synced_copy_stays_whole() {
     assert_eq!(client.all_targets().count(), 1);
     assert_eq!(std::fs::read(&snapshot).unwrap(), before);
 }
+
+#[test]
+fn a_change_waits_for_the_folder_lock_and_a_read_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    drop(Repo::init(&repo_dir, false, jiff::Timestamp::now()).unwrap());
+    let held = Repo::open_to_change(&repo_dir).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = std::thread::spawn({
+        let repo_dir = repo_dir.clone();
+        move || {
+            let t = std::time::Instant::now();
+            let _second = Repo::open_to_change(&repo_dir).unwrap();
+            tx.send(t.elapsed()).unwrap();
+        }
+    });
+    // A reader is not held up by a writer.
+    Repo::open(&repo_dir).unwrap();
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "a second change must wait while the first holds the repository"
+    );
+    drop(held);
+    let waited = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert!(
+        waited >= std::time::Duration::from_millis(500),
+        "{waited:?}"
+    );
+    other.join().unwrap();
+}

@@ -68,16 +68,9 @@ impl TestRepo {
 
     /// Run `f` holding the flock the servers take on the repository folder while they sign.
     pub fn locked<T>(&self, f: impl FnOnce() -> T) -> T {
-        use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
-        let fd = open(
-            &self.dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .expect("opening the repository folder");
-        flock(&fd, FlockOperation::LockExclusive).expect("locking the repository folder");
+        let lock = aperture_repo::RepoLock::take(&self.dir).expect("locking the repository");
         let out = f();
-        drop(fd);
+        drop(lock);
         out
     }
 
