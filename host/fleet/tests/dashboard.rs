@@ -335,6 +335,8 @@ fn the_dashboard_shows_the_fleet_in_a_browser() {
     assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt;"), "{dom}");
     assert!(dom.contains("&lt;img src=x onerror=alert(2)&gt;"), "{dom}");
     assert!(!dom.contains("<img"), "an element was injected: {dom}");
+    // The token is nowhere in the page the script built.
+    assert!(!dom.contains(&f.admin_token), "{dom}");
 
     // A viewer sees the fleet, and is told the audit log needs an admin.
     let viewer = f
