@@ -59,6 +59,8 @@ const TEST: &[&str] = &[
     // The fleet server's tests run each case on PostgreSQL too, in a server of their own
     // (initdb and postgres from /usr/lib/postgresql/*/bin; host/fleet/tests/common).
     "postgresql",
+    // The fleet dashboard's test loads the page in headless chromium (host/fleet/tests).
+    "chromium",
     // Python tools from PyPI (below) get a virtual environment each.
     "python3-venv",
 ];

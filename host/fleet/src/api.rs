@@ -20,6 +20,7 @@
 //! | `POST /v1/rollouts` | release-manager | [`StartRollout`] → [`RolloutInfo`] (201) |
 //! | `GET /v1/rollouts` | viewer | → `[`[`RolloutInfo`]`]`, newest first |
 //! | `GET /v1/rollouts/{id}` | viewer | → [`RolloutDetail`] |
+//! | `GET /v1/rollouts/{id}/series` | viewer | → [`RolloutSeries`] |
 //! | `POST /v1/rollouts/{id}/pause` | operator | [`RolloutAction`] (optional) → [`RolloutInfo`] |
 //! | `POST /v1/rollouts/{id}/halt` | operator | [`RolloutAction`] (optional) → [`RolloutInfo`] |
 //! | `POST /v1/rollouts/{id}/resume` | release-manager | [`RolloutAction`] (optional) → [`RolloutInfo`] |
@@ -27,6 +28,7 @@
 //! | `POST /v1/rollouts/{id}/pin` | operator | [`PinRequest`] → [`RolloutInfo`] |
 //! | `POST /v1/rollouts/{id}/unpin` | operator | [`PinRequest`] → [`RolloutInfo`] |
 //! | `GET /v1/health` | anyone | → `ok` |
+//! | `GET /dashboard` (and its `app.js`, `style.css`) | anyone (it holds no data; its script calls the routes above with a token) | → HTML |
 //!
 //! Errors are [`ErrorBody`] with the status: 400 malformed (naming the field), 401 no or bad
 //! credentials, 403 credentials that may not do this, 404, 409 a change the rollout's state
@@ -614,6 +616,36 @@ pub struct RolloutDetail {
     pub rollout: RolloutInfo,
     /// The outcome of each device that reported about its release.
     pub outcomes: Vec<DeviceOutcome>,
+}
+
+/// A rollout's progress over time: one point at each time a device's outcome changed, each
+/// with the counts as they stood then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSeries {
+    /// The rollout.
+    pub rollout: u64,
+    /// The points, oldest first.
+    pub points: Vec<SeriesPoint>,
+}
+
+/// The counts of a rollout at one time.
+///
+/// A device's row keeps only its first report about the release and the time of its latest
+/// outcome, so a device counts as tried from its first report and in its current outcome from
+/// the time it reached it (a failure is final, so a failed device's time is when it failed;
+/// one that was installed before it failed is counted as started until then).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Devices that had reported about the release.
+    pub tried: u64,
+    /// Devices running it, healthy.
+    pub installed: u64,
+    /// Devices on which it had failed (install or health gate).
+    pub failed: u64,
+    /// `failed` as a percentage of `tried`.
+    pub failure_percent: f64,
 }
 
 /// An error's body.

@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::api::{
     AuditEntry, ChannelRequest, CreateTokenRequest, CreatedToken, DeviceDetail, DeviceInfo,
     EnrollRequest, EnrollResponse, EnrollmentTokens, EnrollmentTokensRequest, ErrorBody,
-    PinRequest, Report, RolloutAction, RolloutDetail, RolloutInfo, StartRollout, TagsRequest,
-    TokenInfo,
+    PinRequest, Report, RolloutAction, RolloutDetail, RolloutInfo, RolloutSeries, StartRollout,
+    TagsRequest, TokenInfo,
 };
 use crate::token::Role;
 
@@ -335,6 +335,11 @@ impl Client {
     /// One rollout with its devices' outcomes.
     pub fn rollout(&self, id: u64) -> Result<RolloutDetail, Error> {
         self.call("GET", &format!("/v1/rollouts/{id}"), None::<&()>)
+    }
+
+    /// A rollout's counts over time.
+    pub fn rollout_series(&self, id: u64) -> Result<RolloutSeries, Error> {
+        self.call("GET", &format!("/v1/rollouts/{id}/series"), None::<&()>)
     }
 
     /// Change a rollout's state: `verb` is pause, halt, resume or cancel.

@@ -1,6 +1,7 @@
 //! Rollouts' pure rules, kept apart from the database so each is tested in memory: what a
 //! device's report says about a release ([`classify`]), when a failure policy halts a rollout
-//! ([`verdict`]), and the checks of a request to start one ([`check_start`]).
+//! ([`verdict`]), the checks of a request to start one ([`check_start`]), and its progress over
+//! time from its devices' outcome rows ([`series`]).
 //!
 //! The database applies them in the report's own transaction (`db::outcomes`); the signed
 //! record the devices obey is built from the database's row (`db::rollouts`) and signed by
@@ -10,8 +11,8 @@ use aperture_release::rollout::MAX_DEVICES;
 use aperture_release::{ReleaseMeta, Waves};
 
 use crate::api::{
-    check_name, DeviceSelector, FailurePolicy, FieldError, Outcome, Report, StartRollout, MAX_LINE,
-    RESULT_COMMITTED, RESULT_FAILED, RESULT_ROLLED_BACK,
+    check_name, DeviceSelector, FailurePolicy, FieldError, Outcome, Report, SeriesPoint,
+    StartRollout, MAX_LINE, RESULT_COMMITTED, RESULT_FAILED, RESULT_ROLLED_BACK,
 };
 
 /// The form a version is stored and compared in: semver's own printing when it parses (so
@@ -167,6 +168,40 @@ pub fn check_reason(reason: Option<&str>) -> Result<(), FieldError> {
     }
 }
 
+/// A rollout's counts over time from its devices' rows `(first_at, at, outcome)`: one point at
+/// each distinct time a row began or changed, oldest first, with the counts as they stood then
+/// ([`SeriesPoint`] says how a row that keeps only two times is counted).
+pub fn series(rows: &[(i64, i64, Outcome)]) -> Vec<SeriesPoint> {
+    let mut times: Vec<i64> = rows
+        .iter()
+        .flat_map(|&(first, at, _)| [first, at])
+        .collect();
+    times.sort_unstable();
+    times.dedup();
+    times
+        .into_iter()
+        .map(|t| {
+            let tried = rows.iter().filter(|r| r.0 <= t).count() as u64;
+            let reached = |o: &dyn Fn(Outcome) -> bool| {
+                rows.iter().filter(|r| r.1 <= t && o(r.2)).count() as u64
+            };
+            let installed = reached(&|o| o == Outcome::Installed);
+            let failed = reached(&Outcome::is_failure);
+            SeriesPoint {
+                at: t,
+                tried,
+                installed,
+                failed,
+                failure_percent: if tried == 0 {
+                    0.0
+                } else {
+                    failed as f64 * 100.0 / tried as f64
+                },
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +331,31 @@ mod tests {
             "policy.max_failure_percent"
         );
         assert_eq!(bad(&|r| r.policy.min_tried = 0), "policy.min_tried");
+    }
+
+    #[test]
+    fn series_counts_each_row_from_its_times() {
+        assert!(series(&[]).is_empty());
+        let rows = [
+            (100, 100, Outcome::Installed),
+            (100, 160, Outcome::FailedHealth),
+            (130, 130, Outcome::Started),
+            (130, 190, Outcome::FailedInstall),
+        ];
+        let got: Vec<(i64, u64, u64, u64)> = series(&rows)
+            .iter()
+            .map(|p| (p.at, p.tried, p.installed, p.failed))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (100, 2, 1, 0),
+                (130, 4, 1, 0),
+                (160, 4, 1, 1),
+                (190, 4, 1, 2)
+            ]
+        );
+        let last = series(&rows).pop().unwrap();
+        assert!((last.failure_percent - 50.0).abs() < 1e-9);
     }
 }

@@ -101,6 +101,13 @@ fn the_binary_inits_serves_and_administers(kind: Kind, test: &str) {
 
     let (serve, url) = serve(d, &db.url, &[]);
 
+    // The dashboard is served by the binary, without a token (it holds no data).
+    let ca = std::fs::read_to_string(aperture_fleet::pki::Identity::ca_path(d)).unwrap();
+    let anonymous = aperture_fleet::client::Client::new(&url, &ca, None, None).unwrap();
+    let (status, page) = anonymous.raw("GET", "/dashboard", b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Aperture fleet</title>"), "{page}");
+
     let (ok, out, err) = run(
         d,
         &url,

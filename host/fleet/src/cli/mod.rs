@@ -353,6 +353,10 @@ fn serve(a: &ServeArgs) -> Result<()> {
         }
         // One line scripts and tests can wait for (the port, when bound to port 0).
         eprintln!("listening on https://{}", server.local_addr());
+        eprintln!(
+            "the dashboard: https://{}/dashboard (an API token in its form, or after #token=)",
+            server.local_addr()
+        );
         server
             .run(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -10,14 +10,17 @@
 //! report, or sending another failure, never counts it twice; and only a change of a row to a
 //! failure evaluates the policy at all. Devices the rollout does not name (another channel,
 //! not in its list, pinned) are not recorded.
+//!
+//! The rows are also the rollout's history: [`Db::rollout_series`] reads its progress and
+//! failure rate over time from their times (the dashboard's charts).
 
 use serde_json::json;
 use sqlx::{Any, Row, Transaction};
 
-use super::rollouts::{row_from, target, RolloutRow};
-use super::{audit, Actor, Backend, Result};
-use crate::api::Report;
-use crate::rollout::{classify, verdict, version_key};
+use super::rollouts::{corrupt, row_from, target, RolloutRow};
+use super::{audit, Actor, Backend, Db, Error, Result};
+use crate::api::{Outcome, Report, RolloutSeries};
+use crate::rollout::{classify, series, verdict, version_key};
 
 /// The outcomes' order (an outcome moves only to a higher rank), in SQL.
 fn rank(column: &str) -> String {
@@ -99,6 +102,33 @@ pub(crate) async fn record(
         }
     }
     Ok(halted)
+}
+
+impl Db {
+    /// Rollout `id`'s counts over time ([`crate::rollout::series`]), from its devices' rows.
+    pub async fn rollout_series(&self, id: u64) -> Result<RolloutSeries> {
+        sqlx::query("SELECT id FROM rollouts WHERE id = $1")
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NoRollout(id))?;
+        let rows =
+            sqlx::query("SELECT first_at, at, outcome FROM rollout_devices WHERE rollout_id = $1")
+                .bind(id as i64)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let outcome: String = r.try_get("outcome")?;
+                    let outcome: Outcome = outcome.parse().map_err(corrupt)?;
+                    Ok((r.try_get("first_at")?, r.try_get("at")?, outcome))
+                })
+                .collect::<Result<Vec<_>>>()?;
+        Ok(RolloutSeries {
+            rollout: id,
+            points: series(&rows),
+        })
+    }
 }
 
 /// Count the rollout's tries and failures and halt it if its policy says so.

@@ -38,7 +38,7 @@ fn parse_state(s: &str) -> Result<State> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(Error::Corrupt)
 }
 
-fn corrupt(what: String) -> Error {
+pub(super) fn corrupt(what: String) -> Error {
     Error::Corrupt(serde::de::Error::custom(what))
 }
 

@@ -7,6 +7,7 @@
 //! presenting a certificate from another CA fails the handshake; one presenting none gets
 //! through to the admin and enrollment routes, which take bearer tokens instead.
 
+mod dashboard;
 mod rollouts;
 pub mod routes;
 

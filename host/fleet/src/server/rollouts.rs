@@ -1,5 +1,5 @@
 //! The rollout routes ([`crate::api`] has the table): start (release-manager), read (viewer),
-//! pause and halt (operator), resume and cancel (release-manager), pin and unpin (operator).
+//! its series over time (viewer), pause and halt (operator), resume and cancel (release-manager), pin and unpin (operator).
 //!
 //! Each change commits in the database with its audit line, then the repository's record is
 //! signed before the answer (`crate::signer`); the answer's `signed_state` says what the
@@ -150,6 +150,16 @@ pub(super) async fn detail(
     let mut detail = state.db.rollout(rollout_id(&id)?).await?;
     detail.rollout = one_signed(&state, detail.rollout).await;
     Ok(Json(detail).into_response())
+}
+
+/// `GET /v1/rollouts/{id}/series`.
+pub(super) async fn series(
+    Extension(state): Extension<State>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<Response> {
+    admin(&state, &headers, Role::Viewer).await?;
+    Ok(Json(state.db.rollout_series(rollout_id(&id)?).await?).into_response())
 }
 
 /// A verb of `POST /v1/rollouts/{id}/{verb}`.

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::{rollouts, PeerCert};
+use super::{dashboard, rollouts, PeerCert};
 use crate::api::{
     self, ChannelRequest, CreateTokenRequest, EnrollRequest, EnrollResponse,
     EnrollmentTokensRequest, ErrorBody, Report, TagsRequest,
@@ -129,7 +129,9 @@ pub fn router(state: State) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
         .route("/v1/rollouts/{id}", get(rollouts::detail))
+        .route("/v1/rollouts/{id}/series", get(rollouts::series))
         .route("/v1/rollouts/{id}/{verb}", post(rollouts::change))
+        .merge(dashboard::router())
         .layer(Extension(state))
 }
 
