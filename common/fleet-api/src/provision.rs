@@ -224,10 +224,12 @@ pub struct Archive {
 
 /// Read `path` whole, at most `max` bytes; `Ok(None)` when it does not exist.
 fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, ArchiveError> {
-    let fail = |op| move |err| ArchiveError::Io {
-        op,
-        path: path.to_path_buf(),
-        err,
+    let fail = |op| {
+        move |err| ArchiveError::Io {
+            op,
+            path: path.to_path_buf(),
+            err,
+        }
     };
     let file = match fs::File::open(path) {
         Ok(f) => f,
@@ -244,9 +246,9 @@ fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, ArchiveError> {
             max,
         });
     }
-    String::from_utf8(bytes).map(Some).map_err(|e| {
-        fail("reading")(io::Error::new(io::ErrorKind::InvalidData, e.utf8_error()))
-    })
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| fail("reading")(io::Error::new(io::ErrorKind::InvalidData, e.utf8_error())))
 }
 
 fn required(path: &Path, max: u64) -> Result<String, ArchiveError> {
@@ -449,7 +451,10 @@ mod tests {
             let (_tmp, dir) = written();
             fs::write(dir.join(FLEET_TOML), format!("url = {url:?}\n")).unwrap();
             let e = error_of(&dir);
-            assert!(e.contains("fleet.toml") && e.contains("the fleet URL"), "{e}");
+            assert!(
+                e.contains("fleet.toml") && e.contains("the fleet URL"),
+                "{e}"
+            );
         }
         let (_tmp, dir) = written();
         fs::write(dir.join(FLEET_TOML), "url = \"https://a\"\nextra = 1\n").unwrap();

@@ -153,12 +153,20 @@ pub fn build_report(st: &UpdateStatus, last: Option<&LoopStatus>, runtime_alive:
         });
         // A slot that was installed and now runs committed: the update is done.
         let committed = || {
-            let rec = st.slots.iter().find(|s| s.slot == st.booted)?.record.as_ref()?;
+            let rec = st
+                .slots
+                .iter()
+                .find(|s| s.slot == st.booted)?
+                .record
+                .as_ref()?;
             let tried = last?.tried.as_deref()?;
             (!on_trial && rec.version == tried).then(|| UpdateResult {
                 result: RESULT_COMMITTED.into(),
                 version: version(tried),
-                journal: format!("{tried} runs in slot {} and passed its health gate", st.booted),
+                journal: format!(
+                    "{tried} runs in slot {} and passed its health gate",
+                    st.booted
+                ),
             })
         };
         (from_loop.or_else(committed), health)
@@ -295,7 +303,10 @@ mod tests {
     fn a_slot_on_trial_reports_no_verdict_and_short_states() {
         let r = build_report(&status(Some(Slot::A), None), None, true);
         r.validate().unwrap();
-        assert_eq!((r.version.as_str(), r.slot.as_str(), r.floor), ("1.1.0", "b", 1));
+        assert_eq!(
+            (r.version.as_str(), r.slot.as_str(), r.floor),
+            ("1.1.0", "b", 1)
+        );
         assert_eq!(r.slots[1].state, "trial");
         assert_eq!(r.slots[0].version.as_deref(), Some("1.0.0"));
         assert_eq!((r.health, r.last_update), (None, None));
@@ -304,10 +315,17 @@ mod tests {
     #[test]
     fn a_failed_install_names_the_tried_version_with_a_bounded_line() {
         let st = status(Some(Slot::B), None);
-        let r = build_report(&st, Some(&last(Outcome::InstallFailed, Some("1.2.0"))), false);
+        let r = build_report(
+            &st,
+            Some(&last(Outcome::InstallFailed, Some("1.2.0"))),
+            false,
+        );
         r.validate().unwrap();
         let u = r.last_update.unwrap();
-        assert_eq!((u.result.as_str(), u.version.as_deref()), (RESULT_FAILED, Some("1.2.0")));
+        assert_eq!(
+            (u.result.as_str(), u.version.as_deref()),
+            (RESULT_FAILED, Some("1.2.0"))
+        );
         assert!(u.journal.len() <= MAX_LINE && !u.journal.contains('\n'));
         assert!(r.health.unwrap().passed);
         assert!(!r.runtime_alive);
@@ -321,7 +339,10 @@ mod tests {
             true,
         );
         let u = r.last_update.unwrap();
-        assert_eq!((u.result.as_str(), u.version.as_deref()), (RESULT_COMMITTED, Some("1.1.0")));
+        assert_eq!(
+            (u.result.as_str(), u.version.as_deref()),
+            (RESULT_COMMITTED, Some("1.1.0"))
+        );
 
         let rb = Rollback {
             failed_slot: Slot::A,
@@ -331,7 +352,10 @@ mod tests {
         let r = build_report(&status(Some(Slot::B), Some(rb)), None, true);
         r.validate().unwrap();
         let u = r.last_update.unwrap();
-        assert_eq!((u.result.as_str(), u.version.as_deref()), (RESULT_ROLLED_BACK, Some("1.2.0")));
+        assert_eq!(
+            (u.result.as_str(), u.version.as_deref()),
+            (RESULT_ROLLED_BACK, Some("1.2.0"))
+        );
         assert!(!r.health.unwrap().passed);
     }
 }

@@ -226,8 +226,8 @@ pub fn enroll(
 
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| EnrollError::Key(e.to_string()))?;
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| EnrollError::Key(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| EnrollError::Key(e.to_string()))?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, serial);

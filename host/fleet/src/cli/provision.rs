@@ -51,8 +51,8 @@ pub fn run(a: &ProvisionArgs) -> Result<()> {
     let network = match &a.network {
         None => None,
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             let n: Network =
                 toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
             Some(n)
