@@ -225,11 +225,14 @@ fn a_device_enrolls_from_an_archive_reports_and_the_archive_is_erased() {
         assert!(!archive.join(f).exists(), "{f} is still there");
     }
     // Enrolled: a second call does nothing.
-    assert!(
-        enroll::enroll_if_provisioned(&[spare.clone()], &state, "SN-0001", &PlainKeyFile)
-            .unwrap()
-            .is_none()
-    );
+    assert!(enroll::enroll_if_provisioned(
+        std::slice::from_ref(&spare),
+        &state,
+        "SN-0001",
+        &PlainKeyFile
+    )
+    .unwrap()
+    .is_none());
 
     // The same archive (its copy) on another device: the token is used.
     let other = tempfile::tempdir().unwrap();
