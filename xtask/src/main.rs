@@ -1,5 +1,6 @@
 //! `cargo xtask`: parse the verb, run the preflight, then run the test tiers or the host
-//! program that does the verb (`aperture`, or `aperture-bench` for `bench`).
+//! program that does the verb (`aperture`; `aperture-bench` for `bench`; `aperture-fleet` for
+//! `provision`).
 
 mod fuzz;
 mod preflight;
@@ -58,6 +59,8 @@ fn run(cli: Cli) -> Result<()> {
             (n, Program::Aperture)
         }
         "bench" => (preflight::Needs::bench(), Program::Bench),
+        // The fleet server's admin command line: no libostree, nothing to install.
+        "provision" => (preflight::Needs::default(), Program::Fleet),
         // Flashing Jetsons in recovery mode runs NVIDIA's QSPI writer over ssh in its initrd.
         "flash" if rest.iter().any(|a| a.to_string_lossy().contains("jetson:")) => {
             let mut n = preflight::Needs::host_cli();
@@ -85,6 +88,8 @@ pub(crate) enum Program {
     Aperture,
     /// `aperture-bench` (host/bench).
     Bench,
+    /// `aperture-fleet` (host/fleet), for `provision`.
+    Fleet,
 }
 
 /// Compile a host program (it links libostree, present after the preflight) and return a
@@ -93,6 +98,7 @@ pub(crate) fn host_program(root: &Path, program: Program) -> Result<Command> {
     let (package, bin) = match program {
         Program::Aperture => ("aperture-cli", "aperture"),
         Program::Bench => ("aperture-bench", "aperture-bench"),
+        Program::Fleet => ("aperture-fleet", "aperture-fleet"),
     };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

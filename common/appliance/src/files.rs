@@ -182,6 +182,16 @@ impl Files {
         self.path("var/lib/aperture/agent")
     }
 
+    /// Where the agent looks for a provisioning archive at first boot, in order: the ESP's
+    /// `/efi/aperture/provision`, and `/run/aperture/provision-usb`, where a USB stick holding
+    /// one is mounted (issue 16).
+    pub fn provision_dirs(&self) -> Vec<PathBuf> {
+        vec![
+            self.esp().join("aperture/provision"),
+            self.run_aperture().join("provision-usb"),
+        ]
+    }
+
     /// `/run/aperture/slots.lock`: held by whoever changes slots or boot state.
     pub fn slots_lock(&self) -> PathBuf {
         self.run_aperture().join("slots.lock")

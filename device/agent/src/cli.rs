@@ -38,6 +38,10 @@ enum Command {
     /// Poll the release repository for ever (the image's `[update]` settings): install what
     /// this appliance's wave allows, reboot in the maintenance window.
     UpdateLoop,
+    /// Enroll with the fleet server from a provisioning archive (the ESP's aperture/provision,
+    /// or a USB stick mounted at /run/aperture/provision-usb), unless already enrolled; the
+    /// update loop also does this when it starts.
+    Enroll,
     /// Check the release repository once now, installing what is found (no reboot unless
     /// `--reboot`).
     CheckUpdate {
@@ -86,6 +90,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
             }),
         Command::Health { timeout, interval } => health(timeout, interval),
         Command::UpdateLoop => update::run_loop(&Files::default()),
+        Command::Enroll => crate::fleet::enroll_now(&Files::default()),
         Command::CheckUpdate { json, reboot } => {
             update::check_once(&Files::default(), json, reboot)
         }

@@ -12,8 +12,11 @@
 //! `aperture_sys::Cmd`.
 //! * [`update`]: the update loop (`update-loop`) and one check by hand (`check-update`),
 //!   through [`aperture_client`].
+//! * [`fleet`]: enrollment from a provisioning archive (`enroll`) and the report sent to the
+//!   fleet server after each poll.
 
 pub mod cli;
+pub mod fleet;
 pub mod health;
 pub mod status;
 pub mod update;

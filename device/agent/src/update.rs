@@ -81,10 +81,36 @@ pub fn run_loop(files: &Files) -> anyhow::Result<()> {
         );
         return Ok(());
     };
+    // First boot: enroll from a provisioning archive if one is there. A failure is logged and
+    // the loop runs anyway (updates do not need the fleet server); `aperture-agent enroll`
+    // says the same by hand.
+    match crate::fleet::enroll_if_provisioned(files) {
+        Ok(Some(e)) => tracing::info!("enrolled as {} from {}", e.device_id, e.archive.display()),
+        Ok(None) => {}
+        Err(e) => tracing::error!("enrolling with the fleet server: {e:#}"),
+    }
     let mut l = make(files, settings)?;
-    l.run(&now, &mut |secs| {
-        std::thread::sleep(std::time::Duration::from_secs(secs))
-    })
+    let mut reports = crate::fleet::Reports::new(StateDir(files.agent_state()));
+    l.run(
+        &now,
+        &mut |secs| std::thread::sleep(std::time::Duration::from_secs(secs)),
+        &mut |last, t| {
+            reports.send(
+                || match crate::status::update_status(files) {
+                    Ok(st) => Some(crate::fleet::build_report(
+                        &st,
+                        Some(last),
+                        crate::fleet::runtime_alive(&mut crate::health::Systemctl),
+                    )),
+                    Err(e) => {
+                        tracing::warn!("fleet report: reading the updater's status: {e}");
+                        None
+                    }
+                },
+                t,
+            )
+        },
+    )
 }
 
 /// `aperture-agent check-update`: one check now (installing what it finds), no reboot unless

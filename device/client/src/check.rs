@@ -113,6 +113,10 @@ pub struct LoopStatus {
     pub pending: Option<Pending>,
     /// Checks in a row that could not reach the repository.
     pub failures: u32,
+    /// The version the last check chose to install, if it chose one (the fleet report names
+    /// the release a failed install was of).
+    #[serde(default)]
+    pub tried: Option<String>,
 }
 
 /// The loop's files, under `/var/lib/aperture/agent` on a device.
@@ -139,6 +143,10 @@ impl StateDir {
     /// The device's fleet id, written when it enrolls with a fleet server.
     pub fn fleet_id(&self) -> PathBuf {
         self.0.join("fleet-id")
+    }
+    /// The device's fleet identity (key, certificate, CA, server URL): [`crate::enroll`].
+    pub fn fleet(&self) -> PathBuf {
+        self.0.join("fleet")
     }
 }
 
@@ -243,6 +251,7 @@ impl<I: Installer> UpdateLoop<I> {
             bytes: 0,
             pending: None,
             failures: 0,
+            tried: None,
         };
         let status = match previous {
             Some(p) => LoopStatus {
@@ -319,6 +328,7 @@ impl<I: Installer> UpdateLoop<I> {
     }
 
     fn check_inner(&mut self, now: u64) -> (Outcome, String, Option<u64>) {
+        self.status.tried = None;
         if let Err(why) = self.installer.ready() {
             return (Outcome::Waiting, format!("not checking: {why}"), None);
         }
@@ -360,6 +370,7 @@ impl<I: Installer> UpdateLoop<I> {
             );
         };
         tracing::info!("update check: {summary}");
+        self.status.tried = Some(meta.version.to_string());
         let url = target.url.clone();
         let shown = crate::transport::display_url(&url);
         let opened: Result<Box<dyn Read>, String> = if url.scheme() == "file" {
@@ -439,7 +450,14 @@ impl<I: Installer> UpdateLoop<I> {
 
     /// Run for ever: the first check after the seed's share of the interval (at most a
     /// minute, so a device that just booted finds an update soon), then each check's wait.
-    pub fn run(&mut self, clock: &dyn Fn() -> u64, sleep: &mut dyn FnMut(u64)) -> ! {
+    /// `after_check` runs after each check with its status and time (the agent reports to the
+    /// fleet server there); it must not fail the loop, so it returns nothing.
+    pub fn run(
+        &mut self,
+        clock: &dyn Fn() -> u64,
+        sleep: &mut dyn FnMut(u64),
+        after_check: &mut dyn FnMut(&LoopStatus, u64),
+    ) -> ! {
         let first = first_delay(self.status.seed, self.settings.poll_interval_secs.min(60));
         tracing::info!(
             "update loop: {} channel {}, every {} s, seed {}, first check in {first} s",
@@ -451,6 +469,7 @@ impl<I: Installer> UpdateLoop<I> {
         sleep(first);
         loop {
             let wait = self.check(clock());
+            after_check(&self.status, clock());
             if self.reboot_if_due(clock()) {
                 // The reboot is under way; wait for it.
                 sleep(self.settings.poll_interval_secs);

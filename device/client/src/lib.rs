@@ -1,6 +1,6 @@
-//! `aperture-client`: the appliance's side of the fleet. Today: the update loop, which finds
+//! `aperture-client`: the appliance's side of the fleet: the update loop, which finds
 //! releases in a TUF repository (tough's client workflow) and installs them through the
-//! updater; issue 16 adds enrollment and reports.
+//! updater; enrollment with the fleet server and reports to it (issue 16).
 //!
 //! * [`transport`]: tough's transport over the updater's HTTPS client (or files), caching the
 //!   immutable versioned metadata so that a poll that finds nothing new costs two small
@@ -11,14 +11,19 @@
 //!   signed.
 //! * [`check`]: the loop: refresh, decide ([`aperture_release::select`]), install, reboot in
 //!   the maintenance window; its status file.
+//! * [`enroll`]: first boot: the provisioning archive, the device key and CSR, enrollment
+//!   trusting only the archive's CA, the stored identity, the archive erased.
+//! * [`report`]: a bounded report over mutual TLS after each poll; a 429 holds reports back.
 //! * [`recorder`]: an installer that records, for tests of the loop.
 //! * [`conformance`]: the `aperture-tuf-client` program's work: the same client code behind
 //!   the command line the TUF conformance suite drives.
 
 pub mod check;
 pub mod conformance;
+pub mod enroll;
 pub mod recorder;
 pub mod refresh;
+pub mod report;
 pub mod target;
 pub mod transport;
 

@@ -6,8 +6,8 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub use aperture_fleet_api::tls::DeviceIdentity;
+use aperture_fleet_api::tls::{client_config, TlsError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -52,18 +52,9 @@ pub enum Error {
         #[source]
         err: std::io::Error,
     },
-    /// A PEM text (CA, certificate, key) does not parse.
-    #[error("reading the {what} (PEM)")]
-    Pem {
-        /// Which.
-        what: &'static str,
-        /// Why.
-        #[source]
-        err: rustls::pki_types::pem::Error,
-    },
-    /// rustls refused the configuration.
-    #[error("setting up TLS")]
-    Tls(#[from] rustls::Error),
+    /// The TLS settings could not be made (the CA, the device certificate or key).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl Error {
@@ -76,47 +67,13 @@ impl Error {
     }
 }
 
-/// A device's certificate and key (PEM), for mutual TLS.
-#[derive(Clone)]
-pub struct DeviceIdentity {
-    /// The certificate.
-    pub cert_pem: String,
-    /// The private key.
-    pub key_pem: String,
-}
-
 /// TLS settings of a client: TLS 1.3, ring, trusting the CA in `ca_pem` only; with a device
-/// identity, a client certificate.
+/// identity, a client certificate (`aperture_fleet_api::tls`, which the appliance uses too).
 pub fn tls_config(
     ca_pem: &str,
     device: Option<&DeviceIdentity>,
 ) -> Result<rustls::ClientConfig, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.map_err(|err| Error::Pem { what: "CA", err })?)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots);
-    Ok(match device {
-        None => builder.with_no_client_auth(),
-        Some(d) => {
-            let chain = CertificateDer::pem_slice_iter(d.cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| Error::Pem {
-                    what: "device certificate",
-                    err,
-                })?;
-            let key =
-                PrivateKeyDer::from_pem_slice(d.key_pem.as_bytes()).map_err(|err| Error::Pem {
-                    what: "device key",
-                    err,
-                })?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-    })
+    Ok(client_config(ca_pem, device)?)
 }
 
 /// A client of one fleet server.

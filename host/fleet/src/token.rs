@@ -17,8 +17,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The prefix of enrollment tokens.
-pub const ENROLL_PREFIX: &str = "apf-enroll-";
+/// The prefix of enrollment tokens (the provisioning archive checks it: one fact, one place).
+pub const ENROLL_PREFIX: &str = aperture_fleet_api::provision::ENROLL_TOKEN_PREFIX;
 /// The prefix of admin API tokens.
 pub const ADMIN_PREFIX: &str = "apf-admin-";
 

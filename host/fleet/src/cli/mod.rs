@@ -1,7 +1,8 @@
 //! The `aperture-fleet` command line: `init` and `serve` run on the server's machine; the rest
-//! (`devices`, `device`, `tokens`, `audit`, `rollout`) are clients of the HTTP API, printing a
+//! (`devices`, `device`, `tokens`, `audit`, `rollout`, `provision`) are clients of the HTTP API, printing a
 //! table or, with `--json`, the API's JSON.
 
+mod provision;
 mod rollout;
 mod table;
 
@@ -45,6 +46,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Rollouts of releases: start, list, status, pause, resume, halt, cancel, pin, unpin.
     Rollout(rollout::RolloutArgs),
+    /// Provisioning archives for new appliances: N one-time enrollment tokens, each with the
+    /// fleet URL and CA in a folder of its own (OUT/1, OUT/2, ...).
+    Provision(provision::ProvisionArgs),
 }
 
 /// Where the server keeps its identity and data.
@@ -285,6 +289,7 @@ pub fn run(cli: Cli) -> Result<()> {
             table::print_or_json(a.conn.json, &lines, |l| table::audit(l))
         }
         Command::Rollout(a) => rollout::run(&a),
+        Command::Provision(a) => provision::run(&a),
     }
 }
 

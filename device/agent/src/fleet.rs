@@ -1,0 +1,361 @@
+//! The agent's side of the fleet server (issue 16): enrollment from a provisioning archive
+//! (`aperture-agent enroll`, and at the start of the update loop), and the report sent after
+//! each poll, built from the updater's status, the loop's last check and the runtime's unit.
+
+use aperture_appliance::Files;
+use aperture_client::enroll::{self, Enrolled, FleetIdentity, PlainKeyFile};
+use aperture_client::report::{ReportError, Reporter};
+use aperture_client::{LoopStatus, Outcome, StateDir};
+use aperture_fleet_api::{
+    HealthResult, Report, SlotState, UpdateResult, MAX_LINE, RESULT_COMMITTED, RESULT_FAILED,
+    RESULT_ROLLED_BACK,
+};
+use aperture_slots::SlotStatus;
+use aperture_updater::status::UpdateStatus;
+
+use crate::health::UnitProbe;
+
+/// The vision runtime's unit, whose state is the report's `runtime_alive`.
+pub const RUNTIME_UNIT: &str = "aperture-runtime.service";
+
+/// This device's serial: the board's (device tree `serial-number`, else DMI), else the
+/// machine id; only `A-Za-z0-9._-`, at most 64.
+pub fn serial(files: &Files) -> String {
+    let candidates = [
+        files.path("proc/device-tree/serial-number"),
+        files.path("sys/class/dmi/id/product_serial"),
+        files.path("etc/machine-id"),
+    ];
+    for path in candidates {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let s: String = text
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                .take(64)
+                .collect();
+            if !s.is_empty() {
+                return s;
+            }
+        }
+    }
+    "unknown".into()
+}
+
+/// Enroll from the first provisioning archive found, unless already enrolled.
+pub fn enroll_if_provisioned(files: &Files) -> anyhow::Result<Option<Enrolled>> {
+    let state = StateDir(files.agent_state());
+    Ok(enroll::enroll_if_provisioned(
+        &files.provision_dirs(),
+        &state,
+        &serial(files),
+        &PlainKeyFile,
+    )?)
+}
+
+/// `aperture-agent enroll`: enroll now, or say why nothing was done.
+pub fn enroll_now(files: &Files) -> anyhow::Result<()> {
+    match enroll_if_provisioned(files)? {
+        Some(e) => {
+            println!("enrolled as {} from {}", e.device_id, e.archive.display());
+            if let Err(why) = e.erased {
+                println!("the archive was not erased: {why}");
+            }
+        }
+        None => {
+            let state = StateDir(files.agent_state());
+            match FleetIdentity::load(&state.fleet(), &PlainKeyFile).map_err(anyhow::Error::msg)? {
+                Some(id) => println!("already enrolled with {} as {}", id.url, id.device_id),
+                None => anyhow::bail!(
+                    "no provisioning archive in {}",
+                    files
+                        .provision_dirs()
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short_state(s: &SlotStatus) -> &'static str {
+    match s {
+        SlotStatus::Good => "good",
+        SlotStatus::Trying { .. } => "trial",
+        SlotStatus::Bad => "bad",
+        _ => "unbootable",
+    }
+}
+
+fn line(text: &str) -> String {
+    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    if clean.len() <= MAX_LINE {
+        return clean;
+    }
+    let mut end = MAX_LINE;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    clean[..end].to_string()
+}
+
+/// A version as the API takes it (1 to 64 of `A-Za-z0-9._-`), or none.
+fn version(v: &str) -> Option<String> {
+    aperture_fleet_api::check_name("version", v)
+        .ok()
+        .map(|()| v.to_string())
+}
+
+/// The report of this appliance: the updater's status, the loop's last check, the runtime.
+/// Bounded by construction (lines cut at [`MAX_LINE`], states short words).
+pub fn build_report(st: &UpdateStatus, last: Option<&LoopStatus>, runtime_alive: bool) -> Report {
+    let slots = st
+        .slots
+        .iter()
+        .map(|s| SlotState {
+            slot: s.slot.to_string(),
+            state: short_state(&s.status).into(),
+            version: s.record.as_ref().and_then(|r| version(&r.version)),
+        })
+        .collect();
+    let on_trial = st.committed != Some(st.booted);
+    let (last_update, health) = if let Some(rb) = &st.rollback {
+        (
+            Some(UpdateResult {
+                result: RESULT_ROLLED_BACK.into(),
+                version: rb.failed_version.as_deref().and_then(version),
+                journal: line(&rb.to_string()),
+            }),
+            Some(HealthResult {
+                passed: false,
+                detail: line(&rb.to_string()),
+            }),
+        )
+    } else {
+        let from_loop = last.and_then(|l| match l.result? {
+            Outcome::InstallFailed => Some(UpdateResult {
+                result: RESULT_FAILED.into(),
+                version: l.tried.as_deref().and_then(version),
+                journal: line(&l.message),
+            }),
+            Outcome::Installed => Some(UpdateResult {
+                result: "installed".into(),
+                version: l.tried.as_deref().and_then(version),
+                journal: line(&l.message),
+            }),
+            _ => None,
+        });
+        let health = (!on_trial).then(|| HealthResult {
+            passed: true,
+            detail: format!("slot {} committed", st.booted),
+        });
+        // A slot that was installed and now runs committed: the update is done.
+        let committed = || {
+            let rec = st
+                .slots
+                .iter()
+                .find(|s| s.slot == st.booted)?
+                .record
+                .as_ref()?;
+            let tried = last?.tried.as_deref()?;
+            (!on_trial && rec.version == tried).then(|| UpdateResult {
+                result: RESULT_COMMITTED.into(),
+                version: version(tried),
+                journal: format!(
+                    "{tried} runs in slot {} and passed its health gate",
+                    st.booted
+                ),
+            })
+        };
+        (from_loop.or_else(committed), health)
+    };
+    Report {
+        version: version(&st.running.version).unwrap_or_else(|| "unknown".into()),
+        slot: st.booted.to_string(),
+        slots,
+        floor: st.security_floor,
+        last_update,
+        health,
+        runtime_alive,
+    }
+}
+
+/// The reports of the update loop: the identity is loaded when the first report is due (the
+/// device may enroll while the loop runs), and errors are logged, never returned.
+pub struct Reports {
+    state: StateDir,
+    reporter: Option<Reporter>,
+}
+
+impl Reports {
+    /// Reports of the device whose state is in `state`.
+    pub fn new(state: StateDir) -> Self {
+        Reports {
+            state,
+            reporter: None,
+        }
+    }
+
+    /// Send `report` at `now`; logs what went wrong.
+    pub fn send(&mut self, report: impl FnOnce() -> Option<Report>, now: u64) {
+        if self.reporter.is_none() {
+            match FleetIdentity::load(&self.state.fleet(), &PlainKeyFile) {
+                Ok(None) => return,
+                Ok(Some(id)) => match Reporter::new(&id) {
+                    Ok(r) => self.reporter = Some(r),
+                    Err(e) => {
+                        tracing::warn!("fleet report: the identity's TLS settings: {e:#}");
+                        return;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("fleet report: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(reporter) = self.reporter.as_mut() else {
+            return;
+        };
+        let Some(report) = report() else { return };
+        match reporter.send(&report, now) {
+            Ok(()) => tracing::debug!("fleet report sent"),
+            Err(ReportError::HeldBack(_)) => {}
+            Err(e) => tracing::warn!("fleet report: {e}"),
+        }
+    }
+}
+
+/// Whether the runtime's unit is active.
+pub fn runtime_alive(probe: &mut dyn UnitProbe) -> bool {
+    probe
+        .active_state(RUNTIME_UNIT)
+        .is_ok_and(|s| s == "active")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aperture_appliance::Slot;
+    use aperture_updater::status::{RecordSummary, Rollback, RunningImage, SlotInfo};
+
+    fn slot(slot: Slot, status: SlotStatus, version: &str, booted: bool) -> SlotInfo {
+        SlotInfo {
+            slot,
+            status,
+            label: None,
+            booted,
+            next: booted,
+            record: Some(RecordSummary {
+                version: version.into(),
+                security_version: 1,
+                rootfs_sha256: String::new(),
+                root_hash: String::new(),
+            }),
+        }
+    }
+
+    fn status(committed: Option<Slot>, rollback: Option<Rollback>) -> UpdateStatus {
+        UpdateStatus {
+            backend: "fake".into(),
+            booted: Slot::B,
+            next: Slot::B,
+            running: RunningImage {
+                product: "p".into(),
+                version: "1.1.0".into(),
+                security_version: 1,
+                board: "qemu-x86_64".into(),
+            },
+            security_floor: 1,
+            keyring_sequence: 1,
+            trusted_time: 0,
+            committed,
+            slots: vec![
+                slot(Slot::A, SlotStatus::Good, "1.0.0", false),
+                slot(
+                    Slot::B,
+                    SlotStatus::Trying {
+                        tries_left: 2,
+                        tries_done: 1,
+                    },
+                    "1.1.0",
+                    true,
+                ),
+            ],
+            interrupted: None,
+            rollback,
+        }
+    }
+
+    fn last(result: Outcome, tried: Option<&str>) -> LoopStatus {
+        serde_json::from_value(serde_json::json!({
+            "repository": "https://r", "channel": "stable", "seed": 1, "last_check": 1,
+            "result": result, "message": format!("journal\nline {}", "x".repeat(600)),
+            "next_eligible": null, "next_check": null, "requests": 0, "bytes": 0,
+            "pending": null, "failures": 0, "tried": tried,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_slot_on_trial_reports_no_verdict_and_short_states() {
+        let r = build_report(&status(Some(Slot::A), None), None, true);
+        r.validate().unwrap();
+        assert_eq!(
+            (r.version.as_str(), r.slot.as_str(), r.floor),
+            ("1.1.0", "b", 1)
+        );
+        assert_eq!(r.slots[1].state, "trial");
+        assert_eq!(r.slots[0].version.as_deref(), Some("1.0.0"));
+        assert_eq!((r.health, r.last_update), (None, None));
+    }
+
+    #[test]
+    fn a_failed_install_names_the_tried_version_with_a_bounded_line() {
+        let st = status(Some(Slot::B), None);
+        let r = build_report(
+            &st,
+            Some(&last(Outcome::InstallFailed, Some("1.2.0"))),
+            false,
+        );
+        r.validate().unwrap();
+        let u = r.last_update.unwrap();
+        assert_eq!(
+            (u.result.as_str(), u.version.as_deref()),
+            (RESULT_FAILED, Some("1.2.0"))
+        );
+        assert!(u.journal.len() <= MAX_LINE && !u.journal.contains('\n'));
+        assert!(r.health.unwrap().passed);
+        assert!(!r.runtime_alive);
+    }
+
+    #[test]
+    fn a_committed_update_and_a_rollback_use_the_servers_words() {
+        let r = build_report(
+            &status(Some(Slot::B), None),
+            Some(&last(Outcome::UpToDate, Some("1.1.0"))),
+            true,
+        );
+        let u = r.last_update.unwrap();
+        assert_eq!(
+            (u.result.as_str(), u.version.as_deref()),
+            (RESULT_COMMITTED, Some("1.1.0"))
+        );
+
+        let rb = Rollback {
+            failed_slot: Slot::A,
+            failed_version: Some("1.2.0".into()),
+            running_slot: Slot::B,
+        };
+        let r = build_report(&status(Some(Slot::B), Some(rb)), None, true);
+        r.validate().unwrap();
+        let u = r.last_update.unwrap();
+        assert_eq!(
+            (u.result.as_str(), u.version.as_deref()),
+            (RESULT_ROLLED_BACK, Some("1.2.0"))
+        );
+        assert!(!r.health.unwrap().passed);
+    }
+}

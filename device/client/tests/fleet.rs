@@ -1,0 +1,353 @@
+//! The appliance's side of the fleet server (issue 16), tier 1: a real `aperture-fleet` server
+//! on 127.0.0.1 (SQLite, real TLS 1.3), archives made by its `provision` verb, enrollment and
+//! reports through `aperture_client::enroll` and `aperture_client::report`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use aperture_client::enroll::{self, EnrollError, FleetIdentity, PlainKeyFile};
+use aperture_client::report::{ReportError, Reporter};
+use aperture_client::StateDir;
+use aperture_fleet::client::Client;
+use aperture_fleet::db::Db;
+use aperture_fleet::pki::{FleetCa, Identity};
+use aperture_fleet::server::{self, Server};
+use aperture_fleet_api::provision::{self, Archive};
+use aperture_fleet_api::{Report, SlotState, UpdateResult, RESULT_FAILED};
+use clap::Parser;
+use tempfile::TempDir;
+
+/// Reports a device may send per minute on the test server.
+const REPORTS_PER_MINUTE: i64 = 3;
+
+/// A fleet server of the test's own, stopped when dropped.
+struct Fleet {
+    dir: TempDir,
+    url: String,
+    admin_token: String,
+    db: Db,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let (identity, _) = Identity::init(dir.path(), &names).expect("the fleet identity");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let db_url = format!("sqlite://{}", dir.path().join("fleet.db").display());
+        let db = rt.block_on(Db::connect(&db_url)).expect("the database");
+        let admin_token = rt
+            .block_on(db.bootstrap_admin(aperture_fleet::db::now()))
+            .unwrap()
+            .expect("the first admin token")
+            .token;
+        let config = server::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity,
+            reports_per_minute: REPORTS_PER_MINUTE,
+            repo: None,
+        };
+        let server = rt.block_on(Server::bind(config, db.clone())).unwrap();
+        let url = format!("https://{}", server.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Fleet {
+            dir,
+            url,
+            admin_token,
+            db,
+            rt,
+            stop: Some(stop),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        Identity::ca_path(self.dir.path())
+    }
+
+    fn admin(&self) -> Client {
+        let ca = std::fs::read_to_string(self.ca()).unwrap();
+        Client::new(&self.url, &ca, Some(self.admin_token.clone()), None).unwrap()
+    }
+
+    /// `aperture-fleet provision --count N` into `out`: the archives' folders.
+    fn provision(&self, out: &Path, count: u32) -> Vec<PathBuf> {
+        let cli = aperture_fleet::cli::Cli::try_parse_from([
+            "aperture-fleet",
+            "provision",
+            "--fleet",
+            &self.url,
+            "--api-token",
+            &self.admin_token,
+            "--ca",
+            self.ca().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--count",
+            &count.to_string(),
+            "--expires-in",
+            "1h",
+        ])
+        .unwrap();
+        aperture_fleet::cli::run(cli).expect("provision");
+        (1..=count).map(|n| out.join(n.to_string())).collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.rt.block_on(self.db.close());
+    }
+}
+
+/// An error and its causes, as a program prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn report(version: &str) -> Report {
+    Report {
+        version: version.into(),
+        slot: "a".into(),
+        slots: vec![SlotState {
+            slot: "a".into(),
+            state: "good".into(),
+            version: Some(version.into()),
+        }],
+        floor: 1,
+        last_update: Some(UpdateResult {
+            result: RESULT_FAILED.into(),
+            version: Some("1.1.0".into()),
+            journal: "installing 1.1.0: signature refused".into(),
+        }),
+        health: None,
+        runtime_alive: true,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn provision_writes_private_archives_that_parse() {
+    let fleet = Fleet::start();
+    let out = tempfile::tempdir().unwrap();
+    let dirs = fleet.provision(&out.path().join("batch"), 3);
+    let mut tokens = Vec::new();
+    for d in &dirs {
+        assert_eq!(mode(d), 0o700);
+        for f in [provision::FLEET_TOML, provision::CA_PEM, provision::TOKEN] {
+            assert_eq!(mode(&d.join(f)), 0o600, "{}", d.join(f).display());
+        }
+        let a = Archive::read(d).unwrap();
+        assert_eq!(a.url.as_str().trim_end_matches('/'), fleet.url);
+        tokens.push(a.token.expose().to_string());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 3, "one token per archive");
+    // Never over existing archives.
+    let again = aperture_fleet::cli::Cli::try_parse_from([
+        "aperture-fleet",
+        "provision",
+        "--fleet",
+        &fleet.url,
+        "--api-token",
+        &fleet.admin_token,
+        "--ca",
+        fleet.ca().to_str().unwrap(),
+        "--out",
+        out.path().join("batch").to_str().unwrap(),
+    ])
+    .unwrap();
+    let e = aperture_fleet::cli::run(again).unwrap_err();
+    assert!(format!("{e:#}").contains("exists already"), "{e:#}");
+}
+
+#[test]
+fn a_device_enrolls_from_an_archive_reports_and_the_archive_is_erased() {
+    let fleet = Fleet::start();
+    let out = tempfile::tempdir().unwrap();
+    let archive = fleet.provision(out.path(), 1).remove(0);
+    let spare = out.path().join("copy");
+    copy_dir(&archive, &spare);
+
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = StateDir(state_dir.path().to_path_buf());
+    let places = vec![out.path().join("not-here"), archive.clone()];
+    let done = enroll::enroll_if_provisioned(&places, &state, "SN-0001", &PlainKeyFile)
+        .unwrap()
+        .expect("an archive was found");
+    assert!(done.device_id.starts_with("dev-"));
+    done.erased.unwrap();
+    // The identity, the key private, the fleet id; the archive gone.
+    assert_eq!(mode(&state.fleet().join("key.pem")), 0o600);
+    assert_eq!(mode(&state.fleet()), 0o700);
+    assert!(state.fleet().join("cert.pem").is_file());
+    assert_eq!(
+        aperture_client::check::fleet_id(&state.fleet_id()).as_deref(),
+        Some(done.device_id.as_str())
+    );
+    for f in provision::FILES {
+        assert!(!archive.join(f).exists(), "{f} is still there");
+    }
+    // Enrolled: a second call does nothing.
+    assert!(enroll::enroll_if_provisioned(
+        std::slice::from_ref(&spare),
+        &state,
+        "SN-0001",
+        &PlainKeyFile
+    )
+    .unwrap()
+    .is_none());
+
+    // The same archive (its copy) on another device: the token is used.
+    let other = tempfile::tempdir().unwrap();
+    let e = enroll::enroll(
+        &spare,
+        &StateDir(other.path().to_path_buf()),
+        "SN-0002",
+        &PlainKeyFile,
+    )
+    .unwrap_err();
+    assert!(matches!(e, EnrollError::Refused { .. }), "{e:#}");
+    assert!(format!("{e:#}").contains("single-use"), "{e:#}");
+    assert!(!other.path().join("fleet").join("fleet.toml").exists());
+
+    // A report arrives and is visible to administrators.
+    let id = FleetIdentity::load(&state.fleet(), &PlainKeyFile)
+        .unwrap()
+        .unwrap();
+    let mut reporter = Reporter::new(&id).unwrap();
+    reporter.send(&report("1.0.0"), now()).unwrap();
+    let detail = fleet.admin().device(&done.device_id).unwrap();
+    assert_eq!(detail.device.serial, "SN-0001");
+    assert_eq!(detail.device.last_report, Some(report("1.0.0")));
+
+    // The server's limit: a 429 holds reports back instead of hammering it.
+    let mut limited = None;
+    for _ in 0..REPORTS_PER_MINUTE + 1 {
+        if let Err(e) = reporter.send(&report("1.0.0"), now()) {
+            limited = Some(e);
+            break;
+        }
+    }
+    let until = match limited {
+        Some(ReportError::RateLimited(until)) => until,
+        other => panic!("expected a 429, got {other:?}"),
+    };
+    assert!(until >= now() + 59);
+    assert!(matches!(
+        reporter.send(&report("1.0.0"), now()),
+        Err(ReportError::HeldBack(_))
+    ));
+    // A report that breaks the bounds is not sent.
+    let mut bad = report("1.0.0");
+    bad.last_update.as_mut().unwrap().journal = "x\n".repeat(10);
+    let mut fresh = Reporter::new(&id).unwrap();
+    assert!(matches!(
+        fresh.send(&bad, now()),
+        Err(ReportError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_report_with_another_devices_certificate_is_refused() {
+    let fleet = Fleet::start();
+    let out = tempfile::tempdir().unwrap();
+    let archives = fleet.provision(out.path(), 2);
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        StateDir(sa.path().to_path_buf()),
+        StateDir(sb.path().to_path_buf()),
+    );
+    enroll::enroll(&archives[0], &a, "SN-A", &PlainKeyFile).unwrap();
+    enroll::enroll(&archives[1], &b, "SN-B", &PlainKeyFile).unwrap();
+    let ida = FleetIdentity::load(&a.fleet(), &PlainKeyFile)
+        .unwrap()
+        .unwrap();
+    let mut idb = FleetIdentity::load(&b.fleet(), &PlainKeyFile)
+        .unwrap()
+        .unwrap();
+    // B's certificate, reporting as A.
+    idb.device_id = ida.device_id.clone();
+    let e = Reporter::new(&idb)
+        .unwrap()
+        .send(&report("1.0.0"), now())
+        .unwrap_err();
+    assert!(
+        matches!(e, ReportError::Status { status: 403, .. }),
+        "{e:#}"
+    );
+    let detail = fleet.admin().device(&ida.device_id).unwrap();
+    assert_eq!(detail.device.last_report, None);
+}
+
+#[test]
+fn an_archive_with_another_ca_fails_naming_the_ca_and_keeps_the_archive() {
+    let fleet = Fleet::start();
+    let out = tempfile::tempdir().unwrap();
+    let archive = fleet.provision(out.path(), 1).remove(0);
+    let stranger = FleetCa::generate().unwrap();
+    std::fs::write(archive.join(provision::CA_PEM), stranger.pem()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let e = enroll::enroll(
+        &archive,
+        &StateDir(state.path().to_path_buf()),
+        "SN-C",
+        &PlainKeyFile,
+    )
+    .unwrap_err();
+    let text = chain(&e);
+    assert!(matches!(e, EnrollError::Transport { .. }), "{text}");
+    assert!(
+        text.contains(&archive.join("ca.pem").display().to_string()),
+        "{text}"
+    );
+    // The stranger CA has the fleet CA's name, so rustls finds it and the signature fails.
+    assert!(text.contains("invalid peer certificate"), "{text}");
+    // Nothing kept, nothing erased: the archive is still usable once its CA is fixed.
+    assert!(!state.path().join("fleet").exists());
+    assert!(archive.join(provision::TOKEN).exists());
+    std::fs::copy(fleet.ca(), archive.join(provision::CA_PEM)).unwrap();
+    enroll::enroll(
+        &archive,
+        &StateDir(state.path().to_path_buf()),
+        "SN-C",
+        &PlainKeyFile,
+    )
+    .unwrap();
+}
