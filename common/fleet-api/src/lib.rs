@@ -193,6 +193,15 @@ impl Report {
     }
 }
 
+/// The message of an error answer: the server's `{"error": "..."}`, or the body as it came
+/// (from something other than the fleet server, such as a proxy).
+pub fn error_message(body: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .unwrap_or(body)
+}
+
 /// The path of a device's report.
 pub fn report_path(device_id: &str) -> String {
     format!("/v1/devices/{device_id}/report")
@@ -203,6 +212,22 @@ pub const ENROLL_PATH: &str = "/v1/enroll";
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_answer_gives_its_message_or_its_body() {
+        assert_eq!(
+            super::error_message(r#"{"error":"token used"}"#.into()),
+            "token used"
+        );
+        assert_eq!(
+            super::error_message("502 Bad Gateway".into()),
+            "502 Bad Gateway"
+        );
+        assert_eq!(
+            super::error_message(r#"{"other":1}"#.into()),
+            r#"{"other":1}"#
+        );
+    }
+
     use super::*;
 
     fn report() -> Report {

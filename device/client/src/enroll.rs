@@ -269,11 +269,7 @@ pub fn enroll(
             serde_json::from_slice(&bytes).map_err(|e| EnrollError::Answer(e.to_string()))?
         }
         Err(ureq::Error::Status(status, r)) => {
-            let text = r.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-                .unwrap_or(text);
+            let message = aperture_fleet_api::error_message(r.into_string().unwrap_or_default());
             return Err(EnrollError::Refused { status, message });
         }
         Err(ureq::Error::Transport(t)) => {

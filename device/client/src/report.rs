@@ -109,11 +109,8 @@ impl Reporter {
                 Err(ReportError::RateLimited(self.held_until))
             }
             Err(ureq::Error::Status(status, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-                    .unwrap_or(text);
+                let message =
+                    aperture_fleet_api::error_message(r.into_string().unwrap_or_default());
                 Err(ReportError::Status { status, message })
             }
             Err(ureq::Error::Transport(t)) => Err(ReportError::Transport {

@@ -13,9 +13,8 @@ use serde::Serialize;
 
 use crate::api::{
     AuditEntry, ChannelRequest, CreateTokenRequest, CreatedToken, DeviceDetail, DeviceInfo,
-    EnrollRequest, EnrollResponse, EnrollmentTokens, EnrollmentTokensRequest, ErrorBody,
-    PinRequest, Report, RolloutAction, RolloutDetail, RolloutInfo, RolloutSeries, StartRollout,
-    TagsRequest, TokenInfo,
+    EnrollRequest, EnrollResponse, EnrollmentTokens, EnrollmentTokensRequest, PinRequest, Report,
+    RolloutAction, RolloutDetail, RolloutInfo, RolloutSeries, StartRollout, TagsRequest, TokenInfo,
 };
 use crate::token::Role;
 
@@ -156,10 +155,8 @@ impl Client {
         let response = match sent {
             Ok(r) => r,
             Err(ureq::Error::Status(status, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<ErrorBody>(&text)
-                    .map(|b| b.error)
-                    .unwrap_or(text);
+                let message =
+                    aperture_fleet_api::error_message(r.into_string().unwrap_or_default());
                 return Err(Error::Status { status, message });
             }
             Err(ureq::Error::Transport(t)) => {
