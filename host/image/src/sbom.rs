@@ -226,13 +226,8 @@ pub fn generate(
     let triple = recipe.base.architecture.rust_target();
     let mut crates = BTreeSet::new();
     if !recipe.components.device.is_empty() {
-        let features: Vec<&str> = recipe
-            .components
-            .device
-            .iter()
-            .map(|p| p.feature())
-            .collect();
-        crates = rust_crates(workspace, &features.join(","), triple).with_context(|| {
+        let features = crate::rootfs::programs::features(recipe);
+        crates = rust_crates(workspace, &features, triple).with_context(|| {
             format!(
                 "listing the crates of {}",
                 crate::rootfs::programs::MULTICALL

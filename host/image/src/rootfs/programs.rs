@@ -19,6 +19,18 @@ pub fn target_dir(workspace: &Path) -> PathBuf {
 /// The package and binary that holds every device program (`device/multicall`).
 pub const MULTICALL: &str = "aperture-device";
 
+/// The cargo features of [`MULTICALL`] that select the recipe's programs, comma-separated: what
+/// [`build`] compiles and what the SBOM lists the crates of.
+pub fn features(recipe: &Recipe) -> String {
+    let names: Vec<&str> = recipe
+        .components
+        .device
+        .iter()
+        .map(|p| p.feature())
+        .collect();
+    names.join(",")
+}
+
 /// Build the recipe's programs in release mode for the board, as one binary holding exactly
 /// them (`aperture-device` with one cargo feature per program); returns its path.
 pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Option<PathBuf>> {
@@ -27,12 +39,6 @@ pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Optio
     }
     let triple = recipe.base.architecture.rust_target();
     let target = target_dir(workspace);
-    let features: Vec<&str> = recipe
-        .components
-        .device
-        .iter()
-        .map(|p| p.feature())
-        .collect();
     Cmd::cargo()
         .current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target)
@@ -43,7 +49,7 @@ pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Optio
         )
         .args(["build", "--release", "--target", triple])
         .args(["--package", MULTICALL, "--bin", MULTICALL])
-        .args(["--no-default-features", "--features", &features.join(",")])
+        .args(["--no-default-features", "--features", &features(recipe)])
         .stream(|l| step.line(l))
         .with_context(|| format!("building device programs for {triple}"))?;
     let bin = target.join(triple).join("release").join(MULTICALL);
