@@ -283,7 +283,7 @@ pub fn run(o: &Options) -> Result<()> {
         "reports, PostgreSQL, one server",
         hammer(
             &devices,
-            &[a.url.clone()],
+            std::slice::from_ref(&a.url),
             Request::Report,
             o.concurrency,
             o.window,
