@@ -27,7 +27,7 @@ const VERBS: &str =
   repo      the fleet's TUF release repository: init, status, refresh, rotate-root,
             sync (to a folder or S3), keygen
   release   publish a build to a channel with waves; halt or resume its rollout
-  bench     Aperture beside its peers (build, flash, update, reset, fleet-repo), a table of ratios
+  bench     Aperture beside its peers (build, flash, update, reset, fleet, fleet-repo), a table of ratios
   provision provisioning archives for new appliances (aperture-fleet provision --fleet URL
             --api-token T --ca FILE --out DIR [--count N] [--expires-in 7d])";
 

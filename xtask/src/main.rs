@@ -111,9 +111,15 @@ pub(crate) fn host_program(root: &Path, program: Program) -> Result<Command> {
         );
     }
     let t = Instant::now();
-    Cmd::cargo()
-        .current_dir(root)
-        .args(["build", "--package", package, "--bin", bin])
+    let mut build =
+        Cmd::cargo()
+            .current_dir(root)
+            .args(["build", "--package", package, "--bin", bin]);
+    if program == Program::Bench {
+        // `bench fleet` runs the fleet server as processes of its own, found beside the bench.
+        build = build.args(["--package", "aperture-fleet", "--bin", "aperture-fleet"]);
+    }
+    build
         .run_inherited()
         .with_context(|| format!("building {bin}"))?;
     if t.elapsed().as_secs() > 20 {

@@ -6,11 +6,14 @@
 //! * [`flash`]: an image to a loop device beside `bmaptool copy` and `dd`;
 //! * [`update`]: a 1 GiB slot installed by `aperture-update` beside RAUC;
 //! * [`reset`]: wiping a data partition by discard and by overwrite;
+//! * [`fleet`]: reports per second and their latency at the fleet server, for 10,000
+//!   simulated appliances, on SQLite, PostgreSQL and two servers on one PostgreSQL;
 //! * [`fleet_repo`]: simulated appliances polling the nginx-served release repository, beside
 //!   stock tough and python-tuf.
 
 pub mod build;
 pub mod flash;
+pub mod fleet;
 pub mod fleet_repo;
 pub mod reset;
 pub mod table;
@@ -47,6 +50,9 @@ pub enum BenchKind {
     Reset,
     /// Installing a 1 GiB rootfs update, beside RAUC.
     Update,
+    /// Reports per second and their p50/p99 latency at the fleet server, beside the bare
+    /// mutual-TLS round trip.
+    Fleet,
     /// Requests and metadata bytes per poll of the release repository, beside stock tough and
     /// python-tuf.
     FleetRepo,
@@ -67,7 +73,8 @@ pub struct BenchArgs {
     /// Runs per tool (the table shows the median; not fleet-repo).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
-    /// fleet-repo: simulated devices polling with Aperture's client.
+    /// fleet, fleet-repo: simulated devices (fleet: enrolled and reporting; fleet-repo:
+    /// polling with Aperture's client).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub devices: usize,
     /// fleet-repo: simulated devices polling with stock tough (at most --devices; what a poll
@@ -81,6 +88,12 @@ pub struct BenchArgs {
     /// early and says so.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub time_limit: u64,
+    /// fleet: seconds each measurement runs (after a warm-up round of every device).
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub window: u64,
+    /// fleet: requests in flight at once (client threads).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
 }
 
 /// Run one benchmark.
@@ -90,6 +103,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         BenchKind::Flash => flash::run(a.runs),
         BenchKind::Reset => reset::run(a.runs),
         BenchKind::Update => update::run(a.runs),
+        BenchKind::Fleet => fleet::run(&fleet::Options {
+            devices: a.devices,
+            window: std::time::Duration::from_secs(a.window),
+            concurrency: a.concurrency,
+        }),
         BenchKind::FleetRepo => fleet_repo::run(&fleet_repo::Options {
             devices: a.devices,
             peer_devices: a.peer_devices,
@@ -114,5 +132,10 @@ mod tests {
         assert_eq!((a.kind, a.runs), (BenchKind::Update, 5));
         let a = BenchArgs::parse_from(["x", "fleet-repo", "--devices", "200"]);
         assert_eq!((a.kind, a.devices), (BenchKind::FleetRepo, 200));
+        let a = BenchArgs::parse_from(["x", "fleet", "--window", "5", "--concurrency", "8"]);
+        assert_eq!(
+            (a.kind, a.devices, a.window, a.concurrency),
+            (BenchKind::Fleet, 10_000, 5, 8)
+        );
     }
 }

@@ -28,6 +28,7 @@ use common::{failed_health, failed_install, report, Device, Fleet, TestServer};
 both!(with start_with_repo;
     a_count_policy_halts_once_and_the_halt_is_signed,
     a_percentage_policy_waits_for_min_tried,
+    a_success_reaching_min_tried_over_the_limit_halts,
     devices_outside_the_rollout_do_not_count,
     state_changes_and_pins_round_trip_and_are_signed,
     roles_and_bad_input_are_refused,
@@ -226,6 +227,55 @@ fn a_percentage_policy_waits_for_min_tried(f: Fleet) {
     );
     assert_eq!(policy_halts(&f).len(), 1);
     assert_eq!(f.repo().seen_by_a_device()[0].state, State::Halted);
+}
+
+/// The try that reaches `min_tried` may be a success that leaves the rate over the limit:
+/// that report halts the rollout, not the next failure (which might never come).
+fn a_success_reaching_min_tried_over_the_limit_halts(f: Fleet) {
+    let d = devices(&f, 20);
+    let policy = FailurePolicy {
+        max_failures: None,
+        max_failure_percent: Some(5),
+        min_tried: 20,
+    };
+    let r = f
+        .admin()
+        .start_rollout(&start_req(DeviceSelector::All, policy))
+        .unwrap();
+    // Two failures among the first 19 tries: over 5 %, but fewer than 20 tried.
+    for (i, dev) in d[..19].iter().enumerate() {
+        let sent = if i == 3 || i == 11 {
+            failed_health(VERSION)
+        } else {
+            report(VERSION)
+        };
+        dev.client.report(&dev.id, &sent).unwrap();
+    }
+    assert_eq!(now_state(&f, r.id).state, State::Active);
+    assert!(policy_halts(&f).is_empty());
+    // The 20th try succeeds: 2 of 20 (10 %) failed, so this report halts it.
+    d[19].client.report(&d[19].id, &report(VERSION)).unwrap();
+    let info = now_state(&f, r.id);
+    assert_eq!(info.state, State::Halted, "{info:?}");
+    assert_eq!(info.signed_state, Some(State::Halted));
+    assert!(
+        info.halt_reason.as_deref().unwrap().contains("2 of 20"),
+        "{:?}",
+        info.halt_reason
+    );
+    let halts = policy_halts(&f);
+    assert_eq!(halts.len(), 1, "{halts:?}");
+    assert_eq!(halts[0].detail["device"], d[19].id.as_str());
+    assert_eq!(f.repo().seen_by_a_device()[0].state, State::Halted);
+    // Moving a counted device forward (installed, then committed) evaluates nothing new.
+    let resumed = f
+        .with_role(Role::ReleaseManager)
+        .rollout_state(r.id, "resume", None)
+        .unwrap();
+    assert_eq!(resumed.state, State::Active);
+    d[0].client.report(&d[0].id, &report(VERSION)).unwrap();
+    assert_eq!(now_state(&f, r.id).state, State::Active);
+    assert_eq!(policy_halts(&f).len(), 1);
 }
 
 fn devices_outside_the_rollout_do_not_count(f: Fleet) {

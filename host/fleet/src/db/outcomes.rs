@@ -7,9 +7,11 @@
 //! by the report's first statement), so reports about one rollout are counted one after the
 //! other and each sees the ones before it; the halt is `UPDATE ... WHERE state = 'active'`.
 //! A device has one row per rollout, moved only forward (a failure is final), so repeating a
-//! report, or sending another failure, never counts it twice; and only a change of a row to a
-//! failure evaluates the policy at all. Devices the rollout does not name (another channel,
-//! not in its list, pinned) are not recorded.
+//! report, or sending another failure, never counts it twice. The policy is evaluated when a
+//! row is inserted (the number tried grows: a success may be the try that reaches `min_tried`
+//! with the rate already over the limit) or changes to a failure; the halt happens once.
+//! Devices the rollout does not name (another channel, not in its list, pinned) are not
+//! recorded.
 //!
 //! The rows are also the rollout's history: [`Db::rollout_series`] reads its progress and
 //! failure rate over time from their times (the dashboard's charts).
@@ -78,6 +80,15 @@ pub(crate) async fn record(
         let Some((outcome, detail)) = classify(report, &rollout.version) else {
             continue;
         };
+        // The row before this report (the transaction holds the rollout's lock, so no other
+        // report of it runs in between): whether this report adds a device to the tried.
+        let before = sqlx::query(
+            "SELECT outcome FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2",
+        )
+        .bind(rollout.id as i64)
+        .bind(device)
+        .fetch_optional(&mut **tx)
+        .await?;
         let changed = sqlx::query(&format!(
             "INSERT INTO rollout_devices (rollout_id, device_id, outcome, first_at, at, detail) \
              VALUES ($1, $2, $3, $4, $4, $5) \
@@ -94,7 +105,13 @@ pub(crate) async fn record(
         .bind(&detail)
         .fetch_optional(&mut **tx)
         .await?;
-        if changed.is_none() || !outcome.is_failure() {
+        // A new device changes the count tried (a success that brings it to `min_tried` may
+        // leave the rate over the limit); a change to a failure changes the count failed.
+        // Other changes (started, installed, committed of a device already counted) leave
+        // both as they were.
+        let inserted = changed.is_some() && before.is_none();
+        let failed = changed.is_some() && outcome.is_failure();
+        if !(inserted || failed) {
             continue;
         }
         if let Some(h) = apply_policy(tx, &rollout, device, now).await? {

@@ -2,19 +2,16 @@
 //! PostgreSQL server of the test's own in a temporary folder), the real server on 127.0.0.1
 //! with real TLS, and enrolled devices.
 //!
-//! PostgreSQL comes from Debian's `postgresql` package (`/usr/lib/postgresql/*/bin`). initdb
-//! refuses to run as root, so as root it and the server run as `nobody` (setpriv) in a folder
-//! that user owns. Without the package a test says why it skipped, and fails under
+//! PostgreSQL is [`aperture_fleet_sim::postgres::Postgres`] (shared with the fleet benchmark):
+//! without Debian's package a test says why it skipped, and fails under
 //! `APERTURE_REQUIRE_TOOLS=1` (`cargo xtask test` installs it first).
 
 #![allow(dead_code, missing_docs)]
 
 pub mod repo;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use aperture_fleet::api::{EnrollRequest, HealthResult, Report, SlotState, UpdateResult};
 use aperture_fleet::client::{Client, DeviceIdentity};
@@ -34,158 +31,7 @@ pub enum Kind {
     Postgres,
 }
 
-/// A PostgreSQL server of the test's own; stopped when dropped.
-pub struct Postgres {
-    child: Child,
-    pub url: String,
-    _dir: TempDir,
-}
-
-fn postgres_bin() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|bin| bin.join("initdb").is_file() && bin.join("postgres").is_file())
-        .collect();
-    versions.sort();
-    versions.pop()
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// `program` with `args`, as `nobody` when we are root (initdb and postgres refuse root).
-fn as_postgres_user(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
-
-impl Postgres {
-    /// Start one, or `None` (SKIPPED, or a panic under `APERTURE_REQUIRE_TOOLS=1`) when the
-    /// package is missing.
-    pub fn start(test: &str) -> Option<Self> {
-        let Some(bin) = postgres_bin() else {
-            let why = format!(
-                "{test}: PostgreSQL (Debian package postgresql: /usr/lib/postgresql/*/bin/initdb) \
-                 is not installed; `cargo xtask test` installs it as root"
-            );
-            if aperture_sys::tool::required() {
-                panic!("APERTURE_REQUIRE_TOOLS=1 and a tool is missing: {why}");
-            }
-            eprintln!("SKIPPED: {why}");
-            return None;
-        };
-        // In /tmp, which nobody can traverse (the target folder may not be).
-        let dir = tempfile::Builder::new()
-            .prefix("aperture-fleet-pg")
-            .tempdir_in("/tmp")
-            .expect("a temporary folder");
-        if is_root() {
-            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534))
-                .expect("giving the folder to nobody");
-        }
-        let data = dir.path().join("data");
-        let out = as_postgres_user(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "fleet", "--no-sync", "-E", "UTF8"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("running initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let child = as_postgres_user(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.path().join("postgres.log"))
-                    .map_or(Stdio::null(), Stdio::from),
-            )
-            .spawn()
-            .expect("starting postgres");
-        let pg = Postgres {
-            child,
-            url: format!("postgres://fleet@127.0.0.1:{port}/postgres"),
-            _dir: dir,
-        };
-        pg.wait_ready();
-        Some(pg)
-    }
-
-    fn wait_ready(&self) {
-        let rt = runtime();
-        let start = Instant::now();
-        loop {
-            let ready = rt.block_on(async {
-                use sqlx::Connection;
-                sqlx::any::install_default_drivers();
-                sqlx::AnyConnection::connect(&self.url).await.is_ok()
-            });
-            if ready {
-                return;
-            }
-            let log =
-                std::fs::read_to_string(self._dir.path().join("postgres.log")).unwrap_or_default();
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "postgres did not start: {log}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // Fast shutdown (SIGINT), then wait; SIGKILL if it hangs.
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::Int);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use aperture_fleet_sim::postgres::Postgres;
 
 /// A database for one test: its URL, and what keeps it alive.
 pub struct DbFixture {
@@ -334,6 +180,16 @@ impl Fleet {
         self.repo
             .as_ref()
             .expect("a fleet started with a repository")
+    }
+
+    /// A fleet whose server signs rollouts into a repository publishing only [`repo::VERSION`]
+    /// (devices running 1.0.0 are offered that release alone).
+    pub fn start_with_one_release(kind: Kind, test: &str) -> Option<Self> {
+        Self::start_inner(
+            kind,
+            test,
+            Some(repo::TestRepo::publishing(&[repo::VERSION])),
+        )
     }
 
     fn start_inner(kind: Kind, test: &str, repo: Option<repo::TestRepo>) -> Option<Self> {

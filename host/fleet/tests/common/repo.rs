@@ -39,13 +39,18 @@ impl TestRepo {
     /// A repository publishing [`VERSION`] and [`OTHER_VERSION`] on [`CHANNEL`], with its
     /// rollouts role delegated.
     pub fn new() -> Self {
+        Self::publishing(&[VERSION, OTHER_VERSION])
+    }
+
+    /// A repository publishing `versions` on [`CHANNEL`], with its rollouts role delegated.
+    pub fn publishing(versions: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("a temporary folder");
         let dir = tmp.path().join("repo");
         let now = jiff::Timestamp::now();
         let mut repo = Repo::init(&dir, false, now).expect("repo init");
         repo.delegate_rollouts(now, false)
             .expect("delegating the rollouts role");
-        for v in [VERSION, OTHER_VERSION] {
+        for v in versions {
             let bundle = tmp.path().join(format!("{v}.bundle"));
             std::fs::write(&bundle, format!("bundle {v}")).unwrap();
             repo.publish(&bundle, meta(v, CHANNEL), now, false)
