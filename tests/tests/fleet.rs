@@ -4,6 +4,10 @@
 //! runs): it finds and streams the release, a poll that finds nothing new costs the root probe
 //! and the timestamp in under 2 KiB by nginx's own log, and a server certificate from another
 //! CA is refused before any metadata is read.
+//!
+//! Tier 1 in the same file (no root, no tools): `aperture release publish --gate-on-rollout`
+//! refused without the rollouts role, and a gated release held back until a rollout names the
+//! device.
 
 use aperture_client::recorder::Recorder;
 use aperture_client::{Outcome, Running, StateDir, UpdateLoop};
@@ -39,6 +43,19 @@ fn device(
     url: &str,
     ca: &std::path::Path,
 ) -> UpdateLoop<Recorder> {
+    let root = fleet::template().unwrap().join("metadata/1.root.json");
+    device_trusting(dir, name, version, url, ca, &root)
+}
+
+/// A device that trusts the repository whose first root is `root`.
+fn device_trusting(
+    dir: &std::path::Path,
+    name: &str,
+    version: &str,
+    url: &str,
+    ca: &std::path::Path,
+    root: &std::path::Path,
+) -> UpdateLoop<Recorder> {
     let state = dir.join(name);
     std::fs::create_dir_all(&state).unwrap();
     let mut fetch = FetchOptions::new(dir.join("no-system-cas.pem"));
@@ -57,7 +74,7 @@ fn device(
             board: "qemu-x86_64".into(),
             version: version.parse().unwrap(),
         },
-        fleet::template().unwrap().join("metadata/1.root.json"),
+        root.to_path_buf(),
         StateDir(state),
         fetch,
         Recorder::default(),
@@ -150,4 +167,191 @@ fn rcgen_ca(path: &std::path::Path) -> String {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     std::fs::write(path, params.self_signed(&key).unwrap().pem()).unwrap();
     key.serialize_pem()
+}
+
+/// A build output folder that `aperture verify` accepts, made here without root: one slot
+/// artifact (a kernel, random bytes) in a manifest signed by a snakeoil release key that a
+/// snakeoil root certifies, `root.pub`, and the bundle. What `release publish` reads of a
+/// build is exactly this (the signature, each listed artifact, the bundle); the real build's
+/// folder goes through the same path in `privileged.rs`.
+fn snakeoil_build(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    use aperture_image::outputs::names;
+    use aperture_trust::bundle::{write_bundle, PayloadSource};
+    use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
+    use aperture_trust::manifest::{
+        Artifact, ArtifactName, BuildInfo, Manifest, Payload, PayloadEncoding, Role, Sha256Hex,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let root = SigningKeyPair::from_secret_bytes(&[11; 32]);
+    let release = SigningKeyPair::from_secret_bytes(&[12; 32]);
+    let keyring = SignedKeyring::create(
+        &root,
+        vec![KeyringEntry::new(
+            release.public(),
+            "release-snakeoil",
+            now() + 86_400,
+        )],
+    )
+    .unwrap();
+    let kernel: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let zst = zstd::encode_all(&kernel[..], 1).unwrap();
+    std::fs::write(dir.join(names::KERNEL), &kernel).unwrap();
+    let manifest = Manifest {
+        format: 1,
+        product: "aperture-edge".into(),
+        board: "qemu-x86_64".into(),
+        version: version.parse().unwrap(),
+        security_version: 1,
+        build: BuildInfo {
+            source_date_epoch: 1_700_000_000,
+            recipe_sha256: Sha256Hex::digest(b"snakeoil recipe"),
+            ostree_commit: None,
+            ostree_ref: None,
+        },
+        boot: None,
+        artifacts: vec![Artifact {
+            name: ArtifactName::new(names::KERNEL).unwrap(),
+            role: Role::Kernel,
+            size: kernel.len() as u64,
+            sha256: Sha256Hex::digest(&kernel),
+            verity: None,
+            payload: Some(Payload {
+                encoding: PayloadEncoding::Zstd,
+                size: zst.len() as u64,
+                sha256: Sha256Hex::digest(&zst),
+            }),
+        }],
+    };
+    let (manifest_json, sig_json) =
+        aperture_trust::signing::sign_manifest(&manifest, &release, &keyring).unwrap();
+    std::fs::write(dir.join(names::MANIFEST), &manifest_json).unwrap();
+    std::fs::write(dir.join(names::SIGNATURE), &sig_json).unwrap();
+    root.public().save(&dir.join(names::ROOT_PUB)).unwrap();
+    let bundle = write_bundle(
+        Vec::new(),
+        &manifest_json,
+        &sig_json,
+        [PayloadSource {
+            name: ArtifactName::new(names::KERNEL).unwrap(),
+            size: zst.len() as u64,
+            reader: Box::new(&zst[..]),
+        }],
+    )
+    .unwrap();
+    std::fs::write(dir.join(names::BUNDLE), bundle).unwrap();
+    dir.join(names::BUNDLE)
+}
+
+/// `aperture ...` through the CLI's own parser and verb code (what `main` calls).
+fn aperture(args: &[&str]) -> anyhow::Result<()> {
+    use clap::Parser;
+    let cli = aperture_cli::args::Cli::try_parse_from(
+        std::iter::once("aperture").chain(args.iter().copied()),
+    )?;
+    aperture_cli::run(cli)
+}
+
+/// Tier 1 (no root, no tools): `aperture release publish --gate-on-rollout`. On a repository
+/// without the `rollouts` role it is refused, naming the command that fixes it, and nothing is
+/// published; once the role is delegated the release is published gated, and a device (the
+/// update loop's code, reading the repository through tough) does not install it until the
+/// fleet's signed rollout names it, then does.
+#[test]
+fn release_publish_gate_on_rollout_needs_the_rollouts_role_and_waits_for_a_rollout() {
+    use aperture_release::rollout::{Selection, State};
+    use aperture_release::{Gate, RolloutMeta};
+    let tmp = tempfile::tempdir().unwrap();
+    let build = tmp.path().join("build");
+    let bundle = snakeoil_build(&build, "1.1.0");
+    aperture_image::verify::verified_release(&build, "stable", Waves::default(), now())
+        .expect("the snakeoil build verifies");
+    let repo_dir = tmp.path().join("repo");
+    let (b, r) = (build.to_str().unwrap(), repo_dir.to_str().unwrap());
+    aperture(&["repo", "init", "--out", r]).unwrap();
+    let publish = [
+        "release",
+        "publish",
+        "--image",
+        b,
+        "--repo",
+        r,
+        "--channel",
+        "stable",
+        "--gate-on-rollout",
+    ];
+
+    // No rollouts role: refused, with the fix, and the repository unchanged.
+    let targets = || {
+        let repo = aperture_repo::Repo::open(&repo_dir).unwrap();
+        repo.status(jiff::Timestamp::now()).targets
+    };
+    let e = format!("{:#}", aperture(&publish).unwrap_err());
+    assert!(
+        e.contains("--gate-on-rollout")
+            && e.contains("has no rollouts role")
+            && e.contains(&format!("aperture repo delegate-rollouts --repo {r}")),
+        "{e}"
+    );
+    assert!(
+        targets().is_empty(),
+        "a refused publish published {:?}",
+        targets()
+    );
+
+    // Delegated: published, gated.
+    aperture(&["repo", "delegate-rollouts", "--repo", r]).unwrap();
+    aperture(&publish).unwrap();
+    let published = targets();
+    assert_eq!(published.len(), 1, "{published:?}");
+    let meta = published[0].release.clone().unwrap();
+    assert_eq!(
+        (meta.gate, meta.version.to_string()),
+        (Gate::Rollout, "1.1.0".into())
+    );
+
+    // A device on 1.0.0 in the channel, enrolled as dev-gated: nothing to install yet.
+    let url = url::Url::from_directory_path(&repo_dir)
+        .unwrap()
+        .to_string();
+    let ca = tmp.path().join("ca.pem");
+    rcgen_ca(&ca);
+    let root = repo_dir.join("metadata/1.root.json");
+    let mut dev = device_trusting(tmp.path(), "gated", "1.0.0", &url, &ca, &root);
+    std::fs::write(tmp.path().join("gated/fleet-id"), "dev-gated\n").unwrap();
+    dev.check(now());
+    let st = dev.status().clone();
+    assert_eq!(st.result, Some(Outcome::UpToDate), "{}", st.message);
+    assert!(
+        st.message
+            .contains("waiting for the fleet to start its rollout"),
+        "{}",
+        st.message
+    );
+    assert!(dev.installer().installs.is_empty());
+
+    // The fleet server's key starts the rollout of 1.1.0 to this device: it installs the bundle.
+    let mut repo = aperture_repo::Repo::open_to_change(&repo_dir).unwrap();
+    let rollout = RolloutMeta {
+        id: 1,
+        channel: "stable".into(),
+        version: "1.1.0".parse().unwrap(),
+        state: State::Active,
+        started_at: now(),
+        waves: Waves::default(),
+        devices: Selection::Devices(vec!["dev-gated".into()]),
+        pinned: Vec::new(),
+    };
+    assert!(repo
+        .set_rollout(&rollout, jiff::Timestamp::now(), false)
+        .unwrap());
+    drop(repo);
+    dev.check(now() + 1);
+    let st = dev.status().clone();
+    assert!(st.message.contains("installed 1.1.0"), "{}", st.message);
+    let installs = &dev.installer().installs;
+    assert_eq!(installs.len(), 1);
+    assert!(
+        installs[0].0 == std::fs::read(&bundle).unwrap(),
+        "the device installed other bytes than the build's bundle"
+    );
 }

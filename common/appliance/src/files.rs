@@ -13,6 +13,8 @@
 //! | the lock every slot-changing program takes | `/run/aperture/slots.lock` ([`crate::lock`]) |
 //! | the update loop's settings, trusted TUF root and fleet CA (from the recipe's `[update]`) | `/etc/aperture/update.toml`, `update-root.json`, `update-ca.pem` |
 //! | the update loop's state: wave seed, TUF datastore, last check | `/var/lib/aperture/agent/` (`/var` lives on the encrypted data partition) |
+//! | the encrypted volumes' mount points | `/config`, `/data` |
+//! | the device's fleet key (sealed with the TPM, or plain where the board has none) | `/config/aperture/fleet/` |
 
 use std::path::{Path, PathBuf};
 
@@ -175,6 +177,22 @@ impl Files {
     /// `/etc/aperture/update-ca.pem`: the repository server's CA, if the image has one.
     pub fn update_ca(&self) -> PathBuf {
         self.path(rel::UPDATE_CA)
+    }
+
+    /// `/config`: where the encrypted config volume is mounted (device identity).
+    pub fn config_mount(&self) -> PathBuf {
+        self.path("config")
+    }
+
+    /// `/data`: where the encrypted data volume is mounted.
+    pub fn data_mount(&self) -> PathBuf {
+        self.path("data")
+    }
+
+    /// `/config/aperture/fleet`: the device's fleet key (`key.tpm.json` sealed with the TPM,
+    /// or `key.pem` on boards without one), on the encrypted config volume.
+    pub fn fleet_key_dir(&self) -> PathBuf {
+        self.config_mount().join("aperture/fleet")
     }
 
     /// `/var/lib/aperture/agent`: the update loop's state (on the encrypted data partition).

@@ -1,9 +1,12 @@
 //! The agent's side of the fleet server (issue 16): enrollment from a provisioning archive
 //! (`aperture-agent enroll`, and at the start of the update loop), and the report sent after
 //! each poll, built from the updater's status, the loop's last check and the runtime's unit.
+//! The device key is kept by [`key_store`]: sealed with the TPM where the image says the board
+//! has one, else a plain file, both on the encrypted config partition.
 
-use aperture_appliance::Files;
-use aperture_client::enroll::{self, Enrolled, FleetIdentity, PlainKeyFile};
+use aperture_appliance::{BuildFacts, Files};
+use aperture_client::devkey::{self, KeyStore};
+use aperture_client::enroll::{self, Enrolled, FleetIdentity};
 use aperture_client::report::{ReportError, Reporter};
 use aperture_client::{LoopStatus, Outcome, StateDir};
 use aperture_fleet_api::{
@@ -41,6 +44,19 @@ pub fn serial(files: &Files) -> String {
     "unknown".into()
 }
 
+/// The device key's store on this appliance ([`devkey::choose`] in
+/// [`Files::fleet_key_dir`]): the key already stored decides; a device without one seals it
+/// with the TPM when the image's facts say the board has one (`tpm`, the recipe's
+/// `[hardware] tpm`, the same word by which storage seals the disk keys).
+pub fn key_store(files: &Files) -> anyhow::Result<Box<dyn KeyStore>> {
+    let facts = BuildFacts::load(&files.build_facts())?;
+    Ok(devkey::choose(
+        &files.fleet_key_dir(),
+        facts.tpm,
+        aperture_storage::Tpm2::new(files.run_dir()),
+    ))
+}
+
 /// Enroll from the first provisioning archive found, unless already enrolled.
 pub fn enroll_if_provisioned(files: &Files) -> anyhow::Result<Option<Enrolled>> {
     let state = StateDir(files.agent_state());
@@ -48,7 +64,7 @@ pub fn enroll_if_provisioned(files: &Files) -> anyhow::Result<Option<Enrolled>> 
         &files.provision_dirs(),
         &state,
         &serial(files),
-        &PlainKeyFile,
+        key_store(files)?.as_ref(),
     )?)
 }
 
@@ -63,7 +79,8 @@ pub fn enroll_now(files: &Files) -> anyhow::Result<()> {
         }
         None => {
             let state = StateDir(files.agent_state());
-            match FleetIdentity::load(&state.fleet(), &PlainKeyFile).map_err(anyhow::Error::msg)? {
+            let keys = key_store(files)?;
+            match FleetIdentity::load(&state.fleet(), keys.as_ref()).map_err(anyhow::Error::msg)? {
                 Some(id) => println!("already enrolled with {} as {}", id.url, id.device_id),
                 None => anyhow::bail!(
                     "no provisioning archive in {}",
@@ -186,14 +203,16 @@ pub fn build_report(st: &UpdateStatus, last: Option<&LoopStatus>, runtime_alive:
 /// device may enroll while the loop runs), and errors are logged, never returned.
 pub struct Reports {
     state: StateDir,
+    keys: Box<dyn KeyStore>,
     reporter: Option<Reporter>,
 }
 
 impl Reports {
-    /// Reports of the device whose state is in `state`.
-    pub fn new(state: StateDir) -> Self {
+    /// Reports of the device whose state is in `state` and whose key is kept by `keys`.
+    pub fn new(state: StateDir, keys: Box<dyn KeyStore>) -> Self {
         Reports {
             state,
+            keys,
             reporter: None,
         }
     }
@@ -201,7 +220,7 @@ impl Reports {
     /// Send `report` at `now`; logs what went wrong.
     pub fn send(&mut self, report: impl FnOnce() -> Option<Report>, now: u64) {
         if self.reporter.is_none() {
-            match FleetIdentity::load(&self.state.fleet(), &PlainKeyFile) {
+            match FleetIdentity::load(&self.state.fleet(), self.keys.as_ref()) {
                 Ok(None) => return,
                 Ok(Some(id)) => match Reporter::new(&id) {
                     Ok(r) => self.reporter = Some(r),

@@ -90,7 +90,10 @@ pub fn run_loop(files: &Files) -> anyhow::Result<()> {
         Err(e) => tracing::error!("enrolling with the fleet server: {e:#}"),
     }
     let mut l = make(files, settings)?;
-    let mut reports = crate::fleet::Reports::new(StateDir(files.agent_state()));
+    let mut reports = crate::fleet::Reports::new(
+        StateDir(files.agent_state()),
+        crate::fleet::key_store(files)?,
+    );
     l.run(
         &now,
         &mut |secs| std::thread::sleep(std::time::Duration::from_secs(secs)),

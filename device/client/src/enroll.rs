@@ -4,10 +4,12 @@
 //! archive.
 //!
 //! The identity lives in [`StateDir::fleet`] (`/var/lib/aperture/agent/fleet/`, on the
-//! encrypted data partition): `key.pem` (0600), `cert.pem`, `ca.pem`, and `fleet.toml` (the
-//! server's URL and the device id), written last, so a folder without it is no identity.
-//! Where the key is kept is a [`KeyStore`]: today [`PlainKeyFile`] (0600 on the encrypted
-//! partition). Sealing it to the TPM, as `device/storage` does for disk keys, is not done yet.
+//! encrypted data partition): `cert.pem`, `ca.pem`, and `fleet.toml` (the server's URL and the
+//! device id), written last, so a folder without it is no identity. The private key is kept
+//! by a [`KeyStore`] ([`crate::devkey`]): sealed with the TPM where the board has one, else a
+//! 0600 file, both on the encrypted config partition. An identity whose key no longer loads
+//! (a sealed key moved to another TPM, a damaged file) is replaced by enrolling again from a
+//! new archive; until then every use names the file and says to re-provision.
 //!
 //! The order: the server consumes the token before the device stores what it got back, so a
 //! power cut between the two leaves an archive whose token is used; the device then reports
@@ -25,11 +27,10 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::check::StateDir;
+use crate::devkey::{KeyError, KeyStore};
 
 /// The identity's settings file (written last).
 const IDENTITY_TOML: &str = "fleet.toml";
-/// The device key.
-const KEY_PEM: &str = "key.pem";
 /// The device certificate.
 const CERT_PEM: &str = "cert.pem";
 /// The fleet CA.
@@ -85,6 +86,9 @@ pub enum EnrollError {
     /// The identity could not be stored.
     #[error("storing the fleet identity")]
     Store(#[from] aperture_sys::fs::FsError),
+    /// The device key could not be stored.
+    #[error("storing the device key")]
+    KeyStore(#[from] KeyError),
 }
 
 fn hint(status: u16) -> &'static str {
@@ -93,30 +97,6 @@ fn hint(status: u16) -> &'static str {
          provision`)"
     } else {
         ""
-    }
-}
-
-/// Where a device key is kept.
-pub trait KeyStore {
-    /// Keep `key_pem` in `dir`.
-    fn store(&self, dir: &Path, key_pem: &str) -> Result<(), aperture_sys::fs::FsError>;
-    /// The key, in memory.
-    fn load(&self, dir: &Path) -> Result<String, aperture_sys::fs::FsError>;
-}
-
-/// The key as a 0600 file on the encrypted data partition (boards without a TPM, and until
-/// TPM sealing is done: see the module documentation).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PlainKeyFile;
-
-impl KeyStore for PlainKeyFile {
-    fn store(&self, dir: &Path, key_pem: &str) -> Result<(), aperture_sys::fs::FsError> {
-        aperture_sys::fs::write_atomic(&dir.join(KEY_PEM), key_pem.as_bytes(), 0o600)
-    }
-
-    fn load(&self, dir: &Path) -> Result<String, aperture_sys::fs::FsError> {
-        let path = dir.join(KEY_PEM);
-        std::fs::read_to_string(&path).map_err(aperture_sys::fs::FsError::on("reading", &path))
     }
 }
 
@@ -164,7 +144,7 @@ impl FleetIdentity {
             ca_pem: read(CA_PEM)?,
             device: DeviceIdentity {
                 cert_pem: read(CERT_PEM)?,
-                key_pem: keys.load(dir).map_err(|e| format!("{e:#}"))?,
+                key_pem: keys.load().map_err(|e| error_chain(&e))?,
             },
         }))
     }
@@ -173,6 +153,17 @@ impl FleetIdentity {
     pub fn api_url(&self, path: &str) -> String {
         format!("{}{path}", self.url.as_str().trim_end_matches('/'))
     }
+}
+
+/// `err` and its causes, `: `-separated.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 /// What enrollment did.
@@ -195,20 +186,33 @@ pub fn find_archive(places: &[PathBuf]) -> Option<PathBuf> {
         .cloned()
 }
 
-/// Enroll from the first archive in `places` unless the device already has an identity:
-/// `Ok(None)` when it has one or no archive is there.
+/// Enroll from the first archive in `places` unless the device already has a working identity:
+/// `Ok(None)` when it has one or no archive is there. An identity whose key no longer loads
+/// (see the module documentation) is replaced when an archive is there.
 pub fn enroll_if_provisioned(
     places: &[PathBuf],
     state: &StateDir,
     serial: &str,
     keys: &dyn KeyStore,
 ) -> Result<Option<Enrolled>, EnrollError> {
-    if state.fleet().join(IDENTITY_TOML).exists() {
-        return Ok(None);
-    }
+    let enrolled = state.fleet().join(IDENTITY_TOML).exists();
+    let broken = if enrolled {
+        match keys.load() {
+            Ok(_) => return Ok(None),
+            Err(e) => Some(error_chain(&e)),
+        }
+    } else {
+        None
+    };
     let Some(archive) = find_archive(places) else {
         return Ok(None);
     };
+    if let Some(why) = broken {
+        tracing::warn!(
+            "enrolling again from {}: the enrolled identity's key does not load ({why})",
+            archive.display()
+        );
+    }
     enroll(&archive, state, serial, keys).map(Some)
 }
 
@@ -312,7 +316,7 @@ fn store(
     answer: &EnrollResponse,
     identity: &DeviceIdentity,
     keys: &dyn KeyStore,
-) -> Result<(), aperture_sys::fs::FsError> {
+) -> Result<(), EnrollError> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = state.fleet();
     std::fs::DirBuilder::new()
@@ -320,7 +324,9 @@ fn store(
         .mode(0o700)
         .create(&dir)
         .map_err(aperture_sys::fs::FsError::on("creating", &dir))?;
-    keys.store(&dir, &identity.key_pem)?;
+    // A re-enrollment replaces an identity: it is no identity until fleet.toml is written again.
+    aperture_sys::fs::remove_durable(&dir.join(IDENTITY_TOML))?;
+    keys.store(&identity.key_pem)?;
     aperture_sys::fs::write_atomic(&dir.join(CERT_PEM), identity.cert_pem.as_bytes(), 0o644)?;
     aperture_sys::fs::write_atomic(&dir.join(CA_PEM), archive.ca_pem.as_bytes(), 0o644)?;
     let file = IdentityFile {
@@ -333,7 +339,8 @@ fn store(
         &state.fleet_id(),
         format!("{}\n", answer.device_id).as_bytes(),
         0o644,
-    )
+    )?;
+    Ok(())
 }
 
 /// Overwrite and remove every file of the archive, then its folder if empty. The first error

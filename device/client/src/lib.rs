@@ -13,6 +13,8 @@
 //!   the maintenance window; its status file.
 //! * [`enroll`]: first boot: the provisioning archive, the device key and CSR, enrollment
 //!   trusting only the archive's CA, the stored identity, the archive erased.
+//! * [`devkey`]: where the device key is kept: sealed with the TPM ([`devkey::TpmSealedKey`])
+//!   or a plain file ([`devkey::PlainKeyFile`]), on the encrypted config partition.
 //! * [`report`]: a bounded report over mutual TLS after each poll; a 429 holds reports back.
 //! * [`recorder`]: an installer that records, for tests of the loop.
 //! * [`conformance`]: the `aperture-tuf-client` program's work: the same client code behind
@@ -20,6 +22,7 @@
 
 pub mod check;
 pub mod conformance;
+pub mod devkey;
 pub mod enroll;
 pub mod recorder;
 pub mod refresh;

@@ -5,7 +5,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use aperture_client::enroll::{self, EnrollError, FleetIdentity, PlainKeyFile};
+use aperture_client::devkey::{KeyStore, PlainKeyFile};
+use aperture_client::enroll::{self, EnrollError, FleetIdentity};
 use aperture_client::report::{ReportError, Reporter};
 use aperture_client::StateDir;
 use aperture_fleet::client::Client;
@@ -123,6 +124,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The plain key store of the device whose agent state is `state`: where the appliance keeps
+/// it (`/config/aperture/fleet`), under the same temporary root.
+fn keys(state: &StateDir) -> PlainKeyFile {
+    PlainKeyFile::at(aperture_appliance::Files::at(&state.0).fleet_key_dir())
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -208,13 +215,14 @@ fn a_device_enrolls_from_an_archive_reports_and_the_archive_is_erased() {
     let state_dir = tempfile::tempdir().unwrap();
     let state = StateDir(state_dir.path().to_path_buf());
     let places = vec![out.path().join("not-here"), archive.clone()];
-    let done = enroll::enroll_if_provisioned(&places, &state, "SN-0001", &PlainKeyFile)
+    let done = enroll::enroll_if_provisioned(&places, &state, "SN-0001", &keys(&state))
         .unwrap()
         .expect("an archive was found");
     assert!(done.device_id.starts_with("dev-"));
     done.erased.unwrap();
     // The identity, the key private, the fleet id; the archive gone.
-    assert_eq!(mode(&state.fleet().join("key.pem")), 0o600);
+    assert_eq!(mode(&keys(&state).path()), 0o600);
+    assert_eq!(mode(keys(&state).path().parent().unwrap()), 0o700);
     assert_eq!(mode(&state.fleet()), 0o700);
     assert!(state.fleet().join("cert.pem").is_file());
     assert_eq!(
@@ -229,26 +237,21 @@ fn a_device_enrolls_from_an_archive_reports_and_the_archive_is_erased() {
         std::slice::from_ref(&spare),
         &state,
         "SN-0001",
-        &PlainKeyFile
+        &keys(&state)
     )
     .unwrap()
     .is_none());
 
     // The same archive (its copy) on another device: the token is used.
     let other = tempfile::tempdir().unwrap();
-    let e = enroll::enroll(
-        &spare,
-        &StateDir(other.path().to_path_buf()),
-        "SN-0002",
-        &PlainKeyFile,
-    )
-    .unwrap_err();
+    let other_state = StateDir(other.path().to_path_buf());
+    let e = enroll::enroll(&spare, &other_state, "SN-0002", &keys(&other_state)).unwrap_err();
     assert!(matches!(e, EnrollError::Refused { .. }), "{e:#}");
     assert!(format!("{e:#}").contains("single-use"), "{e:#}");
     assert!(!other.path().join("fleet").join("fleet.toml").exists());
 
     // A report arrives and is visible to administrators.
-    let id = FleetIdentity::load(&state.fleet(), &PlainKeyFile)
+    let id = FleetIdentity::load(&state.fleet(), &keys(&state))
         .unwrap()
         .unwrap();
     let mut reporter = Reporter::new(&id).unwrap();
@@ -294,14 +297,10 @@ fn a_report_with_another_devices_certificate_is_refused() {
         StateDir(sa.path().to_path_buf()),
         StateDir(sb.path().to_path_buf()),
     );
-    enroll::enroll(&archives[0], &a, "SN-A", &PlainKeyFile).unwrap();
-    enroll::enroll(&archives[1], &b, "SN-B", &PlainKeyFile).unwrap();
-    let ida = FleetIdentity::load(&a.fleet(), &PlainKeyFile)
-        .unwrap()
-        .unwrap();
-    let mut idb = FleetIdentity::load(&b.fleet(), &PlainKeyFile)
-        .unwrap()
-        .unwrap();
+    enroll::enroll(&archives[0], &a, "SN-A", &keys(&a)).unwrap();
+    enroll::enroll(&archives[1], &b, "SN-B", &keys(&b)).unwrap();
+    let ida = FleetIdentity::load(&a.fleet(), &keys(&a)).unwrap().unwrap();
+    let mut idb = FleetIdentity::load(&b.fleet(), &keys(&b)).unwrap().unwrap();
     // B's certificate, reporting as A.
     idb.device_id = ida.device_id.clone();
     let e = Reporter::new(&idb)
@@ -324,13 +323,8 @@ fn an_archive_with_another_ca_fails_naming_the_ca_and_keeps_the_archive() {
     let stranger = FleetCa::generate().unwrap();
     std::fs::write(archive.join(provision::CA_PEM), stranger.pem()).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let e = enroll::enroll(
-        &archive,
-        &StateDir(state.path().to_path_buf()),
-        "SN-C",
-        &PlainKeyFile,
-    )
-    .unwrap_err();
+    let sd = StateDir(state.path().to_path_buf());
+    let e = enroll::enroll(&archive, &sd, "SN-C", &keys(&sd)).unwrap_err();
     let text = chain(&e);
     assert!(matches!(e, EnrollError::Transport { .. }), "{text}");
     assert!(
@@ -343,11 +337,98 @@ fn an_archive_with_another_ca_fails_naming_the_ca_and_keeps_the_archive() {
     assert!(!state.path().join("fleet").exists());
     assert!(archive.join(provision::TOKEN).exists());
     std::fs::copy(fleet.ca(), archive.join(provision::CA_PEM)).unwrap();
-    enroll::enroll(
-        &archive,
-        &StateDir(state.path().to_path_buf()),
-        "SN-C",
-        &PlainKeyFile,
+    enroll::enroll(&archive, &sd, "SN-C", &keys(&sd)).unwrap();
+}
+
+/// A board with a TPM (swtpm): the key enrolled is kept sealed, works for reports, and is not
+/// in its file; moved to another TPM it no longer loads, says so, and a new archive enrolls the
+/// device again with a new key.
+#[test]
+fn a_device_with_a_tpm_enrolls_with_a_sealed_key_and_a_lost_key_is_replaced_by_a_new_archive() {
+    use aperture_client::devkey::TpmSealedKey;
+    use aperture_storage::Tpm2;
+    use aperture_sys::tool::Swtpm;
+    const TOOLS: [&str; 5] = [
+        "tpm2_createprimary",
+        "tpm2_create",
+        "tpm2_load",
+        "tpm2_unseal",
+        "tpm2_flushcontext",
+    ];
+    let test = "the fleet enrollment with a TPM-sealed key";
+    let Some(first_tpm) = Swtpm::for_test(&TOOLS, test) else {
+        return;
+    };
+    let fleet = Fleet::start();
+    let out = tempfile::tempdir().unwrap();
+    let archives = fleet.provision(out.path(), 2);
+    let root = tempfile::tempdir().unwrap();
+    let files = aperture_appliance::Files::at(root.path());
+    let state = StateDir(files.agent_state());
+    let sealed_with = |tpm: &Swtpm| {
+        TpmSealedKey::new(
+            files.fleet_key_dir(),
+            Tpm2::new(root.path().to_path_buf()).with_tcti(tpm.tcti()),
+        )
+    };
+    let first = enroll::enroll_if_provisioned(
+        std::slice::from_ref(&archives[0]),
+        &state,
+        "SN-T",
+        &sealed_with(&first_tpm),
     )
+    .unwrap()
     .unwrap();
+    let file = sealed_with(&first_tpm).path();
+    assert_eq!(mode(&file), 0o600);
+    assert!(!files.fleet_key_dir().join("key.pem").exists());
+    let id = FleetIdentity::load(&state.fleet(), &sealed_with(&first_tpm))
+        .unwrap()
+        .unwrap();
+    let kept = std::fs::read_to_string(&file).unwrap();
+    let body: String = id
+        .device
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(
+        !kept.contains("PRIVATE KEY") && !kept.contains(&body[..32]),
+        "{kept}"
+    );
+    Reporter::new(&id)
+        .unwrap()
+        .send(&report("1.0.0"), now())
+        .unwrap();
+
+    // The disk in another board: its TPM does not unseal the wrapping key.
+    let second_tpm = Swtpm::start();
+    let e = FleetIdentity::load(&state.fleet(), &sealed_with(&second_tpm)).unwrap_err();
+    assert!(
+        e.contains(&file.display().to_string()) && e.contains("re-provision the device"),
+        "{e}"
+    );
+    // Without an archive nothing changes; with a new one the device enrolls again.
+    assert!(
+        enroll::enroll_if_provisioned(&[], &state, "SN-T", &sealed_with(&second_tpm))
+            .unwrap()
+            .is_none()
+    );
+    let again = enroll::enroll_if_provisioned(
+        std::slice::from_ref(&archives[1]),
+        &state,
+        "SN-T",
+        &sealed_with(&second_tpm),
+    )
+    .unwrap()
+    .expect("a lost key is replaced from a new archive");
+    assert_ne!(again.device_id, first.device_id);
+    let id = FleetIdentity::load(&state.fleet(), &sealed_with(&second_tpm))
+        .unwrap()
+        .unwrap();
+    assert_eq!(id.device_id, again.device_id);
+    Reporter::new(&id)
+        .unwrap()
+        .send(&report("1.0.0"), now())
+        .unwrap();
 }

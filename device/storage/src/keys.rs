@@ -8,6 +8,8 @@
 //! * [`Tpm2`]: tpm2-tools, a sealed data object under the owner hierarchy's primary key. The
 //!   blobs are useless without this TPM (the primary key is derived from its owner seed), so a
 //!   stolen disk reveals nothing.
+//!   [`Tpm2::seal_secret`] seals other secrets of up to [`MAX_SEALED`] bytes the same way (the
+//!   fleet device key's wrapping key, `aperture_client::devkey`): one TPM wrapper for both.
 //! * [`UnsafePlainKey`]: the key itself, unsealed. This protects nothing against disk theft;
 //!   it is used only when the image says the board has no TPM (`BuildFacts::tpm` false), and
 //!   `aperture-storage` says so in the log at every boot.
@@ -205,9 +207,10 @@ pub trait KeySource {
     fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError>;
 }
 
-fn wrong_kind(volume: &str, want: KeySourceKind, sealed: &SealedKey) -> StorageError {
+/// `what` (`the sealed key of data`) was sealed by another source than `want`.
+fn wrong_kind(what: &str, want: KeySourceKind, sealed: &SealedKey) -> StorageError {
     StorageError::malformed(
-        format!("the sealed key of {volume}"),
+        what,
         format!(
             "it is sealed by {}, not {want}: the key source recorded at first boot never changes",
             sealed.kind()
@@ -233,7 +236,11 @@ impl KeySource for UnsafePlainKey {
     fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
         match sealed {
             SealedKey::UnsafePlain { key } => Key::from_bytes(volume, key),
-            other => Err(wrong_kind(volume, self.kind(), other)),
+            other => Err(wrong_kind(
+                &format!("the sealed key of {volume}"),
+                self.kind(),
+                other,
+            )),
         }
     }
 }
@@ -316,12 +323,21 @@ impl Tpm2 {
     }
 }
 
-impl KeySource for Tpm2 {
-    fn kind(&self) -> KeySourceKind {
-        KeySourceKind::Tpm2
-    }
-
-    fn seal(&self, _volume: &str, key: &Key) -> Result<SealedKey, StorageError> {
+impl Tpm2 {
+    /// Seal `secret` (at most [`MAX_SEALED`] bytes, what a TPM sealed data object holds) as
+    /// volume keys are sealed: a sealed data object under the owner hierarchy's primary key,
+    /// both `noda`. Other secrets than volume keys (the fleet identity's wrapping key,
+    /// `aperture-client`'s `TpmSealedKey`) are sealed with this too.
+    pub fn seal_secret(&self, secret: &[u8]) -> Result<SealedKey, StorageError> {
+        if secret.is_empty() || secret.len() > MAX_SEALED {
+            return Err(StorageError::malformed(
+                "a secret to seal",
+                format!(
+                    "it is {} bytes; a TPM sealed data object holds 1 to {MAX_SEALED}",
+                    secret.len()
+                ),
+            ));
+        }
         let scratch = self.scratch()?;
         let primary = self.primary(&scratch, true)?;
         let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
@@ -334,7 +350,7 @@ impl KeySource for Tpm2 {
             .arg(&public)
             .arg("-r")
             .arg(&private)
-            .stdin_secret(key.as_bytes())
+            .stdin_secret(secret)
             .run()?;
         self.flush()?;
         let read = |p: &PathBuf| std::fs::read(p).map_err(StorageError::io("reading", p));
@@ -345,14 +361,16 @@ impl KeySource for Tpm2 {
         })
     }
 
-    fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
+    /// The secret sealed in `sealed` by this TPM ([`Tpm2::seal_secret`]); `what` names it in
+    /// errors. A blob sealed by another TPM, or damaged, fails at `tpm2_load`.
+    pub fn unseal_secret(&self, what: &str, sealed: &SealedKey) -> Result<Secret, StorageError> {
         let SealedKey::Tpm2 {
             tpm2_public,
             tpm2_private,
             noda,
         } = sealed
         else {
-            return Err(wrong_kind(volume, self.kind(), sealed));
+            return Err(wrong_kind(what, KeySourceKind::Tpm2, sealed));
         };
         let scratch = self.scratch()?;
         let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
@@ -371,12 +389,51 @@ impl KeySource for Tpm2 {
             .arg(&object)
             .run()?;
         self.flush()?;
-        let mut out = self.tool("tpm2_unseal").arg("-c").arg(&object).run()?;
-        let flushed = self.flush();
-        let key = Key::from_bytes(volume, &out.stdout);
-        out.stdout.fill(0);
-        flushed?;
-        key
+        let out = self.tool("tpm2_unseal").arg("-c").arg(&object).run()?;
+        let secret = Secret(out.stdout);
+        self.flush()?;
+        Ok(secret)
+    }
+}
+
+impl KeySource for Tpm2 {
+    fn kind(&self) -> KeySourceKind {
+        KeySourceKind::Tpm2
+    }
+
+    fn seal(&self, _volume: &str, key: &Key) -> Result<SealedKey, StorageError> {
+        self.seal_secret(key.as_bytes())
+    }
+
+    fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
+        let secret = self.unseal_secret(&format!("the sealed key of {volume}"), sealed)?;
+        Key::from_bytes(volume, secret.as_bytes())
+    }
+}
+
+/// Bytes a TPM 2.0 sealed data object holds at most (`MAX_SYM_DATA`, TPM 2.0 Part 2, 10.4.4).
+pub const MAX_SEALED: usize = 128;
+
+/// A secret read back from the TPM ([`Tpm2::unseal_secret`]): zeroed when dropped (best
+/// effort, as for [`Key`]) and never printed.
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The secret's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.fill(0);
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<secret>)")
     }
 }
 
@@ -456,7 +513,11 @@ impl KeySource for FakeTpm {
             ..
         } = sealed
         else {
-            return Err(wrong_kind(volume, self.kind(), sealed));
+            return Err(wrong_kind(
+                &format!("the sealed key of {volume}"),
+                self.kind(),
+                sealed,
+            ));
         };
         let refuse = || {
             StorageError::malformed(

@@ -53,7 +53,10 @@ pub use crypt::{Crypt, CryptSetup, LABEL_FORMATTING};
 pub use disk::{Access, DeviceDisk, Disk, FileDisk, FilePartition, MemPartition, Partition};
 pub use error::{StorageError, RESET_LEVEL3};
 pub use fake::{CutMedium, FakeCrypt, PowerCut};
-pub use keys::{FakeTpm, Key, KeySource, KeySourceKind, SealedKey, Tpm2, UnsafePlainKey, KEY_LEN};
+pub use keys::{
+    FakeTpm, Key, KeySource, KeySourceKind, SealedKey, Secret, Tpm2, UnsafePlainKey, KEY_LEN,
+    MAX_SEALED,
+};
 pub use mounts::{FakeMounts, Mounter, SystemMounts};
 pub use records::{StorageRecord, StorageState, VolumeRecord, VolumeState};
 pub use setup::{Repair, Storage, VolumeSetup};

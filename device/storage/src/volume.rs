@@ -56,7 +56,10 @@ impl Volume {
 
     /// Where it is mounted (`/config`, `/data`).
     pub fn mount_point(self, files: &Files) -> PathBuf {
-        files.path(self.label())
+        match self {
+            Volume::Config => files.config_mount(),
+            Volume::Data => files.data_mount(),
+        }
     }
 }
 

@@ -3,10 +3,8 @@
 //! `open` needs dm and is left to the VM tier) and tpm2-tools against swtpm over a socket.
 //! A missing tool skips the test, or fails it when `APERTURE_REQUIRE_TOOLS=1`.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use aperture_storage::records::{find_token, token_json};
 use aperture_storage::setup::repair_header;
@@ -14,6 +12,7 @@ use aperture_storage::{
     luks, Access, Crypt, CryptSetup, FilePartition, Key, KeySource, Partition, StorageError, Tpm2,
     Volume,
 };
+use aperture_sys::tool::Swtpm;
 
 fn have(tool: &str) -> bool {
     let found = Command::new("sh")
@@ -231,58 +230,6 @@ fn a_real_volume_with_its_first_4k_zeroed_is_repaired_with_its_uuid_keyslot_and_
     );
 }
 
-/// A swtpm on free local ports, killed on drop.
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        // The swtpm TCTI finds the control channel at port + 1.
-        let (port, ctrl) = (0..100)
-            .find_map(|_| {
-                let a = TcpListener::bind("127.0.0.1:0").ok()?;
-                let port = a.local_addr().ok()?.port();
-                let _b = TcpListener::bind(("127.0.0.1", port.checked_add(1)?)).ok()?;
-                Some((port, port + 1))
-            })
-            .unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let child = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpm2")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .arg("--flags")
-            .arg("not-need-init,startup-clear")
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "swtpm did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Swtpm {
-            child,
-            port,
-            _state: state,
-        }
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
     if !have("swtpm") || !have("tpm2_createprimary") {
@@ -290,8 +237,7 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
     }
     let tpm = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
-    let source = Tpm2::new(dir.path().to_path_buf())
-        .with_tcti(format!("swtpm:host=127.0.0.1,port={}", tpm.port));
+    let source = Tpm2::new(dir.path().to_path_buf()).with_tcti(tpm.tcti());
     let key = Key::random().unwrap();
     let sealed = source.seal("data", &key).unwrap();
     let aperture_storage::SealedKey::Tpm2 {
@@ -340,10 +286,7 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
     // (no `noda`) is refused, which is how the VM tier's fourth power cut lost the data.
     let tpm2 = |program: &str| {
         let mut c = Command::new(program);
-        c.env(
-            "TPM2TOOLS_TCTI",
-            format!("swtpm:host=127.0.0.1,port={}", tpm.port),
-        );
+        c.env("TPM2TOOLS_TCTI", tpm.tcti());
         c
     };
     let legacy_dir = tempfile::tempdir().unwrap();

@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aperture_appliance::Area;
 use aperture_slots::Slot;
+use aperture_sys::tool::Swtpm;
 use aperture_trust::TrustError;
 use aperture_updater::tpm::{Counter, Counters, FakeCounters, Tpm2Tools};
 use aperture_updater::{InstallOptions, UpdateError};
@@ -139,90 +138,21 @@ fn a_tpm_that_cannot_be_read_stops_installs_but_never_a_commit() {
     assert_eq!(tpm.read(Counter::SecurityFloor).unwrap(), 1);
 }
 
-/// A software TPM on two TCP ports (server P, control P + 1, as the swtpm TCTI expects),
-/// killed when dropped.
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
 /// swtpm, or `None` (after saying SKIPPED) when the tools are missing and not required.
 fn swtpm() -> Option<Swtpm> {
-    let tools = [
-        "swtpm",
-        "tpm2_nvdefine",
-        "tpm2_nvincrement",
-        "tpm2_nvread",
-        "tpm2_nvreadpublic",
-    ];
-    let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
-    if !missing.is_empty() {
-        let why = format!(
-            "{} not installed (apt-get install swtpm swtpm-tools tpm2-tools)",
-            missing.join(", ")
-        );
-        if std::env::var("APERTURE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{why}");
-        }
-        eprintln!("SKIPPED: {why}");
-        return None;
-    }
-    for _ in 0..20 {
-        // Two adjacent free ports.
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        if port == u16::MAX || TcpListener::bind(("127.0.0.1", port + 1)).is_err() {
-            continue;
-        }
-        let state = tempfile::tempdir().unwrap();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut tpm = Swtpm {
-            child,
-            port,
-            _state: state,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = tpm.child.try_wait() {
-                break; // lost the port to someone else: try another
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(tpm);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("swtpm did not start on any of 20 port pairs");
+    Swtpm::for_test(
+        &[
+            "tpm2_nvdefine",
+            "tpm2_nvincrement",
+            "tpm2_nvread",
+            "tpm2_nvreadpublic",
+        ],
+        "the TPM counter tests",
+    )
 }
 
 fn tools(tpm: &Swtpm) -> Tpm2Tools {
-    Tpm2Tools::new(format!("swtpm:host=127.0.0.1,port={}", tpm.port))
+    Tpm2Tools::new(tpm.tcti())
 }
 
 #[test]
@@ -240,10 +170,7 @@ fn counters_in_a_software_tpm_only_go_up() {
     // counter it deleted).
     let undefine = Command::new("tpm2_nvundefine")
         .args(["-C", "o", "0x1500a70"])
-        .env(
-            "TPM2TOOLS_TCTI",
-            format!("swtpm:host=127.0.0.1,port={}", tpm.port),
-        )
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
         .output()
         .unwrap();
     assert!(
@@ -264,8 +191,13 @@ fn the_floor_in_a_software_tpm_holds_when_the_store_is_lowered() {
 #[test]
 fn an_unreachable_tpm_is_named() {
     let c = Tpm2Tools::device(Path::new("/nonexistent/tpmrm0"));
-    if !on_path("tpm2_nvreadpublic") {
-        eprintln!("SKIPPED: tpm2-tools not installed");
+    if aperture_sys::tool::for_test(
+        "tpm2_nvreadpublic",
+        "tpm2-tools",
+        "an_unreachable_tpm_is_named",
+    )
+    .is_none()
+    {
         return;
     }
     let e = c.read(Counter::SecurityFloor).unwrap_err();
