@@ -71,9 +71,9 @@ pub enum KeyError {
     Seal {
         /// The file it was for.
         path: PathBuf,
-        /// The TPM's error.
+        /// The TPM's error (boxed: it is large).
         #[source]
-        err: StorageError,
+        err: Box<StorageError>,
     },
     /// The TPM does not unseal the wrapping key: another TPM's blob, a cleared TPM, damage.
     #[error(
@@ -84,9 +84,9 @@ pub enum KeyError {
     Unseal {
         /// The file.
         path: PathBuf,
-        /// The TPM's error.
+        /// The TPM's error (boxed: it is large).
         #[source]
-        err: StorageError,
+        err: Box<StorageError>,
     },
     /// The ciphertext fails its tag under the unsealed wrapping key.
     #[error(
@@ -247,7 +247,7 @@ impl KeyStore for TpmSealedKey {
             .map_err(|e| crypto(format!("the system random number generator: {e}")))?;
         let sealed = self.tpm.seal_secret(&wrap).map_err(|err| KeyError::Seal {
             path: path.clone(),
-            err,
+            err: Box::new(err),
         });
         let cipher = self.cipher(&wrap);
         wrap.fill(0);
@@ -298,7 +298,7 @@ impl KeyStore for TpmSealedKey {
             .unseal_secret("the device key's wrapping key", &file.sealed)
             .map_err(|err| KeyError::Unseal {
                 path: path.clone(),
-                err,
+                err: Box::new(err),
             })?;
         if wrap.as_bytes().len() != WRAP_LEN {
             return Err(malformed(format!(
