@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
-use aperture_client::enroll::{self, FleetIdentity, PlainKeyFile};
+use aperture_client::devkey::PlainKeyFile;
+use aperture_client::enroll::{self, FleetIdentity};
 use aperture_client::refresh::{self, Source};
 use aperture_client::report::Reporter;
 use aperture_client::transport::Transport;
@@ -114,9 +115,11 @@ pub fn enroll_all(
         .write(&archive_dir)
         .with_context(|| format!("writing device {i}'s provisioning archive"))?;
         let state = StateDir(dir.join("state"));
-        let done = enroll::enroll(&archive_dir, &state, &serial(i), &PlainKeyFile)
+        // A simulated device keeps its key as a plain file beside its state (no TPM here).
+        let keys = PlainKeyFile::at(state.fleet());
+        let done = enroll::enroll(&archive_dir, &state, &serial(i), &keys)
             .with_context(|| format!("enrolling device {i}"))?;
-        let identity = FleetIdentity::load(&state.fleet(), &PlainKeyFile)
+        let identity = FleetIdentity::load(&state.fleet(), &keys)
             .map_err(|e| anyhow!("device {i}'s identity: {e}"))?
             .ok_or_else(|| anyhow!("device {i} enrolled but keeps no identity"))?;
         Ok(SimDevice {
