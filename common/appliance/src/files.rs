@@ -15,6 +15,8 @@
 //! | the update loop's state: wave seed, TUF datastore, last check | `/var/lib/aperture/agent/` (`/var` lives on the encrypted data partition) |
 //! | the encrypted volumes' mount points | `/config`, `/data` |
 //! | the device's fleet key (sealed with the TPM, or plain where the board has none) | `/config/aperture/fleet/` |
+//! | a provisioning archive (first boot) | `/efi/aperture/provision/`, or a USB stick labelled `APERTURE` mounted at `/run/aperture/provision-usb` |
+//! | the fleet identity; the provisioned network settings | `/var/lib/aperture/agent/fleet/`; `/var/lib/aperture/agent/network.toml` |
 
 use std::path::{Path, PathBuf};
 
@@ -38,7 +40,14 @@ pub mod rel {
     pub const UPDATE_ROOT: &str = "etc/aperture/update-root.json";
     /// The CA of the release repository's server, when it is not a public one.
     pub const UPDATE_CA: &str = "etc/aperture/update-ca.pem";
+    /// The provisioning archive's folder on the ESP (`aperture flash --provision` writes it,
+    /// the agent erases it once enrolled).
+    pub const ESP_PROVISION: &str = "aperture/provision";
 }
+
+/// The vfat label of a USB stick holding a provisioning archive at its root (`mkfs.vfat -n
+/// APERTURE`); the udev rule in overlays/units mounts only a partition with this label.
+pub const PROVISION_USB_LABEL: &str = "APERTURE";
 
 /// The appliance's file locations under a root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,14 +209,45 @@ impl Files {
         self.path("var/lib/aperture/agent")
     }
 
+    /// `/efi/aperture/provision`: the provisioning archive `aperture flash --provision` puts
+    /// on the ESP.
+    pub fn provision_esp(&self) -> PathBuf {
+        self.esp().join(rel::ESP_PROVISION)
+    }
+
+    /// `/run/aperture/provision-usb`: where `aperture-provision-usb.service` mounts a USB
+    /// stick whose vfat file system is labelled [`PROVISION_USB_LABEL`] (read-only, nosuid,
+    /// nodev, noexec; only while the device has no fleet identity).
+    pub fn provision_usb(&self) -> PathBuf {
+        self.run_aperture().join("provision-usb")
+    }
+
     /// Where the agent looks for a provisioning archive at first boot, in order: the ESP's
-    /// `/efi/aperture/provision`, and `/run/aperture/provision-usb`, where a USB stick holding
-    /// one is mounted (issue 16).
+    /// `/efi/aperture/provision`, and `/run/aperture/provision-usb` (issue 16).
     pub fn provision_dirs(&self) -> Vec<PathBuf> {
-        vec![
-            self.esp().join("aperture/provision"),
-            self.run_aperture().join("provision-usb"),
-        ]
+        vec![self.provision_esp(), self.provision_usb()]
+    }
+
+    /// `/var/lib/aperture/agent/network.toml`: the provisioning archive's network settings,
+    /// kept after enrollment and applied at every boot (`aperture-agent network`).
+    pub fn provisioned_network(&self) -> PathBuf {
+        self.agent_state().join("network.toml")
+    }
+
+    /// `/etc/systemd/network`: the image's networkd files (the recipe's one network).
+    pub fn image_network_dir(&self) -> PathBuf {
+        self.path("etc/systemd/network")
+    }
+
+    /// `/run/systemd/network`: networkd files made at run time; a name sorting before the
+    /// image's (`20-aperture.network`) is the one networkd applies.
+    pub fn run_network_dir(&self) -> PathBuf {
+        self.path("run/systemd/network")
+    }
+
+    /// `/proc/sys/kernel/hostname`: the running host name.
+    pub fn kernel_hostname(&self) -> PathBuf {
+        self.path("proc/sys/kernel/hostname")
     }
 
     /// `/run/aperture/slots.lock`: held by whoever changes slots or boot state.

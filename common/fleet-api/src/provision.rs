@@ -147,7 +147,9 @@ pub struct Network {
 }
 
 impl Network {
-    fn check(&self) -> Result<(), String> {
+    /// Check the settings (what [`Archive::read`] does with `network.toml`): a host name of
+    /// RFC 1123 characters, an ADDRESS/PREFIX, at most 4 DNS servers.
+    pub fn check(&self) -> Result<(), String> {
         if let Some(h) = &self.hostname {
             let ok = !h.is_empty()
                 && h.len() <= 63

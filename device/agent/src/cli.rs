@@ -39,9 +39,17 @@ enum Command {
     /// this appliance's wave allows, reboot in the maintenance window.
     UpdateLoop,
     /// Enroll with the fleet server from a provisioning archive (the ESP's aperture/provision,
-    /// or a USB stick mounted at /run/aperture/provision-usb), unless already enrolled; the
-    /// update loop also does this when it starts.
-    Enroll,
+    /// or a USB stick mounted at /run/aperture/provision-usb), unless already enrolled.
+    Enroll {
+        /// What aperture-enroll.service runs: no archive is nothing to do; apply the archive's
+        /// network settings first; try an unreachable server again with a growing delay;
+        /// remount a USB stick read-write to erase the archive, then unmount it.
+        #[arg(long)]
+        first_boot: bool,
+    },
+    /// Apply the network settings a provisioning archive gave this appliance (kept in
+    /// /var/lib/aperture/agent/network.toml), if any: aperture-network.service at every boot.
+    Network,
     /// Check the release repository once now, installing what is found (no reboot unless
     /// `--reboot`).
     CheckUpdate {
@@ -90,7 +98,11 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
             }),
         Command::Health { timeout, interval } => health(timeout, interval),
         Command::UpdateLoop => update::run_loop(&Files::default()),
-        Command::Enroll => crate::fleet::enroll_now(&Files::default()),
+        Command::Enroll { first_boot: false } => crate::fleet::enroll_now(&Files::default()),
+        Command::Enroll { first_boot: true } => {
+            crate::firstboot::run(&Files::default(), &mut std::thread::sleep)
+        }
+        Command::Network => crate::network::apply_kept(&Files::default()),
         Command::CheckUpdate { json, reboot } => {
             update::check_once(&Files::default(), json, reboot)
         }

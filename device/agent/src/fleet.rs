@@ -1,8 +1,8 @@
 //! The agent's side of the fleet server (issue 16): enrollment from a provisioning archive
-//! (`aperture-agent enroll`, and at the start of the update loop), and the report sent after
-//! each poll, built from the updater's status, the loop's last check and the runtime's unit.
-//! The device key is kept by [`key_store`]: sealed with the TPM where the image says the board
-//! has one, else a plain file, both on the encrypted config partition.
+//! (`aperture-agent enroll`; at first boot `enroll --first-boot`, [`crate::firstboot`]), and
+//! the report sent after each poll, built from the updater's status, the loop's last check and
+//! the runtime's unit. The device key is kept by [`key_store`]: sealed with the TPM where the
+//! image says the board has one, else a plain file, both on the encrypted config partition.
 
 use aperture_appliance::{BuildFacts, Files};
 use aperture_client::devkey::{self, KeyStore};

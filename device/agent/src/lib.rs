@@ -14,9 +14,14 @@
 //!   through [`aperture_client`].
 //! * [`fleet`]: enrollment from a provisioning archive (`enroll`) and the report sent to the
 //!   fleet server after each poll.
+//! * [`firstboot`]: `enroll --first-boot`, what `aperture-enroll.service` runs: the archive's
+//!   network, enrollment tried again while the server is unreachable, the USB stick's erase.
+//! * [`network`]: the provisioned network settings as a systemd-networkd file (`network`).
 
 pub mod cli;
+pub mod firstboot;
 pub mod fleet;
 pub mod health;
+pub mod network;
 pub mod status;
 pub mod update;

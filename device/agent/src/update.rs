@@ -81,14 +81,8 @@ pub fn run_loop(files: &Files) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    // First boot: enroll from a provisioning archive if one is there. A failure is logged and
-    // the loop runs anyway (updates do not need the fleet server); `aperture-agent enroll`
-    // says the same by hand.
-    match crate::fleet::enroll_if_provisioned(files) {
-        Ok(Some(e)) => tracing::info!("enrolled as {} from {}", e.device_id, e.archive.display()),
-        Ok(None) => {}
-        Err(e) => tracing::error!("enrolling with the fleet server: {e:#}"),
-    }
+    // Enrollment is aperture-enroll.service's (first boot); the reports start once the
+    // identity exists (`Reports` loads it when the first report is due).
     let mut l = make(files, settings)?;
     let mut reports = crate::fleet::Reports::new(
         StateDir(files.agent_state()),

@@ -433,6 +433,12 @@ pub struct FlashArgs {
     /// swap or a dm device is refused even so).
     #[arg(long)]
     pub force: bool,
+    /// Provisioning archives (`aperture-fleet provision --out DIR`): each flashed disk gets the
+    /// next unused one on its ESP (aperture/provision/), which is then moved to DIR/used/ so
+    /// its single-use token never goes to a second disk. Refused before writing when DIR holds
+    /// fewer archives than targets.
+    #[arg(long, value_name = "DIR")]
+    pub provision: Option<PathBuf>,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,

@@ -68,7 +68,21 @@ pub fn run(a: &FlashArgs) -> Result<()> {
                     .join(", ")
             );
         }
+        if a.provision.is_some() {
+            bail!(
+                "--provision is not supported with jetson: targets yet: flash them, then insert \
+                 a USB stick holding the archive (labelled APERTURE) at first boot"
+            );
+        }
         return flash_jetsons(a, &image);
+    }
+    if let Some(dir) = &a.provision {
+        let n = crate::provision::preflight(dir, a.to.len())?;
+        eprintln!(
+            "{}: {n} unused provisioning archive(s), one for each of {} target(s)",
+            dir.display(),
+            a.to.len()
+        );
     }
 
     let (targets, mut refused) = open_targets(&a.to, &image, a.force)?;
@@ -91,6 +105,23 @@ pub fn run(a: &FlashArgs) -> Result<()> {
         .zip(named)
         .map(|(o, named)| Row::from_outcome(o, named))
         .collect();
+    // Each disk written and verified gets its own archive on its ESP.
+    if let Some(dir) = &a.provision {
+        for (o, row) in outcomes.iter().zip(rows.iter_mut()) {
+            if o.result.is_err() {
+                continue;
+            }
+            match crate::provision::provision_disk(dir, Path::new(&o.target)) {
+                Ok(used) => row.note = format!("{}; provisioned from {}", row.note, used.display()),
+                Err(e) => {
+                    row.ok = false;
+                    row.result = "FAILED".into();
+                    row.note = "flashed, not provisioned".into();
+                    row.detail = format!("{}: {e:#}", row.named);
+                }
+            }
+        }
+    }
     rows.append(&mut refused);
     rows.sort_by_key(|r| {
         a.to.iter()

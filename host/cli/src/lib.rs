@@ -9,6 +9,7 @@ mod cache;
 mod diff;
 mod flash;
 mod keys;
+mod provision;
 mod repo;
 mod verify;
 mod vm;
