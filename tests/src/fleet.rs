@@ -24,6 +24,10 @@ use crate::test_root;
 /// 10.0.2.2 only).
 pub const GUEST_PORT: u16 = 18443;
 
+/// The host port test images reach the fleet server (`aperture-fleet serve`) on, through
+/// 10.0.2.2 (their firewall lets it out to 10.0.2.2 only).
+pub const FLEET_GUEST_PORT: u16 = 18444;
+
 /// The test CA and the server's certificate and key (PEM files).
 #[derive(Debug, Clone)]
 pub struct Pki {
@@ -113,7 +117,8 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// The recipe lines that point a test image at the test repository on the host: its trusted
-/// root, the test CA, a short poll interval, and the one outbound flow it needs.
+/// root, the test CA, a short poll interval, and the outbound flows it needs (the repository,
+/// and the fleet server of [`crate::fleet_server`]).
 pub fn recipe_lines() -> Result<String> {
     let root = template()?.join("metadata/1.root.json");
     let ca = pki()?.ca;
@@ -121,6 +126,8 @@ pub fn recipe_lines() -> Result<String> {
         "\n[update]\nrepository = \"https://10.0.2.2:{GUEST_PORT}/\"\nchannel = \"stable\"\n\
          root = \"{}\"\nca = \"{}\"\npoll_interval = \"20s\"\n\n\
          [[network.outbound]]\nname = \"test-updates\"\nproto = \"tcp\"\nport = {GUEST_PORT}\n\
+         to = [\"10.0.2.2\"]\n\n\
+         [[network.outbound]]\nname = \"test-fleet\"\nproto = \"tcp\"\nport = {FLEET_GUEST_PORT}\n\
          to = [\"10.0.2.2\"]\n",
         root.display(),
         ca.display()

@@ -6,6 +6,7 @@
 
 pub mod firewall;
 pub mod fleet;
+pub mod fleet_server;
 pub mod http;
 pub mod powercut;
 pub mod scenario;

@@ -17,8 +17,12 @@ use crate::client::Client;
 pub struct ProvisionArgs {
     /// The fleet server's URL, as the appliances will reach it (https://HOST[:PORT]); the
     /// tokens are asked from it too.
-    #[arg(long, env = "APERTURE_FLEET_SERVER")]
+    #[arg(long)]
     fleet: String,
+    /// Where this command asks for the tokens, when the build host reaches the server at
+    /// another address than the appliances do (default: the --fleet URL).
+    #[arg(long, env = "APERTURE_FLEET_SERVER")]
+    server: Option<String>,
     /// An API token (operator or above).
     #[arg(long, env = "APERTURE_FLEET_TOKEN", hide_env_values = true)]
     api_token: String,
@@ -68,7 +72,8 @@ pub fn run(a: &ProvisionArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
 
-    let client = Client::new(url.as_str(), &ca_pem, Some(a.api_token.clone()), None)?;
+    let server = a.server.as_deref().unwrap_or(url.as_str());
+    let client = Client::new(server, &ca_pem, Some(a.api_token.clone()), None)?;
     let made = client
         .enrollment_tokens(a.count, a.expires_in)
         .context("asking the fleet server for enrollment tokens")?;
