@@ -185,7 +185,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("IPForward=no\n") && !t.contains("DHCP"), "{t}");
-        assert_eq!(t.matches("[Match]").count(), 1);
+        assert_eq!(t.lines().filter(|l| *l == "[Match]").count(), 1);
     }
 
     #[test]
