@@ -49,11 +49,16 @@ pub fn next_delay(delay: Duration) -> Duration {
 /// `aperture-agent enroll --first-boot`; `sleep` waits between tries (the real one sleeps).
 pub fn run(files: &Files, sleep: &mut dyn FnMut(Duration)) -> Result<()> {
     let state = StateDir(files.agent_state());
-    if let Some(id) = enroll::FleetIdentity::load(&state.fleet(), &enroll::PlainKeyFile)
-        .map_err(anyhow::Error::msg)?
-    {
-        println!("already enrolled with {} as {}", id.url, id.device_id);
-        return Ok(());
+    let keys = crate::fleet::key_store(files)?;
+    match enroll::FleetIdentity::load(&state.fleet(), keys.as_ref()) {
+        Ok(Some(id)) => {
+            println!("already enrolled with {} as {}", id.url, id.device_id);
+            return Ok(());
+        }
+        Ok(None) => {}
+        // An identity whose key no longer loads is replaced by the next archive, as
+        // `enroll::enroll_if_provisioned` does.
+        Err(why) => tracing::warn!("{why}; enrolling again if a provisioning archive is here"),
     }
     let places = files.provision_dirs();
     let Some(dir) = enroll::find_archive(&places) else {
@@ -78,7 +83,7 @@ pub fn run(files: &Files, sleep: &mut dyn FnMut(Duration)) -> Result<()> {
     let mut delay = FIRST_DELAY;
     let mut attempt = 1u32;
     let enrolled = loop {
-        match enroll::enroll(&dir, &state, &serial, &enroll::PlainKeyFile) {
+        match enroll::enroll(&dir, &state, &serial, keys.as_ref()) {
             Ok(e) => break e,
             Err(e) if retryable(&e) => {
                 tracing::warn!(
@@ -167,6 +172,20 @@ mod tests {
     fn no_archive_is_nothing_to_do_and_a_bad_one_fails_naming_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let files = Files::at(tmp.path());
+        // The image's facts say which key store a new identity gets (no TPM here).
+        let facts = aperture_appliance::BuildFacts {
+            product: "aperture-edge".into(),
+            version: "1.0.0".into(),
+            security_version: 1,
+            board: aperture_appliance::Board::QemuX86_64,
+            recipe_sha256: "ab".into(),
+            source_date_epoch: 1,
+            required_services: vec![],
+            tpm: false,
+            reset_button: None,
+        };
+        std::fs::create_dir_all(files.build_facts().parent().unwrap()).unwrap();
+        std::fs::write(files.build_facts(), serde_json::to_vec(&facts).unwrap()).unwrap();
         let mut slept = 0;
         run(&files, &mut |_| slept += 1).unwrap();
         let esp = files.provision_esp();
