@@ -19,6 +19,25 @@
 //! read-modify-write transaction here starts with a write, which takes SQLite's write lock
 //! (and PostgreSQL's row lock) before it reads.
 
+impl Error {
+    /// The database is busy for now, not broken: no pooled connection came free in time, or a
+    /// lock was still held when the wait ran out (SQLite's busy timeout: `SQLITE_BUSY`, 5, and
+    /// its extended codes, whose low byte is 5; PostgreSQL's lock and serialization failures
+    /// and too many connections). The same request may succeed a moment later.
+    pub fn is_busy(&self) -> bool {
+        let Error::Sql(e) = self else { return false };
+        match e {
+            sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default();
+                let sqlite_busy = code.parse::<u32>().is_ok_and(|c| c & 0xff == 5);
+                sqlite_busy || matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "53300")
+            }
+            _ => false,
+        }
+    }
+}
+
 pub mod admin;
 pub mod devices;
 pub mod migrate;

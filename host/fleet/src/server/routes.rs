@@ -86,6 +86,11 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
             }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             _ => {}
         }
         response
@@ -101,6 +106,15 @@ impl From<db::Error> for ApiError {
             db::Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             db::Error::Invalid(f) => bad_field(f),
             db::Error::TokenRefused => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            // Busy, not broken: the client is told to come back (Retry-After), as for a rate
+            // limit, and the server keeps serving.
+            e if e.is_busy() => {
+                tracing::warn!("database busy, answered 503: {:#}", anyhow::Error::new(e));
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the fleet's database is busy; try again shortly",
+                )
+            }
             e => {
                 // The cause stays in the server's log; the client learns only that it failed.
                 tracing::error!("{:#}", anyhow::Error::new(e));
