@@ -91,6 +91,9 @@ pub struct SimDevice {
     pub state: StateDir,
 }
 
+/// How many times a simulated device asks again when the server says it is busy.
+const ENROLL_TRIES: u32 = 10;
+
 /// Enroll one device per token with the server at `url` whose CA is `ca_pem`, each through a
 /// provisioning archive and the appliance's enrollment, `concurrency` at a time, their state
 /// below `work`.
@@ -117,8 +120,19 @@ pub fn enroll_all(
         let state = StateDir(dir.join("state"));
         // A simulated device keeps its key as a plain file beside its state (no TPM here).
         let keys = PlainKeyFile::at(state.fleet());
-        let done = enroll::enroll(&archive_dir, &state, &serial(i), &keys)
-            .with_context(|| format!("enrolling device {i}"))?;
+        // As the appliance's first boot does: a busy server (503, 429) is tried again.
+        let mut tries = 0;
+        let done = loop {
+            match enroll::enroll(&archive_dir, &state, &serial(i), &keys) {
+                Err(enroll::EnrollError::Refused { status, .. })
+                    if (status == 503 || status == 429) && tries < ENROLL_TRIES =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                other => break other.with_context(|| format!("enrolling device {i}"))?,
+            }
+        };
         let identity = FleetIdentity::load(&state.fleet(), &keys)
             .map_err(|e| anyhow!("device {i}'s identity: {e}"))?
             .ok_or_else(|| anyhow!("device {i} enrolled but keeps no identity"))?;
