@@ -1,16 +1,23 @@
 //! Tier 3, updates from the fleet's repository: v2 is published as release 1.1.0 to a TUF
-//! repository that nginx serves over HTTPS on the host (a test CA the images trust); v1 on
-//! slot A finds it by itself (its update loop, no command from the test), streams it into
-//! slot B, and the power is cut in the middle; the next boot finishes the install, slot B boots
-//! and the health gate commits it (the floor in the TPM's NV counters too). Then release 1.2.0
+//! repository that nginx serves over HTTPS on the host (a test CA the images trust), gated on
+//! a rollout. v1 boots with a provisioning archive on a virtual USB stick and enrolls with a
+//! real `aperture-fleet serve` on the host (issue 16, must-show 1): the stick is mounted,
+//! the device enrolls, reports, and the archive is erased from the stick. The test then starts
+//! the rollout of 1.1.0 to that device (`aperture-fleet rollout start`; the server signs it into
+//! the repository); v1 finds it by itself (its update loop, no command from the test), streams
+//! it into slot B, and the power is cut in the middle; the next boot finishes the install, slot B boots
+//! and the health gate commits it (the floor in the TPM's NV counters too), and `aperture-fleet
+//! devices --json` shows the device on 1.1.0, committed. Then release 1.2.0
 //! is published and halted: v2's loop sees it and does not install it. With `--full`: v2 then
 //! installs a v3 whose runtime fails, which the loader tries N times and then rolls back from;
 //! and the same update on the arm64 userland (qemu-arm64).
 
 use aperture_image::recipe::Arch;
+use aperture_release::rollout::Gate;
 use aperture_release::{ReleaseMeta, Waves};
 use aperture_tests::firewall::Firewall;
 use aperture_tests::fleet::{self, Nginx, Request};
+use aperture_tests::fleet_server::{self, FleetServer};
 use aperture_tests::http::FileServer;
 use std::time::Duration;
 
@@ -51,25 +58,42 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
     }
     let server = FileServer::start_for_guests(&www).unwrap();
 
-    // The fleet's repository: v2's verified build published as 1.1.0 on `stable`, synced to
-    // the folder nginx serves on the port the images' update loop polls.
+    // The fleet's repository: its rollouts role delegated to the fleet server's online key;
+    // v2's verified build published as 1.1.0 on `stable`, gated on a rollout (nobody installs
+    // it until one names them), synced to the folder nginx serves on the port the images'
+    // update loop polls.
     let repo_dir = sc.dir.join("repo");
     let mut repo = fleet::fresh_repo(&repo_dir).unwrap();
     let unix = |t: jiff::Timestamp| t.as_second() as u64;
     let now = jiff::Timestamp::now();
-    let meta = aperture_image::verify::verified_release(
-        &v2.paths.out,
-        "stable",
-        Waves::default(),
-        unix(now),
-    )
-    .unwrap();
+    repo.delegate_rollouts(now, false).unwrap();
+    let meta = ReleaseMeta {
+        gate: Gate::Rollout,
+        ..aperture_image::verify::verified_release(
+            &v2.paths.out,
+            "stable",
+            Waves::default(),
+            unix(now),
+        )
+        .unwrap()
+    };
     assert_eq!(meta.version.to_string(), "1.1.0");
     repo.publish(&v2.paths.out.join("update.bundle"), meta, now, false)
         .unwrap();
+    drop(repo);
     let served = sc.dir.join("served");
     aperture_repo::sync::to_dir(&repo_dir, &served).unwrap();
     let nginx = Nginx::start(&served, fleet::GUEST_PORT, &sc.dir.join("nginx")).unwrap();
+
+    // The fleet server beside nginx, signing rollouts into the same repository; one
+    // provisioning archive for the appliance, on a USB stick.
+    let fleet = FleetServer::start(&sc.dir.join("fleet"), &repo_dir).unwrap();
+    let archive = fleet.provision(&sc.dir.join("provision")).unwrap();
+    let stick = sc.dir.join("usb-stick.img");
+    fleet_server::usb_stick(&archive, &stick).unwrap();
+    assert!(fleet_server::stick_files(&stick)
+        .unwrap()
+        .contains(&"token".to_string()));
 
     // Boot 1: v1 on slot A; its update loop finds 1.1.0 and streams it into slot B, and the
     // power is cut five seconds into writing it. The script only reports and waits.
@@ -79,7 +103,10 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
         .piece("tpm-counters", &[])
         .unwrap()
         .line("sleep 3600");
-    let mut vm = sc.boot("v1-finds-v2", Some(&wait)).unwrap();
+    let usb = fleet_server::usb_stick_args(&stick);
+    let mut vm = sc
+        .boot_with("v1-finds-v2", Some(&wait), |c| c.extra.extend(usb))
+        .unwrap();
     let line = vm
         .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
         .unwrap();
@@ -87,6 +114,51 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
         line.contains("slot=a") && line.contains("version=1.0.0"),
         "{line}"
     );
+    // First boot: aperture-provision-usb.service mounts the stick, aperture-enroll.service
+    // enrolls from it and erases it; the update loop's poll reports.
+    let enrolled = vm
+        .wait_for(&format!("enrolled with {}", fleet.guest_url), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}\nfleet server log:\n{}", fleet.log()));
+    eprintln!("{enrolled}");
+    let id = after(&enrolled, " as ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    vm.wait_for(
+        "the provisioning archive was erased from the USB stick",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let device = fleet
+        .wait_device(
+            "reporting 1.0.0",
+            |d| d["id"] == id.as_str() && d["last_report"]["version"] == "1.0.0",
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+    eprintln!("the fleet sees {id}: {device}");
+    // The gated release reaches nobody before its rollout.
+    assert!(
+        !vm.console().contains("installing 1.1.0"),
+        "1.1.0 was installed before its rollout started"
+    );
+    let started = fleet
+        .admin(&[
+            "rollout",
+            "start",
+            "--channel",
+            "stable",
+            "--version",
+            "1.1.0",
+            "--devices",
+            &id,
+            "--max-failures",
+            "0",
+        ])
+        .unwrap();
+    eprintln!("rollout start: {}", started.trim());
+    aperture_repo::sync::to_dir(&repo_dir, &served).unwrap();
     let found = vm
         .wait_for("update check: installing 1.1.0", BOOT_TIMEOUT)
         .unwrap();
@@ -105,6 +177,13 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
     assert!(
         fetched.iter().any(bundle),
         "the bundle was fetched from nginx (its cut request logged within 60 s): {fetched:?}"
+    );
+
+    // The archive is gone from the stick (its token is used: worthless, but not left behind).
+    let left = fleet_server::stick_files(&stick).unwrap();
+    assert!(
+        !left.iter().any(|f| f == "token" || f == "fleet.toml"),
+        "the archive is still on the stick: {left:?}"
     );
 
     // Boot 2: slot A boots (B was never armed); aperture-update-resume.service installs v2
@@ -154,9 +233,13 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
         Some(v3) => v3.paths.out.join("update.bundle"),
         None => v1.paths.out.join("update.bundle"),
     };
+    // The fleet server signed the rollout into the repository since: open it as it is on disk,
+    // under the lock the server's signer takes.
+    let mut repo = aperture_repo::Repo::open_to_change(&repo_dir).unwrap();
     repo.publish(&v12_bundle, v12.clone(), now, false).unwrap();
     repo.set_halted(&v12.version, "stable", true, now, false)
         .unwrap();
+    drop(repo);
     aperture_repo::sync::to_dir(&repo_dir, &served).unwrap();
     let firewall = Firewall::prepare(&www).unwrap();
     let script = Script::new()
@@ -167,7 +250,8 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
             Some(_) => s
                 .piece("install", &[("URL", &server.guest_url("v3.bundle"))])
                 .and_then(|s| s.piece("reboot", &[])),
-            None => s.piece("poweroff", &[]),
+            // Kept running until the fleet has its report (then killed).
+            None => Ok(s.line("sleep 3600")),
         })
         .unwrap();
     let mut vm = sc
@@ -225,11 +309,35 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
             .any(|r| r.path.contains("1.2.0.stable.bundle")),
         "the halted release was fetched"
     );
+    // Must-show 1's end: the fleet's device list shows the appliance on 1.1.0, committed.
+    let device = fleet
+        .wait_device(
+            "on 1.1.0 committed",
+            |d| {
+                let r = &d["last_report"];
+                d["id"] == id.as_str()
+                    && r["version"] == "1.1.0"
+                    && r["last_update"]["result"] == "committed"
+            },
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+    eprintln!("aperture-fleet devices --json: {device}");
+    let table = fleet.admin(&["devices"]).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("1.1.0")),
+        "aperture-fleet devices does not show {id} on 1.1.0:\n{table}"
+    );
+    eprintln!("aperture-fleet devices:\n{}", table.trim_end());
+    let status = fleet.admin(&["rollout", "list", "--json"]).unwrap();
+    eprintln!("aperture-fleet rollout list --json: {}", status.trim());
     if stop_unless_full(
         "v2 installs v3, whose runtime fails its health check three times; the retry rules \
          then boot v2 again and report the rollback",
     ) {
-        vm.wait_exit(BOOT_TIMEOUT).unwrap();
+        vm.kill();
         return;
     }
     vm.wait_for("APERTURE-INSTALLED", BOOT_TIMEOUT).unwrap();

@@ -117,7 +117,11 @@ pub fn run(files: &Files, sleep: &mut dyn FnMut(Duration)) -> Result<()> {
             },
         }
     } else if let Err(why) = &enrolled.erased {
-        println!("the archive was not erased: {why}");
+        tracing::warn!(
+            "the provisioning archive {} could not be erased ({why}); its token is used and \
+             worthless now, but wipe the medium",
+            dir.display()
+        );
     }
     Ok(())
 }

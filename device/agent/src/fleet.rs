@@ -168,20 +168,37 @@ pub fn build_report(st: &UpdateStatus, last: Option<&LoopStatus>, runtime_alive:
             passed: true,
             detail: format!("slot {} committed", st.booted),
         });
-        // A slot that was installed and now runs committed: the update is done.
+        // A slot that was installed and now runs committed: the update is done. Known from
+        // the slots themselves, which outlive the loop's last check (a reboot's first check,
+        // or an install the resume service finished, names no version): the running slot is
+        // committed and newer than the other one, which an install never makes older (the
+        // updater refuses downgrades) and a flashed appliance does not have (both slots hold
+        // the same version).
         let committed = || {
-            let rec = st
-                .slots
-                .iter()
-                .find(|s| s.slot == st.booted)?
-                .record
-                .as_ref()?;
-            let tried = last?.tried.as_deref()?;
-            (!on_trial && rec.version == tried).then(|| UpdateResult {
+            if on_trial {
+                return None;
+            }
+            let record = |slot| {
+                st.slots
+                    .iter()
+                    .find(|s| s.slot == slot)
+                    .and_then(|s| s.record.as_ref())
+                    .map(|r| r.version.clone())
+            };
+            let running = record(st.booted)?;
+            let other = record(st.booted.other())?;
+            let newer = match (
+                semver::Version::parse(&running),
+                semver::Version::parse(&other),
+            ) {
+                (Ok(r), Ok(o)) => r > o,
+                _ => false,
+            };
+            newer.then(|| UpdateResult {
                 result: RESULT_COMMITTED.into(),
-                version: version(tried),
+                version: version(&running),
                 journal: format!(
-                    "{tried} runs in slot {} and passed its health gate",
+                    "{running} runs in slot {} and passed its health gate",
                     st.booted
                 ),
             })
@@ -348,6 +365,29 @@ mod tests {
         assert!(u.journal.len() <= MAX_LINE && !u.journal.contains('\n'));
         assert!(r.health.unwrap().passed);
         assert!(!r.runtime_alive);
+    }
+
+    #[test]
+    fn a_committed_update_is_reported_after_the_reboot_whatever_the_last_check_said() {
+        // The first check on the new slot installs nothing and names no version; the slots
+        // still say what happened.
+        for last_check in [None, Some(last(Outcome::UpToDate, None))] {
+            let r = build_report(&status(Some(Slot::B), None), last_check.as_ref(), true);
+            let u = r.last_update.expect("a committed update");
+            assert_eq!(
+                (u.result.as_str(), u.version.as_deref()),
+                (RESULT_COMMITTED, Some("1.1.0"))
+            );
+        }
+        // A flashed appliance (both slots the same version) has no update to report, and
+        // neither has one that runs the older slot while the newer waits for its reboot.
+        let mut flashed = status(Some(Slot::B), None);
+        flashed.slots[0].record.as_mut().unwrap().version = "1.1.0".into();
+        assert_eq!(build_report(&flashed, None, true).last_update, None);
+        let mut waiting = status(Some(Slot::A), None);
+        waiting.booted = Slot::A;
+        waiting.running.version = "1.0.0".into();
+        assert_eq!(build_report(&waiting, None, true).last_update, None);
     }
 
     #[test]

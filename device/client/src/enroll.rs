@@ -295,14 +295,9 @@ pub fn enroll(
 
     store(state, &archive, &answer, &identity, keys)?;
     tracing::info!("enrolled with {} as {}", archive.url, answer.device_id);
+    // Reported by the caller, which may still erase it another way (a read-only stick is
+    // remounted read-write for the erase alone).
     let erased = erase(archive_dir);
-    if let Err(e) = &erased {
-        tracing::warn!(
-            "the provisioning archive {} could not be erased ({e}); its token is used and \
-             worthless now, but wipe the medium",
-            archive_dir.display()
-        );
-    }
     Ok(Enrolled {
         device_id: answer.device_id,
         archive: archive_dir.to_path_buf(),

@@ -311,10 +311,15 @@ pub fn run(o: &Options) -> Result<()> {
     print_table(
         &format!(
             "Fleet server: {} simulated devices on 127.0.0.1, {} requests in flight, {} s \
-             windows",
+             windows, {} build (server and devices)",
             o.devices,
             o.concurrency,
-            o.window.as_secs()
+            o.window.as_secs(),
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
         ),
         &[
             "what",

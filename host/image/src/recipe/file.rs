@@ -56,6 +56,7 @@ struct BaseFile {
     architecture: S<String>,
     packages: L,
     initramfs_modules: L,
+    kernel_modules: L,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +278,7 @@ pub struct Merged {
     pub architecture: Option<Located<String>>,
     pub packages: Vec<Located<String>>,
     pub initramfs_modules: Vec<Located<String>>,
+    pub kernel_modules: Vec<Located<String>>,
     pub device: Vec<Located<String>>,
     pub runtime: Vec<Located<String>>,
     pub services: MergedServices,
@@ -404,6 +406,7 @@ impl Merged {
             set(&mut self.architecture, b.architecture, &f, &t);
             extend(&mut self.packages, b.packages, &f, &t);
             extend(&mut self.initramfs_modules, b.initramfs_modules, &f, &t);
+            extend(&mut self.kernel_modules, b.kernel_modules, &f, &t);
         }
         if let Some(c) = file.components {
             extend(&mut self.device, c.device, &f, &t);

@@ -69,6 +69,12 @@ pub struct Base {
     /// empty: initramfs-tools' default, `MODULES=most`. A short list makes the initramfs
     /// smaller and, on an emulated build machine, several minutes quicker to generate.
     pub initramfs_modules: Vec<String>,
+    /// The kernel modules the image keeps; the kernel package's others are left out (and so
+    /// are out of the initramfs too). Each entry is a folder below the module tree's `kernel/`,
+    /// written with a trailing `/` (`"drivers/md/"`), or a module name (`"virtio_net"`); the
+    /// modules those depend on, and every `initramfs_modules` entry, are kept as well. Empty:
+    /// every module the kernel package ships.
+    pub kernel_modules: Vec<String>,
 }
 
 /// One of our device programs, built from this workspace for the board's target.
@@ -378,11 +384,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
     let mut initramfs_modules: Vec<String> = Vec::new();
     for module in &m.initramfs_modules {
         let v = &module.value;
-        let valid = !v.is_empty()
-            && v.len() <= 64
-            && v.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !valid {
+        if !module_name_is_valid(v) {
             return Err(module.error(
                 format!("`{v}` is not a kernel module name"),
                 "use the name modprobe takes (lower-case letters, digits, `_` and `-`), e.g. \"virtio_blk\"",
@@ -395,6 +397,40 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
             ));
         }
         initramfs_modules.push(v.clone());
+    }
+
+    let mut kernel_modules: Vec<String> = Vec::new();
+    for module in &m.kernel_modules {
+        let v = &module.value;
+        let valid = match v.strip_suffix('/') {
+            Some(folder) => {
+                !folder.is_empty()
+                    && folder.len() <= 200
+                    && folder.split('/').all(|seg| {
+                        !seg.is_empty()
+                            && seg.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
+                            })
+                            && seg != "."
+                            && seg != ".."
+                    })
+            }
+            None => module_name_is_valid(v),
+        };
+        if !valid {
+            return Err(module.error(
+                format!("`{v}` is neither a kernel module name nor a module folder"),
+                "write a folder below the kernel's module tree with a trailing `/` (\"drivers/md/\") \
+                 or the name modprobe takes (\"virtio_net\")",
+            ));
+        }
+        if kernel_modules.contains(v) {
+            return Err(module.error(
+                format!("`{v}` is listed twice in kernel_modules"),
+                "remove one",
+            ));
+        }
+        kernel_modules.push(v.clone());
     }
 
     let mut device = Vec::new();
@@ -524,6 +560,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
             architecture,
             packages: m.packages.into_iter().map(|p| p.value).collect(),
             initramfs_modules,
+            kernel_modules,
         },
         components: Components {
             device,
@@ -577,4 +614,12 @@ fn validate_package(p: &Located<String>) -> Result<(), RecipeError> {
             "package names are lowercase letters, digits, '+', '-' and '.' (Debian policy 5.6.1)",
         ))
     }
+}
+
+/// A kernel module name as modprobe takes it: lower-case letters, digits, `_` and `-`.
+fn module_name_is_valid(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }

@@ -666,6 +666,63 @@ fn initramfs_modules_are_kernel_module_names_listed_once() {
 }
 
 #[test]
+fn kernel_modules_are_folders_or_module_names_listed_once() {
+    let with = |list: &str| {
+        GOOD.replacen(
+            "packages = [\"systemd\", \"linux-image-cloud-amd64\"]",
+            &format!(
+                "packages = [\"systemd\", \"linux-image-cloud-amd64\"]\nkernel_modules = {list}"
+            ),
+            1,
+        )
+    };
+    let f = Fixture::new(&[(
+        "r.toml",
+        &with("[\"drivers/md/\", \"virtio_net\", \"drivers/usb/host/\"]"),
+    )]);
+    assert_eq!(
+        f.load("r.toml").unwrap().base.kernel_modules,
+        vec!["drivers/md/", "virtio_net", "drivers/usb/host/"]
+    );
+    // Absent: every module of the kernel package.
+    let f = Fixture::new(&[("r.toml", GOOD)]);
+    assert!(f.load("r.toml").unwrap().base.kernel_modules.is_empty());
+
+    for (bad, words) in [
+        (
+            "[\"../../etc/\"]",
+            &[
+                "`../../etc/` is neither a kernel module name nor a module folder",
+                "trailing `/`",
+            ][..],
+        ),
+        (
+            "[\"/\"]",
+            &["is neither a kernel module name nor a module folder"][..],
+        ),
+        ("[\"drivers//md/\"]", &["is neither"][..]),
+        (
+            "[\"drivers/md\"]",
+            &["`drivers/md` is neither", "\"drivers/md/\""][..],
+        ),
+        ("[\"dm' x\"]", &["is neither"][..]),
+        (
+            "[\"drivers/md/\", \"drivers/md/\"]",
+            &[
+                "`drivers/md/` is listed twice in kernel_modules",
+                "remove one",
+            ][..],
+        ),
+    ] {
+        let text = with(bad);
+        let f = Fixture::new(&[("r.toml", &text)]);
+        let e = f.load("r.toml").expect_err(bad);
+        assert_mentions(&e, words);
+        assert_eq!(e.line, line_of(&text, "kernel_modules"), "{e}");
+    }
+}
+
+#[test]
 fn the_arm64_boards_list_their_initramfs_modules_and_x86_keeps_the_default() {
     let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
     for name in [

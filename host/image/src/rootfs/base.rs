@@ -91,6 +91,11 @@ pub fn base_key(recipe: &Recipe, workspace: &Path) -> Result<String> {
         "files": file_hashes,
         "source_date": BASE_SOURCE_DATE,
     });
+    let mut doc = doc;
+    // Only when set, so that the bases of recipes without the list keep their keys.
+    if !recipe.base.kernel_modules.is_empty() {
+        doc["kernel_modules"] = serde_json::json!(recipe.base.kernel_modules);
+    }
     h.update(doc.to_string().as_bytes());
     Ok(hex::encode(h.finalize()))
 }
@@ -217,6 +222,12 @@ fn mmdebstrap(
         debs.display()
     ));
     c = c.arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb");
+    // Modules the recipe does not keep go before the initramfs is made from what is left.
+    if let Some(hook) =
+        prune_modules_hook(&recipe.base.kernel_modules, &recipe.base.initramfs_modules)
+    {
+        c = c.arg(format!("--customize-hook={hook}"));
+    }
     c = c.arg(format!("--customize-hook={}", run_deferred_hook()));
     // The initramfs must open the verity root: fail the base, not the first boot.
     c = c.arg(
@@ -290,6 +301,90 @@ fn run_deferred_hook() -> String {
          chroot \"$1\" update-initramfs -c -k \"${{k##*/}}\" || exit 1; done"
     )
 }
+
+/// The customize hook for a recipe's `kernel_modules`: in each installed kernel's module tree,
+/// remove every module that is neither kept (by folder or name, or listed in
+/// `initramfs_modules`) nor needed by a kept one (modules.dep), then `depmod` in the image. A
+/// name or folder that matches nothing fails the base (a typo would otherwise leave a driver
+/// out unnoticed); a name built into the kernel (modules.builtin) counts as found. None when
+/// the list is empty: every module stays.
+fn prune_modules_hook(keep: &[String], initramfs: &[String]) -> Option<String> {
+    if keep.is_empty() {
+        return None;
+    }
+    Some(prune_modules_script(
+        keep,
+        initramfs,
+        "chroot \"$1\" depmod -a \"${k##*/}\"",
+    ))
+}
+
+/// [`prune_modules_hook`]'s script, with `depmod` the command that indexes a pruned tree (`$k`
+/// is its folder, `$1` the image root). Entries are checked by the recipe (letters, digits,
+/// `_`, `-`, `.`, `/`), so they need no quoting beyond the single quotes.
+fn prune_modules_script(keep: &[String], initramfs: &[String], depmod: &str) -> String {
+    let mut all: Vec<&str> = keep.iter().map(String::as_str).collect();
+    for m in initramfs {
+        if !all.contains(&m.as_str()) {
+            all.push(m);
+        }
+    }
+    format!(
+        "set -e; for k in \"$1\"/usr/lib/modules/*; do [ -f \"$k/modules.dep\" ] || continue; \
+         b=\"$k/modules.builtin\"; [ -f \"$b\" ] || b=/dev/null; t=$(mktemp); \
+         if ! awk -v keep='{}' -v ver=\"${{k##*/}}\" -v builtin=\"$b\" '{PRUNE_AWK}' \"$b\" \"$k/modules.dep\" > \"$t\"; \
+         then rm -f \"$t\"; exit 1; fi; \
+         while IFS= read -r p; do rm -f \"$k/$p\"; done < \"$t\"; rm -f \"$t\"; \
+         find \"$k/kernel\" -depth -type d -empty -delete; {depmod}; done",
+        all.join(" ")
+    )
+}
+
+/// The selection in awk (the host's, on the image's module index): reads modules.builtin, then
+/// modules.dep; prints the paths to remove, and a summary on stderr. No single quotes: it is
+/// passed inside them.
+const PRUNE_AWK: &str = r#"
+function modname(p,  m) { m = p; sub(/^.*\//, "", m); sub(/\.ko(\.[a-z]+)?$/, "", m); gsub(/-/, "_", m); return m }
+function mark(m,  a, j, c) {
+  if (m in kept) return
+  kept[m] = 1
+  c = split(deps[m], a, " ")
+  for (j = 1; j <= c; j++) mark(a[j])
+}
+BEGIN {
+  n = split(keep, K, " ")
+  for (i = 1; i <= n; i++) {
+    if (K[i] ~ /\/$/) folder[K[i]] = 0
+    else { nm = K[i]; gsub(/-/, "_", nm); want[nm] = K[i] }
+  }
+}
+FILENAME == builtin { inkernel[modname($0)] = 1; next }
+{
+  m = $1; sub(/:$/, "", m)
+  all[++N] = m
+  d = ""
+  for (i = 2; i <= NF; i++) d = d " " $i
+  deps[m] = d
+}
+END {
+  for (i = 1; i <= N; i++) {
+    m = all[i]; nm = modname(m)
+    if (nm in want) { mark(m); found[nm] = 1 }
+    for (f in folder) if (index(m, "kernel/" f) == 1) { mark(m); folder[f]++ }
+  }
+  bad = 0
+  for (nm in want) if (!(nm in found) && !(nm in inkernel)) {
+    printf "[base] kernel_modules: `%s` names no module of kernel %s, nor one built into it: correct the name or remove it\n", want[nm], ver > "/dev/stderr"; bad = 1
+  }
+  for (f in folder) if (folder[f] == 0) {
+    printf "[base] kernel_modules: kernel %s has no module below kernel/%s: correct the folder or remove it\n", ver, f > "/dev/stderr"; bad = 1
+  }
+  if (bad) exit 1
+  gone = 0
+  for (i = 1; i <= N; i++) if (!(all[i] in kept)) { print all[i]; gone++ }
+  printf "kernel %s: keeping %d of its %d modules ([base] kernel_modules)\n", ver, N - gone, N > "/dev/stderr"
+}
+"#;
 
 /// Setup hooks for a recipe's `initramfs_modules`: `MODULES=list` and a hook that adds exactly
 /// those modules (initramfs-tools' own list, `/etc/initramfs-tools/modules`, is a conffile of
@@ -426,6 +521,113 @@ fn clean(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A module tree of a fake kernel `6.1.0-t` under `root`: paths (with their dependencies)
+    /// in modules.dep, and virtio_blk built in.
+    fn fake_kernel(root: &Path) -> PathBuf {
+        let k = root.join("usr/lib/modules/6.1.0-t");
+        let dep = "\
+kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/lib/reed_solomon.ko
+kernel/drivers/md/dm-bufio.ko:
+kernel/lib/reed_solomon.ko:
+kernel/drivers/gpu/drm/amd/amdgpu.ko: kernel/drivers/gpu/drm/drm.ko
+kernel/drivers/gpu/drm/drm.ko:
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/fs/erofs/erofs.ko:
+kernel/sound/core/snd.ko:
+";
+        for line in dep.lines() {
+            let m = k.join(line.split(':').next().unwrap());
+            std::fs::create_dir_all(m.parent().unwrap()).unwrap();
+            std::fs::write(&m, b"\x7fELF").unwrap();
+        }
+        std::fs::write(k.join("modules.dep"), dep).unwrap();
+        std::fs::write(
+            k.join("modules.builtin"),
+            "kernel/drivers/block/virtio_blk.ko\n",
+        )
+        .unwrap();
+        k
+    }
+
+    fn run_prune(root: &Path, keep: &[&str], initramfs: &[&str]) -> std::process::Output {
+        let keep: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        let initramfs: Vec<String> = initramfs.iter().map(|s| s.to_string()).collect();
+        let script = prune_modules_script(&keep, &initramfs, "echo \"$1\" > \"$k/depmod-ran\"");
+        Command::new("sh")
+            .args(["-c", &script, "exec"])
+            .arg(root)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn kernel_modules_keep_folders_names_initramfs_modules_and_their_dependencies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k = fake_kernel(tmp.path());
+        // A `-` in a name matches the file's `_` (and the other way), as modprobe has it.
+        let out = run_prune(
+            tmp.path(),
+            &["drivers/md/", "virtio-net"],
+            &["erofs", "virtio_blk"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("keeping 7 of its 10 modules"), "{stderr}");
+        for kept in [
+            "drivers/md/dm-verity.ko",
+            "drivers/md/dm-bufio.ko",
+            "lib/reed_solomon.ko",
+            "drivers/net/virtio_net.ko",
+            "drivers/net/net_failover.ko",
+            "net/core/failover.ko",
+            "fs/erofs/erofs.ko",
+        ] {
+            assert!(k.join("kernel").join(kept).exists(), "{kept} was removed");
+        }
+        for gone in ["drivers/gpu", "sound"] {
+            assert!(
+                !k.join("kernel").join(gone).exists(),
+                "{gone} is still there"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(k.join("depmod-ran"))
+                .unwrap()
+                .trim(),
+            tmp.path().to_str().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_kernel_modules_entry_that_matches_nothing_fails_and_removes_nothing() {
+        for (keep, says) in [
+            (
+                ["drivers/md/", "virtio-nett"],
+                "`virtio-nett` names no module of kernel 6.1.0-t",
+            ),
+            (
+                ["drivers/md/", "drivers/nosuch/"],
+                "kernel 6.1.0-t has no module below kernel/drivers/nosuch/",
+            ),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let k = fake_kernel(tmp.path());
+            let out = run_prune(tmp.path(), &keep, &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(stderr.contains(says), "{stderr}");
+            assert!(k.join("kernel/sound/core/snd.ko").exists());
+            assert!(!k.join("depmod-ran").exists());
+        }
+    }
+
+    #[test]
+    fn no_kernel_modules_list_keeps_every_module() {
+        assert!(prune_modules_hook(&[], &["virtio_blk".to_string()]).is_none());
+    }
 
     #[test]
     fn mounts_below_a_stale_tree_come_deepest_first() {
