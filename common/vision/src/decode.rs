@@ -243,7 +243,10 @@ fn nms(mut candidates: Vec<Candidate>, iou: f32, max: usize) -> Vec<Candidate> {
         if kept.get(class_start).is_some_and(|k| k.class != c.class) {
             class_start = kept.len();
         }
-        if kept[class_start..].iter().all(|k| k.bbox.iou(&c.bbox) <= iou) {
+        if kept[class_start..]
+            .iter()
+            .all(|k| k.bbox.iou(&c.bbox) <= iou)
+        {
             kept.push(c);
         }
     }
@@ -349,14 +352,20 @@ mod tests {
         let b = dets[0].bbox;
         // Input box (4, 4)-(12, 12); the frame is twice as wide as the input.
         let near = |a: f32, b: f32| (a - b).abs() < 1e-4;
-        assert!(near(b.x1, 8.0) && near(b.y1, 4.0) && near(b.x2, 24.0) && near(b.y2, 12.0), "{b:?}");
+        assert!(
+            near(b.x1, 8.0) && near(b.y1, 4.0) && near(b.x2, 24.0) && near(b.y2, 12.0),
+            "{b:?}"
+        );
     }
 
     #[test]
     fn boxes_are_clipped_to_the_input() {
         let d = NanoDet::new(&tiny());
         // Cell 0, centre (4, 4), sides 3 strides: would reach -20 and 28.
-        let o = outputs([[0.8, 0.0], [0.0; 2], [0.0; 2], [0.0; 2]], [[3; 4], [0; 4], [0; 4], [0; 4]]);
+        let o = outputs(
+            [[0.8, 0.0], [0.0; 2], [0.0; 2], [0.0; 2]],
+            [[3; 4], [0; 4], [0; 4], [0; 4]],
+        );
         let b = d.decode(&o, 16, 16).unwrap()[0].bbox;
         assert_eq!((b.x1, b.y1, b.x2, b.y2), (0.0, 0.0, 16.0, 16.0));
     }
@@ -377,10 +386,27 @@ mod tests {
 
     #[test]
     fn nms_keeps_boxes_that_overlap_less_than_the_limit_and_caps_the_count() {
-        let b = |x1: f32, x2: f32| BBox { x1, y1: 0.0, x2, y2: 10.0 };
-        let c = |score, bbox| Candidate { class: 0, score, bbox };
+        let b = |x1: f32, x2: f32| BBox {
+            x1,
+            y1: 0.0,
+            x2,
+            y2: 10.0,
+        };
+        let c = |score, bbox| Candidate {
+            class: 0,
+            score,
+            bbox,
+        };
         // IoU of [0,10] and [5,15] is 1/3: both stay at a limit of 0.5; the third is a copy.
-        let kept = nms(vec![c(0.5, b(5.0, 15.0)), c(0.9, b(0.0, 10.0)), c(0.4, b(0.0, 10.0))], 0.5, 10);
+        let kept = nms(
+            vec![
+                c(0.5, b(5.0, 15.0)),
+                c(0.9, b(0.0, 10.0)),
+                c(0.4, b(0.0, 10.0)),
+            ],
+            0.5,
+            10,
+        );
         assert_eq!(kept.iter().map(|k| k.score).collect::<Vec<_>>(), [0.9, 0.5]);
         let kept = nms(vec![c(0.5, b(5.0, 15.0)), c(0.9, b(0.0, 10.0))], 0.5, 1);
         assert_eq!(kept.len(), 1);

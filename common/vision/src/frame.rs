@@ -98,7 +98,9 @@ impl Frame {
         let width = number(fields[1], "width")?;
         let height = number(fields[2], "height")?;
         if number(fields[3], "maximum value")? != 255 {
-            return Err(bad("the maximum value is not 255 (16-bit samples are not supported)"));
+            return Err(bad(
+                "the maximum value is not 255 (16-bit samples are not supported)",
+            ));
         }
         // Exactly one whitespace byte separates the header from the pixels.
         let pixels = bytes.get(pos + 1..).ok_or_else(|| bad("no pixels"))?;
@@ -146,7 +148,9 @@ mod tests {
         short.extend([0; 11]);
         let e = Frame::from_ppm(&short).unwrap_err().to_string();
         assert!(e.contains("needs 12 bytes, the buffer has 11"), "{e}");
-        let e = Frame::from_ppm(b"P3 1 1 255\n0 0 0").unwrap_err().to_string();
+        let e = Frame::from_ppm(b"P3 1 1 255\n0 0 0")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not P6"), "{e}");
         let e = Frame::from_ppm(b"P6 1 1 65535\n").unwrap_err().to_string();
         assert!(e.contains("not 255"), "{e}");

@@ -257,7 +257,9 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), ManifestError> {
         let is_sha256 = |s: &str| {
-            s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            s.len() == 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         if !is_sha256(&self.model.sha256) {
             return Err(self.invalid(format!(
@@ -298,11 +300,12 @@ impl Manifest {
         if d.reg_max == 0 {
             return Err(self.invalid("[decoder] reg_max must be at least 1"));
         }
-        for (key, v) in [("score_threshold", d.score_threshold), ("nms_iou", d.nms_iou)] {
+        for (key, v) in [
+            ("score_threshold", d.score_threshold),
+            ("nms_iou", d.nms_iou),
+        ] {
             if !(v > 0.0 && v < 1.0) {
-                return Err(self.invalid(format!(
-                    "[decoder] {key} = {v} must be between 0 and 1"
-                )));
+                return Err(self.invalid(format!("[decoder] {key} = {v} must be between 0 and 1")));
             }
         }
         if d.max_detections == 0 {
@@ -312,10 +315,7 @@ impl Manifest {
             return Err(self.invalid("[decoder] levels is empty"));
         }
         if let Some(l) = d.levels.iter().find(|l| l.stride == 0) {
-            return Err(self.invalid(format!(
-                "[decoder] level {:?} has stride 0",
-                l.scores
-            )));
+            return Err(self.invalid(format!("[decoder] level {:?} has stride 0", l.scores)));
         }
         if self.classes.names.is_empty() {
             return Err(self.invalid("[classes] names is empty"));
@@ -362,7 +362,8 @@ mod tests {
 
     /// The committed NanoDet-m manifest.
     fn committed() -> (PathBuf, String) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/nanodet-m/manifest.toml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/nanodet-m/manifest.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         (path, text)
     }
@@ -393,9 +394,21 @@ mod tests {
         let (path, text) = committed();
         for (from, to, says) in [
             ("std = [57.375", "std = [0.0", "each must be above 0"),
-            ("score_threshold = 0.35", "score_threshold = 1.5", "score_threshold = 1.5"),
-            ("shape = [1, 3, 416, 416]", "shape = [1, 4, 416, 416]", "3 colour channels"),
-            ("file = \"nanodet-m.onnx\"", "file = \"../x.onnx\"", "plain file name"),
+            (
+                "score_threshold = 0.35",
+                "score_threshold = 1.5",
+                "score_threshold = 1.5",
+            ),
+            (
+                "shape = [1, 3, 416, 416]",
+                "shape = [1, 4, 416, 416]",
+                "3 colour channels",
+            ),
+            (
+                "file = \"nanodet-m.onnx\"",
+                "file = \"../x.onnx\"",
+                "plain file name",
+            ),
             ("sha256 = \"8b32", "sha256 = \"8B32", "64 lower-case hex"),
         ] {
             assert!(text.contains(from), "{from}");
@@ -415,13 +428,22 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let m = Manifest::load(&path).unwrap();
         let e = m.read_model().unwrap_err().to_string();
-        assert!(e.contains("nanodet-m.onnx") && e.contains("manifest.toml"), "{e}");
-        assert!(e.contains(&hex::encode(Sha256::digest(b"not the model"))), "{e}");
+        assert!(
+            e.contains("nanodet-m.onnx") && e.contains("manifest.toml"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&hex::encode(Sha256::digest(b"not the model"))),
+            "{e}"
+        );
         assert!(e.contains("import.sh"), "{e}");
         // The right bytes pass.
         let pinned = m.model.sha256.clone();
         let good = text.replace(&pinned, &hex::encode(Sha256::digest(b"not the model")));
         std::fs::write(&path, good).unwrap();
-        assert_eq!(Manifest::load(&path).unwrap().read_model().unwrap(), b"not the model");
+        assert_eq!(
+            Manifest::load(&path).unwrap().read_model().unwrap(),
+            b"not the model"
+        );
     }
 }
