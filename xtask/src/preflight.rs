@@ -516,3 +516,31 @@ fn ensure_onnxruntime(root: bool, fixes: &mut Vec<String>) -> Result<()> {
         .with_context(|| format!("moving the library to {}", lib.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onnxruntime_pins_are_sha256_of_this_version_and_match_the_runtime() {
+        let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        for w in ONNXRUNTIME_WHEELS {
+            assert!(hex(w.wheel_sha256) && hex(w.lib_sha256), "{}", w.wheel);
+            assert!(w
+                .wheel
+                .starts_with(&format!("onnxruntime-{ONNXRUNTIME_VERSION}-")));
+            assert!(
+                w.wheel.ends_with(&format!("{}.whl", w.platform)),
+                "{}",
+                w.wheel
+            );
+            assert!(w.platform.ends_with(w.arch));
+        }
+        assert!(onnxruntime_lib().starts_with(PYTHON_TOOLS));
+        // The runtime names the same release in its errors (xtask does not link it).
+        let runtime = include_str!("../../device/runtime/src/lib.rs");
+        assert!(runtime.contains(&format!(
+            "pub const ONNXRUNTIME_VERSION: &str = \"{ONNXRUNTIME_VERSION}\";"
+        )));
+    }
+}

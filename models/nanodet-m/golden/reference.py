@@ -2,7 +2,8 @@
 """The independent reference for the runtime's golden test (device/runtime/tests/golden.rs).
 
 Writes, beside this file:
-  *.ppm            the golden frames: scikit-image's bundled photographs, halved (RGB8, binary PPM)
+  *.ppm            with --frames: the golden frames, scikit-image's bundled photographs halved
+                   (RGB8, binary PPM); without it the committed frames are read
   reference.json   for each frame: summaries and sampled values of the model's six raw output
                    tensors, and the final detections, as computed here
 
@@ -17,7 +18,7 @@ decoding against this file.
 Not run in CI. To regenerate (pinned versions):
   python3 -m venv /tmp/ref && /tmp/ref/bin/pip install onnxruntime==1.32.0 numpy==1.26.4 \
       scikit-image==0.26.0 pillow==13.0.0
-  /tmp/ref/bin/python models/nanodet-m/golden/reference.py
+  /tmp/ref/bin/python models/nanodet-m/golden/reference.py [--frames]
 """
 import json
 import os
