@@ -5,7 +5,7 @@
 //! It runs before the heavy host CLI is compiled, because that links libostree.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aperture_sys::Cmd;
@@ -85,6 +85,51 @@ type PythonLibs = &'static [&'static str];
 const BENCH_PYTHON_LIBS: &[(&str, PythonLibs)] =
     &[("python-tuf", &["tuf==7.0.1", "cryptography==50.0.2"])];
 
+/// The ONNX Runtime library the runtime's tests load (device/runtime/tests/golden.rs): the
+/// plain C-API library inside the official `onnxruntime` wheel on PyPI, pinned by the sha256 of
+/// the wheel and of the library (docs/research/issue-17/pins.txt). The version is the one
+/// `ort` 2.0.0-rc.15 was written for (`aperture_runtime::ONNXRUNTIME_VERSION`).
+pub(crate) struct OnnxRuntimeWheel {
+    /// `uname -m` of the machines this wheel is for.
+    pub arch: &'static str,
+    /// pip's `--platform`.
+    pub platform: &'static str,
+    /// The wheel's file name.
+    pub wheel: &'static str,
+    /// Its sha256.
+    pub wheel_sha256: &'static str,
+    /// The library's sha256.
+    pub lib_sha256: &'static str,
+}
+
+/// The ONNX Runtime release of [`ONNXRUNTIME_WHEELS`].
+pub(crate) const ONNXRUNTIME_VERSION: &str = "1.31.1";
+
+/// The wheels, one per host architecture.
+pub(crate) const ONNXRUNTIME_WHEELS: &[OnnxRuntimeWheel] = &[
+    OnnxRuntimeWheel {
+        arch: "x86_64",
+        platform: "manylinux_2_28_x86_64",
+        wheel: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        wheel_sha256: "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+        lib_sha256: "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3",
+    },
+    OnnxRuntimeWheel {
+        arch: "aarch64",
+        platform: "manylinux_2_28_aarch64",
+        wheel: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_aarch64.whl",
+        wheel_sha256: "da05378364c44d4407e463982d2bf8d5e4cfea873283757e48beeb41df97b7f3",
+        lib_sha256: "8aa3b76b28c778a2b1dd660d34161adb1d508c9ccd04ff9dc80e26eca5df8467",
+    },
+];
+
+/// Where the library is put (passed to the tests as `APERTURE_ONNXRUNTIME`).
+pub(crate) fn onnxruntime_lib() -> PathBuf {
+    Path::new(PYTHON_TOOLS)
+        .join(format!("onnxruntime-{ONNXRUNTIME_VERSION}"))
+        .join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}"))
+}
+
 /// Peers the benchmarks run beside Aperture.
 const BENCH: &[&str] = &[
     "bmap-tools",
@@ -110,6 +155,8 @@ pub struct Needs {
     pub python: BTreeSet<(&'static str, &'static str)>,
     /// Libraries from PyPI, as (virtual environment, requirements).
     pub python_libs: BTreeSet<(&'static str, PythonLibs)>,
+    /// The pinned ONNX Runtime library ([`onnxruntime_lib`]).
+    pub onnxruntime: bool,
 }
 
 impl Needs {
@@ -131,6 +178,7 @@ impl Needs {
         n.packages.extend(VM_ARM64);
         n.packages.extend(TEST);
         n.python.extend(TEST_PYTHON);
+        n.onnxruntime = true;
         n
     }
 
@@ -308,6 +356,10 @@ pub fn ensure(needs: &Needs) -> Result<()> {
             .with_context(|| format!("writing {}", stamp.display()))?;
     }
 
+    if needs.onnxruntime {
+        ensure_onnxruntime(root, &mut fixes)?;
+    }
+
     if needs.arm64 {
         let target = "aarch64-unknown-linux-gnu";
         if rust_target_missing(target) {
@@ -356,4 +408,139 @@ pub fn ensure(needs: &Needs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The sha256 of `file` (coreutils' sha256sum: xtask stays free of hashing crates).
+fn sha256_of(file: &Path) -> Result<String> {
+    let out = Cmd::new("sha256sum")
+        .arg(file)
+        .text()
+        .with_context(|| format!("hashing {}", file.display()))?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Put the pinned ONNX Runtime library at [`onnxruntime_lib`]: `pip download` the wheel (no
+/// dependencies, binary only, for this architecture and CPython 3.11, whatever python the host
+/// has), check its sha256, take the library out of it, check that too, and move it into place.
+/// Nothing happens when the library is there with the right sha256.
+fn ensure_onnxruntime(root: bool, fixes: &mut Vec<String>) -> Result<()> {
+    let arch = std::env::consts::ARCH;
+    let Some(pin) = ONNXRUNTIME_WHEELS.iter().find(|w| w.arch == arch) else {
+        bail!("no ONNX Runtime wheel is pinned for {arch} (xtask/src/preflight.rs ONNXRUNTIME_WHEELS)");
+    };
+    let lib = onnxruntime_lib();
+    if lib.is_file() && sha256_of(&lib)? == pin.lib_sha256 {
+        return Ok(());
+    }
+    let dir = lib.parent().expect("the library has a folder");
+    let member = format!("onnxruntime/capi/libonnxruntime.so.{ONNXRUNTIME_VERSION}");
+    let requirement = format!("onnxruntime=={ONNXRUNTIME_VERSION}");
+    let download = format!(
+        "pip download --no-deps --only-binary=:all: --python-version 3.11 --platform {} \
+         --dest {} {requirement}",
+        pin.platform,
+        dir.display()
+    );
+    if !root {
+        fixes.push(format!(
+            "sudo cargo xtask test --tier 1  # or by hand: {download}; check sha256 {} of {}; \
+             unzip {member} from it to {} and check sha256 {}",
+            pin.wheel_sha256,
+            pin.wheel,
+            lib.display(),
+            pin.lib_sha256
+        ));
+        return Ok(());
+    }
+    eprintln!(
+        "preflight: fetching ONNX Runtime {ONNXRUNTIME_VERSION} ({}) from PyPI into {}",
+        pin.wheel,
+        dir.display()
+    );
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // pip from a virtual environment of its own (python3-venv is a test package; Debian's
+    // python3 may have no pip).
+    let venv = Path::new(PYTHON_TOOLS).join("pip");
+    if !venv.join("bin/pip").exists() {
+        Cmd::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .run_inherited()
+            .with_context(|| format!("making the virtual environment {}", venv.display()))?;
+    }
+    Cmd::new(venv.join("bin/pip"))
+        .args(["download", "-q", "--disable-pip-version-check", "--no-deps"])
+        .args(["--only-binary=:all:", "--python-version", "3.11"])
+        .args(["--platform", pin.platform, "--dest"])
+        .arg(dir)
+        .arg(&requirement)
+        .run_inherited()
+        .with_context(|| format!("downloading the ONNX Runtime wheel ({download})"))?;
+    let wheel = dir.join(pin.wheel);
+    let got = sha256_of(&wheel)?;
+    if got != pin.wheel_sha256 {
+        bail!(
+            "{} has sha256 {got}, but xtask/src/preflight.rs pins {}: PyPI served another file; \
+             remove it and look into why before changing the pin",
+            wheel.display(),
+            pin.wheel_sha256
+        );
+    }
+    // A wheel is a zip file; Python's zipfile takes the one member out.
+    let partial = dir.join(format!(".libonnxruntime.so.{ONNXRUNTIME_VERSION}.partial"));
+    Cmd::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import shutil, sys, zipfile\n\
+             with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, \
+             open(sys.argv[3], 'wb') as dst: shutil.copyfileobj(src, dst)",
+        ])
+        .arg(&wheel)
+        .arg(&member)
+        .arg(&partial)
+        .run_inherited()
+        .with_context(|| format!("taking {member} out of {}", wheel.display()))?;
+    let got = sha256_of(&partial)?;
+    if got != pin.lib_sha256 {
+        bail!(
+            "{member} in {} has sha256 {got}, but xtask/src/preflight.rs pins {}",
+            wheel.display(),
+            pin.lib_sha256
+        );
+    }
+    std::fs::rename(&partial, &lib)
+        .with_context(|| format!("moving the library to {}", lib.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onnxruntime_pins_are_sha256_of_this_version_and_match_the_runtime() {
+        let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        for w in ONNXRUNTIME_WHEELS {
+            assert!(hex(w.wheel_sha256) && hex(w.lib_sha256), "{}", w.wheel);
+            assert!(w
+                .wheel
+                .starts_with(&format!("onnxruntime-{ONNXRUNTIME_VERSION}-")));
+            assert!(
+                w.wheel.ends_with(&format!("{}.whl", w.platform)),
+                "{}",
+                w.wheel
+            );
+            assert!(w.platform.ends_with(w.arch));
+        }
+        assert!(onnxruntime_lib().starts_with(PYTHON_TOOLS));
+        // The runtime names the same release in its errors (xtask does not link it).
+        let runtime = include_str!("../../device/runtime/src/lib.rs");
+        assert!(runtime.contains(&format!(
+            "pub const ONNXRUNTIME_VERSION: &str = \"{ONNXRUNTIME_VERSION}\";"
+        )));
+    }
 }

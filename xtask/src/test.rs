@@ -543,6 +543,9 @@ fn cargo(root: &Path, require_tools: bool) -> Cmd {
     if let Some(date) = frozen_source_date(root) {
         c = c.env("SOURCE_DATE_EPOCH", date);
     }
+    // The pinned ONNX Runtime library (device/runtime's tests); as root, the preflight put it
+    // there, elsewhere the tests skip when it is absent.
+    c = c.env("APERTURE_ONNXRUNTIME", preflight::onnxruntime_lib());
     if require_tools {
         c.env("APERTURE_REQUIRE_TOOLS", "1")
     } else {
