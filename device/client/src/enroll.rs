@@ -228,8 +228,7 @@ pub fn enroll(
     // The serial is what the server checks it against; an odd one is named here first.
     check_name("serial", serial).map_err(|e| EnrollError::Key(e.to_string()))?;
 
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| EnrollError::Key(e.to_string()))?;
+    let key = enrollment_key(state, keys)?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
         .map_err(|e| EnrollError::Key(e.to_string()))?;
     params
@@ -293,7 +292,7 @@ pub fn enroll(
     tls::client_config(&archive.ca_pem, Some(&identity))
         .map_err(|e| EnrollError::Answer(format!("the device certificate: {e}")))?;
 
-    store(state, &archive, &answer, &identity, keys)?;
+    store(state, &archive, &answer, &identity)?;
     tracing::info!("enrolled with {} as {}", archive.url, answer.device_id);
     // Reported by the caller, which may still erase it another way (a read-only stick is
     // remounted read-write for the erase alone).
@@ -305,23 +304,61 @@ pub fn enroll(
     })
 }
 
+/// The key to enroll with, kept before the server is asked. A key kept without an identity
+/// beside it is one whose enrollment was cut short (power lost between the server's answer and
+/// the identity being written): it is used again, so the server, which has consumed the token,
+/// recognises the key and issues the same device its certificate again. Otherwise a new ECDSA
+/// P-256 key, stored at once (any old identity stops being one first).
+fn enrollment_key(state: &StateDir, keys: &dyn KeyStore) -> Result<rcgen::KeyPair, EnrollError> {
+    let identity = state.fleet().join(IDENTITY_TOML);
+    if !identity.exists() && keys.holds_key() {
+        match keys
+            .load()
+            .map_err(|e| e.to_string())
+            .and_then(|pem| rcgen::KeyPair::from_pem(&pem).map_err(|e| e.to_string()))
+        {
+            Ok(key) => {
+                tracing::info!(
+                    "enrolling with the key kept in {} (an enrollment that did not finish)",
+                    keys.path().display()
+                );
+                return Ok(key);
+            }
+            Err(why) => tracing::warn!(
+                "the key kept in {} does not load ({why}); enrolling with a new one",
+                keys.path().display()
+            ),
+        }
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| EnrollError::Key(e.to_string()))?;
+    make_private_dir(&state.fleet())?;
+    // A re-enrollment replaces an identity: it is no identity once its key is replaced.
+    aperture_sys::fs::remove_durable(&identity)?;
+    keys.store(&key.serialize_pem())?;
+    Ok(key)
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), EnrollError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(aperture_sys::fs::FsError::on("creating", dir))?;
+    Ok(())
+}
+
 fn store(
     state: &StateDir,
     archive: &Archive,
     answer: &EnrollResponse,
     identity: &DeviceIdentity,
-    keys: &dyn KeyStore,
 ) -> Result<(), EnrollError> {
-    use std::os::unix::fs::DirBuilderExt;
     let dir = state.fleet();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(aperture_sys::fs::FsError::on("creating", &dir))?;
-    // A re-enrollment replaces an identity: it is no identity until fleet.toml is written again.
-    aperture_sys::fs::remove_durable(&dir.join(IDENTITY_TOML))?;
-    keys.store(&identity.key_pem)?;
+    make_private_dir(&dir)?;
+    // The key was stored before the server was asked ([`enrollment_key`]); fleet.toml, written
+    // last, makes the identity whole.
     aperture_sys::fs::write_atomic(&dir.join(CERT_PEM), identity.cert_pem.as_bytes(), 0o644)?;
     aperture_sys::fs::write_atomic(&dir.join(CA_PEM), archive.ca_pem.as_bytes(), 0o644)?;
     let file = IdentityFile {

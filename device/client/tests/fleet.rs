@@ -205,6 +205,44 @@ fn provision_writes_private_archives_that_parse() {
 }
 
 #[test]
+fn an_enrollment_cut_short_by_a_power_cut_finishes_with_the_kept_key() {
+    let fleet = Fleet::start();
+    let out = tempfile::tempdir().unwrap();
+    let archive = fleet.provision(out.path(), 1).remove(0);
+    let spare = out.path().join("copy");
+    copy_dir(&archive, &spare);
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = StateDir(state_dir.path().to_path_buf());
+    let first = enroll::enroll(&archive, &state, "SN-0001", &keys(&state)).unwrap();
+
+    // The appliance as a power cut after the server's answer leaves it: the key it kept before
+    // asking, no identity yet, the archive still there (the server has used the token).
+    let kept = keys(&state).load().unwrap();
+    for f in ["fleet.toml", "cert.pem", "ca.pem"] {
+        std::fs::remove_file(state.fleet().join(f)).unwrap();
+    }
+    std::fs::remove_file(state.fleet_id()).unwrap();
+    let again = enroll::enroll_if_provisioned(
+        std::slice::from_ref(&spare),
+        &state,
+        "SN-0001",
+        &keys(&state),
+    )
+    .unwrap()
+    .expect("the archive is found and used again");
+    assert_eq!(again.device_id, first.device_id, "the same device");
+    assert_eq!(keys(&state).load().unwrap(), kept, "the kept key");
+    let id = FleetIdentity::load(&state.fleet(), &keys(&state))
+        .unwrap()
+        .unwrap();
+    Reporter::new(&id)
+        .unwrap()
+        .send(&report("1.0.0"), now())
+        .unwrap();
+    assert_eq!(fleet.admin().devices().unwrap().len(), 1);
+}
+
+#[test]
 fn a_device_enrolls_from_an_archive_reports_and_the_archive_is_erased() {
     let fleet = Fleet::start();
     let out = tempfile::tempdir().unwrap();
@@ -333,11 +371,14 @@ fn an_archive_with_another_ca_fails_naming_the_ca_and_keeps_the_archive() {
     );
     // The stranger CA has the fleet CA's name, so rustls finds it and the signature fails.
     assert!(text.contains("invalid peer certificate"), "{text}");
-    // Nothing kept, nothing erased: the archive is still usable once its CA is fixed.
-    assert!(!state.path().join("fleet").exists());
+    // No identity, nothing erased: the archive is still usable once its CA is fixed. Only
+    // the key is kept (before asking, as always), and the next try uses it.
+    assert!(!sd.fleet().join("fleet.toml").exists());
+    let kept = keys(&sd).load().unwrap();
     assert!(archive.join(provision::TOKEN).exists());
     std::fs::copy(fleet.ca(), archive.join(provision::CA_PEM)).unwrap();
     enroll::enroll(&archive, &sd, "SN-C", &keys(&sd)).unwrap();
+    assert_eq!(keys(&sd).load().unwrap(), kept);
 }
 
 /// A board with a TPM (swtpm): the key enrolled is kept sealed, works for reports, and is not

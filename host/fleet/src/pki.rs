@@ -189,6 +189,14 @@ impl FleetCa {
     }
 }
 
+/// The SHA-256 (hex) of the public key a CSR carries: how the server recognises the key that
+/// used an enrollment token when the same appliance asks again (an enrollment cut short).
+pub fn csr_public_key_sha256(csr_pem: &str) -> Result<String, Error> {
+    use rcgen::PublicKeyData;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(Error::BadCsr)?;
+    Ok(hex::encode(Sha256::digest(csr.public_key.der_bytes())))
+}
+
 /// The server's identity as loaded from its folder (PEM texts).
 #[derive(Clone)]
 pub struct Identity {

@@ -18,6 +18,7 @@ use common::{report, Fleet};
 both!(
     enrollment_then_reports_reach_the_admins,
     a_reused_enrollment_token_is_refused,
+    an_enrollment_cut_short_resumes_with_the_same_key_only,
     one_token_raced_through_two_servers_enrolls_once,
     an_expired_enrollment_token_is_refused,
     a_garbled_csr_is_refused_and_keeps_the_token,
@@ -71,6 +72,49 @@ fn a_reused_enrollment_token_is_refused(f: Fleet) {
         .err()
         .expect("refused");
     assert_eq!(again.status(), Some(403), "{again}");
+    assert_eq!(f.admin().devices().unwrap().len(), 1);
+}
+
+fn an_enrollment_cut_short_resumes_with_the_same_key_only(f: Fleet) {
+    // The server answered, the appliance lost power before it stored its certificate, and
+    // asks again with the same token and the key it kept.
+    let token = f.enrollment_tokens(1, 3600).remove(0);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let lost = f
+        .try_enroll_with_key(&f.server, &token, "SN-1", &key)
+        .unwrap();
+    let again = f
+        .try_enroll_with_key(&f.server, &token, "SN-1", &key)
+        .unwrap();
+    assert_eq!(again.id, lost.id, "the same device, not a second one");
+    assert_eq!(f.admin().devices().unwrap().len(), 1);
+    again.client.report(&again.id, &report("1.0.0")).unwrap();
+    // The certificate it never received is no longer accepted.
+    let err = lost
+        .client
+        .report(&lost.id, &report("1.0.0"))
+        .expect_err("the first certificate was replaced");
+    assert_eq!(err.status(), Some(403), "{err}");
+    let audit = f.admin().audit(10).unwrap();
+    assert!(audit
+        .iter()
+        .any(|l| l.action == "device.enroll.resume" && l.target == again.id));
+
+    // The token alone is not enough: another key is refused.
+    let err = f
+        .try_enroll(&f.server, &token, "SN-1")
+        .err()
+        .expect("refused");
+    assert_eq!(err.status(), Some(403), "{err}");
+    // Nor does a revoked device come back with its key.
+    f.with_role(Role::Operator)
+        .revoke_device(&again.id)
+        .unwrap();
+    let err = f
+        .try_enroll_with_key(&f.server, &token, "SN-1", &key)
+        .err()
+        .expect("refused");
+    assert_eq!(err.status(), Some(403), "{err}");
     assert_eq!(f.admin().devices().unwrap().len(), 1);
 }
 

@@ -66,7 +66,8 @@ impl Db {
         Ok(row.is_some())
     }
 
-    /// Consume `token` and record the device `device_id` with its certificate's fingerprint,
+    /// Consume `token` and record the device `device_id` with its certificate's fingerprint
+    /// and its public key's (`public_key_sha256`, which [`Db::resumable_enrollment`] matches),
     /// in one transaction: of two requests with one token, exactly one succeeds.
     pub async fn enroll(
         &self,
@@ -74,17 +75,19 @@ impl Db {
         device_id: &str,
         serial: &str,
         cert_sha256: &str,
+        public_key_sha256: &str,
         now: i64,
     ) -> Result<()> {
         let hash = token::hash(token);
         let mut tx = self.pool.begin().await?;
         let consumed = sqlx::query(
-            "UPDATE enrollment_tokens SET used_at = $1, device_id = $2 \
+            "UPDATE enrollment_tokens SET used_at = $1, device_id = $2, public_key_sha256 = $4 \
              WHERE hash = $3 AND used_at IS NULL AND expires_at > $1 RETURNING hash",
         )
         .bind(now)
         .bind(device_id)
         .bind(&hash)
+        .bind(public_key_sha256)
         .fetch_optional(&mut *tx)
         .await?;
         if consumed.is_none() {
@@ -106,6 +109,70 @@ impl Db {
             "device.enroll",
             device_id,
             json!({ "serial": serial, "token_sha256": hash, "cert_sha256": cert_sha256 }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The device an enrollment cut short may resume as: `token` was used, has not expired,
+    /// by the key whose fingerprint is `public_key_sha256`, for a device not revoked. Nobody
+    /// else can: the token alone is not enough, the key must be the one that used it.
+    pub async fn resumable_enrollment(
+        &self,
+        token: &str,
+        public_key_sha256: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT t.device_id FROM enrollment_tokens t JOIN devices d ON d.id = t.device_id \
+             WHERE t.hash = $1 AND t.used_at IS NOT NULL AND t.expires_at > $2 \
+             AND t.public_key_sha256 = $3 AND d.revoked_at IS NULL",
+        )
+        .bind(token::hash(token))
+        .bind(now)
+        .bind(public_key_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("device_id")).transpose()?)
+    }
+
+    /// Resume an enrollment cut short ([`Db::resumable_enrollment`], checked again in this
+    /// transaction): the device's certificate becomes `cert_sha256` (the one it never received
+    /// is no longer accepted), with an audit line.
+    pub async fn resume_enrollment(
+        &self,
+        token: &str,
+        device_id: &str,
+        public_key_sha256: &str,
+        cert_sha256: &str,
+        now: i64,
+    ) -> Result<()> {
+        let hash = token::hash(token);
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE devices SET cert_sha256 = $1 WHERE id = $2 AND revoked_at IS NULL AND \
+             EXISTS (SELECT 1 FROM enrollment_tokens WHERE hash = $3 AND device_id = $2 \
+             AND used_at IS NOT NULL AND expires_at > $4 AND public_key_sha256 = $5) \
+             RETURNING id",
+        )
+        .bind(cert_sha256)
+        .bind(device_id)
+        .bind(&hash)
+        .bind(now)
+        .bind(public_key_sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if updated.is_none() {
+            return Err(Error::TokenRefused);
+        }
+        audit(
+            &mut tx,
+            now,
+            &Actor("enrollment".into()),
+            "device.enroll.resume",
+            device_id,
+            json!({ "token_sha256": hash, "cert_sha256": cert_sha256 }),
         )
         .await?;
         tx.commit().await?;

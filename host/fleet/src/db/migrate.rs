@@ -26,6 +26,7 @@ struct Step {
 
 const SCHEMA: &str = include_str!("../../migrations/0001_schema.sql");
 const ROLLOUTS: &str = include_str!("../../migrations/0003_rollouts.sql");
+const ENROLL_RESUME: &str = include_str!("../../migrations/0004_enroll_resume.sql");
 
 /// Every migration, oldest first.
 const STEPS: &[Step] = &[
@@ -46,6 +47,12 @@ const STEPS: &[Step] = &[
         description: "rollouts",
         sqlite: ROLLOUTS,
         postgres: ROLLOUTS,
+    },
+    Step {
+        version: 4,
+        description: "enroll resume",
+        sqlite: ENROLL_RESUME,
+        postgres: ENROLL_RESUME,
     },
 ];
 

@@ -217,21 +217,52 @@ async fn enroll(Extension(state): Extension<State>, body: Body) -> Answer<Json<E
     let req: EnrollRequest = parse(&read_body(body, api::MAX_ENROLL_BYTES).await?)?;
     api::check_name("serial", &req.serial).map_err(bad_field)?;
     let now = db::now();
+    let bad_csr =
+        |e: pki::Error| ApiError::new(StatusCode::BAD_REQUEST, format!("field `csr`: {e}"));
+    let public_key = pki::csr_public_key_sha256(&req.csr).map_err(bad_csr)?;
     // Sign nothing for a token that cannot succeed; `Db::enroll` decides atomically below.
-    if !state.db.enrollment_token_usable(&req.token, now).await? {
-        return Err(db::Error::TokenRefused.into());
-    }
-    let device_id = format!("dev-{}", token::random_hex(8));
+    // A used token still serves the key that used it, for the same device: the appliance
+    // lost power between our answer and storing its certificate, and asks again.
+    let resumed = if state.db.enrollment_token_usable(&req.token, now).await? {
+        None
+    } else {
+        match state
+            .db
+            .resumable_enrollment(&req.token, &public_key, now)
+            .await?
+        {
+            Some(id) => Some(id),
+            None => return Err(db::Error::TokenRefused.into()),
+        }
+    };
+    let device_id = resumed
+        .clone()
+        .unwrap_or_else(|| format!("dev-{}", token::random_hex(8)));
     let (certificate, der) = state
         .ca
         .sign_device(&req.csr, &device_id)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("field `csr`: {e}")))?;
+        .map_err(bad_csr)?;
     let fingerprint = pki::fingerprint(&der);
-    state
-        .db
-        .enroll(&req.token, &device_id, &req.serial, &fingerprint, now)
-        .await?;
-    tracing::info!("enrolled {device_id} (serial {})", req.serial);
+    if resumed.is_some() {
+        state
+            .db
+            .resume_enrollment(&req.token, &device_id, &public_key, &fingerprint, now)
+            .await?;
+        tracing::info!("{device_id} resumed its enrollment (serial {})", req.serial);
+    } else {
+        state
+            .db
+            .enroll(
+                &req.token,
+                &device_id,
+                &req.serial,
+                &fingerprint,
+                &public_key,
+                now,
+            )
+            .await?;
+        tracing::info!("enrolled {device_id} (serial {})", req.serial);
+    }
     Ok(Json(EnrollResponse {
         device_id,
         certificate,

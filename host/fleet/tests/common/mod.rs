@@ -280,9 +280,21 @@ impl Fleet {
         serial: &str,
     ) -> Result<Device, aperture_fleet::client::Error> {
         let key = rcgen::KeyPair::generate().expect("a device key");
+        self.try_enroll_with_key(server, token, serial, &key)
+    }
+
+    /// [`Fleet::try_enroll`] with the device key `key` (an appliance that asks again after a
+    /// power cut uses the key it kept).
+    pub fn try_enroll_with_key(
+        &self,
+        server: &TestServer,
+        token: &str,
+        serial: &str,
+        key: &rcgen::KeyPair,
+    ) -> Result<Device, aperture_fleet::client::Error> {
         let csr = rcgen::CertificateParams::new(vec![])
             .expect("CSR parameters")
-            .serialize_request(&key)
+            .serialize_request(key)
             .expect("a CSR")
             .pem()
             .expect("PEM");
