@@ -204,15 +204,46 @@ fn provision_writes_private_archives_that_parse() {
     assert!(format!("{e:#}").contains("exists already"), "{e:#}");
 }
 
+/// A server, one archive from it with a spare copy, and an empty appliance state folder.
+struct OneArchive {
+    fleet: Fleet,
+    out: TempDir,
+    archive: PathBuf,
+    spare: PathBuf,
+    state_dir: TempDir,
+    state: StateDir,
+}
+
+impl OneArchive {
+    fn new() -> OneArchive {
+        let fleet = Fleet::start();
+        let out = tempfile::tempdir().unwrap();
+        let archive = fleet.provision(out.path(), 1).remove(0);
+        let spare = out.path().join("copy");
+        copy_dir(&archive, &spare);
+        let state_dir = tempfile::tempdir().unwrap();
+        let state = StateDir(state_dir.path().to_path_buf());
+        OneArchive {
+            fleet,
+            out,
+            archive,
+            spare,
+            state_dir,
+            state,
+        }
+    }
+}
+
 #[test]
 fn an_enrollment_cut_short_by_a_power_cut_finishes_with_the_kept_key() {
-    let fleet = Fleet::start();
-    let out = tempfile::tempdir().unwrap();
-    let archive = fleet.provision(out.path(), 1).remove(0);
-    let spare = out.path().join("copy");
-    copy_dir(&archive, &spare);
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = StateDir(state_dir.path().to_path_buf());
+    let OneArchive {
+        fleet,
+        out: _out,
+        archive,
+        spare,
+        state_dir: _state_dir,
+        state,
+    } = OneArchive::new();
     let first = enroll::enroll(&archive, &state, "SN-0001", &keys(&state)).unwrap();
 
     // The appliance as a power cut after the server's answer leaves it: the key it kept before
@@ -244,14 +275,14 @@ fn an_enrollment_cut_short_by_a_power_cut_finishes_with_the_kept_key() {
 
 #[test]
 fn a_device_enrolls_from_an_archive_reports_and_the_archive_is_erased() {
-    let fleet = Fleet::start();
-    let out = tempfile::tempdir().unwrap();
-    let archive = fleet.provision(out.path(), 1).remove(0);
-    let spare = out.path().join("copy");
-    copy_dir(&archive, &spare);
-
-    let state_dir = tempfile::tempdir().unwrap();
-    let state = StateDir(state_dir.path().to_path_buf());
+    let OneArchive {
+        fleet,
+        out,
+        archive,
+        spare,
+        state_dir: _state_dir,
+        state,
+    } = OneArchive::new();
     let places = vec![out.path().join("not-here"), archive.clone()];
     let done = enroll::enroll_if_provisioned(&places, &state, "SN-0001", &keys(&state))
         .unwrap()
