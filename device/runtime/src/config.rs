@@ -35,7 +35,7 @@ pub struct Config {
     pub socket: PathBuf,
     /// The folder of the rolling detection files.
     pub output_dir: PathBuf,
-    /// The metrics file, rewritten every second.
+    /// The metrics file, rewritten every half second.
     pub metrics: PathBuf,
     /// Each rolling file's size limit, in MiB.
     #[serde(default = "default_rolling")]

@@ -10,7 +10,7 @@
 //!   one counts lost lines, it never waits).
 //! * The output thread serves the lines on the Unix socket and appends them to the rolling
 //!   file.
-//! * The caller's thread rewrites the metrics file every second and calls `alive` when every
+//! * The caller's thread rewrites the metrics file every 0.5 s and calls `alive` when every
 //!   thread has checked in lately (the systemd watchdog's ping).
 
 use std::collections::VecDeque;
@@ -263,7 +263,7 @@ struct Line<'a> {
 
 /// Run until `stop` is set: the cameras of `config` through `connector`, frames scaled to
 /// `size`, through `detector`; outputs and metrics at the config's paths. `alive` is called
-/// about once a second while every thread is healthy.
+/// every 0.5 s while every thread is healthy.
 pub fn run<D: Detector + Send + 'static>(
     config: &Config,
     detector: D,
