@@ -160,18 +160,18 @@ impl Camera {
                 self.failures = 0;
                 self.state = State::Streaming { last_frame: now };
             }
-            (State::Connecting { since }, Event::Tick) => {
-                if now.saturating_duration_since(since) >= self.timing.connect_timeout {
-                    self.stall(format!(
-                        "no frame within {:?} of connecting",
-                        self.timing.connect_timeout
-                    ));
-                }
+            (State::Connecting { since }, Event::Tick)
+                if now.saturating_duration_since(since) >= self.timing.connect_timeout =>
+            {
+                self.stall(format!(
+                    "no frame within {:?} of connecting",
+                    self.timing.connect_timeout
+                ));
             }
-            (State::Streaming { last_frame }, Event::Tick) => {
-                if now.saturating_duration_since(last_frame) >= self.timing.stall_after {
-                    self.stall(format!("no frame for {:?}", self.timing.stall_after));
-                }
+            (State::Streaming { last_frame }, Event::Tick)
+                if now.saturating_duration_since(last_frame) >= self.timing.stall_after =>
+            {
+                self.stall(format!("no frame for {:?}", self.timing.stall_after));
             }
             (State::Connecting { .. } | State::Streaming { .. }, Event::Error(e)) => self.stall(e),
             (State::Stalled, Event::Closed) => {
@@ -183,7 +183,8 @@ impl Camera {
                 self.state = State::Connecting { since: now };
             }
             // Anything else changes nothing: a frame or an error from a source being closed,
-            // a tick while stalled (the thread closes the source first), an early tick.
+            // a tick while stalled (the thread closes the source first), an early tick, a tick
+            // before a timeout.
             _ => {}
         }
         self.state
