@@ -131,12 +131,10 @@ pub mod gst {
             Ok(source)
         }
 
-        /// An error or the end of the stream, if the bus has one.
+        /// An error or the end of the stream, if the bus has one. Every other message is
+        /// read and dropped too, or they would pile up on the bus for as long as it streams.
         fn bus_failure(&self) -> Option<String> {
-            while let Some(msg) = self
-                .bus
-                .pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
-            {
+            while let Some(msg) = self.bus.pop() {
                 match msg.view() {
                     gst::MessageView::Error(e) => {
                         let from = msg
