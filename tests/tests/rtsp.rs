@@ -11,6 +11,10 @@
 //! scaled to the runtime's frame size (the model's input, 416 x 416). Then the server is killed:
 //! both cameras read `stalled` in the metrics file while the service keeps running; the server
 //! is started again on the same port: frames, inferences and detections flow again.
+//!
+//! The second test runs the program (`aperture-device --features runtime` as
+//! `aperture-runtime`) under a fake `NOTIFY_SOCKET`: READY=1, WATCHDOG=1, stalled but alive
+//! when its camera goes, exit 0 on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -406,6 +410,140 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
     );
     eprintln!(
         "rtsp: the whole test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `aperture-device` with its `runtime` feature (the program an image would run), built as the
+/// other suites build workspace binaries: `--workspace`, so tier 1's build serves.
+fn runtime_binary() -> PathBuf {
+    let mut cargo = Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        if aperture_sys::cmd::is_package_env(&key) {
+            cargo.env_remove(key);
+        }
+    }
+    let out = cargo
+        .current_dir(repo())
+        .args([
+            "build",
+            "--workspace",
+            "--bin",
+            "aperture-device",
+            "--features",
+            "aperture-device/runtime",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building aperture-device --features runtime failed"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "aperture-device")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo named no aperture-device executable")
+}
+
+#[test]
+#[ignore = "tier 2: needs GStreamer's RTSP server and the pinned ONNX Runtime (cargo xtask test installs them)"]
+fn the_program_tells_systemd_ready_feeds_the_watchdog_outlives_its_camera_and_stops_on_sigterm() {
+    let started = Instant::now();
+    let Some(lib) = library() else { return };
+    if !have_rtsp_server() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let frame = Frame::from_ppm(&std::fs::read(golden().join("astronaut.ppm")).unwrap()).unwrap();
+    let (fw, fh) = (frame.width() as usize, frame.height() as usize);
+    assert_eq!((fw * 3) % 4, 0, "astronaut's rows need no padding");
+    let raw = dir.path().join("astronaut.rgb");
+    std::fs::write(&raw, frame.rgb()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(port, &[format!("door={}:{fw}x{fh}", raw.display())]);
+
+    let metrics_path = dir.path().join("runtime.json");
+    let config = dir.path().join("runtime.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\nonnxruntime = {:?}\nsocket = {:?}\noutput_dir = {:?}\nmetrics = {:?}\n\
+             stall_after_ms = 2000\n[[camera]]\nname = \"door\"\nurl = \"rtsp://127.0.0.1:{port}/door\"\n",
+            repo().join("models/nanodet-m/manifest.toml"),
+            lib,
+            dir.path().join("d.sock"),
+            dir.path().join("out"),
+            metrics_path
+        ),
+    )
+    .unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let link = dir.path().join("aperture-runtime");
+    std::os::unix::fs::symlink(runtime_binary(), &link).unwrap();
+    let mut child = Command::new(&link)
+        .args(["--config".as_ref(), config.as_os_str()])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .spawn()
+        .unwrap();
+    let mut next = || {
+        let mut buf = [0u8; 64];
+        let n = notify.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1", "READY=1 first, after the self-test");
+    assert_eq!(next(), "WATCHDOG=1");
+    wait_for(
+        &metrics_path,
+        Duration::from_secs(30),
+        "the camera streaming",
+        |m| {
+            camera(m, "door")["state"] == "streaming"
+                && camera(m, "door")["inferred"].as_u64() > Some(0)
+        },
+    );
+    drop(server);
+    wait_for(
+        &metrics_path,
+        Duration::from_secs(20),
+        "the camera stalled",
+        |m| camera(m, "door")["state"] == "stalled",
+    );
+    // Still alive and still feeding the watchdog with its camera gone.
+    while next() != "WATCHDOG=1" {}
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the program exited when its camera went away"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM: {status}");
+    let mut last = String::new();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = notify.recv(&mut buf) {
+        last = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert_eq!(last, "STOPPING=1");
+    eprintln!(
+        "rtsp: the program's test took {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
