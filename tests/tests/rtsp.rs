@@ -497,7 +497,7 @@ fn the_program_tells_systemd_ready_feeds_the_watchdog_outlives_its_camera_and_st
         .env("NOTIFY_SOCKET", &notify_path)
         .spawn()
         .unwrap();
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 64];
         let n = notify.recv(&mut buf).expect("a notification within 60 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
