@@ -99,6 +99,8 @@ pub struct CameraReport {
     pub inferred: u64,
     /// Frames dropped because the inference thread was busy.
     pub dropped: u64,
+    /// Frames the detector failed on (each logged).
+    pub failed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +108,7 @@ struct CameraStats {
     decoded: AtomicU64,
     inferred: AtomicU64,
     dropped: AtomicU64,
+    failed: AtomicU64,
     state: Mutex<CameraReport>,
 }
 
@@ -195,6 +198,7 @@ impl Shared {
                 r.decoded = c.decoded.load(Ordering::Relaxed);
                 r.inferred = c.inferred.load(Ordering::Relaxed);
                 r.dropped = c.dropped.load(Ordering::Relaxed);
+                r.failed = c.failed.load(Ordering::Relaxed);
                 r
             })
             .collect();
@@ -517,7 +521,10 @@ fn inference_thread<D: Detector>(
         let detections = match detector.detect(&job.frame) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("aperture-runtime: {e}");
+                eprintln!("aperture-runtime: camera {}: {e}", names[job.camera]);
+                shared.cameras[job.camera]
+                    .failed
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };
