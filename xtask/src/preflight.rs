@@ -63,7 +63,22 @@ const TEST: &[&str] = &[
     "chromium",
     // Python tools from PyPI (below) get a virtual environment each.
     "python3-venv",
+    // The rtsp suite (tests/tests/rtsp.rs): the runtime's decoders (rtspsrc, rtph264depay:
+    // -good; avdec_h264: -libav) and its camera, Debian's RTSP server through Python GI with
+    // x264enc (-ugly). Building it needs GSTREAMER_DEV too.
+    "gstreamer1.0-plugins-base",
+    "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-ugly",
+    "gstreamer1.0-libav",
+    "gir1.2-gst-rtsp-server-1.0",
+    "python3-gi",
 ];
+
+/// GStreamer's development files: the inference runtime's camera streams (device/runtime's
+/// feature `gstreamer`) link GStreamer, and the tests crate enables that feature, so every
+/// `cargo test --workspace` (tier 1 too) builds it. Image builds (`aperture-device` without
+/// its `runtime` feature) do not need them.
+pub const GSTREAMER_DEV: &[&str] = &["libgstreamer1.0-dev", "libgstreamer-plugins-base1.0-dev"];
 
 /// Tools from PyPI the tests run, as (program, requirement): each is installed into its own
 /// virtual environment under [`PYTHON_TOOLS`] with its program linked into /usr/local/bin.
@@ -177,6 +192,7 @@ impl Needs {
         n.packages.extend(VM);
         n.packages.extend(VM_ARM64);
         n.packages.extend(TEST);
+        n.packages.extend(GSTREAMER_DEV);
         n.python.extend(TEST_PYTHON);
         n.onnxruntime = true;
         n
@@ -205,6 +221,14 @@ impl Needs {
     pub fn host_cli() -> Self {
         let mut n = Needs::default();
         n.packages.extend(["libostree-dev", "pkg-config"]);
+        n
+    }
+
+    /// Needs of tier 1 (`cargo test --workspace`) without root: the host CLI's, and GStreamer's
+    /// development files (the tests crate builds the runtime's camera streams).
+    pub fn unit_tests() -> Self {
+        let mut n = Needs::host_cli();
+        n.packages.extend(GSTREAMER_DEV);
         n
     }
 }

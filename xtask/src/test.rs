@@ -65,13 +65,14 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     let root_user = preflight::is_root();
     let mut rows: Vec<Row> = Vec::new();
 
-    // The workspace links libostree, so even tier 1 needs the host packages a build needs; as
-    // root, every tool any tier uses is installed, and a test missing one then fails.
+    // The workspace links libostree (and its tests GStreamer), so even tier 1 needs the host
+    // packages a build needs; as root, every tool any tier uses is installed, and a test
+    // missing one then fails.
     let t = Instant::now();
     let needs = if root_user {
         preflight::Needs::test()
     } else {
-        preflight::Needs::host_cli()
+        preflight::Needs::unit_tests()
     };
     preflight::ensure(&needs)?;
     rows.push(Row {

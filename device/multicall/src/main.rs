@@ -23,6 +23,8 @@ const PROGRAMS: &[(&str, Main)] = &[
     ("aperture-storage", aperture_storage::cli::main),
     #[cfg(feature = "reset")]
     ("aperture-reset", aperture_reset::app::main),
+    #[cfg(feature = "runtime")]
+    ("aperture-runtime", aperture_runtime::cli::main),
 ];
 
 const SELF: &str = "aperture-device";

@@ -10,11 +10,28 @@
 //!   manifest's sha256, in an ONNX Runtime session on the CPU; preprocessing and decoding are
 //!   aperture-vision's.
 //!
-//! Not yet here: camera streams (GStreamer), the service and its health, model bundles, CUDA and
-//! TensorRT providers.
+//! * [`camera`]: a camera connection's state machine (connecting, streaming, stalled,
+//!   backoff), pure.
+//! * [`source`]: the [`source::FrameSource`] and [`source::Connector`] traits; with the feature
+//!   `gstreamer`, their RTSP implementation (`source::gst`).
+//! * [`service`]: the threads (one per camera, one inference, one output), the metrics file and
+//!   the golden self-test; [`output`]: the Unix socket and the rolling file; [`config`]: the
+//!   config file.
+//! * `cli` (feature `gstreamer`): the `aperture-runtime` program (`aperture-device`'s feature
+//!   `runtime`).
+//!
+//! Not yet here: model bundles, CUDA and TensorRT providers, the image's unit.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+pub mod camera;
+#[cfg(feature = "gstreamer")]
+pub mod cli;
+pub mod config;
+pub mod output;
+pub mod service;
+pub mod source;
 
 use aperture_vision::decode::{DecodeError, NanoDet};
 use aperture_vision::manifest::ManifestError;

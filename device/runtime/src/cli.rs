@@ -1,0 +1,101 @@
+//! `aperture-runtime --config FILE`: load the model, pass its golden self-test, tell systemd
+//! `READY=1`, then run the cameras until SIGTERM or SIGINT, feeding systemd's watchdog from the
+//! main loop (sd_notify(3) over `NOTIFY_SOCKET`, when systemd set it).
+
+use std::ffi::OsString;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use aperture_vision::Manifest;
+
+use crate::config::Config;
+use crate::service::{self, ModelInfo};
+use crate::source::gst::{self, Rtsp};
+use crate::{OnnxRuntime, Options, OrtDetector};
+
+const USAGE: &str = "usage: aperture-runtime --config FILE";
+
+/// The program: its arguments (its name first) in, its exit code out.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let mut it = args.into_iter().skip(1);
+    let config = match (it.next(), it.next(), it.next()) {
+        (Some(flag), Some(path), None) if flag == "--config" => PathBuf::from(path),
+        _ => {
+            eprintln!("{USAGE}");
+            return 2;
+        }
+    };
+    match run(&config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("aperture-runtime: {e}");
+            1
+        }
+    }
+}
+
+/// Send `state` to systemd, if it is listening.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        eprintln!("aperture-runtime: telling systemd {state:?}: {e}");
+    }
+}
+
+fn run(config_path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(config_path)?;
+    let manifest = Manifest::load(&config.model).map_err(|e| e.to_string())?;
+    let ort = OnnxRuntime::load(&config.onnxruntime).map_err(|e| e.to_string())?;
+    let mut detector =
+        OrtDetector::new(ort, &manifest, &Options::default()).map_err(|e| e.to_string())?;
+    let frames = service::self_test(&mut detector, &config.model)?;
+    eprintln!(
+        "aperture-runtime: model {} ({}) passed its self-test on {frames} golden frames; {} cameras",
+        manifest.model.name,
+        manifest.model.sha256,
+        config.cameras.len()
+    );
+    gst::init()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("handling signal {sig}: {e}"))?;
+    }
+    let (w, h) = manifest.input.size();
+    let model = ModelInfo {
+        name: manifest.model.name.clone(),
+        sha256: manifest.model.sha256.clone(),
+        execution_provider: "cpu".into(),
+        fallback: false,
+    };
+    let connector = Arc::new(Rtsp {
+        latency_ms: config.latency_ms,
+    });
+    notify("READY=1");
+    let r = service::run(
+        &config,
+        detector,
+        model,
+        (w as u32, h as u32),
+        connector,
+        stop,
+        || notify("WATCHDOG=1"),
+    );
+    notify("STOPPING=1");
+    r
+}

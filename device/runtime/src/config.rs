@@ -1,0 +1,169 @@
+//! The runtime's config file (TOML; unknown keys are errors):
+//!
+//! ```toml
+//! model = "/usr/share/aperture/models/nanodet-m/manifest.toml"
+//! onnxruntime = "/usr/lib/aperture/libonnxruntime.so.1.31.1"
+//! socket = "/run/aperture/detections.sock"
+//! output_dir = "/var/lib/aperture/detections"
+//! metrics = "/run/aperture/runtime.json"
+//! # optional: each rolling file's size (two files), the stall and connect timeouts
+//! rolling_file_mib = 8
+//! stall_after_ms = 5000
+//! connect_timeout_ms = 10000
+//!
+//! [[camera]]
+//! name = "door"
+//! url = "rtsp://192.0.2.10:554/stream1"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::camera::Timing;
+
+/// The config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The model's manifest.
+    pub model: PathBuf,
+    /// The ONNX Runtime library.
+    pub onnxruntime: PathBuf,
+    /// The Unix socket detections are served on.
+    pub socket: PathBuf,
+    /// The folder of the rolling detection files.
+    pub output_dir: PathBuf,
+    /// The metrics file, rewritten every half second.
+    pub metrics: PathBuf,
+    /// Each rolling file's size limit, in MiB.
+    #[serde(default = "default_rolling")]
+    pub rolling_file_mib: u64,
+    /// A streaming camera with no frame for this long is stalled.
+    #[serde(default = "default_stall")]
+    pub stall_after_ms: u64,
+    /// A connecting camera with no frame for this long is stalled.
+    #[serde(default = "default_connect")]
+    pub connect_timeout_ms: u64,
+    /// rtspsrc's jitter buffer.
+    #[serde(default = "default_latency")]
+    pub latency_ms: u32,
+    /// The cameras.
+    #[serde(rename = "camera", default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+fn default_rolling() -> u64 {
+    8
+}
+fn default_stall() -> u64 {
+    5000
+}
+fn default_connect() -> u64 {
+    10000
+}
+fn default_latency() -> u32 {
+    200
+}
+
+/// One camera.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Its name in detections and metrics.
+    pub name: String,
+    /// Its stream: `rtsp://...` (RTSP over TCP, H.264).
+    pub url: String,
+}
+
+impl Config {
+    /// Read and check the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the runtime config {}: {e}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and check a config's text (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        let c: Config = toml::from_str(text)
+            .map_err(|e| format!("the runtime config {}: {e}", path.display()))?;
+        let bad = |why: String| Err(format!("the runtime config {}: {why}", path.display()));
+        let mut names = std::collections::BTreeSet::new();
+        for cam in &c.cameras {
+            if cam.name.is_empty()
+                || !cam
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return bad(format!(
+                    "camera name {:?}: use letters, digits, `-`, `_` and `.`",
+                    cam.name
+                ));
+            }
+            if !names.insert(cam.name.as_str()) {
+                return bad(format!("two cameras are named {:?}", cam.name));
+            }
+            if !cam.url.starts_with("rtsp://") {
+                return bad(format!(
+                    "camera {:?}: its url {:?} is not rtsp://...",
+                    cam.name, cam.url
+                ));
+            }
+        }
+        if c.rolling_file_mib == 0 {
+            return bad("rolling_file_mib must be at least 1".into());
+        }
+        if c.stall_after_ms == 0 || c.connect_timeout_ms == 0 {
+            return bad("stall_after_ms and connect_timeout_ms must be above 0".into());
+        }
+        Ok(c)
+    }
+
+    /// The cameras' timing.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            stall_after: Duration::from_millis(self.stall_after_ms),
+            ..Timing::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+model = "/m/manifest.toml"
+onnxruntime = "/l/libonnxruntime.so.1.31.1"
+socket = "/run/aperture/detections.sock"
+output_dir = "/var/lib/aperture/detections"
+metrics = "/run/aperture/runtime.json"
+[[camera]]
+name = "door"
+url = "rtsp://192.0.2.10:554/stream1"
+"#;
+
+    #[test]
+    fn a_config_reads_with_defaults() {
+        let c = Config::parse(GOOD, Path::new("r.toml")).unwrap();
+        assert_eq!(c.cameras.len(), 1);
+        assert_eq!(c.rolling_file_mib, 8);
+        assert_eq!(c.timing().stall_after, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_bad_urls_and_twin_names_are_refused_by_name() {
+        let e = Config::parse(&format!("{GOOD}port = 8080\n"), Path::new("r.toml")).unwrap_err();
+        assert!(e.contains("r.toml") && e.contains("port"), "{e}");
+        let e =
+            Config::parse(&GOOD.replace("rtsp://", "http://"), Path::new("r.toml")).unwrap_err();
+        assert!(e.contains("is not rtsp://"), "{e}");
+        let twice = format!("{GOOD}[[camera]]\nname = \"door\"\nurl = \"rtsp://h/x\"\n");
+        let e = Config::parse(&twice, Path::new("r.toml")).unwrap_err();
+        assert!(e.contains("two cameras are named \"door\""), "{e}");
+    }
+}

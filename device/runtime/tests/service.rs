@@ -1,0 +1,200 @@
+//! Tier 1: the service's threads in memory, below its two traits (the GStreamer source and the
+//! ONNX Runtime detector are proven by the tier-2 `rtsp` suite and the golden test): frames
+//! faster than the detector are dropped and counted, never queued; detections reach a socket
+//! client and the rolling file; a source that ends is stalled, backed off and opened again;
+//! stop ends every thread.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aperture_runtime::config::Config;
+use aperture_runtime::service::{self, ModelInfo};
+use aperture_runtime::source::{Connector, FrameSource};
+use aperture_runtime::{Detector, Error};
+use aperture_vision::decode::BBox;
+use aperture_vision::{Detection, Frame};
+
+/// Opens sources that give `frames` frames, one every 10 ms, then fail; every other open
+/// fails at once (a camera that refuses a connection).
+struct Fake {
+    opens: AtomicUsize,
+    frames: usize,
+}
+
+struct FakeSource {
+    left: usize,
+    size: (u32, u32),
+}
+
+impl Connector for Fake {
+    fn open(&self, url: &str, width: u32, height: u32) -> Result<Box<dyn FrameSource>, String> {
+        assert!(url.starts_with("rtsp://"));
+        if self.opens.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+            return Err(format!("{url}: connection refused"));
+        }
+        Ok(Box::new(FakeSource {
+            left: self.frames,
+            size: (width, height),
+        }))
+    }
+}
+
+impl FrameSource for FakeSource {
+    fn pull(&mut self, _timeout: Duration) -> Result<Option<Frame>, String> {
+        if self.left == 0 {
+            return Err("end of stream".into());
+        }
+        self.left -= 1;
+        std::thread::sleep(Duration::from_millis(10));
+        let (w, h) = self.size;
+        Ok(Some(
+            Frame::new(w, h, vec![0; (w * h * 3) as usize]).unwrap(),
+        ))
+    }
+}
+
+/// Takes 50 ms a frame (five frames' time) and finds one thing.
+struct Slow;
+
+impl Detector for Slow {
+    fn detect(&mut self, frame: &Frame) -> Result<Vec<Detection>, Error> {
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(vec![Detection {
+            class: 0,
+            label: "thing".into(),
+            score: 0.9,
+            bbox: BBox {
+                x1: 1.0,
+                y1: 2.0,
+                x2: frame.width() as f32,
+                y2: 4.0,
+            },
+        }])
+    }
+}
+
+fn metrics(path: &Path) -> serde_json::Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+#[test]
+fn frames_are_dropped_not_queued_detections_reach_the_outputs_and_a_lost_source_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("d.sock");
+    let metrics_path = dir.path().join("runtime.json");
+    let text = format!(
+        "model = \"m.toml\"\nonnxruntime = \"lib.so\"\nsocket = {socket:?}\n\
+         output_dir = {:?}\nmetrics = {metrics_path:?}\nstall_after_ms = 1000\n\
+         [[camera]]\nname = \"cam\"\nurl = \"rtsp://127.0.0.1:1/x\"\n",
+        dir.path().join("out")
+    );
+    let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+    let fake = Arc::new(Fake {
+        opens: AtomicUsize::new(0),
+        frames: 60,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let beats = Arc::new(AtomicUsize::new(0));
+    let runtime = {
+        let (fake, stop, beats) = (fake.clone(), stop.clone(), beats.clone());
+        std::thread::spawn(move || {
+            service::run(
+                &config,
+                Slow,
+                ModelInfo {
+                    name: "fake".into(),
+                    sha256: "00".into(),
+                    execution_provider: "cpu".into(),
+                    fallback: false,
+                },
+                (8, 6),
+                fake,
+                stop,
+                move || {
+                    beats.fetch_add(1, Ordering::SeqCst);
+                },
+            )
+        })
+    };
+    let t = Instant::now();
+    let client = loop {
+        if let Ok(c) = UnixStream::connect(&socket) {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A second client that never reads holds nobody up (its dropping: output.rs's tests).
+    let _stuck = UnixStream::connect(&socket).unwrap();
+    let mut reader = BufReader::new(client);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(d["camera"], "cam");
+    assert_eq!(d["label"], "thing");
+    assert_eq!(d["box"], serde_json::json!([1.0, 2.0, 8.0, 4.0]));
+    assert_eq!(
+        (d["width"].as_u64(), d["height"].as_u64()),
+        (Some(8), Some(6))
+    );
+
+    // The first source ends after 60 frames (0.6 s), the next open is refused, the one after
+    // works: two stalls, backoffs of 1 s and 2 s, streaming again after about 3.6 s.
+    let reader_thread = std::thread::spawn(move || reader.lines().count());
+    let t = Instant::now();
+    let m = loop {
+        let m = metrics(&metrics_path);
+        let cam = &m["cameras"][0];
+        if cam["stalls"].as_u64() >= Some(2) && cam["state"] == "streaming" {
+            break m;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the camera did not come back: {m:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(fake.opens.load(Ordering::SeqCst) >= 3);
+    let cam = &m["cameras"][0];
+    let (decoded, inferred, dropped) = (
+        cam["decoded"].as_u64().unwrap(),
+        cam["inferred"].as_u64().unwrap(),
+        cam["dropped"].as_u64().unwrap(),
+    );
+    assert!(decoded >= 60, "{cam}");
+    assert!(
+        dropped > decoded / 2,
+        "a detector five times slower drops most frames: {cam}"
+    );
+    assert!(
+        inferred + dropped <= decoded && decoded <= inferred + dropped + 3,
+        "{cam}"
+    );
+    assert!(
+        cam["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{cam}"
+    );
+    assert!(m["latency_ms"]["p95"].as_f64().unwrap() >= 50.0, "{m:#}");
+    assert_eq!(m["model"]["sha256"], "00");
+    assert!(beats.load(Ordering::SeqCst) >= 2, "the watchdog is fed");
+
+    stop.store(true, Ordering::SeqCst);
+    runtime.join().unwrap().unwrap();
+    assert!(!socket.exists());
+    assert!(reader_thread.join().unwrap() >= 5);
+    let m = metrics(&metrics_path);
+    let lines = std::fs::read_to_string(dir.path().join("out/detections.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count() as u64,
+        m["output"]["lines"].as_u64().unwrap()
+    );
+}
