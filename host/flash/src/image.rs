@@ -40,6 +40,8 @@ pub struct VerifiedImage {
     zst_path: PathBuf,
     zst_sha256: Sha256Hex,
     zst_size: u64,
+    /// The raw `disk.img` to write from instead of the compressed image ([`VerifiedImage::open_raw`]).
+    raw_path: Option<PathBuf>,
 }
 
 impl VerifiedImage {
@@ -57,12 +59,45 @@ impl VerifiedImage {
         Self::open_with_key(dir, &root, &key_path.display().to_string(), now)
     }
 
+    /// Like [`VerifiedImage::open`], but the image is written from the folder's raw
+    /// `disk.img` rather than decompressed from `disk.img.zst`: only the ranges the bmap maps
+    /// are read, so the holes cost nothing.
+    ///
+    /// The raw image is large and mostly holes, so it is not hashed whole before writing.
+    /// Instead every range the bmap maps must carry a checksum: the signed bmap then covers
+    /// every byte written, each range is read back from the target and checked against it,
+    /// and the partition table goes down only after all of them matched. A `disk.img` changed
+    /// after signing is therefore caught at read-back and leaves no bootable disk. A bmap
+    /// without range checksums, or a `disk.img` whose size differs from the signed one, is
+    /// refused (flash from `disk.img.zst` then).
+    pub fn open_raw(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<VerifiedImage> {
+        let key_path = root_key
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.join(names::ROOT_PUB));
+        let root = PublicKey::load(&key_path).map_err(|source| FlashError::Untrusted {
+            dir: dir.to_path_buf(),
+            root_key: key_path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        Self::verify(dir, &root, &key_path.display().to_string(), now, true)
+    }
+
     /// Verifies `dir` against `root`; `root_shown` says where the key came from, for messages.
     pub fn open_with_key(
         dir: &Path,
         root: &PublicKey,
         root_shown: &str,
         now: u64,
+    ) -> Result<VerifiedImage> {
+        Self::verify(dir, root, root_shown, now, false)
+    }
+
+    fn verify(
+        dir: &Path,
+        root: &PublicKey,
+        root_shown: &str,
+        now: u64,
+        raw: bool,
     ) -> Result<VerifiedImage> {
         let bad = |reason: String| FlashError::Image {
             dir: dir.to_path_buf(),
@@ -101,6 +136,19 @@ impl VerifiedImage {
         }
 
         let zst_path = dir.join(zst.name.as_str());
+        if raw {
+            let raw_path = raw_disk(dir, &manifest, &bmap, zst.name.as_str()).map_err(&bad)?;
+            return Ok(VerifiedImage {
+                dir: dir.to_path_buf(),
+                root_key_id,
+                bmap,
+                zst_path,
+                zst_sha256: zst.sha256.clone(),
+                zst_size: zst.size,
+                raw_path: Some(raw_path),
+                manifest,
+            });
+        }
         let file = File::open(&zst_path)
             .map_err(|e| FlashError::io(format!("opening {}", zst_path.display()), e))?;
         let mut reader = HashingReader::new(file);
@@ -122,6 +170,7 @@ impl VerifiedImage {
             zst_path,
             zst_sha256: zst.sha256.clone(),
             zst_size: zst.size,
+            raw_path: None,
             manifest,
         })
     }
@@ -166,10 +215,50 @@ impl VerifiedImage {
         &self.zst_path
     }
 
+    /// The raw image written from, when opened with [`VerifiedImage::open_raw`].
+    pub fn raw_path(&self) -> Option<&Path> {
+        self.raw_path.as_deref()
+    }
+
     /// Its signed sha256 and size.
     pub fn zst_signed(&self) -> (&Sha256Hex, u64) {
         (&self.zst_sha256, self.zst_size)
     }
+}
+
+/// The folder's raw disk image, checked for writing from: the manifest lists it with the
+/// bmap's image size, it has that size, and every mapped range has a checksum.
+fn raw_disk(
+    dir: &Path,
+    manifest: &Manifest,
+    bmap: &Bmap,
+    zst_name: &str,
+) -> std::result::Result<PathBuf, String> {
+    let disk = one_artifact(manifest, Role::Disk)?;
+    if let Some(range) = bmap.ranges.iter().find(|r| r.checksum.is_none()) {
+        return Err(format!(
+            "the bmap has no checksum for blocks {}-{}, so {} cannot be checked range by \
+             range; flash from {} instead",
+            range.first, range.last, disk.name, zst_name
+        ));
+    }
+    let path = dir.join(disk.name.as_str());
+    let size = std::fs::metadata(&path)
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e}; flash from {zst_name} instead",
+                path.display()
+            )
+        })?
+        .len();
+    if size != disk.size {
+        return Err(format!(
+            "{} is {size} bytes but the signed manifest says {}: it was changed after \
+             signing; copy the build folder again or rebuild",
+            disk.name, disk.size
+        ));
+    }
+    Ok(path)
 }
 
 /// The one artifact with `role`.

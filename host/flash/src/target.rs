@@ -295,10 +295,17 @@ impl Target for BlockTarget {
         self.size
     }
 
+    /// Writes through the page cache, then asks the kernel to start writing those pages to
+    /// the device now (`posix_fadvise(DONTNEED)` starts writeback without waiting for it and
+    /// drops pages already clean). The write-back then runs beside the next writes instead of
+    /// inside the read-back's `O_DIRECT` read, and the cache holds few dirty pages.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.file
             .write_all_at(data, offset)
-            .map_err(|e| FlashError::io(format!("writing {} at byte {offset}", self.name), e))
+            .map_err(|e| FlashError::io(format!("writing {} at byte {offset}", self.name), e))?;
+        // Best effort: only a hint; the read-back and the final sync do not depend on it.
+        let _ = rustix::fs::fadvise(&self.file, offset, data.len() as u64, Advice::DontNeed);
+        Ok(())
     }
 
     /// Reads with `O_DIRECT`: straight into `buf` when it, `offset` and its length are

@@ -9,7 +9,9 @@
 //!    except the first and last MiB of the image (the partition table and its backup), which
 //!    are held back in memory. Right behind the writes, a verifier thread reads every written
 //!    piece back from the medium and hashes it; each range's hash must equal the bmap's
-//!    checksum (held bytes are hashed from memory). Sync.
+//!    checksum (held bytes are hashed from memory). Sync. From a raw `disk.img`
+//!    ([`VerifiedImage::open_raw`]) the same happens without the decoder: the mapped ranges
+//!    are read from the file and written, the holes never read.
 //! 3. **Validate**: write the held-back partition-table regions, sync, read them back.
 //!
 //! Any failure after step 1 began wipes the partition table again ([`FlashError::Failed`]

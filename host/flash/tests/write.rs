@@ -476,3 +476,68 @@ fn resigned_folder_verifies_again() {
 }
 
 use aperture_flash::error::chain;
+
+#[test]
+fn flash_from_the_raw_image_equals_the_image_and_checks_every_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let image_dir = make_build_folder(&dir.path().join("build"), BmapKind::Ours);
+    let image = VerifiedImage::open_raw(&image_dir, None, NOW).unwrap();
+    assert_eq!(image.raw_path(), Some(image_dir.join("disk.img").as_path()));
+
+    // Onto a file target and through a wrapper that sees every write.
+    let out = dir.path().join("sent.img");
+    let target = FileTarget::open(&out, image.image_size()).unwrap();
+    let progress = Recorder::default();
+    let report = flash(&image, &target, &progress).unwrap();
+    assert_eq!(report.bytes_written, image.mapped_bytes());
+    assert_eq!(report.ranges_verified, image.bmap().ranges.len());
+    assert_flashed(&out, &image_dir, Unmapped::Zeroed);
+    for (stage, total, done) in &progress.0.lock().unwrap()[1..3] {
+        assert_eq!(total, done, "{stage:?} reported {done} of {total} bytes");
+    }
+    let out = dir.path().join("written.img");
+    flash(&image, &Faulty::new(&out), &NoProgress).unwrap();
+    assert_flashed(&out, &image_dir, Unmapped::Zeroed);
+
+    // A write corrupted in flight is caught by the read-back.
+    let bad = dir.path().join("bad.img");
+    let target = Faulty::flipping(&bad, 1600 * 4096 + 77);
+    let err = flash(&image, &target, &NoProgress).unwrap_err();
+    assert!(target.flipped());
+    let text = chain(&err);
+    assert!(text.contains("read-back of"), "{text}");
+    assert!(text.contains("partition table was wiped"), "{text}");
+
+    // disk.img changed after the check (same size): the range it changes fails the
+    // read-back against the signed bmap and no partition table is left.
+    flip_byte(&image_dir.join("disk.img"), 2000 * 4096 + 9);
+    let out = dir.path().join("tampered.img");
+    let target = FileTarget::open(&out, IMAGE_SIZE).unwrap();
+    let err = flash(&image, &target, &NoProgress).unwrap_err();
+    let text = chain(&err);
+    assert!(text.contains("read-back of"), "{text}");
+    assert!(text.contains("partition table was wiped"), "{text}");
+    let mut file = File::open(&out).unwrap();
+    assert!(aperture_gpt::read_gpt(&mut file, IMAGE_SIZE).is_err());
+}
+
+#[test]
+fn raw_image_is_refused_without_range_checksums_or_with_another_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let image_dir = make_build_folder(&dir.path().join("plain"), BmapKind::NoChecksums);
+    let err = VerifiedImage::open_raw(&image_dir, None, NOW).unwrap_err();
+    let text = chain(&err);
+    assert!(text.contains("has no checksum for blocks"), "{text}");
+    assert!(text.contains("disk.img.zst instead"), "{text}");
+
+    let image_dir = make_build_folder(&dir.path().join("grown"), BmapKind::Ours);
+    File::options()
+        .write(true)
+        .open(image_dir.join("disk.img"))
+        .unwrap()
+        .set_len(IMAGE_SIZE + 4096)
+        .unwrap();
+    let err = VerifiedImage::open_raw(&image_dir, None, NOW).unwrap_err();
+    let text = chain(&err);
+    assert!(text.contains("but the signed manifest says"), "{text}");
+}
