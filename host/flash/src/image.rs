@@ -48,15 +48,8 @@ impl VerifiedImage {
     /// Verifies the build folder `dir` against the root key in `root_key` (default: the
     /// folder's own `root.pub`, the key the build was made for) at time `now` (unix seconds).
     pub fn open(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<VerifiedImage> {
-        let key_path = root_key
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.join(names::ROOT_PUB));
-        let root = PublicKey::load(&key_path).map_err(|source| FlashError::Untrusted {
-            dir: dir.to_path_buf(),
-            root_key: key_path.display().to_string(),
-            source: Box::new(source),
-        })?;
-        Self::open_with_key(dir, &root, &key_path.display().to_string(), now)
+        let (root, shown) = Self::root_key(dir, root_key)?;
+        Self::open_with_key(dir, &root, &shown, now)
     }
 
     /// Like [`VerifiedImage::open`], but the image is written from the folder's raw
@@ -71,6 +64,13 @@ impl VerifiedImage {
     /// without range checksums, or a `disk.img` whose size differs from the signed one, is
     /// refused (flash from `disk.img.zst` then).
     pub fn open_raw(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<VerifiedImage> {
+        let (root, shown) = Self::root_key(dir, root_key)?;
+        Self::verify(dir, &root, &shown, now, true)
+    }
+
+    /// The root key at `root_key` (default: the folder's own `root.pub`), and its path for
+    /// messages.
+    fn root_key(dir: &Path, root_key: Option<&Path>) -> Result<(PublicKey, String)> {
         let key_path = root_key
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.join(names::ROOT_PUB));
@@ -79,7 +79,7 @@ impl VerifiedImage {
             root_key: key_path.display().to_string(),
             source: Box::new(source),
         })?;
-        Self::verify(dir, &root, &key_path.display().to_string(), now, true)
+        Ok((root, key_path.display().to_string()))
     }
 
     /// Verifies `dir` against `root`; `root_shown` says where the key came from, for messages.
