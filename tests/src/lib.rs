@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod fleet_server;
 pub mod http;
 pub mod powercut;
+pub mod rtsp;
 pub mod scenario;
 pub mod twin;
 

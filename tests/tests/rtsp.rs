@@ -19,7 +19,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -28,10 +28,10 @@ use aperture_runtime::config::Config;
 use aperture_runtime::service::{self, ModelInfo};
 use aperture_runtime::source::gst::Rtsp;
 use aperture_runtime::{OnnxRuntime, Options, OrtDetector};
-use aperture_vision::{Frame, Manifest};
+use aperture_tests::rtsp::{self, have_rtsp_server, raw_frame, RtspServer};
+use aperture_vision::Manifest;
 use serde_json::Value;
 
-const PYTHON: &str = "/usr/bin/python3";
 /// The cameras: (name, golden frame, the label expected).
 const CAMERAS: [(&str, &str, &str); 2] = [
     ("door", "astronaut", "person"),
@@ -59,56 +59,6 @@ fn library() -> Option<PathBuf> {
     }
     eprintln!("SKIPPED: {why}");
     None
-}
-
-/// Whether Debian's RTSP server and its Python bindings are there.
-fn have_rtsp_server() -> bool {
-    let ok = Command::new(PYTHON)
-        .args([
-            "-c",
-            "import gi; gi.require_version('GstRtspServer', '1.0'); \
-             from gi.repository import GstRtspServer",
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let why = "rtsp: python3-gi and gir1.2-gst-rtsp-server-1.0 are not installed; \
-                   `cargo xtask test` installs them as root";
-        if aperture_sys::tool::required() {
-            panic!("APERTURE_REQUIRE_TOOLS=1 and a tool is missing: {why}");
-        }
-        eprintln!("SKIPPED: {why}");
-    }
-    ok
-}
-
-/// The RTSP server, killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(port: u16, mounts: &[String]) -> Server {
-        let mut child = Command::new(PYTHON)
-            .arg(repo().join("tests/rtsp/serve.py"))
-            .arg(port.to_string())
-            .args(mounts)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting tests/rtsp/serve.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the RTSP server did not start");
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
@@ -206,7 +156,7 @@ fn expect_detections(
 fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and_comes_back() {
     let started = Instant::now();
     let Some(lib) = library() else { return };
-    if !have_rtsp_server() {
+    if !have_rtsp_server("rtsp") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -223,18 +173,14 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
     let mut mounts = Vec::new();
     let mut expected = Vec::new();
     for (cam, image, label) in CAMERAS {
-        let frame = Frame::from_ppm(&std::fs::read(golden().join(format!("{image}.ppm"))).unwrap())
-            .unwrap();
+        let (mount, frame) = raw_frame(
+            cam,
+            &rtsp::golden(image),
+            &dir.path().join(format!("{image}.rgb")),
+        )
+        .unwrap();
         let (fw, fh) = (frame.width() as usize, frame.height() as usize);
-        let stride = (fw * 3).div_ceil(4) * 4;
-        let mut raw = vec![0u8; stride * fh];
-        for y in 0..fh {
-            raw[y * stride..y * stride + fw * 3]
-                .copy_from_slice(&frame.rgb()[y * fw * 3..(y + 1) * fw * 3]);
-        }
-        let path = dir.path().join(format!("{image}.rgb"));
-        std::fs::write(&path, raw).unwrap();
-        mounts.push(format!("{cam}={}:{fw}x{fh}", path.display()));
+        mounts.push(mount);
         let r = reference["frames"]
             .as_array()
             .unwrap()
@@ -266,7 +212,7 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
         .local_addr()
         .unwrap()
         .port();
-    let server = Server::start(port, &mounts);
+    let server = RtspServer::start(port, &mounts).unwrap();
 
     let socket = dir.path().join("detections.sock");
     let metrics_path = dir.path().join("runtime.json");
@@ -382,7 +328,7 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
     while lines.try_recv().is_ok() {}
 
     // Back: the cameras reconnect by themselves and detections flow again.
-    let _server = Server::start(port, &mounts);
+    let _server = RtspServer::start(port, &mounts).unwrap();
     let m = wait_for(
         &metrics_path,
         Duration::from_secs(60),
@@ -454,21 +400,22 @@ fn runtime_binary() -> PathBuf {
 fn the_program_tells_systemd_ready_feeds_the_watchdog_outlives_its_camera_and_stops_on_sigterm() {
     let started = Instant::now();
     let Some(lib) = library() else { return };
-    if !have_rtsp_server() {
+    if !have_rtsp_server("rtsp") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let frame = Frame::from_ppm(&std::fs::read(golden().join("astronaut.ppm")).unwrap()).unwrap();
-    let (fw, fh) = (frame.width() as usize, frame.height() as usize);
-    assert_eq!((fw * 3) % 4, 0, "astronaut's rows need no padding");
-    let raw = dir.path().join("astronaut.rgb");
-    std::fs::write(&raw, frame.rgb()).unwrap();
+    let (mount, _) = raw_frame(
+        "door",
+        &rtsp::golden("astronaut"),
+        &dir.path().join("astronaut.rgb"),
+    )
+    .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let server = Server::start(port, &[format!("door={}:{fw}x{fh}", raw.display())]);
+    let server = RtspServer::start(port, &[mount]).unwrap();
 
     let metrics_path = dir.path().join("runtime.json");
     let config = dir.path().join("runtime.toml");

@@ -76,8 +76,8 @@ const TEST: &[&str] = &[
 
 /// GStreamer's development files: the inference runtime's camera streams (device/runtime's
 /// feature `gstreamer`) link GStreamer, and the tests crate enables that feature, so every
-/// `cargo test --workspace` (tier 1 too) builds it. Image builds (`aperture-device` without
-/// its `runtime` feature) do not need them.
+/// `cargo test --workspace` (tier 1 too) builds it; so does an image build of a recipe with
+/// `aperture-runtime` (the default one).
 pub const GSTREAMER_DEV: &[&str] = &["libgstreamer1.0-dev", "libgstreamer-plugins-base1.0-dev"];
 
 /// Tools from PyPI the tests run, as (program, requirement): each is installed into its own
@@ -179,6 +179,10 @@ impl Needs {
     pub fn build(arm64: bool) -> Self {
         let mut n = Needs::default();
         n.packages.extend(BUILD);
+        // The inference runtime (the default recipe builds it): GStreamer to link, and the
+        // ONNX Runtime library the image ships.
+        n.packages.extend(GSTREAMER_DEV);
+        n.onnxruntime = true;
         if arm64 {
             n.packages.extend(ARM64);
             n.arm64 = true;

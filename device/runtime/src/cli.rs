@@ -15,19 +15,43 @@ use crate::service::{self, ModelInfo};
 use crate::source::gst::{self, Rtsp};
 use crate::{OnnxRuntime, Options, OrtDetector};
 
-const USAGE: &str = "usage: aperture-runtime --config FILE";
+const USAGE: &str = "usage: aperture-runtime --config FILE [--self-test-frames N]\n\
+    --self-test-frames N: run the golden self-test on the first N frames only (test images \
+    whose emulated CPU makes each inference take seconds); the default is every frame";
 
 /// The program: its arguments (its name first) in, its exit code out.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let mut it = args.into_iter().skip(1);
-    let config = match (it.next(), it.next(), it.next()) {
-        (Some(flag), Some(path), None) if flag == "--config" => PathBuf::from(path),
+    let args: Vec<String> = match args
+        .into_iter()
+        .skip(1)
+        .map(OsString::into_string)
+        .collect()
+    {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!("{USAGE}");
+            return 2;
+        }
+    };
+    let (config, frames) = match args.as_slice() {
+        [flag, path] if flag == "--config" => (PathBuf::from(path), usize::MAX),
+        [flag, path, n_flag, n] if flag == "--config" && n_flag == "--self-test-frames" => {
+            match n.parse::<usize>() {
+                Ok(n) if n >= 1 => (PathBuf::from(path), n),
+                _ => {
+                    eprintln!(
+                        "aperture-runtime: --self-test-frames takes a number from 1\n{USAGE}"
+                    );
+                    return 2;
+                }
+            }
+        }
         _ => {
             eprintln!("{USAGE}");
             return 2;
         }
     };
-    match run(&config) {
+    match run(&config, frames) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("aperture-runtime: {e}");
@@ -57,13 +81,13 @@ pub fn notify(state: &str) {
     }
 }
 
-fn run(config_path: &std::path::Path) -> Result<(), String> {
+fn run(config_path: &std::path::Path, self_test_frames: usize) -> Result<(), String> {
     let config = Config::load(config_path)?;
     let manifest = Manifest::load(&config.model).map_err(|e| e.to_string())?;
     let ort = OnnxRuntime::load(&config.onnxruntime).map_err(|e| e.to_string())?;
     let mut detector =
         OrtDetector::new(ort, &manifest, &Options::default()).map_err(|e| e.to_string())?;
-    let frames = service::self_test(&mut detector, &config.model)?;
+    let frames = service::self_test_first(&mut detector, &config.model, self_test_frames)?;
     eprintln!(
         "aperture-runtime: model {} ({}) passed its self-test on {frames} golden frames; {} cameras",
         manifest.model.name,

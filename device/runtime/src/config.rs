@@ -10,6 +10,8 @@
 //! rolling_file_mib = 8
 //! stall_after_ms = 5000
 //! connect_timeout_ms = 10000
+//! # optional: a file of [[camera]] entries that replaces the ones below when it exists
+//! cameras_file = "/config/runtime/cameras.toml"
 //!
 //! [[camera]]
 //! name = "door"
@@ -52,6 +54,19 @@ pub struct Config {
     /// The cameras.
     #[serde(rename = "camera", default)]
     pub cameras: Vec<CameraConfig>,
+    /// A file of `[[camera]]` entries that, when it exists, replaces [`Config::cameras`] (the
+    /// image names one on the config partition, so an administrator can change cameras
+    /// without an OS update).
+    #[serde(default)]
+    pub cameras_file: Option<PathBuf>,
+}
+
+/// The cameras file: `[[camera]]` entries and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CamerasFile {
+    #[serde(rename = "camera", default)]
+    cameras: Vec<CameraConfig>,
 }
 
 fn default_rolling() -> u64 {
@@ -82,7 +97,20 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading the runtime config {}: {e}", path.display()))?;
-        Config::parse(&text, path)
+        let mut c = Config::parse(&text, path)?;
+        if let Some(file) = c.cameras_file.clone() {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let f: CamerasFile = toml::from_str(&text)
+                        .map_err(|e| format!("the cameras file {}: {e}", file.display()))?;
+                    check_cameras(&f.cameras, &file)?;
+                    c.cameras = f.cameras;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("reading the cameras file {}: {e}", file.display())),
+            }
+        }
+        Ok(c)
     }
 
     /// Parse and check a config's text (`path` names it in errors).
@@ -90,29 +118,7 @@ impl Config {
         let c: Config = toml::from_str(text)
             .map_err(|e| format!("the runtime config {}: {e}", path.display()))?;
         let bad = |why: String| Err(format!("the runtime config {}: {why}", path.display()));
-        let mut names = std::collections::BTreeSet::new();
-        for cam in &c.cameras {
-            if cam.name.is_empty()
-                || !cam
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-            {
-                return bad(format!(
-                    "camera name {:?}: use letters, digits, `-`, `_` and `.`",
-                    cam.name
-                ));
-            }
-            if !names.insert(cam.name.as_str()) {
-                return bad(format!("two cameras are named {:?}", cam.name));
-            }
-            if !cam.url.starts_with("rtsp://") {
-                return bad(format!(
-                    "camera {:?}: its url {:?} is not rtsp://...",
-                    cam.name, cam.url
-                ));
-            }
-        }
+        check_cameras(&c.cameras, path)?;
         if c.rolling_file_mib == 0 {
             return bad("rolling_file_mib must be at least 1".into());
         }
@@ -130,6 +136,31 @@ impl Config {
             ..Timing::default()
         }
     }
+}
+
+/// Camera names are distinct and plain, URLs are `rtsp://`; `path` names the file in errors.
+fn check_cameras(cameras: &[CameraConfig], path: &Path) -> Result<(), String> {
+    let bad = |why: String| Err(format!("the runtime config {}: {why}", path.display()));
+    let mut names = std::collections::BTreeSet::new();
+    for cam in cameras {
+        let plain = |ch: char| ch.is_ascii_alphanumeric() || "-_.".contains(ch);
+        if cam.name.is_empty() || !cam.name.chars().all(plain) {
+            return bad(format!(
+                "camera name {:?}: use letters, digits, `-`, `_` and `.`",
+                cam.name
+            ));
+        }
+        if !names.insert(cam.name.as_str()) {
+            return bad(format!("two cameras are named {:?}", cam.name));
+        }
+        if !cam.url.starts_with("rtsp://") {
+            return bad(format!(
+                "camera {:?}: its url {:?} is not rtsp://...",
+                cam.name, cam.url
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,5 +196,41 @@ url = "rtsp://192.0.2.10:554/stream1"
         let twice = format!("{GOOD}[[camera]]\nname = \"door\"\nurl = \"rtsp://h/x\"\n");
         let e = Config::parse(&twice, Path::new("r.toml")).unwrap_err();
         assert!(e.contains("two cameras are named \"door\""), "{e}");
+    }
+
+    #[test]
+    fn a_cameras_file_replaces_the_configs_cameras_when_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let cams = dir.path().join("cameras.toml");
+        let cfg = dir.path().join("runtime.toml");
+        std::fs::write(
+            &cfg,
+            format!("cameras_file = {:?}\n{GOOD}", cams.display().to_string()),
+        )
+        .unwrap();
+        // No file: the config's own cameras.
+        let c = Config::load(&cfg).unwrap();
+        assert_eq!(c.cameras[0].name, "door");
+        std::fs::write(
+            &cams,
+            "[[camera]]\nname = \"gate\"\nurl = \"rtsp://10.0.2.2:554/gate\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&cfg).unwrap();
+        assert_eq!(c.cameras.len(), 1);
+        assert_eq!(c.cameras[0].url, "rtsp://10.0.2.2:554/gate");
+        // A bad file is an error naming it, not a silent fallback.
+        std::fs::write(&cams, "[[camera]]\nname = \"gate\"\nurl = \"http://x\"\n").unwrap();
+        let e = Config::load(&cfg).unwrap_err();
+        assert!(
+            e.contains("cameras.toml") && e.contains("not rtsp://"),
+            "{e}"
+        );
+        std::fs::write(&cams, "camera = 3\n").unwrap();
+        let e = Config::load(&cfg).unwrap_err();
+        assert!(
+            e.contains("the cameras file") && e.contains("cameras.toml"),
+            "{e}"
+        );
     }
 }

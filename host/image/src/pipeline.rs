@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::progress::{Reporter, StepRecord};
 use crate::recipe::Recipe;
-use crate::rootfs::{base, generate, layer::Layer, overlay, programs, units};
+use crate::rootfs::{base, generate, layer::Layer, overlay, programs, runtime, units};
 use crate::store::{self, Store, TreeView};
 
 /// What to build and where.
@@ -233,6 +233,9 @@ pub fn build_rootfs(
                 .with_context(|| format!("applying overlay {}", o.display()))?;
         }
         generate::all(&layer, recipe, source_date)?;
+        if let Some(note) = runtime::install(&layer, recipe)? {
+            s.line(&note);
+        }
         // After the overlays, so that its checks see everything else the image holds.
         let tools = match &bsp_tools {
             Some((bsp, tool)) => {

@@ -39,6 +39,25 @@ pub struct RecipeFile {
     hardware: Option<HardwareFile>,
     bsp: Option<BspFile>,
     update: Option<UpdateFile>,
+    runtime: Option<RuntimeFile>,
+}
+
+/// `[runtime]`: the inference runtime's model folder and cameras.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuntimeFile {
+    model: S<String>,
+    camera: Option<Vec<Spanned<CameraFile>>>,
+}
+
+/// `[[runtime.camera]]`: one camera the image is built with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraFile {
+    /// Its name in detections and metrics.
+    pub name: String,
+    /// Its stream, `rtsp://...`.
+    pub url: String,
 }
 
 /// `ssh = { authorized_keys = [...] }`: an SSH server with key logins, debug images only.
@@ -293,6 +312,8 @@ pub struct Merged {
     pub bsp_url: Option<Located<String>>,
     pub bsp_sha256: Option<Located<String>>,
     pub update: MergedUpdate,
+    pub runtime_model: Option<Located<String>>,
+    pub cameras: Vec<Located<CameraFile>>,
 }
 
 /// `[update]`, merged.
@@ -411,6 +432,12 @@ impl Merged {
         if let Some(c) = file.components {
             extend(&mut self.device, c.device, &f, &t);
             extend(&mut self.runtime, c.runtime, &f, &t);
+        }
+        if let Some(r) = file.runtime {
+            set(&mut self.runtime_model, r.model, &f, &t);
+            for cam in r.camera.into_iter().flatten() {
+                self.cameras.push(Located::new(cam, &f, &t));
+            }
         }
         if let Some(s) = file.services {
             extend(&mut self.services.enable, s.enable, &f, &t);

@@ -92,11 +92,20 @@ pub enum DeviceProgram {
     /// The encrypted config and data partitions.
     #[serde(rename = "aperture-storage")]
     Storage,
+    /// The inference runtime (camera streams, the model, detections); needs `[runtime]`.
+    #[serde(rename = "aperture-runtime")]
+    Runtime,
 }
 
 impl DeviceProgram {
     /// All programs.
-    pub const ALL: [DeviceProgram; 4] = [Self::Agent, Self::Update, Self::Reset, Self::Storage];
+    pub const ALL: [DeviceProgram; 5] = [
+        Self::Agent,
+        Self::Update,
+        Self::Reset,
+        Self::Storage,
+        Self::Runtime,
+    ];
     /// Binary name.
     pub fn binary(self) -> &'static str {
         match self {
@@ -104,6 +113,7 @@ impl DeviceProgram {
             Self::Update => "aperture-update",
             Self::Reset => "aperture-reset",
             Self::Storage => "aperture-storage",
+            Self::Runtime => "aperture-runtime",
         }
     }
     /// The cargo feature of `aperture-device` (the one binary images ship) that builds it in.
@@ -113,6 +123,7 @@ impl DeviceProgram {
             Self::Update => "update",
             Self::Reset => "reset",
             Self::Storage => "storage",
+            Self::Runtime => "runtime",
         }
     }
     /// Cargo package that builds the binary.
@@ -122,6 +133,7 @@ impl DeviceProgram {
             Self::Update => "aperture-updater",
             Self::Reset => "aperture-reset",
             Self::Storage => "aperture-storage",
+            Self::Runtime => "aperture-runtime",
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -136,6 +148,24 @@ pub struct Components {
     pub device: Vec<DeviceProgram>,
     /// The inference runtime's Debian packages (installed with the base).
     pub runtime: Vec<String>,
+}
+
+/// `[runtime]`: what the inference runtime is built with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Runtime {
+    /// The model folder (its `manifest.toml`, model file and golden inputs).
+    pub model: PathBuf,
+    /// Cameras the image starts with (a `cameras.toml` on the config partition replaces them).
+    pub cameras: Vec<Camera>,
+}
+
+/// A camera listed in the recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Camera {
+    /// Its name in detections and metrics.
+    pub name: String,
+    /// Its stream, `rtsp://...`.
+    pub url: String,
 }
 
 /// systemd units.
@@ -258,6 +288,9 @@ pub struct Recipe {
     pub components: Components,
     /// Overlay folders, applied in this order.
     pub overlays: Vec<PathBuf>,
+    /// The inference runtime's model and cameras (`[runtime]`; required with
+    /// `aperture-runtime`).
+    pub runtime: Option<Runtime>,
     /// systemd units.
     pub services: Services,
     /// Network policy.
@@ -438,7 +471,8 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         let prog = DeviceProgram::parse(&d.value).ok_or_else(|| {
             d.error(
                 format!("unknown device program `{}`", d.value),
-                "known programs: aperture-agent, aperture-update, aperture-reset",
+                "known programs: aperture-agent, aperture-update, aperture-reset, aperture-storage, \
+                 aperture-runtime",
             )
         })?;
         if device.contains(&prog) {
@@ -472,6 +506,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         overlays.push(dir);
     }
 
+    let runtime = validate_runtime(m.runtime_model.as_ref(), &m.cameras, &device, top)?;
     let debug = m.debug.as_ref().map(|d| d.value).unwrap_or(false);
     let ssh = policy::validate_ssh(m.ssh.as_ref(), debug, &m.packages)?;
     let setuid_allowlist = policy::validate_allowlist(&m.setuid_allowlist)?;
@@ -567,6 +602,7 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
             runtime: m.runtime.into_iter().map(|p| p.value).collect(),
         },
         overlays,
+        runtime,
         services,
         network,
         partitions,
@@ -577,6 +613,84 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         update,
         files,
     })
+}
+
+/// `[runtime]`: a model folder holding a `manifest.toml`, required exactly when the recipe
+/// builds `aperture-runtime`; cameras with distinct names and `rtsp://` streams.
+fn validate_runtime(
+    model: Option<&Located<String>>,
+    cameras_in: &[Located<file::CameraFile>],
+    device: &[DeviceProgram],
+    top: &Path,
+) -> Result<Option<Runtime>, RecipeError> {
+    let wanted = device.contains(&DeviceProgram::Runtime);
+    let Some(model) = model else {
+        if wanted {
+            return Err(RecipeError::missing(
+                top,
+                "[runtime] model (aperture-runtime needs a model folder)",
+                "[runtime] model = \"../models/nanodet-m\"",
+            ));
+        }
+        if let Some(c) = cameras_in.first() {
+            return Err(c.error(
+                "cameras are listed but the recipe does not build aperture-runtime",
+                "add \"aperture-runtime\" to [components] device, or remove the cameras",
+            ));
+        }
+        return Ok(None);
+    };
+    if !wanted {
+        return Err(model.error(
+            "[runtime] model is set but the recipe does not build aperture-runtime",
+            "add \"aperture-runtime\" to [components] device, or remove [runtime]",
+        ));
+    }
+    let dir = model.relative_path();
+    if !dir.join("manifest.toml").is_file() {
+        return Err(model.error(
+            format!(
+                "model folder `{}` has no manifest.toml ({})",
+                model.value,
+                dir.display()
+            ),
+            "give a folder holding a model manifest (see models/nanodet-m); paths are relative \
+             to the recipe file",
+        ));
+    }
+    let mut cameras: Vec<Camera> = Vec::new();
+    for c in cameras_in {
+        let name = &c.value.name;
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+        if !name_ok {
+            return Err(c.error(
+                format!("camera name {name:?} is not allowed"),
+                "use letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        if cameras.iter().any(|k| &k.name == name) {
+            return Err(c.error(format!("two cameras are named {name:?}"), "rename one"));
+        }
+        let url = &c.value.url;
+        if !url.starts_with("rtsp://") || url.chars().any(|ch| ch.is_control() || ch == '"') {
+            return Err(c.error(
+                format!("camera {name:?}: {url:?} is not an rtsp:// URL"),
+                "cameras are RTSP over TCP (H.264): url = \"rtsp://192.168.1.20:554/stream1\"",
+            ));
+        }
+        cameras.push(Camera {
+            name: name.clone(),
+            url: url.clone(),
+        });
+    }
+    Ok(Some(Runtime {
+        model: dir,
+        cameras,
+    }))
 }
 
 fn validate_product(p: &Located<String>) -> Result<(), RecipeError> {

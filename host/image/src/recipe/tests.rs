@@ -807,3 +807,55 @@ fn an_update_section_ships_its_settings_root_and_ca_and_each_mistake_is_named() 
         assert_mentions(&e, words);
     }
 }
+
+/// GOOD building the runtime, with a model folder `model/` beside it and `extra` appended.
+fn runtime_recipe(extra: &str) -> (Fixture, Result<Recipe, RecipeError>) {
+    let text = GOOD.replace(
+        "device = [\"aperture-agent\"]",
+        "device = [\"aperture-agent\", \"aperture-runtime\"]",
+    ) + extra;
+    let f = Fixture::new(&[("r.toml", &text)]);
+    std::fs::create_dir_all(f.path("model")).unwrap();
+    std::fs::write(f.path("model/manifest.toml"), "").unwrap();
+    let r = f.load("r.toml");
+    (f, r)
+}
+
+#[test]
+fn the_runtime_needs_its_model_folder_and_takes_cameras() {
+    let (f, r) = runtime_recipe(
+        "\n[runtime]\nmodel = \"model\"\n\n[[runtime.camera]]\nname = \"door\"\n\
+         url = \"rtsp://192.0.2.10:554/s1\"\n",
+    );
+    let r = r.unwrap();
+    assert!(r.components.device.contains(&DeviceProgram::Runtime));
+    let rt = r.runtime.unwrap();
+    assert_eq!(rt.model, f.path("model"));
+    assert_eq!(rt.cameras[0].name, "door");
+    assert_eq!(rt.cameras[0].url, "rtsp://192.0.2.10:554/s1");
+    assert_eq!(DeviceProgram::Runtime.feature(), "runtime");
+
+    // aperture-runtime without [runtime] model.
+    let (_, r) = runtime_recipe("");
+    assert_mentions(&r.unwrap_err(), &["[runtime] model", "../models/nanodet-m"]);
+    // A folder with no manifest.
+    let (_, r) = runtime_recipe("\n[runtime]\nmodel = \"ov\"\n");
+    assert_mentions(&r.unwrap_err(), &["model folder `ov` has no manifest.toml"]);
+    // A camera that is not RTSP, and two cameras of one name.
+    let (_, r) = runtime_recipe(
+        "\n[runtime]\nmodel = \"model\"\n[[runtime.camera]]\nname = \"a\"\nurl = \"http://x/\"\n",
+    );
+    assert_mentions(&r.unwrap_err(), &["camera \"a\"", "not an rtsp:// URL"]);
+    let cam = "[[runtime.camera]]\nname = \"a\"\nurl = \"rtsp://x/1\"\n";
+    let (_, r) = runtime_recipe(&format!("\n[runtime]\nmodel = \"model\"\n{cam}{cam}"));
+    assert_mentions(&r.unwrap_err(), &["two cameras are named \"a\""]);
+}
+
+#[test]
+fn a_runtime_section_without_the_runtime_program_is_refused() {
+    let e = broken("[services]", "[runtime]\nmodel = \"ov\"\n\n[services]");
+    assert_mentions(
+        &e,
+        &["does not build aperture-runtime", "[components] device"],
+    );
+}

@@ -6,4 +6,5 @@ pub mod generate;
 pub mod layer;
 pub mod overlay;
 pub mod programs;
+pub mod runtime;
 pub mod units;

@@ -1,0 +1,183 @@
+//! Tier 3, the inference runtime on the appliance (issue 17, must-show 3): the default image
+//! (with the VM tier's test hook) boots and `aperture-runtime.service` passes its model's
+//! golden self-test; a camera written to the config partition (`/config/runtime/cameras.toml`)
+//! points it at an RTSP server on the host (`tests/rtsp/serve.py` on 127.0.0.1:554, reached
+//! through QEMU's user-mode gateway as 10.0.2.2:554, the port the product's firewall opens for
+//! cameras). Inference counters rise and the rolling detection file holds the person in the
+//! frame; the server is stopped: the camera reads stalled and the unit stays active; the server
+//! comes back: the camera streams again and the counters move on.
+//!
+//! Under TCG one inference takes about 13 s (the emulated CPU's vector arithmetic), so the
+//! test waits for one inference at a time, and test images run the golden self-test on one
+//! frame (`tests/overlays/vm-hooks`, `--self-test-frames 1`).
+
+use std::time::{Duration, Instant};
+
+use aperture_image::qemu::Vm;
+use aperture_image::recipe::Arch;
+use aperture_tests::rtsp::{golden, have_rtsp_server, raw_frame, RtspServer};
+use aperture_tests::scenario::{Scenario, Script};
+use aperture_tests::{json_on_line, require_root, vm_image, BOOT_TIMEOUT};
+use serde_json::Value;
+
+/// The marker of the guest's reports (`tests/scripts/runtime-watch.sh`).
+const WATCH: &str = "RUNTIME-WATCH: ";
+/// The camera's name, and the port the product's firewall allows cameras on.
+const CAMERA: &str = "gate";
+const RTSP_PORT: u16 = 554;
+
+/// One report of the guest: the unit's state, person detections in the rolling file, metrics.
+#[derive(Debug)]
+struct Report {
+    active: bool,
+    persons: u64,
+    metrics: Value,
+}
+
+impl Report {
+    fn camera(&self) -> &Value {
+        self.metrics["cameras"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == CAMERA))
+            .unwrap_or(&Value::Null)
+    }
+    fn state(&self) -> &str {
+        self.camera()["state"].as_str().unwrap_or("")
+    }
+    fn inferred(&self) -> u64 {
+        self.camera()["inferred"].as_u64().unwrap_or(0)
+    }
+}
+
+fn parse(line: &str) -> Option<Report> {
+    let rest = &line[line.find(WATCH)? + WATCH.len()..];
+    let mut words = rest.split_whitespace();
+    let active = words.next()? == "active";
+    let persons = words.next()?.strip_prefix("persons=")?.parse().ok()?;
+    let metrics = json_on_line(rest).unwrap_or(Value::Null);
+    Some(Report {
+        active,
+        persons,
+        metrics,
+    })
+}
+
+/// Wait for a report after console offset `*from` that satisfies `ok`; moves `*from` past it.
+fn wait_report(
+    vm: &Vm,
+    from: &mut usize,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&Report) -> bool,
+) -> Report {
+    let t = Instant::now();
+    let mut last = None;
+    loop {
+        let console = vm.console();
+        let text = &console[(*from).min(console.len())..];
+        let mut consumed = 0;
+        for line in text.split_inclusive('\n') {
+            if !line.ends_with('\n') {
+                break;
+            }
+            consumed += line.len();
+            // `sh -x` also echoes the command; the report itself does not start with `+`.
+            if line.trim_start().starts_with('+') {
+                continue;
+            }
+            if let Some(r) = parse(line) {
+                if ok(&r) {
+                    *from += consumed;
+                    eprintln!(
+                        "vm_runtime: {what} after {:.0} s: active={} persons={} camera={}",
+                        t.elapsed().as_secs_f64(),
+                        r.active,
+                        r.persons,
+                        r.camera()
+                    );
+                    return r;
+                }
+                last = Some(r);
+            }
+        }
+        *from += consumed;
+        assert!(
+            t.elapsed() < limit,
+            "vm_runtime: not {what} within {limit:?}; last report: {last:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+#[ignore = "VM tier: needs root, QEMU, GStreamer's RTSP server and a built image (run by `cargo xtask test` as root)"]
+fn the_runtime_streams_a_camera_from_the_host_stalls_without_it_and_resumes() {
+    require_root("the_runtime_streams_a_camera_from_the_host_stalls_without_it_and_resumes");
+    if !have_rtsp_server("vm_runtime") {
+        return;
+    }
+    // vm_update's first image: the default recipe with the test hook.
+    let v1 = vm_image("vm-v1", "1.0.0", "").unwrap();
+    let mut sc = Scenario::new("runtime", &v1.paths.out.join("disk.img"), Arch::Amd64).unwrap();
+    let (mount, _) =
+        raw_frame(CAMERA, &golden("astronaut"), &sc.dir.join("astronaut.rgb")).unwrap();
+    let server = RtspServer::start(RTSP_PORT, std::slice::from_ref(&mount)).unwrap();
+
+    let url = format!("rtsp://10.0.2.2:{RTSP_PORT}/{CAMERA}");
+    let script = Script::new()
+        .piece("runtime-watch", &[("CAMERA", CAMERA), ("URL", &url)])
+        .unwrap();
+    let mut vm = sc.boot("runtime", Some(&script)).unwrap();
+    let line = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("status line: {line}");
+    assert!(line.contains("slot=a"), "{line}");
+
+    // The model loaded, passed its self-test, and the camera streams: frames are inferred and
+    // the person in the frame is in the rolling detection file.
+    let mut from = 0;
+    let first = wait_report(
+        &vm,
+        &mut from,
+        BOOT_TIMEOUT,
+        "streaming with inferences and a person detected",
+        |r| r.active && r.state() == "streaming" && r.inferred() >= 1 && r.persons >= 1,
+    );
+    assert_eq!(
+        first.metrics["model"]["name"], "nanodet-m",
+        "{:#}",
+        first.metrics
+    );
+    assert_eq!(
+        first.metrics["model"]["execution_provider"], "cpu",
+        "{:#}",
+        first.metrics
+    );
+
+    // The camera goes away: stalled, and the unit keeps running.
+    drop(server);
+    let stalled = wait_report(&vm, &mut from, Duration::from_secs(90), "stalled", |r| {
+        r.state() == "stalled"
+    });
+    assert!(
+        stalled.active,
+        "the unit stopped with its camera: {stalled:?}"
+    );
+    let before = stalled.inferred();
+
+    // It comes back: streaming again, more frames inferred.
+    let _server = RtspServer::start(RTSP_PORT, std::slice::from_ref(&mount)).unwrap();
+    let resumed = wait_report(
+        &vm,
+        &mut from,
+        Duration::from_secs(180),
+        "streaming again",
+        |r| r.active && r.state() == "streaming" && r.inferred() > before,
+    );
+    assert!(
+        resumed.camera()["stalls"].as_u64().unwrap_or(0) >= 1,
+        "{resumed:?}"
+    );
+    vm.kill();
+}
