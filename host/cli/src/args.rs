@@ -425,6 +425,13 @@ pub struct FlashArgs {
     /// List Jetsons in recovery mode and the disks flashing initrds expose, then exit.
     #[arg(long)]
     pub list: bool,
+    /// Which copy of the disk to write from: `raw` (disk.img, only the ranges the signed bmap
+    /// maps, each checked against its checksum), `zst` (disk.img.zst, decompressed and checked
+    /// against the signed manifest's sha256), or `auto`: `raw` when the folder holds disk.img,
+    /// else `zst`. Either way every range is read back from the target before the partition
+    /// table is written.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub input: FlashInput,
     /// Root public key to trust [default: the build folder's root.pub, the key the build was
     /// made for].
     #[arg(long)]
@@ -445,6 +452,17 @@ pub struct FlashArgs {
     /// What only `jetson:` targets use.
     #[command(flatten)]
     pub jetson: Box<FlashJetsonArgs>,
+}
+
+/// Which copy of the disk `flash` writes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FlashInput {
+    /// disk.img when the folder has it, else disk.img.zst.
+    Auto,
+    /// The raw disk.img.
+    Raw,
+    /// The compressed disk.img.zst.
+    Zst,
 }
 
 /// The options of `cargo xtask flash` that only `jetson:` targets use.
@@ -576,6 +594,27 @@ mod tests {
         assert_eq!(f.jetson.initrd_timeout, 60);
         assert!(Cli::try_parse_from(["cargo xtask", "flash", "--to", "jetson:all"]).is_err());
         assert!(Cli::try_parse_from(["cargo xtask", "flash", "--list"]).is_ok());
+        // The disk's copy to write from: auto by default, raw or zst when asked.
+        assert_eq!(f.input, FlashInput::Auto);
+        let input = |v: &str| {
+            let cli = Cli::try_parse_from([
+                "cargo xtask",
+                "flash",
+                "--image",
+                "o",
+                "--to",
+                "/dev/sdx",
+                "--input",
+                v,
+            ])?;
+            let Command::Flash(f) = cli.command else {
+                panic!("not flash");
+            };
+            Ok::<_, clap::Error>(f.input)
+        };
+        assert_eq!(input("raw").unwrap(), FlashInput::Raw);
+        assert_eq!(input("zst").unwrap(), FlashInput::Zst);
+        assert!(input("bz2").is_err());
     }
 
     #[test]

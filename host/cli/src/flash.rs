@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::args::FlashArgs;
+use crate::args::{FlashArgs, FlashInput};
 use anyhow::{bail, Context, Result};
 use aperture_flash::host::{HostFacts, HostPaths};
 use aperture_flash::jetson::{self, Discovery};
@@ -37,11 +37,21 @@ pub fn run(a: &FlashArgs) -> Result<()> {
     let Some(dir) = &a.image else {
         bail!("--image DIR is required (or --list)");
     };
-    let image = VerifiedImage::open(dir, a.root_key.as_deref(), aperture_trust::now_unix())?;
+    let raw = match a.input {
+        FlashInput::Raw => true,
+        FlashInput::Zst => false,
+        FlashInput::Auto => dir.join(aperture_image::outputs::names::DISK).is_file(),
+    };
+    let now = aperture_trust::now_unix();
+    let image = if raw {
+        VerifiedImage::open_raw(dir, a.root_key.as_deref(), now)?
+    } else {
+        VerifiedImage::open(dir, a.root_key.as_deref(), now)?
+    };
     let m = image.manifest();
     eprintln!(
         "{}: {} {} for {}, signed by release key {} under root key {}; writing {:.1} MiB of a \
-         {:.1} MiB image",
+         {:.1} MiB image from {}",
         dir.display(),
         m.product,
         m.version,
@@ -49,7 +59,8 @@ pub fn run(a: &FlashArgs) -> Result<()> {
         image.signing_key_id(),
         image.root_key_id(),
         mib(image.mapped_bytes()),
-        mib(image.image_size())
+        mib(image.image_size()),
+        if raw { "disk.img" } else { "disk.img.zst" }
     );
 
     let jetsons: Vec<&String> =
