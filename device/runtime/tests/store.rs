@@ -36,11 +36,15 @@ struct Keys {
 }
 
 fn snakeoil(seed: u8) -> Keys {
+    snakeoil_until(seed, NOW + 86_400)
+}
+
+fn snakeoil_until(seed: u8, not_after: u64) -> Keys {
     let root = SigningKeyPair::from_secret_bytes(&[seed; 32]);
     let release = SigningKeyPair::from_secret_bytes(&[seed + 1; 32]);
     let keyring = SignedKeyring::create(
         &root,
-        vec![KeyringEntry::new(release.public(), "release-snakeoil", NOW + 86_400)],
+        vec![KeyringEntry::new(release.public(), "release-snakeoil", not_after)],
     )
     .unwrap();
     Keys {
@@ -429,4 +433,49 @@ fn with_onnx_runtime_a_model_failing_its_self_test_rolls_back_to_the_built_in_on
     assert_eq!(r.digest, b.digest);
     assert!(r.reason.contains("self-test"), "{}", r.reason);
     assert!(store.current_digest().unwrap().is_none());
+}
+
+#[test]
+fn the_model_command_installs_without_restarting_and_reports_the_store() {
+    use aperture_runtime::model_cli::{run, ModelArgs};
+    use clap::Parser;
+    let t = tempfile::tempdir().unwrap();
+    // The command checks expiry by the real clock: a key that never expires.
+    let k = snakeoil_until(1, u64::MAX);
+    let key = t.path().join("root.pub");
+    k.root.public().save(&key).unwrap();
+    fake_model(&t.path().join("m1"), 1);
+    let b1 = bundle(&k, &t.path().join("m1"), "1.0.0", &t.path().join("b1"));
+    let cfg = t.path().join("runtime.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = {:?}\nonnxruntime = \"/x\"\nsocket = \"/s\"\noutput_dir = \"/o\"\n\
+             metrics = \"/m\"\nmodels_dir = {:?}\nroot_key = {:?}\n",
+            common::manifest_path(),
+            t.path().join("store"),
+            key
+        ),
+    )
+    .unwrap();
+    let go = |args: &[&str]| {
+        let mut lines = Vec::new();
+        let parsed = ModelArgs::try_parse_from(args).unwrap();
+        run(&parsed, &mut |l| lines.push(l.to_string())).map(|()| lines)
+    };
+    let cfg_s = cfg.to_str().unwrap();
+    let lines = go(&["model", "install", b1.to_str().unwrap(), "--config", cfg_s, "--no-restart"]).unwrap();
+    let digest = Store::new(t.path().join("store")).current_digest().unwrap().unwrap();
+    assert_eq!(lines, [digest.clone()]);
+    let lines = go(&["model", "status", "--config", cfg_s, "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&lines.join("\n")).unwrap();
+    assert_eq!(v["current"]["digest"], digest.as_str());
+    assert_eq!(v["current"]["version"], "1.0.0");
+    assert!(v["previous"].is_null());
+    let lines = go(&["model", "status", "--config", cfg_s]).unwrap();
+    assert!(lines[1].contains("nanodet-m 1.0.0"), "{lines:?}");
+    // A config without models_dir says what to add.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("models_dir", "# models_dir")).unwrap();
+    let e = go(&["model", "status", "--config", cfg_s]).unwrap_err();
+    assert!(e.contains("has no models_dir") && e.contains("/var/lib/aperture-runtime/models"), "{e}");
 }
