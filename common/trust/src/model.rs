@@ -305,8 +305,8 @@ pub fn write_model_bundle<W: Write>(
     }
     for f in &manifest.files {
         let path = dir.join(f.path.as_str());
-        let file =
-            File::open(&path).map_err(|e| TrustError::io(format!("opening {}", path.display()), e))?;
+        let file = File::open(&path)
+            .map_err(|e| TrustError::io(format!("opening {}", path.display()), e))?;
         let mut reader = HashingReader::new(BufReader::new(file).take(f.size + 1));
         out.write_all(&ustar::build_relative(
             f.path.as_str(),
@@ -369,7 +369,7 @@ impl<R: Read> ModelBundleReader<R> {
     pub fn new(inner: R, root: &PublicKey, now: u64) -> Self {
         ModelBundleReader {
             inner,
-            root: root.clone(),
+            root: *root,
             now,
             header: None,
         }
@@ -425,9 +425,8 @@ impl<R: Read> ModelBundleReader<R> {
             let target = dir.join(expected);
             if let Some(parent) = target.parent() {
                 if !dirs.iter().any(|d| d == parent) {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        TrustError::io(format!("creating {}", parent.display()), e)
-                    })?;
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| TrustError::io(format!("creating {}", parent.display()), e))?;
                     dirs.push(parent.to_path_buf());
                 }
             }

@@ -195,7 +195,8 @@ pub fn verify_manifest(
     manifest.validate()?;
     // The manifest's own signed time: a key cannot sign a build made after it expired, whatever
     // the verifier's clock says.
-    doc.key.check_not_expired(manifest.build.source_date_epoch)?;
+    doc.key
+        .check_not_expired(manifest.build.source_date_epoch)?;
     Ok(VerifiedManifest {
         manifest,
         key_id: doc.key.key_id,

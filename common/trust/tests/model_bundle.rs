@@ -155,9 +155,16 @@ fn truncated_bundles_are_refused_wherever_they_end() {
     let t = tempfile::tempdir().unwrap();
     let k = snakeoil(1);
     let good = bundle(&k, &t.path().join("src"));
-    for (i, cut) in [100, 700, 2000, 3000, good.len() - 1024 - 1, good.len() - 600]
-        .into_iter()
-        .enumerate()
+    for (i, cut) in [
+        100,
+        700,
+        2000,
+        3000,
+        good.len() - 1024 - 1,
+        good.len() - 600,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let e = unpack(&good[..cut], &k, &t.path().join(format!("o{i}"))).unwrap_err();
         assert!(
@@ -181,7 +188,10 @@ fn unsafe_names_and_odd_entry_types_are_refused() {
         let mut bad = good.clone();
         forge(&mut bad, off, name, flag);
         let e = unpack(&bad, &k, &t.path().join("o")).unwrap_err();
-        assert!(matches!(e, TrustError::UnsafeEntryPath { .. }), "{name}: {e}");
+        assert!(
+            matches!(e, TrustError::UnsafeEntryPath { .. }),
+            "{name}: {e}"
+        );
         let _ = std::fs::remove_dir_all(t.path().join("o"));
     }
     for flag in [b'2', b'1', b'5', b'3', b'x'] {

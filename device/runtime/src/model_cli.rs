@@ -186,7 +186,9 @@ pub fn run(args: &ModelArgs, out: &mut dyn FnMut(&str)) -> Result<(), String> {
 
 fn restart(no_restart: bool) -> Result<(), String> {
     if no_restart {
-        eprintln!("not restarting {UNIT} (--no-restart): the runtime loads the model when it next starts");
+        eprintln!(
+            "not restarting {UNIT} (--no-restart): the runtime loads the model when it next starts"
+        );
         return Ok(());
     }
     Cmd::new("systemctl")
@@ -206,8 +208,8 @@ mod tests {
     #[test]
     fn the_arguments_are_consistent() {
         ModelArgs::command().debug_assert();
-        let a = ModelArgs::try_parse_from(["model", "install", "/tmp/b.tar", "--no-restart"])
-            .unwrap();
+        let a =
+            ModelArgs::try_parse_from(["model", "install", "/tmp/b.tar", "--no-restart"]).unwrap();
         match a.command {
             ModelCommand::Install {
                 bundle,

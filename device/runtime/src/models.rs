@@ -123,11 +123,11 @@ fn from_store<D>(
             }
         };
         let root = match &root {
-            Some(r) => r.clone(),
+            Some(r) => *r,
             None => {
                 let path = config.root_key();
                 match PublicKey::load(&path) {
-                    Ok(k) => root.insert(k).clone(),
+                    Ok(k) => *root.insert(k),
                     Err(e) => {
                         // Not the model's fault: do not reject it, run the built-in one.
                         loud(&[
@@ -206,9 +206,7 @@ fn try_one<D>(
     load: &mut impl FnMut(&Path) -> Result<(D, Manifest, usize), String>,
 ) -> Result<Started<D>, String> {
     let installed = store.installed(digest).map_err(|e| e.to_string())?;
-    store
-        .verify(&installed, root)
-        .map_err(|e| e.to_string())?;
+    store.verify(&installed, root).map_err(|e| e.to_string())?;
     let path = installed.manifest_path();
     let (detector, manifest, frames) = load(&path)?;
     Ok(Started {

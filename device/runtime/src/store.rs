@@ -279,10 +279,11 @@ impl Store {
             dir: dir.clone(),
             why: format!("reading {}: {e}", path.display()),
         })?;
-        let m: ModelManifest = serde_json::from_slice(&text).map_err(|e| StoreError::Installed {
-            dir: dir.clone(),
-            why: format!("{}: {e}", path.display()),
-        })?;
+        let m: ModelManifest =
+            serde_json::from_slice(&text).map_err(|e| StoreError::Installed {
+                dir: dir.clone(),
+                why: format!("{}: {e}", path.display()),
+            })?;
         Ok(Installed {
             digest: digest.into(),
             name: m.name.to_string(),
@@ -335,8 +336,7 @@ impl Store {
             why,
         };
         let read = |name: &str| {
-            std::fs::read(model.dir.join(name))
-                .map_err(|e| bad(format!("reading {name}: {e}")))
+            std::fs::read(model.dir.join(name)).map_err(|e| bad(format!("reading {name}: {e}")))
         };
         let v = verify_model_manifest(
             &read("model.json")?,
@@ -353,8 +353,8 @@ impl Store {
         }
         for f in &v.manifest().files {
             let path = model.dir.join(MODEL_DIR).join(f.path.as_str());
-            let meta = std::fs::symlink_metadata(&path)
-                .map_err(|e| bad(format!("{}: {e}", f.path)))?;
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| bad(format!("{}: {e}", f.path)))?;
             if !meta.file_type().is_file() {
                 return Err(bad(format!("{} is not a regular file", f.path)));
             }
@@ -383,10 +383,8 @@ impl Store {
             bundle: bundle.to_path_buf(),
             err,
         };
-        let file = File::open(bundle).map_err(io(format!(
-            "opening the model bundle {}",
-            bundle.display()
-        )))?;
+        let file = File::open(bundle)
+            .map_err(io(format!("opening the model bundle {}", bundle.display())))?;
         let mut reader = ModelBundleReader::new(BufReader::new(file), root, opts.now);
         let verified = reader.read_header().map_err(refused)?;
         let digest = verified.digest().to_string();
@@ -403,12 +401,11 @@ impl Store {
             if cur.digest == digest {
                 return Ok((cur.clone(), true));
             }
-            let installed: semver::Version = cur.version.parse().map_err(|e| {
-                StoreError::Installed {
+            let installed: semver::Version =
+                cur.version.parse().map_err(|e| StoreError::Installed {
                     dir: cur.dir.clone(),
                     why: format!("version {:?}: {e}", cur.version),
-                }
-            })?;
+                })?;
             if !opts.insecure_allow_downgrade {
                 if m.version < installed {
                     return Err(StoreError::Downgrade {
@@ -426,8 +423,10 @@ impl Store {
                 }
             }
         }
-        std::fs::create_dir_all(&self.dir)
-            .map_err(io(format!("creating the model store {}", self.dir.display())))?;
+        std::fs::create_dir_all(&self.dir).map_err(io(format!(
+            "creating the model store {}",
+            self.dir.display()
+        )))?;
         self.remove_leftovers();
         let tmp = self.dir.join(format!(".incoming-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -442,8 +441,11 @@ impl Store {
             // Complete already (a folder gets its digest name only complete): keep it.
             let _ = std::fs::remove_dir_all(&tmp);
         } else {
-            std::fs::rename(&tmp, &dir)
-                .map_err(io(format!("renaming {} to {}", tmp.display(), dir.display())))?;
+            std::fs::rename(&tmp, &dir).map_err(io(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                dir.display()
+            )))?;
             self.sync()?;
         }
         self.stop(opts, InstallStep::Renamed)?;
@@ -473,7 +475,8 @@ impl Store {
         tmp: &Path,
     ) -> Result<(), StoreError> {
         let model_dir = tmp.join(MODEL_DIR);
-        std::fs::create_dir_all(&model_dir).map_err(io(format!("creating {}", model_dir.display())))?;
+        std::fs::create_dir_all(&model_dir)
+            .map_err(io(format!("creating {}", model_dir.display())))?;
         for (name, bytes) in [
             ("model.json", verified.manifest_json()),
             ("model.sig", verified.sig_json()),
@@ -570,8 +573,11 @@ impl Store {
             Some(p) if p != digest && !all.iter().any(|r| r.digest == p) => {
                 // One rename: `current` now names the previous model and `previous` is gone.
                 let (from, to) = (self.dir.join(PREVIOUS), self.dir.join(CURRENT));
-                std::fs::rename(&from, &to)
-                    .map_err(io(format!("renaming {} to {}", from.display(), to.display())))?;
+                std::fs::rename(&from, &to).map_err(io(format!(
+                    "renaming {} to {}",
+                    from.display(),
+                    to.display()
+                )))?;
                 self.sync()?;
                 Ok(Some(p))
             }

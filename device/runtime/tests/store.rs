@@ -22,9 +22,7 @@ use aperture_runtime::models;
 use aperture_runtime::store::{InstallOptions, InstallStep, Store, StoreError};
 use aperture_trust::keys::{KeyringEntry, PublicKey, SignedKeyring, SigningKeyPair};
 use aperture_trust::manifest::ArtifactName;
-use aperture_trust::model::{
-    sign_model_manifest, write_model_bundle, ModelManifest, ModelPath,
-};
+use aperture_trust::model::{sign_model_manifest, write_model_bundle, ModelManifest, ModelPath};
 use aperture_vision::Manifest;
 
 const NOW: u64 = 1_800_000_000;
@@ -44,7 +42,11 @@ fn snakeoil_until(seed: u8, not_after: u64) -> Keys {
     let release = SigningKeyPair::from_secret_bytes(&[seed + 1; 32]);
     let keyring = SignedKeyring::create(
         &root,
-        vec![KeyringEntry::new(release.public(), "release-snakeoil", not_after)],
+        vec![KeyringEntry::new(
+            release.public(),
+            "release-snakeoil",
+            not_after,
+        )],
     )
     .unwrap();
     Keys {
@@ -65,7 +67,10 @@ fn fake_model(dir: &Path, seed: u8) {
     let onnx = vec![seed; 2000];
     let sha = aperture_trust::digest::Sha256Hex::digest(&onnx);
     let text = std::fs::read_to_string(common::manifest_path()).unwrap();
-    let pinned = Manifest::load(&common::manifest_path()).unwrap().model.sha256;
+    let pinned = Manifest::load(&common::manifest_path())
+        .unwrap()
+        .model
+        .sha256;
     std::fs::write(
         dir.join("manifest.toml"),
         text.replace(&pinned, sha.as_str()),
@@ -97,7 +102,10 @@ fn bundle(keys: &Keys, dir: &Path, version: &str, out: &Path) -> PathBuf {
         .collect();
     golden.sort();
     paths.extend(golden);
-    let paths: Vec<ModelPath> = paths.into_iter().map(|p| ModelPath::new(p).unwrap()).collect();
+    let paths: Vec<ModelPath> = paths
+        .into_iter()
+        .map(|p| ModelPath::new(p).unwrap())
+        .collect();
     let m = ModelManifest::of_folder(
         dir,
         &paths,
@@ -139,20 +147,36 @@ fn a_good_bundle_installs_and_switches_keeping_the_old_as_previous() {
     let k = snakeoil(1);
     fake_model(&t.path().join("m1"), 1);
     fake_model(&t.path().join("m2"), 2);
-    let b1 = bundle(&k, &t.path().join("m1"), "1.0.0", &t.path().join("m1.bundle"));
-    let b2 = bundle(&k, &t.path().join("m2"), "1.1.0", &t.path().join("m2.bundle"));
+    let b1 = bundle(
+        &k,
+        &t.path().join("m1"),
+        "1.0.0",
+        &t.path().join("m1.bundle"),
+    );
+    let b2 = bundle(
+        &k,
+        &t.path().join("m2"),
+        "1.1.0",
+        &t.path().join("m2.bundle"),
+    );
     let store = Store::new(t.path().join("store"));
     assert!(store.current().unwrap().is_none());
 
     let (m1, already) = store.install(&b1, &root(&k), &opts()).unwrap();
     assert!(!already);
     assert_eq!(store.current().unwrap().as_ref(), Some(&m1));
-    assert_eq!((m1.name.as_str(), m1.version.as_str()), ("nanodet-m", "1.0.0"));
+    assert_eq!(
+        (m1.name.as_str(), m1.version.as_str()),
+        ("nanodet-m", "1.0.0")
+    );
     assert_eq!(
         std::fs::read(m1.dir.join("model/nanodet-m.onnx")).unwrap(),
         vec![1u8; 2000]
     );
-    Manifest::load(&m1.manifest_path()).unwrap().read_model().unwrap();
+    Manifest::load(&m1.manifest_path())
+        .unwrap()
+        .read_model()
+        .unwrap();
     store.verify(&m1, &root(&k)).unwrap();
 
     let (m2, _) = store.install(&b2, &root(&k), &opts()).unwrap();
@@ -167,12 +191,20 @@ fn a_good_bundle_installs_and_switches_keeping_the_old_as_previous() {
     let (again, already) = store.install(&b2, &root(&k), &opts()).unwrap();
     assert!(already && again == m2);
     // Only the two models, the links and no temporary folder.
-    let mut want = vec![m1.digest.clone(), m2.digest.clone(), "current".into(), "previous".into()];
+    let mut want = vec![
+        m1.digest.clone(),
+        m2.digest.clone(),
+        "current".into(),
+        "previous".into(),
+    ];
     want.sort();
     assert_eq!(listing(&store), want);
 
     // By hand: back to m1, then forward again.
-    assert_eq!(store.rollback().unwrap().as_deref(), Some(m1.digest.as_str()));
+    assert_eq!(
+        store.rollback().unwrap().as_deref(),
+        Some(m1.digest.as_str())
+    );
     assert_eq!(store.current().unwrap().as_ref(), Some(&m1));
     store.rollback().unwrap();
     assert_eq!(store.current().unwrap().as_ref(), Some(&m2));
@@ -184,8 +216,15 @@ fn refused(store: &Store, bad: &Path, root: &PublicKey, opts: &InstallOptions) -
     let before = (store.current_digest().unwrap(), listing(store));
     let e = store.install(bad, root, opts).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains(&bad.display().to_string()), "no bundle named: {msg}");
-    assert_eq!((store.current_digest().unwrap(), listing(store)), before, "{msg}");
+    assert!(
+        msg.contains(&bad.display().to_string()),
+        "no bundle named: {msg}"
+    );
+    assert_eq!(
+        (store.current_digest().unwrap(), listing(store)),
+        before,
+        "{msg}"
+    );
     msg
 }
 
@@ -208,21 +247,40 @@ fn every_bad_bundle_is_refused_by_name_and_leaves_current_untouched() {
 
     // Signed under another root.
     let other = snakeoil(7);
-    let alien = bundle(&other, &t.path().join("m2"), "2.1.0", &t.path().join("alien"));
+    let alien = bundle(
+        &other,
+        &t.path().join("m2"),
+        "2.1.0",
+        &t.path().join("alien"),
+    );
     let m = refused(&store, &alien, &root(&k), &opts());
-    assert!(m.contains("not trusted here") && m.contains("keyring"), "{m}");
+    assert!(
+        m.contains("not trusted here") && m.contains("keyring"),
+        "{m}"
+    );
 
     // One byte of the model file changed.
     let onnx_at = bytes.windows(4).position(|w| w == [2, 2, 2, 2]).unwrap();
     let mut tampered = bytes.clone();
     tampered[onnx_at + 10] ^= 0xff;
     let m = refused(&store, &write("tampered", &tampered), &root(&k), &opts());
-    assert!(m.contains("nanodet-m.onnx: sha256") && m.contains("tampered with"), "{m}");
+    assert!(
+        m.contains("nanodet-m.onnx: sha256") && m.contains("tampered with"),
+        "{m}"
+    );
 
     // Cut short, in the model file and before the end marker.
     for cut in [onnx_at + 100, bytes.len() - 700] {
-        let m = refused(&store, &write("truncated", &bytes[..cut]), &root(&k), &opts());
-        assert!(m.contains("ends early") && m.contains("fetch it again"), "{m}");
+        let m = refused(
+            &store,
+            &write("truncated", &bytes[..cut]),
+            &root(&k),
+            &opts(),
+        );
+        assert!(
+            m.contains("ends early") && m.contains("fetch it again"),
+            "{m}"
+        );
     }
 
     // A forged entry: path traversal, then a symlink.
@@ -244,10 +302,26 @@ fn every_bad_bundle_is_refused_by_name_and_leaves_current_untouched() {
     };
     // Only golden/reference.json's header is forged (not model.json, where the name also is).
     assert!(golden_at > 2048);
-    let m = refused(&store, &write("traversal", &forge(b"../../etc/cron.d/x", b'0')), &root(&k), &opts());
-    assert!(m.contains("unsafe entry name") && m.contains("../../etc/cron.d/x"), "{m}");
-    let m = refused(&store, &write("symlink", &forge(b"golden/reference.json", b'2')), &root(&k), &opts());
-    assert!(m.contains("is a symlink") && m.contains("only regular files"), "{m}");
+    let m = refused(
+        &store,
+        &write("traversal", &forge(b"../../etc/cron.d/x", b'0')),
+        &root(&k),
+        &opts(),
+    );
+    assert!(
+        m.contains("unsafe entry name") && m.contains("../../etc/cron.d/x"),
+        "{m}"
+    );
+    let m = refused(
+        &store,
+        &write("symlink", &forge(b"golden/reference.json", b'2')),
+        &root(&k),
+        &opts(),
+    );
+    assert!(
+        m.contains("is a symlink") && m.contains("only regular files"),
+        "{m}"
+    );
     assert!(!t.path().join("etc").exists());
 
     // Signed, but the model file is not the one its manifest.toml pins.
@@ -256,12 +330,18 @@ fn every_bad_bundle_is_refused_by_name_and_leaves_current_untouched() {
     std::fs::write(dir.join("nanodet-m.onnx"), vec![4u8; 2000]).unwrap();
     let unpinned = bundle(&k, &dir, "2.2.0", &t.path().join("unpinned"));
     let m = refused(&store, &unpinned, &root(&k), &opts());
-    assert!(m.contains("pins") && m.contains("aperture model bundle"), "{m}");
+    assert!(
+        m.contains("pins") && m.contains("aperture model bundle"),
+        "{m}"
+    );
 
     // Older, then the same version with other content; the loud flag allows both.
     let older = bundle(&k, &t.path().join("m2"), "1.9.0", &t.path().join("older"));
     let m = refused(&store, &older, &root(&k), &opts());
-    assert!(m.contains("older than the installed 2.0.0") && m.contains("--insecure-allow-downgrade"), "{m}");
+    assert!(
+        m.contains("older than the installed 2.0.0") && m.contains("--insecure-allow-downgrade"),
+        "{m}"
+    );
     let same = bundle(&k, &t.path().join("m2"), "2.0.0", &t.path().join("same"));
     let m = refused(&store, &same, &root(&k), &opts());
     assert!(m.contains("newer --version"), "{m}");
@@ -304,7 +384,11 @@ fn an_install_stopped_before_the_switch_leaves_the_old_model() {
     // What the cuts left (an .incoming folder, an unreferenced model) goes with the next install.
     let (m2, _) = store.install(&b2, &root(&k), &opts()).unwrap();
     assert_eq!(store.current().unwrap().unwrap(), m2);
-    assert!(!listing(&store).iter().any(|n| n.starts_with(".incoming")), "{:?}", listing(&store));
+    assert!(
+        !listing(&store).iter().any(|n| n.starts_with(".incoming")),
+        "{:?}",
+        listing(&store)
+    );
 }
 
 fn config(t: &Path, store: &Path, root_key: &Path) -> Config {
@@ -350,7 +434,10 @@ fn a_store_model_that_fails_is_rejected_switched_back_from_and_never_retried() {
     assert_eq!(info.source, "store");
     assert_eq!(info.bundle_digest.as_deref(), Some(m1.digest.as_str()));
     let r = info.last_rejection.unwrap();
-    assert_eq!((r.digest.as_str(), r.version.as_str()), (m2.digest.as_str(), "1.1.0"));
+    assert_eq!(
+        (r.digest.as_str(), r.version.as_str()),
+        (m2.digest.as_str(), "1.1.0")
+    );
     assert!(r.reason.contains("coffee.ppm"));
     let s = store.status().unwrap();
     assert_eq!((s.current, s.previous), (Some(m1.clone()), None));
@@ -372,13 +459,21 @@ fn a_store_model_that_fails_is_rejected_switched_back_from_and_never_retried() {
     assert!(started.store.is_none());
     assert_eq!(started.info().source, "built-in");
     let r = started.info().last_rejection.unwrap();
-    assert!(r.digest == m1.digest && r.reason.contains("has changed since it was installed"), "{r:?}");
+    assert!(
+        r.digest == m1.digest && r.reason.contains("has changed since it was installed"),
+        "{r:?}"
+    );
     assert!(store.current_digest().unwrap().is_none());
 
     // A built-in model that fails is fatal.
-    let e = models::start(&c, |_| -> Result<((), Manifest, usize), String> { Err("broken".into()) })
-        .unwrap_err();
-    assert!(e.contains("the built-in model") && e.contains("broken"), "{e}");
+    let e = models::start(&c, |_| -> Result<((), Manifest, usize), String> {
+        Err("broken".into())
+    })
+    .unwrap_err();
+    assert!(
+        e.contains("the built-in model") && e.contains("broken"),
+        "{e}"
+    );
 }
 
 /// The real thing: NanoDet-m through ONNX Runtime. A bundle of it with golden/reference.json
@@ -464,9 +559,20 @@ fn the_model_command_installs_without_restarting_and_reports_the_store() {
         run(&parsed, &mut |l| lines.push(l.to_string())).map(|()| lines)
     };
     let cfg_s = cfg.to_str().unwrap();
-    let lines = go(&["model", "install", b1.to_str().unwrap(), "--config", cfg_s, "--no-restart"]).unwrap();
-    let digest = Store::new(t.path().join("store")).current_digest().unwrap().unwrap();
-    assert_eq!(lines, [digest.clone()]);
+    let lines = go(&[
+        "model",
+        "install",
+        b1.to_str().unwrap(),
+        "--config",
+        cfg_s,
+        "--no-restart",
+    ])
+    .unwrap();
+    let digest = Store::new(t.path().join("store"))
+        .current_digest()
+        .unwrap()
+        .unwrap();
+    assert_eq!(lines, std::slice::from_ref(&digest));
     let lines = go(&["model", "status", "--config", cfg_s, "--json"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(&lines.join("\n")).unwrap();
     assert_eq!(v["current"]["digest"], digest.as_str());
@@ -475,7 +581,16 @@ fn the_model_command_installs_without_restarting_and_reports_the_store() {
     let lines = go(&["model", "status", "--config", cfg_s]).unwrap();
     assert!(lines[1].contains("nanodet-m 1.0.0"), "{lines:?}");
     // A config without models_dir says what to add.
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("models_dir", "# models_dir")).unwrap();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("models_dir", "# models_dir"),
+    )
+    .unwrap();
     let e = go(&["model", "status", "--config", cfg_s]).unwrap_err();
-    assert!(e.contains("has no models_dir") && e.contains("/var/lib/aperture-runtime/models"), "{e}");
+    assert!(
+        e.contains("has no models_dir") && e.contains("/var/lib/aperture-runtime/models"),
+        "{e}"
+    );
 }

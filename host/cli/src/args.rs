@@ -580,8 +580,18 @@ mod tests {
     #[test]
     fn model_bundle_takes_its_folder_keys_version_and_out() {
         let cli = Cli::try_parse_from([
-            "aperture", "model", "bundle", "--model", "m", "--keys", "k", "--version", "1.2.3",
-            "--out", "b.tar", "--release",
+            "aperture",
+            "model",
+            "bundle",
+            "--model",
+            "m",
+            "--keys",
+            "k",
+            "--version",
+            "1.2.3",
+            "--out",
+            "b.tar",
+            "--release",
         ])
         .unwrap();
         match cli.command {
@@ -592,8 +602,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from([
-            "aperture", "model", "bundle", "--model", "m", "--keys", "k", "--version", "one",
-            "--out", "b.tar",
+            "aperture",
+            "model",
+            "bundle",
+            "--model",
+            "m",
+            "--keys",
+            "k",
+            "--version",
+            "one",
+            "--out",
+            "b.tar",
         ])
         .is_err());
     }

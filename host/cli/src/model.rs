@@ -90,7 +90,10 @@ mod tests {
         assert!(!paths.contains(&"import.sh"), "{paths:?}");
 
         let e = bundle(&args(&dev, &t.path().join("release.bundle"), true)).unwrap_err();
-        assert!(format!("{e:#}").contains("refusing to sign a release with the development keys"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("refusing to sign a release with the development keys"),
+            "{e:#}"
+        );
         assert!(!t.path().join("release.bundle").exists());
         // No keys: never made here.
         let e = bundle(&args(&t.path().join("none"), &out, false)).unwrap_err();

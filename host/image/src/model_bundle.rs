@@ -99,8 +99,8 @@ pub fn make_model_bundle(
     let (mj, sj) = sign_model_manifest(&m, &keys.release, &keys.keyring)?;
     let tmp = out.with_extension("partial");
     let written = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let file = write_model_bundle(std::io::BufWriter::new(file), &mj, &sj, dir)?;
         file.into_inner()
             .map_err(|e| e.into_error())

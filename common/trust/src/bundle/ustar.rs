@@ -91,11 +91,7 @@ pub(crate) fn build(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK], Tr
 }
 
 /// [`build`] for a relative path of plain names joined by '/' (see [`parse_relative`]).
-pub(crate) fn build_relative(
-    name: &str,
-    size: u64,
-    mtime: u64,
-) -> Result<[u8; BLOCK], TrustError> {
+pub(crate) fn build_relative(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK], TrustError> {
     check_relative_name(name.as_bytes())?;
     build_named(name, size, mtime)
 }
