@@ -423,10 +423,17 @@ impl Store {
                 }
             }
         }
-        std::fs::create_dir_all(&self.dir).map_err(io(format!(
-            "creating the model store {}",
-            self.dir.display()
-        )))?;
+        if !self.dir.is_dir() {
+            std::fs::create_dir_all(&self.dir).map_err(io(format!(
+                "creating the model store {}",
+                self.dir.display()
+            )))?;
+            // Made by root inside the unit's StateDirectory: give it to that folder's owner
+            // (the runtime's user), which must be able to switch back.
+            if let Some(parent) = self.dir.parent() {
+                chown_like(&self.dir, parent)?;
+            }
+        }
         self.remove_leftovers();
         let tmp = self.dir.join(format!(".incoming-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);

@@ -594,3 +594,37 @@ fn the_model_command_installs_without_restarting_and_reports_the_store() {
         "{e}"
     );
 }
+
+/// As root (the install command's user), a new store and each installed model are given to the
+/// owner of the unit's StateDirectory, so the runtime's own user can switch back.
+#[test]
+fn installed_models_belong_to_the_state_directory_s_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    if let Err(e) = std::os::unix::fs::lchown(&state, Some(61_234), Some(61_234)) {
+        eprintln!("SKIPPED: installing as root needs root to give files away: {e}");
+        return;
+    }
+    let k = snakeoil(1);
+    fake_model(&t.path().join("m1"), 1);
+    let b1 = bundle(&k, &t.path().join("m1"), "1.0.0", &t.path().join("b1"));
+    let store = Store::new(state.join("models"));
+    let (m1, _) = store.install(&b1, &root(&k), &opts()).unwrap();
+    for p in [
+        store.dir().to_path_buf(),
+        m1.dir.clone(),
+        m1.dir.join("model.json"),
+        m1.dir.join("model/golden"),
+        m1.dir.join("model/nanodet-m.onnx"),
+    ] {
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (61_234, 61_234),
+            "{}",
+            p.display()
+        );
+    }
+}
