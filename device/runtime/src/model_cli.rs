@@ -161,7 +161,11 @@ pub fn run(args: &ModelArgs, out: &mut dyn FnMut(&str)) -> Result<(), String> {
             }
             out(&format!("store:    {}", s.store.display()));
             out(&format!("current:  {}", describe(&s.current)));
-            out(&format!("previous: {}", describe(&s.previous)));
+            let previous = match &s.previous {
+                Some(_) => describe(&s.previous),
+                None => "none".into(),
+            };
+            out(&format!("previous: {previous}"));
             for r in &s.rejected {
                 out(&format!(
                     "rejected: {} {} ({}): {}",

@@ -82,6 +82,9 @@ pub struct ModelBundleArgs {
     /// Refuse development keys.
     #[arg(long)]
     pub release: bool,
+    /// Let a --release bundle use development keys anyway (never for shipping).
+    #[arg(long)]
+    pub insecure_dev_keys: bool,
 }
 
 /// `cargo xtask repo ...`.

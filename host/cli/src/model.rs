@@ -28,7 +28,7 @@ fn created() -> Result<u64> {
 fn bundle(a: &ModelBundleArgs) -> Result<()> {
     let rep = Reporter::new(None)?;
     // Never made here: a model bundle is signed with the keys its appliances' images trust.
-    let keys = keys::for_build(&a.keys, false, a.release, false, &rep)?;
+    let keys = keys::for_build(&a.keys, false, a.release, a.insecure_dev_keys, &rep)?;
     let r = make_model_bundle(&a.model, &keys, &a.version, created()?, &a.out)
         .with_context(|| format!("bundling the model folder {}", a.model.display()))?;
     eprintln!(
@@ -65,6 +65,7 @@ mod tests {
             version: "1.0.0".parse().unwrap(),
             out: out.to_path_buf(),
             release,
+            insecure_dev_keys: false,
         }
     }
 
