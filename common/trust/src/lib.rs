@@ -23,6 +23,9 @@
 //! * **Bundle** ([`bundle`]): an uncompressed ustar archive: `manifest.json`, `manifest.sig`,
 //!   then `<artifact>.zst` for each payload artifact in manifest order. Read in one streaming
 //!   pass; the signature is verified before any payload byte is read.
+//! * **Model bundle** ([`model`]): a detection model's folder and its signed `model.json`
+//!   (name, version, every file's size and sha256), signed like `manifest.json` under the same
+//!   keyring; installed into the data partition without an OS update.
 //! * **dm-verity** ([`verity`]): the tree `veritysetup format` appends to a rootfs image
 //!   (format 1, sha256, 4096-byte blocks), byte for byte.
 //!
@@ -40,6 +43,7 @@ mod error;
 mod keyring;
 pub mod keys;
 pub mod manifest;
+pub mod model;
 mod names;
 pub mod policy;
 pub mod record;

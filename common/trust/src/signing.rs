@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::ops::Deref;
 
 use crate::canonical::{canonicalize_json, to_pretty_sorted};
-use crate::keys::{KeyId, PublicKey, SignedKeyring, SigningKeyPair};
+use crate::keys::{KeyId, KeyringEntry, PublicKey, SignedKeyring, SigningKeyPair};
 use crate::manifest::Manifest;
 use crate::TrustError;
 
@@ -87,6 +87,18 @@ pub fn sign_manifest(
     keyring: &SignedKeyring,
 ) -> Result<(Vec<u8>, Vec<u8>), TrustError> {
     manifest.validate()?;
+    sign_document(manifest, release, keyring)
+}
+
+/// Signs any document the way manifests are signed: pretty sorted JSON, and a
+/// [`ManifestSignature`] over its canonical bytes by `release`, which must be listed in
+/// `keyring`. Model bundles ([`crate::model`]) use it, so they share the OS bundles' key chain.
+/// Returns `(document json, signature json)`.
+pub fn sign_document<T: Serialize>(
+    document: &T,
+    release: &SigningKeyPair,
+    keyring: &SignedKeyring,
+) -> Result<(Vec<u8>, Vec<u8>), TrustError> {
     let key_id = release.key_id();
     match keyring.keyring.find(&key_id) {
         Some(entry) if entry.public == release.public() => {}
@@ -96,8 +108,8 @@ pub fn sign_manifest(
             })
         }
     }
-    let manifest_json = to_pretty_sorted(manifest)?;
-    let signature = release.sign(&canonicalize_json(&manifest_json)?);
+    let document_json = to_pretty_sorted(document)?;
+    let signature = release.sign(&canonicalize_json(&document_json)?);
     let sig = ManifestSignature {
         format: SIGNATURE_FORMAT,
         key_id,
@@ -105,7 +117,61 @@ pub fn sign_manifest(
         keyring: keyring.clone(),
     };
     let sig_json = to_pretty_sorted(&sig)?;
-    Ok((manifest_json, sig_json))
+    Ok((document_json, sig_json))
+}
+
+/// A document whose signature chain [`verify_document`] checked: its canonical bytes (parse
+/// these, not the bytes given, so what is acted on is exactly what was signed) and the key.
+#[derive(Debug, Clone)]
+pub struct VerifiedDocument {
+    /// The canonical bytes the signature covers.
+    pub canonical: Vec<u8>,
+    /// The release key that signed, as listed in the verified keyring.
+    pub key: KeyringEntry,
+    /// The sequence of that keyring.
+    pub keyring_sequence: u64,
+}
+
+/// Verifies a document signed by [`sign_document`] against the trusted `root` key at `now`:
+/// the keyring against the root, the release key listed and unexpired, the signature over the
+/// canonical bytes. `what` names the signature file in errors. The caller parses
+/// [`VerifiedDocument::canonical`] and checks expiry against the document's own signed time.
+pub fn verify_document(
+    document_json: &[u8],
+    sig_json: &[u8],
+    root: &PublicKey,
+    now: u64,
+    what: &str,
+) -> Result<VerifiedDocument, TrustError> {
+    let sig: ManifestSignature =
+        serde_json::from_slice(sig_json).map_err(|e| TrustError::malformed(what, e))?;
+    if sig.format != SIGNATURE_FORMAT {
+        return Err(TrustError::malformed(
+            what,
+            format!(
+                "format {} is not supported (this build reads format {SIGNATURE_FORMAT}); \
+                 update the appliance software first",
+                sig.format
+            ),
+        ));
+    }
+    let keyring = sig.keyring.verify(root)?;
+    let keyring_sequence = keyring.sequence;
+    let entry = keyring
+        .find(&sig.key_id)
+        .ok_or_else(|| TrustError::UnknownKey {
+            key_id: sig.key_id.to_string(),
+        })?;
+    entry.check_not_expired(now)?;
+    let canonical = canonicalize_json(document_json)?;
+    entry
+        .public
+        .verify_hex(&canonical, &sig.signature, "manifest")?;
+    Ok(VerifiedDocument {
+        canonical,
+        key: entry.clone(),
+        keyring_sequence,
+    })
 }
 
 /// Verifies `manifest.json` and `manifest.sig` against the trusted `root` key at time `now`
@@ -123,40 +189,18 @@ pub fn verify_manifest(
     root: &PublicKey,
     now: u64,
 ) -> Result<VerifiedManifest, TrustError> {
-    let sig: ManifestSignature =
-        serde_json::from_slice(sig_json).map_err(|e| TrustError::malformed("manifest.sig", e))?;
-    if sig.format != SIGNATURE_FORMAT {
-        return Err(TrustError::malformed(
-            "manifest.sig",
-            format!(
-                "format {} is not supported (this build reads format {SIGNATURE_FORMAT}); \
-                 update the appliance software first",
-                sig.format
-            ),
-        ));
-    }
-    let keyring = sig.keyring.verify(root)?;
-    let keyring_sequence = keyring.sequence;
-    let entry = keyring
-        .find(&sig.key_id)
-        .ok_or_else(|| TrustError::UnknownKey {
-            key_id: sig.key_id.to_string(),
-        })?;
-    entry.check_not_expired(now)?;
-    let canonical = canonicalize_json(manifest_json)?;
-    entry
-        .public
-        .verify_hex(&canonical, &sig.signature, "manifest")?;
-    let manifest: Manifest = serde_json::from_slice(&canonical)
+    let doc = verify_document(manifest_json, sig_json, root, now, "manifest.sig")?;
+    let manifest: Manifest = serde_json::from_slice(&doc.canonical)
         .map_err(|e| TrustError::malformed("manifest.json", e))?;
     manifest.validate()?;
     // The manifest's own signed time: a key cannot sign a build made after it expired, whatever
     // the verifier's clock says.
-    entry.check_not_expired(manifest.build.source_date_epoch)?;
+    doc.key
+        .check_not_expired(manifest.build.source_date_epoch)?;
     Ok(VerifiedManifest {
         manifest,
-        key_id: sig.key_id,
-        keyring_sequence,
+        key_id: doc.key.key_id,
+        keyring_sequence: doc.keyring_sequence,
     })
 }
 

@@ -1,6 +1,9 @@
 //! `aperture-runtime --config FILE`: load the model, pass its golden self-test, tell systemd
 //! `READY=1`, then run the cameras until SIGTERM or SIGINT, feeding systemd's watchdog from the
-//! main loop (sd_notify(3) over `NOTIFY_SOCKET`, when systemd set it).
+//! main loop (sd_notify(3) over `NOTIFY_SOCKET`, when systemd set it). The model is the store's
+//! current one when it passes its self-test, else the built-in one ([`crate::models`]).
+//!
+//! `aperture-runtime model install|status|rollback ...`: the model store ([`crate::model_cli`]).
 
 use std::ffi::OsString;
 use std::os::unix::net::UnixDatagram;
@@ -8,19 +11,24 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use aperture_vision::Manifest;
-
 use crate::config::Config;
-use crate::service::{self, ModelInfo};
+use crate::models;
+use crate::service;
 use crate::source::gst::{self, Rtsp};
-use crate::{OnnxRuntime, Options, OrtDetector};
+use crate::OnnxRuntime;
 
-const USAGE: &str = "usage: aperture-runtime --config FILE [--self-test-frames N]\n\
+const USAGE: &str = "usage: aperture-runtime --config FILE [--self-test-frames N]\n       \
+    aperture-runtime model install BUNDLE [--config FILE] [--no-restart]\n       \
+    aperture-runtime model status [--config FILE] [--json]\n       \
+    aperture-runtime model rollback [--config FILE] [--no-restart]\n\
     --self-test-frames N: run the golden self-test on the first N frames only (test images \
     whose emulated CPU makes each inference take seconds); the default is every frame";
 
 /// The program: its arguments (its name first) in, its exit code out.
 pub fn main(args: Vec<OsString>) -> i32 {
+    if args.get(1).is_some_and(|a| a == "model") {
+        return crate::model_cli::main(args.into_iter().skip(1).collect());
+    }
     let args: Vec<String> = match args
         .into_iter()
         .skip(1)
@@ -81,17 +89,17 @@ pub fn notify(state: &str) {
     }
 }
 
-fn run(config_path: &std::path::Path, self_test_frames: usize) -> Result<(), String> {
+fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
     let config = Config::load(config_path)?;
-    let manifest = Manifest::load(&config.model).map_err(|e| e.to_string())?;
     let ort = OnnxRuntime::load(&config.onnxruntime).map_err(|e| e.to_string())?;
-    let mut detector =
-        OrtDetector::new(ort, &manifest, &Options::default()).map_err(|e| e.to_string())?;
-    let frames = service::self_test_first(&mut detector, &config.model, self_test_frames)?;
+    let started = models::start(&config, |path| models::load_ort_first(ort, path, frames))?;
+    let manifest = &started.manifest;
     eprintln!(
-        "aperture-runtime: model {} ({}) passed its self-test on {frames} golden frames; {} cameras",
+        "aperture-runtime: model {} ({}, {}) passed its self-test on {} golden frames; {} cameras",
         manifest.model.name,
         manifest.model.sha256,
+        started.manifest_path.display(),
+        started.frames,
         config.cameras.len()
     );
     gst::init()?;
@@ -101,12 +109,8 @@ fn run(config_path: &std::path::Path, self_test_frames: usize) -> Result<(), Str
             .map_err(|e| format!("handling signal {sig}: {e}"))?;
     }
     let (w, h) = manifest.input.size();
-    let model = ModelInfo {
-        name: manifest.model.name.clone(),
-        sha256: manifest.model.sha256.clone(),
-        execution_provider: "cpu".into(),
-        fallback: false,
-    };
+    let model = started.info();
+    let detector = started.detector;
     let connector = Arc::new(Rtsp {
         latency_ms: config.latency_ms,
     });

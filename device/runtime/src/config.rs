@@ -12,6 +12,11 @@
 //! connect_timeout_ms = 10000
 //! # optional: a file of [[camera]] entries that replaces the ones below when it exists
 //! cameras_file = "/config/runtime/cameras.toml"
+//! # optional: the model store (signed model bundles, `aperture-runtime model install`); when
+//! # it has a current model, that one is loaded instead of `model`
+//! models_dir = "/var/lib/aperture-runtime/models"
+//! # optional: the root key model bundles are verified against (default: the updater's)
+//! root_key = "/etc/aperture/root.pub"
 //!
 //! [[camera]]
 //! name = "door"
@@ -51,6 +56,13 @@ pub struct Config {
     /// rtspsrc's jitter buffer.
     #[serde(default = "default_latency")]
     pub latency_ms: u32,
+    /// The model store; when it has a current model, that one replaces `model`.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// The root public key model bundles are verified against (default: the device's, as
+    /// the updater uses, `/etc/aperture/root.pub`).
+    #[serde(default)]
+    pub root_key: Option<PathBuf>,
     /// The cameras.
     #[serde(rename = "camera", default)]
     pub cameras: Vec<CameraConfig>,
@@ -126,6 +138,13 @@ impl Config {
             return bad("stall_after_ms and connect_timeout_ms must be above 0".into());
         }
         Ok(c)
+    }
+
+    /// The root key model bundles are verified against.
+    pub fn root_key(&self) -> PathBuf {
+        self.root_key
+            .clone()
+            .unwrap_or_else(|| aperture_appliance::files::Files::default().root_key())
     }
 
     /// The cameras' timing.

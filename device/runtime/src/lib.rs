@@ -17,10 +17,13 @@
 //! * [`service`]: the threads (one per camera, one inference, one output), the metrics file and
 //!   the golden self-test; [`output`]: the Unix socket and the rolling file; [`config`]: the
 //!   config file.
+//! * [`store`]: the model store (signed model bundles in the data partition, switched
+//!   atomically); [`models`]: which model the runtime starts with, switching back past one
+//!   whose self-test fails; [`model_cli`]: `aperture-runtime model install|status|rollback`.
 //! * `cli` (feature `gstreamer`): the `aperture-runtime` program (`aperture-device`'s feature
 //!   `runtime`).
 //!
-//! Not yet here: model bundles, CUDA and TensorRT providers, the image's unit.
+//! Not yet here: CUDA and TensorRT providers, the image's unit.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -29,9 +32,12 @@ pub mod camera;
 #[cfg(feature = "gstreamer")]
 pub mod cli;
 pub mod config;
+pub mod model_cli;
+pub mod models;
 pub mod output;
 pub mod service;
 pub mod source;
+pub mod store;
 
 use aperture_vision::decode::{DecodeError, NanoDet};
 use aperture_vision::manifest::ManifestError;

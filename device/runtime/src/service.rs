@@ -37,7 +37,7 @@ const LATENCY_WINDOW: usize = 1024;
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(10);
 
 /// The model, as the metrics report it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ModelInfo {
     /// Its short name.
     pub name: String,
@@ -47,6 +47,17 @@ pub struct ModelInfo {
     pub execution_provider: String,
     /// Whether a wanted accelerator was missing and the CPU is used instead.
     pub fallback: bool,
+    /// `store` (a model bundle installed with `aperture-runtime model install`) or
+    /// `built-in` (the image's model).
+    pub source: String,
+    /// Its manifest.toml.
+    pub manifest: std::path::PathBuf,
+    /// From the store: the bundle's digest (its folder in the store).
+    pub bundle_digest: Option<String>,
+    /// From the store: the bundle's version.
+    pub bundle_version: Option<String>,
+    /// The newest model the store refused (its load or self-test failed), if any.
+    pub last_rejection: Option<crate::store::Rejection>,
 }
 
 fn unix_ms() -> u64 {

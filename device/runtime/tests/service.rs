@@ -112,7 +112,7 @@ fn frames_are_dropped_not_queued_detections_reach_the_outputs_and_a_lost_source_
                     name: "fake".into(),
                     sha256: "00".into(),
                     execution_provider: "cpu".into(),
-                    fallback: false,
+                    ..ModelInfo::default()
                 },
                 (8, 6),
                 fake,

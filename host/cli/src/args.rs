@@ -49,6 +49,42 @@ pub enum Command {
     /// Releases in the repository: publish a build, halt or resume its rollout.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Detection models for the appliance's runtime: signed model bundles.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `cargo xtask model ...`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum ModelCommand {
+    /// Sign a model folder (manifest.toml, its model file, golden/) into a model bundle that
+    /// `aperture-runtime model install` installs without an OS update.
+    Bundle(ModelBundleArgs),
+}
+
+/// `model bundle`.
+#[derive(Debug, Args, Clone)]
+pub struct ModelBundleArgs {
+    /// The model folder: manifest.toml, the model file it names, golden/reference.json and the
+    /// golden inputs (like models/nanodet-m).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The keys folder (`keys generate`): its release key signs, under its root-signed
+    /// keyring, the same chain as OS bundles.
+    #[arg(long)]
+    pub keys: PathBuf,
+    /// The bundle's version (semver): an appliance refuses one older than its current model.
+    #[arg(long)]
+    pub version: semver::Version,
+    /// The bundle file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Refuse development keys.
+    #[arg(long)]
+    pub release: bool,
+    /// Let a --release bundle use development keys anyway (never for shipping).
+    #[arg(long)]
+    pub insecure_dev_keys: bool,
 }
 
 /// `cargo xtask repo ...`.
@@ -561,6 +597,46 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn model_bundle_takes_its_folder_keys_version_and_out() {
+        let cli = Cli::try_parse_from([
+            "aperture",
+            "model",
+            "bundle",
+            "--model",
+            "m",
+            "--keys",
+            "k",
+            "--version",
+            "1.2.3",
+            "--out",
+            "b.tar",
+            "--release",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Model(ModelCommand::Bundle(a)) => {
+                assert_eq!(a.version.to_string(), "1.2.3");
+                assert!(a.release);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from([
+            "aperture",
+            "model",
+            "bundle",
+            "--model",
+            "m",
+            "--keys",
+            "k",
+            "--version",
+            "one",
+            "--out",
+            "b.tar",
+        ])
+        .is_err());
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

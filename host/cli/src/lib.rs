@@ -9,6 +9,7 @@ mod cache;
 mod diff;
 mod flash;
 mod keys;
+mod model;
 mod provision;
 mod repo;
 mod verify;
@@ -46,5 +47,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Vm(c) => vm::run(&c),
         Command::Repo(c) => repo::run_repo(&c),
         Command::Release(c) => repo::run_release(&c),
+        Command::Model(c) => model::run(&c),
     }
 }

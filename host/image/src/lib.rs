@@ -13,6 +13,7 @@ pub mod disk;
 pub mod esp;
 pub mod jetson;
 pub mod keys;
+pub mod model_bundle;
 pub mod outputs;
 pub mod pipeline;
 pub mod progress;

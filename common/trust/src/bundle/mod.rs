@@ -21,7 +21,7 @@
 //! an appliance that does not know an encoding refuses the manifest before reading payloads.
 
 mod reader;
-mod ustar;
+pub(crate) mod ustar;
 mod writer;
 
 pub use reader::{BundleReader, HeaderBytes};

@@ -28,6 +28,19 @@ pub(crate) enum Block {
 
 /// Parses and checks a header block: checksum, ustar magic, a plain file name, regular file.
 pub(crate) fn parse(block: &[u8; BLOCK]) -> Result<Block, TrustError> {
+    parse_named(block, check_plain_name)
+}
+
+/// [`parse`], but the name may be a relative path of plain names joined by '/' (model
+/// bundles keep a model's `golden/` folder); the caller still matches it against its manifest.
+pub(crate) fn parse_relative(block: &[u8; BLOCK]) -> Result<Block, TrustError> {
+    parse_named(block, check_relative_name)
+}
+
+fn parse_named(
+    block: &[u8; BLOCK],
+    check_name: fn(&[u8]) -> Result<(), TrustError>,
+) -> Result<Block, TrustError> {
     if block.iter().all(|b| *b == 0) {
         return Ok(Block::End);
     }
@@ -55,7 +68,7 @@ pub(crate) fn parse(block: &[u8; BLOCK]) -> Result<Block, TrustError> {
         ));
     }
     let name = full_name(block);
-    check_plain_name(&name)?;
+    check_name(&name)?;
     let name = String::from_utf8(name).map_err(|e| TrustError::UnsafeEntryPath {
         entry: String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })?;
@@ -74,6 +87,16 @@ pub(crate) fn parse(block: &[u8; BLOCK]) -> Result<Block, TrustError> {
 /// A deterministic header for a regular file (tar crate for the field encodings).
 pub(crate) fn build(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK], TrustError> {
     check_plain_name(name.as_bytes())?;
+    build_named(name, size, mtime)
+}
+
+/// [`build`] for a relative path of plain names joined by '/' (see [`parse_relative`]).
+pub(crate) fn build_relative(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK], TrustError> {
+    check_relative_name(name.as_bytes())?;
+    build_named(name, size, mtime)
+}
+
+fn build_named(name: &str, size: u64, mtime: u64) -> Result<[u8; BLOCK], TrustError> {
     if name.len() > 100 {
         return Err(TrustError::malformed(
             format!("bundle entry {name:?}"),
@@ -129,6 +152,19 @@ fn check_plain_name(name: &[u8]) -> Result<(), TrustError> {
             entry: String::from_utf8_lossy(name).into_owned(),
         })
     }
+}
+
+/// Plain names joined by single '/': not absolute, no empty, "." or ".." component.
+fn check_relative_name(name: &[u8]) -> Result<(), TrustError> {
+    if name.is_empty() {
+        return check_plain_name(name);
+    }
+    for part in name.split(|b| *b == b'/') {
+        check_plain_name(part).map_err(|_| TrustError::UnsafeEntryPath {
+            entry: String::from_utf8_lossy(name).into_owned(),
+        })?;
+    }
+    Ok(())
 }
 
 fn kind_name(typeflag: u8) -> String {
@@ -232,6 +268,19 @@ mod tests {
         assert!(build("../x", 0, 0).is_err());
         assert!(build(&"x".repeat(101), 0, 0).is_err());
         build(&"x".repeat(100), 0, 0).unwrap();
+    }
+
+    #[test]
+    fn relative_names_are_plain_names_joined_by_slashes() {
+        let h = build_relative("golden/reference.json", 3, 0).unwrap();
+        match parse_relative(&h).unwrap() {
+            Block::Entry { name, .. } => assert_eq!(name, "golden/reference.json"),
+            Block::End => panic!(),
+        }
+        assert!(matches!(parse(&h), Err(TrustError::UnsafeEntryPath { .. })));
+        for bad in ["/etc/passwd", "../x", "a/../b", "a//b", "a/", "./a", "a\\b"] {
+            assert!(build_relative(bad, 0, 0).is_err(), "{bad}");
+        }
     }
 
     #[test]

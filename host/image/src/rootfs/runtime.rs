@@ -153,6 +153,8 @@ fn config_text(recipe: &Recipe, manifest: &Path) -> String {
     t += "output_dir = \"/var/lib/aperture-runtime/detections\"\n";
     t += "metrics = \"/run/aperture/runtime.json\"\n";
     t += &format!("cameras_file = {}\n", quoted(CAMERAS_FILE));
+    // Signed model bundles (`aperture-runtime model install`), on the data partition.
+    t += &format!("models_dir = {}\n", quoted(MODEL_STORE));
     for c in recipe.runtime.iter().flat_map(|r| &r.cameras) {
         t += &format!(
             "\n[[camera]]\nname = {}\nurl = {}\n",
