@@ -7,6 +7,13 @@
 //! frame; the server is stopped: the camera reads stalled and the unit stays active; the server
 //! comes back: the camera streams again and the counters move on.
 //!
+//! Model bundles on the same boot, before the camera is taken away: a good bundle of the
+//! committed model (signed with the keys the image was built with, version 1.0.0) and a bad
+//! one (version 1.1.0: the same model with a golden reference that names another object, so its
+//! self-test fails) reach the guest through fw_cfg and are installed with `aperture-runtime
+//! model install`; the runtime runs the good one from the store, then refuses the bad one at its
+//! restart, switches back to the good one and reports the rejection.
+//!
 //! Under TCG one inference takes about 13 s (the emulated CPU's vector arithmetic), so the
 //! test waits for one inference at a time, and test images run the golden self-test on one
 //! frame (`tests/overlays/vm-hooks`, `--self-test-frames 1`).
@@ -17,7 +24,7 @@ use aperture_image::qemu::Vm;
 use aperture_image::recipe::Arch;
 use aperture_tests::rtsp::{golden, have_rtsp_server, raw_frame, RtspServer};
 use aperture_tests::scenario::{Scenario, Script};
-use aperture_tests::{json_on_line, require_root, vm_image, BOOT_TIMEOUT};
+use aperture_tests::{json_on_line, require_root, vm_image, workspace, BOOT_TIMEOUT};
 use serde_json::Value;
 
 /// The marker of the guest's reports (`tests/scripts/runtime-watch.sh`).
@@ -123,11 +130,62 @@ fn the_runtime_streams_a_camera_from_the_host_stalls_without_it_and_resumes() {
         raw_frame(CAMERA, &golden("astronaut"), &sc.dir.join("astronaut.rgb")).unwrap();
     let server = RtspServer::start(RTSP_PORT, std::slice::from_ref(&mount)).unwrap();
 
+    // The model bundles, signed with the keys the image trusts.
+    let keys = aperture_image::keys::load(&workspace().join("keys/dev")).unwrap();
+    assert_eq!(
+        std::fs::read(v1.paths.out.join("root.pub")).unwrap(),
+        std::fs::read(workspace().join("keys/dev/root.pub")).unwrap(),
+        "vm-v1 trusts another root key than keys/dev"
+    );
+    let model = workspace().join("models/nanodet-m");
+    let good = sc.dir.join("good.model");
+    let version = |v: &str| semver::Version::parse(v).unwrap();
+    let made =
+        aperture_image::model_bundle::make_model_bundle(&model, &keys, &version("1.0.0"), 0, &good)
+            .unwrap();
+    // The bad one: the model's golden reference says "bicycle" where the model sees a person.
+    let bad_dir = sc.dir.join("bad-model");
+    std::fs::create_dir_all(bad_dir.join("golden")).unwrap();
+    for f in aperture_image::model_bundle::model_files(&model).unwrap() {
+        std::fs::copy(model.join(f.as_str()), bad_dir.join(f.as_str())).unwrap();
+    }
+    let reference = bad_dir.join("golden/reference.json");
+    let text = std::fs::read_to_string(&reference).unwrap();
+    assert!(
+        text.contains("\"label\": \"person\""),
+        "the reference has a person"
+    );
+    std::fs::write(
+        &reference,
+        text.replacen("\"label\": \"person\"", "\"label\": \"bicycle\"", 1),
+    )
+    .unwrap();
+    let bad = sc.dir.join("bad.model");
+    let rejected = aperture_image::model_bundle::make_model_bundle(
+        &bad_dir,
+        &keys,
+        &version("1.1.0"),
+        0,
+        &bad,
+    )
+    .unwrap();
+    eprintln!(
+        "model bundles: good {} ({} bytes), bad {}",
+        made.digest, made.size, rejected.digest
+    );
+
     let url = format!("rtsp://10.0.2.2:{RTSP_PORT}/{CAMERA}");
     let script = Script::new()
         .piece("runtime-watch", &[("CAMERA", CAMERA), ("URL", &url)])
+        .unwrap()
+        .piece("runtime-models", &[])
         .unwrap();
-    let mut vm = sc.boot("runtime", Some(&script)).unwrap();
+    let mut vm = sc
+        .boot_with("runtime", Some(&script), |c| {
+            c.fw_cfg.push(("good.model".into(), good.clone()));
+            c.fw_cfg.push(("bad.model".into(), bad.clone()));
+        })
+        .unwrap();
     let line = vm
         .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
         .unwrap();
