@@ -170,6 +170,73 @@ pub fn append_hash_tree(
     })
 }
 
+/// The parameters of an image whose hash tree was appended right after its data, as
+/// [`append_hash_tree`] and `veritysetup format IMG IMG --hash-offset=DATA_SIZE` write it, with
+/// nothing after the tree (a build's `rootfs.img`): finds the data size from the file's size,
+/// reads the superblock there, and recomputes the root hash from the data (one read of it).
+/// The tree itself is not checked; [`verify_device`] does that.
+pub fn read_appended(file: &mut File) -> Result<VerityInfo, TrustError> {
+    use std::os::unix::fs::FileExt;
+
+    let size = file
+        .metadata()
+        .map_err(|e| TrustError::io("finding the size of the image", e))?
+        .len();
+    let not_appended = || {
+        TrustError::malformed(
+            "verity image",
+            format!(
+                "its {size} bytes are not 4096-byte data blocks followed by exactly their \
+                 dm-verity superblock and hash tree; make it with `veritysetup format IMG IMG \
+                 --hash-offset=DATA_SIZE` on a file of DATA_SIZE bytes"
+            ),
+        )
+    };
+    // The tree takes about 1/127 of the data: start just above and walk down.
+    let mut data = size / BLOCK_U64 * BLOCK_U64;
+    while data > 0 && data + hash_tree_size(data) > size {
+        data -= BLOCK_U64;
+    }
+    if data == 0 || data + hash_tree_size(data) != size {
+        return Err(not_appended());
+    }
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    file.read_exact_at(&mut sb, data)
+        .map_err(|e| TrustError::io("reading the verity superblock", e))?;
+    let field = |at: usize, len: usize| &sb[at..at + len];
+    let le64 = |at| u64::from_le_bytes(field(at, 8).try_into().unwrap_or([0; 8]));
+    let salt_len = usize::from(u16::from_le_bytes([sb[80], sb[81]]));
+    if field(0, 8) != b"verity\0\0"
+        || le64(72) != data / BLOCK_U64
+        || salt_len > MAX_SALT_LEN.min(SUPERBLOCK_LEN - 88)
+    {
+        return Err(not_appended());
+    }
+    let salt = field(88, salt_len).to_vec();
+    let uuid: [u8; 16] = field(16, 16).try_into().map_err(|_| not_appended())?;
+    if sb != superblock(data / BLOCK_U64, &salt, uuid) {
+        return Err(TrustError::malformed(
+            "verity superblock",
+            "it is not one of format 1, sha256, 4096-byte blocks",
+        ));
+    }
+    let mut reader = io::BufReader::with_capacity(CHUNK, &*file);
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| TrustError::io("seeking to the start of the image", e))?;
+    let root_hash = compute_root_hash(reader, data, &salt)?;
+    Ok(VerityInfo {
+        root_hash,
+        salt: hex::encode(&salt),
+        hash_offset: data,
+        data_blocks: data / BLOCK_U64,
+        data_block_size: VERITY_BLOCK_SIZE,
+        hash_block_size: VERITY_BLOCK_SIZE,
+        algorithm: "sha256".into(),
+        uuid: format_uuid(uuid),
+    })
+}
+
 /// Checks a device or image file against `info`: the stored superblock must match the
 /// parameters, every stored hash block must match the tree recomputed from the data, and the
 /// recomputed root hash must be `info.root_hash`. Reads from the start to the end of the hash
@@ -310,14 +377,14 @@ impl VerityCheck {
             } else {
                 salted_hash(&self.salt, block)
             };
-            let tree = self.tree.as_mut().ok_or_else(|| no_tree())?;
+            let tree = self.tree.as_mut().ok_or_else(no_tree)?;
             let computed = &mut self.computed;
             tree.push(digest, &self.salt, &mut |level, _, _, d: &[u8; 32]| {
                 computed[level].push(*d);
                 Ok(())
             })?;
             if self.pos == self.data_end {
-                let tree = self.tree.take().ok_or_else(|| no_tree())?;
+                let tree = self.tree.take().ok_or_else(no_tree)?;
                 let computed = &mut self.computed;
                 self.root = Some(tree.finish(&self.salt, &mut |level, _, _, d| {
                     computed[level].push(*d);
@@ -333,12 +400,12 @@ impl VerityCheck {
                 ));
             }
         } else if at > self.hash_offset {
-            let (level, index) = self.layout.block_at(at).ok_or_else(|| no_tree())?;
+            let (level, index) = self.layout.block_at(at).ok_or_else(no_tree)?;
             let expected = self
                 .computed
                 .get(level)
                 .and_then(|l| l.get(usize::try_from(index).ok()?))
-                .ok_or_else(|| no_tree())?;
+                .ok_or_else(no_tree)?;
             let actual = salted_hash(&self.salt, block);
             // The top level is stored first, and a changed data block changes its hash block
             // at every level: the lowest level that differs says where, so report that one.
@@ -371,7 +438,7 @@ impl VerityCheck {
                 actual: hex::encode(actual),
             });
         }
-        let root = self.root.ok_or_else(|| no_tree())?;
+        let root = self.root.ok_or_else(no_tree)?;
         if root != self.root_hash {
             return Err(TrustError::HashMismatch {
                 artifact: "verity root hash".into(),
@@ -911,6 +978,26 @@ mod tests {
         let mut long = VerityCheck::new(&info).unwrap();
         long.update(&img).unwrap();
         assert!(long.update(&[0]).is_err());
+    }
+
+    #[test]
+    fn appended_parameters_are_read_back() {
+        for blocks in [1u64, 129, 300] {
+            let data = pattern_image(blocks);
+            let (tmp, mut file) = image_file(&data);
+            let info = append_hash_tree(&mut file, data.len() as u64, b"snakeoil", UUID).unwrap();
+            let mut f = File::open(tmp.path()).unwrap();
+            assert_eq!(read_appended(&mut f).unwrap(), info, "{blocks} blocks");
+        }
+        // Data alone, or a tree with a byte after it: not an appended image.
+        let (_tmp, mut plain) = image_file(&pattern_image(40));
+        assert!(read_appended(&mut plain).is_err());
+        let (tmp, mut file) = image_file(&pattern_image(40));
+        append_hash_tree(&mut file, 40 * 4096, b"", UUID).unwrap();
+        let mut f = File::options().append(true).open(tmp.path()).unwrap();
+        f.write_all(&[0]).unwrap();
+        let err = read_appended(&mut File::open(tmp.path()).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("veritysetup format"), "{err}");
     }
 
     #[test]

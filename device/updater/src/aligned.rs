@@ -40,9 +40,9 @@ impl AlignedBuf {
 
 /// Whether a transfer of `buf` at byte `offset` can be done with `O_DIRECT`.
 pub fn is_aligned(buf: &[u8], offset: u64) -> bool {
-    buf.as_ptr() as usize % ALIGN == 0
-        && buf.len() % ALIGN == 0
-        && offset % ALIGN as u64 == 0
+    (buf.as_ptr() as usize).is_multiple_of(ALIGN)
+        && buf.len().is_multiple_of(ALIGN)
+        && offset.is_multiple_of(ALIGN as u64)
         && !buf.is_empty()
 }
 
