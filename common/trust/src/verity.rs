@@ -15,7 +15,8 @@
 //! zero padded; the root hash is sha256(salt || the single top-level block), or, for data of one
 //! block (zero levels), sha256(salt || that data block).
 //!
-//! All functions stream: memory use is one read buffer plus one partial block per level.
+//! All functions stream: memory use is one read buffer plus one partial block per level, and
+//! for the check ([`VerityCheck`], [`verify_device`]) 32 bytes per hash block of the tree.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
