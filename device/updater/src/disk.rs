@@ -385,9 +385,14 @@ mod tests {
     use std::io::{Read, Write};
 
     fn image() -> (tempfile::TempDir, FileDisk) {
-        use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("disk.img");
+        let disk = image_in(d.path());
+        (d, disk)
+    }
+
+    fn image_in(dir: &Path) -> FileDisk {
+        use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
+        let path = dir.join("disk.img");
         let size = 8u64 << 20;
         let mut f = File::create(&path).unwrap();
         f.set_len(size).unwrap();
@@ -410,7 +415,7 @@ mod tests {
         );
         write_gpt(&mut f, size, &layout).unwrap();
         f.flush().unwrap();
-        (d, FileDisk::new(path))
+        FileDisk::new(path)
     }
 
     #[test]
@@ -433,6 +438,34 @@ mod tests {
         r.read_to_end(&mut all).unwrap();
         assert_eq!(all, b"world");
         a.drop_cache().unwrap();
+    }
+
+    /// Aligned transfers take the direct descriptor where the file system has one, and what
+    /// either descriptor writes the other reads.
+    #[test]
+    fn direct_and_buffered_transfers_agree() {
+        use crate::aligned::AlignedBuf;
+        let d = tempfile::Builder::new()
+            .prefix(".test-direct-")
+            .tempdir_in(env!("CARGO_MANIFEST_DIR"))
+            .unwrap();
+        let disk = image_in(d.path());
+        let mut b = disk.open("rootfs_b").unwrap();
+        let mut buf = AlignedBuf::new(8192);
+        for (i, x) in buf.as_mut_slice().iter_mut().enumerate() {
+            *x = (i % 251) as u8;
+        }
+        b.write_all_at(buf.as_slice(), 4096).unwrap();
+        let mut small = [0u8; 10];
+        b.read_exact_at(&mut small, 4096 + 5).unwrap();
+        assert_eq!(&small[..], &buf.as_slice()[5..15]);
+        b.write_all_at(b"xyz", 4096 + 1).unwrap();
+        let mut back = AlignedBuf::new(8192);
+        b.read_exact_at(back.as_mut_slice(), 4096).unwrap();
+        assert_eq!(&back.as_slice()[1..4], b"xyz");
+        assert_eq!(&back.as_slice()[4..], &buf.as_slice()[4..]);
+        // The folder is beside the sources, on a disk file system, which takes O_DIRECT.
+        assert!(b.reads_direct());
     }
 
     #[test]

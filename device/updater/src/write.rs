@@ -254,3 +254,104 @@ pub(crate) fn write_file(
     io.sync_file(&f, path)
         .map_err(UpdateError::file("syncing", path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::{Disk, FileDisk};
+    use crate::io::FaultIo;
+    use std::fs::File;
+
+    /// A GPT disk image with a 16 MiB `rootfs_b`, in a folder beside the sources (a disk file
+    /// system, which takes `O_DIRECT`; `/tmp` may be a tmpfs, which before Linux 6.6 does not).
+    fn disk() -> (tempfile::TempDir, FileDisk) {
+        use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
+        let d = tempfile::Builder::new()
+            .prefix(".test-direct-")
+            .tempdir_in(env!("CARGO_MANIFEST_DIR"))
+            .unwrap();
+        let path = d.path().join("disk.img");
+        let size = 20u64 << 20;
+        let mut f = File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        let layout = Layout::new(
+            Guid::derive("w", "disk"),
+            vec![PartitionSpec::new(
+                "rootfs_b",
+                Guid::LINUX_FILESYSTEM,
+                Guid::derive("w", "b"),
+                16 << 20,
+            )],
+        );
+        write_gpt(&mut f, size, &layout).unwrap();
+        (d, FileDisk::new(path))
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    /// A payload that fails after `good` bytes, as a tampered bundle's does.
+    struct FailsAfter(Vec<u8>, usize);
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.1 >= self.0.len() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "hash mismatch"));
+            }
+            let n = buf.len().min(self.0.len() - self.1);
+            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_stream_is_written_whole_and_in_order_through_the_io_seam() {
+        let (_d, disk) = disk();
+        let mut part = disk.open("rootfs_b").unwrap();
+        let payload = pattern(2 * CHUNK + (1 << 20) + 123);
+        let io = FaultIo::counting();
+        let n = write_partition(&io, &mut *part, &mut &payload[..], Slot::B, 4096).unwrap();
+        assert_eq!(n, payload.len() as u64);
+        let mut back = vec![0u8; payload.len()];
+        part.read_exact_at(&mut back, 4096).unwrap();
+        assert!(back == payload, "the partition holds something else");
+        let log = io.log();
+        assert_eq!(log.len(), 4, "{log:#?}");
+        for (i, at) in [4096, 4096 + CHUNK, 4096 + 2 * CHUNK].iter().enumerate() {
+            assert!(log[i].contains(&format!("at {at} of rootfs_b")), "{log:#?}");
+        }
+        assert!(log[3].contains("fsync rootfs_b"), "{log:#?}");
+    }
+
+    #[test]
+    fn a_failing_payload_is_the_error_and_is_never_synced() {
+        let (_d, disk) = disk();
+        let mut part = disk.open("rootfs_b").unwrap();
+        let io = FaultIo::counting();
+        let mut payload = FailsAfter(pattern(CHUNK + 5000), 0);
+        let err = write_partition(&io, &mut *part, &mut payload, Slot::B, 0).unwrap_err();
+        assert!(
+            matches!(err, UpdateError::File { op, .. } if op == "reading payload from"),
+            "{err}"
+        );
+        let log = io.log();
+        assert!(!log.iter().any(|l| l.contains("fsync")), "{log:#?}");
+    }
+
+    #[test]
+    fn a_cut_write_is_the_error_and_nothing_runs_after_it() {
+        let (_d, disk) = disk();
+        let mut part = disk.open("rootfs_b").unwrap();
+        let io = FaultIo::crash_at(2);
+        let payload = pattern(3 * CHUNK);
+        let err = write_partition(&io, &mut *part, &mut &payload[..], Slot::B, 0).unwrap_err();
+        assert!(
+            matches!(err, UpdateError::Partition { op: "writing", .. }),
+            "{err}"
+        );
+        assert!(io.crashed_at().unwrap().contains(&format!("at {CHUNK}")));
+        assert_eq!(io.log().len(), 2, "{:#?}", io.log());
+    }
+}
