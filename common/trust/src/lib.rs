@@ -34,7 +34,7 @@
 //! [`bundle::BundleReader::read_header`] (signature chain, expiry) →
 //! [`policy::check_update`] (board, version, security floor) → nothing written before this →
 //! [`bundle::BundleReader::for_each_payload`] (names, sizes, hashes while streaming) →
-//! [`verity::verify_device`] on the written slot.
+//! [`verity::VerityCheck`] (or [`verity::verify_device`]) on the written slot, read back.
 
 pub mod bundle;
 pub mod canonical;

@@ -15,7 +15,8 @@
 //! zero padded; the root hash is sha256(salt || the single top-level block), or, for data of one
 //! block (zero levels), sha256(salt || that data block).
 //!
-//! All functions stream: memory use is one read buffer plus one partial block per level.
+//! All functions stream: memory use is one read buffer plus one partial block per level, and
+//! for the check ([`VerityCheck`], [`verify_device`]) 32 bytes per hash block of the tree.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -170,41 +171,291 @@ pub fn append_hash_tree(
     })
 }
 
-/// Checks a device or image file against `info`: the stored superblock must match the
-/// parameters, every stored hash block must match the tree recomputed from the data, and the
-/// recomputed root hash must be `info.root_hash`.
-pub fn verify_device<R: Read + Seek>(mut reader: R, info: &VerityInfo) -> Result<(), TrustError> {
-    info.validate()?;
-    let salt = info.salt_bytes()?;
-    reader
-        .seek(SeekFrom::Start(info.hash_offset))
-        .map_err(|e| TrustError::io("seeking to the verity superblock", e))?;
-    let mut stored_sb = [0u8; SUPERBLOCK_LEN];
-    read_exact(&mut reader, &mut stored_sb, "verity superblock")?;
-    if stored_sb != superblock(info.data_blocks, &salt, info.uuid_bytes()?) {
+/// The parameters of an image whose hash tree was appended right after its data, as
+/// [`append_hash_tree`] and `veritysetup format IMG IMG --hash-offset=DATA_SIZE` write it, with
+/// nothing after the tree (a build's `rootfs.img`): finds the data size from the file's size,
+/// reads the superblock there, and recomputes the root hash from the data (one read of it).
+/// The tree itself is not checked; [`verify_device`] does that.
+pub fn read_appended(file: &mut File) -> Result<VerityInfo, TrustError> {
+    use std::os::unix::fs::FileExt;
+
+    let size = file
+        .metadata()
+        .map_err(|e| TrustError::io("finding the size of the image", e))?
+        .len();
+    let not_appended = || {
+        TrustError::malformed(
+            "verity image",
+            format!(
+                "its {size} bytes are not 4096-byte data blocks followed by exactly their \
+                 dm-verity superblock and hash tree; make it with `veritysetup format IMG IMG \
+                 --hash-offset=DATA_SIZE` on a file of DATA_SIZE bytes"
+            ),
+        )
+    };
+    // The tree takes about 1/127 of the data: start just above and walk down.
+    let mut data = size / BLOCK_U64 * BLOCK_U64;
+    while data > 0 && data + hash_tree_size(data) > size {
+        data -= BLOCK_U64;
+    }
+    if data == 0 || data + hash_tree_size(data) != size {
+        return Err(not_appended());
+    }
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    file.read_exact_at(&mut sb, data)
+        .map_err(|e| TrustError::io("reading the verity superblock", e))?;
+    let field = |at: usize, len: usize| &sb[at..at + len];
+    let le64 = |at| u64::from_le_bytes(field(at, 8).try_into().unwrap_or([0; 8]));
+    let salt_len = usize::from(u16::from_le_bytes([sb[80], sb[81]]));
+    if field(0, 8) != b"verity\0\0"
+        || le64(72) != data / BLOCK_U64
+        || salt_len > MAX_SALT_LEN.min(SUPERBLOCK_LEN - 88)
+    {
+        return Err(not_appended());
+    }
+    let salt = field(88, salt_len).to_vec();
+    let uuid: [u8; 16] = field(16, 16).try_into().map_err(|_| not_appended())?;
+    if sb != superblock(data / BLOCK_U64, &salt, uuid) {
         return Err(TrustError::malformed(
             "verity superblock",
-            "it does not match the manifest's verity parameters; the image was not built with \
-             this manifest or its hash area is damaged",
+            "it is not one of format 1, sha256, 4096-byte blocks",
         ));
     }
+    let mut reader = io::BufReader::with_capacity(CHUNK, &*file);
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| TrustError::io("seeking to the start of the image", e))?;
+    let root_hash = compute_root_hash(reader, data, &salt)?;
+    Ok(VerityInfo {
+        root_hash,
+        salt: hex::encode(&salt),
+        hash_offset: data,
+        data_blocks: data / BLOCK_U64,
+        data_block_size: VERITY_BLOCK_SIZE,
+        hash_block_size: VERITY_BLOCK_SIZE,
+        algorithm: "sha256".into(),
+        uuid: format_uuid(uuid),
+    })
+}
+
+/// Checks a device or image file against `info`: the stored superblock must match the
+/// parameters, every stored hash block must match the tree recomputed from the data, and the
+/// recomputed root hash must be `info.root_hash`. Reads from the start to the end of the hash
+/// tree once, in order (a [`VerityCheck`]).
+pub fn verify_device<R: Read + Seek>(mut reader: R, info: &VerityInfo) -> Result<(), TrustError> {
+    let mut check = VerityCheck::new(info)?;
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| TrustError::io("seeking to the start of the verity data", e))?;
-    let mut sink = VerifySink {
-        reader,
-        layout: Layout::new(info.data_blocks, info.hash_offset),
-        stored: vec![0u8; BLOCK],
-    };
-    let root = Sha256Hex::from_bytes(build_tree(info.data_blocks, &salt, &mut sink)?);
-    if root != info.root_hash {
-        return Err(TrustError::HashMismatch {
-            artifact: "verity root hash".into(),
-            expected: info.root_hash.to_string(),
-            actual: root.to_string(),
-        });
+    let mut buf = vec![0u8; CHUNK];
+    while check.position() < check.end() {
+        let n = usize::try_from(check.end() - check.position())
+            .unwrap_or(CHUNK)
+            .min(CHUNK);
+        let what = check.region();
+        read_exact(&mut reader, &mut buf[..n], what)?;
+        check.update(&buf[..n])?;
     }
-    Ok(())
+    check.finish()
+}
+
+/// The dm-verity check of a device or image as a stream: feed it the bytes from offset 0 to
+/// [`end`](Self::end) in order, in pieces of any size, then call [`finish`](Self::finish).
+///
+/// It hashes each data block (sha256(salt || block)) into the tree as `veritysetup` builds it,
+/// keeping only the salted digest of each hash block it computes (32 bytes per 512 KiB of
+/// data); compares the stored superblock with the parameters; and checks each stored hash
+/// block, as it arrives after the data, against the digest of the block it computed. Since
+/// the stored tree follows the data in the image, one sequential pass reads everything once,
+/// with no seeks: the same pass can feed the whole-image sha256.
+///
+/// An all-zero data block's digest is computed once and reused: the same bytes as hashing it,
+/// without hashing 4 KiB of zeros each time (file system images have runs of them).
+#[derive(Debug)]
+pub struct VerityCheck {
+    salt: Vec<u8>,
+    root_hash: [u8; 32],
+    superblock: [u8; SUPERBLOCK_LEN],
+    data_end: u64,
+    hash_offset: u64,
+    end: u64,
+    layout: Layout,
+    tree: Option<Tree>,
+    /// Salted digest of each hash block computed from the data, per level.
+    computed: Vec<Vec<[u8; 32]>>,
+    root: Option<[u8; 32]>,
+    /// The lowest-level stored hash block that differs: level, index, computed, stored.
+    mismatch: Option<(usize, u64, [u8; 32], [u8; 32])>,
+    zero_digest: [u8; 32],
+    pos: u64,
+    /// A block that arrived in pieces.
+    partial: Vec<u8>,
+}
+
+impl VerityCheck {
+    /// A check of the image `info` describes.
+    pub fn new(info: &VerityInfo) -> Result<Self, TrustError> {
+        info.validate()?;
+        let salt = info.salt_bytes()?;
+        let data_end = info.data_size();
+        Ok(VerityCheck {
+            superblock: superblock(info.data_blocks, &salt, info.uuid_bytes()?),
+            root_hash: info.root_hash.to_bytes(),
+            data_end,
+            hash_offset: info.hash_offset,
+            end: info.hash_offset + hash_tree_size(data_end),
+            layout: Layout::new(info.data_blocks, info.hash_offset),
+            tree: Some(Tree::new(info.data_blocks)),
+            computed: level_sizes(info.data_blocks)
+                .iter()
+                .map(|n| Vec::with_capacity(usize::try_from(*n).unwrap_or(0)))
+                .collect(),
+            root: None,
+            mismatch: None,
+            zero_digest: salted_hash(&salt, &[0u8; BLOCK]),
+            salt,
+            pos: 0,
+            partial: Vec::with_capacity(BLOCK),
+        })
+    }
+
+    /// Bytes to feed: from 0 through the last block of the hash tree.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Bytes fed so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// What the next byte belongs to, for messages.
+    fn region(&self) -> &'static str {
+        if self.pos < self.data_end {
+            "verity data"
+        } else if self.pos < self.hash_offset + BLOCK_U64 {
+            "verity superblock"
+        } else {
+            "verity hash tree"
+        }
+    }
+
+    /// Feeds the next bytes; bytes past [`end`](Self::end) are an error.
+    pub fn update(&mut self, mut bytes: &[u8]) -> Result<(), TrustError> {
+        if bytes.len() as u64 > self.end - self.pos {
+            return Err(TrustError::Oversized {
+                entry: "verity check input".into(),
+                limit: self.end,
+            });
+        }
+        if !self.partial.is_empty() {
+            let take = (BLOCK - self.partial.len()).min(bytes.len());
+            self.partial.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.partial.len() < BLOCK {
+                return Ok(());
+            }
+            let block = std::mem::take(&mut self.partial);
+            self.block(&block)?;
+            self.partial = block;
+            self.partial.clear();
+        }
+        let whole = bytes.len() / BLOCK * BLOCK;
+        for block in bytes[..whole].chunks_exact(BLOCK) {
+            self.block(block)?;
+        }
+        self.partial.extend_from_slice(&bytes[whole..]);
+        Ok(())
+    }
+
+    /// One block at `self.pos`.
+    fn block(&mut self, block: &[u8]) -> Result<(), TrustError> {
+        let at = self.pos;
+        self.pos += BLOCK_U64;
+        if at < self.data_end {
+            let digest = if block == ZERO_BLOCK.as_slice() {
+                self.zero_digest
+            } else {
+                salted_hash(&self.salt, block)
+            };
+            let tree = self.tree.as_mut().ok_or_else(no_tree)?;
+            let computed = &mut self.computed;
+            tree.push(digest, &self.salt, &mut |level, _, _, d: &[u8; 32]| {
+                computed[level].push(*d);
+                Ok(())
+            })?;
+            if self.pos == self.data_end {
+                let tree = self.tree.take().ok_or_else(no_tree)?;
+                let computed = &mut self.computed;
+                self.root = Some(tree.finish(&self.salt, &mut |level, _, _, d| {
+                    computed[level].push(*d);
+                    Ok(())
+                })?);
+            }
+        } else if at == self.hash_offset {
+            if block[..SUPERBLOCK_LEN] != self.superblock {
+                return Err(TrustError::malformed(
+                    "verity superblock",
+                    "it does not match the manifest's verity parameters; the image was not \
+                     built with this manifest or its hash area is damaged",
+                ));
+            }
+        } else if at > self.hash_offset {
+            let (level, index) = self.layout.block_at(at).ok_or_else(no_tree)?;
+            let expected = self
+                .computed
+                .get(level)
+                .and_then(|l| l.get(usize::try_from(index).ok()?))
+                .ok_or_else(no_tree)?;
+            let actual = salted_hash(&self.salt, block);
+            // The top level is stored first, and a changed data block changes its hash block
+            // at every level: the lowest level that differs says where, so report that one.
+            if actual != *expected && self.mismatch.as_ref().is_none_or(|m| level < m.0) {
+                self.mismatch = Some((level, index, *expected, actual));
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last byte: the recomputed root hash must be the expected one.
+    pub fn finish(self) -> Result<(), TrustError> {
+        if self.pos != self.end || !self.partial.is_empty() {
+            return Err(TrustError::Truncated {
+                entry: format!(
+                    "{} (the check got {} of {} bytes)",
+                    self.region(),
+                    self.pos + self.partial.len() as u64,
+                    self.end
+                ),
+            });
+        }
+        if let Some((level, index, expected, actual)) = self.mismatch {
+            return Err(TrustError::HashMismatch {
+                artifact: format!(
+                    "verity hash tree level {level} block {index} (salted sha256 of the block as \
+                     stored, against the block recomputed from the data)"
+                ),
+                expected: hex::encode(expected),
+                actual: hex::encode(actual),
+            });
+        }
+        let root = self.root.ok_or_else(no_tree)?;
+        if root != self.root_hash {
+            return Err(TrustError::HashMismatch {
+                artifact: "verity root hash".into(),
+                expected: hex::encode(self.root_hash),
+                actual: hex::encode(root),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// 4 KiB of zeros.
+static ZERO_BLOCK: [u8; BLOCK] = [0u8; BLOCK];
+
+fn no_tree() -> TrustError {
+    TrustError::malformed("verity check", "the hash tree was used out of order")
 }
 
 /// The 512-byte superblock (cryptsetup `struct verity_sb`).
@@ -247,6 +498,7 @@ fn level_sizes(data_blocks: u64) -> Vec<u64> {
 }
 
 /// Where each level starts on disk.
+#[derive(Debug)]
 struct Layout {
     /// Byte offset of level i's first block.
     level_start: Vec<u64>,
@@ -267,6 +519,15 @@ impl Layout {
 
     fn block_offset(&self, level: usize, index: u64) -> u64 {
         self.level_start[level] + index * BLOCK_U64
+    }
+
+    /// The (level, index) of the hash block at byte offset `at`; `None` outside the tree.
+    fn block_at(&self, at: u64) -> Option<(usize, u64)> {
+        // Levels are stored top first, so the level at `at` is the lowest-numbered one that
+        // starts at or before it.
+        let level = (0..self.level_start.len()).find(|l| self.level_start[*l] <= at)?;
+        let index = (at - self.level_start[level]) / BLOCK_U64;
+        Some((level, index))
     }
 }
 
@@ -319,41 +580,92 @@ impl TreeSink for AppendSink<'_> {
     }
 }
 
-struct VerifySink<R> {
-    reader: R,
-    layout: Layout,
-    stored: Vec<u8>,
-}
-
-impl<R: Read + Seek> TreeSink for VerifySink<R> {
-    fn read_data(&mut self, buf: &mut [u8]) -> Result<(), TrustError> {
-        read_exact(&mut self.reader, buf, "verity data")
-    }
-
-    fn hash_block(&mut self, level: usize, index: u64, block: &[u8]) -> Result<(), TrustError> {
-        let seek_err = |e| TrustError::io("seeking in the verity hash tree", e);
-        let back = self.reader.stream_position().map_err(seek_err)?;
-        self.reader
-            .seek(SeekFrom::Start(self.layout.block_offset(level, index)))
-            .map_err(seek_err)?;
-        read_exact(&mut self.reader, &mut self.stored, "verity hash tree")?;
-        self.reader.seek(SeekFrom::Start(back)).map_err(seek_err)?;
-        if self.stored != block {
-            return Err(TrustError::HashMismatch {
-                artifact: format!("verity hash tree level {level} block {index}"),
-                expected: Sha256Hex::digest(block).to_string(),
-                actual: Sha256Hex::digest(&self.stored).to_string(),
-            });
-        }
-        Ok(())
-    }
-}
-
 /// One level's block being filled.
+#[derive(Debug)]
 struct Level {
     block: Vec<u8>,
     fill: usize,
     index: u64,
+}
+
+/// Takes each finished hash block: its level, index, bytes (zero padded) and salted digest.
+type OnBlock<'a> = dyn FnMut(usize, u64, &[u8], &[u8; 32]) -> Result<(), TrustError> + 'a;
+
+/// A hash tree being built from the digests of the data blocks, in order.
+#[derive(Debug)]
+struct Tree {
+    levels: Vec<Level>,
+    root: Option<[u8; 32]>,
+}
+
+impl Tree {
+    fn new(data_blocks: u64) -> Self {
+        Tree {
+            levels: level_sizes(data_blocks)
+                .iter()
+                .map(|_| Level {
+                    block: vec![0u8; BLOCK],
+                    fill: 0,
+                    index: 0,
+                })
+                .collect(),
+            root: None,
+        }
+    }
+
+    /// Adds the digest of the next data block, cascading full blocks upwards.
+    fn push(
+        &mut self,
+        digest: [u8; 32],
+        salt: &[u8],
+        on_block: &mut OnBlock<'_>,
+    ) -> Result<(), TrustError> {
+        if self.levels.is_empty() {
+            self.root = Some(digest);
+            return Ok(());
+        }
+        self.push_at(0, digest, salt, on_block)
+    }
+
+    fn push_at(
+        &mut self,
+        mut level: usize,
+        mut digest: [u8; 32],
+        salt: &[u8],
+        on_block: &mut OnBlock<'_>,
+    ) -> Result<(), TrustError> {
+        loop {
+            let l = &mut self.levels[level];
+            l.block[l.fill..l.fill + DIGEST_LEN].copy_from_slice(&digest);
+            l.fill += DIGEST_LEN;
+            if l.fill < BLOCK {
+                return Ok(());
+            }
+            digest = emit(l, level, salt, on_block)?;
+            if level + 1 == self.levels.len() {
+                self.root = Some(digest);
+                return Ok(());
+            }
+            level += 1;
+        }
+    }
+
+    /// Flushes partial blocks bottom up (each flush may complete the level above) and returns
+    /// the root hash.
+    fn finish(mut self, salt: &[u8], on_block: &mut OnBlock<'_>) -> Result<[u8; 32], TrustError> {
+        for level in 0..self.levels.len() {
+            if self.levels[level].fill > 0 {
+                let digest = emit(&mut self.levels[level], level, salt, on_block)?;
+                if level + 1 < self.levels.len() {
+                    self.push_at(level + 1, digest, salt, on_block)?;
+                } else {
+                    self.root = Some(digest);
+                }
+            }
+        }
+        self.root
+            .ok_or_else(|| TrustError::malformed("verity tree", "no root was produced"))
+    }
 }
 
 /// Reads `data_blocks` blocks through `sink`, hands it every hash block, returns the root hash.
@@ -362,15 +674,7 @@ fn build_tree(
     salt: &[u8],
     sink: &mut impl TreeSink,
 ) -> Result<[u8; 32], TrustError> {
-    let mut levels: Vec<Level> = level_sizes(data_blocks)
-        .iter()
-        .map(|_| Level {
-            block: vec![0u8; BLOCK],
-            fill: 0,
-            index: 0,
-        })
-        .collect();
-    let mut root = None;
+    let mut tree = Tree::new(data_blocks);
     let mut buf = vec![0u8; CHUNK];
     let mut left = data_blocks;
     while left > 0 {
@@ -378,63 +682,24 @@ fn build_tree(
         let chunk = &mut buf[..n * BLOCK];
         sink.read_data(chunk)?;
         for block in chunk.chunks_exact(BLOCK) {
-            let digest = salted_hash(salt, block);
-            if levels.is_empty() {
-                root = Some(digest);
-            } else {
-                push_digest(&mut levels, 0, digest, salt, sink, &mut root)?;
-            }
+            tree.push(salted_hash(salt, block), salt, &mut |l, i, b, _| {
+                sink.hash_block(l, i, b)
+            })?;
         }
         left -= n as u64;
     }
-    // Flush partial blocks bottom up; each flush may complete the level above.
-    for level in 0..levels.len() {
-        if levels[level].fill > 0 {
-            let digest = emit(&mut levels[level], level, salt, sink)?;
-            if level + 1 < levels.len() {
-                push_digest(&mut levels, level + 1, digest, salt, sink, &mut root)?;
-            } else {
-                root = Some(digest);
-            }
-        }
-    }
-    root.ok_or_else(|| TrustError::malformed("verity tree", "no root was produced"))
+    tree.finish(salt, &mut |l, i, b, _| sink.hash_block(l, i, b))
 }
 
-/// Adds `digest` to `level`, cascading full blocks upwards.
-fn push_digest(
-    levels: &mut [Level],
-    mut level: usize,
-    mut digest: [u8; 32],
-    salt: &[u8],
-    sink: &mut impl TreeSink,
-    root: &mut Option<[u8; 32]>,
-) -> Result<(), TrustError> {
-    loop {
-        let l = &mut levels[level];
-        l.block[l.fill..l.fill + DIGEST_LEN].copy_from_slice(&digest);
-        l.fill += DIGEST_LEN;
-        if l.fill < BLOCK {
-            return Ok(());
-        }
-        digest = emit(l, level, salt, sink)?;
-        if level + 1 == levels.len() {
-            *root = Some(digest);
-            return Ok(());
-        }
-        level += 1;
-    }
-}
-
-/// Hands the (zero padded) block of `l` to the sink, resets it, returns its salted hash.
+/// Hands the (zero padded) block of `l` on, resets it, returns its salted hash.
 fn emit(
     l: &mut Level,
     level: usize,
     salt: &[u8],
-    sink: &mut impl TreeSink,
+    on_block: &mut OnBlock<'_>,
 ) -> Result<[u8; 32], TrustError> {
-    sink.hash_block(level, l.index, &l.block)?;
     let digest = salted_hash(salt, &l.block);
+    on_block(level, l.index, &l.block, &digest)?;
     l.block.fill(0);
     l.fill = 0;
     l.index += 1;
@@ -662,6 +927,78 @@ mod tests {
         assert!(verify_device(Cursor::new(img.clone()), &other).is_err());
         let err = verify_device(Cursor::new(&img[..img.len() - 1]), &info).unwrap_err();
         assert!(matches!(err, TrustError::Truncated { .. }), "{err}");
+    }
+
+    /// Fed in pieces of odd sizes, with zero blocks among the data (the reused digest), the
+    /// streaming check accepts the image and finds a flip in the data, in every tree level
+    /// and in the superblock; too little or too much input is refused.
+    #[test]
+    fn streaming_check_in_odd_pieces() {
+        let data: Vec<u8> = (0..300u64)
+            .flat_map(|i| vec![if i % 3 == 0 { 0 } else { i as u8 }; BLOCK])
+            .collect();
+        let (tmp, mut file) = image_file(&data);
+        let info = append_hash_tree(&mut file, data.len() as u64, b"snakeoil", UUID).unwrap();
+        let img = std::fs::read(tmp.path()).unwrap();
+        let run = |img: &[u8]| -> Result<(), TrustError> {
+            let mut c = VerityCheck::new(&info)?;
+            assert_eq!(c.end(), img.len() as u64);
+            for piece in img.chunks(3001) {
+                c.update(piece)?;
+            }
+            c.finish()
+        };
+        run(&img).unwrap();
+        assert_eq!(
+            compute_root_hash(&data[..], data.len() as u64, b"snakeoil").unwrap(),
+            info.root_hash
+        );
+        // A zero data block (132) and a non-zero one (131), both under level 0 block 1.
+        for at in [132 * BLOCK + 9, 131 * BLOCK] {
+            let mut bad = img.clone();
+            bad[at] ^= 1;
+            let err = run(&bad).unwrap_err();
+            assert!(err.to_string().contains("level 0 block 1"), "{err}");
+        }
+        // Tree: level 1 (top, one block), then level 0 blocks 0..3.
+        for (block, level) in [(1usize, "level 1 block 0"), (3, "level 0 block 1")] {
+            let mut bad = img.clone();
+            bad[300 * BLOCK + block * BLOCK + 100] ^= 0x40;
+            let err = run(&bad).unwrap_err();
+            assert!(err.to_string().contains(level), "{err}");
+        }
+        let mut bad = img.clone();
+        bad[300 * BLOCK + 72] ^= 1; // data_blocks in the superblock
+        assert!(run(&bad).unwrap_err().to_string().contains("superblock"));
+        let mut short = VerityCheck::new(&info).unwrap();
+        short.update(&img[..img.len() - 1]).unwrap();
+        assert!(matches!(
+            short.finish().unwrap_err(),
+            TrustError::Truncated { .. }
+        ));
+        let mut long = VerityCheck::new(&info).unwrap();
+        long.update(&img).unwrap();
+        assert!(long.update(&[0]).is_err());
+    }
+
+    #[test]
+    fn appended_parameters_are_read_back() {
+        for blocks in [1u64, 129, 300] {
+            let data = pattern_image(blocks);
+            let (tmp, mut file) = image_file(&data);
+            let info = append_hash_tree(&mut file, data.len() as u64, b"snakeoil", UUID).unwrap();
+            let mut f = File::open(tmp.path()).unwrap();
+            assert_eq!(read_appended(&mut f).unwrap(), info, "{blocks} blocks");
+        }
+        // Data alone, or a tree with a byte after it: not an appended image.
+        let (_tmp, mut plain) = image_file(&pattern_image(40));
+        assert!(read_appended(&mut plain).is_err());
+        let (tmp, mut file) = image_file(&pattern_image(40));
+        append_hash_tree(&mut file, 40 * 4096, b"", UUID).unwrap();
+        let mut f = File::options().append(true).open(tmp.path()).unwrap();
+        f.write_all(&[0]).unwrap();
+        let err = read_appended(&mut File::open(tmp.path()).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("veritysetup format"), "{err}");
     }
 
     #[test]

@@ -11,16 +11,23 @@
 //!
 //! Writes go through [`crate::io::Io`], not through these handles directly, so that tests can
 //! cut the power at any of them.
+//!
+//! A [`FilePartition`] also holds a second descriptor opened with `O_DIRECT` where the kernel
+//! allows it: transfers whose memory, offset and length are 4096-aligned go through it, past
+//! the page cache (the install's large writes and the read-back, which so reads the medium and
+//! not cached pages); any other transfer goes through the ordinary descriptor. Linux keeps the
+//! two coherent: a direct write writes back and drops the cached pages of its range first.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::aligned::is_aligned;
 use crate::UpdateError;
 
 /// An open partition: positional I/O bounded to the partition.
-pub trait PartitionHandle {
+pub trait PartitionHandle: Send + Sync {
     /// The partition's GPT label (`rootfs_b`).
     fn label(&self) -> &str;
     /// Human name for messages (`/dev/disk/by-partlabel/rootfs_b`, `disk.img:rootfs_b`).
@@ -46,6 +53,11 @@ pub trait PartitionHandle {
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let _ = (offset, len);
         Ok(())
+    }
+    /// Whether aligned reads bypass the page cache (`O_DIRECT`), so a read-back of aligned
+    /// chunks comes from the medium whatever is cached. The default says no.
+    fn reads_direct(&self) -> bool {
+        false
     }
 }
 
@@ -76,6 +88,8 @@ pub trait Disk {
 #[derive(Debug)]
 pub struct FilePartition {
     file: File,
+    /// The same partition opened with `O_DIRECT`, if the kernel allowed it.
+    direct: Option<File>,
     base: u64,
     size: u64,
     label: String,
@@ -113,12 +127,29 @@ impl PartitionHandle for FilePartition {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let at = self.check(buf.len(), offset)?;
-        self.file.read_exact_at(buf, at)
+        match &self.direct {
+            Some(direct) if is_aligned(buf, at) => match direct.read_exact_at(buf, at) {
+                Err(e) if e.raw_os_error() == Some(EINVAL) => self.file.read_exact_at(buf, at),
+                done => done,
+            },
+            _ => self.file.read_exact_at(buf, at),
+        }
     }
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let at = self.check(buf.len(), offset)?;
-        self.file.write_all_at(buf, at)
+        match &self.direct {
+            // EINVAL: a file system that opens O_DIRECT but refuses the transfer.
+            Some(direct) if is_aligned(buf, at) => match direct.write_all_at(buf, at) {
+                Err(e) if e.raw_os_error() == Some(EINVAL) => self.file.write_all_at(buf, at),
+                done => done,
+            },
+            _ => self.file.write_all_at(buf, at),
+        }
+    }
+
+    fn reads_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -144,6 +175,27 @@ impl PartitionHandle for FilePartition {
     }
 }
 
+/// Which `O_DIRECT` descriptor a partition gets beside its ordinary one.
+#[derive(Debug, Clone, Copy)]
+enum Direct {
+    ReadWrite,
+    Read,
+    No,
+}
+
+/// `path` opened with `O_DIRECT`, or `None` where the file system refuses it (tmpfs before
+/// Linux 6.6): the ordinary descriptor then does everything.
+fn open_direct(path: &Path, write: bool) -> Option<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+        .ok()
+}
+
+const EINVAL: i32 = rustix::io::Errno::INVAL.raw_os_error();
+
 /// Partitions by label under `/dev/disk/by-partlabel` (the appliance).
 #[derive(Debug, Clone)]
 pub struct PartlabelDisk {
@@ -163,6 +215,7 @@ impl PartlabelDisk {
         label: &str,
         options: &OpenOptions,
         op: &'static str,
+        direct: Direct,
     ) -> Result<Box<dyn PartitionHandle>, UpdateError> {
         let path = self.dir.join(label);
         if !path.exists() {
@@ -175,8 +228,16 @@ impl PartlabelDisk {
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(UpdateError::file("finding the size of", &path))?;
+        // Without O_EXCL: the first descriptor holds the claim, and a second exclusive open
+        // of the same block device would be refused (EBUSY).
+        let direct = match direct {
+            Direct::ReadWrite => open_direct(&path, true),
+            Direct::Read => open_direct(&path, false),
+            Direct::No => None,
+        };
         Ok(Box::new(FilePartition {
             file,
+            direct,
             base: 0,
             size,
             label: label.into(),
@@ -198,19 +259,30 @@ impl Disk for PartlabelDisk {
             .read(true)
             .write(true)
             .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
-        self.open_with(label, &options, "opening (exclusively) partition")
+        self.open_with(
+            label,
+            &options,
+            "opening (exclusively) partition",
+            Direct::ReadWrite,
+        )
     }
 
     fn open_shared(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
         let mut options = OpenOptions::new();
         options.read(true);
-        self.open_with(label, &options, "opening partition for reading")
+        self.open_with(
+            label,
+            &options,
+            "opening partition for reading",
+            Direct::Read,
+        )
     }
 
     fn open_unclaimed(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
         let mut options = OpenOptions::new();
         options.read(true).write(true);
-        self.open_with(label, &options, "opening partition")
+        // The state store: small writes, through the page cache.
+        self.open_with(label, &options, "opening partition", Direct::No)
     }
 }
 
@@ -257,6 +329,7 @@ impl Disk for FileDisk {
         })?;
         Ok(Box::new(FilePartition {
             file,
+            direct: open_direct(path, true),
             base: part.offset(),
             size: part.size(),
             label: label.into(),
@@ -312,9 +385,14 @@ mod tests {
     use std::io::{Read, Write};
 
     fn image() -> (tempfile::TempDir, FileDisk) {
-        use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("disk.img");
+        let disk = image_in(d.path());
+        (d, disk)
+    }
+
+    fn image_in(dir: &Path) -> FileDisk {
+        use aperture_gpt::{write_gpt, Guid, Layout, PartitionSpec};
+        let path = dir.join("disk.img");
         let size = 8u64 << 20;
         let mut f = File::create(&path).unwrap();
         f.set_len(size).unwrap();
@@ -337,7 +415,7 @@ mod tests {
         );
         write_gpt(&mut f, size, &layout).unwrap();
         f.flush().unwrap();
-        (d, FileDisk::new(path))
+        FileDisk::new(path)
     }
 
     #[test]
@@ -360,6 +438,34 @@ mod tests {
         r.read_to_end(&mut all).unwrap();
         assert_eq!(all, b"world");
         a.drop_cache().unwrap();
+    }
+
+    /// Aligned transfers take the direct descriptor where the file system has one, and what
+    /// either descriptor writes the other reads.
+    #[test]
+    fn direct_and_buffered_transfers_agree() {
+        use crate::aligned::AlignedBuf;
+        let d = tempfile::Builder::new()
+            .prefix(".test-direct-")
+            .tempdir_in(env!("CARGO_MANIFEST_DIR"))
+            .unwrap();
+        let disk = image_in(d.path());
+        let mut b = disk.open("rootfs_b").unwrap();
+        let mut buf = AlignedBuf::new(8192);
+        for (i, x) in buf.as_mut_slice().iter_mut().enumerate() {
+            *x = (i % 251) as u8;
+        }
+        b.write_all_at(buf.as_slice(), 4096).unwrap();
+        let mut small = [0u8; 10];
+        b.read_exact_at(&mut small, 4096 + 5).unwrap();
+        assert_eq!(&small[..], &buf.as_slice()[5..15]);
+        b.write_all_at(b"xyz", 4096 + 1).unwrap();
+        let mut back = AlignedBuf::new(8192);
+        b.read_exact_at(back.as_mut_slice(), 4096).unwrap();
+        assert_eq!(&back.as_slice()[1..4], b"xyz");
+        assert_eq!(&back.as_slice()[4..], &buf.as_slice()[4..]);
+        // The folder is beside the sources, on a disk file system, which takes O_DIRECT.
+        assert!(b.reads_direct());
     }
 
     #[test]

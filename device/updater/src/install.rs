@@ -20,13 +20,16 @@
 //! 3. journal the install in the device state store ([`crate::state`]);
 //! 4. invalidate the target slot ([`aperture_slots::SlotManager::begin_install`]) and forget its
 //!    old record (its area of the store);
-//! 5. stream the rootfs payload into the target partition (1 MiB writes; the bundle reader
-//!    hashes encoded and decoded bytes as they pass), then fsync; kernel and initrd to
-//!    `<name>.tmp` beside their place on the ESP, fsynced;
+//! 5. stream the rootfs payload into the target partition (the bundle reader hashes encoded
+//!    and decoded bytes as they pass, the decoded ones on a thread of their own; a writer
+//!    thread writes 4 MiB aligned chunks, direct where the partition takes it, while the next
+//!    is decoded: [`crate::write`]), then fsync; kernel and initrd to `<name>.tmp` beside their
+//!    place on the ESP, fsynced;
 //! 6. once every payload hash matched: rename the boot files into place, fsync the folder;
-//! 7. READ BACK: the partition's cached pages are dropped, then one sequential pass computes
-//!    the rootfs sha256 while `verity::verify_device` checks every hash block and the root
-//!    hash; kernel and initrd are re-read and hashed;
+//! 7. READ BACK: the partition's cached pages are dropped, then one sequential pass of direct
+//!    reads feeds two threads: the rootfs sha256, and `verity::VerityCheck` (every data block
+//!    hashed into the tree, every stored hash block and the root hash checked); kernel and
+//!    initrd are re-read and hashed;
 //! 8. record what the slot now holds ([`aperture_trust::record::InstalledSlot`]: the record and
 //!    the exact manifest and signature verified) in the slot's area of the store;
 //! 9. with [`Arm::Next`], arm the slot with N tries as the next boot, with the entry

@@ -33,6 +33,7 @@
 //! the holder, a commit waits up to [`lifecycle::COMMIT_LOCK_WAIT`].
 //! * [`Updater::interrupted`]: the journal of an install that was cut off (see [`lifecycle`]).
 
+mod aligned;
 pub mod cli;
 pub mod disk;
 mod error;

@@ -1,18 +1,22 @@
 //! Step 7 of an install ([`crate::install`]): reading a written slot back. The rootfs is read
-//! in one sequential pass that feeds both the dm-verity check of every hash block and the
-//! sha256 of the whole image (on two cores); boot files and Jetson partition ranges are re-read
-//! and hashed. The partition's cached pages are dropped first, so the bytes come from the
-//! medium, not from the page cache the writes just filled.
+//! in one sequential pass (direct I/O where the partition takes it) that feeds both the
+//! dm-verity check of every data and hash block and the sha256 of the whole image, on two
+//! cores ([`verify_rootfs`]); boot files and Jetson partition ranges are re-read and hashed.
+//! The install drops the partition's cached pages first, so that even without direct I/O the
+//! bytes come from the medium, not from the page cache the writes just filled.
 
-use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use aperture_slots::Slot;
 use aperture_trust::manifest::{Artifact, Sha256Hex};
+use aperture_trust::verity::VerityCheck;
 
-use crate::disk::{PartitionHandle, PartitionReader};
+use crate::aligned::{AlignedBuf, ALIGN};
+use crate::disk::PartitionHandle;
 use crate::write::{fill, CHUNK};
 use crate::UpdateError;
 
@@ -52,7 +56,17 @@ pub(crate) fn verify_range(
     Ok(())
 }
 
+/// Chunks read ahead of the two hashing threads.
+const READ_DEPTH: usize = 4;
+
 /// Read the rootfs back once: sha256 of the whole artifact and the full dm-verity check.
+///
+/// Three threads: this one reads the partition in order, [`CHUNK`] at a time into buffers
+/// aligned for `O_DIRECT` (so, where the partition takes it, from the medium and never from
+/// the page cache); each chunk is shared with a thread computing the sha256 of the artifact
+/// and one feeding [`VerityCheck`] (every data block hashed into the tree, the superblock and
+/// every stored hash block compared), which run on two cores while the next chunk is read.
+/// At most [`READ_DEPTH`] chunks are in flight.
 pub fn verify_rootfs(
     part: &dyn PartitionHandle,
     rootfs: &Artifact,
@@ -67,36 +81,105 @@ pub fn verify_rootfs(
         .verity
         .as_ref()
         .ok_or_else(|| fail("the manifest gives no verity parameters".into()))?;
-    // One pass over the partition: the verity check reads it, and the bytes it reads in order
-    // are handed to a second thread for the whole-image sha256, so the two hashes run on two
-    // cores.
-    let digest = std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let check = VerityCheck::new(verity).map_err(|e| fail(crate::error_chain(&e)))?;
+    let verity_end = check.end();
+    let len = rootfs.size.max(verity_end);
+    if len > part.size() {
+        return Err(fail(format!(
+            "the image and its hash tree end at byte {len}, past the end of the {}-byte \
+             partition",
+            part.size()
+        )));
+    }
+    type Chunk = (Arc<AlignedBuf>, usize);
+    let (digest, checked, read) = std::thread::scope(|scope| {
+        let (sha_tx, sha_rx) = sync_channel::<Chunk>(READ_DEPTH);
+        let (verity_tx, verity_rx) = sync_channel::<Chunk>(READ_DEPTH);
+        let (released_tx, released) = channel::<()>();
+        let released_sha = released_tx.clone();
+        let size = rootfs.size;
         let hashing = scope.spawn(move || {
             let mut h = Sha256::new();
-            for chunk in rx {
-                h.update(&chunk);
+            let mut done = 0u64;
+            for (buf, n) in sha_rx {
+                let take = usize::try_from(size - done).unwrap_or(n).min(n);
+                h.update(&buf.as_slice()[..take]);
+                done += take as u64;
+                drop(buf);
+                let _ = released_sha.send(());
             }
             Sha256Hex::from_bytes(h.finalize().into())
         });
-        let feed = move |bytes: &[u8]| {
-            // A send fails only if the hashing thread is gone; join() reports that below.
-            let _ = tx.send(bytes.to_vec());
+        let checking = scope.spawn(move || {
+            let mut check = check;
+            for (buf, n) in verity_rx {
+                let take = usize::try_from(verity_end - check.position())
+                    .unwrap_or(n)
+                    .min(n);
+                let fed = check.update(&buf.as_slice()[..take]);
+                drop(buf);
+                let _ = released_tx.send(());
+                fed?;
+            }
+            check.finish()
+        });
+        let mut pool: Vec<Arc<AlignedBuf>> = Vec::new();
+        let mut offset = 0u64;
+        let read = loop {
+            if offset >= len {
+                break Ok(());
+            }
+            // A buffer neither hashing thread still holds, a new one, or wait for one.
+            let free = pool.iter().position(|b| Arc::strong_count(b) == 1);
+            let i = match free {
+                Some(i) => i,
+                None if pool.len() < READ_DEPTH + 1 => {
+                    pool.push(Arc::new(AlignedBuf::new(CHUNK)));
+                    pool.len() - 1
+                }
+                None => match released.recv() {
+                    Ok(()) => continue,
+                    Err(_) => break Ok(()),
+                },
+            };
+            let Some(buf) = Arc::get_mut(&mut pool[i]) else {
+                continue;
+            };
+            let n = usize::try_from(len - offset).unwrap_or(CHUNK).min(CHUNK);
+            // Round the last read up to whole 4 KiB blocks (inside the partition) so that it
+            // too can be direct; only `n` bytes are used.
+            let aligned = n.next_multiple_of(ALIGN);
+            let want = if offset + aligned as u64 <= part.size() {
+                aligned
+            } else {
+                n
+            };
+            if let Err(e) = part.read_exact_at(&mut buf.as_mut_slice()[..want], offset) {
+                break Err(format!("reading {want} bytes at offset {offset}: {e}"));
+            }
+            let chunk = &pool[i];
+            if sha_tx.send((chunk.clone(), n)).is_err()
+                || verity_tx.send((chunk.clone(), n)).is_err()
+            {
+                // A hashing thread stopped: its result says why.
+                break Ok(());
+            }
+            offset += n as u64;
         };
-        let mut reader = SequentialHasher::new(PartitionReader::new(part, rootfs.size), feed);
-        let checked = aperture_trust::verity::verify_device(&mut reader, verity)
-            .map_err(|e| fail(crate::error_chain(&e)))
-            .and_then(|()| {
-                reader
-                    .finish(rootfs.size)
-                    .map_err(|e| fail(format!("reading: {e}")))
-            });
-        drop(reader);
+        drop((sha_tx, verity_tx));
         let digest = hashing
             .join()
-            .map_err(|_| fail("the hashing thread failed".into()));
-        checked.and(digest)
-    })?;
+            .map_err(|_| "the hashing thread panicked".to_string());
+        let checked = checking
+            .join()
+            .map_err(|_| "the verity thread panicked".to_string());
+        (digest, checked, read)
+    });
+    read.map_err(&fail)?;
+    checked
+        .map_err(&fail)?
+        .map_err(|e| fail(crate::error_chain(&e)))?;
+    let digest = digest.map_err(&fail)?;
     if digest != rootfs.sha256 {
         return Err(fail(format!(
             "sha256 is {digest}, the manifest says {}",
@@ -133,91 +216,4 @@ pub(crate) fn verify_file(path: &Path, artifact: &Artifact, slot: Slot) -> Resul
         )));
     }
     Ok(())
-}
-
-/// Feeds the bytes of a `Read + Seek`, in order of position, to a hasher while someone else
-/// (the verity check) reads it: a read that continues exactly where feeding stopped is fed,
-/// any other (the hash-tree lookups) is not. [`SequentialHasher::finish`] feeds the rest.
-struct SequentialHasher<R, F> {
-    inner: R,
-    pos: u64,
-    hashed: u64,
-    feed: F,
-}
-
-impl<R: Read + Seek, F: FnMut(&[u8])> SequentialHasher<R, F> {
-    /// Hands bytes `0..` of `inner`, in order and each once, to `feed`.
-    fn new(inner: R, feed: F) -> Self {
-        SequentialHasher {
-            inner,
-            pos: 0,
-            hashed: 0,
-            feed,
-        }
-    }
-
-    /// Feed the rest up to `len`, so `feed` has seen exactly bytes `0..len`.
-    fn finish(&mut self, len: u64) -> io::Result<()> {
-        self.seek(SeekFrom::Start(self.hashed))?;
-        let mut buf = vec![0u8; CHUNK];
-        while self.hashed < len {
-            let want = usize::try_from(len - self.hashed)
-                .unwrap_or(CHUNK)
-                .min(CHUNK);
-            let n = self.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the partition ends early",
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read + Seek, F: FnMut(&[u8])> Read for SequentialHasher<R, F> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let end = self.pos + n as u64;
-        if self.pos <= self.hashed && self.hashed < end {
-            let skip = (self.hashed - self.pos) as usize;
-            (self.feed)(&buf[skip..n]);
-            self.hashed = end;
-        }
-        self.pos = end;
-        Ok(n)
-    }
-}
-
-impl<R: Read + Seek, F: FnMut(&[u8])> Seek for SequentialHasher<R, F> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = self.inner.seek(to)?;
-        Ok(self.pos)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Cursor;
-
-    #[test]
-    fn sequential_hasher_hashes_each_byte_once_in_order() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let mut hasher = Sha256::new();
-        let mut h = SequentialHasher::new(Cursor::new(data.clone()), |b: &[u8]| hasher.update(b));
-        let mut buf = [0u8; 3000];
-        h.read_exact(&mut buf).unwrap();
-        h.seek(SeekFrom::Start(9000)).unwrap(); // a lookup elsewhere: not hashed
-        h.read_exact(&mut buf[..100]).unwrap();
-        h.seek(SeekFrom::Start(1000)).unwrap(); // overlapping re-read: only the new part
-        h.read_exact(&mut buf).unwrap();
-        h.finish(10_000).unwrap();
-        drop(h);
-        assert_eq!(
-            Sha256Hex::from_bytes(hasher.finalize().into()),
-            Sha256Hex::digest(&data)
-        );
-    }
 }

@@ -4,7 +4,8 @@
 //!
 //! * [`build`]: cold and warm builds beside mkosi;
 //! * [`flash`]: an image to a loop device beside `bmaptool copy` and `dd`;
-//! * [`update`]: a 1 GiB slot installed by `aperture-update` beside RAUC;
+//! * [`update`]: a 1 GiB generated slot and a build's slot image installed by
+//!   `aperture-update` beside RAUC;
 //! * [`reset`]: wiping a data partition by discard and by overwrite;
 //! * [`fleet`]: reports per second and their latency at the fleet server, for 10,000
 //!   simulated appliances, on SQLite, PostgreSQL and two servers on one PostgreSQL;
@@ -48,7 +49,7 @@ pub enum BenchKind {
     Flash,
     /// Wiping data partitions by discard and by overwrite.
     Reset,
-    /// Installing a 1 GiB rootfs update, beside RAUC.
+    /// Installing a 1 GiB generated rootfs and a build's slot image, beside RAUC.
     Update,
     /// Reports per second and their p50/p99 latency at the fleet server, beside the bare
     /// mutual-TLS round trip.
@@ -91,6 +92,11 @@ pub struct BenchArgs {
     /// fleet: seconds each measurement runs (after a warm-up round of every device).
     #[arg(long, default_value_t = 20, value_name = "SECONDS")]
     pub window: u64,
+    /// update: the real slot image of the second row (a build's rootfs.img with its dm-verity
+    /// tree appended; vmlinuz and initrd.img beside it are used too). Default: the default
+    /// recipe's out/default/rootfs.img, if it was built.
+    #[arg(long, value_name = "PATH")]
+    pub slot_image: Option<PathBuf>,
     /// fleet: requests in flight at once (client threads).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
@@ -102,7 +108,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         BenchKind::Build => build::run(a.runs),
         BenchKind::Flash => flash::run(a.runs),
         BenchKind::Reset => reset::run(a.runs),
-        BenchKind::Update => update::run(a.runs),
+        BenchKind::Update => update::run(a.runs, a.slot_image.clone()),
         BenchKind::Fleet => fleet::run(&fleet::Options {
             devices: a.devices,
             window: std::time::Duration::from_secs(a.window),

@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! tar entry (exact size) -> sha256 of encoded bytes -> zstd decoder (bounded window)
-//!     -> limit to artifact.size -> sha256 of decoded bytes -> the caller
+//!     -> limit to artifact.size -> sha256 of decoded bytes (on its own thread) -> the caller
 //! ```
 //!
-//! and checked when it ends, whether the caller read it to the end or not.
+//! and checked when it ends, whether the caller read it to the end or not. The decoded bytes
+//! are hashed by a [`BackgroundSha256`], so decompression and that hash run on two cores (the
+//! hash of the encoded bytes, half as many or fewer, stays inline).
 
 use std::io::{self, BufReader, Read};
 
@@ -15,7 +17,7 @@ use super::ustar::{self, Block, BLOCK};
 use super::{
     MANIFEST_ENTRY, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE, MAX_WINDOW_LOG, SIGNATURE_ENTRY,
 };
-use crate::digest::{limit_exceeded, HashingReader, LimitedReader};
+use crate::digest::{limit_exceeded, BackgroundSha256, HashingReader, LimitedReader, Sha256Hex};
 use crate::keys::PublicKey;
 use crate::manifest::{Artifact, Manifest};
 use crate::signing::{verify_manifest, VerifiedManifest};
@@ -327,7 +329,55 @@ impl<R: Read> Read for EntryData<'_, R> {
 
 type Encoded<'r, R> = BufReader<HashingReader<EntryData<'r, R>>>;
 type Stack<'r, R> =
-    HashingReader<LimitedReader<zstd::stream::read::Decoder<'static, Encoded<'r, R>>>>;
+    DecodedHash<LimitedReader<zstd::stream::read::Decoder<'static, Encoded<'r, R>>>>;
+
+/// A reader that hashes what it passes on a [`BackgroundSha256`].
+struct DecodedHash<R> {
+    inner: R,
+    hasher: Option<BackgroundSha256>,
+    bytes: u64,
+}
+
+impl<R: Read> DecodedHash<R> {
+    fn new(inner: R) -> Self {
+        DecodedHash {
+            inner,
+            hasher: Some(BackgroundSha256::new()),
+            bytes: 0,
+        }
+    }
+
+    fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    fn byte_count(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The digest of everything read; hashing ends here (a second call is an error).
+    fn finish(&mut self) -> Result<Sha256Hex, TrustError> {
+        match self.hasher.take() {
+            Some(h) => h.finish(),
+            None => Err(misuse("the decoded payload was hashed to the end twice")),
+        }
+    }
+}
+
+impl<R: Read> Read for DecodedHash<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
 
 /// The reader handed to the payload callback.
 struct PayloadReader<'r, 'm, R> {
@@ -359,7 +409,7 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
             .window_log_max(MAX_WINDOW_LOG)
             .map_err(decoder_err)?;
         Ok(PayloadReader {
-            stack: HashingReader::new(LimitedReader::new(decoder, artifact.size)),
+            stack: DecodedHash::new(LimitedReader::new(decoder, artifact.size)),
             artifact,
             entry,
             finished: false,
@@ -391,7 +441,7 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
     /// End checks: encoded size and hash, then decoded size and hash.
     fn finish(&mut self) -> Result<(), TrustError> {
         self.check_encoded()?;
-        let (size, digest) = (self.stack.byte_count(), self.stack.digest());
+        let (size, digest) = (self.stack.byte_count(), self.stack.finish()?);
         if size != self.artifact.size {
             return Err(TrustError::SizeMismatch {
                 artifact: self.artifact.name.to_string(),
