@@ -176,6 +176,9 @@ impl Drop for Process {
 /// Start `side` on `urls`: its process and the paths of its metrics and detection files.
 fn start(setup: &Setup, side: Side, urls: &[String]) -> Result<(Process, PathBuf, Vec<PathBuf>)> {
     let dir = setup.work.join(format!("{}-{}", side.short(), urls.len()));
+    // Fresh for each run: the runtime appends to its detection file, and frame numbers start
+    // again with each run.
+    let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     let metrics = dir.join("runtime.json");
     let log = dir.join("log.txt");
