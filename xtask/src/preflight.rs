@@ -90,15 +90,38 @@ const TEST_PYTHON: &[(&str, &str)] = &[("moto_server", "moto[server]==5.2.1")];
 /// `APERTURE_PYTHON_TOOLS`).
 pub(crate) const PYTHON_TOOLS: &str = "/opt/aperture-tools";
 
-/// Python libraries from PyPI the benchmarks import, as (virtual environment, requirements):
-/// each set is installed into `PYTHON_TOOLS/<environment>` with nothing linked, and the
-/// benchmark runs that environment's python. `bench fleet-repo` runs python-tuf's ngclient,
-/// the reference TUF client, beside Aperture's (the environment's name is
-/// `aperture_bench::fleet_repo::PYTHON_TUF_VENV`), with pyca/cryptography: without it
-/// securesystemslib verifies ed25519 in pure Python, about 30 ms a signature.
-type PythonLibs = &'static [&'static str];
-const BENCH_PYTHON_LIBS: &[(&str, PythonLibs)] =
-    &[("python-tuf", &["tuf==7.0.1", "cryptography==50.0.2"])];
+/// A virtual environment of Python libraries from PyPI that a benchmark imports: installed into
+/// `PYTHON_TOOLS/<name>` with nothing linked, and the benchmark runs that environment's python.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PythonLibs {
+    /// The environment's folder name (the benchmark names the same).
+    pub name: &'static str,
+    /// pip requirements, each pinned.
+    pub requirements: &'static [&'static str],
+    /// Whether Debian's own Python packages (python3-gi) are seen too, after the pinned ones.
+    pub system_site_packages: bool,
+}
+
+/// The benchmarks' Python environments.
+/// * `bench fleet-repo` runs python-tuf's ngclient, the reference TUF client, beside
+///   Aperture's (`aperture_bench::fleet_repo::PYTHON_TUF_VENV`), with pyca/cryptography:
+///   without it securesystemslib verifies ed25519 in pure Python, about 30 ms a signature.
+/// * `bench runtime` runs the model in the onnxruntime Python package beside the runtime
+///   (`aperture_bench::runtime::PYTHON_VENV`): the same ONNX Runtime release as the runtime's
+///   library ([`ONNXRUNTIME_VERSION`]), numpy, and Debian's PyGObject for GStreamer
+///   (python3-gi, from [`BENCH`]), hence the system site packages.
+const BENCH_PYTHON_LIBS: &[PythonLibs] = &[
+    PythonLibs {
+        name: "python-tuf",
+        requirements: &["tuf==7.0.1", "cryptography==50.0.2"],
+        system_site_packages: false,
+    },
+    PythonLibs {
+        name: "onnxruntime-peer",
+        requirements: &["onnxruntime==1.31.1", "numpy==2.4.6"],
+        system_site_packages: true,
+    },
+];
 
 /// The ONNX Runtime library the runtime's tests load (device/runtime/tests/golden.rs): the
 /// plain C-API library inside the official `onnxruntime` wheel on PyPI, pinned by the sha256 of
@@ -157,6 +180,17 @@ const BENCH: &[&str] = &[
     // `bench fleet-repo`: the repository served over HTTPS, and python-tuf's environment.
     "nginx-light",
     "python3-venv",
+    // `bench runtime`: the rtsp suite's RTSP server (x264enc: -ugly), the decoders both sides
+    // use (rtspsrc, rtph264depay: -good; avdec_h264: -libav), and GStreamer's Python bindings
+    // for the Python peer (GstApp's typelib: gir1.2-gst-plugins-base-1.0). Building the
+    // runtime needs GSTREAMER_DEV too.
+    "gstreamer1.0-plugins-base",
+    "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-ugly",
+    "gstreamer1.0-libav",
+    "gir1.2-gst-rtsp-server-1.0",
+    "gir1.2-gst-plugins-base-1.0",
+    "python3-gi",
 ];
 
 /// What a verb needs from the host.
@@ -168,8 +202,8 @@ pub struct Needs {
     pub arm64: bool,
     /// Programs from PyPI, as (program, requirement).
     pub python: BTreeSet<(&'static str, &'static str)>,
-    /// Libraries from PyPI, as (virtual environment, requirements).
-    pub python_libs: BTreeSet<(&'static str, PythonLibs)>,
+    /// Libraries from PyPI, one virtual environment each.
+    pub python_libs: BTreeSet<&'static PythonLibs>,
     /// The pinned ONNX Runtime library ([`onnxruntime_lib`]).
     pub onnxruntime: bool,
 }
@@ -217,7 +251,11 @@ impl Needs {
         let mut n = Needs::build(false);
         n.packages.extend(VM);
         n.packages.extend(BENCH);
+        // `bench runtime` builds the runtime (GStreamer's development files) and loads the
+        // pinned ONNX Runtime library.
+        n.packages.extend(GSTREAMER_DEV);
         n.python_libs.extend(BENCH_PYTHON_LIBS);
+        n.onnxruntime = true;
         n
     }
 
@@ -271,9 +309,15 @@ fn missing_packages(wanted: &BTreeSet<&'static str>) -> Result<Vec<&'static str>
         .collect())
 }
 
-/// Make the virtual environment `venv` and pip-install `requirements` into it (`line`: the
-/// same as one shell command, for the error).
-fn make_venv(venv: &Path, requirements: &[&str], line: &str) -> Result<()> {
+/// Make the virtual environment `venv` (seeing Debian's own Python packages when
+/// `system_site_packages`) and pip-install `requirements` into it (`line`: the same as one
+/// shell command, for the error).
+fn make_venv(
+    venv: &Path,
+    requirements: &[&str],
+    system_site_packages: bool,
+    line: &str,
+) -> Result<()> {
     let requirement = requirements.join(" ");
     eprintln!(
         "preflight: installing {requirement} from PyPI into {}",
@@ -282,7 +326,8 @@ fn make_venv(venv: &Path, requirements: &[&str], line: &str) -> Result<()> {
     // Debian's python3, not whatever python3 comes first on PATH: its venv module is the
     // python3-venv package installed above.
     Cmd::new("/usr/bin/python3")
-        .args(["-m", "venv"])
+        .args(["-m", "venv", "--clear"])
+        .args(system_site_packages.then_some("--system-site-packages"))
         .arg(venv)
         .run_inherited()
         .with_context(|| format!("making the virtual environment {}", venv.display()))?;
@@ -354,32 +399,38 @@ pub fn ensure(needs: &Needs) -> Result<()> {
             fixes.push(format!("sudo sh -c \"{line}\""));
             continue;
         }
-        make_venv(&venv, &[requirement], &line)?;
+        make_venv(&venv, &[requirement], false, &line)?;
         let link = Path::new("/usr/local/bin").join(program);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(venv.join("bin").join(program), &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
 
-    for (name, requirements) in &needs.python_libs {
-        let venv = Path::new(PYTHON_TOOLS).join(name);
+    for env in &needs.python_libs {
+        let venv = Path::new(PYTHON_TOOLS).join(env.name);
         // What the environment holds, written once pip has installed it.
         let stamp = venv.join(".requirements");
-        let wanted = requirements.join(" ");
+        let site = if env.system_site_packages {
+            "--system-site-packages "
+        } else {
+            ""
+        };
+        let wanted = format!("{site}{}", env.requirements.join(" "));
         let current = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == wanted);
         if current && venv.join("bin/python").exists() {
             continue;
         }
         let line = format!(
-            "python3 -m venv {v} && {v}/bin/pip install {wanted} && echo '{wanted}' > \
+            "python3 -m venv --clear {site}{v} && {v}/bin/pip install {} && echo '{wanted}' > \
              {v}/.requirements",
+            env.requirements.join(" "),
             v = venv.display()
         );
         if !root {
             fixes.push(format!("sudo sh -c \"{line}\""));
             continue;
         }
-        make_venv(&venv, requirements, &line)?;
+        make_venv(&venv, env.requirements, env.system_site_packages, &line)?;
         std::fs::write(&stamp, format!("{wanted}\n"))
             .with_context(|| format!("writing {}", stamp.display()))?;
     }
@@ -565,6 +616,14 @@ mod tests {
             assert!(w.platform.ends_with(w.arch));
         }
         assert!(onnxruntime_lib().starts_with(PYTHON_TOOLS));
+        // The bench's Python peer runs the same release.
+        let peer = BENCH_PYTHON_LIBS
+            .iter()
+            .find(|e| e.name == "onnxruntime-peer")
+            .expect("the runtime bench's environment");
+        assert!(peer
+            .requirements
+            .contains(&format!("onnxruntime=={ONNXRUNTIME_VERSION}").as_str()));
         // The runtime names the same release in its errors (xtask does not link it).
         let runtime = include_str!("../../device/runtime/src/lib.rs");
         assert!(runtime.contains(&format!(

@@ -36,6 +36,20 @@ pub fn preprocess(frame: &Frame, input: &Input) -> Vec<f32> {
     };
     let scale = input.std.map(|s| 1.0 / s);
     let mut out = vec![0f32; w * h * 3];
+    if (frame.width() as usize, frame.height() as usize) == (w, h) {
+        // The frame is already the input's size (the camera pipeline scales it): every weight
+        // above would be 0, so this gives the same values without the interpolation.
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for (c, &src) in order.iter().enumerate() {
+                let at = match input.layout {
+                    Layout::Nchw => c * w * h + i,
+                    Layout::Nhwc => i * 3 + c,
+                };
+                out[at] = (f32::from(px[src]) - input.mean[c]) * scale[c];
+            }
+        }
+        return out;
+    }
     for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
         let (r0, r1) = (&rgb[y0 * row..][..row], &rgb[y1 * row..][..row]);
         for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
@@ -83,6 +97,30 @@ mod tests {
         assert_eq!(nchw, [10.0, 40.0, 20.0, 50.0, 30.0, 60.0]);
         let nhwc = preprocess(&f, &input(2, 1, Layout::Nhwc, ColourOrder::Bgr));
         assert_eq!(nhwc, [30.0, 20.0, 10.0, 60.0, 50.0, 40.0]);
+    }
+
+    #[test]
+    fn a_frame_of_the_input_size_gives_what_the_interpolation_gives() {
+        // A 3x2 frame to a 3x2 input: each value is the picked channel, normalised, in both
+        // layouts (the interpolating loop's result, whose weights are all 0 here).
+        let rgb: Vec<u8> = (0..18).map(|i| (i * 13 % 256) as u8).collect();
+        let f = Frame::new(3, 2, rgb.clone()).unwrap();
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let mut i = input(3, 2, layout, ColourOrder::Bgr);
+            i.mean = [1.0, 2.0, 3.0];
+            i.std = [2.0, 4.0, 8.0];
+            let t = preprocess(&f, &i);
+            for p in 0..6 {
+                for c in 0..3 {
+                    let v = (f32::from(rgb[p * 3 + (2 - c)]) - i.mean[c]) * (1.0 / i.std[c]);
+                    let at = match layout {
+                        Layout::Nchw => c * 6 + p,
+                        Layout::Nhwc => p * 3 + c,
+                    };
+                    assert_eq!(t[at], v, "{layout:?} pixel {p} channel {c}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,13 +10,16 @@
 //! * [`fleet`]: reports per second and their latency at the fleet server, for 10,000
 //!   simulated appliances, on SQLite, PostgreSQL and two servers on one PostgreSQL;
 //! * [`fleet_repo`]: simulated appliances polling the nginx-served release repository, beside
-//!   stock tough and python-tuf.
+//!   stock tough and python-tuf;
+//! * [`runtime`]: the inference runtime's frames per second, latency and memory on 1 and 4
+//!   RTSP streams, beside the same model in the onnxruntime Python package.
 
 pub mod build;
 pub mod flash;
 pub mod fleet;
 pub mod fleet_repo;
 pub mod reset;
+pub mod runtime;
 pub mod table;
 pub mod update;
 
@@ -57,6 +60,9 @@ pub enum BenchKind {
     /// Requests and metadata bytes per poll of the release repository, beside stock tough and
     /// python-tuf.
     FleetRepo,
+    /// Frames per second, latency and memory of the inference runtime on 1 and 4 RTSP streams,
+    /// beside the same model in the onnxruntime Python package.
+    Runtime,
 }
 
 /// `cargo xtask bench`: time Aperture against its peers side by side and print ratios.
@@ -71,9 +77,10 @@ pub struct BenchArgs {
     /// The comparison to run.
     #[arg(value_enum)]
     pub kind: BenchKind,
-    /// Runs per tool (the table shows the median; not fleet-repo).
-    #[arg(long, default_value_t = 3)]
-    pub runs: u32,
+    /// Runs per tool, the table showing the median (default 3; runtime: 1, each run about
+    /// two minutes; not fleet-repo).
+    #[arg(long, value_name = "N")]
+    pub runs: Option<u32>,
     /// fleet, fleet-repo: simulated devices (fleet: enrolled and reporting; fleet-repo:
     /// polling with Aperture's client).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
@@ -89,7 +96,8 @@ pub struct BenchArgs {
     /// early and says so.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub time_limit: u64,
-    /// fleet: seconds each measurement runs (after a warm-up round of every device).
+    /// fleet, runtime: seconds each measurement runs (after a warm-up round of every device;
+    /// runtime: after --warmup).
     #[arg(long, default_value_t = 20, value_name = "SECONDS")]
     pub window: u64,
     /// update: the real slot image of the second row (a build's rootfs.img with its dm-verity
@@ -97,6 +105,17 @@ pub struct BenchArgs {
     /// recipe's out/default/rootfs.img, if it was built.
     #[arg(long, value_name = "PATH")]
     pub slot_image: Option<PathBuf>,
+    /// runtime: seconds each side streams before its measurement.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub warmup: u64,
+    /// runtime: the stream counts measured, one row per side each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4",
+        value_name = "N,..."
+    )]
+    pub streams: Vec<usize>,
     /// fleet: requests in flight at once (client threads).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
@@ -105,10 +124,10 @@ pub struct BenchArgs {
 /// Run one benchmark.
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     match a.kind {
-        BenchKind::Build => build::run(a.runs),
-        BenchKind::Flash => flash::run(a.runs),
-        BenchKind::Reset => reset::run(a.runs),
-        BenchKind::Update => update::run(a.runs, a.slot_image.clone()),
+        BenchKind::Build => build::run(a.runs.unwrap_or(3)),
+        BenchKind::Flash => flash::run(a.runs.unwrap_or(3)),
+        BenchKind::Reset => reset::run(a.runs.unwrap_or(3)),
+        BenchKind::Update => update::run(a.runs.unwrap_or(3), a.slot_image.clone()),
         BenchKind::Fleet => fleet::run(&fleet::Options {
             devices: a.devices,
             window: std::time::Duration::from_secs(a.window),
@@ -121,6 +140,12 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             time_limit: std::time::Duration::from_secs(a.time_limit),
             // Pollers wait on the network and nginx half of the time.
             workers: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }),
+        BenchKind::Runtime => runtime::run(&runtime::Options {
+            runs: a.runs.unwrap_or(1),
+            streams: a.streams.clone(),
+            warmup: std::time::Duration::from_secs(a.warmup),
+            window: std::time::Duration::from_secs(a.window),
         }),
     }
 }
@@ -135,7 +160,7 @@ mod tests {
     fn arguments_are_consistent() {
         BenchArgs::command().debug_assert();
         let a = BenchArgs::parse_from(["x", "update", "--runs", "5"]);
-        assert_eq!((a.kind, a.runs), (BenchKind::Update, 5));
+        assert_eq!((a.kind, a.runs), (BenchKind::Update, Some(5)));
         let a = BenchArgs::parse_from(["x", "fleet-repo", "--devices", "200"]);
         assert_eq!((a.kind, a.devices), (BenchKind::FleetRepo, 200));
         let a = BenchArgs::parse_from(["x", "fleet", "--window", "5", "--concurrency", "8"]);
@@ -143,5 +168,12 @@ mod tests {
             (a.kind, a.devices, a.window, a.concurrency),
             (BenchKind::Fleet, 10_000, 5, 8)
         );
+        let a = BenchArgs::parse_from(["x", "runtime"]);
+        assert_eq!(
+            (a.kind, a.streams, a.warmup, a.window),
+            (BenchKind::Runtime, vec![1, 4], 5, 20)
+        );
+        let a = BenchArgs::parse_from(["x", "runtime", "--streams", "2", "--window", "60"]);
+        assert_eq!((a.streams, a.window), (vec![2], 60));
     }
 }
