@@ -43,6 +43,9 @@ pub mod rel {
     /// The provisioning archive's folder on the ESP (`aperture flash --provision` writes it,
     /// the agent erases it once enrolled).
     pub const ESP_PROVISION: &str = "aperture/provision";
+    /// The inference runtime's metrics file (the image writes it into the runtime's config;
+    /// the agent reads it).
+    pub const RUNTIME_METRICS: &str = "run/aperture/runtime.json";
 }
 
 /// The vfat label of a USB stick holding a provisioning archive at its root (`mkfs.vfat -n
@@ -253,6 +256,13 @@ impl Files {
     /// `/run/aperture/slots.lock`: held by whoever changes slots or boot state.
     pub fn slots_lock(&self) -> PathBuf {
         self.run_aperture().join("slots.lock")
+    }
+
+    /// `/run/aperture/runtime.json`: the inference runtime's metrics, rewritten every half
+    /// second (its config's `metrics`, the image's overlay), which the agent summarises for
+    /// `aperture-agent status` and the fleet report (issue 17).
+    pub fn runtime_metrics(&self) -> PathBuf {
+        self.path(rel::RUNTIME_METRICS)
     }
 }
 

@@ -5,12 +5,16 @@
 //!   [`EnrollResponse`], [`Report`] and its parts, and the result words a rollout classifies
 //!   ([`RESULT_FAILED`], [`RESULT_ROLLED_BACK`], [`RESULT_COMMITTED`]): the device must send the
 //!   same words the server counts;
+//! * [`runtime`]: the inference runtime's summary a report carries ([`RuntimeSummary`]);
 //! * [`provision`]: the provisioning archive an appliance takes its first configuration from;
 //! * [`tls`]: the client's TLS settings (TLS 1.3, the fleet CA only, optionally a device
 //!   certificate), the same for the admin command line and the appliance.
 
 pub mod provision;
+pub mod runtime;
 pub mod tls;
+
+pub use runtime::{MetricsState, RuntimeModel, RuntimeSummary};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +73,11 @@ pub struct Report {
     pub health: Option<HealthResult>,
     /// Whether the vision runtime is alive.
     pub runtime_alive: bool,
+    /// The inference runtime's metrics, summarised (issue 17). Optional both ways: a device
+    /// older than the field sends none, and a device leaves it out when it has none to say,
+    /// so a server older than the field still takes its reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSummary>,
 }
 
 /// One slot's state.
@@ -189,6 +198,9 @@ impl Report {
         if let Some(h) = &self.health {
             bounded("health.detail", &h.detail, MAX_LINE)?;
         }
+        if let Some(r) = &self.runtime {
+            r.validate()?;
+        }
         Ok(())
     }
 }
@@ -247,6 +259,7 @@ mod tests {
             }),
             health: None,
             runtime_alive: true,
+            runtime: Some(crate::runtime::tests::summary()),
         }
     }
 
@@ -262,6 +275,38 @@ mod tests {
         let mut r = report();
         r.version = "1.0 ; rm".into();
         assert_eq!(r.validate().unwrap_err().field, "version");
+    }
+
+    #[test]
+    fn a_report_with_its_runtime_round_trips_and_its_bounds_are_checked() {
+        let r = report();
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["runtime"]["metrics"], "fresh");
+        assert_eq!(v["runtime"]["model"]["execution_provider"], "cpu");
+        let mut bad = report();
+        bad.runtime.as_mut().unwrap().stalled_names = vec!["c".into(); 100];
+        assert_eq!(bad.validate().unwrap_err().field, "runtime.stalled_names");
+        // Unknown fields inside the summary are refused like the report's own.
+        let mut v = v;
+        v["runtime"]["surprise"] = 1.into();
+        let e = serde_json::from_value::<Report>(v).unwrap_err().to_string();
+        assert!(e.contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn a_report_without_a_runtime_reads_and_is_written_as_before() {
+        // What a device older than the field sends.
+        let old = r#"{"version":"1.0.0","slot":"a","slots":[],"floor":1,"runtime_alive":false}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!(r.runtime, None);
+        r.validate().unwrap();
+        // Written without it, a server older than the field (which refuses unknown fields)
+        // takes it.
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains("runtime\""), "{text}");
     }
 
     #[test]

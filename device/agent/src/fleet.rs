@@ -1,7 +1,7 @@
 //! The agent's side of the fleet server (issue 16): enrollment from a provisioning archive
 //! (`aperture-agent enroll`; at first boot `enroll --first-boot`, [`crate::firstboot`]), and
 //! the report sent after each poll, built from the updater's status, the loop's last check and
-//! the runtime's unit. The device key is kept by [`key_store`]: sealed with the TPM where the
+//! the runtime's unit (and its metrics, [`crate::runtime`], added by the update loop). The device key is kept by [`key_store`]: sealed with the TPM where the
 //! image says the board has one, else a plain file, both on the encrypted config partition.
 
 use aperture_appliance::{BuildFacts, Files};
@@ -213,6 +213,8 @@ pub fn build_report(st: &UpdateStatus, last: Option<&LoopStatus>, runtime_alive:
         last_update,
         health,
         runtime_alive,
+        // The update loop adds the metrics' summary ([`crate::runtime::summary`]).
+        runtime: None,
     }
 }
 

@@ -16,6 +16,8 @@
 //!   fleet server after each poll.
 //! * [`firstboot`]: `enroll --first-boot`, what `aperture-enroll.service` runs: the archive's
 //!   network, enrollment tried again while the server is unreachable, the USB stick's erase.
+//! * [`runtime`]: the inference runtime's metrics file summarised for `status` and the
+//!   fleet report: model, frames, latency, cameras; missing, stale or malformed said so.
 //! * [`network`]: the provisioned network settings as a systemd-networkd file (`network`).
 
 pub mod cli;
@@ -23,5 +25,6 @@ pub mod firstboot;
 pub mod fleet;
 pub mod health;
 pub mod network;
+pub mod runtime;
 pub mod status;
 pub mod update;

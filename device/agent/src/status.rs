@@ -2,7 +2,7 @@
 //! mounted read-only through dm-verity, as a line of text or as JSON; the board's slot
 //! partitions and boot control; with the A/B state from `aperture-update` (both slots, the
 //! anti-rollback floor) and a rollback notice when this boot came back from a slot that failed
-//! its health check.
+//! its health check; the inference runtime's metrics, summarised ([`crate::runtime`]).
 //!
 //! Every path comes from the appliance contract ([`Files`]) and the board from the image's
 //! facts ([`BuildFacts`]), as for every device program.
@@ -34,7 +34,7 @@ pub struct RootMount {
 }
 
 /// The status report.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     /// Product.
     pub product: String,
@@ -68,6 +68,10 @@ pub struct Status {
     /// no check ran yet.
     #[serde(default)]
     pub update_loop: Option<aperture_client::LoopStatus>,
+    /// The inference runtime's metrics (`/run/aperture/runtime.json`), summarised as the
+    /// fleet report carries them; a missing, stale or malformed file says so.
+    #[serde(default)]
+    pub runtime: Option<aperture_fleet_api::RuntimeSummary>,
 }
 
 /// The partitions of one slot on the board.
@@ -167,6 +171,7 @@ pub fn gather(files: &Files) -> Result<Status, StatusError> {
         update_loop: aperture_client::check::load_status(
             &aperture_client::StateDir(files.agent_state()).status(),
         ),
+        runtime: Some(crate::runtime::summary(files)),
     })
 }
 
@@ -218,6 +223,9 @@ impl fmt::Display for Status {
         }
         if let Some(rb) = &self.rollback {
             write!(f, "\n{rb}")?;
+        }
+        if let Some(rt) = &self.runtime {
+            write!(f, "\n{}", crate::runtime::describe(rt))?;
         }
         Ok(())
     }
@@ -315,6 +323,39 @@ mod tests {
         );
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["slots"][1]["kernel_dtb"], "kernel-dtb_b");
+    }
+
+    #[test]
+    fn shows_the_runtime_s_metrics_or_that_they_are_missing() {
+        let d = fake_root("qemu-x86_64", "aperture.slot=a", MOUNTINFO, None);
+        let files = Files::at(d.path());
+        let s = gather(&files).unwrap();
+        assert_eq!(
+            s.runtime.as_ref().unwrap().metrics,
+            aperture_fleet_api::MetricsState::Missing
+        );
+        assert!(s.to_string().contains("\nruntime: missing (no "), "{s}");
+
+        std::fs::create_dir_all(files.run_aperture()).unwrap();
+        let metrics = serde_json::json!({
+            "updated_unix_ms": crate::runtime::now_ms(),
+            "model": {"name": "nanodet-m", "sha256": "ab".repeat(32),
+                      "execution_provider": "cpu", "fallback": true},
+            "frames": {"decoded": 10, "inferred": 9, "dropped": 1},
+            "latency_ms": {"p50": 30.0, "p95": 35.0, "samples": 9},
+            "cameras": [{"name": "door", "state": "streaming"}],
+        });
+        std::fs::write(files.runtime_metrics(), metrics.to_string()).unwrap();
+        let s = gather(&files).unwrap();
+        let line = s.to_string();
+        assert!(
+            line.contains("\nruntime: 1/1 streaming, p50 30.0 ms, cpu (FALLBACK); model nanodet-m"),
+            "{line}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["runtime"]["metrics"], "fresh");
+        assert_eq!(json["runtime"]["frames_inferred"], 9);
+        assert_eq!(json["runtime"]["model"]["fallback"], true);
     }
 
     #[test]

@@ -94,11 +94,15 @@ pub fn run_loop(files: &Files) -> anyhow::Result<()> {
         &mut |last, t| {
             reports.send(
                 || match crate::status::update_status(files) {
-                    Ok(st) => Some(crate::fleet::build_report(
-                        &st,
-                        Some(last),
-                        crate::fleet::runtime_alive(&mut crate::health::Systemctl),
-                    )),
+                    Ok(st) => {
+                        let mut report = crate::fleet::build_report(
+                            &st,
+                            Some(last),
+                            crate::fleet::runtime_alive(&mut crate::health::Systemctl),
+                        );
+                        report.runtime = Some(crate::runtime::summary(files));
+                        Some(report)
+                    }
                     Err(e) => {
                         tracing::warn!("fleet report: reading the updater's status: {e}");
                         None

@@ -5,6 +5,10 @@
 //! A report that cannot be sent is logged by the caller and never stops the loop; a 429 (the
 //! server's per-device limit) holds reports back for its `Retry-After` (at least a minute, at
 //! most an hour); a report the server would refuse for its size or a field is not sent.
+//!
+//! A server older than the report's optional `runtime` field (issue 17) refuses it as an
+//! unknown field (400): the report is sent again without it, and so are the reporter's later
+//! ones (until the agent restarts, after the server may have been upgraded).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -60,6 +64,13 @@ pub struct Reporter {
     agent: ureq::Agent,
     url: String,
     held_until: u64,
+    /// The server refused the `runtime` field: leave it out.
+    omit_runtime: bool,
+}
+
+/// Whether a 400's message is a server's refusal of the `runtime` field it does not know.
+fn refuses_runtime_field(status: u16, message: &str) -> bool {
+    status == 400 && message.contains("unknown field `runtime`")
 }
 
 impl Reporter {
@@ -75,11 +86,33 @@ impl Reporter {
             agent,
             url: identity.api_url(&report_path(&identity.device_id)),
             held_until: 0,
+            omit_runtime: false,
         })
     }
 
     /// Send `report` at time `now` (Unix seconds).
     pub fn send(&mut self, report: &Report, now: u64) -> Result<(), ReportError> {
+        if self.omit_runtime && report.runtime.is_some() {
+            let mut older = report.clone();
+            older.runtime = None;
+            return self.send_once(&older, now);
+        }
+        match self.send_once(report, now) {
+            Err(ReportError::Status { status, message })
+                if report.runtime.is_some() && refuses_runtime_field(status, &message) =>
+            {
+                tracing::info!(
+                    "the fleet server does not know the report's runtime field; sending \
+                     reports without it"
+                );
+                self.omit_runtime = true;
+                self.send(report, now)
+            }
+            other => other,
+        }
+    }
+
+    fn send_once(&mut self, report: &Report, now: u64) -> Result<(), ReportError> {
         if now < self.held_until {
             return Err(ReportError::HeldBack(self.held_until));
         }
@@ -118,5 +151,20 @@ impl Reporter {
                 err: Box::new(t),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_an_unknown_runtime_field_is_taken_for_an_older_server() {
+        // serde's words, as an older server's 400 carries them (`deny_unknown_fields`).
+        let old = "field `runtime`: unknown field `runtime`, expected one of `version`, `slot`";
+        assert!(super::refuses_runtime_field(400, old));
+        assert!(!super::refuses_runtime_field(429, old));
+        assert!(!super::refuses_runtime_field(
+            400,
+            "field `runtime.cameras`: 5000, at most 1024"
+        ));
     }
 }

@@ -159,6 +159,7 @@ fn report(version: &str) -> Report {
         }),
         health: None,
         runtime_alive: true,
+        runtime: None,
     }
 }
 

@@ -207,6 +207,7 @@ pub mod reports {
             }),
             health: None,
             runtime_alive: true,
+            runtime: None,
         }
     }
 
@@ -224,6 +225,7 @@ pub mod reports {
             }),
             health: None,
             runtime_alive: true,
+            runtime: None,
         }
     }
 
@@ -244,6 +246,7 @@ pub mod reports {
                 detail: "slot b committed".into(),
             }),
             runtime_alive: true,
+            runtime: None,
         }
     }
 
@@ -265,6 +268,7 @@ pub mod reports {
                 detail: why,
             }),
             runtime_alive: true,
+            runtime: None,
         }
     }
 }

@@ -124,6 +124,22 @@
     return 'healthy';
   }
 
+  /** The runtime's cell, as `aperture-fleet devices` shows it (RuntimeSummary's Display). */
+  function runtimeText(r) {
+    if (!r) return '';
+    const rt = r.runtime;
+    const down = r.runtime_alive === false ? 'DOWN' : '';
+    if (!rt) return down || 'alive';
+    let t = down ? down + ', ' : '';
+    if (rt.metrics === 'missing' || rt.metrics === 'malformed') return t + rt.metrics;
+    if (rt.metrics === 'stale') t += (typeof rt.age_s === 'number' ? 'STALE ' + rt.age_s + 's' : 'STALE') + ': ';
+    t += (rt.streaming || 0) + '/' + (rt.cameras || 0) + ' streaming';
+    if (rt.stalled_names && rt.stalled_names.length) t += ' (' + rt.stalled_names.join(',') + ' stalled)';
+    if (typeof rt.latency_p50_ms === 'number') t += ', p50 ' + rt.latency_p50_ms.toFixed(1) + ' ms';
+    if (rt.model) t += ', ' + rt.model.execution_provider + (rt.model.fallback ? ' (FALLBACK)' : '');
+    return t;
+  }
+
   function clear() {
     for (const id of ['by-version', 'by-health', 'devices', 'audit']) {
       $(id).tBodies[0].replaceChildren();
@@ -150,8 +166,10 @@
       const u = d.last_report && d.last_report.last_update;
       const update = u ? u.result + (u.version ? ' ' + u.version : '') + ': ' + u.journal : '';
       const tr = row([d.id, d.serial, d.channel, (d.tags || []).join(', '), version, label,
-        time(d.last_seen_at), update], 'device');
+        time(d.last_seen_at), update, runtimeText(d.last_report)], 'device');
       tr.dataset.id = d.id;
+      const rt = d.last_report && d.last_report.runtime;
+      if (rt) tr.dataset.runtime = rt.metrics;
       tr.dataset.health = h;
       tr.cells[5].className = 'health-' + h;
       rows.push(tr);

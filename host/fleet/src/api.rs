@@ -45,9 +45,9 @@ use crate::token::Role;
 /// The device-facing types and bounds live in `aperture-fleet-api` (common/fleet-api), which
 /// the appliance shares; they are re-exported here so the server's paths stay the same.
 pub use aperture_fleet_api::{
-    check_name, EnrollRequest, EnrollResponse, FieldError, HealthResult, Report, SlotState,
-    UpdateResult, MAX_ENROLL_BYTES, MAX_LINE, MAX_NAME, MAX_REPORT_BYTES, MAX_SLOTS,
-    RESULT_COMMITTED, RESULT_FAILED, RESULT_ROLLED_BACK,
+    check_name, EnrollRequest, EnrollResponse, FieldError, HealthResult, MetricsState, Report,
+    RuntimeModel, RuntimeSummary, SlotState, UpdateResult, MAX_ENROLL_BYTES, MAX_LINE, MAX_NAME,
+    MAX_REPORT_BYTES, MAX_SLOTS, RESULT_COMMITTED, RESULT_FAILED, RESULT_ROLLED_BACK,
 };
 
 /// Most tags on a device.

@@ -223,6 +223,7 @@ mod tests {
                 detail: if passed { "" } else { "runtime down" }.into(),
             }),
             runtime_alive: true,
+            runtime: None,
         }
     }
 

@@ -259,6 +259,7 @@ fn populated(test: &str) -> Option<(Fleet, PathBuf, u64)> {
         version: Some("1.0.0".into()),
         journal: HOSTILE_JOURNAL.into(),
     });
+    hostile.runtime = Some(common::runtime_summary());
     d[4].client.report(&d[4].id, &hostile).unwrap();
     // d[5] never reports; its serial was changed behind the API's back.
     f.server
@@ -285,6 +286,12 @@ fn the_dashboard_shows_the_fleet_in_a_browser() {
 
     // Seven devices; counts by version leave the revoked one out.
     assert_eq!(tags_with(&dom, r#"class="device""#), 7, "{dom}");
+    // The runtime's summary, where a device sent one.
+    assert_eq!(tags_with(&dom, r#"data-runtime="fresh""#), 1, "{dom}");
+    assert!(
+        dom.contains("<td>1/2 streaming (yard stalled), p50 41.5 ms, cpu</td>"),
+        "{dom}"
+    );
     for (version, n) in [("1.0.0", 2), (VERSION, 3), ("(no report yet)", 1)] {
         assert!(
             dom.contains(&format!(

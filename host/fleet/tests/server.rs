@@ -29,6 +29,8 @@ both!(
     each_role_stops_at_its_boundary,
     an_oversized_report_is_413,
     a_malformed_report_is_400_naming_the_field,
+    a_runtime_summary_is_stored_and_shown,
+    an_oversized_runtime_summary_is_refused_and_the_server_goes_on,
     a_flooding_device_gets_429_and_others_are_served,
     the_audit_log_is_append_only,
     two_servers_on_one_database_share_state,
@@ -386,6 +388,149 @@ fn a_malformed_report_is_400_naming_the_field(f: Fleet) {
         assert_eq!(status, 400, "{field}: {text}");
         assert!(text.contains(field), "{field} not named in {text}");
     }
+}
+
+fn a_runtime_summary_is_stored_and_shown(f: Fleet) {
+    let device = f.enroll("SN-RT");
+    let old = f.enroll("SN-OLD");
+    let mut r = report("1.0.0");
+    r.runtime = Some(common::runtime_summary());
+    device.client.report(&device.id, &r).unwrap();
+    // A device older than the field sends none: still taken, shown without it.
+    old.client.report(&old.id, &report("1.0.0")).unwrap();
+
+    let all = f.admin().devices().unwrap();
+    let stored = |id: &str| {
+        all.iter()
+            .find(|d| d.id == id)
+            .unwrap()
+            .last_report
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(stored(&device.id).runtime, r.runtime, "kept whole");
+    assert_eq!(stored(&old.id).runtime, None);
+    // The admin API's JSON (what `devices --json` prints) carries the whole summary.
+    let (status, text) = f.admin().raw("GET", "/v1/devices", b"").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rt = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == device.id.as_str())
+        .unwrap()["last_report"]["runtime"]
+        .clone();
+    assert_eq!(rt["metrics"], "fresh");
+    assert_eq!(rt["model"]["sha256"], "0f".repeat(32));
+    assert_eq!(
+        (rt["streaming"].as_u64(), rt["cameras"].as_u64()),
+        (Some(1), Some(2))
+    );
+    // The table's column, and the history keeps it too.
+    let table = aperture_fleet::cli::table::devices(&all);
+    assert!(table.lines().next().unwrap().contains("RUNTIME"), "{table}");
+    assert!(
+        table.contains("1/2 streaming (yard stalled), p50 41.5 ms, cpu"),
+        "{table}"
+    );
+    let detail = f.admin().device(&device.id).unwrap();
+    assert_eq!(detail.history[0].report.runtime, r.runtime);
+    let text = aperture_fleet::cli::table::device(&detail);
+    assert!(
+        text.contains(&format!(
+            "model nanodet-m sha256 {} on cpu",
+            "0f".repeat(32)
+        )),
+        "{text}"
+    );
+}
+
+fn an_oversized_runtime_summary_is_refused_and_the_server_goes_on(f: Fleet) {
+    let good = {
+        let mut r = report("1.0.0");
+        r.runtime = Some(common::runtime_summary());
+        serde_json::to_value(r).unwrap()
+    };
+    let cases: Vec<(serde_json::Value, u16, &str)> = vec![
+        (
+            {
+                let mut v = good.clone();
+                v["runtime"]["stalled_names"] = vec!["cam"; 500].into();
+                v
+            },
+            400,
+            "runtime.stalled_names",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["runtime"]["cameras"] = 100_000.into();
+                v
+            },
+            400,
+            "runtime.cameras",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["runtime"]["model"]["name"] = "m".repeat(5000).into();
+                v
+            },
+            400,
+            "runtime.model.name",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["runtime"]["stalled_names"] = vec!["c".repeat(60); 300].into();
+                v
+            },
+            413,
+            "",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["runtime"]["metrics"] = "splendid".into();
+                v
+            },
+            400,
+            "runtime.metrics",
+        ),
+        (
+            {
+                let mut v = good.clone();
+                v["runtime"]["extra"] = "x".into();
+                v
+            },
+            400,
+            "extra",
+        ),
+    ];
+    // Refused reports count against the rate limit: a device for every few cases.
+    let mut device = f.enroll("SN-1");
+    for (i, (body, want, field)) in cases.into_iter().enumerate() {
+        if i % 4 == 3 {
+            device = f.enroll("SN-1");
+        }
+        let path = format!("/v1/devices/{}/report", device.id);
+        let (status, text) = device
+            .client
+            .raw("POST", &path, body.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(status, want, "{field}: {text}");
+        assert!(text.contains(field), "{field} not named in {text}");
+    }
+    // Nothing of them was stored, and the server still takes a good one.
+    let fresh = f.enroll("SN-2");
+    let all = f.admin().devices().unwrap();
+    assert!(all.iter().all(|d| d.last_report.is_none()));
+    let mut r = report("1.0.0");
+    r.runtime = Some(common::runtime_summary());
+    fresh.client.report(&fresh.id, &r).unwrap();
+    let d = f.admin().device(&fresh.id).unwrap();
+    assert_eq!(d.device.last_report.unwrap().runtime, r.runtime);
 }
 
 fn a_flooding_device_gets_429_and_others_are_served(f: Fleet) {

@@ -4,7 +4,7 @@
 
 mod provision;
 mod rollout;
-mod table;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

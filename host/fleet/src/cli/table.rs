@@ -4,7 +4,9 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::api::{AuditEntry, DeviceDetail, DeviceInfo, RolloutDetail, RolloutInfo, TokenInfo};
+use crate::api::{
+    AuditEntry, DeviceDetail, DeviceInfo, Report, RolloutDetail, RolloutInfo, TokenInfo,
+};
 use crate::db;
 
 /// Print `value` as pretty JSON, or as the table `render` makes of it.
@@ -65,6 +67,18 @@ fn health(d: &DeviceInfo) -> String {
     }
 }
 
+/// The runtime cell: the unit's liveness and the metrics' summary
+/// (`1/2 streaming (door stalled), p50 41.2 ms, cpu`), or only the liveness from devices that
+/// send no summary.
+fn runtime(r: &Report) -> String {
+    match (&r.runtime, r.runtime_alive) {
+        (Some(rt), true) => rt.to_string(),
+        (Some(rt), false) => format!("DOWN, {rt}"),
+        (None, true) => "alive".into(),
+        (None, false) => "DOWN".into(),
+    }
+}
+
 /// The device list.
 pub fn devices(all: &[DeviceInfo]) -> String {
     let rows: Vec<Vec<String>> = all
@@ -79,6 +93,7 @@ pub fn devices(all: &[DeviceInfo]) -> String {
                 r.map_or("-".into(), |r| r.version.clone()),
                 r.map_or("-".into(), |r| r.slot.clone()),
                 health(d),
+                r.map_or("-".into(), runtime),
                 ago(d.last_seen_at),
                 if d.revoked_at.is_some() {
                     "REVOKED".into()
@@ -90,7 +105,8 @@ pub fn devices(all: &[DeviceInfo]) -> String {
         .collect();
     render(
         &[
-            "ID", "SERIAL", "CHANNEL", "TAGS", "VERSION", "SLOT", "HEALTH", "SEEN", "STATUS",
+            "ID", "SERIAL", "CHANNEL", "TAGS", "VERSION", "SLOT", "HEALTH", "RUNTIME", "SEEN",
+            "STATUS",
         ],
         &rows,
     )
@@ -100,7 +116,43 @@ pub fn devices(all: &[DeviceInfo]) -> String {
 pub fn device(d: &DeviceDetail) -> String {
     let mut out = devices(std::slice::from_ref(&d.device));
     out.push_str(&format!("\ncertificate sha256 {}\n", d.device.cert_sha256));
-    out.push_str(&format!("enrolled {}\n\n", ago(Some(d.device.enrolled_at))));
+    out.push_str(&format!("enrolled {}\n", ago(Some(d.device.enrolled_at))));
+    if let Some(rt) = d
+        .device
+        .last_report
+        .as_ref()
+        .and_then(|r| r.runtime.as_ref())
+    {
+        out.push_str(&format!("runtime metrics {}", rt.metrics.as_str()));
+        if let Some(age) = rt.age_s {
+            out.push_str(&format!(", {age}s old"));
+        }
+        if let Some(m) = &rt.model {
+            out.push_str(&format!(
+                "; model {} sha256 {} on {}{}",
+                m.name,
+                m.sha256,
+                m.execution_provider,
+                if m.fallback { " (CPU fallback)" } else { "" }
+            ));
+        }
+        out.push_str(&format!(
+            "; frames inferred {} dropped {}",
+            rt.frames_inferred, rt.frames_dropped
+        ));
+        if let (Some(p50), Some(p95)) = (rt.latency_p50_ms, rt.latency_p95_ms) {
+            out.push_str(&format!("; latency p50 {p50:.1} ms p95 {p95:.1} ms"));
+        }
+        out.push_str(&format!(
+            "; cameras {} streaming {} stalled {}",
+            rt.cameras, rt.streaming, rt.stalled
+        ));
+        if let Some(p) = &rt.problem {
+            out.push_str(&format!(" ({p})"));
+        }
+        out.push('\n');
+    }
+    out.push('\n');
     let rows: Vec<Vec<String>> = d
         .history
         .iter()
@@ -126,7 +178,7 @@ pub fn device(d: &DeviceDetail) -> String {
                         format!("FAILED {}", h.detail)
                     }
                 }),
-                if r.runtime_alive { "alive" } else { "DOWN" }.into(),
+                runtime(r),
             ]
         })
         .collect();

@@ -375,6 +375,29 @@ pub fn failed_health(version: &str) -> Report {
     r
 }
 
+/// A plausible runtime summary: two cameras, `yard` stalled.
+pub fn runtime_summary() -> aperture_fleet::api::RuntimeSummary {
+    aperture_fleet::api::RuntimeSummary {
+        metrics: aperture_fleet::api::MetricsState::Fresh,
+        problem: None,
+        age_s: Some(1),
+        model: Some(aperture_fleet::api::RuntimeModel {
+            name: "nanodet-m".into(),
+            sha256: "0f".repeat(32),
+            execution_provider: "cpu".into(),
+            fallback: false,
+        }),
+        frames_inferred: 1800,
+        frames_dropped: 12,
+        latency_p50_ms: Some(41.5),
+        latency_p95_ms: Some(70.25),
+        cameras: 2,
+        streaming: 1,
+        stalled: 1,
+        stalled_names: vec!["yard".into()],
+    }
+}
+
 /// A plausible report.
 pub fn report(version: &str) -> Report {
     Report {
@@ -403,6 +426,7 @@ pub fn report(version: &str) -> Report {
             detail: String::new(),
         }),
         runtime_alive: true,
+        runtime: None,
     }
 }
 

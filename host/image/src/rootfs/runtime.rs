@@ -151,7 +151,13 @@ fn config_text(recipe: &Recipe, manifest: &Path) -> String {
     t += &format!("onnxruntime = {}\n", quoted(&format!("/{IMAGE_LIBRARY}")));
     t += "socket = \"/run/aperture/detections.sock\"\n";
     t += "output_dir = \"/var/lib/aperture-runtime/detections\"\n";
-    t += "metrics = \"/run/aperture/runtime.json\"\n";
+    t += &format!(
+        "metrics = {}\n",
+        quoted(&format!(
+            "/{}",
+            aperture_appliance::files::rel::RUNTIME_METRICS
+        ))
+    );
     t += &format!("cameras_file = {}\n", quoted(CAMERAS_FILE));
     // Signed model bundles (`aperture-runtime model install`), on the data partition.
     t += &format!("models_dir = {}\n", quoted(MODEL_STORE));
