@@ -242,6 +242,11 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
         sha256: manifest.model.sha256.clone(),
         execution_provider: "cpu".into(),
         fallback: false,
+        source: "built-in".into(),
+        manifest: manifest_path.clone(),
+        bundle_digest: None,
+        bundle_version: None,
+        last_rejection: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = {
