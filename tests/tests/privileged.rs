@@ -466,6 +466,148 @@ fn full_jetson_orin_rootfs_has_an_aarch64_agent() {
         &report.rootfs.commit,
         "usr/lib/systemd/system/aperture-storage.service.d/tpm.conf",
     );
+    // The inference runtime, cross-built against the arm64 sysroot, with the aarch64 ONNX
+    // Runtime library and the model.
+    let lib = read_from_commit(
+        &store,
+        &report.rootfs.commit,
+        "usr/lib/aperture/libonnxruntime.so.1.31.1",
+    );
+    assert_eq!(u16::from_le_bytes([lib[18], lib[19]]), 0xB7, "not aarch64");
+    read_from_commit(
+        &store,
+        &report.rootfs.commit,
+        "usr/share/aperture/models/nanodet-m/manifest.toml",
+    );
+    read_from_commit(&store, &report.rootfs.commit, "etc/aperture/runtime.toml");
+}
+
+/// `/proc/cpuinfo` of a two-core Cortex-A72 (the layout an arm64 kernel writes). Under
+/// qemu-user the program reads the build machine's x86 `/proc/cpuinfo`, in which ONNX Runtime's
+/// cpuinfo finds no arm64 processor and crashes (a NULL read while it sizes its thread pool);
+/// the test shows it this file instead, bind-mounted in a mount namespace of its own.
+fn arm64_cpuinfo() -> String {
+    (0..2)
+        .map(|i| {
+            format!(
+                "processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull \
+                 sha1 sha2 crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\n\
+                 CPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+#[ignore = "privileged tier: needs root and the network (run by `cargo xtask test` as root)"]
+fn full_arm64_runtime_cross_builds_and_passes_its_self_test_under_qemu_user() {
+    use std::io::BufRead;
+
+    use aperture_image::recipe::{DeviceProgram, Recipe};
+    use aperture_image::rootfs::{programs, sysroot};
+
+    let name = "full_arm64_runtime_cross_builds_and_passes_its_self_test_under_qemu_user";
+    if !require_root(name)
+        || !tool("mmdebstrap")
+        || !tool("aarch64-linux-gnu-gcc")
+        || !tool("qemu-aarch64-static")
+        || !tool("unshare")
+    {
+        return;
+    }
+    let lib = std::env::var_os("APERTURE_ONNXRUNTIME_ARM64")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name}: APERTURE_ONNXRUNTIME_ARM64 does not name the aarch64 ONNX Runtime \
+                 library; `cargo xtask test` fetches it and sets it"
+            )
+        });
+    // The arm64 boards' recipe, built as an image build does (the build cache's sysroot, the
+    // release profile, target/device), with the runtime only: the other programs have no
+    // system libraries to cross-link and the Jetson suites build them.
+    let mut r = Recipe::load(&recipe("qemu-arm64.toml")).unwrap();
+    assert!(
+        sysroot::needed(&r),
+        "this test is for an x86-64 build machine"
+    );
+    r.components.device = vec![DeviceProgram::Runtime];
+    let cache = aperture_image::pipeline::default_cache()
+        .unwrap()
+        .join("cache");
+    let rep = aperture_image::progress::Reporter::new(None).unwrap();
+    let t = std::time::Instant::now();
+    let bin = rep
+        .step("programs", |s| {
+            programs::build(&r, &aperture_tests::workspace(), &cache, s)
+        })
+        .unwrap()
+        .expect("the recipe has a device program");
+    let sysroot = rep
+        .step("sysroot", |s| sysroot::ensure(&r, &cache, s))
+        .unwrap();
+    eprintln!("{name}: cross-built in {:.0?}", t.elapsed());
+    let elf = std::fs::read(&bin).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 0xB7, "not aarch64");
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let program = d.join("aperture-runtime");
+    std::os::unix::fs::symlink(&bin, &program).unwrap();
+    std::fs::write(d.join("cpuinfo"), arm64_cpuinfo()).unwrap();
+    let manifest = aperture_tests::workspace().join("models/nanodet-m/manifest.toml");
+    let config = format!(
+        "model = {:?}\nonnxruntime = {:?}\nsocket = {:?}\noutput_dir = {:?}\nmetrics = {:?}\n",
+        manifest.display().to_string(),
+        lib.display().to_string(),
+        d.join("detections.sock").display().to_string(),
+        d.join("detections").display().to_string(),
+        d.join("runtime.json").display().to_string(),
+    );
+    std::fs::write(d.join("runtime.toml"), config).unwrap();
+    // The aarch64 program and every library it loads (GStreamer, libstdc++ for ONNX Runtime)
+    // from the sysroot, the ONNX Runtime library from its wheel; nothing from the build machine.
+    let script = format!(
+        "mount --bind '{cpuinfo}' /proc/cpuinfo && exec qemu-aarch64-static -L '{root}' \
+         '{program}' --config '{config}'",
+        cpuinfo = d.join("cpuinfo").display(),
+        root = sysroot.display(),
+        program = program.display(),
+        config = d.join("runtime.toml").display(),
+    );
+    let t = std::time::Instant::now();
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("HOME", d)
+        .env("GST_REGISTRY", d.join("registry.bin"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = Vec::new();
+    let mut passed = false;
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        log.push(line.clone());
+        if line.contains("passed its self-test on 3 golden frames") {
+            passed = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        passed,
+        "the aarch64 runtime did not pass its golden self-test under qemu-user:\n{}",
+        log.join("\n")
+    );
+    eprintln!(
+        "{name}: self-test on the 3 golden frames passed under qemu-user in {:.0?}",
+        t.elapsed()
+    );
 }
 
 #[test]

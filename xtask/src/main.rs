@@ -128,10 +128,12 @@ pub(crate) fn host_program(root: &Path, program: Program) -> Result<Command> {
     let mut c = Command::new(exe);
     c.env("APERTURE_WORKSPACE", root);
     c.env("APERTURE_PYTHON_TOOLS", preflight::PYTHON_TOOLS);
-    // The ONNX Runtime library images with the inference runtime ship (fetched and checked by
-    // the preflight), unless the caller names one.
-    if std::env::var_os("APERTURE_ONNXRUNTIME").is_none() {
-        c.env("APERTURE_ONNXRUNTIME", preflight::onnxruntime_lib());
+    // The ONNX Runtime libraries images with the inference runtime ship, one per architecture
+    // (fetched and checked by the preflight), unless the caller names one.
+    for (var, lib) in preflight::onnxruntime_env() {
+        if std::env::var_os(&var).is_none() {
+            c.env(var, lib);
+        }
     }
     Ok(c)
 }

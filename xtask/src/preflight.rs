@@ -123,13 +123,16 @@ const BENCH_PYTHON_LIBS: &[PythonLibs] = &[
     },
 ];
 
-/// The ONNX Runtime library the runtime's tests load (device/runtime/tests/golden.rs): the
+/// The ONNX Runtime library the runtime's tests load (device/runtime/tests/golden.rs) and the
+/// images with the inference runtime ship, one per architecture: the
 /// plain C-API library inside the official `onnxruntime` wheel on PyPI, pinned by the sha256 of
 /// the wheel and of the library (docs/research/issue-17/pins.txt). The version is the one
 /// `ort` 2.0.0-rc.15 was written for (`aperture_runtime::ONNXRUNTIME_VERSION`).
 pub(crate) struct OnnxRuntimeWheel {
     /// `uname -m` of the machines this wheel is for.
     pub arch: &'static str,
+    /// Debian's name of that architecture.
+    pub debian: &'static str,
     /// pip's `--platform`.
     pub platform: &'static str,
     /// The wheel's file name.
@@ -147,6 +150,7 @@ pub(crate) const ONNXRUNTIME_VERSION: &str = "1.31.1";
 pub(crate) const ONNXRUNTIME_WHEELS: &[OnnxRuntimeWheel] = &[
     OnnxRuntimeWheel {
         arch: "x86_64",
+        debian: "amd64",
         platform: "manylinux_2_28_x86_64",
         wheel: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl",
         wheel_sha256: "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
@@ -154,6 +158,7 @@ pub(crate) const ONNXRUNTIME_WHEELS: &[OnnxRuntimeWheel] = &[
     },
     OnnxRuntimeWheel {
         arch: "aarch64",
+        debian: "arm64",
         platform: "manylinux_2_28_aarch64",
         wheel: "onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_aarch64.whl",
         wheel_sha256: "da05378364c44d4407e463982d2bf8d5e4cfea873283757e48beeb41df97b7f3",
@@ -161,11 +166,44 @@ pub(crate) const ONNXRUNTIME_WHEELS: &[OnnxRuntimeWheel] = &[
     },
 ];
 
-/// Where the library is put (passed to the tests as `APERTURE_ONNXRUNTIME`).
+/// Where the library for this machine is put (passed to the tests and the image builder as
+/// `APERTURE_ONNXRUNTIME`).
 pub(crate) fn onnxruntime_lib() -> PathBuf {
     Path::new(PYTHON_TOOLS)
         .join(format!("onnxruntime-{ONNXRUNTIME_VERSION}"))
         .join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}"))
+}
+
+/// Where the library for `arch` (`uname -m`) is put: this machine's at [`onnxruntime_lib`],
+/// another architecture's (the images of its boards ship it) in a folder named after it
+/// beside that, `onnxruntime-1.31.1/aarch64/`.
+pub(crate) fn onnxruntime_lib_for(arch: &str) -> PathBuf {
+    if arch == std::env::consts::ARCH {
+        return onnxruntime_lib();
+    }
+    Path::new(PYTHON_TOOLS)
+        .join(format!("onnxruntime-{ONNXRUNTIME_VERSION}"))
+        .join(arch)
+        .join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}"))
+}
+
+/// The variables that hand the libraries to the host programs: `APERTURE_ONNXRUNTIME` (this
+/// machine's: the runtime's tests load it), and `APERTURE_ONNXRUNTIME_<ARCH>` (Debian's name:
+/// `_ARM64`, `_AMD64`) for every pinned architecture whose library the preflight fetched, which
+/// the image builder installs into images for that architecture
+/// (host/image/src/rootfs/runtime.rs).
+pub(crate) fn onnxruntime_env() -> Vec<(String, PathBuf)> {
+    let mut env = vec![("APERTURE_ONNXRUNTIME".to_string(), onnxruntime_lib())];
+    for w in ONNXRUNTIME_WHEELS {
+        let lib = onnxruntime_lib_for(w.arch);
+        if lib.is_file() {
+            env.push((
+                format!("APERTURE_ONNXRUNTIME_{}", w.debian.to_ascii_uppercase()),
+                lib,
+            ));
+        }
+    }
+    env
 }
 
 /// Peers the benchmarks run beside Aperture.
@@ -204,8 +242,9 @@ pub struct Needs {
     pub python: BTreeSet<(&'static str, &'static str)>,
     /// Libraries from PyPI, one virtual environment each.
     pub python_libs: BTreeSet<&'static PythonLibs>,
-    /// The pinned ONNX Runtime library ([`onnxruntime_lib`]).
-    pub onnxruntime: bool,
+    /// The pinned ONNX Runtime library of each of these architectures (`uname -m`;
+    /// [`onnxruntime_lib_for`]).
+    pub onnxruntime: BTreeSet<&'static str>,
 }
 
 impl Needs {
@@ -214,12 +253,15 @@ impl Needs {
         let mut n = Needs::default();
         n.packages.extend(BUILD);
         // The inference runtime (the default recipe builds it): GStreamer to link, and the
-        // ONNX Runtime library the image ships.
+        // ONNX Runtime library the image ships (this machine's, and the boards' when they are
+        // arm64; an arm64 build links against a sysroot of its own, which the image builder
+        // makes with mmdebstrap).
         n.packages.extend(GSTREAMER_DEV);
-        n.onnxruntime = true;
+        n.onnxruntime.insert(std::env::consts::ARCH);
         if arm64 {
             n.packages.extend(ARM64);
             n.arm64 = true;
+            n.onnxruntime.insert("aarch64");
         }
         n
     }
@@ -232,7 +274,6 @@ impl Needs {
         n.packages.extend(TEST);
         n.packages.extend(GSTREAMER_DEV);
         n.python.extend(TEST_PYTHON);
-        n.onnxruntime = true;
         n
     }
 
@@ -255,7 +296,7 @@ impl Needs {
         // pinned ONNX Runtime library.
         n.packages.extend(GSTREAMER_DEV);
         n.python_libs.extend(BENCH_PYTHON_LIBS);
-        n.onnxruntime = true;
+        n.onnxruntime.insert(std::env::consts::ARCH);
         n
     }
 
@@ -435,8 +476,8 @@ pub fn ensure(needs: &Needs) -> Result<()> {
             .with_context(|| format!("writing {}", stamp.display()))?;
     }
 
-    if needs.onnxruntime {
-        ensure_onnxruntime(root, &mut fixes)?;
+    for arch in &needs.onnxruntime {
+        ensure_onnxruntime(arch, root, &mut fixes)?;
     }
 
     if needs.arm64 {
@@ -502,16 +543,16 @@ fn sha256_of(file: &Path) -> Result<String> {
         .to_string())
 }
 
-/// Put the pinned ONNX Runtime library at [`onnxruntime_lib`]: `pip download` the wheel (no
-/// dependencies, binary only, for this architecture and CPython 3.11, whatever python the host
-/// has), check its sha256, take the library out of it, check that too, and move it into place.
-/// Nothing happens when the library is there with the right sha256.
-fn ensure_onnxruntime(root: bool, fixes: &mut Vec<String>) -> Result<()> {
-    let arch = std::env::consts::ARCH;
+/// Put the pinned ONNX Runtime library for `arch` (`uname -m`) at [`onnxruntime_lib_for`]:
+/// `pip download` the wheel (no dependencies, binary only, for that architecture's platform and
+/// CPython 3.11, whatever python and architecture the host has), check its sha256, take the
+/// library out of it, check that too, and move it into place. Nothing happens when the library
+/// is there with the right sha256.
+fn ensure_onnxruntime(arch: &str, root: bool, fixes: &mut Vec<String>) -> Result<()> {
     let Some(pin) = ONNXRUNTIME_WHEELS.iter().find(|w| w.arch == arch) else {
         bail!("no ONNX Runtime wheel is pinned for {arch} (xtask/src/preflight.rs ONNXRUNTIME_WHEELS)");
     };
-    let lib = onnxruntime_lib();
+    let lib = onnxruntime_lib_for(arch);
     if lib.is_file() && sha256_of(&lib)? == pin.lib_sha256 {
         return Ok(());
     }
@@ -525,8 +566,18 @@ fn ensure_onnxruntime(root: bool, fixes: &mut Vec<String>) -> Result<()> {
         dir.display()
     );
     if !root {
+        // Root's preflight fetches it: the tests' run for this machine's, an arm64 build for
+        // the arm64 boards'.
+        let as_root = if arch == std::env::consts::ARCH {
+            "sudo cargo xtask test --tier 1".to_string()
+        } else {
+            format!(
+                "sudo cargo xtask build --recipe recipes/qemu-{}.toml",
+                pin.debian
+            )
+        };
         fixes.push(format!(
-            "sudo cargo xtask test --tier 1  # or by hand: {download}; check sha256 {} of {}; \
+            "{as_root}  # or by hand: {download}; check sha256 {} of {}; \
              unzip {member} from it to {} and check sha256 {}",
             pin.wheel_sha256,
             pin.wheel,
@@ -624,6 +675,19 @@ mod tests {
         assert!(peer
             .requirements
             .contains(&format!("onnxruntime=={ONNXRUNTIME_VERSION}").as_str()));
+        // One place per architecture; this machine's is the one the tests load.
+        assert_eq!(
+            onnxruntime_lib_for(std::env::consts::ARCH),
+            onnxruntime_lib()
+        );
+        let places: BTreeSet<PathBuf> = ONNXRUNTIME_WHEELS
+            .iter()
+            .map(|w| onnxruntime_lib_for(w.arch))
+            .collect();
+        assert_eq!(places.len(), ONNXRUNTIME_WHEELS.len());
+        // The image builder's variables are named after Debian's architectures.
+        let debian: BTreeSet<&str> = ONNXRUNTIME_WHEELS.iter().map(|w| w.debian).collect();
+        assert_eq!(debian, BTreeSet::from(["amd64", "arm64"]));
         // The runtime names the same release in its errors (xtask does not link it).
         let runtime = include_str!("../../device/runtime/src/lib.rs");
         assert!(runtime.contains(&format!(

@@ -545,8 +545,11 @@ fn cargo(root: &Path, require_tools: bool) -> Cmd {
         c = c.env("SOURCE_DATE_EPOCH", date);
     }
     // The pinned ONNX Runtime library (device/runtime's tests); as root, the preflight put it
-    // there, elsewhere the tests skip when it is absent.
-    c = c.env("APERTURE_ONNXRUNTIME", preflight::onnxruntime_lib());
+    // there, elsewhere the tests skip when it is absent. The arm64 one too, when fetched: the
+    // arm64 image builds (and the cross-built runtime's self-test) install and load it.
+    for (var, lib) in preflight::onnxruntime_env() {
+        c = c.env(var, lib);
+    }
     if require_tools {
         c.env("APERTURE_REQUIRE_TOOLS", "1")
     } else {

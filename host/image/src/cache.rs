@@ -1,7 +1,8 @@
 //! The build cache (`cargo xtask cache`): one folder per user (`pipeline::default_cache`),
 //! shared by every output folder and by the test suites, holding the ostree build store
-//! (`repo/`) and `cache/` (Debian packages per architecture, slot images keyed by their inputs,
-//! scratch files). [`show`] says what is there; [`prune`] frees what no build needs again.
+//! (`repo/`) and `cache/` (Debian packages per architecture, the cross sysroots of arm64
+//! builds (`sysroots/`, kept until `--all`), slot images keyed by their inputs, scratch
+//! files). [`show`] says what is there; [`prune`] frees what no build needs again.
 
 use std::path::{Path, PathBuf};
 

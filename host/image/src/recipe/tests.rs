@@ -741,6 +741,43 @@ fn the_arm64_boards_list_their_initramfs_modules_and_x86_keeps_the_default() {
 }
 
 #[test]
+fn every_board_builds_the_inference_runtime_and_arm64_ones_need_the_cross_sysroot() {
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+    for (name, arch) in [
+        ("qemu-x86_64.toml", Arch::Amd64),
+        ("qemu-arm64.toml", Arch::Arm64),
+        ("jetson-orin-agx.toml", Arch::Arm64),
+        ("jetson-xavier-agx.toml", Arch::Arm64),
+    ] {
+        let r = Recipe::load(&recipes.join(name)).unwrap();
+        assert_eq!(r.base.architecture, arch, "{name}");
+        assert!(
+            r.components.device.contains(&DeviceProgram::Runtime),
+            "{name}: no aperture-runtime"
+        );
+        let rt = r.runtime.as_ref().expect("a [runtime] model");
+        assert!(rt.model.ends_with("models/nanodet-m"), "{name}");
+        for p in [
+            "gstreamer1.0-plugins-base",
+            "gstreamer1.0-plugins-good",
+            "gstreamer1.0-libav",
+        ] {
+            assert!(r.all_packages().iter().any(|q| q == p), "{name}: no {p}");
+        }
+        assert!(
+            r.overlays.iter().any(|o| o.ends_with("overlays/runtime")),
+            "{name}: no overlays/runtime"
+        );
+        // This machine builds its own architecture's runtime against its own GStreamer.
+        assert_eq!(
+            crate::rootfs::sysroot::needed(&r),
+            crate::rootfs::sysroot::host_arch() != Some(arch),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn an_update_section_ships_its_settings_root_and_ca_and_each_mistake_is_named() {
     let root = r#"{"signed":{"_type":"root","version":1},"signatures":[]}"#;
     let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";

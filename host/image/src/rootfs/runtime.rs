@@ -43,34 +43,57 @@ pub const CAMERAS_FILE: &str = "/config/runtime/cameras.toml";
 /// Installed models (signed model bundles), on the data partition: the unit's state folder.
 pub const MODEL_STORE: &str = "/var/lib/aperture-runtime/models";
 
-/// The environment variable that names the library for the build (`cargo xtask build` sets it
-/// to the one its preflight fetched).
+/// The environment variable that names the library for the build machine's own architecture
+/// (`cargo xtask build` and `cargo xtask test` set it to the one the preflight fetched; the
+/// runtime's tests load it).
 pub const LIBRARY_ENV: &str = "APERTURE_ONNXRUNTIME";
 
-/// The library to install for `arch`: `$APERTURE_ONNXRUNTIME` (amd64 builds on an amd64 host),
-/// checked against its pin.
+/// The environment variable that names the library for `arch` (`APERTURE_ONNXRUNTIME_ARM64`,
+/// `APERTURE_ONNXRUNTIME_AMD64`): how a build for another architecture than the build
+/// machine's gets its library (xtask's preflight fetches it into a folder of its own and sets
+/// this). It wins over [`LIBRARY_ENV`].
+pub fn library_env(arch: Arch) -> String {
+    format!("{LIBRARY_ENV}_{}", arch.debian().to_ascii_uppercase())
+}
+
+/// The library to install for `arch`: the file named by [`library_env`] for `arch`, else by
+/// [`LIBRARY_ENV`], checked against the pin of `arch`.
 fn library(arch: Arch) -> Result<PathBuf> {
-    let Some(path) = std::env::var_os(LIBRARY_ENV).map(PathBuf::from) else {
-        bail!(
+    library_from(arch, |k| std::env::var_os(k))
+}
+
+fn library_from(arch: Arch, var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<PathBuf> {
+    let own = library_env(arch);
+    let (name, path) = match (var(&own), var(LIBRARY_ENV)) {
+        (Some(p), _) => (own.clone(), PathBuf::from(p)),
+        (None, Some(p)) => (LIBRARY_ENV.to_string(), PathBuf::from(p)),
+        (None, None) => bail!(
             "this recipe builds aperture-runtime, which needs the ONNX Runtime library \
-             libonnxruntime.so.{ONNXRUNTIME_VERSION} for {}: run the build through \
-             `cargo xtask build` (its preflight fetches the pinned library), or set \
-             {LIBRARY_ENV} to the library from the official onnxruntime {ONNXRUNTIME_VERSION} wheel",
-            arch.debian()
-        );
+             libonnxruntime.so.{ONNXRUNTIME_VERSION} for {arch}: run the build through \
+             `cargo xtask build` (its preflight fetches the pinned library of each architecture), \
+             or set {own} to the library from the official onnxruntime {ONNXRUNTIME_VERSION} \
+             wheel for {arch}",
+            arch = arch.debian()
+        ),
     };
     let actual = aperture_trust::digest::sha256_file(&path)
-        .with_context(|| format!("reading the ONNX Runtime library {}", path.display()))?
+        .with_context(|| {
+            format!(
+                "reading the ONNX Runtime library {} ({name})",
+                path.display()
+            )
+        })?
         .0
         .to_string();
     if actual != library_sha256(arch) {
         bail!(
-            "the ONNX Runtime library {} ({LIBRARY_ENV}) has sha256 {actual}, not the pinned {} of \
-             libonnxruntime.so.{ONNXRUNTIME_VERSION} for {}: give the library from the \
-             official onnxruntime {ONNXRUNTIME_VERSION} wheel for the recipe's architecture",
+            "the ONNX Runtime library {} ({name}) has sha256 {actual}, not the pinned {} of \
+             libonnxruntime.so.{ONNXRUNTIME_VERSION} for {arch}: set {own} to the library from \
+             the official onnxruntime {ONNXRUNTIME_VERSION} wheel for {arch} (`cargo xtask \
+             build` fetches it)",
             path.display(),
             library_sha256(arch),
-            arch.debian()
+            arch = arch.debian()
         );
     }
     Ok(path)
@@ -169,4 +192,75 @@ fn config_text(recipe: &Recipe, manifest: &Path) -> String {
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_of_the_recipes_architecture_comes_from_its_own_variable_first() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host.so");
+        let arm = d.path().join("arm.so");
+        std::fs::write(&host, b"not the library").unwrap();
+        std::fs::write(&arm, b"not the library either").unwrap();
+        assert_eq!(library_env(Arch::Arm64), "APERTURE_ONNXRUNTIME_ARM64");
+        assert_eq!(library_env(Arch::Amd64), "APERTURE_ONNXRUNTIME_AMD64");
+        let vars = |pairs: Vec<(&'static str, PathBuf)>| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, p)| p.clone().into_os_string())
+            }
+        };
+        // Neither variable: the message names the architecture's own variable.
+        let e = library_from(Arch::Arm64, vars(vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("APERTURE_ONNXRUNTIME_ARM64") && e.contains("arm64"),
+            "{e}"
+        );
+        // Only the host's: checked against the arm64 pin, and the fix names the arm64 variable.
+        let e = library_from(
+            Arch::Arm64,
+            vars(vec![("APERTURE_ONNXRUNTIME", host.clone())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&host.display().to_string()), "{e}");
+        assert!(e.contains("(APERTURE_ONNXRUNTIME)"), "{e}");
+        assert!(e.contains(library_sha256(Arch::Arm64)), "{e}");
+        assert!(e.contains("set APERTURE_ONNXRUNTIME_ARM64"), "{e}");
+        // Both: the architecture's own wins.
+        let e = library_from(
+            Arch::Arm64,
+            vars(vec![
+                ("APERTURE_ONNXRUNTIME", host.clone()),
+                ("APERTURE_ONNXRUNTIME_ARM64", arm.clone()),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&arm.display().to_string()), "{e}");
+        assert!(e.contains("(APERTURE_ONNXRUNTIME_ARM64)"), "{e}");
+    }
+
+    #[test]
+    fn the_pinned_library_passes_its_architectures_check_only() {
+        // The real amd64 library, where the preflight put it (skipped elsewhere).
+        let lib = PathBuf::from("/opt/aperture-tools/onnxruntime-1.31.1/libonnxruntime.so.1.31.1");
+        if !lib.is_file() {
+            eprintln!(
+                "NOT RUN: {} is absent (cargo xtask test fetches it)",
+                lib.display()
+            );
+            return;
+        }
+        let only = |k: &str| (k == "APERTURE_ONNXRUNTIME").then(|| lib.clone().into_os_string());
+        assert_eq!(library_from(Arch::Amd64, only).unwrap(), lib);
+        assert!(library_from(Arch::Arm64, only).is_err());
+    }
 }
