@@ -345,7 +345,9 @@ pub fn run<D: Detector + Send + 'static>(
                 .map_err(|e| format!("starting a camera thread: {e}"))?,
         );
     }
-    drop(frames_tx);
+    // Held until the end: with no camera at all (none configured yet) the inference thread
+    // must wait for frames, not see a closed channel and end, which would stop the runtime.
+    let _no_camera_keeps_the_channel_open = frames_tx;
 
     let names: Vec<String> = config.cameras.iter().map(|c| c.name.clone()).collect();
     {

@@ -198,3 +198,47 @@ fn frames_are_dropped_not_queued_detections_reach_the_outputs_and_a_lost_source_
         m["output"]["lines"].as_u64().unwrap()
     );
 }
+
+#[test]
+fn with_no_camera_the_service_keeps_running_and_feeding_the_watchdog_until_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_path = dir.path().join("runtime.json");
+    let text = format!(
+        "model = \"m.toml\"\nonnxruntime = \"lib.so\"\nsocket = {:?}\n\
+         output_dir = {:?}\nmetrics = {metrics_path:?}\n",
+        dir.path().join("d.sock"),
+        dir.path().join("out")
+    );
+    let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+    assert!(config.cameras.is_empty());
+    let stop = Arc::new(AtomicBool::new(false));
+    let beats = Arc::new(AtomicUsize::new(0));
+    let runtime = {
+        let (stop, beats) = (stop.clone(), beats.clone());
+        std::thread::spawn(move || {
+            service::run(
+                &config,
+                Slow,
+                ModelInfo::default(),
+                (8, 6),
+                Arc::new(Fake {
+                    opens: AtomicUsize::new(0),
+                    frames: 0,
+                }),
+                stop,
+                move || {
+                    beats.fetch_add(1, Ordering::SeqCst);
+                },
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!runtime.is_finished(), "the service ended with no camera");
+    assert!(
+        beats.load(Ordering::SeqCst) >= 3,
+        "the watchdog was not fed"
+    );
+    assert_eq!(metrics(&metrics_path)["cameras"], serde_json::json!([]));
+    stop.store(true, Ordering::SeqCst);
+    runtime.join().unwrap().unwrap();
+}
