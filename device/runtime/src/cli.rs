@@ -92,7 +92,14 @@ pub fn notify(state: &str) {
 fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
     let config = Config::load(config_path)?;
     let ort = OnnxRuntime::load(&config.onnxruntime).map_err(|e| e.to_string())?;
-    let started = models::start(&config, |path| models::load_ort_first(ort, path, frames))?;
+    let options = crate::Options {
+        providers: config.execution_providers.clone(),
+        engine_cache: config.engine_cache_dir.clone(),
+        ..crate::Options::default()
+    };
+    let started = models::start(&config, |path| {
+        models::load_ort_with(ort, path, frames, &options)
+    })?;
     let manifest = &started.manifest;
     eprintln!(
         "aperture-runtime: model {} ({}, {}) passed its self-test on {} golden frames; {} cameras",
@@ -109,7 +116,9 @@ fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
             .map_err(|e| format!("handling signal {sig}: {e}"))?;
     }
     let (w, h) = manifest.input.size();
-    let model = started.info();
+    let mut model = started.info();
+    model.execution_provider = started.detector.execution_provider().into();
+    model.fallback = started.detector.fallback().is_some();
     let detector = started.detector;
     let connector = Arc::new(Rtsp {
         latency_ms: config.latency_ms,

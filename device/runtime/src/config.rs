@@ -12,6 +12,10 @@
 //! connect_timeout_ms = 10000
 //! # optional: a file of [[camera]] entries that replaces the ones below when it exists
 //! cameras_file = "/config/runtime/cameras.toml"
+//! # optional: accelerators, most wanted first (the CPU is the loud last resort), and where
+//! # TensorRT caches the engines it builds on the first start
+//! execution_providers = ["tensorrt", "cuda"]
+//! engine_cache_dir = "/var/cache/aperture-runtime/tensorrt"
 //! # optional: the model store (signed model bundles, `aperture-runtime model install`); when
 //! # it has a current model, that one is loaded instead of `model`
 //! models_dir = "/var/lib/aperture-runtime/models"
@@ -66,6 +70,14 @@ pub struct Config {
     /// The cameras.
     #[serde(rename = "camera", default)]
     pub cameras: Vec<CameraConfig>,
+    /// Accelerators to run the model on, most wanted first (`"tensorrt"`, `"cuda"`); the CPU is
+    /// the last resort, taken loudly (metrics: `fallback`) when none of them is available.
+    #[serde(default)]
+    pub execution_providers: Vec<crate::Provider>,
+    /// Where TensorRT keeps the engines it builds on the first start (the unit's persistent
+    /// state); none: rebuilt at every start.
+    #[serde(default)]
+    pub engine_cache_dir: Option<PathBuf>,
     /// A file of `[[camera]]` entries that, when it exists, replaces [`Config::cameras`] (the
     /// image names one on the config partition, so an administrator can change cameras
     /// without an OS update).
@@ -251,5 +263,28 @@ url = "rtsp://192.0.2.10:554/stream1"
             e.contains("the cameras file") && e.contains("cameras.toml"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn execution_providers_are_named_and_checked() {
+        let c = Config::parse(
+            &format!("execution_providers = [\"tensorrt\", \"cuda\"]\n{GOOD}"),
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.execution_providers,
+            [crate::Provider::Tensorrt, crate::Provider::Cuda]
+        );
+        assert!(Config::parse(GOOD, Path::new("r.toml"))
+            .unwrap()
+            .execution_providers
+            .is_empty());
+        let e = Config::parse(
+            &format!("execution_providers = [\"rocm\"]\n{GOOD}"),
+            Path::new("r.toml"),
+        )
+        .unwrap_err();
+        assert!(e.contains("rocm") && e.contains("r.toml"), "{e}");
     }
 }

@@ -198,20 +198,63 @@ impl OnnxRuntime {
 pub struct Options {
     /// Threads inside one operator (ONNX Runtime's intra-op pool).
     pub intra_threads: usize,
+    /// Accelerators to try, most wanted first; the CPU is always the last resort.
+    pub providers: Vec<Provider>,
+    /// Where TensorRT keeps the engines it builds (the first start on a device builds them,
+    /// which takes minutes; later starts load them). None: no cache.
+    pub engine_cache: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { intra_threads: 1 }
+        Options {
+            intra_threads: 1,
+            providers: Vec::new(),
+            engine_cache: None,
+        }
     }
 }
 
-/// A model in an ONNX Runtime session on the CPU, with its manifest's preprocessing and decoder.
+/// An ONNX Runtime execution provider the runtime can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// NVIDIA TensorRT (Jetson: from the JetPack tree's ONNX Runtime build).
+    Tensorrt,
+    /// NVIDIA CUDA.
+    Cuda,
+}
+
+impl Provider {
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Tensorrt => "tensorrt",
+            Provider::Cuda => "cuda",
+        }
+    }
+}
+
+/// A model in an ONNX Runtime session, with its manifest's preprocessing and decoder.
 pub struct OrtDetector {
     session: Session,
     manifest: Manifest,
     decoder: NanoDet,
     model: PathBuf,
+    provider: &'static str,
+    fallback: Option<String>,
+}
+
+impl OrtDetector {
+    /// The execution provider the session runs on: `tensorrt`, `cuda` or `cpu`.
+    pub fn execution_provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// Why it runs on the CPU although accelerators were asked for.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
 }
 
 impl std::fmt::Debug for OrtDetector {
@@ -236,8 +279,54 @@ impl OrtDetector {
             model: model.clone(),
             err: e.to_string(),
         };
-        let session = Session::builder(&runtime.env)
-            .map_err(session_err)?
+        // The first wanted accelerator that registers; none: the CPU, said loudly.
+        let mut provider = "cpu";
+        let mut fallback = None;
+        let mut failures = Vec::new();
+        let mut builder = Session::builder(&runtime.env).map_err(session_err)?;
+        for p in &options.providers {
+            let ep = match p {
+                Provider::Tensorrt => {
+                    let mut t = ort::ep::TensorRT::default();
+                    if let Some(dir) = &options.engine_cache {
+                        t = t
+                            .with_engine_cache(true)
+                            .with_engine_cache_path(dir.display());
+                    }
+                    t.build().error_on_failure()
+                }
+                Provider::Cuda => ort::ep::CUDA::default().build().error_on_failure(),
+            };
+            match builder.with_execution_providers([ep]) {
+                Ok(b) => {
+                    builder = b;
+                    provider = p.name();
+                    break;
+                }
+                Err(e) => {
+                    failures.push(format!("{}: {e}", p.name()));
+                    builder = e.recover();
+                }
+            }
+        }
+        if !options.providers.is_empty() && provider == "cpu" {
+            let why = format!(
+                "none of the execution providers asked for ({}) is available in {} ({}); \
+                 running on the CPU",
+                options
+                    .providers
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                runtime.path().display(),
+                failures.join("; ")
+            );
+            let bar = "!".repeat(72);
+            eprintln!("aperture-runtime: {bar}\naperture-runtime: FALLBACK TO CPU: {why}\naperture-runtime: {bar}");
+            fallback = Some(why);
+        }
+        let session = builder
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| session_err(e.into()))?
             .with_intra_threads(options.intra_threads)
@@ -255,6 +344,8 @@ impl OrtDetector {
             decoder: NanoDet::new(manifest),
             manifest: manifest.clone(),
             model,
+            provider,
+            fallback,
         };
         detector.check_signature()?;
         Ok(detector)

@@ -59,19 +59,19 @@ pub fn load_ort(
     ort: &OnnxRuntime,
     manifest_path: &Path,
 ) -> Result<(OrtDetector, Manifest, usize), String> {
-    load_ort_first(ort, manifest_path, usize::MAX)
+    load_ort_with(ort, manifest_path, usize::MAX, &Options::default())
 }
 
-/// [`load_ort`] with the self-test on the reference's first `frames` frames only
-/// ([`service::self_test_first`]).
-pub fn load_ort_first(
+/// [`load_ort`] with the session's `options` (execution providers) and the self-test on the
+/// reference's first `frames` frames only ([`service::self_test_first`]).
+pub fn load_ort_with(
     ort: &OnnxRuntime,
     manifest_path: &Path,
     frames: usize,
+    options: &Options,
 ) -> Result<(OrtDetector, Manifest, usize), String> {
     let manifest = Manifest::load(manifest_path).map_err(|e| e.to_string())?;
-    let mut detector =
-        OrtDetector::new(ort, &manifest, &Options::default()).map_err(|e| e.to_string())?;
+    let mut detector = OrtDetector::new(ort, &manifest, options).map_err(|e| e.to_string())?;
     let frames = service::self_test_first(&mut detector, manifest_path, frames)?;
     Ok((detector, manifest, frames))
 }

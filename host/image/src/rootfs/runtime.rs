@@ -184,6 +184,12 @@ fn config_text(recipe: &Recipe, manifest: &Path) -> String {
     t += &format!("cameras_file = {}\n", quoted(CAMERAS_FILE));
     // Signed model bundles (`aperture-runtime model install`), on the data partition.
     t += &format!("models_dir = {}\n", quoted(MODEL_STORE));
+    if recipe.board.is_jetson() {
+        // The GPU first, through the ONNX Runtime the library provides; with the CPU build of
+        // the official wheel (no JetPack build given yet) the runtime says so and runs on the CPU.
+        t += "execution_providers = [\"tensorrt\", \"cuda\"]\n";
+        t += "engine_cache_dir = \"/var/cache/aperture-runtime/tensorrt\"\n";
+    }
     for c in recipe.runtime.iter().flat_map(|r| &r.cameras) {
         t += &format!(
             "\n[[camera]]\nname = {}\nurl = {}\n",
@@ -197,6 +203,32 @@ fn config_text(recipe: &Recipe, manifest: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jetsons_ask_for_the_gpu_first_and_every_board_names_its_stores() {
+        let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+        let m = Path::new("usr/share/aperture/models/nanodet-m/manifest.toml");
+        let orin = Recipe::load(&recipes.join("jetson-orin-agx.toml")).unwrap();
+        let t = config_text(&orin, m);
+        assert!(
+            t.contains("execution_providers = [\"tensorrt\", \"cuda\"]"),
+            "{t}"
+        );
+        assert!(
+            t.contains("engine_cache_dir = \"/var/cache/aperture-runtime/"),
+            "{t}"
+        );
+        let x86 = Recipe::load(&recipes.join("qemu-x86_64.toml")).unwrap();
+        let t = config_text(&x86, m);
+        assert!(!t.contains("execution_providers"), "{t}");
+        for key in [
+            "model = \"/usr/share/aperture/models/nanodet-m/manifest.toml\"",
+            "cameras_file",
+            "models_dir",
+        ] {
+            assert!(t.contains(key), "{key}: {t}");
+        }
+    }
 
     #[test]
     fn the_library_of_the_recipes_architecture_comes_from_its_own_variable_first() {
