@@ -150,6 +150,42 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Build the binary `bin` with cargo's release profile (what images ship), with `args`
+/// naming its package and features, and return its path.
+pub(crate) fn release_binary(
+    ws: &std::path::Path,
+    args: &[&str],
+    bin: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::{bail, Context};
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    // Not the running package's variables (see `Cmd::cargo`).
+    for (key, _) in std::env::vars_os() {
+        if aperture_sys::cmd::is_package_env(&key) {
+            command.env_remove(key);
+        }
+    }
+    let status = command
+        .current_dir(ws)
+        .args(["build", "--quiet", "--release"])
+        .args(args)
+        .args(["--bin", bin])
+        .status()
+        .with_context(|| format!("starting cargo to build {bin}"))?;
+    if !status.success() {
+        bail!("building {bin} ({}) failed ({status})", args.join(" "));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    let path = target.join("release").join(bin);
+    if !path.is_file() {
+        bail!("cargo built {bin} but {} does not exist", path.display());
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

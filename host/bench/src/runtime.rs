@@ -251,40 +251,11 @@ fn build_runtime(ws: &Path) -> Result<PathBuf> {
         "bench runtime: building aperture-device --features runtime with the release profile \
          (as images ship it; minutes the first time)"
     );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    // Not the running package's variables (see `Cmd::cargo`).
-    for (key, _) in std::env::vars_os() {
-        if aperture_sys::cmd::is_package_env(&key) {
-            command.env_remove(key);
-        }
-    }
-    let status = command
-        .current_dir(ws)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "aperture-device",
-        ])
-        .args(["--bin", "aperture-device", "--features", "runtime"])
-        .status()
-        .context("starting cargo to build aperture-device")?;
-    if !status.success() {
-        bail!("building aperture-device --features runtime failed ({status})");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
-    let bin = target.join("release/aperture-device");
-    if !bin.is_file() {
-        bail!(
-            "cargo built aperture-device but {} does not exist",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    crate::release_binary(
+        ws,
+        &["--package", "aperture-device", "--features", "runtime"],
+        "aperture-device",
+    )
 }
 
 /// The rtsp suite's RTSP server serving the golden frames, one mount per camera; killed when

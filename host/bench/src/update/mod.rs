@@ -330,41 +330,7 @@ fn measure(dir: &Path, inputs: &Inputs, updater: &Path, runs: u32) -> Result<Mea
 
 /// Build `aperture-update` with the release profile (what images ship) and return its path.
 fn build_updater(ws: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    // Not the running package's variables (see `Cmd::cargo`).
-    for (key, _) in std::env::vars_os() {
-        if aperture_sys::cmd::is_package_env(&key) {
-            command.env_remove(key);
-        }
-    }
-    let status = command
-        .current_dir(ws)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "aperture-updater",
-            "--bin",
-            "aperture-update",
-        ])
-        .status()
-        .context("starting cargo to build aperture-update")?;
-    if !status.success() {
-        bail!("building aperture-update failed ({status})");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| ws.join("target"));
-    let bin = target.join("release").join("aperture-update");
-    if !bin.is_file() {
-        bail!(
-            "cargo built aperture-update but {} does not exist",
-            bin.display()
-        );
-    }
-    Ok(bin)
+    crate::release_binary(ws, &["--package", "aperture-updater"], "aperture-update")
 }
 
 /// Deterministic noise (xorshift64), as the updater's tests make it.
