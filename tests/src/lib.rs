@@ -141,6 +141,23 @@ pub fn vm_image(name: &str, version: &str, extra: &str) -> Result<BuildReport> {
     Ok(build(&r, &main_out().join(name), false)?.0)
 }
 
+/// The VM tier's first image: the default recipe with the test hook, version 1.0.0.
+pub fn vm_v1() -> Result<BuildReport> {
+    vm_image("vm-v1", "1.0.0", "")
+}
+
+/// Its update: the same recipe at version 1.1.0.
+pub fn vm_v2() -> Result<BuildReport> {
+    vm_image("vm-v2", "1.1.0", "")
+}
+
+/// Every image the VM tier's CI suites boot, built (or found built) one after the other:
+/// `cargo xtask test` makes them before it starts those suites side by side, so that no suite
+/// waits for another's build on the build cache's lock.
+pub fn vm_tier_images() -> Result<Vec<BuildReport>> {
+    Ok(vec![default_image()?, vm_v1()?, vm_v2()?])
+}
+
 /// The recipe file [`vm_image`] wrote for `name`.
 pub fn vm_recipe(name: &str) -> PathBuf {
     test_root()
@@ -201,6 +218,25 @@ pub fn scenario_dir(name: &str) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// A copy of the build folder `src` at `dest` to tamper with: the files named in `changed`
+/// are real (sparse) copies, every other file a hard link, so a copy costs only what it
+/// changes (a build folder is several GiB).
+pub fn copy_build(src: &Path, dest: &Path, changed: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(dest)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let name = e.file_name();
+        let to = dest.join(&name);
+        if changed.iter().any(|c| name == std::ffi::OsStr::new(c)) {
+            copy_disk(&e.path(), &to)?;
+        } else {
+            std::fs::hard_link(e.path(), &to)
+                .with_context(|| format!("linking {}", e.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copy a disk image keeping it sparse.

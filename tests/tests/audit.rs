@@ -54,7 +54,8 @@ fn overlay_recipe(name: &str, file: &str, data: &[u8], mode: u32, extra: &str) -
         &recipes(),
         &format!("{name}.toml"),
         "qemu-x86_64.toml",
-        &format!("overlays = [\"ov-{name}\"]\n{extra}"),
+        // Only audited, never flashed: no disk.img.zst (about 15 s and 740 MiB a build).
+        &format!("overlays = [\"ov-{name}\"]\n{extra}\n[outputs]\ncompressed_disk = false\n"),
     )
     .unwrap()
 }

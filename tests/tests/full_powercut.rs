@@ -5,11 +5,11 @@
 //! completes. The table of cuts and outcomes is printed at the end. About an hour under TCG.
 
 use aperture_tests::powercut::{markers as m, print_table, Appliance, Cut, Op};
-use aperture_tests::{require_root, vm_image};
+use aperture_tests::{require_root, vm_v1, vm_v2};
 
 fn chain(name: &str, cuts: Vec<Cut>) -> Vec<aperture_tests::powercut::Outcome> {
-    let v1 = vm_image("vm-v1", "1.0.0", "").unwrap();
-    let v2 = vm_image("vm-v2", "1.1.0", "").unwrap();
+    let v1 = vm_v1().unwrap();
+    let v2 = vm_v2().unwrap();
     let mut a = Appliance::new(
         name,
         &v1.paths.out.join("disk.img"),

@@ -10,8 +10,8 @@ use aperture_image::diff;
 use aperture_image::outputs::names;
 use aperture_image::store::{Node, Store, TreeView};
 use aperture_tests::{
-    build, build_in, default_image, default_image_fresh, derived_recipe, fresh_root, main_out,
-    recipe, require_root, test_root,
+    build, build_in, copy_build, default_image, default_image_fresh, derived_recipe, fresh_root,
+    main_out, recipe, require_root, test_root,
 };
 
 /// Read a file's bytes from a commit.
@@ -207,11 +207,7 @@ fn verify_passes_then_names_a_flipped_rootfs_byte() {
     // A copy of the build with one byte of slot A's rootfs partition flipped.
     let dir = tempfile::tempdir_in(test_root()).unwrap();
     let copy = dir.path().join("build");
-    run(Command::new("cp")
-        .arg("-a")
-        .arg("--sparse=always")
-        .arg(out)
-        .arg(&copy));
+    copy_build(out, &copy, &[names::DISK]).unwrap();
     let disk = copy.join(names::DISK);
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -746,7 +742,7 @@ fn release_publish_puts_the_verified_build_in_a_tuf_repository_once() {
 
     // A build folder with a flipped byte in its bundle is refused before anything is published.
     let bad = dir.join("tampered");
-    run(Command::new("cp").arg("-a").arg(&image.paths.out).arg(&bad));
+    copy_build(&image.paths.out, &bad, &[names::BUNDLE]).unwrap();
     let b = bad.join(names::BUNDLE);
     let mut bytes = std::fs::read(&b).unwrap();
     let n = bytes.len();

@@ -24,7 +24,7 @@ use aperture_image::qemu::Vm;
 use aperture_image::recipe::Arch;
 use aperture_tests::rtsp::{golden, have_rtsp_server, raw_frame, RtspServer};
 use aperture_tests::scenario::{Scenario, Script};
-use aperture_tests::{json_on_line, require_root, vm_image, workspace, BOOT_TIMEOUT};
+use aperture_tests::{json_on_line, require_root, vm_v1, workspace, BOOT_TIMEOUT};
 use serde_json::Value;
 
 /// The marker of the guest's reports (`tests/scripts/runtime-watch.sh`).
@@ -124,7 +124,7 @@ fn the_runtime_streams_a_camera_from_the_host_stalls_without_it_and_resumes() {
         return;
     }
     // vm_update's first image: the default recipe with the test hook.
-    let v1 = vm_image("vm-v1", "1.0.0", "").unwrap();
+    let v1 = vm_v1().unwrap();
     let mut sc = Scenario::new("runtime", &v1.paths.out.join("disk.img"), Arch::Amd64).unwrap();
     let (mount, _) =
         raw_frame(CAMERA, &golden("astronaut"), &sc.dir.join("astronaut.rgb")).unwrap();

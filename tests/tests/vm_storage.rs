@@ -14,7 +14,7 @@ use aperture_tests::powercut::markers;
 use aperture_tests::scenario::{
     after, cut_after, file_contains, line_of, random_hex, Scenario, Script,
 };
-use aperture_tests::{require_root, stop_unless_full, vm_image, BOOT_TIMEOUT};
+use aperture_tests::{require_root, stop_unless_full, vm_v1, BOOT_TIMEOUT};
 
 /// The offset and size of partition `name` in the disk image `disk`.
 fn partition(disk: &std::path::Path, name: &str) -> (u64, u64) {
@@ -83,7 +83,7 @@ fn corrupt_slot_a(disk: &std::path::Path, rootfs: &std::path::Path) {
 #[ignore = "VM tier: needs root, QEMU, swtpm and a built image (run by `cargo xtask test` as root)"]
 fn storage_and_reset_through_an_appliances_life() {
     require_root("storage_and_reset_through_an_appliances_life");
-    let image = vm_image("vm-v1", "1.0.0", "").unwrap();
+    let image = vm_v1().unwrap();
     let rootfs = image.paths.out.join("rootfs.img");
     let mut sc = Scenario::new(
         "storage-reset",

@@ -25,7 +25,7 @@ use aperture_tests::powercut::markers;
 use aperture_tests::scenario::{after, cut_after, Scenario, Script};
 use aperture_tests::{
     build, derived_recipe, json_on_line, require_root, stop_unless_full, test_root, vm_image,
-    vm_recipe, BOOT_TIMEOUT,
+    vm_recipe, vm_v1, vm_v2, BOOT_TIMEOUT,
 };
 
 #[test]
@@ -34,8 +34,8 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
     require_root(
         "the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is_left_alone",
     );
-    let v1 = vm_image("vm-v1", "1.0.0", "").unwrap();
-    let v2 = vm_image("vm-v2", "1.1.0", "").unwrap();
+    let v1 = vm_v1().unwrap();
+    let v2 = vm_v2().unwrap();
     // v3's runtime cannot start, so its health check fails (the second half, --full only).
     let v3 = aperture_tests::full().then(|| {
         let broken = test_root().join(

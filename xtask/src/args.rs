@@ -70,6 +70,10 @@ pub struct TestArgs {
     /// run stops at the first failing suite.
     #[arg(long)]
     pub keep_going: bool,
+    /// How many VM suites run side by side, each in its own network namespace (as root, with
+    /// `unshare` and `ip`); 1 runs them one at a time.
+    #[arg(long, default_value_t = 2)]
+    pub vm_lanes: usize,
     /// Only these suites of tiers 2 and 3 (for example `vm_update`); default all.
     #[arg(long = "suite")]
     pub suites: Vec<String>,

@@ -3,6 +3,7 @@
 //! `provision`).
 
 mod fuzz;
+mod lanes;
 mod preflight;
 mod test;
 

@@ -26,14 +26,15 @@ use anyhow::{bail, Context, Result};
 use aperture_sys::Cmd;
 use xtask::args::TestArgs;
 
+use crate::lanes;
 use crate::preflight;
 
 /// One line of the time table.
-struct Row {
-    tier: u8,
-    suite: String,
-    outcome: String,
-    took: Option<Duration>,
+pub(crate) struct Row {
+    pub(crate) tier: u8,
+    pub(crate) suite: String,
+    pub(crate) outcome: String,
+    pub(crate) took: Option<Duration>,
 }
 
 /// Run the requested tiers (all by default).
@@ -173,6 +174,19 @@ fn run_tiers(
         None
     };
     let mut failures: Vec<String> = Vec::new();
+    // The VM tier's CI suites run side by side when they can (see `lanes`); they are taken out
+    // of the one-at-a-time loop below as a group, where the first of them would have run.
+    let vm_group: Vec<String> = suites
+        .iter()
+        .filter(|n| n.starts_with("vm") && tiers.contains(&3) && wanted(n))
+        .cloned()
+        .collect();
+    let lanes = if root_user && vm_group.len() > 1 {
+        lanes::available(args.vm_lanes)
+    } else {
+        1
+    };
+    let mut vm_group_done = false;
     for name in &suites {
         let tier = if name.starts_with("vm") || name.starts_with("full") {
             3
@@ -201,6 +215,36 @@ fn run_tiers(
             rows.push(skip("a long scenario: `cargo xtask test --full` runs it"));
             continue;
         }
+        if lanes > 1 && vm_group.contains(name) {
+            if vm_group_done {
+                continue;
+            }
+            vm_group_done = true;
+            prune_scratch(root);
+            let ctx = lanes::Ctx {
+                root,
+                lanes,
+                full: args.full,
+                keep_going: args.keep_going,
+                command: &|suite: &str| suite_command(root, args, suite, require_tools),
+                prebuild: &|| vm_prebuild(root, require_tools),
+            };
+            let outcome = lanes::run(&ctx, &vm_group);
+            for r in outcome.rows {
+                rows.push(r);
+            }
+            for f in &outcome.failed {
+                keep_failure_logs(root, f);
+            }
+            prune_scratch(root);
+            if !outcome.failed.is_empty() {
+                if !args.keep_going {
+                    bail!("suites failed: {}", outcome.failed.join(", "));
+                }
+                failures.extend(outcome.failed);
+            }
+            continue;
+        }
         if name == TWIN_SUITE {
             if let Some(job) = twin_prebuild.take() {
                 rows.push(job.wait());
@@ -209,39 +253,12 @@ fn run_tiers(
         prune_scratch(root);
         let _ = std::fs::remove_dir_all(root.join("target/aperture-tests").join(FAILED).join(name));
         let t = Instant::now();
-        // `--workspace`, not `--package aperture-tests`: Cargo unifies features over the packages
-        // it is asked for, so one package alone would rebuild its dependencies with other
-        // features than tier 1's build (about 2.5 minutes of CI, measured), and again here.
-        let mut c = cargo(root, require_tools).args([
-            "test",
-            "--workspace",
-            "--test",
-            name,
-            "--",
-            "--ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ]);
-        if let Some(f) = &args.filter {
-            c = c.arg(f);
-        }
-        if args.full {
-            c = c.env(FULL_ENV, "1");
-        } else {
-            // Tests named `full_*` (the arm64 and twin proofs, the independent-base
-            // reproducibility build, ...) and the second halves of long stories run with --full.
-            c = c.args(["--skip", "full_"]);
-        }
-        match c.run_inherited() {
+        match suite_command(root, args, name, require_tools).run_inherited() {
             Ok(_) => {
                 rows.push(Row {
                     tier,
                     suite: name.clone(),
-                    outcome: if args.full {
-                        "passed".into()
-                    } else {
-                        "passed (its full_* tests and long halves: --full)".into()
-                    },
+                    outcome: passed(args.full),
                     took: Some(t.elapsed()),
                 });
                 prune_scratch(root);
@@ -283,6 +300,74 @@ fn run_tiers(
         bail!("suites failed: {}", failures.join(", "));
     }
     Ok(())
+}
+
+/// What a suite that passed says in the table.
+pub(crate) fn passed(full: bool) -> String {
+    if full {
+        "passed".into()
+    } else {
+        "passed (its full_* tests and long halves: --full)".into()
+    }
+}
+
+/// The command that runs one suite of tiers 2 and 3 (`cargo test --test NAME -- --ignored`).
+fn suite_command(root: &Path, args: &TestArgs, name: &str, require_tools: bool) -> Cmd {
+    // `--workspace`, not `--package aperture-tests`: Cargo unifies features over the packages
+    // it is asked for, so one package alone would rebuild its dependencies with other
+    // features than tier 1's build (about 2.5 minutes of CI, measured), and again here.
+    let mut c = cargo(root, require_tools).args([
+        "test",
+        "--workspace",
+        "--test",
+        name,
+        "--",
+        "--ignored",
+        "--test-threads=1",
+        "--nocapture",
+    ]);
+    if let Some(f) = &args.filter {
+        c = c.arg(f);
+    }
+    if args.full {
+        c.env(FULL_ENV, "1")
+    } else {
+        // Tests named `full_*` (the arm64 and twin proofs, the independent-base
+        // reproducibility build, ...) and the second halves of long stories run with --full.
+        c.args(["--skip", "full_"])
+    }
+}
+
+/// The tests crate's program that makes the VM tier's images before its suites run side by
+/// side (`tests/examples/vm_prebuild.rs`).
+const VM_PREBUILD: &str = "vm_prebuild";
+
+/// Build and run [`VM_PREBUILD`], its output on ours.
+fn vm_prebuild(root: &Path, require_tools: bool) -> Result<()> {
+    cargo(root, require_tools)
+        .args(["build", "--workspace", "--example", VM_PREBUILD])
+        .run_inherited()
+        .context("building the VM tier's prebuild program")?;
+    let exe = target_dir(root).join("debug/examples").join(VM_PREBUILD);
+    let mut c = Cmd::new(&exe).current_dir(root);
+    if let Some(date) = frozen_source_date(root) {
+        c = c.env("SOURCE_DATE_EPOCH", date);
+    }
+    for (var, lib) in preflight::onnxruntime_env() {
+        c = c.env(var, lib);
+    }
+    if require_tools {
+        c = c.env("APERTURE_REQUIRE_TOOLS", "1");
+    }
+    c.run_inherited()
+        .with_context(|| format!("building the VM tier's images ({})", exe.display()))
+}
+
+/// The target folder (`CARGO_TARGET_DIR`, else `target/`).
+fn target_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// A process started beside the tiers, killed if the run stops before it is waited for.
@@ -354,10 +439,7 @@ fn start_twin_prebuild(root: &Path) -> Result<TwinPrebuild> {
         ])
         .run()
         .context("building the twin's prebuild program")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let exe = target.join("debug/examples").join(TWIN_PREBUILD);
+    let exe = target_dir(root).join("debug/examples").join(TWIN_PREBUILD);
     let dir = root.join("target/aperture-tests/arm64");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let log = dir.join("twin-prebuild.log");
@@ -494,7 +576,7 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-fn failed(tier: u8, suite: &str, took: Duration) -> Row {
+pub(crate) fn failed(tier: u8, suite: &str, took: Duration) -> Row {
     Row {
         tier,
         suite: suite.into(),

@@ -125,6 +125,26 @@ impl Cmd {
         c
     }
 
+    /// The same command run through a wrapper, `program args... COMMAND ARGS...` (for example
+    /// `unshare --net --`); its environment and folder are kept.
+    pub fn wrapped<I, S>(mut self, program: impl AsRef<OsStr>, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<OsString> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        all.push(std::mem::replace(
+            &mut self.program,
+            program.as_ref().to_os_string(),
+        ));
+        all.append(&mut self.args);
+        self.args = all;
+        self
+    }
+
     /// Run the command in `dir` instead of the current folder.
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Cmd {
         self.dir = Some(dir.as_ref().to_path_buf());
@@ -392,6 +412,17 @@ pub fn quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrapped_command_runs_through_its_wrapper_with_its_environment() {
+        let c = Cmd::new("sh")
+            .args(["-c", "echo \"$1 $X\"", "sh"])
+            .env("X", "kept")
+            .wrapped("env", ["A=1"])
+            .arg("two");
+        assert_eq!(c.display(), "env A=1 sh -c 'echo \"$1 $X\"' sh two");
+        assert_eq!(c.text().unwrap().trim(), "two kept");
+    }
 
     #[test]
     fn display_quotes_words_that_need_it() {

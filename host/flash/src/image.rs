@@ -37,11 +37,23 @@ pub struct VerifiedImage {
     manifest: VerifiedManifest,
     root_key_id: String,
     bmap: Bmap,
-    zst_path: PathBuf,
-    zst_sha256: Sha256Hex,
-    zst_size: u64,
-    /// The raw `disk.img` to write from instead of the compressed image ([`VerifiedImage::open_raw`]).
-    raw_path: Option<PathBuf>,
+    source: Source,
+}
+
+/// What a [`VerifiedImage`] is written from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `disk.img.zst`, hashed whole against the manifest when opened.
+    Compressed {
+        /// Its path.
+        path: PathBuf,
+        /// Its signed sha256.
+        sha256: Sha256Hex,
+        /// Its signed size.
+        size: u64,
+    },
+    /// The raw `disk.img`, checked range by range ([`VerifiedImage::open_raw`]).
+    Raw(PathBuf),
 }
 
 impl VerifiedImage {
@@ -114,7 +126,7 @@ impl VerifiedImage {
             }
         })?;
 
-        let zst = one_artifact(&manifest, Role::DiskZst).map_err(&bad)?;
+        let zst = optional_artifact(&manifest, Role::DiskZst).map_err(&bad)?;
         let bmap_artifact = one_artifact(&manifest, Role::Bmap).map_err(&bad)?;
 
         let bmap_path = dir.join(bmap_artifact.name.as_str());
@@ -135,20 +147,30 @@ impl VerifiedImage {
             return Err(bad("the bmap maps no data at all".into()));
         }
 
-        let zst_path = dir.join(zst.name.as_str());
         if raw {
-            let raw_path = raw_disk(dir, &manifest, &bmap, zst.name.as_str()).map_err(&bad)?;
+            let alternative = match &zst {
+                Some(z) => format!("flash from {} instead", z.name),
+                None => "rebuild it with the bmap's checksums".to_string(),
+            };
+            let raw_path = raw_disk(dir, &manifest, &bmap, &alternative).map_err(&bad)?;
             return Ok(VerifiedImage {
                 dir: dir.to_path_buf(),
                 root_key_id,
                 bmap,
-                zst_path,
-                zst_sha256: zst.sha256.clone(),
-                zst_size: zst.size,
-                raw_path: Some(raw_path),
+                source: Source::Raw(raw_path),
                 manifest,
             });
         }
+        let Some(zst) = zst else {
+            return Err(bad(format!(
+                "the build has no compressed disk image (its recipe sets [outputs] \
+                 compressed_disk = false); flash its {} with --input raw",
+                one_artifact(&manifest, Role::Disk)
+                    .map(|a| a.name.to_string())
+                    .unwrap_or_else(|_| "disk.img".into())
+            )));
+        };
+        let zst_path = dir.join(zst.name.as_str());
         let file = File::open(&zst_path)
             .map_err(|e| FlashError::io(format!("opening {}", zst_path.display()), e))?;
         let mut reader = HashingReader::new(file);
@@ -167,10 +189,11 @@ impl VerifiedImage {
             dir: dir.to_path_buf(),
             root_key_id,
             bmap,
-            zst_path,
-            zst_sha256: zst.sha256.clone(),
-            zst_size: zst.size,
-            raw_path: None,
+            source: Source::Compressed {
+                path: zst_path,
+                sha256: zst.sha256.clone(),
+                size: zst.size,
+            },
             manifest,
         })
     }
@@ -210,19 +233,17 @@ impl VerifiedImage {
         self.bmap.mapped_bytes()
     }
 
-    /// The compressed image.
-    pub fn zst_path(&self) -> &Path {
-        &self.zst_path
+    /// What the image is written from.
+    pub fn source(&self) -> &Source {
+        &self.source
     }
 
     /// The raw image written from, when opened with [`VerifiedImage::open_raw`].
     pub fn raw_path(&self) -> Option<&Path> {
-        self.raw_path.as_deref()
-    }
-
-    /// Its signed sha256 and size.
-    pub fn zst_signed(&self) -> (&Sha256Hex, u64) {
-        (&self.zst_sha256, self.zst_size)
+        match &self.source {
+            Source::Raw(p) => Some(p),
+            Source::Compressed { .. } => None,
+        }
     }
 }
 
@@ -232,24 +253,19 @@ fn raw_disk(
     dir: &Path,
     manifest: &Manifest,
     bmap: &Bmap,
-    zst_name: &str,
+    alternative: &str,
 ) -> std::result::Result<PathBuf, String> {
     let disk = one_artifact(manifest, Role::Disk)?;
     if let Some(range) = bmap.ranges.iter().find(|r| r.checksum.is_none()) {
         return Err(format!(
             "the bmap has no checksum for blocks {}-{}, so {} cannot be checked range by \
-             range; flash from {} instead",
-            range.first, range.last, disk.name, zst_name
+             range; {alternative}",
+            range.first, range.last, disk.name
         ));
     }
     let path = dir.join(disk.name.as_str());
     let size = std::fs::metadata(&path)
-        .map_err(|e| {
-            format!(
-                "cannot read {}: {e}; flash from {zst_name} instead",
-                path.display()
-            )
-        })?
+        .map_err(|e| format!("cannot read {}: {e}; {alternative}", path.display()))?
         .len();
     if size != disk.size {
         return Err(format!(
@@ -259,6 +275,18 @@ fn raw_disk(
         ));
     }
     Ok(path)
+}
+
+/// The artifact with `role`, if the manifest lists one (and no more).
+fn optional_artifact(
+    manifest: &Manifest,
+    role: Role,
+) -> std::result::Result<Option<Artifact>, String> {
+    if manifest.artifacts.iter().any(|a| a.role == role) {
+        one_artifact(manifest, role).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 /// The one artifact with `role`.

@@ -37,7 +37,7 @@ pub mod writer;
 pub mod xml;
 
 pub use error::{FlashError, Result};
-pub use image::VerifiedImage;
+pub use image::{Source, VerifiedImage};
 pub use target::{BlockTarget, FileTarget, LoopDevice, Target};
 pub use writer::{
     flash, flash_all, FlashReport, Job, NoProgress, Outcome, Progress, Stage, Unmapped,

@@ -21,7 +21,7 @@ use aperture_trust::manifest::Sha256Hex;
 
 use crate::bmap::{ChecksumType, Hasher};
 use crate::error::{FlashError, Result};
-use crate::image::VerifiedImage;
+use crate::image::{Source as ImageSource, VerifiedImage};
 use crate::target::{aligned_buffer, Target};
 use crate::writer::{split, Held, Plan, Progress, Span, CHUNK};
 
@@ -59,10 +59,10 @@ pub(crate) fn write_verified(
     let rehash = plan.spans.iter().any(|s| s.checksum.is_none());
     let ranges: Vec<(u64, u64)> = plan.spans.iter().map(|s| (s.start, s.end)).collect();
     let image_size = image.image_size();
-    let zst_path = image.zst_path().to_path_buf();
-    if let Some(raw) = image.raw_path() {
-        return write_raw(raw, image_size, plan, target, progress);
-    }
+    let (zst_path, signed_sha, signed_size) = match image.source() {
+        ImageSource::Raw(raw) => return write_raw(raw, image_size, plan, target, progress),
+        ImageSource::Compressed { path, sha256, size } => (path.clone(), sha256.clone(), *size),
+    };
     let (full_tx, full_rx) = sync_channel::<Chunk>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS);
     let (check_tx, check_rx) = sync_channel::<Check>(PIECES);
@@ -73,9 +73,10 @@ pub(crate) fn write_verified(
     let spans: &[Span] = &plan.spans;
     let held: &mut [Held] = &mut plan.held;
     let checksum_type = plan.checksum_type;
+    let zst_ref = zst_path.as_path();
     let (decoded, written, verified) = std::thread::scope(|scope| {
         let decoder =
-            scope.spawn(move || decode(&zst_path, image_size, &ranges, rehash, full_tx, free_rx));
+            scope.spawn(move || decode(zst_ref, image_size, &ranges, rehash, full_tx, free_rx));
         let verifier =
             scope.spawn(move || verify(spans, checksum_type, target, progress, check_rx));
         let written = write_loop(
@@ -117,10 +118,9 @@ pub(crate) fn write_verified(
         dir: image.dir().to_path_buf(),
         reason,
     };
-    let zst_name = image.zst_path().display();
+    let zst_name = zst_path.display();
     if let Some((sha256, size)) = streamed.rehashed {
-        let (signed_sha, signed_size) = image.zst_signed();
-        if sha256 != *signed_sha || size != signed_size {
+        if sha256 != signed_sha || size != signed_size {
             return Err(image_error(format!(
                 "{zst_name} changed while it was being written (sha256 {sha256}, the manifest \
                  says {signed_sha}); do not modify a build folder while flashing from it"

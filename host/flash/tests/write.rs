@@ -541,3 +541,23 @@ fn raw_image_is_refused_without_range_checksums_or_with_another_size() {
     let text = chain(&err);
     assert!(text.contains("but the signed manifest says"), "{text}");
 }
+
+#[test]
+fn a_build_without_a_compressed_image_flashes_raw_and_says_so_otherwise() {
+    // A recipe with `[outputs] compressed_disk = false` signs no disk.img.zst.
+    let dir = tempfile::tempdir().unwrap();
+    let image_dir = make_build_folder(&dir.path().join("build"), BmapKind::Ours);
+    std::fs::remove_file(image_dir.join("disk.img.zst")).unwrap();
+    sign_folder(&image_dir);
+
+    let err = VerifiedImage::open(&image_dir, None, NOW).unwrap_err();
+    let text = chain(&err);
+    assert!(text.contains("has no compressed disk image"), "{text}");
+    assert!(text.contains("--input raw"), "{text}");
+
+    let image = VerifiedImage::open_raw(&image_dir, None, NOW).unwrap();
+    let out = dir.path().join("sent.img");
+    let target = FileTarget::open(&out, image.image_size()).unwrap();
+    flash(&image, &target, &NoProgress).unwrap();
+    assert_flashed(&out, &image_dir, Unmapped::Zeroed);
+}

@@ -125,6 +125,30 @@ impl BuildOptions {
     }
 }
 
+/// The build cache's lock (`flock` on `<cache>/build.lock`), held for a whole build and
+/// released when dropped; a second build with the same cache says what it waits for.
+fn lock_cache(cache: &Path, rep: &Reporter) -> Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let path = cache.join("build.lock");
+    let fd = open(
+        &path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    if flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
+        rep.say(&format!(
+            "waiting for another build that uses the cache {} (it holds {})",
+            cache.display(),
+            path.display()
+        ));
+        flock(&fd, FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(fd)
+}
+
 fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_path_buf())
@@ -335,6 +359,9 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
         Ok(r)
     })?;
     let paths = opts.paths(&recipe)?;
+    // Builds that share a cache take turns: their scratch folders are named by the build,
+    // and two writers of one output folder would mix their files.
+    let _lock = lock_cache(&paths.cache, rep)?;
     std::fs::create_dir_all(&paths.out)
         .with_context(|| format!("creating {}", paths.out.display()))?;
     rep.set_log(&paths.out.join("build.log"))?;
@@ -411,4 +438,38 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
     report.steps = rep.records();
     write_report(&report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_build_with_the_same_cache_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let log = dir.path().join("second.log");
+        let first = lock_cache(&cache, &Reporter::new(None).unwrap()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let (cache, log) = (cache.clone(), log.clone());
+            std::thread::spawn(move || {
+                let rep = Reporter::new(Some(&log)).unwrap();
+                let lock = lock_cache(&cache, &rep).unwrap();
+                tx.send(()).unwrap();
+                drop(lock);
+            })
+        };
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the second build went on while the first held the cache"
+        );
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second build goes on once the first is done");
+        waiter.join().unwrap();
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert!(said.contains("waiting for another build"), "{said}");
+    }
 }

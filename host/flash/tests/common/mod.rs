@@ -179,6 +179,8 @@ pub fn sign_folder_as(dir: &Path, board: &str, extra: &[(&str, Role)]) {
         ]
         .iter()
         .chain(extra)
+        // A build without a compressed image (`[outputs] compressed_disk = false`) lists none.
+        .filter(|(name, _)| dir.join(name).exists())
         .map(|&(name, role)| artifact(name, role))
         .collect(),
     };

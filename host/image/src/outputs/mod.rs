@@ -246,7 +246,24 @@ pub fn finish(ctx: &Ctx<'_>, draft: &Manifest, extra: &[(&str, Role)]) -> Result
         ));
         Ok(())
     })?;
+    let compressed = ctx.recipe.outputs.compressed_disk;
     rep.step("compress", |s| {
+        if !compressed {
+            // A copy left by an earlier build of this folder is not this build's output.
+            match std::fs::remove_file(out.join(names::DISK_ZST)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| {
+                        format!("removing the old {}", out.join(names::DISK_ZST).display())
+                    })
+                }
+                _ => {}
+            }
+            s.note(format!(
+                "no {}: the recipe's [outputs] compressed_disk is false",
+                names::DISK_ZST
+            ));
+            return Ok(());
+        }
         compress(&out.join(names::DISK), &out.join(names::DISK_ZST))?;
         s.note(format!(
             "{} MiB",
@@ -276,6 +293,9 @@ pub fn finish(ctx: &Ctx<'_>, draft: &Manifest, extra: &[(&str, Role)]) -> Result
             (names::SBOM, Role::Sbom),
         ];
         for (name, role) in extra.iter().chain(disk.iter()) {
+            if *role == Role::DiskZst && !compressed {
+                continue;
+            }
             artifacts.push(artifact(out, name, *role)?);
         }
         let m = Manifest {

@@ -40,6 +40,14 @@ pub struct RecipeFile {
     bsp: Option<BspFile>,
     update: Option<UpdateFile>,
     runtime: Option<RuntimeFile>,
+    outputs: Option<OutputsFile>,
+}
+
+/// `[outputs]`: which optional outputs the build writes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputsFile {
+    compressed_disk: S<bool>,
 }
 
 /// `[runtime]`: the inference runtime's model folder and cameras.
@@ -307,6 +315,7 @@ pub struct Merged {
     pub keys_development: Option<bool>,
     pub tpm: Option<Located<bool>>,
     pub reset_button: Option<Located<String>>,
+    pub compressed_disk: Option<Located<bool>>,
     pub bsp_release: Option<Located<String>>,
     pub bsp_file: Option<Located<String>>,
     pub bsp_url: Option<Located<String>>,
@@ -515,6 +524,9 @@ impl Merged {
         if let Some(h) = file.hardware {
             set(&mut self.tpm, h.tpm, &f, &t);
             set(&mut self.reset_button, h.reset_button, &f, &t);
+        }
+        if let Some(o) = file.outputs {
+            set(&mut self.compressed_disk, o.compressed_disk, &f, &t);
         }
     }
 }

@@ -256,6 +256,15 @@ pub struct Partitions {
     pub data: Size,
 }
 
+/// `[outputs]`: optional outputs of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outputs {
+    /// `disk.img.zst` beside `disk.img` (default: yes). The compressed copy is what `flash`
+    /// reads by default when the raw image is not there; a build that is only ever booted or
+    /// flashed from its raw `disk.img` (the VM tests' images) saves its time and space.
+    pub compressed_disk: bool,
+}
+
 /// Signing keys the build uses.
 #[derive(Debug, Clone, Serialize)]
 pub struct Keys {
@@ -303,6 +312,8 @@ pub struct Recipe {
     pub setuid_allowlist: Vec<String>,
     /// What the board has that the device programs rely on.
     pub hardware: Hardware,
+    /// Optional outputs.
+    pub outputs: Outputs,
     /// The Jetson Linux BSP the recipe is written for (Jetson boards).
     pub bsp: Option<BspPin>,
     /// The update loop and the release repository it polls (`[update]`); none: the
@@ -609,6 +620,9 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         keys,
         setuid_allowlist,
         hardware,
+        outputs: Outputs {
+            compressed_disk: m.compressed_disk.as_ref().map(|c| c.value).unwrap_or(true),
+        },
         bsp,
         update,
         files,

@@ -229,6 +229,17 @@ fn include_merges_lists_and_overrides_scalars() {
 }
 
 #[test]
+fn the_compressed_disk_is_made_unless_an_included_recipe_turns_it_off() {
+    let f = Fixture::new(&[("r.toml", GOOD)]);
+    assert!(f.load("r.toml").unwrap().outputs.compressed_disk);
+    let top = "include = \"r.toml\"\n[outputs]\ncompressed_disk = false\n";
+    let f = Fixture::new(&[("r.toml", GOOD), ("top.toml", top)]);
+    assert!(!f.load("top.toml").unwrap().outputs.compressed_disk);
+    let e = broken("[keys]", "[outputs]\ncompressed = false\n[keys]");
+    assert_mentions(&e, &["compressed"]);
+}
+
+#[test]
 fn invalid_package_name() {
     let e = broken("\"systemd\", ", "\"--force-yes\", ");
     assert_mentions(&e, &["not a valid Debian package name", "policy"]);
