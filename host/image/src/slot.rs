@@ -18,6 +18,10 @@ use crate::store::Store;
 /// Bump to invalidate cached slot images when the way they are made changes.
 const SLOT_FORMAT: u32 = 1;
 
+/// Slot images the cache keeps (the most recently used): each is a few hundred MiB, and all
+/// but the last few are rarely reused (`cargo xtask cache prune` removes older ones by age).
+pub const SLOTS_KEPT: usize = 4;
+
 /// A finished slot image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SlotImage {
@@ -89,6 +93,11 @@ pub fn build(
     let image = match read_cached(&cached, &cached_meta)? {
         Some(img) => {
             step.reused();
+            // Used now: the last to be evicted.
+            let _ = File::options()
+                .write(true)
+                .open(&cached)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             img
         }
         None => {
@@ -97,6 +106,12 @@ pub fn build(
             json.push(b'\n');
             // The metadata is written last: an image without it is never trusted.
             std::fs::write(&cached_meta, json)?;
+            let evicted = evict(&cache.join("slots"), SLOTS_KEPT);
+            if evicted > 0 {
+                step.line(&format!(
+                    "{evicted} older slot images removed from the cache (it keeps {SLOTS_KEPT})"
+                ));
+            }
             img
         }
     };
@@ -111,6 +126,30 @@ pub fn build(
         path: dest.to_path_buf(),
         ..image
     })
+}
+
+/// Remove all but the `keep` most recently used slot images (and their metadata) from
+/// `dir`; returns how many went. Failures are left for `cache prune`.
+fn evict(dir: &Path, keep: usize) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut images: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "img"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    images.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut n = 0;
+    for (_, p) in images.into_iter().skip(keep) {
+        // Metadata first: an image without it is never trusted, so a half-done removal is safe.
+        let _ = std::fs::remove_file(p.with_extension("json"));
+        if std::fs::remove_file(&p).is_ok() {
+            n += 1;
+        }
+    }
+    n
 }
 
 fn read_cached(img: &Path, meta: &Path) -> Result<Option<SlotImage>> {
@@ -204,4 +243,45 @@ pub fn check_fits(image: &SlotImage, partition_bytes: u64, what: &str) -> Result
 /// Open a file read-only with a message naming it.
 pub fn open(path: &Path) -> Result<File> {
     File::open(path).with_context(|| format!("opening {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_slot_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(1000);
+        for (i, name) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+            let img = dir.path().join(format!("{name}.img"));
+            std::fs::write(&img, b"image").unwrap();
+            std::fs::write(dir.path().join(format!("{name}.json")), b"{}").unwrap();
+            File::options()
+                .write(true)
+                .open(&img)
+                .unwrap()
+                .set_modified(t0 + Duration::from_secs(10 * i as u64))
+                .unwrap();
+        }
+        // "a" is the oldest made, but was used last.
+        File::options()
+            .write(true)
+            .open(dir.path().join("a.img"))
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
+        assert_eq!(evict(dir.path(), 4), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["a.img", "a.json", "d.img", "d.json", "e.img", "e.json", "f.img", "f.json"]
+        );
+        assert_eq!(evict(dir.path(), 4), 0);
+    }
 }
