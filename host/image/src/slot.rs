@@ -140,7 +140,7 @@ fn evict(dir: &Path, keep: usize) -> usize {
         .filter(|p| p.extension().is_some_and(|x| x == "img"))
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .collect();
-    images.sort_by(|a, b| b.0.cmp(&a.0));
+    images.sort_by_key(|i| std::cmp::Reverse(i.0));
     let mut n = 0;
     for (_, p) in images.into_iter().skip(keep) {
         // Metadata first: an image without it is never trusted, so a half-done removal is safe.
