@@ -417,6 +417,37 @@ pub fn ensure(needs: &Needs) -> Result<()> {
                 .args(&missing)
                 .run_inherited()
                 .with_context(|| format!("installing host packages ({line})"))?;
+            // apt may remove an installed package that conflicts with one it installs (a
+            // machine with backports' qemu-utils 10 loses it to qemu-system-x86 7.2): put back
+            // every wanted package the install took away, at the version this release offers.
+            let removed = missing_packages(&needs.packages)?;
+            if !removed.is_empty() {
+                eprintln!(
+                    "preflight: installing again what apt removed to resolve a conflict: {}",
+                    removed.join(" ")
+                );
+                Cmd::new("apt-get")
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .args(["install", "-y", "-qq", "--no-install-recommends"])
+                    .args(&removed)
+                    .run_inherited()
+                    .with_context(|| {
+                        format!(
+                            "installing host packages that apt removed ({})",
+                            removed.join(" ")
+                        )
+                    })?;
+                let still = missing_packages(&needs.packages)?;
+                if !still.is_empty() {
+                    bail!(
+                        "host packages {} are still not installed after apt-get install: two \
+                         of the packages wanted conflict on this host; install them by hand \
+                         (apt-get install {}) and see what apt says",
+                        still.join(" "),
+                        still.join(" ")
+                    );
+                }
+            }
         } else {
             fixes.push(format!("sudo {line}"));
         }
