@@ -11,6 +11,8 @@
 //!   simulated appliances, on SQLite, PostgreSQL and two servers on one PostgreSQL;
 //! * [`fleet_repo`]: simulated appliances polling the nginx-served release repository, beside
 //!   stock tough and python-tuf;
+//! * [`sizes`]: a build's rootfs as each filesystem worth considering for the slot image,
+//!   with its bundle payload at each zstd level, its cold read and the time to make it;
 //! * [`runtime`]: the inference runtime's frames per second, latency and memory on 1 and 4
 //!   RTSP streams, beside the same model in the onnxruntime Python package.
 
@@ -20,6 +22,7 @@ pub mod fleet;
 pub mod fleet_repo;
 pub mod reset;
 pub mod runtime;
+pub mod sizes;
 pub mod table;
 pub mod update;
 
@@ -63,6 +66,9 @@ pub enum BenchKind {
     /// Frames per second, latency and memory of the inference runtime on 1 and 4 RTSP streams,
     /// beside the same model in the onnxruntime Python package.
     Runtime,
+    /// Slot image and bundle bytes of a build's rootfs as erofs (lz4, lz4hc, uncompressed) and
+    /// squashfs, at each bundle zstd level, with cold reads.
+    Sizes,
 }
 
 /// `cargo xtask bench`: time Aperture against its peers side by side and print ratios.
@@ -100,11 +106,16 @@ pub struct BenchArgs {
     /// runtime: after --warmup).
     #[arg(long, default_value_t = 20, value_name = "SECONDS")]
     pub window: u64,
-    /// update: the real slot image of the second row (a build's rootfs.img with its dm-verity
-    /// tree appended; vmlinuz and initrd.img beside it are used too). Default: the default
-    /// recipe's out/default/rootfs.img, if it was built.
+    /// update: the real slot image of the second row; sizes: the slot image whose files every
+    /// row packs. A build's rootfs.img with its dm-verity tree appended; vmlinuz and
+    /// initrd.img beside it are used too. Default: the default recipe's out/default/rootfs.img,
+    /// if it was built.
     #[arg(long, value_name = "PATH")]
     pub slot_image: Option<PathBuf>,
+    /// sizes: also build the default recipe with each slot compression and boot each image
+    /// (minutes per row).
+    #[arg(long)]
+    pub boot: bool,
     /// runtime: seconds each side streams before its measurement.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub warmup: u64,
@@ -141,6 +152,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             // Pollers wait on the network and nginx half of the time.
             workers: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
         }),
+        BenchKind::Sizes => sizes::run(a.slot_image.clone(), a.boot, a.runs.unwrap_or(1)),
         BenchKind::Runtime => runtime::run(&runtime::Options {
             runs: a.runs.unwrap_or(1),
             streams: a.streams.clone(),

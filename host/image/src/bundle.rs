@@ -53,6 +53,18 @@ pub struct BundleReport {
     pub payloads: usize,
 }
 
+/// The zstd level the build of `dir` compressed its payloads at, from its `build-report.json`
+/// (the recipe's `[outputs] bundle_level`); the default level for a folder without one. Only a
+/// hint: every payload made at it must still hash to what the signed manifest records.
+fn bundle_level(dir: &Path) -> i32 {
+    std::fs::read(dir.join("build-report.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("bundle_level")?.as_i64())
+        .and_then(|l| i32::try_from(l).ok())
+        .unwrap_or(crate::recipe::DEFAULT_BUNDLE_LEVEL)
+}
+
 /// Verify the build folder `dir` against `root_key` (default: its `root.pub`) and write its
 /// update bundle to `out` (default: `dir/update.bundle`), atomically.
 pub fn make_bundle(
@@ -89,17 +101,18 @@ pub fn make_bundle(
         .tempdir_in(&parent)
         .with_context(|| format!("making a work folder in {}", parent.display()))?;
 
+    let level = bundle_level(dir);
     let mut payloads = 0;
     for a in manifest.payload_artifacts() {
         let want = a.payload.as_ref().expect("payload_artifacts have payloads");
         let src = dir.join(a.name.as_str());
         let zst = work.path().join(format!("{}.zst", a.name.as_str()));
-        let got = bundle::compress_payload(&src, &zst, 3)?;
+        let got = bundle::compress_payload(&src, &zst, level)?;
         if got.sha256 != want.sha256 || got.size != want.size {
             bail!(
-                "payload {} compresses to {} bytes (sha256 {}), but the manifest records {} bytes \
-                 (sha256 {}): this zstd differs from the build's; rebuild the folder with \
-                 `cargo xtask build` to get its bundle",
+                "payload {} compresses to {} bytes (sha256 {}) at zstd level {level}, but the \
+                 manifest records {} bytes (sha256 {}): this zstd or level differs from the \
+                 build's; rebuild the folder with `cargo xtask build` to get its bundle",
                 a.name.as_str(),
                 got.size,
                 got.sha256,
@@ -131,4 +144,36 @@ pub fn make_bundle(
         size,
         payloads,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundle_level_is_the_one_the_build_report_records_else_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            bundle_level(dir.path()),
+            crate::recipe::DEFAULT_BUNDLE_LEVEL
+        );
+        std::fs::write(
+            dir.path().join("build-report.json"),
+            r#"{"name": "x", "bundle_level": 19}"#,
+        )
+        .unwrap();
+        assert_eq!(bundle_level(dir.path()), 19);
+        // An older report without the field, or a broken one: the default (and the payload's
+        // hash check then says whether it was right).
+        std::fs::write(dir.path().join("build-report.json"), r#"{"name": "x"}"#).unwrap();
+        assert_eq!(
+            bundle_level(dir.path()),
+            crate::recipe::DEFAULT_BUNDLE_LEVEL
+        );
+        std::fs::write(dir.path().join("build-report.json"), "{").unwrap();
+        assert_eq!(
+            bundle_level(dir.path()),
+            crate::recipe::DEFAULT_BUNDLE_LEVEL
+        );
+    }
 }

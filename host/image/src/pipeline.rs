@@ -101,6 +101,8 @@ pub struct BuildReport {
     pub rootfs: RootfsBuild,
     /// The signed outputs (absent for a rootfs-only build).
     pub outputs: Option<crate::outputs::OutputsReport>,
+    /// The zstd level of the bundle's payloads (`cargo xtask bundle` compresses again at it).
+    pub bundle_level: i32,
     /// Step timings.
     pub steps: Vec<StepRecord>,
 }
@@ -402,6 +404,7 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
         paths,
         rootfs,
         outputs,
+        bundle_level: recipe.outputs.bundle_level,
         steps: rep.records(),
     };
     let write_report = |report: &BuildReport| -> Result<()> {

@@ -1,5 +1,5 @@
-//! Slot images: the rootfs commit checked out and packed as erofs (read-only, compressed,
-//! ownership, modes and xattrs kept, fixed UUID and timestamps), with a dm-verity hash tree
+//! Slot images: the rootfs commit checked out and packed as erofs (read-only, compressed as
+//! the recipe says (`[outputs] rootfs_compression`), ownership, modes and xattrs kept, fixed UUID and timestamps), with a dm-verity hash tree
 //! appended whose salt derives from the recipe. Cached by commit, so a build whose rootfs did
 //! not change reuses its slot image.
 
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::progress::Step;
+use crate::recipe::RootfsCompression;
 use crate::store::Store;
 
 /// Bump to invalidate cached slot images when the way they are made changes.
@@ -50,8 +51,9 @@ pub struct SlotParams {
     pub verity_uuid: [u8; 16],
     /// Timestamp of every inode.
     pub source_date: u64,
-    /// erofs compressor.
-    pub compressor: String,
+    /// erofs compression (serialised as mkfs.erofs names it, so that keys made when this was
+    /// always lz4 still match).
+    pub compressor: RootfsCompression,
 }
 
 impl SlotParams {
@@ -186,7 +188,7 @@ fn make(
     let _ = std::fs::remove_file(&tmp);
     step.line("mkfs.erofs");
     let result = Cmd::new("mkfs.erofs")
-        .arg(format!("-z{}", params.compressor))
+        .args(params.compressor.mkfs_arg())
         .arg(format!("-T{}", params.source_date))
         .arg(format!("-U{}", params.fs_uuid))
         .arg("--quiet")

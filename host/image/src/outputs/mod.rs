@@ -179,7 +179,7 @@ pub fn slot_image(ctx: &Ctx<'_>) -> Result<SlotImage> {
             salt: slot::derived_salt(h, "verity"),
             verity_uuid: slot::derived_uuid(h, "verity"),
             source_date: ctx.rootfs.source_date_epoch,
-            compressor: "lz4".into(),
+            compressor: ctx.recipe.outputs.rootfs_compression,
         };
         let img = slot::build(
             &store,
@@ -214,17 +214,18 @@ pub fn slot_payloads(
             a.payload = Some(aperture_trust::bundle::compress_payload(
                 &ctx.out().join(name),
                 &dest,
-                3,
+                ctx.recipe.outputs.bundle_level,
             )?);
             v.push(a);
         }
         s.note(format!(
-            "{} compressed for the bundle",
+            "{} compressed for the bundle (zstd -{})",
             files
                 .iter()
                 .map(|(n, _)| n.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            ctx.recipe.outputs.bundle_level
         ));
         Ok(v)
     })

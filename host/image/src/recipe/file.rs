@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::error::RecipeError;
 use super::size::{Size, SizeValue};
-use super::{Addressing, Network, Partitions, Proto, Rule, Services};
+use super::{Addressing, Network, Partitions, Proto, RootfsCompression, Rule, Services};
 
 pub use aperture_appliance::Board;
 
@@ -48,6 +48,8 @@ pub struct RecipeFile {
 #[serde(deny_unknown_fields)]
 struct OutputsFile {
     compressed_disk: S<bool>,
+    rootfs_compression: S<RootfsCompression>,
+    bundle_level: S<i32>,
 }
 
 /// `[runtime]`: the inference runtime's model folder and cameras.
@@ -316,6 +318,8 @@ pub struct Merged {
     pub tpm: Option<Located<bool>>,
     pub reset_button: Option<Located<String>>,
     pub compressed_disk: Option<Located<bool>>,
+    pub rootfs_compression: Option<Located<RootfsCompression>>,
+    pub bundle_level: Option<Located<i32>>,
     pub bsp_release: Option<Located<String>>,
     pub bsp_file: Option<Located<String>>,
     pub bsp_url: Option<Located<String>>,
@@ -527,6 +531,8 @@ impl Merged {
         }
         if let Some(o) = file.outputs {
             set(&mut self.compressed_disk, o.compressed_disk, &f, &t);
+            set(&mut self.rootfs_compression, o.rootfs_compression, &f, &t);
+            set(&mut self.bundle_level, o.bundle_level, &f, &t);
         }
     }
 }

@@ -256,6 +256,12 @@ pub struct Partitions {
     pub data: Size,
 }
 
+/// The slot image's erofs compression when the recipe does not choose one.
+pub const DEFAULT_ROOTFS_COMPRESSION: RootfsCompression = RootfsCompression::Lz4;
+
+/// The bundle payloads' zstd level when the recipe does not choose one.
+pub const DEFAULT_BUNDLE_LEVEL: i32 = 3;
+
 /// `[outputs]`: optional outputs of a build.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outputs {
@@ -263,6 +269,34 @@ pub struct Outputs {
     /// reads by default when the raw image is not there; a build that is only ever booted or
     /// flashed from its raw `disk.img` (the VM tests' images) saves its time and space.
     pub compressed_disk: bool,
+    /// How the slot image's erofs compresses its files.
+    pub rootfs_compression: RootfsCompression,
+    /// The zstd level of the bundle's payloads (1 to 19).
+    pub bundle_level: i32,
+}
+
+/// `[outputs] rootfs_compression`: the slot image's erofs compressor (Debian 12's erofs-utils
+/// 1.5 has lz4 and lz4hc), or none, leaving all compression to the bundle's zstd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsCompression {
+    /// lz4: fast to make and to read, the largest compressed slot.
+    Lz4,
+    /// lz4hc at level 12: a smaller slot, slower to make, read as fast as lz4.
+    Lz4hc,
+    /// No compression in the filesystem: the largest slot, the smallest bundle.
+    None,
+}
+
+impl RootfsCompression {
+    /// mkfs.erofs's `-z` argument, if any.
+    pub fn mkfs_arg(self) -> Option<&'static str> {
+        match self {
+            RootfsCompression::Lz4 => Some("-zlz4"),
+            RootfsCompression::Lz4hc => Some("-zlz4hc,12"),
+            RootfsCompression::None => None,
+        }
+    }
 }
 
 /// Signing keys the build uses.
@@ -379,6 +413,17 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
             "use MAJOR.MINOR.PATCH, e.g. \"1.2.0\"",
         )
     })?;
+    let bundle_level = match &m.bundle_level {
+        Some(l) if !(1..=19).contains(&l.value) => {
+            return Err(l.error(
+                format!("bundle_level {} is not a zstd level from 1 to 19", l.value),
+                "bundle_level = 19 makes the smallest bundles; levels above 19 need decoding \
+                 windows larger than appliances are given",
+            ))
+        }
+        Some(l) => l.value,
+        None => DEFAULT_BUNDLE_LEVEL,
+    };
     let security_version = m
         .security_version
         .ok_or_else(|| required("security_version", "security_version = 1"))?;
@@ -622,6 +667,12 @@ fn resolve(chain: Vec<(PathBuf, String, RecipeFile)>) -> Result<Recipe, RecipeEr
         hardware,
         outputs: Outputs {
             compressed_disk: m.compressed_disk.as_ref().map(|c| c.value).unwrap_or(true),
+            rootfs_compression: m
+                .rootfs_compression
+                .as_ref()
+                .map(|c| c.value)
+                .unwrap_or(DEFAULT_ROOTFS_COMPRESSION),
+            bundle_level,
         },
         bsp,
         update,

@@ -240,6 +240,32 @@ fn the_compressed_disk_is_made_unless_an_included_recipe_turns_it_off() {
 }
 
 #[test]
+fn the_slot_and_bundle_compression_come_from_the_recipe_within_their_bounds() {
+    use crate::recipe::{RootfsCompression, DEFAULT_BUNDLE_LEVEL, DEFAULT_ROOTFS_COMPRESSION};
+    let f = Fixture::new(&[("r.toml", GOOD)]);
+    let o = f.load("r.toml").unwrap().outputs;
+    assert_eq!(
+        (o.rootfs_compression, o.bundle_level),
+        (DEFAULT_ROOTFS_COMPRESSION, DEFAULT_BUNDLE_LEVEL)
+    );
+    let top =
+        "include = \"r.toml\"\n[outputs]\nrootfs_compression = \"lz4hc\"\nbundle_level = 12\n";
+    let f = Fixture::new(&[("r.toml", GOOD), ("top.toml", top)]);
+    let o = f.load("top.toml").unwrap().outputs;
+    assert_eq!(
+        (o.rootfs_compression, o.bundle_level),
+        (RootfsCompression::Lz4hc, 12)
+    );
+    assert_eq!(RootfsCompression::None.mkfs_arg(), None);
+
+    let e = broken("[keys]", "[outputs]\nbundle_level = 22\n[keys]");
+    assert_mentions(&e, &["bundle_level 22", "1 to 19"]);
+    assert!(e.line > 0, "the error names the line: {e}");
+    let e = broken("[keys]", "[outputs]\nrootfs_compression = \"xz\"\n[keys]");
+    assert_mentions(&e, &["xz", "lz4hc"]);
+}
+
+#[test]
 fn invalid_package_name() {
     let e = broken("\"systemd\", ", "\"--force-yes\", ");
     assert_mentions(&e, &["not a valid Debian package name", "policy"]);
