@@ -1,10 +1,11 @@
 # Point the inference runtime at a camera on the config partition (it replaces the recipe's),
 # restart it, then report in the background its unit state, how many detections of a person
 # its rolling file holds, and its metrics, every 2 s, until the host ends the boot.
+# The file is root's alone (camera URLs may hold passwords): the unit gets it as a credential.
 mkdir -p /config/runtime
-chmod 0755 /config/runtime
+chmod 0700 /config/runtime
 printf '[[camera]]\nname = "@CAMERA@"\nurl = "@URL@"\n' > /config/runtime/cameras.toml
-chmod 0644 /config/runtime/cameras.toml
+chmod 0600 /config/runtime/cameras.toml
 systemctl restart aperture-runtime.service
 watch_runtime() {
 	while true; do

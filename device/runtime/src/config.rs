@@ -85,6 +85,41 @@ pub struct Config {
     pub cameras_file: Option<PathBuf>,
 }
 
+/// The systemd credential the unit hands the cameras file over as (`LoadCredential=cameras:...`):
+/// camera URLs may hold passwords, so the file on the config partition can be root's alone and
+/// still reach the runtime's dynamic user.
+pub const CAMERAS_CREDENTIAL: &str = "cameras";
+
+/// What the unit's `SetCredential=cameras:...` puts in the credential when the config partition
+/// has no cameras file (systemd then uses it instead of failing the start).
+pub const NO_CAMERAS_FILE: &str = "absent";
+
+/// The cameras file's text, or `None` when there is none. Under systemd
+/// (`credentials`: `$CREDENTIALS_DIRECTORY`) it comes from the unit's `cameras` credential,
+/// which holds [`NO_CAMERAS_FILE`] when `file` did not exist; elsewhere (an administrator's
+/// `aperture-runtime model ...`) from `file` itself.
+fn cameras_text(file: &Path, credentials: Option<&Path>) -> Result<Option<String>, String> {
+    let (read, what) = match credentials {
+        Some(dir) if dir.join(CAMERAS_CREDENTIAL).exists() => (
+            dir.join(CAMERAS_CREDENTIAL),
+            format!(
+                "the cameras file {} (credential {CAMERAS_CREDENTIAL})",
+                file.display()
+            ),
+        ),
+        _ => (
+            file.to_path_buf(),
+            format!("the cameras file {}", file.display()),
+        ),
+    };
+    match std::fs::read_to_string(&read) {
+        Ok(text) if read != file && text.trim() == NO_CAMERAS_FILE => Ok(None),
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("reading {what}: {e}")),
+    }
+}
+
 /// The cameras file: `[[camera]]` entries and nothing else.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,15 +158,12 @@ impl Config {
             .map_err(|e| format!("reading the runtime config {}: {e}", path.display()))?;
         let mut c = Config::parse(&text, path)?;
         if let Some(file) = c.cameras_file.clone() {
-            match std::fs::read_to_string(&file) {
-                Ok(text) => {
-                    let f: CamerasFile = toml::from_str(&text)
-                        .map_err(|e| format!("the cameras file {}: {e}", file.display()))?;
-                    check_cameras(&f.cameras, &file)?;
-                    c.cameras = f.cameras;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("reading the cameras file {}: {e}", file.display())),
+            let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+            if let Some(text) = cameras_text(&file, credentials.as_deref())? {
+                let f: CamerasFile = toml::from_str(&text)
+                    .map_err(|e| format!("the cameras file {}: {e}", file.display()))?;
+                check_cameras(&f.cameras, &file)?;
+                c.cameras = f.cameras;
             }
         }
         Ok(c)
@@ -261,6 +293,46 @@ url = "rtsp://192.0.2.10:554/stream1"
         let e = Config::load(&cfg).unwrap_err();
         assert!(
             e.contains("the cameras file") && e.contains("cameras.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn under_systemd_the_cameras_file_comes_from_its_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::create_dir(&creds).unwrap();
+        let file = dir.path().join("cameras.toml");
+        let cam = "[[camera]]\nname = \"gate\"\nurl = \"rtsp://10.0.2.2:554/gate\"\n";
+        // The unit's default when the config partition has none: no cameras file.
+        std::fs::write(
+            creds.join(CAMERAS_CREDENTIAL),
+            format!("{NO_CAMERAS_FILE}\n"),
+        )
+        .unwrap();
+        assert_eq!(cameras_text(&file, Some(&creds)).unwrap(), None);
+        // The file systemd loaded as root, whatever its mode on the config partition.
+        std::fs::write(creds.join(CAMERAS_CREDENTIAL), cam).unwrap();
+        assert_eq!(
+            cameras_text(&file, Some(&creds)).unwrap().as_deref(),
+            Some(cam)
+        );
+        // No credential (not started by the unit): the file itself, or none.
+        assert_eq!(cameras_text(&file, None).unwrap(), None);
+        std::fs::write(&file, cam).unwrap();
+        assert_eq!(cameras_text(&file, None).unwrap().as_deref(), Some(cam));
+        // A file that holds the marker word is not mistaken for none outside systemd.
+        std::fs::write(&file, NO_CAMERAS_FILE).unwrap();
+        assert_eq!(
+            cameras_text(&file, None).unwrap().as_deref(),
+            Some(NO_CAMERAS_FILE)
+        );
+        // An unreadable credential names the file and the credential.
+        std::fs::remove_file(creds.join(CAMERAS_CREDENTIAL)).unwrap();
+        std::fs::create_dir(creds.join(CAMERAS_CREDENTIAL)).unwrap();
+        let e = cameras_text(&file, Some(&creds)).unwrap_err();
+        assert!(
+            e.contains("cameras.toml") && e.contains("credential cameras"),
             "{e}"
         );
     }
