@@ -478,7 +478,7 @@ const FULL_ENV: &str = "APERTURE_FULL";
 const FUZZ_SMOKE_SECONDS: u64 = 10;
 
 /// Below this much free space the tiers may not fit: the peak of a CI run (every tier, no
-/// `--full`) measured on a fresh clone, about 17 GiB of target/ and build cache, rounded up.
+/// `--full`) measured on a fresh clone, about 16 GiB of target/ and build cache, rounded up.
 const LOW_DISK: u64 = 20 << 30;
 
 /// The same for `--full` (its Jetson and arm64 builds and the twin's disks): measured before
