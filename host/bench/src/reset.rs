@@ -17,7 +17,8 @@ use crate::table::{print_table, Row};
 
 const GIB: u64 = 1 << 30;
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

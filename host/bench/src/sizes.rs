@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use aperture_sys::Cmd;
 
+use crate::reset::median;
 use crate::table::{print_table, Row};
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -209,11 +210,6 @@ fn boot_times(runs: u32) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Run `bench sizes` on `slot_image` (default: the default recipe's `out/default/rootfs.img`);
