@@ -7,7 +7,8 @@
 //!
 //! Tier 1 in the same file (no root, no tools): `aperture release publish --gate-on-rollout`
 //! refused without the rollouts role, and a gated release held back until a rollout names the
-//! device.
+//! device; delta bundles made by `aperture bundle --from` and by `release publish`, and chosen
+//! by a device that booted their base.
 
 use aperture_client::recorder::Recorder;
 use aperture_client::{Outcome, Running, StateDir, UpdateLoop};
@@ -56,6 +57,19 @@ fn device_trusting(
     ca: &std::path::Path,
     root: &std::path::Path,
 ) -> UpdateLoop<Recorder> {
+    device_booted(dir, name, version, url, ca, root, None)
+}
+
+/// [`device_trusting`], booted with the rootfs verity root hash `root_hash`.
+fn device_booted(
+    dir: &std::path::Path,
+    name: &str,
+    version: &str,
+    url: &str,
+    ca: &std::path::Path,
+    root: &std::path::Path,
+    root_hash: Option<String>,
+) -> UpdateLoop<Recorder> {
     let state = dir.join(name);
     std::fs::create_dir_all(&state).unwrap();
     let mut fetch = FetchOptions::new(dir.join("no-system-cas.pem"));
@@ -73,6 +87,7 @@ fn device_trusting(
             product: "aperture-edge".into(),
             board: "qemu-x86_64".into(),
             version: version.parse().unwrap(),
+            root_hash,
         },
         root.to_path_buf(),
         StateDir(state),
@@ -175,6 +190,40 @@ fn rcgen_ca(path: &std::path::Path) -> String {
 /// build is exactly this (the signature, each listed artifact, the bundle); the real build's
 /// folder goes through the same path in `privileged.rs`.
 fn snakeoil_build(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    snakeoil_build_with(dir, version, None)
+}
+
+/// The snakeoil release keys as a keys folder (`keys generate`'s layout), for the verbs that
+/// sign.
+fn snakeoil_keys(dir: &std::path::Path) {
+    use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let root = SigningKeyPair::from_secret_bytes(&[11; 32]);
+    let release = SigningKeyPair::from_secret_bytes(&[12; 32]);
+    let keyring = SignedKeyring::create(
+        &root,
+        vec![KeyringEntry::new(
+            release.public(),
+            "release-snakeoil",
+            now() + 86_400,
+        )],
+    )
+    .unwrap();
+    root.public().save(&dir.join("root.pub")).unwrap();
+    release.save(&dir.join("release.key")).unwrap();
+    std::fs::write(
+        dir.join("keyring.json"),
+        serde_json::to_vec(&keyring).unwrap(),
+    )
+    .unwrap();
+}
+
+/// [`snakeoil_build`], with a rootfs image (`rootfs` data and its dm-verity tree) when given.
+fn snakeoil_build_with(
+    dir: &std::path::Path,
+    version: &str,
+    rootfs: Option<Vec<u8>>,
+) -> std::path::PathBuf {
     use aperture_image::outputs::names;
     use aperture_trust::bundle::{write_bundle, PayloadSource};
     use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
@@ -196,6 +245,41 @@ fn snakeoil_build(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
     let kernel: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
     let zst = zstd::encode_all(&kernel[..], 1).unwrap();
     std::fs::write(dir.join(names::KERNEL), &kernel).unwrap();
+    let mut artifacts = Vec::new();
+    let mut payloads = Vec::new();
+    if let Some(data) = rootfs {
+        let path = dir.join(names::ROOTFS);
+        std::fs::write(&path, &data).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let verity = aperture_trust::verity::append_hash_tree(
+            &mut f,
+            data.len() as u64,
+            version.as_bytes(),
+            [3; 16],
+        )
+        .unwrap();
+        drop(f);
+        let image = std::fs::read(&path).unwrap();
+        let zst = zstd::encode_all(&image[..], 1).unwrap();
+        artifacts.push(Artifact {
+            name: ArtifactName::new(names::ROOTFS).unwrap(),
+            role: Role::Rootfs,
+            size: image.len() as u64,
+            sha256: Sha256Hex::digest(&image),
+            verity: Some(verity),
+            payload: Some(Payload {
+                encoding: PayloadEncoding::Zstd,
+                size: zst.len() as u64,
+                sha256: Sha256Hex::digest(&zst),
+                base: None,
+            }),
+        });
+        payloads.push((names::ROOTFS, zst));
+    }
     let manifest = Manifest {
         format: 1,
         product: "aperture-edge".into(),
@@ -209,19 +293,24 @@ fn snakeoil_build(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
             ostree_ref: None,
         },
         boot: None,
-        artifacts: vec![Artifact {
-            name: ArtifactName::new(names::KERNEL).unwrap(),
-            role: Role::Kernel,
-            size: kernel.len() as u64,
-            sha256: Sha256Hex::digest(&kernel),
-            verity: None,
-            payload: Some(Payload {
-                encoding: PayloadEncoding::Zstd,
-                size: zst.len() as u64,
-                sha256: Sha256Hex::digest(&zst),
-            }),
-        }],
+        artifacts: artifacts
+            .into_iter()
+            .chain([Artifact {
+                name: ArtifactName::new(names::KERNEL).unwrap(),
+                role: Role::Kernel,
+                size: kernel.len() as u64,
+                sha256: Sha256Hex::digest(&kernel),
+                verity: None,
+                payload: Some(Payload {
+                    encoding: PayloadEncoding::Zstd,
+                    size: zst.len() as u64,
+                    sha256: Sha256Hex::digest(&zst),
+                    base: None,
+                }),
+            }])
+            .collect(),
     };
+    payloads.push((names::KERNEL, zst));
     let (manifest_json, sig_json) =
         aperture_trust::signing::sign_manifest(&manifest, &release, &keyring).unwrap();
     std::fs::write(dir.join(names::MANIFEST), &manifest_json).unwrap();
@@ -231,11 +320,11 @@ fn snakeoil_build(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
         Vec::new(),
         &manifest_json,
         &sig_json,
-        [PayloadSource {
-            name: ArtifactName::new(names::KERNEL).unwrap(),
+        payloads.iter().map(|(name, zst)| PayloadSource {
+            name: ArtifactName::new(*name).unwrap(),
             size: zst.len() as u64,
             reader: Box::new(&zst[..]),
-        }],
+        }),
     )
     .unwrap();
     std::fs::write(dir.join(names::BUNDLE), bundle).unwrap();
@@ -353,5 +442,205 @@ fn release_publish_gate_on_rollout_needs_the_rollouts_role_and_waits_for_a_rollo
     assert!(
         installs[0].0 == std::fs::read(&bundle).unwrap(),
         "the device installed other bytes than the build's bundle"
+    );
+}
+
+/// Tier 1 (no root, no tools): delta bundles through the CLI. `bundle --from` makes the delta
+/// from v1's build folder to v2's, and refuses keys under another root and a base that is not
+/// older; `release publish` of v2 makes the delta from the repository's 1.0.0 by itself; a
+/// device booted with v1's verity root fetches that delta, which rebuilds v2's rootfs from
+/// v1's byte for byte, and a device booted with another root gets the full bundle.
+#[test]
+fn delta_bundles_are_made_published_and_chosen_by_the_running_root() {
+    use aperture_image::outputs::names;
+    use aperture_trust::bundle::BundleReader;
+    use aperture_trust::delta::FileBase;
+    use aperture_trust::manifest::{Artifact, Manifest};
+    use std::io::Read;
+
+    let tmp = tempfile::tempdir().unwrap();
+    // Incompressible, as compressed file data is: a delta must win by what it leaves out.
+    let noise = |len: usize, mut x: u64| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let data1 = noise(256 * 4096, 1);
+    let mut data2 = data1.clone();
+    data2[5 * 4096..5 * 4096 + 50].fill(0xee);
+    data2.extend(noise(2 * 4096, 2));
+    let (v1, v2, keys) = (
+        tmp.path().join("v1"),
+        tmp.path().join("v2"),
+        tmp.path().join("keys"),
+    );
+    snakeoil_build_with(&v1, "1.0.0", Some(data1));
+    let full_v2 = snakeoil_build_with(&v2, "1.1.0", Some(data2));
+    snakeoil_keys(&keys);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+    // `bundle --from`: small, and read back by the verb itself.
+    let out = tmp.path().join("v1-to-v2.bundle");
+    aperture(&[
+        "bundle",
+        "--image",
+        &s(&v2),
+        "--from",
+        &s(&v1),
+        "--keys",
+        &s(&keys),
+        "--out",
+        &s(&out),
+    ])
+    .unwrap();
+    let (delta, full) = (
+        std::fs::metadata(&out).unwrap().len(),
+        std::fs::metadata(&full_v2).unwrap().len(),
+    );
+    assert!(delta * 20 < full, "delta {delta} bytes, full {full}");
+    // Keys under another root: appliances would refuse it, so it is not made.
+    let other = tmp.path().join("other-keys");
+    aperture_image::keys::generate(&other, 1, false, true).unwrap();
+    let refused = tmp.path().join("refused.bundle");
+    let e = format!(
+        "{:#}",
+        aperture(&[
+            "bundle",
+            "--image",
+            &s(&v2),
+            "--from",
+            &s(&v1),
+            "--keys",
+            &s(&other),
+            "--out",
+            &s(&refused),
+        ])
+        .unwrap_err()
+    );
+    assert!(e.contains("--keys") && e.contains("root key"), "{e}");
+    // The base must be the older release.
+    let e = format!(
+        "{:#}",
+        aperture(&[
+            "bundle",
+            "--image",
+            &s(&v1),
+            "--from",
+            &s(&v2),
+            "--keys",
+            &s(&keys),
+            "--out",
+            &s(&refused),
+        ])
+        .unwrap_err()
+    );
+    assert!(e.contains("not older") && e.contains("swap"), "{e}");
+    assert!(!refused.exists());
+
+    // `release publish`: 1.0.0, then 1.1.0 with the delta from 1.0.0 made by the verb.
+    let repo_dir = tmp.path().join("repo");
+    let r = s(&repo_dir);
+    aperture(&["repo", "init", "--out", &r]).unwrap();
+    for build in [&v1, &v2] {
+        aperture(&[
+            "release",
+            "publish",
+            "--image",
+            &s(build),
+            "--repo",
+            &r,
+            "--channel",
+            "stable",
+            "--keys",
+            &s(&keys),
+        ])
+        .unwrap();
+    }
+    let repo = aperture_repo::Repo::open(&repo_dir).unwrap();
+    let deltas = repo.deltas();
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    let manifest = |dir: &std::path::Path| {
+        Manifest::from_json_unverified(&std::fs::read(dir.join(names::MANIFEST)).unwrap()).unwrap()
+    };
+    let v1_root = manifest(&v1).artifacts[0]
+        .verity
+        .as_ref()
+        .unwrap()
+        .root_hash
+        .to_string();
+    assert_eq!(deltas[0].1.from.to_string(), "1.0.0");
+    assert_eq!(deltas[0].1.from_root_hash, v1_root);
+    let published = std::fs::read(repo.stored_target(&deltas[0].0).unwrap()).unwrap();
+
+    // Devices on 1.0.0: booted with v1's root, the delta; with another root, the full bundle.
+    let url = url::Url::from_directory_path(&repo_dir)
+        .unwrap()
+        .to_string();
+    let ca = tmp.path().join("ca.pem");
+    rcgen_ca(&ca);
+    let first_root = repo_dir.join("metadata/1.root.json");
+    let mut on_base = device_booted(
+        tmp.path(),
+        "on-base",
+        "1.0.0",
+        &url,
+        &ca,
+        &first_root,
+        Some(v1_root.clone()),
+    );
+    on_base.check(now());
+    let st = on_base.status().clone();
+    assert_eq!(st.result, Some(Outcome::Installed), "{}", st.message);
+    assert!(st.message.contains("the delta to 1.1.0"), "{}", st.message);
+    let got = on_base.installer().installs[0].0.clone();
+    assert_eq!(got, published);
+    let mut elsewhere = device_booted(
+        tmp.path(),
+        "elsewhere",
+        "1.0.0",
+        &url,
+        &ca,
+        &first_root,
+        Some("another-root".into()),
+    );
+    elsewhere.check(now());
+    assert_eq!(
+        elsewhere.installer().installs[0].0,
+        std::fs::read(&full_v2).unwrap()
+    );
+
+    // What the device got rebuilds v2 from v1's files, as the updater reads it.
+    let root = aperture_trust::keys::PublicKey::load(&v2.join(names::ROOT_PUB)).unwrap();
+    let mut reader = BundleReader::new(&got[..], &root, now());
+    let verified = reader.read_header().unwrap();
+    for a in verified.payload_artifacts() {
+        let base = a.payload.as_ref().unwrap().base.clone().unwrap();
+        let file = v1.join(a.name.as_str());
+        reader.set_delta_base(
+            a.name.as_str(),
+            Box::new(FileBase::open(&file).unwrap()),
+            base.size,
+            base.sha256,
+        );
+    }
+    let mut rebuilt = Vec::new();
+    reader
+        .for_each_payload(|a: &Artifact, r: &mut dyn Read| {
+            let mut bytes = Vec::new();
+            r.read_to_end(&mut bytes).unwrap();
+            rebuilt.push((a.name.to_string(), bytes));
+            Ok::<(), aperture_trust::TrustError>(())
+        })
+        .unwrap();
+    assert_eq!(rebuilt.len(), 2, "rootfs and kernel, both deltas");
+    assert_eq!(
+        rebuilt[0].1,
+        std::fs::read(v2.join(names::ROOTFS)).unwrap(),
+        "the rootfs rebuilt from v1's and the delta is v2's"
     );
 }

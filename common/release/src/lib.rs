@@ -6,6 +6,8 @@
 //!   by the targets role, so a device can trust every field of it.
 //! * [`waves`]: [`Waves`], a staged rollout schedule (`1%@0h,10%@4h,50%@24h,100%@48h`), and the
 //!   time at which a device with a given seed becomes eligible.
+//! * [`delta`]: [`DeltaMeta`], the custom metadata of a delta target: the release it installs
+//!   and the release (by rootfs root hash) it updates from.
 //! * [`rollout`]: [`RolloutMeta`], a rollout as the fleet server signs it in its delegated
 //!   role (state, devices, waves, pins), and the [`Gate`] that makes a release wait for one.
 //! * [`select`]: [`select()`](select::select), the pure choice of what a device installs and
@@ -16,12 +18,14 @@
 //!
 //! No I/O and no clock here: the caller passes the time, so every rule is unit-tested.
 
+pub mod delta;
 pub mod meta;
 pub mod rollout;
 pub mod select;
 pub mod settings;
 pub mod waves;
 
+pub use delta::{DeltaMeta, DELTA_KEY};
 pub use meta::{ReleaseMeta, CUSTOM_KEY};
 pub use rollout::{Gate, Rollout, RolloutMeta};
 pub use select::{select, Candidate, Decision, Device, Skip};

@@ -186,6 +186,21 @@ pub enum TrustError {
         /// What was being read.
         entry: String,
     },
+    /// A delta payload cannot be applied here: the appliance does not run its base.
+    #[error(
+        "{artifact} is a delta from release {base_version} (sha256 {expected}), but {found}: \
+         install the full bundle of this release instead"
+    )]
+    DeltaBase {
+        /// The delta payload's entry.
+        artifact: String,
+        /// The release the delta was made from.
+        base_version: String,
+        /// sha256 of the base the delta needs.
+        expected: String,
+        /// What the appliance has instead.
+        found: String,
+    },
     /// A document or structure does not parse or breaks a rule of its format.
     #[error("{what} is malformed: {reason}")]
     Malformed {

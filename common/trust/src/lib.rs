@@ -38,6 +38,7 @@
 
 pub mod bundle;
 pub mod canonical;
+pub mod delta;
 pub mod digest;
 mod error;
 mod keyring;

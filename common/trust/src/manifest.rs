@@ -130,15 +130,40 @@ pub struct Payload {
     pub size: u64,
     /// sha256 of the encoded bytes.
     pub sha256: Sha256Hex,
+    /// For a delta: the image the appliance's running slot must hold to rebuild this artifact
+    /// from it. Absent for every other encoding (and then not written, so a full manifest's
+    /// bytes are what they were before deltas existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<DeltaBase>,
 }
 
-/// Payload encodings. An enum so that delta payloads can join later; an older appliance then
-/// refuses a newer bundle at parse time instead of misreading it.
+/// The base of a delta payload: the same artifact of an earlier release, named by the hashes an
+/// appliance recorded when it installed that release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaBase {
+    /// The release the base came from (for messages and for choosing a delta to fetch).
+    pub version: semver::Version,
+    /// Size of the base artifact in bytes.
+    pub size: u64,
+    /// sha256 of the base artifact.
+    pub sha256: Sha256Hex,
+    /// The base's dm-verity root hash: an appliance booted with it (its kernel command line
+    /// says so) runs exactly the base.
+    pub root_hash: Sha256Hex,
+}
+
+/// Payload encodings. An appliance that does not know an encoding refuses the manifest at parse
+/// time instead of misreading the bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadEncoding {
     /// One or more zstd frames of the whole artifact. The bundle entry is `<name>.zst`.
     Zstd,
+    /// A zstd stream of the operations that rebuild the artifact from `payload.base`, the same
+    /// artifact of the release the appliance runs ([`crate::delta`]). The entry is
+    /// `<name>.dlt`.
+    Delta,
 }
 
 impl PayloadEncoding {
@@ -146,6 +171,7 @@ impl PayloadEncoding {
     pub fn suffix(self) -> &'static str {
         match self {
             PayloadEncoding::Zstd => ".zst",
+            PayloadEncoding::Delta => ".dlt",
         }
     }
 }
@@ -189,13 +215,34 @@ impl Manifest {
             if !names.insert(a.name.as_str()) {
                 return bad(format!("artifact {} is listed twice", a.name));
             }
-            if a.payload.is_some() {
+            if let Some(p) = &a.payload {
                 if !a.role.is_slot_content() {
                     return bad(format!(
                         "artifact {} has role {:?} but only slot contents (rootfs, kernel, \
                          initrd, dtb, firmware, capsule) may travel in bundles",
                         a.name, a.role
                     ));
+                }
+                match (p.encoding, &p.base) {
+                    (PayloadEncoding::Zstd, None) => {}
+                    (PayloadEncoding::Delta, Some(_))
+                        if matches!(a.role, Role::Rootfs | Role::Kernel | Role::Initrd) => {}
+                    (PayloadEncoding::Delta, Some(_)) => {
+                        return bad(format!(
+                            "artifact {} is a delta but only rootfs, kernel and initrd travel \
+                             as deltas",
+                            a.name
+                        ))
+                    }
+                    (PayloadEncoding::Delta, None) => {
+                        return bad(format!("delta payload {} names no base", a.name))
+                    }
+                    (PayloadEncoding::Zstd, Some(_)) => {
+                        return bad(format!(
+                            "payload {} names a delta base but is encoded zstd",
+                            a.name
+                        ))
+                    }
                 }
                 if a.name.as_str().len() > MAX_PAYLOAD_NAME_LEN {
                     return bad(format!(
@@ -281,6 +328,7 @@ pub(crate) mod tests {
                         encoding: PayloadEncoding::Zstd,
                         size: 100,
                         sha256: h(b"rootfs.zst"),
+                        base: None,
                     }),
                 },
                 Artifact {
@@ -293,6 +341,7 @@ pub(crate) mod tests {
                         encoding: PayloadEncoding::Zstd,
                         size: 20,
                         sha256: h(b"kernel.zst"),
+                        base: None,
                     }),
                 },
                 Artifact {
@@ -327,7 +376,49 @@ pub(crate) mod tests {
             serde_json::to_string(&PayloadEncoding::Zstd).unwrap(),
             "\"zstd\""
         );
-        assert!(serde_json::from_str::<PayloadEncoding>("\"delta\"").is_err());
+        assert!(serde_json::from_str::<PayloadEncoding>("\"bsdiff\"").is_err());
+        let zstd = serde_json::to_string(&sample().artifacts[0].payload).unwrap();
+        assert!(
+            !zstd.contains("base"),
+            "a full payload writes no base: {zstd}"
+        );
+    }
+
+    #[test]
+    fn a_delta_names_its_base_and_only_slot_images_travel_as_one() {
+        let mut m = sample();
+        let base = DeltaBase {
+            version: "1.2.2".parse().unwrap(),
+            size: 4096,
+            sha256: Sha256Hex::digest(b"old rootfs"),
+            root_hash: Sha256Hex::digest(b"old root"),
+        };
+        let set = |m: &mut Manifest, i: usize, enc, base: Option<DeltaBase>| {
+            let p = m.artifacts[i].payload.as_mut().unwrap();
+            p.encoding = enc;
+            p.base = base;
+        };
+        set(&mut m, 0, PayloadEncoding::Delta, Some(base.clone()));
+        m.validate().unwrap();
+        assert_eq!(
+            m.artifacts[0].payload_entry_name().as_deref(),
+            Some("rootfs.img.dlt")
+        );
+        let json = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::from_json_unverified(&json).unwrap(), m);
+
+        for (i, enc, b, want) in [
+            (0, PayloadEncoding::Delta, None, "names no base"),
+            (0, PayloadEncoding::Zstd, Some(base.clone()), "encoded zstd"),
+            (1, PayloadEncoding::Delta, Some(base.clone()), "only rootfs"),
+        ] {
+            let mut bad = sample();
+            // A device tree (as on Jetson) never travels as a delta.
+            bad.artifacts[1].role = Role::Dtb;
+            set(&mut bad, i, enc, b);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

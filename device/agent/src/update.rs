@@ -37,6 +37,13 @@ pub fn make(files: &Files, settings: Settings) -> anyhow::Result<UpdateLoop<Upda
                 files.build_facts().display()
             )
         })?,
+        // What picks delta bundles; an unreadable command line only costs full bundles.
+        root_hash: aperture_updater::facts::booted_root_hash(&files.cmdline()).unwrap_or_else(
+            |e| {
+                tracing::warn!("{e}; delta bundles are not used");
+                None
+            },
+        ),
     };
     let mut fetch = FetchOptions::new(files.ca_bundle());
     let ca = files.update_ca();

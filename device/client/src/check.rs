@@ -52,6 +52,9 @@ pub struct Running {
     pub board: String,
     /// Version.
     pub version: semver::Version,
+    /// The dm-verity root hash its rootfs was booted with (`None`: booted without one), which
+    /// picks the delta bundles made from exactly this image.
+    pub root_hash: Option<String>,
 }
 
 /// The result of one check.
@@ -371,6 +374,60 @@ impl<I: Installer> UpdateLoop<I> {
         };
         tracing::info!("update check: {summary}");
         self.status.tried = Some(meta.version.to_string());
+        // A delta made from exactly the running image, if the repository has one; the full
+        // bundle if it has none or the delta fails.
+        let delta = self.running.root_hash.as_deref().and_then(|root| {
+            found
+                .deltas
+                .iter()
+                .find(|(_, d)| d.serves(meta, root))
+                .and_then(|(name, _)| found.target(name))
+        });
+        let mut fell_back = None;
+        if let Some(target) = delta {
+            let label = format!(
+                "the delta to {} from {}",
+                meta.version, self.running.version
+            );
+            match self.fetch_and_install(target, &label) {
+                Ok(done) => {
+                    let how = format!("{label}, {done}");
+                    return self.installed(meta, &summary, how, now, &decision);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "update check: the delta to {} did not install ({e}); fetching the full \
+                         bundle",
+                        meta.version
+                    );
+                    fell_back = Some(e);
+                }
+            }
+        }
+        let done = match self.fetch_and_install(target, &meta.version.to_string()) {
+            Ok(done) => done,
+            Err(e) => {
+                let e = match &fell_back {
+                    Some(d) => format!("{e} (after the delta failed: {d})"),
+                    None => e,
+                };
+                return (Outcome::InstallFailed, e, None);
+            }
+        };
+        let how = match fell_back {
+            Some(e) => format!("full bundle after the delta failed ({e}), {done}"),
+            None => done,
+        };
+        self.installed(meta, &summary, how, now, &decision)
+    }
+
+    /// Fetches `target` (checked against its signed length and hashes as it streams) into the
+    /// installer; what it says it did, or what failed, naming the target and where from.
+    fn fetch_and_install(
+        &mut self,
+        target: &crate::refresh::TargetFile,
+        label: &str,
+    ) -> Result<String, String> {
         let url = target.url.clone();
         let shown = crate::transport::display_url(&url);
         let opened: Result<Box<dyn Read>, String> = if url.scheme() == "file" {
@@ -386,24 +443,22 @@ impl<I: Installer> UpdateLoop<I> {
         };
         let mut reader = match opened {
             Ok(r) => Checked::new(r, target),
-            Err(e) => {
-                return (
-                    Outcome::InstallFailed,
-                    format!("fetching {} from {shown}: {e}", meta.version),
-                    None,
-                )
-            }
+            Err(e) => return Err(format!("fetching {label} from {shown}: {e}")),
         };
-        let done = match self.installer.install(&mut reader, url.as_str()) {
-            Ok(done) => done,
-            Err(e) => {
-                return (
-                    Outcome::InstallFailed,
-                    format!("installing {} from {shown}: {e}", meta.version),
-                    None,
-                )
-            }
-        };
+        self.installer
+            .install(&mut reader, url.as_str())
+            .map_err(|e| format!("installing {label} from {shown}: {e}"))
+    }
+
+    /// The outcome of an install of `meta` that succeeded (`done`: how): the pending reboot.
+    fn installed(
+        &mut self,
+        meta: &aperture_release::ReleaseMeta,
+        summary: &str,
+        done: String,
+        now: u64,
+        decision: &aperture_release::Decision,
+    ) -> (Outcome, String, Option<u64>) {
         let reboot_at = self
             .settings
             .maintenance_window

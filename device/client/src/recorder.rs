@@ -18,6 +18,8 @@ pub struct Recorder {
     pub installs: Vec<(Vec<u8>, String)>,
     /// Reboots asked for.
     pub reboots: u32,
+    /// Refuse (after reading it whole) a bundle whose bytes start with these.
+    pub fail_when: Option<Vec<u8>>,
 }
 
 impl Installer for Recorder {
@@ -35,6 +37,13 @@ impl Installer for Recorder {
     fn install(&mut self, bundle: &mut dyn Read, source: &str) -> Result<String, String> {
         let mut bytes = Vec::new();
         bundle.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        if self
+            .fail_when
+            .as_ref()
+            .is_some_and(|prefix| bytes.starts_with(prefix))
+        {
+            return Err("refused by the test".into());
+        }
         self.installs.push((bytes, source.to_string()));
         Ok("recorded".into())
     }

@@ -122,6 +122,9 @@ pub struct Refreshed {
     pub rollouts: Vec<Rollout>,
     /// Every target, by name.
     pub targets: Vec<TargetFile>,
+    /// The delta bundles (targets with [`aperture_release::DELTA_KEY`] metadata), by target
+    /// name; malformed ones are left out with a warning (the full bundle serves instead).
+    pub deltas: Vec<(String, aperture_release::DeltaMeta)>,
 }
 
 impl Refreshed {
@@ -285,6 +288,7 @@ pub fn refresh(
     let consistent = repo.root().signed.consistent_snapshot;
     let mut candidates = Vec::new();
     let mut targets = Vec::new();
+    let mut deltas = Vec::new();
     for (name, target) in &repo.targets().signed.targets {
         let file = match target_file(&source.targets, consistent, name, target) {
             Ok(f) => f,
@@ -298,6 +302,13 @@ pub fn refresh(
                 name: file.name.clone(),
                 meta,
             });
+        }
+        match aperture_release::DeltaMeta::from_custom(&target.custom) {
+            Some(Ok(meta)) => deltas.push((file.name.clone(), meta)),
+            Some(Err(e)) => {
+                tracing::warn!("delta target {} is malformed ({e}); ignored", file.name)
+            }
+            None => {}
         }
         targets.push(file);
     }
@@ -327,6 +338,7 @@ pub fn refresh(
         candidates,
         targets,
         rollouts,
+        deltas,
     })
 }
 

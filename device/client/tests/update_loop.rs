@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use aperture_client::recorder::Recorder;
 use aperture_client::{Outcome, Running, StateDir, UpdateLoop};
-use aperture_release::{ReleaseMeta, Settings, Waves};
+use aperture_release::{DeltaMeta, ReleaseMeta, Settings, Waves};
 use aperture_repo::Repo;
 use aperture_updater::source::FetchOptions;
 
@@ -33,6 +33,8 @@ fn ts(secs: u64) -> jiff::Timestamp {
 struct Fixture {
     dir: tempfile::TempDir,
     repo: Repo,
+    /// The root hash the devices made next were booted with.
+    running_root: Option<String>,
 }
 
 impl Fixture {
@@ -43,7 +45,11 @@ impl Fixture {
     fn at(time: u64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repo::init(&dir.path().join("repo"), false, ts(time)).unwrap();
-        Fixture { dir, repo }
+        Fixture {
+            dir,
+            repo,
+            running_root: None,
+        }
     }
 
     fn repo_dir(&self) -> PathBuf {
@@ -90,6 +96,7 @@ impl Fixture {
                 product: "aperture-edge".into(),
                 board: "qemu-x86_64".into(),
                 version: version.parse().unwrap(),
+                root_hash: self.running_root.clone(),
             },
             self.repo_dir().join("metadata/1.root.json"),
             StateDir(state),
@@ -98,6 +105,81 @@ impl Fixture {
         )
         .unwrap()
     }
+}
+
+impl Fixture {
+    /// Publishes the delta to `to` from `from` (booted with root hash `from_root`).
+    fn publish_delta(&mut self, to: &str, from: &str, from_root: &str, at: u64) -> Vec<u8> {
+        let meta = DeltaMeta {
+            product: "aperture-edge".into(),
+            board: "qemu-x86_64".into(),
+            version: to.parse().unwrap(),
+            channel: "stable".into(),
+            from: from.parse().unwrap(),
+            from_root_hash: from_root.into(),
+        };
+        let bytes = format!("delta {from} to {to}").into_bytes();
+        let file = self.dir.path().join(meta.target_name());
+        std::fs::write(&file, &bytes).unwrap();
+        self.repo.publish_delta(&file, meta, ts(at), false).unwrap();
+        bytes
+    }
+}
+
+#[test]
+fn a_device_running_a_deltas_base_installs_the_delta_and_others_the_full_bundle() {
+    let mut f = Fixture::new();
+    let t = now();
+    let v10 = f.publish(release("1.0.0", ""), t);
+    let full = f.publish(release("1.1.0", ""), t);
+    let from_10 = f.publish_delta("1.1.0", "1.0.0", "root-of-1.0.0", t);
+    f.publish_delta("1.1.0", "0.9.0", "root-of-0.9.0", t);
+    assert_ne!(v10, full);
+
+    // Booted 1.0.0 with its root hash: the delta.
+    f.running_root = Some("root-of-1.0.0".into());
+    let mut dev = f.device("on-base", "1.0.0", 5);
+    dev.check(t);
+    let st = dev.status().clone();
+    assert_eq!(st.result, Some(Outcome::Installed), "{}", st.message);
+    assert_eq!(dev.installer().installs.len(), 1);
+    assert_eq!(dev.installer().installs[0].0, from_10);
+    assert!(
+        st.message.contains("the delta to 1.1.0 from 1.0.0"),
+        "{}",
+        st.message
+    );
+
+    // Another image of 1.0.0 (another root hash), or none: the full bundle.
+    for root in [Some("root-of-a-local-build"), None] {
+        f.running_root = root.map(String::from);
+        let mut dev = f.device(&format!("off-base-{}", root.is_some()), "1.0.0", 5);
+        dev.check(t);
+        assert_eq!(dev.installer().installs.len(), 1);
+        assert_eq!(dev.installer().installs[0].0, full);
+        assert!(
+            !dev.status().message.contains("delta"),
+            "{}",
+            dev.status().message
+        );
+    }
+
+    // The delta fails to install (its base turned out different, a download broke): the
+    // full bundle, in the same check.
+    f.running_root = Some("root-of-1.0.0".into());
+    let mut dev = f.device("falls-back", "1.0.0", 5);
+    dev.installer().fail_when = Some(b"delta ".to_vec());
+    dev.check(t);
+    let st = dev.status().clone();
+    assert_eq!(st.result, Some(Outcome::Installed), "{}", st.message);
+    assert_eq!(dev.installer().installs.len(), 1);
+    assert_eq!(dev.installer().installs[0].0, full);
+    assert!(
+        st.message.contains("full bundle after the delta failed")
+            && st.message.contains("refused by the test"),
+        "{}",
+        st.message
+    );
 }
 
 /// A CA certificate file (any valid one: the loop's HTTPS client needs a trust anchor to

@@ -33,6 +33,18 @@ pub fn booted_slot(path: &Path) -> Result<Slot, UpdateError> {
     })
 }
 
+/// The dm-verity root hash the running slot was booted with (`aperture.verity.roothash=` on
+/// the kernel command line at `path`); `None` when the command line names none (a development
+/// boot without verity). The kernel checks every block read through that root, so it names
+/// exactly the image the running slot holds.
+pub fn booted_root_hash(path: &Path) -> Result<Option<String>, UpdateError> {
+    let text = std::fs::read_to_string(path).map_err(UpdateError::file("reading", path))?;
+    Ok(text
+        .split_ascii_whitespace()
+        .find_map(|arg| arg.strip_prefix("aperture.verity.roothash="))
+        .map(str::to_owned))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +73,8 @@ mod tests {
             booted_slot(&p),
             Err(UpdateError::UnknownBootedSlot { .. })
         ));
+        assert_eq!(booted_root_hash(&p).unwrap(), None);
+        std::fs::write(&p, "ro aperture.verity.roothash=ab12 aperture.slot=a\n").unwrap();
+        assert_eq!(booted_root_hash(&p).unwrap().as_deref(), Some("ab12"));
     }
 }

@@ -260,6 +260,8 @@ impl Updater {
         } = self.prepare(&verified, layout, target)?;
         let rootfs = place.rootfs;
         let record = SlotRecord::from_manifest(&verified)?;
+        // A delta rebuilds the target from the running slot: only if that runs its base.
+        let delta_from = self.delta_bases(&verified, &mut reader, layout, &place)?;
         let delivery = match layout {
             SlotLayout::Tegra(_) => Some(CapsuleDelivery::new(
                 self.paths.esp.clone(),
@@ -370,10 +372,15 @@ impl Updater {
         }
 
         tracing::info!(
-            "streamed {:.0} MiB into {} in {:.2} s",
+            "{} {:.0} MiB into {} in {:.2} s; the updater's peak memory: {}",
+            match &delta_from {
+                Some(base) => format!("rebuilt from {base} and the delta:"),
+                None => "streamed".into(),
+            },
             rootfs.size as f64 / (1 << 20) as f64,
             part.describe(),
-            streaming.elapsed().as_secs_f64()
+            streaming.elapsed().as_secs_f64(),
+            peak_memory()
         );
 
         // 7. Read back.
@@ -441,6 +448,89 @@ impl Updater {
             rootfs_bytes: rootfs.size,
             restarted,
         })
+    }
+
+    /// For a bundle with delta payloads: check that the running slot runs the deltas' base
+    /// (the verity root hash it booted with is the base rootfs's) and hand `reader` the running
+    /// slot's copy of each artifact (its rootfs partition; its kernel and initrd on the ESP);
+    /// the base's name for messages. Refused, before anything is written, otherwise: the
+    /// caller fetches the full bundle instead.
+    fn delta_bases<R: Read>(
+        &self,
+        verified: &Manifest,
+        reader: &mut BundleReader<R>,
+        layout: SlotLayout,
+        place: &Placement<'_>,
+    ) -> Result<Option<String>, UpdateError> {
+        let mut name = None;
+        for artifact in verified.payload_artifacts() {
+            let Some(base) = artifact.payload.as_ref().and_then(|p| p.base.as_ref()) else {
+                continue;
+            };
+            let running = crate::facts::booted_root_hash(&self.paths.cmdline)?;
+            if running.as_deref() != Some(base.root_hash.as_str()) {
+                return Err(TrustError::DeltaBase {
+                    artifact: artifact.payload_entry_name().unwrap_or_default(),
+                    base_version: base.version.to_string(),
+                    expected: base.sha256.to_string(),
+                    found: match running {
+                        Some(r) => format!(
+                            "the running slot {} was booted with verity root {r}, not the \
+                             base's {}",
+                            self.booted, base.root_hash
+                        ),
+                        None => format!(
+                            "the running slot {} was booted without a verity root hash",
+                            self.booted
+                        ),
+                    },
+                }
+                .into());
+            }
+            let dest = place
+                .dests
+                .iter()
+                .find(|(a, _)| a.name == artifact.name)
+                .map(|(_, d)| *d);
+            let (source, len): (Box<dyn aperture_trust::delta::BaseSource>, u64) = match dest {
+                Some(Dest::Rootfs) => {
+                    let part = self.disk.open_shared(&layout.rootfs(self.booted))?;
+                    let len = part.size();
+                    (Box::new(PartitionBase(part)), len)
+                }
+                Some(Dest::EspFile(file)) => {
+                    let path = self.paths.slot_dir(self.booted).join(file);
+                    let len = std::fs::metadata(&path)
+                        .map_err(UpdateError::file("reading", &path))?
+                        .len();
+                    (Box::new(aperture_trust::delta::FileBase::open(&path)?), len)
+                }
+                _ => {
+                    return Err(UpdateError::Unsupported {
+                        reason: format!(
+                            "{} is a delta, but this board keeps it where deltas are not \
+                             rebuilt from; install the full bundle",
+                            artifact.name
+                        ),
+                    })
+                }
+            };
+            tracing::info!(
+                "delta: {} is rebuilt from {} of {} {} in slot {} and {} bytes",
+                artifact.name,
+                source.describe(),
+                verified.product,
+                base.version,
+                self.booted,
+                artifact.payload.as_ref().map_or(0, |p| p.size)
+            );
+            reader.set_delta_base(artifact.name.as_str(), source, len, base.sha256.clone());
+            name = Some(format!(
+                "{} {} in slot {}",
+                verified.product, base.version, self.booted
+            ));
+        }
+        Ok(name)
     }
 
     /// Steps 1 and 2 of an install of `verified` under `policy`, without a byte read from a
@@ -656,4 +746,29 @@ impl Updater {
         self.slots().arm(target, tries, boot)?;
         Ok(true)
     }
+}
+
+/// The running slot's partition as the base of a delta: read only, at offsets.
+struct PartitionBase(Box<dyn PartitionHandle>);
+
+impl aperture_trust::delta::BaseSource for PartitionBase {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+}
+
+/// This process's peak resident memory (`VmHWM`), for the install log; "unknown" off Linux.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }

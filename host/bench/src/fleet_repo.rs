@@ -452,6 +452,7 @@ impl Fleet {
             product: PRODUCT.into(),
             board: BOARD.into(),
             version: RUNNING.parse().expect("a semver version"),
+            root_hash: None,
         };
         let mut device = match UpdateLoop::new(
             settings,

@@ -243,9 +243,13 @@ pub struct ReleasePublishArgs {
     /// repository's `rollouts` role: `repo delegate-rollouts`); older devices never install it.
     #[arg(long)]
     pub gate_on_rollout: bool,
-    /// Refuse development keys.
+    /// Refuse development keys (the repository's, and the image keys that sign deltas).
     #[arg(long)]
     pub release: bool,
+    /// The image keys folder that signs the delta bundles made from earlier releases (the
+    /// build's release keys; `[deltas] from_last` in repo.toml says how many).
+    #[arg(long, default_value = "keys/dev")]
+    pub keys: PathBuf,
 }
 
 /// `release halt` and `release resume`.
@@ -440,8 +444,23 @@ pub struct BundleArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Root public key to trust [default: the build folder's root.pub].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from")]
     pub root_key: Option<PathBuf>,
+    /// Make a delta bundle instead: the update from this older build folder, whose rootfs is
+    /// the base appliances rebuild the new one from [default out:
+    /// <image>/update-from-<old version>.bundle].
+    #[arg(long, value_name = "OLD_BUILD")]
+    pub from: Option<PathBuf>,
+    /// With --from: the keys folder that signs the delta bundle (the new build's release
+    /// keys).
+    #[arg(long, requires = "from", default_value = "keys/dev")]
+    pub keys: PathBuf,
+    /// With --from: refuse development keys.
+    #[arg(long, requires = "from")]
+    pub release: bool,
+    /// Let a --release delta bundle use development keys anyway (never for shipping).
+    #[arg(long, requires = "release")]
+    pub insecure_dev_keys: bool,
 }
 
 /// `cargo xtask flash`.

@@ -223,7 +223,7 @@ fn publish(a: &ReleasePublishArgs, now: jiff::Timestamp) -> Result<()> {
         }
         meta.gate = aperture_release::Gate::Rollout;
     }
-    match repo.publish(&a.image.join(names::BUNDLE), meta, now, a.release)? {
+    match repo.publish(&a.image.join(names::BUNDLE), meta.clone(), now, a.release)? {
         Published::Added {
             name,
             targets_version,
@@ -234,6 +234,136 @@ fn publish(a: &ReleasePublishArgs, now: jiff::Timestamp) -> Result<()> {
         Published::AlreadyThere { name } => {
             eprintln!("{name} is already published with these bytes: nothing changed")
         }
+    }
+    publish_deltas(a, &mut repo, &meta, now)
+}
+
+/// The delta bundles of a release: the ones its build folder holds (`cargo xtask bundle
+/// --from`), then one from each of the repository's newest earlier releases on the channel
+/// (`[deltas] from_last`) that has none yet, made from the full bundle the repository keeps.
+fn publish_deltas(
+    a: &ReleasePublishArgs,
+    repo: &mut Repo,
+    meta: &aperture_release::ReleaseMeta,
+    now: jiff::Timestamp,
+) -> Result<()> {
+    use aperture_image::bundle::{bundle_manifest, extract_bundle, make_delta_bundle_from};
+    use aperture_release::DeltaMeta;
+    use aperture_trust::manifest::Manifest;
+
+    let root = aperture_trust::keys::PublicKey::load(&a.image.join(names::ROOT_PUB))?;
+    let delta_meta = |m: &Manifest| -> Result<DeltaMeta> {
+        let base = m
+            .payload_artifacts()
+            .find_map(|x| x.payload.as_ref()?.base.as_ref())
+            .context("it has no delta payload")?;
+        if (&m.product, &m.board, &m.version) != (&meta.product, &meta.board, &meta.version) {
+            bail!(
+                "it is {} {} for {}, not this release",
+                m.product,
+                m.version,
+                m.board
+            );
+        }
+        Ok(DeltaMeta {
+            product: m.product.clone(),
+            board: m.board.clone(),
+            version: m.version.clone(),
+            channel: meta.channel.clone(),
+            from: base.version.clone(),
+            from_root_hash: base.root_hash.to_string(),
+        })
+    };
+    let publish = |repo: &mut Repo, path: &Path, d: DeltaMeta| -> Result<()> {
+        let size = std::fs::metadata(path)?.len();
+        match repo.publish_delta(path, d, now, a.release)? {
+            Published::Added { name, .. } => eprintln!(
+                "published {name}: {:.2} MiB, for devices running its base",
+                size as f64 / (1u64 << 20) as f64
+            ),
+            Published::AlreadyThere { name } => {
+                eprintln!("{name} is already published with these bytes")
+            }
+        }
+        Ok(())
+    };
+
+    let mut covered = Vec::new();
+    let mut made: Vec<PathBuf> = std::fs::read_dir(&a.image)
+        .with_context(|| format!("reading {}", a.image.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("update-from-") && n.ends_with(".bundle"))
+        })
+        .collect();
+    made.sort();
+    for path in made {
+        let d = bundle_manifest(&path, &root)
+            .and_then(|m| delta_meta(&m))
+            .with_context(|| format!("{} is not a delta bundle of this release", path.display()))?;
+        covered.push(d.from.clone());
+        publish(repo, &path, d)?;
+    }
+
+    let from_last = repo.config().deltas.from_last as usize;
+    let mut earlier: Vec<(String, aperture_release::ReleaseMeta)> = repo
+        .releases()
+        .into_iter()
+        .filter(|(_, r)| {
+            (&r.product, &r.board, &r.channel) == (&meta.product, &meta.board, &meta.channel)
+                && r.version < meta.version
+        })
+        .collect();
+    earlier.sort_by(|x, y| y.1.version.cmp(&x.1.version));
+    earlier.truncate(from_last);
+    let published: Vec<String> = repo.deltas().into_iter().map(|(n, _)| n).collect();
+    let mut keys = None;
+    for (name, old) in earlier {
+        let wanted = DeltaMeta {
+            product: meta.product.clone(),
+            board: meta.board.clone(),
+            version: meta.version.clone(),
+            channel: meta.channel.clone(),
+            from: old.version.clone(),
+            from_root_hash: String::new(),
+        };
+        if covered.contains(&old.version) || published.contains(&wanted.target_name()) {
+            continue;
+        }
+        let Some(stored) = repo.stored_target(&name) else {
+            continue;
+        };
+        eprintln!(
+            "making the delta from {} (the full bundle the repository keeps) ...",
+            old.version
+        );
+        let work = tempfile::tempdir()?;
+        let base = match extract_bundle(&stored, &root, work.path()) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!(
+                    "warning: no delta from {}: its bundle does not read back under this \
+                     build's root key ({e:#}); devices running it fetch the full bundle",
+                    old.version
+                );
+                continue;
+            }
+        };
+        let keys = match &keys {
+            Some(k) => k,
+            None => {
+                let rep = aperture_image::progress::Reporter::new(None)?;
+                keys.insert(aperture_image::keys::for_build(
+                    &a.keys, false, a.release, false, &rep,
+                )?)
+            }
+        };
+        let out = work.path().join("delta.bundle");
+        make_delta_bundle_from(&a.image, &base, work.path(), Some(&out), keys)?;
+        let m = bundle_manifest(&out, &root)?;
+        publish(repo, &out, delta_meta(&m)?)?;
     }
     Ok(())
 }

@@ -97,6 +97,25 @@ pub struct RepoConfig {
     /// online key(s) (`aperture_release::rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollouts: Option<RoleConfig>,
+    /// Delta bundles `release publish` makes beside each full bundle.
+    #[serde(default)]
+    pub deltas: DeltaConfig,
+}
+
+/// `[deltas]` of `repo.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// From how many of the newest earlier releases of the same channel, product and board a
+    /// delta is made (0: none). Each costs one build-host encode and a little repository space;
+    /// a device running any other release fetches the full bundle.
+    pub from_last: u32,
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        DeltaConfig { from_last: 2 }
+    }
 }
 
 impl Default for RepoConfig {
@@ -112,6 +131,7 @@ impl Default for RepoConfig {
             snapshot: role(14, "snapshot"),
             timestamp: role(7, "timestamp"),
             rollouts: None,
+            deltas: DeltaConfig::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aperture_release::{ReleaseMeta, CUSTOM_KEY};
+use aperture_release::{DeltaMeta, ReleaseMeta, CUSTOM_KEY, DELTA_KEY};
 use serde::Serialize;
 use tough::editor::signed::SignedRole;
 use tough::key_source::KeySource;
@@ -539,6 +539,102 @@ impl Repo {
         }
         meta.published_at = u64::try_from(now.as_second()).unwrap_or(0);
         target.custom.insert(CUSTOM_KEY.into(), meta.to_value());
+        self.add_target(bundle, name, target, now, release)
+    }
+
+    /// Add the delta bundle at `bundle` as `meta`, beside the full target of its release,
+    /// which must be published already (on the same channel). Same bytes under the same name
+    /// again change nothing.
+    pub fn publish_delta(
+        &mut self,
+        bundle: &Path,
+        meta: DeltaMeta,
+        now: jiff::Timestamp,
+        release: bool,
+    ) -> Result<Published> {
+        let full = self.releases().into_iter().any(|(_, r)| {
+            (&r.product, &r.board, &r.version, &r.channel)
+                == (&meta.product, &meta.board, &meta.version, &meta.channel)
+        });
+        if !full {
+            bail!(
+                "{} {} is not published on channel {}: publish its full bundle first (a device \
+                 that cannot use the delta falls back to it)",
+                meta.product,
+                meta.version,
+                meta.channel
+            );
+        }
+        let name = meta.target_name();
+        let rt = runtime()?;
+        let mut target = rt
+            .block_on(Target::from_path(bundle))
+            .with_context(|| format!("hashing {}", bundle.display()))?;
+        if let Some(existing) = self
+            .targets
+            .signed
+            .targets
+            .iter()
+            .find(|(n, _)| n.raw() == name)
+            .map(|(_, t)| t)
+        {
+            if existing.hashes.sha256 == target.hashes.sha256 && existing.length == target.length {
+                return Ok(Published::AlreadyThere { name });
+            }
+            bail!(
+                "{name} is already published with other contents (sha256 {}): a delta names one \
+                 pair of builds",
+                hex::encode(&existing.hashes.sha256)
+            );
+        }
+        target.custom.insert(DELTA_KEY.into(), meta.to_value());
+        self.add_target(bundle, name, target, now, release)
+    }
+
+    /// The repository's configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The deltas published, by target name.
+    pub fn deltas(&self) -> Vec<(String, DeltaMeta)> {
+        let mut out: Vec<(String, DeltaMeta)> = self
+            .targets
+            .signed
+            .targets
+            .iter()
+            .filter_map(|(name, t)| {
+                let meta = DeltaMeta::from_custom(&t.custom)?.ok()?;
+                Some((name.raw().to_string(), meta))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Where the stored copy of the target `name` is.
+    pub fn stored_target(&self, name: &str) -> Option<PathBuf> {
+        let (_, t) = self
+            .targets
+            .signed
+            .targets
+            .iter()
+            .find(|(n, _)| n.raw() == name)?;
+        Some(
+            self.dir
+                .join(TARGETS)
+                .join(format!("{}.{name}", hex::encode(&t.hashes.sha256))),
+        )
+    }
+
+    fn add_target(
+        &mut self,
+        bundle: &Path,
+        name: String,
+        target: Target,
+        now: jiff::Timestamp,
+        release: bool,
+    ) -> Result<Published> {
         let stored = self
             .dir
             .join(TARGETS)

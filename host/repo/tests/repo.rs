@@ -296,10 +296,11 @@ fn a_change_waits_for_the_folder_lock_and_a_read_does_not() {
     drop(Repo::init(&repo_dir, false, jiff::Timestamp::now()).unwrap());
     let held = Repo::open_to_change(&repo_dir).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Timed from before the thread starts, so that the wait below bounds it from beneath.
+    let t = std::time::Instant::now();
     let other = std::thread::spawn({
         let repo_dir = repo_dir.clone();
         move || {
-            let t = std::time::Instant::now();
             let _second = Repo::open_to_change(&repo_dir).unwrap();
             tx.send(t.elapsed()).unwrap();
         }
@@ -318,4 +319,59 @@ fn a_change_waits_for_the_folder_lock_and_a_read_does_not() {
         "{waited:?}"
     );
     other.join().unwrap();
+}
+
+#[test]
+fn a_delta_is_published_beside_its_release_and_a_client_reads_its_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let mut repo = Repo::init(&repo_dir, false, t(0)).unwrap();
+    assert_eq!(repo.config().deltas.from_last, 2, "the default");
+    let root1 = std::fs::read(repo_dir.join("metadata/1.root.json")).unwrap();
+    let delta = aperture_release::DeltaMeta {
+        product: "aperture-edge".into(),
+        board: "qemu-x86_64".into(),
+        version: "1.1.0".parse().unwrap(),
+        channel: "stable".into(),
+        from: "1.0.0".parse().unwrap(),
+        from_root_hash: "ab12".into(),
+    };
+    let d = bundle(dir.path(), "delta.bundle", b"delta bytes");
+    // Without its release, a delta would serve nobody (no full bundle to fall back to).
+    let err = repo
+        .publish_delta(&d, delta.clone(), t(30), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("publish its full bundle first"), "{err}");
+
+    let b = bundle(dir.path(), "update.bundle", b"bundle v1.1.0 bytes");
+    repo.publish(&b, meta("1.1.0", "stable"), t(60), false)
+        .unwrap();
+    let name = "aperture-edge-qemu-x86_64-1.1.0.stable.from-1.0.0.bundle";
+    assert!(matches!(
+        repo.publish_delta(&d, delta.clone(), t(90), false).unwrap(),
+        Published::Added { name: n, .. } if n == name
+    ));
+    assert_eq!(
+        repo.publish_delta(&d, delta.clone(), t(100), false)
+            .unwrap(),
+        Published::AlreadyThere { name: name.into() }
+    );
+    let other = bundle(dir.path(), "other.bundle", b"other bytes");
+    assert!(repo
+        .publish_delta(&other, delta.clone(), t(110), false)
+        .is_err());
+    assert_eq!(repo.deltas(), vec![(name.to_string(), delta.clone())]);
+    assert!(repo.stored_target(name).unwrap().exists());
+    // Not a release: listings and halts see only the full target.
+    assert_eq!(repo.releases().len(), 1);
+
+    let client = load(&repo_dir, &root1, false).unwrap();
+    let (_, target) = client.all_targets().find(|(n, _)| n.raw() == name).unwrap();
+    let got = aperture_release::DeltaMeta::from_custom(&target.custom)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, delta);
+    assert!(ReleaseMeta::from_custom(&target.custom).is_none());
+    assert_eq!(read_target(&client, name).unwrap(), b"delta bytes");
 }

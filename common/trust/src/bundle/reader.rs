@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! tar entry (exact size) -> sha256 of encoded bytes -> zstd decoder (bounded window)
+//!     [-> delta played against the base, for a delta payload]
 //!     -> limit to artifact.size -> sha256 of decoded bytes (on its own thread) -> the caller
 //! ```
+//!
+//! A delta payload's rebuilt bytes are checked exactly as a full payload's: the signed size and
+//! sha256 of the artifact, not of the delta.
 //!
 //! and checked when it ends, whether the caller read it to the end or not. The decoded bytes
 //! are hashed by a [`BackgroundSha256`], so decompression and that hash run on two cores (the
@@ -17,9 +21,10 @@ use super::ustar::{self, Block, BLOCK};
 use super::{
     MANIFEST_ENTRY, MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE, MAX_WINDOW_LOG, SIGNATURE_ENTRY,
 };
+use crate::delta::{BaseSource, DeltaReader};
 use crate::digest::{limit_exceeded, BackgroundSha256, HashingReader, LimitedReader, Sha256Hex};
 use crate::keys::PublicKey;
-use crate::manifest::{Artifact, Manifest};
+use crate::manifest::{Artifact, Manifest, PayloadEncoding};
 use crate::signing::{verify_manifest, VerifiedManifest};
 use crate::TrustError;
 
@@ -34,6 +39,14 @@ pub struct BundleReader<R> {
     now: u64,
     stage: Stage,
     header: Option<HeaderBytes>,
+    bases: Vec<(String, DeltaBaseSource)>,
+}
+
+/// What [`BundleReader::set_delta_base`] was given.
+struct DeltaBaseSource {
+    source: Box<dyn BaseSource>,
+    len: u64,
+    holds: Sha256Hex,
 }
 
 /// The exact bytes of a bundle's `manifest.json` and `manifest.sig` that
@@ -63,7 +76,24 @@ impl<R: Read> BundleReader<R> {
             now,
             stage: Stage::Start,
             header: None,
+            bases: Vec::new(),
         }
+    }
+
+    /// Lets the delta payload of `artifact` be rebuilt from `source` (the running slot's copy
+    /// of it), `len` bytes of which are usable, and which holds the artifact whose sha256 is
+    /// `holds`. A delta whose base is another artifact is refused before a byte of it is used;
+    /// a delta payload without a base given here is refused.
+    pub fn set_delta_base(
+        &mut self,
+        artifact: &str,
+        source: Box<dyn BaseSource>,
+        len: u64,
+        holds: Sha256Hex,
+    ) {
+        self.bases.retain(|(name, _)| name != artifact);
+        self.bases
+            .push((artifact.to_owned(), DeltaBaseSource { source, len, holds }));
     }
 
     /// The manifest and signature bytes [`read_header`](Self::read_header) verified; `None`
@@ -132,7 +162,11 @@ impl<R: Read> BundleReader<R> {
                 }
                 .into());
             }
-            let mut reader = PayloadReader::new(&mut self.inner, artifact, entry)?;
+            let base = match payload.encoding {
+                PayloadEncoding::Delta => Some(take_base(&mut self.bases, artifact, entry)?),
+                PayloadEncoding::Zstd => None,
+            };
+            let mut reader = PayloadReader::new(&mut self.inner, artifact, entry, base)?;
             let result = f(artifact, &mut reader);
             if let Some(failure) = reader.failure.take() {
                 return Err(failure.into());
@@ -328,8 +362,79 @@ impl<R: Read> Read for EntryData<'_, R> {
 }
 
 type Encoded<'r, R> = BufReader<HashingReader<EntryData<'r, R>>>;
-type Stack<'r, R> =
-    DecodedHash<LimitedReader<zstd::stream::read::Decoder<'static, Encoded<'r, R>>>>;
+type Zstd<'r, R> = zstd::stream::read::Decoder<'static, Encoded<'r, R>>;
+type Stack<'r, R> = DecodedHash<LimitedReader<Decoded<'r, R>>>;
+
+/// The base for the delta payload `artifact`, if the reader was given the one it names.
+fn take_base(
+    bases: &mut Vec<(String, DeltaBaseSource)>,
+    artifact: &Artifact,
+    entry: &str,
+) -> Result<DeltaBaseSource, TrustError> {
+    let wanted = artifact
+        .payload
+        .as_ref()
+        .and_then(|p| p.base.as_ref())
+        .ok_or_else(|| misuse("a delta payload without a base passed validation"))?;
+    let refuse = |found: String| TrustError::DeltaBase {
+        artifact: entry.into(),
+        base_version: wanted.version.to_string(),
+        expected: wanted.sha256.to_string(),
+        found,
+    };
+    let at = bases
+        .iter()
+        .position(|(name, _)| name == artifact.name.as_str());
+    match at.map(|i| bases.swap_remove(i).1) {
+        None => Err(refuse(
+            "nothing to rebuild it from was given (this reader has no running slot)".into(),
+        )),
+        Some(b) if b.holds != wanted.sha256 => Err(refuse(format!(
+            "{} holds the release whose sha256 is {}",
+            b.source.describe(),
+            b.holds
+        ))),
+        Some(b) if b.len < wanted.size => Err(refuse(format!(
+            "{} has only {} bytes",
+            b.source.describe(),
+            b.len
+        ))),
+        Some(b) => Ok(b),
+    }
+}
+
+/// The decoded bytes of a payload: the zstd stream itself, or the delta it holds played
+/// against the base. One lives per payload being read, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Decoded<'r, R> {
+    Zstd(Zstd<'r, R>),
+    Delta(DeltaReader<Zstd<'r, R>>),
+}
+
+impl<'r, R> Decoded<'r, R> {
+    fn zstd(&self) -> &Zstd<'r, R> {
+        match self {
+            Decoded::Zstd(z) => z,
+            Decoded::Delta(d) => d.get_ref(),
+        }
+    }
+
+    fn zstd_mut(&mut self) -> &mut Zstd<'r, R> {
+        match self {
+            Decoded::Zstd(z) => z,
+            Decoded::Delta(d) => d.get_mut(),
+        }
+    }
+}
+
+impl<R: Read> Read for Decoded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoded::Zstd(z) => z.read(buf),
+            Decoded::Delta(d) => d.read(buf),
+        }
+    }
+}
 
 /// A reader that hashes what it passes on a [`BackgroundSha256`].
 struct DecodedHash<R> {
@@ -391,7 +496,12 @@ struct PayloadReader<'r, 'm, R> {
 }
 
 impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
-    fn new(inner: &'r mut R, artifact: &'m Artifact, entry: &'m str) -> Result<Self, TrustError> {
+    fn new(
+        inner: &'r mut R,
+        artifact: &'m Artifact,
+        entry: &'m str,
+        base: Option<DeltaBaseSource>,
+    ) -> Result<Self, TrustError> {
         let size = artifact.payload.as_ref().map_or(0, |p| p.size);
         let data = EntryData {
             inner,
@@ -408,8 +518,17 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
         decoder
             .window_log_max(MAX_WINDOW_LOG)
             .map_err(decoder_err)?;
+        let decoded = match base {
+            None => Decoded::Zstd(decoder),
+            Some(b) => Decoded::Delta(DeltaReader::new(
+                decoder,
+                b.source,
+                b.len,
+                artifact.verity.clone(),
+            )),
+        };
         Ok(PayloadReader {
-            stack: DecodedHash::new(LimitedReader::new(decoder, artifact.size)),
+            stack: DecodedHash::new(LimitedReader::new(decoded, artifact.size)),
             artifact,
             entry,
             finished: false,
@@ -419,11 +538,18 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
     }
 
     fn encoded(&mut self) -> &mut Encoded<'r, R> {
-        self.stack.get_mut().get_mut().get_mut()
+        self.stack.get_mut().get_mut().zstd_mut().get_mut()
     }
 
     fn entry_state(&self) -> (bool, bool) {
-        let data = self.stack.get_ref().get_ref().get_ref().get_ref().get_ref();
+        let data = self
+            .stack
+            .get_ref()
+            .get_ref()
+            .zstd()
+            .get_ref()
+            .get_ref()
+            .get_ref();
         (data.truncated, data.io_failed)
     }
 
@@ -509,8 +635,22 @@ impl<'r, 'm, R: Read> PayloadReader<'r, 'm, R> {
                 limit: limit.limit,
             };
         }
+        let delta_error = match self.stack.get_mut().get_mut() {
+            Decoded::Delta(d) => d.take_error(),
+            Decoded::Zstd(_) => None,
+        };
+        if let Some(typed @ TrustError::Io { .. }) = delta_error {
+            // The base could not be read: the running slot's disk, not the bundle.
+            return typed;
+        }
         match self.classify_entry_error(e) {
             Ok(typed) => typed,
+            // The delta's operations are wrong: said so, unless the bytes are not the signed
+            // ones.
+            Err(_) if delta_error.is_some() => match self.check_encoded() {
+                Err(typed) => typed,
+                Ok(()) => delta_error.expect("checked"),
+            },
             // The decoder refused the data: if the encoded bytes are not the signed ones, say
             // that (the real cause); otherwise the signed payload itself is not valid zstd.
             Err(decode_error) => match self.check_encoded() {

@@ -188,6 +188,7 @@ pub fn compress_payload(src: &Path, dst: &Path, level: i32) -> Result<Payload, T
         encoding: PayloadEncoding::Zstd,
         size,
         sha256,
+        base: None,
     })
 }
 

@@ -60,6 +60,7 @@ pub fn artifact(name: &str, role: Role, data: &[u8], zst: Option<&[u8]>) -> Arti
             encoding: PayloadEncoding::Zstd,
             size: z.len() as u64,
             sha256: Sha256Hex::digest(z),
+            base: None,
         }),
     }
 }

@@ -156,6 +156,36 @@ pub fn image_for(
     extra: &[(&str, Role, Vec<u8>)],
     edit: impl FnOnce(&mut Manifest),
 ) -> Image {
+    let mut data = random(data_size, seed);
+    for chunk in data.chunks_mut(8192) {
+        let half = chunk.len() / 2;
+        chunk[half..].fill(0);
+    }
+    image_of_data(
+        board,
+        version,
+        security_version,
+        seed,
+        keys,
+        data,
+        extra,
+        edit,
+    )
+}
+
+/// An image whose rootfs holds `data` (a multiple of 4096 bytes) and its verity tree.
+#[allow(clippy::too_many_arguments)]
+pub fn image_of_data(
+    board: &str,
+    version: &str,
+    security_version: u64,
+    seed: u64,
+    keys: &Keys,
+    data: Vec<u8>,
+    extra: &[(&str, Role, Vec<u8>)],
+    edit: impl FnOnce(&mut Manifest),
+) -> Image {
+    let data_size = data.len();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rootfs.img");
     let mut f = fs::File::options()
@@ -165,11 +195,6 @@ pub fn image_for(
         .truncate(true)
         .open(&path)
         .unwrap();
-    let mut data = random(data_size, seed);
-    for chunk in data.chunks_mut(8192) {
-        let half = chunk.len() / 2;
-        chunk[half..].fill(0);
-    }
     f.write_all(&data).unwrap();
     drop(data);
     let verity =
@@ -195,6 +220,7 @@ pub fn image_for(
             encoding: PayloadEncoding::Zstd,
             size: z.len() as u64,
             sha256: Sha256Hex::digest(z),
+            base: None,
         }),
     };
     let mut rootfs_artifact = art("rootfs.img", Role::Rootfs, &rootfs, &payloads[0].1);
@@ -261,6 +287,44 @@ impl Image {
             reader: Box::new(&z[..]),
         });
         write_bundle(Vec::new(), &self.manifest_json, &self.sig_json, sources).unwrap()
+    }
+
+    /// This release with its rootfs, kernel and initrd sent as deltas from `base`'s (the
+    /// bundle is signed again with `keys`).
+    pub fn as_delta_from(&self, base: &Image, keys: &Keys) -> Image {
+        let dir = tempfile::tempdir().unwrap();
+        let mut img = self.clone();
+        let pairs = [
+            (&base.rootfs, &self.rootfs, Some(&self.verity)),
+            (&base.kernel, &self.kernel, None),
+            (&base.initrd, &self.initrd, None),
+        ];
+        for (i, (from, to, verity)) in pairs.into_iter().enumerate() {
+            let (b, t, d) = (
+                dir.path().join(format!("base{i}")),
+                dir.path().join(format!("target{i}")),
+                dir.path().join(format!("delta{i}")),
+            );
+            fs::write(&b, from).unwrap();
+            fs::write(&t, to).unwrap();
+            let stats = aperture_trust::delta::encode_file_with(&b, &t, &d, 19, verity).unwrap();
+            img.manifest.artifacts[i].payload = Some(Payload {
+                encoding: PayloadEncoding::Delta,
+                size: stats.encoded_size,
+                sha256: stats.encoded_sha256,
+                base: Some(aperture_trust::manifest::DeltaBase {
+                    version: base.manifest.version.clone(),
+                    size: from.len() as u64,
+                    sha256: Sha256Hex::digest(from),
+                    root_hash: base.verity.root_hash.clone(),
+                }),
+            });
+            img.payloads[i].1 = fs::read(&d).unwrap();
+        }
+        (img.manifest_json, img.sig_json) =
+            sign_manifest(&img.manifest, &keys.release, &keys.keyring).unwrap();
+        img.bundle = img.write_bundle();
+        img
     }
 
     pub fn zst(&self, i: usize) -> &[u8] {
@@ -397,6 +461,20 @@ impl Device {
         .unwrap();
         let json = serde_json::to_vec_pretty(&image.facts()).unwrap();
         fs::write(&self.paths.build_facts, json).unwrap();
+    }
+
+    /// As [`Device::set_running`], booted through dm-verity with `image`'s root hash on the
+    /// command line, as the image's boot entries do.
+    pub fn set_running_verity(&self, slot: Slot, image: &Image) {
+        self.set_running(slot, image);
+        fs::write(
+            &self.paths.cmdline,
+            format!(
+                "console=ttyS0 aperture.verity.roothash={} aperture.slot={slot}\n",
+                image.verity.root_hash
+            ),
+        )
+        .unwrap();
     }
 
     pub fn backend(&self) -> SystemdBoot {
