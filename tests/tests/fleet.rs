@@ -196,8 +196,24 @@ fn snakeoil_build(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
 /// The snakeoil release keys as a keys folder (`keys generate`'s layout), for the verbs that
 /// sign.
 fn snakeoil_keys(dir: &std::path::Path) {
-    use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
     std::fs::create_dir_all(dir).unwrap();
+    let (root, release, keyring) = snakeoil_signers();
+    root.public().save(&dir.join("root.pub")).unwrap();
+    release.save(&dir.join("release.key")).unwrap();
+    std::fs::write(
+        dir.join("keyring.json"),
+        serde_json::to_vec(&keyring).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The snakeoil root, the release key it certifies for a day, and that keyring.
+fn snakeoil_signers() -> (
+    aperture_trust::keys::SigningKeyPair,
+    aperture_trust::keys::SigningKeyPair,
+    aperture_trust::keys::SignedKeyring,
+) {
+    use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
     let root = SigningKeyPair::from_secret_bytes(&[11; 32]);
     let release = SigningKeyPair::from_secret_bytes(&[12; 32]);
     let keyring = SignedKeyring::create(
@@ -209,13 +225,7 @@ fn snakeoil_keys(dir: &std::path::Path) {
         )],
     )
     .unwrap();
-    root.public().save(&dir.join("root.pub")).unwrap();
-    release.save(&dir.join("release.key")).unwrap();
-    std::fs::write(
-        dir.join("keyring.json"),
-        serde_json::to_vec(&keyring).unwrap(),
-    )
-    .unwrap();
+    (root, release, keyring)
 }
 
 /// [`snakeoil_build`], with a rootfs image (`rootfs` data and its dm-verity tree) when given.
@@ -226,22 +236,11 @@ fn snakeoil_build_with(
 ) -> std::path::PathBuf {
     use aperture_image::outputs::names;
     use aperture_trust::bundle::{write_bundle, PayloadSource};
-    use aperture_trust::keys::{KeyringEntry, SignedKeyring, SigningKeyPair};
     use aperture_trust::manifest::{
         Artifact, ArtifactName, BuildInfo, Manifest, Payload, PayloadEncoding, Role, Sha256Hex,
     };
     std::fs::create_dir_all(dir).unwrap();
-    let root = SigningKeyPair::from_secret_bytes(&[11; 32]);
-    let release = SigningKeyPair::from_secret_bytes(&[12; 32]);
-    let keyring = SignedKeyring::create(
-        &root,
-        vec![KeyringEntry::new(
-            release.public(),
-            "release-snakeoil",
-            now() + 86_400,
-        )],
-    )
-    .unwrap();
+    let (root, release, keyring) = snakeoil_signers();
     let kernel: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
     let zst = zstd::encode_all(&kernel[..], 1).unwrap();
     std::fs::write(dir.join(names::KERNEL), &kernel).unwrap();

@@ -9,11 +9,13 @@
 //! | op | bytes | target bytes |
 //! |---|---|---|
 //! | `COPY` | base block, count | `count` blocks of the base from that block |
-//! | `XOR` | base block, length, bytes | the base's bytes from that block, XORed with `bytes` |
+//! | `XOR` | base byte offset, length, bytes | the base's bytes from that offset, XORed with `bytes` |
 //! | `DATA` | length, bytes | `bytes` |
 //!
-//! `XOR` serves blocks edited in place (inode tables, directories, package lists): the XOR of
-//! two nearly equal blocks is mostly zeros, which zstd shrinks to little.
+//! `XOR` serves blocks edited in place or moved by less than a block (inode tables and
+//! directories, whose entries shift when a file is added before them): against the base bytes
+//! the encoder finds most like them, at any byte offset, the XOR is mostly zeros, which zstd
+//! shrinks to little.
 //!
 //! A slot image ends in its dm-verity hash tree, which changes whenever any data block does
 //! (and whose salt differs in every build): sent as it is, it would be most of a small delta.
@@ -56,6 +58,8 @@ const OP_XOR: u8 = 2;
 const OP_DATA: u8 = 3;
 const OP_VERITY: u8 = 4;
 const HEADER_LEN: usize = 36;
+/// Shifts the encoder remembers for blocks that match no base block exactly.
+const RECENT_SHIFTS: usize = 16;
 
 /// Where a delta's base bytes come from: the running slot's partition on an appliance, a file
 /// on a build host. Reads are positional, so the base is never copied whole.
@@ -116,9 +120,18 @@ pub struct DeltaStats {
 /// One encoder decision, before runs are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    Copy { base: u64, blocks: u64 },
-    Xor { base: u64, len: u64 },
-    Data { len: u64 },
+    Copy {
+        base: u64,
+        blocks: u64,
+    },
+    /// `base` is a byte offset.
+    Xor {
+        base: u64,
+        len: u64,
+    },
+    Data {
+        len: u64,
+    },
 }
 
 /// What the encoder writes: an op, or the rebuilt verity area of this many bytes.
@@ -149,49 +162,73 @@ fn plan(base: &[u8], target: &[u8]) -> Vec<Op> {
         index.insert(block_key(&base[i * bs..(i + 1) * bs]), i as u64);
     }
     let base_block = |i: u64| &base[i as usize * bs..(i as usize + 1) * bs];
+    let exact = |block: &[u8]| {
+        index
+            .get(&block_key(block))
+            .copied()
+            .filter(|&b| block.len() == bs && base_block(b) == block)
+    };
+    let anchors = Anchors::new(base, target, &exact);
 
     let mut ops: Vec<Op> = Vec::new();
     // Where the base block that lines up with the next target block is, as the last match
     // placed it: files after an inserted one moved by whole blocks.
     let mut shift: i64 = 0;
+    // The shifts matches found lately, newest first: a file system's metadata blocks move by
+    // another amount than the data around them, and come back to it.
+    let mut recent: Vec<i64> = Vec::with_capacity(RECENT_SHIFTS);
     for (t, block) in target.chunks(bs).enumerate() {
+        let at = t * bs;
         // The base block in line with this one, if the base has all of its bytes (a short
         // last block of the target lines up with the base's short last block).
-        let aligned = (t as i64 + shift)
-            .try_into()
+        let aligned = u64::try_from(t as i64 + shift)
             .ok()
-            .filter(|&b: &u64| (b as usize) * bs + block.len() <= base.len());
+            .filter(|&b| (b as usize) * bs + block.len() <= base.len());
         let full = block.len() == bs;
         let op = if let Some(b) = aligned.filter(|&b| full && base_block(b) == block) {
             Op::Copy { base: b, blocks: 1 }
-        } else if let Some(&b) = index
-            .get(&block_key(block))
-            .filter(|&&b| full && base_block(b) == block)
-        {
+        } else if let Some(b) = exact(block) {
             shift = b as i64 - t as i64;
+            recent.retain(|&r| r != shift);
+            recent.insert(0, shift);
+            recent.truncate(RECENT_SHIFTS);
             Op::Copy { base: b, blocks: 1 }
-        } else if let Some(b) = aligned.filter(|&b| {
-            let near = &base[b as usize * bs..b as usize * bs + block.len()];
-            let same = block.iter().zip(near).filter(|(x, y)| x == y).count();
-            same * 2 >= block.len()
-        }) {
-            Op::Xor {
-                base: b,
-                len: block.len() as u64,
-            }
         } else {
-            Op::Data {
-                len: block.len() as u64,
+            // The base bytes most like this block: in line with it at a recent shift, or where
+            // pieces of it were found (an edited block that may also have moved, by any number
+            // of bytes).
+            let in_line = std::iter::once(shift)
+                .chain(recent.iter().copied())
+                .map(|s| at as i64 + s * bs as i64);
+            let best = in_line
+                .chain(anchors.candidates(block))
+                .filter_map(|o| u64::try_from(o).ok())
+                .filter(|&o| o as usize + block.len() <= base.len())
+                .map(|o| {
+                    let near = &base[o as usize..o as usize + block.len()];
+                    (block.iter().zip(near).filter(|(x, y)| x == y).count(), o)
+                })
+                .max_by_key(|&(same, o)| (same, std::cmp::Reverse(o)));
+            match best {
+                Some((same, o)) if same * 2 >= block.len() => {
+                    if o % bs as u64 == (at % bs) as u64 {
+                        shift = (o / bs as u64) as i64 - t as i64;
+                    }
+                    Op::Xor {
+                        base: o,
+                        len: block.len() as u64,
+                    }
+                }
+                _ => Op::Data {
+                    len: block.len() as u64,
+                },
             }
         };
         match (ops.last_mut(), op) {
             (Some(Op::Copy { base, blocks }), Op::Copy { base: b, .. }) if *base + *blocks == b => {
                 *blocks += 1
             }
-            (Some(Op::Xor { base, len }), Op::Xor { base: b, len: l })
-                if *base + *len / u64::from(BLOCK_SIZE) == b
-                    && *len % u64::from(BLOCK_SIZE) == 0 =>
-            {
+            (Some(Op::Xor { base, len }), Op::Xor { base: b, len: l }) if *base + *len == b => {
                 *len += l
             }
             (Some(Op::Data { len }), Op::Data { len: l }) => *len += l,
@@ -199,6 +236,92 @@ fn plan(base: &[u8], target: &[u8]) -> Vec<Op> {
         }
     }
     ops
+}
+
+/// Bytes of a piece [`Anchors`] looks up.
+const ANCHOR: usize = 32;
+/// Every how many bytes of the base a piece is indexed.
+const ANCHOR_STRIDE: usize = 32;
+/// Byte offsets tried per block, besides the ones in line.
+const ANCHOR_CANDIDATES: usize = 8;
+/// The rolling hash's multiplier (odd, well mixed).
+const ROLL: u64 = 0x100_0000_01b3;
+
+/// Where pieces of a target block appear in the base, at any byte offset: the base blocks no
+/// target block copies whole (the ones that were edited or moved by part of a block) indexed
+/// every [`ANCHOR_STRIDE`] bytes by a rolling hash of [`ANCHOR`] bytes, which a target block
+/// is scanned for at every byte.
+struct Anchors<'a> {
+    base: &'a [u8],
+    index: HashMap<u64, u32>,
+    /// `ROLL^(ANCHOR-1)`, to take the oldest byte out of the rolling hash.
+    top: u64,
+}
+
+impl<'a> Anchors<'a> {
+    fn new(base: &'a [u8], target: &[u8], exact: &dyn Fn(&[u8]) -> Option<u64>) -> Self {
+        let bs = BLOCK_SIZE as usize;
+        let mut copied = vec![false; base.len() / bs];
+        for block in target.chunks(bs) {
+            if let Some(b) = exact(block) {
+                copied[b as usize] = true;
+            }
+        }
+        let mut index = HashMap::new();
+        for (b, _) in copied.iter().enumerate().filter(|(_, c)| !**c) {
+            for p in (b * bs..(b + 1) * bs - ANCHOR + 1).step_by(ANCHOR_STRIDE) {
+                let piece = &base[p..p + ANCHOR];
+                if let (Ok(p), false) = (u32::try_from(p), uniform(piece)) {
+                    index.entry(roll_hash(piece)).or_insert(p);
+                }
+            }
+        }
+        let top = (1..ANCHOR).fold(1u64, |t, _| t.wrapping_mul(ROLL));
+        Anchors { base, index, top }
+    }
+
+    /// Candidate base offsets for a target block: for each piece of it
+    /// found in the base, where the block would start in the base; the most frequent first.
+    fn candidates(&self, block: &[u8]) -> Vec<i64> {
+        if self.index.is_empty() || block.len() < ANCHOR {
+            return Vec::new();
+        }
+        let mut found: HashMap<i64, u32> = HashMap::new();
+        let mut h = roll_hash(&block[..ANCHOR]);
+        for k in 0..=block.len() - ANCHOR {
+            if k > 0 {
+                h = h
+                    .wrapping_sub(u64::from(block[k - 1]).wrapping_mul(self.top))
+                    .wrapping_mul(ROLL)
+                    .wrapping_add(u64::from(block[k + ANCHOR - 1]));
+            }
+            if let Some(&p) = self.index.get(&h) {
+                let p = p as usize;
+                let piece = &block[k..k + ANCHOR];
+                if &self.base[p..p + ANCHOR] == piece && !uniform(piece) {
+                    *found.entry(p as i64 - k as i64).or_default() += 1;
+                }
+            }
+        }
+        let mut by_count: Vec<(i64, u32)> = found.into_iter().collect();
+        by_count.sort_by_key(|&(o, n)| (std::cmp::Reverse(n), o));
+        by_count
+            .into_iter()
+            .take(ANCHOR_CANDIDATES)
+            .map(|(o, _)| o)
+            .collect()
+    }
+}
+
+/// Whether every byte of `piece` is the same (zero runs and padding match anywhere).
+fn uniform(piece: &[u8]) -> bool {
+    piece.iter().all(|&b| b == piece[0])
+}
+
+fn roll_hash(piece: &[u8]) -> u64 {
+    piece.iter().fold(0u64, |h, &b| {
+        h.wrapping_mul(ROLL).wrapping_add(u64::from(b))
+    })
 }
 
 fn put_varint(out: &mut impl Write, mut v: u64) -> io::Result<()> {
@@ -332,7 +455,7 @@ pub fn encode_file_with(
                 z.write_all(&[OP_XOR]).map_err(write_err)?;
                 put_varint(&mut z, base).map_err(write_err)?;
                 put_varint(&mut z, len).map_err(write_err)?;
-                let from = (base * bs) as usize;
+                let from = base as usize;
                 let xored: Vec<u8> = target_bytes[pos..pos + len as usize]
                     .iter()
                     .zip(&base_bytes[from..from + len as usize])
@@ -588,14 +711,13 @@ impl<R: Read> DeltaReader<R> {
                 Playing::Ended
             }
             OP_COPY | OP_XOR => {
-                let block = self.varint()?;
-                let len = if op[0] == OP_COPY {
+                let at = self.varint()?;
+                let (offset, len) = if op[0] == OP_COPY {
                     let blocks = self.varint()?;
-                    blocks.checked_mul(bs)
+                    (at.checked_mul(bs), blocks.checked_mul(bs))
                 } else {
-                    Some(self.varint()?)
+                    (Some(at), Some(self.varint()?))
                 };
-                let offset = block.checked_mul(bs);
                 let (Some(len), Some(offset)) = (len, offset) else {
                     return Err(self.bad("an operation's range overflows"));
                 };
@@ -865,6 +987,24 @@ mod tests {
         assert_eq!(stats.literal_bytes, 3 * bs as u64 + 4);
         // Three random blocks do not compress; the rest is a few dozen bytes.
         assert!(stats.encoded_size < 3 * bs as u64 + 400, "{stats:?}");
+    }
+
+    #[test]
+    fn bytes_inserted_inside_a_block_cost_about_their_own_size() {
+        // Ten blocks (directory entries, inode tables) shift by 100 bytes when 100 bytes are
+        // inserted into the first; the data after them is in line again.
+        let bs = BLOCK_SIZE as usize;
+        let base = image(64, 11);
+        let mut target = base[..10 * bs + 50].to_vec();
+        target.extend(image(1, 12).into_iter().take(100));
+        target.extend_from_slice(&base[10 * bs + 50..20 * bs - 100]);
+        target.extend_from_slice(&base[20 * bs..]);
+        assert_eq!(target.len(), base.len());
+        let (stats, out) = round_trip(&base, &target);
+        assert_eq!(out, target);
+        assert_eq!(stats.copied_bytes, 54 * bs as u64);
+        // Ten blocks of random bytes would not compress at all.
+        assert!(stats.encoded_size < 1500, "{stats:?}");
     }
 
     #[test]

@@ -4,15 +4,14 @@
 
 mod common;
 
-use aperture_trust::bundle::{write_bundle, BundleReader, PayloadSource};
+use aperture_trust::bundle::{write_bundle, PayloadSource};
 use aperture_trust::delta::{self, FileBase};
 use aperture_trust::manifest::{
-    Artifact, ArtifactName, DeltaBase, Manifest, Payload, PayloadEncoding, Sha256Hex,
+    ArtifactName, DeltaBase, Manifest, Payload, PayloadEncoding, Sha256Hex,
 };
 use aperture_trust::signing::sign_manifest;
 use aperture_trust::TrustError;
-use common::{fixture, pseudo_random, Fixture, NOW};
-use std::io::Read;
+use common::{fixture, pseudo_random, read_all_with, Fixture, NOW};
 use std::path::{Path, PathBuf};
 
 struct Delta {
@@ -91,23 +90,13 @@ fn read(
     bundle: &[u8],
     base: Option<(&Path, Sha256Hex)>,
 ) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
-    let mut reader = BundleReader::new(bundle, &f.root.public(), NOW);
-    reader.read_header()?;
-    if let Some((path, holds)) = base {
-        let len = std::fs::metadata(path).unwrap().len();
-        reader.set_delta_base("rootfs.img", Box::new(FileBase::open(path)?), len, holds);
-    }
-    let mut out = Vec::new();
-    reader.for_each_payload(|a: &Artifact, r: &mut dyn Read| {
-        let mut data = Vec::new();
-        r.read_to_end(&mut data).map_err(|e| TrustError::Io {
-            context: "test".into(),
-            source: e,
-        })?;
-        out.push((a.name.to_string(), data));
-        Ok::<(), TrustError>(())
-    })?;
-    Ok(out)
+    read_all_with(bundle, f, NOW, |reader| {
+        if let Some((path, holds)) = base {
+            let len = std::fs::metadata(path).unwrap().len();
+            reader.set_delta_base("rootfs.img", Box::new(FileBase::open(path)?), len, holds);
+        }
+        Ok(())
+    })
 }
 
 #[test]

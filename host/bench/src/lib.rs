@@ -14,9 +14,13 @@
 //! * [`sizes`]: a build's rootfs as each filesystem worth considering for the slot image,
 //!   with its bundle payload at each zstd level, its cold read and the time to make it;
 //! * [`runtime`]: the inference runtime's frames per second, latency and memory on 1 and 4
-//!   RTSP streams, beside the same model in the onnxruntime Python package.
+//!   RTSP streams, beside the same model in the onnxruntime Python package;
+//! * [`delta`]: the update delta between two builds one package and one overlay file apart,
+//!   beside the ideal (the changed files alone), `zstd --patch-from`, casync and the full
+//!   bundle.
 
 pub mod build;
+pub mod delta;
 pub mod flash;
 pub mod fleet;
 pub mod fleet_repo;
@@ -69,6 +73,10 @@ pub enum BenchKind {
     /// Slot image and bundle bytes of a build's rootfs as erofs (lz4, lz4hc, uncompressed) and
     /// squashfs, at each bundle zstd level, with cold reads.
     Sizes,
+    /// Update delta bytes between the default recipe and the same plus curl and one overlay
+    /// file, beside the ideal (the changed files as a zstd -19 tar), zstd --patch-from, casync
+    /// and the full bundle.
+    Delta,
 }
 
 /// `cargo xtask bench`: time Aperture against its peers side by side and print ratios.
@@ -127,6 +135,18 @@ pub struct BenchArgs {
         value_name = "N,..."
     )]
     pub streams: Vec<usize>,
+    /// delta: an existing build folder (rootfs.img, manifest.json, update.bundle) to use as
+    /// the older build instead of building the default recipe; needs --new-build.
+    #[arg(long, value_name = "DIR", requires = "new_build")]
+    pub base_build: Option<PathBuf>,
+    /// delta: an existing build folder to use as the newer build instead of building the
+    /// default recipe plus curl and an overlay file; needs --base-build.
+    #[arg(long, value_name = "DIR", requires = "base_build")]
+    pub new_build: Option<PathBuf>,
+    /// delta: the image keys folder that signs Aperture's delta bundle (the newer build's
+    /// release keys) [default: keys/dev, the default recipe's].
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
     /// fleet: requests in flight at once (client threads).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
@@ -153,6 +173,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             workers: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
         }),
         BenchKind::Sizes => sizes::run(a.slot_image.clone(), a.boot, a.runs.unwrap_or(1)),
+        BenchKind::Delta => delta::run(&delta::Options {
+            base_build: a.base_build.clone(),
+            new_build: a.new_build.clone(),
+            keys: a.keys.clone(),
+        }),
         BenchKind::Runtime => runtime::run(&runtime::Options {
             runs: a.runs.unwrap_or(1),
             streams: a.streams.clone(),
@@ -223,5 +248,16 @@ mod tests {
         );
         let a = BenchArgs::parse_from(["x", "runtime", "--streams", "2", "--window", "60"]);
         assert_eq!((a.streams, a.window), (vec![2], 60));
+        let a = BenchArgs::parse_from(["x", "delta"]);
+        assert_eq!(
+            (a.kind, a.base_build, a.new_build),
+            (BenchKind::Delta, None, None)
+        );
+        let a = BenchArgs::parse_from(["x", "delta", "--base-build", "a", "--new-build", "b"]);
+        assert_eq!(
+            (a.base_build, a.new_build),
+            (Some(PathBuf::from("a")), Some(PathBuf::from("b")))
+        );
+        assert!(BenchArgs::try_parse_from(["x", "delta", "--base-build", "a"]).is_err());
     }
 }

@@ -83,11 +83,13 @@ const FILESYSTEMS: &[Filesystem] = &[
     },
 ];
 
-/// A loop mount that is undone when dropped.
-struct Mounted(PathBuf);
+/// A read-only loop mount that is undone when dropped (`bench delta` mounts its two slot
+/// images with it too).
+pub(crate) struct Mounted(pub(crate) PathBuf);
 
 impl Mounted {
-    fn new(image: &Path, fstype: &str, at: &Path) -> Result<Mounted> {
+    /// Mount `image` (a filesystem of type `fstype`) read-only at `at`, made if missing.
+    pub(crate) fn new(image: &Path, fstype: &str, at: &Path) -> Result<Mounted> {
         fs::create_dir_all(at)?;
         Cmd::new("mount")
             .args(["-o", "loop,ro", "-t", fstype])
@@ -108,7 +110,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Err(e) = Cmd::new("umount").arg(&self.0).run() {
-            eprintln!("bench sizes: unmounting {}: {e}", self.0.display());
+            eprintln!("bench: unmounting {}: {e}", self.0.display());
         }
     }
 }
@@ -141,13 +143,15 @@ fn read_all(dir: &Path, buf: &mut [u8]) -> Result<u64> {
     Ok(total)
 }
 
-fn size(p: &Path) -> Result<u64> {
+/// The length of the file `p`.
+pub(crate) fn size(p: &Path) -> Result<u64> {
     Ok(fs::metadata(p)
         .with_context(|| format!("reading the size of {}", p.display()))?
         .len())
 }
 
-fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+/// `f`'s value and how long it took.
+pub(crate) fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
     let t = Instant::now();
     let v = f()?;
     Ok((v, t.elapsed()))

@@ -516,27 +516,15 @@ impl Repo {
             );
         }
         let name = meta.target_name();
-        let rt = runtime()?;
-        let mut target = rt
-            .block_on(Target::from_path(bundle))
-            .with_context(|| format!("hashing {}", bundle.display()))?;
-        if let Some(existing) = self
-            .targets
-            .signed
-            .targets
-            .iter()
-            .find(|(n, _)| n.raw() == name)
-            .map(|(_, t)| t)
-        {
-            if existing.hashes.sha256 == target.hashes.sha256 && existing.length == target.length {
-                return Ok(Published::AlreadyThere { name });
-            }
-            bail!(
-                "{name} is already published with other contents (sha256 {}): a release's version \
-                 names one build; bump the version in the recipe and build again",
-                hex::encode(&existing.hashes.sha256)
-            );
-        }
+        let mut target = match self.new_target(
+            bundle,
+            &name,
+            "a release's version names one \
+             build; bump the version in the recipe and build again",
+        )? {
+            Ok(target) => target,
+            Err(same) => return Ok(same),
+        };
         meta.published_at = u64::try_from(now.as_second()).unwrap_or(0);
         target.custom.insert(CUSTOM_KEY.into(), meta.to_value());
         self.add_target(bundle, name, target, now, release)
@@ -566,27 +554,10 @@ impl Repo {
             );
         }
         let name = meta.target_name();
-        let rt = runtime()?;
-        let mut target = rt
-            .block_on(Target::from_path(bundle))
-            .with_context(|| format!("hashing {}", bundle.display()))?;
-        if let Some(existing) = self
-            .targets
-            .signed
-            .targets
-            .iter()
-            .find(|(n, _)| n.raw() == name)
-            .map(|(_, t)| t)
-        {
-            if existing.hashes.sha256 == target.hashes.sha256 && existing.length == target.length {
-                return Ok(Published::AlreadyThere { name });
-            }
-            bail!(
-                "{name} is already published with other contents (sha256 {}): a delta names one \
-                 pair of builds",
-                hex::encode(&existing.hashes.sha256)
-            );
-        }
+        let mut target = match self.new_target(bundle, &name, "a delta names one pair of builds")? {
+            Ok(target) => target,
+            Err(same) => return Ok(same),
+        };
         target.custom.insert(DELTA_KEY.into(), meta.to_value());
         self.add_target(bundle, name, target, now, release)
     }
@@ -625,6 +596,36 @@ impl Repo {
                 .join(TARGETS)
                 .join(format!("{}.{name}", hex::encode(&t.hashes.sha256))),
         )
+    }
+
+    /// The target of the file `bundle` to publish as `name`; `Err(AlreadyThere)` when the
+    /// same bytes are published under that name, an error (with `why`) when other bytes are.
+    fn new_target(
+        &self,
+        bundle: &Path,
+        name: &str,
+        why: &str,
+    ) -> Result<std::result::Result<Target, Published>> {
+        let target = runtime()?
+            .block_on(Target::from_path(bundle))
+            .with_context(|| format!("hashing {}", bundle.display()))?;
+        let existing = self
+            .targets
+            .signed
+            .targets
+            .iter()
+            .find(|(n, _)| n.raw() == name)
+            .map(|(_, t)| t);
+        match existing {
+            None => Ok(Ok(target)),
+            Some(e) if e.hashes.sha256 == target.hashes.sha256 && e.length == target.length => {
+                Ok(Err(Published::AlreadyThere { name: name.into() }))
+            }
+            Some(e) => bail!(
+                "{name} is already published with other contents (sha256 {}): {why}",
+                hex::encode(&e.hashes.sha256)
+            ),
+        }
     }
 
     fn add_target(

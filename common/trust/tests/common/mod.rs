@@ -153,8 +153,19 @@ pub fn read_all(
     f: &Fixture,
     now: u64,
 ) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
+    read_all_with(bundle, f, now, |_| Ok(()))
+}
+
+/// [`read_all`], with `before` run on the reader once its header is read.
+pub fn read_all_with<'b>(
+    bundle: &'b [u8],
+    f: &Fixture,
+    now: u64,
+    before: impl FnOnce(&mut BundleReader<&'b [u8]>) -> Result<(), TrustError>,
+) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
     let mut reader = BundleReader::new(bundle, &f.root.public(), now);
     reader.read_header()?;
+    before(&mut reader)?;
     let mut out = Vec::new();
     reader.for_each_payload(|a: &Artifact, r: &mut dyn Read| {
         let mut data = Vec::new();
