@@ -575,6 +575,13 @@ fn delta_bundles_are_made_published_and_chosen_by_the_running_root() {
     assert_eq!(deltas[0].1.from.to_string(), "1.0.0");
     assert_eq!(deltas[0].1.from_root_hash, v1_root);
     let published = std::fs::read(repo.stored_target(&deltas[0].0).unwrap()).unwrap();
+    // `repo status` shows it as the delta it is, beside the two releases.
+    let st = repo.status(jiff::Timestamp::now());
+    assert_eq!(st.targets.len(), 3);
+    let shown = st.targets.iter().find(|t| t.delta.is_some()).unwrap();
+    assert!(shown.release.is_none());
+    assert_eq!(shown.delta.as_ref().unwrap().from.to_string(), "1.0.0");
+    aperture(&["repo", "status", "--repo", &r]).unwrap();
 
     // Devices on 1.0.0: booted with v1's root, the delta; with another root, the full bundle.
     let url = url::Url::from_directory_path(&repo_dir)

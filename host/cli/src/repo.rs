@@ -419,8 +419,8 @@ fn print_status(repo: &Repo, now: jiff::Timestamp, json: bool) -> Result<()> {
         "channel", "version", "board", "bytes", "state"
     );
     for t in &st.targets {
-        match &t.release {
-            Some(m) => println!(
+        match (&t.release, &t.delta) {
+            (Some(m), _) => println!(
                 "{:<10} {:<12} {:<18} {:>12} {:<8} {}",
                 m.channel,
                 m.version.to_string(),
@@ -429,7 +429,18 @@ fn print_status(repo: &Repo, now: jiff::Timestamp, json: bool) -> Result<()> {
                 if m.halted { "HALTED" } else { "live" },
                 m.waves
             ),
-            None => println!(
+            // A delta follows its release's state; it serves devices that run its base.
+            (None, Some(d)) => println!(
+                "{:<10} {:<12} {:<18} {:>12} {:<8} from {} (root {})",
+                d.channel,
+                d.version.to_string(),
+                d.board,
+                t.length,
+                "delta",
+                d.from,
+                d.from_root_hash.get(..12).unwrap_or(&d.from_root_hash)
+            ),
+            (None, None) => println!(
                 "{:<10} {:<12} {:<18} {:>12} {:<8} {}",
                 "-", "-", "-", t.length, "other", t.name
             ),

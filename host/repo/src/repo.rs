@@ -180,6 +180,9 @@ pub struct TargetStatus {
     pub sha256: String,
     /// Its release metadata (absent for a target that is not a release of ours).
     pub release: Option<ReleaseMeta>,
+    /// Its delta metadata, for a delta bundle (written only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaMeta>,
 }
 
 /// `repo status`.
@@ -847,6 +850,7 @@ impl Repo {
                 length: t.length,
                 sha256: hex::encode(&t.hashes.sha256),
                 release: ReleaseMeta::from_custom(&t.custom).and_then(Result::ok),
+                delta: DeltaMeta::from_custom(&t.custom).and_then(Result::ok),
             })
             .collect();
         targets.sort_by(|a, b| a.name.cmp(&b.name));
