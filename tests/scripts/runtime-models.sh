@@ -4,8 +4,7 @@
 # to the good one and records the rejection.
 cat /dev/disk/by-id/virtio-good-model > /run/good.model
 aperture-runtime model install /run/good.model && echo "MODEL-INSTALLED good"
-for _ in $(seq 300); do grep -q '"source": "store"' /run/aperture/runtime.json 2>/dev/null && break; sleep 2; done
+for _ in $(seq 300); do grep -q '"source": "store"' /run/aperture-runtime/runtime.json 2>/dev/null && break; sleep 2; done
 cat /dev/disk/by-id/virtio-bad-model > /run/bad.model
 aperture-runtime model install /run/bad.model && echo "MODEL-INSTALLED bad"
 aperture-runtime model status
-sleep 3600

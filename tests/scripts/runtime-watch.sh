@@ -10,7 +10,7 @@ systemctl restart aperture-runtime.service
 watch_runtime() {
 	while true; do
 		persons=$(grep -c '"label":"person"' /var/lib/aperture-runtime/detections/detections.jsonl 2>/dev/null)
-		echo "RUNTIME-WATCH: $(systemctl is-active aperture-runtime.service) persons=${persons:-0} $(tr -d '\n' < /run/aperture/runtime.json 2>/dev/null)"
+		echo "RUNTIME-WATCH: $(systemctl is-active aperture-runtime.service) persons=${persons:-0} $(tr -d '\n' < /run/aperture-runtime/runtime.json 2>/dev/null)"
 		sleep 2
 	done
 }

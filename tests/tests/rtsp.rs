@@ -13,8 +13,9 @@
 //! is started again on the same port: frames, inferences and detections flow again.
 //!
 //! The second test runs the program (`aperture-device --features runtime` as
-//! `aperture-runtime`) under a fake `NOTIFY_SOCKET`: READY=1, WATCHDOG=1, stalled but alive
-//! when its camera goes, exit 0 on SIGTERM.
+//! `aperture-runtime`) under a fake `NOTIFY_SOCKET` and the unit's `WATCHDOG_USEC`: READY=1,
+//! WATCHDOG=1, stalled but alive when its camera goes, exit 0 on SIGTERM; and with
+//! `WATCHDOG_PID` naming another process, READY=1 and no ping.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -259,7 +260,10 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
                 (w as u32, h as u32),
                 Arc::new(Rtsp { latency_ms: 100 }),
                 stop,
-                || {},
+                service::Health {
+                    pace: Default::default(),
+                    alive: || {},
+                },
             )
         })
     };
@@ -444,9 +448,11 @@ fn the_program_tells_systemd_ready_feeds_the_watchdog_outlives_its_camera_and_st
         .unwrap();
     let link = dir.path().join("aperture-runtime");
     std::os::unix::fs::symlink(runtime_binary(), &link).unwrap();
+    // The unit's WatchdogSec=30, as systemd passes it.
     let mut child = Command::new(&link)
         .args(["--config".as_ref(), config.as_os_str()])
         .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "30000000")
         .spawn()
         .unwrap();
     let next = || {
@@ -494,6 +500,31 @@ fn the_program_tells_systemd_ready_feeds_the_watchdog_outlives_its_camera_and_st
         last = String::from_utf8_lossy(&buf[..n]).into_owned();
     }
     assert_eq!(last, "STOPPING=1");
+
+    // A watchdog meant for another process (WATCHDOG_PID, sd_watchdog_enabled(3)) is not fed.
+    let mut child = Command::new(&link)
+        .args(["--config".as_ref(), config.as_os_str()])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("WATCHDOG_PID", "1")
+        .spawn()
+        .unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(next(), "READY=1");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let after_ready = notify.recv(&mut buf).map(|n| buf[..n].to_vec());
+    assert!(
+        after_ready.is_err(),
+        "a notification after READY=1 for another process's watchdog: {:?}",
+        after_ready.map(|b| String::from_utf8_lossy(&b).into_owned())
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the program ended");
+    child.kill().unwrap();
+    child.wait().unwrap();
     eprintln!(
         "rtsp: the program's test took {:.1} s",
         started.elapsed().as_secs_f64()

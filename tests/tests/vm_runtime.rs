@@ -179,7 +179,10 @@ fn the_runtime_streams_a_camera_from_the_host_stalls_without_it_and_resumes() {
         .piece("runtime-watch", &[("CAMERA", CAMERA), ("URL", &url)])
         .unwrap()
         .piece("runtime-models", &[])
-        .unwrap();
+        .unwrap()
+        .piece("runtime-access", &[])
+        .unwrap()
+        .line("sleep 3600");
     // Each bundle reaches the guest as a read-only virtio disk of its own, named by its serial
     // (a bundle is a tar: a whole number of 512-byte sectors). fw_cfg would do too, but the
     // guest reads it at a few hundred kB/s under TCG.
@@ -241,6 +244,38 @@ fn the_runtime_streams_a_camera_from_the_host_stalls_without_it_and_resumes() {
     );
     let reason = m["last_rejection"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("self-test"), "{reason}");
+
+    // Who may read detections (tests/scripts/runtime-access.sh): /run/aperture stays root's
+    // (systemd gives a unit's RuntimeDirectory to its dynamic user), the socket is the
+    // runtime's and its group's; nobody is refused, nobody in the group reads a detection.
+    let access = vm.wait_for("RUNTIME-ACCESS: ", BOOT_TIMEOUT).unwrap();
+    eprintln!("{access}");
+    for want in ["run=root:", "socket=aperture-detections:660"] {
+        assert!(access.contains(want), "{want}: {access}");
+    }
+    assert!(
+        !access.contains("dir=root:"),
+        "the runtime's folder is its user's: {access}"
+    );
+    let nobody = vm
+        .wait_for("RUNTIME-ACCESS-NOBODY: ", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        nobody.contains("refused")
+            && nobody.contains("Permission denied")
+            && nobody.contains("SupplementaryGroups=aperture-detections"),
+        "{nobody}"
+    );
+    let member = vm
+        .wait_for("RUNTIME-ACCESS-MEMBER: read", BOOT_TIMEOUT)
+        .unwrap();
+    let line = member
+        .split_once("read ")
+        .map(|(_, l)| l)
+        .unwrap_or_default();
+    let detection: Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("a member read no detection ({e}): {member}"));
+    assert_eq!(detection["camera"], CAMERA, "{detection}");
 
     // The camera goes away: stalled, and the unit keeps running.
     drop(server);

@@ -44,8 +44,14 @@ pub mod rel {
     /// the agent erases it once enrolled).
     pub const ESP_PROVISION: &str = "aperture/provision";
     /// The inference runtime's metrics file (the image writes it into the runtime's config;
-    /// the agent reads it).
-    pub const RUNTIME_METRICS: &str = "run/aperture/runtime.json";
+    /// the agent reads it), in the runtime's own runtime directory: its unit's dynamic user
+    /// owns that folder, so it is not `/run/aperture`, where root's programs keep locks.
+    pub const RUNTIME_METRICS: &str = "run/aperture-runtime/runtime.json";
+    /// The runtime's detections socket (the image writes it into the runtime's config).
+    pub const RUNTIME_SOCKET: &str = "run/aperture-runtime/detections.sock";
+    /// The group whose members may read the detections socket (the image adds it; an
+    /// application's unit joins it with `SupplementaryGroups=`).
+    pub const RUNTIME_SOCKET_GROUP: &str = "aperture-detections";
 }
 
 /// The vfat label of a USB stick holding a provisioning archive at its root (`mkfs.vfat -n
@@ -258,7 +264,7 @@ impl Files {
         self.run_aperture().join("slots.lock")
     }
 
-    /// `/run/aperture/runtime.json`: the inference runtime's metrics, rewritten every half
+    /// `/run/aperture-runtime/runtime.json`: the inference runtime's metrics, rewritten every half
     /// second (its config's `metrics`, the image's overlay), which the agent summarises for
     /// `aperture-agent status` and the fleet report (issue 17).
     pub fn runtime_metrics(&self) -> PathBuf {

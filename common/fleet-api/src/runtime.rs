@@ -1,5 +1,5 @@
 //! The inference runtime's summary in a report (issue 17): what the appliance's agent makes of
-//! the runtime's metrics file (`/run/aperture/runtime.json`, rewritten every half second) for
+//! the runtime's metrics file (`/run/aperture-runtime/runtime.json`, rewritten every half second) for
 //! the fleet: the model (name, sha256, execution provider, CPU fallback), frames inferred and
 //! dropped, latency p50/p95, cameras total / streaming / stalled, and how old the file was.
 //!

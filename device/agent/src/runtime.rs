@@ -2,7 +2,7 @@
 //! report (issue 17).
 //!
 //! `aperture-runtime` rewrites its metrics file ([`Files::runtime_metrics`],
-//! `/run/aperture/runtime.json`) every half second: the model, frame totals, latency
+//! `/run/aperture-runtime/runtime.json`) every half second: the model, frame totals, latency
 //! percentiles, each camera's state, the outputs. This module reads it tolerantly (fields it
 //! does not use are ignored, so the runtime may grow new ones; optional ones may be absent)
 //! but boundedly (at most [`MAX_METRICS_BYTES`] read, at most
@@ -249,7 +249,7 @@ mod tests {
     fn write(text: &str) -> (tempfile::TempDir, Files) {
         let d = tempfile::tempdir().unwrap();
         let files = Files::at(d.path());
-        std::fs::create_dir_all(files.run_aperture()).unwrap();
+        std::fs::create_dir_all(files.runtime_metrics().parent().unwrap()).unwrap();
         std::fs::write(files.runtime_metrics(), text).unwrap();
         (d, files)
     }
@@ -292,7 +292,7 @@ mod tests {
         let s = summary(&Files::at(d.path()));
         assert_eq!(s.metrics, MetricsState::Missing);
         let p = s.problem.as_deref().unwrap();
-        assert!(p.contains("run/aperture/runtime.json"), "{p}");
+        assert!(p.contains("run/aperture-runtime/runtime.json"), "{p}");
         assert_eq!((s.cameras, s.model.is_none()), (0, true));
         assert!(describe(&s).starts_with("runtime: missing (no "));
         s.validate().unwrap();

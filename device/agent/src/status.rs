@@ -68,7 +68,7 @@ pub struct Status {
     /// no check ran yet.
     #[serde(default)]
     pub update_loop: Option<aperture_client::LoopStatus>,
-    /// The inference runtime's metrics (`/run/aperture/runtime.json`), summarised as the
+    /// The inference runtime's metrics (`/run/aperture-runtime/runtime.json`), summarised as the
     /// fleet report carries them; a missing, stale or malformed file says so.
     #[serde(default)]
     pub runtime: Option<aperture_fleet_api::RuntimeSummary>,
@@ -336,7 +336,7 @@ mod tests {
         );
         assert!(s.to_string().contains("\nruntime: missing (no "), "{s}");
 
-        std::fs::create_dir_all(files.run_aperture()).unwrap();
+        std::fs::create_dir_all(files.runtime_metrics().parent().unwrap()).unwrap();
         let metrics = serde_json::json!({
             "updated_unix_ms": crate::runtime::now_ms(),
             "model": {"name": "nanodet-m", "sha256": "ab".repeat(32),

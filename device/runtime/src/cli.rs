@@ -1,9 +1,11 @@
 //! `aperture-runtime --config FILE`: load the model, pass its golden self-test, tell systemd
 //! `READY=1`, then run the cameras until SIGTERM or SIGINT, feeding systemd's watchdog from the
-//! main loop (sd_notify(3) over `NOTIFY_SOCKET`, when systemd set it). The model is the store's
+//! main loop (sd_notify(3) over `NOTIFY_SOCKET`, when systemd set it) when `WATCHDOG_USEC`
+//! (and `WATCHDOG_PID`, if set) say it is this process's ([`crate::watchdog`]). The model is the store's
 //! current one when it passes its self-test, else the built-in one ([`crate::models`]).
 //!
 //! `aperture-runtime model install|status|rollback ...`: the model store ([`crate::model_cli`]).
+//! `aperture-runtime detections ...`: print the detections ([`crate::detections_cli`]).
 
 use std::ffi::OsString;
 use std::os::unix::net::UnixDatagram;
@@ -15,12 +17,14 @@ use crate::config::Config;
 use crate::models;
 use crate::service;
 use crate::source::gst::{self, Rtsp};
+use crate::watchdog::{Pace, Watchdog};
 use crate::OnnxRuntime;
 
 const USAGE: &str = "usage: aperture-runtime --config FILE [--self-test-frames N]\n       \
     aperture-runtime model install BUNDLE [--config FILE] [--no-restart]\n       \
     aperture-runtime model status [--config FILE] [--json]\n       \
-    aperture-runtime model rollback [--config FILE] [--no-restart]\n\
+    aperture-runtime model rollback [--config FILE] [--no-restart]\n       \
+    aperture-runtime detections [--config FILE] [--count N]\n\
     --self-test-frames N: run the golden self-test on the first N frames only (test images \
     whose emulated CPU makes each inference take seconds); the default is every frame";
 
@@ -28,6 +32,9 @@ const USAGE: &str = "usage: aperture-runtime --config FILE [--self-test-frames N
 pub fn main(args: Vec<OsString>) -> i32 {
     if args.get(1).is_some_and(|a| a == "model") {
         return crate::model_cli::main(args.into_iter().skip(1).collect());
+    }
+    if args.get(1).is_some_and(|a| a == "detections") {
+        return crate::detections_cli::main(args.into_iter().skip(1).collect());
     }
     let args: Vec<String> = match args
         .into_iter()
@@ -123,6 +130,14 @@ fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
     let connector = Arc::new(Rtsp {
         latency_ms: config.latency_ms,
     });
+    let watchdog = Watchdog::from_env()?;
+    match watchdog {
+        Some(w) => eprintln!(
+            "aperture-runtime: feeding systemd's watchdog ({:?}) while every thread checks in",
+            w.interval
+        ),
+        None => eprintln!("aperture-runtime: no watchdog asked for (WATCHDOG_USEC)"),
+    }
     notify("READY=1");
     let r = service::run(
         &config,
@@ -131,7 +146,14 @@ fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
         (w as u32, h as u32),
         connector,
         stop,
-        || notify("WATCHDOG=1"),
+        service::Health {
+            pace: Pace::new(watchdog),
+            alive: || {
+                if watchdog.is_some() {
+                    notify("WATCHDOG=1")
+                }
+            },
+        },
     );
     notify("STOPPING=1");
     r

@@ -3,9 +3,12 @@
 //! ```toml
 //! model = "/usr/share/aperture/models/nanodet-m/manifest.toml"
 //! onnxruntime = "/usr/lib/aperture/libonnxruntime.so.1.31.1"
-//! socket = "/run/aperture/detections.sock"
+//! socket = "/run/aperture-runtime/detections.sock"
 //! output_dir = "/var/lib/aperture/detections"
-//! metrics = "/run/aperture/runtime.json"
+//! metrics = "/run/aperture-runtime/runtime.json"
+//! # optional: the group (in /etc/group) whose members may read detections from the socket
+//! # (mode 0660); without it only the runtime's own user may (0600)
+//! socket_group = "aperture-detections"
 //! # optional: each rolling file's size (two files), the stall and connect timeouts
 //! rolling_file_mib = 8
 //! stall_after_ms = 5000
@@ -44,6 +47,9 @@ pub struct Config {
     pub onnxruntime: PathBuf,
     /// The Unix socket detections are served on.
     pub socket: PathBuf,
+    /// The group whose members may connect to the socket, by name (`/etc/group`).
+    #[serde(default)]
+    pub socket_group: Option<String>,
     /// The folder of the rolling detection files.
     pub output_dir: PathBuf,
     /// The metrics file, rewritten every half second.
@@ -83,6 +89,40 @@ pub struct Config {
     /// without an OS update).
     #[serde(default)]
     pub cameras_file: Option<PathBuf>,
+}
+
+/// The system's group file, where [`Config::socket_group`] is looked up.
+pub const GROUP_FILE: &str = "/etc/group";
+
+impl Config {
+    /// The gid of [`Config::socket_group`] in [`GROUP_FILE`], if one is named.
+    pub fn socket_gid(&self) -> Result<Option<u32>, String> {
+        let Some(name) = &self.socket_group else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(GROUP_FILE)
+            .map_err(|e| format!("reading {GROUP_FILE} for socket_group {name:?}: {e}"))?;
+        group_id(name, &text, Path::new(GROUP_FILE)).map(Some)
+    }
+}
+
+/// The gid of group `name` in `text`, a group(5) file read from `file`.
+pub fn group_id(name: &str, text: &str, file: &Path) -> Result<u32, String> {
+    for line in text.lines() {
+        let mut fields = line.split(':');
+        if fields.next() != Some(name) {
+            continue;
+        }
+        return fields
+            .nth(1)
+            .and_then(|gid| gid.parse().ok())
+            .ok_or_else(|| format!("{}: the line of group {name:?} has no gid", file.display()));
+    }
+    Err(format!(
+        "socket_group {name:?} is not a group in {}: add it to the image (the build adds \
+         aperture-detections for the runtime) or remove socket_group from the config",
+        file.display()
+    ))
 }
 
 /// The systemd credential the unit hands the cameras file over as (`LoadCredential=cameras:...`):
@@ -233,13 +273,40 @@ mod tests {
     const GOOD: &str = r#"
 model = "/m/manifest.toml"
 onnxruntime = "/l/libonnxruntime.so.1.31.1"
-socket = "/run/aperture/detections.sock"
+socket = "/run/aperture-runtime/detections.sock"
 output_dir = "/var/lib/aperture/detections"
-metrics = "/run/aperture/runtime.json"
+metrics = "/run/aperture-runtime/runtime.json"
 [[camera]]
 name = "door"
 url = "rtsp://192.0.2.10:554/stream1"
 "#;
+
+    #[test]
+    fn the_socket_group_is_looked_up_by_name_and_a_missing_one_is_named() {
+        let groups = "root:x:0:\nshadow:x:42:\naperture-detections:x:998:app\nodd:x:\n";
+        let f = Path::new("/etc/group");
+        assert_eq!(group_id("aperture-detections", groups, f), Ok(998));
+        assert_eq!(group_id("shadow", groups, f), Ok(42));
+        let e = group_id("aperture", groups, f).unwrap_err();
+        assert!(
+            e.contains("\"aperture\"") && e.contains("/etc/group"),
+            "{e}"
+        );
+        let e = group_id("odd", groups, f).unwrap_err();
+        assert!(e.contains("no gid"), "{e}");
+        let c = Config::parse(
+            &format!("socket_group = \"aperture-detections\"\n{GOOD}"),
+            Path::new("r.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.socket_group.as_deref(), Some("aperture-detections"));
+        assert_eq!(
+            Config::parse(GOOD, Path::new("r.toml"))
+                .unwrap()
+                .socket_gid(),
+            Ok(None)
+        );
+    }
 
     #[test]
     fn a_config_reads_with_defaults() {

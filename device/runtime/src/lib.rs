@@ -19,7 +19,9 @@
 //!   config file.
 //! * [`store`]: the model store (signed model bundles in the data partition, switched
 //!   atomically); [`models`]: which model the runtime starts with, switching back past one
-//!   whose self-test fails; [`model_cli`]: `aperture-runtime model install|status|rollback`.
+//!   whose self-test fails; [`model_cli`]: `aperture-runtime model install|status|rollback`;
+//!   [`detections_cli`]: `aperture-runtime detections`, the socket's reader.
+//! * [`watchdog`]: systemd's watchdog variables and the service loop's pace.
 //! * `cli` (feature `gstreamer`): the `aperture-runtime` program (`aperture-device`'s feature
 //!   `runtime`).
 //!
@@ -32,12 +34,14 @@ pub mod camera;
 #[cfg(feature = "gstreamer")]
 pub mod cli;
 pub mod config;
+pub mod detections_cli;
 pub mod model_cli;
 pub mod models;
 pub mod output;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod watchdog;
 
 use aperture_vision::decode::{DecodeError, NanoDet};
 use aperture_vision::manifest::ManifestError;

@@ -20,9 +20,11 @@ pub struct SocketOut {
 
 impl SocketOut {
     /// Listen at `path`, replacing a stale socket left there (a file of another kind is an
-    /// error).
-    pub fn bind(path: &Path) -> Result<SocketOut, String> {
+    /// error). Who may connect: the runtime's own user, and with `group` (a gid) that group's
+    /// members too (mode 0660); nobody else (connecting needs write permission).
+    pub fn bind(path: &Path, group: Option<u32>) -> Result<SocketOut, String> {
         use std::os::unix::fs::FileTypeExt;
+        use std::os::unix::fs::PermissionsExt;
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
                 .map_err(|e| format!("removing the old socket {}: {e}", path.display()))?,
@@ -36,6 +38,19 @@ impl SocketOut {
         }
         let listener = UnixListener::bind(path)
             .map_err(|e| format!("listening on the Unix socket {}: {e}", path.display()))?;
+        // Until these two calls the unit's umask (0027) keeps the socket tighter still.
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+                format!(
+                    "giving the socket {} to group {gid}: {e} (the runtime's user must be a \
+                     member: the unit's SupplementaryGroups=)",
+                    path.display()
+                )
+            })?;
+        }
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("setting the mode of the socket {}: {e}", path.display()))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -174,7 +189,7 @@ mod tests {
     fn a_client_that_stops_reading_is_dropped_and_the_others_still_get_every_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.sock");
-        let mut out = SocketOut::bind(&path).unwrap();
+        let mut out = SocketOut::bind(&path, None).unwrap();
         let reader = UnixStream::connect(&path).unwrap();
         let _stuck = UnixStream::connect(&path).unwrap();
         out.accept();
@@ -203,11 +218,26 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_is_the_runtimes_alone_or_its_groups_too() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let own_gid = std::fs::metadata(dir.path()).unwrap().gid();
+        let path = dir.path().join("d.sock");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let out = SocketOut::bind(&path, None).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        drop(out);
+        let _out = SocketOut::bind(&path, Some(own_gid)).unwrap();
+        assert_eq!(mode(&path), 0o660);
+        assert_eq!(std::fs::metadata(&path).unwrap().gid(), own_gid);
+    }
+
+    #[test]
     fn a_socket_path_that_is_a_plain_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.sock");
         std::fs::write(&path, "data").unwrap();
-        let e = SocketOut::bind(&path).unwrap_err();
+        let e = SocketOut::bind(&path, None).unwrap_err();
         assert!(e.contains("is not a socket"), "{e}");
     }
 }

@@ -10,8 +10,9 @@
 //!   one counts lost lines, it never waits).
 //! * The output thread serves the lines on the Unix socket and appends them to the rolling
 //!   file.
-//! * The caller's thread rewrites the metrics file every 0.5 s and calls `alive` when every
-//!   thread has checked in lately (the systemd watchdog's ping).
+//! * The caller's thread rewrites the metrics file every tick (0.5 s, less for a short
+//!   watchdog: [`Pace`]) and calls `alive` when every thread has checked in lately (the systemd
+//!   watchdog's ping).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -27,14 +28,22 @@ use crate::camera::{Camera, Event, State, Timing};
 use crate::config::Config;
 use crate::output::{write_atomic, RollingFile, SocketOut};
 use crate::source::{Connector, FrameSource};
+use crate::watchdog::Pace;
 use crate::Detector;
 
 /// How long one pull or wait lasts before the thread looks at its state and the stop flag.
 const POLL: Duration = Duration::from_millis(200);
 /// Latencies kept for the percentiles.
 const LATENCY_WINDOW: usize = 1024;
-/// A thread silent for this long keeps the watchdog from being fed.
-const HEARTBEAT_LIMIT: Duration = Duration::from_secs(10);
+
+/// How the service says it is healthy: `alive` (the watchdog's ping) at `pace`.
+#[derive(Debug)]
+pub struct Health<F: FnMut()> {
+    /// The loop's tick and how long a thread may stay silent.
+    pub pace: Pace,
+    /// Called every tick while every thread checks in.
+    pub alive: F,
+}
 
 /// The model, as the metrics report it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -277,8 +286,9 @@ struct Line<'a> {
 }
 
 /// Run until `stop` is set: the cameras of `config` through `connector`, frames scaled to
-/// `size`, through `detector`; outputs and metrics at the config's paths. `alive` is called
-/// every 0.5 s while every thread is healthy.
+/// `size`, through `detector`; outputs and metrics at the config's paths. `health.alive` is
+/// called every `health.pace.tick` while no thread has been silent for longer than
+/// `health.pace.heartbeat_limit`.
 pub fn run<D: Detector + Send + 'static>(
     config: &Config,
     detector: D,
@@ -286,9 +296,10 @@ pub fn run<D: Detector + Send + 'static>(
     size: (u32, u32),
     connector: Arc<dyn Connector>,
     stop: Arc<AtomicBool>,
-    mut alive: impl FnMut(),
+    health: Health<impl FnMut()>,
 ) -> Result<(), String> {
-    let mut socket = SocketOut::bind(&config.socket)?;
+    let Health { pace, mut alive } = health;
+    let mut socket = SocketOut::bind(&config.socket, config.socket_gid()?)?;
     let mut rolling = RollingFile::open(&config.output_dir, config.rolling_file_mib << 20)?;
     let shared = Arc::new(Shared {
         cameras: config
@@ -400,26 +411,39 @@ pub fn run<D: Detector + Send + 'static>(
     }
 
     let mut result = Ok(());
+    let mut silent = false;
     while !stop.load(Ordering::Relaxed) {
         let m = shared.metrics(&model);
         let json = serde_json::to_vec_pretty(&m).unwrap_or_default();
         if let Err(e) = write_atomic(&config.metrics, &json) {
             eprintln!("aperture-runtime: {e}");
         }
-        if let Some(dead) = beats.iter().find(|b| b.age() > HEARTBEAT_LIMIT) {
-            eprintln!(
-                "aperture-runtime: the {} thread has not checked in for {:?}",
-                dead.name,
-                dead.age()
-            );
-        } else {
-            alive();
+        match beats.iter().find(|b| b.age() > pace.heartbeat_limit) {
+            Some(dead) => {
+                // Said once per silence; systemd's watchdog restarts the unit if it lasts.
+                if !silent {
+                    eprintln!(
+                        "aperture-runtime: the {} thread has not checked in for {:?}: \
+                         no longer feeding the watchdog",
+                        dead.name,
+                        dead.age()
+                    );
+                }
+                silent = true;
+            }
+            None => {
+                if silent {
+                    eprintln!("aperture-runtime: every thread checks in again");
+                }
+                silent = false;
+                alive();
+            }
         }
         if threads.iter().any(|t| t.is_finished()) {
             result = Err("a runtime thread ended early".to_string());
             break;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(pace.tick);
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {

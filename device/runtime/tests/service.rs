@@ -2,7 +2,7 @@
 //! ONNX Runtime detector are proven by the tier-2 `rtsp` suite and the golden test): frames
 //! faster than the detector are dropped and counted, never queued; detections reach a socket
 //! client and the rolling file; a source that ends is stalled, backed off and opened again;
-//! stop ends every thread.
+//! stop ends every thread; a hung detector stops the watchdog's pings until it comes back.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aperture_runtime::config::Config;
-use aperture_runtime::service::{self, ModelInfo};
+use aperture_runtime::service::{self, Health, ModelInfo};
 use aperture_runtime::source::{Connector, FrameSource};
+use aperture_runtime::watchdog::{Pace, Watchdog, HEARTBEAT_FLOOR};
 use aperture_runtime::{Detector, Error};
 use aperture_vision::decode::BBox;
 use aperture_vision::{Detection, Frame};
@@ -117,8 +118,11 @@ fn frames_are_dropped_not_queued_detections_reach_the_outputs_and_a_lost_source_
                 (8, 6),
                 fake,
                 stop,
-                move || {
-                    beats.fetch_add(1, Ordering::SeqCst);
+                Health {
+                    pace: Pace::default(),
+                    alive: move || {
+                        beats.fetch_add(1, Ordering::SeqCst);
+                    },
                 },
             )
         })
@@ -226,8 +230,11 @@ fn with_no_camera_the_service_keeps_running_and_feeding_the_watchdog_until_stopp
                     frames: 0,
                 }),
                 stop,
-                move || {
-                    beats.fetch_add(1, Ordering::SeqCst);
+                Health {
+                    pace: Pace::default(),
+                    alive: move || {
+                        beats.fetch_add(1, Ordering::SeqCst);
+                    },
                 },
             )
         })
@@ -241,4 +248,105 @@ fn with_no_camera_the_service_keeps_running_and_feeding_the_watchdog_until_stopp
     assert_eq!(metrics(&metrics_path)["cameras"], serde_json::json!([]));
     stop.store(true, Ordering::SeqCst);
     runtime.join().unwrap().unwrap();
+}
+
+/// Hangs on its first frame for `hang`, telling the test when it starts to; then finds nothing.
+struct Hangs {
+    hang: Duration,
+    hanging: Arc<AtomicBool>,
+}
+
+impl Detector for Hangs {
+    fn detect(&mut self, _frame: &Frame) -> Result<Vec<Detection>, Error> {
+        if !self.hanging.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(self.hang);
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn a_hung_inference_thread_stops_the_watchdog_pings_until_it_checks_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "model = \"m.toml\"\nonnxruntime = \"lib.so\"\nsocket = {:?}\n\
+         output_dir = {:?}\nmetrics = {:?}\n\
+         [[camera]]\nname = \"cam\"\nurl = \"rtsp://127.0.0.1:1/x\"\n",
+        dir.path().join("d.sock"),
+        dir.path().join("out"),
+        dir.path().join("runtime.json"),
+    );
+    let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+    // WatchdogSec=1: pings every 0.5 s, and a thread silent for the floor (2 s) stops them.
+    let pace = Pace::new(Some(Watchdog {
+        interval: Duration::from_secs(1),
+    }));
+    assert_eq!(pace.heartbeat_limit, HEARTBEAT_FLOOR);
+    let hang = HEARTBEAT_FLOOR * 3;
+    let hanging = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let pings = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let runtime = {
+        let (stop, pings, hanging) = (stop.clone(), pings.clone(), hanging.clone());
+        std::thread::spawn(move || {
+            service::run(
+                &config,
+                Hangs { hang, hanging },
+                ModelInfo::default(),
+                (8, 6),
+                Arc::new(Fake {
+                    opens: AtomicUsize::new(0),
+                    frames: 1000,
+                }),
+                stop,
+                Health {
+                    pace,
+                    alive: move || pings.lock().unwrap().push(Instant::now()),
+                },
+            )
+        })
+    };
+    let t = Instant::now();
+    while !hanging.load(Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no frame reached the detector"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let hung_at = Instant::now();
+    std::thread::sleep(hang + Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    runtime.join().unwrap().unwrap();
+    let pings = pings.lock().unwrap();
+    let at = |i: Instant| i.saturating_duration_since(hung_at);
+    // While the thread hangs: pings until its silence passes the limit (plus a tick), none
+    // after, and they come back once it checks in again.
+    let gap_from = HEARTBEAT_FLOOR + pace.tick + Duration::from_millis(300);
+    let in_gap: Vec<_> = pings
+        .iter()
+        .map(|&p| at(p))
+        .filter(|&d| d > gap_from && d < hang)
+        .collect();
+    assert!(
+        in_gap.is_empty(),
+        "pinged while the inference thread hung: {in_gap:?}"
+    );
+    assert!(
+        pings
+            .iter()
+            .any(|&p| at(p) > Duration::ZERO && at(p) < HEARTBEAT_FLOOR),
+        "no ping in the first second of the hang (the limit is {HEARTBEAT_FLOOR:?})"
+    );
+    assert!(
+        pings.iter().any(|&p| at(p) > hang),
+        "the pings did not come back after the hang"
+    );
+    for pair in pings.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap < pace.tick * 3 || at(pair[1]) > hang,
+            "a gap of {gap:?} between pings outside the hang"
+        );
+    }
 }

@@ -262,7 +262,11 @@ pub fn build_rootfs(
                 .with_context(|| format!("applying overlay {}", o.display()))?;
         }
         generate::all(&layer, recipe, source_date)?;
-        if let Some(note) = runtime::install(&layer, recipe)? {
+        let gpu = match &bsp_tools {
+            Some((bsp, _)) => runtime::GpuRuntime::find(&bsp.root)?,
+            None => None,
+        };
+        if let Some(note) = runtime::install(&layer, recipe, gpu.as_ref())? {
             s.line(&note);
         }
         // After the overlays, so that its checks see everything else the image holds.

@@ -215,7 +215,8 @@ impl Bsp {
 
     /// sha256 over the path and bytes of every file the build takes from the tree (the kernel,
     /// device tree and firmware for the outputs, every deb for the rootfs's `nvbootctrl` and
-    /// the libraries it may need): two trees with the same fingerprint give the same outputs.
+    /// the libraries it may need, JetPack's ONNX Runtime and its links): two trees with the
+    /// same fingerprint give the same outputs.
     pub fn fingerprint(&self) -> std::io::Result<String> {
         let mut h = Sha256::new();
         let mut files: Vec<String> = self
@@ -230,6 +231,17 @@ impl Bsp {
         for deb in self.debs()? {
             if let Ok(rel) = deb.strip_prefix(&self.root) {
                 files.push(rel.to_string_lossy().into_owned());
+            }
+        }
+        if let Some(gpu) = crate::rootfs::runtime::GpuRuntime::find(&self.root)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?
+        {
+            for (name, target) in gpu.files {
+                let rel = format!("{}/{name}", crate::rootfs::runtime::JETPACK_ORT_DIR);
+                match target {
+                    Some(t) => h.update(format!("{rel} -> {t}\0").as_bytes()),
+                    None => files.push(rel),
+                }
             }
         }
         for f in files {

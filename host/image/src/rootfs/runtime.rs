@@ -9,12 +9,19 @@
 //! * the runtime's config, `/etc/aperture/runtime.toml`, with the recipe's cameras; a
 //!   `cameras.toml` on the config partition replaces them at run time.
 //!
+//! A Jetson image built with a BSP tree that holds a GPU build of ONNX Runtime
+//! ([`JETPACK_ORT_DIR`], from JetPack: NVIDIA builds ONNX Runtime with its CUDA and TensorRT
+//! providers for each JetPack release) takes that build instead, with the libraries beside it
+//! (CUDA, cuDNN, TensorRT), into [`IMAGE_GPU_DIR`]; the runtime asks for TensorRT, then CUDA,
+//! and falls back to the CPU loudly when neither registers ([`GpuRuntime`]).
+//!
 //! The program itself is `aperture-device`'s feature `runtime` (see [`super::programs`]) and
 //! its unit comes from `overlays/runtime`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use aperture_appliance::files::rel;
 use aperture_vision::Manifest;
 
 use super::layer::Layer;
@@ -99,8 +106,163 @@ fn library_from(arch: Arch, var: impl Fn(&str) -> Option<std::ffi::OsString>) ->
     Ok(path)
 }
 
-/// Install the model, the library and the config; returns a note for the build log.
-pub fn install(layer: &Layer<'_>, recipe: &Recipe) -> Result<Option<String>> {
+/// Where a BSP tree (`Linux_for_Tegra/`) holds JetPack's GPU build of ONNX Runtime: its
+/// `libonnxruntime.so.1.N.M`, its provider libraries (`libonnxruntime_providers_shared.so`
+/// and `..._cuda.so` and/or `..._tensorrt.so`) and the CUDA, cuDNN and TensorRT libraries
+/// they load. Not part of NVIDIA's BSP tarball: the build engineer copies it there from the
+/// JetPack release the BSP belongs to (see the README).
+pub const JETPACK_ORT_DIR: &str = "jetpack/onnxruntime";
+/// Where the image keeps that folder's libraries (the unit's library path).
+pub const IMAGE_GPU_DIR: &str = "usr/lib/aperture/onnxruntime";
+/// The oldest ONNX Runtime `ort` loads (1.22).
+const OLDEST_ORT_MINOR: u32 = 22;
+/// The unit drop-in that puts [`IMAGE_GPU_DIR`] on the runtime's library path.
+const GPU_DROP_IN: &str = "usr/lib/systemd/system/aperture-runtime.service.d/jetpack.conf";
+
+/// JetPack's GPU build of ONNX Runtime, found in a BSP tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuRuntime {
+    /// The folder ([`JETPACK_ORT_DIR`] of the tree).
+    pub dir: PathBuf,
+    /// The library's file name (`libonnxruntime.so.1.N.M`).
+    pub library: String,
+    /// Its providers (`cuda`, `tensorrt`).
+    pub providers: Vec<&'static str>,
+    /// Every file to install: (name, a symlink's target or `None` for a file), sorted.
+    pub files: Vec<(String, Option<String>)>,
+}
+
+impl GpuRuntime {
+    /// The GPU build in the tree at `bsp_root`, if its [`JETPACK_ORT_DIR`] exists; a folder
+    /// that is not a usable GPU build is an error naming what is wrong.
+    pub fn find(bsp_root: &Path) -> Result<Option<GpuRuntime>> {
+        let dir = bsp_root.join(JETPACK_ORT_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let mut files = Vec::new();
+        for e in entries {
+            let e = e.with_context(|| format!("reading {}", dir.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = e.path().symlink_metadata()?;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(e.path())?;
+                let target = target.to_string_lossy().into_owned();
+                // A library's version links (libfoo.so -> libfoo.so.1) stay inside the folder.
+                if target.contains('/') || !dir.join(&target).is_file() {
+                    bail!(
+                        "{}: the link {name} points at {target}, not at a file beside it: copy \
+                         the file itself into {}",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                files.push((name, Some(target)));
+            } else if meta.is_file() {
+                files.push((name, None));
+            } else {
+                bail!(
+                    "{}: {name} is not a file: {JETPACK_ORT_DIR} holds libraries only",
+                    dir.display()
+                );
+            }
+        }
+        files.sort();
+        let libs: Vec<&String> = files
+            .iter()
+            .filter(|(n, t)| t.is_none() && ort_minor(n).is_some())
+            .map(|(n, _)| n)
+            .collect();
+        let library = match libs.as_slice() {
+            [one] => (*one).clone(),
+            [] => bail!(
+                "{} holds no libonnxruntime.so.1.N.M (N at least {OLDEST_ORT_MINOR}): copy \
+                 JetPack's GPU build of ONNX Runtime there, or remove the folder to build \
+                 with the CPU library",
+                dir.display()
+            ),
+            more => bail!(
+                "{} holds more than one ONNX Runtime ({}): keep one",
+                dir.display(),
+                more.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        if ort_minor(&library).is_some_and(|m| m < OLDEST_ORT_MINOR) {
+            bail!(
+                "{}/{library} is older than ONNX Runtime 1.{OLDEST_ORT_MINOR}, the oldest the \
+                 runtime loads: take a newer JetPack build",
+                dir.display()
+            );
+        }
+        let has = |n: &str| files.iter().any(|(f, _)| f == n);
+        let providers: Vec<&'static str> = [
+            ("tensorrt", "libonnxruntime_providers_tensorrt.so"),
+            ("cuda", "libonnxruntime_providers_cuda.so"),
+        ]
+        .into_iter()
+        .filter(|(_, f)| has(f))
+        .map(|(p, _)| p)
+        .collect();
+        if providers.is_empty() || !has("libonnxruntime_providers_shared.so") {
+            bail!(
+                "{} is not a GPU build of ONNX Runtime: it needs \
+                 libonnxruntime_providers_shared.so and libonnxruntime_providers_cuda.so or \
+                 libonnxruntime_providers_tensorrt.so beside {library}",
+                dir.display()
+            );
+        }
+        Ok(Some(GpuRuntime {
+            dir,
+            library,
+            providers,
+            files,
+        }))
+    }
+
+    /// Copy the folder into [`IMAGE_GPU_DIR`] and put it on the unit's library path.
+    fn install(&self, layer: &Layer<'_>) -> Result<()> {
+        for (name, target) in &self.files {
+            let dest = Path::new(IMAGE_GPU_DIR).join(name);
+            match target {
+                Some(t) => layer.symlink(&dest, t)?,
+                None => layer.copy_file(&dest, &self.dir.join(name), 0o644, 0, 0)?,
+            }
+        }
+        layer.write(
+            Path::new(GPU_DROP_IN),
+            format!(
+                "# JetPack's GPU build of ONNX Runtime and the CUDA, cuDNN and TensorRT libraries \
+                 its providers load.\n# TensorRT builds the model's engine before READY=1 on \
+                 the first start (minutes on a module),\n# then loads it from the cache \
+                 directory: systemd's default 90 s would kill that start.\n[Service]\n\
+                 Environment=LD_LIBRARY_PATH=/{IMAGE_GPU_DIR}\nTimeoutStartSec=20min\n"
+            )
+            .as_bytes(),
+            0o644,
+        )
+    }
+}
+
+/// `N` of `libonnxruntime.so.1.N.M`.
+fn ort_minor(name: &str) -> Option<u32> {
+    let v = name.strip_prefix("libonnxruntime.so.1.")?;
+    let (minor, patch) = v.split_once('.')?;
+    patch.parse::<u32>().ok()?;
+    minor.parse().ok()
+}
+
+/// Install the model, the library and the config; returns a note for the build log. `gpu`:
+/// JetPack's GPU build of ONNX Runtime from the BSP tree, which replaces the CPU library.
+pub fn install(
+    layer: &Layer<'_>,
+    recipe: &Recipe,
+    gpu: Option<&GpuRuntime>,
+) -> Result<Option<String>> {
     let Some(rt) = &recipe.runtime else {
         return Ok(None);
     };
@@ -143,20 +305,111 @@ pub fn install(layer: &Layer<'_>, recipe: &Recipe) -> Result<Option<String>> {
             rt.model.display()
         );
     }
-    let lib = library(recipe.base.architecture)?;
-    layer.copy_file(Path::new(IMAGE_LIBRARY), &lib, 0o644, 0, 0)?;
+    let gid = add_system_group(layer, rel::RUNTIME_SOCKET_GROUP)?;
+    let (library_path, onnxruntime) = match gpu {
+        Some(g) => {
+            g.install(layer)?;
+            (
+                Path::new(IMAGE_GPU_DIR).join(&g.library),
+                format!(
+                    "JetPack's GPU build {} ({}) from {}",
+                    g.library,
+                    g.providers.join(", "),
+                    g.dir.display()
+                ),
+            )
+        }
+        None => {
+            let lib = library(recipe.base.architecture)?;
+            layer.copy_file(Path::new(IMAGE_LIBRARY), &lib, 0o644, 0, 0)?;
+            let cpu = format!("ONNX Runtime {ONNXRUNTIME_VERSION} (CPU)");
+            let why = if recipe.board.is_jetson() {
+                format!(
+                    "{cpu}: no {JETPACK_ORT_DIR} in the BSP tree, so the runtime falls back \
+                     to the CPU loudly"
+                )
+            } else {
+                cpu
+            };
+            (PathBuf::from(IMAGE_LIBRARY), why)
+        }
+    };
     layer.write(
         Path::new(IMAGE_CONFIG),
-        config_text(recipe, &dest.join("manifest.toml")).as_bytes(),
+        config_text(recipe, &dest.join("manifest.toml"), &library_path).as_bytes(),
         0o644,
     )?;
     Ok(Some(format!(
-        "runtime: model {name} ({} MiB, sha256 {}…, {frames} golden frames), ONNX Runtime \
-         {ONNXRUNTIME_VERSION}, {} cameras from the recipe",
+        "runtime: model {name} ({} MiB, sha256 {}…, {frames} golden frames), {onnxruntime}, \
+         {} cameras from the recipe, detections for group {} ({gid})",
         model.len() >> 20,
         &manifest.model.sha256[..12],
-        rt.cameras.len()
+        rt.cameras.len(),
+        rel::RUNTIME_SOCKET_GROUP
     )))
+}
+
+/// Add the system group `name` to the image's `/etc/group` (and `/etc/gshadow`, locked) as
+/// systemd-sysusers would at boot, which a read-only root cannot: the highest gid below 1000
+/// that no group and no user's primary group has. Its gid; the group's own when it is there.
+fn add_system_group(layer: &Layer<'_>, name: &str) -> Result<u32> {
+    let read = |rel: &str| -> Result<Option<String>> {
+        layer
+            .read(Path::new(rel))?
+            .map(|b| String::from_utf8(b).with_context(|| format!("/{rel} is not UTF-8")))
+            .transpose()
+    };
+    let group = read("etc/group")?
+        .context("the base tree has no /etc/group (Debian's base-passwd makes it)")?;
+    let passwd = read("etc/passwd")?.unwrap_or_default();
+    let (text, gid) = group_added(&group, &passwd, name)?;
+    if text == group {
+        return Ok(gid);
+    }
+    layer.write(Path::new("etc/group"), text.as_bytes(), 0o644)?;
+    if let Some(gshadow) = read("etc/gshadow")? {
+        let shadow_gid = group_id(&group, "shadow").unwrap_or(0);
+        let mut g = gshadow;
+        if !g.is_empty() && !g.ends_with('\n') {
+            g.push('\n');
+        }
+        g += &format!("{name}:!*::\n");
+        layer.write_owned(Path::new("etc/gshadow"), g.as_bytes(), 0o640, 0, shadow_gid)?;
+    }
+    Ok(gid)
+}
+
+fn group_id(group: &str, name: &str) -> Option<u32> {
+    group.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name)).then(|| f.get(2)?.parse().ok())?
+    })
+}
+
+/// `group` with `name` added (or as it was, when it has it), and the group's gid.
+fn group_added(group: &str, passwd: &str, name: &str) -> Result<(String, u32)> {
+    if let Some(gid) = group_id(group, name) {
+        return Ok((group.to_string(), gid));
+    }
+    let taken: std::collections::BTreeSet<u32> = group
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .chain(
+            passwd
+                .lines()
+                .filter_map(|l| l.split(':').nth(3)?.parse().ok()),
+        )
+        .collect();
+    let gid = (100..1000)
+        .rev()
+        .find(|g| !taken.contains(g))
+        .with_context(|| format!("no free system gid (100-999) in /etc/group for {name}"))?;
+    let mut text = group.to_string();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text += &format!("{name}:x:{gid}:\n");
+    Ok((text, gid))
 }
 
 /// A TOML basic string.
@@ -165,28 +418,34 @@ fn quoted(s: &str) -> String {
 }
 
 /// `/etc/aperture/runtime.toml` (the format of `aperture_runtime::config`).
-fn config_text(recipe: &Recipe, manifest: &Path) -> String {
+fn config_text(recipe: &Recipe, manifest: &Path, library: &Path) -> String {
     let mut t = String::from(
         "# Generated by Aperture from the recipe's [runtime] section. Cameras in\n\
          # /config/runtime/cameras.toml (on the encrypted config partition) replace the ones below.\n",
     );
     t += &format!("model = {}\n", quoted(&format!("/{}", manifest.display())));
-    t += &format!("onnxruntime = {}\n", quoted(&format!("/{IMAGE_LIBRARY}")));
-    t += "socket = \"/run/aperture/detections.sock\"\n";
+    t += &format!(
+        "onnxruntime = {}\n",
+        quoted(&format!("/{}", library.display()))
+    );
+    t += &format!(
+        "socket = {}\n",
+        quoted(&format!("/{}", rel::RUNTIME_SOCKET))
+    );
+    // Members of this group (an application's unit: SupplementaryGroups=) may read detections.
+    t += &format!("socket_group = {}\n", quoted(rel::RUNTIME_SOCKET_GROUP));
     t += "output_dir = \"/var/lib/aperture-runtime/detections\"\n";
     t += &format!(
         "metrics = {}\n",
-        quoted(&format!(
-            "/{}",
-            aperture_appliance::files::rel::RUNTIME_METRICS
-        ))
+        quoted(&format!("/{}", rel::RUNTIME_METRICS))
     );
     t += &format!("cameras_file = {}\n", quoted(CAMERAS_FILE));
     // Signed model bundles (`aperture-runtime model install`), on the data partition.
     t += &format!("models_dir = {}\n", quoted(MODEL_STORE));
     if recipe.board.is_jetson() {
-        // The GPU first, through the ONNX Runtime the library provides; with the CPU build of
-        // the official wheel (no JetPack build given yet) the runtime says so and runs on the CPU.
+        // The GPU first, through the ONNX Runtime the library provides (JetPack's GPU build when
+        // the BSP tree has one); with the CPU build of the official wheel the runtime says so
+        // and runs on the CPU.
         t += "execution_providers = [\"tensorrt\", \"cuda\"]\n";
         t += "engine_cache_dir = \"/var/cache/aperture-runtime/tensorrt\"\n";
     }
@@ -204,12 +463,127 @@ fn config_text(recipe: &Recipe, manifest: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// A BSP tree whose JetPack folder holds `files` (a name ending in `-> T` is a link to T).
+    fn jetpack(files: &[&str]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(JETPACK_ORT_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            match f.split_once(" -> ") {
+                Some((name, target)) => std::os::unix::fs::symlink(target, dir.join(name)).unwrap(),
+                None => std::fs::write(dir.join(f), f.as_bytes()).unwrap(),
+            }
+        }
+        root
+    }
+
+    #[test]
+    fn a_jetpack_gpu_build_in_the_bsp_tree_is_found_with_its_providers_and_links() {
+        let none = tempfile::tempdir().unwrap();
+        assert_eq!(GpuRuntime::find(none.path()).unwrap(), None);
+        let tree = jetpack(&[
+            "libonnxruntime.so.1.23.0",
+            "libonnxruntime.so.1 -> libonnxruntime.so.1.23.0",
+            "libonnxruntime_providers_shared.so",
+            "libonnxruntime_providers_cuda.so",
+            "libonnxruntime_providers_tensorrt.so",
+            "libcudart.so.12",
+        ]);
+        let g = GpuRuntime::find(tree.path()).unwrap().unwrap();
+        assert_eq!(g.library, "libonnxruntime.so.1.23.0");
+        assert_eq!(g.providers, ["tensorrt", "cuda"]);
+        assert_eq!(g.files.len(), 6);
+        assert!(g.files.contains(&(
+            "libonnxruntime.so.1".into(),
+            Some("libonnxruntime.so.1.23.0".into())
+        )));
+        let orin = Recipe::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/jetson-orin-agx.toml"),
+        )
+        .unwrap();
+        let t = config_text(
+            &orin,
+            Path::new("usr/share/aperture/models/nanodet-m/manifest.toml"),
+            &Path::new(IMAGE_GPU_DIR).join(&g.library),
+        );
+        assert!(
+            t.contains("onnxruntime = \"/usr/lib/aperture/onnxruntime/libonnxruntime.so.1.23.0\""),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_jetpack_folder_that_is_no_usable_gpu_build_is_refused_by_name() {
+        let cases: [(&[&str], &str); 6] = [
+            (&["libcudart.so.12"], "holds no libonnxruntime.so.1.N.M"),
+            (
+                &[
+                    "libonnxruntime.so.1.20.0",
+                    "libonnxruntime_providers_shared.so",
+                    "libonnxruntime_providers_cuda.so",
+                ],
+                "older than ONNX Runtime 1.22",
+            ),
+            (
+                &["libonnxruntime.so.1.23.0", "libonnxruntime.so.1.24.0"],
+                "more than one ONNX Runtime",
+            ),
+            (
+                &[
+                    "libonnxruntime.so.1.23.0",
+                    "libonnxruntime_providers_shared.so",
+                ],
+                "is not a GPU build",
+            ),
+            (
+                &[
+                    "libonnxruntime.so.1.23.0",
+                    "libonnxruntime_providers_cuda.so",
+                ],
+                "is not a GPU build",
+            ),
+            (
+                &[
+                    "libonnxruntime.so.1.23.0",
+                    "libcuda.so -> /usr/lib/libcuda.so.1",
+                ],
+                "not at a file beside it",
+            ),
+        ];
+        for (files, want) in cases {
+            let tree = jetpack(files);
+            let e = format!("{:#}", GpuRuntime::find(tree.path()).unwrap_err());
+            assert!(
+                e.contains(want) && e.contains(JETPACK_ORT_DIR),
+                "{files:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_detections_group_takes_the_highest_free_system_gid_once() {
+        let group = "root:x:0:\nshadow:x:42:\nsystemd-journal:x:999:\nnogroup:x:65534:\n";
+        // A user whose primary group is 998 with no group line of its own.
+        let passwd = "root:x:0:0::/root:/bin/sh\nsvc:x:997:998::/:/usr/sbin/nologin\n";
+        let (text, gid) = group_added(group, passwd, "aperture-detections").unwrap();
+        assert_eq!(gid, 997);
+        assert!(text.starts_with(group) && text.ends_with("aperture-detections:x:997:\n"));
+        assert_eq!(
+            group_added(&text, passwd, "aperture-detections").unwrap(),
+            (text.clone(), 997)
+        );
+        assert_eq!(group_id(&text, "shadow"), Some(42));
+        let full: String = (100..1000).map(|g| format!("g{g}:x:{g}:\n")).collect();
+        let e = group_added(&full, "", "aperture-detections").unwrap_err();
+        assert!(e.to_string().contains("no free system gid"), "{e}");
+    }
+
     #[test]
     fn jetsons_ask_for_the_gpu_first_and_every_board_names_its_stores() {
         let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
         let m = Path::new("usr/share/aperture/models/nanodet-m/manifest.toml");
         let orin = Recipe::load(&recipes.join("jetson-orin-agx.toml")).unwrap();
-        let t = config_text(&orin, m);
+        let t = config_text(&orin, m, Path::new(IMAGE_LIBRARY));
         assert!(
             t.contains("execution_providers = [\"tensorrt\", \"cuda\"]"),
             "{t}"
@@ -219,10 +593,13 @@ mod tests {
             "{t}"
         );
         let x86 = Recipe::load(&recipes.join("qemu-x86_64.toml")).unwrap();
-        let t = config_text(&x86, m);
+        let t = config_text(&x86, m, Path::new(IMAGE_LIBRARY));
         assert!(!t.contains("execution_providers"), "{t}");
         for key in [
             "model = \"/usr/share/aperture/models/nanodet-m/manifest.toml\"",
+            "socket = \"/run/aperture-runtime/detections.sock\"",
+            "socket_group = \"aperture-detections\"",
+            "metrics = \"/run/aperture-runtime/runtime.json\"",
             "cameras_file",
             "models_dir",
         ] {
