@@ -165,6 +165,25 @@ pub fn vm_recipe(name: &str) -> PathBuf {
         .join(format!("{name}.toml"))
 }
 
+/// The drop-in [`broken_runtime_overlay`] writes. systemd applies a unit's drop-ins in the
+/// order of their names and the last `ExecStart=` wins, so it must sort after every drop-in of
+/// the test hook's overlay (`zz-test-self-test.conf` sets `ExecStart=` too): named `broken.conf`
+/// it was overridden, and the "broken" image passed its health gate.
+pub const BROKEN_RUNTIME_DROP_IN: &str = "zzz-broken-runtime.conf";
+
+/// Write the overlay `broken-runtime` into `overlays` (an image's runtime that cannot start, so
+/// its health gate fails) and return the recipe line that uses it.
+pub fn broken_runtime_overlay(overlays: &Path) -> Result<String> {
+    let dir = overlays.join("broken-runtime/usr/lib/systemd/system/aperture-runtime.service.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join(BROKEN_RUNTIME_DROP_IN),
+        "[Service]\nExecStart=\nExecStart=/bin/false\nRestart=no\n",
+    )?;
+    Ok("overlays = [\"broken-runtime\"]\n".into())
+}
+
 /// The default recipe's full build (`target/aperture-tests/main/out/default`), shared by the
 /// suites. A call after the first in a tree is a warm build: every step is reused.
 pub fn default_image() -> Result<BuildReport> {
@@ -307,4 +326,50 @@ pub fn json_on_line(line: &str) -> Result<serde_json::Value> {
     let end = line.rfind('}').context("no end of the JSON object")?;
     serde_json::from_str(&line[start..=end])
         .with_context(|| format!("parsing JSON from console line: {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every drop-in the images give the runtime's unit sorts before the one that breaks it,
+    /// so the broken image's `ExecStart=/bin/false` is the one systemd runs.
+    #[test]
+    fn the_broken_runtime_drop_in_sorts_after_every_other_runtime_drop_in() {
+        let ws = workspace();
+        let mut seen = 0;
+        for overlay in ["tests/overlays/vm-hooks", "overlays/runtime"] {
+            let dir = ws
+                .join(overlay)
+                .join("usr/lib/systemd/system/aperture-runtime.service.d");
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(
+                    name.as_str() < BROKEN_RUNTIME_DROP_IN,
+                    "{}/{name} sorts after {BROKEN_RUNTIME_DROP_IN}",
+                    dir.display()
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "the test hook's self-test drop-in was not found");
+        // The JetPack drop-in the image writes for a Jetson with a GPU build.
+        assert!("jetpack.conf" < BROKEN_RUNTIME_DROP_IN);
+        let dir = tempfile::tempdir().unwrap();
+        let line = broken_runtime_overlay(dir.path()).unwrap();
+        assert_eq!(line, "overlays = [\"broken-runtime\"]\n");
+        let text = std::fs::read_to_string(
+            dir.path()
+                .join("broken-runtime/usr/lib/systemd/system/aperture-runtime.service.d")
+                .join(BROKEN_RUNTIME_DROP_IN),
+        )
+        .unwrap();
+        assert!(
+            text.ends_with("ExecStart=/bin/false\nRestart=no\n"),
+            "{text}"
+        );
+    }
 }

@@ -64,13 +64,7 @@ fn overlays() -> PathBuf {
 
 /// Recipe lines for an image whose runtime cannot start, so its health gate fails.
 pub fn broken_runtime() -> Result<String> {
-    let dir = overlays().join("broken-runtime/usr/lib/systemd/system/aperture-runtime.service.d");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("broken.conf"),
-        "[Service]\nExecStart=\nExecStart=/bin/false\nRestart=no\n",
-    )?;
-    Ok("overlays = [\"broken-runtime\"]\n".into())
+    crate::broken_runtime_overlay(&overlays())
 }
 
 /// One boot of the twin: its power-on decision and the running machine.

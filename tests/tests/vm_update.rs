@@ -38,16 +38,9 @@ fn the_update_loop_installs_v2_from_the_fleet_repository_and_a_halted_release_is
     let v2 = vm_v2().unwrap();
     // v3's runtime cannot start, so its health check fails (the second half, --full only).
     let v3 = aperture_tests::full().then(|| {
-        let broken = test_root().join(
-            "main/recipes-vm/broken-runtime/usr/lib/systemd/system/aperture-runtime.service.d",
-        );
-        std::fs::create_dir_all(&broken).unwrap();
-        std::fs::write(
-            broken.join("broken.conf"),
-            "[Service]\nExecStart=\nExecStart=/bin/false\nRestart=no\n",
-        )
-        .unwrap();
-        vm_image("vm-v3", "1.2.0", "overlays = [\"broken-runtime\"]\n").unwrap()
+        let broken =
+            aperture_tests::broken_runtime_overlay(&test_root().join("main/recipes-vm")).unwrap();
+        vm_image("vm-v3", "1.2.0", &broken).unwrap()
     });
 
     let mut sc = Scenario::new("update", &v1.paths.out.join("disk.img"), Arch::Amd64).unwrap();
