@@ -1,9 +1,13 @@
 # Who may read the runtime's detections. The socket is in the runtime's own folder, group
 # aperture-detections, mode 0660, and /run/aperture stays root's. Once root reads a detection
 # (the runtime streams, past its model restarts), a process of nobody's is refused and the same
-# with the group as a supplementary one reads a line.
+# with the group as a supplementary one reads a line. The hook traces its commands (set -x),
+# which would print each marker a second time, quoted: off in this piece.
+{ set +x; } 2>/dev/null
 for _ in $(seq 60); do timeout 60 aperture-runtime detections --count 1 >/dev/null 2>&1 && break; sleep 2; done
-echo "RUNTIME-ACCESS: run=$(stat -c %U:%a /run/aperture) dir=$(stat -c %U:%a /run/aperture-runtime) socket=$(stat -c %G:%a /run/aperture-runtime/detections.sock)"
+# The runtime's folder is a link into /run/private when its unit keeps it (systemd's
+# DynamicUser=): -L reports the folder itself.
+echo "RUNTIME-ACCESS: run=$(stat -c %U:%a /run/aperture) dir=$(stat -L -c %U:%a /run/aperture-runtime) socket=$(stat -c %G:%a /run/aperture-runtime/detections.sock)"
 gid=$(getent group aperture-detections | cut -d: -f3)
 if setpriv --reuid=65534 --regid=65534 --clear-groups timeout 60 aperture-runtime detections --count 1 >/dev/null 2>/run/nobody.err; then
 	echo "RUNTIME-ACCESS-NOBODY: read"
@@ -18,3 +22,4 @@ for _ in 1 2 3; do
 	echo "RUNTIME-ACCESS-MEMBER: failed $(tr '\n' ' ' < /run/member.err)"
 	sleep 5
 done
+set -x
