@@ -452,6 +452,13 @@ fn start_twin_prebuild(root: &Path) -> Result<TwinPrebuild> {
     if let Some(date) = frozen_source_date(root) {
         c.env("SOURCE_DATE_EPOCH", date);
     }
+    // The ONNX Runtime libraries the suites get: the twin's image ships the aarch64 one (without
+    // it the build stopped at its layer and the twin suite built the image itself, later).
+    for (var, lib) in preflight::onnxruntime_env() {
+        if std::env::var_os(&var).is_none() {
+            c.env(var, lib);
+        }
+    }
     let child = c
         .current_dir(root)
         .stdin(std::process::Stdio::null())
