@@ -5,8 +5,8 @@
 # which would print each marker a second time, quoted: off in this piece.
 { set +x; } 2>/dev/null
 for _ in $(seq 60); do timeout 60 aperture-runtime detections --count 1 >/dev/null 2>&1 && break; sleep 2; done
-# The runtime's folder is a link into /run/private when its unit keeps it (systemd's
-# DynamicUser=): -L reports the folder itself.
+# -L: were the folder a link into /run/private (a DynamicUser= unit's preserved runtime
+# directory), the folder itself would be reported, and nobody outside the unit could reach it.
 echo "RUNTIME-ACCESS: run=$(stat -c %U:%a /run/aperture) dir=$(stat -L -c %U:%a /run/aperture-runtime) socket=$(stat -c %G:%a /run/aperture-runtime/detections.sock)"
 gid=$(getent group aperture-detections | cut -d: -f3)
 if setpriv --reuid=65534 --regid=65534 --clear-groups timeout 60 aperture-runtime detections --count 1 >/dev/null 2>/run/nobody.err; then
