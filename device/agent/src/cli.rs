@@ -28,7 +28,8 @@ enum Command {
     /// Health gate: wait for the required services, then commit the running slot (mark it
     /// good, raise the anti-rollback floor); exit non-zero if they fail on a slot on trial.
     Health {
-        /// Seconds to wait for the required services.
+        /// Seconds to wait for the required services (longer for a unit still in its start
+        /// phase: as long as its own TimeoutStartSec, up to an hour).
         #[arg(long, default_value_t = 120)]
         timeout: u64,
         /// Seconds between checks.
@@ -68,6 +69,7 @@ fn health(timeout: u64, interval: u64) -> anyhow::Result<()> {
     let opts = GateOptions {
         timeout: Duration::from_secs(timeout),
         interval: Duration::from_secs(interval),
+        ..GateOptions::default()
     };
     let report = health::run_gate(
         &files,

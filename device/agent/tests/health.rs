@@ -161,6 +161,7 @@ fn gate(root: &Path, script: &[&'static str]) -> (Result<GateReport, HealthError
     let opts = GateOptions {
         timeout: Duration::from_secs(5),
         interval: Duration::from_secs(1),
+        ..GateOptions::default()
     };
     let mut sleeps = 0;
     let mut probe = Script(script.iter().copied().collect());

@@ -199,6 +199,7 @@ impl Jetson {
         let opts = GateOptions {
             timeout: Duration::from_secs(1),
             interval: Duration::from_secs(1),
+            ..GateOptions::default()
         };
         run_gate(
             &self.files,

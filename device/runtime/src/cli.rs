@@ -98,6 +98,10 @@ pub fn notify(state: &str) {
 
 fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
     let config = Config::load(config_path)?;
+    // What the environment and the system decide is checked before the model's self-test,
+    // which can take minutes (a TensorRT engine build), so that a bad value fails at once.
+    let watchdog = Watchdog::from_env()?;
+    config.socket_gid()?;
     let ort = OnnxRuntime::load(&config.onnxruntime).map_err(|e| e.to_string())?;
     let options = crate::Options {
         providers: config.execution_providers.clone(),
@@ -130,7 +134,6 @@ fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
     let connector = Arc::new(Rtsp {
         latency_ms: config.latency_ms,
     });
-    let watchdog = Watchdog::from_env()?;
     match watchdog {
         Some(w) => eprintln!(
             "aperture-runtime: feeding systemd's watchdog ({:?}) while every thread checks in",
