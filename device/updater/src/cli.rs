@@ -46,6 +46,11 @@ enum Command {
         /// The bundle: a file path or an https:// URL.
         #[arg(value_name = "FILE|URL")]
         source: String,
+        /// The release's full bundle, installed if SOURCE (a delta) fails [default: for a
+        /// delta named NAME.from-V.bundle or update-from-V.bundle, NAME.bundle or update.bundle
+        /// beside it].
+        #[arg(long, value_name = "FILE|URL")]
+        fallback: Option<String>,
         #[command(flatten)]
         fetch: FetchArgs,
         /// Boot tries the new slot gets before the loader falls back (1 to 7; 1 to 3 on Jetson,
@@ -110,14 +115,117 @@ fn updater(cli: &Cli) -> Result<Updater> {
     Ok(u)
 }
 
+/// Install the bundle at `spec`. When it fails and a full bundle may do better (a delta whose
+/// base this device does not run, a rebuilt slot that does not verify, a delta that cannot be
+/// fetched), the full bundle is installed instead: `fallback`, or the one a delta's name puts
+/// beside it ([`full_bundle_beside`]).
 fn install(
     u: &mut Updater,
     spec: &str,
+    fallback: Option<&str>,
     fetch: &FetchArgs,
     tries: u32,
     json: bool,
     lock_wait: Duration,
 ) -> Result<i32> {
+    let derived = fallback.is_none();
+    let fallback = fallback
+        .map(str::to_string)
+        .or_else(|| full_bundle_beside(spec));
+    let (done, how) = match install_one(u, spec, fetch, tries, lock_wait) {
+        Ok(done) => (done, String::new()),
+        Err(e @ UpdateError::AlreadyInstalled { .. }) => {
+            eprintln!("aperture-update: {e}");
+            return Ok(EXIT_NOTHING_TO_DO);
+        }
+        Err(e) => {
+            let first = anyhow::Error::from(e).context(format!("installing {spec}"));
+            let full = match fallback {
+                Some(full) if may_fall_back(&first) => full,
+                _ => return Err(first),
+            };
+            if derived && !source::is_url(&full) && !std::path::Path::new(&full).exists() {
+                return Err(first.context(format!(
+                    "its full bundle is not beside it as {full}: install the full bundle of \
+                     this release, or name it with --fallback FILE|URL"
+                )));
+            }
+            tracing::warn!("{first:#}; installing the full bundle {full} instead");
+            match install_one(u, &full, fetch, tries, lock_wait) {
+                Ok(done) => (
+                    done,
+                    format!(" from the full bundle {full} ({spec} failed)"),
+                ),
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(format!(
+                        "installing the full bundle {full} after {spec} failed ({first:#})"
+                    )))
+                }
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        println!(
+            "installed {} into slot {}{how}: it boots next, on trial ({tries} tries); the \
+             health gate commits it",
+            done.version, done.target
+        );
+    }
+    Ok(0)
+}
+
+/// Whether a failed install may succeed with the release's full bundle: not when this device
+/// or this command is the problem (the lock is held, the device's files or board are not
+/// what an install needs, plain HTTP without `--insecure-http`, no CA bundle).
+fn may_fall_back(e: &anyhow::Error) -> bool {
+    !matches!(
+        e.downcast_ref::<UpdateError>(),
+        Some(
+            UpdateError::AlreadyInstalled { .. }
+                | UpdateError::Lock(_)
+                | UpdateError::Facts(_)
+                | UpdateError::Store(_)
+                | UpdateError::UnknownBootedSlot { .. }
+                | UpdateError::UnsupportedBoard { .. }
+                | UpdateError::InsecureSource { .. }
+                | UpdateError::Tls { .. }
+        )
+    )
+}
+
+/// The full bundle a delta bundle's name puts beside it: `update-from-V.bundle` (made by
+/// `aperture bundle --from`) beside `update.bundle`, and `NAME.from-V.bundle` (a release
+/// repository's target) beside `NAME.bundle`. `None` for any other name.
+pub fn full_bundle_beside(spec: &str) -> Option<String> {
+    let cut = spec.rfind('/').map_or(0, |i| i + 1);
+    let (dir, name) = spec.split_at(cut);
+    if name.contains(['?', '#']) {
+        return None;
+    }
+    let stem = name.strip_suffix(".bundle")?;
+    let full = if let Some(version) = stem.strip_prefix("update-from-") {
+        semver::Version::parse(version).ok()?;
+        "update".to_string()
+    } else {
+        let (release, version) = stem.rsplit_once(".from-")?;
+        semver::Version::parse(version).ok()?;
+        if release.is_empty() {
+            return None;
+        }
+        release.to_string()
+    };
+    Some(format!("{dir}{full}.bundle"))
+}
+
+fn install_one(
+    u: &mut Updater,
+    spec: &str,
+    fetch: &FetchArgs,
+    tries: u32,
+    lock_wait: Duration,
+) -> Result<crate::Installed, UpdateError> {
     let opts = fetch.options(u.paths());
     let mut input = source::open(spec, &opts)?;
     let source = if source::is_url(spec) {
@@ -132,25 +240,7 @@ fn install(
         lock_wait,
         ..InstallOptions::update(tries)
     };
-    match u.install(&mut input, &install_opts) {
-        Ok(done) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&done)?);
-            } else {
-                println!(
-                    "installed {} into slot {}: it boots next, on trial ({tries} tries); the \
-                     health gate commits it",
-                    done.version, done.target
-                );
-            }
-            Ok(0)
-        }
-        Err(e @ UpdateError::AlreadyInstalled { .. }) => {
-            eprintln!("aperture-update: {e}");
-            Ok(EXIT_NOTHING_TO_DO)
-        }
-        Err(e) => Err(anyhow::Error::from(e).context(format!("installing {spec}"))),
-    }
+    u.install(&mut input, &install_opts)
 }
 
 /// Run one command; the process exit code on success.
@@ -181,10 +271,19 @@ pub fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Install {
             source,
+            fallback,
             fetch,
             tries,
             json,
-        } => install(&mut u, source, fetch, *tries, *json, Duration::ZERO),
+        } => install(
+            &mut u,
+            source,
+            fallback.as_deref(),
+            fetch,
+            *tries,
+            *json,
+            Duration::ZERO,
+        ),
         Command::Status { json } => {
             let s = u.status()?;
             if *json {
@@ -237,7 +336,15 @@ pub fn run(cli: Cli) -> Result<i32> {
                 ca: fetch.ca.clone().or_else(|| j.ca.clone()),
                 insecure_http: fetch.insecure_http || j.insecure_http,
             };
-            install(&mut u, &source, &fetch, j.tries, false, RESUME_LOCK_WAIT)
+            install(
+                &mut u,
+                &source,
+                None,
+                &fetch,
+                j.tries,
+                false,
+                RESUME_LOCK_WAIT,
+            )
         }
     }
 }
@@ -249,5 +356,30 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_deltas_full_bundle_is_named_by_the_deltas_name() {
+        let beside = super::full_bundle_beside;
+        assert_eq!(
+            beside("out/v2/update-from-1.0.0.bundle").as_deref(),
+            Some("out/v2/update.bundle")
+        );
+        assert_eq!(
+            beside("https://repo:8443/targets/edge-1.1.0.stable.from-1.0.0-rc.1.bundle").as_deref(),
+            Some("https://repo:8443/targets/edge-1.1.0.stable.bundle")
+        );
+        assert_eq!(beside("a.from-1.0.0.bundle").as_deref(), Some("a.bundle"));
+        for no in [
+            "update.bundle",
+            "edge-1.1.0.stable.bundle",
+            "x.from-latest.bundle",
+            ".from-1.0.0.bundle",
+            "update-from-1.0.bundle",
+            "https://h/t/a.from-1.0.0.bundle?sig=1",
+            "a.from-1.0.0.bundle.zst",
+        ] {
+            assert_eq!(beside(no), None, "{no}");
+        }
     }
 }

@@ -125,3 +125,100 @@ fn a_corrupted_running_slot_fails_the_hash_and_the_target_stays_unbootable() {
     assert!(dev.record(Slot::B).is_none(), "no record of a failed slot");
     assert_eq!(dev.boot(), Slot::A, "the running slot still boots");
 }
+
+/// `aperture-update --root ... --disk-image ... ARGS` on `dev`, as the program runs it.
+fn cli(dev: &Device, args: &[&str]) -> anyhow::Result<i32> {
+    use clap::Parser;
+    let root = dev.dir.path().to_str().unwrap();
+    let disk = dev.disk_path.to_str().unwrap();
+    let mut argv = vec!["aperture-update", "--root", root, "--disk-image", disk];
+    argv.extend_from_slice(args);
+    aperture_updater::cli::run(aperture_updater::cli::Cli::parse_from(argv))
+}
+
+#[test]
+fn an_interactive_delta_that_fails_installs_the_full_bundle_beside_it() {
+    let (v1, v2, delta) = releases();
+    let dev = Device::new(&v1);
+    // Booted without a verity root: the delta's base cannot be proven.
+    dev.set_running(Slot::A, &v1);
+    let repo = tempfile::tempdir().unwrap();
+    let delta_path = repo.path().join("edge-qemu-2.0.0.stable.from-1.0.0.bundle");
+    std::fs::write(&delta_path, &delta.bundle).unwrap();
+
+    // No full bundle beside it: the error says so, names the fix, and nothing is written.
+    let before = dev.snapshot();
+    let err = cli(&dev, &["install", delta_path.to_str().unwrap()]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("edge-qemu-2.0.0.stable.bundle") && msg.contains("--fallback"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1.0.0"),
+        "the delta's own reason is kept: {msg}"
+    );
+    assert_eq!(dev.snapshot(), before, "nothing was written");
+
+    // With the release's full bundle beside it, that is installed.
+    std::fs::write(
+        repo.path().join("edge-qemu-2.0.0.stable.bundle"),
+        &v2.bundle,
+    )
+    .unwrap();
+    assert_eq!(
+        cli(&dev, &["install", delta_path.to_str().unwrap()]).unwrap(),
+        0
+    );
+    assert_eq!(dev.slot_bytes(Slot::B, v2.rootfs.len()), v2.rootfs);
+    assert_eq!(dev.record(Slot::B).unwrap().version.to_string(), "2.0.0");
+    assert_eq!(dev.boot(), Slot::B);
+}
+
+#[test]
+fn a_delta_whose_rebuilt_slot_fails_is_followed_by_the_named_full_bundle() {
+    let (v1, v2, delta) = releases();
+    let dev = Device::new(&v1);
+    dev.set_running_verity(Slot::A, &v1);
+    // The running slot's partition rots: the rebuilt slot B does not verify after writing.
+    let mut part = aperture_updater::disk::Disk::open(&dev.disk(), "rootfs_a").unwrap();
+    part.write_all_at(&[0xff; 16], 100 * 4096).unwrap();
+    part.sync().unwrap();
+    drop(part);
+    let dir = tempfile::tempdir().unwrap();
+    let (d, f) = (dir.path().join("d.bundle"), dir.path().join("f.bundle"));
+    std::fs::write(&d, &delta.bundle).unwrap();
+    std::fs::write(&f, &v2.bundle).unwrap();
+    // A name that is no delta's: without --fallback, the delta's error alone.
+    let err = cli(&dev, &["install", d.to_str().unwrap()]).unwrap_err();
+    assert!(format!("{err:#}").contains("full bundle"), "{err:#}");
+    assert!(dev.record(Slot::B).is_none());
+    assert_eq!(dev.boot(), Slot::A);
+    let args = [
+        "install",
+        d.to_str().unwrap(),
+        "--fallback",
+        f.to_str().unwrap(),
+    ];
+    assert_eq!(cli(&dev, &args).unwrap(), 0);
+    assert_eq!(dev.slot_bytes(Slot::B, v2.rootfs.len()), v2.rootfs);
+    dev.assert_slot_verifies(Slot::B);
+    assert_eq!(dev.boot(), Slot::B);
+}
+
+#[test]
+fn a_refusal_the_full_bundle_cannot_mend_is_not_followed_by_it() {
+    let (v1, _, delta) = releases();
+    let dev = Device::new(&v1);
+    dev.set_running_verity(Slot::A, &v1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("update-from-1.0.0.bundle");
+    std::fs::write(&d, &delta.bundle).unwrap();
+    // An http URL without --insecure-http is refused before anything is fetched; the full
+    // bundle beside it would be refused the same way, so it is not tried.
+    let url = "http://127.0.0.1:9/rel/update-from-1.0.0.bundle";
+    let err = cli(&dev, &["install", url]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("--insecure-http"), "{msg}");
+    assert!(!msg.contains("update.bundle"), "{msg}");
+}
