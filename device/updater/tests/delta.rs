@@ -101,17 +101,22 @@ fn a_device_not_running_the_base_refuses_the_delta_and_writes_nothing() {
     }
 }
 
-#[test]
-fn a_corrupted_running_slot_fails_the_hash_and_the_target_stays_unbootable() {
-    let (v1, _, delta) = releases();
-    let dev = Device::new(&v1);
-    dev.set_running_verity(Slot::A, &v1);
-    // A block the delta copies rots on the running slot's partition (reads through dm-verity
-    // would fail on it; the raw partition the delta reads does not).
+/// A device running `v1` (booted with its verity root) whose slot A partition rotted in a
+/// block the delta copies: reads through dm-verity would fail on it; the raw partition the
+/// delta reads does not.
+fn rotted_device(v1: &Image) -> Device {
+    let dev = Device::new(v1);
+    dev.set_running_verity(Slot::A, v1);
     let mut part = aperture_updater::disk::Disk::open(&dev.disk(), "rootfs_a").unwrap();
     part.write_all_at(&[0xff; 16], 100 * 4096).unwrap();
     part.sync().unwrap();
-    drop(part);
+    dev
+}
+
+#[test]
+fn a_corrupted_running_slot_fails_the_hash_and_the_target_stays_unbootable() {
+    let (v1, _, delta) = releases();
+    let dev = rotted_device(&v1);
     let err = dev
         .updater(Slot::A)
         .install(&mut &delta.bundle[..], &InstallOptions::default())
@@ -178,13 +183,8 @@ fn an_interactive_delta_that_fails_installs_the_full_bundle_beside_it() {
 #[test]
 fn a_delta_whose_rebuilt_slot_fails_is_followed_by_the_named_full_bundle() {
     let (v1, v2, delta) = releases();
-    let dev = Device::new(&v1);
-    dev.set_running_verity(Slot::A, &v1);
-    // The running slot's partition rots: the rebuilt slot B does not verify after writing.
-    let mut part = aperture_updater::disk::Disk::open(&dev.disk(), "rootfs_a").unwrap();
-    part.write_all_at(&[0xff; 16], 100 * 4096).unwrap();
-    part.sync().unwrap();
-    drop(part);
+    // The rebuilt slot B does not verify after writing.
+    let dev = rotted_device(&v1);
     let dir = tempfile::tempdir().unwrap();
     let (d, f) = (dir.path().join("d.bundle"), dir.path().join("f.bundle"));
     std::fs::write(&d, &delta.bundle).unwrap();
