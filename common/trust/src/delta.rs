@@ -8,15 +8,22 @@
 //!
 //! | op | bytes | target bytes |
 //! |---|---|---|
-//! | `COPY` | base block, count | `count` blocks of the base from that block |
-//! | `XOR` | base byte offset, length, bytes | the base's bytes from that offset, XORed with `bytes` |
+//! | `COPY` | shift, count | `count` blocks of the base from the shifted offset |
+//! | `ADD` | shift, length, bytes | the base's bytes from the shifted offset, plus `bytes` (byte by byte, modulo 256) |
 //! | `DATA` | length, bytes | `bytes` |
 //!
-//! `XOR` serves blocks edited in place or moved by less than a block (inode tables and
+//! An op's base offset is the target position it starts at plus a *shift*, written as the
+//! difference from the previous op's shift (zigzag LEB128): files after an inserted one all
+//! moved by the same amount, so most shifts are written as 0. `ADD` rather than XOR because
+//! the fields a package's new files change all over the metadata (inode numbers, the
+//! directory entries' inode references, data block addresses) grow by the same amount, which
+//! a difference keeps as the same bytes and a XOR does not.
+//!
+//! `ADD` serves blocks edited in place or moved by less than a block (inode tables and
 //! directories, whose entries shift when a file is added before them): against the base bytes
-//! the encoder finds most like them, at any byte offset, the XOR is mostly zeros, which zstd
-//! shrinks to little. A block whose pieces moved by different amounts (entries inserted at
-//! several places of it) is cut into several `XOR` and `DATA` ops, each piece against its own
+//! the encoder finds most like them, at any byte offset, the difference is mostly zeros, which
+//! zstd shrinks to little. A block whose pieces moved by different amounts (entries inserted at
+//! several places of it) is cut into several `ADD` and `DATA` ops, each piece against its own
 //! base offset ([`segment`]); ops are byte-granular, so the decoder needs nothing for that.
 //!
 //! A slot image ends in its dm-verity hash tree, which changes whenever any data block does
@@ -28,9 +35,9 @@
 //! The payload is one zstd stream (window at most [`MAX_WINDOW_LOG`], like a full payload) of:
 //!
 //! ```text
-//! "APDELTA1"  u32 LE block size  u64 LE base size  u64 LE target size
+//! "APDELTA2"  u32 LE block size  u64 LE base size  u64 LE target size
 //! u64 LE verity offset (0: no VERITY op)
-//! op*  (op byte, then LEB128 numbers, then bytes for XOR and DATA; VERITY has none)
+//! op*  (op byte, then LEB128 numbers, then bytes for ADD and DATA; VERITY has none)
 //! END  (op byte 0, after exactly target-size bytes)
 //! ```
 //!
@@ -53,10 +60,12 @@ use crate::TrustError;
 
 /// The block size deltas are computed in: erofs's (and the page size of both our boards).
 pub const BLOCK_SIZE: u32 = 4096;
-const MAGIC: &[u8; 8] = b"APDELTA1";
+const MAGIC: &[u8; 8] = b"APDELTA2";
+/// The first format, whose ops held absolute offsets and XORs.
+const MAGIC_1: &[u8; 8] = b"APDELTA1";
 const OP_END: u8 = 0;
 const OP_COPY: u8 = 1;
-const OP_XOR: u8 = 2;
+const OP_ADD: u8 = 2;
 const OP_DATA: u8 = 3;
 const OP_VERITY: u8 = 4;
 const HEADER_LEN: usize = 36;
@@ -107,8 +116,8 @@ pub struct DeltaStats {
     pub target_size: u64,
     /// Target bytes taken unchanged from the base.
     pub copied_bytes: u64,
-    /// Target bytes sent as XOR against base blocks.
-    pub xor_bytes: u64,
+    /// Target bytes sent as differences from base bytes (`ADD`).
+    pub diff_bytes: u64,
     /// Target bytes sent as they are.
     pub literal_bytes: u64,
     /// Target bytes the appliance rebuilds (the dm-verity superblock and hash tree).
@@ -127,7 +136,7 @@ enum Op {
         blocks: u64,
     },
     /// `base` is a byte offset.
-    Xor {
+    Add {
         base: u64,
         len: u64,
     },
@@ -236,7 +245,7 @@ fn plan(base: &[u8], target: &[u8]) -> Vec<Op> {
             let mut done = 0u64;
             for (from, len) in pieces {
                 let op = match from {
-                    Some(o) => Op::Xor {
+                    Some(o) => Op::Add {
                         base: o + done,
                         len: len as u64,
                     },
@@ -258,7 +267,7 @@ fn push(ops: &mut Vec<Op>, op: Op) {
         (Some(Op::Copy { base, blocks }), Op::Copy { base: b, .. }) if *base + *blocks == b => {
             *blocks += 1
         }
-        (Some(Op::Xor { base, len }), Op::Xor { base: b, len: l }) if *base + *len == b => {
+        (Some(Op::Add { base, len }), Op::Add { base: b, len: l }) if *base + *len == b => {
             *len += l
         }
         (Some(Op::Data { len }), Op::Data { len: l }) => *len += l,
@@ -266,10 +275,10 @@ fn push(ops: &mut Vec<Op>, op: Op) {
     }
 }
 
-/// The weight, in [`segment`]'s path, of a target byte XORed with a base byte it differs
-/// from (a byte equal to its base byte weighs nothing: zstd folds zero runs). Measured on two
+/// The weight, in [`segment`]'s path, of a target byte sent as its difference from a base
+/// byte it differs from (a byte equal to its base byte weighs nothing: zstd folds zero runs). Measured on two
 /// builds of the default recipe, one with curl added: a literal byte compresses much better
-/// than the XOR of unrelated bytes (file data next to metadata), so weighing literals at a
+/// than the difference of unrelated bytes (file data next to metadata), so weighing literals at a
 /// quarter of a miss made the delta 5 % smaller than at three quarters.
 const COST_MISS: u32 = 4;
 /// Of a target byte sent as it is.
@@ -277,7 +286,7 @@ const COST_LITERAL: u32 = 1;
 /// Of starting another op (op byte, base offset, length: about ten bytes of op stream).
 const COST_SWITCH: u32 = 40;
 
-/// Cuts `block` into pieces, each XORed against the base bytes at one of the `candidates`
+/// Cuts `block` into pieces, each sent as its difference from the base bytes at one of the `candidates`
 /// (offsets into `base` where the whole block would start) or sent as it is, for the least
 /// [cost](COST_MISS) (a shortest path over positions and candidates). The pieces in order:
 /// the candidate (where the whole block would start in the base; `None` for literal bytes)
@@ -434,7 +443,7 @@ fn roll_hash(piece: &[u8]) -> u64 {
     })
 }
 
-fn put_varint(out: &mut impl Write, mut v: u64) -> io::Result<()> {
+fn put_varint(out: &mut (impl Write + ?Sized), mut v: u64) -> io::Result<()> {
     loop {
         let byte = (v & 0x7f) as u8;
         v >>= 7;
@@ -528,7 +537,7 @@ pub fn encode_file_with(
     let mut stats = DeltaStats {
         target_size: target_bytes.len() as u64,
         copied_bytes: 0,
-        xor_bytes: 0,
+        diff_bytes: 0,
         literal_bytes: 0,
         rebuilt_bytes: 0,
         encoded_size: 0,
@@ -543,6 +552,14 @@ pub fn encode_file_with(
     z.write_all(&header).map_err(write_err)?;
     let bs = u64::from(BLOCK_SIZE);
     let mut pos = 0usize;
+    // The last op's shift (base offset minus target position).
+    let mut shift: i64 = 0;
+    let mut put_shift = |z: &mut dyn Write, base: u64, pos: usize| {
+        let s = base as i64 - pos as i64;
+        let d = s.wrapping_sub(shift);
+        shift = s;
+        put_varint(z, ((d << 1) ^ (d >> 63)) as u64)
+    };
     for step in steps {
         let op = match step {
             Step::Verity(len) => {
@@ -556,23 +573,23 @@ pub fn encode_file_with(
         match op {
             Op::Copy { base, blocks } => {
                 z.write_all(&[OP_COPY]).map_err(write_err)?;
-                put_varint(&mut z, base).map_err(write_err)?;
+                put_shift(&mut z, base * bs, pos).map_err(write_err)?;
                 put_varint(&mut z, blocks).map_err(write_err)?;
                 stats.copied_bytes += blocks * bs;
                 pos += (blocks * bs) as usize;
             }
-            Op::Xor { base, len } => {
-                z.write_all(&[OP_XOR]).map_err(write_err)?;
-                put_varint(&mut z, base).map_err(write_err)?;
+            Op::Add { base, len } => {
+                z.write_all(&[OP_ADD]).map_err(write_err)?;
+                put_shift(&mut z, base, pos).map_err(write_err)?;
                 put_varint(&mut z, len).map_err(write_err)?;
                 let from = base as usize;
-                let xored: Vec<u8> = target_bytes[pos..pos + len as usize]
+                let diff: Vec<u8> = target_bytes[pos..pos + len as usize]
                     .iter()
                     .zip(&base_bytes[from..from + len as usize])
-                    .map(|(t, b)| t ^ b)
+                    .map(|(t, b)| t.wrapping_sub(*b))
                     .collect();
-                z.write_all(&xored).map_err(write_err)?;
-                stats.xor_bytes += len;
+                z.write_all(&diff).map_err(write_err)?;
+                stats.diff_bytes += len;
                 pos += len as usize;
             }
             Op::Data { len } => {
@@ -642,7 +659,7 @@ enum Playing {
         offset: u64,
         left: u64,
     },
-    Xor {
+    Add {
         offset: u64,
         left: u64,
     },
@@ -665,6 +682,8 @@ pub struct DeltaReader<R> {
     target_size: u64,
     produced: u64,
     playing: Playing,
+    /// The last op's shift (its base offset minus its target position).
+    shift: i64,
     scratch: Vec<u8>,
     error: Option<TrustError>,
     /// The target's verity parameters, from the signed manifest.
@@ -693,6 +712,7 @@ impl<R: Read> DeltaReader<R> {
             target_size: 0,
             produced: 0,
             playing: Playing::Header,
+            shift: 0,
             scratch: Vec::new(),
             error: None,
             verity,
@@ -761,8 +781,14 @@ impl<R: Read> DeltaReader<R> {
     fn header(&mut self) -> io::Result<()> {
         let mut h = [0u8; HEADER_LEN];
         self.ops_exact(&mut h)?;
+        if &h[..8] == MAGIC_1 {
+            return Err(self.bad(
+                "it is in the first delta format (APDELTA1), which this updater no longer \
+                 reads; make the delta again with this release's `aperture bundle --from`",
+            ));
+        }
         if &h[..8] != MAGIC {
-            return Err(self.bad("it does not start with APDELTA1"));
+            return Err(self.bad("it does not start with APDELTA2"));
         }
         let block = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
         let base = u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"));
@@ -820,14 +846,17 @@ impl<R: Read> DeltaReader<R> {
                 }
                 Playing::Ended
             }
-            OP_COPY | OP_XOR => {
-                let at = self.varint()?;
-                let (offset, len) = if op[0] == OP_COPY {
-                    let blocks = self.varint()?;
-                    (at.checked_mul(bs), blocks.checked_mul(bs))
+            OP_COPY | OP_ADD => {
+                let zigzag = self.varint()?;
+                let step = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
+                let shift = self.shift.wrapping_add(step);
+                self.shift = shift;
+                let len = if op[0] == OP_COPY {
+                    self.varint()?.checked_mul(bs)
                 } else {
-                    (Some(at), Some(self.varint()?))
+                    Some(self.varint()?)
                 };
+                let offset = u64::try_from(i128::from(self.produced) + i128::from(shift)).ok();
                 let (Some(len), Some(offset)) = (len, offset) else {
                     return Err(self.bad("an operation's range overflows"));
                 };
@@ -848,7 +877,7 @@ impl<R: Read> DeltaReader<R> {
                 if op[0] == OP_COPY {
                     Playing::Copy { offset, left: len }
                 } else {
-                    Playing::Xor { offset, left: len }
+                    Playing::Add { offset, left: len }
                 }
             }
             OP_VERITY => {
@@ -950,17 +979,17 @@ impl<R: Read> Read for DeltaReader<R> {
                     };
                     return Ok(n);
                 }
-                Playing::Xor { offset, left } => {
+                Playing::Add { offset, left } => {
                     let n = buf.len().min(left as usize);
                     let n = self.ops.read(&mut buf[..n])?;
                     if n == 0 {
-                        return Err(self.bad("the operations end inside an XOR"));
+                        return Err(self.bad("the operations end inside an ADD"));
                     }
                     let mut scratch = std::mem::take(&mut self.scratch);
                     scratch.resize(n, 0);
                     let read = self.read_base(&mut scratch, offset);
                     for (b, s) in buf[..n].iter_mut().zip(&scratch) {
-                        *b ^= s;
+                        *b = b.wrapping_add(*s);
                     }
                     self.scratch = scratch;
                     read?;
@@ -1021,7 +1050,7 @@ impl<R> DeltaReader<R> {
                 offset: offset + n,
                 left: left - n,
             },
-            Playing::Xor { offset, left } if left > n => Playing::Xor {
+            Playing::Add { offset, left } if left > n => Playing::Add {
                 offset: offset + n,
                 left: left - n,
             },
@@ -1093,7 +1122,7 @@ mod tests {
         let (stats, out) = round_trip(&base, &target);
         assert_eq!(out, target);
         assert_eq!(stats.copied_bytes, (512 - 1) as u64 * bs as u64);
-        assert_eq!(stats.xor_bytes, bs as u64);
+        assert_eq!(stats.diff_bytes, bs as u64);
         assert_eq!(stats.literal_bytes, 3 * bs as u64 + 4);
         // Three random blocks do not compress; the rest is a few dozen bytes.
         assert!(stats.encoded_size < 3 * bs as u64 + 400, "{stats:?}");
@@ -1134,7 +1163,7 @@ mod tests {
         target.extend_from_slice(&base[from..]);
         let (stats, out) = round_trip(&base, &target);
         assert_eq!(out, target);
-        // 80 new bytes and four pieces; one XOR against a single offset would send more than
+        // 80 new bytes and four pieces; one ADD against a single offset would send more than
         // half of the block's bytes differing.
         assert!(stats.encoded_size < 80 + 300, "{stats:?}");
     }
@@ -1251,8 +1280,14 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             // A copy past the end of the base.
             (
-                ops_stream(2 * bs, bs, &[OP_COPY, 2, 1, OP_END]),
+                // Shift +8192: zigzag 16384.
+                ops_stream(2 * bs, bs, &[OP_COPY, 0x80, 0x80, 0x01, 1, OP_END]),
                 "of a 8192-byte base",
+            ),
+            // A shift before the base's start: zigzag 1 is -1.
+            (
+                ops_stream(2 * bs, bs, &[OP_ADD, 1, 1, 0, OP_END]),
+                "range overflows",
             ),
             // More bytes than the image has.
             (ops_stream(2 * bs, 10, &[OP_DATA, 11]), "where 10 are left"),
@@ -1277,8 +1312,12 @@ mod tests {
             (ops_stream(3 * bs, 1, &[OP_END]), "holds 8192"),
             (ops_stream(2 * bs, 1, &[9]), "unknown operation 9"),
             (
-                b"APDELTA2".to_vec().into_iter().chain([0; 28]).collect(),
-                "APDELTA1",
+                b"APDELTA9".to_vec().into_iter().chain([0; 28]).collect(),
+                "APDELTA2",
+            ),
+            (
+                b"APDELTA1".to_vec().into_iter().chain([0; 28]).collect(),
+                "make the delta again",
             ),
             (
                 ops_stream(
@@ -1295,17 +1334,20 @@ mod tests {
             let err = play(base.clone(), stream).unwrap_err();
             assert!(err.contains(want), "{err} (wanted {want})");
         }
-        // A well-formed stream: copy one block, XOR 2 bytes, 1 byte of data.
+        // A well-formed stream: copy block 1 (shift +4096: zigzag 8192), add to 2 bytes of
+        // block 0 (shift -4096, written as -8192 from the last: zigzag 16383), 1 byte of data.
         let ok = ops_stream(
             2 * bs,
             bs + 3,
             &[
-                OP_COPY, 1, 1, OP_XOR, 0, 2, 0xff, 0x00, OP_DATA, 1, 42, OP_END,
+                OP_COPY, 0x80, 0x40, 1, OP_ADD, 0xff, 0x7f, 2, 0xff, 0x01, OP_DATA, 1, 42, OP_END,
             ],
         );
+        let mut base = base;
+        base[1] = 9;
         let out = play(base, ok).unwrap();
         assert_eq!(out.len(), BLOCK_SIZE as usize + 3);
-        assert_eq!(&out[BLOCK_SIZE as usize..], &[5 ^ 0xff, 5, 42]);
+        assert_eq!(&out[BLOCK_SIZE as usize..], &[4, 10, 42]);
     }
 
     #[test]

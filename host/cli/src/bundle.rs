@@ -40,7 +40,7 @@ pub fn run(a: &BundleArgs) -> Result<()> {
                  sent{}",
                 size(s.encoded_size),
                 size(s.copied_bytes),
-                size(s.xor_bytes + s.literal_bytes),
+                size(s.diff_bytes + s.literal_bytes),
                 if s.rebuilt_bytes > 0 {
                     format!(
                         ", the {} verity tree rebuilt on the appliance",

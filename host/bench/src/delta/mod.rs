@@ -245,11 +245,11 @@ pub fn run(o: &Options) -> Result<()> {
     // deltas included), what an appliance downloads.
     let ratio = methods[0].bytes as f64 / ideal_bytes;
     println!(
-        "Aperture's rootfs delta: {:.1} MiB copied from v1, {:.2} MiB sent as XOR, {:.2} MiB \
+        "Aperture's rootfs delta: {:.1} MiB copied from v1, {:.2} MiB sent as differences, {:.2} MiB \
          literal, {:.2} MiB of verity tree rebuilt; its delta bundle is {ratio:.2}x the ideal: \
          the goal of issue 19 (at most {GOAL}x) is {}",
         stats.copied_bytes as f64 / MIB,
-        stats.xor_bytes as f64 / MIB,
+        stats.diff_bytes as f64 / MIB,
         stats.literal_bytes as f64 / MIB,
         stats.rebuilt_bytes as f64 / MIB,
         if ratio <= GOAL { "met" } else { "NOT met" }
