@@ -6,8 +6,10 @@
 //!
 //! Fair by construction: every run gets a fresh sparse backing file and a fresh loop device,
 //! every tool ends with its data synced to the backing file (Aperture and bmaptool fsync, dd
-//! runs with `conv=fsync`), the inputs are read once beforehand so all start from a warm page
-//! cache, and every result is checked against the bmap afterwards, outside the timing.
+//! runs with `conv=fsync`), every tool starts after a `sync(2)` so that none pays for the
+//! write-back of the one before it, the inputs are read once beforehand so all start from a
+//! warm page cache, and every result is checked against the bmap afterwards, outside the
+//! timing. Each tool's times are printed under the table.
 //! Needs root (losetup).
 
 use std::fs::{self, File};
@@ -16,10 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::DEFAULT_RECIPE;
 use anyhow::{bail, Context, Result};
 use aperture_flash::{flash, BlockTarget, LoopDevice, NoProgress, VerifiedImage};
-use aperture_image::recipe::Recipe;
 
 use crate::table::{print_table, Row};
 
@@ -47,9 +47,7 @@ pub fn run(runs: u32) -> Result<()> {
         bail!("`bench flash` writes to loop devices and needs root: run `sudo cargo xtask bench flash`");
     }
     let ws = crate::workspace();
-    let dir = ws
-        .join("out")
-        .join(Recipe::load(&ws.join(DEFAULT_RECIPE))?.build_name());
+    let dir = crate::default_build()?;
     let paths = Paths {
         disk: dir.join("disk.img"),
         zst: dir.join("disk.img.zst"),
@@ -146,6 +144,8 @@ pub fn run(runs: u32) -> Result<()> {
             let _ = fs::remove_file(&backing);
             File::create(&backing)?.set_len(image_size)?;
             let dev = LoopDevice::attach(&backing)?;
+            // The last tool's data (and the removed backing file) are written back first.
+            rustix::fs::sync();
             let elapsed = time_tool(tool, &paths, dev.path())?;
             check_written(&paths, dev.path())
                 .with_context(|| format!("{} wrote a wrong image", tool.name))?;
@@ -194,6 +194,20 @@ pub fn run(runs: u32) -> Result<()> {
         &["tool (input)", "seconds", "MB/s", "ratio", "read-back"],
         &rows,
     );
+    for (tool, t) in tools.iter().zip(&times) {
+        if !t.is_empty() {
+            let each: Vec<String> = t
+                .iter()
+                .map(|d| format!("{:.2}s", d.as_secs_f64()))
+                .collect();
+            println!(
+                "Per run, {} ({}): {}",
+                tool.name,
+                tool.input,
+                each.join(" ")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -37,6 +37,14 @@ use clap::{Parser, ValueEnum};
 /// The default recipe the benchmarks build.
 pub const DEFAULT_RECIPE: &str = "recipes/qemu-x86_64.toml";
 
+/// The default recipe's build folder, `out/<product>-<board>-<version>/`, as `cargo xtask
+/// build` writes it.
+pub fn default_build() -> anyhow::Result<PathBuf> {
+    let ws = workspace();
+    let recipe = aperture_image::recipe::Recipe::load(&ws.join(DEFAULT_RECIPE))?;
+    Ok(ws.join("out").join(recipe.build_name()))
+}
+
 /// The workspace: from `cargo xtask` (APERTURE_WORKSPACE), else where this binary was built.
 pub fn workspace() -> PathBuf {
     std::env::var_os("APERTURE_WORKSPACE")
@@ -116,8 +124,8 @@ pub struct BenchArgs {
     pub window: u64,
     /// update: the real slot image of the second row; sizes: the slot image whose files every
     /// row packs. A build's rootfs.img with its dm-verity tree appended; vmlinuz and
-    /// initrd.img beside it are used too. Default: the default recipe's out/default/rootfs.img,
-    /// if it was built.
+    /// initrd.img beside it are used too. Default: the rootfs.img of the default recipe's build
+    /// folder (`out/<product>-<board>-<version>/`), if it was built.
     #[arg(long, value_name = "PATH")]
     pub slot_image: Option<PathBuf>,
     /// sizes: also build the default recipe with each slot compression and boot each image

@@ -216,14 +216,17 @@ fn boot_times(runs: u32) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Run `bench sizes` on `slot_image` (default: the default recipe's `out/default/rootfs.img`);
+/// Run `bench sizes` on `slot_image` (default: the default recipe's build's `rootfs.img`);
 /// with `boot`, boot times too, each the median of `runs`.
 pub fn run(slot_image: Option<PathBuf>, boot: bool, runs: u32) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("bench sizes needs root (loop mounts, dropping the page cache): run `sudo cargo xtask bench sizes`");
     }
     let ws = crate::workspace();
-    let image = slot_image.unwrap_or_else(|| ws.join("out/default/rootfs.img"));
+    let image = match slot_image {
+        Some(p) => p,
+        None => crate::default_build()?.join("rootfs.img"),
+    };
     if !image.is_file() {
         bail!(
             "bench sizes reads the files of a build's slot image and {} does not exist: run \

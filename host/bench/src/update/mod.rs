@@ -7,7 +7,7 @@
 //!   every 8 KiB, 4 KiB of xorshift noise then 4 KiB of zeros, so it compresses about 2:1)
 //!   with its dm-verity hash tree appended, plus a small kernel and initrd;
 //! * **slot image**: a real slot image from a build (`--slot-image PATH`; by default the
-//!   default recipe's `out/default/rootfs.img` when that build output exists, and the run
+//!   default recipe's build folder's `rootfs.img` when that build output exists, and the run
 //!   says when it does not): an erofs rootfs with its dm-verity tree appended, which
 //!   compresses as a real one does, with the `vmlinuz` and `initrd.img` beside it. Its verity
 //!   parameters are read from its superblock ([`aperture_trust::verity::read_appended`]).
@@ -126,11 +126,11 @@ pub fn run(runs: u32, slot_image: Option<PathBuf>) -> Result<()> {
         Some(p) if p.is_file() => Some(p),
         Some(p) => bail!(
             "--slot-image {}: no such file; pass a build's rootfs.img (for example \
-             out/default/rootfs.img after `cargo xtask build`)",
+             out/<product>-<board>-<version>/rootfs.img after `cargo xtask build`)",
             p.display()
         ),
         None => {
-            let default = ws.join("out/default/rootfs.img");
+            let default = crate::default_build()?.join("rootfs.img");
             if default.is_file() {
                 Some(default)
             } else {
