@@ -16,8 +16,9 @@ use crate::progress::Step;
 use crate::recipe::RootfsCompression;
 use crate::store::Store;
 
-/// Bump to invalidate cached slot images when the way they are made changes.
-const SLOT_FORMAT: u32 = 1;
+/// Bump to invalidate cached slot images when the way they are made changes (2: file tails
+/// out of the metadata, `-E noinline_data`).
+const SLOT_FORMAT: u32 = 2;
 
 /// Slot images the cache keeps (the most recently used): each is a few hundred MiB, and all
 /// but the last few are rarely reused (`cargo xtask cache prune` removes older ones by age).
@@ -187,14 +188,7 @@ fn make(
     let tmp = out.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
     step.line("mkfs.erofs");
-    let result = Cmd::new("mkfs.erofs")
-        .args(params.compressor.mkfs_arg())
-        .arg(format!("-T{}", params.source_date))
-        .arg(format!("-U{}", params.fs_uuid))
-        .arg("--quiet")
-        .arg(&tmp)
-        .arg(&tree)
-        .stream(|l| step.line(l));
+    let result = mkfs(params, &tree, &tmp).stream(|l| step.line(l));
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     result.context("packing the rootfs with mkfs.erofs")?;
 
@@ -219,6 +213,17 @@ fn make(
         sha256,
         verity: info,
     })
+}
+
+/// The mkfs.erofs command that packs `tree` into `image` as `params` say.
+fn mkfs(params: &SlotParams, tree: &Path, image: &Path) -> Cmd {
+    Cmd::new("mkfs.erofs")
+        .args(params.compressor.mkfs_args())
+        .arg(format!("-T{}", params.source_date))
+        .arg(format!("-U{}", params.fs_uuid))
+        .arg("--quiet")
+        .arg(image)
+        .arg(tree)
 }
 
 /// Copy a file, replacing `dest` atomically.
@@ -251,6 +256,128 @@ pub fn open(path: &Path) -> Result<File> {
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
+
+    /// The file type, erofs data layout and size of every inode in `image`, by path
+    /// (superblock at 1024, inodes from `meta_blkaddr`, directories read through their
+    /// dirents; only what the test needs).
+    fn layouts(image: &[u8]) -> std::collections::BTreeMap<String, (u16, u16, u64)> {
+        let le16 = |o: usize| u16::from_le_bytes([image[o], image[o + 1]]);
+        let le32 = |o: usize| u32::from_le_bytes(image[o..o + 4].try_into().unwrap());
+        let le64 = |o: usize| u64::from_le_bytes(image[o..o + 8].try_into().unwrap());
+        assert_eq!(le32(1024), 0xE0F5_E1E2, "erofs magic");
+        let meta = le32(1024 + 40) as usize * 4096;
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![(u64::from(le16(1024 + 14)), String::from("/"))];
+        while let Some((nid, path)) = todo.pop() {
+            let at = meta + nid as usize * 32;
+            let (format, xattrs, mode) = (le16(at), le16(at + 2), le16(at + 4));
+            let extended = format & 1 == 1;
+            let layout = (format >> 1) & 7;
+            let size = if extended {
+                le64(at + 8)
+            } else {
+                u64::from(le32(at + 8))
+            };
+            let block = le32(at + 16) as usize;
+            out.insert(path.clone(), (mode & 0o170000, layout, size));
+            if mode & 0o170000 != 0o040000 {
+                continue;
+            }
+            let head = if extended { 64 } else { 32 }
+                + if xattrs > 0 {
+                    12 + (xattrs as usize - 1) * 4
+                } else {
+                    0
+                };
+            let size = size as usize;
+            let full = if layout == 2 {
+                size / 4096
+            } else {
+                size.div_ceil(4096)
+            };
+            let mut data = if full > 0 {
+                image[block * 4096..(block + full) * 4096].to_vec()
+            } else {
+                Vec::new()
+            };
+            if layout == 2 {
+                data.extend_from_slice(&image[at + head..at + head + size - full * 4096]);
+            }
+            for chunk in data[..size].chunks(4096) {
+                let count = usize::from(u16::from_le_bytes([chunk[8], chunk[9]])) / 12;
+                for i in 0..count {
+                    let d = i * 12;
+                    let child = u64::from_le_bytes(chunk[d..d + 8].try_into().unwrap());
+                    let start = usize::from(u16::from_le_bytes([chunk[d + 8], chunk[d + 9]]));
+                    let end = if i + 1 < count {
+                        usize::from(u16::from_le_bytes([chunk[d + 20], chunk[d + 21]]))
+                    } else {
+                        chunk.len()
+                    };
+                    let name = String::from_utf8_lossy(&chunk[start..end]);
+                    let name = name.trim_end_matches('\0');
+                    if name != "." && name != ".." {
+                        todo.push((child, format!("{}/{name}", path.trim_end_matches('/'))));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn file_tails_are_kept_out_of_the_metadata_so_an_added_file_moves_no_file_data() {
+        let Some(_) =
+            aperture_sys::tool::for_test("mkfs.erofs", "erofs-utils", "slot image layout")
+        else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(tree.join("var/lib")).unwrap();
+        // Files with partial last blocks, before and after the one added later.
+        std::fs::write(tree.join("usr/bin/a"), vec![b'a'; 5000]).unwrap();
+        std::fs::write(tree.join("var/lib/status"), vec![b's'; 9000]).unwrap();
+        let params = |compressor| SlotParams {
+            commit: "0".repeat(64),
+            fs_uuid: "6c3f1a52-1b7e-4c1d-9a57-0b5a3c0e1f20".into(),
+            salt: "00".into(),
+            verity_uuid: [0; 16],
+            source_date: 1_700_000_000,
+            compressor,
+        };
+        for compressor in [RootfsCompression::None, RootfsCompression::Lz4] {
+            let made = |name: &str| {
+                let image = dir.path().join(name);
+                mkfs(&params(compressor), &tree, &image).run().unwrap();
+                std::fs::read(image).unwrap()
+            };
+            let before = made("before.img");
+            std::fs::write(tree.join("usr/bin/added"), vec![b'n'; 3000]).unwrap();
+            let after = made("after.img");
+            std::fs::remove_file(tree.join("usr/bin/added")).unwrap();
+
+            let (lb, la) = (layouts(&before), layouts(&after));
+            assert_eq!(la.len(), lb.len() + 1, "{compressor:?}: {la:?}");
+            let files: Vec<_> = la.iter().filter(|(_, l)| l.0 == 0o100000).collect();
+            assert_eq!(files.len(), 3, "{compressor:?}: {la:?}");
+            for (path, (_, layout, size)) in files {
+                // 2 is EROFS_INODE_FLAT_INLINE: a file's tail stored after its inode, which
+                // moves with the inode when a file is added before it.
+                assert_ne!(*layout, 2, "{compressor:?}: {path} has its tail inline");
+                if path != "/usr/bin/added" {
+                    assert_eq!(lb.get(path).map(|l| l.2), Some(*size), "{path}");
+                }
+            }
+            // The files are whole in their blocks: the bytes before the added file's are
+            // found unchanged in the new image (what a delta copies).
+            if compressor == RootfsCompression::None {
+                let tail = vec![b's'; 9000 - 8192];
+                assert!(after.windows(tail.len()).any(|w| w == tail.as_slice()));
+            }
+        }
+    }
 
     #[test]
     fn the_cache_keeps_the_most_recently_used_slot_images() {
