@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use aperture_image::qemu::{Vm, VmConfig};
+use aperture_image::qemu::{Firmware, SecureBootVm, Vm, VmConfig};
 use aperture_image::recipe::Arch;
+use aperture_image::secure_boot::{SecureBootCerts, VarsMode};
 
 use crate::{boot, copy_disk, scenario_dir, workspace, BOOT_TIMEOUT};
 
@@ -85,6 +86,10 @@ pub struct Scenario {
     pub disk: PathBuf,
     arch: Arch,
     boots: usize,
+    /// The build's Secure Boot certificates (`secure-boot/` beside its `disk.img`): x86-64
+    /// scenarios boot OVMF with Secure Boot on and only these keys enrolled, as an appliance's
+    /// firmware is.
+    secure_boot: Option<SecureBootCerts>,
 }
 
 /// A scenario that passed leaves its logs and scripts but not its disk copy (up to a few GiB
@@ -103,11 +108,21 @@ impl Scenario {
         let dir = scenario_dir(name)?;
         let disk = dir.join("disk.img");
         copy_disk(disk_img, &disk)?;
+        let certs = disk_img
+            .parent()
+            .map(|d| d.join(aperture_image::outputs::names::SECURE_BOOT))
+            .filter(|d| d.join("db.crt").is_file() && arch == Arch::Amd64)
+            .map(|d| SecureBootCerts {
+                pk: d.join("PK.crt"),
+                kek: d.join("KEK.crt"),
+                db: d.join("db.crt"),
+            });
         Ok(Scenario {
             dir,
             disk,
             arch,
             boots: 0,
+            secure_boot: certs,
         })
     }
 
@@ -139,7 +154,14 @@ impl Scenario {
             }
             None => None,
         };
+        let secure_boot = self.secure_boot.clone();
         boot(self.arch, &self.disk, &self.dir, &name, |c| {
+            if let Some(certs) = secure_boot {
+                c.firmware = Firmware::SecureBoot(SecureBootVm {
+                    certs,
+                    mode: VarsMode::Enrolled,
+                });
+            }
             if let Some(p) = script_file {
                 c.fw_cfg.push(("script".into(), p));
             }

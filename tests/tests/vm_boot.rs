@@ -36,6 +36,9 @@ fn default_image_flashed_to_a_file_boots_slot_a_with_a_verity_root() {
     assert!(line.contains("version=1.0.0"), "{line}");
     assert!(line.contains("root=/dev/mapper/aperture-root"), "{line}");
     assert!(line.contains("fstype=erofs ro verity=yes"), "{line}");
+    // OVMF with Secure Boot on and only the build's keys enrolled started it: the signed
+    // systemd-boot, then slot A's signed UKI.
+    assert!(line.contains("secureboot=on"), "{line}");
     // The board's kernel arguments reached the kernel with the slot's.
     let cmdline = vm.wait_for("Kernel command line:", BOOT_TIMEOUT).unwrap();
     assert!(

@@ -22,6 +22,11 @@ const BUILD: &[&str] = &[
     "cryptsetup-bin",
     // Jetson Linux BSPs come as .tbz2.
     "bzip2",
+    // Secure Boot: keys (openssl), signed UKIs and systemd-boot (sbsign under faketime, checked
+    // with sbverify; host/image/src/uki.rs).
+    "openssl",
+    "sbsigntool",
+    "faketime",
 ];
 
 /// Extra packages for arm64 boards: cross linker, libc, and user-mode emulation for the rootfs.
@@ -34,8 +39,20 @@ const ARM64: &[&str] = &[
 ];
 
 /// Extra packages to boot images under QEMU (swtpm: the guest's TPM 2.0, which seals the keys
-/// of its encrypted partitions).
-const VM: &[&str] = &["qemu-system-x86", "ovmf", "qemu-utils", "swtpm"];
+/// of its encrypted partitions; python3-venv: the virtual environment of [`VM_PYTHON`]).
+const VM: &[&str] = &[
+    "qemu-system-x86",
+    "ovmf",
+    "qemu-utils",
+    "swtpm",
+    "python3-venv",
+];
+
+/// Tools from PyPI for booting images under QEMU, as [`TEST_PYTHON`]: virt-fw-vars enrolls our
+/// Secure Boot keys into a copy of OVMF's variable store (host/image/src/secure_boot.rs). Debian
+/// 12 has virt-firmware only in backports; 26.10 is the release issue 18's research used
+/// (docs/research/issue-18/REPORT.md, "Q2").
+const VM_PYTHON: &[(&str, &str)] = &[("virt-fw-vars", "virt-firmware==26.10")];
 
 /// Extra packages to boot arm64 images under QEMU.
 const VM_ARM64: &[&str] = &["qemu-system-arm", "qemu-efi-aarch64"];
@@ -63,6 +80,10 @@ const TEST: &[&str] = &[
     "chromium",
     // Python tools from PyPI (below) get a virtual environment each.
     "python3-venv",
+    // The Secure Boot VM test (host/image/src/secure_boot.rs) signs this systemd-boot with a
+    // snakeoil db key (openssl, sbsign: BUILD) and checks that OVMF starts it and refuses it
+    // unsigned.
+    "systemd-boot-efi",
     // The rtsp suite (tests/tests/rtsp.rs): the runtime's decoders (rtspsrc, rtph264depay:
     // -good; avdec_h264: -libav) and its camera, Debian's RTSP server through Python GI with
     // x264enc (-ugly). Building it needs GSTREAMER_DEV too.
@@ -274,6 +295,7 @@ impl Needs {
         n.packages.extend(TEST);
         n.packages.extend(GSTREAMER_DEV);
         n.python.extend(TEST_PYTHON);
+        n.python.extend(VM_PYTHON);
         n
     }
 
@@ -281,6 +303,7 @@ impl Needs {
     pub fn vm(arm64: bool) -> Self {
         let mut n = Needs::default();
         n.packages.extend(VM);
+        n.python.extend(VM_PYTHON);
         if arm64 {
             n.packages.extend(VM_ARM64);
         }

@@ -7,7 +7,8 @@
 //! | the image's facts ([`crate::facts::BuildFacts`]) | `/etc/aperture/build.json` (verity-protected rootfs) |
 //! | the trusted root public key | `/etc/aperture/root.pub` |
 //! | the ESP | `/efi` (vfat: boot loader, and on qemu boards each slot's kernel and initrd) |
-//! | a slot's kernel and initrd (qemu boards) | `/efi/aperture/<slot>/vmlinuz`, `initrd.img` |
+//! | a slot's signed unified kernel image (qemu boards) | `/efi/aperture/<slot>/uki.efi` |
+//! | the Secure Boot db certificate the image's boot files are signed for; the TPM policy key | `/etc/aperture/secure-boot/db.crt`, `tpm-policy.pub.pem` |
 //! | partitions | `/dev/disk/by-partlabel/<label>` ([`crate::board::Board::partition`]) |
 //! | device state (floor, journals, slot records, key records) | the raw `aperture_state` partition ([`crate::store`]) |
 //! | the lock every slot-changing program takes | `/run/aperture/slots.lock` ([`crate::lock`]) |
@@ -34,6 +35,13 @@ pub mod rel {
     pub const KERNEL_FILE: &str = "vmlinuz";
     /// File name of a slot's initrd in its ESP folder.
     pub const INITRD_FILE: &str = "initrd.img";
+    /// File name of a slot's signed unified kernel image in its ESP folder.
+    pub const UKI_FILE: &str = "uki.efi";
+    /// The Secure Boot db certificate (PEM) that signs the image's boot files: what the
+    /// updater checks a new slot's UKI against, and what the firmware has enrolled.
+    pub const SECURE_BOOT_DB: &str = "etc/aperture/secure-boot/db.crt";
+    /// The TPM policy key's public half (PEM): signs each image's approved disk-key policy.
+    pub const TPM_POLICY_KEY: &str = "etc/aperture/secure-boot/tpm-policy.pub.pem";
     /// The update loop's settings (`aperture_release::Settings`, TOML).
     pub const UPDATE_SETTINGS: &str = "etc/aperture/update.toml";
     /// The release repository's trusted TUF root, shipped with the image.
@@ -130,6 +138,16 @@ impl Files {
     /// `/efi/aperture/<slot>/initrd.img`.
     pub fn initrd(&self, slot: Slot) -> PathBuf {
         self.esp_slot_dir(slot).join(rel::INITRD_FILE)
+    }
+
+    /// `/efi/aperture/<slot>/uki.efi`.
+    pub fn uki(&self, slot: Slot) -> PathBuf {
+        self.esp_slot_dir(slot).join(rel::UKI_FILE)
+    }
+
+    /// `/etc/aperture/secure-boot/db.crt`.
+    pub fn secure_boot_db(&self) -> PathBuf {
+        self.path(rel::SECURE_BOOT_DB)
     }
 
     /// `/dev/disk/by-partlabel`.

@@ -38,6 +38,16 @@ impl Slot {
         }
     }
 
+    /// The release artifact holding this slot's signed unified kernel image: `uki-a.efi`.
+    pub fn uki_artifact(self) -> String {
+        format!("uki-{}.efi", self.letter())
+    }
+
+    /// The slot whose unified kernel image the artifact `name` is (`uki-b.efi` → B).
+    pub fn of_uki_artifact(name: &str) -> Option<Slot> {
+        Slot::ALL.into_iter().find(|s| s.uki_artifact() == name)
+    }
+
     /// The slot named by the last `aperture.slot=` parameter of a kernel command line.
     ///
     /// Like the kernel, the last occurrence wins; if that one is not exactly `a` or `b` the

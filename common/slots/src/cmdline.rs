@@ -43,14 +43,24 @@ pub fn slot_boot(
     root_hash: &str,
     hash_offset: u64,
 ) -> crate::SlotBoot {
-    let title = format!(
-        "{product} {version} (slot {})",
-        slot.letter().to_uppercase()
-    );
     crate::SlotBoot::for_slot(
         slot,
-        title,
+        slot_title(product, version, slot),
         &verity_cmdline(base, layout, slot, root_hash, hash_offset),
+    )
+}
+
+/// The boot entry of `slot` for an image that boots signed unified kernel images: the same
+/// title, and the slot's `uki.efi`, whose `.cmdline` section is [`verity_cmdline`]'s.
+pub fn uki_boot(product: &str, version: &str, slot: Slot) -> crate::SlotBoot {
+    crate::SlotBoot::uki(slot, slot_title(product, version, slot))
+}
+
+/// An entry's title: product, version and slot.
+pub fn slot_title(product: &str, version: &str, slot: Slot) -> String {
+    format!(
+        "{product} {version} (slot {})",
+        slot.letter().to_uppercase()
     )
 }
 

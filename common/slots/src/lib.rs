@@ -66,7 +66,7 @@ pub use error::SlotsError;
 pub use esp::{EspOps, RealEsp};
 pub use fake::FakeBootControl;
 pub use manager::{BootControl, SlotManager, SlotReport, StatusReport};
-pub use slot::{Slot, SlotBoot, CMDLINE_KEY};
+pub use slot::{Slot, SlotBoot, CMDLINE_KEY, UKI_FILE};
 pub use state::{
     apply_step, plan, simulate_boot, BootState, Event, SlotState, SlotStatus, Step, MAX_TRIES,
 };

@@ -11,53 +11,81 @@ pub use aperture_appliance::slot::{Slot, CMDLINE_KEY};
 ///
 /// On systemd-boot this becomes `loader/entries/slot-X*.conf`; on Tegra only `title` is kept
 /// (as the slot's label), because the kernel lives in the slot's own partitions.
+///
+/// Two shapes: a kernel with its initrd and command line ([`SlotBoot::for_slot`]), or a signed
+/// unified kernel image ([`SlotBoot::uki`]), which carries initrd and command line inside its
+/// signature, so its entry has neither: under Secure Boot the stub would ignore an `options`
+/// line, and systemd-boot would still measure it into PCR 12.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotBoot {
     /// Menu title; carries the human image version (also the slot's label).
     pub title: String,
-    /// Kernel path on the ESP, e.g. `/aperture/b/vmlinuz`.
+    /// Kernel (or UKI) path on the ESP, e.g. `/aperture/b/uki.efi`.
     pub linux: String,
-    /// Initrd path on the ESP, e.g. `/aperture/b/initrd.img`.
-    pub initrd: String,
-    /// Kernel command line; must contain `aperture.slot=<slot>` for systemd-boot entries.
-    pub options: String,
+    /// Initrd path on the ESP, e.g. `/aperture/b/initrd.img`; none for a UKI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Kernel command line; must contain `aperture.slot=<slot>` when present. None for a UKI,
+    /// whose `.cmdline` section names the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
 }
+
+pub use aperture_appliance::files::rel::UKI_FILE;
 
 impl SlotBoot {
     /// The standard layout for `slot`: kernel and initrd under `/aperture/<slot>/`, and
     /// `options` followed by `aperture.slot=<slot>` unless it already names a slot.
     pub fn for_slot(slot: Slot, title: impl Into<String>, options: &str) -> SlotBoot {
-        let options = options.trim();
-        let options = if options
-            .split_whitespace()
-            .any(|w| w.starts_with("aperture.slot="))
-        {
-            options.to_string()
-        } else if options.is_empty() {
-            format!("{CMDLINE_KEY}={slot}")
-        } else {
-            format!("{options} {CMDLINE_KEY}={slot}")
-        };
         SlotBoot {
             title: title.into(),
             linux: format!("/aperture/{slot}/vmlinuz"),
-            initrd: format!("/aperture/{slot}/initrd.img"),
-            options,
+            initrd: Some(format!("/aperture/{slot}/initrd.img")),
+            options: Some(with_slot(slot, options)),
         }
+    }
+
+    /// A signed unified kernel image for `slot`: `/aperture/<slot>/uki.efi`, nothing else.
+    pub fn uki(slot: Slot, title: impl Into<String>) -> SlotBoot {
+        SlotBoot {
+            title: title.into(),
+            linux: format!("/aperture/{slot}/{UKI_FILE}"),
+            initrd: None,
+            options: None,
+        }
+    }
+
+    /// Whether this entry boots a unified kernel image (no initrd, no options).
+    pub fn is_uki(&self) -> bool {
+        self.initrd.is_none() && self.options.is_none()
+    }
+
+    /// The ESP paths this entry needs: the kernel or UKI, and the initrd if any.
+    pub fn files(&self) -> Vec<(&'static str, &str)> {
+        let mut v = vec![(
+            if self.is_uki() { "UKI" } else { "kernel" },
+            self.linux.as_str(),
+        )];
+        if let Some(i) = &self.initrd {
+            v.push(("initrd", i.as_str()));
+        }
+        v
     }
 
     /// Check that this can be written as an entry for `slot`: every field on one line,
     /// kernel and initrd named and not taken from the other slot's folder, and the command line
-    /// telling the booted system which slot it runs from.
+    /// telling the booted system which slot it runs from (a UKI: its own file in the slot's
+    /// folder, with neither initrd nor options).
     pub fn validate(&self, slot: Slot) -> Result<(), SlotsError> {
         let invalid = |reason: String| Err(SlotsError::InvalidBoot { slot, reason });
-        let fields = [
-            ("title", &self.title),
-            ("linux", &self.linux),
-            ("initrd", &self.initrd),
-            ("options", &self.options),
-        ];
-        for (name, value) in fields {
+        let mut fields = vec![("title", &self.title), ("linux", &self.linux)];
+        if let Some(i) = &self.initrd {
+            fields.push(("initrd", i));
+        }
+        if let Some(o) = &self.options {
+            fields.push(("options", o));
+        }
+        for (name, value) in &fields {
             if value.trim().is_empty() {
                 return invalid(format!("{name} is empty"));
             }
@@ -66,7 +94,10 @@ impl SlotBoot {
             }
         }
         let foreign = format!("/aperture/{}/", slot.other());
-        for (name, value) in [("linux", &self.linux), ("initrd", &self.initrd)] {
+        for (name, value) in fields
+            .iter()
+            .filter(|(n, _)| matches!(*n, "linux" | "initrd"))
+        {
             if !value.starts_with('/') || value.split(['/', '\\']).any(|c| c == "..") {
                 return invalid(format!(
                     "{name} {value} must be an absolute path on the ESP without `..`"
@@ -78,13 +109,46 @@ impl SlotBoot {
                 ));
             }
         }
-        if Slot::from_cmdline(&self.options) != Some(slot) {
-            return invalid(format!(
-                "options must end up naming {CMDLINE_KEY}={slot}, got {:?}",
-                self.options
-            ));
+        match (&self.initrd, &self.options) {
+            (None, None) => {
+                let own = format!("/aperture/{slot}/{UKI_FILE}");
+                if self.linux != own {
+                    return invalid(format!(
+                        "an entry without initrd and options boots a unified kernel image, \
+                         which for slot {slot} is {own}, not {}",
+                        self.linux
+                    ));
+                }
+            }
+            (_, Some(options)) => {
+                if Slot::from_cmdline(options) != Some(slot) {
+                    return invalid(format!(
+                        "options must end up naming {CMDLINE_KEY}={slot}, got {options:?}"
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return invalid(
+                    "an initrd without options: the kernel would not know its slot".into(),
+                )
+            }
         }
         Ok(())
+    }
+}
+
+/// `options` followed by `aperture.slot=<slot>` unless it already names a slot.
+pub fn with_slot(slot: Slot, options: &str) -> String {
+    let options = options.trim();
+    if options
+        .split_whitespace()
+        .any(|w| w.starts_with("aperture.slot="))
+    {
+        options.to_string()
+    } else if options.is_empty() {
+        format!("{CMDLINE_KEY}={slot}")
+    } else {
+        format!("{options} {CMDLINE_KEY}={slot}")
     }
 }
 
@@ -145,8 +209,11 @@ mod tests {
     fn slot_boot_layout_and_validation() {
         let b = SlotBoot::for_slot(Slot::B, "Aperture 1.2.0", "root=PARTLABEL=rootfs_b ro");
         assert_eq!(b.linux, "/aperture/b/vmlinuz");
-        assert_eq!(b.initrd, "/aperture/b/initrd.img");
-        assert_eq!(b.options, "root=PARTLABEL=rootfs_b ro aperture.slot=b");
+        assert_eq!(b.initrd.as_deref(), Some("/aperture/b/initrd.img"));
+        assert_eq!(
+            b.options.as_deref(),
+            Some("root=PARTLABEL=rootfs_b ro aperture.slot=b")
+        );
         b.validate(Slot::B).unwrap();
         assert!(
             b.validate(Slot::A).is_err(),
@@ -154,10 +221,10 @@ mod tests {
         );
 
         let kept = SlotBoot::for_slot(Slot::A, "t", "aperture.slot=a quiet");
-        assert_eq!(kept.options, "aperture.slot=a quiet");
+        assert_eq!(kept.options.as_deref(), Some("aperture.slot=a quiet"));
         assert_eq!(
-            SlotBoot::for_slot(Slot::A, "t", "").options,
-            "aperture.slot=a"
+            SlotBoot::for_slot(Slot::A, "t", "").options.as_deref(),
+            Some("aperture.slot=a")
         );
 
         let mut bad = b.clone();
@@ -175,7 +242,7 @@ mod tests {
             .to_string()
             .contains("other slot"));
         let mut bad = b.clone();
-        bad.options = "root=PARTLABEL=rootfs_b".into();
+        bad.options = Some("root=PARTLABEL=rootfs_b".into());
         assert!(bad
             .validate(Slot::B)
             .unwrap_err()
@@ -189,18 +256,39 @@ mod tests {
             .to_string()
             .contains("absolute path"));
         let mut bad = b.clone();
-        bad.initrd = "/aperture/b/../a/initrd.img".into();
+        bad.initrd = Some("/aperture/b/../a/initrd.img".into());
         assert!(bad
             .validate(Slot::B)
             .unwrap_err()
             .to_string()
             .contains("without `..`"));
         let mut bad = b;
-        bad.initrd = " ".into();
+        bad.initrd = Some(" ".into());
         assert!(bad
             .validate(Slot::B)
             .unwrap_err()
             .to_string()
             .contains("initrd is empty"));
+    }
+
+    #[test]
+    fn a_uki_entry_names_its_own_slots_image_and_nothing_else() {
+        let b = SlotBoot::uki(Slot::B, "Aperture 1.2.0 (slot B)");
+        assert_eq!(b.linux, "/aperture/b/uki.efi");
+        assert!(b.is_uki());
+        b.validate(Slot::B).unwrap();
+        let err = b.validate(Slot::A).unwrap_err().to_string();
+        assert!(err.contains("other slot"), "{err}");
+        let mut bad = b.clone();
+        bad.linux = "/aperture/b/vmlinuz".into();
+        let err = bad.validate(Slot::B).unwrap_err().to_string();
+        assert!(err.contains("/aperture/b/uki.efi"), "{err}");
+        let mut bad = b;
+        bad.initrd = Some("/aperture/b/initrd.img".into());
+        let err = bad.validate(Slot::B).unwrap_err().to_string();
+        assert!(err.contains("would not know its slot"), "{err}");
+        // A UKI's entry keeps the same JSON shape minus the absent fields.
+        let json = serde_json::to_string(&SlotBoot::uki(Slot::A, "t")).unwrap();
+        assert_eq!(json, r#"{"title":"t","linux":"/aperture/a/uki.efi"}"#);
     }
 }

@@ -544,7 +544,7 @@ fn arm_refuses_bad_entries_and_existing_entries() {
     let mut on_a = SlotManager::new(esp, Slot::A);
     on_a.begin_install(Slot::B).unwrap();
     let mut wrong = boot(Slot::B, "1.1.0");
-    wrong.options = "root=PARTLABEL=rootfs_b ro".into();
+    wrong.options = Some("root=PARTLABEL=rootfs_b ro".into());
     let err = on_a.arm(Slot::B, 3, &wrong).unwrap_err();
     assert!(
         matches!(err, SlotsError::InvalidBoot { slot: Slot::B, .. }),

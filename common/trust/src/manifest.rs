@@ -91,6 +91,10 @@ pub enum Role {
     Kernel,
     /// A slot's initrd.
     Initrd,
+    /// A signed unified kernel image (kernel, initrd and the command line that names its slot,
+    /// signed for UEFI Secure Boot), for the one slot its name says: `uki-a.efi`, `uki-b.efi`.
+    /// Releases for boards that boot them carry one per slot.
+    Uki,
     /// A slot's device tree.
     Dtb,
     /// Boot firmware installed with the slot.
@@ -111,12 +115,23 @@ pub enum Role {
 
 impl Role {
     /// Whether artifacts of this role are installed into an A/B slot, and so may travel as a
-    /// bundle payload: rootfs, kernel, initrd, dtb, firmware and capsule.
+    /// bundle payload: rootfs, kernel, initrd, UKI, dtb, firmware and capsule.
     pub fn is_slot_content(self) -> bool {
         matches!(
             self,
-            Role::Rootfs | Role::Kernel | Role::Initrd | Role::Dtb | Role::Firmware | Role::Capsule
+            Role::Rootfs
+                | Role::Kernel
+                | Role::Initrd
+                | Role::Uki
+                | Role::Dtb
+                | Role::Firmware
+                | Role::Capsule
         )
+    }
+
+    /// Whether artifacts of this role may travel as deltas: rootfs, kernel, initrd and UKI.
+    pub fn may_be_delta(self) -> bool {
+        matches!(self, Role::Rootfs | Role::Kernel | Role::Initrd | Role::Uki)
     }
 }
 
@@ -219,18 +234,17 @@ impl Manifest {
                 if !a.role.is_slot_content() {
                     return bad(format!(
                         "artifact {} has role {:?} but only slot contents (rootfs, kernel, \
-                         initrd, dtb, firmware, capsule) may travel in bundles",
+                         initrd, uki, dtb, firmware, capsule) may travel in bundles",
                         a.name, a.role
                     ));
                 }
                 match (p.encoding, &p.base) {
                     (PayloadEncoding::Zstd, None) => {}
-                    (PayloadEncoding::Delta, Some(_))
-                        if matches!(a.role, Role::Rootfs | Role::Kernel | Role::Initrd) => {}
+                    (PayloadEncoding::Delta, Some(_)) if a.role.may_be_delta() => {}
                     (PayloadEncoding::Delta, Some(_)) => {
                         return bad(format!(
-                            "artifact {} is a delta but only rootfs, kernel and initrd travel \
-                             as deltas",
+                            "artifact {} is a delta but only rootfs, kernel, initrd and UKI \
+                             travel as deltas",
                             a.name
                         ))
                     }

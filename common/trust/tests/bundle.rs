@@ -447,3 +447,46 @@ fn writer_checks_payloads_against_manifest() {
         Err(TrustError::UnexpectedEntry { .. })
     ));
 }
+
+/// A passed-over payload (the other slot's UKI) is never handed to the caller, but its encoded
+/// bytes are still checked against the signed manifest: one flipped byte refuses the bundle.
+#[test]
+fn a_passed_over_payload_is_checked_but_not_handed_on() {
+    let f = fixture();
+    let bundle = f.bundle();
+    let mut reader = BundleReader::new(&bundle[..], &f.root.public(), NOW);
+    reader.read_header().unwrap();
+    reader.pass_over("vmlinuz");
+    let mut seen = Vec::new();
+    reader
+        .for_each_payload(|a, r: &mut dyn Read| {
+            seen.push(a.name.to_string());
+            io::copy(r, &mut io::sink())
+                .map(drop)
+                .map_err(|e| TrustError::Truncated {
+                    entry: e.to_string(),
+                })
+        })
+        .unwrap();
+    assert_eq!(seen, ["rootfs.img"]);
+
+    let mut bad = bundle.clone();
+    let at = data_offset(&bad, "vmlinuz.zst") + 10;
+    bad[at] ^= 1;
+    let mut reader = BundleReader::new(&bad[..], &f.root.public(), NOW);
+    reader.read_header().unwrap();
+    reader.pass_over("vmlinuz");
+    let err = reader
+        .for_each_payload(|_, r: &mut dyn Read| {
+            io::copy(r, &mut io::sink())
+                .map(drop)
+                .map_err(|e| TrustError::Truncated {
+                    entry: e.to_string(),
+                })
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, TrustError::HashMismatch { ref artifact, .. } if artifact == "vmlinuz.zst"),
+        "{err}"
+    );
+}

@@ -324,6 +324,7 @@ mod tests {
             ],
             interrupted: None,
             rollback,
+            secure_boot: aperture_updater::status::SecureBoot::On,
         }
     }
 

@@ -219,7 +219,13 @@ impl fmt::Display for Status {
             parts.join(" ")
         )?;
         if let Some(u) = &self.update {
-            write!(f, " next={} floor={}", u.next, u.security_floor)?;
+            write!(
+                f,
+                " next={} floor={} secureboot={}",
+                u.next,
+                u.security_floor,
+                u.secure_boot.word()
+            )?;
         }
         if let Some(rb) = &self.rollback {
             write!(f, "\n{rb}")?;

@@ -79,9 +79,9 @@ fn level1_refuses_a_slot_whose_verity_does_not_match_and_picks_the_other() {
 }
 
 #[test]
-fn level1_checks_kernel_and_initrd_and_only_good_slots() {
+fn level1_checks_the_uki_and_only_good_slots() {
     let rig = Rig::new(Backend::Fake);
-    std::fs::write(rig.files.initrd(Slot::B), b"tampered").unwrap();
+    std::fs::write(rig.files.uki(Slot::B), b"tampered").unwrap();
     let mut block = rig.read_partition("rootfs_a")[..1].to_vec();
     block[0] ^= 0xff;
     rig.write_partition("rootfs_a", 0, &block);
@@ -90,7 +90,7 @@ fn level1_checks_kernel_and_initrd_and_only_good_slots() {
     let text = err.to_string();
     assert!(matches!(err, ResetError::NoVerifiedSlot { .. }), "{text}");
     assert!(
-        text.contains("slot a") && text.contains("initrd.img"),
+        text.contains("slot a") && text.contains("uki.efi"),
         "{text}"
     );
     assert_eq!(reboot.count(), 0, "nothing to boot, no reboot");

@@ -317,7 +317,10 @@ impl Updater {
             write_partition(io, &mut *t.kernel, &mut &blank[..], target, 0)?;
         }
 
-        // 5. Stream.
+        // 5. Stream (the other slot's UKI is checked against its hash and dropped).
+        for (a, _) in place.dests.iter().filter(|(_, d)| *d == Dest::PassOver) {
+            reader.pass_over(a.name.as_str());
+        }
         let streaming = std::time::Instant::now();
         let mut staged: Vec<(PathBuf, PathBuf, Artifact)> = Vec::new();
         let mut capsule: Option<(PathBuf, Artifact)> = None;
@@ -345,6 +348,11 @@ impl Updater {
                 }
                 (Dest::Dtb, Some(t)) => {
                     write_partition(io, &mut *t.dtb, payload, target, 0)?;
+                }
+                (Dest::PassOver, _) => {
+                    return Err(UpdateError::Unsupported {
+                        reason: format!("payload {} was to be passed over", artifact.name),
+                    })
                 }
                 (Dest::Capsule, _) => {
                     let tmp = tmp_path(&slot_dir.join(artifact.name.as_str()));
@@ -391,6 +399,14 @@ impl Updater {
         verify_rootfs(&*part, rootfs, target)?;
         for (_, dest, artifact) in &staged {
             verify_file(dest, artifact, target)?;
+            if artifact.role == Role::Uki {
+                crate::uki::check(
+                    dest,
+                    target,
+                    &crate::place::uki_cmdline(&verified, layout, target)?,
+                    &self.paths.files().secure_boot_db(),
+                )?;
+            }
         }
         if let Some(t) = &tegra {
             t.verify(|role| place.artifact(role), target)?;
@@ -467,6 +483,15 @@ impl Updater {
             let Some(base) = artifact.payload.as_ref().and_then(|p| p.base.as_ref()) else {
                 continue;
             };
+            let dest = place
+                .dests
+                .iter()
+                .find(|(a, _)| a.name == artifact.name)
+                .map(|(_, d)| *d);
+            if dest == Some(Dest::PassOver) {
+                // The other slot's UKI: checked against its encoded hash, never rebuilt.
+                continue;
+            }
             let running = crate::facts::booted_root_hash(&self.paths.cmdline)?;
             if running.as_deref() != Some(base.root_hash.as_str()) {
                 return Err(TrustError::DeltaBase {
@@ -487,11 +512,6 @@ impl Updater {
                 }
                 .into());
             }
-            let dest = place
-                .dests
-                .iter()
-                .find(|(a, _)| a.name == artifact.name)
-                .map(|(_, d)| *d);
             let (source, len): (Box<dyn aperture_trust::delta::BaseSource>, u64) = match dest {
                 Some(Dest::Rootfs) => {
                     let part = self.disk.open_shared(&layout.rootfs(self.booted))?;
@@ -647,7 +667,7 @@ impl Updater {
         layout: SlotLayout,
         target: Slot,
     ) -> Result<Prepared<'m>, UpdateError> {
-        let place = Placement::of(m, layout)?;
+        let place = Placement::of(m, layout, target)?;
         let part = self.disk.open(&layout.rootfs(target))?;
         fits(target, "rootfs image", place.rootfs.size, &*part)?;
         self.check_esp_space(&place, target)?;
@@ -669,7 +689,7 @@ impl Updater {
                     target,
                     image,
                     dtb_size,
-                    &boot.options,
+                    boot.options.as_deref().unwrap_or_default(),
                     Open::Write,
                 )?)
             }

@@ -49,6 +49,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod tpm;
+mod uki;
 pub mod verify;
 mod write;
 

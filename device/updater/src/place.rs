@@ -1,6 +1,11 @@
 //! Where a bundle's payloads go on a board (`Placement`), a Jetson slot's kernel and
 //! kernel-dtb partitions (`TegraSlot`), and a slot's boot entry ([`slot_boot`]).
 //!
+//! A qemu board's bundle carries a signed unified kernel image per slot (`uki-a.efi`,
+//! `uki-b.efi`: their command lines name different partitions and slots, and each is signed
+//! as it is); the one for the target slot becomes its `uki.efi`, the other is checked against
+//! its hash and passed over.
+//!
 //! Shared by the installer ([`crate::install`]) and the re-verification of an installed slot
 //! ([`crate::verify`]), so that what is checked later is computed exactly as it was written: the
 //! same boot entry, the same boot image header, the same offsets.
@@ -10,17 +15,20 @@ use aperture_slots::{Slot, SlotBoot, SlotLayout};
 use aperture_trust::manifest::{Artifact, Manifest, Role};
 
 use crate::disk::{Disk, PartitionHandle};
-use crate::paths::{INITRD_FILE, KERNEL_FILE};
 use crate::readback::verify_range;
 use crate::UpdateError;
+use aperture_appliance::files::rel::UKI_FILE;
 
 /// Where one payload goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dest {
     /// The slot's rootfs partition (`rootfs_b`, `APP_b`), from its start.
     Rootfs,
-    /// A file in the slot's folder on the ESP (qemu boards: `vmlinuz`, `initrd.img`).
+    /// A file in the slot's folder on the ESP (qemu boards: `uki.efi`).
     EspFile(&'static str),
+    /// Not for this slot (the other slot's UKI): its bytes are checked against the manifest's
+    /// hash and dropped.
+    PassOver,
     /// A range of the slot's kernel partition (Jetson): the kernel or the initrd of its
     /// Android boot image, at this offset; the header is written once both are verified.
     BootImage(u64),
@@ -40,14 +48,20 @@ pub(crate) struct Placement<'m> {
 }
 
 impl<'m> Placement<'m> {
-    /// Refuse manifests this updater cannot place on `layout` before anything is written.
-    pub(crate) fn of(m: &'m Manifest, layout: SlotLayout) -> Result<Placement<'m>, UpdateError> {
+    /// Refuse manifests this updater cannot place on `layout` before anything is written;
+    /// `target` is the slot the bundle is installed into.
+    pub(crate) fn of(
+        m: &'m Manifest,
+        layout: SlotLayout,
+        target: Slot,
+    ) -> Result<Placement<'m>, UpdateError> {
         let unsupported = |reason: String| UpdateError::Unsupported { reason };
         let (required, optional, carries): (&[Role], &[Role], &str) = match layout {
             SlotLayout::Esp => (
-                &[Role::Rootfs, Role::Kernel, Role::Initrd],
+                &[Role::Rootfs, Role::Uki],
                 &[],
-                "one rootfs, one kernel and one initrd, which this board boots from the ESP",
+                "one rootfs and a signed unified kernel image for each slot (uki-a.efi, \
+                 uki-b.efi), which this board boots from the ESP",
             ),
             SlotLayout::Tegra(_) => (
                 &[Role::Rootfs, Role::Kernel, Role::Initrd, Role::Dtb],
@@ -58,9 +72,15 @@ impl<'m> Placement<'m> {
         };
         let mut found: Vec<&'m Artifact> = Vec::new();
         for a in m.payload_artifacts() {
-            if !(required.contains(&a.role) || optional.contains(&a.role))
-                || found.iter().any(|b| b.role == a.role)
-            {
+            // Two UKIs, one per slot, each named for its slot; every other role once.
+            let twice = match a.role {
+                Role::Uki => {
+                    Slot::of_uki_artifact(a.name.as_str()).is_none()
+                        || found.iter().any(|b| b.name == a.name)
+                }
+                _ => found.iter().any(|b| b.role == a.role),
+            };
+            if !(required.contains(&a.role) || optional.contains(&a.role)) || twice {
                 return Err(unsupported(format!(
                     "payload {} has role {:?}, which this updater does not place on this board \
                      (or which appears twice); bundles for this board carry {carries}",
@@ -70,6 +90,17 @@ impl<'m> Placement<'m> {
             found.push(a);
         }
         let get = |role: Role| found.iter().copied().find(|a| a.role == role);
+        if required.contains(&Role::Uki) {
+            for slot in Slot::ALL {
+                if !found.iter().any(|a| a.name.as_str() == slot.uki_artifact()) {
+                    return Err(unsupported(format!(
+                        "the bundle carries no {} payload; bundles for this board carry \
+                         {carries}",
+                        slot.uki_artifact()
+                    )));
+                }
+            }
+        }
         for role in required {
             if get(*role).is_none() {
                 return Err(unsupported(format!(
@@ -97,8 +128,10 @@ impl<'m> Placement<'m> {
             .map(|a| {
                 let dest = match (a.role, boot_image) {
                     (Role::Rootfs, _) => Dest::Rootfs,
-                    (Role::Kernel, None) => Dest::EspFile(KERNEL_FILE),
-                    (Role::Initrd, None) => Dest::EspFile(INITRD_FILE),
+                    (Role::Uki, None) if a.name.as_str() == target.uki_artifact() => {
+                        Dest::EspFile(UKI_FILE)
+                    }
+                    (Role::Uki, _) => Dest::PassOver,
                     (Role::Kernel, Some(l)) => Dest::BootImage(l.kernel_offset()),
                     (Role::Initrd, Some(l)) => Dest::BootImage(l.ramdisk_offset()),
                     (Role::Dtb, _) => Dest::Dtb,
@@ -143,10 +176,43 @@ pub fn slot_boot(
         .ok_or_else(|| UpdateError::Unsupported {
             reason: "the manifest has no rootfs with verity parameters".into(),
         })?;
+    if layout == SlotLayout::Esp {
+        // The UKI carries the command line (`uki_cmdline`), signed.
+        return Ok(aperture_slots::cmdline::uki_boot(
+            &manifest.product,
+            &manifest.version.to_string(),
+            slot,
+        ));
+    }
     let base = manifest.boot.as_ref().map_or("", |b| b.cmdline.as_str());
     Ok(aperture_slots::cmdline::slot_boot(
         &manifest.product,
         &manifest.version.to_string(),
+        base,
+        layout,
+        slot,
+        verity.root_hash.as_str(),
+        verity.hash_offset,
+    ))
+}
+
+/// The command line the UKI of `slot` must carry for the image `manifest` describes: the
+/// image's base arguments and its verity root, naming `slot`'s partition and `slot`.
+pub fn uki_cmdline(
+    manifest: &Manifest,
+    layout: SlotLayout,
+    slot: Slot,
+) -> Result<String, UpdateError> {
+    let verity = manifest
+        .artifacts
+        .iter()
+        .find(|a| a.role == Role::Rootfs)
+        .and_then(|a| a.verity.as_ref())
+        .ok_or_else(|| UpdateError::Unsupported {
+            reason: "the manifest has no rootfs with verity parameters".into(),
+        })?;
+    let base = manifest.boot.as_ref().map_or("", |b| b.cmdline.as_str());
+    Ok(aperture_slots::cmdline::verity_cmdline(
         base,
         layout,
         slot,

@@ -84,13 +84,24 @@ impl Updater {
         verify_rootfs(&*part, rootfs, slot)?;
         match layout {
             SlotLayout::Esp => {
-                for (role, path) in [
-                    (Role::Kernel, self.paths.kernel(slot)),
-                    (Role::Initrd, self.paths.initrd(slot)),
-                ] {
-                    let a = artifact(role).ok_or_else(|| missing(role))?;
-                    verify_file(&path, a, slot)?;
-                }
+                let name = slot.uki_artifact();
+                let a = manifest
+                    .artifacts
+                    .iter()
+                    .find(|a| a.role == Role::Uki && a.name.as_str() == name)
+                    .ok_or_else(|| UpdateError::Verify {
+                        slot,
+                        what: "its record".into(),
+                        reason: format!("it lists no {name}"),
+                    })?;
+                let path = self.paths.files().uki(slot);
+                verify_file(&path, a, slot)?;
+                crate::uki::check(
+                    &path,
+                    slot,
+                    &crate::place::uki_cmdline(&manifest, layout, slot)?,
+                    &self.paths.files().secure_boot_db(),
+                )?;
             }
             SlotLayout::Tegra(_) => {
                 let size = |role| artifact(role).map(|a| a.size).ok_or_else(|| missing(role));
@@ -102,7 +113,7 @@ impl Updater {
                     slot,
                     image,
                     size(Role::Dtb)?,
-                    &boot.options,
+                    boot.options.as_deref().unwrap_or_default(),
                     Open::Read,
                 )?;
                 tegra.verify(artifact, slot)?;

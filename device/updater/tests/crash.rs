@@ -222,7 +222,7 @@ fn counting_io_sees_the_documented_order() {
     let forget = store_write(Area::SlotB, 0);
     let first_write = pos("of rootfs_b");
     let sync = pos("fsync rootfs_b");
-    let kernel = pos("vmlinuz.tmp ->");
+    let kernel = pos("uki.efi.tmp ->");
     let record = store_write(Area::SlotB, forget + 1);
     let arm = pos("arm slot b");
     let next = pos("boot slot b next");

@@ -55,11 +55,8 @@ fn install_boot_commit_then_install_back_into_a() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     esp_files.sort();
-    assert_eq!(
-        esp_files,
-        ["initrd.img", "vmlinuz"],
-        "only boot files on the ESP"
-    );
+    assert_eq!(esp_files, ["uki.efi"], "only boot files on the ESP");
+    assert_eq!(fs::read(slot_dir.join("uki.efi")).unwrap(), v2.uki[1]);
     let state = dev.state().unwrap();
     assert!(state.journal.is_none());
     assert_eq!(state.security_floor, 0, "install must not raise the floor");
@@ -69,7 +66,12 @@ fn install_boot_commit_then_install_back_into_a() {
         entry.contains(&format!("title {}", slot_boot(&v2, Slot::B).title)),
         "{entry}"
     );
-    assert!(entry.contains(&v2.verity.root_hash.to_string()), "{entry}");
+    // A UKI's entry: its file, and no initrd or options (the command line is signed inside).
+    assert!(entry.contains("linux /aperture/b/uki.efi\n"), "{entry}");
+    assert!(
+        !entry.contains("options") && !entry.contains("initrd"),
+        "{entry}"
+    );
 
     // Reboot into B, the health gate commits it.
     assert_eq!(dev.boot(), Slot::B);
@@ -221,6 +223,29 @@ fn status_json_shape() {
     assert_eq!(v["committed"], serde_json::Value::Null);
     assert_eq!(v["interrupted"], serde_json::Value::Null);
     assert_eq!(v["rollback"], serde_json::Value::Null);
+    // No efivars under the test root: the firmware's state is unknown, and says so.
+    assert_eq!(v["secure_boot"], "unknown");
+    let efivars = &dev.paths.efivars;
+    fs::create_dir_all(efivars).unwrap();
+    let global = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    for (secure, setup, want) in [(1u8, 0u8, "on"), (0, 0, "off"), (0, 1, "setup")] {
+        fs::write(
+            efivars.join(format!("SecureBoot-{global}")),
+            [6, 0, 0, 0, secure],
+        )
+        .unwrap();
+        fs::write(
+            efivars.join(format!("SetupMode-{global}")),
+            [6, 0, 0, 0, setup],
+        )
+        .unwrap();
+        let st = u.status().unwrap();
+        assert_eq!(serde_json::to_value(&st).unwrap()["secure_boot"], want);
+        assert!(
+            st.to_string().contains(&format!("secureboot={want}")),
+            "{st}"
+        );
+    }
     let slots = v["slots"].as_array().unwrap();
     assert_eq!(slots.len(), 2);
     assert_eq!(slots[0]["slot"], "a");
@@ -371,10 +396,8 @@ fn device_state_lives_in_the_store_and_the_esp_holds_only_boot_files() {
     assert_eq!(
         files,
         [
-            "aperture/a/initrd.img",
-            "aperture/a/vmlinuz",
-            "aperture/b/initrd.img",
-            "aperture/b/vmlinuz",
+            "aperture/a/uki.efi",
+            "aperture/b/uki.efi",
             "loader/entries/slot-a.conf",
             "loader/entries/slot-b.conf",
             "loader/entries/slot-b.conf.off",
@@ -383,8 +406,10 @@ fn device_state_lives_in_the_store_and_the_esp_holds_only_boot_files() {
     );
 }
 
-/// Kernel (100 000 bytes) and initrd (250 000 bytes) in 512-byte blocks.
-const BOOT_FILES_ON_THE_ESP: u64 = 100_352 + 250_368;
+/// Slot B's UKI in 512-byte blocks: what an install of `v2` needs on the ESP.
+fn boot_files_on_the_esp(v2: &Image) -> u64 {
+    (v2.uki[1].len() as u64).next_multiple_of(512)
+}
 
 #[test]
 fn a_full_esp_is_refused_before_anything_is_written() {
@@ -392,7 +417,8 @@ fn a_full_esp_is_refused_before_anything_is_written() {
     let v2 = image("2.0.0", 2, 2);
     let dev = Device::new(&v1);
     let before = dev.snapshot();
-    let io = FaultIo::counting().with_free_space(BOOT_FILES_ON_THE_ESP - 1);
+    let needed = boot_files_on_the_esp(&v2);
+    let io = FaultIo::counting().with_free_space(needed - 1);
     let err = dev
         .updater_with_io(Slot::A, Arc::new(io.clone()))
         .install(&mut &v2.bundle[..], &InstallOptions::default())
@@ -402,17 +428,17 @@ fn a_full_esp_is_refused_before_anything_is_written() {
             err,
             UpdateError::EspFull {
                 slot: Slot::B,
-                needed: BOOT_FILES_ON_THE_ESP,
+                needed: n,
                 ..
-            }
+            } if n == needed
         ),
         "{err}"
     );
     let text = err.to_string();
     assert!(
         text.contains(&dev.paths.esp.display().to_string())
-            && text.contains(&format!("{} bytes free", BOOT_FILES_ON_THE_ESP - 1))
-            && text.contains(&format!("need {BOOT_FILES_ON_THE_ESP}")),
+            && text.contains(&format!("{} bytes free", needed - 1))
+            && text.contains(&format!("need {needed}")),
         "{text}"
     );
     assert!(err.is_refusal());
@@ -427,9 +453,9 @@ fn leftover_temporary_files_are_removed_and_count_as_free_space() {
     let dev = Device::new(&v1);
     let dir = dev.paths.slot_dir(Slot::B);
     // What an install cut off while streaming left, and a stray file of the same kind.
-    fs::write(dir.join("vmlinuz.tmp"), vec![7u8; 1000]).unwrap();
+    fs::write(dir.join("uki.efi.tmp"), vec![7u8; 1000]).unwrap();
     fs::write(dir.join("other.tmp"), b"x").unwrap();
-    let io = FaultIo::counting().with_free_space(BOOT_FILES_ON_THE_ESP - 1);
+    let io = FaultIo::counting().with_free_space(boot_files_on_the_esp(&v2) - 1);
     dev.updater_with_io(Slot::A, Arc::new(io))
         .install(&mut &v2.bundle[..], &InstallOptions::default())
         .unwrap();
@@ -438,7 +464,7 @@ fn leftover_temporary_files_are_removed_and_count_as_free_space() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["initrd.img", "vmlinuz"]);
+    assert_eq!(left, ["uki.efi"]);
     assert_eq!(dev.boot(), Slot::B);
     dev.assert_slot_verifies(Slot::B);
 }
@@ -482,5 +508,141 @@ fn the_manifest_recorded_is_the_one_verified_whatever_else_its_tar_header_holds(
         done.manifest_sha256,
         Sha256Hex::digest(&v2.manifest_json).to_string()
     );
+    dev.assert_slot_verifies(Slot::B);
+}
+
+/// With the running image's Secure Boot db certificate in place (every built image has one),
+/// a release whose UKIs another key signed is refused after streaming and before arming, and
+/// the same release signed with our db key installs. Real stub, real `sbsign` and `sbverify`.
+#[test]
+fn a_uki_signed_with_other_keys_is_refused_and_ours_is_installed() {
+    let test = "a_uki_signed_with_other_keys_is_refused_and_ours_is_installed";
+    for (tool, package) in [
+        ("sbsign", "sbsigntool"),
+        ("sbverify", "sbsigntool"),
+        ("openssl", "openssl"),
+    ] {
+        if aperture_sys::tool::for_test(tool, package, test).is_none() {
+            return;
+        }
+    }
+    let stub = std::path::Path::new("/").join(aperture_uefi::STUB_X86_64);
+    let Some(stub) = std::fs::read(&stub).ok() else {
+        let why = format!("{test}: {} (systemd-boot-efi) is missing", stub.display());
+        assert!(!aperture_sys::tool::required(), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = |name: &str| {
+        let (key, crt) = (
+            dir.path().join(format!("{name}.key")),
+            dir.path().join(format!("{name}.crt")),
+        );
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .arg("-subj")
+            .arg(format!("/CN=snakeoil {name}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        (key, crt)
+    };
+    let ours = cert("ours");
+    let theirs = cert("theirs");
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let signed_by = |(key, crt): &(std::path::PathBuf, std::path::PathBuf)| -> Image {
+        let mut img = v2.clone();
+        for i in 0..2 {
+            let cmdline = aperture_uefi::section_data(&v2.uki[i], ".cmdline")
+                .unwrap()
+                .unwrap()
+                .to_vec();
+            let unsigned = aperture_uefi::assemble_uki(
+                &stub,
+                &[
+                    (".osrel", b"ID=aperture-test\n"),
+                    (".cmdline", &cmdline),
+                    (".initrd", &v2.initrd),
+                    (".linux", &v2.kernel),
+                ],
+            )
+            .unwrap();
+            let (u, s) = (dir.path().join("u.efi"), dir.path().join("s.efi"));
+            fs::write(&u, unsigned).unwrap();
+            let out = std::process::Command::new("sbsign")
+                .arg("--key")
+                .arg(key)
+                .arg("--cert")
+                .arg(crt)
+                .arg("--output")
+                .arg(&s)
+                .arg(&u)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            img.uki[i] = fs::read(&s).unwrap();
+            let z = zstd::encode_all(&img.uki[i][..], 1).unwrap();
+            let a = &mut img.manifest.artifacts[1 + i];
+            a.size = img.uki[i].len() as u64;
+            a.sha256 = Sha256Hex::digest(&img.uki[i]);
+            let p = a.payload.as_mut().unwrap();
+            p.size = z.len() as u64;
+            p.sha256 = Sha256Hex::digest(&z);
+            img.payloads[1 + i].1 = z;
+        }
+        img.resign(&keys())
+    };
+    let dev = Device::new(&v1);
+    let db = dev.paths.files().secure_boot_db();
+    fs::create_dir_all(db.parent().unwrap()).unwrap();
+    fs::copy(&ours.1, &db).unwrap();
+
+    let err = dev
+        .updater(Slot::A)
+        .install(
+            &mut &signed_by(&theirs).bundle[..],
+            &InstallOptions::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, UpdateError::Verify { slot: Slot::B, .. }),
+        "{err}"
+    );
+    let text = aperture_updater::error_chain(&err);
+    assert!(
+        text.contains("does not verify against the Secure Boot db"),
+        "{text}"
+    );
+    let state = dev.updater(Slot::A).boot_state().unwrap();
+    assert_eq!(state.status(Slot::B), SlotStatus::Unbootable);
+    assert_eq!(dev.boot(), Slot::A, "the refused slot must not boot");
+
+    let good = signed_by(&ours);
+    dev.updater(Slot::A)
+        .install(&mut &good.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert_eq!(
+        fs::read(dev.paths.files().uki(Slot::B)).unwrap(),
+        good.uki[1]
+    );
+    assert_eq!(dev.boot(), Slot::B);
     dev.assert_slot_verifies(Slot::B);
 }

@@ -275,14 +275,23 @@ fn verify_slot_reads_every_block_back_against_the_record() {
     );
     part.write_all_at(&byte, 1 << 20).unwrap();
     u.verify_slot(Slot::B).unwrap();
-    // A kernel on the ESP that is not the recorded one.
-    std::fs::write(dev.paths.kernel(Slot::B), b"another kernel").unwrap();
+    // A UKI on the ESP that is not the recorded one.
+    let uki = dev.paths.files().uki(Slot::B);
+    std::fs::write(&uki, b"another kernel").unwrap();
     let err = u.verify_slot(Slot::B).unwrap_err();
     assert!(
-        aperture_updater::error_chain(&err).contains("vmlinuz"),
+        aperture_updater::error_chain(&err).contains("uki.efi"),
         "{err}"
     );
-    std::fs::write(dev.paths.kernel(Slot::B), &v2.kernel).unwrap();
+    // Slot A's own UKI in slot B's place: the right size and signed, but its hash (and
+    // command line) are not slot B's.
+    std::fs::write(&uki, &v2.uki[0]).unwrap();
+    let err = u.verify_slot(Slot::B).unwrap_err();
+    assert!(
+        aperture_updater::error_chain(&err).contains("uki.efi"),
+        "{err}"
+    );
+    std::fs::write(&uki, &v2.uki[1]).unwrap();
     // A record whose signed manifest was altered.
     let mut record = v2.installed();
     record.manifest = record.manifest.replace("2.0.0", "2.0.1");

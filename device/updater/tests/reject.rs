@@ -88,10 +88,10 @@ fn flipped_payload_byte() {
 }
 
 #[test]
-fn flipped_kernel_byte() {
+fn flipped_uki_byte() {
     let (v1, v2, dev) = setup();
     let mut bad = v2.bundle.clone();
-    let at = data_offset(&bad, "vmlinuz.zst") + 100;
+    let at = data_offset(&bad, "uki-b.efi.zst") + 100;
     bad[at] ^= 0x80;
     let err = trust(refused_unarmed(&dev, &bad, false));
     assert!(
@@ -101,8 +101,22 @@ fn flipped_kernel_byte() {
         ),
         "{err}"
     );
-    let kernel = std::fs::read(dev.paths.slot_dir(Slot::B).join("vmlinuz")).unwrap();
-    assert!(kernel == v1.kernel, "an unverified kernel was put in place");
+    let uki = std::fs::read(dev.paths.slot_dir(Slot::B).join("uki.efi")).unwrap();
+    assert!(uki == v1.uki[1], "an unverified UKI was put in place");
+}
+
+/// The other slot's UKI is not written, but a flipped byte in it still refuses the bundle:
+/// every payload is checked against the signed manifest.
+#[test]
+fn flipped_byte_in_the_other_slots_uki() {
+    let (v1, v2, dev) = setup();
+    let mut bad = v2.bundle.clone();
+    let at = data_offset(&bad, "uki-a.efi.zst") + 100;
+    bad[at] ^= 0x80;
+    let err = trust(refused_unarmed(&dev, &bad, false));
+    assert!(matches!(err, TrustError::HashMismatch { .. }), "{err}");
+    let uki = std::fs::read(dev.paths.slot_dir(Slot::A).join("uki.efi")).unwrap();
+    assert!(uki == v1.uki[0], "the running slot's UKI was touched");
 }
 
 #[test]
@@ -116,7 +130,7 @@ fn truncated_bundle_in_the_header() {
 #[test]
 fn truncated_bundle_in_a_payload() {
     let (_, v2, dev) = setup();
-    let cut = data_offset(&v2.bundle, "initrd.img.zst") + 10;
+    let cut = data_offset(&v2.bundle, "uki-b.efi.zst") + 10;
     let err = trust(refused_unarmed(&dev, &v2.bundle[..cut], false));
     assert!(matches!(err, TrustError::Truncated { .. }), "{err}");
 }
@@ -298,11 +312,11 @@ fn missing_entry() {
     let bad = RawTar::new()
         .signed(&v2)
         .file("rootfs.img.zst", v2.zst(0))
-        .file("vmlinuz.zst", v2.zst(1))
+        .file("uki-a.efi.zst", v2.zst(1))
         .end();
     let err = trust(refused_unarmed(&dev, &bad, false));
     assert!(
-        matches!(err, TrustError::MissingEntry { ref name } if name == "initrd.img.zst"),
+        matches!(err, TrustError::MissingEntry { ref name } if name == "uki-b.efi.zst"),
         "{err}"
     );
 }
@@ -312,9 +326,9 @@ fn reordered_entries() {
     let (_, v2, dev) = setup();
     let bad = RawTar::new()
         .signed(&v2)
-        .file("vmlinuz.zst", v2.zst(1))
+        .file("uki-a.efi.zst", v2.zst(1))
         .file("rootfs.img.zst", v2.zst(0))
-        .file("initrd.img.zst", v2.zst(2))
+        .file("uki-b.efi.zst", v2.zst(2))
         .end();
     let err = trust(refused_unarmed(&dev, &bad, true));
     assert!(matches!(err, TrustError::Reordered { .. }), "{err}");
@@ -346,9 +360,82 @@ fn other_product() {
 }
 
 #[test]
-fn bundle_without_initrd_cannot_be_placed() {
+fn bundle_without_one_slots_uki_cannot_be_placed() {
     let (_, _, dev) = setup();
     let partial = image_with("2.0.0", 2, 2, &keys(), |m| m.artifacts.truncate(2));
     let err = refused_untouched(&dev, &partial.bundle);
     assert!(matches!(err, UpdateError::Unsupported { .. }), "{err}");
+    assert!(
+        aperture_updater::error_chain(&err).contains("uki-b.efi"),
+        "{err}"
+    );
+}
+
+/// A release whose UKI for slot B carries slot A's command line (a builder's mix-up) is
+/// refused after its hash matched, before the slot is armed.
+#[test]
+fn a_uki_with_the_other_slots_command_line_is_refused_before_arming() {
+    let (_, v2, dev) = setup();
+    let mut swapped = v2.clone();
+    swapped.uki.swap(0, 1);
+    let swapped = swap_ukis(swapped);
+    let err = refused_unarmed(&dev, &swapped.bundle, false);
+    assert!(
+        matches!(err, UpdateError::Verify { slot: Slot::B, .. }),
+        "{err}"
+    );
+    let text = aperture_updater::error_chain(&err);
+    assert!(
+        text.contains("command line") && text.contains("aperture.slot=a"),
+        "{text}"
+    );
+}
+
+/// A UKI without an Authenticode signature is refused before arming: under Secure Boot the
+/// firmware would refuse it on every try.
+#[test]
+fn an_unsigned_uki_is_refused_before_arming() {
+    let (_, v2, dev) = setup();
+    let mut unsigned = v2.clone();
+    for (i, slot) in Slot::ALL.into_iter().enumerate() {
+        let cmdline = aperture_uefi::section_data(&v2.uki[i], ".cmdline")
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        unsigned.uki[i] = aperture_uefi::assemble_uki(
+            &aperture_uefi::testpe::synthetic_stub(),
+            &[
+                (".osrel", b"ID=aperture-test\n"),
+                (".cmdline", &cmdline),
+                (".initrd", &v2.initrd),
+                (".linux", &v2.kernel),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            slot.uki_artifact(),
+            v2.manifest.artifacts[1 + i].name.as_str()
+        );
+    }
+    let unsigned = swap_ukis(unsigned);
+    let err = refused_unarmed(&dev, &unsigned.bundle, false);
+    assert!(
+        aperture_updater::error_chain(&err).contains("no Authenticode signature"),
+        "{err}"
+    );
+}
+
+/// `img` with its manifest, payloads and bundle remade from `img.uki`.
+fn swap_ukis(mut img: Image) -> Image {
+    for i in 0..2 {
+        let z = zstd::encode_all(&img.uki[i][..], 1).unwrap();
+        let a = &mut img.manifest.artifacts[1 + i];
+        a.size = img.uki[i].len() as u64;
+        a.sha256 = aperture_trust::manifest::Sha256Hex::digest(&img.uki[i]);
+        let p = a.payload.as_mut().unwrap();
+        p.size = z.len() as u64;
+        p.sha256 = aperture_trust::manifest::Sha256Hex::digest(&z);
+        img.payloads[1 + i].1 = z;
+    }
+    img.resign(&keys())
 }

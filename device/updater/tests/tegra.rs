@@ -286,6 +286,7 @@ fn cmdline(image: &Image, slot: Slot) -> String {
         image.verity.hash_offset,
     )
     .options
+    .unwrap_or_default()
 }
 
 #[test]

@@ -260,10 +260,10 @@ pub fn run(slot_image: Option<PathBuf>, boot: bool, runs: u32) -> Result<()> {
         .and_then(|n| n.parse::<u64>().ok())
         .context("reading du's total")?;
 
-    // The rest of the bundle (kernel and initrd, compressed as the build does) is the same in
+    // The rest of the bundle (each slot's UKI, compressed as the build does) is the same in
     // every row.
     let mut others = 0;
-    for name in ["vmlinuz", "initrd.img"] {
+    for name in ["uki-a.efi", "uki-b.efi"] {
         let src = dir.join(name);
         if src.is_file() {
             let p = aperture_trust::bundle::compress_payload(&src, &root.join("other.zst"), 3)?;

@@ -309,7 +309,8 @@ pub struct BuildArgs {
 /// `cargo xtask keys ...`.
 #[derive(Debug, Subcommand, Clone)]
 pub enum KeysCommand {
-    /// Make a root key, a release key, and the keyring in which the root key certifies it.
+    /// Make a root key, a release key, the keyring in which the root key certifies it, and the
+    /// Secure Boot keys (PK, KEK, db) and TPM policy key in `secure-boot/`.
     Generate(KeysGenerateArgs),
     /// Revoke a release key: write a new keyring without it, its sequence one higher, signed
     /// by the root key. Appliances refuse bundles under older keyrings once they commit an
@@ -347,6 +348,10 @@ pub struct KeysGenerateArgs {
     /// Replace keys that already exist in the folder.
     #[arg(long)]
     pub force: bool,
+    /// Add only the Secure Boot keys (PK, KEK, db) and the TPM policy key to a folder that
+    /// already holds image keys (`secure-boot/`).
+    #[arg(long)]
+    pub secure_boot_only: bool,
 }
 
 /// `cargo xtask verify`.
@@ -417,6 +422,11 @@ pub struct VmRunArgs {
     /// Forward a host TCP port to a guest port (HOST:GUEST); may be repeated.
     #[arg(long = "forward")]
     pub forwards: Vec<String>,
+    /// Start the firmware without Secure Boot (plain OVMF, no keys enrolled). By default an
+    /// x86-64 image boots OVMF with Secure Boot on and only the build's keys (its
+    /// `secure-boot/` certificates) enrolled, as an appliance's firmware is.
+    #[arg(long)]
+    pub insecure_no_secure_boot: bool,
     /// Boot a Jetson build as the Jetson twin: QEMU arm64 with the board's disk as built, each
     /// boot chosen by L4TLauncher's A/B rules applied to the twin's UEFI variables between boots
     /// (a guest reboot ends QEMU and the next boot starts). Without DIR, the twin build of

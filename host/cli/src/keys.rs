@@ -19,6 +19,12 @@ pub fn run(c: &KeysCommand) -> Result<()> {
 }
 
 fn generate(a: &KeysGenerateArgs) -> Result<()> {
+    if a.secure_boot_only {
+        let development = a.out.join(keys::DEVELOPMENT_MARKER).exists();
+        aperture_image::sbkeys::generate(&a.out, a.valid_days.max(3650), a.force, development)?;
+        print_secure_boot(&a.out);
+        return Ok(());
+    }
     keys::generate(&a.out, a.valid_days, a.force, false)?;
     let k = keys::load(&a.out)?;
     eprintln!("made keys in {}:", a.out.display());
@@ -38,11 +44,23 @@ fn generate(a: &KeysGenerateArgs) -> Result<()> {
         "  {}  the root's certificate of the release key",
         keys::KEYRING
     );
+    print_secure_boot(&a.out);
     eprintln!(
         "point a recipe at them with:  [keys] dir = \"{}\"",
         a.out.display()
     );
     Ok(())
+}
+
+fn print_secure_boot(dir: &Path) {
+    eprintln!(
+        "  {}/{}/  Secure Boot PK, KEK and db (RSA-2048 certificates and keys: enroll the .crt \
+         files in the appliance's firmware; db signs every boot file), and the TPM policy key \
+         ({}.key; keep the .key files offline)",
+        dir.display(),
+        aperture_image::sbkeys::DIR,
+        aperture_image::sbkeys::POLICY
+    );
 }
 
 fn revoke(a: &KeysRevokeArgs) -> Result<()> {

@@ -201,6 +201,25 @@ fn run_vm(a: &VmRunArgs) -> Result<()> {
     // Interactive: let the guest reboot in place (A/B switches happen across reboots).
     cfg.no_reboot = false;
     cfg.forwards = forwards(a)?;
+    let certs = dir.join(aperture_image::outputs::names::SECURE_BOOT);
+    if arch == aperture_image::recipe::Arch::Amd64 && certs.join("db.crt").is_file() {
+        if a.insecure_no_secure_boot {
+            eprintln!("--insecure-no-secure-boot: the firmware starts anything, signed or not");
+        } else {
+            eprintln!(
+                "Secure Boot on, with only the build's keys ({}) enrolled",
+                certs.display()
+            );
+            cfg.firmware = qemu::Firmware::SecureBoot(qemu::SecureBootVm {
+                certs: aperture_image::secure_boot::SecureBootCerts {
+                    pk: certs.join("PK.crt"),
+                    kek: certs.join("KEK.crt"),
+                    db: certs.join("db.crt"),
+                },
+                mode: aperture_image::secure_boot::VarsMode::Enrolled,
+            });
+        }
+    }
     // A TPM 2.0 for the appliance's sealed storage keys; its state beside the overlay, so the
     // keys sealed on the first boot unseal on every later one.
     let _tpm = if qemu::swtpm_available() {

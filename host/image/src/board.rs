@@ -51,6 +51,12 @@ impl BoardSpec {
         format!("usr/lib/systemd/boot/efi/systemd-boot{}.efi", self.efi_arch)
     }
 
+    /// systemd's UEFI stub inside the rootfs (package systemd-boot-efi), which UKIs are made
+    /// from.
+    pub fn uki_stub(&self) -> String {
+        format!("usr/lib/systemd/boot/efi/linux{}.efi.stub", self.efi_arch)
+    }
+
     /// The removable-media boot path firmware looks for on the ESP.
     pub fn fallback_efi(&self) -> String {
         format!("EFI/BOOT/BOOT{}.EFI", self.efi_arch.to_uppercase())

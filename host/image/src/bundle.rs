@@ -276,15 +276,17 @@ pub fn make_delta_bundle_from(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| new.join(delta_bundle_name(&base.version)));
     let work = work_beside(&out)?;
-    // Deltas: the rootfs always; kernel and initrd where the appliance keeps them as files
-    // it can read back (the ESP of qemu boards; a Jetson's boot image partition is written
-    // whole).
+    // Deltas: the rootfs always; the UKIs where the appliance keeps them as files it can read
+    // back (the ESP of qemu boards; a Jetson's boot image partition is written whole). A
+    // slot's UKI is rebuilt from the one the appliance runs, which is the other slot's: so
+    // `uki-b.efi` is a delta from the base release's `uki-a.efi` (for appliances running A),
+    // and `uki-a.efi` one from its `uki-b.efi` (for those running B).
     let board: aperture_appliance::Board = manifest
         .board
         .parse()
         .map_err(|e| anyhow::anyhow!("board {}: {e}", manifest.board))?;
     let file_roles: &[Role] = match board.slot_layout() {
-        aperture_slots::SlotLayout::Esp => &[Role::Rootfs, Role::Kernel, Role::Initrd],
+        aperture_slots::SlotLayout::Esp => &[Role::Rootfs, Role::Uki],
         aperture_slots::SlotLayout::Tegra(_) => &[Role::Rootfs],
     };
     let mut deltas: Vec<(
@@ -295,9 +297,16 @@ pub fn make_delta_bundle_from(
     )> = Vec::new();
     let level = bundle_level(new);
     for a in manifest.payload_artifacts() {
+        let base_name = match (
+            a.role,
+            aperture_appliance::Slot::of_uki_artifact(a.name.as_str()),
+        ) {
+            (Role::Uki, Some(slot)) => slot.other().uki_artifact(),
+            _ => a.name.to_string(),
+        };
         let from = base
             .payload_artifacts()
-            .find(|b| b.role == a.role && b.name == a.name)
+            .find(|b| b.role == a.role && b.name.as_str() == base_name)
             .filter(|_| file_roles.contains(&a.role));
         let Some(from) = from else {
             remake_payload(new, work.path(), a, level)?;
@@ -348,7 +357,11 @@ pub fn make_delta_bundle_from(
     let mut reader = BundleReader::new(BufReader::new(File::open(&tmp)?), &root, now);
     reader.read_header()?;
     for (name, _, _, delta_base) in &deltas {
-        let path = old.join(name);
+        // A UKI's base is the other slot's (see above).
+        let path = match aperture_appliance::Slot::of_uki_artifact(name) {
+            Some(slot) => old.join(slot.other().uki_artifact()),
+            None => old.join(name),
+        };
         reader.set_delta_base(
             name,
             Box::new(FileBase::open(&path)?),

@@ -1,7 +1,8 @@
 //! Signing keys on the build host: a root key (its public half is baked into every image), a
 //! release key that signs manifests, and the keyring in which the root certifies the release key
-//! with an expiry. Development keys are made on first use, loudly, and marked so that a release
-//! build refuses them.
+//! with an expiry; and in `secure-boot/` the UEFI Secure Boot keys and the TPM policy key
+//! ([`crate::sbkeys`]). Development keys are made on first use, loudly, and marked so that a
+//! release build refuses them.
 
 use std::path::{Path, PathBuf};
 
@@ -33,10 +34,36 @@ pub struct BuildKeys {
     pub keyring: SignedKeyring,
     /// Whether these are development keys.
     pub development: bool,
+    /// The Secure Boot keys (PK, KEK, db) and the TPM policy key.
+    pub secure_boot: crate::sbkeys::SecureBootKeys,
 }
 
-/// Make a root key, a release key valid for `valid_days`, and the keyring, in `dir`.
+/// Make a root key, a release key valid for `valid_days`, the keyring, and the Secure Boot and
+/// TPM policy keys, in `dir`.
 pub fn generate(dir: &Path, valid_days: u64, force: bool, development: bool) -> Result<()> {
+    if !force {
+        let sb = crate::sbkeys::SecureBootKeys::of(dir).files();
+        let image = [ROOT_SECRET, ROOT_PUBLIC, RELEASE_SECRET, KEYRING].map(|f| dir.join(f));
+        if let Some(p) = image.iter().chain(sb.iter()).find(|p| p.exists()) {
+            bail!("{} already exists: keys are never overwritten silently (pass --force to replace them)", p.display());
+        }
+    }
+    generate_image_keys(dir, valid_days, force, development)?;
+    crate::sbkeys::generate(dir, valid_days.max(3650), force, development)?;
+    mark(dir, development)
+}
+
+fn mark(dir: &Path, development: bool) -> Result<()> {
+    let marker = dir.join(DEVELOPMENT_MARKER);
+    if development {
+        std::fs::write(&marker, "These keys were generated automatically for development builds.\nNever sign a release with them.\n")?;
+    } else if marker.exists() {
+        std::fs::remove_file(marker)?;
+    }
+    Ok(())
+}
+
+fn generate_image_keys(dir: &Path, valid_days: u64, force: bool, development: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for f in [ROOT_SECRET, ROOT_PUBLIC, RELEASE_SECRET, KEYRING] {
         let p = dir.join(f);
@@ -65,12 +92,6 @@ pub fn generate(dir: &Path, valid_days: u64, force: bool, development: bool) -> 
     let mut json = serde_json::to_vec_pretty(&keyring)?;
     json.push(b'\n');
     std::fs::write(dir.join(KEYRING), json)?;
-    let marker = dir.join(DEVELOPMENT_MARKER);
-    if development {
-        std::fs::write(&marker, "These keys were generated automatically for development builds.\nNever sign a release with them.\n")?;
-    } else if marker.exists() {
-        std::fs::remove_file(marker)?;
-    }
     Ok(())
 }
 
@@ -100,11 +121,14 @@ pub fn load(dir: &Path) -> Result<BuildKeys> {
         release,
         keyring,
         development: dir.join(DEVELOPMENT_MARKER).exists(),
+        secure_boot: crate::sbkeys::SecureBootKeys::of(dir),
     })
 }
 
-/// Keys for a build: the recipe's folder, made on first use when the recipe says they are
-/// development keys; refused for a release unless the insecure override is given.
+/// Image keys for signing (a build, a bundle, a model bundle, a release): the recipe's folder,
+/// made on first use when the recipe says they are development keys; refused for a release
+/// unless the insecure override is given. An image build also needs the folder's Secure Boot
+/// keys: [`secure_boot_for_build`].
 pub fn for_build(
     dir: &Path,
     development: bool,
@@ -145,4 +169,24 @@ pub fn for_build(
         }
     }
     Ok(keys)
+}
+
+/// The Secure Boot keys of `keys` for an image build. Folders made before images were signed
+/// for Secure Boot lack them: a development folder gets them now, as loudly as its first keys
+/// (its development marker covers them, so a release build refuses them with the rest); a
+/// release folder is refused with the command that adds them.
+pub fn secure_boot_for_build(keys: &BuildKeys, rep: &Reporter) -> Result<()> {
+    if keys.development && !keys.secure_boot.missing().is_empty() {
+        crate::sbkeys::generate(&keys.dir, 3650, false, true)?;
+        rep.warn_loud(&[
+            "DEVELOPMENT SECURE BOOT KEYS GENERATED",
+            &format!(
+                "New Secure Boot (PK, KEK, db) and TPM policy keys were created in {}.",
+                keys.secure_boot.dir.display()
+            ),
+            "Firmware enrolled with them boots development images only: a --release build refuses them.",
+        ]);
+    }
+    crate::sbkeys::check(&keys.dir)?;
+    Ok(())
 }

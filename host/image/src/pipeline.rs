@@ -192,9 +192,11 @@ pub fn build_rootfs(
     opts: &BuildOptions,
     recipe: &Recipe,
     paths: &Paths,
-    root_key: &Path,
+    keys: &crate::keys::BuildKeys,
     rep: &Reporter,
 ) -> Result<RootfsBuild> {
+    let root_key = keys.dir.join(crate::keys::ROOT_PUBLIC);
+    let root_key = root_key.as_path();
     let source_date = source_date(recipe, &opts.workspace)?;
     let recipe_sha256 = recipe.hash();
     let store = rep.step("store", |s| {
@@ -296,6 +298,23 @@ pub fn build_rootfs(
         };
         // The root of trust every update is checked against.
         layer.copy_file(Path::new("etc/aperture/root.pub"), root_key, 0o644, 0, 0)?;
+        // The Secure Boot db certificate the boot files are signed for (the updater checks a
+        // new slot's UKI against it) and the TPM policy key's public half.
+        let sb = &keys.secure_boot;
+        layer.copy_file(
+            Path::new(aperture_appliance::files::rel::SECURE_BOOT_DB),
+            &sb.db_cert(),
+            0o644,
+            0,
+            0,
+        )?;
+        layer.copy_file(
+            Path::new(aperture_appliance::files::rel::TPM_POLICY_KEY),
+            &sb.policy_public(),
+            0o644,
+            0,
+            0,
+        )?;
         for u in &recipe.services.enable {
             units::enable(&layer, u)?;
         }
@@ -381,6 +400,7 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
             opts.insecure_dev_keys,
             rep,
         )?;
+        crate::keys::secure_boot_for_build(&k, rep)?;
         s.note(format!(
             "{} (release key {})",
             k.dir.display(),
@@ -388,8 +408,7 @@ pub fn build(opts: &BuildOptions, rep: &Reporter) -> Result<BuildReport> {
         ));
         Ok(k)
     })?;
-    let root_key = keys.dir.join(crate::keys::ROOT_PUBLIC);
-    let rootfs = build_rootfs(opts, &recipe, &paths, &root_key, rep)?;
+    let rootfs = build_rootfs(opts, &recipe, &paths, &keys, rep)?;
     let outputs = if opts.rootfs_only {
         None
     } else {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::recipe::Arch;
+use crate::secure_boot::{self, SecureBootCerts, VarsMode};
 
 /// Accelerator actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,59 @@ pub fn firmware(arch: Arch) -> (PathBuf, PathBuf) {
             PathBuf::from("/usr/share/AAVMF/AAVMF_VARS.fd"),
         ),
     }
+}
+
+/// The Secure Boot firmware of an architecture: its code and the empty variable store template
+/// [`secure_boot::make_vars`] enrolls our keys into.
+///
+/// x86-64: Debian's `OVMF_CODE_4M.secboot.fd`, which refuses to run without SMM, so that only
+/// firmware code in SMM can write the variable flash (QEMU's `secure=on` pflash): a guest kernel
+/// cannot rewrite its own keys or `SecureBootEnable`. arm64 is refused: Debian's AAVMF checks
+/// signatures too, but with no SMM (nor a secure world on `virt`) nothing keeps the guest from
+/// writing the variable flash directly, so a test on it could not show that only our keys
+/// decide; and its `AAVMF_VARS.fd` is a blank flash image that virt-fw-vars cannot read. (The
+/// Jetson boards' Secure Boot is NVIDIA's fuse flow, not AAVMF's; issue 18 REPORT.)
+pub fn secure_boot_firmware(arch: Arch) -> Result<(PathBuf, PathBuf)> {
+    match arch {
+        Arch::Amd64 => Ok((
+            PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+            PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        )),
+        Arch::Arm64 => bail!(
+            "Secure Boot VMs are x86-64 only here: arm64's AAVMF has no SMM-protected variable \
+             store, so the guest could rewrite its own keys, and Debian's AAVMF_VARS.fd is a \
+             blank flash image virt-fw-vars cannot enroll keys into"
+        ),
+    }
+}
+
+/// The UEFI firmware a VM starts with.
+#[derive(Debug, Clone, Default)]
+pub enum Firmware {
+    /// Debian's plain build ([`firmware`]) and a copy of its empty variable store: no Secure
+    /// Boot.
+    #[default]
+    Plain,
+    /// The Secure Boot build ([`secure_boot_firmware`], with SMM) and a variable store made by
+    /// [`secure_boot::make_vars`].
+    SecureBoot(SecureBootVm),
+}
+
+/// The keys and variable store of a Secure Boot machine.
+#[derive(Debug, Clone)]
+pub struct SecureBootVm {
+    /// Our PK, KEK and db certificates.
+    pub certs: SecureBootCerts,
+    /// Which store to start with (keys enrolled and Secure Boot on, off, an extra db, none).
+    pub mode: VarsMode,
+}
+
+/// The file beside a variable store that says what it was made for
+/// ([`secure_boot::describe`]; none: the plain firmware's template).
+fn vars_stamp(vars: &Path) -> PathBuf {
+    let mut name = vars.file_name().unwrap_or_default().to_os_string();
+    name.push(".made-for");
+    vars.with_file_name(name)
 }
 
 fn qemu_binary(arch: Arch) -> &'static str {
@@ -86,8 +140,12 @@ pub struct VmConfig {
     pub arch: Arch,
     /// The boot disk: raw, or a qcow2 overlay when its name ends in `.qcow2`.
     pub disk: PathBuf,
-    /// Writable copy of the UEFI variable store (made from the template if missing).
+    /// Writable UEFI variable store, made for [`VmConfig::firmware`] if missing and kept
+    /// between boots (the guest's boot entries live there). A store made for other firmware,
+    /// mode or keys is refused rather than reused.
     pub vars: PathBuf,
+    /// The firmware: plain, or Secure Boot with our keys.
+    pub firmware: Firmware,
     /// Memory in MiB.
     pub memory_mib: u32,
     /// Accelerator.
@@ -129,6 +187,7 @@ impl VmConfig {
             arch,
             disk: disk.to_path_buf(),
             vars: vars.to_path_buf(),
+            firmware: Firmware::Plain,
             memory_mib: 1024,
             accel: Accel::Tcg,
             snapshot: false,
@@ -141,10 +200,77 @@ impl VmConfig {
         }
     }
 
+    /// Make [`VmConfig::vars`] for the firmware if it is missing; if it exists, check that it
+    /// was made for the same firmware, mode and keys (its stamp, [`vars_stamp`]): a Secure Boot
+    /// test that reused a store made with Secure Boot off would pass for the wrong reason.
+    fn prepare_vars(&self, template: &Path) -> Result<()> {
+        let secure = match &self.firmware {
+            Firmware::Plain => None,
+            Firmware::SecureBoot(sb) => Some((
+                sb,
+                secure_boot::describe(&sb.certs, &sb.mode)
+                    .context("describing the Secure Boot variable store")?,
+            )),
+        };
+        let wanted = secure.as_ref().map(|(_, line)| line.as_str());
+        let stamp = vars_stamp(&self.vars);
+        if self.vars.exists() {
+            let made = match std::fs::read_to_string(&stamp) {
+                Ok(s) => Some(s.trim().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", stamp.display()));
+                }
+            };
+            if made.as_deref() != wanted {
+                let plain = "the plain firmware";
+                bail!(
+                    "the UEFI variable store {} was made for {}, but this machine starts {}: \
+                     remove it and {} to start from a new store",
+                    self.vars.display(),
+                    made.as_deref().unwrap_or(plain),
+                    wanted.unwrap_or(plain),
+                    stamp.display()
+                );
+            }
+            return Ok(());
+        }
+        match secure {
+            Some((sb, line)) => {
+                // The stamp first: a store without one would read as the plain firmware's.
+                std::fs::write(&stamp, format!("{line}\n"))
+                    .with_context(|| format!("writing {}", stamp.display()))?;
+                secure_boot::make_vars(template, &sb.certs, &sb.mode, &self.vars).with_context(
+                    || {
+                        format!(
+                            "making the UEFI variable store {} ({})",
+                            self.vars.display(),
+                            sb.mode.name()
+                        )
+                    },
+                )?;
+            }
+            None => {
+                if let Err(e) = std::fs::remove_file(&stamp) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e).with_context(|| format!("removing {}", stamp.display()));
+                    }
+                }
+                std::fs::copy(template, &self.vars).with_context(|| {
+                    format!("copying the UEFI variable store {}", template.display())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The QEMU command line. The guest's console is its first serial port on stdio; a guest
     /// reboot ends QEMU (`-no-reboot`), so each boot is its own process.
     pub fn command(&self) -> Result<Command> {
-        let (code, vars_template) = firmware(self.arch);
+        let (code, vars_template) = match &self.firmware {
+            Firmware::Plain => firmware(self.arch),
+            Firmware::SecureBoot(_) => secure_boot_firmware(self.arch)?,
+        };
         if !code.exists() {
             bail!(
                 "UEFI firmware {} is missing: install {}",
@@ -156,16 +282,17 @@ impl VmConfig {
                 }
             );
         }
-        if !self.vars.exists() {
-            std::fs::copy(&vars_template, &self.vars).with_context(|| {
-                format!(
-                    "copying the UEFI variable store {}",
-                    vars_template.display()
-                )
-            })?;
-        }
+        self.prepare_vars(&vars_template)?;
+        let secure = matches!(self.firmware, Firmware::SecureBoot(_));
         let mut c = Command::new(qemu_binary(self.arch));
         match self.arch {
+            // SMM: the secboot build stops without it; it is what guards the variable flash.
+            Arch::Amd64 if secure => c.args([
+                "-machine",
+                &format!("q35,smm=on,accel={}", self.accel.name()),
+                "-global",
+                "driver=cfi.pflash01,property=secure,value=on",
+            ]),
             Arch::Amd64 => c.args(["-machine", &format!("q35,accel={}", self.accel.name())]),
             Arch::Arm64 => c.args(["-machine", &format!("virt,accel={}", self.accel.name())]),
         };
@@ -551,4 +678,106 @@ pub fn probe_kvm(arch: Arch, cache: &Path) -> Accel {
     let _ = std::fs::create_dir_all(cache);
     let _ = std::fs::write(&marker, accel.name());
     accel
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Whether the firmware file `code` is installed; if not, `SKIPPED` (a panic under
+    /// `APERTURE_REQUIRE_TOOLS=1`).
+    fn have(code: &Path, test: &str) -> bool {
+        if code.is_file() {
+            return true;
+        }
+        let why = format!(
+            "{test}: {} (Debian package ovmf) is missing; `cargo xtask test` installs it as root",
+            code.display()
+        );
+        assert!(
+            !aperture_sys::tool::required(),
+            "APERTURE_REQUIRE_TOOLS=1 and a file is missing: {why}"
+        );
+        eprintln!("SKIPPED: {why}");
+        false
+    }
+
+    fn setup_mode() -> Firmware {
+        // Setup mode copies the template: no certificates or virt-fw-vars needed.
+        Firmware::SecureBoot(SecureBootVm {
+            certs: SecureBootCerts {
+                pk: "unused".into(),
+                kek: "unused".into(),
+                db: "unused".into(),
+            },
+            mode: VarsMode::Setup,
+        })
+    }
+
+    #[test]
+    fn secure_boot_machines_get_smm_and_the_secboot_build() {
+        let test = "secure_boot_machines_get_smm_and_the_secboot_build";
+        let (code, template) = secure_boot_firmware(Arch::Amd64).unwrap();
+        if !have(&code, test) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let vars = dir.path().join("efivars.fd");
+        let mut cfg = VmConfig::new(Arch::Amd64, &dir.path().join("disk.img"), &vars);
+        cfg.firmware = setup_mode();
+        let a = args(&cfg.command().unwrap());
+        let pos = |w: &str| a.iter().position(|x| x == w);
+        let machine = pos("-machine").unwrap();
+        assert_eq!(a[machine + 1], "q35,smm=on,accel=tcg");
+        assert!(a
+            .windows(2)
+            .any(|w| w[0] == "-global" && w[1] == "driver=cfi.pflash01,property=secure,value=on"));
+        let code_drive = format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        );
+        assert!(pos(&code_drive).is_some(), "{a:?}");
+        assert_eq!(
+            std::fs::read(&vars).unwrap(),
+            std::fs::read(&template).unwrap()
+        );
+        // Kept and reused for the same firmware and mode.
+        std::fs::write(&vars, b"changed by the guest").unwrap();
+        cfg.command().unwrap();
+        assert_eq!(std::fs::read(&vars).unwrap(), b"changed by the guest");
+        // Refused for another firmware, and the other way round.
+        cfg.firmware = Firmware::Plain;
+        let err = format!("{:#}", cfg.command().unwrap_err());
+        assert!(err.contains("was made for secure-boot firmware"), "{err}");
+        let plain = dir.path().join("plain.fd");
+        let mut cfg = VmConfig::new(Arch::Amd64, &dir.path().join("disk.img"), &plain);
+        let a = args(&cfg.command().unwrap());
+        assert!(!a
+            .iter()
+            .any(|x| x.contains("smm=on") || x.contains("secboot")));
+        assert!(!vars_stamp(&plain).exists());
+        cfg.firmware = setup_mode();
+        let err = format!("{:#}", cfg.command().unwrap_err());
+        assert!(err.contains("was made for the plain firmware"), "{err}");
+    }
+
+    #[test]
+    fn arm64_secure_boot_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = VmConfig::new(
+            Arch::Arm64,
+            &dir.path().join("disk.img"),
+            &dir.path().join("efivars.fd"),
+        );
+        cfg.firmware = setup_mode();
+        let err = format!("{:#}", cfg.command().unwrap_err());
+        assert!(err.contains("x86-64 only here"), "{err}");
+        assert!(!dir.path().join("efivars.fd").exists());
+    }
 }

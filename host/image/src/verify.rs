@@ -122,6 +122,46 @@ fn check_artifact(dir: &Path, a: &Artifact) -> Result<String> {
     Ok(format!("{size} bytes, sha256 {}", &a.sha256.as_str()[..16]))
 }
 
+/// A slot's UKI: signed by the Secure Boot db certificate the build folder names
+/// (`secure-boot/db.crt`), with the command line that boots its own slot with the release's
+/// verity root; and the PCR 11 value it leaves.
+fn check_uki(dir: &Path, a: &Artifact, m: &aperture_trust::manifest::Manifest) -> Result<String> {
+    let path = dir.join(a.name.as_str());
+    let slot = Slot::of_uki_artifact(a.name.as_str())
+        .with_context(|| format!("{} names no slot (uki-a.efi or uki-b.efi)", a.name))?;
+    let db = dir.join(crate::outputs::names::SECURE_BOOT).join("db.crt");
+    crate::uki::verify(&path, &db)?;
+    let bytes = std::fs::read(&path)?;
+    let cmdline =
+        aperture_uefi::section_data(&bytes, ".cmdline")?.context("it has no .cmdline section")?;
+    let rootfs = m
+        .artifacts
+        .iter()
+        .find(|a| a.role == Role::Rootfs)
+        .and_then(|a| a.verity.as_ref())
+        .context("the manifest has no rootfs with verity parameters")?;
+    let board: Board = m.board.parse()?;
+    let want = aperture_slots::cmdline::verity_cmdline(
+        m.boot.as_ref().map_or("", |b| b.cmdline.as_str()),
+        board.slot_layout(),
+        slot,
+        rootfs.root_hash.as_str(),
+        rootfs.hash_offset,
+    );
+    if cmdline != want.as_bytes() {
+        bail!(
+            "its command line is {:?}, but slot {slot} of this release boots with {want:?}",
+            String::from_utf8_lossy(cmdline)
+        );
+    }
+    let pcr11 = aperture_uefi::predict_pcr11(&bytes)?;
+    Ok(format!(
+        "signed by {}; boots slot {slot} with the release's verity root; PCR 11 {}",
+        db.display(),
+        &hex::encode(pcr11)[..16]
+    ))
+}
+
 fn read_gpt(disk: &Path) -> Result<aperture_gpt::Gpt> {
     let mut f = File::open(disk)?;
     let size = aperture_gpt::disk_size_of(&mut f)?;
@@ -354,6 +394,9 @@ pub fn verify(dir: &Path, root_key: Option<&Path>, now: u64) -> Result<Report> {
                 }
             }
             notes.push(check_artifact(dir, a)?);
+            if a.role == Role::Uki {
+                notes.push(check_uki(dir, a, &verified)?);
+            }
             if let Some(info) = &a.verity {
                 let f = File::open(dir.join(a.name.as_str()))?;
                 verity::verify_device(f, info)

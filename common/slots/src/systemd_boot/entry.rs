@@ -195,12 +195,20 @@ impl EntryFields {
 /// The text of the loader entry for `slot` at boot `generation` (written as `version`; the
 /// highest generation boots first, see [`compare`]).
 pub fn render_entry(slot: Slot, generation: u64, boot: &SlotBoot) -> String {
-    format!(
+    let mut text = format!(
         "# Slot {slot}, written by aperture-slots. `version` is a boot generation, not the image\n\
          # version: with equal sort keys systemd-boot boots the highest version first.\n\
-         title {}\nversion {generation}\nsort-key {SORT_KEY}\nlinux {}\ninitrd {}\noptions {}\n",
-        boot.title, boot.linux, boot.initrd, boot.options
-    )
+         title {}\nversion {generation}\nsort-key {SORT_KEY}\nlinux {}\n",
+        boot.title, boot.linux
+    );
+    // A UKI's entry has neither line: its initrd and command line are signed inside it.
+    if let Some(initrd) = &boot.initrd {
+        text.push_str(&format!("initrd {initrd}\n"));
+    }
+    if let Some(options) = &boot.options {
+        text.push_str(&format!("options {options}\n"));
+    }
+    text
 }
 
 /// `text` with its `version` line set to `generation` (added after the first line if missing);

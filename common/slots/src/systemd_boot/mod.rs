@@ -256,7 +256,7 @@ impl SystemdBoot {
     /// Arming an entry whose kernel or initrd is missing would only waste the slot's tries:
     /// the updater writes them first (invalidate, write, verify, then validate).
     fn require_boot_files(&self, slot: Slot, boot: &SlotBoot) -> Result<(), SlotsError> {
-        for (what, rel) in [("kernel", &boot.linux), ("initrd", &boot.initrd)] {
+        for (what, rel) in boot.files() {
             let path = self.esp_root.join(rel.trim_start_matches('/'));
             if !path.is_file() {
                 return Err(SlotsError::InvalidBoot {

@@ -40,6 +40,7 @@ pub struct BundleReader<R> {
     stage: Stage,
     header: Option<HeaderBytes>,
     bases: Vec<(String, DeltaBaseSource)>,
+    passed_over: Vec<String>,
 }
 
 /// What [`BundleReader::set_delta_base`] was given.
@@ -77,6 +78,7 @@ impl<R: Read> BundleReader<R> {
             stage: Stage::Start,
             header: None,
             bases: Vec::new(),
+            passed_over: Vec::new(),
         }
     }
 
@@ -94,6 +96,16 @@ impl<R: Read> BundleReader<R> {
         self.bases.retain(|(name, _)| name != artifact);
         self.bases
             .push((artifact.to_owned(), DeltaBaseSource { source, len, holds }));
+    }
+
+    /// The payload of `artifact` is not for this reader (the other slot's unified kernel
+    /// image): [`for_each_payload`](Self::for_each_payload) checks its encoded bytes against
+    /// the manifest's payload size and hash, neither decodes them nor hands them on, and needs
+    /// no delta base for it.
+    pub fn pass_over(&mut self, artifact: &str) {
+        if !self.passed_over.iter().any(|n| n == artifact) {
+            self.passed_over.push(artifact.to_owned());
+        }
     }
 
     /// The manifest and signature bytes [`read_header`](Self::read_header) verified; `None`
@@ -161,6 +173,11 @@ impl<R: Read> BundleReader<R> {
                     actual: size,
                 }
                 .into());
+            }
+            if self.passed_over.iter().any(|n| n == artifact.name.as_str()) {
+                check_encoded(&mut self.inner, size, &payload.sha256, entry)?;
+                skip(&mut self.inner, ustar::padding(size), entry)?;
+                continue;
             }
             let base = match payload.encoding {
                 PayloadEncoding::Delta => Some(take_base(&mut self.bases, artifact, entry)?),
@@ -307,6 +324,44 @@ fn read_exact_entry(
     if (got as u64) < size {
         return Err(TrustError::Truncated {
             entry: entry.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads `size` bytes of a passed-over entry and checks them against `expected` (the sha256 of
+/// the encoded payload, which the signed manifest gives).
+fn check_encoded(
+    r: &mut impl Read,
+    size: u64,
+    expected: &Sha256Hex,
+    entry: &str,
+) -> Result<(), TrustError> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(TrustError::Truncated {
+                    entry: entry.into(),
+                })
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(TrustError::io(format!("reading bundle entry {entry}"), e)),
+        };
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let actual = Sha256Hex::from_bytes(hasher.finalize().into());
+    if &actual != expected {
+        return Err(TrustError::HashMismatch {
+            artifact: entry.into(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
         });
     }
     Ok(())

@@ -384,7 +384,7 @@ impl Rig {
     }
 
     /// `release` in `slot`, laid out and recorded in the store as the image builder and the
-    /// updater do: on the qemu board kernel and initrd on the ESP, on Jetson an Android boot
+    /// updater do: on the qemu board the slot's UKI on the ESP, on Jetson an Android boot
     /// image in the chain's kernel partition and the device tree in its kernel-dtb partition.
     pub fn install(&self, slot: Slot, release: &Release) {
         let layout = self.board.slot_layout();
@@ -392,14 +392,14 @@ impl Rig {
         match layout {
             SlotLayout::Esp => {
                 std::fs::create_dir_all(self.files.esp_slot_dir(slot)).unwrap();
-                std::fs::write(self.files.kernel(slot), &release.kernel).unwrap();
-                std::fs::write(self.files.initrd(slot), &release.initrd).unwrap();
+                let i = usize::from(slot == Slot::B);
+                std::fs::write(self.files.uki(slot), &release.uki[i]).unwrap();
             }
             SlotLayout::Tegra(_) => {
                 let l =
                     bootimg::Layout::new(release.kernel.len() as u64, release.initrd.len() as u64)
                         .unwrap();
-                let options = self.slot_boot(release, slot).options;
+                let options = self.slot_boot(release, slot).options.unwrap_or_default();
                 let mut boot = vec![0u8; l.image_size() as usize];
                 let h = bootimg::header(l.kernel_size, l.ramdisk_size, &options).unwrap();
                 boot[..h.len()].copy_from_slice(&h);

@@ -88,6 +88,9 @@ pub struct Release {
     pub rootfs: Vec<u8>,
     pub kernel: Vec<u8>,
     pub initrd: Vec<u8>,
+    /// qemu boards: each slot's UKI (A, B), kernel and initrd in a synthetic stub with the
+    /// slot's command line ([`aperture_uefi::testpe::test_uki`]); empty on Jetson.
+    pub uki: Vec<Vec<u8>>,
     /// The device tree (Jetson boards; empty on the others).
     pub dtb: Vec<u8>,
 }
@@ -132,13 +135,36 @@ pub fn release_with(spec: ReleaseSpec<'_>) -> Release {
     } else {
         Vec::new()
     };
-    let mut parts = vec![
-        ("rootfs.img", Role::Rootfs, &rootfs),
-        ("vmlinuz", Role::Kernel, &kernel),
-        ("initrd.img", Role::Initrd, &initrd),
-    ];
+    let layout = board.parse::<Board>().unwrap().slot_layout();
+    let uki: Vec<Vec<u8>> = if jetson {
+        Vec::new()
+    } else {
+        aperture_appliance::Slot::ALL
+            .into_iter()
+            .map(|slot| {
+                let cmdline = aperture_slots::cmdline::verity_cmdline(
+                    "console=ttyS0 panic=10",
+                    layout,
+                    slot,
+                    verity.root_hash.as_str(),
+                    verity.hash_offset,
+                );
+                aperture_uefi::testpe::test_uki(&cmdline, &kernel, &initrd)
+            })
+            .collect()
+    };
+    let (uki_a, uki_b) = (
+        aperture_appliance::Slot::A.uki_artifact(),
+        aperture_appliance::Slot::B.uki_artifact(),
+    );
+    let mut parts = vec![("rootfs.img", Role::Rootfs, &rootfs)];
     if jetson {
+        parts.push(("vmlinuz", Role::Kernel, &kernel));
+        parts.push(("initrd.img", Role::Initrd, &initrd));
         parts.push(("kernel.dtb", Role::Dtb, &dtb));
+    } else {
+        parts.push((uki_a.as_str(), Role::Uki, &uki[0]));
+        parts.push((uki_b.as_str(), Role::Uki, &uki[1]));
     }
     let mut artifacts = Vec::new();
     let mut zst = Vec::new();
@@ -202,6 +228,7 @@ pub fn release_with(spec: ReleaseSpec<'_>) -> Release {
         rootfs,
         kernel,
         initrd,
+        uki,
         dtb,
     }
 }

@@ -98,6 +98,11 @@ pub struct Image {
     pub verity: VerityInfo,
     pub kernel: Vec<u8>,
     pub initrd: Vec<u8>,
+    /// qemu boards: each slot's UKI (A, B): the kernel and initrd above in a synthetic stub,
+    /// with the slot's command line, and a certificate table that verifies against nothing
+    /// (the devices here carry no db certificate, so the updater checks that a signature is
+    /// there, not whose; tests/install.rs `a_uki_signed_with_other_keys_...` signs for real).
+    pub uki: Vec<Vec<u8>>,
     pub manifest: Manifest,
     pub manifest_json: Vec<u8>,
     pub sig_json: Vec<u8>,
@@ -204,11 +209,36 @@ pub fn image_of_data(
     let kernel = random(100_000, seed + 100);
     let initrd = random(250_000, seed + 200);
     let zst = |d: &[u8]| zstd::encode_all(d, 1).unwrap();
-    let mut payloads = vec![
-        ("rootfs.img".to_string(), zst(&rootfs)),
-        ("vmlinuz".to_string(), zst(&kernel)),
-        ("initrd.img".to_string(), zst(&initrd)),
-    ];
+    let layout = board.parse::<Board>().unwrap().slot_layout();
+    let esp = layout == aperture_slots::SlotLayout::Esp;
+    let uki: Vec<Vec<u8>> = if esp {
+        Slot::ALL
+            .iter()
+            .map(|slot| {
+                test_uki(
+                    &aperture_slots::cmdline::verity_cmdline(
+                        "console=ttyS0",
+                        layout,
+                        *slot,
+                        verity.root_hash.as_str(),
+                        verity.hash_offset,
+                    ),
+                    &kernel,
+                    &initrd,
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut payloads = vec![("rootfs.img".to_string(), zst(&rootfs))];
+    if esp {
+        payloads.push((Slot::A.uki_artifact(), zst(&uki[0])));
+        payloads.push((Slot::B.uki_artifact(), zst(&uki[1])));
+    } else {
+        payloads.push(("vmlinuz".to_string(), zst(&kernel)));
+        payloads.push(("initrd.img".to_string(), zst(&initrd)));
+    }
     payloads.extend(extra.iter().map(|(n, _, d)| (n.to_string(), zst(d))));
     let art = |name: &str, role, data: &[u8], z: &[u8]| Artifact {
         name: ArtifactName::new(name).unwrap(),
@@ -240,11 +270,19 @@ pub fn image_of_data(
         boot: Some(BootInfo {
             cmdline: "console=ttyS0".into(),
         }),
-        artifacts: vec![
-            rootfs_artifact,
-            art("vmlinuz", Role::Kernel, &kernel, &payloads[1].1),
-            art("initrd.img", Role::Initrd, &initrd, &payloads[2].1),
-        ],
+        artifacts: if esp {
+            vec![
+                rootfs_artifact,
+                art(&Slot::A.uki_artifact(), Role::Uki, &uki[0], &payloads[1].1),
+                art(&Slot::B.uki_artifact(), Role::Uki, &uki[1], &payloads[2].1),
+            ]
+        } else {
+            vec![
+                rootfs_artifact,
+                art("vmlinuz", Role::Kernel, &kernel, &payloads[1].1),
+                art("initrd.img", Role::Initrd, &initrd, &payloads[2].1),
+            ]
+        },
     };
     for (i, (name, role, data)) in extra.iter().enumerate() {
         manifest
@@ -269,6 +307,7 @@ pub fn image_of_data(
         verity,
         kernel,
         initrd,
+        uki,
         manifest,
         manifest_json,
         sig_json,
@@ -279,7 +318,53 @@ pub fn image_of_data(
     img
 }
 
+/// A UKI as the fixtures' appliances see one ([`aperture_uefi::testpe::test_uki`]).
+pub fn test_uki(cmdline: &str, kernel: &[u8], initrd: &[u8]) -> Vec<u8> {
+    let uki = aperture_uefi::testpe::test_uki(cmdline, kernel, initrd);
+    assert!(aperture_uefi::is_signed(&uki).unwrap());
+    uki
+}
+
 impl Image {
+    /// This release with `kernel` and `initrd` in its UKIs (qemu boards), signed again with
+    /// `keys`.
+    pub fn with_boot(mut self, kernel: Vec<u8>, initrd: Vec<u8>, keys: &Keys) -> Image {
+        let layout = self.board.parse::<Board>().unwrap().slot_layout();
+        for (i, slot) in Slot::ALL.into_iter().enumerate() {
+            let cmdline = aperture_slots::cmdline::verity_cmdline(
+                "console=ttyS0",
+                layout,
+                slot,
+                self.verity.root_hash.as_str(),
+                self.verity.hash_offset,
+            );
+            let uki = test_uki(&cmdline, &kernel, &initrd);
+            let z = zstd::encode_all(&uki[..], 1).unwrap();
+            let a = &mut self.manifest.artifacts[1 + i];
+            assert_eq!(a.name.as_str(), slot.uki_artifact());
+            a.size = uki.len() as u64;
+            a.sha256 = Sha256Hex::digest(&uki);
+            let p = a.payload.as_mut().unwrap();
+            p.size = z.len() as u64;
+            p.sha256 = Sha256Hex::digest(&z);
+            self.payloads[1 + i].1 = z;
+            self.uki[i] = uki;
+        }
+        (self.kernel, self.initrd) = (kernel, initrd);
+        (self.manifest_json, self.sig_json) =
+            sign_manifest(&self.manifest, &keys.release, &keys.keyring).unwrap();
+        self.bundle = self.write_bundle();
+        self
+    }
+
+    /// Signs the (edited) manifest again with `keys` and rewrites the bundle.
+    pub fn resign(mut self, keys: &Keys) -> Image {
+        (self.manifest_json, self.sig_json) =
+            sign_manifest(&self.manifest, &keys.release, &keys.keyring).unwrap();
+        self.bundle = self.write_bundle();
+        self
+    }
+
     fn write_bundle(&self) -> Vec<u8> {
         let sources = self.payloads.iter().map(|(name, z)| PayloadSource {
             name: ArtifactName::new(name.clone()).unwrap(),
@@ -294,11 +379,21 @@ impl Image {
     pub fn as_delta_from(&self, base: &Image, keys: &Keys) -> Image {
         let dir = tempfile::tempdir().unwrap();
         let mut img = self.clone();
-        let pairs = [
-            (&base.rootfs, &self.rootfs, Some(&self.verity)),
-            (&base.kernel, &self.kernel, None),
-            (&base.initrd, &self.initrd, None),
-        ];
+        // A slot's UKI is rebuilt from the running slot's, the other slot's (the appliance
+        // runs A when it installs B): uki-a from base's uki-b, uki-b from base's uki-a.
+        let pairs = if self.uki.is_empty() {
+            [
+                (&base.rootfs, &self.rootfs, Some(&self.verity)),
+                (&base.kernel, &self.kernel, None),
+                (&base.initrd, &self.initrd, None),
+            ]
+        } else {
+            [
+                (&base.rootfs, &self.rootfs, Some(&self.verity)),
+                (&base.uki[1], &self.uki[0], None),
+                (&base.uki[0], &self.uki[1], None),
+            ]
+        };
         for (i, (from, to, verity)) in pairs.into_iter().enumerate() {
             let (b, t, d) = (
                 dir.path().join(format!("base{i}")),
@@ -438,8 +533,8 @@ impl Device {
             part.sync().unwrap();
             let sd = dev.paths.slot_dir(slot);
             fs::create_dir_all(&sd).unwrap();
-            fs::write(sd.join("vmlinuz"), &factory.kernel).unwrap();
-            fs::write(sd.join("initrd.img"), &factory.initrd).unwrap();
+            let i = usize::from(slot == Slot::B);
+            fs::write(sd.join("uki.efi"), &factory.uki[i]).unwrap();
         }
         record_flashed(&disk, BOARD.parse().unwrap(), factory);
         let boot = |slot| slot_boot(factory, slot);
@@ -551,13 +646,12 @@ impl Device {
         verify_device(reader, &record.verity)
             .unwrap_or_else(|e| panic!("slot {slot} does not verify: {e}"));
         for (role, file) in &record.boot_files {
-            let name = if *role == Role::Kernel {
-                "vmlinuz"
-            } else {
-                "initrd.img"
-            };
-            let data = fs::read(self.paths.slot_dir(slot).join(name)).unwrap();
-            assert_eq!(Sha256Hex::digest(&data), file.sha256, "slot {slot} {name}");
+            // The slot's own UKI is its uki.efi; the other slot's is only listed.
+            if *role != Role::Uki || file.name != slot.uki_artifact() {
+                continue;
+            }
+            let data = fs::read(self.paths.slot_dir(slot).join("uki.efi")).unwrap();
+            assert_eq!(Sha256Hex::digest(&data), file.sha256, "slot {slot} uki.efi");
         }
         record
     }

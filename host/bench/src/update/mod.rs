@@ -86,10 +86,45 @@ struct Inputs {
     rootfs_size: u64,
     rootfs_sha256: Sha256Hex,
     verity: VerityInfo,
+    /// RAUC's boot files (RAUC boots no UKI): the kernel and initrd inside the UKIs.
     kernel: PathBuf,
     initrd: PathBuf,
+    /// Aperture's boot files: the UKI of each slot (A, B), with the command line that boots
+    /// that slot with the row's verity root (the updater checks it).
+    ukis: [PathBuf; 2],
+    /// The kernel arguments before the slot's own (the manifest's `boot.cmdline`).
+    base_cmdline: String,
     /// Size of each of RAUC's kernel and initrd slot files: the larger file, in whole MiB.
     boot_slot_size: u64,
+}
+
+/// UKIs for `verity` beside `kernel` and `initrd` in `dir`: the synthetic stub with the
+/// command line of each slot, and a stand-in signature (the bench's appliance has no db
+/// certificate to check it against, as an image built before Secure Boot signing had none).
+fn generated_ukis(
+    dir: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    verity: &VerityInfo,
+    base_cmdline: &str,
+) -> Result<[PathBuf; 2]> {
+    let (k, i) = (fs::read(kernel)?, fs::read(initrd)?);
+    let mut out = Vec::new();
+    for slot in Slot::ALL {
+        let cmdline = aperture_slots::cmdline::verity_cmdline(
+            base_cmdline,
+            aperture_slots::SlotLayout::Esp,
+            slot,
+            verity.root_hash.as_str(),
+            verity.hash_offset,
+        );
+        let path = dir.join(slot.uki_artifact());
+        fs::write(&path, aperture_uefi::testpe::test_uki(&cmdline, &k, &i))?;
+        out.push(path);
+    }
+    let b = out.pop().context("two UKIs")?;
+    let a = out.pop().context("two UKIs")?;
+    Ok([a, b])
 }
 
 /// Both tools' times on one row of inputs.
@@ -394,6 +429,8 @@ fn make_inputs(dir: &Path) -> Result<Inputs> {
         noise.fill(&mut buf);
         fs::write(path, &buf)?;
     }
+    let base_cmdline = "console=ttyS0".to_string();
+    let ukis = generated_ukis(dir, &kernel, &initrd, &verity, &base_cmdline)?;
     Ok(Inputs {
         label: "generated 1 GiB".into(),
         about: format!(
@@ -409,6 +446,8 @@ fn make_inputs(dir: &Path) -> Result<Inputs> {
         verity,
         kernel,
         initrd,
+        ukis,
+        base_cmdline,
         boot_slot_size: MIB,
     })
 }
@@ -430,20 +469,41 @@ fn slot_inputs(dir: &Path, image: &Path) -> Result<Inputs> {
         );
     }
     let beside = image.parent().unwrap_or(Path::new("."));
-    let mut noise = Noise(0x5eed);
+    // The build's own signed UKIs and kernel arguments when they are there; RAUC gets the
+    // kernel and initrd inside them.
+    let built = Slot::ALL.map(|s| beside.join(s.uki_artifact()));
+    let manifest = fs::read(beside.join("manifest.json"))
+        .ok()
+        .and_then(|b| Manifest::from_json_unverified(&b).ok());
     let mut boot = Vec::new();
-    for (name, len) in [("vmlinuz", KERNEL_SIZE), ("initrd.img", INITRD_SIZE)] {
-        let found = beside.join(name);
-        if found.is_file() {
-            boot.push(found);
-        } else {
-            let made = dir.join(name);
-            let mut buf = vec![0u8; len];
-            noise.fill(&mut buf);
-            fs::write(&made, &buf)?;
-            boot.push(made);
+    let (ukis, base_cmdline) = match manifest {
+        Some(m) if built.iter().all(|p| p.is_file()) => {
+            let uki = fs::read(&built[0])?;
+            for (section, name) in [(".linux", "vmlinuz"), (".initrd", "initrd.img")] {
+                let bytes = aperture_uefi::section_data(&uki, section)?
+                    .with_context(|| format!("{} has no {section}", built[0].display()))?;
+                let made = dir.join(name);
+                fs::write(&made, bytes)?;
+                boot.push(made);
+            }
+            (built, m.boot.map(|b| b.cmdline).unwrap_or_default())
         }
-    }
+        _ => {
+            let mut noise = Noise(0x5eed);
+            for (name, len) in [("vmlinuz", KERNEL_SIZE), ("initrd.img", INITRD_SIZE)] {
+                let made = dir.join(name);
+                let mut buf = vec![0u8; len];
+                noise.fill(&mut buf);
+                fs::write(&made, &buf)?;
+                boot.push(made);
+            }
+            let base = "console=ttyS0".to_string();
+            (
+                generated_ukis(dir, &boot[0], &boot[1], &verity, &base)?,
+                base,
+            )
+        }
+    };
     let largest = boot
         .iter()
         .map(|p| fs::metadata(p).map(|m| m.len()))
@@ -456,11 +516,12 @@ fn slot_inputs(dir: &Path, image: &Path) -> Result<Inputs> {
     Ok(Inputs {
         label: "slot image".into(),
         about: format!(
-            "{} (a build's slot image with its dm-verity tree, {} data blocks), with {} and {}",
+            "{} (a build's slot image with its dm-verity tree, {} data blocks), with {} and {} \
+             (RAUC: the kernel and initrd inside them)",
             image.display(),
             verity.data_blocks,
-            kernel.display(),
-            initrd.display()
+            ukis[0].display(),
+            ukis[1].display()
         ),
         rootfs: image.to_path_buf(),
         rootfs_size,
@@ -468,6 +529,8 @@ fn slot_inputs(dir: &Path, image: &Path) -> Result<Inputs> {
         verity,
         kernel,
         initrd,
+        ukis,
+        base_cmdline,
         boot_slot_size: largest.div_ceil(MIB).max(1) * MIB,
     })
 }
@@ -496,10 +559,11 @@ impl ApertureSide {
 
         let mut artifacts = Vec::new();
         let mut sources = Vec::new();
+        let names = Slot::ALL.map(|s| s.uki_artifact());
         for (path, name, role) in [
             (&inputs.rootfs, "rootfs.img", Role::Rootfs),
-            (&inputs.kernel, "vmlinuz", Role::Kernel),
-            (&inputs.initrd, "initrd.img", Role::Initrd),
+            (&inputs.ukis[0], names[0].as_str(), Role::Uki),
+            (&inputs.ukis[1], names[1].as_str(), Role::Uki),
         ] {
             let zst = dir.join(format!("{name}.zst"));
             let payload = compress_payload(path, &zst, ZSTD_LEVEL)?;
@@ -527,7 +591,7 @@ impl ApertureSide {
                 ostree_ref: None,
             },
             boot: Some(BootInfo {
-                cmdline: "console=ttyS0".into(),
+                cmdline: inputs.base_cmdline.clone(),
             }),
             artifacts,
         };
@@ -549,7 +613,7 @@ impl ApertureSide {
         )?;
         w.flush()?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        for name in ["rootfs.img", "vmlinuz", "initrd.img"] {
+        for name in ["rootfs.img".to_string()].into_iter().chain(names) {
             fs::remove_file(dir.join(format!("{name}.zst")))?;
         }
         Ok(ApertureSide {
@@ -592,23 +656,12 @@ impl ApertureSide {
         fs::write(files.build_facts(), facts.to_bytes())?;
         fs::write(files.cmdline(), "console=ttyS0 aperture.slot=a\n")?;
         self.root_key.save(&files.root_key())?;
-        let boot = |slot| {
-            aperture_slots::cmdline::slot_boot(
-                PRODUCT,
-                "1.0.0",
-                "console=ttyS0",
-                aperture_slots::SlotLayout::Esp,
-                slot,
-                inputs.verity.root_hash.as_str(),
-                inputs.verity.hash_offset,
-            )
-        };
+        let boot = |slot| aperture_slots::cmdline::uki_boot(PRODUCT, "1.0.0", slot);
         aperture_slots::write_initial_esp(&files.esp(), &boot(Slot::A), &boot(Slot::B))?;
-        // As flashed: each slot's folder on the ESP holds its kernel and initrd.
-        for slot in Slot::ALL {
+        // As flashed: each slot's folder on the ESP holds its UKI.
+        for (i, slot) in Slot::ALL.into_iter().enumerate() {
             fs::create_dir_all(files.esp_slot_dir(slot))?;
-            fs::copy(&inputs.kernel, files.kernel(slot))?;
-            fs::copy(&inputs.initrd, files.initrd(slot))?;
+            fs::copy(&inputs.ukis[i], files.uki(slot))?;
         }
 
         let state = aperture_appliance::store::PARTITION_BYTES;

@@ -11,7 +11,7 @@ use super::{parse, AuditReport, BootEntry, Finding, OutputFile};
 use crate::outputs::names;
 
 /// Files an output folder holds that the manifest does not list, and why that is fine.
-const KNOWN_UNSIGNED: [(&str, &str); 7] = [
+const KNOWN_UNSIGNED: [(&str, &str); 8] = [
     (names::MANIFEST, "manifest"),
     (names::SIGNATURE, "manifest"),
     // Manifest and signature first, then payloads each hashed against the manifest.
@@ -22,6 +22,11 @@ const KNOWN_UNSIGNED: [(&str, &str); 7] = [
     (
         names::ROOT_PUB,
         "known unsigned: the trust anchor, compared by key id",
+    ),
+    (
+        names::SECURE_BOOT,
+        "known unsigned: the Secure Boot certificates, trust anchors like root.pub (the \
+         firmware enrolls them; every boot file is checked against db)",
     ),
     ("build.log", "known unsigned: a log"),
     ("build-report.json", "known unsigned: a log"),
@@ -165,7 +170,7 @@ pub(super) fn audit(dir: &Path, commit: &str, r: &mut AuditReport) -> Result<()>
         .ok();
     let entries = match layout {
         Some(l @ aperture_appliance::SlotLayout::Tegra(_)) => kernel_partitions(&disk, l)?,
-        _ => boot_entries(&disk)?,
+        _ => boot_entries(&disk, &dir.join(names::SECURE_BOOT).join("db.crt"), f)?,
     };
     if entries.is_empty() {
         f.push(Finding::violation(
@@ -260,8 +265,15 @@ fn kernel_partitions(
 }
 
 /// The boot entries on the ESP of a disk image, with loader.conf's `editor` (systemd-boot
-/// allows editing unless it says `no`).
-fn boot_entries(disk: &Path) -> Result<Vec<(BootEntry, Option<String>)>> {
+/// allows editing unless it says `no`). An entry that boots a unified kernel image (no
+/// `options`) is judged by the UKI's own `.cmdline`; the UKI and the boot loaders on the ESP
+/// must verify against the build's Secure Boot db certificate `db_cert`, or `f` gets a
+/// violation.
+fn boot_entries(
+    disk: &Path,
+    db_cert: &Path,
+    f: &mut Vec<Finding>,
+) -> Result<Vec<(BootEntry, Option<String>)>> {
     let mut file =
         std::fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
     let size = aperture_gpt::disk_size_of(&mut file)?;
@@ -279,13 +291,49 @@ fn boot_entries(disk: &Path) -> Result<Vec<(BootEntry, Option<String>)>> {
     let editor = Some(
         parse::loader_conf_value(&loader, "editor").unwrap_or_else(|| "yes (the default)".into()),
     );
+    // Every EFI program the firmware may start from the ESP: the loaders.
+    for p in files
+        .iter()
+        .filter(|p| p.starts_with("EFI/") && p.to_ascii_lowercase().ends_with(".efi"))
+    {
+        signed(&crate::esp::read(disk, offset, p)?, p, db_cert, f)?;
+    }
     let mut out = Vec::new();
     for p in files
         .iter()
         .filter(|p| p.starts_with("loader/entries/") && p.ends_with(".conf"))
     {
         let text = String::from_utf8_lossy(&crate::esp::read(disk, offset, p)?).into_owned();
-        let options = parse::entry_options(&text).unwrap_or_default();
+        let mut options = parse::entry_options(&text).unwrap_or_default();
+        let linux = parse::entry_value(&text, "linux").unwrap_or_default();
+        if linux.ends_with(".efi") {
+            let rel = linux.trim_start_matches('/');
+            if !options.is_empty() || parse::entry_value(&text, "initrd").is_some() {
+                f.push(Finding::violation(
+                    "boot",
+                    p,
+                    "boots a unified kernel image but adds options or an initrd (the signed \
+                     UKI carries both; systemd-boot measures added options into PCR 12)",
+                    "rebuild; entries are made by aperture_slots::cmdline::uki_boot",
+                ));
+            }
+            match crate::esp::read(disk, offset, rel) {
+                Ok(uki) => {
+                    options = aperture_uefi::section_data(&uki, ".cmdline")
+                        .ok()
+                        .flatten()
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .unwrap_or_default();
+                    signed(&uki, rel, db_cert, f)?;
+                }
+                Err(e) => f.push(Finding::violation(
+                    "boot",
+                    p,
+                    format!("boots {linux}, which is not on the ESP: {e:#}"),
+                    "rebuild",
+                )),
+            }
+        }
         out.push((
             BootEntry {
                 file: p.clone(),
@@ -297,6 +345,33 @@ fn boot_entries(disk: &Path) -> Result<Vec<(BootEntry, Option<String>)>> {
         ));
     }
     Ok(out)
+}
+
+/// A violation unless the EFI program `bytes` (`what` on the ESP) verifies against `db_cert`.
+fn signed(bytes: &[u8], what: &str, db_cert: &Path, f: &mut Vec<Finding>) -> Result<()> {
+    if !db_cert.is_file() {
+        f.push(Finding::violation(
+            "boot",
+            what,
+            format!(
+                "cannot be checked: the build folder has no Secure Boot db certificate ({})",
+                db_cert.display()
+            ),
+            "rebuild; the build copies its secure-boot/ certificates into the folder",
+        ));
+        return Ok(());
+    }
+    let tmp = tempfile::NamedTempFile::new()?;
+    std::fs::write(tmp.path(), bytes)?;
+    if let Err(e) = crate::uki::verify(tmp.path(), db_cert) {
+        f.push(Finding::violation(
+            "boot",
+            what,
+            format!("is not signed by the build's Secure Boot db key: the firmware would refuse it ({e:#})"),
+            "rebuild; the build signs every boot file with the recipe's db key",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

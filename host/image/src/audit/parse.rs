@@ -209,6 +209,14 @@ pub fn entry_options(text: &str) -> Option<String> {
     (!opts.is_empty()).then(|| opts.join(" "))
 }
 
+/// The value of an entry's `key` line (`linux`, `initrd`), if it has one.
+pub fn entry_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(key))
+        .find(|rest| rest.starts_with([' ', '\t']))
+        .map(|rest| rest.trim().to_string())
+}
+
 /// The value of `key=` on a kernel command line.
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline

@@ -179,7 +179,7 @@ pub fn build_outputs(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport
                 dest,
                 &out.join(names::KERNEL),
                 &out.join(names::INITRD),
-                &entry.options,
+                entry.options.as_deref().unwrap_or_default(),
             )
             .with_context(|| {
                 format!(

@@ -55,6 +55,10 @@ pub mod names {
     pub const BUNDLE: &str = "update.bundle";
     /// The root public key the image trusts (copied for `verify`).
     pub const ROOT_PUB: &str = "root.pub";
+    /// The folder of the Secure Boot certificates (`PK.crt`, `KEK.crt`, `db.crt`) the boot
+    /// files are signed for: what `verify` checks them against, and what `vm run` and a
+    /// Jetson's firmware enroll.
+    pub const SECURE_BOOT: &str = "secure-boot";
 }
 
 /// What the outputs stage produced.
@@ -357,6 +361,13 @@ pub(crate) fn sign_outputs(
         build_keys.dir.join(keys::ROOT_PUBLIC),
         out.join(names::ROOT_PUB),
     )?;
+    let certs = out.join(names::SECURE_BOOT);
+    std::fs::create_dir_all(&certs)?;
+    for name in crate::sbkeys::NAMES {
+        let to = certs.join(format!("{name}.crt"));
+        std::fs::copy(build_keys.secure_boot.cert(name), &to)
+            .with_context(|| format!("copying the Secure Boot certificate to {}", to.display()))?;
+    }
     Ok((json, sig))
 }
 
@@ -407,8 +418,9 @@ pub(crate) fn read_commit_file(view: &TreeView<'_>, path: &str, dest: &Path) -> 
     }
 }
 
-/// A slot's boot entry for a manifest: the manifest's kernel arguments plus the verity root.
-/// The updater builds the same entry from the same manifest on the appliance.
+/// A slot's boot entry for a manifest: the manifest's kernel arguments plus the verity root
+/// (on qemu boards, the slot's signed UKI, which carries them). The updater builds the same
+/// entry from the same manifest on the appliance.
 pub fn slot_boot(manifest: &Manifest, slot: Slot) -> Result<SlotBoot> {
     let rootfs = manifest
         .artifacts
@@ -428,6 +440,14 @@ pub fn slot_boot(manifest: &Manifest, slot: Slot) -> Result<SlotBoot> {
         .board
         .parse::<aperture_appliance::Board>()?
         .slot_layout();
+    if layout == aperture_slots::SlotLayout::Esp {
+        // A signed UKI per slot carries the command line.
+        return Ok(aperture_slots::cmdline::uki_boot(
+            &manifest.product,
+            &manifest.version.to_string(),
+            slot,
+        ));
+    }
     Ok(aperture_slots::cmdline::slot_boot(
         &manifest.product,
         &manifest.version.to_string(),

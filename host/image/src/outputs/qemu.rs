@@ -1,11 +1,12 @@
-//! The outputs of the qemu boards (qemu-x86_64, qemu-arm64): the slot's kernel and initrd from
-//! the rootfs, an ESP with systemd-boot, one loader entry and one kernel/initrd folder per slot,
+//! The outputs of the qemu boards (qemu-x86_64, qemu-arm64): one signed unified kernel image
+//! per slot (kernel and initrd from the rootfs, [`crate::uki`]), an ESP with signed systemd-boot,
+//! one loader entry and one UKI per slot,
 //! the factory image, the device state partition, and `disk.img` in our GPT layout
 //! (`crate::disk::qemu_layout`). The tail from the bmap on is shared ([`super::finish`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use aperture_appliance::files::rel;
 use aperture_appliance::Role as Part;
 use aperture_slots::{systemd_boot, Slot};
@@ -26,23 +27,65 @@ pub fn build(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport> {
     let store = Store::open(&ctx.paths.repo)?;
     let view = TreeView::new(&store, &ctx.rootfs.commit)?;
 
-    rep.step("kernel", |s| {
-        read_commit_file(&view, "vmlinuz", &out.join(names::KERNEL))?;
-        read_commit_file(&view, "initrd.img", &out.join(names::INITRD))?;
+    // One signed UKI per slot: kernel, initrd and the slot's command line (its verity root,
+    // partition and slot name), signed with the db key.
+    rep.step("boot images", |s| {
+        let kernel = ctx.scratch("vmlinuz")?;
+        let initrd = ctx.scratch("initrd.img")?;
+        let stub = ctx.scratch("stub.efi")?;
+        let osrel = ctx.scratch("os-release")?;
+        read_commit_file(&view, "vmlinuz", &kernel)?;
+        read_commit_file(&view, "initrd.img", &initrd)?;
+        read_commit_file(&view, &spec.uki_stub(), &stub)?;
+        read_commit_file(&view, "usr/lib/os-release", &osrel)?;
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let (kernel_b, initrd_b, stub_b, osrel_b) =
+            (read(&kernel)?, read(&initrd)?, read(&stub)?, read(&osrel)?);
+        let base = spec.base_cmdline();
+        let layout = recipe.board.slot_layout();
+        let mut notes = Vec::new();
+        for slot in Slot::ALL {
+            let cmdline = aperture_slots::cmdline::verity_cmdline(
+                &base,
+                layout,
+                slot,
+                slot_img.verity.root_hash.as_str(),
+                slot_img.verity.hash_offset,
+            );
+            let built = crate::uki::build(
+                &crate::uki::UkiInputs {
+                    stub: &stub_b,
+                    kernel: &kernel_b,
+                    initrd: &initrd_b,
+                    osrel: &osrel_b,
+                    cmdline: &cmdline,
+                },
+                &ctx.keys.secure_boot,
+                ctx.rootfs.source_date_epoch,
+                &out.join(slot.uki_artifact()),
+            )?;
+            notes.push(format!(
+                "{} {:.1} MiB (PCR 11 {}…)",
+                slot.uki_artifact(),
+                built.size as f64 / (1 << 20) as f64,
+                &built.pcr11[..12]
+            ));
+        }
+        for f in [&kernel, &initrd, &stub, &osrel] {
+            let _ = std::fs::remove_file(f);
+        }
         s.note(format!(
-            "{} and {} from the rootfs",
-            names::KERNEL,
-            names::INITRD
+            "{}, signed with the Secure Boot db key",
+            notes.join(", ")
         ));
         Ok(())
     })?;
 
-    // Slot artifacts first: their payloads go into the bundle, and the ESP's entries need the
-    // verity root from the rootfs artifact.
+    // Slot artifacts first: their payloads go into the bundle.
     let files = [
         (names::ROOTFS.to_string(), Role::Rootfs),
-        (names::KERNEL.to_string(), Role::Kernel),
-        (names::INITRD.to_string(), Role::Initrd),
+        (Slot::A.uki_artifact(), Role::Uki),
+        (Slot::B.uki_artifact(), Role::Uki),
     ];
     let artifacts = slot_payloads(ctx, &slot_img, &files)?;
     let draft = ctx.draft(&artifacts)?;
@@ -61,22 +104,26 @@ pub fn build(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport> {
         systemd_boot::write_initial_esp(&stage, &a, &b)?;
         let mut files = Vec::new();
         collect_files(&stage, &stage, &mut files)?;
+        // systemd-boot, signed with the db key too: the firmware starts nothing unsigned.
+        let sdboot_plain = ctx.scratch("systemd-boot.unsigned.efi")?;
         let sdboot = ctx.scratch("systemd-boot.efi")?;
-        read_commit_file(&view, &spec.systemd_boot_efi(), &sdboot)?;
+        read_commit_file(&view, &spec.systemd_boot_efi(), &sdboot_plain)?;
+        crate::uki::sign(
+            &sdboot_plain,
+            &sdboot,
+            &ctx.keys.secure_boot,
+            ctx.rootfs.source_date_epoch,
+        )?;
+        let _ = std::fs::remove_file(&sdboot_plain);
         files.push(EspFile::file(spec.fallback_efi(), &sdboot));
         files.push(EspFile::file(
             format!("EFI/systemd/systemd-boot{}.efi", spec.efi_arch),
             &sdboot,
         ));
         for slot in Slot::ALL {
-            let dir = format!("{}/{}", rel::ESP_SLOTS, slot.letter());
             files.push(EspFile::file(
-                format!("{dir}/{}", rel::KERNEL_FILE),
-                out.join(names::KERNEL),
-            ));
-            files.push(EspFile::file(
-                format!("{dir}/{}", rel::INITRD_FILE),
-                out.join(names::INITRD),
+                format!("{}/{}/{}", rel::ESP_SLOTS, slot.letter(), rel::UKI_FILE),
+                out.join(slot.uki_artifact()),
             ));
         }
         let volume = u32::from_be_bytes(
@@ -94,7 +141,7 @@ pub fn build(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport> {
         )?;
         let _ = std::fs::remove_dir_all(&stage);
         s.note(format!(
-            "{} files: systemd-boot, slots A and B, A preferred",
+            "{} files: systemd-boot (signed), each slot's signed UKI, A preferred",
             files.len()
         ));
         Ok(())

@@ -25,7 +25,7 @@ use crate::slot::SlotImage;
 const RECORD: &str = ".outputs-fingerprint";
 
 /// Bump when the outputs stage changes what it makes from the same inputs.
-const OUTPUTS_FORMAT: u32 = 4;
+const OUTPUTS_FORMAT: u32 = 5;
 
 /// Whether the last outputs can be reused.
 pub enum Reuse {
@@ -62,6 +62,8 @@ pub fn fingerprint(
     bsp_contents: Option<&str>,
 ) -> Result<String> {
     let keyring = serde_json::to_vec(&keys.keyring)?;
+    // The boot files are signed with the db key; its certificate names it.
+    let db = std::fs::read(keys.secure_boot.db_cert()).unwrap_or_default();
     let doc = serde_json::json!({
         "format": OUTPUTS_FORMAT,
         "aperture": env!("CARGO_PKG_VERSION"),
@@ -71,6 +73,7 @@ pub fn fingerprint(
         "root": keys.root.key_id().to_string(),
         "release": keys.release.key_id().to_string(),
         "keyring": hex::encode(sha2::Sha256::digest(&keyring)),
+        "secure_boot_db": hex::encode(sha2::Sha256::digest(&db)),
         "bsp": bsp.map(|p| p.display().to_string()),
         "bsp_contents": bsp_contents,
     });

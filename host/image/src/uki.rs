@@ -1,0 +1,236 @@
+//! Signed unified kernel images (UKIs) and signed boot loaders, for UEFI Secure Boot.
+//!
+//! A qemu board's slot boots one UKI: systemd's stub (from the image's own rootfs, package
+//! systemd-boot-efi, so it changes only with the Debian snapshot) with the sections `.osrel`,
+//! `.cmdline` (the verity root and the slot), `.initrd` and `.linux`, assembled in Rust
+//! ([`aperture_uefi::assemble_uki`]: no objcopy, no timestamp) and signed with the recipe's
+//! Secure Boot db key by `sbsign`. The command line names the slot's partition and the slot,
+//! so each slot has its own UKI (`uki-a.efi`, `uki-b.efi`).
+//!
+//! Reproducible: `sbsign` puts the signing time into the PKCS#7 signature, so it runs under
+//! `faketime` frozen at the build's source date (libfaketime with an absolute time stops the
+//! clock), and the same inputs and keys give the same bytes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aperture_sys::cmd::Cmd;
+
+use crate::sbkeys::SecureBootKeys;
+
+/// What goes into one UKI.
+#[derive(Debug, Clone)]
+pub struct UkiInputs<'a> {
+    /// The systemd stub (`linuxx64.efi.stub`), as bytes.
+    pub stub: &'a [u8],
+    /// The kernel (an EFI-stub kernel image).
+    pub kernel: &'a [u8],
+    /// The initrd.
+    pub initrd: &'a [u8],
+    /// The image's `os-release`.
+    pub osrel: &'a [u8],
+    /// The kernel command line.
+    pub cmdline: &'a str,
+}
+
+/// A UKI made by [`build`]: where it is and what PCR 11 will hold after the stub measured it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuiltUki {
+    /// The signed UKI.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// PCR 11 (sha256 bank) as systemd-stub 252 leaves it when it starts this UKI.
+    pub pcr11: String,
+}
+
+/// Assemble the UKI of `inputs` and sign it with the db key of `keys` into `out`, with the
+/// signing clock frozen at `source_date`.
+pub fn build(
+    inputs: &UkiInputs<'_>,
+    keys: &SecureBootKeys,
+    source_date: u64,
+    out: &Path,
+) -> Result<BuiltUki> {
+    // The stub measures `.cmdline` as stored; a NUL would end it early for the kernel.
+    if inputs.cmdline.contains('\0') || inputs.cmdline.contains('\n') {
+        bail!(
+            "a UKI's command line must be one line: {:?}",
+            inputs.cmdline
+        );
+    }
+    let unsigned = aperture_uefi::assemble_uki(
+        inputs.stub,
+        &[
+            (".osrel", inputs.osrel),
+            (".cmdline", inputs.cmdline.as_bytes()),
+            (".initrd", inputs.initrd),
+            (".linux", inputs.kernel),
+        ],
+    )
+    .context("assembling the unified kernel image")?;
+    let pcr11 = aperture_uefi::predict_pcr11(&unsigned)?;
+    let tmp = out.with_extension("unsigned");
+    std::fs::write(&tmp, &unsigned).with_context(|| format!("writing {}", tmp.display()))?;
+    let signed = sign(&tmp, out, keys, source_date);
+    let _ = std::fs::remove_file(&tmp);
+    signed?;
+    Ok(BuiltUki {
+        path: out.to_path_buf(),
+        size: std::fs::metadata(out)?.len(),
+        pcr11: hex::encode(pcr11),
+    })
+}
+
+/// Sign the EFI program `input` with the db key of `keys` into `output` (`sbsign` under
+/// `faketime` at `source_date`), and check the result with `sbverify`.
+pub fn sign(input: &Path, output: &Path, keys: &SecureBootKeys, source_date: u64) -> Result<()> {
+    Cmd::new("faketime")
+        .env("TZ", "UTC")
+        .arg(faketime_stamp(source_date))
+        .arg("sbsign")
+        .arg("--key")
+        .arg(keys.db_key())
+        .arg("--cert")
+        .arg(keys.db_cert())
+        .arg("--output")
+        .arg(output)
+        .arg(input)
+        .run()
+        .with_context(|| {
+            format!(
+                "signing {} for Secure Boot (packages sbsigntool and faketime)",
+                input.display()
+            )
+        })?;
+    verify(output, &keys.db_cert())
+}
+
+/// Check that the EFI program at `path` carries a signature that verifies against the db
+/// certificate `db_cert` (`sbverify`).
+pub fn verify(path: &Path, db_cert: &Path) -> Result<()> {
+    Cmd::new("sbverify")
+        .arg("--cert")
+        .arg(db_cert)
+        .arg(path)
+        .run()
+        .with_context(|| {
+            format!(
+                "{} is not signed by the Secure Boot db certificate {}",
+                path.display(),
+                db_cert.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// `YYYY-MM-DD hh:mm:ss` (UTC) of unix time `t`: libfaketime freezes the clock at an absolute
+/// time given so (with a leading `@` it would start a running clock there instead).
+fn faketime_stamp(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let rem = t % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faketime_stamps_are_utc_calendar_dates() {
+        assert_eq!(faketime_stamp(0), "1970-01-01 00:00:00");
+        assert_eq!(faketime_stamp(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(faketime_stamp(1_796_561_520), "2026-12-06 12:52:00");
+        assert_eq!(faketime_stamp(4_102_444_799), "2099-12-31 23:59:59");
+    }
+
+    /// A real stub, a fake kernel and initrd, real keys and tools: the signed UKI verifies
+    /// against db and not against another certificate, its sections are what went in, and
+    /// two builds give the same bytes.
+    #[test]
+    fn a_signed_uki_is_reproducible_and_verifies_only_against_its_db() {
+        let test = "uki::a_signed_uki_is_reproducible_and_verifies_only_against_its_db";
+        for (tool, package) in [
+            ("sbsign", "sbsigntool"),
+            ("sbverify", "sbsigntool"),
+            ("faketime", "faketime"),
+            ("openssl", "openssl"),
+        ] {
+            if aperture_sys::tool::for_test(tool, package, test).is_none() {
+                return;
+            }
+        }
+        let stub_path = Path::new("/").join(aperture_uefi::STUB_X86_64);
+        if !stub_path.is_file() {
+            let why = format!(
+                "{test}: {} (Debian package systemd-boot-efi) is not installed",
+                stub_path.display()
+            );
+            assert!(!aperture_sys::tool::required(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let stub = std::fs::read(&stub_path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        crate::sbkeys::generate(&keys_dir, 1, false, true).unwrap();
+        let keys = SecureBootKeys::of(&keys_dir);
+        let kernel = vec![0x4du8; 300_000];
+        let initrd = b"initrd".repeat(1000);
+        let inputs = UkiInputs {
+            stub: &stub,
+            kernel: &kernel,
+            initrd: &initrd,
+            osrel: b"ID=debian\n",
+            cmdline: "console=ttyS0 aperture.slot=b",
+        };
+        let one = dir.path().join("one.efi");
+        let two = dir.path().join("two.efi");
+        let built = build(&inputs, &keys, 1_796_561_520, &one).unwrap();
+        build(&inputs, &keys, 1_796_561_520, &two).unwrap();
+        let bytes = std::fs::read(&one).unwrap();
+        assert_eq!(bytes, std::fs::read(&two).unwrap(), "two builds differ");
+        assert_eq!(built.size, bytes.len() as u64);
+        assert!(aperture_uefi::is_signed(&bytes).unwrap());
+        assert_eq!(
+            aperture_uefi::section_data(&bytes, ".cmdline").unwrap(),
+            Some(&b"console=ttyS0 aperture.slot=b"[..])
+        );
+        assert_eq!(
+            aperture_uefi::section_data(&bytes, ".linux").unwrap(),
+            Some(&kernel[..])
+        );
+        // The signature covers the PCR 11 sections; the prediction is of the signed file too.
+        assert_eq!(
+            hex::encode(aperture_uefi::predict_pcr11(&bytes).unwrap()),
+            built.pcr11
+        );
+        verify(&one, &keys.db_cert()).unwrap();
+        let err = verify(&one, &keys.cert("KEK")).unwrap_err();
+        assert!(format!("{err:#}").contains("is not signed by"), "{err:#}");
+        // A later source date signs differently (the time is in the signature) ...
+        build(&inputs, &keys, 1_796_561_521, &two).unwrap();
+        assert_ne!(bytes, std::fs::read(&two).unwrap());
+        // ... and one flipped byte in a signed section breaks the signature.
+        let mut bad = bytes.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 1;
+        std::fs::write(&two, &bad).unwrap();
+        assert!(verify(&two, &keys.db_cert()).is_err());
+    }
+}
