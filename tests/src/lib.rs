@@ -250,6 +250,9 @@ pub fn copy_build(src: &Path, dest: &Path, changed: &[&str]) -> Result<()> {
         let to = dest.join(&name);
         if changed.iter().any(|c| name == std::ffi::OsStr::new(c)) {
             copy_disk(&e.path(), &to)?;
+        } else if e.file_type()?.is_dir() {
+            // `secure-boot/` (and the VM's `vm/`): small; linked file by file.
+            copy_build(&e.path(), &to, &[])?;
         } else {
             std::fs::hard_link(e.path(), &to)
                 .with_context(|| format!("linking {}", e.path().display()))?;

@@ -131,3 +131,125 @@ fn a_delta_bundle_rebuilds_v2_from_the_running_v1_and_it_boots() {
     vm.kill();
     assert!(server.requests() >= 1);
 }
+
+/// Issue 18, must-show 3 (`--full`: five boots). Under Secure Boot with only our keys, the
+/// firmware refuses slot B's UKI with one byte changed, and an entry that boots the kernel
+/// inside our UKI (signed by Debian, not by our db) on its own; each time the next power-on
+/// boots slot A, whose data is intact.
+#[test]
+#[ignore = "VM tier: needs root, QEMU and a built image (run by `cargo xtask test` as root)"]
+fn full_secure_boot_refuses_a_changed_uki_and_a_kernel_we_did_not_sign() {
+    use aperture_tests::stop_unless_full;
+    require_root("full_secure_boot_refuses_a_changed_uki_and_a_kernel_we_did_not_sign");
+    if stop_unless_full(
+        "Secure Boot refuses a UKI with one byte changed and a kernel our db did not sign",
+    ) {
+        return;
+    }
+    let image = default_image().unwrap();
+    let out = &image.paths.out;
+    let mut sc = Scenario::new("secure-boot-refusals", &out.join("disk.img"), Arch::Amd64).unwrap();
+
+    // On the host, before the first boot: slot B's UKI with one byte of its kernel flipped, and
+    // a loader entry for the kernel inside slot A's UKI, as Debian signed it.
+    let esp = {
+        let mut f = std::fs::File::open(&sc.disk).unwrap();
+        let size = aperture_gpt::disk_size_of(&mut f).unwrap();
+        let gpt = aperture_gpt::read_gpt(&mut f, size).unwrap();
+        gpt.find("esp").unwrap().offset()
+    };
+    let mut uki_b = aperture_image::esp::read(&sc.disk, esp, "aperture/b/uki.efi").unwrap();
+    let linux = aperture_uefi::sections(&uki_b)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == ".linux")
+        .unwrap();
+    let at = (linux.pointer_to_raw_data + linux.virtual_size / 2) as usize;
+    uki_b[at] ^= 0x01;
+    aperture_image::esp::write(&sc.disk, esp, "aperture/b/uki.efi", &uki_b).unwrap();
+    let uki_a = aperture_image::esp::read(&sc.disk, esp, "aperture/a/uki.efi").unwrap();
+    let kernel = aperture_uefi::section_data(&uki_a, ".linux")
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    aperture_image::esp::write(&sc.disk, esp, "aperture/other/vmlinuz", &kernel).unwrap();
+    aperture_image::esp::write(
+        &sc.disk,
+        esp,
+        "loader/entries/other.conf",
+        b"title a kernel our db did not sign\nlinux /aperture/other/vmlinuz\noptions init=/bin/sh\n",
+    )
+    .unwrap();
+
+    let canary = format!("secure-boot-{}", std::process::id());
+    let mut refusals = Vec::new();
+    for (n, entry) in ["slot-b.conf", "other.conf"].into_iter().enumerate() {
+        // Slot A boots; it picks the refused entry for the next boot only.
+        let mut script = Script::new();
+        if n == 0 {
+            script = script
+                .piece("canary-write", &[("CANARY", &canary)])
+                .unwrap();
+        } else {
+            script = script
+                .piece("canary-check", &[("CANARY", &canary)])
+                .unwrap();
+        }
+        let script = script
+            .line(&format!(
+                "bootctl set-oneshot {entry} && echo APERTURE-ONESHOT"
+            ))
+            .piece("reboot", &[])
+            .unwrap();
+        let mut vm = sc.boot(&format!("a-then-{entry}"), Some(&script)).unwrap();
+        let line = vm
+            .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+            .unwrap();
+        assert!(
+            line.contains("slot=a") && line.contains("secureboot=on"),
+            "{line}"
+        );
+        if n > 0 {
+            vm.wait_for("APERTURE-CANARY-KEPT", BOOT_TIMEOUT).unwrap();
+        }
+        vm.wait_for("APERTURE-ONESHOT", BOOT_TIMEOUT).unwrap();
+        vm.wait_exit(BOOT_TIMEOUT).unwrap();
+
+        // The firmware refuses what the entry names.
+        let mut vm = sc.boot(&format!("{entry}-refused"), None).unwrap();
+        let refused = vm
+            .wait_for("Access Denied", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{entry} was not refused: {e:#}\n{}", vm.console()));
+        assert!(
+            !vm.console().contains("aperture-agent: product="),
+            "something booted: {}",
+            vm.console()
+        );
+        eprintln!("{entry}: {refused}");
+        refusals.push(refused);
+        vm.kill();
+    }
+
+    // Slot A again, its data intact.
+    let script = Script::new()
+        .piece("canary-check", &[("CANARY", &canary)])
+        .unwrap()
+        .piece("status", &[])
+        .unwrap()
+        .piece("poweroff", &[])
+        .unwrap();
+    let mut vm = sc.boot("a-again", Some(&script)).unwrap();
+    let line = vm
+        .wait_for("aperture-agent: product=", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        line.contains("slot=a") && line.contains("secureboot=on"),
+        "{line}"
+    );
+    vm.wait_for("APERTURE-CANARY-KEPT", BOOT_TIMEOUT).unwrap();
+    let st = json_on_line(&vm.wait_for("APERTURE-STATUS", BOOT_TIMEOUT).unwrap()).unwrap();
+    assert_eq!(st["secure_boot"], "on", "{st}");
+    assert_eq!(st["booted"], "a", "{st}");
+    vm.wait_exit(BOOT_TIMEOUT).unwrap();
+    assert_eq!(refusals.len(), 2);
+}

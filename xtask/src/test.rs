@@ -482,7 +482,7 @@ const FULL_ENV: &str = "APERTURE_FULL";
 
 /// Seconds each fuzz target runs in tier 4: a smoke test on top of tier 1's replay of every
 /// seed and past crash (`fuzz_regressions`); long campaigns are `cargo xtask fuzz`'s job.
-const FUZZ_SMOKE_SECONDS: u64 = 10;
+const FUZZ_SMOKE_SECONDS: u64 = 5;
 
 /// Below this much free space the tiers may not fit: the peak of a CI run (every tier, no
 /// `--full`) measured on a fresh clone, about 16 GiB of target/ and build cache, rounded up.

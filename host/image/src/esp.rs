@@ -141,6 +141,30 @@ pub fn read(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Write `data` as the file `path` on an ESP image at `offset` of `image`, replacing it, its
+/// folder made if missing (for tests that tamper with a disk before booting it).
+pub fn write(image: &Path, offset: u64, path: &str, data: &[u8]) -> Result<()> {
+    let at = format!("{}@@{offset}", image.display());
+    if let Some((dir, _)) = path.rsplit_once('/') {
+        // mmd fails on a folder that exists; that is fine here.
+        let _ = mtools("mmd", 0)
+            .arg("-i")
+            .arg(&at)
+            .arg(format!("::/{dir}"))
+            .run();
+    }
+    let src = tempfile::NamedTempFile::new()?;
+    std::fs::write(src.path(), data)?;
+    mtools("mcopy", 0)
+        .args(["-o", "-i"])
+        .arg(&at)
+        .arg(src.path())
+        .arg(format!("::/{path}"))
+        .run()
+        .with_context(|| format!("writing {path} onto the ESP of {}", image.display()))?;
+    Ok(())
+}
+
 /// List files on an ESP image, recursively.
 pub fn list(image: &Path, offset: u64) -> Result<Vec<String>> {
     let text = mtools("mdir", 0)
