@@ -146,7 +146,8 @@ fn full_secure_boot_refuses_a_changed_uki_and_a_kernel_we_did_not_sign() {
     ) {
         return;
     }
-    let image = default_image().unwrap();
+    // The VM tier's image: the product's, plus the test hook that runs each boot's script.
+    let image = vm_v1().unwrap();
     let out = &image.paths.out;
     let mut sc = Scenario::new("secure-boot-refusals", &out.join("disk.img"), Arch::Amd64).unwrap();
 
