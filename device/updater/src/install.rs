@@ -403,7 +403,7 @@ impl Updater {
                 crate::uki::check(
                     dest,
                     target,
-                    &crate::place::uki_cmdline(&verified, layout, target)?,
+                    &crate::place::slot_cmdline(&verified, layout, target)?,
                     &self.paths.files().secure_boot_db(),
                 )?;
             }

@@ -168,37 +168,22 @@ pub fn slot_boot(
     layout: SlotLayout,
     slot: Slot,
 ) -> Result<SlotBoot, UpdateError> {
-    let verity = manifest
-        .artifacts
-        .iter()
-        .find(|a| a.role == Role::Rootfs)
-        .and_then(|a| a.verity.as_ref())
-        .ok_or_else(|| UpdateError::Unsupported {
-            reason: "the manifest has no rootfs with verity parameters".into(),
-        })?;
+    let (product, version) = (&manifest.product, manifest.version.to_string());
     if layout == SlotLayout::Esp {
-        // The UKI carries the command line (`uki_cmdline`), signed.
-        return Ok(aperture_slots::cmdline::uki_boot(
-            &manifest.product,
-            &manifest.version.to_string(),
-            slot,
-        ));
+        // The UKI carries the command line (`slot_cmdline`), signed.
+        return Ok(aperture_slots::cmdline::uki_boot(product, &version, slot));
     }
-    let base = manifest.boot.as_ref().map_or("", |b| b.cmdline.as_str());
-    Ok(aperture_slots::cmdline::slot_boot(
-        &manifest.product,
-        &manifest.version.to_string(),
-        base,
-        layout,
+    Ok(SlotBoot::for_slot(
         slot,
-        verity.root_hash.as_str(),
-        verity.hash_offset,
+        aperture_slots::cmdline::slot_title(product, &version, slot),
+        &slot_cmdline(manifest, layout, slot)?,
     ))
 }
 
-/// The command line the UKI of `slot` must carry for the image `manifest` describes: the
-/// image's base arguments and its verity root, naming `slot`'s partition and `slot`.
-pub fn uki_cmdline(
+/// The kernel command line of `slot` for the image `manifest` describes: the image's base
+/// arguments and its verity root, naming `slot`'s partition and `slot`. A qemu slot's UKI must
+/// carry it; a Jetson slot's boot image header holds it.
+pub fn slot_cmdline(
     manifest: &Manifest,
     layout: SlotLayout,
     slot: Slot,

@@ -99,7 +99,7 @@ impl Updater {
                 crate::uki::check(
                     &path,
                     slot,
-                    &crate::place::uki_cmdline(&manifest, layout, slot)?,
+                    &crate::place::slot_cmdline(&manifest, layout, slot)?,
                     &self.paths.files().secure_boot_db(),
                 )?;
             }

@@ -85,8 +85,13 @@ pub fn build(
 /// Sign the EFI program `input` with the db key of `keys` into `output` (`sbsign` under
 /// `faketime` at `source_date`), and check the result with `sbverify`.
 pub fn sign(input: &Path, output: &Path, keys: &SecureBootKeys, source_date: u64) -> Result<()> {
+    // `-f`: the stamp goes to libfaketime as it is, which freezes the clock at an absolute
+    // time; without it the `faketime` wrapper turns it into a start time and the clock runs,
+    // so a signature made more than a second after sbsign started (a loaded machine) would
+    // carry another signing time.
     Cmd::new("faketime")
         .env("TZ", "UTC")
+        .arg("-f")
         .arg(faketime_stamp(source_date))
         .arg("sbsign")
         .arg("--key")
@@ -127,24 +132,8 @@ pub fn verify(path: &Path, db_cert: &Path) -> Result<()> {
 /// `YYYY-MM-DD hh:mm:ss` (UTC) of unix time `t`: libfaketime freezes the clock at an absolute
 /// time given so (with a leading `@` it would start a running clock there instead).
 fn faketime_stamp(t: u64) -> String {
-    let days = (t / 86_400) as i64;
-    let rem = t % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    // `YYYY-MM-DDThh:mm:ssZ`, the SBOM's form.
+    crate::sbom::iso8601(t).replace('T', " ").replace('Z', "")
 }
 
 #[cfg(test)]
