@@ -49,6 +49,7 @@ fn main() {
         ("state_store", state_stores()),
         ("luks", luks_headers()),
         ("storage_record", storage_records()),
+        ("uki", ukis()),
     ];
     for (target, seeds) in targets {
         let dir = out.join(target);
@@ -410,7 +411,28 @@ fn sealed_tpm2() -> SealedKey {
         tpm2_public: b"TPM2B_PUBLIC snakeoil".to_vec(),
         tpm2_private: b"TPM2B_PRIVATE snakeoil".to_vec(),
         noda: true,
+        boot: None,
     }
+}
+
+/// A UKI with a signed disk-key policy (a synthetic stub; the signature is not checked here),
+/// and the policy section alone.
+fn ukis() -> Seeds {
+    use aperture_uefi::{apolicy, assemble_uki, testpe, SignedPolicy};
+    let mut policy = SignedPolicy::unsigned([0x11; 32], 1);
+    policy.signature = vec![0x5a; 256];
+    let text = policy.encode();
+    let uki = assemble_uki(
+        &testpe::synthetic_stub(),
+        &[
+            (".osrel", b"ID=aperture\n"),
+            (".cmdline", b"root=PARTLABEL=rootfs_a aperture.slot=a"),
+            (apolicy::SECTION, &text),
+            (".linux", b"kernel"),
+        ],
+    )
+    .expect("a UKI");
+    vec![("uki-with-policy.efi", uki), ("apolicy.txt", text)]
 }
 
 fn luks_headers() -> Seeds {

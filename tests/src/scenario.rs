@@ -137,6 +137,26 @@ impl Scenario {
         self.boot_with(what, script, |_| {})
     }
 
+    /// Boot as [`Scenario::boot`], but with the firmware's variable store in `mode` (Secure
+    /// Boot off, another db, ...), kept in a store file of its own so that the scenario's
+    /// enrolled store stays as it was. Fails for a build without Secure Boot certificates.
+    pub fn boot_secure_boot(
+        &mut self,
+        what: &str,
+        script: Option<&Script>,
+        mode: VarsMode,
+    ) -> Result<Vm> {
+        let certs = self
+            .secure_boot
+            .clone()
+            .context("this scenario's build has no Secure Boot certificates beside disk.img")?;
+        let vars = self.dir.join(format!("vars-{what}.fd"));
+        self.boot_with(what, script, move |c| {
+            c.firmware = Firmware::SecureBoot(SecureBootVm { certs, mode });
+            c.vars = vars;
+        })
+    }
+
     /// [`Scenario::boot`] with a change to the VM's configuration (no TPM, a USB stick, ...).
     pub fn boot_with(
         &mut self,

@@ -112,6 +112,7 @@ fn default_build_makes_every_output() {
         "secure-boot/PK.crt",
         "secure-boot/KEK.crt",
         "secure-boot/db.crt",
+        "secure-boot/tpm-policy.pub.pem",
         "build.log",
     ] {
         let md = std::fs::metadata(out.join(f))
@@ -286,7 +287,10 @@ fn verify_and_the_audit_fail_on_a_uki_not_signed_by_the_db_certificate() {
         .find(|c| c.what == "uki-b.efi")
         .expect("verify checks uki-b.efi");
     assert!(
-        uki.ok && uki.detail.contains("signed by") && uki.detail.contains("boots slot b"),
+        uki.ok
+            && uki.detail.contains("signed by")
+            && uki.detail.contains("boots slot b")
+            && uki.detail.contains("disk-key policy for security version"),
         "{uki:?}"
     );
 
@@ -302,6 +306,29 @@ fn verify_and_the_audit_fail_on_a_uki_not_signed_by_the_db_certificate() {
         .expect("a UKI not signed by db must fail verification");
     assert_eq!(failure.what, "uki-a.efi", "{failure:?}");
     assert!(failure.detail.contains("is not signed by"), "{failure:?}");
+
+    // Each UKI's disk-key policy must be signed by the build's TPM policy key: with another
+    // key's public half in its place, verify fails at the first UKI.
+    let copy2 = dir.path().join("build2");
+    copy_build(out, &copy2, &[]).unwrap();
+    let policy_key = copy2.join("secure-boot/tpm-policy.pub.pem");
+    std::fs::remove_file(&policy_key).unwrap();
+    let other = dir.path().join("other-keys");
+    aperture_image::sbkeys::generate(&other, 1, false, true).unwrap();
+    std::fs::copy(
+        aperture_image::sbkeys::SecureBootKeys::of(&other).policy_public(),
+        &policy_key,
+    )
+    .unwrap();
+    let bad = aperture_image::verify::verify(&copy2, None, now).unwrap();
+    let failure = bad
+        .first_failure()
+        .expect("a UKI policy not signed by the policy key must fail verification");
+    assert_eq!(failure.what, "uki-a.efi", "{failure:?}");
+    assert!(
+        failure.detail.contains("not signed by the TPM policy key"),
+        "{failure:?}"
+    );
 
     let audit = aperture_image::audit::audit_build(&copy, None).unwrap();
     let named: Vec<&str> = audit

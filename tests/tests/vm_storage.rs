@@ -1,6 +1,8 @@
 //! Tier 3, data at rest and factory reset, on one appliance through its life: the first boot
 //! formats and seals config and data (after a power cut in the middle of it); a boot without
-//! its TPM opens nothing and touches nothing; level 1 re-verifies the running slot, then
+//! its TPM opens nothing and touches nothing, nor does a boot with Secure Boot turned off (the
+//! keys are sealed to the signed boot chain, issue 18; `--full` adds a firmware with another
+//! db); level 1 re-verifies the running slot, then
 //! refuses a corrupted one (and a zeroed primary LUKS2 header is repaired on the way). With
 //! `--full`: level 2 (cut in the middle too) puts the factory image back into both slots and
 //! keeps the data; level 3 leaves no trace of the customer's data anywhere on the disk.
@@ -9,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use aperture_image::recipe::Arch;
+use aperture_image::secure_boot::VarsMode;
 use aperture_tests::http::{FileServer, GUEST_SERVER_PORT};
 use aperture_tests::powercut::markers;
 use aperture_tests::scenario::{
@@ -154,6 +157,12 @@ fn storage_and_reset_through_an_appliances_life() {
         "{mounts}"
     );
     vm.wait_for("APERTURE-WROTE", BOOT_TIMEOUT).unwrap();
+    // The keys are sealed to the boot chain, and storage closed it behind itself.
+    assert!(
+        vm.console()
+            .contains("PCR 11 extended: disk keys cannot be unsealed again"),
+        "storage did not extend PCR 11 after unsealing"
+    );
     let chose = vm
         .wait_for("aperture-reset: rebooting into slot", BOOT_TIMEOUT)
         .unwrap();
@@ -197,6 +206,58 @@ fn storage_and_reset_through_an_appliances_life() {
         before, after_boot,
         "a boot without the TPM changed the encrypted partitions or the device state"
     );
+
+    // Issue 18, must-show 4: the same disk with Secure Boot turned off in the firmware (our
+    // keys still enrolled). The firmware now starts anything, our UKI included, but PCR 7 says
+    // so: the TPM refuses the disk keys, storage says why on the console, and nothing on the
+    // partitions changes. `--full` also boots a firmware whose db trusts another certificate
+    // beside ours (Secure Boot on, another PCR 7).
+    let mut refusals = vec![(
+        "secure-boot-off",
+        VarsMode::EnrolledOff,
+        "Secure Boot is off",
+    )];
+    if aperture_tests::full() {
+        let other = sc.dir.join("other-db.crt");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=Someone else's db key", "-keyout"])
+            .arg(sc.dir.join("other-db.key"))
+            .arg("-out")
+            .arg(&other)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl req");
+        refusals.push(("another-db", VarsMode::ExtraDb(other), "key databases"));
+    }
+    for (what, mode, reason) in refusals {
+        let t = Instant::now();
+        let mut vm = sc.boot_secure_boot(what, None, mode).unwrap();
+        let why = vm.wait_for("stays locked", BOOT_TIMEOUT).unwrap();
+        eprintln!("{what}: storage refused after {:.0?}: {why}", t.elapsed());
+        assert!(why.contains(reason) && why.contains("PCR 7"), "{why}");
+        assert!(
+            why.contains("Nothing on the partition was changed"),
+            "{why}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        vm.kill();
+        assert!(
+            !vm.console().contains("APERTURE-CRYPT-"),
+            "the hook must not have run with storage down"
+        );
+        let after_boot = [
+            partition_sha256(&sc.disk, "config"),
+            partition_sha256(&sc.disk, "data"),
+            partition_sha256(&sc.disk, "aperture_state"),
+        ];
+        assert_eq!(
+            before, after_boot,
+            "a boot with {what} changed the encrypted partitions or the device state"
+        );
+    }
 
     // Issue 12.3: the data volume's primary LUKS2 header is damaged (its first 4 KiB zeroed on
     // the host, as a bad sector or a torn write would). It must be repaired from the secondary

@@ -143,6 +143,14 @@ impl Board {
         }
     }
 
+    /// Whether the board boots our signed UKIs under UEFI Secure Boot with our keys enrolled,
+    /// so that its disk keys are sealed to that boot chain (issue 18): qemu-x86_64. Debian's
+    /// AAVMF has no SMM build, so an arm64 guest could rewrite its own keys; the Jetsons'
+    /// Secure Boot goes through NVIDIA's fused chain, not wired yet.
+    pub fn secure_boot(self) -> bool {
+        matches!(self, Board::QemuX86_64)
+    }
+
     /// Whether the data partition is the last on the disk and grows to fill it on first boot
     /// (the qemu boards). On a Jetson it keeps the size the recipe gave it in the flash XML:
     /// NVIDIA's partitions keep their entry numbers and ours follow them (`aperture_state`,

@@ -150,6 +150,12 @@ impl Files {
         self.path(rel::SECURE_BOOT_DB)
     }
 
+    /// `/etc/aperture/secure-boot/tpm-policy.pub.pem`: the build's TPM policy key, which signs
+    /// each UKI's disk-key policy.
+    pub fn tpm_policy_key(&self) -> PathBuf {
+        self.path(rel::TPM_POLICY_KEY)
+    }
+
     /// `/dev/disk/by-partlabel`.
     pub fn partlabel_dir(&self) -> PathBuf {
         self.path("dev/disk/by-partlabel")

@@ -15,6 +15,7 @@ pub mod board;
 pub mod facts;
 pub mod files;
 pub mod lock;
+pub mod secure_boot;
 pub mod slot;
 pub mod store;
 
@@ -22,5 +23,6 @@ pub use board::{Arch, Board, BootControlKind, ChainNaming, Role, SlotLayout};
 pub use facts::BuildFacts;
 pub use files::Files;
 pub use lock::SlotsLock;
+pub use secure_boot::SecureBoot;
 pub use slot::Slot;
 pub use store::{Area, StateStore};

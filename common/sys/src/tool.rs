@@ -128,6 +128,22 @@ impl Swtpm {
     pub fn state_dir(&self) -> &Path {
         &self.state
     }
+
+    /// A power cycle: `swtpm_ioctl -i` (the TPM is re-initialised: PCRs back to zero, NV and
+    /// seeds kept) then `tpm2_startup -c`, as firmware does at boot. Panics on failure.
+    pub fn power_cycle(&self) {
+        let ok = Command::new("swtpm_ioctl")
+            .args(["--tcp", &format!("127.0.0.1:{}", self.port + 1), "-i"])
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "swtpm_ioctl -i: {ok:?}");
+        let ok = Command::new("tpm2_startup")
+            .arg("-c")
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "tpm2_startup -c: {ok:?}");
+    }
 }
 
 impl Drop for Swtpm {

@@ -194,4 +194,10 @@ pub enum UefiError {
         /// Its length.
         len: usize,
     },
+    /// A UKI's `.apolicy` section that does not parse.
+    #[error("the UKI's signed disk-key policy (section .apolicy) is malformed: {reason}")]
+    BadSignedPolicy {
+        /// What is wrong.
+        reason: String,
+    },
 }

@@ -31,8 +31,9 @@
 //! ```
 //!
 //! Modules: [`pe`] reads images; [`uki`] writes them; [`pcr`] predicts PCR 11; [`policy`]
-//! computes TPM policy digests and names. The common items are re-exported here.
+//! computes TPM policy digests and names; [`apolicy`] is a UKI's signed disk-key policy. The common items are re-exported here.
 
+pub mod apolicy;
 mod error;
 pub mod pcr;
 pub mod pe;
@@ -41,6 +42,7 @@ pub mod policy;
 pub mod testpe;
 pub mod uki;
 
+pub use apolicy::SignedPolicy;
 pub use error::UefiError;
 pub use pcr::{predict_pcr11, PCR11_SECTIONS};
 pub use pe::{

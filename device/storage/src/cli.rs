@@ -57,10 +57,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup { tpm_timeout } => {
             let storage = parts.storage(Duration::from_secs(tpm_timeout));
-            for v in storage
-                .setup()
-                .context("setting up the encrypted partitions")?
-            {
+            let setup = storage.setup();
+            if parts.tpm.boot_chain().is_some() {
+                // Whatever happened: no policy approved for this UKI matches for the rest of
+                // this boot, so nothing started later can unseal a disk key.
+                match parts.tpm.barrier() {
+                    Ok(()) => tracing::info!(
+                        "PCR 11 extended: disk keys cannot be unsealed again in this boot"
+                    ),
+                    Err(e) => tracing::error!("extending PCR 11 after storage setup: {e}"),
+                }
+            }
+            for v in setup.context("setting up the encrypted partitions")? {
                 tracing::info!(
                     "{}: {} mounted at {}, key: {}{}{}",
                     v.volume,

@@ -96,6 +96,26 @@ pub enum StorageError {
         reasons: String,
     },
 
+    /// The TPM would not unseal a key sealed to the boot chain for this boot, or this boot may
+    /// not seal one (issue 18).
+    #[error("{reason}")]
+    BootChain {
+        /// Why, in the reader's words ("Secure Boot is off: ...").
+        reason: String,
+    },
+
+    /// Every copy of a volume's key is sealed to the boot chain, and this boot is not one the
+    /// TPM unseals it for. Nothing on the partition was changed.
+    #[error("{volume} ({partition}) stays locked: its key is sealed to this appliance's signed boot chain, and the TPM refuses to unseal it for this boot: {reasons}. Nothing on the partition was changed. Boot the appliance with Secure Boot on and its own keys enrolled, from a slot at or above the anti-rollback floor")]
+    BootChainRefused {
+        /// The volume.
+        volume: String,
+        /// Its partition.
+        partition: String,
+        /// Why.
+        reasons: String,
+    },
+
     /// A key read back has the wrong size.
     #[error("the key of {volume} is {len} bytes, not {expected}: the sealed blob is damaged")]
     KeySize {

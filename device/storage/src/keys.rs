@@ -16,12 +16,13 @@
 //! * [`FakeTpm`]: a test double that seals with a secret of its own, so that blobs from another
 //!   "TPM", or damaged blobs, fail to unseal as tpm2_load would.
 //!
-//! Keys are not bound to PCRs: a measured-boot policy would have to be re-sealed on every
-//! update and needs a recovery path (systemd-cryptenroll's signed PCR policies are the model);
-//! that is future work.
+//! On a board that boots signed UKIs under Secure Boot, [`Tpm2`] seals volume keys to the boot
+//! chain instead ([`crate::boot`]): Secure Boot's PCR 7 and a policy signed per UKI, so no
+//! re-sealing on updates. Other secrets ([`Tpm2::seal_secret`]) are not bound.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aperture_sys::Cmd;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -29,6 +30,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::boot::{BootBinding, BootChain};
 use crate::StorageError;
 
 /// Bytes in a volume key.
@@ -151,6 +153,10 @@ pub enum SealedKey {
         /// the TPM's dictionary-attack lockout is on. Absent (false) in keys sealed before.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         noda: bool,
+        /// Sealed to the signed boot chain ([`crate::boot`]): what it was sealed to. Absent in
+        /// keys sealed before, or on boards without Secure Boot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot: Option<BootBinding>,
     },
     /// The key itself.
     #[serde(rename = "aperture-unsafe-plain")]
@@ -205,6 +211,16 @@ pub trait KeySource {
     fn seal(&self, volume: &str, key: &Key) -> Result<SealedKey, StorageError>;
     /// The key of `volume` from `sealed`.
     fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError>;
+    /// `sealed` again in a stronger way this boot allows (a key sealed before the boot chain
+    /// was, now sealed to it), or `None` to keep it as it is.
+    fn rebind(
+        &self,
+        _volume: &str,
+        _key: &Key,
+        _sealed: &SealedKey,
+    ) -> Result<Option<SealedKey>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// `what` (`the sealed key of data`) was sealed by another source than `want`.
@@ -260,6 +276,7 @@ impl KeySource for UnsafePlainKey {
 pub struct Tpm2 {
     run_dir: PathBuf,
     tcti: Option<String>,
+    boot: Option<BootChain>,
 }
 
 impl Tpm2 {
@@ -268,7 +285,19 @@ impl Tpm2 {
         Tpm2 {
             run_dir,
             tcti: None,
+            boot: None,
         }
+    }
+
+    /// Seal volume keys to the boot chain `chain` ([`crate::boot`]).
+    pub fn with_boot_chain(mut self, chain: BootChain) -> Tpm2 {
+        self.boot = Some(chain);
+        self
+    }
+
+    /// The boot chain volume keys are sealed to, if any.
+    pub fn boot_chain(&self) -> Option<&BootChain> {
+        self.boot.as_ref()
     }
 
     /// Talk to the TPM through `tcti` (`swtpm:port=2321` in tests) instead of the default
@@ -278,7 +307,7 @@ impl Tpm2 {
         self
     }
 
-    fn tool(&self, program: &str) -> Cmd {
+    pub(crate) fn tool(&self, program: &str) -> Cmd {
         let cmd = Cmd::new(program);
         match &self.tcti {
             Some(t) => cmd.env("TPM2TOOLS_TCTI", t),
@@ -288,16 +317,19 @@ impl Tpm2 {
 
     /// Flush transient objects. The kernel resource manager does this by itself; a raw TPM
     /// (swtpm over a socket) runs out of object slots without it.
-    fn flush(&self) -> Result<(), StorageError> {
+    pub(crate) fn flush(&self) -> Result<(), StorageError> {
         self.tool("tpm2_flushcontext").arg("-t").run()?;
         Ok(())
     }
 
     /// A private scratch folder for context files, removed when dropped.
-    fn scratch(&self) -> Result<Scratch, StorageError> {
-        let dir = self
-            .run_dir
-            .join(format!("aperture-storage-tpm2.{}", std::process::id()));
+    pub(crate) fn scratch(&self) -> Result<Scratch, StorageError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = self.run_dir.join(format!(
+            "aperture-storage-tpm2.{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         aperture_sys::fs::create_dir_all(&dir, 0o700)?;
         Ok(Scratch(dir))
@@ -305,7 +337,7 @@ impl Tpm2 {
 
     /// Create the primary key into `scratch/primary.ctx`: tpm2-tools' default storage key
     /// template, with `noda` unless `legacy`.
-    fn primary(&self, scratch: &Scratch, noda: bool) -> Result<PathBuf, StorageError> {
+    pub(crate) fn primary(&self, scratch: &Scratch, noda: bool) -> Result<PathBuf, StorageError> {
         let ctx = scratch.0.join("primary.ctx");
         let mut cmd = self
             .tool("tpm2_createprimary")
@@ -358,6 +390,7 @@ impl Tpm2 {
             tpm2_public: read(&public)?,
             tpm2_private: read(&private)?,
             noda: true,
+            boot: None,
         })
     }
 
@@ -368,10 +401,14 @@ impl Tpm2 {
             tpm2_public,
             tpm2_private,
             noda,
+            boot,
         } = sealed
         else {
             return Err(wrong_kind(what, KeySourceKind::Tpm2, sealed));
         };
+        if boot.is_some() {
+            return self.unseal_bound(self.boot.as_ref(), sealed);
+        }
         let scratch = self.scratch()?;
         let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
         std::fs::write(&public, tpm2_public).map_err(StorageError::io("writing", &public))?;
@@ -402,7 +439,30 @@ impl KeySource for Tpm2 {
     }
 
     fn seal(&self, _volume: &str, key: &Key) -> Result<SealedKey, StorageError> {
-        self.seal_secret(key.as_bytes())
+        match &self.boot {
+            Some(chain) => self.seal_bound(chain, key.as_bytes()),
+            None => self.seal_secret(key.as_bytes()),
+        }
+    }
+
+    fn rebind(
+        &self,
+        volume: &str,
+        key: &Key,
+        sealed: &SealedKey,
+    ) -> Result<Option<SealedKey>, StorageError> {
+        let (Some(chain), SealedKey::Tpm2 { boot: None, .. }) = (&self.boot, sealed) else {
+            return Ok(None);
+        };
+        let state = chain.secure_boot();
+        if state != aperture_appliance::SecureBoot::On {
+            tracing::warn!(
+                "{volume}: its key is sealed to the TPM alone, not yet to the signed boot                  chain, and Secure Boot is {}: it stays so until a boot with Secure Boot on",
+                state.word()
+            );
+            return Ok(None);
+        }
+        self.seal_bound(chain, key.as_bytes()).map(Some)
     }
 
     fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
@@ -419,6 +479,10 @@ pub const MAX_SEALED: usize = 128;
 pub struct Secret(Vec<u8>);
 
 impl Secret {
+    pub(crate) fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+
     /// The secret's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -438,7 +502,13 @@ impl fmt::Debug for Secret {
 }
 
 /// A scratch folder removed on drop.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
+
+impl Scratch {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -453,6 +523,7 @@ impl Drop for Scratch {
 #[derive(Debug, Clone)]
 pub struct FakeTpm {
     seed: [u8; 32],
+    bound: bool,
 }
 
 impl FakeTpm {
@@ -460,7 +531,15 @@ impl FakeTpm {
     pub fn new() -> Result<FakeTpm, StorageError> {
         let mut seed = [0u8; 32];
         random_bytes(&mut seed)?;
-        Ok(FakeTpm { seed })
+        Ok(FakeTpm { seed, bound: false })
+    }
+
+    /// This TPM as on a board whose keys are sealed to the boot chain: keys it seals carry a
+    /// (fake) [`BootBinding`], and keys sealed without one are sealed again ([`KeySource::
+    /// rebind`]), as [`Tpm2`] with a [`BootChain`] and Secure Boot on does.
+    pub fn bound_to_boot_chain(mut self) -> FakeTpm {
+        self.bound = true;
+        self
     }
 
     fn stream(&self, nonce: &[u8], len: usize) -> Vec<u8> {
@@ -503,7 +582,23 @@ impl KeySource for FakeTpm {
             tpm2_public: public,
             tpm2_private: private.collect(),
             noda: true,
+            boot: self.bound.then(|| BootBinding {
+                pcr7: "fake".into(),
+                policy_key_name: "fake".into(),
+            }),
         })
+    }
+
+    fn rebind(
+        &self,
+        volume: &str,
+        key: &Key,
+        sealed: &SealedKey,
+    ) -> Result<Option<SealedKey>, StorageError> {
+        match sealed {
+            SealedKey::Tpm2 { boot: None, .. } if self.bound => self.seal(volume, key).map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn unseal(&self, volume: &str, sealed: &SealedKey) -> Result<Key, StorageError> {
@@ -577,6 +672,7 @@ mod tests {
             tpm2_public: vec![1, 2, 3],
             tpm2_private: vec![4, 5],
             noda: true,
+            boot: None,
         };
         assert_eq!(
             serde_json::to_string(&tpm).unwrap(),
@@ -621,6 +717,7 @@ mod tests {
             tpm2_public: tpm2_public.clone(),
             tpm2_private,
             noda: true,
+            boot: None,
         };
         assert!(tpm.unseal("data", &damaged).is_err(), "a damaged blob");
         let plain = UnsafePlainKey.seal("data", &key).unwrap();

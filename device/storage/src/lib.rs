@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use aperture_appliance::{BuildFacts, Files, Role};
 
+pub mod boot;
 pub mod cli;
 pub mod crypt;
 pub mod disk;
@@ -49,6 +50,7 @@ pub mod setup;
 pub mod status;
 pub mod volume;
 
+pub use boot::{BootBinding, BootChain};
 pub use crypt::{Crypt, CryptSetup, LABEL_FORMATTING};
 pub use disk::{Access, DeviceDisk, Disk, FileDisk, FilePartition, MemPartition, Partition};
 pub use error::{StorageError, RESET_LEVEL3};
@@ -88,10 +90,14 @@ impl SystemParts {
     pub fn open(files: Files) -> Result<SystemParts, StorageError> {
         let facts = BuildFacts::load(&files.build_facts())?;
         let state = StorageState::open(&files.partition(facts.board.partition(Role::State)))?;
+        let mut tpm = Tpm2::new(files.run_dir());
+        if facts.tpm && facts.board.secure_boot() {
+            tpm = tpm.with_boot_chain(BootChain::of(&files));
+        }
         Ok(SystemParts {
             disk: DeviceDisk::on(&files),
             crypt: CryptSetup::new(files.mapper_dir()),
-            tpm: Tpm2::new(files.run_dir()),
+            tpm,
             mounts: SystemMounts::new(files.mountinfo()),
             state,
             facts,

@@ -158,6 +158,7 @@ pub fn legacy_esp_key(files: &Files, volume: Volume) -> Option<(SealedKey, Vec<P
             tpm2_public,
             tpm2_private,
             noda: false,
+            boot: None,
         };
         return Some((sealed, vec![public, private]));
     }
@@ -281,6 +282,7 @@ mod tests {
             tpm2_public: vec![1, 2],
             tpm2_private: vec![3],
             noda: true,
+            boot: None,
         }
     }
 

@@ -55,6 +55,9 @@ pub enum Repair {
     Record,
     /// Both, from the key files an older Aperture kept on the ESP (then removed).
     FromEsp,
+    /// The key, sealed before to the TPM alone, sealed again to the signed boot chain (both
+    /// copies rewritten).
+    Rebound,
 }
 
 /// What setting up one volume did.
@@ -376,6 +379,7 @@ impl Storage<'_> {
             .filter(|e| e.uuid == copy.uuid)
             .cloned();
         let mut reasons = Vec::new();
+        let mut chain_refused = false;
         let mut chosen = known;
         let legacy = legacy_esp_key(self.files, v);
         if chosen.is_none() {
@@ -400,18 +404,36 @@ impl Storage<'_> {
                     sealed.clone(),
                 ));
             }
+            let mut tried: Vec<SealedKey> = Vec::new();
             for (from, sealed) in candidates {
+                if tried.contains(&sealed) {
+                    // The token and the record hold the same blob: one TPM answer is enough.
+                    reasons.push(format!("{from}: the same sealed key, not tried twice"));
+                    continue;
+                }
                 match self.source(sealed.kind()).unseal(v.label(), &sealed) {
                     Ok(key) if self.crypt.check_key(part, &key)? => {
                         chosen = Some((key, sealed));
                         break;
                     }
                     Ok(_) => reasons.push(format!("{from}: its key does not open the volume")),
+                    Err(e @ StorageError::BootChain { .. }) => {
+                        chain_refused = true;
+                        reasons.push(format!("{from}: {e}"));
+                    }
                     Err(e) => reasons.push(format!("{from}: {e}")),
                 }
+                tried.push(sealed);
             }
         }
-        let Some((key, sealed)) = chosen else {
+        let Some((key, mut sealed)) = chosen else {
+            if chain_refused {
+                return Err(StorageError::BootChainRefused {
+                    volume: v.to_string(),
+                    partition: part.describe(),
+                    reasons: reasons.join("; "),
+                });
+            }
             if token.is_none() && entry.is_none() && legacy.is_none() {
                 return Err(StorageError::KeyMissing {
                     volume: v.to_string(),
@@ -429,12 +451,27 @@ impl Storage<'_> {
         if !reasons.is_empty() && (token.is_some() || entry.is_some()) {
             tracing::warn!("{v}: {}", reasons.join("; "));
         }
+        let mut rebound = false;
+        if let Some(again) = self
+            .source(sealed.kind())
+            .rebind(v.label(), &key, &sealed)?
+        {
+            // The token first, then the record: a cut between them leaves the token's new
+            // blob, which the next boot unseals and copies into the record.
+            tracing::warn!(
+                "{v}: its key was sealed to the TPM alone; sealed again to the signed boot \
+                 chain (Secure Boot state and signed UKI policy), token and record rewritten"
+            );
+            sealed = again;
+            rebound = true;
+            out.repaired.push(Repair::Rebound);
+        }
         if token.as_ref().and_then(|t| t.sealed.as_ref().ok()) != Some(&sealed) {
             let keyslot = copy.keyslots.first().map_or("0", String::as_str);
             let replace = token.as_ref().map(|t| t.id.as_str());
             self.crypt
                 .import_token(part, &token_json(v, keyslot, &sealed), replace)?;
-            if !out.formatted {
+            if !out.formatted && !rebound {
                 tracing::warn!("{v}: wrote its LUKS2 token again from the device state");
                 out.repaired.push(Repair::Token);
             }
@@ -450,7 +487,7 @@ impl Storage<'_> {
             sealed: sealed.clone(),
         };
         if record.volumes.get(&v) != Some(&want) || record.source.is_none() {
-            if entry.as_ref() != Some(&want) {
+            if entry.as_ref() != Some(&want) && !rebound {
                 tracing::warn!("{v}: wrote its device state record again from the LUKS2 token");
                 out.repaired.push(Repair::Record);
             }

@@ -448,3 +448,47 @@ fn keys_an_older_aperture_kept_on_the_esp_are_moved_off_it_once() {
     let next = world.boot(PowerCut::never()).storage().setup().unwrap();
     assert!(next.iter().all(|v| v.repaired.is_empty()));
 }
+
+/// Keys sealed before the boot chain was (an appliance updated from an older Aperture) are
+/// sealed to it at the first boot that can: both copies rewritten, once.
+#[test]
+fn keys_sealed_before_the_boot_chain_are_sealed_to_it_once_in_token_and_record() {
+    let mut world = World::new(Board::QemuX86_64, true);
+    world.boot(PowerCut::never()).storage().setup().unwrap();
+    let bound = |world: &World, v: Volume| {
+        let part = world.part(v);
+        let probe = luks::probe(part.as_ref()).unwrap();
+        let token = probe
+            .current()
+            .and_then(find_token)
+            .unwrap()
+            .sealed
+            .unwrap();
+        let record = world.state().load().unwrap().volumes[&v].sealed.clone();
+        let is_bound = |s: &aperture_storage::SealedKey| {
+            matches!(s, aperture_storage::SealedKey::Tpm2 { boot: Some(_), .. })
+        };
+        (is_bound(&token), is_bound(&record))
+    };
+    for v in Volume::ALL {
+        assert_eq!(bound(&world, v), (false, false));
+    }
+    let keys: Vec<Vec<u8>> = Volume::ALL
+        .iter()
+        .map(|v| world.recorded_key(*v).unwrap().as_bytes().to_vec())
+        .collect();
+
+    world.tpm = world.tpm.clone().bound_to_boot_chain();
+    let done = world.boot(PowerCut::never()).storage().setup().unwrap();
+    for (i, v) in done.iter().enumerate() {
+        assert_eq!(v.repaired, vec![Repair::Rebound], "{v:?}");
+        assert_eq!(bound(&world, v.volume), (true, true));
+        // The same key: nothing was re-encrypted, the volume opens as before.
+        assert_eq!(
+            world.recorded_key(v.volume).unwrap().as_bytes(),
+            &keys[i][..]
+        );
+    }
+    let done = world.boot(PowerCut::never()).storage().setup().unwrap();
+    assert!(done.iter().all(|v| v.repaired.is_empty()), "{done:?}");
+}

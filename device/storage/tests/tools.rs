@@ -244,6 +244,7 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
         tpm2_public,
         tpm2_private,
         noda,
+        boot: None,
     } = &sealed
     else {
         panic!("{sealed:?}")
@@ -271,6 +272,7 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
         tpm2_public: damaged,
         tpm2_private: tpm2_private.clone(),
         noda: *noda,
+        boot: None,
     };
     assert!(source.unseal("data", &bad).is_err());
     assert!(
@@ -323,6 +325,7 @@ fn tpm2_seals_and_unseals_with_swtpm_keeping_nothing_on_disk() {
         tpm2_public: std::fs::read(&legacy_pub).unwrap(),
         tpm2_private: std::fs::read(&legacy_priv).unwrap(),
         noda: false,
+        boot: None,
     };
     assert_eq!(
         source.unseal("data", &legacy).unwrap().as_bytes(),
@@ -429,4 +432,314 @@ fn seal_with_tools(
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), data).unwrap();
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
+}
+
+/// A UKI (synthetic stub, the sections the stub measures) carrying a `.apolicy` for security
+/// version `sv`, signed with the RSA key `key` by openssl as the builder signs it.
+fn uki_with_policy(dir: &Path, key: &Path, cmdline: &str, sv: u64) -> Vec<u8> {
+    use aperture_uefi::{apolicy, assemble_uki, testpe, SignedPolicy};
+    let stub = testpe::synthetic_stub();
+    let sections = |policy: Option<&[u8]>| {
+        let mut s: Vec<(&str, &[u8])> = vec![
+            (".osrel", b"ID=aperture-test\n"),
+            (".cmdline", cmdline.as_bytes()),
+        ];
+        s.extend(policy.map(|p| (apolicy::SECTION, p)));
+        s.push((".linux", b"a kernel"));
+        assemble_uki(&stub, &s).unwrap()
+    };
+    let pcr11 = aperture_uefi::predict_pcr11(&sections(None)).unwrap();
+    let mut policy = SignedPolicy::unsigned(pcr11, sv);
+    let msg = dir.join("msg");
+    std::fs::write(&msg, policy.message()).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl dgst -sign");
+    policy.signature = out.stdout;
+    sections(Some(&policy.encode()))
+}
+
+/// What firmware and the stub leave in the TPM for a boot of `uki` with Secure Boot in
+/// `state` (a word standing for firmware's PCR 7 events).
+fn boot(tpm: &Swtpm, state: &str, uki: &[u8]) {
+    use sha2::{Digest, Sha256};
+    tpm.power_cycle();
+    let extend = |pcr: u32, digest: &[u8]| {
+        let ok = Command::new("tpm2_pcrextend")
+            .arg(format!("{pcr}:sha256={}", hex::encode(digest)))
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    extend(7, &Sha256::digest(state.as_bytes()));
+    for event in aperture_uefi::pcr::pcr11_events(uki).unwrap() {
+        extend(11, &event.digest);
+    }
+}
+
+fn efivars(dir: &Path, secure_boot: u8) -> std::path::PathBuf {
+    let vars = dir.join(format!("efivars-{secure_boot}"));
+    std::fs::create_dir_all(&vars).unwrap();
+    let guid = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    std::fs::write(
+        vars.join(format!("SecureBoot-{guid}")),
+        [6, 0, 0, 0, secure_boot],
+    )
+    .unwrap();
+    std::fs::write(vars.join(format!("SetupMode-{guid}")), [6, 0, 0, 0, 0]).unwrap();
+    vars
+}
+
+/// Issue 18's policy end to end on swtpm: a key sealed to the boot chain unseals in the boot
+/// it was sealed in and after an update to another signed UKI, with nothing re-sealed; it
+/// does not unseal after the barrier, below the floor, with Secure Boot off, with a policy
+/// another key signed, or without a policy at all; sealing with Secure Boot off is refused.
+/// Each refusal says why.
+#[test]
+fn keys_sealed_to_the_boot_chain_unseal_only_for_our_signed_ukis_with_secure_boot_on() {
+    let test = "keys_sealed_to_the_boot_chain_unseal_only_for_our_signed_ukis_with_secure_boot_on";
+    let tools = [
+        "tpm2_createprimary",
+        "tpm2_loadexternal",
+        "tpm2_verifysignature",
+        "tpm2_policynv",
+        "swtpm_ioctl",
+    ];
+    let Some(tpm) = Swtpm::for_test(&tools, test) else {
+        return;
+    };
+    if !have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        assert!(Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .status()
+            .unwrap()
+            .success())
+    };
+    openssl(&["genrsa", "-out", "policy.key", "2048"]);
+    openssl(&[
+        "rsa",
+        "-in",
+        "policy.key",
+        "-pubout",
+        "-out",
+        "policy.pub.pem",
+    ]);
+    openssl(&["genrsa", "-out", "other.key", "2048"]);
+    let v1 = uki_with_policy(
+        d,
+        &d.join("policy.key"),
+        "root=PARTLABEL=rootfs_a aperture.slot=a",
+        1,
+    );
+    let v2 = uki_with_policy(
+        d,
+        &d.join("policy.key"),
+        "root=PARTLABEL=rootfs_b aperture.slot=b",
+        2,
+    );
+    let forged = uki_with_policy(
+        d,
+        &d.join("other.key"),
+        "root=PARTLABEL=rootfs_b aperture.slot=b",
+        2,
+    );
+    for (name, bytes) in [("v1.efi", &v1), ("v2.efi", &v2), ("forged.efi", &forged)] {
+        std::fs::write(d.join(name), bytes).unwrap();
+    }
+    let (on, off) = (efivars(d, 1), efivars(d, 0));
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let tpm2 = |uki: &str, vars: &Path| {
+        Tpm2::new(run.clone())
+            .with_tcti(tpm.tcti())
+            .with_boot_chain(aperture_storage::BootChain {
+                policy_key: d.join("policy.pub.pem"),
+                uki: Some(d.join(uki)),
+                efivars: vars.to_path_buf(),
+            })
+    };
+    let key = Key::random().unwrap();
+    let refused = |source: &Tpm2, sealed: &aperture_storage::SealedKey, want: &[&str]| {
+        let err = source.unseal("data", sealed).unwrap_err();
+        assert!(matches!(err, StorageError::BootChain { .. }), "{err:?}");
+        let text = err.to_string();
+        for w in want {
+            assert!(text.contains(w), "wanted {w:?} in: {text}");
+        }
+    };
+
+    // First boot of v1, Secure Boot off: nothing is sealed.
+    boot(&tpm, "secure-boot-off", &v1);
+    let err = tpm2("v1.efi", &off)
+        .seal("data", &key)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Secure Boot is off") && err.contains("nothing was written"),
+        "{err}"
+    );
+
+    // First boot of v1 with Secure Boot on: sealed (and unsealed once, inside seal).
+    boot(&tpm, "secure-boot-on-our-db", &v1);
+    let source = tpm2("v1.efi", &on);
+    let sealed = source.seal("data", &key).unwrap();
+    let aperture_storage::SealedKey::Tpm2 {
+        boot: Some(binding),
+        ..
+    } = &sealed
+    else {
+        panic!("not bound: {sealed:?}")
+    };
+    assert_eq!(binding.pcr7.len(), 64);
+    // Kept as JSON in the token and the device state.
+    let sealed: aperture_storage::SealedKey =
+        serde_json::from_slice(&serde_json::to_vec(&sealed).unwrap()).unwrap();
+    assert_eq!(
+        source.unseal("data", &sealed).unwrap().as_bytes(),
+        key.as_bytes()
+    );
+
+    // No password opens it without the policy (no `userwithauth`).
+    let aperture_storage::SealedKey::Tpm2 {
+        tpm2_public,
+        tpm2_private,
+        ..
+    } = &sealed
+    else {
+        unreachable!()
+    };
+    let unbound = aperture_storage::SealedKey::Tpm2 {
+        tpm2_public: tpm2_public.clone(),
+        tpm2_private: tpm2_private.clone(),
+        noda: true,
+        boot: None,
+    };
+    assert!(Tpm2::new(run.clone())
+        .with_tcti(tpm.tcti())
+        .unseal("data", &unbound)
+        .is_err());
+
+    // After storage's barrier, nothing in this boot unseals it.
+    source.barrier().unwrap();
+    refused(&source, &sealed, &["PCR 11", "barrier"]);
+
+    // An update: v2 boots with its own signed policy; nothing was re-sealed.
+    boot(&tpm, "secure-boot-on-our-db", &v2);
+    assert_eq!(
+        tpm2("v2.efi", &on)
+            .unseal("data", &sealed)
+            .unwrap()
+            .as_bytes(),
+        key.as_bytes()
+    );
+    // v1's UKI on the ESP presented while v2 booted: PCR 11 is not what it approves.
+    refused(&tpm2("v1.efi", &on), &sealed, &["PCR 11"]);
+
+    // v2 commits: the floor rises to 2; v2 still unseals, v1 no longer does.
+    assert!(Command::new("tpm2_nvincrement")
+        .args(["-C", "o", "0x1500a70"])
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(source.floor(), Some(2));
+    boot(&tpm, "secure-boot-on-our-db", &v2);
+    assert_eq!(
+        tpm2("v2.efi", &on)
+            .unseal("data", &sealed)
+            .unwrap()
+            .as_bytes(),
+        key.as_bytes()
+    );
+    boot(&tpm, "secure-boot-on-our-db", &v1);
+    refused(
+        &tpm2("v1.efi", &on),
+        &sealed,
+        &["security version 1", "below the anti-rollback floor (2)"],
+    );
+
+    // Secure Boot off (or another db): PCR 7 differs.
+    boot(&tpm, "secure-boot-off", &v2);
+    refused(
+        &tpm2("v2.efi", &off),
+        &sealed,
+        &[
+            "Secure Boot is off",
+            "PCR 7 is",
+            "changed since the first boot",
+        ],
+    );
+    boot(&tpm, "secure-boot-on-another-db", &v2);
+    refused(
+        &tpm2("v2.efi", &on),
+        &sealed,
+        &["PCR 7 is", "key databases"],
+    );
+
+    // A policy signed by another key, for the very UKI that booted.
+    boot(&tpm, "secure-boot-on-our-db", &forged);
+    refused(
+        &tpm2("forged.efi", &on),
+        &sealed,
+        &["not signed by this image's TPM policy key"],
+    );
+
+    // A key sealed before the boot chain was is sealed to it by `rebind`, and then unseals
+    // only through the policy.
+    boot(&tpm, "secure-boot-on-our-db", &v2);
+    let plain = Tpm2::new(run.clone())
+        .with_tcti(tpm.tcti())
+        .seal("data", &key)
+        .unwrap();
+    let rebound = tpm2("v2.efi", &on)
+        .rebind("data", &key, &plain)
+        .unwrap()
+        .expect("rebound");
+    assert!(matches!(
+        rebound,
+        aperture_storage::SealedKey::Tpm2 { boot: Some(_), .. }
+    ));
+    assert_eq!(
+        tpm2("v2.efi", &on)
+            .unseal("data", &rebound)
+            .unwrap()
+            .as_bytes(),
+        key.as_bytes()
+    );
+    assert!(tpm2("v2.efi", &on)
+        .rebind("data", &key, &rebound)
+        .unwrap()
+        .is_none());
+    assert!(
+        tpm2("v2.efi", &off)
+            .rebind("data", &key, &plain)
+            .unwrap()
+            .is_none(),
+        "not with Secure Boot off"
+    );
+
+    // A board without the boot chain cannot unseal a bound key, and says so.
+    let err = Tpm2::new(run.clone())
+        .with_tcti(tpm.tcti())
+        .unseal("data", &sealed)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("sealed to the signed boot chain"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(&run).unwrap().next().is_none(),
+        "no scratch left"
+    );
 }

@@ -27,6 +27,10 @@ pub const NAMES: [&str; 3] = ["PK", "KEK", "db"];
 /// The TPM policy key's file stem.
 pub const POLICY: &str = "tpm-policy";
 
+/// The file name of the TPM policy key's public half, in the keys folder and in a build's
+/// `secure-boot/` folder.
+pub const POLICY_PUBLIC_FILE: &str = "tpm-policy.pub.pem";
+
 /// Paths of one keys folder's Secure Boot and policy keys.
 #[derive(Debug, Clone)]
 pub struct SecureBootKeys {
@@ -69,7 +73,7 @@ impl SecureBootKeys {
 
     /// The TPM policy key's public half (PEM), which images carry.
     pub fn policy_public(&self) -> PathBuf {
-        self.dir.join(format!("{POLICY}.pub.pem"))
+        self.dir.join(POLICY_PUBLIC_FILE)
     }
 
     /// Every file the folder must hold.

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use aperture_sys::cmd::Cmd;
 
+use aperture_uefi::SignedPolicy;
+
 use crate::sbkeys::SecureBootKeys;
 
 /// What goes into one UKI.
@@ -31,6 +33,9 @@ pub struct UkiInputs<'a> {
     pub osrel: &'a [u8],
     /// The kernel command line.
     pub cmdline: &'a str,
+    /// The image's security version, which the UKI's signed disk-key policy names: the TPM
+    /// unseals the disk keys for this UKI only while the anti-rollback floor is at most this.
+    pub security_version: u64,
 }
 
 /// A UKI made by [`build`]: where it is and what PCR 11 will hold after the stub measured it.
@@ -59,17 +64,24 @@ pub fn build(
             inputs.cmdline
         );
     }
-    let unsigned = aperture_uefi::assemble_uki(
-        inputs.stub,
-        &[
+    let assemble = |policy: Option<&[u8]>| {
+        let mut sections = vec![
             (".osrel", inputs.osrel),
             (".cmdline", inputs.cmdline.as_bytes()),
-            (".initrd", inputs.initrd),
-            (".linux", inputs.kernel),
-        ],
-    )
-    .context("assembling the unified kernel image")?;
-    let pcr11 = aperture_uefi::predict_pcr11(&unsigned)?;
+        ];
+        sections.extend(policy.map(|p| (aperture_uefi::apolicy::SECTION, p)));
+        sections.extend([(".initrd", inputs.initrd), (".linux", inputs.kernel)]);
+        aperture_uefi::assemble_uki(inputs.stub, &sections)
+            .context("assembling the unified kernel image")
+    };
+    // PCR 11 first: the signed policy names it, and the stub does not measure the policy's
+    // own section, so adding it leaves PCR 11 as it was (checked).
+    let pcr11 = aperture_uefi::predict_pcr11(&assemble(None)?)?;
+    let policy = sign_policy(pcr11, inputs.security_version, keys, out)?;
+    let unsigned = assemble(Some(&policy.encode()))?;
+    if aperture_uefi::predict_pcr11(&unsigned)? != pcr11 {
+        bail!("the .apolicy section changed the UKI's PCR 11: the stub must not measure it");
+    }
     let tmp = out.with_extension("unsigned");
     std::fs::write(&tmp, &unsigned).with_context(|| format!("writing {}", tmp.display()))?;
     let signed = sign(&tmp, out, keys, source_date);
@@ -80,6 +92,92 @@ pub fn build(
         size: std::fs::metadata(out)?.len(),
         pcr11: hex::encode(pcr11),
     })
+}
+
+/// The approved disk-key policy of a UKI whose PCR 11 is `pcr11`, signed with the TPM policy
+/// key of `keys` (`openssl dgst -sha256 -sign`: RSASSA-PKCS1-v1_5, deterministic). `near` names
+/// a scratch file's place.
+pub fn sign_policy(
+    pcr11: [u8; 32],
+    security_version: u64,
+    keys: &SecureBootKeys,
+    near: &Path,
+) -> Result<SignedPolicy> {
+    let mut policy = SignedPolicy::unsigned(pcr11, security_version);
+    let msg = near.with_extension("apolicy-msg");
+    std::fs::write(&msg, policy.message()).with_context(|| format!("writing {}", msg.display()))?;
+    let out = Cmd::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(keys.policy_key())
+        .arg(&msg)
+        .run();
+    let _ = std::fs::remove_file(&msg);
+    policy.signature = out
+        .with_context(|| {
+            format!(
+                "signing the UKI's disk-key policy with {}",
+                keys.policy_key().display()
+            )
+        })?
+        .stdout;
+    Ok(policy)
+}
+
+/// Check a UKI's signed disk-key policy (`.apolicy`): present, its approved digest that of the
+/// UKI's own PCR 11 and `security_version`, its signature made by the policy key whose public
+/// half is `policy_public` (`openssl dgst -verify`).
+pub fn verify_policy(
+    uki: &Path,
+    policy_public: &Path,
+    security_version: u64,
+) -> Result<SignedPolicy> {
+    let bytes = std::fs::read(uki).with_context(|| format!("reading {}", uki.display()))?;
+    let policy = SignedPolicy::of_uki(&bytes)
+        .with_context(|| format!("{}", uki.display()))?
+        .with_context(|| {
+            format!(
+                "{} has no signed disk-key policy (section {}): rebuild it with this Aperture",
+                uki.display(),
+                aperture_uefi::apolicy::SECTION
+            )
+        })?;
+    let pcr11 = aperture_uefi::predict_pcr11(&bytes)?;
+    if policy.pcr11 != pcr11 {
+        bail!(
+            "{}: its disk-key policy approves PCR 11 {}, but the UKI leaves {}: the policy \
+             was made for another UKI",
+            uki.display(),
+            hex::encode(policy.pcr11),
+            hex::encode(pcr11)
+        );
+    }
+    if policy.security_version != security_version {
+        bail!(
+            "{}: its disk-key policy is for security version {}, the manifest says {}",
+            uki.display(),
+            policy.security_version,
+            security_version
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let (msg, sig) = (dir.path().join("msg"), dir.path().join("sig"));
+    std::fs::write(&msg, policy.message())?;
+    std::fs::write(&sig, &policy.signature)?;
+    Cmd::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(policy_public)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&msg)
+        .run()
+        .with_context(|| {
+            format!(
+                "{}: its disk-key policy is not signed by the TPM policy key {}",
+                uki.display(),
+                policy_public.display()
+            )
+        })?;
+    Ok(policy)
 }
 
 /// Sign the EFI program `input` with the db key of `keys` into `output` (`sbsign` under
@@ -187,6 +285,7 @@ mod tests {
             initrd: &initrd,
             osrel: b"ID=debian\n",
             cmdline: "console=ttyS0 aperture.slot=b",
+            security_version: 4,
         };
         let one = dir.path().join("one.efi");
         let two = dir.path().join("two.efi");
@@ -210,6 +309,21 @@ mod tests {
             built.pcr11
         );
         verify(&one, &keys.db_cert()).unwrap();
+        // The signed disk-key policy names this UKI's PCR 11 and version, signed by the key.
+        let policy = verify_policy(&one, &keys.policy_public(), 4).unwrap();
+        assert_eq!(hex::encode(policy.pcr11), built.pcr11);
+        assert!(format!(
+            "{:#}",
+            verify_policy(&one, &keys.policy_public(), 5).unwrap_err()
+        )
+        .contains("security version 4"));
+        let other = dir.path().join("other-keys");
+        crate::sbkeys::generate(&other, 1, false, true).unwrap();
+        let err = verify_policy(&one, &SecureBootKeys::of(&other).policy_public(), 4).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not signed by the TPM policy key"),
+            "{err:#}"
+        );
         let err = verify(&one, &keys.cert("KEK")).unwrap_err();
         assert!(format!("{err:#}").contains("is not signed by"), "{err:#}");
         // A later source date signs differently (the time is in the signature) ...

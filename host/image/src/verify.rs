@@ -124,7 +124,9 @@ fn check_artifact(dir: &Path, a: &Artifact) -> Result<String> {
 
 /// A slot's UKI: signed by the Secure Boot db certificate the build folder names
 /// (`secure-boot/db.crt`), with the command line that boots its own slot with the release's
-/// verity root; and the PCR 11 value it leaves.
+/// verity root; its signed disk-key policy (`.apolicy`: its own PCR 11 and the release's
+/// security version, signed by `secure-boot/tpm-policy.pub.pem`); and the PCR 11 value it
+/// leaves.
 fn check_uki(dir: &Path, a: &Artifact, m: &aperture_trust::manifest::Manifest) -> Result<String> {
     let path = dir.join(a.name.as_str());
     let slot = Slot::of_uki_artifact(a.name.as_str())
@@ -155,10 +157,17 @@ fn check_uki(dir: &Path, a: &Artifact, m: &aperture_trust::manifest::Manifest) -
         );
     }
     let pcr11 = aperture_uefi::predict_pcr11(&bytes)?;
+    let policy_key = dir
+        .join(crate::outputs::names::SECURE_BOOT)
+        .join(crate::sbkeys::POLICY_PUBLIC_FILE);
+    let policy = crate::uki::verify_policy(&path, &policy_key, m.security_version)?;
     Ok(format!(
-        "signed by {}; boots slot {slot} with the release's verity root; PCR 11 {}",
+        "signed by {}; boots slot {slot} with the release's verity root; PCR 11 {}; disk-key \
+         policy for security version {} signed by {}",
         db.display(),
-        &hex::encode(pcr11)[..16]
+        &hex::encode(pcr11)[..16],
+        policy.security_version,
+        policy_key.display()
     ))
 }
 

@@ -368,6 +368,10 @@ pub(crate) fn sign_outputs(
         std::fs::copy(build_keys.secure_boot.cert(name), &to)
             .with_context(|| format!("copying the Secure Boot certificate to {}", to.display()))?;
     }
+    // The public half of the key that signed each UKI's disk-key policy, for `verify`.
+    let to = certs.join(crate::sbkeys::POLICY_PUBLIC_FILE);
+    std::fs::copy(build_keys.secure_boot.policy_public(), &to)
+        .with_context(|| format!("copying the TPM policy key to {}", to.display()))?;
     Ok((json, sig))
 }
 

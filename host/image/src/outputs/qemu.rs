@@ -59,6 +59,7 @@ pub fn build(ctx: &Ctx<'_>, slot_img: SlotImage) -> Result<OutputsReport> {
                     initrd: &initrd_b,
                     osrel: &osrel_b,
                     cmdline: &cmdline,
+                    security_version: recipe.security_version,
                 },
                 &ctx.keys.secure_boot,
                 ctx.rootfs.source_date_epoch,
