@@ -147,8 +147,8 @@ fn storage_and_reset_through_an_appliances_life() {
     );
     let keys = vm.wait_for("APERTURE-KEYS ", BOOT_TIMEOUT).unwrap();
     assert!(
-        keys.contains("tpm2"),
-        "the keys must be sealed by the TPM: {keys}"
+        keys.contains("tpm2") && keys.contains("sealed to the signed boot chain"),
+        "the keys must be sealed by the TPM, to the signed boot chain: {keys}"
     );
     let mounts = vm.wait_for("APERTURE-MOUNTS ", BOOT_TIMEOUT).unwrap();
     assert!(

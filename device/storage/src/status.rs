@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::disk::Access;
-use crate::keys::KeySourceKind;
+use crate::keys::{KeySourceKind, SealedKey};
 use crate::luks;
 use crate::records::{find_token, VolumeState};
 use crate::setup::Storage;
@@ -33,6 +33,9 @@ pub struct VolumeStatus {
     pub label: Option<String>,
     /// The key source its token names, if it has one.
     pub token: Option<KeySourceKind>,
+    /// Its token's key is sealed to the signed boot chain (Secure Boot's PCR 7 and the UKIs'
+    /// signed policies, [`crate::boot`]).
+    pub boot_chain: bool,
     /// What the device state records of it.
     pub record: Option<VolumeState>,
     /// Its plaintext device, if unlocked.
@@ -69,8 +72,16 @@ impl StatusReport {
 
 impl std::fmt::Display for StatusReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chained = self.volumes.iter().filter(|v| v.boot_chain).count();
+        let bound = match chained {
+            0 => "",
+            n if n == self.volumes.iter().filter(|v| v.token.is_some()).count() => {
+                ", sealed to the signed boot chain (Secure Boot and the UKIs' signed policies)"
+            }
+            _ => ", partly sealed to the signed boot chain",
+        };
         match self.key_source {
-            Some(k) => writeln!(f, "key source: {k}")?,
+            Some(k) => writeln!(f, "key source: {k}{bound}")?,
             None => writeln!(
                 f,
                 "key source: none recorded yet (the first boot seals to {})",
@@ -91,7 +102,7 @@ impl std::fmt::Display for StatusReport {
             };
             writeln!(
                 f,
-                "{}: {} luks={} uuid={} label={} token={} record={} mapped={} mounted={}",
+                "{}: {} luks={} uuid={} label={} token={}{} record={} mapped={} mounted={}",
                 v.volume,
                 v.partition,
                 if v.luks { "yes" } else { "no" },
@@ -99,6 +110,7 @@ impl std::fmt::Display for StatusReport {
                 v.label.as_deref().unwrap_or("-"),
                 v.token
                     .map_or_else(|| "-".to_string(), |k| k.token_type().to_string()),
+                if v.boot_chain { " (boot chain)" } else { "" },
                 match v.record {
                     Some(VolumeState::Ready) => "ready",
                     Some(VolumeState::Formatting) => "formatting",
@@ -130,6 +142,7 @@ impl Storage<'_> {
                 uuid: None,
                 label: None,
                 token: None,
+                boot_chain: false,
                 record: record.volumes.get(&volume).map(|r| r.state),
                 mapped: self.crypt.mapped(volume.mapper_name())?,
                 mounted: self.mounts.mounted_at(&target)?.map(|_| target),
@@ -146,7 +159,12 @@ impl Storage<'_> {
                     if let Some(copy) = probe.current() {
                         status.uuid = Some(copy.uuid.clone());
                         status.label = copy.label.clone();
-                        status.token = find_token(copy).map(|t| t.kind);
+                        let token = find_token(copy);
+                        status.token = token.as_ref().map(|t| t.kind);
+                        status.boot_chain = matches!(
+                            token.map(|t| t.sealed),
+                            Some(Ok(SealedKey::Tpm2 { boot: Some(_), .. }))
+                        );
                     }
                     probes.push((volume, probe));
                 }

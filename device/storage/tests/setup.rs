@@ -491,4 +491,11 @@ fn keys_sealed_before_the_boot_chain_are_sealed_to_it_once_in_token_and_record()
     }
     let done = world.boot(PowerCut::never()).storage().setup().unwrap();
     assert!(done.iter().all(|v| v.repaired.is_empty()), "{done:?}");
+    let status = world.boot(PowerCut::never()).storage().status().unwrap();
+    assert!(status.volumes.iter().all(|v| v.boot_chain), "{status:?}");
+    let text = status.to_string();
+    assert!(
+        text.starts_with("key source: tpm2, sealed to the signed boot chain"),
+        "{text}"
+    );
 }

@@ -400,11 +400,16 @@ impl Updater {
         for (_, dest, artifact) in &staged {
             verify_file(dest, artifact, target)?;
             if artifact.role == Role::Uki {
+                let files = self.paths.files();
                 crate::uki::check(
                     dest,
                     target,
-                    &crate::place::slot_cmdline(&verified, layout, target)?,
-                    &self.paths.files().secure_boot_db(),
+                    &crate::uki::Expected {
+                        cmdline: &crate::place::slot_cmdline(&verified, layout, target)?,
+                        security_version: verified.security_version,
+                        db_cert: &files.secure_boot_db(),
+                        policy_key: &files.tpm_policy_key(),
+                    },
                 )?;
             }
         }

@@ -96,11 +96,16 @@ impl Updater {
                     })?;
                 let path = self.paths.files().uki(slot);
                 verify_file(&path, a, slot)?;
+                let files = self.paths.files();
                 crate::uki::check(
                     &path,
                     slot,
-                    &crate::place::slot_cmdline(&manifest, layout, slot)?,
-                    &self.paths.files().secure_boot_db(),
+                    &crate::uki::Expected {
+                        cmdline: &crate::place::slot_cmdline(&manifest, layout, slot)?,
+                        security_version: manifest.security_version,
+                        db_cert: &files.secure_boot_db(),
+                        policy_key: &files.tpm_policy_key(),
+                    },
                 )?;
             }
             SlotLayout::Tegra(_) => {

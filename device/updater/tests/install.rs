@@ -563,23 +563,42 @@ fn a_uki_signed_with_other_keys_is_refused_and_ours_is_installed() {
     let theirs = cert("theirs");
     let v1 = image("1.0.0", 1, 1);
     let v2 = image("2.0.0", 2, 2);
-    let signed_by = |(key, crt): &(std::path::PathBuf, std::path::PathBuf)| -> Image {
+    // A UKI's disk-key policy, signed by `policy_key` as the builder signs it.
+    let policy_for = |unsigned: &[u8], policy_key: &std::path::Path| -> Vec<u8> {
+        let pcr11 = aperture_uefi::predict_pcr11(unsigned).unwrap();
+        let mut p = aperture_uefi::SignedPolicy::unsigned(pcr11, v2.manifest.security_version);
+        let msg = dir.path().join("policy.msg");
+        fs::write(&msg, p.message()).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(policy_key)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        p.signature = out.stdout;
+        p.encode()
+    };
+    let signed_by = |(key, crt): &(std::path::PathBuf, std::path::PathBuf),
+                     policy_key: Option<&std::path::Path>|
+     -> Image {
         let mut img = v2.clone();
         for i in 0..2 {
             let cmdline = aperture_uefi::section_data(&v2.uki[i], ".cmdline")
                 .unwrap()
                 .unwrap()
                 .to_vec();
-            let unsigned = aperture_uefi::assemble_uki(
-                &stub,
-                &[
-                    (".osrel", b"ID=aperture-test\n"),
-                    (".cmdline", &cmdline),
-                    (".initrd", &v2.initrd),
-                    (".linux", &v2.kernel),
-                ],
-            )
-            .unwrap();
+            let assemble = |policy: Option<&[u8]>| {
+                let mut sections: Vec<(&str, &[u8])> =
+                    vec![(".osrel", b"ID=aperture-test\n"), (".cmdline", &cmdline)];
+                sections.extend(policy.map(|p| (aperture_uefi::apolicy::SECTION, p)));
+                sections.extend([(".initrd", &v2.initrd[..]), (".linux", &v2.kernel[..])]);
+                aperture_uefi::assemble_uki(&stub, &sections).unwrap()
+            };
+            let unsigned = match policy_key {
+                Some(k) => assemble(Some(&policy_for(&assemble(None), k))),
+                None => assemble(None),
+            };
             let (u, s) = (dir.path().join("u.efi"), dir.path().join("s.efi"));
             fs::write(&u, unsigned).unwrap();
             let out = std::process::Command::new("sbsign")
@@ -614,11 +633,21 @@ fn a_uki_signed_with_other_keys_is_refused_and_ours_is_installed() {
     let db = dev.paths.files().secure_boot_db();
     fs::create_dir_all(db.parent().unwrap()).unwrap();
     fs::copy(&ours.1, &db).unwrap();
+    // The running image's TPM policy key: `ours.0`'s public half.
+    let policy_pub = dev.paths.files().tpm_policy_key();
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&ours.0)
+        .arg("-out")
+        .arg(&policy_pub)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
 
     let err = dev
         .updater(Slot::A)
         .install(
-            &mut &signed_by(&theirs).bundle[..],
+            &mut &signed_by(&theirs, Some(&ours.0)).bundle[..],
             &InstallOptions::default(),
         )
         .unwrap_err();
@@ -635,7 +664,25 @@ fn a_uki_signed_with_other_keys_is_refused_and_ours_is_installed() {
     assert_eq!(state.status(Slot::B), SlotStatus::Unbootable);
     assert_eq!(dev.boot(), Slot::A, "the refused slot must not boot");
 
-    let good = signed_by(&ours);
+    // Signed by our db, but its disk-key policy missing, or signed by another policy key:
+    // the disk keys would not unseal in it, so it is refused before it can boot.
+    for (policy, want) in [
+        (None, "carries no signed disk-key policy"),
+        (Some(&theirs.0), "is not signed by the TPM policy key"),
+    ] {
+        let err = dev
+            .updater(Slot::A)
+            .install(
+                &mut &signed_by(&ours, policy.map(|p| p.as_path())).bundle[..],
+                &InstallOptions::default(),
+            )
+            .unwrap_err();
+        let text = aperture_updater::error_chain(&err);
+        assert!(text.contains(want), "{want}: {text}");
+        assert_eq!(dev.boot(), Slot::A, "the refused slot must not boot");
+    }
+
+    let good = signed_by(&ours, Some(&ours.0));
     dev.updater(Slot::A)
         .install(&mut &good.bundle[..], &InstallOptions::default())
         .unwrap();

@@ -424,7 +424,9 @@ pub struct VmRunArgs {
     pub forwards: Vec<String>,
     /// Start the firmware without Secure Boot (plain OVMF, no keys enrolled). By default an
     /// x86-64 image boots OVMF with Secure Boot on and only the build's keys (its
-    /// `secure-boot/` certificates) enrolled, as an appliance's firmware is.
+    /// `secure-boot/` certificates) enrolled, as an appliance's firmware is. Its disk keys are
+    /// sealed to Secure Boot, so without it `config` and `data` are neither formatted nor
+    /// unlocked: the boot stops at storage, saying why.
     #[arg(long)]
     pub insecure_no_secure_boot: bool,
     /// Boot a Jetson build as the Jetson twin: QEMU arm64 with the board's disk as built, each

@@ -204,7 +204,11 @@ fn run_vm(a: &VmRunArgs) -> Result<()> {
     let certs = dir.join(aperture_image::outputs::names::SECURE_BOOT);
     if arch == aperture_image::recipe::Arch::Amd64 && certs.join("db.crt").is_file() {
         if a.insecure_no_secure_boot {
-            eprintln!("--insecure-no-secure-boot: the firmware starts anything, signed or not");
+            eprintln!(
+                "--insecure-no-secure-boot: the firmware starts anything, signed or not; the \
+                 disk keys are sealed to Secure Boot, so storage will not format or unlock \
+                 config and data"
+            );
         } else {
             eprintln!(
                 "Secure Boot on, with only the build's keys ({}) enrolled",
