@@ -61,6 +61,32 @@ fn partition_sha256(disk: &std::path::Path, name: &str) -> String {
     r.digest().to_string()
 }
 
+/// The hashes of what a refused boot must not touch: config, data and the device state.
+fn encrypted_partitions_sha256(disk: &std::path::Path) -> [String; 3] {
+    ["config", "data", "aperture_state"].map(|p| partition_sha256(disk, p))
+}
+
+/// After a boot whose storage refused to open anything: power off, and check that the test
+/// hook never ran and that config, data and the device state hash as `before`.
+fn stopped_with_nothing_touched(
+    mut vm: aperture_image::qemu::Vm,
+    disk: &std::path::Path,
+    before: &[String; 3],
+    what: &str,
+) {
+    std::thread::sleep(Duration::from_secs(3));
+    vm.kill();
+    assert!(
+        !vm.console().contains("APERTURE-CRYPT-"),
+        "{what}: the hook must not have run with storage down"
+    );
+    assert_eq!(
+        before,
+        &encrypted_partitions_sha256(disk),
+        "a boot {what} changed the encrypted partitions or the device state"
+    );
+}
+
 /// Flip bytes in the middle of slot A's data (which booting does not read) on the host.
 fn corrupt_slot_a(disk: &std::path::Path, rootfs: &std::path::Path) {
     let (offset, _) = partition(disk, "rootfs_a");
@@ -177,13 +203,9 @@ fn storage_and_reset_through_an_appliances_life() {
     // Boot 3, without the TPM the keys were sealed to: aperture-storage waits for it, then
     // stops with the reason on the console; nothing opens and nothing is written (the disk's
     // partitions hash the same before and after).
-    let before = [
-        partition_sha256(&sc.disk, "config"),
-        partition_sha256(&sc.disk, "data"),
-        partition_sha256(&sc.disk, "aperture_state"),
-    ];
+    let before = encrypted_partitions_sha256(&sc.disk);
     let t = Instant::now();
-    let mut vm = sc
+    let vm = sc
         .boot_with("no-tpm", None, |c| c.tpm_socket = None)
         .unwrap();
     let why = vm
@@ -191,21 +213,7 @@ fn storage_and_reset_through_an_appliances_life() {
         .unwrap();
     eprintln!("without its TPM after {:.0?}: {why}", t.elapsed());
     assert!(why.contains("nothing was changed"), "{why}");
-    std::thread::sleep(Duration::from_secs(3));
-    vm.kill();
-    assert!(
-        !vm.console().contains("APERTURE-CRYPT-"),
-        "the hook must not have run with storage down"
-    );
-    let after_boot = [
-        partition_sha256(&sc.disk, "config"),
-        partition_sha256(&sc.disk, "data"),
-        partition_sha256(&sc.disk, "aperture_state"),
-    ];
-    assert_eq!(
-        before, after_boot,
-        "a boot without the TPM changed the encrypted partitions or the device state"
-    );
+    stopped_with_nothing_touched(vm, &sc.disk, &before, "without the TPM");
 
     // Issue 18, must-show 4: the same disk with Secure Boot turned off in the firmware (our
     // keys still enrolled). The firmware now starts anything, our UKI included, but PCR 7 says
@@ -234,7 +242,7 @@ fn storage_and_reset_through_an_appliances_life() {
     }
     for (what, mode, reason) in refusals {
         let t = Instant::now();
-        let mut vm = sc.boot_secure_boot(what, None, mode).unwrap();
+        let vm = sc.boot_secure_boot(what, None, mode).unwrap();
         let why = vm.wait_for("stays locked", BOOT_TIMEOUT).unwrap();
         eprintln!("{what}: storage refused after {:.0?}: {why}", t.elapsed());
         assert!(why.contains(reason) && why.contains("PCR 7"), "{why}");
@@ -242,21 +250,7 @@ fn storage_and_reset_through_an_appliances_life() {
             why.contains("Nothing on the partition was changed"),
             "{why}"
         );
-        std::thread::sleep(Duration::from_secs(3));
-        vm.kill();
-        assert!(
-            !vm.console().contains("APERTURE-CRYPT-"),
-            "the hook must not have run with storage down"
-        );
-        let after_boot = [
-            partition_sha256(&sc.disk, "config"),
-            partition_sha256(&sc.disk, "data"),
-            partition_sha256(&sc.disk, "aperture_state"),
-        ];
-        assert_eq!(
-            before, after_boot,
-            "a boot with {what} changed the encrypted partitions or the device state"
-        );
+        stopped_with_nothing_touched(vm, &sc.disk, &before, &format!("with {what}"));
     }
 
     // Issue 12.3: the data volume's primary LUKS2 header is damaged (its first 4 KiB zeroed on

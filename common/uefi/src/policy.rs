@@ -265,15 +265,7 @@ pub fn sealed_policy(policy_key_name: &[u8], policy_ref: &[u8], pcr7: [u8; 32]) 
 mod tests {
     use super::*;
 
-    /// device/updater's floor counter attributes, "nt=counter|ownerread|ownerwrite|authread|
-    /// authwrite|no_da", after the first increment.
-    const FLOOR_ATTRIBUTES: u32 = TPMA_NV_TPM_NT_COUNTER
-        | TPMA_NV_OWNERREAD
-        | TPMA_NV_OWNERWRITE
-        | TPMA_NV_AUTHREAD
-        | TPMA_NV_AUTHWRITE
-        | TPMA_NV_NO_DA
-        | TPMA_NV_WRITTEN;
+    use crate::apolicy::FLOOR_ATTRIBUTES;
 
     #[test]
     fn floor_counter_attributes_are_the_reports_word() {

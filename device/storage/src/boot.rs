@@ -253,33 +253,16 @@ impl Tpm2 {
         let pcr7 = self.pcr(7)?;
         let auth = sealed_policy(&pk.name, POLICY_REF, pcr7);
         let auth_file = Tpm2::write_scratch(&scratch, "seal.policy", &auth)?;
-        let (public, private) = (
-            scratch.path().join("key.pub"),
-            scratch.path().join("key.priv"),
-        );
-        self.tool("tpm2_create")
-            .args(["-Q", "-C"])
-            .arg(&primary)
-            .arg("-L")
-            .arg(&auth_file)
-            // No `userwithauth`: the policy is the only way to the secret.
-            .args(["-a", "fixedtpm|fixedparent|noda", "-i", "-", "-u"])
-            .arg(&public)
-            .arg("-r")
-            .arg(&private)
-            .stdin_secret(secret)
-            .run()?;
-        self.flush()?;
-        let read = |p: &PathBuf| std::fs::read(p).map_err(StorageError::io("reading", p));
-        let binding = BootBinding {
-            pcr7: hex::encode(pcr7),
-            policy_key_name: hex::encode(&pk.name),
-        };
+        let (tpm2_public, tpm2_private) =
+            self.create_sealed(&scratch, &primary, Some(&auth_file), secret)?;
         let sealed = SealedKey::Tpm2 {
-            tpm2_public: read(&public)?,
-            tpm2_private: read(&private)?,
+            tpm2_public,
+            tpm2_private,
             noda: true,
-            boot: Some(binding),
+            boot: Some(BootBinding {
+                pcr7: hex::encode(pcr7),
+                policy_key_name: hex::encode(&pk.name),
+            }),
         };
         drop(scratch);
         let back = self.unseal_bound(Some(chain), &sealed)?;
@@ -343,28 +326,13 @@ impl Tpm2 {
         private: &[u8],
     ) -> Result<Secret, StorageError> {
         let w = |name: &str, bytes: &[u8]| Tpm2::write_scratch(scratch, name, bytes);
-        let (msg, sig) = (
-            w("msg.bin", &policy.message())?,
-            w("sig.bin", &policy.signature)?,
-        );
         let (approved, reference) = (
             w("approved.bin", &policy.approved)?,
             w("ref.bin", POLICY_REF)?,
         );
         let operand = w("sv.bin", &policy.nv_operand())?;
         let (pub_file, priv_file) = (w("key.pub", public)?, w("key.priv", private)?);
-        let ticket = scratch.path().join("ticket.tkt");
-        self.tool("tpm2_verifysignature")
-            .args(["-Q", "-c"])
-            .arg(&pk.ctx)
-            .args(["-g", "sha256", "-f", "rsassa", "-m"])
-            .arg(&msg)
-            .arg("-s")
-            .arg(&sig)
-            .arg("-t")
-            .arg(&ticket)
-            .run()?;
-        self.flush()?;
+        let ticket = self.verify_signature(scratch, pk, policy)?;
         let object = scratch.path().join("key.ctx");
         self.tool("tpm2_load")
             .args(["-Q", "-C"])
@@ -503,8 +471,20 @@ impl Tpm2 {
     ) -> Result<(), StorageError> {
         let scratch = self.scratch()?;
         let pk = self.load_policy_key(&scratch, chain)?;
-        let msg = Tpm2::write_scratch(&scratch, "msg.bin", &policy.message())?;
-        let sig = Tpm2::write_scratch(&scratch, "sig.bin", &policy.signature)?;
+        self.verify_signature(&scratch, &pk, policy).map(drop)
+    }
+
+    /// TPM2_VerifySignature of `policy` with the loaded policy key: the ticket's file, which
+    /// PolicyAuthorize takes as proof.
+    fn verify_signature(
+        &self,
+        scratch: &Scratch,
+        pk: &PolicyKey,
+        policy: &SignedPolicy,
+    ) -> Result<PathBuf, StorageError> {
+        let msg = Tpm2::write_scratch(scratch, "msg.bin", &policy.message())?;
+        let sig = Tpm2::write_scratch(scratch, "sig.bin", &policy.signature)?;
+        let ticket = scratch.path().join("ticket.tkt");
         self.tool("tpm2_verifysignature")
             .args(["-Q", "-c"])
             .arg(&pk.ctx)
@@ -513,9 +493,9 @@ impl Tpm2 {
             .arg("-s")
             .arg(&sig)
             .arg("-t")
-            .arg(scratch.path().join("t.tkt"))
+            .arg(&ticket)
             .run()?;
         self.flush()?;
-        Ok(())
+        Ok(ticket)
     }
 }

@@ -372,13 +372,36 @@ impl Tpm2 {
         }
         let scratch = self.scratch()?;
         let primary = self.primary(&scratch, true)?;
+        let (tpm2_public, tpm2_private) = self.create_sealed(&scratch, &primary, None, secret)?;
+        Ok(SealedKey::Tpm2 {
+            tpm2_public,
+            tpm2_private,
+            noda: true,
+            boot: None,
+        })
+    }
+
+    /// A sealed data object holding `secret` under `primary`, `noda`: with the authPolicy in
+    /// the file `policy` and no `userwithauth` (the policy is the only way to the secret), or
+    /// else tpm2-tools' attributes for a sealed data object (an empty password). Its public
+    /// and private blobs.
+    pub(crate) fn create_sealed(
+        &self,
+        scratch: &Scratch,
+        primary: &std::path::Path,
+        policy: Option<&std::path::Path>,
+        secret: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), StorageError> {
         let (public, private) = (scratch.0.join("key.pub"), scratch.0.join("key.priv"));
-        self.tool("tpm2_create")
-            .args(["-Q", "-C"])
-            .arg(&primary)
-            // tpm2-tools' attributes for a sealed data object, and `noda`.
-            .args(["-a", "fixedtpm|fixedparent|userwithauth|noda"])
-            .args(["-i", "-", "-u"])
+        let mut cmd = self.tool("tpm2_create").args(["-Q", "-C"]).arg(primary);
+        cmd = match policy {
+            Some(p) => cmd
+                .arg("-L")
+                .arg(p)
+                .args(["-a", "fixedtpm|fixedparent|noda"]),
+            None => cmd.args(["-a", "fixedtpm|fixedparent|userwithauth|noda"]),
+        };
+        cmd.args(["-i", "-", "-u"])
             .arg(&public)
             .arg("-r")
             .arg(&private)
@@ -386,12 +409,7 @@ impl Tpm2 {
             .run()?;
         self.flush()?;
         let read = |p: &PathBuf| std::fs::read(p).map_err(StorageError::io("reading", p));
-        Ok(SealedKey::Tpm2 {
-            tpm2_public: read(&public)?,
-            tpm2_private: read(&private)?,
-            noda: true,
-            boot: None,
-        })
+        Ok((read(&public)?, read(&private)?))
     }
 
     /// The secret sealed in `sealed` by this TPM ([`Tpm2::seal_secret`]); `what` names it in
