@@ -121,7 +121,7 @@ pub enum UefiError {
         available_end: u64,
     },
     /// The space after the stub's section table holds data that new headers would overwrite.
-    #[error("UKI stub's header padding at {offset:#x} is not zero; a new section header would overwrite what the linker put there")]
+    #[error("UKI stub's header padding at {offset:#x} is neither zero nor AArch64 nop words; a new section header would overwrite what the linker put there")]
     HeaderRoomNotEmpty {
         /// The first non-zero byte.
         offset: u64,

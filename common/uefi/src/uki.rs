@@ -15,7 +15,7 @@
 //! sections sbsign has no "gaps between PE/COFF sections" to warn about.
 
 use crate::pcr::PCR11_SECTIONS;
-use crate::pe::{self, le32, put32, Headers, MAX_SECTIONS, SECTION_HEADER_SIZE};
+use crate::pe::{self, le32, put32, Headers, Machine, MAX_SECTIONS, SECTION_HEADER_SIZE};
 use crate::UefiError;
 
 /// The VMA alignment of the sections [`assemble_uki`] adds (the page size; as build-uki.sh
@@ -39,8 +39,9 @@ const DEBUG_ENTRY_SIZE: usize = 28;
 /// Each name must be at most 8 bytes of printable ASCII (PE executables have no long section
 /// names), new to the stub and to the list, and must not start with a section name
 /// systemd-stub looks for (see [`check_section_name`]); no section may be empty. The stub
-/// must be unsigned and have zeroed room after its section table for the new headers, below
-/// both SizeOfHeaders and its first section's raw data (the 252 stub has room for 7).
+/// must be unsigned and have room after its section table for the new headers, below both
+/// SizeOfHeaders and its first section's raw data, zeroed (AArch64 `nop` words in the AArch64
+/// stub); the 252 stubs have room for 7 (x86-64) and 94 (AArch64).
 ///
 /// Header updates: NumberOfSections; SizeOfImage (end of the last section, rounded to
 /// SectionAlignment); SizeOfInitializedData plus the new sections' raw sizes (the spec's
@@ -250,8 +251,15 @@ fn stub_data_end(stub: &[u8], h: &Headers) -> Result<u64, UefiError> {
     Ok(headers_end.max(sections_end.unwrap_or(0)))
 }
 
+/// An AArch64 `nop` (0xd503201f), little-endian: what gnu-efi's hand-made PE header for
+/// AArch64 (Debian 12's `linuxaa64.efi.stub`) fills the rest of its 0x1000-byte header area
+/// with, after a table of two sections. Nothing runs from there: it is below the first
+/// section's raw data, outside every section.
+const AARCH64_NOP: [u8; 4] = [0x1f, 0x20, 0x03, 0xd5];
+
 /// The new headers go right after the old ones; that space must exist below SizeOfHeaders and
-/// the first raw data, and be zero (else we would overwrite something the linker put there).
+/// the first raw data, and be zero or, in an AArch64 stub, whole `nop` words (else we would
+/// overwrite something the linker put there).
 fn check_header_room(stub: &[u8], h: &Headers, adding: usize) -> Result<(), UefiError> {
     let old_end = h.section_table_end();
     let needed_end = old_end + SECTION_HEADER_SIZE * adding;
@@ -271,7 +279,14 @@ fn check_header_room(stub: &[u8], h: &Headers, adding: usize) -> Result<(), Uefi
         });
     }
     // In bounds: available_end <= SizeOfHeaders <= the file's length (stub_data_end).
-    if let Some(i) = stub[old_end..needed_end].iter().position(|&b| b != 0) {
+    let room = &stub[old_end..needed_end];
+    let nop_filled = h.machine == Machine::Aarch64
+        && old_end.is_multiple_of(4)
+        && room.chunks(4).all(|w| w == AARCH64_NOP);
+    if nop_filled {
+        return Ok(());
+    }
+    if let Some(i) = room.iter().position(|&b| b != 0) {
         return Err(UefiError::HeaderRoomNotEmpty {
             offset: (old_end + i) as u64,
         });

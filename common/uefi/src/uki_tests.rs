@@ -215,6 +215,39 @@ fn header_room_must_exist_and_be_empty() {
         UefiError::HeaderRoomNotEmpty { offset: 0x1e0 }
     );
 
+    // gnu-efi's AArch64 header (Debian 12's linuxaa64.efi.stub) fills its header area with
+    // `nop` words after the table: room, in an AArch64 stub only, and only whole words.
+    let nop = [0x1f, 0x20, 0x03, 0xd5];
+    let mut arm = stub.clone();
+    arm[COFF..COFF + 2].copy_from_slice(&0xaa64u16.to_le_bytes());
+    for w in arm[0x1d8..0x400].chunks_mut(4) {
+        w.copy_from_slice(&nop);
+    }
+    let uki = assemble_uki(&arm, &[(".osrel", b"ID=x"), (".linux", b"k")]).unwrap();
+    let names: Vec<String> = sections(&uki)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(
+        names.ends_with(&[".osrel".into(), ".linux".into()]),
+        "{names:?}"
+    );
+    // The words past the new headers are the stub's nops still.
+    assert_eq!(&uki[0x1d8 + 2 * 40..0x1d8 + 2 * 40 + 4], &nop);
+    let mut x86 = arm.clone();
+    x86[COFF..COFF + 2].copy_from_slice(&0x8664u16.to_le_bytes());
+    assert_eq!(
+        refused(&x86, &[(".linux", b"k")]),
+        UefiError::HeaderRoomNotEmpty { offset: 0x1d8 }
+    );
+    let mut broken = arm.clone();
+    broken[0x1e1] = 0;
+    assert_eq!(
+        refused(&broken, &[(".linux", b"k")]),
+        UefiError::HeaderRoomNotEmpty { offset: 0x1d8 }
+    );
+
     let names: Vec<String> = (0..95).map(|i| format!(".s{i}")).collect();
     let new: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
     assert_eq!(
