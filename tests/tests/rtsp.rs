@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use aperture_runtime::config::Config;
 use aperture_runtime::service::{self, ModelInfo};
-use aperture_runtime::source::gst::Rtsp;
+use aperture_runtime::source::rtsp::Rtsp;
 use aperture_runtime::{OnnxRuntime, Options, OrtDetector};
 use aperture_tests::rtsp::{self, have_rtsp_server, raw_frame, RtspServer};
 use aperture_vision::Manifest;
@@ -219,7 +219,7 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
     let metrics_path = dir.path().join("runtime.json");
     let mut text = format!(
         "model = {:?}\nonnxruntime = {:?}\nsocket = {:?}\noutput_dir = {:?}\nmetrics = {:?}\n\
-         rolling_file_mib = 1\nstall_after_ms = 2000\nconnect_timeout_ms = 5000\nlatency_ms = 100\n",
+         rolling_file_mib = 1\nstall_after_ms = 2000\nconnect_timeout_ms = 5000\n",
         manifest_path,
         lib,
         socket,
@@ -258,7 +258,7 @@ fn cameras_stream_in_detections_land_on_the_objects_and_a_lost_stream_stalls_and
                 detector,
                 model,
                 (w as u32, h as u32),
-                Arc::new(Rtsp { latency_ms: 100 }),
+                Arc::new(Rtsp),
                 stop,
                 service::Health {
                     pace: Default::default(),

@@ -29,9 +29,11 @@ const BUILD: &[&str] = &[
     "faketime",
 ];
 
-/// Extra packages for arm64 boards: cross linker, libc, and user-mode emulation for the rootfs.
+/// Extra packages for arm64 boards: cross compilers (C++ for the runtime's OpenH264) and libc,
+/// and user-mode emulation for the rootfs.
 const ARM64: &[&str] = &[
     "gcc-aarch64-linux-gnu",
+    "g++-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-user-static",
     "binfmt-support",
@@ -84,22 +86,22 @@ const TEST: &[&str] = &[
     // snakeoil db key (openssl, sbsign: BUILD) and checks that OVMF starts it and refuses it
     // unsigned.
     "systemd-boot-efi",
-    // The rtsp suite (tests/tests/rtsp.rs): the runtime's decoders (rtspsrc, rtph264depay:
-    // -good; avdec_h264: -libav) and its camera, Debian's RTSP server through Python GI with
-    // x264enc (-ugly). Building it needs GSTREAMER_DEV too.
+    // The rtsp suite (tests/tests/rtsp.rs): the runtime's cameras, Debian's RTSP server
+    // through Python GI with x264enc (-ugly) and the RTP payloader (-good). Building the
+    // runtime needs RUNTIME_DEV too.
     "gstreamer1.0-plugins-base",
     "gstreamer1.0-plugins-good",
     "gstreamer1.0-plugins-ugly",
-    "gstreamer1.0-libav",
     "gir1.2-gst-rtsp-server-1.0",
     "python3-gi",
 ];
 
-/// GStreamer's development files: the inference runtime's camera streams (device/runtime's
-/// feature `gstreamer`) link GStreamer, and the tests crate enables that feature, so every
-/// `cargo test --workspace` (tier 1 too) builds it; so does an image build of a recipe with
-/// `aperture-runtime` (the default one).
-pub const GSTREAMER_DEV: &[&str] = &["libgstreamer1.0-dev", "libgstreamer-plugins-base1.0-dev"];
+/// What building the inference runtime's camera streams needs (device/runtime's feature
+/// `rtsp`): a C++ compiler for OpenH264, which its crate compiles from source, and nasm for
+/// its x86 assembly (without it the decoder builds in plain C++, several times slower). The
+/// tests crate enables that feature, so every `cargo test --workspace` (tier 1 too) builds it;
+/// so does an image build of a recipe with `aperture-runtime` (the default one).
+pub const RUNTIME_DEV: &[&str] = &["g++", "nasm"];
 
 /// Tools from PyPI the tests run, as (program, requirement): each is installed into its own
 /// virtual environment under [`PYTHON_TOOLS`] with its program linked into /usr/local/bin.
@@ -239,14 +241,14 @@ const BENCH: &[&str] = &[
     // `bench fleet-repo`: the repository served over HTTPS, and python-tuf's environment.
     "nginx-light",
     "python3-venv",
-    // `bench runtime`: the rtsp suite's RTSP server (x264enc: -ugly), the decoders both sides
-    // use (rtspsrc, rtph264depay: -good; avdec_h264: -libav), and GStreamer's Python bindings
-    // for the Python peer (GstApp's typelib: gir1.2-gst-plugins-base-1.0). Building the
-    // runtime needs GSTREAMER_DEV too.
+    // `bench runtime`: the rtsp suite's RTSP server (x264enc: -ugly), the Python peer's
+    // GStreamer pipeline (rtspsrc, rtph264depay: -good; openh264dec, the decoder the runtime
+    // compiles in: -bad) and GStreamer's Python bindings (GstApp's typelib:
+    // gir1.2-gst-plugins-base-1.0). Building the runtime needs RUNTIME_DEV too.
     "gstreamer1.0-plugins-base",
     "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-bad",
     "gstreamer1.0-plugins-ugly",
-    "gstreamer1.0-libav",
     "gir1.2-gst-rtsp-server-1.0",
     "gir1.2-gst-plugins-base-1.0",
     "python3-gi",
@@ -273,11 +275,10 @@ impl Needs {
     pub fn build(arm64: bool) -> Self {
         let mut n = Needs::default();
         n.packages.extend(BUILD);
-        // The inference runtime (the default recipe builds it): GStreamer to link, and the
-        // ONNX Runtime library the image ships (this machine's, and the boards' when they are
-        // arm64; an arm64 build links against a sysroot of its own, which the image builder
-        // makes with mmdebstrap).
-        n.packages.extend(GSTREAMER_DEV);
+        // The inference runtime (the default recipe builds it): its H.264 decoder's compilers,
+        // and the ONNX Runtime library the image ships (this machine's, and the boards' when
+        // they are arm64).
+        n.packages.extend(RUNTIME_DEV);
         n.onnxruntime.insert(std::env::consts::ARCH);
         if arm64 {
             n.packages.extend(ARM64);
@@ -293,7 +294,7 @@ impl Needs {
         n.packages.extend(VM);
         n.packages.extend(VM_ARM64);
         n.packages.extend(TEST);
-        n.packages.extend(GSTREAMER_DEV);
+        n.packages.extend(RUNTIME_DEV);
         n.python.extend(TEST_PYTHON);
         n.python.extend(VM_PYTHON);
         n
@@ -315,9 +316,8 @@ impl Needs {
         let mut n = Needs::build(false);
         n.packages.extend(VM);
         n.packages.extend(BENCH);
-        // `bench runtime` builds the runtime (GStreamer's development files) and loads the
-        // pinned ONNX Runtime library.
-        n.packages.extend(GSTREAMER_DEV);
+        // `bench runtime` builds the runtime and loads the pinned ONNX Runtime library.
+        n.packages.extend(RUNTIME_DEV);
         n.python_libs.extend(BENCH_PYTHON_LIBS);
         n.onnxruntime.insert(std::env::consts::ARCH);
         n
@@ -330,11 +330,11 @@ impl Needs {
         n
     }
 
-    /// Needs of tier 1 (`cargo test --workspace`) without root: the host CLI's, and GStreamer's
-    /// development files (the tests crate builds the runtime's camera streams).
+    /// Needs of tier 1 (`cargo test --workspace`) without root: the host CLI's, and the
+    /// runtime's compilers (the tests crate builds the runtime's camera streams).
     pub fn unit_tests() -> Self {
         let mut n = Needs::host_cli();
-        n.packages.extend(GSTREAMER_DEV);
+        n.packages.extend(RUNTIME_DEV);
         n
     }
 }

@@ -67,7 +67,7 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     let root_user = preflight::is_root();
     let mut rows: Vec<Row> = Vec::new();
 
-    // The workspace links libostree (and its tests GStreamer), so even tier 1 needs the host
+    // The workspace links libostree (and its tests compile OpenH264), so even tier 1 needs the host
     // packages a build needs; as root, every tool any tier uses is installed, and a test
     // missing one then fails.
     let t = Instant::now();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::models;
 use crate::service;
-use crate::source::gst::{self, Rtsp};
+use crate::source::rtsp::Rtsp;
 use crate::watchdog::{Pace, Watchdog};
 use crate::OnnxRuntime;
 
@@ -120,7 +120,6 @@ fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
         started.frames,
         config.cameras.len()
     );
-    gst::init()?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
@@ -131,9 +130,7 @@ fn run(config_path: &std::path::Path, frames: usize) -> Result<(), String> {
     model.execution_provider = started.detector.execution_provider().into();
     model.fallback = started.detector.fallback().is_some();
     let detector = started.detector;
-    let connector = Arc::new(Rtsp {
-        latency_ms: config.latency_ms,
-    });
+    let connector = Arc::new(Rtsp);
     match watchdog {
         Some(w) => eprintln!(
             "aperture-runtime: feeding systemd's watchdog ({:?}) while every thread checks in",

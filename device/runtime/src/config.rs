@@ -63,9 +63,6 @@ pub struct Config {
     /// A connecting camera with no frame for this long is stalled.
     #[serde(default = "default_connect")]
     pub connect_timeout_ms: u64,
-    /// rtspsrc's jitter buffer.
-    #[serde(default = "default_latency")]
-    pub latency_ms: u32,
     /// The model store; when it has a current model, that one replaces `model`.
     #[serde(default)]
     pub models_dir: Option<PathBuf>,
@@ -176,9 +173,6 @@ fn default_stall() -> u64 {
 }
 fn default_connect() -> u64 {
     10000
-}
-fn default_latency() -> u32 {
-    200
 }
 
 /// One camera.

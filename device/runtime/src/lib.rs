@@ -12,8 +12,9 @@
 //!
 //! * [`camera`]: a camera connection's state machine (connecting, streaming, stalled,
 //!   backoff), pure.
-//! * [`source`]: the [`source::FrameSource`] and [`source::Connector`] traits; with the feature
-//!   `gstreamer`, their RTSP implementation (`source::gst`).
+//! * [`source`]: the [`source::FrameSource`] and [`source::Connector`] traits, the conversion of
+//!   decoded pictures to frames ([`source::yuv`]); with the feature `rtsp`, their RTSP and
+//!   H.264 implementation (`source::rtsp`).
 //! * [`service`]: the threads (one per camera, one inference, one output), the metrics file and
 //!   the golden self-test; [`output`]: the Unix socket and the rolling file; [`config`]: the
 //!   config file.
@@ -22,7 +23,7 @@
 //!   whose self-test fails; [`model_cli`]: `aperture-runtime model install|status|rollback`;
 //!   [`detections_cli`]: `aperture-runtime detections`, the socket's reader.
 //! * [`watchdog`]: systemd's watchdog variables and the service loop's pace.
-//! * `cli` (feature `gstreamer`): the `aperture-runtime` program (`aperture-device`'s feature
+//! * `cli` (feature `rtsp`): the `aperture-runtime` program (`aperture-device`'s feature
 //!   `runtime`).
 //!
 //! Not yet here: CUDA and TensorRT providers, the image's unit.
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub mod camera;
-#[cfg(feature = "gstreamer")]
+#[cfg(feature = "rtsp")]
 pub mod cli;
 pub mod config;
 pub mod detections_cli;

@@ -1,4 +1,4 @@
-//! Tier 1: the service's threads in memory, below its two traits (the GStreamer source and the
+//! Tier 1: the service's threads in memory, below its two traits (the RTSP source and the
 //! ONNX Runtime detector are proven by the tier-2 `rtsp` suite and the golden test): frames
 //! faster than the detector are dropped and counted, never queued; detections reach a socket
 //! client and the rolling file; a source that ends is stalled, backed off and opened again;

@@ -185,7 +185,7 @@ class Camera:
         self.state = "connecting"
         self.pipeline = Gst.parse_launch(
             f"rtspsrc name=src protocols=tcp latency={latency_ms} ! rtph264depay ! "
-            "avdec_h264 ! videoconvert ! videoscale ! "
+            "openh264dec ! videoconvert ! videoscale ! "
             f"video/x-raw,format=RGB,width={w},height={h} ! "
             "appsink name=sink max-buffers=1 drop=true sync=false")
         self.pipeline.get_by_name("src").set_property("location", url)

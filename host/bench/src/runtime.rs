@@ -22,10 +22,12 @@
 //!   Debian's gst-rtsp-server, x264) on 127.0.0.1 serves N streams, each a golden frame
 //!   (astronaut, coffee, motorcycle, astronaut) repeated at 10 fps as lossless H.264 (x264 at
 //!   quantizer 0, so every decoded frame of a stream is the same bytes); both sides read
-//!   them over RTSP/TCP and decode them with the same GStreamer pipeline text (avdec_h264,
-//!   videoconvert, videoscale to the model's 416 x 416, an appsink that keeps only the newest
-//!   frame), so both pay for decoding alike and a slow side skips frames rather than queueing
-//!   them. A fresh server per run, one side at a time, 1 stream then 4.
+//!   them over RTSP/TCP and decode them with OpenH264, the runtime with the decoder it
+//!   compiles in (retina, OpenH264, its own scaling and colour conversion to the model's
+//!   416 x 416, the newest frame kept), the peer through GStreamer (rtspsrc, openh264dec,
+//!   videoconvert, videoscale, an appsink that keeps only the newest frame), so both pay for
+//!   decoding alike and a slow side skips frames rather than queueing them. A fresh server per
+//!   run, one side at a time, 1 stream then 4.
 //! * The same work per frame: preprocessing, inference, decoding, NMS, one JSON line per
 //!   detection written out (the runtime also serves them on its socket, with no client here).
 //! * The same measurement, read by this bench from each side's metrics file (same shape):
@@ -387,8 +389,9 @@ fn report(
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "\nBoth sides: model {} (sha256 {}), ONNX Runtime {} on the CPU, {} intra-op thread(s) \
-         in one session (sequential, all graph optimisations, no memory pattern), frames decoded by the same GStreamer pipeline \
-         (rtspsrc over TCP, avdec_h264, videoscale to 416 x 416, newest-frame appsink); each \
+         in one session (sequential, all graph optimisations, no memory pattern), frames over RTSP/TCP \
+         decoded by OpenH264 (the runtime: compiled in; python: GStreamer's openh264dec), scaled \
+         to 416 x 416, newest frame kept; each \
          side alone on the machine with a fresh RTSP server (tests/rtsp/serve.py --lossless: \
          x264 ultrafast at quantizer 0) as its only company; {} s warm-up, then {} s measured.",
         setup.manifest.model.name,

@@ -1,8 +1,7 @@
 //! The build cache (`cargo xtask cache`): one folder per user (`pipeline::default_cache`),
 //! shared by every output folder and by the test suites, holding the ostree build store
-//! (`repo/`) and `cache/` (Debian packages per architecture, the cross sysroots of arm64
-//! builds (`sysroots/`, kept until `--all`), slot images keyed by their inputs, scratch
-//! files). [`show`] says what is there; [`prune`] frees what no build needs again.
+//! (`repo/`) and `cache/` (Debian packages per architecture, slot images keyed by their
+//! inputs, scratch files). [`show`] says what is there; [`prune`] frees what no build needs again.
 
 use std::path::{Path, PathBuf};
 
@@ -92,7 +91,8 @@ pub fn show(root: &Path) -> Result<CacheReport> {
 }
 
 /// Free what no build needs again: scratch files, cached slot images older than `days`, Debian
-/// base trees other than the newest of each architecture, and the store objects no ref reaches.
+/// base trees other than the newest of each architecture, the store objects no ref reaches,
+/// and `cache/sysroots/` (arm64 GStreamer libraries older builds linked the runtime against).
 /// With `all`, the whole cache (the next build starts cold: about 100 s of Debian base again).
 pub fn prune(root: &Path, days: u64, all: bool) -> Result<PruneReport> {
     let mut r = PruneReport::default();
@@ -115,6 +115,9 @@ pub fn prune(root: &Path, days: u64, all: bool) -> Result<PruneReport> {
             }
         }
         return Ok(r);
+    }
+    if root.join("cache/sysroots").exists() {
+        remove(root.join("cache/sysroots"), &mut r);
     }
     if let Ok(rd) = std::fs::read_dir(root.join("cache/tmp")) {
         for e in rd.flatten() {
@@ -169,7 +172,9 @@ mod tests {
         std::fs::create_dir_all(root.join("cache/tmp")).unwrap();
         std::fs::create_dir_all(root.join("cache/slots")).unwrap();
         std::fs::create_dir_all(root.join("cache/debs/amd64")).unwrap();
-        std::fs::write(root.join("cache/tmp/x"), vec![0u8; 1000]).unwrap();
+        std::fs::write(root.join("cache/tmp/x"), vec![0u8; 600]).unwrap();
+        std::fs::create_dir_all(root.join("cache/sysroots/arm64-k")).unwrap();
+        std::fs::write(root.join("cache/sysroots/arm64-k/lib"), vec![0u8; 400]).unwrap();
         std::fs::write(root.join("cache/slots/a.img"), vec![0u8; 5000]).unwrap();
         std::fs::write(root.join("cache/debs/amd64/p.deb"), vec![0u8; 7]).unwrap();
         let shown = show(root).unwrap();
@@ -177,9 +182,10 @@ mod tests {
             .folders
             .iter()
             .any(|(n, b)| n == "cache/slots" && *b == 5000));
-        // Slot images younger than a day stay; scratch files go; packages stay.
+        // Slot images younger than a day stay; scratch files and old sysroots go; packages stay.
         let r = prune(root, 1, false).unwrap();
         assert_eq!(r.freed, 1000);
+        assert!(!root.join("cache/sysroots").exists());
         assert!(root.join("cache/slots/a.img").exists());
         assert!(root.join("cache/debs/amd64/p.deb").exists());
         let r = prune(root, 0, false).unwrap();

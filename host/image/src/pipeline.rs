@@ -235,11 +235,8 @@ pub fn build_rootfs(
     // The Debian base (mostly downloading and unpacking, one core) and the device programs
     // (compiling, every core) do not depend on each other: on a cold cache they overlap.
     let (base_commit, progs) = std::thread::scope(|scope| {
-        let progs = scope.spawn(|| {
-            rep.step("programs", |s| {
-                programs::build(recipe, &opts.workspace, &paths.cache, s)
-            })
-        });
+        let progs =
+            scope.spawn(|| rep.step("programs", |s| programs::build(recipe, &opts.workspace, s)));
         let base = rep.step("base", |s| {
             base::ensure(&store, recipe, &opts.workspace, &paths.cache, s)
         });

@@ -17,10 +17,12 @@ use super::{Setup, CAMERAS};
 /// Every frame of a stream is the same bytes (the server encodes losslessly), so each side
 /// must give every frame the same detections, within this much (pixels, score) ...
 const SAME_FRAME: (f64, f64) = (0.01, 1e-4);
-/// ... and the two sides the same as each other, within this much: the golden test's
-/// tolerance between the runtime and the independent reference (0.01 px, 2e-5) with room for
-/// ONNX Runtime's Python build and numpy's float32 arithmetic.
-const BOTH_SIDES: (f64, f64) = (0.05, 1e-3);
+/// ... and the two sides the same as each other, within this much. The two sides' pictures
+/// are the same YUV (both decode with OpenH264), but each converts it to RGB with its own code
+/// (the runtime's `source::yuv`, GStreamer's videoconvert), a level or two apart on some
+/// pixels, which moves boxes by a fraction of a pixel and scores in the second decimal; the
+/// labels, their order and the golden object's place (IoU 0.5) are checked as before.
+const BOTH_SIDES: (f64, f64) = (1.0, 0.02);
 
 /// The peer's recorded detections, handed out in the golden reference's order.
 struct Recorded {

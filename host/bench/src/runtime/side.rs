@@ -187,7 +187,7 @@ fn start(setup: &Setup, side: Side, urls: &[String]) -> Result<(Process, PathBuf
             let out = dir.join("out");
             let mut text = format!(
                 "model = {:?}\nonnxruntime = {:?}\nsocket = {:?}\noutput_dir = {:?}\n\
-                 metrics = {:?}\nlatency_ms = 200\n",
+                 metrics = {:?}\n",
                 setup.manifest_path,
                 setup.library,
                 dir.join("detections.sock"),

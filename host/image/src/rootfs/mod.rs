@@ -7,5 +7,4 @@ pub mod layer;
 pub mod overlay;
 pub mod programs;
 pub mod runtime;
-pub mod sysroot;
 pub mod units;

@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use aperture_sys::Cmd;
 
 use super::layer::Layer;
-use super::sysroot;
 use crate::progress::Step;
 use crate::recipe::Recipe;
 
@@ -33,15 +32,10 @@ pub fn features(recipe: &Recipe) -> String {
 }
 
 /// Build the recipe's programs in release mode for the board, as one binary holding exactly
-/// them (`aperture-device` with one cargo feature per program); returns its path. A build for
-/// another architecture that links system libraries (the inference runtime) links against the
-/// cross sysroot in the build cache `cache` ([`super::sysroot`]), made first when missing.
-pub fn build(
-    recipe: &Recipe,
-    workspace: &Path,
-    cache: &Path,
-    step: &Step<'_>,
-) -> Result<Option<PathBuf>> {
+/// them (`aperture-device` with one cargo feature per program); returns its path. Another
+/// architecture's build goes through Debian's cross compilers (`.cargo/config.toml`): the
+/// programs link no system library beyond libc and libstdc++ (OpenH264's C++).
+pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Option<PathBuf>> {
     if recipe.components.device.is_empty() {
         return Ok(None);
     }
@@ -49,18 +43,10 @@ pub fn build(
     let target = target_dir(workspace);
     // Paths in panic messages name the workspace, not the build host's home.
     let rustflags = format!("--remap-path-prefix={}=/aperture", workspace.display());
-    let mut env = vec![("RUSTFLAGS".to_string(), rustflags.clone())];
-    if sysroot::needed(recipe) {
-        let root = sysroot::ensure(recipe, cache, step)?;
-        env = sysroot::cargo_env(&root, recipe.base.architecture, &rustflags);
-    }
-    let mut cargo = Cmd::cargo()
+    Cmd::cargo()
         .current_dir(workspace)
-        .env("CARGO_TARGET_DIR", &target);
-    for (k, v) in &env {
-        cargo = cargo.env(k, v);
-    }
-    cargo
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", &rustflags)
         .args(["build", "--release", "--target", triple])
         .args(["--package", MULTICALL, "--bin", MULTICALL])
         .args(["--no-default-features", "--features", &features(recipe)])
