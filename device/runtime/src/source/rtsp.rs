@@ -90,11 +90,11 @@ impl Address {
         let credentials = if parsed.username().is_empty() {
             None
         } else {
+            // Percent-decoding only: in a URL's user part `+` is a plus, not a space.
             let decode = |s: &str| {
-                url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
             };
             Some(Credentials {
                 username: decode(parsed.username()),
@@ -372,13 +372,13 @@ mod tests {
 
     #[test]
     fn camera_urls_give_their_credentials_to_retina_and_never_show_the_password() {
-        let a = Address::parse("rtsp://admin:s%40cret@192.0.2.10:554/stream1").unwrap();
+        let a = Address::parse("rtsp://admin:s%40c+ret@192.0.2.10:554/stream1").unwrap();
         assert_eq!(a.url.as_str(), "rtsp://192.0.2.10:554/stream1");
         assert_eq!(
             a.credentials,
             Some(Credentials {
                 username: "admin".into(),
-                password: "s@cret".into()
+                password: "s@c+ret".into()
             })
         );
         assert_eq!(a.shown, "rtsp://admin:***@192.0.2.10:554/stream1");
