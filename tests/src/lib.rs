@@ -222,6 +222,16 @@ pub fn default_image_fresh() -> Result<(BuildReport, Duration)> {
     Ok(r)
 }
 
+/// The guests' CPUs when `APERTURE_VM_CPUS` sets them (`cargo xtask test` does for the VM
+/// suites it runs side by side: one each), else [`VmConfig`]'s default.
+pub fn vm_cpus() -> Option<u32> {
+    let v = std::env::var("APERTURE_VM_CPUS").ok()?;
+    match v.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Some(n),
+        _ => panic!("APERTURE_VM_CPUS={v} is not a number of CPUs (1 or more)"),
+    }
+}
+
 /// The accelerator for the VM tier: TCG unless `APERTURE_VM_ACCEL=kvm` (KVM on this kind of
 /// machine is a nested software hypervisor that cannot run these guests; see MACHINE-NOTES).
 pub fn accel() -> Accel {
@@ -285,6 +295,9 @@ pub fn boot(
 ) -> Result<Vm> {
     let mut cfg = VmConfig::new(arch, disk, &dir.join("efivars.fd"));
     cfg.accel = accel();
+    if let Some(n) = vm_cpus() {
+        cfg.cpus = n;
+    }
     let tpm = if swtpm_available() {
         let tpm = Swtpm::start(&dir.join("tpm"))?;
         cfg.tpm_socket = Some(tpm.socket().to_path_buf());

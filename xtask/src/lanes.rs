@@ -75,6 +75,21 @@ pub(crate) fn available(wanted: usize) -> usize {
     }
 }
 
+/// The guests' CPUs in `lanes` side-by-side lanes: the host's cores shared out, at least one
+/// (`APERTURE_VM_CPUS`, read by the tests crate's `boot`), unless already set. Under TCG a
+/// virtual CPU is a host thread, and two two-CPU guests on two cores waste time spinning on
+/// each other's preempted CPUs.
+fn guest_cpus(cmd: Cmd, lanes: usize) -> Cmd {
+    if lanes <= 1 || std::env::var_os(CPUS_ENV).is_some() {
+        return cmd;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cmd.env(CPUS_ENV, (cores / lanes).max(1).to_string())
+}
+
+/// The tests crate's variable for the guests' CPU count.
+const CPUS_ENV: &str = "APERTURE_VM_CPUS";
+
 /// The order the lanes take `suites` in.
 fn order(suites: &[String]) -> Vec<String> {
     let mut v = suites.to_vec();
@@ -142,7 +157,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, suites: &[String]) -> Outcome {
                 }
                 let t = Instant::now();
                 let result = match std::fs::File::create(&log) {
-                    Ok(mut file) => in_own_network((ctx.command)(&name))
+                    Ok(mut file) => in_own_network(guest_cpus((ctx.command)(&name), ctx.lanes))
                         .stream(|line| {
                             let _ = writeln!(file, "{line}");
                         })

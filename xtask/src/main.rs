@@ -5,6 +5,7 @@
 mod fuzz;
 mod lanes;
 mod preflight;
+mod programs;
 mod test;
 
 use std::ffi::OsString;

@@ -157,6 +157,22 @@ impl Cmd {
         self
     }
 
+    /// The standard library's command for it (program, arguments, environment, folder), for
+    /// a caller that manages the process itself (a build left running in the background).
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        for key in &self.env_removed {
+            command.env_remove(key);
+        }
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
+    }
+
     /// The command line, each word shell-quoted where needed.
     pub fn display(&self) -> String {
         words(std::iter::once(self.program.as_os_str()).chain(self.args.iter().map(|a| &**a)))
@@ -267,13 +283,8 @@ impl Cmd {
         let shown = self.display();
         #[cfg(feature = "log")]
         tracing::debug!("running {shown}");
-        let mut command = Command::new(&self.program);
-        for key in &self.env_removed {
-            command.env_remove(key);
-        }
+        let mut command = self.command();
         command
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -281,9 +292,6 @@ impl Cmd {
             })
             .stdout(stdout)
             .stderr(stderr);
-        if let Some(dir) = &self.dir {
-            command.current_dir(dir);
-        }
         let mut child = command.spawn().map_err(|e| CmdError {
             command: shown,
             status: format!("could not start: {e}; is the package providing it installed?"),

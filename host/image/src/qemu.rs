@@ -148,6 +148,10 @@ pub struct VmConfig {
     pub firmware: Firmware,
     /// Memory in MiB.
     pub memory_mib: u32,
+    /// Virtual CPUs (`-smp`). Under TCG each is a host thread: two guests of two CPUs each on
+    /// a two-core host spin on each other's preempted CPUs (a lock holder, a TLB flush's
+    /// acknowledgement), so side-by-side test guests get one each.
+    pub cpus: u32,
     /// Accelerator.
     pub accel: Accel,
     /// Discard disk writes when QEMU exits.
@@ -189,6 +193,7 @@ impl VmConfig {
             vars: vars.to_path_buf(),
             firmware: Firmware::Plain,
             memory_mib: 1024,
+            cpus: 2,
             accel: Accel::Tcg,
             snapshot: false,
             forwards: Vec::new(),
@@ -309,7 +314,12 @@ impl VmConfig {
                 (_, Arch::Arm64) => "max,pauth-impdef=on",
             },
         ]);
-        c.args(["-smp", "2", "-m", &self.memory_mib.to_string()]);
+        c.args([
+            "-smp",
+            &self.cpus.max(1).to_string(),
+            "-m",
+            &self.memory_mib.to_string(),
+        ]);
         c.arg("-drive").arg(format!(
             "if=pflash,format=raw,unit=0,readonly=on,file={}",
             code.display()
@@ -761,6 +771,11 @@ mod tests {
         assert!(!a
             .iter()
             .any(|x| x.contains("smm=on") || x.contains("secboot")));
+        // Two CPUs unless asked otherwise (guests side by side get one each).
+        assert!(a.windows(2).any(|w| w[0] == "-smp" && w[1] == "2"), "{a:?}");
+        cfg.cpus = 1;
+        let a = args(&cfg.command().unwrap());
+        assert!(a.windows(2).any(|w| w[0] == "-smp" && w[1] == "1"), "{a:?}");
         assert!(!vars_stamp(&plain).exists());
         cfg.firmware = setup_mode();
         let err = format!("{:#}", cfg.command().unwrap_err());

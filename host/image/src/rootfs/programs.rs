@@ -35,6 +35,9 @@ pub fn features(recipe: &Recipe) -> String {
 /// them (`aperture-device` with one cargo feature per program); returns its path. Another
 /// architecture's build goes through Debian's cross compilers (`.cargo/config.toml`): the
 /// programs link no system library beyond libc and libstdc++ (OpenH264's C++).
+///
+/// `cargo xtask test` runs this same command for the default recipe beside tier 1
+/// (`xtask/src/programs.rs`): a change to it here belongs there too, or CI compiles twice.
 pub fn build(recipe: &Recipe, workspace: &Path, step: &Step<'_>) -> Result<Option<PathBuf>> {
     if recipe.components.device.is_empty() {
         return Ok(None);
