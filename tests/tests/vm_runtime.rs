@@ -192,6 +192,10 @@ fn the_runtime_streams_a_camera_from_the_host_stalls_without_it_and_resumes() {
     }
     let mut vm = sc
         .boot_with("runtime", Some(&script), |c| {
+            // Two CPUs even beside another suite's guest: the runtime decodes the camera and
+            // infers on threads of their own, and on one CPU under TCG the decoder starved
+            // the inference (no inference in 240 s, measured in a CI run).
+            c.cpus = c.cpus.max(2);
             for (serial, file) in [("good-model", &good), ("bad-model", &bad)] {
                 c.extra.extend([
                     "-drive".to_string(),
