@@ -108,10 +108,19 @@ fn wait_report(
             }
         }
         *from += consumed;
-        assert!(
-            t.elapsed() < limit,
-            "vm_runtime: not {what} within {limit:?}; last report: {last:?}"
-        );
+        if t.elapsed() >= limit {
+            // The console's file goes with the test's folder in CI: what the runtime and
+            // systemd said of it goes into the failure.
+            let said: Vec<&str> = console
+                .lines()
+                .filter(|l| !l.contains(WATCH) && l.contains("aperture-runtime"))
+                .collect();
+            panic!(
+                "vm_runtime: not {what} within {limit:?}; last report: {last:?}\n\
+                 the runtime's last console lines:\n{}",
+                said[said.len().saturating_sub(40)..].join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
