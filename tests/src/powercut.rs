@@ -73,7 +73,7 @@ pub mod markers {
     /// The rootfs is streamed; the read-back starts.
     pub const STREAMED: &str = "streamed ";
     /// The read-back passed; records and arming follow.
-    pub const READ_BACK: &str = "back: sha256 and dm-verity match";
+    pub const READ_BACK: &str = "back: dm-verity and";
     /// A level 2 reset is journaled and starts.
     pub const RESET2: &str = "reset level 2:";
     /// A level 3 reset is journaled and starts.

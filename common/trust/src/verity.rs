@@ -368,15 +368,81 @@ impl VerityCheck {
         Ok(())
     }
 
+    /// Where the data blocks end and the verity area starts; with no gap between them, the
+    /// check covers every byte from 0 to [`end`](Self::end): each data block through the
+    /// tree, the superblock with its padding, each hash block.
+    pub fn covers_every_byte(&self) -> bool {
+        self.hash_offset == self.data_end
+    }
+
+    /// Where the data blocks end.
+    pub fn data_end(&self) -> u64 {
+        self.data_end
+    }
+
+    /// What hashes the data blocks for [`update_hashed`](Self::update_hashed), on other
+    /// threads.
+    pub fn block_hasher(&self) -> BlockHasher {
+        BlockHasher {
+            salt: self.salt.clone(),
+            zero_digest: self.zero_digest,
+        }
+    }
+
+    /// [`update`](Self::update) with the data blocks among `bytes` already hashed by this
+    /// check's [`block_hasher`](Self::block_hasher), in order: so that the hashing, most of
+    /// the check's work, can run on several cores. `bytes` must start on a block boundary
+    /// and `digests` hold one digest per data block in it; blocks past the data end are
+    /// checked here as `update` does.
+    pub fn update_hashed(&mut self, bytes: &[u8], digests: &[[u8; 32]]) -> Result<(), TrustError> {
+        let data_blocks = usize::try_from(
+            self.data_end
+                .saturating_sub(self.pos)
+                .min(bytes.len() as u64)
+                .div_ceil(BLOCK_U64),
+        )
+        .unwrap_or(usize::MAX);
+        if !self.partial.is_empty()
+            || digests.len() != data_blocks
+            || !bytes.len().is_multiple_of(BLOCK)
+        {
+            return Err(TrustError::malformed(
+                "verity check input",
+                "pre-hashed bytes must be whole blocks with one digest per data block",
+            ));
+        }
+        if bytes.len() as u64 > self.end - self.pos {
+            return Err(TrustError::Oversized {
+                entry: "verity check input".into(),
+                limit: self.end,
+            });
+        }
+        let mut digests = digests.iter().copied();
+        for block in bytes.chunks_exact(BLOCK) {
+            let digest = if self.pos < self.data_end {
+                digests.next()
+            } else {
+                None
+            };
+            self.block_with(block, digest)?;
+        }
+        Ok(())
+    }
+
     /// One block at `self.pos`.
     fn block(&mut self, block: &[u8]) -> Result<(), TrustError> {
+        self.block_with(block, None)
+    }
+
+    /// One block at `self.pos`, with its salted digest if a data block's was computed already.
+    fn block_with(&mut self, block: &[u8], digest: Option<[u8; 32]>) -> Result<(), TrustError> {
         let at = self.pos;
         self.pos += BLOCK_U64;
         if at < self.data_end {
-            let digest = if block == ZERO_BLOCK.as_slice() {
-                self.zero_digest
-            } else {
-                salted_hash(&self.salt, block)
+            let digest = match digest {
+                Some(d) => d,
+                None if block == ZERO_BLOCK.as_slice() => self.zero_digest,
+                None => salted_hash(&self.salt, block),
             };
             let tree = self.tree.as_mut().ok_or_else(no_tree)?;
             let computed = &mut self.computed;
@@ -398,6 +464,14 @@ impl VerityCheck {
                     "verity superblock",
                     "it does not match the manifest's verity parameters; the image was not \
                      built with this manifest or its hash area is damaged",
+                ));
+            }
+            // veritysetup and the build write zeros after it: nothing else may hide there.
+            if block[SUPERBLOCK_LEN..].iter().any(|b| *b != 0) {
+                return Err(TrustError::malformed(
+                    "verity superblock",
+                    "the rest of its block is not zeros, as veritysetup and the build write \
+                     it; the hash area is damaged",
                 ));
             }
         } else if at > self.hash_offset {
@@ -451,7 +525,28 @@ impl VerityCheck {
     }
 }
 
-/// 4 KiB of zeros.
+/// Hashes data blocks as a [`VerityCheck`] does (sha256 of the salt and the block), for
+/// [`VerityCheck::update_hashed`] on other threads.
+#[derive(Debug, Clone)]
+pub struct BlockHasher {
+    salt: Vec<u8>,
+    zero_digest: [u8; 32],
+}
+
+impl BlockHasher {
+    /// The digests of the first `blocks` whole blocks of `bytes`, into `out` (cleared first).
+    pub fn digests(&self, bytes: &[u8], blocks: usize, out: &mut Vec<[u8; 32]>) {
+        out.clear();
+        out.extend(bytes.chunks_exact(BLOCK).take(blocks).map(|block| {
+            if block == ZERO_BLOCK.as_slice() {
+                self.zero_digest
+            } else {
+                salted_hash(&self.salt, block)
+            }
+        }));
+    }
+}
+
 /// Builds the verity area of an image (the superblock block and every hash level, as they
 /// follow the data at `hash_offset`) in memory from the image's bytes fed in order, for a
 /// delta install that rebuilds the tree instead of receiving it. Memory: the area itself,
@@ -589,6 +684,7 @@ impl VerityArea {
     }
 }
 
+/// 4 KiB of zeros.
 static ZERO_BLOCK: [u8; BLOCK] = [0u8; BLOCK];
 
 fn no_tree() -> TrustError {
@@ -1154,6 +1250,58 @@ mod tests {
         let mut long = VerityCheck::new(&info).unwrap();
         long.update(&img).unwrap();
         assert!(long.update(&[0]).is_err());
+    }
+
+    /// Data blocks hashed elsewhere (a [`BlockHasher`], as the updater's read-back does on
+    /// two threads) give the same verdicts as hashing them in the check: the image passes,
+    /// a flip in the data, the tree or the superblock's padding fails, and digests that do
+    /// not fit the bytes are refused.
+    #[test]
+    fn pre_hashed_data_blocks_give_the_same_verdicts() {
+        let data: Vec<u8> = (0..300u64)
+            .flat_map(|i| vec![if i % 5 == 0 { 0 } else { i as u8 ^ 0x5a }; BLOCK])
+            .collect();
+        let (tmp, mut file) = image_file(&data);
+        let info = append_hash_tree(&mut file, data.len() as u64, b"pepper", UUID).unwrap();
+        let img = std::fs::read(tmp.path()).unwrap();
+        let run = |img: &[u8]| -> Result<(), TrustError> {
+            let mut c = VerityCheck::new(&info)?;
+            assert!(c.covers_every_byte());
+            let hasher = c.block_hasher();
+            let mut digests = Vec::new();
+            // Pieces of 7 blocks: one straddles the data's end and the superblock.
+            for (i, piece) in img.chunks(7 * BLOCK).enumerate() {
+                let at = (i * 7 * BLOCK) as u64;
+                let blocks = c.data_end().saturating_sub(at).div_ceil(BLOCK_U64);
+                hasher.digests(piece, blocks as usize, &mut digests);
+                c.update_hashed(piece, &digests)?;
+            }
+            c.finish()
+        };
+        run(&img).unwrap();
+        for (at, what) in [
+            (17 * BLOCK + 3, "level 0 block 0"),
+            (300 * BLOCK + 600, "superblock"),
+            (300 * BLOCK + 3 * BLOCK + 8, "level 0 block 1"),
+        ] {
+            let mut bad = img.clone();
+            bad[at] ^= 1;
+            let err = run(&bad).unwrap_err();
+            assert!(err.to_string().contains(what), "{at}: {err}");
+        }
+        // The same padding flip through `update`.
+        let mut bad = img.clone();
+        bad[300 * BLOCK + 4000] = 1;
+        let err = verify_device(Cursor::new(bad), &info).unwrap_err();
+        assert!(err.to_string().contains("not zeros"), "{err}");
+        // Misuse: a digest too few, a piece that is not whole blocks.
+        let mut c = VerityCheck::new(&info).unwrap();
+        let mut d = Vec::new();
+        c.block_hasher().digests(&img[..2 * BLOCK], 1, &mut d);
+        assert!(c.update_hashed(&img[..2 * BLOCK], &d).is_err());
+        let mut c = VerityCheck::new(&info).unwrap();
+        c.block_hasher().digests(&img[..BLOCK], 1, &mut d);
+        assert!(c.update_hashed(&img[..BLOCK + 1], &d).is_err());
     }
 
     #[test]

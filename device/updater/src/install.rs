@@ -27,9 +27,10 @@
 //!    place on the ESP, fsynced;
 //! 6. once every payload hash matched: rename the boot files into place, fsync the folder;
 //! 7. READ BACK: the partition's cached pages are dropped, then one sequential pass of direct
-//!    reads feeds two threads: the rootfs sha256, and `verity::VerityCheck` (every data block
-//!    hashed into the tree, every stored hash block and the root hash checked); kernel and
-//!    initrd are re-read and hashed;
+//!    reads feeds `verity::VerityCheck` (every data block hashed into the tree, on two threads;
+//!    the superblock, every stored hash block and the root hash checked), which covers every
+//!    byte of a build's rootfs image; any other layout is also hashed whole with sha256
+//!    ([`crate::readback`]); kernel and initrd are re-read and hashed;
 //! 8. record what the slot now holds ([`aperture_trust::record::InstalledSlot`]: the record and
 //!    the exact manifest and signature verified) in the slot's area of the store;
 //! 9. with [`Arm::Next`], arm the slot with N tries as the next boot, with the entry
@@ -420,7 +421,7 @@ impl Updater {
             verify_file(tmp, artifact, target)?;
         }
         tracing::info!(
-            "read slot {target} back: sha256 and dm-verity match the manifest ({:.2} s)",
+            "read slot {target} back: dm-verity and the boot files' sha256 match the manifest ({:.2} s)",
             reading.elapsed().as_secs_f64()
         );
         drop(part);
