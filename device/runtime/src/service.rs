@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -143,6 +143,11 @@ struct Shared {
     clients: AtomicU64,
     clients_dropped: AtomicU64,
     output_error: Mutex<Option<String>>,
+    /// Frames waiting for the inference thread, and how many may wait: while the queue is
+    /// full, a camera's thread skips its frames without scaling or converting them (they
+    /// would be dropped), and takes the next one once there is room.
+    queued: AtomicUsize,
+    queue_capacity: usize,
 }
 
 /// The metrics file.
@@ -321,8 +326,10 @@ pub fn run<D: Detector + Send + 'static>(
         clients: AtomicU64::new(0),
         clients_dropped: AtomicU64::new(0),
         output_error: Mutex::new(None),
+        queued: AtomicUsize::new(0),
+        queue_capacity: 2 * config.cameras.len().max(1),
     });
-    let (frames_tx, frames_rx) = sync_channel::<Job>(2 * config.cameras.len().max(1));
+    let (frames_tx, frames_rx) = sync_channel::<Job>(shared.queue_capacity);
     let (lines_tx, lines_rx) = sync_channel::<Vec<u8>>(256);
     let mut beats = Vec::new();
     let mut threads = Vec::new();
@@ -487,7 +494,23 @@ fn camera_thread(
                         }
                     }
                 }
-                if let Some(s) = source.as_mut() {
+                let full = shared.queued.load(Ordering::Relaxed) >= shared.queue_capacity;
+                if let (Some(s), true) = (source.as_mut(), full) {
+                    match s.skip(POLL) {
+                        Ok(true) => {
+                            machine.on(Event::Frame, Instant::now());
+                            stats.decoded.fetch_add(1, Ordering::Relaxed);
+                            stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            seq += 1;
+                        }
+                        Ok(false) => {
+                            machine.on(Event::Tick, Instant::now());
+                        }
+                        Err(e) => {
+                            machine.on(Event::Error(e), Instant::now());
+                        }
+                    }
+                } else if let Some(s) = source.as_mut() {
                     match s.pull(POLL) {
                         Ok(Some(frame)) => {
                             machine.on(Event::Frame, Instant::now());
@@ -500,9 +523,13 @@ fn camera_thread(
                                 seq,
                                 decoded: Instant::now(),
                             };
+                            // Counted before the send: the inference thread may take it
+                            // (and count it out) at once.
+                            shared.queued.fetch_add(1, Ordering::Relaxed);
                             match tx.try_send(job) {
                                 Ok(()) => {}
                                 Err(TrySendError::Full(_)) => {
+                                    shared.queued.fetch_sub(1, Ordering::Relaxed);
                                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                                 }
                                 Err(TrySendError::Disconnected(_)) => break,
@@ -551,7 +578,10 @@ fn inference_thread<D: Detector>(
     while !stop.load(Ordering::Relaxed) {
         beat.beat();
         let job = match rx.recv_timeout(POLL) {
-            Ok(job) => job,
+            Ok(job) => {
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                job
+            }
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };

@@ -12,6 +12,13 @@ pub trait FrameSource: Send {
     /// The next frame, waiting at most `timeout`: `Ok(None)` when none came in time, an error
     /// when the stream failed or ended (the source is then done).
     fn pull(&mut self, timeout: Duration) -> Result<Option<Frame>, String>;
+
+    /// As [`pull`](Self::pull) when nothing would take the frame (the inference queue is
+    /// full): `Ok(true)` when a frame came and was thrown away. A source may skip the work of
+    /// making it (scaling, converting); the default pulls it.
+    fn skip(&mut self, timeout: Duration) -> Result<bool, String> {
+        Ok(self.pull(timeout)?.is_some())
+    }
 }
 
 /// Opens a camera's stream.

@@ -1,6 +1,7 @@
 //! Tier 1: the service's threads in memory, below its two traits (the RTSP source and the
 //! ONNX Runtime detector are proven by the tier-2 `rtsp` suite and the golden test): frames
-//! faster than the detector are dropped and counted, never queued; detections reach a socket
+//! faster than the detector are dropped and counted, never queued (nor made while the queue is
+//! full: skipped unscaled); detections reach a socket
 //! client and the rolling file; a source that ends is stalled, backed off and opened again;
 //! stop ends every thread; a hung detector stops the watchdog's pings until it comes back.
 
@@ -24,11 +25,40 @@ use aperture_vision::{Detection, Frame};
 struct Fake {
     opens: AtomicUsize,
     frames: usize,
+    /// Frames the sources made (a real source scales and converts each) and threw away
+    /// unmade when asked to skip them.
+    made: Arc<AtomicUsize>,
+    skipped: Arc<AtomicUsize>,
+}
+
+impl Fake {
+    fn new(frames: usize) -> Fake {
+        Fake {
+            opens: AtomicUsize::new(0),
+            frames,
+            made: Arc::default(),
+            skipped: Arc::default(),
+        }
+    }
 }
 
 struct FakeSource {
     left: usize,
     size: (u32, u32),
+    made: Arc<AtomicUsize>,
+    skipped: Arc<AtomicUsize>,
+}
+
+impl FakeSource {
+    /// Wait for the next frame; an error at the end of the stream.
+    fn next(&mut self) -> Result<(), String> {
+        if self.left == 0 {
+            return Err("end of stream".into());
+        }
+        self.left -= 1;
+        std::thread::sleep(Duration::from_millis(10));
+        Ok(())
+    }
 }
 
 impl Connector for Fake {
@@ -40,21 +70,26 @@ impl Connector for Fake {
         Ok(Box::new(FakeSource {
             left: self.frames,
             size: (width, height),
+            made: self.made.clone(),
+            skipped: self.skipped.clone(),
         }))
     }
 }
 
 impl FrameSource for FakeSource {
     fn pull(&mut self, _timeout: Duration) -> Result<Option<Frame>, String> {
-        if self.left == 0 {
-            return Err("end of stream".into());
-        }
-        self.left -= 1;
-        std::thread::sleep(Duration::from_millis(10));
+        self.next()?;
+        self.made.fetch_add(1, Ordering::SeqCst);
         let (w, h) = self.size;
         Ok(Some(
             Frame::new(w, h, vec![0; (w * h * 3) as usize]).unwrap(),
         ))
+    }
+
+    fn skip(&mut self, _timeout: Duration) -> Result<bool, String> {
+        self.next()?;
+        self.skipped.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
     }
 }
 
@@ -97,10 +132,7 @@ fn frames_are_dropped_not_queued_detections_reach_the_outputs_and_a_lost_source_
         dir.path().join("out")
     );
     let config = Config::parse(&text, Path::new("t.toml")).unwrap();
-    let fake = Arc::new(Fake {
-        opens: AtomicUsize::new(0),
-        frames: 60,
-    });
+    let fake = Arc::new(Fake::new(60));
     let stop = Arc::new(AtomicBool::new(false));
     let beats = Arc::new(AtomicUsize::new(0));
     let runtime = {
@@ -181,6 +213,7 @@ fn frames_are_dropped_not_queued_detections_reach_the_outputs_and_a_lost_source_
         inferred + dropped <= decoded && decoded <= inferred + dropped + 3,
         "{cam}"
     );
+
     assert!(
         cam["last_error"]
             .as_str()
@@ -196,6 +229,20 @@ fn frames_are_dropped_not_queued_detections_reach_the_outputs_and_a_lost_source_
     assert!(!socket.exists());
     assert!(reader_thread.join().unwrap() >= 5);
     let m = metrics(&metrics_path);
+    // While the inference queue (two frames for one camera) is full, frames are skipped
+    // unmade: only those with room in the queue are made. The final metrics count every
+    // frame the sources gave.
+    let cam = &m["cameras"][0];
+    let count = |what: &str| cam[what].as_u64().unwrap();
+    let (made, skipped) = (
+        fake.made.load(Ordering::SeqCst) as u64,
+        fake.skipped.load(Ordering::SeqCst) as u64,
+    );
+    assert_eq!(made + skipped, count("decoded"), "{cam}");
+    assert!(
+        skipped > 0 && skipped <= count("dropped") && made < count("decoded") / 2,
+        "made {made}, skipped {skipped}: {cam}"
+    );
     let lines = std::fs::read_to_string(dir.path().join("out/detections.jsonl")).unwrap();
     assert_eq!(
         lines.lines().count() as u64,
@@ -225,10 +272,7 @@ fn with_no_camera_the_service_keeps_running_and_feeding_the_watchdog_until_stopp
                 Slow,
                 ModelInfo::default(),
                 (8, 6),
-                Arc::new(Fake {
-                    opens: AtomicUsize::new(0),
-                    frames: 0,
-                }),
+                Arc::new(Fake::new(0)),
                 stop,
                 Health {
                     pace: Pace::default(),
@@ -294,10 +338,7 @@ fn a_hung_inference_thread_stops_the_watchdog_pings_until_it_checks_in_again() {
                 Hangs { hang, hanging },
                 ModelInfo::default(),
                 (8, 6),
-                Arc::new(Fake {
-                    opens: AtomicUsize::new(0),
-                    frames: 1000,
-                }),
+                Arc::new(Fake::new(1000)),
                 stop,
                 Health {
                     pace,

@@ -19,6 +19,7 @@
 //! written for real IP cameras' quirks; OpenH264 is Cisco's decoder, compiled from the source
 //! the `openh264` crate carries (BSD-2), so nothing is loaded at run time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -119,10 +120,11 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// What the stream's thread hands to [`RtspSource::pull`].
+/// What the stream's thread hands to [`RtspSource::pull`]: the newest picture, decoded but
+/// not yet scaled or converted (the camera's thread does that for the frames it keeps).
 #[derive(Default)]
 struct Latest {
-    frame: Option<Frame>,
+    picture: Option<Decoded>,
     failed: Option<String>,
 }
 
@@ -130,6 +132,12 @@ struct Latest {
 struct Shared {
     latest: Mutex<Latest>,
     changed: Condvar,
+    /// Set when the source is dropped. The stream's loop looks at it after every frame:
+    /// while the connection holds more data than the decoder keeps up with (always, on a slow
+    /// CPU), reading never waits, so the task does not return to the `select!` that also
+    /// watches the stop signal until tokio's budget of 128 reads runs out, 128 frames later:
+    /// under emulation that held a stop for longer than systemd's 90 s.
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -142,6 +150,7 @@ impl Shared {
 /// An open stream; dropping it stops its thread and closes the connection.
 pub struct RtspSource {
     shown: String,
+    converter: Converter,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -196,6 +205,7 @@ impl RtspSource {
             .map_err(|e| format!("stream {shown}: starting its thread: {e}"))?;
         Ok(RtspSource {
             shown,
+            converter: Converter::new((width as usize, height as usize)),
             shared,
             stop: Some(stop),
             thread: Some(thread),
@@ -247,29 +257,96 @@ async fn stream(address: Address, size: (usize, usize), shared: &Shared) -> Resu
     while let Some(item) = session.next().await {
         let item = item.map_err(|e| format!("stream {shown}: {e}"))?;
         if let CodecItem::VideoFrame(unit) = item {
-            if let Some(frame) = h264
-                .decode(unit.data())
+            if let Some(picture) = h264
+                .decode_picture(unit.data())
                 .map_err(|e| format!("stream {shown}: {e}"))?
             {
-                shared.update(|l| l.frame = Some(frame));
+                shared.update(|l| l.picture = Some(picture));
             }
+        }
+        if shared.stopping.load(Ordering::Relaxed) {
+            break;
         }
     }
     Ok(())
 }
 
+/// A decoded picture copied out of the decoder (planes packed: rows `width` and
+/// `width.div_ceil(2)` bytes long), not yet scaled or converted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    width: usize,
+    height: usize,
+    planes: [Vec<u8>; 3],
+}
+
+impl Decoded {
+    /// Copy `picture`'s samples out of the decoder's buffers.
+    fn copy(picture: &Picture<'_>) -> Result<Decoded, String> {
+        picture.check()?;
+        let sizes = picture.plane_sizes();
+        let planes = std::array::from_fn(|p| {
+            let (w, h) = sizes[p];
+            let mut plane = Vec::with_capacity(w * h);
+            for row in picture.planes[p].chunks(picture.strides[p]).take(h) {
+                plane.extend_from_slice(&row[..w]);
+            }
+            plane
+        });
+        Ok(Decoded {
+            width: picture.width,
+            height: picture.height,
+            planes,
+        })
+    }
+
+    fn picture(&self) -> Picture<'_> {
+        let chroma = self.width.div_ceil(2);
+        Picture {
+            width: self.width,
+            height: self.height,
+            planes: [&self.planes[0], &self.planes[1], &self.planes[2]],
+            strides: [self.width, chroma, chroma],
+        }
+    }
+}
+
+/// Scales and converts decoded pictures to RGB8 frames of one size.
+#[derive(Debug)]
+pub struct Converter {
+    size: (usize, usize),
+    scaler: Option<Scaler>,
+}
+
+impl Converter {
+    /// Frames `size` (width, height).
+    pub fn new(size: (usize, usize)) -> Converter {
+        Converter { size, scaler: None }
+    }
+
+    /// `decoded` as a frame.
+    pub fn frame(&mut self, decoded: &Decoded) -> Result<Frame, String> {
+        let (w, h) = (decoded.width, decoded.height);
+        if self.scaler.as_ref().map(Scaler::source) != Some((w, h)) {
+            self.scaler = Some(Scaler::new((w, h), self.size, Matrix::for_height(h)));
+        }
+        let scaler = self.scaler.as_ref().expect("made above");
+        let rgb = scaler.rgb(&decoded.picture())?;
+        Frame::new(self.size.0 as u32, self.size.1 as u32, rgb).map_err(|e| e.to_string())
+    }
+}
+
 /// An H.264 decoder putting out RGB8 frames of one size.
 pub struct H264 {
     decoder: Decoder,
-    size: (usize, usize),
-    scaler: Option<Scaler>,
+    converter: Converter,
     bad: u32,
 }
 
 impl std::fmt::Debug for H264 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H264")
-            .field("size", &self.size)
+            .field("size", &self.converter.size)
             .field("bad", &self.bad)
             .finish_non_exhaustive()
     }
@@ -280,8 +357,7 @@ impl H264 {
     pub fn new(size: (usize, usize)) -> Result<H264, String> {
         Ok(H264 {
             decoder: Decoder::new().map_err(|e| format!("starting the H.264 decoder: {e}"))?,
-            size,
-            scaler: None,
+            converter: Converter::new(size),
             bad: 0,
         })
     }
@@ -290,6 +366,14 @@ impl H264 {
     /// completes as a frame, if any. A unit that does not decode is skipped; the error comes
     /// after [`MAX_BAD_UNITS`] of them in a row.
     pub fn decode(&mut self, unit: &[u8]) -> Result<Option<Frame>, String> {
+        match self.decode_picture(unit)? {
+            Some(decoded) => self.converter.frame(&decoded).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`decode`](Self::decode) without the scaling and conversion: the picture as decoded.
+    pub fn decode_picture(&mut self, unit: &[u8]) -> Result<Option<Decoded>, String> {
         let picture = match self.decoder.decode(unit) {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(None),
@@ -313,19 +397,13 @@ impl H264 {
             planes: [picture.y(), picture.u(), picture.v()],
             strides: [sy, su, sv],
         };
-        if self.scaler.as_ref().map(Scaler::source) != Some((w, h)) {
-            self.scaler = Some(Scaler::new((w, h), self.size, Matrix::for_height(h)));
-        }
-        let scaler = self.scaler.as_ref().expect("made above");
-        let rgb = scaler.rgb(&picture)?;
-        Frame::new(self.size.0 as u32, self.size.1 as u32, rgb)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        Decoded::copy(&picture).map(Some)
     }
 }
 
-impl FrameSource for RtspSource {
-    fn pull(&mut self, timeout: Duration) -> Result<Option<Frame>, String> {
+impl RtspSource {
+    /// The next picture, waiting at most `timeout`.
+    fn next_picture(&mut self, timeout: Duration) -> Result<Option<Decoded>, String> {
         let deadline = Instant::now() + timeout;
         let mut latest = self
             .shared
@@ -333,8 +411,8 @@ impl FrameSource for RtspSource {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(frame) = latest.frame.take() {
-                return Ok(Some(frame));
+            if let Some(picture) = latest.picture.take() {
+                return Ok(Some(picture));
             }
             if let Some(e) = &latest.failed {
                 return Err(e.clone());
@@ -353,8 +431,22 @@ impl FrameSource for RtspSource {
     }
 }
 
+impl FrameSource for RtspSource {
+    fn pull(&mut self, timeout: Duration) -> Result<Option<Frame>, String> {
+        match self.next_picture(timeout)? {
+            Some(picture) => self.converter.frame(&picture).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn skip(&mut self, timeout: Duration) -> Result<bool, String> {
+        Ok(self.next_picture(timeout)?.is_some())
+    }
+}
+
 impl Drop for RtspSource {
     fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

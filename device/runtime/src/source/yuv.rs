@@ -70,13 +70,14 @@ impl fmt::Debug for Picture<'_> {
 
 impl Picture<'_> {
     /// Each plane's (width, height).
-    fn plane_sizes(&self) -> [(usize, usize); 3] {
+    /// Each plane's (width, height) in samples: luma, then the two chroma planes.
+    pub fn plane_sizes(&self) -> [(usize, usize); 3] {
         let chroma = (self.width.div_ceil(2), self.height.div_ceil(2));
         [(self.width, self.height), chroma, chroma]
     }
 
     /// Whether every plane holds its rows at its stride.
-    fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         if self.width == 0 || self.height == 0 {
             return Err(format!(
                 "a decoded picture of {}x{}",
