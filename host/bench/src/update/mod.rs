@@ -261,8 +261,8 @@ pub fn run(runs: u32, slot_image: Option<PathBuf>) -> Result<()> {
          appliance and `--disk-image` GPT disk; verifies the ed25519 manifest and key chain, \
          streams the zstd payload into rootfs_b (decoding, hashing and 4 MiB direct writes on \
          three threads), fsyncs, drops the slot's cached pages and reads it back with direct \
-         reads (sha256 + full dm-verity check on two threads), writes the boot files and arms \
-         systemd-boot entries on the ESP folder.",
+         reads (the full dm-verity check, hashed on two threads), writes the boot files and \
+         arms systemd-boot entries on the ESP folder.",
         updater.display()
     );
     println!(
