@@ -193,7 +193,7 @@ fn run_tiers(
     let mut failures: Vec<String> = Vec::new();
     // The VM tier's CI suites run side by side when they can (see `lanes`); they are taken out
     // of the one-at-a-time loop below as a group, where the first of them would have run.
-    let vm_group: Vec<String> = suites
+    let mut vm_group: Vec<String> = suites
         .iter()
         .filter(|n| n.starts_with("vm") && tiers.contains(&3) && wanted(n))
         .cloned()
@@ -203,6 +203,23 @@ fn run_tiers(
     } else {
         1
     };
+    // With lanes, the short host suites that need no network and the fuzz run go after the
+    // VM suites, on the core the first lane to finish leaves idle (see `lanes`).
+    let fuzz_in_lanes = lanes > 1 && tiers.contains(&4);
+    if lanes > 1 {
+        vm_group.extend(
+            suites
+                .iter()
+                .filter(|n| HOST_SUITES_IN_LANES.contains(&n.as_str()))
+                .filter(|n| tiers.contains(&2) && wanted(n))
+                .cloned(),
+        );
+        if fuzz_in_lanes {
+            vm_group.push(lanes::FUZZ_JOB.into());
+        }
+    }
+    // The fuzz job waits for the background fuzz build when a lane takes it.
+    let fuzz_build = std::sync::Mutex::new(prebuild.take());
     let mut vm_group_done = false;
     for name in &suites {
         let tier = if name.starts_with("vm") || name.starts_with("full") {
@@ -233,6 +250,10 @@ fn run_tiers(
             continue;
         }
         if lanes > 1 && vm_group.contains(name) {
+            if tier == 2 {
+                // Taken by the VM tier's lanes, after its suites.
+                continue;
+            }
             if vm_group_done {
                 continue;
             }
@@ -243,7 +264,22 @@ fn run_tiers(
                 lanes,
                 full: args.full,
                 keep_going: args.keep_going,
-                command: &|suite: &str| suite_command(root, args, suite, require_tools),
+                command: &|job: &str| {
+                    if job == lanes::FUZZ_JOB {
+                        if let Some(Background(child)) = fuzz_build
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .as_mut()
+                        {
+                            // Its outcome does not matter: the fuzz run builds again (a no-op
+                            // when this one succeeded) and reports errors.
+                            let _ = child.wait();
+                        }
+                        fuzz_command(root)
+                    } else {
+                        suite_command(root, args, job, require_tools)
+                    }
+                },
                 prebuild: &|| vm_prebuild(root, require_tools),
             };
             let outcome = lanes::run(&ctx, &vm_group);
@@ -299,7 +335,8 @@ fn run_tiers(
     if let Some(job) = programs.take() {
         rows.push(job.wait());
     }
-    if tiers.contains(&4) {
+    let mut prebuild = fuzz_build.into_inner().unwrap_or_else(|e| e.into_inner());
+    if tiers.contains(&4) && !(fuzz_in_lanes && vm_group_done) {
         let t = Instant::now();
         if let Some(Background(child)) = prebuild.as_mut() {
             eprintln!("xtask test: waiting for the fuzz build started in the background");
@@ -508,6 +545,25 @@ const FULL_ENV: &str = "APERTURE_FULL";
 /// Seconds each fuzz target runs in tier 4: a smoke test on top of tier 1's replay of every
 /// seed and past crash (`fuzz_regressions`); long campaigns are `cargo xtask fuzz`'s job.
 const FUZZ_SMOKE_SECONDS: u64 = 5;
+
+/// Tier-2 suites the VM tier's lanes take after the VM suites when they run in lanes: short,
+/// and needing no network (a lane has none), so they fit in the time the first lane to
+/// finish would wait for the other.
+const HOST_SUITES_IN_LANES: [&str; 4] = ["flash", "fleet", "rtsp", "storage"];
+
+/// Tier 4's fuzz smoke run as a program (this one, `xtask fuzz --ci`), for a lane: one target
+/// at a time, on the core the lane frees while the other lane's guest has the other.
+fn fuzz_command(root: &Path) -> Cmd {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+    Cmd::new(exe).current_dir(root).args([
+        "fuzz".to_string(),
+        "--ci".into(),
+        "--jobs".into(),
+        "1".into(),
+        "--seconds".into(),
+        FUZZ_SMOKE_SECONDS.to_string(),
+    ])
+}
 
 /// Below this much free space the tiers may not fit: the peak of a CI run (every tier, no
 /// `--full`) measured on a fresh clone, about 16 GiB of target/ and build cache, rounded up.

@@ -196,6 +196,11 @@ impl<W: Write> Write for HashingWriter<W> {
 const BACKGROUND_BATCH: usize = 1 << 20;
 /// Batches in flight to the hashing thread (bounded: a slow hasher slows the producer).
 const BACKGROUND_DEPTH: usize = 4;
+/// Batches a [`BackgroundSha256`] ever allocates: those in flight, the one being hashed and
+/// the one being filled. Past that the producer waits for one back instead of allocating:
+/// a new batch's pages are zeroed by the kernel as they are first touched, which cost 5% of
+/// an install's decoding thread when a hasher running behind made it allocate one per MiB.
+const BACKGROUND_POOL: usize = BACKGROUND_DEPTH + 2;
 
 /// SHA-256 computed on a thread of its own, so that a producer (a decompressor) and the hash
 /// run on two cores. [`update`](Self::update) copies the bytes into 1 MiB batches (a copy
@@ -205,6 +210,8 @@ const BACKGROUND_DEPTH: usize = 4;
 #[derive(Debug)]
 pub struct BackgroundSha256 {
     batch: Vec<u8>,
+    /// Batches allocated: at most [`BACKGROUND_POOL`], then reused.
+    made: usize,
     bytes: u64,
     worker: Option<Worker>,
     inline: Option<Sha256>,
@@ -227,7 +234,7 @@ impl BackgroundSha256 {
     /// Starts the hashing thread.
     pub fn new() -> Self {
         let (to_hash, batches) = std::sync::mpsc::sync_channel::<Vec<u8>>(BACKGROUND_DEPTH);
-        let (give_back, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(BACKGROUND_DEPTH + 1);
+        let (give_back, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(BACKGROUND_POOL);
         let spawned = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
@@ -253,6 +260,7 @@ impl BackgroundSha256 {
         };
         BackgroundSha256 {
             batch: Vec::new(),
+            made: 0,
             bytes: 0,
             worker,
             inline,
@@ -268,11 +276,7 @@ impl BackgroundSha256 {
         }
         while !data.is_empty() {
             if self.batch.capacity() == 0 {
-                self.batch = self
-                    .worker
-                    .as_ref()
-                    .and_then(|w| w.free.try_recv().ok())
-                    .unwrap_or_else(|| Vec::with_capacity(BACKGROUND_BATCH));
+                self.batch = self.free_batch();
             }
             let room = BACKGROUND_BATCH - self.batch.len();
             let take = room.min(data.len());
@@ -282,6 +286,24 @@ impl BackgroundSha256 {
                 self.send();
             }
         }
+    }
+
+    /// An empty batch: one the thread gave back, a new one while fewer than
+    /// [`BACKGROUND_POOL`] exist, else the next one given back.
+    fn free_batch(&mut self) -> Vec<u8> {
+        let worker = self.worker.as_ref();
+        if let Some(b) = worker.and_then(|w| w.free.try_recv().ok()) {
+            return b;
+        }
+        if self.made < BACKGROUND_POOL {
+            self.made += 1;
+            return Vec::with_capacity(BACKGROUND_BATCH);
+        }
+        // The thread gives every batch back; if it is gone (a panic, reported by `finish`),
+        // a new batch keeps the producer going.
+        worker
+            .and_then(|w| w.free.recv().ok())
+            .unwrap_or_else(|| Vec::with_capacity(BACKGROUND_BATCH))
     }
 
     /// Bytes hashed so far.

@@ -59,6 +59,17 @@ pub trait PartitionHandle: Send + Sync {
     fn reads_direct(&self) -> bool {
         false
     }
+    /// Fill `buf` from `offset` past the page cache, or fail: never from cached pages. The
+    /// read-back that follows a stream ([`crate::readback::follow_rootfs`]) needs the
+    /// medium's bytes before the sync, when the page cache may hold others. The default
+    /// cannot (`Unsupported`).
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let _ = (buf, offset);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this partition handle has no direct reads",
+        ))
+    }
 }
 
 /// A disk with GPT-labelled partitions.
@@ -150,6 +161,25 @@ impl PartitionHandle for FilePartition {
 
     fn reads_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = self.check(buf.len(), offset)?;
+        match &self.direct {
+            // No fallback to the ordinary descriptor: its reads may come from the page cache.
+            Some(direct) if is_aligned(buf, at) => direct.read_exact_at(buf, at),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{} bytes at {at} are not aligned for a direct read",
+                    buf.len()
+                ),
+            )),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{} was not opened with O_DIRECT", self.describe),
+            )),
+        }
     }
 
     fn sync(&mut self) -> io::Result<()> {

@@ -77,7 +77,7 @@ use crate::readback::verify_file;
 pub use crate::readback::verify_rootfs;
 use crate::state::{DeviceState, Journal};
 pub use crate::write::CHUNK;
-use crate::write::{text, write_file, write_partition};
+use crate::write::{text, write_file, write_partition, write_partition_told};
 use crate::{UpdateError, Updater};
 use aperture_sys::fs::tmp_path;
 
@@ -195,6 +195,9 @@ pub struct Installed {
     pub manifest_sha256: String,
     /// Rootfs bytes written to the partition.
     pub rootfs_bytes: u64,
+    /// Whether the rootfs was read back from the medium during the stream, each chunk once
+    /// written ([`crate::readback::follow_rootfs`]), rather than after the sync.
+    pub rootfs_read_during_stream: bool,
     /// The earlier, interrupted install this one replaced, if there was one.
     pub restarted: Option<Journal>,
 }
@@ -322,52 +325,82 @@ impl Updater {
         for (a, _) in place.dests.iter().filter(|(_, d)| *d == Dest::PassOver) {
             reader.pass_over(a.name.as_str());
         }
+        // Where the slot takes direct reads, its rootfs is read back during the stream, each
+        // chunk once written (readback::follow_rootfs), through a second, read-only handle.
+        let follow = self
+            .disk
+            .open_shared(&layout.rootfs(target))
+            .ok()
+            .filter(|p| crate::readback::can_follow(&**p, rootfs));
+        let (written_tx, written_rx) = std::sync::mpsc::channel::<u64>();
+        let mut written_tx = follow.as_ref().map(|_| written_tx);
         let streaming = std::time::Instant::now();
         let mut staged: Vec<(PathBuf, PathBuf, Artifact)> = Vec::new();
         let mut capsule: Option<(PathBuf, Artifact)> = None;
-        reader.for_each_payload(|artifact: &Artifact, payload: &mut dyn Read| {
-            let dest = place
-                .dests
-                .iter()
-                .find(|(a, _)| a.name == artifact.name)
-                .map(|(_, d)| *d)
-                .ok_or_else(|| UpdateError::Unsupported {
-                    reason: format!("unexpected payload {}", artifact.name),
-                })?;
-            match (dest, &mut tegra) {
-                (Dest::Rootfs, _) => {
-                    write_partition(io, &mut *part, payload, target, 0)?;
-                }
-                (Dest::EspFile(file), _) => {
-                    let dest = slot_dir.join(file);
-                    let tmp = tmp_path(&dest);
-                    write_file(io, &tmp, payload)?;
-                    staged.push((tmp, dest, artifact.clone()));
-                }
-                (Dest::BootImage(offset), Some(t)) => {
-                    write_partition(io, &mut *t.kernel, payload, target, offset)?;
-                }
-                (Dest::Dtb, Some(t)) => {
-                    write_partition(io, &mut *t.dtb, payload, target, 0)?;
-                }
-                (Dest::PassOver, _) => {
-                    return Err(UpdateError::Unsupported {
-                        reason: format!("payload {} was to be passed over", artifact.name),
-                    })
-                }
-                (Dest::Capsule, _) => {
-                    let tmp = tmp_path(&slot_dir.join(artifact.name.as_str()));
-                    write_file(io, &tmp, payload)?;
-                    capsule = Some((tmp, artifact.clone()));
-                }
-                (Dest::BootImage(_) | Dest::Dtb, None) => {
-                    return Err(UpdateError::Unsupported {
-                        reason: format!("payload {} has no partition here", artifact.name),
-                    })
-                }
-            }
-            Ok::<(), UpdateError>(())
-        })?;
+        let (streamed, followed) = std::thread::scope(|scope| {
+            let follower = follow.as_deref().map(|p| {
+                scope.spawn(move || crate::readback::follow_rootfs(p, rootfs, written_rx))
+            });
+            let streamed =
+                reader.for_each_payload(|artifact: &Artifact, payload: &mut dyn Read| {
+                    let dest = place
+                        .dests
+                        .iter()
+                        .find(|(a, _)| a.name == artifact.name)
+                        .map(|(_, d)| *d)
+                        .ok_or_else(|| UpdateError::Unsupported {
+                            reason: format!("unexpected payload {}", artifact.name),
+                        })?;
+                    match (dest, &mut tegra) {
+                        (Dest::Rootfs, _) => {
+                            write_partition_told(
+                                io,
+                                &mut *part,
+                                payload,
+                                target,
+                                0,
+                                written_tx.take(),
+                            )?;
+                        }
+                        (Dest::EspFile(file), _) => {
+                            let dest = slot_dir.join(file);
+                            let tmp = tmp_path(&dest);
+                            write_file(io, &tmp, payload)?;
+                            staged.push((tmp, dest, artifact.clone()));
+                        }
+                        (Dest::BootImage(offset), Some(t)) => {
+                            write_partition(io, &mut *t.kernel, payload, target, offset)?;
+                        }
+                        (Dest::Dtb, Some(t)) => {
+                            write_partition(io, &mut *t.dtb, payload, target, 0)?;
+                        }
+                        (Dest::PassOver, _) => {
+                            return Err(UpdateError::Unsupported {
+                                reason: format!("payload {} was to be passed over", artifact.name),
+                            })
+                        }
+                        (Dest::Capsule, _) => {
+                            let tmp = tmp_path(&slot_dir.join(artifact.name.as_str()));
+                            write_file(io, &tmp, payload)?;
+                            capsule = Some((tmp, artifact.clone()));
+                        }
+                        (Dest::BootImage(_) | Dest::Dtb, None) => {
+                            return Err(UpdateError::Unsupported {
+                                reason: format!("payload {} has no partition here", artifact.name),
+                            })
+                        }
+                    }
+                    Ok::<(), UpdateError>(())
+                });
+            // The follower stops at the end of what was written if the stream stopped early.
+            drop(written_tx.take());
+            let followed = follower.map(|f| {
+                f.join()
+                    .unwrap_or_else(|_| Err("the read-back thread panicked".into()))
+            });
+            (streamed, followed)
+        });
+        streamed?;
 
         // 6. Every payload hash matched: the boot files go into place; on Jetson the boot
         // image gets its header.
@@ -381,7 +414,7 @@ impl Updater {
         }
 
         tracing::info!(
-            "{} {:.0} MiB into {} in {:.2} s; the updater's peak memory: {}",
+            "{} {:.0} MiB into {} in {:.2} s{}; the updater's peak memory: {}",
             match &delta_from {
                 Some(base) => format!("rebuilt from {base} and the delta:"),
                 None => "streamed".into(),
@@ -389,15 +422,28 @@ impl Updater {
             rootfs.size as f64 / (1 << 20) as f64,
             part.describe(),
             streaming.elapsed().as_secs_f64(),
+            match &followed {
+                Some(Ok(())) => ", reading each chunk back from the medium as it was written",
+                _ => "",
+            },
             peak_memory()
         );
 
-        // 7. Read back.
+        // 7. Read back (the rootfs already was, if it was followed).
         let reading = std::time::Instant::now();
-        if let Err(e) = part.drop_cache() {
-            tracing::debug!("could not drop cached pages of {}: {e}", part.describe());
+        if let Some(Err(why)) = &followed {
+            tracing::warn!(
+                "reading {} back during the stream did not pass ({why}); reading it back \
+                 again after the sync",
+                part.describe()
+            );
         }
-        verify_rootfs(&*part, rootfs, target)?;
+        if !matches!(followed, Some(Ok(()))) {
+            if let Err(e) = part.drop_cache() {
+                tracing::debug!("could not drop cached pages of {}: {e}", part.describe());
+            }
+            verify_rootfs(&*part, rootfs, target)?;
+        }
         for (_, dest, artifact) in &staged {
             verify_file(dest, artifact, target)?;
             if artifact.role == Role::Uki {
@@ -468,6 +514,7 @@ impl Updater {
             security_version: verified.security_version,
             manifest_sha256,
             rootfs_bytes: rootfs.size,
+            rootfs_read_during_stream: matches!(followed, Some(Ok(()))),
             restarted,
         })
     }

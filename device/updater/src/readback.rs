@@ -2,7 +2,9 @@
 //! in one sequential pass (direct I/O where the partition takes it) that feeds the dm-verity
 //! check of every data and hash block, hashed on two cores, and the sha256 of the whole image
 //! where that check does not cover every byte ([`verify_rootfs`]); boot files and Jetson
-//! partition ranges are re-read and hashed.
+//! partition ranges are re-read and hashed. Where the slot takes direct reads and the image
+//! has a build's layout, the rootfs's pass runs during the stream instead, each chunk read
+//! back from the medium once its write returned ([`follow_rootfs`]).
 //! The install drops the partition's cached pages first, so that even without direct I/O the
 //! bytes come from the medium, not from the page cache the writes just filled.
 
@@ -102,7 +104,7 @@ pub fn verify_rootfs(
         )));
     }
     let digest = if check.covers_every_byte() && rootfs.size == verity_end {
-        verity_on_two_threads(part, check).map_err(&fail)?;
+        verity_on_two_threads(part, check, Reads::AfterSync).map_err(&fail)?;
         None
     } else {
         Some(verity_and_sha256(part, check, rootfs.size, len).map_err(&fail)?)
@@ -118,9 +120,65 @@ pub fn verify_rootfs(
     Ok(())
 }
 
+/// Whether the rootfs `rootfs` can be read back by [`follow_rootfs`] from `part` (a second
+/// handle on the slot being written): the partition takes direct reads, the image has the
+/// build's layout (the full dm-verity check alone covers every byte of it) and fits.
+pub(crate) fn can_follow(part: &dyn PartitionHandle, rootfs: &Artifact) -> bool {
+    let Some(check) = rootfs
+        .verity
+        .as_ref()
+        .and_then(|v| VerityCheck::new(v).ok())
+    else {
+        return false;
+    };
+    part.reads_direct()
+        && check.covers_every_byte()
+        && rootfs.size == check.end()
+        && check.end() <= part.size()
+}
+
+/// Read the rootfs back while it is streamed in: each chunk as soon as the stream's writes
+/// reached its end (`written` carries the end of every finished write, and closes when the
+/// writing stops), with direct reads only, into the full dm-verity check hashed on two
+/// threads, as [`verify_rootfs`] does after the sync. A direct write has returned only once
+/// the device took the bytes, and a direct read returns what the device holds: the bytes
+/// are read from the medium, not the page cache, and the sync that follows the writes
+/// changes where the device keeps them, not what it returns. So the read-back of a slot
+/// image overlaps the stream instead of following it.
+///
+/// For images [`can_follow`] accepts. `Err` says why the check did not pass (a direct read
+/// refused, the stream stopped early, bytes that do not match): the install then reads the
+/// slot back after the sync as before, whose verdict stands.
+pub(crate) fn follow_rootfs(
+    part: &dyn PartitionHandle,
+    rootfs: &Artifact,
+    written: Receiver<u64>,
+) -> Result<(), String> {
+    let verity = rootfs
+        .verity
+        .as_ref()
+        .ok_or("the manifest gives no verity parameters")?;
+    let check = VerityCheck::new(verity).map_err(|e| crate::error_chain(&e))?;
+    verity_on_two_threads(part, check, Reads::Following(written))
+}
+
+/// How [`read_in_order`] reads.
+enum Reads {
+    /// After the writes and the sync, with direct reads where the partition takes them
+    /// (the install dropped the cached pages first).
+    AfterSync,
+    /// Behind a stream's writes, direct reads only: each chunk once the writes reached its
+    /// end (the ends come on the channel).
+    Following(Receiver<u64>),
+}
+
 /// The check alone, its data blocks hashed on two threads (even chunks on one, odd on the
 /// other) and fed to the check in order on a third.
-fn verity_on_two_threads(part: &dyn PartitionHandle, check: VerityCheck) -> Result<(), String> {
+fn verity_on_two_threads(
+    part: &dyn PartitionHandle,
+    check: VerityCheck,
+    reads: Reads,
+) -> Result<(), String> {
     let len = check.end();
     let data_end = check.data_end();
     let hasher = check.block_hasher();
@@ -162,7 +220,7 @@ fn verity_on_two_threads(part: &dyn PartitionHandle, check: VerityCheck) -> Resu
             check.finish()
         });
         let mut i = 0;
-        let read = read_in_order(part, len, &released, |offset, chunk| {
+        let read = read_in_order(part, len, &reads, &released, |offset, chunk| {
             let sent = to_hash[i % 2].send((offset, chunk)).is_ok();
             i += 1;
             sent
@@ -215,7 +273,7 @@ fn verity_and_sha256(
             }
             check.finish()
         });
-        let read = read_in_order(part, len, &released, |_, (chunk, n)| {
+        let read = read_in_order(part, len, &Reads::AfterSync, &released, |_, (chunk, n)| {
             // A hashing thread that stopped says why in its result.
             sha_tx.send((chunk.clone(), n)).is_ok() && verity_tx.send((chunk, n)).is_ok()
         });
@@ -240,11 +298,13 @@ fn verity_and_sha256(
 fn read_in_order(
     part: &dyn PartitionHandle,
     len: u64,
+    reads: &Reads,
     released: &Receiver<()>,
     mut send: impl FnMut(u64, Chunk) -> bool,
 ) -> Result<(), String> {
     let mut pool: Vec<Arc<AlignedBuf>> = Vec::new();
     let mut offset = 0u64;
+    let mut written = 0u64;
     while offset < len {
         // A buffer no consumer still holds, a new one, or wait for one.
         let free = pool.iter().position(|b| Arc::strong_count(b) == 1);
@@ -271,8 +331,25 @@ fn read_in_order(
         } else {
             n
         };
-        part.read_exact_at(&mut buf.as_mut_slice()[..want], offset)
-            .map_err(|e| format!("reading {want} bytes at offset {offset}: {e}"))?;
+        let buf = &mut buf.as_mut_slice()[..want];
+        match reads {
+            Reads::AfterSync => part.read_exact_at(buf, offset),
+            Reads::Following(ends) => {
+                while written < offset + n as u64 {
+                    match ends.recv() {
+                        Ok(end) => written = written.max(end),
+                        Err(_) => {
+                            return Err(format!(
+                                "the stream stopped writing at byte {written}, before byte {}",
+                                offset + n as u64
+                            ))
+                        }
+                    }
+                }
+                part.read_direct_at(buf, offset)
+            }
+        }
+        .map_err(|e| format!("reading {want} bytes at offset {offset}: {e}"))?;
         if !send(offset, (pool[i].clone(), n)) {
             return Ok(());
         }

@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Sender};
 
 use aperture_slots::Slot;
 
@@ -150,6 +150,20 @@ pub(crate) fn write_partition(
     slot: Slot,
     start: u64,
 ) -> Result<u64, UpdateError> {
+    write_partition_told(io, part, payload, slot, start, None)
+}
+
+/// [`write_partition`], telling `written` the end offset of every write once it returned
+/// (for a read-back that follows the stream, [`crate::readback::follow_rootfs`]); the
+/// channel closes when the writing stops.
+pub(crate) fn write_partition_told(
+    io: &dyn Io,
+    part: &mut dyn PartitionHandle,
+    payload: &mut dyn Read,
+    slot: Slot,
+    start: u64,
+    written: Option<Sender<u64>>,
+) -> Result<u64, UpdateError> {
     let device = part.describe();
     let fail = |op: &'static str| {
         let device = device.clone();
@@ -174,6 +188,10 @@ pub(crate) fn write_partition(
                 io.write_at(part, &buf.as_slice()[..n], offset)
                     .map_err(fail("writing"))?;
                 let end = offset + n as u64;
+                if let Some(w) = &written {
+                    // The follower may have stopped: its result says why.
+                    let _ = w.send(end);
+                }
                 if !part.reads_direct() && end - flushed >= WRITEBACK_WINDOW {
                     // Best effort: a failure here changes nothing; the sync below counts.
                     let _ = part.start_writeback(flushed, end - flushed);

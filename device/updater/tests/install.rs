@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use aperture_slots::{FakeBootControl, Slot, SlotStatus};
 use aperture_trust::manifest::Sha256Hex;
+use aperture_updater::disk::{Disk, PartitionHandle};
 use aperture_updater::io::FaultIo;
 use aperture_updater::{InstallOptions, UpdateError, Updater};
 use common::*;
@@ -692,4 +693,189 @@ fn a_uki_signed_with_other_keys_is_refused_and_ours_is_installed() {
     );
     assert_eq!(dev.boot(), Slot::B);
     dev.assert_slot_verifies(Slot::B);
+}
+
+/// A disk whose slot B's handles change one byte: in what the writes put on the medium
+/// (`writes`), or only in what direct reads return (`direct_reads`: the read-back that
+/// follows the stream sees it, the one after the sync does not).
+struct Flipping {
+    inner: aperture_updater::disk::FileDisk,
+    writes: bool,
+    direct_reads: bool,
+    at: u64,
+}
+
+struct Flip {
+    inner: Box<dyn PartitionHandle>,
+    writes: bool,
+    direct_reads: bool,
+    at: u64,
+}
+
+impl Flipping {
+    fn wrap(&self, label: &str, part: Box<dyn PartitionHandle>) -> Box<dyn PartitionHandle> {
+        if label != "rootfs_b" {
+            return part;
+        }
+        Box::new(Flip {
+            inner: part,
+            writes: self.writes,
+            direct_reads: self.direct_reads,
+            at: self.at,
+        })
+    }
+}
+
+impl Disk for Flipping {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn open(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        Ok(self.wrap(label, self.inner.open(label)?))
+    }
+    fn open_shared(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        Ok(self.wrap(label, self.inner.open_shared(label)?))
+    }
+    fn open_unclaimed(&self, label: &str) -> Result<Box<dyn PartitionHandle>, UpdateError> {
+        self.inner.open_unclaimed(label)
+    }
+}
+
+impl Flip {
+    /// Flip the byte at `self.at` if `buf` (at `offset`) holds it.
+    fn flip(&self, buf: &mut [u8], offset: u64) {
+        if let Some(i) = self.at.checked_sub(offset) {
+            if let Some(b) = buf.get_mut(i as usize) {
+                *b ^= 0x20;
+            }
+        }
+    }
+}
+
+impl PartitionHandle for Flip {
+    fn label(&self) -> &str {
+        self.inner.label()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if !self.writes {
+            return self.inner.write_all_at(buf, offset);
+        }
+        // A copy at a 4096-aligned address, as the original, so the write stays direct.
+        let mut room = vec![0u8; buf.len() + 4096];
+        let start = room.as_ptr().align_offset(4096);
+        let copy = &mut room[start..start + buf.len()];
+        copy.copy_from_slice(buf);
+        self.flip(copy, offset);
+        self.inner.write_all_at(copy, offset)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn drop_cache(&self) -> std::io::Result<()> {
+        self.inner.drop_cache()
+    }
+    fn start_writeback(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.start_writeback(offset, len)
+    }
+    fn reads_direct(&self) -> bool {
+        self.inner.reads_direct()
+    }
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_direct_at(buf, offset)?;
+        if self.direct_reads {
+            self.flip(buf, offset);
+        }
+        Ok(())
+    }
+}
+
+/// Whether the device's disk image takes `O_DIRECT` (a disk file system does; a tmpfs before
+/// Linux 6.6 does not, and then the read-back runs after the sync only).
+fn takes_direct_io(dev: &Device) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(&dev.disk_path)
+        .is_ok()
+}
+
+fn flipping_updater(dev: &Device, writes: bool, direct_reads: bool, at: u64) -> Updater {
+    let disk = Flipping {
+        inner: dev.disk(),
+        writes,
+        direct_reads,
+        at,
+    };
+    Updater::new(
+        dev.paths.clone(),
+        Box::new(disk),
+        Box::new(dev.backend()),
+        Slot::A,
+    )
+    .with_clock(|| NOW)
+}
+
+/// Where the slot takes direct reads, the rootfs is read back from the medium during the
+/// stream; a read-back then that sees other bytes than the image's is not the verdict: the
+/// slot is read again after the sync, and an intact slot is installed.
+#[test]
+fn the_rootfs_is_read_back_during_the_stream_and_again_after_the_sync_if_that_failed() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    let dev = Device::new(&v1);
+    if !takes_direct_io(&dev) {
+        eprintln!(
+            "SKIPPED: {} does not take O_DIRECT here",
+            dev.disk_path.display()
+        );
+        return;
+    }
+    let done = dev
+        .updater(Slot::A)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert!(done.rootfs_read_during_stream);
+    assert_eq!(dev.slot_bytes(Slot::B, v2.rootfs.len()), v2.rootfs);
+
+    let dev = Device::new(&v1);
+    let at = v2.rootfs.len() as u64 / 2;
+    let done = flipping_updater(&dev, false, true, at)
+        .install(&mut &v2.bundle[..], &InstallOptions::default())
+        .unwrap();
+    assert!(!done.rootfs_read_during_stream);
+    assert_eq!(dev.slot_bytes(Slot::B, v2.rootfs.len()), v2.rootfs);
+    assert_eq!(dev.boot(), Slot::B);
+}
+
+/// A medium that keeps other bytes than those written fails the install at the read-back,
+/// during the stream and again after the sync, before the slot is armed: slot A boots.
+#[test]
+fn a_slot_whose_medium_changed_a_byte_fails_the_read_back_and_is_not_armed() {
+    let v1 = image("1.0.0", 1, 1);
+    let v2 = image("2.0.0", 2, 2);
+    for at in [4096 * 3 + 17, v2.rootfs.len() as u64 - 1] {
+        let dev = Device::new(&v1);
+        let err = flipping_updater(&dev, true, false, at)
+            .install(&mut &v2.bundle[..], &InstallOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, UpdateError::Verify { slot: Slot::B, .. }),
+            "{err}"
+        );
+        let text = aperture_updater::error_chain(&err);
+        assert!(text.contains("rootfs"), "{text}");
+        let state = dev.updater(Slot::A).boot_state().unwrap();
+        assert_eq!(state.status(Slot::B), SlotStatus::Unbootable, "{err}");
+        assert_eq!(dev.boot(), Slot::A, "{err}");
+    }
 }

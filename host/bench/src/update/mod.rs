@@ -22,9 +22,11 @@
 //! with systemd-boot entries) and `--disk-image` (a sparse GPT disk image whose `rootfs_b`
 //! partition is the inactive slot). The timed `install` verifies the signature, streams the
 //! payload into the slot (decompression and the sha256 of the encoded bytes on one thread, the
-//! sha256 of the decoded bytes on a second, 4 MiB direct writes on a third), fsyncs, drops the
-//! slot's cached pages and reads it back with direct reads (the full dm-verity check, its data
-//! blocks hashed on two threads; it covers every byte of both rows' images) and arms the slot.
+//! sha256 of the decoded bytes on a second, 4 MiB direct writes on a third) while a fourth
+//! reads each written chunk back with direct reads into the full dm-verity check (its data
+//! blocks hashed on two more threads; it covers every byte of both rows' images), fsyncs, and
+//! arms the slot. A read-back that does not pass during the stream is done again after the
+//! fsync, whose verdict stands; the log says which happened.
 //!
 //! RAUC runs as it does on a device: `rauc service` (on a private D-Bus system bus, so that the
 //! host's own bus is left alone; `--override-boot-slot` says slot A is booted), started once
@@ -260,9 +262,9 @@ pub fn run(runs: u32, slot_image: Option<PathBuf>) -> Result<()> {
         "aperture-update ({}): release build, one process per install, `--root` file-backed \
          appliance and `--disk-image` GPT disk; verifies the ed25519 manifest and key chain, \
          streams the zstd payload into rootfs_b (decoding, hashing and 4 MiB direct writes on \
-         three threads), fsyncs, drops the slot's cached pages and reads it back with direct \
-         reads (the full dm-verity check, hashed on two threads), writes the boot files and \
-         arms systemd-boot entries on the ESP folder.",
+         three threads) while reading each written chunk back with direct reads into the full \
+         dm-verity check (hashed on two threads), fsyncs, writes and re-reads the boot files \
+         and arms systemd-boot entries on the ESP folder.",
         updater.display()
     );
     println!(
