@@ -547,9 +547,10 @@ const FULL_ENV: &str = "APERTURE_FULL";
 const FUZZ_SMOKE_SECONDS: u64 = 5;
 
 /// Tier-2 suites the VM tier's lanes take after the VM suites when they run in lanes: short,
-/// and needing no network (a lane has none), so they fit in the time the first lane to
-/// finish would wait for the other.
-const HOST_SUITES_IN_LANES: [&str; 4] = ["flash", "fleet", "rtsp", "storage"];
+/// and needing no network (a lane has none: their builds reuse the base the privileged
+/// suite's build made), so they fill the time the first lane to finish would wait for the
+/// other. The privileged suite stays out: its Jetson builds fetch their Debian base.
+const HOST_SUITES_IN_LANES: [&str; 5] = ["audit", "flash", "fleet", "rtsp", "storage"];
 
 /// Tier 4's fuzz smoke run as a program (this one, `xtask fuzz --ci`), for a lane: one target
 /// at a time, on the core the lane frees while the other lane's guest has the other.
