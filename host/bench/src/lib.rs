@@ -132,6 +132,12 @@ pub struct BenchArgs {
     /// (minutes per row).
     #[arg(long)]
     pub boot: bool,
+    /// sizes --boot: the VM board whose recipe is built and booted with each compression:
+    /// qemu-x86_64 (the default recipe) or qemu-arm64 (the Jetsons' arm64 userland, whose CPU
+    /// has the ARMv8 SHA-256 instructions that dm-verity uses; several times slower to boot
+    /// under TCG).
+    #[arg(long, value_enum, default_value = "qemu-x86_64", value_name = "BOARD")]
+    pub boot_board: sizes::BootBoard,
     /// runtime: seconds each side streams before its measurement.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub warmup: u64,
@@ -180,7 +186,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             // Pollers wait on the network and nginx half of the time.
             workers: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
         }),
-        BenchKind::Sizes => sizes::run(a.slot_image.clone(), a.boot, a.runs.unwrap_or(1)),
+        BenchKind::Sizes => sizes::run(
+            a.slot_image.clone(),
+            a.boot.then_some(a.boot_board),
+            a.runs.unwrap_or(1),
+        ),
         BenchKind::Delta => delta::run(&delta::Options {
             base_build: a.base_build.clone(),
             new_build: a.new_build.clone(),

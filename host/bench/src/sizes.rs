@@ -159,68 +159,227 @@ pub(crate) fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
     Ok((v, t.elapsed()))
 }
 
+/// What a guest has read from its disk so far, from QEMU's `query-blockstats` over the QMP
+/// socket `sock`: (read requests, bytes).
+fn disk_reads(sock: &Path) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(sock)
+        .with_context(|| format!("connecting to QEMU's QMP socket {}", sock.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut w = stream;
+    // Each command's reply is the next line with "return" (events may come between).
+    let mut call = |cmd: &str| -> Result<serde_json::Value> {
+        writeln!(w, "{{\"execute\":\"{cmd}\"}}")?;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("QEMU closed its QMP socket during {cmd}");
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("QMP sent a line that is not JSON: {line:?}"))?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("QMP {cmd}: {e}");
+            }
+        }
+    };
+    call("qmp_capabilities")?;
+    let stats = call("query-blockstats")?;
+    let disk = stats
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["device"] == "disk0")
+        .context("query-blockstats lists no disk0")?;
+    let n = |k: &str| {
+        disk["stats"][k]
+            .as_u64()
+            .with_context(|| format!("blockstats has no {k}"))
+    };
+    Ok((n("rd_operations")?, n("rd_bytes")?))
+}
+
+/// The agent's status line on the console.
+const STATUS_LINE: &str = "aperture-agent: product=";
+
+/// The guest kernel's timestamp (`[   27.179009] ...`) on the console line with the status
+/// line in `console`.
+fn guest_clock(console: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(STATUS_LINE))?;
+    let (stamp, _) = line.trim_start().strip_prefix('[')?.split_once(']')?;
+    stamp.trim().parse().ok()
+}
+
+/// One boot's measurements.
+#[derive(Clone, Copy)]
+struct BootRun {
+    /// Seconds from QEMU's start to the agent's status line.
+    secs: f64,
+    /// The guest kernel's clock at that line (from its console), if it printed one.
+    guest: Option<f64>,
+    /// Read requests the guest had sent its disk by then.
+    reads: u64,
+    /// Bytes it had read.
+    bytes: u64,
+}
+
+/// The VM board `bench sizes --boot` builds and boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootBoard {
+    /// The default recipe, x86-64 (QEMU's TCG has no SHA-256 instructions for x86-64, so the
+    /// guest's dm-verity hashes with emulated AVX).
+    #[value(name = "qemu-x86_64")]
+    QemuX86_64,
+    /// The arm64 userland of the Jetson recipes on QEMU's virt machine (TCG emulates the ARMv8
+    /// SHA-256 instructions a Jetson's dm-verity uses).
+    #[value(name = "qemu-arm64")]
+    QemuArm64,
+}
+
+impl BootBoard {
+    /// The recipe (in `recipes/`), the guest's architecture and how long a boot may take.
+    fn recipe_arch_timeout(self) -> (&'static str, aperture_image::recipe::Arch, Duration) {
+        use aperture_image::recipe::Arch;
+        match self {
+            BootBoard::QemuX86_64 => (
+                "qemu-x86_64.toml",
+                Arch::Amd64,
+                aperture_tests::BOOT_TIMEOUT,
+            ),
+            // arm64 under TCG is several times slower than x86-64.
+            BootBoard::QemuArm64 => (
+                "qemu-arm64.toml",
+                Arch::Arm64,
+                3 * aperture_tests::BOOT_TIMEOUT,
+            ),
+        }
+    }
+}
+
+/// A folder name for `arch`.
+fn arch_name(arch: aperture_image::recipe::Arch) -> &'static str {
+    match arch {
+        aperture_image::recipe::Arch::Amd64 => "amd64",
+        aperture_image::recipe::Arch::Arm64 => "arm64",
+    }
+}
+
 /// Boot times of the default recipe built with each erofs compression the recipe can choose:
 /// the build's own disk image under QEMU (TCG, swtpm), twice, each time until the agent's
-/// status line. The first boot also formats and seals the encrypted partitions (the same work
-/// in every row); the second is a plain boot. Returns one row per compression.
-fn boot_times(runs: u32) -> Result<Vec<Row>> {
-    use aperture_image::recipe::Arch;
+/// status line, and what the guest had read from its disk by then (QEMU's block statistics).
+/// The first boot also formats and seals the encrypted partitions (the same work in every
+/// row); the second is a plain boot. The images are built first and the runs interleaved
+/// (run 1 of every row, then run 2, ...), so that a machine that slows down or speeds up
+/// during the bench moves every row alike. Returns one row per compression.
+fn boot_times(board: BootBoard, runs: u32) -> Result<Vec<Row>> {
     use aperture_tests::scenario::Scenario;
 
+    let (base_recipe, arch, timeout) = board.recipe_arch_timeout();
     let dir = aperture_tests::test_root().join("bench-sizes");
-    let mut rows = Vec::new();
-    let mut baseline = None;
+    let mut images = Vec::new();
     for (name, compression) in [
         ("erofs lz4 (the old default)", RootfsCompression::Lz4),
         ("erofs lz4hc", RootfsCompression::Lz4hc),
         ("erofs uncompressed (default)", RootfsCompression::None),
     ] {
         let value = serde_json::to_value(compression)?;
-        let value = value.as_str().context("a compression names itself")?;
+        let value = value
+            .as_str()
+            .context("a compression names itself")?
+            .to_owned();
         let recipe = aperture_tests::derived_recipe(
             &dir.join("recipes"),
-            &format!("{value}.toml"),
-            "qemu-x86_64.toml",
+            &format!("{value}-{base_recipe}"),
+            base_recipe,
             &format!("[outputs]\ncompressed_disk = false\nrootfs_compression = \"{value}\"\n"),
         )?;
         eprintln!("bench sizes: building the default recipe with rootfs_compression = {value}");
-        let (report, _) = aperture_tests::build(&recipe, &dir.join("out").join(value), false)?;
-        let mut first = Vec::new();
-        let mut second = Vec::new();
-        for run in 0..runs {
+        let out = dir.join("out").join(format!("{value}-{}", arch_name(arch)));
+        let (report, _) = aperture_tests::build(&recipe, &out, false)?;
+        images.push((name, value, report.paths.out.join("disk.img")));
+    }
+    // Per row: (first boots, next boots).
+    let mut results: Vec<(Vec<BootRun>, Vec<BootRun>)> = vec![Default::default(); images.len()];
+    for run in 0..runs {
+        for ((name, value, disk), (first, second)) in images.iter().zip(&mut results) {
             let mut sc = Scenario::new(
-                &format!("bench-sizes-{value}-{run}"),
-                &report.paths.out.join("disk.img"),
-                Arch::Amd64,
+                &format!("bench-sizes-{value}-{}-{run}", arch_name(arch)),
+                disk,
+                arch,
             )?;
-            for times in [&mut first, &mut second] {
+            for (i, times) in [first, second].into_iter().enumerate() {
+                let sock = std::env::temp_dir().join(format!(
+                    "aperture-bench-qmp-{}-{i}.sock",
+                    std::process::id()
+                ));
+                let _ = fs::remove_file(&sock);
+                let qmp = format!("unix:{},server=on,wait=off", sock.display());
                 let t = Instant::now();
-                let mut vm = sc.boot("bench", None)?;
-                vm.wait_for("aperture-agent: product=", aperture_tests::BOOT_TIMEOUT)
+                let mut vm = sc.boot_with("bench", None, |c| {
+                    c.extra.extend(["-qmp".to_string(), qmp.clone()]);
+                })?;
+                let line = vm
+                    .wait_for(STATUS_LINE, timeout)
                     .with_context(|| format!("booting the {name} image"))?;
-                times.push(t.elapsed().as_secs_f64());
+                let secs = t.elapsed().as_secs_f64();
+                let (reads, bytes) = disk_reads(&sock)?;
+                let guest = guest_clock(&line);
+                eprintln!(
+                    "bench sizes: {value}, run {}, {} boot: {secs:.1} s (guest clock {}), \
+                     {reads} reads, {:.1} MiB",
+                    run + 1,
+                    ["first", "next"][i],
+                    guest.map_or("-".into(), |g| format!("{g:.1} s")),
+                    bytes as f64 / MIB
+                );
+                times.push(BootRun {
+                    secs,
+                    guest,
+                    reads,
+                    bytes,
+                });
                 // Let the first boot's writes reach the disk before the power goes.
                 std::thread::sleep(Duration::from_secs(5));
                 vm.kill();
+                let _ = fs::remove_file(&sock);
             }
         }
-        let (first, second) = (median(first), median(second));
-        let base = *baseline.get_or_insert(second);
-        rows.push(Row {
-            name: name.into(),
-            cells: vec![
-                format!("{first:.1}"),
-                format!("{second:.1}"),
-                format!("{:.2}", second / base),
-            ],
-        });
     }
-    Ok(rows)
+    let med = |v: &[BootRun], f: fn(&BootRun) -> f64| median(v.iter().map(f).collect());
+    let base = results
+        .first()
+        .map(|(first, second)| (med(first, |r| r.secs), med(second, |r| r.secs)));
+    Ok(images
+        .iter()
+        .zip(&results)
+        .map(|((name, _, _), (first, second))| {
+            let (first_s, next) = (med(first, |r| r.secs), med(second, |r| r.secs));
+            let (base_first, base_next) = base.unwrap_or((first_s, next));
+            Row {
+                name: (*name).into(),
+                cells: vec![
+                    format!("{first_s:.1}"),
+                    format!("{:.2}", first_s / base_first),
+                    format!("{next:.1}"),
+                    format!("{:.2}", next / base_next),
+                    match second.iter().map(|r| r.guest).collect::<Option<Vec<_>>>() {
+                        Some(g) => format!("{:.1}", median(g)),
+                        None => "-".into(),
+                    },
+                    format!("{:.0}", med(second, |r| r.reads as f64)),
+                    format!("{:.1}", med(second, |r| r.bytes as f64) / MIB),
+                ],
+            }
+        })
+        .collect())
 }
 
 /// Run `bench sizes` on `slot_image` (default: the default recipe's build's `rootfs.img`);
 /// with `boot`, boot times too, each the median of `runs`.
-pub fn run(slot_image: Option<PathBuf>, boot: bool, runs: u32) -> Result<()> {
+pub fn run(slot_image: Option<PathBuf>, boot: Option<BootBoard>, runs: u32) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("bench sizes needs root (loop mounts, dropping the page cache): run `sudo cargo xtask bench sizes`");
     }
@@ -355,21 +514,42 @@ pub fn run(slot_image: Option<PathBuf>, boot: bool, runs: u32) -> Result<()> {
         ],
         &rows,
     );
-    if boot {
-        let rows = boot_times(runs.max(1))?;
+    if let Some(board) = boot {
+        let rows = boot_times(board, runs.max(1))?;
         print_table(
             &format!(
-                "bench sizes --boot: the default recipe with each rootfs_compression, booted under \
-                 QEMU (TCG) to the agent's status line, seconds (median of {runs})"
+                "bench sizes --boot: the {} recipe with each rootfs_compression, booted under \
+                 QEMU (TCG) to the agent's status line, seconds (median of {runs}, the runs \
+                 interleaved), and what the next boot had read from its disk by then",
+                board.recipe_arch_timeout().0.trim_end_matches(".toml")
             ),
             &[
                 "slot filesystem",
                 "first boot s",
+                "first vs lz4",
                 "next boot s",
                 "next vs lz4",
+                "next boot, guest clock s",
+                "next boot's disk reads",
+                "MiB read",
             ],
             &rows,
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_clock_is_read_from_the_status_lines_kernel_timestamp() {
+        let console = "[    9.59] systemd[1]: Started x\n\
+                       [   26.134141] aperture-agent[398]: aperture-agent: product=p version=1\n";
+        assert_eq!(guest_clock(console), Some(26.134141));
+        // A console without timestamps (or without the line) gives none.
+        assert_eq!(guest_clock("aperture-agent: product=p\n"), None);
+        assert_eq!(guest_clock("[ 1.0] nothing\n"), None);
+    }
 }
