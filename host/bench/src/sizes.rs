@@ -259,15 +259,7 @@ impl BootBoard {
     }
 }
 
-/// A folder name for `arch`.
-fn arch_name(arch: aperture_image::recipe::Arch) -> &'static str {
-    match arch {
-        aperture_image::recipe::Arch::Amd64 => "amd64",
-        aperture_image::recipe::Arch::Arm64 => "arm64",
-    }
-}
-
-/// Boot times of the default recipe built with each erofs compression the recipe can choose:
+/// Boot times of `board`'s recipe built with each erofs compression the recipe can choose:
 /// the build's own disk image under QEMU (TCG, swtpm), twice, each time until the agent's
 /// status line, and what the guest had read from its disk by then (QEMU's block statistics).
 /// The first boot also formats and seals the encrypted partitions (the same work in every
@@ -297,7 +289,7 @@ fn boot_times(board: BootBoard, runs: u32) -> Result<Vec<Row>> {
             &format!("[outputs]\ncompressed_disk = false\nrootfs_compression = \"{value}\"\n"),
         )?;
         eprintln!("bench sizes: building the default recipe with rootfs_compression = {value}");
-        let out = dir.join("out").join(format!("{value}-{}", arch_name(arch)));
+        let out = dir.join("out").join(format!("{value}-{}", arch.debian()));
         let (report, _) = aperture_tests::build(&recipe, &out, false)?;
         images.push((name, value, report.paths.out.join("disk.img")));
     }
@@ -306,7 +298,7 @@ fn boot_times(board: BootBoard, runs: u32) -> Result<Vec<Row>> {
     for run in 0..runs {
         for ((name, value, disk), (first, second)) in images.iter().zip(&mut results) {
             let mut sc = Scenario::new(
-                &format!("bench-sizes-{value}-{}-{run}", arch_name(arch)),
+                &format!("bench-sizes-{value}-{}-{run}", arch.debian()),
                 disk,
                 arch,
             )?;
