@@ -1,15 +1,19 @@
-//! The write-and-read-back stage of [`crate::writer`], three threads in a pipeline:
+//! The write-and-read-back stage of [`crate::writer`], threads in a pipeline:
 //!
 //! * the **decoder** decompresses `disk.img.zst` into a small pool of chunk buffers and passes
 //!   on those that hold mapped bytes (unmapped chunks are decoded into a spare and dropped);
+//!   from a raw `disk.img` there is no decoder, the writer reads the mapped ranges itself;
 //! * the **writer** (the calling thread) writes the mapped pieces, or copies them into the
 //!   held-back partition-table regions, and hands each piece to the verifier;
-//! * the **verifier** reads each written piece back with the target's medium-reaching read
-//!   and feeds it, in order, to its range's hash (held pieces come with their bytes); when a
-//!   range's last piece is in, the hash must equal the bmap's checksum.
+//! * the **verifier** is two threads: its reader reads each written piece back with the
+//!   target's medium-reaching read, and its hasher feeds the pieces, in order, to their
+//!   range's hash (held pieces come with their bytes); when a range's last piece is in, the
+//!   hash must equal the bmap's checksum.
 //!
-//! Bounded channels between them keep at most a few chunks in flight, so a slow device slows
-//! the decoder instead of filling memory or the page cache.
+//! Every buffer a piece is written from is aligned for `O_DIRECT`, so a block device takes
+//! it without a copy into the page cache ([`crate::BlockTarget`]). Bounded channels between
+//! the threads keep at most a few chunks in flight, so a slow device slows the decoder
+//! instead of filling memory or the page cache.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -31,7 +35,7 @@ const BUFFERS: usize = 4;
 const PIECES: usize = 8;
 
 /// A chunk of decompressed image: its offset, the buffer and how much of it is filled.
-type Chunk = (u64, Vec<u8>, usize);
+type Chunk = (u64, Aligned, usize);
 
 /// Work for the verifier, in image order.
 enum Check {
@@ -64,11 +68,12 @@ pub(crate) fn write_verified(
         ImageSource::Compressed { path, sha256, size } => (path.clone(), sha256.clone(), *size),
     };
     let (full_tx, full_rx) = sync_channel::<Chunk>(BUFFERS);
-    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    let (free_tx, free_rx) = sync_channel::<Aligned>(BUFFERS);
     let (check_tx, check_rx) = sync_channel::<Check>(PIECES);
     for _ in 0..BUFFERS {
         // Cannot fail: the channel has room for every buffer and the receiver is alive.
-        let _ = free_tx.send(vec![0u8; CHUNK]);
+        // Aligned, so that the target can write the mapped pieces with `O_DIRECT`.
+        let _ = free_tx.send(Aligned::new());
     }
     let spans: &[Span] = &plan.spans;
     let held: &mut [Held] = &mut plan.held;
@@ -206,7 +211,8 @@ fn copy_loop(
             )
         })
     };
-    let mut buf: Vec<u8> = Vec::new();
+    // Aligned, so that the target can write it with `O_DIRECT`.
+    let mut buf = Aligned::new();
     let mut written = 0u64;
     for (i, span) in spans.iter().enumerate() {
         for (a, b, inside) in split(held, span.start, span.end) {
@@ -228,9 +234,9 @@ fn copy_loop(
             let mut at = a;
             while at < b {
                 let n = (b - at).min(CHUNK as u64);
-                buf.resize(n as usize, 0);
-                read(&mut buf, at)?;
-                target.write_at(at, &buf)?;
+                let piece = buf.slice_mut(n as usize);
+                read(piece, at)?;
+                target.write_at(at, piece)?;
                 checks
                     .send(Check::Written {
                         span: i,
@@ -276,7 +282,7 @@ fn decode(
     ranges: &[(u64, u64)],
     rehash: bool,
     full: SyncSender<Chunk>,
-    free: Receiver<Vec<u8>>,
+    free: Receiver<Aligned>,
 ) -> Result<Streamed> {
     let shown = zst_path.display();
     let file = File::open(zst_path).map_err(|e| FlashError::io(format!("opening {shown}"), e))?;
@@ -291,13 +297,13 @@ fn decode(
     let writer_gone = || FlashError::Stopped("the writer stopped".into());
     let mut offset = 0u64;
     let mut next = 0usize;
-    let mut spare: Option<Vec<u8>> = None;
+    let mut spare: Option<Aligned> = None;
     loop {
         let mut buf = match spare.take() {
             Some(buf) => buf,
             None => free.recv().map_err(|_| writer_gone())?,
         };
-        let n = fill(&mut decoder, &mut buf).map_err(|e| {
+        let n = fill(&mut decoder, buf.slice_mut(CHUNK)).map_err(|e| {
             FlashError::io(format!("decompressing {shown} at image byte {offset}"), e)
         })?;
         if n == 0 {
@@ -359,7 +365,7 @@ fn write_loop(
     held: &mut [Held],
     target: &dyn Target,
     full: Receiver<Chunk>,
-    free: SyncSender<Vec<u8>>,
+    free: SyncSender<Aligned>,
     checks: SyncSender<Check>,
 ) -> Result<u64> {
     let verifier_gone = || FlashError::Stopped("the verifier stopped".into());
@@ -379,7 +385,7 @@ fn write_loop(
         while i < count && spans[i].start < end {
             let span_end = spans[i].end;
             let (a, b) = (spans[i].start.max(offset), span_end.min(end));
-            let bytes = &buf[(a - offset) as usize..(b - offset) as usize];
+            let bytes = &buf.slice(n)[(a - offset) as usize..(b - offset) as usize];
             if let Some(hasher) = stream[i].as_mut() {
                 hasher.update(bytes);
                 if b == span_end {
@@ -424,7 +430,47 @@ fn write_loop(
     Ok(written)
 }
 
-/// The verifier: reads back and hashes every piece in order; returns the spans checked.
+/// A [`CHUNK`]-sized buffer whose start is aligned for `O_DIRECT`.
+struct Aligned {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
+        let (storage, start) = aligned_buffer(CHUNK);
+        Aligned { storage, start }
+    }
+
+    /// The first `len` bytes (at most [`CHUNK`]).
+    fn slice_mut(&mut self, len: usize) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + len]
+    }
+
+    fn slice(&self, len: usize) -> &[u8] {
+        &self.storage[self.start..self.start + len]
+    }
+}
+
+/// Read-back buffers in flight between the verifier's reader and its hasher.
+const READ_BUFFERS: usize = 3;
+
+/// Work for the verifier's hasher, in image order.
+enum Piece {
+    /// Bytes of span `span` ending at `end`, read back into the first `len` bytes of `buf`.
+    Read {
+        span: usize,
+        end: u64,
+        buf: Aligned,
+        len: usize,
+    },
+    /// A [`Check::Held`] or [`Check::StreamSum`], passed on as it came.
+    Other(Check),
+}
+
+/// The verifier: reads back every written piece, in order, on one thread and hashes it on
+/// another, so that the next read overlaps the hashing of the last (a read from the medium
+/// mostly waits on the device; the hash keeps a core busy). Returns the spans checked.
 fn verify(
     spans: &[Span],
     checksum_type: ChecksumType,
@@ -432,33 +478,107 @@ fn verify(
     progress: &dyn Progress,
     checks: Receiver<Check>,
 ) -> Result<usize> {
-    let (mut storage, start) = aligned_buffer(CHUNK);
-    let buf = &mut storage[start..start + CHUNK];
+    let (piece_tx, piece_rx) = sync_channel::<Piece>(READ_BUFFERS);
+    let (free_tx, free_rx) = sync_channel::<Aligned>(READ_BUFFERS);
+    for _ in 0..READ_BUFFERS {
+        // Cannot fail: the channel has room for every buffer and the receiver is alive.
+        let _ = free_tx.send(Aligned::new());
+    }
+    let (read, hashed) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_back(target, checks, piece_tx, free_rx));
+        let hashed = hash_pieces(spans, checksum_type, target, progress, piece_rx, free_tx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(FlashError::Stopped("the read-back thread panicked".into())));
+        (read, hashed)
+    });
+    match (read, hashed) {
+        // The reader failed (an I/O error) and the hasher ran out of pieces, or the hasher
+        // failed (a mismatch) and the reader found it gone: report the cause.
+        (Err(e), _) if !matches!(e, FlashError::Stopped(_)) => Err(e),
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Ok(done)) => Ok(done),
+    }
+}
+
+/// The verifier's reader: reads each written piece back from the medium in buffers of at
+/// most [`CHUNK`] bytes and passes them, with everything else, to the hasher in order.
+fn read_back(
+    target: &dyn Target,
+    checks: Receiver<Check>,
+    pieces: SyncSender<Piece>,
+    free: Receiver<Aligned>,
+) -> Result<()> {
+    let hasher_gone = || FlashError::Stopped("the hasher stopped".into());
+    for check in checks {
+        let Check::Written { span, start, end } = check else {
+            pieces
+                .send(Piece::Other(check))
+                .map_err(|_| hasher_gone())?;
+            continue;
+        };
+        let mut at = start;
+        while at < end {
+            let len = (end - at).min(CHUNK as u64) as usize;
+            let mut buf = free.recv().map_err(|_| hasher_gone())?;
+            target.read_at(at, buf.slice_mut(len))?;
+            at += len as u64;
+            pieces
+                .send(Piece::Read {
+                    span,
+                    end: at,
+                    buf,
+                    len,
+                })
+                .map_err(|_| hasher_gone())?;
+        }
+    }
+    Ok(())
+}
+
+/// The verifier's hasher: feeds each piece to its span's hash; when a span's last piece is
+/// in, the hash must equal its checksum. Returns the spans checked.
+fn hash_pieces(
+    spans: &[Span],
+    checksum_type: ChecksumType,
+    target: &dyn Target,
+    progress: &dyn Progress,
+    pieces: Receiver<Piece>,
+    free: SyncSender<Aligned>,
+) -> Result<usize> {
     let mut hashers: Vec<Option<Hasher>> = (0..spans.len()).map(|_| None).collect();
     let mut stream_sums: Vec<Option<String>> = vec![None; spans.len()];
     let mut done = 0usize;
-    for check in checks {
-        let (span, end, len) = match check {
-            Check::StreamSum { span, sum } => {
+    for piece in pieces {
+        let (span, end, len) = match piece {
+            Piece::Other(Check::StreamSum { span, sum }) => {
                 stream_sums[span] = Some(sum);
                 continue;
             }
-            Check::Held { span, end, data } => {
+            Piece::Other(Check::Held { span, end, data }) => {
                 hashers[span]
                     .get_or_insert_with(|| checksum_type.hasher())
                     .update(&data);
                 (span, end, data.len() as u64)
             }
-            Check::Written { span, start, end } => {
-                let hasher = hashers[span].get_or_insert_with(|| checksum_type.hasher());
-                let mut at = start;
-                while at < end {
-                    let n = (end - at).min(CHUNK as u64) as usize;
-                    target.read_at(at, &mut buf[..n])?;
-                    hasher.update(&buf[..n]);
-                    at += n as u64;
-                }
-                (span, end, end - start)
+            Piece::Other(Check::Written { .. }) => {
+                return Err(FlashError::Stopped(
+                    "a written piece reached the hasher without being read back".into(),
+                ))
+            }
+            Piece::Read {
+                span,
+                end,
+                buf,
+                len,
+            } => {
+                hashers[span]
+                    .get_or_insert_with(|| checksum_type.hasher())
+                    .update(buf.slice(len));
+                // The reader may have finished; then the buffer is simply dropped.
+                let _ = free.send(buf);
+                (span, end, len as u64)
             }
         };
         progress.advance(len);

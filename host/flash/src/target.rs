@@ -7,6 +7,9 @@
 //! with `O_DIRECT` (aligned buffers, no page cache), and [`FileTarget::sync`] drops the file's
 //! cached pages (`posix_fadvise(DONTNEED)`) after `fsync`, so later reads come from the disk
 //! under the file system (on tmpfs there is nothing under it; the read is from memory).
+//! [`BlockTarget`] also writes aligned pieces through that descriptor, which spares a copy
+//! into the page cache (measured on a loop device: the buffered copy's sys time varied
+//! from 0.4 to 1.6 s a flash, `O_DIRECT` took 0.2 s each time).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -212,8 +215,9 @@ fn punch_hole(file: &File, name: &str, offset: u64, len: u64) -> Result<bool> {
 }
 
 /// A block device as a target, opened `O_EXCL` (the kernel then refuses to mount it or
-/// let another exclusive opener in while we write) and written with plain `pwrite`s through
-/// the page cache; read back through a second, `O_DIRECT` descriptor.
+/// let another exclusive opener in while we write); aligned pieces are written and
+/// everything is read back through a second, `O_DIRECT` descriptor, other writes go through
+/// the page cache ([`Target::write_at`] below).
 #[derive(Debug)]
 pub struct BlockTarget {
     name: String,
@@ -259,9 +263,15 @@ impl BlockTarget {
             .unwrap_or(512);
         let direct = OpenOptions::new()
             .read(true)
+            .write(true)
             .custom_flags((OFlags::DIRECT | OFlags::CLOEXEC).bits() as i32)
             .open(path)
-            .map_err(|e| FlashError::io(format!("opening {name} with O_DIRECT to read back"), e))?;
+            .map_err(|e| {
+                FlashError::io(
+                    format!("opening {name} with O_DIRECT to write and read back"),
+                    e,
+                )
+            })?;
         Ok(BlockTarget {
             name,
             file,
@@ -295,11 +305,31 @@ impl Target for BlockTarget {
         self.size
     }
 
-    /// Writes through the page cache, then asks the kernel to start writing those pages to
-    /// the device now (`posix_fadvise(DONTNEED)` starts writeback without waiting for it and
-    /// drops pages already clean). The write-back then runs beside the next writes instead of
-    /// inside the read-back's `O_DIRECT` read, and the cache holds few dirty pages.
+    /// Writes a piece whose offset, length and buffer are aligned (the writer's chunks are,
+    /// from either input, given a bmap of 4 KiB blocks) with `O_DIRECT`, straight from `data`
+    /// to the device: no copy into the page cache, no cache pages to allocate, and the call
+    /// returns once the device has the bytes, so the read-back right behind it finds them
+    /// there. Any other write (the partition-table wipe, the held-back regions, anything
+    /// unaligned) goes through the page cache;
+    /// then the kernel is asked to start writing those pages to the device now
+    /// (`posix_fadvise(DONTNEED)` starts writeback without waiting for it and drops pages
+    /// already clean), so the write-back runs beside the next writes instead of inside the
+    /// read-back's `O_DIRECT` read, and the cache holds few dirty pages. The kernel keeps
+    /// the two paths coherent: an `O_DIRECT` write first writes back and then drops cached
+    /// pages of its range.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let align = self.logical_sector.max(512);
+        let aligned = offset.is_multiple_of(align)
+            && (data.len() as u64).is_multiple_of(align)
+            && data.as_ptr().align_offset(DIRECT_ALIGN) == 0;
+        if aligned {
+            return self.direct.write_all_at(data, offset).map_err(|e| {
+                FlashError::io(
+                    format!("writing {} at byte {offset} (O_DIRECT)", self.name),
+                    e,
+                )
+            });
+        }
         self.file
             .write_all_at(data, offset)
             .map_err(|e| FlashError::io(format!("writing {} at byte {offset}", self.name), e))?;

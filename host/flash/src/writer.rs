@@ -7,8 +7,9 @@
 //! 2. **Write and read back** (`stream.rs`): stream-decompress `disk.img.zst` once (a decoder
 //!    thread hands 8 MiB chunks to the writer) and `pwrite` only the ranges the bmap maps,
 //!    except the first and last MiB of the image (the partition table and its backup), which
-//!    are held back in memory. Right behind the writes, a verifier thread reads every written
-//!    piece back from the medium and hashes it; each range's hash must equal the bmap's
+//!    are held back in memory. Right behind the writes, the verifier (a reading thread and a
+//!    hashing one) reads every written piece back from the medium and hashes it; each
+//!    range's hash must equal the bmap's
 //!    checksum (held bytes are hashed from memory). Sync. From a raw `disk.img`
 //!    ([`VerifiedImage::open_raw`]) the same happens without the decoder: the mapped ranges
 //!    are read from the file and written, the holes never read.
@@ -18,9 +19,11 @@
 //! says whether that worked). Unmapped ranges are never written: on a target that cannot
 //! zero cheaply they keep their old contents, as with `bmaptool copy`.
 //!
-//! Why the read-back may trail the writes instead of following a full sync: an `O_DIRECT`
-//! read first writes back the dirty pages it covers, so it sees what reached the device; the
-//! final sync still makes it all durable before the partition table goes down. Reading as we
+//! Why the read-back may trail the writes instead of following a full sync: a block device
+//! writes the chunks with `O_DIRECT`, which returns once the device has the bytes, and an
+//! `O_DIRECT` read first writes back any dirty pages it covers (pieces that went through the
+//! page cache), so it sees what reached the device; the final sync still makes it all
+//! durable before the partition table goes down. Reading as we
 //! go keeps at most a few chunks dirty, so progress shows what the device has really taken,
 //! and the decoder, the writes and the hashing overlap on separate cores.
 //!
