@@ -9,8 +9,7 @@
 //!    except the first and last MiB of the image (the partition table and its backup), which
 //!    are held back in memory. Right behind the writes, the verifier (a reading thread and a
 //!    hashing one) reads every written piece back from the medium and hashes it; each
-//!    range's hash must equal the bmap's
-//!    checksum (held bytes are hashed from memory). Sync. From a raw `disk.img`
+//!    range's hash must equal the bmap's checksum (held bytes are hashed from memory). Sync. From a raw `disk.img`
 //!    ([`VerifiedImage::open_raw`]) the same happens without the decoder: the mapped ranges
 //!    are read from the file and written, the holes never read.
 //! 3. **Validate**: write the held-back partition-table regions, sync, read them back.
@@ -23,9 +22,9 @@
 //! writes the chunks with `O_DIRECT`, which returns once the device has the bytes, and an
 //! `O_DIRECT` read first writes back any dirty pages it covers (pieces that went through the
 //! page cache), so it sees what reached the device; the final sync still makes it all
-//! durable before the partition table goes down. Reading as we
-//! go keeps at most a few chunks dirty, so progress shows what the device has really taken,
-//! and the decoder, the writes and the hashing overlap on separate cores.
+//! durable before the partition table goes down. Reading as we go keeps at most a few chunks
+//! unchecked, so progress shows what the device has really taken, and the decoder, the
+//! writes, the reads and the hashing overlap on separate cores.
 //!
 //! [`flash_all`] flashes several targets at once: one thread per target, each with its own
 //! decoder, so one slow or failing device neither holds up nor fails the others; every
